@@ -1,0 +1,1 @@
+"""lake: the Delta Lake tables (change logs and current state), time travel and maintenance."""

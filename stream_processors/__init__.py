@@ -1,0 +1,1 @@
+"""stream_processors: Lambda handlers that decode Kinesis batches and write the lake."""

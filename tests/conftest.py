@@ -1,0 +1,126 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+By default one embedded server (the same code as `totes source start`) serves the whole
+session. Set TOTES_TEST_DSN to a superuser DSN of an external server with wal_level=logical
+to run the suite against it instead. Each test gets a fresh database cloned from a template
+that already holds the totesys schema, and it is dropped afterwards with any replication
+slots the test left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from totesys.embedded import EmbeddedPostgres
+from totesys.schema import create_schema, with_database
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totesys"
+TEMPLATE_DB = "totes_test_template"
+
+
+def _admin(dsn: str):
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    return conn
+
+
+def make_scratch_dir(prefix: str) -> Path:
+    """A private directory outside pytest's tmp tree (whose path can be too long for sockets)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@pytest.fixture(scope="session")
+def admin_dsn() -> Iterator[str]:
+    """Superuser DSN of the test server (database `postgres`)."""
+    external = os.environ.get("TOTES_TEST_DSN")
+    if external:
+        yield with_database(external, "postgres")
+        return
+    server = EmbeddedPostgres(make_scratch_dir("totes-test-pg-"))
+    dsn = server.start()
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def _template(admin_dsn: str) -> str:
+    conn = _admin(admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE_DB)))
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    finally:
+        conn.close()
+    create_schema(with_database(admin_dsn, TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+def _drop_database(admin_dsn: str, name: str) -> None:
+    conn = _admin(admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = %s AND NOT active",
+                (name,),
+            )
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def empty_database(admin_dsn: str) -> Iterator[str]:
+    """DSN of a new, empty database (no totesys schema)."""
+    name = f"totes_test_{uuid.uuid4().hex[:10]}"
+    conn = _admin(admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    yield with_database(admin_dsn, name)
+    _drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def totesys_dsn(admin_dsn: str, _template: str) -> Iterator[str]:
+    """DSN of a new database holding the empty totesys schema."""
+    name = f"totes_test_{uuid.uuid4().hex[:10]}"
+    conn = _admin(admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(_template)
+                )
+            )
+    finally:
+        conn.close()
+    yield with_database(admin_dsn, name)
+    _drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def shared_snapshot():
+    """Path to one of the real totesys snapshots beside the repo; skips when absent."""
+
+    def find(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.is_dir():
+            pytest.skip(f"shared snapshot {name} is not available at {path}")
+        return path
+
+    return find

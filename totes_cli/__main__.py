@@ -1,0 +1,3 @@
+from totes_cli.app import main
+
+main()

@@ -1,0 +1,23 @@
+"""The `totes` command: one entry point for every stage of the pipeline."""
+
+from __future__ import annotations
+
+import typer
+
+from totes_cli import source_cmd
+
+app = typer.Typer(
+    name="totes",
+    help="totes-cdc: change-data capture from totesys into a Delta lake and a star-schema warehouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(source_cmd.app, name="source")
+
+# Each command lives in its own module; they are registered here, in one place.
+# (simulate, doctor, status and demo are registered below as they land.)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,84 @@
+"""Connecting to a source PostgreSQL with errors a person can act on.
+
+psycopg2 reports a bad DSN, an unreachable host and a wrong password as libpq's multi-line
+messages; every command of totes-cdc turns them into one plain sentence naming the fix.
+The password is never part of any message.
+"""
+
+from __future__ import annotations
+
+import psycopg2
+from psycopg2.extensions import parse_dsn
+
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class SourceConnectionError(RuntimeError):
+    """Could not connect; str() is one sentence that names the fix."""
+
+
+def describe(dsn: str) -> dict[str, str]:
+    """Where a DSN points, without its password."""
+    try:
+        params = parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return {}
+    host = params.get("host") or "localhost"
+    return {
+        "host": host,
+        "port": params.get("port") or "5432",
+        "user": params.get("user") or "(current user)",
+        "dbname": params.get("dbname") or params.get("user") or "(default)",
+    }
+
+
+def explain(dsn: str, error: Exception) -> str:
+    """Turn a connection failure into one sentence with the fix."""
+    message = str(error).strip()
+    lowered = message.lower()
+    if isinstance(error, psycopg2.ProgrammingError) or "invalid dsn" in lowered or "invalid uri" in lowered:
+        detail = message.splitlines()[0] if message else "unparseable"
+        return (
+            f"The source DSN is not valid ({detail}): write it as "
+            "postgresql://USER@HOST:PORT/DBNAME or as key=value pairs."
+        )
+    where = describe(dsn)
+    host, port, user, dbname = where["host"], where["port"], where["user"], where["dbname"]
+    if "could not translate host name" in lowered or "name or service not known" in lowered:
+        return f"The host {host!r} cannot be resolved: check the host name in the DSN."
+    if "password authentication failed" in lowered:
+        return (
+            f"PostgreSQL at {host}:{port} rejected the password for user {user!r}: "
+            "check the password (PGPASSWORD, ~/.pgpass or the DSN)."
+        )
+    if "no password supplied" in lowered or "fe_sendauth" in lowered:
+        return (
+            f"PostgreSQL at {host}:{port} wants a password for user {user!r}: "
+            "set PGPASSWORD or add it to the DSN."
+        )
+    if f'role "' in lowered and "does not exist" in lowered:
+        return f"User {user!r} does not exist on {host}:{port}: create it or fix the user in the DSN."
+    if "database" in lowered and "does not exist" in lowered:
+        return f"Database {dbname!r} does not exist on {host}:{port}: create it or fix the database name in the DSN."
+    if "no pg_hba.conf entry" in lowered:
+        return (
+            f"PostgreSQL at {host}:{port} does not allow user {user!r} to connect from here: "
+            "add a pg_hba.conf entry for this client."
+        )
+    if any(s in lowered for s in ("connection refused", "no such file or directory", "timeout expired",
+                                  "could not connect", "server closed the connection", "network is unreachable")):
+        return (
+            f"Nothing answers at {host}:{port}: check that PostgreSQL is running there and that "
+            "the host and port in the DSN are right."
+        )
+    first = message.splitlines()[0] if message else type(error).__name__
+    return f"Could not connect to PostgreSQL at {host}:{port}: {first}."
+
+
+def connect(dsn: str, **kwargs):
+    """psycopg2.connect, with failures raised as SourceConnectionError."""
+    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    try:
+        return psycopg2.connect(dsn, **kwargs)
+    except (psycopg2.OperationalError, psycopg2.ProgrammingError) as error:
+        raise SourceConnectionError(explain(dsn, error)) from None
