@@ -139,6 +139,13 @@ class EmbeddedPostgres:
     def _run_as(self) -> str | None:
         return SERVER_USER if os.geteuid() == 0 else None
 
+    def _identity(self) -> dict:
+        """subprocess arguments that drop root for the server's user, group and groups."""
+        user = self._run_as()
+        if user is None:
+            return {}
+        return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
     def _prepare_directories(self) -> None:
         user = self._run_as()
         self.pgdata.mkdir(exist_ok=True)
@@ -160,7 +167,7 @@ class EmbeddedPostgres:
             "--auth-local=trust", "--auth-host=scram-sha-256",
             "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
         ]
-        result = subprocess.run(args, capture_output=True, text=True, user=self._run_as(), check=False)
+        result = subprocess.run(args, capture_output=True, text=True, check=False, **self._identity())
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed in {self.pgdata}: {result.stderr.strip()}")
         with open(self.pgdata / "postgresql.conf", "a", encoding="utf-8") as conf:
@@ -189,7 +196,7 @@ class EmbeddedPostgres:
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             result = subprocess.run(
                 [str(binary("pg_ctl")), "-D", str(self.pgdata), *args],
-                stdout=out, stderr=err, text=True, user=self._run_as(), check=check,
+                stdout=out, stderr=err, text=True, check=check, **self._identity(),
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
             out.seek(0)
