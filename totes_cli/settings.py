@@ -33,3 +33,27 @@ class Settings(BaseSettings):
 
 def load() -> Settings:
     return Settings()
+
+
+class NoSourceError(RuntimeError):
+    """No source DSN was given and no embedded source is running."""
+
+
+def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = None) -> str:
+    """The source to use: the flag, else TOTES_SOURCE_DSN / totes.toml, else the running
+    embedded source under TOTES_HOME."""
+    if explicit:
+        return explicit
+    settings = settings or load()
+    if settings.source_dsn:
+        return settings.source_dsn
+    from totesys.embedded import EmbeddedPostgres
+    from totesys.schema import DEFAULT_DATABASE
+
+    server = EmbeddedPostgres(settings.source_dir)
+    if server.is_running():
+        return server.dsn(DEFAULT_DATABASE)
+    raise NoSourceError(
+        "No source database: pass --dsn, set TOTES_SOURCE_DSN, or start the embedded one "
+        "with `totes source start`."
+    )

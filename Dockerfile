@@ -1,0 +1,16 @@
+# One image for every long-running stage (reader, processor, sync, simulator) and, with the
+# Lambda runtime interface client, for the stream processor on AWS Lambda.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY cdc_reader ./cdc_reader
+COPY stream_processors ./stream_processors
+COPY lake ./lake
+COPY warehouse_sync ./warehouse_sync
+COPY totesys ./totesys
+COPY totes_cli ./totes_cli
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && useradd --system --no-create-home totes
+USER totes
+ENTRYPOINT []
+CMD ["totes", "--help"]

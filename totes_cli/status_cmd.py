@@ -1,0 +1,106 @@
+"""`totes status`: what every stage is doing right now.
+
+Today that is the source: rows per table, its newest change, WAL position and the WAL each
+replication slot holds back. Stages report here as they come.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from totes_cli.console import fail, out
+from totes_cli.settings import NoSourceError, resolve_source_dsn
+from totesys.connection import SourceConnectionError, connect, describe
+from totesys.stats import SourceSnapshot, read_source
+
+
+def where(dsn: str) -> str:
+    """A DSN for display: user@host:port/dbname, never the password."""
+    d = describe(dsn)
+    return f"{d.get('user')}@{d.get('host')}:{d.get('port')}/{d.get('dbname')}" if d else "(unparseable DSN)"
+
+
+def human_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def source_table(snapshot: SourceSnapshot, dsn: str, previous: SourceSnapshot | None = None) -> Table:
+    """Rows per table (with the change since `previous`, when given) and the slots."""
+    elapsed = (snapshot.taken_at - previous.taken_at).total_seconds() if previous else 0.0
+    table = Table(title=f"totesys source  {where(dsn)}", title_justify="left", expand=False)
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    if previous:
+        table.add_column("Δ rows", justify="right")
+    for name, count in snapshot.row_counts.items():
+        cells = [name, f"{count:,}"]
+        if previous:
+            delta = count - previous.row_counts.get(name, count)
+            cells.append(f"{delta:+,}" if delta else "")
+        table.add_row(*cells)
+    wal_rate = ""
+    if previous and elapsed > 0:
+        wal_rate = f"  ({human_bytes(int((snapshot.wal_bytes - previous.wal_bytes) / elapsed))}/s)"
+    newest = snapshot.latest_change.isoformat(sep=" ", timespec="milliseconds") if snapshot.latest_change else "-"
+    table.caption = (
+        f"PostgreSQL {snapshot.server_version}, wal_level={snapshot.wal_level}, "
+        f"WAL at {snapshot.wal_lsn}{wal_rate}, newest last_updated {newest}"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def slots_table(snapshot: SourceSnapshot) -> Table | None:
+    if not snapshot.slots:
+        return None
+    table = Table(title="replication slots", title_justify="left")
+    for column in ("slot", "active", "WAL retained", "confirmed"):
+        table.add_column(column)
+    for slot in snapshot.slots:
+        table.add_row(slot.name, "yes" if slot.active else "no", human_bytes(slot.retained_wal_bytes),
+                      slot.confirmed_flush_lsn or "-")
+    return table
+
+
+def status(
+    dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN [default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Show the state of the pipeline: source rows, newest change, WAL and slot lag."""
+    try:
+        dsn = resolve_source_dsn(dsn)
+        conn = connect(dsn)
+    except (NoSourceError, SourceConnectionError) as error:
+        raise fail(str(error), code=2) from None
+    try:
+        snapshot = read_source(conn)
+    finally:
+        conn.close()
+    if as_json:
+        out.print_json(json.dumps({
+            "source": {
+                "where": where(dsn),
+                "server_version": snapshot.server_version,
+                "wal_level": snapshot.wal_level,
+                "wal_lsn": snapshot.wal_lsn,
+                "latest_change": snapshot.latest_change.isoformat() if snapshot.latest_change else None,
+                "rows": snapshot.row_counts,
+                "slots": [slot.__dict__ for slot in snapshot.slots],
+            }
+        }))
+        return
+    out.print(source_table(snapshot, dsn))
+    slots = slots_table(snapshot)
+    if slots is not None:
+        out.print(slots)
