@@ -1,0 +1,102 @@
+"""The change event: one row change as the reader saw it in the WAL (DESIGN.md).
+
+Values are kept in PostgreSQL's text output form (what pgoutput and COPY both produce), next
+to the table schema that says how to read them. The reader therefore never converts a value;
+the processor converts whole columns at once when it writes Arrow/Delta. `None` is SQL NULL;
+a column whose value the WAL did not carry (an unchanged TOASTed value) is absent from
+`after` and named in `unchanged`, so no stage can mistake it for NULL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+
+class Op(str, Enum):
+    SNAPSHOT = "r"
+    INSERT = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    TRUNCATE = "t"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type_name: str
+    """format_type() of the column, e.g. 'numeric(10,2)', 'timestamp(3) without time zone'."""
+    type_oid: int
+    type_modifier: int = -1
+    is_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """A source table's columns as of some point in the WAL (a Relation message)."""
+
+    table: str
+    """Schema-qualified name, e.g. 'public.sales_order'."""
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.is_key)
+
+
+Row = dict[str, "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One row change. `(lsn, seq)` is its id, its idempotency key and its order."""
+
+    schema: TableSchema
+    op: Op
+    lsn: int
+    """Commit LSN of the source transaction; for snapshot rows, the slot's consistent point."""
+    seq: int
+    """Ordinal of the change inside its transaction (or inside the snapshot)."""
+    xid: int | None
+    commit_ts: datetime | None
+    key: Row
+    after: Row | None = None
+    """The row after the change, without the `unchanged` columns; None for deletes/truncates."""
+    before: Row | None = None
+    """Old key values, or the whole old row under REPLICA IDENTITY FULL."""
+    unchanged: tuple[str, ...] = ()
+
+    @property
+    def table(self) -> str:
+        return self.schema.table
+
+    @property
+    def event_id(self) -> tuple[int, int]:
+        return (self.lsn, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """In-band marker: every event with a commit LSN up to `lsn` was put on the stream
+    before this marker (on every shard), so a consumer that has passed it on all shards
+    holds every such event."""
+
+    lsn: int
+    emitted_at: datetime = field(compare=False, default=None)  # type: ignore[assignment]
+
+
+def format_lsn(lsn: int) -> str:
+    """PostgreSQL's text form of an LSN, e.g. 0/16B3748."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    if not low:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
