@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import source_cmd, status_cmd
+from totes_cli import doctor_cmd, source_cmd, status_cmd
 
 app = typer.Typer(
     name="totes",
@@ -17,6 +17,7 @@ app.add_typer(source_cmd.app, name="source")
 
 # Each command lives in its own module; they are registered here, in one place.
 # (simulate, doctor, status and demo are registered below as they land.)
+app.command("doctor")(doctor_cmd.doctor)
 app.command("status")(status_cmd.status)
 
 

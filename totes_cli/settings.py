@@ -44,14 +44,23 @@ def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = 
     embedded source under TOTES_HOME."""
     if explicit:
         return explicit
-    settings = settings or load()
+    if settings is None:
+        try:
+            settings = load()
+        except Exception as error:  # a malformed totes.toml or environment value
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise NoSourceError(f"The totes configuration cannot be read ({first}): fix it or pass --dsn.") from None
     if settings.source_dsn:
         return settings.source_dsn
     from totesys.embedded import EmbeddedPostgres
     from totesys.schema import DEFAULT_DATABASE
 
     server = EmbeddedPostgres(settings.source_dir)
-    if server.is_running():
+    try:
+        running = server.is_running()
+    except OSError:
+        running = False
+    if running:
         return server.dsn(DEFAULT_DATABASE)
     raise NoSourceError(
         "No source database: pass --dsn, set TOTES_SOURCE_DSN, or start the embedded one "

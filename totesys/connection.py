@@ -7,6 +7,9 @@ The password is never part of any message.
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote
+
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
@@ -32,18 +35,63 @@ def describe(dsn: str) -> dict[str, str]:
     }
 
 
+# The password inside a URI (scheme://user:PASSWORD@host) or a key=value DSN (password=...).
+_URI_PASSWORD = re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@?#\s\"]*:)(?P<secret>[^@\s\"]*)@", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"\bpassword\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|[^\s&\"]+)", re.IGNORECASE)
+# libpq messages about a value it could not use: the DSN is wrong, not the server.
+_BAD_VALUE_MARKERS = ("invalid integer value", "invalid connection option", "invalid uri query parameter",
+                      "invalid sslmode value", "invalid value for", "invalid port number")
+# Shorter passwords are removed only where they sit in DSN-shaped text (see redact).
+_MIN_BLIND_REDACTION = 4
+
+
+def _passwords(dsn: str) -> set[str]:
+    """Every spelling of the DSN's password that an error message might echo."""
+    found: set[str] = set()
+    try:
+        password = parse_dsn(dsn).get("password")
+    except psycopg2.ProgrammingError:
+        password = None
+    if password:
+        found.add(password)
+    for match in (*_URI_PASSWORD.finditer(dsn), *_KEYWORD_PASSWORD.finditer(dsn)):
+        secret = match.group("secret")
+        if secret:
+            found.update({secret, unquote(secret), secret.strip("'")})
+    return {value for value in found if value}
+
+
+def redact(dsn: str, message: str) -> str:
+    """`message` without the DSN's password (libpq quotes a malformed URI whole)."""
+    # Very short passwords are only removed where they sit in a DSN-shaped text: replacing
+    # every occurrence of two letters would garble the sentence.
+    for secret in sorted(_passwords(dsn), key=len, reverse=True):
+        if len(secret) >= _MIN_BLIND_REDACTION:
+            message = message.replace(secret, "***")
+    message = _URI_PASSWORD.sub(lambda m: f"{m.group('keep')}***@", message)
+    return _KEYWORD_PASSWORD.sub("password=***", message)
+
+
 def explain(dsn: str, error: Exception) -> str:
-    """Turn a connection failure into one sentence with the fix."""
+    """Turn a connection failure into one sentence with the fix (never with the password)."""
+    return redact(dsn, _explain(dsn, error))
+
+
+def _explain(dsn: str, error: Exception) -> str:
     message = str(error).strip()
     lowered = message.lower()
-    if isinstance(error, psycopg2.ProgrammingError) or "invalid dsn" in lowered or "invalid uri" in lowered:
+    if (isinstance(error, psycopg2.ProgrammingError) or "invalid dsn" in lowered or "invalid uri" in lowered
+            or any(marker in lowered for marker in _BAD_VALUE_MARKERS)):
         detail = message.splitlines()[0] if message else "unparseable"
         return (
             f"The source DSN is not valid ({detail}): write it as "
             "postgresql://USER@HOST:PORT/DBNAME or as key=value pairs."
         )
     where = describe(dsn)
-    host, port, user, dbname = where["host"], where["port"], where["user"], where["dbname"]
+    host = where.get("host", "localhost")
+    port = where.get("port", "5432")
+    user = where.get("user", "(current user)")
+    dbname = where.get("dbname", "(default)")
     if "could not translate host name" in lowered or "name or service not known" in lowered:
         return f"The host {host!r} cannot be resolved: check the host name in the DSN."
     if "password authentication failed" in lowered:
@@ -67,8 +115,9 @@ def explain(dsn: str, error: Exception) -> str:
         )
     if any(s in lowered for s in ("connection refused", "no such file or directory", "timeout expired",
                                   "could not connect", "server closed the connection", "network is unreachable")):
+        where_text = f"the unix socket in {host} (port {port})" if host.startswith("/") else f"{host}:{port}"
         return (
-            f"Nothing answers at {host}:{port}: check that PostgreSQL is running there and that "
+            f"Nothing answers at {where_text}: check that PostgreSQL is running there and that "
             "the host and port in the DSN are right."
         )
     first = message.splitlines()[0] if message else type(error).__name__

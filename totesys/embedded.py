@@ -74,6 +74,9 @@ class EmbeddedPostgres:
     directory: Path
     port: int = DEFAULT_PORT
     settings: dict[str, str] = field(default_factory=dict)
+    hba_rules: list[str] = field(default_factory=list)
+    """Extra pg_hba.conf lines, matched before the default ones (which trust local connections),
+    e.g. "local all app scram-sha-256" to make one role log in with a password."""
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).expanduser().resolve()
@@ -181,14 +184,27 @@ class EmbeddedPostgres:
             "unix_socket_directories": f"'{self.socket_dir}'",
             **self.settings,
         }
+        if self.hba_rules:
+            settings["hba_file"] = f"'{self._write_hba()}'"
         text = "# Written by totes-cdc at every start; edit the code, not this file.\n"
         text += "".join(f"{name} = {value}\n" for name, value in settings.items())
-        conf = self.pgdata / "totes.conf"
-        conf.write_text(text, encoding="utf-8")
+        self._write_server_file("totes.conf", text)
+
+    def _write_hba(self) -> Path:
+        """pg_hba.conf with `hba_rules` first, then initdb's own rules; its path."""
+        defaults = (self.pgdata / "pg_hba.conf").read_text(encoding="utf-8")
+        text = "# Written by totes-cdc at every start: extra rules first, then pg_hba.conf.\n"
+        text += "".join(f"{rule}\n" for rule in self.hba_rules) + defaults
+        return self._write_server_file("totes_hba.conf", text)
+
+    def _write_server_file(self, name: str, text: str) -> Path:
+        path = self.pgdata / name
+        path.write_text(text, encoding="utf-8")
         user = self._run_as()
         if user is not None:
             entry = pwd.getpwnam(user)
-            os.chown(conf, entry.pw_uid, entry.pw_gid)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return path
 
     def _pg_ctl(self, args: list[str], *, check: bool) -> subprocess.CompletedProcess[str]:
         # Output goes to files, not pipes: a started postmaster inherits the pipe and would

@@ -1,0 +1,161 @@
+"""The publication and the replication slot: created when missing, verified when present.
+
+Nothing here drops anything. A publication this reader creates is marked with a comment, so
+a later run may add tables to it; one that somebody else created is only checked, and what
+it lacks is reported with the statement that fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2
+from psycopg2 import errors, sql
+
+from change_events import parse_lsn
+
+MANAGED_COMMENT = "managed by totes-cdc"
+
+
+class SourceSetupError(RuntimeError):
+    """The source lacks something the reader needs; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SlotState:
+    name: str
+    plugin: str
+    database: str
+    active: bool
+    confirmed_flush_lsn: int | None
+
+
+def _quoted_tables(conn, schema: str, tables) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)
+
+
+def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) -> bool:
+    """Make `name` publish every table of `tables`; True when it had to be created."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT p.oid, obj_description(p.oid, 'pg_publication'), p.pubinsert AND p.pubupdate "
+            "AND p.pubdelete AND p.pubtruncate FROM pg_publication p WHERE p.pubname = %s",
+            (name,),
+        )
+        found = cur.fetchone()
+        try:
+            if found is None:
+                cur.execute(
+                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')")
+                    .format(sql.Identifier(name), _quoted_tables(conn, schema, tables))
+                )
+                cur.execute(sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+                    sql.Identifier(name), sql.Literal(MANAGED_COMMENT)))
+                conn.commit()
+                return True
+            _, comment, publishes_everything = found
+            cur.execute(
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
+                (name, schema),
+            )
+            published = {t for (t,) in cur.fetchall()}
+            missing = [t for t in tables if t not in published]
+            if missing and comment == MANAGED_COMMENT:
+                cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(name), _quoted_tables(conn, schema, missing)))
+                missing = []
+            conn.commit()
+        except errors.InsufficientPrivilege as error:
+            conn.rollback()
+            raise SourceSetupError(
+                f"The reader's role may not create or change publication {name!r} "
+                f"({error.diag.message_primary}): create it as the tables' owner with "
+                f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)}; or grant the role ownership."
+            ) from None
+        except errors.UndefinedTable as error:
+            conn.rollback()
+            raise SourceSetupError(
+                f"A table to publish does not exist ({error.diag.message_primary}): "
+                "create it or remove it from the reader's table list."
+            ) from None
+    if missing:
+        raise SourceSetupError(
+            f"Publication {name!r} does not publish {', '.join(missing)}: run "
+            f"ALTER PUBLICATION {name} ADD TABLE {', '.join(missing)};"
+        )
+    if not publishes_everything:
+        raise SourceSetupError(
+            f"Publication {name!r} does not publish every kind of change: run "
+            f"ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate');"
+        )
+    return False
+
+
+def slot_state(conn, name: str) -> SlotState | None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT slot_name, plugin, database, active, confirmed_flush_lsn::text "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (name,),
+        )
+        row = cur.fetchone()
+    conn.rollback()
+    if row is None:
+        return None
+    slot_name, plugin, database, active, confirmed = row
+    return SlotState(slot_name, plugin, database, active, parse_lsn(confirmed) if confirmed else None)
+
+
+def check_slot(state: SlotState, database: str) -> None:
+    """A slot we would resume from must be a pgoutput slot of this database."""
+    if state.plugin != "pgoutput":
+        raise SourceSetupError(
+            f"Replication slot {state.name!r} uses plugin {state.plugin!r}, not pgoutput: "
+            "choose another slot name (--slot) or drop that slot if it is unused."
+        )
+    if state.database != database:
+        raise SourceSetupError(
+            f"Replication slot {state.name!r} belongs to database {state.database!r}, not {database!r}: "
+            "choose another slot name (--slot)."
+        )
+
+
+@dataclass(frozen=True)
+class NewSlot:
+    """A slot just created, with the snapshot that sees exactly what precedes it."""
+
+    consistent_lsn: int
+    snapshot_name: str
+
+
+def create_slot(replication_cursor, name: str) -> NewSlot:
+    """Create a pgoutput slot on a replication connection, exporting its snapshot.
+
+    The snapshot stays usable only while that connection stays open and idle, so the caller
+    reads the initial snapshot before it starts streaming on it.
+    """
+    try:
+        replication_cursor.execute(
+            sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(sql.Identifier(name))
+        )
+    except errors.DuplicateObject:
+        raise SourceSetupError(f"Replication slot {name!r} already exists") from None
+    except psycopg2.Error as error:
+        raise SourceSetupError(explain_slot_error(name, error)) from None
+    _, consistent_point, snapshot_name, _ = replication_cursor.fetchone()
+    return NewSlot(parse_lsn(consistent_point), snapshot_name)
+
+
+def explain_slot_error(name: str, error: psycopg2.Error) -> str:
+    message = (getattr(error, "diag", None) and error.diag.message_primary) or str(error).strip()
+    lowered = message.lower()
+    if "wal_level" in lowered:
+        return ("Logical decoding needs wal_level = logical: run ALTER SYSTEM SET wal_level = logical "
+                "(on RDS set rds.logical_replication = 1) and restart PostgreSQL.")
+    if "max_replication_slots" in lowered or "all replication slots are in use" in lowered:
+        return ("No free replication slot: raise max_replication_slots and restart PostgreSQL, "
+                "or drop an unused slot.")
+    if "permission" in lowered or "must be superuser or replication role" in lowered or "replication" in lowered and "role" in lowered:
+        return ("The reader's role may not replicate: run ALTER ROLE <role> WITH REPLICATION "
+                "(on RDS: GRANT rds_replication TO <role>).")
+    return f"Could not create replication slot {name!r}: {message}"
