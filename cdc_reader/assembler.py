@@ -1,0 +1,151 @@
+"""From decoded pgoutput messages to change events: the pure core of streaming.
+
+Each Insert/Update/Delete/Truncate becomes a `ChangeEvent` as soon as it arrives, stamped
+with the commit LSN its Begin announced (`final_lsn`), so a transaction of a million rows
+never has to sit in memory. The Commit that ends it yields `TransactionEnd`, which is what
+lets the reader count the transaction as complete; logical decoding messages (heartbeats,
+markers) come out as `LogicalMessage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from cdc_reader import pgoutput as pg
+from change_events import ChangeEvent, Column, Op, TableSchema
+
+
+class AssemblyError(RuntimeError):
+    """The message stream broke the protocol's rules (e.g. a change outside a transaction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionEnd:
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts: datetime
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalMessage:
+    lsn: int
+    prefix: str
+    content: bytes
+    transactional: bool
+
+
+Output = ChangeEvent | TransactionEnd | LogicalMessage
+TypeNamer = Callable[[int, int], str]
+KeyLookup = Callable[[str, str], "tuple[str, ...] | None"]
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8")
+
+
+class Assembler:
+    """Feed it pgoutput messages in order; it yields what they mean.
+
+    `type_name(oid, typmod)` names column types (Relation messages carry only oids);
+    `primary_key(schema, table)` gives the key under REPLICA IDENTITY FULL, where pgoutput
+    flags every column as part of the identity.
+    """
+
+    def __init__(self, type_name: TypeNamer, primary_key: KeyLookup):
+        self._type_name = type_name
+        self._primary_key = primary_key
+        self._schemas: dict[int, TableSchema] = {}
+        self._begin: pg.Begin | None = None
+        self._seq = 0
+
+    def schema(self, relation_id: int) -> TableSchema:
+        try:
+            return self._schemas[relation_id]
+        except KeyError:
+            raise AssemblyError(f"change for relation {relation_id} before its Relation message") from None
+
+    def feed(self, message: pg.PgoutputMessage) -> Iterator[Output]:
+        kind = type(message)
+        if kind is pg.Insert:
+            schema = self.schema(message.relation_id)
+            after, unchanged = self._row(schema, message.new)
+            yield self._event(schema, Op.INSERT, after, None, unchanged, after)
+        elif kind is pg.Update:
+            schema = self.schema(message.relation_id)
+            after, unchanged = self._row(schema, message.new)
+            before = self._old(schema, message.old, message.old_kind)
+            yield self._event(schema, Op.UPDATE, after, before, unchanged, after)
+        elif kind is pg.Delete:
+            schema = self.schema(message.relation_id)
+            before = self._old(schema, message.old, message.old_kind)
+            yield self._event(schema, Op.DELETE, None, before, (), before or {})
+        elif kind is pg.Begin:
+            if self._begin is not None:
+                raise AssemblyError(f"Begin of xid {message.xid} inside xid {self._begin.xid}")
+            self._begin, self._seq = message, 0
+        elif kind is pg.Commit:
+            begin = self._require_transaction("Commit")
+            self._begin = None
+            yield TransactionEnd(begin.xid, message.commit_lsn, message.end_lsn, message.commit_ts, self._seq)
+        elif kind is pg.Relation:
+            self._schemas[message.relation_id] = self._describe(message)
+        elif kind is pg.Truncate:
+            for relation_id in message.relation_ids:
+                yield self._event(self.schema(relation_id), Op.TRUNCATE, None, None, (), {})
+        elif kind is pg.Message:
+            yield LogicalMessage(message.lsn, message.prefix, message.content, message.transactional)
+        elif kind in (pg.Type, pg.Origin):
+            pass  # type names come from the catalog; origins do not change what happened
+        else:
+            raise AssemblyError(f"unexpected {kind.__name__} message: the reader streams with proto_version 1")
+
+    # -- internals ---------------------------------------------------------------------
+    def _require_transaction(self, what: str) -> pg.Begin:
+        if self._begin is None:
+            raise AssemblyError(f"{what} outside a transaction")
+        return self._begin
+
+    def _event(self, schema, op, after, before, unchanged, key_source) -> ChangeEvent:
+        begin = self._require_transaction(op.name.lower())
+        event = ChangeEvent(
+            schema=schema, op=op, lsn=begin.final_lsn, seq=self._seq, xid=begin.xid,
+            commit_ts=begin.commit_ts, key={k: key_source.get(k) for k in schema.key_names} if op is not Op.TRUNCATE else {},
+            after=after, before=before, unchanged=unchanged,
+        )
+        self._seq += 1
+        return event
+
+    def _describe(self, relation: pg.Relation) -> TableSchema:
+        keys: tuple[str, ...] | None
+        if relation.replica_identity == "f":
+            keys = self._primary_key(relation.namespace, relation.name) or ()
+        else:
+            keys = relation.key_columns
+        return TableSchema(
+            relation.qualified_name,
+            tuple(Column(c.name, self._type_name(c.type_oid, c.type_modifier), c.type_oid, c.type_modifier,
+                         c.name in keys) for c in relation.columns),
+        )
+
+    @staticmethod
+    def _row(schema: TableSchema, values: pg.TupleData) -> tuple[dict[str, str | None], tuple[str, ...]]:
+        row: dict[str, str | None] = {}
+        unchanged: list[str] = []
+        for column, (kind, data) in zip(schema.columns, values, strict=True):
+            if kind == pg.UNCHANGED_KIND:
+                unchanged.append(column.name)
+            else:
+                row[column.name] = _text(data)
+        return row, tuple(unchanged)
+
+    def _old(self, schema: TableSchema, values: pg.TupleData | None, kind: str | None) -> dict | None:
+        if values is None:
+            return None
+        row, _ = self._row(schema, values)
+        if kind == "K":
+            return {name: row.get(name) for name in schema.key_names}
+        return row
