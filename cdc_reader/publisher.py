@@ -1,0 +1,637 @@
+"""The reader's Kinesis sink: change events in, ordered, acknowledged Kinesis records out.
+
+Routing. An event's partition key is its table plus its primary-key values
+(`public.sales_order/42`; a table's keyless events, e.g. truncates, use the table name). It is
+hashed the way Kinesis hashes partition keys (MD5, read as a 128-bit big-endian integer) and
+mapped to the open shard whose hash-key range holds it, so one row's events always go to one
+shard. Each shard's events are packed, in order, into as few records as fit
+(`change_events.encode_events`), and every record is put with `ExplicitHashKey` = the first
+hash key of its shard, so it lands on that shard whatever its partition key.
+
+Ordering under failure. Kinesis does not order the records of one PutRecords call, and a
+partially failed call that is retried naively puts a shard's later records before its earlier
+ones. So a call carries at most one record per shard, and a shard's next record is sent only
+once Kinesis acknowledged its previous one. Throttled or failed entries stay at the head of
+their shard's queue and are retried after an exponential backoff with full jitter (per shard,
+so a hot shard does not slow the others). Whole-call errors are first retried by botocore (the
+client built by `kinesis_client` uses its `standard` retry mode), then by the same loop.
+A record is acknowledged only when Kinesis returned a sequence number for it; nothing is ever
+dropped. Whole-call errors that may have reached Kinesis (timeouts) can duplicate a record;
+delivery is at-least-once and every consumer is idempotent on the event id `(lsn, seq)`.
+
+Watermarks. `publish_watermark(W)` flushes every event (so every event with lsn <= W), then
+puts a marker record into every open shard: on each shard, the marker comes after all of them.
+
+Acknowledgement. `acknowledged_lsn` is the highest commit LSN such that every event with an
+lsn up to it was added, its transaction ended (`end_transaction`), and Kinesis acknowledged
+it: the reader may checkpoint there until the lake watermark exists.
+
+Sending is synchronous and the class is not thread-safe: `add`, `end_transaction` and `poll`
+send when a shard's batch is full, the buffer is full, or the oldest buffered event has waited
+`linger_seconds`; an idle caller should call `poll()` now and then, and `flush()` before it
+stops. Resharding is noticed when Kinesis reports a record on another shard than the one it
+was aimed at (or every `shard_refresh_seconds` at a watermark); the shard map is then re-read
+between flushes. Across a reshard one key's events can sit on a parent and a child shard;
+consumers restore per-row order by `(lsn, seq)` anyway (DESIGN.md guarantee 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from bisect import bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
+
+log = logging.getLogger(__name__)
+
+# Kinesis limits (PutRecords): a record's data plus partition key, and a whole call.
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_CALL_BYTES = 5 * 1024 * 1024
+MAX_CALL_RECORDS = 500
+HASH_KEY_SPACE = 1 << 128
+
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+# JSON rows compress several times over, so a record is filled from this many times its size
+# limit of (estimated, uncompressed) events; a batch that still compresses too large is halved.
+_UNCOMPRESSED_PER_RECORD = 3
+# A record's partition key is its shard id (20 characters); this much of a record is kept for it.
+_PARTITION_KEY_ROOM = 64
+# An estimated character can take up to 6 bytes in a record (a JSON-escaped control character);
+# events that could exceed a record that way are encoded alone when added, to refuse them early.
+_WORST_BYTES_PER_CHAR = 6
+
+THROTTLING_CODES = frozenset({
+    "ProvisionedThroughputExceededException", "ThrottlingException", "KMSThrottlingException",
+    "LimitExceededException", "RequestLimitExceeded", "TooManyRequestsException",
+})
+RETRYABLE_CALL_CODES = THROTTLING_CODES | {
+    "InternalFailure", "InternalFailureException", "InternalServerError", "ServiceUnavailable",
+    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+}
+
+
+class PublishError(RuntimeError):
+    """Kinesis refused the records for a reason retrying cannot fix, or accepted nothing for too
+    long. Nothing was dropped: the unsent records stay queued, and `flush()` tries again."""
+
+
+class EventTooLargeError(ValueError):
+    """An event that does not fit in one Kinesis record even alone and compressed."""
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+def partition_key(event: ChangeEvent) -> str:
+    """`<schema.table>/<key values in key-column order>`; the table alone when keyless."""
+    if not event.key:
+        return event.table
+    names = event.schema.key_names or tuple(event.key)
+    return event.table + "/" + "/".join(str(event.key.get(name)) for name in names)
+
+
+def hash_key(partition_key: str) -> int:
+    """Kinesis's hash of a partition key: MD5 as a 128-bit big-endian integer."""
+    return int.from_bytes(hashlib.md5(partition_key.encode("utf-8")).digest(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    shard_id: str
+    starting_hash_key: int
+    ending_hash_key: int
+
+
+class ShardMap:
+    """The open shards of a stream, which must cover the hash-key space exactly once."""
+
+    def __init__(self, shards: Iterable[Shard]) -> None:
+        self.shards = tuple(sorted(shards, key=lambda s: s.starting_hash_key))
+        if not self.shards:
+            raise ValueError("a stream without open shards")
+        expected = 0
+        for shard in self.shards:
+            if shard.starting_hash_key != expected or shard.ending_hash_key < shard.starting_hash_key:
+                raise ValueError(f"open shards do not tile the hash-key space at {shard.shard_id} "
+                                 f"(expected a range starting at {expected})")
+            expected = shard.ending_hash_key + 1
+        if expected != HASH_KEY_SPACE:
+            raise ValueError("open shards do not cover the hash-key space up to 2^128-1")
+        self._starts = [s.starting_hash_key for s in self.shards]
+
+    def shard_for(self, hash_value: int) -> Shard:
+        if not 0 <= hash_value < HASH_KEY_SPACE:
+            raise ValueError(f"hash key {hash_value} is outside [0, 2^128)")
+        return self.shards[bisect_right(self._starts, hash_value) - 1]
+
+    def route(self, event: ChangeEvent) -> Shard:
+        return self.shard_for(hash_key(partition_key(event)))
+
+    @classmethod
+    def from_kinesis(cls, client, stream_name: str) -> ShardMap:
+        """Read the open shards with ListShards (all pages)."""
+        shards: list[Shard] = []
+        kwargs: dict = {"StreamName": stream_name}
+        while True:
+            response = client.list_shards(**kwargs)
+            for shard in response["Shards"]:
+                if shard["SequenceNumberRange"].get("EndingSequenceNumber") is not None:
+                    continue  # closed by a split or merge: no longer written to
+                shards.append(Shard(shard["ShardId"], int(shard["HashKeyRange"]["StartingHashKey"]),
+                                    int(shard["HashKeyRange"]["EndingHashKey"])))
+            token = response.get("NextToken")
+            if not token:
+                return cls(shards)
+            kwargs = {"NextToken": token}
+
+
+# -- acknowledgement -------------------------------------------------------------------------
+
+class AckTracker:
+    """Which commit LSN every event up to is acknowledged.
+
+    Events are added in non-decreasing lsn order; `ended(L)` says every event with lsn <= L
+    has been added. `acknowledged_lsn` is the highest ended L with no unacknowledged event
+    at or below it.
+    """
+
+    def __init__(self, start_lsn: int = 0) -> None:
+        self._acknowledged = start_lsn
+        self._last_ended = start_lsn
+        self._last_added = start_lsn
+        self._outstanding: OrderedDict[int, int] = OrderedDict()  # lsn -> unacked events, lsn order
+        self._ended: deque[int] = deque()
+
+    @property
+    def acknowledged_lsn(self) -> int:
+        return self._acknowledged
+
+    @property
+    def last_ended(self) -> int:
+        return self._last_ended
+
+    @property
+    def outstanding(self) -> int:
+        return sum(self._outstanding.values())
+
+    def check_add(self, lsn: int) -> None:
+        if lsn <= self._last_ended:
+            raise ValueError(f"event at lsn {format_lsn(lsn)} comes after end_transaction"
+                             f"({format_lsn(self._last_ended)}): events must be added in commit order")
+        if lsn < self._last_added:
+            raise ValueError(f"event at lsn {format_lsn(lsn)} added after one at "
+                             f"{format_lsn(self._last_added)}: events must be added in commit order")
+
+    def added(self, lsn: int, count: int = 1) -> None:
+        self.check_add(lsn)
+        self._last_added = lsn
+        if lsn in self._outstanding:
+            self._outstanding[lsn] += count
+        else:
+            self._outstanding[lsn] = count  # the largest lsn so far: order is kept
+
+    def ended(self, commit_lsn: int) -> None:
+        if commit_lsn < self._last_ended or commit_lsn < self._last_added:
+            raise ValueError(f"end_transaction({format_lsn(commit_lsn)}) is below an lsn already "
+                             f"added or ended ({format_lsn(max(self._last_ended, self._last_added))})")
+        self._last_ended = commit_lsn
+        self._ended.append(commit_lsn)
+        self._advance()
+
+    def acked(self, lsn_counts: Iterable[tuple[int, int]]) -> None:
+        for lsn, count in lsn_counts:
+            left = self._outstanding[lsn] - count
+            if left < 0:
+                raise AssertionError(f"more events acknowledged at {format_lsn(lsn)} than added")
+            if left:
+                self._outstanding[lsn] = left
+            else:
+                del self._outstanding[lsn]
+        self._advance()
+
+    def _advance(self) -> None:
+        lowest = next(iter(self._outstanding), None)
+        while self._ended and (lowest is None or self._ended[0] < lowest):
+            self._acknowledged = max(self._acknowledged, self._ended.popleft())
+
+
+# -- records ---------------------------------------------------------------------------------
+
+def estimate_size(event: ChangeEvent) -> int:
+    """Rough uncompressed size of an event in a record (values only; names are per record)."""
+    size = 48
+    for row in (event.key, event.after, event.before):
+        if row:
+            for value in row.values():
+                size += 4 + (4 if value is None else len(value))
+    return size
+
+
+def pack(events: Sequence[ChangeEvent], max_bytes: int,
+         chunk_bytes: int | None = None) -> list[tuple[bytes, Sequence[ChangeEvent]]]:
+    """Encode `events` (one shard's, in order) into records of at most `max_bytes` each, in order.
+
+    Events are grouped by estimated size (`chunk_bytes`, default a few times `max_bytes`); a
+    group that still encodes too large is split in halves until it fits.
+    """
+    chunk_bytes = chunk_bytes or _UNCOMPRESSED_PER_RECORD * max_bytes
+    records: list[tuple[bytes, Sequence[ChangeEvent]]] = []
+
+    def emit(group: Sequence[ChangeEvent]) -> None:
+        data = encode_events(group)
+        if len(data) <= max_bytes:
+            records.append((data, group))
+        elif len(group) == 1:
+            raise _too_large(group[0], len(data), max_bytes)
+        else:
+            middle = len(group) // 2
+            emit(group[:middle])
+            emit(group[middle:])
+
+    start, size = 0, 0
+    for index, event in enumerate(events):
+        event_size = estimate_size(event)
+        if index > start and size + event_size > chunk_bytes:
+            emit(events[start:index])
+            start, size = index, 0
+        size += event_size
+    if start < len(events):
+        emit(events[start:])
+    return records
+
+
+def _too_large(event: ChangeEvent, size: int, max_bytes: int) -> EventTooLargeError:
+    return EventTooLargeError(
+        f"event ({event.lsn}, {event.seq}) of {partition_key(event)} is {size} bytes compressed, "
+        f"more than the {max_bytes} bytes a Kinesis record can carry"
+    )
+
+
+@dataclass(slots=True, eq=False)
+class _Record:
+    shard: Shard
+    data: bytes
+    partition_key: str
+    events: int
+    lsn_counts: tuple[tuple[int, int], ...]
+    watermark: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + len(self.partition_key.encode("utf-8"))
+
+
+@dataclass(slots=True)
+class _ShardQueue:
+    shard: Shard
+    pending: list[ChangeEvent] = field(default_factory=list)
+    pending_bytes: int = 0
+    ready: deque[_Record] = field(default_factory=deque)
+    failures: int = 0
+    not_before: float = 0.0
+
+
+@dataclass
+class PublisherMetrics:
+    """Counters since the publisher was created; records and bytes count acknowledged ones."""
+
+    events: int = 0
+    """events acknowledged by Kinesis"""
+    records: int = 0
+    """event records acknowledged"""
+    watermark_records: int = 0
+    bytes: int = 0
+    """data bytes acknowledged (event and watermark records)"""
+    calls: int = 0
+    """PutRecords calls made"""
+    failed_calls: int = 0
+    """PutRecords calls that failed as a whole (after botocore's own retries)"""
+    retries: int = 0
+    """records sent again after a failed entry or call"""
+    throttles: int = 0
+    """entries or calls refused by throttling"""
+
+    @property
+    def events_per_record(self) -> float:
+        return self.events / self.records if self.records else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "events_per_record": self.events_per_record}
+
+
+# -- the publisher ---------------------------------------------------------------------------
+
+class Publisher:
+    """Puts change events and watermark markers on one Kinesis stream (see the module doc).
+
+    `client` is a boto3 Kinesis client (see `kinesis_client`) or anything with the same
+    `list_shards` and `put_records`.
+    """
+
+    def __init__(
+        self,
+        client,
+        stream_name: str,
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        linger_seconds: float = 0.25,
+        max_buffer_bytes: int = 16 * 1024 * 1024,
+        max_call_bytes: int = MAX_CALL_BYTES,
+        max_call_records: int = MAX_CALL_RECORDS,
+        backoff_base_seconds: float = 0.05,
+        backoff_max_seconds: float = 5.0,
+        max_stall_seconds: float = 300.0,
+        shard_refresh_seconds: float = 60.0,
+        start_lsn: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 4 * _PARTITION_KEY_ROOM <= max_record_bytes <= MAX_RECORD_BYTES:
+            raise ValueError(f"max_record_bytes must be in [{4 * _PARTITION_KEY_ROOM}, {MAX_RECORD_BYTES}]")
+        if not 0 < max_call_records <= MAX_CALL_RECORDS or not 0 < max_call_bytes <= MAX_CALL_BYTES:
+            raise ValueError("a PutRecords call holds at most 500 records and 5 MiB")
+        if max_call_bytes < max_record_bytes:
+            raise ValueError("max_call_bytes must hold at least one record of max_record_bytes")
+        self.client = client
+        self.stream_name = stream_name
+        self.max_record_bytes = max_record_bytes
+        self.linger_seconds = linger_seconds
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_call_bytes = max_call_bytes
+        self.max_call_records = max_call_records
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.max_stall_seconds = max_stall_seconds
+        self.shard_refresh_seconds = shard_refresh_seconds
+        self.metrics = PublisherMetrics()
+        self._clock = clock
+        self._sleep = sleep
+        self._tracker = AckTracker(start_lsn)
+        self._queues: dict[str, _ShardQueue] = {}
+        self._buffered_bytes = 0
+        self._oldest_buffered: float | None = None
+        self._rotation = 0
+        self._map_stale = False
+        self._refresh_shards()
+
+    # -- public API ----------------------------------------------------------------------
+    @property
+    def acknowledged_lsn(self) -> int:
+        """Highest commit LSN whose transaction, and every one before it, Kinesis acknowledged."""
+        return self._tracker.acknowledged_lsn
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        return self._map.shards
+
+    @property
+    def buffered_events(self) -> int:
+        """Events added but not yet acknowledged."""
+        return self._tracker.outstanding
+
+    def add(self, event: ChangeEvent) -> None:
+        """Buffer one event; may send (and block) when a batch is due."""
+        self._tracker.check_add(event.lsn)
+        size = estimate_size(event)
+        if _WORST_BYTES_PER_CHAR * size + 1024 >= self._max_data:
+            encoded = len(encode_events([event]))
+            if encoded > self._max_data:
+                raise _too_large(event, encoded, self._max_data)
+        queue = self._queues[self._map.route(event).shard_id]
+        queue.pending.append(event)
+        queue.pending_bytes += size
+        self._tracker.added(event.lsn)
+        self._buffered_bytes += size
+        now = self._clock()
+        if self._oldest_buffered is None:
+            self._oldest_buffered = now
+        if (queue.pending_bytes >= _UNCOMPRESSED_PER_RECORD * self.max_record_bytes
+                or self._buffered_bytes >= self.max_buffer_bytes
+                or now - self._oldest_buffered >= self.linger_seconds):
+            self.flush()
+
+    def end_transaction(self, commit_lsn: int) -> None:
+        """Every event with lsn <= `commit_lsn` has been added (a transaction, or a heartbeat)."""
+        self._tracker.ended(commit_lsn)
+        self.poll()
+
+    def poll(self) -> None:
+        """Send what has lingered long enough, and what a failed send left queued."""
+        lingered = (self._oldest_buffered is not None
+                    and self._clock() - self._oldest_buffered >= self.linger_seconds)
+        if lingered or any(q.ready for q in self._queues.values()):
+            self.flush()
+
+    def flush(self) -> int:
+        """Send everything buffered and wait until Kinesis acknowledged all of it; return
+        `acknowledged_lsn`. Raises PublishError (nothing dropped) when Kinesis will not take it."""
+        self._seal()
+        self._drain()
+        if self._map_stale:
+            self._refresh_shards()
+        return self.acknowledged_lsn
+
+    def publish_watermark(self, lsn: int | None = None) -> int:
+        """Flush, then put a Watermark(lsn) marker into every open shard; return its lsn.
+
+        `lsn` defaults to the last `end_transaction` and may not exceed it (a marker promises
+        that every event up to it was put before it)."""
+        lsn = self._tracker.last_ended if lsn is None else lsn
+        if lsn > self._tracker.last_ended:
+            raise ValueError(f"watermark {format_lsn(lsn)} is beyond the last ended transaction "
+                             f"{format_lsn(self._tracker.last_ended)}")
+        self.flush()
+        if self._clock() - self._map_read_at >= self.shard_refresh_seconds:
+            self._refresh_shards()
+        data = encode_watermark(Watermark(lsn, datetime.now(timezone.utc)))
+        for queue in self._queues.values():
+            queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, 0, (), watermark=lsn))
+        self._drain()
+        if self._map_stale:
+            self._refresh_shards()
+        return lsn
+
+    # -- internals -----------------------------------------------------------------------
+    @property
+    def _max_data(self) -> int:
+        """Largest data blob of a record (its partition key counts towards the limit too)."""
+        return self.max_record_bytes - _PARTITION_KEY_ROOM
+
+    def _refresh_shards(self) -> None:
+        if any(q.pending or q.ready for q in self._queues.values()):
+            raise AssertionError("the shard map is re-read only when nothing is queued")
+        self._map = ShardMap.from_kinesis(self.client, self.stream_name)
+        self._queues = {s.shard_id: _ShardQueue(s) for s in self._map.shards}
+        self._map_read_at = self._clock()
+        self._map_stale = False
+        log.debug("stream %s: %d open shards", self.stream_name, len(self._map.shards))
+
+    def _seal(self) -> None:
+        for queue in self._queues.values():
+            if not queue.pending:
+                continue
+            for data, events in pack(queue.pending, self._max_data):
+                counts: dict[int, int] = {}
+                for event in events:
+                    counts[event.lsn] = counts.get(event.lsn, 0) + 1
+                queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, len(events),
+                                           tuple(counts.items())))
+            queue.pending = []
+            queue.pending_bytes = 0
+        self._buffered_bytes = 0
+        self._oldest_buffered = None
+
+    def _drain(self) -> None:
+        last_progress = self._clock()
+        last_error = "none"
+        while True:
+            waiting = [q for q in self._queues.values() if q.ready]
+            if not waiting:
+                return
+            now = self._clock()
+            batch = self._next_call(now)
+            if not batch:
+                self._sleep(max(0.0, min(q.not_before for q in waiting) - now))
+                continue
+            progressed, error = self._put(batch)
+            if progressed:
+                last_progress = self._clock()
+            else:
+                last_error = error or last_error
+                if self._clock() - last_progress > self.max_stall_seconds:
+                    raise PublishError(
+                        f"Kinesis stream {self.stream_name} accepted no record for "
+                        f"{self.max_stall_seconds:g} s (last error: {last_error}); "
+                        f"{sum(len(q.ready) for q in waiting)} records stay queued"
+                    )
+
+    def _next_call(self, now: float) -> list[_Record]:
+        """The head record of each shard that may send now: never two of one shard."""
+        queues = list(self._queues.values())
+        self._rotation = (self._rotation + 1) % len(queues)
+        batch: list[_Record] = []
+        size = 0
+        for queue in queues[self._rotation:] + queues[:self._rotation]:
+            if not queue.ready or queue.not_before > now:
+                continue
+            record = queue.ready[0]
+            if len(batch) >= self.max_call_records or size + record.size > self.max_call_bytes:
+                continue
+            batch.append(record)
+            size += record.size
+        return batch
+
+    def _put(self, batch: list[_Record]) -> tuple[bool, str | None]:
+        """One PutRecords call; returns (whether any record was acknowledged, last error)."""
+        self.metrics.calls += 1
+        try:
+            response = self.client.put_records(StreamName=self.stream_name, Records=[
+                {"Data": r.data, "PartitionKey": r.partition_key,
+                 "ExplicitHashKey": str(r.shard.starting_hash_key)} for r in batch
+            ])
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code not in RETRYABLE_CALL_CODES and status < 500:
+                raise PublishError(f"Kinesis refused PutRecords on {self.stream_name}: {code}: "
+                                   f"{error.response.get('Error', {}).get('Message', '')}") from error
+            return False, self._call_failed(batch, code or f"HTTP {status}", code in THROTTLING_CODES)
+        except (BotoConnectionError, HTTPClientError) as error:
+            return False, self._call_failed(batch, f"{type(error).__name__}: {error}", False)
+        results = response.get("Records", [])
+        if len(results) != len(batch):
+            raise PublishError(f"PutRecords answered {len(results)} results for {len(batch)} records")
+        progressed = False
+        last_error = None
+        for record, result in zip(batch, results):
+            queue = self._queues[record.shard.shard_id]
+            if result.get("SequenceNumber") and not result.get("ErrorCode"):
+                queue.ready.remove(record)  # the head: a shard has one record in flight
+                queue.failures = 0
+                queue.not_before = 0.0
+                self._acknowledged(record)
+                if result.get("ShardId") not in (None, record.shard.shard_id):
+                    self._map_stale = True  # resharded: re-read the map once the queues are empty
+                progressed = True
+            else:
+                code = result.get("ErrorCode") or "no sequence number"
+                last_error = f"{code}: {result.get('ErrorMessage', '')}"
+                self.metrics.retries += 1
+                if code in THROTTLING_CODES:
+                    self.metrics.throttles += 1
+                self._back_off(queue)
+        if last_error:
+            log.debug("PutRecords on %s: %d of %d records to retry (%s)", self.stream_name,
+                      response.get("FailedRecordCount", 0), len(batch), last_error)
+        return progressed, last_error
+
+    def _call_failed(self, batch: list[_Record], reason: str, throttled: bool) -> str:
+        self.metrics.failed_calls += 1
+        self.metrics.retries += len(batch)
+        if throttled:
+            self.metrics.throttles += 1
+        log.warning("PutRecords on %s failed (%s); retrying %d records", self.stream_name, reason,
+                    len(batch))
+        for record in batch:
+            self._back_off(self._queues[record.shard.shard_id])
+        return reason
+
+    def _back_off(self, queue: _ShardQueue) -> None:
+        queue.failures += 1
+        ceiling = min(self.backoff_max_seconds,
+                      self.backoff_base_seconds * 2 ** min(queue.failures - 1, 30))
+        queue.not_before = self._clock() + random.uniform(0, ceiling)
+
+    def _acknowledged(self, record: _Record) -> None:
+        self.metrics.bytes += len(record.data)
+        if record.watermark is not None:
+            self.metrics.watermark_records += 1
+            return
+        self.metrics.records += 1
+        self.metrics.events += record.events
+        self._tracker.acked(record.lsn_counts)
+
+
+# -- the boto3 adapter -----------------------------------------------------------------------
+
+def kinesis_client(*, endpoint_url: str | None = None, region: str | None = None,
+                   max_attempts: int = 5, retry_mode: str = "standard",
+                   session: boto3.session.Session | None = None):
+    """A Kinesis client with botocore's retry config.
+
+    The endpoint comes from `endpoint_url`, else boto3's own `AWS_ENDPOINT_URL_KINESIS` /
+    `AWS_ENDPOINT_URL`; the region from `region`, `AWS_REGION`, `AWS_DEFAULT_REGION`, else
+    us-east-1. A loopback endpoint (kinesalite) takes any credentials: when none are in the
+    environment, placeholder ones are used instead of searching the machine for real ones.
+    """
+    session = session or boto3.session.Session()
+    region = (region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+              or session.region_name or "us-east-1")
+    config = Config(retries={"mode": retry_mode, "total_max_attempts": max_attempts},
+                    connect_timeout=10, read_timeout=60, tcp_keepalive=True)
+    kwargs: dict = {"region_name": region, "config": config}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    configured = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_KINESIS")
+                  or os.environ.get("AWS_ENDPOINT_URL"))
+    if (configured and _is_loopback(configured) and not os.environ.get("AWS_ACCESS_KEY_ID")
+            and not os.environ.get("AWS_PROFILE")):
+        kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
+    return session.client("kinesis", **kwargs)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
