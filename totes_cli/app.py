@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import doctor_cmd, source_cmd, status_cmd
+from totes_cli import demo_cmd, doctor_cmd, simulate_cmd, source_cmd, status_cmd
 
 app = typer.Typer(
     name="totes",
@@ -19,6 +19,8 @@ app.add_typer(source_cmd.app, name="source")
 # (simulate, doctor, status and demo are registered below as they land.)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("status")(status_cmd.status)
+app.command("demo")(demo_cmd.demo)
+app.command("simulate")(simulate_cmd.simulate)
 
 
 def main() -> None:
