@@ -44,7 +44,7 @@ def _business_line(simulator: Simulator) -> Text:
 
 
 def demo(
-    home: Annotated[Optional[Path], typer.Option("--home", help="Where the demo keeps its state [default: $TOTES_HOME or ./.totes].")] = None,
+    home: Annotated[Optional[Path], typer.Option("--home", help="Where the demo keeps its state \\[default: $TOTES_HOME or ./.totes].")] = None,
     history_days: Annotated[int, typer.Option("--history-days", help="Days of history to seed into an empty totesys.")] = 365,
     rate: Annotated[float, typer.Option("--rate", help="Live business events per second.")] = 5.0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for a reproducible history.")] = None,

@@ -17,7 +17,7 @@ app = typer.Typer(help="Run totesys on an embedded PostgreSQL (logical replicati
 
 DirOption = Annotated[
     Optional[Path],
-    typer.Option("--dir", help="Directory of the server's data, socket and log [default: $TOTES_HOME/source]."),
+    typer.Option("--dir", help="Directory of the server's data, socket and log \\[default: $TOTES_HOME/source]."),
 ]
 
 

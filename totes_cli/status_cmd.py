@@ -74,7 +74,7 @@ def slots_table(snapshot: SourceSnapshot) -> Table | None:
 
 
 def status(
-    dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN [default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
+    dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Show the state of the pipeline: source rows, newest change, WAL and slot lag."""
