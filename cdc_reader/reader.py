@@ -39,7 +39,7 @@ from cdc_reader.source_setup import (
     SourceSetupError, check_slot, create_slot, ensure_publication, slot_state,
 )
 from change_events import ChangeEvent, format_lsn
-from totesys.connection import connect
+from totesys.connection import SourceConnectionError, connect
 from totesys.schema import TABLES, database_name
 
 log = logging.getLogger("totes.reader")
@@ -56,6 +56,8 @@ def session_options() -> str:
 class EventSink(Protocol):
     def add(self, event: ChangeEvent) -> None: ...
     def end_transaction(self, commit_lsn: int) -> None: ...
+    def poll(self) -> None:
+        """Send what has waited long enough; called often, also when idle."""
     def flush(self) -> None: ...
     def publish_watermark(self, lsn: int) -> None: ...
 
@@ -150,6 +152,10 @@ class Reader:
         self.state = state
         self.config = config
         self.metrics = ReaderMetrics()
+        # Both outlive a connection: after a reconnect the slot sends again what the sink
+        # already has, and the sink must not get it twice.
+        self._progress = _Progress()
+        self._handed_over = 0
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
 
@@ -171,7 +177,8 @@ class Reader:
             )
         if slot is not None:
             check_slot(slot, database_name(self.dsn) or slot.database)
-            if state.slot == cfg.slot and not state.snapshot_done:
+            snapshot_in_sink = state.snapshot_lsn is not None and self._handed_over >= state.snapshot_lsn
+            if state.slot == cfg.slot and not state.snapshot_done and not snapshot_in_sink:
                 log.warning("slot %s was created but its snapshot never finished: starting over", cfg.slot)
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_drop_replication_slot(%s)", (cfg.slot,))
@@ -199,6 +206,7 @@ class Reader:
         read_snapshot(conn, new.snapshot_name, schemas, new.consistent_lsn, emit,
                       chunk_rows=cfg.snapshot_chunk_rows)
         self.sink.end_transaction(new.consistent_lsn)
+        self._handed_over = new.consistent_lsn
         self.sink.flush()
         self.sink.publish_watermark(new.consistent_lsn)
         return new.consistent_lsn
@@ -232,10 +240,11 @@ class Reader:
         )
         self.streaming.set()
         assembler = Assembler(TypeNames(conn), lambda s, t: read_table_schema(conn, s, t).key_names)
-        progress = _Progress()
-        if state.snapshot_lsn is not None and not state.snapshot_done:
+        progress = self._progress
+        progress.in_transaction = False
+        if state.snapshot_lsn is not None and not state.snapshot_done and not progress.pending:
             progress.ended(state.snapshot_lsn, state.snapshot_lsn)
-        last_commit = start_lsn
+        last_commit = max(start_lsn, self._handed_over)
         marked = 0
         now = time.monotonic()
         next_feedback = next_watermark = now
@@ -243,18 +252,23 @@ class Reader:
         confirmed = 0
 
         while not stop.is_set():
-            message = cur.read_message()
+            message = self._read(cur)
             if message is not None:
                 self.metrics.bytes_received += len(message.payload)
                 self.metrics.received_lsn = max(self.metrics.received_lsn, message.data_start)
                 for out in assembler.feed(pgoutput.decode(message.payload)):
                     if isinstance(out, ChangeEvent):
+                        if out.lsn <= self._handed_over:
+                            continue  # sent again after a reconnect; the sink has it
                         progress.in_transaction = True
                         self.sink.add(out)
                         self.metrics.events += 1
                     elif isinstance(out, TransactionEnd):
                         progress.in_transaction = False
+                        if out.commit_lsn <= self._handed_over:
+                            continue
                         self.sink.end_transaction(out.commit_lsn)
+                        self._handed_over = out.commit_lsn
                         progress.ended(out.commit_lsn, out.end_lsn)
                         last_commit = out.commit_lsn
                         self.metrics.transactions += 1
@@ -267,6 +281,7 @@ class Reader:
                 self.metrics.received_lsn = max(self.metrics.received_lsn, cur.wal_end)
                 select.select([cur], [], [], cfg.idle_wait_seconds)
 
+            self.sink.poll()
             now = time.monotonic()
             if now >= next_watermark and last_commit > marked and not progress.in_transaction:
                 self.sink.flush()
@@ -289,6 +304,17 @@ class Reader:
                 next_heartbeat = now + cfg.heartbeat_seconds
 
         self._shutdown(cur, progress, state)
+
+    @staticmethod
+    def _read(cur):
+        try:
+            return cur.read_message()
+        except psycopg2.DatabaseError as error:
+            if isinstance(error, psycopg2.OperationalError) or cur.connection.closed or "COPY" in str(error):
+                # The server went away mid-stream (psycopg2 reports some of these as a
+                # plain DatabaseError): a connection problem, worth a reconnect.
+                raise psycopg2.OperationalError(f"replication stream lost: {str(error).strip()}") from error
+            raise
 
     def _heartbeat(self, conn) -> None:
         """A committed WAL record of our own: keeps the slot moving when our tables are idle
@@ -313,3 +339,26 @@ class Reader:
             if target > self.metrics.confirmed_lsn:
                 cur.send_feedback(flush_lsn=target, reply=True, force=True)
                 self.metrics.confirmed_lsn = target
+
+
+RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, SourceConnectionError)
+
+
+def supervise(reader: Reader, stop: threading.Event, *, max_delay: float = 30.0) -> None:
+    """Run the reader until `stop`, reconnecting with exponential backoff when PostgreSQL
+    restarts or the network drops. Set-up problems (SourceSetupError) are not retried."""
+    delay = 1.0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            reader.run(stop)
+            return
+        except RETRYABLE as error:
+            if time.monotonic() - started > 60:
+                delay = 1.0
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.warning("lost the source (%s); reconnecting in %.0f s", first, delay)
+            reader.streaming.clear()
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, max_delay)

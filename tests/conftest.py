@@ -124,3 +124,19 @@ def shared_snapshot():
         return path
 
     return find
+
+
+@pytest.fixture(scope="session")
+def kinesalite_url() -> Iterator[str]:
+    """One local Kinesis (kinesalite) for the session; each test uses its own stream."""
+    from local_stack.kinesalite import Kinesalite
+
+    with Kinesalite(make_scratch_dir("totes-kinesalite-")) as server:
+        yield server.endpoint_url
+
+
+@pytest.fixture
+def kinesis(kinesalite_url):
+    from cdc_reader.publisher import kinesis_client
+
+    return kinesis_client(endpoint_url=kinesalite_url)

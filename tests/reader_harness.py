@@ -37,6 +37,9 @@ class MemorySink:
     def end_transaction(self, commit_lsn: int) -> None:
         self.ended.append(commit_lsn)
 
+    def poll(self) -> None:
+        pass
+
     def flush(self) -> None:
         if not self.hold and self.ended:
             self._durable = max(self._durable, self.ended[-1])

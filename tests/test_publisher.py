@@ -41,26 +41,10 @@ LINE = TableSchema("public.line", (
 ))
 COMMIT = datetime(2024, 11, 15, 14, 40, 10, tzinfo=timezone.utc)
 
+from tests.stream_helpers import events_by_shard, new_stream, read_stream
 
 # -- fixtures and helpers --------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def kinesalite_url(tmp_path_factory) -> Iterator[str]:
-    """One kinesalite for the module (each test uses its own stream)."""
-    with Kinesalite(tmp_path_factory.mktemp("kinesalite")) as server:
-        yield server.endpoint_url
-
-
-@pytest.fixture
-def kinesis(kinesalite_url):
-    return kinesis_client(endpoint_url=kinesalite_url)
-
-
-def new_stream(client, shards: int = 4) -> str:
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    ensure_stream(client, name, shards)
-    return name
-
+# (kinesalite_url and kinesis come from conftest; new_stream, read_stream from stream_helpers)
 
 def make_event(schema: TableSchema, key: int, lsn: int, seq: int, op: Op = Op.UPDATE,
                text: str | None = None) -> ChangeEvent:
@@ -101,28 +85,6 @@ def publish(publisher: Publisher, txs, *, check=None) -> None:
         publisher.end_transaction(commit_lsn)
         if check:
             check()
-
-
-def read_stream(client, stream: str) -> dict[str, list[tuple[bytes, object]]]:
-    """Every record of every shard from TRIM_HORIZON, as (raw data, decoded record)."""
-    shards = {}
-    for shard in client.list_shards(StreamName=stream)["Shards"]:
-        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        records = []
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10000)
-            if not response["Records"]:
-                break
-            records += [(r["Data"], decode(r["Data"])) for r in response["Records"]]
-            iterator = response.get("NextShardIterator")
-        shards[shard["ShardId"]] = records
-    return shards
-
-
-def events_by_shard(stream_records) -> dict[str, list[ChangeEvent]]:
-    return {shard: [e for _, record in records for e in record.events]
-            for shard, records in stream_records.items()}
 
 
 def assert_complete_and_ordered(stream_records, txs, *, allow_duplicates: bool = False) -> None:

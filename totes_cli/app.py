@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import demo_cmd, doctor_cmd, simulate_cmd, source_cmd, status_cmd
+from totes_cli import demo_cmd, doctor_cmd, reader_cmd, simulate_cmd, source_cmd, status_cmd
 
 app = typer.Typer(
     name="totes",
@@ -20,6 +20,7 @@ app.add_typer(source_cmd.app, name="source")
 app.command("doctor")(doctor_cmd.doctor)
 app.command("status")(status_cmd.status)
 app.command("demo")(demo_cmd.demo)
+app.command("reader")(reader_cmd.reader)
 app.command("simulate")(simulate_cmd.simulate)
 
 

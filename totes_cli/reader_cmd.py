@@ -1,0 +1,111 @@
+"""`totes reader`: the source's changes into Kinesis, forever (until SIGTERM/SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cdc_reader.publisher import Publisher, PublishError, kinesis_client
+from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
+from cdc_reader.source_setup import SourceSetupError
+from change_events import format_lsn
+from local_stack.kinesalite import KinesaliteError, ensure_stream
+from totes_cli.console import err, fail
+from totes_cli.settings import NoSourceError, load, resolve_source_dsn
+from totesys.connection import SourceConnectionError
+from totesys.schema import TABLES
+
+DEFAULT_STREAM = "totes-cdc"
+STATUS_SECONDS = 5.0
+
+
+class KinesisAcknowledged:
+    """Durability until the lake exists: what Kinesis has acknowledged is durable."""
+
+    def __init__(self, publisher: Publisher):
+        self.publisher = publisher
+
+    def durable_lsn(self) -> int:
+        return self.publisher.acknowledged_lsn
+
+
+def _write_status(path: Path, reader: Reader, publisher: Publisher, started: float) -> None:
+    m = reader.metrics
+    elapsed = max(time.time() - started, 1e-9)
+    status = {
+        "updated_at": time.time(),
+        "events": m.events, "snapshot_events": m.snapshot_events, "transactions": m.transactions,
+        "events_per_second": m.events / elapsed, "bytes_per_second": m.bytes_received / elapsed,
+        "received_lsn": format_lsn(m.received_lsn), "confirmed_lsn": format_lsn(m.confirmed_lsn),
+        "seconds_behind": (time.time() - m.last_commit_ts) if m.last_commit_ts else None,
+        "publisher": publisher.metrics.as_dict(),
+    }
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps(status), encoding="utf-8")
+    scratch.replace(path)
+
+
+def reader(
+    source: Annotated[Optional[str], typer.Option("--source", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded totesys].")] = None,
+    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
+    shards: Annotated[int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")] = 2,
+    slot: Annotated[str, typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot name.")] = "totes_cdc",
+    publication: Annotated[str, typer.Option("--publication", envvar="TOTES_PUBLICATION", help="Publication name.")] = "totes_cdc",
+    tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
+    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: $TOTES_HOME/reader].")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Forget the reader's state so a missing slot is created again with a new snapshot.")] = False,
+) -> None:
+    """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
+    the WAL, confirming to PostgreSQL only what Kinesis has acknowledged."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        dsn = resolve_source_dsn(source)
+    except NoSourceError as error:
+        raise fail(str(error), code=2) from None
+    settings = load()
+    state_path = (state_dir or settings.home / "reader") / f"{slot}.json"
+    if reset and state_path.exists():
+        state_path.unlink()
+    table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else TABLES
+    try:
+        client = kinesis_client()
+        ensure_stream(client, stream, shards)
+        publisher = Publisher(client, stream)
+    except (KinesaliteError, PublishError) as error:
+        raise fail(str(error), code=2) from None
+    except Exception as error:  # botocore: no endpoint, no credentials, ...
+        raise fail(f"Kinesis is not reachable ({type(error).__name__}: {error}): set AWS_ENDPOINT_URL_KINESIS "
+                   "for a local endpoint, or AWS credentials and region for AWS.", code=2) from None
+
+    config = ReaderConfig(slot=slot, publication=publication, tables=table_list)
+    the_reader = Reader(dsn, publisher, KinesisAcknowledged(publisher), FileStateStore(state_path), config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    status_path = state_path.with_name(f"{slot}.status.json")
+    started = time.time()
+
+    def report() -> None:
+        while not stop.wait(STATUS_SECONDS):
+            _write_status(status_path, the_reader, publisher, started)
+
+    threading.Thread(target=report, name="status", daemon=True).start()
+    err.print(f"reading {len(table_list)} tables into stream {stream!r} (slot {slot!r}); Ctrl-C stops")
+    try:
+        supervise(the_reader, stop)
+    except (SourceSetupError, SourceConnectionError) as error:
+        raise fail(str(error), code=2) from None
+    except PublishError as error:
+        raise fail(f"Kinesis stopped accepting records: {error}") from None
+    finally:
+        stop.set()
+        _write_status(status_path, the_reader, publisher, started)
+    err.print(f"stopped: {the_reader.metrics.events} events, confirmed {format_lsn(the_reader.metrics.confirmed_lsn)}")
