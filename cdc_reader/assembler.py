@@ -103,6 +103,16 @@ class Assembler:
         else:
             raise AssemblyError(f"unexpected {kind.__name__} message: the reader streams with proto_version 1")
 
+    def read_events(self, schema: TableSchema, rows: list[list[str | None]]) -> list[ChangeEvent]:
+        """Rows re-read from the table, as `op='r'` events of the transaction being
+        assembled (they take its commit LSN and the next sequence numbers)."""
+        names = schema.column_names
+        events = []
+        for values in rows:
+            after = dict(zip(names, values, strict=True))
+            events.append(self._event(schema, Op.SNAPSHOT, after, None, (), after))
+        return events
+
     # -- internals ---------------------------------------------------------------------
     def _require_transaction(self, what: str) -> pg.Begin:
         if self._begin is None:

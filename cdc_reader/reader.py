@@ -34,6 +34,7 @@ from cdc_reader import pgoutput
 from cdc_reader.assembler import Assembler, LogicalMessage, TransactionEnd
 from cdc_reader.catalog import TypeNames, read_table_schema
 from cdc_reader.pgtypes import SESSION_SETTINGS
+from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.snapshot import read_snapshot
 from cdc_reader.source_setup import (
     SourceSetupError, check_slot, create_slot, ensure_publication, slot_state,
@@ -109,6 +110,8 @@ class ReaderConfig:
     feedback_seconds: float = 1.0
     idle_wait_seconds: float = 0.2
     snapshot_chunk_rows: int = 5_000
+    resnapshot: tuple[str, ...] = ()
+    """Tables to read again, chunk by chunk, while streaming (see resnapshot.py)."""
 
 
 @dataclass
@@ -156,6 +159,8 @@ class Reader:
         # already has, and the sink must not get it twice.
         self._progress = _Progress()
         self._handed_over = 0
+        self._resnapshots = [t for t in config.resnapshot]
+        self.resnapshot_hook = None  # tests: runs inside each re-read chunk's window
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
 
@@ -251,57 +256,84 @@ class Reader:
         next_heartbeat = now + cfg.heartbeat_seconds
         confirmed = 0
 
-        while not stop.is_set():
-            message = self._read(cur)
-            if message is not None:
-                self.metrics.bytes_received += len(message.payload)
-                self.metrics.received_lsn = max(self.metrics.received_lsn, message.data_start)
-                for out in assembler.feed(pgoutput.decode(message.payload)):
-                    if isinstance(out, ChangeEvent):
-                        if out.lsn <= self._handed_over:
-                            continue  # sent again after a reconnect; the sink has it
-                        progress.in_transaction = True
-                        self.sink.add(out)
-                        self.metrics.events += 1
-                    elif isinstance(out, TransactionEnd):
-                        progress.in_transaction = False
-                        if out.commit_lsn <= self._handed_over:
-                            continue
-                        self.sink.end_transaction(out.commit_lsn)
-                        self._handed_over = out.commit_lsn
-                        progress.ended(out.commit_lsn, out.end_lsn)
-                        last_commit = out.commit_lsn
-                        self.metrics.transactions += 1
-                        self.metrics.last_commit_ts = out.commit_ts.timestamp()
-                    elif isinstance(out, LogicalMessage) and out.prefix == HEARTBEAT_PREFIX:
-                        next_heartbeat = time.monotonic() + cfg.heartbeat_seconds
-                if time.monotonic() < next_feedback:
-                    continue
-            else:
-                self.metrics.received_lsn = max(self.metrics.received_lsn, cur.wal_end)
-                select.select([cur], [], [], cfg.idle_wait_seconds)
+        rereading: IncrementalSnapshot | None = None
+        try:
+            while not stop.is_set():
+                message = self._read(cur)
+                if message is not None:
+                    self.metrics.bytes_received += len(message.payload)
+                    self.metrics.received_lsn = max(self.metrics.received_lsn, message.data_start)
+                    for out in assembler.feed(pgoutput.decode(message.payload)):
+                        if rereading is not None:
+                            rows = rereading.observe(out)
+                            if rows:
+                                for event in assembler.read_events(rereading.schema, rows):
+                                    self.sink.add(event)
+                                progress.in_transaction = True
+                            if rereading.done:
+                                log.info("re-read %s: %d rows", rereading.schema.table, rereading.rows_emitted)
+                                rereading = None
+                        if isinstance(out, ChangeEvent):
+                            if out.lsn <= self._handed_over:
+                                continue  # sent again after a reconnect; the sink has it
+                            progress.in_transaction = True
+                            self.sink.add(out)
+                            self.metrics.events += 1
+                        elif isinstance(out, TransactionEnd):
+                            progress.in_transaction = False
+                            if out.commit_lsn <= self._handed_over:
+                                continue
+                            self.sink.end_transaction(out.commit_lsn)
+                            self._handed_over = out.commit_lsn
+                            progress.ended(out.commit_lsn, out.end_lsn)
+                            last_commit = out.commit_lsn
+                            self.metrics.transactions += 1
+                            self.metrics.last_commit_ts = out.commit_ts.timestamp()
+                        elif isinstance(out, LogicalMessage) and out.prefix == HEARTBEAT_PREFIX:
+                            next_heartbeat = time.monotonic() + cfg.heartbeat_seconds
+                    if time.monotonic() < next_feedback:
+                        continue
+                else:
+                    self.metrics.received_lsn = max(self.metrics.received_lsn, cur.wal_end)
+                    if rereading is None and not self._resnapshots:
+                        select.select([cur], [], [], cfg.idle_wait_seconds)
 
-            self.sink.poll()
-            now = time.monotonic()
-            if now >= next_watermark and last_commit > marked and not progress.in_transaction:
-                self.sink.flush()
-                self.sink.publish_watermark(last_commit)
-                marked = last_commit
-                next_watermark = now + cfg.watermark_seconds
-            if now >= next_feedback:
-                durable = self.durability.durable_lsn()
-                if not state.snapshot_done and state.snapshot_lsn is not None and durable >= state.snapshot_lsn:
-                    state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, snapshot_done=True)
-                    self.state.save(state)
-                    log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
-                target = progress.advance(durable, self.metrics.received_lsn) if state.snapshot_done else 0
-                if target > confirmed:
-                    cur.send_feedback(flush_lsn=target, reply=True)
-                    confirmed = self.metrics.confirmed_lsn = target
-                next_feedback = now + cfg.feedback_seconds
-            if now >= next_heartbeat:
-                self._heartbeat(conn)
-                next_heartbeat = now + cfg.heartbeat_seconds
+                # Re-reads go chunk by chunk between messages, so a busy stream never starves them.
+                if rereading is None and self._resnapshots:
+                    table = self._resnapshots.pop(0)
+                    rereading = IncrementalSnapshot(read_table_schema(conn, cfg.schema, table),
+                                                    cfg.snapshot_chunk_rows, self.resnapshot_hook)
+                    conn.commit()
+                    log.info("re-reading %s while streaming", rereading.schema.table)
+                if rereading is not None and rereading.wants_chunk:
+                    rereading.read_chunk(conn)
+
+                self.sink.poll()
+                now = time.monotonic()
+                if now >= next_watermark and last_commit > marked and not progress.in_transaction:
+                    self.sink.flush()
+                    self.sink.publish_watermark(last_commit)
+                    marked = last_commit
+                    next_watermark = now + cfg.watermark_seconds
+                if now >= next_feedback:
+                    durable = self.durability.durable_lsn()
+                    if not state.snapshot_done and state.snapshot_lsn is not None and durable >= state.snapshot_lsn:
+                        state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, snapshot_done=True)
+                        self.state.save(state)
+                        log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
+                    target = progress.advance(durable, self.metrics.received_lsn) if state.snapshot_done else 0
+                    if target > confirmed:
+                        cur.send_feedback(flush_lsn=target, reply=True)
+                        confirmed = self.metrics.confirmed_lsn = target
+                    next_feedback = now + cfg.feedback_seconds
+                if now >= next_heartbeat:
+                    self._heartbeat(conn)
+                    next_heartbeat = now + cfg.heartbeat_seconds
+        except BaseException:
+            if rereading is not None and not rereading.done:
+                # Start that table's re-read over on the next connection: it is idempotent.
+                self._resnapshots.insert(0, rereading.schema.table.partition(".")[2])
+            raise
 
         self._shutdown(cur, progress, state)
 

@@ -130,6 +130,7 @@ def running_reader(dsn: str, sink: MemorySink, state_path, config: ReaderConfig 
             reader.run(stop)
         except BaseException as error:
             errors.append(error)
+            reader.failure = error
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -148,6 +149,9 @@ def running_reader(dsn: str, sink: MemorySink, state_path, config: ReaderConfig 
 def wait_until_confirmed(reader: Reader, lsn: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while reader.metrics.confirmed_lsn < lsn:
+        failure = getattr(reader, "failure", None)
+        if failure is not None:
+            raise AssertionError(f"the reader died: {failure!r}") from failure
         if time.monotonic() > deadline:
             raise AssertionError(f"reader confirmed {reader.metrics.confirmed_lsn:X}, not {lsn:X}")
         time.sleep(0.05)

@@ -60,6 +60,7 @@ def reader(
     publication: Annotated[str, typer.Option("--publication", envvar="TOTES_PUBLICATION", help="Publication name.")] = "totes_cdc",
     tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
     state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: $TOTES_HOME/reader].")] = None,
+    resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Forget the reader's state so a missing slot is created again with a new snapshot.")] = False,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
@@ -84,7 +85,10 @@ def reader(
         raise fail(f"Kinesis is not reachable ({type(error).__name__}: {error}): set AWS_ENDPOINT_URL_KINESIS "
                    "for a local endpoint, or AWS credentials and region for AWS.", code=2) from None
 
-    config = ReaderConfig(slot=slot, publication=publication, tables=table_list)
+    unknown = [t for t in resnapshot or () if t not in table_list]
+    if unknown:
+        raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
+    config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()))
     the_reader = Reader(dsn, publisher, KinesisAcknowledged(publisher), FileStateStore(state_path), config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
