@@ -386,6 +386,8 @@ def supervise(reader: Reader, stop: threading.Event, *, max_delay: float = 30.0)
             reader.run(stop)
             return
         except RETRYABLE as error:
+            if isinstance(error, SourceConnectionError) and not error.transient:
+                raise
             if time.monotonic() - started > 60:
                 delay = 1.0
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -12,6 +12,7 @@ import pytest
 
 from cdc_reader.reader import FileStateStore, Reader
 from cdc_reader.source_setup import SourceSetupError
+from totesys.connection import SourceConnectionError
 from change_events import Op
 from tests.conftest import make_scratch_dir
 from tests.reader_harness import (
@@ -177,3 +178,26 @@ def test_wal_level_replica_is_reported_in_one_sentence(tmp_path):
             reader.run(threading.Event())
     finally:
         server.stop()
+
+
+def test_missing_privileges_are_reported_in_one_sentence(totesys_dsn, admin_dsn, tmp_path):
+    from psycopg2.extensions import make_dsn
+
+    role = f"totes_weak_{secrets.token_hex(4)}"
+    _run_sql(admin_dsn, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        _run_sql(totesys_dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        weak = make_dsn(totesys_dsn, user=role)
+        reader = Reader(weak, MemorySink(), MemorySink(), FileStateStore(tmp_path / "a.json"), FAST)
+        with pytest.raises(SourceSetupError, match="may not create or change publication .*CREATE PUBLICATION"):
+            reader.run(threading.Event())
+
+        # With the publication made by its owner, the missing REPLICATION attribute is next.
+        _run_sql(totesys_dsn, f"CREATE PUBLICATION totes_cdc FOR TABLE {', '.join(TABLES)} "
+                              "WITH (publish = 'insert, update, delete, truncate')")
+        reader = Reader(weak, MemorySink(), MemorySink(), FileStateStore(tmp_path / "b.json"), FAST)
+        with pytest.raises(SourceConnectionError, match="may not replicate: run ALTER ROLE"):
+            reader.run(threading.Event())
+    finally:
+        _run_sql(totesys_dsn, f'DROP OWNED BY "{role}"')
+        _run_sql(admin_dsn, f'DROP ROLE "{role}"')

@@ -3,6 +3,7 @@ loses nothing, SIGTERM stops cleanly, a restarted PostgreSQL is reconnected to."
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -41,8 +42,9 @@ def _wait_confirmed(dsn: str, lsn: int, process: subprocess.Popen, timeout: floa
 
 
 class ReaderProcess:
-    def __init__(self, dsn: str, stream: str, endpoint: str, home):
-        self.args = [sys.executable, "-m", "totes_cli", "reader", "--source", dsn, "--stream", stream]
+    def __init__(self, dsn: str, stream: str, endpoint: str, home, *extra: str):
+        self.home = home
+        self.args = [sys.executable, "-m", "totes_cli", "reader", "--source", dsn, "--stream", stream, *extra]
         self.env = {**os.environ, "TOTES_HOME": str(home), "AWS_ENDPOINT_URL_KINESIS": endpoint,
                     "TOTES_CONFIG": str(home / "none.toml")}
 
@@ -110,7 +112,7 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
         with Simulator(dsn, seed=3) as simulator:
             simulator.seed_history(5, until=datetime(2024, 11, 15, 18))
             stream = new_stream(kinesis, shards=1)
-            reader = ReaderProcess(dsn, stream, kinesalite_url, make_scratch_dir("totes-reader-"))
+            reader = ReaderProcess(dsn, stream, kinesalite_url, make_scratch_dir("totes-reader-"), "--emf")
             process = reader.start()
             try:
                 _wait_confirmed(dsn, current_lsn(dsn), process)
@@ -118,13 +120,22 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
                 simulator.close()
                 simulator.run_live(rate=0, events=30)
                 _wait_confirmed(dsn, current_lsn(dsn), process, timeout=90)
+                status_file = reader.home / "reader" / "totes_cdc.status.json"
+                deadline = time.monotonic() + 30
+                while not status_file.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                status = subprocess.run([sys.executable, "-m", "totes_cli", "status", "--dsn", dsn],
+                                        env=reader.env, capture_output=True, text=True, timeout=60)
                 process.send_signal(signal.SIGINT)
-                _, stderr = process.communicate(timeout=60)
+                stdout, stderr = process.communicate(timeout=60)
             finally:
                 if process.poll() is None:
                     process.kill()
         assert process.returncode == 0, stderr[-3000:]
         assert "reconnecting" in stderr
+        emf = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        assert emf and "EventsPerSecond" in emf[0] and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "totes-cdc"
+        assert status.returncode == 0 and "reader  slot totes_cdc" in status.stdout
         got, _ = _stream_state(kinesis, stream)
         want = source_state(dsn, TABLES)
         assert got == want, state_diff(got, want)

@@ -52,6 +52,27 @@ def _write_status(path: Path, reader: Reader, publisher: Publisher, started: flo
     scratch.replace(path)
 
 
+def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
+    """One CloudWatch embedded-metric-format line on stdout (rates since the last one)."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    now, m = time.monotonic(), reader.metrics
+    elapsed = max(now - previous.get("at", now - STATUS_SECONDS), 1e-9)
+    metrics = Metrics(namespace="totes-cdc", service="reader")
+    metrics.add_metric(name="EventsPerSecond", unit=MetricUnit.CountPerSecond,
+                       value=(m.events - previous.get("events", 0)) / elapsed)
+    metrics.add_metric(name="BytesPerSecond", unit=MetricUnit.BytesPerSecond,
+                       value=(m.bytes_received - previous.get("bytes", 0)) / elapsed)
+    metrics.add_metric(name="UnconfirmedWalBytes", unit=MetricUnit.Bytes,
+                       value=max(m.received_lsn - m.confirmed_lsn, 0))
+    if m.last_commit_ts:
+        metrics.add_metric(name="SecondsBehindSource", unit=MetricUnit.Seconds, value=time.time() - m.last_commit_ts)
+    metrics.add_metric(name="EventsPerRecord", unit=MetricUnit.Count, value=publisher.metrics.events_per_record)
+    metrics.flush_metrics()
+    return {"at": now, "events": m.events, "bytes": m.bytes_received}
+
+
 def reader(
     source: Annotated[Optional[str], typer.Option("--source", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded totesys].")] = None,
     stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
@@ -61,6 +82,7 @@ def reader(
     tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
     state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: $TOTES_HOME/reader].")] = None,
     resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
+    emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
     reset: Annotated[bool, typer.Option("--reset", help="Forget the reader's state so a missing slot is created again with a new snapshot.")] = False,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
@@ -98,8 +120,11 @@ def reader(
     started = time.time()
 
     def report() -> None:
+        previous: dict = {}
         while not stop.wait(STATUS_SECONDS):
             _write_status(status_path, the_reader, publisher, started)
+            if emf:
+                previous = _emit_emf(the_reader, publisher, previous)
 
     threading.Thread(target=report, name="status", daemon=True).start()
     err.print(f"reading {len(table_list)} tables into stream {stream!r} (slot {slot!r}); Ctrl-C stops")

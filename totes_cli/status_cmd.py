@@ -73,6 +73,32 @@ def slots_table(snapshot: SourceSnapshot) -> Table | None:
     return table
 
 
+def reader_tables(home) -> list[Table]:
+    """What each reader under TOTES_HOME last reported (its status file)."""
+    import time as _time
+    from pathlib import Path
+
+    tables = []
+    for path in sorted(Path(home, "reader").glob("*.status.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        age = _time.time() - data.get("updated_at", 0)
+        table = Table(title=f"reader  slot {path.name.removesuffix('.status.json')}"
+                            f"{'  (no report for %.0f s: not running?)' % age if age > 15 else ''}",
+                      title_justify="left")
+        for column in ("events", "events/s", "MiB/s", "confirmed LSN", "behind source", "events/record"):
+            table.add_column(column, justify="right")
+        behind = data.get("seconds_behind")
+        table.add_row(f"{data.get('events', 0):,}", f"{data.get('events_per_second', 0):,.0f}",
+                      f"{data.get('bytes_per_second', 0) / 2**20:.2f}", data.get("confirmed_lsn", "-"),
+                      "-" if behind is None else f"{behind:.1f} s",
+                      f"{data.get('publisher', {}).get('events_per_record', 0):.0f}")
+        tables.append(table)
+    return tables
+
+
 def status(
     dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
@@ -104,3 +130,7 @@ def status(
     slots = slots_table(snapshot)
     if slots is not None:
         out.print(slots)
+    from totes_cli.settings import load
+
+    for table in reader_tables(load().home):
+        out.print(table)

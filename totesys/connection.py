@@ -17,7 +17,12 @@ CONNECT_TIMEOUT_SECONDS = 10
 
 
 class SourceConnectionError(RuntimeError):
-    """Could not connect; str() is one sentence that names the fix."""
+    """Could not connect; str() is one sentence that names the fix. `transient` says whether
+    trying again later may help (server down) or not (wrong password, missing rights)."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def describe(dsn: str) -> dict[str, str]:
@@ -108,6 +113,11 @@ def _explain(dsn: str, error: Exception) -> str:
         return f"User {user!r} does not exist on {host}:{port}: create it or fix the user in the DSN."
     if "database" in lowered and "does not exist" in lowered:
         return f"Database {dbname!r} does not exist on {host}:{port}: create it or fix the database name in the DSN."
+    if "permission denied to start wal sender" in lowered or "must have the replication attribute" in lowered:
+        return (
+            f"User {user!r} may not replicate: run ALTER ROLE {user} WITH REPLICATION "
+            f"(on RDS: GRANT rds_replication TO {user})."
+        )
     if "no pg_hba.conf entry" in lowered:
         return (
             f"PostgreSQL at {host}:{port} does not allow user {user!r} to connect from here: "
@@ -124,10 +134,20 @@ def _explain(dsn: str, error: Exception) -> str:
     return f"Could not connect to PostgreSQL at {host}:{port}: {first}."
 
 
+_TRANSIENT_MARKERS = ("connection refused", "no such file or directory", "timeout expired", "could not connect",
+                      "server closed the connection", "network is unreachable", "the database system is starting up",
+                      "the database system is shutting down", "too many clients", "could not translate host name")
+
+
+def is_transient(error: Exception) -> bool:
+    """Worth retrying (the server is down or busy), as opposed to wrong settings or rights."""
+    return any(marker in str(error).lower() for marker in _TRANSIENT_MARKERS)
+
+
 def connect(dsn: str, **kwargs):
     """psycopg2.connect, with failures raised as SourceConnectionError."""
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
     try:
         return psycopg2.connect(dsn, **kwargs)
     except (psycopg2.OperationalError, psycopg2.ProgrammingError) as error:
-        raise SourceConnectionError(explain(dsn, error)) from None
+        raise SourceConnectionError(explain(dsn, error), transient=is_transient(error)) from None
