@@ -161,6 +161,7 @@ class Reader:
         self._handed_over = 0
         self._resnapshots = [t for t in config.resnapshot]
         self.resnapshot_hook = None  # tests: runs inside each re-read chunk's window
+        self.snapshot_progress = None  # called as (table, rows read so far) during the snapshot
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
 
@@ -209,7 +210,7 @@ class Reader:
             self.metrics.snapshot_events += len(events)
 
         read_snapshot(conn, new.snapshot_name, schemas, new.consistent_lsn, emit,
-                      chunk_rows=cfg.snapshot_chunk_rows)
+                      chunk_rows=cfg.snapshot_chunk_rows, progress=self.snapshot_progress)
         self.sink.end_transaction(new.consistent_lsn)
         self._handed_over = new.consistent_lsn
         self.sink.flush()

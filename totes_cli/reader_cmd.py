@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cdc_reader.publisher import Publisher, PublishError, kinesis_client
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
@@ -116,11 +117,24 @@ def reader(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    progress = Progress(TextColumn("snapshot {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def snapshot_progress(table: str, rows: int) -> None:
+        if table not in tasks:
+            progress.start()
+            tasks[table] = progress.add_task(table, total=None)
+        progress.update(tasks[table], completed=rows)
+
+    the_reader.snapshot_progress = snapshot_progress
     status_path = state_path.with_name(f"{slot}.status.json")
     started = time.time()
 
     def report() -> None:
         previous: dict = {}
+        the_reader.streaming.wait()
+        progress.stop()  # the snapshot, if any, is over
         while not stop.wait(STATUS_SECONDS):
             _write_status(status_path, the_reader, publisher, started)
             if emf:
@@ -136,5 +150,6 @@ def reader(
         raise fail(f"Kinesis stopped accepting records: {error}") from None
     finally:
         stop.set()
+        progress.stop()
         _write_status(status_path, the_reader, publisher, started)
     err.print(f"stopped: {the_reader.metrics.events} events, confirmed {format_lsn(the_reader.metrics.confirmed_lsn)}")
