@@ -32,23 +32,11 @@ from psycopg2.extras import execute_values
 from totesys import business
 from totesys.business import Bundle, Existing, World
 from totesys.connection import connect
-from totesys.schema import has_schema, schema_sql
+from totesys.schema import TABLES, has_schema, schema_sql
 
 STATIC_TABLES = ("address", "counterparty", "currency", "department", "staff", "payment_type")
 MOVING_TABLES = ("design", "sales_order", "purchase_order", "transaction", "payment")
-WRITE_ORDER = (
-    "address",
-    "counterparty",
-    "currency",
-    "department",
-    "design",
-    "staff",
-    "payment_type",
-    "sales_order",
-    "purchase_order",
-    "transaction",
-    "payment",
-)
+WRITE_ORDER = TABLES  # parents before children
 
 # Live events, relative weights (about the real mix of a working day).
 LIVE_WEIGHTS = {
