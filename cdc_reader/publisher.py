@@ -239,8 +239,8 @@ def estimate_size(event: ChangeEvent) -> int:
     return size
 
 
-def pack(events: Sequence[ChangeEvent], max_bytes: int,
-         chunk_bytes: int | None = None) -> list[tuple[bytes, Sequence[ChangeEvent]]]:
+def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None = None,
+         sizes: Sequence[int] | None = None) -> list[tuple[bytes, Sequence[ChangeEvent]]]:
     """Encode `events` (one shard's, in order) into records of at most `max_bytes` each, in order.
 
     Events are grouped by estimated size (`chunk_bytes`, default a few times `max_bytes`); a
@@ -262,7 +262,7 @@ def pack(events: Sequence[ChangeEvent], max_bytes: int,
 
     start, size = 0, 0
     for index, event in enumerate(events):
-        event_size = estimate_size(event)
+        event_size = estimate_size(event) if sizes is None else sizes[index]
         if index > start and size + event_size > chunk_bytes:
             emit(events[start:index])
             start, size = index, 0
@@ -297,6 +297,8 @@ class _Record:
 class _ShardQueue:
     shard: Shard
     pending: list[ChangeEvent] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    """estimate_size() of each pending event, worked out once when it was added"""
     pending_bytes: int = 0
     ready: deque[_Record] = field(default_factory=deque)
     failures: int = 0
@@ -348,6 +350,7 @@ class Publisher:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         linger_seconds: float = 0.25,
         max_buffer_bytes: int = 16 * 1024 * 1024,
+        max_buffer_events: int = 20_000,
         max_call_bytes: int = MAX_CALL_BYTES,
         max_call_records: int = MAX_CALL_RECORDS,
         backoff_base_seconds: float = 0.05,
@@ -369,6 +372,9 @@ class Publisher:
         self.max_record_bytes = max_record_bytes
         self.linger_seconds = linger_seconds
         self.max_buffer_bytes = max_buffer_bytes
+        # Python objects take several times their estimated size: an event count bounds
+        # memory whatever the linger and the number of shards.
+        self.max_buffer_events = max_buffer_events
         self.max_call_bytes = max_call_bytes
         self.max_call_records = max_call_records
         self.backoff_base_seconds = backoff_base_seconds
@@ -381,6 +387,7 @@ class Publisher:
         self._tracker = AckTracker(start_lsn)
         self._queues: dict[str, _ShardQueue] = {}
         self._buffered_bytes = 0
+        self._buffered_events = 0
         self._oldest_buffered: float | None = None
         self._rotation = 0
         self._map_stale = False
@@ -411,14 +418,17 @@ class Publisher:
                 raise _too_large(event, encoded, self._max_data)
         queue = self._queues[self._map.route(event).shard_id]
         queue.pending.append(event)
+        queue.sizes.append(size)
         queue.pending_bytes += size
         self._tracker.added(event.lsn)
         self._buffered_bytes += size
         now = self._clock()
         if self._oldest_buffered is None:
             self._oldest_buffered = now
+        self._buffered_events += 1
         if (queue.pending_bytes >= _UNCOMPRESSED_PER_RECORD * self.max_record_bytes
                 or self._buffered_bytes >= self.max_buffer_bytes
+                or self._buffered_events >= self.max_buffer_events
                 or now - self._oldest_buffered >= self.linger_seconds):
             self.flush()
 
@@ -482,15 +492,17 @@ class Publisher:
         for queue in self._queues.values():
             if not queue.pending:
                 continue
-            for data, events in pack(queue.pending, self._max_data):
+            for data, events in pack(queue.pending, self._max_data, sizes=queue.sizes):
                 counts: dict[int, int] = {}
                 for event in events:
                     counts[event.lsn] = counts.get(event.lsn, 0) + 1
                 queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, len(events),
                                            tuple(counts.items())))
             queue.pending = []
+            queue.sizes = []
             queue.pending_bytes = 0
         self._buffered_bytes = 0
+        self._buffered_events = 0
         self._oldest_buffered = None
 
     def _drain(self) -> None:

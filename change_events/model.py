@@ -34,19 +34,25 @@ class Column:
 
 @dataclass(frozen=True, slots=True)
 class TableSchema:
-    """A source table's columns as of some point in the WAL (a Relation message)."""
+    """A source table's columns as of some point in the WAL (a Relation message).
+
+    Every event points at one of these, so the names and the hash are worked out once here
+    rather than per event (the reader's hot path looks them up several times per row)."""
 
     table: str
     """Schema-qualified name, e.g. 'public.sales_order'."""
     columns: tuple[Column, ...]
+    column_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    key_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
+        object.__setattr__(self, "key_names", tuple(c.name for c in self.columns if c.is_key))
+        object.__setattr__(self, "_hash", hash((self.table, self.columns)))
 
-    @property
-    def key_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.is_key)
+    def __hash__(self) -> int:
+        return self._hash
 
 
 Row = dict[str, "str | None"]
