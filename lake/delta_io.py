@@ -1,0 +1,100 @@
+"""Small deltalake helpers shared by the lake's modules.
+
+- `read_sql`: run SQL over a Delta table (any version) with deltalake's own query engine,
+  which prunes files by their statistics; returns a pyarrow Table with plain (non-view)
+  types. It avoids `to_pyarrow_table()`, whose threaded scans can abort the process at exit.
+- Positions: an event position `(lsn, seq)` stored as a pair of Delta app transactions
+  (`txn` actions, `<app>:lsn` and `<app>:seq`) in the same commit as the data it describes.
+  They live in the table's snapshot, so reading them back is a lookup, not a scan, and a
+  crash can never separate them from their data.
+- `retry_on_conflict`: re-run an operation that lost a commit race (CommitFailedError).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
+
+import pyarrow as pa
+from deltalake import DeltaTable, QueryBuilder, Transaction
+from deltalake.exceptions import CommitFailedError
+
+T = TypeVar("T")
+
+
+class Position(NamedTuple):
+    """An event's place in the source's history: `(lsn, seq)`, totally ordered."""
+
+    lsn: int
+    seq: int
+
+
+ZERO = Position(0, -1)
+"""Before every event."""
+
+
+def read_position(table: DeltaTable | None, app: str) -> Position:
+    """The position stored under `app` in the table's snapshot, or ZERO."""
+    if table is None:
+        return ZERO
+    lsn = table.transaction_version(f"{app}:lsn")
+    seq = table.transaction_version(f"{app}:seq")
+    if lsn is None or seq is None:
+        return ZERO
+    return Position(lsn, seq)
+
+
+def position_transactions(app: str, position: Position) -> list[Transaction]:
+    """The app transactions that store `position` under `app` (commit them with the data)."""
+    return [Transaction(f"{app}:lsn", position.lsn), Transaction(f"{app}:seq", position.seq)]
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+def _plain(type_: pa.DataType) -> pa.DataType:
+    if pa.types.is_string_view(type_) or pa.types.is_large_string(type_):
+        return pa.string()
+    if pa.types.is_binary_view(type_) or pa.types.is_large_binary(type_):
+        return pa.binary()
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_list_view(type_):
+        return pa.list_(_plain(type_.value_type))
+    return type_
+
+
+def plain_types(table: pa.Table) -> pa.Table:
+    """`table` with view/large string, binary and list types cast to the plain ones."""
+    schema = pa.schema([field.with_type(_plain(field.type)) for field in table.schema])
+    return table if schema == table.schema else table.cast(schema)
+
+
+def read_sql(table: DeltaTable, sql: str, name: str = "t") -> pa.Table:
+    """Run `sql` (which names the table `name`) over `table`; return a pyarrow Table."""
+    reader = QueryBuilder().register(name, table).execute(sql)
+    return plain_types(pa.table(reader.read_all()))
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def after_position(position: Position, prefix: str = "") -> str:
+    """SQL predicate: the row's (_lsn, _seq) is after `position`."""
+    lsn, seq = f"{prefix}_lsn", f"{prefix}_seq"
+    return f"({lsn} > {position.lsn} OR ({lsn} = {position.lsn} AND {seq} > {position.seq}))"
+
+
+# -- commit races ----------------------------------------------------------------------------
+
+def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay: float = 0.05) -> T:
+    """Run `operation`; when it loses a commit race, wait a little (jittered, growing) and
+    run it again. `operation` must re-read what it depends on each time."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(base_delay * (1.5 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")

@@ -1,0 +1,44 @@
+"""Why the lake refuses events. Each of these concerns some events only: the writer stores
+everything else of the batch and hands the refused events back, so the caller can put them in
+the dead letters (with `str(error)` as the reason) and keep its shard flowing."""
+
+from __future__ import annotations
+
+
+class LakeError(Exception):
+    """Base class of the lake's own errors."""
+
+
+class UnapplicableEventsError(LakeError):
+    """Some events cannot be stored in the lake as they are."""
+
+
+class IncompatibleSchemaError(UnapplicableEventsError):
+    """A source column's type changed into one the lake column cannot hold as it is.
+
+    The lake never rewrites a column's type on its own: a changed type (bigint → integer,
+    text → integer, numeric(10,2) → numeric(12,2), …) needs a decision (a new column, a
+    backfill); until then that table's events with the new schema are refused."""
+
+    def __init__(self, table: str, changes: dict[str, tuple[str, str]]):
+        self.table = table
+        self.changes = changes
+        details = ", ".join(f"{column}: lake {old} vs source {new}" for column, (old, new) in sorted(changes.items()))
+        super().__init__(f"{table}: incompatible column type change ({details})")
+
+
+class ValueConversionError(UnapplicableEventsError):
+    """Some values of a column do not fit the column's lake type (e.g. an 'infinity'
+    timestamp, a NaN numeric(10,2)). `rows` are the positions of the bad values in the
+    column that was being converted."""
+
+    def __init__(self, column: str, type_name: str, value: str | None, rows: list[int]):
+        self.column = column
+        self.type_name = type_name
+        self.value = value
+        self.rows = rows
+        shown = value if value is None or len(value) <= 80 else value[:80] + "..."
+        super().__init__(
+            f"column {column} ({type_name}): value {shown!r} does not convert "
+            f"({len(rows)} bad value{'s' if len(rows) != 1 else ''})"
+        )

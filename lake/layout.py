@@ -1,0 +1,128 @@
+"""Where the lake's tables live, on a local folder or under `s3://bucket/prefix`.
+
+    <root>/changes/<schema.table>    append-only change log of one source table
+    <root>/tables/<schema.table>     current state of that table, merged by primary key
+    <root>/_progress                 watermark markers passed, per shard
+    <root>/_dead_letters             records that could not be stored, with the reason
+
+Folder names keep the schema ('changes/public.sales_order'), so two source schemas never
+share a folder. The same code serves both storages: for S3, `storage_options` are
+deltalake's (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, keys, region); `storage_options_from_env`
+builds them from the standard AWS environment variables. Commits on S3 use conditional PUTs
+(deltalake 1.x), so no lock table is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+CHANGES = "changes"
+STATE = "tables"
+PROGRESS = "_progress"
+DEAD_LETTERS = "_dead_letters"
+KINDS = (CHANGES, STATE)
+
+# Environment variable → deltalake storage option (same names; the first one present wins).
+_ENV_OPTIONS = {
+    "AWS_ENDPOINT_URL": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "AWS_ALLOW_HTTP": ("AWS_ALLOW_HTTP",),
+    "AWS_ACCESS_KEY_ID": ("AWS_ACCESS_KEY_ID",),
+    "AWS_SECRET_ACCESS_KEY": ("AWS_SECRET_ACCESS_KEY",),
+    "AWS_SESSION_TOKEN": ("AWS_SESSION_TOKEN",),
+    "AWS_REGION": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
+
+
+def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """deltalake storage options for S3 from the standard AWS variables that are set.
+    A plain-http endpoint (a local moto or MinIO) turns AWS_ALLOW_HTTP on."""
+    env = os.environ if env is None else env
+    options: dict[str, str] = {}
+    for option, names in _ENV_OPTIONS.items():
+        for name in names:
+            if env.get(name):
+                options[option] = env[name]
+                break
+    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options.setdefault("AWS_ALLOW_HTTP", "true")
+    return options
+
+
+class LakeLayout:
+    """The lake's root and how to reach it; names every table's URI."""
+
+    def __init__(self, root: str | Path, storage_options: Mapping[str, str] | None = None):
+        root = str(root)
+        self.is_s3 = root.startswith("s3://")
+        if self.is_s3:
+            self.root = root.rstrip("/")
+            self.storage_options = dict(storage_options) if storage_options is not None else storage_options_from_env()
+        else:
+            self.root = str(Path(root).expanduser().resolve())
+            self.storage_options = dict(storage_options or {})
+
+    def __repr__(self) -> str:
+        return f"LakeLayout({self.root!r})"
+
+    # -- names ---------------------------------------------------------------------------
+    def uri(self, kind: str, table: str | None = None) -> str:
+        if table is None:
+            return f"{self.root}/{kind}"
+        if "/" in table or table in ("", ".", ".."):
+            raise ValueError(f"not a table name: {table!r}")
+        return f"{self.root}/{kind}/{table}"
+
+    def changes_uri(self, table: str) -> str:
+        return self.uri(CHANGES, table)
+
+    def state_uri(self, table: str) -> str:
+        return self.uri(STATE, table)
+
+    # -- opening -------------------------------------------------------------------------
+    def open(self, uri: str, version: int | None = None) -> DeltaTable | None:
+        """The Delta table at `uri` (at `version`), or None when there is none yet."""
+        try:
+            return DeltaTable(uri, version=version, storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            return None
+
+    def tables(self, kind: str = CHANGES) -> list[str]:
+        """Source tables that have a `kind` folder (changes or tables), sorted."""
+        filesystem, base = self.filesystem(self.uri(kind))
+        selector = pafs.FileSelector(base, allow_not_found=True)
+        names = [info.base_name for info in filesystem.get_file_info(selector)
+                 if info.type == pafs.FileType.Directory]
+        return sorted(name for name in names if self.open(self.uri(kind, name)) is not None)
+
+    # -- pyarrow access (for datasets that DuckDB scans) ----------------------------------
+    def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem and the path of `uri` in it (native, not deltalake's
+        handler: scans through that handler can abort the process at exit)."""
+        if not self.is_s3:
+            return pafs.LocalFileSystem(), uri
+        options = self.storage_options
+        endpoint = options.get("AWS_ENDPOINT_URL")
+        kwargs: dict = {}
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs["endpoint_override"] = parsed.netloc or parsed.path
+            kwargs["scheme"] = parsed.scheme or "https"
+        if options.get("AWS_ACCESS_KEY_ID"):
+            kwargs["access_key"] = options["AWS_ACCESS_KEY_ID"]
+            kwargs["secret_key"] = options.get("AWS_SECRET_ACCESS_KEY")
+            kwargs["session_token"] = options.get("AWS_SESSION_TOKEN")
+        if options.get("AWS_REGION"):
+            kwargs["region"] = options["AWS_REGION"]
+        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
+
+    def subtree(self, uri: str) -> pafs.FileSystem:
+        """A filesystem rooted at `uri` (what `DeltaTable.to_pyarrow_dataset` expects)."""
+        filesystem, path = self.filesystem(uri)
+        return pafs.SubTreeFileSystem(path, filesystem)

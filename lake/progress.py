@@ -1,0 +1,82 @@
+"""`_progress`: the watermark markers each shard has passed (guarantee 4).
+
+The reader periodically puts a marker "every event up to LSN W was put before me" on every
+shard. A processor records a marker only after every event before it on that shard is
+committed in the lake (`LakeWriter.write_batch` does it after its data commits). The lake
+watermark, the LSN below which every event of every table has landed, is the minimum over
+the shards of their recorded marker.
+
+Each record is a row (shard, marker_lsn, recorded_at) appended to a small Delta table, with
+the shard's marker also kept as an app transaction (`marker:<shard>` = LSN) in the same
+commit, so reading the watermark is a lookup in the table's snapshot, not a scan. Appends
+from different shards never conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from lake.delta_io import read_sql, retry_on_conflict
+from lake.layout import PROGRESS, LakeLayout
+
+SCHEMA = pa.schema([
+    ("shard", pa.string()),
+    ("marker_lsn", pa.int64()),
+    ("recorded_at", pa.timestamp("us", "UTC")),
+])
+
+
+def _app(shard: str) -> str:
+    return f"marker:{shard}"
+
+
+class Progress:
+    def __init__(self, layout: LakeLayout):
+        self.layout = layout
+        self.uri = layout.uri(PROGRESS)
+        self._delta: DeltaTable | None = None
+
+    def _table(self) -> DeltaTable | None:
+        if self._delta is None:
+            self._delta = self.layout.open(self.uri)
+        else:
+            self._delta.update_incremental()
+        return self._delta
+
+    def marker(self, shard: str) -> int:
+        """The highest marker recorded for `shard` (0 when none)."""
+        table = self._table()
+        return (None if table is None else table.transaction_version(_app(shard))) or 0
+
+    def record_marker(self, shard: str, lsn: int) -> bool:
+        """Record that `shard` has passed the marker `lsn`; False if it had passed it already."""
+
+        def record() -> bool:
+            if lsn <= self.marker(shard):
+                return False
+            row = pa.table([[shard], [lsn], [datetime.now(timezone.utc)]], schema=SCHEMA)
+            properties = CommitProperties(app_transactions=[Transaction(_app(shard), lsn)])
+            if self._delta is None:
+                write_deltalake(self.uri, row, mode="append", storage_options=self.layout.storage_options or None,
+                                commit_properties=properties)
+            else:
+                write_deltalake(self._delta, row, mode="append", commit_properties=properties)
+            return True
+
+        return retry_on_conflict(record)
+
+    def lake_watermark(self, shards: Iterable[str]) -> int:
+        """min over `shards` of their recorded marker; 0 if one of them has none."""
+        markers = [self.marker(shard) for shard in shards]
+        return min(markers) if markers else 0
+
+    def history(self) -> pa.Table:
+        """Every marker recorded, oldest first."""
+        table = self._table()
+        if table is None:
+            return SCHEMA.empty_table()
+        return read_sql(table, "SELECT * FROM t ORDER BY recorded_at, shard")

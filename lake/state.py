@@ -1,0 +1,219 @@
+"""`tables/<table>`: the current state of one source table, merged by primary key.
+
+The state table is a projection of the change log. After a shard appends to a table's log,
+it merges the rows it appended (with `_batch` above what the state has consumed from that
+shard) into the state, in one Delta merge that also records, as app transactions, the
+shard's consumed append number and high-water position. So a crash between the log commit
+and the merge is repaired by the next batch of that shard, which reads the missing appends
+back from the log first.
+
+Rules of the merge (guarantee 3, "order per row"):
+
+- An event never overwrites a newer one: a row changes only when the incoming `(lsn, seq)`
+  is greater than the row's `(_lsn, _seq)`.
+- A delete leaves a tombstone (the key, `_deleted = true`, its position, other columns
+  null), so a late older insert or update cannot resurrect the row. Readers of current
+  state filter `NOT _deleted`.
+- Unchanged-TOAST columns keep the row's previous value: the batch is first collapsed per
+  key (`lake.collapse`), then the merge takes the target's value for columns no event of
+  the batch carried.
+- Late events (at or below the shard's state high-water: a retried put reordered them) are
+  not folded into the row blindly: their keys are rebuilt from the whole change log, which
+  already holds them, and the rebuilt row replaces the target's.
+- A truncate at position P deletes every row older than P (later rows stay) and is
+  remembered (app transactions `truncate:lsn/seq`): later-arriving events older than P are
+  dropped.
+
+Tables without a primary key have a change log only.
+
+Concurrency: two shards merging into one table race; the loser's commit fails with
+CommitFailedError and the whole step (re-read positions, re-collapse, merge) runs again.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
+from lake.collapse import collapse
+from lake.delta_io import (
+    ZERO,
+    Position,
+    after_position,
+    plain_types,
+    position_transactions,
+    quote_identifier,
+    read_position,
+    retry_on_conflict,
+)
+from lake.layout import LakeLayout
+from lake.schemas import STATE_META, data_columns
+
+TRUNCATE_APP = "truncate"
+PRIMARY_KEY_PROPERTY = "totes.primaryKey"
+"""Table property naming the key columns (comma-separated) of a state table."""
+_POSITION = ["_lsn", "_seq"]
+
+
+def _after(position: Position) -> pl.Expr:
+    return (pl.col("_lsn") > position.lsn) | ((pl.col("_lsn") == position.lsn) & (pl.col("_seq") > position.seq))
+
+
+def _max_position(rows: pl.DataFrame) -> Position:
+    if rows.height == 0:
+        return ZERO
+    last = rows.sort(_POSITION).row(-1, named=True)
+    return Position(last["_lsn"], last["_seq"])
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class StateTable:
+    """The current-state table of one source table."""
+
+    def __init__(self, layout: LakeLayout, table: str):
+        self.layout = layout
+        self.table = table
+        self.uri = layout.state_uri(table)
+        self.delta: DeltaTable | None = None
+
+    def refresh(self) -> DeltaTable | None:
+        """Load the latest version; the other methods use the version loaded last."""
+        if self.delta is None:
+            self.delta = self.layout.open(self.uri)
+        else:
+            self.delta.update_incremental()
+        return self.delta
+
+    def high_water(self, shard: str) -> Position:
+        return read_position(self.delta, shard)
+
+    def truncated_at(self) -> Position:
+        return read_position(self.delta, TRUNCATE_APP)
+
+    def consumed(self, shard: str) -> int:
+        table = self.delta
+        return (None if table is None else table.transaction_version(f"{shard}:batch")) or 0
+
+    # -- the merge -----------------------------------------------------------------------
+    def apply(self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None = None) -> int | None:
+        """Merge the shard's log appends the state has not consumed yet. `appended` are the
+        rows of the shard's latest append, if the caller still has them (saves a read).
+        Returns the new state version, or None when there was nothing to do."""
+        return retry_on_conflict(lambda: self._apply_once(shard, log, keys, appended))
+
+    def _apply_once(self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None) -> int | None:
+        target = self.refresh()
+        consumed, appends = self.consumed(shard), log.appends(shard)
+        if consumed >= appends:
+            return None
+        log_schema = pa.schema(log.delta.schema())
+        columns = data_columns(log_schema)
+        if appended is not None and consumed == appends - 1 and appended.column("_batch")[0].as_py() == appends:
+            rows = appended
+        else:  # catching up after a failed merge: read the shard's unconsumed appends back
+            rows = log.read(f"_shard = {_literal(shard)} AND _batch > {consumed}")
+        rows = _align(pl.from_arrow(rows), columns, log_schema)
+
+        truncated, high_water = self.truncated_at(), self.high_water(shard)
+        truncate = max(truncated, _max_position(rows.filter(pl.col("_op") == "t")))
+        source = self._merge_source(log, rows, keys, columns, log_schema, truncate, high_water)
+
+        transactions = (position_transactions(shard, max(high_water, _max_position(rows)))
+                        + [Transaction(f"{shard}:batch", appends)])
+        wipe = truncate if truncate > truncated else None
+        if wipe is not None:
+            transactions += position_transactions(TRUNCATE_APP, wipe)
+        properties = CommitProperties(app_transactions=transactions, custom_metadata={
+            f"{COMMIT_INFO_PREFIX}shard": shard,
+            f"{COMMIT_INFO_PREFIX}lsn_min": str(rows["_lsn"].min()),
+            f"{COMMIT_INFO_PREFIX}lsn_max": str(rows["_lsn"].max()),
+            f"{COMMIT_INFO_PREFIX}rows": str(source.num_rows),
+        })
+        if target is None:
+            target = self._create(source, columns, keys)
+        before = target.version()
+        if source.num_rows:
+            self._merge(target, source, keys, columns, wipe, properties)
+        elif wipe is not None:
+            target.delete(predicate=f"NOT {after_position(wipe)}", commit_properties=properties)
+        target.update_incremental()
+        if target.version() == before:  # nothing changed, but the positions must be kept
+            write_deltalake(target, pa.schema(target.schema()).empty_table(), mode="append",
+                            commit_properties=properties)
+            target.update_incremental()
+        return target.version()
+
+    def _merge_source(self, log: ChangeLog, rows: pl.DataFrame, keys: list[str], columns: list[str],
+                      log_schema: pa.Schema, truncate: Position, high_water: Position) -> pa.Table:
+        """One row per key to merge: rows a truncate wiped are dropped; keys with late rows
+        (at or below the high-water) are rebuilt from the log; the others are collapsed."""
+        data = rows.filter((pl.col("_op") != "t") & _after(truncate))
+        late_keys = data.filter(~_after(high_water)).select(keys).unique()
+        normal = collapse(data.join(late_keys, on=keys, how="anti"), keys, columns)
+        sources = [normal.with_columns(pl.lit(False).alias("_rebuilt"))]
+        if late_keys.height:
+            history = _align(pl.from_arrow(self._key_history(log, keys, late_keys, truncate)), columns, log_schema)
+            rebuilt = collapse(history.join(late_keys, on=keys, how="semi"), keys, columns, complete=True)
+            sources.append(rebuilt.with_columns(pl.lit(True).alias("_rebuilt")))
+        return plain_types(pl.concat(sources).to_arrow())
+
+    def _create(self, source: pa.Table, columns: list[str], keys: list[str]) -> DeltaTable:
+        fields = [source.schema.field(c) for c in columns] + list(STATE_META)
+        DeltaTable.create(self.uri, pa.schema(fields), mode="ignore",
+                          configuration={PRIMARY_KEY_PROPERTY: ",".join(keys)}, raise_if_key_not_exists=False,
+                          storage_options=self.layout.storage_options or None)
+        self.delta = None
+        return self.refresh()
+
+    def _merge(self, target: DeltaTable, source: pa.Table, keys: list[str], columns: list[str],
+               wipe: Position | None, properties: CommitProperties) -> None:
+        q = quote_identifier
+        existing = set(pa.schema(target.schema()).names)
+        keep_target = "NOT t._deleted" + (f" AND {after_position(wipe, 't.')}" if wipe else "")
+        updates = {}
+        for column in columns:
+            if column in keys:
+                continue
+            if column in existing:
+                updates[q(column)] = (
+                    f"CASE WHEN array_has(s._unchanged, {_literal(column)}) AND {keep_target} "
+                    f"THEN t.{q(column)} ELSE s.{q(column)} END"
+                )
+            else:
+                updates[q(column)] = f"s.{q(column)}"
+        for column in STATE_META.names:
+            updates[column] = f"s.{column}"
+        inserts = {q(c): f"s.{q(c)}" for c in columns + STATE_META.names}
+        newer = ("(s._lsn > t._lsn OR (s._lsn = t._lsn AND "
+                 "(s._seq > t._seq OR (s._rebuilt AND s._seq = t._seq))))")
+        merger = (
+            target.merge(source, " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys),
+                         source_alias="s", target_alias="t", merge_schema=True, commit_properties=properties)
+            .when_matched_update(updates, predicate=newer)
+            .when_not_matched_insert(inserts)
+        )
+        if wipe is not None:
+            merger = merger.when_not_matched_by_source_delete(predicate=f"NOT {after_position(wipe, 't.')}")
+        merger.execute()
+
+    def _key_history(self, log: ChangeLog, keys: list[str], wanted: pl.DataFrame, truncate: Position) -> pa.Table:
+        """Every change log row of the `wanted` keys after `truncate` (no truncates)."""
+        where = f"_op <> 't' AND {after_position(truncate)}"
+        if len(keys) == 1 and wanted.schema[keys[0]].is_integer():
+            listed = ", ".join(str(v) for v in wanted[keys[0]].to_list())
+            where += f" AND {quote_identifier(keys[0])} IN ({listed})"
+        return log.read(where)
+
+
+def _align(rows: pl.DataFrame, columns: list[str], log_schema: pa.Schema) -> pl.DataFrame:
+    """`rows` with every data column of the log (null where a row's schema lacked it)."""
+    missing = [c for c in columns if c not in rows.columns]
+    if not missing:
+        return rows
+    empty = pl.from_arrow(pa.table({c: pa.array([], log_schema.field(c).type) for c in missing}))
+    return rows.with_columns(pl.lit(None, dtype=empty.schema[c]).alias(c) for c in missing)

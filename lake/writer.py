@@ -1,0 +1,213 @@
+"""The one entry point a stream processor calls: `LakeWriter.write_batch`.
+
+    writer = LakeWriter("s3://bucket/lake")          # or a local folder
+    result = writer.write_batch(shard_id, events, markers, on_rejected=dead_letter)
+
+For each source table in the batch (tables are independent: one table's trouble never stops
+another's events):
+
+1. sort the events by `(lsn, seq)` and drop duplicates;
+2. keep those the change log lacks (`ChangeLog.missing`: a lookup of the shard's high-water,
+   plus a pruned read only for events at or below it);
+3. convert them to typed columns; events that cannot be stored (incompatible schema change,
+   values that do not fit their type) are set aside as `Rejected`;
+4. append the rest to `changes/<table>` (one commit, carrying the shard's new high-water);
+5. merge into `tables/<table>` whatever the state has not consumed from this shard's log
+   (one commit; after a crash between 4 and 5, the retry or the next batch does it).
+
+Then, if nothing was rejected or `on_rejected` took care of every rejected group (e.g. wrote
+them to the dead letters), the highest marker of the batch is recorded in `_progress`.
+A retried batch repeats nothing: steps 2 and 5 make every step idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from change_events import ChangeEvent, TableSchema
+from lake.changelog import ChangeLog, event_rows
+from lake.delta_io import Position
+from lake.errors import IncompatibleSchemaError, UnapplicableEventsError, ValueConversionError
+from lake.layout import LakeLayout
+from lake.progress import Progress
+from lake.schemas import check_compatible, lake_schema, source_fields
+from lake.state import StateTable
+
+
+@dataclass
+class Rejected:
+    """Events of one table the lake could not store, and why (`str(error)`)."""
+
+    table: str
+    events: list[ChangeEvent]
+    error: UnapplicableEventsError
+
+
+@dataclass
+class TableWrite:
+    table: str
+    received: int
+    """Events of this table in the batch."""
+    appended: int = 0
+    """Events added to the change log (new or late)."""
+    late: int = 0
+    """Events at or below the shard's high-water that the log lacked (stored unless rejected)."""
+    changes_version: int | None = None
+    state_version: int | None = None
+    """The state table's version after the merge; None when nothing was merged."""
+
+    @property
+    def duplicates(self) -> int:
+        """Events the log already held (replays) or that repeated inside the batch."""
+        return self.received - self.appended
+
+
+@dataclass
+class WriteResult:
+    tables: dict[str, TableWrite] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+    marker: int | None = None
+    """The marker recorded for the shard by this call, if any."""
+
+    @property
+    def appended(self) -> int:
+        return sum(t.appended for t in self.tables.values())
+
+    @property
+    def commits(self) -> int:
+        return sum((t.appended > 0) + (t.state_version is not None) for t in self.tables.values())
+
+
+class LakeWriter:
+    """Writes change events of stream shards into the lake, exactly once."""
+
+    def __init__(self, root: str | Path | LakeLayout, storage_options: dict[str, str] | None = None,
+                 *, today: Callable[[], date] | None = None):
+        self.layout = root if isinstance(root, LakeLayout) else LakeLayout(root, storage_options)
+        self.progress = Progress(self.layout)
+        self._today = today or (lambda: datetime.now(timezone.utc).date())
+        self._logs: dict[str, ChangeLog] = {}
+        self._states: dict[str, StateTable] = {}
+
+    def change_log(self, table: str) -> ChangeLog:
+        if table not in self._logs:
+            self._logs[table] = ChangeLog(self.layout, table)
+        return self._logs[table]
+
+    def state_table(self, table: str) -> StateTable:
+        if table not in self._states:
+            self._states[table] = StateTable(self.layout, table)
+        return self._states[table]
+
+    # -- the entry point -----------------------------------------------------------------
+    def write_batch(self, shard_id: str, events: Sequence[ChangeEvent], markers: Iterable[int] = (),
+                    *, on_rejected: Callable[[Rejected], None] | None = None) -> WriteResult:
+        """Store `events` of shard `shard_id` (as delivered: any order, repeats allowed)
+        in the change logs and state tables, then record the batch's highest marker.
+
+        Without `on_rejected`, a batch with rejected events records no marker (the caller
+        dead-letters `result.rejected` and then calls `record_marker`)."""
+        result = WriteResult()
+        by_table: dict[str, list[ChangeEvent]] = {}
+        for event in events:
+            by_table.setdefault(event.table, []).append(event)
+        for table, table_events in by_table.items():
+            write, rejected = self._write_table(shard_id, table, table_events)
+            result.tables[table] = write
+            result.rejected.extend(rejected)
+        if result.rejected and on_rejected is not None:
+            for rejected in result.rejected:
+                on_rejected(rejected)
+        markers = list(markers)
+        if markers and (not result.rejected or on_rejected is not None):
+            if self.progress.record_marker(shard_id, max(markers)):
+                result.marker = max(markers)
+        return result
+
+    def record_marker(self, shard_id: str, lsn: int) -> bool:
+        return self.progress.record_marker(shard_id, lsn)
+
+    def lake_watermark(self, shards: Iterable[str]) -> int:
+        return self.progress.lake_watermark(shards)
+
+    # -- one table -----------------------------------------------------------------------
+    def _write_table(self, shard: str, table: str, events: list[ChangeEvent]) -> tuple[TableWrite, list[Rejected]]:
+        write = TableWrite(table, received=len(events))
+        log, state = self.change_log(table), self.state_table(table)
+        ordered = _unique_in_order(events)
+        log.refresh()
+        high_water = log.high_water(shard)
+        missing, fresh = log.missing(ordered, high_water)
+        write.late = len(missing) - fresh
+        batch = log.appends(shard) + 1
+        rows, rejected = self._convert(log, table, missing, shard, batch)
+        if rows is not None:  # sorted by (lsn, seq): the last row is the highest
+            last = Position(rows.column("_lsn")[-1].as_py(), rows.column("_seq")[-1].as_py())
+            write.changes_version = log.append(shard, rows, max(high_water, last), batch)
+            write.appended = rows.num_rows
+        keys = _keys(events)
+        if keys:
+            write.state_version = state.apply(shard, log, keys, appended=rows)
+        return write, rejected
+
+    def _convert(self, log: ChangeLog, table: str, events: list[ChangeEvent], shard: str,
+                 batch: int) -> tuple[pa.Table | None, list[Rejected]]:
+        """Typed change log rows of `events`, and the events set aside with the reason."""
+        current = lake_schema(log.delta)
+        today = self._today()
+        pieces: list[pa.Table] = []
+        rejected: list[Rejected] = []
+        for schema, group in _by_schema(events).items():
+            fields = source_fields(schema)
+            try:
+                check_compatible(table, current, fields)
+            except IncompatibleSchemaError as error:
+                rejected.append(Rejected(table, group, error))
+                continue
+            while group:
+                try:
+                    pieces.append(event_rows(group, schema, shard, batch, today))
+                    break
+                except ValueConversionError as error:
+                    bad = set(error.rows)
+                    rejected.append(Rejected(table, [group[i] for i in sorted(bad)], error))
+                    group = [e for i, e in enumerate(group) if i not in bad]
+            current = _extended(current, fields)
+        if not pieces:
+            return None, rejected
+        rows = pa.concat_tables(pieces, promote_options="default")
+        return rows.sort_by([("_lsn", "ascending"), ("_seq", "ascending")]), rejected
+
+
+def _unique_in_order(events: list[ChangeEvent]) -> list[ChangeEvent]:
+    out: list[ChangeEvent] = []
+    last = None
+    for event in sorted(events, key=lambda e: (e.lsn, e.seq)):
+        if (event.lsn, event.seq) != last:
+            out.append(event)
+            last = (event.lsn, event.seq)
+    return out
+
+
+def _by_schema(events: list[ChangeEvent]) -> dict[TableSchema, list[ChangeEvent]]:
+    groups: dict[TableSchema, list[ChangeEvent]] = {}
+    for event in events:
+        groups.setdefault(event.schema, []).append(event)
+    return groups
+
+
+def _keys(events: list[ChangeEvent]) -> list[str]:
+    """The primary key of the table, from the newest schema in the batch."""
+    newest = max(events, key=lambda e: (e.lsn, e.seq))
+    return list(newest.schema.key_names)
+
+
+def _extended(schema: pa.Schema | None, fields: list[pa.Field]) -> pa.Schema:
+    if schema is None:
+        return pa.schema(fields)
+    return pa.schema(list(schema) + [f for f in fields if f.name not in schema.names])

@@ -1,0 +1,296 @@
+"""Builders of totesys-like change events for the lake tests and the lake benchmark.
+
+`Source` plays the database: each `transaction()` gets the next commit LSN, and each change
+inside it the next `seq`, exactly as the reader stamps them. Values are the text forms
+pgoutput sends (numeric(10,2) '3.50', timestamp(3) '2024-05-01 10:00:00.123', boolean 't').
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from change_events import ChangeEvent, Column, Op, TableSchema
+
+TODAY = date(2024, 5, 1)
+"""The day tests' writers pretend it is (snapshot rows are partitioned by the day written)."""
+
+
+def _schema(table: str, columns: list[tuple[str, str]], key: str) -> TableSchema:
+    return TableSchema(table, tuple(Column(name, type_name, 0, -1, name == key) for name, type_name in columns))
+
+
+SALES_ORDER = _schema("public.sales_order", [
+    ("sales_order_id", "integer"),
+    ("created_at", "timestamp(3) without time zone"),
+    ("last_updated", "timestamp(3) without time zone"),
+    ("design_id", "integer"),
+    ("staff_id", "integer"),
+    ("counterparty_id", "integer"),
+    ("units_sold", "integer"),
+    ("unit_price", "numeric(10,2)"),
+    ("currency_id", "integer"),
+    ("agreed_delivery_date", "text"),
+    ("agreed_payment_date", "text"),
+    ("agreed_delivery_location_id", "integer"),
+], "sales_order_id")
+
+PAYMENT = _schema("public.payment", [
+    ("payment_id", "integer"),
+    ("created_at", "timestamp(3) without time zone"),
+    ("last_updated", "timestamp(3) without time zone"),
+    ("transaction_id", "integer"),
+    ("counterparty_id", "integer"),
+    ("payment_amount", "numeric(10,2)"),
+    ("currency_id", "integer"),
+    ("payment_type_id", "integer"),
+    ("paid", "boolean"),
+    ("payment_date", "text"),
+    ("company_ac_number", "integer"),
+    ("counterparty_ac_number", "integer"),
+], "payment_id")
+
+TRANSACTION = _schema("public.transaction", [
+    ("transaction_id", "integer"),
+    ("transaction_type", '"TransactionType"'),
+    ("sales_order_id", "integer"),
+    ("purchase_order_id", "integer"),
+    ("created_at", "timestamp(3) without time zone"),
+    ("last_updated", "timestamp(3) without time zone"),
+], "transaction_id")
+
+DESIGN = _schema("public.design", [
+    ("design_id", "integer"),
+    ("created_at", "timestamp(3) without time zone"),
+    ("design_name", "text"),
+    ("file_location", "text"),
+    ("file_name", "text"),
+    ("last_updated", "timestamp(3) without time zone"),
+], "design_id")
+
+
+def with_column(schema: TableSchema, name: str, type_name: str) -> TableSchema:
+    """`schema` after `ALTER TABLE … ADD COLUMN name type_name`."""
+    return replace(schema, columns=schema.columns + (Column(name, type_name, 0),))
+
+
+def with_type(schema: TableSchema, name: str, type_name: str) -> TableSchema:
+    """`schema` after `ALTER TABLE … ALTER COLUMN name TYPE type_name`."""
+    return replace(schema, columns=tuple(replace(c, type_name=type_name) if c.name == name else c
+                                         for c in schema.columns))
+
+
+def _ts(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def sales_order_row(order_id: int, version: int = 0, moment: datetime | None = None) -> dict[str, str | None]:
+    moment = moment or datetime(2024, 5, 1, 9, 0) + timedelta(minutes=order_id, seconds=version)
+    return {
+        "sales_order_id": str(order_id),
+        "created_at": _ts(datetime(2024, 5, 1, 9, 0) + timedelta(minutes=order_id)),
+        "last_updated": _ts(moment),
+        "design_id": str(1 + order_id % 12),
+        "staff_id": str(1 + order_id % 20),
+        "counterparty_id": str(1 + order_id % 20),
+        "units_sold": str(1000 + (order_id * 37 + version * 11) % 99000),
+        "unit_price": f"{2 + (order_id + version) % 200 / 100:.2f}",
+        "currency_id": str(1 + order_id % 3),
+        "agreed_delivery_date": f"2024-06-{1 + order_id % 28:02d}",
+        "agreed_payment_date": f"2024-07-{1 + (order_id + version) % 28:02d}",
+        "agreed_delivery_location_id": str(1 + order_id % 30),
+    }
+
+
+def payment_row(payment_id: int, paid: bool = False) -> dict[str, str | None]:
+    return {
+        "payment_id": str(payment_id),
+        "created_at": "2024-05-02 10:00:00.000",
+        "last_updated": "2024-05-02 10:00:00.000",
+        "transaction_id": str(payment_id),
+        "counterparty_id": str(1 + payment_id % 20),
+        "payment_amount": f"{100 + payment_id * 1.25:.2f}",
+        "currency_id": "1",
+        "payment_type_id": str(1 + payment_id % 4),
+        "paid": "t" if paid else "f",
+        "payment_date": "2024-05-20",
+        "company_ac_number": "12345678",
+        "counterparty_ac_number": "87654321",
+    }
+
+
+class Source:
+    """Hands out events stamped like the reader does: commit LSN per transaction, seq inside."""
+
+    def __init__(self, start_lsn: int = 0x1000000, commit_ts: datetime | None = None):
+        self.lsn = start_lsn
+        self.commit_ts = commit_ts or datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+        self.xid = 700
+        self._tx: list[ChangeEvent] | None = None
+
+    def snapshot(self, schema: TableSchema, rows: list[dict], start_seq: int = 0) -> list[ChangeEvent]:
+        """Snapshot reads: all at the slot's consistent point (the current LSN)."""
+        key = schema.key_names
+        return [ChangeEvent(schema, Op.SNAPSHOT, self.lsn, start_seq + i, None, None,
+                            {k: row[k] for k in key}, after=dict(row)) for i, row in enumerate(rows)]
+
+    @contextmanager
+    def transaction(self):
+        """`with source.transaction() as tx:` → tx.insert/update/delete/truncate; tx.events."""
+        self.lsn += 0x100
+        self.xid += 1
+        self.commit_ts += timedelta(seconds=1)
+        tx = _Tx(self.lsn, self.xid, self.commit_ts)
+        yield tx
+
+
+class _Tx:
+    def __init__(self, lsn: int, xid: int, commit_ts: datetime):
+        self.lsn, self.xid, self.commit_ts = lsn, xid, commit_ts
+        self.events: list[ChangeEvent] = []
+
+    def _add(self, schema, op, key, after=None, before=None, unchanged=()) -> ChangeEvent:
+        event = ChangeEvent(schema, op, self.lsn, len(self.events), self.xid, self.commit_ts, key,
+                            after=after, before=before, unchanged=tuple(unchanged))
+        self.events.append(event)
+        return event
+
+    def _key(self, schema, row):
+        return {k: row[k] for k in schema.key_names}
+
+    def insert(self, schema: TableSchema, row: dict) -> ChangeEvent:
+        return self._add(schema, Op.INSERT, self._key(schema, row), after=dict(row))
+
+    def update(self, schema: TableSchema, row: dict, unchanged: tuple[str, ...] = ()) -> ChangeEvent:
+        after = {k: v for k, v in row.items() if k not in unchanged}
+        return self._add(schema, Op.UPDATE, self._key(schema, row), after=after, unchanged=unchanged)
+
+    def delete(self, schema: TableSchema, key: dict) -> ChangeEvent:
+        return self._add(schema, Op.DELETE, dict(key), before=dict(key))
+
+    def truncate(self, schema: TableSchema) -> ChangeEvent:
+        return self._add(schema, Op.TRUNCATE, {})
+
+
+# -- comparing the lake with the reference semantics ------------------------------------------
+
+def typed_rows(schema: TableSchema, rows: list[dict[str, str | None]]) -> list[dict]:
+    """Text rows → the typed values the lake stores (through the lake's own conversion)."""
+    from lake.arrow_types import convert_column
+    import pyarrow as pa
+
+    if not rows:
+        return []
+    columns = {c.name: convert_column([r.get(c.name) for r in rows], c.type_name, c.name) for c in schema.columns}
+    return pa.table(columns).to_pylist()
+
+
+def expected_state(events: list[ChangeEvent], table: str) -> dict[tuple, dict]:
+    """The reference current state of `table` (tests.reader_harness.apply_events), typed."""
+    from tests.reader_harness import apply_events
+
+    mine = [e for e in events if e.table == table]
+    if not mine:
+        return {}
+    schema = max(mine, key=lambda e: e.event_id).schema
+    rows = list(apply_events(mine).get(table, {}).values())
+    full = [{c: row.get(c) for c in schema.column_names} for row in rows]
+    keys = schema.key_names
+    return {tuple(r[k] for k in keys): r for r in typed_rows(schema, full)}
+
+
+def lake_state(layout, table: str, keys: tuple[str, ...], **when) -> dict[tuple, dict]:
+    """The live rows of `tables/<table>`, source columns only, by key."""
+    from lake.schemas import data_columns
+    from lake.timetravel import current_state
+
+    rows = current_state(layout, table, **when)
+    columns = data_columns(rows.schema)
+    return {tuple(r[k] for k in keys): {c: r[c] for c in columns} for r in rows.to_pylist()}
+
+
+# Columns that depend on how events were batched, not on what they are.
+BATCHING_COLUMNS = ("_batch",)
+
+
+def table_snapshot(layout, kind: str, table: str) -> list[dict]:
+    """Every row of a lake table, in a canonical order, without batching-only columns."""
+    from lake.schemas import data_columns
+    from lake.timetravel import read_table
+
+    rows = read_table(layout, kind, table)
+    order = ["_lsn", "_seq"] if kind == "changes" else data_columns(rows.schema)
+    rows = rows.drop_columns([c for c in BATCHING_COLUMNS if c in rows.column_names])
+    rows = rows.select(sorted(rows.column_names))
+    return sorted(rows.to_pylist(), key=lambda r: tuple((v is None, str(v)) for v in (r[c] for c in order)))
+
+
+# -- storage: a local folder, or S3 on a moto server -------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoS3:
+    """moto's S3 in its own process (the in-process ThreadedMotoServer shares the GIL with
+    deltalake calls that hold it, and their requests then time out)."""
+
+    BUCKET = "lake"
+
+    def __init__(self):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        script = Path(sys.executable).with_name("moto_server")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
+        self.process = subprocess.Popen(command + ["-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.storage_options = {
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+        self._wait()
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=self.BUCKET)
+
+    def _wait(self, timeout: float = 30.0) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except Exception:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """One moto S3 server for the test session (import this fixture into a test module)."""
+    server = MotoS3()
+    yield server
+    server.stop()
