@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import demo_cmd, doctor_cmd, reader_cmd, simulate_cmd, source_cmd, status_cmd
+from totes_cli import demo_cmd, doctor_cmd, processor_cmd, reader_cmd, simulate_cmd, source_cmd, status_cmd
 
 app = typer.Typer(
     name="totes",
@@ -21,6 +21,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("status")(status_cmd.status)
 app.command("demo")(demo_cmd.demo)
 app.command("reader")(reader_cmd.reader)
+app.command("processor")(processor_cmd.processor)
 app.command("simulate")(simulate_cmd.simulate)
 
 

@@ -1,0 +1,145 @@
+"""The stream processor: a Lambda handler for Kinesis batches, writing the lake.
+
+AWS calls `handler(event, context)` through the Kinesis event source mapping; locally
+`totes processor` builds the very same event from kinesalite and calls the same function.
+
+A batch comes from one shard, in order. Each record is decoded on its own (powertools'
+BatchProcessor drives the records and their partial-failure report); a record that does not
+decode is dead-lettered with the reason and its raw bytes, and the rest flows on. All decoded
+events then go to the lake in one `write_batch` (exactly once per shard, so Lambda's retries
+are harmless); events the lake refuses (an incompatible schema change) are dead-lettered too.
+If the lake itself cannot be written, every record from the first one is reported failed, so
+Lambda retries the batch in order instead of skipping past it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass, field
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
+
+from change_events import ChangeEvent, CodecError, decode
+from lake.dead_letters import DeadLetters
+from lake.writer import LakeWriter, Rejected
+
+logger = Logger(service="totes-processor")
+NAMESPACE = "totes-cdc"
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did; the local poller and tests read it, Lambda gets `response`."""
+
+    shard: str
+    records: int = 0
+    events: int = 0
+    appended: int = 0
+    markers: list[int] = field(default_factory=list)
+    dead_letters: int = 0
+    failed_from: str | None = None
+    """Sequence number of the first record to retry (the lake could not be written)."""
+
+    @property
+    def response(self) -> dict:
+        failures = [] if self.failed_from is None else [{"itemIdentifier": self.failed_from}]
+        return {"batchItemFailures": failures}
+
+
+def shard_of(record: KinesisStreamRecord) -> str:
+    """'shardId-000000000001:4959...' → 'shardId-000000000001'."""
+    return record.event_id.split(":", 1)[0]
+
+
+class StreamProcessor:
+    """Decodes one shard's batch and writes it to the lake; one instance per warm Lambda."""
+
+    def __init__(self, lake: LakeWriter, metrics: Metrics | None = None):
+        self.lake = lake
+        self.dead_letters = DeadLetters(lake.layout)
+        self.metrics = metrics
+
+    def process(self, event: dict) -> BatchOutcome:
+        records = [KinesisStreamRecord(r) for r in event.get("Records", [])]
+        outcome = BatchOutcome(shard=shard_of(records[0]) if records else "")
+        if not records:
+            return outcome
+        events: list[ChangeEvent] = []
+
+        def decode_record(record: KinesisStreamRecord) -> None:
+            raw = base64.b64decode(record.kinesis.data)
+            try:
+                decoded = decode(raw)
+            except CodecError as error:
+                self.dead_letters.add(f"undecodable record: {error}", raw, shard=outcome.shard,
+                                      sequence_number=record.kinesis.sequence_number)
+                outcome.dead_letters += 1
+                logger.warning("dead-lettered record", extra={"shard": outcome.shard, "reason": str(error),
+                                                             "sequence_number": record.kinesis.sequence_number})
+                return
+            events.extend(decoded.events)
+            if decoded.watermark is not None:
+                outcome.markers.append(decoded.watermark.lsn)
+
+        batch = BatchProcessor(event_type=EventType.KinesisDataStreams, raise_on_entire_batch_failure=False)
+        with batch(event["Records"], decode_record):
+            batch.process()
+        outcome.records = len(records)
+        outcome.events = len(events)
+        if batch.response()["batchItemFailures"]:
+            # Only a bug gets here (bad data is dead-lettered). Nothing of this batch is in
+            # the lake yet, so the whole batch is retried, not just from the failed record.
+            logger.error("unexpected failure decoding the batch", extra={"shard": outcome.shard})
+            outcome.failed_from = records[0].kinesis.sequence_number
+            return outcome
+
+        def reject(rejected: Rejected) -> None:
+            self.dead_letters.add_rejected(rejected, outcome.shard)
+            outcome.dead_letters += len(rejected.events)
+            logger.warning("dead-lettered events the lake refused",
+                           extra={"table": rejected.table, "events": len(rejected.events), "reason": str(rejected.error)})
+
+        try:
+            result = self.lake.write_batch(outcome.shard, events, outcome.markers, on_rejected=reject)
+        except Exception:
+            logger.exception("lake write failed; the batch will be retried", extra={"shard": outcome.shard})
+            outcome.failed_from = records[0].kinesis.sequence_number
+            return outcome
+        outcome.appended = result.appended
+        self._measure(outcome, records)
+        return outcome
+
+    def _measure(self, outcome: BatchOutcome, records: list[KinesisStreamRecord]) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.add_metric(name="Events", unit=MetricUnit.Count, value=outcome.events)
+        self.metrics.add_metric(name="EventsAppended", unit=MetricUnit.Count, value=outcome.appended)
+        self.metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=outcome.dead_letters)
+        oldest = min(r.kinesis.approximate_arrival_timestamp for r in records)
+        self.metrics.add_metric(name="ArrivalLagSeconds", unit=MetricUnit.Seconds, value=max(time.time() - oldest, 0))
+
+
+_processor: StreamProcessor | None = None
+_metrics = Metrics(namespace=NAMESPACE, service="processor")
+
+
+def _lake_processor() -> StreamProcessor:
+    global _processor
+    if _processor is None:
+        root = os.environ.get("TOTES_LAKE")
+        if not root:
+            raise RuntimeError("TOTES_LAKE is not set: point it at the lake (s3://bucket/prefix or a folder).")
+        _processor = StreamProcessor(LakeWriter(root), _metrics)
+    return _processor
+
+
+@_metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    """AWS Lambda entry point (Kinesis event source mapping, ReportBatchItemFailures on)."""
+    return _lake_processor().process(event).response

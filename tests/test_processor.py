@@ -1,0 +1,148 @@
+"""The stream processor: the Lambda handler on real Lambda-shaped events, and the local poller
+on kinesalite feeding the same code. Poison records are contained; replays and crashes
+change nothing."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import pytest
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import KinesisDataStreamModel
+
+from cdc_reader.publisher import Publisher
+from change_events import Watermark, encode_events, encode_watermark
+from lake.dead_letters import list_dead_letters
+from lake.layout import LakeLayout
+from lake.writer import LakeWriter
+from stream_processors import handler as lambda_module
+from stream_processors.handler import StreamProcessor
+from stream_processors.poller import LocalPoller, ShardOffsets
+from tests.lake_fixtures import SALES_ORDER, Source, expected_state, lake_state, sales_order_row, table_snapshot
+from tests.stream_helpers import new_stream
+
+SHARD = "shardId-000000000000"
+ARN = "arn:aws:kinesis:us-east-1:000000000000:stream/totes-cdc"
+
+
+def kinesis_event(payloads: list[bytes], start: int = 1) -> dict:
+    """A Lambda Kinesis event, as the event source mapping sends it."""
+    return {"Records": [{
+        "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": SHARD, "sequenceNumber": str(start + i),
+                    "data": base64.b64encode(data).decode(), "approximateArrivalTimestamp": time.time()},
+        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"{SHARD}:{start + i}",
+        "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::000000000000:role/x",
+        "awsRegion": "us-east-1", "eventSourceARN": ARN,
+    } for i, data in enumerate(payloads)]}
+
+
+def workload(transactions: int = 30) -> list:
+    source = Source()
+    events = source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 21)])
+    for n in range(transactions):
+        with source.transaction() as tx:
+            tx.update(SALES_ORDER, sales_order_row(1 + n % 20, version=n + 1))
+            tx.insert(SALES_ORDER, sales_order_row(100 + n))
+            if n % 7 == 3:
+                tx.delete(SALES_ORDER, {"sales_order_id": str(100 + n)})
+        events += tx.events
+    return events
+
+
+def test_the_event_is_a_valid_lambda_kinesis_event():
+    parsed = parse(event=kinesis_event([encode_events(workload(2))]), model=KinesisDataStreamModel)
+    assert parsed.Records[0].kinesis.sequenceNumber == "1"
+
+
+def test_a_poison_record_is_dead_lettered_while_its_neighbours_land(tmp_path):
+    events = workload()
+    half = len(events) // 2
+    payloads = [encode_events(events[:half]), b"\x00garbage that is not a record", encode_events(events[half:]),
+                encode_watermark(Watermark(events[-1].lsn))]
+    processor = StreamProcessor(LakeWriter(tmp_path))
+    outcome = processor.process(kinesis_event(payloads))
+    assert outcome.response == {"batchItemFailures": []}
+    assert outcome.dead_letters == 1
+    layout = LakeLayout(tmp_path)
+    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(events, "public.sales_order")
+    (letter,) = list_dead_letters(layout)
+    assert letter.record == payloads[1] and "not a totes-cdc record" in letter.reason
+    assert letter.shard == SHARD and letter.sequence_number == "2"
+    assert processor.lake.lake_watermark([SHARD]) == events[-1].lsn
+
+
+def test_a_replayed_batch_changes_nothing(tmp_path):
+    events = workload()
+    event = kinesis_event([encode_events(events[:40]), encode_events(events[40:])])
+    processor = StreamProcessor(LakeWriter(tmp_path))
+    processor.process(event)
+    layout = LakeLayout(tmp_path)
+    before = (table_snapshot(layout, "changes", "public.sales_order"), table_snapshot(layout, "tables", "public.sales_order"))
+    again = processor.process(event)
+    assert again.appended == 0
+    assert (table_snapshot(layout, "changes", "public.sales_order"),
+            table_snapshot(layout, "tables", "public.sales_order")) == before
+
+
+def test_when_the_lake_cannot_be_written_the_whole_batch_is_retried(tmp_path, monkeypatch):
+    processor = StreamProcessor(LakeWriter(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise OSError("S3 is down")
+
+    monkeypatch.setattr(processor.lake, "write_batch", broken)
+    outcome = processor.process(kinesis_event([encode_events(workload(3))], start=41))
+    assert outcome.response == {"batchItemFailures": [{"itemIdentifier": "41"}]}
+
+
+def test_the_lambda_entry_point(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOTES_LAKE", str(tmp_path))
+    monkeypatch.setattr(lambda_module, "_processor", None)
+
+    class Context:
+        function_name, memory_limit_in_mb, invoked_function_arn, aws_request_id = "p", 512, "arn:p", "r-1"
+
+    events = workload(5)
+    assert lambda_module.handler(kinesis_event([encode_events(events)]), Context()) == {"batchItemFailures": []}
+    assert lake_state(LakeLayout(tmp_path), "public.sales_order", ("sales_order_id",)) == \
+        expected_state(events, "public.sales_order")
+    assert '"Events"' in capsys.readouterr().out  # EMF metrics on stdout
+
+
+def test_local_poller_feeds_the_handler_and_survives_a_crash_before_saving_offsets(tmp_path, kinesis):
+    stream = new_stream(kinesis, shards=2)
+    events = workload(60)
+    publisher = Publisher(kinesis, stream)
+    for index, event in enumerate(events):
+        publisher.add(event)
+        if index + 1 == len(events) or events[index + 1].lsn != event.lsn:
+            publisher.end_transaction(event.lsn)
+    publisher.flush()
+    publisher.publish_watermark(events[-1].lsn)
+
+    offsets = tmp_path / "offsets.json"
+    lake = tmp_path / "lake"
+
+    class CrashingOffsets(ShardOffsets):
+        def set(self, shard, sequence_number):
+            raise KeyboardInterrupt("killed after the lake commit, before the offset")
+
+    crashing = LocalPoller(kinesis, stream, StreamProcessor(LakeWriter(lake)), CrashingOffsets(offsets),
+                           batch_window=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(5):
+            crashing.poll_once()
+    assert not Path(offsets).exists()
+
+    poller = LocalPoller(kinesis, stream, StreamProcessor(LakeWriter(lake)), ShardOffsets(offsets), batch_window=0.0)
+    for _ in range(10):
+        poller.poll_once()
+    layout = LakeLayout(lake)
+    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(events, "public.sales_order")
+    logged = table_snapshot(layout, "changes", "public.sales_order")
+    assert len(logged) == len({(r["_lsn"], r["_seq"]) for r in logged}) == len(events)
+    shards = [s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"]]
+    assert poller.processor.lake.lake_watermark(shards) == events[-1].lsn
+    assert set(ShardOffsets(offsets)._offsets) <= set(shards)

@@ -1,0 +1,51 @@
+"""`totes processor`: the stream into the lake, locally, through the Lambda handler's code."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cdc_reader.publisher import kinesis_client
+from lake.writer import LakeWriter
+from stream_processors.handler import StreamProcessor
+from stream_processors.poller import LocalPoller, ShardOffsets
+from totes_cli.console import err, fail
+from totes_cli.reader_cmd import DEFAULT_STREAM
+from totes_cli.settings import load
+
+
+def offsets_path(lake: str, stream: str, home: Path) -> Path:
+    """Offsets belong to the lake they feed (a local lake keeps them inside itself)."""
+    if "://" in lake:
+        return home / "processor" / f"{stream}.offsets.json"
+    return Path(lake) / "_local" / "offsets" / f"{stream}.json"
+
+
+def processor(
+    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix.")] = None,
+    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
+    window: Annotated[float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")] = 1.0,
+) -> None:
+    """Poll every shard of the stream and write the lake with the Lambda handler's code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not lake:
+        raise fail("No lake: pass --lake DIR (or s3://bucket/prefix) or set TOTES_LAKE.", code=2)
+    try:
+        client = kinesis_client()
+        poller = LocalPoller(client, stream, StreamProcessor(LakeWriter(lake)),
+                             ShardOffsets(offsets_path(lake, stream, load().home)), batch_window=window)
+    except Exception as error:
+        raise fail(f"Cannot read stream {stream!r} ({type(error).__name__}: {error}): check "
+                   "AWS_ENDPOINT_URL_KINESIS (local) or AWS credentials, and that the reader created the stream.",
+                   code=2) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"processing stream {stream!r} into {lake}; Ctrl-C stops")
+    poller.run(stop)
+    err.print(f"stopped: {poller.batches} batches, {poller.events} events")
