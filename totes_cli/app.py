@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import demo_cmd, doctor_cmd, processor_cmd, reader_cmd, simulate_cmd, source_cmd, status_cmd
+from totes_cli import demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, simulate_cmd, source_cmd, status_cmd
 
 app = typer.Typer(
     name="totes",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(source_cmd.app, name="source")
+app.add_typer(lake_cmd.app, name="lake")
 
 # Each command lives in its own module; they are registered here, in one place.
 # (simulate, doctor, status and demo are registered below as they land.)
@@ -22,6 +23,7 @@ app.command("status")(status_cmd.status)
 app.command("demo")(demo_cmd.demo)
 app.command("reader")(reader_cmd.reader)
 app.command("processor")(processor_cmd.processor)
+app.command("query")(lake_cmd.query)
 app.command("simulate")(simulate_cmd.simulate)
 
 
