@@ -358,8 +358,10 @@ class Reader:
         conn.commit()
 
     def _shutdown(self, cur, progress: _Progress, state: ReaderState, timeout: float = 10.0) -> None:
-        """Flush, wait a little for durability, confirm what is durable, then leave."""
+        """Flush, mark the end, wait a little for durability, confirm what is durable."""
         self.sink.flush()
+        if self._handed_over and not progress.in_transaction:
+            self.sink.publish_watermark(self._handed_over)
         deadline = time.monotonic() + timeout
         while progress.pending and time.monotonic() < deadline:
             durable = self.durability.durable_lsn()

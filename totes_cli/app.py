@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, simulate_cmd, source_cmd, status_cmd
+from totes_cli import demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, simulate_cmd, source_cmd, status_cmd
 
 app = typer.Typer(
     name="totes",
@@ -24,6 +24,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("reader")(reader_cmd.reader)
 app.command("processor")(processor_cmd.processor)
 app.command("query")(lake_cmd.query)
+app.command("run")(run_cmd.run)
 app.command("simulate")(simulate_cmd.simulate)
 
 

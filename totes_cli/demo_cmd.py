@@ -1,8 +1,9 @@
 """`totes demo`: the whole thing, locally, with a live view.
 
 Starts the embedded totesys under TOTES_HOME, seeds a history when it is empty (a rerun
-resumes on the data it has), keeps a simulated business running, and shows every table
-changing. Ctrl-C (or --duration) stops the business and then the source, in that order.
+resumes on the data it has), keeps a simulated business running, and runs the pipeline
+(reader, local Kinesis, processor, lake, warehouse sync) on it, showing every stage live.
+Ctrl-C (or --duration) stops the business, then the pipeline upstream first, then the source.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
+from change_events import format_lsn
+from rich.table import Table
 from totes_cli.console import err, fail
+from totes_cli.pipeline import Pipeline, PipelineConfig
+from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import load
 from totes_cli.source_cmd import start_source
-from totes_cli.status_cmd import source_table
+from totes_cli.status_cmd import human_bytes, source_table
+from warehouse_sync.targets import open_target
 from totesys.connection import SourceConnectionError, connect
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
 from totesys.simulator import Simulator, SimulatorError
@@ -41,6 +47,53 @@ def _business_line(simulator: Simulator) -> Text:
         if stats.last.detail:
             line.append(f" {stats.last.detail}")
     return line
+
+
+WAREHOUSE_TABLES = ("fact_sales_order", "fact_purchase_order", "fact_payment", "dim_design", "dim_transaction",
+                    "dim_date", "dim_staff", "dim_location", "dim_counterparty", "dim_currency", "dim_payment_type")
+
+
+class _Rates:
+    """events/s of each stage between two refreshes."""
+
+    def __init__(self):
+        self.previous: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, name: str, count: int) -> str:
+        now = time.monotonic()
+        then, before = self.previous.get(name, (now, count))
+        self.previous[name] = (now, count)
+        return f"{(count - before) / (now - then):,.0f}/s" if now > then else "-"
+
+
+def _pipeline_table(pipeline: Pipeline, rates: _Rates, source, warehouse_counts: dict[str, int]) -> Table:
+    reader, poller, sync = pipeline.reader, pipeline.poller, pipeline.sync
+    table = Table(title="pipeline", title_justify="left")
+    for column in ("stage", "events", "rate", "position / lag"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    read = reader.metrics.events + reader.metrics.snapshot_events
+    retained = max(source.wal_bytes - reader.metrics.confirmed_lsn, 0) if reader.metrics.confirmed_lsn else None
+    behind = f"{time.time() - reader.metrics.last_commit_ts:.1f} s behind" if reader.metrics.last_commit_ts else ""
+    table.add_row("reader → Kinesis", f"{read:,}", rates("reader", read),
+                  f"WAL retained {human_bytes(retained)} {behind}")
+    table.add_row("processor → lake", f"{poller.events:,}", rates("processor", poller.events),
+                  f"{poller.batches:,} batches")
+    synced = sync.events
+    lag = f"{time.time() - sync.last_at:.1f} s since last sync" if sync.last_at else "waiting for the lake"
+    table.add_row("sync → warehouse", f"{synced:,}", rates("sync", synced),
+                  f"up to {format_lsn(sync.synced_upto)}, {lag}")
+    facts = ", ".join(f"{name} {count:,}" for name, count in warehouse_counts.items())
+    table.caption = f"warehouse rows: {facts}" if facts else "warehouse: not synced yet"
+    table.caption_justify = "left"
+    return table
+
+
+def _warehouse_counts(target) -> dict[str, int]:
+    try:
+        frame = target.query(" UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {t}" for t in WAREHOUSE_TABLES[:4]))
+        return dict(zip(frame["t"].to_list(), frame["n"].to_list()))
+    except Exception:  # the schema is created by the first sync
+        return {}
 
 
 def demo(
@@ -75,24 +128,32 @@ def demo(
             failure.append(error)
             stop.set()
 
+    pipeline = Pipeline(PipelineConfig(source_dsn=dsn, lake=default_lake(settings.home),
+                                       warehouse=default_warehouse(settings.home)))
+    warehouse = None
     try:
         if read_source(conn).row_counts.get("sales_order", 0) == 0:
             report = simulator.seed_history(history_days, progress=True)
             err.print(f"seeded {sum(report.rows.values()):,} rows of history ({report.working_days} working days)")
         else:
             err.print("totesys has data already: resuming the business on it")
+        err.print("starting the pipeline (reader, local Kinesis, processor, lake, warehouse sync) ...")
+        pipeline.start()
         worker = threading.Thread(target=business, name="business", daemon=True)
         worker.start()
         started = time.monotonic()
         previous = read_source(conn)
+        rates = _Rates()
+        warehouse = open_target(pipeline.config.warehouse)
         with Live(console=err, refresh_per_second=4, transient=False) as live:
-            while not stop.is_set():
+            while not stop.is_set() and not pipeline.stop.is_set():
                 if duration is not None and time.monotonic() - started >= duration:
                     break
                 stop.wait(REFRESH_SECONDS)
                 current = read_source(conn)
                 live.update(Group(source_table(current, dsn, previous), _business_line(simulator),
-                                  Text("Ctrl-C to stop", style="dim")))
+                                  _pipeline_table(pipeline, rates, current, _warehouse_counts(warehouse)),
+                                  Text("Ctrl-C to stop; query with: totes query \"SELECT ...\"", style="dim")))
                 previous = current
     except KeyboardInterrupt:
         err.print("stopping ...")
@@ -100,6 +161,9 @@ def demo(
         stop.set()
         if "worker" in locals():
             worker.join(timeout=30)
+        if warehouse is not None:
+            warehouse.close()
+        pipeline.shutdown()
         conn.close()
         simulator.close()
         if not keep_source:
@@ -109,4 +173,7 @@ def demo(
             err.print(f"totesys keeps running: {dsn}")
     if failure:
         raise fail(f"the simulated business stopped: {failure[0]}")
+    if pipeline.errors:
+        stage, error = pipeline.errors[0]
+        raise fail(f"the {stage} stopped: {error}")
     err.print(f"done: {simulator.stats.events} business events")

@@ -1,0 +1,283 @@
+"""The warehouse's tables against §3 of the spec, on DuckDB and PostgreSQL, and the pure
+pieces of the sync (replay of versions, fact versioning, dimensions, calendar)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+
+import duckdb
+import polars as pl
+import psycopg2
+import pytest
+
+from warehouse_sync import DuckDBTarget, PostgresTarget, ensure_schema, open_target
+from warehouse_sync import transforms as tf
+from warehouse_sync.lake_source import event_schema
+from warehouse_sync.replay import replay
+from warehouse_sync.schema import SOURCES
+
+# §3 of totesys-schema.md, restated: "name type [null]"; facts end with the lineage columns.
+LINEAGE = ["is_current boolean", "is_deleted boolean", "source_op varchar", "source_lsn bigint",
+           "source_seq bigint", "valid_from timestamptz null", "valid_to timestamptz null"]
+SPEC = {
+    "dim_date": ["date_id date", "year int", "month int", "day int", "day_of_week int", "day_name varchar",
+                 "month_name varchar", "quarter int"],
+    "dim_staff": ["staff_id int", "first_name varchar", "last_name varchar", "department_name varchar",
+                  "location varchar", "email_address varchar"],
+    "dim_location": ["location_id int", "address_line_1 varchar", "address_line_2 varchar null",
+                     "district varchar null", "city varchar", "postal_code varchar", "country varchar",
+                     "phone varchar"],
+    "dim_design": ["design_id int", "design_name varchar", "file_location varchar", "file_name varchar"],
+    "dim_currency": ["currency_id int", "currency_code varchar", "currency_name varchar"],
+    "dim_counterparty": ["counterparty_id int", "counterparty_legal_name varchar",
+                         "counterparty_legal_address_line_1 varchar", "counterparty_legal_address_line_2 varchar null",
+                         "counterparty_legal_district varchar null", "counterparty_legal_city varchar",
+                         "counterparty_legal_postal_code varchar", "counterparty_legal_country varchar",
+                         "counterparty_legal_phone_number varchar"],
+    "dim_payment_type": ["payment_type_id int", "payment_type_name varchar"],
+    "dim_transaction": ["transaction_id int", "transaction_type varchar", "sales_order_id int null",
+                        "purchase_order_id int null"],
+    "fact_sales_order": ["sales_record_id serial", "sales_order_id int", "created_date date", "created_time time",
+                         "last_updated_date date", "last_updated_time time", "sales_staff_id int",
+                         "counterparty_id int", "units_sold int", "unit_price numeric(10,2)", "currency_id int",
+                         "design_id int", "agreed_payment_date date", "agreed_delivery_date date",
+                         "agreed_delivery_location_id int", *LINEAGE],
+    "fact_purchase_order": ["purchase_record_id serial", "purchase_order_id int", "created_date date",
+                            "created_time time", "last_updated_date date", "last_updated_time time", "staff_id int",
+                            "counterparty_id int", "item_code varchar", "item_quantity int",
+                            "item_unit_price numeric", "currency_id int", "agreed_delivery_date date",
+                            "agreed_payment_date date", "agreed_delivery_location_id int", *LINEAGE],
+    "fact_payment": ["payment_record_id serial", "payment_id int", "created_date date", "created_time time",
+                     "last_updated_date date", "last_updated_time time", "transaction_id int",
+                     "counterparty_id int", "payment_amount numeric", "currency_id int", "payment_type_id int",
+                     "paid boolean", "payment_date date", *LINEAGE],
+}
+PRIMARY_KEYS = {name: columns[0].split()[0] for name, columns in SPEC.items()}
+FOREIGN_KEYS = {
+    "fact_sales_order": {"created_date": "dim_date", "last_updated_date": "dim_date", "sales_staff_id": "dim_staff",
+                         "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
+                         "design_id": "dim_design", "agreed_payment_date": "dim_date",
+                         "agreed_delivery_date": "dim_date", "agreed_delivery_location_id": "dim_location"},
+    "fact_purchase_order": {"created_date": "dim_date", "last_updated_date": "dim_date", "staff_id": "dim_staff",
+                            "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
+                            "agreed_delivery_date": "dim_date", "agreed_payment_date": "dim_date",
+                            "agreed_delivery_location_id": "dim_location"},
+    "fact_payment": {"created_date": "dim_date", "last_updated_date": "dim_date",
+                     "transaction_id": "dim_transaction", "counterparty_id": "dim_counterparty",
+                     "currency_id": "dim_currency", "payment_type_id": "dim_payment_type", "payment_date": "dim_date"},
+}
+DUCKDB_TYPES = {"int": "INTEGER", "serial": "INTEGER", "bigint": "BIGINT", "varchar": "VARCHAR", "date": "DATE",
+                "time": "TIME", "boolean": "BOOLEAN", "numeric(10,2)": "DECIMAL(10,2)",
+                "numeric": "DECIMAL(18,2)", "timestamptz": "TIMESTAMP WITH TIME ZONE"}
+POSTGRES_TYPES = {"int": ("integer", None, None), "serial": ("integer", None, None), "bigint": ("bigint", None, None),
+                  "varchar": ("character varying", None, None), "date": ("date", None, None),
+                  "time": ("time without time zone", None, None), "boolean": ("boolean", None, None),
+                  "numeric(10,2)": ("numeric", 10, 2), "numeric": ("numeric", None, None),
+                  "timestamptz": ("timestamp with time zone", None, None)}
+
+
+def _spec(table: str) -> list[tuple[str, str, bool]]:
+    out = []
+    for item in SPEC[table]:
+        name, type_, *rest = item.split()
+        out.append((name, type_, rest == ["null"]))
+    return out
+
+
+def test_duckdb_tables_match_the_spec_column_by_column(tmp_path):
+    target = open_target(tmp_path / "warehouse.duckdb")  # a path opens a DuckDB file
+    assert isinstance(target, DuckDBTarget)
+    ensure_schema(target)
+    ensure_schema(target)  # idempotent
+    con = target.connection
+    for table in SPEC:
+        columns = con.sql("SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+                          f"WHERE table_name = '{table}' ORDER BY ordinal_position").fetchall()
+        expected = [(n, DUCKDB_TYPES[t], "YES" if null else "NO") for n, t, null in _spec(table)]
+        assert [c[:3] for c in columns] == expected, table
+        for (name, type_, _), column in zip(_spec(table), columns):
+            assert ("nextval(" in (column[3] or "")) == (type_ == "serial"), (table, name)
+        constraints = con.sql("SELECT constraint_type, constraint_column_names, referenced_table "
+                              f"FROM duckdb_constraints() WHERE table_name = '{table}'").fetchall()
+        assert ("PRIMARY KEY", [PRIMARY_KEYS[table]], None) in constraints
+        foreign = {c[1][0]: c[2] for c in constraints if c[0] == "FOREIGN KEY"}
+        assert foreign == FOREIGN_KEYS.get(table, {}), table
+    target.close()
+
+
+def test_postgres_tables_match_the_spec_column_by_column(empty_database):
+    target = open_target(empty_database)  # a DSN opens PostgreSQL
+    assert isinstance(target, PostgresTarget)
+    try:
+        ensure_schema(target)
+        ensure_schema(target)
+    finally:
+        target.close()
+    with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
+        for table in SPEC:
+            cur.execute("SELECT column_name, data_type, numeric_precision, numeric_scale, is_nullable, column_default "
+                        "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s "
+                        "ORDER BY ordinal_position", (table,))
+            columns = cur.fetchall()
+            expected = []
+            for name, type_, null in _spec(table):
+                data_type, precision, scale = POSTGRES_TYPES[type_]
+                if data_type in ("integer", "bigint"):
+                    precision, scale = (32, 0) if data_type == "integer" else (64, 0)
+                expected.append((name, data_type, precision, scale, "YES" if null else "NO"))
+            assert [c[:5] for c in columns] == expected, table
+            for (name, type_, _), column in zip(_spec(table), columns):
+                assert ("nextval(" in (column[5] or "")) == (type_ == "serial"), (table, name)
+            cur.execute("SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
+                        "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = %s::regclass AND c.contype = 'p'", (table,))
+            assert [r[0] for r in cur.fetchall()] == [PRIMARY_KEYS[table]]
+            cur.execute("SELECT a.attname, c.confrelid::regclass::text FROM pg_constraint c JOIN pg_attribute a "
+                        "ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+                        "WHERE c.conrelid = %s::regclass AND c.contype = 'f'", (table,))
+            assert dict(cur.fetchall()) == FOREIGN_KEYS.get(table, {}), table
+
+
+def test_duckdb_enforces_the_foreign_keys_and_allows_dimension_upserts():
+    """What the load relies on in DuckDB 2.0: referenced dimension rows can be updated and
+    upserted; a fact row cannot point at a missing one, a referenced one cannot be deleted."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE dim (id INTEGER PRIMARY KEY, name VARCHAR)")
+    con.execute("CREATE TABLE fact (id INTEGER PRIMARY KEY, dim_id INTEGER REFERENCES dim (id))")
+    con.execute("INSERT INTO dim VALUES (1, 'a'), (2, 'b')")
+    con.execute("INSERT INTO fact VALUES (1, 1)")
+    con.execute("BEGIN")
+    con.execute("UPDATE dim SET name = 'x' WHERE id = 1")
+    con.execute("INSERT INTO dim VALUES (1, 'y'), (3, 'c') ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+    con.execute("INSERT INTO fact VALUES (2, 3)")
+    con.execute("COMMIT")
+    assert con.sql("SELECT * FROM dim ORDER BY id").fetchall() == [(1, "y"), (2, "b"), (3, "c")]
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("INSERT INTO fact VALUES (3, 9)")
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("DELETE FROM dim WHERE id = 1")
+    con.execute("DELETE FROM dim WHERE id = 2")
+
+
+# -- pure pieces ------------------------------------------------------------------------------
+
+UTC = timezone.utc
+
+
+def _events(source: str, rows: list[dict]) -> pl.DataFrame:
+    schema = event_schema(source)
+    full = [{name: row.get(name) for name in schema} for row in rows]
+    return pl.DataFrame(full, schema=schema, orient="row")
+
+
+def _prior(source: str, rows: list[dict]) -> pl.DataFrame:
+    schema = SOURCES[source].polars_schema
+    return pl.DataFrame([{n: r.get(n) for n in schema} for r in rows], schema=schema, orient="row")
+
+
+def test_replay_fills_unchanged_toast_columns_carries_deletes_and_expands_truncates():
+    prior = _prior("design", [
+        {"design_id": 1, "design_name": "A", "file_location": "/a", "file_name": "a.json", "_lsn": 1, "_seq": 0},
+        {"design_id": 2, "design_name": "B", "file_location": "/b", "file_name": "b.json", "_lsn": 1, "_seq": 1},
+    ])
+    ts = datetime(2024, 11, 18, 9, tzinfo=UTC)
+    events = _events("design", [
+        {"design_id": 1, "design_name": "A2", "_unchanged": ["file_location", "file_name"],
+         "_op": "u", "_lsn": 10, "_seq": 0, "_commit_ts": ts},
+        {"design_id": 1, "design_name": "A3", "file_location": None, "_unchanged": ["file_name"],
+         "_op": "u", "_lsn": 11, "_seq": 0, "_commit_ts": ts},
+        {"design_id": 2, "_op": "d", "_lsn": 12, "_seq": 0, "_commit_ts": ts},
+        {"design_id": 3, "design_name": "C", "file_location": "/c", "file_name": "c.json",
+         "_op": "c", "_lsn": 13, "_seq": 0, "_commit_ts": ts},
+        {"_op": "t", "_lsn": 14, "_seq": 0, "_commit_ts": ts},
+        {"design_id": 4, "design_name": "D", "file_location": "/d", "file_name": "d.json",
+         "_op": "c", "_lsn": 15, "_seq": 0, "_commit_ts": ts},
+        {"design_id": 9, "_op": "d", "_lsn": 16, "_seq": 0, "_commit_ts": ts},
+    ])
+    result = replay("design", prior, events)
+    rows = result.versions.select("design_id", "design_name", "file_location", "file_name", "_op", "_lsn", "_known")
+    assert rows.rows() == [
+        (1, "A2", "/a", "a.json", "u", 10, True),
+        (1, "A3", None, "a.json", "u", 11, True),       # a real NULL stays NULL
+        (1, "A3", None, "a.json", "t", 14, True),
+        (2, "B", "/b", "b.json", "d", 12, True),        # the delete carries the last values
+        (3, "C", "/c", "c.json", "c", 13, False),       # nothing before an insert
+        (3, "C", "/c", "c.json", "t", 14, True),        # truncated with what was alive
+        (4, "D", "/d", "d.json", "c", 15, False),
+        (9, None, None, None, "d", 16, False),           # a delete of a row never seen
+    ]
+    assert result.upserts.select("design_id", "_lsn").rows() == [(4, 15)]
+    assert sorted(result.deleted.to_list()) == [1, 2, 3, 9]
+    assert sorted(result.gone["design_id"].to_list()) == [1, 2, 3]
+
+
+def test_replay_of_a_key_change_deletes_the_old_key():
+    prior = _prior("currency", [{"currency_id": 1, "currency_code": "GBP", "_lsn": 1, "_seq": 0}])
+    events = _events("currency", [{"currency_id": 5, "currency_code": "GBP", "_op": "u", "_lsn": 2, "_seq": 0,
+                                   "_before": '{"currency_id":"1"}'}])
+    result = replay("currency", prior, events)
+    assert result.deleted.to_list() == [1]
+    assert result.upserts.select("currency_id", "currency_code").rows() == [(5, "GBP")]
+
+
+def _sales_versions(rows: list[dict]) -> pl.DataFrame:
+    base = {"created_at": datetime(2024, 11, 18, 9, 0, 0, 123000), "last_updated": datetime(2024, 11, 18, 9, 0, 0, 123000),
+            "design_id": 1, "staff_id": 1, "counterparty_id": 1, "units_sold": 100, "unit_price": Decimal("2.50"),
+            "currency_id": 1, "agreed_delivery_date": "2024-11-25", "agreed_payment_date": "2024-11-22",
+            "agreed_delivery_location_id": 1, "_known": True}
+    schema = {n: t for n, t in event_schema("sales_order").items() if n not in ("_unchanged", "_before")}
+    schema["_known"] = pl.Boolean()
+    return pl.DataFrame([{**base, **r} for r in rows], schema=schema, orient="row")
+
+
+def test_fact_versions_append_only_projected_changes_and_chain_validity():
+    spec = tf.FACT_BY_SOURCE["sales_order"]
+    t = [datetime(2024, 11, 18, h, tzinfo=UTC) for h in range(9, 16)]
+    versions = _sales_versions([
+        {"sales_order_id": 1, "_op": "c", "_lsn": 10, "_seq": 0, "_commit_ts": t[0]},
+        {"sales_order_id": 1, "_op": "u", "_lsn": 11, "_seq": 0, "_commit_ts": t[1]},  # nothing projected changed
+        {"sales_order_id": 1, "units_sold": 7, "_op": "u", "_lsn": 12, "_seq": 0, "_commit_ts": t[2]},
+        {"sales_order_id": 1, "units_sold": 7, "_op": "d", "_lsn": 13, "_seq": 0, "_commit_ts": t[3]},
+        {"sales_order_id": 1, "units_sold": 7, "_op": "d", "_lsn": 13, "_seq": 1, "_commit_ts": t[3]},
+        {"sales_order_id": 1, "units_sold": 7, "_op": "c", "_lsn": 14, "_seq": 0, "_commit_ts": t[4]},
+        {"sales_order_id": 2, "_op": "d", "_lsn": 14, "_seq": 1, "_commit_ts": t[4], "_known": False},
+    ])
+    rows = tf.fact_rows(spec, versions)
+    changes = tf.new_fact_rows(spec, pl.DataFrame(schema={"sales_record_id": pl.Int32, **tf.fact_schema(spec)}), rows)
+    got = changes.inserts.select("sales_order_id", "units_sold", "is_deleted", "is_current", "source_lsn",
+                                 "valid_from", "valid_to").rows()
+    assert got == [
+        (1, 100, False, False, 10, t[0], t[2]),
+        (1, 7, False, False, 12, t[2], t[3]),
+        (1, 7, True, False, 13, t[3], t[4]),
+        (1, 7, False, True, 14, t[4], None),
+    ]
+    first = changes.inserts.row(0, named=True)
+    assert (first["created_date"], first["created_time"]) == (date(2024, 11, 18), time(9, 0, 0, 123000))
+    assert first["agreed_payment_date"] == date(2024, 11, 22)
+
+    # the same key later: the current row is closed only when something changed
+    current = changes.inserts.tail(1).with_columns(pl.lit(4, pl.Int32).alias("sales_record_id"))
+    replayed = tf.fact_rows(spec, versions.tail(2).head(1).with_columns(_lsn=pl.lit(20, pl.Int64)))
+    assert tf.new_fact_rows(spec, current, replayed).inserts.height == 0
+    changed = tf.fact_rows(spec, _sales_versions([{"sales_order_id": 1, "units_sold": 8, "_op": "u", "_lsn": 21,
+                                                  "_seq": 0, "_commit_ts": t[6]}]))
+    closing = tf.new_fact_rows(spec, current, changed)
+    assert closing.closes.rows() == [(4, t[6])]
+    assert closing.inserts.select("units_sold", "is_current").rows() == [(8, True)]
+
+
+def test_dimensions_and_calendar_follow_the_spec():
+    staff = pl.DataFrame({"staff_id": [1, 2], "first_name": ["A", "B"], "last_name": ["X", "Y"],
+                          "department_id": [1, 9], "email_address": ["a@t", "b@t"]})
+    department = pl.DataFrame({"department_id": [1], "department_name": ["Dispatch"], "location": [None]},
+                              schema_overrides={"location": pl.String})
+    assert tf.dim_staff(staff, department).rows() == [(1, "A", "X", "Dispatch", "", "a@t"), (2, "B", "Y", "", "", "b@t")]
+    currency = pl.DataFrame({"currency_id": [1, 2, 3, 4], "currency_code": ["GBP", "USD", "EUR", "XTS"]})
+    assert tf.dim_currency(currency)["currency_name"].to_list() == ["Pound Sterling", "US Dollar", "Euro", "XTS"]
+    days = tf.dim_date(pl.Series([date(2024, 11, 17), date(2024, 11, 18), date(2024, 11, 18)]))
+    assert days.rows() == [(date(2024, 11, 17), 2024, 11, 17, 7, "Sunday", "November", 4),
+                           (date(2024, 11, 18), 2024, 11, 18, 1, "Monday", "November", 4)]
+    calendar = tf.calendar_days(pl.Series([date(2020, 2, 29), date(2030, 1, 1)]), today=date(2024, 11, 18))
+    assert calendar[0] == date(2020, 2, 29) and calendar[1] == date(2022, 11, 1) and calendar[-1] == date(2030, 1, 1)
+    assert calendar.len() == 1 + (date(2030, 1, 1) - date(2022, 11, 1)).days + 1

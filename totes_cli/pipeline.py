@@ -1,0 +1,207 @@
+"""The whole pipeline in one process: the composition root of totes-cdc.
+
+    source ──reader──► Kinesis ──processor──► lake ──sync──► warehouse
+
+Each stage runs in its own thread with the same code it runs alone (`totes reader`,
+`totes processor`, `totes sync`). Here the reader's durability is the lake watermark, so
+PostgreSQL only forgets WAL that the lake has committed (DESIGN.md guarantee 1), and the sync
+reads up to that watermark only (guarantee 4).
+
+Local state belongs to the lake it feeds: without a configured Kinesis endpoint a kinesalite
+is started with its data under `<lake>/_local/kinesis`, the reader's state lives under
+`<lake>/_local`, and the slot name is derived from the lake once and remembered there, so two
+pipelines on one machine never share a stream, a slot or a checkpoint by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cdc_reader.publisher import Publisher, kinesis_client
+from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
+from change_events import parse_lsn
+from lake.layout import LakeLayout
+from lake.progress import Progress
+from lake.writer import LakeWriter
+from local_stack.kinesalite import Kinesalite, ensure_stream
+from stream_processors.handler import StreamProcessor
+from stream_processors.poller import LocalPoller, ShardOffsets
+from totesys.connection import connect
+from totesys.schema import TABLES
+from warehouse_sync.apply import SyncResult, sync_once
+from warehouse_sync.targets import open_target
+
+log = logging.getLogger("totes.pipeline")
+
+
+@dataclass
+class PipelineConfig:
+    source_dsn: str
+    lake: str
+    warehouse: str
+    stream: str = "totes-cdc"
+    shards: int = 2
+    slot: str | None = None
+    publication: str = "totes_cdc"
+    tables: tuple[str, ...] = TABLES
+    heartbeat_seconds: float = 2.0
+    batch_window: float = 1.0
+    sync_interval: float = 1.0
+
+
+class LakeWatermark:
+    """Durability for the reader: every event up to the lake watermark is in the lake."""
+
+    def __init__(self, layout: LakeLayout, shards):
+        self.progress = Progress(layout)
+        self.shards = shards
+
+    def durable_lsn(self) -> int:
+        return self.progress.lake_watermark(self.shards())
+
+
+@dataclass
+class SyncStats:
+    runs: int = 0
+    events: int = 0
+    synced_upto: int = 0
+    last: SyncResult | None = None
+    last_at: float | None = None
+
+
+@dataclass
+class Pipeline:
+    config: PipelineConfig
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[tuple[str, BaseException]] = field(default_factory=list)
+    sync: SyncStats = field(default_factory=SyncStats)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.local = Path(cfg.lake) / "_local" if "://" not in cfg.lake else None
+        if self.local is not None:
+            self.local.mkdir(parents=True, exist_ok=True)
+        self.layout = LakeLayout(cfg.lake)
+        self.kinesalite: Kinesalite | None = None
+        self.reader: Reader | None = None
+        self.publisher: Publisher | None = None
+        self.poller: LocalPoller | None = None
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
+
+    # -- wiring ----------------------------------------------------------------------------
+    def _remembered(self) -> dict:
+        """Names fixed at the first run of this lake (slot), kept in the lake's _local."""
+        if self.local is None:
+            return {"slot": self.config.slot or "totes_cdc"}
+        path = self.local / "pipeline.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if "slot" not in data:
+            digest = hashlib.sha1(str(Path(self.config.lake).resolve()).encode()).hexdigest()[:10]
+            data["slot"] = self.config.slot or f"totes_{digest}"
+            path.write_text(json.dumps(data))
+        return data
+
+    def _kinesis(self):
+        if os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL") or self.local is None:
+            return kinesis_client()
+        self.kinesalite = Kinesalite(self.local / "kinesis")
+        return kinesis_client(endpoint_url=self.kinesalite.start())
+
+    def start(self) -> None:
+        cfg = self.config
+        slot = self._remembered()["slot"]
+        client = self._kinesis()
+        ensure_stream(client, cfg.stream, cfg.shards)
+        self.publisher = Publisher(client, cfg.stream)
+        shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
+        state_dir = self.local if self.local is not None else Path(os.environ.get("TOTES_HOME", ".totes"))
+        self.reader = Reader(
+            cfg.source_dsn, self.publisher, LakeWatermark(self.layout, shard_ids),
+            FileStateStore(state_dir / "reader" / f"{slot}.json"),
+            ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
+                         heartbeat_seconds=cfg.heartbeat_seconds),
+        )
+        offsets = (self.local / "offsets" / f"{cfg.stream}.json") if self.local is not None else \
+            state_dir / "processor" / f"{cfg.stream}.offsets.json"
+        self.poller = LocalPoller(client, cfg.stream, StreamProcessor(LakeWriter(self.layout)),
+                                  ShardOffsets(offsets), batch_window=cfg.batch_window)
+        self._spawn("reader", lambda stop: supervise(self.reader, stop))
+        self._spawn("processor", lambda stop: self.poller.run(stop))
+        self._spawn("sync", self._sync_loop)
+
+    def _spawn(self, name: str, target) -> None:
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                target(stop)
+            except BaseException as error:  # one stage failing stops the pipeline
+                log.exception("%s stopped", name)
+                self.errors.append((name, error))
+                self.stop.set()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self._threads.append((thread, stop))
+
+    def _sync_loop(self, stop: threading.Event) -> None:
+        target = open_target(self.config.warehouse)
+        shard_ids = [shard.shard_id for shard in self.publisher.shards]
+        watermark = LakeWatermark(self.layout, lambda: shard_ids)
+        try:
+            while not stop.is_set():
+                upto = watermark.durable_lsn()
+                if upto > self.sync.synced_upto:
+                    result = sync_once(self.layout, target, upto)
+                    self.sync.runs += 1
+                    self.sync.events += result.events
+                    self.sync.synced_upto = upto
+                    self.sync.last, self.sync.last_at = result, time.time()
+                stop.wait(self.config.sync_interval)
+        finally:
+            target.close()
+
+    # -- running -----------------------------------------------------------------------------
+    def source_lsn(self) -> int:
+        conn = connect(self.config.source_dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_current_wal_lsn()::text")
+                return parse_lsn(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    def caught_up_with(self, lsn: int) -> bool:
+        """Everything committed at the source before `lsn` is in the warehouse."""
+        return self.sync.synced_upto >= lsn
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop the stages upstream first: the reader flushes what it has, the processor
+        then writes it to the lake, and the sync last."""
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for thread, stop in self._threads:
+            stop.set()
+            thread.join(max(deadline - time.monotonic(), 0.1))
+        if self.kinesalite is not None:
+            self.kinesalite.stop()
+
+    def run(self, until_caught_up: bool = False, on_tick=None, tick_seconds: float = 1.0) -> None:
+        """Start, then wait for Ctrl-C / `stop` (or for catching up); always shuts down."""
+        target = self.source_lsn() if until_caught_up else None
+        try:
+            self.start()
+            while not self.stop.wait(tick_seconds):
+                if on_tick is not None:
+                    on_tick(self)
+                if target is not None and self.caught_up_with(target):
+                    break
+        finally:
+            self.shutdown()

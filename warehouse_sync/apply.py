@@ -1,0 +1,307 @@
+"""One sync: the change-log events in `(checkpoint, upto]` → one warehouse transaction.
+
+    sync_once(lake, target, upto_lsn)
+
+`upto_lsn` is the lake watermark (every event at or below it, of every table, is in the
+lake), so a sync never shows half a source transaction. Inside one transaction, which also
+moves the checkpoint:
+
+1. lock and read the checkpoint; nothing to do when `upto_lsn` is not above it;
+2. read every table's events in `(checkpoint, upto]`, sorted by `(lsn, seq)`, deduplicated;
+3. replay them over the source mirrors (`_src_<table>`) and write the mirrors back;
+4. upsert the dimension rows those events affect (a department or address change rebuilds
+   every staff or counterparty row that uses it), before any fact points at them;
+5. append the new fact versions (only versions whose projection changed), close the rows they
+   supersede (`is_current` false, `valid_to` set), after adding the calendar days they need;
+6. delete the dimension rows whose source row is gone, unless a fact row references them
+   (history keeps pointing at the last known values);
+7. set the checkpoint to `upto_lsn` and commit.
+
+A crash anywhere before the commit leaves the warehouse as it was; a rerun repeats the same
+work from the same checkpoint, and a rerun with the same `upto_lsn` does nothing.
+
+Record ids are `max(record id) + 1, + 2, …` in `(source_lsn, source_seq, business key)` order,
+assigned inside the transaction, so they are a function of the change log alone: a rolled
+back sync leaves no gap (a sequence would: neither engine rolls sequences back) and one sync
+or several over the same events give the same ids. The table's own sequence default is
+advanced past them, for anyone inserting by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+import polars as pl
+
+from lake.layout import LakeLayout
+from warehouse_sync import transforms as tf
+from warehouse_sync.lake_source import read_changes
+from warehouse_sync.replay import Replay, replay
+from warehouse_sync.schema import (
+    BY_NAME,
+    CHECKPOINT,
+    DIM_COUNTERPARTY,
+    DIM_CURRENCY,
+    DIM_DATE,
+    DIM_DESIGN,
+    DIM_LOCATION,
+    DIM_PAYMENT_TYPE,
+    DIM_STAFF,
+    DIM_TRANSACTION,
+    SOURCES,
+    Table,
+    conform,
+    references_to,
+    schema_ddl,
+)
+from warehouse_sync.targets import Target
+
+DIMENSION_SOURCES = {
+    DIM_LOCATION.name: "address",
+    DIM_DESIGN.name: "design",
+    DIM_CURRENCY.name: "currency",
+    DIM_PAYMENT_TYPE.name: "payment_type",
+    DIM_TRANSACTION.name: "transaction",
+    DIM_STAFF.name: "staff",
+    DIM_COUNTERPARTY.name: "counterparty",
+}
+"""Each dimension and the source table whose rows are its rows."""
+
+
+@dataclass
+class SyncResult:
+    from_lsn: int
+    to_lsn: int
+    events: int = 0
+    facts_appended: dict[str, int] = field(default_factory=dict)
+    facts_closed: dict[str, int] = field(default_factory=dict)
+    dimensions_upserted: dict[str, int] = field(default_factory=dict)
+    dimensions_deleted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> bool:
+        return self.to_lsn > self.from_lsn
+
+
+def ensure_schema(target: Target) -> None:
+    """Create whatever warehouse table is missing (idempotent)."""
+    target.begin()
+    try:
+        for statement in schema_ddl(target.dialect):
+            target.execute(statement)
+        target.commit()
+    except BaseException:
+        target.rollback()
+        raise
+    target.schema_ready = True
+
+
+def checkpoint_lsn(target: Target) -> int:
+    """The LSN up to which the warehouse holds every event (0 before the first sync)."""
+    frame = target.query(f"SELECT lsn FROM {CHECKPOINT.name} WHERE id = 1")
+    return int(frame.item()) if frame.height else 0
+
+
+def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None = None) -> SyncResult:
+    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn` in one transaction."""
+    layout = lake if isinstance(lake, LakeLayout) else LakeLayout(lake)
+    today = today or datetime.now(timezone.utc).date()
+    if not target.schema_ready:
+        ensure_schema(target)
+    target.begin()
+    try:
+        frame = target.query(f"SELECT lsn FROM {CHECKPOINT.name} WHERE id = 1{target.for_update}")
+        checkpoint = int(frame.item())
+        result = SyncResult(checkpoint, max(checkpoint, upto_lsn))
+        if upto_lsn <= checkpoint:
+            target.rollback()
+            return result
+        changes = read_changes(layout, checkpoint, upto_lsn)
+        result.events = sum(frame.height for frame in changes.values())
+        _apply(target, changes, today, result)
+        _advance_checkpoint(target, upto_lsn)
+        target.commit()
+        return result
+    except BaseException:
+        target.rollback()
+        raise
+
+
+def _advance_checkpoint(target: Target, lsn: int) -> None:
+    target.execute(f"UPDATE {CHECKPOINT.name} SET lsn = {int(lsn)} WHERE id = 1")
+
+
+# -- SQL helpers shared by both engines --------------------------------------------------------
+
+def _stage_keys(target: Target, name: str, keys: pl.Series) -> str:
+    return target.stage(name, pl.DataFrame({"k": keys}))
+
+
+def _select(target: Target, table: Table, where: str = "") -> pl.DataFrame:
+    frame = target.query(f"SELECT {', '.join(table.names)} FROM {table.name}{where}")
+    return conform(frame, table.polars_schema)
+
+
+def _mirror_rows(target: Target, source: str, keys: pl.Series | None, column: str | None = None) -> pl.DataFrame:
+    """Mirror rows of `source` whose `column` (default: the key) is in `keys` (None: all)."""
+    mirror = SOURCES[source]
+    if keys is None:
+        return _select(target, mirror)
+    if keys.len() == 0:
+        return pl.DataFrame(schema=mirror.polars_schema)
+    staged = _stage_keys(target, "_wh_lookup", keys.unique())
+    return _select(target, mirror, f" WHERE {column or mirror.key} IN (SELECT k FROM {staged})")
+
+
+def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
+    if rows.height == 0:
+        return 0
+    staged = target.stage("_wh_upsert", rows.select(table.names))
+    columns = ", ".join(table.names)
+    updates = ", ".join(f"{n} = excluded.{n}" for n in table.names if n != table.key)
+    target.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staged} "
+                   f"ON CONFLICT ({table.key}) DO UPDATE SET {updates}")
+    return rows.height
+
+
+def _delete_keys(target: Target, table: Table, keys: pl.Series, condition: str = "") -> None:
+    if keys.len():
+        staged = _stage_keys(target, "_wh_delete", keys)
+        target.execute(f"DELETE FROM {table.name} WHERE {table.key} IN (SELECT k FROM {staged}){condition}")
+
+
+# -- the steps ---------------------------------------------------------------------------------
+
+def _apply(target: Target, changes: dict[str, pl.DataFrame], today: date, result: SyncResult) -> None:
+    replays = {source: _replay_mirror(target, source, events) for source, events in changes.items()}
+    _upsert_dimensions(target, replays, result)
+    fact_changes = {}
+    for spec in tf.FACT_SPECS:
+        if spec.source in replays:
+            fact_changes[spec] = _fact_changes(target, spec, replays[spec.source])
+    _add_calendar_days(target, fact_changes, today)
+    for spec, changes_ in fact_changes.items():
+        _write_facts(target, spec, changes_, result)
+    _delete_dimensions(target, replays, result)
+
+
+def _replay_mirror(target: Target, source: str, events: pl.DataFrame) -> Replay:
+    """Replay `events` over the mirror of `source` and write the mirror's new state."""
+    mirror = SOURCES[source]
+    has_truncate = events.filter(pl.col("_op") == "t").height > 0
+    prior = _mirror_rows(target, source, None if has_truncate else events[mirror.key].drop_nulls())
+    replayed = replay(source, prior, events)
+    _delete_keys(target, mirror, replayed.deleted)
+    _upsert(target, mirror, replayed.upserts)
+    return replayed
+
+
+def _touched(replays: dict[str, Replay], source: str) -> pl.Series:
+    key = SOURCES[source].key
+    if source not in replays:
+        return pl.Series(key, [], dtype=pl.Int32)
+    return replays[source].touched
+
+
+def _known_rows(target: Target, replays: dict[str, Replay], source: str, keys: pl.Series) -> pl.DataFrame:
+    """Current mirror rows of `keys`, and the last known values of those deleted by this sync."""
+    mirror = SOURCES[source]
+    rows = _mirror_rows(target, source, keys).drop(["_lsn", "_seq"])
+    if source in replays and replays[source].gone.height:
+        gone = replays[source].gone
+        gone = gone.filter(pl.col(mirror.key).is_in(keys.implode()) & ~pl.col(mirror.key).is_in(rows[mirror.key].implode()))
+        rows = pl.concat([rows, gone.select(rows.columns)])
+    return rows
+
+
+def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncResult) -> None:
+    simple = {
+        DIM_LOCATION: ("address", tf.dim_location),
+        DIM_DESIGN: ("design", tf.dim_design),
+        DIM_CURRENCY: ("currency", tf.dim_currency),
+        DIM_PAYMENT_TYPE: ("payment_type", tf.dim_payment_type),
+        DIM_TRANSACTION: ("transaction", tf.dim_transaction),
+    }
+    for dimension, (source, transform) in simple.items():
+        keys = _touched(replays, source)
+        if keys.len():
+            result.dimensions_upserted[dimension.name] = _upsert(
+                target, dimension, transform(_known_rows(target, replays, source, keys)))
+
+    staff_keys = pl.concat([
+        _touched(replays, "staff"),
+        _mirror_rows(target, "staff", _touched(replays, "department"), "department_id")["staff_id"],
+    ]).unique()
+    if staff_keys.len():
+        staff = _known_rows(target, replays, "staff", staff_keys)
+        departments = _known_rows(target, replays, "department", staff["department_id"].drop_nulls().unique())
+        result.dimensions_upserted[DIM_STAFF.name] = _upsert(target, DIM_STAFF, tf.dim_staff(staff, departments))
+
+    counterparty_keys = pl.concat([
+        _touched(replays, "counterparty"),
+        _mirror_rows(target, "counterparty", _touched(replays, "address"), "legal_address_id")["counterparty_id"],
+    ]).unique()
+    if counterparty_keys.len():
+        counterparties = _known_rows(target, replays, "counterparty", counterparty_keys)
+        addresses = _known_rows(target, replays, "address", counterparties["legal_address_id"].drop_nulls().unique())
+        result.dimensions_upserted[DIM_COUNTERPARTY.name] = _upsert(
+            target, DIM_COUNTERPARTY, tf.dim_counterparty(counterparties, addresses))
+
+
+def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay) -> tf.FactChanges:
+    fact = spec.table
+    staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
+    current = _select(target, fact, f" WHERE is_current AND {spec.business_key} IN (SELECT k FROM {staged})")
+    return tf.new_fact_rows(spec, current, tf.fact_rows(spec, replayed.versions))
+
+
+def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactChanges], today: date) -> None:
+    referenced = pl.concat([pl.Series("date_id", [], dtype=pl.Date)]
+                           + [tf.referenced_days(spec, c.inserts) for spec, c in fact_changes.items()])
+    days = tf.dim_date(tf.calendar_days(referenced, today))
+    present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {DIM_DATE.name}")
+    first, last = present["first"].item(), present["last"].item()
+    if first is not None and present["n"].item() == (last - first).days + 1:
+        days = days.filter((pl.col("date_id") < first) | (pl.col("date_id") > last))  # the contiguous part is there
+    if days.height:
+        staged = target.stage("_wh_days", days)
+        columns = ", ".join(DIM_DATE.names)
+        target.execute(f"INSERT INTO {DIM_DATE.name} ({columns}) SELECT {columns} FROM {staged} "
+                       f"ON CONFLICT ({DIM_DATE.key}) DO NOTHING")
+
+
+def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, result: SyncResult) -> None:
+    fact = spec.table
+    if changes.closes.height:
+        staged = target.stage("_wh_closes", changes.closes)
+        target.execute(f"UPDATE {fact.name} SET is_current = false, valid_to = s.valid_to FROM {staged} AS s "
+                       f"WHERE {fact.name}.{fact.key} = s.{fact.key}")
+        result.facts_closed[fact.name] = changes.closes.height
+    inserts = changes.inserts
+    if inserts.height == 0:
+        return
+    base = int(target.query(f"SELECT coalesce(max({fact.key}), 0) AS n FROM {fact.name}").item())
+    rows = inserts.with_columns(pl.int_range(base + 1, base + 1 + inserts.height, dtype=pl.Int32).alias(fact.key))
+    staged = target.stage("_wh_inserts", rows.select(fact.names))
+    columns = ", ".join(fact.names)
+    target.execute(f"INSERT INTO {fact.name} ({columns}) SELECT {columns} FROM {staged} ORDER BY {fact.key}")
+    target.query(f"SELECT max(nextval('{fact.sequence}')) AS n FROM {target.series(inserts.height)}")
+    result.facts_appended[fact.name] = inserts.height
+
+
+def _delete_dimensions(target: Target, replays: dict[str, Replay], result: SyncResult) -> None:
+    for name, source in DIMENSION_SOURCES.items():
+        if source not in replays or replays[source].deleted.len() == 0:
+            continue
+        dimension = BY_NAME[name]
+        staged = _stage_keys(target, "_wh_gone", replays[source].deleted)
+        present = f"SELECT count(*) AS n FROM {name} WHERE {dimension.key} IN (SELECT k FROM {staged})"
+        before = int(target.query(present).item())
+        unreferenced = "".join(
+            f" AND NOT EXISTS (SELECT 1 FROM {fact.name} AS f WHERE f.{column.name} = {name}.{dimension.key})"
+            for fact, column in references_to(name))
+        target.execute(f"DELETE FROM {name} WHERE {dimension.key} IN (SELECT k FROM {staged}){unreferenced}")
+        deleted = before - int(target.query(present).item())
+        if deleted:
+            result.dimensions_deleted[name] = deleted

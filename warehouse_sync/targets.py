@@ -1,0 +1,223 @@
+"""Thin adapters over the two warehouse engines: a DuckDB file and PostgreSQL (psycopg2).
+
+Everything else (the SQL the sync runs, the transforms) is shared; an adapter only knows how
+to run a statement, return a query's rows as a polars frame, make a polars frame visible to
+SQL as a relation for the current transaction (`stage`), and delimit transactions. The few
+dialect differences are attributes here (`dialect`, `for_update`, `series`) or live in the
+DDL renderer (`warehouse_sync.schema`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import psycopg2
+from psycopg2 import sql as pgsql
+
+from warehouse_sync.schema import DUCKDB, POSTGRES
+
+
+class Target:
+    """What the sync needs from a warehouse engine."""
+
+    dialect: str
+    schema_ready: bool = False
+    """Set once `ensure_schema` has run on this connection."""
+    for_update: str = ""
+    """Suffix that locks the rows a SELECT reads until the transaction ends."""
+
+    def execute(self, statement: str) -> None:
+        raise NotImplementedError
+
+    def query(self, statement: str) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def stage(self, name: str, frame: pl.DataFrame) -> str:
+        """Make `frame` readable as relation `name` until the transaction ends; return `name`."""
+        raise NotImplementedError
+
+    def series(self, count: int) -> str:
+        """A FROM item with `count` rows."""
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DuckDBTarget(Target):
+    """A DuckDB database file (or `:memory:`)."""
+
+    dialect = DUCKDB
+
+    def __init__(self, path: str | Path = ":memory:", *, connection: duckdb.DuckDBPyConnection | None = None):
+        self.path = str(path)
+        self.connection = connection if connection is not None else duckdb.connect(self.path)
+        self.connection.execute("SET TimeZone = 'UTC'")
+        self._staged: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"DuckDBTarget({self.path!r})"
+
+    def execute(self, statement: str) -> None:
+        self.connection.execute(statement)
+
+    def query(self, statement: str) -> pl.DataFrame:
+        frame = pl.from_arrow(self.connection.sql(statement).to_arrow_table())
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def stage(self, name: str, frame: pl.DataFrame) -> str:
+        self.connection.register(name, frame.to_arrow())
+        self._staged.add(name)
+        return name
+
+    def series(self, count: int) -> str:
+        return f"range({int(count)})"
+
+    def _unstage(self) -> None:
+        for name in self._staged:
+            self.connection.unregister(name)
+        self._staged.clear()
+
+    def begin(self) -> None:
+        self.connection.begin()
+
+    def commit(self) -> None:
+        self.connection.commit()
+        self._unstage()
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+        self._unstage()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _pg_type(dtype: pl.DataType) -> str:
+    if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16):
+        return "integer"
+    if dtype in (pl.Int64, pl.UInt32, pl.UInt64):
+        return "bigint"
+    if dtype in (pl.String, pl.Null):
+        return "text"
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype == pl.Date:
+        return "date"
+    if dtype == pl.Time:
+        return "time"
+    if isinstance(dtype, pl.Datetime):
+        return "timestamptz" if dtype.time_zone else "timestamp"
+    if isinstance(dtype, pl.Decimal):
+        return f"numeric({dtype.precision},{dtype.scale})" if dtype.precision else "numeric"
+    raise TypeError(f"no PostgreSQL type for staging a {dtype} column")
+
+
+def _copy_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with times and timestamps as text PostgreSQL reads exactly (microseconds)."""
+    columns = []
+    for name, dtype in frame.schema.items():
+        column = pl.col(name)
+        if dtype == pl.Time:
+            column = column.dt.strftime("%H:%M:%S%.6f")
+        elif isinstance(dtype, pl.Datetime) and dtype.time_zone:
+            column = column.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f+00")
+        elif isinstance(dtype, pl.Datetime):
+            column = column.dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
+        columns.append(column)
+    return frame.select(columns)
+
+
+class PostgresTarget(Target):
+    """A PostgreSQL database (psycopg2); the session runs in UTC."""
+
+    dialect = POSTGRES
+    for_update = " FOR UPDATE"
+    _NULL = r"\N"
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.connection = psycopg2.connect(dsn)
+        with self.connection.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+        self.connection.commit()
+
+    def __repr__(self) -> str:
+        return "PostgresTarget(...)"
+
+    def execute(self, statement: str) -> None:
+        with self.connection.cursor() as cur:
+            cur.execute(statement)
+
+    def query(self, statement: str) -> pl.DataFrame:
+        with self.connection.cursor() as cur:
+            cur.execute(statement)
+            names = [d.name for d in cur.description]
+            rows = cur.fetchall()
+        if not rows:
+            return pl.DataFrame(schema={n: pl.Null for n in names})
+        return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+
+    def stage(self, name: str, frame: pl.DataFrame) -> str:
+        columns = pgsql.SQL(", ").join(
+            pgsql.SQL("{} {}").format(pgsql.Identifier(n), pgsql.SQL(_pg_type(t))) for n, t in frame.schema.items())
+        with self.connection.cursor() as cur:
+            cur.execute(pgsql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(pgsql.Identifier(name)))
+            cur.execute(pgsql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(pgsql.Identifier(name), columns))
+            if frame.height:
+                buffer = io.BytesIO()
+                _copy_text(frame).write_csv(buffer, include_header=False, null_value=self._NULL)
+                buffer.seek(0)
+                copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, NULL {})").format(
+                    pgsql.Identifier(name), pgsql.Literal(self._NULL))
+                cur.copy_expert(copy.as_string(self.connection), buffer)
+        return name
+
+    def series(self, count: int) -> str:
+        return f"generate_series(1, {int(count)})"
+
+    def begin(self) -> None:
+        pass  # psycopg2 opens a transaction with the first statement
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def is_postgres_dsn(warehouse: str) -> bool:
+    text = str(warehouse)
+    return text.startswith(("postgresql://", "postgres://")) or ("=" in text and "dbname" in text)
+
+
+def open_target(warehouse: str | Path) -> Target:
+    """A PostgreSQL DSN (URL or key=value) opens PostgreSQL; anything else is a DuckDB file."""
+    if is_postgres_dsn(str(warehouse)):
+        return PostgresTarget(str(warehouse))
+    path = Path(warehouse).expanduser()
+    if str(warehouse) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return DuckDBTarget(path if str(warehouse) != ":memory:" else ":memory:")

@@ -1,0 +1,247 @@
+"""The transformation rules of `totesys-schema.md` §4: source rows in, warehouse rows out.
+
+Pure functions over polars frames; no database, no lake.
+
+Dimensions hold the latest values:
+- dim_staff = staff ⟕ department. department.location is nullable in the source but NOT
+  NULL in §3: a missing location becomes '' (so does a department that no longer exists);
+- dim_counterparty = counterparty ⟕ address on legal_address_id ('' where the address is
+  unknown, NULL where the source allows NULL: address_line_2, district);
+- dim_location = address; dim_design, dim_payment_type, dim_transaction = their table;
+- dim_currency names come from ISO 4217 (an unknown code is its own name);
+- dim_date is a calendar: ISO day_of_week (1 = Monday), English names, quarter 1-4.
+
+Facts (`fact_rows`) split timestamps into date and time (microseconds kept, so the source's
+milliseconds are), cast text dates to DATE and rename per §3. A version of a source row
+becomes a fact row only when its projection (or its deletedness) differs from the version
+before it (`new_fact_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import polars as pl
+
+from warehouse_sync.schema import (
+    DIM_COUNTERPARTY,
+    DIM_CURRENCY,
+    DIM_DATE,
+    DIM_DESIGN,
+    DIM_LOCATION,
+    DIM_PAYMENT_TYPE,
+    DIM_STAFF,
+    DIM_TRANSACTION,
+    FACT_PAYMENT,
+    FACT_PURCHASE_ORDER,
+    FACT_SALES_ORDER,
+    Table,
+    conform,
+    projected_columns,
+)
+
+ISO_4217_NAMES = {
+    "GBP": "Pound Sterling",
+    "USD": "US Dollar",
+    "EUR": "Euro",
+    "JPY": "Yen",
+    "CHF": "Swiss Franc",
+    "CAD": "Canadian Dollar",
+    "AUD": "Australian Dollar",
+    "NZD": "New Zealand Dollar",
+    "CNY": "Yuan Renminbi",
+    "SEK": "Swedish Krona",
+    "NOK": "Norwegian Krone",
+    "DKK": "Danish Krone",
+    "PLN": "Zloty",
+    "INR": "Indian Rupee",
+}
+CALENDAR_START = date(2022, 11, 1)
+"""dim_date always covers this day (before the first totesys record) to a year after today."""
+CALENDAR_AHEAD = timedelta(days=366)
+
+
+# -- dimensions ------------------------------------------------------------------------------
+
+def dim_location(address: pl.DataFrame) -> pl.DataFrame:
+    return conform(address.rename({"address_id": "location_id"}), DIM_LOCATION.polars_schema)
+
+
+def dim_design(design: pl.DataFrame) -> pl.DataFrame:
+    return conform(design, DIM_DESIGN.polars_schema)
+
+
+def dim_payment_type(payment_type: pl.DataFrame) -> pl.DataFrame:
+    return conform(payment_type, DIM_PAYMENT_TYPE.polars_schema)
+
+
+def dim_transaction(transaction: pl.DataFrame) -> pl.DataFrame:
+    return conform(transaction, DIM_TRANSACTION.polars_schema)
+
+
+def dim_currency(currency: pl.DataFrame) -> pl.DataFrame:
+    code = pl.col("currency_code")
+    name = code.replace_strict(ISO_4217_NAMES, default=code, return_dtype=pl.String)
+    return conform(currency.with_columns(currency_name=name), DIM_CURRENCY.polars_schema)
+
+
+def dim_staff(staff: pl.DataFrame, department: pl.DataFrame) -> pl.DataFrame:
+    departments = department.select("department_id", "department_name", "location")
+    joined = staff.join(departments, on="department_id", how="left").with_columns(
+        pl.col("department_name").fill_null(""), pl.col("location").fill_null(""))
+    return conform(joined, DIM_STAFF.polars_schema)
+
+
+def dim_counterparty(counterparty: pl.DataFrame, address: pl.DataFrame) -> pl.DataFrame:
+    legal = address.select(
+        pl.col("address_id").alias("legal_address_id"),
+        pl.col("address_line_1").alias("counterparty_legal_address_line_1"),
+        pl.col("address_line_2").alias("counterparty_legal_address_line_2"),
+        pl.col("district").alias("counterparty_legal_district"),
+        pl.col("city").alias("counterparty_legal_city"),
+        pl.col("postal_code").alias("counterparty_legal_postal_code"),
+        pl.col("country").alias("counterparty_legal_country"),
+        pl.col("phone").alias("counterparty_legal_phone_number"),
+    )
+    required = [c.name for c in DIM_COUNTERPARTY.columns if not c.nullable]
+    joined = counterparty.join(legal, on="legal_address_id", how="left")
+    return conform(joined.with_columns(pl.col(c).fill_null("") for c in required[2:]), DIM_COUNTERPARTY.polars_schema)
+
+
+def dim_date(days: pl.Series) -> pl.DataFrame:
+    """Calendar rows for `days` (deduplicated, sorted)."""
+    day = pl.col("date_id")
+    frame = pl.DataFrame({"date_id": days.cast(pl.Date)}).drop_nulls().unique().sort("date_id")
+    return conform(frame.with_columns(
+        year=day.dt.year(), month=day.dt.month(), day=day.dt.day(), day_of_week=day.dt.weekday(),
+        day_name=day.dt.strftime("%A"), month_name=day.dt.strftime("%B"), quarter=day.dt.quarter(),
+    ), DIM_DATE.polars_schema)
+
+
+def calendar_days(referenced: pl.Series, today: date) -> pl.Series:
+    """Every day from CALENDAR_START to a year after `today` (further if a fact needs it),
+    plus any earlier day a fact references."""
+    referenced = referenced.cast(pl.Date).drop_nulls()
+    end = max(today + CALENDAR_AHEAD, referenced.max() or today)  # type: ignore[type-var]
+    days = pl.date_range(CALENDAR_START, end, interval="1d", eager=True)
+    return pl.concat([days, referenced.filter(referenced < CALENDAR_START)]).unique().sort()
+
+
+# -- facts -----------------------------------------------------------------------------------
+
+def _date(column: str) -> pl.Expr:
+    return pl.col(column).dt.date()
+
+
+def _time(column: str) -> pl.Expr:
+    return pl.col(column).dt.time()
+
+
+def _text_date(column: str) -> pl.Expr:
+    return pl.col(column).str.to_date("%Y-%m-%d")
+
+
+def _timestamps() -> list[pl.Expr]:
+    return [_date("created_at").alias("created_date"), _time("created_at").alias("created_time"),
+            _date("last_updated").alias("last_updated_date"), _time("last_updated").alias("last_updated_time")]
+
+
+@dataclass(frozen=True)
+class FactSpec:
+    table: Table
+    source: str
+    projection: Callable[[], list[pl.Expr]]
+
+    @property
+    def business_key(self) -> str:
+        assert self.table.business_key
+        return self.table.business_key
+
+
+FACT_SPECS = (
+    FactSpec(FACT_SALES_ORDER, "sales_order", lambda: [
+        pl.col("sales_order_id"), *_timestamps(),
+        pl.col("staff_id").alias("sales_staff_id"), "counterparty_id", "units_sold", "unit_price",
+        "currency_id", "design_id", _text_date("agreed_payment_date").alias("agreed_payment_date"),
+        _text_date("agreed_delivery_date").alias("agreed_delivery_date"), "agreed_delivery_location_id",
+    ]),
+    FactSpec(FACT_PURCHASE_ORDER, "purchase_order", lambda: [
+        pl.col("purchase_order_id"), *_timestamps(),
+        "staff_id", "counterparty_id", "item_code", "item_quantity", "item_unit_price", "currency_id",
+        _text_date("agreed_delivery_date").alias("agreed_delivery_date"),
+        _text_date("agreed_payment_date").alias("agreed_payment_date"), "agreed_delivery_location_id",
+    ]),
+    FactSpec(FACT_PAYMENT, "payment", lambda: [
+        pl.col("payment_id"), *_timestamps(),
+        "transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id", "paid",
+        _text_date("payment_date").alias("payment_date"),
+    ]),
+)
+FACT_BY_SOURCE = {spec.source: spec for spec in FACT_SPECS}
+
+
+def fact_schema(spec: FactSpec) -> dict[str, pl.DataType]:
+    """A fact's columns without its record id."""
+    schema = spec.table.polars_schema
+    return {name: schema[name] for name in spec.table.names[1:]}
+
+
+def fact_rows(spec: FactSpec, versions: pl.DataFrame) -> pl.DataFrame:
+    """Every version (see `replay`) projected to a fact row, lineage included; `is_current`
+    and `valid_to` are placeholders that `new_fact_rows` decides."""
+    lineage = [
+        pl.lit(False).alias("is_current"),
+        pl.col("_op").is_in(["d", "t"]).alias("is_deleted"),
+        pl.col("_op").alias("source_op"),
+        pl.col("_lsn").alias("source_lsn"),
+        pl.col("_seq").alias("source_seq"),
+        pl.col("_commit_ts").alias("valid_from"),
+        pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("valid_to"),
+    ]
+    return conform(versions.select(spec.projection() + lineage), fact_schema(spec))
+
+
+@dataclass
+class FactChanges:
+    inserts: pl.DataFrame
+    """New fact rows (no record id), in (source_lsn, source_seq, business key) order."""
+    closes: pl.DataFrame
+    """record id + valid_to of current rows that stop being current."""
+
+
+def new_fact_rows(spec: FactSpec, current: pl.DataFrame, versions: pl.DataFrame) -> FactChanges:
+    """The rows to append for `versions` (fact rows of new events), given the warehouse's
+    `current` rows of the same business keys (record id + fact columns).
+
+    A version is appended when its projected columns or its `is_deleted` differ from the
+    version just before it, and when it is the first version of its key and not a deletion;
+    a delete or truncate of a row never seen appends nothing. The newest appended version of
+    a key is current; every other one gets `valid_to` = the `valid_from` of the next one."""
+    key, record_id = spec.business_key, spec.table.key
+    compared = projected_columns(spec.table)[1:] + ["is_deleted"]
+    rows = pl.concat([
+        current.select([record_id, *fact_schema(spec)]).with_columns(_origin=pl.lit(True)),
+        versions.with_columns(pl.lit(None, dtype=pl.Int32).alias(record_id), _origin=pl.lit(False))
+        .select([record_id, *fact_schema(spec), "_origin"]),
+    ]).sort([key, "source_lsn", "source_seq"])
+    first = pl.int_range(pl.len()).over(key) == 0
+    differs = pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(1).over(key)) for c in compared])
+    appended = ~pl.col("_origin") & pl.when(first).then(~pl.col("is_deleted")).otherwise(differs)
+    timeline = (rows.filter(pl.col("_origin") | appended)
+                .with_columns(is_current=pl.int_range(pl.len()).over(key) == pl.len().over(key) - 1,
+                              valid_to=pl.col("valid_from").shift(-1).over(key)))
+    inserts = (timeline.filter(~pl.col("_origin")).sort(["source_lsn", "source_seq", key])
+               .select(list(fact_schema(spec))))
+    closes = timeline.filter(pl.col("_origin") & ~pl.col("is_current")).select(record_id, "valid_to")
+    return FactChanges(inserts, closes)
+
+
+def referenced_days(spec: FactSpec, rows: pl.DataFrame) -> pl.Series:
+    """Every date the fact rows reference (their dim_date foreign keys)."""
+    columns = [c.name for c in spec.table.foreign_keys if c.references == DIM_DATE.name]
+    if rows.height == 0:
+        return pl.Series("date_id", [], dtype=pl.Date)
+    return pl.concat([rows[c] for c in columns]).alias("date_id")
+
