@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from totes_cli import demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, simulate_cmd, source_cmd, status_cmd
+from totes_cli import (
+    demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, simulate_cmd, source_cmd, status_cmd, sync_cmd,
+)
 
 app = typer.Typer(
     name="totes",
@@ -25,6 +27,7 @@ app.command("reader")(reader_cmd.reader)
 app.command("processor")(processor_cmd.processor)
 app.command("query")(lake_cmd.query)
 app.command("run")(run_cmd.run)
+app.command("sync")(sync_cmd.sync)
 app.command("simulate")(simulate_cmd.simulate)
 
 

@@ -19,6 +19,7 @@ from lake.maintenance import maintain as maintain_lake
 from lake.timetravel import history as lake_history, register_duckdb, state_as_of_lsn
 from lake.writer import LakeWriter
 from totes_cli.console import err, fail, out
+from totes_cli.settings import load
 
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
 
@@ -158,7 +159,9 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
 
 
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL (DuckDB dialect) over the lake's tables and the warehouse.")],
+    sql: Annotated[Optional[str], typer.Argument(help="SQL (DuckDB dialect) over the lake's tables and the warehouse.")] = None,
+    example: Annotated[Optional[str], typer.Option("--example", help="Run a named query instead (see --examples).")] = None,
+    examples: Annotated[bool, typer.Option("--examples", help="List the named queries.")] = False,
     lake: LakeOption = None,
     warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="The warehouse DuckDB file.")] = None,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Read the lake as of a Delta VERSION, a TIMESTAMP or a source LSN.")] = None,
@@ -167,8 +170,25 @@ def query(
 ) -> None:
     """Query the lake (each source table by name, `changes_<table>` for its history) and the
     warehouse with DuckDB."""
+    from warehouse_sync.examples import EXAMPLES
+
+    if examples:
+        for name, (description, _) in EXAMPLES.items():
+            out.print(f"{name:24} {description}")
+        return
+    if example is not None:
+        if example not in EXAMPLES:
+            raise fail(f"No example {example!r}; there are: {', '.join(EXAMPLES)}.", code=2)
+        sql = EXAMPLES[example][1]
+    if not sql:
+        raise fail("Give SQL to run, or --example NAME (--examples lists them).", code=2)
+    home = load().home
     if not lake and not warehouse:
-        raise fail("Nothing to query: pass --lake and/or --warehouse (or set TOTES_LAKE / TOTES_WAREHOUSE).", code=2)
+        lake = lake or (str(home / "lake") if (home / "lake").is_dir() else None)
+        warehouse = str(home / "warehouse.duckdb") if (home / "warehouse.duckdb").exists() else None
+    if not lake and not warehouse:
+        raise fail("Nothing to query: pass --lake and/or --warehouse (or set TOTES_LAKE / TOTES_WAREHOUSE), "
+                   "or run the pipeline first (totes demo / totes run).", code=2)
     connection = open_session(lake, warehouse, parse_as_of(as_of))
     try:
         result = connection.execute(sql)

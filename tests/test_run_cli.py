@@ -1,0 +1,62 @@
+"""`totes run --until-caught-up`, `totes sync` and `totes query --example` as processes, on a
+simulated totesys: the one-process pipeline and the separate sync give the same warehouse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+
+import duckdb
+import pytest
+
+from tests.conftest import make_scratch_dir
+from totesys.simulator import Simulator
+from warehouse_sync.examples import EXAMPLES
+
+TABLES = ("fact_sales_order", "fact_purchase_order", "fact_payment", "dim_date", "dim_staff", "dim_location",
+          "dim_design", "dim_currency", "dim_counterparty", "dim_transaction", "dim_payment_type")
+
+
+def totes(*args: str, home, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
+    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200"})
+    return subprocess.run([sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def table_rows(path: str, table: str) -> list[tuple]:
+    with duckdb.connect(path, read_only=True) as connection:
+        return connection.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+
+
+@pytest.mark.slow
+def test_run_until_caught_up_then_sync_and_examples(totesys_dsn):
+    with Simulator(totesys_dsn, seed=41) as simulator:
+        simulator.seed_history(20, until=datetime(2024, 11, 15, 18))
+        simulator.run_live(rate=0, events=40)
+    home = make_scratch_dir("totes-run-")
+    lake, warehouse = str(home / "lake"), str(home / "warehouse.duckdb")
+
+    run = totes("run", "--source", totesys_dsn, "--lake", lake, "--warehouse", warehouse, "--until-caught-up", home=home)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with duckdb.connect(warehouse, read_only=True) as connection:
+        (orders,) = connection.execute("SELECT count(*) FROM fact_sales_order WHERE is_current").fetchone()
+    import psycopg2
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM sales_order")
+        assert cur.fetchone() == (orders,)
+
+    # The separate, scheduled sync builds the same warehouse from the same lake.
+    other = str(home / "other.duckdb")
+    once = totes("sync", "--once", "--lake", lake, "--warehouse", other, home=home)
+    assert once.returncode == 0, once.stderr[-3000:]
+    for table in TABLES:
+        assert table_rows(other, table) == table_rows(warehouse, table), table
+
+    for name in EXAMPLES:
+        result = totes("query", "--example", name, "--warehouse", warehouse, "--format", "json", home=home)
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        assert json.loads(result.stdout), name

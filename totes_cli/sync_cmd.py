@@ -1,0 +1,66 @@
+"""`totes sync`: the lake's change logs into the warehouse, up to the lake watermark."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated, Optional
+
+import typer
+
+from cdc_reader.publisher import ShardMap, kinesis_client
+from change_events import format_lsn
+from lake.layout import LakeLayout
+from lake.progress import Progress
+from totes_cli.console import err, fail
+from totes_cli.reader_cmd import DEFAULT_STREAM
+from totes_cli.run_cmd import default_lake, default_warehouse
+from totes_cli.settings import load
+from warehouse_sync.apply import sync_once
+from warehouse_sync.targets import open_target
+
+
+def stream_shards(stream: str) -> list[str] | None:
+    """The open shards of the stream (the watermark is their minimum), or None if the stream
+    cannot be reached."""
+    try:
+        return [shard.shard_id for shard in ShardMap.from_kinesis(kinesis_client(max_attempts=2), stream).shards]
+    except Exception:
+        return None
+
+
+def sync(
+    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake \\[default: $TOTES_HOME/lake].")] = None,
+    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="A DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
+    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream whose shards make the watermark.")] = DEFAULT_STREAM,
+    once: Annotated[bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between syncs in continuous mode.")] = 1.0,
+) -> None:
+    """Apply the lake's changes to the warehouse, never past the lake watermark (so never half
+    a source transaction), exactly once."""
+    home = load().home
+    layout = LakeLayout(lake or default_lake(home))
+    progress = Progress(layout)
+    shards = stream_shards(stream)
+    if shards is None:
+        recorded = progress.history()
+        shards = sorted(set(recorded.column("shard").to_pylist())) if recorded.num_rows else []
+        err.print(f"[yellow]stream {stream!r} not reachable: using the {len(shards)} shards the lake has "
+                  "markers for[/]")
+    if not shards:
+        raise fail("The lake has no watermark yet: run the reader and the processor first.", code=2)
+    target = open_target(warehouse or default_warehouse(home))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while True:
+            upto = progress.lake_watermark(shards)
+            result = sync_once(layout, target, upto)
+            if result.applied:
+                facts = sum(result.facts_appended.values())
+                err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")
+            if once or stop.wait(interval):
+                break
+    finally:
+        target.close()
