@@ -52,8 +52,13 @@ class PipelineConfig:
     publication: str = "totes_cdc"
     tables: tuple[str, ...] = TABLES
     heartbeat_seconds: float = 2.0
+    watermark_seconds: float = 1.0
+    """How often the reader marks every shard: the lake watermark moves in these steps."""
     batch_window: float = 1.0
+    """How long the processor gathers a shard's records (about one lake commit per table per window)."""
     sync_interval: float = 1.0
+    linger_seconds: float = 0.25
+    """How long the publisher holds events to fill a Kinesis record."""
 
 
 class LakeWatermark:
@@ -119,14 +124,14 @@ class Pipeline:
         slot = self._remembered()["slot"]
         client = self._kinesis()
         ensure_stream(client, cfg.stream, cfg.shards)
-        self.publisher = Publisher(client, cfg.stream)
+        self.publisher = Publisher(client, cfg.stream, linger_seconds=cfg.linger_seconds)
         shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
         state_dir = self.local if self.local is not None else Path(os.environ.get("TOTES_HOME", ".totes"))
         self.reader = Reader(
             cfg.source_dsn, self.publisher, LakeWatermark(self.layout, shard_ids),
             FileStateStore(state_dir / "reader" / f"{slot}.json"),
             ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
-                         heartbeat_seconds=cfg.heartbeat_seconds),
+                         heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds),
         )
         offsets = (self.local / "offsets" / f"{cfg.stream}.json") if self.local is not None else \
             state_dir / "processor" / f"{cfg.stream}.offsets.json"
