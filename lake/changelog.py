@@ -28,7 +28,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from change_events import ChangeEvent, TableSchema
 from lake.arrow_types import convert_column
-from lake.delta_io import Position, position_transactions, read_position, read_sql, retry_on_conflict
+from lake.delta_io import LakeTable, Position, position_transactions, read_position, read_sql, retry_on_conflict
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, UTC_MICROS
 
@@ -64,23 +64,12 @@ def event_rows(events: Sequence[ChangeEvent], schema: TableSchema, shard: str, b
     return pa.Table.from_arrays(columns + meta, names=names)
 
 
-class ChangeLog:
+class ChangeLog(LakeTable):
     """The change log of one source table."""
 
     def __init__(self, layout: LakeLayout, table: str):
-        self.layout = layout
+        super().__init__(layout, layout.changes_uri(table))
         self.table = table
-        self.uri = layout.changes_uri(table)
-        self.delta: DeltaTable | None = None
-
-    def refresh(self) -> DeltaTable | None:
-        """Load the log's latest version (None before the first append); the other methods
-        use the version loaded last, so one refresh serves a whole step."""
-        if self.delta is None:
-            self.delta = self.layout.open(self.uri)
-        else:
-            self.delta.update_incremental()
-        return self.delta
 
     def high_water(self, shard: str) -> Position:
         return read_position(self.delta, shard)

@@ -98,3 +98,21 @@ def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay
                 raise
             time.sleep(base_delay * (1.5 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+class LakeTable:
+    """One Delta table of the lake, opened lazily and refreshed incrementally: the other
+    methods of a subclass use the version loaded last, so one refresh serves a whole step."""
+
+    def __init__(self, layout, uri: str):
+        self.layout = layout
+        self.uri = uri
+        self.delta: DeltaTable | None = None
+
+    def refresh(self) -> DeltaTable | None:
+        """Load the latest version (None before the table's first commit)."""
+        if self.delta is None:
+            self.delta = self.layout.open(self.uri)
+        else:
+            self.delta.update_incremental()
+        return self.delta

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from lake.delta_io import read_sql, retry_on_conflict
+from lake.delta_io import LakeTable, read_sql, retry_on_conflict
 from lake.layout import PROGRESS, LakeLayout
 
 SCHEMA = pa.schema([
@@ -34,18 +34,12 @@ def _app(shard: str) -> str:
     return f"marker:{shard}"
 
 
-class Progress:
+class Progress(LakeTable):
     def __init__(self, layout: LakeLayout):
-        self.layout = layout
-        self.uri = layout.uri(PROGRESS)
-        self._delta: DeltaTable | None = None
+        super().__init__(layout, layout.uri(PROGRESS))
 
     def _table(self) -> DeltaTable | None:
-        if self._delta is None:
-            self._delta = self.layout.open(self.uri)
-        else:
-            self._delta.update_incremental()
-        return self._delta
+        return self.refresh()
 
     def marker(self, shard: str) -> int:
         """The highest marker recorded for `shard` (0 when none)."""
@@ -60,11 +54,11 @@ class Progress:
                 return False
             row = pa.table([[shard], [lsn], [datetime.now(timezone.utc)]], schema=SCHEMA)
             properties = CommitProperties(app_transactions=[Transaction(_app(shard), lsn)])
-            if self._delta is None:
+            if self.delta is None:
                 write_deltalake(self.uri, row, mode="append", storage_options=self.layout.storage_options or None,
                                 commit_properties=properties)
             else:
-                write_deltalake(self._delta, row, mode="append", commit_properties=properties)
+                write_deltalake(self.delta, row, mode="append", commit_properties=properties)
             return True
 
         return retry_on_conflict(record)

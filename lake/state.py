@@ -40,6 +40,7 @@ from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
 from lake.collapse import collapse
 from lake.delta_io import (
     ZERO,
+    LakeTable,
     Position,
     after_position,
     plain_types,
@@ -72,22 +73,12 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class StateTable:
+class StateTable(LakeTable):
     """The current-state table of one source table."""
 
     def __init__(self, layout: LakeLayout, table: str):
-        self.layout = layout
+        super().__init__(layout, layout.state_uri(table))
         self.table = table
-        self.uri = layout.state_uri(table)
-        self.delta: DeltaTable | None = None
-
-    def refresh(self) -> DeltaTable | None:
-        """Load the latest version; the other methods use the version loaded last."""
-        if self.delta is None:
-            self.delta = self.layout.open(self.uri)
-        else:
-            self.delta.update_incremental()
-        return self.delta
 
     def high_water(self, shard: str) -> Position:
         return read_position(self.delta, shard)
