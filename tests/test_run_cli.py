@@ -49,6 +49,13 @@ def test_run_until_caught_up_then_sync_and_examples(totesys_dsn):
         cur.execute("SELECT count(*) FROM sales_order")
         assert cur.fetchone() == (orders,)
 
+    # Every stage reports in `totes status`, and a run that ended holds nothing back.
+    status = totes("status", "--dsn", totesys_dsn, home=home)
+    assert status.returncode == 0, status.stderr
+    assert "watermark" in status.stdout and "warehouse  up to" in status.stdout
+    watermark = status.stdout.split("watermark ", 1)[1].split()[0]
+    assert f"warehouse  up to {watermark}" in status.stdout
+
     # The separate, scheduled sync builds the same warehouse from the same lake.
     other = str(home / "other.duckdb")
     once = totes("sync", "--once", "--lake", lake, "--warehouse", other, home=home)

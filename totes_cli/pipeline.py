@@ -160,16 +160,20 @@ class Pipeline:
         target = open_target(self.config.warehouse)
         shard_ids = [shard.shard_id for shard in self.publisher.shards]
         watermark = LakeWatermark(self.layout, lambda: shard_ids)
+        def sync_to_watermark() -> None:
+            upto = watermark.durable_lsn()
+            if upto > self.sync.synced_upto:
+                result = sync_once(self.layout, target, upto)
+                self.sync.runs += 1
+                self.sync.events += result.events
+                self.sync.synced_upto = upto
+                self.sync.last, self.sync.last_at = result, time.time()
+
         try:
             while not stop.is_set():
-                upto = watermark.durable_lsn()
-                if upto > self.sync.synced_upto:
-                    result = sync_once(self.layout, target, upto)
-                    self.sync.runs += 1
-                    self.sync.events += result.events
-                    self.sync.synced_upto = upto
-                    self.sync.last, self.sync.last_at = result, time.time()
+                sync_to_watermark()
                 stop.wait(self.config.sync_interval)
+            sync_to_watermark()  # the stages upstream have stopped: take what they left
         finally:
             target.close()
 

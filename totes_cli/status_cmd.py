@@ -7,6 +7,8 @@ replication slot holds back. Stages report here as they come.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +17,7 @@ from rich.table import Table
 from totes_cli.console import fail, out
 from totes_cli.settings import NoSourceError, resolve_source_dsn
 from totesys.connection import SourceConnectionError, connect, describe
+from change_events import format_lsn
 from totesys.stats import SourceSnapshot, read_source
 
 
@@ -99,6 +102,62 @@ def reader_tables(home) -> list[Table]:
     return tables
 
 
+def lake_table(lake: str) -> Table | None:
+    """The lake's watermark, per shard, and when each shard last passed a marker."""
+    from lake.layout import LakeLayout
+    from lake.progress import Progress
+
+    if "://" not in lake and not Path(lake).is_dir():
+        return None
+    history = Progress(LakeLayout(lake)).history()
+    if not history.num_rows:
+        return None
+    latest: dict[str, tuple[int, object]] = {}
+    for row in history.to_pylist():
+        latest[row["shard"]] = (row["marker_lsn"], row["recorded_at"])
+    table = Table(title=f"lake  {lake}  watermark {format_lsn(min(m for m, _ in latest.values()))}",
+                  title_justify="left")
+    for column in ("shard", "marker passed", "recorded at (UTC)"):
+        table.add_column(column)
+    for shard, (marker, at) in sorted(latest.items()):
+        table.add_row(shard, format_lsn(marker), f"{at:%Y-%m-%d %H:%M:%S}")
+    return table
+
+
+def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
+    """Where the warehouse is up to, and how far behind the source that is."""
+    from warehouse_sync.apply import checkpoint_lsn
+    from warehouse_sync.targets import is_postgres_dsn, open_target
+
+    if not is_postgres_dsn(warehouse) and not Path(warehouse).exists():
+        return None
+    try:
+        target = open_target(warehouse)
+    except Exception as error:  # e.g. a running sync holds the DuckDB file
+        table = Table(title=f"warehouse  {warehouse}", title_justify="left")
+        table.add_column("state")
+        table.add_row(f"cannot open it now ({type(error).__name__})")
+        return table
+    try:
+        lsn = checkpoint_lsn(target)
+        counts = target.query(" UNION ALL ".join(
+            f"SELECT '{name}' AS t, count(*) AS n FROM {name}"
+            for name in ("fact_sales_order", "fact_purchase_order", "fact_payment")))
+    except Exception:
+        return None
+    finally:
+        target.close()
+    behind = ""
+    if source is not None and lsn:
+        behind = f", {human_bytes(max(source.wal_bytes - lsn, 0))} of WAL behind the source"
+    table = Table(title=f"warehouse  up to {format_lsn(lsn)}{behind}", title_justify="left")
+    table.add_column("fact table")
+    table.add_column("rows", justify="right")
+    for name, count in zip(counts["t"].to_list(), counts["n"].to_list()):
+        table.add_row(name, f"{count:,}")
+    return table
+
+
 def status(
     dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
@@ -132,5 +191,11 @@ def status(
         out.print(slots)
     from totes_cli.settings import load
 
-    for table in reader_tables(load().home):
+    home = load().home
+    for table in reader_tables(home):
         out.print(table)
+    lake = os.environ.get("TOTES_LAKE") or str(home / "lake")
+    warehouse = os.environ.get("TOTES_WAREHOUSE") or str(home / "warehouse.duckdb")
+    for table in (lake_table(lake), warehouse_table(warehouse, snapshot)):
+        if table is not None:
+            out.print(table)
