@@ -72,7 +72,11 @@ class Durability(Protocol):
 class ReaderState:
     slot: str = ""
     snapshot_lsn: int | None = None
+    snapshot_published: bool = False
+    """Every snapshot event was handed on and acknowledged (e.g. by Kinesis): a restart
+    resumes from the slot instead of taking the snapshot again."""
     snapshot_done: bool = False
+    """The snapshot is durable downstream (in the lake)."""
 
 
 class StateStore(Protocol):
@@ -175,7 +179,7 @@ class Reader:
         ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables)
         state = self.state.load()
         slot = slot_state(conn, cfg.slot)
-        if slot is None and state.slot == cfg.slot and state.snapshot_done:
+        if slot is None and state.slot == cfg.slot and (state.snapshot_done or state.snapshot_published):
             raise SourceSetupError(
                 f"Replication slot {cfg.slot!r} is gone (dropped, or invalidated for retaining too much WAL), "
                 "so changes made since it was last confirmed cannot be read: start over with a new "
@@ -183,7 +187,8 @@ class Reader:
             )
         if slot is not None:
             check_slot(slot, database_name(self.dsn) or slot.database)
-            snapshot_in_sink = state.snapshot_lsn is not None and self._handed_over >= state.snapshot_lsn
+            snapshot_in_sink = state.snapshot_published or (
+                state.snapshot_lsn is not None and self._handed_over >= state.snapshot_lsn)
             if state.slot == cfg.slot and not state.snapshot_done and not snapshot_in_sink:
                 log.warning("slot %s was created but its snapshot never finished: starting over", cfg.slot)
                 with conn.cursor() as cur:
@@ -214,6 +219,9 @@ class Reader:
         self.sink.end_transaction(new.consistent_lsn)
         self._handed_over = new.consistent_lsn
         self.sink.flush()
+        # Taking the snapshot again from here on would leave rows deleted in between alive
+        # downstream (the first attempt's rows are already on their way): resume instead.
+        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_published=True))
         self.sink.publish_watermark(new.consistent_lsn)
         return new.consistent_lsn
 
@@ -231,7 +239,7 @@ class Reader:
             start_lsn = 0
             if slot_state(conn, cfg.slot) is None:
                 start_lsn = self._snapshot(cur, conn)
-                state = ReaderState(slot=cfg.slot, snapshot_lsn=start_lsn, snapshot_done=False)
+                state = self.state.load()
             self._stream(cur, conn, state, start_lsn, stop)
         finally:
             for c in (replication, conn):
@@ -319,7 +327,8 @@ class Reader:
                 if now >= next_feedback:
                     durable = self.durability.durable_lsn()
                     if not state.snapshot_done and state.snapshot_lsn is not None and durable >= state.snapshot_lsn:
-                        state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, snapshot_done=True)
+                        state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, snapshot_published=True,
+                                        snapshot_done=True)
                         self.state.save(state)
                         log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
                     target = progress.advance(durable, self.metrics.received_lsn) if state.snapshot_done else 0
