@@ -84,7 +84,8 @@ class LocalPoller:
         self.offsets = offsets
         self.batch_window = batch_window
         self.max_batch_records = max_batch_records
-        self.idle_sleep = idle_sleep
+        # Never sleep longer than half a batching window, or the window stretches.
+        self.idle_sleep = min(idle_sleep, max(batch_window / 2, 0.01))
         summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
         self.stream_arn = summary["StreamARN"]
         self.region = client.meta.region_name
