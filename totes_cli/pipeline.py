@@ -171,10 +171,12 @@ class Pipeline:
         target = open_target(self.config.warehouse)
         shard_ids = [shard.shard_id for shard in self.publisher.shards]
         watermark = LakeWatermark(self.layout, lambda: shard_ids)
+        tables: dict = {}  # the lake's Delta tables, refreshed between runs
+
         def sync_to_watermark() -> None:
             upto = watermark.durable_lsn()
             if upto > self.sync.synced_upto:
-                result = sync_once(self.layout, target, upto)
+                result = sync_once(self.layout, target, upto, tables=tables)
                 self.sync.runs += 1
                 self.sync.events += result.events
                 self.sync.synced_upto = upto

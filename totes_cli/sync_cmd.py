@@ -53,10 +53,11 @@ def sync(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    tables: dict = {}  # the lake's Delta tables, refreshed between runs
     try:
         while True:
             upto = progress.lake_watermark(shards)
-            result = sync_once(layout, target, upto)
+            result = sync_once(layout, target, upto, tables=tables)
             if result.applied:
                 facts = sum(result.facts_appended.values())
                 err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")

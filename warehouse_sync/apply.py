@@ -103,8 +103,11 @@ def checkpoint_lsn(target: Target) -> int:
     return int(frame.item()) if frame.height else 0
 
 
-def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None = None) -> SyncResult:
-    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn` in one transaction."""
+def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None = None,
+              tables: dict | None = None) -> SyncResult:
+    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn` in one transaction.
+
+    `tables`, a dict kept by a continuous caller, caches the lake's Delta tables between runs."""
     layout = lake if isinstance(lake, LakeLayout) else LakeLayout(lake)
     today = today or datetime.now(timezone.utc).date()
     if not target.schema_ready:
@@ -117,7 +120,7 @@ def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: d
         if upto_lsn <= checkpoint:
             target.rollback()
             return result
-        changes = read_changes(layout, checkpoint, upto_lsn)
+        changes = read_changes(layout, checkpoint, upto_lsn, tables)
         result.events = sum(frame.height for frame in changes.values())
         _apply(target, changes, today, result)
         _advance_checkpoint(target, upto_lsn)
