@@ -31,6 +31,7 @@ from polars.testing import assert_frame_equal
 from psycopg2 import sql
 
 from change_events import parse_lsn
+from totesys.stats import current_wal_lsn
 from tests.warehouse_fixtures import (
     EXPECTED_SQL,
     FACT_DATE_COLUMNS,
@@ -84,15 +85,7 @@ def execute(dsn: str, statement: str, params=None) -> int:
         conn.close()
 
 
-def current_lsn(dsn: str) -> int:
-    """The source's current WAL position: everything committed so far is below it."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_current_wal_lsn()::text")
-            return parse_lsn(cur.fetchone()[0])
-    finally:
-        conn.close()
+current_lsn = current_wal_lsn
 
 
 # -- the audit trail ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import psycopg2
 from psycopg2 import sql
 
 from cdc_reader.reader import READER_SESSION, FileStateStore, Reader, ReaderConfig, session_options
-from change_events import ChangeEvent, Op, parse_lsn
+from change_events import ChangeEvent, Op
+from totesys.stats import current_wal_lsn
 
 State = dict[str, dict[tuple, dict[str, str | None]]]
 
@@ -109,10 +110,7 @@ def source_state(dsn: str, tables, schema: str = "public") -> State:
     return state
 
 
-def current_lsn(dsn: str) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text")
-        return parse_lsn(cur.fetchone()[0])
+current_lsn = current_wal_lsn
 
 
 FAST = ReaderConfig(heartbeat_seconds=0.2, watermark_seconds=0.1, feedback_seconds=0.1, idle_wait_seconds=0.05)

@@ -26,15 +26,14 @@ from pathlib import Path
 
 from cdc_reader.publisher import Publisher, kinesis_client
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
-from change_events import parse_lsn
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from lake.writer import LakeWriter
 from local_stack.kinesalite import Kinesalite, ensure_stream
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
-from totesys.connection import connect
 from totesys.schema import TABLES
+from totesys.stats import current_wal_lsn
 from warehouse_sync.apply import SyncResult, sync_once
 from warehouse_sync.targets import open_target
 
@@ -192,13 +191,7 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------------------
     def source_lsn(self) -> int:
-        conn = connect(self.config.source_dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_current_wal_lsn()::text")
-                return parse_lsn(cur.fetchone()[0])
-        finally:
-            conn.close()
+        return current_wal_lsn(self.config.source_dsn)
 
     def caught_up_with(self, lsn: int) -> bool:
         """Everything committed at the source before `lsn` is in the warehouse."""
