@@ -164,6 +164,8 @@ class Reader:
         self._progress = _Progress()
         self._handed_over = 0
         self._resnapshots = [t for t in config.resnapshot]
+        self.reread: list[str] = []
+        """Tables whose re-read (`ReaderConfig.resnapshot`) has finished, in order."""
         self.resnapshot_hook = None  # tests: runs inside each re-read chunk's window
         self.snapshot_progress = None  # called as (table, rows read so far) during the snapshot
         self.streaming = threading.Event()
@@ -281,6 +283,7 @@ class Reader:
                                 progress.in_transaction = True
                             if rereading.done:
                                 log.info("re-read %s: %d rows", rereading.schema.table, rereading.rows_emitted)
+                                self.reread.append(rereading.schema.table)
                                 rereading = None
                         if isinstance(out, ChangeEvent):
                             if out.lsn <= self._handed_over:

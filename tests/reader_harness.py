@@ -117,9 +117,12 @@ FAST = ReaderConfig(heartbeat_seconds=0.2, watermark_seconds=0.1, feedback_secon
 
 
 @contextmanager
-def running_reader(dsn: str, sink: MemorySink, state_path, config: ReaderConfig = FAST):
-    """A reader in a thread; on exit it is stopped and any error it raised is re-raised."""
+def running_reader(dsn: str, sink: MemorySink, state_path, config: ReaderConfig = FAST, *, prepare=None):
+    """A reader in a thread; on exit it is stopped and any error it raised is re-raised.
+    `prepare(reader)` runs before it starts (e.g. to set test hooks)."""
     reader = Reader(dsn, sink, sink, FileStateStore(state_path), config)
+    if prepare is not None:
+        prepare(reader)
     stop = threading.Event()
     errors: list[BaseException] = []
 
