@@ -772,7 +772,7 @@ def _rows(load: Load, big: Load, results: dict[str, dict], reproduce: str) -> li
         records = (f"{r['publisher']['events_per_record']:,.0f} events/record; avg "
                    f"{stats['avg_event_record_bytes'] / 1024:,.0f} KiB, max "
                    f"{stats['max_event_record_bytes'] / 1024:,.0f} KiB (zstd of avg "
-                   f"{stats['avg_uncompressed_body_bytes'] / 1024:,.0f} KiB of JSON)")
+                   f"{stats['avg_uncompressed_body_bytes'] / 1024:,.0f} KiB uncompressed)")
     return [
         Row(f"pg_recvlogical, pgoutput to /dev/null ({load.events:,} sales_order changes in "
             f"{load.transactions} txns)",

@@ -6,11 +6,13 @@ watermark marker.
     byte  3    kind: 1 events, 2 watermark
     byte  4    compression: 0 none, 1 zstd
     bytes 5-8  length of the uncompressed body (big-endian)
-    bytes 9-   body: compact JSON
+    bytes 9-   body
 
-An events body lists each table schema once and then the events as arrays aligned to those
-columns, so column names are not repeated per row. Anything that does not decode raises
-CodecError with a reason fit for a dead-letter record.
+An events body (v2) lists each table schema once, as compact JSON behind its u32 length, then
+the events: per event a u16 index into those schemas, the u32 length of its frame, and the
+frame (`change_events.wire`). A watermark body is compact JSON. Version 1 bodies (events as
+JSON arrays) are still read. Anything that does not decode raises CodecError with a reason
+fit for a dead-letter record.
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from change_events.model import ChangeEvent, Column, Op, TableSchema, Watermark
+from change_events.wire import EncodedChange, decode_frame, encode_frame, from_micros, micros
 
 MAGIC = b"TC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND_EVENTS = 1
 KIND_WATERMARK = 2
 NO_COMPRESSION = 0
 ZSTD = 1
 _HEADER = struct.Struct(">2sBBBI")
+_U32 = struct.Struct(">I")
+_EVENT_HEAD = struct.Struct(">HI")  # schema index, frame length
 # Below this a body is not worth compressing.
 _COMPRESS_FROM = 512
 
-_BEFORE_NONE, _BEFORE_KEY, _BEFORE_FULL = 0, 1, 2
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_BEFORE_FULL, _BEFORE_KEY = 2, 1  # version 1's before-row kinds
 
 
 class CodecError(ValueError):
@@ -48,22 +52,6 @@ class DecodedRecord:
     watermark: Watermark | None = None
 
 
-def _micros(ts: datetime | None) -> int | None:
-    if ts is None:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_micros(value: int | None) -> datetime | None:
-    if value is None:
-        return None
-    seconds, micros = divmod(value, 1_000_000)
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=micros)
-
-
 def _frame(kind: int, body: bytes) -> bytes:
     if len(body) >= _COMPRESS_FROM:
         compressed = pa.compress(body, codec="zstd", asbytes=True)
@@ -71,11 +59,13 @@ def _frame(kind: int, body: bytes) -> bytes:
     return _HEADER.pack(MAGIC, FORMAT_VERSION, kind, NO_COMPRESSION, len(body)) + body
 
 
-def encode_events(events: list[ChangeEvent] | tuple[ChangeEvent, ...]) -> bytes:
-    """One record holding `events` (all for one shard, in order)."""
+def encode_events(events) -> bytes:
+    """One record holding `events` (ChangeEvents or EncodedChanges, all for one shard, in order)."""
     schema_index: dict[TableSchema, int] = {}
     schemas: list[list] = []
-    rows: list[list] = []
+    parts: list[bytes] = [b""]
+    append = parts.append
+    pack_head = _EVENT_HEAD.pack
     for event in events:
         schema = event.schema
         index = schema_index.get(schema)
@@ -83,28 +73,17 @@ def encode_events(events: list[ChangeEvent] | tuple[ChangeEvent, ...]) -> bytes:
             index = schema_index[schema] = len(schemas)
             schemas.append([schema.table, [[c.name, c.type_name, c.type_oid, c.type_modifier, c.is_key]
                                            for c in schema.columns]])
-        names = schema.column_names
-        after = event.after
-        before = event.before
-        if before is None:
-            before_kind, before_values = _BEFORE_NONE, None
-        elif set(before) <= set(schema.key_names) and len(before) < len(names):
-            before_kind, before_values = _BEFORE_KEY, [before.get(n) for n in names]
-        else:
-            before_kind, before_values = _BEFORE_FULL, [before.get(n) for n in names]
-        unchanged = [names.index(n) for n in event.unchanged]
-        rows.append([
-            index, event.op.value, event.lsn, event.seq, event.xid, _micros(event.commit_ts),
-            [event.key.get(n) for n in schema.key_names] if event.key else None,
-            None if after is None else [after.get(n) for n in names],
-            before_kind, before_values, unchanged,
-        ])
-    body = json.dumps({"s": schemas, "e": rows}, ensure_ascii=False, separators=(",", ":"))
-    return _frame(KIND_EVENTS, body.encode("utf-8"))
+        frame = event.frame if type(event) is EncodedChange else encode_frame(event)
+        append(pack_head(index, len(frame)))
+        append(frame)
+    head = json.dumps(schemas, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    parts[0] = _U32.pack(len(head)) + head
+    return _frame(KIND_EVENTS, b"".join(parts))
 
 
 def encode_watermark(marker: Watermark) -> bytes:
-    body = json.dumps({"w": marker.lsn, "t": _micros(marker.emitted_at)}, separators=(",", ":"))
+    emitted = None if marker.emitted_at is None else micros(marker.emitted_at)
+    body = json.dumps({"w": marker.lsn, "t": emitted}, separators=(",", ":"))
     return _frame(KIND_WATERMARK, body.encode("utf-8"))
 
 
@@ -123,26 +102,52 @@ def decode(record: bytes) -> DecodedRecord:
             body = pa.decompress(body, decompressed_size=size, codec="zstd", asbytes=True)
         elif compression != NO_COMPRESSION:
             raise CodecError(f"unknown compression code {compression}")
-        payload = json.loads(bytes(body))
+        body = bytes(body)
     except CodecError:
         raise
-    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as error:
+    except (pa.ArrowException, OSError, ValueError) as error:
         raise CodecError(f"corrupt record body: {error}") from None
     try:
         if kind == KIND_WATERMARK:
-            return DecodedRecord(watermark=Watermark(int(payload["w"]), _from_micros(payload.get("t"))))
+            payload = json.loads(body)
+            commit_us = payload.get("t")
+            return DecodedRecord(watermark=Watermark(
+                int(payload["w"]), None if commit_us is None else from_micros(commit_us)))
         if kind == KIND_EVENTS:
-            return DecodedRecord(events=tuple(_decode_events(payload)))
-    except (KeyError, IndexError, TypeError, ValueError) as error:
+            events = _decode_events(body) if version >= 2 else _decode_json_events(json.loads(body))
+            return DecodedRecord(events=tuple(events))
+    except (KeyError, IndexError, TypeError, ValueError, struct.error) as error:
         raise CodecError(f"malformed record body: {type(error).__name__}: {error}") from None
     raise CodecError(f"unknown record kind {kind}")
 
 
-def _decode_events(payload: dict) -> list[ChangeEvent]:
-    schemas = [
+def _schemas(raw: list) -> list[TableSchema]:
+    return [
         TableSchema(table, tuple(Column(n, t, int(oid), int(mod), bool(key)) for n, t, oid, mod, key in columns))
-        for table, columns in payload["s"]
+        for table, columns in raw
     ]
+
+
+def _decode_events(body: bytes) -> list[ChangeEvent]:
+    (head_size,) = _U32.unpack_from(body)
+    pos = _U32.size + head_size
+    schemas = _schemas(json.loads(body[_U32.size:pos]))
+    events = []
+    size = len(body)
+    while pos < size:
+        index, length = _EVENT_HEAD.unpack_from(body, pos)
+        pos += _EVENT_HEAD.size
+        end = pos + length
+        if end > size:
+            raise ValueError(f"event frame of {length} bytes runs past the end of the record")
+        events.append(decode_frame(schemas[index], body[pos:end]))
+        pos = end
+    return events
+
+
+def _decode_json_events(payload: dict) -> list[ChangeEvent]:
+    """Version 1: events as JSON arrays aligned to their schema's columns."""
+    schemas = _schemas(payload["s"])
     events = []
     for index, op, lsn, seq, xid, commit_us, key, after, before_kind, before, unchanged in payload["e"]:
         schema = schemas[index]
@@ -161,7 +166,7 @@ def _decode_events(payload: dict) -> list[ChangeEvent]:
             before_row = {n: v for n, v in zip(names, before, strict=True) if n in keys}
         events.append(ChangeEvent(
             schema=schema, op=Op(op), lsn=int(lsn), seq=int(seq), xid=xid,
-            commit_ts=_from_micros(commit_us),
+            commit_ts=None if commit_us is None else from_micros(commit_us),
             key={} if key is None else dict(zip(schema.key_names, key, strict=True)),
             after=after_row, before=before_row, unchanged=skipped,
         ))

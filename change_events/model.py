@@ -85,6 +85,14 @@ class ChangeEvent:
     def event_id(self) -> tuple[int, int]:
         return (self.lsn, self.seq)
 
+    @property
+    def partition_key(self) -> str:
+        """`<schema.table>/<key values in key-column order>`, the table alone when keyless:
+        what keeps one row's events on one Kinesis shard."""
+        if not self.key:
+            return self.schema.table
+        return partition_key(self.schema.table, [self.key.get(n) for n in self.schema.key_names or self.key])
+
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
@@ -94,6 +102,10 @@ class Watermark:
 
     lsn: int
     emitted_at: datetime = field(compare=False, default=None)  # type: ignore[assignment]
+
+
+def partition_key(table: str, key_values) -> str:
+    return table + "/" + "/".join([str(value) for value in key_values])
 
 
 def format_lsn(lsn: int) -> str:

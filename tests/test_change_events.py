@@ -3,6 +3,7 @@ and a clear reason for every record that cannot be read."""
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import datetime, timezone
 
@@ -14,6 +15,7 @@ from change_events import (
     ChangeEvent, CodecError, Column, Op, TableSchema, Watermark, decode, encode_events,
     encode_watermark, format_lsn, parse_lsn,
 )
+from change_events.wire import UNCHANGED, EncodedChange, encode_frame, encode_row, row_values
 
 ORDER = TableSchema("public.sales_order", (
     Column("sales_order_id", "integer", 23, -1, True),
@@ -97,13 +99,61 @@ def test_watermark_round_trips():
     (struct.pack(">2sBBBI", b"TC", 99, 1, 0, 2) + b"{}", "newer than"),
     (struct.pack(">2sBBBI", b"TC", 1, 1, 7, 2) + b"{}", "unknown compression"),
     (struct.pack(">2sBBBI", b"TC", 1, 1, 1, 100) + b"not zstd at all", "corrupt"),
-    (struct.pack(">2sBBBI", b"TC", 1, 1, 0, 5) + b"{oops", "corrupt"),
+    (struct.pack(">2sBBBI", b"TC", 1, 1, 0, 5) + b"{oops", "malformed"),
     (struct.pack(">2sBBBI", b"TC", 1, 1, 0, 2) + b"{}", "malformed"),
     (struct.pack(">2sBBBI", b"TC", 1, 9, 0, 2) + b"{}", "unknown record kind"),
 ])
 def test_unreadable_records_raise_codec_error_with_a_reason(record, reason):
     with pytest.raises(CodecError, match=reason):
         decode(record)
+
+
+def _v2_body(frame: bytes, schema_index: int = 0) -> bytes:
+    head = b'[["public.sales_order",[["sales_order_id","integer",23,-1,true]]]]'
+    body = struct.pack(">I", len(head)) + head + struct.pack(">HI", schema_index, len(frame)) + frame
+    return struct.pack(">2sBBBI", b"TC", 2, 1, 0, len(body)) + body
+
+
+@pytest.mark.parametrize(("frame", "schema_index", "reason"), [
+    (b"c" + bytes(10), 0, "shorter than its header"),
+    (struct.pack(">cQIqqB", b"x", 1, 0, -1, 0, 0), 0, "unknown op"),
+    (struct.pack(">cQIqqB", b"c", 1, 0, -1, 0, 1) + struct.pack(">h", 1) + b"t\x00\x00\x00\x09ab", 0, "runs past"),
+    (struct.pack(">cQIqqB", b"c", 1, 0, -1, 0, 1) + struct.pack(">h", 2) + b"nn", 0, "2 values for 1 columns"),
+    (struct.pack(">cQIqqB", b"c", 1, 0, -1, 0, 1) + struct.pack(">h", 1) + b"q", 0, "unknown value kind"),
+    (struct.pack(">cQIqqB", b"c", 1, 0, -1, 0, 1) + struct.pack(">h", 1) + b"n!", 0, "left over"),
+    (struct.pack(">cQIqqB", b"c", 1, 0, -1, 0, 0), 0, "without a row"),
+    (struct.pack(">cQIqqB", b"c", 1, 0, -1, 0, 1) + struct.pack(">h", 1) + b"n", 3, "IndexError"),
+])
+def test_malformed_event_frames_raise_codec_error_with_a_reason(frame, schema_index, reason):
+    with pytest.raises(CodecError, match=reason):
+        decode(_v2_body(frame, schema_index))
+
+
+def test_version_1_records_are_still_read():
+    """Records put by an older reader may still sit in the stream when a newer processor starts."""
+    body = json.dumps({
+        "s": [["public.sales_order", [["sales_order_id", "integer", 23, -1, True],
+                                      ["notes", "text", 25, -1, False]]]],
+        "e": [[0, "u", 7, 2, 768, 1_731_681_610_000_000, ["1"], ["1", None], 0, None, [1]],
+              [0, "d", 8, 0, 769, None, ["1"], None, 1, ["1", None], []]],
+    }).encode()
+    record = struct.pack(">2sBBBI", b"TC", 1, 1, 0, len(body)) + body
+    update, delete = decode(record).events
+    assert (update.op, update.lsn, update.seq, update.xid) == (Op.UPDATE, 7, 2, 768)
+    assert update.after == {"sales_order_id": "1"} and update.unchanged == ("notes",)
+    assert update.commit_ts == datetime(2024, 11, 15, 14, 40, 10, tzinfo=timezone.utc)
+    assert (delete.op, delete.before, delete.key, delete.commit_ts) == (Op.DELETE, {"sales_order_id": "1"},
+                                                                       {"sales_order_id": "1"}, None)
+
+
+def test_an_encoded_change_is_the_event_it_holds():
+    event = _event(Op.UPDATE, 2, after={"sales_order_id": "1", "unit_price": "4.00", "agreed_delivery_date": "2024-12-31"},
+                   unchanged=("notes",))
+    encoded = EncodedChange(ORDER, event.lsn, event.partition_key, encode_frame(event))
+    assert encoded == event and event == encoded
+    assert (encoded.op, encoded.seq, encoded.key, encoded.unchanged) == (event.op, event.seq, event.key, ("notes",))
+    assert decode(encode_events([encoded, event])).events == (event, event)
+    assert row_values(encode_row(["1", None, UNCHANGED, "x"]), 0, (0, 2, 3)) == ("1", UNCHANGED, "x")
 
 
 def test_lsn_text_form():

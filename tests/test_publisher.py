@@ -7,11 +7,11 @@ what a consumer would see, not on the publisher's own counters.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 import uuid
-from collections import defaultdict
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 
 from cdc_reader.publisher import (
     HASH_KEY_SPACE, MAX_CALL_BYTES, MAX_RECORD_BYTES, AckTracker, EventTooLargeError, PublishError,
-    Publisher, Shard, ShardMap, hash_key, kinesis_client, pack, partition_key,
+    Publisher, Shard, ShardMap, hash_key, kinesis_client, pack,
 )
 from change_events import ChangeEvent, Column, Op, TableSchema, decode
 from local_stack import Kinesalite, ensure_stream
@@ -100,7 +100,7 @@ def assert_complete_and_ordered(stream_records, txs, *, allow_duplicates: bool =
                 assert seen[event.event_id] == event
                 continue
             seen[event.event_id] = event
-            row = partition_key(event)
+            row = event.partition_key
             assert shard_of_row.setdefault(row, shard) == shard, f"{row} is on two shards"
             assert last_of_row.get(row, (-1, -1)) < event.event_id, f"{row} reordered at {event.event_id}"
             last_of_row[row] = event.event_id
@@ -196,20 +196,24 @@ class MemoryKinesis:
 # -- routing ---------------------------------------------------------------------------------
 
 def test_partition_key_is_table_and_key_values():
-    assert partition_key(make_event(ORDER, 42, 1, 0)) == "public.sales_order/42"
-    assert partition_key(make_event(LINE, 73, 1, 0)) == "public.line/7/3"
+    assert make_event(ORDER, 42, 1, 0).partition_key == "public.sales_order/42"
+    assert make_event(LINE, 73, 1, 0).partition_key == "public.line/7/3"
     truncate = ChangeEvent(ORDER, Op.TRUNCATE, lsn=1, seq=0, xid=1, commit_ts=COMMIT, key={})
-    assert partition_key(truncate) == "public.sales_order"
-    assert hash_key("public.sales_order/42") == int(hashlib.md5(b"public.sales_order/42").hexdigest(), 16)
+    assert truncate.partition_key == "public.sales_order"
+    # Stable across processes and releases: a row's shard must not depend on who routes it.
+    assert hash_key("public.sales_order/42") == zlib.crc32(b"public.sales_order/42") << 96
 
 
-def test_routing_agrees_with_kinesis_own_hashing(kinesis):
+def test_routing_spreads_keys_evenly_and_kinesis_agrees_on_the_shard(kinesis):
     stream = new_stream(kinesis, shards=4)
     shard_map = ShardMap.from_kinesis(kinesis, stream)
     assert len(shard_map.shards) == 4
+    counts = Counter(shard_map.route(make_event(ORDER, key, 1, 0)).shard_id for key in range(40_000))
+    assert len(counts) == 4 and min(counts.values()) > 9_000
     for key in range(60):
         event = make_event(ORDER, key, 1, 0)
-        put = kinesis.put_record(StreamName=stream, PartitionKey=partition_key(event), Data=b"x")
+        put = kinesis.put_record(StreamName=stream, PartitionKey=event.partition_key, Data=b"x",
+                                 ExplicitHashKey=str(hash_key(event.partition_key)))
         assert put["ShardId"] == shard_map.route(event).shard_id
 
 
