@@ -18,8 +18,9 @@ A record is acknowledged only when Kinesis returned a sequence number for it; no
 dropped. Whole-call errors that may have reached Kinesis (timeouts) can duplicate a record;
 delivery is at-least-once and every consumer is idempotent on the event id `(lsn, seq)`.
 
-Watermarks. `publish_watermark(W)` flushes every event (so every event with lsn <= W), then
-puts a marker record into every open shard: on each shard, the marker comes after all of them.
+Watermarks. `publish_watermark(W)` queues a marker record into every open shard behind every
+event added so far (so behind every event with lsn <= W): a shard's records go out in order,
+so on each shard the marker comes after all of them.
 
 Acknowledgement. `acknowledged_lsn` is the highest commit LSN such that every event with an
 lsn up to it was added, its transaction ended (`end_transaction`), and Kinesis acknowledged
@@ -376,6 +377,8 @@ class Publisher:
         self.stream_name = stream_name
         self.max_record_bytes = max_record_bytes
         self._record_fill = _UNCOMPRESSED_PER_RECORD * max_record_bytes
+        # The largest data blob of a record: its partition key counts towards the limit too.
+        self._max_data = max_record_bytes - _PARTITION_KEY_ROOM
         self.linger_seconds = linger_seconds
         self.max_buffer_bytes = max_buffer_bytes
         # Python objects take several times their estimated size: an event count bounds
@@ -391,6 +394,9 @@ class Publisher:
         self._clock = clock
         self._sleep = sleep
         self._tracker = AckTracker(start_lsn)
+        self._adding_lsn: int | None = None
+        self._adding = 0
+        """events added at `_adding_lsn` that the tracker has not been told about yet"""
         self._queues: dict[str, _ShardQueue] = {}
         self._buffered_bytes = 0
         self._buffered_events = 0
@@ -417,6 +423,7 @@ class Publisher:
     @property
     def buffered_events(self) -> int:
         """Events added but not yet acknowledged."""
+        self._count_added()
         return self._tracker.outstanding
 
     def add(self, event: ChangeEvent | EncodedChange) -> None:
@@ -431,7 +438,12 @@ class Publisher:
             encoded = len(encode_events([event]))
             if encoded > self._max_data:
                 raise _too_large(event, encoded, self._max_data)
-        self._tracker.added(event.lsn)
+        lsn = event.lsn
+        if lsn != self._adding_lsn:
+            self._count_added()
+            self._tracker.check_add(lsn)
+            self._adding_lsn = lsn
+        self._adding += 1
         # ShardMap.route, inlined: this runs for every event.
         hashed = zlib.crc32(event.partition_key.encode("utf-8")) << 96
         queue = self._route_queues[bisect_right(self._route_starts, hashed) - 1]
@@ -452,6 +464,7 @@ class Publisher:
 
     def end_transaction(self, commit_lsn: int) -> None:
         """Every event with lsn <= `commit_lsn` has been added (a transaction, or a heartbeat)."""
+        self._count_added()
         self._tracker.ended(commit_lsn)
         self.poll()
 
@@ -479,7 +492,9 @@ class Publisher:
             self._pool = None
 
     def publish_watermark(self, lsn: int | None = None) -> int:
-        """Flush, then put a Watermark(lsn) marker into every open shard; return its lsn.
+        """Queue a Watermark(lsn) marker into every open shard behind every event buffered so
+        far (so behind every event with lsn <= W); return its lsn. Like events, markers are
+        acknowledged later: `flush()` waits for them.
 
         `lsn` defaults to the last `end_transaction` and may not exceed it (a marker promises
         that every event up to it was put before it)."""
@@ -487,24 +502,18 @@ class Publisher:
         if lsn > self._tracker.last_ended:
             raise ValueError(f"watermark {format_lsn(lsn)} is beyond the last ended transaction "
                              f"{format_lsn(self._tracker.last_ended)}")
-        self.flush()
-        if self._clock() - self._map_read_at >= self.shard_refresh_seconds:
+        if self._map_stale or self._clock() - self._map_read_at >= self.shard_refresh_seconds:
+            self.flush()  # the shard map is re-read with nothing queued
             self._refresh_shards()
+        self._seal()
         data = encode_watermark(Watermark(lsn, datetime.now(timezone.utc)))
         for queue in self._queues.values():
             queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, 0, (), watermark=lsn))
             self._sealed_bytes += len(data)
-        self._send(until_empty=True)
-        if self._map_stale:
-            self._refresh_shards()
+        self._send(until_empty=False)
         return lsn
 
     # -- internals -----------------------------------------------------------------------
-    @property
-    def _max_data(self) -> int:
-        """Largest data blob of a record (its partition key counts towards the limit too)."""
-        return self.max_record_bytes - _PARTITION_KEY_ROOM
-
     def _refresh_shards(self) -> None:
         if any(q.pending or q.ready for q in self._queues.values()):
             raise AssertionError("the shard map is re-read only when nothing is queued")
@@ -516,7 +525,15 @@ class Publisher:
         self._map_stale = False
         log.debug("stream %s: %d open shards", self.stream_name, len(self._map.shards))
 
+    def _count_added(self) -> None:
+        """Tell the tracker about the events added at `_adding_lsn`: once per transaction (or
+        per batch) rather than once per event, and always before any of them is sealed."""
+        if self._adding:
+            self._tracker.added(self._adding_lsn, self._adding)
+            self._adding = 0
+
     def _seal(self) -> None:
+        self._count_added()
         for queue in self._queues.values():
             if not queue.pending:
                 continue

@@ -11,6 +11,11 @@ Ports, so tests and later stages can plug in:
     until the lake exists, then the lake watermark);
   * `StateStore` the little the reader must remember outside PostgreSQL: whether the
     snapshot of its slot finished.
+
+A first snapshot cut off before all of it was published is never taken again from a new
+slot: its rows may be downstream already, and rows deleted before a second snapshot would
+stay alive there. The slot, never confirmed past the snapshot, still holds every change
+since; the reader streams from it and reads every table again (resnapshot.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -77,6 +83,10 @@ class ReaderState:
     resumes from the slot instead of taking the snapshot again."""
     snapshot_done: bool = False
     """The snapshot is durable downstream (in the lake)."""
+    rereads: list[str] = field(default_factory=list)
+    """Tables being read again because the first snapshot was cut off before it was
+    published; the snapshot counts as done only once those re-reads are durable. Kept here
+    so a reader killed during that recovery starts it again instead of a new snapshot."""
 
 
 class StateStore(Protocol):
@@ -150,6 +160,36 @@ class _Progress:
         return self.confirmable
 
 
+@dataclass
+class _Recovery:
+    """A cut-off first snapshot being made up for by re-reading `tables` (schema-qualified)."""
+    tables: set[str]
+    reread_before: int
+    """How many entries `Reader.reread` had when the recovery began (earlier ones do not count)."""
+    finished_at: int | None = None
+    """`Reader._handed_over` when every re-read was first seen finished."""
+    handed_over: int | None = None
+    """A commit LSN that covers every re-read row, all of them handed to the sink."""
+
+
+class _WatermarksHeld:
+    """The sink, except that watermarks wait for `ready()`. While a cut-off snapshot is made
+    up for, a lake watermark would let the warehouse show tables half read again (and
+    `--until-caught-up` stop before they are whole); the first snapshot never allows that."""
+
+    def __init__(self, sink: EventSink, ready: Callable[[], bool]):
+        self.inner = sink
+        self.add, self.end_transaction, self.poll, self.flush = sink.add, sink.end_transaction, sink.poll, sink.flush
+        self._ready = ready
+
+    def publish_watermark(self, lsn: int) -> None:
+        if self._ready():
+            self.inner.publish_watermark(lsn)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 class Reader:
     def __init__(self, dsn: str, sink: EventSink, durability: Durability, state: StateStore,
                  config: ReaderConfig = ReaderConfig()):
@@ -165,9 +205,11 @@ class Reader:
         self._handed_over = 0
         self._resnapshots = [t for t in config.resnapshot]
         self.reread: list[str] = []
-        """Tables whose re-read (`ReaderConfig.resnapshot`) has finished, in order."""
+        """Tables whose re-read (`ReaderConfig.resnapshot`, or making up for a cut-off
+        snapshot) has finished, in order."""
         self.resnapshot_hook = None  # tests: runs inside each re-read chunk's window
         self.snapshot_progress = None  # called as (table, rows read so far) during the snapshot
+        self._recovery: _Recovery | None = None
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
 
@@ -181,7 +223,9 @@ class Reader:
         ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables)
         state = self.state.load()
         slot = slot_state(conn, cfg.slot)
-        if slot is None and state.slot == cfg.slot and (state.snapshot_done or state.snapshot_published):
+        if slot is None and state.slot == cfg.slot:
+            # Even a cut-off snapshot may have rows downstream: a new one could leave rows
+            # deleted in between alive there, so starting over is the operator's call.
             raise SourceSetupError(
                 f"Replication slot {cfg.slot!r} is gone (dropped, or invalidated for retaining too much WAL), "
                 "so changes made since it was last confirmed cannot be read: start over with a new "
@@ -189,18 +233,85 @@ class Reader:
             )
         if slot is not None:
             check_slot(slot, database_name(self.dsn) or slot.database)
-            snapshot_in_sink = state.snapshot_published or (
-                state.snapshot_lsn is not None and self._handed_over >= state.snapshot_lsn)
-            if state.slot == cfg.slot and not state.snapshot_done and not snapshot_in_sink:
-                log.warning("slot %s was created but its snapshot never finished: starting over", cfg.slot)
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_drop_replication_slot(%s)", (cfg.slot,))
-                conn.commit()
-            elif state.slot != cfg.slot:
+            if state.slot != cfg.slot:
                 # Not created by this reader's state: resume from it, never drop it.
                 log.info("resuming from existing slot %s", cfg.slot)
                 state = ReaderState(slot=cfg.slot, snapshot_done=True)
                 self.state.save(state)
+            elif self._snapshot_cut_off(state) and self._recovery is None:
+                state = self._recover_snapshot(state)
+        return state
+
+    def _snapshot_cut_off(self, state: ReaderState) -> bool:
+        """Our slot's first snapshot never reached the sink whole (or is being made up for)."""
+        handed_over = state.snapshot_lsn is not None and self._handed_over >= state.snapshot_lsn
+        return bool(state.rereads) or not (state.snapshot_done or state.snapshot_published or handed_over)
+
+    def _recover_snapshot(self, state: ReaderState) -> ReaderState:
+        """Keep the slot and read every table again while streaming from it.
+
+        Part of the cut-off snapshot may be downstream already (stamped with the slot's
+        consistent LSN), so a new snapshot from a new slot would leave rows deleted in
+        between alive there. The slot was never confirmed past that LSN: streaming from it
+        delivers every later change, deletes included, and the re-reads fill in the rows the
+        snapshot never handed on. Nothing is confirmed until those re-reads are durable."""
+        cfg = self.config
+        tables = list(cfg.tables)
+        log.warning("the snapshot of slot %s was cut off before all of it was published: keeping the slot, "
+                    "streaming from %s and reading all %d tables again", cfg.slot,
+                    format_lsn(state.snapshot_lsn or 0), len(tables))
+        state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, rereads=tables)
+        self.state.save(state)
+        self._resnapshots += [t for t in tables if t not in self._resnapshots]
+        self._recovery = _Recovery({f"{cfg.schema}.{t}" for t in tables}, len(self.reread))
+        return state
+
+    def _rereads_handed_over(self) -> int | None:
+        """A commit LSN at or above every recovery re-read row, once all of them were handed
+        to the sink; None until then.
+
+        A table's last rows go out inside the transaction of its last high watermark, which
+        may not have ended yet (after a reconnect it ends only when the slot sends it again).
+        Every transaction before it has ended, so the first one to end after all re-reads
+        finished is that one or a later one."""
+        recovery = self._recovery
+        if recovery is None:
+            return None
+        if recovery.finished_at is None:
+            if recovery.tables - set(self.reread[recovery.reread_before:]):
+                return None
+            recovery.finished_at = self._handed_over
+        if recovery.handed_over is None and self._handed_over > recovery.finished_at:
+            recovery.handed_over = self._handed_over
+        return recovery.handed_over
+
+    def _hold_watermarks_while_recovering(self) -> None:
+        """Hold watermarks back until every recovery re-read was handed on. The sink is
+        swapped only between connections, so the streaming loop never sees it change."""
+        held = isinstance(self.sink, _WatermarksHeld)
+        if self._recovery is not None and not held:
+            self.sink = _WatermarksHeld(
+                self.sink, lambda: self._recovery is None or self._rereads_handed_over() is not None)
+        elif self._recovery is None and held:
+            self.sink = self.sink.inner
+
+    def _settle_snapshot(self, state: ReaderState, durable: int) -> ReaderState:
+        """The snapshot is done once it is durable downstream; only from then on is the slot
+        confirmed. After a cut-off first snapshot, that takes every re-read being durable."""
+        if state.snapshot_done or state.snapshot_lsn is None:
+            return state
+        needed = self._rereads_handed_over() if state.rereads else state.snapshot_lsn
+        if needed is None or durable < max(needed, state.snapshot_lsn):
+            return state
+        state = ReaderState(slot=self.config.slot, snapshot_lsn=state.snapshot_lsn, snapshot_published=True,
+                            snapshot_done=True)
+        self.state.save(state)
+        if self._recovery is not None:
+            log.info("every table was read again and is durable: the snapshot at %s is complete",
+                     format_lsn(state.snapshot_lsn))
+            self._recovery = None
+        else:
+            log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
         return state
 
     def _snapshot(self, replication_cursor, conn) -> int:
@@ -221,8 +332,8 @@ class Reader:
         self.sink.end_transaction(new.consistent_lsn)
         self._handed_over = new.consistent_lsn
         self.sink.flush()
-        # Taking the snapshot again from here on would leave rows deleted in between alive
-        # downstream (the first attempt's rows are already on their way): resume instead.
+        # From here on a restart simply resumes from the slot; before, it resumes too but
+        # reads every table again (`_recover_snapshot`).
         self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_published=True))
         self.sink.publish_watermark(new.consistent_lsn)
         return new.consistent_lsn
@@ -242,6 +353,7 @@ class Reader:
             if slot_state(conn, cfg.slot) is None:
                 start_lsn = self._snapshot(cur, conn)
                 state = self.state.load()
+            self._hold_watermarks_while_recovering()
             self._stream(cur, conn, state, start_lsn, stop)
         finally:
             for c in (replication, conn):
@@ -270,11 +382,19 @@ class Reader:
         rereading: IncrementalSnapshot | None = None
         try:
             while not stop.is_set():
-                message = self._read(cur)
+                # Row changes take the fast path, except during a re-read, whose bookkeeping
+                # reads every event's key.
+                if rereading is None:
+                    message, drained = self._stream_rows(cur, assembler, progress, next_feedback)
+                else:
+                    message = self._read(cur)
+                    drained = message is None
                 if message is not None:
-                    self.metrics.bytes_received += len(message.payload)
-                    self.metrics.received_lsn = max(self.metrics.received_lsn, message.data_start)
-                    for out in assembler.feed(pgoutput.decode(message.payload)):
+                    payload = message.payload
+                    self.metrics.bytes_received += len(payload)
+                    if message.data_start > self.metrics.received_lsn:
+                        self.metrics.received_lsn = message.data_start
+                    for out in assembler.feed(pgoutput.decode(payload)):
                         if rereading is not None:
                             rows = rereading.observe(out)
                             if rows:
@@ -305,7 +425,7 @@ class Reader:
                             next_heartbeat = time.monotonic() + cfg.heartbeat_seconds
                     if time.monotonic() < next_feedback:
                         continue
-                else:
+                elif drained:
                     self.metrics.received_lsn = max(self.metrics.received_lsn, cur.wal_end)
                     if rereading is None and not self._resnapshots:
                         select.select([cur], [], [], cfg.idle_wait_seconds)
@@ -323,17 +443,12 @@ class Reader:
                 self.sink.poll()
                 now = time.monotonic()
                 if now >= next_watermark and last_commit > marked and not progress.in_transaction:
-                    self.sink.flush()
                     self.sink.publish_watermark(last_commit)
                     marked = last_commit
                     next_watermark = now + cfg.watermark_seconds
                 if now >= next_feedback:
                     durable = self.durability.durable_lsn()
-                    if not state.snapshot_done and state.snapshot_lsn is not None and durable >= state.snapshot_lsn:
-                        state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, snapshot_published=True,
-                                        snapshot_done=True)
-                        self.state.save(state)
-                        log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
+                    state = self._settle_snapshot(state, durable)
                     target = progress.advance(durable, self.metrics.received_lsn) if state.snapshot_done else 0
                     if target > confirmed:
                         cur.send_feedback(flush_lsn=target, reply=True)
@@ -350,15 +465,53 @@ class Reader:
 
         self._shutdown(cur, progress, state)
 
+    def _stream_rows(self, cur, assembler: Assembler, progress: _Progress, until: float):
+        """The hot path: row changes straight from the stream to the sink as EncodedChanges.
+
+        Returns `(message, drained)`: the first message that is not a plain row change (for
+        the general path) or None, and whether the stream had nothing more to give; it also
+        returns, with neither, once the monotonic clock passes `until`."""
+        read, encoded, add = cur.read_message, assembler.encoded, self.sink.add
+        clock = time.monotonic
+        handed_over = self._handed_over
+        metrics = self.metrics
+        events = received = last_start = 0
+        message = None
+        drained = False
+        try:
+            while True:
+                message = read()
+                if message is None:
+                    drained = True
+                    break
+                change = encoded(message.payload)
+                if change is None:
+                    break  # the caller counts this one
+                received += len(message.payload)
+                last_start = message.data_start
+                if change.lsn > handed_over:
+                    add(change)
+                    events += 1
+                    progress.in_transaction = True
+                if not events & 127 and clock() >= until:
+                    message = None
+                    break
+        except psycopg2.DatabaseError as error:
+            _raise_if_stream_lost(cur, error)
+            raise
+        finally:
+            metrics.events += events
+            metrics.bytes_received += received
+            if last_start > metrics.received_lsn:
+                metrics.received_lsn = last_start
+        return message, drained
+
     @staticmethod
     def _read(cur):
         try:
             return cur.read_message()
         except psycopg2.DatabaseError as error:
-            if isinstance(error, psycopg2.OperationalError) or cur.connection.closed or "COPY" in str(error):
-                # The server went away mid-stream (psycopg2 reports some of these as a
-                # plain DatabaseError): a connection problem, worth a reconnect.
-                raise psycopg2.OperationalError(f"replication stream lost: {str(error).strip()}") from error
+            _raise_if_stream_lost(cur, error)
             raise
 
     def _heartbeat(self, conn) -> None:
@@ -371,9 +524,9 @@ class Reader:
 
     def _shutdown(self, cur, progress: _Progress, state: ReaderState, timeout: float = 10.0) -> None:
         """Flush, mark the end, wait a little for durability, confirm what is durable."""
-        self.sink.flush()
         if self._handed_over and not progress.in_transaction:
             self.sink.publish_watermark(self._handed_over)
+        self.sink.flush()
         deadline = time.monotonic() + timeout
         while progress.pending and time.monotonic() < deadline:
             durable = self.durability.durable_lsn()
@@ -389,6 +542,13 @@ class Reader:
 
 
 RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, SourceConnectionError)
+
+
+def _raise_if_stream_lost(cur, error: psycopg2.DatabaseError) -> None:
+    """The server going away mid-stream (psycopg2 reports some of these as a plain
+    DatabaseError) is a connection problem, worth a reconnect: raise it as one."""
+    if isinstance(error, psycopg2.OperationalError) or cur.connection.closed or "COPY" in str(error):
+        raise psycopg2.OperationalError(f"replication stream lost: {str(error).strip()}") from error
 
 
 def supervise(reader: Reader, stop: threading.Event, *, max_delay: float = 30.0) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,7 +60,9 @@ class IncrementalSnapshot:
         self._last_key: Key | None = None
         self._chunk: _Chunk | None = None
         self._ids = itertools.count()
-        self._run = f"{id(self):x}"
+        # Unique across runs and processes: a slot that was not confirmed sends an earlier
+        # run's watermarks again, and they must never close one of this run's chunks.
+        self._run = secrets.token_hex(8)
         self._on_window = on_window  # tests: runs between the SELECT and the high watermark
         names = schema.column_names
         self._key_positions = [names.index(k) for k in schema.key_names]

@@ -119,8 +119,8 @@ def test_local_poller_feeds_the_handler_and_survives_a_crash_before_saving_offse
         publisher.add(event)
         if index + 1 == len(events) or events[index + 1].lsn != event.lsn:
             publisher.end_transaction(event.lsn)
-    publisher.flush()
     publisher.publish_watermark(events[-1].lsn)
+    publisher.flush()
 
     offsets = tmp_path / "offsets.json"
     lake = tmp_path / "lake"
