@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -223,6 +223,10 @@ class Reader:
         ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables)
         state = self.state.load()
         slot = slot_state(conn, cfg.slot)
+        if slot is None and state.slot == cfg.slot and state.snapshot_lsn is None:
+            # Killed while creating the slot, before it existed: nothing was read yet.
+            state = ReaderState()
+            self.state.save(state)
         if slot is None and state.slot == cfg.slot:
             # Even a cut-off snapshot may have rows downstream: a new one could leave rows
             # deleted in between alive there, so starting over is the operator's call.
@@ -239,6 +243,10 @@ class Reader:
                 state = ReaderState(slot=cfg.slot, snapshot_done=True)
                 self.state.save(state)
             elif self._snapshot_cut_off(state) and self._recovery is None:
+                if state.snapshot_lsn is None:
+                    # Killed between creating the slot and noting where its snapshot stands:
+                    # never confirmed, the slot still stands at its consistent point.
+                    state = replace(state, snapshot_lsn=slot.confirmed_flush_lsn)
                 state = self._recover_snapshot(state)
         return state
 
@@ -316,6 +324,9 @@ class Reader:
 
     def _snapshot(self, replication_cursor, conn) -> int:
         cfg = self.config
+        # Noted first, so a reader killed right after creating the slot knows the slot is its
+        # own, with a snapshot still to make up for, rather than one to resume from as it is.
+        self.state.save(ReaderState(slot=cfg.slot))
         new = create_slot(replication_cursor, cfg.slot)
         self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_done=False))
         log.info("slot %s created at %s; reading the snapshot", cfg.slot, format_lsn(new.consistent_lsn))

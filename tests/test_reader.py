@@ -190,6 +190,33 @@ def test_a_first_snapshot_cut_off_midway_is_made_up_for_from_the_same_slot(seede
     assert (state.snapshot_lsn, state.snapshot_done, state.rereads) == (first_lsn, True, [])
 
 
+def test_a_reader_killed_right_after_creating_its_slot_makes_up_the_snapshot_from_it(seeded, tmp_path):
+    """Killed between creating the slot and noting its snapshot LSN: the slot is still the
+    reader's own, with the whole snapshot to make up for, not one to resume as if done."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+
+    class DiesOnceTheSlotExists(FileStateStore):
+        def save(self, state):
+            if state.snapshot_lsn is not None:
+                raise _Killed("killed right after CREATE_REPLICATION_SLOT")
+            super().save(state)
+
+    with pytest.raises(_Killed), running_reader(
+            seeded, sink, state_path, FAST, prepare=lambda r: setattr(r, "state", DiesOnceTheSlotExists(state_path))):
+        pass
+    slot_lsn = _slot_confirmed(seeded)
+    assert not sink.events and FileStateStore(state_path).load().snapshot_lsn is None
+    _run_sql(seeded, "DELETE FROM sales_order WHERE sales_order_id IN (1, 2)")
+
+    with running_reader(seeded, sink, state_path, FAST) as reader:
+        _catch_up(seeded, reader)
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    assert set(reader.reread) == {f"public.{t}" for t in TABLES}
+    state = FileStateStore(state_path).load()
+    assert (state.snapshot_lsn, state.snapshot_done) == (slot_lsn, True)
+
+
 def test_a_reader_killed_while_making_up_for_a_cut_off_snapshot_ends_correct_too(seeded, tmp_path):
     """Killed again during the re-reads: nothing was confirmed past the first snapshot, and
     the next run reads every table again and ends equal to the source."""
