@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import struct
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,6 +68,8 @@ class _Routing:
     table: str
     key_indexes: tuple[int, ...]
     key_is_first_column: bool
+    prefix_crc: int
+    """CRC-32 of '<table>/', which the key's bytes continue into the route hash"""
 
 
 def _text(value: bytes | None) -> str | None:
@@ -114,15 +117,14 @@ class Assembler:
             return None  # `feed` says what is wrong
         lsn, xid, commit_us = begin
         if routing.key_is_first_column and payload[8] == 0x74:  # the usual key: one text value first
-            end = 13 + _LENGTH(payload, 9)[0]
-            route = routing.table + "/" + payload[13:end].decode()
+            route = zlib.crc32(payload[13:13 + _LENGTH(payload, 9)[0]], routing.prefix_crc)
         elif routing.key_indexes:
             key = row_values(payload, 6, routing.key_indexes)
             if UNCHANGED in key:
                 key = [None if value is UNCHANGED else value for value in key]
-            route = partition_key(routing.table, key)
+            route = zlib.crc32(partition_key(routing.table, key).encode("utf-8"))
         else:
-            route = routing.table
+            route = zlib.crc32(routing.table.encode("utf-8"))
         frame = FRAME_HEAD.pack(op, lsn, self._seq, xid, commit_us, flags) + payload[6:]
         self._seq += 1
         return EncodedChange(routing.schema, lsn, route, frame)
@@ -155,7 +157,8 @@ class Assembler:
         elif kind is pg.Relation:
             schema = self._schemas[message.relation_id] = self._describe(message)
             keys = tuple(i for i, c in enumerate(schema.columns) if c.is_key)
-            self._routing[message.relation_id] = _Routing(schema, schema.table, keys, keys == (0,))
+            self._routing[message.relation_id] = _Routing(
+                schema, schema.table, keys, keys == (0,), zlib.crc32(f"{schema.table}/".encode("utf-8")))
         elif kind is pg.Truncate:
             for relation_id in message.relation_ids:
                 yield self._event(self.schema(relation_id), Op.TRUNCATE, None, None, (), {})

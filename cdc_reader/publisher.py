@@ -140,7 +140,7 @@ class ShardMap:
         return self.shards[bisect_right(self._starts, hash_value) - 1]
 
     def route(self, event: ChangeEvent) -> Shard:
-        return self.shard_for(hash_key(event.partition_key))
+        return self.shard_for(event.route_hash << 96)
 
     @classmethod
     def from_kinesis(cls, client, stream_name: str) -> ShardMap:
@@ -445,8 +445,7 @@ class Publisher:
             self._adding_lsn = lsn
         self._adding += 1
         # ShardMap.route, inlined: this runs for every event.
-        hashed = zlib.crc32(event.partition_key.encode("utf-8")) << 96
-        queue = self._route_queues[bisect_right(self._route_starts, hashed) - 1]
+        queue = self._route_queues[bisect_right(self._route_starts, event.route_hash << 96) - 1]
         queue.pending.append(event)
         queue.sizes.append(size)
         queue.pending_bytes += size

@@ -8,9 +8,9 @@ watermark marker.
     bytes 5-8  length of the uncompressed body (big-endian)
     bytes 9-   body
 
-An events body (v2) lists each table schema once, as compact JSON behind its u32 length, then
-the events: per event a u16 index into those schemas, the u32 length of its frame, and the
-frame (`change_events.wire`). A watermark body is compact JSON. Version 1 bodies (events as
+An events body (v2) lists each table schema once, as compact JSON behind its u32 length; then
+the u32 number of events N; N u16 indexes into those schemas and N u32 frame lengths, one of
+each per event; then the N frames (`change_events.wire`), back to back. A watermark body is compact JSON. Version 1 bodies (events as
 JSON arrays) are still read. Anything that does not decode raises CodecError with a reason
 fit for a dead-letter record.
 """
@@ -35,7 +35,6 @@ NO_COMPRESSION = 0
 ZSTD = 1
 _HEADER = struct.Struct(">2sBBBI")
 _U32 = struct.Struct(">I")
-_EVENT_HEAD = struct.Struct(">HI")  # schema index, frame length
 # Below this a body is not worth compressing.
 _COMPRESS_FROM = 512
 
@@ -61,24 +60,17 @@ def _frame(kind: int, body: bytes) -> bytes:
 
 def encode_events(events) -> bytes:
     """One record holding `events` (ChangeEvents or EncodedChanges, all for one shard, in order)."""
-    schema_index: dict[TableSchema, int] = {}
-    schemas: list[list] = []
-    parts: list[bytes] = [b""]
-    append = parts.append
-    pack_head = _EVENT_HEAD.pack
-    for event in events:
-        schema = event.schema
-        index = schema_index.get(schema)
-        if index is None:
-            index = schema_index[schema] = len(schemas)
-            schemas.append([schema.table, [[c.name, c.type_name, c.type_oid, c.type_modifier, c.is_key]
-                                           for c in schema.columns]])
-        frame = event.frame if type(event) is EncodedChange else encode_frame(event)
-        append(pack_head(index, len(frame)))
-        append(frame)
-    head = json.dumps(schemas, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    parts[0] = _U32.pack(len(head)) + head
-    return _frame(KIND_EVENTS, b"".join(parts))
+    schemas = list(dict.fromkeys(event.schema for event in events))
+    index_of = {schema: index for index, schema in enumerate(schemas)}
+    indexes = [index_of[event.schema] for event in events]
+    frames = [event.frame if type(event) is EncodedChange else encode_frame(event) for event in events]
+    count = len(frames)
+    head = json.dumps(
+        [[s.table, [[c.name, c.type_name, c.type_oid, c.type_modifier, c.is_key] for c in s.columns]] for s in schemas],
+        ensure_ascii=False, separators=(",", ":"),
+    ).encode("utf-8")
+    table = struct.pack(f">{count}H{count}I", *indexes, *map(len, frames))
+    return _frame(KIND_EVENTS, b"".join([_U32.pack(len(head)), head, _U32.pack(count), table, *frames]))
 
 
 def encode_watermark(marker: Watermark) -> bytes:
@@ -132,16 +124,19 @@ def _decode_events(body: bytes) -> list[ChangeEvent]:
     (head_size,) = _U32.unpack_from(body)
     pos = _U32.size + head_size
     schemas = _schemas(json.loads(body[_U32.size:pos]))
+    (count,) = _U32.unpack_from(body, pos)
+    pos += _U32.size
+    table = struct.unpack_from(f">{count}H{count}I", body, pos)
+    pos += 6 * count
     events = []
-    size = len(body)
-    while pos < size:
-        index, length = _EVENT_HEAD.unpack_from(body, pos)
-        pos += _EVENT_HEAD.size
+    for index, length in zip(table[:count], table[count:]):
         end = pos + length
-        if end > size:
+        if end > len(body):
             raise ValueError(f"event frame of {length} bytes runs past the end of the record")
         events.append(decode_frame(schemas[index], body[pos:end]))
         pos = end
+    if pos != len(body):
+        raise ValueError(f"{len(body) - pos} bytes after the last event")
     return events
 
 

@@ -9,6 +9,7 @@ a column whose value the WAL did not carry (an unchanged TOASTed value) is absen
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -92,6 +93,11 @@ class ChangeEvent:
         if not self.key:
             return self.schema.table
         return partition_key(self.schema.table, [self.key.get(n) for n in self.schema.key_names or self.key])
+
+    @property
+    def route_hash(self) -> int:
+        """CRC-32 of the partition key's UTF-8: where the event falls among the shards."""
+        return zlib.crc32(self.partition_key.encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)

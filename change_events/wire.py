@@ -223,17 +223,18 @@ def _check_width(schema: TableSchema, values: list) -> None:
 class EncodedChange:
     """A change event that is already a frame, as the reader builds it from pgoutput bytes.
 
-    The publisher needs only its schema, lsn, partition key and frame; anything else (a
-    test's sink, a re-read's bookkeeping) reads `event`, decoded once on first use. Equal
-    to the ChangeEvent it holds, so the two forms can be compared freely.
+    The publisher needs only its schema, lsn, route hash and frame; anything else (a test's
+    sink, a re-read's bookkeeping, an error message) reads `event`, decoded once on first
+    use. Equal to the ChangeEvent it holds, so the two forms can be compared freely.
     """
 
-    __slots__ = ("schema", "lsn", "partition_key", "frame", "_event")
+    __slots__ = ("schema", "lsn", "route_hash", "frame", "_event")
 
-    def __init__(self, schema: TableSchema, lsn: int, partition_key: str, frame: bytes) -> None:
+    def __init__(self, schema: TableSchema, lsn: int, route_hash: int, frame: bytes) -> None:
         self.schema = schema
         self.lsn = lsn
-        self.partition_key = partition_key
+        self.route_hash = route_hash
+        """CRC-32 of the partition key's UTF-8, as ChangeEvent.route_hash."""
         self.frame = frame
         self._event: ChangeEvent | None = None
 
@@ -244,7 +245,7 @@ class EncodedChange:
         return self._event
 
     def __getattr__(self, name: str):
-        # op, seq, xid, commit_ts, key, after, before, unchanged, table, event_id
+        # op, seq, xid, commit_ts, key, after, before, unchanged, table, event_id, partition_key
         return getattr(self.event, name)
 
     def __eq__(self, other) -> bool:

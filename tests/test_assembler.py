@@ -41,6 +41,7 @@ def assert_same(decoded: list[ChangeEvent], mixed: list) -> None:
     for expected, got in zip(decoded, mixed):
         assert got == expected
         assert got.partition_key == expected.partition_key
+        assert got.route_hash == expected.route_hash
     assert decode(encode_events(mixed)).events == tuple(decoded)
 
 

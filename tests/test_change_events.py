@@ -110,7 +110,7 @@ def test_unreadable_records_raise_codec_error_with_a_reason(record, reason):
 
 def _v2_body(frame: bytes, schema_index: int = 0) -> bytes:
     head = b'[["public.sales_order",[["sales_order_id","integer",23,-1,true]]]]'
-    body = struct.pack(">I", len(head)) + head + struct.pack(">HI", schema_index, len(frame)) + frame
+    body = struct.pack(">I", len(head)) + head + struct.pack(">IHI", 1, schema_index, len(frame)) + frame
     return struct.pack(">2sBBBI", b"TC", 2, 1, 0, len(body)) + body
 
 
@@ -149,8 +149,8 @@ def test_version_1_records_are_still_read():
 def test_an_encoded_change_is_the_event_it_holds():
     event = _event(Op.UPDATE, 2, after={"sales_order_id": "1", "unit_price": "4.00", "agreed_delivery_date": "2024-12-31"},
                    unchanged=("notes",))
-    encoded = EncodedChange(ORDER, event.lsn, event.partition_key, encode_frame(event))
-    assert encoded == event and event == encoded
+    encoded = EncodedChange(ORDER, event.lsn, event.route_hash, encode_frame(event))
+    assert encoded == event and event == encoded and encoded.partition_key == "public.sales_order/1"
     assert (encoded.op, encoded.seq, encoded.key, encoded.unchanged) == (event.op, event.seq, event.key, ("notes",))
     assert decode(encode_events([encoded, event])).events == (event, event)
     assert row_values(encode_row(["1", None, UNCHANGED, "x"]), 0, (0, 2, 3)) == ("1", UNCHANGED, "x")
