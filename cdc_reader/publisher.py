@@ -46,7 +46,9 @@ import random
 import time
 import zlib
 from bisect import bisect_right
-from collections import OrderedDict, deque
+from itertools import accumulate
+from operator import attrgetter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -232,6 +234,8 @@ class AckTracker:
 
 # -- records ---------------------------------------------------------------------------------
 
+_lsn_of = attrgetter("lsn")
+
 def estimate_size(event: ChangeEvent | EncodedChange) -> int:
     """Uncompressed size of an event in a record: exact for an EncodedChange, from the
     values' lengths in characters for a ChangeEvent (names are once per record)."""
@@ -266,15 +270,15 @@ def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None 
             emit(group[:middle])
             emit(group[middle:])
 
-    start, size = 0, 0
-    for index, event in enumerate(events):
-        event_size = estimate_size(event) if sizes is None else sizes[index]
-        if index > start and size + event_size > chunk_bytes:
-            emit(events[start:index])
-            start, size = index, 0
-        size += event_size
-    if start < len(events):
-        emit(events[start:])
+    # Cut where the running total of sizes passes each multiple of chunk_bytes (at least one
+    # event per group); accumulate and bisect do the per-event work in C.
+    totals = list(accumulate(map(estimate_size, events) if sizes is None else sizes))
+    start, base = 0, 0
+    while start < len(events):
+        end = max(start + 1, bisect_right(totals, base + chunk_bytes, lo=start))
+        emit(events[start:end])
+        base = totals[end - 1]
+        start = end
     return records
 
 
@@ -537,9 +541,7 @@ class Publisher:
             if not queue.pending:
                 continue
             for data, events in pack(queue.pending, self._max_data, sizes=queue.sizes):
-                counts: dict[int, int] = {}
-                for event in events:
-                    counts[event.lsn] = counts.get(event.lsn, 0) + 1
+                counts = Counter(map(_lsn_of, events))  # in lsn order, as events are
                 queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, len(events),
                                            tuple(counts.items())))
                 self._sealed_bytes += len(data)
