@@ -97,7 +97,7 @@ class NullSink:
     def end_transaction(self, commit_lsn: int) -> None:
         self.last_ended = commit_lsn
 
-    def poll(self) -> None:
+    def poll(self, idle: bool = False) -> None:
         pass
 
     def flush(self) -> None:

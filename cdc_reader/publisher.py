@@ -3,8 +3,8 @@
 Routing. An event's partition key is its table plus its primary-key values
 (`public.sales_order/42`; a table's keyless events, e.g. truncates, use the table name). Its
 CRC-32, placed in the top bits of the 128-bit hash-key space, is mapped to the open shard whose hash-key range holds it, so one row's events always go to one
-shard. Each shard's events are packed, in order, into as few records as fit
-(`change_events.encode_events`), and every record is put with `ExplicitHashKey` = the first
+shard. Each shard's events are packed, in order, into as few records as fit uncompressed
+(so a record is known to fit before it is compressed, on the sending thread), and every record is put with `ExplicitHashKey` = the first
 hash key of its shard, so it lands on that shard whatever its partition key.
 
 Ordering under failure. Kinesis does not order the records of one PutRecords call, and a
@@ -60,6 +60,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
 from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
+from change_events.codec import events_body, events_record, record_size_bound
 from change_events.wire import EncodedChange
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,8 @@ MAX_CALL_RECORDS = 500
 HASH_KEY_SPACE = 1 << 128
 
 DEFAULT_MAX_RECORD_BYTES = 1_000_000
-# Rows compress several times over, so a record is filled from this many times its size
-# limit of (estimated, uncompressed) events; a batch that still compresses too large is halved.
-_UNCOMPRESSED_PER_RECORD = 3
+# Room kept in a record for its list of table schemas (a few hundred bytes per table).
+_SCHEMA_ROOM = 16 * 1024
 # What a record adds to an event's frame: its schema index and length.
 _FRAME_OVERHEAD = 6
 # A record's partition key is its shard id (20 characters); this much of a record is kept for it.
@@ -249,26 +249,53 @@ def estimate_size(event: ChangeEvent | EncodedChange) -> int:
     return size
 
 
-def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None = None,
-         sizes: Sequence[int] | None = None) -> list[tuple[bytes, Sequence[ChangeEvent]]]:
-    """Encode `events` (one shard's, in order) into records of at most `max_bytes` each, in order.
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """Events of one record: as a `body` whose record is known to fit (to be compressed
+    later, off the caller's thread), or as the `data` of a record compressed right away
+    because only compression makes it fit."""
 
-    Events are grouped by estimated size (`chunk_bytes`, default a few times `max_bytes`); a
-    group that still encodes too large is split in halves until it fits.
+    events: Sequence[ChangeEvent]
+    body: bytes | None = None
+    data: bytes | None = None
+
+    def record(self) -> bytes:
+        return self.data if self.data is not None else events_record(self.body)
+
+
+def body_limit(max_bytes: int) -> int:
+    """The largest events body whose record fits in `max_bytes` whatever it compresses to."""
+    limit = max_bytes - 1024
+    while record_size_bound(limit) > max_bytes:
+        limit -= record_size_bound(limit) - max_bytes
+    return limit
+
+
+def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None = None,
+         sizes: Sequence[int] | None = None) -> list[Packed]:
+    """Group `events` (one shard's, in order) into records of at most `max_bytes` each, in order.
+
+    Events are grouped by size (`chunk_bytes`, default what fits uncompressed); a group whose
+    body could still make too large a record is split in halves, and a single event is
+    compressed to see whether it fits.
     """
-    chunk_bytes = chunk_bytes or _UNCOMPRESSED_PER_RECORD * max_bytes
-    records: list[tuple[bytes, Sequence[ChangeEvent]]] = []
+    limit = body_limit(max_bytes)
+    chunk_bytes = chunk_bytes or limit - _SCHEMA_ROOM
+    packed: list[Packed] = []
 
     def emit(group: Sequence[ChangeEvent]) -> None:
-        data = encode_events(group)
-        if len(data) <= max_bytes:
-            records.append((data, group))
-        elif len(group) == 1:
-            raise _too_large(group[0], len(data), max_bytes)
-        else:
+        body = events_body(group)
+        if len(body) <= limit:
+            packed.append(Packed(group, body=body))
+        elif len(group) > 1:
             middle = len(group) // 2
             emit(group[:middle])
             emit(group[middle:])
+        else:
+            data = events_record(body)
+            if len(data) > max_bytes:
+                raise _too_large(group[0], len(data), max_bytes)
+            packed.append(Packed(group, data=data))
 
     # Cut where the running total of sizes passes each multiple of chunk_bytes (at least one
     # event per group); accumulate and bisect do the per-event work in C.
@@ -279,7 +306,7 @@ def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None 
         emit(events[start:end])
         base = totals[end - 1]
         start = end
-    return records
+    return packed
 
 
 def _too_large(event: ChangeEvent, size: int, max_bytes: int) -> EventTooLargeError:
@@ -292,15 +319,20 @@ def _too_large(event: ChangeEvent, size: int, max_bytes: int) -> EventTooLargeEr
 @dataclass(slots=True, eq=False)
 class _Record:
     shard: Shard
-    data: bytes
+    data: bytes | None
+    """the record; None until the sending thread compresses `body` into it"""
+    body: bytes | None
     partition_key: str
     events: int
     lsn_counts: tuple[tuple[int, int], ...]
     watermark: int | None = None
+    weight: int = 0
+    """bytes it holds until acknowledged (its body, or its data)"""
 
     @property
     def size(self) -> int:
-        return len(self.data) + len(self.partition_key.encode("utf-8"))
+        data = len(self.data) if self.data is not None else record_size_bound(len(self.body))
+        return data + len(self.partition_key.encode("utf-8"))
 
 
 @dataclass(slots=True)
@@ -380,7 +412,7 @@ class Publisher:
         self.client = client
         self.stream_name = stream_name
         self.max_record_bytes = max_record_bytes
-        self._record_fill = _UNCOMPRESSED_PER_RECORD * max_record_bytes
+        self._record_fill = body_limit(max_record_bytes - _PARTITION_KEY_ROOM) - _SCHEMA_ROOM
         # The largest data blob of a record: its partition key counts towards the limit too.
         self._max_data = max_record_bytes - _PARTITION_KEY_ROOM
         self.linger_seconds = linger_seconds
@@ -471,10 +503,12 @@ class Publisher:
         self._tracker.ended(commit_lsn)
         self.poll()
 
-    def poll(self) -> None:
-        """Seal what has lingered long enough; settle an answered call and start the next."""
-        if (self._oldest_buffered is not None
-                and self._clock() - self._oldest_buffered >= self.linger_seconds):
+    def poll(self, idle: bool = False) -> None:
+        """Seal what has lingered long enough, or everything when the caller is `idle` (no
+        more events are coming right now: lingering would only add latency, and under load
+        the caller is never idle); settle an answered call and start the next."""
+        if self._oldest_buffered is not None and (
+                idle or self._clock() - self._oldest_buffered >= self.linger_seconds):
             self._seal()
         if self._in_flight is not None or self._sealed_bytes:
             self._send(until_empty=False)
@@ -511,7 +545,8 @@ class Publisher:
         self._seal()
         data = encode_watermark(Watermark(lsn, datetime.now(timezone.utc)))
         for queue in self._queues.values():
-            queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, 0, (), watermark=lsn))
+            queue.ready.append(_Record(queue.shard, data, None, queue.shard.shard_id, 0, (), watermark=lsn,
+                                       weight=len(data)))
             self._sealed_bytes += len(data)
         self._send(until_empty=False)
         return lsn
@@ -540,11 +575,12 @@ class Publisher:
         for queue in self._queues.values():
             if not queue.pending:
                 continue
-            for data, events in pack(queue.pending, self._max_data, sizes=queue.sizes):
-                counts = Counter(map(_lsn_of, events))  # in lsn order, as events are
-                queue.ready.append(_Record(queue.shard, data, queue.shard.shard_id, len(events),
-                                           tuple(counts.items())))
-                self._sealed_bytes += len(data)
+            for packed in pack(queue.pending, self._max_data, sizes=queue.sizes):
+                counts = Counter(map(_lsn_of, packed.events))  # in lsn order, as events are
+                weight = len(packed.body if packed.data is None else packed.data)
+                queue.ready.append(_Record(queue.shard, packed.data, packed.body, queue.shard.shard_id,
+                                           len(packed.events), tuple(counts.items()), weight=weight))
+                self._sealed_bytes += weight
             queue.pending = []
             queue.sizes = []
             queue.pending_bytes = 0
@@ -600,7 +636,13 @@ class Publisher:
         return batch
 
     def _call(self, batch: list[_Record]) -> dict:
-        """One PutRecords call (on the sending thread: it touches no state)."""
+        """One PutRecords call, on the sending thread. It compresses the records that are
+        still bodies (zstd lets go of the GIL, so this overlaps the caller's decoding) and
+        touches nothing else: the records in flight are the caller's to read only after."""
+        for record in batch:
+            if record.data is None:
+                record.data = events_record(record.body)
+                record.body = None
         return self.client.put_records(StreamName=self.stream_name, Records=[
             {"Data": r.data, "PartitionKey": r.partition_key,
              "ExplicitHashKey": str(r.shard.starting_hash_key)} for r in batch
@@ -679,7 +721,7 @@ class Publisher:
 
     def _acknowledged(self, record: _Record) -> None:
         self.metrics.bytes += len(record.data)
-        self._sealed_bytes -= len(record.data)
+        self._sealed_bytes -= record.weight
         if record.watermark is not None:
             self.metrics.watermark_records += 1
             return

@@ -63,8 +63,9 @@ def session_options() -> str:
 class EventSink(Protocol):
     def add(self, event: ChangeEvent) -> None: ...
     def end_transaction(self, commit_lsn: int) -> None: ...
-    def poll(self) -> None:
-        """Send what has waited long enough; called often, also when idle."""
+    def poll(self, idle: bool = False) -> None:
+        """Send what has waited long enough; called often. `idle`: the stream has nothing
+        more right now, so waiting for more would only add latency."""
     def flush(self) -> None: ...
     def publish_watermark(self, lsn: int) -> None: ...
 
@@ -451,7 +452,7 @@ class Reader:
                 if rereading is not None and rereading.wants_chunk:
                     rereading.read_chunk(conn)
 
-                self.sink.poll()
+                self.sink.poll(idle=drained)
                 now = time.monotonic()
                 if now >= next_watermark and last_commit > marked and not progress.in_transaction:
                     self.sink.publish_watermark(last_commit)

@@ -60,6 +60,13 @@ def _frame(kind: int, body: bytes) -> bytes:
 
 def encode_events(events) -> bytes:
     """One record holding `events` (ChangeEvents or EncodedChanges, all for one shard, in order)."""
+    return events_record(events_body(events))
+
+
+def events_body(events) -> bytes:
+    """The uncompressed body of a record of `events`: the cheap half of `encode_events`,
+    which a publisher can do on its own thread, leaving compression (`events_record`) to
+    another one."""
     schemas = list(dict.fromkeys(event.schema for event in events))
     index_of = {schema: index for index, schema in enumerate(schemas)}
     indexes = [index_of[event.schema] for event in events]
@@ -70,7 +77,20 @@ def encode_events(events) -> bytes:
         ensure_ascii=False, separators=(",", ":"),
     ).encode("utf-8")
     table = struct.pack(f">{count}H{count}I", *indexes, *map(len, frames))
-    return _frame(KIND_EVENTS, b"".join([_U32.pack(len(head)), head, _U32.pack(count), table, *frames]))
+    return b"".join([_U32.pack(len(head)), head, _U32.pack(count), table, *frames])
+
+
+def events_record(body: bytes) -> bytes:
+    """The record of an events body: header and (zstd) compression."""
+    return _frame(KIND_EVENTS, body)
+
+
+def record_size_bound(body_size: int) -> int:
+    """The most bytes a record of a body of `body_size` bytes can take: zstd's own bound
+    (ZSTD_COMPRESSBOUND) plus the header, so a body's record is known to fit before it is
+    compressed."""
+    small = (128 * 1024 - body_size) >> 11 if body_size < 128 * 1024 else 0
+    return _HEADER.size + body_size + (body_size >> 8) + small + 64
 
 
 def encode_watermark(marker: Watermark) -> bytes:

@@ -38,7 +38,7 @@ class MemorySink:
     def end_transaction(self, commit_lsn: int) -> None:
         self.ended.append(commit_lsn)
 
-    def poll(self) -> None:
+    def poll(self, idle: bool = False) -> None:
         pass
 
     def flush(self) -> None:

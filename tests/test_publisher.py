@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import string
+import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
@@ -432,10 +433,20 @@ def test_calls_respect_record_and_byte_limits_and_one_record_per_shard(record_by
 
 def test_pack_splits_in_order_and_within_the_limit():
     events = [make_event(ORDER, i, 1, i, text=f"{i:08d}" * 50) for i in range(500)]
-    records = pack(events, 5000)
+    records = [(packed.record(), packed.events) for packed in pack(events, 5000)]
     assert len(records) > 5
     assert all(len(data) <= 5000 for data, _ in records)
     assert [e for data, _ in records for e in decode(data).events] == events
+    assert [e for _, group in records for e in group] == events
+
+
+def test_pack_compresses_a_lone_event_that_fits_only_compressed():
+    big = make_event(ORDER, 1, 1, 0, text="same words " * 3000)  # 30 kB that compress well
+    (packed,) = pack([big], 5000)
+    assert packed.body is None and len(packed.data) <= 5000
+    assert decode(packed.data).events == (big,)
+    with pytest.raises(EventTooLargeError):
+        pack([make_event(ORDER, 2, 1, 0, text="".join(random.Random(3).choices(string.ascii_letters, k=30000)))], 5000)
 
 
 def test_linger_holds_events_until_due():
@@ -448,7 +459,29 @@ def test_linger_holds_events_until_due():
     assert fake.calls == [] and publisher.acknowledged_lsn == 0
     now[0] = 1.5
     publisher.poll()
-    assert len(fake.calls) == 1 and publisher.acknowledged_lsn == 0x10
+    wait_acknowledged(publisher, 0x10)
+    assert len(fake.calls) == 1
+
+
+def test_an_idle_caller_sends_at_once_instead_of_lingering():
+    fake = MemoryKinesis(shards=2)
+    publisher = Publisher(fake, "s", linger_seconds=3600.0)
+    publisher.add(make_event(ORDER, 1, 0x10, 0))
+    publisher.end_transaction(0x10)
+    publisher.poll()
+    assert fake.calls == []
+    publisher.poll(idle=True)
+    wait_acknowledged(publisher, 0x10)
+    assert len(fake.calls) == 1
+
+
+def wait_acknowledged(publisher: Publisher, lsn: int, timeout: float = 10.0) -> None:
+    """Poll until Kinesis's answers, which arrive on the sending thread, are settled."""
+    deadline = time.monotonic() + timeout
+    while publisher.acknowledged_lsn < lsn:
+        assert time.monotonic() < deadline, f"not acknowledged up to {lsn:#x} in {timeout} s"
+        time.sleep(0.001)
+        publisher.poll()
 
 
 def test_a_refused_call_raises_and_keeps_every_record_for_the_next_flush():
