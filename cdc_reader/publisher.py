@@ -504,11 +504,15 @@ class Publisher:
         self.poll()
 
     def poll(self, idle: bool = False) -> None:
-        """Seal what has lingered long enough, or everything when the caller is `idle` (no
-        more events are coming right now: lingering would only add latency, and under load
-        the caller is never idle); settle an answered call and start the next."""
+        """Seal what has lingered long enough; settle an answered call and start the next.
+
+        `idle` says no more events are coming right now. Then waiting out the linger would
+        only add latency, so what is buffered goes at once, but only while nothing else is
+        on its way to Kinesis (as Nagle's algorithm does for small packets): otherwise the
+        events gather until the call in flight is answered, so records stay large under load."""
         if self._oldest_buffered is not None and (
-                idle or self._clock() - self._oldest_buffered >= self.linger_seconds):
+                (idle and self._in_flight is None and not self._sealed_bytes)
+                or self._clock() - self._oldest_buffered >= self.linger_seconds):
             self._seal()
         if self._in_flight is not None or self._sealed_bytes:
             self._send(until_empty=False)
