@@ -5,7 +5,7 @@ order, except for replays (a reader restart, a Lambda retry), which repeat event
 below what that shard already wrote, and rare late events (a retried put reordering a key's
 records). So every append records, in the same Delta commit as its rows, the shard's
 high-water position as app transactions (`<shard>:lsn`, `<shard>:seq`, see
-`delta_io.read_position`) and the shard's append number (`<shard>:batch`). On the next batch:
+`LakeTable.position`) and the shard's append number (`<shard>:batch`). On the next batch:
 
 - events above the high-water are new (the common case: no read at all);
 - events at or below it are looked up in the log (only `_lsn`/`_seq`, in their LSN range,
@@ -28,7 +28,9 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from change_events import ChangeEvent, TableSchema
 from lake.arrow_types import convert_column
-from lake.delta_io import LakeTable, Position, position_transactions, read_position, read_sql, retry_on_conflict
+from lake.delta_io import (
+    TABLE_PROPERTIES, LakeTable, Position, position_transactions, read_sql, retry_on_conflict,
+)
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, UTC_MICROS
 
@@ -72,13 +74,11 @@ class ChangeLog(LakeTable):
         self.table = table
 
     def high_water(self, shard: str) -> Position:
-        return read_position(self.delta, shard)
+        return self.position(shard)
 
     def appends(self, shard: str) -> int:
         """How many appends `shard` has made (its last `_batch` number)."""
-        table = self.delta
-        version = None if table is None else table.transaction_version(f"{shard}:batch")
-        return version or 0
+        return self.transaction_version(f"{shard}:batch") or 0
 
     def missing(self, events: Sequence[ChangeEvent], high_water: Position) -> tuple[list[ChangeEvent], int]:
         """The events of `events` (sorted, no duplicates) that the log lacks, and how many of
@@ -117,7 +117,8 @@ class ChangeLog(LakeTable):
         def write() -> int:
             if self.delta is None:  # the first append creates the table
                 write_deltalake(self.uri, rows, mode="append", schema_mode="merge", partition_by=[PARTITION_COLUMN],
-                                storage_options=self.layout.storage_options or None, commit_properties=properties)
+                                configuration=TABLE_PROPERTIES, storage_options=self.layout.storage_options or None,
+                                commit_properties=properties)
             else:
                 write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties)
             return self.refresh().version()

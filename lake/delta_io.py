@@ -24,6 +24,13 @@ from deltalake.exceptions import CommitFailedError
 T = TypeVar("T")
 
 
+TABLE_PROPERTIES = {"delta.checkpointInterval": "10"}
+"""Set on every lake table the pipeline creates. Opening, refreshing, reading an app
+transaction of and committing to a Delta table replay the commits since its last checkpoint;
+the processor commits several times a second, so a checkpoint every 10 commits (Delta's
+default: 100) keeps each of those a few milliseconds instead of tens."""
+
+
 class Position(NamedTuple):
     """An event's place in the source's history: `(lsn, seq)`, totally ordered."""
 
@@ -33,17 +40,6 @@ class Position(NamedTuple):
 
 ZERO = Position(0, -1)
 """Before every event."""
-
-
-def read_position(table: DeltaTable | None, app: str) -> Position:
-    """The position stored under `app` in the table's snapshot, or ZERO."""
-    if table is None:
-        return ZERO
-    lsn = table.transaction_version(f"{app}:lsn")
-    seq = table.transaction_version(f"{app}:seq")
-    if lsn is None or seq is None:
-        return ZERO
-    return Position(lsn, seq)
 
 
 def position_transactions(app: str, position: Position) -> list[Transaction]:
@@ -108,11 +104,30 @@ class LakeTable:
         self.layout = layout
         self.uri = uri
         self.delta: DeltaTable | None = None
+        self._transactions: tuple[int, dict[str, int | None]] = (-1, {})
+
+    def transaction_version(self, app: str) -> int | None:
+        """The app transaction `app` of the loaded version (looked up once per version: each
+        lookup scans the table's log)."""
+        table = self.delta
+        if table is None:
+            return None
+        version, known = self._transactions
+        if version != table.version():
+            version, known = self._transactions = (table.version(), {})
+        if app not in known:
+            known[app] = table.transaction_version(app)
+        return known[app]
+
+    def position(self, app: str) -> Position:
+        """The position stored under `app` (see Positions above) in the loaded version, or ZERO."""
+        lsn, seq = self.transaction_version(f"{app}:lsn"), self.transaction_version(f"{app}:seq")
+        return ZERO if lsn is None or seq is None else Position(lsn, seq)
 
     def refresh(self) -> DeltaTable | None:
         """Load the latest version (None before the table's first commit)."""
         if self.delta is None:
             self.delta = self.layout.open(self.uri)
-        else:
+        elif self.layout.has_commit(self.uri, self.delta.version() + 1):
             self.delta.update_incremental()
         return self.delta

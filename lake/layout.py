@@ -28,6 +28,7 @@ STATE = "tables"
 PROGRESS = "_progress"
 DEAD_LETTERS = "_dead_letters"
 KINDS = (CHANGES, STATE)
+_LOCAL = pafs.LocalFileSystem()
 
 # Environment variable → deltalake storage option (same names; the first one present wins).
 _ENV_OPTIONS = {
@@ -67,6 +68,7 @@ class LakeLayout:
         else:
             self.root = str(Path(root).expanduser().resolve())
             self.storage_options = dict(storage_options or {})
+        self._s3: pafs.S3FileSystem | None = None
 
     def __repr__(self) -> str:
         return f"LakeLayout({self.root!r})"
@@ -93,6 +95,12 @@ class LakeLayout:
         except TableNotFoundError:
             return None
 
+    def has_commit(self, uri: str, version: int) -> bool:
+        """Whether the table at `uri` has a commit `version`: one file lookup (each commit is
+        `_delta_log/<version>.json`), where `DeltaTable.update_incremental` lists the log."""
+        filesystem, path = self.filesystem(f"{uri}/_delta_log/{version:020d}.json")
+        return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
     def tables(self, kind: str = CHANGES) -> list[str]:
         """Source tables that have a `kind` folder (changes or tables), sorted."""
         filesystem, base = self.filesystem(self.uri(kind))
@@ -106,7 +114,12 @@ class LakeLayout:
         """A pyarrow filesystem and the path of `uri` in it (native, not deltalake's
         handler: scans through that handler can abort the process at exit)."""
         if not self.is_s3:
-            return pafs.LocalFileSystem(), uri
+            return _LOCAL, uri
+        if self._s3 is None:
+            self._s3 = self._s3_filesystem()
+        return self._s3, uri.removeprefix("s3://")
+
+    def _s3_filesystem(self) -> pafs.S3FileSystem:
         options = self.storage_options
         endpoint = options.get("AWS_ENDPOINT_URL")
         kwargs: dict = {}
@@ -120,7 +133,7 @@ class LakeLayout:
             kwargs["session_token"] = options.get("AWS_SESSION_TOKEN")
         if options.get("AWS_REGION"):
             kwargs["region"] = options["AWS_REGION"]
-        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
+        return pafs.S3FileSystem(**kwargs)
 
     def subtree(self, uri: str) -> pafs.FileSystem:
         """A filesystem rooted at `uri` (what `DeltaTable.to_pyarrow_dataset` expects)."""

@@ -6,7 +6,8 @@ so, e.g. `totes lake maintain`, while the pipeline keeps writing) per lake table
 1. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
    partition by partition (`_commit_date`);
 2. writes a checkpoint, so opening the table reads one Parquet file instead of many JSON
-   commits (deltalake also checkpoints every 100 commits by itself);
+   commits (deltalake also checkpoints by itself: every 10 commits, see
+   `delta_io.TABLE_PROPERTIES`, on tables created by this version, every 100 on older ones);
 3. vacuums files that no version inside the time-travel window still needs
    (`retention_hours`, default 168 h = 7 days; shorter windows are allowed on purpose,
    `enforce_retention_duration=False`). Versions older than the window may no longer read.

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from lake.delta_io import LakeTable, read_sql, retry_on_conflict
+from lake.delta_io import TABLE_PROPERTIES, LakeTable, read_sql, retry_on_conflict
 from lake.layout import PROGRESS, LakeLayout
 
 SCHEMA = pa.schema([
@@ -43,8 +43,8 @@ class Progress(LakeTable):
 
     def marker(self, shard: str) -> int:
         """The highest marker recorded for `shard` (0 when none)."""
-        table = self._table()
-        return (None if table is None else table.transaction_version(_app(shard))) or 0
+        self._table()
+        return self.transaction_version(_app(shard)) or 0
 
     def record_marker(self, shard: str, lsn: int) -> bool:
         """Record that `shard` has passed the marker `lsn`; False if it had passed it already."""
@@ -56,7 +56,7 @@ class Progress(LakeTable):
             properties = CommitProperties(app_transactions=[Transaction(_app(shard), lsn)])
             if self.delta is None:
                 write_deltalake(self.uri, row, mode="append", storage_options=self.layout.storage_options or None,
-                                commit_properties=properties)
+                                configuration=TABLE_PROPERTIES, commit_properties=properties)
             else:
                 write_deltalake(self.delta, row, mode="append", commit_properties=properties)
             return True

@@ -39,6 +39,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
 from lake.collapse import collapse
 from lake.delta_io import (
+    TABLE_PROPERTIES,
     ZERO,
     LakeTable,
     Position,
@@ -46,7 +47,6 @@ from lake.delta_io import (
     plain_types,
     position_transactions,
     quote_identifier,
-    read_position,
     retry_on_conflict,
 )
 from lake.layout import LakeLayout
@@ -81,14 +81,13 @@ class StateTable(LakeTable):
         self.table = table
 
     def high_water(self, shard: str) -> Position:
-        return read_position(self.delta, shard)
+        return self.position(shard)
 
     def truncated_at(self) -> Position:
-        return read_position(self.delta, TRUNCATE_APP)
+        return self.position(TRUNCATE_APP)
 
     def consumed(self, shard: str) -> int:
-        table = self.delta
-        return (None if table is None else table.transaction_version(f"{shard}:batch")) or 0
+        return self.transaction_version(f"{shard}:batch") or 0
 
     # -- the merge -----------------------------------------------------------------------
     def apply(self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None = None) -> int | None:
@@ -156,8 +155,8 @@ class StateTable(LakeTable):
     def _create(self, source: pa.Table, columns: list[str], keys: list[str]) -> DeltaTable:
         fields = [source.schema.field(c) for c in columns] + list(STATE_META)
         DeltaTable.create(self.uri, pa.schema(fields), mode="ignore",
-                          configuration={PRIMARY_KEY_PROPERTY: ",".join(keys)}, raise_if_key_not_exists=False,
-                          storage_options=self.layout.storage_options or None)
+                          configuration={**TABLE_PROPERTIES, PRIMARY_KEY_PROPERTY: ",".join(keys)},
+                          raise_if_key_not_exists=False, storage_options=self.layout.storage_options or None)
         self.delta = None
         return self.refresh()
 

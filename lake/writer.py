@@ -15,13 +15,21 @@ another's events):
 5. merge into `tables/<table>` whatever the state has not consumed from this shard's log
    (one commit; after a crash between 4 and 5, the retry or the next batch does it).
 
-Then, if nothing was rejected or `on_rejected` took care of every rejected group (e.g. wrote
-them to the dead letters), the highest marker of the batch is recorded in `_progress`.
+Steps 1-4 run for every table first; then, if nothing was rejected or `on_rejected` took care
+of every rejected group (e.g. wrote them to the dead letters), the highest marker of the batch
+is recorded in `_progress`; step 5 comes last. The lake watermark (what the warehouse and the
+reader wait for) is about the change logs, so it does not wait for the state merges; a state
+table that a crash left behind its log is caught up by the retry or the next batch (step 5).
 A retried batch repeats nothing: steps 2 and 5 make every step idempotent.
+
+One writer may serve several shards at once (one thread per shard, like one Lambda
+invocation per shard): each shard gets its own table handles, and state merges into one
+table take turns instead of failing each other's commits.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -83,32 +91,58 @@ class WriteResult:
         return sum((t.appended > 0) + (t.state_version is not None) for t in self.tables.values())
 
 
-class LakeWriter:
-    """Writes change events of stream shards into the lake, exactly once."""
+class _ShardTables:
+    """One shard's handles on the lake's tables (a handle is not shared between threads)."""
 
-    def __init__(self, root: str | Path | LakeLayout, storage_options: dict[str, str] | None = None,
-                 *, today: Callable[[], date] | None = None):
+    def __init__(self, layout: LakeLayout):
+        self.progress = Progress(layout)
+        self.logs: dict[str, ChangeLog] = {}
+        self.states: dict[str, StateTable] = {}
+
+
+class LakeWriter:
+    """Writes change events of stream shards into the lake, exactly once. `write_batch` may be
+    called concurrently for different shards."""
+
+    def __init__(self, root: str | Path | LakeLayout, storage_options: dict[str, str] | None = None, *,
+                 today: Callable[[], date] | None = None,
+                 on_marker: Callable[[str, int], object] | None = None):
         self.layout = root if isinstance(root, LakeLayout) else LakeLayout(root, storage_options)
+        self.on_marker = on_marker
+        """Called as (shard, lsn) once a marker is recorded: the lake watermark may have moved."""
         self.progress = Progress(self.layout)
         self._today = today or (lambda: datetime.now(timezone.utc).date())
-        self._logs: dict[str, ChangeLog] = {}
-        self._states: dict[str, StateTable] = {}
+        self._shards: dict[str, _ShardTables] = {}
+        self._merge_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
 
-    def change_log(self, table: str) -> ChangeLog:
-        if table not in self._logs:
-            self._logs[table] = ChangeLog(self.layout, table)
-        return self._logs[table]
+    def _tables(self, shard: str) -> _ShardTables:
+        with self._lock:
+            if shard not in self._shards:
+                self._shards[shard] = _ShardTables(self.layout)
+            return self._shards[shard]
 
-    def state_table(self, table: str) -> StateTable:
-        if table not in self._states:
-            self._states[table] = StateTable(self.layout, table)
-        return self._states[table]
+    def change_log(self, table: str, shard: str = "") -> ChangeLog:
+        tables = self._tables(shard)
+        if table not in tables.logs:
+            tables.logs[table] = ChangeLog(self.layout, table)
+        return tables.logs[table]
+
+    def state_table(self, table: str, shard: str = "") -> StateTable:
+        tables = self._tables(shard)
+        if table not in tables.states:
+            tables.states[table] = StateTable(self.layout, table)
+        return tables.states[table]
+
+    def _merge_lock(self, table: str) -> threading.Lock:
+        with self._lock:
+            return self._merge_locks.setdefault(table, threading.Lock())
 
     # -- the entry point -----------------------------------------------------------------
     def write_batch(self, shard_id: str, events: Sequence[ChangeEvent], markers: Iterable[int] = (),
                     *, on_rejected: Callable[[Rejected], None] | None = None) -> WriteResult:
         """Store `events` of shard `shard_id` (as delivered: any order, repeats allowed)
-        in the change logs and state tables, then record the batch's highest marker.
+        in the change logs, record the batch's highest marker, then merge the state tables.
 
         Without `on_rejected`, a batch with rejected events records no marker (the caller
         dead-letters `result.rejected` and then calls `record_marker`)."""
@@ -116,29 +150,42 @@ class LakeWriter:
         by_table: dict[str, list[ChangeEvent]] = {}
         for event in events:
             by_table.setdefault(event.table, []).append(event)
+        appended: dict[str, pa.Table | None] = {}
         for table, table_events in by_table.items():
-            write, rejected = self._write_table(shard_id, table, table_events)
+            write, rows, rejected = self._append(shard_id, table, table_events)
             result.tables[table] = write
             result.rejected.extend(rejected)
+            appended[table] = rows
         if result.rejected and on_rejected is not None:
             for rejected in result.rejected:
                 on_rejected(rejected)
         markers = list(markers)
         if markers and (not result.rejected or on_rejected is not None):
-            if self.progress.record_marker(shard_id, max(markers)):
+            if self.record_marker(shard_id, max(markers)):
                 result.marker = max(markers)
+        for table, table_events in by_table.items():
+            keys = _keys(table_events)
+            if keys:
+                with self._merge_lock(table):
+                    result.tables[table].state_version = self.state_table(table, shard_id).apply(
+                        shard_id, self.change_log(table, shard_id), keys, appended=appended[table])
         return result
 
     def record_marker(self, shard_id: str, lsn: int) -> bool:
-        return self.progress.record_marker(shard_id, lsn)
+        recorded = self._tables(shard_id).progress.record_marker(shard_id, lsn)
+        if recorded and self.on_marker is not None:
+            self.on_marker(shard_id, lsn)
+        return recorded
 
     def lake_watermark(self, shards: Iterable[str]) -> int:
         return self.progress.lake_watermark(shards)
 
     # -- one table -----------------------------------------------------------------------
-    def _write_table(self, shard: str, table: str, events: list[ChangeEvent]) -> tuple[TableWrite, list[Rejected]]:
+    def _append(self, shard: str, table: str, events: list[ChangeEvent]
+                ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
+        """Steps 1-4 for one table: the rows it appended to the change log (None: none)."""
         write = TableWrite(table, received=len(events))
-        log, state = self.change_log(table), self.state_table(table)
+        log = self.change_log(table, shard)
         ordered = _unique_in_order(events)
         log.refresh()
         high_water = log.high_water(shard)
@@ -150,10 +197,7 @@ class LakeWriter:
             last = Position(rows.column("_lsn")[-1].as_py(), rows.column("_seq")[-1].as_py())
             write.changes_version = log.append(shard, rows, max(high_water, last), batch)
             write.appended = rows.num_rows
-        keys = _keys(events)
-        if keys:
-            write.state_version = state.apply(shard, log, keys, appended=rows)
-        return write, rejected
+        return write, rows, rejected
 
     def _convert(self, log: ChangeLog, table: str, events: list[ChangeEvent], shard: str,
                  batch: int) -> tuple[pa.Table | None, list[Rejected]]:

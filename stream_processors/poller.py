@@ -1,11 +1,12 @@
 """Running the stream processor locally: poll each shard of the stream and hand batches,
 shaped exactly like the Kinesis events AWS Lambda receives, to the same handler code.
 
-Like the event source mapping, it waits up to a batching window to gather a shard's records
-(so the lake sees about one commit per table per second, not one per record), keeps the
-shards in order, and retries a failed batch from where it failed. Where each shard is up to
-lives in a small offsets file next to the lake it feeds; it is written after the lake
-commit, so a crash in between only redelivers what the lake already has (and ignores).
+Like the event source mapping, it batches a shard's records (at most one batch per shard per
+batching window, so the lake sees about one commit per table per window, not one per
+record), keeps the shards in order, processes the shards concurrently, and retries a failed
+batch from where it failed. Where each shard is up to lives in a small offsets file next to
+the lake it feeds; it is written after the lake commit, so a crash in between only
+redelivers what the lake already has (and ignores).
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ class ShardOffsets:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._offsets: dict[str, str] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._lock = threading.Lock()
 
     def get(self, shard: str) -> str | None:
         return self._offsets.get(shard)
 
     def set(self, shard: str, sequence_number: str) -> None:
-        self._offsets[shard] = sequence_number
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(self._offsets, indent=1))
-        os.replace(scratch, self.path)
+        with self._lock:  # shards are processed concurrently
+            self._offsets[shard] = sequence_number
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = self.path.with_suffix(".tmp")
+            scratch.write_text(json.dumps(self._offsets, indent=1))
+            os.replace(scratch, self.path)
 
 
 def lambda_record(record: dict, shard: str, stream_arn: str, region: str) -> dict:
@@ -69,13 +72,26 @@ class _Shard:
     parent: str | None
     iterator: str | None = None
     pending: list[dict] = field(default_factory=list)
-    first_seen: float | None = None
+    ended: bool = False
+    """GetRecords gave no next iterator: the shard was split or merged away."""
     closed: bool = False
     retry_at: float = 0.0
     failures: int = 0
 
 
 class LocalPoller:
+    """Polls every shard; `run` until stopped, or `poll_once` for one round (tests).
+
+    Batches are cut when the previous cut is at least `batch_window` old (or when a shard's
+    records fill a batch): at most one batch per shard per window under load, and no wait
+    at all for the first records after a quiet spell. All shards are cut together and their
+    batches written concurrently, one thread per shard (as Lambda runs one invocation per
+    shard), so the lake watermark, the minimum over the shards, moves once per window,
+    after the slowest shard's batch. Between rounds it sleeps at most `idle_sleep`: less
+    when a batch is due sooner, and `wake()` (e.g. from whoever just put records on the
+    stream) ends the sleep early; a round that read records is followed by another at once.
+    """
+
     def __init__(self, client, stream: str, processor: StreamProcessor, offsets: ShardOffsets, *,
                  batch_window: float = 1.0, max_batch_records: int = 10_000, idle_sleep: float = 0.2):
         self.client = client
@@ -84,15 +100,21 @@ class LocalPoller:
         self.offsets = offsets
         self.batch_window = batch_window
         self.max_batch_records = max_batch_records
-        # Never sleep longer than half a batching window, or the window stretches.
-        self.idle_sleep = min(idle_sleep, max(batch_window / 2, 0.01))
+        self.idle_sleep = idle_sleep
         summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
         self.stream_arn = summary["StreamARN"]
         self.region = client.meta.region_name
         self.shards: dict[str, _Shard] = {}
         self.batches = 0
         self.events = 0
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._last_cut = float("-inf")
         self._refresh_shards()
+
+    def wake(self) -> None:
+        """There may be new records (or the poller should stop): end the current sleep."""
+        self._wakeup.set()
 
     def _refresh_shards(self) -> None:
         kwargs: dict = {"StreamName": self.stream}
@@ -118,7 +140,12 @@ class LocalPoller:
 
     def poll_once(self) -> list[BatchOutcome]:
         """One round over the shards: fetch what is there, process batches that are due."""
-        outcomes = []
+        return self._round()[0]
+
+    def _round(self) -> tuple[list[BatchOutcome], bool]:
+        """One round; also says whether any shard returned records."""
+        read = False
+        fetched = []
         for shard in list(self.shards.values()):
             if not self._ready(shard):
                 continue
@@ -126,25 +153,53 @@ class LocalPoller:
                 shard.iterator = self._iterator(shard)
             response = self.client.get_records(ShardIterator=shard.iterator, Limit=10_000)
             shard.iterator = response.get("NextShardIterator")
+            shard.ended = shard.iterator is None
             if response["Records"]:
+                read = True
                 shard.pending += [lambda_record(r, shard.id, self.stream_arn, self.region) for r in response["Records"]]
-                shard.first_seen = shard.first_seen or time.monotonic()
-            due = shard.pending and (len(shard.pending) >= self.max_batch_records
-                                     or time.monotonic() - shard.first_seen >= self.batch_window
-                                     or shard.iterator is None)
-            if due:
-                outcomes.append(self._process(shard))
-            if shard.iterator is None and not shard.pending:
+            fetched.append(shard)
+        window_over = time.monotonic() - self._last_cut >= self.batch_window
+        due = [shard for shard in fetched if shard.pending
+               and (window_over or shard.ended or len(shard.pending) >= self.max_batch_records)]
+        if window_over and due:
+            self._last_cut = time.monotonic()
+        outcomes = self._process_all(due)
+        for shard in fetched:
+            if shard.ended and not shard.pending and not shard.failures:
                 shard.closed = True  # read to its end (split or merged away)
                 self._refresh_shards()
-        return outcomes
+        return outcomes, read
+
+    def _process_all(self, due: list[_Shard]) -> list[BatchOutcome]:
+        """Process the shards' batches, each in its own thread when there are several."""
+        outcomes: list[BatchOutcome | None] = [None] * len(due)
+        errors: list[BaseException] = []
+
+        def process(index: int) -> None:
+            try:
+                outcomes[index] = self._process(due[index])
+            except BaseException as error:  # re-raised in the polling thread
+                errors.append(error)
+
+        workers = [threading.Thread(target=process, args=(i,), name=f"processor-{shard.id}", daemon=True)
+                   for i, shard in enumerate(due) if i > 0]
+        for worker in workers:
+            worker.start()
+        if due:
+            process(0)
+        for worker in workers:
+            worker.join()
+        if errors:
+            raise errors[0]
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def _process(self, shard: _Shard) -> BatchOutcome:
         outcome = self.processor.process({"Records": shard.pending})
         if outcome.failed_from is None:
             self.offsets.set(shard.id, shard.pending[-1]["kinesis"]["sequenceNumber"])
-            self.batches += 1
-            self.events += outcome.events
+            with self._lock:
+                self.batches += 1
+                self.events += outcome.events
             shard.failures = 0
         else:
             # Read again from the last good offset after a pause, like Lambda's retries.
@@ -153,14 +208,19 @@ class LocalPoller:
             shard.iterator = None
             log.warning("batch of %s failed; retrying in %.0f s", shard.id, shard.retry_at - time.monotonic())
         shard.pending = []
-        shard.first_seen = None
         return outcome
+
+    def _sleep(self) -> float:
+        """How long to wait before the next round: at most until pending batches are due."""
+        if any(shard.pending for shard in self.shards.values()):
+            return max(0.0, min(self.idle_sleep, self._last_cut + self.batch_window - time.monotonic()))
+        return self.idle_sleep
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if not any(o.records for o in self.poll_once()):
-                stop.wait(self.idle_sleep)
+            _, read = self._round()
+            if not read:
+                self._wakeup.wait(self._sleep())
+                self._wakeup.clear()
         # Flush what was gathered: it is in order and complete as far as it goes.
-        for shard in self.shards.values():
-            if shard.pending:
-                self._process(shard)
+        self._process_all([shard for shard in self.shards.values() if shard.pending])
