@@ -123,7 +123,10 @@ class ReaderConfig:
     heartbeat_seconds: float = 10.0
     watermark_seconds: float = 1.0
     feedback_seconds: float = 1.0
-    idle_wait_seconds: float = 0.2
+    idle_wait_seconds: float = 0.02
+    """How long the reader waits for the source, when it has nothing to read, before it looks
+    after the sink again (settles Kinesis's answers, starts the next call): a short wait
+    keeps an idle stream's last events from waiting on it."""
     snapshot_chunk_rows: int = 5_000
     resnapshot: tuple[str, ...] = ()
     """Tables to read again, chunk by chunk, while streaming (see resnapshot.py)."""

@@ -68,10 +68,6 @@ class PipelineConfig:
     """The longest the sync waits for a new lake watermark before looking anyway."""
     linger_seconds: float = 0.25
     """How long the publisher holds events to fill a Kinesis record (a mark flushes it sooner)."""
-    idle_wait_seconds: float = 0.02
-    """How long the reader waits for the source when it has nothing to read before it looks
-    after the publisher again: marks the shards after the last transaction, starts the next
-    PutRecords call once the previous one was answered."""
 
 
 def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
@@ -182,8 +178,7 @@ class Pipeline:
             cfg.source_dsn, self.publisher, LakeWatermark(self.layout, shard_ids),
             FileStateStore(state_dir / "reader" / f"{slot}.json"),
             ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
-                         heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds,
-                         idle_wait_seconds=cfg.idle_wait_seconds),
+                         heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds),
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)
