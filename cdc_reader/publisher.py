@@ -486,14 +486,15 @@ class Publisher:
         queue.sizes.append(size)
         queue.pending_bytes += size
         self._buffered_bytes += size
-        now = self._clock()
-        if self._oldest_buffered is None:
-            self._oldest_buffered = now
         self._buffered_events += 1
+        if self._oldest_buffered is None:
+            self._oldest_buffered = self._clock()
         if (queue.pending_bytes >= self._record_fill
                 or self._buffered_bytes >= self.max_buffer_bytes
                 or self._buffered_events >= self.max_buffer_events
-                or now - self._oldest_buffered >= self.linger_seconds):
+                # the clock is read every 64 events: poll() looks at it too
+                or (not self._buffered_events & 63
+                    and self._clock() - self._oldest_buffered >= self.linger_seconds)):
             self._seal()
             self._send(until_empty=False)
 

@@ -507,7 +507,6 @@ class Reader:
                 if change.lsn > handed_over:
                     add(change)
                     events += 1
-                    progress.in_transaction = True
                 if not events & 127 and clock() >= until:
                     message = None
                     break
@@ -515,6 +514,8 @@ class Reader:
             _raise_if_stream_lost(cur, error)
             raise
         finally:
+            if events:
+                progress.in_transaction = True
             metrics.events += events
             metrics.bytes_received += received
             if last_start > metrics.received_lsn:
