@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+from operator import attrgetter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -35,6 +36,8 @@ NO_COMPRESSION = 0
 ZSTD = 1
 _HEADER = struct.Struct(">2sBBBI")
 _U32 = struct.Struct(">I")
+_schema_of = attrgetter("schema")
+_frame_of = attrgetter("frame")
 # Below this a body is not worth compressing.
 _COMPRESS_FROM = 512
 
@@ -66,18 +69,27 @@ def encode_events(events) -> bytes:
 def events_body(events) -> bytes:
     """The uncompressed body of a record of `events`: the cheap half of `encode_events`,
     which a publisher can do on its own thread, leaving compression (`events_record`) to
-    another one."""
-    schemas = list(dict.fromkeys(event.schema for event in events))
-    index_of = {schema: index for index, schema in enumerate(schemas)}
-    indexes = [index_of[event.schema] for event in events]
-    frames = [event.frame if type(event) is EncodedChange else encode_frame(event) for event in events]
-    count = len(frames)
+    another one. Per-event work stays in C (map, attrgetter, id): this runs for every event."""
+    schema_ids = list(map(id, map(_schema_of, events)))
+    distinct = list(dict.fromkeys(schema_ids))
+    by_id = {distinct[0]: events[0].schema} if len(distinct) == 1 else {id(e.schema): e.schema for e in events}
+    schemas = [by_id[i] for i in distinct]
+    count = len(schema_ids)
+    if len(distinct) <= 1:
+        indexes = bytes(2 * count)
+    else:
+        index_of = {schema_id: index for index, schema_id in enumerate(distinct)}
+        indexes = struct.pack(f">{count}H", *map(index_of.__getitem__, schema_ids))
+    try:
+        frames = list(map(_frame_of, events))
+    except AttributeError:  # ChangeEvents among them: encode those here
+        frames = [event.frame if type(event) is EncodedChange else encode_frame(event) for event in events]
     head = json.dumps(
         [[s.table, [[c.name, c.type_name, c.type_oid, c.type_modifier, c.is_key] for c in s.columns]] for s in schemas],
         ensure_ascii=False, separators=(",", ":"),
     ).encode("utf-8")
-    table = struct.pack(f">{count}H{count}I", *indexes, *map(len, frames))
-    return b"".join([_U32.pack(len(head)), head, _U32.pack(count), table, *frames])
+    lengths = struct.pack(f">{count}I", *map(len, frames))
+    return b"".join([_U32.pack(len(head)), head, _U32.pack(count), indexes, lengths, *frames])
 
 
 def events_record(body: bytes) -> bytes:
@@ -146,10 +158,11 @@ def _decode_events(body: bytes) -> list[ChangeEvent]:
     schemas = _schemas(json.loads(body[_U32.size:pos]))
     (count,) = _U32.unpack_from(body, pos)
     pos += _U32.size
-    table = struct.unpack_from(f">{count}H{count}I", body, pos)
+    indexes = struct.unpack_from(f">{count}H", body, pos)
+    lengths = struct.unpack_from(f">{count}I", body, pos + 2 * count)
     pos += 6 * count
     events = []
-    for index, length in zip(table[:count], table[count:]):
+    for index, length in zip(indexes, lengths):
         end = pos + length
         if end > len(body):
             raise ValueError(f"event frame of {length} bytes runs past the end of the record")
