@@ -499,10 +499,11 @@ class Reader:
                 if message is None:
                     drained = True
                     break
-                change = encoded(message.payload)
+                payload = message.payload
+                change = encoded(payload)
                 if change is None:
                     break  # the caller counts this one
-                received += len(message.payload)
+                received += len(payload)
                 last_start = message.data_start
                 if change.lsn > handed_over:
                     add(change)
