@@ -183,7 +183,9 @@ def test_mixed_live_workload_with_chaos_reaches_the_warehouse_version_by_version
     first_day = utc_today()
     start = current_lsn(totesys_dsn)
 
-    runner = PipelineThread(_config(totesys_dsn, home, heartbeat_seconds=1.0, batch_window=0.3, sync_interval=0.5))
+    # Lake maintenance every second, beside the writers and the sync: it must change nothing.
+    runner = PipelineThread(_config(totesys_dsn, home, heartbeat_seconds=1.0, batch_window=0.3, sync_interval=0.5,
+                                    maintain_every=1.0))
     try:
         runner.wait_caught_up(start, 120)  # the initial snapshot is in: what follows is streamed
         business = Simulator(totesys_dsn, seed=42)
@@ -198,6 +200,8 @@ def test_mixed_live_workload_with_chaos_reaches_the_warehouse_version_by_version
         runner.wait_caught_up(current_lsn(totesys_dsn), 180)
     finally:
         runner.stop()
+    maintained = runner.pipeline.maintenance
+    assert maintained.rounds >= 2 and maintained.files_compacted > 0, maintained
     assert all(edits.values()) and all(edits_2.values()), (edits, edits_2)
     assert {"toast_insert", "toast_update", "delete_payment", "delete_sales_order", "add_column",
             "bulk_import"} <= set(kinds), kinds

@@ -32,6 +32,7 @@ from pathlib import Path
 from cdc_reader.publisher import Publisher, kinesis_client
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
+from lake.maintenance import maintain
 from lake.progress import Progress
 from lake.writer import LakeWriter
 from local_stack.kinesalite import Kinesalite, ensure_stream
@@ -68,6 +69,10 @@ class PipelineConfig:
     """The longest the sync waits for a new lake watermark before looking anyway."""
     linger_seconds: float = 0.25
     """How long the publisher holds events to fill a Kinesis record (a mark flushes it sooner)."""
+    maintain_every: float = 3600.0
+    """How often the lake is compacted, checkpointed and vacuumed while the pipeline runs (as
+    `totes lake maintain`): every window adds small files, and a lake that is never compacted
+    slows its writers down. 0 leaves it to `totes lake maintain`."""
 
 
 def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
@@ -122,11 +127,19 @@ class SyncStats:
 
 
 @dataclass
+class MaintenanceStats:
+    rounds: int = 0
+    files_compacted: int = 0
+    files_vacuumed: int = 0
+
+
+@dataclass
 class Pipeline:
     config: PipelineConfig
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[tuple[str, BaseException]] = field(default_factory=list)
     sync: SyncStats = field(default_factory=SyncStats)
+    maintenance: MaintenanceStats = field(default_factory=MaintenanceStats)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -183,6 +196,8 @@ class Pipeline:
         self._spawn("reader", lambda stop: supervise(self.reader, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)
         self._spawn("sync", self._sync_loop, wake=self._lake_moved.set)
+        if cfg.maintain_every > 0:
+            self._spawn("maintenance", self._maintenance_loop)
 
     def _spawn(self, name: str, target, wake=None) -> None:
         stop = threading.Event()
@@ -222,6 +237,22 @@ class Pipeline:
             sync_to_watermark()  # the stages upstream have stopped: take what they left
         finally:
             target.close()
+
+    def _maintenance_loop(self, stop: threading.Event) -> None:
+        """`maintain` every `maintain_every` seconds, beside the running writers (it is safe
+        there, see lake/maintenance.py). A failed round is logged and tried again next time:
+        a lake not compacted for a while is slower, not wrong."""
+        while not stop.wait(self.config.maintain_every):
+            try:
+                report = maintain(self.layout)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("lake maintenance failed; trying again in %g s", self.config.maintain_every)
+                continue
+            self.maintenance.rounds += 1
+            self.maintenance.files_compacted += sum(t.files_removed for t in report)
+            self.maintenance.files_vacuumed += sum(len(t.vacuumed) for t in report)
+            log.info("lake maintained: %d tables, %d small files compacted", len(report),
+                     sum(t.files_removed for t in report))
 
     # -- running -----------------------------------------------------------------------------
     def source_lsn(self) -> int:

@@ -44,7 +44,8 @@ def run(
     stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = "totes-cdc",
     shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = 2,
     slot: Annotated[Optional[str], typer.Option("--slot", help="Replication slot \\[default: named after the lake, remembered in it].")] = None,
-    window: Annotated[float, typer.Option("--window", help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compact with `totes lake maintain`).")] = DEFAULT_WINDOW,
+    window: Annotated[float, typer.Option("--window", help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).")] = DEFAULT_WINDOW,
+    maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; 0 turns it off.")] = 3600.0,
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
@@ -55,7 +56,8 @@ def run(
         raise fail(str(error), code=2) from None
     home = load().home
     config = PipelineConfig(source_dsn=dsn, lake=lake or default_lake(home),
-                            warehouse=warehouse or default_warehouse(home), stream=stream, shards=shards, slot=slot)
+                            warehouse=warehouse or default_warehouse(home), stream=stream, shards=shards, slot=slot,
+                            maintain_every=maintain_every)
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]
