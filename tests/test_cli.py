@@ -68,6 +68,9 @@ def test_source_keeps_running_after_start_returns_and_a_second_start_reuses_it(h
     assert not EmbeddedPostgres(home / "source").is_running()
     status = totes("source", "status", home=home)
     assert status.returncode == 1 and "not running" in status.stderr
+    # `totes status` still shows the other stages, says what is wrong with the source, exits 1.
+    overall = totes("status", home=home)
+    assert overall.returncode == 1 and "the source cannot be read" in overall.stderr
 
 
 @needs_embedded

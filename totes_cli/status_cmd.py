@@ -162,33 +162,38 @@ def status(
     dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Show the state of the pipeline: source rows, newest change, WAL and slot lag."""
+    """Show the state of the pipeline: source rows, newest change, WAL and slot lag, then what
+    the reader, the lake and the warehouse last reached. A source that cannot be reached is
+    said in one sentence; the other stages are still shown, and the exit code is 1."""
+    snapshot, problem = None, None
     try:
         dsn = resolve_source_dsn(dsn)
         conn = connect(dsn)
     except (NoSourceError, SourceConnectionError) as error:
-        raise fail(str(error), code=2) from None
-    try:
-        snapshot = read_source(conn)
-    finally:
-        conn.close()
+        problem = str(error)
+    else:
+        try:
+            snapshot = read_source(conn)
+        finally:
+            conn.close()
     if as_json:
-        out.print_json(json.dumps({
-            "source": {
-                "where": where(dsn),
-                "server_version": snapshot.server_version,
-                "wal_level": snapshot.wal_level,
-                "wal_lsn": snapshot.wal_lsn,
-                "latest_change": snapshot.latest_change.isoformat() if snapshot.latest_change else None,
-                "rows": snapshot.row_counts,
-                "slots": [slot.__dict__ for slot in snapshot.slots],
-            }
-        }))
+        out.print_json(json.dumps({"source": None if snapshot is None else {
+            "where": where(dsn),
+            "server_version": snapshot.server_version,
+            "wal_level": snapshot.wal_level,
+            "wal_lsn": snapshot.wal_lsn,
+            "latest_change": snapshot.latest_change.isoformat() if snapshot.latest_change else None,
+            "rows": snapshot.row_counts,
+            "slots": [slot.__dict__ for slot in snapshot.slots],
+        }, "source_error": problem}))
+        if problem:
+            raise typer.Exit(1)
         return
-    out.print(source_table(snapshot, dsn))
-    slots = slots_table(snapshot)
-    if slots is not None:
-        out.print(slots)
+    if snapshot is not None:
+        out.print(source_table(snapshot, dsn))
+        slots = slots_table(snapshot)
+        if slots is not None:
+            out.print(slots)
     from totes_cli.settings import load
 
     home = load().home
@@ -199,3 +204,5 @@ def status(
     for table in (lake_table(lake), warehouse_table(warehouse, snapshot)):
         if table is not None:
             out.print(table)
+    if problem:
+        raise fail(f"the source cannot be read: {problem}", code=1)
