@@ -46,6 +46,7 @@ from cdc_reader.source_setup import (
     SourceSetupError, check_slot, create_slot, ensure_publication, slot_state,
 )
 from change_events import ChangeEvent, format_lsn
+from change_events.wire import EncodedChange
 from totesys.connection import SourceConnectionError, connect
 from totesys.schema import TABLES, database_name
 
@@ -61,7 +62,7 @@ def session_options() -> str:
 
 
 class EventSink(Protocol):
-    def add(self, event: ChangeEvent) -> None: ...
+    def add(self, event: ChangeEvent | EncodedChange) -> None: ...
     def end_transaction(self, commit_lsn: int) -> None: ...
     def poll(self, idle: bool = False) -> None:
         """Send what has waited long enough; called often. `idle`: the stream has nothing
@@ -337,7 +338,7 @@ class Reader:
         schemas = [read_table_schema(conn, cfg.schema, t) for t in cfg.tables]
         conn.commit()
 
-        def emit(events: list[ChangeEvent]) -> None:
+        def emit(events: list[EncodedChange]) -> None:
             for event in events:
                 self.sink.add(event)
             self.metrics.snapshot_events += len(events)

@@ -4,18 +4,22 @@ leave a gap (DESIGN.md guarantee 2).
 
 Tables are read with COPY (text format: the same value text pgoutput sends) and turned into
 `op='r'` events stamped with the slot's consistent LSN, handed on in chunks so memory does
-not grow with the table.
+not grow with the table. Each row goes straight into its wire frame (an EncodedChange), as
+streamed row changes do.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from psycopg2 import sql
 
-from change_events import ChangeEvent, Op, TableSchema
+from change_events import TableSchema
+from change_events.model import partition_key
+from change_events.wire import FRAME_HEAD, HAS_AFTER, NO_TIME, NO_XID, EncodedChange, encode_row
 
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
@@ -86,7 +90,7 @@ def read_snapshot(
     snapshot_name: str,
     schemas: Iterable[TableSchema],
     consistent_lsn: int,
-    emit: Callable[[list[ChangeEvent]], None],
+    emit: Callable[[list[EncodedChange]], None],
     *,
     chunk_rows: int = 5_000,
     progress: Progress | None = None,
@@ -111,11 +115,12 @@ def read_snapshot(
                     nonlocal seq, table_rows
                     events = []
                     for values in rows:
-                        events.append(ChangeEvent(
-                            schema=schema, op=Op.SNAPSHOT, lsn=consistent_lsn, seq=seq, xid=None,
-                            commit_ts=None, key={names[i]: values[i] for i in key_positions},
-                            after=dict(zip(names, values, strict=True)),
-                        ))
+                        if len(values) != len(names):
+                            raise ValueError(f"{schema.table}: COPY gave {len(values)} values for {len(names)} columns")
+                        route = zlib.crc32(partition_key(schema.table, [values[i] for i in key_positions]).encode("utf-8")) \
+                            if key_positions else zlib.crc32(schema.table.encode("utf-8"))
+                        head = FRAME_HEAD.pack(b"r", consistent_lsn, seq, NO_XID, NO_TIME, HAS_AFTER)
+                        events.append(EncodedChange(schema, consistent_lsn, route, head + encode_row(values)))
                         seq += 1
                     table_rows += len(rows)
                     emit(events)
