@@ -16,6 +16,11 @@ A first snapshot cut off before all of it was published is never taken again fro
 slot: its rows may be downstream already, and rows deleted before a second snapshot would
 stay alive there. The slot, never confirmed past the snapshot, still holds every change
 since; the reader streams from it and reads every table again (resnapshot.py).
+
+The hot path (`_stream_rows`) hands row changes to the sink as EncodedChanges, their row
+bytes copied from pgoutput into wire frames without being decoded (assembler.py); every
+other message, and every message during a re-read, takes the general path through
+`pgoutput.decode` and `Assembler.feed`.
 """
 
 from __future__ import annotations
