@@ -3,13 +3,17 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
+COPY change_events ./change_events
 COPY cdc_reader ./cdc_reader
 COPY stream_processors ./stream_processors
 COPY lake ./lake
 COPY warehouse_sync ./warehouse_sync
 COPY totesys ./totesys
 COPY totes_cli ./totes_cli
-RUN pip install --no-cache-dir -c constraints.txt . \
+COPY local_stack ./local_stack
+# awslambdaric: the runtime interface client that lets Lambda run the processor's handler
+# (`python -m awslambdaric stream_processors.handler.handler`).
+RUN pip install --no-cache-dir -c constraints.txt . awslambdaric==4.2.2 \
     && useradd --system --no-create-home totes
 USER totes
 ENTRYPOINT []

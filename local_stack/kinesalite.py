@@ -273,25 +273,37 @@ def _list_streams(port: int) -> tuple[int, str]:
 def ensure_stream(client, name: str, shards: int, *, timeout: float = 60.0) -> bool:
     """Create stream `name` with `shards` shards unless it exists; wait until it is ACTIVE.
 
-    Returns True when this call created it. An existing stream is kept as it is, whatever its
-    shard count (a warning says so when it differs).
+    Returns True when this call created it. An existing stream (in AWS, the one Terraform
+    made) is only described, never created again, so a role that may put records and
+    describe the stream needs nothing more; it is kept as it is, whatever its shard count (a
+    warning says so when it differs).
     """
     created = False
-    try:
-        client.create_stream(StreamName=name, ShardCount=shards)
-        created = True
-    except client.exceptions.ResourceInUseException:
-        pass
+    summary = _summary(client, name)
+    if summary is None:
+        try:
+            client.create_stream(StreamName=name, ShardCount=shards)
+            created = True
+        except client.exceptions.ResourceInUseException:
+            pass  # created by someone else in between
     delay = 0.1 if _is_local(client) else 2
-    client.get_waiter("stream_exists").wait(
-        StreamName=name, WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout / delay))},
-    )
-    if not created:
-        summary = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
-        if summary["OpenShardCount"] != shards:
-            log.warning("stream %s already exists with %d open shards (asked for %d); keeping it",
-                        name, summary["OpenShardCount"], shards)
+    deadline = time.monotonic() + timeout
+    while summary is None or summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stream {name} is not active after {timeout:g} s")
+        time.sleep(delay)
+        summary = _summary(client, name)
+    if not created and summary["OpenShardCount"] != shards:
+        log.warning("stream %s already exists with %d open shards (asked for %d); keeping it",
+                    name, summary["OpenShardCount"], shards)
     return created
+
+
+def _summary(client, name: str) -> dict | None:
+    try:
+        return client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    except client.exceptions.ResourceNotFoundException:
+        return None
 
 
 def _is_local(client) -> bool:

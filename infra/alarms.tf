@@ -1,0 +1,150 @@
+# Alarms → one SNS topic → e-mail. Each alarm also tells the topic when it is OK again.
+# What each one means and what to do: README.md.
+#
+# The topic is not KMS-encrypted: CloudWatch alarms cannot publish to a topic encrypted with
+# the AWS-managed SNS key.
+resource "aws_sns_topic" "alarms" {
+  name = "${var.name}-alarms"
+}
+
+resource "aws_sns_topic_subscription" "alarm_email" {
+  topic_arn = aws_sns_topic.alarms.arn
+  protocol  = "email"
+  endpoint  = var.alarm_email # AWS mails a confirmation link first
+}
+
+locals {
+  alarm_actions = [aws_sns_topic.alarms.arn]
+}
+
+# -- the stream and the processor --------------------------------------------------------------
+
+# The processor is falling behind the stream (records wait longer and longer to be read).
+resource "aws_cloudwatch_metric_alarm" "stream_iterator_age" {
+  alarm_name          = "${var.name}-processor-behind-stream"
+  alarm_description   = "Oldest record the processor has not read yet is older than ${var.iterator_age_alarm_ms} ms."
+  namespace           = "AWS/Kinesis"
+  metric_name         = "GetRecords.IteratorAgeMilliseconds"
+  dimensions          = { StreamName = aws_kinesis_stream.changes.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 5
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.iterator_age_alarm_ms
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# The processor function failed as a whole (exception, timeout, out of memory).
+resource "aws_cloudwatch_metric_alarm" "processor_errors" {
+  alarm_name          = "${var.name}-processor-errors"
+  alarm_description   = "The processor Lambda failed more than ${var.processor_errors_threshold} times in 5 minutes."
+  namespace           = "AWS/Lambda"
+  metric_name         = "Errors"
+  dimensions          = { FunctionName = aws_lambda_function.processor.function_name }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.processor_errors_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# Guarantee 8: records or events went to the lake's dead letters (the processor's own metric).
+resource "aws_cloudwatch_metric_alarm" "dead_letters" {
+  alarm_name          = "${var.name}-dead-letters"
+  alarm_description   = "The processor dead-lettered more than ${var.dead_letters_threshold} records/events in 5 minutes."
+  namespace           = local.emf_namespace
+  metric_name         = "DeadLetters"
+  dimensions          = { service = local.processor_service }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.dead_letters_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# The event source mapping gave up on a batch after its retries: those records are not in
+# the lake.
+resource "aws_cloudwatch_metric_alarm" "processor_gave_up" {
+  alarm_name          = "${var.name}-processor-gave-up"
+  alarm_description   = "A batch was skipped after its retries; its position is in the failure queue."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.processor_failures.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# -- the reader ---------------------------------------------------------------------------------
+
+# Guarantee 7: WAL the reader has received but not yet confirmed to PostgreSQL (the source
+# keeps it until then).
+resource "aws_cloudwatch_metric_alarm" "reader_unconfirmed_wal" {
+  alarm_name          = "${var.name}-reader-unconfirmed-wal"
+  alarm_description   = "The slot holds more than ${var.unconfirmed_wal_alarm_bytes} bytes of WAL the reader has not confirmed."
+  namespace           = local.emf_namespace
+  metric_name         = "UnconfirmedWalBytes"
+  dimensions          = { service = local.reader_service }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 3
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.unconfirmed_wal_alarm_bytes
+  treat_missing_data  = "notBreaching" # a silent reader is the next alarm's business
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# The reader reports every few seconds while it streams; no report means it is down, stuck,
+# or still in its initial snapshot (it reports once streaming starts).
+resource "aws_cloudwatch_metric_alarm" "reader_silent" {
+  alarm_name          = "${var.name}-reader-silent"
+  alarm_description   = "The reader has not reported for ${var.reader_silent_periods * 5} minutes."
+  namespace           = local.emf_namespace
+  metric_name         = "EventsPerSecond"
+  dimensions          = { service = local.reader_service }
+  statistic           = "SampleCount"
+  period              = 300
+  evaluation_periods  = var.reader_silent_periods
+  comparison_operator = "LessThanThreshold"
+  threshold           = 1
+  treat_missing_data  = "breaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# Guarantee 7 from the source's side, when the source is an RDS instance: the WAL retained by
+# its oldest replication slot, reported by RDS itself (so it also rises while the reader is
+# down). Off unless source_db_instance_id is set.
+resource "aws_cloudwatch_metric_alarm" "source_slot_lag" {
+  count               = var.source_db_instance_id == "" ? 0 : 1
+  alarm_name          = "${var.name}-source-slot-lag"
+  alarm_description   = "The source's oldest replication slot retains more than ${var.source_slot_lag_alarm_bytes} bytes of WAL."
+  namespace           = "AWS/RDS"
+  metric_name         = "OldestReplicationSlotLag"
+  dimensions          = { DBInstanceIdentifier = var.source_db_instance_id }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 3
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.source_slot_lag_alarm_bytes
+  treat_missing_data  = "breaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}

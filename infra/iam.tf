@@ -1,0 +1,226 @@
+# One role per job, each allowed only what its code calls. No wildcard actions; a "*"
+# resource only where the action has no resource to name (marked where it occurs).
+
+locals {
+  lake_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/*"
+}
+
+# -- trust ------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "ecs_tasks_trust" {
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:aws:ecs:${var.aws_region}:${local.account_id}:*"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "lambda_trust" {
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+# -- reader task --------------------------------------------------------------------------------
+# `totes reader` puts records and reads the shard map. On start it describes the stream
+# (DescribeStreamSummary: it exists, Terraform owns it, so the reader never creates it) and
+# compares its shard count. It confirms to
+# PostgreSQL what Kinesis has acknowledged, so it reads nothing from the lake. Its metrics
+# go out as log lines (EMF on stdout), so it needs no CloudWatch permission.
+
+resource "aws_iam_role" "reader" {
+  name               = "${var.name}-reader"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+}
+
+data "aws_iam_policy_document" "reader" {
+  statement {
+    sid    = "PublishChanges"
+    effect = "Allow"
+    actions = [
+      "kinesis:PutRecords",
+      "kinesis:ListShards",
+      "kinesis:DescribeStreamSummary",
+    ]
+    resources = [aws_kinesis_stream.changes.arn]
+  }
+
+  statement {
+    sid       = "ReaderState"
+    effect    = "Allow"
+    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    resources = [aws_efs_file_system.reader_state.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "elasticfilesystem:AccessPointArn"
+      values   = [aws_efs_access_point.reader_state.arn]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "reader" {
+  name   = "reader"
+  role   = aws_iam_role.reader.id
+  policy = data.aws_iam_policy_document.reader.json
+}
+
+# -- processor Lambda ---------------------------------------------------------------------------
+# Reads the stream (through the event source mapping), reads, writes and deletes objects under
+# the lake prefix (Delta commits, data files, dead letters), records given-up batches in the
+# failure queue, and writes its logs (its metrics are EMF log lines).
+
+resource "aws_iam_role" "processor" {
+  name               = "${var.name}-processor"
+  assume_role_policy = data.aws_iam_policy_document.lambda_trust.json
+}
+
+data "aws_iam_policy_document" "processor" {
+  statement {
+    sid    = "ReadStream"
+    effect = "Allow"
+    actions = [
+      "kinesis:GetRecords",
+      "kinesis:GetShardIterator",
+      "kinesis:DescribeStream",
+      "kinesis:DescribeStreamSummary",
+      "kinesis:ListShards",
+    ]
+    resources = [aws_kinesis_stream.changes.arn]
+  }
+
+  statement {
+    sid       = "ListLake"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.lake.arn] # the bucket holds only the lake
+  }
+
+  statement {
+    sid       = "WriteLake"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = [local.lake_objects]
+  }
+
+  statement {
+    sid       = "RecordGivenUpBatches"
+    effect    = "Allow"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.processor_failures.arn]
+  }
+
+  statement {
+    sid       = "Logs"
+    effect    = "Allow"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.processor.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "processor" {
+  name   = "processor"
+  role   = aws_iam_role.processor.id
+  policy = data.aws_iam_policy_document.processor.json
+}
+
+# -- sync task ----------------------------------------------------------------------------------
+# Reads the lake (change logs and the _progress watermark table). It also lists the stream's
+# shards, because the lake watermark is the minimum over the open shards; without it the sync
+# falls back to the shards the lake has markers for. Its warehouse is reached over the network
+# with the DSN from Secrets Manager (injected by the execution role).
+
+resource "aws_iam_role" "sync" {
+  name               = "${var.name}-sync"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+}
+
+data "aws_iam_policy_document" "sync" {
+  statement {
+    sid       = "ListLake"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.lake.arn]
+  }
+
+  statement {
+    sid       = "ReadLake"
+    effect    = "Allow"
+    actions   = ["s3:GetObject"]
+    resources = [local.lake_objects]
+  }
+
+  statement {
+    sid       = "ListShards"
+    effect    = "Allow"
+    actions   = ["kinesis:ListShards"]
+    resources = [aws_kinesis_stream.changes.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "sync" {
+  name   = "sync"
+  role   = aws_iam_role.sync.id
+  policy = data.aws_iam_policy_document.sync.json
+}
+
+# -- task execution (ECS itself: pull the image, ship logs, inject the secrets) -----------------
+
+resource "aws_iam_role" "task_execution" {
+  name               = "${var.name}-task-execution"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
+}
+
+data "aws_iam_policy_document" "task_execution" {
+  statement {
+    sid       = "EcrLogin"
+    effect    = "Allow"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"] # GetAuthorizationToken has no resource-level permissions: AWS requires "*"
+  }
+
+  statement {
+    sid       = "PullImage"
+    effect    = "Allow"
+    actions   = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+    resources = [aws_ecr_repository.app.arn]
+  }
+
+  statement {
+    sid     = "Logs"
+    effect  = "Allow"
+    actions = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [
+      "${aws_cloudwatch_log_group.reader.arn}:*",
+      "${aws_cloudwatch_log_group.sync.arn}:*",
+    ]
+  }
+
+  statement {
+    sid     = "InjectSecrets"
+    effect  = "Allow"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = [
+      aws_secretsmanager_secret.source_dsn.arn,
+      aws_secretsmanager_secret.warehouse_dsn.arn,
+    ]
+  }
+}
+
+resource "aws_iam_role_policy" "task_execution" {
+  name   = "task-execution"
+  role   = aws_iam_role.task_execution.id
+  policy = data.aws_iam_policy_document.task_execution.json
+}

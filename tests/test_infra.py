@@ -1,0 +1,253 @@
+"""infra/: the Terraform is formatted and valid, its alarms watch metrics the code really
+emits, and its IAM policies stay least-privilege.
+
+The Terraform tests need the `terraform` binary (and, for validate, an offline provider
+mirror: TOTES_TF_PLUGIN_DIR, default /opt/tf-plugins) and skip cleanly without them. The
+others read the .tf text and run the code that emits the metrics, so they need neither.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+PLUGIN_DIR = Path(os.environ.get("TOTES_TF_PLUGIN_DIR", "/opt/tf-plugins"))
+TERRAFORM = shutil.which("terraform")
+
+needs_terraform = pytest.mark.skipif(TERRAFORM is None, reason="terraform is not on PATH")
+
+
+def _terraform(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0"}
+    env.pop("TF_DATA_DIR", None)
+    return subprocess.run([TERRAFORM, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# -- Terraform itself -------------------------------------------------------------------------
+
+
+@needs_terraform
+def test_terraform_is_formatted():
+    result = _terraform("fmt", "-check", "-recursive", "-no-color", str(INFRA), cwd=INFRA.parent)
+    assert result.returncode == 0, f"run `terraform fmt -recursive infra`:\n{result.stdout}{result.stderr}"
+
+
+@needs_terraform
+@pytest.mark.skipif(not PLUGIN_DIR.is_dir(), reason=f"no offline provider mirror at {PLUGIN_DIR}")
+def test_terraform_validates(tmp_path):
+    work = tmp_path / "infra"  # a copy: no .terraform directory or lock file in the repository
+    shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    init = _terraform("init", "-backend=false", f"-plugin-dir={PLUGIN_DIR}", "-no-color", cwd=work)
+    assert init.returncode == 0, init.stdout + init.stderr
+    validate = _terraform("validate", "-no-color", cwd=work)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    assert not (INFRA / ".terraform").exists()
+
+
+# -- reading the .tf text ----------------------------------------------------------------------
+
+
+def _tf_text() -> str:
+    files = sorted(INFRA.glob("*.tf"))
+    assert files, "no .tf files in infra/"
+    # Comments out: they may mention anything.
+    return "\n".join(re.sub(r"(?m)\s*#.*$", "", f.read_text(encoding="utf-8")) for f in files)
+
+
+def _body(text: str, open_brace: int) -> str:
+    """The text between the brace at `open_brace` and its match."""
+    depth = 0
+    for i in range(open_brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_brace + 1:i]
+    raise AssertionError("unbalanced braces in infra/*.tf")
+
+
+def _blocks(text: str, header: str) -> dict[str, str]:
+    """Bodies of top-level blocks like `resource "aws_x" "name" {`, by name."""
+    found = {}
+    for match in re.finditer(rf'(?m)^{header}\s+"([^"]+)"\s*\{{', text):
+        found[match.group(1)] = _body(text, match.end() - 1)
+    return found
+
+
+def _nested(body: str, name: str) -> list[str]:
+    return [_body(body, m.end() - 1) for m in re.finditer(rf"(?m)^\s*{name}\s*\{{", body)]
+
+
+def _locals(text: str) -> dict[str, str]:
+    values = {}
+    for match in re.finditer(r"(?m)^locals\s*\{", text):
+        for key, value in re.findall(r'(?m)^\s*(\w+)\s*=\s*"([^"$]*)"\s*$', _body(text, match.end() - 1)):
+            values[key] = value
+    return values
+
+
+def _value(body: str, attribute: str, local: dict[str, str]) -> str | None:
+    match = re.search(rf"(?m)^\s*{attribute}\s*=\s*(.+?)\s*$", body)
+    if match is None:
+        return None
+    return _resolve(match.group(1), local)
+
+
+def _resolve(expression: str, local: dict[str, str]) -> str:
+    expression = expression.strip()
+    if expression.startswith('"') and expression.endswith('"'):
+        return expression[1:-1]
+    if expression.startswith("local.") and expression[6:] in local:
+        return local[expression[6:]]
+    return expression  # a reference (e.g. an AWS resource's name): kept as written
+
+
+def _dimensions(body: str, local: dict[str, str]) -> dict[str, str]:
+    match = re.search(r"(?m)^\s*dimensions\s*=\s*\{([^}]*)\}", body)
+    if match is None:
+        return {}
+    return {k: _resolve(v, local) for k, v in re.findall(r"(\w+)\s*=\s*([^,\n]+)", match.group(1))}
+
+
+def _alarms() -> dict[str, dict]:
+    text = _tf_text()
+    local = _locals(text)
+    alarms = {}
+    for name, body in _blocks(text, r'resource\s+"aws_cloudwatch_metric_alarm"').items():
+        alarms[name] = {
+            "namespace": _value(body, "namespace", local),
+            "metric": _value(body, "metric_name", local),
+            "dimensions": _dimensions(body, local),
+            "missing": _value(body, "treat_missing_data", local),
+            "statistic": _value(body, "statistic", local),
+        }
+    return alarms
+
+
+# -- what the code emits -------------------------------------------------------------------------
+
+
+def _emf(lines: str) -> set[tuple[str, frozenset, str]]:
+    """(namespace, dimensions, metric name) of every metric in EMF lines."""
+    emitted = set()
+    for line in lines.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        document = json.loads(line)
+        for directive in document.get("_aws", {}).get("CloudWatchMetrics", []):
+            for dimension_set in directive["Dimensions"] or [[]]:
+                dims = frozenset((d, str(document[d])) for d in dimension_set)
+                for metric in directive["Metrics"]:
+                    emitted.add((directive["Namespace"], dims, metric["Name"]))
+    return emitted
+
+
+def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
+    """Run the code that writes the project's metrics and read what it printed."""
+    from stream_processors import handler
+    from totes_cli import reader_cmd
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        reader = SimpleNamespace(metrics=SimpleNamespace(
+            events=10, bytes_received=1000, received_lsn=2000, confirmed_lsn=1000,
+            last_commit_ts=time.time()))
+        publisher = SimpleNamespace(metrics=SimpleNamespace(events_per_record=5.0))
+        reader_cmd._emit_emf(reader, publisher, {})
+
+        outcome = handler.BatchOutcome(shard="shardId-000000000000", records=1, events=3,
+                                       appended=2, dead_letters=1)
+        record = SimpleNamespace(kinesis=SimpleNamespace(approximate_arrival_timestamp=time.time()))
+        handler.StreamProcessor._measure(SimpleNamespace(metrics=handler._metrics), outcome, [record])
+        handler._metrics.flush_metrics()
+    return _emf(out.getvalue())
+
+
+def test_alarms_watch_metrics_the_code_emits():
+    emitted = _emitted_metrics()
+    namespaces = {namespace for namespace, _, _ in emitted}
+    assert namespaces, "the code emitted no EMF metrics"
+    own = {name: a for name, a in _alarms().items() if not (a["namespace"] or "").startswith("AWS/")}
+    assert own, "no alarm on the project's own metrics"
+    for name, alarm in own.items():
+        key = (alarm["namespace"], frozenset(alarm["dimensions"].items()), alarm["metric"])
+        assert key in emitted, (
+            f"alarm {name} watches {key}, which the code never emits; it emits:\n"
+            + "\n".join(sorted(map(str, emitted))))
+
+
+def test_alarms_cover_the_guarantees():
+    from stream_processors.handler import NAMESPACE as own
+
+    alarms = _alarms()
+    watched = {(a["namespace"], a["metric"]) for a in alarms.values()}
+    assert ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds") in watched   # processor behind
+    assert ("AWS/Lambda", "Errors") in watched
+    assert (own, "DeadLetters") in watched                                     # guarantee 8
+    assert (own, "UnconfirmedWalBytes") in watched                             # guarantee 7
+    silent = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "EventsPerSecond"]
+    assert silent and silent[0]["missing"] == "breaching", "a silent reader must raise an alarm"
+
+
+def test_reader_task_emits_its_metrics():
+    """The reader writes EMF only with --emf: without it the reader alarms watch nothing."""
+    reader = _blocks(_tf_text(), r'resource\s+"aws_ecs_task_definition"')["reader"]
+    assert re.search(r'command\s*=\s*\[\s*"totes"\s*,\s*"reader"[^\]]*"--emf"', reader)
+
+
+# -- IAM and secrets ---------------------------------------------------------------------------------
+
+ACTIONS_WITHOUT_RESOURCES = {"ecr:GetAuthorizationToken"}
+
+
+def _statements():
+    text = _tf_text()
+    for name, body in _blocks(text, r'data\s+"aws_iam_policy_document"').items():
+        for statement in _nested(body, "statement"):
+            effect = re.search(r'(?m)^\s*effect\s*=\s*"(\w+)"', statement)
+            actions = re.search(r"(?ms)^\s*actions\s*=\s*\[(.*?)\]", statement)
+            resources = re.search(r"(?ms)^\s*resources\s*=\s*\[(.*?)\]", statement)
+            yield (name, effect.group(1) if effect else "Allow",
+                   re.findall(r'"([^"]*)"', actions.group(1)) if actions else [],
+                   re.findall(r'"([^"]*)"', resources.group(1)) if resources else [])
+
+
+def test_iam_statements_have_no_wildcard_actions():
+    statements = list(_statements())
+    assert len(statements) >= 10, "the IAM policy documents were not found"
+    for name, effect, actions, resources in statements:
+        assert actions, f"{name}: a statement without actions"
+        assert "*" not in actions, f"{name}: a '*' action"
+        if effect == "Allow":
+            wild = [a for a in actions if "*" in a]
+            assert not wild, f"{name}: wildcard actions {wild}"
+            if "*" in resources:
+                assert set(actions) <= ACTIONS_WITHOUT_RESOURCES, f"{name}: '*' resource for {actions}"
+
+
+def test_every_policy_goes_through_a_checked_document():
+    """Policies written as raw JSON would escape the check above."""
+    assert not re.search(r'"?\bAction"?\s*[=:]', _tf_text())
+
+
+def test_secrets_have_no_values_in_terraform():
+    text = _tf_text()
+    assert "aws_secretsmanager_secret_version" not in text, "secret values are set out of band"
+    for name, body in _blocks(text, "variable").items():
+        if re.search(r"dsn|password|secret", name, re.I) and "recovery" not in name:
+            assert not re.search(r"(?m)^\s*default\s*=", body), f"variable {name} has a default"
+    for name, body in _blocks(text, "output").items():
+        assert "secret_string" not in body, f"output {name} exposes a secret"
