@@ -59,7 +59,8 @@ resource "aws_lambda_event_source_mapping" "processor" {
   parallelization_factor = 1
 
   # The handler reports the first record to retry (partial batch response); a failing batch
-  # is split to find it; retries are bounded, then the batch's position goes to the
+  # is split to find it and retried until the lake takes it (by default: giving a batch up
+  # would let later watermarks pass it); if retries are bounded, its position goes to the
   # failure queue (and the processor-failures alarm fires).
   function_response_types        = ["ReportBatchItemFailures"]
   bisect_batch_on_function_error = true

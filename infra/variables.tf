@@ -119,12 +119,12 @@ variable "processor_batching_window_seconds" {
 }
 
 variable "processor_max_retry_attempts" {
-  description = "Retries of a failing batch before it is given up (recorded in the failure queue). The code dead-letters bad data itself, so retries only happen while the lake cannot be written: keep this generous."
+  description = "Retries of a failing batch before it is given up (recorded in the failure queue); -1: until the lake takes it. The code dead-letters bad data itself, so a batch fails only while the lake cannot be written, and a batch given up would let later watermark markers pass events that never reached the lake (guarantee 1): keep -1 unless you re-drive the failure queue by hand."
   type        = number
-  default     = 1000
+  default     = -1
   validation {
-    condition     = var.processor_max_retry_attempts >= 0 && var.processor_max_retry_attempts <= 10000
-    error_message = "processor_max_retry_attempts must be between 0 and 10000 (bounded)."
+    condition     = var.processor_max_retry_attempts >= -1 && var.processor_max_retry_attempts <= 10000
+    error_message = "processor_max_retry_attempts must be -1 (until it succeeds) or between 0 and 10000."
   }
 }
 
