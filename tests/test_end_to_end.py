@@ -402,9 +402,15 @@ def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before
 
     gone = sorted(published, key=int)[:3]
     assert execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
+    _catch_up_without_ghosts(totesys_dsn, run, gone, timeout=180)
+
+
+def _catch_up_without_ghosts(dsn: str, run, gone: list[str], timeout: float) -> None:
+    """`totes run --until-caught-up` exits 0, and the warehouse equals the source with none of
+    the sales orders `gone` (deleted at the source) live in it."""
     final = run.start("--until-caught-up")
     try:
-        final.wait(180)
+        final.wait(timeout)
     finally:
         if final.poll() is None:
             kill_9(final)
@@ -415,7 +421,7 @@ def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before
         ghosts = facts.filter(pl.col("is_current") & ~pl.col("is_deleted")
                               & pl.col("sales_order_id").is_in([int(k) for k in gone]))
         assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
-        check_against_source(target, read_source(totesys_dsn))
+        check_against_source(target, read_source(dsn))
 
 
 def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_the_restart(
@@ -454,19 +460,6 @@ def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_
     assert execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
     assert execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 1000 "
                                 "WHERE sales_order_id = ANY(%s::int[])", (changed,)) == 3
-    final = run.start("--until-caught-up")
-    try:
-        final.wait(300)
-    finally:
-        if final.poll() is None:
-            kill_9(final)
-    assert final.returncode == 0, run.log_tail()
-
-    with DuckDBTarget(run.warehouse) as target:
-        facts = read_table_sorted(target, "fact_sales_order")
-        ghosts = facts.filter(pl.col("is_current") & ~pl.col("is_deleted")
-                              & pl.col("sales_order_id").is_in([int(k) for k in gone]))
-        assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
-        check_against_source(target, read_source(totesys_dsn))
+    _catch_up_without_ghosts(totesys_dsn, run, gone, timeout=300)
     after = _reader_state(run)  # the same slot, its snapshot made whole
     assert after.get("snapshot_done") and after.get("snapshot_lsn") == state["snapshot_lsn"], after
