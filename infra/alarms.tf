@@ -128,6 +128,24 @@ resource "aws_cloudwatch_metric_alarm" "reader_silent" {
   ok_actions          = local.alarm_actions
 }
 
+# The sync reports every few seconds (runs and events applied); no report means the warehouse
+# has stopped following the lake.
+resource "aws_cloudwatch_metric_alarm" "sync_silent" {
+  alarm_name          = "${var.name}-sync-silent"
+  alarm_description   = "The warehouse sync has not reported for ${var.sync_silent_periods * 5} minutes."
+  namespace           = local.emf_namespace
+  metric_name         = "SyncRuns"
+  dimensions          = { service = local.sync_service }
+  statistic           = "SampleCount"
+  period              = 300
+  evaluation_periods  = var.sync_silent_periods
+  comparison_operator = "LessThanThreshold"
+  threshold           = 1
+  treat_missing_data  = "breaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 # Guarantee 7 from the source's side, when the source is an RDS instance: the WAL retained by
 # its oldest replication slot, reported by RDS itself (so it also rises while the reader is
 # down). Off unless source_db_instance_id is set.

@@ -205,6 +205,7 @@ data "aws_iam_policy_document" "task_execution" {
     resources = [
       "${aws_cloudwatch_log_group.reader.arn}:*",
       "${aws_cloudwatch_log_group.sync.arn}:*",
+      "${aws_cloudwatch_log_group.maintain.arn}:*",
     ]
   }
 

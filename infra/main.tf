@@ -49,4 +49,5 @@ locals {
   emf_namespace     = "totes-cdc"
   reader_service    = "reader"
   processor_service = "processor"
+  sync_service      = "sync"
 }

@@ -19,7 +19,7 @@ resource "aws_ecs_task_definition" "sync" {
     name      = "sync"
     image     = local.image_uri
     essential = true
-    command   = ["totes", "sync", "--interval", tostring(var.sync_interval_seconds)]
+    command   = ["totes", "sync", "--emf", "--interval", tostring(var.sync_interval_seconds)]
     environment = [
       { name = "TOTES_LAKE", value = local.lake_uri },
       { name = "TOTES_STREAM", value = aws_kinesis_stream.changes.name },

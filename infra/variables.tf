@@ -233,6 +233,36 @@ variable "reader_silent_periods" {
   default     = 2
 }
 
+variable "maintain_schedule" {
+  description = "When the lake is maintained (EventBridge schedule expression)."
+  type        = string
+  default     = "rate(1 hour)"
+}
+
+variable "lake_retention_hours" {
+  description = "Time travel kept by maintenance: files no version younger than this needs are vacuumed."
+  type        = number
+  default     = 168
+}
+
+variable "maintain_cpu" {
+  description = "Fargate CPU units of the maintenance task."
+  type        = number
+  default     = 1024
+}
+
+variable "maintain_memory_mb" {
+  description = "Fargate memory of the maintenance task, in MiB."
+  type        = number
+  default     = 4096
+}
+
+variable "sync_silent_periods" {
+  description = "Alarm when the warehouse sync has not reported for this many 5-minute periods."
+  type        = number
+  default     = 2
+}
+
 variable "source_db_instance_id" {
   description = "RDS instance identifier of the source, for the slot-lag alarm from RDS's own metric; empty: no such alarm."
   type        = string

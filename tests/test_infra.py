@@ -158,7 +158,7 @@ def _emf(lines: str) -> set[tuple[str, frozenset, str]]:
 def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
     """Run the code that writes the project's metrics and read what it printed."""
     from stream_processors import handler
-    from totes_cli import reader_cmd
+    from totes_cli import reader_cmd, sync_cmd
 
     out = io.StringIO()
     with redirect_stdout(out):
@@ -167,6 +167,7 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
             last_commit_ts=time.time()))
         publisher = SimpleNamespace(metrics=SimpleNamespace(events_per_record=5.0))
         reader_cmd._emit_emf(reader, publisher, {})
+        sync_cmd.emit_emf(runs=3, events=40, behind_lsn_bytes=0)
 
         outcome = handler.BatchOutcome(shard="shardId-000000000000", records=1, events=3,
                                        appended=2, dead_letters=1)
@@ -200,12 +201,15 @@ def test_alarms_cover_the_guarantees():
     assert (own, "UnconfirmedWalBytes") in watched                             # guarantee 7
     silent = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "EventsPerSecond"]
     assert silent and silent[0]["missing"] == "breaching", "a silent reader must raise an alarm"
+    silent_sync = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "SyncRuns"]
+    assert silent_sync and silent_sync[0]["missing"] == "breaching", "a silent sync must raise an alarm"
 
 
-def test_reader_task_emits_its_metrics():
-    """The reader writes EMF only with --emf: without it the reader alarms watch nothing."""
-    reader = _blocks(_tf_text(), r'resource\s+"aws_ecs_task_definition"')["reader"]
-    assert re.search(r'command\s*=\s*\[\s*"totes"\s*,\s*"reader"[^\]]*"--emf"', reader)
+def test_reader_and_sync_tasks_emit_their_metrics():
+    """The reader and the sync write EMF only with --emf: without it their alarms watch nothing."""
+    tasks = _blocks(_tf_text(), r'resource\s+"aws_ecs_task_definition"')
+    for stage in ("reader", "sync"):
+        assert re.search(rf'command\s*=\s*\[\s*"totes"\s*,\s*"{stage}"[^\]]*"--emf"', tasks[stage]), stage
 
 
 # -- IAM and secrets ---------------------------------------------------------------------------------

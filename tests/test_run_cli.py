@@ -58,8 +58,9 @@ def test_run_until_caught_up_then_sync_and_examples(totesys_dsn):
 
     # The separate, scheduled sync builds the same warehouse from the same lake.
     other = str(home / "other.duckdb")
-    once = totes("sync", "--once", "--lake", lake, "--warehouse", other, home=home)
+    once = totes("sync", "--once", "--emf", "--lake", lake, "--warehouse", other, home=home)
     assert once.returncode == 0, once.stderr[-3000:]
+    assert '"SyncRuns"' in once.stdout and '"service":"sync"' in once.stdout.replace(" ", ""), once.stdout
     for table in TABLES:
         assert table_rows(other, table) == table_rows(warehouse, table), table
 

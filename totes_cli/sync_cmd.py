@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -29,12 +30,29 @@ def stream_shards(stream: str) -> list[str] | None:
         return None
 
 
+EMF_SECONDS = 10.0
+
+
+def emit_emf(runs: int, events: int, behind_lsn_bytes: int) -> None:
+    """One CloudWatch embedded-metric-format line on stdout: what the sync did since the last
+    line. A sync that stops writing these is down (the "sync silent" alarm)."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    metrics = Metrics(namespace="totes-cdc", service="sync")
+    metrics.add_metric(name="SyncRuns", unit=MetricUnit.Count, value=runs)
+    metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=events)
+    metrics.add_metric(name="WarehouseBehindLakeBytes", unit=MetricUnit.Bytes, value=behind_lsn_bytes)
+    metrics.flush_metrics()
+
+
 def sync(
     lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake \\[default: $TOTES_HOME/lake].")] = None,
     warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="A DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
     stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream whose shards make the watermark.")] = DEFAULT_STREAM,
     once: Annotated[bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between syncs in continuous mode.")] = 1.0,
+    emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
 ) -> None:
     """Apply the lake's changes to the warehouse, never past the lake watermark (so never half
     a source transaction), exactly once."""
@@ -54,13 +72,20 @@ def sync(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     tables: dict = {}  # the lake's Delta tables, refreshed between runs
+    runs = events = 0
+    next_emf = time.monotonic() + EMF_SECONDS
     try:
         while True:
             upto = progress.lake_watermark(shards)
             result = sync_once(layout, target, upto, tables=tables)
+            runs, events = runs + 1, events + result.events
             if result.applied:
                 facts = sum(result.facts_appended.values())
                 err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")
+            if emf and (once or time.monotonic() >= next_emf):
+                emit_emf(runs, events, max(progress.lake_watermark(shards) - result.to_lsn, 0))
+                runs = events = 0
+                next_emf = time.monotonic() + EMF_SECONDS
             if once or stop.wait(interval):
                 break
     finally:
