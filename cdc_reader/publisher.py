@@ -2,10 +2,12 @@
 
 Routing. An event's partition key is its table plus its primary-key values
 (`public.sales_order/42`; a table's keyless events, e.g. truncates, use the table name). Its
-CRC-32, placed in the top bits of the 128-bit hash-key space, is mapped to the open shard whose hash-key range holds it, so one row's events always go to one
-shard. Each shard's events are packed, in order, into as few records as fit uncompressed
-(so a record is known to fit before it is compressed, on the sending thread), and every record is put with `ExplicitHashKey` = the first
-hash key of its shard, so it lands on that shard whatever its partition key.
+CRC-32, placed in the top bits of the 128-bit hash-key space, is mapped to the open shard
+whose hash-key range holds it, so one row's events always go to one shard. Each shard's
+events are packed, in order, into as few records as fit uncompressed (so a record is known
+to fit before it is compressed, on the sending thread), and every record is put with
+`ExplicitHashKey` = the first hash key of its shard, so it lands on that shard whatever its
+partition key.
 
 Ordering under failure. Kinesis does not order the records of one PutRecords call, and a
 partially failed call that is retried naively puts a shard's later records before its earlier
@@ -27,12 +29,13 @@ lsn up to it was added, its transaction ended (`end_transaction`), and Kinesis a
 it: the reader may checkpoint there until the lake watermark exists.
 
 The class is not thread-safe: `add`, `end_transaction` and `poll` seal batches into records
-when a shard's batch is full, the buffer is full, or the oldest buffered event has waited
-`linger_seconds`. Sealed records go out one PutRecords call at a time on a worker thread, so
-the caller keeps decoding while Kinesis answers; every answer is settled on the caller's
-thread, and the caller waits only when `max_buffer_bytes` of records are sealed but not yet
-acknowledged. An idle caller should call `poll()` now and then, and `flush()` (which waits for
-every acknowledgement) before it stops. Resharding is noticed when Kinesis reports a record on another shard than the one it
+when a shard's batch is full, the buffer is full, the oldest buffered event has waited
+`linger_seconds`, or the caller says it is idle while nothing is in flight. Sealed records go
+out one PutRecords call at a time on a worker thread, so the caller keeps decoding while
+Kinesis answers; every answer is settled on the caller's thread, and the caller waits only
+when `max_buffer_bytes` of records are sealed but not yet acknowledged. An idle caller should
+call `poll()` now and then, and `flush()` (which waits for every acknowledgement) before it
+stops. Resharding is noticed when Kinesis reports a record on another shard than the one it
 was aimed at (or every `shard_refresh_seconds` at a watermark); the shard map is then re-read
 between flushes. Across a reshard one key's events can sit on a parent and a child shard;
 consumers restore per-row order by `(lsn, seq)` anyway (DESIGN.md guarantee 3).
