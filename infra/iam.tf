@@ -23,22 +23,42 @@ data "aws_iam_policy_document" "ecs_tasks_trust" {
   }
 }
 
-data "aws_iam_policy_document" "lambda_trust" {
+# Roles assumed by an AWS service with no further condition: the processor (Lambda) and the
+# maintenance schedule (EventBridge).
+data "aws_iam_policy_document" "service_trust" {
+  for_each = toset(["lambda.amazonaws.com", "events.amazonaws.com"])
   statement {
     effect  = "Allow"
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
-      identifiers = ["lambda.amazonaws.com"]
+      identifiers = [each.key]
     }
+  }
+}
+
+# Reading and rewriting the lake: the processor writes it, the maintenance compacts and vacuums it.
+data "aws_iam_policy_document" "lake_read_write" {
+  statement {
+    sid       = "ListLake"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.lake.arn] # the bucket holds only the lake
+  }
+
+  statement {
+    sid       = "WriteLake"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = [local.lake_objects]
   }
 }
 
 # -- reader task --------------------------------------------------------------------------------
 # `totes reader` puts records and reads the shard map. On start it describes the stream
 # (DescribeStreamSummary: it exists, Terraform owns it, so the reader never creates it) and
-# compares its shard count. It confirms to
-# PostgreSQL what Kinesis has acknowledged, so it reads nothing from the lake. Its metrics
+# compares its shard count. It confirms to PostgreSQL what Kinesis has acknowledged, so it
+# reads nothing from the lake. Its metrics
 # go out as log lines (EMF on stdout), so it needs no CloudWatch permission.
 
 resource "aws_iam_role" "reader" {
@@ -84,10 +104,12 @@ resource "aws_iam_role_policy" "reader" {
 
 resource "aws_iam_role" "processor" {
   name               = "${var.name}-processor"
-  assume_role_policy = data.aws_iam_policy_document.lambda_trust.json
+  assume_role_policy = data.aws_iam_policy_document.service_trust["lambda.amazonaws.com"].json
 }
 
 data "aws_iam_policy_document" "processor" {
+  source_policy_documents = [data.aws_iam_policy_document.lake_read_write.json]
+
   statement {
     sid    = "ReadStream"
     effect = "Allow"
@@ -99,20 +121,6 @@ data "aws_iam_policy_document" "processor" {
       "kinesis:ListShards",
     ]
     resources = [aws_kinesis_stream.changes.arn]
-  }
-
-  statement {
-    sid       = "ListLake"
-    effect    = "Allow"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.lake.arn] # the bucket holds only the lake
-  }
-
-  statement {
-    sid       = "WriteLake"
-    effect    = "Allow"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = [local.lake_objects]
   }
 
   statement {

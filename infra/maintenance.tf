@@ -71,43 +71,16 @@ resource "aws_iam_role" "maintain" {
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
 
-data "aws_iam_policy_document" "maintain" {
-  statement {
-    sid       = "ListLake"
-    effect    = "Allow"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.lake.arn]
-  }
-
-  statement {
-    sid       = "RewriteLake"
-    effect    = "Allow"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = [local.lake_objects]
-  }
-}
-
 resource "aws_iam_role_policy" "maintain" {
   name   = "maintain"
   role   = aws_iam_role.maintain.id
-  policy = data.aws_iam_policy_document.maintain.json
+  policy = data.aws_iam_policy_document.lake_read_write.json
 }
 
 # EventBridge runs the task: RunTask of this task definition only, and passing its two roles.
-data "aws_iam_policy_document" "events_trust" {
-  statement {
-    effect  = "Allow"
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["events.amazonaws.com"]
-    }
-  }
-}
-
 resource "aws_iam_role" "maintain_schedule" {
   name               = "${var.name}-maintain-schedule"
-  assume_role_policy = data.aws_iam_policy_document.events_trust.json
+  assume_role_policy = data.aws_iam_policy_document.service_trust["events.amazonaws.com"].json
 }
 
 data "aws_iam_policy_document" "maintain_schedule" {
