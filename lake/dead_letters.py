@@ -21,7 +21,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from change_events import encode_events
-from lake.delta_io import read_sql, retry_on_conflict
+from lake.delta_io import quote_literal, read_sql, retry_on_conflict
 from lake.layout import DEAD_LETTERS, LakeLayout
 
 _UTC = pa.timestamp("us", "UTC")
@@ -118,7 +118,7 @@ class DeadLetters:
             else:
                 report.redriven.append(letter.id)
         if report.redriven:
-            listed = ", ".join(f"'{i}'" for i in report.redriven)
+            listed = ", ".join(map(quote_literal, report.redriven))
 
             def mark() -> None:
                 self._table().update(predicate=f"id IN ({listed})",

@@ -7,6 +7,7 @@
   (`txn` actions, `<app>:lsn` and `<app>:seq`) in the same commit as the data it describes.
   They live in the table's snapshot, so reading them back is a lookup, not a scan, and a
   crash can never separate them from their data.
+- `quote_identifier`, `quote_literal`: the only way names and strings enter that SQL.
 - `retry_on_conflict`: re-run an operation that lost a commit race (CommitFailedError).
 """
 
@@ -72,7 +73,18 @@ def read_sql(table: DeltaTable, sql: str, name: str = "t") -> pa.Table:
 
 
 def quote_identifier(name: str) -> str:
+    """`name` as an identifier in the SQL deltalake runs (DataFusion: predicates, merge
+    conditions and update expressions, `read_sql`): double quotes, inner ones doubled, so a
+    column named like `a"b` or `x; DROP ...` is one column and nothing else (backticks need
+    no escaping inside them). deltalake's own `when_matched_update_all`/`insert_all` do not
+    quote names (a column named `"` breaks them), which is why the state merge spells out
+    every column."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """`value` as a string literal in the same SQL: single quotes, inner ones doubled."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def after_position(position: Position, prefix: str = "") -> str:

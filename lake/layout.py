@@ -6,7 +6,11 @@
     <root>/_dead_letters             records that could not be stored, with the reason
 
 Folder names keep the schema ('changes/public.sales_order'), so two source schemas never
-share a folder. The same code serves both storages: for S3, `storage_options` are
+share a folder. A source name may hold any character; in its folder name every character
+outside `A-Z a-z 0-9 _ . -` is written as `~` and the hex of its UTF-8 bytes ('we"ird t'
+→ 'we~22ird~20t'), reversibly (`folder_name`, `table_name`). Plain names are unchanged. Other
+readers need this: polars 2.1 cannot read a Delta table whose path needs URL escaping
+(spaces, quotes, backticks, non-ASCII), and deltalake decodes a `%` in a local path. The same code serves both storages: for S3, `storage_options` are
 deltalake's (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, keys, region); `storage_options_from_env`
 builds them from the standard AWS environment variables. Commits on S3 use conditional PUTs
 (deltalake 1.x), so no lock table is needed.
@@ -15,6 +19,7 @@ builds them from the standard AWS environment variables. Commits on S3 use condi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,6 +34,18 @@ PROGRESS = "_progress"
 DEAD_LETTERS = "_dead_letters"
 KINDS = (CHANGES, STATE)
 _LOCAL = pafs.LocalFileSystem()
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_ESCAPED = re.compile(r"(?:~[0-9A-F]{2})+")
+
+
+def folder_name(table: str) -> str:
+    """The folder of source table `table`: itself when plain, else escaped (see above)."""
+    return _UNSAFE.sub(lambda m: "".join(f"~{b:02X}" for b in m.group().encode("utf-8")), table)
+
+
+def table_name(folder: str) -> str:
+    """The source table whose folder is `folder` (the inverse of `folder_name`)."""
+    return _ESCAPED.sub(lambda m: bytes.fromhex(m.group().replace("~", "")).decode("utf-8", "replace"), folder)
 
 # Environment variable → deltalake storage option (same names; the first one present wins).
 _ENV_OPTIONS = {
@@ -77,9 +94,9 @@ class LakeLayout:
     def uri(self, kind: str, table: str | None = None) -> str:
         if table is None:
             return f"{self.root}/{kind}"
-        if "/" in table or table in ("", ".", ".."):
+        if table in ("", ".", ".."):
             raise ValueError(f"not a table name: {table!r}")
-        return f"{self.root}/{kind}/{table}"
+        return f"{self.root}/{kind}/{folder_name(table)}"
 
     def changes_uri(self, table: str) -> str:
         return self.uri(CHANGES, table)
@@ -105,7 +122,7 @@ class LakeLayout:
         """Source tables that have a `kind` folder (changes or tables), sorted."""
         filesystem, base = self.filesystem(self.uri(kind))
         selector = pafs.FileSelector(base, allow_not_found=True)
-        names = [info.base_name for info in filesystem.get_file_info(selector)
+        names = [table_name(info.base_name) for info in filesystem.get_file_info(selector)
                  if info.type == pafs.FileType.Directory]
         return sorted(name for name in names if self.open(self.uri(kind, name)) is not None)
 

@@ -47,6 +47,7 @@ from lake.delta_io import (
     plain_types,
     position_transactions,
     quote_identifier,
+    quote_literal,
     retry_on_conflict,
 )
 from lake.layout import LakeLayout
@@ -67,10 +68,6 @@ def _max_position(rows: pl.DataFrame) -> Position:
         return ZERO
     last = rows.sort(_POSITION).row(-1, named=True)
     return Position(last["_lsn"], last["_seq"])
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class StateTable(LakeTable):
@@ -106,7 +103,7 @@ class StateTable(LakeTable):
         if appended is not None and consumed == appends - 1 and appended.column("_batch")[0].as_py() == appends:
             rows = appended
         else:  # catching up after a failed merge: read the shard's unconsumed appends back
-            rows = log.read(f"_shard = {_literal(shard)} AND _batch > {consumed}")
+            rows = log.read(f"_shard = {quote_literal(shard)} AND _batch > {consumed}")
         rows = _align(pl.from_arrow(rows), columns, log_schema)
 
         truncated, high_water = self.truncated_at(), self.high_water(shard)
@@ -171,7 +168,7 @@ class StateTable(LakeTable):
                 continue
             if column in existing:
                 updates[q(column)] = (
-                    f"CASE WHEN array_has(s._unchanged, {_literal(column)}) AND {keep_target} "
+                    f"CASE WHEN array_has(s._unchanged, {quote_literal(column)}) AND {keep_target} "
                     f"THEN t.{q(column)} ELSE s.{q(column)} END"
                 )
             else:

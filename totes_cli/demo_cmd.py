@@ -26,6 +26,7 @@ from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import load
 from totes_cli.source_cmd import start_source
 from totes_cli.status_cmd import human_bytes, source_table
+from warehouse_sync.schema import row_counts_sql
 from warehouse_sync.targets import open_target
 from totesys.connection import SourceConnectionError, connect
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
@@ -90,7 +91,7 @@ def _pipeline_table(pipeline: Pipeline, rates: _Rates, source, warehouse_counts:
 
 def _warehouse_counts(target) -> dict[str, int]:
     try:
-        frame = target.query(" UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {t}" for t in WAREHOUSE_TABLES[:4]))
+        frame = target.query(row_counts_sql(WAREHOUSE_TABLES[:4]))
         return dict(zip(frame["t"].to_list(), frame["n"].to_list()))
     except Exception:  # the schema is created by the first sync
         return {}

@@ -14,12 +14,13 @@ from rich.table import Table
 
 from change_events import CodecError, decode, format_lsn, parse_lsn
 from lake.dead_letters import DeadLetters
-from lake.layout import CHANGES, LakeLayout
+from lake.layout import CHANGES, LakeLayout, table_name
 from lake.maintenance import maintain as maintain_lake
 from lake.timetravel import history as lake_history, register_duckdb, state_as_of_lsn
 from lake.writer import LakeWriter
 from totes_cli.console import err, fail, out
 from totes_cli.settings import load
+from warehouse_sync.schema import quote_identifier as q, quote_literal
 
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
 
@@ -104,7 +105,7 @@ def maintain(lake: LakeOption = None,
     view = Table("table", "files compacted", "files written", "files vacuumed", "version",
                  title="maintenance", title_justify="left")
     for done in maintain_lake(layout, retention_hours=retention_hours):
-        view.add_row(done.uri.rpartition("/")[2] if "/" in done.uri else done.uri, str(done.files_removed),
+        view.add_row(table_name(done.uri.rpartition("/")[2]), str(done.files_removed),
                      str(done.files_added), str(len(done.vacuumed)),
                      str(done.version))
     out.print(view)
@@ -141,7 +142,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
             try:
                 if isinstance(as_of, tuple):
                     connection.register(f"_state_{short}", state_as_of_lsn(layout, table, as_of[1]))
-                    connection.execute(f'CREATE VIEW "{short}" AS SELECT * FROM "_state_{short}"')
+                    connection.execute(f"CREATE VIEW {q(short)} AS SELECT * FROM {q(f'_state_{short}')}")
                     continue
                 register_duckdb(connection, layout, table, name=f"_state_{short}",
                                 version=as_of if isinstance(as_of, int) else None,
@@ -149,11 +150,11 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
             except Exception as error:  # e.g. TableNotInLake, or no such version/time
                 err.print(f"[dim]{table}: not available as of {as_of} ({type(error).__name__})[/]")
                 continue
-            columns = [c for c in connection.execute(f'DESCRIBE "_state_{short}"').fetchall()]
-            visible = ", ".join(f'"{name}"' for name, *_ in columns if not name.startswith("_"))
-            connection.execute(f'CREATE VIEW "{short}" AS SELECT {visible} FROM "_state_{short}" WHERE NOT _deleted')
+            columns = [c for c in connection.execute(f"DESCRIBE {q(f'_state_{short}')}").fetchall()]
+            visible = ", ".join(q(name) for name, *_ in columns if not name.startswith("_"))
+            connection.execute(f"CREATE VIEW {q(short)} AS SELECT {visible} FROM {q(f'_state_{short}')} WHERE NOT _deleted")
     if warehouse and Path(warehouse).exists():
-        connection.execute(f"ATTACH '{warehouse}' AS warehouse (READ_ONLY)")
+        connection.execute(f"ATTACH {quote_literal(warehouse)} AS warehouse (READ_ONLY)")
         connection.execute("SET search_path = 'memory.main,warehouse.main'")
     return connection
 

@@ -127,6 +127,7 @@ def lake_table(lake: str) -> Table | None:
 def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
     """Where the warehouse is up to, and how far behind the source that is."""
     from warehouse_sync.apply import checkpoint_lsn
+    from warehouse_sync.schema import row_counts_sql
     from warehouse_sync.targets import is_postgres_dsn, open_target
 
     if not is_postgres_dsn(warehouse) and not Path(warehouse).exists():
@@ -140,9 +141,7 @@ def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | No
         return table
     try:
         lsn = checkpoint_lsn(target)
-        counts = target.query(" UNION ALL ".join(
-            f"SELECT '{name}' AS t, count(*) AS n FROM {name}"
-            for name in ("fact_sales_order", "fact_purchase_order", "fact_payment")))
+        counts = target.query(row_counts_sql(("fact_sales_order", "fact_purchase_order", "fact_payment")))
     except Exception:
         return None
     finally:

@@ -51,7 +51,10 @@ from warehouse_sync.schema import (
     DIM_TRANSACTION,
     SOURCES,
     Table,
+    column_list,
     conform,
+    next_value,
+    quote_identifier as q,
     references_to,
     schema_ddl,
 )
@@ -99,7 +102,7 @@ def ensure_schema(target: Target) -> None:
 
 def checkpoint_lsn(target: Target) -> int:
     """The LSN up to which the warehouse holds every event (0 before the first sync)."""
-    frame = target.query(f"SELECT lsn FROM {CHECKPOINT.name} WHERE id = 1")
+    frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1")
     return int(frame.item()) if frame.height else 0
 
 
@@ -114,7 +117,7 @@ def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: d
         ensure_schema(target)
     target.begin()
     try:
-        frame = target.query(f"SELECT lsn FROM {CHECKPOINT.name} WHERE id = 1{target.for_update}")
+        frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1{target.for_update}")
         checkpoint = int(frame.item())
         result = SyncResult(checkpoint, max(checkpoint, upto_lsn))
         if upto_lsn <= checkpoint:
@@ -132,17 +135,17 @@ def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: d
 
 
 def _advance_checkpoint(target: Target, lsn: int) -> None:
-    target.execute(f"UPDATE {CHECKPOINT.name} SET lsn = {int(lsn)} WHERE id = 1")
+    target.execute(f"UPDATE {q(CHECKPOINT.name)} SET lsn = {int(lsn)} WHERE id = 1")
 
 
-# -- SQL helpers shared by both engines --------------------------------------------------------
+# -- SQL helpers shared by both engines (every name quoted: `quote_identifier`) ---------------
 
 def _stage_keys(target: Target, name: str, keys: pl.Series) -> str:
     return target.stage(name, pl.DataFrame({"k": keys}))
 
 
 def _select(target: Target, table: Table, where: str = "") -> pl.DataFrame:
-    frame = target.query(f"SELECT {', '.join(table.names)} FROM {table.name}{where}")
+    frame = target.query(f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}")
     return conform(frame, table.polars_schema)
 
 
@@ -154,24 +157,24 @@ def _mirror_rows(target: Target, source: str, keys: pl.Series | None, column: st
     if keys.len() == 0:
         return pl.DataFrame(schema=mirror.polars_schema)
     staged = _stage_keys(target, "_wh_lookup", keys.unique())
-    return _select(target, mirror, f" WHERE {column or mirror.key} IN (SELECT k FROM {staged})")
+    return _select(target, mirror, f" WHERE {q(column or mirror.key)} IN (SELECT k FROM {q(staged)})")
 
 
 def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
     if rows.height == 0:
         return 0
     staged = target.stage("_wh_upsert", rows.select(table.names))
-    columns = ", ".join(table.names)
-    updates = ", ".join(f"{n} = excluded.{n}" for n in table.names if n != table.key)
-    target.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staged} "
-                   f"ON CONFLICT ({table.key}) DO UPDATE SET {updates}")
+    columns = column_list(table.names)
+    updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in table.names if n != table.key)
+    target.execute(f"INSERT INTO {q(table.name)} ({columns}) SELECT {columns} FROM {q(staged)} "
+                   f"ON CONFLICT ({q(table.key)}) DO UPDATE SET {updates}")
     return rows.height
 
 
 def _delete_keys(target: Target, table: Table, keys: pl.Series, condition: str = "") -> None:
     if keys.len():
         staged = _stage_keys(target, "_wh_delete", keys)
-        target.execute(f"DELETE FROM {table.name} WHERE {table.key} IN (SELECT k FROM {staged}){condition}")
+        target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT k FROM {q(staged)}){condition}")
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -255,7 +258,7 @@ def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
 def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay) -> tf.FactChanges:
     fact = spec.table
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
-    current = _select(target, fact, f" WHERE is_current AND {spec.business_key} IN (SELECT k FROM {staged})")
+    current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")
     return tf.new_fact_rows(spec, current, tf.fact_rows(spec, replayed.versions))
 
 
@@ -263,33 +266,33 @@ def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactCh
     referenced = pl.concat([pl.Series("date_id", [], dtype=pl.Date)]
                            + [tf.referenced_days(spec, c.inserts) for spec, c in fact_changes.items()])
     days = tf.dim_date(tf.calendar_days(referenced, today))
-    present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {DIM_DATE.name}")
+    present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {q(DIM_DATE.name)}")
     first, last = present["first"].item(), present["last"].item()
     if first is not None and present["n"].item() == (last - first).days + 1:
         days = days.filter((pl.col("date_id") < first) | (pl.col("date_id") > last))  # the contiguous part is there
     if days.height:
         staged = target.stage("_wh_days", days)
-        columns = ", ".join(DIM_DATE.names)
-        target.execute(f"INSERT INTO {DIM_DATE.name} ({columns}) SELECT {columns} FROM {staged} "
-                       f"ON CONFLICT ({DIM_DATE.key}) DO NOTHING")
+        columns = column_list(DIM_DATE.names)
+        target.execute(f"INSERT INTO {q(DIM_DATE.name)} ({columns}) SELECT {columns} FROM {q(staged)} "
+                       f"ON CONFLICT ({q(DIM_DATE.key)}) DO NOTHING")
 
 
 def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, result: SyncResult) -> None:
     fact = spec.table
     if changes.closes.height:
         staged = target.stage("_wh_closes", changes.closes)
-        target.execute(f"UPDATE {fact.name} SET is_current = false, valid_to = s.valid_to FROM {staged} AS s "
-                       f"WHERE {fact.name}.{fact.key} = s.{fact.key}")
+        target.execute(f"UPDATE {q(fact.name)} SET is_current = false, valid_to = s.valid_to FROM {q(staged)} AS s "
+                       f"WHERE {q(fact.name)}.{q(fact.key)} = s.{q(fact.key)}")
         result.facts_closed[fact.name] = changes.closes.height
     inserts = changes.inserts
     if inserts.height == 0:
         return
-    base = int(target.query(f"SELECT coalesce(max({fact.key}), 0) AS n FROM {fact.name}").item())
+    base = int(target.query(f"SELECT coalesce(max({q(fact.key)}), 0) AS n FROM {q(fact.name)}").item())
     rows = inserts.with_columns(pl.int_range(base + 1, base + 1 + inserts.height, dtype=pl.Int32).alias(fact.key))
     staged = target.stage("_wh_inserts", rows.select(fact.names))
-    columns = ", ".join(fact.names)
-    target.execute(f"INSERT INTO {fact.name} ({columns}) SELECT {columns} FROM {staged} ORDER BY {fact.key}")
-    target.query(f"SELECT max(nextval('{fact.sequence}')) AS n FROM {target.series(inserts.height)}")
+    columns = column_list(fact.names)
+    target.execute(f"INSERT INTO {q(fact.name)} ({columns}) SELECT {columns} FROM {q(staged)} ORDER BY {q(fact.key)}")
+    target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(inserts.height)}")
     result.facts_appended[fact.name] = inserts.height
 
 
@@ -299,12 +302,13 @@ def _delete_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
             continue
         dimension = BY_NAME[name]
         staged = _stage_keys(target, "_wh_gone", replays[source].deleted)
-        present = f"SELECT count(*) AS n FROM {name} WHERE {dimension.key} IN (SELECT k FROM {staged})"
+        table, key = q(name), q(dimension.key)
+        present = f"SELECT count(*) AS n FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)})"
         before = int(target.query(present).item())
         unreferenced = "".join(
-            f" AND NOT EXISTS (SELECT 1 FROM {fact.name} AS f WHERE f.{column.name} = {name}.{dimension.key})"
+            f" AND NOT EXISTS (SELECT 1 FROM {q(fact.name)} AS f WHERE f.{q(column.name)} = {table}.{key})"
             for fact, column in references_to(name))
-        target.execute(f"DELETE FROM {name} WHERE {dimension.key} IN (SELECT k FROM {staged}){unreferenced}")
+        target.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)}){unreferenced}")
         deleted = before - int(target.query(present).item())
         if deleted:
             result.dimensions_deleted[name] = deleted

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from warehouse_sync.schema import BY_NAME, FACTS
+from warehouse_sync.schema import BY_NAME, FACTS, quote_identifier as q
 from warehouse_sync.targets import Target
 
 
@@ -19,8 +19,8 @@ def dangling_references(target: Target) -> dict[str, int]:
         for column in fact.foreign_keys:
             dimension = BY_NAME[column.references]
             count = target.query(
-                f"SELECT count(*) AS n FROM {fact.name} AS f WHERE NOT EXISTS "
-                f"(SELECT 1 FROM {dimension.name} AS d WHERE d.{dimension.key} = f.{column.name})").item()
+                f"SELECT count(*) AS n FROM {q(fact.name)} AS f WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {q(dimension.name)} AS d WHERE d.{q(dimension.key)} = f.{q(column.name)})").item()
             if count:
                 found[f"{fact.name}.{column.name}"] = int(count)
     return found
@@ -31,8 +31,8 @@ def duplicate_current_rows(target: Target) -> dict[str, int]:
     found = {}
     for fact in FACTS:
         count = target.query(
-            f"SELECT count(*) AS n FROM (SELECT {fact.business_key} FROM {fact.name} WHERE is_current "
-            f"GROUP BY {fact.business_key} HAVING count(*) > 1) AS d").item()
+            f"SELECT count(*) AS n FROM (SELECT {q(fact.business_key)} FROM {q(fact.name)} WHERE is_current "
+            f"GROUP BY {q(fact.business_key)} HAVING count(*) > 1) AS d").item()
         if count:
             found[fact.name] = int(count)
     return found

@@ -69,6 +69,33 @@ TYPES: dict[str, tuple[str, str, pl.DataType]] = {
 }
 
 
+def quote_identifier(name: str) -> str:
+    """`name` as an SQL identifier: double quotes, inner ones doubled. DuckDB and PostgreSQL
+    share the rule, so the statements both engines run quote every name with this (and
+    `totes query` its DuckDB session's), whatever the name holds."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """`value` as an SQL string literal (single quotes, inner ones doubled), in both engines."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def column_list(names) -> str:
+    """`"a", "b", ...`: quoted names, comma-separated."""
+    return ", ".join(map(quote_identifier, names))
+
+
+@dataclass(frozen=True)
+class Index:
+    """A PostgreSQL-only index `<table>_<suffix>` on `column`; `unique_current`: unique
+    among the rows that are `is_current` (a partial index)."""
+
+    suffix: str
+    column: str
+    unique_current: bool = False
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -86,8 +113,8 @@ class Table:
     """Primary key column (a surrogate `*_record_id` for facts)."""
     business_key: str | None = None
     """Facts: the source row's id, repeated across its versions."""
-    indexes: tuple[str, ...] = field(default=())
-    """PostgreSQL-only extra index statements (`{table}` is substituted)."""
+    indexes: tuple[Index, ...] = field(default=())
+    """PostgreSQL-only extra indexes."""
 
     @property
     def names(self) -> list[str]:
@@ -120,7 +147,7 @@ def _c(spec: str, references: str | None = None) -> Column:
 
 
 def _table(name: str, key: str, *specs: str | Column, business_key: str | None = None,
-           indexes: tuple[str, ...] = ()) -> Table:
+           indexes: tuple[Index, ...] = ()) -> Table:
     columns = tuple(s if isinstance(s, Column) else _c(s) for s in specs)
     return Table(name, columns, key, business_key, indexes)
 
@@ -170,11 +197,8 @@ def _ref(name: str, dim: str) -> Column:
     return Column(name, "int", references=dim)
 
 
-def _fact_indexes(business_key: str) -> tuple[str, ...]:
-    return (
-        f"CREATE UNIQUE INDEX IF NOT EXISTS {{table}}_current_key ON {{table}} ({business_key}) WHERE is_current",
-        f"CREATE INDEX IF NOT EXISTS {{table}}_{business_key}_idx ON {{table}} ({business_key})",
-    )
+def _fact_indexes(business_key: str) -> tuple[Index, ...]:
+    return (Index("current_key", business_key, unique_current=True), Index(f"{business_key}_idx", business_key))
 
 
 FACT_SALES_ORDER = _table(
@@ -278,26 +302,36 @@ def sql_type(logical: str, dialect: str) -> str:
 
 def create_table(table: Table, dialect: str) -> list[str]:
     """CREATE statements (IF NOT EXISTS) for `table` in `dialect`, sequences and indexes included."""
+    q = quote_identifier
     statements = []
     lines = []
     for column in table.columns:
-        line = f"{column.name} {sql_type(column.type, dialect)}"
+        line = f"{q(column.name)} {sql_type(column.type, dialect)}"
         if column.type == "serial" and dialect == DUCKDB:
-            statements.append(f"CREATE SEQUENCE IF NOT EXISTS {table.sequence}")
-            line += f" DEFAULT nextval('{table.sequence}')"
+            statements.append(f"CREATE SEQUENCE IF NOT EXISTS {q(table.sequence)}")
+            line += f" DEFAULT {next_value(table)}"
         if not column.nullable:
             line += " NOT NULL"
         lines.append(line)
-    lines.append(f"CONSTRAINT {table.name}_pkey PRIMARY KEY ({table.key})")
+    lines.append(f"CONSTRAINT {q(f'{table.name}_pkey')} PRIMARY KEY ({q(table.key)})")
     for column in table.foreign_keys:
         target = BY_NAME[column.references]
-        lines.append(f"CONSTRAINT {table.name}_{column.name}_fkey FOREIGN KEY ({column.name}) "
-                     f"REFERENCES {target.name} ({target.key})")
+        lines.append(f"CONSTRAINT {q(f'{table.name}_{column.name}_fkey')} FOREIGN KEY ({q(column.name)}) "
+                     f"REFERENCES {q(target.name)} ({q(target.key)})")
     body = ",\n    ".join(lines)
-    statements.append(f"CREATE TABLE IF NOT EXISTS {table.name} (\n    {body}\n)")
+    statements.append(f"CREATE TABLE IF NOT EXISTS {q(table.name)} (\n    {body}\n)")
     if dialect == POSTGRES:
-        statements.extend(index.format(table=table.name) for index in table.indexes)
+        for index in table.indexes:
+            unique, where = ("UNIQUE ", " WHERE is_current") if index.unique_current else ("", "")
+            statements.append(f"CREATE {unique}INDEX IF NOT EXISTS {q(f'{table.name}_{index.suffix}')} "
+                              f"ON {q(table.name)} ({q(index.column)}){where}")
     return statements
+
+
+def next_value(table: Table) -> str:
+    """`nextval(...)` of the sequence behind `table`'s serial key (the sequence is named by
+    a string that is itself parsed as an identifier: quoted, then a literal)."""
+    return f"nextval({quote_literal(quote_identifier(table.sequence))})"
 
 
 def schema_ddl(dialect: str) -> list[str]:
@@ -305,8 +339,14 @@ def schema_ddl(dialect: str) -> list[str]:
     statements = []
     for table in WAREHOUSE_TABLES + INTERNAL_TABLES:
         statements.extend(create_table(table, dialect))
-    statements.append(f"INSERT INTO {CHECKPOINT.name} (id, lsn) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+    statements.append(f"INSERT INTO {quote_identifier(CHECKPOINT.name)} (id, lsn) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
     return statements
+
+
+def row_counts_sql(names) -> str:
+    """One query over both engines: each table of `names` as `t` and its row count as `n`."""
+    return " UNION ALL ".join(f"SELECT {quote_literal(name)} AS t, count(*) AS n FROM {quote_identifier(name)}"
+                              for name in names)
 
 
 def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
