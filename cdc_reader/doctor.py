@@ -427,14 +427,14 @@ def _check_slots(cur) -> list[CheckResult]:
             results.append(CheckResult(
                 "slot", Status.WARNING,
                 f"Slot {name!r}{where} has lost WAL it needed and cannot stream again: drop it "
-                f"(SELECT pg_drop_replication_slot('{name}')) and let the reader start afresh.",
+                f"(SELECT pg_drop_replication_slot({sql.Literal(name).as_string(cur.connection)})) and let the reader start afresh.",
                 name,
             ))
         elif not active and retained > RETAINED_WAL_WARNING_BYTES:
             results.append(CheckResult(
                 "slot", Status.WARNING,
                 f"Inactive {slot_type} slot {name!r}{where} retains {_size(retained)} of WAL: start "
-                f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot('{name}')) "
+                f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({sql.Literal(name).as_string(cur.connection)})) "
                 "if nothing uses it any more.",
                 name,
             ))

@@ -34,6 +34,11 @@ def _quoted_tables(conn, schema: str, tables) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)
 
 
+def _sql(conn, statement: sql.Composable) -> str:
+    """`statement` as text for an error message that tells the operator what to run."""
+    return statement.as_string(conn)
+
+
 def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) -> bool:
     """Make `name` publish every table of `tables`; True when it had to be created."""
     with conn.cursor() as cur:
@@ -70,7 +75,8 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) ->
             raise SourceSetupError(
                 f"The reader's role may not create or change publication {name!r} "
                 f"({error.diag.message_primary}): create it as the tables' owner with "
-                f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)}; or grant the role ownership."
+                f"CREATE PUBLICATION {_sql(conn, sql.Identifier(name))} FOR TABLE "
+                f"{_sql(conn, _quoted_tables(conn, schema, tables))}; or grant the role ownership."
             ) from None
         except errors.UndefinedTable as error:
             conn.rollback()
@@ -81,12 +87,13 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) ->
     if missing:
         raise SourceSetupError(
             f"Publication {name!r} does not publish {', '.join(missing)}: run "
-            f"ALTER PUBLICATION {name} ADD TABLE {', '.join(missing)};"
+            f"ALTER PUBLICATION {_sql(conn, sql.Identifier(name))} ADD TABLE "
+            f"{_sql(conn, _quoted_tables(conn, schema, missing))};"
         )
     if not publishes_everything:
         raise SourceSetupError(
             f"Publication {name!r} does not publish every kind of change: run "
-            f"ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate');"
+            f"ALTER PUBLICATION {_sql(conn, sql.Identifier(name))} SET (publish = 'insert, update, delete, truncate');"
         )
     return False
 

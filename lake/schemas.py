@@ -21,6 +21,20 @@ A state row (`tables/<table>`) is the source row's typed columns followed by `_o
 `_seq`, `_commit_ts` (of the event that made the row what it is) and `_deleted` (a tombstone:
 the row's last event deleted it; readers of current state filter `NOT _deleted`).
 
+Names: a source column keeps its name in the lake, whatever it holds (quotes, spaces,
+backticks, unicode, SQL); every predicate and merge expression quotes it
+(`lake.delta_io.quote_identifier`). The tables do not use Delta column mapping
+(`delta.columnMapping.mode = name`): deltalake 1.6.6 creates and appends to such tables, but
+refuses schema evolution on them ("Schema evolution on column-mapped tables is not yet
+supported") and compaction ("Column mapping is not supported for write operation
+'OPTIMIZE'"), its `to_pyarrow_dataset()` reads every column of them as null (it looks the
+logical names up in Parquet files that hold the physical ones), and polars 2.1 refuses
+reader version 2 altogether. Without it the names are stored as they are, in the Delta
+schema and in the Parquet files, and deltalake, polars, pyarrow and DuckDB all read them
+(`tests/test_identifiers.py`). Delta on Spark refuses names holding one of ` ,;{}()\n\t=`
+in tables without column mapping (not tried here: no Spark on this machine); a Spark job
+that needs such a table can copy it into a column-mapped one.
+
 Schema evolution: columns added at the source are added to both tables (older rows read
 null); a column whose lake type differs from what its new source type maps to raises
 IncompatibleSchemaError, as does a source column named like one of the columns above.

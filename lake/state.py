@@ -32,6 +32,8 @@ CommitFailedError and the whole step (re-read positions, re-collapse, merge) run
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -55,7 +57,8 @@ from lake.schemas import STATE_META, data_columns
 
 TRUNCATE_APP = "truncate"
 PRIMARY_KEY_PROPERTY = "totes.primaryKey"
-"""Table property naming the key columns (comma-separated) of a state table."""
+"""Table property naming the key columns of a state table: a JSON list (tables written
+before names could hold commas: the names comma-separated). See `key_columns`."""
 _POSITION = ["_lsn", "_seq"]
 
 
@@ -68,6 +71,11 @@ def _max_position(rows: pl.DataFrame) -> Position:
         return ZERO
     last = rows.sort(_POSITION).row(-1, named=True)
     return Position(last["_lsn"], last["_seq"])
+
+
+def key_columns(value: str) -> list[str]:
+    """The key columns a state table's PRIMARY_KEY_PROPERTY names."""
+    return json.loads(value) if value.startswith("[") else value.split(",")
 
 
 class StateTable(LakeTable):
@@ -152,7 +160,7 @@ class StateTable(LakeTable):
     def _create(self, source: pa.Table, columns: list[str], keys: list[str]) -> DeltaTable:
         fields = [source.schema.field(c) for c in columns] + list(STATE_META)
         DeltaTable.create(self.uri, pa.schema(fields), mode="ignore",
-                          configuration={**TABLE_PROPERTIES, PRIMARY_KEY_PROPERTY: ",".join(keys)},
+                          configuration={**TABLE_PROPERTIES, PRIMARY_KEY_PROPERTY: json.dumps(keys)},
                           raise_if_key_not_exists=False, storage_options=self.layout.storage_options or None)
         self.delta = None
         return self.refresh()

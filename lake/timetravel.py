@@ -30,7 +30,7 @@ from lake.collapse import collapse
 from lake.delta_io import ZERO, Position, plain_types, read_sql
 from lake.layout import CHANGES, STATE, LakeLayout
 from lake.schemas import data_columns
-from lake.state import PRIMARY_KEY_PROPERTY
+from lake.state import PRIMARY_KEY_PROPERTY, key_columns
 
 
 class TableNotInLake(LookupError):
@@ -66,7 +66,7 @@ def current_state(layout: LakeLayout, table: str, **when) -> pa.Table:
 def changes_as_of_lsn(layout: LakeLayout, table: str, lsn: int) -> pa.Table:
     """Every logged event of `table` with commit LSN <= `lsn`, in (lsn, seq) order."""
     delta = open_table(layout, CHANGES, table)
-    return read_sql(delta, f"SELECT * FROM t WHERE _lsn <= {lsn} ORDER BY _lsn, _seq")
+    return read_sql(delta, f"SELECT * FROM t WHERE _lsn <= {int(lsn)} ORDER BY _lsn, _seq")
 
 
 def state_as_of_lsn(layout: LakeLayout, table: str, lsn: int, keys: list[str] | None = None) -> pa.Table:
@@ -90,7 +90,7 @@ def state_as_of_lsn(layout: LakeLayout, table: str, lsn: int, keys: list[str] | 
 def state_keys(layout: LakeLayout, table: str) -> list[str]:
     """The primary key columns of a state table (kept in its configuration)."""
     configuration = open_table(layout, STATE, table).metadata().configuration
-    return configuration[PRIMARY_KEY_PROPERTY].split(",")
+    return key_columns(configuration[PRIMARY_KEY_PROPERTY])
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ and by `totes query` (as of now and as of an LSN), and never run the SQL they sp
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import uuid
@@ -74,8 +73,20 @@ def _insert(dsn: str, rows: list[dict]) -> None:
         sql.SQL(", ").join(sql.Placeholder() * len(NAMES))), rows)
 
 
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _by_key(rows: list[dict]) -> dict[int, dict]:
     return {row[KEY]: {n: row[n] for n in NAMES} for row in rows}
+
+
+@pytest.fixture(autouse=True)
+def no_pwn():
+    """PWN neither before nor after a test (a failing run on unquoted code writes it)."""
+    Path(PWN).unlink(missing_ok=True)
+    yield
+    Path(PWN).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -99,15 +110,13 @@ def _run_pipeline_until(pipeline: Pipeline, thread: threading.Thread, lsn: int) 
     wait_for(done, 120, f"the warehouse to reach {lsn:X}")
 
 
-def totes(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "240"})
+def totes(*args: str, catch_exceptions: bool = False):
+    return CliRunner().invoke(app, list(args), catch_exceptions=catch_exceptions, env={"COLUMNS": "240"})
 
 
 @pytest.mark.slow
 def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes_query(
         totesys_dsn, home, own_kinesalite):
-    if os.path.exists(PWN):
-        os.remove(PWN)
     _execute(totesys_dsn, sql.SQL("CREATE TABLE {} ({})").format(
         sql.Identifier(TABLE),
         sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in COLUMNS)))
@@ -153,8 +162,7 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
     assert log.height == 7 and log.columns[:len(NAMES)] == NAMES
 
     # `totes query`: the view carries the names; selecting them works, now and as of an LSN.
-    quoted = ", ".join('"' + n.replace('"', '""') + '"' for n in NAMES)
-    view = '"' + TABLE.replace('"', '""') + '"'
+    quoted, view = ", ".join(map(_q, NAMES)), _q(TABLE)
     result = totes("query", f"SELECT {quoted} FROM {view} ORDER BY 2", "--lake", str(lake), "--format", "json")
     assert result.exit_code == 0, result.output
     assert _by_key(json.loads(result.stdout)) == expected
@@ -162,8 +170,144 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
                    "--as-of", format_lsn(snapshot_lsn))
     assert result.exit_code == 0, result.output
     assert _by_key(json.loads(result.stdout)) == _by_key(snapshot_rows)
-    changes = '"changes_' + TABLE.replace('"', '""') + '"'
+    changes = _q(f"changes_{TABLE}")
     result = totes("query", f"SELECT count(*) AS n FROM {changes}", "--lake", str(lake), "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [{"n": 7}]
     assert not Path(PWN).exists(), "a column name ran the SQL it spells"
+
+
+# -- totes query over a lake written by the processor's writer ---------------------------------
+
+def test_totes_query_never_runs_the_sql_a_column_name_spells(tmp_path):
+    """A plainly named table whose first column closes its quotes and runs a COPY: the old
+    view DDL pasted the name between double quotes unescaped, and DuckDB ran the COPY."""
+    from tests.lake_fixtures import Source, _schema
+    from lake.writer import LakeWriter
+
+    schema = _schema("public.plain", [(INJECTION, "text"), ("id", "integer")], "id")
+    LakeWriter(tmp_path).write_batch("s1", Source().snapshot(schema, [{INJECTION: "x", "id": "1"}]))
+    result = totes("query", f"SELECT {_q(INJECTION)}, id FROM plain", "--lake", str(tmp_path), "--format", "json",
+                   catch_exceptions=True)
+    assert not Path(PWN).exists(), "a column name ran the SQL it spells"
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{INJECTION: "x", "id": 1}]
+
+
+def test_totes_query_attaches_a_warehouse_whose_path_holds_a_quote(tmp_path):
+    import duckdb
+
+    folder = tmp_path / "it's here"
+    folder.mkdir()
+    warehouse = folder / "wh.duckdb"
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute("CREATE TABLE dim_currency AS SELECT 1 AS currency_id")
+    result = totes("query", "SELECT currency_id FROM dim_currency", "--warehouse", str(warehouse), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"currency_id": 1}]
+
+
+# -- the warehouse's statements, with hostile names --------------------------------------------
+
+def _hostile_tables(monkeypatch):
+    from warehouse_sync import schema as ws
+
+    dimension = ws.Table('dim "x"; DROP TABLE dim_date; --', (
+        ws.Column('id "k"', "int"), ws.Column("name`s ü", "varchar", nullable=True)), 'id "k"')
+    monkeypatch.setitem(ws.BY_NAME, dimension.name, dimension)
+    fact = ws.Table("fact 'f' ünï", (
+        ws.Column('rec"id', "serial"), ws.Column("bk`", "int"),
+        ws.Column('ref "d"', "int", references=dimension.name),
+        ws.Column("is_current", "boolean"), ws.Column("valid_to", "timestamptz", nullable=True),
+    ), 'rec"id', business_key="bk`", indexes=ws._fact_indexes("bk`"))
+    return dimension, fact
+
+
+def _exercise_warehouse_statements(target, dimension, fact) -> None:
+    from datetime import datetime, timezone
+
+    from warehouse_sync import apply as wa
+    from warehouse_sync import transforms as tf
+    from warehouse_sync.schema import create_table
+
+    target.begin()
+    target.execute("CREATE TABLE dim_date AS SELECT 1 AS canary")
+    for statement in create_table(dimension, target.dialect) + create_table(fact, target.dialect):
+        target.execute(statement)
+    rows = pl.DataFrame({'id "k"': [1, 2, 3], "name`s ü": ["a", "b'); --", 'c"']},
+                        schema={'id "k"': pl.Int32, "name`s ü": pl.String})
+    assert wa._upsert(target, dimension, rows) == 3
+    assert wa._upsert(target, dimension, rows.with_columns(pl.lit("z").alias("name`s ü")).head(1)) == 1
+    wa._delete_keys(target, dimension, pl.Series([3], dtype=pl.Int32))
+    assert wa._select(target, dimension).sort('id "k"').rows() == [(1, "z"), (2, "b'); --")]
+
+    spec = tf.FactSpec(fact, "nowhere", lambda: [])
+    first = pl.DataFrame({"bk`": [7], 'ref "d"': [1], "is_current": [True], "valid_to": [None]},
+                         schema={"bk`": pl.Int32, 'ref "d"': pl.Int32, "is_current": pl.Boolean,
+                                 "valid_to": pl.Datetime("us", "UTC")})
+    result = wa.SyncResult(0, 1)
+    wa._write_facts(target, spec, tf.FactChanges(first, pl.DataFrame()), result)
+    closes = pl.DataFrame({'rec"id': [1], "valid_to": [datetime(2024, 5, 1, tzinfo=timezone.utc)]},
+                          schema={'rec"id': pl.Int32, "valid_to": pl.Datetime("us", "UTC")})
+    wa._write_facts(target, spec, tf.FactChanges(first.with_columns(pl.lit(2).alias('ref "d"')), closes), result)
+    facts = wa._select(target, fact).sort('rec"id')
+    assert facts.select('rec"id', "bk`", 'ref "d"', "is_current").rows() == [(1, 7, 1, False), (2, 7, 2, True)]
+    current = wa._select(target, fact, f" WHERE is_current AND {_q('bk`')} = 7")
+    assert current['rec"id'].to_list() == [2]
+    target.commit()
+    assert target.query("SELECT count(*) AS n FROM dim_date").item() == 1, "the name's DROP ran"
+
+
+def test_warehouse_statements_quote_hostile_names_on_duckdb(monkeypatch):
+    from warehouse_sync import DuckDBTarget
+
+    dimension, fact = _hostile_tables(monkeypatch)
+    with DuckDBTarget() as target:
+        _exercise_warehouse_statements(target, dimension, fact)
+
+
+def test_warehouse_statements_quote_hostile_names_on_postgres(monkeypatch, empty_database):
+    from warehouse_sync import PostgresTarget
+
+    dimension, fact = _hostile_tables(monkeypatch)
+    with PostgresTarget(empty_database) as target:
+        _exercise_warehouse_statements(target, dimension, fact)
+        literal = "'" + fact.name.replace("'", "''") + "'"
+        indexes = target.query(f"SELECT indexname FROM pg_indexes WHERE tablename = {literal}")
+        assert set(indexes["indexname"].to_list()) == {f"{fact.name}_pkey", f"{fact.name}_current_key",
+                                                       f"{fact.name}_bk`_idx"}
+
+
+# -- what the reader tells an operator to run --------------------------------------------------
+
+def test_the_publication_fix_the_reader_names_runs_as_given_for_a_hostile_table(totesys_dsn):
+    from cdc_reader.source_setup import SourceSetupError, ensure_publication
+
+    _execute(totesys_dsn, sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(sql.Identifier(TABLE)))
+    _execute(totesys_dsn, sql.SQL('CREATE PUBLICATION {} FOR TABLE address').format(sql.Identifier('their"s')))
+    conn = psycopg2.connect(totesys_dsn)
+    try:
+        with pytest.raises(SourceSetupError) as raised:
+            ensure_publication(conn, 'their"s', "public", ("address", TABLE))
+        fix = str(raised.value).split(": run ", 1)[1]
+        _execute(totesys_dsn, sql.SQL(fix))
+        assert ensure_publication(conn, 'their"s', "public", ("address", TABLE)) is False
+    finally:
+        conn.close()
+
+
+def test_state_as_of_an_lsn_for_a_key_whose_column_names_hold_commas(tmp_path):
+    from tests.lake_fixtures import Source, _schema
+    from change_events import Column, TableSchema
+    from lake.writer import LakeWriter
+
+    schema = TableSchema("public.pairs", (Column("com,ma", "integer", 0, -1, True),
+                                          Column("[x", "integer", 0, -1, True), Column("v", "text", 0)))
+    source, writer = Source(), LakeWriter(tmp_path)
+    writer.write_batch("s1", source.snapshot(schema, [{"com,ma": "1", "[x": "2", "v": "a"}]))
+    with source.transaction() as tx:
+        tx.update(schema, {"com,ma": "1", "[x": "2", "v": "b"})
+    writer.write_batch("s1", tx.events)
+    layout = LakeLayout(tmp_path)
+    rows = state_as_of_lsn(layout, "public.pairs", tx.lsn).to_pylist()
+    assert [(r["com,ma"], r["[x"], r["v"]) for r in rows] == [(1, 2, "b")]

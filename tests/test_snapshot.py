@@ -77,7 +77,7 @@ def test_a_foreign_publication_missing_a_table_is_reported_not_altered(conn):
     with conn.cursor() as cur:
         cur.execute("CREATE PUBLICATION theirs FOR TABLE address")
     conn.commit()
-    with pytest.raises(SourceSetupError, match="ALTER PUBLICATION theirs ADD TABLE design"):
+    with pytest.raises(SourceSetupError, match='ALTER PUBLICATION "theirs" ADD TABLE "public"."design"'):
         ensure_publication(conn, "theirs", "public", ("address", "design"))
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'theirs'")
