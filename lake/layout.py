@@ -96,7 +96,10 @@ class LakeLayout:
             return f"{self.root}/{kind}"
         if table in ("", ".", ".."):
             raise ValueError(f"not a table name: {table!r}")
-        return f"{self.root}/{kind}/{folder_name(table)}"
+        folder = folder_name(table)
+        if folder != table and not self.is_s3 and "/" not in table and Path(self.root, kind, table).is_dir():
+            folder = table  # written before folder names were escaped: keep using it
+        return f"{self.root}/{kind}/{folder}"
 
     def changes_uri(self, table: str) -> str:
         return self.uri(CHANGES, table)

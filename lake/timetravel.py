@@ -140,6 +140,6 @@ def register_duckdb(connection, layout: LakeLayout, table: str | None = None, ki
     the relation's name (default: the table name without schema, e.g. `sales_order`)."""
     delta = open_table(layout, kind, table, version=version, as_of=as_of)
     dataset = delta.to_pyarrow_dataset(filesystem=layout.subtree(layout.uri(kind, table)))
-    name = name or (table or kind).rpartition(".")[2]
+    name = name or (table.partition(".")[2] or table if table else kind)
     connection.register(name, dataset)
     return name

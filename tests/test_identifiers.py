@@ -11,6 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import psycopg2
 import pytest
@@ -34,7 +35,9 @@ INJECTION = f"""a"FROM(SELECT 1"a");COPY(SELECT 1)TO'{PWN}';SELECT"a"""
 """A column name that, pasted between double quotes unescaped, closes the identifier and
 runs a COPY that writes PWN (it fits PostgreSQL's 63-byte limit)."""
 
-TABLE = 'we"ird `tab` ünï; --'
+TABLE = 'we"ird.`tab` ünï; --'
+EXTRA_CURRENCY_COLUMN = 'x"; DROP TABLE dim_currency; --'
+"""Added to totesys's currency table: the warehouse projects that table and must not mind."""
 COLUMNS = [
     (INJECTION, "text"),
     ('a"b', "integer PRIMARY KEY"),
@@ -122,6 +125,10 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
         sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in COLUMNS)))
     snapshot_rows = [_row(i) for i in range(1, 5)]
     _insert(totesys_dsn, snapshot_rows)
+    _execute(totesys_dsn, sql.SQL("ALTER TABLE currency ADD COLUMN {} text").format(
+        sql.Identifier(EXTRA_CURRENCY_COLUMN)))
+    _execute(totesys_dsn, sql.SQL("INSERT INTO currency (currency_code, last_updated, {}) "
+                                  "VALUES ('GBP', now(), 'x')").format(sql.Identifier(EXTRA_CURRENCY_COLUMN)))
 
     lake = home / "lake"
     pipeline = Pipeline(PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(home / "wh.duckdb"),
@@ -136,12 +143,17 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
         _execute(totesys_dsn, sql.SQL("UPDATE {} SET {} = 'moved', {} = 21 WHERE {} = 2").format(
             sql.Identifier(TABLE), sql.Identifier("with space"), sql.Identifier("it's"), sql.Identifier(KEY)))
         _execute(totesys_dsn, sql.SQL("DELETE FROM {} WHERE {} = 3").format(sql.Identifier(TABLE), sql.Identifier(KEY)))
+        _execute(totesys_dsn, sql.SQL("INSERT INTO currency (currency_code, last_updated, {}) "
+                                      "VALUES ('EUR', now(), 'y')").format(sql.Identifier(EXTRA_CURRENCY_COLUMN)))
         streamed = current_wal_lsn(totesys_dsn)
         _run_pipeline_until(pipeline, thread, streamed)
     finally:
         pipeline.stop.set()
         thread.join(60)
     assert not pipeline.errors, pipeline.errors
+    # The sync read past the hostile lake table and projected the currency rows.
+    with duckdb.connect(str(home / "wh.duckdb"), read_only=True) as warehouse:
+        assert warehouse.execute("SELECT currency_code FROM dim_currency ORDER BY 1").fetchall() == [("EUR",), ("GBP",)]
 
     expected = _by_key(snapshot_rows + [_row(5)])
     expected[2].update({"with space": "moved", "it's": 21})
@@ -311,3 +323,22 @@ def test_state_as_of_an_lsn_for_a_key_whose_column_names_hold_commas(tmp_path):
     layout = LakeLayout(tmp_path)
     rows = state_as_of_lsn(layout, "public.pairs", tx.lsn).to_pylist()
     assert [(r["com,ma"], r["[x"], r["v"]) for r in rows] == [(1, 2, "b")]
+
+
+def test_lake_folders_escape_what_other_readers_cannot_open_and_keep_older_folders(tmp_path):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from lake.layout import CHANGES
+
+    layout = LakeLayout(tmp_path)
+    name = 'public.we"ird/`t` ü~'
+    uri = layout.uri(CHANGES, name)
+    assert uri == f"{layout.root}/changes/public.we~22ird~2F~60t~60~20~C3~BC~7E"
+    write_deltalake(uri, pa.table({"x": [1]}))
+    legacy = "public.with space"  # a folder written before names were escaped
+    write_deltalake(tmp_path / "changes" / legacy, pa.table({"x": [2]}))
+    assert layout.tables(CHANGES) == [name, legacy]
+    assert layout.uri(CHANGES, legacy) == f"{layout.root}/changes/{legacy}"
+    assert pl.read_delta(uri)["x"].to_list() == [1]
+    assert layout.uri(CHANGES, "public.sales_order") == f"{layout.root}/changes/public.sales_order"

@@ -39,7 +39,7 @@ def _layout(lake: str | None) -> LakeLayout:
 def _qualified(layout: LakeLayout, table: str) -> str:
     known = layout.tables(CHANGES)
     for name in known:
-        if table in (name, name.rpartition(".")[2]):
+        if table in (name, name.partition(".")[2]):
             return name
     raise fail(f"The lake has no table {table!r}; it has: {', '.join(known) or 'none yet'}.", code=2)
 
@@ -137,7 +137,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     if lake:
         layout = LakeLayout(lake)
         for table in layout.tables(CHANGES):
-            short = table.rpartition(".")[2]
+            short = table.partition(".")[2] or table  # the schema holds no dot (as the reader assumes)
             register_duckdb(connection, layout, table, CHANGES, name=f"changes_{short}")
             try:
                 if isinstance(as_of, tuple):
