@@ -217,6 +217,10 @@ def _ident(cur, *names: str) -> str:
     return sql.Identifier(*names).as_string(cur.connection)
 
 
+def _literal(cur, value: str) -> str:
+    return sql.Literal(value).as_string(cur.connection)
+
+
 def _check_replication_privilege(cur) -> list[CheckResult]:
     cur.execute(
         """
@@ -427,14 +431,14 @@ def _check_slots(cur) -> list[CheckResult]:
             results.append(CheckResult(
                 "slot", Status.WARNING,
                 f"Slot {name!r}{where} has lost WAL it needed and cannot stream again: drop it "
-                f"(SELECT pg_drop_replication_slot({sql.Literal(name).as_string(cur.connection)})) and let the reader start afresh.",
+                f"(SELECT pg_drop_replication_slot({_literal(cur, name)})) and let the reader start afresh.",
                 name,
             ))
         elif not active and retained > RETAINED_WAL_WARNING_BYTES:
             results.append(CheckResult(
                 "slot", Status.WARNING,
                 f"Inactive {slot_type} slot {name!r}{where} retains {_size(retained)} of WAL: start "
-                f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({sql.Literal(name).as_string(cur.connection)})) "
+                f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({_literal(cur, name)})) "
                 "if nothing uses it any more.",
                 name,
             ))

@@ -8,12 +8,15 @@
 Folder names keep the schema ('changes/public.sales_order'), so two source schemas never
 share a folder. A source name may hold any character; in its folder name every character
 outside `A-Z a-z 0-9 _ . -` is written as `~` and the hex of its UTF-8 bytes ('we"ird t'
-→ 'we~22ird~20t'), reversibly (`folder_name`, `table_name`). Plain names are unchanged. Other
-readers need this: polars 2.1 cannot read a Delta table whose path needs URL escaping
-(spaces, quotes, backticks, non-ASCII), and deltalake decodes a `%` in a local path. The same code serves both storages: for S3, `storage_options` are
-deltalake's (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, keys, region); `storage_options_from_env`
-builds them from the standard AWS environment variables. Commits on S3 use conditional PUTs
-(deltalake 1.x), so no lock table is needed.
+→ 'we~22ird~20t'), reversibly (`folder_name`, `table_name`). Plain names are unchanged, and
+a local folder written before this escaping existed keeps being used. Other readers need
+it: polars 2.1 cannot read a Delta table whose path needs URL escaping (spaces, quotes,
+backticks, non-ASCII), and deltalake decodes a `%` in a local path.
+
+The same code serves both storages: for S3, `storage_options` are deltalake's
+(`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, keys, region); `storage_options_from_env` builds them
+from the standard AWS environment variables. Commits on S3 use conditional PUTs (deltalake
+1.x), so no lock table is needed.
 """
 
 from __future__ import annotations
