@@ -3,6 +3,9 @@
 
 locals {
   lake_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/*"
+  # The watermark table (lake/progress.py): all the reader reads of the lake.
+  lake_progress_prefix  = "${local.lake_prefix}/_progress/"
+  lake_progress_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/_progress/*"
 }
 
 # -- trust ------------------------------------------------------------------------------------
@@ -57,9 +60,10 @@ data "aws_iam_policy_document" "lake_read_write" {
 # -- reader task --------------------------------------------------------------------------------
 # `totes reader` puts records and reads the shard map. On start it describes the stream
 # (DescribeStreamSummary: it exists, Terraform owns it, so the reader never creates it) and
-# compares its shard count. It confirms to PostgreSQL what Kinesis has acknowledged, so it
-# reads nothing from the lake. Its metrics
-# go out as log lines (EMF on stdout), so it needs no CloudWatch permission.
+# compares its shard count. It confirms to PostgreSQL only what the lake has committed (the
+# lake watermark), so it reads the lake's _progress table and nothing else of the lake, and
+# writes nothing there. Its metrics go out as log lines (EMF on stdout), so it needs no
+# CloudWatch permission.
 
 resource "aws_iam_role" "reader" {
   name               = "${var.name}-reader"
@@ -76,6 +80,25 @@ data "aws_iam_policy_document" "reader" {
       "kinesis:DescribeStreamSummary",
     ]
     resources = [aws_kinesis_stream.changes.arn]
+  }
+
+  statement {
+    sid       = "ListLakeProgress"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.lake.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${local.lake_progress_prefix}*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadLakeProgress"
+    effect    = "Allow"
+    actions   = ["s3:GetObject"]
+    resources = [local.lake_progress_objects]
   }
 
   statement {

@@ -86,6 +86,9 @@ resource "aws_ecs_task_definition" "reader" {
     command = ["totes", "reader", "--emf", "--shards", tostring(var.shard_count), "--state-dir", "/state"]
     environment = [
       { name = "TOTES_STREAM", value = aws_kinesis_stream.changes.name },
+      # The slot is confirmed only up to the lake watermark: the WAL keeps every event the
+      # lake lacks, whatever happens to the stream or the processor.
+      { name = "TOTES_LAKE", value = local.lake_uri },
       { name = "TOTES_SLOT", value = var.slot_name },
       { name = "TOTES_PUBLICATION", value = var.publication_name },
       { name = "TOTES_HOME", value = "/tmp/totes" },

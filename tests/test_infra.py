@@ -255,3 +255,25 @@ def test_secrets_have_no_values_in_terraform():
             assert not re.search(r"(?m)^\s*default\s*=", body), f"variable {name} has a default"
     for name, body in _blocks(text, "output").items():
         assert "secret_string" not in body, f"output {name} exposes a secret"
+
+
+def _reader_statements() -> dict[str, str]:
+    body = _blocks(_tf_text(), r'data\s+"aws_iam_policy_document"')["reader"]
+    return {re.search(r'sid\s*=\s*"(\w+)"', s).group(1): s for s in _nested(body, "statement")}
+
+
+def test_the_reader_reads_the_lake_watermark_and_nothing_else_of_the_lake():
+    """The reader confirms the slot up to the lake watermark: its task is given the lake and
+    may read the _progress objects only (no write, no other prefix)."""
+    task = _blocks(_tf_text(), r'resource\s+"aws_ecs_task_definition"')["reader"]
+    assert re.search(r'name\s*=\s*"TOTES_LAKE"\s*,\s*value\s*=\s*local\.lake_uri', task)
+    local_text = _tf_text()
+    assert 'lake_progress_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/_progress/*"' in local_text
+    lake_statements = {sid: s for sid, s in _reader_statements().items() if "s3:" in s}
+    assert set(lake_statements) == {"ListLakeProgress", "ReadLakeProgress"}
+    read = lake_statements["ReadLakeProgress"]
+    assert re.findall(r'"(s3:\w+)"', read) == ["s3:GetObject"]
+    assert re.search(r"resources\s*=\s*\[\s*local\.lake_progress_objects\s*\]", read)
+    listing = lake_statements["ListLakeProgress"]
+    assert re.findall(r'"(s3:\w+)"', listing) == ["s3:ListBucket", "s3:prefix"]
+    assert 'values   = ["${local.lake_progress_prefix}*"]' in listing

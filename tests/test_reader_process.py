@@ -42,14 +42,22 @@ def _wait_confirmed(dsn: str, lsn: int, process: subprocess.Popen, timeout: floa
 
 
 class ReaderProcess:
-    def __init__(self, dsn: str, stream: str, endpoint: str, home, *extra: str):
+    """`totes reader` on its own: without `lake`, durable is what Kinesis acknowledged (these
+    tests read the stream back, no processor runs)."""
+
+    def __init__(self, dsn: str, stream: str, endpoint: str, home, *extra: str, lake=None):
         self.home = home
-        self.args = [sys.executable, "-m", "totes_cli", "reader", "--source", dsn, "--stream", stream, *extra]
+        durability = () if lake else ("--durability", "kinesis")
+        self.args = [sys.executable, "-m", "totes_cli", "reader", "--source", dsn, "--stream", stream,
+                     *durability, *extra]
         self.env = {**os.environ, "TOTES_HOME": str(home), "AWS_ENDPOINT_URL_KINESIS": endpoint,
                     "TOTES_CONFIG": str(home / "none.toml")}
+        if lake:
+            self.env["TOTES_LAKE"] = str(lake)
 
-    def start(self) -> subprocess.Popen:
-        return subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def start(self, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(self.args + list(extra), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
 
 def _stream_state(kinesis, stream):

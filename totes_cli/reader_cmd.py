@@ -17,24 +17,44 @@ from cdc_reader.publisher import Publisher, PublishError, kinesis_client
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
 from cdc_reader.source_setup import SourceSetupError
 from change_events import format_lsn
+from lake.layout import LakeLayout
 from local_stack.kinesalite import KinesaliteError, ensure_stream
 from totes_cli.console import err, fail
+from totes_cli.pipeline import LakeWatermark
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn
 from totesys.connection import SourceConnectionError
 from totesys.schema import TABLES
+
+log = logging.getLogger("totes.reader")
 
 DEFAULT_STREAM = "totes-cdc"
 STATUS_SECONDS = 5.0
 
 
 class KinesisAcknowledged:
-    """Durability until the lake exists: what Kinesis has acknowledged is durable."""
+    """Durability only when asked for (`--durability kinesis`): what Kinesis has acknowledged
+    counts as durable. The slot then forgets WAL the lake may never get: a processor stalled
+    for longer than the stream's retention loses those events for good."""
 
     def __init__(self, publisher: Publisher):
         self.publisher = publisher
 
     def durable_lsn(self) -> int:
         return self.publisher.acknowledged_lsn
+
+
+def choose_durability(lake: str | None, durability: str | None) -> str:
+    """'lake' or 'kinesis', or a failure naming both options when neither is given."""
+    wanted = (durability or "").strip().lower() or None
+    if wanted not in (None, "lake", "kinesis"):
+        raise fail(f"--durability must be 'lake' or 'kinesis', not {durability!r}.", code=2)
+    if wanted == "kinesis":
+        return "kinesis"
+    if lake:
+        return "lake"
+    raise fail("The reader needs to know when events are durable: pass --lake DIR|s3://bucket/prefix "
+               "(or set TOTES_LAKE) to confirm only what the lake holds, or --durability kinesis to "
+               "confirm what Kinesis acknowledged, at the risk of losing events if the processor stalls.", code=2)
 
 
 def _write_status(path: Path, reader: Reader, publisher: Publisher, started: float) -> None:
@@ -85,10 +105,13 @@ def reader(
     resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
     emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
     reset: Annotated[bool, typer.Option("--reset", help="Forget the reader's state so a missing slot is created again with a new snapshot.")] = False,
+    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark.")] = None,
+    durability: Annotated[Optional[str], typer.Option("--durability", envvar="TOTES_DURABILITY", help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.", show_default=False)] = None,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
-    the WAL, confirming to PostgreSQL only what Kinesis has acknowledged."""
+    the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    mode = choose_durability(lake, durability)
     try:
         dsn = resolve_source_dsn(source)
     except NoSourceError as error:
@@ -112,7 +135,13 @@ def reader(
     if unknown:
         raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
     config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()))
-    the_reader = Reader(dsn, publisher, KinesisAcknowledged(publisher), FileStateStore(state_path), config)
+    if mode == "kinesis":
+        log.warning("durability is what Kinesis acknowledged: if the processor stalls for longer than the "
+                    "stream's retention, events PostgreSQL has already released are lost; pass --lake instead")
+        durable: KinesisAcknowledged | LakeWatermark = KinesisAcknowledged(publisher)
+    else:
+        durable = LakeWatermark(LakeLayout(lake), lambda: [shard.shard_id for shard in publisher.shards])
+    the_reader = Reader(dsn, publisher, durable, FileStateStore(state_path), config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

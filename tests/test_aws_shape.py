@@ -1,0 +1,221 @@
+"""The stages as separate processes, as AWS runs them (`totes reader`, `totes processor`,
+`totes sync`), against a real PostgreSQL, kinesalite, a Delta lake folder and a DuckDB file,
+through faults of the stream and of the source.
+
+1. The stream lost (deleted and recreated, as retention would expire it) after Kinesis
+   acknowledged events the lake never took: the reader confirmed only the lake watermark, so
+   the restarted reader publishes them again from the slot and the lake and the warehouse
+   end equal to the source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cdc_reader.publisher import kinesis_client
+from lake.layout import LakeLayout
+from lake.progress import Progress
+from local_stack.kinesalite import ensure_stream
+from tests.conftest import make_scratch_dir
+from tests.e2e_helpers import (
+    REPO,
+    check_against_source,
+    current_lsn,
+    execute,
+    read_source,
+    slot_confirmed,
+    wait_for,
+)
+from tests.stream_helpers import events_by_shard, new_stream, read_stream
+from tests.warehouse_fixtures import read_table_sorted
+from totesys.simulator import Simulator
+from warehouse_sync import DuckDBTarget
+
+pytestmark = pytest.mark.slow
+
+SLOT = "totes_cdc"
+
+
+class Stages:
+    """`totes reader | processor | sync` as child processes sharing one lake and stream."""
+
+    def __init__(self, dsn: str, stream: str, endpoint: str, home: Path):
+        self.dsn, self.stream, self.home = dsn, stream, home
+        self.lake, self.warehouse = home / "lake", home / "warehouse.duckdb"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
+        self.env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), TOTES_LAKE=str(self.lake),
+                        TOTES_STREAM=stream, TOTES_WAREHOUSE=str(self.warehouse),
+                        AWS_ENDPOINT_URL_KINESIS=endpoint)
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def log(self, stage: str) -> Path:
+        return self.home / f"{stage}.log"
+
+    def start(self, stage: str, *args: str) -> subprocess.Popen:
+        extra = ("--source", self.dsn) if stage == "reader" else ()
+        with open(self.log(stage), "a") as log:
+            process = subprocess.Popen([sys.executable, "-m", "totes_cli", stage, *extra, *args], env=self.env,
+                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.running[stage] = process
+        return process
+
+    def stop(self, stage: str) -> int:
+        """SIGTERM, as ECS stops a task; the exit code."""
+        process = self.running.pop(stage)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"{stage} did not stop on SIGTERM\n{self.tail(stage)}") from None
+
+    def stop_all(self) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.running.clear()
+
+    def tail(self, stage: str, chars: int = 3000) -> str:
+        path = self.log(stage)
+        return path.read_text()[-chars:] if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {stage}\n{self.tail(stage)}" for stage in ("reader", "processor", "sync"))
+
+    def watermark(self) -> int:
+        shards = [s["ShardId"] for s in kinesis_client(endpoint_url=self.env["AWS_ENDPOINT_URL_KINESIS"])
+                  .list_shards(StreamName=self.stream)["Shards"]]
+        return Progress(LakeLayout(str(self.lake))).lake_watermark(shards)
+
+    def wait_lake(self, lsn: int, timeout: float = 120) -> None:
+        wait_for(lambda: self.watermark() >= lsn, timeout, f"the lake watermark to reach {lsn:X}", log=self.logs)
+
+    def sync_once(self) -> None:
+        done = subprocess.run([sys.executable, "-m", "totes_cli", "sync", "--once"], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture
+def home():
+    path = make_scratch_dir("totes-aws-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def lake_keys(lake: Path, table: str, key: str) -> set[str]:
+    """Keys alive in the lake's current state of `table`, as text."""
+    layout = LakeLayout(str(lake))
+    uri = layout.state_uri(f"public.{table}")
+    dataset = layout.open(uri).to_pyarrow_dataset(filesystem=layout.subtree(uri))
+    frame = pl.from_arrow(dataset.to_table(columns=[key, "_deleted"]))
+    return {str(k) for k in frame.filter(~pl.col("_deleted"))[key].to_list()}
+
+
+def lake_logged_twice(lake: Path) -> dict[str, int]:
+    """Tables whose change log holds an event position more than once, with how many."""
+    layout = LakeLayout(str(lake))
+    doubled = {}
+    for table in layout.tables():
+        uri = layout.changes_uri(table)
+        dataset = layout.open(uri).to_pyarrow_dataset(filesystem=layout.subtree(uri))
+        frame = pl.from_arrow(dataset.to_table(columns=["_lsn", "_seq"]))
+        if frame.height != frame.unique().height:
+            doubled[table] = frame.height - frame.unique().height
+    return doubled
+
+
+def check_lake_and_warehouse(stages: Stages, gone: list[str]) -> None:
+    """Lake and warehouse equal the source: the lake's current sales orders are the source's,
+    no event is logged twice, the warehouse passes every check against the source, and none
+    of the sales orders `gone` is live in it."""
+    source = read_source(stages.dsn)
+    assert lake_keys(stages.lake, "sales_order", "sales_order_id") == set(source["sales_order"])
+    assert lake_logged_twice(stages.lake) == {}
+    stages.sync_once()
+    with DuckDBTarget(stages.warehouse) as target:
+        facts = read_table_sorted(target, "fact_sales_order")
+        ghosts = facts.filter(pl.col("is_current") & ~pl.col("is_deleted")
+                              & pl.col("sales_order_id").is_in([int(k) for k in gone]))
+        assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
+        check_against_source(target, source)
+
+
+def _change_sales_orders(dsn: str) -> tuple[list[str], list[str]]:
+    """Delete three sales orders and change three others; (deleted ids, changed ids)."""
+    ids = sorted(read_source(dsn)["sales_order"], key=int)
+    gone, changed = ids[:3], ids[3:6]
+    assert execute(dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
+    assert execute(dsn, "UPDATE sales_order SET units_sold = units_sold + 1000 "
+                        "WHERE sales_order_id = ANY(%s::int[])", (changed,)) == 3
+    return gone, changed
+
+
+def _in_stream(kinesis, stream: str, table: str, op: str, keys: list[str]) -> bool:
+    wanted = {f"{table}_id": k for k in keys}
+    seen = {event.key.get(f"{table}_id") for events in events_by_shard(read_stream(kinesis, stream)).values()
+            for event in events if event.table == f"public.{table}" and event.op.value == op}
+    return set(wanted.values()) <= seen
+
+
+def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
+        totesys_dsn, kinesis, kinesalite_url, home):
+    with Simulator(totesys_dsn, seed=81) as simulator:
+        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
+    stream = new_stream(kinesis, shards=2)
+    stages = Stages(totesys_dsn, stream, kinesalite_url, home)
+    try:
+        stages.start("reader")
+        stages.start("processor", "--window", "0.2")
+        stages.wait_lake(current_lsn(totesys_dsn))
+
+        # The processor stalls (a poison record, an S3 outage...) while the source changes.
+        assert stages.stop("processor") == 0, stages.tail("processor")
+        lake_before = stages.watermark()
+        gone, changed = _change_sales_orders(totesys_dsn)
+        with Simulator(totesys_dsn, seed=82) as simulator:
+            simulator.run_live(rate=0, events=40)
+        wait_for(lambda: _in_stream(kinesis, stream, "sales_order", "d", gone), 60,
+                 "the deletes to reach the stream", log=stages.logs)
+        assert stages.stop("reader") == 0, stages.tail("reader")
+        # The slot holds everything the lake lacks, even after a clean stop.
+        assert slot_confirmed(totesys_dsn, SLOT) <= lake_before, stages.tail("reader")
+
+        # The stream expires: every record in it is gone, its consumer starts over.
+        kinesis.delete_stream(StreamName=stream)
+        kinesis.get_waiter("stream_not_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
+        ensure_stream(kinesis, stream, 2)
+        shutil.rmtree(stages.lake / "_local" / "offsets", ignore_errors=True)
+
+        stages.start("reader")
+        stages.start("processor", "--window", "0.2")
+        stages.wait_lake(current_lsn(totesys_dsn))
+        assert stages.stop("reader") == 0, stages.tail("reader")
+        assert stages.stop("processor") == 0, stages.tail("processor")
+        check_lake_and_warehouse(stages, gone)
+        with DuckDBTarget(stages.warehouse) as target:
+            current = read_table_sorted(target, "fact_sales_order").filter(pl.col("is_current"))
+            changed_rows = current.filter(pl.col("sales_order_id").is_in([int(k) for k in changed]))
+            assert changed_rows["units_sold"].min() >= 1000
+    finally:
+        stages.stop_all()
+
+
+def test_a_reader_without_a_lake_refuses_in_one_sentence(kinesalite_url, home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOTES_")}
+    env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), AWS_ENDPOINT_URL_KINESIS=kinesalite_url)
+    done = subprocess.run([sys.executable, "-m", "totes_cli", "reader", "--source", "postgresql://nobody@127.0.0.1:1/x"], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--lake" in done.stderr and "--durability kinesis" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
