@@ -15,6 +15,15 @@ from psycopg2.extensions import parse_dsn
 
 CONNECT_TIMEOUT_SECONDS = 10
 
+# A half-open TCP connection (a peer gone without a FIN: failover, NAT timeout, a cut link)
+# is noticed within a minute at both ends: probes after 20 s idle, every 10 s, 3 unanswered
+# probes end it (50 s); unacknowledged data ends it after 60 s. The server-side settings
+# also free what a vanished client held (a replication slot marked active, row locks).
+CLIENT_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "20", "keepalives_interval": "10",
+                     "keepalives_count": "3", "tcp_user_timeout": "60000"}
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": "20", "tcp_keepalives_interval": "10",
+                     "tcp_keepalives_count": "3", "tcp_user_timeout": "60000"}
+
 
 class SourceConnectionError(RuntimeError):
     """Could not connect; str() is one sentence that names the fix. `transient` says whether
@@ -144,9 +153,24 @@ def is_transient(error: Exception) -> bool:
     return any(marker in str(error).lower() for marker in _TRANSIENT_MARKERS)
 
 
+def keepalive_params(dsn: str, options: str | None = None) -> dict[str, str]:
+    """Connection parameters for TCP keepalives at both ends (see CLIENT_KEEPALIVES), except
+    those the DSN sets itself; `options` (else the DSN's) keeps its settings and gains ours."""
+    try:
+        given = parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        given = {}
+    params = {name: value for name, value in CLIENT_KEEPALIVES.items() if name not in given}
+    base = options if options is not None else given.get("options", "")
+    ours = [f"-c {name}={value}" for name, value in SERVER_KEEPALIVES.items() if name not in base]
+    params["options"] = " ".join(part for part in (base, *ours) if part)
+    return params
+
+
 def connect(dsn: str, **kwargs):
-    """psycopg2.connect, with failures raised as SourceConnectionError."""
+    """psycopg2.connect with TCP keepalives, with failures raised as SourceConnectionError."""
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    kwargs.update(keepalive_params(dsn, kwargs.get("options")))
     try:
         return psycopg2.connect(dsn, **kwargs)
     except (psycopg2.OperationalError, psycopg2.ProgrammingError) as error:

@@ -8,6 +8,8 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from totesys.connection import keepalive_params
+
 # The 11 business tables, parents before children (the order inserts must follow).
 TABLES: tuple[str, ...] = (
     "address",
@@ -41,7 +43,7 @@ def database_name(dsn: str) -> str:
 
 def ensure_database(admin_dsn: str, dbname: str = DEFAULT_DATABASE) -> str:
     """Create `dbname` unless it exists; return a DSN for it."""
-    conn = psycopg2.connect(admin_dsn)
+    conn = psycopg2.connect(admin_dsn, **keepalive_params(admin_dsn))
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -61,7 +63,7 @@ def has_schema(conn) -> bool:
 
 def create_schema(dsn: str) -> bool:
     """Create the totesys tables unless they are there; True when they were created now."""
-    conn = psycopg2.connect(dsn)
+    conn = psycopg2.connect(dsn, **keepalive_params(dsn))
     try:
         with conn:
             if has_schema(conn):

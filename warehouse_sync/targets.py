@@ -17,7 +17,15 @@ import polars as pl
 import psycopg2
 from psycopg2 import sql as pgsql
 
+from totesys.connection import keepalive_params
 from warehouse_sync.schema import DUCKDB, POSTGRES
+
+APPLICATION_NAME = "totes-sync"
+
+
+def _application_name(dsn: str) -> dict[str, str]:
+    """The sync's sessions name themselves (pg_stat_activity), unless the DSN names them."""
+    return {} if "application_name" in dsn else {"application_name": APPLICATION_NAME}
 
 
 class Target:
@@ -156,10 +164,14 @@ class PostgresTarget(Target):
 
     def __init__(self, dsn: str):
         self.dsn = dsn
-        self.connection = psycopg2.connect(dsn)
-        with self.connection.cursor() as cur:
+        self.connection = self._connect()
+
+    def _connect(self):
+        connection = psycopg2.connect(self.dsn, **keepalive_params(self.dsn), **_application_name(self.dsn))
+        with connection.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
-        self.connection.commit()
+        connection.commit()
+        return connection
 
     def __repr__(self) -> str:
         return "PostgresTarget(...)"
