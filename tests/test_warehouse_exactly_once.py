@@ -7,11 +7,14 @@ order) inside its transaction: a rolled-back sync consumes nothing."""
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import date
 
+import psycopg2
 import pytest
 
 import warehouse_sync.apply as apply_module
+from tests.e2e_helpers import wait_for
 from tests.warehouse_fixtures import (
     assert_same_warehouse,
     duplicate_logged_events,
@@ -137,4 +140,57 @@ def test_postgres_crash_and_rerun_equal_the_duckdb_reference(history, lake, refe
         assert checkpoint_lsn(target) == history.final_lsn
         assert_same_warehouse(dump_warehouse(target), reference)
     finally:
+        target.close()
+
+
+def _blocked_sync_backend(dsn: str, other_than: int | None = None) -> int | None:
+    """The pid of the sync's session while it waits for a lock, else None."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name = 'totes-sync' AND wait_event_type = 'Lock' AND pid <> %s",
+                        (other_than or 0,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
+def test_postgres_dropping_the_connection_mid_sync_is_retried_with_nothing_doubled(
+        history, lake, reference, empty_database):
+    """The warehouse's backend is terminated (pg_terminate_backend) in the middle of a sync's
+    transaction, after it wrote mirrors and dimensions: the sync reconnects, runs again from
+    the checkpoint and ends identical to one uninterrupted sync."""
+    target = PostgresTarget(empty_database)
+    locker = psycopg2.connect(empty_database)
+    try:
+        _sync(lake, target, history.points[1][0])
+        with locker.cursor() as cur:  # the sync's fact writes wait here, its earlier writes done
+            cur.execute("LOCK TABLE fact_sales_order IN EXCLUSIVE MODE")
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = sync_once(lake, target, history.final_lsn, today=TODAY)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        first = wait_for(lambda: _blocked_sync_backend(empty_database), 60, "the sync to wait for the lock")
+        with psycopg2.connect(empty_database) as admin, admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (first,))
+            assert cur.fetchone()[0]
+        admin.close()
+        wait_for(lambda: _blocked_sync_backend(empty_database, other_than=first) or "error" in outcome, 60,
+                 "the sync to run again on a new connection")
+        locker.rollback()
+        worker.join(120)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["result"].to_lsn == history.final_lsn
+        assert checkpoint_lsn(target) == history.final_lsn
+        assert_same_warehouse(dump_warehouse(target), reference)
+    finally:
+        locker.close()
         target.close()

@@ -18,7 +18,10 @@ moves the checkpoint:
 7. set the checkpoint to `upto_lsn` and commit.
 
 A crash anywhere before the commit leaves the warehouse as it was; a rerun repeats the same
-work from the same checkpoint, and a rerun with the same `upto_lsn` does nothing.
+work from the same checkpoint, and a rerun with the same `upto_lsn` does nothing. So a
+warehouse that drops the connection mid-sync (a restart, a failover, an idle timeout) is
+simply reconnected to and the sync run again, a few times with a growing pause: even a
+connection lost during COMMIT is safe, the rerun finds the checkpoint moved or not.
 
 Record ids are `max(record id) + 1, + 2, …` in `(source_lsn, source_seq, business key)` order,
 assigned inside the transaction, so they are a function of the change log alone: a rolled
@@ -29,6 +32,8 @@ advanced past them, for anyone inserting by hand.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -59,6 +64,11 @@ from warehouse_sync.schema import (
     schema_ddl,
 )
 from warehouse_sync.targets import Target
+
+log = logging.getLogger("totes.sync")
+
+RECONNECT_ATTEMPTS = 5
+"""Syncs tried on a warehouse that keeps dropping the connection before giving up."""
 
 DIMENSION_SOURCES = {
     DIM_LOCATION.name: "address",
@@ -108,9 +118,30 @@ def checkpoint_lsn(target: Target) -> int:
 
 def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None = None,
               tables: dict | None = None) -> SyncResult:
-    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn` in one transaction.
+    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn` in one transaction,
+    reconnecting and running it again when the warehouse drops the connection.
 
     `tables`, a dict kept by a continuous caller, caches the lake's Delta tables between runs."""
+    lost = False
+    for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+        try:
+            if lost:
+                target.reconnect()
+            return _sync_once(lake, target, upto_lsn, today=today, tables=tables)
+        except Exception as error:
+            if attempt == RECONNECT_ATTEMPTS or not target.lost_connection(error):
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            delay = min(2.0 ** (attempt - 1), 10.0)
+            log.warning("the warehouse dropped the connection (%s); reconnecting in %.0f s and syncing again",
+                        first, delay)
+            time.sleep(delay)
+            lost = True
+    raise AssertionError("unreachable")
+
+
+def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None,
+               tables: dict | None) -> SyncResult:
     layout = lake if isinstance(lake, LakeLayout) else LakeLayout(lake)
     today = today or datetime.now(timezone.utc).date()
     if not target.schema_ready:

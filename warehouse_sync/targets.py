@@ -63,6 +63,14 @@ class Target:
     def close(self) -> None:
         raise NotImplementedError
 
+    def lost_connection(self, error: BaseException) -> bool:
+        """`error` means the connection is gone (worth a new one and a retry)."""
+        return False
+
+    def reconnect(self) -> None:
+        """Replace a lost connection with a new one."""
+        raise NotImplementedError
+
     def __enter__(self):
         return self
 
@@ -214,10 +222,25 @@ class PostgresTarget(Target):
         self.connection.commit()
 
     def rollback(self) -> None:
-        self.connection.rollback()
+        if self.connection.closed:
+            return  # the server rolled the transaction back when the connection went
+        try:
+            self.connection.rollback()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            pass  # lost right now: the same
 
     def close(self) -> None:
         self.connection.close()
+
+    def lost_connection(self, error: BaseException) -> bool:
+        return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError)) or bool(self.connection.closed)
+
+    def reconnect(self) -> None:
+        try:
+            self.connection.close()
+        except psycopg2.Error:
+            pass
+        self.connection = self._connect()
 
 
 def is_postgres_dsn(warehouse: str) -> bool:
