@@ -17,6 +17,15 @@ slot: its rows may be downstream already, and rows deleted before a second snaps
 stay alive there. The slot, never confirmed past the snapshot, still holds every change
 since; the reader streams from it and reads every table again (resnapshot.py).
 
+A slot PostgreSQL invalidated (`max_slot_wal_keep_size`) or that was dropped cannot be
+streamed from, and the WAL since it was last confirmed is gone: the reader stops with
+SlotLostError, one sentence naming `--reset`. Recovery is that one explicit run, not
+automatic (the lake's history misses what happened meanwhile, which an operator should
+know): a new slot whose snapshot begins with a truncate of every table at its consistent
+point, then the rows at that same point (`ReaderState.replaces_lost_slot`), so downstream
+every row older than the snapshot goes and those that still exist come back; a row deleted
+meanwhile stays deleted, nothing is doubled.
+
 The hot path (`_stream_rows`) hands row changes to the sink as EncodedChanges, their row
 bytes copied from pgoutput into wire frames without being decoded (assembler.py); every
 other message, and every message during a re-read, takes the general path through
@@ -38,6 +47,7 @@ from pathlib import Path
 from typing import Protocol
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 from psycopg2 import sql
 
@@ -48,9 +58,10 @@ from cdc_reader.pgtypes import SESSION_SETTINGS
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.snapshot import read_snapshot
 from cdc_reader.source_setup import (
-    SourceSetupError, check_slot, create_slot, ensure_publication, slot_state,
+    SlotLostError, check_slot, create_slot, drop_slot, ensure_publication, lost_slot_message,
+    slot_state,
 )
-from change_events import ChangeEvent, format_lsn
+from change_events import ChangeEvent, Op, format_lsn
 from change_events.wire import EncodedChange
 from totesys.connection import SourceConnectionError, connect
 from totesys.schema import TABLES, database_name
@@ -94,6 +105,10 @@ class ReaderState:
     """Tables being read again because the first snapshot was cut off before it was
     published; the snapshot counts as done only once those re-reads are durable. Kept here
     so a reader killed during that recovery starts it again instead of a new snapshot."""
+    replaces_lost_slot: bool = False
+    """This slot's snapshot replaces what a lost slot left downstream (`--reset`): it begins
+    with a truncate of every table at its consistent point, so a row deleted while no slot
+    was reading does not stay alive in the lake or the warehouse."""
 
 
 class StateStore(Protocol):
@@ -136,6 +151,9 @@ class ReaderConfig:
     snapshot_chunk_rows: int = 5_000
     resnapshot: tuple[str, ...] = ()
     """Tables to read again, chunk by chunk, while streaming (see resnapshot.py)."""
+    reset: bool = False
+    """Start over after a lost slot (`--reset`): drop the invalidated slot, create a new one
+    and take a snapshot that replaces every table downstream."""
 
 
 @dataclass
@@ -222,6 +240,7 @@ class Reader:
         self._recovery: _Recovery | None = None
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
+        self._reset_pending = config.reset  # once per process, not at every reconnect
 
     # -- set-up --------------------------------------------------------------------------
     def _connect(self, **kwargs):
@@ -233,18 +252,27 @@ class Reader:
         ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables)
         state = self.state.load()
         slot = slot_state(conn, cfg.slot)
+        if self._reset_pending:
+            state, slot = self._reset(conn, state, slot)
+        if slot is not None and slot.lost:
+            raise SlotLostError(lost_slot_message(cfg.slot, slot.why_lost()))
         if slot is None and state.slot == cfg.slot and state.snapshot_lsn is None:
             # Killed while creating the slot, before it existed: nothing was read yet.
-            state = ReaderState()
+            state = ReaderState(replaces_lost_slot=state.replaces_lost_slot)
             self.state.save(state)
         if slot is None and state.slot == cfg.slot:
             # Even a cut-off snapshot may have rows downstream: a new one could leave rows
             # deleted in between alive there, so starting over is the operator's call.
-            raise SourceSetupError(
-                f"Replication slot {cfg.slot!r} is gone (dropped, or invalidated for retaining too much WAL), "
-                "so changes made since it was last confirmed cannot be read: start over with a new "
-                "snapshot by running the reader with --reset."
-            )
+            raise SlotLostError(lost_slot_message(
+                cfg.slot, "is gone (dropped, or invalidated for retaining too much WAL)"))
+        if slot is not None and state.slot == cfg.slot and state.replaces_lost_slot \
+                and self._snapshot_cut_off(state) and self._recovery is None:
+            # A replacing snapshot cut off: take it again from a new slot. Its truncates
+            # remove whatever of this one got downstream.
+            log.warning("the replacing snapshot of slot %s was cut off: taking it again from a new slot", cfg.slot)
+            drop_slot(conn, cfg.slot)
+            state, slot = ReaderState(replaces_lost_slot=True), None
+            self.state.save(state)
         if slot is not None:
             check_slot(slot, database_name(self.dsn) or slot.database)
             if state.slot != cfg.slot:
@@ -259,6 +287,21 @@ class Reader:
                     state = replace(state, snapshot_lsn=slot.confirmed_flush_lsn)
                 state = self._recover_snapshot(state)
         return state
+
+    def _reset(self, conn, state: ReaderState, slot):
+        """`--reset`: a lost slot of ours is dropped, and the snapshot of the next one replaces
+        every table downstream. A healthy slot is resumed from as it is."""
+        self._reset_pending = False
+        cfg = self.config
+        if slot is not None and slot.lost:
+            log.warning("dropping replication slot %s: it %s", cfg.slot, slot.why_lost())
+            drop_slot(conn, cfg.slot)
+            slot = None
+        state = ReaderState(replaces_lost_slot=slot is None)
+        self.state.save(state)
+        if slot is None:
+            log.warning("starting over: a new slot, and a snapshot that replaces every table downstream")
+        return state, slot
 
     def _snapshot_cut_off(self, state: ReaderState) -> bool:
         """Our slot's first snapshot never reached the sink whole (or is being made up for)."""
@@ -334,14 +377,23 @@ class Reader:
 
     def _snapshot(self, replication_cursor, conn) -> int:
         cfg = self.config
+        replaces = self.state.load().replaces_lost_slot
         # Noted first, so a reader killed right after creating the slot knows the slot is its
         # own, with a snapshot still to make up for, rather than one to resume from as it is.
-        self.state.save(ReaderState(slot=cfg.slot))
+        self.state.save(ReaderState(slot=cfg.slot, replaces_lost_slot=replaces))
         new = create_slot(replication_cursor, cfg.slot)
-        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_done=False))
+        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_done=False,
+                                    replaces_lost_slot=replaces))
         log.info("slot %s created at %s; reading the snapshot", cfg.slot, format_lsn(new.consistent_lsn))
         schemas = [read_table_schema(conn, cfg.schema, t) for t in cfg.tables]
         conn.commit()
+        first_seq = 0
+        if replaces:
+            # Everything downstream older than this snapshot goes; the snapshot's own rows
+            # (later seq at the same LSN) stay. See replaces_lost_slot.
+            for seq, schema in enumerate(schemas):
+                self.sink.add(ChangeEvent(schema, Op.TRUNCATE, new.consistent_lsn, seq, None, None, {}))
+            first_seq = len(schemas)
 
         def emit(events: list[EncodedChange]) -> None:
             for event in events:
@@ -349,13 +401,14 @@ class Reader:
             self.metrics.snapshot_events += len(events)
 
         read_snapshot(conn, new.snapshot_name, schemas, new.consistent_lsn, emit,
-                      chunk_rows=cfg.snapshot_chunk_rows, progress=self.snapshot_progress)
+                      chunk_rows=cfg.snapshot_chunk_rows, progress=self.snapshot_progress, first_seq=first_seq)
         self.sink.end_transaction(new.consistent_lsn)
         self._handed_over = new.consistent_lsn
         self.sink.flush()
         # From here on a restart simply resumes from the slot; before, it resumes too but
         # reads every table again (`_recover_snapshot`).
-        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_published=True))
+        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_published=True,
+                                    replaces_lost_slot=replaces))
         self.sink.publish_watermark(new.consistent_lsn)
         return new.consistent_lsn
 
@@ -383,10 +436,14 @@ class Reader:
 
     def _stream(self, cur, conn, state: ReaderState, start_lsn: int, stop: threading.Event) -> None:
         cfg = self.config
-        cur.start_replication(
-            slot_name=cfg.slot, decode=False, start_lsn=start_lsn,
-            options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
-        )
+        try:
+            cur.start_replication(
+                slot_name=cfg.slot, decode=False, start_lsn=start_lsn,
+                options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
+            )
+        except (psycopg2.errors.ObjectNotInPrerequisiteState, psycopg2.errors.UndefinedObject) as error:
+            # Invalidated or dropped between the check in `prepare` and here.
+            raise SlotLostError(lost_slot_message(cfg.slot, f"cannot stream ({error.diag.message_primary})")) from None
         self.streaming.set()
         assembler = Assembler(TypeNames(conn), lambda s, t: read_table_schema(conn, s, t).key_names)
         progress = self._progress

@@ -94,13 +94,15 @@ def read_snapshot(
     *,
     chunk_rows: int = 5_000,
     progress: Progress | None = None,
+    first_seq: int = 0,
 ) -> int:
     """COPY every table under the exported snapshot into `emit`; return the events emitted.
 
     `conn` must be a plain connection with no transaction open; the replication connection
-    that exported `snapshot_name` must stay open and idle until this returns.
+    that exported `snapshot_name` must stay open and idle until this returns. Events are
+    numbered from `first_seq` (lower ones may precede the snapshot at the same LSN).
     """
-    seq = 0
+    seq = first_seq
     conn.rollback()
     conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
     try:
@@ -137,4 +139,4 @@ def read_snapshot(
     finally:
         conn.rollback()
         conn.set_session(isolation_level="DEFAULT", readonly=False)
-    return seq
+    return seq - first_seq

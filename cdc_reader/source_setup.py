@@ -21,6 +21,17 @@ class SourceSetupError(RuntimeError):
     """The source lacks something the reader needs; the message names the fix."""
 
 
+class SlotLostError(SourceSetupError):
+    """The reader's slot was invalidated or dropped: the WAL since it was last confirmed is
+    gone. Recovery is one explicit run with --reset (see `Reader.prepare`)."""
+
+
+def lost_slot_message(name: str, why: str) -> str:
+    return (f"Replication slot {name!r} {why}, so the changes made since it was last confirmed cannot be read: "
+            "run the reader once with --reset to take a new snapshot from a new slot, which replaces every "
+            "table downstream (rows deleted meanwhile go, nothing is doubled).")
+
+
 @dataclass(frozen=True)
 class SlotState:
     name: str
@@ -28,6 +39,21 @@ class SlotState:
     database: str
     active: bool
     confirmed_flush_lsn: int | None
+    wal_status: str | None = None
+    invalidation_reason: str | None = None
+    """Set once PostgreSQL invalidated the slot (17+; `wal_status = 'lost'` from 13)."""
+
+    @property
+    def lost(self) -> bool:
+        """The slot can no longer stream: PostgreSQL removed WAL it needed (or invalidated it otherwise)."""
+        return self.wal_status == "lost" or self.invalidation_reason is not None
+
+    def why_lost(self) -> str:
+        reason = self.invalidation_reason or "wal_removed"
+        if reason == "wal_removed":
+            return ("was invalidated by PostgreSQL (wal_removed: it held back more WAL than "
+                    "max_slot_wal_keep_size allows)")
+        return f"was invalidated by PostgreSQL ({reason})"
 
 
 def _quoted_tables(conn, schema: str, tables) -> sql.Composable:
@@ -100,17 +126,27 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) ->
 
 def slot_state(conn, name: str) -> SlotState | None:
     with conn.cursor() as cur:
+        # Through jsonb: wal_status and invalidation_reason are missing from older servers.
         cur.execute(
-            "SELECT slot_name, plugin, database, active, confirmed_flush_lsn::text "
-            "FROM pg_replication_slots WHERE slot_name = %s",
+            "SELECT slot_name, plugin, database, active, confirmed_flush_lsn::text, "
+            "to_jsonb(s) ->> 'wal_status', to_jsonb(s) ->> 'invalidation_reason' "
+            "FROM pg_replication_slots AS s WHERE slot_name = %s",
             (name,),
         )
         row = cur.fetchone()
     conn.rollback()
     if row is None:
         return None
-    slot_name, plugin, database, active, confirmed = row
-    return SlotState(slot_name, plugin, database, active, parse_lsn(confirmed) if confirmed else None)
+    slot_name, plugin, database, active, confirmed, wal_status, reason = row
+    return SlotState(slot_name, plugin, database, active, parse_lsn(confirmed) if confirmed else None,
+                     wal_status, reason)
+
+
+def drop_slot(conn, name: str) -> None:
+    """Drop a slot the reader owns and can no longer use (invalidated, or a cut-off replacement)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    conn.commit()
 
 
 def check_slot(state: SlotState, database: str) -> None:

@@ -110,6 +110,25 @@ resource "aws_cloudwatch_metric_alarm" "reader_unconfirmed_wal" {
   ok_actions          = local.alarm_actions
 }
 
+# The slot was invalidated (max_slot_wal_keep_size) or dropped: the WAL since it was last
+# confirmed is gone. The reader says so in one sentence, exits, and reports SlotLost each time
+# the service restarts it, until `totes reader --reset` starts over (infra/README.md).
+resource "aws_cloudwatch_metric_alarm" "reader_slot_lost" {
+  alarm_name          = "${var.name}-reader-slot-lost"
+  alarm_description   = "The reader's replication slot was invalidated or dropped: run the reader once with --reset."
+  namespace           = local.emf_namespace
+  metric_name         = "SlotLost"
+  dimensions          = { service = local.reader_service }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = 1
+  treat_missing_data  = "notBreaching" # reported only when it happens
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 # The reader reports every few seconds while it streams; no report means it is down, stuck,
 # or still in its initial snapshot (it reports once streaming starts).
 resource "aws_cloudwatch_metric_alarm" "reader_silent" {

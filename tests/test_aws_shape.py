@@ -6,6 +6,10 @@ through faults of the stream and of the source.
    acknowledged events the lake never took: the reader confirmed only the lake watermark, so
    the restarted reader publishes them again from the slot and the lake and the warehouse
    end equal to the source.
+2. The slot invalidated by max_slot_wal_keep_size while the reader is down, rows deleted,
+   changed and added meanwhile: the reader refuses in one sentence (and reports SlotLost);
+   `totes reader --reset` starts over from a new slot, and the lake and the warehouse end
+   equal to the source, the deleted rows gone, no fact row doubled.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import polars as pl
+import psycopg2
 import pytest
 
 from cdc_reader.publisher import kinesis_client
@@ -37,8 +42,11 @@ from tests.e2e_helpers import (
 )
 from tests.stream_helpers import events_by_shard, new_stream, read_stream
 from tests.warehouse_fixtures import read_table_sorted
+from totesys.embedded import EmbeddedPostgres
+from totesys.schema import create_schema, ensure_database
 from totesys.simulator import Simulator
 from warehouse_sync import DuckDBTarget
+from warehouse_sync.schema import FACTS
 
 pytestmark = pytest.mark.slow
 
@@ -219,3 +227,111 @@ def test_a_reader_without_a_lake_refuses_in_one_sentence(kinesalite_url, home):
     assert done.returncode == 2
     assert "--lake" in done.stderr and "--durability kinesis" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
+
+
+# -- 2. a lost slot ------------------------------------------------------------------------------
+
+@pytest.fixture
+def own_server():
+    """A server of this test's own: invalidating a slot changes server-wide settings."""
+    server = EmbeddedPostgres(make_scratch_dir("totes-slot-pg-"))
+    dsn = ensure_database(server.start())
+    create_schema(dsn)
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+def _slot_status(dsn: str) -> str | None:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
+def _invalidate_slot(dsn: str) -> None:
+    """Make PostgreSQL invalidate the (inactive) slot: keep at most 1 MB of WAL for slots,
+    then write, switch WAL segments and checkpoint until the slot is lost."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+            cur.execute("SELECT pg_reload_conf()")
+            cur.execute("CREATE TABLE IF NOT EXISTS wal_filler (x text)")
+
+            def lost() -> bool:
+                cur.execute("INSERT INTO wal_filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)")
+                cur.execute("SELECT pg_switch_wal()")
+                cur.execute("CHECKPOINT")
+                return _slot_status(dsn) == "lost"
+
+            wait_for(lost, 120, "PostgreSQL to invalidate the slot", interval=0.1)
+            cur.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
+def _fact_rows(stages: Stages) -> dict[str, pl.DataFrame]:
+    stages.sync_once()
+    with DuckDBTarget(stages.warehouse) as target:
+        return {fact.name: read_table_sorted(target, fact.name) for fact in FACTS}
+
+
+def _rows_per_key(facts: pl.DataFrame, key: str) -> dict[int, int]:
+    return dict(facts.group_by(key).len().iter_rows())
+
+
+def test_a_slot_lost_while_the_reader_was_down_is_reported_and_reset_replaces_every_table(
+        own_server, kinesis, kinesalite_url, home):
+    dsn = own_server
+    with Simulator(dsn, seed=91) as simulator:
+        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
+    stream = new_stream(kinesis, shards=2)
+    stages = Stages(dsn, stream, kinesalite_url, home)
+    try:
+        stages.start("reader")
+        stages.start("processor", "--window", "0.2")
+        stages.wait_lake(current_lsn(dsn))
+        assert stages.stop("reader") == 0, stages.tail("reader")
+        before = _fact_rows(stages)
+
+        # While no reader runs: rows deleted, changed, added; then the slot is invalidated.
+        gone, changed = _change_sales_orders(dsn)
+        added = execute(dsn, "INSERT INTO sales_order SELECT (jsonb_populate_record(NULL::sales_order, to_jsonb(s) "
+                             "|| jsonb_build_object('sales_order_id', (SELECT max(sales_order_id) + 1 FROM sales_order)"
+                             "))).* FROM sales_order AS s WHERE sales_order_id = %s", (int(changed[0]),))
+        assert added == 1
+        _invalidate_slot(dsn)
+
+        refused = stages.start("reader", "--emf")
+        assert refused.wait(120) == 3, stages.tail("reader")
+        log = stages.tail("reader", 20_000)
+        assert "was invalidated by PostgreSQL" in log and "--reset" in log and "Traceback" not in log
+        assert '"SlotLost"' in log
+
+        stages.start("reader", "--reset")
+        stages.wait_lake(current_lsn(dsn))
+        assert stages.stop("reader") == 0, stages.tail("reader")
+        assert stages.stop("processor") == 0, stages.tail("processor")
+        check_lake_and_warehouse(stages, gone)
+
+        after = _fact_rows(stages)
+        # The replacing snapshot doubles nothing: a fact row per change made while the slot was lost.
+        for fact in FACTS:
+            if fact.name != "fact_sales_order":
+                assert after[fact.name].height == before[fact.name].height, fact.name
+        was, now = (_rows_per_key(f["fact_sales_order"], "sales_order_id") for f in (before, after))
+        touched = {int(k) for k in gone + changed}
+        assert {k: n for k, n in now.items() if k not in touched and k in was} == \
+            {k: n for k, n in was.items() if k not in touched}
+        assert all(now[k] == was[k] + 1 for k in touched)
+        assert [k for k in now if k not in was] == [max(was) + 1] and now[max(was) + 1] == 1
+    finally:
+        stages.stop_all()

@@ -167,6 +167,7 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
             last_commit_ts=time.time()))
         publisher = SimpleNamespace(metrics=SimpleNamespace(events_per_record=5.0))
         reader_cmd._emit_emf(reader, publisher, {})
+        reader_cmd.emit_slot_lost()
         sync_cmd.emit_emf(runs=3, events=40, behind_lsn_bytes=0)
 
         outcome = handler.BatchOutcome(shard="shardId-000000000000", records=1, events=3,
@@ -199,6 +200,7 @@ def test_alarms_cover_the_guarantees():
     assert ("AWS/Lambda", "Errors") in watched
     assert (own, "DeadLetters") in watched                                     # guarantee 8
     assert (own, "UnconfirmedWalBytes") in watched                             # guarantee 7
+    assert (own, "SlotLost") in watched                                        # guarantee 1: a lost slot
     silent = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "EventsPerSecond"]
     assert silent and silent[0]["missing"] == "breaching", "a silent reader must raise an alarm"
     silent_sync = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "SyncRuns"]

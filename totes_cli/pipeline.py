@@ -69,6 +69,8 @@ class PipelineConfig:
     """The longest the sync waits for a new lake watermark before looking anyway."""
     linger_seconds: float = 0.25
     """How long the publisher holds events to fill a Kinesis record (a mark flushes it sooner)."""
+    reset: bool = False
+    """After a lost slot: start over from a new one (ReaderConfig.reset, `--reset`)."""
     maintain_every: float = 3600.0
     """How often the lake is compacted, checkpointed and vacuumed while the pipeline runs (as
     `totes lake maintain`): every window adds small files, and a lake that is never compacted
@@ -191,7 +193,8 @@ class Pipeline:
             cfg.source_dsn, self.publisher, LakeWatermark(self.layout, shard_ids),
             FileStateStore(state_dir / "reader" / f"{slot}.json"),
             ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
-                         heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds),
+                         heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds,
+                         reset=cfg.reset),
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cdc_reader.publisher import Publisher, PublishError, kinesis_client
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
-from cdc_reader.source_setup import SourceSetupError
+from cdc_reader.source_setup import SlotLostError, SourceSetupError
 from change_events import format_lsn
 from lake.layout import LakeLayout
 from local_stack.kinesalite import KinesaliteError, ensure_stream
@@ -94,6 +94,17 @@ def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
     return {"at": now, "events": m.events, "bytes": m.bytes_received}
 
 
+def emit_slot_lost() -> None:
+    """SlotLost = 1 as an EMF line: the slot was invalidated or dropped, changes are missing
+    until `totes reader --reset` (the reader-slot-lost alarm)."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    metrics = Metrics(namespace="totes-cdc", service="reader")
+    metrics.add_metric(name="SlotLost", unit=MetricUnit.Count, value=1)
+    metrics.flush_metrics()
+
+
 def reader(
     source: Annotated[Optional[str], typer.Option("--source", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded totesys].")] = None,
     stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
@@ -104,7 +115,7 @@ def reader(
     state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: $TOTES_HOME/reader].")] = None,
     resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
     emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
-    reset: Annotated[bool, typer.Option("--reset", help="Forget the reader's state so a missing slot is created again with a new snapshot.")] = False,
+    reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark.")] = None,
     durability: Annotated[Optional[str], typer.Option("--durability", envvar="TOTES_DURABILITY", help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.", show_default=False)] = None,
 ) -> None:
@@ -118,8 +129,6 @@ def reader(
         raise fail(str(error), code=2) from None
     settings = load()
     state_path = (state_dir or settings.home / "reader") / f"{slot}.json"
-    if reset and state_path.exists():
-        state_path.unlink()
     table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else TABLES
     try:
         client = kinesis_client()
@@ -134,7 +143,8 @@ def reader(
     unknown = [t for t in resnapshot or () if t not in table_list]
     if unknown:
         raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
-    config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()))
+    config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()),
+                          reset=reset)
     if mode == "kinesis":
         log.warning("durability is what Kinesis acknowledged: if the processor stalls for longer than the "
                     "stream's retention, events PostgreSQL has already released are lost; pass --lake instead")
@@ -173,6 +183,10 @@ def reader(
     err.print(f"reading {len(table_list)} tables into stream {stream!r} (slot {slot!r}); Ctrl-C stops")
     try:
         supervise(the_reader, stop)
+    except SlotLostError as error:
+        if emf:
+            emit_slot_lost()
+        raise fail(str(error), code=3) from None
     except (SourceSetupError, SourceConnectionError) as error:
         raise fail(str(error), code=2) from None
     except PublishError as error:

@@ -45,6 +45,7 @@ def run(
     shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = 2,
     slot: Annotated[Optional[str], typer.Option("--slot", help="Replication slot \\[default: named after the lake, remembered in it].")] = None,
     window: Annotated[float, typer.Option("--window", help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).")] = DEFAULT_WINDOW,
+    reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; 0 turns it off.")] = 3600.0,
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
@@ -57,7 +58,7 @@ def run(
     home = load().home
     config = PipelineConfig(source_dsn=dsn, lake=lake or default_lake(home),
                             warehouse=warehouse or default_warehouse(home), stream=stream, shards=shards, slot=slot,
-                            maintain_every=maintain_every)
+                            maintain_every=maintain_every, reset=reset)
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]

@@ -290,7 +290,20 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay) -> tf.Fac
     fact = spec.table
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
     current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")
-    return tf.new_fact_rows(spec, current, tf.fact_rows(spec, replayed.versions))
+    versions = _without_replaced_truncates(replayed.versions, SOURCES[spec.source].key)
+    return tf.new_fact_rows(spec, current, tf.fact_rows(spec, versions))
+
+
+def _without_replaced_truncates(versions: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Drop a truncate's version of a row that the same LSN brings back: a table replaced
+    by a new snapshot (truncate, then its rows at the same LSN; see the reader's
+    `replaces_lost_slot`) deleted nothing that is still there, so the fact keeps its row
+    (or gets one new version if the row changed), rather than a deletion and a copy."""
+    if versions.height == 0 or not (versions["_op"] == "t").any():
+        return versions
+    ordered = versions.sort([key, "_lsn", "_seq"])
+    replaced = ((pl.col("_op") == "t") & (pl.col("_lsn").shift(-1).over(key) == pl.col("_lsn"))).fill_null(False)
+    return ordered.filter(~replaced)
 
 
 def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactChanges], today: date) -> None:
