@@ -365,7 +365,7 @@ class Reader:
         if needed is None or durable < max(needed, state.snapshot_lsn):
             return state
         state = ReaderState(slot=self.config.slot, snapshot_lsn=state.snapshot_lsn, snapshot_published=True,
-                            snapshot_done=True)
+                            snapshot_done=True, replaces_lost_slot=state.replaces_lost_slot)
         self.state.save(state)
         if self._recovery is not None:
             log.info("every table was read again and is durable: the snapshot at %s is complete",

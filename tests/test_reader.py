@@ -355,3 +355,65 @@ def test_missing_privileges_are_reported_in_one_sentence(totesys_dsn, admin_dsn,
     finally:
         _run_sql(totesys_dsn, f'DROP OWNED BY "{role}"')
         _run_sql(admin_dsn, f'DROP ROLE "{role}"')
+
+
+def test_a_slot_dropped_while_streaming_stops_the_reader_with_one_sentence(totesys_dsn, tmp_path):
+    """The walsender killed and the slot dropped under a running reader: the reconnect finds
+    the slot gone and the supervisor stops with SlotLostError instead of retrying forever."""
+    from cdc_reader.reader import supervise
+    from cdc_reader.source_setup import SlotLostError
+
+    sink = MemorySink()
+    reader = Reader(totesys_dsn, sink, sink, FileStateStore(tmp_path / "state.json"), FAST)
+    stop, raised = threading.Event(), []
+
+    def run():
+        try:
+            supervise(reader, stop)
+        except BaseException as error:  # noqa: BLE001 - checked below
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert reader.streaming.wait(30)
+    deadline = time.monotonic() + 30
+    while True:  # the walsender lets go of the slot a moment after it is terminated
+        try:
+            _run_sql(totesys_dsn, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                                  "WHERE slot_name = 'totes_cdc' AND active_pid IS NOT NULL",
+                     "SELECT pg_drop_replication_slot('totes_cdc')")
+            break
+        except psycopg2.errors.ObjectInUse:
+            assert time.monotonic() < deadline, "the slot stayed active"
+            time.sleep(0.05)
+    thread.join(30)
+    stop.set()
+    assert not thread.is_alive(), "the reader kept retrying a slot that is gone"
+    assert len(raised) == 1 and isinstance(raised[0], SlotLostError), raised
+    assert "is gone" in str(raised[0]) and "--reset" in str(raised[0])
+
+
+def test_reset_after_a_lost_slot_replaces_every_table_so_rows_deleted_meanwhile_go(seeded, tmp_path):
+    """`--reset`: a new slot whose snapshot begins with a truncate of every table at its
+    consistent point, then the rows at that same point: replayed in (lsn, seq) order the
+    stream equals the source, without the row deleted while no slot was reading."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+    with running_reader(seeded, sink, state_path) as reader:
+        _catch_up(seeded, reader)
+    _run_sql(seeded, "SELECT pg_drop_replication_slot('totes_cdc')",
+             "DELETE FROM sales_order WHERE sales_order_id = 1",
+             "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = 2")
+    before = len(sink.events)
+    with running_reader(seeded, sink, state_path, replace(FAST, reset=True)) as reader:
+        _catch_up(seeded, reader)
+    state = FileStateStore(state_path).load()
+    assert state.snapshot_done and state.replaces_lost_slot
+    new = sink.events[before:]
+    truncates = new[:len(TABLES)]
+    assert [(e.op, e.lsn, e.seq) for e in truncates] == [(Op.TRUNCATE, state.snapshot_lsn, i) for i in range(len(TABLES))]
+    assert {e.table for e in truncates} == {f"public.{t}" for t in TABLES}
+    rows = [e for e in new if e.op is Op.SNAPSHOT]
+    assert rows and min(e.seq for e in rows) == len(TABLES) and {e.lsn for e in rows} == {state.snapshot_lsn}
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    assert ("1",) not in got["public.sales_order"]
