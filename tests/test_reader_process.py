@@ -141,6 +141,7 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
                     process.kill()
         assert process.returncode == 0, stderr[-3000:]
         assert "reconnecting" in stderr
+        assert "durability is what Kinesis acknowledged" in stderr  # --durability kinesis says what it risks
         emf = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         assert emf and "EventsPerSecond" in emf[0] and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "totes-cdc"
         assert status.returncode == 0 and "reader  slot totes_cdc" in status.stdout
