@@ -179,3 +179,19 @@ def test_mixed_history_on_postgres_equals_duckdb(history, history_lake, empty_da
     finally:
         target.close()
         reference.close()
+
+
+def test_a_truncate_that_the_same_lsn_brings_back_is_no_deletion_for_the_facts():
+    """A table replaced by a new snapshot (the reader's --reset after a lost slot): the
+    truncate's version of a row the snapshot brings back at the same LSN is dropped; a row
+    it does not bring back keeps its deletion; an earlier truncate stays a deletion."""
+    from warehouse_sync.apply import _without_replaced_truncates
+
+    versions = pl.DataFrame({
+        "id": [1, 1, 2, 3, 3],
+        "_op": ["t", "r", "t", "t", "c"],
+        "_lsn": [100, 100, 100, 50, 60],
+        "_seq": [0, 5, 0, 0, 1],
+    })
+    kept = _without_replaced_truncates(versions, "id")
+    assert kept.select("id", "_op", "_lsn").rows() == [(1, "r", 100), (2, "t", 100), (3, "t", 50), (3, "c", 60)]
