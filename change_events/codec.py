@@ -12,7 +12,9 @@ An events body (v2) lists each table schema once, as compact JSON behind its u32
 the u32 number of events N; N u16 indexes into those schemas and N u32 frame lengths, one of
 each per event; then the N frames (`change_events.wire`), back to back. A watermark body is compact JSON. Version 1 bodies (events as
 JSON arrays) are still read. Anything that does not decode raises CodecError with a reason
-fit for a dead-letter record.
+fit for a dead-letter record; nothing else escapes `decode`, whatever the bytes hold
+(tests/test_codec_fuzz.py). Decoding also checks what later stages rely on: schemas are
+lists of names and types of the right kinds, LSNs and times are in range, values are text.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from change_events.model import ChangeEvent, Column, Op, TableSchema, Watermark
-from change_events.wire import EncodedChange, decode_frame, encode_frame, from_micros, micros
+from change_events.wire import MAX_LSN, EncodedChange, decode_frame, encode_frame, from_micros, micros
 
 MAGIC = b"TC"
 FORMAT_VERSION = 2
@@ -42,6 +44,14 @@ _frame_of = attrgetter("frame")
 _COMPRESS_FROM = 512
 
 _BEFORE_FULL, _BEFORE_KEY = 2, 1  # version 1's before-row kinds
+MAX_BODY_BYTES = 256 * 1024 * 1024
+"""The largest uncompressed body a consumer accepts (a 1 MiB record that claims more is
+corrupt or a decompression bomb; the reader's bodies are about a record's size)."""
+_MAX_COLUMNS = 1600  # PostgreSQL's own limit
+_U32_MAX, _I32_MIN, _I32_MAX = (1 << 32) - 1, -(1 << 31), (1 << 31) - 1
+# What a body that is well framed but holds the wrong things raises while it is read.
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError,
+              struct.error)
 
 
 class CodecError(ValueError):
@@ -120,6 +130,8 @@ def decode(record: bytes) -> DecodedRecord:
         raise CodecError(f"not a totes-cdc record (starts with {bytes(record[:2])!r}, expected {MAGIC!r})")
     if version > FORMAT_VERSION:
         raise CodecError(f"record format v{version} is newer than this reader's v{FORMAT_VERSION}: upgrade the consumer")
+    if size > MAX_BODY_BYTES:
+        raise CodecError(f"record claims a body of {size} bytes, more than the {MAX_BODY_BYTES} a consumer accepts")
     body = memoryview(record)[_HEADER.size:]
     try:
         if compression == ZSTD:
@@ -133,23 +145,67 @@ def decode(record: bytes) -> DecodedRecord:
         raise CodecError(f"corrupt record body: {error}") from None
     try:
         if kind == KIND_WATERMARK:
-            payload = json.loads(body)
-            commit_us = payload.get("t")
-            return DecodedRecord(watermark=Watermark(
-                int(payload["w"]), None if commit_us is None else from_micros(commit_us)))
+            return DecodedRecord(watermark=_watermark(json.loads(body)))
         if kind == KIND_EVENTS:
             events = _decode_events(body) if version >= 2 else _decode_json_events(json.loads(body))
             return DecodedRecord(events=tuple(events))
-    except (KeyError, IndexError, TypeError, ValueError, struct.error) as error:
-        raise CodecError(f"malformed record body: {type(error).__name__}: {error}") from None
+    except _MALFORMED as error:
+        raise CodecError(f"malformed record body: {type(error).__name__}: {_short(error)}") from None
     raise CodecError(f"unknown record kind {kind}")
 
 
-def _schemas(raw: list) -> list[TableSchema]:
-    return [
-        TableSchema(table, tuple(Column(n, t, int(oid), int(mod), bool(key)) for n, t, oid, mod, key in columns))
-        for table, columns in raw
-    ]
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = str(error)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _integer(value, low: int, high: int, what: str) -> int:
+    """`value` if it is an int (not a bool) in [low, high]; ValueError saying what it is not."""
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}], not {_short(repr(value), 60)}")
+    return value
+
+
+def _watermark(payload) -> Watermark:
+    if not isinstance(payload, dict):
+        raise ValueError(f"a watermark body is a JSON object, not {type(payload).__name__}")
+    commit_us = payload.get("t")
+    lsn = _integer(payload["w"], 0, MAX_LSN, "a watermark's LSN")
+    if commit_us is not None:
+        commit_us = from_micros(_integer(commit_us, -(1 << 63), (1 << 63) - 1, "a watermark's time"))
+    return Watermark(lsn, commit_us)
+
+
+def _schemas(raw) -> list[TableSchema]:
+    """The table schemas of a record's head: `[[table, [[name, type, oid, typmod, is_key], ...]], ...]`."""
+    if not isinstance(raw, list):
+        raise ValueError("the schema list is not a JSON array")
+    return [_schema(entry) for entry in raw]
+
+
+def _schema(entry) -> TableSchema:
+    table, columns = entry
+    _name(table, "table name")
+    if "/" in table or table in (".", ".."):
+        raise ValueError(f"table name {_short(repr(table), 60)} is not a table name")
+    if not isinstance(columns, list) or len(columns) > _MAX_COLUMNS:
+        raise ValueError(f"{table}: the columns are not a list of at most {_MAX_COLUMNS}")
+    parsed = []
+    for name, type_name, oid, modifier, is_key in columns:
+        _name(name, f"{table}: column name")
+        _name(type_name, f"{table}.{name}: type name")
+        if type(is_key) is not bool:
+            raise ValueError(f"{table}.{name}: is_key is not true/false")
+        parsed.append(Column(name, type_name, _integer(oid, 0, _U32_MAX, "a type oid"),
+                             _integer(modifier, _I32_MIN, _I32_MAX, "a type modifier"), is_key))
+    if len({c.name for c in parsed}) != len(parsed):
+        raise ValueError(f"{table}: a column name repeats")
+    return TableSchema(table, tuple(parsed))
+
+
+def _name(value, what: str) -> None:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValueError(f"{what} must be non-empty text without NUL, not {_short(repr(value), 60)}")
 
 
 def _decode_events(body: bytes) -> list[ChangeEvent]:
@@ -178,24 +234,33 @@ def _decode_json_events(payload: dict) -> list[ChangeEvent]:
     schemas = _schemas(payload["s"])
     events = []
     for index, op, lsn, seq, xid, commit_us, key, after, before_kind, before, unchanged in payload["e"]:
-        schema = schemas[index]
+        schema = schemas[_integer(index, 0, len(schemas) - 1, "a schema index")]
         names = schema.column_names
-        skipped = tuple(names[i] for i in unchanged)
+        skipped = tuple(names[_integer(i, 0, len(names) - 1, "an unchanged column")] for i in unchanged)
         after_row = None
         if after is not None:
-            if len(after) != len(names):
+            if len(_texts(after)) != len(names):
                 raise ValueError(f"{schema.table}: {len(after)} values for {len(names)} columns")
             after_row = {n: v for n, v in zip(names, after) if n not in skipped}
         before_row = None
         if before_kind == _BEFORE_FULL:
-            before_row = dict(zip(names, before, strict=True))
+            before_row = dict(zip(names, _texts(before), strict=True))
         elif before_kind == _BEFORE_KEY:
             keys = set(schema.key_names)
-            before_row = {n: v for n, v in zip(names, before, strict=True) if n in keys}
+            before_row = {n: v for n, v in zip(names, _texts(before), strict=True) if n in keys}
         events.append(ChangeEvent(
-            schema=schema, op=Op(op), lsn=int(lsn), seq=int(seq), xid=xid,
-            commit_ts=None if commit_us is None else from_micros(commit_us),
-            key={} if key is None else dict(zip(schema.key_names, key, strict=True)),
+            schema=schema, op=Op(op), lsn=_integer(lsn, 0, MAX_LSN, "an LSN"),
+            seq=_integer(seq, 0, MAX_LSN, "a seq"),
+            xid=None if xid is None else _integer(xid, 0, MAX_LSN, "a transaction id"),
+            commit_ts=None if commit_us is None else from_micros(_integer(commit_us, -MAX_LSN, MAX_LSN, "a time")),
+            key={} if key is None else dict(zip(schema.key_names, _texts(key), strict=True)),
             after=after_row, before=before_row, unchanged=skipped,
         ))
     return events
+
+
+def _texts(values) -> list:
+    """`values` if it is a list of text or null values (what rows hold)."""
+    if not isinstance(values, list) or not all(v is None or type(v) is str for v in values):
+        raise ValueError("row values must be a list of text or null")
+    return values

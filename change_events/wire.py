@@ -27,6 +27,9 @@ from change_events.model import ChangeEvent, Op, Row, TableSchema
 FRAME_HEAD = struct.Struct(">cQIqqB")
 NO_XID = -1
 NO_TIME = -(1 << 63)
+MAX_LSN = (1 << 63) - 1
+"""The lake keeps LSNs (and Delta app transaction versions) as int64; PostgreSQL's WAL
+would need 8 EiB to get there, so a larger one is a corrupt record."""
 HAS_AFTER = 1
 BEFORE_NONE, BEFORE_KEY, BEFORE_FULL = 0, 1, 2
 _BEFORE_SHIFT = 1
@@ -65,7 +68,13 @@ def micros(ts: datetime | None) -> int:
 
 
 def from_micros(value: int) -> datetime | None:
-    return None if value == NO_TIME else _UNIX_EPOCH + _ONE_US * value
+    """The UTC time `value` microseconds after 1970; FrameError beyond datetime's years 1-9999."""
+    if value == NO_TIME:
+        return None
+    try:
+        return _UNIX_EPOCH + _ONE_US * value
+    except OverflowError:
+        raise FrameError(f"commit time of {value} microseconds since 1970 is out of range") from None
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -176,6 +185,10 @@ def decode_frame(schema: TableSchema, frame: bytes) -> ChangeEvent:
     op = _OPS.get(op_letter)
     if op is None:
         raise FrameError(f"unknown op {op_letter!r}")
+    if lsn > MAX_LSN:
+        raise FrameError(f"LSN {lsn} is out of range")
+    if xid < NO_XID:
+        raise FrameError(f"transaction id {xid} is negative")
     names = schema.column_names
     pos = FRAME_HEAD.size
     after: Row | None = None

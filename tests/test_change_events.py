@@ -67,7 +67,7 @@ def test_unchanged_toast_column_is_absent_not_null():
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(text_values, text_values, text_values), min_size=1, max_size=40),
-       st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1))
+       st.integers(0, 2**63 - 1), st.integers(0, 2**32 - 1))
 def test_arbitrary_text_values_survive(rows, lsn, xid):
     events = [
         ChangeEvent(ORDER, Op.INSERT, lsn=lsn, seq=i, xid=xid, commit_ts=COMMIT, key={"sales_order_id": str(i)},
