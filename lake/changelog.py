@@ -29,7 +29,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from change_events import ChangeEvent, TableSchema
 from lake.arrow_types import convert_column
 from lake.delta_io import (
-    TABLE_PROPERTIES, LakeTable, Position, position_transactions, read_sql, retry_on_conflict,
+    LakeTable, Position, create_once, position_transactions, read_sql,
 )
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, UTC_MICROS
@@ -101,7 +101,10 @@ class ChangeLog(LakeTable):
 
     def append(self, shard: str, rows: pa.Table, high_water: Position, batch: int) -> int:
         """Append `rows` with the shard's new high-water and append number, atomically;
-        return the new table version. Columns new to the log are added to it."""
+        return the new table version. Columns new to the log are added to it.
+
+        Not retried here on CommitFailedError: a concurrent commit may have logged these
+        very events (another writer on the shard), so the caller re-reads what is missing."""
         lsns = rows.column("_lsn")
         metadata = {
             f"{COMMIT_INFO_PREFIX}shard": shard,
@@ -113,17 +116,17 @@ class ChangeLog(LakeTable):
             custom_metadata=metadata,
             app_transactions=position_transactions(shard, high_water) + [Transaction(f"{shard}:batch", batch)],
         )
+        if self.delta is None:
+            self.create(rows.schema)
+        write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties)
+        return self.refresh().version()
 
-        def write() -> int:
-            if self.delta is None:  # the first append creates the table
-                write_deltalake(self.uri, rows, mode="append", schema_mode="merge", partition_by=[PARTITION_COLUMN],
-                                configuration=TABLE_PROPERTIES, storage_options=self.layout.storage_options or None,
-                                commit_properties=properties)
-            else:
-                write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties)
-            return self.refresh().version()
-
-        return retry_on_conflict(write)
+    def create(self, schema: pa.Schema) -> DeltaTable:
+        """Create the (empty) log if no one has, and load its version 0 (`create_once`):
+        the first append, like every other one, then commits onto the version its caller
+        decided what was missing from."""
+        self.delta = create_once(self.layout, self.uri, schema, partition_by=[PARTITION_COLUMN])
+        return self.delta
 
     def read(self, where: str | None = None, version: int | None = None) -> pa.Table:
         """Rows of the log (at `version`), filtered by the SQL predicate `where`."""

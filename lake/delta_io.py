@@ -9,18 +9,20 @@
   crash can never separate them from their data.
 - `quote_identifier`, `quote_literal`: the only way names and strings enter that SQL.
 - `retry_on_conflict`: re-run an operation that lost a commit race (CommitFailedError).
+- `create_once`: create a table that two writers may be creating at the same moment.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import pyarrow as pa
-from deltalake import DeltaTable, QueryBuilder, Transaction
-from deltalake.exceptions import CommitFailedError
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 T = TypeVar("T")
 
@@ -106,6 +108,43 @@ def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay
                 raise
             time.sleep(base_delay * (1.5 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+def create_once(layout, uri: str, schema: pa.Schema, *, partition_by: list[str] | None = None,
+                configuration: dict[str, str] | None = None) -> DeltaTable:
+    """Create the empty table at `uri` unless it exists; return it as of version 0.
+
+    deltalake retries a create that lost the race for version 0 as version 1, a second
+    CREATE TABLE that replaces the first one's metadata (and with it any column a writer
+    added in between). Without commit retries the loser fails instead, and finds the
+    winner's table. Version 0 is what a writer that decided what to write while there was
+    no table must commit onto: a concurrent commit of the same app transactions then
+    conflicts (CommitFailedError) instead of landing twice."""
+    try:
+        DeltaTable.create(uri, schema, mode="ignore", partition_by=partition_by,
+                          configuration={**TABLE_PROPERTIES, **(configuration or {})},
+                          raise_if_key_not_exists=False, storage_options=layout.storage_options or None,
+                          commit_properties=CommitProperties(max_commit_retries=0))
+    except Exception:  # noqa: BLE001 - lost the race? Then the winner's table is there.
+        if layout.open(uri) is None:
+            raise
+    return layout.open(uri, version=0)
+
+
+_OUTAGE = re.compile(r"object ?store|\bs3\b|\bio error|connection|timed? ?out|dispatch|credential|throttl|slow ?down"
+                     r"|service unavailable|internal server error|\b50[0-9]\b|no space|permission denied", re.IGNORECASE)
+
+
+def is_infrastructure_fault(error: BaseException) -> bool:
+    """Whether `error` is the storage's trouble (S3 down, throttled, a lost commit race, a
+    full disk), which heals and is retried, rather than something about the data written.
+
+    deltalake raises OSError for object-store and I/O failures; its other errors (plain
+    Exception, DeltaError, ValueError…) mostly describe what was written, so they count as
+    the data's fault unless their message names an outage."""
+    if isinstance(error, (OSError, CommitFailedError, MemoryError)):
+        return True
+    return isinstance(error, DeltaError) and _OUTAGE.search(str(error)) is not None
 
 
 class LakeTable:

@@ -42,3 +42,23 @@ class ValueConversionError(UnapplicableEventsError):
             f"column {column} ({type_name}): value {shown!r} does not convert "
             f"({len(rows)} bad value{'s' if len(rows) != 1 else ''})"
         )
+
+
+class UnstorableSchemaError(UnapplicableEventsError):
+    """A source schema no lake table can hold (a type without a lake type, clashing names)."""
+
+    def __init__(self, table: str, reason: str):
+        self.table = table
+        super().__init__(f"{table}: schema cannot be stored: {reason}")
+
+
+class RefusedEventsError(UnapplicableEventsError):
+    """The lake refused to store these events for a reason of their own (not an outage,
+    which is retried): the original error, shortened, is the reason."""
+
+    def __init__(self, table: str, error: BaseException):
+        self.table = table
+        self.cause = error
+        text = " ".join(str(error).split())
+        shown = text if len(text) <= 300 else text[:300] + "..."
+        super().__init__(f"{table}: the lake refused these events: {type(error).__name__}: {shown}")

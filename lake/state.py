@@ -41,11 +41,11 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
 from lake.collapse import collapse
 from lake.delta_io import (
-    TABLE_PROPERTIES,
     ZERO,
     LakeTable,
     Position,
     after_position,
+    create_once,
     plain_types,
     position_transactions,
     quote_identifier,
@@ -159,9 +159,7 @@ class StateTable(LakeTable):
 
     def _create(self, source: pa.Table, columns: list[str], keys: list[str]) -> DeltaTable:
         fields = [source.schema.field(c) for c in columns] + list(STATE_META)
-        DeltaTable.create(self.uri, pa.schema(fields), mode="ignore",
-                          configuration={**TABLE_PROPERTIES, PRIMARY_KEY_PROPERTY: json.dumps(keys)},
-                          raise_if_key_not_exists=False, storage_options=self.layout.storage_options or None)
+        create_once(self.layout, self.uri, pa.schema(fields), configuration={PRIMARY_KEY_PROPERTY: json.dumps(keys)})
         self.delta = None
         return self.refresh()
 

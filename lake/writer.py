@@ -39,8 +39,10 @@ import pyarrow as pa
 
 from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
-from lake.delta_io import Position
-from lake.errors import IncompatibleSchemaError, UnapplicableEventsError, ValueConversionError
+from lake.delta_io import Position, is_infrastructure_fault, retry_on_conflict
+from lake.errors import (
+    IncompatibleSchemaError, RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError,
+)
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from lake.schemas import check_compatible, lake_schema, source_fields
@@ -81,6 +83,8 @@ class WriteResult:
     rejected: list[Rejected] = field(default_factory=list)
     marker: int | None = None
     """The marker recorded for the shard by this call, if any."""
+    state_errors: dict[str, str] = field(default_factory=dict)
+    """table → why its state merge failed (its events are in the change log regardless)."""
 
     @property
     def appended(self) -> int:
@@ -152,7 +156,13 @@ class LakeWriter:
             by_table.setdefault(event.table, []).append(event)
         appended: dict[str, pa.Table | None] = {}
         for table, table_events in by_table.items():
-            write, rows, rejected = self._append(shard_id, table, table_events)
+            try:
+                write, rows, rejected = self._append(shard_id, table, table_events)
+            except Exception as error:
+                if is_infrastructure_fault(error):
+                    raise  # the lake's trouble, not the events': the caller retries the batch
+                write, rows = TableWrite(table, received=len(table_events)), None
+                rejected = [Rejected(table, table_events, RefusedEventsError(table, error))]
             result.tables[table] = write
             result.rejected.extend(rejected)
             appended[table] = rows
@@ -166,9 +176,17 @@ class LakeWriter:
         for table, table_events in by_table.items():
             keys = _keys(table_events)
             if keys:
-                with self._merge_lock(table):
-                    result.tables[table].state_version = self.state_table(table, shard_id).apply(
-                        shard_id, self.change_log(table, shard_id), keys, appended=appended[table])
+                try:
+                    with self._merge_lock(table):
+                        result.tables[table].state_version = self.state_table(table, shard_id).apply(
+                            shard_id, self.change_log(table, shard_id), keys, appended=appended[table])
+                except Exception as error:
+                    if is_infrastructure_fault(error):
+                        raise
+                    # The events are in the change log (the record, and what the watermark
+                    # and the warehouse follow): the state stays behind and is caught up
+                    # by a later batch once the cause is fixed; the shard keeps flowing.
+                    result.state_errors[table] = f"{type(error).__name__}: {error}"
         return result
 
     def record_marker(self, shard_id: str, lsn: int) -> bool:
@@ -183,10 +201,17 @@ class LakeWriter:
     # -- one table -----------------------------------------------------------------------
     def _append(self, shard: str, table: str, events: list[ChangeEvent]
                 ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
-        """Steps 1-4 for one table: the rows it appended to the change log (None: none)."""
-        write = TableWrite(table, received=len(events))
-        log = self.change_log(table, shard)
+        """Steps 1-4 for one table: the rows it appended to the change log (None: none).
+
+        A commit race (another writer on this table) re-runs steps 2-4: what the winner
+        logged is then no longer missing, so two writers on one shard log each event once."""
         ordered = _unique_in_order(events)
+        return retry_on_conflict(lambda: self._append_once(shard, table, ordered, len(events)))
+
+    def _append_once(self, shard: str, table: str, ordered: list[ChangeEvent], received: int
+                     ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
+        write = TableWrite(table, received=received)
+        log = self.change_log(table, shard)
         log.refresh()
         high_water = log.high_water(shard)
         missing, fresh = log.missing(ordered, high_water)
@@ -207,10 +232,10 @@ class LakeWriter:
         pieces: list[pa.Table] = []
         rejected: list[Rejected] = []
         for schema, group in _by_schema(events).items():
-            fields = source_fields(schema)
             try:
+                fields = _storable_fields(schema)
                 check_compatible(table, current, fields)
-            except IncompatibleSchemaError as error:
+            except UnapplicableEventsError as error:
                 rejected.append(Rejected(table, group, error))
                 continue
             while group:
@@ -226,6 +251,23 @@ class LakeWriter:
             return None, rejected
         rows = pa.concat_tables(pieces, promote_options="default")
         return rows.sort_by([("_lsn", "ascending"), ("_seq", "ascending")]), rejected
+
+
+def _storable_fields(schema: TableSchema) -> list[pa.Field]:
+    """The lake fields of `schema`; UnstorableSchemaError when a column has no lake type
+    (a type name no Arrow type fits) or names clash (Delta's names are case-insensitive)."""
+    try:
+        fields = source_fields(schema)
+    except (ValueError, TypeError, pa.ArrowException) as error:
+        raise UnstorableSchemaError(schema.table, f"{type(error).__name__}: {error}") from None
+    seen: dict[str, str] = {}
+    for field in fields:
+        folded = field.name.casefold()
+        if not field.name or folded in seen:
+            raise UnstorableSchemaError(schema.table, f"column name {field.name!r} is empty or repeats "
+                                                      f"{seen.get(folded)!r} (names are case-insensitive)")
+        seen[folded] = field.name
+    return fields
 
 
 def _unique_in_order(events: list[ChangeEvent]) -> list[ChangeEvent]:
