@@ -8,14 +8,16 @@ BatchProcessor drives the records and their partial-failure report); a record th
 decode is dead-lettered with the reason and its raw bytes, and the rest flows on. All decoded
 events then go to the lake in one `write_batch` (exactly once per shard, so Lambda's retries
 are harmless); events the lake refuses (an incompatible schema change) are dead-lettered too.
-If the lake itself cannot be written, every record from the first one is reported failed, so
-Lambda retries the batch in order instead of skipping past it.
+If the lake itself cannot be written (an outage, not the events' fault), every record from
+the first one is reported failed, so Lambda retries the batch in order instead of skipping
+past it; each retry is logged with its reason and counted in the BatchRetries metric.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from lake.dead_letters import DeadLetters
 from lake.writer import LakeWriter, Rejected
 
 logger = Logger(service="totes-processor")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # deltalake colours its error chains
 NAMESPACE = "totes-cdc"
 
 
@@ -44,6 +47,8 @@ class BatchOutcome:
     dead_letters: int = 0
     failed_from: str | None = None
     """Sequence number of the first record to retry (the lake could not be written)."""
+    retry_reason: str | None = None
+    """Why the batch is to be retried (an outage: S3 or the lake unreachable)."""
 
     @property
     def response(self) -> dict:
@@ -75,11 +80,14 @@ class StreamProcessor:
             raw = base64.b64decode(record.kinesis.data)
             try:
                 decoded = decode(raw)
-            except CodecError as error:
-                self.dead_letters.add(f"undecodable record: {error}", raw, shard=outcome.shard,
+            except MemoryError:
+                raise  # the function's trouble, not the record's: retried
+            except Exception as error:  # CodecError; anything else would be a decoder bug, and is contained too
+                reason = str(error) if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
+                self.dead_letters.add(f"undecodable record: {reason}", raw, shard=outcome.shard,
                                       sequence_number=record.kinesis.sequence_number)
                 outcome.dead_letters += 1
-                logger.warning("dead-lettered record", extra={"shard": outcome.shard, "reason": str(error),
+                logger.warning("dead-lettered record", extra={"shard": outcome.shard, "reason": reason,
                                                              "sequence_number": record.kinesis.sequence_number})
                 return
             events.extend(decoded.events)
@@ -92,11 +100,11 @@ class StreamProcessor:
         outcome.records = len(records)
         outcome.events = len(events)
         if batch.response()["batchItemFailures"]:
-            # Only a bug gets here (bad data is dead-lettered). Nothing of this batch is in
-            # the lake yet, so the whole batch is retried, not just from the failed record.
-            logger.error("unexpected failure decoding the batch", extra={"shard": outcome.shard})
-            outcome.failed_from = records[0].kinesis.sequence_number
-            return outcome
+            # Bad data is dead-lettered, so only an outage (the dead letters cannot be
+            # written) gets here. Nothing of this batch is in the lake yet, so the whole
+            # batch is retried, not just from the failed record.
+            error = batch.exceptions[0][1] if batch.exceptions else None
+            return self._retry(outcome, records, f"a record could not be handled: {type(error).__name__}: {error}")
 
         def reject(rejected: Rejected) -> None:
             self.dead_letters.add_rejected(rejected, outcome.shard)
@@ -106,12 +114,25 @@ class StreamProcessor:
 
         try:
             result = self.lake.write_batch(outcome.shard, events, outcome.markers, on_rejected=reject)
-        except Exception:
-            logger.exception("lake write failed; the batch will be retried", extra={"shard": outcome.shard})
-            outcome.failed_from = records[0].kinesis.sequence_number
-            return outcome
+        except Exception as error:  # only outages get here: what the events cause is rejected
+            return self._retry(outcome, records, f"lake write failed: {type(error).__name__}: {error}")
         outcome.appended = result.appended
+        for table, reason in result.state_errors.items():
+            logger.error("state merge failed; the change log has the events", extra={"table": table, "reason": reason})
         self._measure(outcome, records)
+        return outcome
+
+    def _retry(self, outcome: BatchOutcome, records: list[KinesisStreamRecord], reason: str) -> BatchOutcome:
+        """Report the whole batch failed, so it is retried in order until the lake takes it.
+
+        A batch is never given up for an outage (later watermarks would pass its events);
+        each retry is logged with the reason and counted (BatchRetries, alarmed in
+        infra/alarms.tf), and the retries back off (the poller; the event source mapping)."""
+        outcome.failed_from = records[0].kinesis.sequence_number
+        outcome.retry_reason = " ".join(_ANSI.sub("", reason).split())[:1000]
+        logger.error("batch failed; it will be retried", extra={"shard": outcome.shard, "reason": outcome.retry_reason})
+        if self.metrics is not None:
+            self.metrics.add_metric(name="BatchRetries", unit=MetricUnit.Count, value=1)
         return outcome
 
     def _measure(self, outcome: BatchOutcome, records: list[KinesisStreamRecord]) -> None:

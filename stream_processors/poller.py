@@ -7,6 +7,12 @@ record), keeps the shards in order, processes the shards concurrently, and retri
 batch from where it failed. Where each shard is up to lives in a small offsets file next to
 the lake it feeds; it is written after the lake commit, so a crash in between only
 redelivers what the lake already has (and ignores).
+
+Nothing the stream does ends the poller: throttling, 5xx and connection errors are retried by
+botocore's retry config first, then by the poller, per shard, with backoff (counted in
+`read_retries`, logged with the reason); an expired iterator is obtained again after the
+last processed sequence number (AFTER_SEQUENCE_NUMBER) and what was fetched since is read
+again. A batch the lake cannot take (an outage) is retried with backoff until it can.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from stream_processors.handler import BatchOutcome, StreamProcessor
 
@@ -77,6 +85,9 @@ class _Shard:
     closed: bool = False
     retry_at: float = 0.0
     failures: int = 0
+    """Consecutive failed batches (the lake could not take them)."""
+    read_failures: int = 0
+    """Consecutive failed reads of the stream."""
 
 
 class LocalPoller:
@@ -93,7 +104,8 @@ class LocalPoller:
     """
 
     def __init__(self, client, stream: str, processor: StreamProcessor, offsets: ShardOffsets, *,
-                 batch_window: float = 1.0, max_batch_records: int = 10_000, idle_sleep: float = 0.2):
+                 batch_window: float = 1.0, max_batch_records: int = 10_000, idle_sleep: float = 0.2,
+                 backoff: float = 2.0, max_backoff: float = 60.0):
         self.client = client
         self.stream = stream
         self.processor = processor
@@ -101,6 +113,11 @@ class LocalPoller:
         self.batch_window = batch_window
         self.max_batch_records = max_batch_records
         self.idle_sleep = idle_sleep
+        self.backoff = backoff
+        """The first retry's pause in seconds; it doubles with each failure, up to `max_backoff`."""
+        self.max_backoff = max_backoff
+        self.batch_retries = 0
+        self.read_retries = 0
         summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
         self.stream_arn = summary["StreamARN"]
         self.region = client.meta.region_name
@@ -110,6 +127,7 @@ class LocalPoller:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._last_cut = float("-inf")
+        self._shards_changed = False
         self._refresh_shards()
 
     def wake(self) -> None:
@@ -149,9 +167,9 @@ class LocalPoller:
         for shard in list(self.shards.values()):
             if not self._ready(shard):
                 continue
-            if shard.iterator is None:
-                shard.iterator = self._iterator(shard)
-            response = self.client.get_records(ShardIterator=shard.iterator, Limit=10_000)
+            response = self._read(shard)
+            if response is None:
+                continue
             shard.iterator = response.get("NextShardIterator")
             shard.ended = shard.iterator is None
             if response["Records"]:
@@ -167,8 +185,45 @@ class LocalPoller:
         for shard in fetched:
             if shard.ended and not shard.pending and not shard.failures:
                 shard.closed = True  # read to its end (split or merged away)
+                self._shards_changed = True
+        if self._shards_changed:
+            try:
                 self._refresh_shards()
+                self._shards_changed = False
+            except (ClientError, BotoCoreError) as error:  # the next round tries again
+                log.warning("listing the shards of %s failed: %s", self.stream, error)
         return outcomes, read
+
+    def _read(self, shard: _Shard) -> dict | None:
+        """One GetRecords on `shard`, or None when the stream refused it (retried later)."""
+        try:
+            if shard.iterator is None:
+                shard.iterator = self._iterator(shard)
+            response = self.client.get_records(ShardIterator=shard.iterator, Limit=10_000)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "ExpiredIteratorException":
+                # Read again after the last processed record; what was fetched since comes again.
+                log.info("iterator of %s expired; reading again after offset %s", shard.id, self.offsets.get(shard.id))
+                shard.iterator, shard.pending = None, []
+                return None
+            self._read_failed(shard, f"{code}: {error}")
+            return None
+        except BotoCoreError as error:  # connection refused, timeouts, ...
+            self._read_failed(shard, f"{type(error).__name__}: {error}")
+            return None
+        shard.read_failures = 0
+        return response
+
+    def _read_failed(self, shard: _Shard, reason: str) -> None:
+        shard.read_failures += 1
+        self.read_retries += 1
+        delay = self._delay(shard.read_failures)
+        shard.retry_at = time.monotonic() + delay
+        log.warning("reading %s failed (%s); retrying in %.1f s", shard.id, reason, delay)
+
+    def _delay(self, failures: int) -> float:
+        return min(self.backoff * 2 ** (failures - 1), self.max_backoff)
 
     def _process_all(self, due: list[_Shard]) -> list[BatchOutcome]:
         """Process the shards' batches, each in its own thread when there are several."""
@@ -204,9 +259,13 @@ class LocalPoller:
         else:
             # Read again from the last good offset after a pause, like Lambda's retries.
             shard.failures += 1
-            shard.retry_at = time.monotonic() + min(2 ** shard.failures, 60)
+            with self._lock:
+                self.batch_retries += 1
+            delay = self._delay(shard.failures)
+            shard.retry_at = time.monotonic() + delay
             shard.iterator = None
-            log.warning("batch of %s failed; retrying in %.0f s", shard.id, shard.retry_at - time.monotonic())
+            log.warning("batch of %s failed (%s); retry %d in %.1f s", shard.id, outcome.retry_reason,
+                        shard.failures, delay)
         shard.pending = []
         return outcome
 

@@ -146,3 +146,113 @@ def test_local_poller_feeds_the_handler_and_survives_a_crash_before_saving_offse
     shards = [s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"]]
     assert poller.processor.lake.lake_watermark(shards) == events[-1].lsn
     assert set(ShardOffsets(offsets)._offsets) <= set(shards)
+
+
+# -- hostile records, outages, a flaky stream ----------------------------------------------------
+
+def test_events_the_lake_refuses_for_their_content_are_dead_lettered_and_the_shard_flows(tmp_path):
+    from change_events import Column, Op, TableSchema
+    from change_events import ChangeEvent as Event
+
+    good = workload(3)
+    odd = TableSchema("public.odd", (Column("id", "integer", 23, -1, True), Column("amount", "numeric(0,0)", 1700)))
+    twins = TableSchema("public.twins", (Column("id", "integer", 23, -1, True), Column("ID", "integer", 23)))
+    lsn = good[-1].lsn + 1
+    hostile = [
+        Event(odd, Op.INSERT, lsn, 0, 900, None, {"id": "1"}, after={"id": "1", "amount": "1"}),
+        Event(twins, Op.INSERT, lsn, 1, 900, None, {"id": "1"}, after={"id": "1", "ID": "2"}),
+        Event(SALES_ORDER, Op.INSERT, lsn, 2, 900, None, {"sales_order_id": "99999999999999999999"},
+              after={**sales_order_row(7), "sales_order_id": "99999999999999999999"}),
+    ]
+    payloads = [encode_events(good), encode_events(hostile[:2]), encode_events(hostile[2:]),
+                encode_watermark(Watermark(lsn))]
+    processor = StreamProcessor(LakeWriter(tmp_path))
+    outcome = processor.process(kinesis_event(payloads))
+    assert outcome.response == {"batchItemFailures": []}
+    assert outcome.dead_letters == 3
+    layout = LakeLayout(tmp_path)
+    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(good, "public.sales_order")
+    reasons = {letter.source_table: letter.reason for letter in list_dead_letters(layout)}
+    assert "precision" in reasons["public.odd"] and "case-insensitive" in reasons["public.twins"]
+    assert "does not convert" in reasons["public.sales_order"]
+    assert processor.lake.lake_watermark([SHARD]) == lsn
+
+
+def test_an_outage_is_retried_logged_and_counted_not_dead_lettered(tmp_path, capsys, caplog):
+    from aws_lambda_powertools import Metrics
+
+    down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
+    metrics = Metrics(namespace="totes-cdc-test", service="processor")
+    processor = StreamProcessor(LakeWriter(LakeLayout("s3://lake/unreachable", down)), metrics)
+    outcome = processor.process(kinesis_event([encode_events(workload(2))], start=7))
+    assert outcome.response == {"batchItemFailures": [{"itemIdentifier": "7"}]}
+    assert outcome.dead_letters == 0 and "lake write failed: OSError" in outcome.retry_reason
+    metrics.flush_metrics()
+    out = capsys.readouterr().out
+    assert '"BatchRetries"' in out
+    [logged] = [r for r in caplog.records if r.getMessage() == "batch failed; it will be retried"]
+    assert "Connection refused" in logged.reason and "\x1b" not in logged.reason
+
+
+class FlakyKinesis:
+    """The real (kinesalite) client, but calls named in `faults` fail first, in order."""
+
+    def __init__(self, client, faults: dict[str, list[Exception]]):
+        self._client, self._faults = client, faults
+
+    def __getattr__(self, name):
+        real = getattr(self._client, name)
+        if name not in self._faults:
+            return real
+
+        def flaky(**kwargs):
+            fault = self._faults[name].pop(0) if self._faults[name] else None
+            if fault is not None:  # None: this call goes through
+                raise fault
+            return real(**kwargs)
+
+        return flaky
+
+
+def _client_error(code: str, status: int, operation: str = "GetRecords"):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       operation)
+
+
+def test_consumer_side_kinesis_errors_are_retried_and_never_end_the_poller(tmp_path, kinesis):
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    stream = new_stream(kinesis, shards=1)
+    events = workload(20)
+    publisher = Publisher(kinesis, stream)
+    for index, event in enumerate(events):
+        publisher.add(event)
+        if index + 1 == len(events) or events[index + 1].lsn != event.lsn:
+            publisher.end_transaction(event.lsn)
+            publisher.flush()  # several records, so the iterator expires half way
+    publisher.publish_watermark(events[-1].lsn)
+    publisher.flush()
+    faults = {
+        "get_records": [_client_error("ProvisionedThroughputExceededException", 400), None,
+                        _client_error("ExpiredIteratorException", 400),
+                        _client_error("InternalFailure", 500), None,
+                        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+                        ReadTimeoutError(endpoint_url="http://127.0.0.1:1")],
+        "get_shard_iterator": [_client_error("LimitExceededException", 400, "GetShardIterator")],
+    }
+    lake = tmp_path / "lake"
+    poller = LocalPoller(FlakyKinesis(kinesis, faults), stream, StreamProcessor(LakeWriter(lake)), ShardOffsets(tmp_path / "o.json"),
+                         batch_window=0.0, max_batch_records=3, backoff=0.01)
+    for _ in range(200):
+        poller.poll_once()
+        if not any(faults.values()) and poller.processor.lake.lake_watermark([*poller.shards]) == events[-1].lsn:
+            break
+        time.sleep(0.01)
+    layout = LakeLayout(lake)
+    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(events, "public.sales_order")
+    logged = table_snapshot(layout, "changes", "public.sales_order")
+    assert len(logged) == len({(r["_lsn"], r["_seq"]) for r in logged}) == len(events)
+    assert poller.read_retries == 5
