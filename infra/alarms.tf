@@ -71,6 +71,26 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   ok_actions          = local.alarm_actions
 }
 
+# A batch keeps failing because the lake cannot be written (S3 or the lake unreachable): it
+# is retried, with backoff, until the lake takes it, and the shard waits meanwhile. Bad data
+# never gets here (it is dead-lettered); the processor logs each retry with its reason.
+resource "aws_cloudwatch_metric_alarm" "processor_retrying" {
+  alarm_name          = "${var.name}-processor-retrying"
+  alarm_description   = "The processor has been retrying batches it cannot write to the lake for ${var.batch_retries_alarm_periods * 5} minutes."
+  namespace           = local.emf_namespace
+  metric_name         = "BatchRetries"
+  dimensions          = { service = local.processor_service }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = var.batch_retries_alarm_periods
+  datapoints_to_alarm = var.batch_retries_alarm_periods
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 # The event source mapping gave up on a batch after its retries: those records are not in
 # the lake.
 resource "aws_cloudwatch_metric_alarm" "processor_gave_up" {

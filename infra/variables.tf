@@ -221,6 +221,12 @@ variable "dead_letters_threshold" {
   default     = 0
 }
 
+variable "batch_retries_alarm_periods" {
+  description = "Alarm when the processor has retried batches it could not write to the lake in this many consecutive 5-minute periods."
+  type        = number
+  default     = 3
+}
+
 variable "unconfirmed_wal_alarm_bytes" {
   description = "Alarm when the reader holds more unconfirmed WAL than this for 15 minutes."
   type        = number

@@ -162,5 +162,21 @@ def _lake_processor() -> StreamProcessor:
 @_metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
-    """AWS Lambda entry point (Kinesis event source mapping, ReportBatchItemFailures on)."""
-    return _lake_processor().process(event).response
+    """AWS Lambda entry point (Kinesis event source mapping, ReportBatchItemFailures on).
+
+    The event source mapping retries a failed batch at once; during an outage the warm
+    function pauses before reporting the failure (1 s, doubling per consecutive failure of
+    the shard, at most 30 s and never past half its remaining time), so retries back off
+    instead of spinning."""
+    outcome = _lake_processor().process(event)
+    if outcome.failed_from is None:
+        _failures.pop(outcome.shard, None)
+    else:
+        _failures[outcome.shard] = failures = _failures.get(outcome.shard, 0) + 1
+        remaining = context.get_remaining_time_in_millis() / 1000 if hasattr(context, "get_remaining_time_in_millis") else 0
+        time.sleep(max(0.0, min(2.0 ** (failures - 1), 30.0, remaining / 2)))
+    return outcome.response
+
+
+_failures: dict[str, int] = {}
+"""Consecutive failed batches per shard, in this warm function."""

@@ -174,6 +174,9 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
                                        appended=2, dead_letters=1)
         record = SimpleNamespace(kinesis=SimpleNamespace(approximate_arrival_timestamp=time.time()))
         handler.StreamProcessor._measure(SimpleNamespace(metrics=handler._metrics), outcome, [record])
+        failed = SimpleNamespace(kinesis=SimpleNamespace(sequence_number="1"))
+        handler.StreamProcessor._retry(SimpleNamespace(metrics=handler._metrics), handler.BatchOutcome(shard="s"),
+                                       [failed], "lake write failed: OSError: S3 is down")
         handler._metrics.flush_metrics()
     return _emf(out.getvalue())
 
@@ -199,6 +202,7 @@ def test_alarms_cover_the_guarantees():
     assert ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds") in watched   # processor behind
     assert ("AWS/Lambda", "Errors") in watched
     assert (own, "DeadLetters") in watched                                     # guarantee 8
+    assert (own, "BatchRetries") in watched                                    # a batch retried, not lost
     assert (own, "UnconfirmedWalBytes") in watched                             # guarantee 7
     assert (own, "SlotLost") in watched                                        # guarantee 1: a lost slot
     silent = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "EventsPerSecond"]
