@@ -21,7 +21,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from change_events import encode_events
-from lake.delta_io import quote_literal, read_sql, retry_on_conflict
+from lake.delta_io import create_once, quote_literal, read_sql, retry_on_conflict
 from lake.layout import DEAD_LETTERS, LakeLayout
 
 _UTC = pa.timestamp("us", "UTC")
@@ -86,7 +86,8 @@ class DeadLetters:
         rows = pa.Table.from_pylist([letter.__dict__ for letter in letters], schema=SCHEMA)
         if rows.num_rows == 0:
             return
-        DeltaTable.create(self.uri, SCHEMA, mode="ignore", storage_options=self.layout.storage_options or None)
+        if self._table() is None:
+            create_once(self.layout, self.uri, SCHEMA)
 
         def merge() -> None:
             table = self._table()

@@ -10,7 +10,8 @@ another's events):
 2. keep those the change log lacks (`ChangeLog.missing`: a lookup of the shard's high-water,
    plus a pruned read only for events at or below it);
 3. convert them to typed columns; events that cannot be stored (incompatible schema change,
-   values that do not fit their type) are set aside as `Rejected`;
+   a type or column names no lake table can hold, values that do not fit their type) are
+   set aside as `Rejected`;
 4. append the rest to `changes/<table>` (one commit, carrying the shard's new high-water);
 5. merge into `tables/<table>` whatever the state has not consumed from this shard's log
    (one commit; after a crash between 4 and 5, the retry or the next batch does it).
@@ -20,7 +21,15 @@ of every rejected group (e.g. wrote them to the dead letters), the highest marke
 is recorded in `_progress`; step 5 comes last. The lake watermark (what the warehouse and the
 reader wait for) is about the change logs, so it does not wait for the state merges; a state
 table that a crash left behind its log is caught up by the retry or the next batch (step 5).
-A retried batch repeats nothing: steps 2 and 5 make every step idempotent.
+A retried batch repeats nothing: steps 2 and 5 make every step idempotent, and a commit
+race (two writers on one shard) re-runs steps 2-4 rather than appending blindly.
+
+What fails is sorted by whose fault it is (`delta_io.is_infrastructure_fault`): an outage
+(S3 unreachable, a full disk, a commit race lost too often) raises, and the caller retries
+the batch until the lake heals; anything else that stops a table's events from being
+logged is about those events, so they become one `Rejected` (the reason is the error) and
+the rest of the batch goes on. A state merge that fails for such a reason leaves the state
+behind its log (`WriteResult.state_errors`) without failing the batch: the log is the record.
 
 One writer may serve several shards at once (one thread per shard, like one Lambda
 invocation per shard): each shard gets its own table handles, and state merges into one

@@ -60,3 +60,30 @@ def test_hostile_values_are_stored_or_dead_lettered_and_the_batch_goes_through(c
         refused = {e.event_id for letter in list_dead_letters(layout) for e in decode(letter.record).events}
         assert all(letter.reason for letter in list_dead_letters(layout))
         assert stored | refused == {e.event_id for e in events} and not stored & refused
+
+
+def test_a_state_merge_that_fails_for_the_data_leaves_the_log_and_the_shard_flowing(tmp_path, monkeypatch):
+    from lake.state import StateTable
+    from tests.lake_fixtures import TODAY, Source, expected_state, lake_state
+
+    source = Source()
+    first = source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 6)])
+    with source.transaction() as tx:
+        tx.update(SALES_ORDER, sales_order_row(2, version=1))
+    writer = LakeWriter(tmp_path, today=lambda: TODAY)
+    real_apply = StateTable.apply
+
+    def refusing(*args, **kwargs):
+        raise ValueError("a merge predicate the data breaks")
+
+    monkeypatch.setattr(StateTable, "apply", refusing)
+    result = writer.write_batch("s1", first, markers=[source.lsn])
+    assert result.appended == 5 and "a merge predicate the data breaks" in result.state_errors[SALES_ORDER.table]
+    assert writer.lake_watermark(["s1"]) == source.lsn  # the change log has them: the watermark moves
+
+    monkeypatch.setattr(StateTable, "apply", real_apply)  # the cause is fixed
+    result = writer.write_batch("s1", tx.events)
+    assert not result.state_errors
+    layout = LakeLayout(tmp_path)
+    assert lake_state(layout, SALES_ORDER.table, SALES_ORDER.key_names) == \
+        expected_state(first + tx.events, SALES_ORDER.table)

@@ -158,11 +158,11 @@ def test_crash_between_change_log_and_state_then_retry(new_lake, monkeypatch):
     lake.write_batch("s1", batches[0])
     original = StateTable._apply_once
 
-    def crash(*args, **kwargs):
-        raise RuntimeError("killed between the two commits")
+    def crash(*args, **kwargs):  # a kill, not an error the writer could handle
+        raise KeyboardInterrupt("killed between the two commits")
 
     monkeypatch.setattr(StateTable, "_apply_once", crash)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(KeyboardInterrupt):
         lake.write_batch("s1", batches[1])
     monkeypatch.setattr(StateTable, "_apply_once", original)
     # A new process (fresh writer) retries the same batch, then goes on.
@@ -180,8 +180,8 @@ def test_state_catches_up_when_the_failed_batch_is_skipped(new_lake, monkeypatch
     layout = new_lake()
     lake = writer(layout)
     lake.write_batch("s1", batches[0])
-    monkeypatch.setattr(StateTable, "_apply_once", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(StateTable, "_apply_once", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
         lake.write_batch("s1", batches[1])
     monkeypatch.undo()
     # The stream moved on without redelivering batch 1 (payment's part of it never got

@@ -9,7 +9,8 @@ import multiprocessing
 from collections import Counter
 
 from lake.changelog import ChangeLog
-from lake.layout import LakeLayout
+from lake.layout import PROGRESS, LakeLayout
+from lake.progress import Progress
 from tests.lake_fixtures import SALES_ORDER, expected_state, lake_state
 
 ROUNDS = 3
@@ -40,7 +41,7 @@ def _writer(roots: list[str], barrier, errors) -> None:
             writer = LakeWriter(root, today=lambda: TODAY)
             for batch in _batches():
                 barrier.wait(60)
-                writer.write_batch(SHARD, batch)
+                writer.write_batch(SHARD, batch, markers=[max(e.lsn for e in batch)])
     except BaseException as error:  # noqa: BLE001 - reported to the test
         errors.put(f"{type(error).__name__}: {error}")
         barrier.abort()
@@ -70,6 +71,8 @@ def test_two_processes_writing_the_same_batches_log_each_event_once(tmp_path):
         assert max(logged.values()) == 1, f"{root}: {sum(logged.values()) - len(logged)} events logged twice"
         assert lake_state(layout, SALES_ORDER.table, SALES_ORDER.key_names) == \
             expected_state(events, SALES_ORDER.table)
-        for uri in (layout.changes_uri(SALES_ORDER.table), layout.state_uri(SALES_ORDER.table)):
+        markers = Progress(layout).history()
+        assert markers.column("marker_lsn").to_pylist() == sorted({max(e.lsn for e in b) for b in _batches()})
+        for uri in (layout.changes_uri(SALES_ORDER.table), layout.state_uri(SALES_ORDER.table), layout.uri(PROGRESS)):
             operations = [commit["operation"] for commit in layout.open(uri).history()]
             assert operations.count("CREATE TABLE") <= 1, f"{uri} was created twice: {operations}"
