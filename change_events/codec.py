@@ -186,8 +186,8 @@ def _schemas(raw) -> list[TableSchema]:
 def _schema(entry) -> TableSchema:
     table, columns = entry
     _name(table, "table name")
-    if "/" in table or table in (".", ".."):
-        raise ValueError(f"table name {_short(repr(table), 60)} is not a table name")
+    if table in (".", ".."):  # any other spelling is a name (the lake escapes its folder)
+        raise ValueError(f"table name {table!r} is not a table name")
     if not isinstance(columns, list) or len(columns) > _MAX_COLUMNS:
         raise ValueError(f"{table}: the columns are not a list of at most {_MAX_COLUMNS}")
     parsed = []
