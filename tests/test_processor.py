@@ -256,3 +256,29 @@ def test_consumer_side_kinesis_errors_are_retried_and_never_end_the_poller(tmp_p
     logged = table_snapshot(layout, "changes", "public.sales_order")
     assert len(logged) == len({(r["_lsn"], r["_seq"]) for r in logged}) == len(events)
     assert poller.read_retries == 5
+
+
+def test_the_lambda_entry_point_backs_off_while_the_lake_is_down(tmp_path, monkeypatch):
+    """The event source mapping retries a failed batch at once; the warm function pauses
+    before reporting the failure, longer for each consecutive failure of the shard."""
+    monkeypatch.setattr(lambda_module, "_failures", {})
+    pauses: list[float] = []
+    monkeypatch.setattr(lambda_module.time, "sleep", pauses.append)
+    down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
+    monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)),
+                                                                      lambda_module._metrics))
+
+    class Context:
+        function_name, memory_limit_in_mb, invoked_function_arn, aws_request_id = "p", 512, "arn:p", "r-1"
+
+        def get_remaining_time_in_millis(self):
+            return 900_000
+
+    event = kinesis_event([encode_events(workload(1))])
+    for _ in range(3):
+        assert lambda_module.handler(event, Context()) == {"batchItemFailures": [{"itemIdentifier": "1"}]}
+    assert pauses == [1.0, 2.0, 4.0]
+    monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(tmp_path), lambda_module._metrics))
+    assert lambda_module.handler(event, Context()) == {"batchItemFailures": []}
+    assert lambda_module._failures == {} and len(pauses) == 3
