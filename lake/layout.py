@@ -13,6 +13,10 @@ a local folder written before this escaping existed keeps being used. Other read
 it: polars 2.1 cannot read a Delta table whose path needs URL escaping (spaces, quotes,
 backticks, non-ASCII), and deltalake decodes a `%` in a local path.
 
+`table_size` says what a table costs: every byte stored under its folder (data of every
+version still kept, and its `_delta_log`) against its live bytes, the data files of the
+current version; their ratio is the table's storage amplification.
+
 The same code serves both storages: for S3, `storage_options` are deltalake's
 (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, keys, region); `storage_options_from_env` builds them
 from the standard AWS environment variables. Commits on S3 use conditional PUTs (deltalake
@@ -21,12 +25,15 @@ from the standard AWS environment variables. Commits on S3 use conditional PUTs 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
@@ -59,6 +66,21 @@ _ENV_OPTIONS = {
     "AWS_SESSION_TOKEN": ("AWS_SESSION_TOKEN",),
     "AWS_REGION": ("AWS_REGION", "AWS_DEFAULT_REGION"),
 }
+
+
+@dataclass(frozen=True)
+class TableSize:
+    """What one lake table occupies: `stored_bytes` on disk or S3 (every retained version's
+    data and the log), of which `live_bytes` are the data files of the current version."""
+
+    uri: str
+    stored_bytes: int
+    live_bytes: int
+    files: int
+
+    @property
+    def amplification(self) -> float | None:
+        return self.stored_bytes / self.live_bytes if self.live_bytes else None
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -120,9 +142,23 @@ class LakeLayout:
 
     def has_commit(self, uri: str, version: int) -> bool:
         """Whether the table at `uri` has a commit `version`: one file lookup (each commit is
-        `_delta_log/<version>.json`), where `DeltaTable.update_incremental` lists the log."""
+        `_delta_log/<version>.json`), where `DeltaTable.update_incremental` lists the log.
+        A commit whose entry the log cleanup removed (lake.maintenance) is known from the
+        checkpoint that replaced it, so a handle left at an old version still sees that the
+        table moved on."""
         filesystem, path = self.filesystem(f"{uri}/_delta_log/{version:020d}.json")
-        return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            return True
+        return self.checkpointed_version(uri) >= version
+
+    def checkpointed_version(self, uri: str) -> int:
+        """The version of the table's latest checkpoint (`_last_checkpoint`), -1 without one."""
+        filesystem, path = self.filesystem(f"{uri}/_delta_log/_last_checkpoint")
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return int(json.loads(stream.read())["version"])
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            return -1
 
     def tables(self, kind: str = CHANGES) -> list[str]:
         """Source tables that have a `kind` folder (changes or tables), sorted."""
@@ -131,6 +167,23 @@ class LakeLayout:
         names = [table_name(info.base_name) for info in filesystem.get_file_info(selector)
                  if info.type == pafs.FileType.Directory]
         return sorted(name for name in names if self.open(self.uri(kind, name)) is not None)
+
+    # -- sizes -----------------------------------------------------------------------------
+    def stored_bytes(self, uri: str) -> tuple[int, int]:
+        """Bytes and number of files under `uri` (every file, listed recursively)."""
+        filesystem, path = self.filesystem(uri)
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        files = [info for info in infos if info.type == pafs.FileType.File]
+        return sum(info.size or 0 for info in files), len(files)
+
+    def table_size(self, uri: str) -> TableSize | None:
+        """Stored and live bytes of the Delta table at `uri` (None when there is none)."""
+        table = self.open(uri)
+        if table is None:
+            return None
+        live = sum(pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist())
+        stored, files = self.stored_bytes(uri)
+        return TableSize(uri, stored, live, files)
 
     # -- pyarrow access (for datasets that DuckDB scans) ----------------------------------
     def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:

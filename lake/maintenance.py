@@ -1,32 +1,94 @@
-"""Keeping the lake fast and bounded: compaction, checkpoints, vacuum.
+"""Keeping the lake fast and its storage bounded: compaction, checkpoints, vacuum, log cleanup.
 
-Every processor batch adds a small file or two per table. `maintain` (run it every hour or
-so, e.g. `totes lake maintain`, while the pipeline keeps writing) per lake table:
+Every processor batch adds a small file per table, and every state merge rewrites the files
+holding the rows it changes, so a lake that is never cleaned grows by the bytes written, not
+by the data it holds. `maintain` (run by `totes run`/`totes demo` as the lake grows, see
+`MaintenanceCadence`, or by `totes lake maintain`) per lake table:
 
-1. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
-   partition by partition (`_commit_date`);
-2. writes a checkpoint, so opening the table reads one Parquet file instead of many JSON
-   commits (deltalake also checkpoints by itself: every 10 commits, see
-   `delta_io.TABLE_PROPERTIES`, on tables created by this version, every 100 on older ones);
-3. vacuums files that no version inside the time-travel window still needs
-   (`retention_hours`, default 168 h = 7 days; shorter windows are allowed on purpose,
-   `enforce_retention_duration=False`). Versions older than the window may no longer read.
+1. records the time-travel retention in the table's own properties
+   (`delta.deletedFileRetentionDuration` and `delta.logRetentionDuration`, both = the
+   retention), so every Delta client, not only this one, keeps the same window;
+2. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
+   partition by partition (`_commit_date`), and a partition already in one file is left alone;
+3. vacuums the data files that no version younger than the retention still uses, in full
+   mode: every file under the table is listed, so files that no commit ever named (a commit
+   race lost by a writer leaves its files behind) go too, once older than the retention,
+   and so do files whose removal record a checkpoint has already dropped;
+4. writes a checkpoint, then removes the `_delta_log` entries older than the retention that
+   the checkpoint made unnecessary (`cleanup_metadata`).
 
-Safe beside running writers: compaction only rewrites data into the same rows, appends never
-conflict with it, and a merge or compaction that loses a commit race is retried (the
-writer's merge re-reads and re-merges; compaction here simply runs again).
+What the retention means: every version that was current at some moment within the last
+`retention` can be read, by version or by time (its files and log entries are kept); older
+versions are gone (`load_as_version` fails once their log entries are cleaned up, reads fail
+once their files are vacuumed). Stored bytes are then about the live bytes, plus what was
+written during the last `retention` (bench/README.md, `storage`, measures it).
+
+The change logs are append-only: compaction rewrites their rows into fewer files and never
+drops one, so the current version of a change log always holds every event ever written.
+Vacuum there removes only the small files that a compaction already copied; what the
+warehouse sync reads (the events after its checkpoint LSN, from the current version, or from
+the commits since its last run with a fall back to the current version when those commits'
+files are gone) can never be lost by a retention shorter than the sync's lag. Time travel by
+source LSN (`state_as_of_lsn`) rebuilds from the change log and so works for every LSN, beyond
+the retention too.
+
+Safe beside running writers and readers: vacuum only deletes files that left the table more
+than `retention` ago, and `MIN_RETENTION` keeps that longer than any read or merge in flight
+holds on to an older version. Compaction only rewrites data into the same rows, appends
+never conflict with it, and a merge or compaction that loses a commit race is retried.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from deltalake import DeltaTable
 
 from lake.delta_io import retry_on_conflict
-from lake.layout import DEAD_LETTERS, KINDS, PROGRESS, LakeLayout
+from lake.layout import DEAD_LETTERS, KINDS, PROGRESS, LakeLayout, TableSize
 
-DEFAULT_RETENTION_HOURS = 168
+DEFAULT_RETENTION = timedelta(hours=1)
+"""Time travel by Delta version or time for the last hour (by source LSN: always)."""
+MIN_RETENTION = timedelta(minutes=1)
+"""Shorter would let vacuum delete files that a sync run, a query or a merge still reads."""
+RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class RetentionError(ValueError):
+    """A retention that is not a duration, or shorter than `MIN_RETENTION`."""
+
+
+def parse_retention(text: str, minimum: timedelta = MIN_RETENTION) -> timedelta:
+    """'24h', '90m', '7d', '2w', '600s' (a bare number is hours) → a timedelta of at least
+    `minimum`; RetentionError with the fix otherwise."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise RetentionError(f"--retain {text!r} is not a duration: use a number and a unit, like 24h, 90m or 7d.")
+    amount, unit = float(match.group(1)), (match.group(2) or "h").lower()
+    retention = timedelta(**{_UNITS[unit]: amount})
+    if retention < minimum:
+        raise RetentionError(f"--retain {text} is shorter than the {format_retention(minimum)} that readers and "
+                             f"writers in flight need: use {format_retention(minimum)} or more.")
+    return retention
+
+
+def format_retention(retention: timedelta) -> str:
+    seconds = int(retention.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def retention_interval(retention: timedelta) -> str:
+    """The retention as a Delta table property value ('interval 3600 seconds')."""
+    return f"interval {int(retention.total_seconds())} seconds"
 
 
 @dataclass
@@ -36,6 +98,8 @@ class TableMaintenance:
     files_added: int = 0
     vacuumed: list[str] = field(default_factory=list)
     version: int | None = None
+    size: TableSize | None = None
+    """Stored and live bytes after this round."""
 
 
 def compact(layout: LakeLayout, uri: str, target_size: int | None = None) -> dict:
@@ -50,20 +114,38 @@ def compact(layout: LakeLayout, uri: str, target_size: int | None = None) -> dic
     return retry_on_conflict(run)
 
 
+def keep_retention(layout: LakeLayout, uri: str, retention: timedelta) -> None:
+    """Set the table's retention properties to `retention` (one commit, only when they differ)."""
+    wanted = retention_interval(retention)
+
+    def run() -> None:
+        table = layout.open(uri)
+        if table is None:
+            return
+        configuration = table.metadata().configuration
+        if any(configuration.get(name) != wanted for name in RETENTION_PROPERTIES):
+            table.alter.set_table_properties(dict.fromkeys(RETENTION_PROPERTIES, wanted))
+
+    retry_on_conflict(run)
+
+
 def checkpoint(layout: LakeLayout, uri: str) -> None:
+    """Checkpoint the table, then drop the log entries older than its log retention."""
     table = layout.open(uri)
     if table is not None:
         table.create_checkpoint()
+        table.cleanup_metadata()
 
 
-def vacuum(layout: LakeLayout, uri: str, retention_hours: int = DEFAULT_RETENTION_HOURS) -> list[str]:
-    """Delete files unused by every version younger than `retention_hours`; returns them."""
+def vacuum(layout: LakeLayout, uri: str) -> list[str]:
+    """Delete the files no version younger than the table's retention uses, and files older than
+    it that no commit names; returns them."""
 
     def run() -> list[str]:
         table = layout.open(uri)
         if table is None:
             return []
-        return table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
+        return table.vacuum(retention_hours=None, dry_run=False, enforce_retention_duration=True, full=True)
 
     return retry_on_conflict(run)
 
@@ -76,18 +158,61 @@ def lake_uris(layout: LakeLayout) -> list[str]:
     return uris
 
 
-def maintain(layout: LakeLayout, retention_hours: int = DEFAULT_RETENTION_HOURS,
+def lake_sizes(layout: LakeLayout) -> list[TableSize]:
+    """Stored and live bytes of every lake table."""
+    return [size for uri in lake_uris(layout) if (size := layout.table_size(uri)) is not None]
+
+
+def lake_stored_bytes(layout: LakeLayout) -> int:
+    """Bytes stored by every lake table: a listing per top folder, no table opened (cheap
+    enough to ask every few seconds). Local state (`_local`) is not the lake's."""
+    return sum(layout.stored_bytes(layout.uri(name))[0] for name in (*KINDS, PROGRESS, DEAD_LETTERS))
+
+
+def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
              uris: list[str] | None = None) -> list[TableMaintenance]:
-    """Compact, checkpoint and vacuum every lake table (or `uris`)."""
+    """Keep `retention`, compact, checkpoint, clean the log and vacuum every lake table (or `uris`).
+    The library takes any retention; the commands refuse one below `MIN_RETENTION`."""
     report = []
     for uri in uris if uris is not None else lake_uris(layout):
+        keep_retention(layout, uri, retention)
         metrics = compact(layout, uri)
+        removed = vacuum(layout, uri)
         checkpoint(layout, uri)
-        removed = vacuum(layout, uri, retention_hours)
         table = layout.open(uri)
         report.append(TableMaintenance(
             uri, files_removed=int(metrics.get("numFilesRemoved", 0)), files_added=int(metrics.get("numFilesAdded", 0)),
-            vacuumed=removed, version=None if table is None else table.version(),
+            vacuumed=removed, version=None if table is None else table.version(), size=layout.table_size(uri),
         ))
     return report
 
+
+@dataclass
+class MaintenanceCadence:
+    """When the next round is due: once the lake has grown by `growth` times its live bytes
+    since the last round (what was written, not the clock, is what a round can reclaim), or
+    after `every` seconds at the latest; never sooner than `min_gap` seconds after the last.
+
+    Pure: the caller passes the clock and the lake's stored bytes."""
+
+    every: float = 3600.0
+    growth: float = 0.5
+    min_gap: float = 10.0
+    last_at: float = field(default_factory=time.monotonic)
+    last_stored: int | None = None
+    last_live: int = 0
+
+    def due(self, now: float, stored: int) -> bool:
+        waited = now - self.last_at
+        if waited < self.min_gap:
+            return False
+        if waited >= self.every:
+            return True
+        if self.last_stored is None:
+            return True  # no round yet: the first one measures the lake
+        return stored - self.last_stored >= self.growth * max(self.last_live, 1)
+
+    def done(self, now: float, sizes: list[TableSize]) -> None:
+        self.last_at = now
+        self.last_stored = sum(s.stored_bytes for s in sizes)
+        self.last_live = sum(s.live_bytes for s in sizes)

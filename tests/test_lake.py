@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import duckdb
 import pytest
@@ -365,7 +365,7 @@ def test_maintenance_keeps_data_and_time_travel_inside_the_window(new_lake):
     before = {kind: table_snapshot(layout, kind, SO) for kind in ("changes", "tables")}
     versions = [c.version for c in tt.history(layout, SO) if c.lsn_max is not None]
     old = {v: lake_state(layout, SO, SO_KEY, version=v) for v in versions}
-    report = maintain(layout, retention_hours=1)
+    report = maintain(layout, timedelta(hours=1))
     assert {r.uri.rsplit("/", 1)[-1] for r in report} >= {SO, PAY}
     assert any(r.files_removed for r in report)
     for kind in ("changes", "tables"):

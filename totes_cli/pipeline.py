@@ -27,12 +27,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from cdc_reader.publisher import Publisher, kinesis_client
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
-from lake.maintenance import maintain
+from lake.maintenance import DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
 from lake.progress import Progress
 from lake.writer import LakeWriter
 from local_stack.kinesalite import Kinesalite, ensure_stream
@@ -72,9 +73,13 @@ class PipelineConfig:
     reset: bool = False
     """After a lost slot: start over from a new one (ReaderConfig.reset, `--reset`)."""
     maintain_every: float = 3600.0
-    """How often the lake is compacted, checkpointed and vacuumed while the pipeline runs (as
-    `totes lake maintain`): every window adds small files, and a lake that is never compacted
-    slows its writers down. 0 leaves it to `totes lake maintain`."""
+    """The longest time between two rounds of lake maintenance while the pipeline runs (as
+    `totes lake maintain`); a round comes sooner once the lake has grown by half its live
+    bytes (`MaintenanceCadence`). 0 leaves it to `totes lake maintain`."""
+    retention: timedelta = DEFAULT_RETENTION
+    """Time travel by Delta version or time is kept this long; maintenance reclaims the rest."""
+    maintenance_check_seconds: float = 5.0
+    """How often the maintenance thread measures the lake to see whether a round is due."""
 
 
 def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
@@ -242,15 +247,20 @@ class Pipeline:
             target.close()
 
     def _maintenance_loop(self, stop: threading.Event) -> None:
-        """`maintain` every `maintain_every` seconds, beside the running writers (it is safe
-        there, see lake/maintenance.py). A failed round is logged and tried again next time:
-        a lake not compacted for a while is slower, not wrong."""
-        while not stop.wait(self.config.maintain_every):
+        """`maintain` whenever `MaintenanceCadence` says so, beside the running writers (it is
+        safe there, see lake/maintenance.py). A failed round is logged and tried again at the
+        next check: a lake not maintained for a while is bigger and slower, not wrong."""
+        cfg = self.config
+        cadence = MaintenanceCadence(every=cfg.maintain_every)
+        while not stop.wait(min(cfg.maintenance_check_seconds, cfg.maintain_every)):
             try:
-                report = maintain(self.layout)
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("lake maintenance failed; trying again in %g s", self.config.maintain_every)
+                if not cadence.due(time.monotonic(), lake_stored_bytes(self.layout)):
+                    continue
+                report = maintain(self.layout, cfg.retention)
+            except Exception:  # noqa: BLE001 - the next check tries again
+                log.exception("lake maintenance failed; trying again in %g s", cfg.maintenance_check_seconds)
                 continue
+            cadence.done(time.monotonic(), [t.size for t in report if t.size is not None])
             self.maintenance.rounds += 1
             self.maintenance.files_compacted += sum(t.files_removed for t in report)
             self.maintenance.files_vacuumed += sum(len(t.vacuumed) for t in report)

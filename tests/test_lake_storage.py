@@ -1,0 +1,149 @@
+"""Storage that stays bounded and recoverable: maintenance with a short time-travel retention
+(seconds here, so the tests are quick; the commands refuse less than a minute) reclaims what
+merges and small appends wrote, keeps every version of the window readable, forgets older
+ones, and never takes what a writer or the warehouse sync still needs."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from lake import LakeLayout, LakeWriter
+from lake import timetravel as tt
+from lake.changelog import ChangeLog
+from lake.maintenance import (
+    MaintenanceCadence, RetentionError, lake_sizes, maintain, parse_retention,
+)
+from tests.lake_fixtures import SALES_ORDER, TODAY, Source, expected_state, lake_state, sales_order_row
+from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, mixed_history, write_lake
+from warehouse_sync import DuckDBTarget, sync_once
+
+SO, SO_KEY = SALES_ORDER.table, SALES_ORDER.key_names
+RETENTION = timedelta(seconds=2)
+
+
+def _totals(layout: LakeLayout) -> tuple[int, int]:
+    sizes = lake_sizes(layout)
+    return sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
+
+
+def _updates(src: Source, writer: LakeWriter, events: list, count: int, start: int, shard: str = "s1") -> None:
+    """`count` batches of one update each, to rows spread over the table (each merge rewrites
+    the file holding its row)."""
+    for n in range(start, start + count):
+        with src.transaction() as tx:
+            tx.update(SALES_ORDER, sales_order_row(n * 37 % 2000, version=n + 1))
+        events += tx.events
+        writer.write_batch(shard, tx.events)
+
+
+def test_maintenance_bounds_the_lake_and_keeps_time_travel_inside_the_retention(tmp_path):
+    layout = LakeLayout(tmp_path / "lake")
+    writer = LakeWriter(layout, today=lambda: TODAY)
+    src = Source()
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(2000)])
+    writer.write_batch("s1", events)
+    _updates(src, writer, events, 60, 0)
+    stored, live = _totals(layout)
+    assert stored > 5 * live  # what the merges and small appends left behind
+
+    maintain(layout, RETENTION)  # compacts; what it replaced is kept for the window
+    time.sleep(RETENTION.total_seconds() + 0.2)
+    window_opened = datetime.now(timezone.utc)
+    versions = {}
+    for n in range(60, 63):
+        _updates(src, writer, events, 1, n)
+        version = layout.open(layout.state_uri(SO)).version()
+        versions[version] = expected_state(events, SO)
+    report = maintain(layout, RETENTION)
+
+    stored, live = _totals(layout)
+    assert stored <= 3 * live, (stored, live)
+    assert sum(len(r.vacuumed) for r in report) > 60
+    # Every version of the window reads as it was, by version and by time; the current one too.
+    for version, rows in versions.items():
+        assert lake_state(layout, SO, SO_KEY, version=version) == rows
+    assert lake_state(layout, SO, SO_KEY, as_of=window_opened + timedelta(milliseconds=1)) == \
+        lake_state(layout, SO, SO_KEY, version=min(versions) - 1)
+    assert lake_state(layout, SO, SO_KEY) == expected_state(events, SO)
+    # Versions older than the window are gone: their log entries, or their files.
+    for kind in ("tables", "changes"):
+        for version in (0, 1, 30):
+            with pytest.raises(Exception):  # noqa: B017 - deltalake raises several kinds
+                tt.read_table(layout, kind, SO, version=version)
+    # The change log still holds every event, and the shard's high-water survived.
+    assert tt.read_table(layout, "changes", SO).num_rows == len(events)
+    log = ChangeLog(layout, SO)
+    log.refresh()
+    assert log.high_water("s1") == (events[-1].lsn, events[-1].seq)
+    assert writer.write_batch("s1", events[-5:]).tables[SO].appended == 0
+
+
+def test_a_sync_stalled_longer_than_the_retention_ends_exact(tmp_path):
+    """A continuous sync holds each change log open at the version it read last. Maintenance
+    then compacts, vacuums and cleans up the log entries after that version: the next run
+    must still see every event appended since (not mistake the missing log entry for 'no new
+    commit'), and end equal to one sync of the whole history."""
+    history = mixed_history()
+    today = history.source.clock.date()
+    reference = DuckDBTarget()
+    sync_once(write_lake(tmp_path / "reference", history.source.events), reference, history.final_lsn, today=today)
+
+    layout = LakeLayout(tmp_path / "lake")
+    writer = LakeWriter(layout)
+    stalled_at = history.points[1][0]
+    transactions = [list(group) for _, group in itertools.groupby(history.source.events, key=lambda e: e.lsn)]
+    for events in (t for t in transactions if t[0].lsn <= stalled_at):
+        writer.write_batch("shardId-000000000000", events)
+    target, feeds = DuckDBTarget(), {}
+    sync_once(layout, target, stalled_at, today=today, tables=feeds)
+
+    for events in (t for t in transactions if t[0].lsn > stalled_at):
+        writer.write_batch("shardId-000000000000", events)
+    time.sleep(RETENTION.total_seconds() + 0.2)
+    maintain(layout, RETENTION)
+
+    sync_once(layout, target, history.final_lsn, today=today, tables=feeds)
+    assert_same_warehouse(dump_warehouse(target), dump_warehouse(reference))
+
+
+def test_a_writer_whose_table_moved_on_past_cleaned_up_log_entries_still_writes_once(tmp_path):
+    """Two shards write one table; one of them idles while the other's commits are checkpointed
+    and their log entries cleaned up. The idle shard's next batch lands, exactly once."""
+    layout = LakeLayout(tmp_path / "lake")
+    busy, idle = LakeWriter(layout, today=lambda: TODAY), LakeWriter(layout, today=lambda: TODAY)
+    src = Source()
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(2000)])
+    idle.write_batch("s2", events)
+    _updates(src, busy, events, 12, 0)
+    time.sleep(RETENTION.total_seconds() + 0.2)
+    maintain(layout, RETENTION)
+    later = []
+    _updates(src, idle, later, 2, 100, shard="s2")
+    assert idle.write_batch("s2", later).tables[SO].appended == 0  # a replay adds nothing
+    assert tt.read_table(layout, "changes", SO).num_rows == len(events) + 2
+    assert lake_state(layout, SO, SO_KEY) == expected_state(events + later, SO)
+
+
+def test_retention_is_a_duration_of_at_least_a_minute():
+    assert parse_retention("24h") == timedelta(hours=24)
+    assert parse_retention("90m") == timedelta(minutes=90)
+    assert parse_retention("7d") == timedelta(days=7)
+    assert parse_retention("2") == timedelta(hours=2)
+    with pytest.raises(RetentionError, match="not a duration"):
+        parse_retention("a day")
+    with pytest.raises(RetentionError, match="1m or more"):
+        parse_retention("30s")
+
+
+def test_maintenance_is_due_when_the_lake_grew_or_the_clock_says_so():
+    cadence = MaintenanceCadence(every=3600, growth=0.5, min_gap=10, last_at=0)
+    assert cadence.due(11, stored=0)  # never measured: the first round measures
+    cadence.last_stored, cadence.last_live = 3_000, 1_000
+    assert not cadence.due(5, stored=9_000)  # too soon after the last round
+    assert not cadence.due(60, stored=3_400)
+    assert cadence.due(60, stored=3_500)  # grew by half the live bytes
+    assert cadence.due(3600, stored=3_000)  # an hour passed
