@@ -7,9 +7,16 @@ by the data it holds. `maintain` (run by `totes run`/`totes demo` as the lake gr
 
 1. records the time-travel retention in the table's own properties
    (`delta.deletedFileRetentionDuration` and `delta.logRetentionDuration`, both = the
-   retention), so every Delta client, not only this one, keeps the same window;
+   retention), so every Delta client, not only this one, keeps the same window; and turns
+   off the writers' own log cleanup (`delta.enableExpiredLogCleanup`), so only maintenance
+   deletes anything (in AWS only its role may);
 2. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
-   partition by partition (`_commit_date`), and a partition already in one file is left alone;
+   partition by partition (`_commit_date`), and a partition already in one file is left alone.
+   A state table is kept in files of about `STATE_FILE_BYTES`, sorted by key: a merge
+   rewrites every file that holds a row it changes, so one big file (what a snapshot
+   writes) would be rewritten whole by every merge that touches an old row. A state table
+   with a file over twice that size is rewritten once into such files (`optimize.z_order`
+   by its key); after that, compaction only packs small files up to that size;
 3. vacuums the data files that no version younger than the retention still uses, in full
    mode: every file under the table is listed, so files that no commit ever named (a commit
    race lost by a writer leaves its files behind) go too, once older than the retention,
@@ -45,16 +52,24 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import pyarrow as pa
 from deltalake import DeltaTable
 
 from lake.delta_io import retry_on_conflict
-from lake.layout import DEAD_LETTERS, KINDS, PROGRESS, LakeLayout, TableSize
+from lake.layout import DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
+from lake.state import PRIMARY_KEY_PROPERTY
 
 DEFAULT_RETENTION = timedelta(hours=1)
 """Time travel by Delta version or time for the last hour (by source LSN: always)."""
 MIN_RETENTION = timedelta(minutes=1)
 """Shorter would let vacuum delete files that a sync run, a query or a merge still reads."""
+STATE_FILE_BYTES = 32 * 1024
+"""Target size of a state table's files: what a merge that changes one old row rewrites."""
+CHANGES_FILE_BYTES = 4 * 1024 * 1024
+"""Target size of a change log's files. Compaction packs files smaller than this, so each
+round rewrites at most about this much of a partition that is still growing (today's)."""
 RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
+ONLY_MAINTENANCE_DELETES = {"delta.enableExpiredLogCleanup": "false"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -114,17 +129,33 @@ def compact(layout: LakeLayout, uri: str, target_size: int | None = None) -> dic
     return retry_on_conflict(run)
 
 
+def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYTES) -> dict:
+    """Keep a state table in files of about `file_bytes`, sorted by key (see step 2 above)."""
+
+    def run() -> dict:
+        table = layout.open(uri)
+        if table is None:
+            return {}
+        sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
+        keys = table.metadata().configuration.get(PRIMARY_KEY_PROPERTY)
+        if keys and any(size > 2 * file_bytes for size in sizes):
+            return table.optimize.z_order(keys.split(","), target_size=file_bytes)
+        return table.optimize.compact(target_size=file_bytes)
+
+    return retry_on_conflict(run)
+
+
 def keep_retention(layout: LakeLayout, uri: str, retention: timedelta) -> None:
     """Set the table's retention properties to `retention` (one commit, only when they differ)."""
-    wanted = retention_interval(retention)
+    wanted = dict.fromkeys(RETENTION_PROPERTIES, retention_interval(retention)) | ONLY_MAINTENANCE_DELETES
 
     def run() -> None:
         table = layout.open(uri)
         if table is None:
             return
         configuration = table.metadata().configuration
-        if any(configuration.get(name) != wanted for name in RETENTION_PROPERTIES):
-            table.alter.set_table_properties(dict.fromkeys(RETENTION_PROPERTIES, wanted))
+        if any(configuration.get(name) != value for name, value in wanted.items()):
+            table.alter.set_table_properties(wanted)
 
     retry_on_conflict(run)
 
@@ -176,7 +207,7 @@ def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
     report = []
     for uri in uris if uris is not None else lake_uris(layout):
         keep_retention(layout, uri, retention)
-        metrics = compact(layout, uri)
+        metrics = compact_state(layout, uri) if uri.startswith(layout.uri(STATE) + "/") else compact(layout, uri, CHANGES_FILE_BYTES)
         removed = vacuum(layout, uri)
         checkpoint(layout, uri)
         table = layout.open(uri)

@@ -106,6 +106,6 @@ def test_dead_letters_are_listed_and_re_driven(lake):
 
 def test_maintain_keeps_the_lake_readable(lake):
     path, _ = lake
-    result = totes("lake", "maintain", "--lake", path, "--retention-hours", "0")
+    result = totes("lake", "maintain", "--lake", path, "--retain", "1m")
     assert result.exit_code == 0, result.output
     assert rows(totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--format", "json")) == [{"n": 4}]

@@ -22,7 +22,8 @@ from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, mixe
 from warehouse_sync import DuckDBTarget, sync_once
 
 SO, SO_KEY = SALES_ORDER.table, SALES_ORDER.key_names
-RETENTION = timedelta(seconds=2)
+RETENTION = timedelta(seconds=3)
+ROWS = 20_000
 
 
 def _totals(layout: LakeLayout) -> tuple[int, int]:
@@ -35,7 +36,7 @@ def _updates(src: Source, writer: LakeWriter, events: list, count: int, start: i
     the file holding its row)."""
     for n in range(start, start + count):
         with src.transaction() as tx:
-            tx.update(SALES_ORDER, sales_order_row(n * 37 % 2000, version=n + 1))
+            tx.update(SALES_ORDER, sales_order_row(n * 3779 % ROWS, version=n + 1))
         events += tx.events
         writer.write_batch(shard, tx.events)
 
@@ -44,34 +45,40 @@ def test_maintenance_bounds_the_lake_and_keeps_time_travel_inside_the_retention(
     layout = LakeLayout(tmp_path / "lake")
     writer = LakeWriter(layout, today=lambda: TODAY)
     src = Source()
-    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(2000)])
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(ROWS)])
     writer.write_batch("s1", events)
-    _updates(src, writer, events, 60, 0)
+    _updates(src, writer, events, 30, 0)
     stored, live = _totals(layout)
     assert stored > 5 * live  # what the merges and small appends left behind
 
     maintain(layout, RETENTION)  # compacts; what it replaced is kept for the window
     time.sleep(RETENTION.total_seconds() + 0.2)
-    window_opened = datetime.now(timezone.utc)
-    versions = {}
-    for n in range(60, 63):
+    # (version, the state as of it, the earliest moment the next commit can have replaced it)
+    window = [(layout.open(layout.state_uri(SO)).version(), expected_state(events, SO), None)]
+    for n in range(30, 33):
+        replaced_after = time.time()
         _updates(src, writer, events, 1, n)
-        version = layout.open(layout.state_uri(SO)).version()
-        versions[version] = expected_state(events, SO)
+        window[-1] = window[-1][:2] + (replaced_after,)
+        window.append((layout.open(layout.state_uri(SO)).version(), expected_state(events, SO), None))
+    window[-1] = window[-1][:2] + (time.time(),)  # replaced by the compaction, if by anything
     report = maintain(layout, RETENTION)
+    cutoff = time.time() - RETENTION.total_seconds()
 
     stored, live = _totals(layout)
     assert stored <= 3 * live, (stored, live)
-    assert sum(len(r.vacuumed) for r in report) > 60
-    # Every version of the window reads as it was, by version and by time; the current one too.
-    for version, rows in versions.items():
+    assert sum(len(r.vacuumed) for r in report) > 50
+    # Every version current at some moment of the window reads as it was (however slowly this
+    # ran, the last one was current when maintenance began), by version and by time.
+    inside = [(version, rows) for version, rows, replaced_after in window if replaced_after >= cutoff]
+    assert inside
+    for version, rows in inside:
         assert lake_state(layout, SO, SO_KEY, version=version) == rows
-    assert lake_state(layout, SO, SO_KEY, as_of=window_opened + timedelta(milliseconds=1)) == \
-        lake_state(layout, SO, SO_KEY, version=min(versions) - 1)
-    assert lake_state(layout, SO, SO_KEY) == expected_state(events, SO)
+    newest = max(c.version for c in tt.history(layout, SO))
+    assert lake_state(layout, SO, SO_KEY, as_of=datetime.now(timezone.utc)) == \
+        lake_state(layout, SO, SO_KEY, version=newest) == expected_state(events, SO)
     # Versions older than the window are gone: their log entries, or their files.
     for kind in ("tables", "changes"):
-        for version in (0, 1, 30):
+        for version in (0, 1, 20):
             with pytest.raises(Exception):  # noqa: B017 - deltalake raises several kinds
                 tt.read_table(layout, kind, SO, version=version)
     # The change log still holds every event, and the shard's high-water survived.

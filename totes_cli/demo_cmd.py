@@ -20,7 +20,9 @@ from rich.text import Text
 
 from change_events import format_lsn
 from rich.table import Table
+from lake.maintenance import DEFAULT_RETENTION, format_retention
 from totes_cli.console import err, fail
+from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import load
@@ -105,8 +107,10 @@ def demo(
     chaos: Annotated[bool, typer.Option("--chaos", help="Also delete rows, write huge TOASTed values, run big transactions and add a column.")] = False,
     duration: Annotated[Optional[float], typer.Option("--duration", help="Stop by itself after this many seconds.")] = None,
     keep_source: Annotated[bool, typer.Option("--keep-source", help="Leave totesys running when the demo stops.")] = False,
+    retain: RetainOption = format_retention(DEFAULT_RETENTION),
 ) -> None:
     """Run totesys with a live simulated business and watch it change. Ctrl-C stops it all."""
+    retention = retention_option(retain)
     settings = load()
     if home is not None:
         settings = settings.model_copy(update={"home": home})
@@ -130,7 +134,7 @@ def demo(
             stop.set()
 
     pipeline = Pipeline(PipelineConfig(source_dsn=dsn, lake=default_lake(settings.home),
-                                       warehouse=default_warehouse(settings.home)))
+                                       warehouse=default_warehouse(settings.home), retention=retention))
     warehouse = None
     try:
         if read_source(conn).row_counts.get("sales_order", 0) == 0:

@@ -15,11 +15,12 @@ from rich.table import Table
 from change_events import CodecError, decode, format_lsn, parse_lsn
 from lake.dead_letters import DeadLetters
 from lake.layout import CHANGES, LakeLayout, table_name
-from lake.maintenance import maintain as maintain_lake
+from lake.maintenance import DEFAULT_RETENTION, RetentionError, format_retention, maintain as maintain_lake, parse_retention
 from lake.timetravel import history as lake_history, register_duckdb, state_as_of_lsn
 from lake.writer import LakeWriter
 from totes_cli.console import err, fail, out
 from totes_cli.settings import load
+from totes_cli.status_cmd import human_bytes, lake_table_name
 from warehouse_sync.schema import quote_identifier as q, quote_literal
 
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
@@ -96,18 +97,33 @@ def dead_letters(lake: LakeOption = None,
     out.print(view)
 
 
+RetainOption = Annotated[str, typer.Option(
+    "--retain", envvar="TOTES_RETAIN",
+    help="Keep time travel by Delta version or time this long (24h, 90m, 7d; at least 1m); maintenance "
+         "reclaims what older versions used. Time travel by source LSN works for any LSN.")]
+
+
+def retention_option(text: str):
+    """`--retain` as a timedelta, or one sentence and exit code 2."""
+    try:
+        return parse_retention(text)
+    except RetentionError as error:
+        raise fail(str(error), code=2) from None
+
+
 @app.command()
-def maintain(lake: LakeOption = None,
-             retention_hours: Annotated[int, typer.Option("--retention-hours", help="Keep time travel for at least this long.")] = 168) -> None:
-    """Compact small files, checkpoint, and vacuum outside the time-travel window. Safe while
-    the pipeline runs."""
+def maintain(lake: LakeOption = None, retain: RetainOption = format_retention(DEFAULT_RETENTION)) -> None:
+    """Compact small files, checkpoint, clean up the log, and vacuum what no version inside the
+    time-travel window uses. Safe while the pipeline runs."""
+    retention = retention_option(retain)
     layout = _layout(lake)
-    view = Table("table", "files compacted", "files written", "files vacuumed", "version",
-                 title="maintenance", title_justify="left")
-    for done in maintain_lake(layout, retention_hours=retention_hours):
-        view.add_row(table_name(done.uri.rpartition("/")[2]), str(done.files_removed),
-                     str(done.files_added), str(len(done.vacuumed)),
-                     str(done.version))
+    view = Table("table", "files compacted", "files written", "files vacuumed", "version", "stored", "live",
+                 title=f"maintenance (time travel kept for {format_retention(retention)})", title_justify="left")
+    for done in maintain_lake(layout, retention):
+        size = done.size
+        view.add_row(lake_table_name(done.uri), str(done.files_removed),
+                     str(done.files_added), str(len(done.vacuumed)), str(done.version),
+                     human_bytes(size.stored_bytes if size else None), human_bytes(size.live_bytes if size else None))
     out.print(view)
 
 

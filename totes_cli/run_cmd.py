@@ -11,8 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from cdc_reader.source_setup import SourceSetupError
+from lake.maintenance import DEFAULT_RETENTION, format_retention
 from change_events import format_lsn
 from totes_cli.console import err, fail
+from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.pipeline import DEFAULT_WINDOW, Pipeline, PipelineConfig, windowed
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn
 from totesys.connection import SourceConnectionError
@@ -46,11 +48,13 @@ def run(
     slot: Annotated[Optional[str], typer.Option("--slot", help="Replication slot \\[default: named after the lake, remembered in it].")] = None,
     window: Annotated[float, typer.Option("--window", help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).")] = DEFAULT_WINDOW,
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
-    maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; 0 turns it off.")] = 3600.0,
+    maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Longest time in seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; a round comes sooner once the lake has grown by half its live data. 0 turns it off.")] = 3600.0,
+    retain: RetainOption = format_retention(DEFAULT_RETENTION),
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    retention = retention_option(retain)
     try:
         dsn = resolve_source_dsn(source)
     except NoSourceError as error:
@@ -58,7 +62,7 @@ def run(
     home = load().home
     config = PipelineConfig(source_dsn=dsn, lake=lake or default_lake(home),
                             warehouse=warehouse or default_warehouse(home), stream=stream, shards=shards, slot=slot,
-                            maintain_every=maintain_every, reset=reset)
+                            maintain_every=maintain_every, reset=reset, retention=retention)
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]

@@ -1,7 +1,9 @@
 """`totes status`: what every stage is doing right now.
 
-Today that is the source: rows per table, its newest change, WAL position and the WAL each
-replication slot holds back. Stages report here as they come.
+The source: rows per table, its newest change, WAL position and the WAL each replication
+slot holds back; what the reader last reported; the lake's watermark and its size (bytes
+stored per table against the live bytes of each table's current version: their ratio is the
+storage amplification that maintenance keeps bounded); the warehouse's position.
 """
 
 from __future__ import annotations
@@ -124,6 +126,48 @@ def lake_table(lake: str) -> Table | None:
     return table
 
 
+def lake_sizes(lake: str) -> list | None:
+    """Stored and live bytes of every lake table (None when there is no lake there)."""
+    from lake.layout import LakeLayout
+    from lake.maintenance import lake_sizes as sizes
+
+    if "://" not in lake and not Path(lake).is_dir():
+        return None
+    return sizes(LakeLayout(lake))
+
+
+def lakelake_table_name(uri: str) -> str:
+    """'changes/public.sales_order' or '_progress': a lake table's name inside the lake."""
+    from lake.layout import KINDS, table_name
+
+    parts = uri.rstrip("/").split("/")
+    return f"{parts[-2]}/{table_name(parts[-1])}" if len(parts) > 1 and parts[-2] in KINDS else parts[-1]
+
+
+def lake_size_table(lake: str, sizes: list) -> Table:
+    """Per lake table and in total: bytes stored, live bytes, and their ratio."""
+    table = Table(title=f"lake size  {lake}", title_justify="left")
+    for column in ("table", "stored", "live", "stored/live", "files"):
+        table.add_column(column, justify="left" if column == "table" else "right")
+    for size in sorted(sizes, key=lambda s: lake_table_name(s.uri)):
+        ratio = size.amplification
+        table.add_row(lake_table_name(size.uri), human_bytes(size.stored_bytes),
+                      human_bytes(size.live_bytes), "-" if ratio is None else f"{ratio:.1f}x", f"{size.files:,}")
+    stored, live = sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
+    table.add_row("total", human_bytes(stored), human_bytes(live), f"{stored / live:.1f}x" if live else "-",
+                  f"{sum(s.files for s in sizes):,}", style="bold")
+    return table
+
+
+def _sizes_json(sizes: list | None) -> dict | None:
+    if sizes is None:
+        return None
+    stored, live = sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
+    return {"stored_bytes": stored, "live_bytes": live,
+            "tables": {lake_table_name(s.uri): {"stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes, "files": s.files}
+                       for s in sizes}}
+
+
 def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
     """Where the warehouse is up to, and how far behind the source that is."""
     from warehouse_sync.apply import checkpoint_lsn
@@ -175,8 +219,13 @@ def status(
             snapshot = read_source(conn)
         finally:
             conn.close()
+    from totes_cli.settings import load
+
+    home = load().home
+    lake = os.environ.get("TOTES_LAKE") or str(home / "lake")
+    sizes = lake_sizes(lake)
     if as_json:
-        out.print_json(json.dumps({"source": None if snapshot is None else {
+        out.print_json(json.dumps({"lake_size": _sizes_json(sizes), "source": None if snapshot is None else {
             "where": where(dsn),
             "server_version": snapshot.server_version,
             "wal_level": snapshot.wal_level,
@@ -193,14 +242,11 @@ def status(
         slots = slots_table(snapshot)
         if slots is not None:
             out.print(slots)
-    from totes_cli.settings import load
-
-    home = load().home
     for table in reader_tables(home):
         out.print(table)
-    lake = os.environ.get("TOTES_LAKE") or str(home / "lake")
     warehouse = os.environ.get("TOTES_WAREHOUSE") or str(home / "warehouse.duckdb")
-    for table in (lake_table(lake), warehouse_table(warehouse, snapshot)):
+    for table in (lake_table(lake), lake_size_table(lake, sizes) if sizes else None,
+                  warehouse_table(warehouse, snapshot)):
         if table is not None:
             out.print(table)
     if problem:
