@@ -40,7 +40,8 @@ data "aws_iam_policy_document" "service_trust" {
   }
 }
 
-# Reading and rewriting the lake: the processor writes it, the maintenance compacts and vacuums it.
+# Reading and writing the lake, never deleting: the processor writes it, the maintenance
+# compacts it (and alone may delete, see maintenance.tf and the bucket policy in lake.tf).
 data "aws_iam_policy_document" "lake_read_write" {
   statement {
     sid       = "ListLake"
@@ -52,7 +53,7 @@ data "aws_iam_policy_document" "lake_read_write" {
   statement {
     sid       = "WriteLake"
     effect    = "Allow"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    actions   = ["s3:GetObject", "s3:PutObject"]
     resources = [local.lake_objects]
   }
 }

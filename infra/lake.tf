@@ -1,9 +1,21 @@
-# The lake: Delta tables under s3://<bucket>/<lake_prefix>. Delta keeps its own versions and
-# removes files only through `totes lake maintain` (vacuum), so there is no S3 versioning and
-# no lifecycle rule that expires objects: a rule deleting Delta files would corrupt tables.
+# The lake: Delta tables under s3://<bucket>/<lake_prefix>. Once the reader's slot has
+# confirmed an LSN, the lake is the only record of the events before it, so:
+# - only the maintenance task deletes objects (`totes lake maintain`: vacuum and log cleanup,
+#   within the time-travel retention): the bucket policy denies every delete to every other
+#   principal, and no other role is allowed one;
+# - the bucket is versioned, so what maintenance deletes (or a bug overwrites) stays
+#   recoverable as a noncurrent version for `lake_noncurrent_version_days`, then expires.
+#   No rule ever expires a current object: that would corrupt the Delta tables.
 resource "aws_s3_bucket" "lake" {
   bucket        = var.lake_bucket_name
   force_destroy = false
+}
+
+resource "aws_s3_bucket_versioning" "lake" {
+  bucket = aws_s3_bucket.lake.id
+  versioning_configuration {
+    status = "Enabled"
+  }
 }
 
 resource "aws_s3_bucket_public_access_block" "lake" {
@@ -30,9 +42,25 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "lake" {
   }
 }
 
-# Only unfinished multipart uploads are cleaned up; no object is ever expired.
+# Noncurrent versions (what maintenance deleted or an overwrite replaced) expire after
+# `lake_noncurrent_version_days`; delete markers left with no version behind them go too;
+# unfinished multipart uploads are aborted. No current object is ever expired.
 resource "aws_s3_bucket_lifecycle_configuration" "lake" {
-  bucket = aws_s3_bucket.lake.id
+  bucket     = aws_s3_bucket.lake.id
+  depends_on = [aws_s3_bucket_versioning.lake]
+
+  rule {
+    id     = "expire-noncurrent-versions"
+    status = "Enabled"
+    filter {}
+    noncurrent_version_expiration {
+      noncurrent_days = var.lake_noncurrent_version_days
+    }
+    expiration {
+      expired_object_delete_marker = true
+    }
+  }
+
   rule {
     id     = "abort-incomplete-multipart-uploads"
     status = "Enabled"
@@ -43,7 +71,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
   }
 }
 
-# TLS only.
+# TLS only, and deletes only by the maintenance task's role.
 data "aws_iam_policy_document" "lake_bucket" {
   statement {
     sid     = "DenyInsecureTransport"
@@ -61,6 +89,22 @@ data "aws_iam_policy_document" "lake_bucket" {
       test     = "Bool"
       variable = "aws:SecureTransport"
       values   = ["false"]
+    }
+  }
+
+  statement {
+    sid       = "OnlyMaintenanceDeletes"
+    effect    = "Deny"
+    actions   = ["s3:DeleteObject*"] # a Deny: every delete action, versions and tags included
+    resources = ["${aws_s3_bucket.lake.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "ArnNotEquals"
+      variable = "aws:PrincipalArn"
+      values   = [aws_iam_role.maintain.arn]
     }
   }
 }

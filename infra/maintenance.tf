@@ -1,6 +1,9 @@
-# Lake maintenance: `totes lake maintain` (compaction, checkpoint, vacuum) as a Fargate task
-# run on a schedule. The processor adds small files with every batch; a lake never compacted
-# slows its writers and readers down. Maintenance is safe beside them (lake/maintenance.py).
+# Lake maintenance: `totes lake maintain` (compaction, checkpoint, vacuum, log cleanup) as a
+# Fargate task run on a schedule. The processor adds small files with every batch and every
+# state merge rewrites files; a lake never maintained grows by what is written, not by what
+# it holds, and slows its writers and readers down. Maintenance is safe beside them and
+# keeps `lake_retention_hours` of time travel (lake/maintenance.py). It is the only role
+# that may delete lake objects.
 resource "aws_cloudwatch_log_group" "maintain" {
   name              = "/ecs/${var.name}/maintain"
   retention_in_days = var.log_retention_days
@@ -24,7 +27,7 @@ resource "aws_ecs_task_definition" "maintain" {
     name      = "maintain"
     image     = local.image_uri
     essential = true
-    command   = ["totes", "lake", "maintain", "--retention-hours", tostring(var.lake_retention_hours)]
+    command   = ["totes", "lake", "maintain", "--retain", "${var.lake_retention_hours}h"]
     environment = [
       { name = "TOTES_LAKE", value = local.lake_uri },
       { name = "TOTES_HOME", value = "/tmp/totes" },
@@ -71,10 +74,21 @@ resource "aws_iam_role" "maintain" {
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
 
+data "aws_iam_policy_document" "maintain" {
+  source_policy_documents = [data.aws_iam_policy_document.lake_read_write.json]
+
+  statement {
+    sid       = "DeleteWhatVacuumAndLogCleanupRemove"
+    effect    = "Allow"
+    actions   = ["s3:DeleteObject"]
+    resources = [local.lake_objects]
+  }
+}
+
 resource "aws_iam_role_policy" "maintain" {
   name   = "maintain"
   role   = aws_iam_role.maintain.id
-  policy = data.aws_iam_policy_document.lake_read_write.json
+  policy = data.aws_iam_policy_document.maintain.json
 }
 
 # EventBridge runs the task: RunTask of this task definition only, and passing its two roles.

@@ -246,9 +246,23 @@ variable "maintain_schedule" {
 }
 
 variable "lake_retention_hours" {
-  description = "Time travel kept by maintenance: files no version younger than this needs are vacuumed."
+  description = "Time travel by Delta version or time kept by maintenance (`totes lake maintain --retain`): older versions' files and log entries are removed. Stored bytes are about the live bytes plus what the pipeline writes in this long."
   type        = number
-  default     = 168
+  default     = 24
+  validation {
+    condition     = var.lake_retention_hours >= 1 && floor(var.lake_retention_hours) == var.lake_retention_hours
+    error_message = "lake_retention_hours must be a whole number of hours, at least 1."
+  }
+}
+
+variable "lake_noncurrent_version_days" {
+  description = "How long what maintenance deleted (or an overwrite replaced) in the lake bucket stays recoverable as a noncurrent S3 version."
+  type        = number
+  default     = 7
+  validation {
+    condition     = var.lake_noncurrent_version_days >= 1
+    error_message = "lake_noncurrent_version_days must be at least 1."
+  }
 }
 
 variable "maintain_cpu" {

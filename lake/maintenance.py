@@ -65,7 +65,7 @@ MIN_RETENTION = timedelta(minutes=1)
 """Shorter would let vacuum delete files that a sync run, a query or a merge still reads."""
 STATE_FILE_BYTES = 32 * 1024
 """Target size of a state table's files: what a merge that changes one old row rewrites."""
-CHANGES_FILE_BYTES = 4 * 1024 * 1024
+CHANGES_FILE_BYTES = 512 * 1024
 """Target size of a change log's files. Compaction packs files smaller than this, so each
 round rewrites at most about this much of a partition that is still growing (today's)."""
 RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")

@@ -283,3 +283,52 @@ def test_the_reader_reads_the_lake_watermark_and_nothing_else_of_the_lake():
     listing = lake_statements["ListLakeProgress"]
     assert re.findall(r'"(s3:\w+)"', listing) == ["s3:ListBucket", "s3:prefix"]
     assert 'values   = ["${local.lake_progress_prefix}*"]' in listing
+
+
+# -- the lake bucket: versioned, recoverable, deleted from by maintenance only -----------------
+
+
+def _matches(pattern: str, action: str) -> bool:
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), action, re.I) is not None
+
+
+DELETES = ("s3:DeleteObject", "s3:DeleteObjectVersion")
+
+
+def test_lake_bucket_is_versioned_and_only_noncurrent_versions_expire():
+    text = _tf_text()
+    versioning = _blocks(text, r'resource\s+"aws_s3_bucket_versioning"')
+    assert any(re.search(r"bucket\s*=\s*aws_s3_bucket\.lake\.id", body)
+               and re.search(r'status\s*=\s*"Enabled"', body) for body in versioning.values()), versioning
+    lifecycle = _blocks(text, r'resource\s+"aws_s3_bucket_lifecycle_configuration"')["lake"]
+    rules = _nested(lifecycle, "rule")
+    noncurrent = [body for rule in rules for body in _nested(rule, "noncurrent_version_expiration")]
+    assert noncurrent and all(re.search(r"noncurrent_days\s*=\s*\S+", body) for body in noncurrent)
+    assert any(_nested(rule, "abort_incomplete_multipart_upload") for rule in rules)
+    for rule in rules:  # a current Delta file expiring would corrupt its table
+        for expiration in _nested(rule, "expiration"):
+            assert not re.search(r"(?m)^\s*(days|date)\s*=", expiration), expiration
+
+
+def test_only_the_maintenance_role_may_delete_lake_objects():
+    statements = list(_statements())
+    allowing = {name for name, effect, actions, _ in statements
+                if effect == "Allow" and any(_matches(a, d) for a in actions for d in DELETES)}
+    assert allowing == {"maintain"}, f"documents that allow deleting: {allowing}"
+    text = _tf_text()
+    attached = {m.group(1): m.group(2) for m in re.finditer(
+        r"(?ms)role\s*=\s*aws_iam_role\.(\w+)\.id\s*policy\s*=\s*data\.aws_iam_policy_document\.(\w+)\.json", text)}
+    assert [role for role, document in attached.items() if document == "maintain"] == ["maintain"], attached
+    assert not re.search(r"source_policy_documents\s*=\s*\[[^\]]*aws_iam_policy_document\.maintain\.json", text)
+    # The bucket policy denies every delete to every principal but that role.
+    bucket = _blocks(text, r'data\s+"aws_iam_policy_document"')["lake_bucket"]
+    denies = [s for s in _nested(bucket, "statement") if re.search(r'effect\s*=\s*"Deny"', s)
+              and all(any(_matches(a, d) for a in re.findall(r'"(s3:[^"]+)"', s)) for d in DELETES)
+              and "aws:PrincipalArn" in s]
+    assert len(denies) == 1, "no Deny of s3:DeleteObject* but to the maintenance role in the lake's bucket policy"
+    deny = denies[0]
+    assert re.search(r'identifiers\s*=\s*\[\s*"\*"\s*\]', deny)
+    condition = _nested(deny, "condition")
+    assert len(condition) == 1 and re.search(r'test\s*=\s*"ArnNotEquals"', condition[0])
+    assert re.search(r'variable\s*=\s*"aws:PrincipalArn"', condition[0])
+    assert re.search(r"values\s*=\s*\[\s*aws_iam_role\.maintain\.arn\s*\]", condition[0])

@@ -66,7 +66,7 @@ def test_maintenance_bounds_the_lake_and_keeps_time_travel_inside_the_retention(
 
     stored, live = _totals(layout)
     assert stored <= 3 * live, (stored, live)
-    assert sum(len(r.vacuumed) for r in report) > 50
+    assert sum(len(r.vacuumed) for r in report) >= 30  # every superseded state file at least
     # Every version current at some moment of the window reads as it was (however slowly this
     # ran, the last one was current when maintenance began), by version and by time.
     inside = [(version, rows) for version, rows, replaced_after in window if replaced_after >= cutoff]

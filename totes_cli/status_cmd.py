@@ -136,7 +136,7 @@ def lake_sizes(lake: str) -> list | None:
     return sizes(LakeLayout(lake))
 
 
-def lakelake_table_name(uri: str) -> str:
+def lake_table_name(uri: str) -> str:
     """'changes/public.sales_order' or '_progress': a lake table's name inside the lake."""
     from lake.layout import KINDS, table_name
 
