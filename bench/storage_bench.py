@@ -48,6 +48,24 @@ def _measure(lake: str) -> tuple[int, int]:
     return sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
 
 
+def composition(lake: str) -> dict[str, int]:
+    """Bytes stored by kind of table (change logs, state tables, the rest) and by what they are
+    (data files, `_delta_log`): where the amplification comes from."""
+    from collections import Counter
+
+    from lake.layout import LakeLayout
+
+    layout = LakeLayout(lake)
+    found: Counter = Counter()
+    for size in lake_sizes(layout):
+        kind = size.uri.removeprefix(layout.root + "/").split("/")[0]
+        log, _ = layout.stored_bytes(f"{size.uri}/_delta_log")
+        found[f"{kind} data"] += size.stored_bytes - log
+        found[f"{kind} log"] += log
+        found[f"{kind} live"] += size.live_bytes
+    return dict(found)
+
+
 def measure(dsn: str, root: Path, rate: float, seconds: float, retention: timedelta, say) -> dict:
     config = PipelineConfig(source_dsn=dsn, lake=str(root / "lake"), warehouse=str(root / "warehouse.duckdb"),
                             retention=retention)
@@ -71,6 +89,7 @@ def measure(dsn: str, root: Path, rate: float, seconds: float, retention: timede
             say(f"  {samples[-1]['t_s']:>5} s  stored {stored / 2**20:7.2f} MiB  live {live / 2**20:6.2f} MiB  "
                 f"x{samples[-1]['amplification']}  ({business.stats.events:,} business events, "
                 f"{pipeline.maintenance.rounds} maintenance rounds)")
+        at_end = composition(config.lake)
     finally:
         stop.set()
         worker.join(timeout=30)
@@ -91,6 +110,7 @@ def measure(dsn: str, root: Path, rate: float, seconds: float, retention: timede
         "max_amplification_after_first_window": max((s["amplification"] for s in settled), default=None),
         "final_amplification": samples[-1]["amplification"] if samples else None,
         "written_bytes_per_s": round(written) if written else None,
+        "composition_at_end": at_end,
     }
 
 

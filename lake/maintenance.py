@@ -15,7 +15,7 @@ by the data it holds. `maintain` (run by `totes run`/`totes demo` as the lake gr
    A state table is kept in files of about `STATE_FILE_BYTES`, sorted by key: a merge
    rewrites every file that holds a row it changes, so one big file (what a snapshot
    writes) would be rewritten whole by every merge that touches an old row. A state table
-   with a file over twice that size is rewritten once into such files (`optimize.z_order`
+   with a file over four times that size is rewritten once into such files (`optimize.z_order`
    by its key); after that, compaction only packs small files up to that size;
 3. vacuums the data files that no version younger than the retention still uses, in full
    mode: every file under the table is listed, so files that no commit ever named (a commit
@@ -138,7 +138,7 @@ def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYT
             return {}
         sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
         keys = table.metadata().configuration.get(PRIMARY_KEY_PROPERTY)
-        if keys and any(size > 2 * file_bytes for size in sizes):
+        if keys and any(size > 4 * file_bytes for size in sizes):
             return table.optimize.z_order(keys.split(","), target_size=file_bytes)
         return table.optimize.compact(target_size=file_bytes)
 

@@ -109,3 +109,24 @@ def test_maintain_keeps_the_lake_readable(lake):
     result = totes("lake", "maintain", "--lake", path, "--retain", "1m")
     assert result.exit_code == 0, result.output
     assert rows(totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--format", "json")) == [{"n": 4}]
+
+
+def test_status_shows_what_the_lake_stores_against_its_live_data(lake, tmp_path):
+    path, _ = lake
+    env = {"COLUMNS": "240", "TOTES_LAKE": path, "TOTES_HOME": str(tmp_path / "home"),
+           "TOTES_SOURCE_DSN": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}
+    result = runner.invoke(app, ["status", "--json"], env=env)
+    assert result.exit_code == 1  # no source here; the lake is still measured
+    size = json.loads(result.stdout)["lake_size"]
+    tables = size["tables"]
+    assert set(tables) == {"changes/public.sales_order", "tables/public.sales_order"}
+    for measured in tables.values():
+        assert measured["stored_bytes"] > measured["live_bytes"] > 0 and measured["files"] > 1
+    assert size["stored_bytes"] == sum(t["stored_bytes"] for t in tables.values())
+    assert size["live_bytes"] == sum(t["live_bytes"] for t in tables.values())
+    shown = runner.invoke(app, ["status"], env=env).output
+    assert "lake size" in shown and "stored/live" in shown and "tables/public.sales_order" in shown
+    maintained = totes("lake", "maintain", "--lake", path, "--retain", "1m")
+    assert maintained.exit_code == 0 and "time travel kept for 1m" in maintained.output
+    refused = totes("lake", "maintain", "--lake", path, "--retain", "10s")
+    assert refused.exit_code == 2 and "1m or more" in refused.output
