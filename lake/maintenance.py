@@ -9,7 +9,9 @@ by the data it holds. `maintain` (run by `totes run`/`totes demo` as the lake gr
    (`delta.deletedFileRetentionDuration` and `delta.logRetentionDuration`, both = the
    retention), so every Delta client, not only this one, keeps the same window; and turns
    off the writers' own log cleanup (`delta.enableExpiredLogCleanup`), so only maintenance
-   deletes anything (in AWS only its role may);
+   deletes anything (in AWS only its role may). It also keeps file statistics in the log for
+   the columns that reads prune on (`delta.dataSkippingStatsColumns`: positions, and the key
+   of a state table), not for every column: that halves what each commit adds to the log;
 2. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
    partition by partition (`_commit_date`), and a partition already in one file is left alone.
    A state table is kept in files of about `STATE_FILE_BYTES`, sorted by key: a merge
@@ -56,11 +58,14 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from lake.delta_io import retry_on_conflict
-from lake.layout import DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
+from lake.layout import CHANGES, DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
 from lake.state import PRIMARY_KEY_PROPERTY
 
 DEFAULT_RETENTION = timedelta(hours=1)
 """Time travel by Delta version or time for the last hour (by source LSN: always)."""
+DEMO_RETENTION = timedelta(minutes=1)
+"""`totes demo`'s: its lake holds a few MiB while the pipeline writes about 0.2 MiB/s of commits
+(bench/README.md, `storage`), so a longer window would keep mostly superseded versions."""
 MIN_RETENTION = timedelta(minutes=1)
 """Shorter would let vacuum delete files that a sync run, a query or a merge still reads."""
 STATE_FILE_BYTES = 32 * 1024
@@ -70,8 +75,10 @@ CHANGES_FILE_BYTES = 512 * 1024
 round rewrites at most about this much of a partition that is still growing (today's)."""
 RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
 ONLY_MAINTENANCE_DELETES = {"delta.enableExpiredLogCleanup": "false"}
+STATS_COLUMNS = "delta.dataSkippingStatsColumns"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # other key names keep statistics on every column
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -145,15 +152,27 @@ def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYT
     return retry_on_conflict(run)
 
 
+def _stats_columns(uri: str, layout: LakeLayout, configuration: dict) -> dict[str, str]:
+    """The columns whose statistics the log keeps: what the lake's reads and merges prune on."""
+    if uri.startswith(layout.uri(CHANGES) + "/"):
+        return {STATS_COLUMNS: "_lsn,_seq,_commit_ts"}
+    keys = configuration.get(PRIMARY_KEY_PROPERTY)
+    if uri.startswith(layout.uri(STATE) + "/") and keys and all(_PLAIN_NAME.match(k) for k in keys.split(",")):
+        return {STATS_COLUMNS: f"{keys},_lsn,_seq,_deleted"}
+    return {}
+
+
 def keep_retention(layout: LakeLayout, uri: str, retention: timedelta) -> None:
-    """Set the table's retention properties to `retention` (one commit, only when they differ)."""
-    wanted = dict.fromkeys(RETENTION_PROPERTIES, retention_interval(retention)) | ONLY_MAINTENANCE_DELETES
+    """Set the table's retention properties to `retention`, with the others of step 1 (one
+    commit, only when they differ)."""
 
     def run() -> None:
         table = layout.open(uri)
         if table is None:
             return
         configuration = table.metadata().configuration
+        wanted = dict.fromkeys(RETENTION_PROPERTIES, retention_interval(retention)) | ONLY_MAINTENANCE_DELETES \
+            | _stats_columns(uri, layout, configuration)
         if any(configuration.get(name) != value for name, value in wanted.items()):
             table.alter.set_table_properties(wanted)
 

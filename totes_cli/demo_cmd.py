@@ -20,7 +20,7 @@ from rich.text import Text
 
 from change_events import format_lsn
 from rich.table import Table
-from lake.maintenance import DEFAULT_RETENTION, format_retention
+from lake.maintenance import DEMO_RETENTION, format_retention
 from totes_cli.console import err, fail
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.pipeline import Pipeline, PipelineConfig
@@ -107,7 +107,7 @@ def demo(
     chaos: Annotated[bool, typer.Option("--chaos", help="Also delete rows, write huge TOASTed values, run big transactions and add a column.")] = False,
     duration: Annotated[Optional[float], typer.Option("--duration", help="Stop by itself after this many seconds.")] = None,
     keep_source: Annotated[bool, typer.Option("--keep-source", help="Leave totesys running when the demo stops.")] = False,
-    retain: RetainOption = format_retention(DEFAULT_RETENTION),
+    retain: RetainOption = format_retention(DEMO_RETENTION),
 ) -> None:
     """Run totesys with a live simulated business and watch it change. Ctrl-C stops it all."""
     retention = retention_option(retain)
