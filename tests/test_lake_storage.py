@@ -115,6 +115,12 @@ def test_a_sync_stalled_longer_than_the_retention_ends_exact(tmp_path):
 
     sync_once(layout, target, history.final_lsn, today=today, tables=feeds)
     assert_same_warehouse(dump_warehouse(target), dump_warehouse(reference))
+    # A sync that was stopped instead (a new process: nothing cached) reads the current
+    # version of each change log, which holds every event.
+    restarted = DuckDBTarget()
+    sync_once(layout, restarted, stalled_at, today=today)
+    sync_once(layout, restarted, history.final_lsn, today=today)
+    assert_same_warehouse(dump_warehouse(restarted), dump_warehouse(reference))
 
 
 def test_a_writer_whose_table_moved_on_past_cleaned_up_log_entries_still_writes_once(tmp_path):
