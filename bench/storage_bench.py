@@ -6,9 +6,10 @@ An embedded PostgreSQL seeded like `totes demo` (a year of history; 60 days with
 the pipeline as `totes demo` runs it (reader, kinesalite, processor, lake, sync, and the
 maintenance thread with its cadence, `--retain 1m`, the demo's default), and the demo's
 simulated business (`Simulator.run_live`) accelerated four times: 20 events/s for 15 minutes
-are the business events of an hour of the demo (5 events/s); --quick runs 4 minutes. Every `SAMPLE_SECONDS` it measures every lake table: bytes stored
-(every file under the table, `_delta_log` included) and live bytes (the data files of the
-current version), as `totes status` shows them.
+are the business events of an hour of the demo (5 events/s); --quick runs 4 minutes.
+Every `SAMPLE_SECONDS` it measures every lake table: bytes stored (every file under the
+table, `_delta_log` included) and live bytes (the data files of the current version), as
+`totes status` shows them.
 
 What the numbers mean: stored ≈ live + what was written during the last `retention`
 (superseded files and log entries that time travel inside the window needs) + what the

@@ -226,7 +226,8 @@ def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
     report = []
     for uri in uris if uris is not None else lake_uris(layout):
         keep_retention(layout, uri, retention)
-        metrics = compact_state(layout, uri) if uri.startswith(layout.uri(STATE) + "/") else compact(layout, uri, CHANGES_FILE_BYTES)
+        is_state = uri.startswith(layout.uri(STATE) + "/")
+        metrics = compact_state(layout, uri) if is_state else compact(layout, uri, CHANGES_FILE_BYTES)
         removed = vacuum(layout, uri)
         checkpoint(layout, uri)
         table = layout.open(uri)

@@ -15,7 +15,8 @@ from rich.table import Table
 from change_events import CodecError, decode, format_lsn, parse_lsn
 from lake.dead_letters import DeadLetters
 from lake.layout import CHANGES, LakeLayout, table_name
-from lake.maintenance import DEFAULT_RETENTION, RetentionError, format_retention, maintain as maintain_lake, parse_retention
+from lake.maintenance import DEFAULT_RETENTION, RetentionError, format_retention, parse_retention
+from lake.maintenance import maintain as maintain_lake
 from lake.timetravel import history as lake_history, register_duckdb, state_as_of_lsn
 from lake.writer import LakeWriter
 from totes_cli.console import err, fail, out

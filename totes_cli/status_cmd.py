@@ -164,8 +164,8 @@ def _sizes_json(sizes: list | None) -> dict | None:
         return None
     stored, live = sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
     return {"stored_bytes": stored, "live_bytes": live,
-            "tables": {lake_table_name(s.uri): {"stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes, "files": s.files}
-                       for s in sizes}}
+            "tables": {lake_table_name(s.uri): {"stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes,
+                                                "files": s.files} for s in sizes}}
 
 
 def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
