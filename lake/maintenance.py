@@ -59,7 +59,7 @@ from deltalake import DeltaTable
 
 from lake.delta_io import retry_on_conflict
 from lake.layout import CHANGES, DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
-from lake.state import PRIMARY_KEY_PROPERTY
+from lake.state import PRIMARY_KEY_PROPERTY, key_columns
 
 DEFAULT_RETENTION = timedelta(hours=1)
 """Time travel by Delta version or time for the last hour (by source LSN: always)."""
@@ -146,7 +146,7 @@ def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYT
         sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
         keys = table.metadata().configuration.get(PRIMARY_KEY_PROPERTY)
         if keys and any(size > 4 * file_bytes for size in sizes):
-            return table.optimize.z_order(keys.split(","), target_size=file_bytes)
+            return table.optimize.z_order(key_columns(keys), target_size=file_bytes)
         return table.optimize.compact(target_size=file_bytes)
 
     return retry_on_conflict(run)
@@ -156,9 +156,9 @@ def _stats_columns(uri: str, layout: LakeLayout, configuration: dict) -> dict[st
     """The columns whose statistics the log keeps: what the lake's reads and merges prune on."""
     if uri.startswith(layout.uri(CHANGES) + "/"):
         return {STATS_COLUMNS: "_lsn,_seq,_commit_ts"}
-    keys = configuration.get(PRIMARY_KEY_PROPERTY)
-    if uri.startswith(layout.uri(STATE) + "/") and keys and all(_PLAIN_NAME.match(k) for k in keys.split(",")):
-        return {STATS_COLUMNS: f"{keys},_lsn,_seq,_deleted"}
+    keys = key_columns(configuration[PRIMARY_KEY_PROPERTY]) if PRIMARY_KEY_PROPERTY in configuration else []
+    if uri.startswith(layout.uri(STATE) + "/") and keys and all(_PLAIN_NAME.match(k) for k in keys):
+        return {STATS_COLUMNS: ",".join(keys + ["_lsn", "_seq", "_deleted"])}
     return {}
 
 
