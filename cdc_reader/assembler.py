@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cdc_reader import pgoutput as pg
+from cdc_reader.schema_changes import rewritten_columns
 from change_events import ChangeEvent, Column, Op, TableSchema
 from change_events.model import partition_key
 from change_events.wire import (
@@ -49,7 +50,16 @@ class LogicalMessage:
     transactional: bool
 
 
-Output = ChangeEvent | TransactionEnd | LogicalMessage
+@dataclass(frozen=True, slots=True)
+class SchemaChange:
+    """A Relation message changed column types in a way that may have rewritten values
+    (`schema_changes.rewritten_columns`): name → (old type, new type)."""
+
+    table: str
+    columns: dict[str, tuple[str, str]]
+
+
+Output = ChangeEvent | TransactionEnd | LogicalMessage | SchemaChange
 TypeNamer = Callable[[int, int], str]
 KeyLookup = Callable[[str, str], "tuple[str, ...] | None"]
 
@@ -155,7 +165,11 @@ class Assembler:
             self._begin = self._frame_begin = None
             yield TransactionEnd(begin.xid, message.commit_lsn, message.end_lsn, message.commit_ts, self._seq)
         elif kind is pg.Relation:
+            previous = self._schemas.get(message.relation_id)
             schema = self._schemas[message.relation_id] = self._describe(message)
+            rewritten = rewritten_columns(previous, schema) if previous is not None else {}
+            if rewritten:
+                yield SchemaChange(schema.table, rewritten)
             keys = tuple(i for i, c in enumerate(schema.columns) if c.is_key)
             self._routing[message.relation_id] = _Routing(
                 schema, schema.table, keys, keys == (0,), zlib.crc32(f"{schema.table}/".encode("utf-8")))

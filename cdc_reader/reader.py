@@ -52,7 +52,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from cdc_reader import pgoutput
-from cdc_reader.assembler import Assembler, LogicalMessage, TransactionEnd
+from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
 from cdc_reader.catalog import TypeNames, read_table_schema
 from cdc_reader.pgtypes import SESSION_SETTINGS
 from cdc_reader.resnapshot import IncrementalSnapshot
@@ -165,6 +165,8 @@ class ReaderMetrics:
     confirmed_lsn: int = 0
     received_lsn: int = 0
     last_commit_ts: float | None = None
+    schema_rereads: int = 0
+    """Tables read again because a column type change may have rewritten their values."""
     started: float = field(default_factory=time.time)
 
 
@@ -501,6 +503,8 @@ class Reader:
                             self.metrics.last_commit_ts = out.commit_ts.timestamp()
                         elif isinstance(out, LogicalMessage) and out.prefix == HEARTBEAT_PREFIX:
                             next_heartbeat = time.monotonic() + cfg.heartbeat_seconds
+                        elif isinstance(out, SchemaChange):
+                            self._reread_after_type_change(out)
                     if time.monotonic() < next_feedback:
                         continue
                 elif drained:
@@ -542,6 +546,17 @@ class Reader:
             raise
 
         self._shutdown(cur, progress, state)
+
+    def _reread_after_type_change(self, change: SchemaChange) -> None:
+        """A type change that may have rewritten values no event will carry: read the table
+        again (schema_changes.py), after any re-read of it already under way."""
+        name = change.table.partition(".")[2]
+        columns = ", ".join(f"{c} {old} -> {new}" for c, (old, new) in sorted(change.columns.items()))
+        log.warning("%s changed type (%s), which may have rewritten its values without row changes: "
+                    "re-reading it", change.table, columns)
+        self.metrics.schema_rereads += 1
+        if name not in self._resnapshots:
+            self._resnapshots.append(name)
 
     def _stream_rows(self, cur, assembler: Assembler, progress: _Progress, until: float):
         """The hot path: row changes straight from the stream to the sink as EncodedChanges.

@@ -32,6 +32,23 @@ A value the target type cannot hold ('infinity' timestamps, BC dates, years afte
 NaN numeric(p,s), an out-of-range number) makes `convert_column` raise `ValueConversionError`
 naming the column, its type, the first bad value and the positions of every bad row, so the
 writer can set those events aside (dead letters) and store the rest.
+
+When a source column changes type, the lake column takes `common_type(lake, source)`: the
+narrowest type that holds every value of both, so no event is ever refused for its type:
+
+| lake type + new source type                  | lake column becomes                          |
+|----------------------------------------------|----------------------------------------------|
+| int16 < int32 < int64 (either way)           | the wider integer                            |
+| decimal(p1,s1) + decimal(p2,s2)              | decimal(max integer digits + max s, max s)   |
+| integer + decimal(p,s)                       | decimal wide enough for both (19 digits for int64) |
+| float32 + float64, int16/int32 + float64     | float64                                      |
+| date + timestamp                             | timestamp (midnight)                         |
+| anything else, or wider than decimal(38)     | string: every value in its text form         |
+
+Old values are converted with `cast_column` (exactly; to string as PostgreSQL renders
+integers, decimals and dates; booleans as 't'/'f', bytea as '\\x…', timestamps as
+'YYYY-MM-DD HH:MM:SS.ffffff'). The same table, read the other way round, tells the writer
+that a narrowed source column (bigint → integer) still fits the wider lake column as it is.
 """
 
 from __future__ import annotations
@@ -138,6 +155,52 @@ def convert_column(values: Sequence[str | None], type_name: str, column: str) ->
     if not bad:  # the vectorised cast failed for a reason no single value shows
         raise ValueConversionError(column, type_name, None, list(range(len(values))))
     raise ValueConversionError(column, type_name, values[bad[0]], bad)
+
+
+# -- schema changes --------------------------------------------------------------------------
+
+_INTEGER_DIGITS = {pa.int16(): 5, pa.int32(): 10, pa.int64(): 19}
+"""Decimal digits an integer type needs (its range, sign aside)."""
+
+
+def _decimal_parts(type_: pa.DataType) -> tuple[int, int] | None:
+    """(integer digits, scale) of a decimal or integer type, else None."""
+    if pa.types.is_decimal(type_):
+        return type_.precision - type_.scale, type_.scale
+    return (_INTEGER_DIGITS[type_], 0) if type_ in _INTEGER_DIGITS else None
+
+
+def common_type(lake: pa.DataType, source: pa.DataType) -> pa.DataType:
+    """The narrowest type that holds every value of both `lake` and `source` (see above)."""
+    if lake == source:
+        return lake
+    if pa.types.is_integer(lake) and pa.types.is_integer(source):
+        return lake if lake.bit_width >= source.bit_width else source
+    old, new = _decimal_parts(lake), _decimal_parts(source)
+    if old is not None and new is not None:
+        digits, scale = max(old[0], new[0]), max(old[1], new[1])
+        if digits + scale <= _MAX_DECIMAL128_PRECISION:
+            return pa.decimal128(digits + scale, scale)
+        return pa.string()
+    floats = {lake, source}
+    if floats <= {pa.float32(), pa.float64(), pa.int16(), pa.int32()} and pa.float64() in floats:
+        return pa.float64()
+    if floats == {pa.date32(), pa.timestamp("us")}:
+        return pa.timestamp("us")
+    return pa.string()
+
+
+def cast_column(values: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """`values` as `target`, a `common_type` of their own type: exact, never rounding."""
+    if values.type == target:
+        return values
+    if pa.types.is_string(target):
+        if pa.types.is_boolean(values.type):
+            return pc.if_else(values, "t", "f")
+        if pa.types.is_binary(values.type):
+            series = pl.Series(values=values)
+            return ("\\x" + series.bin.encode("hex")).to_arrow().cast(pa.string())
+    return pc.cast(values, target, safe=True)
 
 
 def _fits(value: str, convert, target: pa.DataType) -> bool:

@@ -36,8 +36,23 @@ in tables without column mapping (not tried here: no Spark on this machine); a S
 that needs such a table can copy it into a column-mapped one.
 
 Schema evolution: columns added at the source are added to both tables (older rows read
-null); a column whose lake type differs from what its new source type maps to raises
-IncompatibleSchemaError, as does a source column named like one of the columns above.
+null). A column whose source type changed takes `common_type(lake type, new type)`
+(`lake.arrow_types`): a type that holds both the old values and the new ones, so a widened
+source column (integer → bigint, numeric(10,2) → numeric(14,4), integer → numeric) widens
+the lake column, a narrowed one (bigint → integer) keeps the wider lake column, and an
+unrelated one (text → integer) falls back to text. Only a source column named like one of
+the columns above raises IncompatibleSchemaError.
+
+How a lake column widens (`rewrite_with_types`): deltalake 1.6.6 does not support Delta's
+type widening (`delta.enableTypeWidening` is refused as an unknown property, and an append
+of wider values fails to cast them down), so the table is rewritten: one overwrite commit
+holding every row of the current version with the column cast to the wider type, with the
+same partitioning, properties and app transactions (positions stay where they were). Every
+earlier version stays readable as it was (time travel, `totes lake history`) until vacuum,
+and every event stays in the current version too. A rewrite reads and writes the whole
+table, which is fine for a change made once in a table's life. An append another shard
+commits while the rewrite runs is kept (the overwrite removes only the files it read), its
+narrower Parquet values read as the wider type.
 """
 
 from __future__ import annotations
@@ -47,8 +62,15 @@ from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
 
 from change_events import TableSchema
-from lake.arrow_types import arrow_type
+import logging
+
+from deltalake import CommitProperties, write_deltalake
+
+from lake.arrow_types import arrow_type, cast_column, common_type
+from lake.delta_io import read_sql
 from lake.errors import IncompatibleSchemaError
+
+log = logging.getLogger("totes.lake")
 
 UTC_MICROS = pa.timestamp("us", "UTC")
 
@@ -98,20 +120,43 @@ def _delta_type(field: pa.Field):
     return DeltaSchema.from_arrow(pa.schema([field])).fields[0].type
 
 
-def check_compatible(table: str, existing: pa.Schema | None, fields: list[pa.Field]) -> None:
-    """Raise IncompatibleSchemaError when `fields` (a source schema's lake fields) cannot be
-    written into a table of schema `existing`: a column's type differs, or a name is reserved.
+def columns_to_widen(table: str, existing: pa.Schema | None, fields: list[pa.Field]) -> dict[str, pa.DataType]:
+    """The lake columns of `existing` that must widen before rows of `fields` (a source
+    schema's lake fields) can be written: name → the new type (`common_type`); {} when none.
+    Raises IncompatibleSchemaError when a source column is named like a reserved column.
     New columns are fine; so are columns the source no longer has."""
-    changes: dict[str, tuple[str, str]] = {}
-    for field in fields:
-        if field.name in RESERVED:
-            changes[field.name] = ("reserved lake column", str(field.type))
+    reserved = {f.name: ("reserved lake column", str(f.type)) for f in fields if f.name in RESERVED}
+    if reserved:
+        raise IncompatibleSchemaError(table, reserved)
+    widened: dict[str, pa.DataType] = {}
     if existing is not None:
         for field in fields:
-            if field.name in RESERVED or field.name not in existing.names:
+            if field.name not in existing.names:
                 continue
-            old = existing.field(field.name)
-            if _delta_type(old) != _delta_type(field):
-                changes[field.name] = (str(old.type), str(field.type))
-    if changes:
-        raise IncompatibleSchemaError(table, changes)
+            old = existing.field(field.name).type
+            wider = common_type(old, field.type)
+            if _delta_type(pa.field(field.name, wider)) != _delta_type(pa.field(field.name, old)):
+                widened[field.name] = wider
+    return widened
+
+
+def conform_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`rows` with every column `schema` also has cast to its type there (`schema` holds
+    every value of `rows`: `columns_to_widen` widened it first)."""
+    columns = [cast_column(rows.column(name), schema.field(name).type) if name in schema.names else rows.column(name)
+               for name in rows.column_names]
+    return pa.Table.from_arrays(columns, names=rows.column_names)
+
+
+def rewrite_with_types(table: DeltaTable, types: dict[str, pa.DataType], what: str) -> None:
+    """Rewrite the Delta table `table` with the columns in `types` widened (see the module
+    docstring for why an overwrite); `what` names the table in the log."""
+    old = pa.schema(table.schema())
+    rows = read_sql(table, "SELECT * FROM t")
+    rows = conform_rows(rows, pa.schema([f.with_type(types.get(f.name, f.type)) for f in old]))
+    partitions = table.metadata().partition_columns or None
+    changes = ", ".join(f"{name} {old.field(name).type} -> {type_}" for name, type_ in sorted(types.items()))
+    write_deltalake(table, rows, mode="overwrite", schema_mode="overwrite", partition_by=partitions,
+                    commit_properties=CommitProperties(custom_metadata={"totes.schema_change": changes}))
+    table.update_incremental()
+    log.info("%s: widened %s (rewrote %d rows at version %d)", what, changes, rows.num_rows, table.version())

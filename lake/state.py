@@ -53,7 +53,7 @@ from lake.delta_io import (
     retry_on_conflict,
 )
 from lake.layout import LakeLayout
-from lake.schemas import STATE_META, data_columns
+from lake.schemas import STATE_META, data_columns, lake_schema, rewrite_with_types
 
 TRUNCATE_APP = "truncate"
 PRIMARY_KEY_PROPERTY = "totes.primaryKey"
@@ -108,6 +108,8 @@ class StateTable(LakeTable):
             return None
         log_schema = pa.schema(log.delta.schema())
         columns = data_columns(log_schema)
+        if target is not None:
+            target = self._follow_log_types(target, log_schema)
         if appended is not None and consumed == appends - 1 and appended.column("_batch")[0].as_py() == appends:
             rows = appended
         else:  # catching up after a failed merge: read the shard's unconsumed appends back
@@ -156,6 +158,15 @@ class StateTable(LakeTable):
             rebuilt = collapse(history.join(late_keys, on=keys, how="semi"), keys, columns, complete=True)
             sources.append(rebuilt.with_columns(pl.lit(True).alias("_rebuilt")))
         return plain_types(pl.concat(sources).to_arrow())
+
+    def _follow_log_types(self, target: DeltaTable, log_schema: pa.Schema) -> DeltaTable:
+        """Widen the state's columns the change log has widened (`lake.schemas`)."""
+        state = lake_schema(target)
+        widen = {name: log_schema.field(name).type for name in data_columns(state)
+                 if name in log_schema.names and state.field(name).type != log_schema.field(name).type}
+        if widen:
+            rewrite_with_types(target, widen, f"tables/{self.table}")
+        return target
 
     def _create(self, source: pa.Table, columns: list[str], keys: list[str]) -> DeltaTable:
         fields = [source.schema.field(c) for c in columns] + list(STATE_META)

@@ -9,9 +9,10 @@ another's events):
 1. sort the events by `(lsn, seq)` and drop duplicates;
 2. keep those the change log lacks (`ChangeLog.missing`: a lookup of the shard's high-water,
    plus a pruned read only for events at or below it);
-3. convert them to typed columns; events that cannot be stored (incompatible schema change,
-   a type or column names no lake table can hold, values that do not fit their type) are
-   set aside as `Rejected`;
+3. convert them to typed columns, widening the log's columns first when the source changed
+   a column's type (`lake.schemas`); events that cannot be stored (a source column named
+   like a reserved one, a type or column names no lake table can hold, values that do not
+   fit their type) are set aside as `Rejected`;
 4. append the rest to `changes/<table>` (one commit, carrying the shard's new high-water);
 5. merge into `tables/<table>` whatever the state has not consumed from this shard's log
    (one commit; after a crash between 4 and 5, the retry or the next batch does it).
@@ -54,7 +55,7 @@ from lake.errors import (
 )
 from lake.layout import LakeLayout
 from lake.progress import Progress
-from lake.schemas import check_compatible, lake_schema, source_fields
+from lake.schemas import columns_to_widen, conform_rows, lake_schema, rewrite_with_types, source_fields
 from lake.state import StateTable
 
 
@@ -243,10 +244,12 @@ class LakeWriter:
         for schema, group in _by_schema(events).items():
             try:
                 fields = _storable_fields(schema)
-                check_compatible(table, current, fields)
+                widen = columns_to_widen(table, current, fields)
             except UnapplicableEventsError as error:
                 rejected.append(Rejected(table, group, error))
                 continue
+            if widen:
+                current = self._widen(log, widen, current)
             while group:
                 try:
                     pieces.append(event_rows(group, schema, shard, batch, today))
@@ -258,8 +261,22 @@ class LakeWriter:
             current = _extended(current, fields)
         if not pieces:
             return None, rejected
-        rows = pa.concat_tables(pieces, promote_options="default")
+        rows = pa.concat_tables([conform_rows(p, current) for p in pieces], promote_options="default")
         return rows.sort_by([("_lsn", "ascending"), ("_seq", "ascending")]), rejected
+
+    def _widen(self, log: ChangeLog, types: dict[str, pa.DataType], schema: pa.Schema) -> pa.Schema:
+        """Widen the change log's columns in `types` (those it has yet); `schema` so widened."""
+        stored = lake_schema(log.delta)
+        if stored is not None:
+            existing = {name: type_ for name, type_ in types.items() if name in stored.names}
+            if existing:
+                with self._merge_lock(log.table):
+                    log.refresh()
+                    again = columns_to_widen(log.table, lake_schema(log.delta),
+                                             [pa.field(n, t) for n, t in existing.items()])
+                    if again:
+                        rewrite_with_types(log.delta, again, f"changes/{log.table}")
+        return pa.schema([f.with_type(types.get(f.name, f.type)) for f in schema])
 
 
 def _storable_fields(schema: TableSchema) -> list[pa.Field]:
