@@ -14,11 +14,9 @@ class UnapplicableEventsError(LakeError):
 
 
 class IncompatibleSchemaError(UnapplicableEventsError):
-    """A source column's type changed into one the lake column cannot hold as it is.
-
-    The lake never rewrites a column's type on its own: a changed type (bigint → integer,
-    text → integer, numeric(10,2) → numeric(12,2), …) needs a decision (a new column, a
-    backfill); until then that table's events with the new schema are refused."""
+    """A source schema the lake cannot store: a column named like one of the lake's own
+    (`lake.schemas.RESERVED`). Changed column types are not refused: the lake column widens
+    to a type that holds both (`lake.schemas`)."""
 
     def __init__(self, table: str, changes: dict[str, tuple[str, str]]):
         self.table = table

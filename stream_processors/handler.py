@@ -7,7 +7,7 @@ A batch comes from one shard, in order. Each record is decoded on its own (power
 BatchProcessor drives the records and their partial-failure report); a record that does not
 decode is dead-lettered with the reason and its raw bytes, and the rest flows on. All decoded
 events then go to the lake in one `write_batch` (exactly once per shard, so Lambda's retries
-are harmless); events the lake refuses (an incompatible schema change) are dead-lettered too.
+are harmless); events the lake refuses (say, a column named like a lake column) are dead-lettered too.
 If the lake itself cannot be written (an outage, not the events' fault), every record from
 the first one is reported failed, so Lambda retries the batch in order instead of skipping
 past it; each retry is logged with its reason and counted in the BatchRetries metric.

@@ -11,7 +11,7 @@ import pytest
 from lake.arrow_types import arrow_type, convert_column
 from lake.errors import IncompatibleSchemaError, ValueConversionError
 from lake.layout import storage_options_from_env
-from lake.schemas import check_compatible, source_fields
+from lake.schemas import columns_to_widen, source_fields
 from tests.lake_fixtures import SALES_ORDER, with_column, with_type
 
 
@@ -88,20 +88,20 @@ def test_values_that_do_not_fit_are_reported_with_their_rows(type_name, texts, b
     assert texts[bad[0]] in str(raised.value)
 
 
-def test_added_columns_are_compatible_changed_types_are_not():
+def test_added_columns_need_nothing_changed_types_widen_reserved_names_are_refused():
     existing = pa.schema(source_fields(SALES_ORDER))
-    check_compatible("t", existing, source_fields(with_column(SALES_ORDER, "note", "text")))
+    assert columns_to_widen("t", existing, source_fields(with_column(SALES_ORDER, "note", "text"))) == {}
     longer = with_type(SALES_ORDER, "agreed_delivery_date", "character varying(10)")
-    check_compatible("t", existing, source_fields(longer))
-    check_compatible("t", None, source_fields(SALES_ORDER))
-    for column, new_type in [("units_sold", "bigint"), ("units_sold", "text"), ("unit_price", "numeric(12,2)")]:
-        with pytest.raises(IncompatibleSchemaError, match=column):
-            check_compatible("t", existing, source_fields(with_type(SALES_ORDER, column, new_type)))
+    assert columns_to_widen("t", existing, source_fields(longer)) == {}
+    assert columns_to_widen("t", None, source_fields(SALES_ORDER)) == {}
+    for column, new_type, wider in [("units_sold", "bigint", pa.int64()), ("units_sold", "text", pa.string()),
+                                    ("unit_price", "numeric(12,2)", pa.decimal128(12, 2))]:
+        changed = source_fields(with_type(SALES_ORDER, column, new_type))
+        assert columns_to_widen("t", existing, changed) == {column: wider}
     wide = pa.schema([pa.field("units_sold", pa.int64())])
-    with pytest.raises(IncompatibleSchemaError, match="units_sold"):  # bigint → integer narrowing
-        check_compatible("t", wide, source_fields(SALES_ORDER))
+    assert columns_to_widen("t", wide, source_fields(SALES_ORDER)) == {}  # bigint → integer: still fits
     with pytest.raises(IncompatibleSchemaError, match="_lsn"):
-        check_compatible("t", None, source_fields(with_column(SALES_ORDER, "_lsn", "bigint")))
+        columns_to_widen("t", None, source_fields(with_column(SALES_ORDER, "_lsn", "bigint")))
 
 
 def test_storage_options_come_from_the_standard_aws_variables():

@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 import polars as pl
+import pyarrow as pa
 
 from lake.layout import LakeLayout
+from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import read_changes
 from warehouse_sync.replay import Replay, replay
@@ -154,6 +156,7 @@ def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: 
         if upto_lsn <= checkpoint:
             target.rollback()
             return result
+        _follow_lake_types(target, layout)
         changes = read_changes(layout, checkpoint, upto_lsn, tables)
         result.events = sum(frame.height for frame in changes.values())
         _apply(target, changes, today, result)
@@ -163,6 +166,28 @@ def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: 
     except BaseException:
         target.rollback()
         raise
+
+
+_LAKE_TYPES: dict[str, tuple[int, dict[str, pl.DataType]]] = {}
+"""Change log URI → (Delta version, column types): reopened only when the log has moved on."""
+
+
+def _follow_lake_types(target: Target, layout: LakeLayout) -> None:
+    """Widen the mirror columns whose lake column was widened (schema.widened_mirror)."""
+    for source, mirror in list(SOURCES.items()):
+        uri = layout.changes_uri(f"public.{source}")
+        known = _LAKE_TYPES.get(uri)
+        if known is None or layout.has_commit(uri, known[0] + 1):
+            delta = layout.open(uri)
+            if delta is None:
+                continue
+            empty = pl.DataFrame(pa.schema(delta.schema()).empty_table())
+            known = _LAKE_TYPES[uri] = (delta.version(), dict(empty.schema))
+        widened, changed = wh_schema.widened_mirror(mirror, known[1])
+        for column in changed:
+            target.execute(wh_schema.alter_column_type(widened, column, target.dialect))
+            log.warning("%s.%s now %s, as the lake's %s column", widened.name, column.name, column.type, source)
+        SOURCES[source] = widened
 
 
 def _advance_checkpoint(target: Target, lsn: int) -> None:
@@ -291,6 +316,13 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay) -> tf.Fac
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
     current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")
     versions = _without_replaced_truncates(replayed.versions, SOURCES[spec.source].key)
+    versions, rejected = tf.unfit_versions(spec, versions)
+    if rejected.height:
+        _upsert(target, wh_schema.REJECTED, rejected)
+        for row in rejected.iter_rows(named=True):
+            log.warning("%s %s at %d/%d: %s %s, set aside in %s", row["source_table"], row["business_key"],
+                        row["source_lsn"], row["source_seq"], row["source_value"], row["reason"],
+                        wh_schema.REJECTED.name)
     return tf.new_fact_rows(spec, current, tf.fact_rows(spec, versions))
 
 

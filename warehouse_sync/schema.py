@@ -26,6 +26,18 @@ columns behind `item_unit_price` and `payment_amount` are numeric(10,2), so DECI
 holds every value exactly, with room for sums. `time` keeps microseconds on both engines
 (the source's milliseconds survive).
 
+Mirror columns follow the source: when the lake widens a column (the source's units_sold
+became bigint, its unit_price numeric(14,4); see `lake.schemas`), `widened_mirror` gives the
+mirror the lake's type and `alter_column_type` the ALTER for either engine, so the sync keeps
+reading every value exactly. The star schema's types do not move: they are §3's. A value
+that does not fit its §3 column (a units_sold of 5,000,000,000 in an `int`) is not
+truncated, rounded or nulled; that version of the fact row is set aside in `_sync_rejected`
+(source table, key, position, column, value, reason; see `transforms.unfit_versions`), the
+row's previous version stays current, and the rest of the sync goes on. That is what a
+warehouse loader does with a row its table cannot hold (Snowflake's and BigQuery's load
+errors, Redshift's `stl_load_errors`): refuse the row visibly rather than change the
+contract or the value.
+
 Lineage columns of every fact, in this order:
 
 | column       | type          | meaning                                                      |
@@ -46,7 +58,8 @@ partial unique index: at most one `is_current` row per business key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -67,6 +80,19 @@ TYPES: dict[str, tuple[str, str, pl.DataType]] = {
     "timestamptz": ("timestamptz", "TIMESTAMPTZ", pl.Datetime("us", "UTC")),
     "serial": ("SERIAL", "INTEGER", pl.Int32()),
 }
+_DECIMAL = re.compile(r"decimal\((\d+),(\d+)\)")
+
+
+def logical_type(name: str) -> tuple[str, str, pl.DataType]:
+    """(PostgreSQL, DuckDB, polars) of a logical type: one of TYPES, or 'decimal(p,s)'
+    (a mirror column widened to the lake's decimal)."""
+    if name in TYPES:
+        return TYPES[name]
+    match = _DECIMAL.fullmatch(name)
+    if match is None:
+        raise KeyError(name)
+    precision, scale = int(match[1]), int(match[2])
+    return f"numeric({precision},{scale})", f"DECIMAL({precision},{scale})", pl.Decimal(precision, scale)
 
 
 def quote_identifier(name: str) -> str:
@@ -125,7 +151,7 @@ class Table:
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
-        return {c.name: TYPES[c.type][2] for c in self.columns}
+        return {c.name: logical_type(c.type)[2] for c in self.columns}
 
     @property
     def foreign_keys(self) -> list[Column]:
@@ -290,14 +316,63 @@ def source_columns(source: str) -> list[str]:
 
 
 CHECKPOINT = Table("_sync_checkpoint", (_c("id int"), _c("lsn bigint")), "id")
-INTERNAL_TABLES = tuple(SOURCES.values()) + (CHECKPOINT,)
+REJECTED = _table("_sync_rejected", "id", "id varchar", "source_table varchar", "business_key varchar",
+                  "source_lsn bigint", "source_seq bigint", "source_column varchar", "source_value varchar",
+                  "reason varchar")
+"""Fact versions set aside because a value does not fit its §3 column (one row per value)."""
+INTERNAL_TABLES = tuple(SOURCES.values()) + (CHECKPOINT, REJECTED)
 
 
 # -- rendering ---------------------------------------------------------------------------------
 
 def sql_type(logical: str, dialect: str) -> str:
-    postgres, duckdb, _ = TYPES[logical]
+    postgres, duckdb, _ = logical_type(logical)
     return postgres if dialect == POSTGRES else duckdb
+
+
+_INTEGER_DIGITS = {pl.Int8(): 3, pl.Int16(): 5, pl.Int32(): 10, pl.Int64(): 19}
+
+
+def _holds(mirror: pl.DataType, lake: pl.DataType) -> bool:
+    if mirror == lake:
+        return True
+    if mirror.is_integer() and lake.is_integer():
+        return _INTEGER_DIGITS.get(mirror, 19) >= _INTEGER_DIGITS.get(lake, 19)
+    if isinstance(mirror, pl.Decimal) and isinstance(lake, pl.Decimal):
+        return mirror.scale >= lake.scale and mirror.precision - mirror.scale >= lake.precision - lake.scale
+    if isinstance(mirror, pl.Decimal) and lake.is_integer():
+        return (mirror.precision or 38) - mirror.scale >= _INTEGER_DIGITS.get(lake, 19)
+    return mirror == pl.String()
+
+
+def _wider_logical(lake: pl.DataType) -> str | None:
+    if lake == pl.Int64():
+        return "bigint"
+    if isinstance(lake, pl.Decimal):
+        return f"decimal({lake.precision},{lake.scale})"
+    if lake == pl.String():
+        return "varchar"
+    return None
+
+
+def widened_mirror(mirror: Table, lake_types: dict[str, pl.DataType]) -> tuple[Table, list[Column]]:
+    """`mirror` with every column whose type cannot hold the lake column's values (of type
+    `lake_types[name]`) widened to it, and the columns so widened."""
+    changed: list[Column] = []
+    columns = []
+    for column in mirror.columns:
+        lake = lake_types.get(column.name)
+        wider = None if lake is None or _holds(logical_type(column.type)[2], lake) else _wider_logical(lake)
+        if wider is not None:
+            column = replace(column, type=wider)
+            changed.append(column)
+        columns.append(column)
+    return (replace(mirror, columns=tuple(columns)), changed) if changed else (mirror, [])
+
+
+def alter_column_type(table: Table, column: Column, dialect: str) -> str:
+    """The statement that gives `table`'s `column` its (widened) type, in `dialect`."""
+    return f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE {sql_type(column.type, dialect)}"
 
 
 def create_table(table: Table, dialect: str) -> list[str]:

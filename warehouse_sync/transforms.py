@@ -37,6 +37,7 @@ from warehouse_sync.schema import (
     FACT_PAYMENT,
     FACT_PURCHASE_ORDER,
     FACT_SALES_ORDER,
+    REJECTED,
     Table,
     conform,
     projected_columns,
@@ -186,6 +187,34 @@ def fact_schema(spec: FactSpec) -> dict[str, pl.DataType]:
     """A fact's columns without its record id."""
     schema = spec.table.polars_schema
     return {name: schema[name] for name in spec.table.names[1:]}
+
+
+def unfit_versions(spec: FactSpec, versions: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`versions` whose fact row fits §3's types, and one REJECTED row per number that does
+    not (out of range, or more decimals than its column keeps): those versions are set
+    aside, never truncated or rounded (see `schema`)."""
+    schema, key = fact_schema(spec), spec.business_key
+    projected = versions.select(spec.projection())
+    unfit = []
+    for name in projected.columns:
+        value, dtype = pl.col(name), schema[name]
+        if not projected.schema[name].is_numeric() or projected.schema[name] == dtype:
+            continue
+        cast = value.cast(dtype, strict=False)
+        bad = value.is_not_null() & (cast.is_null() | (cast.cast(projected.schema[name]) != value))
+        rows = versions.with_columns(projected[name].alias("_value")).filter(projected.select(bad).to_series())
+        if rows.height:
+            unfit.append(rows.select(
+                pl.lit(spec.source).alias("source_table"), pl.col(key).cast(pl.String).alias("business_key"),
+                pl.col("_lsn").alias("source_lsn"), pl.col("_seq").alias("source_seq"),
+                pl.lit(name).alias("source_column"), pl.col("_value").cast(pl.String).alias("source_value"),
+                pl.lit(f"does not fit {spec.table.name}.{name} ({spec.table.column(name).type})").alias("reason")))
+    if not unfit:
+        return versions, pl.DataFrame(schema=REJECTED.polars_schema)
+    rejected = pl.concat(unfit).with_columns(id=pl.concat_str(
+        "source_table", "source_lsn", "source_seq", "source_column", separator="/"))
+    positions = rejected.select(_lsn="source_lsn", _seq="source_seq").unique()
+    return versions.join(positions, on=["_lsn", "_seq"], how="anti"), conform(rejected, REJECTED.polars_schema)
 
 
 def fact_rows(spec: FactSpec, versions: pl.DataFrame) -> pl.DataFrame:
