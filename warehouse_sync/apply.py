@@ -173,8 +173,11 @@ _LAKE_TYPES: dict[str, tuple[int, dict[str, pl.DataType]]] = {}
 
 
 def _follow_lake_types(target: Target, layout: LakeLayout) -> None:
-    """Widen the mirror columns whose lake column was widened (schema.widened_mirror)."""
-    for source, mirror in list(SOURCES.items()):
+    """Widen the mirror columns whose lake column was widened (schema.widened_mirror): in
+    SOURCES, which the reads and replays take their types from, and in the target's tables
+    where they are still narrower (another process, or a rolled-back sync, may have widened
+    SOURCES already)."""
+    for source, mirror in wh_schema.BASE_SOURCES.items():
         uri = layout.changes_uri(f"public.{source}")
         known = _LAKE_TYPES.get(uri)
         if known is None or layout.has_commit(uri, known[0] + 1):
@@ -184,10 +187,23 @@ def _follow_lake_types(target: Target, layout: LakeLayout) -> None:
             empty = pl.DataFrame(pa.schema(delta.schema()).empty_table())
             known = _LAKE_TYPES[uri] = (delta.version(), dict(empty.schema))
         widened, changed = wh_schema.widened_mirror(mirror, known[1])
-        for column in changed:
-            target.execute(wh_schema.alter_column_type(widened, column, target.dialect))
-            log.warning("%s.%s now %s, as the lake's %s column", widened.name, column.name, column.type, source)
         SOURCES[source] = widened
+        if not changed:
+            continue
+        present = _column_types(target, widened.name)
+        for column in changed:
+            if present.get(column.name) != column.type:
+                target.execute(wh_schema.alter_column_type(widened, column, target.dialect))
+                log.warning("%s.%s is now %s, as the lake's %s column is", widened.name, column.name,
+                            column.type, source)
+
+
+def _column_types(target: Target, table: str) -> dict[str, str]:
+    """The logical types (schema.TYPES names, or 'decimal(p,s)') of `table`'s columns."""
+    frame = target.query(
+        "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+        f"WHERE table_name = '{table}'")
+    return {row[0]: wh_schema.logical_of(*row[1:]) for row in frame.rows()}
 
 
 def _advance_checkpoint(target: Target, lsn: int) -> None:

@@ -310,6 +310,10 @@ SOURCES: dict[str, Table] = {t.name.removeprefix("_src_"): t for t in (
 """Source table (without schema) → its mirror; columns are the ones the transforms read."""
 
 
+BASE_SOURCES: dict[str, Table] = dict(SOURCES)
+"""The mirrors as defined here; SOURCES holds them as the lake's widened columns made them."""
+
+
 def source_columns(source: str) -> list[str]:
     """The source columns a mirror keeps (without `_lsn`, `_seq`)."""
     return [n for n in SOURCES[source].names if n not in ("_lsn", "_seq")]
@@ -368,6 +372,16 @@ def widened_mirror(mirror: Table, lake_types: dict[str, pl.DataType]) -> tuple[T
             changed.append(column)
         columns.append(column)
     return (replace(mirror, columns=tuple(columns)), changed) if changed else (mirror, [])
+
+
+def logical_of(data_type: str, precision: int | None, scale: int | None) -> str:
+    """The logical type of an information_schema.columns row (either engine)."""
+    name = data_type.lower()
+    if name.startswith(("numeric", "decimal")):
+        return f"decimal({precision},{scale})"
+    if name.startswith(("character varying", "varchar", "text")):
+        return "varchar"
+    return {"integer": "int", "int": "int", "int4": "int", "bigint": "bigint", "int8": "bigint"}.get(name, name)
 
 
 def alter_column_type(table: Table, column: Column, dialect: str) -> str:
