@@ -52,11 +52,14 @@ class LogicalMessage:
 
 @dataclass(frozen=True, slots=True)
 class SchemaChange:
-    """A Relation message changed column types in a way that may have rewritten values
-    (`schema_changes.rewritten_columns`): name → (old type, new type)."""
+    """A Relation message whose column types differ from the last ones known for its table
+    (or the first one of a table without any): `types` are the new column types, `rewritten`
+    the columns whose change may have rewritten values (`schema_changes.rewritten_columns`),
+    name → (old type, new type)."""
 
     table: str
-    columns: dict[str, tuple[str, str]]
+    types: dict[str, str]
+    rewritten: dict[str, tuple[str, str]]
 
 
 Output = ChangeEvent | TransactionEnd | LogicalMessage | SchemaChange
@@ -91,12 +94,16 @@ class Assembler:
 
     `type_name(oid, typmod)` names column types (Relation messages carry only oids);
     `primary_key(schema, table)` gives the key under REPLICA IDENTITY FULL, where pgoutput
-    flags every column as part of the identity.
+    flags every column as part of the identity. `column_types` (table → column → type name)
+    are the types last known, e.g. from before a restart; Relation messages that differ
+    update it and come out as SchemaChange.
     """
 
-    def __init__(self, type_name: TypeNamer, primary_key: KeyLookup):
+    def __init__(self, type_name: TypeNamer, primary_key: KeyLookup,
+                 column_types: dict[str, dict[str, str]] | None = None):
         self._type_name = type_name
         self._primary_key = primary_key
+        self.column_types = column_types if column_types is not None else {}
         self._schemas: dict[int, TableSchema] = {}
         self._routing: dict[int, _Routing] = {}
         self._begin: pg.Begin | None = None
@@ -165,11 +172,12 @@ class Assembler:
             self._begin = self._frame_begin = None
             yield TransactionEnd(begin.xid, message.commit_lsn, message.end_lsn, message.commit_ts, self._seq)
         elif kind is pg.Relation:
-            previous = self._schemas.get(message.relation_id)
             schema = self._schemas[message.relation_id] = self._describe(message)
-            rewritten = rewritten_columns(previous, schema) if previous is not None else {}
-            if rewritten:
-                yield SchemaChange(schema.table, rewritten)
+            types = {c.name: c.type_name for c in schema.columns}
+            known = self.column_types.get(schema.table)
+            if known != types:
+                self.column_types[schema.table] = types
+                yield SchemaChange(schema.table, types, rewritten_columns(known, types) if known else {})
             keys = tuple(i for i, c in enumerate(schema.columns) if c.is_key)
             self._routing[message.relation_id] = _Routing(
                 schema, schema.table, keys, keys == (0,), zlib.crc32(f"{schema.table}/".encode("utf-8")))

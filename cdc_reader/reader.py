@@ -56,6 +56,7 @@ from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, Transa
 from cdc_reader.catalog import TypeNames, read_table_schema
 from cdc_reader.pgtypes import SESSION_SETTINGS
 from cdc_reader.resnapshot import IncrementalSnapshot
+from cdc_reader.schema_changes import PendingRereads
 from cdc_reader.snapshot import read_snapshot
 from cdc_reader.source_setup import (
     SlotLostError, check_slot, create_slot, drop_slot, ensure_publication, lost_slot_message,
@@ -109,6 +110,12 @@ class ReaderState:
     """This slot's snapshot replaces what a lost slot left downstream (`--reset`): it begins
     with a truncate of every table at its consistent point, so a row deleted while no slot
     was reading does not stay alive in the lake or the warehouse."""
+    schema_rereads: list[str] = field(default_factory=list)
+    """Tables to read again after a column type change, until that re-read is durable
+    (schema_changes.PendingRereads)."""
+    column_types: dict[str, dict[str, str]] = field(default_factory=dict)
+    """The column types last seen of every table (table → column → type), so a type change
+    made while the reader was away is still told from the first Relation message after it."""
 
 
 class StateStore(Protocol):
@@ -220,13 +227,30 @@ class _WatermarksHeld:
         return getattr(self.inner, name)
 
 
+class _KeepsSchemaBook:
+    """The state store, except that every state saved, however it was built, carries the
+    reader's column types and pending type-change re-reads (schema_changes.py)."""
+
+    def __init__(self, inner: StateStore, reader: "Reader"):
+        self.inner, self._reader = inner, reader
+
+    def load(self) -> ReaderState:
+        return self.inner.load()
+
+    def save(self, state: ReaderState) -> None:
+        reader = self._reader
+        if reader._type_rereads is not None:
+            state = replace(state, column_types=reader._column_types, schema_rereads=reader._type_rereads.tables)
+        self.inner.save(state)
+
+
 class Reader:
     def __init__(self, dsn: str, sink: EventSink, durability: Durability, state: StateStore,
                  config: ReaderConfig = ReaderConfig()):
         self.dsn = dsn
         self.sink = sink
         self.durability = durability
-        self.state = state
+        self.state = _KeepsSchemaBook(state, self)
         self.config = config
         self.metrics = ReaderMetrics()
         # Both outlive a connection: after a reconnect the slot sends again what the sink
@@ -240,6 +264,8 @@ class Reader:
         self.resnapshot_hook = None  # tests: runs inside each re-read chunk's window
         self.snapshot_progress = None  # called as (table, rows read so far) during the snapshot
         self._recovery: _Recovery | None = None
+        self._type_rereads: PendingRereads | None = None
+        self._column_types: dict[str, dict[str, str]] = {}
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
         self._reset_pending = config.reset  # once per process, not at every reconnect
@@ -396,6 +422,8 @@ class Reader:
             for seq, schema in enumerate(schemas):
                 self.sink.add(ChangeEvent(schema, Op.TRUNCATE, new.consistent_lsn, seq, None, None, {}))
             first_seq = len(schemas)
+        self._column_types.clear()
+        self._column_types.update({s.table: {c.name: c.type_name for c in s.columns} for s in schemas})
 
         def emit(events: list[EncodedChange]) -> None:
             for event in events:
@@ -422,6 +450,11 @@ class Reader:
         conn = self._connect()
         replication = None
         try:
+            if self._type_rereads is None:  # first run: take up what a previous reader left
+                saved = self.state.load()
+                self._column_types = saved.column_types
+                self._type_rereads = PendingRereads(saved.schema_rereads)
+                self._resnapshots += [t for t in self._type_rereads.tables if t not in self._resnapshots]
             state = self.prepare(conn)
             replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
             cur = replication.cursor()
@@ -447,7 +480,8 @@ class Reader:
             # Invalidated or dropped between the check in `prepare` and here.
             raise SlotLostError(lost_slot_message(cfg.slot, f"cannot stream ({error.diag.message_primary})")) from None
         self.streaming.set()
-        assembler = Assembler(TypeNames(conn), lambda s, t: read_table_schema(conn, s, t).key_names)
+        assembler = Assembler(TypeNames(conn), lambda s, t: read_table_schema(conn, s, t).key_names,
+                              self._column_types)
         progress = self._progress
         progress.in_transaction = False
         if state.snapshot_lsn is not None and not state.snapshot_done and not progress.pending:
@@ -484,6 +518,7 @@ class Reader:
                             if rereading.done:
                                 log.info("re-read %s: %d rows", rereading.schema.table, rereading.rows_emitted)
                                 self.reread.append(rereading.schema.table)
+                                self._type_rereads.finished(rereading.schema.table.partition(".")[2], self._handed_over)
                                 rereading = None
                         if isinstance(out, ChangeEvent):
                             if out.lsn <= self._handed_over:
@@ -504,7 +539,7 @@ class Reader:
                         elif isinstance(out, LogicalMessage) and out.prefix == HEARTBEAT_PREFIX:
                             next_heartbeat = time.monotonic() + cfg.heartbeat_seconds
                         elif isinstance(out, SchemaChange):
-                            self._reread_after_type_change(out)
+                            self._schema_changed(out)
                     if time.monotonic() < next_feedback:
                         continue
                 elif drained:
@@ -531,6 +566,8 @@ class Reader:
                 if now >= next_feedback:
                     durable = self.durability.durable_lsn()
                     state = self._settle_snapshot(state, durable)
+                    if self._type_rereads.settle(durable):
+                        self._save_type_rereads()
                     target = progress.advance(durable, self.metrics.received_lsn) if state.snapshot_done else 0
                     if target > confirmed:
                         cur.send_feedback(flush_lsn=target, reply=True)
@@ -547,16 +584,23 @@ class Reader:
 
         self._shutdown(cur, progress, state)
 
-    def _reread_after_type_change(self, change: SchemaChange) -> None:
-        """A type change that may have rewritten values no event will carry: read the table
-        again (schema_changes.py), after any re-read of it already under way."""
-        name = change.table.partition(".")[2]
-        columns = ", ".join(f"{c} {old} -> {new}" for c, (old, new) in sorted(change.columns.items()))
-        log.warning("%s changed type (%s), which may have rewritten its values without row changes: "
-                    "re-reading it", change.table, columns)
-        self.metrics.schema_rereads += 1
-        if name not in self._resnapshots:
-            self._resnapshots.append(name)
+    def _schema_changed(self, change: SchemaChange) -> None:
+        """Note the table's new column types; after a type change that may have rewritten
+        values no event will carry, read the table again (schema_changes.py), after any
+        re-read of it already under way."""
+        if change.rewritten:
+            name = change.table.partition(".")[2]
+            columns = ", ".join(f"{c} {old} -> {new}" for c, (old, new) in sorted(change.rewritten.items()))
+            log.warning("%s changed type (%s), which may have rewritten its values without row changes: "
+                        "re-reading it", change.table, columns)
+            self.metrics.schema_rereads += 1
+            if name not in self._resnapshots:
+                self._resnapshots.append(name)
+            self._type_rereads.add(name)
+        self._save_type_rereads()
+
+    def _save_type_rereads(self) -> None:
+        self.state.save(self.state.load())  # the store adds the types and pending re-reads
 
     def _stream_rows(self, cur, assembler: Assembler, progress: _Progress, until: float):
         """The hot path: row changes straight from the stream to the sink as EncodedChanges.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 
-from change_events import TableSchema
 
 _INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
 _INTEGER_ORDER = ["smallint", "integer", "bigint"]
@@ -70,9 +69,41 @@ def preserves_values(old: str, new: str) -> bool:
     return False
 
 
-def rewritten_columns(old: TableSchema, new: TableSchema) -> dict[str, tuple[str, str]]:
-    """Columns of both schemas whose type changed in a way that may have changed values:
-    name → (old type, new type). Added and dropped columns change no existing value."""
-    before = {c.name: c.type_name for c in old.columns}
-    return {c.name: (before[c.name], c.type_name) for c in new.columns
-            if c.name in before and not preserves_values(before[c.name], c.type_name)}
+def rewritten_columns(old: dict[str, str], new: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Columns of both (column → type name) whose type changed in a way that may have
+    changed values: name → (old type, new type). Added and dropped columns change no
+    existing value."""
+    return {name: (old[name], type_) for name, type_ in new.items()
+            if name in old and not preserves_values(old[name], type_)}
+
+
+class PendingRereads:
+    """Tables to read again after a type change, until their re-read is durable downstream.
+
+    The re-read rows exist only in the reader (the WAL never carried them), so a reader that
+    stops before they are durable must read the table again when it starts: the tables are
+    kept in `ReaderState.schema_rereads`, and a table leaves only once the lake holds every
+    event up to the transaction its last re-read rows went out in."""
+
+    def __init__(self, tables: list[str] | None = None):
+        self._finished_after: dict[str, int | None] = dict.fromkeys(tables or ())
+
+    @property
+    def tables(self) -> list[str]:
+        return sorted(self._finished_after)
+
+    def add(self, table: str) -> None:
+        self._finished_after[table] = None  # again, if it was finishing: the new change counts
+
+    def finished(self, table: str, handed_over: int) -> None:
+        """`table`'s re-read handed its last rows on, inside the transaction after the one
+        that ended at commit LSN `handed_over`."""
+        if table in self._finished_after and self._finished_after[table] is None:
+            self._finished_after[table] = handed_over
+
+    def settle(self, durable_lsn: int) -> bool:
+        """Forget the tables whose re-read is durable; True when any was."""
+        done = [t for t, after in self._finished_after.items() if after is not None and durable_lsn > after]
+        for table in done:
+            del self._finished_after[table]
+        return bool(done)

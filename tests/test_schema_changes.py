@@ -236,3 +236,34 @@ def test_the_lake_column_takes_the_narrowest_type_that_holds_both(old, new, wide
 ])
 def test_the_reader_knows_which_type_changes_keep_every_value(old, new, same):
     assert preserves_values(old, new) is same
+
+
+@pytest.mark.slow
+def test_a_reader_stopped_before_the_re_read_is_durable_reads_the_table_again(totesys_dsn, tmp_path):
+    """The re-read rows exist only in the reader: one that dies in the middle of the re-read
+    takes it up again when it starts, though the slot will not show the type change again."""
+    _seed(totesys_dsn)
+
+    def die_in_the_re_read():
+        raise RuntimeError("killed inside the re-read")
+
+    sink = MemorySink()
+    state = tmp_path / "reader.json"
+    with pytest.raises(RuntimeError, match="killed inside the re-read"):
+        with running_reader(totesys_dsn, sink, state, FAST,
+                            prepare=lambda r: setattr(r, "resnapshot_hook", die_in_the_re_read)) as reader:
+            with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+                cur.execute("ALTER TABLE sales_order ALTER COLUMN unit_price TYPE numeric(10,1)")
+                cur.execute("UPDATE sales_order SET units_sold = 1 WHERE sales_order_id = 1")
+            conn.close()
+            deadline = time.monotonic() + 30
+            while getattr(reader, "failure", None) is None:
+                assert time.monotonic() < deadline, "the re-read never started"
+                time.sleep(0.05)
+    first = list(sink.events)
+
+    _, events = _run(totesys_dsn, [["UPDATE sales_order SET units_sold = 2 WHERE sales_order_id = 2"]], tmp_path,
+                     reread=SO)
+    layout = LakeLayout(tmp_path / "lake")
+    _into_lake(layout, first + events, per_transaction=True)
+    assert lake_state(layout, SO, ("sales_order_id",)) == _source_rows(totesys_dsn, first + events)
