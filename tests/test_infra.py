@@ -164,7 +164,7 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
     with redirect_stdout(out):
         reader = SimpleNamespace(metrics=SimpleNamespace(
             events=10, bytes_received=1000, received_lsn=2000, confirmed_lsn=1000,
-            last_commit_ts=time.time()))
+            last_commit_ts=time.time(), schema_rereads=0))
         publisher = SimpleNamespace(metrics=SimpleNamespace(events_per_record=5.0))
         reader_cmd._emit_emf(reader, publisher, {})
         reader_cmd.emit_slot_lost()

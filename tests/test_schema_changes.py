@@ -139,7 +139,8 @@ def test_a_bigint_units_sold_reaches_the_warehouse(totesys_dsn, tmp_path, engine
     warehouse = tmp_path / "warehouse.duckdb" if engine == "duckdb" else request.getfixturevalue("empty_database")
     target = open_target(warehouse)
     try:
-        sync_once(layout, target, max(e.lsn for e in events), today=TODAY)
+        result = sync_once(layout, target, max(e.lsn for e in events), today=TODAY)
+        assert result.facts_rejected == {"fact_sales_order": 1}
         mirror = dict(target.query("SELECT sales_order_id, units_sold FROM _src_sales_order").rows())
         assert mirror[1] == 5_000_000_000 and mirror[2] == 12 and mirror[3] == 13
         facts = dict(target.query(

@@ -63,6 +63,7 @@ def _write_status(path: Path, reader: Reader, publisher: Publisher, started: flo
     status = {
         "updated_at": time.time(),
         "events": m.events, "snapshot_events": m.snapshot_events, "transactions": m.transactions,
+        "schema_rereads": m.schema_rereads,
         "events_per_second": m.events / elapsed, "bytes_per_second": m.bytes_received / elapsed,
         "received_lsn": format_lsn(m.received_lsn), "confirmed_lsn": format_lsn(m.confirmed_lsn),
         "seconds_behind": (time.time() - m.last_commit_ts) if m.last_commit_ts else None,
@@ -90,8 +91,10 @@ def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
     if m.last_commit_ts:
         metrics.add_metric(name="SecondsBehindSource", unit=MetricUnit.Seconds, value=time.time() - m.last_commit_ts)
     metrics.add_metric(name="EventsPerRecord", unit=MetricUnit.Count, value=publisher.metrics.events_per_record)
+    metrics.add_metric(name="SchemaRereads", unit=MetricUnit.Count,
+                       value=m.schema_rereads - previous.get("schema_rereads", 0))
     metrics.flush_metrics()
-    return {"at": now, "events": m.events, "bytes": m.bytes_received}
+    return {"at": now, "events": m.events, "bytes": m.bytes_received, "schema_rereads": m.schema_rereads}
 
 
 def emit_slot_lost() -> None:

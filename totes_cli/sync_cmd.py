@@ -33,7 +33,7 @@ def stream_shards(stream: str) -> list[str] | None:
 EMF_SECONDS = 10.0
 
 
-def emit_emf(runs: int, events: int, behind_lsn_bytes: int) -> None:
+def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -> None:
     """One CloudWatch embedded-metric-format line on stdout: what the sync did since the last
     line. A sync that stops writing these is down (the "sync silent" alarm)."""
     from aws_lambda_powertools import Metrics
@@ -43,6 +43,7 @@ def emit_emf(runs: int, events: int, behind_lsn_bytes: int) -> None:
     metrics.add_metric(name="SyncRuns", unit=MetricUnit.Count, value=runs)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=events)
     metrics.add_metric(name="WarehouseBehindLakeBytes", unit=MetricUnit.Bytes, value=behind_lsn_bytes)
+    metrics.add_metric(name="FactVersionsRejected", unit=MetricUnit.Count, value=rejected)
     metrics.flush_metrics()
 
 
@@ -72,19 +73,23 @@ def sync(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     tables: dict = {}  # the lake's Delta tables, refreshed between runs
-    runs = events = 0
+    runs = events = rejected = 0
     next_emf = time.monotonic() + EMF_SECONDS
     try:
         while True:
             upto = progress.lake_watermark(shards)
             result = sync_once(layout, target, upto, tables=tables)
             runs, events = runs + 1, events + result.events
+            rejected += sum(result.facts_rejected.values())
             if result.applied:
                 facts = sum(result.facts_appended.values())
                 err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")
+            if result.facts_rejected:
+                err.print(f"[yellow]{sum(result.facts_rejected.values()):,} fact versions hold values their "
+                          "star-schema column cannot: set aside in _sync_rejected[/]")
             if emf and (once or time.monotonic() >= next_emf):
-                emit_emf(runs, events, max(progress.lake_watermark(shards) - result.to_lsn, 0))
-                runs = events = 0
+                emit_emf(runs, events, max(progress.lake_watermark(shards) - result.to_lsn, 0), rejected)
+                runs = events = rejected = 0
                 next_emf = time.monotonic() + EMF_SECONDS
             if once or stop.wait(interval):
                 break

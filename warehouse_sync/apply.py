@@ -93,6 +93,8 @@ class SyncResult:
     facts_closed: dict[str, int] = field(default_factory=dict)
     dimensions_upserted: dict[str, int] = field(default_factory=dict)
     dimensions_deleted: dict[str, int] = field(default_factory=dict)
+    facts_rejected: dict[str, int] = field(default_factory=dict)
+    """Fact versions set aside in `_sync_rejected` (a value does not fit its §3 column)."""
 
     @property
     def applied(self) -> bool:
@@ -257,7 +259,7 @@ def _apply(target: Target, changes: dict[str, pl.DataFrame], today: date, result
     fact_changes = {}
     for spec in tf.FACT_SPECS:
         if spec.source in replays:
-            fact_changes[spec] = _fact_changes(target, spec, replays[spec.source])
+            fact_changes[spec] = _fact_changes(target, spec, replays[spec.source], result)
     _add_calendar_days(target, fact_changes, today)
     for spec, changes_ in fact_changes.items():
         _write_facts(target, spec, changes_, result)
@@ -327,7 +329,7 @@ def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
             target, DIM_COUNTERPARTY, tf.dim_counterparty(counterparties, addresses))
 
 
-def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay) -> tf.FactChanges:
+def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: SyncResult) -> tf.FactChanges:
     fact = spec.table
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
     current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")
@@ -335,6 +337,7 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay) -> tf.Fac
     versions, rejected = tf.unfit_versions(spec, versions)
     if rejected.height:
         _upsert(target, wh_schema.REJECTED, rejected)
+        result.facts_rejected[fact.name] = rejected.select("source_lsn", "source_seq").unique().height
         for row in rejected.iter_rows(named=True):
             log.warning("%s %s at %d/%d: %s %s, set aside in %s", row["source_table"], row["business_key"],
                         row["source_lsn"], row["source_seq"], row["source_value"], row["reason"],
