@@ -268,3 +268,38 @@ def test_a_reader_stopped_before_the_re_read_is_durable_reads_the_table_again(to
     layout = LakeLayout(tmp_path / "lake")
     _into_lake(layout, first + events, per_transaction=True)
     assert lake_state(layout, SO, ("sales_order_id",)) == _source_rows(totesys_dsn, first + events)
+
+
+def test_an_append_that_raced_a_widening_lands_in_the_widened_log(tmp_path):
+    """Shard s2 reads the log, then shard s1 widens it before s2 commits: s2's commit is
+    refused (the table's metadata changed), and its retry must write into the new table."""
+    from tests.lake_fixtures import SALES_ORDER, Source, sales_order_row
+
+    layout = LakeLayout(tmp_path / "lake")
+    src = Source()
+    lake = LakeWriter(layout, today=lambda: TODAY)
+    lake.write_batch("s1", src.snapshot(SALES_ORDER, [sales_order_row(i) for i in (1, 2)]))
+    with src.transaction() as tx:
+        tx.update(with_type(SALES_ORDER, "units_sold", "bigint"), {**sales_order_row(1, 1), "units_sold": "5000000000"})
+    with src.transaction() as late:
+        late.update(SALES_ORDER, sales_order_row(2, 1))
+
+    other = LakeWriter(layout, today=lambda: TODAY)
+    log = other.change_log(SO, "s2")
+    refresh, raced = log.refresh, []
+
+    def refresh_then_lose_the_race():
+        table = refresh()
+        if not raced:  # the widening lands between this shard's read and its commit
+            raced.append(True)
+            assert not lake.write_batch("s1", tx.events).rejected
+        return table
+
+    log.refresh = refresh_then_lose_the_race
+    assert not other.write_batch("s2", late.events).rejected
+
+    logged = read_table(layout, "changes", SO)
+    assert logged.schema.field("units_sold").type == pa.int64()
+    expected = [int(sales_order_row(1)["units_sold"]), int(sales_order_row(2)["units_sold"]), 5_000_000_000,
+                int(sales_order_row(2, 1)["units_sold"])]
+    assert sorted(logged.column("units_sold").to_pylist()) == sorted(expected)
