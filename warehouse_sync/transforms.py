@@ -189,6 +189,10 @@ def fact_schema(spec: FactSpec) -> dict[str, pl.DataType]:
     return {name: schema[name] for name in spec.table.names[1:]}
 
 
+_EXACT = pl.Decimal(38, 18)
+"""Wide enough to compare a number kept as text with what its fact column would make of it."""
+
+
 def unfit_versions(spec: FactSpec, versions: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`versions` whose fact row fits §3's types, and one REJECTED row per number that does
     not (out of range, or more decimals than its column keeps): those versions are set
@@ -197,11 +201,16 @@ def unfit_versions(spec: FactSpec, versions: pl.DataFrame) -> tuple[pl.DataFrame
     projected = versions.select(spec.projection())
     unfit = []
     for name in projected.columns:
-        value, dtype = pl.col(name), schema[name]
-        if not projected.schema[name].is_numeric() or projected.schema[name] == dtype:
+        value, dtype, source_type = pl.col(name), schema[name], projected.schema[name]
+        if not dtype.is_numeric() or source_type == dtype:
             continue
-        cast = value.cast(dtype, strict=False)
-        bad = value.is_not_null() & (cast.is_null() | (cast.cast(projected.schema[name]) != value))
+        if source_type == pl.String():  # a column the lake now keeps as text (lake.arrow_types)
+            exact, back = value.cast(_EXACT, strict=False), value.cast(dtype, strict=False).cast(_EXACT)
+        elif source_type.is_numeric():
+            exact, back = value, value.cast(dtype, strict=False).cast(source_type)
+        else:
+            continue
+        bad = value.is_not_null() & (back.is_null() | (back != exact))
         rows = versions.with_columns(projected[name].alias("_value")).filter(projected.select(bad).to_series())
         if rows.height:
             unfit.append(rows.select(
