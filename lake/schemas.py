@@ -134,6 +134,8 @@ def columns_to_widen(table: str, existing: pa.Schema | None, fields: list[pa.Fie
             if field.name not in existing.names:
                 continue
             old = existing.field(field.name).type
+            if old == field.type:
+                continue
             wider = common_type(old, field.type)
             if _delta_type(pa.field(field.name, wider)) != _delta_type(pa.field(field.name, old)):
                 widened[field.name] = wider
@@ -141,9 +143,13 @@ def columns_to_widen(table: str, existing: pa.Schema | None, fields: list[pa.Fie
 
 
 def conform_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`rows` with every column `schema` also has cast to its type there (`schema` holds
-    every value of `rows`: `columns_to_widen` widened it first)."""
-    columns = [cast_column(rows.column(name), schema.field(name).type) if name in schema.names else rows.column(name)
+    """`rows` with every source column `schema` also has cast to its type there (`schema`
+    holds every value of `rows`: `columns_to_widen` widened it first)."""
+    wider = {name: schema.field(name).type for name in data_columns(rows.schema)
+             if name in schema.names and rows.schema.field(name).type != schema.field(name).type}
+    if not wider:
+        return rows
+    columns = [cast_column(rows.column(name), wider[name]) if name in wider else rows.column(name)
                for name in rows.column_names]
     return pa.Table.from_arrays(columns, names=rows.column_names)
 
