@@ -57,15 +57,13 @@ narrower Parquet values read as the wider type.
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 
 from change_events import TableSchema
-import logging
-
-from deltalake import CommitProperties, write_deltalake
-
 from lake.arrow_types import arrow_type, cast_column, common_type
 from lake.delta_io import read_sql
 from lake.errors import IncompatibleSchemaError

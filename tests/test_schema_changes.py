@@ -145,21 +145,30 @@ def test_a_widened_column_flows_into_the_lake_in_order_with_the_data(totesys_dsn
 @pytest.mark.parametrize("engine", ["duckdb", "postgresql"])
 def test_a_bigint_units_sold_reaches_the_warehouse(totesys_dsn, tmp_path, engine, request):
     """units_sold widened to bigint, then set to 5,000,000,000: the mirror widens with it,
-    the fact (§3: int) sets that version aside with the reason, everything else flows."""
+    the fact (§3: int) sets that version aside with the reason, everything else flows. The
+    sync runs continuously (its lake tables cached) from before the change to after it."""
     _seed(totesys_dsn)
-    _, events = _run(totesys_dsn, [
-        ["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1"],
-        ["ALTER TABLE sales_order ALTER COLUMN units_sold TYPE bigint",
-         "UPDATE sales_order SET units_sold = 5000000000 WHERE sales_order_id = 1",
-         "UPDATE sales_order SET units_sold = 12 WHERE sales_order_id = 2"],
-        ["UPDATE sales_order SET units_sold = 13 WHERE sales_order_id = 3"],
-    ], tmp_path)
     layout = LakeLayout(tmp_path / "lake")
-    _into_lake(layout, events, per_transaction=True)
     warehouse = tmp_path / "warehouse.duckdb" if engine == "duckdb" else request.getfixturevalue("empty_database")
     target = open_target(warehouse)
+    tables: dict = {}
+    seen: list[ChangeEvent] = []
+
+    def step(statements: list[list[str]]):
+        _, events = _run(totesys_dsn, statements, tmp_path)
+        new = [e for e in events if not seen or e.lsn > max(s.lsn for s in seen)]
+        _into_lake(layout, new, per_transaction=True)
+        seen.extend(new)
+        return sync_once(layout, target, max(e.lsn for e in seen), today=TODAY, tables=tables)
+
     try:
-        result = sync_once(layout, target, max(e.lsn for e in events), today=TODAY)
+        step([["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1"]])
+        result = step([
+            ["ALTER TABLE sales_order ALTER COLUMN units_sold TYPE bigint",
+             "UPDATE sales_order SET units_sold = 5000000000 WHERE sales_order_id = 1",
+             "UPDATE sales_order SET units_sold = 12 WHERE sales_order_id = 2"],
+            ["UPDATE sales_order SET units_sold = 13 WHERE sales_order_id = 3"],
+        ])
         assert result.facts_rejected == {"fact_sales_order": 1}
         mirror = dict(target.query("SELECT sales_order_id, units_sold FROM _src_sales_order").rows())
         assert mirror[1] == 5_000_000_000 and mirror[2] == 12 and mirror[3] == 13
@@ -172,13 +181,11 @@ def test_a_bigint_units_sold_reaches_the_warehouse(totesys_dsn, tmp_path, engine
                              "does not fit fact_sales_order.units_sold (int)")]
         # §3's int cannot hold it: the version before stays current.
         assert facts[1] < 2**31
-        # A later sync (a new process: the mirror types start from their definitions) goes on.
+        # A later sync in a new process (mirror types start from their definitions) goes on.
         from warehouse_sync.schema import BASE_SOURCES, SOURCES
         SOURCES.update(BASE_SOURCES)
-        _, more = _run(totesys_dsn, [["UPDATE sales_order SET units_sold = 6000000000 WHERE sales_order_id = 2"]],
-                       tmp_path)
-        _into_lake(layout, [e for e in more if e.lsn > max(e.lsn for e in events)], per_transaction=True)
-        sync_once(layout, target, max(e.lsn for e in more), today=TODAY)
+        tables.clear()
+        step([["UPDATE sales_order SET units_sold = 6000000000 WHERE sales_order_id = 2"]])
         mirror = dict(target.query("SELECT sales_order_id, units_sold FROM _src_sales_order").rows())
         assert mirror[2] == 6_000_000_000
         assert target.query("SELECT count(*) FROM _sync_rejected").item() == 2

@@ -39,6 +39,7 @@ from datetime import date, datetime, timezone
 
 import polars as pl
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from lake.layout import LakeLayout
 from warehouse_sync import schema as wh_schema
@@ -158,7 +159,7 @@ def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: 
         if upto_lsn <= checkpoint:
             target.rollback()
             return result
-        _follow_lake_types(target, layout)
+        _follow_lake_types(target, layout, tables)
         changes = read_changes(layout, checkpoint, upto_lsn, tables)
         result.events = sum(frame.height for frame in changes.values())
         _apply(target, changes, today, result)
@@ -170,25 +171,37 @@ def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: 
         raise
 
 
-_LAKE_TYPES: dict[str, tuple[int, dict[str, pl.DataType]]] = {}
-"""Change log URI → (Delta version, column types): reopened only when the log has moved on."""
+_LAKE_TYPES: dict[str, tuple[DeltaTable, int, dict[str, pl.DataType]]] = {}
+"""Change log URI → (its table, the version read, its column types then)."""
 
 
-def _follow_lake_types(target: Target, layout: LakeLayout) -> None:
+def _lake_types(layout: LakeLayout, uri: str, tables: dict | None) -> dict[str, pl.DataType] | None:
+    """The column types of the change log at `uri` (None: no such table yet). A continuous
+    sync's table (in `tables`, see lake_source) is brought up to date here, once for both."""
+    feed = tables.get(uri) if tables is not None else None
+    known = _LAKE_TYPES.get(uri)
+    delta = feed.delta if feed is not None else known[0] if known is not None else layout.open(uri)
+    if delta is None:
+        return None
+    if layout.has_commit(uri, delta.version() + 1):
+        delta.update_incremental()
+    if known is None or known[0] is not delta or known[1] != delta.version():
+        known = _LAKE_TYPES[uri] = (delta, delta.version(),
+                                    dict(pl.DataFrame(pa.schema(delta.schema()).empty_table()).schema))
+    return known[2]
+
+
+def _follow_lake_types(target: Target, layout: LakeLayout, tables: dict | None = None) -> None:
     """Widen the mirror columns whose lake column was widened (schema.widened_mirror): in
     SOURCES, which the reads and replays take their types from, and in the target's tables
     where they are still narrower (another process, or a rolled-back sync, may have widened
     SOURCES already)."""
     for source, mirror in wh_schema.BASE_SOURCES.items():
-        uri = layout.changes_uri(f"public.{source}")
-        known = _LAKE_TYPES.get(uri)
-        if known is None or layout.has_commit(uri, known[0] + 1):
-            delta = layout.open(uri)
-            if delta is None:
-                continue
-            empty = pl.DataFrame(pa.schema(delta.schema()).empty_table())
-            known = _LAKE_TYPES[uri] = (delta.version(), dict(empty.schema))
-        widened, changed = wh_schema.widened_mirror(mirror, known[1])
+        types = _lake_types(layout, layout.changes_uri(f"public.{source}"), tables)
+        if types is None:
+            SOURCES[source] = mirror
+            continue
+        widened, changed = wh_schema.widened_mirror(mirror, types)
         SOURCES[source] = widened
         if not changed:
             continue
