@@ -217,7 +217,7 @@ def _column_types(target: Target, table: str) -> dict[str, str]:
     """The logical types (schema.TYPES names, or 'decimal(p,s)') of `table`'s columns."""
     frame = target.query(
         "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
-        f"WHERE table_name = '{table}'")
+        f"WHERE table_name = {wh_schema.quote_literal(table)}")
     return {row[0]: wh_schema.logical_of(*row[1:]) for row in frame.rows()}
 
 

@@ -386,7 +386,8 @@ def logical_of(data_type: str, precision: int | None, scale: int | None) -> str:
 
 def alter_column_type(table: Table, column: Column, dialect: str) -> str:
     """The statement that gives `table`'s `column` its (widened) type, in `dialect`."""
-    return f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE {sql_type(column.type, dialect)}"
+    return (f"ALTER TABLE {quote_identifier(table.name)} ALTER COLUMN {quote_identifier(column.name)} "
+            f"TYPE {sql_type(column.type, dialect)}")
 
 
 def create_table(table: Table, dialect: str) -> list[str]:
