@@ -518,7 +518,9 @@ class Reader:
                             if rereading.done:
                                 log.info("re-read %s: %d rows", rereading.schema.table, rereading.rows_emitted)
                                 self.reread.append(rereading.schema.table)
-                                self._type_rereads.finished(rereading.schema.table.partition(".")[2], self._handed_over)
+                                name = rereading.schema.table.partition(".")[2]
+                                if name not in self._resnapshots:  # else a type change came during it
+                                    self._type_rereads.finished(name, self._handed_over)
                                 rereading = None
                         if isinstance(out, ChangeEvent):
                             if out.lsn <= self._handed_over:

@@ -92,7 +92,7 @@ WIDENINGS = {  # table, key, column, new type, a value only the new type holds
 
 @pytest.mark.parametrize("per_transaction", [False, True], ids=["one batch", "a batch per transaction"])
 @pytest.mark.parametrize("case", list(WIDENINGS))
-def test_a_widened_column_flows_into_the_lake_in_order_with_the_data(totesys_dsn, tmp_path, case, per_transaction):
+def test_a_widened_column_flows_through_lake_and_warehouse_in_order_with_the_data(totesys_dsn, tmp_path, case, per_transaction):
     table, column, new_type, value = WIDENINGS[case]
     key = f"{table}_id"
     _seed(totesys_dsn)
