@@ -11,11 +11,18 @@ through a few lines of Node that load the kinesalite package (found from
 `node_modules/.bin/kinesalite` in this repository, or from `TOTES_KINESALITE_BIN`), bind it
 to loopback, report the port, and exit when this process's end of its stdin closes, so a
 parent that dies without calling `stop()` does not leave the directory locked.
+
+The child gets a minimal environment (PATH, HOME, locale, Node's own settings): nothing of
+this process's TOTES_*, PG* or AWS_* variables, which may hold passwords. With
+`restart=True` a server that dies on its own (a crash, the OOM killer, `kill -9`) is
+started again on the same port and data, its exit reason logged: clients keep their
+endpoint and, LevelDB being durable, lose nothing that was acknowledged.
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -69,6 +76,33 @@ process.stdin.resume();
 """
 
 
+# What the Node child may inherit: enough to run, nothing that may hold a secret.
+_INHERITED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
+_INHERITED_PREFIXES = ("LC_", "NODE_", "NPM_CONFIG_")
+RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between attempts to bring a dead server back (the last one repeats)."""
+
+
+def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the kinesalite child runs with: an allow-list, never a copy."""
+    environ = os.environ if environ is None else environ
+    kept = {name: value for name, value in environ.items()
+            if name in _INHERITED or name.startswith(_INHERITED_PREFIXES)}
+    return {**kept, "TOTES_READY_PREFIX": _READY_PREFIX, "TOTES_ERROR_PREFIX": _ERROR_PREFIX}
+
+
+def exit_reason(returncode: int | None) -> str:
+    """'killed by SIGKILL', 'exited with code 1', ..."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
 class KinesaliteError(RuntimeError):
     """kinesalite could not be started or stopped; the message says why."""
 
@@ -109,15 +143,20 @@ class Kinesalite:
     """
 
     def __init__(self, data_dir: Path, port: int | None = None, *, start_timeout: float = 30.0,
-                 stop_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, restart: bool = False) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.requested_port = port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.restart = restart
+        self.restarts = 0
+        """How many times the server was brought back after dying on its own."""
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
         self._lines: Queue[str | None] = Queue()
         self._tail: deque[str] = deque(maxlen=40)
+        self._stopping = threading.Event()
+        self._lock = threading.RLock()
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -140,39 +179,25 @@ class Kinesalite:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> str:
         """Start the server unless this object already runs it; return its endpoint URL."""
-        if self.is_running():
+        with self._lock:
+            if self.is_running():
+                return self.endpoint_url
+            self._stopping.clear()
+            self._launch(self.requested_port or 0)
+            if self.restart:
+                threading.Thread(target=self._watch, args=(self._process,), name="kinesalite-watch",
+                                 daemon=True).start()
             return self.endpoint_url
-        package = find_kinesalite()
-        node = _find_node()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        options = {**SERVER_OPTIONS, "path": str(self.data_dir), "port": self.requested_port or 0}
-        env = {**os.environ, "TOTES_READY_PREFIX": _READY_PREFIX, "TOTES_ERROR_PREFIX": _ERROR_PREFIX}
-        self._lines = Queue()
-        self._tail.clear()
-        self.port = None
-        self._process = subprocess.Popen(
-            [node, "-e", _LAUNCHER, str(package), json.dumps(options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, text=True, bufsize=1, start_new_session=True,
-        )
-        threading.Thread(target=self._pump, args=(self._process,), name="kinesalite-output",
-                         daemon=True).start()
-        try:
-            self.port = self._wait_listening()
-            self._wait_answering()
-        except BaseException:
-            self._terminate()
-            raise
-        log.info("kinesalite %s serving %s on port %d", self._process.pid, self.data_dir, self.port)
-        return self.endpoint_url
 
     def stop(self) -> bool:
         """Stop the server if this object runs it; True when it was running."""
-        if self._process is None:
-            return False
-        was_running = self.is_running()
-        self._terminate()
-        return was_running
+        self._stopping.set()
+        with self._lock:
+            if self._process is None:
+                return False
+            was_running = self.is_running()
+            self._terminate()
+            return was_running
 
     def __enter__(self) -> Kinesalite:
         self.start()
@@ -183,6 +208,57 @@ class Kinesalite:
         self.stop()
 
     # -- internals ---------------------------------------------------------------------
+    def _launch(self, port: int) -> None:
+        package = find_kinesalite()
+        node = _find_node()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        options = {**SERVER_OPTIONS, "path": str(self.data_dir), "port": port}
+        self._lines = Queue()
+        self._tail.clear()
+        self.port = None
+        self._process = subprocess.Popen(
+            [node, "-e", _LAUNCHER, str(package), json.dumps(options)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=child_environment(), text=True, bufsize=1, start_new_session=True,
+        )
+        threading.Thread(target=self._pump, args=(self._process,), name="kinesalite-output",
+                         daemon=True).start()
+        try:
+            self.port = self._wait_listening()
+            self._wait_answering()
+        except BaseException:
+            self._terminate()
+            raise
+        log.info("kinesalite %s serving %s on port %d", self._process.pid, self.data_dir, self.port)
+
+    def _watch(self, process: subprocess.Popen) -> None:
+        """Bring the server back, on the same port, each time it dies without `stop()`."""
+        while True:
+            process.wait()
+            if self._stopping.is_set():
+                return
+            port = self.port
+            time.sleep(0.05)  # let the output pump take the last lines
+            last = [line.strip() for line in self._tail if line.strip()][-3:]
+            log.warning("kinesalite %s on %s %s%s; starting it again on port %s", process.pid, self.data_dir,
+                        exit_reason(process.returncode), f" (last output: {' | '.join(last)})" if last else "",
+                        port)
+            for attempt in itertools.count():
+                if self._stopping.wait(RESTART_DELAYS[min(attempt, len(RESTART_DELAYS) - 1)]):
+                    return
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        self._launch(port)
+                    except KinesaliteError as error:
+                        self.port = port
+                        log.warning("kinesalite could not be started again (%s); trying again", error)
+                        continue
+                    self.restarts += 1
+                    process = self._process
+                    break
+
     def _pump(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
         for line in process.stdout:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 import typer
 
 from totes_cli import (
-    demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, simulate_cmd, source_cmd, status_cmd, sync_cmd,
+    demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd, source_cmd, status_cmd,
+    sync_cmd,
 )
+from totes_cli.console import err, fail
+from totesys.connection import scrub
 
 app = typer.Typer(
     name="totes",
@@ -15,6 +21,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def check_configuration() -> None:
+    """A malformed totes.toml or TOTES_* value is one sentence before any command runs."""
+    try:
+        settings.load()
+    except settings.ConfigError as error:
+        raise fail(str(error), code=2) from None
+
+
 app.add_typer(source_cmd.app, name="source")
 app.add_typer(lake_cmd.app, name="lake")
 
@@ -32,4 +49,13 @@ app.command("simulate")(simulate_cmd.simulate)
 
 
 def main() -> None:
-    app()
+    """The console script. A configuration problem found late is still one sentence; any
+    other unexpected failure shows its traceback without the passwords in it."""
+    try:
+        app()
+    except settings.ConfigError as error:
+        fail(str(error), code=2)
+        sys.exit(2)
+    except Exception as error:  # noqa: BLE001 - the last line of defence for secrets
+        err.print(scrub("".join(traceback.format_exception(error))), markup=False, highlight=False)
+        sys.exit(1)

@@ -52,9 +52,9 @@ DEFAULT_WINDOW = 0.5
 
 @dataclass
 class PipelineConfig:
-    source_dsn: str
+    source_dsn: str = field(repr=False)  # DSNs may hold passwords: never in a repr
     lake: str
-    warehouse: str
+    warehouse: str = field(repr=False)
     stream: str = "totes-cdc"
     shards: int = 2
     slot: str | None = None
@@ -178,7 +178,7 @@ class Pipeline:
     def _kinesis(self):
         if os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL") or self.local is None:
             return kinesis_client()
-        self.kinesalite = Kinesalite(self.local / "kinesis")
+        self.kinesalite = Kinesalite(self.local / "kinesis", restart=True)  # a crash is healed, and logged
         return kinesis_client(endpoint_url=self.kinesalite.start())
 
     def start(self) -> None:

@@ -13,13 +13,53 @@ import typer
 from cdc_reader.source_setup import SourceSetupError
 from lake.maintenance import DEFAULT_RETENTION, format_retention
 from change_events import format_lsn
-from totes_cli.console import err, fail
+from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.pipeline import DEFAULT_WINDOW, Pipeline, PipelineConfig, windowed
-from totes_cli.settings import NoSourceError, load, resolve_source_dsn
-from totesys.connection import SourceConnectionError
+from totes_cli.settings import ConfigError, load, resolve_source_dsn, resolve_warehouse, shown
+from totesys.connection import SourceConnectionError, connect, has_password
+from warehouse_sync.targets import is_postgres_dsn
 
 REPORT_SECONDS = 5.0
+DEFAULT_WAIT_FOR_SOURCE = 15.0
+PASSWORD_IN_FLAG = ("the password in {flag} shows in the process list: leave it out of the DSN and set "
+                    "PGPASSWORD, {prefix}_PASSWORD_FILE or {secret} instead")
+
+
+def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_retry=None,
+                         sleep=time.sleep) -> None:
+    """Connect once to `dsn`, retrying while the failure is transient (the server is down or
+    starting) for up to `seconds` (inf: for ever). A wrong DSN, password or right fails at
+    once; a server still down at the deadline fails with the flag that waits longer. Without
+    this a pipeline started against a wrong host would retry for ever and leave an empty lake
+    behind; once running, the reader reconnects for ever (a restart is no reason to stop)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            connect(dsn, what=what, connect_timeout=int(max(2, min(10, remaining)))).close()
+            return
+        except SourceConnectionError as error:
+            if not error.transient:
+                raise
+            if time.monotonic() + delay > deadline:
+                waited = f"after waiting {seconds:g} s" if seconds > 0 else "at once"
+                raise SourceConnectionError(
+                    f"{str(error).rstrip('.')} ({waited}; --wait-for-source SECONDS waits longer, "
+                    "inf for ever).", transient=True) from None
+            if on_retry is not None:
+                on_retry(str(error))
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _from_command_line(name: str) -> bool:
+    """Whether option `name` was typed on the command line (not taken from the environment)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    return context is not None and context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 def default_lake(home: Path) -> str:
@@ -50,19 +90,35 @@ def run(
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Longest time in seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; a round comes sooner once the lake has grown by half its live data. 0 turns it off.")] = 3600.0,
     retain: RetainOption = format_retention(DEFAULT_RETENTION),
+    wait_for_source: Annotated[float, typer.Option("--wait-for-source", envvar="TOTES_WAIT_FOR_SOURCE", help="Seconds to wait at the start for a source (or PostgreSQL warehouse) that does not answer yet, before exiting with an error; inf waits for ever (a service that starts before its database).")] = DEFAULT_WAIT_FOR_SOURCE,
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(logging.WARNING)
+    if source and has_password(source):
+        err.print("warning: " + PASSWORD_IN_FLAG.format(flag="--source", prefix="TOTES_SOURCE",
+                                                         secret="TOTES_SOURCE_DSN_SECRET"))
+    if warehouse and _from_command_line("warehouse") and has_password(warehouse):
+        err.print("warning: " + PASSWORD_IN_FLAG.format(flag="--warehouse", prefix="TOTES_WAREHOUSE",
+                                                         secret="TOTES_WAREHOUSE_SECRET"))
     retention = retention_option(retain)
     try:
         dsn = resolve_source_dsn(source)
-    except NoSourceError as error:
+        home = load().home
+        warehouse = resolve_warehouse(warehouse, default_warehouse(home))
+    except ConfigError as error:
         raise fail(str(error), code=2) from None
-    home = load().home
-    config = PipelineConfig(source_dsn=dsn, lake=lake or default_lake(home),
-                            warehouse=warehouse or default_warehouse(home), stream=stream, shards=shards, slot=slot,
-                            maintain_every=maintain_every, reset=reset, retention=retention)
+    config = PipelineConfig(source_dsn=dsn, lake=lake or default_lake(home), warehouse=warehouse, stream=stream,
+                            shards=shards, slot=slot, maintain_every=maintain_every, reset=reset,
+                            retention=retention)
+    try:
+        for what, target in (("source", dsn), ("warehouse", warehouse)):
+            if what == "source" or is_postgres_dsn(target):
+                told: list[str] = []  # say once what is being waited for
+                wait_until_reachable(target, wait_for_source, what=what, on_retry=lambda problem: told or (
+                    told.append(problem), err.print(f"waiting up to {wait_for_source:g} s: {problem}")))
+    except SourceConnectionError as error:
+        raise fail(str(error), code=2) from None
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]
@@ -72,7 +128,7 @@ def run(
             err.print(progress_line(p))
             last_report[0] = time.monotonic()
 
-    err.print(f"lake {config.lake}, warehouse {config.warehouse}; Ctrl-C stops")
+    err.print(f"lake {config.lake}, warehouse {shown(config.warehouse)}; Ctrl-C stops")
     try:
         pipeline.run(until_caught_up=until_caught_up, on_tick=tick)
     except KeyboardInterrupt:

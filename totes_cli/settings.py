@@ -1,15 +1,39 @@
 """Configuration: flags win, then TOTES_* environment variables, then a totes.toml file.
 
-Secrets (passwords inside DSNs) come only from the environment or the config file's
-environment-provided values; nothing here logs them.
+Passwords never need to be in a flag (flags show in process lists) or in the file. A DSN may
+leave its password out and take it from, first to last:
+
+- a file: `TOTES_SOURCE_PASSWORD_FILE` / `TOTES_WAREHOUSE_PASSWORD_FILE` (its first line);
+- AWS Secrets Manager: `TOTES_SOURCE_DSN_SECRET` / `TOTES_WAREHOUSE_SECRET` (a name or an
+  ARN), or a DSN written as `secretsmanager:NAME-OR-ARN`. The secret holds the whole DSN (as
+  infra/secrets.tf stores it) or RDS-style JSON (username, password, host, port, dbname);
+  given beside a DSN, only its password is used;
+- libpq's own `PGPASSWORD` or `~/.pgpass`.
+
+The settings hold DSNs as SecretStr, so a repr or a validation error never shows one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
 
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from totesys.connection import masked, remember_secrets, with_password
+
+SECRET_PREFIX = "secretsmanager:"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; str() is one sentence naming the fix."""
+
+
+class NoSourceError(ConfigError):
+    """No source DSN was given and no embedded source is running."""
 
 
 class Settings(BaseSettings):
@@ -17,8 +41,12 @@ class Settings(BaseSettings):
 
     home: Path = Path(".totes")
     """Where local state lives: the embedded source, the local stream, the lake, the warehouse."""
-    source_dsn: str | None = None
+    source_dsn: SecretStr | None = None
     """DSN of the source PostgreSQL; the embedded one under `home` when unset."""
+    source_password_file: Path | None = None
+    source_dsn_secret: str | None = None
+    warehouse_password_file: Path | None = None
+    warehouse_secret: str | None = None
 
     @property
     def source_dir(self) -> Path:
@@ -27,31 +55,135 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = Path(os.environ.get("TOTES_CONFIG", "totes.toml"))
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("TOTES_CONFIG", "totes.toml"))
 
 
 def load() -> Settings:
-    return Settings()
+    """The settings, or ConfigError with one sentence naming the line or the setting at fault."""
+    try:
+        return Settings()
+    except tomllib.TOMLDecodeError as error:
+        # tomllib says "Invalid value (at line 2, column 14)"
+        raise ConfigError(f"{config_path()} cannot be read: {error}; fix that line "
+                          "(or point TOTES_CONFIG at another file).") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"The setting {key!r} is not valid ({first['msg']}){_where(key)}: "
+                          f"fix it in {config_path()} or in TOTES_{key.upper()}.") from None
+    except OSError as error:
+        raise ConfigError(f"{config_path()} cannot be read ({error.strerror}): fix the file or TOTES_CONFIG.") from None
 
 
-class NoSourceError(RuntimeError):
-    """No source DSN was given and no embedded source is running."""
+def _where(key: str) -> str:
+    """' at line N of totes.toml' when the file sets `key` (the environment may set it instead)."""
+    try:
+        lines = config_path().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    for number, line in enumerate(lines, start=1):
+        if line.strip().split("=", 1)[0].strip().strip('"') == key:
+            return f" at line {number} of {config_path()}"
+    return ""
+
+
+def _read_password_file(path: Path, what: str) -> str:
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ConfigError(f"The {what} password file {path} cannot be read ({reason}): fix the path "
+                          f"in TOTES_{what.upper()}_PASSWORD_FILE.") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise ConfigError(f"The {what} password file {path} is empty: write the password on its first line.")
+    return password
+
+
+def read_secret(secret_id: str, what: str) -> str:
+    """The string value of an AWS Secrets Manager secret (name or ARN)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    setting = f"TOTES_{what.upper()}{'_DSN' if what == 'source' else ''}_SECRET"
+    try:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        client = boto3.client("secretsmanager", region_name=region)
+        value = client.get_secret_value(SecretId=secret_id).get("SecretString")
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "an error")
+        raise ConfigError(f"AWS Secrets Manager refused the {what} secret {secret_id!r} ({code}): check the "
+                          f"name or ARN in {setting} and that this role may call "
+                          "secretsmanager:GetSecretValue on it.") from None
+    except BotoCoreError as error:
+        raise ConfigError(f"AWS Secrets Manager cannot be reached for the {what} secret {secret_id!r} "
+                          f"({type(error).__name__}): set AWS credentials and region (or "
+                          "AWS_ENDPOINT_URL_SECRETSMANAGER).") from None
+    if not value:
+        raise ConfigError(f"The {what} secret {secret_id!r} holds no string: store the DSN in it.")
+    return value.strip()
+
+
+def _from_secret(value: str, what: str) -> tuple[str | None, str | None]:
+    """(DSN, password) held by a secret: a whole DSN, or RDS-style JSON."""
+    if not value.startswith("{"):
+        return value, None
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        raise ConfigError(f"The {what} secret is neither a DSN nor JSON: store the DSN in it.") from None
+    parts = {"user": fields.get("username"), "host": fields.get("host"), "port": fields.get("port"),
+             "dbname": fields.get("dbname")}
+    dsn = " ".join(f"{key}={val}" for key, val in parts.items() if val not in (None, "")) or None
+    password = fields.get("password")
+    return (with_password(dsn, str(password)) if dsn and password else dsn), (str(password) if password else None)
+
+
+def complete_dsn(dsn: str | None, *, what: str, password_file: Path | None = None,
+                 secret: str | None = None) -> str | None:
+    """`dsn` with its password filled in from a file or AWS Secrets Manager (see the module's
+    docstring); every password found is noted so no output ever shows it."""
+    if dsn and dsn.startswith(SECRET_PREFIX):
+        secret, dsn = dsn[len(SECRET_PREFIX):], None
+    if secret:
+        secret_dsn, secret_password = _from_secret(read_secret(secret, what), what)
+        remember_secrets(secret_dsn)
+        if dsn is None:
+            dsn = secret_dsn
+        elif secret_password:
+            dsn = with_password(dsn, secret_password)
+        elif secret_dsn:
+            from psycopg2.extensions import parse_dsn
+
+            try:
+                from_secret = parse_dsn(secret_dsn).get("password")
+            except Exception:  # noqa: BLE001 - not a DSN: nothing to take from it
+                from_secret = None
+            if from_secret:
+                dsn = with_password(dsn, from_secret)
+    if dsn and password_file:
+        dsn = with_password(dsn, _read_password_file(password_file, what))
+    remember_secrets(dsn)
+    return dsn
 
 
 def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = None) -> str:
     """The source to use: the flag, else TOTES_SOURCE_DSN / totes.toml, else the running
-    embedded source under TOTES_HOME."""
-    if explicit:
-        return explicit
+    embedded source under TOTES_HOME; its password completed as the module's docstring says."""
     if settings is None:
         try:
             settings = load()
-        except Exception as error:  # a malformed totes.toml or environment value
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise NoSourceError(f"The totes configuration cannot be read ({first}): fix it or pass --dsn.") from None
-    if settings.source_dsn:
-        return settings.source_dsn
+        except ConfigError as error:
+            raise NoSourceError(str(error)) from None
+    configured = explicit or (settings.source_dsn.get_secret_value() if settings.source_dsn else None)
+    dsn = complete_dsn(configured, what="source", password_file=settings.source_password_file,
+                       secret=settings.source_dsn_secret)
+    if dsn:
+        return dsn
     from totesys.embedded import EmbeddedPostgres
     from totesys.schema import DEFAULT_DATABASE
 
@@ -66,3 +198,19 @@ def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = 
         "No source database: pass --dsn, set TOTES_SOURCE_DSN, or start the embedded one "
         "with `totes source start`."
     )
+
+
+def resolve_warehouse(explicit: str | None, default: str, settings: Settings | None = None) -> str:
+    """The warehouse: a DuckDB file, or a PostgreSQL DSN with its password completed."""
+    from warehouse_sync.targets import is_postgres_dsn
+
+    settings = settings or load()
+    if explicit and not explicit.startswith(SECRET_PREFIX) and not is_postgres_dsn(explicit):
+        return explicit  # a DuckDB file
+    return complete_dsn(explicit or None, what="warehouse", password_file=settings.warehouse_password_file,
+                        secret=settings.warehouse_secret) or default
+
+
+def shown(dsn_or_path: str) -> str:
+    """A DSN or a path, fit to print: a DSN's password is masked."""
+    return masked(dsn_or_path)

@@ -17,8 +17,8 @@ import typer
 from rich.table import Table
 
 from totes_cli.console import fail, out
-from totes_cli.settings import NoSourceError, resolve_source_dsn
-from totesys.connection import SourceConnectionError, connect, describe
+from totes_cli.settings import ConfigError, NoSourceError, resolve_source_dsn, resolve_warehouse, shown
+from totesys.connection import SourceConnectionError, connect, describe, scrub
 from change_events import format_lsn
 from totesys.stats import SourceSnapshot, read_source
 
@@ -179,9 +179,10 @@ def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | No
     try:
         target = open_target(warehouse)
     except Exception as error:  # e.g. a running sync holds the DuckDB file
-        table = Table(title=f"warehouse  {warehouse}", title_justify="left")
+        table = Table(title=f"warehouse  {shown(warehouse)}", title_justify="left")
         table.add_column("state")
-        table.add_row(f"cannot open it now ({type(error).__name__})")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        table.add_row(f"cannot open it now: {scrub(reason)}")
         return table
     try:
         lsn = checkpoint_lsn(target)
@@ -244,7 +245,10 @@ def status(
             out.print(slots)
     for table in reader_tables(home):
         out.print(table)
-    warehouse = os.environ.get("TOTES_WAREHOUSE") or str(home / "warehouse.duckdb")
+    try:
+        warehouse = resolve_warehouse(os.environ.get("TOTES_WAREHOUSE"), str(home / "warehouse.duckdb"))
+    except ConfigError as error:
+        raise fail(str(error), code=2) from None
     for table in (lake_table(lake), lake_size_table(lake, sizes) if sizes else None,
                   warehouse_table(warehouse, snapshot)):
         if table is not None:

@@ -7,11 +7,13 @@ The password is never part of any message.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from urllib.parse import unquote
 
 import psycopg2
-from psycopg2.extensions import parse_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -86,9 +88,56 @@ def redact(dsn: str, message: str) -> str:
     return _KEYWORD_PASSWORD.sub("password=***", message)
 
 
-def explain(dsn: str, error: Exception) -> str:
-    """Turn a connection failure into one sentence with the fix (never with the password)."""
-    return redact(dsn, _explain(dsn, error))
+def masked(dsn: str) -> str:
+    """The DSN for display: everything but its password (shown as ***)."""
+    return redact(dsn, dsn)
+
+
+def has_password(dsn: str) -> bool:
+    return bool(_passwords(dsn))
+
+
+def with_password(dsn: str, password: str) -> str:
+    """`dsn` logging in with `password` (a key=value DSN; libpq reads both forms)."""
+    try:
+        return make_dsn(dsn, password=password)
+    except psycopg2.ProgrammingError:
+        return dsn  # unparseable: connecting says so, in one sentence
+
+
+# Every password this process has been given, so that log lines, tracebacks and messages
+# built far from the DSN (a library's error text, a repr) can still be scrubbed of them.
+_known_secrets: set[str] = set()
+_known_lock = threading.Lock()
+
+
+def remember_secrets(dsn: str | None) -> None:
+    """Note the DSN's password (every spelling of it) and PGPASSWORD for `scrub`."""
+    found = _passwords(dsn) if dsn else set()
+    if os.environ.get("PGPASSWORD"):
+        found.add(os.environ["PGPASSWORD"])
+    with _known_lock:
+        _known_secrets.update(found)
+
+
+def scrub(text: str) -> str:
+    """`text` without any password this process knows of, nor any DSN-shaped password."""
+    with _known_lock:
+        secrets = sorted(_known_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if len(secret) >= _MIN_BLIND_REDACTION:
+            text = text.replace(secret, "***")
+    text = _URI_PASSWORD.sub(lambda m: f"{m.group('keep')}***@", text)
+    return _KEYWORD_PASSWORD.sub("password=***", text)
+
+
+def explain(dsn: str, error: Exception, what: str = "source") -> str:
+    """Turn a connection failure into one sentence with the fix (never with the password).
+    `what` names the database in the sentence (the source, the warehouse)."""
+    message = _explain(dsn, error)
+    if what != "source":
+        message = message.replace("The source DSN", f"The {what} DSN")
+    return redact(dsn, message)
 
 
 def _explain(dsn: str, error: Exception) -> str:
@@ -167,11 +216,13 @@ def keepalive_params(dsn: str, options: str | None = None) -> dict[str, str]:
     return params
 
 
-def connect(dsn: str, **kwargs):
-    """psycopg2.connect with TCP keepalives, with failures raised as SourceConnectionError."""
+def connect(dsn: str, *, what: str = "source", **kwargs):
+    """psycopg2.connect with TCP keepalives, with failures raised as SourceConnectionError
+    (`what` names the database in its sentence)."""
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
     kwargs.update(keepalive_params(dsn, kwargs.get("options")))
+    remember_secrets(dsn)
     try:
         return psycopg2.connect(dsn, **kwargs)
     except (psycopg2.OperationalError, psycopg2.ProgrammingError) as error:
-        raise SourceConnectionError(explain(dsn, error), transient=is_transient(error)) from None
+        raise SourceConnectionError(explain(dsn, error, what), transient=is_transient(error)) from None

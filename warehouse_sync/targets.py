@@ -17,7 +17,7 @@ import polars as pl
 import psycopg2
 from psycopg2 import sql as pgsql
 
-from totesys.connection import keepalive_params
+from totesys.connection import connect
 from warehouse_sync.schema import DUCKDB, POSTGRES
 
 APPLICATION_NAME = "totes-sync"
@@ -175,7 +175,8 @@ class PostgresTarget(Target):
         self.connection = self._connect()
 
     def _connect(self):
-        connection = psycopg2.connect(self.dsn, **keepalive_params(self.dsn), **_application_name(self.dsn))
+        # keepalives included; a failure is one sentence without the password
+        connection = connect(self.dsn, what="warehouse", **_application_name(self.dsn))
         with connection.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
         connection.commit()
