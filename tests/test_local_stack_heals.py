@@ -1,0 +1,103 @@
+"""The local stack heals: kinesalite killed under a running `totes run` is started again
+(and why it died is logged), the lake's disk filling up is one sentence and the pipeline
+carries on when space returns; `totes run --wait-for-source` waits for a source that
+comes up late."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+
+from tests.conftest import make_scratch_dir
+from totesys.simulator import Simulator
+
+SECRET = "Heal-Secret-93ab"
+
+
+def start_run(*args: str, home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    """`totes run` in the background, its stderr in a file."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_", "PG"))}
+    base.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200", **env})
+    log = home / "run.stderr"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "totes_cli", "run", *args], env=base,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    return process, log
+
+
+def rows(dsn: str, query: str) -> list[tuple]:
+    try:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute(query)
+            result = cur.fetchall()
+        conn.close()
+        return result
+    except psycopg2.Error:  # the warehouse tables are not there yet
+        return []
+
+
+SOURCE_ORDERS = "SELECT sales_order_id, units_sold FROM sales_order ORDER BY 1"
+WAREHOUSE_ORDERS = "SELECT sales_order_id, units_sold FROM fact_sales_order WHERE is_current ORDER BY 1"
+
+
+def wait_until_warehouse_matches(source: str, warehouse: str, run: subprocess.Popen, log: Path,
+                                 timeout: float = 180) -> None:
+    expected = rows(source, SOURCE_ORDERS)
+    assert expected
+    deadline = time.monotonic() + timeout
+    while rows(warehouse, WAREHOUSE_ORDERS) != expected:
+        assert run.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def kinesalite_child(run: subprocess.Popen, timeout: float = 60) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(run.pid).children():
+            if child.name() == "node":
+                return child
+        time.sleep(0.2)
+    raise AssertionError("no kinesalite child")
+
+
+def stop(run: subprocess.Popen) -> int:
+    run.send_signal(signal.SIGTERM)
+    return run.wait(120)
+
+
+@pytest.mark.slow
+def test_kinesalite_killed_under_run_is_restarted_and_the_warehouse_ends_complete(totesys_dsn, empty_database):
+    with Simulator(totesys_dsn, seed=7) as simulator:
+        simulator.seed_history(5, until=datetime(2024, 11, 15, 18))
+    home = make_scratch_dir("totes-heal-")
+    run, log = start_run("--lake", str(home / "lake"), "--warehouse", empty_database, home=home,
+                         env={"TOTES_SOURCE_DSN": totesys_dsn, "PGPASSWORD": SECRET})
+    try:
+        wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
+        first = kinesalite_child(run)
+        environ = Path(f"/proc/{first.pid}/environ").read_bytes()
+        assert b"TOTES_SOURCE_DSN" not in environ and b"PGPASSWORD" not in environ and SECRET.encode() not in environ
+
+        first.kill()  # SIGKILL: no goodbye
+        with Simulator(totesys_dsn, seed=8) as simulator:
+            simulator.run_live(rate=0, events=60)
+        wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
+        second = kinesalite_child(run)
+        assert second.pid != first.pid
+    finally:
+        code = stop(run)
+    stderr = log.read_text()
+    assert code == 0, stderr[-3000:]
+    assert f"kinesalite {first.pid} on " in stderr and "killed by SIGKILL" in stderr, stderr[-3000:]
+    assert "starting it again on port" in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
