@@ -63,8 +63,8 @@ data "aws_iam_policy_document" "lake_read_write" {
 # (DescribeStreamSummary: it exists, Terraform owns it, so the reader never creates it) and
 # compares its shard count. It confirms to PostgreSQL only what the lake has committed (the
 # lake watermark), so it reads the lake's _progress table and nothing else of the lake, and
-# writes nothing there. Its metrics go out as log lines (EMF on stdout), so it needs no
-# CloudWatch permission.
+# writes nothing there. It reads its source DSN from that one secret. Its metrics go out as
+# log lines (EMF on stdout), so it needs no CloudWatch permission.
 
 resource "aws_iam_role" "reader" {
   name               = "${var.name}-reader"
@@ -100,6 +100,13 @@ data "aws_iam_policy_document" "reader" {
     effect    = "Allow"
     actions   = ["s3:GetObject"]
     resources = [local.lake_progress_objects]
+  }
+
+  statement {
+    sid       = "ReadSourceDsn"
+    effect    = "Allow"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.source_dsn.arn]
   }
 
   statement {
@@ -172,7 +179,7 @@ resource "aws_iam_role_policy" "processor" {
 # Reads the lake (change logs and the _progress watermark table). It also lists the stream's
 # shards, because the lake watermark is the minimum over the open shards; without it the sync
 # falls back to the shards the lake has markers for. Its warehouse is reached over the network
-# with the DSN from Secrets Manager (injected by the execution role).
+# with the DSN it reads from Secrets Manager itself (TOTES_WAREHOUSE_SECRET).
 
 resource "aws_iam_role" "sync" {
   name               = "${var.name}-sync"
@@ -200,6 +207,13 @@ data "aws_iam_policy_document" "sync" {
     actions   = ["kinesis:ListShards"]
     resources = [aws_kinesis_stream.changes.arn]
   }
+
+  statement {
+    sid       = "ReadWarehouseDsn"
+    effect    = "Allow"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.warehouse_dsn.arn]
+  }
 }
 
 resource "aws_iam_role_policy" "sync" {
@@ -208,7 +222,7 @@ resource "aws_iam_role_policy" "sync" {
   policy = data.aws_iam_policy_document.sync.json
 }
 
-# -- task execution (ECS itself: pull the image, ship logs, inject the secrets) -----------------
+# -- task execution (ECS itself: pull the image, ship logs) ------------------------------------
 
 resource "aws_iam_role" "task_execution" {
   name               = "${var.name}-task-execution"
@@ -238,16 +252,6 @@ data "aws_iam_policy_document" "task_execution" {
       "${aws_cloudwatch_log_group.reader.arn}:*",
       "${aws_cloudwatch_log_group.sync.arn}:*",
       "${aws_cloudwatch_log_group.maintain.arn}:*",
-    ]
-  }
-
-  statement {
-    sid     = "InjectSecrets"
-    effect  = "Allow"
-    actions = ["secretsmanager:GetSecretValue"]
-    resources = [
-      aws_secretsmanager_secret.source_dsn.arn,
-      aws_secretsmanager_secret.warehouse_dsn.arn,
     ]
   }
 }

@@ -93,9 +93,9 @@ resource "aws_ecs_task_definition" "reader" {
       { name = "TOTES_PUBLICATION", value = var.publication_name },
       { name = "TOTES_HOME", value = "/tmp/totes" },
       { name = "AWS_REGION", value = var.aws_region },
-    ]
-    secrets = [
-      { name = "TOTES_SOURCE_DSN", valueFrom = aws_secretsmanager_secret.source_dsn.arn },
+      # The DSN itself is read from Secrets Manager by the task (its role may), so it is in
+      # no environment: only the secret's ARN is.
+      { name = "TOTES_SOURCE_DSN_SECRET", value = aws_secretsmanager_secret.source_dsn.arn },
     ]
     mountPoints = [{ sourceVolume = "reader-state", containerPath = "/state", readOnly = false }]
     stopTimeout = 60 # SIGTERM: the reader stops cleanly, confirming what is durable

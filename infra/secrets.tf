@@ -1,14 +1,15 @@
 # The two DSNs. Terraform creates the secrets empty; their values are set out of band (see
-# README.md), so no password is ever in a variable, the state file or an output. ECS injects
-# them into the tasks as the environment variables the CLI reads.
+# README.md), so no password is ever in a variable, the state file or an output. The tasks
+# get only the ARNs (TOTES_SOURCE_DSN_SECRET, TOTES_WAREHOUSE_SECRET) and read the values
+# themselves when they start, so a DSN is never in a task's environment.
 resource "aws_secretsmanager_secret" "source_dsn" {
   name                    = "${var.name}/source-dsn"
-  description             = "TOTES_SOURCE_DSN: libpq DSN of the source PostgreSQL (a role with REPLICATION)"
+  description             = "libpq DSN of the source PostgreSQL (a role with REPLICATION), read by the reader through TOTES_SOURCE_DSN_SECRET"
   recovery_window_in_days = var.secret_recovery_window_days
 }
 
 resource "aws_secretsmanager_secret" "warehouse_dsn" {
   name                    = "${var.name}/warehouse-dsn"
-  description             = "TOTES_WAREHOUSE: PostgreSQL DSN of the warehouse"
+  description             = "PostgreSQL DSN of the warehouse, read by the sync through TOTES_WAREHOUSE_SECRET"
   recovery_window_in_days = var.secret_recovery_window_days
 }

@@ -25,9 +25,7 @@ resource "aws_ecs_task_definition" "sync" {
       { name = "TOTES_STREAM", value = aws_kinesis_stream.changes.name },
       { name = "TOTES_HOME", value = "/tmp/totes" },
       { name = "AWS_REGION", value = var.aws_region },
-    ]
-    secrets = [
-      { name = "TOTES_WAREHOUSE", valueFrom = aws_secretsmanager_secret.warehouse_dsn.arn },
+      { name = "TOTES_WAREHOUSE_SECRET", value = aws_secretsmanager_secret.warehouse_dsn.arn },
     ]
     stopTimeout = 60
     logConfiguration = {

@@ -332,3 +332,29 @@ def test_only_the_maintenance_role_may_delete_lake_objects():
     assert len(condition) == 1 and re.search(r'test\s*=\s*"ArnNotEquals"', condition[0])
     assert re.search(r'variable\s*=\s*"aws:PrincipalArn"', condition[0])
     assert re.search(r"values\s*=\s*\[\s*aws_iam_role\.maintain\.arn\s*\]", condition[0])
+
+
+def _task_container(text: str, resource: str) -> str:
+    return _blocks(text, r'resource\s+"aws_ecs_task_definition"')[resource]
+
+
+def test_tasks_fetch_their_dsn_from_secrets_manager_by_the_names_the_cli_reads():
+    """No DSN is put into a task's environment (where any child process would inherit it):
+    each task gets only its secret's ARN, under the setting the CLI reads it from, and its
+    own role may read that secret and no other."""
+    from totes_cli.settings import Settings
+
+    text = _tf_text()
+    settings = {f"TOTES_{name.upper()}" for name in Settings.model_fields}
+    documents = _blocks(text, r'data\s+"aws_iam_policy_document"')
+    for task, variable, secret in (("reader", "TOTES_SOURCE_DSN_SECRET", "source_dsn"),
+                                   ("sync", "TOTES_WAREHOUSE_SECRET", "warehouse_dsn")):
+        body = _task_container(text, task)
+        assert variable in settings, f"the CLI does not read {variable}"
+        assert re.search(rf'name\s*=\s*"{variable}",\s*value\s*=\s*aws_secretsmanager_secret\.{secret}\.arn', body), \
+            f"the {task} task does not get {variable}"
+        assert "valueFrom" not in body, f"the {task} task has a secret injected into its environment"
+        readers = {name for name, document in documents.items() for statement in _nested(document, "statement")
+                   if "secretsmanager:GetSecretValue" in statement
+                   and f"aws_secretsmanager_secret.{secret}.arn" in statement}
+        assert readers == {task}, f"{secret} is readable by {readers}, not just the {task} task"

@@ -14,7 +14,7 @@ from cdc_reader.publisher import kinesis_client
 from lake.writer import LakeWriter
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
-from totes_cli.console import err, fail
+from totes_cli.console import err, fail, setup_logging
 from totes_cli.reader_cmd import DEFAULT_STREAM
 from totes_cli.settings import load
 
@@ -32,7 +32,7 @@ def processor(
     window: Annotated[float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")] = 1.0,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(logging.INFO)
     if not lake:
         raise fail("No lake: pass --lake DIR (or s3://bucket/prefix) or set TOTES_LAKE.", code=2)
     try:

@@ -19,10 +19,10 @@ from cdc_reader.source_setup import SlotLostError, SourceSetupError
 from change_events import format_lsn
 from lake.layout import LakeLayout
 from local_stack.kinesalite import KinesaliteError, ensure_stream
-from totes_cli.console import err, fail
+from totes_cli.console import err, fail, setup_logging
 from totes_cli.pipeline import LakeWatermark
-from totes_cli.settings import NoSourceError, load, resolve_source_dsn
-from totesys.connection import SourceConnectionError
+from totes_cli.settings import NoSourceError, load, password_in_flag, resolve_source_dsn
+from totesys.connection import SourceConnectionError, has_password
 from totesys.schema import TABLES
 
 log = logging.getLogger("totes.reader")
@@ -124,7 +124,9 @@ def reader(
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(logging.INFO)
+    if source and has_password(source):
+        err.print(password_in_flag("--source", "source"))
     mode = choose_durability(lake, durability)
     try:
         dsn = resolve_source_dsn(source)

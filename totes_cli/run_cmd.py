@@ -16,14 +16,14 @@ from change_events import format_lsn
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.pipeline import DEFAULT_WINDOW, Pipeline, PipelineConfig, windowed
-from totes_cli.settings import ConfigError, load, resolve_source_dsn, resolve_warehouse, shown
+from totes_cli.settings import (
+    ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown,
+)
 from totesys.connection import SourceConnectionError, connect, has_password
 from warehouse_sync.targets import is_postgres_dsn
 
 REPORT_SECONDS = 5.0
 DEFAULT_WAIT_FOR_SOURCE = 15.0
-PASSWORD_IN_FLAG = ("the password in {flag} shows in the process list: leave it out of the DSN and set "
-                    "PGPASSWORD, {prefix}_PASSWORD_FILE or {secret} instead")
 
 
 def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_retry=None,
@@ -96,11 +96,9 @@ def run(
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
     setup_logging(logging.WARNING)
     if source and has_password(source):
-        err.print("warning: " + PASSWORD_IN_FLAG.format(flag="--source", prefix="TOTES_SOURCE",
-                                                         secret="TOTES_SOURCE_DSN_SECRET"))
+        err.print(password_in_flag("--source", "source"))
     if warehouse and _from_command_line("warehouse") and has_password(warehouse):
-        err.print("warning: " + PASSWORD_IN_FLAG.format(flag="--warehouse", prefix="TOTES_WAREHOUSE",
-                                                         secret="TOTES_WAREHOUSE_SECRET"))
+        err.print(password_in_flag("--warehouse", "warehouse"))
     retention = retention_option(retain)
     try:
         dsn = resolve_source_dsn(source)

@@ -211,6 +211,13 @@ def resolve_warehouse(explicit: str | None, default: str, settings: Settings | N
                         secret=settings.warehouse_secret) or default
 
 
+def password_in_flag(flag: str, what: str) -> str:
+    """The warning for a password typed into a flag (anyone can read a process's argv)."""
+    secret = "TOTES_SOURCE_DSN_SECRET" if what == "source" else "TOTES_WAREHOUSE_SECRET"
+    return (f"warning: the password in {flag} shows in the process list: leave it out of the DSN and set "
+            f"PGPASSWORD, TOTES_{what.upper()}_PASSWORD_FILE or {secret} instead")
+
+
 def shown(dsn_or_path: str) -> str:
     """A DSN or a path, fit to print: a DSN's password is masked."""
     return masked(dsn_or_path)

@@ -16,7 +16,8 @@ from lake.progress import Progress
 from totes_cli.console import err, fail
 from totes_cli.reader_cmd import DEFAULT_STREAM
 from totes_cli.run_cmd import default_lake, default_warehouse
-from totes_cli.settings import load
+from totes_cli.settings import load, resolve_warehouse
+from totesys.connection import SourceConnectionError
 from warehouse_sync.apply import sync_once
 from warehouse_sync.targets import open_target
 
@@ -68,7 +69,10 @@ def sync(
                   "markers for[/]")
     if not shards:
         raise fail("The lake has no watermark yet: run the reader and the processor first.", code=2)
-    target = open_target(warehouse or default_warehouse(home))
+    try:
+        target = open_target(resolve_warehouse(warehouse, default_warehouse(home)))
+    except SourceConnectionError as error:  # the warehouse PostgreSQL: one sentence, no password
+        raise fail(str(error), code=2) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
