@@ -91,6 +91,10 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {**kept, "TOTES_READY_PREFIX": _READY_PREFIX, "TOTES_ERROR_PREFIX": _ERROR_PREFIX}
 
 
+def _disk_full(text: str) -> bool:
+    return "No space left on device" in text or "ENOSPC" in text
+
+
 def exit_reason(returncode: int | None) -> str:
     """'killed by SIGKILL', 'exited with code 1', ..."""
     if returncode is None:
@@ -232,7 +236,8 @@ class Kinesalite:
         log.info("kinesalite %s serving %s on port %d", self._process.pid, self.data_dir, self.port)
 
     def _watch(self, process: subprocess.Popen) -> None:
-        """Bring the server back, on the same port, each time it dies without `stop()`."""
+        """Bring the server back, on the same port, each time it dies without `stop()`. A
+        full disk is said once, in one sentence, and waited out."""
         while True:
             process.wait()
             if self._stopping.is_set():
@@ -240,9 +245,13 @@ class Kinesalite:
             port = self.port
             time.sleep(0.05)  # let the output pump take the last lines
             last = [line.strip() for line in self._tail if line.strip()][-3:]
-            log.warning("kinesalite %s on %s %s%s; starting it again on port %s", process.pid, self.data_dir,
-                        exit_reason(process.returncode), f" (last output: {' | '.join(last)})" if last else "",
-                        port)
+            said = _disk_full(" ".join(last))
+            if said:
+                log.warning(self._disk_full_sentence())
+            else:
+                log.warning("kinesalite %s on %s %s%s; starting it again on port %s", process.pid, self.data_dir,
+                            exit_reason(process.returncode), f" (last output: {' | '.join(last)})" if last else "",
+                            port)
             for attempt in itertools.count():
                 if self._stopping.wait(RESTART_DELAYS[min(attempt, len(RESTART_DELAYS) - 1)]):
                     return
@@ -253,11 +262,22 @@ class Kinesalite:
                         self._launch(port)
                     except KinesaliteError as error:
                         self.port = port
-                        log.warning("kinesalite could not be started again (%s); trying again", error)
+                        if _disk_full(str(error)):
+                            if not said:
+                                log.warning(self._disk_full_sentence())
+                            said = True
+                        else:
+                            log.warning("kinesalite could not be started again (%s); trying again", error)
                         continue
                     self.restarts += 1
                     process = self._process
+                    if said:
+                        log.warning("kinesalite on %s can write again: serving on port %s", self.data_dir, port)
                     break
+
+    def _disk_full_sentence(self) -> str:
+        return (f"kinesalite cannot write to {self.data_dir}: its disk is full; free some space there and it "
+                "starts again by itself, keeping what it had acknowledged.")
 
     def _pump(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None

@@ -101,3 +101,63 @@ def test_kinesalite_killed_under_run_is_restarted_and_the_warehouse_ends_complet
     assert f"kinesalite {first.pid} on " in stderr and "killed by SIGKILL" in stderr, stderr[-3000:]
     assert "starting it again on port" in stderr
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def mount_small_tmpfs(size: str = "64m") -> Path:
+    """A small filesystem of our own to fill up; skips where mounting is not permitted."""
+    directory = make_scratch_dir("totes-full-")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        directory.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {(result.stderr.strip() or 'not permitted').splitlines()[0]}")
+    return directory
+
+
+def fill(directory: Path) -> Path:
+    """Write one file until the filesystem has no room left."""
+    ballast = directory / "ballast"
+    chunk = b"\0" * 2**20
+    with ballast.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError:
+            pass
+    return ballast
+
+
+def wait_for(text: str, log: Path, run: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert run.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_lake_is_said_and_waited_out(totesys_dsn, empty_database):
+    disk = mount_small_tmpfs()
+    try:
+        with Simulator(totesys_dsn, seed=9) as simulator:
+            simulator.seed_history(3, until=datetime(2024, 11, 15, 18))
+        home = make_scratch_dir("totes-full-home-")
+        run, log = start_run("--lake", str(disk / "lake"), "--warehouse", empty_database, "--source", totesys_dsn,
+                             home=home, env={})
+        try:
+            wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
+            ballast = fill(disk)
+            with Simulator(totesys_dsn, seed=10) as simulator:
+                simulator.run_live(rate=0, events=60)
+            wait_for("disk is full", log, run)
+            ballast.unlink()  # space returns: everything carries on by itself
+            wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
+        finally:
+            code = stop(run)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    stderr = log.read_text()
+    assert code == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if "disk is full" in line]
+    assert said and len(said) <= 8, said  # said, not repeated at every retry

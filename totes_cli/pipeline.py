@@ -19,6 +19,7 @@ pipelines on one machine never share a stream, a slot or a checkpoint by acciden
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -48,6 +49,9 @@ log = logging.getLogger("totes.pipeline")
 
 DEFAULT_WINDOW = 0.5
 """The processor's batching window of `totes run` (see `windowed`)."""
+STAGE_RETRY_SECONDS = 2.0
+"""How long a stage waits out a passing trouble (a full disk, a restarting kinesalite)."""
+_KINESIS_DOWN = ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError")
 
 
 @dataclass
@@ -211,16 +215,45 @@ class Pipeline:
         stop = threading.Event()
 
         def run() -> None:
-            try:
-                target(stop)
-            except BaseException as error:  # one stage failing stops the pipeline
-                log.exception("%s stopped", name)
-                self.errors.append((name, error))
-                self.stop.set()
+            waiting_for = None
+            while True:
+                try:
+                    target(stop)
+                    return
+                except BaseException as error:  # one stage failing stops the pipeline ...
+                    reason = None if stop.is_set() else self._passing_trouble(name, error)
+                    if reason is None:
+                        log.exception("%s stopped", name)
+                        self.errors.append((name, error))
+                        self.stop.set()
+                        return
+                # ... unless the trouble passes by itself: said once, then the stage starts again
+                if reason != waiting_for:
+                    log.warning("%s", reason)
+                    waiting_for = reason
+                if stop.wait(STAGE_RETRY_SECONDS):
+                    return
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         self._threads.append((thread, stop, wake))
+
+    def _passing_trouble(self, name: str, error: BaseException) -> str | None:
+        """One sentence on why stage `name` failed, when that heals without anyone's help: a
+        full disk (once space is freed) or the local Kinesis down while it is started again.
+        None for anything else. Every writer is idempotent, so starting a stage again is safe."""
+        seen: set[int] = set()
+        cause: BaseException | None = error
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space left on device" in str(cause):
+                where = f" ({cause.filename})" if getattr(cause, "filename", None) else ""
+                return (f"the {name} cannot write, the disk is full{where}: free some space and it carries on "
+                        "by itself")
+            if self.kinesalite is not None and type(cause).__name__ in _KINESIS_DOWN:
+                return f"the {name} waits for the local Kinesis, which is being started again"
+            cause = cause.__cause__ or cause.__context__
+        return None
 
     def _sync_loop(self, stop: threading.Event) -> None:
         target = open_target(self.config.warehouse)
