@@ -161,3 +161,28 @@ def test_a_full_disk_under_the_lake_is_said_and_waited_out(totesys_dsn, empty_da
     assert "Traceback" not in stderr, stderr[-3000:]
     said = [line for line in stderr.splitlines() if "disk is full" in line]
     assert said and len(said) <= 8, said  # said, not repeated at every retry
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(os.environ.get("TOTES_TEST_DSN")), reason="starts and stops its own embedded server")
+def test_wait_for_source_waits_for_a_source_that_comes_up_late():
+    from totesys.embedded import EmbeddedPostgres
+    from totesys.schema import create_schema, ensure_database
+
+    directory = make_scratch_dir("totes-late-pg-")
+    server = EmbeddedPostgres(directory)
+    dsn = ensure_database(server.start(), "totesys")
+    create_schema(dsn)
+    server.stop()
+    home = make_scratch_dir("totes-late-home-")
+    run, log = start_run("--source", dsn, "--lake", str(home / "lake"), "--until-caught-up",
+                         "--wait-for-source", "inf", home=home, env={})
+    try:
+        wait_for("waiting up to inf s: Nothing answers at the unix socket", log, run)
+        server.start()
+        assert run.wait(180) == 0, log.read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            stop(run)
+        server.stop()
+    assert "Traceback" not in log.read_text()

@@ -272,3 +272,22 @@ def test_log_lines_and_reprs_hold_no_password():
     assert PASSWORD not in repr(PipelineConfig(source_dsn=dsn, lake="lake", warehouse=dsn))
     assert PASSWORD not in repr(Settings(source_dsn=dsn))
     assert masked(f"postgresql://u:{PASSWORD}@h/db") == "postgresql://u:***@h/db"
+
+
+@needs_own_server
+def test_the_embedded_server_inherits_no_secret(monkeypatch):
+    planted = {"TOTES_SOURCE_DSN": f"postgresql://u:{PASSWORD}@h/db", "PGPASSWORD": PASSWORD,
+               "TOTES_WAREHOUSE": f"host=h password={PASSWORD}"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    directory = make_scratch_dir("totes-secrets-env-")
+    pg = EmbeddedPostgres(directory)
+    try:
+        pg.start()
+        postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+        environ = Path(f"/proc/{postmaster}/environ").read_bytes()
+    finally:
+        pg.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert PASSWORD.encode() not in environ
+    assert not any(entry.split(b"=", 1)[0].decode() in planted for entry in environ.split(b"\0") if entry)

