@@ -26,15 +26,17 @@ REPORT_SECONDS = 5.0
 DEFAULT_WAIT_FOR_SOURCE = 15.0
 
 
-def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_retry=None,
+def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_wait=None,
                          sleep=time.sleep) -> None:
     """Connect once to `dsn`, retrying while the failure is transient (the server is down or
     starting) for up to `seconds` (inf: for ever). A wrong DSN, password or right fails at
     once; a server still down at the deadline fails with the flag that waits longer. Without
     this a pipeline started against a wrong host would retry for ever and leave an empty lake
-    behind; once running, the reader reconnects for ever (a restart is no reason to stop)."""
+    behind; once running, the reader reconnects for ever (a restart is no reason to stop).
+    `on_wait` is told the problem once, when the waiting starts."""
     deadline = time.monotonic() + seconds
     delay = 0.5
+    told = False
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -48,8 +50,9 @@ def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_r
                 raise SourceConnectionError(
                     f"{str(error).rstrip('.')} ({waited}; --wait-for-source SECONDS waits longer, "
                     "inf for ever).", transient=True) from None
-            if on_retry is not None:
-                on_retry(str(error))
+            if on_wait is not None and not told:
+                on_wait(str(error))
+                told = True
             sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -112,9 +115,8 @@ def run(
     try:
         for what, target in (("source", dsn), ("warehouse", warehouse)):
             if what == "source" or is_postgres_dsn(target):
-                told: list[str] = []  # say once what is being waited for
-                wait_until_reachable(target, wait_for_source, what=what, on_retry=lambda problem: told or (
-                    told.append(problem), err.print(f"waiting up to {wait_for_source:g} s: {problem}")))
+                wait_until_reachable(target, wait_for_source, what=what, on_wait=lambda problem: err.print(
+                    f"waiting up to {wait_for_source:g} s: {problem}"))
     except SourceConnectionError as error:
         raise fail(str(error), code=2) from None
     pipeline = Pipeline(windowed(config, window))
