@@ -217,6 +217,7 @@ class Pipeline:
         def run() -> None:
             waiting_for = None
             while True:
+                started = time.monotonic()
                 try:
                     target(stop)
                     return
@@ -228,6 +229,8 @@ class Pipeline:
                         self.stop.set()
                         return
                 # ... unless the trouble passes by itself: said once, then the stage starts again
+                if time.monotonic() - started > 60:
+                    waiting_for = None  # a new episode: say it again
                 if reason != waiting_for:
                     log.warning("%s", reason)
                     waiting_for = reason
