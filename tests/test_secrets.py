@@ -291,3 +291,26 @@ def test_the_embedded_server_inherits_no_secret(monkeypatch):
         shutil.rmtree(directory, ignore_errors=True)
     assert PASSWORD.encode() not in environ
     assert not any(entry.split(b"=", 1)[0].decode() in planted for entry in environ.split(b"\0") if entry)
+
+
+def test_the_warehouse_dsn_from_secrets_manager_or_a_password_file(moto, tmp_path, monkeypatch):
+    import boto3
+
+    from totes_cli.settings import resolve_warehouse
+
+    secrets = boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    stored = f"postgresql://sync:{PASSWORD}@warehouse.example:5432/warehouse"
+    arn = secrets.create_secret(Name="wh-dsn", SecretString=stored)["ARN"]
+    monkeypatch.setenv("TOTES_CONFIG", str(tmp_path / "none.toml"))
+    for name, value in {**_aws(moto), "TOTES_WAREHOUSE_SECRET": arn}.items():
+        monkeypatch.setenv(name, value)
+    assert resolve_warehouse(None, "default.duckdb") == stored  # as the sync task runs in AWS
+    assert resolve_warehouse(str(tmp_path / "w.duckdb"), "default.duckdb") == str(tmp_path / "w.duckdb")
+
+    monkeypatch.delenv("TOTES_WAREHOUSE_SECRET")
+    password_file = tmp_path / "warehouse-password"
+    password_file.write_text(PASSWORD)
+    monkeypatch.setenv("TOTES_WAREHOUSE_PASSWORD_FILE", str(password_file))
+    completed = resolve_warehouse("postgresql://sync@warehouse.example/warehouse", "default.duckdb")
+    assert psycopg2.extensions.parse_dsn(completed)["password"] == PASSWORD
