@@ -221,6 +221,9 @@ class Pipeline:
                 try:
                     target(stop)
                     return
+                except KeyboardInterrupt:  # Ctrl-C seen by a library in this thread: a stop, not a failure
+                    self.stop.set()
+                    return
                 except BaseException as error:  # one stage failing stops the pipeline ...
                     reason = None if stop.is_set() else self._passing_trouble(name, error)
                     if reason is None:
