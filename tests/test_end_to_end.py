@@ -232,7 +232,7 @@ def _comparable(dump: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     for name, frame in dump.items():
         if name == CHECKPOINT.name:
             continue
-        if "source_lsn" in frame.columns:
+        if {"source_lsn", "source_op"} <= set(frame.columns):
             frame = frame.with_columns(source_lsn=pl.when(pl.col("source_op") == "r").then(0)
                                        .otherwise(pl.col("source_lsn")).cast(frame["source_lsn"].dtype))
         if "_lsn" in frame.columns:

@@ -97,5 +97,13 @@ def sync(
                 next_emf = time.monotonic() + EMF_SECONDS
             if once or stop.wait(interval):
                 break
+    except SourceConnectionError as error:  # reconnecting failed: one sentence, no password
+        raise fail(f"{error} The sync resumes from its checkpoint when started again.") from None
+    except Exception as error:
+        if not target.lost_connection(error):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise fail(f"The warehouse kept dropping the connection ({first}); the sync resumes from its "
+                   "checkpoint when started again.") from None
     finally:
         target.close()
