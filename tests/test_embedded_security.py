@@ -23,7 +23,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 from tests.conftest import make_scratch_dir
 from totesys import embedded
-from totesys.embedded import EmbeddedPostgres, libpq_dsn
+from totesys.embedded import EmbeddedPostgres, EmbeddedServerError, libpq_dsn
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE_USER = "totes-probe"
@@ -219,5 +219,108 @@ def test_a_normal_user_runs_the_server_in_its_own_home(probe_user, probe_python)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "postgres"
         assert {item.stat().st_uid for item in [directory, *directory.iterdir()]} == {entry.pw_uid}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def without_unshare(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a machine where user namespaces are not available (no unshare on
+    PATH; useradd stays reachable)."""
+    assert shutil.which("unshare", path="/usr/sbin") is None
+    return {**env, "PATH": "/usr/sbin"}
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the fallback for root without user namespaces")
+@pytest.mark.parametrize("private_clone", ["home inside"], indirect=True)
+@pytest.mark.parametrize("reachable", [False, True], ids=["private folder", "open folder"])
+def test_without_user_namespaces_root_falls_back_to_a_system_user_and_chmods_nothing(private_clone, reachable):
+    project, env = private_clone
+    home = Path(env["TOTES_HOME"])
+    if reachable:  # everything in folders other users may enter, made open by the test itself
+        for folder in (project.parent, project.parent / "site", home.parent):
+            folder.chmod(0o755)
+    before = {**modes_up_from(project), **modes_up_from(home.parent)}
+
+    result = totes("source", "start", env=without_unshare(env), cwd=project)
+
+    assert {**modes_up_from(project), **modes_up_from(home.parent)} == before
+    assert "Traceback" not in result.stderr
+    if reachable:
+        assert result.returncode == 0, result.stderr
+        with psycopg2.connect(result.stdout.strip()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_setting('data_directory')")
+            assert cur.fetchone()[0] == str(home / "source" / "pgdata")
+        assert (home / "source" / "pgdata").stat().st_uid == pwd.getpwnam(embedded.SERVER_USER).pw_uid
+    else:
+        assert result.returncode == 1
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert "user namespace is not available" in message and "run totes as a normal user" in message
+
+
+def test_a_socket_folder_under_the_temp_folder_must_be_private_to_us():
+    """A long directory puts the socket under the temp folder, where another local user could
+    have made the folder first: such a folder is refused, never taken over."""
+    deep = make_scratch_dir("totes-deep-") / ("d" * 90)
+    server = EmbeddedPostgres(deep)
+    assert not server.socket_dir.is_relative_to(deep)
+    server.socket_dir.mkdir(mode=0o777)
+    try:
+        server.socket_dir.chmod(0o777)
+        with pytest.raises(EmbeddedServerError, match="is not a private folder of this server"):
+            server.start()
+        assert server.socket_dir.stat().st_mode & 0o777 == 0o777
+        assert not (server.pgdata / "PG_VERSION").exists()
+    finally:
+        server.socket_dir.rmdir()
+
+
+@pytest.mark.slow
+def test_a_long_directory_gets_a_private_socket_folder_removed_at_stop():
+    deep = make_scratch_dir("totes-deep-") / ("d" * 90)
+    server = EmbeddedPostgres(deep)
+    try:
+        with psycopg2.connect(server.start()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert server.socket_dir.stat().st_mode & 0o777 == 0o700
+    finally:
+        server.stop()
+    assert not server.socket_dir.exists()
+
+
+LEFTOVER_TEST = '''
+from pathlib import Path
+from tests.conftest import make_scratch_dir
+from totesys.embedded import EmbeddedPostgres
+
+def test_leaves_a_server_running():
+    directory = make_scratch_dir("totes-leftover-")
+    EmbeddedPostgres(directory / "source").start()
+    Path({out!r}).write_text(str(directory))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept on request"])
+def test_scratch_folders_and_their_servers_are_gone_after_the_session(tmp_path, keep):
+    out = tmp_path / "where"
+    test_file = tmp_path / "test_leftover.py"
+    test_file.write_text(LEFTOVER_TEST.format(out=str(out)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TOTES_KEEP_SCRATCH", None)
+    if keep:
+        env["TOTES_KEEP_SCRATCH"] = "1"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                             "-c", os.devnull, "--rootdir", str(tmp_path), str(test_file)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    directory = Path(out.read_text())
+    try:
+        assert not EmbeddedPostgres(directory / "source").is_running()
+        if keep:
+            assert (directory / "source" / "pgdata").is_dir()
+            assert str(directory) in result.stdout
+        else:
+            assert not directory.exists()
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -136,13 +136,21 @@ class Launcher:
         return os.geteuid() if self.system_user is None else self.system_user.pw_uid
 
     def can_reach(self, path: Path) -> bool:
+        """Whether the system user may enter `path`: asked of the kernel by a child process
+        that has become that user (so ACLs and every folder above count)."""
         if self.system_user is None:
             return True
-        try:
-            result = subprocess.run(["test", "-x", str(path)], capture_output=True, check=False, **self.identity())
-        except OSError:
-            return False
-        return result.returncode == 0
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                os.setgroups([])
+                os.setgid(self.system_user.pw_gid)
+                os.setuid(self.system_user.pw_uid)
+                os._exit(0 if os.access(path, os.X_OK) else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(child, 0)
+        return os.waitstatus_to_exitcode(status) == 0
 
 
 @functools.cache
