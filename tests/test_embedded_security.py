@@ -315,12 +315,15 @@ def test_scratch_folders_and_their_servers_are_gone_after_the_session(tmp_path, 
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     directory = Path(out.read_text())
+    leftover = EmbeddedPostgres(directory / "source")
     try:
-        assert not EmbeddedPostgres(directory / "source").is_running()
+        assert not leftover.is_running()
         if keep:
             assert (directory / "source" / "pgdata").is_dir()
             assert str(directory) in result.stdout
         else:
             assert not directory.exists()
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        if directory.exists():
+            leftover.stop()
+            shutil.rmtree(directory, ignore_errors=True)
