@@ -219,6 +219,13 @@ def test_a_normal_user_runs_the_server_in_its_own_home(probe_user, probe_python)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "postgres"
         assert {item.stat().st_uid for item in [directory, *directory.iterdir()]} == {entry.pw_uid}
+
+        # A folder it may not enter: one sentence, no traceback.
+        private = make_scratch_dir("totes-not-yours-")
+        refused = as_user(probe_user, probe_python, "-m", "totes_cli", "source", "start", "--dir",
+                          str(private / "source"), env={"PYTHONPATH": path, "HOME": entry.pw_dir})
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Permission denied" in refused.stderr
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -327,3 +334,27 @@ def test_scratch_folders_and_their_servers_are_gone_after_the_session(tmp_path, 
         if directory.exists():
             leftover.stop()
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_cluster_made_without_a_password_gets_one_at_its_next_start(monkeypatch):
+    """Older versions made clusters that trusted every local connection: the next start gives
+    the superuser a generated password, and the trust rules are no longer used."""
+    directory = make_scratch_dir("totes-old-")
+    run = embedded.launcher()
+    initdb = [str(embedded.binary("initdb")), "-D", str(directory / "pgdata"), "-U", "postgres",
+              "--auth-local=trust", "--auth-host=trust", "--no-instructions"]
+    subprocess.run(run.argv(initdb), check=True, capture_output=True, **run.identity())
+    with open(directory / "pgdata" / "postgresql.conf", "a", encoding="utf-8") as conf:
+        conf.write("\ninclude_if_exists = 'totes.conf'\n")
+    server = EmbeddedPostgres(directory)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(directory / "no-such-pgpass"))
+    try:
+        with psycopg2.connect(server.start()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'postgres'")
+            assert cur.fetchone() == (True,)
+        with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+            psycopg2.connect(no_password_dsn(server))
+    finally:
+        server.stop()

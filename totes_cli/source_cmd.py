@@ -38,11 +38,14 @@ def start_source(directory: Path | None) -> str:
 def start(directory: DirOption = None) -> None:
     """Start totesys (or reuse the running one) and print its DSN. It keeps running after this returns."""
     server = _server(directory)
-    was_running = server.is_running()
     try:
+        was_running = server.is_running()
         dsn = start_source(directory)
     except (EmbeddedServerError, SourceConnectionError) as error:
         raise fail(str(error)) from None
+    except OSError as error:
+        raise fail(f"totesys cannot be started in {server.directory}: {error.strerror} "
+                   f"({error.filename}); choose another --dir or fix that file's permissions.") from None
     err.print(f"totesys {'already running' if was_running else 'started'} in {server.directory}")
     out.print(dsn)
 
