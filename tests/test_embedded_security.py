@@ -358,3 +358,44 @@ def test_a_cluster_made_without_a_password_gets_one_at_its_next_start(monkeypatc
             psycopg2.connect(no_password_dsn(server))
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not IS_ROOT or not embedded.launcher().prefix, reason="root with user namespaces")
+@pytest.mark.slow
+def test_a_running_cluster_of_the_old_system_user_is_taken_over_by_root(monkeypatch):
+    """Older versions ran root's clusters as the system user with trust: the next start stops
+    it, gives its files back to root, adds a password and runs it in the user namespace."""
+    base = make_scratch_dir("totes-legacy-")
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base / "source")
+    old = embedded.Launcher(system_user=embedded._ensure_system_user(embedded.SERVER_USER))
+    entry = old.system_user
+    (base / "source").mkdir(mode=0o755)
+    (base / "source").chmod(0o755)
+    for path in (server.pgdata, base / "source" / "run"):
+        path.mkdir(mode=0o700)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    subprocess.run(old.argv([str(embedded.binary("initdb")), "-D", str(server.pgdata), "-U", "postgres",
+                             "--auth-local=trust", "--no-instructions"]),
+                   check=True, capture_output=True, **old.identity())
+    with open(server.pgdata / "postgresql.conf", "a", encoding="utf-8") as conf:
+        conf.write("\ninclude_if_exists = 'totes.conf'\n")
+    (server.pgdata / "totes.conf").write_text(
+        f"listen_addresses = ''\nunix_socket_directories = '{base / 'source' / 'run'}'\n")
+    subprocess.run(old.argv([str(embedded.binary("pg_ctl")), "-D", str(server.pgdata), "-w", "-l", "/dev/null",
+                             "start"]), check=True, capture_output=True, stdin=subprocess.DEVNULL,
+                   start_new_session=True, **old.identity())
+    try:
+        with psycopg2.connect(server.start()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'postgres'")
+            assert cur.fetchone() == (True,)
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        monkeypatch.setenv("PGPASSFILE", str(base / "no-such-pgpass"))
+        with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+            psycopg2.connect(no_password_dsn(server))
+        assert server.pgdata.stat().st_uid == 0
+        assert not any(item.stat().st_uid == entry.pw_uid for item in server.pgdata.rglob("*"))
+    finally:
+        server.stop()
+        subprocess.run(old.argv([str(embedded.binary("pg_ctl")), "-D", str(server.pgdata), "-m", "immediate",
+                                 "stop"]), capture_output=True, check=False, **old.identity())

@@ -242,6 +242,7 @@ class EmbeddedPostgres:
         """Initialise the cluster if needed, start it unless it runs; return the admin DSN."""
         run = launcher()
         self._make_directory(run)
+        self._adopt_system_user_cluster(run)
         if self.is_running():
             if self.passfile.exists():
                 return self.dsn()
@@ -279,6 +280,23 @@ class EmbeddedPostgres:
         return self.start()
 
     # -- internals ---------------------------------------------------------------------
+    def _adopt_system_user_cluster(self, run: Launcher) -> None:
+        """Older versions ran root's clusters as the system user, who owns their files: stop
+        such a cluster as that user and give its files (ours: this code made them) back to
+        root, so the user namespace runs it from now on."""
+        if not run.prefix or not self.pgdata.is_dir():
+            return
+        try:
+            old = pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            return
+        if self.pgdata.stat().st_uid != old.pw_uid:
+            return
+        self._pg_ctl(["-m", "fast", "-w", "-t", "60", "stop"], check=False, run=Launcher(system_user=old))
+        for path in (self.pgdata, self.directory / "run", self.log_file):
+            if path.exists():
+                _chown_tree(path, os.geteuid(), os.getegid())
+
     def _make_directory(self, run: Launcher) -> None:
         """Create the server's directory private to us (reachable by the system user in the
         fallback); an existing one is used as it is."""
@@ -395,10 +413,10 @@ class EmbeddedPostgres:
         run.hand_over(path)
         return path
 
-    def _pg_ctl(self, args: list[str], *, check: bool) -> subprocess.CompletedProcess[str]:
+    def _pg_ctl(self, args: list[str], *, check: bool, run: Launcher | None = None) -> subprocess.CompletedProcess[str]:
         # Output goes to files, not pipes: a started postmaster inherits the pipe and would
         # keep it open forever, hanging the caller.
-        run = launcher()
+        run = run or launcher()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             result = subprocess.run(
                 run.argv([str(binary("pg_ctl")), "-D", str(self.pgdata), *args]),
@@ -416,6 +434,13 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(text)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for folder, folders, files in os.walk(root):
+        for name in (*folders, *files):
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
