@@ -11,6 +11,8 @@ connection logs in with scram-sha-256 (peer or trust would let any local process
 the socket in as superuser, and a superuser can run programs as the server's user). The
 superuser's password is generated at initdb and kept in a 0600 pgpass file beside the data;
 the DSN names that file (`passfile=`), never the password, so a DSN may be printed and logged.
+A password rather than peer authentication: it works the same whichever way the server runs
+(below), for every client of the DSN, and for roles that are not operating-system users.
 
 As root: PostgreSQL refuses to run as uid 0. The wheel's own answer, a system user owning the
 data, fails wherever the project lives in a private folder (a 0700 `mktemp -d`, /root): that
@@ -58,7 +60,9 @@ POSTGRES_BIN_PATH = _bin_path()
 
 # As root without user namespaces the server runs as this system user.
 SERVER_USER = "totes-postgres"
-# As root with user namespaces, the server's programs see themselves as this user.
+# As root with user namespaces, the server's programs see themselves as this user: any
+# non-root uid works for PostgreSQL, but initdb looks its euid up in /etc/passwd, and nobody
+# is in every passwd file.
 NAMESPACE_USER = "nobody"
 SUPERUSER = "postgres"
 DEFAULT_PORT = 5432
@@ -447,11 +451,18 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
+        pass
+    try:
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
             check=True, capture_output=True,
         )
         return pwd.getpwnam(name)
+    except (OSError, subprocess.CalledProcessError, KeyError):
+        raise EmbeddedServerError(
+            f"PostgreSQL cannot run as root, user namespaces are not available here, and the "
+            f"system user {name} could not be created: run totes as a normal user."
+        ) from None
 
 
 def _first_line(text: str) -> str:
