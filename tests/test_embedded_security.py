@@ -372,8 +372,9 @@ def test_a_running_cluster_of_the_old_system_user_is_taken_over_by_root(monkeypa
     entry = old.system_user
     (base / "source").mkdir(mode=0o755)
     (base / "source").chmod(0o755)
-    for path in (server.pgdata, base / "source" / "run"):
-        path.mkdir(mode=0o700)
+    for path, mode in ((server.pgdata, 0o700), (base / "source" / "run", 0o701)):  # as they left them
+        path.mkdir()
+        path.chmod(mode)
         os.chown(path, entry.pw_uid, entry.pw_gid)
     subprocess.run(old.argv([str(embedded.binary("initdb")), "-D", str(server.pgdata), "-U", "postgres",
                              "--auth-local=trust", "--no-instructions"]),

@@ -300,6 +300,7 @@ class EmbeddedPostgres:
         for path in (self.pgdata, self.directory / "run", self.log_file):
             if path.exists():
                 _chown_tree(path, os.geteuid(), os.getegid())
+                path.chmod(0o700 if path.is_dir() else 0o600)  # they opened "run" to others
 
     def _make_directory(self, run: Launcher) -> None:
         """Create the server's directory private to us (reachable by the system user in the
