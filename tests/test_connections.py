@@ -35,11 +35,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tcp_dsn():
-    """A database on a server reached over TCP (127.0.0.1, trusted)."""
+    """A database on a server reached over TCP (127.0.0.1, the server's password file)."""
     port = _free_port()
     server = EmbeddedPostgres(make_scratch_dir("totes-tcp-pg-"), port=port,
-                              settings={"listen_addresses": "'127.0.0.1'"},
-                              hba_rules=["host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"])
+                              settings={"listen_addresses": "'127.0.0.1'"})
     server.start()
     name = f"tcp_{uuid.uuid4().hex[:8]}"
     admin = psycopg2.connect(server.dsn())
@@ -48,7 +47,7 @@ def tcp_dsn():
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     admin.close()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/{name}"
+        yield f"postgresql://postgres@127.0.0.1:{port}/{name}?passfile={server.passfile}"
     finally:
         server.stop()
 
