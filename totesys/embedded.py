@@ -313,7 +313,9 @@ class EmbeddedPostgres:
         except FileExistsError:
             pass
         except OSError as error:
-            raise EmbeddedServerError(f"cannot create {self.directory} ({error.strerror}): choose another --dir.") from None
+            raise EmbeddedServerError(
+                f"cannot create {self.directory} ({error.strerror}): choose another --dir."
+            ) from None
 
     def _prepare_directories(self, run: Launcher) -> None:
         if run.system_user is not None:
@@ -347,7 +349,8 @@ class EmbeddedPostgres:
                 raise EmbeddedServerError(
                     f"PostgreSQL cannot run as root and a user namespace is not available "
                     f"({run.why_no_namespace}), and the user {user} cannot reach {what} {path}: "
-                    "run totes as a normal user, or keep the project and --dir where other users can reach them."
+                    "run totes as a normal user, or keep the project and --dir where other users "
+                    "can reach them."
                 )
 
     def _initdb(self, run: Launcher) -> None:
@@ -418,7 +421,8 @@ class EmbeddedPostgres:
         run.hand_over(path)
         return path
 
-    def _pg_ctl(self, args: list[str], *, check: bool, run: Launcher | None = None) -> subprocess.CompletedProcess[str]:
+    def _pg_ctl(self, args: list[str], *, check: bool,
+                run: Launcher | None = None) -> subprocess.CompletedProcess[str]:
         # Output goes to files, not pipes: a started postmaster inherits the pipe and would
         # keep it open forever, hanging the caller.
         run = run or launcher()
