@@ -262,6 +262,9 @@ def test_without_user_namespaces_root_falls_back_to_a_system_user_and_chmods_not
             cur.execute("SELECT current_setting('data_directory')")
             assert cur.fetchone()[0] == str(home / "source" / "pgdata")
         assert (home / "source" / "pgdata").stat().st_uid == pwd.getpwnam(embedded.SERVER_USER).pw_uid
+        # Where user namespaces work, root still sees and stops the system user's server.
+        server = EmbeddedPostgres(home / "source")
+        assert server.is_running() and server.stop() and not server.is_running()
     else:
         assert result.returncode == 1
         message = result.stderr.strip()

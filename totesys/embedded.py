@@ -302,6 +302,18 @@ class EmbeddedPostgres:
                 _chown_tree(path, os.geteuid(), os.getegid())
                 path.chmod(0o700 if path.is_dir() else 0o600)  # they opened "run" to others
 
+    def _owners_launcher(self) -> Launcher:
+        """Root's clusters of the system user (the fallback's, or older versions') are seen
+        and stopped as that user: in the user namespace their files are out of reach."""
+        run = launcher()
+        if not run.prefix:
+            return run
+        try:
+            owner, entry = self.pgdata.stat().st_uid, pwd.getpwnam(SERVER_USER)
+        except (OSError, KeyError):
+            return run
+        return Launcher(system_user=entry) if owner == entry.pw_uid else run
+
     def _make_directory(self, run: Launcher) -> None:
         """Create the server's directory private to us (reachable by the system user in the
         fallback); an existing one is used as it is."""
@@ -425,7 +437,7 @@ class EmbeddedPostgres:
                 run: Launcher | None = None) -> subprocess.CompletedProcess[str]:
         # Output goes to files, not pipes: a started postmaster inherits the pipe and would
         # keep it open forever, hanging the caller.
-        run = run or launcher()
+        run = run or self._owners_launcher()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             result = subprocess.run(
                 run.argv([str(binary("pg_ctl")), "-D", str(self.pgdata), *args]),
