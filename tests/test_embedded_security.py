@@ -253,18 +253,21 @@ def test_without_user_namespaces_root_falls_back_to_a_system_user_and_chmods_not
     before = {**modes_up_from(project), **modes_up_from(home.parent)}
 
     result = totes("source", "start", env=without_unshare(env), cwd=project)
-
-    assert {**modes_up_from(project), **modes_up_from(home.parent)} == before
-    assert "Traceback" not in result.stderr
-    if reachable:
-        assert result.returncode == 0, result.stderr
-        with psycopg2.connect(result.stdout.strip()) as conn, conn.cursor() as cur:
-            cur.execute("SELECT current_setting('data_directory')")
-            assert cur.fetchone()[0] == str(home / "source" / "pgdata")
-        assert (home / "source" / "pgdata").stat().st_uid == pwd.getpwnam(embedded.SERVER_USER).pw_uid
+    try:
+        assert {**modes_up_from(project), **modes_up_from(home.parent)} == before
+        assert "Traceback" not in result.stderr
+        if reachable:
+            assert result.returncode == 0, result.stderr
+            with psycopg2.connect(result.stdout.strip()) as conn, conn.cursor() as cur:
+                cur.execute("SELECT current_setting('data_directory')")
+                assert cur.fetchone()[0] == str(home / "source" / "pgdata")
+            assert (home / "source" / "pgdata").stat().st_uid == pwd.getpwnam(embedded.SERVER_USER).pw_uid
+    finally:
         # Where user namespaces work, root still sees and stops the system user's server.
-        server = EmbeddedPostgres(home / "source")
-        assert server.is_running() and server.stop() and not server.is_running()
+        stopped = totes("source", "stop", env=env, cwd=project)
+    if reachable:
+        assert stopped.returncode == 0 and "totesys stopped" in stopped.stderr, stopped.stderr
+        assert totes("source", "status", env=env, cwd=project).returncode == 1
     else:
         assert result.returncode == 1
         message = result.stderr.strip()

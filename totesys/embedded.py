@@ -312,7 +312,10 @@ class EmbeddedPostgres:
             owner, entry = self.pgdata.stat().st_uid, pwd.getpwnam(SERVER_USER)
         except (OSError, KeyError):
             return run
-        return Launcher(system_user=entry) if owner == entry.pw_uid else run
+        if owner != entry.pw_uid:
+            return run
+        as_owner = Launcher(system_user=entry)
+        return as_owner if as_owner.can_reach(POSTGRES_BIN_PATH) else run
 
     def _make_directory(self, run: Launcher) -> None:
         """Create the server's directory private to us (reachable by the system user in the
