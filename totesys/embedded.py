@@ -184,7 +184,8 @@ def _user_namespace_problem() -> str:
         return f"there is no user {NAMESPACE_USER!r} to run as inside the namespace"
     try:
         result = subprocess.run([*_unshare_prefix(inside), str(binary("postgres")), "--version"],
-                                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+                                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+                                env=secret_free_environment())
     except OSError as error:
         return f"unshare failed ({error.strerror})"
     if result.returncode != 0:
