@@ -725,7 +725,7 @@ class Publisher:
         queue.failures += 1
         ceiling = min(self.backoff_max_seconds,
                       self.backoff_base_seconds * 2 ** min(queue.failures - 1, 30))
-        queue.not_before = self._clock() + random.uniform(0, ceiling)
+        queue.not_before = self._clock() + random.uniform(0, ceiling)  # nosec B311 # retry jitter, not a secret
 
     def _acknowledged(self, record: _Record) -> None:
         self.metrics.bytes += len(record.data)
@@ -762,7 +762,7 @@ def kinesis_client(*, endpoint_url: str | None = None, region: str | None = None
                   or os.environ.get("AWS_ENDPOINT_URL"))
     if (configured and _is_loopback(configured) and not os.environ.get("AWS_ACCESS_KEY_ID")
             and not os.environ.get("AWS_PROFILE")):
-        kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
+        kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")  # nosec B106 # placeholder keys a local endpoint needs, not a credential
     return session.client("kinesis", **kwargs)
 
 

@@ -106,7 +106,7 @@ def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay
         except CommitFailedError:
             if attempt == attempts - 1:
                 raise
-            time.sleep(base_delay * (1.5 ** attempt) * (0.5 + random.random()))
+            time.sleep(base_delay * (1.5 ** attempt) * (0.5 + random.random()))  # nosec B311 # retry jitter, not a secret
     raise AssertionError("unreachable")
 
 

@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
+import subprocess  # nosec B404 # children are started with fixed argv lists, never a shell
 import threading
 import time
 from collections import deque
@@ -220,7 +220,7 @@ class Kinesalite:
         self._lines = Queue()
         self._tail.clear()
         self.port = None
-        self._process = subprocess.Popen(
+        self._process = subprocess.Popen(  # nosec B603 # a fixed argv: node, our launcher, a path and JSON options
             [node, "-e", _LAUNCHER, str(package), json.dumps(options)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=child_environment(), text=True, bufsize=1, start_new_session=True,
@@ -280,7 +280,7 @@ class Kinesalite:
                 "starts again by itself, keeping what it had acknowledged.")
 
     def _pump(self, process: subprocess.Popen) -> None:
-        assert process.stdout is not None
+        assert process.stdout is not None  # nosec B101 # type narrowing only: stdout is a pipe by construction
         for line in process.stdout:
             line = line.rstrip("\n")
             self._tail.append(line)

@@ -159,7 +159,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
             try:
                 if isinstance(as_of, tuple):
                     connection.register(f"_state_{short}", state_as_of_lsn(layout, table, as_of[1]))
-                    connection.execute(f"CREATE VIEW {q(short)} AS SELECT * FROM {q(f'_state_{short}')}")
+                    connection.execute(f"CREATE VIEW {q(short)} AS SELECT * FROM {q(f'_state_{short}')}")  # nosec B608 # view and table names quoted by q()
                     continue
                 register_duckdb(connection, layout, table, name=f"_state_{short}",
                                 version=as_of if isinstance(as_of, int) else None,
@@ -169,7 +169,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
                 continue
             columns = [c for c in connection.execute(f"DESCRIBE {q(f'_state_{short}')}").fetchall()]
             visible = ", ".join(q(name) for name, *_ in columns if not name.startswith("_"))
-            connection.execute(f"CREATE VIEW {q(short)} AS SELECT {visible} FROM {q(f'_state_{short}')} WHERE NOT _deleted")
+            connection.execute(f"CREATE VIEW {q(short)} AS SELECT {visible} FROM {q(f'_state_{short}')} WHERE NOT _deleted")  # nosec B608 # view, column and table names quoted by q()
     if warehouse and Path(warehouse).exists():
         connection.execute(f"ATTACH {quote_literal(warehouse)} AS warehouse (READ_ONLY)")
         connection.execute("SET search_path = 'memory.main,warehouse.main'")

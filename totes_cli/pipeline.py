@@ -174,7 +174,7 @@ class Pipeline:
         path = self.local / "pipeline.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         if "slot" not in data:
-            digest = hashlib.sha1(str(Path(self.config.lake).resolve()).encode()).hexdigest()[:10]
+            digest = hashlib.sha1(str(Path(self.config.lake).resolve()).encode(), usedforsecurity=False).hexdigest()[:10]
             data["slot"] = self.config.slot or f"totes_{digest}"
             path.write_text(json.dumps(data))
         return data

@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from totesys.connection import masked, remember_secrets, with_password
 
-SECRET_PREFIX = "secretsmanager:"
+SECRET_PREFIX = "secretsmanager:"  # nosec B105 # a URI prefix, not a password
 
 
 class ConfigError(RuntimeError):

@@ -49,9 +49,9 @@ DIRECTORIES = (
     "/home", "/home/user", "/home/user/dir", "/lib", "/lost+found", "/media", "/mnt", "/net",
     "/opt", "/opt/bin", "/opt/include", "/opt/lib", "/opt/sbin", "/opt/share", "/private",
     "/private/tmp", "/private/var", "/proc", "/rescue", "/root", "/sbin", "/selinux", "/srv",
-    "/sys", "/tmp", "/usr", "/usr/X11R6", "/usr/bin", "/usr/include", "/usr/lib", "/usr/libdata",
+    "/sys", "/tmp", "/usr", "/usr/X11R6", "/usr/bin", "/usr/include", "/usr/lib", "/usr/libdata",  # nosec B108 # made-up file paths the simulator writes as text, never opened
     "/usr/libexec", "/usr/local/bin", "/usr/local/src", "/usr/obj", "/usr/ports", "/usr/sbin",
-    "/usr/share", "/usr/src", "/var", "/var/log", "/var/mail", "/var/spool", "/var/tmp", "/var/yp",
+    "/usr/share", "/usr/src", "/var", "/var/log", "/var/mail", "/var/spool", "/var/tmp", "/var/yp",  # nosec B108 # made-up file paths the simulator writes as text, never opened
 )
 # fmt: on
 EMAIL_DOMAIN = "terrifictotes.com"
@@ -116,7 +116,7 @@ def static_tables(seed: int) -> dict[str, list[dict]]:
     Generated with Faker seeded by `seed` (so reproducible) and explicit ids from 1, in the
     shape section 2 of the reference describes (nullable columns NULL in the same share).
     """
-    rng = random.Random(f"{seed}/static")
+    rng = random.Random(f"{seed}/static")  # nosec B311 # a seeded simulation must be reproducible
     fake = Faker("en_US")
     fake.seed_instance(seed)
     uk = Faker("en_GB")
@@ -532,7 +532,7 @@ def plan_history(
         if not is_working_day(day):
             continue
         history.working_days += 1
-        day_rng = random.Random(f"{seed}/day/{day.isoformat()}")
+        day_rng = random.Random(f"{seed}/day/{day.isoformat()}")  # nosec B311 # a seeded simulation must be reproducible
         batch_at = settlement_moment(day_rng, day)
         if start <= batch_at <= until:
             _settle(state, history, batch_at, day_text(day))
@@ -546,7 +546,7 @@ def plan_history(
                 break
             if at < start or not any(hits):
                 continue
-            rng = random.Random(f"{seed}/minute/{at.isoformat()}")
+            rng = random.Random(f"{seed}/minute/{at.isoformat()}")  # nosec B311 # a seeded simulation must be reproducible
             design, sale, purchase = hits[:3]
             if design:
                 row = new_design(rng, at, state.take_id("design"))

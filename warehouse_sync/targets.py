@@ -97,7 +97,7 @@ class DuckDBTarget(Target):
 
     def query(self, statement: str) -> pl.DataFrame:
         frame = pl.from_arrow(self.connection.sql(statement).to_arrow_table())
-        assert isinstance(frame, pl.DataFrame)
+        assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
         return frame
 
     def stage(self, name: str, frame: pl.DataFrame) -> str:

@@ -157,7 +157,8 @@ class FactSpec:
 
     @property
     def business_key(self) -> str:
-        assert self.table.business_key
+        if not self.table.business_key:
+            raise ValueError(f"{self.table.name} has no business key")
         return self.table.business_key
 
 
