@@ -34,6 +34,15 @@ def start_run(*args: str, home: Path, env: dict[str, str]) -> tuple[subprocess.P
     return process, log
 
 
+def server_password(dsn: str) -> str:
+    """The test server's real password: from its pgpass file, or an invented one for an
+    external server whose DSN carries its own (a DSN's password wins over PGPASSWORD)."""
+    passfile = psycopg2.extensions.parse_dsn(dsn).get("passfile")
+    if not passfile:
+        return SECRET
+    return Path(passfile).read_text().splitlines()[0].rsplit(":", 1)[1]
+
+
 def rows(dsn: str, query: str) -> list[tuple]:
     try:
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
@@ -80,13 +89,14 @@ def test_kinesalite_killed_under_run_is_restarted_and_the_warehouse_ends_complet
     with Simulator(totesys_dsn, seed=7) as simulator:
         simulator.seed_history(5, until=datetime(2024, 11, 15, 18))
     home = make_scratch_dir("totes-heal-")
+    secret = server_password(totesys_dsn)  # a wrong PGPASSWORD would win over the passfile
     run, log = start_run("--lake", str(home / "lake"), "--warehouse", empty_database, home=home,
-                         env={"TOTES_SOURCE_DSN": totesys_dsn, "PGPASSWORD": SECRET})
+                         env={"TOTES_SOURCE_DSN": totesys_dsn, "PGPASSWORD": secret})
     try:
         wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
         first = kinesalite_child(run)
         environ = Path(f"/proc/{first.pid}/environ").read_bytes()
-        assert b"TOTES_SOURCE_DSN" not in environ and b"PGPASSWORD" not in environ and SECRET.encode() not in environ
+        assert b"TOTES_SOURCE_DSN" not in environ and b"PGPASSWORD" not in environ and secret.encode() not in environ
 
         first.kill()  # SIGKILL: no goodbye
         with Simulator(totesys_dsn, seed=8) as simulator:
