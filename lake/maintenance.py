@@ -12,6 +12,8 @@ by the data it holds. `maintain` (run by `totes run`/`totes demo` as the lake gr
    deletes anything (in AWS only its role may). It also keeps file statistics in the log for
    the columns that reads prune on (`delta.dataSkippingStatsColumns`: positions, and the key
    of a state table), not for every column: that halves what each commit adds to the log;
+   and it keeps the writers' checkpoint interval at `TABLE_PROPERTIES`' (every 100 commits,
+   lake.delta_io): checkpoints come mostly from step 4, once a round;
 2. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
    partition by partition (`_commit_date`), and a partition already in one file is left alone.
    A state table is kept in files of about `STATE_FILE_BYTES`, sorted by key: a merge
@@ -57,7 +59,7 @@ from datetime import timedelta
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from lake.delta_io import retry_on_conflict
+from lake.delta_io import TABLE_PROPERTIES, retry_on_conflict
 from lake.layout import CHANGES, DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
 from lake.state import PRIMARY_KEY_PROPERTY, key_columns
 
@@ -172,7 +174,7 @@ def keep_retention(layout: LakeLayout, uri: str, retention: timedelta) -> None:
             return
         configuration = table.metadata().configuration
         wanted = dict.fromkeys(RETENTION_PROPERTIES, retention_interval(retention)) | ONLY_MAINTENANCE_DELETES \
-            | _stats_columns(uri, layout, configuration)
+            | TABLE_PROPERTIES | _stats_columns(uri, layout, configuration)
         if any(configuration.get(name) != value for name, value in wanted.items()):
             table.alter.set_table_properties(wanted)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +140,30 @@ def test_a_writer_whose_table_moved_on_past_cleaned_up_log_entries_still_writes_
     assert idle.write_batch("s2", later).tables[SO].appended == 0  # a replay adds nothing
     assert tt.read_table(layout, "changes", SO).num_rows == len(events) + 2
     assert lake_state(layout, SO, SO_KEY) == expected_state(events + later, SO)
+
+
+def _checkpoints(layout: LakeLayout, uri: str) -> int:
+    return len(list(Path(uri, "_delta_log").glob("*.checkpoint*.parquet")))
+
+
+def test_writers_leave_checkpoints_to_maintenance_and_older_tables_follow(tmp_path):
+    """Every checkpoint written within the retention is kept, and each lists every live file
+    and tombstone: the writers' few commits a second must not add one every few commits.
+    Maintenance checkpoints each round, and brings a table made with a shorter interval in line."""
+    layout = LakeLayout(tmp_path / "lake")
+    writer = LakeWriter(layout, today=lambda: TODAY)
+    src = Source()
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(200)])
+    writer.write_batch("s1", events)
+    _updates(src, writer, events, 30, 0)
+    uris = [layout.state_uri(SO), layout.changes_uri(SO)]
+    assert [_checkpoints(layout, uri) for uri in uris] == [0, 0]
+
+    layout.open(uris[0]).alter.set_table_properties({"delta.checkpointInterval": "10"})  # an older lake's
+    maintain(layout, RETENTION)
+    assert [_checkpoints(layout, uri) for uri in uris] == [1, 1]
+    assert {layout.open(uri).metadata().configuration["delta.checkpointInterval"] for uri in uris} == {"100"}
+    assert lake_state(layout, SO, SO_KEY) == expected_state(events, SO)
 
 
 def test_retention_is_a_duration_of_at_least_a_minute():
