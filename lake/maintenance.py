@@ -72,9 +72,11 @@ MIN_RETENTION = timedelta(minutes=1)
 """Shorter would let vacuum delete files that a sync run, a query or a merge still reads."""
 STATE_FILE_BYTES = 32 * 1024
 """Target size of a state table's files: what a merge that changes one old row rewrites."""
-CHANGES_FILE_BYTES = 512 * 1024
+CHANGES_FILE_BYTES = 128 * 1024
 """Target size of a change log's files. Compaction packs files smaller than this, so each
-round rewrites at most about this much of a partition that is still growing (today's)."""
+round rewrites at most about this much of a partition that is still growing (today's), and
+the rewritten copy stays for the retention: at 512 KiB the busy tables' copies were several
+MiB of a demo lake. A day of the demo's busiest table is a few dozen such files."""
 RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
 ONLY_MAINTENANCE_DELETES = {"delta.enableExpiredLogCleanup": "false"}
 STATS_COLUMNS = "delta.dataSkippingStatsColumns"
