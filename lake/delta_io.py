@@ -35,7 +35,7 @@ the sync open a table once and then refresh it incrementally (only the new commi
 they gain little from frequent checkpoints; maintenance checkpoints every table each round
 anyway. Each checkpoint lists every live file and every tombstone of the retention window
 (tens of KiB), and all those written within the window are kept: at the processor's few
-commits per second a checkpoint every 10 commits was a third of the lake's log bytes.
+commits per second, checkpoints every 10 commits were most of a demo lake's log bytes.
 Delta's default, 100, keeps a lake that is not maintained opening quickly."""
 
 
