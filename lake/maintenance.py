@@ -12,8 +12,8 @@ by the data it holds. `maintain` (run by `totes run`/`totes demo` as the lake gr
    deletes anything (in AWS only its role may). It also keeps file statistics in the log for
    the columns that reads prune on (`delta.dataSkippingStatsColumns`: positions, and the key
    of a state table), not for every column: that halves what each commit adds to the log;
-   and it keeps the writers' checkpoint interval at `TABLE_PROPERTIES`' (every 100 commits,
-   lake.delta_io): checkpoints come mostly from step 4, once a round;
+   and it gives tables made with another checkpoint interval the writers' (every 100
+   commits, `TABLE_PROPERTIES` in lake.delta_io): checkpoints come mostly from step 4;
 2. compacts small files into bigger ones (`optimize.compact`); the change log is compacted
    partition by partition (`_commit_date`), and a partition already in one file is left alone.
    A state table is kept in files of about `STATE_FILE_BYTES`, sorted by key: a merge

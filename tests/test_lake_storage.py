@@ -142,7 +142,7 @@ def test_a_writer_whose_table_moved_on_past_cleaned_up_log_entries_still_writes_
     assert lake_state(layout, SO, SO_KEY) == expected_state(events + later, SO)
 
 
-def _checkpoints(layout: LakeLayout, uri: str) -> int:
+def _checkpoints(uri: str) -> int:
     return len(list(Path(uri, "_delta_log").glob("*.checkpoint*.parquet")))
 
 
@@ -157,11 +157,11 @@ def test_writers_leave_checkpoints_to_maintenance_and_older_tables_follow(tmp_pa
     writer.write_batch("s1", events)
     _updates(src, writer, events, 30, 0)
     uris = [layout.state_uri(SO), layout.changes_uri(SO)]
-    assert [_checkpoints(layout, uri) for uri in uris] == [0, 0]
+    assert [_checkpoints(uri) for uri in uris] == [0, 0]
 
     layout.open(uris[0]).alter.set_table_properties({"delta.checkpointInterval": "10"})  # an older lake's
     maintain(layout, RETENTION)
-    assert [_checkpoints(layout, uri) for uri in uris] == [1, 1]
+    assert [_checkpoints(uri) for uri in uris] == [1, 1]
     assert {layout.open(uri).metadata().configuration["delta.checkpointInterval"] for uri in uris} == {"100"}
     assert lake_state(layout, SO, SO_KEY) == expected_state(events, SO)
 
