@@ -257,9 +257,23 @@ class MaintenanceCadence:
     last_stored: int | None = None
     last_live: int = 0
 
+    @classmethod
+    def for_retention(cls, retention: timedelta, every: float) -> "MaintenanceCadence":
+        """Rounds no closer than a sixth of the retention (and 10 s): a round reclaims only
+        what fell out of the retention window, so rounds closer than that mostly rewrite files
+        whose old copies are kept anyway, and take CPU from the writers (a 1 h retention
+        rounds every 10 min at most; the demo's 1 min, every 10 s)."""
+        gap = max(10.0, retention.total_seconds() / 6)
+        return cls(every=every, min_gap=min(gap, every))
+
+    def too_soon(self, now: float) -> bool:
+        """Within `min_gap` of the last round: not due, whatever the lake holds (so the
+        caller need not measure it)."""
+        return now - self.last_at < self.min_gap
+
     def due(self, now: float, stored: int) -> bool:
         waited = now - self.last_at
-        if waited < self.min_gap:
+        if self.too_soon(now):
             return False
         if waited >= self.every:
             return True

@@ -201,6 +201,20 @@ def test_retention_is_a_duration_of_at_least_a_minute():
         parse_retention("30s")
 
 
+def test_rounds_are_no_closer_than_a_sixth_of_the_retention():
+    """A round reclaims only what left the retention window: an hour's retention gets no round
+    every 10 s however fast the lake grows (they took CPU from the writers: p50 1.03 s against
+    0.69 s without them), while the demo's minute still does."""
+    hourly = MaintenanceCadence.for_retention(timedelta(hours=1), every=3600)
+    hourly.last_at, hourly.last_stored, hourly.last_live = 0, 1_000, 1_000
+    assert hourly.too_soon(599) and not hourly.due(599, stored=1_000_000)
+    assert hourly.due(600, stored=1_000_000)
+    demo = MaintenanceCadence.for_retention(timedelta(minutes=1), every=3600)
+    demo.last_at, demo.last_stored, demo.last_live = 0, 1_000, 1_000
+    assert demo.too_soon(9) and demo.due(10, stored=1_500)
+    assert MaintenanceCadence.for_retention(timedelta(days=7), every=3600).min_gap == 3600
+
+
 def test_maintenance_is_due_when_the_lake_grew_or_the_clock_says_so():
     cadence = MaintenanceCadence(every=3600, growth=0.5, min_gap=10, last_at=0)
     assert cadence.due(11, stored=0)  # never measured: the first round measures

@@ -290,10 +290,11 @@ class Pipeline:
         safe there, see lake/maintenance.py). A failed round is logged and tried again at the
         next check: a lake not maintained for a while is bigger and slower, not wrong."""
         cfg = self.config
-        cadence = MaintenanceCadence(every=cfg.maintain_every, min_gap=min(10.0, cfg.maintain_every))
+        cadence = MaintenanceCadence.for_retention(cfg.retention, cfg.maintain_every)
         while not stop.wait(min(cfg.maintenance_check_seconds, cfg.maintain_every)):
             try:
-                if not cadence.due(time.monotonic(), lake_stored_bytes(self.layout)):
+                now = time.monotonic()
+                if cadence.too_soon(now) or not cadence.due(now, lake_stored_bytes(self.layout)):
                     continue
                 report = maintain(self.layout, cfg.retention)
             except Exception:  # noqa: BLE001 - the next check tries again
