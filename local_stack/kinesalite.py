@@ -1,5 +1,8 @@
 """kinesalite, the local Kinesis endpoint, as a child process.
 
+Why one file (~400 lines): the child process, its restarts and its disk checks are one
+supervisor; the stream helpers move to one Kinesis adapter with the planned reshaping.
+
 kinesalite (npm, pinned in package.json) implements the Kinesis API on top of LevelDB: what
 is put survives a restart, even `kill -9`. Its LevelDB lives in the directory given here, so
 the stream's data belongs to whoever owns that directory (a pipeline keeps it beside its lake)

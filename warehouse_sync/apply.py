@@ -1,5 +1,8 @@
 """One sync: the change-log events in `(checkpoint, upto]` → one warehouse transaction.
 
+Why one file (~420 lines): one sync transaction, read top to bottom: checkpoint, lake types,
+dims, facts, rejects; its SQL helpers are what its steps share.
+
     sync_once(lake, target, upto_lsn)
 
 `upto_lsn` is the lake watermark (every event at or below it, of every table, is in the

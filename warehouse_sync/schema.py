@@ -1,5 +1,8 @@
 """The warehouse's tables, defined once and rendered as DDL for DuckDB and for PostgreSQL.
 
+Why one file (~450 lines): every warehouse table and its DDL for both dialects are defined
+once here, and the tables are most of its length.
+
 Three kinds of table:
 
 - the 11 star-schema tables of `shared/reference/totesys-schema.md` §3, same names, same
