@@ -342,3 +342,17 @@ def test_lake_folders_escape_what_other_readers_cannot_open_and_keep_older_folde
     assert layout.uri(CHANGES, legacy) == f"{layout.root}/changes/{legacy}"
     assert pl.read_delta(uri)["x"].to_list() == [1]
     assert layout.uri(CHANGES, "public.sales_order") == f"{layout.root}/changes/public.sales_order"
+
+
+def test_the_replication_fix_quotes_a_role_name_that_holds_sql():
+    """The sentence for a role that may not replicate names a statement to paste: a role
+    called `bob; DROP TABLE x` must come out as one quoted identifier, not as two statements."""
+    from totesys.connection import explain
+
+    role = 'bob"; DROP TABLE sales_order; --'
+    error = psycopg2.OperationalError("FATAL:  permission denied to start WAL sender")
+    dsn = psycopg2.extensions.make_dsn(host="db.example", port="5432", user=role, dbname="totesys")
+    message = explain(dsn, error)
+    quoted = '"bob""; DROP TABLE sales_order; --"'
+    assert f"ALTER ROLE {quoted} WITH REPLICATION" in message
+    assert f"GRANT rds_replication TO {quoted}" in message

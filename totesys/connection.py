@@ -184,8 +184,8 @@ def _explain(dsn: str, error: Exception) -> str:
         return f"Database {dbname!r} does not exist on {host}:{port}: create it or fix the database name in the DSN."
     if "permission denied to start wal sender" in lowered or "must have the replication attribute" in lowered:
         return (
-            f"User {user!r} may not replicate: run ALTER ROLE {user} WITH REPLICATION "
-            f"(on RDS: GRANT rds_replication TO {user})."
+            f"User {user!r} may not replicate: run ALTER ROLE {quote_role(user)} WITH REPLICATION "
+            f"(on RDS: GRANT rds_replication TO {quote_role(user)})."
         )
     if "no pg_hba.conf entry" in lowered:
         return (
@@ -206,6 +206,12 @@ def _explain(dsn: str, error: Exception) -> str:
 _TRANSIENT_MARKERS = ("connection refused", "no such file or directory", "timeout expired", "could not connect",
                       "server closed the connection", "network is unreachable", "the database system is starting up",
                       "the database system is shutting down", "too many clients", "could not translate host name")
+
+
+def quote_role(name: str) -> str:
+    """A role name as a PostgreSQL identifier, for statements the user is told to paste
+    (no connection is at hand to let psycopg2 quote it)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def is_transient(error: Exception) -> bool:
