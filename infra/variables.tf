@@ -277,6 +277,18 @@ variable "maintain_memory_mb" {
   default     = 4096
 }
 
+variable "processor_silent_periods" {
+  description = "Alarm when the processor has not written a batch for this many 5-minute periods."
+  type        = number
+  default     = 2
+}
+
+variable "runbook_url" {
+  description = "Where alarm e-mails point for what to do: infra/RUNBOOK.md, ideally as a link into your repository browser."
+  type        = string
+  default     = "infra/RUNBOOK.md"
+}
+
 variable "sync_silent_periods" {
   description = "Alarm when the warehouse sync has not reported for this many 5-minute periods."
   type        = number

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +13,7 @@ import typer
 
 from cdc_reader.publisher import kinesis_client
 from lake.writer import LakeWriter
-from stream_processors.handler import StreamProcessor
+from stream_processors.handler import NAMESPACE, StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.reader_cmd import DEFAULT_STREAM
@@ -26,10 +27,44 @@ def offsets_path(lake: str, stream: str, home: Path) -> Path:
     return Path(lake) / "_local" / "offsets" / f"{stream}.json"
 
 
+class _BatchMetrics:
+    """The Lambda's metrics for the local processor: one EMF line per batch, as the Lambda
+    prints one per invocation. Shards are processed in threads and powertools' `Metrics`
+    share one set per process, so each thread gathers its batch's metrics on its own."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def _current(self):
+        from aws_lambda_powertools.metrics import EphemeralMetrics
+
+        if getattr(self._local, "metrics", None) is None:
+            self._local.metrics = EphemeralMetrics(namespace=NAMESPACE, service="processor")
+        return self._local.metrics
+
+    def add_metric(self, **metric) -> None:
+        self._current().add_metric(**metric)
+
+    def flush(self) -> None:
+        metrics, self._local.metrics = getattr(self._local, "metrics", None), None
+        if metrics is not None:
+            metrics.flush_metrics()
+            sys.stdout.flush()  # a pipe (a container's log driver) would hold the line back
+
+
+class _MeasuredProcessor(StreamProcessor):
+    def process(self, event: dict):
+        try:
+            return super().process(event)
+        finally:
+            self.metrics.flush()
+
+
 def processor(
     lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix.")] = None,
     stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
     window: Annotated[float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")] = 1.0,
+    emf: Annotated[bool, typer.Option("--emf", help="Print the Lambda's CloudWatch embedded-metric-format line to stdout after every batch.")] = False,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
     setup_logging(logging.INFO)
@@ -37,7 +72,8 @@ def processor(
         raise fail("No lake: pass --lake DIR (or s3://bucket/prefix) or set TOTES_LAKE.", code=2)
     try:
         client = kinesis_client()
-        poller = LocalPoller(client, stream, StreamProcessor(LakeWriter(lake)),
+        stream_processor = _MeasuredProcessor(LakeWriter(lake), _BatchMetrics()) if emf else StreamProcessor(LakeWriter(lake))
+        poller = LocalPoller(client, stream, stream_processor,
                              ShardOffsets(offsets_path(lake, stream, load().home)), batch_window=window)
     except Exception as error:
         raise fail(f"Cannot read stream {stream!r} ({type(error).__name__}: {error}): check "

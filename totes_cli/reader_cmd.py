@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +95,7 @@ def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
     metrics.add_metric(name="SchemaRereads", unit=MetricUnit.Count,
                        value=m.schema_rereads - previous.get("schema_rereads", 0))
     metrics.flush_metrics()
+    sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
     return {"at": now, "events": m.events, "bytes": m.bytes_received, "schema_rereads": m.schema_rereads}
 
 
@@ -106,6 +108,7 @@ def emit_slot_lost() -> None:
     metrics = Metrics(namespace="totes-cdc", service="reader")
     metrics.add_metric(name="SlotLost", unit=MetricUnit.Count, value=1)
     metrics.flush_metrics()
+    sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
 
 
 def reader(

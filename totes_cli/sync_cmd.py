@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from typing import Annotated, Optional
@@ -46,6 +47,7 @@ def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -
     metrics.add_metric(name="WarehouseBehindLakeBytes", unit=MetricUnit.Bytes, value=behind_lsn_bytes)
     metrics.add_metric(name="FactVersionsRejected", unit=MetricUnit.Count, value=rejected)
     metrics.flush_metrics()
+    sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
 
 
 def sync(
