@@ -14,7 +14,8 @@ COPY local_stack ./local_stack
 # awslambdaric: the runtime interface client that lets Lambda run the processor's handler
 # (`python -m awslambdaric stream_processors.handler.handler`).
 RUN pip install --no-cache-dir -c constraints.txt . awslambdaric==4.2.2 \
-    && useradd --system --no-create-home totes
+    && useradd --system --no-create-home totes \
+    && mkdir -p /state /warehouse && chown totes /state /warehouse  # volumes in docker-compose.yml
 USER totes
 ENTRYPOINT []
 CMD ["totes", "--help"]
