@@ -16,8 +16,8 @@ can come from it.
 
 from __future__ import annotations
 
-import base64
 import io
+import json
 import math
 import random
 import threading
@@ -421,3 +421,68 @@ def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kin
     monkeypatch.delenv("TOTES_LAKE", raising=False)
     points, at = invoke_for(errors.evaluation_periods, errors.period, axis)
     assert axis.state(errors, points, at) == ALARM
+
+
+def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, monkeypatch):
+    """The event source mapping's part is AWS's: after `maximum_retry_attempts` failed
+    retries (read from the Terraform, set to 2 here as a deployment would) it skips the
+    batch and puts its position in the failure queue. A stand-in does that with the real
+    handler against an unwritable lake and moto's SQS; the queue's visible messages, as SQS
+    reports them, fire processor-gave-up, and the empty queue before kept it OK."""
+    import boto3
+
+    from lake.layout import LakeLayout
+    from lake.writer import LakeWriter
+    from stream_processors import handler as lambda_module
+    from stream_processors.handler import StreamProcessor
+    from tests.lake_fixtures import MotoS3
+    from tests.terraform_alarms import Resolver, resources
+    from tests.test_processor import workload
+
+    variables = {"processor_max_retry_attempts": 2}
+    mapping = next(iter(resources("aws_lambda_event_source_mapping").values()))
+    retries = int(Resolver(variables).value(mapping["maximum_retry_attempts"]))
+    queue_name = "totes-cdc-processor-failures"
+    stream = new_stream(kinesis, shards=1)
+    alarm = metric_alarms(variables, references(stream) | {"aws_sqs_queue.processor_failures.name": queue_name}
+                          )["processor_gave_up"]
+    kinesis.put_record(StreamName=stream, Data=encode_events(workload(2)), PartitionKey="k")
+    event = {"Records": _records_from(kinesis, stream)}
+
+    server = MotoS3()
+    try:
+        sqs = boto3.client("sqs", endpoint_url=server.endpoint, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        queue = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+
+        def visible() -> float:
+            # The metric ApproximateNumberOfMessagesVisible is the queue attribute ApproximateNumberOfMessages.
+            attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+            return float(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+        probe = Probe("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": queue_name}, visible, every=0.05)
+        axis = Axis(k=300, start=time.time())  # 5 min = 1 s
+        down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
+        monkeypatch.setattr(lambda_module, "_failures", {})
+        monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)),
+                                                                          lambda_module._metrics))
+        with probe, redirect_stdout(io.StringIO()):
+            empty = axis.period_end(time.time(), alarm.period)
+            axis.wait_until(empty)
+            for attempt in range(1 + retries):  # the first try and its retries, all failing
+                failures = lambda_module.handler(event, _LambdaContext())["batchItemFailures"]
+                assert failures, "the lake is down: the batch must fail"
+            first, last = (event["Records"][i]["kinesis"]["sequenceNumber"] for i in (0, -1))
+            sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({
+                "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": 1 + retries},
+                "KinesisBatchInfo": {"shardId": event["Records"][0]["eventID"].split(":")[0], "streamArn":
+                                     event["Records"][0]["eventSourceARN"], "startSequenceNumber": first,
+                                     "endSequenceNumber": last, "batchSize": len(event["Records"])}}))
+            given_up = time.time()
+            skipped = axis.period_end(given_up, alarm.period)
+            axis.wait_until(skipped)
+        assert axis.state(alarm, probe.points, empty) == OK
+        assert axis.state(alarm, probe.points, skipped) == ALARM
+    finally:
+        server.stop()
