@@ -11,6 +11,9 @@
   LSN range each commit covered.
 - `register_duckdb`: a lake table (any version) as a DuckDB relation, through a pyarrow
   dataset on a native pyarrow filesystem (deltalake's own handler can abort at exit).
+- `check_as_of`: whether the lake can answer "as of" a version, time or LSN at all (one
+  sentence when it cannot: older than the lake, past what it holds, in the future), since
+  Delta itself answers a time before a table's first commit with its empty first version.
 
 State tables keep tombstones: current-state readers filter `NOT _deleted`
 (`current_state` does).
@@ -143,3 +146,53 @@ def register_duckdb(connection, layout: LakeLayout, table: str | None = None, ki
     name = name or (table.partition(".")[2] or table if table else kind)
     connection.register(name, dataset)
     return name
+
+
+class AsOfError(ValueError):
+    """The lake cannot be read as of that point; str() is one sentence saying why."""
+
+
+def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
+    """Raise AsOfError when `when` (a version, a datetime, or ("lsn", LSN)) is outside what the
+    lake holds: an LSN before its snapshot or past its newest event and marker, a time before
+    its first commit or in the future, a version no table has reached."""
+    from change_events import format_lsn
+    from lake.progress import Progress
+
+    tables = layout.tables(CHANGES)
+    if not tables:
+        raise AsOfError("the lake has no tables yet: run the pipeline first.")
+    if isinstance(when, tuple):
+        lsn, bounds = when[1], []
+        for table in tables:
+            row = read_sql(open_table(layout, CHANGES, table), "SELECT min(_lsn) AS lo, max(_lsn) AS hi FROM t")
+            lo, hi = row.column("lo")[0].as_py(), row.column("hi")[0].as_py()
+            if lo is not None:
+                bounds.append((lo, hi))
+        if not bounds:
+            raise AsOfError("the lake holds no events yet: run the pipeline first.")
+        first = min(lo for lo, _ in bounds)
+        markers = Progress(layout).history().column("marker_lsn").to_pylist()
+        last = max([hi for _, hi in bounds] + markers)
+        if lsn < first:
+            raise AsOfError(f"that LSN is older than the lake, which starts at {format_lsn(first)} (its snapshot): "
+                            f"give an LSN from {format_lsn(first)} on.")
+        if lsn > last:
+            raise AsOfError(f"the lake holds events up to {format_lsn(last)} only: give an LSN up to that one, "
+                            "or wait for the pipeline to get there.")
+        return
+    if isinstance(when, datetime):
+        now = now or datetime.now(timezone.utc)
+        if when > now:
+            raise AsOfError(f"that time is in the future (it is {now:%Y-%m-%d %H:%M:%S} UTC now).")
+        kind = STATE if layout.tables(STATE) else CHANGES
+        first = min(datetime.fromtimestamp(min(c["timestamp"] for c in open_table(layout, kind, t).history()) / 1000,
+                                           tz=timezone.utc) for t in layout.tables(kind))
+        if when < first:
+            raise AsOfError(f"that time is before the lake's first commit ({first:%Y-%m-%d %H:%M:%S} UTC): "
+                            "give a later one.")
+        return
+    kind = STATE if layout.tables(STATE) else CHANGES
+    newest = max(open_table(layout, kind, t).version() for t in layout.tables(kind))
+    if when > newest:
+        raise AsOfError(f"no lake table has version {when} (the newest version of any table is {newest}).")
