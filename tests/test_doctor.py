@@ -185,7 +185,7 @@ def test_cli_without_any_source_says_so(tmp_path) -> None:
     env = {"TOTES_SOURCE_DSN": "", "TOTES_HOME": str(tmp_path / "home"),
            "TOTES_CONFIG": str(tmp_path / "none.toml")}
     line = assert_one_line(run_cli(env=env), 2)
-    assert "No source database: pass --dsn" in line
+    assert "No source database: pass --source" in line
 
 
 # -- server settings ---------------------------------------------------------------------------

@@ -6,6 +6,9 @@ import sys
 import traceback
 
 import typer
+import typer.core
+import typer.rich_utils
+from rich.markup import escape
 
 from totes_cli import (
     demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd, source_cmd, status_cmd,
@@ -24,12 +27,36 @@ app = typer.Typer(
 
 
 @app.callback()
-def check_configuration() -> None:
-    """A malformed totes.toml or TOTES_* value is one sentence before any command runs."""
+def check_configuration(ctx: typer.Context) -> None:
+    """A malformed totes.toml or TOTES_* value is one sentence before any command runs; the
+    file's shared keys and command sections become the defaults of every command's flags."""
     try:
-        settings.load()
+        ctx.default_map = settings.command_defaults(ctx.command, ctx, settings.load())
     except settings.ConfigError as error:
         raise fail(str(error), code=2) from None
+
+
+def _flags_show_no_type(self, ctx):
+    """typer's rich help labels a flag `<bool>` as if it took a value: a flag shows none."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flags_show_no_type
+
+
+def _usage_error_in_one_sentence(error) -> None:
+    """A wrong flag or value (`--format xml`) is one sentence, as every other refusal is,
+    not a usage block and a box."""
+    if type(error).__name__ == "NoArgsIsHelpError":
+        return
+    context = getattr(error, "ctx", None)
+    message = error.format_message().replace("Value error, ", "").strip().rstrip(".")
+    hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+    err.print(f"[bold red]error:[/] {escape(scrub(message))}{escape(hint)}.")
+
+
+typer.rich_utils.rich_format_error = _usage_error_in_one_sentence
 
 
 app.add_typer(source_cmd.app, name="source")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Group
 from rich.live import Live
 from rich.text import Text
@@ -32,23 +34,24 @@ from warehouse_sync.schema import row_counts_sql
 from warehouse_sync.targets import open_target
 from totesys.connection import SourceConnectionError, connect
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
-from totesys.simulator import Simulator, SimulatorError
-from totesys.stats import read_source
+from totesys.simulator import Simulator, SimulatorError, SimulatorStats
+from totesys.stats import SourceSnapshot, read_source
 
 REFRESH_SECONDS = 1.0
 
 
-def _business_line(simulator: Simulator) -> Text:
-    stats = simulator.stats
-    kinds = ", ".join(f"{kind} {count}" for kind, count in stats.by_kind.most_common())
-    line = Text.assemble(
-        ("business ", "bold"), f"{stats.events_per_second():.1f} events/s, {stats.events} events",
-        f" ({kinds})" if kinds else "",
-    )
+LIVE_WIDTH, LIVE_HEIGHT = 80, 24
+"""The live view fits a terminal of this size (wider ones show the same)."""
+
+
+def _business_line(stats: SimulatorStats) -> Text:
+    """Three lines at most: the rate, the events by kind (wrapped once), the last event."""
+    kinds = ", ".join(f"{kind} {count:,}" for kind, count in stats.by_kind.most_common())
+    line = Text.assemble(("business ", "bold"), f"{stats.events_per_second():.1f} events/s, {stats.events:,} events: ",
+                         kinds or "none yet")
     if stats.last is not None:
-        line.append(f"\nlast: {stats.last.kind} at {stats.last.at:%H:%M:%S.%f}"[:-3])
-        if stats.last.detail:
-            line.append(f" {stats.last.detail}")
+        last = f"last: {stats.last.kind} at {stats.last.at:%H:%M:%S.%f}"[:-3]
+        line.append("\n" + (f"{last} {stats.last.detail}" if stats.last.detail else last)[:LIVE_WIDTH - 1])
     return line
 
 
@@ -69,26 +72,54 @@ class _Rates:
         return f"{(count - before) / (now - then):,.0f}/s" if now > then else "-"
 
 
-def _pipeline_table(pipeline: Pipeline, rates: _Rates, source, warehouse_counts: dict[str, int]) -> Table:
-    reader, poller, sync = pipeline.reader, pipeline.poller, pipeline.sync
-    table = Table(title="pipeline", title_justify="left")
+@dataclass(frozen=True)
+class StageFigures:
+    """What the live view shows of the pipeline's stages, read once per refresh."""
+
+    read: int
+    confirmed_lsn: int
+    last_commit_ts: float | None
+    processed: int
+    batches: int
+    synced: int
+    synced_upto: int
+    last_sync_at: float | None
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> "StageFigures":
+        reader, poller, sync = pipeline.reader, pipeline.poller, pipeline.sync
+        return cls(read=reader.metrics.events + reader.metrics.snapshot_events,
+                   confirmed_lsn=reader.metrics.confirmed_lsn, last_commit_ts=reader.metrics.last_commit_ts,
+                   processed=poller.events, batches=poller.batches, synced=sync.events,
+                   synced_upto=sync.synced_upto, last_sync_at=sync.last_at)
+
+
+def _pipeline_table(figures: StageFigures, rates: _Rates, source, warehouse_counts: dict[str, int]) -> Table:
+    table = Table(title="pipeline", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("stage", "events", "rate", "position / lag"):
-        table.add_column(column, justify="right" if column != "stage" else "left")
-    read = reader.metrics.events + reader.metrics.snapshot_events
-    retained = max(source.wal_bytes - reader.metrics.confirmed_lsn, 0) if reader.metrics.confirmed_lsn else None
-    behind = f"{time.time() - reader.metrics.last_commit_ts:.1f} s behind" if reader.metrics.last_commit_ts else ""
-    table.add_row("reader → Kinesis", f"{read:,}", rates("reader", read),
-                  f"WAL retained {human_bytes(retained)} {behind}")
-    table.add_row("processor → lake", f"{poller.events:,}", rates("processor", poller.events),
-                  f"{poller.batches:,} batches")
-    synced = sync.events
-    lag = f"{time.time() - sync.last_at:.1f} s since last sync" if sync.last_at else "waiting for the lake"
-    table.add_row("sync → warehouse", f"{synced:,}", rates("sync", synced),
-                  f"up to {format_lsn(sync.synced_upto)}, {lag}")
-    facts = ", ".join(f"{name} {count:,}" for name, count in warehouse_counts.items())
+        table.add_column(column, justify="right" if column != "stage" else "left",
+                         no_wrap=column != "position / lag", overflow="ellipsis")
+    retained = max(source.wal_bytes - figures.confirmed_lsn, 0) if figures.confirmed_lsn else None
+    behind = f", {time.time() - figures.last_commit_ts:.1f} s behind" if figures.last_commit_ts else ""
+    table.add_row("reader → Kinesis", f"{figures.read:,}", rates("reader", figures.read),
+                  f"WAL kept {human_bytes(retained)}{behind}")
+    table.add_row("processor → lake", f"{figures.processed:,}", rates("processor", figures.processed),
+                  f"{figures.batches:,} batches")
+    lag = f"{time.time() - figures.last_sync_at:.1f} s ago" if figures.last_sync_at else "waiting for the lake"
+    table.add_row("sync → warehouse", f"{figures.synced:,}", rates("sync", figures.synced),
+                  f"up to {format_lsn(figures.synced_upto)}, {lag}")
+    facts = ", ".join(f"{name.removeprefix('fact_')} {count:,}" for name, count in warehouse_counts.items())
     table.caption = f"warehouse rows: {facts}" if facts else "warehouse: not synced yet"
     table.caption_justify = "left"
     return table
+
+
+def live_view(current: SourceSnapshot, previous: SourceSnapshot, dsn: str, business: SimulatorStats,
+              figures: StageFigures, rates: _Rates, warehouse_counts: dict[str, int]) -> Group:
+    """Everything the demo shows, in 80 columns by 24 lines."""
+    return Group(source_table(current, dsn, previous, compact=True), _business_line(business),
+                 _pipeline_table(figures, rates, current, warehouse_counts),
+                 Text("Ctrl-C stops; meanwhile: totes query \"SELECT ...\"", style="dim"))
 
 
 def _warehouse_counts(target) -> dict[str, int]:
@@ -156,9 +187,8 @@ def demo(
                     break
                 stop.wait(REFRESH_SECONDS)
                 current = read_source(conn)
-                live.update(Group(source_table(current, dsn, previous), _business_line(simulator),
-                                  _pipeline_table(pipeline, rates, current, _warehouse_counts(warehouse)),
-                                  Text("Ctrl-C to stop; query with: totes query \"SELECT ...\"", style="dim")))
+                live.update(live_view(current, previous, dsn, simulator.stats, StageFigures.of(pipeline), rates,
+                                      _warehouse_counts(warehouse)))
                 previous = current
     except KeyboardInterrupt:
         err.print("stopping ...")

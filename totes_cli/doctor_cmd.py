@@ -12,6 +12,7 @@ from rich.text import Text
 from cdc_reader.doctor import DEFAULT_PUBLICATION, DEFAULT_SCHEMA, CheckResult, Status, diagnose, is_ready
 from totes_cli.settings import NoSourceError, resolve_source_dsn
 from totes_cli.console import err, fail, out
+from totes_cli.options import OldDsnOption, PublicationOption, SourceOption, source_or_old_name
 from totesys.connection import SourceConnectionError, describe
 
 # Exit codes scripts can rely on.
@@ -23,7 +24,7 @@ _STYLES = {Status.OK: "green", Status.WARNING: "yellow", Status.PROBLEM: "bold r
 
 
 def resolve_dsn(dsn: str | None) -> str:
-    """--dsn, else TOTES_SOURCE_DSN (or the config file), else the running embedded source."""
+    """--source, else TOTES_SOURCE_DSN (or the config file), else the running embedded source."""
     return resolve_source_dsn(dsn)
 
 
@@ -44,21 +45,19 @@ def _line(result: CheckResult) -> Text:
 
 
 def doctor(
-    dsn: Annotated[Optional[str], typer.Option(
-        "--dsn", help="Source PostgreSQL \\[default: $TOTES_SOURCE_DSN, else the running embedded totesys].",
-        show_default=False)] = None,
+    source: SourceOption = None,
     tables: Annotated[Optional[str], typer.Option(
         "--tables", help="Comma-separated tables to check (schema.table names another schema) "
                          "\\[default: the 11 totesys tables].", show_default=False)] = None,
     schema: Annotated[str, typer.Option("--schema", help="Schema of the tables.")] = DEFAULT_SCHEMA,
-    publication: Annotated[str, typer.Option(
-        "--publication", help="Publication the reader uses.")] = DEFAULT_PUBLICATION,
+    publication: PublicationOption = DEFAULT_PUBLICATION,
     as_json: Annotated[bool, typer.Option("--json", help="Print every check as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list the checks that passed.")] = False,
+    dsn: OldDsnOption = None,
 ) -> None:
     """Check that a PostgreSQL can feed totes-cdc (exit 0 ready, 1 not ready, 2 cannot connect)."""
     try:
-        source = resolve_dsn(dsn)
+        source = resolve_dsn(source_or_old_name(source, dsn))
         results = diagnose(source, tables=_split(tables), schema=schema, publication=publication)
     except (NoSourceError, SourceConnectionError) as error:
         if as_json:

@@ -17,24 +17,25 @@ from lake.dead_letters import DeadLetters
 from lake.layout import CHANGES, LakeLayout, table_name
 from lake.maintenance import DEFAULT_RETENTION, RetentionError, format_retention, parse_retention
 from lake.maintenance import maintain as maintain_lake
-from lake.timetravel import history as lake_history, register_duckdb, state_as_of_lsn
+from lake.timetravel import AsOfError, check_as_of, history as lake_history, register_duckdb, state_as_of_lsn
 from lake.writer import LakeWriter
 from totes_cli.console import err, fail, out
+from totes_cli.options import LakeOption, OutputFormat
 from totes_cli.settings import load
 from totes_cli.status_cmd import human_bytes, lake_table_name
 from warehouse_sync.schema import quote_identifier as q, quote_literal
 
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
 
-LakeOption = Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix.")]
+LimitOption = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many, the newest.")]
 _LSN = re.compile(r"^[0-9A-Fa-f]+/[0-9A-Fa-f]+$")
 
 
 def _layout(lake: str | None) -> LakeLayout:
-    if not lake:
-        raise fail("No lake: pass --lake DIR (or s3://bucket/prefix) or set TOTES_LAKE.", code=2)
+    lake = lake or load().lake_location
     if "://" not in lake and not Path(lake).is_dir():
-        raise fail(f"There is no lake at {lake}: run the pipeline first, or fix --lake.", code=2)
+        raise fail(f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
+                   "--lake (TOTES_LAKE) at it.", code=2)
     return LakeLayout(lake)
 
 
@@ -46,16 +47,30 @@ def _qualified(layout: LakeLayout, table: str) -> str:
     raise fail(f"The lake has no table {table!r}; it has: {', '.join(known) or 'none yet'}.", code=2)
 
 
+def narrow_table(title: str, *names: str) -> Table:
+    """A table that stays readable at 80 columns: cells fold instead of being cut off."""
+    view = Table(*names, title=title, title_justify="left", pad_edge=False, collapse_padding=True)
+    for column in view.columns:
+        column.overflow = "fold"
+    return view
+
+
+def _shown_of(count: int, limit: int) -> str:
+    return f" (the newest {limit} of {count:,}; --limit shows more)" if count > limit else ""
+
+
 @app.command()
 def history(table: Annotated[str, typer.Argument(help="Source table, e.g. sales_order.")], lake: LakeOption = None,
-            changes: Annotated[bool, typer.Option("--changes", help="The change log's versions instead of the state table's.")] = False) -> None:
+            changes: Annotated[bool, typer.Option("--changes", help="The change log's versions instead of the state table's.")] = False,
+            limit: LimitOption = 20) -> None:
     """The Delta versions of a lake table: when, what, and which source LSNs each covered."""
     layout = _layout(lake)
     name = _qualified(layout, table)
-    view = Table(title=f"{'changes' if changes else 'tables'}/{name}", title_justify="left")
+    commits = lake_history(layout, name, "changes" if changes else "tables")
+    view = narrow_table(f"{'changes' if changes else 'tables'}/{name}{_shown_of(len(commits), limit)}")
     for column in ("version", "time (UTC)", "operation", "shard", "source LSNs", "rows"):
-        view.add_column(column)
-    for commit in lake_history(layout, name, "changes" if changes else "tables"):
+        view.add_column(column, overflow="fold")
+    for commit in commits[-limit:]:
         lsns = "" if commit.lsn_min is None else f"{format_lsn(commit.lsn_min)} .. {format_lsn(commit.lsn_max)}"
         view.add_row(str(commit.version), f"{commit.timestamp:%Y-%m-%d %H:%M:%S}", commit.operation,
                      commit.shard or "", lsns, "" if commit.rows is None else f"{commit.rows:,}")
@@ -65,7 +80,8 @@ def history(table: Annotated[str, typer.Argument(help="Source table, e.g. sales_
 @app.command("dead-letters")
 def dead_letters(lake: LakeOption = None,
                  redrive: Annotated[bool, typer.Option("--redrive", help="Decode and write each one again; those that land are marked re-driven.")] = False,
-                 show_all: Annotated[bool, typer.Option("--all", help="Also list those already re-driven.")] = False) -> None:
+                 show_all: Annotated[bool, typer.Option("--all", help="Also list those already re-driven.")] = False,
+                 limit: LimitOption = 50) -> None:
     """Records the pipeline could not store, with the reason; re-drive them after a fix."""
     layout = _layout(lake)
     letters = DeadLetters(layout)
@@ -88,10 +104,11 @@ def dead_letters(lake: LakeOption = None,
         if report.failed:
             raise typer.Exit(1)
         return
-    view = Table(title="dead letters", title_justify="left")
+    listed = letters.list(include_redriven=show_all)
+    view = narrow_table(f"dead letters{_shown_of(len(listed), limit)}")
     for column in ("id", "failed at (UTC)", "shard", "sequence", "table", "bytes", "reason", "re-driven"):
-        view.add_column(column)
-    for letter in letters.list(include_redriven=show_all):
+        view.add_column(column, overflow="fold", ratio=3 if column == "reason" else None)
+    for letter in listed[-limit:]:
         view.add_row(letter.id[:12], f"{letter.failed_at:%Y-%m-%d %H:%M:%S}", letter.shard or "",
                      (letter.sequence_number or "")[-12:], letter.source_table or "", str(len(letter.record)),
                      letter.reason, "" if letter.redriven_at is None else f"{letter.redriven_at:%H:%M:%S}")
@@ -118,8 +135,8 @@ def maintain(lake: LakeOption = None, retain: RetainOption = format_retention(DE
     time-travel window uses. Safe while the pipeline runs."""
     retention = retention_option(retain)
     layout = _layout(lake)
-    view = Table("table", "files compacted", "files written", "files vacuumed", "version", "stored", "live",
-                 title=f"maintenance (time travel kept for {format_retention(retention)})", title_justify="left")
+    view = narrow_table(f"maintenance (time travel kept for {format_retention(retention)})", "table",
+                        "files compacted", "files written", "files vacuumed", "version", "stored", "live")
     for done in maintain_lake(layout, retention):
         size = done.size
         view.add_row(lake_table_name(done.uri), str(done.files_removed),
@@ -176,15 +193,35 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     return connection
 
 
+def _lake_and_warehouse(lake: str | None, warehouse: str | None, settings) -> tuple[str | None, str | None]:
+    """The lake and the warehouse to query: those named (flag, TOTES_*, totes.toml) must be
+    there; the defaults under TOTES_HOME are used when they are."""
+    from totes_cli.status_cmd import missing_warehouse, no_warehouse_sentence
+
+    named_warehouse = warehouse or (settings.warehouse.get_secret_value() if settings.warehouse else None)
+    if named_warehouse and missing_warehouse(named_warehouse):
+        raise fail(no_warehouse_sentence(named_warehouse), code=2)
+    warehouse = named_warehouse or settings.warehouse_location
+    lake = lake or settings.lake_location
+    lake_there = "://" in lake or Path(lake).is_dir()
+    if not lake_there and lake != str(settings.home / "lake"):  # a lake named, not the default
+        raise fail(f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
+                   "--lake (TOTES_LAKE) at it.", code=2)
+    if not lake_there and missing_warehouse(warehouse):
+        raise fail(f"Nothing to query: there is no lake at {lake} and no warehouse at {warehouse}; create them "
+                   "with `totes run` (or `totes demo`), or point --lake and --warehouse at them.", code=2)
+    return (lake if lake_there else None), (None if missing_warehouse(warehouse) else warehouse)
+
+
 def query(
     sql: Annotated[Optional[str], typer.Argument(help="SQL (DuckDB dialect) over the lake's tables and the warehouse.")] = None,
     example: Annotated[Optional[str], typer.Option("--example", help="Run a named query instead (see --examples).")] = None,
     examples: Annotated[bool, typer.Option("--examples", help="List the named queries.")] = False,
     lake: LakeOption = None,
-    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="The warehouse DuckDB file.")] = None,
+    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", show_default=False, help="The warehouse DuckDB file \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Read the lake as of a Delta VERSION, a TIMESTAMP or a source LSN.")] = None,
-    output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
-    limit: Annotated[int, typer.Option("--limit", help="Rows to show in table format.")] = 100,
+    output: Annotated[OutputFormat, typer.Option("--format", help="How to print the rows.")] = OutputFormat.table,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show in table format.")] = 100,
 ) -> None:
     """Query the lake (each source table by name, `changes_<table>` for its history) and the
     warehouse with DuckDB."""
@@ -200,23 +237,27 @@ def query(
         sql = EXAMPLES[example][1]
     if not sql:
         raise fail("Give SQL to run, or --example NAME (--examples lists them).", code=2)
-    home = load().home
-    if not lake and not warehouse:
-        lake = lake or (str(home / "lake") if (home / "lake").is_dir() else None)
-        warehouse = str(home / "warehouse.duckdb") if (home / "warehouse.duckdb").exists() else None
-    if not lake and not warehouse:
-        raise fail("Nothing to query: pass --lake and/or --warehouse (or set TOTES_LAKE / TOTES_WAREHOUSE), "
-                   "or run the pipeline first (totes demo / totes run).", code=2)
-    connection = open_session(lake, warehouse, parse_as_of(as_of))
+    settings = load()
+    lake, warehouse = _lake_and_warehouse(lake, warehouse, settings)
+    when = parse_as_of(as_of)
+    if when is not None:
+        if not lake:
+            raise fail(f"--as-of reads the lake, and there is none at {settings.lake_location}: run the pipeline "
+                       "first, or point --lake (TOTES_LAKE) at it.", code=2)
+        try:
+            check_as_of(LakeLayout(lake), when)
+        except AsOfError as error:
+            raise fail(f"--as-of {as_of}: {error}", code=2) from None
+    connection = open_session(lake, warehouse, when)
     try:
         result = connection.execute(sql)
     except duckdb.Error as error:
         raise fail(str(error).splitlines()[0], code=2) from None
     names = [d[0] for d in result.description or []]
     rows = result.fetchall()
-    if output == "json":
+    if output is OutputFormat.json:
         out.print_json(json.dumps([dict(zip(names, row)) for row in rows], default=str))
-    elif output == "csv":
+    elif output is OutputFormat.csv:
         import csv
         import sys
 
@@ -224,8 +265,8 @@ def query(
         writer.writerow(names)
         writer.writerows(rows)
     else:
-        view = Table(*names, title=f"{len(rows):,} rows" + (f" (first {limit})" if len(rows) > limit else ""),
-                     title_justify="left")
+        view = narrow_table(f"{len(rows):,} rows" + (f" (first {limit}; --limit shows more)" if len(rows) > limit else ""),
+                            *names)
         for row in rows[:limit]:
             view.add_row(*("" if v is None else str(v) for v in row))
         out.print(view)

@@ -16,8 +16,8 @@ from lake.writer import LakeWriter
 from stream_processors.handler import NAMESPACE, StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
 from totes_cli.console import err, fail, setup_logging
-from totes_cli.reader_cmd import DEFAULT_STREAM
-from totes_cli.settings import load
+from totes_cli.options import LakeOption, StreamOption
+from totes_cli.settings import DEFAULT_STREAM, load
 
 
 def offsets_path(lake: str, stream: str, home: Path) -> Path:
@@ -61,15 +61,14 @@ class _MeasuredProcessor(StreamProcessor):
 
 
 def processor(
-    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix.")] = None,
-    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
+    lake: LakeOption = None,
+    stream: StreamOption = DEFAULT_STREAM,
     window: Annotated[float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")] = 1.0,
     emf: Annotated[bool, typer.Option("--emf", help="Print the Lambda's CloudWatch embedded-metric-format line to stdout after every batch.")] = False,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
     setup_logging(logging.INFO)
-    if not lake:
-        raise fail("No lake: pass --lake DIR (or s3://bucket/prefix) or set TOTES_LAKE.", code=2)
+    lake = lake or load().lake_location
     try:
         client = kinesis_client()
         stream_processor = _MeasuredProcessor(LakeWriter(lake), _BatchMetrics()) if emf else StreamProcessor(LakeWriter(lake))

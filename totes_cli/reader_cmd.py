@@ -22,13 +22,15 @@ from lake.layout import LakeLayout
 from local_stack.kinesalite import KinesaliteError, ensure_stream
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.pipeline import LakeWatermark
-from totes_cli.settings import NoSourceError, load, password_in_flag, resolve_source_dsn
+from totes_cli.options import PublicationOption, SourceOption, StreamOption
+from totes_cli.settings import (
+    DEFAULT_PUBLICATION, DEFAULT_SLOT, DEFAULT_STREAM, NoSourceError, load, password_in_flag, resolve_source_dsn,
+)
 from totesys.connection import SourceConnectionError, has_password
 from totesys.schema import TABLES
 
 log = logging.getLogger("totes.reader")
 
-DEFAULT_STREAM = "totes-cdc"
 STATUS_SECONDS = 5.0
 
 
@@ -112,17 +114,17 @@ def emit_slot_lost() -> None:
 
 
 def reader(
-    source: Annotated[Optional[str], typer.Option("--source", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded totesys].")] = None,
-    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = DEFAULT_STREAM,
+    source: SourceOption = None,
+    stream: StreamOption = DEFAULT_STREAM,
     shards: Annotated[int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")] = 2,
-    slot: Annotated[str, typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot name.")] = "totes_cdc",
-    publication: Annotated[str, typer.Option("--publication", envvar="TOTES_PUBLICATION", help="Publication name.")] = "totes_cdc",
+    slot: Annotated[str, typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot name.")] = DEFAULT_SLOT,
+    publication: PublicationOption = DEFAULT_PUBLICATION,
     tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
     state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: $TOTES_HOME/reader].")] = None,
     resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
     emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
-    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark.")] = None,
+    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.")] = None,
     durability: Annotated[Optional[str], typer.Option("--durability", envvar="TOTES_DURABILITY", help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.", show_default=False)] = None,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then

@@ -15,9 +15,10 @@ from lake.maintenance import DEFAULT_RETENTION, format_retention
 from change_events import format_lsn
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
+from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.pipeline import DEFAULT_WINDOW, Pipeline, PipelineConfig, windowed
 from totes_cli.settings import (
-    ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown,
+    DEFAULT_STREAM, ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown,
 )
 from totesys.connection import SourceConnectionError, connect, has_password
 from warehouse_sync.targets import is_postgres_dsn
@@ -82,13 +83,13 @@ def progress_line(pipeline: Pipeline) -> str:
 
 
 def run(
-    source: Annotated[Optional[str], typer.Option("--source", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded totesys].")] = None,
-    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix \\[default: $TOTES_HOME/lake].")] = None,
-    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="A DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
+    source: SourceOption = None,
+    lake: LakeOption = None,
+    warehouse: WarehouseOption = None,
     until_caught_up: Annotated[bool, typer.Option("--until-caught-up", help="Exit 0 once everything committed before the start is in the warehouse.")] = False,
-    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")] = "totes-cdc",
+    stream: StreamOption = DEFAULT_STREAM,
     shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = 2,
-    slot: Annotated[Optional[str], typer.Option("--slot", help="Replication slot \\[default: named after the lake, remembered in it].")] = None,
+    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot \\[default: named after a local lake and remembered in it; totes_cdc for a lake on S3].")] = None,
     window: Annotated[float, typer.Option("--window", help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).")] = DEFAULT_WINDOW,
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Longest time in seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; a round comes sooner once the lake has grown by half its live data. 0 turns it off.")] = 3600.0,
@@ -98,7 +99,7 @@ def run(
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
     setup_logging(logging.WARNING)
-    if source and has_password(source):
+    if source and _from_command_line("source") and has_password(source):
         err.print(password_in_flag("--source", "source"))
     if warehouse and _from_command_line("warehouse") and has_password(warehouse):
         err.print(password_in_flag("--warehouse", "warehouse"))

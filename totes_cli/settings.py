@@ -11,6 +11,20 @@ leave its password out and take it from, first to last:
 - libpq's own `PGPASSWORD` or `~/.pgpass`.
 
 The settings hold DSNs as SecretStr, so a repr or a validation error never shows one.
+
+One place for every default. The file (`totes.toml`, or the one TOTES_CONFIG names; the
+example is `totes.example.toml`) holds two kinds of keys:
+
+- shared keys at the top (the fields of `Settings`: home, source_dsn, lake, warehouse, stream,
+  slot, publication, retain, ...), each also read from `TOTES_<KEY>`; they are the default of
+  the flag of the same name in every command (`lake` for every `--lake`);
+- one section per command, named after it (`[run]`, `[query]`, `[lake-history]`,
+  `[source-start]`), whose keys are that command's flags (`until-caught-up = true`): any flag
+  can be set there.
+
+A flag typed on the command line wins, then the TOTES_* environment variable, then the
+command's section, then the shared key, then the default. A key or a section the commands do
+not know is one sentence naming it and the file, never silently ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import tomllib
 from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from totesys.connection import masked, remember_secrets, with_password
 
@@ -36,8 +50,14 @@ class NoSourceError(ConfigError):
     """No source DSN was given and no embedded source is running."""
 
 
+DEFAULT_STREAM = "totes-cdc"
+DEFAULT_PUBLICATION = "totes_cdc"
+DEFAULT_SLOT = "totes_cdc"
+"""The slot of a reader alone; `totes run` names its slot after a local lake (and remembers it)."""
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TOTES_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TOTES_", extra="forbid")
 
     home: Path = Path(".totes")
     """Where local state lives: the embedded source, the local stream, the lake, the warehouse."""
@@ -45,21 +65,62 @@ class Settings(BaseSettings):
     """DSN of the source PostgreSQL; the embedded one under `home` when unset."""
     source_password_file: Path | None = None
     source_dsn_secret: str | None = None
+    lake: str | None = None
+    """The lake: a folder or s3://bucket/prefix; `home`/lake when unset."""
+    warehouse: SecretStr | None = None
+    """A DuckDB file or a PostgreSQL DSN; `home`/warehouse.duckdb when unset."""
     warehouse_password_file: Path | None = None
     warehouse_secret: str | None = None
+    stream: str = DEFAULT_STREAM
+    slot: str | None = None
+    publication: str = DEFAULT_PUBLICATION
+    retain: str | None = None
+    """How long time travel by version or time reaches back (each command has its default)."""
 
     @property
     def source_dir(self) -> Path:
         return self.home / "source"
 
+    @property
+    def lake_location(self) -> str:
+        return self.lake or str(self.home / "lake")
+
+    @property
+    def warehouse_location(self) -> str:
+        return self.warehouse.get_secret_value() if self.warehouse else str(self.home / "warehouse.duckdb")
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
+        shared, _ = read_config()
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=shared))
+
+
+SHARED_FLAGS = ("lake", "stream", "slot", "publication", "retain")
+"""Shared keys that are the default of the flag of the same name in every command."""
+LAKE_NAMED_ONLY = {("reader",)}
+"""Commands whose lake has no default: a reader confirms WAL up to the lake it is told of."""
 
 
 def config_path() -> Path:
     return Path(os.environ.get("TOTES_CONFIG", "totes.toml"))
+
+
+def read_config() -> tuple[dict, dict]:
+    """(shared keys, command sections) of the config file; both empty without one."""
+    path = config_path()
+    if not path.exists():
+        return {}, {}
+    with path.open("rb") as file:
+        data = tomllib.load(file)
+    sections = {key: value for key, value in data.items() if isinstance(value, dict)}
+    shared = {key: value for key, value in data.items() if key not in sections}
+    unknown = sorted(set(shared) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"{path} sets {unknown[0]!r}{_where(unknown[0])}, which is no setting: the shared "
+                          f"keys are {', '.join(Settings.model_fields)}, and a command's flags go in its "
+                          "section (see totes.example.toml).")
+    return shared, sections
 
 
 def load() -> Settings:
@@ -77,6 +138,68 @@ def load() -> Settings:
                           f"fix it in {config_path()} or in TOTES_{key.upper()}.") from None
     except OSError as error:
         raise ConfigError(f"{config_path()} cannot be read ({error.strerror}): fix the file or TOTES_CONFIG.") from None
+
+
+def _commands(command, path: tuple[str, ...] = ()):
+    """(path, click command) of every command under `command` (a click group)."""
+    for name, sub in getattr(command, "commands", {}).items():
+        if getattr(sub, "commands", None):
+            yield from _commands(sub, (*path, name))
+        else:
+            yield (*path, name), sub
+
+
+def _flag_of(command, key: str):
+    """The option of `command` a section key names (`until-caught-up`, `until_caught_up` or
+    `--until-caught-up`)."""
+    bare = key.lstrip("-")
+    for param in command.params:
+        if param.param_type_name != "option" or param.name == "help":
+            continue
+        if param.name == bare.replace("-", "_") or f"--{bare.replace('_', '-')}" in param.opts:
+            return param
+    return None
+
+
+def command_defaults(root, ctx, settings: Settings) -> dict:
+    """click's default_map for every command under `root`: the shared keys set for the flags
+    of their name, then the command's own section of the config file (validated here, so a
+    wrong key or value is one sentence naming it and the file)."""
+    _, sections = read_config()
+    path_of_file = config_path()
+    commands = dict(_commands(root))
+    by_section = {"-".join(path): path for path in commands}
+    for section in sections:
+        if section not in by_section:
+            raise ConfigError(f"{path_of_file} has a section [{section}], which is no command: the sections are "
+                              f"{', '.join(f'[{name}]' for name in by_section)}.")
+    defaults: dict = {}
+    for path, command in commands.items():
+        values: dict = {}
+        for name in SHARED_FLAGS:
+            if _flag_of(command, name) is None:
+                continue
+            value = settings.lake_location if name == "lake" and path not in LAKE_NAMED_ONLY else getattr(settings, name)
+            if value is not None:
+                values[name] = value
+        for key, value in sections.get("-".join(path), {}).items():
+            param = _flag_of(command, key)
+            if param is None:
+                raise ConfigError(f"{path_of_file} sets {key!r} in [{'-'.join(path)}], which is no flag of "
+                                  f"`totes {' '.join(path)}` (its flags: "
+                                  f"{', '.join(p.opts[0] for p in command.params if p.param_type_name == 'option' and p.name != 'help' and not p.hidden)}).")
+            try:
+                param.get_runtime_param().coerce(value, param=param, ctx=ctx)  # as click will
+            except Exception as error:  # noqa: BLE001 - click.BadParameter and the type's own errors
+                message = getattr(error, "message", None) or str(error)
+                raise ConfigError(f"{path_of_file} sets {key!r} in [{'-'.join(path)}] to a value "
+                                  f"{param.opts[0]} does not take ({message.rstrip('.')}).") from None
+            values[param.name] = value
+        node = defaults
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = values
+    return defaults
 
 
 def _where(key: str) -> str:
@@ -195,7 +318,7 @@ def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = 
     if running:
         return server.dsn(DEFAULT_DATABASE)
     raise NoSourceError(
-        "No source database: pass --dsn, set TOTES_SOURCE_DSN, or start the embedded one "
+        "No source database: pass --source, set TOTES_SOURCE_DSN, or start the embedded one "
         "with `totes source start`."
     )
 
@@ -205,6 +328,7 @@ def resolve_warehouse(explicit: str | None, default: str, settings: Settings | N
     from warehouse_sync.targets import is_postgres_dsn
 
     settings = settings or load()
+    explicit = explicit or (settings.warehouse.get_secret_value() if settings.warehouse else None)
     if explicit and not explicit.startswith(SECRET_PREFIX) and not is_postgres_dsn(explicit):
         return explicit  # a DuckDB file
     return complete_dsn(explicit or None, what="warehouse", password_file=settings.warehouse_password_file,

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from totes_cli.console import err, fail, out
+from totes_cli.options import OldDsnOption, SourceOption, source_or_old_name
 from totes_cli.settings import NoSourceError, resolve_source_dsn
 from totesys.business import ms
 from totesys.connection import SourceConnectionError
@@ -43,13 +44,7 @@ def parse_until(text: str | None) -> datetime | None:
 
 
 def simulate(
-    dsn: Annotated[
-        Optional[str],
-        typer.Option(
-            "--dsn",
-            help="totesys DSN \\[default: $TOTES_SOURCE_DSN, else the running embedded source].",
-        ),
-    ] = None,
+    source: SourceOption = None,
     history_days: Annotated[
         int,
         typer.Option(
@@ -99,6 +94,7 @@ def simulate(
         Optional[int],
         typer.Option("--events", min=0, help="Live only: stop after this many events."),
     ] = None,
+    dsn: OldDsnOption = None,
 ) -> None:
     """Simulate the Terrific Totes business in totesys: static tables, history, then live events.
 
@@ -124,7 +120,7 @@ def simulate(
     if end is not None and end > utc_now():
         raise fail(f"--until {until} is in the future: the history must end by now.", code=2)
     try:
-        dsn = resolve_source_dsn(dsn)
+        dsn = resolve_source_dsn(source_or_old_name(source, dsn))
     except NoSourceError as error:
         raise fail(str(error), code=2) from None
 

@@ -9,14 +9,15 @@ storage amplification that maintenance keeps bounded); the warehouse's position.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from totes_cli.console import fail, out
+from totes_cli.options import LakeOption, OldDsnOption, SourceOption, WarehouseOption, source_or_old_name
 from totes_cli.settings import ConfigError, NoSourceError, resolve_source_dsn, resolve_warehouse, shown
 from totesys.connection import SourceConnectionError, connect, describe, scrub
 from change_events import format_lsn
@@ -40,28 +41,46 @@ def human_bytes(count: int | None) -> str:
     return f"{size:.1f} GiB"
 
 
-def source_table(snapshot: SourceSnapshot, dsn: str, previous: SourceSnapshot | None = None) -> Table:
-    """Rows per table (with the change since `previous`, when given) and the slots."""
+def source_table(snapshot: SourceSnapshot, dsn: str, previous: SourceSnapshot | None = None,
+                 compact: bool = False) -> Table:
+    """Rows per table (with the change since `previous`, when given) and the slots; `compact`
+    puts the tables side by side, two to a line, without borders (the demo's 80×24 view)."""
     elapsed = (snapshot.taken_at - previous.taken_at).total_seconds() if previous else 0.0
-    table = Table(title=f"totesys source  {where(dsn)}", title_justify="left", expand=False)
-    table.add_column("table")
-    table.add_column("rows", justify="right")
-    if previous:
-        table.add_column("Δ rows", justify="right")
+    table = Table(title=f"totesys source  {where(dsn)}", title_justify="left", expand=False,
+                  **({"box": box.SIMPLE_HEAD, "pad_edge": False, "show_edge": False} if compact else {}))
+    cells = []
     for name, count in snapshot.row_counts.items():
-        cells = [name, f"{count:,}"]
+        cell = [name, f"{count:,}"]
         if previous:
             delta = count - previous.row_counts.get(name, count)
-            cells.append(f"{delta:+,}" if delta else "")
-        table.add_row(*cells)
+            cell.append(f"{delta:+,}" if delta else "")
+        cells.append(cell)
+    per_line = 2 if compact else 1
+    for _ in range(per_line):
+        table.add_column("table", no_wrap=True, overflow="ellipsis")
+        table.add_column("rows", justify="right", no_wrap=True)
+        if previous:
+            table.add_column("Δ rows", justify="right", no_wrap=True)
+    rows = -(-len(cells) // per_line)
+    for line in range(rows):
+        row = []
+        for part in range(per_line):
+            index = part * rows + line
+            row += cells[index] if index < len(cells) else [""] * (3 if previous else 2)
+        table.add_row(*row)
     wal_rate = ""
     if previous and elapsed > 0:
         wal_rate = f"  ({human_bytes(int((snapshot.wal_bytes - previous.wal_bytes) / elapsed))}/s)"
     newest = snapshot.latest_change.isoformat(sep=" ", timespec="milliseconds") if snapshot.latest_change else "-"
-    table.caption = (
-        f"PostgreSQL {snapshot.server_version}, wal_level={snapshot.wal_level}, "
-        f"WAL at {snapshot.wal_lsn}{wal_rate}, newest last_updated {newest}"
-    )
+    if compact:
+        newest = f"{snapshot.latest_change:%H:%M:%S.%f}"[:-3] if snapshot.latest_change else "-"
+        table.caption = (f"PostgreSQL {snapshot.server_version.split()[0]}, WAL at {snapshot.wal_lsn}{wal_rate}, "
+                         f"newest change {newest}")
+    else:
+        table.caption = (
+            f"PostgreSQL {snapshot.server_version}, wal_level={snapshot.wal_level}, "
+            f"WAL at {snapshot.wal_lsn}{wal_rate}, newest last_updated {newest}"
+        )
     table.caption_justify = "left"
     return table
 
@@ -168,6 +187,18 @@ def _sizes_json(sizes: list | None) -> dict | None:
                                                 "files": s.files} for s in sizes}}
 
 
+def missing_warehouse(warehouse: str) -> bool:
+    """A DuckDB warehouse file that is not there (a PostgreSQL DSN is never "missing")."""
+    from warehouse_sync.targets import is_postgres_dsn
+
+    return not is_postgres_dsn(warehouse) and not Path(warehouse).exists()
+
+
+def no_warehouse_sentence(warehouse: str) -> str:
+    return (f"There is no warehouse at {warehouse}: create it with `totes run` (or `totes sync` from a lake), "
+            "or point --warehouse (TOTES_WAREHOUSE) at the right file.")
+
+
 def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
     """Where the warehouse is up to, and how far behind the source that is."""
     from warehouse_sync.apply import checkpoint_lsn
@@ -203,13 +234,17 @@ def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | No
 
 
 def status(
-    dsn: Annotated[Optional[str], typer.Option("--dsn", help="Source DSN \\[default: $TOTES_SOURCE_DSN, else the embedded source].")] = None,
+    source: SourceOption = None,
+    lake: LakeOption = None,
+    warehouse: WarehouseOption = None,
+    dsn: OldDsnOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Show the state of the pipeline: source rows, newest change, WAL and slot lag, then what
     the reader, the lake and the warehouse last reached. A source that cannot be reached is
     said in one sentence; the other stages are still shown, and the exit code is 1."""
     snapshot, problem = None, None
+    dsn = source_or_old_name(source, dsn)
     try:
         dsn = resolve_source_dsn(dsn)
         conn = connect(dsn)
@@ -222,8 +257,9 @@ def status(
             conn.close()
     from totes_cli.settings import load
 
-    home = load().home
-    lake = os.environ.get("TOTES_LAKE") or str(home / "lake")
+    settings = load()
+    home = settings.home
+    lake = lake or settings.lake_location
     sizes = lake_sizes(lake)
     if as_json:
         out.print_json(json.dumps({"lake_size": _sizes_json(sizes), "source": None if snapshot is None else {
@@ -246,12 +282,17 @@ def status(
     for table in reader_tables(home):
         out.print(table)
     try:
-        warehouse = resolve_warehouse(os.environ.get("TOTES_WAREHOUSE"), str(home / "warehouse.duckdb"))
+        named_warehouse = warehouse is not None or settings.warehouse is not None
+        warehouse = resolve_warehouse(warehouse, settings.warehouse_location)
     except ConfigError as error:
         raise fail(str(error), code=2) from None
     for table in (lake_table(lake), lake_size_table(lake, sizes) if sizes else None,
                   warehouse_table(warehouse, snapshot)):
         if table is not None:
             out.print(table)
+    if missing_warehouse(warehouse):
+        if named_warehouse:
+            raise fail(no_warehouse_sentence(warehouse), code=1)
+        out.print(f"warehouse  none yet at {warehouse}: `totes run` (or `totes sync`) creates it")
     if problem:
         raise fail(f"the source cannot be read: {problem}", code=1)

@@ -15,9 +15,9 @@ from change_events import format_lsn
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from totes_cli.console import err, fail
-from totes_cli.reader_cmd import DEFAULT_STREAM
+from totes_cli.options import LakeOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
-from totes_cli.settings import load, resolve_warehouse
+from totes_cli.settings import DEFAULT_STREAM, load, resolve_warehouse
 from totesys.connection import SourceConnectionError
 from warehouse_sync.apply import sync_once
 from warehouse_sync.targets import open_target
@@ -51,9 +51,9 @@ def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -
 
 
 def sync(
-    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake \\[default: $TOTES_HOME/lake].")] = None,
-    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="A DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
-    stream: Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream whose shards make the watermark.")] = DEFAULT_STREAM,
+    lake: LakeOption = None,
+    warehouse: WarehouseOption = None,
+    stream: StreamOption = DEFAULT_STREAM,
     once: Annotated[bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between syncs in continuous mode.")] = 1.0,
     emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
