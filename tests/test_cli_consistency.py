@@ -290,3 +290,14 @@ def test_the_demo_live_view_fits_80_by_24(home):
     for needed in [*TABLES, "+12", "reader → Kinesis", "processor → lake", "sync → warehouse", "98,765,432",
                    "sales_order 12,345,678", "business", "Ctrl-C"]:
         assert needed in shown, (needed, shown)
+
+
+def test_a_password_is_warned_about_when_typed_in_a_flag_not_when_read_from_the_file(home):
+    typed = f"postgresql://totes:{PASSWORD}@127.0.0.1:1/totesys"
+    result = totes("run", "--source", typed, "--warehouse", typed, "--wait-for-source", "0")
+    assert result.exit_code == 2 and PASSWORD not in result.output
+    assert "the password in --source shows" in result.output and "the password in --warehouse shows" in result.output
+    config(home, f'[run]\nsource = "{typed}"\nwarehouse = "{typed}"\nwait-for-source = 0\n')
+    quiet = totes("run")
+    assert quiet.exit_code == 2 and "127.0.0.1:1" in quiet.output, quiet.output
+    assert "shows in the process list" not in quiet.output and PASSWORD not in quiet.output

@@ -58,12 +58,11 @@ def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_w
             delay = min(delay * 2, 5.0)
 
 
-def _from_command_line(name: str) -> bool:
-    """Whether option `name` was typed on the command line (not taken from the environment)."""
-    import click
-
-    context = click.get_current_context(silent=True)
-    return context is not None and context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+def _from_command_line(context: typer.Context, name: str) -> bool:
+    """Whether option `name` was typed on the command line (not taken from the environment or
+    totes.toml). typer carries its own click, so the context is the one it passes in."""
+    source = context.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def default_lake(home: Path) -> str:
@@ -83,6 +82,7 @@ def progress_line(pipeline: Pipeline) -> str:
 
 
 def run(
+    context: typer.Context,
     source: SourceOption = None,
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
@@ -99,9 +99,9 @@ def run(
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
     setup_logging(logging.WARNING)
-    if source and _from_command_line("source") and has_password(source):
+    if source and _from_command_line(context, "source") and has_password(source):
         err.print(password_in_flag("--source", "source"))
-    if warehouse and _from_command_line("warehouse") and has_password(warehouse):
+    if warehouse and _from_command_line(context, "warehouse") and has_password(warehouse):
         err.print(password_in_flag("--warehouse", "warehouse"))
     retention = retention_option(retain)
     try:
