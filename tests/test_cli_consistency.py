@@ -258,6 +258,11 @@ def test_wide_tables_fold_at_80_columns_and_cut_nothing_off(home):
         assert max(len(line) for line in lines) <= 80, (argv, result.output)
         assert "…" not in result.output, (argv, result.output)
     assert totes("lake", "dead-letters", "--lake", str(home / "lake"), width=80).output.count("x") >= 90  # the whole reason, folded
+    wide = "SELECT * FROM changes_sales_order ORDER BY _lsn, _seq LIMIT 2"
+    names = list(json.loads(totes("query", wide, "--format", "json").stdout)[0])
+    assert len(names) > 10
+    shown = totes("query", wide, "--lake", str(home / "lake"), width=80).output
+    assert all(re.search(rf"(^|\s){re.escape(name)}\s", shown) for name in names), shown  # no header cut up
 
 
 def test_the_demo_live_view_fits_80_by_24(home):

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import duckdb
 import typer
+from rich import box
 from rich.table import Table
 
 from change_events import CodecError, decode, format_lsn, parse_lsn
@@ -49,10 +50,31 @@ def _qualified(layout: LakeLayout, table: str) -> str:
 
 def narrow_table(title: str, *names: str) -> Table:
     """A table that stays readable at 80 columns: cells fold instead of being cut off."""
-    view = Table(*names, title=title, title_justify="left", pad_edge=False, collapse_padding=True)
+    view = Table(*names, title=title, title_justify="left")
     for column in view.columns:
         column.overflow = "fold"
     return view
+
+
+def rows_view(title: str, names: list[str], rows: list[tuple], width: int):
+    """Rows as a table when they fit in `width` columns, else one record after another, a
+    line per column (as psql's expanded display), so that no header is cut into pieces."""
+    cells = [["" if value is None else str(value) for value in row] for row in rows]
+    needed = sum(max([len(name), *(len(row[i]) for row in cells)]) + 3 for i, name in enumerate(names)) + 1
+    if needed <= width or not cells:
+        view = narrow_table(title, *names)
+        for row in cells:
+            view.add_row(*row)
+        return view
+    records = Table(title=title, title_justify="left", show_header=False, box=box.SIMPLE, pad_edge=False)
+    records.add_column(style="bold", overflow="fold", min_width=min(max(map(len, names)), width // 2))
+    records.add_column(overflow="fold")
+    for number, row in enumerate(cells, start=1):
+        records.add_row(f"-- row {number}", "", end_section=False)
+        for name, value in zip(names, row):
+            records.add_row(name, value)
+        records.add_section()
+    return records
 
 
 def _shown_of(count: int, limit: int) -> str:
@@ -265,8 +287,5 @@ def query(
         writer.writerow(names)
         writer.writerows(rows)
     else:
-        view = narrow_table(f"{len(rows):,} rows" + (f" (first {limit}; --limit shows more)" if len(rows) > limit else ""),
-                            *names)
-        for row in rows[:limit]:
-            view.add_row(*("" if v is None else str(v) for v in row))
-        out.print(view)
+        title = f"{len(rows):,} rows" + (f" (first {limit}; --limit shows more)" if len(rows) > limit else "")
+        out.print(rows_view(title, names, rows[:limit], out.width))
