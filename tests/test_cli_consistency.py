@@ -168,11 +168,26 @@ def test_the_example_file_names_every_command_and_only_settings_they_know(home):
     example = (REPO / "totes.example.toml").read_text()
     switched_on = "\n".join(re.sub(r"^# (\[[a-z-]+\]|[a-z_-]+ = .*)$", r"\1", line) for line in example.splitlines())
     sections = set(re.findall(r"^\[([a-z-]+)\]", switched_on, re.M))
-    assert sections == {"-".join(argv) for argv in every_command()}, "one section per command"
+    commands = {"-".join(argv) for argv in every_command()}
+    assert commands <= sections, f"add a section to totes.example.toml for: {sorted(commands - sections)}"
+    assert sections <= commands, f"totes.example.toml has sections of no command: {sorted(sections - commands)}"
     shared = set(re.findall(r"^([a-z_]+) = ", switched_on.split("\n[", 1)[0], re.M))
     from totes_cli.settings import Settings
 
     assert shared == set(Settings.model_fields), "every shared key, and only those"
+    import tomllib
+
+    import typer.main
+
+    from totes_cli.settings import _commands
+
+    written = tomllib.loads(switched_on)
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            key = param.opts[0].lstrip("-")
+            if param.param_type_name == "option" and not param.hidden and key != "help" and key not in shared | {
+                    "source", "warehouse"}:
+                assert key in written["-".join(path)], f"totes.example.toml: add {key} to [{'-'.join(path)}]"
     config(home, switched_on)
     result = totes("query", "--examples")
     assert result.exit_code == 0, result.output

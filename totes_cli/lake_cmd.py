@@ -253,7 +253,7 @@ def query(
         for name, (description, _) in EXAMPLES.items():
             out.print(f"{name:24} {description}")
         return
-    if example is not None:
+    if example is not None and not sql:  # SQL given wins over an example from totes.toml
         if example not in EXAMPLES:
             raise fail(f"No example {example!r}; there are: {', '.join(EXAMPLES)}.", code=2)
         sql = EXAMPLES[example][1]
