@@ -53,7 +53,7 @@ def _usage_error_in_one_sentence(error) -> None:
     context = getattr(error, "ctx", None)
     message = error.format_message().replace("Value error, ", "").strip().rstrip(".")
     hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-    err.print(f"[bold red]error:[/] {escape(scrub(message))}{escape(hint)}.")
+    err.print(f"[bold red]error:[/] {escape(scrub(message))}{escape(hint)}{'' if message.endswith('?') else '.'}")
 
 
 typer.rich_utils.rich_format_error = _usage_error_in_one_sentence

@@ -117,7 +117,7 @@ def read_config() -> tuple[dict, dict]:
     shared = {key: value for key, value in data.items() if key not in sections}
     unknown = sorted(set(shared) - set(Settings.model_fields))
     if unknown:
-        raise ConfigError(f"{path} sets {unknown[0]!r}{_where(unknown[0])}, which is no setting: the shared "
+        raise ConfigError(f"{unknown[0]!r}{_where(unknown[0]) or f' in {path}'} is no setting: the shared "
                           f"keys are {', '.join(Settings.model_fields)}, and a command's flags go in its "
                           "section (see totes.example.toml).")
     return shared, sections
