@@ -8,7 +8,13 @@
 # secrets.tf, iam.tf, alarms.tf. Variables in variables.tf, outputs in outputs.tf.
 
 terraform {
-  required_version = ">= 1.5"
+  # 1.10 brought S3-native state locking (use_lockfile).
+  required_version = ">= 1.10"
+
+  # State in S3, locked by a lock file next to it (no DynamoDB table). Its settings come
+  # from `terraform init -backend-config=backend.hcl -backend-config=bucket=…` (see
+  # README.md), so a plain `init -backend=false` (the tests, validate) needs none.
+  backend "s3" {}
 
   required_providers {
     aws = {
