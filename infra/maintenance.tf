@@ -5,6 +5,8 @@
 # keeps `lake_retention_hours` of time travel (lake/maintenance.py). It is the only role
 # that may delete lake objects.
 resource "aws_cloudwatch_log_group" "maintain" {
+  # checkov:skip=CKV_AWS_158: CloudWatch Logs encrypts every log group at rest; the logs hold no secret or raw personal data
+  # checkov:skip=CKV_AWS_338: operational logs kept var.log_retention_days (30 by default); the lake is the record
   name              = "/ecs/${var.name}/maintain"
   retention_in_days = var.log_retention_days
 }

@@ -7,6 +7,7 @@
 # state mid-snapshot would take the snapshot as done, so the state lives on EFS.
 
 resource "aws_efs_file_system" "reader_state" {
+  # checkov:skip=CKV_AWS_184: encrypted at rest with the AWS-managed key; it holds the reader's small state file (slot name, snapshot progress), no data
   creation_token = "${var.name}-reader-state"
   encrypted      = true
 }
@@ -111,6 +112,7 @@ resource "aws_ecs_task_definition" "reader" {
 }
 
 resource "aws_ecs_service" "reader" {
+  # checkov:skip=CKV_AWS_332: pinned to 1.4.0, the version with EFS volumes, so a platform change never rides along with an unrelated apply
   name             = "reader"
   cluster          = aws_ecs_cluster.main.id
   task_definition  = aws_ecs_task_definition.reader.arn
