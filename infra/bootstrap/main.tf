@@ -156,12 +156,10 @@ resource "aws_iam_openid_connect_provider" "github" {
   client_id_list = ["sts.amazonaws.com"]
 }
 
-# Who may assume a role: a workflow of this repository, as `subject` says.
-data "aws_iam_policy_document" "github_trust" {
-  for_each = {
-    plan   = "repo:${var.github_repository}:pull_request"
-    deploy = "repo:${var.github_repository}:environment:production"
-  }
+# Who may assume each role: a workflow of this repository, for a pull request (plan) or in
+# its `production` environment (deploy).
+data "aws_iam_policy_document" "plan_trust" {
+  # checkov:skip=CKV_AWS_358: checkov cannot resolve var.github_repository; the subject names exactly one repository (owner/name) and one event or environment
   statement {
     effect  = "Allow"
     actions = ["sts:AssumeRoleWithWebIdentity"]
@@ -171,27 +169,49 @@ data "aws_iam_policy_document" "github_trust" {
     }
     condition {
       test     = "StringEquals"
-      variable = "${local.github}:aud"
+      variable = "token.actions.githubusercontent.com:aud"
       values   = ["sts.amazonaws.com"]
     }
     condition {
       test     = "StringEquals"
-      variable = "${local.github}:sub"
-      values   = [each.value]
+      variable = "token.actions.githubusercontent.com:sub"
+      values   = ["repo:${var.github_repository}:pull_request"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "deploy_trust" {
+  # checkov:skip=CKV_AWS_358: checkov cannot resolve var.github_repository; the subject names exactly one repository (owner/name) and one event or environment
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = [local.oidc_arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "token.actions.githubusercontent.com:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "token.actions.githubusercontent.com:sub"
+      values   = ["repo:${var.github_repository}:environment:production"]
     }
   }
 }
 
 resource "aws_iam_role" "plan" {
   name                 = "${var.name}-ci-plan"
-  assume_role_policy   = data.aws_iam_policy_document.github_trust["plan"].json
+  assume_role_policy   = data.aws_iam_policy_document.plan_trust.json
   max_session_duration = 3600
   depends_on           = [aws_iam_openid_connect_provider.github]
 }
 
 resource "aws_iam_role" "deploy" {
   name                 = "${var.name}-ci-deploy"
-  assume_role_policy   = data.aws_iam_policy_document.github_trust["deploy"].json
+  assume_role_policy   = data.aws_iam_policy_document.deploy_trust.json
   max_session_duration = 3600
   depends_on           = [aws_iam_openid_connect_provider.github]
 }
