@@ -52,7 +52,6 @@ from typing import Protocol
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
-from psycopg2 import sql
 
 from cdc_reader import pgoutput
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd

@@ -23,7 +23,6 @@ import json
 import struct
 from operator import attrgetter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import pyarrow as pa
 

@@ -51,7 +51,7 @@ from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
 from lake.delta_io import Position, is_infrastructure_fault, retry_on_conflict
 from lake.errors import (
-    IncompatibleSchemaError, RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError,
+    RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError,
 )
 from lake.layout import LakeLayout
 from lake.progress import Progress
@@ -287,12 +287,12 @@ def _storable_fields(schema: TableSchema) -> list[pa.Field]:
     except (ValueError, TypeError, pa.ArrowException) as error:
         raise UnstorableSchemaError(schema.table, f"{type(error).__name__}: {error}") from None
     seen: dict[str, str] = {}
-    for field in fields:
-        folded = field.name.casefold()
-        if not field.name or folded in seen:
-            raise UnstorableSchemaError(schema.table, f"column name {field.name!r} is empty or repeats "
+    for column in fields:
+        folded = column.name.casefold()
+        if not column.name or folded in seen:
+            raise UnstorableSchemaError(schema.table, f"column name {column.name!r} is empty or repeats "
                                                       f"{seen.get(folded)!r} (names are case-insensitive)")
-        seen[folded] = field.name
+        seen[folded] = column.name
     return fields
 
 

@@ -309,7 +309,7 @@ def test_the_publication_fix_the_reader_names_runs_as_given_for_a_hostile_table(
 
 
 def test_state_as_of_an_lsn_for_a_key_whose_column_names_hold_commas(tmp_path):
-    from tests.lake_fixtures import Source, _schema
+    from tests.lake_fixtures import Source
     from change_events import Column, TableSchema
     from lake.writer import LakeWriter
 

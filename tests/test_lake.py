@@ -33,7 +33,6 @@ from tests.lake_fixtures import (
     sales_order_row,
     table_snapshot,
     with_column,
-    with_type,
 )
 
 SO, PAY = SALES_ORDER.table, PAYMENT.table

@@ -10,10 +10,8 @@ from __future__ import annotations
 import random
 import string
 import time
-import uuid
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -24,7 +22,7 @@ from cdc_reader.publisher import (
     Publisher, Shard, ShardMap, hash_key, kinesis_client, pack,
 )
 from change_events import ChangeEvent, Column, Op, TableSchema, decode
-from local_stack import Kinesalite, ensure_stream
+from tests.stream_helpers import events_by_shard, new_stream, read_stream
 
 ORDER = TableSchema("public.sales_order", (
     Column("sales_order_id", "integer", 23, -1, True),
@@ -41,8 +39,6 @@ LINE = TableSchema("public.line", (
     Column("qty", "bigint", 20),
 ))
 COMMIT = datetime(2024, 11, 15, 14, 40, 10, tzinfo=timezone.utc)
-
-from tests.stream_helpers import events_by_shard, new_stream, read_stream
 
 # -- fixtures and helpers --------------------------------------------------------------------
 # (kinesalite_url and kinesis come from conftest; new_stream, read_stream from stream_helpers)

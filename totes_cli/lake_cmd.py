@@ -15,7 +15,7 @@ from rich.table import Table
 
 from change_events import CodecError, decode, format_lsn, parse_lsn
 from lake.dead_letters import DeadLetters
-from lake.layout import CHANGES, LakeLayout, table_name
+from lake.layout import CHANGES, LakeLayout
 from lake.maintenance import DEFAULT_RETENTION, RetentionError, format_retention, parse_retention
 from lake.maintenance import maintain as maintain_lake
 from lake.timetravel import AsOfError, check_as_of, history as lake_history, register_duckdb, state_as_of_lsn

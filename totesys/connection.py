@@ -178,7 +178,7 @@ def _explain(dsn: str, error: Exception) -> str:
             f"PostgreSQL at {host}:{port} wants a password for user {user!r}: "
             "set PGPASSWORD or add it to the DSN."
         )
-    if f'role "' in lowered and "does not exist" in lowered:
+    if 'role "' in lowered and "does not exist" in lowered:
         return f"User {user!r} does not exist on {host}:{port}: create it or fix the user in the DSN."
     if "database" in lowered and "does not exist" in lowered:
         return f"Database {dbname!r} does not exist on {host}:{port}: create it or fix the database name in the DSN."
