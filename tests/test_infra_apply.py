@@ -2,8 +2,8 @@
 README says (read back with boto3), a second `plan` right after it wants no change, and
 `destroy` leaves nothing behind.
 
-infra/ itself points at real AWS. The test copies it to a scratch folder and adds a
-provider override (override.tf) that points every service at moto and, for the few
+infra/ itself points at real AWS. The test copies it to a scratch folder and adds an
+override (override.tf) that keeps the state local, points every service at moto and, for the few
 attributes moto does not echo back, tells Terraform not to compare them (each one says why
 below). `terraform init` installs the provider from the offline mirror (TOTES_TF_PLUGIN_DIR,
 default /opt/tf-plugins) and checks it against the committed infra/.terraform.lock.hcl; the
@@ -60,7 +60,12 @@ def _override(endpoint: str) -> str:
     lifecycles = "\n".join(
         f'resource "{kind}" "{name}" {{\n  lifecycle {{\n    ignore_changes = [{", ".join(attributes)}]\n  }}\n}}\n'
         for (kind, name), attributes in MOTO_DOES_NOT_ECHO.items())
-    return f"""provider "aws" {{
+    return f"""# The state stays in the scratch folder, not in infra/'s S3 backend.
+terraform {{
+  backend "local" {{}}
+}}
+
+provider "aws" {{
   region                      = "{REGION}"
   access_key                  = "testing"
   secret_key                  = "testing"
@@ -155,7 +160,7 @@ def deployment(tmp_path):
             **_network(aws),
         }), encoding="utf-8")
         terraform = Terraform(work)
-        init = terraform("init", "-backend=false", f"-plugin-dir={PLUGIN_DIR}", "-lockfile=readonly")
+        init = terraform("init", f"-plugin-dir={PLUGIN_DIR}", "-lockfile=readonly")
         assert "Terraform has been successfully initialized" in init.stdout
         before = _inventory(aws)
         terraform("apply", "-auto-approve", "-parallelism=30")
