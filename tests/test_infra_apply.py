@@ -130,6 +130,7 @@ def _inventory(aws: Aws) -> dict[str, set]:
                      if c["status"] == "ACTIVE"} if ecs_clusters else set(),
         "task definitions": set(aws.ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]),
         "alarms": {a["AlarmName"] for a in aws.cloudwatch.describe_alarms()["MetricAlarms"]},
+        "dashboards": {d["DashboardName"] for d in aws.cloudwatch.list_dashboards()["DashboardEntries"]},
         "topics": {t["TopicArn"] for t in aws.sns.list_topics()["Topics"]},
         "subscriptions": {s["SubscriptionArn"] for s in aws.sns.list_subscriptions()["Subscriptions"]},
         "queues": set(aws.sqs.list_queues().get("QueueUrls", [])),
@@ -300,6 +301,7 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
         "processor-retrying": ("totes-cdc", "BatchRetries", {"service": "processor"}, "Sum", 0),
         "processor-gave-up": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": queue_name},
                               "Maximum", 0),
+        "processor-silent": ("totes-cdc", "Events", {"service": "processor"}, "SampleCount", 1),
         "reader-unconfirmed-wal": ("totes-cdc", "UnconfirmedWalBytes", {"service": "reader"}, "Maximum",
                                    1073741824),
         "reader-slot-lost": ("totes-cdc", "SlotLost", {"service": "reader"}, "Maximum", 1),
@@ -316,7 +318,7 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
             watched = (alarm["Namespace"], alarm["MetricName"],
                        {d["Name"]: d["Value"] for d in alarm["Dimensions"]}, alarm["Statistic"], alarm["Threshold"])
             assert watched == expected[name], name
-    for silent in ("reader-silent", "sync-silent", "source-slot-lag"):
+    for silent in ("processor-silent", "reader-silent", "sync-silent", "source-slot-lag"):
         assert alarms[silent]["TreatMissingData"] == "breaching", silent
 
     # -- IAM: no wildcard action, each role only its job
