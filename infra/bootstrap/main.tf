@@ -289,6 +289,7 @@ data "aws_iam_policy_document" "deploy" {
       "arn:aws:logs:${var.aws_region}:${local.account_id}:log-group:/ecs/${var.name}/*",
       "arn:aws:logs:${var.aws_region}:${local.account_id}:log-group:/aws/lambda/${var.name}-*",
       "arn:aws:cloudwatch:${var.aws_region}:${local.account_id}:alarm:${var.name}-*",
+      "arn:aws:cloudwatch::${local.account_id}:dashboard/${var.name}",
       "arn:aws:events:${var.aws_region}:${local.account_id}:rule/${var.name}-*",
       "arn:aws:ecs:${var.aws_region}:${local.account_id}:cluster/${var.name}",
       "arn:aws:ecs:${var.aws_region}:${local.account_id}:service/${var.name}/*",
