@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
