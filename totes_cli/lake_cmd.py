@@ -24,7 +24,8 @@ from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, OutputFormat
 from totes_cli.settings import load
 from totes_cli.status_cmd import human_bytes, lake_table_name
-from warehouse_sync.schema import quote_identifier as q, quote_literal
+from warehouse_sync.read_copy import WarehouseBusy, attach_for_reading
+from warehouse_sync.schema import quote_identifier as q
 
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
 
@@ -210,7 +211,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
             visible = ", ".join(q(name) for name, *_ in columns if not name.startswith("_"))
             connection.execute(f"CREATE VIEW {q(short)} AS SELECT {visible} FROM {q(f'_state_{short}')} WHERE NOT _deleted")  # nosec B608 # view, column and table names quoted by q()
     if warehouse and Path(warehouse).exists():
-        connection.execute(f"ATTACH {quote_literal(warehouse)} AS warehouse (READ_ONLY)")
+        attach_for_reading(connection, warehouse)  # or the copy its writer publishes, while one writes it
         connection.execute("SET search_path = 'memory.main,warehouse.main'")
     return connection
 
@@ -270,7 +271,10 @@ def query(
             check_as_of(LakeLayout(lake), when)
         except AsOfError as error:
             raise fail(f"--as-of {as_of}: {error}", code=2) from None
-    connection = open_session(lake, warehouse, when)
+    try:
+        connection = open_session(lake, warehouse, when)
+    except WarehouseBusy as error:
+        raise fail(str(error), code=1) from None
     try:
         result = connection.execute(sql)
     except duckdb.Error as error:

@@ -43,6 +43,7 @@ from stream_processors.poller import LocalPoller, ShardOffsets
 from totesys.schema import TABLES
 from totesys.stats import current_wal_lsn
 from warehouse_sync.apply import SyncResult, sync_once
+from warehouse_sync.read_copy import ReadCopyPublisher
 from warehouse_sync.targets import open_target
 
 log = logging.getLogger("totes.pipeline")
@@ -266,15 +267,18 @@ class Pipeline:
         shard_ids = [shard.shard_id for shard in self.publisher.shards]
         watermark = LakeWatermark(self.layout, lambda: shard_ids)
         tables: dict = {}  # what the sync has read of each change log, between runs
+        readers = ReadCopyPublisher(target)  # a DuckDB warehouse stays readable by other processes
 
         def sync_to_watermark() -> None:
             upto = watermark.durable_lsn()
+            result = None
             if upto > self.sync.synced_upto:
                 result = sync_once(self.layout, target, upto, tables=tables)
                 self.sync.runs += 1
                 self.sync.events += result.events
                 self.sync.synced_upto = upto
                 self.sync.last, self.sync.last_at = result, time.time()
+            readers.after_sync(result is not None and result.applied)
 
         try:
             while not stop.is_set():
@@ -282,6 +286,7 @@ class Pipeline:
                 self._lake_moved.wait(self.config.sync_interval)
                 self._lake_moved.clear()  # before reading the watermark: a later move sets it again
             sync_to_watermark()  # the stages upstream have stopped: take what they left
+            readers.close()
         finally:
             target.close()
 

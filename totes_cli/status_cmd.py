@@ -203,12 +203,14 @@ def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | No
     """Where the warehouse is up to, and how far behind the source that is."""
     from warehouse_sync.apply import checkpoint_lsn
     from warehouse_sync.schema import row_counts_sql
-    from warehouse_sync.targets import is_postgres_dsn, open_target
+    from warehouse_sync.read_copy import connect_for_reading
+    from warehouse_sync.targets import DuckDBTarget, is_postgres_dsn, open_target
 
     if not is_postgres_dsn(warehouse) and not Path(warehouse).exists():
         return None
-    try:
-        target = open_target(warehouse)
+    try:  # a DuckDB file read-only: itself, or the copy its writer publishes while one writes it
+        target = open_target(warehouse) if is_postgres_dsn(warehouse) else \
+            DuckDBTarget(warehouse, connection=connect_for_reading(warehouse))
     except Exception as error:  # e.g. a running sync holds the DuckDB file
         table = Table(title=f"warehouse  {shown(warehouse)}", title_justify="left")
         table.add_column("state")

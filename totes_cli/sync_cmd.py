@@ -20,6 +20,7 @@ from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import DEFAULT_STREAM, load, resolve_warehouse
 from totesys.connection import SourceConnectionError
 from warehouse_sync.apply import sync_once
+from warehouse_sync.read_copy import ReadCopyPublisher
 from warehouse_sync.targets import open_target
 
 
@@ -79,12 +80,14 @@ def sync(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     tables: dict = {}  # the lake's Delta tables, refreshed between runs
+    readers = ReadCopyPublisher(target)  # a DuckDB warehouse stays readable by other processes
     runs = events = rejected = 0
     next_emf = time.monotonic() + EMF_SECONDS
     try:
         while True:
             upto = progress.lake_watermark(shards)
             result = sync_once(layout, target, upto, tables=tables)
+            readers.after_sync(result.applied)
             runs, events = runs + 1, events + result.events
             rejected += sum(result.facts_rejected.values())
             if result.applied:
@@ -99,6 +102,7 @@ def sync(
                 next_emf = time.monotonic() + EMF_SECONDS
             if once or stop.wait(interval):
                 break
+        readers.close()
     except SourceConnectionError as error:  # reconnecting failed: one sentence, no password
         raise fail(f"{error} The sync resumes from its checkpoint when started again.") from None
     except Exception as error:

@@ -256,4 +256,24 @@ def open_target(warehouse: str | Path) -> Target:
     path = Path(warehouse).expanduser()
     if str(warehouse) != ":memory:":
         path.parent.mkdir(parents=True, exist_ok=True)
-    return DuckDBTarget(path if str(warehouse) != ":memory:" else ":memory:")
+    if str(warehouse) == ":memory:":
+        return DuckDBTarget(":memory:")
+    return DuckDBTarget(path, connection=_connect_duckdb_waiting(path))
+
+
+DUCKDB_LOCK_WAIT_SECONDS = 10.0
+"""How long a writer waits for readers that opened the DuckDB file itself (they let go
+within moments; see warehouse_sync/read_copy.py)."""
+
+
+def _connect_duckdb_waiting(path: Path) -> duckdb.DuckDBPyConnection:
+    import time
+
+    deadline = time.monotonic() + DUCKDB_LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as error:
+            if "Could not set lock" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
