@@ -14,6 +14,7 @@ from totes_cli import (
     demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd, source_cmd, status_cmd,
     sync_cmd,
 )
+from totes_cli import dashboard_cmd, report_cmd
 from totes_cli.console import err, fail
 from totesys.connection import scrub
 
@@ -73,6 +74,8 @@ app.command("query")(lake_cmd.query)
 app.command("run")(run_cmd.run)
 app.command("sync")(sync_cmd.sync)
 app.command("simulate")(simulate_cmd.simulate)
+app.command("dashboard")(dashboard_cmd.dashboard)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:
