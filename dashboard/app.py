@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import collections
 import html
+import os
 import logging
 import threading
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from importlib import resources
+from importlib import metadata, resources
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -45,12 +47,32 @@ PAGES = {"business": "Business", "order": "Order history", "lake": "Time travel"
 PATHS = {"business": "/", "order": "/order", "lake": "/lake", "health": "/health"}
 
 
+def bundle_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "totes-cdc"
+
+
 @lru_cache(maxsize=1)
 def vega_bundle() -> str:
-    """vega, vega-lite and vega-embed in one script (from vl-convert: works offline)."""
+    """vega, vega-lite and vega-embed in one script, made by vl-convert (works offline). Making
+    it takes 5-15 s, so it is kept in the user's cache folder, per vl-convert version."""
     import vl_convert
 
-    return vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION)
+    version = metadata.version("vl-convert-python")
+    cached = bundle_cache() / f"vega-bundle-{version}-vl{VEGA_LITE_VERSION}.js"
+    try:
+        return cached.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_name(f".{cached.name}.{os.getpid()}")
+        temporary.write_text(bundle, encoding="utf-8")
+        os.replace(temporary, cached)
+    except OSError:
+        pass  # no cache folder: made again next time
+    return bundle
 
 
 def _static(name: str) -> str:
@@ -149,6 +171,7 @@ def create_app(dashboard: Dashboard) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app):
+        threading.Thread(target=vega_bundle, name="vega-bundle", daemon=True).start()  # ready before a page asks
         dashboard.start()
         yield
         dashboard.stop()

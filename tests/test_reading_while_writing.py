@@ -1,10 +1,12 @@
-"""`totes query` and `totes status` read a DuckDB warehouse while `totes run` writes it, and
-only ever see whole source transactions (warehouse_sync/read_copy.py)."""
+"""`totes query`, `totes status` and `totes dashboard` read a DuckDB warehouse while
+`totes run` writes it, and only ever see whole source transactions
+(warehouse_sync/read_copy.py)."""
 
 from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from datetime import datetime
 import psycopg2
 import pytest
 
+from tests.browser import dashboard_process
 from tests.conftest import make_scratch_dir
 from tests.test_run_cli import totes
 from totesys.simulator import Simulator
@@ -34,8 +37,22 @@ def start_run(home, dsn: str, lake: str, warehouse: str) -> subprocess.Popen:
                              "--warehouse", warehouse], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def totals(address: str) -> tuple[int, int, int]:
+    """(warehouse LSN, units sold, items bought) as the dashboard shows them."""
+    with urllib.request.urlopen(address + "api/business", timeout=60) as response:  # nosec B310 # our own 127.0.0.1
+        data = json.load(response)
+    shown = {view["name"]: view["rows"] for view in data["views"]}
+    return (data["checkpoint_lsn"], sum(r["units"] for r in shown["sales-by-month"]),
+            sum(r["items"] for r in shown["purchase-volumes"]))
+
+
+def source_totals(cur) -> int:
+    cur.execute("SELECT (SELECT sum(units_sold) FROM sales_order) - (SELECT sum(item_quantity) FROM purchase_order)")
+    return cur.fetchone()[0]
+
+
 @pytest.mark.slow
-def test_query_and_status_read_whole_transactions_while_run_writes(totesys_dsn):
+def test_query_status_and_dashboard_read_whole_transactions_while_run_writes(totesys_dsn):
     with Simulator(totesys_dsn, seed=7) as simulator:
         simulator.seed_history(10, until=datetime(2024, 11, 15, 18))
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
@@ -43,12 +60,16 @@ def test_query_and_status_read_whole_transactions_while_run_writes(totesys_dsn):
         (order,) = cur.fetchone()
         cur.execute("SELECT min(purchase_order_id) FROM purchase_order")
         (purchase,) = cur.fetchone()
+        before = source_totals(cur)  # units sold minus items bought, before the first change
     home = make_scratch_dir("totes-reading-")
     lake, warehouse = str(home / "lake"), str(home / "warehouse.duckdb")
     run = start_run(home, totesys_dsn, lake, warehouse)
     source = psycopg2.connect(totesys_dsn)
+    dashboard = dashboard_process(home, home / "lake", home / "warehouse.duckdb")
+    address = dashboard.__enter__()
     try:
         seen: list[tuple[int, int]] = []
+        shown: list[tuple[int, int, int]] = []
         step = 0
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and len({units for units, _ in seen if units > 1000}) < 3:
@@ -60,6 +81,9 @@ def test_query_and_status_read_whole_transactions_while_run_writes(totesys_dsn):
                 cur.execute("UPDATE purchase_order SET item_quantity = %s, last_updated = now() "
                             "WHERE purchase_order_id = %s", (1000 + step, purchase))
             source.commit()
+            if step == 1:
+                with source.cursor() as cur:
+                    after = source_totals(cur)  # ... and after it: later changes keep it
             if not (home / "warehouse.duckdb").exists():
                 time.sleep(0.5)
                 continue
@@ -73,16 +97,21 @@ def test_query_and_status_read_whole_transactions_while_run_writes(totesys_dsn):
             if rows:
                 (row,) = rows
                 seen.append((row["order_units"], row["purchase_quantity"]))
+            shown.append(totals(address))
         assert seen, (home / "run.log").read_text()[-3000:]
         # never one half of a transaction without the other ...
         assert all(units == quantity for units, quantity in seen), seen
         # ... and what readers see moves on while the pipeline writes
         assert len({units for units, _ in seen if units > 1000}) >= 3, seen
+        # the dashboard too: each state it showed is one between two source transactions
+        assert all(units - items in (before, after) for _, units, items in shown), (before, after, shown)
+        assert len({lsn for lsn, _, _ in shown}) >= 3, shown
 
         status = totes("status", "--dsn", totesys_dsn, home=home, timeout=60)
         assert "cannot open it now" not in status.stdout, status.stdout
         assert "warehouse  up to" in status.stdout, status.stdout + status.stderr
     finally:
+        dashboard.__exit__(None, None, None)
         source.close()
         run.send_signal(signal.SIGINT)
         try:

@@ -1,6 +1,8 @@
 // The dashboard's pages: fetch JSON from /api/<page>, draw its Vega-Lite specs with vega-embed,
 // show the numbers under each chart, refresh every few seconds. State for tests and curious
 // users: window.totes (views by chart id, the last data, how many loads finished).
+// Everything is inside one function: the vega bundle's own globals are left alone.
+(() => {
 "use strict";
 
 const totes = window.totes = {
@@ -82,6 +84,7 @@ async function loadOnce(load) {
     await load();
     showError("");
   } catch (error) {
+    totes.lastError = error;
     showError(error.message);
   } finally {
     totes.busy = false;
@@ -168,7 +171,7 @@ async function lake() {
       main.append(form, out);
     }
     const parts = [el("h2", {id: "lake-count"}, `${data.table}${data.at ? " as of " + data.at : ""}: ${data.count} rows`),
-      figures(data.columns || [], data.rows)];
+      Object.assign(figures(data.columns || [], data.rows), {id: "lake-rows"})];
     if (data.difference) {
       const d = data.difference;
       parts.push(el("h2", {id: "lake-difference"},
@@ -220,3 +223,4 @@ async function health() {
 }
 
 ({business, order, lake, health})[totes.page]();
+})();
