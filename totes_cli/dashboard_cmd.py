@@ -63,3 +63,54 @@ def dashboard(
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+# -- started by `totes demo` -------------------------------------------------------------------
+
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "DSN", "CREDENTIAL")
+
+
+def child_environment(home) -> dict[str, str]:
+    """This process's environment without anything that may hold a secret: the dashboard
+    finds the embedded source under TOTES_HOME by itself."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in _SECRET_WORDS)}
+    env["TOTES_HOME"] = str(home)
+    return env
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def spawn(home, lake: str, warehouse: str, log_path, wait_seconds: float = 60.0):
+    """Start `totes dashboard` as a child process on DEFAULT_PORT, or a free port when that
+    one is taken; return (process, address), address None when it did not come up in time."""
+    import select
+    import subprocess  # nosec B404 # our own command, no shell
+    import time
+
+    port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else 0
+    log = open(log_path, "ab")
+    process = subprocess.Popen(  # nosec B603 # argv of our own interpreter and command, no shell
+        [sys.executable, "-m", "totes_cli", "dashboard", "--port", str(port), "--lake", lake, "--warehouse", warehouse],
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=child_environment(home))
+    log.close()
+    deadline = time.monotonic() + wait_seconds
+    line = b""
+    while time.monotonic() < deadline and process.poll() is None and not line.endswith(b"\n"):
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            chunk = process.stdout.read1(256) if hasattr(process.stdout, "read1") else process.stdout.read(1)
+            if not chunk:
+                break
+            line += chunk
+    text = line.decode(errors="replace").strip()
+    address = text.split(": ", 1)[1] if text.startswith("dashboard: http://") else None
+    return process, address

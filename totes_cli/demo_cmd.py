@@ -8,6 +8,7 @@ Ctrl-C (or --duration) stops the business, then the pipeline upstream first, the
 
 from __future__ import annotations
 
+import subprocess  # nosec B404 # to stop the dashboard's process
 import threading
 import time
 from dataclasses import dataclass
@@ -115,11 +116,14 @@ def _pipeline_table(figures: StageFigures, rates: _Rates, source, warehouse_coun
 
 
 def live_view(current: SourceSnapshot, previous: SourceSnapshot, dsn: str, business: SimulatorStats,
-              figures: StageFigures, rates: _Rates, warehouse_counts: dict[str, int]) -> Group:
+              figures: StageFigures, rates: _Rates, warehouse_counts: dict[str, int],
+              dashboard: str | None = None) -> Group:
     """Everything the demo shows, in 80 columns by 24 lines."""
+    hint = (f"Ctrl-C stops; dashboard: {dashboard}" if dashboard
+            else "Ctrl-C stops; meanwhile: totes query \"SELECT ...\"")
     return Group(source_table(current, dsn, previous, compact=True), _business_line(business),
                  _pipeline_table(figures, rates, current, warehouse_counts),
-                 Text("Ctrl-C stops; meanwhile: totes query \"SELECT ...\"", style="dim"))
+                 Text(hint, style="dim"))
 
 
 def _warehouse_counts(target) -> dict[str, int]:
@@ -139,6 +143,7 @@ def demo(
     duration: Annotated[Optional[float], typer.Option("--duration", help="Stop by itself after this many seconds.")] = None,
     keep_source: Annotated[bool, typer.Option("--keep-source", help="Leave totesys running when the demo stops.")] = False,
     retain: RetainOption = format_retention(DEMO_RETENTION),
+    with_dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="Also serve the dashboard on 127.0.0.1 and print its address.")] = True,
 ) -> None:
     """Run totesys with a live simulated business and watch it change. Ctrl-C stops it all."""
     retention = retention_option(retain)
@@ -175,6 +180,14 @@ def demo(
             err.print("totesys has data already: resuming the business on it")
         err.print("starting the pipeline (reader, local Kinesis, processor, lake, warehouse sync) ...")
         pipeline.start()
+        address = None
+        if with_dashboard:
+            from totes_cli.dashboard_cmd import spawn
+
+            dashboard, address = spawn(settings.home, pipeline.config.lake, pipeline.config.warehouse,
+                                       settings.home / "dashboard.log")
+            err.print(f"dashboard: {address}" if address else
+                      f"the dashboard did not start: see {settings.home / 'dashboard.log'}", markup=False, highlight=False)
         worker = threading.Thread(target=business, name="business", daemon=True)
         worker.start()
         started = time.monotonic()
@@ -188,12 +201,18 @@ def demo(
                 stop.wait(REFRESH_SECONDS)
                 current = read_source(conn)
                 live.update(live_view(current, previous, dsn, simulator.stats, StageFigures.of(pipeline), rates,
-                                      _warehouse_counts(warehouse)))
+                                      _warehouse_counts(warehouse), dashboard=address))
                 previous = current
     except KeyboardInterrupt:
         err.print("stopping ...")
     finally:
         stop.set()
+        if "dashboard" in locals():
+            dashboard.terminate()
+            try:
+                dashboard.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                dashboard.kill()
         if "worker" in locals():
             worker.join(timeout=30)
         if warehouse is not None:
