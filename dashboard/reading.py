@@ -8,6 +8,7 @@ special. Rows come back as plain dicts.
 
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from dashboard.charts import plain_rows
 from warehouse_sync.read_copy import connect_for_reading
 from warehouse_sync.targets import is_postgres_dsn
 
+log = logging.getLogger("totes.dashboard")
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
@@ -219,8 +221,8 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None) -> HealthSam
                 connection.close()
             found.source_wal = snapshot.wal_bytes
             found.slot_retained = max((s.retained_wal_bytes or 0 for s in snapshot.slots), default=None)
-        except Exception:  # noqa: BLE001 - a source that cannot be reached leaves its fields empty
-            pass
+        except Exception as error:  # noqa: BLE001 - a source that cannot be reached leaves its fields empty
+            log.debug("the source could not be read: %s", type(error).__name__)
     found.lake_events = lake_event_count(lake)
     if found.lake_events is not None:
         history = Progress(LakeLayout(lake)).history()
@@ -235,8 +237,8 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None) -> HealthSam
                       " + (SELECT count(*) FROM fact_payment) AS facts, "
                       "(SELECT max(valid_from) FROM fact_sales_order) AS newest")[0]
             found.warehouse_facts, found.newest_commit = row["facts"], row["newest"]
-    except Exception:  # noqa: BLE001 - no warehouse yet, or being created
-        pass
+    except Exception as error:  # noqa: BLE001 - no warehouse yet, or being created
+        log.debug("the warehouse could not be read: %s", type(error).__name__)
     return found
 
 

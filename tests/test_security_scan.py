@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["cdc_reader", "change_events", "lake", "local_stack", "stream_processors", "totes_cli",
+PACKAGES = ["cdc_reader", "change_events", "dashboard", "lake", "local_stack", "stream_processors", "totes_cli",
             "totesys", "warehouse_sync"]
 NOSEC = re.compile(r"#\s*nosec\b(?P<rest>.*)$")
 EXPLAINED = re.compile(r"^:?\s*B\d{3}(\s*,\s*B\d{3})*\s+#\s*\S.{8,}")
