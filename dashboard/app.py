@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import collections
 import html
-import os
 import logging
+import os
 import threading
+import time
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from importlib import metadata, resources
@@ -107,6 +108,8 @@ class Dashboard:
         self.sample_seconds = sample_seconds
         self.samples: collections.deque = collections.deque(maxlen=400)
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._watched_at = float("-inf")
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -115,14 +118,23 @@ class Dashboard:
     def take_sample(self) -> None:
         self.samples.append(reading.sample(self.lake or "", self.warehouse, self._source_dsn))
 
+    IDLE_SAMPLE_SECONDS = 30.0
+    """Between samples while nobody has looked at the health page for a few minutes."""
+
+    def watched(self) -> None:
+        """The health page asked: sample at the full rate for the next few minutes."""
+        self._watched_at = time.monotonic()
+        self._wake.set()
+
     def _sampling(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 self.take_sample()
             except Exception:  # noqa: BLE001 - the next sample tries again
                 log.exception("a health sample failed")
-            if self._stop.wait(self.sample_seconds):
-                return
+            recently = time.monotonic() - self._watched_at < 300
+            self._wake.wait(self.sample_seconds if recently else self.IDLE_SAMPLE_SECONDS)
+            self._wake.clear()
 
     def start(self) -> None:
         if self._thread is None:
@@ -131,6 +143,7 @@ class Dashboard:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -227,6 +240,7 @@ def lake_data(dashboard: Dashboard, query: dict) -> dict:
 
 
 def health_data(dashboard: Dashboard, query: dict) -> dict:
+    dashboard.watched()
     samples = list(dashboard.samples)
     latest = samples[-1] if samples else None
     from change_events import format_lsn

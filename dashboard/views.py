@@ -123,7 +123,7 @@ VIEWS: tuple[View, ...] = (
          JOIN dim_currency c ON c.currency_id = f.currency_id
          WHERE {where}
          GROUP BY ds.design_id, ds.design_name
-         ORDER BY units DESC, ds.design_name
+         ORDER BY units DESC, ds.design_name, ds.design_id
          LIMIT 10
          """),
     View("top-counterparties", "Top counterparties",
@@ -135,7 +135,7 @@ VIEWS: tuple[View, ...] = (
          JOIN dim_currency c ON c.currency_id = f.currency_id
          WHERE {where}
          GROUP BY cp.counterparty_id, cp.counterparty_legal_name
-         ORDER BY units DESC, cp.counterparty_legal_name
+         ORDER BY units DESC, cp.counterparty_legal_name, cp.counterparty_id
          LIMIT 10
          """),
     View("purchase-volumes", "Purchase volumes by month",
@@ -164,7 +164,7 @@ VIEWS: tuple[View, ...] = (
          JOIN dim_currency c ON c.currency_id = f.currency_id
          WHERE {where} AND NOT f.paid
          GROUP BY cp.counterparty_legal_name, c.currency_code, 3
-         ORDER BY amount DESC, cp.counterparty_legal_name, age
+         ORDER BY amount DESC, cp.counterparty_legal_name, c.currency_code, age
          """, day_column="payment_date"),
     View("sales-by-location", "Sales by delivery location",
          "Units and orders per agreed delivery country and city.",

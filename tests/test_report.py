@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from dashboard import views
+from dashboard import reading
 from dashboard.reading import Warehouse
 from dashboard.report import write_report
 from tests.conftest import make_scratch_dir
@@ -98,3 +99,27 @@ def test_wrong_report_options_are_one_sentence(synced, tmp_path):
     assert bad.returncode == 2 and "is not a time like" in bad.stderr and "Traceback" not in bad.stderr
     missing = totes("report", "--out", str(tmp_path / "r"), "--warehouse", str(tmp_path / "none.duckdb"), home=home)
     assert missing.returncode == 2 and "no warehouse at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_views_read_a_postgresql_warehouse_the_same(synced, empty_database):
+    """The views' SQL is common to both engines: a PostgreSQL warehouse synced from the same
+    lake shows the same figures, now and as of a moment."""
+    from warehouse_sync import PostgresTarget
+
+    history, home = synced
+    target = PostgresTarget(empty_database)
+    try:
+        from lake.layout import LakeLayout
+
+        layout = LakeLayout(home / "lake")
+        for lsn, _ in history.points:
+            sync_once(layout, target, lsn)
+    finally:
+        target.close()
+    lsn = history.points[1][0]
+    moment = max(e.commit_ts for e in history.source.events if e.lsn <= lsn and e.commit_ts) + timedelta(milliseconds=1)
+    for filters in (views.Filters(), views.Filters(currency="USD"), views.Filters(as_of=moment)):
+        duck = reading.business(Warehouse(str(home / "warehouse.duckdb")), filters)
+        postgres = reading.business(Warehouse(empty_database), filters)
+        assert postgres["views"] == duck["views"], filters
+        assert postgres["checkpoint_lsn"] == duck["checkpoint_lsn"]
