@@ -20,7 +20,7 @@ install: $(STAMP) node_modules/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,dashboard]"
 	$(BIN)/python -c "from dashboard.app import vega_bundle; vega_bundle()"  # the dashboard's scripts, cached
 	touch $@
 

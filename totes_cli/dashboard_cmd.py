@@ -14,6 +14,8 @@ from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn, resolve_warehouse
 
 HOST = "127.0.0.1"
+MISSING_EXTRA = ("`totes {command}` needs the dashboard's libraries: pip install 'totes-cdc[dashboard]' "
+                 "(make install has them).")
 DEFAULT_PORT = 8050
 
 
@@ -39,9 +41,12 @@ def dashboard(
     refresh: Annotated[float, typer.Option("--refresh", help="Seconds between the pages' own refreshes (0: never).")] = 5.0,
 ) -> None:
     """Serve the dashboard on 127.0.0.1 and print its address; Ctrl-C stops it."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from dashboard.app import Dashboard, create_app
+        from dashboard.app import Dashboard, create_app
+    except ImportError:
+        raise fail(MISSING_EXTRA.format(command="dashboard"), code=2) from None
 
     if refresh < 0:
         raise fail("--refresh is a number of seconds, 0 or more.", code=2)

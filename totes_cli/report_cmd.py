@@ -22,8 +22,13 @@ def report(
 ) -> None:
     """Write the business charts (sales, designs, counterparties, purchases, payments due,
     delivery locations) as index.html plus one SVG, PNG and CSV per chart."""
-    from dashboard import reading, views
-    from dashboard.report import write_report
+    try:
+        from dashboard import reading, views
+        from dashboard.report import write_report
+    except ImportError:
+        from totes_cli.dashboard_cmd import MISSING_EXTRA
+
+        raise fail(MISSING_EXTRA.format(command="report"), code=2) from None
     from totesys.connection import SourceConnectionError
     from warehouse_sync.read_copy import WarehouseBusy
 
