@@ -15,7 +15,8 @@ Why this way, and not another:
   writes again: nothing else writes that database, so the copy is one committed state, and the
   sync commits whole source transactions (up to the lake watermark), so the copy never holds
   half of one. A copy made by another process (or by another thread while the sync goes on)
-  could catch the file between a commit and its checkpoint.
+  could catch the file between a commit and its checkpoint. (The bytes are copied by `cp`,
+  not by the writer's process, which would lose its lock on the file: see `publish_copy`.)
 - *Cheap.* On a warehouse of ~100k fact rows the checkpoint and the copy take 30-60 ms on a
   quiet machine, ~200 ms on a very busy one (`COPY FROM DATABASE` into a new file took 1-5 s,
   since it rebuilds every index; `python -m bench read_copy`, bench/README.md), and a copy is
@@ -47,7 +48,7 @@ log = logging.getLogger("totes.sync.read_copy")
 
 PUBLISHED_SUFFIX = ".published.duckdb"
 DEFAULT_MIN_INTERVAL = 1.0
-"""Seconds between two published copies at most once per (the newest commit wins)."""
+"""The least time in seconds between two published copies (the newest commit wins)."""
 
 
 class WarehouseBusy(RuntimeError):
