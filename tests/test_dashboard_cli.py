@@ -1,0 +1,33 @@
+"""`totes dashboard` at the command line: a port in use is one sentence; the process the demo
+starts gets no variable that may hold a secret."""
+
+from __future__ import annotations
+
+import socket
+
+from tests.test_run_cli import totes
+from totes_cli.dashboard_cmd import child_environment
+
+
+def test_a_port_in_use_is_one_sentence_naming_the_flag(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = totes("dashboard", "--port", str(port), "--lake", str(tmp_path / "lake"),
+                       "--warehouse", str(tmp_path / "warehouse.duckdb"), home=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_dashboard_started_by_the_demo_gets_no_secret_in_its_environment(monkeypatch, tmp_path):
+    secrets = {"TOTES_SOURCE_DSN": "postgresql://totes:s3cret@db/totesys", "PGPASSWORD": "s3cret",
+               "TOTES_WAREHOUSE_SECRET": "prod/warehouse", "AWS_SECRET_ACCESS_KEY": "s3cret",
+               "AWS_SESSION_TOKEN": "s3cret", "TOTES_SOURCE_PASSWORD_FILE": str(tmp_path / "pw")}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    env = child_environment(tmp_path)
+    assert not set(secrets) & set(env)
+    assert "s3cret" not in " ".join(env.values())
+    assert env["TOTES_HOME"] == str(tmp_path) and "PATH" in env
