@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import polars as pl
+import psycopg2
+import psycopg2.errors
 
 from dashboard import views
 from dashboard.charts import plain_rows
@@ -28,6 +31,9 @@ _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 class NoWarehouse(LookupError):
     """There is no warehouse there yet (said in one sentence)."""
+
+
+NOT_SYNCED_YET = "The warehouse has no star schema yet: the first sync has not committed."
 
 
 class Warehouse:
@@ -53,7 +59,10 @@ class Warehouse:
 
                 def run(statement: str) -> list[dict]:
                     with connection.cursor() as cur:
-                        cur.execute(statement)
+                        try:
+                            cur.execute(statement)
+                        except psycopg2.errors.UndefinedTable:
+                            raise NoWarehouse(NOT_SYNCED_YET) from None
                         names = [d.name for d in cur.description]
                         return [dict(zip(names, row)) for row in cur.fetchall()]
 
@@ -69,7 +78,10 @@ class Warehouse:
             connection.begin()  # one snapshot for every query of the request
 
             def run(statement: str) -> list[dict]:
-                result = connection.execute(statement)
+                try:
+                    result = connection.execute(statement)
+                except duckdb.CatalogException:
+                    raise NoWarehouse(NOT_SYNCED_YET) from None
                 names = [d[0] for d in result.description]
                 return [dict(zip(names, row)) for row in result.fetchall()]
 
