@@ -101,6 +101,7 @@ def test_wrong_report_options_are_one_sentence(synced, tmp_path):
     assert missing.returncode == 2 and "no warehouse at" in missing.stderr and "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow
 def test_the_views_read_a_postgresql_warehouse_the_same(synced, empty_database):
     """The views' SQL is common to both engines: a PostgreSQL warehouse synced from the same
     lake shows the same figures, now and as of a moment."""
