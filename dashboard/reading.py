@@ -195,6 +195,9 @@ class HealthSample:
     warehouse_lsn: int | None = None
     warehouse_facts: int | None = None
     newest_commit: datetime | None = None
+    """The newest source commit the warehouse holds (its newest fact version's valid_from)."""
+    source_newest: datetime | None = None
+    """The source's newest change (its largest last_updated)."""
 
 
 def lake_event_count(lake: str) -> int | None:
@@ -232,6 +235,7 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None) -> HealthSam
             finally:
                 connection.close()
             found.source_wal = snapshot.wal_bytes
+            found.source_newest = _utc(snapshot.latest_change)
             found.slot_retained = max((s.retained_wal_bytes or 0 for s in snapshot.slots), default=None)
         except Exception as error:  # noqa: BLE001 - a source that cannot be reached leaves its fields empty
             log.debug("the source could not be read: %s", type(error).__name__)
@@ -247,8 +251,9 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None) -> HealthSam
             found.warehouse_lsn = run("SELECT max(lsn) AS lsn FROM _sync_checkpoint")[0]["lsn"]
             row = run("SELECT (SELECT count(*) FROM fact_sales_order) + (SELECT count(*) FROM fact_purchase_order)"
                       " + (SELECT count(*) FROM fact_payment) AS facts, "
-                      "(SELECT max(valid_from) FROM fact_sales_order) AS newest")[0]
-            found.warehouse_facts, found.newest_commit = row["facts"], row["newest"]
+                      "greatest((SELECT max(valid_from) FROM fact_sales_order), (SELECT max(valid_from) FROM fact_purchase_order),"
+                      " (SELECT max(valid_from) FROM fact_payment)) AS newest")[0]
+            found.warehouse_facts, found.newest_commit = row["facts"], _utc(row["newest"])
     except Exception as error:  # noqa: BLE001 - no warehouse yet, or being created
         log.debug("the warehouse could not be read: %s", type(error).__name__)
     return found
@@ -272,14 +277,27 @@ def rates(samples: list[HealthSample]) -> list[dict]:
     return rows
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """Source timestamps carry no zone; the source and the pipeline run in UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def lags(samples: list[HealthSample]) -> list[dict]:
+    """Commit → warehouse lag at each sample: how far the newest change the warehouse holds is
+    behind the source's newest change (0 once caught up; an idle source shows no lag). Without
+    the source: the age of the warehouse's newest change."""
     rows = []
     for s in samples:
-        at = s.at.isoformat()
-        if s.newest_commit is not None:
-            newest = s.newest_commit if s.newest_commit.tzinfo else s.newest_commit.replace(tzinfo=timezone.utc)
-            rows.append({"at": at, "series": "newest commit in the warehouse (s ago)",
-                         "seconds": round((s.at - newest).total_seconds(), 2)})
+        if s.newest_commit is None:
+            continue
+        if s.source_newest is not None:
+            rows.append({"at": s.at.isoformat(), "series": "commit → warehouse lag (s)",
+                         "seconds": round(max((s.source_newest - s.newest_commit).total_seconds(), 0.0), 2)})
+        else:
+            rows.append({"at": s.at.isoformat(), "series": "age of the newest change in the warehouse (s)",
+                         "seconds": round((s.at - s.newest_commit).total_seconds(), 2)})
     return rows
 
 

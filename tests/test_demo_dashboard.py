@@ -56,6 +56,18 @@ def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeli
         assert len(set(positions)) >= 3 and positions == sorted(positions), positions
         with urllib.request.urlopen(address, timeout=30) as page:  # nosec B310 # 127.0.0.1
             assert "vega.js" in page.read().decode()
+        # pipeline health: the dashboard found the embedded source by itself (no DSN was passed)
+        health = None
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(address + "api/health", timeout=30) as response:  # nosec B310 # 127.0.0.1
+                health = json.load(response)
+            lag_rows = health["charts"][1]["data"]["values"]
+            if health["now"].get("source_wal_lsn") and health["now"].get("lake_watermark") and lag_rows:
+                break
+            time.sleep(1)
+        assert health["now"]["source_wal_lsn"] and health["now"]["lake_watermark"], health["now"]
+        assert {row["series"] for row in lag_rows} == {"commit → warehouse lag (s)"}, lag_rows
+        assert all(row["seconds"] >= 0 for row in lag_rows)
         process.send_signal(signal.SIGINT)
         process.wait(90)
     finally:
