@@ -340,5 +340,5 @@ def lake_facts(lake: str) -> dict:
         "stored_bytes": sum(s.stored_bytes for s in sizes), "live_bytes": sum(s.live_bytes for s in sizes),
         "tables": [{"table": lake_table_name(s.uri), "stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes,
                     "files": s.files} for s in sorted(sizes, key=lambda s: lake_table_name(s.uri))],
-        "last_maintenance": last_maintenance.isoformat() if last_maintenance else None,
+        "last_maintenance": last_maintenance.isoformat(sep=" ", timespec="seconds") if last_maintenance else None,
     }
