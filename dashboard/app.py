@@ -207,7 +207,11 @@ def business_data(dashboard: Dashboard, query: dict) -> dict:
         shown.append({"name": view.name, "title": view.title, "description": view.description,
                       "columns": list(rows[0]) if rows else [], "rows": rows,
                       "spec": charts.chart_spec(view.name, rows, view.title)})
-    return {"views": shown, "currencies": found["currencies"], "checkpoint_lsn": found["checkpoint_lsn"],
+    from change_events import format_lsn
+
+    lsn = found["checkpoint_lsn"]
+    return {"views": shown, "currencies": found["currencies"], "checkpoint_lsn": lsn,
+            "checkpoint": format_lsn(lsn) if lsn else None,
             "filters": {"start": query.get("start") or "", "end": query.get("end") or "",
                         "currency": filters.currency or "", "as_of": query.get("as_of") or ""}}
 

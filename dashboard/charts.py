@@ -47,6 +47,18 @@ def sales_by_month(rows, title):
         tooltip=["month_label:O", "currency_code:N", "orders:Q", "units:Q", alt.Tooltip("revenue:Q", format=",.2f")])
 
 
+def _design_label(rows: list[dict]) -> list[dict]:
+    """Designs share names (several "Cotton"s): each bar is one design, named with its id."""
+    return [{**row, "design": f"{row['design_name']} #{row['design_id']}"} for row in rows]
+
+
+def top_designs(rows, title):
+    return _base(_design_label(rows), title).mark_bar().encode(
+        y=alt.Y("design:N", sort="-x", title="design"),
+        x=alt.X("units:Q", title="units sold"),
+        tooltip=["design:N", "orders:Q", "units:Q"])
+
+
 def top_by_units(category: str, label: str):
     def chart(rows, title):
         return _base(rows, title).mark_bar().encode(
@@ -87,7 +99,7 @@ def sales_by_location(rows, title):
 
 CHARTS = {
     "sales-by-month": sales_by_month,
-    "top-designs": top_by_units("design_name", "design"),
+    "top-designs": top_designs,
     "top-counterparties": top_by_units("counterparty_legal_name", "counterparty"),
     "purchase-volumes": purchase_volumes,
     "payments-due": payments_due,

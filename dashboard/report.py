@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from change_events import format_lsn
 from dashboard import charts, reading, views
 
 VEGA_LITE_VERSION = "6.4"
@@ -71,7 +72,7 @@ def write_report(out: Path, warehouse: reading.Warehouse, filters: views.Filters
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} section{{margin-bottom:2em}}
 table.figures{{border-collapse:collapse;font-size:.85em}} .figures th,.figures td{{border:1px solid #ccd;padding:.15em .4em;text-align:right}}</style>
 </head><body><h1>Terrific Totes: business report</h1>
-<p id="scope">Warehouse as of {html.escape(moment)} (up to source LSN {html.escape(str(found["checkpoint_lsn"]))}); {html.escape(scope)}. Made {made}.</p>
+<p id="scope">Warehouse as of {html.escape(moment)} (up to source LSN {html.escape(format_lsn(found["checkpoint_lsn"] or 0))}); {html.escape(scope)}. Made {made}.</p>
 {"".join(sections)}
 </body></html>""", encoding="utf-8")
     return written

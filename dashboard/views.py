@@ -117,7 +117,7 @@ VIEWS: tuple[View, ...] = (
     View("top-designs", "Top designs",
          "The ten designs that sold the most units.",
          """
-         SELECT ds.design_name, count(*) AS orders, sum(f.units_sold) AS units
+         SELECT ds.design_id, ds.design_name, count(*) AS orders, sum(f.units_sold) AS units
          FROM fact_sales_order f
          JOIN dim_design ds ON ds.design_id = f.design_id
          JOIN dim_currency c ON c.currency_id = f.currency_id

@@ -76,7 +76,7 @@ def test_the_report_files_open_and_hold_the_warehouses_figures(synced):
             for row in expected:  # every figure is in the page's tables
                 assert all(f"<td>{value}</td>" in page for value in row.values()), (view.name, row)
     designs = {t.text for t in ET.parse(out / "top-designs.svg").getroot().iter() if t.tag.endswith("text")}
-    assert {row["design_name"] for row in read_csv(out / "top-designs.csv")} <= designs
+    assert {f"{row['design_name']} #{row['design_id']}" for row in read_csv(out / "top-designs.csv")} <= designs
 
 
 def test_a_report_as_of_a_moment_shows_the_warehouse_as_it_was(synced):

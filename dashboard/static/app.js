@@ -123,7 +123,7 @@ async function business() {
       card.querySelector(".numbers-table").replaceChildren(figures(view.columns, view.rows));
     }
     document.body.dataset.checkpoint = String(data.checkpoint_lsn ?? "");
-    setStatus(`warehouse at LSN ${data.checkpoint_lsn ?? "-"} · ${new Date().toLocaleTimeString()}`);
+    setStatus(`warehouse up to ${data.checkpoint ?? "-"} · ${new Date().toLocaleTimeString()}`);
   };
   await loadOnce(load);
   if (totes.refresh > 0) setInterval(() => loadOnce(load), totes.refresh * 1000);
