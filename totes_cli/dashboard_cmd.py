@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from totes_cli.console import err, fail, out
+from totes_cli.options import LakeOption, SourceOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn, resolve_warehouse
 
@@ -34,13 +35,14 @@ def listening_socket(port: int) -> socket.socket:
 
 
 def dashboard(
-    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake \\[default: $TOTES_HOME/lake].")] = None,
-    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="A DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="Source DSN for WAL figures \\[default: $TOTES_SOURCE_DSN, else the embedded source; none: no WAL figures].")] = None,
+    lake: LakeOption = None,
+    warehouse: WarehouseOption = None,
+    source: SourceOption = None,
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = DEFAULT_PORT,
     refresh: Annotated[float, typer.Option("--refresh", help="Seconds between the pages' own refreshes (0: never).")] = 5.0,
 ) -> None:
-    """Serve the dashboard on 127.0.0.1 and print its address; Ctrl-C stops it."""
+    """Serve the dashboard on 127.0.0.1 and print its address; Ctrl-C stops it. The source
+    is read for its WAL figures only (none when it cannot be reached)."""
     try:
         import uvicorn
 

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from totes_cli.console import err, fail, out
+from totes_cli.options import WarehouseOption
 from totes_cli.run_cmd import default_warehouse
 from totes_cli.settings import load, resolve_warehouse
 
 
 def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the report into (created if missing).")],
-    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", help="A DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
+    warehouse: WarehouseOption = None,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="The warehouse as it was at this time (2024-11-15T14:00:00, UTC unless it says).")] = None,
     start: Annotated[Optional[str], typer.Option("--from", help="First day (orders' creation, payments' due day).")] = None,
     end: Annotated[Optional[str], typer.Option("--to", help="Last day.")] = None,
