@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from tests.test_run_cli import totes
 from warehouse_sync.read_copy import ReadCopyPublisher, published_path
