@@ -10,11 +10,34 @@ A stream processor needs one call: `LakeWriter(root).write_batch(shard, events, 
 access are in lake.timetravel; compaction, checkpoints and vacuum in lake.maintenance.
 """
 
-from lake.errors import IncompatibleSchemaError, LakeError, UnapplicableEventsError, ValueConversionError
-from lake.layout import LakeLayout, storage_options_from_env
-from lake.writer import LakeWriter, Rejected, TableWrite, WriteResult
+import importlib
+
+# Imported on first use (PEP 562): the command line loads only what a command needs, and
+# importing one lake module (or the package) does not load Delta, Arrow and polars.
+_EXPORTS = {
+    "IncompatibleSchemaError": "lake.errors",
+    "LakeError": "lake.errors",
+    "UnapplicableEventsError": "lake.errors",
+    "ValueConversionError": "lake.errors",
+    "LakeLayout": "lake.layout",
+    "storage_options_from_env": "lake.layout",
+    "LakeWriter": "lake.writer",
+    "Rejected": "lake.writer",
+    "TableWrite": "lake.writer",
+    "WriteResult": "lake.writer",
+}
 
 __all__ = [
     "IncompatibleSchemaError", "LakeError", "LakeLayout", "LakeWriter", "Rejected", "TableWrite",
     "UnapplicableEventsError", "ValueConversionError", "WriteResult", "storage_options_from_env",
 ]
+
+
+def __getattr__(name: str):
+    """Load an exported name's module on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -23,20 +23,20 @@ from rich.text import Text
 
 from change_events import format_lsn
 from rich.table import Table
-from lake.maintenance import DEMO_RETENTION, format_retention
+from lake.retention import DEMO_RETENTION, format_retention
 from totes_cli.console import err, fail
 from totes_cli.lake_cmd import RetainOption, retention_option
-from totes_cli.pipeline import Pipeline, PipelineConfig
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import load
 from totes_cli.source_cmd import start_source
 from totes_cli.status_cmd import human_bytes, source_table
-from warehouse_sync.schema import row_counts_sql
-from warehouse_sync.targets import open_target
 from totesys.connection import SourceConnectionError, connect
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
-from totesys.simulator import Simulator, SimulatorError, SimulatorStats
 from totesys.stats import SourceSnapshot, read_source
+
+if TYPE_CHECKING:  # loaded by the command itself: `totes --help` stays light
+    from totes_cli.pipeline import Pipeline
+    from totesys.simulator import SimulatorStats
 
 REFRESH_SECONDS = 1.0
 
@@ -127,6 +127,8 @@ def live_view(current: SourceSnapshot, previous: SourceSnapshot, dsn: str, busin
 
 
 def _warehouse_counts(target) -> dict[str, int]:
+    from warehouse_sync.schema import row_counts_sql
+
     try:
         frame = target.query(row_counts_sql(WAREHOUSE_TABLES[:4]))
         return dict(zip(frame["t"].to_list(), frame["n"].to_list()))
@@ -146,6 +148,10 @@ def demo(
     with_dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="Also serve the dashboard on 127.0.0.1 and print its address.")] = True,
 ) -> None:
     """Run totesys with a live simulated business and watch it change. Ctrl-C stops it all."""
+    from totes_cli.pipeline import Pipeline, PipelineConfig
+    from totesys.simulator import Simulator, SimulatorError
+    from warehouse_sync.targets import open_target
+
     retention = retention_option(retain)
     settings = load()
     if home is not None:

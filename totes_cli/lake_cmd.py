@@ -6,26 +6,23 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import duckdb
 import typer
 from rich import box
 from rich.table import Table
 
-from change_events import CodecError, decode, format_lsn, parse_lsn
-from lake.dead_letters import DeadLetters
-from lake.layout import CHANGES, LakeLayout
-from lake.maintenance import DEFAULT_RETENTION, RetentionError, format_retention, parse_retention
-from lake.maintenance import maintain as maintain_lake
-from lake.timetravel import AsOfError, check_as_of, history as lake_history, register_duckdb, state_as_of_lsn
-from lake.writer import LakeWriter
+from change_events import format_lsn, parse_lsn
+from lake.retention import DEFAULT_RETENTION, RetentionError, format_retention, parse_retention
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, OutputFormat
 from totes_cli.settings import load
 from totes_cli.status_cmd import human_bytes, lake_table_name
-from warehouse_sync.read_copy import WarehouseBusy, attach_for_reading
-from warehouse_sync.schema import quote_identifier as q
+
+if TYPE_CHECKING:  # the lake's libraries load in the commands that use them: `--help` stays light
+    import duckdb
+
+    from lake.layout import LakeLayout
 
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
 
@@ -34,6 +31,8 @@ _LSN = re.compile(r"^[0-9A-Fa-f]+/[0-9A-Fa-f]+$")
 
 
 def _layout(lake: str | None) -> LakeLayout:
+    from lake.layout import LakeLayout
+
     lake = lake or load().lake_location
     if "://" not in lake and not Path(lake).is_dir():
         raise fail(f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
@@ -42,6 +41,8 @@ def _layout(lake: str | None) -> LakeLayout:
 
 
 def _qualified(layout: LakeLayout, table: str) -> str:
+    from lake.layout import CHANGES
+
     known = layout.tables(CHANGES)
     for name in known:
         if table in (name, name.partition(".")[2]):
@@ -87,6 +88,8 @@ def history(table: Annotated[str, typer.Argument(help="Source table, e.g. sales_
             changes: Annotated[bool, typer.Option("--changes", help="The change log's versions instead of the state table's.")] = False,
             limit: LimitOption = 20) -> None:
     """The Delta versions of a lake table: when, what, and which source LSNs each covered."""
+    from lake.timetravel import history as lake_history
+
     layout = _layout(lake)
     name = _qualified(layout, table)
     commits = lake_history(layout, name, "changes" if changes else "tables")
@@ -106,6 +109,10 @@ def dead_letters(lake: LakeOption = None,
                  show_all: Annotated[bool, typer.Option("--all", help="Also list those already re-driven.")] = False,
                  limit: LimitOption = 50) -> None:
     """Records the pipeline could not store, with the reason; re-drive them after a fix."""
+    from change_events import CodecError, decode
+    from lake.dead_letters import DeadLetters
+    from lake.writer import LakeWriter
+
     layout = _layout(lake)
     letters = DeadLetters(layout)
     if redrive:
@@ -156,6 +163,8 @@ def retention_option(text: str):
 def maintain(lake: LakeOption = None, retain: RetainOption = format_retention(DEFAULT_RETENTION)) -> None:
     """Compact small files, checkpoint, clean up the log, and vacuum what no version inside the
     time-travel window uses. Safe while the pipeline runs."""
+    from lake.maintenance import maintain as maintain_lake
+
     retention = retention_option(retain)
     layout = _layout(lake)
     view = narrow_table(f"maintenance (time travel kept for {format_retention(retention)})", "table",
@@ -190,6 +199,13 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     """A DuckDB session where every lake table is a view named after it (its current rows, or
     as of a version, time or LSN), its change log is `changes_<table>`, and the warehouse's
     tables are visible by name."""
+    import duckdb
+
+    from lake.layout import CHANGES, LakeLayout
+    from lake.timetravel import register_duckdb, state_as_of_lsn
+    from warehouse_sync.read_copy import attach_for_reading
+    from warehouse_sync.schema import quote_identifier as q, quote_literal
+
     connection = duckdb.connect()
     if lake:
         layout = LakeLayout(lake)
@@ -248,7 +264,10 @@ def query(
 ) -> None:
     """Query the lake (each source table by name, `changes_<table>` for its history) and the
     warehouse with DuckDB."""
+    import duckdb
+
     from warehouse_sync.examples import EXAMPLES
+    from warehouse_sync.read_copy import WarehouseBusy
 
     if examples:
         for name, (description, _) in EXAMPLES.items():
@@ -264,6 +283,9 @@ def query(
     lake, warehouse = _lake_and_warehouse(lake, warehouse, settings)
     when = parse_as_of(as_of)
     if when is not None:
+        from lake.layout import LakeLayout
+        from lake.timetravel import AsOfError, check_as_of
+
         if not lake:
             raise fail(f"--as-of reads the lake, and there is none at {settings.lake_location}: run the pipeline "
                        "first, or point --lake (TOTES_LAKE) at it.", code=2)

@@ -40,6 +40,7 @@ from lake.writer import LakeWriter
 from local_stack.kinesalite import Kinesalite, ensure_stream
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
+from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totesys.schema import TABLES
 from totesys.stats import current_wal_lsn
 from warehouse_sync.apply import SyncResult, sync_once
@@ -48,8 +49,6 @@ from warehouse_sync.targets import open_target
 
 log = logging.getLogger("totes.pipeline")
 
-DEFAULT_WINDOW = 0.5
-"""The processor's batching window of `totes run` (see `windowed`)."""
 STAGE_RETRY_SECONDS = 2.0
 """How long a stage waits out a passing trouble (a full disk, a restarting kinesalite)."""
 _KINESIS_DOWN = ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError")

@@ -11,10 +11,6 @@ from typing import Annotated
 
 import typer
 
-from cdc_reader.publisher import kinesis_client
-from lake.writer import LakeWriter
-from stream_processors.handler import NAMESPACE, StreamProcessor
-from stream_processors.poller import LocalPoller, ShardOffsets
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.options import LakeOption, StreamOption
 from totes_cli.settings import DEFAULT_STREAM, load
@@ -38,6 +34,8 @@ class _BatchMetrics:
     def _current(self):
         from aws_lambda_powertools.metrics import EphemeralMetrics
 
+        from stream_processors.handler import NAMESPACE
+
         if getattr(self._local, "metrics", None) is None:
             self._local.metrics = EphemeralMetrics(namespace=NAMESPACE, service="processor")
         return self._local.metrics
@@ -52,12 +50,19 @@ class _BatchMetrics:
             sys.stdout.flush()  # a pipe (a container's log driver) would hold the line back
 
 
-class _MeasuredProcessor(StreamProcessor):
-    def process(self, event: dict):
-        try:
-            return super().process(event)
-        finally:
-            self.metrics.flush()
+def _measured_processor(lake: str):
+    """A StreamProcessor that prints its batch's metrics after each batch (the Lambda's shape)."""
+    from lake.writer import LakeWriter
+    from stream_processors.handler import StreamProcessor
+
+    class MeasuredProcessor(StreamProcessor):
+        def process(self, event: dict):
+            try:
+                return super().process(event)
+            finally:
+                self.metrics.flush()
+
+    return MeasuredProcessor(LakeWriter(lake), _BatchMetrics())
 
 
 def processor(
@@ -67,11 +72,16 @@ def processor(
     emf: Annotated[bool, typer.Option("--emf", help="Print the Lambda's CloudWatch embedded-metric-format line to stdout after every batch.")] = False,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
+    from cdc_reader.publisher import kinesis_client
+    from lake.writer import LakeWriter
+    from stream_processors.handler import StreamProcessor
+    from stream_processors.poller import LocalPoller, ShardOffsets
+
     setup_logging(logging.INFO)
     lake = lake or load().lake_location
     try:
         client = kinesis_client()
-        stream_processor = _MeasuredProcessor(LakeWriter(lake), _BatchMetrics()) if emf else StreamProcessor(LakeWriter(lake))
+        stream_processor = _measured_processor(lake) if emf else StreamProcessor(LakeWriter(lake))
         poller = LocalPoller(client, stream, stream_processor,
                              ShardOffsets(offsets_path(lake, stream, load().home)), batch_window=window)
     except Exception as error:

@@ -9,25 +9,23 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cdc_reader.publisher import Publisher, PublishError, kinesis_client
-from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
-from cdc_reader.source_setup import SlotLostError, SourceSetupError
 from change_events import format_lsn
-from lake.layout import LakeLayout
-from local_stack.kinesalite import KinesaliteError, ensure_stream
 from totes_cli.console import err, fail, setup_logging
-from totes_cli.pipeline import LakeWatermark
 from totes_cli.options import PublicationOption, SourceOption, StreamOption
 from totes_cli.settings import (
     DEFAULT_PUBLICATION, DEFAULT_SLOT, DEFAULT_STREAM, NoSourceError, load, password_in_flag, resolve_source_dsn,
 )
 from totesys.connection import SourceConnectionError, has_password
 from totesys.schema import TABLES
+
+if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` stays light
+    from cdc_reader.publisher import Publisher
+    from cdc_reader.reader import Reader
 
 log = logging.getLogger("totes.reader")
 
@@ -129,6 +127,13 @@ def reader(
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
+    from cdc_reader.publisher import Publisher, PublishError, kinesis_client
+    from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
+    from cdc_reader.source_setup import SlotLostError, SourceSetupError
+    from lake.layout import LakeLayout
+    from local_stack.kinesalite import KinesaliteError, ensure_stream
+    from totes_cli.pipeline import LakeWatermark
+
     setup_logging(logging.INFO)
     if source and has_password(source):
         err.print(password_in_flag("--source", "source"))

@@ -6,22 +6,23 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cdc_reader.source_setup import SourceSetupError
-from lake.maintenance import DEFAULT_RETENTION, format_retention
+from lake.retention import DEFAULT_RETENTION, format_retention
 from change_events import format_lsn
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
-from totes_cli.pipeline import DEFAULT_WINDOW, Pipeline, PipelineConfig, windowed
+from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totes_cli.settings import (
     DEFAULT_STREAM, ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown,
 )
 from totesys.connection import SourceConnectionError, connect, has_password
-from warehouse_sync.targets import is_postgres_dsn
+
+if TYPE_CHECKING:  # loaded by the command itself: `totes run --help` stays light
+    from totes_cli.pipeline import Pipeline
 
 REPORT_SECONDS = 5.0
 DEFAULT_WAIT_FOR_SOURCE = 15.0
@@ -98,6 +99,10 @@ def run(
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
+    from cdc_reader.source_setup import SourceSetupError
+    from totes_cli.pipeline import Pipeline, PipelineConfig, windowed
+    from warehouse_sync.targets import is_postgres_dsn
+
     setup_logging(logging.WARNING)
     if source and _from_command_line(context, "source") and has_password(source):
         err.print(password_in_flag("--source", "source"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from datetime import datetime, timezone
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import psycopg2
 import typer
@@ -16,16 +16,10 @@ from rich.text import Text
 from totes_cli.console import err, fail, out
 from totes_cli.options import OldDsnOption, SourceOption, source_or_old_name
 from totes_cli.settings import NoSourceError, resolve_source_dsn
-from totesys.business import ms
 from totesys.connection import SourceConnectionError
-from totesys.simulator import (
-    HistoryReport,
-    Simulator,
-    SimulatorError,
-    SimulatorStats,
-    history_summary,
-    utc_now,
-)
+
+if TYPE_CHECKING:  # the simulator (and faker) load when the command runs: `--help` stays light
+    from totesys.simulator import HistoryReport, Simulator, SimulatorStats
 
 
 def parse_until(text: str | None) -> datetime | None:
@@ -40,6 +34,8 @@ def parse_until(text: str | None) -> datetime | None:
         ) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    from totesys.business import ms
+
     return ms(moment)
 
 
@@ -104,6 +100,8 @@ def simulate(
 
     Live mode ignores business hours and weekends. A second run continues where the database is.
     """
+    from totesys.simulator import Simulator, SimulatorError, utc_now
+
     live_only = [
         flag
         for flag, given in (
@@ -193,6 +191,8 @@ def _live_line(stats: SimulatorStats, chaos: bool) -> Text:
 
 
 def _print_history(report: HistoryReport, days: int) -> None:
+    from totesys.simulator import history_summary
+
     if report.seeded_static:
         err.print("seeded the static tables (2022-11-03)")
     if days == 0:

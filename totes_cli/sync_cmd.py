@@ -10,23 +10,19 @@ from typing import Annotated
 
 import typer
 
-from cdc_reader.publisher import ShardMap, kinesis_client
 from change_events import format_lsn
-from lake.layout import LakeLayout
-from lake.progress import Progress
 from totes_cli.console import err, fail
 from totes_cli.options import LakeOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import DEFAULT_STREAM, load, resolve_warehouse
 from totesys.connection import SourceConnectionError
-from warehouse_sync.apply import sync_once
-from warehouse_sync.read_copy import ReadCopyPublisher
-from warehouse_sync.targets import open_target
 
 
 def stream_shards(stream: str) -> list[str] | None:
     """The open shards of the stream (the watermark is their minimum), or None if the stream
     cannot be reached."""
+    from cdc_reader.publisher import ShardMap, kinesis_client
+
     try:
         return [shard.shard_id for shard in ShardMap.from_kinesis(kinesis_client(max_attempts=2), stream).shards]
     except Exception:
@@ -61,6 +57,12 @@ def sync(
 ) -> None:
     """Apply the lake's changes to the warehouse, never past the lake watermark (so never half
     a source transaction), exactly once."""
+    from lake.layout import LakeLayout
+    from lake.progress import Progress
+    from warehouse_sync.apply import sync_once
+    from warehouse_sync.targets import open_target
+    from warehouse_sync.read_copy import ReadCopyPublisher
+
     home = load().home
     layout = LakeLayout(lake or default_lake(home))
     progress = Progress(layout)

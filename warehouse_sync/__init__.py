@@ -13,11 +13,34 @@
 - `targets`: the thin DuckDB and PostgreSQL adapters; `checks`: invariants to verify.
 """
 
-from warehouse_sync.apply import SyncResult, checkpoint_lsn, ensure_schema, sync_once
-from warehouse_sync.checks import dangling_references, duplicate_current_rows
-from warehouse_sync.targets import DuckDBTarget, PostgresTarget, Target, open_target
+import importlib
+
+# Imported on first use (PEP 562): the command line loads only what a command needs; the
+# targets need DuckDB and polars, a DSN check does not.
+_EXPORTS = {
+    "SyncResult": "warehouse_sync.apply",
+    "checkpoint_lsn": "warehouse_sync.apply",
+    "ensure_schema": "warehouse_sync.apply",
+    "sync_once": "warehouse_sync.apply",
+    "dangling_references": "warehouse_sync.checks",
+    "duplicate_current_rows": "warehouse_sync.checks",
+    "DuckDBTarget": "warehouse_sync.targets",
+    "PostgresTarget": "warehouse_sync.targets",
+    "Target": "warehouse_sync.targets",
+    "open_target": "warehouse_sync.targets",
+}
 
 __all__ = [
     "DuckDBTarget", "PostgresTarget", "SyncResult", "Target", "checkpoint_lsn", "dangling_references",
     "duplicate_current_rows", "ensure_schema", "open_target", "sync_once",
 ]
+
+
+def __getattr__(name: str):
+    """Load an exported name's module on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
