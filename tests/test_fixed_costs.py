@@ -39,3 +39,72 @@ def test_packages_load_their_parts_on_first_use():
     assert "deltalake" in modules_after("from lake import LakeWriter")
     assert "duckdb" in modules_after("from warehouse_sync import open_target")
     assert "pyarrow" in modules_after("from change_events import decode")
+
+
+def totes(*args: str, home, extra_env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
+    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200"},
+               **(extra_env or {}))
+    return subprocess.run([sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+def _slot_position(dsn: str) -> int:
+    import psycopg2
+
+    from change_events import parse_lsn
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE database = current_database()")
+        (position,) = cur.fetchone()
+    conn.close()
+    return parse_lsn(position)
+
+
+@pytest.mark.slow
+def test_a_caught_up_run_with_nothing_new_starts_no_stream_and_moves_the_slot(totesys_dsn):
+    """Once caught up, `--until-caught-up` with nothing new answers without kinesalite (here it
+    cannot start: its binary is missing) and still moves the slot past WAL that was not ours;
+    the first change after that takes the ordinary path again and lands in the warehouse."""
+    import duckdb
+    import psycopg2
+
+    from tests.conftest import make_scratch_dir
+    from totesys.stats import current_wal_lsn
+
+    home = make_scratch_dir("totes-catch-up-")
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO currency (currency_id, currency_code, created_at, last_updated) "
+                    "VALUES (1, 'GBP', now(), now())")
+    conn.close()
+    lake, warehouse = str(home / "lake"), str(home / "warehouse.duckdb")
+    run = ("run", "--source", totesys_dsn, "--lake", lake, "--warehouse", warehouse, "--until-caught-up")
+    no_kinesalite = {"TOTES_KINESALITE_BIN": str(home / "no-kinesalite")}
+
+    first = totes(*run, home=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    # WAL that is not ours (a table outside the publication), then nothing new for us.
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE not_published (x int); INSERT INTO not_published SELECT generate_series(1, 100)")
+    conn.close()
+    before = current_wal_lsn(totesys_dsn)
+    idle = totes(*run, home=home, extra_env=no_kinesalite)
+    assert idle.returncode == 0, idle.stderr[-3000:]
+    assert "nothing new" in idle.stderr and "up to date" in idle.stderr, idle.stderr
+    assert _slot_position(totesys_dsn) >= before
+
+    # A change of ours: the check says so, the ordinary path runs (it needs kinesalite) ...
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE currency SET currency_code = 'EUR' WHERE currency_id = 1")
+    conn.close()
+    refused = totes(*run, home=home, extra_env=no_kinesalite)
+    assert refused.returncode != 0 and "nothing new" not in refused.stderr, refused.stderr[-3000:]
+    # ... and carries it into the warehouse.
+    second = totes(*run, home=home)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "nothing new" not in second.stderr
+    with duckdb.connect(warehouse, read_only=True) as connection:
+        assert connection.execute("SELECT currency_code FROM dim_currency").fetchall() == [("EUR",)]

@@ -32,7 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cdc_reader.publisher import Publisher, kinesis_client
-from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
+from cdc_reader.reader import HEARTBEAT_PREFIX, FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
 from lake.maintenance import DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
 from lake.progress import Progress
@@ -42,6 +42,7 @@ from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totesys.schema import TABLES
+from totesys.connection import connect
 from totesys.stats import current_wal_lsn
 from warehouse_sync.apply import SyncResult, sync_once
 from warehouse_sync.read_copy import ReadCopyPublisher
@@ -165,6 +166,8 @@ class Pipeline:
         self._threads: list[tuple[threading.Thread, threading.Event, Callable[[], object] | None]] = []
         self._lake_moved = threading.Event()
         """Set when the processor recorded a watermark marker: the sync may have work."""
+        self._synced = threading.Event()
+        """Set when the sync moved the warehouse: a caught-up run may end."""
 
     # -- wiring ----------------------------------------------------------------------------
     def _remembered(self) -> dict:
@@ -277,6 +280,7 @@ class Pipeline:
                 self.sync.events += result.events
                 self.sync.synced_upto = upto
                 self.sync.last, self.sync.last_at = result, time.time()
+                self._synced.set()
             readers.after_sync(result is not None and result.applied)
 
         try:
@@ -332,15 +336,35 @@ class Pipeline:
         if self.kinesalite is not None:
             self.kinesalite.stop()
 
+    def mark_end(self) -> None:
+        """Commit a heartbeat of our own (after everything committed so far): the reader's next
+        watermark then passes the WAL position of now, idle tables or not, instead of at its
+        next heartbeat."""
+        conn = connect(self.config.source_dsn, application_name="totes-run")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_logical_emit_message(true, %s, '')", (HEARTBEAT_PREFIX,))
+            conn.commit()
+        finally:
+            conn.close()
+
     def run(self, until_caught_up: bool = False, on_tick=None, tick_seconds: float = 1.0) -> None:
-        """Start, then wait for Ctrl-C / `stop` (or for catching up); always shuts down."""
+        """Start, then wait for Ctrl-C / `stop` (or for catching up: woken by the sync, so it
+        ends as soon as the warehouse has it); always shuts down."""
         target = self.source_lsn() if until_caught_up else None
         try:
             self.start()
-            while not self.stop.wait(tick_seconds):
-                if on_tick is not None:
-                    on_tick(self)
+            if target is not None:
+                self.mark_end()
+            next_tick = time.monotonic() + tick_seconds
+            while not self.stop.is_set():
+                self._synced.wait(max(next_tick - time.monotonic(), 0))
+                self._synced.clear()
                 if target is not None and self.caught_up_with(target):
                     break
+                if time.monotonic() >= next_tick:
+                    if on_tick is not None:
+                        on_tick(self)
+                    next_tick = time.monotonic() + tick_seconds
         finally:
             self.shutdown()

@@ -82,6 +82,20 @@ def progress_line(pipeline: Pipeline) -> str:
             f"warehouse {sync.events:,} events up to {format_lsn(sync.synced_upto)}")
 
 
+def _caught_up_already(dsn: str, lake: str, warehouse: str, stream: str) -> bool:
+    """Nothing new at the source since the last run, and the warehouse has all the lake holds:
+    said in one line, with no pipeline started (totes_cli/catch_up.py)."""
+    from totes_cli.catch_up import nothing_to_catch_up
+    from totesys.stats import current_wal_lsn
+
+    upto = current_wal_lsn(dsn)
+    if not nothing_to_catch_up(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, upto_lsn=upto):
+        return False
+    err.print(f"lake {lake}, warehouse {shown(warehouse)}: nothing new at the source before {format_lsn(upto)}, "
+              "the warehouse is up to date")
+    return True
+
+
 def run(
     context: typer.Context,
     source: SourceOption = None,
@@ -100,7 +114,6 @@ def run(
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
     from cdc_reader.source_setup import SourceSetupError
-    from totes_cli.pipeline import Pipeline, PipelineConfig, windowed
     from warehouse_sync.targets import is_postgres_dsn
 
     setup_logging(logging.WARNING)
@@ -115,9 +128,7 @@ def run(
         warehouse = resolve_warehouse(warehouse, default_warehouse(home))
     except ConfigError as error:
         raise fail(str(error), code=2) from None
-    config = PipelineConfig(source_dsn=dsn, lake=lake or default_lake(home), warehouse=warehouse, stream=stream,
-                            shards=shards, slot=slot, maintain_every=maintain_every, reset=reset,
-                            retention=retention)
+    lake = lake or default_lake(home)
     try:
         for what, target in (("source", dsn), ("warehouse", warehouse)):
             if what == "source" or is_postgres_dsn(target):
@@ -125,6 +136,13 @@ def run(
                     f"waiting up to {wait_for_source:g} s: {problem}"))
     except SourceConnectionError as error:
         raise fail(str(error), code=2) from None
+    if until_caught_up and not reset and _caught_up_already(dsn, lake, warehouse, stream):
+        return
+    from totes_cli.pipeline import Pipeline, PipelineConfig, windowed
+
+    config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream,
+                            shards=shards, slot=slot, maintain_every=maintain_every, reset=reset,
+                            retention=retention)
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]

@@ -1,0 +1,84 @@
+"""`totes run --until-caught-up` when there is nothing to catch up: answered in the time it
+takes to ask, without starting the local Kinesis, the processor or the sync.
+
+The warehouse holds everything committed before now when all of this holds:
+* the lake's reader state says its snapshot is done and nothing is being read again;
+* the warehouse's checkpoint is at or past the marker of a shard the processor has read
+  (so at or past the lake watermark, the minimum over shards: the lake holds nothing the
+  warehouse has not taken);
+* the slot holds no change of our tables committed before now (cdc_reader.pending peeks);
+  what the slot gave before its confirmed position is in the lake, since it is confirmed only
+  up to the lake watermark, and Kinesis holds only events after that position.
+Anything unusual (a first run, a reset, a lake in S3, a slot in use) answers "no" and the
+ordinary pipeline runs. When the answer is "yes" the slot is moved up to now, so an idle
+pipeline run on a schedule still lets PostgreSQL recycle its WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("totes.catch_up")
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reader_is_settled(local: Path, slot: str) -> bool:
+    state = _json(local / "reader" / f"{slot}.json")
+    return (state.get("slot") == slot and state.get("snapshot_done") is True
+            and not state.get("rereads") and not state.get("schema_rereads"))
+
+
+def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str]) -> bool:
+    from lake.layout import LakeLayout
+    from lake.progress import Progress
+    from warehouse_sync.apply import checkpoint_lsn
+    from warehouse_sync.targets import is_postgres_dsn, open_target
+
+    if not is_postgres_dsn(warehouse) and not Path(warehouse).expanduser().is_file():
+        return False
+    marker = max(Progress(LakeLayout(lake)).marker(shard) for shard in shards)
+    target = open_target(warehouse)
+    try:
+        return 0 < marker <= checkpoint_lsn(target)
+    finally:
+        target.close()
+
+
+def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: str, upto_lsn: int,
+                        publication: str = "totes_cdc", schema: str = "public",
+                        tables: tuple[str, ...] | None = None) -> bool:
+    """True when everything committed at the source before `upto_lsn` is in the warehouse
+    already (see the module's docstring); then the slot has been moved up to `upto_lsn`."""
+    from cdc_reader.pending import nothing_new
+    from totesys.connection import connect
+    from totesys.schema import TABLES
+
+    if "://" in lake:
+        return False
+    local = Path(lake) / "_local"
+    slot = _json(local / "pipeline.json").get("slot")  # the pipeline's own choice, kept in the lake
+    shards = sorted(_json(local / "offsets" / f"{stream}.json"))
+    if not isinstance(slot, str) or not shards or not _reader_is_settled(local, slot):
+        return False
+    try:
+        if not _warehouse_has_the_lake(lake, warehouse, shards):
+            return False
+        conn = connect(source_dsn, application_name="totes-run")
+        try:
+            conn.autocommit = True
+            return nothing_new(conn, slot=slot, publication=publication, schema=schema,
+                               tables=tables or TABLES, upto_lsn=upto_lsn)
+        finally:
+            conn.close()
+    except Exception as error:  # noqa: BLE001 - any doubt: the ordinary pipeline finds out
+        log.info("catch-up check inconclusive (%s): running the pipeline", type(error).__name__)
+        return False
