@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 from change_events import format_lsn, parse_lsn
 
+MARK_PREFIX = "totes-catch-up"
+"""The prefix of the logical message that marks "now" (the reader passes it by)."""
 PEEK_LIMIT = 10_000
 """Messages the peek may return before it gives up and answers "maybe"."""
 NOT_A_CHANGE = frozenset(b"BC")
@@ -73,15 +75,27 @@ def advance_slot(conn, slot: str, lsn: int) -> None:
         cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
 
 
-def nothing_new(conn, *, slot: str, publication: str, schema: str, tables: Iterable[str], upto_lsn: int) -> bool:
-    """Nothing of ours was committed between the slot's confirmed position and `upto_lsn`;
-    if so the slot is moved up to `upto_lsn`. `conn` must be in autocommit mode (the peek
-    and the advance take the slot for themselves, as a stream would)."""
+def mark_now(conn) -> int:
+    """Commit a logical message of our own, flushed, and return its LSN: every transaction
+    committed before it lies wholly below that LSN and is on disk, so a peek up to it sees
+    them all, and moving the slot up to it skips none that the peek did not see."""
+    with conn.cursor() as cur:
+        cur.execute("SET synchronous_commit = on")
+        cur.execute("SELECT pg_logical_emit_message(true, %s, '')::text", (MARK_PREFIX,))
+        (lsn,) = cur.fetchone()
+    return parse_lsn(lsn)
+
+
+def nothing_new(conn, *, slot: str, publication: str, schema: str, tables: Iterable[str]) -> int | None:
+    """The LSN of now if nothing of ours was committed between the slot's confirmed position
+    and now (the slot is then moved up to it), else None. `conn` must be in autocommit mode
+    (the peek and the move take the slot for themselves, as a stream would)."""
     confirmed = idle_slot_position(conn, slot)
     if confirmed is None or not publishes(conn, publication, schema, tables):
-        return False
-    if confirmed < upto_lsn:
-        if not nothing_for_us_before(conn, slot, publication, upto_lsn):
-            return False
-        advance_slot(conn, slot, upto_lsn)
-    return True
+        return None
+    now = mark_now(conn)
+    if not nothing_for_us_before(conn, slot, publication, now):
+        return None
+    if now > confirmed:
+        advance_slot(conn, slot, now)
+    return now

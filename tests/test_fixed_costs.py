@@ -108,3 +108,35 @@ def test_a_caught_up_run_with_nothing_new_starts_no_stream_and_moves_the_slot(to
     assert "nothing new" not in second.stderr
     with duckdb.connect(warehouse, read_only=True) as connection:
         assert connection.execute("SELECT currency_code FROM dim_currency").fetchall() == [("EUR",)]
+
+
+def test_the_peek_tells_a_slot_with_nothing_of_ours_from_one_with_a_change(totesys_dsn):
+    """cdc_reader.pending on a real slot: WAL of other tables is passed over and confirmed; a
+    change of a published table is seen, and the slot is then left where it was."""
+    import psycopg2
+
+    from cdc_reader.pending import nothing_new
+    from cdc_reader.source_setup import ensure_publication
+    from totesys.schema import TABLES
+
+    conn = psycopg2.connect(totesys_dsn)
+    conn.autocommit = True
+    try:
+        ensure_publication(conn, "totes_cdc", "public", TABLES)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_create_logical_replication_slot('peeked', 'pgoutput')")
+            cur.execute("CREATE TABLE not_published (x int); INSERT INTO not_published VALUES (1)")
+        check = dict(slot="peeked", publication="totes_cdc", schema="public", tables=TABLES)
+
+        now = nothing_new(conn, **check)
+        assert now is not None and _slot_position(totesys_dsn) == now
+
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO currency (currency_code, last_updated) VALUES ('GBP', now())")
+            cur.execute("INSERT INTO not_published VALUES (2)")
+        assert nothing_new(conn, **check) is None
+        assert _slot_position(totesys_dsn) == now
+        assert nothing_new(conn, **dict(check, publication="no_such_publication")) is None
+        assert nothing_new(conn, **dict(check, slot="no_such_slot")) is None
+    finally:
+        conn.close()

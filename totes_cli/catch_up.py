@@ -6,7 +6,8 @@ The warehouse holds everything committed before now when all of this holds:
 * the warehouse's checkpoint is at or past the marker of a shard the processor has read
   (so at or past the lake watermark, the minimum over shards: the lake holds nothing the
   warehouse has not taken);
-* the slot holds no change of our tables committed before now (cdc_reader.pending peeks);
+* the slot holds no change of our tables committed before now (cdc_reader.pending marks
+  "now" with a message of its own, then peeks up to it);
   what the slot gave before its confirmed position is in the lake, since it is confirmed only
   up to the lake watermark, and Kinesis holds only events after that position.
 Anything unusual (a first run, a reset, a lake in S3, a slot in use) answers "no" and the
@@ -53,32 +54,32 @@ def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str]) -> boo
         target.close()
 
 
-def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: str, upto_lsn: int,
+def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: str,
                         publication: str = "totes_cdc", schema: str = "public",
-                        tables: tuple[str, ...] | None = None) -> bool:
-    """True when everything committed at the source before `upto_lsn` is in the warehouse
-    already (see the module's docstring); then the slot has been moved up to `upto_lsn`."""
+                        tables: tuple[str, ...] | None = None) -> int | None:
+    """The source's LSN of now when everything committed before it is in the warehouse
+    already (see the module's docstring; the slot has then been moved up to it), else None."""
     from cdc_reader.pending import nothing_new
     from totesys.connection import connect
     from totesys.schema import TABLES
 
     if "://" in lake:
-        return False
+        return None
     local = Path(lake) / "_local"
     slot = _json(local / "pipeline.json").get("slot")  # the pipeline's own choice, kept in the lake
     shards = sorted(_json(local / "offsets" / f"{stream}.json"))
     if not isinstance(slot, str) or not shards or not _reader_is_settled(local, slot):
-        return False
+        return None
     try:
         if not _warehouse_has_the_lake(lake, warehouse, shards):
-            return False
+            return None
         conn = connect(source_dsn, application_name="totes-run")
         try:
             conn.autocommit = True
             return nothing_new(conn, slot=slot, publication=publication, schema=schema,
-                               tables=tables or TABLES, upto_lsn=upto_lsn)
+                               tables=tables or TABLES)
         finally:
             conn.close()
     except Exception as error:  # noqa: BLE001 - any doubt: the ordinary pipeline finds out
         log.info("catch-up check inconclusive (%s): running the pipeline", type(error).__name__)
-        return False
+        return None

@@ -86,10 +86,9 @@ def _caught_up_already(dsn: str, lake: str, warehouse: str, stream: str) -> bool
     """Nothing new at the source since the last run, and the warehouse has all the lake holds:
     said in one line, with no pipeline started (totes_cli/catch_up.py)."""
     from totes_cli.catch_up import nothing_to_catch_up
-    from totesys.stats import current_wal_lsn
 
-    upto = current_wal_lsn(dsn)
-    if not nothing_to_catch_up(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, upto_lsn=upto):
+    upto = nothing_to_catch_up(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream)
+    if upto is None:
         return False
     err.print(f"lake {lake}, warehouse {shown(warehouse)}: nothing new at the source before {format_lsn(upto)}, "
               "the warehouse is up to date")

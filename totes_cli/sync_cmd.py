@@ -29,6 +29,21 @@ def stream_shards(stream: str) -> list[str] | None:
         return None
 
 
+
+def open_target(warehouse: str):
+    """The warehouse, with its libraries loaded here rather than when the command line starts."""
+    from warehouse_sync.targets import open_target as open_warehouse
+
+    return open_warehouse(warehouse)
+
+
+def sync_once(*args, **kwargs):
+    """`warehouse_sync.apply.sync_once`, loaded on first use."""
+    from warehouse_sync.apply import sync_once as apply_once
+
+    return apply_once(*args, **kwargs)
+
+
 EMF_SECONDS = 10.0
 
 
@@ -59,8 +74,6 @@ def sync(
     a source transaction), exactly once."""
     from lake.layout import LakeLayout
     from lake.progress import Progress
-    from warehouse_sync.apply import sync_once
-    from warehouse_sync.targets import open_target
     from warehouse_sync.read_copy import ReadCopyPublisher
 
     home = load().home
