@@ -41,8 +41,8 @@ from local_stack.kinesalite import Kinesalite, ensure_stream
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
-from totesys.schema import TABLES
 from totesys.connection import connect
+from totesys.schema import TABLES
 from totesys.stats import current_wal_lsn
 from warehouse_sync.apply import SyncResult, sync_once
 from warehouse_sync.read_copy import ReadCopyPublisher
