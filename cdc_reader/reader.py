@@ -677,7 +677,6 @@ class Reader:
                 progress.advance(durable, 0)
                 continue
             time.sleep(0.05)
-        state = self._settle_snapshot(state, self.durability.durable_lsn())  # a short run's snapshot too
         if state.snapshot_done:
             target = progress.advance(self.durability.durable_lsn(), 0)
             if target > self.metrics.confirmed_lsn:

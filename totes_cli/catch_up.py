@@ -2,7 +2,9 @@
 takes to ask, without starting the local Kinesis, the processor or the sync.
 
 The warehouse holds everything committed before now when all of this holds:
-* the lake's reader state says its snapshot is done and nothing is being read again;
+* the lake's reader state says its snapshot was handed on whole and nothing is being read
+  again (and, if the reader did not see the snapshot durable before it stopped, the
+  warehouse's checkpoint is at or past the snapshot's LSN: the warehouse has it);
 * the warehouse's checkpoint is at or past the marker of a shard the processor has read
   (so at or past the lake watermark, the minimum over shards: the lake holds nothing the
   warehouse has not taken);
@@ -32,13 +34,20 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _reader_is_settled(local: Path, slot: str) -> bool:
+def _snapshot_needed(local: Path, slot: str) -> int | None:
+    """The LSN the warehouse must have reached for the reader's snapshot to be in it (0 once
+    the reader saw it durable), or None while the reader has reading left to do."""
     state = _json(local / "reader" / f"{slot}.json")
-    return (state.get("slot") == slot and state.get("snapshot_done") is True
-            and not state.get("rereads") and not state.get("schema_rereads"))
+    if state.get("slot") != slot or state.get("rereads") or state.get("schema_rereads"):
+        return None
+    if state.get("snapshot_done") is True:
+        return 0
+    # Handed on whole, but the run ended before the reader saw it in the lake.
+    snapshot_lsn = state.get("snapshot_lsn")
+    return snapshot_lsn if state.get("snapshot_published") is True and isinstance(snapshot_lsn, int) else None
 
 
-def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str]) -> bool:
+def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str], at_least: int) -> bool:
     from lake.layout import LakeLayout
     from lake.progress import Progress
     from warehouse_sync.apply import checkpoint_lsn
@@ -49,7 +58,8 @@ def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str]) -> boo
     marker = max(Progress(LakeLayout(lake)).marker(shard) for shard in shards)
     target = open_target(warehouse)
     try:
-        return 0 < marker <= checkpoint_lsn(target)
+        checkpoint = checkpoint_lsn(target)
+        return 0 < marker <= checkpoint and at_least <= checkpoint
     finally:
         target.close()
 
@@ -68,10 +78,11 @@ def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: s
     local = Path(lake) / "_local"
     slot = _json(local / "pipeline.json").get("slot")  # the pipeline's own choice, kept in the lake
     shards = sorted(_json(local / "offsets" / f"{stream}.json"))
-    if not isinstance(slot, str) or not shards or not _reader_is_settled(local, slot):
+    snapshot = _snapshot_needed(local, slot) if isinstance(slot, str) else None
+    if snapshot is None or not shards:
         return None
     try:
-        if not _warehouse_has_the_lake(lake, warehouse, shards):
+        if not _warehouse_has_the_lake(lake, warehouse, shards, snapshot):
             return None
         conn = connect(source_dsn, application_name="totes-run")
         try:
