@@ -26,7 +26,7 @@ def test_the_command_line_loads_no_lake_warehouse_or_aws_library():
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["lake", "--help"], ["query", "--help"],
-                                  ["reader", "--help"], ["sync", "--help"], ["demo", "--help"]])
+                                  ["reader", "--help"], ["sync", "--help"], ["demo", "--help"], ["dashboard", "--help"], ["report", "--help"]])
 def test_help_loads_no_lake_warehouse_or_aws_library(args):
     code = (f"sys.argv = ['totes', *{args!r}]\nimport totes_cli.app\n"
             "try:\n    totes_cli.app.app(standalone_mode=False)\nexcept SystemExit:\n    pass")
