@@ -114,6 +114,16 @@ def record_size_bound(body_size: int) -> int:
     return _HEADER.size + body_size + (body_size >> 8) + small + 64
 
 
+def events_body_size(record: bytes) -> int:
+    """The uncompressed size of the events a record carries, from its header alone (no
+    decompression): about 185 bytes per event. 0 for a watermark or a record that is not
+    ours (`decode` says why later). The local poller weighs its pending batches with it."""
+    if len(record) < _HEADER.size:
+        return 0
+    magic, _, kind, _, size = _HEADER.unpack_from(record)
+    return size if magic == MAGIC and kind == KIND_EVENTS else 0
+
+
 def encode_watermark(marker: Watermark) -> bytes:
     emitted = None if marker.emitted_at is None else micros(marker.emitted_at)
     body = json.dumps({"w": marker.lsn, "t": emitted}, separators=(",", ":"))

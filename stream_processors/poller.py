@@ -28,6 +28,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from change_events.codec import events_body_size
 from stream_processors.handler import BatchOutcome, StreamProcessor
 
 log = logging.getLogger("totes.processor")
@@ -80,6 +81,8 @@ class _Shard:
     parent: str | None
     iterator: str | None = None
     pending: list[dict] = field(default_factory=list)
+    pending_bytes: int = 0
+    """Uncompressed bytes of the events in `pending` (markers weigh nothing)."""
     ended: bool = False
     """GetRecords gave no next iterator: the shard was split or merged away."""
     closed: bool = False
@@ -101,16 +104,29 @@ class LocalPoller:
     after the slowest shard's batch. Between rounds it sleeps at most `idle_sleep`: less
     when a batch is due sooner, and `wake()` (e.g. from whoever just put records on the
     stream) ends the sleep early; a round that read records is followed by another at once.
+
+    At light load a window holds a few events, and its commits cost as much as full ones (a
+    Parquet file and a log entry per table and shard, a state merge, a sync run), so lake
+    files and CPU would follow the clock, not the data. So a window whose shards gathered
+    less than `min_batch_bytes` of events (uncompressed; about 185 bytes an event) is held
+    open until they have, or until `quiet_window` has passed since the last cut: commits then
+    follow the data, and a trickle waits at most `quiet_window`. The first records after a
+    quiet spell still go at once, markers alone are not held (the lake watermark, and with it
+    the warehouse, would wait), and under load (more than that per window) nothing changes.
     """
 
     def __init__(self, client, stream: str, processor: StreamProcessor, offsets: ShardOffsets, *,
                  batch_window: float = 1.0, max_batch_records: int = 10_000, idle_sleep: float = 0.2,
-                 backoff: float = 2.0, max_backoff: float = 60.0):
+                 backoff: float = 2.0, max_backoff: float = 60.0, quiet_window: float | None = None,
+                 min_batch_bytes: int = 0):
         self.client = client
         self.stream = stream
         self.processor = processor
         self.offsets = offsets
         self.batch_window = batch_window
+        self.quiet_window = batch_window if quiet_window is None else max(quiet_window, batch_window)
+        """The longest a window with less than `min_batch_bytes` of events is held open."""
+        self.min_batch_bytes = min_batch_bytes
         self.max_batch_records = max_batch_records
         self.idle_sleep = idle_sleep
         self.backoff = backoff
@@ -175,8 +191,9 @@ class LocalPoller:
             if response["Records"]:
                 read = True
                 shard.pending += [lambda_record(r, shard.id, self.stream_arn, self.region) for r in response["Records"]]
+                shard.pending_bytes += sum(events_body_size(r["Data"]) for r in response["Records"])
             fetched.append(shard)
-        window_over = time.monotonic() - self._last_cut >= self.batch_window
+        window_over = time.monotonic() - self._last_cut >= self._window()
         due = [shard for shard in fetched if shard.pending
                and (window_over or shard.ended or len(shard.pending) >= self.max_batch_records)]
         if window_over and due:
@@ -205,7 +222,7 @@ class LocalPoller:
             if code == "ExpiredIteratorException":
                 # Read again after the last processed record; what was fetched since comes again.
                 log.info("iterator of %s expired; reading again after offset %s", shard.id, self.offsets.get(shard.id))
-                shard.iterator, shard.pending = None, []
+                shard.iterator, shard.pending, shard.pending_bytes = None, [], 0
                 return None
             self._read_failed(shard, f"{code}: {error}")
             return None
@@ -266,13 +283,21 @@ class LocalPoller:
             shard.iterator = None
             log.warning("batch of %s failed (%s); retry %d in %.1f s", shard.id, outcome.retry_reason,
                         shard.failures, delay)
-        shard.pending = []
+        shard.pending, shard.pending_bytes = [], 0
         return outcome
+
+    def _window(self) -> float:
+        """How long after the last cut the next one is due: `batch_window`, or `quiet_window`
+        while the shards hold less than `min_batch_bytes` of events (see the class)."""
+        gathered = sum(shard.pending_bytes for shard in self.shards.values())
+        if gathered == 0 or gathered >= self.min_batch_bytes:  # markers alone are not held: the watermark
+            return self.batch_window
+        return self.quiet_window
 
     def _sleep(self) -> float:
         """How long to wait before the next round: at most until pending batches are due."""
         if any(shard.pending for shard in self.shards.values()):
-            return max(0.0, min(self.idle_sleep, self._last_cut + self.batch_window - time.monotonic()))
+            return max(0.0, min(self.idle_sleep, self._last_cut + self._window() - time.monotonic()))
         return self.idle_sleep
 
     def run(self, stop: threading.Event) -> None:

@@ -282,3 +282,47 @@ def test_the_lambda_entry_point_backs_off_while_the_lake_is_down(tmp_path, monke
     monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(tmp_path), lambda_module._metrics))
     assert lambda_module.handler(event, Context()) == {"batchItemFailures": []}
     assert lambda_module._failures == {} and len(pauses) == 3
+
+
+def _publish(publisher: Publisher, transactions: list[list], mark: bool = True) -> None:
+    for events in transactions:
+        for event in events:
+            publisher.add(event)
+        publisher.end_transaction(events[-1].lsn)
+    if mark:
+        publisher.publish_watermark(transactions[-1][-1].lsn)
+    publisher.flush()
+
+
+def test_a_trickle_of_small_transactions_is_gathered_into_few_lake_commits(tmp_path, kinesis):
+    stream = new_stream(kinesis, shards=1)
+    shard = kinesis.list_shards(StreamName=stream)["Shards"][0]["ShardId"]
+    events = workload(6)
+    transactions = [[e for e in events if e.lsn == lsn] for lsn in sorted({e.lsn for e in events})]
+    publisher = Publisher(kinesis, stream)
+    lake = LakeWriter(tmp_path / "lake")
+    poller = LocalPoller(kinesis, stream, StreamProcessor(lake), ShardOffsets(tmp_path / "offsets.json"),
+                         batch_window=0.0, quiet_window=3600.0, min_batch_bytes=1 << 30)
+    log = lambda: lake.change_log("public.sales_order", shard).refresh()  # noqa: E731
+
+    _publish(publisher, transactions[:1], mark=False)
+    poller.poll_once()  # the first records after a quiet spell go at once
+    assert log().version() == 1
+    publisher.publish_watermark(transactions[0][-1].lsn)
+    publisher.flush()
+    poller.poll_once()  # a marker alone is not held: the watermark moves
+    assert lake.lake_watermark([shard]) == transactions[0][-1].lsn
+
+    for transaction in transactions[1:]:  # a trickle: each would have been a commit per window
+        _publish(publisher, [transaction])
+        poller.poll_once()
+    assert log().version() == 1
+    assert lake.lake_watermark([shard]) == transactions[0][-1].lsn
+
+    poller.min_batch_bytes = 0  # enough gathered: the window closes
+    poller.poll_once()
+    assert log().version() == 2
+    assert lake.lake_watermark([shard]) == transactions[-1][-1].lsn
+    layout = LakeLayout(tmp_path / "lake")
+    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(events, "public.sales_order")
+    assert len(table_snapshot(layout, "changes", "public.sales_order")) == len(events)

@@ -50,6 +50,10 @@ from warehouse_sync.targets import open_target
 
 log = logging.getLogger("totes.pipeline")
 
+QUIET_WINDOW = 5.0
+"""The longest a trickle of events waits for a lake commit (bench/README.md, `light`)."""
+MIN_BATCH_BYTES = 32 * 1024
+"""About 175 events: less than half of what a 0.5 s window holds at 1,000 changes/s."""
 STAGE_RETRY_SECONDS = 2.0
 """How long a stage waits out a passing trouble (a full disk, a restarting kinesalite)."""
 _KINESIS_DOWN = ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError")
@@ -71,6 +75,10 @@ class PipelineConfig:
     watermark moves in these steps. Each mark also flushes the publisher."""
     batch_window: float = DEFAULT_WINDOW
     """At most one batch per shard per window: about one lake commit per table per shard per window."""
+    quiet_window: float = QUIET_WINDOW
+    """At light load (less than `min_batch_bytes` of events in a window) the window is held open
+    up to this long, so lake commits follow the data rather than the clock (`LocalPoller`)."""
+    min_batch_bytes: int = MIN_BATCH_BYTES
     sync_interval: float = 1.0
     """The longest the sync waits for a new lake watermark before looking anyway."""
     linger_seconds: float = 0.25
@@ -198,7 +206,8 @@ class Pipeline:
             state_dir / "processor" / f"{cfg.stream}.offsets.json"
         lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set())
         self.poller = LocalPoller(client, cfg.stream, StreamProcessor(lake), ShardOffsets(offsets),
-                                  batch_window=cfg.batch_window)
+                                  batch_window=cfg.batch_window, quiet_window=cfg.quiet_window,
+                                  min_batch_bytes=cfg.min_batch_bytes)
         self.publisher = Publisher(_Announcing(client, self.poller.wake), cfg.stream, linger_seconds=cfg.linger_seconds)
         shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
         self.reader = Reader(
