@@ -29,12 +29,14 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from change_events import ChangeEvent, TableSchema
 from lake.arrow_types import convert_column
 from lake.delta_io import (
-    LakeTable, Position, create_once, position_transactions, read_sql,
+    LakeTable, Position, create_once, position_transactions, read_sql, small_file_properties,
 )
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, UTC_MICROS
 
 COMMIT_INFO_PREFIX = "totes."
+PRUNED_ON = ("_lsn", "_seq", "_commit_ts")
+"""The columns reads of a change log skip files by (their statistics are kept in the log)."""
 
 
 def event_rows(events: Sequence[ChangeEvent], schema: TableSchema, shard: str, batch: int,
@@ -118,7 +120,8 @@ class ChangeLog(LakeTable):
         )
         if self.delta is None:
             self.create(rows.schema)
-        write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties)
+        write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties,
+                        writer_properties=small_file_properties(rows.num_rows, PRUNED_ON))
         return self.refresh().version()
 
     def create(self, schema: pa.Schema) -> DeltaTable:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction
+from deltalake import ColumnProperties, CommitProperties, DeltaTable, QueryBuilder, Transaction, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 T = TypeVar("T")
@@ -37,6 +37,24 @@ anyway. Each checkpoint lists every live file and every tombstone of the retenti
 (tens of KiB), and all those written within the window are kept: at the processor's few
 commits per second, checkpoints every 10 commits were most of a demo lake's log bytes.
 Delta's default, 100, keeps a lake that is not maintained opening quickly."""
+
+
+SMALL_FILE_ROWS = 50
+"""Up to this many rows a Parquet file is written without dictionaries and with statistics
+only on the columns reads prune on (`small_file_properties`)."""
+
+
+def small_file_properties(rows: int, pruned_on: tuple[str, ...] = ()) -> WriterProperties | None:
+    """Parquet settings for a commit of `rows` rows: None (the defaults) for a large one. A
+    few-row file is mostly per-column overhead: a dictionary page per column, page and
+    column statistics (a third of a 3-row change log file, bench/README.md `storage`); it
+    keeps chunk statistics on `pruned_on` only, which the Delta log's file statistics are made
+    of and reads skip files by. Above `SMALL_FILE_ROWS` dictionaries make files smaller."""
+    if rows > SMALL_FILE_ROWS:
+        return None
+    plain = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
+    return WriterProperties(default_column_properties=plain, column_properties={
+        name: ColumnProperties(dictionary_enabled=False, statistics_enabled="CHUNK") for name in pruned_on})
 
 
 class Position(NamedTuple):

@@ -64,6 +64,7 @@ from lake.retention import (  # noqa: F401 - the retention is part of this modul
     DEFAULT_RETENTION, DEMO_RETENTION, MIN_RETENTION, RetentionError, format_retention, parse_retention,
 )
 from lake.layout import CHANGES, DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
+from lake.changelog import PRUNED_ON as CHANGE_LOG_PRUNED_ON
 from lake.state import PRIMARY_KEY_PROPERTY, key_columns
 
 STATE_FILE_BYTES = 32 * 1024
@@ -125,7 +126,7 @@ def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYT
 def _stats_columns(uri: str, layout: LakeLayout, configuration: dict) -> dict[str, str]:
     """The columns whose statistics the log keeps: what the lake's reads and merges prune on."""
     if uri.startswith(layout.uri(CHANGES) + "/"):
-        return {STATS_COLUMNS: "_lsn,_seq,_commit_ts"}
+        return {STATS_COLUMNS: ",".join(CHANGE_LOG_PRUNED_ON)}
     keys = key_columns(configuration[PRIMARY_KEY_PROPERTY]) if PRIMARY_KEY_PROPERTY in configuration else []
     if uri.startswith(layout.uri(STATE) + "/") and keys and all(_PLAIN_NAME.match(k) for k in keys):
         return {STATS_COLUMNS: ",".join(keys + ["_lsn", "_seq", "_deleted"])}

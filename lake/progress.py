@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from lake.delta_io import TABLE_PROPERTIES, LakeTable, read_sql, retry_on_conflict
+from lake.delta_io import TABLE_PROPERTIES, LakeTable, read_sql, retry_on_conflict, small_file_properties
 from lake.layout import PROGRESS, LakeLayout
 
 SCHEMA = pa.schema([
@@ -54,11 +54,12 @@ class Progress(LakeTable):
                 return False
             row = pa.table([[shard], [lsn], [datetime.now(timezone.utc)]], schema=SCHEMA)
             properties = CommitProperties(app_transactions=[Transaction(_app(shard), lsn)])
+            small = small_file_properties(row.num_rows)  # nothing reads it by its columns' statistics
             if self.delta is None:
                 write_deltalake(self.uri, row, mode="append", storage_options=self.layout.storage_options or None,
-                                configuration=TABLE_PROPERTIES, commit_properties=properties)
+                                configuration=TABLE_PROPERTIES, commit_properties=properties, writer_properties=small)
             else:
-                write_deltalake(self.delta, row, mode="append", commit_properties=properties)
+                write_deltalake(self.delta, row, mode="append", commit_properties=properties, writer_properties=small)
             return True
 
         return retry_on_conflict(record)

@@ -223,3 +223,40 @@ def test_maintenance_is_due_when_the_lake_grew_or_the_clock_says_so():
     assert not cadence.due(60, stored=3_400)
     assert cadence.due(60, stored=3_500)  # grew by half the live bytes
     assert cadence.due(3600, stored=3_000)  # an hour passed
+
+
+def _column_chunks(layout: LakeLayout, uri: str) -> list:
+    import pyarrow.parquet as pq
+
+    chunks = []
+    for path in _live_files(layout, uri):
+        metadata = pq.ParquetFile(Path(uri) / path).metadata
+        chunks += [metadata.row_group(g).column(c) for g in range(metadata.num_row_groups)
+                   for c in range(metadata.num_columns)]
+    return chunks
+
+
+def test_a_few_row_commit_writes_no_dictionaries_and_statistics_only_where_reads_prune(tmp_path):
+    """A few-row Parquet file is mostly per-column overhead (a dictionary page and statistics
+    for every column); small commits leave them out but keep what file skipping needs."""
+    from lake.changelog import PRUNED_ON
+
+    layout = LakeLayout(tmp_path / "lake")
+    writer = LakeWriter(layout, today=lambda: TODAY)
+    src = Source()
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(3)])
+    writer.write_batch("s1", events)
+    _updates(src, writer, events, 2, 0)
+    uri = layout.changes_uri(SO)
+    chunks = _column_chunks(layout, uri)
+    assert chunks and not any(chunk.has_dictionary_page for chunk in chunks)
+    assert {chunk.path_in_schema for chunk in chunks if chunk.is_stats_set} == set(PRUNED_ON)
+    assert not any(chunk.has_column_index for chunk in chunks)
+    actions = layout.open(uri).get_add_actions(flatten=True)
+    assert None not in actions.column("max._lsn").to_pylist()  # the log can still skip files by LSN
+    assert tt.read_table(layout, "changes", SO).num_rows == len(events)
+    assert lake_state(layout, SO, SO_KEY) == expected_state(events, SO)
+
+    bulk = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(100, 400)])
+    writer.write_batch("s2", bulk)  # a big commit keeps the defaults: dictionaries pay off there
+    assert any(chunk.has_dictionary_page for chunk in _column_chunks(layout, uri))
