@@ -109,10 +109,12 @@ class LocalPoller:
     Parquet file and a log entry per table and shard, a state merge, a sync run), so lake
     files and CPU would follow the clock, not the data. So a window whose shards gathered
     less than `min_batch_bytes` of events (uncompressed; about 185 bytes an event) is held
-    open until they have, or until `quiet_window` has passed since the last cut: commits then
+    open until they have, or until `quiet_window` has passed since the last cut that held
+    events: commits then
     follow the data, and a trickle waits at most `quiet_window`. The first records after a
-    quiet spell still go at once, markers alone are not held (the lake watermark, and with it
-    the warehouse, would wait), and under load (more than that per window) nothing changes.
+    quiet spell still go at once, the markers that follow events are not held (the lake
+    watermark, and with it the warehouse, would wait), an idle stream's markers are cut once
+    per `quiet_window`, and under load (more than that per window) nothing changes.
     """
 
     def __init__(self, client, stream: str, processor: StreamProcessor, offsets: ShardOffsets, *,
@@ -143,6 +145,9 @@ class LocalPoller:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._last_cut = float("-inf")
+        self._last_data_cut = float("-inf")
+        """When a cut last held events (a quiet spell is measured from it)."""
+        self._cut_had_events = False
         self._shards_changed = False
         self._refresh_shards()
 
@@ -193,11 +198,14 @@ class LocalPoller:
                 shard.pending += [lambda_record(r, shard.id, self.stream_arn, self.region) for r in response["Records"]]
                 shard.pending_bytes += sum(events_body_size(r["Data"]) for r in response["Records"])
             fetched.append(shard)
-        window_over = time.monotonic() - self._last_cut >= self._window()
+        window_over = time.monotonic() >= self._window_closes()
         due = [shard for shard in fetched if shard.pending
                and (window_over or shard.ended or len(shard.pending) >= self.max_batch_records)]
         if window_over and due:
             self._last_cut = time.monotonic()
+            self._cut_had_events = any(shard.pending_bytes for shard in due)
+            if self._cut_had_events:
+                self._last_data_cut = self._last_cut
         outcomes = self._process_all(due)
         for shard in fetched:
             if shard.ended and not shard.pending and not shard.failures:
@@ -286,18 +294,24 @@ class LocalPoller:
         shard.pending, shard.pending_bytes = [], 0
         return outcome
 
-    def _window(self) -> float:
-        """How long after the last cut the next one is due: `batch_window`, or `quiet_window`
-        while the shards hold less than `min_batch_bytes` of events (see the class)."""
+    def _window_closes(self) -> float:
+        """When the next cut is due (monotonic clock), for what the shards hold (see the class):
+        `batch_window` after the last cut; while they hold events but less than
+        `min_batch_bytes`, not before `quiet_window` after the last cut that held events;
+        markers alone right after events are not held (the watermark), but an idle stream's
+        markers (heartbeats) are gathered for `quiet_window`."""
         gathered = sum(shard.pending_bytes for shard in self.shards.values())
-        if gathered == 0 or gathered >= self.min_batch_bytes:  # markers alone are not held: the watermark
-            return self.batch_window
-        return self.quiet_window
+        due = self._last_cut + self.batch_window
+        if gathered == 0:
+            return due if self._cut_had_events else max(due, self._last_cut + self.quiet_window)
+        if gathered >= self.min_batch_bytes:
+            return due
+        return max(due, self._last_data_cut + self.quiet_window)
 
     def _sleep(self) -> float:
         """How long to wait before the next round: at most until pending batches are due."""
         if any(shard.pending for shard in self.shards.values()):
-            return max(0.0, min(self.idle_sleep, self._last_cut + self._window() - time.monotonic()))
+            return max(0.0, min(self.idle_sleep, self._window_closes() - time.monotonic()))
         return self.idle_sleep
 
     def run(self, stop: threading.Event) -> None:

@@ -326,3 +326,20 @@ def test_a_trickle_of_small_transactions_is_gathered_into_few_lake_commits(tmp_p
     layout = LakeLayout(tmp_path / "lake")
     assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(events, "public.sales_order")
     assert len(table_snapshot(layout, "changes", "public.sales_order")) == len(events)
+
+    idle = transactions[-1][-1].lsn
+    for beat in (1, 2):  # heartbeats: transactions without events of ours, then a marker each
+        publisher.end_transaction(idle + beat)
+        publisher.publish_watermark(idle + beat)
+        publisher.flush()
+        poller.poll_once()
+    assert lake.lake_watermark([shard]) == idle + 1  # the first went with the events' window ...
+    progress = lake.progress.refresh().version()
+    publisher.end_transaction(idle + 3)
+    publisher.publish_watermark(idle + 3)
+    publisher.flush()
+    poller.poll_once()  # ... the next ones wait for the quiet window: one commit for many heartbeats
+    assert lake.progress.refresh().version() == progress
+    poller.quiet_window = 0.0
+    poller.poll_once()
+    assert lake.lake_watermark([shard]) == idle + 3
