@@ -79,6 +79,9 @@ class PipelineConfig:
     """At light load (less than `min_batch_bytes` of events in a window) the window is held open
     up to this long, so lake commits follow the data rather than the clock (`LocalPoller`)."""
     min_batch_bytes: int = MIN_BATCH_BYTES
+    processor_poll_seconds: float = 1.0
+    """How often the processor looks at an idle stream by itself: the publisher's puts wake it,
+    so this is a fallback, and each look is a GetRecords per shard."""
     sync_interval: float = 1.0
     """The longest the sync waits for a new lake watermark before looking anyway."""
     linger_seconds: float = 0.25
@@ -207,7 +210,7 @@ class Pipeline:
         lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set())
         self.poller = LocalPoller(client, cfg.stream, StreamProcessor(lake), ShardOffsets(offsets),
                                   batch_window=cfg.batch_window, quiet_window=cfg.quiet_window,
-                                  min_batch_bytes=cfg.min_batch_bytes)
+                                  min_batch_bytes=cfg.min_batch_bytes, idle_sleep=cfg.processor_poll_seconds)
         self.publisher = Publisher(_Announcing(client, self.poller.wake), cfg.stream, linger_seconds=cfg.linger_seconds)
         shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
         self.reader = Reader(
