@@ -74,6 +74,13 @@ CHANGES_FILE_BYTES = 128 * 1024
 round rewrites at most about this much of a partition that is still growing (today's), and
 the rewritten copy stays for the retention: at 512 KiB the busy tables' copies were several
 MiB of a demo lake. A day of the demo's busiest table is a few dozen such files."""
+COMPACT_FROM_FILES = 8
+"""The running pipeline's rounds compact a table only once it holds this many files under its
+target size (`maintain(compact_from=...)`): packing two or three small files each round
+rewrote the table's growing file (up to `CHANGES_FILE_BYTES`) every round, a copy kept for the
+whole retention each time: at light load most of what the lake stored over its live data.
+So a table holds fewer than this many small files beside its full ones: its file count
+follows its data."""
 RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
 ONLY_MAINTENANCE_DELETES = {"delta.enableExpiredLogCleanup": "false"}
 STATS_COLUMNS = "delta.dataSkippingStatsColumns"
@@ -190,15 +197,32 @@ def lake_stored_bytes(layout: LakeLayout) -> int:
     return sum(layout.stored_bytes(layout.uri(name))[0] for name in (*KINDS, PROGRESS, DEAD_LETTERS))
 
 
+def worth_compacting(layout: LakeLayout, uri: str, target_size: int, compact_from: int) -> bool:
+    """Whether the table holds `compact_from` files under `target_size` (or, for a state
+    table, a file to split: step 2)."""
+    table = layout.open(uri)
+    if table is None:
+        return False
+    sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
+    is_state = uri.startswith(layout.uri(STATE) + "/")
+    return (sum(size < target_size for size in sizes) >= compact_from
+            or (is_state and any(size > 4 * target_size for size in sizes)))
+
+
 def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
-             uris: list[str] | None = None) -> list[TableMaintenance]:
+             uris: list[str] | None = None, *, compact_from: int = 2) -> list[TableMaintenance]:
     """Keep `retention`, compact, checkpoint, clean the log and vacuum every lake table (or `uris`).
-    The library takes any retention; the commands refuse one below `MIN_RETENTION`."""
+    A table is compacted once it has `compact_from` small files (`COMPACT_FROM_FILES` in the
+    running pipeline; 2, every chance, on demand). The library takes any retention; the
+    commands refuse one below `MIN_RETENTION`."""
     report = []
     for uri in uris if uris is not None else lake_uris(layout):
         keep_retention(layout, uri, retention)
         is_state = uri.startswith(layout.uri(STATE) + "/")
-        metrics = compact_state(layout, uri) if is_state else compact(layout, uri, CHANGES_FILE_BYTES)
+        target = STATE_FILE_BYTES if is_state else CHANGES_FILE_BYTES
+        metrics: dict = {}
+        if compact_from <= 2 or worth_compacting(layout, uri, target, compact_from):
+            metrics = compact_state(layout, uri) if is_state else compact(layout, uri, CHANGES_FILE_BYTES)
         removed = vacuum(layout, uri)
         checkpoint(layout, uri)
         table = layout.open(uri)

@@ -260,3 +260,26 @@ def test_a_few_row_commit_writes_no_dictionaries_and_statistics_only_where_reads
     bulk = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(100, 400)])
     writer.write_batch("s2", bulk)  # a big commit keeps the defaults: dictionaries pay off there
     assert any(chunk.has_dictionary_page for chunk in _column_chunks(layout, uri))
+
+
+def test_a_running_pipelines_round_compacts_a_table_only_once_it_has_enough_small_files(tmp_path):
+    """Packing a few small files each round rewrote the table's growing file every round (a
+    copy kept for the retention each time); the pipeline's rounds wait for `compact_from`
+    small files, so a table's file count follows its data: its full files and fewer than
+    that many small ones."""
+    layout = LakeLayout(tmp_path / "lake")
+    writer = LakeWriter(layout, today=lambda: TODAY)
+    src = Source()
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(8000)])
+    writer.write_batch("s1", events)
+    uri = layout.changes_uri(SO)
+    _updates(src, writer, events, 3, 0)
+    before = _live_files(layout, uri)
+    report = {r.uri: r for r in maintain(layout, RETENTION, compact_from=5)}
+    assert report[uri].files_removed == 0 and _live_files(layout, uri) == before  # three small files wait
+    _updates(src, writer, events, 2, 3)
+    report = {r.uri: r for r in maintain(layout, RETENTION, compact_from=5)}
+    assert report[uri].files_removed == 5  # five small files: packed into one, the full one stays
+    assert len(_live_files(layout, uri)) == 2
+    assert tt.read_table(layout, "changes", SO).num_rows == len(events)
+    assert lake_state(layout, SO, SO_KEY) == expected_state(events, SO)

@@ -34,7 +34,7 @@ from pathlib import Path
 from cdc_reader.publisher import Publisher, kinesis_client
 from cdc_reader.reader import HEARTBEAT_PREFIX, FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
-from lake.maintenance import DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
+from lake.maintenance import COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
 from lake.progress import Progress
 from lake.writer import LakeWriter
 from local_stack.kinesalite import Kinesalite, ensure_stream
@@ -316,7 +316,7 @@ class Pipeline:
                 now = time.monotonic()
                 if cadence.too_soon(now) or not cadence.due(now, lake_stored_bytes(self.layout)):
                     continue
-                report = maintain(self.layout, cfg.retention)
+                report = maintain(self.layout, cfg.retention, compact_from=COMPACT_FROM_FILES)
             except Exception:  # noqa: BLE001 - the next check tries again
                 log.exception("lake maintenance failed; trying again in %g s", cfg.maintenance_check_seconds)
                 continue
