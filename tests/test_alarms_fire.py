@@ -44,7 +44,9 @@ from tests.test_aws_shape import Stages
 from totes_cli.processor_cmd import offsets_path
 from totesys.simulator import Simulator
 
-pytestmark = pytest.mark.slow
+# Real faults on a real local stack: minutes each on a loaded 2-core machine, above the suite's
+# default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 LOCAL_DB = "totesys-local"
 FUNCTION = "totes-cdc-processor"
