@@ -47,7 +47,7 @@ from deltalake import DeltaTable
 from lake.layout import LakeLayout
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
-from warehouse_sync.lake_source import read_changes
+from warehouse_sync.lake_source import cached_events, count_events, follow_from, read_changes, read_slice, snapshot_seqs
 from warehouse_sync.replay import Replay, replay
 from warehouse_sync.schema import (
     BY_NAME,
@@ -60,6 +60,7 @@ from warehouse_sync.schema import (
     DIM_PAYMENT_TYPE,
     DIM_STAFF,
     DIM_TRANSACTION,
+    PARTIAL,
     SOURCES,
     Table,
     column_list,
@@ -69,6 +70,7 @@ from warehouse_sync.schema import (
     references_to,
     schema_ddl,
 )
+from warehouse_sync.slices import SLICE_EVENTS, Position, plan_slices
 from warehouse_sync.targets import Target
 
 log = logging.getLogger("totes.sync")
@@ -99,6 +101,19 @@ class SyncResult:
     dimensions_deleted: dict[str, int] = field(default_factory=dict)
     facts_rejected: dict[str, int] = field(default_factory=dict)
     """Fact versions set aside in `_sync_rejected` (a value does not fit its §3 column)."""
+    slices: list[tuple[Position, int]] = field(default_factory=list)
+    """Each committed slice: where it ended and how many events it held."""
+
+    def add(self, applied: SyncResult, end: Position) -> None:
+        """Count a committed slice in."""
+        self.events += applied.events
+        for mine, theirs in ((self.facts_appended, applied.facts_appended), (self.facts_closed, applied.facts_closed),
+                             (self.dimensions_upserted, applied.dimensions_upserted),
+                             (self.dimensions_deleted, applied.dimensions_deleted),
+                             (self.facts_rejected, applied.facts_rejected)):
+            for name, count in theirs.items():
+                mine[name] = mine.get(name, 0) + count
+        self.slices.append((end, applied.events))
 
     @property
     def applied(self) -> bool:
@@ -125,20 +140,25 @@ def checkpoint_lsn(target: Target) -> int:
 
 
 def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None = None,
-              tables: dict | None = None) -> SyncResult:
-    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn` in one transaction,
-    reconnecting and running it again when the warehouse drops the connection.
+              tables: dict | None = None, slice_events: int = SLICE_EVENTS) -> SyncResult:
+    """Apply every change-log event with `checkpoint < _lsn <= upto_lsn`, in slices of at
+    most `slice_events` events (see `slices`), one transaction each, reconnecting and going
+    on from the last committed slice when the warehouse drops the connection.
 
     `tables`, a dict kept by a continuous caller, caches the lake's Delta tables between runs."""
+    layout = lake if isinstance(lake, LakeLayout) else LakeLayout(lake)
+    result: SyncResult | None = None
     lost = False
     for attempt in range(1, RECONNECT_ATTEMPTS + 1):
         try:
             if lost:
                 target.reconnect()
-            return _sync_once(lake, target, upto_lsn, today=today, tables=tables)
-        except Exception as error:
+            return _sync_once(layout, target, upto_lsn, today=today, tables=tables,
+                              slice_events=slice_events, result=result)
+        except _Resume as resume:
+            error, result = resume.error, resume.result
             if attempt == RECONNECT_ATTEMPTS or not target.lost_connection(error):
-                raise
+                raise error from None
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             delay = min(2.0 ** (attempt - 1), 10.0)
             log.warning("the warehouse dropped the connection (%s); reconnecting in %.0f s and syncing again",
@@ -148,30 +168,118 @@ def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: d
     raise AssertionError("unreachable")
 
 
-def _sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None,
-               tables: dict | None) -> SyncResult:
-    layout = lake if isinstance(lake, LakeLayout) else LakeLayout(lake)
+class _Resume(Exception):
+    """A sync failed after committing the slices in `result`."""
+
+    def __init__(self, error: Exception, result: SyncResult | None):
+        super().__init__(str(error))
+        self.error, self.result = error, result
+
+
+def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date | None,
+               tables: dict | None, slice_events: int, result: SyncResult | None) -> SyncResult:
     today = today or datetime.now(timezone.utc).date()
-    if not target.schema_ready:
-        ensure_schema(target)
+    try:
+        if not target.schema_ready:
+            ensure_schema(target)
+        _widen_for_lake(target, layout, tables)
+        start = _read_position(target)
+    except Exception as error:
+        raise _Resume(error, result) from error
+    if result is None:
+        result = SyncResult(_complete_lsn(start), max(_complete_lsn(start), upto_lsn))
+    end = Position.complete(upto_lsn, len(SOURCES))
+    if end <= start:
+        return result
+    try:
+        if tables is not None and start.is_complete(len(SOURCES)):
+            held = cached_events(layout, start.lsn, upto_lsn, tables)
+            if held is not None and held <= slice_events:
+                _apply_slice(layout, target, start, end, today, tables, result,
+                             lambda: read_changes(layout, start.lsn, upto_lsn, tables))
+                return result
+        opened: dict = {}
+        ends = plan_slices(count_events(layout, start, upto_lsn, opened), upto_lsn, len(SOURCES),
+                           lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened), slice_events)
+        for end_ in ends:
+            start_ = start
+            if not _apply_slice(layout, target, start_, end_, today, tables, result,
+                                lambda: read_slice(layout, start_, end_, opened)):
+                break  # another sync moved the checkpoint: the next run starts from there
+            start = end_
+        if tables is not None:
+            follow_from(layout, upto_lsn, tables)
+    except Exception as error:
+        if tables is not None:
+            tables.clear()  # read again from wherever the checkpoint is
+        raise _Resume(error, result) from error
+    return result
+
+
+def _apply_slice(layout: LakeLayout, target: Target, start: Position, end: Position, today: date,
+                 tables: dict | None, result: SyncResult, read) -> bool:
+    """One transaction: the events in `(start, end]` (as `read()` returns them), the
+    position moved to `end`. False (nothing done) when the warehouse is not at `start`."""
     target.begin()
     try:
-        frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1{target.for_update}")  # nosec B608 # names quoted by q(), values int()
-        checkpoint = int(frame.item())
-        result = SyncResult(checkpoint, max(checkpoint, upto_lsn))
-        if upto_lsn <= checkpoint:
+        if _read_position(target, lock=True) != start:
             target.rollback()
-            return result
+            return False
         _follow_lake_types(target, layout, tables)
-        changes = read_changes(layout, checkpoint, upto_lsn, tables)
-        result.events = sum(frame.height for frame in changes.values())
-        _apply(target, changes, today, result)
-        _advance_checkpoint(target, upto_lsn)
+        changes = read()
+        applied = SyncResult(result.from_lsn, result.to_lsn)
+        applied.events = sum(frame.height for frame in changes.values())
+        _apply(target, changes, today, applied)
+        _advance_position(target, end)
         target.commit()
-        return result
     except BaseException:
         target.rollback()
         raise
+    result.add(applied, end)
+    return True
+
+
+def _widen_for_lake(target: Target, layout: LakeLayout, tables: dict | None) -> None:
+    """Widen the mirrors as the lake's columns were, before the events are read in the
+    mirrors' types (a wider column holds the same values: no need to wait for the sync)."""
+    target.begin()
+    try:
+        _follow_lake_types(target, layout, tables)
+        target.commit()
+    except BaseException:
+        target.rollback()
+        raise
+
+
+def _complete_lsn(position: Position) -> int:
+    """The LSN up to which a position holds every event."""
+    return position.lsn if position.is_complete(len(SOURCES)) else position.lsn - 1
+
+
+def _read_position(target: Target, lock: bool = False) -> Position:
+    """Where the warehouse is: its checkpoint, or inside an LSN of snapshot reads."""
+    if not lock:
+        target.begin()
+    try:
+        lsn = int(target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1"  # nosec B608 # names quoted by q()
+                               f"{target.for_update if lock else ''}").item())
+        partial = target.query(f"SELECT lsn, source, seq FROM {q(PARTIAL.name)} WHERE id = 1")  # nosec B608 # names quoted by q()
+    finally:
+        if not lock:
+            target.rollback()
+    if partial.height == 0:
+        return Position.complete(lsn, len(SOURCES))
+    p_lsn, source, seq = partial.row(0)
+    return Position(int(p_lsn), list(SOURCES).index(source), int(seq))
+
+
+def _advance_position(target: Target, end: Position) -> None:
+    _advance_checkpoint(target, _complete_lsn(end))
+    target.execute(f"DELETE FROM {q(PARTIAL.name)}")  # nosec B608 # names quoted by q()
+    if not end.is_complete(len(SOURCES)):
+        source = wh_schema.quote_literal(list(SOURCES)[end.table])
+        target.execute(f"INSERT INTO {q(PARTIAL.name)} (id, lsn, source, seq) "  # nosec B608 # names quoted, values int() or quoted
+                       f"VALUES (1, {int(end.lsn)}, {source}, {int(end.seq)})")
 
 
 _LAKE_TYPES: dict[str, tuple[DeltaTable, int, dict[str, pl.DataType]]] = {}

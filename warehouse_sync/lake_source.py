@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -27,6 +28,7 @@ from deltalake import DeltaTable
 
 from lake.layout import LakeLayout
 from warehouse_sync.schema import SOURCES
+from warehouse_sync.slices import LsnCount, Position
 
 log = logging.getLogger("totes.sync")
 
@@ -149,6 +151,30 @@ def read_table_changes(layout: LakeLayout | str, source: str, after_lsn: int, up
     return frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False).sort(["_lsn", "_seq"])
 
 
+def cached_events(layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache: dict) -> int | None:
+    """How many events in `(after_lsn, upto_lsn]` a continuous sync's `cache` holds once
+    brought up to date, or None when it does not follow `after_lsn` (empty, or left by a
+    sync that rolled back or went by slices): then the events are counted in the lake."""
+    layout = _as_lake(layout)
+    if not cache or any(feed.after_lsn != after_lsn for feed in cache.values()):
+        return None
+    held = 0
+    for source in SOURCES:
+        feed = _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn, cache)
+        if feed is not None and feed.held.height:
+            held += feed.held.filter(pl.col("_lsn") <= upto_lsn).height
+    return held
+
+
+def follow_from(layout: LakeLayout | str, after_lsn: int, cache: dict) -> None:
+    """Start `cache` (emptied) at `after_lsn`: each table's events above it are read now,
+    those appended later by the calls after."""
+    layout = _as_lake(layout)
+    cache.clear()
+    for source in SOURCES:
+        _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn, cache)
+
+
 def read_changes(layout: LakeLayout | str, after_lsn: int, upto_lsn: int,
                  cache: dict | None = None) -> dict[str, pl.DataFrame]:
     """Every source table's events in `(after_lsn, upto_lsn]` (tables without any: absent)."""
@@ -158,4 +184,103 @@ def read_changes(layout: LakeLayout | str, after_lsn: int, upto_lsn: int,
         frame = read_table_changes(layout, source, after_lsn, upto_lsn, cache)
         if frame.height:
             changes[source] = frame
+    return changes
+
+
+# -- slices: events between two positions (see `slices`) --------------------------------------
+
+def _bounds(start: Position, end: Position, table: int) -> tuple[str, ds.Expression, str]:
+    """For the events of the table at index `table` in `(start, end]`: a file-pruning
+    predicate (on `_lsn` alone), the exact row filter, and the same filter in SQL."""
+    lsn, seq = ds.field("_lsn"), ds.field("_seq")
+    low, high = int(start.lsn), int(end.lsn)
+    if table < start.table:
+        lower, lower_sql = lsn > low, f"_lsn > {low}"
+    elif table == start.table:
+        lower = (lsn > low) | ((lsn == low) & (seq > int(start.seq)))
+        lower_sql = f"(_lsn > {low} OR (_lsn = {low} AND _seq > {int(start.seq)}))"
+    else:
+        lower, lower_sql = lsn >= low, f"_lsn >= {low}"
+    if table < end.table:
+        upper, upper_sql = lsn <= high, f"_lsn <= {high}"
+    elif table == end.table:
+        upper = (lsn < high) | ((lsn == high) & (seq <= int(end.seq)))
+        upper_sql = f"(_lsn < {high} OR (_lsn = {high} AND _seq <= {int(end.seq)}))"
+    else:
+        upper, upper_sql = lsn < high, f"_lsn < {high}"
+    return f"_lsn >= {low} AND _lsn <= {high}", lower & upper, f"{lower_sql} AND {upper_sql}"
+
+
+def _slice_dataset(layout: LakeLayout, source: str, start: Position, end: Position, opened: dict | None):
+    """(dataset of the files that may hold the table's events in `(start, end]`, row filter,
+    SQL filter), or None when the table has no change log. `opened` keeps the tables open
+    for one sync (every event at or below its `upto` was in them when they were opened)."""
+    uri = layout.changes_uri(f"{SOURCE_SCHEMA}.{source}")
+    opened = {} if opened is None else opened
+    if uri not in opened:
+        opened[uri] = layout.open(uri)
+    delta = opened[uri]
+    if delta is None:
+        return None
+    pruning, wanted, wanted_sql = _bounds(start, end, list(SOURCES).index(source))
+    return delta.to_pyarrow_dataset(filesystem=layout.subtree(uri), file_pruning_predicate=pruning), wanted, wanted_sql
+
+
+def count_events(layout: LakeLayout | str, start: Position, upto_lsn: int,
+                 opened: dict | None = None) -> list[LsnCount]:
+    """Events per (LSN, table) in `(start, complete(upto_lsn)]`, and whether each LSN's are
+    all snapshot reads: only `_lsn` and `_op` are read, aggregated as they stream (memory
+    grows with the LSNs, not the events). Duplicates of an event count twice (a slice is
+    then a little smaller than planned)."""
+    layout = _as_lake(layout)
+    end = Position.complete(upto_lsn, len(SOURCES))
+    counts = []
+    connection = duckdb.connect()
+    try:
+        for index, source in enumerate(SOURCES):
+            found = _slice_dataset(layout, source, start, end, opened)
+            if found is None:
+                continue
+            dataset, _, wanted_sql = found
+            connection.register("_events", dataset)
+            rows = connection.sql(
+                f"SELECT _lsn, count(*), bool_and(_op = 'r') FROM _events WHERE {wanted_sql} GROUP BY _lsn"  # nosec B608 # integers only
+            ).fetchall()
+            connection.unregister("_events")
+            counts.extend(LsnCount(int(lsn), index, int(n), bool(only_r)) for lsn, n, only_r in rows)
+    finally:
+        connection.close()
+    return counts
+
+
+def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: int,
+                  opened: dict | None = None) -> pl.Series:
+    """The sorted distinct `seq` of the table at index `table` at `lsn`, after `start`."""
+    layout = _as_lake(layout)
+    source = list(SOURCES)[table]
+    found = _slice_dataset(layout, source, start, Position.complete(lsn, len(SOURCES)), opened)
+    if found is None:
+        return pl.Series("_seq", [], dtype=pl.Int64)
+    dataset, wanted, _ = found
+    seqs = dataset.to_table(columns=["_seq"], filter=wanted & (ds.field("_lsn") == lsn)).column("_seq")
+    return pl.Series("_seq", seqs, dtype=pl.Int64).unique().sort()
+
+
+def read_slice(layout: LakeLayout | str, start: Position, end: Position,
+               opened: dict | None = None) -> dict[str, pl.DataFrame]:
+    """Every source table's events in `(start, end]`, sorted, deduplicated (tables without
+    any: absent)."""
+    layout = _as_lake(layout)
+    changes = {}
+    for source in SOURCES:
+        found = _slice_dataset(layout, source, start, end, opened)
+        if found is None:
+            continue
+        dataset, wanted, _ = found
+        schema = event_schema(source)
+        present = [name for name in schema if name in dataset.schema.names]
+        frame = _conform(dataset.to_table(columns=present, filter=wanted), schema)
+        if frame.height:
+            changes[source] = frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False
+                                           ).sort(["_lsn", "_seq"])
     return changes

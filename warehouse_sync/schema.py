@@ -11,7 +11,8 @@ Three kinds of table:
   columns the transforms read, plus the `(_lsn, _seq)` of the event that made each row what
   it is. They serve the joins (a renamed department rebuilds its staff's rows), fill columns
   the WAL did not carry (unchanged TOAST) and know which rows a truncate removes;
-- `_sync_checkpoint`: one row, the LSN up to which the change logs have been applied.
+- `_sync_checkpoint`: one row, the LSN up to which the change logs have been applied;
+  `_sync_partial`: beside it, how far inside the next LSN a bulk load has gone, if it has.
 
 Type choices:
 
@@ -323,11 +324,13 @@ def source_columns(source: str) -> list[str]:
 
 
 CHECKPOINT = Table("_sync_checkpoint", (_c("id int"), _c("lsn bigint")), "id")
+PARTIAL = _table("_sync_partial", "id", "id int", "lsn bigint", "source varchar", "seq bigint")
+"""No row, or one: how far inside LSN `lsn` of snapshot reads a sync has gone (`slices`)."""
 REJECTED = _table("_sync_rejected", "id", "id varchar", "source_table varchar", "business_key varchar",
                   "source_lsn bigint", "source_seq bigint", "source_column varchar", "source_value varchar",
                   "reason varchar")
 """Fact versions set aside because a value does not fit its §3 column (one row per value)."""
-INTERNAL_TABLES = tuple(SOURCES.values()) + (CHECKPOINT, REJECTED)
+INTERNAL_TABLES = tuple(SOURCES.values()) + (CHECKPOINT, PARTIAL, REJECTED)
 
 
 # -- rendering ---------------------------------------------------------------------------------
