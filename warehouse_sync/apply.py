@@ -64,7 +64,6 @@ from warehouse_sync.schema import (
     SOURCES,
     Table,
     column_list,
-    conform,
     next_value,
     quote_identifier as q,
     references_to,
@@ -199,12 +198,14 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
                              lambda: read_changes(layout, start.lsn, upto_lsn, tables))
                 return result
         opened: dict = {}
-        ends = plan_slices(count_events(layout, start, upto_lsn, opened), upto_lsn, len(SOURCES),
+        counts = count_events(layout, start, upto_lsn, opened)
+        ends = plan_slices(counts, upto_lsn, len(SOURCES),
                            lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened), slice_events)
         for end_ in ends:
             start_ = start
+            sources = {list(SOURCES)[c.table] for c in counts if start_.lsn <= c.lsn <= end_.lsn}
             if not _apply_slice(layout, target, start_, end_, today, tables, result,
-                                lambda: read_slice(layout, start_, end_, opened)):
+                                lambda: read_slice(layout, start_, end_, opened, sources)):
                 break  # another sync moved the checkpoint: the next run starts from there
             start = end_
         if tables is not None:
@@ -343,8 +344,8 @@ def _stage_keys(target: Target, name: str, keys: pl.Series) -> str:
 
 
 def _select(target: Target, table: Table, where: str = "") -> pl.DataFrame:
-    frame = target.query(f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}")  # nosec B608 # names quoted by q(), values int()
-    return conform(frame, table.polars_schema)
+    return target.select(f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}",  # nosec B608 # names quoted by q(), values int()
+                         table.polars_schema)
 
 
 def _mirror_rows(target: Target, source: str, keys: pl.Series | None, column: str | None = None) -> pl.DataFrame:

@@ -18,6 +18,7 @@ small commits as after a minute.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
@@ -213,17 +214,20 @@ def _bounds(start: Position, end: Position, table: int) -> tuple[str, ds.Express
 
 def _slice_dataset(layout: LakeLayout, source: str, start: Position, end: Position, opened: dict | None):
     """(dataset of the files that may hold the table's events in `(start, end]`, row filter,
-    SQL filter), or None when the table has no change log. `opened` keeps the tables open
-    for one sync (every event at or below its `upto` was in them when they were opened)."""
+    SQL filter), or None when the table has no change log.
+
+    `opened` keeps each table's dataset for one sync: the first call's range (the whole
+    sync's, every event of which was in the lake when it was opened) must hold the later
+    ones; their rows are found through the row filter and the files' row-group statistics."""
     uri = layout.changes_uri(f"{SOURCE_SCHEMA}.{source}")
+    pruning, wanted, wanted_sql = _bounds(start, end, list(SOURCES).index(source))
     opened = {} if opened is None else opened
     if uri not in opened:
-        opened[uri] = layout.open(uri)
-    delta = opened[uri]
-    if delta is None:
-        return None
-    pruning, wanted, wanted_sql = _bounds(start, end, list(SOURCES).index(source))
-    return delta.to_pyarrow_dataset(filesystem=layout.subtree(uri), file_pruning_predicate=pruning), wanted, wanted_sql
+        delta = layout.open(uri)
+        opened[uri] = None if delta is None else delta.to_pyarrow_dataset(
+            filesystem=layout.subtree(uri), file_pruning_predicate=pruning)
+    dataset = opened[uri]
+    return None if dataset is None else (dataset, wanted, wanted_sql)
 
 
 def count_events(layout: LakeLayout | str, start: Position, upto_lsn: int,
@@ -266,13 +270,13 @@ def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: in
     return pl.Series("_seq", seqs, dtype=pl.Int64).unique().sort()
 
 
-def read_slice(layout: LakeLayout | str, start: Position, end: Position,
-               opened: dict | None = None) -> dict[str, pl.DataFrame]:
+def read_slice(layout: LakeLayout | str, start: Position, end: Position, opened: dict | None = None,
+               sources: Iterable[str] | None = None) -> dict[str, pl.DataFrame]:
     """Every source table's events in `(start, end]`, sorted, deduplicated (tables without
-    any: absent)."""
+    any: absent); only `sources` are read, when given."""
     layout = _as_lake(layout)
     changes = {}
-    for source in SOURCES:
+    for source in SOURCES if sources is None else [s for s in SOURCES if s in set(sources)]:
         found = _slice_dataset(layout, source, start, end, opened)
         if found is None:
             continue
