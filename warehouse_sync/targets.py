@@ -238,7 +238,9 @@ class PostgresTarget(Target):
             cur.execute(pgsql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(pgsql.Identifier(name), columns))
             if frame.height:
                 buffer = io.BytesIO()
-                _copy_text(frame).write_csv(buffer, include_header=False, null_value=self._NULL)
+                # every text value quoted: a value that reads like the NULL marker stays a value
+                _copy_text(frame).write_csv(buffer, include_header=False, null_value=self._NULL,
+                                            quote_style="non_numeric")
                 buffer.seek(0)
                 copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, NULL {})").format(
                     pgsql.Identifier(name), pgsql.Literal(self._NULL))
