@@ -197,8 +197,8 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
                 _apply_slice(layout, target, start, end, today, tables, result,
                              lambda: read_changes(layout, start.lsn, upto_lsn, tables))
                 return result
-        opened: dict = {}
-        counts = count_events(layout, start, upto_lsn, opened)
+        opened: dict = {uri: known[0] for uri, known in _LAKE_TYPES.items()}  # brought up to date just now
+        counts = count_events(layout, start, upto_lsn, opened, larger_than=slice_events)
         ends = plan_slices(counts, upto_lsn, len(SOURCES),
                            lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened), slice_events)
         for end_ in ends:

@@ -21,7 +21,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -190,71 +189,89 @@ def read_changes(layout: LakeLayout | str, after_lsn: int, upto_lsn: int,
 
 # -- slices: events between two positions (see `slices`) --------------------------------------
 
-def _bounds(start: Position, end: Position, table: int) -> tuple[str, ds.Expression, str]:
+def _bounds(start: Position, end: Position, table: int) -> tuple[str, ds.Expression]:
     """For the events of the table at index `table` in `(start, end]`: a file-pruning
-    predicate (on `_lsn` alone), the exact row filter, and the same filter in SQL."""
+    predicate (on `_lsn` alone) and the exact row filter."""
     lsn, seq = ds.field("_lsn"), ds.field("_seq")
     low, high = int(start.lsn), int(end.lsn)
     if table < start.table:
-        lower, lower_sql = lsn > low, f"_lsn > {low}"
+        lower = lsn > low
     elif table == start.table:
         lower = (lsn > low) | ((lsn == low) & (seq > int(start.seq)))
-        lower_sql = f"(_lsn > {low} OR (_lsn = {low} AND _seq > {int(start.seq)}))"
     else:
-        lower, lower_sql = lsn >= low, f"_lsn >= {low}"
+        lower = lsn >= low
     if table < end.table:
-        upper, upper_sql = lsn <= high, f"_lsn <= {high}"
+        upper = lsn <= high
     elif table == end.table:
         upper = (lsn < high) | ((lsn == high) & (seq <= int(end.seq)))
-        upper_sql = f"(_lsn < {high} OR (_lsn = {high} AND _seq <= {int(end.seq)}))"
     else:
-        upper, upper_sql = lsn < high, f"_lsn < {high}"
-    return f"_lsn >= {low} AND _lsn <= {high}", lower & upper, f"{lower_sql} AND {upper_sql}"
+        upper = lsn < high
+    return f"_lsn >= {low} AND _lsn <= {high}", lower & upper
 
 
 def _slice_dataset(layout: LakeLayout, source: str, start: Position, end: Position, opened: dict | None):
-    """(dataset of the files that may hold the table's events in `(start, end]`, row filter,
-    SQL filter), or None when the table has no change log.
+    """(dataset of the files that may hold the table's events in `(start, end]`, row
+    filter), or None when the table has no change log.
 
-    `opened` keeps each table's dataset for one sync: the first call's range (the whole
+    `opened` keeps each table's dataset for one sync (and may hold its Delta table, by URI,
+    already up to date): the first call's range (the whole
     sync's, every event of which was in the lake when it was opened) must hold the later
     ones; their rows are found through the row filter and the files' row-group statistics."""
     uri = layout.changes_uri(f"{SOURCE_SCHEMA}.{source}")
-    pruning, wanted, wanted_sql = _bounds(start, end, list(SOURCES).index(source))
+    pruning, wanted = _bounds(start, end, list(SOURCES).index(source))
     opened = {} if opened is None else opened
-    if uri not in opened:
-        delta = layout.open(uri)
-        opened[uri] = None if delta is None else delta.to_pyarrow_dataset(
+    if ("dataset", uri) not in opened:
+        delta = opened[uri] if uri in opened else layout.open(uri)  # a table the caller has open
+        opened["dataset", uri] = None if delta is None else delta.to_pyarrow_dataset(
             filesystem=layout.subtree(uri), file_pruning_predicate=pruning)
-    dataset = opened[uri]
-    return None if dataset is None else (dataset, wanted, wanted_sql)
+    dataset = opened["dataset", uri]
+    return None if dataset is None else (dataset, wanted)
 
 
-def count_events(layout: LakeLayout | str, start: Position, upto_lsn: int,
-                 opened: dict | None = None) -> list[LsnCount]:
-    """Events per (LSN, table) in `(start, complete(upto_lsn)]`, and whether each LSN's are
-    all snapshot reads: only `_lsn` and `_op` are read, aggregated as they stream (memory
-    grows with the LSNs, not the events). Duplicates of an event count twice (a slice is
-    then a little smaller than planned)."""
+SCAN_POOL = pa.system_memory_pool()
+"""The allocator of the slices' scans: it gives memory back once a slice is done (the default
+pool keeps what a scan of a large change log once needed, as the process's peak)."""
+
+
+def count_events(layout: LakeLayout | str, start: Position, upto_lsn: int, opened: dict | None = None,
+                 larger_than: int = 0) -> list[LsnCount]:
+    """Events per (LSN, table) in `(start, complete(upto_lsn)]`: `_lsn` is read as it
+    streams, aggregated batch by batch (memory grows with the LSNs, not the events); whether
+    an LSN's events are all snapshot reads is found (from `_op`) only for the LSNs with more
+    than `larger_than` events, the others say False. Duplicates of an event count twice (a
+    slice is then a little smaller than planned)."""
     layout = _as_lake(layout)
     end = Position.complete(upto_lsn, len(SOURCES))
     counts = []
-    connection = duckdb.connect()
-    try:
-        for index, source in enumerate(SOURCES):
-            found = _slice_dataset(layout, source, start, end, opened)
-            if found is None:
+    for index, source in enumerate(SOURCES):
+        found = _slice_dataset(layout, source, start, end, opened)
+        if found is None:
+            continue
+        dataset, wanted = found
+        per_lsn: pl.DataFrame | None = None
+        for batch in dataset.to_batches(columns=["_lsn"], filter=wanted, memory_pool=SCAN_POOL):
+            if batch.num_rows == 0:
                 continue
-            dataset, _, wanted_sql = found
-            connection.register("_events", dataset)
-            rows = connection.sql(
-                f"SELECT _lsn, count(*), bool_and(_op = 'r') FROM _events WHERE {wanted_sql} GROUP BY _lsn"  # nosec B608 # integers only
-            ).fetchall()
-            connection.unregister("_events")
-            counts.extend(LsnCount(int(lsn), index, int(n), bool(only_r)) for lsn, n, only_r in rows)
-    finally:
-        connection.close()
-    return counts
+            part = pl.from_arrow(batch).group_by("_lsn").len()  # type: ignore[union-attr]
+            per_lsn = part if per_lsn is None else pl.concat([per_lsn, part]).group_by("_lsn").agg(pl.col("len").sum())
+        if per_lsn is None:
+            continue
+        for lsn, events in per_lsn.sort("_lsn").iter_rows():
+            counts.append(LsnCount(int(lsn), index, int(events), False))
+    totals: dict[int, int] = {}
+    for count in counts:
+        totals[count.lsn] = totals.get(count.lsn, 0) + count.events
+    return [_with_ops(layout, start, c, opened) if totals[c.lsn] > larger_than else c for c in counts]
+
+
+def _with_ops(layout: LakeLayout, start: Position, count: LsnCount, opened: dict | None) -> LsnCount:
+    """`count` with whether all its events are snapshot reads."""
+    source = list(SOURCES)[count.table]
+    found = _slice_dataset(layout, source, start, Position.complete(count.lsn, len(SOURCES)), opened)
+    assert found is not None  # nosec B101 # counted from that dataset
+    dataset, wanted = found
+    others = dataset.count_rows(filter=wanted & (ds.field("_lsn") == count.lsn) & (ds.field("_op") != "r"))
+    return LsnCount(count.lsn, count.table, count.events, others == 0)
 
 
 def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: int,
@@ -265,8 +282,9 @@ def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: in
     found = _slice_dataset(layout, source, start, Position.complete(lsn, len(SOURCES)), opened)
     if found is None:
         return pl.Series("_seq", [], dtype=pl.Int64)
-    dataset, wanted, _ = found
-    seqs = dataset.to_table(columns=["_seq"], filter=wanted & (ds.field("_lsn") == lsn)).column("_seq")
+    dataset, wanted = found
+    seqs = dataset.to_table(columns=["_seq"], filter=wanted & (ds.field("_lsn") == lsn),
+                            memory_pool=SCAN_POOL).column("_seq")
     return pl.Series("_seq", seqs, dtype=pl.Int64).unique().sort()
 
 
@@ -280,10 +298,10 @@ def read_slice(layout: LakeLayout | str, start: Position, end: Position, opened:
         found = _slice_dataset(layout, source, start, end, opened)
         if found is None:
             continue
-        dataset, wanted, _ = found
+        dataset, wanted = found
         schema = event_schema(source)
         present = [name for name in schema if name in dataset.schema.names]
-        frame = _conform(dataset.to_table(columns=present, filter=wanted), schema)
+        frame = _conform(dataset.to_table(columns=present, filter=wanted, memory_pool=SCAN_POOL), schema)
         if frame.height:
             changes[source] = frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False
                                            ).sort(["_lsn", "_seq"])

@@ -83,15 +83,24 @@ class Target:
         self.close()
 
 
+DUCKDB_MEMORY_LIMIT = "192MB"
+"""DuckDB's own memory (its cache of the database's blocks, its operators) in a sync: by
+default it caches up to 80 % of the machine's memory, so the process grew with the
+warehouse; past this it reads blocks again and spills to disk."""
+
+
 class DuckDBTarget(Target):
     """A DuckDB database file (or `:memory:`)."""
 
     dialect = DUCKDB
 
-    def __init__(self, path: str | Path = ":memory:", *, connection: duckdb.DuckDBPyConnection | None = None):
+    def __init__(self, path: str | Path = ":memory:", *, connection: duckdb.DuckDBPyConnection | None = None,
+                 memory_limit: str | None = DUCKDB_MEMORY_LIMIT):
         self.path = str(path)
         self.connection = connection if connection is not None else duckdb.connect(self.path)
         self.connection.execute("SET TimeZone = 'UTC'")
+        if memory_limit is not None and self.path != ":memory:":
+            self.connection.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
         self._staged: set[str] = set()
 
     def __repr__(self) -> str:
