@@ -11,11 +11,17 @@ import pytest
 
 import warehouse_sync.apply as apply_module
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, mixed_history, write_lake
-from warehouse_sync import DuckDBTarget, PostgresTarget, checkpoint_lsn, dangling_references, duplicate_current_rows
-from warehouse_sync import sync_once
+from warehouse_sync import (
+    DuckDBTarget,
+    PostgresTarget,
+    checkpoint_lsn,
+    dangling_references,
+    duplicate_current_rows,
+    sync_once,
+)
 from warehouse_sync.schema import PARTIAL, SOURCES
+from warehouse_sync.slices import MIN_SEQ, LsnCount, Position, plan_slices
 from warehouse_sync.transforms import FACT_SPECS
-from warehouse_sync.slices import MAX_SEQ, MIN_SEQ, LsnCount, Position, plan_slices
 
 TODAY = date(2024, 11, 18)
 TABLES = len(SOURCES)

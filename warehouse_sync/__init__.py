@@ -9,7 +9,8 @@
 - `replay`: events → complete row versions (unchanged-TOAST columns filled, deletes with their
   last values, truncates expanded);
 - `transforms`: the spec's rules, rows in → dimension and fact rows out;
-- `apply`: one sync = one warehouse transaction that also moves the checkpoint;
+- `apply`: one sync = one warehouse transaction per slice, each moving the checkpoint;
+- `slices`: where a large backlog is cut (whole transactions; snapshot reads also by key);
 - `targets`: the thin DuckDB and PostgreSQL adapters; `checks`: invariants to verify.
 """
 

@@ -1,27 +1,39 @@
-"""One sync: the change-log events in `(checkpoint, upto]` → one warehouse transaction.
+"""One sync: the change-log events in `(checkpoint, upto]` → warehouse transactions, one per slice.
 
-Why one file (~420 lines): one sync transaction, read top to bottom: checkpoint, lake types,
+Why one file (~500 lines): one sync transaction, read top to bottom: checkpoint, lake types,
 dims, facts, rejects; its SQL helpers are what its steps share.
 
-    sync_once(lake, target, upto_lsn)
+    sync_once(lake, target, upto_lsn)        # slice_events=SLICE_EVENTS
 
 `upto_lsn` is the lake watermark (every event at or below it, of every table, is in the
-lake), so a sync never shows half a source transaction. Inside one transaction, which also
-moves the checkpoint:
+lake), so a sync never shows half a source transaction. A backlog larger than
+`slice_events` is applied in slices (`slices.plan_slices`: each ends on a complete LSN, or
+inside an LSN of snapshot reads between tables or seqs), so what the sync holds in memory is
+one slice, whatever the backlog; each slice is read from the lake on its own
+(`lake_source.read_slice`). A continuous caller's cache serves a small step in one slice, as
+before. Each slice is one transaction, which also moves the checkpoint (and `_sync_partial`):
 
-1. lock and read the checkpoint; nothing to do when `upto_lsn` is not above it;
-2. read every table's events in `(checkpoint, upto]`, sorted by `(lsn, seq)`, deduplicated;
-3. replay them over the source mirrors (`_src_<table>`) and write the mirrors back;
+1. lock and read the position; stop when another sync moved it;
+2. read every table's events in the slice, sorted by `(lsn, seq)`, deduplicated;
+3. replay them over the source mirrors (`_src_<table>`) and write the mirrors back, only the
+   rows of the keys the events touch (read by key, written by key);
 4. upsert the dimension rows those events affect (a department or address change rebuilds
    every staff or counterparty row that uses it), before any fact points at them;
 5. append the new fact versions (only versions whose projection changed), close the rows they
-   supersede (`is_current` false, `valid_to` set), after adding the calendar days they need;
+   supersede (`is_current` false, `valid_to` set; found by business key among the current
+   rows), after adding the calendar days they need;
 6. delete the dimension rows whose source row is gone, unless a fact row references them
    (history keeps pointing at the last known values);
-7. set the checkpoint to `upto_lsn` and commit.
+7. set the position to the slice's end and commit.
 
-A crash anywhere before the commit leaves the warehouse as it was; a rerun repeats the same
-work from the same checkpoint, and a rerun with the same `upto_lsn` does nothing. So a
+Everything crosses to the engine in bulk: frames are staged as Arrow (DuckDB) or COPY FROM
+(PostgreSQL) and joined in SQL, large results come back as Arrow or COPY TO; no statement or
+Python object per row. What a slice costs grows with the slice, not with the warehouse,
+except DuckDB's column scans for keyed lookups (its ART indexes serve constraints, not
+joins) and `max(record id)`.
+
+A crash anywhere before a slice's commit leaves the warehouse as the previous slice left it;
+a rerun goes on from there, and a rerun with the same `upto_lsn` does nothing. So a
 warehouse that drops the connection mid-sync (a restart, a failover, an idle timeout) is
 simply reconnected to and the sync run again, a few times with a growing pause: even a
 connection lost during COMMIT is safe, the rerun finds the checkpoint moved or not.

@@ -187,7 +187,8 @@ def _from_copy_text(name: str, dtype: pl.DataType) -> pl.Expr:
     if dtype == pl.Time:
         return text.str.to_time("%H:%M:%S%.f").alias(name)
     if isinstance(dtype, pl.Datetime) and dtype.time_zone:
-        return text.str.to_datetime("%Y-%m-%d %H:%M:%S%.f%#z", time_unit="us").dt.convert_time_zone(dtype.time_zone).alias(name)
+        moment = text.str.to_datetime("%Y-%m-%d %H:%M:%S%.f%#z", time_unit="us")
+        return moment.dt.convert_time_zone(dtype.time_zone).alias(name)
     if isinstance(dtype, pl.Datetime):
         return text.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us").alias(name)
     return text.cast(dtype).alias(name)
