@@ -204,7 +204,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     from lake.layout import CHANGES, LakeLayout
     from lake.timetravel import register_duckdb, state_as_of_lsn
     from warehouse_sync.read_copy import attach_for_reading
-    from warehouse_sync.schema import quote_identifier as q, quote_literal
+    from warehouse_sync.schema import quote_identifier as q
 
     connection = duckdb.connect()
     if lake:
