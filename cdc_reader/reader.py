@@ -45,7 +45,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -53,7 +53,10 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from cdc_reader import pgoutput
+from cdc_reader import lifecycle, pgoutput
+from cdc_reader.bulk_snapshot import (
+    DEFAULT_BATCH_BYTES, DEFAULT_CHUNK_PAGES, DEFAULT_CONNECTIONS, BulkSnapshot, TablePlan, plan_tables,
+)
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
 from cdc_reader.catalog import TypeNames, read_table_schema
 from cdc_reader.pgtypes import SESSION_SETTINGS
@@ -67,6 +70,7 @@ from cdc_reader.source_setup import (
 from change_events import ChangeEvent, Op, format_lsn
 from change_events.wire import EncodedChange
 from totesys.connection import SourceConnectionError, connect
+from lake.layout import LakeLayout
 from totesys.schema import TABLES, database_name
 
 log = logging.getLogger("totes.reader")
@@ -98,26 +102,54 @@ class Durability(Protocol):
 @dataclass
 class ReaderState:
     slot: str = ""
-    snapshot_lsn: int | None = None
-    snapshot_published: bool = False
-    """Every snapshot event was handed on and acknowledged (e.g. by Kinesis): a restart
-    resumes from the slot instead of taking the snapshot again."""
-    snapshot_done: bool = False
-    """The snapshot is durable downstream (in the lake)."""
-    rereads: list[str] = field(default_factory=list)
-    """Tables being read again because the first snapshot was cut off before it was
-    published; the snapshot counts as done only once those re-reads are durable. Kept here
-    so a reader killed during that recovery starts it again instead of a new snapshot."""
-    replaces_lost_slot: bool = False
-    """This slot's snapshot replaces what a lost slot left downstream (`--reset`): it begins
-    with a truncate of every table at its consistent point, so a row deleted while no slot
-    was reading does not stay alive in the lake or the warehouse."""
+    """The slot this state belongs to ("" until the reader notes it is about to create one)."""
+    phase: lifecycle.Phase = field(default_factory=lifecycle.NoSlot)
+    """Where the slot's snapshot stands (lifecycle.py): the one persisted state machine."""
     schema_rereads: list[str] = field(default_factory=list)
     """Tables to read again after a column type change, until that re-read is durable
     (schema_changes.PendingRereads)."""
     column_types: dict[str, dict[str, str]] = field(default_factory=dict)
     """The column types last seen of every table (table → column → type), so a type change
     made while the reader was away is still told from the first Relation message after it."""
+
+    # What the phase says, as the flags the reader once kept (and older tools read).
+    @property
+    def snapshot_lsn(self) -> int | None:
+        return getattr(self.phase, "lsn", None)
+
+    @property
+    def snapshot_published(self) -> bool:
+        """Every snapshot event was handed on (or written to the lake): a restart resumes
+        from the slot instead of taking the snapshot again."""
+        return lifecycle.snapshot_handed_on(self.phase)
+
+    @property
+    def snapshot_done(self) -> bool:
+        """The snapshot is durable downstream (in the lake)."""
+        return lifecycle.snapshot_finished(self.phase)
+
+    @property
+    def rereads(self) -> list[str]:
+        """Tables being read again because a snapshot through the sink was cut off."""
+        return list(self.phase.tables) if isinstance(self.phase, lifecycle.Recovering) else []
+
+    @property
+    def replaces_lost_slot(self) -> bool:
+        """This slot's snapshot replaces what a lost slot left downstream (`--reset`): it begins
+        with a truncate of every table at its consistent point, so a row deleted while no slot
+        was reading does not stay alive in the lake or the warehouse."""
+        return self.phase.replaces_lost_slot
+
+    def to_json(self) -> dict:
+        return {"slot": self.slot, "phase": lifecycle.to_json(self.phase), **lifecycle.legacy_flags(self.phase),
+                "schema_rereads": self.schema_rereads, "column_types": self.column_types}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ReaderState":
+        """A saved state; one written before the phase existed is migrated from its flags."""
+        phase = lifecycle.from_json(data["phase"]) if "phase" in data else lifecycle.from_legacy(data)
+        return cls(slot=data.get("slot", ""), phase=phase, schema_rereads=list(data.get("schema_rereads", [])),
+                   column_types=dict(data.get("column_types", {})))
 
 
 class StateStore(Protocol):
@@ -133,14 +165,14 @@ class FileStateStore:
 
     def load(self) -> ReaderState:
         try:
-            return ReaderState(**json.loads(self.path.read_text(encoding="utf-8")))
+            return ReaderState.from_json(json.loads(self.path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return ReaderState()
 
     def save(self, state: ReaderState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(asdict(state)), encoding="utf-8")
+        scratch.write_text(json.dumps(state.to_json()), encoding="utf-8")
         os.replace(scratch, self.path)
 
 
@@ -158,6 +190,13 @@ class ReaderConfig:
     after the sink again (settles Kinesis's answers, starts the next call): a short wait
     keeps an idle stream's last events from waiting on it."""
     snapshot_chunk_rows: int = 5_000
+    snapshot_connections: int = DEFAULT_CONNECTIONS
+    """Connections that read the bulk snapshot's chunks in parallel (bulk_snapshot.py)."""
+    snapshot_chunk_pages: int = DEFAULT_CHUNK_PAGES
+    """Heap pages per chunk of the bulk snapshot: the unit of parallel work, of resuming
+    after a kill, and the most a connection holds in memory."""
+    snapshot_batch_bytes: int = DEFAULT_BATCH_BYTES
+    """COPY output parsed at a time (bulk snapshot)."""
     resnapshot: tuple[str, ...] = ()
     """Tables to read again, chunk by chunk, while streaming (see resnapshot.py)."""
     reset: bool = False
@@ -212,17 +251,17 @@ class _Recovery:
 
 
 class _WatermarksHeld:
-    """The sink, except that watermarks wait for `ready()`. While a cut-off snapshot is made
-    up for, a lake watermark would let the warehouse show tables half read again (and
+    """The sink, except that watermarks wait for `ready(lsn)`. While a cut-off snapshot is
+    made up for, a lake watermark would let the warehouse show tables half read again (and
     `--until-caught-up` stop before they are whole); the first snapshot never allows that."""
 
-    def __init__(self, sink: EventSink, ready: Callable[[], bool]):
+    def __init__(self, sink: EventSink, ready: Callable[[int], bool]):
         self.inner = sink
         self.add, self.end_transaction, self.poll, self.flush = sink.add, sink.end_transaction, sink.poll, sink.flush
         self._ready = ready
 
     def publish_watermark(self, lsn: int) -> None:
-        if self._ready():
+        if self._ready(lsn):
             self.inner.publish_watermark(lsn)
 
     def __getattr__(self, name: str):
@@ -248,8 +287,13 @@ class _KeepsSchemaBook:
 
 class Reader:
     def __init__(self, dsn: str, sink: EventSink, durability: Durability, state: StateStore,
-                 config: ReaderConfig = ReaderConfig()):
+                 config: ReaderConfig = ReaderConfig(), *, lake: LakeLayout | None = None):
         self.dsn = dsn
+        self.lake = lake
+        """Where the initial snapshot goes straight to (bulk_snapshot.py); without a lake it
+        goes through the sink, as change events."""
+        self.bulk_chunk_hook = None  # tests: called as (table, chunk, step) on the bulk path
+        self.bulk_stats = None
         self.sink = sink
         self.durability = durability
         self.state = _KeepsSchemaBook(state, self)
@@ -271,6 +315,7 @@ class Reader:
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
         self._reset_pending = config.reset  # once per process, not at every reconnect
+        self._markers_from = 0
 
     # -- set-up --------------------------------------------------------------------------
     def _connect(self, **kwargs):
@@ -288,7 +333,9 @@ class Reader:
             raise SlotLostError(lost_slot_message(cfg.slot, slot.why_lost()))
         if slot is None and state.slot == cfg.slot and state.snapshot_lsn is None:
             # Killed while creating the slot, before it existed: nothing was read yet.
-            state = ReaderState(replaces_lost_slot=state.replaces_lost_slot)
+            phase = state.phase
+            state = ReaderState(phase=lifecycle.slot_missing(phase) if isinstance(phase, lifecycle.SlotPending)
+                                else lifecycle.NoSlot(state.replaces_lost_slot))
             self.state.save(state)
         if slot is None and state.slot == cfg.slot:
             # Even a cut-off snapshot may have rows downstream: a new one could leave rows
@@ -301,21 +348,25 @@ class Reader:
             # remove whatever of this one got downstream.
             log.warning("the replacing snapshot of slot %s was cut off: taking it again from a new slot", cfg.slot)
             drop_slot(conn, cfg.slot)
-            state, slot = ReaderState(replaces_lost_slot=True), None
+            state, slot = ReaderState(phase=lifecycle.reset(state.phase, slot_dropped=True)), None
             self.state.save(state)
         if slot is not None:
             check_slot(slot, database_name(self.dsn) or slot.database)
             if state.slot != cfg.slot:
                 # Not created by this reader's state: resume from it, never drop it.
                 log.info("resuming from existing slot %s", cfg.slot)
-                state = ReaderState(slot=cfg.slot, snapshot_done=True)
+                state = ReaderState(slot=cfg.slot, phase=lifecycle.adopt())
                 self.state.save(state)
             elif self._snapshot_cut_off(state) and self._recovery is None:
-                if state.snapshot_lsn is None:
+                if isinstance(state.phase, lifecycle.SlotPending):
                     # Killed between creating the slot and noting where its snapshot stands:
                     # never confirmed, the slot still stands at its consistent point.
-                    state = replace(state, snapshot_lsn=slot.confirmed_flush_lsn)
-                state = self._recover_snapshot(state)
+                    state = replace(state, phase=lifecycle.slot_created(
+                        state.phase, slot.confirmed_flush_lsn, bulk=self._bulk(state)))
+                if isinstance(state.phase, lifecycle.Snapshotting) and state.phase.bulk:
+                    state = self._resume_bulk_snapshot(conn, state)
+                else:
+                    state = self._recover_snapshot(state)
         return state
 
     def _reset(self, conn, state: ReaderState, slot):
@@ -327,7 +378,7 @@ class Reader:
             log.warning("dropping replication slot %s: it %s", cfg.slot, slot.why_lost())
             drop_slot(conn, cfg.slot)
             slot = None
-        state = ReaderState(replaces_lost_slot=slot is None)
+        state = ReaderState(phase=lifecycle.reset(lifecycle.NoSlot(), slot_dropped=slot is None))
         self.state.save(state)
         if slot is None:
             log.warning("starting over: a new slot, and a snapshot that replaces every table downstream")
@@ -351,7 +402,7 @@ class Reader:
         log.warning("the snapshot of slot %s was cut off before all of it was published: keeping the slot, "
                     "streaming from %s and reading all %d tables again", cfg.slot,
                     format_lsn(state.snapshot_lsn or 0), len(tables))
-        state = ReaderState(slot=cfg.slot, snapshot_lsn=state.snapshot_lsn, rereads=tables)
+        state = ReaderState(slot=cfg.slot, phase=lifecycle.cut_off(state.phase, tuple(tables)))
         self.state.save(state)
         self._resnapshots += [t for t in tables if t not in self._resnapshots]
         self._recovery = _Recovery({f"{cfg.schema}.{t}" for t in tables}, len(self.reread))
@@ -376,14 +427,20 @@ class Reader:
             recovery.handed_over = self._handed_over
         return recovery.handed_over
 
-    def _hold_watermarks_while_recovering(self) -> None:
-        """Hold watermarks back until every recovery re-read was handed on. The sink is
-        swapped only between connections, so the streaming loop never sees it change."""
+    def _hold_watermarks_while_recovering(self, state: ReaderState) -> None:
+        """Hold watermarks back until every recovery re-read was handed on, and, after a bulk
+        snapshot resumed at a later LSN, below that LSN (the lake holds chunks read there).
+        The sink is swapped only between connections, so the streaming loop never sees it
+        change."""
+        phase = state.phase
+        self._markers_from = phase.durable_at if isinstance(phase, lifecycle.Published) else 0
+        hold = self._recovery is not None or self._markers_from > (state.snapshot_lsn or 0)
         held = isinstance(self.sink, _WatermarksHeld)
-        if self._recovery is not None and not held:
+        if hold and not held:
             self.sink = _WatermarksHeld(
-                self.sink, lambda: self._recovery is None or self._rereads_handed_over() is not None)
-        elif self._recovery is None and held:
+                self.sink, lambda lsn: (self._recovery is None or self._rereads_handed_over() is not None)
+                and lsn >= self._markers_from)
+        elif not hold and held:
             self.sink = self.sink.inner
 
     def _settle_snapshot(self, state: ReaderState, durable: int) -> ReaderState:
@@ -391,11 +448,11 @@ class Reader:
         confirmed. After a cut-off first snapshot, that takes every re-read being durable."""
         if state.snapshot_done or state.snapshot_lsn is None:
             return state
-        needed = self._rereads_handed_over() if state.rereads else state.snapshot_lsn
-        if needed is None or durable < max(needed, state.snapshot_lsn):
+        needed = self._rereads_handed_over() if isinstance(state.phase, lifecycle.Recovering) else None
+        phase = lifecycle.durable(state.phase, durable, needed)
+        if phase == state.phase:
             return state
-        state = ReaderState(slot=self.config.slot, snapshot_lsn=state.snapshot_lsn, snapshot_published=True,
-                            snapshot_done=True, replaces_lost_slot=state.replaces_lost_slot)
+        state = ReaderState(slot=self.config.slot, phase=phase)
         self.state.save(state)
         if self._recovery is not None:
             log.info("every table was read again and is durable: the snapshot at %s is complete",
@@ -405,18 +462,42 @@ class Reader:
             log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
         return state
 
+    def _bulk(self, state: ReaderState) -> bool:
+        """Whether this slot's snapshot goes straight into the lake (bulk_snapshot.py). A
+        snapshot that replaces a lost slot's tables goes through the sink: its truncates must
+        reach the lake in order with the rows."""
+        return self.lake is not None and not state.replaces_lost_slot
+
     def _snapshot(self, replication_cursor, conn) -> int:
         cfg = self.config
-        replaces = self.state.load().replaces_lost_slot
+        loaded = self.state.load()
+        replaces = loaded.replaces_lost_slot
         # Noted first, so a reader killed right after creating the slot knows the slot is its
         # own, with a snapshot still to make up for, rather than one to resume from as it is.
-        self.state.save(ReaderState(slot=cfg.slot, replaces_lost_slot=replaces))
+        pending = ReaderState(slot=cfg.slot, phase=lifecycle.note_slot(lifecycle.NoSlot(replaces)))
+        self.state.save(pending)
+        bulk = self._bulk(pending)
         new = create_slot(replication_cursor, cfg.slot)
-        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_done=False,
-                                    replaces_lost_slot=replaces))
-        log.info("slot %s created at %s; reading the snapshot", cfg.slot, format_lsn(new.consistent_lsn))
+        log.info("slot %s created at %s; reading the snapshot%s", cfg.slot, format_lsn(new.consistent_lsn),
+                 " straight into the lake" if bulk else "")
         schemas = [read_table_schema(conn, cfg.schema, t) for t in cfg.tables]
         conn.commit()
+        self._column_types.clear()
+        self._column_types.update({s.table: {c.name: c.type_name for c in s.columns} for s in schemas})
+        if bulk:
+            plans = plan_tables(conn, schemas, cfg.snapshot_chunk_pages)
+            state = ReaderState(slot=cfg.slot, phase=lifecycle.slot_created(
+                pending.phase, new.consistent_lsn, bulk=True, tables=tuple(p.schema.table for p in plans),
+                chunks=tuple(p.chunks for p in plans), chunk_pages=cfg.snapshot_chunk_pages))
+            self.state.save(state)
+            self._write_bulk(state.phase, plans, new.snapshot_name, new.consistent_lsn)
+            self._handed_over = new.consistent_lsn
+            self.state.save(ReaderState(slot=cfg.slot, phase=lifecycle.written(state.phase, new.consistent_lsn)))
+            self.sink.publish_watermark(new.consistent_lsn)
+            return new.consistent_lsn
+
+        state = ReaderState(slot=cfg.slot, phase=lifecycle.slot_created(pending.phase, new.consistent_lsn, bulk=False))
+        self.state.save(state)
         first_seq = 0
         if replaces:
             # Everything downstream older than this snapshot goes; the snapshot's own rows
@@ -424,8 +505,6 @@ class Reader:
             for seq, schema in enumerate(schemas):
                 self.sink.add(ChangeEvent(schema, Op.TRUNCATE, new.consistent_lsn, seq, None, None, {}))
             first_seq = len(schemas)
-        self._column_types.clear()
-        self._column_types.update({s.table: {c.name: c.type_name for c in s.columns} for s in schemas})
 
         def emit(events: list[EncodedChange]) -> None:
             for event in events:
@@ -439,10 +518,53 @@ class Reader:
         self.sink.flush()
         # From here on a restart simply resumes from the slot; before, it resumes too but
         # reads every table again (`_recover_snapshot`).
-        self.state.save(ReaderState(slot=cfg.slot, snapshot_lsn=new.consistent_lsn, snapshot_published=True,
-                                    replaces_lost_slot=replaces))
+        self.state.save(ReaderState(slot=cfg.slot, phase=lifecycle.written(state.phase)))
         self.sink.publish_watermark(new.consistent_lsn)
         return new.consistent_lsn
+
+    def _write_bulk(self, phase: lifecycle.Snapshotting, plans: list[TablePlan], snapshot_name: str,
+                    lsn: int) -> None:
+        """The chunks of `plans` the lake lacks, read under `snapshot_name` and stamped `lsn`."""
+        cfg = self.config
+        bulk = BulkSnapshot(lambda: self._connect(), self.lake, phase.lsn, plans, chunk_pages=phase.chunk_pages,
+                            connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
+                            progress=self.snapshot_progress)
+        bulk.chunk_hook = self.bulk_chunk_hook
+        self.bulk_stats = bulk.stats
+        written = bulk.run_under(snapshot_name, lsn)
+        self.metrics.snapshot_events += bulk.stats.rows
+        log.info("snapshot: %d chunks, %d rows written to the lake at %s", written, bulk.stats.rows, format_lsn(lsn))
+
+    def _resume_bulk_snapshot(self, conn, state: ReaderState) -> ReaderState:
+        """A bulk snapshot cut off (a kill): its exported snapshot is gone, the slot is not.
+        The chunks the lake lacks are read under a new exported snapshot from a temporary
+        slot, stamped with its LSN; the stream then starts from the slot's consistent point
+        as before (bulk_snapshot.py says why that loses and doubles nothing)."""
+        cfg = self.config
+        phase = state.phase
+        if phase.tables:
+            by_name = {t: read_table_schema(conn, *t.split(".", 1)) for t in phase.tables}
+            plans = [TablePlan(by_name[t], n) for t, n in zip(phase.tables, phase.chunks)]
+        else:  # killed before the plan was noted: nothing was written under it
+            plans = plan_tables(conn, [read_table_schema(conn, cfg.schema, t) for t in cfg.tables],
+                                cfg.snapshot_chunk_pages)
+            phase = replace(phase, tables=tuple(p.schema.table for p in plans),
+                            chunks=tuple(p.chunks for p in plans), chunk_pages=cfg.snapshot_chunk_pages)
+            self.state.save(replace(state, phase=phase))
+        conn.commit()
+        self._column_types.update({p.schema.table: {c.name: c.type_name for c in p.schema.columns} for p in plans})
+        replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        try:
+            temporary = create_slot(replication.cursor(), f"{cfg.slot}_resume", temporary=True)
+            log.warning("the snapshot of slot %s was cut off: reading the chunks the lake lacks under a new "
+                        "snapshot at %s, then streaming from %s", cfg.slot, format_lsn(temporary.consistent_lsn),
+                        format_lsn(phase.lsn))
+            self._write_bulk(phase, plans, temporary.snapshot_name, temporary.consistent_lsn)
+        finally:
+            replication.close()  # the temporary slot goes with its connection
+        state = ReaderState(slot=cfg.slot, phase=lifecycle.written(phase, temporary.consistent_lsn))
+        self.state.save(state)
+        return state
 
     # -- streaming -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -464,7 +586,7 @@ class Reader:
             if slot_state(conn, cfg.slot) is None:
                 start_lsn = self._snapshot(cur, conn)
                 state = self.state.load()
-            self._hold_watermarks_while_recovering()
+            self._hold_watermarks_while_recovering(state)
             self._stream(cur, conn, state, start_lsn, stop)
         finally:
             for c in (replication, conn):

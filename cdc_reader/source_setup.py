@@ -171,15 +171,17 @@ class NewSlot:
     snapshot_name: str
 
 
-def create_slot(replication_cursor, name: str) -> NewSlot:
+def create_slot(replication_cursor, name: str, *, temporary: bool = False) -> NewSlot:
     """Create a pgoutput slot on a replication connection, exporting its snapshot.
 
     The snapshot stays usable only while that connection stays open and idle, so the caller
-    reads the initial snapshot before it starts streaming on it.
+    reads the initial snapshot before it starts streaming on it. A `temporary` slot is
+    dropped when its connection closes (used only for the snapshot it exports).
     """
+    kind = sql.SQL("TEMPORARY LOGICAL" if temporary else "LOGICAL")
     try:
         replication_cursor.execute(
-            sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(sql.Identifier(name))
+            sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export')").format(sql.Identifier(name), kind)
         )
     except errors.DuplicateObject:
         raise SourceSetupError(f"Replication slot {name!r} already exists") from None

@@ -137,12 +137,16 @@ def _converter(target: pa.DataType) -> Callable[[pa.Array, pa.DataType], pa.Arra
     return _cast
 
 
-def convert_column(values: Sequence[str | None], type_name: str, column: str) -> pa.Array:
-    """Text values of one column → an Arrow array of `arrow_type(type_name)`.
+def convert_column(values: Sequence[str | None] | pa.Array | pa.ChunkedArray, type_name: str,
+                   column: str) -> pa.Array:
+    """Text values of one column (a list, or an Arrow string array) → an Arrow array of
+    `arrow_type(type_name)`.
 
     Raises ValueConversionError (with every bad row's position) when values do not fit."""
     target = arrow_type(type_name)
-    text = pa.array(values, type=pa.string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    text = values if isinstance(values, pa.Array) else pa.array(values, type=pa.string())
     convert = _converter(target)
     if convert is None:
         return text
@@ -151,6 +155,8 @@ def convert_column(values: Sequence[str | None], type_name: str, column: str) ->
     except (pa.ArrowException, ValueError, pl.exceptions.PolarsError):
         pass
     # Slow path, only when something does not fit: find every row that fails on its own.
+    if isinstance(values, pa.Array):
+        values = values.to_pylist()
     bad = [i for i, value in enumerate(values) if value is not None and not _fits(value, convert, target)]
     if not bad:  # the vectorised cast failed for a reason no single value shows
         raise ValueConversionError(column, type_name, None, list(range(len(values))))

@@ -219,6 +219,7 @@ class Pipeline:
             ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
                          heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds,
                          reset=cfg.reset),
+            lake=self.layout,  # the initial snapshot goes straight into the lake
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)

@@ -124,6 +124,7 @@ def reader(
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.")] = None,
     durability: Annotated[Optional[str], typer.Option("--durability", envvar="TOTES_DURABILITY", help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.", show_default=False)] = None,
+    snapshot_connections: Annotated[int, typer.Option("--snapshot-connections", envvar="TOTES_SNAPSHOT_CONNECTIONS", min=1, help="Connections that read the initial snapshot's chunks in parallel (with --lake it goes straight into the lake).")] = ReaderConfig.snapshot_connections,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
@@ -159,14 +160,15 @@ def reader(
     if unknown:
         raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
     config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()),
-                          reset=reset)
+                          reset=reset, snapshot_connections=snapshot_connections)
     if mode == "kinesis":
         log.warning("durability is what Kinesis acknowledged: if the processor stalls for longer than the "
                     "stream's retention, events PostgreSQL has already released are lost; pass --lake instead")
         durable: KinesisAcknowledged | LakeWatermark = KinesisAcknowledged(publisher)
     else:
         durable = LakeWatermark(LakeLayout(lake), lambda: [shard.shard_id for shard in publisher.shards])
-    the_reader = Reader(dsn, publisher, durable, FileStateStore(state_path), config)
+    the_reader = Reader(dsn, publisher, durable, FileStateStore(state_path), config,
+                        lake=LakeLayout(lake) if mode == "lake" else None)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,0 +1,239 @@
+"""The bulk path into the lake: snapshot rows written straight into `changes/<table>` and
+`tables/<table>` as `op='r'` events, in large files, one chunk at a time.
+
+Kinesis is not on this path (its shards take 1 MB/s each). The rows are the same the
+stream processor would write for the same `op='r'` events (`lake.changelog.event_rows`,
+`lake.schemas`): the same typed columns, the same lineage columns, `_shard` =
+`SNAPSHOT_SHARD` and `_batch` = the chunk's number.
+
+Exactly once, chunk by chunk: a chunk's change log commit carries the app transaction
+`snapshot:<run>:<chunk>` = the LSN its rows are stamped with, and its state commit the same
+one, so after a kill a restart sees which chunks each table holds (`chunks_done`) and
+writes only the others; a chunk whose state commit was lost is copied from its change log
+rows (`catch_up_state`). Once every chunk of a table is in, a last state commit records
+`snapshot-done:<run>` (`mark_done`). `<run>` is the slot's consistent LSN: it names one
+snapshot of one slot.
+
+The state table takes a chunk as a plain append while it is being built fresh from this
+snapshot at the run's own LSN; anything else (a chunk read again at a later LSN after a
+restart, a state table that existed before) is merged by key and never lets an older row
+overwrite a newer one. Merges into one table take turns (`_lock`); appends run in parallel.
+
+None of this moves the lake watermark: the reader puts its marker for the snapshot's LSN
+on the stream only after every table is written, so the warehouse and the reader's
+confirmation see the snapshot once it is whole (`lake.progress`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, Transaction, write_deltalake
+
+from change_events import ChangeEvent, Op, TableSchema
+from lake.arrow_types import convert_column
+from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
+from lake.delta_io import create_once, quote_identifier, read_sql, retry_on_conflict
+from lake.errors import ValueConversionError
+from lake.layout import LakeLayout
+from lake.schemas import CHANGELOG_META, STATE_META, UTC_MICROS
+from lake.state import PRIMARY_KEY_PROPERTY, StateTable
+
+SNAPSHOT_SHARD = "snapshot"
+"""`_shard` of the rows the bulk path writes (no stream shard carried them)."""
+
+
+def chunk_app(run: int, chunk: int) -> str:
+    return f"snapshot:{run}:{chunk}"
+
+
+def done_app(run: int) -> str:
+    return f"snapshot-done:{run}"
+
+
+def changelog_rows(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int,
+                   written_on: date) -> pa.Table:
+    """Change log rows of snapshot rows given as text columns (COPY's output form, one per
+    source column, in order): `op='r'` at `lsn`, numbered from `first_seq`.
+
+    Raises ValueConversionError (positions in `text`) for values that do not fit their type."""
+    n = text.num_rows
+    columns = [convert_column(text.column(i), c.type_name, c.name) for i, c in enumerate(schema.columns)]
+    meta = [
+        pa.array(["r"] * n, pa.string()),
+        pa.array([lsn] * n, pa.int64()),
+        pc.add(pa.array(range(n), pa.int64()), first_seq),
+        pa.nulls(n, pa.int64()),
+        pa.nulls(n, UTC_MICROS),
+        pa.ListArray.from_arrays(pa.array([0] * (n + 1), pa.int32()), pa.array([], pa.string())),
+        pa.nulls(n, pa.string()),
+        pa.array([SNAPSHOT_SHARD] * n, pa.string()),
+        pa.array([chunk] * n, pa.int64()),
+        pa.array([written_on] * n, pa.date32()),
+    ]
+    return pa.Table.from_arrays(columns + meta, names=list(schema.column_names) + CHANGELOG_META.names)
+
+
+def state_rows(changes: pa.Table) -> pa.Table:
+    """State table rows of change log rows of `op='r'` (one per key)."""
+    data = [name for name in changes.column_names if name not in CHANGELOG_META.names]
+    rows = changes.select(data + ["_op", "_lsn", "_seq", "_commit_ts"])
+    return rows.append_column("_deleted", pa.array([False] * rows.num_rows, pa.bool_()))
+
+
+def rejected_events(schema: TableSchema, text: pa.Table, rows: list[int], lsn: int, first_seq: int) -> list[ChangeEvent]:
+    """The change events of the rows at `rows` of `text` (for the dead letters)."""
+    names = schema.column_names
+    events = []
+    for i in rows:
+        values = {name: text.column(j)[i].as_py() for j, name in enumerate(names)}
+        key = {k: values[k] for k in schema.key_names}
+        events.append(ChangeEvent(schema, Op.SNAPSHOT, lsn, first_seq + i, None, None, key, values))
+    return events
+
+
+class TableLoad:
+    """One table's snapshot being written into the lake (thread-safe)."""
+
+    def __init__(self, layout: LakeLayout, schema: TableSchema, run: int, *,
+                 today: Callable[[], date] | None = None):
+        self.layout = layout
+        self.schema = schema
+        self.table = schema.table
+        self.run = run
+        self.log = ChangeLog(layout, self.table)
+        self.state = StateTable(layout, self.table) if schema.key_names else None
+        self._today = today or (lambda: datetime.now(timezone.utc).date())
+        self._lock = threading.Lock()
+        self._fresh_state = False
+
+    # -- set-up and what is there --------------------------------------------------------
+    def prepare(self, fields: list[pa.Field]) -> None:
+        """Create both tables if missing (before chunks are written in parallel)."""
+        self.log.refresh()
+        if self.log.delta is None:
+            self.log.create(pa.schema(fields + list(CHANGELOG_META)))
+        if self.state is not None:
+            self.state.refresh()
+            if self.state.delta is None:
+                create_once(self.layout, self.state.uri, pa.schema(fields + list(STATE_META)),
+                            configuration={PRIMARY_KEY_PROPERTY: json.dumps(list(self.schema.key_names))})
+                self.state.delta = None
+                self.state.refresh()
+            # A state table holding nothing yet is built by appends (see the module docstring).
+            self._fresh_state = self.state.delta.version() == 0
+
+    def chunks_done(self, chunks: int) -> dict[int, int]:
+        """chunk → the LSN its rows carry, for the chunks the change log holds."""
+        self.log.refresh()
+        found = {c: self.log.transaction_version(chunk_app(self.run, c)) for c in range(chunks)}
+        return {c: lsn for c, lsn in found.items() if lsn is not None}
+
+    def state_chunks(self, chunks: int) -> set[int]:
+        if self.state is None:
+            return set(range(chunks))
+        with self._lock:
+            self.state.refresh()
+            return {c for c in range(chunks) if self.state.transaction_version(chunk_app(self.run, c)) is not None}
+
+    def is_done(self) -> bool:
+        target = self.state if self.state is not None else self.log
+        target.refresh()
+        return target.transaction_version(done_app(self.run)) is not None
+
+    # -- writing -------------------------------------------------------------------------
+    def write_chunk(self, chunk: int, lsn: int, rows: pa.Table) -> None:
+        """Append one chunk's change log rows, then its state rows (two commits, each
+        carrying the chunk's app transaction; a repeat of either is skipped)."""
+        self.write_log(chunk, lsn, rows)
+        self.write_state(chunk, lsn, rows)
+
+    def write_log(self, chunk: int, lsn: int, rows: pa.Table) -> None:
+        """The chunk's change log commit (skipped if the log holds the chunk). Each call has
+        its own table handle: chunks of one table are appended from several threads."""
+        log = ChangeLog(self.layout, self.table)
+        app = chunk_app(self.run, chunk)
+        properties = CommitProperties(
+            app_transactions=[Transaction(app, lsn)],
+            custom_metadata={f"{COMMIT_INFO_PREFIX}shard": SNAPSHOT_SHARD,
+                             f"{COMMIT_INFO_PREFIX}lsn_min": str(lsn), f"{COMMIT_INFO_PREFIX}lsn_max": str(lsn),
+                             f"{COMMIT_INFO_PREFIX}rows": str(rows.num_rows)})
+
+        def append() -> None:
+            log.refresh()
+            if log.transaction_version(app) is None:
+                self._append(log, rows, properties)
+
+        retry_on_conflict(append)
+
+    def _append(self, table: ChangeLog | StateTable, rows: pa.Table, properties: CommitProperties) -> None:
+        write_deltalake(table.delta, rows, mode="append", schema_mode="merge", commit_properties=properties)
+
+    def write_state(self, chunk: int, lsn: int, rows: pa.Table) -> None:
+        if self.state is None:
+            return
+        properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)])
+        with self._lock:
+            self.state.refresh()
+            if self.state.transaction_version(chunk_app(self.run, chunk)) is not None:
+                return
+            state = state_rows(rows)
+            if self._fresh_state and lsn == self.run:
+                self._append(self.state, state, properties)
+                self.state.refresh()
+            else:
+                retry_on_conflict(lambda: self._merge(state, properties))
+
+    def _merge(self, rows: pa.Table, properties: CommitProperties) -> None:
+        target = self.state.refresh()
+        q = quote_identifier
+        on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in self.schema.key_names)
+        newer = "(s._lsn > t._lsn OR (s._lsn = t._lsn AND s._seq > t._seq))"
+        columns = {q(c): f"s.{q(c)}" for c in rows.column_names}
+        (target.merge(rows, on, source_alias="s", target_alias="t", merge_schema=True, commit_properties=properties)
+         .when_matched_update(columns, predicate=newer).when_not_matched_insert(columns).execute())
+
+    def catch_up_state(self, chunk: int, lsn: int) -> None:
+        """A chunk in the change log whose state commit was lost (a kill between the two):
+        copy its rows from the log."""
+        self.log.refresh()
+        rows = self.log.read(f"_shard = '{SNAPSHOT_SHARD}' AND _batch = {int(chunk)} AND _lsn = {int(lsn)} AND _op = 'r'")
+        self.write_state(chunk, lsn, rows)
+
+    def mark_done(self) -> None:
+        """Every chunk is in both tables: record it (an empty commit with `snapshot-done`)."""
+        target = self.state if self.state is not None else self.log
+        properties = CommitProperties(app_transactions=[Transaction(done_app(self.run), self.run)])
+        with self._lock:
+            target.refresh()
+            if target.transaction_version(done_app(self.run)) is None:
+                write_deltalake(target.delta, pa.schema(target.delta.schema()).empty_table(), mode="append",
+                                commit_properties=properties)
+
+    def rows(self, where: str = "true") -> pa.Table:
+        """Change log rows of this run (tests, verification)."""
+        self.log.refresh()
+        return read_sql(self.log.delta, f"SELECT * FROM t WHERE _shard = '{SNAPSHOT_SHARD}' AND {where}")  # nosec B608 # constant shard name; `where` is the caller's code
+
+
+def convert_or_reject(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int,
+                      written_on: date) -> tuple[pa.Table, list[ChangeEvent], str | None]:
+    """`changelog_rows`, with rows whose values do not fit set aside as events and the reason."""
+    rejected: list[ChangeEvent] = []
+    reason = None
+    keep = pa.array(range(text.num_rows), pa.int64())
+    while True:
+        try:
+            rows = changelog_rows(schema, text.take(keep), lsn, 0, chunk, written_on)
+            seqs = pc.add(keep, first_seq)
+            return rows.set_column(rows.column_names.index("_seq"), "_seq", seqs), rejected, reason
+        except ValueConversionError as error:
+            bad = [keep[i].as_py() for i in error.rows]
+            reason = reason or str(error)
+            rejected += rejected_events(schema, text, bad, lsn, first_seq)
+            keep = pa.array(sorted(set(keep.to_pylist()) - set(bad)), pa.int64())
