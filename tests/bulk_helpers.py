@@ -1,0 +1,91 @@
+"""Helpers for the bulk snapshot's tests: a sink that writes what the reader streams into a
+real lake (as the processor would, without Kinesis), a generated sales_order, and the lake
+and the source compared as typed rows."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+import psycopg2
+
+from bench.reader_bench import _INSERT, _reference_ids
+from cdc_reader.catalog import read_table_schema
+from cdc_reader.reader import ReaderConfig
+from change_events.wire import EncodedChange
+from lake.layout import LakeLayout
+from lake.writer import LakeWriter
+from tests.lake_fixtures import lake_state, typed_rows
+from tests.reader_harness import FAST, MemorySink, replace, source_state
+from totesys.simulator import Simulator
+
+SHARD = "shard-0"
+BULK = replace(FAST, snapshot_chunk_pages=128, snapshot_connections=3, snapshot_batch_bytes=256 << 10)
+
+
+class LakeSink(MemorySink):
+    """The reader's sink and durability: every event and marker it hands on is written to the
+    lake by `LakeWriter.write_batch` (one shard); durable is the lake watermark."""
+
+    def __init__(self, layout: LakeLayout):
+        super().__init__()
+        self.writer = LakeWriter(layout)
+        self._pending: list = []
+        self._lock = threading.Lock()
+
+    def add(self, event) -> None:
+        super().add(event)
+        self._pending.append(event.event if isinstance(event, EncodedChange) else event)
+
+    def publish_watermark(self, lsn: int) -> None:
+        super().publish_watermark(lsn)
+        self._write([lsn])
+
+    def flush(self) -> None:
+        self._write([])
+
+    def _write(self, markers: list[int]) -> None:
+        with self._lock:
+            events, self._pending = self._pending, []
+            if events or markers:
+                self.writer.write_batch(SHARD, events, markers)
+
+    def durable_lsn(self) -> int:
+        return self.writer.lake_watermark([SHARD])
+
+
+def seed_sales_orders(dsn: str, rows: int) -> None:
+    """A few days of totesys history, then `rows` more generated sales orders."""
+    with Simulator(dsn, seed=5) as simulator:
+        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET session_replication_role = replica")
+            ids = _reference_ids(cur)
+            cur.execute("SELECT coalesce(max(sales_order_id), 0) FROM sales_order")
+            base = cur.fetchone()[0]
+            cur.execute(_INSERT, {**ids, "lo": base + 1, "hi": base + rows})
+            cur.execute("SELECT setval('sales_order_sales_order_id_seq', (SELECT max(sales_order_id) FROM sales_order))")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def source_rows(dsn: str, table: str) -> dict[tuple, dict]:
+    """The source's rows of `table`, typed as the lake types them, by key."""
+    with psycopg2.connect(dsn) as conn:
+        schema = read_table_schema(conn, "public", table)
+    text = source_state(dsn, [table])[f"public.{table}"]
+    rows = typed_rows(schema, list(text.values()))
+    return {tuple(r[k] for k in schema.key_names): r for r in rows}
+
+
+def lake_rows(layout: LakeLayout, dsn: str, table: str) -> dict[tuple, dict]:
+    with psycopg2.connect(dsn) as conn:
+        keys = read_table_schema(conn, "public", table).key_names
+    return lake_state(layout, f"public.{table}", keys)
+
+
+def bulk_config(**changes) -> ReaderConfig:
+    return replace(BULK, **changes)

@@ -1,0 +1,213 @@
+"""The initial snapshot on the bulk path: COPY chunks under the slot's exported snapshot
+straight into the lake, in parallel, resumable after a kill, in memory that does not grow
+with the table (cdc_reader/bulk_snapshot.py, lake/snapshot_load.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg2
+import pyarrow as pa
+import pytest
+
+from cdc_reader.bulk_snapshot import BulkSnapshot, parse_copy_text, plan_tables
+from cdc_reader.catalog import read_table_schema
+from cdc_reader.reader import FileStateStore
+from cdc_reader import lifecycle
+from change_events import Op
+from lake.layout import LakeLayout
+from lake.snapshot_load import SNAPSHOT_SHARD, chunk_app
+from lake.timetravel import read_table
+from lake.writer import LakeWriter
+from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
+from tests.lake_fixtures import table_snapshot
+from tests.reader_harness import MemorySink, current_lsn, running_reader, wait_until_confirmed
+from totesys.schema import TABLES
+
+REAL_SNAPSHOT = "snapshot_2024-11-15_aidan-mooney"
+CHILD = Path(__file__).with_name("bulk_snapshot_child.py")
+
+
+def _with_lake(layout):
+    return lambda reader: setattr(reader, "lake", layout)
+
+
+def _execute(dsn: str, statement: str, params=None) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.rowcount
+
+
+def _assert_lake_equals_source(layout, dsn, tables=TABLES) -> None:
+    for table in tables:
+        got, want = lake_rows(layout, dsn, table), source_rows(dsn, table)
+        assert got.keys() == want.keys(), (table, sorted(set(got) ^ set(want))[:5])
+        bad = [k for k in want if got[k] != want[k]]
+        assert not bad, (table, bad[:3], [(got[k], want[k]) for k in bad[:1]])
+
+
+def _without(rows: list[dict], *columns: str) -> list[dict]:
+    return sorted(({k: v for k, v in r.items() if k not in columns} for r in rows), key=repr)
+
+
+def test_copy_text_parses_into_arrow_exactly():
+    data = (b"1\t\\N\tplain\n"
+            b"2\t\t\\\\N is not null\\ttab\\nline\n"
+            b"3\tx\t\\\\\n")
+    table = parse_copy_text(data, ["a", "b", "c"])
+    assert table.to_pylist() == [
+        {"a": "1", "b": None, "c": "plain"},
+        {"a": "2", "b": "", "c": "\\N is not null\ttab\nline"},
+        {"a": "3", "b": "x", "c": "\\"},
+    ]
+    assert parse_copy_text(b"\n\\N\n", ["only"]).column(0).to_pylist() == ["", None]
+
+
+def test_the_bulk_snapshot_writes_what_the_streamed_snapshot_wrote(totesys_dsn, shared_snapshot, tmp_path):
+    """The real 2024-11 totesys: the lake built the old way (every row as an op='r' event
+    through the sink and the lake writer) and the lake the bulk path writes hold the same rows,
+    lineage included, but for where they came from (_shard, _batch) and how they are numbered."""
+    from totesys.snapshots import load_snapshot
+
+    load_snapshot(totesys_dsn, shared_snapshot(REAL_SNAPSHOT))
+    old, new = LakeLayout(tmp_path / "old"), LakeLayout(tmp_path / "new")
+    sink = MemorySink()
+    with running_reader(totesys_dsn, sink, tmp_path / "old.json", bulk_config(slot="old_way")):
+        pass
+    LakeWriter(old).write_batch("s0", [e.event for e in sink.events], [])
+    bulk_sink = LakeSink(new)
+    with running_reader(totesys_dsn, bulk_sink, tmp_path / "new.json", bulk_config(slot="bulk_way"),
+                        prepare=_with_lake(new)) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+    assert not [e for e in bulk_sink.events if e.op is Op.SNAPSHOT]
+    old_lsn = {e.lsn for e in sink.events}.pop()
+    for table in TABLES:
+        for kind in ("changes", "tables"):
+            before, after = table_snapshot(old, kind, f"public.{table}"), table_snapshot(new, kind, f"public.{table}")
+            assert {r["_lsn"] for r in after} <= {FileStateStore(tmp_path / "new.json").load().snapshot_lsn}
+            assert {r["_lsn"] for r in before} <= {old_lsn}
+            assert _without(after, "_lsn", "_seq", "_shard") == _without(before, "_lsn", "_seq", "_shard"), (kind, table)
+    _assert_lake_equals_source(new, totesys_dsn)
+
+
+@pytest.mark.slow
+def test_a_large_table_read_in_parallel_chunks_while_it_changes_ends_equal_to_the_source(totesys_dsn, tmp_path):
+    """100k sales orders in ~15 chunks on 3 connections; while the chunks are read, rows of
+    chunks already written and of chunks not read yet are updated, deleted and inserted. The
+    snapshot does not see them (it is the slot's), the stream brings them right after."""
+    seed_sales_orders(totesys_dsn, 100_000)
+    layout = LakeLayout(tmp_path / "lake")
+    sink = LakeSink(layout)
+    changed = threading.Event()
+
+    def change_the_table(table, chunk, step):
+        if step == "written" and not changed.is_set():
+            changed.set()
+            _execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 7 WHERE sales_order_id % 97 = 0")
+            _execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 89 = 0")
+            _execute(totesys_dsn, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, "
+                                  "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
+                                  "agreed_payment_date, agreed_delivery_location_id) "
+                                  "SELECT created_at, last_updated, design_id, staff_id, counterparty_id, 1, 1.5, "
+                                  "currency_id, agreed_delivery_date, agreed_payment_date, "
+                                  "agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 1000 = 1")
+
+    def prepare(reader):
+        reader.lake = layout
+        reader.bulk_chunk_hook = change_the_table
+
+    with running_reader(totesys_dsn, sink, tmp_path / "state.json", bulk_config(), prepare=prepare) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
+    assert changed.is_set()
+    assert reader.bulk_stats.rows >= 100_000
+    assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
+    state = FileStateStore(tmp_path / "state.json").load()
+    assert isinstance(state.phase, lifecycle.Streaming)
+    log = read_table(layout, "changes", "public.sales_order")
+    chunks = {b for b, s in zip(log.column("_batch").to_pylist(), log.column("_shard").to_pylist()) if s == SNAPSHOT_SHARD}
+    assert len(chunks) >= 10  # it was read in chunks
+    _assert_lake_equals_source(layout, totesys_dsn)
+
+
+def test_memory_holds_one_chunk_of_batches_not_the_table(totesys_dsn, tmp_path):
+    """A table many times the chunk size: every batch parsed is at most the batch size of
+    COPY output, and the most the reader held at once is one chunk, a small part of the table."""
+    seed_sales_orders(totesys_dsn, 30_000)
+    layout = LakeLayout(tmp_path / "lake")
+    conn = psycopg2.connect(totesys_dsn)
+    try:
+        schema = read_table_schema(conn, "public", "sales_order")
+        plans = plan_tables(conn, [schema], chunk_pages=32)
+        with conn.cursor() as cur:
+            cur.execute("SELECT sum(n), max(n) FROM (SELECT count(*) AS n FROM sales_order "
+                        "GROUP BY (ctid::text::point)[0]::bigint / 32) chunks")
+            total, largest_chunk = cur.fetchone()
+        conn.commit()
+        conn.set_session(isolation_level="REPEATABLE READ")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            name = cur.fetchone()[0]
+            bulk = BulkSnapshot(lambda: psycopg2.connect(totesys_dsn), layout, 1, plans, chunk_pages=32,
+                                connections=2, batch_bytes=64 << 10)
+            bulk.run_under(name, 1)
+        conn.rollback()
+    finally:
+        conn.close()
+    stats = bulk.stats
+    assert plans[0].chunks >= 10
+    assert stats.rows == total
+    assert stats.largest_chunk_rows == largest_chunk < total / 5
+    assert stats.batches >= plans[0].chunks
+    assert stats.largest_batch_bytes < (64 << 10) + 4096  # the batch size and the rest of a line
+    assert lake_rows(layout, totesys_dsn, "sales_order") == source_rows(totesys_dsn, "sales_order")
+
+
+@pytest.mark.slow
+def test_kill_9_between_a_chunks_commits_then_restart_neither_doubles_nor_loses(totesys_dsn, tmp_path):
+    """The reader is killed (SIGKILL) between one chunk's change log and state commits while
+    other chunks are being read; rows of written and unwritten chunks change while it is down.
+    The restart keeps the chunks the lake holds, reads the others under a new snapshot, and
+    streams from the slot: the lake equals the source, and no chunk is there twice."""
+    seed_sales_orders(totesys_dsn, 40_000)
+    layout = LakeLayout(tmp_path / "lake")
+    state_path = tmp_path / "state.json"
+    child = subprocess.run([sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state_path), "3"],
+                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.returncode == -9, child.stderr[-3000:]
+    cut = FileStateStore(state_path).load()
+    assert isinstance(cut.phase, lifecycle.Snapshotting) and cut.phase.bulk
+    sales = cut.phase.tables.index("public.sales_order")
+    chunks = cut.phase.chunks[sales]
+    logged = _chunks_logged(layout, "public.sales_order", cut.phase.lsn, chunks)
+    assert 0 < len(logged) < chunks, logged
+
+    _execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 50 = 0")
+    _execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 3 WHERE sales_order_id % 7 = 0")
+    _execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-x'")
+
+    sink = LakeSink(layout)
+    with running_reader(totesys_dsn, sink, state_path, bulk_config(), prepare=_with_lake(layout)) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
+    after = FileStateStore(state_path).load()
+    assert isinstance(after.phase, lifecycle.Streaming) and after.snapshot_lsn == cut.phase.lsn
+    again = _chunks_logged(layout, "public.sales_order", cut.phase.lsn, chunks)
+    assert len(again) == chunks and all(again[c] == lsn for c, lsn in logged.items())
+    assert {lsn for c, lsn in again.items() if c not in logged} == {max(again.values())} != {cut.phase.lsn}
+    log = read_table(layout, "changes", "public.sales_order")
+    ids = list(zip(log.column("_lsn").to_pylist(), log.column("_seq").to_pylist()))
+    assert len(ids) == len(set(ids))
+    assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
+    _assert_lake_equals_source(layout, totesys_dsn)
+
+
+def _chunks_logged(layout, table: str, run: int, chunks: int) -> dict[int, int]:
+    from lake.changelog import ChangeLog
+
+    log = ChangeLog(layout, table)
+    log.refresh()
+    found = {c: log.transaction_version(chunk_app(run, c)) for c in range(chunks)}
+    return {c: lsn for c, lsn in found.items() if lsn is not None}
