@@ -67,6 +67,7 @@ def test_copy_text_parses_into_arrow_exactly():
     assert parse_copy_text(b"\n\\N\n", ["only"]).column(0).to_pylist() == ["", None]
 
 
+@pytest.mark.slow
 def test_the_bulk_snapshot_writes_what_the_streamed_snapshot_wrote(totesys_dsn, shared_snapshot, tmp_path):
     """The real 2024-11 totesys: the lake built the old way (every row as an op='r' event
     through the sink and the lake writer) and the lake the bulk path writes hold the same rows,
