@@ -6,6 +6,9 @@ locals {
   # The watermark table (lake/progress.py): all the reader reads of the lake.
   lake_progress_prefix  = "${local.lake_prefix}/_progress/"
   lake_progress_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/_progress/*"
+  # The tables the reader's initial snapshot writes straight into (cdc_reader/bulk_snapshot.py).
+  lake_table_prefixes = [for kind in ["changes", "tables", "_dead_letters"] : "${local.lake_prefix}/${kind}/"]
+  lake_table_objects  = [for prefix in local.lake_table_prefixes : "${aws_s3_bucket.lake.arn}/${prefix}*"]
 }
 
 # -- trust ------------------------------------------------------------------------------------
@@ -62,8 +65,10 @@ data "aws_iam_policy_document" "lake_read_write" {
 # `totes reader` puts records and reads the shard map. On start it describes the stream
 # (DescribeStreamSummary: it exists, Terraform owns it, so the reader never creates it) and
 # compares its shard count. It confirms to PostgreSQL only what the lake has committed (the
-# lake watermark), so it reads the lake's _progress table and nothing else of the lake, and
-# writes nothing there. It reads its source DSN from that one secret. Its metrics go out as
+# lake watermark), so it reads the lake's _progress table, and writes nothing there. Its
+# initial snapshot goes straight into the lake's change logs and state tables (and rows the
+# lake cannot hold into its dead letters): it reads and writes those prefixes, and deletes
+# nothing anywhere. It reads its source DSN from that one secret. Its metrics go out as
 # log lines (EMF on stdout), so it needs no CloudWatch permission.
 
 resource "aws_iam_role" "reader" {
@@ -100,6 +105,25 @@ data "aws_iam_policy_document" "reader" {
     effect    = "Allow"
     actions   = ["s3:GetObject"]
     resources = [local.lake_progress_objects]
+  }
+
+  statement {
+    sid       = "ListLakeTables"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.lake.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = [for prefix in local.lake_table_prefixes : "${prefix}*"]
+    }
+  }
+
+  statement {
+    sid       = "WriteLakeTables"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = local.lake_table_objects
   }
 
   statement {

@@ -325,15 +325,24 @@ def _reader_statements() -> dict[str, str]:
     return {re.search(r'sid\s*=\s*"(\w+)"', s).group(1): s for s in _nested(body, "statement")}
 
 
-def test_the_reader_reads_the_lake_watermark_and_nothing_else_of_the_lake():
+def test_the_reader_reads_the_lake_watermark_and_writes_only_the_snapshot_tables():
     """The reader confirms the slot up to the lake watermark: its task is given the lake and
-    may read the _progress objects only (no write, no other prefix)."""
+    may read the _progress objects (no write there); its initial snapshot goes straight into
+    the change logs, state tables and dead letters, which it may read and write, never delete."""
     task = _blocks(_tf_text(), r'resource\s+"aws_ecs_task_definition"')["reader"]
     assert re.search(r'name\s*=\s*"TOTES_LAKE"\s*,\s*value\s*=\s*local\.lake_uri', task)
     local_text = _tf_text()
     assert 'lake_progress_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/_progress/*"' in local_text
     lake_statements = {sid: s for sid, s in _reader_statements().items() if "s3:" in s}
-    assert set(lake_statements) == {"ListLakeProgress", "ReadLakeProgress"}
+    assert set(lake_statements) == {"ListLakeProgress", "ReadLakeProgress", "ListLakeTables", "WriteLakeTables"}
+    assert ('lake_table_prefixes = [for kind in ["changes", "tables", "_dead_letters"] : '
+            '"${local.lake_prefix}/${kind}/"]') in local_text
+    write = lake_statements["WriteLakeTables"]
+    assert re.findall(r'"(s3:\w+)"', write) == ["s3:GetObject", "s3:PutObject"]
+    assert re.search(r"resources\s*=\s*local\.lake_table_objects\s*$", write, re.M)
+    tables_listing = lake_statements["ListLakeTables"]
+    assert re.findall(r'"(s3:\w+)"', tables_listing) == ["s3:ListBucket", "s3:prefix"]
+    assert "for prefix in local.lake_table_prefixes" in tables_listing
     read = lake_statements["ReadLakeProgress"]
     assert re.findall(r'"(s3:\w+)"', read) == ["s3:GetObject"]
     assert re.search(r"resources\s*=\s*\[\s*local\.lake_progress_objects\s*\]", read)
