@@ -491,6 +491,7 @@ class Reader:
                 chunks=tuple(p.chunks for p in plans), chunk_pages=cfg.snapshot_chunk_pages))
             self.state.save(state)
             self._write_bulk(state.phase, plans, new.snapshot_name, new.consistent_lsn)
+            self.sink.end_transaction(new.consistent_lsn)  # none of its events went this way
             self._handed_over = new.consistent_lsn
             self.state.save(ReaderState(slot=cfg.slot, phase=lifecycle.written(state.phase, new.consistent_lsn)))
             self.sink.publish_watermark(new.consistent_lsn)

@@ -115,7 +115,7 @@ def _cast(text: pa.Array, target: pa.DataType) -> pa.Array:
 
 def _boolean(text: pa.Array, target: pa.DataType) -> pa.Array:
     valid = pc.is_in(text, pa.array(["t", "f"]))
-    if not pc.all(pc.or_(valid, pc.is_null(text))).as_py():
+    if len(text) and not pc.all(pc.or_(valid, pc.is_null(text))).as_py():  # all() of nothing is null
         raise ValueError("not a boolean ('t'/'f')")
     return pc.equal(text, "t")
 

@@ -233,6 +233,8 @@ def convert_or_reject(schema: TableSchema, text: pa.Table, lsn: int, first_seq: 
             seqs = pc.add(keep, first_seq)
             return rows.set_column(rows.column_names.index("_seq"), "_seq", seqs), rejected, reason
         except ValueConversionError as error:
+            if not error.rows:  # no single value shows why: nothing to set aside
+                raise
             bad = [keep[i].as_py() for i in error.rows]
             reason = reason or str(error)
             rejected += rejected_events(schema, text, bad, lsn, first_seq)

@@ -33,10 +33,8 @@ import time
 import polars as pl
 import pytest
 
-from cdc_reader.publisher import kinesis_client
 from lake.delta_io import read_sql
 from lake.layout import LakeLayout
-from local_stack.kinesalite import Kinesalite
 from tests.conftest import make_scratch_dir
 from tests.e2e_helpers import (
     FACT_SOURCES,
@@ -55,7 +53,6 @@ from tests.e2e_helpers import (
     utc_today,
     wait_for,
 )
-from tests.stream_helpers import events_by_shard, read_stream
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, read_table_sorted
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.simulator import Simulator
@@ -359,24 +356,24 @@ def _reader_state(run: RunProcess) -> dict:
         return {}
 
 
-def _published_keys(kinesis_dir, table: str) -> set[str]:
-    """Keys of `table` whose events are in the lake's local stream (read with a kinesalite of
-    our own on the same data directory, which also shows the directory is reusable)."""
-    with Kinesalite(kinesis_dir) as server:
-        records = read_stream(kinesis_client(endpoint_url=server.endpoint_url), PipelineConfig.stream)
-    return {event.key[f"{table}_id"] for events in events_by_shard(records).values() for event in events
-            if event.table == f"public.{table}"}
+def _lake_snapshot_keys(lake, table: str) -> set[str]:
+    """Keys of `table` the lake's change log holds (the bulk snapshot writes it directly)."""
+    delta = LakeLayout(lake).open(LakeLayout(lake).changes_uri(f"public.{table}"))
+    if delta is None:
+        return set()
+    rows = read_sql(delta, f"SELECT {table}_id FROM t")
+    return {str(v) for v in rows.column(0).to_pylist()}
 
 
 def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before_the_restart(totesys_dsn, home):
-    """`totes run` killed after its first snapshot reached the stream but before the lake
-    confirmed it; rows deleted; `totes run --until-caught-up`: the deleted rows must not stay
+    """`totes run` killed after its first snapshot reached the lake but before the lake
+    watermark confirmed it; rows deleted; `totes run --until-caught-up`: the deleted rows must not stay
     live in the warehouse, as they would not after an uninterrupted run.
 
     Taking the snapshot again here would be wrong: the first snapshot's rows still reach the
-    lake from the stream, a second snapshot would lack the deleted rows, and no event would
-    ever delete them. Once every snapshot event is acknowledged by the stream, the reader
-    records it and a restart resumes from the slot, which streams the deletes."""
+    lake, a second snapshot would lack the deleted rows, and no event would ever delete them.
+    Once every snapshot row is in the lake, the reader records it and a restart resumes from
+    the slot, which streams the deletes."""
     with Simulator(totesys_dsn, seed=61) as simulator:
         simulator.seed_history(2)
     for attempt, delay in enumerate((0.3, 0.1, 0.6, 0.0, 0.9)):
@@ -394,7 +391,7 @@ def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before
         state = _reader_state(run)
         if state.get("snapshot_done"):
             continue  # too late: the snapshot was confirmed
-        published = _published_keys(kinesis_dir, "sales_order") if kinesis_dir.exists() else set()
+        published = _lake_snapshot_keys(run.lake, "sales_order")
         if published and state.get("snapshot_published"):
             break
         execute(totesys_dsn, "SELECT pg_drop_replication_slot(%s)", (run.slot,))
@@ -423,15 +420,6 @@ def _catch_up_without_ghosts(dsn: str, run, gone: list[str], timeout: float) -> 
                               & pl.col("sales_order_id").is_in([int(k) for k in gone]))
         assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
         check_against_source(target, read_source(dsn))
-
-
-def _lake_snapshot_keys(lake, table: str) -> set[str]:
-    """Keys of `table` the lake's change log holds (the bulk snapshot writes it directly)."""
-    delta = LakeLayout(lake).open(LakeLayout(lake).changes_uri(f"public.{table}"))
-    if delta is None:
-        return set()
-    rows = read_sql(delta, f"SELECT {table}_id FROM t")
-    return {str(v) for v in rows.column(0).to_pylist()}
 
 
 def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_the_restart(
