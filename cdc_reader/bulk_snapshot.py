@@ -54,13 +54,24 @@ DEFAULT_CHUNK_PAGES = 4096
 """32 MiB of heap per chunk (8 KiB pages): a few hundred thousand narrow rows."""
 DEFAULT_BATCH_BYTES = 8 << 20
 
-_TABLE_BITS, _CHUNK_BITS = 47, 32
+MAX_ROWS_PER_PAGE = 291
+"""MaxHeapTuplesPerPage of 8 KiB pages: no chunk of N pages holds more than N times this."""
+SEQ_BITS = 32
+"""`seq` travels as 32 bits in the wire format (dead letters use it too)."""
 
 
-def snapshot_seq(first_seq: int, table_index: int, chunk: int) -> int:
-    """The first `seq` of a chunk: unique across tables and chunks at one LSN, above
-    `first_seq` (seqs below it may precede the snapshot at the same LSN)."""
-    return first_seq + ((table_index + 1) << _TABLE_BITS) + (chunk << _CHUNK_BITS)
+def _row_bits(chunk_pages: int) -> int:
+    return (chunk_pages * MAX_ROWS_PER_PAGE).bit_length()
+
+
+def max_chunks(chunk_pages: int) -> int:
+    return 1 << (SEQ_BITS - _row_bits(chunk_pages))
+
+
+def snapshot_seq(chunk: int, chunk_pages: int) -> int:
+    """The first `seq` of a chunk: the chunk number above the bits of a row's place in it, so
+    every row of a table's snapshot has its own `(lsn, seq)` (the lake's event id, per table)."""
+    return chunk << _row_bits(chunk_pages)
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,9 @@ def plan_tables(conn, schemas: Iterable[TableSchema], chunk_pages: int) -> list[
                         "WHERE n.nspname = %s AND c.relname = %s", (namespace, table))
             kind, pages = cur.fetchone()
             chunks = 1 if kind != "r" else max(1, -(-int(pages) // chunk_pages))
+            if chunks > max_chunks(chunk_pages):
+                raise ValueError(f"{schema.table} has {pages} pages, more than {max_chunks(chunk_pages)} chunks of "
+                                 f"{chunk_pages}: give the snapshot larger chunks (snapshot_chunk_pages)")
             plans.append(TablePlan(schema, chunks))
     conn.commit()
     return plans
@@ -176,7 +190,7 @@ class BulkSnapshot:
 
     def __init__(self, connect: Callable[[], object], layout: LakeLayout, run: int, plans: list[TablePlan], *,
                  chunk_pages: int = DEFAULT_CHUNK_PAGES, connections: int = DEFAULT_CONNECTIONS,
-                 batch_bytes: int = DEFAULT_BATCH_BYTES, first_seq: int = 0,
+                 batch_bytes: int = DEFAULT_BATCH_BYTES,
                  progress: Callable[[str, int], None] | None = None,
                  today: Callable[[], date] | None = None):
         self.connect = connect
@@ -186,7 +200,6 @@ class BulkSnapshot:
         self.chunk_pages = chunk_pages
         self.connections = max(1, connections)
         self.batch_bytes = batch_bytes
-        self.first_seq = first_seq
         self.progress = progress
         self.today = today or (lambda: datetime.now(timezone.utc).date())
         self.stats = BatchStats()
@@ -262,7 +275,7 @@ class BulkSnapshot:
     def _read_chunk(self, conn, cur, index: int, chunk: int, lsn: int) -> None:
         plan, load = self.plans[index], self.loads[index]
         schema = plan.schema
-        base = snapshot_seq(self.first_seq, index, chunk)
+        base = snapshot_seq(chunk, self.chunk_pages)
         pieces: list[pa.Table] = []
         rejected = []
         reasons: list[str] = []

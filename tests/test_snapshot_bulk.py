@@ -225,3 +225,31 @@ def test_empty_tables_and_chunks_of_every_type_convert(totesys_dsn):
     rows = changelog_rows(schema, pa.table({f"c{i}": pa.array([], pa.string()) for i in range(len(types))}),
                           5, 0, 0, date(2026, 1, 1))
     assert rows.num_rows == 0 and rows.column("c3").type == pa.bool_()
+
+
+def test_rows_the_lake_cannot_hold_go_to_the_dead_letters_and_the_rest_lands(totesys_dsn, tmp_path):
+    """An 'infinity' timestamp fits no lake type: that row goes to the dead letters with the
+    reason (as the processor does with such an event), every other row reaches the lake."""
+    from lake.dead_letters import list_dead_letters
+
+    seed_sales_orders(totesys_dsn, 2_000)
+    _execute(totesys_dsn, "UPDATE sales_order SET created_at = 'infinity' WHERE sales_order_id = 7")
+    layout = LakeLayout(tmp_path / "lake")
+    conn = psycopg2.connect(totesys_dsn)
+    try:
+        plans = plan_tables(conn, [read_table_schema(conn, "public", "sales_order")], chunk_pages=8)
+        conn.set_session(isolation_level="REPEATABLE READ")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            bulk = BulkSnapshot(lambda: psycopg2.connect(totesys_dsn), layout, 1, plans, chunk_pages=8)
+            bulk.run_under(cur.fetchone()[0], 1)
+        conn.rollback()
+    finally:
+        conn.close()
+    letters = list_dead_letters(layout)
+    assert len(letters) == 1 and letters[0].source_table == "public.sales_order" and "infinity" in letters[0].reason
+    assert bulk.stats.dead_lettered == 1
+    got = lake_rows(layout, totesys_dsn, "sales_order")
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sales_order_id FROM sales_order WHERE sales_order_id <> 7")
+        assert set(got) == {row for row in cur.fetchall()}
