@@ -50,8 +50,9 @@ from lake.writer import Rejected
 log = logging.getLogger("totes.reader")
 
 DEFAULT_CONNECTIONS = 4
-DEFAULT_CHUNK_PAGES = 4096
-"""32 MiB of heap per chunk (8 KiB pages): a few hundred thousand narrow rows."""
+DEFAULT_CHUNK_PAGES = 2048
+"""16 MiB of heap per chunk (8 KiB pages): about 100,000 sales orders, a Parquet file of a
+few MiB; a 1M-row table is ten chunks, enough to keep every connection busy."""
 DEFAULT_BATCH_BYTES = 8 << 20
 
 MAX_ROWS_PER_PAGE = 291
