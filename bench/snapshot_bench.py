@@ -13,6 +13,7 @@ PYTHONPATH, e.g. `git worktree add DIR <commit>`), to measure a version before b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,10 +87,16 @@ def _run_until_caught_up(dsn: str, root: Path, say) -> dict:
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                cwd=code or None)
     peak = [0]
+    phases: dict[str, dict] = {}
 
     def watch() -> None:
         while process.poll() is None:
             peak[0] = max(peak[0], _peak_rss(process.pid))
+            state = _reader_state(root / "lake")
+            for flag in ("snapshot_published", "snapshot_done"):
+                if state.get(flag) and flag not in phases:
+                    phases[flag] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_bytes": peak[0]}
+                    say(f"{flag}: {phases[flag]['seconds']:.1f} s, peak RSS {peak[0] / 2**20:.0f} MB")
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -100,7 +107,18 @@ def _run_until_caught_up(dsn: str, root: Path, say) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"totes run exited {process.returncode}: {stderr[-2000:]}")
     say(f"totes run --until-caught-up: {seconds:.1f} s, peak RSS {peak[0] / 2**20:.0f} MB")
-    return {"seconds": round(seconds, 2), "peak_rss_bytes": peak[0], "code": code or "this checkout"}
+    return {"seconds": round(seconds, 2), "peak_rss_bytes": peak[0], "code": code or "this checkout", **phases}
+
+
+def _reader_state(lake: Path) -> dict:
+    """The reader's state file in the lake's _local folder (its flags: published, done)."""
+    for path in (lake / "_local" / "reader").glob("*.json"):
+        if not path.name.endswith(".status.json"):
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+    return {}
 
 
 def run(quick: bool = False, profile: bool = False, say=print) -> Report:
@@ -123,6 +141,12 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     report = Report(raw={"rows": total, "sales_order": copied, "copy_seconds": round(copy_seconds, 3),
                          "copy_rows_per_second": round(copy_rate), "run": result,
                          "run_rows_per_second": round(per_second)})
+    done = result.get("snapshot_done")
+    if done:
+        report.rows.append(Row(
+            f"initial snapshot durable in the lake (reader state `snapshot_done`), {copied:,}-row sales_order",
+            f"{total / done['seconds']:,.0f} rows/s ({done['seconds']:.1f} s from start, peak RSS so far "
+            f"{done['peak_rss_bytes'] / 2**20:.0f} MB)", "the speed of COPY", "`python -m bench snapshot`"))
     report.rows.append(Row(
         f"`totes run --until-caught-up` from nothing, {copied:,}-row sales_order ({total:,} source rows)",
         f"{per_second:,.0f} rows/s ({result['seconds']:.1f} s, peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MB); "
