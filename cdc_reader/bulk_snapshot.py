@@ -52,7 +52,8 @@ log = logging.getLogger("totes.reader")
 DEFAULT_CONNECTIONS = 4
 DEFAULT_CHUNK_PAGES = 2048
 """16 MiB of heap per chunk (8 KiB pages): about 100,000 sales orders, a Parquet file of a
-few MiB; a 1M-row table is ten chunks, enough to keep every connection busy."""
+few MiB; a 1M-row table is ten chunks, enough to keep every connection busy. (ReaderConfig
+carries the same defaults, so importing the reader does not load pyarrow.)"""
 DEFAULT_BATCH_BYTES = 8 << 20
 
 MAX_ROWS_PER_PAGE = 291

@@ -47,16 +47,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
 from cdc_reader import lifecycle, pgoutput
-from cdc_reader.bulk_snapshot import (
-    DEFAULT_BATCH_BYTES, DEFAULT_CHUNK_PAGES, DEFAULT_CONNECTIONS, BulkSnapshot, TablePlan, plan_tables,
-)
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
 from cdc_reader.catalog import TypeNames, read_table_schema
 from cdc_reader.pgtypes import SESSION_SETTINGS
@@ -70,8 +67,10 @@ from cdc_reader.source_setup import (
 from change_events import ChangeEvent, Op, format_lsn
 from change_events.wire import EncodedChange
 from totesys.connection import SourceConnectionError, connect
-from lake.layout import LakeLayout
 from totesys.schema import TABLES, database_name
+
+if TYPE_CHECKING:
+    from lake.layout import LakeLayout
 
 log = logging.getLogger("totes.reader")
 
@@ -190,12 +189,12 @@ class ReaderConfig:
     after the sink again (settles Kinesis's answers, starts the next call): a short wait
     keeps an idle stream's last events from waiting on it."""
     snapshot_chunk_rows: int = 5_000
-    snapshot_connections: int = DEFAULT_CONNECTIONS
+    snapshot_connections: int = 4
     """Connections that read the bulk snapshot's chunks in parallel (bulk_snapshot.py)."""
-    snapshot_chunk_pages: int = DEFAULT_CHUNK_PAGES
-    """Heap pages per chunk of the bulk snapshot: the unit of parallel work, of resuming
-    after a kill, and the most a connection holds in memory."""
-    snapshot_batch_bytes: int = DEFAULT_BATCH_BYTES
+    snapshot_chunk_pages: int = 2048
+    """Heap pages per chunk of the bulk snapshot (16 MiB of 8 KiB pages): the unit of
+    parallel work, of resuming after a kill, and about the most a connection holds."""
+    snapshot_batch_bytes: int = 8 << 20
     """COPY output parsed at a time (bulk snapshot)."""
     resnapshot: tuple[str, ...] = ()
     """Tables to read again, chunk by chunk, while streaming (see resnapshot.py)."""
@@ -485,6 +484,8 @@ class Reader:
         self._column_types.clear()
         self._column_types.update({s.table: {c.name: c.type_name for c in s.columns} for s in schemas})
         if bulk:
+            from cdc_reader.bulk_snapshot import plan_tables
+
             plans = plan_tables(conn, schemas, cfg.snapshot_chunk_pages)
             state = ReaderState(slot=cfg.slot, phase=lifecycle.slot_created(
                 pending.phase, new.consistent_lsn, bulk=True, tables=tuple(p.schema.table for p in plans),
@@ -523,9 +524,10 @@ class Reader:
         self.sink.publish_watermark(new.consistent_lsn)
         return new.consistent_lsn
 
-    def _write_bulk(self, phase: lifecycle.Snapshotting, plans: list[TablePlan], snapshot_name: str,
-                    lsn: int) -> None:
+    def _write_bulk(self, phase: lifecycle.Snapshotting, plans: list, snapshot_name: str, lsn: int) -> None:
         """The chunks of `plans` the lake lacks, read under `snapshot_name` and stamped `lsn`."""
+        from cdc_reader.bulk_snapshot import BulkSnapshot  # pyarrow and deltalake: only when used
+
         cfg = self.config
         bulk = BulkSnapshot(lambda: self._connect(), self.lake, phase.lsn, plans, chunk_pages=phase.chunk_pages,
                             connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
@@ -541,6 +543,8 @@ class Reader:
         The chunks the lake lacks are read under a new exported snapshot from a temporary
         slot, stamped with its LSN; the stream then starts from the slot's consistent point
         as before (bulk_snapshot.py says why that loses and doubles nothing)."""
+        from cdc_reader.bulk_snapshot import TablePlan, plan_tables
+
         cfg = self.config
         phase = state.phase
         if phase.tables:

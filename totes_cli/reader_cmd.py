@@ -124,7 +124,7 @@ def reader(
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.")] = None,
     durability: Annotated[Optional[str], typer.Option("--durability", envvar="TOTES_DURABILITY", help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.", show_default=False)] = None,
-    snapshot_connections: Annotated[int, typer.Option("--snapshot-connections", envvar="TOTES_SNAPSHOT_CONNECTIONS", min=1, help="Connections that read the initial snapshot's chunks in parallel (with --lake it goes straight into the lake).")] = ReaderConfig.snapshot_connections,
+    snapshot_connections: Annotated[int, typer.Option("--snapshot-connections", envvar="TOTES_SNAPSHOT_CONNECTIONS", min=1, help="Connections that read the initial snapshot's chunks in parallel (with --lake it goes straight into the lake).")] = 4,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
