@@ -255,7 +255,7 @@ def test_rows_the_lake_cannot_hold_go_to_the_dead_letters_and_the_rest_lands(tot
         assert set(got) == {row for row in cur.fetchall()}
 
 
-def test_the_bulk_snapshot_writes_an_s3_lake(totesys_dsn, moto_s3):
+def test_the_bulk_snapshot_writes_an_s3_lake(totesys_dsn, moto_s3):  # noqa: F811 (the fixture imported above)
     """In AWS the reader writes the snapshot to S3 (moto's server here): chunks in parallel,
     conditional-put commits, then a restart finds every chunk there and writes nothing again."""
     import uuid
