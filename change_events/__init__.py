@@ -1,6 +1,6 @@
 """The change-event contract every stage shares: the event model and its wire format."""
 
-import importlib
+from change_events.lazy import lazy_exports
 
 # Imported on first use (PEP 562): the command line loads only what a command needs; the
 # model needs no pyarrow, the codec does.
@@ -25,11 +25,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """Load an exported name's module on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -10,7 +10,7 @@ A stream processor needs one call: `LakeWriter(root).write_batch(shard, events, 
 access are in lake.timetravel; compaction, checkpoints and vacuum in lake.maintenance.
 """
 
-import importlib
+from change_events.lazy import lazy_exports
 
 # Imported on first use (PEP 562): the command line loads only what a command needs, and
 # importing one lake module (or the package) does not load Delta, Arrow and polars.
@@ -33,11 +33,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """Load an exported name's module on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

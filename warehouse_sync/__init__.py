@@ -14,7 +14,7 @@
 - `targets`: the thin DuckDB and PostgreSQL adapters; `checks`: invariants to verify.
 """
 
-import importlib
+from change_events.lazy import lazy_exports
 
 # Imported on first use (PEP 562): the command line loads only what a command needs; the
 # targets need DuckDB and polars, a DSN check does not.
@@ -37,11 +37,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """Load an exported name's module on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
