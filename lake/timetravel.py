@@ -11,9 +11,14 @@
   LSN range each commit covered.
 - `register_duckdb`: a lake table (any version) as a DuckDB relation, through a pyarrow
   dataset on a native pyarrow filesystem (deltalake's own handler can abort at exit).
+- `lsn_at_time`: a source time as the LSN of the last transaction committed at or before it,
+  so that "as of a time" means the source's state then, exact across tables and shards
+  (Delta's own timestamps are the lake's clock, and one Delta version of a state table can
+  hold one shard's progress beyond another's: a state the source never had).
 - `check_as_of`: whether the lake can answer "as of" a version, time or LSN at all (one
-  sentence when it cannot: older than the lake, past what it holds, in the future), since
-  Delta itself answers a time before a table's first commit with its empty first version.
+  sentence when it cannot: older than the lake, past what it holds, in the future, not
+  caught up to that time yet), since Delta itself answers a time before a table's first
+  commit with its empty first version.
 
 State tables keep tombstones: current-state readers filter `NOT _deleted`
 (`current_state` does).
@@ -152,10 +157,90 @@ class AsOfError(ValueError):
     """The lake cannot be read as of that point; str() is one sentence saying why."""
 
 
+def _commit_times(layout: LakeLayout) -> pl.DataFrame:
+    """(`_lsn`, `_commit_ts`) of every streamed event of every change log (snapshot rows have
+    no commit time), one row per transaction."""
+    frames = [pl.from_arrow(read_sql(open_table(layout, CHANGES, table),
+                                     "SELECT _lsn, _commit_ts FROM t WHERE _commit_ts IS NOT NULL"))
+              for table in layout.tables(CHANGES)]
+    frames = [f for f in frames if isinstance(f, pl.DataFrame) and f.height]
+    if not frames:
+        return pl.DataFrame(schema={"_lsn": pl.Int64, "_commit_ts": pl.Datetime("us", "UTC")})
+    return pl.concat(frames).group_by("_lsn").agg(pl.col("_commit_ts").max()).sort("_lsn")
+
+
+def _snapshot_lsn(layout: LakeLayout) -> int | None:
+    lsns = [read_sql(open_table(layout, CHANGES, table), "SELECT min(_lsn) AS lsn FROM t WHERE _commit_ts IS NULL")
+            .column("lsn")[0].as_py() for table in layout.tables(CHANGES)]
+    return min((lsn for lsn in lsns if lsn is not None), default=None)
+
+
+def _watermark(layout: LakeLayout) -> tuple[int, datetime] | None:
+    """The lake watermark (min over shards of the newest marker each passed) and the earliest
+    of those markers' recording times; None when no marker was ever recorded."""
+    from lake.progress import Progress
+
+    latest: dict[str, tuple[int, datetime]] = {}
+    for row in Progress(layout).history().to_pylist():
+        latest[row["shard"]] = (row["marker_lsn"], row["recorded_at"])
+    if not latest:
+        return None
+    return min(m for m, _ in latest.values()), min(at for _, at in latest.values())
+
+
+def _first_lake_commit(layout: LakeLayout) -> datetime:
+    return min(datetime.fromtimestamp(min(c["timestamp"] for c in open_table(layout, CHANGES, t).history()) / 1000,
+                                      tz=timezone.utc) for t in layout.tables(CHANGES))
+
+
+def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
+    """The commit LSN of the last source transaction committed at or before `moment` (source
+    time, from the events' `_commit_ts` in every change log); its state by LSN is the source's
+    state at `moment`. A time before every streamed commit maps to the snapshot.
+
+    Raise AsOfError when the lake may not hold every transaction up to `moment` yet: some
+    event at or below the lake watermark must have committed after `moment` (the source had
+    passed it, and every shard holds everything up to the watermark). In a quiet spell (no
+    such event) the watermark must be at or past that LSN and every shard's newest marker
+    recorded after `moment`: markers carry no source commit time, so the lake's clock stands
+    in there (a transaction committed within the stream's lag before a marker could be missed). A lake without markers (written without a stream) counts as holding
+    every event it has."""
+    from change_events import format_lsn
+
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    commits = _commit_times(layout)
+    before = commits.filter(pl.col("_commit_ts") <= moment)
+    snapshot = _snapshot_lsn(layout)
+    if before.height:
+        lsn = int(before["_lsn"].max())  # type: ignore[arg-type]
+    elif snapshot is not None and moment >= _first_lake_commit(layout):
+        lsn = snapshot  # the snapshot's own time is not recorded: it was written at the lake's start
+    else:
+        first = commits["_commit_ts"].min() if commits.height else _first_lake_commit(layout)
+        snapshot_hint = "" if snapshot is None else f", or the snapshot's LSN {format_lsn(snapshot)}"
+        raise AsOfError(f"that time is before the lake's first source commit ({first:%Y-%m-%d %H:%M:%S.%f} UTC)"
+                        f"{' and its snapshot was written later' if snapshot is not None else ''}: "
+                        f"give a later time{snapshot_hint}.")
+    watermark = _watermark(layout)
+    if watermark is None:
+        return lsn
+    mark, recorded = watermark
+    later = commits.filter((pl.col("_lsn") > lsn) & (pl.col("_lsn") <= mark))
+    if later.height or (mark >= lsn and recorded >= moment):
+        return lsn
+    held = commits.filter(pl.col("_lsn") <= mark)
+    reached = (f"its watermark {format_lsn(mark)} is the source as of "
+               f"{held['_commit_ts'][-1]:%Y-%m-%d %H:%M:%S.%f} UTC" if held.height
+               else f"its watermark {format_lsn(mark)} is not past the snapshot")
+    raise AsOfError(f"the lake has not caught up to that time yet ({reached} on every shard): "
+                    "give an earlier time, or wait for the pipeline.")
+
+
 def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
     """Raise AsOfError when `when` (a version, a datetime, or ("lsn", LSN)) is outside what the
-    lake holds: an LSN before its snapshot or past its newest event and marker, a time before
-    its first commit or in the future, a version no table has reached."""
+    lake holds: an LSN before its snapshot or past its newest event and marker, a time (source
+    time) before its first commit, in the future or past what every shard holds (`lsn_at_time`),
+    a version no table has reached."""
     from change_events import format_lsn
     from lake.progress import Progress
 
@@ -185,12 +270,7 @@ def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
         now = now or datetime.now(timezone.utc)
         if when > now:
             raise AsOfError(f"that time is in the future (it is {now:%Y-%m-%d %H:%M:%S} UTC now).")
-        kind = STATE if layout.tables(STATE) else CHANGES
-        first = min(datetime.fromtimestamp(min(c["timestamp"] for c in open_table(layout, kind, t).history()) / 1000,
-                                           tz=timezone.utc) for t in layout.tables(kind))
-        if when < first:
-            raise AsOfError(f"that time is before the lake's first commit ({first:%Y-%m-%d %H:%M:%S} UTC): "
-                            "give a later one.")
+        lsn_at_time(layout, when)
         return
     kind = STATE if layout.tables(STATE) else CHANGES
     newest = max(open_table(layout, kind, t).version() for t in layout.tables(kind))

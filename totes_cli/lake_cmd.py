@@ -197,8 +197,11 @@ def parse_as_of(text: str | None):
 
 def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.DuckDBPyConnection:
     """A DuckDB session where every lake table is a view named after it (its current rows, or
-    as of a version, time or LSN), its change log is `changes_<table>`, and the warehouse's
-    tables are visible by name."""
+    as of a Delta version of its own state table, a source time or a source LSN), its change
+    log is `changes_<table>`, and the warehouse's tables are visible by name.
+
+    A time means the source's: it is mapped to the LSN of the last transaction committed at
+    or before it (`lsn_at_time`), so every table answers the same source state."""
     import duckdb
 
     from lake.layout import CHANGES, LakeLayout
@@ -209,6 +212,10 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     connection = duckdb.connect()
     if lake:
         layout = LakeLayout(lake)
+        if isinstance(as_of, datetime):  # a time is the source's: the state after every commit up to it
+            from lake.timetravel import lsn_at_time
+
+            as_of = ("lsn", lsn_at_time(layout, as_of))
         for table in layout.tables(CHANGES):
             short = table.partition(".")[2] or table  # the schema holds no dot (as the reader assumes)
             register_duckdb(connection, layout, table, CHANGES, name=f"changes_{short}")
@@ -218,8 +225,7 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
                     connection.execute(f"CREATE VIEW {q(short)} AS SELECT * FROM {q(f'_state_{short}')}")  # nosec B608 # view and table names quoted by q()
                     continue
                 register_duckdb(connection, layout, table, name=f"_state_{short}",
-                                version=as_of if isinstance(as_of, int) else None,
-                                as_of=as_of if isinstance(as_of, datetime) else None)
+                                version=as_of if isinstance(as_of, int) else None)
             except Exception as error:  # e.g. TableNotInLake, or no such version/time
                 err.print(f"[dim]{table}: not available as of {as_of} ({type(error).__name__})[/]")
                 continue
@@ -229,7 +235,29 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     if warehouse and Path(warehouse).exists():
         attach_for_reading(connection, warehouse)  # or the copy its writer publishes, while one writes it
         connection.execute("SET search_path = 'memory.main,warehouse.main'")
+        if isinstance(as_of, tuple):
+            facts_as_of_lsn(connection, as_of[1])
     return connection
+
+
+def facts_as_of_lsn(connection: duckdb.DuckDBPyConnection, lsn: int) -> None:
+    """Each fact table of the attached warehouse as a view of the versions live at source LSN
+    `lsn` (from its lineage columns: per business key the newest version at or before it,
+    unless that version is the row's deletion). Dimensions hold the latest values."""
+    from change_events import format_lsn
+    from warehouse_sync.schema import FACTS
+    from warehouse_sync.schema import quote_identifier as q
+
+    synced = connection.execute("SELECT max(lsn) FROM warehouse.main._sync_checkpoint").fetchone()
+    if synced is None or synced[0] is None or synced[0] < lsn:
+        err.print(f"[dim]the warehouse has synced up to {format_lsn(synced[0]) if synced and synced[0] else 'nothing'}"
+                  " only: its facts as of that point may miss later events.[/]")
+    for fact in FACTS:
+        connection.execute(
+            f"CREATE VIEW {q(fact.name)} AS SELECT * EXCLUDE (_version) FROM ("  # nosec B608 # names quoted by q(), the LSN is int()
+            f"SELECT *, row_number() OVER (PARTITION BY {q(fact.business_key)} ORDER BY source_lsn DESC, "
+            f"source_seq DESC) AS _version FROM warehouse.main.{q(fact.name)} WHERE source_lsn <= {int(lsn)}"
+            ") WHERE _version = 1 AND NOT is_deleted")
 
 
 def _lake_and_warehouse(lake: str | None, warehouse: str | None, settings) -> tuple[str | None, str | None]:

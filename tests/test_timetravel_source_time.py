@@ -1,0 +1,92 @@
+"""`--as-of TIMESTAMP` is source time: the state after every transaction committed at or
+before it, exact across tables and shards, whatever the lake's own clock says."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from typer.testing import CliRunner
+
+from lake.layout import LakeLayout
+from lake.timetravel import AsOfError, lsn_at_time
+from lake.writer import LakeWriter
+from tests.lake_fixtures import PAYMENT, SALES_ORDER, Source, payment_row, sales_order_row
+from totes_cli.app import app
+
+runner = CliRunner()
+DAY = "2024-11-15T21:13:"
+
+
+def at(source: Source, seconds: float) -> None:
+    """The next transaction commits at 21:13:`seconds` (source time)."""
+    source.commit_ts = datetime.fromisoformat(f"{DAY}00+00:00") + timedelta(seconds=seconds - 1)
+
+
+def write_lake(path, slow_shard_marker: str = "last") -> dict[str, int]:
+    """20 payments and 5 orders snapshotted; payment truncated at 55.20 and one inserted at
+    55.27 on one shard; an order inserted at 55.31 on the other shard, written first; another
+    payment at 55.33. Returns the LSNs by name."""
+    writer, source = LakeWriter(path), Source(commit_ts=datetime.fromisoformat(f"{DAY}50+00:00"))
+    payments = source.snapshot(PAYMENT, [payment_row(i) for i in range(1, 21)])
+    orders = source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 6)])
+    lsns = {"snapshot": source.lsn}
+    for name, seconds, change in [("truncate", 55.20, lambda tx: tx.truncate(PAYMENT)),
+                                  ("payment", 55.27, lambda tx: tx.insert(PAYMENT, payment_row(9001))),
+                                  ("order", 55.31, lambda tx: tx.insert(SALES_ORDER, sales_order_row(99))),
+                                  ("payment2", 55.33, lambda tx: tx.insert(PAYMENT, payment_row(9002)))]:
+        at(source, seconds)
+        with source.transaction() as tx:
+            change(tx)
+        lsns[name] = tx.lsn
+        lsns[f"{name}_events"] = tx.events  # type: ignore[assignment]
+    last = lsns["payment2"]
+    # The orders' shard runs ahead: its later transaction lands in the lake before the payments'.
+    writer.write_batch("shard-orders", orders + lsns["order_events"],
+                       [lsns[slow_shard_marker] if slow_shard_marker != "last" else last])
+    writer.write_batch("shard-payments", payments + lsns["truncate_events"] + lsns["payment_events"]
+                       + lsns["payment2_events"], [last])
+    return lsns
+
+
+def count(path, table: str, as_of: str) -> int:
+    result = runner.invoke(app, ["query", f"SELECT count(*) AS n FROM {table}", "--lake", str(path),
+                                 "--as-of", as_of, "--format", "json"], catch_exceptions=False,
+                           env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)[0]["n"]
+
+
+def test_a_time_answers_the_source_state_then_across_tables_and_shards(tmp_path):
+    write_lake(tmp_path)
+    assert count(tmp_path, "payment", f"{DAY}55.3") == 1  # truncated, then one inserted at 55.27
+    assert count(tmp_path, "sales_order", f"{DAY}55.3") == 5  # the order of 55.31 not yet
+    assert count(tmp_path, "payment", f"{DAY}55.25") == 0  # between the truncate and the insert
+    assert count(tmp_path, "sales_order", f"{DAY}55.32") == 6
+    assert count(tmp_path, "payment", f"{DAY}55.32") == 1
+    assert count(tmp_path, "payment", f"{DAY}55.33") == 2  # at or before: the commit at 55.33 counts
+    before = runner.invoke(app, ["query", "SELECT 1", "--lake", str(tmp_path), "--as-of", f"{DAY}52"])
+    assert before.exit_code == 2 and "before the lake's first source commit" in before.output  # the snapshot's time is unknown
+
+
+def test_a_time_maps_to_the_last_commit_at_or_before_it(tmp_path):
+    lsns = write_lake(tmp_path)
+    layout = LakeLayout(tmp_path)
+    assert lsn_at_time(layout, datetime.fromisoformat(f"{DAY}55.30+00:00")) == lsns["payment"]
+    assert lsn_at_time(layout, datetime.fromisoformat(f"{DAY}55.31+00:00")) == lsns["order"]
+    # A quiet spell after the last commit, before every shard's newest marker landed:
+    assert lsn_at_time(layout, datetime.fromisoformat(f"{DAY}59+00:00")) == lsns["payment2"]
+    with pytest.raises(AsOfError, match="not caught up"):  # after the markers: the source may have moved on
+        lsn_at_time(layout, datetime.now(timezone.utc))
+
+
+def test_a_time_past_what_every_shard_holds_is_refused_in_one_sentence(tmp_path):
+    write_lake(tmp_path, slow_shard_marker="truncate")  # the orders' shard has passed the truncate's marker only
+    with pytest.raises(AsOfError, match="not caught up to that time yet"):
+        lsn_at_time(LakeLayout(tmp_path), datetime.fromisoformat(f"{DAY}55.30+00:00"))
+    result = runner.invoke(app, ["query", "SELECT 1", "--lake", str(tmp_path), "--as-of", f"{DAY}55.3"],
+                           env={"COLUMNS": "240"})
+    assert result.exit_code == 2 and "has not caught up to that time yet" in result.output
+    assert "Traceback" not in result.output
+    assert count(tmp_path, "payment", f"{DAY}55.21") == 0  # up to the watermark: answered
