@@ -90,3 +90,71 @@ def test_a_time_past_what_every_shard_holds_is_refused_in_one_sentence(tmp_path)
     assert result.exit_code == 2 and "has not caught up to that time yet" in result.output
     assert "Traceback" not in result.output
     assert count(tmp_path, "payment", f"{DAY}55.21") == 0  # up to the watermark: answered
+
+
+# -- through the whole pipeline, from a real PostgreSQL ----------------------------------------
+
+@pytest.fixture
+def own_kinesalite(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
+@pytest.mark.slow
+def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_dsn, tmp_path, own_kinesalite):
+    """payment truncated and one payment inserted: a time just after the insert's commit
+    answers that one row, in the lake's table and in the warehouse's fact table."""
+    import threading
+
+    import psycopg2
+
+    from lake.timetravel import changes_as_of_lsn
+    from tests.e2e_helpers import wait_for
+    from totes_cli.pipeline import Pipeline, PipelineConfig
+    from totesys.simulator import Simulator
+    from totesys.stats import current_wal_lsn
+
+    with Simulator(totesys_dsn, seed=5) as simulator:
+        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
+    lake, warehouse = tmp_path / "lake", tmp_path / "wh.duckdb"
+    pipeline = Pipeline(PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(warehouse),
+                                       heartbeat_seconds=0.5))
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+
+    def run_until(lsn: int) -> None:
+        def done():
+            assert not pipeline.errors, pipeline.errors
+            assert thread.is_alive(), "the pipeline stopped"
+            return pipeline.caught_up_with(lsn)
+        wait_for(done, 120, f"the warehouse to reach {lsn:X}")
+
+    conn = psycopg2.connect(totesys_dsn)
+    conn.autocommit = True
+    thread.start()
+    try:
+        run_until(current_wal_lsn(totesys_dsn))
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM payment")
+            (before,) = cur.fetchone()
+            cur.execute("CREATE TEMP TABLE kept AS SELECT * FROM payment ORDER BY payment_id LIMIT 1")
+            cur.execute("TRUNCATE payment")
+            cur.execute("INSERT INTO payment SELECT * FROM kept")
+            cur.execute("UPDATE payment SET paid = NOT paid")  # a later commit: the lake has passed the time
+        run_until(current_wal_lsn(totesys_dsn))
+    finally:
+        pipeline.stop.set()
+        thread.join(60)
+        conn.close()
+    assert not pipeline.errors, pipeline.errors
+    assert before > 1
+    log = changes_as_of_lsn(LakeLayout(lake), "public.payment", 2**63 - 1).to_pylist()
+    inserted = next(row["_commit_ts"] for row in log if row["_op"] == "c")
+    updated = next(row["_commit_ts"] for row in log if row["_op"] == "u")
+    moment = (inserted + (updated - inserted) / 2).isoformat()
+    assert count(lake, "payment", moment) == 1
+    result = runner.invoke(app, ["query", "SELECT count(*) AS n, bool_and(NOT paid) AS unpaid_then FROM fact_payment",
+                                 "--lake", str(lake), "--warehouse", str(warehouse), "--as-of", moment,
+                                 "--format", "json"], catch_exceptions=False, env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    kept_paid = next(row["paid"] for row in log if row["_op"] == "c")
+    assert json.loads(result.stdout) == [{"n": 1, "unpaid_then": not kept_paid}]
