@@ -154,8 +154,13 @@ def lake_state(lake: str, table: str, moment) -> pl.DataFrame:
         frame = pl.from_arrow(state_as_of_lsn(layout, table, moment[1]))
     elif isinstance(moment, int):
         frame = pl.from_arrow(current_state(layout, table, version=moment))
-    elif isinstance(moment, datetime):
-        frame = pl.from_arrow(current_state(layout, table, as_of=moment))
+    elif isinstance(moment, datetime):  # source time, as `totes query --as-of`: exact across tables
+        from lake.timetravel import AsOfError, lsn_at_time
+
+        try:
+            frame = pl.from_arrow(state_as_of_lsn(layout, table, lsn_at_time(layout, moment)))
+        except AsOfError as error:
+            raise MomentError(f"As of {moment:%Y-%m-%d %H:%M:%S}: {error}") from None
     else:
         frame = pl.from_arrow(current_state(layout, table))
     assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only

@@ -188,6 +188,10 @@ def _watermark(layout: LakeLayout) -> tuple[int, datetime] | None:
     return min(m for m, _ in latest.values()), min(at for _, at in latest.values())
 
 
+def _shown(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+
+
 def _first_lake_commit(layout: LakeLayout) -> datetime:
     return min(datetime.fromtimestamp(min(c["timestamp"] for c in open_table(layout, CHANGES, t).history()) / 1000,
                                       tz=timezone.utc) for t in layout.tables(CHANGES))
@@ -218,7 +222,7 @@ def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
     else:
         first = commits["_commit_ts"].min() if commits.height else _first_lake_commit(layout)
         snapshot_hint = "" if snapshot is None else f", or the snapshot's LSN {format_lsn(snapshot)}"
-        raise AsOfError(f"that time is before the lake's first source commit ({first:%Y-%m-%d %H:%M:%S.%f} UTC)"
+        raise AsOfError(f"that time is before the lake's first source commit ({_shown(first)} UTC)"
                         f"{' and its snapshot was written later' if snapshot is not None else ''}: "
                         f"give a later time{snapshot_hint}.")
     watermark = _watermark(layout)
@@ -230,7 +234,7 @@ def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
         return lsn
     held = commits.filter(pl.col("_lsn") <= mark)
     reached = (f"its watermark {format_lsn(mark)} is the source as of "
-               f"{held['_commit_ts'][-1]:%Y-%m-%d %H:%M:%S.%f} UTC" if held.height
+               f"{_shown(held['_commit_ts'][-1])} UTC" if held.height
                else f"its watermark {format_lsn(mark)} is not past the snapshot")
     raise AsOfError(f"the lake has not caught up to that time yet ({reached} on every shard): "
                     "give an earlier time, or wait for the pipeline.")

@@ -224,7 +224,7 @@ def test_as_of_outside_the_lake_is_one_sentence(home, lake_lsns):
         "0/1": "older than the lake",
         format_lsn(last + 0x1000000): f"up to {format_lsn(last)}",
         (now + timedelta(days=1)).isoformat(): "in the future",
-        "2000-01-01T00:00:00": "before the lake's first commit",
+        "2000-01-01T00:00:00": "before the lake's first source commit",
         "9999": "no lake table has version 9999",
         "last tuesday": "neither a version",
     }

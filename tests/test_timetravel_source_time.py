@@ -92,6 +92,18 @@ def test_a_time_past_what_every_shard_holds_is_refused_in_one_sentence(tmp_path)
     assert count(tmp_path, "payment", f"{DAY}55.21") == 0  # up to the watermark: answered
 
 
+
+def test_the_dashboards_lake_page_reads_a_time_as_source_time(tmp_path):
+    from dashboard.reading import MomentError, lake_state
+
+    write_lake(tmp_path)
+    moment = datetime.fromisoformat(f"{DAY}55.30+00:00")
+    assert lake_state(str(tmp_path), "public.payment", moment)["payment_id"].to_list() == [9001]
+    assert lake_state(str(tmp_path), "public.sales_order", moment).height == 5
+    with pytest.raises(MomentError, match="not caught up"):
+        lake_state(str(tmp_path), "public.payment", datetime.now(timezone.utc))
+
+
 # -- through the whole pipeline, from a real PostgreSQL ----------------------------------------
 
 @pytest.fixture

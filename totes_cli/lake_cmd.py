@@ -286,12 +286,18 @@ def query(
     examples: Annotated[bool, typer.Option("--examples", help="List the named queries.")] = False,
     lake: LakeOption = None,
     warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", show_default=False, help="The warehouse DuckDB file \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Read the lake as of a Delta VERSION, a TIMESTAMP or a source LSN.")] = None,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Read as of a source TIMESTAMP or LSN (every lake table and the warehouse's facts: the source's state then), or a Delta VERSION (each lake state table's own).")] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="How to print the rows.")] = OutputFormat.table,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show in table format.")] = 100,
 ) -> None:
     """Query the lake (each source table by name, `changes_<table>` for its history) and the
-    warehouse with DuckDB."""
+    warehouse with DuckDB.
+
+    `--as-of` a time or an LSN is the source's state then, the same in every table: a time
+    maps to the last transaction committed at or before it; the warehouse's fact tables show
+    the versions live then (from their lineage columns), its dimensions their latest values.
+    `--as-of VERSION` is each lake state table's own Delta version (the lake's clock; one
+    version can hold one shard's progress beyond another's)."""
     import duckdb
 
     from warehouse_sync.examples import EXAMPLES
