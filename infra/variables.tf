@@ -246,7 +246,7 @@ variable "maintain_schedule" {
 }
 
 variable "lake_retention_hours" {
-  description = "Time travel by Delta version or time kept by maintenance (`totes lake maintain --retain`): older versions' files and log entries are removed. Stored bytes are about the live bytes plus what the pipeline writes in this long."
+  description = "Time travel by Delta version kept by maintenance (`totes lake maintain --retain`; by source time or LSN it reaches every point): older versions' files and log entries are removed. Stored bytes are about the live bytes plus what the pipeline writes in this long."
   type        = number
   default     = 24
   validation {

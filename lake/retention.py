@@ -1,4 +1,4 @@
-"""How long a lake keeps what time travel by Delta version or time reaches: the durations the
+"""How long a lake keeps what time travel by Delta version reaches: the durations the
 commands take (`--retain`) and their defaults. Plain data with no Delta in it, so the command
 line can show and check them without loading the lake's libraries (lake.maintenance applies
 them)."""
@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 
 DEFAULT_RETENTION = timedelta(hours=1)
-"""Time travel by Delta version or time for the last hour (by source LSN: always)."""
+"""Time travel by Delta version for the last hour (by source time or LSN: always)."""
 DEMO_RETENTION = timedelta(minutes=1)
 """`totes demo`'s: its lake holds a few MiB while the pipeline writes about 0.2 MiB/s of commits
 (bench/README.md, `storage`), so a longer window would keep mostly superseded versions."""

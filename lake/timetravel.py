@@ -1,7 +1,8 @@
 """Reading the lake as it was (guarantee 6): by Delta version, by timestamp, by source LSN.
 
 - `read_table(layout, kind, table, version=… | as_of=datetime)`: any lake table as of a Delta
-  version or a point in time (`kind` is `changes`, `tables`, `_progress`, `_dead_letters`).
+  version or a Delta commit time, i.e. the lake's own clock (`kind` is `changes`, `tables`,
+  `_progress`, `_dead_letters`); a source time goes through `lsn_at_time` instead.
 - `changes_as_of_lsn`: the change log up to an LSN (`_lsn <= X`).
 - `state_as_of_lsn`: a table's state at LSN X rebuilt from its change log (the log is the
   record; this is exact for any X). `state_version_at_lsn` instead names the newest version

@@ -147,8 +147,8 @@ def dead_letters(lake: LakeOption = None,
 
 RetainOption = Annotated[str, typer.Option(
     "--retain", envvar="TOTES_RETAIN",
-    help="Keep time travel by Delta version or time this long (24h, 90m, 7d; at least 1m); maintenance "
-         "reclaims what older versions used. Time travel by source LSN works for any LSN.")]
+    help="Keep time travel by Delta version this long (24h, 90m, 7d; at least 1m); maintenance "
+         "reclaims what older versions used. Time travel by source time or LSN works for any point.")]
 
 
 def retention_option(text: str):
