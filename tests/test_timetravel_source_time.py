@@ -104,6 +104,20 @@ def test_the_dashboards_lake_page_reads_a_time_as_source_time(tmp_path):
         lake_state(str(tmp_path), "public.payment", datetime.now(timezone.utc))
 
 
+
+def test_an_unsynced_warehouse_answers_the_lake_and_says_so(tmp_path):
+    import duckdb
+
+    write_lake(tmp_path / "lake")
+    duckdb.connect(str(tmp_path / "wh.duckdb")).close()  # no tables yet
+    result = runner.invoke(app, ["query", "SELECT count(*) AS n FROM payment", "--lake", str(tmp_path / "lake"),
+                                 "--warehouse", str(tmp_path / "wh.duckdb"), "--as-of", f"{DAY}55.3",
+                                 "--format", "json"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"n": 1}]
+    assert "the warehouse has synced up to nothing only" in result.stderr
+
+
 # -- through the whole pipeline, from a real PostgreSQL ----------------------------------------
 
 @pytest.fixture
@@ -120,6 +134,7 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
 
     import psycopg2
 
+    from change_events import format_lsn
     from lake.timetravel import changes_as_of_lsn
     from tests.e2e_helpers import wait_for
     from totes_cli.pipeline import Pipeline, PipelineConfig
@@ -170,3 +185,12 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
     assert result.exit_code == 0, result.output
     kept_paid = next(row["paid"] for row in log if row["_op"] == "c")
     assert json.loads(result.stdout) == [{"n": 1, "unpaid_then": not kept_paid}]
+    truncated = next(row["_lsn"] for row in log if row["_op"] == "t")
+    facts = {}
+    for name, lsn in (("snapshot", truncated - 1), ("truncated", truncated)):
+        result = runner.invoke(app, ["query", "SELECT count(*) AS n FROM fact_payment", "--lake", str(lake),
+                                     "--warehouse", str(warehouse), "--as-of", format_lsn(lsn), "--format", "json"],
+                               catch_exceptions=False, env={"COLUMNS": "240"})
+        assert result.exit_code == 0, result.output
+        facts[name] = json.loads(result.stdout)[0]["n"]
+    assert facts == {"snapshot": before, "truncated": 0}

@@ -248,11 +248,14 @@ def facts_as_of_lsn(connection: duckdb.DuckDBPyConnection, lsn: int) -> None:
     from warehouse_sync.schema import FACTS
     from warehouse_sync.schema import quote_identifier as q
 
-    synced = connection.execute("SELECT max(lsn) FROM warehouse.main._sync_checkpoint").fetchone()
-    if synced is None or synced[0] is None or synced[0] < lsn:
-        err.print(f"[dim]the warehouse has synced up to {format_lsn(synced[0]) if synced and synced[0] else 'nothing'}"
-                  " only: its facts as of that point may miss later events.[/]")
-    for fact in FACTS:
+    present = {name for (name,) in connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'warehouse'").fetchall()}
+    synced = (connection.execute("SELECT max(lsn) FROM warehouse.main._sync_checkpoint").fetchone()[0]  # type: ignore[index]
+              if "_sync_checkpoint" in present else None)
+    if synced is None or synced < lsn:
+        err.print(f"[dim]the warehouse has synced up to {format_lsn(synced) if synced else 'nothing'} only: "
+                  "its facts as of that point may miss later events.[/]")
+    for fact in (f for f in FACTS if f.name in present):
         connection.execute(
             f"CREATE VIEW {q(fact.name)} AS SELECT * EXCLUDE (_version) FROM ("  # nosec B608 # names quoted by q(), the LSN is int()
             f"SELECT *, row_number() OVER (PARTITION BY {q(fact.business_key)} ORDER BY source_lsn DESC, "
