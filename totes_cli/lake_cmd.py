@@ -201,7 +201,9 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
     log is `changes_<table>`, and the warehouse's tables are visible by name.
 
     A time means the source's: it is mapped to the LSN of the last transaction committed at
-    or before it (`lsn_at_time`), so every table answers the same source state."""
+    or before it (`lsn_at_time`), so every table answers the same source state. As of a time
+    or an LSN the warehouse's fact tables are views of the versions live then
+    (`facts_as_of_lsn`); as of a VERSION they are as they are now."""
     import duckdb
 
     from lake.layout import CHANGES, LakeLayout
@@ -294,13 +296,11 @@ def query(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show in table format.")] = 100,
 ) -> None:
     """Query the lake (each source table by name, `changes_<table>` for its history) and the
-    warehouse with DuckDB.
-
-    `--as-of` a time or an LSN is the source's state then, the same in every table: a time
-    maps to the last transaction committed at or before it; the warehouse's fact tables show
-    the versions live then (from their lineage columns), its dimensions their latest values.
-    `--as-of VERSION` is each lake state table's own Delta version (the lake's clock; one
-    version can hold one shard's progress beyond another's)."""
+    warehouse with DuckDB."""
+    # --as-of a time or an LSN is the source's state then, the same in every table (see
+    # open_session); the warehouse's dimensions keep their latest values. --as-of VERSION is
+    # each lake state table's own Delta version: the lake's clock, and one version can hold
+    # one shard's progress beyond another's.
     import duckdb
 
     from warehouse_sync.examples import EXAMPLES
