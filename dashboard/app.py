@@ -100,8 +100,9 @@ class Dashboard:
     """What the routes read from, and the health samples taken in the background."""
 
     def __init__(self, lake: str | None, warehouse: str, source_dsn: str | None = None, refresh: float = 5.0,
-                 sample_seconds: float = 3.0):
+                 sample_seconds: float = 3.0, home: Path | None = None):
         self.lake = lake
+        self.home = home  # where a reader outside the lake writes its status (TOTES_HOME)
         self.warehouse = reading.Warehouse(warehouse)
         self._source_dsn = source_dsn  # never sent to a page
         self.refresh = refresh
@@ -116,7 +117,7 @@ class Dashboard:
         return f"Dashboard(lake={self.lake!r}, warehouse={self.warehouse!r})"
 
     def take_sample(self) -> None:
-        self.samples.append(reading.sample(self.lake or "", self.warehouse, self._source_dsn))
+        self.samples.append(reading.sample(self.lake or "", self.warehouse, self._source_dsn, home=self.home))
 
     IDLE_SAMPLE_SECONDS = 30.0
     """Between samples while nobody has looked at the health page for a few minutes."""
@@ -255,7 +256,7 @@ def health_data(dashboard: Dashboard, query: dict) -> dict:
     now = {} if latest is None else {
         "at": latest.at.isoformat(), "source_wal_lsn": lsn(latest.source_wal),
         "slot_wal_retained_bytes": latest.slot_retained, "lake_watermark": lsn(latest.lake_watermark),
-        "lake_events": latest.lake_events, "warehouse_lsn": lsn(latest.warehouse_lsn),
+        "reader_events": latest.reader_events, "lake_events": latest.lake_events, "warehouse_lsn": lsn(latest.warehouse_lsn),
         "warehouse_fact_rows": latest.warehouse_facts,
         "lake_behind_source_bytes": (max(latest.source_wal - latest.lake_watermark, 0)
                                      if latest.source_wal is not None and latest.lake_watermark else None),

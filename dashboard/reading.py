@@ -195,6 +195,8 @@ class HealthSample:
     at: datetime
     source_wal: int | None = None
     slot_retained: int | None = None
+    reader_events: int | None = None
+    """Events the readers of this lake have read (their status files), None without one."""
     lake_events: int | None = None
     lake_watermark: int | None = None
     warehouse_lsn: int | None = None
@@ -222,8 +224,20 @@ def lake_event_count(lake: str) -> int | None:
     return total
 
 
-def sample(lake: str, warehouse: Warehouse, source_dsn: str | None) -> HealthSample:
-    """One look at every stage: the source's WAL, the lake's events and watermark, the warehouse."""
+def reader_event_count(lake: str, home: Path | None = None) -> int | None:
+    """Events the readers that report beside this lake or under `home` have read: streamed
+    and snapshot (a snapshot may go straight into the lake)."""
+    from totes_cli.reader_status import read_statuses, status_dirs
+
+    statuses = read_statuses(status_dirs(home, lake or None))
+    if not statuses:
+        return None
+    return sum((s.get("events") or 0) + (s.get("snapshot_events") or 0) for s in statuses.values())
+
+
+def sample(lake: str, warehouse: Warehouse, source_dsn: str | None, home: Path | None = None) -> HealthSample:
+    """One look at every stage: the source's WAL, the reader's events (its status file), the
+    lake's events and watermark, the warehouse."""
     from lake.layout import LakeLayout
     from lake.progress import Progress
 
@@ -244,6 +258,7 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None) -> HealthSam
             found.slot_retained = max((s.retained_wal_bytes or 0 for s in snapshot.slots), default=None)
         except Exception as error:  # noqa: BLE001 - a source that cannot be reached leaves its fields empty
             log.debug("the source could not be read: %s", type(error).__name__)
+    found.reader_events = reader_event_count(lake, home)
     found.lake_events = lake_event_count(lake)
     if found.lake_events is not None:
         history = Progress(LakeLayout(lake)).history()
@@ -273,7 +288,8 @@ def rates(samples: list[HealthSample]) -> list[dict]:
         if seconds <= 0:
             continue
         at = after.at.isoformat()
-        for series, field in (("source WAL (KiB/s)", "source_wal"), ("lake events/s", "lake_events"),
+        for series, field in (("source WAL (KiB/s)", "source_wal"), ("reader events/s", "reader_events"),
+                              ("lake events/s", "lake_events"),
                               ("warehouse fact versions/s", "warehouse_facts")):
             a, b = getattr(before, field), getattr(after, field)
             if a is not None and b is not None:

@@ -61,7 +61,7 @@ class Stages:
         self.lake, self.warehouse = home / "lake", home / "warehouse.duckdb"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
         self.env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), TOTES_LAKE=str(self.lake),
-                        TOTES_STREAM=stream, TOTES_WAREHOUSE=str(self.warehouse),
+                        TOTES_STREAM=stream, TOTES_SLOT=SLOT, TOTES_WAREHOUSE=str(self.warehouse),
                         AWS_ENDPOINT_URL_KINESIS=endpoint)
         self.running: dict[str, subprocess.Popen] = {}
 

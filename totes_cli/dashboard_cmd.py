@@ -61,7 +61,7 @@ def dashboard(
         source_dsn = None  # the health page then has no WAL figures
     sock = listening_socket(port)
     address = f"http://{HOST}:{sock.getsockname()[1]}/"
-    app = create_app(Dashboard(lake, location, source_dsn, refresh=refresh))
+    app = create_app(Dashboard(lake, location, source_dsn, refresh=refresh, home=home))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     out.print(f"dashboard: {address}", markup=False, highlight=False)
     sys.stdout.flush()

@@ -20,8 +20,6 @@ pipelines on one machine never share a stream, a slot or a checkpoint by acciden
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -40,7 +38,9 @@ from lake.writer import LakeWriter
 from local_stack.kinesalite import Kinesalite, ensure_stream
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
+from totes_cli.lake_local import remembered
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
+from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
 from totesys.connection import connect
 from totesys.schema import TABLES
 from totesys.stats import current_wal_lsn
@@ -96,6 +96,8 @@ class PipelineConfig:
     """Time travel by Delta version or time is kept this long; maintenance reclaims the rest."""
     maintenance_check_seconds: float = 5.0
     """How often the maintenance thread measures the lake to see whether a round is due."""
+    status_seconds: float = STATUS_SECONDS
+    """How often the reader's status file (what `totes status` and the dashboard show) is rewritten."""
 
 
 def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
@@ -183,15 +185,7 @@ class Pipeline:
     # -- wiring ----------------------------------------------------------------------------
     def _remembered(self) -> dict:
         """Names fixed at the first run of this lake (slot), kept in the lake's _local."""
-        if self.local is None:
-            return {"slot": self.config.slot or "totes_cdc"}
-        path = self.local / "pipeline.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        if "slot" not in data:
-            digest = hashlib.sha1(str(Path(self.config.lake).resolve()).encode(), usedforsecurity=False).hexdigest()[:10]
-            data["slot"] = self.config.slot or f"totes_{digest}"
-            path.write_text(json.dumps(data))
-        return data
+        return remembered(self.config.lake, self.config.slot)
 
     def _kinesis(self):
         if os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL") or self.local is None:
@@ -222,6 +216,8 @@ class Pipeline:
             lake=self.layout,  # the initial snapshot goes straight into the lake
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop))
+        status = StatusWriter(state_dir / "reader" / f"{slot}.status.json", self.reader, self.publisher)
+        self._spawn("reader status", lambda stop: self._status_loop(status, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)
         self._spawn("sync", self._sync_loop, wake=self._lake_moved.set)
         if cfg.maintain_every > 0:
@@ -276,6 +272,12 @@ class Pipeline:
                 return f"the {name} waits for the local Kinesis, which is being started again"
             cause = cause.__cause__ or cause.__context__
         return None
+
+    def _status_loop(self, status: StatusWriter, stop: threading.Event) -> None:
+        """The reader's status file, as `totes reader` writes it: its events/s live nowhere else."""
+        while not stop.wait(self.config.status_seconds):
+            status.write()
+        status.write()  # stopped after the reader: its last count
 
     def _sync_loop(self, stop: threading.Event) -> None:
         target = open_target(self.config.warehouse)

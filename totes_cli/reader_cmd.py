@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -16,9 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from change_events import format_lsn
 from totes_cli.console import err, fail, setup_logging
+from totes_cli.lake_local import local_dir, remembered
 from totes_cli.options import PublicationOption, SourceOption, StreamOption
+from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
 from totes_cli.settings import (
-    DEFAULT_PUBLICATION, DEFAULT_SLOT, DEFAULT_STREAM, NoSourceError, load, password_in_flag, resolve_source_dsn,
+    DEFAULT_PUBLICATION, DEFAULT_STREAM, NoSourceError, load, password_in_flag, resolve_source_dsn,
 )
 from totesys.connection import SourceConnectionError, has_password
 from totesys.schema import TABLES
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` 
 
 log = logging.getLogger("totes.reader")
 
-STATUS_SECONDS = 5.0
 
 
 class KinesisAcknowledged:
@@ -56,23 +56,6 @@ def choose_durability(lake: str | None, durability: str | None) -> str:
     raise fail("The reader needs to know when events are durable: pass --lake DIR|s3://bucket/prefix "
                "(or set TOTES_LAKE) to confirm only what the lake holds, or --durability kinesis to "
                "confirm what Kinesis acknowledged, at the risk of losing events if the processor stalls.", code=2)
-
-
-def _write_status(path: Path, reader: Reader, publisher: Publisher, started: float) -> None:
-    m = reader.metrics
-    elapsed = max(time.time() - started, 1e-9)
-    status = {
-        "updated_at": time.time(),
-        "events": m.events, "snapshot_events": m.snapshot_events, "transactions": m.transactions,
-        "schema_rereads": m.schema_rereads,
-        "events_per_second": m.events / elapsed, "bytes_per_second": m.bytes_received / elapsed,
-        "received_lsn": format_lsn(m.received_lsn), "confirmed_lsn": format_lsn(m.confirmed_lsn),
-        "seconds_behind": (time.time() - m.last_commit_ts) if m.last_commit_ts else None,
-        "publisher": publisher.metrics.as_dict(),
-    }
-    scratch = path.with_suffix(".tmp")
-    scratch.write_text(json.dumps(status), encoding="utf-8")
-    scratch.replace(path)
 
 
 def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
@@ -115,10 +98,10 @@ def reader(
     source: SourceOption = None,
     stream: StreamOption = DEFAULT_STREAM,
     shards: Annotated[int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")] = 2,
-    slot: Annotated[str, typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot name.")] = DEFAULT_SLOT,
+    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].", show_default=False)] = None,
     publication: PublicationOption = DEFAULT_PUBLICATION,
     tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
-    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: $TOTES_HOME/reader].")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: <lake>/_local/reader for a local lake, as `totes run`; else $TOTES_HOME/reader].")] = None,
     resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
     emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
@@ -144,7 +127,8 @@ def reader(
     except NoSourceError as error:
         raise fail(str(error), code=2) from None
     settings = load()
-    state_path = (state_dir or settings.home / "reader") / f"{slot}.json"
+    slot = slot or remembered(lake)["slot"]  # the slot and state `totes run` uses on this lake
+    state_path = (state_dir or (local_dir(lake) or settings.home) / "reader") / f"{slot}.json"
     table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else TABLES
     try:
         client = kinesis_client()
@@ -184,15 +168,14 @@ def reader(
         progress.update(tasks[table], completed=rows)
 
     the_reader.snapshot_progress = snapshot_progress
-    status_path = state_path.with_name(f"{slot}.status.json")
-    started = time.time()
+    status = StatusWriter(state_path.with_name(f"{slot}.status.json"), the_reader, publisher)
 
     def report() -> None:
         previous: dict = {}
         the_reader.streaming.wait()
         progress.stop()  # the snapshot, if any, is over
         while not stop.wait(STATUS_SECONDS):
-            _write_status(status_path, the_reader, publisher, started)
+            status.write()
             if emf:
                 previous = _emit_emf(the_reader, publisher, previous)
 
@@ -211,5 +194,5 @@ def reader(
     finally:
         stop.set()
         progress.stop()
-        _write_status(status_path, the_reader, publisher, started)
+        status.write()
     err.print(f"stopped: {the_reader.metrics.events} events, confirmed {format_lsn(the_reader.metrics.confirmed_lsn)}")

@@ -97,20 +97,17 @@ def slots_table(snapshot: SourceSnapshot) -> Table | None:
     return table
 
 
-def reader_tables(home) -> list[Table]:
-    """What each reader under TOTES_HOME last reported (its status file)."""
+def reader_tables(home, lake: str | None = None) -> list[Table]:
+    """What each reader last reported (its status file, under TOTES_HOME or the local lake)."""
     import time as _time
-    from pathlib import Path
+
+    from totes_cli.reader_status import STALE_SECONDS, read_statuses, status_dirs
 
     tables = []
-    for path in sorted(Path(home, "reader").glob("*.status.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+    for slot, data in read_statuses(status_dirs(home, lake)).items():
         age = _time.time() - data.get("updated_at", 0)
-        table = Table(title=f"reader  slot {path.name.removesuffix('.status.json')}"
-                            f"{'  (no report for %.0f s: not running?)' % age if age > 15 else ''}",
+        table = Table(title=f"reader  slot {slot}"
+                            f"{'  (no report for %.0f s: not running?)' % age if age > STALE_SECONDS else ''}",
                       title_justify="left")
         for column in ("events", "events/s", "MiB/s", "confirmed LSN", "behind source", "events/record"):
             table.add_column(column, justify="right")
@@ -121,6 +118,17 @@ def reader_tables(home) -> list[Table]:
                       f"{data.get('publisher', {}).get('events_per_record', 0):.0f}")
         tables.append(table)
     return tables
+
+
+def readers_json(home, lake: str | None) -> dict:
+    """Per slot: the reader's events, events/s (since its previous report) and whether it runs."""
+    from totes_cli.reader_status import read_statuses, running, status_dirs
+
+    return {slot: {"events": data.get("events"), "snapshot_events": data.get("snapshot_events"),
+                   "events_per_second": data.get("events_per_second"),
+                   "confirmed_lsn": data.get("confirmed_lsn"), "updated_at": data.get("updated_at"),
+                   "running": running(data)}
+            for slot, data in read_statuses(status_dirs(home, lake)).items()}
 
 
 def lake_table(lake: str) -> Table | None:
@@ -263,6 +271,12 @@ def status(
     home = settings.home
     lake = lake or settings.lake_location
     sizes = lake_sizes(lake)
+    try:
+        named_warehouse = warehouse is not None or settings.warehouse is not None
+        warehouse = resolve_warehouse(warehouse, settings.warehouse_location)
+    except ConfigError as error:
+        raise fail(str(error), code=2) from None
+    no_warehouse = no_warehouse_sentence(warehouse) if named_warehouse and missing_warehouse(warehouse) else None
     if as_json:
         out.print_json(json.dumps({"lake_size": _sizes_json(sizes), "source": None if snapshot is None else {
             "where": where(dsn),
@@ -272,8 +286,8 @@ def status(
             "latest_change": snapshot.latest_change.isoformat() if snapshot.latest_change else None,
             "rows": snapshot.row_counts,
             "slots": [slot.__dict__ for slot in snapshot.slots],
-        }, "source_error": problem}))
-        if problem:
+        }, "source_error": problem, "readers": readers_json(home, lake), "warehouse_error": no_warehouse}))
+        if problem or no_warehouse:
             raise typer.Exit(1)
         return
     if snapshot is not None:
@@ -281,20 +295,15 @@ def status(
         slots = slots_table(snapshot)
         if slots is not None:
             out.print(slots)
-    for table in reader_tables(home):
+    for table in reader_tables(home, lake):
         out.print(table)
-    try:
-        named_warehouse = warehouse is not None or settings.warehouse is not None
-        warehouse = resolve_warehouse(warehouse, settings.warehouse_location)
-    except ConfigError as error:
-        raise fail(str(error), code=2) from None
     for table in (lake_table(lake), lake_size_table(lake, sizes) if sizes else None,
                   warehouse_table(warehouse, snapshot)):
         if table is not None:
             out.print(table)
     if missing_warehouse(warehouse):
-        if named_warehouse:
-            raise fail(no_warehouse_sentence(warehouse), code=1)
+        if no_warehouse:
+            raise fail(no_warehouse, code=1)
         out.print(f"warehouse  none yet at {warehouse}: `totes run` (or `totes sync`) creates it")
     if problem:
         raise fail(f"the source cannot be read: {problem}", code=1)

@@ -1,0 +1,74 @@
+"""The reader's status file (`<state dir>/reader/<slot>.status.json`): what it has published,
+written every few seconds by `totes reader` and by the reader inside `totes run`, read by
+`totes status` and the dashboard's health page (the reader's events/s exist nowhere else)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from change_events import format_lsn
+
+STATUS_SECONDS = 5.0
+STALE_SECONDS = 15.0
+"""A status file older than this belongs to a reader that is not running."""
+
+
+class StatusWriter:
+    """Writes one reader's status file; `events_per_second` is the rate since the previous
+    write (since the start for the first one), `average_events_per_second` since the start."""
+
+    def __init__(self, path: Path, reader, publisher):
+        self.path, self.reader, self.publisher = Path(path), reader, publisher
+        self.started = time.time()
+        self._last = (self.started, 0)
+
+    def write(self) -> None:
+        m, now = self.reader.metrics, time.time()
+        last_at, last_events = self._last
+        rate = max(m.events - last_events, 0) / max(now - last_at, 1e-9)
+        status = {
+            "updated_at": now,
+            "events": m.events, "snapshot_events": m.snapshot_events, "transactions": m.transactions,
+            "schema_rereads": m.schema_rereads,
+            "events_per_second": rate, "average_events_per_second": m.events / max(now - self.started, 1e-9),
+            "bytes_per_second": m.bytes_received / max(now - self.started, 1e-9),
+            "received_lsn": format_lsn(m.received_lsn), "confirmed_lsn": format_lsn(m.confirmed_lsn),
+            "seconds_behind": (now - m.last_commit_ts) if m.last_commit_ts else None,
+            "publisher": self.publisher.metrics.as_dict(),
+        }
+        self._last = (now, m.events)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(status), encoding="utf-8")
+        scratch.replace(self.path)
+
+
+def status_dirs(home: Path | None, lake: str | None) -> list[Path]:
+    """Where readers write their status: `$TOTES_HOME/reader` and a local lake's `_local/reader`."""
+    from totes_cli.lake_local import local_dir
+
+    dirs = [Path(home) / "reader"] if home is not None else []
+    local = local_dir(lake)
+    if local is not None and (local / "reader") not in dirs:
+        dirs.append(local / "reader")
+    return dirs
+
+
+def read_statuses(dirs: list[Path]) -> dict[str, dict]:
+    """Every status file found, by slot (a file that cannot be read is left out)."""
+    found: dict[str, dict] = {}
+    for directory in dirs:
+        for path in sorted(Path(directory).glob("*.status.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                found.setdefault(path.name.removesuffix(".status.json"), data)
+    return found
+
+
+def running(status: dict, now: float | None = None) -> bool:
+    return (now or time.time()) - status.get("updated_at", 0) <= STALE_SECONDS
