@@ -98,7 +98,7 @@ def reader(
     source: SourceOption = None,
     stream: StreamOption = DEFAULT_STREAM,
     shards: Annotated[int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")] = 2,
-    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].", show_default=False)] = None,
+    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].")] = None,
     publication: PublicationOption = DEFAULT_PUBLICATION,
     tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
     state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: <lake>/_local/reader for a local lake, as `totes run`; else $TOTES_HOME/reader].")] = None,
