@@ -53,7 +53,8 @@ class NoSourceError(ConfigError):
 DEFAULT_STREAM = "totes-cdc"
 DEFAULT_PUBLICATION = "totes_cdc"
 DEFAULT_SLOT = "totes_cdc"
-"""The slot of a reader alone; `totes run` names its slot after a local lake (and remembers it)."""
+"""The slot for a lake on S3 or no lake; a local lake names its own, the same for `totes run` and
+`totes reader` (totes_cli/lake_local.py)."""
 
 
 class Settings(BaseSettings):

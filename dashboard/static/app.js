@@ -190,7 +190,8 @@ async function lake() {
 const HEALTH_NUMBERS = [
   ["source_wal_lsn", "source WAL at"], ["slot_wal_retained_bytes", "WAL retained by the slot (bytes)"],
   ["lake_watermark", "lake watermark"], ["lake_behind_source_bytes", "lake behind the source (bytes)"],
-  ["lake_events", "events in the lake"], ["warehouse_lsn", "warehouse up to"],
+  ["reader_events", "events read by the reader"], ["lake_events", "events in the lake"],
+  ["warehouse_lsn", "warehouse up to"],
   ["warehouse_fact_rows", "warehouse fact rows"],
 ];
 
