@@ -121,7 +121,7 @@ class ChangeLog(LakeTable):
         if self.delta is None:
             self.create(rows.schema)
         write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties,
-                        writer_properties=small_file_properties(rows.num_rows, PRUNED_ON))
+                        writer_properties=small_file_properties(rows.num_rows))
         return self.refresh().version()
 
     def create(self, schema: pa.Schema) -> DeltaTable:

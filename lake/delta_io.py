@@ -40,21 +40,20 @@ Delta's default, 100, keeps a lake that is not maintained opening quickly."""
 
 
 SMALL_FILE_ROWS = 50
-"""Up to this many rows a Parquet file is written without dictionaries and with statistics
-only on the columns reads prune on (`small_file_properties`)."""
+"""Up to this many rows a Parquet file is written without dictionaries (`small_file_properties`)."""
 
 
-def small_file_properties(rows: int, pruned_on: tuple[str, ...] = ()) -> WriterProperties | None:
+def small_file_properties(rows: int) -> WriterProperties | None:
     """Parquet settings for a commit of `rows` rows: None (the defaults) for a large one. A
-    few-row file is mostly per-column overhead: a dictionary page per column, page and
-    column statistics (a third of a 3-row change log file, bench/README.md `storage`); it
-    keeps chunk statistics on `pruned_on` only, which the Delta log's file statistics are made
-    of and reads skip files by. Above `SMALL_FILE_ROWS` dictionaries make files smaller."""
+    few-row file is mostly per-column overhead: a dictionary page and page statistics per
+    column (bench/README.md `storage`). It keeps chunk statistics on every column: deltalake's
+    pyarrow dataset turns a column without them into bounds of null, and a filter on that
+    column then skips the file, so a query would silently miss its rows. Above
+    `SMALL_FILE_ROWS` dictionaries make files smaller."""
     if rows > SMALL_FILE_ROWS:
         return None
-    plain = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
-    return WriterProperties(default_column_properties=plain, column_properties={
-        name: ColumnProperties(dictionary_enabled=False, statistics_enabled="CHUNK") for name in pruned_on})
+    return WriterProperties(default_column_properties=ColumnProperties(dictionary_enabled=False,
+                                                                       statistics_enabled="CHUNK"))
 
 
 class Position(NamedTuple):
