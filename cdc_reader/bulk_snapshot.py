@@ -194,7 +194,7 @@ class BulkSnapshot:
                  chunk_pages: int = DEFAULT_CHUNK_PAGES, connections: int = DEFAULT_CONNECTIONS,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
                  progress: Callable[[str, int], None] | None = None,
-                 today: Callable[[], date] | None = None):
+                 today: Callable[[], date] | None = None, fresh_appends: bool = True):
         self.connect = connect
         self.layout = layout
         self.run = run
@@ -205,7 +205,10 @@ class BulkSnapshot:
         self.progress = progress
         self.today = today or (lambda: datetime.now(timezone.utc).date())
         self.stats = BatchStats()
-        self.loads = [TableLoad(layout, plan.schema, run, today=self.today) for plan in plans]
+        self.loads = [TableLoad(layout, plan.schema, run, today=self.today, fresh_appends=fresh_appends)
+                      for plan in plans]
+        """`fresh_appends=False`: always merge state chunks (a re-read, while the processors
+        write the same state tables)."""
         self.chunk_hook: Callable[[str, int, str], None] | None = None
         """Tests: called as (table, chunk, step), step 'logged' between a chunk's change log
         and state commits, 'written' after both."""

@@ -623,6 +623,7 @@ class Reader:
         confirmed = 0
 
         rereading: IncrementalSnapshot | None = None
+        bulk_reread = None  # a `--resnapshot` table read straight into the lake (bulk_reread.py)
         try:
             while not stop.is_set():
                 # Row changes take the fast path, except during a re-read, whose bookkeeping
@@ -678,19 +679,27 @@ class Reader:
                     if rereading is None and not self._resnapshots:
                         select.select([cur], [], [], cfg.idle_wait_seconds)
 
+                if bulk_reread is not None and bulk_reread.finished:
+                    finished, bulk_reread = bulk_reread, None
+                    self._finish_bulk_reread(finished)
                 # Re-reads go chunk by chunk between messages, so a busy stream never starves them.
-                if rereading is None and self._resnapshots:
+                if rereading is None and bulk_reread is None and self._resnapshots:
                     table = self._resnapshots.pop(0)
-                    rereading = IncrementalSnapshot(read_table_schema(conn, cfg.schema, table),
-                                                    cfg.snapshot_chunk_rows, self.resnapshot_hook)
-                    conn.commit()
-                    log.info("re-reading %s while streaming", rereading.schema.table)
+                    if self._rereads_in_bulk(table):
+                        bulk_reread = self._start_bulk_reread(read_table_schema(conn, cfg.schema, table))
+                        conn.commit()
+                    else:
+                        rereading = IncrementalSnapshot(read_table_schema(conn, cfg.schema, table),
+                                                        cfg.snapshot_chunk_rows, self.resnapshot_hook)
+                        conn.commit()
+                        log.info("re-reading %s while streaming", rereading.schema.table)
                 if rereading is not None and rereading.wants_chunk:
                     rereading.read_chunk(conn)
 
                 self.sink.poll(idle=drained)
                 now = time.monotonic()
-                if now >= next_watermark and last_commit > marked and not progress.in_transaction:
+                if now >= next_watermark and last_commit > marked and not progress.in_transaction \
+                        and (bulk_reread is None or bulk_reread.allows_watermark(last_commit)):
                     self.sink.publish_watermark(last_commit)
                     marked = last_commit
                     next_watermark = now + cfg.watermark_seconds
@@ -711,9 +720,41 @@ class Reader:
             if rereading is not None and not rereading.done:
                 # Start that table's re-read over on the next connection: it is idempotent.
                 self._resnapshots.insert(0, rereading.schema.table.partition(".")[2])
+            if bulk_reread is not None:
+                self._finish_bulk_reread(bulk_reread, quietly=True)
             raise
 
+        if bulk_reread is not None:
+            self._finish_bulk_reread(bulk_reread)  # before the last watermark, which may pass its LSN
         self._shutdown(cur, progress, state)
+
+    def _rereads_in_bulk(self, table: str) -> bool:
+        """A `--resnapshot` table with a lake goes straight into it (bulk_reread.py). Re-reads
+        after a type change (the lake widens types on the change path) and those making up
+        for a cut-off snapshot stay on the stream."""
+        return (self.lake is not None and self._recovery is None and table in self.config.resnapshot
+                and table not in self._type_rereads.tables)
+
+    def _start_bulk_reread(self, schema):
+        from cdc_reader.bulk_reread import BulkReread
+
+        cfg = self.config
+        return BulkReread(schema, self._connect, self.lake, cfg.slot, chunk_pages=cfg.snapshot_chunk_pages,
+                          connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
+                          chunk_hook=self.bulk_chunk_hook).start()
+
+    def _finish_bulk_reread(self, bulk_reread, *, quietly: bool = False) -> None:
+        """Wait for a bulk re-read; one that failed is tried again on the next connection."""
+        table = bulk_reread.schema.table
+        try:
+            bulk_reread.join()
+        except Exception as error:  # noqa: BLE001 - the table is read again
+            self._resnapshots.insert(0, table.partition(".")[2])
+            if not quietly:
+                raise
+            log.warning("re-reading %s into the lake failed (%s): it is read again", table, error)
+            return
+        self.reread.append(table)
 
     def _schema_changed(self, change: SchemaChange) -> None:
         """Note the table's new column types; after a type change that may have rewritten

@@ -101,7 +101,7 @@ class TableLoad:
     """One table's snapshot being written into the lake (thread-safe)."""
 
     def __init__(self, layout: LakeLayout, schema: TableSchema, run: int, *,
-                 today: Callable[[], date] | None = None):
+                 today: Callable[[], date] | None = None, fresh_appends: bool = True):
         self.layout = layout
         self.schema = schema
         self.table = schema.table
@@ -111,6 +111,7 @@ class TableLoad:
         self._today = today or (lambda: datetime.now(timezone.utc).date())
         self._lock = threading.Lock()
         self._fresh_state = False
+        self._fresh_appends = fresh_appends
 
     # -- set-up and what is there --------------------------------------------------------
     def prepare(self, fields: list[pa.Field]) -> None:
@@ -126,7 +127,7 @@ class TableLoad:
                 self.state.delta = None
                 self.state.refresh()
             # A state table holding nothing yet is built by appends (see the module docstring).
-            self._fresh_state = self.state.delta.version() == 0
+            self._fresh_state = self._fresh_appends and self.state.delta.version() == 0
 
     def chunks_done(self, chunks: int) -> dict[int, int]:
         """chunk → the LSN its rows carry, for the chunks the change log holds."""

@@ -1,0 +1,107 @@
+"""Re-reading a table (`--resnapshot TABLE`) on the bulk path, while streaming goes on.
+
+The table is read as the initial snapshot is (bulk_snapshot.py): COPY chunks under an
+exported snapshot, straight into the lake as `op='r'` rows. The snapshot is exported by a
+temporary slot made for it (dropped when its connection closes), at that slot's
+consistent LSN L_r, as a restart after a kill reads the chunks the lake lacks. Nothing of
+the re-read goes through the stream.
+
+Why this is exact: every row is stamped L_r, the state it had at L_r. The stream keeps
+flowing meanwhile; its changes committed before L_r are older than the re-read rows and
+the LSN-guarded state merge never lets them overwrite one (the change log keeps both, in
+order); its changes after L_r are newer and win. A table's re-read chunks are always
+merged, never appended, because the processors write the same state table meanwhile.
+
+The reader puts no watermark at or above L_r on the stream until the whole table is
+written (`allows_watermark`), so neither the warehouse nor the slot's confirmation passes
+L_r with the table half read. A reader killed during the re-read has confirmed nothing
+past L_r; run again with the same `--resnapshot`, it reads the table once more at a new
+L_r (the chunks of the first attempt stay in the lake, older and harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg2.extras
+
+from cdc_reader.source_setup import create_slot
+from change_events import TableSchema, format_lsn
+from lake.layout import LakeLayout
+
+log = logging.getLogger("totes.reader")
+
+
+class BulkReread:
+    """One table's bulk re-read, in a thread of its own. The streaming loop asks `finished`
+    and `allows_watermark`; `join` waits for it and raises what it raised."""
+
+    def __init__(self, schema: TableSchema, connect: Callable[..., object], layout: LakeLayout, slot: str, *,
+                 chunk_pages: int, connections: int, batch_bytes: int,
+                 chunk_hook: Callable[[str, int, str], None] | None = None):
+        self.schema = schema
+        self._connect = connect
+        self._layout = layout
+        self._slot = f"{slot}_reread"
+        self._chunk_pages = chunk_pages
+        self._connections = connections
+        self._batch_bytes = batch_bytes
+        self._chunk_hook = chunk_hook
+        self.lsn: int | None = None
+        """L_r, once the temporary slot exists."""
+        self.rows = 0
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"reread-{schema.table}", daemon=True)
+
+    def start(self) -> "BulkReread":
+        self._thread.start()
+        return self
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def allows_watermark(self, lsn: int) -> bool:
+        """A watermark below L_r tells nothing about the re-read; one at or above it waits
+        until every chunk is written (and while L_r is not known yet, every one waits)."""
+        if self._done.is_set():
+            return self._error is None
+        return self.lsn is not None and lsn < self.lsn
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        from cdc_reader.bulk_snapshot import BulkSnapshot, plan_tables  # pyarrow and deltalake: only when used
+
+        try:
+            conn = self._connect()
+            try:
+                plans = plan_tables(conn, [self.schema], self._chunk_pages)
+            finally:
+                conn.close()
+            replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
+            try:
+                temporary = create_slot(replication.cursor(), self._slot, temporary=True)
+                self.lsn = temporary.consistent_lsn
+                log.info("re-reading %s straight into the lake at %s while streaming", self.schema.table,
+                         format_lsn(self.lsn))
+                bulk = BulkSnapshot(self._connect, self._layout, self.lsn, plans, chunk_pages=self._chunk_pages,
+                                    connections=self._connections, batch_bytes=self._batch_bytes,
+                                    fresh_appends=False)
+                bulk.chunk_hook = self._chunk_hook
+                bulk.run_under(temporary.snapshot_name, self.lsn)
+                self.rows = bulk.stats.rows
+            finally:
+                replication.close()  # the temporary slot goes with its connection
+            log.info("re-read %s: %d rows written to the lake at %s", self.schema.table, self.rows,
+                     format_lsn(self.lsn))
+        except BaseException as error:  # noqa: BLE001 - raised again by `join`
+            self._error = error
+        finally:
+            self._done.set()

@@ -1,0 +1,90 @@
+"""`--resnapshot TABLE` with a lake: the table is read again straight into it on the bulk path
+(cdc_reader/bulk_reread.py) while streaming goes on; none of its rows travel the stream."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg2
+
+from change_events import Op
+from lake.layout import LakeLayout
+from lake.snapshot_load import SNAPSHOT_SHARD
+from lake.timetravel import read_table
+from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
+from tests.e2e_helpers import check_against_source, read_source
+from tests.reader_harness import current_lsn, running_reader, wait_until_confirmed
+from totesys.schema import TABLES
+from warehouse_sync import open_target, sync_once
+
+
+def _execute(dsn: str, statement: str) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(statement)
+    conn.close()
+
+
+def _change_sales_orders(dsn: str, step: int) -> None:
+    """Updates, a delete and inserts: rows of chunks written and of chunks not read yet."""
+    _execute(dsn, f"UPDATE sales_order SET units_sold = units_sold + {step} WHERE sales_order_id % 41 = {step}")
+    _execute(dsn, f"DELETE FROM sales_order WHERE sales_order_id % 53 = {step}")
+    _execute(dsn, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
+                  "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
+                  "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
+                  "counterparty_id, 3, 2.5, currency_id, agreed_delivery_date, agreed_payment_date, "
+                  f"agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 500 = {step}")
+
+
+def _wait_for_reread(reader, table: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while table not in reader.reread:
+        assert getattr(reader, "failure", None) is None, f"the reader died: {reader.failure!r}"
+        assert time.monotonic() < deadline, "the re-read did not finish"
+        time.sleep(0.1)
+
+
+def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_equal_the_source(
+        totesys_dsn, tmp_path):
+    seed_sales_orders(totesys_dsn, 6_000)
+    layout = LakeLayout(tmp_path / "lake")
+    state = tmp_path / "state.json"
+    with running_reader(totesys_dsn, LakeSink(layout), state, bulk_config(),
+                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+        first_lsn = reader.state.load().snapshot_lsn
+
+    changes = []
+
+    def change_while_reading(table, chunk, step):
+        if step == "written" and len(changes) < 2:
+            changes.append(chunk)
+            _change_sales_orders(totesys_dsn, len(changes))
+
+    def prepare(r):
+        r.lake = layout
+        r.bulk_chunk_hook = change_while_reading
+
+    sink = LakeSink(layout)
+    with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
+                        prepare=prepare) as reader:
+        _wait_for_reread(reader, "public.sales_order")
+        _change_sales_orders(totesys_dsn, 3)
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+
+    assert not [e for e in sink.events if e.op is Op.SNAPSHOT], "re-read rows went through the stream"
+    assert len(changes) == 2, "the source did not change during the re-read"
+    assert [e for e in sink.events if e.table == "public.sales_order"], "the stream stopped during the re-read"
+    log = read_table(layout, "changes", "public.sales_order")
+    reread_at = {r["_lsn"] for r in log.to_pylist() if r["_op"] == "r" and r["_shard"] == SNAPSHOT_SHARD} - {first_lsn}
+    assert len(reread_at) == 1 and reread_at.pop() > first_lsn, "no re-read rows in the lake"
+
+    for table in TABLES:
+        got, want = lake_rows(layout, totesys_dsn, table), source_rows(totesys_dsn, table)
+        assert got.keys() == want.keys(), (table, sorted(set(got) ^ set(want))[:5])
+        assert [k for k in want if got[k] != want[k]] == [], table
+    target = open_target(str(tmp_path / "warehouse.duckdb"))
+    try:
+        sync_once(layout, target, sink.durable_lsn())
+        check_against_source(target, read_source(totesys_dsn))
+    finally:
+        target.close()
