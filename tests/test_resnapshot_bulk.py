@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg2
@@ -13,7 +14,7 @@ from lake.snapshot_load import SNAPSHOT_SHARD
 from lake.timetravel import read_table
 from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
 from tests.e2e_helpers import check_against_source, read_source
-from tests.reader_harness import current_lsn, running_reader, wait_until_confirmed
+from tests.reader_harness import FAST, current_lsn, running_reader, wait_until_confirmed
 from totesys.schema import TABLES
 from warehouse_sync import open_target, sync_once
 
@@ -53,18 +54,31 @@ def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_e
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         first_lsn = reader.state.load().snapshot_lsn
 
+    sink = LakeSink(layout)
     changes = []
+    marked_while_reading: list[int] = []
+    streamed_while_reading: list[bool] = []
+    one_at_a_time = threading.Lock()
 
     def change_while_reading(table, chunk, step):
-        if step == "written" and len(changes) < 2:
-            changes.append(chunk)
-            _change_sales_orders(totesys_dsn, len(changes))
+        """Changes committed after L_r reach the stream while the re-read runs; a watermark
+        for them would pass L_r with the table half read."""
+        with one_at_a_time:  # chunks are written by several threads
+            if step == "written" and len(changes) < 2:
+                streamed = len(sink.events)
+                _change_sales_orders(totesys_dsn, len(changes) + 1)
+                changes.append(chunk)
+                deadline = time.monotonic() + 30
+                while len(sink.events) == streamed and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                streamed_while_reading.append(len(sink.events) > streamed)
+                time.sleep(5 * FAST.watermark_seconds)  # time for a watermark, were it not held
+            marked_while_reading.append(max(sink.watermarks, default=0))
 
     def prepare(r):
         r.lake = layout
         r.bulk_chunk_hook = change_while_reading
 
-    sink = LakeSink(layout)
     with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
                         prepare=prepare) as reader:
         _wait_for_reread(reader, "public.sales_order")
@@ -73,10 +87,13 @@ def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_e
 
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT], "re-read rows went through the stream"
     assert len(changes) == 2, "the source did not change during the re-read"
-    assert [e for e in sink.events if e.table == "public.sales_order"], "the stream stopped during the re-read"
     log = read_table(layout, "changes", "public.sales_order")
     reread_at = {r["_lsn"] for r in log.to_pylist() if r["_op"] == "r" and r["_shard"] == SNAPSHOT_SHARD} - {first_lsn}
-    assert len(reread_at) == 1 and reread_at.pop() > first_lsn, "no re-read rows in the lake"
+    assert len(reread_at) == 1, "no re-read rows in the lake"
+    reread_lsn = reread_at.pop()
+    assert reread_lsn > first_lsn
+    assert streamed_while_reading == [True, True], "the stream did not go on during the re-read"
+    assert max(marked_while_reading) < reread_lsn
 
     for table in TABLES:
         got, want = lake_rows(layout, totesys_dsn, table), source_rows(totesys_dsn, table)
