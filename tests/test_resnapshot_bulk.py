@@ -3,20 +3,27 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg2
+import pytest
 
 from change_events import Op
 from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD
 from lake.timetravel import read_table
 from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
-from tests.e2e_helpers import check_against_source, read_source
+from tests.e2e_helpers import check_against_source, read_source, slot_confirmed
 from tests.reader_harness import FAST, current_lsn, running_reader, wait_until_confirmed
 from totesys.schema import TABLES
 from warehouse_sync import open_target, sync_once
+
+CHILD = Path(__file__).with_name("bulk_reread_child.py")
 
 
 def _execute(dsn: str, statement: str) -> None:
@@ -34,6 +41,19 @@ def _change_sales_orders(dsn: str, step: int) -> None:
                   "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
                   "counterparty_id, 3, 2.5, currency_id, agreed_delivery_date, agreed_payment_date, "
                   f"agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 500 = {step}")
+
+
+def _assert_lake_and_warehouse_equal_the_source(layout, dsn, sink, tmp_path) -> None:
+    for table in TABLES:
+        got, want = lake_rows(layout, dsn, table), source_rows(dsn, table)
+        assert got.keys() == want.keys(), (table, sorted(set(got) ^ set(want))[:5])
+        assert [k for k in want if got[k] != want[k]] == [], table
+    target = open_target(str(tmp_path / "warehouse.duckdb"))
+    try:
+        sync_once(layout, target, sink.durable_lsn())
+        check_against_source(target, read_source(dsn))
+    finally:
+        target.close()
 
 
 def _wait_for_reread(reader, table: str, timeout: float = 120) -> None:
@@ -95,13 +115,42 @@ def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_e
     assert streamed_while_reading == [True, True], "the stream did not go on during the re-read"
     assert max(marked_while_reading) < reread_lsn
 
-    for table in TABLES:
-        got, want = lake_rows(layout, totesys_dsn, table), source_rows(totesys_dsn, table)
-        assert got.keys() == want.keys(), (table, sorted(set(got) ^ set(want))[:5])
-        assert [k for k in want if got[k] != want[k]] == [], table
-    target = open_target(str(tmp_path / "warehouse.duckdb"))
-    try:
-        sync_once(layout, target, sink.durable_lsn())
-        check_against_source(target, read_source(totesys_dsn))
-    finally:
-        target.close()
+    _assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
+
+
+def _reread_lsns(layout, first_lsn: int) -> set[int]:
+    log = read_table(layout, "changes", "public.sales_order", where=f"_op = 'r' AND _shard = '{SNAPSHOT_SHARD}'")
+    return set(log.column("_lsn").to_pylist()) - {first_lsn}
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_path):
+    """The reader is killed between a re-read chunk's two commits, with changes it streamed
+    not yet in the lake. Nothing past L_r was confirmed; run again with the same
+    `--resnapshot`, it reads the table once more: lake and warehouse equal the source."""
+    seed_sales_orders(totesys_dsn, 10_000)
+    layout = LakeLayout(tmp_path / "lake")
+    state = tmp_path / "state.json"
+    with running_reader(totesys_dsn, LakeSink(layout), state, bulk_config(),
+                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+        first_lsn = reader.state.load().snapshot_lsn
+
+    child = subprocess.run([sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
+                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.returncode == -9, child.stderr[-3000:]
+    (cut_at,) = _reread_lsns(layout, first_lsn)
+    assert slot_confirmed(totesys_dsn, FAST.slot) <= cut_at  # what streamed since is sent again
+
+    _execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id % 13 = 0")
+    _execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 71 = 0")
+    sink = LakeSink(layout)
+    with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
+                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+        _wait_for_reread(reader, "public.sales_order")
+        _execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-y'")
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+
+    assert len(_reread_lsns(layout, first_lsn)) == 2
+    assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
+    _assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
