@@ -16,8 +16,9 @@ snapshot of one slot.
 
 The state table takes a chunk as a plain append while it is being built fresh from this
 snapshot at the run's own LSN; anything else (a chunk read again at a later LSN after a
-restart, a state table that existed before) is merged by key and never lets an older row
-overwrite a newer one. Merges into one table take turns (`_lock`); appends run in parallel.
+restart, a state table that existed before, a re-read while the processors write the same
+table: `fresh_appends=False`) is merged by key and never lets an older row overwrite a
+newer one. Merges into one table take turns (`_lock`); appends run in parallel.
 
 None of this moves the lake watermark: the reader puts its marker for the snapshot's LSN
 on the stream only after every table is written, so the warehouse and the reader's

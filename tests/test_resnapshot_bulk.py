@@ -64,6 +64,7 @@ def _wait_for_reread(reader, table: str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_equal_the_source(
         totesys_dsn, tmp_path):
     seed_sales_orders(totesys_dsn, 6_000)
