@@ -16,7 +16,8 @@ The reader puts no watermark at or above L_r on the stream until the whole table
 written (`allows_watermark`), so neither the warehouse nor the slot's confirmation passes
 L_r with the table half read. A reader killed during the re-read has confirmed nothing
 past L_r; run again with the same `--resnapshot`, it reads the table once more at a new
-L_r (the chunks of the first attempt stay in the lake, older and harmless).
+L_r (the chunks of the first attempt stay in the lake, older and harmless). A reader told
+to stop during a re-read finishes it first (it runs at the speed of COPY).
 """
 
 from __future__ import annotations
