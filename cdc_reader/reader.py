@@ -709,7 +709,8 @@ class Reader:
                     if self._type_rereads.settle(durable):
                         self._save_type_rereads()
                     target = progress.advance(durable, self.metrics.received_lsn) if state.snapshot_done else 0
-                    if target > confirmed:
+                    # Nor is the slot confirmed at or past a bulk re-read's LSN before it is written.
+                    if target > confirmed and (bulk_reread is None or bulk_reread.allows_watermark(target)):
                         cur.send_feedback(flush_lsn=target, reply=True)
                         confirmed = self.metrics.confirmed_lsn = target
                     next_feedback = now + cfg.feedback_seconds
