@@ -330,7 +330,11 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
         "reader": ("ecs-tasks.amazonaws.com", {
             "kinesis:PutRecords": {stream_arn}, "kinesis:ListShards": {stream_arn},
             "kinesis:DescribeStreamSummary": {stream_arn},
-            "s3:ListBucket": {bucket}, "s3:GetObject": {f"{bucket}/lake/_progress/*"},
+            # the lake's progress to read; its change logs, state tables and dead letters to write
+            # the snapshot into (never a delete)
+            "s3:ListBucket": {bucket},
+            "s3:GetObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("_progress", "changes", "tables", "_dead_letters")},
+            "s3:PutObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("changes", "tables", "_dead_letters")},
             "secretsmanager:GetSecretValue": {source_secret},
             "elasticfilesystem:ClientMount": {efs}, "elasticfilesystem:ClientWrite": {efs}}),
         "processor": ("lambda.amazonaws.com", {

@@ -72,7 +72,10 @@ def test_query_status_and_dashboard_read_whole_transactions_while_run_writes(tot
         shown: list[tuple[int, int, int]] = []
         step = 0
         deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and len({units for units, _ in seen if units > 1000}) < 3:
+        # Until both readers have seen the warehouse move three times (a trickle like this one is
+        # gathered into few lake commits, so that takes some seconds).
+        while time.monotonic() < deadline and (len({units for units, _ in seen if units > 1000}) < 3
+                                               or len({lsn for lsn, _, _ in shown}) < 3):
             # One source transaction changes an order and a purchase together, in two tables.
             step += 1
             with source.cursor() as cur:
