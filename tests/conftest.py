@@ -167,7 +167,9 @@ def kinesalite_url() -> Iterator[str]:
     """One local Kinesis (kinesalite) for the session; each test uses its own stream."""
     from local_stack.kinesalite import Kinesalite
 
-    with Kinesalite(make_scratch_dir("totes-kinesalite-")) as server:
+    # restart=True: a server that dies under the suite's load comes back on the same port and
+    # data (its exit reason logged), as `totes run`'s does, instead of failing every later test.
+    with Kinesalite(make_scratch_dir("totes-kinesalite-"), restart=True) as server:
         yield server.endpoint_url
 
 
