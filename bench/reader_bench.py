@@ -1,6 +1,10 @@
 """Reader benchmarks: decode + publish throughput against pg_recvlogical, and memory through
 a one-million-row transaction.
 
+Why one file (~800 lines): every figure of the reader's table comes from one shared WAL and
+one server; the setups they share (server, WAL, kinesalite) would otherwise be passed
+between modules. A split by measurement (throughput, memory) is the next step.
+
 Everything runs on a private embedded PostgreSQL and a private kinesalite, both in one
 scratch directory under the system temp dir that is removed at the end.
 

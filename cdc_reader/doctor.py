@@ -1,5 +1,8 @@
 """Readiness checks a source PostgreSQL must pass before change-data capture can work.
 
+Why one file (~460 lines): one check per readiness rule, each small and independent, over
+one catalog connection; the list reads best in one place.
+
 `run_checks(conn)` asks the catalog everything over one connection and returns one plain
 `CheckResult` per finding: `ok`, `warning` (works, but worth a look) or `problem` (capture
 cannot work until it is fixed). Every non-ok message is one sentence that names the fix.

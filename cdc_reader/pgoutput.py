@@ -1,5 +1,8 @@
 """Decoder for the binary messages of PostgreSQL's built-in `pgoutput` logical decoding plugin.
 
+Why one file (~660 lines): one message kind per function, all of one wire protocol; the
+shared byte readers would otherwise cross modules on the hottest path.
+
 Each message the server sends inside a replication CopyData 'w' frame (or each `data` row
 of `pg_logical_slot_get_binary_changes`) is one payload; `decode(payload)` turns it into one
 of the frozen dataclasses below. The module is pure (no I/O) and is the hot path of the

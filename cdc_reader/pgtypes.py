@@ -1,5 +1,8 @@
 """Column values of pgoutput's text format → exact Python values, chosen by type OID.
 
+Why one file (~500 lines): one converter per type family, all chosen by OID from one table;
+they share the session-setting rules the file starts with.
+
 pgoutput sends every column in the text output format of its type (the reader never asks
 for `binary 'true'`). That text depends on a few session settings of the connection that
 decodes the slot, so the reader must run it with:

@@ -1,5 +1,9 @@
 """The reader's Kinesis sink: change events in, ordered, acknowledged Kinesis records out.
 
+Why one file (~770 lines): routing, record packing, in-order retries and acknowledgements
+are one ordered pipeline per shard; the Kinesis client setup moves to one adapter with the
+planned reshaping of cdc_reader.
+
 Routing. An event's partition key is its table plus its primary-key values
 (`public.sales_order/42`; a table's keyless events, e.g. truncates, use the table name). Its
 CRC-32, placed in the top bits of the 128-bit hash-key space, is mapped to the open shard

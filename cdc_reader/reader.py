@@ -1,6 +1,6 @@
 """The reader: one coordinator that runs the initial snapshot, then streams the slot.
 
-Why one file (714 lines): the coordinator's states (snapshot, streaming, re-reads, a lost
+Why one file (~880 lines): the coordinator's states (snapshot, streaming, re-reads, a lost
 slot) share one position and one loop; splitting them is the planned reshaping of cdc_reader/.
 
 It holds the only position that matters, the slot's confirmed LSN, and moves it only to

@@ -1,5 +1,8 @@
 """The Terrific Totes business as pure rules: rows in, rows out, no database.
 
+Why one file (~610 lines): the business's rules for all 11 tables, each a small pure
+function over the same seeded streams; split by table when it grows further.
+
 Everything here is driven by `random.Random` streams derived from a seed (and, for the static
 tables, a seeded Faker) plus the timestamps the caller passes, so the same seed and the same
 clock give the same rows byte for byte. `totesys.simulator` turns these rows into SQL. The rules follow

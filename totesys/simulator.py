@@ -1,5 +1,8 @@
 """The simulated Terrific Totes business, writing into a real totesys database.
 
+Why one file (~750 lines): the history seeder and the live events share one world model and
+one transaction discipline; the chaos kinds are the part to move out next.
+
 `totesys.business` decides what happens; this module turns it into SQL:
 
 * `seed_history` writes the static tables (once) and N days of past business with COPY in
