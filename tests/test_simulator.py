@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from totes_cli.app import app
 from totesys.schema import TABLES, with_database
-from totesys.simulator import Simulator, SimulatorError
+from totesys.simulator import Simulator, SimulatorError, _Live
 
 SEED = 20241115
 UNTIL = datetime(2024, 11, 15, 14, 40, 0)  # a Friday afternoon
@@ -544,6 +544,50 @@ def test_live_events_are_committed_and_keep_every_rule(totesys_dsn):
     assert new == one(totesys_dsn, 'SELECT count(*) FROM "transaction"') - before
     assert new == stats.by_kind["sales_order"] + stats.by_kind["purchase_order"]
     assert broken_rules(totesys_dsn) == {}
+
+
+def test_live_settlement_never_pays_a_payment_in_the_moment_it_was_created(totesys_dsn):
+    """Live events can share a millisecond (the clock's precision): an order whose payment is
+    due today and the settlement right after it. A payment is paid after it was created."""
+    monday_midnight = datetime(2024, 11, 18)  # payments agreed "today" are due and payable
+    ticks = iter(range(10**6))
+
+    def clock():  # two events per millisecond
+        return monday_midnight + timedelta(milliseconds=next(ticks) // 2)
+
+    with Simulator(totesys_dsn, seed=21, clock=clock) as simulator:
+        simulator.seed_static()
+        stats = simulator.run_live(rate=0, events=150)
+    assert stats.by_kind["settlement"] > 0
+    assert one(totesys_dsn, "SELECT count(*) FROM payment WHERE payment_date = '2024-11-18'") > 0
+    assert broken_rules(totesys_dsn) == {}
+
+
+def test_live_events_follow_the_seed_alone(totesys_dsn, other_totesys_dsn):
+    """The same seed gives the same live events whenever it runs (failures can be replayed)."""
+    kinds = []
+    for dsn, moment in ((totesys_dsn, datetime(2024, 11, 18, 9)), (other_totesys_dsn, datetime(2025, 3, 4, 15))):
+        seen = []
+        with Simulator(dsn, seed=22, clock=lambda moment=moment: moment) as simulator:
+            simulator.seed_static()
+            simulator.run_live(rate=0, events=40, on_event=seen.append)
+        kinds.append([event.kind for event in seen])
+    assert kinds[0] == kinds[1]
+
+
+def test_silent_updates_leave_toasted_designs_out_of_line(totesys_dsn):
+    """A silent design update moves file_location to an ordinary directory; on a TOASTed
+    design that would end the TOAST case the chaos run exists to show."""
+    with Simulator(totesys_dsn, seed=23) as simulator:
+        simulator.seed_static()
+        simulator.run_live(rate=0, events=1, chaos=True, chaos_every=1)  # toast_insert first
+        toasted = one(totesys_dsn, "SELECT count(*) FROM design WHERE octet_length(file_location) > 8192")
+        assert toasted == 1
+        with simulator.connection() as conn, conn.cursor() as cur:
+            live = _Live(cur, 23, chaos=False, chaos_every=8, started_at=datetime(2024, 11, 18, 9))
+            for _ in range(300):
+                live._silent_update(cur, datetime(2024, 11, 18, 9))
+    assert one(totesys_dsn, "SELECT count(*) FROM design WHERE octet_length(file_location) > 8192") == 1
 
 
 def test_live_paces_events_and_stops_on_request(totesys_dsn):

@@ -160,9 +160,9 @@ class HistoryReport:
 class Simulator:
     """The business, attached to one totesys database.
 
-    `seed` makes everything but wall-clock live mode reproducible: the same seed and `until`
-    on an empty database write the same rows byte for byte. Without a seed one is drawn at
-    random (see `.seed`).
+    `seed` makes the history reproducible: the same seed and `until` on an empty database
+    write the same rows byte for byte. Live mode makes the same choices for the same seed
+    too, stamped with the clock. Without a seed one is drawn at random (see `.seed`).
     """
 
     def __init__(
@@ -172,6 +172,7 @@ class Simulator:
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.clock = clock
         self.stats = SimulatorStats()
+        self._live_runs = 0
         self.created_schema = False
         self._conn = None
 
@@ -313,7 +314,8 @@ class Simulator:
         conn = self.connection()
         with conn, conn.cursor() as cur:
             self._seed_static(cur)
-            live = _Live(cur, self.seed, chaos, chaos_every, started_at=self.clock())
+            live = _Live(cur, self.seed, chaos, chaos_every, started_at=self.clock(), run=self._live_runs)
+            self._live_runs += 1
         interval = 1.0 / rate if rate and rate > 0 else 0.0
         t0 = time.monotonic()
         if self.stats.events == 0:
@@ -357,8 +359,9 @@ class Simulator:
 class _Live:
     """State of one live run: what exists, and which chaos kinds are still to show."""
 
-    def __init__(self, cur, seed: int, chaos: bool, chaos_every: int, started_at: datetime):
-        self.rng = random.Random(f"{seed}/live/{started_at.isoformat()}")  # nosec B311 # a seeded simulation must be reproducible
+    def __init__(self, cur, seed: int, chaos: bool, chaos_every: int, started_at: datetime, run: int = 0):
+        # The seed alone: a live run's choices replay whatever the clock (its dates follow the clock).
+        self.rng = random.Random(f"{seed}/live/{run}")  # nosec B311 # a seeded simulation must be reproducible
         self.world = _load_world(cur)
         self.sequences = {t: _sequence(cur, t) for t in MOVING_TABLES}
         self.chaos = chaos
@@ -427,7 +430,8 @@ class _Live:
         """Change an existing row in place without moving last_updated, as the real DB does."""
         table = _weighted(self.rng, SILENT_WEIGHTS)
         row_id = _random_id(cur, self.rng, table)
-        if row_id is None:
+        if row_id is None or (table == "design" and row_id in self.toasted):
+            # A TOASTed design keeps its big value: the chaos run is there to show it.
             return self._sales_order(cur, at)
         if table == "design":
             cur.execute("SELECT file_location FROM design WHERE design_id = %s", (row_id,))
@@ -441,14 +445,14 @@ class _Live:
         """Pay what is due on working days up to today.
 
         Like the daily batch: a payment is paid if it was created before its due day's batch,
-        or during this live run (live mode has no office hours). Payments due on a weekend
-        stay unpaid. With nothing due, the business takes an order instead.
+        or during this live run (live mode has no office hours), and before this moment.
+        Payments due on a weekend stay unpaid. With nothing due, the business takes an order instead.
         """
         due = business.payable_dates(at.date())
         if due:
             cur.execute(
                 "UPDATE payment SET paid = true, last_updated = %s "
-                "WHERE NOT paid AND payment_date = ANY(%s) AND created_at <= %s "
+                "WHERE NOT paid AND payment_date = ANY(%s) AND created_at < %s "
                 "AND (created_at >= %s OR created_at < payment_date::date + %s::time)",
                 (at, due, at, self.started_at, business.SETTLEMENT_TIME),
             )
