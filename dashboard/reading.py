@@ -9,7 +9,6 @@ special. Rows come back as plain dicts.
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,11 +21,11 @@ import psycopg2.errors
 
 from dashboard import views
 from dashboard.charts import plain_rows
+from lake.moments import MomentError, parse_moment  # noqa: F401 - parse_moment is this module's too
 from warehouse_sync.read_copy import connect_for_reading
 from warehouse_sync.targets import is_postgres_dsn
 
 log = logging.getLogger("totes.dashboard")
-_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
 class NoWarehouse(LookupError):
@@ -110,29 +109,6 @@ def order_history(warehouse: Warehouse, order: int | None) -> dict:
 
 
 # -- the lake, as of a moment ------------------------------------------------------------------
-
-class MomentError(ValueError):
-    """A moment that is neither a Delta version, a source LSN nor a time."""
-
-
-def parse_moment(text: str | None):
-    """None (latest), a Delta version (12), a source LSN (0/16B3748) or an ISO time."""
-    from change_events import parse_lsn
-
-    text = (text or "").strip()
-    if not text:
-        return None
-    if text.isdigit():
-        return int(text)
-    if _LSN.match(text):
-        return ("lsn", parse_lsn(text))
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise MomentError(f"{text!r} is neither a version (12), an LSN (0/16B3748) nor a time "
-                          "(2024-11-15T14:00:00).") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
 
 def lake_tables(lake: str) -> list[str]:
     from lake.layout import CHANGES, LakeLayout

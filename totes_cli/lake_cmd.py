@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -12,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from change_events import format_lsn, parse_lsn
+from change_events import format_lsn
 from lake.retention import DEFAULT_RETENTION, RetentionError, format_retention, parse_retention
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, OutputFormat
@@ -27,7 +26,6 @@ if TYPE_CHECKING:  # the lake's libraries load in the commands that use them: `-
 app = typer.Typer(help="Look into the lake: versions, dead letters, maintenance.", no_args_is_help=True)
 
 LimitOption = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many, the newest.")]
-_LSN = re.compile(r"^[0-9A-Fa-f]+/[0-9A-Fa-f]+$")
 
 
 def _layout(lake: str | None) -> LakeLayout:
@@ -180,19 +178,13 @@ def maintain(lake: LakeOption = None, retain: RetainOption = format_retention(DE
 # -- totes query -------------------------------------------------------------------------------
 
 def parse_as_of(text: str | None):
-    """VERSION (an integer), a source LSN (like 0/16B3748) or an ISO timestamp."""
-    if text is None:
-        return None
-    if text.isdigit():
-        return int(text)
-    if _LSN.match(text):
-        return ("lsn", parse_lsn(text))
+    """VERSION (an integer), a source LSN (like 0/16B3748) or an ISO timestamp (lake.moments)."""
+    from lake.moments import MomentError, parse_moment
+
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(f"--as-of {text!r} is neither a version (12), an LSN (0/16B3748) nor a time "
-                   "(2024-11-15T14:00:00).", code=2) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return parse_moment(text)
+    except MomentError as error:
+        raise fail(f"--as-of {error}", code=2) from None
 
 
 def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.DuckDBPyConnection:
