@@ -19,7 +19,7 @@ from dashboard import views
 from dashboard.charts import plain_rows
 from tests.browser import browser, dashboard_process, new_page, wait_loaded, wait_until
 from tests.conftest import make_scratch_dir
-from tests.warehouse_fixtures import mixed_history, write_lake
+from tests.warehouse_fixtures import mixed_history, synced_history, write_lake
 from change_events import format_lsn
 from lake.timetravel import state_as_of_lsn
 from warehouse_sync import sync_once
@@ -49,15 +49,8 @@ def commit_time_at(history, lsn: int):
 @pytest.fixture(scope="module")
 def synced():
     """A lake with the whole scripted history and a warehouse synced to its end."""
-    history = mixed_history()
     home = make_scratch_dir("totes-dashboard-")
-    layout = write_lake(home / "lake", history.source.events)
-    target = open_target(str(home / "warehouse.duckdb"))
-    try:
-        for lsn, _ in history.points:
-            sync_once(layout, target, lsn)
-    finally:
-        target.close()
+    history, layout = synced_history(home)
     return history, home, layout
 
 

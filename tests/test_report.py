@@ -17,22 +17,14 @@ from dashboard.reading import Warehouse
 from dashboard.report import write_report
 from tests.conftest import make_scratch_dir
 from tests.test_run_cli import totes
-from tests.warehouse_fixtures import mixed_history, write_lake
+from tests.warehouse_fixtures import synced_history
 from warehouse_sync import sync_once
-from warehouse_sync.targets import open_target
 
 
 @pytest.fixture(scope="module")
 def synced():
-    history = mixed_history()
     home = make_scratch_dir("totes-report-")
-    layout = write_lake(home / "lake", history.source.events)
-    target = open_target(str(home / "warehouse.duckdb"))
-    try:
-        for lsn, _ in history.points:
-            sync_once(layout, target, lsn)
-    finally:
-        target.close()
+    history, _ = synced_history(home)
     return history, home
 
 

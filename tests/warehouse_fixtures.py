@@ -469,6 +469,23 @@ def mixed_history() -> History:
 
 # -- reading a warehouse back ------------------------------------------------------------------
 
+def synced_history(home: Path) -> tuple[History, LakeLayout]:
+    """The whole scripted history in a lake under `home`, and a DuckDB warehouse beside it
+    (`home/warehouse.duckdb`) synced point by point to its end."""
+    from warehouse_sync import sync_once
+    from warehouse_sync.targets import open_target
+
+    history = mixed_history()
+    layout = write_lake(home / "lake", history.source.events)
+    target = open_target(str(home / "warehouse.duckdb"))
+    try:
+        for lsn, _ in history.points:
+            sync_once(layout, target, lsn)
+    finally:
+        target.close()
+    return history, layout
+
+
 def read_table_sorted(target, name: str) -> pl.DataFrame:
     """One warehouse table, every column, in key order, in the schema's polars types."""
     from warehouse_sync.schema import BY_NAME, INTERNAL_TABLES, conform
