@@ -177,6 +177,29 @@ class _Tx:
 
 # -- comparing the lake with the reference semantics ------------------------------------------
 
+def three_batches(root) -> list[int]:
+    """A lake at `root` written by the stream processor in three batches: 5 orders, then 2
+    updates, then a delete. Returns the first LSN of each batch."""
+    from change_events import encode_events
+    from lake.writer import LakeWriter
+    from stream_processors.handler import StreamProcessor
+    from tests.test_processor import kinesis_event
+
+    source = Source()
+    processor = StreamProcessor(LakeWriter(root))
+    batches = [source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 6)])]
+    with source.transaction() as tx:
+        tx.update(SALES_ORDER, sales_order_row(1, version=1))
+        tx.update(SALES_ORDER, sales_order_row(2, version=1))
+    batches.append(tx.events)
+    with source.transaction() as tx:
+        tx.delete(SALES_ORDER, {"sales_order_id": "3"})
+    batches.append(tx.events)
+    for n, events in enumerate(batches):
+        processor.process(kinesis_event([encode_events(events)], start=1 + 10 * n))
+    return [events[0].lsn for events in batches]
+
+
 def typed_rows(schema: TableSchema, rows: list[dict[str, str | None]]) -> list[dict]:
     """Text rows → the typed values the lake stores (through the lake's own conversion)."""
     from lake.arrow_types import convert_column

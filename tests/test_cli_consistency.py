@@ -17,14 +17,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from change_events import encode_events, format_lsn
+from change_events import format_lsn
 from lake.dead_letters import DeadLetters
 from lake.layout import LakeLayout
-from lake.writer import LakeWriter
-from stream_processors.handler import StreamProcessor
-from tests.lake_fixtures import SALES_ORDER, Source, sales_order_row
+from tests.lake_fixtures import three_batches
 from tests.test_config_errors import every_command
-from tests.test_processor import kinesis_event
 from totes_cli.app import app
 from totesys.simulator import LiveEvent, SimulatorStats
 from totesys.stats import SourceSnapshot
@@ -42,19 +39,7 @@ def lake_lsns(tmp_path, monkeypatch) -> list[int]:
     home = tmp_path / "home"
     monkeypatch.setenv("TOTES_HOME", str(home))
     monkeypatch.setenv("TOTES_CONFIG", str(tmp_path / "totes.toml"))
-    source = Source()
-    processor = StreamProcessor(LakeWriter(home / "lake"))
-    batches = [source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 6)])]
-    with source.transaction() as tx:
-        tx.update(SALES_ORDER, sales_order_row(1, version=1))
-        tx.update(SALES_ORDER, sales_order_row(2, version=1))
-    batches.append(tx.events)
-    with source.transaction() as tx:
-        tx.delete(SALES_ORDER, {"sales_order_id": "3"})
-    batches.append(tx.events)
-    for n, events in enumerate(batches):
-        processor.process(kinesis_event([encode_events(events)], start=1 + 10 * n))
-    return [events[0].lsn for events in batches]
+    return three_batches(home / "lake")
 
 
 @pytest.fixture

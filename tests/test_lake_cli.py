@@ -11,10 +11,7 @@ from typer.testing import CliRunner
 from change_events import encode_events, format_lsn
 from lake.dead_letters import DeadLetters, list_dead_letters
 from lake.layout import LakeLayout
-from lake.writer import LakeWriter
-from stream_processors.handler import StreamProcessor
-from tests.lake_fixtures import SALES_ORDER, Source, sales_order_row
-from tests.test_processor import kinesis_event
+from tests.lake_fixtures import SALES_ORDER, Source, sales_order_row, three_batches
 from totes_cli.app import app
 
 runner = CliRunner()
@@ -28,19 +25,7 @@ def totes(*args: str):
 @pytest.fixture
 def lake(tmp_path):
     """Three batches: 5 orders, then 2 updates, then a delete; returns (path, LSNs of each)."""
-    source = Source()
-    processor = StreamProcessor(LakeWriter(tmp_path))
-    batches = [source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 6)])]
-    with source.transaction() as tx:
-        tx.update(SALES_ORDER, sales_order_row(1, version=1))
-        tx.update(SALES_ORDER, sales_order_row(2, version=1))
-    batches.append(tx.events)
-    with source.transaction() as tx:
-        tx.delete(SALES_ORDER, {"sales_order_id": "3"})
-    batches.append(tx.events)
-    for n, events in enumerate(batches):
-        processor.process(kinesis_event([encode_events(events)], start=1 + 10 * n))
-    return str(tmp_path), [events[0].lsn for events in batches]
+    return str(tmp_path), three_batches(tmp_path)
 
 
 def rows(result) -> list[dict]:
