@@ -180,7 +180,8 @@ def _stream_worker(spec: dict, out) -> None:
 def _stream(spec: dict) -> dict:
     import psutil
 
-    from cdc_reader.publisher import Publisher, kinesis_client
+    from cdc_reader.publisher import Publisher
+    from change_events.kinesis import kinesis_client
     from cdc_reader.reader import FileStateStore, Reader, ReaderConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
@@ -646,8 +647,8 @@ def machine_context() -> dict:
 
 
 def run(quick: bool = False, profile: bool = False, say=print) -> Report:
-    from cdc_reader.publisher import kinesis_client
-    from local_stack.kinesalite import Kinesalite, KinesaliteNotInstalled, ensure_stream
+    from change_events.kinesis import ensure_stream, kinesis_client
+    from local_stack.kinesalite import Kinesalite, KinesaliteNotInstalled
 
     sizes = QUICK if quick else FULL
     report = Report()

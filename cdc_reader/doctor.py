@@ -18,7 +18,7 @@ from enum import StrEnum
 import psycopg2
 from psycopg2 import sql
 
-from totesys.connection import connect
+from cdc_reader.source import connect
 from totesys.schema import TABLES
 
 MIN_SERVER_VERSION = 140000
@@ -92,7 +92,7 @@ def diagnose(dsn: str, *, tables: Sequence[str] | None = None, schema: str = DEF
              publication: str = DEFAULT_PUBLICATION) -> list[CheckResult]:
     """Connect to `dsn` and run every check.
 
-    Raises totesys.connection.SourceConnectionError (one sentence) when it cannot connect.
+    Raises cdc_reader.source.SourceConnectionError (one sentence) when it cannot connect.
     """
     conn = connect(dsn, application_name="totes doctor")
     try:

@@ -1,17 +1,12 @@
 """The reader's Kinesis sink: change events in, ordered, acknowledged Kinesis records out.
 
-Why one file (~770 lines): routing, record packing, in-order retries and acknowledgements
-are one ordered pipeline per shard; the Kinesis client setup moves to one adapter with the
-planned reshaping of cdc_reader.
+Why one file (~500 lines): the shard queues, the one call in flight and the settling of its
+answer are one ordered state machine per shard; routing (`change_events.kinesis`), record
+packing (`cdc_reader.records`) and acknowledgements (`cdc_reader.acks`) live on their own.
 
-Routing. An event's partition key is its table plus its primary-key values
-(`public.sales_order/42`; a table's keyless events, e.g. truncates, use the table name). Its
-CRC-32, placed in the top bits of the 128-bit hash-key space, is mapped to the open shard
-whose hash-key range holds it, so one row's events always go to one shard. Each shard's
-events are packed, in order, into as few records as fit uncompressed (so a record is known
-to fit before it is compressed, on the sending thread), and every record is put with
-`ExplicitHashKey` = the first hash key of its shard, so it lands on that shard whatever its
-partition key.
+Each shard's events are packed, in order, into as few records as fit uncompressed, and every
+record is put with `ExplicitHashKey` = the first hash key of its shard, so it lands on that
+shard whatever its partition key.
 
 Ordering under failure. Kinesis does not order the records of one PutRecords call, and a
 partially failed call that is retried naively puts a shard's later records before its earlier
@@ -27,10 +22,6 @@ delivery is at-least-once and every consumer is idempotent on the event id `(lsn
 Watermarks. `publish_watermark(W)` queues a marker record into every open shard behind every
 event added so far (so behind every event with lsn <= W): a shard's records go out in order,
 so on each shard the marker comes after all of them.
-
-Acknowledgement. `acknowledged_lsn` is the highest commit LSN such that every event with an
-lsn up to it was added, its transaction ended (`end_transaction`), and Kinesis acknowledged
-it: the reader may checkpoint there until the lake watermark exists.
 
 The class is not thread-safe: `add`, `end_transaction` and `poll` seal batches into records
 when a shard's batch is full, the buffer is full, the oldest buffered event has waited
@@ -48,41 +39,29 @@ consumers restore per-row order by `(lsn, seq)` anyway (DESIGN.md guarantee 3).
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
-import zlib
 from bisect import bisect_right
-from itertools import accumulate
-from operator import attrgetter
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
+from operator import attrgetter
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
+from cdc_reader.acks import AckTracker
+from cdc_reader.records import (
+    DEFAULT_MAX_RECORD_BYTES, FRAME_OVERHEAD, SCHEMA_ROOM, body_limit, estimate_size, pack, too_large,
+)
 from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
-from change_events.codec import events_body, events_record, record_size_bound
+from change_events.codec import events_record, record_size_bound
+from change_events.kinesis import MAX_CALL_BYTES, MAX_CALL_RECORDS, MAX_RECORD_BYTES, Shard, ShardMap
 from change_events.wire import EncodedChange
 
 log = logging.getLogger(__name__)
 
-# Kinesis limits (PutRecords): a record's data plus partition key, and a whole call.
-MAX_RECORD_BYTES = 1024 * 1024
-MAX_CALL_BYTES = 5 * 1024 * 1024
-MAX_CALL_RECORDS = 500
-HASH_KEY_SPACE = 1 << 128
-
-DEFAULT_MAX_RECORD_BYTES = 1_000_000
-# Room kept in a record for its list of table schemas (a few hundred bytes per table).
-_SCHEMA_ROOM = 16 * 1024
-# What a record adds to an event's frame: its schema index and length.
-_FRAME_OVERHEAD = 6
 # A record's partition key is its shard id (20 characters); this much of a record is kept for it.
 _PARTITION_KEY_ROOM = 64
 # An estimated character can take up to 4 bytes in a record (UTF-8); events that could exceed
@@ -104,223 +83,7 @@ class PublishError(RuntimeError):
     long. Nothing was dropped: the unsent records stay queued, and `flush()` tries again."""
 
 
-class EventTooLargeError(ValueError):
-    """An event that does not fit in one Kinesis record even alone and compressed."""
-
-
-# -- routing ---------------------------------------------------------------------------------
-
-def hash_key(partition_key: str) -> int:
-    """Where a partition key falls in the 128-bit hash-key space: its CRC-32 in the top bits.
-
-    Records are put with an ExplicitHashKey, so the hash need not be Kinesis's own MD5; it
-    must only be stable and spread keys evenly, and CRC-32 does both for a fifth of the cost
-    of MD5 on the reader's hottest path."""
-    return zlib.crc32(partition_key.encode("utf-8")) << 96
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    shard_id: str
-    starting_hash_key: int
-    ending_hash_key: int
-
-
-class ShardMap:
-    """The open shards of a stream, which must cover the hash-key space exactly once."""
-
-    def __init__(self, shards: Iterable[Shard]) -> None:
-        self.shards = tuple(sorted(shards, key=lambda s: s.starting_hash_key))
-        if not self.shards:
-            raise ValueError("a stream without open shards")
-        expected = 0
-        for shard in self.shards:
-            if shard.starting_hash_key != expected or shard.ending_hash_key < shard.starting_hash_key:
-                raise ValueError(f"open shards do not tile the hash-key space at {shard.shard_id} "
-                                 f"(expected a range starting at {expected})")
-            expected = shard.ending_hash_key + 1
-        if expected != HASH_KEY_SPACE:
-            raise ValueError("open shards do not cover the hash-key space up to 2^128-1")
-        self._starts = [s.starting_hash_key for s in self.shards]
-
-    def shard_for(self, hash_value: int) -> Shard:
-        if not 0 <= hash_value < HASH_KEY_SPACE:
-            raise ValueError(f"hash key {hash_value} is outside [0, 2^128)")
-        return self.shards[bisect_right(self._starts, hash_value) - 1]
-
-    def route(self, event: ChangeEvent) -> Shard:
-        return self.shard_for(event.route_hash << 96)
-
-    @classmethod
-    def from_kinesis(cls, client, stream_name: str) -> ShardMap:
-        """Read the open shards with ListShards (all pages)."""
-        shards: list[Shard] = []
-        kwargs: dict = {"StreamName": stream_name}
-        while True:
-            response = client.list_shards(**kwargs)
-            for shard in response["Shards"]:
-                if shard["SequenceNumberRange"].get("EndingSequenceNumber") is not None:
-                    continue  # closed by a split or merge: no longer written to
-                shards.append(Shard(shard["ShardId"], int(shard["HashKeyRange"]["StartingHashKey"]),
-                                    int(shard["HashKeyRange"]["EndingHashKey"])))
-            token = response.get("NextToken")
-            if not token:
-                return cls(shards)
-            kwargs = {"NextToken": token}
-
-
-# -- acknowledgement -------------------------------------------------------------------------
-
-class AckTracker:
-    """Which commit LSN every event up to is acknowledged.
-
-    Events are added in non-decreasing lsn order; `ended(L)` says every event with lsn <= L
-    has been added. `acknowledged_lsn` is the highest ended L with no unacknowledged event
-    at or below it.
-    """
-
-    def __init__(self, start_lsn: int = 0) -> None:
-        self._acknowledged = start_lsn
-        self._last_ended = start_lsn
-        self._last_added = start_lsn
-        self._outstanding: OrderedDict[int, int] = OrderedDict()  # lsn -> unacked events, lsn order
-        self._ended: deque[int] = deque()
-
-    @property
-    def acknowledged_lsn(self) -> int:
-        return self._acknowledged
-
-    @property
-    def last_ended(self) -> int:
-        return self._last_ended
-
-    @property
-    def outstanding(self) -> int:
-        return sum(self._outstanding.values())
-
-    def check_add(self, lsn: int) -> None:
-        if lsn <= self._last_ended:
-            raise ValueError(f"event at lsn {format_lsn(lsn)} comes after end_transaction"
-                             f"({format_lsn(self._last_ended)}): events must be added in commit order")
-        if lsn < self._last_added:
-            raise ValueError(f"event at lsn {format_lsn(lsn)} added after one at "
-                             f"{format_lsn(self._last_added)}: events must be added in commit order")
-
-    def added(self, lsn: int, count: int = 1) -> None:
-        if lsn == self._last_added and lsn > self._last_ended:  # the usual case: same transaction
-            self._outstanding[lsn] = self._outstanding.get(lsn, 0) + count
-            return
-        self.check_add(lsn)
-        self._last_added = lsn
-        self._outstanding[lsn] = self._outstanding.get(lsn, 0) + count  # the largest lsn: order kept
-
-    def ended(self, commit_lsn: int) -> None:
-        if commit_lsn < self._last_ended or commit_lsn < self._last_added:
-            raise ValueError(f"end_transaction({format_lsn(commit_lsn)}) is below an lsn already "
-                             f"added or ended ({format_lsn(max(self._last_ended, self._last_added))})")
-        self._last_ended = commit_lsn
-        self._ended.append(commit_lsn)
-        self._advance()
-
-    def acked(self, lsn_counts: Iterable[tuple[int, int]]) -> None:
-        for lsn, count in lsn_counts:
-            left = self._outstanding[lsn] - count
-            if left < 0:
-                raise AssertionError(f"more events acknowledged at {format_lsn(lsn)} than added")
-            if left:
-                self._outstanding[lsn] = left
-            else:
-                del self._outstanding[lsn]
-        self._advance()
-
-    def _advance(self) -> None:
-        lowest = next(iter(self._outstanding), None)
-        while self._ended and (lowest is None or self._ended[0] < lowest):
-            self._acknowledged = max(self._acknowledged, self._ended.popleft())
-
-
-# -- records ---------------------------------------------------------------------------------
-
 _lsn_of = attrgetter("lsn")
-
-def estimate_size(event: ChangeEvent | EncodedChange) -> int:
-    """Uncompressed size of an event in a record: exact for an EncodedChange, from the
-    values' lengths in characters for a ChangeEvent (names are once per record)."""
-    if type(event) is EncodedChange:
-        return len(event.frame) + _FRAME_OVERHEAD
-    size = 48
-    for row in (event.key, event.after, event.before):
-        if row:
-            for value in row.values():
-                size += 4 + (4 if value is None else len(value))
-    return size
-
-
-@dataclass(frozen=True, slots=True)
-class Packed:
-    """Events of one record: as a `body` whose record is known to fit (to be compressed
-    later, off the caller's thread), or as the `data` of a record compressed right away
-    because only compression makes it fit."""
-
-    events: Sequence[ChangeEvent]
-    body: bytes | None = None
-    data: bytes | None = None
-
-    def record(self) -> bytes:
-        return self.data if self.data is not None else events_record(self.body)
-
-
-def body_limit(max_bytes: int) -> int:
-    """The largest events body whose record fits in `max_bytes` whatever it compresses to."""
-    limit = max_bytes - 1024
-    while record_size_bound(limit) > max_bytes:
-        limit -= record_size_bound(limit) - max_bytes
-    return limit
-
-
-def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None = None,
-         sizes: Sequence[int] | None = None) -> list[Packed]:
-    """Group `events` (one shard's, in order) into records of at most `max_bytes` each, in order.
-
-    Events are grouped by size (`chunk_bytes`, default what fits uncompressed); a group whose
-    body could still make too large a record is split in halves, and a single event is
-    compressed to see whether it fits.
-    """
-    limit = body_limit(max_bytes)
-    chunk_bytes = chunk_bytes or limit - _SCHEMA_ROOM
-    packed: list[Packed] = []
-
-    def emit(group: Sequence[ChangeEvent]) -> None:
-        body = events_body(group)
-        if len(body) <= limit:
-            packed.append(Packed(group, body=body))
-        elif len(group) > 1:
-            middle = len(group) // 2
-            emit(group[:middle])
-            emit(group[middle:])
-        else:
-            data = events_record(body)
-            if len(data) > max_bytes:
-                raise _too_large(group[0], len(data), max_bytes)
-            packed.append(Packed(group, data=data))
-
-    # Cut where the running total of sizes passes each multiple of chunk_bytes (at least one
-    # event per group); accumulate and bisect do the per-event work in C.
-    totals = list(accumulate(map(estimate_size, events) if sizes is None else sizes))
-    start, base = 0, 0
-    while start < len(events):
-        end = max(start + 1, bisect_right(totals, base + chunk_bytes, lo=start))
-        emit(events[start:end])
-        base = totals[end - 1]
-        start = end
-    return packed
-
-
-def _too_large(event: ChangeEvent, size: int, max_bytes: int) -> EventTooLargeError:
-    return EventTooLargeError(
-        f"event ({event.lsn}, {event.seq}) of {event.partition_key} is {size} bytes compressed, "
-        f"more than the {max_bytes} bytes a Kinesis record can carry"
-    )
 
 
 @dataclass(slots=True, eq=False)
@@ -419,7 +182,7 @@ class Publisher:
         self.client = client
         self.stream_name = stream_name
         self.max_record_bytes = max_record_bytes
-        self._record_fill = body_limit(max_record_bytes - _PARTITION_KEY_ROOM) - _SCHEMA_ROOM
+        self._record_fill = body_limit(max_record_bytes - _PARTITION_KEY_ROOM) - SCHEMA_ROOM
         # The largest data blob of a record: its partition key counts towards the limit too.
         self._max_data = max_record_bytes - _PARTITION_KEY_ROOM
         self.linger_seconds = linger_seconds
@@ -472,7 +235,7 @@ class Publisher:
     def add(self, event: ChangeEvent | EncodedChange) -> None:
         """Buffer one event; may send (and block) when a batch is due."""
         if type(event) is EncodedChange:
-            size = len(event.frame) + _FRAME_OVERHEAD
+            size = len(event.frame) + FRAME_OVERHEAD
             doubtful = size + 1024 >= self._max_data
         else:
             size = estimate_size(event)
@@ -480,7 +243,7 @@ class Publisher:
         if doubtful:
             encoded = len(encode_events([event]))
             if encoded > self._max_data:
-                raise _too_large(event, encoded, self._max_data)
+                raise too_large(event, encoded, self._max_data)
         lsn = event.lsn
         if lsn != self._adding_lsn:
             self._count_added()
@@ -740,36 +503,3 @@ class Publisher:
         self.metrics.records += 1
         self.metrics.events += record.events
         self._tracker.acked(record.lsn_counts)
-
-
-# -- the boto3 adapter -----------------------------------------------------------------------
-
-def kinesis_client(*, endpoint_url: str | None = None, region: str | None = None,
-                   max_attempts: int = 5, retry_mode: str = "standard",
-                   session: boto3.session.Session | None = None):
-    """A Kinesis client with botocore's retry config.
-
-    The endpoint comes from `endpoint_url`, else boto3's own `AWS_ENDPOINT_URL_KINESIS` /
-    `AWS_ENDPOINT_URL`; the region from `region`, `AWS_REGION`, `AWS_DEFAULT_REGION`, else
-    us-east-1. A loopback endpoint (kinesalite) takes any credentials: when none are in the
-    environment, placeholder ones are used instead of searching the machine for real ones.
-    """
-    session = session or boto3.session.Session()
-    region = (region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-              or session.region_name or "us-east-1")
-    config = Config(retries={"mode": retry_mode, "total_max_attempts": max_attempts},
-                    connect_timeout=10, read_timeout=60, tcp_keepalive=True)
-    kwargs: dict = {"region_name": region, "config": config}
-    if endpoint_url:
-        kwargs["endpoint_url"] = endpoint_url
-    configured = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_KINESIS")
-                  or os.environ.get("AWS_ENDPOINT_URL"))
-    if (configured and _is_loopback(configured) and not os.environ.get("AWS_ACCESS_KEY_ID")
-            and not os.environ.get("AWS_PROFILE")):
-        kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")  # nosec B106 # placeholder keys a local endpoint needs, not a credential
-    return session.client("kinesis", **kwargs)
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")

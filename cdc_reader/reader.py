@@ -60,14 +60,14 @@ from cdc_reader.pgtypes import SESSION_SETTINGS
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.schema_changes import PendingRereads
 from cdc_reader.snapshot import read_snapshot
+from cdc_reader.source import SourceConnectionError, connect, database_name
 from cdc_reader.source_setup import (
     SlotLostError, check_slot, create_slot, drop_slot, ensure_publication, lost_slot_message,
     slot_state,
 )
 from change_events import ChangeEvent, Op, format_lsn
 from change_events.wire import EncodedChange
-from totesys.connection import SourceConnectionError, connect
-from totesys.schema import TABLES, database_name
+from totesys.schema import TABLES
 
 if TYPE_CHECKING:
     from lake.layout import LakeLayout

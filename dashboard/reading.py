@@ -48,7 +48,7 @@ class Warehouse:
     @contextmanager
     def session(self):
         if self.postgres:
-            from totesys.connection import connect
+            from cdc_reader.source import connect
 
             connection = connect(self.location, what="warehouse", application_name="totes-dashboard")
             try:
@@ -221,7 +221,7 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None, home: Path |
     found = HealthSample(at=now)
     if source_dsn:
         try:
-            from totesys.connection import connect
+            from cdc_reader.source import connect
             from totesys.stats import read_source
 
             connection = connect(source_dsn, application_name="totes-dashboard")

@@ -4,7 +4,7 @@ Today that is kinesalite, the local Kinesis endpoint (durable on disk, loss-free
 """
 
 from local_stack.kinesalite import (
-    Kinesalite, KinesaliteError, KinesaliteNotInstalled, ensure_stream, find_kinesalite,
+    Kinesalite, KinesaliteError, KinesaliteNotInstalled, find_kinesalite,
 )
 
-__all__ = ["Kinesalite", "KinesaliteError", "KinesaliteNotInstalled", "ensure_stream", "find_kinesalite"]
+__all__ = ["Kinesalite", "KinesaliteError", "KinesaliteNotInstalled", "find_kinesalite"]

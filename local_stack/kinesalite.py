@@ -1,7 +1,6 @@
 """kinesalite, the local Kinesis endpoint, as a child process.
 
-Why one file (~400 lines): the child process, its restarts and its disk checks are one
-supervisor; the stream helpers move to one Kinesis adapter with the planned reshaping.
+Streams on it are created like any other, with `change_events.kinesis.ensure_stream`.
 
 kinesalite (npm, pinned in package.json) implements the Kinesis API on top of LevelDB: what
 is put survives a restart, even `kill -9`. Its LevelDB lives in the directory given here, so
@@ -38,7 +37,6 @@ from collections import deque
 from pathlib import Path
 from queue import Empty, Queue
 from types import TracebackType
-from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -367,45 +365,3 @@ def _list_streams(port: int) -> tuple[int, str]:
         return response.status, response.read().decode("utf-8", "replace")
     finally:
         connection.close()
-
-
-def ensure_stream(client, name: str, shards: int, *, timeout: float = 60.0) -> bool:
-    """Create stream `name` with `shards` shards unless it exists; wait until it is ACTIVE.
-
-    Returns True when this call created it. An existing stream (in AWS, the one Terraform
-    made) is only described, never created again, so a role that may put records and
-    describe the stream needs nothing more; it is kept as it is, whatever its shard count (a
-    warning says so when it differs).
-    """
-    created = False
-    summary = _summary(client, name)
-    if summary is None:
-        try:
-            client.create_stream(StreamName=name, ShardCount=shards)
-            created = True
-        except client.exceptions.ResourceInUseException:
-            pass  # created by someone else in between
-    delay = 0.1 if _is_local(client) else 2
-    deadline = time.monotonic() + timeout
-    while summary is None or summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"stream {name} is not active after {timeout:g} s")
-        time.sleep(delay)
-        summary = _summary(client, name)
-    if not created and summary["OpenShardCount"] != shards:
-        log.warning("stream %s already exists with %d open shards (asked for %d); keeping it",
-                    name, summary["OpenShardCount"], shards)
-    return created
-
-
-def _summary(client, name: str) -> dict | None:
-    try:
-        return client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
-    except client.exceptions.ResourceNotFoundException:
-        return None
-
-
-def _is_local(client) -> bool:
-    url = getattr(getattr(client, "meta", None), "endpoint_url", "") or ""
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")

@@ -175,6 +175,6 @@ def kinesalite_url() -> Iterator[str]:
 
 @pytest.fixture
 def kinesis(kinesalite_url):
-    from cdc_reader.publisher import kinesis_client
+    from change_events.kinesis import kinesis_client
 
     return kinesis_client(endpoint_url=kinesalite_url)

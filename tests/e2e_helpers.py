@@ -31,7 +31,7 @@ from polars.testing import assert_frame_equal
 from psycopg2 import sql
 
 from change_events import parse_lsn
-from totesys.stats import current_wal_lsn
+from cdc_reader.source import current_wal_lsn
 from tests.warehouse_fixtures import (
     EXPECTED_SQL,
     FACT_DATE_COLUMNS,

@@ -14,7 +14,7 @@ from psycopg2 import sql
 
 from cdc_reader.reader import READER_SESSION, FileStateStore, Reader, ReaderConfig, session_options
 from change_events import ChangeEvent, Op
-from totesys.stats import current_wal_lsn
+from cdc_reader.source import current_wal_lsn
 
 State = dict[str, dict[tuple, dict[str, str | None]]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from change_events import ChangeEvent, decode
-from local_stack.kinesalite import ensure_stream
+from change_events.kinesis import ensure_stream
 
 
 def new_stream(client, shards: int = 4) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from cdc_reader.publisher import kinesis_client
+from change_events.kinesis import kinesis_client
 from change_events import encode_events
 from local_stack.cloudwatch import ALARM, OK, Datapoint, MetricAlarm, emf_datapoints, evaluate
 from stream_processors.poller import ShardOffsets, lambda_record

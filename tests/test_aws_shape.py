@@ -26,10 +26,9 @@ import polars as pl
 import psycopg2
 import pytest
 
-from cdc_reader.publisher import kinesis_client
+from change_events.kinesis import ensure_stream, kinesis_client
 from lake.layout import LakeLayout
 from lake.progress import Progress
-from local_stack.kinesalite import ensure_stream
 from tests.conftest import make_scratch_dir
 from tests.e2e_helpers import (
     REPO,

@@ -17,7 +17,7 @@ from psycopg2 import sql
 from cdc_reader.reader import Reader
 from tests.conftest import make_scratch_dir
 from tests.reader_harness import MemorySink
-from totesys.connection import connect
+from cdc_reader.source import connect
 from totesys.embedded import EmbeddedPostgres
 from warehouse_sync import PostgresTarget
 
@@ -101,7 +101,7 @@ def test_the_warehouse_connection_keeps_alive(tcp_dsn):
 
 
 def test_settings_in_the_dsn_win():
-    from totesys.connection import keepalive_params
+    from cdc_reader.source import keepalive_params
 
     params = keepalive_params("host=db keepalives_idle=5 options='-c tcp_keepalives_idle=7 -c work_mem=8MB'")
     assert "keepalives_idle" not in params and params["keepalives_count"] == "3"

@@ -24,7 +24,7 @@ from cdc_reader import doctor
 from cdc_reader.doctor import CheckResult, Status, diagnose, is_ready, table_refs
 from tests.conftest import make_scratch_dir
 from totes_cli.app import app
-from totesys.connection import SourceConnectionError, redact
+from cdc_reader.source import SourceConnectionError, redact
 from totesys.embedded import EmbeddedPostgres
 from totesys.schema import TABLES, create_schema, ensure_database
 

@@ -72,7 +72,7 @@ def test_a_caught_up_run_with_nothing_new_starts_no_stream_and_moves_the_slot(to
     import psycopg2
 
     from tests.conftest import make_scratch_dir
-    from totesys.stats import current_wal_lsn
+    from cdc_reader.source import current_wal_lsn
 
     home = make_scratch_dir("totes-catch-up-")
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:

@@ -26,7 +26,7 @@ from tests.e2e_helpers import wait_for
 from totes_cli.app import app
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.schema import TABLES
-from totesys.stats import current_wal_lsn
+from cdc_reader.source import current_wal_lsn
 
 PWN = f"/tmp/{uuid.uuid4().hex[:8]}"
 """A file that only injected SQL would write."""
@@ -347,7 +347,7 @@ def test_lake_folders_escape_what_other_readers_cannot_open_and_keep_older_folde
 def test_the_replication_fix_quotes_a_role_name_that_holds_sql():
     """The sentence for a role that may not replicate names a statement to paste: a role
     called `bob; DROP TABLE x` must come out as one quoted identifier, not as two statements."""
-    from totesys.connection import explain
+    from cdc_reader.source import explain
 
     role = 'bob"; DROP TABLE sales_order; --'
     error = psycopg2.OperationalError("FATAL:  permission denied to start WAL sender")

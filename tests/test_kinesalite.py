@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from cdc_reader.publisher import kinesis_client
-from local_stack import Kinesalite, KinesaliteError, KinesaliteNotInstalled, ensure_stream, find_kinesalite
+from change_events.kinesis import ensure_stream, kinesis_client
+from local_stack import Kinesalite, KinesaliteError, KinesaliteNotInstalled, find_kinesalite
 from local_stack.kinesalite import BIN_ENV
 
 

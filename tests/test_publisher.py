@@ -17,9 +17,11 @@ from datetime import datetime, timezone
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from cdc_reader.publisher import (
-    HASH_KEY_SPACE, MAX_CALL_BYTES, MAX_RECORD_BYTES, AckTracker, EventTooLargeError, PublishError,
-    Publisher, Shard, ShardMap, hash_key, kinesis_client, pack,
+from cdc_reader.acks import AckTracker
+from cdc_reader.publisher import PublishError, Publisher
+from cdc_reader.records import EventTooLargeError, pack
+from change_events.kinesis import (
+    HASH_KEY_SPACE, MAX_CALL_BYTES, MAX_RECORD_BYTES, Shard, ShardMap, hash_key, kinesis_client,
 )
 from change_events import ChangeEvent, Column, Op, TableSchema, decode
 from tests.stream_helpers import events_by_shard, new_stream, read_stream

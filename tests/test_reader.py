@@ -14,7 +14,7 @@ import pytest
 
 from cdc_reader.reader import FileStateStore, Reader
 from cdc_reader.source_setup import SourceSetupError
-from totesys.connection import SourceConnectionError
+from cdc_reader.source import SourceConnectionError
 from change_events import Op, parse_lsn
 from tests.conftest import make_scratch_dir
 from tests.reader_harness import (

@@ -182,7 +182,7 @@ def test_the_password_from_pgpassword_a_file_or_secrets_manager(server, moto, tm
     import boto3
 
     from totes_cli.settings import resolve_source_dsn
-    from totesys.connection import SourceConnectionError, connect
+    from cdc_reader.source import SourceConnectionError, connect
 
     secrets = boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1",
                            aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -257,7 +257,7 @@ def test_log_lines_and_reprs_hold_no_password():
     from totes_cli.console import ScrubbingFormatter
     from totes_cli.pipeline import PipelineConfig
     from totes_cli.settings import Settings
-    from totesys.connection import masked, remember_secrets
+    from cdc_reader.source import masked, remember_secrets
 
     dsn = f"host=/tmp port=5432 user=u password={PASSWORD} dbname=totesys"
     remember_secrets(dsn)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from totes_cli import sync_cmd
 from totes_cli.app import app
-from totesys.connection import SourceConnectionError
+from cdc_reader.source import SourceConnectionError
 
 PASSWORD = "Wh-Secret-91c"
 

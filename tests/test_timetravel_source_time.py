@@ -139,7 +139,7 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
     from tests.e2e_helpers import wait_for
     from totes_cli.pipeline import Pipeline, PipelineConfig
     from totesys.simulator import Simulator
-    from totesys.stats import current_wal_lsn
+    from cdc_reader.source import current_wal_lsn
 
     with Simulator(totesys_dsn, seed=5) as simulator:
         simulator.seed_history(2, until=datetime(2024, 11, 15, 18))

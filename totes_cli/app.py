@@ -16,7 +16,7 @@ from totes_cli import (
 )
 from totes_cli import dashboard_cmd, report_cmd
 from totes_cli.console import err, fail
-from totesys.connection import scrub
+from cdc_reader.source import scrub
 
 app = typer.Typer(
     name="totes",

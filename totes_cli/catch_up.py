@@ -70,7 +70,7 @@ def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: s
     """The source's LSN of now when everything committed before it is in the warehouse
     already (see the module's docstring; the slot has then been moved up to it), else None."""
     from cdc_reader.pending import nothing_new
-    from totesys.connection import connect
+    from cdc_reader.source import connect
     from totesys.schema import TABLES
 
     if "://" in lake:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from totesys.connection import scrub
+from cdc_reader.source import scrub
 
 # No emoji: ":secret:" inside a Secrets Manager ARN would turn into a picture.
 out = Console(highlight=False, soft_wrap=True, emoji=False)

@@ -30,7 +30,7 @@ from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import load
 from totes_cli.source_cmd import start_source
 from totes_cli.status_cmd import human_bytes, source_table
-from totesys.connection import SourceConnectionError, connect
+from cdc_reader.source import SourceConnectionError, connect
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
 from totesys.stats import SourceSnapshot, read_source
 

@@ -13,7 +13,7 @@ from cdc_reader.doctor import DEFAULT_PUBLICATION, DEFAULT_SCHEMA, CheckResult, 
 from totes_cli.settings import NoSourceError, resolve_source_dsn
 from totes_cli.console import err, fail, out
 from totes_cli.options import OldDsnOption, PublicationOption, SourceOption, source_or_old_name
-from totesys.connection import SourceConnectionError, describe
+from cdc_reader.source import SourceConnectionError, describe
 
 # Exit codes scripts can rely on.
 EXIT_READY = 0

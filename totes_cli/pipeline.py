@@ -29,21 +29,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from cdc_reader.publisher import Publisher, kinesis_client
+from cdc_reader.publisher import Publisher
+from cdc_reader.source import connect, current_wal_lsn
 from cdc_reader.reader import HEARTBEAT_PREFIX, FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
 from lake.maintenance import COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
 from lake.progress import Progress
 from lake.writer import LakeWriter
-from local_stack.kinesalite import Kinesalite, ensure_stream
+from change_events.kinesis import ensure_stream, kinesis_client
+from local_stack.kinesalite import Kinesalite
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
 from totes_cli.lake_local import remembered
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
-from totesys.connection import connect
 from totesys.schema import TABLES
-from totesys.stats import current_wal_lsn
 from warehouse_sync.apply import SyncResult, sync_once
 from warehouse_sync.read_copy import ReadCopyPublisher
 from warehouse_sync.targets import open_target

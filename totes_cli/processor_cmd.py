@@ -72,7 +72,7 @@ def processor(
     emf: Annotated[bool, typer.Option("--emf", help="Print the Lambda's CloudWatch embedded-metric-format line to stdout after every batch.")] = False,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
-    from cdc_reader.publisher import kinesis_client
+    from change_events.kinesis import kinesis_client
     from lake.writer import LakeWriter
     from stream_processors.handler import StreamProcessor
     from stream_processors.poller import LocalPoller, ShardOffsets

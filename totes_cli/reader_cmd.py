@@ -21,7 +21,7 @@ from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
 from totes_cli.settings import (
     DEFAULT_PUBLICATION, DEFAULT_STREAM, NoSourceError, load, password_in_flag, resolve_source_dsn,
 )
-from totesys.connection import SourceConnectionError, has_password
+from cdc_reader.source import SourceConnectionError, has_password
 from totesys.schema import TABLES
 
 if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` stays light
@@ -111,11 +111,12 @@ def reader(
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
-    from cdc_reader.publisher import Publisher, PublishError, kinesis_client
+    from cdc_reader.publisher import Publisher, PublishError
     from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
     from cdc_reader.source_setup import SlotLostError, SourceSetupError
     from lake.layout import LakeLayout
-    from local_stack.kinesalite import KinesaliteError, ensure_stream
+    from change_events.kinesis import ensure_stream, kinesis_client
+    from local_stack.kinesalite import KinesaliteError
     from totes_cli.pipeline import LakeWatermark
 
     setup_logging(logging.INFO)

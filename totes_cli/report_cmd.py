@@ -30,7 +30,7 @@ def report(
         from totes_cli.dashboard_cmd import MISSING_EXTRA
 
         raise fail(MISSING_EXTRA.format(command="report"), code=2) from None
-    from totesys.connection import SourceConnectionError
+    from cdc_reader.source import SourceConnectionError
     from warehouse_sync.read_copy import WarehouseBusy
 
     try:

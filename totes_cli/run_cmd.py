@@ -19,7 +19,7 @@ from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totes_cli.settings import (
     DEFAULT_STREAM, ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown,
 )
-from totesys.connection import SourceConnectionError, connect, has_password
+from cdc_reader.source import SourceConnectionError, connect, has_password
 
 if TYPE_CHECKING:  # loaded by the command itself: `totes run --help` stays light
     from totes_cli.pipeline import Pipeline

@@ -37,7 +37,7 @@ from pathlib import Path
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from totesys.connection import masked, remember_secrets, with_password
+from cdc_reader.source import masked, remember_secrets, with_password
 
 SECRET_PREFIX = "secretsmanager:"  # nosec B105 # a URI prefix, not a password
 

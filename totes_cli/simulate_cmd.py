@@ -16,7 +16,7 @@ from rich.text import Text
 from totes_cli.console import err, fail, out
 from totes_cli.options import OldDsnOption, SourceOption, source_or_old_name
 from totes_cli.settings import NoSourceError, resolve_source_dsn
-from totesys.connection import SourceConnectionError
+from cdc_reader.source import SourceConnectionError
 
 if TYPE_CHECKING:  # the simulator (and faker) load when the command runs: `--help` stays light
     from totesys.simulator import HistoryReport, Simulator, SimulatorStats

@@ -9,7 +9,7 @@ import typer
 
 from totes_cli import settings as config
 from totes_cli.console import err, fail, out
-from totesys.connection import SourceConnectionError
+from cdc_reader.source import SourceConnectionError
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
 from totesys.schema import DEFAULT_DATABASE, create_schema, ensure_database
 

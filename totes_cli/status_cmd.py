@@ -19,7 +19,7 @@ from rich.table import Table
 from totes_cli.console import fail, out
 from totes_cli.options import LakeOption, OldDsnOption, SourceOption, WarehouseOption, source_or_old_name
 from totes_cli.settings import ConfigError, NoSourceError, resolve_source_dsn, resolve_warehouse, shown
-from totesys.connection import SourceConnectionError, connect, describe, scrub
+from cdc_reader.source import SourceConnectionError, connect, describe, scrub
 from change_events import format_lsn
 from totesys.stats import SourceSnapshot, read_source
 

@@ -15,13 +15,13 @@ from totes_cli.console import err, fail
 from totes_cli.options import LakeOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import DEFAULT_STREAM, load, resolve_warehouse
-from totesys.connection import SourceConnectionError
+from cdc_reader.source import SourceConnectionError
 
 
 def stream_shards(stream: str) -> list[str] | None:
     """The open shards of the stream (the watermark is their minimum), or None if the stream
     cannot be reached."""
-    from cdc_reader.publisher import ShardMap, kinesis_client
+    from change_events.kinesis import ShardMap, kinesis_client
 
     try:
         return [shard.shard_id for shard in ShardMap.from_kinesis(kinesis_client(max_attempts=2), stream).shards]

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from totesys.connection import secret_free_environment
+from cdc_reader.source import secret_free_environment
 
 
 def _bin_path() -> Path:

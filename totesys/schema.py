@@ -6,9 +6,9 @@ from importlib import resources
 
 import psycopg2
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg2.extensions import make_dsn
 
-from totesys.connection import keepalive_params
+from cdc_reader.source import keepalive_params
 
 # The 11 business tables, parents before children (the order inserts must follow).
 TABLES: tuple[str, ...] = (
@@ -35,10 +35,6 @@ def schema_sql() -> str:
 def with_database(dsn: str, dbname: str) -> str:
     """The same connection settings, pointed at another database."""
     return make_dsn(dsn, dbname=dbname)
-
-
-def database_name(dsn: str) -> str:
-    return parse_dsn(dsn).get("dbname", "")
 
 
 def ensure_database(admin_dsn: str, dbname: str = DEFAULT_DATABASE) -> str:

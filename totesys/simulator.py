@@ -34,7 +34,7 @@ from psycopg2.extras import execute_values
 
 from totesys import business
 from totesys.business import Bundle, Existing, World
-from totesys.connection import connect
+from cdc_reader.source import connect
 from totesys.schema import TABLES, has_schema, schema_sql
 
 STATIC_TABLES = ("address", "counterparty", "currency", "department", "staff", "payment_type")

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 from psycopg2 import sql
 
-from totesys.connection import connect
+from cdc_reader.source import connect
 from totesys.schema import TABLES
 
 NULL = r"\N"

@@ -66,17 +66,3 @@ def read_source(conn, tables: tuple[str, ...] = TABLES) -> SourceSnapshot:
         slots = tuple(SlotInfo(*row) for row in cur.fetchall())
     conn.rollback()
     return SourceSnapshot(taken_at, version, wal_level, lsn, wal_bytes, counts, latest, slots)
-
-
-def current_wal_lsn(dsn: str) -> int:
-    """The source's WAL position now: every transaction committed so far is below it."""
-    from change_events import parse_lsn
-    from totesys.connection import connect
-
-    conn = connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_current_wal_lsn()::text")
-            return parse_lsn(cur.fetchone()[0])
-    finally:
-        conn.close()

@@ -17,7 +17,7 @@ import polars as pl
 import psycopg2
 from psycopg2 import sql as pgsql
 
-from totesys.connection import connect
+from cdc_reader.source import connect
 from warehouse_sync.schema import DUCKDB, POSTGRES, conform
 
 APPLICATION_NAME = "totes-sync"

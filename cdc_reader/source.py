@@ -15,6 +15,8 @@ from urllib.parse import unquote
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from change_events.model import parse_lsn
+
 CONNECT_TIMEOUT_SECONDS = 10
 
 # A half-open TCP connection (a peer gone without a FIN: failover, NAT timeout, a cut link)
@@ -243,3 +245,18 @@ def connect(dsn: str, *, what: str = "source", **kwargs):
         return psycopg2.connect(dsn, **kwargs)
     except (psycopg2.OperationalError, psycopg2.ProgrammingError) as error:
         raise SourceConnectionError(explain(dsn, error, what), transient=is_transient(error)) from None
+
+
+def database_name(dsn: str) -> str:
+    return parse_dsn(dsn).get("dbname", "")
+
+
+def current_wal_lsn(dsn: str) -> int:
+    """The source's WAL position now: every transaction committed so far is below it."""
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            return parse_lsn(cur.fetchone()[0])
+    finally:
+        conn.close()
