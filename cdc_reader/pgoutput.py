@@ -1,6 +1,6 @@
 """Decoder for the binary messages of PostgreSQL's built-in `pgoutput` logical decoding plugin.
 
-Why one file (~660 lines): one message kind per function, all of one wire protocol; the
+Why one file (~430 lines): one message kind per function, all of one wire protocol; the
 shared byte readers would otherwise cross modules on the hottest path.
 
 Each message the server sends inside a replication CopyData 'w' frame (or each `data` row
@@ -9,23 +9,16 @@ of the frozen dataclasses below. The module is pure (no I/O) and is the hot path
 reader, so it works on `bytes` with precompiled `struct` formats and never copies more than
 the column values themselves.
 
-Protocol versions 1 to 4 are understood:
-
-* v1: Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate, Message.
-* v2 (`streaming 'on'`): Stream Start / Stop / Commit / Abort, and the transaction id that
-  prefixes Relation, Type, Insert, Update, Delete, Truncate and Message while a stream is
-  open. Because that prefix is only present inside a Stream Start ... Stream Stop block, a
-  plain `decode()` cannot know about it: use a `Decoder`, which tracks the block, or pass
-  `in_stream=True`. With streaming off (the reader's default) every message is decoded the
-  same way and `Decoder` is not needed.
-* v3 (`two_phase 'on'`): Begin Prepare, Prepare, Commit Prepared, Rollback Prepared,
-  Stream Prepare.
-* v4 (`streaming 'parallel'`): Stream Abort additionally carries the abort LSN and timestamp.
+Protocol version 1 is understood, the one the reader asks for (no `streaming`, no
+`two_phase`): Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate,
+Message. A message of a later version's kinds (Stream Start, Begin Prepare, ...) is an
+unknown message type.
 
 Column values stay undecoded here: a `TupleData` is a tuple with one `(kind, data)` pair per
 column, `kind` being one of `NULL_KIND` 'n', `UNCHANGED_KIND` 'u' (an unchanged TOASTed value
 the WAL did not carry), `TEXT_KIND` 't' or `BINARY_KIND` 'b', and `data` the raw bytes for
-'t'/'b' (None otherwise). `cdc_reader.pgtypes` turns them into Python values.
+'t'/'b' (None otherwise). Values stay the server's text all the way to the lake, which types
+them (`lake.arrow_types`).
 
 Malformed input (truncated message, unknown tag, trailing bytes) raises `PgoutputError`.
 """
@@ -46,25 +39,15 @@ __all__ = [
     "UNCHANGED",
     "UNCHANGED_KIND",
     "Begin",
-    "BeginPrepare",
     "Column",
     "Commit",
-    "CommitPrepared",
-    "Decoder",
     "Delete",
     "Insert",
     "Message",
     "Origin",
     "PgoutputError",
     "PgoutputMessage",
-    "Prepare",
     "Relation",
-    "RollbackPrepared",
-    "StreamAbort",
-    "StreamCommit",
-    "StreamPrepare",
-    "StreamStart",
-    "StreamStop",
     "Truncate",
     "TupleData",
     "Type",
@@ -155,7 +138,7 @@ class Relation:
     """'R': the shape of a table, sent before its first change and after every schema change.
 
     `replica_identity` is 'd' (default: primary key), 'n' (nothing), 'f' (full row) or
-    'i' (an index). `xid` is set only for a message sent inside a streamed transaction.
+    'i' (an index).
     """
 
     relation_id: int
@@ -163,7 +146,6 @@ class Relation:
     name: str
     replica_identity: str
     columns: tuple[Column, ...]
-    xid: int | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -181,7 +163,6 @@ class Type:
     type_oid: int
     namespace: str
     name: str
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +171,6 @@ class Insert:
 
     relation_id: int
     new: TupleData
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +186,6 @@ class Update:
     old: TupleData | None
     old_kind: str | None
     new: TupleData
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +195,6 @@ class Delete:
     relation_id: int
     old: TupleData
     old_kind: str
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +204,6 @@ class Truncate:
     relation_ids: tuple[int, ...]
     cascade: bool
     restart_identity: bool
-    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,116 +214,15 @@ class Message:
     lsn: int
     prefix: str
     content: bytes
-    xid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStart:
-    """'S': the following messages (until StreamStop) belong to in-progress transaction `xid`."""
-
-    xid: int
-    first_segment: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStop:
-    """'E': end of a block of streamed changes."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamCommit:
-    """'c': the streamed transaction `xid` committed."""
-
-    xid: int
-    flags: int
-    commit_lsn: int
-    end_lsn: int
-    commit_ts: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAbort:
-    """'A': streamed (sub)transaction `subxid` of `xid` aborted; drop its changes.
-
-    `abort_lsn` / `abort_ts` are present only with `streaming 'parallel'` (protocol v4).
-    """
-
-    xid: int
-    subxid: int
-    abort_lsn: int | None = None
-    abort_ts: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BeginPrepare:
-    """'b': start of a prepared (two-phase) transaction."""
-
-    prepare_lsn: int
-    end_lsn: int
-    prepare_ts: datetime
-    xid: int
-    gid: str
-
-
-@dataclass(frozen=True, slots=True)
-class Prepare:
-    """'P': the transaction opened by BeginPrepare was prepared."""
-
-    flags: int
-    prepare_lsn: int
-    end_lsn: int
-    prepare_ts: datetime
-    xid: int
-    gid: str
-
-
-@dataclass(frozen=True, slots=True)
-class CommitPrepared:
-    """'K': COMMIT PREPARED of transaction `gid`."""
-
-    flags: int
-    commit_lsn: int
-    end_lsn: int
-    commit_ts: datetime
-    xid: int
-    gid: str
-
-
-@dataclass(frozen=True, slots=True)
-class RollbackPrepared:
-    """'r': ROLLBACK PREPARED of transaction `gid`."""
-
-    flags: int
-    prepare_end_lsn: int
-    rollback_end_lsn: int
-    prepare_ts: datetime
-    rollback_ts: datetime
-    xid: int
-    gid: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPrepare:
-    """'p': a streamed transaction was prepared."""
-
-    flags: int
-    prepare_lsn: int
-    end_lsn: int
-    prepare_ts: datetime
-    xid: int
-    gid: str
 
 
 PgoutputMessage = (
     Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | Message
-    | StreamStart | StreamStop | StreamCommit | StreamAbort
-    | BeginPrepare | Prepare | CommitPrepared | RollbackPrepared | StreamPrepare
 )
 
 
 # -- parsing -------------------------------------------------------------------------------
 
-_U8 = struct.Struct(">B").unpack_from
 _I16 = struct.Struct(">h").unpack_from
 _I32 = struct.Struct(">i").unpack_from
 _U32 = struct.Struct(">I").unpack_from
@@ -354,17 +230,9 @@ _U32_ARRAY = {}  # count -> unpack_from for `count` unsigned int32s
 _BEGIN = struct.Struct(">QqI").unpack_from  # final lsn, commit ts, xid
 _COMMIT = struct.Struct(">BQQq").unpack_from  # flags, commit lsn, end lsn, commit ts
 _ORIGIN = struct.Struct(">Q").unpack_from
-_RELATION_HEAD = struct.Struct(">I").unpack_from
 _COLUMN_TYPE = struct.Struct(">Ii").unpack_from  # type oid, typmod
 _MESSAGE_HEAD = struct.Struct(">BQ").unpack_from  # flags, lsn
 _TRUNCATE_HEAD = struct.Struct(">IB").unpack_from  # relation count, options
-_STREAM_START = struct.Struct(">IB").unpack_from
-_STREAM_COMMIT = struct.Struct(">IBQQq").unpack_from
-_TWO_U32 = struct.Struct(">II").unpack_from  # xid + relation id, xid + subxid
-_STREAM_ABORT_V4 = struct.Struct(">IIQq").unpack_from
-_BEGIN_PREPARE = struct.Struct(">QQqI").unpack_from
-_PREPARE = struct.Struct(">BQQqI").unpack_from
-_ROLLBACK_PREPARED = struct.Struct(">BQQqqI").unpack_from
 
 _TRUNCATE_CASCADE = 1
 _TRUNCATE_RESTART_IDENTITY = 2
@@ -404,32 +272,25 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
     return tuple(values), pos
 
 
-def _xid(buf: bytes, pos: int, in_stream: bool) -> tuple[int | None, int]:
-    if in_stream:
-        return _U32(buf, pos)[0], pos + 4
-    return None, pos
-
-
-def _begin(buf, in_stream):
+def _begin(buf):
     final_lsn, ts, xid = _BEGIN(buf, 1)
     return Begin(final_lsn, pg_timestamp(ts), xid), 21
 
 
-def _commit(buf, in_stream):
+def _commit(buf):
     flags, commit_lsn, end_lsn, ts = _COMMIT(buf, 1)
     return Commit(flags, commit_lsn, end_lsn, pg_timestamp(ts)), 26
 
 
-def _origin(buf, in_stream):
+def _origin(buf):
     (lsn,) = _ORIGIN(buf, 1)
     name, pos = _string(buf, 9)
     return Origin(lsn, name), pos
 
 
-def _relation(buf, in_stream):
-    xid, pos = _xid(buf, 1, in_stream)
-    (relation_id,) = _RELATION_HEAD(buf, pos)
-    namespace, pos = _string(buf, pos + 4)
+def _relation(buf):
+    (relation_id,) = _U32(buf, 1)
+    namespace, pos = _string(buf, 5)
     name, pos = _string(buf, pos)
     identity = chr(buf[pos])
     (count,) = _I16(buf, pos + 1)
@@ -441,35 +302,27 @@ def _relation(buf, in_stream):
         type_oid, typmod = _COLUMN_TYPE(buf, pos)
         pos += 8
         columns.append(Column(flags, column, type_oid, typmod))
-    return Relation(relation_id, namespace, name, identity, tuple(columns), xid), pos
+    return Relation(relation_id, namespace, name, identity, tuple(columns)), pos
 
 
-def _type(buf, in_stream):
-    xid, pos = _xid(buf, 1, in_stream)
-    (type_oid,) = _U32(buf, pos)
-    namespace, pos = _string(buf, pos + 4)
+def _type(buf):
+    (type_oid,) = _U32(buf, 1)
+    namespace, pos = _string(buf, 5)
     name, pos = _string(buf, pos)
-    return Type(type_oid, namespace, name, xid), pos
+    return Type(type_oid, namespace, name), pos
 
 
-def _insert(buf, in_stream):
-    if in_stream:
-        xid, relation_id = _TWO_U32(buf, 1)  # two uint32s
-        pos = 9
-    else:
-        xid = None
-        (relation_id,) = _U32(buf, 1)
-        pos = 5
-    if buf[pos] != 0x4E:  # 'N'
-        raise PgoutputError(f"Insert: expected 'N' before the new tuple, got {buf[pos:pos + 1]!r}")
-    new, pos = _tuple(buf, pos + 1)
-    return Insert(relation_id, new, xid), pos
+def _insert(buf):
+    (relation_id,) = _U32(buf, 1)
+    if buf[5] != 0x4E:  # 'N'
+        raise PgoutputError(f"Insert: expected 'N' before the new tuple, got {buf[5:6]!r}")
+    new, pos = _tuple(buf, 6)
+    return Insert(relation_id, new), pos
 
 
-def _update(buf, in_stream):
-    xid, pos = _xid(buf, 1, in_stream)
-    (relation_id,) = _U32(buf, pos)
-    pos += 4
+def _update(buf):
+    (relation_id,) = _U32(buf, 1)
+    pos = 5
     marker = buf[pos]
     old = old_kind = None
     if marker == 0x4B or marker == 0x4F:  # 'K' key, 'O' old row
@@ -481,26 +334,23 @@ def _update(buf, in_stream):
             f"Update: expected 'N' before the new tuple, got {bytes([marker])!r}"
         )
     new, pos = _tuple(buf, pos + 1)
-    return Update(relation_id, old, old_kind, new, xid), pos
+    return Update(relation_id, old, old_kind, new), pos
 
 
-def _delete(buf, in_stream):
-    xid, pos = _xid(buf, 1, in_stream)
-    (relation_id,) = _U32(buf, pos)
-    pos += 4
-    marker = buf[pos]
+def _delete(buf):
+    (relation_id,) = _U32(buf, 1)
+    marker = buf[5]
     if marker != 0x4B and marker != 0x4F:
         raise PgoutputError(
             f"Delete: expected 'K' or 'O' before the old tuple, got {bytes([marker])!r}"
         )
-    old, pos = _tuple(buf, pos + 1)
-    return Delete(relation_id, old, "K" if marker == 0x4B else "O", xid), pos
+    old, pos = _tuple(buf, 6)
+    return Delete(relation_id, old, "K" if marker == 0x4B else "O"), pos
 
 
-def _truncate(buf, in_stream):
-    xid, pos = _xid(buf, 1, in_stream)
-    count, options = _TRUNCATE_HEAD(buf, pos)
-    pos += 5
+def _truncate(buf):
+    count, options = _TRUNCATE_HEAD(buf, 1)
+    pos = 6
     if pos + 4 * count > len(buf):
         raise PgoutputError(
             f"Truncate: {count} relation ids do not fit in a {len(buf)}-byte message"
@@ -514,71 +364,20 @@ def _truncate(buf, in_stream):
             relation_ids,
             bool(options & _TRUNCATE_CASCADE),
             bool(options & _TRUNCATE_RESTART_IDENTITY),
-            xid,
         ),
         pos + 4 * count,
     )
 
 
-def _message(buf, in_stream):
-    xid, pos = _xid(buf, 1, in_stream)
-    flags, lsn = _MESSAGE_HEAD(buf, pos)
-    prefix, pos = _string(buf, pos + 9)
+def _message(buf):
+    flags, lsn = _MESSAGE_HEAD(buf, 1)
+    prefix, pos = _string(buf, 10)
     (length,) = _I32(buf, pos)
     pos += 4
     end = pos + length
     if length < 0 or end > len(buf):
         raise PgoutputError(f"Message: content of {length} bytes runs past the end of the message")
-    return Message(bool(flags & 1), lsn, prefix, buf[pos:end], xid), end
-
-
-def _stream_start(buf, in_stream):
-    xid, first = _STREAM_START(buf, 1)
-    return StreamStart(xid, first == 1), 6
-
-
-def _stream_stop(buf, in_stream):
-    return StreamStop(), 1
-
-
-def _stream_commit(buf, in_stream):
-    xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT(buf, 1)
-    return StreamCommit(xid, flags, commit_lsn, end_lsn, pg_timestamp(ts)), 30
-
-
-def _stream_abort(buf, in_stream):
-    if len(buf) >= 25:  # protocol v4 with streaming = parallel
-        xid, subxid, lsn, ts = _STREAM_ABORT_V4(buf, 1)
-        return StreamAbort(xid, subxid, lsn, pg_timestamp(ts)), 25
-    xid, subxid = _TWO_U32(buf, 1)
-    return StreamAbort(xid, subxid), 9
-
-
-def _begin_prepare(buf, in_stream):
-    prepare_lsn, end_lsn, ts, xid = _BEGIN_PREPARE(buf, 1)
-    gid, pos = _string(buf, 29)
-    return BeginPrepare(prepare_lsn, end_lsn, pg_timestamp(ts), xid, gid), pos
-
-
-def _prepare_like(cls):
-    def parse(buf, in_stream):
-        flags, lsn, end_lsn, ts, xid = _PREPARE(buf, 1)
-        gid, pos = _string(buf, 30)
-        return cls(flags, lsn, end_lsn, pg_timestamp(ts), xid, gid), pos
-
-    return parse
-
-
-def _rollback_prepared(buf, in_stream):
-    flags, prepare_end, rollback_end, prepare_ts, rollback_ts, xid = _ROLLBACK_PREPARED(buf, 1)
-    gid, pos = _string(buf, 38)
-    return (
-        RollbackPrepared(
-            flags, prepare_end, rollback_end, pg_timestamp(prepare_ts),
-            pg_timestamp(rollback_ts), xid, gid,
-        ),
-        pos,
-    )
+    return Message(bool(flags & 1), lsn, prefix, buf[pos:end]), end
 
 
 _PARSERS = {
@@ -592,24 +391,11 @@ _PARSERS = {
     ord("D"): _delete,
     ord("T"): _truncate,
     ord("M"): _message,
-    ord("S"): _stream_start,
-    ord("E"): _stream_stop,
-    ord("c"): _stream_commit,
-    ord("A"): _stream_abort,
-    ord("b"): _begin_prepare,
-    ord("P"): _prepare_like(Prepare),
-    ord("K"): _prepare_like(CommitPrepared),
-    ord("r"): _rollback_prepared,
-    ord("p"): _prepare_like(StreamPrepare),
 }
 
 
-def decode(payload: bytes, *, in_stream: bool = False) -> PgoutputMessage:
-    """Decode one pgoutput message.
-
-    `in_stream` must be True for messages between StreamStart and StreamStop (they carry a
-    transaction id prefix); `Decoder` keeps track of that for you.
-    """
+def decode(payload: bytes) -> PgoutputMessage:
+    """Decode one pgoutput message (protocol version 1)."""
     if type(payload) is not bytes:
         payload = bytes(payload)
     if not payload:
@@ -621,7 +407,7 @@ def decode(payload: bytes, *, in_stream: bool = False) -> PgoutputMessage:
             f"{len(payload)} bytes"
         )
     try:
-        message, end = parse(payload, in_stream)
+        message, end = parse(payload)
     except PgoutputError:
         raise
     except (struct.error, IndexError) as exc:
@@ -634,28 +420,5 @@ def decode(payload: bytes, *, in_stream: bool = False) -> PgoutputMessage:
         raise PgoutputError(
             f"pgoutput message {payload[:1]!r} has {len(payload) - end} unexpected trailing "
             f"byte(s) (parsed {end} of {len(payload)})"
-            + ("" if in_stream else "; is it a streamed message decoded outside a stream?")
         )
     return message
-
-
-class Decoder:
-    """Stateful decoding of a pgoutput stream: tracks StreamStart/StreamStop blocks so that
-    streamed messages (protocol v2+, `streaming 'on'`) are parsed with their xid prefix.
-
-    With streaming off it behaves exactly like `decode`.
-    """
-
-    __slots__ = ("in_stream",)
-
-    def __init__(self) -> None:
-        self.in_stream = False
-
-    def decode(self, payload: bytes) -> PgoutputMessage:
-        message = decode(payload, in_stream=self.in_stream)
-        kind = type(message)
-        if kind is StreamStart:
-            self.in_stream = True
-        elif kind is StreamStop:
-            self.in_stream = False
-        return message

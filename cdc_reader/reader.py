@@ -56,11 +56,10 @@ import psycopg2.extras
 from cdc_reader import lifecycle, pgoutput
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
 from cdc_reader.catalog import TypeNames, read_table_schema
-from cdc_reader.pgtypes import SESSION_SETTINGS
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.schema_changes import PendingRereads
 from cdc_reader.snapshot import read_snapshot
-from cdc_reader.source import SourceConnectionError, connect, database_name
+from cdc_reader.source import SESSION_SETTINGS, SourceConnectionError, connect, database_name
 from cdc_reader.source_setup import (
     SlotLostError, check_slot, create_slot, drop_slot, ensure_publication, lost_slot_message,
     slot_state,

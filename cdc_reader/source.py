@@ -29,6 +29,18 @@ SERVER_KEEPALIVES = {"tcp_keepalives_idle": "20", "tcp_keepalives_interval": "10
                      "tcp_keepalives_count": "3", "tcp_user_timeout": "60000"}
 
 
+#: Settings of the session that decodes the slot. pgoutput sends every value in its type's
+#: text output form, which depends on them; the lake parses that text (`lake.arrow_types`):
+#: ISO dates, hex bytea, floats that round-trip. TimeZone may be anything (timestamptz
+#: values carry their offset).
+SESSION_SETTINGS: dict[str, str] = {
+    "DateStyle": "ISO, MDY",
+    "IntervalStyle": "postgres",
+    "bytea_output": "hex",
+    "extra_float_digits": "3",
+}
+
+
 class SourceConnectionError(RuntimeError):
     """Could not connect; str() is one sentence that names the fix. `transient` says whether
     trying again later may help (server down) or not (wrong password, missing rights)."""

@@ -24,7 +24,7 @@ Choices worth knowing:
   the scale. `numeric(p,s)` values also accept NaN in PostgreSQL: such a value does not
   convert (see below).
 - Arrays keep their text form ('{1,2,NULL}'): one string column reads everywhere and loses
-  nothing; `cdc_reader.pgtypes.parse_array` parses it when needed.
+  nothing; a consumer that needs the elements parses it.
 - totesys keeps some dates in `text` columns ('YYYY-MM-DD'): those stay strings here, as the
   source typed them.
 

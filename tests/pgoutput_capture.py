@@ -20,11 +20,11 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import LogicalReplicationConnection
 
-from cdc_reader.pgtypes import SESSION_SETTINGS
+from cdc_reader.source import SESSION_SETTINGS
 
 
 def _session_options() -> str:
-    # libpq `options`: run the decoding session with the settings pgtypes expects.
+    # libpq `options`: run the decoding session with the settings the reader uses.
     return " ".join(
         f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items()
     )
@@ -38,9 +38,7 @@ class PgoutputCapture:
         dsn: str,
         *,
         tables: Iterable[str] | None = None,
-        proto_version: int = 1,
         messages: bool = True,
-        streaming: str | None = None,
         extra_options: dict[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
@@ -49,13 +47,11 @@ class PgoutputCapture:
         self.publication = f"capture_pub_{token}"
         self.tables = list(tables) if tables is not None else None
         self.options: dict[str, str] = {
-            "proto_version": str(proto_version),
+            "proto_version": "1",
             "publication_names": self.publication,
         }
         if messages:
             self.options["messages"] = "true"
-        if streaming is not None:
-            self.options["streaming"] = streaming
         if extra_options:
             self.options.update(extra_options)
         self.conn = None  # runs the caller's SQL
