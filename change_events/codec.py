@@ -10,8 +10,13 @@ watermark marker.
 
 An events body (v2) lists each table schema once, as compact JSON behind its u32 length; then
 the u32 number of events N; N u16 indexes into those schemas and N u32 frame lengths, one of
-each per event; then the N frames (`change_events.wire`), back to back. A watermark body is compact JSON. Version 1 bodies (events as
-JSON arrays) are still read. Anything that does not decode raises CodecError with a reason
+each per event; then the N frames (`change_events.wire`), back to back. A watermark body is compact JSON.
+
+Only v2 is read. Version 1 (events as JSON arrays) was written for two hours on 2026-11-24,
+before the first deployment existed: no stream holds such a record any more (Kinesis keeps
+records 7 days at most) and no deployed lake's dead letters can. A v1 record that turns up
+(in a local stream or a local lake's dead letters from those hours) is refused with a
+CodecError saying so, and is kept as a dead letter: nothing is lost. Anything that does not decode raises CodecError with a reason
 fit for a dead-letter record; nothing else escapes `decode`, whatever the bytes hold
 (tests/test_codec_fuzz.py). Decoding also checks what later stages rely on: schemas are
 lists of names and types of the right kinds, LSNs and times are in range, values are text.
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from change_events.model import ChangeEvent, Column, Op, TableSchema, Watermark
+from change_events.model import ChangeEvent, Column, TableSchema, Watermark
 from change_events.wire import MAX_LSN, EncodedChange, decode_frame, encode_frame, from_micros, micros
 
 MAGIC = b"TC"
@@ -42,7 +47,6 @@ _frame_of = attrgetter("frame")
 # Below this a body is not worth compressing.
 _COMPRESS_FROM = 512
 
-_BEFORE_FULL, _BEFORE_KEY = 2, 1  # version 1's before-row kinds
 MAX_BODY_BYTES = 256 * 1024 * 1024
 """The largest uncompressed body a consumer accepts (a 1 MiB record that claims more is
 corrupt or a decompression bomb; the reader's bodies are about a record's size)."""
@@ -139,6 +143,9 @@ def decode(record: bytes) -> DecodedRecord:
         raise CodecError(f"not a totes-cdc record (starts with {bytes(record[:2])!r}, expected {MAGIC!r})")
     if version > FORMAT_VERSION:
         raise CodecError(f"record format v{version} is newer than this reader's v{FORMAT_VERSION}: upgrade the consumer")
+    if version < FORMAT_VERSION:
+        raise CodecError(f"record format v{version} is no longer read: this consumer reads v{FORMAT_VERSION}, "
+                         "and v1 was written only before the first deployment (see change_events.codec)")
     if size > MAX_BODY_BYTES:
         raise CodecError(f"record claims a body of {size} bytes, more than the {MAX_BODY_BYTES} a consumer accepts")
     body = memoryview(record)[_HEADER.size:]
@@ -156,8 +163,7 @@ def decode(record: bytes) -> DecodedRecord:
         if kind == KIND_WATERMARK:
             return DecodedRecord(watermark=_watermark(json.loads(body)))
         if kind == KIND_EVENTS:
-            events = _decode_events(body) if version >= 2 else _decode_json_events(json.loads(body))
-            return DecodedRecord(events=tuple(events))
+            return DecodedRecord(events=tuple(_decode_events(body)))
     except _MALFORMED as error:
         raise CodecError(f"malformed record body: {type(error).__name__}: {_short(error)}") from None
     raise CodecError(f"unknown record kind {kind}")
@@ -236,40 +242,3 @@ def _decode_events(body: bytes) -> list[ChangeEvent]:
     if pos != len(body):
         raise ValueError(f"{len(body) - pos} bytes after the last event")
     return events
-
-
-def _decode_json_events(payload: dict) -> list[ChangeEvent]:
-    """Version 1: events as JSON arrays aligned to their schema's columns."""
-    schemas = _schemas(payload["s"])
-    events = []
-    for index, op, lsn, seq, xid, commit_us, key, after, before_kind, before, unchanged in payload["e"]:
-        schema = schemas[_integer(index, 0, len(schemas) - 1, "a schema index")]
-        names = schema.column_names
-        skipped = tuple(names[_integer(i, 0, len(names) - 1, "an unchanged column")] for i in unchanged)
-        after_row = None
-        if after is not None:
-            if len(_texts(after)) != len(names):
-                raise ValueError(f"{schema.table}: {len(after)} values for {len(names)} columns")
-            after_row = {n: v for n, v in zip(names, after) if n not in skipped}
-        before_row = None
-        if before_kind == _BEFORE_FULL:
-            before_row = dict(zip(names, _texts(before), strict=True))
-        elif before_kind == _BEFORE_KEY:
-            keys = set(schema.key_names)
-            before_row = {n: v for n, v in zip(names, _texts(before), strict=True) if n in keys}
-        events.append(ChangeEvent(
-            schema=schema, op=Op(op), lsn=_integer(lsn, 0, MAX_LSN, "an LSN"),
-            seq=_integer(seq, 0, MAX_LSN, "a seq"),
-            xid=None if xid is None else _integer(xid, 0, MAX_LSN, "a transaction id"),
-            commit_ts=None if commit_us is None else from_micros(_integer(commit_us, -MAX_LSN, MAX_LSN, "a time")),
-            key={} if key is None else dict(zip(schema.key_names, _texts(key), strict=True)),
-            after=after_row, before=before_row, unchanged=skipped,
-        ))
-    return events
-
-
-def _texts(values) -> list:
-    """`values` if it is a list of text or null values (what rows hold)."""
-    if not isinstance(values, list) or not all(v is None or type(v) is str for v in values):
-        raise ValueError("row values must be a list of text or null")
-    return values

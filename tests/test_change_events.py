@@ -97,11 +97,11 @@ def test_watermark_round_trips():
     (b"", "shorter than"),
     (b"XX" + bytes(7), "not a totes-cdc record"),
     (struct.pack(">2sBBBI", b"TC", 99, 1, 0, 2) + b"{}", "newer than"),
-    (struct.pack(">2sBBBI", b"TC", 1, 1, 7, 2) + b"{}", "unknown compression"),
-    (struct.pack(">2sBBBI", b"TC", 1, 1, 1, 100) + b"not zstd at all", "corrupt"),
-    (struct.pack(">2sBBBI", b"TC", 1, 1, 0, 5) + b"{oops", "malformed"),
-    (struct.pack(">2sBBBI", b"TC", 1, 1, 0, 2) + b"{}", "malformed"),
-    (struct.pack(">2sBBBI", b"TC", 1, 9, 0, 2) + b"{}", "unknown record kind"),
+    (struct.pack(">2sBBBI", b"TC", 2, 1, 7, 2) + b"{}", "unknown compression"),
+    (struct.pack(">2sBBBI", b"TC", 2, 1, 1, 100) + b"not zstd at all", "corrupt"),
+    (struct.pack(">2sBBBI", b"TC", 2, 1, 0, 5) + b"{oops", "malformed"),
+    (struct.pack(">2sBBBI", b"TC", 2, 1, 0, 2) + b"{}", "malformed"),
+    (struct.pack(">2sBBBI", b"TC", 2, 9, 0, 2) + b"{}", "unknown record kind"),
 ])
 def test_unreadable_records_raise_codec_error_with_a_reason(record, reason):
     with pytest.raises(CodecError, match=reason):
@@ -129,21 +129,16 @@ def test_malformed_event_frames_raise_codec_error_with_a_reason(frame, schema_in
         decode(_v2_body(frame, schema_index))
 
 
-def test_version_1_records_are_still_read():
-    """Records put by an older reader may still sit in the stream when a newer processor starts."""
+def test_version_1_records_are_refused_with_a_reason():
+    """v1 was written only before the first deployment; such a record is a dead letter that
+    says why, never events read wrongly."""
     body = json.dumps({
-        "s": [["public.sales_order", [["sales_order_id", "integer", 23, -1, True],
-                                      ["notes", "text", 25, -1, False]]]],
-        "e": [[0, "u", 7, 2, 768, 1_731_681_610_000_000, ["1"], ["1", None], 0, None, [1]],
-              [0, "d", 8, 0, 769, None, ["1"], None, 1, ["1", None], []]],
+        "s": [["public.sales_order", [["sales_order_id", "integer", 23, -1, True]]]],
+        "e": [[0, "d", 8, 0, 769, None, ["1"], None, 1, ["1"], []]],
     }).encode()
     record = struct.pack(">2sBBBI", b"TC", 1, 1, 0, len(body)) + body
-    update, delete = decode(record).events
-    assert (update.op, update.lsn, update.seq, update.xid) == (Op.UPDATE, 7, 2, 768)
-    assert update.after == {"sales_order_id": "1"} and update.unchanged == ("notes",)
-    assert update.commit_ts == datetime(2024, 11, 15, 14, 40, 10, tzinfo=timezone.utc)
-    assert (delete.op, delete.before, delete.key, delete.commit_ts) == (Op.DELETE, {"sales_order_id": "1"},
-                                                                       {"sales_order_id": "1"}, None)
+    with pytest.raises(CodecError, match="format v1 is no longer read"):
+        decode(record)
 
 
 def test_an_encoded_change_is_the_event_it_holds():

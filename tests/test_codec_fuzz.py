@@ -35,16 +35,10 @@ def _real_events() -> list[ChangeEvent]:
 
 EVENTS = _real_events()
 BODY = events_body(EVENTS)
-V1_BODY = json.dumps({
-    "s": [["public.sales_order", [["sales_order_id", "integer", 23, -1, True], ["notes", "text", 25, -1, False]]]],
-    "e": [[0, "u", 7, 2, 768, 1_731_681_610_000_000, ["1"], ["1", None], 0, None, [1]],
-          [0, "d", 8, 0, 769, None, ["1"], None, 1, ["1", None], []]],
-}).encode()
 RECORDS = [
     encode_events(EVENTS),                       # zstd
     encode_events(EVENTS[:2]),                   # small: not compressed
     encode_watermark(Watermark(2**40, datetime(2024, 5, 1))),
-    _HEADER.pack(b"TC", 1, KIND_EVENTS, NO_COMPRESSION, len(V1_BODY)) + V1_BODY,
 ]
 
 
@@ -109,7 +103,6 @@ def test_records_mutated_byte_by_byte(record, changes):
 def test_bodies_mutated_behind_a_valid_header(changes, compress):
     """The body is mutated, then framed (and compressed) correctly: the parser itself is hit."""
     assert_contained(_frame(_mutate(BODY, changes), compress=compress))
-    assert_contained(_frame(_mutate(V1_BODY, changes), version=1))
 
 
 json_values = st.recursive(
@@ -161,6 +154,6 @@ def test_watermarks_of_any_json(payload):
 
 def test_deep_nesting_and_size_bombs_are_reasons_not_crashes():
     nested = b"[" * 100_000 + b"]" * 100_000
-    for record in (_frame(nested), _frame(nested, kind=KIND_WATERMARK), _frame(nested, version=1),
+    for record in (_frame(nested), _frame(nested, kind=KIND_WATERMARK),
                    _HEADER.pack(b"TC", 2, KIND_EVENTS, ZSTD, 0xFFFFFFFF) + b"\x28\xb5\x2f\xfd"):
         assert_contained(record)
