@@ -23,9 +23,9 @@ from datetime import datetime
 from cdc_reader import pgoutput as pg
 from cdc_reader.schema_changes import rewritten_columns
 from change_events import ChangeEvent, Column, Op, TableSchema
-from change_events.model import partition_key
+from change_events.model import route_hash, route_prefix
 from change_events.wire import (
-    BEFORE_FULL, BEFORE_KEY, FRAME_HEAD, HAS_AFTER, NO_XID, UNCHANGED, EncodedChange, micros, row_values,
+    BEFORE_FULL, BEFORE_KEY, HAS_AFTER, NO_XID, UNCHANGED, EncodedChange, frame_head, micros, row_values,
 )
 
 
@@ -119,6 +119,9 @@ class Assembler:
     def encoded(self, payload: bytes) -> EncodedChange | None:
         """The row change in `payload` as an EncodedChange, or None when the payload is
         anything else (or an Update carrying an old row): hand those to `feed`."""
+        # Byte offsets of a v1 row change: tag 0, relation id 1-4, tuple marker ('N'/'K'/'O')
+        # 5, the tuple from 6 (i16 column count 6-7, then the first column: kind 8, i32
+        # length 9-12, text from 13). The tuple is the wire row as it is: payload[6:].
         tag = payload[0]
         if tag == _TAG_INSERT:
             op, flags = b"c", HAS_AFTER
@@ -139,10 +142,10 @@ class Assembler:
             key = row_values(payload, 6, routing.key_indexes)
             if UNCHANGED in key:
                 key = [None if value is UNCHANGED else value for value in key]
-            route = zlib.crc32(partition_key(routing.table, key).encode("utf-8"))
+            route = route_hash(routing.table, key)
         else:
-            route = zlib.crc32(routing.table.encode("utf-8"))
-        frame = FRAME_HEAD.pack(op, lsn, self._seq, xid, commit_us, flags) + payload[6:]
+            route = route_hash(routing.table, ())
+        frame = frame_head(op, lsn, self._seq, xid, commit_us, flags) + payload[6:]
         self._seq += 1
         return EncodedChange(routing.schema, lsn, route, frame)
 
@@ -180,7 +183,7 @@ class Assembler:
                 yield SchemaChange(schema.table, types, rewritten_columns(known, types) if known else {})
             keys = tuple(i for i, c in enumerate(schema.columns) if c.is_key)
             self._routing[message.relation_id] = _Routing(
-                schema, schema.table, keys, keys == (0,), zlib.crc32(f"{schema.table}/".encode("utf-8")))
+                schema, schema.table, keys, keys == (0,), route_prefix(schema.table))
         elif kind is pg.Truncate:
             for relation_id in message.relation_ids:
                 yield self._event(self.schema(relation_id), Op.TRUNCATE, None, None, (), {})

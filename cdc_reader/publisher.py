@@ -58,7 +58,7 @@ from cdc_reader.records import (
 from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
 from change_events.codec import events_record, record_size_bound
 from change_events.kinesis import MAX_CALL_BYTES, MAX_CALL_RECORDS, MAX_RECORD_BYTES, Shard, ShardMap
-from change_events.wire import EncodedChange
+from change_events.wire import Change, EncodedChange
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class Publisher:
         self._count_added()
         return self._tracker.outstanding
 
-    def add(self, event: ChangeEvent | EncodedChange) -> None:
+    def add(self, event: Change) -> None:
         """Buffer one event; may send (and block) when a batch is due."""
         if type(event) is EncodedChange:
             size = len(event.frame) + FRAME_OVERHEAD

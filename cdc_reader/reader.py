@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import select
 import threading
 import time
@@ -65,6 +64,7 @@ from cdc_reader.source_setup import (
     slot_state,
 )
 from change_events import ChangeEvent, Op, format_lsn
+from change_events.files import atomic_write_json
 from change_events.wire import EncodedChange
 from totesys.schema import TABLES
 
@@ -168,10 +168,7 @@ class FileStateStore:
             return ReaderState()
 
     def save(self, state: ReaderState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(state.to_json()), encoding="utf-8")
-        os.replace(scratch, self.path)
+        atomic_write_json(self.path, state.to_json())
 
 
 @dataclass(frozen=True)
@@ -780,6 +777,8 @@ class Reader:
         Returns `(message, drained)`: the first message that is not a plain row change (for
         the general path) or None, and whether the stream had nothing more to give; it also
         returns, with neither, once the monotonic clock passes `until`."""
+        # Bound methods and attributes as locals: the loop runs per row change, and a local
+        # lookup is cheaper than an attribute one each time.
         read, encoded, add = cur.read_message, assembler.encoded, self.sink.add
         clock = time.monotonic
         handed_over = self._handed_over
@@ -802,6 +801,8 @@ class Reader:
                 if change.lsn > handed_over:
                     add(change)
                     events += 1
+                # The clock is read every 128 events (and whenever none was added), not per
+                # event: it costs more than the rest of the loop, and `until` is a soft deadline.
                 if not events & 127 and clock() >= until:
                     message = None
                     break

@@ -14,7 +14,7 @@ from itertools import accumulate
 
 from change_events import ChangeEvent
 from change_events.codec import events_body, events_record, record_size_bound
-from change_events.wire import EncodedChange
+from change_events.wire import Change, EncodedChange
 
 DEFAULT_MAX_RECORD_BYTES = 1_000_000
 # Room kept in a record for its list of table schemas (a few hundred bytes per table).
@@ -27,7 +27,7 @@ class EventTooLargeError(ValueError):
     """An event that does not fit in one Kinesis record even alone and compressed."""
 
 
-def estimate_size(event: ChangeEvent | EncodedChange) -> int:
+def estimate_size(event: Change) -> int:
     """Uncompressed size of an event in a record: exact for an EncodedChange, from the
     values' lengths in characters for a ChangeEvent (names are once per record)."""
     if type(event) is EncodedChange:

@@ -11,15 +11,14 @@ streamed row changes do.
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from psycopg2 import sql
 
 from change_events import TableSchema
-from change_events.model import partition_key
-from change_events.wire import FRAME_HEAD, HAS_AFTER, NO_TIME, NO_XID, EncodedChange, encode_row
+from change_events.model import route_hash
+from change_events.wire import HAS_AFTER, NO_TIME, NO_XID, EncodedChange, encode_row, frame_head
 
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
@@ -119,9 +118,8 @@ def read_snapshot(
                     for values in rows:
                         if len(values) != len(names):
                             raise ValueError(f"{schema.table}: COPY gave {len(values)} values for {len(names)} columns")
-                        route = zlib.crc32(partition_key(schema.table, [values[i] for i in key_positions]).encode("utf-8")) \
-                            if key_positions else zlib.crc32(schema.table.encode("utf-8"))
-                        head = FRAME_HEAD.pack(b"r", consistent_lsn, seq, NO_XID, NO_TIME, HAS_AFTER)
+                        route = route_hash(schema.table, [values[i] for i in key_positions])
+                        head = frame_head(b"r", consistent_lsn, seq, NO_XID, NO_TIME, HAS_AFTER)
                         events.append(EncodedChange(schema, consistent_lsn, route, head + encode_row(values)))
                         seq += 1
                     table_rows += len(rows)

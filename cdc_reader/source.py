@@ -2,7 +2,9 @@
 
 psycopg2 reports a bad DSN, an unreachable host and a wrong password as libpq's multi-line
 messages; every command of totes-cdc turns them into one plain sentence naming the fix.
-The password is never part of any message.
+The password is never part of any message. The reader owns these helpers; the other
+commands (and the warehouse, which connects the same way) import them from here. Also: the
+settings of the decoding session, and the source's WAL position.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 
-from change_events.model import ChangeEvent
+from change_events.model import ChangeEvent, key_hash
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def hash_key(partition_key: str) -> int:
     Records are put with an ExplicitHashKey, so the hash need not be Kinesis's own MD5; it
     must only be stable and spread keys evenly, and CRC-32 does both for a fifth of the cost
     of MD5 on the reader's hottest path."""
-    return zlib.crc32(partition_key.encode("utf-8")) << 96
+    return key_hash(partition_key) << 96
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +165,4 @@ def _summary(client, name: str) -> dict | None:
 
 
 def _is_local(client) -> bool:
-    url = getattr(getattr(client, "meta", None), "endpoint_url", "") or ""
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return _is_loopback(getattr(getattr(client, "meta", None), "endpoint_url", "") or "")

@@ -97,7 +97,7 @@ class ChangeEvent:
     @property
     def route_hash(self) -> int:
         """CRC-32 of the partition key's UTF-8: where the event falls among the shards."""
-        return zlib.crc32(self.partition_key.encode("utf-8"))
+        return key_hash(self.partition_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +112,23 @@ class Watermark:
 
 def partition_key(table: str, key_values) -> str:
     return table + "/" + "/".join([str(value) for value in key_values])
+
+
+def key_hash(partition_key: str) -> int:
+    """CRC-32 of a partition key's UTF-8: the route hash, the one place it is worked out
+    (the reader's fast path continues `route_prefix` instead, to the same number)."""
+    return zlib.crc32(partition_key.encode("utf-8"))
+
+
+def route_hash(table: str, key_values) -> int:
+    """The route hash of a row of `table` with these key values (none: the table alone)."""
+    return key_hash(partition_key(table, key_values) if key_values else table)
+
+
+def route_prefix(table: str) -> int:
+    """CRC-32 of '<table>/': `zlib.crc32(key_bytes, route_prefix(table))` is the route hash of
+    a one-column key whose text is `key_bytes`, without building the partition key."""
+    return zlib.crc32(f"{table}/".encode("utf-8"))
 
 
 def format_lsn(lsn: int) -> str:

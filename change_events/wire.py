@@ -25,6 +25,9 @@ from datetime import datetime, timedelta, timezone
 from change_events.model import ChangeEvent, Op, Row, TableSchema
 
 FRAME_HEAD = struct.Struct(">cQIqqB")
+frame_head = FRAME_HEAD.pack
+"""The one frame-header packer: frame_head(op letter, lsn, seq, xid or NO_XID, commit time in
+microseconds or NO_TIME, flags) -> 30 bytes. A bound method, as it runs for every event."""
 NO_XID = -1
 NO_TIME = -(1 << 63)
 MAX_LSN = (1 << 63) - 1
@@ -170,7 +173,7 @@ def encode_frame(event: ChangeEvent) -> bytes:
         kind = BEFORE_KEY if set(before) <= set(keys) and len(before) < len(names) else BEFORE_FULL
         flags |= kind << _BEFORE_SHIFT
         parts.append(encode_row([before.get(n, UNCHANGED) for n in names]))
-    parts[0] = FRAME_HEAD.pack(event.op.value.encode(), event.lsn, event.seq,
+    parts[0] = frame_head(event.op.value.encode(), event.lsn, event.seq,
                                NO_XID if event.xid is None else event.xid,
                                micros(event.commit_ts), flags)
     return b"".join(parts)
@@ -233,12 +236,18 @@ def _check_width(schema: TableSchema, values: list) -> None:
         raise FrameError(f"{schema.table}: {len(values)} values for {len(schema.columns)} columns")
 
 
+def _from_event(name: str) -> property:
+    return property(lambda self: getattr(self.event, name),
+                    doc=f"The event's `{name}`, decoded from the frame on first use.")
+
+
 class EncodedChange:
     """A change event that is already a frame, as the reader builds it from pgoutput bytes.
 
     The publisher needs only its schema, lsn, route hash and frame; anything else (a test's
     sink, a re-read's bookkeeping, an error message) reads `event`, decoded once on first
-    use. Equal to the ChangeEvent it holds, so the two forms can be compared freely.
+    use, through the same attributes a ChangeEvent has. Equal to the ChangeEvent it holds,
+    so the two forms can be compared freely; `Change` names either.
     """
 
     __slots__ = ("schema", "lsn", "route_hash", "frame", "_event")
@@ -257,9 +266,20 @@ class EncodedChange:
             self._event = decode_frame(self.schema, self.frame)
         return self._event
 
-    def __getattr__(self, name: str):
-        # op, seq, xid, commit_ts, key, after, before, unchanged, table, event_id, partition_key
-        return getattr(self.event, name)
+    @property
+    def table(self) -> str:
+        return self.schema.table
+
+    op = _from_event("op")
+    seq = _from_event("seq")
+    xid = _from_event("xid")
+    commit_ts = _from_event("commit_ts")
+    key = _from_event("key")
+    after = _from_event("after")
+    before = _from_event("before")
+    unchanged = _from_event("unchanged")
+    event_id = _from_event("event_id")
+    partition_key = _from_event("partition_key")
 
     def __eq__(self, other) -> bool:
         if isinstance(other, EncodedChange):
@@ -270,3 +290,7 @@ class EncodedChange:
 
     def __repr__(self) -> str:
         return f"EncodedChange({self.event!r})"
+
+
+Change = ChangeEvent | EncodedChange
+"""One change event in either form: decoded (ChangeEvent) or still a frame (EncodedChange)."""

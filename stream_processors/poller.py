@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from change_events.codec import events_body_size
+from change_events.files import atomic_write_json
 from stream_processors.handler import BatchOutcome, StreamProcessor
 
 log = logging.getLogger("totes.processor")
@@ -48,10 +48,7 @@ class ShardOffsets:
     def set(self, shard: str, sequence_number: str) -> None:
         with self._lock:  # shards are processed concurrently
             self._offsets[shard] = sequence_number
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = self.path.with_suffix(".tmp")
-            scratch.write_text(json.dumps(self._offsets, indent=1))
-            os.replace(scratch, self.path)
+            atomic_write_json(self.path, self._offsets, indent=1)
 
 
 def lambda_record(record: dict, shard: str, stream_arn: str, region: str) -> dict:

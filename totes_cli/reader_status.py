@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from change_events import format_lsn
+from change_events.files import atomic_write_json
 
 STATUS_SECONDS = 5.0
 STALE_SECONDS = 15.0
@@ -39,10 +40,7 @@ class StatusWriter:
             "publisher": self.publisher.metrics.as_dict(),
         }
         self._last = (now, m.events)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(status), encoding="utf-8")
-        scratch.replace(self.path)
+        atomic_write_json(self.path, status)
 
 
 def status_dirs(home: Path | None, lake: str | None) -> list[Path]:
