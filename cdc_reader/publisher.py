@@ -13,11 +13,11 @@ partially failed call that is retried naively puts a shard's later records befor
 ones. So a call carries at most one record per shard, and a shard's next record is sent only
 once Kinesis acknowledged its previous one. Throttled or failed entries stay at the head of
 their shard's queue and are retried after an exponential backoff with full jitter (per shard,
-so a hot shard does not slow the others). Whole-call errors are first retried by botocore (the
-client built by `kinesis_client` uses its `standard` retry mode), then by the same loop.
-A record is acknowledged only when Kinesis returned a sequence number for it; nothing is ever
-dropped. Whole-call errors that may have reached Kinesis (timeouts) can duplicate a record;
-delivery is at-least-once and every consumer is idempotent on the event id `(lsn, seq)`.
+so a hot shard does not slow the others). Whole-call errors are first retried by botocore
+(the client built by `change_events.kinesis.kinesis_client` uses its `standard` retry mode),
+then by the same loop. A record is acknowledged only when Kinesis returned a sequence number
+for it; nothing is ever dropped. Whole-call errors that may have reached Kinesis (timeouts)
+can duplicate a record; delivery is at-least-once and every consumer is idempotent on the event id `(lsn, seq)`.
 
 Watermarks. `publish_watermark(W)` queues a marker record into every open shard behind every
 event added so far (so behind every event with lsn <= W): a shard's records go out in order,
@@ -150,8 +150,8 @@ class PublisherMetrics:
 class Publisher:
     """Puts change events and watermark markers on one Kinesis stream (see the module doc).
 
-    `client` is a boto3 Kinesis client (see `kinesis_client`) or anything with the same
-    `list_shards` and `put_records`.
+    `client` is a boto3 Kinesis client (see `change_events.kinesis.kinesis_client`) or
+    anything with the same `list_shards` and `put_records`.
     """
 
     def __init__(
