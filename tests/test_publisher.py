@@ -1,5 +1,6 @@
-"""The reader's Kinesis sink: routing, packing, ordering under failure, watermarks and
-acknowledgement, against a real kinesalite (and in-memory fakes where only the logic matters).
+"""The reader's Kinesis sink: packing, ordering under failure, watermarks and acknowledgement,
+against a real kinesalite (and in-memory fakes where only the logic matters). Routing, packing
+and acknowledgements on their own: tests/test_kinesis.py, test_records.py, test_acks.py.
 
 Every stream is read back shard by shard from TRIM_HORIZON and decoded; the checks are on
 what a consumer would see, not on the publisher's own counters.
@@ -10,20 +11,16 @@ from __future__ import annotations
 import random
 import string
 import time
-import zlib
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import datetime, timezone
 
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from cdc_reader.acks import AckTracker
 from cdc_reader.publisher import PublishError, Publisher
-from cdc_reader.records import EventTooLargeError, pack
-from change_events.kinesis import (
-    HASH_KEY_SPACE, MAX_CALL_BYTES, MAX_RECORD_BYTES, Shard, ShardMap, hash_key, kinesis_client,
-)
+from cdc_reader.records import EventTooLargeError
 from change_events import ChangeEvent, Column, Op, TableSchema, decode
+from change_events.kinesis import HASH_KEY_SPACE, MAX_CALL_BYTES, MAX_RECORD_BYTES, Shard, ShardMap
 from tests.stream_helpers import events_by_shard, new_stream, read_stream
 
 ORDER = TableSchema("public.sales_order", (
@@ -192,37 +189,6 @@ class MemoryKinesis:
         return {s.shard_id: [(data, decode(data)) for data in self.data[s.shard_id]] for s in self.shards}
 
 
-# -- routing ---------------------------------------------------------------------------------
-
-def test_partition_key_is_table_and_key_values():
-    assert make_event(ORDER, 42, 1, 0).partition_key == "public.sales_order/42"
-    assert make_event(LINE, 73, 1, 0).partition_key == "public.line/7/3"
-    truncate = ChangeEvent(ORDER, Op.TRUNCATE, lsn=1, seq=0, xid=1, commit_ts=COMMIT, key={})
-    assert truncate.partition_key == "public.sales_order"
-    # Stable across processes and releases: a row's shard must not depend on who routes it.
-    assert hash_key("public.sales_order/42") == zlib.crc32(b"public.sales_order/42") << 96
-
-
-def test_routing_spreads_keys_evenly_and_kinesis_agrees_on_the_shard(kinesis):
-    stream = new_stream(kinesis, shards=4)
-    shard_map = ShardMap.from_kinesis(kinesis, stream)
-    assert len(shard_map.shards) == 4
-    counts = Counter(shard_map.route(make_event(ORDER, key, 1, 0)).shard_id for key in range(40_000))
-    assert len(counts) == 4 and min(counts.values()) > 9_000
-    for key in range(60):
-        event = make_event(ORDER, key, 1, 0)
-        put = kinesis.put_record(StreamName=stream, PartitionKey=event.partition_key, Data=b"x",
-                                 ExplicitHashKey=str(hash_key(event.partition_key)))
-        assert put["ShardId"] == shard_map.route(event).shard_id
-
-
-def test_shard_map_must_tile_the_hash_key_space():
-    with pytest.raises(ValueError, match="tile"):
-        ShardMap([Shard("a", 0, 10), Shard("b", 12, HASH_KEY_SPACE - 1)])
-    with pytest.raises(ValueError, match="cover"):
-        ShardMap([Shard("a", 0, 10)])
-
-
 # -- end to end on kinesalite ----------------------------------------------------------------
 
 def test_thousands_of_events_arrive_complete_in_row_order_and_packed(kinesis):
@@ -386,29 +352,6 @@ def test_an_event_too_large_for_any_record_is_refused_when_added(kinesis):
 
 # -- logic with in-memory fakes --------------------------------------------------------------
 
-def test_acknowledged_lsn_waits_for_every_earlier_event():
-    tracker = AckTracker()
-    tracker.added(10, 2)
-    tracker.ended(10)
-    tracker.added(20)
-    tracker.ended(20)
-    tracker.added(30)  # transaction 30 not ended yet
-    tracker.acked([(20, 1)])
-    assert tracker.acknowledged_lsn == 0
-    tracker.acked([(10, 1)])
-    assert tracker.acknowledged_lsn == 0
-    tracker.acked([(10, 1)])
-    assert tracker.acknowledged_lsn == 20
-    tracker.acked([(30, 1)])
-    assert tracker.acknowledged_lsn == 20, "30 is not ended"
-    tracker.ended(35)  # an empty stretch (heartbeat) ends too
-    assert tracker.acknowledged_lsn == 35
-    with pytest.raises(ValueError, match="commit order"):
-        tracker.added(35)
-    with pytest.raises(ValueError):
-        tracker.ended(34)
-
-
 @pytest.mark.parametrize(("record_bytes", "call_records", "call_bytes"), [
     (1000, 25, 6000),  # the byte limit binds
     (600, 10, MAX_CALL_BYTES),  # the record-count limit binds
@@ -427,24 +370,6 @@ def test_calls_respect_record_and_byte_limits_and_one_record_per_shard(record_by
     for call in fake.calls:
         assert len({r["ExplicitHashKey"] for r in call}) == len(call), "two records of one shard in a call"
     assert_complete_and_ordered(fake.records(), txs)
-
-
-def test_pack_splits_in_order_and_within_the_limit():
-    events = [make_event(ORDER, i, 1, i, text=f"{i:08d}" * 50) for i in range(500)]
-    records = [(packed.record(), packed.events) for packed in pack(events, 5000)]
-    assert len(records) > 5
-    assert all(len(data) <= 5000 for data, _ in records)
-    assert [e for data, _ in records for e in decode(data).events] == events
-    assert [e for _, group in records for e in group] == events
-
-
-def test_pack_compresses_a_lone_event_that_fits_only_compressed():
-    big = make_event(ORDER, 1, 1, 0, text="same words " * 3000)  # 30 kB that compress well
-    (packed,) = pack([big], 5000)
-    assert packed.body is None and len(packed.data) <= 5000
-    assert decode(packed.data).events == (big,)
-    with pytest.raises(EventTooLargeError):
-        pack([make_event(ORDER, 2, 1, 0, text="".join(random.Random(3).choices(string.ascii_letters, k=30000)))], 5000)
 
 
 def test_linger_holds_events_until_due():
@@ -523,21 +448,3 @@ def test_limits_are_validated():
         Publisher(fake, "s", max_call_bytes=MAX_CALL_BYTES + 1)
     with pytest.raises(ValueError):
         Publisher(fake, "s", max_call_records=501)
-
-
-def test_kinesis_client_reads_the_standard_environment(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4567")
-    monkeypatch.setenv("AWS_REGION", "eu-west-2")
-    client = kinesis_client()
-    assert client.meta.endpoint_url == "http://127.0.0.1:4567"
-    assert client.meta.region_name == "eu-west-2"
-    assert client.meta.config.retries["mode"] == "standard"
-    assert client.meta.config.retries["total_max_attempts"] == 5 or \
-        client.meta.config.retries.get("max_attempts") == 5
-    monkeypatch.delenv("AWS_REGION")
-    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    assert kinesis_client().meta.region_name == "us-east-1"
