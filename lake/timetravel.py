@@ -72,18 +72,23 @@ def current_state(layout: LakeLayout, table: str, **when) -> pa.Table:
     return read_table(layout, STATE, table, where="NOT _deleted", **when)
 
 
-def changes_as_of_lsn(layout: LakeLayout, table: str, lsn: int) -> pa.Table:
-    """Every logged event of `table` with commit LSN <= `lsn`, in (lsn, seq) order."""
+def changes_as_of_lsn(layout: LakeLayout, table: str, lsn: int, where: str | None = None) -> pa.Table:
+    """Every logged event of `table` with commit LSN <= `lsn`, in (lsn, seq) order; with
+    `where` (a predicate on the key columns the calling code writes) only the events it
+    selects, and every truncate."""
     delta = open_table(layout, CHANGES, table)
-    return read_sql(delta, f"SELECT * FROM t WHERE _lsn <= {int(lsn)} ORDER BY _lsn, _seq")  # nosec B608 # the LSN is int()
+    rows = f" AND (_op = 't' OR ({where}))" if where else ""
+    return read_sql(delta, f"SELECT * FROM t WHERE _lsn <= {int(lsn)}{rows} ORDER BY _lsn, _seq")  # nosec B608 # the LSN is int(), `where` is code
 
 
-def state_as_of_lsn(layout: LakeLayout, table: str, lsn: int, keys: list[str] | None = None) -> pa.Table:
-    """The live rows of `table` once every event up to `lsn` is applied, rebuilt from the log.
+def state_as_of_lsn(layout: LakeLayout, table: str, lsn: int, keys: list[str] | None = None,
+                    where: str | None = None) -> pa.Table:
+    """The live rows of `table` once every event up to `lsn` is applied, rebuilt from the log
+    (only the rows `where` selects, e.g. a key range: `totes verify` reads a table so).
 
     Columns: the source columns, then `_op`, `_lsn`, `_seq`, `_commit_ts` (as the state
     table). `keys` defaults to the state table's key columns, read from its merges."""
-    log = pl.from_arrow(changes_as_of_lsn(layout, table, lsn))
+    log = pl.from_arrow(changes_as_of_lsn(layout, table, lsn, where))
     columns = data_columns(pa.schema(open_table(layout, CHANGES, table).schema()))
     keys = keys or state_keys(layout, table)
     truncates = log.filter(pl.col("_op") == "t")
@@ -174,6 +179,13 @@ def _snapshot_lsn(layout: LakeLayout) -> int | None:
     lsns = [read_sql(open_table(layout, CHANGES, table), "SELECT min(_lsn) AS lsn FROM t WHERE _commit_ts IS NULL")
             .column("lsn")[0].as_py() for table in layout.tables(CHANGES)]
     return min((lsn for lsn in lsns if lsn is not None), default=None)
+
+
+def lake_watermark(layout: LakeLayout) -> int | None:
+    """The lake watermark: every event at or below it is in every change log (None: no
+    marker was ever recorded)."""
+    watermark = _watermark(layout)
+    return None if watermark is None else watermark[0]
 
 
 def _watermark(layout: LakeLayout) -> tuple[int, datetime] | None:

@@ -239,6 +239,7 @@ def facts_as_of_lsn(connection: duckdb.DuckDBPyConnection, lsn: int) -> None:
     `lsn` (from its lineage columns: per business key the newest version at or before it,
     unless that version is the row's deletion). Dimensions hold the latest values."""
     from change_events import format_lsn
+    from warehouse_sync.as_of import fact_rows_as_of
     from warehouse_sync.schema import FACTS
     from warehouse_sync.schema import quote_identifier as q
 
@@ -250,11 +251,8 @@ def facts_as_of_lsn(connection: duckdb.DuckDBPyConnection, lsn: int) -> None:
         err.print(f"[dim]the warehouse has synced up to {format_lsn(synced) if synced else 'nothing'} only: "
                   "its facts as of that point may miss later events.[/]")
     for fact in (f for f in FACTS if f.name in present):
-        connection.execute(
-            f"CREATE VIEW {q(fact.name)} AS SELECT * EXCLUDE (_version) FROM ("  # nosec B608 # names quoted by q(), the LSN is int()
-            f"SELECT *, row_number() OVER (PARTITION BY {q(fact.business_key)} ORDER BY source_lsn DESC, "
-            f"source_seq DESC) AS _version FROM warehouse.main.{q(fact.name)} WHERE source_lsn <= {int(lsn)}"
-            ") WHERE _version = 1 AND NOT is_deleted")
+        rows = fact_rows_as_of(fact, lsn, f"warehouse.main.{q(fact.name)}")
+        connection.execute(f"CREATE VIEW {q(fact.name)} AS {rows}")  # nosec B608 # names quoted by q(), the LSN is int()
 
 
 def _lake_and_warehouse(lake: str | None, warehouse: str | None, settings) -> tuple[str | None, str | None]:

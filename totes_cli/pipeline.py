@@ -96,6 +96,8 @@ class PipelineConfig:
     """Time travel by Delta version or time is kept this long; maintenance reclaims the rest."""
     maintenance_check_seconds: float = 5.0
     """How often the maintenance thread measures the lake to see whether a round is due."""
+    resnapshot: tuple[str, ...] = ()
+    """Tables the reader reads again straight into the lake once it streams (`totes verify --repair`)."""
     status_seconds: float = STATUS_SECONDS
     """How often the reader's status file (what `totes status` and the dashboard show) is rewritten."""
 
@@ -212,7 +214,7 @@ class Pipeline:
             FileStateStore(state_dir / "reader" / f"{slot}.json"),
             ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
                          heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds,
-                         reset=cfg.reset),
+                         reset=cfg.reset, resnapshot=cfg.resnapshot),
             lake=self.layout,  # the initial snapshot goes straight into the lake
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop))

@@ -1,0 +1,117 @@
+"""The source side of `totes verify`: one exported snapshot at an exact LSN, read in key ranges.
+
+A temporary logical slot is created for the verification (dropped with its connection); its
+consistent LSN L is the point compared everywhere, and its exported snapshot sees exactly the
+transactions committed before L (as the bulk re-read's, cdc_reader/bulk_reread.py). Each
+chunk is one `COPY (SELECT … WHERE key range) TO STDOUT` under that snapshot (index range
+scans, never one long scan of the table), parsed by pyarrow's CSV reader and typed by the
+lake's own converters (`lake.arrow_types`), so a source row and its lake row have the same
+types before they are hashed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import psycopg2.extras
+import pyarrow as pa
+from psycopg2 import sql
+
+from cdc_reader.bulk_snapshot import _CopyBatches
+from cdc_reader.catalog import read_table_schema
+from cdc_reader.reader import HEARTBEAT_PREFIX
+from cdc_reader.source_setup import create_slot
+from change_events import TableSchema
+from lake.arrow_types import convert_column
+from totesys.connection import connect
+from verify.core import KeyRange, plan_chunks
+
+INTEGER_TYPES = ("smallint", "integer", "bigint")
+COPY_BATCH_BYTES = 32 << 20
+
+
+class SourceSnapshot:
+    """The source as of one LSN, while the object is open (`with SourceSnapshot(dsn) as s`)."""
+
+    def __init__(self, dsn: str, schema: str = "public"):
+        self.dsn = dsn
+        self.schema = schema
+        self.lsn = 0
+        self._replication = None
+        self._conn = None
+
+    def __enter__(self) -> "SourceSnapshot":
+        self._replication = connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        slot = create_slot(self._replication.cursor(), f"totes_verify_{secrets.token_hex(4)}", temporary=True)
+        self.lsn = slot.consistent_lsn
+        self._conn = connect(self.dsn)
+        self._conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with self._conn.cursor() as cur:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (slot.snapshot_name,))
+            cur.execute("SET LOCAL enable_seqscan = off")  # a chunk is a key range: an index range scan
+        self._emit_commit_after()
+        return self
+
+    def _emit_commit_after(self) -> None:
+        """A commit of our own after L (an empty heartbeat message, which the reader passes
+        over), so the lake watermark passes L soon even when the source is idle."""
+        conn = connect(self.dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_logical_emit_message(true, %s, '')", (HEARTBEAT_PREFIX,))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def __exit__(self, *exc) -> None:
+        for conn in (self._conn, self._replication):
+            if conn is not None and not conn.closed:
+                conn.close()  # the temporary slot goes with its connection
+
+    def table_schema(self, table: str) -> TableSchema:
+        return read_table_schema(self._conn, self.schema, table)
+
+    def plan(self, schema: TableSchema, chunk_rows: int) -> tuple[str, list[KeyRange]]:
+        """The key column compared by and its ranges: the first key column when it is an
+        integer, else one range (the table is read whole)."""
+        key = schema.key_names[0] if schema.key_names else schema.column_names[0]
+        column = next(c for c in schema.columns if c.name == key)
+        if column.type_name not in INTEGER_TYPES:
+            return key, [KeyRange(0, None, None)]
+        namespace, _, table = schema.table.partition(".")
+        with self._conn.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(
+                k=sql.Identifier(key), t=sql.Identifier(namespace, table)))
+            low, high = cur.fetchone()
+            cur.execute("SELECT greatest(reltuples, 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relname = %s", (namespace, table))
+            estimated = float(cur.fetchone()[0] or 0)
+        if low is not None and estimated == 0:  # never analysed: size it by its keys
+            estimated = float(high - low + 1)
+        return key, plan_chunks(low, high, estimated, chunk_rows)
+
+    def read(self, schema: TableSchema, key: str, chunk: KeyRange) -> pa.Table:
+        """The chunk's rows, typed as the lake types them."""
+        namespace, _, table = schema.table.partition(".")
+        query = sql.SQL("COPY (SELECT {c} FROM {t} WHERE {w}) TO STDOUT").format(
+            c=sql.SQL(", ").join(map(sql.Identifier, schema.column_names)), t=sql.Identifier(namespace, table),
+            w=sql.SQL(chunk.sql(sql.Identifier(key).as_string(self._conn))))
+        pieces: list[pa.Table] = []
+        sink = _CopyBatches(list(schema.column_names), COPY_BATCH_BYTES, lambda text, _size: pieces.append(text))
+        with self._conn.cursor() as cur:  # type: ignore[union-attr]
+            cur.copy_expert(query.as_string(self._conn), sink)
+        sink.close()
+        if not pieces:
+            pieces = [pa.table({name: pa.array([], pa.string()) for name in schema.column_names})]
+        return pa.concat_tables([_typed(schema, text) for text in pieces])
+
+    def chunks(self, schema: TableSchema, chunk_rows: int) -> Iterator[tuple[str, KeyRange, pa.Table]]:
+        key, plan = self.plan(schema, chunk_rows)
+        for chunk in plan:
+            yield key, chunk, self.read(schema, key, chunk)
+
+
+def _typed(schema: TableSchema, text: pa.Table) -> pa.Table:
+    return pa.Table.from_arrays([convert_column(text.column(i), c.type_name, c.name) for i, c in enumerate(schema.columns)],
+                                names=list(schema.column_names))
