@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -130,5 +131,94 @@ def test_verify_under_a_live_workload_reports_every_table_in_sync(totesys_dsn, h
         assert reports[("lake", "public.sales_order")].chunks > 1  # read in key ranges
         assert {"fact_sales_order", "fact_payment", "dim_staff", "dim_counterparty"} <= {
             r.table for r in result.reports if r.side == "warehouse"}
+    finally:
+        running.stop()
+
+
+def _plant_lake_extra(dsn: str, layout, key: int) -> None:
+    """An insert event the source never had: a copy of a real sales order under a new key,
+    at an LSN the lake already holds."""
+    from datetime import datetime, timezone
+
+    import psycopg2
+
+    from cdc_reader.catalog import read_table_schema
+    from change_events import ChangeEvent, Op
+    from lake.timetravel import lake_watermark
+    from lake.writer import LakeWriter
+
+    with psycopg2.connect(dsn) as conn:
+        schema = read_table_schema(conn, "public", "sales_order")
+    conn.close()
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM sales_order LIMIT 0")
+        names = [d[0] for d in cur.description]
+        cur.execute(f"SELECT {', '.join(f'{n}::text' for n in names)} FROM sales_order LIMIT 1")
+        row = dict(zip(names, cur.fetchone()))
+    conn.close()
+    row["sales_order_id"] = str(key)
+    event = ChangeEvent(schema, Op.INSERT, lake_watermark(layout), 10**6, None, datetime.now(timezone.utc),
+                        {"sales_order_id": str(key)}, row)
+    LakeWriter(layout).write_batch("planted", [event])
+
+
+@pytest.mark.slow
+def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn, home, own_kinesalite):
+    import psycopg2
+    from deltalake import DeltaTable
+
+    from lake.layout import LakeLayout
+    from verify.repair import repair
+
+    _seed(totesys_dsn)
+    config = _config(totesys_dsn, home)
+    running = Running(config)
+    running.caught_up(totesys_dsn)
+    running.stop()
+    assert _verify_when_running(config, totesys_dsn, home).in_sync
+
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT (SELECT min(payment_id) FROM payment), (SELECT min(sales_order_id) FROM sales_order), "
+                    "(SELECT max(purchase_order_id) FROM purchase_order), (SELECT min(design_id) FROM design)")
+        payment, sales_order, purchase_order, design = cur.fetchone()
+    conn.close()
+    layout = LakeLayout(home / "lake")
+    # a lake event removed
+    DeltaTable(layout.changes_uri("public.payment")).delete(f"payment_id = {payment}")
+    # an extra row in the lake
+    _plant_lake_extra(totesys_dsn, layout, 10**6)
+    warehouse = duckdb.connect(str(home / "warehouse.duckdb"))
+    # a warehouse row edited, a fact version missing, a dim value wrong, an extra warehouse row
+    warehouse.execute(f"UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = {sales_order} AND is_current")
+    warehouse.execute(f"DELETE FROM fact_purchase_order WHERE purchase_order_id = {purchase_order} AND is_current")
+    warehouse.execute(f"UPDATE dim_design SET design_name = 'not the source''s' WHERE design_id = {design}")
+    warehouse.execute("INSERT INTO fact_payment SELECT * REPLACE (payment_record_id + 100000 AS payment_record_id, "
+                      f"2000000 AS payment_id) FROM fact_payment WHERE payment_id = {payment} AND is_current")
+    warehouse.close()
+
+    found = _verify_when_running(config, totesys_dsn, home)
+    reports = _reports(found)
+    assert not found.in_sync
+    assert reports[("lake", "public.payment")].missing == [payment]
+    assert reports[("lake", "public.sales_order")].extra == [10**6]
+    assert reports[("warehouse", "fact_sales_order")].different == {sales_order: ["units_sold"]}
+    lost = reports[("warehouse", "fact_purchase_order")]
+    assert lost.missing == [purchase_order] or list(lost.different) == [purchase_order]
+    assert reports[("warehouse", "dim_design")].different == {design: ["design_name"]}
+    assert reports[("warehouse", "fact_payment")].extra == [2000000]
+    untouched = [r for r in found.reports if r.in_sync]
+    assert {("lake", "public.staff"), ("warehouse", "dim_staff")} <= {(r.side, r.table) for r in untouched}
+    assert set(found.diverged_sources()) == {"payment", "sales_order", "purchase_order", "design"}
+
+    repaired = repair(config, found.diverged_sources(), found, timeout=60, chunk_rows=20, all_tables=TABLES)
+    assert repaired.in_sync, [(r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
+                              for r in repaired.reports if not r.in_sync]
+    assert repaired.lsn > found.lsn
+
+
+def _verify_when_running(config, dsn, home):
+    running = Running(config)
+    try:
+        return _verify(dsn, home)
     finally:
         running.stop()

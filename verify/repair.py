@@ -1,0 +1,134 @@
+"""`totes verify --repair TABLE`: read a diverged table again, then verify again.
+
+The re-read is the reader's own (`--resnapshot` with a lake: cdc_reader/bulk_reread.py):
+the pipeline is started here with that table to re-read, so the table's rows at a new LSN
+L_r go straight into the lake as `op='r'` rows, no watermark passes L_r before all of them
+are written, and the warehouse syncs them like any other events. Newer rows win everywhere
+downstream, so a missing, stale or edited row is replaced.
+
+A re-read brings back what the source has; it cannot remove what the source lacks. So,
+first, keys a side holds that the source did not (extra) are removed:
+- from the lake, by delete events at the source's current WAL position X (below L_r: a row
+  inserted meanwhile comes back with the re-read), in shard `REPAIR_SHARD`;
+- from the warehouse, the fact version live at the verified LSN, or the dimension row.
+
+The pipeline must not be running (it owns the slot and the warehouse): this starts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+from change_events import ChangeEvent, Op
+from lake.layout import LakeLayout
+from lake.writer import LakeWriter
+from totesys.connection import connect
+from verify.core import TableReport, Verification
+from verify.run import VerifyError, verify
+from warehouse_sync.as_of import fact_rows_as_of
+from warehouse_sync.schema import BY_NAME, quote_identifier as q
+
+REPAIR_SHARD = "verify-repair"
+"""`_shard` of the delete events a repair writes into the lake."""
+
+
+def slot_in_use(dsn: str, slot: str) -> bool:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+        return bool(row and row[0])
+    finally:
+        conn.close()
+
+
+def _current_lsn(dsn: str) -> int:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def remove_lake_extras(dsn: str, layout: LakeLayout, report: TableReport, schema_name: str = "public") -> int:
+    """Delete events for the lake's extra keys of `report`; the number written."""
+    if not report.extra:
+        return 0
+    from cdc_reader.catalog import read_table_schema
+
+    conn = connect(dsn)
+    try:
+        schema = read_table_schema(conn, schema_name, report.source)
+    finally:
+        conn.close()
+    key = schema.key_names[0]
+    at = _current_lsn(dsn)
+    events = [ChangeEvent(schema, Op.DELETE, at, seq, None, None, {key: str(value)}, None, {key: str(value)})
+              for seq, value in enumerate(report.extra)]
+    LakeWriter(layout).write_batch(REPAIR_SHARD, events)
+    return len(events)
+
+
+def remove_warehouse_extras(warehouse: str, report: TableReport) -> int:
+    """Remove the warehouse's extra rows of `report` (keys are integers: int() quotes them)."""
+    if not report.extra:
+        return 0
+    from warehouse_sync import open_target
+
+    table = BY_NAME[report.table]
+    keys = ", ".join(str(int(k)) for k in report.extra)
+    target = open_target(warehouse)
+    try:
+        target.begin()
+        if table.is_fact:
+            live = fact_rows_as_of(table, report.lsn, where=f"{q(table.business_key or '')} IN ({keys})")
+            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT {q(table.key)} FROM ({live}) AS live)")  # nosec B608 # names quoted by q(), keys int()
+        else:
+            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN ({keys})")  # nosec B608 # names quoted by q(), keys int()
+        target.commit()
+    finally:
+        target.close()
+    return len(report.extra)
+
+
+def repair(config, tables: list[str], found: Verification, *, timeout: float, chunk_rows: int,
+           all_tables: tuple[str, ...]) -> Verification:
+    """Repair `tables` (source table names) of `found` through a pipeline run with `config`
+    (a PipelineConfig), then verify every table again while it runs."""
+    from totes_cli.lake_local import remembered
+    from totes_cli.pipeline import Pipeline
+
+    slot = remembered(config.lake, config.slot)["slot"]
+    if slot_in_use(config.source_dsn, slot):
+        raise VerifyError(f"the pipeline is running (its slot {slot} is in use): stop it, then repair, "
+                          "which runs the pipeline itself while it re-reads.")
+    layout = LakeLayout(config.lake)
+    for report in found.reports:
+        if report.source in tables:
+            if report.side == "lake":
+                remove_lake_extras(config.source_dsn, layout, report)
+            else:
+                remove_warehouse_extras(config.warehouse, report)
+    pipeline = Pipeline(dataclasses.replace(config, resnapshot=tuple(tables)))
+    runner = threading.Thread(target=pipeline.run, name="verify-repair", daemon=True)
+    runner.start()
+    try:
+        wanted = {f"public.{t}" for t in tables}
+        deadline = time.monotonic() + max(timeout, 60.0) * max(1, len(tables))
+        while not (pipeline.reader is not None and wanted <= set(pipeline.reader.reread)):
+            if pipeline.errors or not runner.is_alive():
+                stage, error = pipeline.errors[0] if pipeline.errors else ("pipeline", "stopped")
+                raise VerifyError(f"the {stage} stopped during the repair: {error}")
+            if time.monotonic() > deadline:
+                raise VerifyError("the re-read did not finish in time: run the repair again (it starts over).")
+            time.sleep(0.2)
+        return verify(config.source_dsn, config.lake, config.warehouse, all_tables, chunk_rows=chunk_rows,
+                      timeout=timeout)
+    finally:
+        pipeline.stop.set()
+        runner.join(120)
