@@ -217,8 +217,37 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
 
 
 def _verify_when_running(config, dsn, home):
-    running = Running(config)
+    from verify.repair import verify_with_pipeline
+
+    return verify_with_pipeline(config, TABLES, timeout=60, chunk_rows=20)
+
+
+@pytest.mark.slow
+def test_totes_verify_prints_json_and_exits_0_in_sync_and_one_sentence_when_the_pipeline_is_not_running(
+        totesys_dsn, home, own_kinesalite, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from totes_cli.app import app
+
+    monkeypatch.setenv("TOTES_HOME", str(home))
+    args = ["verify", "--source", totesys_dsn, "--lake", str(home / "lake"), "--warehouse", str(home / "warehouse.duckdb"),
+            "--chunk-rows", "25"]
+    _seed(totesys_dsn)
+    running = Running(_config(totesys_dsn, home))
     try:
-        return _verify(dsn, home)
+        running.caught_up(totesys_dsn)
+        result = CliRunner().invoke(app, [*args, "--json"], env={"COLUMNS": "200"})
     finally:
         running.stop()
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["in_sync"] and report["mismatched"] == 0
+    assert {t["table"] for t in report["tables"]} >= {"public.sales_order", "fact_sales_order", "dim_staff"}
+    assert all(t["rows"] > 0 for t in report["tables"] if t["table"] == "public.sales_order")
+
+    stopped = CliRunner().invoke(app, [*args, "--timeout", "1"], env={"COLUMNS": "200"})
+    assert stopped.exit_code == 2
+    lines = stopped.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is the pipeline running?" in lines[0], stopped.output

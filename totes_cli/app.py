@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from totes_cli import (
     demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd, source_cmd, status_cmd,
-    sync_cmd,
+    sync_cmd, verify_cmd,
 )
 from totes_cli import dashboard_cmd, report_cmd
 from totes_cli.console import err, fail
@@ -76,6 +76,7 @@ app.command("sync")(sync_cmd.sync)
 app.command("simulate")(simulate_cmd.simulate)
 app.command("dashboard")(dashboard_cmd.dashboard)
 app.command("report")(report_cmd.report)
+app.command("verify")(verify_cmd.verify)
 
 
 def main() -> None:

@@ -96,17 +96,52 @@ def remove_warehouse_extras(warehouse: str, report: TableReport) -> int:
     return len(report.extra)
 
 
-def repair(config, tables: list[str], found: Verification, *, timeout: float, chunk_rows: int,
-           all_tables: tuple[str, ...]) -> Verification:
-    """Repair `tables` (source table names) of `found` through a pipeline run with `config`
-    (a PipelineConfig), then verify every table again while it runs."""
+class _Running:
+    """A pipeline run in a thread of this process, for as long as a `with` block."""
+
+    def __init__(self, config):
+        from totes_cli.pipeline import Pipeline
+
+        self.pipeline = Pipeline(config)
+        self._thread = threading.Thread(target=self.pipeline.run, name="verify-pipeline", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self.pipeline
+
+    def __exit__(self, *exc) -> None:
+        self.pipeline.stop.set()
+        self._thread.join(120)
+
+    def check(self) -> None:
+        if self.pipeline.errors or not self._thread.is_alive():
+            stage, error = self.pipeline.errors[0] if self.pipeline.errors else ("pipeline", "it stopped")
+            raise VerifyError(f"the {stage} stopped during the repair: {error}")
+
+
+def _refuse_if_running(config) -> None:
     from totes_cli.lake_local import remembered
-    from totes_cli.pipeline import Pipeline
 
     slot = remembered(config.lake, config.slot)["slot"]
     if slot_in_use(config.source_dsn, slot):
         raise VerifyError(f"the pipeline is running (its slot {slot} is in use): stop it, then repair, "
                           "which runs the pipeline itself while it re-reads.")
+
+
+def verify_with_pipeline(config, tables: tuple[str, ...], *, timeout: float, chunk_rows: int) -> Verification:
+    """Verify while a pipeline started here for it runs (none runs elsewhere)."""
+    _refuse_if_running(config)
+    running = _Running(config)
+    with running:
+        return verify(config.source_dsn, config.lake, config.warehouse, tables, chunk_rows=chunk_rows,
+                      timeout=timeout)
+
+
+def repair(config, tables: list[str], found: Verification, *, timeout: float, chunk_rows: int,
+           all_tables: tuple[str, ...]) -> Verification:
+    """Repair `tables` (source table names) of `found` through a pipeline run with `config`
+    (a PipelineConfig), then verify every table again while it runs."""
+    _refuse_if_running(config)
     layout = LakeLayout(config.lake)
     for report in found.reports:
         if report.source in tables:
@@ -114,21 +149,14 @@ def repair(config, tables: list[str], found: Verification, *, timeout: float, ch
                 remove_lake_extras(config.source_dsn, layout, report)
             else:
                 remove_warehouse_extras(config.warehouse, report)
-    pipeline = Pipeline(dataclasses.replace(config, resnapshot=tuple(tables)))
-    runner = threading.Thread(target=pipeline.run, name="verify-repair", daemon=True)
-    runner.start()
-    try:
+    running = _Running(dataclasses.replace(config, resnapshot=tuple(tables)))
+    with running as pipeline:
         wanted = {f"public.{t}" for t in tables}
         deadline = time.monotonic() + max(timeout, 60.0) * max(1, len(tables))
         while not (pipeline.reader is not None and wanted <= set(pipeline.reader.reread)):
-            if pipeline.errors or not runner.is_alive():
-                stage, error = pipeline.errors[0] if pipeline.errors else ("pipeline", "stopped")
-                raise VerifyError(f"the {stage} stopped during the repair: {error}")
+            running.check()
             if time.monotonic() > deadline:
                 raise VerifyError("the re-read did not finish in time: run the repair again (it starts over).")
             time.sleep(0.2)
         return verify(config.source_dsn, config.lake, config.warehouse, all_tables, chunk_rows=chunk_rows,
                       timeout=timeout)
-    finally:
-        pipeline.stop.set()
-        runner.join(120)

@@ -1,0 +1,90 @@
+"""`totes verify`: source = lake = warehouse at one source LSN, online (verify/)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from change_events import format_lsn
+from totes_cli.console import err, fail, out
+from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
+from totes_cli.run_cmd import default_lake, default_warehouse
+from totes_cli.settings import DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse
+from totesys.connection import SourceConnectionError
+
+if TYPE_CHECKING:
+    from verify.core import Verification
+
+DEFAULT_CHUNK_ROWS = 100_000  # verify.run.DEFAULT_CHUNK_ROWS, without importing pyarrow for --help
+DEFAULT_TIMEOUT = 60.0
+
+
+def show(result: Verification) -> None:
+    from rich.table import Table
+
+    from verify.core import describe
+
+    view = Table(title=f"verified at source LSN {format_lsn(result.lsn)}", title_justify="left")
+    for name in ("table", "side", "at LSN", "rows", "chunks", "differing", "status"):
+        view.add_column(name, justify="right" if name in ("rows", "chunks", "differing") else "left")
+    for report in result.reports:
+        status = "[green]in sync[/]" if report.in_sync else f"[red]{report.mismatched:,} rows differ[/]"
+        view.add_row(report.table, report.side, format_lsn(report.lsn), f"{report.rows:,}", str(report.chunks),
+                     str(report.chunks_differing), status)
+    out.print(view)
+    for report in result.reports:
+        if not report.in_sync:
+            out.print(f"[red]{report.table}[/] ({report.side}): {describe(report)}; "
+                      f"repair with `totes verify --repair {report.source}`")
+
+
+def verify(
+    source: SourceOption = None,
+    lake: LakeOption = None,
+    warehouse: WarehouseOption = None,
+    repair: Annotated[Optional[list[str]], typer.Option("--repair", help="Read this source table again (through the reader's re-read, running the pipeline here: stop it first), then verify again (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the lake and the warehouse to reach the verification's LSN.")] = DEFAULT_TIMEOUT,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="About how many rows one key range holds (memory holds one range of one table).")] = DEFAULT_CHUNK_ROWS,
+    stream: StreamOption = DEFAULT_STREAM,
+    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="The pipeline's replication slot, for --repair \\[default: the one remembered in a local lake].")] = None,
+) -> None:
+    """Compare the source, the lake and the warehouse at one source LSN while everything runs:
+    rows compared per table, and which keys differ and how. Exit 0 only when all match."""
+    from totesys.schema import TABLES
+    from verify.run import VerifyError, verify as run_verify
+
+    try:
+        dsn = resolve_source_dsn(source)
+        home = load().home
+        warehouse = resolve_warehouse(warehouse, default_warehouse(home))
+    except ConfigError as error:
+        raise fail(str(error), code=2) from None
+    lake = lake or default_lake(home)
+    unknown = [t for t in repair or () if t not in TABLES]
+    if unknown:
+        raise fail(f"--repair {unknown[0]} is not a source table: give one of {', '.join(TABLES)}.", code=2)
+    try:
+        if repair:
+            from totes_cli.pipeline import PipelineConfig
+            from verify.repair import repair as run_repair, verify_with_pipeline
+
+            config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, slot=slot)
+            found = verify_with_pipeline(config, TABLES, timeout=timeout, chunk_rows=chunk_rows)
+            if not as_json:
+                show(found)
+            result = run_repair(config, list(repair), found, timeout=timeout, chunk_rows=chunk_rows, all_tables=TABLES)
+            if not as_json:
+                err.print(f"re-read {', '.join(repair)}; verified again:")
+        else:
+            result = run_verify(dsn, lake, warehouse, TABLES, chunk_rows=chunk_rows, timeout=timeout)
+    except (VerifyError, SourceConnectionError) as error:
+        raise fail(str(error), code=2) from None
+    if as_json:
+        out.print_json(json.dumps(result.as_dict(), default=str))
+    else:
+        show(result)
+    if not result.in_sync:
+        raise typer.Exit(1)
