@@ -209,6 +209,25 @@ resource "aws_cloudwatch_metric_alarm" "sync_silent" {
   ok_actions          = local.alarm_actions
 }
 
+# A verification (`totes verify --emf`, or `totes run --verify-every`) found rows where the
+# source, the lake and the warehouse disagree at one LSN. No verification, no datapoint: its
+# schedule is not watched here.
+resource "aws_cloudwatch_metric_alarm" "verify_mismatch" {
+  alarm_name          = "${var.name}-verify-mismatch"
+  alarm_description   = "A verification found rows where source, lake and warehouse differ at one LSN. Runbook: ${local.runbook}#verify-mismatch"
+  namespace           = local.emf_namespace
+  metric_name         = "MismatchedRows"
+  dimensions          = { service = local.verify_service }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 # Guarantee 7 from the source's side, when the source is an RDS instance: the WAL retained by
 # its oldest replication slot, reported by RDS itself (so it also rises while the reader is
 # down). Off unless source_db_instance_id is set.

@@ -56,4 +56,5 @@ locals {
   reader_service    = "reader"
   processor_service = "processor"
   sync_service      = "sync"
+  verify_service    = "verify"
 }

@@ -24,16 +24,16 @@ class RetentionError(ValueError):
     """A retention that is not a duration, or shorter than `MIN_RETENTION`."""
 
 
-def parse_retention(text: str, minimum: timedelta = MIN_RETENTION) -> timedelta:
+def parse_retention(text: str, minimum: timedelta = MIN_RETENTION, flag: str = "--retain") -> timedelta:
     """'24h', '90m', '7d', '2w', '600s' (a bare number is hours) → a timedelta of at least
-    `minimum`; RetentionError with the fix otherwise."""
+    `minimum`; RetentionError with the fix otherwise (naming `flag`, as any duration flag)."""
     match = _DURATION.match(text or "")
     if not match:
-        raise RetentionError(f"--retain {text!r} is not a duration: use a number and a unit, like 24h, 90m or 7d.")
+        raise RetentionError(f"{flag} {text!r} is not a duration: use a number and a unit, like 24h, 90m or 7d.")
     amount, unit = float(match.group(1)), (match.group(2) or "h").lower()
     retention = timedelta(**{_UNITS[unit]: amount})
     if retention < minimum:
-        raise RetentionError(f"--retain {text} is shorter than the {format_retention(minimum)} that readers and "
+        raise RetentionError(f"{flag} {text} is shorter than the {format_retention(minimum)} that readers and "
                              f"writers in flight need: use {format_retention(minimum)} or more.")
     return retention
 

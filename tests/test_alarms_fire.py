@@ -490,3 +490,47 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
         assert axis.state(alarm, probe.points, skipped) == ALARM
     finally:
         server.stop()
+
+
+def test_a_verification_that_finds_a_divergence_fires_the_verify_mismatch_alarm(totesys_dsn, home, monkeypatch):
+    """`totes run --verify-every`'s rounds (a real pipeline here, verifying every few seconds)
+    emit MismatchedRows: 0 while in sync (OK), more once a row the source never had is planted
+    in the lake (ALARM)."""
+    from tests.test_verify import _config, _plant_lake_extra, _seed
+    from totes_cli.pipeline import Pipeline
+    from totes_cli.verify_cmd import emit_emf
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    _seed(totesys_dsn)
+    alarm = metric_alarms({}, references("unused"))["verify_mismatch"]
+    lines: list[str] = []
+    results = []
+
+    def on_verified(result) -> None:
+        buffer = io.StringIO()
+        with redirect_stdout(buffer):
+            emit_emf(result)
+        lines.extend(buffer.getvalue().splitlines())
+        results.append(result)
+
+    pipeline = Pipeline(_config(totesys_dsn, home, verify_every=2.0, on_verified=on_verified))
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    axis = Axis(k=300, start=time.time())  # 5 min = 1 s
+    try:
+        wait_for(lambda: not pipeline.errors and any(r.in_sync for r in results), 180, "a verification in sync")
+        in_sync_at = time.time()
+        _plant_lake_extra(totesys_dsn, pipeline.layout, 10**6)
+        wait_for(lambda: not pipeline.errors and results and not results[-1].in_sync, 120, "a verification that differs")
+    finally:
+        pipeline.stop.set()
+        runner.join(120)
+    assert not pipeline.errors, pipeline.errors
+    points = [p for p in emf_datapoints(lines) if p.metric == "MismatchedRows"]
+    mismatch = [p for p in points if p.value > 0]
+    healthy = [p for p in points if p.value == 0 and p.timestamp <= in_sync_at]
+    assert mismatch and healthy
+    assert [r.extra for r in results[-1].reports if r.table == "public.sales_order"] == [[10**6]]
+    assert axis.state(alarm, points, axis.period_end(healthy[-1].timestamp, alarm.period)) == OK
+    assert axis.state(alarm, points, axis.period_end(mismatch[0].timestamp, alarm.period)) == ALARM

@@ -215,7 +215,8 @@ def _emf(lines: str) -> set[tuple[str, frozenset, str]]:
 def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
     """Run the code that writes the project's metrics and read what it printed."""
     from stream_processors import handler
-    from totes_cli import reader_cmd, sync_cmd
+    from totes_cli import reader_cmd, sync_cmd, verify_cmd
+    from verify.core import TableReport, Verification
 
     out = io.StringIO()
     with redirect_stdout(out):
@@ -226,6 +227,7 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
         reader_cmd._emit_emf(reader, publisher, {})
         reader_cmd.emit_slot_lost()
         sync_cmd.emit_emf(runs=3, events=40, behind_lsn_bytes=0)
+        verify_cmd.emit_emf(Verification(1, [TableReport("public.payment", "lake", "payment", 1, rows=5)]))
 
         outcome = handler.BatchOutcome(shard="shardId-000000000000", records=1, events=3,
                                        appended=2, dead_letters=1)

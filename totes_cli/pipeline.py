@@ -96,6 +96,10 @@ class PipelineConfig:
     """Time travel by Delta version or time is kept this long; maintenance reclaims the rest."""
     maintenance_check_seconds: float = 5.0
     """How often the maintenance thread measures the lake to see whether a round is due."""
+    verify_every: float = 0.0
+    """Seconds between verifications of source, lake and warehouse (`totes verify`); 0: none."""
+    on_verified: object = field(default=None, repr=False, compare=False)
+    """Called with each verification's result (the command prints it and emits its metric)."""
     resnapshot: tuple[str, ...] = ()
     """Tables the reader reads again straight into the lake once it streams (`totes verify --repair`)."""
     status_seconds: float = STATUS_SECONDS
@@ -224,6 +228,11 @@ class Pipeline:
         self._spawn("sync", self._sync_loop, wake=self._lake_moved.set)
         if cfg.maintain_every > 0:
             self._spawn("maintenance", self._maintenance_loop)
+        if cfg.verify_every > 0:
+            from verify.schedule import verify_every
+
+            self._spawn("verification", lambda stop: verify_every(cfg, cfg.verify_every, stop,
+                                                                  cfg.on_verified or (lambda result: None)))
 
     def _spawn(self, name: str, target, wake=None) -> None:
         stop = threading.Event()

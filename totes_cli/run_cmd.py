@@ -95,6 +95,27 @@ def _caught_up_already(dsn: str, lake: str, warehouse: str, stream: str) -> bool
     return True
 
 
+def _verify_every(text: str | None) -> float:
+    """--verify-every as seconds (0: off), or one sentence and exit code 2."""
+    from datetime import timedelta
+
+    from lake.retention import RetentionError, parse_retention
+
+    if not text:
+        return 0.0
+    try:
+        return parse_retention(text, minimum=timedelta(seconds=10), flag="--verify-every").total_seconds()
+    except RetentionError as error:
+        raise fail(str(error), code=2) from None
+
+
+def _verified(result) -> None:
+    from totes_cli.verify_cmd import emit_emf, summary
+
+    err.print(summary(result))
+    emit_emf(result)
+
+
 def run(
     context: typer.Context,
     source: SourceOption = None,
@@ -108,6 +129,7 @@ def run(
     reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
     maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Longest time in seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; a round comes sooner once the lake has grown by half its live data. 0 turns it off.")] = 3600.0,
     retain: RetainOption = format_retention(DEFAULT_RETENTION),
+    verify_every: Annotated[Optional[str], typer.Option("--verify-every", help="Verify source, lake and warehouse at one LSN (as `totes verify`) this often, like 1h or 15m, printing the result and a CloudWatch EMF line of the rows that differ; off unless set.")] = None,
     wait_for_source: Annotated[float, typer.Option("--wait-for-source", envvar="TOTES_WAIT_FOR_SOURCE", help="Seconds to wait at the start for a source (or PostgreSQL warehouse) that does not answer yet, before exiting with an error; inf waits for ever (a service that starts before its database).")] = DEFAULT_WAIT_FOR_SOURCE,
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
@@ -121,6 +143,7 @@ def run(
     if warehouse and _from_command_line(context, "warehouse") and has_password(warehouse):
         err.print(password_in_flag("--warehouse", "warehouse"))
     retention = retention_option(retain)
+    verify_seconds = _verify_every(verify_every)
     try:
         dsn = resolve_source_dsn(source)
         home = load().home
@@ -141,7 +164,7 @@ def run(
 
     config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream,
                             shards=shards, slot=slot, maintain_every=maintain_every, reset=reset,
-                            retention=retention)
+                            retention=retention, verify_every=verify_seconds, on_verified=_verified)
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]

@@ -21,6 +21,29 @@ DEFAULT_CHUNK_ROWS = 100_000  # verify.run.DEFAULT_CHUNK_ROWS, without importing
 DEFAULT_TIMEOUT = 60.0
 
 
+def emit_emf(result: Verification) -> None:
+    """One CloudWatch embedded-metric-format line on stdout: rows compared and rows that differ
+    (the "verify mismatch" alarm watches the second)."""
+    import sys
+
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    metrics = Metrics(namespace="totes-cdc", service="verify")
+    metrics.add_metric(name="VerifiedRows", unit=MetricUnit.Count, value=sum(r.rows for r in result.reports))
+    metrics.add_metric(name="MismatchedRows", unit=MetricUnit.Count, value=result.mismatched)
+    metrics.flush_metrics()
+    sys.stdout.flush()
+
+
+def summary(result: Verification) -> str:
+    """One line: in sync, or which tables differ by how many rows."""
+    if result.in_sync:
+        return f"verified at {format_lsn(result.lsn)}: source, lake and warehouse in sync"
+    differing = ", ".join(f"{r.table} ({r.side}) {r.mismatched:,}" for r in result.reports if not r.in_sync)
+    return f"verified at {format_lsn(result.lsn)}: rows differ in {differing}: totes verify shows which"
+
+
 def show(result: Verification) -> None:
     from rich.table import Table
 
@@ -46,6 +69,7 @@ def verify(
     warehouse: WarehouseOption = None,
     repair: Annotated[Optional[list[str]], typer.Option("--repair", help="Read this source table again (through the reader's re-read, running the pipeline here: stop it first), then verify again (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    emf: Annotated[bool, typer.Option("--emf", help="Also print a CloudWatch embedded-metric-format line (rows compared, rows that differ) to stdout, for a scheduled task.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the lake and the warehouse to reach the verification's LSN.")] = DEFAULT_TIMEOUT,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="About how many rows one key range holds (memory holds one range of one table).")] = DEFAULT_CHUNK_ROWS,
     stream: StreamOption = DEFAULT_STREAM,
@@ -82,6 +106,8 @@ def verify(
             result = run_verify(dsn, lake, warehouse, TABLES, chunk_rows=chunk_rows, timeout=timeout)
     except (VerifyError, SourceConnectionError) as error:
         raise fail(str(error), code=2) from None
+    if emf:
+        emit_emf(result)
     if as_json:
         out.print_json(json.dumps(result.as_dict(), default=str))
     else:

@@ -7,6 +7,7 @@ whole tables (the transforms join them).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,23 +28,28 @@ class VerifyError(RuntimeError):
 
 
 def wait_until(reached: Callable[[], int | None], lsn: int, timeout: float, what: str,
-               sleep: Callable[[float], None] = time.sleep) -> int:
-    """Wait until `reached()` is at or past `lsn`; return it, or raise VerifyError."""
+               stop: threading.Event | None = None) -> int:
+    """Wait until `reached()` is at or past `lsn`; return it, or raise VerifyError (also
+    when `stop` is set: the pipeline that runs the verification is stopping)."""
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout
     while True:
         at = reached()
         if at is not None and at >= lsn:
             return at
+        if stop.is_set():
+            raise VerifyError("the verification was stopped before the lake reached its LSN.")
         if time.monotonic() >= deadline:
             shown = "nothing yet" if at is None else format_lsn(at)
             raise VerifyError(f"the {what} is at {shown}, short of the verification's LSN {format_lsn(lsn)} after "
                               f"{timeout:g} s: is the pipeline running? Start it (totes run), or wait longer (--timeout).")
-        sleep(0.2)
+        stop.wait(0.2)
 
 
 def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], *,
            chunk_rows: int = DEFAULT_CHUNK_ROWS, timeout: float = DEFAULT_TIMEOUT, schema: str = "public",
-           on_table: Callable[[TableReport], None] | None = None) -> Verification:
+           on_table: Callable[[TableReport], None] | None = None,
+           stop: threading.Event | None = None) -> Verification:
     layout = LakeLayout(lake)
     reports: list[TableReport] = []
 
@@ -54,10 +60,10 @@ def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], 
 
     with SourceSnapshot(dsn, schema) as source:
         lsn = source.lsn
-        wait_until(lambda: lake_watermark(layout), lsn, timeout, "lake watermark")
+        wait_until(lambda: lake_watermark(layout), lsn, timeout, "lake watermark", stop)
         reader = None
         if warehouse:
-            wait_until(lambda: _checkpoint(warehouse), lsn, timeout, "warehouse")
+            wait_until(lambda: _checkpoint(warehouse), lsn, timeout, "warehouse", stop)
             reader = wh.WarehouseReader(warehouse)
         try:
             present = reader.tables() if reader else set()
@@ -113,7 +119,6 @@ def _dimension_report(layout: LakeLayout, reader: wh.WarehouseReader, name: str,
 
 
 def _checkpoint(warehouse: str) -> int | None:
-    from warehouse_sync.read_copy import WarehouseBusy
 
     try:
         reader = wh.WarehouseReader(warehouse)
