@@ -7,8 +7,9 @@ source, the lake and the warehouse).
   chunk of the source is compared with the same chunk of the lake and of the warehouse. The
   first range is open below and the last open above, so a row outside the source's keys
   (an extra one) still falls in some chunk.
-- A row's hash is DuckDB's 64-bit `hash()` over its columns rendered as text
-  (`row_hashes`), after both sides were given the same types: equal values give equal text.
+- A row's hash is DuckDB's 64-bit `hash()` over its typed columns (`row_hashes`), after
+  both sides were given the same types (`align`): equal values hash equal, and no value is
+  rendered as text (that cost more than the COPY itself).
   A chunk's digest is its row count and the sum of its row hashes modulo 2**64: independent
   of row order, and a single changed value changes it.
 - Only chunks whose digests differ are drilled into (`compare_chunk`): keys only one side
@@ -76,13 +77,13 @@ def align(rows: pa.Table, like: pa.Schema, columns: list[str]) -> pa.Table:
 
 
 def row_hashes(rows: pa.Table, key: str, columns: list[str]) -> pa.Table:
-    """(key, h) per row: h hashes every one of `columns` rendered as text (NULL distinct from
-    every text), computed by DuckDB over the Arrow data, never row by row in Python."""
+    """(key, h) per row: h hashes every one of `columns` (typed; NULL hashes as itself),
+    computed by DuckDB over the Arrow data, never row by row in Python."""
     connection = duckdb.connect()
     try:
         connection.register("r", rows)
-        rendered = ", ".join(f"{_q(c)}::VARCHAR" for c in columns)
-        return connection.sql(f"SELECT {_q(key)} AS k, hash({rendered}) AS h FROM r").to_arrow_table()  # nosec B608 # names quoted by _q()
+        values = ", ".join(_q(c) for c in columns)
+        return connection.sql(f"SELECT {_q(key)} AS k, hash({values}) AS h FROM r").to_arrow_table()  # nosec B608 # names quoted by _q()
     finally:
         connection.close()
 
@@ -166,7 +167,7 @@ def compare_chunk(report: TableReport, key: str, columns: list[str], expected: p
         differing = [k for (k,) in connection.execute(
             "SELECT want.k FROM want JOIN got USING (k) WHERE want.h <> got.h ORDER BY want.k").fetchall()]
         if differing:
-            checks = ", ".join(f"e.{_q(c)}::VARCHAR IS DISTINCT FROM a.{_q(c)}::VARCHAR AS {_q(c)}"
+            checks = ", ".join(f"e.{_q(c)} IS DISTINCT FROM a.{_q(c)} AS {_q(c)}"
                                for c in columns if c != key)
             connection.register("keys", pa.table({"k": pa.array(differing, want.schema.field("k").type)}))
             rows = connection.execute(

@@ -11,7 +11,9 @@ types before they are hashed.
 
 from __future__ import annotations
 
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 
 import psycopg2.extras
@@ -107,9 +109,42 @@ class SourceSnapshot:
         return pa.concat_tables([_typed(schema, text) for text in pieces])
 
     def chunks(self, schema: TableSchema, chunk_rows: int) -> Iterator[tuple[str, KeyRange, pa.Table]]:
+        """Every chunk of the table, in key order. The next chunk is read (COPY, parsed, typed:
+        network waits and pyarrow release the GIL) while the caller compares this one: at
+        most two chunks are held at a time."""
         key, plan = self.plan(schema, chunk_rows)
-        for chunk in plan:
-            yield key, chunk, self.read(schema, key, chunk)
+        ready: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def read_ahead() -> None:
+            try:
+                for chunk in plan:
+                    item = (chunk, self.read(schema, key, chunk))
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                ready.put((None, None))
+            except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+                ready.put((error, None))
+
+        reader = threading.Thread(target=read_ahead, name=f"verify-read-{schema.table}", daemon=True)
+        reader.start()
+        try:
+            while True:
+                chunk, rows = ready.get()
+                if chunk is None:
+                    return
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                yield key, chunk, rows
+        finally:
+            stop.set()
+            reader.join()
 
 
 def _typed(schema: TableSchema, text: pa.Table) -> pa.Table:
