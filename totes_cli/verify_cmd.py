@@ -12,7 +12,7 @@ from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse
-from totesys.connection import SourceConnectionError
+from cdc_reader.source import SourceConnectionError
 
 if TYPE_CHECKING:
     from verify.core import Verification

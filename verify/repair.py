@@ -24,7 +24,7 @@ import time
 from change_events import ChangeEvent, Op
 from lake.layout import LakeLayout
 from lake.writer import LakeWriter
-from totesys.connection import connect
+from cdc_reader.source import connect, current_wal_lsn
 from verify.core import TableReport, Verification
 from verify.run import VerifyError, verify
 from warehouse_sync.as_of import fact_rows_as_of
@@ -45,16 +45,6 @@ def slot_in_use(dsn: str, slot: str) -> bool:
         conn.close()
 
 
-def _current_lsn(dsn: str) -> int:
-    conn = connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
 def remove_lake_extras(dsn: str, layout: LakeLayout, report: TableReport, schema_name: str = "public") -> int:
     """Delete events for the lake's extra keys of `report`; the number written."""
     if not report.extra:
@@ -67,7 +57,7 @@ def remove_lake_extras(dsn: str, layout: LakeLayout, report: TableReport, schema
     finally:
         conn.close()
     key = schema.key_names[0]
-    at = _current_lsn(dsn)
+    at = current_wal_lsn(dsn)
     events = [ChangeEvent(schema, Op.DELETE, at, seq, None, None, {key: str(value)}, None, {key: str(value)})
               for seq, value in enumerate(report.extra)]
     LakeWriter(layout).write_batch(REPAIR_SHARD, events)

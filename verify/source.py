@@ -26,7 +26,7 @@ from cdc_reader.reader import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema
 from lake.arrow_types import convert_column
-from totesys.connection import connect
+from cdc_reader.source import connect
 from verify.core import KeyRange, plan_chunks
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
