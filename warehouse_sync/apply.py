@@ -65,6 +65,7 @@ from warehouse_sync.schema import (
     BY_NAME,
     CHECKPOINT,
     DIM_COUNTERPARTY,
+    DUCKDB,
     DIM_CURRENCY,
     DIM_DATE,
     DIM_DESIGN,
@@ -374,11 +375,22 @@ def _mirror_rows(target: Target, source: str, keys: pl.Series | None, column: st
 def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
     if rows.height == 0:
         return 0
-    staged = target.stage("_wh_upsert", rows.select(table.names))
-    columns = column_list(table.names)
-    updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in table.names if n != table.key)
-    target.execute(f"INSERT INTO {q(table.name)} ({columns}) SELECT {columns} FROM {q(staged)} "  # nosec B608 # names quoted by q(), values int()
-                   f"ON CONFLICT ({q(table.key)}) DO UPDATE SET {updates}")
+    staged = q(target.stage("_wh_upsert", rows.select(table.names)))
+    name, key, columns = q(table.name), q(table.key), column_list(table.names)
+    if target.dialect != DUCKDB:
+        updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in table.names if n != table.key)
+        target.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {staged} "  # nosec B608 # names quoted by q()
+                       f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+        return rows.height
+    # DuckDB: its ON CONFLICT, or an UPDATE joined on the key, updates the rows in the order
+    # the staged rows come, and rows out of the table's own order cost it ~50 us each (a
+    # backlog's 100k updates took seconds). Updated by rowid, in rowid order, they cost
+    # ~1 us; the join that finds the rowids reads only the key column.
+    updates = ", ".join(f"{q(n)} = s.{q(n)}" for n in table.names if n != table.key)
+    target.execute(f"UPDATE {name} SET {updates} FROM (SELECT u.*, t.rowid AS _wh_row FROM {staged} AS u "  # nosec B608 # names quoted by q()
+                   f"JOIN {name} AS t ON t.{key} = u.{key} ORDER BY _wh_row) AS s WHERE {name}.rowid = s._wh_row")
+    target.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {staged} AS s "  # nosec B608 # names quoted by q()
+                   f"WHERE NOT EXISTS (SELECT 1 FROM {name} AS t WHERE t.{key} = s.{key})")
     return rows.height
 
 

@@ -265,12 +265,15 @@ def new_fact_rows(spec: FactSpec, current: pl.DataFrame, versions: pl.DataFrame)
         versions.with_columns(pl.lit(None, dtype=pl.Int32).alias(record_id), _origin=pl.lit(False))
         .select([record_id, *fact_schema(spec), "_origin"]),
     ]).sort([key, "source_lsn", "source_seq"])
-    first = pl.int_range(pl.len()).over(key) == 0
-    differs = pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(1).over(key)) for c in compared])
+    # Sorted by key, "the version before" is the row before when its key is the same: plain
+    # shifts compared with the key's, no window per column (which cost a sort per column).
+    first = pl.col(key).ne_missing(pl.col(key).shift(1)).fill_null(True)
+    differs = pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(1)) for c in compared])
     appended = ~pl.col("_origin") & pl.when(first).then(~pl.col("is_deleted")).otherwise(differs)
+    last = pl.col(key).ne_missing(pl.col(key).shift(-1)).fill_null(True)
     timeline = (rows.filter(pl.col("_origin") | appended)
-                .with_columns(is_current=pl.int_range(pl.len()).over(key) == pl.len().over(key) - 1,
-                              valid_to=pl.col("valid_from").shift(-1).over(key)))
+                .with_columns(is_current=last,
+                              valid_to=pl.when(last).then(None).otherwise(pl.col("valid_from").shift(-1))))
     inserts = (timeline.filter(~pl.col("_origin")).sort(["source_lsn", "source_seq", key])
                .select(list(fact_schema(spec))))
     closes = timeline.filter(pl.col("_origin") & ~pl.col("is_current")).select(record_id, "valid_to")
