@@ -10,10 +10,10 @@ import time
 
 from bench import Report, markdown_table
 from bench import (lake_bench, light_bench, load_bench, pipeline_bench, read_copy_bench, reader_bench, snapshot_bench,
-                   storage_bench, verify_bench)
+                   storage_bench, sync_bench, verify_bench)
 
 BENCHMARKS = {module.NAME: module for module in (reader_bench, lake_bench, pipeline_bench, storage_bench, load_bench,
-                                                 read_copy_bench, light_bench, snapshot_bench, verify_bench)}
+                                                 read_copy_bench, light_bench, snapshot_bench, verify_bench, sync_bench)}
 
 
 def main(argv: list[str] | None = None) -> int:
