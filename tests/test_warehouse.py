@@ -162,7 +162,7 @@ AWKWARD_VALUES = pl.DataFrame({
 
 @pytest.mark.parametrize("engine", ["duckdb", "postgres"])
 def test_staged_rows_read_back_through_the_bulk_paths_are_the_same_values(engine, request):
-    """What the sync stages (COPY FROM as CSV into PostgreSQL, Arrow into DuckDB) and reads
+    """What the sync stages (binary COPY FROM into PostgreSQL, Arrow into DuckDB) and reads
     back (COPY TO as CSV parsed by polars, Arrow from DuckDB) keeps every value: NULL apart
     from '' and from the text '\\N', quotes, commas, newlines, microseconds, time zones."""
     target = DuckDBTarget() if engine == "duckdb" else PostgresTarget(request.getfixturevalue("empty_database"))
@@ -252,6 +252,45 @@ def test_replay_fills_unchanged_toast_columns_carries_deletes_and_expands_trunca
     assert result.upserts.select("design_id", "_lsn").rows() == [(4, 15)]
     assert sorted(result.deleted.to_list()) == [1, 2, 3, 9]
     assert sorted(result.gone["design_id"].to_list()) == [1, 2, 3]
+
+
+def test_replay_of_complete_rows_beside_carried_ones_equals_carrying_every_column(monkeypatch):
+    """Keys whose events are all complete rows skip the carrying forward; mixed with keys that
+    need it (deletes, unchanged TOAST), the result is what carrying every column gives."""
+    import random
+
+    import warehouse_sync.replay as replay_module
+
+    rng = random.Random(7)
+    ts = datetime(2024, 11, 18, 9, tzinfo=UTC)
+    prior = _prior("design", [{"design_id": k, "design_name": f"p{k}", "file_location": f"/p{k}",
+                               "file_name": f"p{k}.json", "_lsn": 1, "_seq": k} for k in range(0, 40, 2)])
+    rows = []
+    for lsn in range(10, 70):
+        for seq in range(3):
+            key, kind = rng.randrange(40), rng.random()
+            if kind < 0.1:
+                rows.append({"design_id": key, "_op": "d", "_lsn": lsn, "_seq": seq, "_commit_ts": ts})
+            else:
+                unchanged = ["file_name"] if kind < 0.2 else []
+                rows.append({"design_id": key, "design_name": f"n{lsn}.{seq}", "file_location": f"/{lsn}",
+                             "file_name": None if unchanged else f"{lsn}.json", "_unchanged": unchanged,
+                             "_op": "u" if kind < 0.7 else "c", "_lsn": lsn, "_seq": seq, "_commit_ts": ts})
+    events = _events("design", rows)
+    assert events.filter((pl.col("_op") == "d") | (pl.col("_unchanged").list.len() > 0))["design_id"].n_unique() < 40
+
+    def carrying_everything(state, events_, key, columns, schema):
+        if events_.height == 0:
+            return state, pl.DataFrame(schema=schema)
+        return replay_module._filled_segment(state, events_, key, columns, schema)
+
+    fast = replay("design", prior, events)
+    monkeypatch.setattr(replay_module, "_segment", carrying_everything)
+    reference = replay("design", prior, events)
+    assert fast.versions.equals(reference.versions)
+    assert fast.upserts.equals(reference.upserts)
+    assert fast.deleted.sort().equals(reference.deleted.sort())
+    assert fast.gone.sort("design_id").equals(reference.gone.sort("design_id"))
 
 
 def test_replay_of_a_key_change_deletes_the_old_key():

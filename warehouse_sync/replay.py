@@ -76,9 +76,41 @@ def _with_key_changes(events: pl.DataFrame, key: str) -> pl.DataFrame:
 
 def _segment(state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[str],
              schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Replay truncate-free `events` over `state` (alive rows); return (new state, versions)."""
+    """Replay truncate-free `events` over `state` (alive rows); return (new state, versions).
+
+    Only the keys with a delete or an unchanged-TOAST column need values carried forward from
+    the version before (a window per column); every other event is its own complete version,
+    so a snapshot or a backlog of plain updates costs a sort, not a fill per column."""
     if events.height == 0:
         return state, pl.DataFrame(schema=schema)
+    carries = (pl.col("_op") == "d") | (pl.col("_unchanged").list.len() > 0).fill_null(False)
+    carrying = events.filter(carries)[key].unique()
+    if carrying.len() == 0:
+        return _plain_segment(state, events, key, schema)
+    in_carrying = pl.col(key).is_in(carrying.implode())
+    if events.filter(~in_carrying).height == 0:
+        return _filled_segment(state, events, key, columns, schema)
+    state, plain = _plain_segment(state, events.filter(~in_carrying), key, schema)
+    state, filled = _filled_segment(state, events.filter(in_carrying), key, columns, schema)
+    return state, pl.concat([plain, filled])
+
+
+def _plain_segment(state: pl.DataFrame, events: pl.DataFrame, key: str,
+                   schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`_segment` for events that are all complete rows (no delete, nothing unchanged)."""
+    touched = events[key].unique().implode()
+    known = state.filter(pl.col(key).is_in(touched))[key].implode()
+    rows = events.sort([key, *POSITION])
+    versions = rows.with_columns(
+        _known=pl.col(key).is_in(known) | pl.col(key).eq_missing(pl.col(key).shift(1)).fill_null(False)
+    ).select(list(schema))
+    alive = rows.group_by(key, maintain_order=True).last().select(state.columns).cast(state.schema)
+    return pl.concat([state.filter(~pl.col(key).is_in(touched)), alive]), versions
+
+
+def _filled_segment(state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[str],
+             schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`_segment` for keys whose events carry values forward (deletes, unchanged TOAST)."""
     touched = events[key].unique()
     origin = state.filter(pl.col(key).is_in(touched.implode())).with_columns(_origin=pl.lit(True))
     rows = (pl.concat([origin, events.with_columns(_origin=pl.lit(False))], how="diagonal_relaxed")
