@@ -13,8 +13,10 @@ import io
 from pathlib import Path
 
 import duckdb
+import pgpq
 import polars as pl
 import psycopg2
+import pyarrow as pa
 from psycopg2 import sql as pgsql
 
 from cdc_reader.source import connect
@@ -162,19 +164,40 @@ def _pg_type(dtype: pl.DataType) -> str:
     raise TypeError(f"no PostgreSQL type for staging a {dtype} column")
 
 
-def _copy_text(frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with times and timestamps as text PostgreSQL reads exactly (microseconds)."""
+def _binary_ready(frame: pl.DataFrame) -> pa.Table:
+    """`frame` as Arrow whose every column has the binary form of its staged column's type
+    (`_pg_type`): binary COPY checks no types, so an int2 sent into an integer would be
+    misread. Times and timestamps in microseconds, PostgreSQL's precision."""
     columns = []
     for name, dtype in frame.schema.items():
         column = pl.col(name)
-        if dtype == pl.Time:
-            column = column.dt.strftime("%H:%M:%S%.6f")
-        elif isinstance(dtype, pl.Datetime) and dtype.time_zone:
-            column = column.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f+00")
-        elif isinstance(dtype, pl.Datetime):
-            column = column.dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
+        if dtype in (pl.Int8, pl.Int16, pl.UInt8, pl.UInt16):
+            column = column.cast(pl.Int32)
+        elif dtype in (pl.UInt32, pl.UInt64):
+            column = column.cast(pl.Int64)
+        elif dtype == pl.Null:
+            column = column.cast(pl.String)
+        elif dtype == pl.Time:
+            column = column.cast(pl.Int64).floordiv(1000)  # ns → us, made time64[us] below
+        elif isinstance(dtype, pl.Datetime) and dtype.time_unit != "us":
+            column = column.dt.cast_time_unit("us")
         columns.append(column)
-    return frame.select(columns)
+    table = frame.select(columns).to_arrow()
+    fields = [pa.field(name, pa.time64("us")) if frame.schema[name] == pl.Time else table.schema.field(name)
+              for name in table.column_names]
+    return table.cast(pa.schema(fields))
+
+
+def _binary_copy(table: pa.Table) -> io.BytesIO:
+    """`table` in PostgreSQL's binary COPY format (pgpq): no text to format or parse."""
+    encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
+    buffer = io.BytesIO()
+    buffer.write(encoder.write_header())
+    for batch in table.to_batches():
+        buffer.write(encoder.write_batch(batch))
+    buffer.write(encoder.finish())
+    buffer.seek(0)
+    return buffer
 
 
 def _from_copy_text(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -199,7 +222,6 @@ class PostgresTarget(Target):
 
     dialect = POSTGRES
     for_update = " FOR UPDATE"
-    _NULL = r"\N"
 
     def __init__(self, dsn: str):
         self.dsn = dsn
@@ -247,14 +269,8 @@ class PostgresTarget(Target):
             cur.execute(pgsql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(pgsql.Identifier(name)))
             cur.execute(pgsql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(pgsql.Identifier(name), columns))
             if frame.height:
-                buffer = io.BytesIO()
-                # every text value quoted: a value that reads like the NULL marker stays a value
-                _copy_text(frame).write_csv(buffer, include_header=False, null_value=self._NULL,
-                                            quote_style="non_numeric")
-                buffer.seek(0)
-                copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, NULL {})").format(
-                    pgsql.Identifier(name), pgsql.Literal(self._NULL))
-                cur.copy_expert(copy.as_string(self.connection), buffer)
+                copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(pgsql.Identifier(name))
+                cur.copy_expert(copy.as_string(self.connection), _binary_copy(_binary_ready(frame)))
         return name
 
     def series(self, count: int) -> str:
