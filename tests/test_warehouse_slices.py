@@ -217,3 +217,18 @@ def test_a_continuous_sync_follows_small_steps_and_slices_a_large_one(history, l
     assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(4, largest)
     assert checkpoint_lsn(target) == history.final_lsn
     assert_same_warehouse(dump_warehouse(target), reference)
+
+
+def test_a_continuous_sync_holds_at_most_a_slice_of_what_the_lake_has_past_its_position(history, lake, reference):
+    """Between runs the cache holds the events past the sync's position only while they fit
+    a slice; a lake far ahead (a backlog, a snapshot landed) is read in slices instead."""
+    target, tables = DuckDBTarget(), {}
+    first_lsn = history.points[0][0]
+    ahead = sum(1 for event in history.source.events if event.lsn > first_lsn)
+    assert ahead > 3 * 4
+    sync_once(lake, target, first_lsn, today=TODAY, tables=tables, slice_events=4)
+    assert tables and sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
+    rest = sync_once(lake, target, history.final_lsn, today=TODAY, tables=tables, slice_events=4)
+    assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(_transaction_sizes(history).values())
+    assert sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
+    assert_same_warehouse(dump_warehouse(target), reference)

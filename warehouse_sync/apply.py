@@ -205,7 +205,7 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
         return result
     try:
         if tables is not None and start.is_complete(len(SOURCES)):
-            held = cached_events(layout, start.lsn, upto_lsn, tables)
+            held = cached_events(layout, start.lsn, upto_lsn, tables, slice_events)
             if held is not None and held <= slice_events:
                 _apply_slice(layout, target, start, end, today, tables, result,
                              lambda: read_changes(layout, start.lsn, upto_lsn, tables))
@@ -222,7 +222,7 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
                 break  # another sync moved the checkpoint: the next run starts from there
             start = end_
         if tables is not None:
-            follow_from(layout, upto_lsn, tables)
+            follow_from(layout, upto_lsn, tables, slice_events)
     except Exception as error:
         if tables is not None:
             tables.clear()  # read again from wherever the checkpoint is

@@ -12,7 +12,10 @@ columns cast to the mirror's types. `_unchanged` stays a list of column names.
 A continuous sync passes a cache: the tables stay open between runs, and each run reads only
 what the commits since the previous run appended (Delta's change feed, which for appends
 needs no table feature), not the whole table again: a run costs the same after a day of
-small commits as after a minute.
+small commits as after a minute. The cache holds at most `limit` events (a slice's worth):
+when the lake has more than that past the sync's position (a backlog, a snapshot landed), it
+lets go of them and the next run reads the lake in slices, so memory does not grow with
+what the lake got ahead.
 """
 
 from __future__ import annotations
@@ -86,24 +89,46 @@ def _conform(table: pa.Table, schema: dict) -> pl.DataFrame:
     return frame.select([pl.col(n).cast(dtype) for n, dtype in schema.items()])
 
 
+FEED_LIMIT = 100_000
+"""Events a continuous sync's cache holds at most (= the default slice size)."""
+
+
 @dataclass
 class _Feed:
     """A change log as a continuous sync follows it: read up to `version`, and `held` is
-    every event in it above `after_lsn` (what the last call returned ended there)."""
+    every event in it above `after_lsn` (what the last call returned ended there), or None
+    when there were more than the cache holds (then the lake is read in slices)."""
 
     delta: DeltaTable
     version: int
     after_lsn: int
-    held: pl.DataFrame
+    held: pl.DataFrame | None
 
 
-def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: dict) -> _Feed | None:
-    """The table's feed, brought up to its latest version."""
+def _added_rows(delta: DeltaTable, after_version: int) -> int:
+    """Rows the commits after `after_version` up to the loaded one added (from the log's
+    commit metrics; a commit without them counts as too many)."""
+    versions = delta.version() - after_version
+    added = 0
+    for commit in delta.history(limit=versions):
+        if commit.get("version", after_version + 1) <= after_version:
+            continue
+        rows = (commit.get("operationMetrics") or {}).get("num_added_rows")
+        added += int(rows) if rows is not None else FEED_LIMIT + 1
+    return added
+
+
+def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: dict,
+            limit: int = FEED_LIMIT) -> _Feed | None:
+    """The table's feed, brought up to its latest version (`held` None past `limit` events)."""
     feed = cache.get(uri)
     if feed is not None and feed.after_lsn == after_lsn:
         if not layout.has_commit(uri, feed.version + 1):
             return feed  # nothing new: most tables, most of the time
         feed.delta.update_incremental()
+        if feed.held is None or feed.held.height + _added_rows(feed.delta, feed.version) > limit:
+            feed.held, feed.version = None, feed.delta.version()
+            return feed
         try:
             new = _appended(feed.delta, schema, feed.version, after_lsn)
         except Exception as error:  # noqa: BLE001 - a schema change, a commit cleaned up: scan instead
@@ -113,12 +138,16 @@ def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: d
             feed.version = feed.delta.version()
             return feed
     # First call, or the caller's checkpoint is not where the last call ended (a sync that
-    # rolled back): scan the files.
+    # rolled back): scan the files, unless they hold more than the cache may.
     delta = layout.open(uri)
     if delta is None:
         return None
-    feed = cache[uri] = _Feed(delta, delta.version(), after_lsn,
-                              _scan(layout, uri, delta, schema, after_lsn, None))
+    dataset = delta.to_pyarrow_dataset(filesystem=layout.subtree(uri), file_pruning_predicate=f"_lsn > {int(after_lsn)}")
+    if dataset.count_rows(filter=ds.field("_lsn") > after_lsn) > limit:
+        feed = cache[uri] = _Feed(delta, delta.version(), after_lsn, None)
+    else:
+        feed = cache[uri] = _Feed(delta, delta.version(), after_lsn,
+                                  _scan(layout, uri, delta, schema, after_lsn, None))
     return feed
 
 
@@ -141,6 +170,8 @@ def read_table_changes(layout: LakeLayout | str, source: str, after_lsn: int, up
         feed = _follow(layout, uri, schema, after_lsn, cache)
         if feed is None:
             return pl.DataFrame(schema=schema)
+        if feed.held is None:  # more than the cache holds: read from the files
+            feed.held = _scan(layout, uri, feed.delta, schema, after_lsn, None)
         frame = feed.held
         if frame.height:
             due = pl.col("_lsn") <= upto_lsn
@@ -151,28 +182,48 @@ def read_table_changes(layout: LakeLayout | str, source: str, after_lsn: int, up
     return frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False).sort(["_lsn", "_seq"])
 
 
-def cached_events(layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache: dict) -> int | None:
+def cached_events(layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache: dict,
+                  limit: int = FEED_LIMIT) -> int | None:
     """How many events in `(after_lsn, upto_lsn]` a continuous sync's `cache` holds once
     brought up to date, or None when it does not follow `after_lsn` (empty, or left by a
-    sync that rolled back or went by slices): then the events are counted in the lake."""
+    sync that rolled back or went by slices) or the lake has more than `limit` events past
+    it (the cache then lets go of them): then the events are counted in the lake."""
     layout = _as_lake(layout)
     if not cache or any(feed.after_lsn != after_lsn for feed in cache.values()):
         return None
     held = 0
     for source in SOURCES:
-        feed = _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn, cache)
+        feed = _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn,
+                       cache, limit)
+        if feed is not None and feed.held is None:
+            _let_go(cache)
+            return None
         if feed is not None and feed.held.height:
             held += feed.held.filter(pl.col("_lsn") <= upto_lsn).height
+    if sum(feed.held.height for feed in cache.values() if feed.held is not None) > limit:
+        _let_go(cache)
+        return None
     return held
 
 
-def follow_from(layout: LakeLayout | str, after_lsn: int, cache: dict) -> None:
-    """Start `cache` (emptied) at `after_lsn`: each table's events above it are read now,
-    those appended later by the calls after."""
+def _let_go(cache: dict) -> None:
+    for feed in cache.values():
+        feed.held = None
+
+
+def follow_from(layout: LakeLayout | str, after_lsn: int, cache: dict, limit: int = FEED_LIMIT) -> None:
+    """Start `cache` (emptied) at `after_lsn`: each table's events above it are read now
+    (unless the lake has more than `limit` of them), those appended later by the calls after."""
     layout = _as_lake(layout)
     cache.clear()
     for source in SOURCES:
-        _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn, cache)
+        feed = _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn,
+                       cache, limit)
+        if feed is not None and feed.held is None:
+            break
+    if any(feed.held is None for feed in cache.values()) or \
+            sum(feed.held.height for feed in cache.values()) > limit:
+        _let_go(cache)
 
 
 def read_changes(layout: LakeLayout | str, after_lsn: int, upto_lsn: int,
