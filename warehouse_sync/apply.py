@@ -26,11 +26,14 @@ before. Each slice is one transaction, which also moves the checkpoint (and `_sy
    (history keeps pointing at the last known values);
 7. set the position to the slice's end and commit.
 
-Everything crosses to the engine in bulk: frames are staged as Arrow (DuckDB) or COPY FROM
-(PostgreSQL) and joined in SQL, large results come back as Arrow or COPY TO; no statement or
-Python object per row. What a slice costs grows with the slice, not with the warehouse,
-except DuckDB's column scans for keyed lookups (its ART indexes serve constraints, not
-joins) and `max(record id)`.
+Everything crosses to the engine in bulk: frames are staged as Arrow (DuckDB) or binary COPY
+FROM (PostgreSQL, pgpq) and joined in SQL, large results come back as Arrow or COPY TO; no
+statement or Python object per row. Mirrors and dimensions are upserted on the changed keys
+only (DuckDB: by rowid in rowid order, see `_upsert`), facts closed by record id and appended.
+What a slice costs grows with the slice, not with the warehouse, except DuckDB's scans for
+keyed lookups (its ART indexes serve constraints, not joins) and
+`max(record id)`. PostgreSQL checks each fact row's nine foreign keys one row at a time (its
+triggers): most of what an append costs there.
 
 A crash anywhere before a slice's commit leaves the warehouse as the previous slice left it;
 a rerun goes on from there, and a rerun with the same `upto_lsn` does nothing. So a
