@@ -40,10 +40,12 @@ class BulkReread:
     and `allows_watermark`; `join` waits for it and raises what it raised."""
 
     def __init__(self, schema: TableSchema, connect: Callable[..., object], layout: LakeLayout, slot: str, *,
-                 chunk_pages: int, connections: int, batch_bytes: int,
+                 dsn: str, chunk_pages: int, connections: int, batch_bytes: int,
                  chunk_hook: Callable[[str, int, str], None] | None = None):
         self.schema = schema
         self._connect = connect
+        self._dsn = dsn
+        """The chunks are read over ADBC connections of their own (bulk_snapshot.connect_arrow)."""
         self._layout = layout
         self._slot = f"{slot}_reread"
         self._chunk_pages = chunk_pages
@@ -92,7 +94,7 @@ class BulkReread:
                 self.lsn = temporary.consistent_lsn
                 log.info("re-reading %s straight into the lake at %s while streaming", self.schema.table,
                          format_lsn(self.lsn))
-                bulk = BulkSnapshot(self._connect, self._layout, self.lsn, plans, chunk_pages=self._chunk_pages,
+                bulk = BulkSnapshot(self._dsn, self._layout, self.lsn, plans, chunk_pages=self._chunk_pages,
                                     connections=self._connections, batch_bytes=self._batch_bytes,
                                     fresh_appends=False)
                 bulk.chunk_hook = self._chunk_hook

@@ -26,9 +26,9 @@ read in both, at L1 and at L2: the newer wins in the state, the change log holds
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,15 +36,15 @@ from datetime import date, datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-from psycopg2 import sql
+from psycopg2.extensions import make_dsn
 
-from cdc_reader.snapshot import _ESCAPE, _unescape_one
 from change_events import TableSchema
-from lake.arrow_types import arrow_type
+from lake.arrow_types import arrow_type, convert_column
+from lake.delta_io import quote_identifier
+from lake.errors import ValueConversionError
 from lake.dead_letters import DeadLetters
 from lake.layout import LakeLayout
-from lake.snapshot_load import SNAPSHOT_SHARD, TableLoad, convert_or_reject
+from lake.snapshot_load import SNAPSHOT_SHARD, TableLoad, convert_or_reject, typed_changelog_rows
 from lake.writer import Rejected
 
 log = logging.getLogger("totes.reader")
@@ -55,6 +55,7 @@ DEFAULT_CHUNK_PAGES = 2048
 few MiB; a 1M-row table is ten chunks, enough to keep every connection busy. (ReaderConfig
 carries the same defaults, so importing the reader does not load pyarrow.)"""
 DEFAULT_BATCH_BYTES = 8 << 20
+_BATCH_SIZE_HINT = "adbc.postgresql.batch_size_hint_bytes"
 
 MAX_ROWS_PER_PAGE = 291
 """MaxHeapTuplesPerPage of 8 KiB pages: no chunk of N pages holds more than N times this."""
@@ -93,61 +94,104 @@ class BatchStats:
     dead_lettered: int = 0
 
 
-# -- COPY text → Arrow -----------------------------------------------------------------------
+# -- binary COPY → Arrow ----------------------------------------------------------------------
 
-def parse_copy_text(data: bytes, names: list[str]) -> pa.Table:
-    """Whole lines of COPY ... TO STDOUT (text format) as string columns; NULL as null."""
-    labels = [f"c{i}" for i in range(len(names))]
-    table = pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=labels, block_size=max(1 << 20, len(data) + 1)),
-        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                          newlines_in_values=False, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(column_types={label: pa.string() for label in labels},
-                                             null_values=["\\N"], strings_can_be_null=True,
-                                             quoted_strings_can_be_null=False),
-    )
+_NATIVE_STRINGS = re.compile(r"(text|character varying|character|varchar|char|bpchar)(\(\d+\))?")
+_INTEGER_TYPES = ("smallint", "integer", "bigint")
+_TIMESTAMP_RANGE = (-62135596800000000, 253402300799999999)
+"""0001-01-01 to 9999-12-31 23:59:59.999999 in microseconds of the Unix epoch: what the
+text path (and so the stream processor) takes; 'infinity' and BC values lie outside."""
+_DATE_RANGE = (-719162, 2932896)
+
+
+def reads_natively(type_name: str) -> bool:
+    """Whether the column is read in binary: ADBC's Arrow value is the lake's bit for bit
+    (integers, floats, bool, dates, timestamps, bytea, text), or, for numeric(p,s), exact
+    digits that the same cast as the text path's makes the same decimal. Other columns are
+    read as the server's text output and converted as the stream processor converts
+    pgoutput's text (unconstrained numeric, oid, json, arrays, enums...)."""
+    target = arrow_type(type_name)
+    name = type_name.strip()
+    if pa.types.is_integer(target):
+        return name in _INTEGER_TYPES
+    if pa.types.is_string(target):
+        return _NATIVE_STRINGS.fullmatch(name) is not None
+    return True  # floats, bool, date, timestamps, bytea, numeric(p,s)
+
+
+def _select_list(schema: TableSchema, as_text: bool) -> str:
+    """format('%s', c) is the type's output function: the text pgoutput sends (NULL stays NULL)."""
+    out = []
+    for column in schema.columns:
+        name = quote_identifier(column.name)
+        if as_text or not reads_natively(column.type_name):
+            out.append(f"CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END AS {name}")
+        else:
+            out.append(name)
+    return ", ".join(out)
+
+
+def _chunk_query(schema: TableSchema, chunk: int, chunks: int, chunk_pages: int, as_text: bool = False) -> str:
+    namespace, _, table = schema.table.partition(".")
+    query = f"SELECT {_select_list(schema, as_text)} FROM {quote_identifier(namespace)}.{quote_identifier(table)}"
+    if chunks == 1:
+        return query
+    query += f" WHERE ctid >= '({chunk * chunk_pages},0)'::tid"
+    if chunk < chunks - 1:
+        query += f" AND ctid < '({(chunk + 1) * chunk_pages},0)'::tid"
+    return query
+
+
+class _NotInLake(Exception):
+    """A value no lake type holds: the chunk is read again as text, row by row reasons."""
+
+
+def _in_range(values: pa.Array, as_int: pa.DataType, bounds: tuple[int, int]) -> bool:
+    numbers = pc.cast(values, as_int)
+    low, high = pc.min_max(numbers).values()
+    return low.as_py() is None or (low.as_py() >= bounds[0] and high.as_py() <= bounds[1])
+
+
+def lake_columns(schema: TableSchema, batch: pa.RecordBatch) -> list[pa.Array]:
+    """A batch of the chunk query (`_chunk_query`) as the lake's typed columns, vectorised.
+    Raises _NotInLake when a value does not fit (the text path then sets those rows aside)."""
     columns = []
-    for column in table.columns:
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        if pc.any(pc.match_substring(column, "\\")).as_py():
-            column = pa.array([None if v is None else _ESCAPE.sub(_unescape_one, v) for v in column.to_pylist()],
-                              pa.string())
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=names)
+    for i, column in enumerate(schema.columns):
+        values = batch.column(i)
+        target = arrow_type(column.type_name)
+        if isinstance(values.type, pa.ExtensionType):  # numeric: ADBC's digits as a string
+            values = values.storage
+        if not reads_natively(column.type_name) or pa.types.is_decimal(target):
+            try:
+                columns.append(convert_column(values, column.type_name, column.name))
+            except ValueConversionError as error:
+                raise _NotInLake(str(error)) from None
+            continue
+        if pa.types.is_timestamp(target) and not _in_range(values, pa.int64(), _TIMESTAMP_RANGE):
+            raise _NotInLake(column.name)
+        if pa.types.is_date(target) and not _in_range(values, pa.int32(), _DATE_RANGE):
+            raise _NotInLake(column.name)
+        columns.append(values if values.type == target else pc.cast(values, target))
+    return columns
 
 
-class _CopyBatches:
-    """A file-like sink for copy_expert: COPY output cut at line ends into batches of at
-    most about `batch_bytes`, each handed to `on_batch` as string columns."""
+def connect_arrow(dsn: str):
+    """An ADBC connection to the source (libpq in C++: binary COPY decoded straight into Arrow,
+    without the GIL), with the reader's session settings; failures as SourceConnectionError."""
+    import adbc_driver_postgresql.dbapi as adbc
 
-    def __init__(self, names: list[str], batch_bytes: int, on_batch: Callable[[pa.Table, int], None]):
-        self.names = names
-        self.batch_bytes = batch_bytes
-        self.on_batch = on_batch
-        self._parts: list[bytes] = []
-        self._size = 0
+    from cdc_reader.reader import session_options
+    from totesys.connection import (CONNECT_TIMEOUT_SECONDS, SourceConnectionError, explain, is_transient,
+                                    keepalive_params, remember_secrets)
 
-    def write(self, data) -> int:
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size >= self.batch_bytes:
-            buffer = b"".join(self._parts)
-            end = buffer.rfind(b"\n") + 1
-            self._parts, self._size = [buffer[end:]], len(buffer) - end
-            if end:
-                self.on_batch(parse_copy_text(buffer[:end], self.names), end)
-        return len(data)
-
-    def close(self) -> None:
-        buffer = b"".join(self._parts)
-        self._parts, self._size = [], 0
-        if buffer and not buffer.endswith(b"\n"):
-            raise ValueError("COPY output ended inside a row")
-        if buffer:
-            self.on_batch(parse_copy_text(buffer, self.names), len(buffer))
+    options = session_options()
+    params = {"connect_timeout": str(CONNECT_TIMEOUT_SECONDS), "application_name": "totes-reader",
+              **keepalive_params(dsn, options)}
+    remember_secrets(dsn)
+    try:
+        return adbc.connect(make_dsn(dsn, **params), autocommit=False)
+    except Exception as error:  # noqa: BLE001 - ADBC's errors have no common base worth naming
+        raise SourceConnectionError(explain(dsn, error), transient=is_transient(error)) from None
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -171,31 +215,18 @@ def plan_tables(conn, schemas: Iterable[TableSchema], chunk_pages: int) -> list[
     return plans
 
 
-def _chunk_query(schema: TableSchema, chunk: int, chunks: int, chunk_pages: int) -> sql.Composed:
-    namespace, _, table = schema.table.partition(".")
-    columns = sql.SQL(", ").join(map(sql.Identifier, schema.column_names))
-    source = sql.Identifier(namespace, table)
-    if chunks == 1:
-        return sql.SQL("COPY {} ({}) TO STDOUT").format(source, columns)
-    low = sql.Literal(f"({chunk * chunk_pages},0)")
-    where = sql.SQL("ctid >= {}::tid").format(low)
-    if chunk < chunks - 1:
-        where = sql.SQL("{} AND ctid < {}::tid").format(where, sql.Literal(f"({(chunk + 1) * chunk_pages},0)"))
-    return sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(columns, source, where)
-
-
 # -- loading ---------------------------------------------------------------------------------
 
 class BulkSnapshot:
     """Read the chunks of `plans` not yet in the lake under `snapshot_name`, stamp them
     `lsn`, and write them into the lake for run `run` (the slot's consistent LSN)."""
 
-    def __init__(self, connect: Callable[[], object], layout: LakeLayout, run: int, plans: list[TablePlan], *,
+    def __init__(self, dsn: str, layout: LakeLayout, run: int, plans: list[TablePlan], *,
                  chunk_pages: int = DEFAULT_CHUNK_PAGES, connections: int = DEFAULT_CONNECTIONS,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
                  progress: Callable[[str, int], None] | None = None,
                  today: Callable[[], date] | None = None, fresh_appends: bool = True):
-        self.connect = connect
+        self.dsn = dsn
         self.layout = layout
         self.run = run
         self.plans = plans
@@ -239,27 +270,30 @@ class BulkSnapshot:
             work.put(item)
         failures: list[BaseException] = []
         stop = threading.Event()
+        snapshot = "'" + snapshot_name.replace("'", "''") + "'"
 
         def worker() -> None:
             conn = None
             try:
-                conn = self.connect()
-                conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+                conn = connect_arrow(self.dsn)
                 with conn.cursor() as cur:
-                    cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    cur.execute(f"SET TRANSACTION SNAPSHOT {snapshot}")
                     while not stop.is_set():
                         try:
                             index, chunk = work.get_nowait()
                         except queue.Empty:
                             return
-                        self._read_chunk(conn, cur, index, chunk, lsn)
+                        self._read_chunk(cur, index, chunk, lsn)
             except BaseException as error:  # noqa: BLE001 - re-raised by the caller
                 failures.append(error)
                 stop.set()
             finally:
-                if conn is not None and not conn.closed:
-                    conn.rollback()
-                    conn.close()
+                if conn is not None:
+                    try:
+                        conn.rollback()
+                    finally:
+                        conn.close()
 
         threads = [threading.Thread(target=worker, name=f"snapshot-{i}", daemon=True)
                    for i in range(min(self.connections, len(todo)))]
@@ -277,36 +311,47 @@ class BulkSnapshot:
         if self.chunk_hook is not None:
             self.chunk_hook(table, chunk, step)
 
-    def _read_chunk(self, conn, cur, index: int, chunk: int, lsn: int) -> None:
-        plan, load = self.plans[index], self.loads[index]
-        schema = plan.schema
-        base = snapshot_seq(chunk, self.chunk_pages)
-        pieces: list[pa.Table] = []
-        rejected = []
-        reasons: list[str] = []
-        count = 0
-        written_on = self.today()
-
-        def on_batch(text: pa.Table, size: int) -> None:
-            nonlocal count
-            rows, bad, reason = convert_or_reject(schema, text, lsn, base + count, chunk, written_on)
-            count += text.num_rows
-            pieces.append(rows)
-            rejected.extend(bad)
-            if reason:
-                reasons.append(reason)
+    def _batches(self, cur, query: str):
+        """The query's rows as record batches of about `batch_bytes` (binary COPY underneath),
+        each counted in the stats."""
+        cur.adbc_statement.set_options(**{_BATCH_SIZE_HINT: str(self.batch_bytes)})
+        cur.execute(query)
+        for batch in cur.fetch_record_batch():
             with self._lock:
                 stats = self.stats
                 stats.batches += 1
-                stats.largest_batch_bytes = max(stats.largest_batch_bytes, size)
-                stats.largest_batch_rows = max(stats.largest_batch_rows, text.num_rows)
+                stats.largest_batch_bytes = max(stats.largest_batch_bytes, batch.nbytes)
+                stats.largest_batch_rows = max(stats.largest_batch_rows, batch.num_rows)
+            yield batch
 
-        sink = _CopyBatches(list(schema.column_names), self.batch_bytes, on_batch)
-        cur.copy_expert(_chunk_query(schema, chunk, plan.chunks, self.chunk_pages).as_string(conn), sink)
-        sink.close()
+    def _read_chunk(self, cur, index: int, chunk: int, lsn: int) -> None:
+        plan, load = self.plans[index], self.loads[index]
+        schema = plan.schema
+        base = snapshot_seq(chunk, self.chunk_pages)
+        written_on = self.today()
+        rejected: list = []
+        reasons: list[str] = []
+        pieces: list[pa.Table] = []
+        count = 0
+        try:
+            for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages)):
+                pieces.append(typed_changelog_rows(schema, lake_columns(schema, batch), lsn, base + count,
+                                                   chunk, written_on))
+                count += batch.num_rows
+        except _NotInLake:
+            # Rare: values no lake type holds. The chunk again, as text, so that those rows go
+            # to the dead letters with the reason (as the stream processor does with such
+            # events) and the rest of the chunk goes on.
+            pieces, count = [], 0
+            for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages, as_text=True)):
+                text = pa.Table.from_batches([batch])
+                rows, bad, reason = convert_or_reject(schema, text, lsn, base + count, chunk, written_on)
+                count += text.num_rows
+                pieces.append(rows)
+                rejected.extend(bad)
+                if reason:
+                    reasons.append(reason)
         if rejected:
-            # Values the lake cannot hold: those rows go to the dead letters with the reason,
-            # the rest of the chunk goes on (as the stream processor does with such events).
             DeadLetters(self.layout).add_rejected(Rejected(schema.table, rejected, _Reason(reasons[0])),
                                                   SNAPSHOT_SHARD, f"chunk {self.run}/{index}/{chunk}")
             log.warning("%s: %d snapshot rows set aside in the dead letters: %s", schema.table, len(rejected), reasons[0])

@@ -525,7 +525,7 @@ class Reader:
         from cdc_reader.bulk_snapshot import BulkSnapshot  # pyarrow and deltalake: only when used
 
         cfg = self.config
-        bulk = BulkSnapshot(lambda: self._connect(), self.lake, phase.lsn, plans, chunk_pages=phase.chunk_pages,
+        bulk = BulkSnapshot(self.dsn, self.lake, phase.lsn, plans, chunk_pages=phase.chunk_pages,
                             connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
                             progress=self.snapshot_progress)
         bulk.chunk_hook = self.bulk_chunk_hook
@@ -736,7 +736,7 @@ class Reader:
         from cdc_reader.bulk_reread import BulkReread
 
         cfg = self.config
-        return BulkReread(schema, self._connect, self.lake, cfg.slot, chunk_pages=cfg.snapshot_chunk_pages,
+        return BulkReread(schema, self._connect, self.lake, cfg.slot, dsn=self.dsn, chunk_pages=cfg.snapshot_chunk_pages,
                           connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
                           chunk_hook=self.bulk_chunk_hook).start()
 

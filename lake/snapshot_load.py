@@ -34,7 +34,7 @@ from datetime import date, datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake import ColumnProperties, CommitProperties, Transaction, WriterProperties, write_deltalake
 
 from change_events import ChangeEvent, Op, TableSchema
 from lake.arrow_types import convert_column
@@ -44,6 +44,11 @@ from lake.errors import ValueConversionError
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META, STATE_META, UTC_MICROS
 from lake.state import PRIMARY_KEY_PROPERTY, StateTable
+
+_BULK_WRITER = WriterProperties(compression="SNAPPY",
+                                default_column_properties=ColumnProperties(dictionary_enabled=False))
+"""Dictionary encoding is half the writer's CPU on snapshot chunks and, on such data (mostly
+distinct ids, times and amounts), makes the files no smaller."""
 
 SNAPSHOT_SHARD = "snapshot"
 """`_shard` of the rows the bulk path writes (no stream shard carried them)."""
@@ -63,28 +68,41 @@ def changelog_rows(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int
     source column, in order): `op='r'` at `lsn`, numbered from `first_seq`.
 
     Raises ValueConversionError (positions in `text`) for values that do not fit their type."""
-    n = text.num_rows
     columns = [convert_column(text.column(i), c.type_name, c.name) for i, c in enumerate(schema.columns)]
+    return typed_changelog_rows(schema, columns, lsn, first_seq, chunk, written_on)
+
+
+def arange(start: int, n: int) -> pa.Array:
+    """start, start + 1, ... (n of them) as int64, built in C++ (a running sum of ones)."""
+    ones = pa.repeat(pa.scalar(1, pa.int64()), n)
+    return pc.add(pc.cumulative_sum(ones), pa.scalar(start - 1, pa.int64()))
+
+
+def typed_changelog_rows(schema: TableSchema, columns: list[pa.Array], lsn: int, first_seq: int, chunk: int,
+                         written_on: date) -> pa.Table:
+    """Change log rows of snapshot rows given as the lake's typed columns; the lineage columns
+    are built whole (constants and a range), never value by value."""
+    n = len(columns[0]) if columns else 0
     meta = [
-        pa.array(["r"] * n, pa.string()),
-        pa.array([lsn] * n, pa.int64()),
-        pc.add(pa.array(range(n), pa.int64()), first_seq),
+        pa.repeat(pa.scalar("r", pa.string()), n),
+        pa.repeat(pa.scalar(lsn, pa.int64()), n),
+        arange(first_seq, n),
         pa.nulls(n, pa.int64()),
         pa.nulls(n, UTC_MICROS),
-        pa.ListArray.from_arrays(pa.array([0] * (n + 1), pa.int32()), pa.array([], pa.string())),
+        pa.ListArray.from_arrays(pa.repeat(pa.scalar(0, pa.int32()), n + 1), pa.array([], pa.string())),
         pa.nulls(n, pa.string()),
-        pa.array([SNAPSHOT_SHARD] * n, pa.string()),
-        pa.array([chunk] * n, pa.int64()),
-        pa.array([written_on] * n, pa.date32()),
+        pa.repeat(pa.scalar(SNAPSHOT_SHARD, pa.string()), n),
+        pa.repeat(pa.scalar(chunk, pa.int64()), n),
+        pa.repeat(pa.scalar(written_on, pa.date32()), n),
     ]
-    return pa.Table.from_arrays(columns + meta, names=list(schema.column_names) + CHANGELOG_META.names)
+    return pa.Table.from_arrays(list(columns) + meta, names=list(schema.column_names) + CHANGELOG_META.names)
 
 
 def state_rows(changes: pa.Table) -> pa.Table:
     """State table rows of change log rows of `op='r'` (one per key)."""
     data = [name for name in changes.column_names if name not in CHANGELOG_META.names]
     rows = changes.select(data + ["_op", "_lsn", "_seq", "_commit_ts"])
-    return rows.append_column("_deleted", pa.array([False] * rows.num_rows, pa.bool_()))
+    return rows.append_column("_deleted", pa.repeat(pa.scalar(False), rows.num_rows))
 
 
 def rejected_events(schema: TableSchema, text: pa.Table, rows: list[int], lsn: int, first_seq: int) -> list[ChangeEvent]:
@@ -174,7 +192,8 @@ class TableLoad:
         retry_on_conflict(append)
 
     def _append(self, table: ChangeLog | StateTable, rows: pa.Table, properties: CommitProperties) -> None:
-        write_deltalake(table.delta, rows, mode="append", schema_mode="merge", commit_properties=properties)
+        write_deltalake(table.delta, rows, mode="append", schema_mode="merge", commit_properties=properties,
+                        writer_properties=_BULK_WRITER)
 
     def write_state(self, chunk: int, lsn: int, rows: pa.Table) -> None:
         if self.state is None:
@@ -226,9 +245,13 @@ class TableLoad:
 def convert_or_reject(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int,
                       written_on: date) -> tuple[pa.Table, list[ChangeEvent], str | None]:
     """`changelog_rows`, with rows whose values do not fit set aside as events and the reason."""
+    try:
+        return changelog_rows(schema, text, lsn, first_seq, chunk, written_on), [], None
+    except ValueConversionError:
+        pass  # some rows do not fit: find them
     rejected: list[ChangeEvent] = []
     reason = None
-    keep = pa.array(range(text.num_rows), pa.int64())
+    keep = arange(0, text.num_rows)
     while True:
         try:
             rows = changelog_rows(schema, text.take(keep), lsn, 0, chunk, written_on)

@@ -14,7 +14,7 @@ import psycopg2
 import pyarrow as pa
 import pytest
 
-from cdc_reader.bulk_snapshot import BulkSnapshot, parse_copy_text, plan_tables
+from cdc_reader.bulk_snapshot import BulkSnapshot, plan_tables
 from cdc_reader.catalog import read_table_schema
 from cdc_reader.reader import FileStateStore
 from cdc_reader import lifecycle
@@ -54,17 +54,45 @@ def _without(rows: list[dict], *columns: str) -> list[dict]:
     return sorted(({k: v for k, v in r.items() if k not in columns} for r in rows), key=repr)
 
 
-def test_copy_text_parses_into_arrow_exactly():
-    data = (b"1\t\\N\tplain\n"
-            b"2\t\t\\\\N is not null\\ttab\\nline\n"
-            b"3\tx\t\\\\\n")
-    table = parse_copy_text(data, ["a", "b", "c"])
-    assert table.to_pylist() == [
-        {"a": "1", "b": None, "c": "plain"},
-        {"a": "2", "b": "", "c": "\\N is not null\ttab\nline"},
-        {"a": "3", "b": "x", "c": "\\"},
-    ]
-    assert parse_copy_text(b"\n\\N\n", ["only"]).column(0).to_pylist() == ["", None]
+def test_every_type_read_in_binary_lands_as_the_streamed_text_would(totesys_dsn, tmp_path):
+    """Columns read in binary (integers, floats, bool, dates, timestamps, bytea, text, numeric(p,s))
+    and those read as the server's text (unconstrained numeric, oid, json, arrays, uuid,
+    interval, enums, "char") land as the lake's conversion of the text pgoutput sends."""
+    _execute(totesys_dsn, "CREATE TYPE mood AS ENUM ('sad', 'ok')")
+    _execute(totesys_dsn, """CREATE TABLE every_type (
+        id integer PRIMARY KEY, small smallint, big bigint, f4 real, f8 double precision, yes boolean,
+        day date, at timestamp(3), at_tz timestamp with time zone, raw bytea, words text,
+        padded character(5), short varchar(8), price numeric(12,3), exact numeric, o oid, doc jsonb,
+        j json, ids integer[], u uuid, span interval, m mood, c "char", t time)""")
+    _execute(totesys_dsn, r"""INSERT INTO every_type VALUES
+        (1, -32768, 9223372036854775807, 'NaN', 'Infinity', true, '0001-01-01', '9999-12-31 23:59:59.999',
+         '2024-03-01 12:00:00.123456+05:30', '\x00ff5c0a', E'tab\there\nnew line \\ back\\slash \\N', 'ab',
+         'x', -123456789.125, 1.000000000000000000001, 4000000000, '{"b": [1, 2.50], "a": "\u00e9"}',
+         '{"b":1,  "a":2}', '{1,NULL,3}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 year 2 mons -3 days 04:05:06.7',
+         'ok', 'q', '23:59:59.999999'),
+        (2, NULL, NULL, '-1.5e-30', 1.0000000000000002, false, '2024-02-29', '2024-02-29 00:00:00',
+         '1970-01-01 00:00:00+00', '', '', '     ', '', 0, 'NaN', 0, 'null', '[]', '{}', NULL, '0', 'sad', ' ', NULL),
+        (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL)""")
+    layout = LakeLayout(tmp_path / "lake")
+    conn = psycopg2.connect(totesys_dsn)
+    try:
+        plans = plan_tables(conn, [read_table_schema(conn, "public", "every_type")], chunk_pages=1)
+        conn.set_session(isolation_level="REPEATABLE READ")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=1)
+            bulk.run_under(cur.fetchone()[0], 1)
+        conn.rollback()
+    finally:
+        conn.close()
+    assert bulk.stats.rows == 3 and bulk.stats.dead_lettered == 0
+    got, want = lake_rows(layout, totesys_dsn, "every_type"), source_rows(totesys_dsn, "every_type")
+    assert got.keys() == want.keys()
+    differ = [(k, c, got[k][c], want[k][c]) for k in want for c in want[k] if repr(got[k][c]) != repr(want[k][c])]
+    assert not differ  # repr: NaN equals NaN
+    assert got[(1,)]["words"] == "tab\there\nnew line \\ back\\slash \\N"
+    assert got[(2,)]["padded"] == "     " and got[(1,)]["raw"] == b"\x00\xff\\\n"
 
 
 @pytest.mark.slow
@@ -152,7 +180,7 @@ def test_memory_holds_one_chunk_of_batches_not_the_table(totesys_dsn, tmp_path):
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
             name = cur.fetchone()[0]
-            bulk = BulkSnapshot(lambda: psycopg2.connect(totesys_dsn), layout, 1, plans, chunk_pages=32,
+            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=32,
                                 connections=2, batch_bytes=64 << 10)
             bulk.run_under(name, 1)
         conn.rollback()
@@ -241,7 +269,7 @@ def test_rows_the_lake_cannot_hold_go_to_the_dead_letters_and_the_rest_lands(tot
         conn.set_session(isolation_level="REPEATABLE READ")
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
-            bulk = BulkSnapshot(lambda: psycopg2.connect(totesys_dsn), layout, 1, plans, chunk_pages=8)
+            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=8)
             bulk.run_under(cur.fetchone()[0], 1)
         conn.rollback()
     finally:
@@ -270,9 +298,9 @@ def test_the_bulk_snapshot_writes_an_s3_lake(totesys_dsn, moto_s3):  # noqa: F81
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
             name = cur.fetchone()[0]
-            first = BulkSnapshot(lambda: psycopg2.connect(totesys_dsn), layout, 1, plans, chunk_pages=16)
+            first = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=16)
             assert first.run_under(name, 1) == sum(p.chunks for p in plans) > 3
-            again = BulkSnapshot(lambda: psycopg2.connect(totesys_dsn), layout, 1, plans, chunk_pages=16)
+            again = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=16)
             assert again.run_under(name, 1) == 0
         conn.rollback()
     finally:
