@@ -4,12 +4,15 @@ Every table is split into chunks of heap pages (CTID ranges; the last chunk of a
 every page after its start, so rows on pages added later are never missed). Up to
 `connections` connections read chunks in parallel, each inside one REPEATABLE READ
 transaction that imported the same exported snapshot (`SET TRANSACTION SNAPSHOT`), so every
-chunk sees the database at the same point: the slot's consistent LSN. Each chunk is
-COPY'd in text form (the same value text pgoutput sends), cut into batches of at most
-`batch_bytes` of COPY output as it arrives, parsed by pyarrow's CSV reader into string
-columns, converted to the lake's types, and written as one commit per lake table
-(lake/snapshot_load.py). A reader holds at most one chunk per connection, whatever the size
-of the table.
+chunk sees the database at the same point: the slot's consistent LSN. Each chunk is read
+over ADBC (adbc-driver-postgresql: libpq and binary COPY decoded straight into Arrow record
+batches of about `batch_bytes`, in C++ without the GIL, so the connections' threads run on
+every core). Most columns arrive as the lake's values already; the others are selected as
+the server's text output (`format('%s', c)`, the text pgoutput sends) and converted as the
+stream processor converts it (`reads_natively`). Each batch, typed, goes straight into the
+chunk's change log file and state file (lake/snapshot_load.py `ChunkSink`), then one commit
+per lake table records the chunk. A reader holds a batch or two per connection, whatever the
+size of the chunk or the table (a chunk whole only where its state must be merged).
 
 What a restart does after a kill: the exported snapshot died with the connection that held
 it, but the slot did not, and it was never confirmed past its consistent LSN L1, so it still
@@ -44,7 +47,7 @@ from lake.delta_io import quote_identifier
 from lake.errors import ValueConversionError
 from lake.dead_letters import DeadLetters
 from lake.layout import LakeLayout
-from lake.snapshot_load import SNAPSHOT_SHARD, TableLoad, convert_or_reject, typed_changelog_rows
+from lake.snapshot_load import SNAPSHOT_SHARD, ChunkSink, TableLoad, convert_or_reject, typed_changelog_rows
 from lake.writer import Rejected
 
 log = logging.getLogger("totes.reader")
@@ -90,6 +93,9 @@ class BatchStats:
     largest_batch_bytes: int = 0
     largest_batch_rows: int = 0
     largest_chunk_rows: int = 0
+    largest_held_rows: int = 0
+    """The most rows of one chunk kept in memory until its commits: none when the chunk is
+    streamed into both tables, at most a chunk when its state must be merged."""
     rows: int = 0
     dead_lettered: int = 0
 
@@ -325,29 +331,31 @@ class BulkSnapshot:
             yield batch
 
     def _read_chunk(self, cur, index: int, chunk: int, lsn: int) -> None:
+        """One chunk, batch by batch into its lake files (lake.snapshot_load.ChunkSink), then
+        its change log commit and its state commit."""
         plan, load = self.plans[index], self.loads[index]
         schema = plan.schema
         base = snapshot_seq(chunk, self.chunk_pages)
         written_on = self.today()
         rejected: list = []
         reasons: list[str] = []
-        pieces: list[pa.Table] = []
-        count = 0
+        sink = ChunkSink(load, chunk, lsn, written_on)
         try:
             for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages)):
-                pieces.append(typed_changelog_rows(schema, lake_columns(schema, batch), lsn, base + count,
-                                                   chunk, written_on))
-                count += batch.num_rows
+                sink.add(typed_changelog_rows(schema, lake_columns(schema, batch), lsn, base + sink.rows,
+                                              chunk, written_on))
         except _NotInLake:
             # Rare: values no lake type holds. The chunk again, as text, so that those rows go
             # to the dead letters with the reason (as the stream processor does with such
-            # events) and the rest of the chunk goes on.
-            pieces, count = [], 0
+            # events) and the rest of the chunk goes on. Rows keep their place numbers.
+            sink.discard()
+            sink = ChunkSink(load, chunk, lsn, written_on)
+            count = 0
             for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages, as_text=True)):
-                text = pa.Table.from_batches([batch])
-                rows, bad, reason = convert_or_reject(schema, text, lsn, base + count, chunk, written_on)
-                count += text.num_rows
-                pieces.append(rows)
+                rows, bad, reason = convert_or_reject(schema, pa.Table.from_batches([batch]), lsn, base + count,
+                                                      chunk, written_on)
+                count += batch.num_rows
+                sink.add(rows)
                 rejected.extend(bad)
                 if reason:
                     reasons.append(reason)
@@ -355,17 +363,15 @@ class BulkSnapshot:
             DeadLetters(self.layout).add_rejected(Rejected(schema.table, rejected, _Reason(reasons[0])),
                                                   SNAPSHOT_SHARD, f"chunk {self.run}/{index}/{chunk}")
             log.warning("%s: %d snapshot rows set aside in the dead letters: %s", schema.table, len(rejected), reasons[0])
-        rows = pa.concat_tables(pieces) if len(pieces) > 1 else (pieces[0] if pieces else None)
-        if rows is None:
-            rows = _empty_rows(schema, lsn, chunk, written_on)
-        load.write_log(chunk, lsn, rows)
+        sink.commit_log()
         self._hook(schema.table, chunk, "logged")
-        load.write_state(chunk, lsn, rows)
+        sink.commit_state()
         with self._lock:
-            self.stats.rows += rows.num_rows
+            self.stats.rows += sink.rows
             self.stats.dead_lettered += len(rejected)
-            self.stats.largest_chunk_rows = max(self.stats.largest_chunk_rows, rows.num_rows)
-            total = self._rows_by_table[schema.table] = self._rows_by_table.get(schema.table, 0) + rows.num_rows
+            self.stats.largest_chunk_rows = max(self.stats.largest_chunk_rows, sink.rows)
+            self.stats.largest_held_rows = max(self.stats.largest_held_rows, sink.held_rows)
+            total = self._rows_by_table[schema.table] = self._rows_by_table.get(schema.table, 0) + sink.rows
             if self.progress is not None:
                 self.progress(schema.table, total)
         self._hook(schema.table, chunk, "written")
@@ -373,9 +379,3 @@ class BulkSnapshot:
 
 class _Reason(Exception):
     """Why rows were set aside (the first conversion error's message)."""
-
-
-def _empty_rows(schema: TableSchema, lsn: int, chunk: int, written_on: date) -> pa.Table:
-    text = pa.table({name: pa.array([], pa.string()) for name in schema.column_names})
-    rows, _, _ = convert_or_reject(schema, text, lsn, 0, chunk, written_on)
-    return rows

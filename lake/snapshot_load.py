@@ -42,7 +42,8 @@ from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
 from lake.delta_io import create_once, quote_identifier, read_sql, retry_on_conflict
 from lake.errors import ValueConversionError
 from lake.layout import LakeLayout
-from lake.schemas import CHANGELOG_META, STATE_META, UTC_MICROS
+from lake.parquet_files import StreamedFile, add_files, fits
+from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, STATE_META, UTC_MICROS
 from lake.state import PRIMARY_KEY_PROPERTY, StateTable
 
 _BULK_WRITER = WriterProperties(compression="SNAPPY",
@@ -176,18 +177,24 @@ class TableLoad:
     def write_log(self, chunk: int, lsn: int, rows: pa.Table) -> None:
         """The chunk's change log commit (skipped if the log holds the chunk). Each call has
         its own table handle: chunks of one table are appended from several threads."""
-        log = ChangeLog(self.layout, self.table)
-        app = chunk_app(self.run, chunk)
-        properties = CommitProperties(
-            app_transactions=[Transaction(app, lsn)],
+        properties = self._log_properties(chunk, lsn, rows.num_rows)
+        self._commit_log(chunk, lambda log: self._append(log, rows, properties))
+
+    def _log_properties(self, chunk: int, lsn: int, rows: int) -> CommitProperties:
+        return CommitProperties(
+            app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)],
             custom_metadata={f"{COMMIT_INFO_PREFIX}shard": SNAPSHOT_SHARD,
                              f"{COMMIT_INFO_PREFIX}lsn_min": str(lsn), f"{COMMIT_INFO_PREFIX}lsn_max": str(lsn),
-                             f"{COMMIT_INFO_PREFIX}rows": str(rows.num_rows)})
+                             f"{COMMIT_INFO_PREFIX}rows": str(rows)})
+
+    def _commit_log(self, chunk: int, commit: Callable[[ChangeLog], None]) -> None:
+        log = ChangeLog(self.layout, self.table)
+        app = chunk_app(self.run, chunk)
 
         def append() -> None:
             log.refresh()
             if log.transaction_version(app) is None:
-                self._append(log, rows, properties)
+                commit(log)
 
         retry_on_conflict(append)
 
@@ -204,11 +211,23 @@ class TableLoad:
             if self.state.transaction_version(chunk_app(self.run, chunk)) is not None:
                 return
             state = state_rows(rows)
-            if self._fresh_state and lsn == self.run:
+            if self.appends_state(lsn):
                 self._append(self.state, state, properties)
                 self.state.refresh()
             else:
                 retry_on_conflict(lambda: self._merge(state, properties))
+
+    def appends_state(self, lsn: int) -> bool:
+        """Whether a chunk stamped `lsn` goes into the state table as a plain append."""
+        return self._fresh_state and lsn == self.run
+
+    def _commit_state_file(self, chunk: int, lsn: int, action) -> None:
+        properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)])
+        with self._lock:
+            self.state.refresh()
+            if self.state.transaction_version(chunk_app(self.run, chunk)) is None:
+                add_files(self.state.delta, [action], properties)
+                self.state.refresh()
 
     def _merge(self, rows: pa.Table, properties: CommitProperties) -> None:
         target = self.state.refresh()
@@ -240,6 +259,99 @@ class TableLoad:
         """Change log rows of this run (tests, verification)."""
         self.log.refresh()
         return read_sql(self.log.delta, f"SELECT * FROM t WHERE _shard = '{SNAPSHOT_SHARD}' AND {where}")  # nosec B608 # constant shard name; `where` is the caller's code
+
+
+class ChunkSink:
+    """One chunk's change log rows on their way into the lake, in batches: streamed into a
+    change log file and (a state table built fresh) a state file as they come, committed by
+    `commit_log` then `commit_state`. Held in memory only where they must be: the state of a
+    table that had rows before (merged by key), or a lake column of another type than the
+    rows' (`write_deltalake` with schema merging)."""
+
+    def __init__(self, load: TableLoad, chunk: int, lsn: int, written_on: date):
+        self.load, self.chunk, self.lsn, self.written_on = load, chunk, lsn, written_on
+        self.rows = 0
+        self.held_rows = 0
+        """Rows kept in memory until the commits (none when both tables are streamed)."""
+        self._log: StreamedFile | None = None
+        self._state: StreamedFile | None = None
+        self._pieces: list[pa.Table] | None = None
+        self._opened = False
+
+    def add(self, rows: pa.Table) -> None:
+        if not self._opened:
+            self._open(rows)
+        self.rows += rows.num_rows
+        if self._log is not None:
+            self._log.write(rows)
+        if self._state is not None:
+            self._state.write(state_rows(rows))
+        if self._pieces is not None:
+            self._pieces.append(rows)
+            self.held_rows += rows.num_rows
+
+    def _open(self, rows: pa.Table) -> None:
+        self._opened = True
+        load = self.load
+        log = ChangeLog(load.layout, load.table)
+        log.refresh()
+        if fits(log.delta, rows.schema):
+            self._log = StreamedFile(load.layout, log.uri, rows.schema, {PARTITION_COLUMN: self.written_on.isoformat()})
+        streams_state = False
+        if load.state is not None and load.appends_state(self.lsn):
+            with load._lock:
+                state = load.state.refresh()
+                streams_state = fits(state, state_rows(rows.slice(0, 0)).schema)
+            if streams_state:
+                self._state = StreamedFile(load.layout, load.state.uri, state_rows(rows.slice(0, 0)).schema, {})
+        if self._log is None or (load.state is not None and not streams_state):
+            self._pieces = []
+
+    def commit_log(self) -> None:
+        if self._log is None or not self.rows:
+            self._discard_log()
+            self.load.write_log(self.chunk, self.lsn, self._held())
+            return
+        action = self._log.close()
+        properties = self.load._log_properties(self.chunk, self.lsn, self.rows)
+        self.load._commit_log(self.chunk, lambda log: add_files(log.delta, [action], properties))
+
+    def commit_state(self) -> None:
+        if self.load.state is None:
+            return
+        if self._state is None or not self.rows:
+            self._discard_state()
+            self.load.write_state(self.chunk, self.lsn, self._held())
+            return
+        self.load._commit_state_file(self.chunk, self.lsn, self._state.close())
+
+    def discard(self) -> None:
+        """Nothing of these rows is committed (the chunk is read again another way)."""
+        self._discard_log()
+        self._discard_state()
+        self._pieces = [] if self._pieces is not None else None
+        self.held_rows = 0
+
+    def _discard_log(self) -> None:
+        if self._log is not None:
+            self._log.discard()
+            self._log = None
+
+    def _discard_state(self) -> None:
+        if self._state is not None:
+            self._state.discard()
+            self._state = None
+
+    def _held(self) -> pa.Table:
+        if self._pieces:
+            return pa.concat_tables(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
+        return empty_rows(self.load.schema, self.lsn, self.chunk, self.written_on)
+
+
+def empty_rows(schema: TableSchema, lsn: int, chunk: int, written_on: date) -> pa.Table:
+    text = pa.table({name: pa.array([], pa.string()) for name in schema.column_names})
+    rows, _, _ = convert_or_reject(schema, text, lsn, 0, chunk, written_on)
+    return rows
 
 
 def convert_or_reject(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int,

@@ -162,9 +162,11 @@ def test_a_large_table_read_in_parallel_chunks_while_it_changes_ends_equal_to_th
     _assert_lake_equals_source(layout, totesys_dsn)
 
 
-def test_memory_holds_one_chunk_of_batches_not_the_table(totesys_dsn, tmp_path):
-    """A table many times the chunk size: every batch parsed is at most the batch size of
-    COPY output, and the most the reader held at once is one chunk, a small part of the table."""
+def test_memory_holds_batches_not_the_chunk_nor_the_table(totesys_dsn, tmp_path):
+    """A table many times the chunk size, each chunk many times the batch size: every batch
+    read is about the batch size, nothing of a chunk is kept until its commits (the batches
+    go straight into its files), and a re-read whose state must be merged holds one chunk,
+    a small part of the table."""
     seed_sales_orders(totesys_dsn, 30_000)
     layout = LakeLayout(tmp_path / "lake")
     conn = psycopg2.connect(totesys_dsn)
@@ -180,18 +182,21 @@ def test_memory_holds_one_chunk_of_batches_not_the_table(totesys_dsn, tmp_path):
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
             name = cur.fetchone()[0]
-            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=32,
-                                connections=2, batch_bytes=64 << 10)
+            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=32, connections=2, batch_bytes=16 << 10)
             bulk.run_under(name, 1)
+            again = BulkSnapshot(totesys_dsn, layout, 2, plans, chunk_pages=32, connections=2, batch_bytes=16 << 10)
+            again.run_under(name, 3)  # another run at a later LSN: its state is merged
         conn.rollback()
     finally:
         conn.close()
     stats = bulk.stats
     assert plans[0].chunks >= 10
-    assert stats.rows == total
-    assert stats.largest_chunk_rows == largest_chunk < total / 5
-    assert stats.batches >= plans[0].chunks
-    assert stats.largest_batch_bytes < (64 << 10) + 4096  # the batch size and the rest of a line
+    assert stats.rows == total and stats.largest_chunk_rows == largest_chunk < total / 5
+    assert stats.batches >= 4 * plans[0].chunks
+    assert stats.largest_batch_bytes < (16 << 10) + 4096  # the batch size and the rest of a row
+    assert stats.largest_batch_rows < largest_chunk / 4
+    assert stats.largest_held_rows == 0
+    assert 0 < again.stats.largest_held_rows <= largest_chunk
     assert lake_rows(layout, totesys_dsn, "sales_order") == source_rows(totesys_dsn, "sales_order")
 
 
