@@ -312,3 +312,15 @@ def test_the_bulk_snapshot_writes_an_s3_lake(totesys_dsn, moto_s3):  # noqa: F81
         conn.close()
     for table in ("sales_order", "staff"):
         assert lake_rows(layout, totesys_dsn, table) == source_rows(totesys_dsn, table)
+
+
+def test_a_source_that_does_not_answer_is_one_sentence_without_the_password():
+    """The chunks' own (ADBC) connections fail as the reader's do: one sentence naming the
+    fix, the password nowhere in it."""
+    from cdc_reader.bulk_snapshot import connect_arrow
+    from totesys.connection import SourceConnectionError
+
+    with pytest.raises(SourceConnectionError) as failure:
+        connect_arrow("postgresql://bob:s3cret-pw@127.0.0.1:1/totesys")
+    assert "s3cret-pw" not in str(failure.value) and "127.0.0.1:1" in str(failure.value)
+    assert failure.value.__cause__ is None and failure.value.__suppress_context__
