@@ -102,7 +102,7 @@ class BatchStats:
 
 # -- binary COPY → Arrow ----------------------------------------------------------------------
 
-_NATIVE_STRINGS = re.compile(r"(text|character varying|character|varchar|char|bpchar)(\(\d+\))?")
+_NATIVE_STRINGS = re.compile(r"(text|character varying|character)(\(\d+\))?")
 _INTEGER_TYPES = ("smallint", "integer", "bigint")
 _TIMESTAMP_RANGE = (-62135596800000000, 253402300799999999)
 """0001-01-01 to 9999-12-31 23:59:59.999999 in microseconds of the Unix epoch: what the
@@ -322,13 +322,14 @@ class BulkSnapshot:
         each counted in the stats."""
         cur.adbc_statement.set_options(**{_BATCH_SIZE_HINT: str(self.batch_bytes)})
         cur.execute(query)
-        for batch in cur.fetch_record_batch():
-            with self._lock:
-                stats = self.stats
-                stats.batches += 1
-                stats.largest_batch_bytes = max(stats.largest_batch_bytes, batch.nbytes)
-                stats.largest_batch_rows = max(stats.largest_batch_rows, batch.num_rows)
-            yield batch
+        with cur.fetch_record_batch() as reader:  # closed (the COPY ended) even when left mid-way
+            for batch in reader:
+                with self._lock:
+                    stats = self.stats
+                    stats.batches += 1
+                    stats.largest_batch_bytes = max(stats.largest_batch_bytes, batch.nbytes)
+                    stats.largest_batch_rows = max(stats.largest_batch_rows, batch.num_rows)
+                yield batch
 
     def _read_chunk(self, cur, index: int, chunk: int, lsn: int) -> None:
         """One chunk, batch by batch into its lake files (lake.snapshot_load.ChunkSink), then

@@ -274,7 +274,8 @@ def test_rows_the_lake_cannot_hold_go_to_the_dead_letters_and_the_rest_lands(tot
         conn.set_session(isolation_level="REPEATABLE READ")
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
-            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=8)
+            # Small batches: the bad row is met while the chunk's COPY still has rows to send.
+            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=8, batch_bytes=4 << 10)
             bulk.run_under(cur.fetchone()[0], 1)
         conn.rollback()
     finally:
