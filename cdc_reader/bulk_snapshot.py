@@ -187,8 +187,8 @@ def connect_arrow(dsn: str):
     import adbc_driver_postgresql.dbapi as adbc
 
     from cdc_reader.reader import session_options
-    from totesys.connection import (CONNECT_TIMEOUT_SECONDS, SourceConnectionError, explain, is_transient,
-                                    keepalive_params, remember_secrets)
+    from cdc_reader.source import (CONNECT_TIMEOUT_SECONDS, SourceConnectionError, explain, is_transient,
+                                   keepalive_params, remember_secrets)
 
     options = session_options()
     params = {"connect_timeout": str(CONNECT_TIMEOUT_SECONDS), "application_name": "totes-reader",

@@ -319,7 +319,7 @@ def test_a_source_that_does_not_answer_is_one_sentence_without_the_password():
     """The chunks' own (ADBC) connections fail as the reader's do: one sentence naming the
     fix, the password nowhere in it."""
     from cdc_reader.bulk_snapshot import connect_arrow
-    from totesys.connection import SourceConnectionError
+    from cdc_reader.source import SourceConnectionError
 
     with pytest.raises(SourceConnectionError) as failure:
         connect_arrow("postgresql://bob:s3cret-pw@127.0.0.1:1/totesys")
