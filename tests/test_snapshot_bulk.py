@@ -16,6 +16,7 @@ import pytest
 
 from cdc_reader.bulk_snapshot import BulkSnapshot, plan_tables
 from cdc_reader.catalog import read_table_schema
+from cdc_reader.copy_text import parse_copy_text
 from cdc_reader.reader import FileStateStore
 from cdc_reader import lifecycle
 from change_events import Op
@@ -52,6 +53,19 @@ def _assert_lake_equals_source(layout, dsn, tables=TABLES) -> None:
 
 def _without(rows: list[dict], *columns: str) -> list[dict]:
     return sorted(({k: v for k, v in r.items() if k not in columns} for r in rows), key=repr)
+
+
+def test_copy_text_parses_into_arrow_exactly():
+    data = (b"1\t\\N\tplain\n"
+            b"2\t\t\\\\N is not null\\ttab\\nline\n"
+            b"3\tx\t\\\\\n")
+    table = parse_copy_text(data, ["a", "b", "c"])
+    assert table.to_pylist() == [
+        {"a": "1", "b": None, "c": "plain"},
+        {"a": "2", "b": "", "c": "\\N is not null\ttab\nline"},
+        {"a": "3", "b": "x", "c": "\\"},
+    ]
+    assert parse_copy_text(b"\n\\N\n", ["only"]).column(0).to_pylist() == ["", None]
 
 
 def test_every_type_read_in_binary_lands_as_the_streamed_text_would(totesys_dsn, tmp_path):

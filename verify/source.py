@@ -20,7 +20,7 @@ import psycopg2.extras
 import pyarrow as pa
 from psycopg2 import sql
 
-from cdc_reader.bulk_snapshot import _CopyBatches
+from cdc_reader.copy_text import CopyBatches
 from cdc_reader.catalog import read_table_schema
 from cdc_reader.reader import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
@@ -100,7 +100,7 @@ class SourceSnapshot:
             c=sql.SQL(", ").join(map(sql.Identifier, schema.column_names)), t=sql.Identifier(namespace, table),
             w=sql.SQL(chunk.sql(sql.Identifier(key).as_string(self._conn))))
         pieces: list[pa.Table] = []
-        sink = _CopyBatches(list(schema.column_names), COPY_BATCH_BYTES, lambda text, _size: pieces.append(text))
+        sink = CopyBatches(list(schema.column_names), COPY_BATCH_BYTES, lambda text, _size: pieces.append(text))
         with self._conn.cursor() as cur:  # type: ignore[union-attr]
             cur.copy_expert(query.as_string(self._conn), sink)
         sink.close()
