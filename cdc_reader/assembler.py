@@ -9,7 +9,9 @@ markers) come out as `LogicalMessage`.
 Row changes have a fast path, `encoded(payload)`: pgoutput's row layout is the wire format's
 (`change_events.wire`), so an Insert, an Update or a Delete becomes an `EncodedChange` by
 copying its row bytes behind a frame header; only the key is read, to route the event. It
-is the same event `feed` would give, and a test holds the two paths to that.
+is the same event `feed` would give, and a test holds the two paths to that. A table with a
+personal-data policy (`personal_data.py`) takes a slower branch of it that rewrites its row
+bytes; the others copy them as before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cdc_reader import pgoutput as pg
+from cdc_reader.personal_data import NO_POLICY, Policy, RowRewrite
 from cdc_reader.schema_changes import rewritten_columns
 from change_events import ChangeEvent, Column, Op, TableSchema
 from change_events.model import route_hash, route_prefix
@@ -83,6 +86,8 @@ class _Routing:
     key_is_first_column: bool
     prefix_crc: int
     """CRC-32 of '<table>/', which the key's bytes continue into the route hash"""
+    rewrite: RowRewrite | None
+    """The table's personal-data policy, when it has one"""
 
 
 def _text(value: bytes | None) -> str | None:
@@ -96,12 +101,15 @@ class Assembler:
     `primary_key(schema, table)` gives the key under REPLICA IDENTITY FULL, where pgoutput
     flags every column as part of the identity. `column_types` (table → column → type name)
     are the types last known, e.g. from before a restart; Relation messages that differ
-    update it and come out as SchemaChange.
+    update it and come out as SchemaChange. `policy` says what of personal data leaves: its
+    events carry the masked and hashed values, and no dropped column.
     """
 
     def __init__(self, type_name: TypeNamer, primary_key: KeyLookup,
-                 column_types: dict[str, dict[str, str]] | None = None):
+                 column_types: dict[str, dict[str, str]] | None = None, policy: Policy = NO_POLICY):
         self._type_name = type_name
+        self._policy = policy
+        self._rewrites: dict[int, RowRewrite | None] = {}
         self._primary_key = primary_key
         self.column_types = column_types if column_types is not None else {}
         self._schemas: dict[int, TableSchema] = {}
@@ -145,7 +153,8 @@ class Assembler:
             route = route_hash(routing.table, key)
         else:
             route = route_hash(routing.table, ())
-        frame = frame_head(op, lsn, self._seq, xid, commit_us, flags) + payload[6:]
+        head = frame_head(op, lsn, self._seq, xid, commit_us, flags)
+        frame = head + (payload[6:] if routing.rewrite is None else routing.rewrite.row_bytes(payload, 6))
         self._seq += 1
         return EncodedChange(routing.schema, lsn, route, frame)
 
@@ -153,16 +162,16 @@ class Assembler:
         kind = type(message)
         if kind is pg.Insert:
             schema = self.schema(message.relation_id)
-            after, unchanged = self._row(schema, message.new)
+            after, unchanged = self._row(schema, self._leaving(message.relation_id, message.new))
             yield self._event(schema, Op.INSERT, after, None, unchanged, after)
         elif kind is pg.Update:
             schema = self.schema(message.relation_id)
-            after, unchanged = self._row(schema, message.new)
-            before = self._old(schema, message.old, message.old_kind)
+            after, unchanged = self._row(schema, self._leaving(message.relation_id, message.new))
+            before = self._old(schema, self._leaving(message.relation_id, message.old), message.old_kind)
             yield self._event(schema, Op.UPDATE, after, before, unchanged, after)
         elif kind is pg.Delete:
             schema = self.schema(message.relation_id)
-            before = self._old(schema, message.old, message.old_kind)
+            before = self._old(schema, self._leaving(message.relation_id, message.old), message.old_kind)
             yield self._event(schema, Op.DELETE, None, before, (), before or {})
         elif kind is pg.Begin:
             if self._begin is not None:
@@ -175,15 +184,17 @@ class Assembler:
             self._begin = self._frame_begin = None
             yield TransactionEnd(begin.xid, message.commit_lsn, message.end_lsn, message.commit_ts, self._seq)
         elif kind is pg.Relation:
-            schema = self._schemas[message.relation_id] = self._describe(message)
+            sent = self._describe(message)
+            rewrite = self._rewrites[message.relation_id] = self._policy.rewrite(sent)
+            schema = self._schemas[message.relation_id] = sent if rewrite is None else rewrite.schema
             types = {c.name: c.type_name for c in schema.columns}
             known = self.column_types.get(schema.table)
             if known != types:
                 self.column_types[schema.table] = types
                 yield SchemaChange(schema.table, types, rewritten_columns(known, types) if known else {})
-            keys = tuple(i for i, c in enumerate(schema.columns) if c.is_key)
+            keys = tuple(i for i, c in enumerate(sent.columns) if c.is_key)  # where they are in the bytes sent
             self._routing[message.relation_id] = _Routing(
-                schema, schema.table, keys, keys == (0,), route_prefix(schema.table))
+                schema, schema.table, keys, keys == (0,), route_prefix(schema.table), rewrite)
         elif kind is pg.Truncate:
             for relation_id in message.relation_ids:
                 yield self._event(self.schema(relation_id), Op.TRUNCATE, None, None, (), {})
@@ -198,13 +209,21 @@ class Assembler:
         """Rows re-read from the table, as `op='r'` events of the transaction being
         assembled (they take its commit LSN and the next sequence numbers)."""
         names = schema.column_names
+        rewrite = self._policy.rewrite(schema)
+        if rewrite is not None:
+            schema, names = rewrite.schema, rewrite.schema.column_names
         events = []
         for values in rows:
-            after = dict(zip(names, values, strict=True))
+            after = dict(zip(names, values if rewrite is None else rewrite.values(values), strict=True))
             events.append(self._event(schema, Op.SNAPSHOT, after, None, (), after))
         return events
 
     # -- internals ---------------------------------------------------------------------
+    def _leaving(self, relation_id: int, values: pg.TupleData | None) -> pg.TupleData | None:
+        """A row as the table's personal-data policy lets it leave."""
+        rewrite = self._rewrites.get(relation_id)
+        return values if rewrite is None or values is None else rewrite.tuple_data(values)
+
     def _require_transaction(self, what: str) -> pg.Begin:
         if self._begin is None:
             raise AssemblyError(f"{what} outside a transaction")

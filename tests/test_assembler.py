@@ -12,18 +12,20 @@ from hypothesis import strategies as st
 
 from cdc_reader import pgoutput
 from cdc_reader.assembler import Assembler
+from cdc_reader.personal_data import NO_POLICY, Policy, keyed_hash, parse
 from change_events import ChangeEvent, decode, encode_events
 from change_events.wire import EncodedChange
 from tests.pgoutput_capture import PgoutputCapture
 
 
-def _assembler() -> Assembler:
-    return Assembler(lambda oid, typmod: f"type {oid}/{typmod}", lambda schema, table: ("id",))
+def _assembler(policy: Policy = NO_POLICY) -> Assembler:
+    return Assembler(lambda oid, typmod: "text" if oid == 25 else f"type {oid}/{typmod}",
+                     lambda schema, table: ("id",), policy=policy)
 
 
-def both_paths(payloads: list[bytes]) -> tuple[list[ChangeEvent], list[EncodedChange | ChangeEvent]]:
+def both_paths(payloads: list[bytes], policy: Policy = NO_POLICY) -> tuple[list[ChangeEvent], list[EncodedChange | ChangeEvent]]:
     """Events of `payloads` through feed() alone, and through encoded() where it applies."""
-    slow, fast = _assembler(), _assembler()
+    slow, fast = _assembler(policy), _assembler(policy)
     decoded: list[ChangeEvent] = []
     mixed: list = []
     for payload in payloads:
@@ -80,6 +82,44 @@ def test_fast_path_equals_decoding_on_every_kind_of_row_change(cap):
     assert sum(isinstance(e, EncodedChange) for e in mixed) >= 10  # the fast path did the bulk
     assert any(e.unchanged == ("big",) for e in decoded)
     assert_same(decoded, mixed)
+
+
+def test_a_policy_rewrites_both_paths_alike_and_no_raw_value_leaves(cap):
+    key = b"assembler-test-key-0123456789abc"
+    policy = parse({"pii.email": "hash", "pii.phone": "mask:last4", "pii.secret": "drop"}, key, defaults={})
+    for statement in [
+        "CREATE TABLE pii (id integer PRIMARY KEY, email text, phone text, secret text, n integer)",
+        "INSERT INTO pii VALUES (1, 'ann@x.example', '0161 496001', 'sesame-1', 1), (2, NULL, NULL, NULL, 2)",
+        "UPDATE pii SET n = 5, email = 'bob@x.example'",
+        "UPDATE pii SET id = 3 WHERE id = 2",  # old key: slow path
+        "ALTER TABLE pii REPLICA IDENTITY FULL",
+        "UPDATE pii SET phone = '0161 496002' WHERE id = 1",  # old row: slow path
+        "DELETE FROM pii",  # old row, fast path
+        "CREATE TABLE plain (id integer PRIMARY KEY, email text)",
+        "INSERT INTO plain VALUES (1, 'ann@x.example')",
+    ]:
+        cap.execute(statement)
+    decoded, mixed = both_paths(cap.changes(), policy)
+    assert_same(decoded, mixed)
+    assert sum(isinstance(e, EncodedChange) for e in mixed) >= 5
+    pii = [e for e in mixed if e.table == "public.pii"]
+    assert all(e.schema.column_names == ("id", "email", "phone", "n") for e in pii)
+    frames = b"".join(e.frame for e in mixed if isinstance(e, EncodedChange) and e.table == "public.pii")
+    records = encode_events([e for e in mixed if e.table == "public.pii"])
+    for raw in (b"ann@x.example", b"bob@x.example", b"0161 496001", b"0161 496002", b"sesame-1", b"496"):
+        assert raw not in frames and raw not in decode_all(records)
+    first = next(e for e in pii if e.op.value == "c")
+    assert first.after == {"id": "1", "email": keyed_hash(key, "ann@x.example"), "phone": "***6001", "n": "1"}
+    assert [e.after for e in mixed if e.table == "public.plain"] == [{"id": "1", "email": "ann@x.example"}]
+
+
+def decode_all(record: bytes) -> bytes:
+    """Every text of every event a record holds, as bytes to search."""
+    texts = []
+    for event in decode(record).events:
+        for row in (event.after or {}, event.before or {}):
+            texts += [str(v) for v in row.values()]
+    return "\n".join(texts).encode()
 
 
 @settings(max_examples=25, deadline=None,
