@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import psycopg2.extras
 
+from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema, format_lsn
 from lake.layout import LakeLayout
@@ -41,8 +42,9 @@ class BulkReread:
 
     def __init__(self, schema: TableSchema, connect: Callable[..., object], layout: LakeLayout, slot: str, *,
                  dsn: str, chunk_pages: int, connections: int, batch_bytes: int,
-                 chunk_hook: Callable[[str, int, str], None] | None = None):
+                 chunk_hook: Callable[[str, int, str], None] | None = None, policy: Policy = NO_POLICY):
         self.schema = schema
+        self._policy = policy
         self._connect = connect
         self._dsn = dsn
         """The chunks are read over ADBC connections of their own (bulk_snapshot.connect_arrow)."""
@@ -96,7 +98,7 @@ class BulkReread:
                          format_lsn(self.lsn))
                 bulk = BulkSnapshot(self._dsn, self._layout, self.lsn, plans, chunk_pages=self._chunk_pages,
                                     connections=self._connections, batch_bytes=self._batch_bytes,
-                                    fresh_appends=False)
+                                    fresh_appends=False, policy=self._policy)
                 bulk.chunk_hook = self._chunk_hook
                 bulk.run_under(temporary.snapshot_name, self.lsn)
                 self.rows = bulk.stats.rows

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2.extensions import make_dsn
 
+from cdc_reader.personal_data import NO_POLICY, Policy
 from change_events import TableSchema
 from lake.arrow_types import arrow_type, convert_column
 from lake.delta_io import quote_identifier
@@ -232,7 +233,11 @@ class BulkSnapshot:
                  chunk_pages: int = DEFAULT_CHUNK_PAGES, connections: int = DEFAULT_CONNECTIONS,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
                  progress: Callable[[str, int], None] | None = None,
-                 today: Callable[[], date] | None = None, fresh_appends: bool = True):
+                 today: Callable[[], date] | None = None, fresh_appends: bool = True,
+                 policy: Policy = NO_POLICY):
+        plans = [TablePlan(policy.visible(p.schema), p.chunks) for p in plans]  # dropped columns: never read
+        self.rewrites = [policy.rewrite(p.schema) for p in plans]
+        """Personal data masked and hashed on each batch, before it is converted (personal_data.py)"""
         self.dsn = dsn
         self.layout = layout
         self.run = run
@@ -342,9 +347,11 @@ class BulkSnapshot:
         rejected: list = []
         reasons: list[str] = []
         sink = ChunkSink(load, chunk, lsn, written_on)
+        rewrite = self.rewrites[index]
+        leaving = (lambda batch: batch) if rewrite is None else rewrite.table  # personal data: masked, hashed
         try:
             for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages)):
-                sink.add(typed_changelog_rows(schema, lake_columns(schema, batch), lsn, base + sink.rows,
+                sink.add(typed_changelog_rows(schema, lake_columns(schema, leaving(batch)), lsn, base + sink.rows,
                                               chunk, written_on))
         except _NotInLake:
             # Rare: values no lake type holds. The chunk again, as text, so that those rows go
@@ -354,7 +361,7 @@ class BulkSnapshot:
             sink = ChunkSink(load, chunk, lsn, written_on)
             count = 0
             for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages, as_text=True)):
-                rows, bad, reason = convert_or_reject(schema, pa.Table.from_batches([batch]), lsn, base + count,
+                rows, bad, reason = convert_or_reject(schema, pa.Table.from_batches([leaving(batch)]), lsn, base + count,
                                                       chunk, written_on)
                 count += batch.num_rows
                 sink.add(rows)

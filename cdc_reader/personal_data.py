@@ -284,12 +284,17 @@ class RowRewrite:
         return encode_row(self.values(values))
 
     def table(self, table):
-        """A pa.Table of string columns (all of the source's, or the kept ones) as it leaves."""
-        for name in set(table.column_names) - set(self.schema.column_names):
-            table = table.drop_columns([name])
+        """A pa.Table or pa.RecordBatch (all of the source's columns, or the kept ones) as it
+        leaves: its masked and hashed columns are text."""
+        import pyarrow as pa
+
+        extra = [name for name in table.column_names if name not in self.schema.column_names]
+        if extra:
+            table = table.drop_columns(extra)
         for name, function in self.arrow.items():
             index = table.column_names.index(name)
             column = table.column(index)
-            column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+            if isinstance(column, pa.ChunkedArray):
+                column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
             table = table.set_column(index, name, function(column))
         return table

@@ -55,6 +55,7 @@ import psycopg2.extras
 from cdc_reader import lifecycle, pgoutput
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
 from cdc_reader.catalog import TypeNames, read_table_schema
+from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.schema_changes import PendingRereads
 from cdc_reader.snapshot import read_snapshot
@@ -197,6 +198,8 @@ class ReaderConfig:
     reset: bool = False
     """Start over after a lost slot (`--reset`): drop the invalidated slot, create a new one
     and take a snapshot that replaces every table downstream."""
+    personal_data: Policy = NO_POLICY
+    """What of personal data leaves the reader (personal_data.py): on every path out."""
 
 
 @dataclass
@@ -313,13 +316,21 @@ class Reader:
         self._markers_from = 0
 
     # -- set-up --------------------------------------------------------------------------
+    def _table_schema(self, conn, schema: str, table: str):
+        """A table as it leaves the reader: without the columns its policy drops."""
+        return self.config.personal_data.visible(read_table_schema(conn, schema, table))
+
     def _connect(self, **kwargs):
         return connect(self.dsn, options=session_options(), application_name="totes-reader", **kwargs)
 
     def prepare(self, conn) -> ReaderState:
         """Publication present, and a slot we can resume from (or none yet)."""
         cfg = self.config
-        ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables)
+        dropped = {}
+        for table in cfg.tables if cfg.personal_data.rules else ():
+            cfg.personal_data.check(read_table_schema(conn, cfg.schema, table))
+            dropped[table] = cfg.personal_data.dropped(f"{cfg.schema}.{table}")
+        ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables, dropped=dropped)
         state = self.state.load()
         slot = slot_state(conn, cfg.slot)
         if self._reset_pending:
@@ -475,7 +486,7 @@ class Reader:
         new = create_slot(replication_cursor, cfg.slot)
         log.info("slot %s created at %s; reading the snapshot%s", cfg.slot, format_lsn(new.consistent_lsn),
                  " straight into the lake" if bulk else "")
-        schemas = [read_table_schema(conn, cfg.schema, t) for t in cfg.tables]
+        schemas = [self._table_schema(conn, cfg.schema, t) for t in cfg.tables]
         conn.commit()
         self._column_types.clear()
         self._column_types.update({s.table: {c.name: c.type_name for c in s.columns} for s in schemas})
@@ -510,7 +521,8 @@ class Reader:
             self.metrics.snapshot_events += len(events)
 
         read_snapshot(conn, new.snapshot_name, schemas, new.consistent_lsn, emit,
-                      chunk_rows=cfg.snapshot_chunk_rows, progress=self.snapshot_progress, first_seq=first_seq)
+                      chunk_rows=cfg.snapshot_chunk_rows, progress=self.snapshot_progress, first_seq=first_seq,
+                      policy=cfg.personal_data)
         self.sink.end_transaction(new.consistent_lsn)
         self._handed_over = new.consistent_lsn
         self.sink.flush()
@@ -527,7 +539,7 @@ class Reader:
         cfg = self.config
         bulk = BulkSnapshot(self.dsn, self.lake, phase.lsn, plans, chunk_pages=phase.chunk_pages,
                             connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
-                            progress=self.snapshot_progress)
+                            progress=self.snapshot_progress, policy=cfg.personal_data)
         bulk.chunk_hook = self.bulk_chunk_hook
         self.bulk_stats = bulk.stats
         written = bulk.run_under(snapshot_name, lsn)
@@ -544,10 +556,10 @@ class Reader:
         cfg = self.config
         phase = state.phase
         if phase.tables:
-            by_name = {t: read_table_schema(conn, *t.split(".", 1)) for t in phase.tables}
+            by_name = {t: self._table_schema(conn, *t.split(".", 1)) for t in phase.tables}
             plans = [TablePlan(by_name[t], n) for t, n in zip(phase.tables, phase.chunks)]
         else:  # killed before the plan was noted: nothing was written under it
-            plans = plan_tables(conn, [read_table_schema(conn, cfg.schema, t) for t in cfg.tables],
+            plans = plan_tables(conn, [self._table_schema(conn, cfg.schema, t) for t in cfg.tables],
                                 cfg.snapshot_chunk_pages)
             phase = replace(phase, tables=tuple(p.schema.table for p in plans),
                             chunks=tuple(p.chunks for p in plans), chunk_pages=cfg.snapshot_chunk_pages)
@@ -606,7 +618,7 @@ class Reader:
             raise SlotLostError(lost_slot_message(cfg.slot, f"cannot stream ({error.diag.message_primary})")) from None
         self.streaming.set()
         assembler = Assembler(TypeNames(conn), lambda s, t: read_table_schema(conn, s, t).key_names,
-                              self._column_types)
+                              self._column_types, policy=cfg.personal_data)
         progress = self._progress
         progress.in_transaction = False
         if state.snapshot_lsn is not None and not state.snapshot_done and not progress.pending:
@@ -682,10 +694,10 @@ class Reader:
                 if rereading is None and bulk_reread is None and self._resnapshots:
                     table = self._resnapshots.pop(0)
                     if self._rereads_in_bulk(table):
-                        bulk_reread = self._start_bulk_reread(read_table_schema(conn, cfg.schema, table))
+                        bulk_reread = self._start_bulk_reread(self._table_schema(conn, cfg.schema, table))
                         conn.commit()
                     else:
-                        rereading = IncrementalSnapshot(read_table_schema(conn, cfg.schema, table),
+                        rereading = IncrementalSnapshot(self._table_schema(conn, cfg.schema, table),
                                                         cfg.snapshot_chunk_rows, self.resnapshot_hook)
                         conn.commit()
                         log.info("re-reading %s while streaming", rereading.schema.table)
@@ -738,7 +750,7 @@ class Reader:
         cfg = self.config
         return BulkReread(schema, self._connect, self.lake, cfg.slot, dsn=self.dsn, chunk_pages=cfg.snapshot_chunk_pages,
                           connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
-                          chunk_hook=self.bulk_chunk_hook).start()
+                          chunk_hook=self.bulk_chunk_hook, policy=cfg.personal_data).start()
 
     def _finish_bulk_reread(self, bulk_reread, *, quietly: bool = False) -> None:
         """Wait for a bulk re-read; one that failed is tried again on the next connection."""

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from psycopg2 import sql
 
+from cdc_reader.personal_data import NO_POLICY, Policy
 from change_events import TableSchema
 from change_events.model import route_hash
 from change_events.wire import HAS_AFTER, NO_TIME, NO_XID, EncodedChange, encode_row, frame_head
@@ -94,6 +95,7 @@ def read_snapshot(
     chunk_rows: int = 5_000,
     progress: Progress | None = None,
     first_seq: int = 0,
+    policy: Policy = NO_POLICY,
 ) -> int:
     """COPY every table under the exported snapshot into `emit`; return the events emitted.
 
@@ -108,11 +110,14 @@ def read_snapshot(
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
             for schema in schemas:
+                rewrite = policy.rewrite(schema)  # personal data: masked, hashed, dropped
+                leaving = schema if rewrite is None else rewrite.schema
                 names = schema.column_names
                 key_positions = [names.index(k) for k in schema.key_names]
                 table_rows = 0
 
-                def on_rows(rows: list[list[str | None]], schema=schema, names=names, key_positions=key_positions):
+                def on_rows(rows: list[list[str | None]], schema=schema, names=names, key_positions=key_positions,
+                            rewrite=rewrite, leaving=leaving):
                     nonlocal seq, table_rows
                     events = []
                     for values in rows:
@@ -120,7 +125,9 @@ def read_snapshot(
                             raise ValueError(f"{schema.table}: COPY gave {len(values)} values for {len(names)} columns")
                         route = route_hash(schema.table, [values[i] for i in key_positions])
                         head = frame_head(b"r", consistent_lsn, seq, NO_XID, NO_TIME, HAS_AFTER)
-                        events.append(EncodedChange(schema, consistent_lsn, route, head + encode_row(values)))
+                        if rewrite is not None:
+                            values = rewrite.values(values)
+                        events.append(EncodedChange(leaving, consistent_lsn, route, head + encode_row(values)))
                         seq += 1
                     table_rows += len(rows)
                     emit(events)

@@ -147,6 +147,13 @@ def remember_secrets(dsn: str | None) -> None:
         _known_secrets.update(found)
 
 
+def remember_secret_value(value: str) -> None:
+    """Note a secret that is no DSN (a hash key) for `scrub`."""
+    if value:
+        with _known_lock:
+            _known_secrets.add(value)
+
+
 def scrub(text: str) -> str:
     """`text` without any password this process knows of, nor any DSN-shaped password."""
     with _known_lock:

@@ -56,8 +56,34 @@ class SlotState:
         return f"was invalidated by PostgreSQL ({reason})"
 
 
-def _quoted_tables(conn, schema: str, tables) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)
+def _quoted_tables(conn, schema: str, tables, columns: dict[str, list[str]] | None = None) -> sql.Composable:
+    """`schema.t, ...`, a table with a column list in `columns` as `schema.t (a, b)`."""
+    columns = columns or {}
+    return sql.SQL(", ").join(
+        sql.SQL("{} ({})").format(sql.Identifier(schema, t), sql.SQL(", ").join(map(sql.Identifier, columns[t])))
+        if t in columns else sql.Identifier(schema, t) for t in tables)
+
+
+def _column_lists(cur, schema: str, tables, dropped: dict[str, frozenset[str]]) -> dict[str, list[str]]:
+    """The column list to publish of every table with columns to drop (personal data), where
+    the server has column lists (15+) and the table's replica identity is not FULL (a list
+    must cover the replica identity; the reader drops those columns itself)."""
+    if cur.connection.server_version < 150000:
+        return {}
+    lists = {}
+    for table in tables:
+        if not dropped.get(table):
+            continue
+        cur.execute("SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s", (schema, table))
+        found = cur.fetchone()
+        if found is None or found[0] == "f":
+            continue
+        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+                    (sql.Identifier(schema, table).as_string(cur.connection),))
+        lists[table] = [name for (name,) in cur.fetchall() if name not in dropped[table]]
+    return lists
 
 
 def _sql(conn, statement: sql.Composable) -> str:
@@ -65,9 +91,13 @@ def _sql(conn, statement: sql.Composable) -> str:
     return statement.as_string(conn)
 
 
-def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) -> bool:
-    """Make `name` publish every table of `tables`; True when it had to be created."""
+def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...],
+                       dropped: dict[str, frozenset[str]] | None = None) -> bool:
+    """Make `name` publish every table of `tables`, without the `dropped` columns of a table
+    where the server can (`_column_lists`); True when it had to be created."""
+    dropped = dropped or {}
     with conn.cursor() as cur:
+        lists = _column_lists(cur, schema, tables, dropped)
         cur.execute(
             "SELECT p.oid, obj_description(p.oid, 'pg_publication'), p.pubinsert AND p.pubupdate "
             "AND p.pubdelete AND p.pubtruncate FROM pg_publication p WHERE p.pubname = %s",
@@ -78,7 +108,7 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) ->
             if found is None:
                 cur.execute(
                     sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')")
-                    .format(sql.Identifier(name), _quoted_tables(conn, schema, tables))
+                    .format(sql.Identifier(name), _quoted_tables(conn, schema, tables, lists))
                 )
                 cur.execute(sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
                     sql.Identifier(name), sql.Literal(MANAGED_COMMENT)))
@@ -93,8 +123,10 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) ->
             missing = [t for t in tables if t not in published]
             if missing and comment == MANAGED_COMMENT:
                 cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                    sql.Identifier(name), _quoted_tables(conn, schema, missing)))
+                    sql.Identifier(name), _quoted_tables(conn, schema, missing, lists)))
                 missing = []
+            if comment == MANAGED_COMMENT and conn.server_version >= 150000:
+                _update_column_lists(cur, name, schema, [t for t in tables if t in published], lists)
             conn.commit()
         except errors.InsufficientPrivilege as error:
             conn.rollback()
@@ -122,6 +154,30 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...]) ->
             f"ALTER PUBLICATION {_sql(conn, sql.Identifier(name))} SET (publish = 'insert, update, delete, truncate');"
         )
     return False
+
+
+def _update_column_lists(cur, name: str, schema: str, tables, lists: dict[str, list[str]]) -> None:
+    """Tables whose published columns differ from what the policy wants (a drop added or
+    removed, a column added since) are published again with the right list, in the same
+    transaction, so no change falls between."""
+    cur.execute("SELECT tablename, attnames FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
+                (name, schema))
+    published = dict(cur.fetchall())
+    stale = []
+    for table in tables:
+        if table in lists:
+            wanted = lists[table]
+        else:
+            cur.execute("SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = "
+                        "%s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
+                        (sql.Identifier(schema, table).as_string(cur.connection),))
+            wanted = cur.fetchone()[0]
+        if list(published.get(table) or []) != list(wanted):
+            stale.append(table)
+    for table in stale:
+        cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), sql.Identifier(schema, table)))
+        cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(name), _quoted_tables(cur.connection, schema, [table], lists)))
 
 
 def slot_state(conn, name: str) -> SlotState | None:

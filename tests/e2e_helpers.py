@@ -30,6 +30,7 @@ import psycopg2
 from polars.testing import assert_frame_equal
 from psycopg2 import sql
 
+from cdc_reader.personal_data import NO_POLICY, Policy, parse
 from change_events import parse_lsn
 from cdc_reader.source import current_wal_lsn
 from tests.warehouse_fixtures import (
@@ -158,8 +159,9 @@ def utc_today() -> date:
     return datetime.now(timezone.utc).date()
 
 
-def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = ()) -> None:
-    """The warehouse and the independent transform of the source's `rows`:
+def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (), policy: Policy = NO_POLICY) -> None:
+    """The warehouse and the independent transform of the source's `rows` (as `policy` lets
+    them leave the reader):
 
     - no fact row references a missing dimension row and no business key has two current rows;
     - every dimension equals the transform (a row whose source row is gone may stay only while
@@ -169,6 +171,8 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = ())
     - dim_date is the calendar up to a year after the day of the last sync (one of `today`)
       and covers every date any fact row references.
     """
+    rows = {table: {key: policy.apply(f"public.{table}", row) for key, row in by_key.items()}
+            for table, by_key in rows.items()}
     dangling = dangling_references(target)
     assert dangling == {}, f"fact rows reference missing dimension rows: {dangling}"
     duplicates = duplicate_current_rows(target)
@@ -317,6 +321,9 @@ def check_deleted_rows_visible(target, rows: SourceRows, trail) -> int:
 
 # -- `totes run` as a child process ------------------------------------------------------------
 
+RUN_KEY = b"end-to-end-personal-data-key-0001"
+
+
 @dataclass
 class RunProcess:
     """`totes run` against `dsn` with its lake and warehouse in `home`."""
@@ -333,10 +340,16 @@ class RunProcess:
     def warehouse(self) -> Path:
         return self.home / "warehouse.duckdb"
 
+    @property
+    def policy(self) -> Policy:
+        """The personal-data policy the run applies (the totesys defaults, with RUN_KEY)."""
+        return parse({}, RUN_KEY)
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("AWS_ENDPOINT_URL") and not k.startswith("TOTES_")}
-        env.update(TOTES_HOME=str(self.home), TOTES_CONFIG=str(self.home / "none.toml"))
+        env.update(TOTES_HOME=str(self.home), TOTES_CONFIG=str(self.home / "none.toml"),
+                   TOTES_PERSONAL_DATA_KEY=RUN_KEY.decode())
         return env
 
     def start(self, *extra: str) -> subprocess.Popen:

@@ -420,7 +420,7 @@ def _catch_up_without_ghosts(dsn: str, run, gone: list[str], timeout: float) -> 
         ghosts = facts.filter(pl.col("is_current") & ~pl.col("is_deleted")
                               & pl.col("sales_order_id").is_in([int(k) for k in gone]))
         assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
-        check_against_source(target, read_source(dsn))
+        check_against_source(target, read_source(dsn), policy=run.policy)
 
 
 def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_the_restart(

@@ -27,7 +27,7 @@ from lake.retention import DEMO_RETENTION, format_retention
 from totes_cli.console import err, fail
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.run_cmd import default_lake, default_warehouse
-from totes_cli.settings import load
+from totes_cli.settings import ConfigError, load, personal_data_policy
 from totes_cli.source_cmd import start_source
 from totes_cli.status_cmd import human_bytes, source_table
 from cdc_reader.source import SourceConnectionError, connect
@@ -175,8 +175,13 @@ def demo(
             failure.append(error)
             stop.set()
 
+    try:
+        policy = personal_data_policy(default_lake(settings.home), settings)
+    except ConfigError as error:
+        raise fail(str(error)) from None
     pipeline = Pipeline(PipelineConfig(source_dsn=dsn, lake=default_lake(settings.home),
-                                       warehouse=default_warehouse(settings.home), retention=retention))
+                                       warehouse=default_warehouse(settings.home), retention=retention,
+                                       personal_data=policy))
     warehouse = None
     try:
         if read_source(conn).row_counts.get("sales_order", 0) == 0:

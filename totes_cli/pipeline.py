@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cdc_reader.publisher import Publisher
 from cdc_reader.source import connect, current_wal_lsn
+from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import HEARTBEAT_PREFIX, FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
 from lake.maintenance import COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
@@ -104,6 +105,8 @@ class PipelineConfig:
     """Tables the reader reads again straight into the lake once it streams (`totes verify --repair`)."""
     status_seconds: float = STATUS_SECONDS
     """How often the reader's status file (what `totes status` and the dashboard show) is rewritten."""
+    personal_data: Policy = NO_POLICY
+    """What of personal data leaves the reader (cdc_reader/personal_data.py)."""
 
 
 def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
@@ -218,7 +221,7 @@ class Pipeline:
             FileStateStore(state_dir / "reader" / f"{slot}.json"),
             ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
                          heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds,
-                         reset=cfg.reset, resnapshot=cfg.resnapshot),
+                         reset=cfg.reset, resnapshot=cfg.resnapshot, personal_data=cfg.personal_data),
             lake=self.layout,  # the initial snapshot goes straight into the lake
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop))

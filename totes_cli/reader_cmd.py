@@ -19,7 +19,8 @@ from totes_cli.lake_local import local_dir, remembered
 from totes_cli.options import PublicationOption, SourceOption, StreamOption
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
 from totes_cli.settings import (
-    DEFAULT_PUBLICATION, DEFAULT_STREAM, NoSourceError, load, password_in_flag, resolve_source_dsn,
+    DEFAULT_PUBLICATION, DEFAULT_STREAM, ConfigError, NoSourceError, load, password_in_flag, personal_data_policy,
+    resolve_source_dsn,
 )
 from cdc_reader.source import SourceConnectionError, has_password
 from totesys.schema import TABLES
@@ -128,6 +129,10 @@ def reader(
     except NoSourceError as error:
         raise fail(str(error), code=2) from None
     settings = load()
+    try:
+        policy = personal_data_policy(lake, settings)
+    except ConfigError as error:
+        raise fail(str(error), code=2) from None
     slot = slot or remembered(lake)["slot"]  # the slot and state `totes run` uses on this lake
     state_path = (state_dir or (local_dir(lake) or settings.home) / "reader") / f"{slot}.json"
     table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else TABLES
@@ -145,7 +150,7 @@ def reader(
     if unknown:
         raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
     config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()),
-                          reset=reset, snapshot_connections=snapshot_connections)
+                          reset=reset, snapshot_connections=snapshot_connections, personal_data=policy)
     if mode == "kinesis":
         log.warning("durability is what Kinesis acknowledged: if the processor stalls for longer than the "
                     "stream's retention, events PostgreSQL has already released are lost; pass --lake instead")

@@ -17,7 +17,8 @@ from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totes_cli.settings import (
-    DEFAULT_STREAM, ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown,
+    DEFAULT_STREAM, ConfigError, load, password_in_flag, personal_data_policy, resolve_source_dsn, resolve_warehouse,
+    shown,
 )
 from cdc_reader.source import SourceConnectionError, connect, has_password
 
@@ -148,9 +149,10 @@ def run(
         dsn = resolve_source_dsn(source)
         home = load().home
         warehouse = resolve_warehouse(warehouse, default_warehouse(home))
+        lake = lake or default_lake(home)
+        policy = personal_data_policy(lake)
     except ConfigError as error:
         raise fail(str(error), code=2) from None
-    lake = lake or default_lake(home)
     try:
         for what, target in (("source", dsn), ("warehouse", warehouse)):
             if what == "source" or is_postgres_dsn(target):
@@ -164,7 +166,8 @@ def run(
 
     config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream,
                             shards=shards, slot=slot, maintain_every=maintain_every, reset=reset,
-                            retention=retention, verify_every=verify_seconds, on_verified=_verified)
+                            retention=retention, verify_every=verify_seconds, on_verified=_verified,
+                            personal_data=policy)
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]

@@ -25,6 +25,11 @@ example is `totes.example.toml`) holds two kinds of keys:
 A flag typed on the command line wins, then the TOTES_* environment variable, then the
 command's section, then the shared key, then the default. A key or a section the commands do
 not know is one sentence naming it and the file, never silently ignored.
+
+One section is no command: `[personal-data]`, a rule per column (cdc_reader/personal_data.py)
+over the totesys defaults. Its key for hashing is read like a password: TOTES_PERSONAL_DATA_KEY,
+a file (`personal_data_key_file`) or AWS Secrets Manager (`personal_data_key_secret`); a local
+lake without one gets a generated key kept in `<lake>/_local/personal-data.key` (0600).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pathlib import Path
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cdc_reader.source import masked, remember_secrets, with_password
+from cdc_reader.source import masked, remember_secret_value, remember_secrets, with_password
 
 SECRET_PREFIX = "secretsmanager:"  # nosec B105 # a URI prefix, not a password
 
@@ -77,6 +82,10 @@ class Settings(BaseSettings):
     publication: str = DEFAULT_PUBLICATION
     retain: str | None = None
     """How long time travel by version or time reaches back (each command has its default)."""
+    personal_data_key: SecretStr | None = None
+    """The key of the personal-data policy's keyed hashes (at least 16 bytes)."""
+    personal_data_key_file: Path | None = None
+    personal_data_key_secret: str | None = None
 
     @property
     def source_dir(self) -> Path:
@@ -171,7 +180,7 @@ def command_defaults(root, ctx, settings: Settings) -> dict:
     commands = dict(_commands(root))
     by_section = {"-".join(path): path for path in commands}
     for section in sections:
-        if section not in by_section:
+        if section not in by_section and section != PERSONAL_DATA_SECTION:
             raise ConfigError(f"{path_of_file} has a section [{section}], which is no command: the sections are "
                               f"{', '.join(f'[{name}]' for name in by_section)}.")
     defaults: dict = {}
@@ -215,6 +224,68 @@ def _where(key: str) -> str:
     return ""
 
 
+PERSONAL_DATA_SECTION = "personal-data"
+KEY_FILE_NAME = "personal-data.key"
+MIN_KEY_BYTES = 16
+
+
+def personal_data_policy(lake: str | None, settings: Settings | None = None):
+    """The personal-data policy: the totesys defaults, then the file's [personal-data] rules;
+    its hash key as the module's docstring says. ConfigError in one sentence when unusable."""
+    from cdc_reader.personal_data import PolicyError, parse
+
+    settings = settings or load()
+    _, sections = read_config()
+    rules = sections.get(PERSONAL_DATA_SECTION, {})
+    try:
+        policy = parse(rules)
+        if not policy.hashes:
+            return policy
+        return parse(rules, _personal_data_key(settings, lake))
+    except PolicyError as error:
+        raise ConfigError(f"{error} (in [{PERSONAL_DATA_SECTION}] of {config_path()})") from None
+
+
+def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
+    if settings.personal_data_key is not None:
+        key = settings.personal_data_key.get_secret_value()
+        where = "TOTES_PERSONAL_DATA_KEY"
+    elif settings.personal_data_key_file is not None:
+        path, where = Path(settings.personal_data_key_file).expanduser(), "the key file"
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            raise ConfigError(f"The personal-data key file {path} cannot be read ({reason}): fix the path in "
+                              "TOTES_PERSONAL_DATA_KEY_FILE.") from None
+    elif settings.personal_data_key_secret:
+        key, where = read_secret(settings.personal_data_key_secret, "personal_data_key"), "the key secret"
+    elif lake and "://" not in lake:
+        return _local_key(Path(lake) / "_local" / KEY_FILE_NAME)
+    else:
+        raise ConfigError("The personal-data policy hashes columns but no key is set for a lake on S3: set "
+                          "TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the same key every "
+                          "reader of this lake uses.")
+    remember_secret_value(key)
+    if len(key.encode("utf-8")) < MIN_KEY_BYTES:
+        raise ConfigError(f"The personal-data key from {where} is shorter than {MIN_KEY_BYTES} bytes: give a longer one.")
+    return key.encode("utf-8")
+
+
+def _local_key(path: Path) -> bytes:
+    """A local lake's own key, made at its first use (hashes stay equal across runs)."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(secrets.token_hex(32) + "\n")
+    key = path.read_text(encoding="utf-8").strip()
+    remember_secret_value(key)
+    return key.encode("utf-8")
+
+
 def _read_password_file(path: Path, what: str) -> str:
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
@@ -234,6 +305,7 @@ def read_secret(secret_id: str, what: str) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
     setting = f"TOTES_{what.upper()}{'_DSN' if what == 'source' else ''}_SECRET"
+    holds = "the key" if what == "personal_data_key" else "the DSN"
     try:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         client = boto3.client("secretsmanager", region_name=region)
@@ -248,7 +320,7 @@ def read_secret(secret_id: str, what: str) -> str:
                           f"({type(error).__name__}): set AWS credentials and region (or "
                           "AWS_ENDPOINT_URL_SECRETSMANAGER).") from None
     if not value:
-        raise ConfigError(f"The {what} secret {secret_id!r} holds no string: store the DSN in it.")
+        raise ConfigError(f"The {what} secret {secret_id!r} holds no string: store {holds} in it.")
     return value.strip()
 
 
