@@ -8,6 +8,9 @@ Dimensions hold the latest values:
 - dim_counterparty = counterparty ⟕ address on legal_address_id ('' where the address is
   unknown, NULL where the source allows NULL: address_line_2, district);
 - dim_location = address; dim_design, dim_payment_type, dim_transaction = their table;
+- a column the personal-data policy drops is null in the lake's mirror: in a dimension's NOT
+  NULL text column it becomes '' (dim_staff.email_address, dim_location.phone, ...), as a
+  missing department location does; masked and hashed values are values like any other;
 - dim_currency names come from ISO 4217 (an unknown code is its own name);
 - dim_date is a calendar: ISO day_of_week (1 = Monday), English names, quarter 1-4.
 
@@ -66,8 +69,15 @@ CALENDAR_AHEAD = timedelta(days=366)
 
 # -- dimensions ------------------------------------------------------------------------------
 
+def _required_text(frame: pl.DataFrame, table) -> pl.DataFrame:
+    """NOT NULL text columns of `table` with '' for null (a column dropped by policy)."""
+    names = [c.name for c in table.columns if not c.nullable and c.type == "varchar" and c.name in frame.columns]
+    return frame.with_columns(pl.col(n).fill_null("") for n in names) if names else frame
+
+
 def dim_location(address: pl.DataFrame) -> pl.DataFrame:
-    return conform(address.rename({"address_id": "location_id"}), DIM_LOCATION.polars_schema)
+    return conform(_required_text(address.rename({"address_id": "location_id"}), DIM_LOCATION),
+                   DIM_LOCATION.polars_schema)
 
 
 def dim_design(design: pl.DataFrame) -> pl.DataFrame:
@@ -90,9 +100,8 @@ def dim_currency(currency: pl.DataFrame) -> pl.DataFrame:
 
 def dim_staff(staff: pl.DataFrame, department: pl.DataFrame) -> pl.DataFrame:
     departments = department.select("department_id", "department_name", "location")
-    joined = staff.join(departments, on="department_id", how="left").with_columns(
-        pl.col("department_name").fill_null(""), pl.col("location").fill_null(""))
-    return conform(joined, DIM_STAFF.polars_schema)
+    joined = staff.join(departments, on="department_id", how="left")
+    return conform(_required_text(joined, DIM_STAFF), DIM_STAFF.polars_schema)
 
 
 def dim_counterparty(counterparty: pl.DataFrame, address: pl.DataFrame) -> pl.DataFrame:

@@ -1,0 +1,72 @@
+"""Search every file of a lake or a warehouse, and every Kinesis record, for values that must
+not be there: raw bytes, and the decoded values of every Parquet file, every DuckDB table and
+every record (compression would hide a value from a byte search)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from change_events import decode
+
+
+def _texts(rows: Iterable) -> bytes:
+    return "\n".join(str(v) for v in rows).encode("utf-8", "surrogatepass")
+
+
+def _parquet_values(path: Path) -> bytes:
+    table = pq.read_table(path)
+    return _texts(v for column in table.columns for v in column.to_pylist())
+
+
+def folder_contents(root: Path) -> Iterator[tuple[str, bytes]]:
+    """(where, bytes) of every file under `root`, and of every Parquet file's decoded values."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            data = path.read_bytes()
+            yield str(path), data
+            if data[:4] == b"PAR1":
+                yield f"{path} (decoded)", _parquet_values(path)
+
+
+def warehouse_contents(path: Path) -> Iterator[tuple[str, bytes]]:
+    """The DuckDB file's bytes (and its WAL's), and every value of every table in it."""
+    for candidate in (path, Path(f"{path}.wal")):
+        if candidate.exists():
+            yield str(candidate), candidate.read_bytes()
+    with duckdb.connect(str(path), read_only=True) as conn:
+        for schema, table in conn.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall():
+            rows = conn.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall()  # nosec B608 # catalog names
+            yield f"{path}:{table}", _texts(v for row in rows for v in row)
+
+
+def kinesis_contents(client, stream: str) -> Iterator[tuple[str, bytes]]:
+    """Every record of every shard, from the oldest: its bytes and its decoded events' values."""
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            answer = client.get_records(ShardIterator=iterator, Limit=1000)
+            for record in answer["Records"]:
+                where = f"{shard['ShardId']}/{record['SequenceNumber']}"
+                yield where, record["Data"]
+                events = decode(record["Data"]).events
+                yield f"{where} (decoded)", _texts(v for e in events for row in (e.after or {}, e.before or {})
+                                                   for v in row.values())
+            if not answer["Records"] and answer.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = answer.get("NextShardIterator")
+
+
+def traces(contents: Iterable[tuple[str, bytes]], values: Iterable[str]) -> list[tuple[str, str]]:
+    """(where, value) of every value found in `contents`."""
+    needles = sorted({v.encode("utf-8") for v in values if v}, key=len, reverse=True)
+    found = []
+    for where, data in contents:
+        found += [(where, needle.decode()) for needle in needles if needle in data]
+    return found
