@@ -4,34 +4,48 @@ every record (compression would hide a value from a byte search)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from change_events import decode
+from lake.layout import LakeLayout
 
 
 def _texts(rows: Iterable) -> bytes:
     return "\n".join(str(v) for v in rows).encode("utf-8", "surrogatepass")
 
 
-def _parquet_values(path: Path) -> bytes:
-    table = pq.read_table(path)
+def _parquet_values(source) -> bytes:
+    table = pq.read_table(source)
     return _texts(v for column in table.columns for v in column.to_pylist())
 
 
-def folder_contents(root: Path) -> Iterator[tuple[str, bytes]]:
-    """(where, bytes) of every file under `root`, and of every Parquet file's decoded values."""
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = Path(folder) / name
-            data = path.read_bytes()
-            yield str(path), data
-            if data[:4] == b"PAR1":
-                yield f"{path} (decoded)", _parquet_values(path)
+def folder_contents(root: Path, *, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, bytes]]:
+    """(where, bytes) of every file under `root` (but those under a `skip` folder), and of
+    every Parquet file's decoded values."""
+    yield from store_contents(pafs.LocalFileSystem(), str(root), skip=skip)
+
+
+def lake_contents(layout: LakeLayout, *, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, bytes]]:
+    """The same for every object of a lake, in a folder or on S3."""
+    fs, root = layout.filesystem(layout.root)
+    yield from store_contents(fs, root, skip=skip)
+
+
+def store_contents(fs: pafs.FileSystem, root: str, *, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, bytes]]:
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File or any(f"/{s}/" in info.path for s in skip):
+            continue
+        with fs.open_input_stream(info.path) as stream:
+            data = stream.read()
+        yield info.path, data
+        if data[:4] == b"PAR1":
+            yield f"{info.path} (decoded)", _parquet_values(pa.BufferReader(data))
 
 
 def warehouse_contents(path: Path) -> Iterator[tuple[str, bytes]]:

@@ -11,8 +11,8 @@ import typer.rich_utils
 from rich.markup import escape
 
 from totes_cli import (
-    demo_cmd, doctor_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd, source_cmd, status_cmd,
-    sync_cmd, verify_cmd,
+    demo_cmd, doctor_cmd, forget_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd,
+    source_cmd, status_cmd, sync_cmd, verify_cmd,
 )
 from totes_cli import dashboard_cmd, report_cmd
 from totes_cli.console import err, fail
@@ -61,6 +61,7 @@ typer.rich_utils.rich_format_error = _usage_error_in_one_sentence
 
 
 app.add_typer(source_cmd.app, name="source")
+lake_cmd.app.command("forget")(forget_cmd.forget)
 app.add_typer(lake_cmd.app, name="lake")
 
 # Each command lives in its own module; they are registered here, in one place.
