@@ -97,3 +97,53 @@ def test_the_key_never_shows():
     policy = parse({}, KEY)
     assert KEY.decode() not in repr(policy) and "hash" in repr(policy)
     assert NO_POLICY.rewrite(STAFF) is None
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+@pytest.fixture
+def config_file(tmp_path, monkeypatch):
+    for name in ("TOTES_PERSONAL_DATA_KEY", "TOTES_PERSONAL_DATA_KEY_FILE", "TOTES_PERSONAL_DATA_KEY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "totes.toml"
+    monkeypatch.setenv("TOTES_CONFIG", str(path))
+    return path
+
+
+def test_the_policy_comes_from_the_config_file_over_the_defaults(config_file, monkeypatch):
+    from totes_cli.settings import personal_data_policy
+
+    config_file.write_text('[personal-data]\n"department.manager" = "mask"\nstaff.email_address = "keep"\n')
+    monkeypatch.setenv("TOTES_PERSONAL_DATA_KEY", "a-key-of-enough-bytes")
+    policy = personal_data_policy("s3://bucket/lake")
+    assert {t: {c: r.action for c, r in cs.items()} for t, cs in policy.rules.items()} == {
+        "public.address": {"phone": "hash"}, "public.department": {"manager": "mask"}}
+    assert policy.key == b"a-key-of-enough-bytes"
+
+
+def test_a_local_lake_without_a_key_gets_its_own_and_keeps_it(config_file, tmp_path):
+    from totes_cli.settings import personal_data_policy
+
+    lake = tmp_path / "lake"
+    first, second = personal_data_policy(str(lake)), personal_data_policy(str(lake))
+    key_file = lake / "_local" / "personal-data.key"
+    assert first.key == second.key and len(first.key) == 64
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("text, env, words", [
+    ('[personal-data]\n"staff.email_address" = "scramble"\n', {}, "which is no policy"),
+    ("", {}, "no key is set for a lake on S3"),
+    ("", {"TOTES_PERSONAL_DATA_KEY": "short"}, "shorter than 16 bytes"),
+    ("", {"TOTES_PERSONAL_DATA_KEY_FILE": "/nowhere/key"}, "cannot be read"),
+])
+def test_a_wrong_policy_or_key_is_one_sentence_that_never_shows_the_key(config_file, monkeypatch, text, env, words):
+    from totes_cli.settings import ConfigError, personal_data_policy
+
+    config_file.write_text(text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        personal_data_policy("s3://bucket/lake")
+    message = str(caught.value)
+    assert words in message and "\n" not in message and "short" not in message.replace("shorter", "")

@@ -82,9 +82,9 @@ class Settings(BaseSettings):
     publication: str = DEFAULT_PUBLICATION
     retain: str | None = None
     """How long time travel by version or time reaches back (each command has its default)."""
-    personal_data_key: SecretStr | None = None
-    """The key of the personal-data policy's keyed hashes (at least 16 bytes)."""
     personal_data_key_file: Path | None = None
+    """A file holding the key of the personal-data policy's keyed hashes (at least 16 bytes);
+    TOTES_PERSONAL_DATA_KEY (the environment only, never the file) gives it directly."""
     personal_data_key_secret: str | None = None
 
     @property
@@ -226,6 +226,7 @@ def _where(key: str) -> str:
 
 PERSONAL_DATA_SECTION = "personal-data"
 KEY_FILE_NAME = "personal-data.key"
+KEY_VARIABLE = "TOTES_PERSONAL_DATA_KEY"
 MIN_KEY_BYTES = 16
 
 
@@ -236,7 +237,7 @@ def personal_data_policy(lake: str | None, settings: Settings | None = None):
 
     settings = settings or load()
     _, sections = read_config()
-    rules = sections.get(PERSONAL_DATA_SECTION, {})
+    rules = _flat(sections.get(PERSONAL_DATA_SECTION, {}))
     try:
         policy = parse(rules)
         if not policy.hashes:
@@ -246,10 +247,20 @@ def personal_data_policy(lake: str | None, settings: Settings | None = None):
         raise ConfigError(f"{error} (in [{PERSONAL_DATA_SECTION}] of {config_path()})") from None
 
 
+def _flat(rules: dict, prefix: str = "") -> dict:
+    """`"staff.email_address" = ...` and TOML's dotted `staff.email_address = ...` alike."""
+    flat = {}
+    for name, value in rules.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{name}.")
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
 def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
-    if settings.personal_data_key is not None:
-        key = settings.personal_data_key.get_secret_value()
-        where = "TOTES_PERSONAL_DATA_KEY"
+    if os.environ.get(KEY_VARIABLE):
+        key, where = os.environ[KEY_VARIABLE], KEY_VARIABLE
     elif settings.personal_data_key_file is not None:
         path, where = Path(settings.personal_data_key_file).expanduser(), "the key file"
         try:
