@@ -18,6 +18,8 @@ scratch directory under the system temp dir that is removed at the end.
      * slot B by the Reader into a real Publisher on kinesalite (4 shards), until Kinesis
        acknowledged the end marker's transaction;
      * slot C by the Reader into a sink that counts events and drops them (decode cost only);
+     * slot P like C with a personal-data policy on sales_order (a keyed hash and a mask of
+       its text columns): the cost of the path that rewrites row bytes, against C;
      * slot D (with --profile) like B under cProfile, for where the time goes.
    Each Reader runs alone in a child process, so its CPU time and RSS are its own.
 
@@ -66,6 +68,9 @@ RECVLOGICAL_RUNS = 3
 STRESS_LINGER = 30.0
 END_MARKER_PREFIX = "totes-bench-end"
 CHILD_TIMEOUT = 900.0
+POLICY = {"sales_order.agreed_delivery_date": "hash", "sales_order.agreed_payment_date": "mask:last2"}
+"""The policy of the personal-data run: both text columns of the load's table rewritten."""
+POLICY_KEY = b"bench-personal-data-key-0123456789"
 REPRODUCE = "`python -m bench reader`"
 REPRODUCE_QUICK = "`python -m bench reader --quick`"
 
@@ -202,8 +207,11 @@ def _stream(spec: dict) -> dict:
         def done() -> bool:
             return sink.last_ended >= marker
 
+    from cdc_reader.personal_data import NO_POLICY, parse
+
+    policy = parse(spec["policy"], POLICY_KEY, defaults={}) if spec.get("policy") else NO_POLICY
     reader = Reader(spec["dsn"], sink, durability, FileStateStore(Path(spec["state_path"])),
-                    ReaderConfig(slot=spec["slot"], publication=PUBLICATION))
+                    ReaderConfig(slot=spec["slot"], publication=PUBLICATION, personal_data=policy))
     gc.collect()
     rss_before = process.memory_info().rss
     hwm_before = _peak_rss()
@@ -569,8 +577,9 @@ def run_pg_recvlogical(source: Source, slot: str, end_lsn: int, timeout: float =
 def run_reader(source: Source, root: Path, slot: str, load: Load, *, sink: str,
                endpoint: str | None = None, stream: str | None = None, profile: bool = False,
                max_events: int | None = None, kinesalite_pid: int | None = None,
-               publisher_options: dict | None = None) -> dict:
+               publisher_options: dict | None = None, policy: dict | None = None) -> dict:
     spec = {
+        "policy": policy,
         "dsn": source.dsn, "slot": slot, "sink": sink, "endpoint": endpoint, "stream": stream,
         "marker_lsn": load.marker_lsn, "state_path": str(root / f"state-{slot}.json"),
         "profile": profile, "max_events": max_events, "timeout": CHILD_TIMEOUT,
@@ -687,7 +696,7 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         # 1. throughput: every slot created at the same point, before the load
         kinesis = client is not None
         recv_slots = [f"bench_recvlogical_{n}" for n in range(1, RECVLOGICAL_RUNS + 1)]
-        slots = [*recv_slots, "bench_reader_null"]
+        slots = [*recv_slots, "bench_reader_null", "bench_reader_policy"]
         if kinesis:
             slots.append("bench_reader_kinesis")
             if profile:
@@ -714,6 +723,8 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             reader_run("reader_kinesis", "bench_reader_kinesis", load, "kinesis", "bench-throughput")
         say("Reader -> null sink")
         reader_run("reader_null", "bench_reader_null", load, "null")
+        say(f"Reader -> null sink, personal-data policy {POLICY}")
+        reader_run("reader_policy", "bench_reader_policy", load, "null", policy=POLICY)
         if kinesis and profile:
             say(f"Reader -> kinesalite under cProfile (first {sizes.profile_events} events)")
             reader_run("reader_profile", "bench_reader_profile", load, "kinesis", "bench-profile",
@@ -748,6 +759,13 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
 
     report.rows = _rows(load, big, results, REPRODUCE_QUICK if quick else REPRODUCE)
     return report
+
+
+def _policy_cost(results: dict[str, dict]) -> str:
+    plain, policy = results["reader_null"], results["reader_policy"]
+    return (f"{policy['events_per_second']:,.0f} events/s, {policy['cpu_seconds']:.1f} CPU s = "
+            f"{policy['cpu_seconds'] / plain['cpu_seconds']:.2f}x the CPU seconds without a policy "
+            f"({plain['cpu_seconds']:.1f} s)")
 
 
 def _rss(result: dict) -> str:
@@ -788,6 +806,9 @@ def _rows(load: Load, big: Load, results: dict[str, dict], reproduce: str) -> li
             rate("reader_kinesis"), ">= 0.5x pg_recvlogical", reproduce),
         Row("Reader decode only, null sink (same load)", rate("reader_null"),
             "measured, no target", reproduce),
+        Row("Reader decode only, null sink, sales_order under a personal-data policy (a keyed hash and "
+            "a mask of its two text columns; same load, same run)", _policy_cost(results),
+            "measured against the run without a policy", reproduce),
         Row("Kinesis records of the decode + publish run", records, ">= 100 events, <= 1 MiB per record",
             reproduce),
         Row(f"Reader RSS through one {big.inserts:,}-row transaction, into kinesalite",
