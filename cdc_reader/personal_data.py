@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ TEXT_TYPES = ("text", "character varying", "character", "varchar", "char", "cite
 """Column types a mask or a hash may rewrite: its output is text."""
 HIDDEN = "***"
 _MASK_LAST = re.compile(r"mask:last(\d{1,2})")
+_I16, _I32, _VALUE_HEAD = struct.Struct(">h"), struct.Struct(">i"), struct.Struct(">ci")
 
 
 class PolicyError(ValueError):
@@ -278,10 +280,39 @@ class RowRewrite:
                 out[position] = (kind, function(data.decode("utf-8")).encode("utf-8"))
         return out
 
+    def __post_init__(self) -> None:
+        actions = {self.kept[position]: function for position, function in self.changes}
+        actions |= {i: None for i in range(self.width) if i not in set(self.kept)}
+        object.__setattr__(self, "_wire", tuple(sorted(actions.items())))
+
     def row_bytes(self, buf: bytes, pos: int) -> bytes:
-        """The wire row (pgoutput's TupleData bytes) at `pos` as it leaves."""
-        values, _ = decode_row(buf, pos)
-        return encode_row(self.values(values))
+        """The wire row (pgoutput's TupleData layout) at `pos`, to the end of `buf`, as it
+        leaves. Only the columns up to the last one with a rule are walked, and only theirs
+        decoded: the bytes between them are copied as they are (this is the streaming path)."""
+        count = _I16.unpack_from(buf, pos)[0]
+        if count != self.width:
+            values, _ = decode_row(buf, pos)  # a row of another width: let decode say what is wrong
+            return encode_row(self.values(values))
+        parts = [_I16.pack(len(self.kept))]
+        copied = pos = pos + 2
+        column = 0
+        for target, function in self._wire:
+            while column < target:  # skip to the target column
+                pos = pos + 5 + _I32.unpack_from(buf, pos + 1)[0] if buf[pos] == 0x74 else pos + 1
+                column += 1
+            end = pos + 5 + _I32.unpack_from(buf, pos + 1)[0] if buf[pos] == 0x74 else pos + 1
+            parts.append(buf[copied:pos])
+            if function is not None:
+                if buf[pos] == 0x74:
+                    data = function(buf[pos + 5:end].decode("utf-8")).encode("utf-8")
+                    parts.append(_VALUE_HEAD.pack(b"t", len(data)))
+                    parts.append(data)
+                else:  # NULL or unchanged: as it is
+                    parts.append(buf[pos:end])
+            copied = pos = end
+            column += 1
+        parts.append(buf[copied:])
+        return b"".join(parts)
 
     def table(self, table):
         """A pa.Table or pa.RecordBatch (all of the source's columns, or the kept ones) as it
