@@ -130,7 +130,7 @@ data "aws_iam_policy_document" "reader" {
     sid       = "ReadSourceDsn"
     effect    = "Allow"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.source_dsn.arn]
+    resources = [aws_secretsmanager_secret.source_dsn.arn, aws_secretsmanager_secret.personal_data_key.arn]
   }
 
   statement {

@@ -35,6 +35,11 @@ output "source_dsn_secret_arn" {
   value       = aws_secretsmanager_secret.source_dsn.arn
 }
 
+output "personal_data_key_secret_arn" {
+  description = "Secret to fill with the key of the personal-data policy's hashes (TOTES_PERSONAL_DATA_KEY_SECRET)."
+  value       = aws_secretsmanager_secret.personal_data_key.arn
+}
+
 output "warehouse_dsn_secret_arn" {
   description = "Secret to fill with the warehouse DSN (TOTES_WAREHOUSE)."
   value       = aws_secretsmanager_secret.warehouse_dsn.arn

@@ -97,6 +97,7 @@ resource "aws_ecs_task_definition" "reader" {
       # The DSN itself is read from Secrets Manager by the task (its role may), so it is in
       # no environment: only the secret's ARN is.
       { name = "TOTES_SOURCE_DSN_SECRET", value = aws_secretsmanager_secret.source_dsn.arn },
+      { name = "TOTES_PERSONAL_DATA_KEY_SECRET", value = aws_secretsmanager_secret.personal_data_key.arn },
     ]
     mountPoints = [{ sourceVolume = "reader-state", containerPath = "/state", readOnly = false }]
     stopTimeout = 60 # SIGTERM: the reader stops cleanly, confirming what is durable

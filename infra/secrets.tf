@@ -10,6 +10,16 @@ resource "aws_secretsmanager_secret" "source_dsn" {
   recovery_window_in_days = var.secret_recovery_window_days
 }
 
+# The key of the personal-data policy's keyed hashes (README "Personal data"), set out of band
+# like the DSNs; the reader reads it through TOTES_PERSONAL_DATA_KEY_SECRET.
+resource "aws_secretsmanager_secret" "personal_data_key" {
+  # checkov:skip=CKV_AWS_149: encrypted with the account's aws/secretsmanager key; only the reader's role may read it (iam.tf)
+  # checkov:skip=CKV2_AWS_57: rotating it changes every hash: equal values would no longer join across the change (README)
+  name                    = "${var.name}/personal-data-key"
+  description             = "Key of the personal-data policy's keyed hashes (at least 16 bytes), read by the reader through TOTES_PERSONAL_DATA_KEY_SECRET"
+  recovery_window_in_days = var.secret_recovery_window_days
+}
+
 resource "aws_secretsmanager_secret" "warehouse_dsn" {
   # checkov:skip=CKV_AWS_149: encrypted with the account's aws/secretsmanager key; only the sync's role may read it (iam.tf)
   # checkov:skip=CKV2_AWS_57: the DSN of an external database: rotate it there, then put-secret-value and restart the service (README)
