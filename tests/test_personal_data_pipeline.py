@@ -35,12 +35,12 @@ POLICY_COLUMNS = {"staff": ["email_address"], "address": ["phone"],
                   "counterparty": ["commercial_contact", "delivery_contact"], "department": ["manager"]}
 
 
-def _policy_values(dsn: str) -> set[str]:
+def _policy_values(dsn: str, policy_columns: dict[str, list[str]] = POLICY_COLUMNS) -> set[str]:
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
             values = set()
-            for table, columns in POLICY_COLUMNS.items():
+            for table, columns in policy_columns.items():
                 for column in columns:
                     cur.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL")  # nosec B608
                     values |= {v for (v,) in cur.fetchall()}
@@ -138,3 +138,39 @@ def test_a_dropped_column_the_star_schema_needs_becomes_empty_text():
                             "district": [None], "city": ["Leeds"], "postal_code": ["LS1"], "country": ["UK"],
                             "phone": pl.Series([None], dtype=pl.String)})
     assert transforms.dim_location(address)["phone"].to_list() == [""]
+
+
+def test_the_snapshot_changes_and_re_reads_through_the_stream_follow_the_policy(totesys_dsn, tmp_path):
+    """Without a lake the snapshot and a re-read go through the stream as events (snapshot.py,
+    resnapshot.py): they carry the hashes and no dropped column either."""
+    from dataclasses import replace
+
+    from change_events import Op
+    from tests.reader_harness import FAST, MemorySink, running_reader, wait_until_confirmed
+
+    Simulator(totesys_dsn, seed=12).seed_history(1)
+    policy = parse({"address.phone": "drop", "department.manager": "mask"}, KEY)
+    sink = MemorySink()
+    config = replace(FAST, resnapshot=("staff",), personal_data=policy)
+    columns = {"staff": ["email_address"], "address": ["phone"], "department": ["manager"]}
+    raw = _policy_values(totesys_dsn, columns)
+    assert len(raw) > 40
+    with running_reader(totesys_dsn, sink, tmp_path / "state.json", config) as reader:
+        execute(totesys_dsn, "UPDATE staff SET email_address = 'changed.secret@terrifictotes.com', "
+                             "last_updated = now() WHERE staff_id = 1")
+        execute(totesys_dsn, "UPDATE address SET phone = '0999 000111', last_updated = now() WHERE address_id = 2")
+        wait_for(lambda: "public.staff" in reader.reread, 120, "the re-read of staff")
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+    raw |= {"changed.secret@terrifictotes.com", "0999 000111"}
+    events = sink.events
+    staff = [e for e in events if e.table == "public.staff"]
+    initial = min(e.lsn for e in events)
+    assert {e.op for e in staff} >= {Op.SNAPSHOT, Op.UPDATE}
+    assert any(e.op is Op.SNAPSHOT and e.lsn > initial for e in staff)  # the re-read
+    assert all("phone" not in e.schema.column_names for e in events if e.table == "public.address")
+    assert any(e.op is Op.UPDATE for e in events if e.table == "public.address")
+    texts = {str(v) for e in events for row in (e.after or {}, e.before or {}) for v in row.values()}
+    assert not raw & texts
+    assert any(t.startswith("***") for t in texts)  # the managers' masks
+    emails = {e.after["email_address"] for e in staff if e.after and "email_address" in e.after}
+    assert keyed_hash(KEY, "changed.secret@terrifictotes.com") in emails and all(len(v) == 64 for v in emails)
