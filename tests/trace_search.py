@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from change_events import decode
 from lake.layout import LakeLayout
+from tests.stream_helpers import read_stream
 
 
 def _texts(rows: Iterable) -> bytes:
@@ -61,20 +61,11 @@ def warehouse_contents(path: Path) -> Iterator[tuple[str, bytes]]:
 
 def kinesis_contents(client, stream: str) -> Iterator[tuple[str, bytes]]:
     """Every record of every shard, from the oldest: its bytes and its decoded events' values."""
-    for shard in client.list_shards(StreamName=stream)["Shards"]:
-        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        while iterator:
-            answer = client.get_records(ShardIterator=iterator, Limit=1000)
-            for record in answer["Records"]:
-                where = f"{shard['ShardId']}/{record['SequenceNumber']}"
-                yield where, record["Data"]
-                events = decode(record["Data"]).events
-                yield f"{where} (decoded)", _texts(v for e in events for row in (e.after or {}, e.before or {})
+    for shard, records in read_stream(client, stream).items():
+        for n, (data, record) in enumerate(records):
+            yield f"{shard}/{n}", data
+            yield f"{shard}/{n} (decoded)", _texts(v for e in record.events for row in (e.after or {}, e.before or {})
                                                    for v in row.values())
-            if not answer["Records"] and answer.get("MillisBehindLatest", 0) == 0:
-                break
-            iterator = answer.get("NextShardIterator")
 
 
 def traces(contents: Iterable[tuple[str, bytes]], values: Iterable[str]) -> list[tuple[str, str]]:
