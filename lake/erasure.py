@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 
 from lake.delta_io import quote_identifier, quote_literal, retry_on_conflict
 from lake.layout import LakeLayout
-from lake.timetravel import state_keys
+from lake.timetravel import TableNotInLake, state_keys
 
 ERASURES = "erasures"
 ERASURE_SCHEMA = pa.schema([
@@ -86,7 +86,11 @@ def key_predicate(key_columns: list[str], types: dict[str, pa.DataType], keys) -
 
 def forget(layout: LakeLayout, table: str, key_texts: list[str], *, now: datetime | None = None) -> Erased:
     """Erase the rows of `key_texts` of `table` (qualified) from every version of the lake."""
-    columns = state_keys(layout, table)
+    try:
+        columns = state_keys(layout, table)
+    except (TableNotInLake, KeyError):
+        raise ErasureError(f"{table} has no state table keyed by a primary key in the lake, so its rows cannot be "
+                           "named: give it a primary key at the source (its change log stays as it is).") from None
     keys = parse_keys(key_texts, columns, table)
     counts = []
     vacuumed = 0

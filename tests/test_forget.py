@@ -101,6 +101,8 @@ def test_a_key_that_is_no_key_is_one_sentence(tmp_path):
     with pytest.raises(ErasureError, match="numeric key column staff_id: give a number"):
         forget(layout, STAFF, ["1 OR true"])
     assert state_as_of_lsn(layout, STAFF, src.lsn).num_rows == 1
+    with pytest.raises(ErasureError, match="no state table keyed by a primary key"):
+        forget(layout, "public.keyless", ["1"])
 
 
 # -- the whole pipeline, the command and the warehouse ---------------------------------------------
