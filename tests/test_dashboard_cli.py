@@ -24,7 +24,8 @@ def test_a_port_in_use_is_one_sentence_naming_the_flag(tmp_path):
 def test_the_dashboard_started_by_the_demo_gets_no_secret_in_its_environment(monkeypatch, tmp_path):
     secrets = {"TOTES_SOURCE_DSN": "postgresql://totes:s3cret@db/totesys", "PGPASSWORD": "s3cret",
                "TOTES_WAREHOUSE_SECRET": "prod/warehouse", "AWS_SECRET_ACCESS_KEY": "s3cret",
-               "AWS_SESSION_TOKEN": "s3cret", "TOTES_SOURCE_PASSWORD_FILE": str(tmp_path / "pw")}
+               "AWS_SESSION_TOKEN": "s3cret", "TOTES_SOURCE_PASSWORD_FILE": str(tmp_path / "pw"),
+               "TOTES_PERSONAL_DATA_KEY": "s3cret-hash-key", "TOTES_PERSONAL_DATA_KEY_FILE": str(tmp_path / "key")}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     env = child_environment(tmp_path)

@@ -74,7 +74,7 @@ def dashboard(
 
 # -- started by `totes demo` -------------------------------------------------------------------
 
-_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "DSN", "CREDENTIAL")
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "DSN", "CREDENTIAL", "PERSONAL_DATA_KEY")
 
 
 def child_environment(home) -> dict[str, str]:
