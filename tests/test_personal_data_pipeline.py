@@ -174,3 +174,35 @@ def test_the_snapshot_changes_and_re_reads_through_the_stream_follow_the_policy(
     assert any(t.startswith("***") for t in texts)  # the managers' masks
     emails = {e.after["email_address"] for e in staff if e.after and "email_address" in e.after}
     assert keyed_hash(KEY, "changed.secret@terrifictotes.com") in emails and all(len(v) == 64 for v in emails)
+
+
+def test_the_publication_column_list_follows_the_drops_as_they_change(totesys_dsn):
+    from cdc_reader.source_setup import ensure_publication
+
+    def published() -> dict[str, list[str]]:
+        with conn.cursor() as cur:
+            cur.execute("SELECT tablename, attnames FROM pg_publication_tables WHERE pubname = 'pii_pub'")
+            found = dict(cur.fetchall())
+        conn.commit()
+        return found
+
+    conn = psycopg2.connect(totesys_dsn)
+    try:
+        tables = ("staff", "counterparty")
+        assert ensure_publication(conn, "pii_pub", "public", tables,
+                                  dropped={"counterparty": frozenset({"commercial_contact", "delivery_contact"})})
+        first = published()
+        assert "commercial_contact" not in first["counterparty"] and "counterparty_legal_name" in first["counterparty"]
+        assert "email_address" in first["staff"]
+        ensure_publication(conn, "pii_pub", "public", tables, dropped={"counterparty": frozenset({"delivery_contact"})})
+        assert "commercial_contact" in published()["counterparty"]
+        assert "delivery_contact" not in published()["counterparty"]
+        ensure_publication(conn, "pii_pub", "public", tables, dropped={})
+        assert "delivery_contact" in published()["counterparty"]
+        with conn.cursor() as cur:
+            cur.execute("ALTER TABLE staff REPLICA IDENTITY FULL")  # a list must cover a FULL identity
+        conn.commit()
+        ensure_publication(conn, "pii_pub", "public", tables, dropped={"staff": frozenset({"email_address"})})
+        assert "email_address" in published()["staff"]  # the reader drops it itself
+    finally:
+        conn.close()
