@@ -133,7 +133,7 @@ def test_a_local_lake_without_a_key_gets_its_own_and_keeps_it(config_file, tmp_p
 
 @pytest.mark.parametrize("text, env, words", [
     ('[personal-data]\n"staff.email_address" = "scramble"\n', {}, "which is no policy"),
-    ("", {}, "no key is set for a lake on S3"),
+    ("", {}, "no key is set (only a local lake makes its own)"),
     ("", {"TOTES_PERSONAL_DATA_KEY": "short"}, "shorter than 16 bytes"),
     ("", {"TOTES_PERSONAL_DATA_KEY_FILE": "/nowhere/key"}, "cannot be read"),
 ])

@@ -274,9 +274,9 @@ def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
     elif lake and "://" not in lake:
         return _local_key(Path(lake) / "_local" / KEY_FILE_NAME)
     else:
-        raise ConfigError("The personal-data policy hashes columns but no key is set for a lake on S3: set "
-                          "TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the same key every "
-                          "reader of this lake uses.")
+        raise ConfigError("The personal-data policy hashes columns but no key is set (only a local lake makes its "
+                          "own): set TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the key "
+                          "every reader of this lake uses.")
     remember_secret_value(key)
     if len(key.encode("utf-8")) < MIN_KEY_BYTES:
         raise ConfigError(f"The personal-data key from {where} is shorter than {MIN_KEY_BYTES} bytes: give a longer one.")
