@@ -33,6 +33,7 @@ import time
 import polars as pl
 import pytest
 
+from cdc_reader.personal_data import NO_POLICY, Policy
 from lake.delta_io import read_sql
 from lake.layout import LakeLayout
 from tests.conftest import make_scratch_dir
@@ -164,10 +165,10 @@ def _sql_edits(dsn: str, label: str) -> dict[str, int]:
     }
 
 
-def _check_workload(target, dsn: str, baseline, days) -> dict[str, int]:
+def _check_workload(target, dsn: str, baseline, days, policy: Policy = NO_POLICY) -> dict[str, int]:
     rows = read_source(dsn)
     trail = audit_trail(dsn)
-    check_against_source(target, rows, days)
+    check_against_source(target, rows, days, policy)
     deleted = check_deleted_rows_visible(target, rows, trail)
     checked = check_versions(target, baseline, trail)
     return {"deleted": deleted, **checked, "audited": sum(len(v) for t in trail.values() for v in t.values())}
@@ -257,7 +258,7 @@ def test_totes_run_killed_with_sigkill_during_a_workload_then_caught_up_loses_an
     run = RunProcess(totesys_dsn, home / "killed", slot="e2e_kill")
     run.home.mkdir()
     kinesis_dir = run.lake / "_local" / "kinesis"
-    reference = PipelineThread(_config(totesys_dsn, home / "uninterrupted"))
+    reference = PipelineThread(_config(totesys_dsn, home / "uninterrupted", personal_data=run.policy))
     try:
         reference.wait_caught_up(start, 120)
     except BaseException:
@@ -322,7 +323,7 @@ def test_totes_run_killed_with_sigkill_during_a_workload_then_caught_up_loses_an
     assert "starting over" not in run.log_tail(10**9), run.log_tail()
 
     with DuckDBTarget(run.warehouse) as target:
-        summary = _check_workload(target, totesys_dsn, baseline, (first_day, utc_today()))
+        summary = _check_workload(target, totesys_dsn, baseline, (first_day, utc_today()), run.policy)
         for fact in FACTS:
             facts = read_table_sorted(target, fact.name)
             # the ids an uninterrupted run assigns: 1..N in (lsn, seq, key) order
