@@ -54,7 +54,7 @@ import psycopg2.extras
 
 from cdc_reader import lifecycle, pgoutput
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
-from cdc_reader.catalog import TypeNames, read_table_schema
+from cdc_reader.catalog import TableNotFound, TypeNames, read_table_schema
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.schema_changes import PendingRereads
@@ -327,8 +327,11 @@ class Reader:
         """Publication present, and a slot we can resume from (or none yet)."""
         cfg = self.config
         dropped = {}
-        for table in cfg.tables if cfg.personal_data.rules else ():
-            cfg.personal_data.check(read_table_schema(conn, cfg.schema, table))
+        for table in (t for t in cfg.tables if f"{cfg.schema}.{t}" in cfg.personal_data.rules):
+            try:  # a wrong rule is one sentence before anything is read; a missing table, below
+                cfg.personal_data.check(read_table_schema(conn, cfg.schema, table))
+            except TableNotFound:
+                continue
             dropped[table] = cfg.personal_data.dropped(f"{cfg.schema}.{table}")
         ensure_publication(conn, cfg.publication, cfg.schema, cfg.tables, dropped=dropped)
         state = self.state.load()
