@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from cdc_reader.personal_data import keyed_hash, parse
-from cdc_reader.publisher import kinesis_client
+from change_events.kinesis import kinesis_client
 from lake.delta_io import read_sql
 from lake.layout import LakeLayout
 from tests.conftest import make_scratch_dir
