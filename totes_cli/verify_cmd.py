@@ -11,7 +11,9 @@ from change_events import format_lsn
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
-from totes_cli.settings import DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse
+from totes_cli.settings import (
+    DEFAULT_STREAM, ConfigError, load, personal_data_policy, resolve_source_dsn, resolve_warehouse,
+)
 from cdc_reader.source import SourceConnectionError
 
 if TYPE_CHECKING:
@@ -84,9 +86,10 @@ def verify(
         dsn = resolve_source_dsn(source)
         home = load().home
         warehouse = resolve_warehouse(warehouse, default_warehouse(home))
+        lake = lake or default_lake(home)
+        policy = personal_data_policy(lake)  # the source compares as the reader lets it leave
     except ConfigError as error:
         raise fail(str(error), code=2) from None
-    lake = lake or default_lake(home)
     unknown = [t for t in repair or () if t not in TABLES]
     if unknown:
         raise fail(f"--repair {unknown[0]} is not a source table: give one of {', '.join(TABLES)}.", code=2)
@@ -95,7 +98,8 @@ def verify(
             from totes_cli.pipeline import PipelineConfig
             from verify.repair import repair as run_repair, verify_with_pipeline
 
-            config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, slot=slot)
+            config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, slot=slot,
+                                    personal_data=policy)
             found = verify_with_pipeline(config, TABLES, timeout=timeout, chunk_rows=chunk_rows)
             if not as_json:
                 show(found)
@@ -103,7 +107,7 @@ def verify(
             if not as_json:
                 err.print(f"re-read {', '.join(repair)}; verified again:")
         else:
-            result = run_verify(dsn, lake, warehouse, TABLES, chunk_rows=chunk_rows, timeout=timeout)
+            result = run_verify(dsn, lake, warehouse, TABLES, chunk_rows=chunk_rows, timeout=timeout, policy=policy)
     except (VerifyError, SourceConnectionError) as error:
         raise fail(str(error), code=2) from None
     if emf:

@@ -124,7 +124,7 @@ def verify_with_pipeline(config, tables: tuple[str, ...], *, timeout: float, chu
     running = _Running(config)
     with running:
         return verify(config.source_dsn, config.lake, config.warehouse, tables, chunk_rows=chunk_rows,
-                      timeout=timeout)
+                      timeout=timeout, policy=config.personal_data)
 
 
 def repair(config, tables: list[str], found: Verification, *, timeout: float, chunk_rows: int,
@@ -149,4 +149,4 @@ def repair(config, tables: list[str], found: Verification, *, timeout: float, ch
                 raise VerifyError("the re-read did not finish in time: run the repair again (it starts over).")
             time.sleep(0.2)
         return verify(config.source_dsn, config.lake, config.warehouse, all_tables, chunk_rows=chunk_rows,
-                      timeout=timeout)
+                      timeout=timeout, policy=config.personal_data)

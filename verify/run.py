@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from cdc_reader.personal_data import NO_POLICY, Policy
 from change_events import format_lsn
 from lake.layout import LakeLayout
 from lake.timetravel import lake_watermark
@@ -49,7 +50,7 @@ def wait_until(reached: Callable[[], int | None], lsn: int, timeout: float, what
 def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], *,
            chunk_rows: int = DEFAULT_CHUNK_ROWS, timeout: float = DEFAULT_TIMEOUT, schema: str = "public",
            on_table: Callable[[TableReport], None] | None = None,
-           stop: threading.Event | None = None) -> Verification:
+           stop: threading.Event | None = None, policy: Policy = NO_POLICY) -> Verification:
     layout = LakeLayout(lake)
     reports: list[TableReport] = []
 
@@ -58,7 +59,7 @@ def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], 
         if on_table is not None:
             on_table(report)
 
-    with SourceSnapshot(dsn, schema) as source:
+    with SourceSnapshot(dsn, schema, policy) as source:
         lsn = source.lsn
         wait_until(lambda: lake_watermark(layout), lsn, timeout, "lake watermark", stop)
         reader = None

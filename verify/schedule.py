@@ -24,7 +24,8 @@ def verify_every(config, interval: float, stop: threading.Event, on_result: Call
     while not stop.wait(interval):
         try:
             result = verify(config.source_dsn, config.lake, config.warehouse, config.tables,
-                            chunk_rows=chunk_rows, timeout=max(60.0, interval), stop=stop)
+                            chunk_rows=chunk_rows, timeout=max(60.0, interval), stop=stop,
+                            policy=config.personal_data)
         except Exception as error:  # noqa: BLE001 - the next round tries again
             if stop.is_set():
                 return

@@ -6,7 +6,8 @@ transactions committed before L (as the bulk re-read's, cdc_reader/bulk_reread.p
 chunk is one `COPY (SELECT … WHERE key range) TO STDOUT` under that snapshot (index range
 scans, never one long scan of the table), parsed by pyarrow's CSV reader and typed by the
 lake's own converters (`lake.arrow_types`), so a source row and its lake row have the same
-types before they are hashed.
+types before they are hashed. Rows are read as the reader lets them leave (its personal-data
+policy: masked and hashed values, no dropped column), so a source row compares with its lake row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from psycopg2 import sql
 
 from cdc_reader.copy_text import CopyBatches
 from cdc_reader.catalog import read_table_schema
+from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema
@@ -36,9 +38,10 @@ COPY_BATCH_BYTES = 32 << 20
 class SourceSnapshot:
     """The source as of one LSN, while the object is open (`with SourceSnapshot(dsn) as s`)."""
 
-    def __init__(self, dsn: str, schema: str = "public"):
+    def __init__(self, dsn: str, schema: str = "public", policy: Policy = NO_POLICY):
         self.dsn = dsn
         self.schema = schema
+        self.policy = policy
         self.lsn = 0
         self._replication = None
         self._conn = None
@@ -72,7 +75,7 @@ class SourceSnapshot:
                 conn.close()  # the temporary slot goes with its connection
 
     def table_schema(self, table: str) -> TableSchema:
-        return read_table_schema(self._conn, self.schema, table)
+        return self.policy.visible(read_table_schema(self._conn, self.schema, table))
 
     def plan(self, schema: TableSchema, chunk_rows: int) -> tuple[str, list[KeyRange]]:
         """The key column compared by and its ranges: the first key column when it is an
@@ -100,7 +103,9 @@ class SourceSnapshot:
             c=sql.SQL(", ").join(map(sql.Identifier, schema.column_names)), t=sql.Identifier(namespace, table),
             w=sql.SQL(chunk.sql(sql.Identifier(key).as_string(self._conn))))
         pieces: list[pa.Table] = []
-        sink = CopyBatches(list(schema.column_names), COPY_BATCH_BYTES, lambda text, _size: pieces.append(text))
+        rewrite = self.policy.rewrite(schema)
+        sink = CopyBatches(list(schema.column_names), COPY_BATCH_BYTES, lambda text, _size: pieces.append(
+            text if rewrite is None else rewrite.table(text)))
         with self._conn.cursor() as cur:  # type: ignore[union-attr]
             cur.copy_expert(query.as_string(self._conn), sink)
         sink.close()
