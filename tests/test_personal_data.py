@@ -111,7 +111,7 @@ def config_file(tmp_path, monkeypatch):
 
 
 def test_the_policy_comes_from_the_config_file_over_the_defaults(config_file, monkeypatch):
-    from totes_cli.settings import personal_data_policy
+    from totes_cli.personal_data_config import personal_data_policy
 
     config_file.write_text('[personal-data]\n"department.manager" = "mask"\nstaff.email_address = "keep"\n')
     monkeypatch.setenv("TOTES_PERSONAL_DATA_KEY", "a-key-of-enough-bytes")
@@ -122,7 +122,7 @@ def test_the_policy_comes_from_the_config_file_over_the_defaults(config_file, mo
 
 
 def test_a_local_lake_without_a_key_gets_its_own_and_keeps_it(config_file, tmp_path):
-    from totes_cli.settings import personal_data_policy
+    from totes_cli.personal_data_config import personal_data_policy
 
     lake = tmp_path / "lake"
     first, second = personal_data_policy(str(lake)), personal_data_policy(str(lake))
@@ -138,7 +138,8 @@ def test_a_local_lake_without_a_key_gets_its_own_and_keeps_it(config_file, tmp_p
     ("", {"TOTES_PERSONAL_DATA_KEY_FILE": "/nowhere/key"}, "cannot be read"),
 ])
 def test_a_wrong_policy_or_key_is_one_sentence_that_never_shows_the_key(config_file, monkeypatch, text, env, words):
-    from totes_cli.settings import ConfigError, personal_data_policy
+    from totes_cli.personal_data_config import personal_data_policy
+    from totes_cli.settings import ConfigError
 
     config_file.write_text(text)
     for name, value in env.items():

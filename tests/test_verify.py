@@ -235,7 +235,7 @@ def test_totes_verify_prints_json_and_exits_0_in_sync_and_one_sentence_when_the_
     args = ["verify", "--source", totesys_dsn, "--lake", str(home / "lake"), "--warehouse", str(home / "warehouse.duckdb"),
             "--chunk-rows", "25"]
     _seed(totesys_dsn)
-    from totes_cli.settings import personal_data_policy
+    from totes_cli.personal_data_config import personal_data_policy
 
     # the pipeline under the policy the command reads too (the totesys defaults, the lake's own key):
     # the source is compared as the reader lets it leave, hashed e-mails and phones included

@@ -27,7 +27,8 @@ from lake.retention import DEMO_RETENTION, format_retention
 from totes_cli.console import err, fail
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.run_cmd import default_lake, default_warehouse
-from totes_cli.settings import ConfigError, load, personal_data_policy
+from totes_cli.personal_data_config import personal_data_policy
+from totes_cli.settings import ConfigError, load
 from totes_cli.source_cmd import start_source
 from totes_cli.status_cmd import human_bytes, source_table
 from cdc_reader.source import SourceConnectionError, connect

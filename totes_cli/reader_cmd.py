@@ -18,8 +18,9 @@ from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_local import local_dir, remembered
 from totes_cli.options import PublicationOption, SourceOption, StreamOption
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
+from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import (
-    DEFAULT_PUBLICATION, DEFAULT_STREAM, ConfigError, NoSourceError, load, password_in_flag, personal_data_policy,
+    DEFAULT_PUBLICATION, DEFAULT_STREAM, ConfigError, NoSourceError, load, password_in_flag,
     resolve_source_dsn,
 )
 from cdc_reader.source import SourceConnectionError, has_password

@@ -16,8 +16,9 @@ from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
+from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import (
-    DEFAULT_STREAM, ConfigError, load, password_in_flag, personal_data_policy, resolve_source_dsn, resolve_warehouse,
+    DEFAULT_STREAM, ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse,
     shown,
 )
 from cdc_reader.source import SourceConnectionError, connect, has_password

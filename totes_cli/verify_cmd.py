@@ -11,8 +11,9 @@ from change_events import format_lsn
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
+from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import (
-    DEFAULT_STREAM, ConfigError, load, personal_data_policy, resolve_source_dsn, resolve_warehouse,
+    DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse,
 )
 from cdc_reader.source import SourceConnectionError
 
