@@ -18,6 +18,11 @@ L_r with the table half read. A reader killed during the re-read has confirmed n
 past L_r; run again with the same `--resnapshot`, it reads the table once more at a new
 L_r (the chunks of the first attempt stay in the lake, older and harmless). A reader told
 to stop during a re-read finishes it first (it runs at the speed of COPY).
+
+After a column type change (schema_changes.py) the lake's columns are first widened to
+what holds the old values and the new ones, as the change path widens them
+(`lake.schemas.columns_to_widen`), and the re-read rows are typed as the lake now types
+the column (`lake_typed`), so they land in the same columns the stream's events do.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import threading
 from collections.abc import Callable
 
 import psycopg2.extras
+import pyarrow as pa
 
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema, format_lsn
+from lake.arrow_types import arrow_type
 from lake.layout import LakeLayout
 
 log = logging.getLogger("totes.reader")
@@ -87,7 +94,7 @@ class BulkReread:
         try:
             conn = self._connect()
             try:
-                plans = plan_tables(conn, [self.schema], self._chunk_pages)
+                plans = plan_tables(conn, [lake_typed(self._layout, self.schema)], self._chunk_pages)
             finally:
                 conn.close()
             replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
@@ -110,3 +117,55 @@ class BulkReread:
             self._error = error
         finally:
             self._done.set()
+
+
+def _type_name(type_: pa.DataType) -> str:
+    """A PostgreSQL type name whose lake type (`arrow_type`) is `type_` (every type
+    `common_type` can give)."""
+    if pa.types.is_decimal(type_):
+        return f"numeric({type_.precision},{type_.scale})"
+    if pa.types.is_timestamp(type_):
+        return "timestamp with time zone" if type_.tz else "timestamp without time zone"
+    names = {pa.int16(): "smallint", pa.int32(): "integer", pa.int64(): "bigint", pa.float32(): "real",
+             pa.float64(): "double precision", pa.bool_(): "boolean", pa.date32(): "date", pa.binary(): "bytea"}
+    return names.get(type_, "text")
+
+
+def lake_typed(layout: LakeLayout, schema: TableSchema) -> TableSchema:
+    """`schema` with each column typed as the lake stores it, after widening the lake's
+    tables (change log, then state) to hold both their values and `schema`'s: COPY's text
+    of a value converts to the lake's type as exactly as to the source's (the lake's type
+    holds every value of both)."""
+    from dataclasses import replace
+
+    from lake.changelog import ChangeLog
+    from lake.delta_io import retry_on_conflict
+    from lake.schemas import columns_to_widen, data_columns, lake_schema, rewrite_with_types, source_fields
+    from lake.state import StateTable
+
+    log, state = ChangeLog(layout, schema.table), StateTable(layout, schema.table)
+
+    def widen_log() -> pa.Schema | None:
+        log.refresh()
+        widen = columns_to_widen(schema.table, lake_schema(log.delta), source_fields(schema))
+        if widen:
+            rewrite_with_types(log.delta, widen, f"changes/{schema.table}")
+        return lake_schema(log.delta)
+
+    typed = retry_on_conflict(widen_log)
+    if typed is None:
+        return schema
+
+    def widen_state() -> None:
+        current = lake_schema(state.refresh())
+        if current is not None:
+            widen = {n: typed.field(n).type for n in data_columns(current)
+                     if n in typed.names and current.field(n).type != typed.field(n).type}
+            if widen:
+                rewrite_with_types(state.delta, widen, f"tables/{schema.table}")
+
+    retry_on_conflict(widen_state)
+    columns = tuple(replace(c, type_name=_type_name(typed.field(c.name).type))
+                    if c.name in typed.names and typed.field(c.name).type != arrow_type(c.type_name) else c
+                    for c in schema.columns)
+    return replace(schema, columns=columns)

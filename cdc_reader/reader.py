@@ -352,7 +352,7 @@ class Reader:
             raise SlotLostError(lost_slot_message(
                 cfg.slot, "is gone (dropped, or invalidated for retaining too much WAL)"))
         if slot is not None and state.slot == cfg.slot and state.replaces_lost_slot \
-                and self._snapshot_cut_off(state) and self._recovery is None:
+                and self._snapshot_cut_off(state) and self._recovery is None and not _bulk_snapshotting(state):
             # A replacing snapshot cut off: take it again from a new slot. Its truncates
             # remove whatever of this one got downstream.
             log.warning("the replacing snapshot of slot %s was cut off: taking it again from a new slot", cfg.slot)
@@ -387,9 +387,9 @@ class Reader:
             log.warning("dropping replication slot %s: it %s", cfg.slot, slot.why_lost())
             drop_slot(conn, cfg.slot)
             slot = None
-        state = ReaderState(phase=lifecycle.reset(lifecycle.NoSlot(), slot_dropped=slot is None))
-        self.state.save(state)
         if slot is None:
+            state = ReaderState(phase=lifecycle.reset(state.phase, slot_dropped=True))
+            self.state.save(state)
             log.warning("starting over: a new slot, and a snapshot that replaces every table downstream")
         return state, slot
 
@@ -472,10 +472,10 @@ class Reader:
         return state
 
     def _bulk(self, state: ReaderState) -> bool:
-        """Whether this slot's snapshot goes straight into the lake (bulk_snapshot.py). A
-        snapshot that replaces a lost slot's tables goes through the sink: its truncates must
-        reach the lake in order with the rows."""
-        return self.lake is not None and not state.replaces_lost_slot
+        """Whether this slot's snapshot goes straight into the lake (bulk_snapshot.py), as
+        it does whenever there is a lake. A snapshot that replaces a lost slot's tables sends
+        only its truncates through the sink (`_hand_on_truncates`)."""
+        return self.lake is not None
 
     def _snapshot(self, replication_cursor, conn) -> int:
         cfg = self.config
@@ -501,11 +501,16 @@ class Reader:
                 pending.phase, new.consistent_lsn, bulk=True, tables=tuple(p.schema.table for p in plans),
                 chunks=tuple(p.chunks for p in plans), chunk_pages=cfg.snapshot_chunk_pages))
             self.state.save(state)
-            self._write_bulk(state.phase, plans, new.snapshot_name, new.consistent_lsn)
-            self.sink.end_transaction(new.consistent_lsn)  # none of its events went this way
+            if replaces:
+                written_at = self._replace_in_bulk(conn, state.phase, plans)
+            else:
+                self._write_bulk(state.phase, plans, new.snapshot_name, new.consistent_lsn)
+                self.sink.end_transaction(new.consistent_lsn)  # none of its events went this way
+                written_at = new.consistent_lsn
             self._handed_over = new.consistent_lsn
-            self.state.save(ReaderState(slot=cfg.slot, phase=lifecycle.written(state.phase, new.consistent_lsn)))
-            self.sink.publish_watermark(new.consistent_lsn)
+            self.state.save(ReaderState(slot=cfg.slot, phase=lifecycle.written(state.phase, written_at)))
+            if written_at == new.consistent_lsn:  # else held below written_at, as after a resume
+                self.sink.publish_watermark(new.consistent_lsn)
             return new.consistent_lsn
 
         state = ReaderState(slot=cfg.slot, phase=lifecycle.slot_created(pending.phase, new.consistent_lsn, bulk=False))
@@ -514,8 +519,7 @@ class Reader:
         if replaces:
             # Everything downstream older than this snapshot goes; the snapshot's own rows
             # (later seq at the same LSN) stay. See replaces_lost_slot.
-            for seq, schema in enumerate(schemas):
-                self.sink.add(ChangeEvent(schema, Op.TRUNCATE, new.consistent_lsn, seq, None, None, {}))
+            self._add_truncates(schemas, new.consistent_lsn)
             first_seq = len(schemas)
 
         def emit(events: list[EncodedChange]) -> None:
@@ -549,6 +553,43 @@ class Reader:
         self.metrics.snapshot_events += bulk.stats.rows
         log.info("snapshot: %d chunks, %d rows written to the lake at %s", written, bulk.stats.rows, format_lsn(lsn))
 
+    def _add_truncates(self, schemas: list, lsn: int) -> None:
+        for seq, schema in enumerate(schemas):
+            self.sink.add(ChangeEvent(schema, Op.TRUNCATE, lsn, seq, None, None, {}))
+
+    def _replace_in_bulk(self, conn, phase: lifecycle.Snapshotting, plans: list) -> int:
+        """A snapshot replacing a lost slot's tables, with a lake: a truncate of every table
+        at the slot's consistent LSN L1 goes through the sink (flushed: it is not in the WAL,
+        so a restart sends it again), and the rows straight into the lake, read under a
+        temporary slot's snapshot at L2 > L1, as a resumed bulk snapshot's are (rows at L1
+        would share their `(lsn, seq)` with the truncates). Downstream the truncates remove
+        every row older than L1, a row deleted while no slot was reading among them; the
+        rows at L2 are newer than them and than every change the stream brings between L1
+        and L2. Returns L2: watermarks stay below it until the lake holds it all."""
+        self._add_truncates([p.schema for p in plans], phase.lsn)
+        self.sink.end_transaction(phase.lsn)
+        self.sink.flush()
+        self._handed_over = max(self._handed_over, phase.lsn)
+        self._heartbeat(conn)  # a committed WAL record past L1, so L2 > L1
+        return self._write_bulk_under_new_snapshot(phase, plans)
+
+    def _write_bulk_under_new_snapshot(self, phase: lifecycle.Snapshotting, plans: list) -> int:
+        """The chunks of `plans` the lake lacks, read under a new exported snapshot from a
+        temporary slot and stamped with its LSN, which is returned."""
+        cfg = self.config
+        replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        try:
+            temporary = create_slot(replication.cursor(), f"{cfg.slot}_resume", temporary=True)
+            if temporary.consistent_lsn <= phase.lsn:
+                raise RuntimeError(f"a new snapshot at {format_lsn(temporary.consistent_lsn)} is not past the "
+                                   f"slot's {format_lsn(phase.lsn)}")
+            log.warning("reading the chunks the lake lacks under a new snapshot at %s, then streaming from %s",
+                        format_lsn(temporary.consistent_lsn), format_lsn(phase.lsn))
+            self._write_bulk(phase, plans, temporary.snapshot_name, temporary.consistent_lsn)
+        finally:
+            replication.close()  # the temporary slot goes with its connection
+        return temporary.consistent_lsn
+
     def _resume_bulk_snapshot(self, conn, state: ReaderState) -> ReaderState:
         """A bulk snapshot cut off (a kill): its exported snapshot is gone, the slot is not.
         The chunks the lake lacks are read under a new exported snapshot from a temporary
@@ -569,16 +610,12 @@ class Reader:
             self.state.save(replace(state, phase=phase))
         conn.commit()
         self._column_types.update({p.schema.table: {c.name: c.type_name for c in p.schema.columns} for p in plans})
-        replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
-        try:
-            temporary = create_slot(replication.cursor(), f"{cfg.slot}_resume", temporary=True)
-            log.warning("the snapshot of slot %s was cut off: reading the chunks the lake lacks under a new "
-                        "snapshot at %s, then streaming from %s", cfg.slot, format_lsn(temporary.consistent_lsn),
-                        format_lsn(phase.lsn))
-            self._write_bulk(phase, plans, temporary.snapshot_name, temporary.consistent_lsn)
-        finally:
-            replication.close()  # the temporary slot goes with its connection
-        state = ReaderState(slot=cfg.slot, phase=lifecycle.written(phase, temporary.consistent_lsn))
+        log.warning("the snapshot of slot %s was cut off: resuming it", cfg.slot)
+        if phase.replaces_lost_slot:
+            written_at = self._replace_in_bulk(conn, phase, plans)
+        else:
+            written_at = self._write_bulk_under_new_snapshot(phase, plans)
+        state = ReaderState(slot=cfg.slot, phase=lifecycle.written(phase, written_at))
         self.state.save(state)
         return state
 
@@ -741,11 +778,10 @@ class Reader:
         self._shutdown(cur, progress, state)
 
     def _rereads_in_bulk(self, table: str) -> bool:
-        """A `--resnapshot` table with a lake goes straight into it (bulk_reread.py). Re-reads
-        after a type change (the lake widens types on the change path) and those making up
-        for a cut-off snapshot stay on the stream."""
-        return (self.lake is not None and self._recovery is None and table in self.config.resnapshot
-                and table not in self._type_rereads.tables)
+        """With a lake, a `--resnapshot` table and one read again after a type change go
+        straight into it (bulk_reread.py). Re-reads making up for a cut-off snapshot through
+        the sink (never one of the lake's) stay on the stream."""
+        return self.lake is not None and self._recovery is None
 
     def _start_bulk_reread(self, schema):
         from cdc_reader.bulk_reread import BulkReread
@@ -767,6 +803,9 @@ class Reader:
             log.warning("re-reading %s into the lake failed (%s): it is read again", table, error)
             return
         self.reread.append(table)
+        name = table.partition(".")[2]
+        if name not in self._resnapshots:  # else a type change came during it
+            self._type_rereads.finished(name, self._handed_over)
 
     def _schema_changed(self, change: SchemaChange) -> None:
         """Note the table's new column types; after a type change that may have rewritten
@@ -866,6 +905,10 @@ class Reader:
             if target > self.metrics.confirmed_lsn:
                 cur.send_feedback(flush_lsn=target, reply=True, force=True)
                 self.metrics.confirmed_lsn = target
+
+
+def _bulk_snapshotting(state: ReaderState) -> bool:
+    return isinstance(state.phase, lifecycle.Snapshotting) and state.phase.bulk
 
 
 RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, SourceConnectionError)

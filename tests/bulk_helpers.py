@@ -5,6 +5,7 @@ and the source compared as typed rows."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 
 import psycopg2
@@ -89,3 +90,36 @@ def lake_rows(layout: LakeLayout, dsn: str, table: str) -> dict[tuple, dict]:
 
 def bulk_config(**changes) -> ReaderConfig:
     return replace(BULK, **changes)
+
+
+def execute(dsn: str, statement: str) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(statement)
+    conn.close()
+
+
+def wait_for_reread(reader, table: str, timeout: float = 120) -> None:
+    """Until `reader` has read `table` again (schema-qualified)."""
+    deadline = time.monotonic() + timeout
+    while table not in reader.reread:
+        assert getattr(reader, "failure", None) is None, f"the reader died: {reader.failure!r}"
+        assert time.monotonic() < deadline, "the re-read did not finish"
+        time.sleep(0.1)
+
+
+def assert_lake_and_warehouse_equal_the_source(layout, dsn, sink, tmp_path) -> None:
+    """Every lake table equals the source, and so does a warehouse synced from the lake."""
+    from tests.e2e_helpers import check_against_source, read_source
+    from totesys.schema import TABLES
+    from warehouse_sync import open_target, sync_once
+
+    for table in TABLES:
+        got, want = lake_rows(layout, dsn, table), source_rows(dsn, table)
+        assert got.keys() == want.keys(), (table, sorted(set(got) ^ set(want))[:5])
+        assert [k for k in want if got[k] != want[k]] == [], table
+    target = open_target(str(tmp_path / "warehouse.duckdb"))
+    try:
+        sync_once(layout, target, sink.durable_lsn())
+        check_against_source(target, read_source(dsn))
+    finally:
+        target.close()

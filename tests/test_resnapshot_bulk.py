@@ -10,58 +10,30 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from change_events import Op
 from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD
 from lake.timetravel import read_table
-from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
-from tests.e2e_helpers import check_against_source, read_source, slot_confirmed
+from tests.bulk_helpers import (
+    LakeSink, assert_lake_and_warehouse_equal_the_source, bulk_config, execute, seed_sales_orders, wait_for_reread,
+)
+from tests.e2e_helpers import slot_confirmed
 from tests.reader_harness import FAST, current_lsn, running_reader, wait_until_confirmed
-from totesys.schema import TABLES
-from warehouse_sync import open_target, sync_once
 
 CHILD = Path(__file__).with_name("bulk_reread_child.py")
 
 
-def _execute(dsn: str, statement: str) -> None:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(statement)
-    conn.close()
-
-
 def _change_sales_orders(dsn: str, step: int) -> None:
     """Updates, a delete and inserts: rows of chunks written and of chunks not read yet."""
-    _execute(dsn, f"UPDATE sales_order SET units_sold = units_sold + {step} WHERE sales_order_id % 41 = {step}")
-    _execute(dsn, f"DELETE FROM sales_order WHERE sales_order_id % 53 = {step}")
-    _execute(dsn, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
+    execute(dsn, f"UPDATE sales_order SET units_sold = units_sold + {step} WHERE sales_order_id % 41 = {step}")
+    execute(dsn, f"DELETE FROM sales_order WHERE sales_order_id % 53 = {step}")
+    execute(dsn, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
                   "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
                   "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
                   "counterparty_id, 3, 2.5, currency_id, agreed_delivery_date, agreed_payment_date, "
                   f"agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 500 = {step}")
-
-
-def _assert_lake_and_warehouse_equal_the_source(layout, dsn, sink, tmp_path) -> None:
-    for table in TABLES:
-        got, want = lake_rows(layout, dsn, table), source_rows(dsn, table)
-        assert got.keys() == want.keys(), (table, sorted(set(got) ^ set(want))[:5])
-        assert [k for k in want if got[k] != want[k]] == [], table
-    target = open_target(str(tmp_path / "warehouse.duckdb"))
-    try:
-        sync_once(layout, target, sink.durable_lsn())
-        check_against_source(target, read_source(dsn))
-    finally:
-        target.close()
-
-
-def _wait_for_reread(reader, table: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while table not in reader.reread:
-        assert getattr(reader, "failure", None) is None, f"the reader died: {reader.failure!r}"
-        assert time.monotonic() < deadline, "the re-read did not finish"
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -102,7 +74,7 @@ def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_e
 
     with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
                         prepare=prepare) as reader:
-        _wait_for_reread(reader, "public.sales_order")
+        wait_for_reread(reader, "public.sales_order")
         _change_sales_orders(totesys_dsn, 3)
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
 
@@ -116,7 +88,7 @@ def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_e
     assert streamed_while_reading == [True, True], "the stream did not go on during the re-read"
     assert max(marked_while_reading) < reread_lsn
 
-    _assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
+    assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
 
 
 def _reread_lsns(layout, first_lsn: int) -> set[int]:
@@ -143,15 +115,15 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
     (cut_at,) = _reread_lsns(layout, first_lsn)
     assert slot_confirmed(totesys_dsn, FAST.slot) < cut_at  # what streamed since is sent again
 
-    _execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id % 13 = 0")
-    _execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 71 = 0")
+    execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id % 13 = 0")
+    execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 71 = 0")
     sink = LakeSink(layout)
     with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
                         prepare=lambda r: setattr(r, "lake", layout)) as reader:
-        _wait_for_reread(reader, "public.sales_order")
-        _execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-y'")
+        wait_for_reread(reader, "public.sales_order")
+        execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-y'")
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
 
     assert len(_reread_lsns(layout, first_lsn)) == 2
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
-    _assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
+    assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)

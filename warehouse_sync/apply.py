@@ -63,7 +63,7 @@ from lake.layout import LakeLayout
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import cached_events, count_events, follow_from, read_changes, read_slice, snapshot_seqs
-from warehouse_sync.replay import Replay, replay
+from warehouse_sync.replay import DELETES, Replay, replay
 from warehouse_sync.schema import (
     BY_NAME,
     CHECKPOINT,
@@ -486,6 +486,9 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: S
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
     current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")  # nosec B608 # names quoted by q(), values int()
     versions = _without_replaced_truncates(replayed.versions, SOURCES[spec.source].key)
+    # A delete of a row this warehouse never had (read into the lake after the delete, by a
+    # bulk snapshot resumed or replacing at a later LSN) has no fact version to close.
+    versions = versions.filter(~(pl.col("_op").is_in(DELETES) & ~pl.col("_known")))
     versions, rejected = tf.unfit_versions(spec, versions)
     if rejected.height:
         _upsert(target, wh_schema.REJECTED, rejected)
@@ -498,14 +501,15 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: S
 
 
 def _without_replaced_truncates(versions: pl.DataFrame, key: str) -> pl.DataFrame:
-    """Drop a truncate's version of a row that the same LSN brings back: a table replaced
-    by a new snapshot (truncate, then its rows at the same LSN; see the reader's
-    `replaces_lost_slot`) deleted nothing that is still there, so the fact keeps its row
-    (or gets one new version if the row changed), rather than a deletion and a copy."""
+    """Drop a truncate's version of a row that a snapshot row brings back next: a table
+    replaced by a new snapshot (truncate, then its rows, at the same LSN through the stream
+    or at a later one in bulk; see the reader's `replaces_lost_slot`) deleted nothing that
+    is still there, so the fact keeps its row (or gets one new version if the row changed),
+    rather than a deletion and a copy."""
     if versions.height == 0 or not (versions["_op"] == "t").any():
         return versions
     ordered = versions.sort([key, "_lsn", "_seq"])
-    replaced = ((pl.col("_op") == "t") & (pl.col("_lsn").shift(-1).over(key) == pl.col("_lsn"))).fill_null(False)
+    replaced = ((pl.col("_op") == "t") & (pl.col("_op").shift(-1).over(key) == "r")).fill_null(False)
     return ordered.filter(~replaced)
 
 
