@@ -26,11 +26,26 @@ What the states mean:
   snapshot counts once the lake watermark reaches `durable_at` (`lsn`, or the later LSN of
   chunks read again after a restart).
 - `Streaming(lsn)`: the snapshot is durable; the slot is confirmed up to the lake watermark.
+
+Beside the phase, each table being read again while streaming has a state of its own
+(`Reread`, as supabase/etl keeps one per table), persisted with the phase:
+
+    queue ──► Queued ──start──► Reading ──handed_on(after)──► HandedOn(after) ──settle: durable > after──► gone
+                ▲                  │                               │
+                └── interrupted ───┘ (a reconnect: read it again)  │
+                └──────────────── restarted (a new process: every one is read again) ──┘
+
+`why` says what asked for it: `--resnapshot`, a column type change (schema_changes.py) or
+the recovery of a cut-off snapshot (`Recovering`: the phase moves on once none of those is
+left, and no watermark goes out before all of them were handed on). A re-read is
+idempotent, so reading a table again after a kill or a reconnect loses and doubles nothing;
+a re-read's rows exist only in the reader (stream path) or in the lake (bulk path) and not
+in the WAL, so a table stays until they are durable downstream.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,14 @@ def slot_created(phase: Phase, lsn: int, *, bulk: bool, tables: tuple[str, ...] 
     return Snapshotting(lsn, bulk, tuple(tables), tuple(chunks), chunk_pages, phase.replaces_lost_slot)
 
 
+def planned(phase: Phase, tables: tuple[str, ...], chunks: tuple[int, ...], chunk_pages: int) -> Snapshotting:
+    """A bulk snapshot cut off before its plan was noted gets one (nothing was written)."""
+    _expect(phase, Snapshotting)
+    if not phase.bulk or phase.tables:
+        raise TransitionError("only a bulk snapshot without a plan is planned again")
+    return replace(phase, tables=tuple(tables), chunks=tuple(chunks), chunk_pages=chunk_pages)
+
+
 def slot_missing(phase: Phase) -> NoSlot:
     """Killed while creating the slot, which never came to exist: nothing was read."""
     _expect(phase, SlotPending)
@@ -158,6 +181,118 @@ def snapshot_handed_on(phase: Phase) -> bool:
     return isinstance(phase, (Published, Streaming))
 
 
+# -- re-reads, one state per table ------------------------------------------------------------
+
+RESNAPSHOT, TYPE_CHANGE, RECOVERY = "resnapshot", "type change", "recovery"
+QUEUED, READING, HANDED_ON = "queued", "reading", "handed on"
+
+
+@dataclass(frozen=True)
+class Reread:
+    table: str
+    """Unqualified, as in `ReaderConfig.tables`."""
+    why: str
+    step: str = QUEUED
+    after: int | None = None
+    """HandedOn: the commit LSN of the last transaction that ended before the last re-read
+    rows were handed on (they go out in a later one, or are in the lake already)."""
+
+
+Rereads = tuple[Reread, ...]
+
+
+def queue(rereads: Rereads, table: str, why: str) -> Rereads:
+    """Read `table` again; one already queued stays as it is. One being read or handed on
+    is read once more after it (a type change during a re-read: the change counts)."""
+    if any(r.table == table and r.step == QUEUED for r in rereads):
+        return rereads
+    return (*rereads, Reread(table, why))
+
+
+def next_queued(rereads: Rereads) -> Reread | None:
+    return next((r for r in rereads if r.step == QUEUED), None)
+
+
+def _swap(rereads: Rereads, old: Reread, new: Reread | None, *, front: bool = False) -> Rereads:
+    if old not in rereads:
+        raise TransitionError(f"no re-read {old}")
+    rest = list(rereads)
+    rest.remove(old)
+    if new is None:
+        return tuple(rest)
+    return (new, *rest) if front else tuple(rest[:rereads.index(old)] + [new] + rest[rereads.index(old):])
+
+
+def start(rereads: Rereads, reread: Reread) -> tuple[Rereads, Reread]:
+    if reread.step != QUEUED:
+        raise TransitionError(f"cannot start re-reading {reread.table}: it is {reread.step}")
+    started = replace(reread, step=READING)
+    return _swap(rereads, reread, started), started
+
+
+def handed_on(rereads: Rereads, reread: Reread, after: int) -> Rereads:
+    """Every row of the re-read was handed to the sink (or written to the lake)."""
+    if reread.step != READING:
+        raise TransitionError(f"cannot hand on {reread.table}: it is {reread.step}")
+    return _swap(rereads, reread, replace(reread, step=HANDED_ON, after=after))
+
+
+def failed(rereads: Rereads, reread: Reread) -> Rereads:
+    """The re-read stopped half way: read the table again first."""
+    return _swap(rereads, reread, replace(reread, step=QUEUED, after=None), front=True)
+
+
+def interrupted(rereads: Rereads) -> Rereads:
+    """A reconnect: what was being read is read again, first; what was handed on stays."""
+    reading = [replace(r, step=QUEUED) for r in rereads if r.step == READING]
+    return (*reading, *(r for r in rereads if r.step != READING))
+
+
+def restarted(rereads: Rereads) -> Rereads:
+    """A new process: rows handed on but not durable may be gone with the old one, so every
+    table is read again (once)."""
+    out: Rereads = ()
+    for reread in rereads:
+        out = queue(out, reread.table, reread.why)
+    return out
+
+
+def settle(rereads: Rereads, durable_lsn: int) -> Rereads:
+    """Without the re-reads the lake watermark (`durable_lsn`) shows durable."""
+    return tuple(r for r in rereads if not (r.step == HANDED_ON and durable_lsn > r.after))
+
+
+def recovery_needed(rereads: Rereads) -> int | None:
+    """For `durable`: a commit LSN at or past every recovery re-read row once all of them
+    were handed on (0 when none is left), else None."""
+    recovering = [r for r in rereads if r.why == RECOVERY]
+    if any(r.step != HANDED_ON for r in recovering):
+        return None
+    return max((r.after + 1 for r in recovering), default=0)
+
+
+def reread_to_json(reread: Reread) -> dict:
+    return asdict(reread)
+
+
+def reread_from_json(data: dict) -> Reread:
+    return Reread(**data)
+
+
+def watermark_allowed(phase: Phase, lsn: int, rereads_handed_over: int | None = None) -> bool:
+    """May a lake watermark at `lsn` go out? Not below a Published snapshot's `durable_at`
+    (after a bulk snapshot resumed, or a replacing one, at a later LSN, the lake holds rows
+    read there: a lower one would show tables half read, or truncated and not yet read), and
+    none while Recovering before the transaction holding the last re-read rows ended
+    (`rereads_handed_over`: `recovery_needed`, None until every one was handed on): a warehouse must not show tables half read again, nor `--until-caught-up`
+    stop before they are whole. Bulk re-reads hold theirs too (bulk_reread.BulkReread)."""
+    if isinstance(phase, Published):
+        return lsn >= phase.durable_at
+    if isinstance(phase, Recovering):
+        return rereads_handed_over is not None and lsn >= rereads_handed_over
+    return True
+
+
 # -- persistence -----------------------------------------------------------------------------
 
 def to_json(phase: Phase) -> dict:
@@ -203,6 +338,9 @@ def legacy_flags(phase: Phase) -> dict:
 
 __all__ = [
     "NoSlot", "SlotPending", "Snapshotting", "Recovering", "Published", "Streaming", "Phase", "TransitionError",
-    "note_slot", "slot_created", "slot_missing", "written", "cut_off", "durable", "reset", "adopt",
-    "snapshot_finished", "snapshot_handed_on", "to_json", "from_json", "from_legacy", "legacy_flags",
+    "note_slot", "planned", "slot_created", "slot_missing", "written", "cut_off", "durable", "reset", "adopt",
+    "snapshot_finished", "snapshot_handed_on", "watermark_allowed", "to_json",
+    "Reread", "Rereads", "RESNAPSHOT", "TYPE_CHANGE", "RECOVERY", "QUEUED", "READING", "HANDED_ON", "queue",
+    "next_queued", "start", "handed_on", "failed", "interrupted", "restarted", "settle", "recovery_needed",
+    "reread_to_json", "reread_from_json", "from_json", "from_legacy", "legacy_flags",
 ]

@@ -6,7 +6,8 @@ the table's next change. When every value keeps its value (integer → bigint, a
 growing, a varchar getting longer) that is all the lake needs: it widens its column and the
 old values stay right. Any other change may have changed values no later event will mention
 (numeric(10,2) → numeric(10,1) rounds them, `USING` can compute anything, text → integer
-turns '007' into 7), so the reader re-reads the table (`resnapshot.py`) and the re-read rows,
+turns '007' into 7), so the reader re-reads the table (a `lifecycle.Reread` of why
+`TYPE_CHANGE`, kept in the state file until durable, rereads.py) and the re-read rows,
 stamped after the change, put every row right.
 
 The decision is the reader's: it alone sees both the old and the new Relation of a table,
@@ -75,35 +76,3 @@ def rewritten_columns(old: dict[str, str], new: dict[str, str]) -> dict[str, tup
     existing value."""
     return {name: (old[name], type_) for name, type_ in new.items()
             if name in old and not preserves_values(old[name], type_)}
-
-
-class PendingRereads:
-    """Tables to read again after a type change, until their re-read is durable downstream.
-
-    The re-read rows exist only in the reader (the WAL never carried them), so a reader that
-    stops before they are durable must read the table again when it starts: the tables are
-    kept in `ReaderState.schema_rereads`, and a table leaves only once the lake holds every
-    event up to the transaction its last re-read rows went out in."""
-
-    def __init__(self, tables: list[str] | None = None):
-        self._finished_after: dict[str, int | None] = dict.fromkeys(tables or ())
-
-    @property
-    def tables(self) -> list[str]:
-        return sorted(self._finished_after)
-
-    def add(self, table: str) -> None:
-        self._finished_after[table] = None  # again, if it was finishing: the new change counts
-
-    def finished(self, table: str, handed_over: int) -> None:
-        """`table`'s re-read handed its last rows on, inside the transaction after the one
-        that ended at commit LSN `handed_over`."""
-        if table in self._finished_after and self._finished_after[table] is None:
-            self._finished_after[table] = handed_over
-
-    def settle(self, durable_lsn: int) -> bool:
-        """Forget the tables whose re-read is durable; True when any was."""
-        done = [t for t, after in self._finished_after.items() if after is not None and durable_lsn > after]
-        for table in done:
-            del self._finished_after[table]
-        return bool(done)

@@ -52,6 +52,74 @@ def test_a_slot_never_created_a_reset_and_an_adopted_slot():
     assert lc.adopt() == lc.Streaming() and lc.snapshot_finished(lc.adopt())
 
 
+def test_watermarks_wait_for_what_the_phase_still_lacks():
+    resumed = lc.written(lc.Snapshotting(100, True, ("public.a",), (4,), 64), durable_at=250)
+    assert not lc.watermark_allowed(resumed, 249) and lc.watermark_allowed(resumed, 250)
+    assert lc.watermark_allowed(lc.Published(100, 100), 100)
+    recovering = lc.Recovering(100, ("a",))
+    assert not lc.watermark_allowed(recovering, 10**9, rereads_handed_over=None)
+    assert not lc.watermark_allowed(recovering, 299, rereads_handed_over=300)
+    assert lc.watermark_allowed(recovering, 300, rereads_handed_over=300)
+    assert lc.watermark_allowed(lc.Streaming(100), 100)
+
+
+def test_a_re_read_goes_from_queued_to_gone_once_durable_past_where_it_was_handed_on():
+    rereads = lc.queue((), "a", lc.RESNAPSHOT)
+    assert lc.queue(rereads, "a", lc.TYPE_CHANGE) == rereads  # queued once
+    queued = lc.next_queued(rereads)
+    rereads, reading = lc.start(rereads, queued)
+    assert reading == lc.Reread("a", lc.RESNAPSHOT, lc.READING) and lc.next_queued(rereads) is None
+    rereads = lc.handed_on(rereads, reading, after=500)
+    assert rereads == (lc.Reread("a", lc.RESNAPSHOT, lc.HANDED_ON, 500),)
+    assert lc.settle(rereads, 500) == rereads  # its rows go out in the transaction after 500
+    assert lc.settle(rereads, 501) == ()
+
+
+def test_a_type_change_during_a_re_read_reads_the_table_once_more_after_it():
+    rereads, reading = lc.start(lc.queue((), "a", lc.TYPE_CHANGE), lc.Reread("a", lc.TYPE_CHANGE))
+    rereads = lc.queue(rereads, "a", lc.TYPE_CHANGE)
+    assert [r.step for r in rereads] == [lc.READING, lc.QUEUED]
+    rereads = lc.handed_on(rereads, reading, 10)
+    assert lc.settle(rereads, 11) == (lc.Reread("a", lc.TYPE_CHANGE),)
+
+
+def test_reconnects_read_again_what_was_being_read_and_restarts_read_everything_again():
+    rereads = lc.queue(lc.queue(lc.queue((), "a", lc.RECOVERY), "b", lc.RECOVERY), "c", lc.RECOVERY)
+    rereads, a = lc.start(rereads, lc.next_queued(rereads))
+    rereads = lc.handed_on(rereads, a, 7)
+    rereads, b = lc.start(rereads, lc.next_queued(rereads))
+    assert lc.interrupted(rereads) == (lc.Reread("b", lc.RECOVERY), lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 7),
+                                       lc.Reread("c", lc.RECOVERY))
+    assert lc.failed(rereads, b)[0] == lc.Reread("b", lc.RECOVERY)
+    # Rows handed on may have died with the process: every table is read again.
+    assert lc.restarted(rereads) == tuple(lc.Reread(t, lc.RECOVERY) for t in "abc")
+
+
+def test_a_recovery_ends_once_every_recovery_re_read_was_handed_on_and_is_durable():
+    phase = lc.Recovering(100, ("a", "b"))
+    rereads = (lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 300), lc.Reread("b", lc.RECOVERY, lc.READING),
+               lc.Reread("c", lc.RESNAPSHOT))
+    assert lc.recovery_needed(rereads) is None
+    rereads = (lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 300), lc.Reread("b", lc.RECOVERY, lc.HANDED_ON, 200),
+               lc.Reread("c", lc.RESNAPSHOT))
+    assert lc.recovery_needed(rereads) == 301  # a --resnapshot does not hold the snapshot back
+    assert lc.durable(phase, 300, lc.recovery_needed(rereads)) == phase
+    assert lc.durable(phase, 301, lc.recovery_needed(rereads)) == lc.Streaming(100)
+    settled = lc.settle(rereads, 301)
+    assert lc.recovery_needed(settled) == 0 and lc.durable(phase, 301, 0) == lc.Streaming(100)
+
+
+@pytest.mark.parametrize("wrong", [
+    lambda: lc.start((lc.Reread("a", lc.RESNAPSHOT, lc.READING),), lc.Reread("a", lc.RESNAPSHOT, lc.READING)),
+    lambda: lc.handed_on((lc.Reread("a", lc.RESNAPSHOT),), lc.Reread("a", lc.RESNAPSHOT), 1),
+    lambda: lc.failed((), lc.Reread("a", lc.RESNAPSHOT, lc.READING)),
+    lambda: lc.planned(lc.Snapshotting(1, False), ("public.a",), (1,), 8),
+])
+def test_re_read_transitions_the_lifecycle_does_not_have_are_refused(wrong):
+    with pytest.raises(lc.TransitionError):
+        wrong()
+
+
 @pytest.mark.parametrize("wrong", [
     lambda: lc.note_slot(lc.Streaming(1)),
     lambda: lc.slot_created(lc.NoSlot(), 1, bulk=True),
@@ -94,3 +162,23 @@ def test_state_files_written_before_the_phase_load_as_the_phase_they_describe(tm
     for flag in ("snapshot_lsn", "snapshot_published", "snapshot_done", "rereads", "replaces_lost_slot"):
         if flag in flags:  # older tools reading the file still find the flags they know
             assert saved[flag] == flags[flag]
+
+
+def test_re_reads_round_trip_and_older_files_migrate_them(tmp_path):
+    path = tmp_path / "state.json"
+    rereads = (lc.Reread("a", lc.RESNAPSHOT, lc.HANDED_ON, 9), lc.Reread("b", lc.TYPE_CHANGE, lc.READING))
+    FileStateStore(path).save(ReaderState("s", lc.Streaming(5), rereads))
+    saved = json.loads(path.read_text())
+    assert FileStateStore(path).load().table_rereads == rereads
+    assert saved["schema_rereads"] == ["b"]  # still written, for tools that read it
+    # A phase but no table_rereads (the form before them): type-change re-reads from
+    # schema_rereads, and a recovery re-read of every table of a Recovering phase.
+    path.write_text(json.dumps({"slot": "s", "phase": lc.to_json(lc.Recovering(42, ("a", "b"))),
+                                "schema_rereads": ["c"], "column_types": {}}))
+    assert FileStateStore(path).load().table_rereads == (
+        lc.Reread("a", lc.RECOVERY), lc.Reread("b", lc.RECOVERY), lc.Reread("c", lc.TYPE_CHANGE))
+    # Flags only (the form before the phase).
+    path.write_text(json.dumps({"slot": "s", "snapshot_lsn": 42, "rereads": ["a"], "schema_rereads": ["c"]}))
+    loaded = FileStateStore(path).load()
+    assert loaded.phase == lc.Recovering(42, ("a",))
+    assert loaded.table_rereads == (lc.Reread("a", lc.RECOVERY), lc.Reread("c", lc.TYPE_CHANGE))

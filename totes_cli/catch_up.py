@@ -38,7 +38,7 @@ def _snapshot_needed(local: Path, slot: str) -> int | None:
     """The LSN the warehouse must have reached for the reader's snapshot to be in it (0 once
     the reader saw it durable), or None while the reader has reading left to do."""
     state = _json(local / "reader" / f"{slot}.json")
-    if state.get("slot") != slot or state.get("rereads") or state.get("schema_rereads"):
+    if state.get("slot") != slot or state.get("rereads") or state.get("schema_rereads") or state.get("table_rereads"):
         return None
     if state.get("snapshot_done") is True:
         return 0
