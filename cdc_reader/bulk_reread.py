@@ -1,4 +1,5 @@
-"""Re-reading a table (`--resnapshot TABLE`) on the bulk path, while streaming goes on.
+"""Re-reading a table (`--resnapshot TABLE`, or after a column type change) on the bulk path,
+while streaming goes on.
 
 The table is read as the initial snapshot is (bulk_snapshot.py): COPY chunks under an
 exported snapshot, straight into the lake as `op='r'` rows. The snapshot is exported by a
@@ -15,9 +16,10 @@ merged, never appended, because the processors write the same state table meanwh
 The reader puts no watermark at or above L_r on the stream until the whole table is
 written (`allows_watermark`), so neither the warehouse nor the slot's confirmation passes
 L_r with the table half read. A reader killed during the re-read has confirmed nothing
-past L_r; run again with the same `--resnapshot`, it reads the table once more at a new
-L_r (the chunks of the first attempt stay in the lake, older and harmless). A reader told
-to stop during a re-read finishes it first (it runs at the speed of COPY).
+past L_r; the re-read is in its state file (lifecycle.Reread), so run again, with the
+`--resnapshot` or without, it reads the table once more at a new L_r (the chunks of the
+first attempt stay in the lake, older and harmless). A reader told to stop during a
+re-read finishes it first (it runs at the speed of COPY).
 
 After a column type change (schema_changes.py) the lake's columns are first widened to
 what holds the old values and the new ones, as the change path widens them

@@ -12,9 +12,9 @@ is exactly the row's state at the high watermark and is emitted there as an `op=
 Downstream, (lsn, seq) ordering then never lets the re-read row overwrite a newer change,
 and never loses one. The stream is not paused at any point; one chunk is held in memory.
 
-This is the path where the reader has no lake (`--durability kinesis`), and for re-reads
-after a type change or of a cut-off snapshot; a `--resnapshot` table with a lake is read
-straight into it instead (bulk_reread.py).
+This is the path where the reader has no lake (`--durability kinesis`), and for the
+re-reads that make up for a cut-off snapshot through the sink; with a lake, a table read
+again (`--resnapshot`, or after a type change) goes straight into it instead (bulk_reread.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cdc_reader.reader import FileStateStore
 from change_events import Op
 from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD
@@ -124,6 +125,33 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
         execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-y'")
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
 
+    assert len(_reread_lsns(layout, first_lsn)) == 2
+    assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
+    assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_re_read_killed_half_way_is_finished_by_a_restart_without_the_flag(totesys_dsn, tmp_path):
+    """The re-read is in the state file: a reader started again after a kill -9, without
+    `--resnapshot`, reads the table again into the lake, and lake and warehouse equal the source."""
+    seed_sales_orders(totesys_dsn, 10_000)
+    layout = LakeLayout(tmp_path / "lake")
+    state = tmp_path / "state.json"
+    with running_reader(totesys_dsn, LakeSink(layout), state, bulk_config(),
+                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+        first_lsn = reader.state.load().snapshot_lsn
+    child = subprocess.run([sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
+                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.returncode == -9, child.stderr[-3000:]
+    assert [r.table for r in FileStateStore(state).load().table_rereads] == ["sales_order"]
+
+    execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 4 WHERE sales_order_id % 17 = 0")
+    sink = LakeSink(layout)
+    with running_reader(totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24),
+                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+        wait_for_reread(reader, "public.sales_order", timeout=60)
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
     assert len(_reread_lsns(layout, first_lsn)) == 2
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
     assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
