@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import psycopg2.extras
 import pyarrow as pa
@@ -40,7 +41,11 @@ from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema, format_lsn
 from lake.arrow_types import arrow_type
+from lake.changelog import ChangeLog
+from lake.delta_io import retry_on_conflict
 from lake.layout import LakeLayout
+from lake.schemas import columns_to_widen, data_columns, lake_schema, rewrite_with_types, source_fields
+from lake.state import StateTable
 
 log = logging.getLogger("totes.reader")
 
@@ -138,13 +143,6 @@ def lake_typed(layout: LakeLayout, schema: TableSchema) -> TableSchema:
     tables (change log, then state) to hold both their values and `schema`'s: COPY's text
     of a value converts to the lake's type as exactly as to the source's (the lake's type
     holds every value of both)."""
-    from dataclasses import replace
-
-    from lake.changelog import ChangeLog
-    from lake.delta_io import retry_on_conflict
-    from lake.schemas import columns_to_widen, data_columns, lake_schema, rewrite_with_types, source_fields
-    from lake.state import StateTable
-
     log, state = ChangeLog(layout, schema.table), StateTable(layout, schema.table)
 
     def widen_log() -> pa.Schema | None:
