@@ -176,7 +176,7 @@ def test_kill_9_during_a_type_change_re_read_with_a_lake_then_restart_ends_exact
     again), into the lake, and lake and warehouse equal the source."""
     seed_sales_orders(totesys_dsn, 10_000)
     layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
-    _first_run(totesys_dsn, layout, state)
+    first_lsn = _first_run(totesys_dsn, layout, state)
     _rounding_type_change(totesys_dsn)
 
     _kill_child(totesys_dsn, layout, state, "type")
@@ -191,4 +191,5 @@ def test_kill_9_during_a_type_change_re_read_with_a_lake_then_restart_ends_exact
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         _wait_until_no_reread_pending(state)
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
+    assert len(_bulk_lsns(layout) - {first_lsn}) == 2 and _ids_unique(layout)  # the cut-off attempt, then one whole
     assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
