@@ -24,7 +24,8 @@ What the states mean:
   every table read again while streaming (cdc_reader/resnapshot.py).
 - `Published(lsn, durable_at)`: every snapshot row is handed on (or in the lake); the
   snapshot counts once the lake watermark reaches `durable_at` (`lsn`, or the later LSN of
-  chunks read again after a restart).
+  chunks read again after a restart, or of a replacing snapshot's rows read in bulk), and
+  no watermark below it goes out (`watermark_allowed`).
 - `Streaming(lsn)`: the snapshot is durable; the slot is confirmed up to the lake watermark.
 
 Beside the phase, each table being read again while streaming has a state of its own
