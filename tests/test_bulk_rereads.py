@@ -191,5 +191,7 @@ def test_kill_9_during_a_type_change_re_read_with_a_lake_then_restart_ends_exact
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         _wait_until_no_reread_pending(state)
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
-    assert len(_bulk_lsns(layout) - {first_lsn}) == 2 and _ids_unique(layout)  # the cut-off attempt, then one whole
+    # The cut-off attempt, then whole (once more if the slot replays the Relation from before
+    # the change, whose types differ from the last ones seen); no row twice at one position.
+    assert len(_bulk_lsns(layout) - {first_lsn}) >= 2 and _ids_unique(layout)
     assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
