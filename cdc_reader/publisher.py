@@ -232,6 +232,13 @@ class Publisher:
         self._count_added()
         return self._tracker.outstanding
 
+    @property
+    def busy(self) -> bool:
+        """Whether anything waits for a `poll()`: events buffered, records sealed or a call in
+        flight. When not, the caller need not poll until it adds something (the reader sleeps)."""
+        return self._oldest_buffered is not None or self._adding > 0 or self._sealed_bytes > 0 \
+            or self._in_flight is not None
+
     def add(self, event: Change) -> None:
         """Buffer one event; may send (and block) when a batch is due."""
         if type(event) is EncodedChange:

@@ -62,6 +62,7 @@ from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.snapshot_phases import SnapshotPhases
 from cdc_reader.source import SESSION_SETTINGS, SourceConnectionError, connect
 from cdc_reader.source_setup import SlotLostError, lost_slot_message, slot_state
+from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
 from change_events.wire import EncodedChange
 from totesys.schema import TABLES
@@ -110,7 +111,9 @@ class ReaderConfig:
     idle_wait_seconds: float = 0.02
     """How long the reader waits for the source, when it has nothing to read, before it looks
     after the sink again (settles Kinesis's answers, starts the next call): a short wait
-    keeps an idle stream's last events from waiting on it."""
+    keeps an idle stream's last events from waiting on it. A sink that says it holds nothing
+    (`busy` false) is not looked after: the reader then sleeps until its own next deadline
+    (wakeup.py)."""
     snapshot_chunk_rows: int = 5_000
     snapshot_connections: int = 4
     """Connections that read the bulk snapshot's chunks in parallel (bulk_snapshot.py)."""
@@ -195,6 +198,13 @@ class Reader(SnapshotPhases, TableRereads):
         self.streaming = threading.Event()
         """Set once the slot exists and changes are being streamed."""
         self._reset_pending = config.reset  # once per process, not at every reconnect
+        self._wakeup = Wakeup()
+        self.idle_waits = 0
+        """Times the reader waited for the source with nothing to read (how often it wakes)."""
+
+    def wake(self) -> None:
+        """End the reader's wait for the source now (from another thread, e.g. after a stop)."""
+        self._wakeup.set()
 
     # -- set-up --------------------------------------------------------------------------
     def _table_schema(self, conn, schema: str, table: str):
@@ -321,7 +331,12 @@ class Reader(SnapshotPhases, TableRereads):
                 elif drained:
                     self.metrics.received_lsn = max(self.metrics.received_lsn, cur.wal_end)
                     if rereading is None and lifecycle.next_queued(self._state.table_rereads) is None:
-                        select.select([cur], [], [], cfg.idle_wait_seconds)
+                        busy = getattr(self.sink, "busy", True) or bulk_reread is not None
+                        deadlines = [next_feedback, next_heartbeat] + ([next_watermark] if last_commit > marked else [])
+                        self.idle_waits += 1
+                        select.select([cur, self._wakeup], [], [], idle_timeout(
+                            time.monotonic(), deadlines, sink_busy=busy, short=cfg.idle_wait_seconds))
+                        self._wakeup.clear()
 
                 if bulk_reread is not None and bulk_reread.finished:
                     finished, bulk_reread = bulk_reread, None

@@ -224,7 +224,7 @@ class Pipeline:
                          reset=cfg.reset, resnapshot=cfg.resnapshot, personal_data=cfg.personal_data),
             lake=self.layout,  # the initial snapshot goes straight into the lake
         )
-        self._spawn("reader", lambda stop: supervise(self.reader, stop))
+        self._spawn("reader", lambda stop: supervise(self.reader, stop), wake=self.reader.wake)
         status = StatusWriter(state_dir / "reader" / f"{slot}.status.json", self.reader, self.publisher)
         self._spawn("reader status", lambda stop: self._status_loop(status, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)

@@ -161,8 +161,13 @@ def reader(
     the_reader = Reader(dsn, publisher, durable, FileStateStore(state_path), config,
                         lake=LakeLayout(lake) if mode == "lake" else None)
     stop = threading.Event()
+
+    def stop_reading(*_) -> None:
+        stop.set()
+        the_reader.wake()  # it may be asleep on an idle source
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop_reading)
 
     progress = Progress(TextColumn("snapshot {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True)
