@@ -166,7 +166,9 @@ class LakeLayout:
         selector = pafs.FileSelector(base, allow_not_found=True)
         names = [table_name(info.base_name) for info in filesystem.get_file_info(selector)
                  if info.type == pafs.FileType.Directory]
-        return sorted(name for name in names if self.open(self.uri(kind, name)) is not None)
+        # A table is there once its first commit is (or a checkpoint replaced it): one or two
+        # file lookups each, where opening it would replay its log.
+        return sorted(name for name in names if self.has_commit(self.uri(kind, name), 0))
 
     # -- sizes -----------------------------------------------------------------------------
     def stored_bytes(self, uri: str) -> tuple[int, int]:
@@ -176,9 +178,10 @@ class LakeLayout:
         files = [info for info in infos if info.type == pafs.FileType.File]
         return sum(info.size or 0 for info in files), len(files)
 
-    def table_size(self, uri: str) -> TableSize | None:
-        """Stored and live bytes of the Delta table at `uri` (None when there is none)."""
-        table = self.open(uri)
+    def table_size(self, uri: str, table: DeltaTable | None = None) -> TableSize | None:
+        """Stored and live bytes of the Delta table at `uri` (None when there is none);
+        `table`: its handle, when the caller has it open and up to date."""
+        table = table if table is not None else self.open(uri)
         if table is None:
             return None
         live = sum(pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist())

@@ -102,11 +102,33 @@ class TableMaintenance:
     """Stored and live bytes after this round."""
 
 
-def compact(layout: LakeLayout, uri: str, target_size: int | None = None) -> dict:
+class _Opened:
+    """One table's handle for a whole round: opened once (replaying its log is most of what a
+    small table's round costs), then brought up to date with the commits since (only the new
+    ones are read) before each step."""
+
+    def __init__(self, layout: LakeLayout, uri: str):
+        self.layout, self.uri = layout, uri
+        self._table: DeltaTable | None = None
+
+    def __call__(self) -> DeltaTable | None:
+        if self._table is None:
+            self._table = self.layout.open(self.uri)
+        else:
+            self._table.update_incremental()
+        return self._table
+
+
+def _opener(layout: LakeLayout, uri: str, opened: _Opened | None) -> _Opened:
+    return opened if opened is not None else _Opened(layout, uri)
+
+
+def compact(layout: LakeLayout, uri: str, target_size: int | None = None, *, opened: _Opened | None = None) -> dict:
     """Rewrite the small files of the table at `uri`; returns deltalake's metrics."""
+    open_table = _opener(layout, uri, opened)
 
     def run() -> dict:
-        table = layout.open(uri)
+        table = open_table()
         if table is None:
             return {}
         return table.optimize.compact(target_size=target_size)
@@ -114,11 +136,13 @@ def compact(layout: LakeLayout, uri: str, target_size: int | None = None) -> dic
     return retry_on_conflict(run)
 
 
-def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYTES) -> dict:
+def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYTES, *,
+                  opened: _Opened | None = None) -> dict:
     """Keep a state table in files of about `file_bytes`, sorted by key (see step 2 above)."""
+    open_table = _opener(layout, uri, opened)
 
     def run() -> dict:
-        table = layout.open(uri)
+        table = open_table()
         if table is None:
             return {}
         sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
@@ -140,12 +164,13 @@ def _stats_columns(uri: str, layout: LakeLayout, configuration: dict) -> dict[st
     return {}
 
 
-def keep_retention(layout: LakeLayout, uri: str, retention: timedelta) -> None:
+def keep_retention(layout: LakeLayout, uri: str, retention: timedelta, *, opened: _Opened | None = None) -> None:
     """Set the table's retention properties to `retention`, with the others of step 1 (one
     commit, only when they differ)."""
+    open_table = _opener(layout, uri, opened)
 
     def run() -> None:
-        table = layout.open(uri)
+        table = open_table()
         if table is None:
             return
         configuration = table.metadata().configuration
@@ -157,20 +182,21 @@ def keep_retention(layout: LakeLayout, uri: str, retention: timedelta) -> None:
     retry_on_conflict(run)
 
 
-def checkpoint(layout: LakeLayout, uri: str) -> None:
+def checkpoint(layout: LakeLayout, uri: str, *, opened: _Opened | None = None) -> None:
     """Checkpoint the table, then drop the log entries older than its log retention."""
-    table = layout.open(uri)
+    table = _opener(layout, uri, opened)()
     if table is not None:
         table.create_checkpoint()
         table.cleanup_metadata()
 
 
-def vacuum(layout: LakeLayout, uri: str) -> list[str]:
+def vacuum(layout: LakeLayout, uri: str, *, opened: _Opened | None = None) -> list[str]:
     """Delete the files no version younger than the table's retention uses, and files older than
     it that no commit names; returns them."""
+    open_table = _opener(layout, uri, opened)
 
     def run() -> list[str]:
-        table = layout.open(uri)
+        table = open_table()
         if table is None:
             return []
         return table.vacuum(retention_hours=None, dry_run=False, enforce_retention_duration=True, full=True)
@@ -197,10 +223,11 @@ def lake_stored_bytes(layout: LakeLayout) -> int:
     return sum(layout.stored_bytes(layout.uri(name))[0] for name in (*KINDS, PROGRESS, DEAD_LETTERS))
 
 
-def worth_compacting(layout: LakeLayout, uri: str, target_size: int, compact_from: int) -> bool:
+def worth_compacting(layout: LakeLayout, uri: str, target_size: int, compact_from: int, *,
+                     opened: _Opened | None = None) -> bool:
     """Whether the table holds `compact_from` files under `target_size` (or, for a state
     table, a file to split: step 2)."""
-    table = layout.open(uri)
+    table = _opener(layout, uri, opened)()
     if table is None:
         return False
     sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
@@ -217,18 +244,21 @@ def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
     commands refuse one below `MIN_RETENTION`."""
     report = []
     for uri in uris if uris is not None else lake_uris(layout):
-        keep_retention(layout, uri, retention)
+        opened = _Opened(layout, uri)
+        keep_retention(layout, uri, retention, opened=opened)
         is_state = uri.startswith(layout.uri(STATE) + "/")
         target = STATE_FILE_BYTES if is_state else CHANGES_FILE_BYTES
         metrics: dict = {}
-        if compact_from <= 2 or worth_compacting(layout, uri, target, compact_from):
-            metrics = compact_state(layout, uri) if is_state else compact(layout, uri, CHANGES_FILE_BYTES)
-        removed = vacuum(layout, uri)
-        checkpoint(layout, uri)
-        table = layout.open(uri)
+        if compact_from <= 2 or worth_compacting(layout, uri, target, compact_from, opened=opened):
+            metrics = compact_state(layout, uri, opened=opened) if is_state else \
+                compact(layout, uri, CHANGES_FILE_BYTES, opened=opened)
+        removed = vacuum(layout, uri, opened=opened)
+        checkpoint(layout, uri, opened=opened)
+        table = opened()
         report.append(TableMaintenance(
             uri, files_removed=int(metrics.get("numFilesRemoved", 0)), files_added=int(metrics.get("numFilesAdded", 0)),
-            vacuumed=removed, version=None if table is None else table.version(), size=layout.table_size(uri),
+            vacuumed=removed, version=None if table is None else table.version(),
+            size=None if table is None else layout.table_size(uri, table),
         ))
     return report
 
