@@ -306,3 +306,40 @@ class MaintenanceCadence:
         self.last_at = now
         self.last_stored = sum(s.stored_bytes for s in sizes)
         self.last_live = sum(s.live_bytes for s in sizes)
+
+
+@dataclass
+class SettledTables:
+    """Tables a running pipeline's round may leave out, so that its cost follows what was
+    written, not the number of tables: a table is settled once a round found it at the same
+    version at least `retention` seconds after a round first saw that version (so that round
+    vacuumed and cleaned up all its last change left behind), and stays settled while it has
+    no newer commit. Static tables and idle shards' tables then cost one file lookup a round.
+
+    Pure apart from `moved(uri, version)` (does the table have that commit yet?); the caller
+    passes the clock."""
+
+    retention: float
+    _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """uri -> (its version after a round, when a round first saw that version)"""
+    _settled: set[str] = field(default_factory=set)
+    _sizes: dict[str, TableSize] = field(default_factory=dict)
+
+    def due(self, uris: list[str], moved) -> list[str]:
+        """The tables of `uris` this round should maintain."""
+        return [uri for uri in uris if uri not in self._settled or moved(uri, self._seen[uri][0] + 1)]
+
+    def after_round(self, now: float, report: list[TableMaintenance], uris: list[str]) -> list[TableSize]:
+        """Note what the round did; the sizes of every table of `uris`, skipped ones as they were."""
+        for table in report:
+            if table.size is not None:
+                self._sizes[table.uri] = table.size
+            if table.version is None:
+                continue
+            seen = self._seen.get(table.uri)
+            if seen is None or seen[0] != table.version:
+                self._seen[table.uri] = (table.version, now)
+                self._settled.discard(table.uri)
+            elif now - seen[1] >= self.retention + 1.0:  # a second for the clocks of the commits
+                self._settled.add(table.uri)
+        return [self._sizes[uri] for uri in uris if uri in self._sizes]

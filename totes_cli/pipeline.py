@@ -34,7 +34,9 @@ from cdc_reader.source import connect, current_wal_lsn
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import HEARTBEAT_PREFIX, FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
-from lake.maintenance import COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, lake_stored_bytes, maintain
+from lake.maintenance import (
+    COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, SettledTables, lake_stored_bytes, lake_uris, maintain,
+)
 from lake.progress import Progress
 from lake.writer import LakeWriter
 from change_events.kinesis import ensure_stream, kinesis_client
@@ -328,16 +330,20 @@ class Pipeline:
         next check: a lake not maintained for a while is bigger and slower, not wrong."""
         cfg = self.config
         cadence = MaintenanceCadence.for_retention(cfg.retention, cfg.maintain_every)
+        settled = SettledTables(cfg.retention.total_seconds())
         while not stop.wait(min(cfg.maintenance_check_seconds, cfg.maintain_every)):
             try:
                 now = time.monotonic()
                 if cadence.too_soon(now) or not cadence.due(now, lake_stored_bytes(self.layout)):
                     continue
-                report = maintain(self.layout, cfg.retention, compact_from=COMPACT_FROM_FILES)
+                uris = lake_uris(self.layout)
+                report = maintain(self.layout, cfg.retention, settled.due(uris, self.layout.has_commit),
+                                  compact_from=COMPACT_FROM_FILES)
             except Exception:  # noqa: BLE001 - the next check tries again
                 log.exception("lake maintenance failed; trying again in %g s", cfg.maintenance_check_seconds)
                 continue
-            cadence.done(time.monotonic(), [t.size for t in report if t.size is not None])
+            done = time.monotonic()  # after every commit the round saw
+            cadence.done(done, settled.after_round(done, report, uris))
             self.maintenance.rounds += 1
             self.maintenance.files_compacted += sum(t.files_removed for t in report)
             self.maintenance.files_vacuumed += sum(len(t.vacuumed) for t in report)
