@@ -39,7 +39,9 @@ table take turns instead of failing each other's commits.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -49,7 +51,7 @@ import pyarrow as pa
 
 from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
-from lake.delta_io import Position, is_infrastructure_fault, retry_on_conflict
+from lake.delta_io import SMALL_FILE_ROWS, Position, is_infrastructure_fault, retry_on_conflict
 from lake.errors import (
     RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError,
 )
@@ -57,6 +59,8 @@ from lake.layout import LakeLayout
 from lake.progress import Progress
 from lake.schemas import columns_to_widen, conform_rows, lake_schema, rewrite_with_types, source_fields
 from lake.state import StateTable
+
+log = logging.getLogger("totes.lake")
 
 
 @dataclass
@@ -120,10 +124,21 @@ class LakeWriter:
 
     def __init__(self, root: str | Path | LakeLayout, storage_options: dict[str, str] | None = None, *,
                  today: Callable[[], date] | None = None,
-                 on_marker: Callable[[str, int], object] | None = None):
+                 on_marker: Callable[[str, int], object] | None = None, state_delay: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.layout = root if isinstance(root, LakeLayout) else LakeLayout(root, storage_options)
         self.on_marker = on_marker
         """Called as (shard, lsn) once a marker is recorded: the lake watermark may have moved."""
+        self.state_delay = state_delay
+        """At light load, how long a state merge may be put off (0: every batch merges). A
+        merge takes in every append of its shard since the last one, so one merge after a few
+        windows does the work of several few-row merges, each of which costs as much as a
+        full one. Only the state tables wait: the change logs, the watermark and the
+        warehouse do not. Whoever sets it calls `merge_due_states` now and then."""
+        self._clock = clock
+        self._deferred: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        """(table, shard) -> (when its first unmerged append was put off, the table's keys)"""
+        self._merged_at: dict[tuple[str, str], float] = {}
         self.progress = Progress(self.layout)
         self._today = today or (lambda: datetime.now(timezone.utc).date())
         self._shards: dict[str, _ShardTables] = {}
@@ -185,19 +200,71 @@ class LakeWriter:
                 result.marker = max(markers)
         for table, table_events in by_table.items():
             keys = _keys(table_events)
-            if keys:
-                try:
-                    with self._merge_lock(table):
-                        result.tables[table].state_version = self.state_table(table, shard_id).apply(
-                            shard_id, self.change_log(table, shard_id), keys, appended=appended[table])
-                except Exception as error:
-                    if is_infrastructure_fault(error):
-                        raise
-                    # The events are in the change log (the record, and what the watermark
-                    # and the warehouse follow): the state stays behind and is caught up
-                    # by a later batch once the cause is fixed; the shard keeps flowing.
-                    result.state_errors[table] = f"{type(error).__name__}: {error}"
+            if keys and not self._put_off(table, shard_id, keys, appended[table]):
+                error = self._merge_state(table, shard_id, keys, appended[table], result.tables[table])
+                if error is not None:
+                    result.state_errors[table] = error
         return result
+
+    def _merge_state(self, table: str, shard_id: str, keys: list[str], appended: pa.Table | None,
+                     write: TableWrite | None = None) -> str | None:
+        """Merge the shard's unmerged appends into the table's state; the reason when it failed."""
+        try:
+            with self._merge_lock(table):
+                version = self.state_table(table, shard_id).apply(
+                    shard_id, self.change_log(table, shard_id), keys, appended=appended)
+        except Exception as error:
+            if is_infrastructure_fault(error):
+                raise
+            # The events are in the change log (the record, and what the watermark
+            # and the warehouse follow): the state stays behind and is caught up
+            # by a later batch once the cause is fixed; the shard keeps flowing.
+            return f"{type(error).__name__}: {error}"
+        with self._lock:
+            self._deferred.pop((table, shard_id), None)
+            self._merged_at[(table, shard_id)] = self._clock()
+        if write is not None:
+            write.state_version = version
+        return None
+
+    def _put_off(self, table: str, shard_id: str, keys: list[str], appended: pa.Table | None) -> bool:
+        """Whether this batch's state merge waits (`state_delay`): a few rows, and the table
+        was merged for this shard within the delay (the first change after a quiet spell
+        is merged at once) and has not waited the delay already."""
+        if self.state_delay <= 0 or appended is None or appended.num_rows > SMALL_FILE_ROWS:
+            return False
+        now, slot = self._clock(), (table, shard_id)
+        with self._lock:
+            since = self._deferred.get(slot, (now, keys))[0]
+            if now - self._merged_at.get(slot, float("-inf")) >= self.state_delay or now - since >= self.state_delay:
+                return False
+            self._deferred[slot] = (since, keys)
+        return True
+
+    def merge_due_states(self, everything: bool = False) -> int:
+        """Merge the states put off for `state_delay` (or all of them); how many were merged.
+        Not concurrently with `write_batch` of the same shard. A merge that fails stays due
+        (logged): the change log holds its events."""
+        now = self._clock()
+        with self._lock:
+            due = [(slot, keys) for slot, (since, keys) in self._deferred.items()
+                   if everything or now - since >= self.state_delay]
+        merged = 0
+        for (table, shard_id), keys in due:
+            try:
+                error = self._merge_state(table, shard_id, keys, None)
+            except Exception as fault:  # noqa: BLE001 - the lake's trouble: the next call tries again
+                error = f"{type(fault).__name__}: {fault}"
+            if error is None:
+                merged += 1
+            else:
+                log.warning("merging the state of %s (shard %s) failed, tried again later: %s", table, shard_id, error)
+        return merged
+
+    @property
+    def states_put_off(self) -> int:
+        """State merges waiting (`state_delay`)."""
+        return len(self._deferred)
 
     def record_marker(self, shard_id: str, lsn: int) -> bool:
         recorded = self._tables(shard_id).progress.record_marker(shard_id, lsn)

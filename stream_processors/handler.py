@@ -69,6 +69,10 @@ class StreamProcessor:
         self.dead_letters = DeadLetters(lake.layout)
         self.metrics = metrics
 
+    def merge_due_states(self, everything: bool = False) -> int:
+        """The state merges the lake writer put off (`LakeWriter.state_delay`) that are due."""
+        return self.lake.merge_due_states(everything)
+
     def process(self, event: dict) -> BatchOutcome:
         records = [KinesisStreamRecord(r) for r in event.get("Records", [])]
         outcome = BatchOutcome(shard=shard_of(records[0]) if records else "")

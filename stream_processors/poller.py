@@ -315,7 +315,9 @@ class LocalPoller:
         while not stop.is_set():
             _, read = self._round()
             if not read:
+                self.processor.merge_due_states()  # between batches: no shard is being written
                 self._wakeup.wait(self._sleep())
                 self._wakeup.clear()
         # Flush what was gathered: it is in order and complete as far as it goes.
         self._process_all([shard for shard in self.shards.values() if shard.pending])
+        self.processor.merge_due_states(everything=True)

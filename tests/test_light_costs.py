@@ -1,5 +1,6 @@
 """What the running pipeline pays at light load, counted rather than timed: how often a
-maintenance round opens (replays the log of) each lake table, and which tables it leaves out."""
+maintenance round opens (replays the log of) each lake table, which tables it leaves out, and
+how many state merges a trickle of changes costs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import timedelta
 
 from lake import LakeLayout, LakeWriter
 from lake.maintenance import COMPACT_FROM_FILES, SettledTables, lake_uris, maintain
-from tests.lake_fixtures import PAYMENT, SALES_ORDER, Source, lake_state, payment_row, sales_order_row
+from lake.changelog import ChangeLog
+from lake.delta_io import SMALL_FILE_ROWS
+from tests.lake_fixtures import PAYMENT, SALES_ORDER, Source, expected_state, lake_state, payment_row, sales_order_row
 
 
 def _light_lake(root) -> LakeLayout:
@@ -72,3 +75,70 @@ def test_a_running_pipelines_round_leaves_out_tables_settled_since_a_retention(t
     LakeWriter(layout).write_batch("s1", tx.events, markers=[tx.lsn])
     assert set(round_now()) == {layout.changes_uri(SALES_ORDER.table), layout.state_uri(SALES_ORDER.table),
                                 layout.uri("_progress")}
+
+
+def test_a_trickles_state_merges_wait_for_the_delay_and_then_take_in_every_append(tmp_path):
+    now = [0.0]
+    src = Source()
+    writer = LakeWriter(tmp_path / "lake", state_delay=30.0, clock=lambda: now[0])
+    table, keys = SALES_ORDER.table, SALES_ORDER.key_names
+    events: list = []
+
+    def trickle(order: int, version: int = 0) -> None:
+        with src.transaction() as tx:
+            tx.insert(SALES_ORDER, sales_order_row(order, version)) if version == 0 else \
+                tx.update(SALES_ORDER, sales_order_row(order, version))
+        events.extend(tx.events)
+        writer.write_batch("s1", tx.events, markers=[tx.lsn])
+        now[0] += 5.0  # a held window
+
+    trickle(1)  # the first change after a quiet spell: merged at once
+    assert lake_state(writer.layout, table, keys) == expected_state(events, table)
+    merged_first = lake_state(writer.layout, table, keys)
+    for n in range(2, 6):
+        trickle(n)
+    trickle(1, version=2)
+    assert lake_state(writer.layout, table, keys) == merged_first, "the state waits"
+    assert writer.states_put_off == 1
+    log = ChangeLog(writer.layout, table)
+    log.refresh()
+    assert log.appends("s1") == 6, "the change log does not"
+    assert writer.merge_due_states() == 0  # 25 s after the first put off
+    now[0] += 5.0
+    assert writer.merge_due_states() == 1  # 30 s after it
+    assert writer.states_put_off == 0
+    assert lake_state(writer.layout, table, keys) == expected_state(events, table)
+
+
+def test_a_put_off_state_is_merged_by_the_next_large_batch_or_a_new_writer(tmp_path):
+    now = [0.0]
+    src = Source()
+    writer = LakeWriter(tmp_path / "lake", state_delay=30.0, clock=lambda: now[0])
+    table, keys = SALES_ORDER.table, SALES_ORDER.key_names
+    events: list = []
+    for n in range(3):
+        with src.transaction() as tx:
+            tx.insert(SALES_ORDER, sales_order_row(n))
+        events.extend(tx.events)
+        writer.write_batch("s1", tx.events)
+        now[0] += 1.0
+    assert writer.states_put_off == 1
+    # the process ends without merging: a writer after it (no delay) catches the state up
+    with src.transaction() as tx:
+        tx.insert(SALES_ORDER, sales_order_row(100))
+    events.extend(tx.events)
+    LakeWriter(writer.layout).write_batch("s1", tx.events)
+    assert lake_state(writer.layout, table, keys) == expected_state(events, table)
+    # and a batch of more than a few rows merges at once, whatever was put off
+    with src.transaction() as tx:
+        tx.insert(SALES_ORDER, sales_order_row(200))
+    events.extend(tx.events)
+    writer.write_batch("s1", tx.events)
+    assert writer.states_put_off == 1
+    with src.transaction() as tx:
+        for n in range(300, 300 + SMALL_FILE_ROWS + 1):
+            tx.insert(SALES_ORDER, sales_order_row(n))
+    events.extend(tx.events)
+    writer.write_batch("s1", tx.events)
+    assert writer.states_put_off == 0
+    assert lake_state(writer.layout, table, keys) == expected_state(events, table)

@@ -55,6 +55,9 @@ log = logging.getLogger("totes.pipeline")
 
 QUIET_WINDOW = 5.0
 """The longest a trickle of events waits for a lake commit (bench/README.md, `light`)."""
+STATE_DELAY = 30.0
+"""The longest a trickle's state merge waits, so that one merge takes in several windows
+(`LakeWriter.state_delay`; the warehouse does not wait for it)."""
 MIN_BATCH_BYTES = 32 * 1024
 """About 175 events: less than half of what a 0.5 s window holds at 1,000 changes/s."""
 STAGE_RETRY_SECONDS = 2.0
@@ -82,6 +85,9 @@ class PipelineConfig:
     """At light load (less than `min_batch_bytes` of events in a window) the window is held open
     up to this long, so lake commits follow the data rather than the clock (`LocalPoller`)."""
     min_batch_bytes: int = MIN_BATCH_BYTES
+    state_delay: float = STATE_DELAY
+    """At light load the lake's state tables follow their change logs up to this late (0: with
+    every batch): a merge of a few rows costs as much as a full one."""
     processor_poll_seconds: float = 1.0
     """How often the processor looks at an idle stream by itself: the publisher's puts wake it,
     so this is a fallback, and each look is a GetRecords per shard."""
@@ -212,7 +218,8 @@ class Pipeline:
         state_dir = self.local if self.local is not None else Path(os.environ.get("TOTES_HOME", ".totes"))
         offsets = (self.local / "offsets" / f"{cfg.stream}.json") if self.local is not None else \
             state_dir / "processor" / f"{cfg.stream}.offsets.json"
-        lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set())
+        lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set(),
+                          state_delay=cfg.state_delay)
         self.poller = LocalPoller(client, cfg.stream, StreamProcessor(lake), ShardOffsets(offsets),
                                   batch_window=cfg.batch_window, quiet_window=cfg.quiet_window,
                                   min_batch_bytes=cfg.min_batch_bytes, idle_sleep=cfg.processor_poll_seconds)
