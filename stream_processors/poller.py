@@ -111,7 +111,9 @@ class LocalPoller:
     follow the data, and a trickle waits at most `quiet_window`. The first records after a
     quiet spell still go at once, the markers that follow events are not held (the lake
     watermark, and with it the warehouse, would wait), an idle stream's markers are cut once
-    per `quiet_window`, and under load (more than that per window) nothing changes.
+    per `quiet_window`, and under load (more than that per window) nothing changes. The
+    state merges the lake writer put off (`LakeWriter.state_delay`) are run between rounds
+    once due, and all of them when the poller stops.
     """
 
     def __init__(self, client, stream: str, processor: StreamProcessor, offsets: ShardOffsets, *,
@@ -314,8 +316,8 @@ class LocalPoller:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             _, read = self._round()
+            self.processor.merge_due_states()  # between rounds: no shard is being written
             if not read:
-                self.processor.merge_due_states()  # between batches: no shard is being written
                 self._wakeup.wait(self._sleep())
                 self._wakeup.clear()
         # Flush what was gathered: it is in order and complete as far as it goes.
