@@ -142,3 +142,64 @@ def test_a_put_off_state_is_merged_by_the_next_large_batch_or_a_new_writer(tmp_p
     writer.write_batch("s1", tx.events)
     assert writer.states_put_off == 0
     assert lake_state(writer.layout, table, keys) == expected_state(events, table)
+
+
+def test_the_poller_merges_put_off_states_once_due_and_all_of_them_when_it_stops(tmp_path, kinesis):
+    import threading
+
+    from cdc_reader.publisher import Publisher
+    from stream_processors.handler import StreamProcessor
+    from stream_processors.poller import LocalPoller, ShardOffsets
+    from tests.stream_helpers import new_stream
+
+    stream = new_stream(kinesis, shards=1)
+    now = [0.0]
+    lake = LakeWriter(tmp_path / "lake", state_delay=30.0, clock=lambda: now[0])
+    poller = LocalPoller(kinesis, stream, StreamProcessor(lake), ShardOffsets(tmp_path / "offsets.json"),
+                         batch_window=0.0)
+    publisher = Publisher(kinesis, stream)
+    src, events = Source(), []
+    table, keys = SALES_ORDER.table, SALES_ORDER.key_names
+    shard = kinesis.list_shards(StreamName=stream)["Shards"][0]["ShardId"]
+    running = threading.Event()
+
+    def trickle(order: int) -> None:
+        with src.transaction() as tx:
+            tx.insert(SALES_ORDER, sales_order_row(order))
+        events.extend(tx.events)
+        for event in tx.events:
+            publisher.add(event)
+        publisher.end_transaction(tx.lsn)
+        publisher.publish_watermark(tx.lsn)
+        publisher.flush()
+        if running.is_set():  # the poller's own thread reads it
+            deadline = time.monotonic() + 30
+            while lake.lake_watermark([shard]) < tx.lsn:
+                assert time.monotonic() < deadline, "the trickle never reached the lake"
+                time.sleep(0.05)
+        else:
+            poller.poll_once()
+        now[0] += 5.0
+
+    for order in range(3):
+        trickle(order)
+    assert lake.states_put_off == 1 and lake_state(lake.layout, table, keys) != expected_state(events, table)
+    stop = threading.Event()
+    runner = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    running.set()
+    runner.start()
+    now[0] += 30.0  # due: the running poller merges it between rounds
+    deadline = time.monotonic() + 30
+    while lake.states_put_off:
+        assert time.monotonic() < deadline, "the due merge never ran"
+        time.sleep(0.05)
+    assert lake_state(lake.layout, table, keys) == expected_state(events, table)
+    trickle(10)  # put off again: the last merge was just now ...
+    trickle(11)
+    assert lake.states_put_off == 1
+    stop.set()
+    poller.wake()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert lake.states_put_off == 0  # ... and merged when the poller stops
+    assert lake_state(lake.layout, table, keys) == expected_state(events, table)
