@@ -199,8 +199,6 @@ class Reader(SnapshotPhases, TableRereads):
         """Set once the slot exists and changes are being streamed."""
         self._reset_pending = config.reset  # once per process, not at every reconnect
         self._wakeup = Wakeup()
-        self.idle_waits = 0
-        """Times the reader waited for the source with nothing to read (how often it wakes)."""
 
     def wake(self) -> None:
         """End the reader's wait for the source now (from another thread, e.g. after a stop)."""
@@ -333,7 +331,6 @@ class Reader(SnapshotPhases, TableRereads):
                     if rereading is None and lifecycle.next_queued(self._state.table_rereads) is None:
                         busy = getattr(self.sink, "busy", True) or bulk_reread is not None
                         deadlines = [next_feedback, next_heartbeat] + ([next_watermark] if last_commit > marked else [])
-                        self.idle_waits += 1
                         select.select([cur, self._wakeup], [], [], idle_timeout(
                             time.monotonic(), deadlines, sink_busy=busy, short=cfg.idle_wait_seconds))
                         self._wakeup.clear()
