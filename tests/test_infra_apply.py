@@ -324,6 +324,7 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
     # -- IAM: no wildcard action, each role only its job
     bucket, objects = f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/lake/*"
     source_secret, warehouse_secret = outputs["source_dsn_secret_arn"], outputs["warehouse_dsn_secret_arn"]
+    key_secret = outputs["personal_data_key_secret_arn"]  # the reader hashes personal data with it
     efs = aws.efs.describe_file_systems()["FileSystems"][0]["FileSystemArn"]
     log_group = f"arn:aws:logs:{REGION}:{account}:log-group:"
     roles = {  # role: ({trusted service}, {action: {resources}})
@@ -335,7 +336,7 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
             "s3:ListBucket": {bucket},
             "s3:GetObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("_progress", "changes", "tables", "_dead_letters")},
             "s3:PutObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("changes", "tables", "_dead_letters")},
-            "secretsmanager:GetSecretValue": {source_secret},
+            "secretsmanager:GetSecretValue": {source_secret, key_secret},
             "elasticfilesystem:ClientMount": {efs}, "elasticfilesystem:ClientWrite": {efs}}),
         "processor": ("lambda.amazonaws.com", {
             **{f"kinesis:{a}": {stream_arn} for a in ("GetRecords", "GetShardIterator", "DescribeStream",
