@@ -9,7 +9,7 @@
     any ──reset──► NoSlot(replaces_lost_slot=True)        a slot not made by us ──adopt──► Streaming
 
 Each state is a frozen dataclass; each transition a function of (state, facts) returning
-the next state, so every path is tested without PostgreSQL (tests/test_lifecycle.py). The
+the next state, so every path is tested without PostgreSQL (tests/unit/test_lifecycle.py). The
 reader persists the state after each transition (`ReaderState.phase`) and acts on it.
 
 What the states mean:

@@ -3,7 +3,7 @@ atomically): the slot it belongs to, the snapshot's phase and each table's re-re
 (lifecycle.py), and the column types last seen.
 
 State files older readers wrote still load, migrated on load and written back in the
-current form at the next save (tests/test_lifecycle.py):
+current form at the next save (tests/unit/test_lifecycle.py):
 - flags instead of a phase (`snapshot_lsn`, `snapshot_published`, `snapshot_done`,
   `rereads`, `replaces_lost_slot`): the phase they describe (`lifecycle.from_legacy`);
 - a phase but no `table_rereads`: type-change re-reads from `schema_rereads`, and a

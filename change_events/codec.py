@@ -18,7 +18,7 @@ records 7 days at most) and no deployed lake's dead letters can. A v1 record tha
 (in a local stream or a local lake's dead letters from those hours) is refused with a
 CodecError saying so, and is kept as a dead letter: nothing is lost. Anything that does not decode raises CodecError with a reason
 fit for a dead-letter record; nothing else escapes `decode`, whatever the bytes hold
-(tests/test_codec_fuzz.py). Decoding also checks what later stages rely on: schemas are
+(tests/unit/test_codec_fuzz.py). Decoding also checks what later stages rely on: schemas are
 lists of names and types of the right kinds, LSNs and times are in range, values are text.
 """
 

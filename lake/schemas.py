@@ -31,7 +31,7 @@ supported") and compaction ("Column mapping is not supported for write operation
 logical names up in Parquet files that hold the physical ones), and polars 2.1 refuses
 reader version 2 altogether. Without it the names are stored as they are, in the Delta
 schema and in the Parquet files, and deltalake, polars, pyarrow and DuckDB all read them
-(`tests/test_identifiers.py`). Delta on Spark refuses names holding one of ` ,;{}()\n\t=`
+(`tests/{unit,integration,e2e}/test_identifiers.py`). Delta on Spark refuses names holding one of ` ,;{}()\n\t=`
 in tables without column mapping (not tried here: no Spark on this machine); a Spark job
 that needs such a table can copy it into a column-mapped one.
 

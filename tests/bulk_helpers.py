@@ -17,7 +17,8 @@ from change_events.wire import EncodedChange
 from lake.layout import LakeLayout
 from lake.writer import LakeWriter
 from tests.lake_fixtures import lake_state, typed_rows
-from tests.reader_harness import FAST, MemorySink, replace, source_state
+from tests.reader_harness import FAST, replace, source_state
+from tests.fakes import MemorySink
 from totesys.simulator import Simulator
 
 SHARD = "shard-0"

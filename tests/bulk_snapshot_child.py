@@ -9,7 +9,7 @@ import threading
 from cdc_reader.reader import FileStateStore, Reader
 from lake.layout import LakeLayout
 from tests.bulk_helpers import bulk_config
-from tests.reader_harness import MemorySink
+from tests.fakes import MemorySink
 
 
 def main(dsn: str, lake: str, state: str, kill_at: int) -> None:

@@ -46,6 +46,11 @@ from tests.warehouse_fixtures import (
 )
 from warehouse_sync import dangling_references, duplicate_current_rows
 from warehouse_sync.schema import BY_NAME, DIMENSIONS, FACTS, LINEAGE_NAMES, conform, projected_columns
+from change_events.kinesis import kinesis_client
+from lake.layout import LakeLayout
+from lake.progress import Progress
+from totesys.simulator import Simulator
+from totes_cli.pipeline import PipelineConfig
 
 FACT_SOURCES = {"fact_sales_order": "sales_order", "fact_purchase_order": "purchase_order", "fact_payment": "payment"}
 REPO = Path(__file__).resolve().parents[1]
@@ -416,3 +421,107 @@ def slot_confirmed(dsn: str, slot: str) -> int:
 def kill_9(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+SLOT = "totes_cdc"
+
+
+class Stages:
+    """`totes reader | processor | sync` as child processes sharing one lake and stream."""
+
+    def __init__(self, dsn: str, stream: str, endpoint: str, home: Path):
+        self.dsn, self.stream, self.home = dsn, stream, home
+        self.lake, self.warehouse = home / "lake", home / "warehouse.duckdb"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
+        self.env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), TOTES_LAKE=str(self.lake),
+                        TOTES_PERSONAL_DATA_KEY=RUN_KEY.decode(),
+                        TOTES_STREAM=stream, TOTES_SLOT=SLOT, TOTES_WAREHOUSE=str(self.warehouse),
+                        AWS_ENDPOINT_URL_KINESIS=endpoint)
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def log(self, stage: str) -> Path:
+        return self.home / f"{stage}.log"
+
+    def start(self, stage: str, *args: str) -> subprocess.Popen:
+        extra = ("--source", self.dsn) if stage == "reader" else ()
+        with open(self.log(stage), "a") as log:
+            process = subprocess.Popen([sys.executable, "-m", "totes_cli", stage, *extra, *args], env=self.env,
+                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.running[stage] = process
+        return process
+
+    def stop(self, stage: str) -> int:
+        """SIGTERM, as ECS stops a task; the exit code."""
+        process = self.running.pop(stage)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"{stage} did not stop on SIGTERM\n{self.tail(stage)}") from None
+
+    def stop_all(self) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.running.clear()
+
+    def tail(self, stage: str, chars: int = 3000) -> str:
+        path = self.log(stage)
+        return path.read_text()[-chars:] if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {stage}\n{self.tail(stage)}" for stage in ("reader", "processor", "sync"))
+
+    def watermark(self) -> int:
+        shards = [s["ShardId"] for s in kinesis_client(endpoint_url=self.env["AWS_ENDPOINT_URL_KINESIS"])
+                  .list_shards(StreamName=self.stream)["Shards"]]
+        return Progress(LakeLayout(str(self.lake))).lake_watermark(shards)
+
+    def wait_lake(self, lsn: int, timeout: float = 120) -> None:
+        wait_for(lambda: self.watermark() >= lsn, timeout, f"the lake watermark to reach {lsn:X}", log=self.logs)
+
+    def sync_once(self) -> None:
+        done = subprocess.run([sys.executable, "-m", "totes_cli", "sync", "--once"], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _config(dsn, home, **overrides) -> PipelineConfig:
+    return PipelineConfig(source_dsn=dsn, lake=str(home / "lake"), warehouse=str(home / "warehouse.duckdb"), **overrides)
+
+
+def _seed(dsn: str) -> None:
+    from datetime import datetime
+
+
+    with Simulator(dsn, seed=11) as simulator:
+        simulator.seed_history(3, until=datetime(2024, 11, 15, 18))
+
+
+def _plant_lake_extra(dsn: str, layout, key: int) -> None:
+    """An insert event the source never had: a copy of a real sales order under a new key,
+    at an LSN the lake already holds."""
+    from datetime import datetime, timezone
+
+    import psycopg2
+
+    from cdc_reader.catalog import read_table_schema
+    from change_events import ChangeEvent, Op
+    from lake.timetravel import lake_watermark
+    from lake.writer import LakeWriter
+
+    with psycopg2.connect(dsn) as conn:
+        schema = read_table_schema(conn, "public", "sales_order")
+    conn.close()
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM sales_order LIMIT 0")
+        names = [d[0] for d in cur.description]
+        cur.execute(f"SELECT {', '.join(f'{n}::text' for n in names)} FROM sales_order LIMIT 1")
+        row = dict(zip(names, cur.fetchone()))
+    conn.close()
+    row["sales_order_id"] = str(key)
+    event = ChangeEvent(schema, Op.INSERT, lake_watermark(layout), 10**6, None, datetime.now(timezone.utc),
+                        {"sales_order_id": str(key)}, row)
+    LakeWriter(layout).write_batch("planted", [event])

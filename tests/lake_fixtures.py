@@ -14,6 +14,13 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from change_events import ChangeEvent, Column, Op, TableSchema
+import subprocess
+import sys
+from pathlib import Path
+from lake import LakeLayout, LakeWriter
+import json
+from typer.testing import CliRunner
+from totes_cli.app import app
 
 TODAY = date(2024, 5, 1)
 """The day tests' writers pretend it is (snapshot rows are partitioned by the day written)."""
@@ -183,7 +190,7 @@ def three_batches(root) -> list[int]:
     from change_events import encode_events
     from lake.writer import LakeWriter
     from stream_processors.handler import StreamProcessor
-    from tests.test_processor import kinesis_event
+    from tests.stream_helpers import kinesis_event
 
     source = Source()
     processor = StreamProcessor(LakeWriter(root))
@@ -268,9 +275,6 @@ class MotoS3:
     BUCKET = "lake"
 
     def __init__(self):
-        import subprocess
-        import sys
-        from pathlib import Path
 
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -317,3 +321,58 @@ def moto_s3():
     server = MotoS3()
     yield server
     server.stop()
+
+
+SO, SO_KEY = SALES_ORDER.table, SALES_ORDER.key_names
+
+
+def history() -> list:
+    """One shard's events of sales_order: snapshot, updates (some with TOAST-unchanged
+    columns), deletes, a re-insert, a truncate and life after it."""
+    src = Source()
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 5)])
+    with src.transaction() as tx:
+        tx.update(SALES_ORDER, sales_order_row(1, 1), unchanged=("agreed_payment_date",))
+        tx.delete(SALES_ORDER, {"sales_order_id": "2"})
+        tx.insert(SALES_ORDER, sales_order_row(5))
+    events += tx.events
+    with src.transaction() as tx:
+        tx.update(SALES_ORDER, sales_order_row(1, 2), unchanged=("unit_price",))
+        tx.insert(SALES_ORDER, sales_order_row(2, 3))
+        tx.update(SALES_ORDER, sales_order_row(3, 1))
+    events += tx.events
+    with src.transaction() as tx:
+        tx.delete(SALES_ORDER, {"sales_order_id": "5"})
+        tx.update(SALES_ORDER, sales_order_row(4, 4), unchanged=("agreed_delivery_date",))
+    events += tx.events
+    with src.transaction() as tx:
+        tx.truncate(SALES_ORDER)
+    events += tx.events
+    with src.transaction() as tx:
+        tx.insert(SALES_ORDER, sales_order_row(6))
+        tx.insert(SALES_ORDER, sales_order_row(3, 7))
+    events += tx.events
+    with src.transaction() as tx:
+        tx.update(SALES_ORDER, sales_order_row(3, 8), unchanged=("unit_price", "agreed_delivery_date"))
+        tx.update(SALES_ORDER, sales_order_row(6, 1))
+    return events + tx.events
+
+
+EVENTS = history()
+
+
+def write(layout: LakeLayout, batches, shard: str = "s1") -> None:
+    lake = LakeWriter(layout, today=lambda: TODAY)
+    for batch in batches:
+        lake.write_batch(shard, batch)
+
+
+runner = CliRunner()
+
+
+def count(path, table: str, as_of: str) -> int:
+    result = runner.invoke(app, ["query", f"SELECT count(*) AS n FROM {table}", "--lake", str(path),
+                                 "--as-of", as_of, "--format", "json"], catch_exceptions=False,
+                           env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)[0]["n"]

@@ -13,44 +13,11 @@ import psycopg2
 from psycopg2 import sql
 
 from cdc_reader.reader import READER_SESSION, FileStateStore, Reader, ReaderConfig, session_options
-from change_events import ChangeEvent, Op
+from change_events import Op
 from cdc_reader.source import current_wal_lsn
+from tests.fakes import MemorySink
 
 State = dict[str, dict[tuple, dict[str, str | None]]]
-
-
-class MemorySink:
-    """Keeps every event; durable as soon as a transaction ends (or later, when `hold`)."""
-
-    def __init__(self):
-        self.events: list[ChangeEvent] = []
-        self.watermarks: list[int] = []
-        self.ended: list[int] = []
-        self.hold = False
-        self._durable = 0
-        self.on_add = None
-
-    def add(self, event: ChangeEvent) -> None:
-        self.events.append(event)
-        if self.on_add is not None:
-            self.on_add(event)
-
-    def end_transaction(self, commit_lsn: int) -> None:
-        self.ended.append(commit_lsn)
-
-    def poll(self, idle: bool = False) -> None:
-        pass
-
-    def flush(self) -> None:
-        if not self.hold and self.ended:
-            self._durable = max(self._durable, self.ended[-1])
-
-    def publish_watermark(self, lsn: int) -> None:
-        self.watermarks.append(lsn)
-
-    def durable_lsn(self) -> int:
-        self.flush()
-        return self._durable
 
 
 def apply_events(events, state: State | None = None) -> State:

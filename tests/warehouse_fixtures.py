@@ -25,6 +25,16 @@ from deltalake import write_deltalake
 from change_events import ChangeEvent, Column, Op, TableSchema
 from lake import LakeLayout, LakeWriter
 from totesys.snapshots import read_table, snapshot_tables
+import csv
+import pytest
+from tests.conftest import make_scratch_dir
+from warehouse_sync import sync_once
+from warehouse_sync import DuckDBTarget
+from warehouse_sync.schema import SOURCES
+from warehouse_sync import dangling_references, duplicate_current_rows
+from polars.testing import assert_frame_equal
+from warehouse_sync.schema import BY_NAME, DIMENSIONS, FACTS, LINEAGE_NAMES, conform
+from tests.conftest import SHARED_DATA
 
 TS3 = "timestamp(3) without time zone"
 SOURCE_COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -511,3 +521,279 @@ def assert_same_warehouse(left: dict[str, pl.DataFrame], right: dict[str, pl.Dat
             assert_frame_equal(left[name], right[name], check_exact=True)
         except AssertionError as error:
             raise AssertionError(f"{name}: {error}") from None
+
+
+@pytest.fixture(scope="module")
+def synced():
+    home = make_scratch_dir("totes-report-")
+    history, _ = synced_history(home)
+    return history, home
+
+
+def read_csv(path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+LINEAGE = ["is_current boolean", "is_deleted boolean", "source_op varchar", "source_lsn bigint",
+           "source_seq bigint", "valid_from timestamptz null", "valid_to timestamptz null"]
+
+
+SPEC = {
+    "dim_date": ["date_id date", "year int", "month int", "day int", "day_of_week int", "day_name varchar",
+                 "month_name varchar", "quarter int"],
+    "dim_staff": ["staff_id int", "first_name varchar", "last_name varchar", "department_name varchar",
+                  "location varchar", "email_address varchar"],
+    "dim_location": ["location_id int", "address_line_1 varchar", "address_line_2 varchar null",
+                     "district varchar null", "city varchar", "postal_code varchar", "country varchar",
+                     "phone varchar"],
+    "dim_design": ["design_id int", "design_name varchar", "file_location varchar", "file_name varchar"],
+    "dim_currency": ["currency_id int", "currency_code varchar", "currency_name varchar"],
+    "dim_counterparty": ["counterparty_id int", "counterparty_legal_name varchar",
+                         "counterparty_legal_address_line_1 varchar", "counterparty_legal_address_line_2 varchar null",
+                         "counterparty_legal_district varchar null", "counterparty_legal_city varchar",
+                         "counterparty_legal_postal_code varchar", "counterparty_legal_country varchar",
+                         "counterparty_legal_phone_number varchar"],
+    "dim_payment_type": ["payment_type_id int", "payment_type_name varchar"],
+    "dim_transaction": ["transaction_id int", "transaction_type varchar", "sales_order_id int null",
+                        "purchase_order_id int null"],
+    "fact_sales_order": ["sales_record_id serial", "sales_order_id int", "created_date date", "created_time time",
+                         "last_updated_date date", "last_updated_time time", "sales_staff_id int",
+                         "counterparty_id int", "units_sold int", "unit_price numeric(10,2)", "currency_id int",
+                         "design_id int", "agreed_payment_date date", "agreed_delivery_date date",
+                         "agreed_delivery_location_id int", *LINEAGE],
+    "fact_purchase_order": ["purchase_record_id serial", "purchase_order_id int", "created_date date",
+                            "created_time time", "last_updated_date date", "last_updated_time time", "staff_id int",
+                            "counterparty_id int", "item_code varchar", "item_quantity int",
+                            "item_unit_price numeric", "currency_id int", "agreed_delivery_date date",
+                            "agreed_payment_date date", "agreed_delivery_location_id int", *LINEAGE],
+    "fact_payment": ["payment_record_id serial", "payment_id int", "created_date date", "created_time time",
+                     "last_updated_date date", "last_updated_time time", "transaction_id int",
+                     "counterparty_id int", "payment_amount numeric", "currency_id int", "payment_type_id int",
+                     "paid boolean", "payment_date date", *LINEAGE],
+}
+
+
+PRIMARY_KEYS = {name: columns[0].split()[0] for name, columns in SPEC.items()}
+
+
+FOREIGN_KEYS = {
+    "fact_sales_order": {"created_date": "dim_date", "last_updated_date": "dim_date", "sales_staff_id": "dim_staff",
+                         "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
+                         "design_id": "dim_design", "agreed_payment_date": "dim_date",
+                         "agreed_delivery_date": "dim_date", "agreed_delivery_location_id": "dim_location"},
+    "fact_purchase_order": {"created_date": "dim_date", "last_updated_date": "dim_date", "staff_id": "dim_staff",
+                            "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
+                            "agreed_delivery_date": "dim_date", "agreed_payment_date": "dim_date",
+                            "agreed_delivery_location_id": "dim_location"},
+    "fact_payment": {"created_date": "dim_date", "last_updated_date": "dim_date",
+                     "transaction_id": "dim_transaction", "counterparty_id": "dim_counterparty",
+                     "currency_id": "dim_currency", "payment_type_id": "dim_payment_type", "payment_date": "dim_date"},
+}
+
+
+def _spec(table: str) -> list[tuple[str, str, bool]]:
+    out = []
+    for item in SPEC[table]:
+        name, type_, *rest = item.split()
+        out.append((name, type_, rest == ["null"]))
+    return out
+
+
+TODAY = date(2024, 11, 18)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def exactly_once_history():
+    return mixed_history()
+
+
+@pytest.fixture(scope="module")
+def exactly_once_lake(exactly_once_history, tmp_path_factory):
+    return write_lake(tmp_path_factory.mktemp("lake"), exactly_once_history.source.events)
+
+
+@pytest.fixture(scope="module")
+def exactly_once_reference(exactly_once_history, exactly_once_lake):
+    """The warehouse after one sync of the whole history."""
+    target = DuckDBTarget()
+    sync_once(exactly_once_lake, target, exactly_once_history.final_lsn, today=TODAY)
+    tables = dump_warehouse(target)
+    target.close()
+    return tables
+
+
+def _sync(exactly_once_lake, target, lsn):
+    result = sync_once(exactly_once_lake, target, lsn, today=TODAY)
+    assert dangling_references(target) == {} and duplicate_current_rows(target) == {}
+    return result
+
+
+FACT_SOURCES = {"fact_sales_order": "sales_order", "fact_purchase_order": "purchase_order", "fact_payment": "payment"}
+
+
+NOT_PROJECTED = {"payment": {"company_ac_number", "counterparty_ac_number"}}
+
+
+@pytest.fixture(scope="module")
+def history_of_every_kind() -> History:
+    return mixed_history()
+
+
+@pytest.fixture(scope="module")
+def history_lake(history_of_every_kind, tmp_path_factory):
+    return write_lake(tmp_path_factory.mktemp("lake"), history_of_every_kind.source.events)
+
+
+def _frame_equal(name: str, actual: pl.DataFrame, expected: pl.DataFrame) -> None:
+    try:
+        assert_frame_equal(actual, expected, check_exact=True)
+    except AssertionError as error:
+        raise AssertionError(f"{name}: {error}") from None
+
+
+def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str, set[str]]) -> None:
+    """Current facts and dimensions == the independent transform of `rows`; integrity."""
+    assert dangling_references(target) == {}
+    assert duplicate_current_rows(target) == {}
+    source = ScriptedSource(rows=rows)
+    connection, expected = scripted_expected(source)
+    for fact in FACTS:
+        actual = read_table_sorted(target, fact.name)
+        current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
+        schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
+        _frame_equal(fact.name, current.sort(fact.business_key),
+                     conform(expected[fact.name], schema).sort(fact.business_key))
+        deleted_now = actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
+        assert not {str(k) for k in deleted_now} & set(rows[FACT_SOURCES[fact.name]]), fact.name
+    for dimension in DIMENSIONS:
+        if dimension.name == "dim_date":
+            continue
+        actual = read_table_sorted(target, dimension.name)
+        want = conform(expected[dimension.name], dimension.polars_schema).sort(dimension.key)
+        extra = actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
+        assert {str(k) for k in extra[dimension.key].to_list()} <= kept.get(dimension.name, set()), dimension.name
+        _frame_equal(dimension.name, actual.filter(pl.col(dimension.key).is_in(want[dimension.key].implode())), want)
+    referenced = sorted({d for fact in FACTS for c in FACT_DATE_COLUMNS[fact.name]
+                         for d in read_table_sorted(target, fact.name)[c].to_list()})
+    _frame_equal("dim_date", read_table_sorted(target, "dim_date"),
+                 conform(expected_dim_date(connection, referenced, TODAY), BY_NAME["dim_date"].polars_schema))
+
+
+def expected_version_count(table: str, versions: list[Row | None]) -> int:
+    """Fact rows one source row should have: one per version whose projection or
+    deletedness differs from the version before it (a deletion of a live row counts)."""
+    count, previous, deleted = 0, None, True
+    for row in versions:
+        if row is None:
+            if not deleted:
+                count += 1
+            deleted = True
+            continue
+        projection = tuple(sorted((k, v) for k, v in row.items() if k not in NOT_PROJECTED.get(table, ())))
+        if deleted or projection != previous:
+            count += 1
+        previous, deleted = projection, False
+    return count
+
+
+def check_history(target, source: ScriptedSource) -> None:
+    for fact in FACTS:
+        table = FACT_SOURCES[fact.name]
+        actual = read_table_sorted(target, fact.name)
+        assert set(actual[fact.business_key].cast(pl.String).to_list()) == set(source.history[table])
+        for key, versions in source.history[table].items():
+            rows = actual.filter(pl.col(fact.business_key) == int(key)).sort(fact.key)
+            assert rows.height == expected_version_count(table, versions), (fact.name, key)
+            assert rows["is_current"].to_list() == [False] * (rows.height - 1) + [True], (fact.name, key)
+            assert rows["is_deleted"][-1] == (key not in source.rows[table]), (fact.name, key)
+            assert rows["valid_to"].to_list() == rows["valid_from"].to_list()[1:] + [None], (fact.name, key)
+            assert rows.select("source_lsn", "source_seq").rows() == sorted(rows.select("source_lsn", "source_seq").rows())
+
+
+def check_sequences(target) -> None:
+    """Each fact's own sequence default stays past the ids the sync assigned."""
+    for fact in FACTS:
+        last = target.query(f"SELECT max({fact.key}) AS n FROM {fact.name}").item()
+        assert target.query(f"SELECT nextval('{fact.sequence}') AS n").item() > last
+
+
+SNAPSHOT = SHARED_DATA / "snapshot_2024-11-15_aidan-mooney"
+
+
+SNAPSHOT_LSN = 0x2_4000_0000
+
+
+@pytest.fixture(scope="module")
+def snapshot_lake(tmp_path_factory):
+    if not SNAPSHOT.is_dir():
+        pytest.skip(f"shared snapshot not available at {SNAPSHOT}")
+    return write_lake(tmp_path_factory.mktemp("lake"), snapshot_events(SNAPSHOT, SNAPSHOT_LSN))
+
+
+@pytest.fixture(scope="module")
+def expected():
+    if not SNAPSHOT.is_dir():
+        pytest.skip(f"shared snapshot not available at {SNAPSHOT}")
+    relations = {path.stem: f"read_parquet('{path}')" for path in Path(SNAPSHOT).glob("*.parquet")}
+    connection = source_connection(relations)
+    tables = expected_tables(connection)
+    referenced = sorted({d for fact, columns in FACT_DATE_COLUMNS.items() for c in columns
+                         for d in tables[fact][c].to_list()})
+    tables["dim_date"] = expected_dim_date(connection, referenced, TODAY)
+    return tables
+
+
+def _compare(target, expected: dict[str, pl.DataFrame], names) -> None:
+    for name in names:
+        table = BY_NAME[name]
+        actual = read_table_sorted(target, name)
+        if table.is_fact:
+            assert actual[table.key].to_list() == list(range(1, actual.height + 1))
+            assert actual.sort("source_seq")[table.key].to_list() == actual[table.key].to_list()
+            lineage = actual.select("is_current", "is_deleted", "source_op", "source_lsn", "valid_from", "valid_to")
+            assert lineage.unique().rows() == [(True, False, "r", SNAPSHOT_LSN, None, None)]
+            actual = actual.drop([table.key, *LINEAGE_NAMES]).sort(table.business_key)
+            schema = {n: t for n, t in table.polars_schema.items() if n in actual.columns}
+        else:
+            schema = table.polars_schema
+        want = conform(expected[name], schema).sort(actual.columns[0])
+        try:
+            assert_frame_equal(actual, want, check_exact=True)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
+
+
+TABLES = len(SOURCES)
+
+
+@pytest.fixture(scope="module")
+def sliced_history():
+    return mixed_history()
+
+
+@pytest.fixture(scope="module")
+def sliced_lake(sliced_history, tmp_path_factory):
+    return write_lake(tmp_path_factory.mktemp("lake"), sliced_history.source.events)
+
+
+@pytest.fixture(scope="module")
+def sliced_reference(sliced_history, sliced_lake):
+    """The warehouse after one sync of the whole history, in one slice."""
+    target = DuckDBTarget()
+    result = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY)
+    assert len(result.slices) == 1
+    tables = dump_warehouse(target)
+    target.close()
+    return tables
+
+
+def _transaction_sizes(sliced_history) -> dict[int, int]:
+    sizes: dict[int, int] = {}
+    for event in sliced_history.source.events:
+        sizes[event.lsn] = sizes.get(event.lsn, 0) + 1
+    return sizes

@@ -1,0 +1,80 @@
+"""`totes demo` serves the dashboard, prints its address, and the dashboard follows the running
+pipeline by itself; Ctrl-C stops the dashboard with the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import make_scratch_dir
+from tests.cli_helpers import TOTES, needs_embedded
+from totesys.embedded import EmbeddedPostgres
+
+
+def business(address: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(address + "api/business", timeout=30) as response:  # nosec B310 # 127.0.0.1
+            return json.load(response)
+    except urllib.error.HTTPError:
+        return None  # no warehouse yet
+
+
+@needs_embedded
+@pytest.mark.slow
+def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeline():
+    home = make_scratch_dir("totes-demo-dashboard-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
+    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
+    process = subprocess.Popen([*TOTES, "demo", "--history-days", "5", "--rate", "20", "--seed", "5"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        address, deadline = None, time.monotonic() + 120
+        while address is None and time.monotonic() < deadline and process.poll() is None:
+            found = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/)", "".join(lines))
+            address = found.group(1) if found else None
+            time.sleep(0.5)
+        assert address, "".join(lines)[-3000:]
+        positions: list[int] = []
+        while time.monotonic() < deadline and len(set(positions)) < 3:
+            data = business(address)
+            if data and data["checkpoint_lsn"]:
+                positions.append(data["checkpoint_lsn"])
+                assert sum(r["orders"] for r in next(v for v in data["views"] if v["name"] == "sales-by-month")["rows"])
+            time.sleep(1)
+        assert len(set(positions)) >= 3 and positions == sorted(positions), positions
+        with urllib.request.urlopen(address, timeout=30) as page:  # nosec B310 # 127.0.0.1
+            assert "vega.js" in page.read().decode()
+        # pipeline health: the dashboard found the embedded source by itself (no DSN was passed)
+        health = None
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(address + "api/health", timeout=30) as response:  # nosec B310 # 127.0.0.1
+                health = json.load(response)
+            lag_rows = health["charts"][1]["data"]["values"]
+            if health["now"].get("source_wal_lsn") and health["now"].get("lake_watermark") and lag_rows:
+                break
+            time.sleep(1)
+        assert health["now"]["source_wal_lsn"] and health["now"]["lake_watermark"], health["now"]
+        assert {row["series"] for row in lag_rows} == {"commit → warehouse lag (s)"}, lag_rows
+        assert all(row["seconds"] >= 0 for row in lag_rows)
+        process.send_signal(signal.SIGINT)
+        process.wait(90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        EmbeddedPostgres(home / "source").stop()
+    reader.join(10)
+    assert process.returncode == 0, "".join(lines)[-3000:]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(address, timeout=5)  # nosec B310 # the dashboard stopped with the demo

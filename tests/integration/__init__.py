@@ -1,0 +1,1 @@
+"""Integration tests: one real part each (PostgreSQL, kinesalite, moto's server, Delta, DuckDB)."""

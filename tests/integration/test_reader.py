@@ -1,0 +1,419 @@
+"""The reader against a real PostgreSQL: snapshot + stream equals the source, TOAST, deletes,
+truncates, added columns, restarts, and what it says when the source is not right."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime
+
+import psycopg2
+import pytest
+
+from cdc_reader.reader import FileStateStore, Reader
+from cdc_reader.source_setup import SourceSetupError
+from cdc_reader.source import SourceConnectionError
+from change_events import Op, parse_lsn
+from tests.conftest import make_scratch_dir
+from tests.reader_harness import FAST, apply_events, current_lsn, running_reader, source_state, state_diff, wait_until_confirmed, with_all_columns
+from tests.fakes import MemorySink
+from totesys.embedded import EmbeddedPostgres
+from totesys.schema import TABLES, create_schema, ensure_database
+from totesys.simulator import Simulator
+
+UNTIL = datetime(2024, 11, 15, 18, 0)
+
+
+def _run_sql(dsn: str, *statements: str) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    conn.close()
+
+
+def _catch_up(dsn, reader):
+    wait_until_confirmed(reader, current_lsn(dsn))
+
+
+@pytest.fixture
+def seeded(totesys_dsn):
+    with Simulator(totesys_dsn, seed=11) as simulator:
+        simulator.seed_history(20, until=UNTIL)
+    return totesys_dsn
+
+
+def test_snapshot_and_stream_equal_the_source_even_with_changes_during_the_snapshot(seeded, tmp_path):
+    sink = MemorySink()
+    writer = Simulator(seeded, seed=12)
+    changed_during_snapshot = threading.Event()
+
+    def change_the_source_mid_snapshot(event):
+        if event.op is Op.SNAPSHOT and not changed_during_snapshot.is_set():
+            changed_during_snapshot.set()
+            writer.run_live(rate=0, events=25)  # commits while the snapshot is being read
+            _run_sql(seeded, "UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id <= 5")
+
+    sink.on_add = change_the_source_mid_snapshot
+    with running_reader(seeded, sink, tmp_path / "state.json") as reader:
+        _catch_up(seeded, reader)
+        sink.on_add = None
+        writer.run_live(rate=0, events=40)
+        _catch_up(seeded, reader)
+    writer.close()
+
+    assert changed_during_snapshot.is_set()
+    snapshot = [e for e in sink.events if e.op is Op.SNAPSHOT]
+    streamed = [e for e in sink.events if e.op is not Op.SNAPSHOT]
+    assert snapshot and streamed
+    # No overlap, no gap: the snapshot precedes every streamed change.
+    assert max(e.lsn for e in snapshot) < min(e.lsn for e in streamed)
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    ids = [e.event_id for e in sink.events]
+    assert len(ids) == len(set(ids))
+
+
+def test_toast_deletes_truncates_and_an_added_column(totesys_dsn, tmp_path):
+    big = secrets.token_hex(40_000)  # 80 kB of incompressible text: stored out of line
+    sink = MemorySink()
+    with running_reader(totesys_dsn, sink, tmp_path / "state.json") as reader:
+        _run_sql(totesys_dsn,
+                 "INSERT INTO design (design_name, file_location, file_name, last_updated) "
+                 f"VALUES ('Steel', '{big}', 'steel.json', now()), ('Soft', '/soft', 'soft.json', now())")
+        _run_sql(totesys_dsn, "UPDATE design SET design_name = 'Steely' WHERE design_name = 'Steel'")
+        _run_sql(totesys_dsn, "DELETE FROM design WHERE design_name = 'Soft'")
+        _run_sql(totesys_dsn, "ALTER TABLE design ADD COLUMN colour text",
+                 "INSERT INTO design (design_name, file_location, file_name, last_updated, colour) "
+                 "VALUES ('Cotton', '/c', 'c.json', now(), 'blue')")
+        _run_sql(totesys_dsn, "INSERT INTO currency (currency_code, last_updated) VALUES ('GBP', now())",
+                 "TRUNCATE currency CASCADE")
+        _catch_up(totesys_dsn, reader)
+
+    update = next(e for e in sink.events if e.op is Op.UPDATE)
+    assert update.unchanged == ("file_location",)
+    assert "file_location" not in update.after
+    delete = next(e for e in sink.events if e.op is Op.DELETE)
+    assert delete.before == {"design_id": delete.key["design_id"]} and delete.after is None
+    added = [e for e in sink.events if e.after and "colour" in e.after]
+    assert [e.after["colour"] for e in added] == ["blue"]
+    assert any(e.op is Op.TRUNCATE and e.table == "public.currency" for e in sink.events)
+
+    state = with_all_columns(apply_events(sink.events))
+    assert state["public.design"] == source_state(totesys_dsn, ["design"])["public.design"]
+    steely = next(r for r in state["public.design"].values() if r["design_name"] == "Steely")
+    assert steely["file_location"] == big
+    assert state.get("public.currency", {}) == {}
+
+
+def test_a_restarted_reader_resumes_from_the_slot_without_losing_a_change(seeded, tmp_path):
+    sink = MemorySink()
+    with Simulator(seeded, seed=5) as writer:
+        with running_reader(seeded, sink, tmp_path / "state.json") as reader:
+            _catch_up(seeded, reader)
+        snapshot_events = sum(1 for e in sink.events if e.op is Op.SNAPSHOT)
+        writer.run_live(rate=0, events=30)  # while no reader runs
+        with running_reader(seeded, sink, tmp_path / "state.json") as reader:
+            writer.run_live(rate=0, events=30)
+            _catch_up(seeded, reader)
+    assert sum(1 for e in sink.events if e.op is Op.SNAPSHOT) == snapshot_events  # no second snapshot
+    assert apply_events(sink.events) == source_state(seeded, TABLES)
+
+
+class _Killed(Exception):
+    """Stands in for kill -9: the reader stops where it is, its state file as it was."""
+
+
+def _cut_off_snapshot(dsn, sink, state_path, config, table="sales_order", rows=60) -> int:
+    """Run a reader whose first snapshot dies once `rows` rows of `table` reached the sink;
+    return the snapshot's LSN."""
+    seen = []
+
+    def die_midway(event):
+        if event.op is Op.SNAPSHOT and event.table == f"public.{table}":
+            seen.append(event)
+            if len(seen) >= rows:
+                sink.on_add = None
+                raise _Killed("snapshot cut off")
+
+    sink.on_add = die_midway
+    with pytest.raises(_Killed), running_reader(dsn, sink, state_path, config):
+        pass
+    state = FileStateStore(state_path).load()
+    assert state.snapshot_lsn and not state.snapshot_published and not state.snapshot_done
+    return state.snapshot_lsn
+
+
+def _slot_confirmed(dsn) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'totes_cdc'")
+        (lsn,) = cur.fetchone()
+    conn.close()
+    return parse_lsn(lsn)
+
+
+def _emitted_keys(sink, table) -> list[int]:
+    return sorted({int(e.key[f"{table}_id"]) for e in sink.events if e.table == f"public.{table}"})
+
+
+def _delete_and_update(dsn, ids_gone, ids_changed) -> None:
+    _run_sql(dsn, f"DELETE FROM sales_order WHERE sales_order_id IN ({', '.join(map(str, ids_gone))})",
+             "UPDATE sales_order SET units_sold = units_sold + 1000 "
+             f"WHERE sales_order_id IN ({', '.join(map(str, ids_changed))})")
+
+
+def test_a_first_snapshot_cut_off_midway_is_made_up_for_from_the_same_slot(seeded, tmp_path):
+    """Part of a cut-off snapshot is already downstream. Rows deleted after it must end
+    deleted there: the reader keeps the slot (which streams the deletes) and reads every
+    table again, instead of a new snapshot that would simply lack them."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+    config = replace(FAST, snapshot_chunk_rows=25)
+    first_lsn = _cut_off_snapshot(seeded, sink, state_path, config)
+    emitted = _emitted_keys(sink, "sales_order")
+    gone, changed = emitted[:3], emitted[3:6]
+    _delete_and_update(seeded, gone, changed)
+    with Simulator(seeded, seed=14) as writer:
+        writer.run_live(rate=0, events=20)
+
+    with running_reader(seeded, sink, state_path, config) as reader:
+        _catch_up(seeded, reader)
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    assert not {(str(g),) for g in gone} & set(got["public.sales_order"])
+    # The same slot, its snapshot made whole by reading every table again, and no watermark
+    # (which lets the warehouse move on) before every table was read again.
+    assert set(reader.reread) == {f"public.{t}" for t in TABLES}
+    assert sink.watermarks and min(sink.watermarks) >= max(e.lsn for e in sink.events if e.op is Op.SNAPSHOT)
+    state = FileStateStore(state_path).load()
+    assert (state.snapshot_lsn, state.snapshot_done, state.rereads) == (first_lsn, True, [])
+
+
+def test_a_reader_killed_right_after_creating_its_slot_makes_up_the_snapshot_from_it(seeded, tmp_path):
+    """Killed between creating the slot and noting its snapshot LSN: the slot is still the
+    reader's own, with the whole snapshot to make up for, not one to resume as if done."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+
+    class DiesOnceTheSlotExists(FileStateStore):
+        def save(self, state):
+            if state.snapshot_lsn is not None:
+                raise _Killed("killed right after CREATE_REPLICATION_SLOT")
+            super().save(state)
+
+    with pytest.raises(_Killed), running_reader(
+            seeded, sink, state_path, FAST, prepare=lambda r: setattr(r, "state", DiesOnceTheSlotExists(state_path))):
+        pass
+    slot_lsn = _slot_confirmed(seeded)
+    assert not sink.events and FileStateStore(state_path).load().snapshot_lsn is None
+    _run_sql(seeded, "DELETE FROM sales_order WHERE sales_order_id IN (1, 2)")
+
+    with running_reader(seeded, sink, state_path, FAST) as reader:
+        _catch_up(seeded, reader)
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    assert set(reader.reread) == {f"public.{t}" for t in TABLES}
+    state = FileStateStore(state_path).load()
+    assert (state.snapshot_lsn, state.snapshot_done) == (slot_lsn, True)
+
+
+def test_a_reader_killed_while_making_up_for_a_cut_off_snapshot_ends_correct_too(seeded, tmp_path):
+    """Killed again during the re-reads: nothing was confirmed past the first snapshot, and
+    the next run reads every table again and ends equal to the source."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+    config = replace(FAST, snapshot_chunk_rows=25)
+    first_lsn = _cut_off_snapshot(seeded, sink, state_path, config)
+    emitted = _emitted_keys(sink, "sales_order")
+    _delete_and_update(seeded, emitted[:3], emitted[3:6])
+
+    windows = []
+
+    def die_in_the_eighth_window():
+        windows.append(1)
+        time.sleep(0.15)  # feedback comes round between chunks: a chance to confirm too early
+        if len(windows) == 8:
+            raise _Killed("killed during the re-reads")
+
+    with pytest.raises(_Killed), running_reader(
+            seeded, sink, state_path, config, prepare=lambda r: setattr(r, "resnapshot_hook", die_in_the_eighth_window)
+    ) as reader:
+        deadline = time.monotonic() + 60
+        while getattr(reader, "failure", None) is None:
+            assert time.monotonic() < deadline, "the re-reads never reached their eighth window"
+            time.sleep(0.05)
+    assert len(windows) == 8 and 0 < len(reader.reread) < len(TABLES)
+    assert _slot_confirmed(seeded) == first_lsn and not sink.watermarks
+    state = FileStateStore(state_path).load()
+    assert (state.snapshot_done, state.rereads) == (False, list(TABLES))
+
+    _delete_and_update(seeded, emitted[6:9], emitted[9:12])
+    with Simulator(seeded, seed=15) as writer:
+        writer.run_live(rate=0, events=20)
+    with running_reader(seeded, sink, state_path, config) as reader:
+        _catch_up(seeded, reader)
+    assert FileStateStore(state_path).load().snapshot_done
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    assert not {(str(g),) for g in emitted[:3] + emitted[6:9]} & set(got["public.sales_order"])
+
+
+def test_a_cut_off_snapshot_whose_slot_is_gone_is_not_silently_taken_again(seeded, tmp_path):
+    """Its rows may be downstream: a new snapshot could leave rows deleted meanwhile alive."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+    _cut_off_snapshot(seeded, sink, state_path, replace(FAST, snapshot_chunk_rows=25))
+    _run_sql(seeded, "SELECT pg_drop_replication_slot('totes_cdc')")
+    reader = Reader(seeded, sink, sink, FileStateStore(state_path), FAST)
+    with pytest.raises(SourceSetupError, match="is gone .* --reset"):
+        reader.run(threading.Event())
+
+
+def test_a_state_file_written_before_re_reads_were_recorded_still_loads(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"slot": "totes_cdc", "snapshot_lsn": 42, "snapshot_published": true, "snapshot_done": false}')
+    state = FileStateStore(path).load()
+    assert (state.snapshot_lsn, state.snapshot_published, state.rereads) == (42, True, [])
+
+
+def test_nothing_is_confirmed_before_it_is_durable(totesys_dsn, tmp_path):
+    sink = MemorySink()
+    sink.hold = True  # the sink accepts but never makes anything durable
+    with running_reader(totesys_dsn, sink, tmp_path / "state.json") as reader:
+        _run_sql(totesys_dsn, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
+        deadline = current_lsn(totesys_dsn)
+        import time
+        time.sleep(1.0)
+        assert reader.metrics.received_lsn >= deadline or sink.events
+        assert reader.metrics.confirmed_lsn == 0
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) > 0 "
+                    "FROM pg_replication_slots WHERE slot_name = 'totes_cdc'")
+        assert cur.fetchone() == (True,)
+    # A new reader gets the change again from the slot.
+    again = MemorySink()
+    with running_reader(totesys_dsn, again, tmp_path / "state2.json") as reader:
+        _catch_up(totesys_dsn, reader)
+    assert any(e.table == "public.currency" and e.after["currency_code"] == "EUR" for e in again.events)
+
+
+def test_heartbeats_keep_the_slot_moving_when_our_tables_are_idle(totesys_dsn, admin_dsn, tmp_path):
+    other = ensure_database(admin_dsn, "totes_test_busy_neighbour")
+    _run_sql(other, "CREATE TABLE IF NOT EXISTS noise (v text)")
+    sink = MemorySink()
+    with running_reader(totesys_dsn, sink, tmp_path / "state.json") as reader:
+        _catch_up(totesys_dsn, reader)
+        for _ in range(5):  # WAL written elsewhere on the server: none of it is ours
+            _run_sql(other, "INSERT INTO noise SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
+        target = current_lsn(totesys_dsn)
+        wait_until_confirmed(reader, target)
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
+                    (f"{target >> 32:X}/{target & 0xFFFFFFFF:X}",))
+        assert cur.fetchone() == (True,)
+    assert not sink.events
+
+
+def test_a_dropped_slot_is_reported_in_one_sentence(totesys_dsn, tmp_path):
+    sink = MemorySink()
+    with running_reader(totesys_dsn, sink, tmp_path / "state.json") as reader:
+        _catch_up(totesys_dsn, reader)
+    _run_sql(totesys_dsn, "SELECT pg_drop_replication_slot('totes_cdc')")
+    reader = Reader(totesys_dsn, sink, sink, FileStateStore(tmp_path / "state.json"), FAST)
+    with pytest.raises(SourceSetupError, match="is gone .* --reset"):
+        reader.run(threading.Event())
+
+
+def test_wal_level_replica_is_reported_in_one_sentence(tmp_path):
+    server = EmbeddedPostgres(make_scratch_dir("totes-replica-"), settings={"wal_level": "replica"})
+    dsn = ensure_database(server.start())
+    try:
+        create_schema(dsn)
+        reader = Reader(dsn, MemorySink(), MemorySink(), FileStateStore(tmp_path / "s.json"), FAST)
+        with pytest.raises(SourceSetupError, match="wal_level = logical"):
+            reader.run(threading.Event())
+    finally:
+        server.stop()
+
+
+def test_missing_privileges_are_reported_in_one_sentence(totesys_dsn, admin_dsn, tmp_path):
+    from psycopg2.extensions import make_dsn
+
+    role = f"totes_weak_{secrets.token_hex(4)}"
+    password = secrets.token_hex(16)
+    _run_sql(admin_dsn, f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    try:
+        _run_sql(totesys_dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        weak = make_dsn(totesys_dsn, user=role, password=password)
+        reader = Reader(weak, MemorySink(), MemorySink(), FileStateStore(tmp_path / "a.json"), FAST)
+        with pytest.raises(SourceSetupError, match="may not create or change publication .*CREATE PUBLICATION"):
+            reader.run(threading.Event())
+
+        # With the publication made by its owner, the missing REPLICATION attribute is next.
+        _run_sql(totesys_dsn, f"CREATE PUBLICATION totes_cdc FOR TABLE {', '.join(TABLES)} "
+                              "WITH (publish = 'insert, update, delete, truncate')")
+        reader = Reader(weak, MemorySink(), MemorySink(), FileStateStore(tmp_path / "b.json"), FAST)
+        with pytest.raises(SourceConnectionError, match="may not replicate: run ALTER ROLE"):
+            reader.run(threading.Event())
+    finally:
+        _run_sql(totesys_dsn, f'DROP OWNED BY "{role}"')
+        _run_sql(admin_dsn, f'DROP ROLE "{role}"')
+
+
+def test_a_slot_dropped_while_streaming_stops_the_reader_with_one_sentence(totesys_dsn, tmp_path):
+    """The walsender killed and the slot dropped under a running reader: the reconnect finds
+    the slot gone and the supervisor stops with SlotLostError instead of retrying forever."""
+    from cdc_reader.reader import supervise
+    from cdc_reader.source_setup import SlotLostError
+
+    sink = MemorySink()
+    reader = Reader(totesys_dsn, sink, sink, FileStateStore(tmp_path / "state.json"), FAST)
+    stop, raised = threading.Event(), []
+
+    def run():
+        try:
+            supervise(reader, stop)
+        except BaseException as error:  # noqa: BLE001 - checked below
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert reader.streaming.wait(30)
+    deadline = time.monotonic() + 30
+    while True:  # the walsender lets go of the slot a moment after it is terminated
+        try:
+            _run_sql(totesys_dsn, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                                  "WHERE slot_name = 'totes_cdc' AND active_pid IS NOT NULL",
+                     "SELECT pg_drop_replication_slot('totes_cdc')")
+            break
+        except psycopg2.errors.ObjectInUse:
+            assert time.monotonic() < deadline, "the slot stayed active"
+            time.sleep(0.05)
+    thread.join(30)
+    stop.set()
+    assert not thread.is_alive(), "the reader kept retrying a slot that is gone"
+    assert len(raised) == 1 and isinstance(raised[0], SlotLostError), raised
+    assert "is gone" in str(raised[0]) and "--reset" in str(raised[0])
+
+
+def test_reset_after_a_lost_slot_replaces_every_table_so_rows_deleted_meanwhile_go(seeded, tmp_path):
+    """`--reset`: a new slot whose snapshot begins with a truncate of every table at its
+    consistent point, then the rows at that same point: replayed in (lsn, seq) order the
+    stream equals the source, without the row deleted while no slot was reading."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+    with running_reader(seeded, sink, state_path) as reader:
+        _catch_up(seeded, reader)
+    _run_sql(seeded, "SELECT pg_drop_replication_slot('totes_cdc')",
+             "DELETE FROM sales_order WHERE sales_order_id = 1",
+             "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = 2")
+    before = len(sink.events)
+    with running_reader(seeded, sink, state_path, replace(FAST, reset=True)) as reader:
+        _catch_up(seeded, reader)
+    state = FileStateStore(state_path).load()
+    assert state.snapshot_done and state.replaces_lost_slot
+    new = sink.events[before:]
+    truncates = new[:len(TABLES)]
+    assert [(e.op, e.lsn, e.seq) for e in truncates] == [(Op.TRUNCATE, state.snapshot_lsn, i) for i in range(len(TABLES))]
+    assert {e.table for e in truncates} == {f"public.{t}" for t in TABLES}
+    rows = [e for e in new if e.op is Op.SNAPSHOT]
+    assert rows and min(e.seq for e in rows) == len(TABLES) and {e.lsn for e in rows} == {state.snapshot_lsn}
+    got, want = apply_events(sink.events), source_state(seeded, TABLES)
+    assert got == want, state_diff(got, want)
+    assert ("1",) not in got["public.sales_order"]
