@@ -118,6 +118,7 @@ locals {
       aws_cloudwatch_metric_alarm.reader_slot_lost.arn,
       aws_cloudwatch_metric_alarm.reader_silent.arn,
       aws_cloudwatch_metric_alarm.sync_silent.arn,
+      aws_cloudwatch_metric_alarm.verify_mismatch.arn,
     ],
     aws_cloudwatch_metric_alarm.source_slot_lag[*].arn,
   )
