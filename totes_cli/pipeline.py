@@ -15,6 +15,10 @@ Local state belongs to the lake it feeds: without a configured Kinesis endpoint 
 is started with its data under `<lake>/_local/kinesis`, the reader's state lives under
 `<lake>/_local`, and the slot name is derived from the lake once and remembered there, so two
 pipelines on one machine never share a stream, a slot or a checkpoint by accident.
+
+Why one file (412 lines): the wiring of every stage and their shared life cycle (start,
+wake, stop in order) read best together; the settings and paths it derives move to one
+bootstrap module shared with the single-stage commands.
 """
 
 from __future__ import annotations
