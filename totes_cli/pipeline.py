@@ -17,8 +17,8 @@ is started with its data under `<lake>/_local/kinesis`, the reader's state lives
 pipelines on one machine never share a stream, a slot or a checkpoint by accident.
 
 Why one file (412 lines): the wiring of every stage and their shared life cycle (start,
-wake, stop in order) read best together; the settings and paths it derives move to one
-bootstrap module shared with the single-stage commands.
+wake, stop in order) read best together. The settings and paths it derives belong in one
+bootstrap module shared with the single-stage commands, which is still to be split out.
 """
 
 from __future__ import annotations
