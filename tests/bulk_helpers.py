@@ -4,6 +4,8 @@ and the source compared as typed rows."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from datetime import datetime
@@ -124,3 +126,21 @@ def assert_lake_and_warehouse_equal_the_source(layout, dsn, sink, tmp_path) -> N
         check_against_source(target, read_source(dsn))
     finally:
         target.close()
+
+
+def kill_at_chunk(kill_at: int, on_first=None):
+    """A `Reader.bulk_chunk_hook` that kills the process (SIGKILL) once the `kill_at`-th
+    sales_order chunk's change log is written, before its state; `on_first()` runs at the first."""
+    logged = []
+    lock = threading.Lock()
+
+    def hook(table: str, chunk: int, step: str) -> None:
+        if step == "logged" and table == "public.sales_order":
+            with lock:
+                logged.append(chunk)
+                if len(logged) == 1 and on_first is not None:
+                    on_first()
+                if len(logged) == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook

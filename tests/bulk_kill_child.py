@@ -4,14 +4,12 @@ MODE `reset`: the reader runs with `--reset` (its slot was dropped); `type`: it 
 column type change that makes it read sales_order again. A reader that never writes such a
 chunk stops by itself (once streaming after a reset, after a minute otherwise) and exits 0."""
 
-import os
-import signal
 import sys
 import threading
 
 from cdc_reader.reader import FileStateStore, Reader
 from lake.layout import LakeLayout
-from tests.bulk_helpers import LakeSink, bulk_config
+from tests.bulk_helpers import LakeSink, bulk_config, kill_at_chunk
 
 
 def main(dsn: str, lake: str, state: str, kill_at: int, mode: str) -> None:
@@ -19,17 +17,7 @@ def main(dsn: str, lake: str, state: str, kill_at: int, mode: str) -> None:
     sink = LakeSink(layout)
     config = bulk_config(snapshot_chunk_pages=24, reset=mode == "reset")
     reader = Reader(dsn, sink, sink, FileStateStore(state), config, lake=layout)
-    logged = []
-    lock = threading.Lock()
-
-    def hook(table: str, chunk: int, step: str) -> None:
-        if step == "logged" and table == "public.sales_order":
-            with lock:
-                logged.append(chunk)
-                if len(logged) == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-    reader.bulk_chunk_hook = hook
+    reader.bulk_chunk_hook = kill_at_chunk(kill_at)
     stop = threading.Event()
     thread = threading.Thread(target=reader.run, args=(stop,), daemon=True)
     thread.start()

@@ -2,8 +2,6 @@
 change log and state commits, at the Nth chunk of the re-read, after changing the source
 at the first: `python bulk_reread_child.py DSN LAKE STATE N`."""
 
-import os
-import signal
 import sys
 import threading
 
@@ -11,7 +9,7 @@ import psycopg2
 
 from cdc_reader.reader import FileStateStore, Reader
 from lake.layout import LakeLayout
-from tests.bulk_helpers import LakeSink, bulk_config
+from tests.bulk_helpers import LakeSink, bulk_config, kill_at_chunk
 
 
 def main(dsn: str, lake: str, state: str, kill_at: int) -> None:
@@ -19,22 +17,13 @@ def main(dsn: str, lake: str, state: str, kill_at: int) -> None:
     sink = LakeSink(layout)
     config = bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24)
     reader = Reader(dsn, sink, sink, FileStateStore(state), config, lake=layout)
-    logged = []
-    lock = threading.Lock()
+    def change_the_source() -> None:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE sales_order SET units_sold = units_sold + 5 WHERE sales_order_id % 31 = 0")
+            cur.execute("DELETE FROM sales_order WHERE sales_order_id % 67 = 0")
+        conn.close()
 
-    def hook(table: str, chunk: int, step: str) -> None:
-        if step == "logged" and table == "public.sales_order":
-            with lock:
-                logged.append(chunk)
-                if len(logged) == 1:
-                    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-                        cur.execute("UPDATE sales_order SET units_sold = units_sold + 5 WHERE sales_order_id % 31 = 0")
-                        cur.execute("DELETE FROM sales_order WHERE sales_order_id % 67 = 0")
-                    conn.close()
-                if len(logged) == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-    reader.bulk_chunk_hook = hook
+    reader.bulk_chunk_hook = kill_at_chunk(kill_at, on_first=change_the_source)
     reader.run(threading.Event())
 
 
