@@ -7,7 +7,8 @@
 
 A stream processor needs one call: `LakeWriter(root).write_batch(shard, events, markers)`
 (lake.writer). Reading as of a version, a time or an LSN, the history of a table and DuckDB
-access are in lake.timetravel; compaction, checkpoints and vacuum in lake.maintenance.
+access are in lake.timetravel; compaction, checkpoints and vacuum in lake.maintenance. A
+reader downstream reads the change logs between two LSNs through lake.change_feed (`ChangeFeed`).
 """
 
 from change_events.lazy import lazy_exports
@@ -19,6 +20,8 @@ _EXPORTS = {
     "LakeError": "lake.errors",
     "UnapplicableEventsError": "lake.errors",
     "ValueConversionError": "lake.errors",
+    "ChangeFeed": "lake.change_feed",
+    "ChangeLog": "lake.change_feed",
     "LakeLayout": "lake.layout",
     "storage_options_from_env": "lake.layout",
     "LakeWriter": "lake.writer",
@@ -28,7 +31,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "IncompatibleSchemaError", "LakeError", "LakeLayout", "LakeWriter", "Rejected", "TableWrite",
+    "ChangeFeed", "ChangeLog", "IncompatibleSchemaError", "LakeError", "LakeLayout", "LakeWriter", "Rejected", "TableWrite",
     "UnapplicableEventsError", "ValueConversionError", "WriteResult", "storage_options_from_env",
 ]
 

@@ -56,9 +56,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 import polars as pl
-import pyarrow as pa
-from deltalake import DeltaTable
-
+from lake.change_feed import ChangeLog
 from lake.layout import LakeLayout
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
@@ -160,7 +158,7 @@ def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: d
     most `slice_events` events (see `slices`), one transaction each, reconnecting and going
     on from the last committed slice when the warehouse drops the connection.
 
-    `tables`, a dict kept by a continuous caller, caches the lake's Delta tables between runs."""
+    `tables`, a dict kept by a continuous caller, caches the lake's change logs between runs."""
     layout = lake if isinstance(lake, LakeLayout) else LakeLayout(lake)
     result: SyncResult | None = None
     lost = False
@@ -299,8 +297,8 @@ def _advance_position(target: Target, end: Position) -> None:
                        f"VALUES (1, {int(end.lsn)}, {source}, {int(end.seq)})")
 
 
-_LAKE_TYPES: dict[str, tuple[DeltaTable, int, dict[str, pl.DataType]]] = {}
-"""Change log URI → (its table, the version read, its column types then)."""
+_LAKE_TYPES: dict[str, tuple[ChangeLog, int, dict[str, pl.DataType]]] = {}
+"""Change log URI → (its change log, the version read, its column types then)."""
 
 
 def _lake_types(layout: LakeLayout, uri: str, tables: dict | None) -> dict[str, pl.DataType] | None:
@@ -308,14 +306,14 @@ def _lake_types(layout: LakeLayout, uri: str, tables: dict | None) -> dict[str, 
     sync's table (in `tables`, see lake_source) is brought up to date here, once for both."""
     feed = tables.get(uri) if tables is not None else None
     known = _LAKE_TYPES.get(uri)
-    delta = feed.delta if feed is not None else known[0] if known is not None else layout.open(uri)
-    if delta is None:
+    change_log = feed.log if feed is not None else known[0] if known is not None else ChangeLog.open(layout, uri)
+    if change_log is None:
         return None
-    if layout.has_commit(uri, delta.version() + 1):
-        delta.update_incremental()
-    if known is None or known[0] is not delta or known[1] != delta.version():
-        known = _LAKE_TYPES[uri] = (delta, delta.version(),
-                                    dict(pl.DataFrame(pa.schema(delta.schema()).empty_table()).schema))
+    if change_log.moved_on():
+        change_log.update()
+    if known is None or known[0] is not change_log or known[1] != change_log.version:
+        known = _LAKE_TYPES[uri] = (change_log, change_log.version,
+                                    dict(pl.DataFrame(change_log.schema().empty_table()).schema))
     return known[2]
 
 

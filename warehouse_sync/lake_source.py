@@ -1,9 +1,8 @@
-"""Reads the lake's change logs (`changes/public.<table>`) between two LSNs.
+"""Reads the lake's change logs (`changes/public.<table>`) between two LSNs, through the
+lake's read port (`lake.change_feed`): Delta is driven there, not here.
 
-Only the columns the transforms use are read, through `DeltaTable.to_pyarrow_dataset` on a
-native pyarrow filesystem (never `to_pyarrow_table()`, whose threaded scans can abort the
-process at exit), with the LSN range pushed down twice: as a file-pruning predicate (file
-statistics skip files outside the range) and as a row filter.
+Only the columns the transforms use are read, with the LSN range pushed down to the files'
+statistics and as a row filter (see `lake.change_feed`).
 
 Each table comes back as a polars frame sorted by `(_lsn, _seq)` with duplicates of an event
 (the same position logged twice, e.g. by two overlapping appends) dropped, its source
@@ -27,8 +26,8 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import DeltaTable
 
+from lake.change_feed import EVENT_META, ChangeFeed, ChangeLog
 from lake.layout import LakeLayout
 from warehouse_sync.schema import SOURCES
 from warehouse_sync.slices import LsnCount, Position
@@ -36,11 +35,7 @@ from warehouse_sync.slices import LsnCount, Position
 log = logging.getLogger("totes.sync")
 
 SOURCE_SCHEMA = "public"
-EVENT_META = ["_op", "_lsn", "_seq", "_commit_ts", "_unchanged", "_before"]
-EVENT_META_SCHEMA: dict[str, pl.DataType] = {
-    "_op": pl.String(), "_lsn": pl.Int64(), "_seq": pl.Int64(), "_commit_ts": pl.Datetime("us", "UTC"),
-    "_unchanged": pl.List(pl.String()), "_before": pl.String(),
-}
+EVENT_META_SCHEMA: dict[str, pl.DataType] = dict(pl.DataFrame(EVENT_META.empty_table()).schema)
 
 
 def event_schema(source: str) -> dict[str, pl.DataType]:
@@ -53,28 +48,9 @@ def event_schema(source: str) -> dict[str, pl.DataType]:
 def _as_lake(layout: LakeLayout | str) -> LakeLayout:
     return layout if isinstance(layout, LakeLayout) else LakeLayout(layout)
 
-
-def _scan(layout: LakeLayout, uri: str, delta: DeltaTable, schema: dict, after_lsn: int,
-          upto_lsn: int | None) -> pl.DataFrame:
-    """Events of the loaded version with `after_lsn < _lsn (<= upto_lsn)`: a scan of the files
-    whose statistics allow such events."""
-    in_range = f"_lsn > {int(after_lsn)}" + ("" if upto_lsn is None else f" AND _lsn <= {int(upto_lsn)}")
-    dataset = delta.to_pyarrow_dataset(filesystem=layout.subtree(uri), file_pruning_predicate=in_range)
-    present = [name for name in schema if name in dataset.schema.names]
-    wanted = ds.field("_lsn") > after_lsn
-    if upto_lsn is not None:
-        wanted &= ds.field("_lsn") <= upto_lsn
-    return _conform(dataset.to_table(columns=present, filter=wanted), schema)
-
-
-def _appended(delta: DeltaTable, schema: dict, after_version: int, after_lsn: int) -> pl.DataFrame:
-    """Events with `_lsn > after_lsn` appended by the versions after `after_version` up to the
-    loaded one: only those commits' files are read (compactions add no data, so none). Raises
-    when a commit in between changed the table's schema (the change feed refuses those)."""
-    present = [name for name in schema if name in delta.schema().to_arrow().names]
-    reader = delta.load_cdf(starting_version=after_version + 1, ending_version=delta.version(),
-                            columns=present, predicate=f"_lsn > {int(after_lsn)}")
-    return _conform(pa.table(reader), schema)
+def _scan(change_log: ChangeLog, schema: dict, after_lsn: int, upto_lsn: int | None) -> pl.DataFrame:
+    """Events of the loaded version with `after_lsn < _lsn (<= upto_lsn)`, as `schema` says."""
+    return _conform(change_log.between(list(schema), after_lsn, upto_lsn), schema)
 
 
 def _conform(table: pa.Table, schema: dict) -> pl.DataFrame:
@@ -99,23 +75,19 @@ class _Feed:
     every event in it above `after_lsn` (what the last call returned ended there), or None
     when there were more than the cache holds (then the lake is read in slices)."""
 
-    delta: DeltaTable
+    log: ChangeLog
     version: int
     after_lsn: int
     held: pl.DataFrame | None
 
 
-def _added_rows(delta: DeltaTable, after_version: int) -> int:
-    """Rows the commits after `after_version` up to the loaded one added (from the log's
-    commit metrics; a commit without them counts as too many)."""
-    versions = delta.version() - after_version
-    added = 0
-    for commit in delta.history(limit=versions):
-        if commit.get("version", after_version + 1) <= after_version:
-            continue
-        rows = (commit.get("operationMetrics") or {}).get("num_added_rows")
-        added += int(rows) if rows is not None else FEED_LIMIT + 1
-    return added
+def _too_many(feed: _Feed, limit: int) -> bool:
+    """Whether the held events and those the commits since `feed.version` added are more than
+    `limit` (a commit without row metrics counts as too many)."""
+    if feed.held is None:
+        return True
+    added = feed.log.added_rows(feed.version)
+    return added is None or feed.held.height + added > limit
 
 
 def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: dict,
@@ -125,29 +97,28 @@ def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: d
     if feed is not None and feed.after_lsn == after_lsn:
         if not layout.has_commit(uri, feed.version + 1):
             return feed  # nothing new: most tables, most of the time
-        feed.delta.update_incremental()
-        if feed.held is None or feed.held.height + _added_rows(feed.delta, feed.version) > limit:
-            feed.held, feed.version = None, feed.delta.version()
+        feed.log.update()
+        if _too_many(feed, limit):
+            feed.held, feed.version = None, feed.log.version
             return feed
         try:
-            new = _appended(feed.delta, schema, feed.version, after_lsn)
+            new = _conform(feed.log.appended(feed.version, list(schema), after_lsn), schema)
         except Exception as error:  # noqa: BLE001 - a schema change, a commit cleaned up: scan instead
             log.info("reading %s from version %d: %s; scanning it instead", uri, feed.version + 1, error)
         else:
             feed.held = pl.concat([feed.held, new])
-            feed.version = feed.delta.version()
+            feed.version = feed.log.version
             return feed
     # First call, or the caller's checkpoint is not where the last call ended (a sync that
     # rolled back): scan the files, unless they hold more than the cache may.
-    delta = layout.open(uri)
-    if delta is None:
+    change_log = ChangeLog.open(layout, uri)
+    if change_log is None:
         return None
-    dataset = delta.to_pyarrow_dataset(filesystem=layout.subtree(uri), file_pruning_predicate=f"_lsn > {int(after_lsn)}")
-    if dataset.count_rows(filter=ds.field("_lsn") > after_lsn) > limit:
-        feed = cache[uri] = _Feed(delta, delta.version(), after_lsn, None)
+    if change_log.count_after(after_lsn) > limit:
+        feed = cache[uri] = _Feed(change_log, change_log.version, after_lsn, None)
     else:
-        feed = cache[uri] = _Feed(delta, delta.version(), after_lsn,
-                                  _scan(layout, uri, delta, schema, after_lsn, None))
+        feed = cache[uri] = _Feed(change_log, change_log.version, after_lsn,
+                                  _scan(change_log, schema, after_lsn, None))
     return feed
 
 
@@ -162,16 +133,16 @@ def read_table_changes(layout: LakeLayout | str, source: str, after_lsn: int, up
     schema = event_schema(source)
     uri = layout.changes_uri(f"{SOURCE_SCHEMA}.{source}")
     if cache is None:
-        delta = layout.open(uri)
-        if delta is None:
+        table = ChangeFeed(layout).between(f"{SOURCE_SCHEMA}.{source}", list(schema), after_lsn, upto_lsn)
+        if table is None:
             return pl.DataFrame(schema=schema)
-        frame = _scan(layout, uri, delta, schema, after_lsn, upto_lsn)
+        frame = _conform(table, schema)
     else:
         feed = _follow(layout, uri, schema, after_lsn, cache)
         if feed is None:
             return pl.DataFrame(schema=schema)
         if feed.held is None:  # more than the cache holds: read from the files
-            feed.held = _scan(layout, uri, feed.delta, schema, after_lsn, None)
+            feed.held = _scan(feed.log, schema, after_lsn, None)
         frame = feed.held
         if frame.height:
             due = pl.col("_lsn") <= upto_lsn
@@ -264,7 +235,7 @@ def _slice_dataset(layout: LakeLayout, source: str, start: Position, end: Positi
     """(dataset of the files that may hold the table's events in `(start, end]`, row
     filter), or None when the table has no change log.
 
-    `opened` keeps each table's dataset for one sync (and may hold its Delta table, by URI,
+    `opened` keeps each table's dataset for one sync (and may hold its `ChangeLog`, by URI,
     already up to date): the first call's range (the whole
     sync's, every event of which was in the lake when it was opened) must hold the later
     ones; their rows are found through the row filter and the files' row-group statistics."""
@@ -272,9 +243,8 @@ def _slice_dataset(layout: LakeLayout, source: str, start: Position, end: Positi
     pruning, wanted = _bounds(start, end, list(SOURCES).index(source))
     opened = {} if opened is None else opened
     if ("dataset", uri) not in opened:
-        delta = opened[uri] if uri in opened else layout.open(uri)  # a table the caller has open
-        opened["dataset", uri] = None if delta is None else delta.to_pyarrow_dataset(
-            filesystem=layout.subtree(uri), file_pruning_predicate=pruning)
+        change_log = opened[uri] if uri in opened else ChangeLog.open(layout, uri)  # one the caller has open
+        opened["dataset", uri] = None if change_log is None else change_log.dataset(pruning)
     dataset = opened["dataset", uri]
     return None if dataset is None else (dataset, wanted)
 
