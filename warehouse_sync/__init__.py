@@ -5,7 +5,8 @@
 
 - `schema`: the 11 tables of the spec (plus lineage columns on facts, source mirrors and the
   checkpoint), defined once and rendered as DuckDB or PostgreSQL DDL;
-- `lake_source`: the change-log events between two LSNs;
+- `lake_source`: the change-log events between two LSNs, as polars frames of the mirrors'
+  types (read through the lake's port, `lake.change_feed`: this package drives no Delta);
 - `replay`: events → complete row versions (unchanged-TOAST columns filled, deletes with their
   last values, truncates expanded);
 - `transforms`: the spec's rules, rows in → dimension and fact rows out;
