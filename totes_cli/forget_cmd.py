@@ -12,6 +12,7 @@ from totes_cli.console import fail, out
 from totes_cli.lake_cmd import _layout, _qualified
 from totes_cli.options import LakeOption, WarehouseOption
 from totes_cli.settings import ConfigError, load, resolve_warehouse
+from totes_cli.writer_lock import LakeBusy, alone
 
 
 def forget(table: Annotated[str, typer.Argument(help="Source table, e.g. staff.")],
@@ -22,12 +23,10 @@ def forget(table: Annotated[str, typer.Argument(help="Source table, e.g. staff."
                                                    "warehouse (e.g. one kept by another team).")] = False) -> None:
     """Erase these rows' values from every version of the lake (change log and state: the
     files rewritten, the old ones vacuumed whatever the retention) and from the warehouse;
-    record table, keys and time (never the values) in the lake's erasures. Stop the pipeline first."""
+    record table, keys and time (never the values) in the lake's erasures. Refuses while the
+    pipeline writes this lake (totes run, processor or sync): stop it first."""
     from lake.erasure import ErasureError
-    from lake.erasure import forget as forget_in_lake
     from totes_cli.run_cmd import default_warehouse
-    from warehouse_sync.erasure import forget_in_warehouse, rewrite_duckdb_file
-    from warehouse_sync.targets import is_postgres_dsn, open_target
 
     layout = _layout(lake)
     qualified = _qualified(layout, table)
@@ -35,10 +34,20 @@ def forget(table: Annotated[str, typer.Argument(help="Source table, e.g. staff."
         location = None if lake_only else resolve_warehouse(warehouse, default_warehouse(load().home))
     except ConfigError as error:
         raise fail(str(error), code=2) from None
+    lake = lake or load().lake_location
     try:
-        erased = forget_in_lake(layout, qualified, keys)
-    except ErasureError as error:
+        with alone(lake, load().home):
+            _forget(layout, qualified, keys, location)
+    except (LakeBusy, ErasureError) as error:
         raise fail(str(error), code=2) from None
+
+
+def _forget(layout, qualified: str, keys: list[str], location: str | None) -> None:
+    from lake.erasure import forget as forget_in_lake
+    from warehouse_sync.erasure import forget_in_warehouse, rewrite_duckdb_file
+    from warehouse_sync.targets import is_postgres_dsn, open_target
+
+    erased = forget_in_lake(layout, qualified, keys)
     out.print(f"{qualified}: erased {erased.change_rows} change-log rows and {erased.state_rows} state rows "
               f"of {len(erased.keys)} keys from the lake ({erased.files_vacuumed} files vacuumed); recorded in "
               f"{layout.uri('erasures')}")

@@ -92,5 +92,11 @@ def processor(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     err.print(f"processing stream {stream!r} into {lake}; Ctrl-C stops")
-    poller.run(stop)
+    from totes_cli.writer_lock import LakeBusy, writing
+
+    try:
+        with writing(lake, load().home):  # `totes lake forget` refuses while this runs
+            poller.run(stop)
+    except LakeBusy as error:
+        raise fail(str(error), code=2) from None
     err.print(f"stopped: {poller.batches} batches, {poller.events} events")

@@ -179,8 +179,13 @@ def run(
             last_report[0] = time.monotonic()
 
     err.print(f"lake {config.lake}, warehouse {shown(config.warehouse)}; Ctrl-C stops")
+    from totes_cli.writer_lock import LakeBusy, writing
+
     try:
-        pipeline.run(until_caught_up=until_caught_up, on_tick=tick)
+        with writing(config.lake, home):  # forget waits for no writer: it refuses while this runs
+            pipeline.run(until_caught_up=until_caught_up, on_tick=tick)
+    except LakeBusy as error:
+        raise fail(str(error), code=2) from None
     except KeyboardInterrupt:
         err.print("stopping ...")
     except SourceConnectionError as error:

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from totes_cli.console import err, fail
 from totes_cli.options import LakeOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import DEFAULT_STREAM, load, resolve_warehouse
+from totes_cli.writer_lock import LakeBusy, writing
 from cdc_reader.source import SourceConnectionError
 
 
@@ -77,7 +79,8 @@ def sync(
     from warehouse_sync.read_copy import ReadCopyPublisher
 
     home = load().home
-    layout = LakeLayout(lake or default_lake(home))
+    lake = lake or default_lake(home)
+    layout = LakeLayout(lake)
     progress = Progress(layout)
     shards = stream_shards(stream)
     if shards is None:
@@ -98,6 +101,12 @@ def sync(
     readers = ReadCopyPublisher(target)  # a DuckDB warehouse stays readable by other processes
     runs = events = rejected = 0
     next_emf = time.monotonic() + EMF_SECONDS
+    lock = ExitStack()
+    try:
+        lock.enter_context(writing(lake, home))  # `totes lake forget` refuses while this runs
+    except LakeBusy as error:
+        target.close()
+        raise fail(str(error), code=2) from None
     try:
         while True:
             upto = progress.lake_watermark(shards)
@@ -127,4 +136,5 @@ def sync(
         raise fail(f"The warehouse kept dropping the connection ({first}); the sync resumes from its "
                    "checkpoint when started again.") from None
     finally:
+        lock.close()
         target.close()

@@ -187,3 +187,53 @@ def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_go
     with duckdb.connect(str(warehouse), read_only=True) as wh:
         assert wh.execute("SELECT first_name FROM dim_staff WHERE staff_id = 4").fetchone() == ("After-Forget",)
         assert wh.execute("SELECT first_name FROM dim_staff WHERE staff_id = 3").fetchone() == ("",)
+
+
+def test_lake_forget_refuses_while_a_sync_runs_on_the_lake_and_erases_once_it_stopped(tmp_path):
+    """forget vacuums with no retention: beside a running writer it could delete the files that
+    writer has just committed or is reading. `totes sync` (as `totes run` and `totes
+    processor`) holds the lake's writer lock; forget refuses in one sentence and changes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from lake.progress import Progress
+    from tests.e2e_helpers import REPO, wait_for
+    from tests.warehouse_fixtures import write_lake
+
+    src = ScriptedSource()
+    with src.transaction(snapshot=True):
+        _staff(src, 1, "Kept1", "kept1@terrifictotes.com")
+        _staff(src, 7, "Zebedee-Forgotten", "zebedee.forgotten@terrifictotes.com")
+    lake, warehouse = tmp_path / "lake", tmp_path / "warehouse.duckdb"
+    layout = write_lake(lake, src.events)
+    Progress(layout).record_marker("shardId-000000000000", src.lsn)  # the watermark a sync syncs up to
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
+    env.update(TOTES_CONFIG=str(tmp_path / "none.toml"), TOTES_HOME=str(tmp_path),
+               AWS_ENDPOINT_URL_KINESIS="http://127.0.0.1:9", AWS_DEFAULT_REGION="eu-west-2",
+               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")  # no stream: the lake's markers
+
+    def totes(*args: str, **kwargs):
+        return subprocess.run([sys.executable, "-m", "totes_cli", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120, **kwargs)
+
+    forget_command = ("lake", "forget", "staff", "7", "--lake", str(lake), "--warehouse", str(warehouse))
+    log = tmp_path / "sync.log"
+    with log.open("w") as sink:
+        sync = subprocess.Popen([sys.executable, "-m", "totes_cli", "sync", "--lake", str(lake), "--warehouse",
+                                 str(warehouse), "--interval", "0.5"], cwd=REPO, env=env, stdout=sink, stderr=sink)
+    try:
+        wait_for(lambda: "synced" in log.read_text(), 120, "the sync's first run", process=sync)
+        refused = totes(*forget_command)
+        assert refused.returncode == 2, refused.stderr + refused.stdout
+        assert "The pipeline is running on the lake" in refused.stderr and "stop it first" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert {v for _, v in traces(lake_contents(layout), ["Zebedee-Forgotten"])} == {"Zebedee-Forgotten"}
+        assert erasures(layout).num_rows == 0
+    finally:
+        sync.terminate()
+        sync.wait(60)
+
+    done = totes(*forget_command)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert traces(lake_contents(layout), ["Zebedee-Forgotten"]) == []
