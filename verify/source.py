@@ -3,10 +3,12 @@
 A temporary logical slot is created for the verification (dropped with its connection); its
 consistent LSN L is the point compared everywhere, and its exported snapshot sees exactly the
 transactions committed before L (as the bulk re-read's, cdc_reader/bulk_reread.py). Each
-chunk is one `COPY (SELECT … WHERE key range) TO STDOUT` under that snapshot (index range
-scans, never one long scan of the table), parsed by pyarrow's CSV reader and typed by the
-lake's own converters (`lake.arrow_types`), so a source row and its lake row have the same
-types before they are hashed. Rows are read as the reader lets them leave (its personal-data
+chunk is one `SELECT … WHERE key range` under that snapshot (index range scans, never one long
+scan of the table), read as the bulk snapshot reads its chunks (cdc_reader/bulk_snapshot.py):
+over ADBC, binary COPY decoded into Arrow in C++ and typed by `lake_columns`, so a source row
+and its lake row have the same types before they are hashed, with no parsing in Python. A
+chunk holding a value no lake type holds is read again as text COPY and typed by the lake's
+own converters (`lake.arrow_types`), as the stream processor would meet it. Rows are read as the reader lets them leave (its personal-data
 policy: masked and hashed values, no dropped column), so a source row compares with its lake row.
 """
 
@@ -21,13 +23,15 @@ import psycopg2.extras
 import pyarrow as pa
 from psycopg2 import sql
 
+from cdc_reader.bulk_snapshot import _BATCH_SIZE_HINT, _NotInLake, _select_list, connect_arrow, lake_columns
 from cdc_reader.copy_text import CopyBatches
 from cdc_reader.catalog import read_table_schema
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema
-from lake.arrow_types import convert_column
+from lake.arrow_types import arrow_type, convert_column
+from lake.delta_io import quote_identifier
 from cdc_reader.source import connect
 from verify.core import KeyRange, plan_chunks
 
@@ -45,6 +49,8 @@ class SourceSnapshot:
         self.lsn = 0
         self._replication = None
         self._conn = None
+        self._arrow = None
+        self._arrow_cursor = None
 
     def __enter__(self) -> "SourceSnapshot":
         self._replication = connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
@@ -55,6 +61,11 @@ class SourceSnapshot:
         with self._conn.cursor() as cur:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (slot.snapshot_name,))
             cur.execute("SET LOCAL enable_seqscan = off")  # a chunk is a key range: an index range scan
+        self._arrow = connect_arrow(self.dsn)  # the chunks' reads, under the same snapshot
+        self._arrow_cursor = self._arrow.cursor()
+        self._arrow_cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        self._arrow_cursor.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_literal(slot.snapshot_name)}'")
+        self._arrow_cursor.execute("SET LOCAL enable_seqscan = off")
         self._emit_commit_after()
         return self
 
@@ -70,6 +81,13 @@ class SourceSnapshot:
             conn.close()
 
     def __exit__(self, *exc) -> None:
+        if self._arrow is not None:
+            try:
+                self._arrow_cursor.close()
+                self._arrow.rollback()
+            finally:
+                self._arrow.close()
+                self._arrow = None
         for conn in (self._conn, self._replication):
             if conn is not None and not conn.closed:
                 conn.close()  # the temporary slot goes with its connection
@@ -98,6 +116,31 @@ class SourceSnapshot:
 
     def read(self, schema: TableSchema, key: str, chunk: KeyRange) -> pa.Table:
         """The chunk's rows, typed as the lake types them."""
+        namespace, _, table = schema.table.partition(".")
+        where = chunk.sql(quote_identifier(key))
+        query = (f"SELECT {_select_list(schema, as_text=False)} FROM "  # nosec B608 # quoted identifiers, int bounds
+                 f"{quote_identifier(namespace)}.{quote_identifier(table)} WHERE {where}")
+        rewrite = self.policy.rewrite(schema)
+        cur = self._arrow_cursor
+        batches: list[pa.RecordBatch] = []
+        try:
+            cur.adbc_statement.set_options(**{_BATCH_SIZE_HINT: str(COPY_BATCH_BYTES)})
+            cur.execute(query)
+            with cur.fetch_record_batch() as reader:
+                for batch in reader:
+                    leaving = batch if rewrite is None else rewrite.table(batch)  # masked, hashed
+                    batches.append(pa.RecordBatch.from_arrays(lake_columns(schema, leaving),
+                                                              names=list(schema.column_names)))
+        except _NotInLake:
+            return self._read_as_text(schema, key, chunk)
+        if not batches:
+            return pa.Table.from_arrays([pa.array([], arrow_type(c.type_name)) for c in schema.columns],
+                                        names=list(schema.column_names))
+        return pa.Table.from_batches(batches)
+
+    def _read_as_text(self, schema: TableSchema, key: str, chunk: KeyRange) -> pa.Table:
+        """The chunk as text COPY, typed by the lake's converters: for values no lake type
+        holds, which then fail as the stream processor's conversion fails."""
         namespace, _, table = schema.table.partition(".")
         query = sql.SQL("COPY (SELECT {c} FROM {t} WHERE {w}) TO STDOUT").format(
             c=sql.SQL(", ").join(map(sql.Identifier, schema.column_names)), t=sql.Identifier(namespace, table),
@@ -155,3 +198,11 @@ class SourceSnapshot:
 def _typed(schema: TableSchema, text: pa.Table) -> pa.Table:
     return pa.Table.from_arrays([convert_column(text.column(i), c.type_name, c.name) for i, c in enumerate(schema.columns)],
                                 names=list(schema.column_names))
+
+
+def _snapshot_literal(name: str) -> str:
+    """An exported snapshot's name (like 00000003-0000001B-1) as a SQL literal: it is the
+    server's own, but checked rather than trusted."""
+    if not all(ch.isalnum() or ch == "-" for ch in name):
+        raise ValueError(f"unexpected snapshot name {name!r}")
+    return name
