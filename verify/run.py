@@ -101,6 +101,8 @@ def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], 
                     if name not in present or not set(sources) <= set(tables):
                         continue
                     done(_dimension_report(layout, reader, name, warehouse_lsn or lsn, schema))
+                if wh.DIM_DATE.name in present:
+                    done(_calendar_report(reader, warehouse_lsn or lsn))
         finally:
             if reader is not None:
                 reader.close()
@@ -116,6 +118,19 @@ def _dimension_report(layout: LakeLayout, reader: wh.WarehouseReader, name: str,
     compare_chunk(report, table.key, table.names, expected, align(actual, expected.schema, table.names))
     kept = wh.referenced(reader, name, report.extra)
     report.extra = [k for k in report.extra if k not in kept]  # a deleted row's last values, still referenced
+    return report
+
+
+def _calendar_report(reader: wh.WarehouseReader, at: int) -> TableReport:
+    """dim_date against the calendar the transform makes for the days the facts reference."""
+    table = wh.table(wh.DIM_DATE.name)
+    report = TableReport(table.name, "warehouse", wh.CALENDAR_SOURCE, at,
+                         note="a calendar: every day from its start to a year past the last sync, and every "
+                              "day a fact references")
+    actual = wh.actual_dimension(reader, table.name)
+    last = actual.column(table.key).to_pylist()
+    expected = wh.expected_calendar(wh.referenced_days(reader), max(last) if last else None)
+    compare_chunk(report, table.key, table.names, expected, align(actual, expected.schema, table.names))
     return report
 
 

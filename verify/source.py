@@ -118,7 +118,7 @@ class SourceSnapshot:
         """The chunk's rows, typed as the lake types them."""
         namespace, _, table = schema.table.partition(".")
         where = chunk.sql(quote_identifier(key))
-        query = (f"SELECT {_select_list(schema, as_text=False)} FROM "  # nosec B608 # quoted identifiers, int bounds
+        query = (f"SELECT {_select_list(schema, as_text=False, scaled_decimals=True)} FROM "  # nosec B608 # quoted identifiers, int bounds
                  f"{quote_identifier(namespace)}.{quote_identifier(table)} WHERE {where}")
         rewrite = self.policy.rewrite(schema)
         cur = self._arrow_cursor

@@ -7,11 +7,18 @@
   W (>= L): against the transforms applied to the lake's state at W. (The lake itself is
   compared with the source at L.) A dimension keeps the last values of a deleted source row
   while a fact points at it: such a row is not counted as extra.
+- dim_date is a calendar, not a source table's projection: it must hold exactly the days the
+  sync's transform makes (`transforms.calendar_days`: CALENDAR_START to a year past the day of
+  the sync, and every day a fact row references), each with its calendar values. The day of
+  the last sync is known only through the calendar's last day, so the expected calendar ends
+  where the warehouse's does, unless that is past a year from today or short of a referenced day.
 - A DuckDB warehouse is read through the copy its writer publishes (read_copy.py), so a
   running sync is never in the way; a PostgreSQL one directly.
 """
 
 from __future__ import annotations
+
+from datetime import date, datetime, timezone
 
 import polars as pl
 import pyarrow as pa
@@ -23,7 +30,7 @@ from warehouse_sync import transforms as tf
 from warehouse_sync.apply import DIMENSION_SOURCES
 from warehouse_sync.as_of import fact_rows_as_of
 from warehouse_sync.schema import (
-    BY_NAME, CHECKPOINT, DIM_COUNTERPARTY, DIM_CURRENCY, DIM_DESIGN, DIM_LOCATION, DIM_PAYMENT_TYPE, DIM_STAFF,
+    BY_NAME, CHECKPOINT, DIM_COUNTERPARTY, DIM_CURRENCY, DIM_DATE, DIM_DESIGN, DIM_LOCATION, DIM_PAYMENT_TYPE, DIM_STAFF,
     DIM_TRANSACTION, Table, conform, projected_columns, quote_identifier as q, references_to,
 )
 from warehouse_sync.targets import is_postgres_dsn
@@ -38,6 +45,9 @@ DIMENSION_RULES = {
     DIM_COUNTERPARTY.name: (("counterparty", "address"), tf.dim_counterparty),
 }
 """Each dimension: the source tables its transform reads, and the transform."""
+
+CALENDAR_SOURCE = "sales_order"
+"""The source table named as dim_date's: its re-read makes the sync add the calendar's days again."""
 
 
 class WarehouseReader:
@@ -109,6 +119,24 @@ def expected_dimension(layout: LakeLayout, name: str, lsn: int, schema: str = "p
 def actual_dimension(reader: WarehouseReader, name: str) -> pa.Table:
     table = BY_NAME[name]
     return conform(reader.query(f"SELECT * FROM {q(name)}"), table.polars_schema).to_arrow()  # nosec B608 # name quoted by q()
+
+
+def referenced_days(reader: WarehouseReader) -> pl.Series:
+    """Every day some fact row (any version) of the warehouse points at."""
+    present = reader.tables()
+    parts = [f"SELECT DISTINCT {q(column.name)} AS date_id FROM {q(fact.name)}"  # nosec B608 # names quoted by q()
+             for fact, column in references_to(DIM_DATE.name) if fact.name in present]
+    if not parts:
+        return pl.Series("date_id", [], dtype=pl.Date)
+    return reader.query(" UNION ".join(parts))["date_id"].cast(pl.Date).drop_nulls()
+
+
+def expected_calendar(referenced: pl.Series, last_day: date | None, today: date | None = None) -> pa.Table:
+    """The dim_date rows a warehouse whose calendar ends on `last_day` should hold (see the
+    module's docstring): the transform's calendar as of the latest sync day that day allows."""
+    today = today or datetime.now(timezone.utc).date()
+    synced_on = today if last_day is None else min(today, last_day - tf.CALENDAR_AHEAD)
+    return tf.dim_date(tf.calendar_days(referenced, synced_on)).to_arrow()
 
 
 def referenced(reader: WarehouseReader, name: str, keys: list) -> set:

@@ -19,6 +19,47 @@ from verify.core import TableReport
 from tests.e2e_helpers import _config, _plant_lake_extra, _seed
 
 
+def test_dim_date_is_compared_with_the_calendar_the_transform_makes(tmp_path):
+    """dim_date holds every day from the calendar's start to a year past the sync and every day
+    a fact references, each with its calendar values: a wrong value, a missing day and days the
+    transform never makes (before the start and unreferenced, past a year from today) are found."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from tests.warehouse_fixtures import synced_history
+    from verify import warehouse_side as wh
+    from verify.run import _calendar_report
+    from warehouse_sync.transforms import CALENDAR_START
+
+    history, _ = synced_history(tmp_path)
+    warehouse = str(tmp_path / "warehouse.duckdb")
+    reader = wh.WarehouseReader(warehouse)
+    try:
+        in_sync = _calendar_report(reader, history.final_lsn)
+        referenced = set(wh.referenced_days(reader).to_list())
+    finally:
+        reader.close()
+    assert in_sync.in_sync and in_sync.rows >= 366 and referenced  # the facts reference days
+    assert in_sync.table == "dim_date" and in_sync.side == "warehouse"
+
+    wrong, gone = CALENDAR_START + timedelta(days=10), CALENDAR_START + timedelta(days=20)
+    early, late = date(2020, 1, 1), datetime.now(timezone.utc).date() + timedelta(days=800)
+    assert early not in referenced
+    with duckdb.connect(warehouse) as wh_db:
+        wh_db.execute("UPDATE dim_date SET day_name = 'Funday' WHERE date_id = ?", [wrong])
+        wh_db.execute("DELETE FROM dim_date WHERE date_id = ?", [gone])
+        for day in (early, late):
+            wh_db.execute("INSERT INTO dim_date SELECT ?, year(?), month(?), day(?), isodow(?), dayname(?), "
+                          "monthname(?), quarter(?)", [day] * 8)
+    reader = wh.WarehouseReader(warehouse)
+    try:
+        report = _calendar_report(reader, history.final_lsn)
+    finally:
+        reader.close()
+    assert report.different == {wrong: ["day_name"]}
+    assert report.missing == [gone]
+    assert report.extra == [early, late]
+
+
 # -- against a real pipeline --------------------------------------------------------------------
 
 @pytest.fixture
@@ -148,6 +189,45 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
     assert repaired.in_sync, [(r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
                               for r in repaired.reports if not r.in_sync]
     assert repaired.lsn > found.lsn
+
+
+@pytest.mark.slow
+def test_verify_compares_a_postgresql_warehouse_and_finds_what_differs_in_it(totesys_dsn, empty_database, home,
+                                                                             own_kinesalite):
+    import psycopg2
+
+    _seed(totesys_dsn)
+    config = PipelineConfig(source_dsn=totesys_dsn, lake=str(home / "lake"), warehouse=empty_database)
+    running = Running(config)
+    running.caught_up(totesys_dsn)
+    running.stop()
+    in_sync = _verify_when_running(config, totesys_dsn, home)
+    assert in_sync.in_sync, [(r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
+                             for r in in_sync.reports if not r.in_sync]
+    assert {"fact_sales_order", "fact_payment", "dim_design", "dim_staff", "dim_date"} <= {
+        r.table for r in in_sync.reports if r.side == "warehouse"}
+    assert in_sync.warehouse_lsn is not None and in_sync.warehouse_lsn >= in_sync.lsn
+
+    with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT (SELECT min(sales_order_id) FROM sales_order), (SELECT min(design_id) FROM design)")
+        sales_order, design = cur.fetchone()
+    conn.close()
+    with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = %s AND is_current",
+                    (sales_order,))
+        cur.execute("UPDATE dim_design SET design_name = 'not the source''s' WHERE design_id = %s", (design,))
+        cur.execute("SELECT min(date_id) FROM dim_date")
+        first_day = cur.fetchone()[0]
+        cur.execute("UPDATE dim_date SET month_name = 'Smarch' WHERE date_id = %s", (first_day,))
+    conn.close()
+
+    found = _verify_when_running(config, totesys_dsn, home)
+    reports = _reports(found)
+    assert reports[("warehouse", "fact_sales_order")].different == {sales_order: ["units_sold"]}
+    assert reports[("warehouse", "dim_design")].different == {design: ["design_name"]}
+    assert reports[("warehouse", "dim_date")].different == {first_day: ["month_name"]}
+    assert {(r.side, r.table) for r in found.reports if not r.in_sync} == {
+        ("warehouse", "fact_sales_order"), ("warehouse", "dim_design"), ("warehouse", "dim_date")}
 
 
 def _verify_when_running(config, dsn, home):
