@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from datetime import date
 
 from change_events import ChangeEvent, Op
 from lake.layout import LakeLayout
@@ -28,7 +29,7 @@ from cdc_reader.source import connect, current_wal_lsn
 from verify.core import TableReport, Verification
 from verify.run import VerifyError, verify
 from warehouse_sync.as_of import fact_rows_as_of
-from warehouse_sync.schema import BY_NAME, quote_identifier as q
+from warehouse_sync.schema import BY_NAME, DIM_DATE, quote_identifier as q
 
 REPAIR_SHARD = "verify-repair"
 """`_shard` of the delete events a repair writes into the lake."""
@@ -64,26 +65,35 @@ def remove_lake_extras(dsn: str, layout: LakeLayout, report: TableReport, schema
     return len(events)
 
 
+def _literal(key) -> str:
+    """A key as SQL: an integer through int(), a day (dim_date's) as a DATE literal of its ISO form."""
+    if isinstance(key, date):
+        return f"DATE '{key.isoformat()}'"
+    return str(int(key))
+
+
 def remove_warehouse_extras(warehouse: str, report: TableReport) -> int:
-    """Remove the warehouse's extra rows of `report` (keys are integers: int() quotes them)."""
-    if not report.extra:
+    """Remove the warehouse's extra rows of `report`. dim_date's differing days go too: the
+    sync adds a calendar's missing days again (with their values), never rewrites a present one."""
+    gone = list(report.extra) + (list(report.different) if report.table == DIM_DATE.name else [])
+    if not gone:
         return 0
     from warehouse_sync import open_target
 
     table = BY_NAME[report.table]
-    keys = ", ".join(str(int(k)) for k in report.extra)
+    keys = ", ".join(_literal(k) for k in gone)
     target = open_target(warehouse)
     try:
         target.begin()
         if table.is_fact:
             live = fact_rows_as_of(table, report.lsn, where=f"{q(table.business_key or '')} IN ({keys})")
-            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT {q(table.key)} FROM ({live}) AS live)")  # nosec B608 # names quoted by q(), keys int()
+            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT {q(table.key)} FROM ({live}) AS live)")  # nosec B608 # names quoted by q(), keys int() or dates
         else:
-            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN ({keys})")  # nosec B608 # names quoted by q(), keys int()
+            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN ({keys})")  # nosec B608 # names quoted by q(), keys int() or dates
         target.commit()
     finally:
         target.close()
-    return len(report.extra)
+    return len(gone)
 
 
 class _Running:

@@ -167,6 +167,10 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
     warehouse.execute(f"UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = {sales_order} AND is_current")
     warehouse.execute(f"DELETE FROM fact_purchase_order WHERE purchase_order_id = {purchase_order} AND is_current")
     warehouse.execute(f"UPDATE dim_design SET design_name = 'not the source''s' WHERE design_id = {design}")
+    # a calendar day's value wrong, a day the transform never makes
+    wrong_day = warehouse.execute("SELECT min(date_id) + 3 FROM dim_date").fetchone()[0]
+    warehouse.execute("UPDATE dim_date SET day_name = 'Funday' WHERE date_id = ?", [wrong_day])
+    warehouse.execute("INSERT INTO dim_date SELECT DATE '2001-02-03', 2001, 2, 3, 6, 'Saturday', 'February', 1")
     warehouse.execute("INSERT INTO fact_payment SELECT * REPLACE (payment_record_id + 100000 AS payment_record_id, "
                       f"2000000 AS payment_id) FROM fact_payment WHERE payment_id = {payment} AND is_current")
     warehouse.close()
@@ -181,6 +185,8 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
     assert lost.missing == [purchase_order] or list(lost.different) == [purchase_order]
     assert reports[("warehouse", "dim_design")].different == {design: ["design_name"]}
     assert reports[("warehouse", "fact_payment")].extra == [2000000]
+    assert reports[("warehouse", "dim_date")].different == {wrong_day: ["day_name"]}
+    assert [str(d) for d in reports[("warehouse", "dim_date")].extra] == ["2001-02-03"]
     untouched = [r for r in found.reports if r.in_sync]
     assert {("lake", "public.staff"), ("warehouse", "dim_staff")} <= {(r.side, r.table) for r in untouched}
     assert set(found.diverged_sources()) == {"payment", "sales_order", "purchase_order", "design"}
