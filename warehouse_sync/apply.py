@@ -1,6 +1,6 @@
 """One sync: the change-log events in `(checkpoint, upto]` → warehouse transactions, one per slice.
 
-Why one file (~500 lines): one sync transaction, read top to bottom: checkpoint, lake types,
+Why one file (~600 lines): one sync transaction, read top to bottom: checkpoint, lake types,
 dims, facts, rejects; its SQL helpers are what its steps share.
 
     sync_once(lake, target, upto_lsn)        # slice_events=SLICE_EVENTS
@@ -10,7 +10,9 @@ lake), so a sync never shows half a source transaction. A backlog larger than
 `slice_events` is applied in slices (`slices.plan_slices`: each ends on a complete LSN, or
 inside an LSN of snapshot reads between tables or seqs), so what the sync holds in memory is
 one slice, whatever the backlog; each slice is read from the lake on its own
-(`lake_source.read_slice`). A continuous caller's cache serves a small step in one slice, as
+(`lake_source.read_slice`), and where the cuts fall changes nothing: a truncate that ends a
+slice is no deletion of the rows snapshot reads bring back later (a reset's truncate at L1,
+its rows at L2; `_read_slice`). A continuous caller's cache serves a small step in one slice, as
 before. Each slice is one transaction, which also moves the checkpoint (and `_sync_partial`):
 
 1. lock and read the position; stop when another sync moved it;
@@ -60,7 +62,15 @@ from lake.change_feed import ChangeLog
 from lake.layout import LakeLayout
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
-from warehouse_sync.lake_source import cached_events, count_events, follow_from, read_changes, read_slice, snapshot_seqs
+from warehouse_sync.lake_source import (
+    cached_events,
+    count_events,
+    follow_from,
+    read_changes,
+    read_slice,
+    snapshot_returns,
+    snapshot_seqs,
+)
 from warehouse_sync.replay import DELETES, Replay, replay
 from warehouse_sync.schema import (
     BY_NAME,
@@ -209,7 +219,7 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
             held = cached_events(layout, start.lsn, upto_lsn, tables, slice_events)
             if held is not None and held <= slice_events:
                 _apply_slice(layout, target, start, end, today, tables, result,
-                             lambda: read_changes(layout, start.lsn, upto_lsn, tables))
+                             lambda: (read_changes(layout, start.lsn, upto_lsn, tables), {}))
                 return result
         opened: dict = {uri: known[0] for uri, known in _LAKE_TYPES.items()}  # brought up to date just now
         counts = count_events(layout, start, upto_lsn, opened, larger_than=slice_events)
@@ -219,7 +229,7 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
             start_ = start
             sources = {list(SOURCES)[c.table] for c in counts if start_.lsn <= c.lsn <= end_.lsn}
             if not _apply_slice(layout, target, start_, end_, today, tables, result,
-                                lambda: read_slice(layout, start_, end_, opened, sources)):
+                                lambda: _read_slice(layout, start_, end_, upto_lsn, opened, sources)):
                 break  # another sync moved the checkpoint: the next run starts from there
             start = end_
         if tables is not None:
@@ -233,18 +243,19 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
 
 def _apply_slice(layout: LakeLayout, target: Target, start: Position, end: Position, today: date,
                  tables: dict | None, result: SyncResult, read) -> bool:
-    """One transaction: the events in `(start, end]` (as `read()` returns them), the
-    position moved to `end`. False (nothing done) when the warehouse is not at `start`."""
+    """One transaction: the events in `(start, end]` (as `read()` returns them, with the
+    keys snapshot reads bring back after the slice: `_read_slice`), the position moved to
+    `end`. False (nothing done) when the warehouse is not at `start`."""
     target.begin()
     try:
         if _read_position(target, lock=True) != start:
             target.rollback()
             return False
         _follow_lake_types(target, layout, tables)
-        changes = read()
+        changes, returning = read()
         applied = SyncResult(result.from_lsn, result.to_lsn)
         applied.events = sum(frame.height for frame in changes.values())
-        _apply(target, changes, today, applied)
+        _apply(target, changes, today, applied, returning)
         _advance_position(target, end)
         target.commit()
     except BaseException:
@@ -252,6 +263,21 @@ def _apply_slice(layout: LakeLayout, target: Target, start: Position, end: Posit
         raise
     result.add(applied, end)
     return True
+
+
+def _read_slice(layout: LakeLayout, start: Position, end: Position, upto_lsn: int, opened: dict,
+                sources: set[str]) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
+    """The slice's events, and for each fact source it truncates, the keys whose next event
+    after the slice (up to `upto_lsn`) is a snapshot read. A reset truncates at L1 and writes
+    the rows back at a later L2; a slice ending between the two must not delete the facts a
+    single sync keeps (`_without_replaced_truncates`)."""
+    changes = read_slice(layout, start, end, opened, sources)
+    returning = {}
+    if end < Position.complete(upto_lsn, len(SOURCES)):
+        for source, events in changes.items():
+            if source in tf.FACT_BY_SOURCE and (events["_op"] == "t").any():
+                returning[source] = snapshot_returns(layout, end, upto_lsn, source, opened)
+    return changes, returning
 
 
 def _widen_for_lake(target: Target, layout: LakeLayout, tables: dict | None) -> None:
@@ -403,13 +429,14 @@ def _delete_keys(target: Target, table: Table, keys: pl.Series, condition: str =
 
 # -- the steps ---------------------------------------------------------------------------------
 
-def _apply(target: Target, changes: dict[str, pl.DataFrame], today: date, result: SyncResult) -> None:
+def _apply(target: Target, changes: dict[str, pl.DataFrame], today: date, result: SyncResult,
+           returning: dict[str, pl.Series]) -> None:
     replays = {source: _replay_mirror(target, source, events) for source, events in changes.items()}
     _upsert_dimensions(target, replays, result)
     fact_changes = {}
     for spec in tf.FACT_SPECS:
         if spec.source in replays:
-            fact_changes[spec] = _fact_changes(target, spec, replays[spec.source], result)
+            fact_changes[spec] = _fact_changes(target, spec, replays[spec.source], result, returning.get(spec.source))
     _add_calendar_days(target, fact_changes, today)
     for spec, changes_ in fact_changes.items():
         _write_facts(target, spec, changes_, result)
@@ -479,11 +506,12 @@ def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
             target, DIM_COUNTERPARTY, tf.dim_counterparty(counterparties, addresses))
 
 
-def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: SyncResult) -> tf.FactChanges:
+def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: SyncResult,
+                  returning: pl.Series | None) -> tf.FactChanges:
     fact = spec.table
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
     current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")  # nosec B608 # names quoted by q(), values int()
-    versions = _without_replaced_truncates(replayed.versions, SOURCES[spec.source].key)
+    versions = _without_replaced_truncates(replayed.versions, SOURCES[spec.source].key, returning)
     # A delete of a row this warehouse never had (read into the lake after the delete, by a
     # bulk snapshot resumed or replacing at a later LSN) has no fact version to close.
     versions = versions.filter(~(pl.col("_op").is_in(DELETES) & ~pl.col("_known")))
@@ -498,16 +526,21 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: S
     return tf.new_fact_rows(spec, current, tf.fact_rows(spec, versions))
 
 
-def _without_replaced_truncates(versions: pl.DataFrame, key: str) -> pl.DataFrame:
+def _without_replaced_truncates(versions: pl.DataFrame, key: str, returning: pl.Series | None = None) -> pl.DataFrame:
     """Drop a truncate's version of a row that a snapshot row brings back next: a table
     replaced by a new snapshot (truncate, then its rows, at the same LSN through the stream
     or at a later one in bulk; see the reader's `replaces_lost_slot`) deleted nothing that
     is still there, so the fact keeps its row (or gets one new version if the row changed),
-    rather than a deletion and a copy."""
+    rather than a deletion and a copy. `returning`: the keys whose next event comes after
+    these versions (a later slice) and is a snapshot read, so that where a slice ends
+    changes nothing."""
     if versions.height == 0 or not (versions["_op"] == "t").any():
         return versions
     ordered = versions.sort([key, "_lsn", "_seq"])
-    replaced = ((pl.col("_op") == "t") & (pl.col("_op").shift(-1).over(key) == "r")).fill_null(False)
+    following = pl.col("_op").shift(-1).over(key)
+    later = pl.lit(False) if returning is None else pl.col(key).is_in(returning.cast(versions[key].dtype).implode())
+    replaced = ((pl.col("_op") == "t") & pl.when(following.is_null()).then(later).otherwise(following == "r")
+                ).fill_null(False)
     return ordered.filter(~replaced)
 
 

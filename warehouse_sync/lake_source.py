@@ -309,6 +309,23 @@ def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: in
     return pl.Series("_seq", seqs, dtype=pl.Int64).unique().sort()
 
 
+def snapshot_returns(layout: LakeLayout | str, after: Position, upto_lsn: int, source: str,
+                     opened: dict | None = None) -> pl.Series:
+    """The keys of `source` whose first event in `(after, complete(upto_lsn)]` is a snapshot
+    read: the rows a reset writes back after a truncate that ends a slice. Reads only the
+    key and position columns of those events (one small row per event)."""
+    layout = _as_lake(layout)
+    key = SOURCES[source].key
+    found = _slice_dataset(layout, source, after, Position.complete(upto_lsn, len(SOURCES)), opened)
+    if found is None:
+        return pl.Series(key, [], dtype=pl.Int64)
+    dataset, wanted = found
+    events = pl.from_arrow(dataset.to_table(columns=[key, "_lsn", "_seq", "_op"], filter=wanted,
+                                            memory_pool=SCAN_POOL))
+    first = events.drop_nulls(key).sort(["_lsn", "_seq"]).group_by(key, maintain_order=True).first()  # type: ignore[union-attr]
+    return first.filter(pl.col("_op") == "r")[key]
+
+
 def read_slice(layout: LakeLayout | str, start: Position, end: Position, opened: dict | None = None,
                sources: Iterable[str] | None = None) -> dict[str, pl.DataFrame]:
     """Every source table's events in `(start, end]`, sorted, deduplicated (tables without

@@ -21,7 +21,7 @@ from warehouse_sync import (
 from warehouse_sync.schema import PARTIAL, SOURCES
 from warehouse_sync.slices import Position
 from warehouse_sync.transforms import FACT_SPECS
-from tests.warehouse_fixtures import TABLES, _transaction_sizes
+from tests.warehouse_fixtures import TABLE_ORDER, TABLES, _copy_rows, _transaction_sizes, mixed_history, write_lake
 
 TODAY = date(2024, 11, 18)
 
@@ -150,3 +150,40 @@ def test_a_continuous_sync_holds_at_most_a_slice_of_what_the_lake_has_past_its_p
     assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(_transaction_sizes(sliced_history).values())
     assert sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
+
+
+@pytest.fixture(scope="module")
+def reset_lake(tmp_path_factory):
+    """The mixed history, then a reset as the reader does one with a lake: every table
+    truncated through the stream at the new slot's LSN (L1), every row written again as a
+    snapshot read at a later LSN (L2). Returns the lake, the LSN before the reset and L2."""
+    src = mixed_history().source
+    before = src.lsn
+    rows = _copy_rows(src)
+    with src.transaction():  # L1
+        for table in TABLE_ORDER:
+            src.truncate(table)
+    with src.transaction(snapshot=True):  # L2
+        for table in TABLE_ORDER:
+            for row in rows[table].values():
+                src.insert(table, **row)
+    return write_lake(tmp_path_factory.mktemp("reset-lake"), src.events), before, src.lsn
+
+
+def test_a_reset_in_slices_equals_one_sync_and_deletes_no_fact(reset_lake, open_warehouse):
+    """Slices cut between the truncates at L1 and the rows at L2 still show the reset as
+    one sync does: no fact deleted and copied, whatever the slice size."""
+    lake, before_lsn, reset_lsn = reset_lake
+    whole = DuckDBTarget()
+    sync_once(lake, whole, before_lsn, today=TODAY)
+    before = dump_warehouse(whole)
+    assert len(sync_once(lake, whole, reset_lsn, today=TODAY).slices) == 1
+    reference = dump_warehouse(whole)
+    whole.close()
+    for spec in FACT_SPECS:  # the reset brought every row back unchanged: no fact version more
+        assert_same_warehouse({spec.table.name: reference[spec.table.name]}, {spec.table.name: before[spec.table.name]})
+    target = open_warehouse()
+    result = sync_once(lake, target, reset_lsn, today=TODAY, slice_events=4)
+    assert any(end.is_complete(TABLES) and before_lsn < end.lsn < reset_lsn for end, _ in result.slices)  # cut after L1
+    assert dangling_references(target) == {} and duplicate_current_rows(target) == {}
+    assert_same_warehouse(dump_warehouse(target), reference)

@@ -64,3 +64,26 @@ def test_a_full_slice_ends_before_the_next_snapshot_table():
     ends = plan_slices(counts, lsn, TABLES, lambda at, table: seqs[(at, table)], 100)
     assert ends == [Position(lsn, 8, MIN_SEQ), Position(lsn, 8, 199), Position.complete(lsn, TABLES)]
     assert _sizes(ends, counts, seqs) == [100, 100, 50]
+
+
+# -- a reset cut between its truncates and its rows (pure) -----------------------------------------
+
+def test_a_truncate_ending_a_slice_is_no_deletion_of_a_row_a_later_snapshot_read_brings_back():
+    """A reset truncates every table at L1 and writes its rows back at L2 as snapshot reads;
+    a slice may end between the two. The keys whose next event after the slice is a snapshot
+    read (`returning`) keep their fact rows, as they do when both are in one slice; a row
+    that comes back through an insert, or not at all, keeps its deletion."""
+    import polars as pl
+
+    from warehouse_sync.apply import _without_replaced_truncates
+
+    versions = pl.DataFrame({
+        "id": [1, 2, 3, 4, 4],
+        "_op": ["t", "t", "t", "t", "r"],
+        "_lsn": [100, 100, 100, 100, 200],
+        "_seq": [0, 0, 0, 0, 3],
+    })
+    returning = pl.Series("id", [1, 9], dtype=pl.Int64)  # 2 comes back by an insert, 3 never
+    kept = _without_replaced_truncates(versions, "id", returning)
+    assert kept.select("id", "_op", "_lsn").rows() == [(2, "t", 100), (3, "t", 100), (4, "r", 200)]
+    assert _without_replaced_truncates(versions, "id").select("id").to_series().to_list() == [1, 2, 3, 4]
