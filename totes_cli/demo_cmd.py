@@ -9,6 +9,7 @@ Ctrl-C (or --duration) stops the business, then the pipeline upstream first, the
 from __future__ import annotations
 
 import subprocess  # nosec B404 # to stop the dashboard's process
+from contextlib import ExitStack
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import ConfigError, load
+from totes_cli.writer_lock import LakeBusy, writing
 from totes_cli.source_cmd import start_source
 from totes_cli.status_cmd import human_bytes, source_table
 from cdc_reader.source import SourceConnectionError, connect
@@ -184,6 +186,7 @@ def demo(
                                        warehouse=default_warehouse(settings.home), retention=retention,
                                        personal_data=policy))
     warehouse = None
+    locks = ExitStack()
     try:
         if read_source(conn).row_counts.get("sales_order", 0) == 0:
             report = simulator.seed_history(history_days, progress=True)
@@ -191,6 +194,10 @@ def demo(
         else:
             err.print("totesys has data already: resuming the business on it")
         err.print("starting the pipeline (reader, local Kinesis, processor, lake, warehouse sync) ...")
+        try:  # as `totes run`: forget refuses while the demo writes the lake
+            locks.enter_context(writing(pipeline.config.lake, settings.home))
+        except LakeBusy as error:
+            raise fail(str(error), code=2) from None
         pipeline.start()
         address = None
         if with_dashboard:
@@ -230,6 +237,7 @@ def demo(
         if warehouse is not None:
             warehouse.close()
         pipeline.shutdown()
+        locks.close()
         conn.close()
         simulator.close()
         if not keep_source:

@@ -68,6 +68,10 @@ def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeli
         assert health["now"]["source_wal_lsn"] and health["now"]["lake_watermark"], health["now"]
         assert {row["series"] for row in lag_rows} == {"commit → warehouse lag (s)"}, lag_rows
         assert all(row["seconds"] >= 0 for row in lag_rows)
+        # the demo writes the lake: an erasure (which vacuums with no retention) waits for it to stop
+        refused = subprocess.run([*TOTES, "lake", "forget", "staff", "1"], capture_output=True, text=True,
+                                 env=env, timeout=120)
+        assert refused.returncode == 2 and "The pipeline is running" in refused.stderr, refused.stderr
         process.send_signal(signal.SIGINT)
         process.wait(90)
     finally:
