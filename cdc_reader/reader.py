@@ -60,7 +60,7 @@ from cdc_reader.reader_state import FileStateStore, ReaderState, StateStore
 from cdc_reader.rereads import TableRereads
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.snapshot_phases import SnapshotPhases
-from cdc_reader.source import SESSION_SETTINGS, SourceConnectionError, connect
+from cdc_reader.source import HEARTBEAT_PREFIX, SESSION_SETTINGS, SourceConnectionError, connect
 from cdc_reader.source_setup import SlotLostError, lost_slot_message, slot_state
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
@@ -75,7 +75,6 @@ log = logging.getLogger("totes.reader")
 __all__ = ["HEARTBEAT_PREFIX", "READER_SESSION", "RETRYABLE", "Durability", "EventSink", "FileStateStore", "Reader",
            "ReaderConfig", "ReaderMetrics", "ReaderState", "StateStore", "session_options", "supervise"]
 
-HEARTBEAT_PREFIX = "totes-heartbeat"
 # Every session that produces value text runs with these, so text is the same everywhere.
 READER_SESSION = {**SESSION_SETTINGS, "TimeZone": "UTC"}
 

@@ -281,3 +281,19 @@ def current_wal_lsn(dsn: str) -> int:
             return parse_lsn(cur.fetchone()[0])
     finally:
         conn.close()
+
+
+HEARTBEAT_PREFIX = "totes-heartbeat"
+"""The prefix of the reader's heartbeat messages (empty logical messages it passes over)."""
+
+
+def commit_heartbeat(dsn: str, **connect_args) -> None:
+    """Commit an empty heartbeat message now: the reader's next lake watermark then passes the
+    WAL position of this moment, whether or not any table changes."""
+    conn = connect(dsn, **connect_args)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_logical_emit_message(true, %s, '')", (HEARTBEAT_PREFIX,))
+        conn.commit()
+    finally:
+        conn.close()

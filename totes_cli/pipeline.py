@@ -16,7 +16,7 @@ is started with its data under `<lake>/_local/kinesis`, the reader's state lives
 `<lake>/_local`, and the slot name is derived from the lake once and remembered there, so two
 pipelines on one machine never share a stream, a slot or a checkpoint by accident.
 
-Why one file (412 lines): the wiring of every stage and their shared life cycle (start,
+Why one file (410 lines): the wiring of every stage and their shared life cycle (start,
 wake, stop in order) read best together. The settings and paths it derives belong in one
 bootstrap module shared with the single-stage commands, which is still to be split out.
 """
@@ -34,9 +34,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from cdc_reader.publisher import Publisher
-from cdc_reader.source import connect, current_wal_lsn
+from cdc_reader.source import commit_heartbeat, current_wal_lsn
 from cdc_reader.personal_data import NO_POLICY, Policy
-from cdc_reader.reader import HEARTBEAT_PREFIX, FileStateStore, Reader, ReaderConfig, supervise
+from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
 from lake.maintenance import (
     COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, SettledTables, lake_stored_bytes, lake_uris, maintain,
@@ -386,13 +386,7 @@ class Pipeline:
         """Commit a heartbeat of our own (after everything committed so far): the reader's next
         watermark then passes the WAL position of now, idle tables or not, instead of at its
         next heartbeat."""
-        conn = connect(self.config.source_dsn, application_name="totes-run")
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_logical_emit_message(true, %s, '')", (HEARTBEAT_PREFIX,))
-            conn.commit()
-        finally:
-            conn.close()
+        commit_heartbeat(self.config.source_dsn, application_name="totes-run")
 
     def run(self, until_caught_up: bool = False, on_tick=None, tick_seconds: float = 1.0) -> None:
         """Start, then wait for Ctrl-C / `stop` (or for catching up: woken by the sync, so it

@@ -27,12 +27,11 @@ from cdc_reader.bulk_snapshot import _BATCH_SIZE_HINT, _NotInLake, _select_list,
 from cdc_reader.copy_text import CopyBatches
 from cdc_reader.catalog import read_table_schema
 from cdc_reader.personal_data import NO_POLICY, Policy
-from cdc_reader.reader import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema
 from lake.arrow_types import arrow_type, convert_column
 from lake.delta_io import quote_identifier
-from cdc_reader.source import connect
+from cdc_reader.source import commit_heartbeat, connect
 from verify.core import KeyRange, plan_chunks
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
@@ -72,13 +71,7 @@ class SourceSnapshot:
     def _emit_commit_after(self) -> None:
         """A commit of our own after L (an empty heartbeat message, which the reader passes
         over), so the lake watermark passes L soon even when the source is idle."""
-        conn = connect(self.dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_logical_emit_message(true, %s, '')", (HEARTBEAT_PREFIX,))
-            conn.commit()
-        finally:
-            conn.close()
+        commit_heartbeat(self.dsn)
 
     def __exit__(self, *exc) -> None:
         if self._arrow is not None:
