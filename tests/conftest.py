@@ -167,6 +167,13 @@ def shared_snapshot():
     return find
 
 
+@pytest.fixture
+def own_kinesalite(monkeypatch):
+    """No Kinesis endpoint configured: the pipeline starts its own kinesalite in its lake."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
 @pytest.fixture(scope="session")
 def kinesalite_url() -> Iterator[str]:
     """One local Kinesis (kinesalite) for the session; each test uses its own stream."""

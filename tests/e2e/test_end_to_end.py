@@ -79,13 +79,6 @@ def home():
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def own_kinesalite(monkeypatch):
-    """No Kinesis endpoint configured: the pipeline starts its own kinesalite in its lake."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-
-
 class PipelineThread:
     """`Pipeline.run()` in a thread, stopped on demand; stage errors fail the test."""
 

@@ -60,12 +60,6 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def own_kinesalite(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-
-
 def _run_pipeline_until(pipeline: Pipeline, thread: threading.Thread, lsn: int) -> None:
     def done():
         assert not pipeline.errors, pipeline.errors

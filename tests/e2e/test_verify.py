@@ -30,12 +30,6 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def own_kinesalite(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-
-
 class Running:
     def __init__(self, config: PipelineConfig):
         self.pipeline = Pipeline(config)

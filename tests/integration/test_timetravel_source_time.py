@@ -109,12 +109,6 @@ def test_an_unsynced_warehouse_answers_the_lake_and_says_so(tmp_path):
 
 # -- through the whole pipeline, from a real PostgreSQL ----------------------------------------
 
-@pytest.fixture
-def own_kinesalite(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-
-
 @pytest.mark.slow
 def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_dsn, tmp_path, own_kinesalite):
     """payment truncated and one payment inserted: a time just after the insert's commit
