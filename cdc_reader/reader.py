@@ -459,8 +459,12 @@ class Reader(SnapshotPhases, TableRereads):
                 progress.advance(durable, 0)
                 continue
             time.sleep(0.05)
+        durable = self.durability.durable_lsn()
+        # A snapshot that became durable since the last look is recorded now, not by the next run.
+        self._settle_rereads(durable)
+        state = self._settle_snapshot(self._state, durable)
         if lifecycle.snapshot_finished(state.phase):
-            target = progress.advance(self.durability.durable_lsn(), 0)
+            target = progress.advance(durable, 0)
             if target > self.metrics.confirmed_lsn:
                 cur.send_feedback(flush_lsn=target, reply=True, force=True)
                 self.metrics.confirmed_lsn = target

@@ -206,16 +206,11 @@ class TableLoad:
         if self.state is None:
             return
         properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)])
+        state = state_rows(rows)
+        appends = self.appends_state(lsn)
         with self._lock:
-            self.state.refresh()
-            if self.state.transaction_version(chunk_app(self.run, chunk)) is not None:
-                return
-            state = state_rows(rows)
-            if self.appends_state(lsn):
-                self._append(self.state, state, properties)
-                self.state.refresh()
-            else:
-                retry_on_conflict(lambda: self._merge(state, properties))
+            self._commit_state(chunk, lambda: self._append(self.state, state, properties) if appends
+                               else self._merge(state, properties))
 
     def appends_state(self, lsn: int) -> bool:
         """Whether a chunk stamped `lsn` goes into the state table as a plain append."""
@@ -224,10 +219,20 @@ class TableLoad:
     def _commit_state_file(self, chunk: int, lsn: int, action) -> None:
         properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)])
         with self._lock:
+            self._commit_state(chunk, lambda: add_files(self.state.delta, [action], properties))
+
+    def _commit_state(self, chunk: int, commit: Callable[[], None]) -> None:
+        """Run `commit` on the state table unless it holds the chunk, again on a lost commit
+        race: the stream's merges into the same table go on meanwhile (a re-read while
+        streaming, a reset). Call with the lock held."""
+
+        def once() -> None:
             self.state.refresh()
             if self.state.transaction_version(chunk_app(self.run, chunk)) is None:
-                add_files(self.state.delta, [action], properties)
+                commit()
                 self.state.refresh()
+
+        retry_on_conflict(once)
 
     def _merge(self, rows: pa.Table, properties: CommitProperties) -> None:
         target = self.state.refresh()
@@ -249,11 +254,15 @@ class TableLoad:
         """Every chunk is in both tables: record it (an empty commit with `snapshot-done`)."""
         target = self.state if self.state is not None else self.log
         properties = CommitProperties(app_transactions=[Transaction(done_app(self.run), self.run)])
-        with self._lock:
+
+        def once() -> None:
             target.refresh()
             if target.transaction_version(done_app(self.run)) is None:
                 write_deltalake(target.delta, pa.schema(target.delta.schema()).empty_table(), mode="append",
                                 commit_properties=properties)
+
+        with self._lock:
+            retry_on_conflict(once)  # the stream's merges go on meanwhile
 
     def rows(self, where: str = "true") -> pa.Table:
         """Change log rows of this run (tests, verification)."""

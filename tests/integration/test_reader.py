@@ -294,6 +294,24 @@ def test_nothing_is_confirmed_before_it_is_durable(totesys_dsn, tmp_path):
     assert any(e.table == "public.currency" and e.after["currency_code"] == "EUR" for e in again.events)
 
 
+def test_a_snapshot_durable_by_the_time_the_reader_stops_is_recorded_done(seeded, tmp_path):
+    """The snapshot counts once it is durable downstream. A reader stopped just after that
+    records it as done; else its state file says "handed on" and a later run trusts
+    less of the lake than it could."""
+    sink, state_path = MemorySink(), tmp_path / "state.json"
+    sink.hold = True  # not durable at the reader's first look downstream
+    rare_feedback = replace(FAST, feedback_seconds=3600)  # it stops before its next look
+    with running_reader(seeded, sink, state_path, rare_feedback) as reader:
+        assert reader.streaming.is_set()
+        _run_sql(seeded, "INSERT INTO currency (currency_code, last_updated) VALUES ('CHF', now())")
+        time.sleep(0.5)
+        assert FileStateStore(state_path).load().snapshot_published and reader.metrics.confirmed_lsn == 0
+        sink.hold = False
+    state = FileStateStore(state_path).load()
+    assert state.snapshot_done, state
+    assert reader.metrics.confirmed_lsn > state.snapshot_lsn
+
+
 def test_heartbeats_keep_the_slot_moving_when_our_tables_are_idle(totesys_dsn, admin_dsn, tmp_path):
     other = ensure_database(admin_dsn, "totes_test_busy_neighbour")
     _run_sql(other, "CREATE TABLE IF NOT EXISTS noise (v text)")

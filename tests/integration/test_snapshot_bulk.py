@@ -326,3 +326,47 @@ def test_a_source_that_does_not_answer_is_one_sentence_without_the_password():
         connect_arrow("postgresql://bob:s3cret-pw@127.0.0.1:1/totesys")
     assert "s3cret-pw" not in str(failure.value) and "127.0.0.1:1" in str(failure.value)
     assert failure.value.__cause__ is None and failure.value.__suppress_context__
+
+
+@pytest.mark.parametrize("commit", ["chunk state", "snapshot done"])
+def test_a_snapshot_commit_that_loses_a_race_with_the_streams_merge_is_retried(tmp_path, commit):
+    """While a reset or a re-read writes its snapshot, the processor goes on merging the
+    stream into the same state table. A snapshot commit made on a version that a merge has
+    since passed loses the commit race (deltalake: "a concurrent transaction deleted data
+    this operation read"); it is tried again on the new version, once."""
+    from datetime import date
+
+    from deltalake import DeltaTable
+
+    from change_events import Column, TableSchema
+    from lake.snapshot_load import TableLoad, changelog_rows
+
+    schema = TableSchema("public.t", (Column("id", "integer", 23, -1, True), Column("v", "text", 25)))
+    layout = LakeLayout(tmp_path / "lake")
+    load = TableLoad(layout, schema, 100)
+
+    def rows(chunk: int) -> pa.Table:
+        ids = [str(chunk * 10 + i) for i in range(3)]
+        return changelog_rows(schema, pa.table({"id": ids, "v": ["a"] * 3}), 100, chunk * 10, chunk, date(2026, 1, 1))
+
+    load.prepare(list(rows(0).schema)[:2])
+    load.write_chunk(0, 100, rows(0))
+    refresh, merged = load.state.refresh, []
+
+    def refresh_then_a_merge_lands():
+        table = refresh()
+        if not merged:  # the stream's merge commits right after the snapshot read the version
+            merged.append(DeltaTable(load.state.uri).delete("id = 1"))
+        return table
+
+    load.state.refresh = refresh_then_a_merge_lands
+    if commit == "chunk state":
+        load.write_chunk(1, 100, rows(1))
+        assert load.state_chunks(2) == {0, 1}
+    else:
+        load.mark_done()
+        assert load.is_done()
+    assert merged
+    state = read_table(layout, "tables", "public.t")
+    ids = state.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) and 1 not in ids
