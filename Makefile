@@ -54,6 +54,7 @@ test-fast: install
 # checkov on the workflows. Each finding is fixed or skipped on its line with the reason.
 lint: $(LINT_STAMP)
 	$(LINT_BIN)/ruff check .
+	$(LINT_BIN)/ruff format --check .
 	$(LINT_BIN)/actionlint
 	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra; \
 	else echo "terraform is not on PATH: terraform fmt skipped"; fi

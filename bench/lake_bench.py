@@ -31,8 +31,10 @@ from tests.lake_fixtures import SALES_ORDER, Source, sales_order_row  # noqa: E4
 
 NAME = "lake"
 DESCRIPTION = "lake: events/s through LakeWriter.write_batch (change log + state), commits per table per second"
-HEADER = ("| events | shards | batch | seconds | events/s | commits/s changes | commits/s tables "
-          "| batch p50 ms | batch p95 ms |\n|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| events | shards | batch | seconds | events/s | commits/s changes | commits/s tables "
+    "| batch p50 ms | batch p95 ms |\n|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def make_events(count: int, seed: int = 7) -> list:
@@ -59,7 +61,7 @@ def measure(events: int, shards: int, batch: int, root: str) -> dict:
     per_shard: dict[str, list] = {name: [] for name in names}
     for event in stream:
         per_shard[names[int(event.key["sales_order_id"]) % shards]].append(event)
-    chunks = {name: [evs[i:i + batch] for i in range(0, len(evs), batch)] for name, evs in per_shard.items()}
+    chunks = {name: [evs[i : i + batch] for i in range(0, len(evs), batch)] for name, evs in per_shard.items()}
     writer = LakeWriter(root)
     latencies = []
     started = time.perf_counter()
@@ -72,11 +74,16 @@ def measure(events: int, shards: int, batch: int, root: str) -> dict:
                 latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
     layout = LakeLayout(root)
-    commits = {kind: sum(c.lsn_max is not None for c in timetravel.history(layout, SALES_ORDER.table, kind))
-               for kind in ("changes", "tables")}
+    commits = {
+        kind: sum(c.lsn_max is not None for c in timetravel.history(layout, SALES_ORDER.table, kind))
+        for kind in ("changes", "tables")
+    }
     latencies.sort()
     return {
-        "events": len(stream), "shards": shards, "batch": batch, "seconds": elapsed,
+        "events": len(stream),
+        "shards": shards,
+        "batch": batch,
+        "seconds": elapsed,
         "events_per_s": len(stream) / elapsed,
         "changes_commits_per_s": commits["changes"] / elapsed,
         "tables_commits_per_s": commits["tables"] / elapsed,
@@ -104,9 +111,11 @@ def main() -> None:
 
 
 def markdown_row(r: dict) -> str:
-    return (f"| {r['events']} | {r['shards']} | {r['batch']} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} "
-            f"| {r['changes_commits_per_s']:.2f} | {r['tables_commits_per_s']:.2f} "
-            f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |")
+    return (
+        f"| {r['events']} | {r['shards']} | {r['batch']} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} "
+        f"| {r['changes_commits_per_s']:.2f} | {r['tables_commits_per_s']:.2f} "
+        f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |"
+    )
 
 
 def run(quick: bool = False, profile: bool = False, say=print) -> Report:
@@ -123,13 +132,22 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             shutil.rmtree(root, ignore_errors=True)
         report.raw[f"batch_{batch}"] = result
         reproduce = f"`.venv/bin/python bench/lake_bench.py --events {events} --batch {batch}`"
-        report.rows.append(Row(
-            f"LakeWriter.write_batch, {events:,} sales_order events, 2 shards, batches of {batch:,}, local folder",
-            f"{result['events_per_s']:,.0f} events/s", ">= 20,000 events/s from one processor", reproduce))
-        report.rows.append(Row(
-            f"commits per table per second, same run (write_batch p50 {result['p50_ms']:.0f} ms)",
-            f"{result['changes_commits_per_s']:.1f} change log + {result['tables_commits_per_s']:.1f} state",
-            "about 1 per table per second under load", reproduce))
+        report.rows.append(
+            Row(
+                f"LakeWriter.write_batch, {events:,} sales_order events, 2 shards, batches of {batch:,}, local folder",
+                f"{result['events_per_s']:,.0f} events/s",
+                ">= 20,000 events/s from one processor",
+                reproduce,
+            )
+        )
+        report.rows.append(
+            Row(
+                f"commits per table per second, same run (write_batch p50 {result['p50_ms']:.0f} ms)",
+                f"{result['changes_commits_per_s']:.1f} change log + {result['tables_commits_per_s']:.1f} state",
+                "about 1 per table per second under load",
+                reproduce,
+            )
+        )
     return report
 
 

@@ -69,8 +69,10 @@ def _updates(dsn: str, rate: float, stop) -> None:
             if delay > 0:
                 stop.wait(delay)
                 continue
-            cur.execute("UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 "
-                        "WHERE sales_order_id = ANY(%s)", (rng.sample(ids, 10),))
+            cur.execute(
+                "UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 WHERE sales_order_id = ANY(%s)",
+                (rng.sample(ids, 10),),
+            )
             conn.commit()
             n += 1
     conn.close()
@@ -148,15 +150,18 @@ def _logged_changes(lake: str) -> int:
     for table in layout.tables(CHANGES):
         delta = layout.open(layout.changes_uri(table))
         if delta is not None:
-            total += sum(n or 0 for n in pa.table(delta.get_add_actions(flatten=True)).column("num_records").to_pylist())
+            total += sum(
+                n or 0 for n in pa.table(delta.get_add_actions(flatten=True)).column("num_records").to_pylist()
+            )
     return total
 
 
 def _phase(pipeline: Pipeline, sampler: _Sampler, name: str, seconds: float, load, say) -> dict:
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
-    child = context.Process(target=load[0], args=(pipeline.config.source_dsn, load[1], stop), daemon=True) \
-        if load else None
+    child = (
+        context.Process(target=load[0], args=(pipeline.config.source_dsn, load[1], stop), daemon=True) if load else None
+    )
     sampler.list_lake()
     files, versions = len(sampler.files), len(sampler.versions)
     changes = _logged_changes(pipeline.config.lake)
@@ -175,7 +180,9 @@ def _phase(pipeline: Pipeline, sampler: _Sampler, name: str, seconds: float, loa
         raise RuntimeError(f"{pipeline.errors[0][0]} failed: {pipeline.errors[0][1]!r}")
     minutes = wall / 60
     result = {
-        "seconds": round(wall, 1), "cores": round(used / wall, 3), "peak_rss_mb": round(sampler.peak_rss / 1e6),
+        "seconds": round(wall, 1),
+        "cores": round(used / wall, 3),
+        "peak_rss_mb": round(sampler.peak_rss / 1e6),
         "lake_files_per_min": round((len(sampler.files) - files) / minutes, 1),
         "lake_versions_per_min": round((len(sampler.versions) - versions) / minutes, 1),
         "changes_per_s": round((_logged_changes(pipeline.config.lake) - changes) / wall, 1),
@@ -186,8 +193,9 @@ def _phase(pipeline: Pipeline, sampler: _Sampler, name: str, seconds: float, loa
 
 
 def measure(dsn: str, root: Path, seconds: dict[str, float], say) -> dict:
-    config = PipelineConfig(source_dsn=dsn, lake=str(root / "lake"), warehouse=str(root / "warehouse.duckdb"),
-                            retention=RETENTION)
+    config = PipelineConfig(
+        source_dsn=dsn, lake=str(root / "lake"), warehouse=str(root / "warehouse.duckdb"), retention=RETENTION
+    )
     pipeline = Pipeline(config)
     pipeline.start()
     sampler = _Sampler(pipeline)
@@ -211,28 +219,44 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     report = Report()
     root = Path(tempfile.mkdtemp(prefix="totes-light-bench-"))
     server = EmbeddedPostgres(root / "pg")
-    seconds = {"idle": 30.0, "light": 60.0, "demo": 60.0, "busy": 30.0} if quick else \
-        {"idle": 60.0, "light": 180.0, "demo": 180.0, "busy": 60.0}
+    seconds = (
+        {"idle": 30.0, "light": 60.0, "demo": 60.0, "busy": 30.0}
+        if quick
+        else {"idle": 60.0, "light": 180.0, "demo": 180.0, "busy": 60.0}
+    )
     try:
         dsn = ensure_database(server.start())
         create_schema(dsn)
         with Simulator(dsn, seed=1) as simulator:
             simulator.seed_history(60, until=datetime(2024, 11, 15, 18))
-        say(f"light: idle {seconds['idle']:.0f} s, business at 1.8 events/s {seconds['light']:.0f} s, "
-            f"at 5 events/s {seconds['demo']:.0f} s, 1,000 changes/s {seconds['busy']:.0f} s")
+        say(
+            f"light: idle {seconds['idle']:.0f} s, business at 1.8 events/s {seconds['light']:.0f} s, "
+            f"at 5 events/s {seconds['demo']:.0f} s, 1,000 changes/s {seconds['busy']:.0f} s"
+        )
         results = measure(dsn, root / "run", seconds, say)
         report.raw["light"] = results
-        labels = {"idle": "idle (heartbeats only)", "light": "the demo's business at 1.8 events/s",
-                  "demo": "the demo's business at 5 events/s",
-                  "busy": "1,000 changes/s (10-row transactions)"}
-        targets = {"idle": "about nothing", "light": "< 0.2 cores, < 400 MB (at 5 changes/s)", "demo": "measured",
-                   "busy": "measured"}
+        labels = {
+            "idle": "idle (heartbeats only)",
+            "light": "the demo's business at 1.8 events/s",
+            "demo": "the demo's business at 5 events/s",
+            "busy": "1,000 changes/s (10-row transactions)",
+        }
+        targets = {
+            "idle": "about nothing",
+            "light": "< 0.2 cores, < 400 MB (at 5 changes/s)",
+            "demo": "measured",
+            "busy": "measured",
+        }
         for name, result in results.items():
-            report.rows.append(Row(
-                f"pipeline cost, {labels[name]}: {result['changes_per_s']:g} changes/s into the lake",
-                f"{result['cores']:.2f} cores, peak RSS {result['peak_rss_mb']} MB, "
-                f"{result['lake_files_per_min']:g} lake files/min, {result['lake_versions_per_min']:g} versions/min",
-                targets[name], "`python -m bench light`"))
+            report.rows.append(
+                Row(
+                    f"pipeline cost, {labels[name]}: {result['changes_per_s']:g} changes/s into the lake",
+                    f"{result['cores']:.2f} cores, peak RSS {result['peak_rss_mb']} MB, "
+                    f"{result['lake_files_per_min']:g} lake files/min, {result['lake_versions_per_min']:g} versions/min",
+                    targets[name],
+                    "`python -m bench light`",
+                )
+            )
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

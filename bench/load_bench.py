@@ -59,8 +59,10 @@ from psycopg2 import sql
 from bench import Report, Row
 
 NAME = "load"
-DESCRIPTION = ("initial load and catch-up: rows/s against COPY, peak RSS, a backlog, a catch-up with nothing "
-               "new, dlt as the peer, streaming latency on a big lake")
+DESCRIPTION = (
+    "initial load and catch-up: rows/s against COPY, peak RSS, a backlog, a catch-up with nothing "
+    "new, dlt as the peer, streaming latency on a big lake"
+)
 SNAPSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totesys" / "snapshot_2024-11-15_aidan-mooney"
 REPRODUCE = "`python -m bench load`"
 REPRODUCE_QUICK = "`python -m bench load --quick`"
@@ -90,6 +92,7 @@ QUICK = Sizes(orders=(100_000,), backlog=100_000, latency_seconds=15.0, latency_
 
 
 # -- the source ------------------------------------------------------------------------------
+
 
 def start_source(root: Path, say):
     from totesys.embedded import EmbeddedPostgres
@@ -128,8 +131,10 @@ def _execute(dsn: str, statement, params=None):
 def row_counts(dsn: str) -> dict[str, int]:
     from totesys.schema import TABLES
 
-    return {table: _execute(dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table)))[0][0]
-            for table in TABLES}
+    return {
+        table: _execute(dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table)))[0][0]
+        for table in TABLES
+    }
 
 
 def generate_orders(dsn: str, upto: int, say) -> float:
@@ -170,8 +175,11 @@ def update_backlog(dsn: str, changes: int) -> float:
             done = 0
             while done < changes:
                 rows = min(UPDATE_ROWS_PER_TRANSACTION, changes - done)
-                cur.execute("UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 "
-                            "WHERE sales_order_id BETWEEN %s AND %s", (first + done, first + done + rows - 1))
+                cur.execute(
+                    "UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 "
+                    "WHERE sales_order_id BETWEEN %s AND %s",
+                    (first + done, first + done + rows - 1),
+                )
                 conn.commit()
                 done += rows
     finally:
@@ -184,11 +192,15 @@ def drop_slot_of(dsn: str, lake: Path) -> None:
         slot = json.loads((lake / "_local" / "pipeline.json").read_text())["slot"]
     except (OSError, ValueError, KeyError):
         return
-    _execute(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                  "WHERE slot_name = %s AND NOT active", (slot,))
+    _execute(
+        dsn,
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+        (slot,),
+    )
 
 
 # -- the limit: COPY ---------------------------------------------------------------------------
+
 
 def copy_limit(dsn: str, counts: dict[str, int]) -> dict:
     """Every table through `COPY ... TO STDOUT` in one psql session, its output to /dev/null:
@@ -199,14 +211,20 @@ def copy_limit(dsn: str, counts: dict[str, int]) -> dict:
     for table in counts:
         argv += ["-c", f'COPY public."{table}" TO STDOUT']
     started = time.perf_counter()
-    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # nosec B603
-                   check=True)
+    subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # nosec B603
+        check=True,
+    )
     seconds = time.perf_counter() - started
     rows = sum(counts.values())
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
 # -- a watched process -------------------------------------------------------------------------
+
 
 def _hwm_mb(pid: int) -> float | None:
     try:
@@ -229,8 +247,15 @@ def _tree_cpu_seconds(tree) -> float:
     return total
 
 
-def run_watched(argv: list[str], env: dict[str, str], log: Path, timeout: float = RUN_TIMEOUT, *,
-                phase: Callable[[], bool] | None = None, cwd: str | None = None) -> dict:
+def run_watched(
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    timeout: float = RUN_TIMEOUT,
+    *,
+    phase: Callable[[], bool] | None = None,
+    cwd: str | None = None,
+) -> dict:
     """Run `argv`; the wall time, its CPU seconds and those of its children, and the peak RSS
     (VmHWM) of every process of its tree, sampled every 0.1 s. `phase`: the first time it
     returns true, the same three figures so far are kept as `phase` (e.g. the snapshot
@@ -260,8 +285,11 @@ def run_watched(argv: list[str], env: dict[str, str], log: Path, timeout: float 
                 peaks[member.pid] = (name, hwm)
             cpu[member.pid] = max(cpu.get(member.pid, 0.0), _tree_cpu_seconds([member]))
         if phase is not None and at_phase is None and phase():
-            at_phase = {"seconds": time.perf_counter() - started, "cpu_seconds": sum(cpu.values()),
-                        "peak_rss_mb": _by_name(peaks)}
+            at_phase = {
+                "seconds": time.perf_counter() - started,
+                "cpu_seconds": sum(cpu.values()),
+                "peak_rss_mb": _by_name(peaks),
+            }
         if time.perf_counter() - started > timeout:
             timed_out = True
             for member in tree[::-1]:
@@ -274,10 +302,15 @@ def run_watched(argv: list[str], env: dict[str, str], log: Path, timeout: float 
         time.sleep(0.1)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"seconds": seconds, "exit_code": process.returncode, "timed_out": timed_out,
-            "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            "peak_rss_mb": _by_name(peaks), "phase": at_phase,
-            "log_tail": log.read_text(errors="replace")[-1500:]}
+    return {
+        "seconds": seconds,
+        "exit_code": process.returncode,
+        "timed_out": timed_out,
+        "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "peak_rss_mb": _by_name(peaks),
+        "phase": at_phase,
+        "log_tail": log.read_text(errors="replace")[-1500:],
+    }
 
 
 def _by_name(peaks: dict[int, tuple[str, float]]) -> dict[str, float]:
@@ -290,6 +323,7 @@ def _by_name(peaks: dict[int, tuple[str, float]]) -> dict[str, float]:
 def snapshot_durable(lake: Path) -> Callable[[], bool]:
     """Whether the reader's state (in the lake's _local folder) says the initial snapshot is
     durable in the lake watermark."""
+
     def durable() -> bool:
         for path in (lake / "_local" / "reader").glob("*.json"):
             if not path.name.endswith(".status.json"):
@@ -313,8 +347,19 @@ def totes_run(dsn: str, root: Path, log_name: str, *, code: str | None = None) -
     the snapshot is durable as its `phase`. `code`: another checkout to run it from (its
     folder first on PYTHONPATH), to measure a version before beside this one."""
     root.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "totes_cli", "run", "--source", dsn, "--lake", str(root / "lake"),
-            "--warehouse", str(root / "warehouse.duckdb"), "--until-caught-up"]
+    argv = [
+        sys.executable,
+        "-m",
+        "totes_cli",
+        "run",
+        "--source",
+        dsn,
+        "--lake",
+        str(root / "lake"),
+        "--warehouse",
+        str(root / "warehouse.duckdb"),
+        "--until-caught-up",
+    ]
     env = _environment(root)
     if code:
         env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
@@ -346,7 +391,7 @@ def dlt_available() -> str | None:
         import dlt  # noqa: F401
         import sqlalchemy  # noqa: F401
     except ImportError as error:
-        return f"dlt is not installed ({error.name}): pip install -c constraints.txt -e \".[bench]\""
+        return f'dlt is not installed ({error.name}): pip install -c constraints.txt -e ".[bench]"'
     return None
 
 
@@ -356,8 +401,11 @@ def dlt_load(dsn: str, root: Path, tables: list[str]) -> dict:
     script.write_text(DLT_SCRIPT)
     env = _environment(root)
     env.update({"RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(root / "dlt-data")})
-    result = run_watched([sys.executable, str(script), dsn, str(root / "dlt.duckdb"), str(root / "dlt-work"),
-                          ",".join(tables)], env, root / "dlt.log")
+    result = run_watched(
+        [sys.executable, str(script), dsn, str(root / "dlt.duckdb"), str(root / "dlt-work"), ",".join(tables)],
+        env,
+        root / "dlt.log",
+    )
     if result["exit_code"] != 0:
         raise RuntimeError(f"dlt failed ({result['exit_code']}):\n{result['log_tail']}")
     return result
@@ -365,15 +413,16 @@ def dlt_load(dsn: str, root: Path, tables: list[str]) -> dict:
 
 # -- streaming latency -----------------------------------------------------------------------------
 
+
 def latency(dsn: str, root: Path, sizes: Sizes, say) -> dict:
     from bench.pipeline_bench import measure_latency
     from totes_cli.pipeline import DEFAULT_WINDOW
 
-    return measure_latency(dsn, root, LATENCY_RATE, sizes.latency_seconds, sizes.latency_warmup, say,
-                           DEFAULT_WINDOW)
+    return measure_latency(dsn, root, LATENCY_RATE, sizes.latency_seconds, sizes.latency_warmup, say, DEFAULT_WINDOW)
 
 
 # -- the report --------------------------------------------------------------------------------------
+
 
 def _rss_text(result: dict) -> str:
     peaks = result["peak_rss_mb"]
@@ -419,31 +468,46 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             load["rows"] = copy["rows"]
             load["rows_per_s"] = copy["rows"] / load["seconds"]
             load["ratio_to_copy"] = load["rows_per_s"] / copy["rows_per_s"]
-            say(f"  initial load: {load['rows_per_s']:,.0f} rows/s ({load['seconds']:.1f} s), "
-                f"{load['ratio_to_copy']:.2f}x COPY, peak RSS {_rss_text(load)}")
+            say(
+                f"  initial load: {load['rows_per_s']:,.0f} rows/s ({load['seconds']:.1f} s), "
+                f"{load['ratio_to_copy']:.2f}x COPY, peak RSS {_rss_text(load)}"
+            )
             report.raw[f"{label}"] = {"counts": counts, "copy": copy, "initial_load": load}
             at_target_size = orders >= 5_000_000 or orders == max(sizes.orders)
             finished = "timed out" if load["timed_out"] else f"{load['seconds']:.1f} s"
-            report.rows.append(Row(
-                f"COPY TO STDOUT of the 11 tables into /dev/null, {label} ({copy['rows']:,} rows)",
-                f"{copy['rows_per_s']:,.0f} rows/s ({copy['seconds']:.1f} s)", "the limit", reproduce))
-            report.rows.append(Row(
-                f"initial load `totes run --until-caught-up` from nothing, {label} ({copy['rows']:,} rows)",
-                f"{load['rows_per_s']:,.0f} rows/s ({finished}, {load['cpu_seconds']:.0f} s CPU), "
-                f"{load['ratio_to_copy']:.2f}x COPY; "
-                f"peak RSS {_rss_text(load)}",
-                f">= {LOAD_RATIO_TARGET}x COPY at 5M rows"
-                f"{' (' + _verdict(load['ratio_to_copy'] >= LOAD_RATIO_TARGET) + ')' if at_target_size else ''}; "
-                f"peak RSS < {RSS_TARGET_MB} MB ({_verdict(_peak(load) < RSS_TARGET_MB)})", reproduce))
+            report.rows.append(
+                Row(
+                    f"COPY TO STDOUT of the 11 tables into /dev/null, {label} ({copy['rows']:,} rows)",
+                    f"{copy['rows_per_s']:,.0f} rows/s ({copy['seconds']:.1f} s)",
+                    "the limit",
+                    reproduce,
+                )
+            )
+            report.rows.append(
+                Row(
+                    f"initial load `totes run --until-caught-up` from nothing, {label} ({copy['rows']:,} rows)",
+                    f"{load['rows_per_s']:,.0f} rows/s ({finished}, {load['cpu_seconds']:.0f} s CPU), "
+                    f"{load['ratio_to_copy']:.2f}x COPY; "
+                    f"peak RSS {_rss_text(load)}",
+                    f">= {LOAD_RATIO_TARGET}x COPY at 5M rows"
+                    f"{' (' + _verdict(load['ratio_to_copy'] >= LOAD_RATIO_TARGET) + ')' if at_target_size else ''}; "
+                    f"peak RSS < {RSS_TARGET_MB} MB ({_verdict(_peak(load) < RSS_TARGET_MB)})",
+                    reproduce,
+                )
+            )
             snapshot = load.get("phase")
             if snapshot:
                 rate = copy["rows"] / snapshot["seconds"]
                 say(f"  snapshot durable after {snapshot['seconds']:.1f} s: {rate:,.0f} rows/s")
-                report.rows.append(Row(
-                    f"its snapshot phase: start -> snapshot durable in the lake watermark, {label}",
-                    f"{rate:,.0f} rows/s ({snapshot['seconds']:.1f} s, {snapshot['cpu_seconds']:.0f} s CPU), "
-                    f"{rate / copy['rows_per_s']:.2f}x COPY; peak RSS so far {_rss_text(snapshot)}",
-                    f"peak RSS < {RSS_TARGET_MB} MB ({_verdict(_peak(snapshot) < RSS_TARGET_MB)})", reproduce))
+                report.rows.append(
+                    Row(
+                        f"its snapshot phase: start -> snapshot durable in the lake watermark, {label}",
+                        f"{rate:,.0f} rows/s ({snapshot['seconds']:.1f} s, {snapshot['cpu_seconds']:.0f} s CPU), "
+                        f"{rate / copy['rows_per_s']:.2f}x COPY; peak RSS so far {_rss_text(snapshot)}",
+                        f"peak RSS < {RSS_TARGET_MB} MB ({_verdict(_peak(snapshot) < RSS_TARGET_MB)})",
+                        reproduce,
+                    )
+                )
             if why_no_dlt is None:
                 say("  dlt sql_database (pyarrow) -> DuckDB")
                 peer = dlt_load(dsn, root / f"dlt-{orders}", list(counts))
@@ -451,11 +515,16 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
                 peer["ratio_to_copy"] = peer["rows_per_s"] / copy["rows_per_s"]
                 say(f"  dlt: {peer['rows_per_s']:,.0f} rows/s ({peer['seconds']:.1f} s)")
                 report.raw[label]["dlt"] = peer
-                report.rows.append(Row(
-                    f"peer: dlt `sql_database` (pyarrow backend) -> DuckDB, same tables, {label}",
-                    f"{peer['rows_per_s']:,.0f} rows/s ({peer['seconds']:.1f} s, {peer['cpu_seconds']:.0f} s CPU), "
-                    f"{peer['ratio_to_copy']:.2f}x COPY; "
-                    f"peak RSS {_rss_text(peer)}", "the peer (a full copy, no change capture)", reproduce))
+                report.rows.append(
+                    Row(
+                        f"peer: dlt `sql_database` (pyarrow backend) -> DuckDB, same tables, {label}",
+                        f"{peer['rows_per_s']:,.0f} rows/s ({peer['seconds']:.1f} s, {peer['cpu_seconds']:.0f} s CPU), "
+                        f"{peer['ratio_to_copy']:.2f}x COPY; "
+                        f"peak RSS {_rss_text(peer)}",
+                        "the peer (a full copy, no change capture)",
+                        reproduce,
+                    )
+                )
                 shutil.rmtree(root / f"dlt-{orders}", ignore_errors=True)
             if orders != sizes.orders[-1]:  # the next size's WAL need not be kept for this lake
                 drop_slot_of(dsn, big_root / "lake")
@@ -471,39 +540,52 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         backlog["update_seconds"] = update_seconds
         report.raw["backlog"] = backlog
         say(f"  {backlog['changes_per_s']:,.0f} changes/s ({backlog['seconds']:.1f} s)")
-        report.rows.append(Row(
-            f"backlog of {sizes.backlog:,} updates, then `totes run --until-caught-up` "
-            f"(lake of {max(sizes.orders):,} orders)",
-            f"{backlog['changes_per_s']:,.0f} changes/s ({backlog['seconds']:.1f} s, {backlog['cpu_seconds']:.0f} s CPU); "
-            f"peak RSS {_rss_text(backlog)}",
-            f">= {BACKLOG_TARGET:,} changes/s ({_verdict(backlog['changes_per_s'] >= BACKLOG_TARGET)}); "
-            f"peak RSS < {RSS_TARGET_MB} MB ({_verdict(_peak(backlog) < RSS_TARGET_MB)})", reproduce))
+        report.rows.append(
+            Row(
+                f"backlog of {sizes.backlog:,} updates, then `totes run --until-caught-up` "
+                f"(lake of {max(sizes.orders):,} orders)",
+                f"{backlog['changes_per_s']:,.0f} changes/s ({backlog['seconds']:.1f} s, {backlog['cpu_seconds']:.0f} s CPU); "
+                f"peak RSS {_rss_text(backlog)}",
+                f">= {BACKLOG_TARGET:,} changes/s ({_verdict(backlog['changes_per_s'] >= BACKLOG_TARGET)}); "
+                f"peak RSS < {RSS_TARGET_MB} MB ({_verdict(_peak(backlog) < RSS_TARGET_MB)})",
+                reproduce,
+            )
+        )
 
         say("catch-up with nothing new")
         idle = [totes_run(dsn, big_root, f"nothing-new-{n}") for n in range(NOTHING_NEW_RUNS)]
         seconds = statistics.median(r["seconds"] for r in idle)
         cpu = statistics.median(r["cpu_seconds"] for r in idle)
         report.raw["nothing new"] = idle
-        report.rows.append(Row(
-            "catch-up with nothing new (`totes run --until-caught-up` on a caught-up pipeline)",
-            f"{seconds:.2f} s wall, {cpu:.2f} s CPU (median of {NOTHING_NEW_RUNS}; load average "
-            f"{os.getloadavg()[0]:.1f})",
-            f"<= {NOTHING_NEW_TARGET_S} s ({_verdict(seconds <= NOTHING_NEW_TARGET_S)})", reproduce))
+        report.rows.append(
+            Row(
+                "catch-up with nothing new (`totes run --until-caught-up` on a caught-up pipeline)",
+                f"{seconds:.2f} s wall, {cpu:.2f} s CPU (median of {NOTHING_NEW_RUNS}; load average "
+                f"{os.getloadavg()[0]:.1f})",
+                f"<= {NOTHING_NEW_TARGET_S} s ({_verdict(seconds <= NOTHING_NEW_TARGET_S)})",
+                reproduce,
+            )
+        )
 
         say(f"streaming latency on the lake of {max(sizes.orders):,} orders")
         big = latency(dsn, big_root, sizes, say)
         report.raw["latency big lake"] = big
         slower = big["p50_s"] / small["p50_s"] - 1
-        report.rows.append(Row(
-            f"commit -> warehouse latency at {LATENCY_RATE:,} changes/s, lake of {max(sizes.orders):,} orders "
-            "against a lake of the real snapshot",
-            f"p50 {big['p50_s']:.2f} s against {small['p50_s']:.2f} s ({slower:+.0%}) at {big['rate_achieved']:,.0f} "
-            f"and {small['rate_achieved']:,.0f} changes/s achieved; p95 {big['p95_s']:.2f} s "
-            f"against {small['p95_s']:.2f} s; p99 {big['p99_s']:.2f} s against {small['p99_s']:.2f} s",
-            f"p50 within {LATENCY_SLACK:.0%} of the small lake's ({_verdict(slower <= LATENCY_SLACK)})", reproduce))
+        report.rows.append(
+            Row(
+                f"commit -> warehouse latency at {LATENCY_RATE:,} changes/s, lake of {max(sizes.orders):,} orders "
+                "against a lake of the real snapshot",
+                f"p50 {big['p50_s']:.2f} s against {small['p50_s']:.2f} s ({slower:+.0%}) at {big['rate_achieved']:,.0f} "
+                f"and {small['rate_achieved']:,.0f} changes/s achieved; p95 {big['p95_s']:.2f} s "
+                f"against {small['p95_s']:.2f} s; p99 {big['p99_s']:.2f} s against {small['p99_s']:.2f} s",
+                f"p50 within {LATENCY_SLACK:.0%} of the small lake's ({_verdict(slower <= LATENCY_SLACK)})",
+                reproduce,
+            )
+        )
         report.notes.append(
             f"load average {report.raw['load_average_at_start'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
-            f"the end, on {os.cpu_count()} cores: wall times stretch with it, CPU seconds much less")
+            f"the end, on {os.cpu_count()} cores: wall times stretch with it, CPU seconds much less"
+        )
     finally:
         if server is not None:
             server.stop()

@@ -52,14 +52,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _pipeline(dsn: str, root: Path, window: float = DEFAULT_WINDOW) -> Pipeline:
-    return Pipeline(windowed(PipelineConfig(source_dsn=dsn, lake=str(root / "lake"),
-                                            warehouse=str(root / "warehouse.duckdb")), window))
+    return Pipeline(
+        windowed(
+            PipelineConfig(source_dsn=dsn, lake=str(root / "lake"), warehouse=str(root / "warehouse.duckdb")), window
+        )
+    )
 
 
 def _commits_per_second(lake: str, table: str, since: float, until: float) -> float:
     """Commits to the change log of `table` per second between two wall-clock times."""
-    commits = [c for c in history(LakeLayout(lake), table, "changes")
-               if since <= c.timestamp.timestamp() <= until and c.lsn_min is not None]
+    commits = [
+        c
+        for c in history(LakeLayout(lake), table, "changes")
+        if since <= c.timestamp.timestamp() <= until and c.lsn_min is not None
+    ]
     return len(commits) / max(until - since, 1e-9)
 
 
@@ -69,8 +75,11 @@ def _stages(layout: LakeLayout, rows: list[tuple[float, float, int]]) -> dict[st
     range holds the row's transaction, the latest of them, as a transaction's rows go to
     several shards), commit -> lake watermark (the `_progress` row that took the last shard
     past the transaction), and lake watermark -> visible in the warehouse."""
-    commits = [(c.timestamp.timestamp(), c.lsn_min, c.lsn_max)
-               for c in history(layout, "public.sales_order", "changes") if c.lsn_min is not None]
+    commits = [
+        (c.timestamp.timestamp(), c.lsn_min, c.lsn_max)
+        for c in history(layout, "public.sales_order", "changes")
+        if c.lsn_min is not None
+    ]
     markers: dict[str, list[tuple[int, float]]] = {}
     for row in Progress(layout).history().to_pylist():
         markers.setdefault(row["shard"], []).append((row["marker_lsn"], row["recorded_at"].timestamp()))
@@ -80,8 +89,7 @@ def _stages(layout: LakeLayout, rows: list[tuple[float, float, int]]) -> dict[st
         if lsn not in times:
             in_lake = [at for at, low, high in commits if low <= lsn <= high]
             passed = [min((at for marker, at in shard if marker >= lsn), default=None) for shard in markers.values()]
-            times[lsn] = (max(in_lake) if in_lake else None,
-                          None if not passed or None in passed else max(passed))
+            times[lsn] = (max(in_lake) if in_lake else None, None if not passed or None in passed else max(passed))
         return times[lsn]
 
     logged, watermarked, visible = [], [], []
@@ -94,9 +102,11 @@ def _stages(layout: LakeLayout, rows: list[tuple[float, float, int]]) -> dict[st
         visible.append(committed + lag - passed)
     if not logged:
         return {}
-    return {"commit -> change log": statistics.median(logged),
-            "commit -> lake watermark": statistics.median(watermarked),
-            "lake watermark -> warehouse": statistics.median(visible)}
+    return {
+        "commit -> change log": statistics.median(logged),
+        "commit -> lake watermark": statistics.median(watermarked),
+        "lake watermark -> warehouse": statistics.median(visible),
+    }
 
 
 def _stages_text(stages: dict[str, float]) -> str:
@@ -137,7 +147,9 @@ def measure_latency(dsn: str, root: Path, rate: int, seconds: float, warmup: flo
             while not stop.is_set():
                 rows = connection.execute(
                     "SELECT sales_record_id, epoch_ms(valid_from), source_lsn FROM fact_sales_order "
-                    "WHERE sales_record_id > ? AND valid_from IS NOT NULL", [newest]).fetchall()
+                    "WHERE sales_record_id > ? AND valid_from IS NOT NULL",
+                    [newest],
+                ).fetchall()
                 now = time.time()
                 for record_id, committed_ms, lsn in rows:
                     seen[record_id] = (committed_ms / 1000, now - committed_ms / 1000, lsn)
@@ -159,8 +171,10 @@ def measure_latency(dsn: str, root: Path, rate: int, seconds: float, warmup: flo
                 if delay > 0:
                     time.sleep(delay)
                 chosen = rng.sample(ids, UPDATES_PER_TRANSACTION)
-                cur.execute("UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 "
-                            "WHERE sales_order_id = ANY(%s)", (chosen,))
+                cur.execute(
+                    "UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 WHERE sales_order_id = ANY(%s)",
+                    (chosen,),
+                )
                 conn.commit()
                 commit_times.append(time.time())
         achieved = transactions * UPDATES_PER_TRANSACTION / (time.monotonic() - started)
@@ -176,9 +190,14 @@ def measure_latency(dsn: str, root: Path, rate: int, seconds: float, warmup: flo
     steady_rows = [row for row in seen.values() if row[0] >= steady_from]
     latencies = [lag for _, lag, _ in steady_rows]
     result = {
-        "rate_target": rate, "rate_achieved": achieved, "rows_seen": len(latencies),
-        "p50_s": _percentile(latencies, 0.50), "p95_s": _percentile(latencies, 0.95),
-        "p99_s": _percentile(latencies, 0.99), "max_s": max(latencies), "mean_s": statistics.fmean(latencies),
+        "rate_target": rate,
+        "rate_achieved": achieved,
+        "rows_seen": len(latencies),
+        "p50_s": _percentile(latencies, 0.50),
+        "p95_s": _percentile(latencies, 0.95),
+        "p99_s": _percentile(latencies, 0.99),
+        "max_s": max(latencies),
+        "mean_s": statistics.fmean(latencies),
         "window": window,
         "commits_per_table_per_s": _commits_per_second(pipeline.config.lake, "public.sales_order", *steady),
         "stages_p50_s": _stages(LakeLayout(pipeline.config.lake), steady_rows),
@@ -193,9 +212,11 @@ def measure_throughput(dsn: str, root: Path, changes: int, say) -> dict:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         done = 0
         while done < changes:
-            chosen = ids[(done % len(ids)):(done % len(ids)) + per_transaction] or ids[:per_transaction]
-            cur.execute("UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 "
-                        "WHERE sales_order_id = ANY(%s)", (chosen,))
+            chosen = ids[(done % len(ids)) : (done % len(ids)) + per_transaction] or ids[:per_transaction]
+            cur.execute(
+                "UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 WHERE sales_order_id = ANY(%s)",
+                (chosen,),
+            )
             conn.commit()
             done += len(chosen)
     conn.close()
@@ -226,21 +247,29 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             run_root = root / f"latency-{len(report.raw)}"
             result = measure_latency(dsn, run_root, 1_000, seconds, warmup, say, window)
             report.raw[f"latency {label}"] = result
-            report.rows.append(Row(
-                f"commit -> warehouse latency at {result['rate_achieved']:,.0f} changes/s, {label}",
-                f"p50 {result['p50_s']:.2f} s, p95 {result['p95_s']:.2f} s, p99 {result['p99_s']:.2f} s "
-                f"({result['rows_seen']:,} fact rows; {result['commits_per_table_per_s']:.1f} lake commits "
-                f"per table per second)",
-                "p50 <= 1 s, p99 <= 3 s at 1,000 changes/s", "`python -m bench pipeline`"))
+            report.rows.append(
+                Row(
+                    f"commit -> warehouse latency at {result['rate_achieved']:,.0f} changes/s, {label}",
+                    f"p50 {result['p50_s']:.2f} s, p95 {result['p95_s']:.2f} s, p99 {result['p99_s']:.2f} s "
+                    f"({result['rows_seen']:,} fact rows; {result['commits_per_table_per_s']:.1f} lake commits "
+                    f"per table per second)",
+                    "p50 <= 1 s, p99 <= 3 s at 1,000 changes/s",
+                    "`python -m bench pipeline`",
+                )
+            )
             if result["stages_p50_s"]:
                 report.notes.append(f"where the latency goes, {label}: {_stages_text(result['stages_p50_s'])}")
         say("pipeline throughput")
         result = measure_throughput(dsn, root / "throughput", 30_000 if quick else 200_000, say)
         report.raw["throughput"] = result
-        report.rows.append(Row(
-            f"sustained end to end, backlog of {result['changes']:,} changes, all stages in one process",
-            f"{result['changes_per_s']:,.0f} changes/s ({result['seconds']:.1f} s)",
-            ">= 10,000 changes/s", "`python -m bench pipeline`"))
+        report.rows.append(
+            Row(
+                f"sustained end to end, backlog of {result['changes']:,} changes, all stages in one process",
+                f"{result['changes_per_s']:,.0f} changes/s ({result['seconds']:.1f} s)",
+                ">= 10,000 changes/s",
+                "`python -m bench pipeline`",
+            )
+        )
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

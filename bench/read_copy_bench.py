@@ -78,10 +78,21 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     size = path.stat().st_size
     connection.close()
     median, worst = statistics.median(publish), max(publish)
-    report = Report(raw={"facts": total, "file_bytes": size, "publish_seconds": publish,
-                         "copy_from_database_seconds": copy_from_database})
-    report.rows.append(Row(
-        f"warehouse copy for readers after a sync: CHECKPOINT + cp, {total:,} fact rows ({size / 2**20:.1f} MiB)",
-        f"median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms per copy (COPY FROM DATABASE instead: "
-        f"{copy_from_database * 1000:.0f} ms)", "small beside a sync; at most one a second", "python -m bench read_copy"))
+    report = Report(
+        raw={
+            "facts": total,
+            "file_bytes": size,
+            "publish_seconds": publish,
+            "copy_from_database_seconds": copy_from_database,
+        }
+    )
+    report.rows.append(
+        Row(
+            f"warehouse copy for readers after a sync: CHECKPOINT + cp, {total:,} fact rows ({size / 2**20:.1f} MiB)",
+            f"median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms per copy (COPY FROM DATABASE instead: "
+            f"{copy_from_database * 1000:.0f} ms)",
+            "small beside a sync; at most one a second",
+            "python -m bench read_copy",
+        )
+    )
     return report

@@ -93,6 +93,7 @@ QUICK = Sizes(rows=20_000, txn_rows=500, big_rows=100_000, profile_events=40_000
 
 # -- sinks and adapters (used in the child process) -------------------------------------------
 
+
 class NullSink:
     """Counts events and drops them; everything is durable as soon as its transaction ends."""
 
@@ -173,6 +174,7 @@ class CountingClient:
 
 # -- the child process: one Reader, nothing else ----------------------------------------------
 
+
 def _stream_worker(spec: dict, out) -> None:
     try:
         result = _stream(spec)
@@ -210,8 +212,13 @@ def _stream(spec: dict) -> dict:
     from cdc_reader.personal_data import NO_POLICY, parse
 
     policy = parse(spec["policy"], POLICY_KEY, defaults={}) if spec.get("policy") else NO_POLICY
-    reader = Reader(spec["dsn"], sink, durability, FileStateStore(Path(spec["state_path"])),
-                    ReaderConfig(slot=spec["slot"], publication=PUBLICATION, personal_data=policy))
+    reader = Reader(
+        spec["dsn"],
+        sink,
+        durability,
+        FileStateStore(Path(spec["state_path"])),
+        ReaderConfig(slot=spec["slot"], publication=PUBLICATION, personal_data=policy),
+    )
     gc.collect()
     rss_before = process.memory_info().rss
     hwm_before = _peak_rss()
@@ -233,8 +240,9 @@ def _stream(spec: dict) -> dict:
     if watch.finished_at is None:
         raise RuntimeError("the reader stopped before reaching the end marker")
     if watch.timed_out:
-        raise RuntimeError(f"the reader did not reach the end marker within {spec['timeout']:g} s "
-                           f"({reader.metrics.events} events)")
+        raise RuntimeError(
+            f"the reader did not reach the end marker within {spec['timeout']:g} s ({reader.metrics.events} events)"
+        )
     elapsed = watch.finished_at - watch.started_at
     result = {
         "seconds": elapsed,
@@ -275,8 +283,7 @@ def _peak_rss() -> int:
 class _Watch(threading.Thread):
     """Samples RSS every 20 ms and stops the reader once `done()` (or at the event cap)."""
 
-    def __init__(self, process, done, reader, stop: threading.Event, max_events: int | None,
-                 timeout: float) -> None:
+    def __init__(self, process, done, reader, stop: threading.Event, max_events: int | None, timeout: float) -> None:
         super().__init__(name="bench-watch", daemon=True)
         self.process, self.done, self.reader, self.stop = process, done, reader, stop
         self.max_events, self.timeout = max_events, timeout
@@ -331,6 +338,7 @@ def _profile_text(profiler: cProfile.Profile, limit: int = 22) -> str:
 
 # -- the parent: servers, load, runs ----------------------------------------------------------
 
+
 class _WalsenderCpu(threading.Thread):
     """CPU seconds of the walsender serving `slot` (sampled every 0.1 s; the last 0.1 s of a
     run may be missed), to see whether the server or the client is the bottleneck."""
@@ -350,8 +358,7 @@ class _WalsenderCpu(threading.Thread):
         try:
             with conn.cursor() as cur:
                 while not self.halt.is_set():
-                    cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                                (self.slot,))
+                    cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
                     row = cur.fetchone()
                     if row and row[0] and row[0] not in handles:
                         try:
@@ -426,8 +433,11 @@ class Source:
 
     def drop_slots(self, names: list[str]) -> None:
         for name in names:
-            self.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                       "WHERE slot_name = %s AND NOT active", (name,))
+            self.query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (name,),
+            )
 
 
 # Realistic sales_order rows from a row number `i`, referring to the seeded static data.
@@ -478,8 +488,13 @@ class Load:
 
 def _reference_ids(cur) -> dict:
     ids = {}
-    for name, table in (("design", "design"), ("staff", "staff"), ("counterparty", "counterparty"),
-                        ("currency", "currency"), ("address", "address")):
+    for name, table in (
+        ("design", "design"),
+        ("staff", "staff"),
+        ("counterparty", "counterparty"),
+        ("currency", "currency"),
+        ("address", "address"),
+    ):
         cur.execute(f"SELECT array_agg({table}_id ORDER BY {table}_id) FROM {table}")
         values = cur.fetchone()[0]
         if not values:
@@ -488,8 +503,7 @@ def _reference_ids(cur) -> dict:
     return ids
 
 
-def generate_load(source: Source, start_lsn: int, rows: int, txn_rows: int, *,
-                  updates: bool = True) -> Load:
+def generate_load(source: Source, start_lsn: int, rows: int, txn_rows: int, *, updates: bool = True) -> Load:
     """`rows` sales_order inserts (then as many updates) in transactions of `txn_rows`, then
     the end marker; one transaction of everything when txn_rows >= rows and not updates."""
     conn = psycopg2.connect(source.dsn)
@@ -529,23 +543,35 @@ def generate_load(source: Source, start_lsn: int, rows: int, txn_rows: int, *,
             conn.commit()
     finally:
         conn.close()
-    return Load(rows, rows if updates else 0, transactions, time.perf_counter() - started,
-                start_lsn, marker, end)
+    return Load(rows, rows if updates else 0, transactions, time.perf_counter() - started, start_lsn, marker, end)
 
 
 def run_pg_recvlogical(source: Source, slot: str, end_lsn: int, timeout: float = 600.0) -> dict:
     from totesys.embedded import binary
 
     command = [
-        str(binary("pg_recvlogical")), "-d", source.dsn, "--slot", slot, "--start", "--no-loop",
-        "--plugin=pgoutput", "-o", "proto_version=1", "-o", f"publication_names={PUBLICATION}",
-        "-o", "messages=true", "-f", "/dev/null", f"--endpos={format_lsn(end_lsn)}",
+        str(binary("pg_recvlogical")),
+        "-d",
+        source.dsn,
+        "--slot",
+        slot,
+        "--start",
+        "--no-loop",
+        "--plugin=pgoutput",
+        "-o",
+        "proto_version=1",
+        "-o",
+        f"publication_names={PUBLICATION}",
+        "-o",
+        "messages=true",
+        "-f",
+        "/dev/null",
+        f"--endpos={format_lsn(end_lsn)}",
     ]
     walsender = _WalsenderCpu(source.admin_dsn, slot)
     walsender.start()
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     usage = None
     try:
         while True:
@@ -574,15 +600,33 @@ def run_pg_recvlogical(source: Source, slot: str, end_lsn: int, timeout: float =
     }
 
 
-def run_reader(source: Source, root: Path, slot: str, load: Load, *, sink: str,
-               endpoint: str | None = None, stream: str | None = None, profile: bool = False,
-               max_events: int | None = None, kinesalite_pid: int | None = None,
-               publisher_options: dict | None = None, policy: dict | None = None) -> dict:
+def run_reader(
+    source: Source,
+    root: Path,
+    slot: str,
+    load: Load,
+    *,
+    sink: str,
+    endpoint: str | None = None,
+    stream: str | None = None,
+    profile: bool = False,
+    max_events: int | None = None,
+    kinesalite_pid: int | None = None,
+    publisher_options: dict | None = None,
+    policy: dict | None = None,
+) -> dict:
     spec = {
         "policy": policy,
-        "dsn": source.dsn, "slot": slot, "sink": sink, "endpoint": endpoint, "stream": stream,
-        "marker_lsn": load.marker_lsn, "state_path": str(root / f"state-{slot}.json"),
-        "profile": profile, "max_events": max_events, "timeout": CHILD_TIMEOUT,
+        "dsn": source.dsn,
+        "slot": slot,
+        "sink": sink,
+        "endpoint": endpoint,
+        "stream": stream,
+        "marker_lsn": load.marker_lsn,
+        "state_path": str(root / f"state-{slot}.json"),
+        "profile": profile,
+        "max_events": max_events,
+        "timeout": CHILD_TIMEOUT,
         "publisher_options": publisher_options or {},
     }
     context = multiprocessing.get_context("spawn")
@@ -631,6 +675,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 # -- the benchmark ----------------------------------------------------------------------------
 
+
 def machine_context() -> dict:
     model = ""
     try:
@@ -642,6 +687,7 @@ def machine_context() -> dict:
         pass
     try:
         import psutil
+
         memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
     except Exception:
         memory_gb = None
@@ -680,17 +726,18 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             report.notes.append(f"Kinesis runs skipped: {error}")
             say(f"Kinesis runs skipped: {error}")
 
-        def reader_run(key: str, slot: str, load: Load, sink: str, stream: str | None = None,
-                       **options) -> dict:
+        def reader_run(key: str, slot: str, load: Load, sink: str, stream: str | None = None, **options) -> dict:
             if stream is not None:
                 ensure_stream(client, stream, SHARDS)
                 options.update(endpoint=endpoint, stream=stream, kinesalite_pid=kinesalite.pid)
             result = results[key] = raw[key] = run_reader(source, root, slot, load, sink=sink, **options)
             if not result["stopped_early"] and result["events"] != load.events:
                 report.notes.append(f"{key} streamed {result['events']} events, expected {load.events}")
-            say(f"  {result['seconds']:.2f} s, {result['events_per_second']:,.0f} events/s, "
+            say(
+                f"  {result['seconds']:.2f} s, {result['events_per_second']:,.0f} events/s, "
                 f"RSS {result['rss_before_mb']:.0f} MB before, at most "
-                f"{result['rss_peak_sampled_mb']:.0f} MB while streaming")
+                f"{result['rss_peak_sampled_mb']:.0f} MB while streaming"
+            )
             return result
 
         # 1. throughput: every slot created at the same point, before the load
@@ -702,12 +749,16 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             if profile:
                 slots.append("bench_reader_profile")
         start_lsn = source.create_slots(slots)
-        say(f"generating the load: {sizes.rows} inserts + {sizes.rows} updates of sales_order "
-            f"in transactions of {sizes.txn_rows} rows")
+        say(
+            f"generating the load: {sizes.rows} inserts + {sizes.rows} updates of sales_order "
+            f"in transactions of {sizes.txn_rows} rows"
+        )
         load = generate_load(source, start_lsn, sizes.rows, sizes.txn_rows)
         raw["load"] = {**asdict(load), "events": load.events, "wal_bytes": load.wal_bytes}
-        say(f"  {load.events} events, {load.transactions} transactions, "
-            f"{load.wal_bytes / 2**20:.0f} MiB of WAL in {load.seconds:.1f} s")
+        say(
+            f"  {load.events} events, {load.transactions} transactions, "
+            f"{load.wal_bytes / 2**20:.0f} MiB of WAL in {load.seconds:.1f} s"
+        )
 
         runs = []
         for slot in recv_slots:
@@ -727,8 +778,15 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         reader_run("reader_policy", "bench_reader_policy", load, "null", policy=POLICY)
         if kinesis and profile:
             say(f"Reader -> kinesalite under cProfile (first {sizes.profile_events} events)")
-            reader_run("reader_profile", "bench_reader_profile", load, "kinesis", "bench-profile",
-                       profile=True, max_events=sizes.profile_events)
+            reader_run(
+                "reader_profile",
+                "bench_reader_profile",
+                load,
+                "kinesis",
+                "bench-profile",
+                profile=True,
+                max_events=sizes.profile_events,
+            )
         source.drop_slots(slots)
 
         # 2. memory through one big transaction
@@ -741,10 +799,15 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         if kinesis:
             say("Reader -> Publisher -> kinesalite through it")
             reader_run("big_reader_kinesis", "bench_big_kinesis", big, "kinesis", "bench-rss")
-            say(f"the same with Publisher(linger_seconds={STRESS_LINGER:g}): buffer bounded by "
-                "its byte limits only")
-            reader_run("big_reader_no_linger", "bench_big_no_linger", big, "kinesis",
-                       "bench-rss-no-linger", publisher_options={"linger_seconds": STRESS_LINGER})
+            say(f"the same with Publisher(linger_seconds={STRESS_LINGER:g}): buffer bounded by its byte limits only")
+            reader_run(
+                "big_reader_no_linger",
+                "bench_big_no_linger",
+                big,
+                "kinesis",
+                "bench-rss-no-linger",
+                publisher_options={"linger_seconds": STRESS_LINGER},
+            )
         say("Reader -> null sink through it")
         reader_run("big_reader_null", "bench_big_null", big, "null")
         source.drop_slots(big_slots)
@@ -763,14 +826,15 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
 
 def _policy_cost(results: dict[str, dict]) -> str:
     plain, policy = results["reader_null"], results["reader_policy"]
-    return (f"{policy['events_per_second']:,.0f} events/s, {policy['cpu_seconds']:.1f} CPU s = "
-            f"{policy['cpu_seconds'] / plain['cpu_seconds']:.2f}x the CPU seconds without a policy "
-            f"({plain['cpu_seconds']:.1f} s)")
+    return (
+        f"{policy['events_per_second']:,.0f} events/s, {policy['cpu_seconds']:.1f} CPU s = "
+        f"{policy['cpu_seconds'] / plain['cpu_seconds']:.2f}x the CPU seconds without a policy "
+        f"({plain['cpu_seconds']:.1f} s)"
+    )
 
 
 def _rss(result: dict) -> str:
-    return (f"{result['peak_rss_mb']:.0f} MB peak (VmHWM); {result['rss_before_mb']:.0f} MB "
-            f"before streaming")
+    return f"{result['peak_rss_mb']:.0f} MB peak (VmHWM); {result['rss_before_mb']:.0f} MB before streaming"
 
 
 def _du(path: Path) -> int:
@@ -785,41 +849,63 @@ def _rows(load: Load, big: Load, results: dict[str, dict], reproduce: str) -> li
         if key not in results:
             return skipped
         r = results[key]
-        return (f"{r['events_per_second']:,.0f} events/s ({r['seconds']:.1f} s) = "
-                f"{r['events_per_second'] / recv['events_per_second']:.2f}x pg_recvlogical")
+        return (
+            f"{r['events_per_second']:,.0f} events/s ({r['seconds']:.1f} s) = "
+            f"{r['events_per_second'] / recv['events_per_second']:.2f}x pg_recvlogical"
+        )
 
     records = skipped
     if "reader_kinesis" in results:
         r = results["reader_kinesis"]
         stats = r["records"]
-        records = (f"{r['publisher']['events_per_record']:,.0f} events/record; avg "
-                   f"{stats['avg_event_record_bytes'] / 1024:,.0f} KiB, max "
-                   f"{stats['max_event_record_bytes'] / 1024:,.0f} KiB (zstd of avg "
-                   f"{stats['avg_uncompressed_body_bytes'] / 1024:,.0f} KiB uncompressed)")
+        records = (
+            f"{r['publisher']['events_per_record']:,.0f} events/record; avg "
+            f"{stats['avg_event_record_bytes'] / 1024:,.0f} KiB, max "
+            f"{stats['max_event_record_bytes'] / 1024:,.0f} KiB (zstd of avg "
+            f"{stats['avg_uncompressed_body_bytes'] / 1024:,.0f} KiB uncompressed)"
+        )
     return [
-        Row(f"pg_recvlogical, pgoutput to /dev/null ({load.events:,} sales_order changes in "
-            f"{load.transactions} txns)",
+        Row(
+            f"pg_recvlogical, pgoutput to /dev/null ({load.events:,} sales_order changes in {load.transactions} txns)",
             f"{recv['events_per_second']:,.0f} events/s ({recv['seconds']:.2f} s, median of "
             f"{', '.join(f'{t:.2f}' for t in recv['all_seconds'])} s)",
-            "baseline: the server's own decoding", reproduce),
-        Row(f"Reader decode + publish into Publisher on kinesalite, {SHARDS} shards (same load)",
-            rate("reader_kinesis"), ">= 0.5x pg_recvlogical", reproduce),
-        Row("Reader decode only, null sink (same load)", rate("reader_null"),
-            "measured, no target", reproduce),
-        Row("Reader decode only, null sink, sales_order under a personal-data policy (a keyed hash and "
-            "a mask of its two text columns; same load, same run)", _policy_cost(results),
-            "measured against the run without a policy", reproduce),
-        Row("Kinesis records of the decode + publish run", records, ">= 100 events, <= 1 MiB per record",
-            reproduce),
-        Row(f"Reader RSS through one {big.inserts:,}-row transaction, into kinesalite",
+            "baseline: the server's own decoding",
+            reproduce,
+        ),
+        Row(
+            f"Reader decode + publish into Publisher on kinesalite, {SHARDS} shards (same load)",
+            rate("reader_kinesis"),
+            ">= 0.5x pg_recvlogical",
+            reproduce,
+        ),
+        Row("Reader decode only, null sink (same load)", rate("reader_null"), "measured, no target", reproduce),
+        Row(
+            "Reader decode only, null sink, sales_order under a personal-data policy (a keyed hash and "
+            "a mask of its two text columns; same load, same run)",
+            _policy_cost(results),
+            "measured against the run without a policy",
+            reproduce,
+        ),
+        Row("Kinesis records of the decode + publish run", records, ">= 100 events, <= 1 MiB per record", reproduce),
+        Row(
+            f"Reader RSS through one {big.inserts:,}-row transaction, into kinesalite",
             _rss(results["big_reader_kinesis"]) if "big_reader_kinesis" in results else skipped,
-            f"< {RSS_TARGET_MB} MB", reproduce),
-        Row("Reader RSS through the same transaction, null sink", _rss(results["big_reader_null"]),
-            f"< {RSS_TARGET_MB} MB", reproduce),
-        Row(f"Reader RSS through the same transaction, kinesalite, Publisher(linger_seconds="
+            f"< {RSS_TARGET_MB} MB",
+            reproduce,
+        ),
+        Row(
+            "Reader RSS through the same transaction, null sink",
+            _rss(results["big_reader_null"]),
+            f"< {RSS_TARGET_MB} MB",
+            reproduce,
+        ),
+        Row(
+            f"Reader RSS through the same transaction, kinesalite, Publisher(linger_seconds="
             f"{STRESS_LINGER:g}) (stress: byte limits only)",
             _rss(results["big_reader_no_linger"]) if "big_reader_no_linger" in results else skipped,
-            f"< {RSS_TARGET_MB} MB", reproduce),
+            f"< {RSS_TARGET_MB} MB",
+            reproduce,
+        ),
     ]
 
 

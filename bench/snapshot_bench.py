@@ -96,19 +96,27 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             if snapshot:
                 rate = total / snapshot["seconds"]
                 say(f"{name}: snapshot durable after {snapshot['seconds']:.1f} s")
-                report.rows.append(Row(
-                    f"{name}: start -> snapshot durable in the lake watermark, {copied:,}-row sales_order "
-                    f"({total:,} source rows)",
-                    f"{rate:,.0f} rows/s ({snapshot['seconds']:.1f} s, {snapshot['cpu_seconds']:.1f} s CPU), "
-                    f"{rate / copy_rate:.2f}x COPY ({copy_rate:,.0f} rows/s); peak RSS so far {_rss(snapshot['peak_rss_mb'])}",
-                    f"the speed of COPY; peak RSS < {RSS_TARGET_MB} MB", "`python -m bench snapshot`"))
+                report.rows.append(
+                    Row(
+                        f"{name}: start -> snapshot durable in the lake watermark, {copied:,}-row sales_order "
+                        f"({total:,} source rows)",
+                        f"{rate:,.0f} rows/s ({snapshot['seconds']:.1f} s, {snapshot['cpu_seconds']:.1f} s CPU), "
+                        f"{rate / copy_rate:.2f}x COPY ({copy_rate:,.0f} rows/s); peak RSS so far {_rss(snapshot['peak_rss_mb'])}",
+                        f"the speed of COPY; peak RSS < {RSS_TARGET_MB} MB",
+                        "`python -m bench snapshot`",
+                    )
+                )
             per_second = total / result["seconds"]
             say(f"{name}: exits after {result['seconds']:.1f} s")
-            report.rows.append(Row(
-                f"{name}: `totes run --until-caught-up` from nothing to exit, same rows",
-                f"{per_second:,.0f} rows/s ({result['seconds']:.1f} s, {result['cpu_seconds']:.1f} s CPU), "
-                f"{per_second / copy_rate:.2f}x COPY; peak RSS {_rss(result['peak_rss_mb'])}",
-                f"the speed of COPY; peak RSS < {RSS_TARGET_MB} MB", "`python -m bench snapshot`"))
+            report.rows.append(
+                Row(
+                    f"{name}: `totes run --until-caught-up` from nothing to exit, same rows",
+                    f"{per_second:,.0f} rows/s ({result['seconds']:.1f} s, {result['cpu_seconds']:.1f} s CPU), "
+                    f"{per_second / copy_rate:.2f}x COPY; peak RSS {_rss(result['peak_rss_mb'])}",
+                    f"the speed of COPY; peak RSS < {RSS_TARGET_MB} MB",
+                    "`python -m bench snapshot`",
+                )
+            )
         report.raw["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     finally:
         source.stop()

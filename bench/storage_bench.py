@@ -68,8 +68,9 @@ def composition(lake: str) -> dict[str, int]:
 
 
 def measure(dsn: str, root: Path, rate: float, seconds: float, retention: timedelta, say) -> dict:
-    config = PipelineConfig(source_dsn=dsn, lake=str(root / "lake"), warehouse=str(root / "warehouse.duckdb"),
-                            retention=retention)
+    config = PipelineConfig(
+        source_dsn=dsn, lake=str(root / "lake"), warehouse=str(root / "warehouse.duckdb"), retention=retention
+    )
     pipeline = Pipeline(config)
     stop = threading.Event()
     business = Simulator(dsn, seed=7)
@@ -84,12 +85,21 @@ def measure(dsn: str, root: Path, rate: float, seconds: float, retention: timede
         while time.monotonic() - started < seconds and not pipeline.errors:
             time.sleep(SAMPLE_SECONDS)
             stored, live = _measure(config.lake)
-            samples.append({"t_s": round(time.monotonic() - started), "stored_bytes": stored, "live_bytes": live,
-                            "amplification": round(stored / live, 2) if live else None,
-                            "events": business.stats.events, "maintenance_rounds": pipeline.maintenance.rounds})
-            say(f"  {samples[-1]['t_s']:>5} s  stored {stored / 2**20:7.2f} MiB  live {live / 2**20:6.2f} MiB  "
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - started),
+                    "stored_bytes": stored,
+                    "live_bytes": live,
+                    "amplification": round(stored / live, 2) if live else None,
+                    "events": business.stats.events,
+                    "maintenance_rounds": pipeline.maintenance.rounds,
+                }
+            )
+            say(
+                f"  {samples[-1]['t_s']:>5} s  stored {stored / 2**20:7.2f} MiB  live {live / 2**20:6.2f} MiB  "
                 f"x{samples[-1]['amplification']}  ({business.stats.events:,} business events, "
-                f"{pipeline.maintenance.rounds} maintenance rounds)")
+                f"{pipeline.maintenance.rounds} maintenance rounds)"
+            )
         at_end = composition(config.lake)
     finally:
         stop.set()
@@ -103,11 +113,17 @@ def measure(dsn: str, root: Path, rate: float, seconds: float, retention: timede
     # Before the first window has passed nothing can be reclaimed: the growth then is what
     # the pipeline writes (a lower bound: compaction shrinks live files meanwhile).
     early = [s for s in samples if s["t_s"] <= retention.total_seconds()]
-    written = (early[-1]["stored_bytes"] - early[0]["stored_bytes"]) / max(early[-1]["t_s"] - early[0]["t_s"], 1) \
-        if len(early) >= 2 else None
+    written = (
+        (early[-1]["stored_bytes"] - early[0]["stored_bytes"]) / max(early[-1]["t_s"] - early[0]["t_s"], 1)
+        if len(early) >= 2
+        else None
+    )
     return {
-        "rate_events_per_s": rate, "seconds": seconds, "retention": format_retention(retention),
-        "samples": samples, "first_live_bytes": first["live_bytes"] if first else None,
+        "rate_events_per_s": rate,
+        "seconds": seconds,
+        "retention": format_retention(retention),
+        "samples": samples,
+        "first_live_bytes": first["live_bytes"] if first else None,
         "max_amplification_after_first_window": max((s["amplification"] for s in settled), default=None),
         "final_amplification": samples[-1]["amplification"] if samples else None,
         "written_bytes_per_s": round(written) if written else None,
@@ -130,17 +146,23 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         result = measure(dsn, root / "run", rate, seconds, retention, say)
         report.raw["storage"] = result
         worst, final = result["max_amplification_after_first_window"], result["final_amplification"]
-        report.rows.append(Row(
-            f"lake stored / live bytes, demo load x4 ({rate:g} business events/s for {seconds / 60:.0f} min "
-            f"= {rate * seconds / 5 / 60:.0f} min of the demo's events), "
-            f"--retain {result['retention']}",
-            f"at most {worst}x after the first window, {final}x at the end "
-            f"({result['samples'][-1]['stored_bytes'] / 2**20:.1f} MiB stored, "
-            f"{result['samples'][-1]['live_bytes'] / 2**20:.1f} MiB live); the pipeline wrote about "
-            f"{(result['written_bytes_per_s'] or 0) / 1024:.0f} KiB/s",
-            f"<= {BOUND:g}x", "`python -m bench storage`"))
-        report.notes.append("amplification ~ 1 + W*R/L (W bytes written per second, R the retention, L live "
-                            "bytes): see bench/README.md for the bound at other retentions.")
+        report.rows.append(
+            Row(
+                f"lake stored / live bytes, demo load x4 ({rate:g} business events/s for {seconds / 60:.0f} min "
+                f"= {rate * seconds / 5 / 60:.0f} min of the demo's events), "
+                f"--retain {result['retention']}",
+                f"at most {worst}x after the first window, {final}x at the end "
+                f"({result['samples'][-1]['stored_bytes'] / 2**20:.1f} MiB stored, "
+                f"{result['samples'][-1]['live_bytes'] / 2**20:.1f} MiB live); the pipeline wrote about "
+                f"{(result['written_bytes_per_s'] or 0) / 1024:.0f} KiB/s",
+                f"<= {BOUND:g}x",
+                "`python -m bench storage`",
+            )
+        )
+        report.notes.append(
+            "amplification ~ 1 + W*R/L (W bytes written per second, R the retention, L live "
+            "bytes): see bench/README.md for the bound at other retentions."
+        )
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -68,6 +68,7 @@ CHILD = textwrap.dedent("""
 
 # -- the lake ------------------------------------------------------------------------------
 
+
 def _order_text(first: int, count: int, version: int) -> pl.DataFrame:
     """Sales orders `first…first+count-1` as COPY's text columns (version 1: updated)."""
     order = pl.int_range(first, first + count, eager=True, dtype=pl.Int64)
@@ -115,8 +116,9 @@ def build_lake(root: Path, orders: int, say) -> dict:
     for chunk, start in enumerate(range(0, orders, CHUNK_ROWS)):
         count = min(CHUNK_ROWS, orders - start)
         text = _order_text(FIRST_ORDER + start, count, 0).to_arrow()
-        load.write_log(chunk, SNAPSHOT_LSN, changelog_rows(schema, text, SNAPSHOT_LSN, first_seq + start, chunk,
-                                                            written_on))
+        load.write_log(
+            chunk, SNAPSHOT_LSN, changelog_rows(schema, text, SNAPSHOT_LSN, first_seq + start, chunk, written_on)
+        )
     say(f"  snapshot in the lake: {len(real):,} real rows + {orders:,} orders ({time.perf_counter() - started:.0f} s)")
     updates = TableLoad(layout, schema, SNAPSHOT_LSN + 1, fresh_appends=False)
     lsn = SNAPSHOT_LSN
@@ -132,18 +134,26 @@ def build_lake(root: Path, orders: int, say) -> dict:
         rows = rows.set_column(names.index("_commit_ts"), "_commit_ts", moment)
         rows = rows.set_column(names.index("_shard"), "_shard", pa.array(["shardId-000000000000"] * count, pa.string()))
         updates.write_log(batch, lsn, rows)
-    say(f"  backlog in the lake: {orders:,} updates in transactions of {UPDATES_PER_TRANSACTION:,} "
-        f"({time.perf_counter() - started:.0f} s)")
+    say(
+        f"  backlog in the lake: {orders:,} updates in transactions of {UPDATES_PER_TRANSACTION:,} "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     return {"snapshot_lsn": SNAPSHOT_LSN, "snapshot_events": len(real) + orders, "end_lsn": lsn, "updates": orders}
 
 
 # -- one sync in a child process -------------------------------------------------------------
 
+
 def sync_child(code: str, lake: Path, warehouse: str, upto: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOTES_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (code, str(Path(__file__).resolve().parents[1])) if p)
-    done = subprocess.run([sys.executable, "-c", CHILD, code, str(lake), warehouse, str(upto), TODAY.isoformat()],
-                          env=env, capture_output=True, text=True, check=False)  # nosec B603 # fixed argv
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, code, str(lake), warehouse, str(upto), TODAY.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # nosec B603 # fixed argv
     if done.returncode != 0:
         raise RuntimeError(f"the sync failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -157,8 +167,10 @@ def _versions() -> list[tuple[str, str]]:
 
 def _load_text(run: dict, unit: str) -> str:
     rate = run["events"] / run["seconds"]
-    return (f"{rate:,.0f} {unit}/s ({run['seconds']:.1f} s, {run['cpu_seconds']:.1f} s CPU); peak RSS "
-            f"{run['peak_rss_mb']:.0f} MB; {len(run['slices'])} slices, largest {max(run['slices'] or [0]):,} events")
+    return (
+        f"{rate:,.0f} {unit}/s ({run['seconds']:.1f} s, {run['cpu_seconds']:.1f} s CPU); peak RSS "
+        f"{run['peak_rss_mb']:.0f} MB; {len(run['slices'])} slices, largest {max(run['slices'] or [0]):,} events"
+    )
 
 
 def run(quick: bool = False, profile: bool = False, say=print) -> Report:
@@ -181,20 +193,30 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
             for label, code in _versions():
                 name = f"{engine}, {label}"
                 slug = label.replace(" ", "_")
-                warehouse = (str(root / f"{slug}.duckdb") if engine == "duckdb"
-                             else ensure_database(admin, f"warehouse_{slug}"))
+                warehouse = (
+                    str(root / f"{slug}.duckdb") if engine == "duckdb" else ensure_database(admin, f"warehouse_{slug}")
+                )
                 say(f"  {name}: snapshot")
                 snapshot = sync_child(code, lake, warehouse, sizes["snapshot_lsn"])
                 say(f"  {name}: backlog")
                 backlog = sync_child(code, lake, warehouse, sizes["end_lsn"])
                 report.raw[name] = {"snapshot": snapshot, "backlog": backlog}
-                report.rows.append(Row(
-                    f"sync of {snapshot['events']:,} snapshot events into {engine} ({label})",
-                    _load_text(snapshot, "events"), f"peak RSS < {RSS_TARGET_MB} MB", reproduce))
-                report.rows.append(Row(
-                    f"sync of a backlog of {backlog['events']:,} sales_order updates into {engine} ({label})",
-                    _load_text(backlog, "changes"), f">= {BACKLOG_TARGET:,} changes/s; peak RSS < {RSS_TARGET_MB} MB",
-                    reproduce))
+                report.rows.append(
+                    Row(
+                        f"sync of {snapshot['events']:,} snapshot events into {engine} ({label})",
+                        _load_text(snapshot, "events"),
+                        f"peak RSS < {RSS_TARGET_MB} MB",
+                        reproduce,
+                    )
+                )
+                report.rows.append(
+                    Row(
+                        f"sync of a backlog of {backlog['events']:,} sales_order updates into {engine} ({label})",
+                        _load_text(backlog, "changes"),
+                        f">= {BACKLOG_TARGET:,} changes/s; peak RSS < {RSS_TARGET_MB} MB",
+                        reproduce,
+                    )
+                )
         report.raw["load_average"] = [load, os.getloadavg()[0]]
         report.notes.append(f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     finally:

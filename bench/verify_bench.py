@@ -53,8 +53,11 @@ def _copy(dsn: str) -> dict:
         with conn.cursor() as cur:
             wall, cpu, server = time.perf_counter(), time.process_time(), _backend_cpu(pid)
             cur.copy_expert("COPY sales_order TO STDOUT", _Nothing())
-            return {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
-                    "server_cpu_seconds": _backend_cpu(pid) - server}
+            return {
+                "seconds": time.perf_counter() - wall,
+                "cpu_seconds": time.process_time() - cpu,
+                "server_cpu_seconds": _backend_cpu(pid) - server,
+            }
     finally:
         conn.close()
 
@@ -96,9 +99,14 @@ def _verify_source(dsn: str, chunk_rows: int, snapshot=None) -> dict:
             rows += table.num_rows
             chunks += 1
         server = sum(map(_backend_cpu, pids)) - server
-    return {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
-            "server_cpu_seconds": server, "rows": rows,
-            "chunks": chunks, "arrow_peak_bytes": pool.max_memory()}
+    return {
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+        "server_cpu_seconds": server,
+        "rows": rows,
+        "chunks": chunks,
+        "arrow_peak_bytes": pool.max_memory(),
+    }
 
 
 def run(quick: bool = False, profile: bool = False, say=print) -> Report:
@@ -132,19 +140,35 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     copy_server = min(first["server_cpu_seconds"], second["server_cpu_seconds"])
     cost, cost_text = total(verified) / copy_cpu, total(text_copy) / copy_cpu
     on_source = verified["server_cpu_seconds"] / copy_server
-    say(f"COPY {copy['seconds']:.2f} s; verify's source read {verified['seconds']:.2f} s ({ratio:.2f}x wall, "
-        f"{cost:.2f}x CPU of client and server; the text-COPY read {cost_text:.2f}x); load {load:.1f}")
-    report = Report(raw={"rows": rows, "chunk_rows": chunk_rows, "copy": [first, second], "verify_source": verified,
-                         "verify_source_text_copy": text_copy, "load_average": round(load, 1),
-                         "ratio_wall": round(ratio, 2), "ratio_cpu": round(cost, 2),
-                         "ratio_cpu_text_copy": round(cost_text, 2), "ratio_source_cpu": round(on_source, 2)})
-    report.rows.append(Row(
-        f"`totes verify` source read of a {verified['rows']:,}-row sales_order ({verified['chunks']} key-range "
-        "chunks over ADBC binary COPY, typed and hashed)",
-        f"{total(verified):.2f} s CPU of client and server = {cost:.2f}x one COPY into nothing "
-        f"({copy_cpu:.2f} s; the text-COPY read it replaced {total(text_copy):.2f} s = {cost_text:.2f}x, same run); "
-        f"on the source {verified['server_cpu_seconds']:.2f} s = {on_source:.2f}x one COPY's {copy_server:.2f} s; "
-        f"wall {verified['seconds']:.2f} s = {ratio:.2f}x COPY's {copy['seconds']:.2f} s; Arrow peak "
-        f"{verified['arrow_peak_bytes'] / 2**20:.0f} MB; load average {load:.1f} on 2 cores",
-        "at most 2x one COPY; memory one chunk", "`python -m bench verify`"))
+    say(
+        f"COPY {copy['seconds']:.2f} s; verify's source read {verified['seconds']:.2f} s ({ratio:.2f}x wall, "
+        f"{cost:.2f}x CPU of client and server; the text-COPY read {cost_text:.2f}x); load {load:.1f}"
+    )
+    report = Report(
+        raw={
+            "rows": rows,
+            "chunk_rows": chunk_rows,
+            "copy": [first, second],
+            "verify_source": verified,
+            "verify_source_text_copy": text_copy,
+            "load_average": round(load, 1),
+            "ratio_wall": round(ratio, 2),
+            "ratio_cpu": round(cost, 2),
+            "ratio_cpu_text_copy": round(cost_text, 2),
+            "ratio_source_cpu": round(on_source, 2),
+        }
+    )
+    report.rows.append(
+        Row(
+            f"`totes verify` source read of a {verified['rows']:,}-row sales_order ({verified['chunks']} key-range "
+            "chunks over ADBC binary COPY, typed and hashed)",
+            f"{total(verified):.2f} s CPU of client and server = {cost:.2f}x one COPY into nothing "
+            f"({copy_cpu:.2f} s; the text-COPY read it replaced {total(text_copy):.2f} s = {cost_text:.2f}x, same run); "
+            f"on the source {verified['server_cpu_seconds']:.2f} s = {on_source:.2f}x one COPY's {copy_server:.2f} s; "
+            f"wall {verified['seconds']:.2f} s = {ratio:.2f}x COPY's {copy['seconds']:.2f} s; Arrow peak "
+            f"{verified['arrow_peak_bytes'] / 2**20:.0f} MB; load average {load:.1f} on 2 cores",
+            "at most 2x one COPY; memory one chunk",
+            "`python -m bench verify`",
+        )
+    )
     return report

@@ -43,11 +43,15 @@ class AckTracker:
 
     def check_add(self, lsn: int) -> None:
         if lsn <= self._last_ended:
-            raise ValueError(f"event at lsn {format_lsn(lsn)} comes after end_transaction"
-                             f"({format_lsn(self._last_ended)}): events must be added in commit order")
+            raise ValueError(
+                f"event at lsn {format_lsn(lsn)} comes after end_transaction"
+                f"({format_lsn(self._last_ended)}): events must be added in commit order"
+            )
         if lsn < self._last_added:
-            raise ValueError(f"event at lsn {format_lsn(lsn)} added after one at "
-                             f"{format_lsn(self._last_added)}: events must be added in commit order")
+            raise ValueError(
+                f"event at lsn {format_lsn(lsn)} added after one at "
+                f"{format_lsn(self._last_added)}: events must be added in commit order"
+            )
 
     def added(self, lsn: int, count: int = 1) -> None:
         if lsn == self._last_added and lsn > self._last_ended:  # the usual case: same transaction
@@ -59,8 +63,10 @@ class AckTracker:
 
     def ended(self, commit_lsn: int) -> None:
         if commit_lsn < self._last_ended or commit_lsn < self._last_added:
-            raise ValueError(f"end_transaction({format_lsn(commit_lsn)}) is below an lsn already "
-                             f"added or ended ({format_lsn(max(self._last_ended, self._last_added))})")
+            raise ValueError(
+                f"end_transaction({format_lsn(commit_lsn)}) is below an lsn already "
+                f"added or ended ({format_lsn(max(self._last_ended, self._last_added))})"
+            )
         self._last_ended = commit_lsn
         self._ended.append(commit_lsn)
         self._advance()

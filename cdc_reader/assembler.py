@@ -28,7 +28,15 @@ from cdc_reader.schema_changes import rewritten_columns
 from change_events import ChangeEvent, Column, Op, TableSchema
 from change_events.model import route_hash, route_prefix
 from change_events.wire import (
-    BEFORE_FULL, BEFORE_KEY, HAS_AFTER, NO_XID, UNCHANGED, EncodedChange, frame_head, micros, row_values,
+    BEFORE_FULL,
+    BEFORE_KEY,
+    HAS_AFTER,
+    NO_XID,
+    UNCHANGED,
+    EncodedChange,
+    frame_head,
+    micros,
+    row_values,
 )
 
 
@@ -105,8 +113,13 @@ class Assembler:
     events carry the masked and hashed values, and no dropped column.
     """
 
-    def __init__(self, type_name: TypeNamer, primary_key: KeyLookup,
-                 column_types: dict[str, dict[str, str]] | None = None, policy: Policy = NO_POLICY):
+    def __init__(
+        self,
+        type_name: TypeNamer,
+        primary_key: KeyLookup,
+        column_types: dict[str, dict[str, str]] | None = None,
+        policy: Policy = NO_POLICY,
+    ):
         self._type_name = type_name
         self._policy = policy
         self._rewrites: dict[int, RowRewrite | None] = {}
@@ -145,7 +158,7 @@ class Assembler:
             return None  # `feed` says what is wrong
         lsn, xid, commit_us = begin
         if routing.key_is_first_column and payload[8] == 0x74:  # the usual key: one text value first
-            route = zlib.crc32(payload[13:13 + _LENGTH(payload, 9)[0]], routing.prefix_crc)
+            route = zlib.crc32(payload[13 : 13 + _LENGTH(payload, 9)[0]], routing.prefix_crc)
         elif routing.key_indexes:
             key = row_values(payload, 6, routing.key_indexes)
             if UNCHANGED in key:
@@ -177,8 +190,11 @@ class Assembler:
             if self._begin is not None:
                 raise AssemblyError(f"Begin of xid {message.xid} inside xid {self._begin.xid}")
             self._begin, self._seq = message, 0
-            self._frame_begin = (message.final_lsn, NO_XID if message.xid is None else message.xid,
-                                 micros(message.commit_ts))
+            self._frame_begin = (
+                message.final_lsn,
+                NO_XID if message.xid is None else message.xid,
+                micros(message.commit_ts),
+            )
         elif kind is pg.Commit:
             begin = self._require_transaction("Commit")
             self._begin = self._frame_begin = None
@@ -194,7 +210,8 @@ class Assembler:
                 yield SchemaChange(schema.table, types, rewritten_columns(known, types) if known else {})
             keys = tuple(i for i, c in enumerate(sent.columns) if c.is_key)  # where they are in the bytes sent
             self._routing[message.relation_id] = _Routing(
-                schema, schema.table, keys, keys == (0,), route_prefix(schema.table), rewrite)
+                schema, schema.table, keys, keys == (0,), route_prefix(schema.table), rewrite
+            )
         elif kind is pg.Truncate:
             for relation_id in message.relation_ids:
                 yield self._event(self.schema(relation_id), Op.TRUNCATE, None, None, (), {})
@@ -232,9 +249,16 @@ class Assembler:
     def _event(self, schema, op, after, before, unchanged, key_source) -> ChangeEvent:
         begin = self._require_transaction(op.name.lower())
         event = ChangeEvent(
-            schema=schema, op=op, lsn=begin.final_lsn, seq=self._seq, xid=begin.xid,
-            commit_ts=begin.commit_ts, key={k: key_source.get(k) for k in schema.key_names} if op is not Op.TRUNCATE else {},
-            after=after, before=before, unchanged=unchanged,
+            schema=schema,
+            op=op,
+            lsn=begin.final_lsn,
+            seq=self._seq,
+            xid=begin.xid,
+            commit_ts=begin.commit_ts,
+            key={k: key_source.get(k) for k in schema.key_names} if op is not Op.TRUNCATE else {},
+            after=after,
+            before=before,
+            unchanged=unchanged,
         )
         self._seq += 1
         return event
@@ -247,8 +271,12 @@ class Assembler:
             keys = relation.key_columns
         return TableSchema(
             relation.qualified_name,
-            tuple(Column(c.name, self._type_name(c.type_oid, c.type_modifier), c.type_oid, c.type_modifier,
-                         c.name in keys) for c in relation.columns),
+            tuple(
+                Column(
+                    c.name, self._type_name(c.type_oid, c.type_modifier), c.type_oid, c.type_modifier, c.name in keys
+                )
+                for c in relation.columns
+            ),
         )
 
     @staticmethod

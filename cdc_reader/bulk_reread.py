@@ -54,9 +54,20 @@ class BulkReread:
     """One table's bulk re-read, in a thread of its own. The streaming loop asks `finished`
     and `allows_watermark`; `join` waits for it and raises what it raised."""
 
-    def __init__(self, schema: TableSchema, connect: Callable[..., object], layout: LakeLayout, slot: str, *,
-                 dsn: str, chunk_pages: int, connections: int, batch_bytes: int,
-                 chunk_hook: Callable[[str, int, str], None] | None = None, policy: Policy = NO_POLICY):
+    def __init__(
+        self,
+        schema: TableSchema,
+        connect: Callable[..., object],
+        layout: LakeLayout,
+        slot: str,
+        *,
+        dsn: str,
+        chunk_pages: int,
+        connections: int,
+        batch_bytes: int,
+        chunk_hook: Callable[[str, int, str], None] | None = None,
+        policy: Policy = NO_POLICY,
+    ):
         self.schema = schema
         self._policy = policy
         self._connect = connect
@@ -108,18 +119,30 @@ class BulkReread:
             try:
                 temporary = create_slot(replication.cursor(), self._slot, temporary=True)
                 self.lsn = temporary.consistent_lsn
-                log.info("re-reading %s straight into the lake at %s while streaming", self.schema.table,
-                         format_lsn(self.lsn))
-                bulk = BulkSnapshot(self._dsn, self._layout, self.lsn, plans, chunk_pages=self._chunk_pages,
-                                    connections=self._connections, batch_bytes=self._batch_bytes,
-                                    fresh_appends=False, policy=self._policy)
+                log.info(
+                    "re-reading %s straight into the lake at %s while streaming",
+                    self.schema.table,
+                    format_lsn(self.lsn),
+                )
+                bulk = BulkSnapshot(
+                    self._dsn,
+                    self._layout,
+                    self.lsn,
+                    plans,
+                    chunk_pages=self._chunk_pages,
+                    connections=self._connections,
+                    batch_bytes=self._batch_bytes,
+                    fresh_appends=False,
+                    policy=self._policy,
+                )
                 bulk.chunk_hook = self._chunk_hook
                 bulk.run_under(temporary.snapshot_name, self.lsn)
                 self.rows = bulk.stats.rows
             finally:
                 replication.close()  # the temporary slot goes with its connection
-            log.info("re-read %s: %d rows written to the lake at %s", self.schema.table, self.rows,
-                     format_lsn(self.lsn))
+            log.info(
+                "re-read %s: %d rows written to the lake at %s", self.schema.table, self.rows, format_lsn(self.lsn)
+            )
         except BaseException as error:  # noqa: BLE001 - raised again by `join`
             self._error = error
         finally:
@@ -133,8 +156,16 @@ def _type_name(type_: pa.DataType) -> str:
         return f"numeric({type_.precision},{type_.scale})"
     if pa.types.is_timestamp(type_):
         return "timestamp with time zone" if type_.tz else "timestamp without time zone"
-    names = {pa.int16(): "smallint", pa.int32(): "integer", pa.int64(): "bigint", pa.float32(): "real",
-             pa.float64(): "double precision", pa.bool_(): "boolean", pa.date32(): "date", pa.binary(): "bytea"}
+    names = {
+        pa.int16(): "smallint",
+        pa.int32(): "integer",
+        pa.int64(): "bigint",
+        pa.float32(): "real",
+        pa.float64(): "double precision",
+        pa.bool_(): "boolean",
+        pa.date32(): "date",
+        pa.binary(): "bytea",
+    }
     return names.get(type_, "text")
 
 
@@ -159,13 +190,19 @@ def lake_typed(layout: LakeLayout, schema: TableSchema) -> TableSchema:
     def widen_state() -> None:
         current = lake_schema(state.refresh())
         if current is not None:
-            widen = {n: typed.field(n).type for n in data_columns(current)
-                     if n in typed.names and current.field(n).type != typed.field(n).type}
+            widen = {
+                n: typed.field(n).type
+                for n in data_columns(current)
+                if n in typed.names and current.field(n).type != typed.field(n).type
+            }
             if widen:
                 rewrite_with_types(state.delta, widen, f"tables/{schema.table}")
 
     retry_on_conflict(widen_state)
-    columns = tuple(replace(c, type_name=_type_name(typed.field(c.name).type))
-                    if c.name in typed.names and typed.field(c.name).type != arrow_type(c.type_name) else c
-                    for c in schema.columns)
+    columns = tuple(
+        replace(c, type_name=_type_name(typed.field(c.name).type))
+        if c.name in typed.names and typed.field(c.name).type != arrow_type(c.type_name)
+        else c
+        for c in schema.columns
+    )
     return replace(schema, columns=columns)

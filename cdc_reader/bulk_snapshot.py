@@ -95,6 +95,7 @@ class TablePlan:
 @dataclass
 class BatchStats:
     """What the bulk path held (tests check that it does not grow with the table)."""
+
     batches: int = 0
     largest_batch_bytes: int = 0
     largest_batch_rows: int = 0
@@ -155,8 +156,10 @@ def _select_list(schema: TableSchema, as_text: bool, scaled_decimals: bool = Fal
         if as_text or not reads_natively(column.type_name):
             out.append(f"CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END AS {name}")
         elif scaled is not None:
-            out.append(f"CASE WHEN {name} = 'NaN' THEN {_NOT_A_DECIMAL} "
-                       f"ELSE ({name} * {10 ** scaled.scale})::bigint END AS {name}")
+            out.append(
+                f"CASE WHEN {name} = 'NaN' THEN {_NOT_A_DECIMAL} "
+                f"ELSE ({name} * {10**scaled.scale})::bigint END AS {name}"
+            )
         else:
             out.append(name)
     return ", ".join(out)
@@ -166,7 +169,7 @@ def _decimal_from_scaled(values: pa.Array, target: pa.Decimal128Type, name: str)
     """The bigints c * 10**s (`_select_list`) as decimal128(p, s): as decimal128(19, 0) they are
     the same 128-bit integers, so a view gives them their scale (no per-value work)."""
     widest = pc.max(pc.abs(values)).as_py()
-    if widest is not None and widest >= 10 ** target.precision:  # 'NaN' (or a value too wide)
+    if widest is not None and widest >= 10**target.precision:  # 'NaN' (or a value too wide)
         raise _NotInLake(name)
     return pc.cast(values, pa.decimal128(19, 0)).view(target)
 
@@ -225,12 +228,21 @@ def connect_arrow(dsn: str):
     import adbc_driver_postgresql.dbapi as adbc
 
     from cdc_reader.reader import session_options
-    from cdc_reader.source import (CONNECT_TIMEOUT_SECONDS, SourceConnectionError, explain, is_transient,
-                                   keepalive_params, remember_secrets)
+    from cdc_reader.source import (
+        CONNECT_TIMEOUT_SECONDS,
+        SourceConnectionError,
+        explain,
+        is_transient,
+        keepalive_params,
+        remember_secrets,
+    )
 
     options = session_options()
-    params = {"connect_timeout": str(CONNECT_TIMEOUT_SECONDS), "application_name": "totes-reader",
-              **keepalive_params(dsn, options)}
+    params = {
+        "connect_timeout": str(CONNECT_TIMEOUT_SECONDS),
+        "application_name": "totes-reader",
+        **keepalive_params(dsn, options),
+    }
     remember_secrets(dsn)
     try:
         return adbc.connect(make_dsn(dsn, **params), autocommit=False)
@@ -240,20 +252,26 @@ def connect_arrow(dsn: str):
 
 # -- planning --------------------------------------------------------------------------------
 
+
 def plan_tables(conn, schemas: Iterable[TableSchema], chunk_pages: int) -> list[TablePlan]:
     """How many chunks of `chunk_pages` heap pages each table has now."""
     plans = []
     with conn.cursor() as cur:
         for schema in schemas:
             namespace, _, table = schema.table.partition(".")
-            cur.execute("SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
-                        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = %s AND c.relname = %s", (namespace, table))
+            cur.execute(
+                "SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (namespace, table),
+            )
             kind, pages = cur.fetchone()
             chunks = 1 if kind != "r" else max(1, -(-int(pages) // chunk_pages))
             if chunks > max_chunks(chunk_pages):
-                raise ValueError(f"{schema.table} has {pages} pages, more than {max_chunks(chunk_pages)} chunks of "
-                                 f"{chunk_pages}: give the snapshot larger chunks (snapshot_chunk_pages)")
+                raise ValueError(
+                    f"{schema.table} has {pages} pages, more than {max_chunks(chunk_pages)} chunks of "
+                    f"{chunk_pages}: give the snapshot larger chunks (snapshot_chunk_pages)"
+                )
             plans.append(TablePlan(schema, chunks))
     conn.commit()
     return plans
@@ -261,16 +279,26 @@ def plan_tables(conn, schemas: Iterable[TableSchema], chunk_pages: int) -> list[
 
 # -- loading ---------------------------------------------------------------------------------
 
+
 class BulkSnapshot:
     """Read the chunks of `plans` not yet in the lake under `snapshot_name`, stamp them
     `lsn`, and write them into the lake for run `run` (the slot's consistent LSN)."""
 
-    def __init__(self, dsn: str, layout: LakeLayout, run: int, plans: list[TablePlan], *,
-                 chunk_pages: int = DEFAULT_CHUNK_PAGES, connections: int = DEFAULT_CONNECTIONS,
-                 batch_bytes: int = DEFAULT_BATCH_BYTES,
-                 progress: Callable[[str, int], None] | None = None,
-                 today: Callable[[], date] | None = None, fresh_appends: bool = True,
-                 policy: Policy = NO_POLICY):
+    def __init__(
+        self,
+        dsn: str,
+        layout: LakeLayout,
+        run: int,
+        plans: list[TablePlan],
+        *,
+        chunk_pages: int = DEFAULT_CHUNK_PAGES,
+        connections: int = DEFAULT_CONNECTIONS,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        progress: Callable[[str, int], None] | None = None,
+        today: Callable[[], date] | None = None,
+        fresh_appends: bool = True,
+        policy: Policy = NO_POLICY,
+    ):
         plans = [TablePlan(policy.visible(p.schema), p.chunks) for p in plans]  # dropped columns: never read
         self.rewrites = [policy.rewrite(p.schema) for p in plans]
         """Personal data masked and hashed on each batch, before it is converted (personal_data.py)"""
@@ -284,8 +312,9 @@ class BulkSnapshot:
         self.progress = progress
         self.today = today or (lambda: datetime.now(timezone.utc).date())
         self.stats = BatchStats()
-        self.loads = [TableLoad(layout, plan.schema, run, today=self.today, fresh_appends=fresh_appends)
-                      for plan in plans]
+        self.loads = [
+            TableLoad(layout, plan.schema, run, today=self.today, fresh_appends=fresh_appends) for plan in plans
+        ]
         """`fresh_appends=False`: always merge state chunks (a re-read, while the processors
         write the same state tables)."""
         self.chunk_hook: Callable[[str, int, str], None] | None = None
@@ -343,8 +372,10 @@ class BulkSnapshot:
                     finally:
                         conn.close()
 
-        threads = [threading.Thread(target=worker, name=f"snapshot-{i}", daemon=True)
-                   for i in range(min(self.connections, len(todo)))]
+        threads = [
+            threading.Thread(target=worker, name=f"snapshot-{i}", daemon=True)
+            for i in range(min(self.connections, len(todo)))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -387,8 +418,11 @@ class BulkSnapshot:
         leaving = (lambda batch: batch) if rewrite is None else rewrite.table  # personal data: masked, hashed
         try:
             for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages)):
-                sink.add(typed_changelog_rows(schema, lake_columns(schema, leaving(batch)), lsn, base + sink.rows,
-                                              chunk, written_on))
+                sink.add(
+                    typed_changelog_rows(
+                        schema, lake_columns(schema, leaving(batch)), lsn, base + sink.rows, chunk, written_on
+                    )
+                )
         except _NotInLake:
             # Rare: values no lake type holds. The chunk again, as text, so that those rows go
             # to the dead letters with the reason (as the stream processor does with such
@@ -397,17 +431,23 @@ class BulkSnapshot:
             sink = ChunkSink(load, chunk, lsn, written_on)
             count = 0
             for batch in self._batches(cur, _chunk_query(schema, chunk, plan.chunks, self.chunk_pages, as_text=True)):
-                rows, bad, reason = convert_or_reject(schema, pa.Table.from_batches([leaving(batch)]), lsn, base + count,
-                                                      chunk, written_on)
+                rows, bad, reason = convert_or_reject(
+                    schema, pa.Table.from_batches([leaving(batch)]), lsn, base + count, chunk, written_on
+                )
                 count += batch.num_rows
                 sink.add(rows)
                 rejected.extend(bad)
                 if reason:
                     reasons.append(reason)
         if rejected:
-            DeadLetters(self.layout).add_rejected(Rejected(schema.table, rejected, _Reason(reasons[0])),
-                                                  SNAPSHOT_SHARD, f"chunk {self.run}/{index}/{chunk}")
-            log.warning("%s: %d snapshot rows set aside in the dead letters: %s", schema.table, len(rejected), reasons[0])
+            DeadLetters(self.layout).add_rejected(
+                Rejected(schema.table, rejected, _Reason(reasons[0])),
+                SNAPSHOT_SHARD,
+                f"chunk {self.run}/{index}/{chunk}",
+            )
+            log.warning(
+                "%s: %d snapshot rows set aside in the dead letters: %s", schema.table, len(rejected), reasons[0]
+            )
         sink.commit_log()
         self._hook(schema.table, chunk, "logged")
         sink.commit_state()

@@ -23,18 +23,23 @@ def parse_copy_text(data: bytes, names: list[str]) -> pa.Table:
     table = pacsv.read_csv(
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(column_names=labels, block_size=max(1 << 20, len(data) + 1)),
-        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                          newlines_in_values=False, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(column_types={label: pa.string() for label in labels},
-                                             null_values=["\\N"], strings_can_be_null=True,
-                                             quoted_strings_can_be_null=False),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\t", quote_char=False, escape_char=False, newlines_in_values=False, ignore_empty_lines=False
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={label: pa.string() for label in labels},
+            null_values=["\\N"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
     )
     columns = []
     for column in table.columns:
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
         if pc.any(pc.match_substring(column, "\\")).as_py():
-            column = pa.array([None if v is None else _ESCAPE.sub(_unescape_one, v) for v in column.to_pylist()],
-                              pa.string())
+            column = pa.array(
+                [None if v is None else _ESCAPE.sub(_unescape_one, v) for v in column.to_pylist()], pa.string()
+            )
         columns.append(column)
     return pa.Table.from_arrays(columns, names=names)
 

@@ -88,8 +88,13 @@ def table_refs(tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA
     return refs
 
 
-def diagnose(dsn: str, *, tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA,
-             publication: str = DEFAULT_PUBLICATION) -> list[CheckResult]:
+def diagnose(
+    dsn: str,
+    *,
+    tables: Sequence[str] | None = None,
+    schema: str = DEFAULT_SCHEMA,
+    publication: str = DEFAULT_PUBLICATION,
+) -> list[CheckResult]:
     """Connect to `dsn` and run every check.
 
     Raises cdc_reader.source.SourceConnectionError (one sentence) when it cannot connect.
@@ -101,8 +106,9 @@ def diagnose(dsn: str, *, tables: Sequence[str] | None = None, schema: str = DEF
         conn.close()
 
 
-def run_checks(conn, *, tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA,
-               publication: str = DEFAULT_PUBLICATION) -> list[CheckResult]:
+def run_checks(
+    conn, *, tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA, publication: str = DEFAULT_PUBLICATION
+) -> list[CheckResult]:
     """Every readiness check over one open connection (which is left in autocommit mode)."""
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -127,11 +133,14 @@ def run_checks(conn, *, tables: Sequence[str] | None = None, schema: str = DEFAU
             # A catalog the role may not read, a server that went away: report it and go on.
             detail = (error.pgerror or str(error) or type(error).__name__).strip().splitlines()[0]
             detail = detail.removeprefix("ERROR:").strip()
-            results.append(CheckResult(
-                name, Status.WARNING if name in _OPTIONAL_CHECKS else Status.PROBLEM,
-                f"Could not check {name.replace('_', ' ')} ({detail}): "
-                "run totes doctor as a role that can read the server's settings and catalogs.",
-            ))
+            results.append(
+                CheckResult(
+                    name,
+                    Status.WARNING if name in _OPTIONAL_CHECKS else Status.PROBLEM,
+                    f"Could not check {name.replace('_', ' ')} ({detail}): "
+                    "run totes doctor as a role that can read the server's settings and catalogs.",
+                )
+            )
             if conn.closed:
                 break
     return results
@@ -139,22 +148,28 @@ def run_checks(conn, *, tables: Sequence[str] | None = None, schema: str = DEFAU
 
 # -- the checks ------------------------------------------------------------------------------
 
+
 def _check_server_version(cur) -> list[CheckResult]:
     cur.execute("SELECT current_setting('server_version_num')::int, current_setting('server_version')")
     number, text = cur.fetchone()
     version = text.split()[0]
     if number < MIN_SERVER_VERSION:
-        return [CheckResult(
-            "server_version", Status.PROBLEM,
-            f"PostgreSQL {version} is too old: upgrade to PostgreSQL 14 or newer "
-            "(pgoutput with logical decoding messages needs 14+).",
-        )]
+        return [
+            CheckResult(
+                "server_version",
+                Status.PROBLEM,
+                f"PostgreSQL {version} is too old: upgrade to PostgreSQL 14 or newer "
+                "(pgoutput with logical decoding messages needs 14+).",
+            )
+        ]
     return [CheckResult("server_version", Status.OK, f"PostgreSQL {version}.")]
 
 
 def _is_rds(cur) -> bool:
-    cur.execute("SELECT current_setting('rds.logical_replication', true) IS NOT NULL "
-                "OR EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser')")
+    cur.execute(
+        "SELECT current_setting('rds.logical_replication', true) IS NOT NULL "
+        "OR EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser')"
+    )
     return bool(cur.fetchone()[0])
 
 
@@ -164,50 +179,60 @@ def _check_wal_level(cur) -> list[CheckResult]:
     if level == "logical":
         return [CheckResult("wal_level", Status.OK, "wal_level is logical.")]
     if _is_rds(cur):
-        fix = ("set rds.logical_replication = 1 in the instance's DB parameter group "
-               "and reboot the instance.")
+        fix = "set rds.logical_replication = 1 in the instance's DB parameter group and reboot the instance."
     else:
-        fix = ("run ALTER SYSTEM SET wal_level = logical (on RDS set rds.logical_replication = 1) "
-               "and restart PostgreSQL.")
+        fix = (
+            "run ALTER SYSTEM SET wal_level = logical (on RDS set rds.logical_replication = 1) and restart PostgreSQL."
+        )
     return [CheckResult("wal_level", Status.PROBLEM, f"wal_level is {level!r}: {fix}")]
 
 
 def _check_replication_slots(cur) -> list[CheckResult]:
-    cur.execute("SELECT current_setting('max_replication_slots')::int, "
-                "(SELECT count(*) FROM pg_replication_slots)::int")
+    cur.execute(
+        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int"
+    )
     limit, used = cur.fetchone()
     if limit == 0:
-        return [CheckResult(
-            "replication_slots", Status.PROBLEM,
-            "max_replication_slots is 0: run ALTER SYSTEM SET max_replication_slots = 10 "
-            "and restart PostgreSQL.",
-        )]
+        return [
+            CheckResult(
+                "replication_slots",
+                Status.PROBLEM,
+                "max_replication_slots is 0: run ALTER SYSTEM SET max_replication_slots = 10 and restart PostgreSQL.",
+            )
+        ]
     if used >= limit:
-        return [CheckResult(
-            "replication_slots", Status.PROBLEM,
-            f"All {limit} replication slots are in use: drop an unused one "
-            "(SELECT pg_drop_replication_slot('NAME')) or raise max_replication_slots "
-            "and restart PostgreSQL.",
-        )]
-    return [CheckResult("replication_slots", Status.OK,
-                        f"{limit - used} of {limit} replication slots free.")]
+        return [
+            CheckResult(
+                "replication_slots",
+                Status.PROBLEM,
+                f"All {limit} replication slots are in use: drop an unused one "
+                "(SELECT pg_drop_replication_slot('NAME')) or raise max_replication_slots "
+                "and restart PostgreSQL.",
+            )
+        ]
+    return [CheckResult("replication_slots", Status.OK, f"{limit - used} of {limit} replication slots free.")]
 
 
 def _check_wal_senders(cur) -> list[CheckResult]:
-    cur.execute("SELECT current_setting('max_wal_senders')::int, "
-                "(SELECT count(*) FROM pg_stat_replication)::int")
+    cur.execute("SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int")
     limit, used = cur.fetchone()
     if limit == 0:
-        return [CheckResult(
-            "wal_senders", Status.PROBLEM,
-            "max_wal_senders is 0: run ALTER SYSTEM SET max_wal_senders = 10 and restart PostgreSQL.",
-        )]
+        return [
+            CheckResult(
+                "wal_senders",
+                Status.PROBLEM,
+                "max_wal_senders is 0: run ALTER SYSTEM SET max_wal_senders = 10 and restart PostgreSQL.",
+            )
+        ]
     if used >= limit:
-        return [CheckResult(
-            "wal_senders", Status.PROBLEM,
-            f"All {limit} WAL senders are busy: stop an unused replication client "
-            "or raise max_wal_senders and restart PostgreSQL.",
-        )]
+        return [
+            CheckResult(
+                "wal_senders",
+                Status.PROBLEM,
+                f"All {limit} WAL senders are busy: stop an unused replication client "
+                "or raise max_wal_senders and restart PostgreSQL.",
+            )
+        ]
     return [CheckResult("wal_senders", Status.OK, f"{limit - used} of {limit} WAL senders free.")]
 
 
@@ -238,18 +263,22 @@ def _check_replication_privilege(cur) -> list[CheckResult]:
     if superuser:
         return [CheckResult("replication_privilege", Status.OK, f"Role {role!r} is a superuser.")]
     if replication:
-        return [CheckResult("replication_privilege", Status.OK,
-                            f"Role {role!r} has the REPLICATION attribute.")]
+        return [CheckResult("replication_privilege", Status.OK, f"Role {role!r} has the REPLICATION attribute.")]
     if rds_member:
-        return [CheckResult("replication_privilege", Status.OK,
-                            f"Role {role!r} is a member of rds_replication.")]
+        return [CheckResult("replication_privilege", Status.OK, f"Role {role!r} is a member of rds_replication.")]
     quoted = _ident(cur, role)
-    fix = (f"GRANT rds_replication TO {quoted}" if on_rds
-           else f"ALTER ROLE {quoted} WITH REPLICATION (on RDS: GRANT rds_replication TO {quoted})")
-    return [CheckResult(
-        "replication_privilege", Status.PROBLEM,
-        f"Role {role!r} may not open a replication connection: as a superuser run {fix}.",
-    )]
+    fix = (
+        f"GRANT rds_replication TO {quoted}"
+        if on_rds
+        else f"ALTER ROLE {quoted} WITH REPLICATION (on RDS: GRANT rds_replication TO {quoted})"
+    )
+    return [
+        CheckResult(
+            "replication_privilege",
+            Status.PROBLEM,
+            f"Role {role!r} may not open a replication connection: as a superuser run {fix}.",
+        )
+    ]
 
 
 def _publication_table_list(cur, refs: Sequence[TableRef]) -> str:
@@ -272,27 +301,33 @@ def _check_publication(cur, publication: str, refs: Sequence[TableRef]) -> list[
     all_tables, ins, upd, dele, trunc, owner, superuser = row
     quoted = _ident(cur, publication)
     results: list[CheckResult] = []
-    missing_actions = [name for name, on in (("insert", ins), ("update", upd), ("delete", dele),
-                                             ("truncate", trunc)) if not on]
+    missing_actions = [
+        name for name, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on
+    ]
     if missing_actions:
-        results.append(CheckResult(
-            "publication", Status.WARNING,
-            f"Publication {publication!r} does not publish {', '.join(missing_actions)}: "
-            f"run ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete, truncate').",
-        ))
+        results.append(
+            CheckResult(
+                "publication",
+                Status.WARNING,
+                f"Publication {publication!r} does not publish {', '.join(missing_actions)}: "
+                f"run ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete, truncate').",
+            )
+        )
     missing: list[TableRef] = []
     if not all_tables:
-        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
-                    (publication,))
+        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))
         published = {TableRef(schema, name) for schema, name in cur.fetchall()}
         missing = [ref for ref in refs if ref not in published]
     if missing and not (owner or superuser):
-        results.append(CheckResult(
-            "publication", Status.WARNING,
-            f"Publication {publication!r} does not publish {', '.join(map(str, missing))} and this "
-            f"role cannot change it: as its owner run ALTER PUBLICATION {quoted} ADD TABLE "
-            f"{_publication_table_list(cur, missing)}.",
-        ))
+        results.append(
+            CheckResult(
+                "publication",
+                Status.WARNING,
+                f"Publication {publication!r} does not publish {', '.join(map(str, missing))} and this "
+                f"role cannot change it: as its owner run ALTER PUBLICATION {quoted} ADD TABLE "
+                f"{_publication_table_list(cur, missing)}.",
+            )
+        )
     if not results:
         if all_tables:
             scope = "it publishes every table"
@@ -300,8 +335,7 @@ def _check_publication(cur, publication: str, refs: Sequence[TableRef]) -> list[
             scope = f"this role can add the {len(missing)} checked tables it lacks"
         else:
             scope = "it publishes every checked table"
-        results.append(CheckResult("publication", Status.OK,
-                                   f"Publication {publication!r} exists; {scope}."))
+        results.append(CheckResult("publication", Status.OK, f"Publication {publication!r} exists; {scope}."))
     return results
 
 
@@ -315,8 +349,11 @@ def _check_can_create_publication(cur, publication: str, refs: Sequence[TableRef
     )
     superuser, can_create, database = cur.fetchone()
     if superuser:
-        return [CheckResult("publication", Status.OK,
-                            f"Publication {publication!r} does not exist yet; this role can create it.")]
+        return [
+            CheckResult(
+                "publication", Status.OK, f"Publication {publication!r} does not exist yet; this role can create it."
+            )
+        ]
     cur.execute(
         """
         SELECT t.schema_name, t.table_name
@@ -329,19 +366,25 @@ def _check_can_create_publication(cur, publication: str, refs: Sequence[TableRef
     )
     not_owned = [TableRef(schema, name) for schema, name in cur.fetchall()]
     if can_create and not not_owned:
-        return [CheckResult("publication", Status.OK,
-                            f"Publication {publication!r} does not exist yet; this role can create it.")]
+        return [
+            CheckResult(
+                "publication", Status.OK, f"Publication {publication!r} does not exist yet; this role can create it."
+            )
+        ]
     reasons = []
     if not can_create:
         reasons.append(f"CREATE on database {database!r}")
     if not_owned:
         reasons.append(f"ownership of {', '.join(map(str, not_owned))}")
-    return [CheckResult(
-        "publication", Status.WARNING,
-        f"This role cannot create publication {publication!r} (it lacks {' and '.join(reasons)}): "
-        f"have a table owner run CREATE PUBLICATION {_ident(cur, publication)} FOR TABLE "
-        f"{_publication_table_list(cur, refs)}.",
-    )]
+    return [
+        CheckResult(
+            "publication",
+            Status.WARNING,
+            f"This role cannot create publication {publication!r} (it lacks {' and '.join(reasons)}): "
+            f"have a table owner run CREATE PUBLICATION {_ident(cur, publication)} FOR TABLE "
+            f"{_publication_table_list(cur, refs)}.",
+        )
+    ]
 
 
 _TABLE_QUERY = """
@@ -356,15 +399,21 @@ LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
 ORDER BY t.ord
 """
 
-_KIND_NAMES = {"v": "a view", "m": "a materialized view", "f": "a foreign table",
-               "S": "a sequence", "i": "an index", "I": "an index", "c": "a composite type",
-               "t": "a TOAST table"}
+_KIND_NAMES = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
 
 
 def _check_tables(cur, refs: Sequence[TableRef]) -> list[CheckResult]:
     if not refs:
-        return [CheckResult("table", Status.PROBLEM,
-                            "No tables to check: name at least one table with --tables.")]
+        return [CheckResult("table", Status.PROBLEM, "No tables to check: name at least one table with --tables.")]
     cur.execute(_TABLE_QUERY, ([ref.schema for ref in refs], [ref.name for ref in refs]))
     results: list[CheckResult] = []
     unreadable: list[TableRef] = []
@@ -376,40 +425,57 @@ def _check_tables(cur, refs: Sequence[TableRef]) -> list[CheckResult]:
             results.append(CheckResult("table", Status.PROBLEM, message, str(ref)))
 
         if not exists:
-            problem(f"Table {ref} does not exist: create it (for totesys: `totes source start` "
-                    "or totesys/schema.sql) or fix --schema/--tables.")
+            problem(
+                f"Table {ref} does not exist: create it (for totesys: `totes source start` "
+                "or totesys/schema.sql) or fix --schema/--tables."
+            )
             continue
         if kind not in ("r", "p"):
-            problem(f"{ref} is {_KIND_NAMES.get(kind, 'not a table')}, which logical replication "
-                    "cannot publish: name its underlying table instead.")
+            problem(
+                f"{ref} is {_KIND_NAMES.get(kind, 'not a table')}, which logical replication "
+                "cannot publish: name its underlying table instead."
+            )
             continue
         if identity == "n":
-            problem(f"Table {ref} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be "
-                    f"captured: run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) "
-                    "or REPLICA IDENTITY FULL.")
+            problem(
+                f"Table {ref} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be "
+                f"captured: run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) "
+                "or REPLICA IDENTITY FULL."
+            )
         elif identity == "d" and not has_pk:
-            problem(f"Table {ref} has no primary key: add one (ALTER TABLE {table} ADD PRIMARY KEY "
-                    f"(...)) or set REPLICA IDENTITY FULL (ALTER TABLE {table} REPLICA IDENTITY FULL).")
+            problem(
+                f"Table {ref} has no primary key: add one (ALTER TABLE {table} ADD PRIMARY KEY "
+                f"(...)) or set REPLICA IDENTITY FULL (ALTER TABLE {table} REPLICA IDENTITY FULL)."
+            )
         elif identity == "i" and not has_identity_index:
-            problem(f"Table {ref} uses REPLICA IDENTITY USING INDEX but that index is missing or "
-                    f"invalid: run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) "
-                    "or REPLICA IDENTITY FULL.")
+            problem(
+                f"Table {ref} uses REPLICA IDENTITY USING INDEX but that index is missing or "
+                f"invalid: run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) "
+                "or REPLICA IDENTITY FULL."
+            )
         if can_read is False:
             unreadable.append(ref)
         if not any(result.subject == str(ref) for result in results):
-            key = {"d": "its primary key", "f": "the whole row (REPLICA IDENTITY FULL)",
-                   "i": "a replica identity index"}[identity]
-            results.append(CheckResult("table", Status.OK,
-                                       f"Table {ref} is ready; changes are keyed by {key}.", str(ref)))
+            key = {
+                "d": "its primary key",
+                "f": "the whole row (REPLICA IDENTITY FULL)",
+                "i": "a replica identity index",
+            }[identity]
+            results.append(
+                CheckResult("table", Status.OK, f"Table {ref} is ready; changes are keyed by {key}.", str(ref))
+            )
     if unreadable:
         role = _role(cur)
         names = ", ".join(map(str, unreadable))
         what = f"table {names}" if len(unreadable) == 1 else f"{len(unreadable)} tables ({names})"
-        results.append(CheckResult(
-            "table_privilege", Status.PROBLEM,
-            f"Role {role!r} cannot read {what}, so the initial snapshot would fail: run GRANT SELECT "
-            f"ON {_publication_table_list(cur, unreadable)} TO {_ident(cur, role)}.",
-        ))
+        results.append(
+            CheckResult(
+                "table_privilege",
+                Status.PROBLEM,
+                f"Role {role!r} cannot read {what}, so the initial snapshot would fail: run GRANT SELECT "
+                f"ON {_publication_table_list(cur, unreadable)} TO {_ident(cur, role)}.",
+            )
+        )
     return results
 
 
@@ -431,25 +497,33 @@ def _check_slots(cur) -> list[CheckResult]:
         retained = max(retained or 0, 0)
         where = f" on database {database!r}" if database else ""
         if wal_status == "lost":
-            results.append(CheckResult(
-                "slot", Status.WARNING,
-                f"Slot {name!r}{where} has lost WAL it needed and cannot stream again: drop it "
-                f"(SELECT pg_drop_replication_slot({_literal(cur, name)})) and let the reader start afresh.",
-                name,
-            ))
+            results.append(
+                CheckResult(
+                    "slot",
+                    Status.WARNING,
+                    f"Slot {name!r}{where} has lost WAL it needed and cannot stream again: drop it "
+                    f"(SELECT pg_drop_replication_slot({_literal(cur, name)})) and let the reader start afresh.",
+                    name,
+                )
+            )
         elif not active and retained > RETAINED_WAL_WARNING_BYTES:
-            results.append(CheckResult(
-                "slot", Status.WARNING,
-                f"Inactive {slot_type} slot {name!r}{where} retains {_size(retained)} of WAL: start "
-                f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({_literal(cur, name)})) "
-                "if nothing uses it any more.",
-                name,
-            ))
+            results.append(
+                CheckResult(
+                    "slot",
+                    Status.WARNING,
+                    f"Inactive {slot_type} slot {name!r}{where} retains {_size(retained)} of WAL: start "
+                    f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({_literal(cur, name)})) "
+                    "if nothing uses it any more.",
+                    name,
+                )
+            )
         elif ours:
             state = "active" if active else "inactive"
-            results.append(CheckResult("slot", Status.OK,
-                                       f"Slot {name!r}{where} is {state} and retains "
-                                       f"{_size(retained)} of WAL.", name))
+            results.append(
+                CheckResult(
+                    "slot", Status.OK, f"Slot {name!r}{where} is {state} and retains {_size(retained)} of WAL.", name
+                )
+            )
     return results
 
 

@@ -107,14 +107,22 @@ def _expect(phase: Phase, *kinds: type) -> None:
 
 # -- transitions -----------------------------------------------------------------------------
 
+
 def note_slot(phase: Phase) -> SlotPending:
     """Before creating the slot: a reader killed next knows the slot would be its own."""
     _expect(phase, NoSlot)
     return SlotPending(phase.replaces_lost_slot)
 
 
-def slot_created(phase: Phase, lsn: int, *, bulk: bool, tables: tuple[str, ...] = (),
-                 chunks: tuple[int, ...] = (), chunk_pages: int = 0) -> Snapshotting:
+def slot_created(
+    phase: Phase,
+    lsn: int,
+    *,
+    bulk: bool,
+    tables: tuple[str, ...] = (),
+    chunks: tuple[int, ...] = (),
+    chunk_pages: int = 0,
+) -> Snapshotting:
     _expect(phase, SlotPending)
     return Snapshotting(lsn, bulk, tuple(tables), tuple(chunks), chunk_pages, phase.replaces_lost_slot)
 
@@ -221,7 +229,7 @@ def _swap(rereads: Rereads, old: Reread, new: Reread | None, *, front: bool = Fa
     rest.remove(old)
     if new is None:
         return tuple(rest)
-    return (new, *rest) if front else tuple(rest[:rereads.index(old)] + [new] + rest[rereads.index(old):])
+    return (new, *rest) if front else tuple(rest[: rereads.index(old)] + [new] + rest[rereads.index(old) :])
 
 
 def start(rereads: Rereads, reread: Reread) -> tuple[Rereads, Reread]:
@@ -296,6 +304,7 @@ def watermark_allowed(phase: Phase, lsn: int, rereads_handed_over: int | None = 
 
 # -- persistence -----------------------------------------------------------------------------
 
+
 def to_json(phase: Phase) -> dict:
     return {"kind": type(phase).__name__, **asdict(phase)}
 
@@ -338,10 +347,47 @@ def legacy_flags(phase: Phase) -> dict:
 
 
 __all__ = [
-    "NoSlot", "SlotPending", "Snapshotting", "Recovering", "Published", "Streaming", "Phase", "TransitionError",
-    "note_slot", "planned", "slot_created", "slot_missing", "written", "cut_off", "durable", "reset", "adopt",
-    "snapshot_finished", "snapshot_handed_on", "watermark_allowed", "to_json",
-    "Reread", "Rereads", "RESNAPSHOT", "TYPE_CHANGE", "RECOVERY", "QUEUED", "READING", "HANDED_ON", "queue",
-    "next_queued", "start", "handed_on", "failed", "interrupted", "restarted", "settle", "recovery_needed",
-    "reread_to_json", "reread_from_json", "from_json", "from_legacy", "legacy_flags",
+    "NoSlot",
+    "SlotPending",
+    "Snapshotting",
+    "Recovering",
+    "Published",
+    "Streaming",
+    "Phase",
+    "TransitionError",
+    "note_slot",
+    "planned",
+    "slot_created",
+    "slot_missing",
+    "written",
+    "cut_off",
+    "durable",
+    "reset",
+    "adopt",
+    "snapshot_finished",
+    "snapshot_handed_on",
+    "watermark_allowed",
+    "to_json",
+    "Reread",
+    "Rereads",
+    "RESNAPSHOT",
+    "TYPE_CHANGE",
+    "RECOVERY",
+    "QUEUED",
+    "READING",
+    "HANDED_ON",
+    "queue",
+    "next_queued",
+    "start",
+    "handed_on",
+    "failed",
+    "interrupted",
+    "restarted",
+    "settle",
+    "recovery_needed",
+    "reread_to_json",
+    "reread_from_json",
+    "from_json",
+    "from_legacy",
+    "legacy_flags",
 ]

@@ -34,13 +34,16 @@ def quoted_name_list(name: str) -> str:
 def publishes(conn, publication: str, schema: str, tables: Iterable[str]) -> bool:
     """The publication exists, publishes every kind of change and every one of `tables`."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication "
-                    "WHERE pubname = %s", (publication,))
+        cur.execute(
+            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = %s",
+            (publication,),
+        )
         found = cur.fetchone()
         if found is None or not found[0]:
             return False
-        cur.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
-                    (publication, schema))
+        cur.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s", (publication, schema)
+        )
         published = {name for (name,) in cur.fetchall()}
     return set(tables) <= published
 
@@ -49,11 +52,13 @@ def idle_slot_position(conn, slot: str) -> int | None:
     """The slot's confirmed position, if it is a pgoutput slot of this database, valid, and no
     one streams from it; else None."""
     with conn.cursor() as cur:
-        cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots AS s "
-                    "WHERE slot_name = %s AND plugin = 'pgoutput' AND database = current_database() "
-                    "AND NOT active AND coalesce(to_jsonb(s) ->> 'wal_status', '') <> 'lost' "
-                    "AND to_jsonb(s) ->> 'invalidation_reason' IS NULL AND confirmed_flush_lsn IS NOT NULL",
-                    (slot,))
+        cur.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots AS s "
+            "WHERE slot_name = %s AND plugin = 'pgoutput' AND database = current_database() "
+            "AND NOT active AND coalesce(to_jsonb(s) ->> 'wal_status', '') <> 'lost' "
+            "AND to_jsonb(s) ->> 'invalidation_reason' IS NULL AND confirmed_flush_lsn IS NOT NULL",
+            (slot,),
+        )
         found = cur.fetchone()
     return parse_lsn(found[0]) if found else None
 
@@ -62,9 +67,11 @@ def nothing_for_us_before(conn, slot: str, publication: str, upto_lsn: int, limi
     """True when the slot holds no change of the publication's tables in transactions that
     committed before `upto_lsn`; False when it does, or when the peek could not tell."""
     with conn.cursor() as cur:
-        cur.execute("SELECT get_byte(data, 0) FROM pg_logical_slot_peek_binary_changes("
-                    "%s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)",
-                    (slot, format_lsn(upto_lsn), limit, quoted_name_list(publication)))
+        cur.execute(
+            "SELECT get_byte(data, 0) FROM pg_logical_slot_peek_binary_changes("
+            "%s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)",
+            (slot, format_lsn(upto_lsn), limit, quoted_name_list(publication)),
+        )
         kinds = [kind for (kind,) in cur.fetchall()]
     return len(kinds) < limit and all(kind in NOT_A_CHANGE for kind in kinds)
 

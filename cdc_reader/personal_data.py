@@ -33,10 +33,7 @@ from change_events import TableSchema
 from change_events.wire import decode_row, encode_row
 
 KEEP, DROP, MASK, HASH = "keep", "drop", "mask", "hash"
-TOTESYS_DEFAULTS: dict[str, str] = {
-    "public.staff.email_address": HASH,
-    "public.address.phone": HASH,
-}
+TOTESYS_DEFAULTS: dict[str, str] = {"public.staff.email_address": HASH, "public.address.phone": HASH}
 """totesys's personal data: staff e-mail addresses and the addresses' phone numbers (the
 counterparties' phone numbers in the warehouse are their legal address's)."""
 TEXT_TYPES = ("text", "character varying", "character", "varchar", "char", "citext", "bpchar")
@@ -70,8 +67,10 @@ def parse_rule(column: str, text: object) -> Rule | None:
     match = _MASK_LAST.fullmatch(value) if isinstance(value, str) else None
     if match and 0 < int(match.group(1)):
         return Rule(MASK, f"last{int(match.group(1))}")
-    raise PolicyError(f"The personal-data policy of {column} is {text!r}, which is no policy: write keep, drop, "
-                      "hash, mask, mask:email or mask:lastN (N from 1 to 99).")
+    raise PolicyError(
+        f"The personal-data policy of {column} is {text!r}, which is no policy: write keep, drop, "
+        "hash, mask, mask:email or mask:lastN (N from 1 to 99)."
+    )
 
 
 def _qualified(column: str, default_schema: str) -> str:
@@ -79,8 +78,9 @@ def _qualified(column: str, default_schema: str) -> str:
     if len(parts) == 2:
         parts.insert(0, default_schema)
     if len(parts) != 3 or not all(parts):
-        raise PolicyError(f"The personal-data policy names {column!r}, which is no column: write "
-                          "table.column or schema.table.column.")
+        raise PolicyError(
+            f"The personal-data policy names {column!r}, which is no column: write table.column or schema.table.column."
+        )
     return ".".join(parts)
 
 
@@ -92,8 +92,11 @@ class Policy:
     key: bytes | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
-        shown = {f"{t}.{c}": r.action + (f":{r.mask}" if r.mask else "")
-                 for t, columns in self.rules.items() for c, r in columns.items()}
+        shown = {
+            f"{t}.{c}": r.action + (f":{r.mask}" if r.mask else "")
+            for t, columns in self.rules.items()
+            for c, r in columns.items()
+        }
         return f"Policy({shown})"
 
     @property
@@ -113,14 +116,20 @@ class Policy:
             if column is None and not complete and rule.action == DROP:
                 continue
             if column is None:
-                raise PolicyError(f"The personal-data policy names {schema.table}.{name}, which {schema.table} does not "
-                                  f"have: fix the name or remove it (its columns: {', '.join(columns)}).")
+                raise PolicyError(
+                    f"The personal-data policy names {schema.table}.{name}, which {schema.table} does not "
+                    f"have: fix the name or remove it (its columns: {', '.join(columns)})."
+                )
             if column.is_key:
-                raise PolicyError(f"The personal-data policy gives {schema.table}.{name} the rule {rule.action}, but it "
-                                  "is part of the table's key, which leaves the reader as it is: remove that rule.")
+                raise PolicyError(
+                    f"The personal-data policy gives {schema.table}.{name} the rule {rule.action}, but it "
+                    "is part of the table's key, which leaves the reader as it is: remove that rule."
+                )
             if rule.action != DROP and column.type_name.split("(")[0].strip() not in TEXT_TYPES:
-                raise PolicyError(f"The personal-data policy would {rule.action} {schema.table}.{name}, a "
-                                  f"{column.type_name} column, into text: give it drop or keep instead.")
+                raise PolicyError(
+                    f"The personal-data policy would {rule.action} {schema.table}.{name}, a "
+                    f"{column.type_name} column, into text: give it drop or keep instead."
+                )
 
     def rewrite(self, schema: TableSchema) -> RowRewrite | None:
         """How rows of `schema` (in its column order) leave the reader, or None when they
@@ -132,15 +141,24 @@ class Policy:
         if not any(c in rules for c in schema.column_names):
             return None
         if self.key is None and any(r.action == HASH for r in rules.values()):
-            raise PolicyError(f"The personal-data policy hashes columns of {schema.table} but no key is set: set "
-                              "TOTES_PERSONAL_DATA_KEY, TOTES_PERSONAL_DATA_KEY_FILE or TOTES_PERSONAL_DATA_KEY_SECRET.")
+            raise PolicyError(
+                f"The personal-data policy hashes columns of {schema.table} but no key is set: set "
+                "TOTES_PERSONAL_DATA_KEY, TOTES_PERSONAL_DATA_KEY_FILE or TOTES_PERSONAL_DATA_KEY_SECRET."
+            )
         kept = tuple(i for i, c in enumerate(schema.columns) if rules.get(c.name, Rule(KEEP)).action != DROP)
-        changes = {schema.columns[i].name: value_function(rules[schema.columns[i].name], self.key)
-                   for i in kept if schema.columns[i].name in rules}
+        changes = {
+            schema.columns[i].name: value_function(rules[schema.columns[i].name], self.key)
+            for i in kept
+            if schema.columns[i].name in rules
+        }
         visible = TableSchema(schema.table, tuple(schema.columns[i] for i in kept))
-        return RowRewrite(visible, kept, tuple((kept.index(schema.column_names.index(n)), f)
-                                               for n, f in changes.items()),
-                          {n: arrow_function(rules[n], self.key) for n in changes}, len(schema.columns))
+        return RowRewrite(
+            visible,
+            kept,
+            tuple((kept.index(schema.column_names.index(n)), f) for n, f in changes.items()),
+            {n: arrow_function(rules[n], self.key) for n in changes},
+            len(schema.columns),
+        )
 
     def visible(self, schema: TableSchema) -> TableSchema:
         """`schema` without its dropped columns."""
@@ -160,8 +178,13 @@ class Policy:
         return out
 
 
-def parse(mapping: Mapping[str, object], key: bytes | None = None, *, default_schema: str = "public",
-          defaults: Mapping[str, str] = TOTESYS_DEFAULTS) -> Policy:
+def parse(
+    mapping: Mapping[str, object],
+    key: bytes | None = None,
+    *,
+    default_schema: str = "public",
+    defaults: Mapping[str, str] = TOTESYS_DEFAULTS,
+) -> Policy:
     """The policy of `defaults` overridden by `mapping` (column → rule name)."""
     merged: dict[str, object] = dict(defaults)
     for column, value in mapping.items():
@@ -181,6 +204,7 @@ NO_POLICY = Policy({})
 
 
 # -- one value ------------------------------------------------------------------------------
+
 
 def keyed_hash(key: bytes, value: str) -> str:
     return hmac.digest(key, value.encode("utf-8"), "sha256").hex()  # one-shot C HMAC: no object per value
@@ -216,6 +240,7 @@ def value_function(rule: Rule, key: bytes | None) -> Callable:
 
 # -- an Arrow column ------------------------------------------------------------------------
 
+
 def arrow_function(rule: Rule, key: bytes | None) -> Callable:
     """pa.Array of strings → pa.Array of strings, as `value_function` does to each value."""
     import pyarrow as pa
@@ -249,6 +274,7 @@ def arrow_function(rule: Rule, key: bytes | None) -> Callable:
 
 
 # -- rows -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RowRewrite:
@@ -303,7 +329,7 @@ class RowRewrite:
             parts.append(buf[copied:pos])
             if function is not None:
                 if buf[pos] == 0x74:
-                    data = function(buf[pos + 5:end].decode("utf-8")).encode("utf-8")
+                    data = function(buf[pos + 5 : end].decode("utf-8")).encode("utf-8")
                     parts.append(_VALUE_HEAD.pack(b"t", len(data)))
                     parts.append(data)
                 else:  # NULL or unchanged: as it is

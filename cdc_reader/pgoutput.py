@@ -216,9 +216,7 @@ class Message:
     content: bytes
 
 
-PgoutputMessage = (
-    Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | Message
-)
+PgoutputMessage = Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | Message
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -257,10 +255,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
             pos += 4
             end = pos + length
             if length < 0 or end > size:
-                raise PgoutputError(
-                    f"column value of {length} bytes runs past the end of the message "
-                    f"({size} bytes)"
-                )
+                raise PgoutputError(f"column value of {length} bytes runs past the end of the message ({size} bytes)")
             append((TEXT_KIND if kind == 0x74 else BINARY_KIND, buf[pos:end]))
             pos = end
         elif kind == 0x6E:  # 'n'
@@ -330,9 +325,7 @@ def _update(buf):
         old, pos = _tuple(buf, pos + 1)
         marker = buf[pos]
     if marker != 0x4E:
-        raise PgoutputError(
-            f"Update: expected 'N' before the new tuple, got {bytes([marker])!r}"
-        )
+        raise PgoutputError(f"Update: expected 'N' before the new tuple, got {bytes([marker])!r}")
     new, pos = _tuple(buf, pos + 1)
     return Update(relation_id, old, old_kind, new), pos
 
@@ -341,9 +334,7 @@ def _delete(buf):
     (relation_id,) = _U32(buf, 1)
     marker = buf[5]
     if marker != 0x4B and marker != 0x4F:
-        raise PgoutputError(
-            f"Delete: expected 'K' or 'O' before the old tuple, got {bytes([marker])!r}"
-        )
+        raise PgoutputError(f"Delete: expected 'K' or 'O' before the old tuple, got {bytes([marker])!r}")
     old, pos = _tuple(buf, 6)
     return Delete(relation_id, old, "K" if marker == 0x4B else "O"), pos
 
@@ -352,19 +343,13 @@ def _truncate(buf):
     count, options = _TRUNCATE_HEAD(buf, 1)
     pos = 6
     if pos + 4 * count > len(buf):
-        raise PgoutputError(
-            f"Truncate: {count} relation ids do not fit in a {len(buf)}-byte message"
-        )
+        raise PgoutputError(f"Truncate: {count} relation ids do not fit in a {len(buf)}-byte message")
     unpack = _U32_ARRAY.get(count)
     if unpack is None:
         unpack = _U32_ARRAY[count] = struct.Struct(f">{count}I").unpack_from
     relation_ids = unpack(buf, pos)
     return (
-        Truncate(
-            relation_ids,
-            bool(options & _TRUNCATE_CASCADE),
-            bool(options & _TRUNCATE_RESTART_IDENTITY),
-        ),
+        Truncate(relation_ids, bool(options & _TRUNCATE_CASCADE), bool(options & _TRUNCATE_RESTART_IDENTITY)),
         pos + 4 * count,
     )
 
@@ -402,18 +387,13 @@ def decode(payload: bytes) -> PgoutputMessage:
         raise PgoutputError("empty pgoutput message")
     parse = _PARSERS.get(payload[0])
     if parse is None:
-        raise PgoutputError(
-            f"unknown pgoutput message type {payload[:1]!r} (0x{payload[0]:02x}), "
-            f"{len(payload)} bytes"
-        )
+        raise PgoutputError(f"unknown pgoutput message type {payload[:1]!r} (0x{payload[0]:02x}), {len(payload)} bytes")
     try:
         message, end = parse(payload)
     except PgoutputError:
         raise
     except (struct.error, IndexError) as exc:
-        raise PgoutputError(
-            f"truncated pgoutput message {payload[:1]!r} ({len(payload)} bytes): {exc}"
-        ) from exc
+        raise PgoutputError(f"truncated pgoutput message {payload[:1]!r} ({len(payload)} bytes): {exc}") from exc
     except ValueError as exc:  # a string without its terminator, or not UTF-8
         raise PgoutputError(f"malformed pgoutput message {payload[:1]!r}: {exc}") from exc
     if end != len(payload):

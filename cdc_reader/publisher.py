@@ -53,7 +53,13 @@ from botocore.exceptions import ClientError, ConnectionError as BotoConnectionEr
 
 from cdc_reader.acks import AckTracker
 from cdc_reader.records import (
-    DEFAULT_MAX_RECORD_BYTES, FRAME_OVERHEAD, SCHEMA_ROOM, body_limit, estimate_size, pack, too_large,
+    DEFAULT_MAX_RECORD_BYTES,
+    FRAME_OVERHEAD,
+    SCHEMA_ROOM,
+    body_limit,
+    estimate_size,
+    pack,
+    too_large,
 )
 from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
 from change_events.codec import events_record, record_size_bound
@@ -68,13 +74,24 @@ _PARTITION_KEY_ROOM = 64
 # a record that way are encoded alone when added, to refuse them early.
 _WORST_BYTES_PER_CHAR = 4
 
-THROTTLING_CODES = frozenset({
-    "ProvisionedThroughputExceededException", "ThrottlingException", "KMSThrottlingException",
-    "LimitExceededException", "RequestLimitExceeded", "TooManyRequestsException",
-})
+THROTTLING_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "KMSThrottlingException",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+    }
+)
 RETRYABLE_CALL_CODES = THROTTLING_CODES | {
-    "InternalFailure", "InternalFailureException", "InternalServerError", "ServiceUnavailable",
-    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+    "InternalFailure",
+    "InternalFailureException",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
 }
 
 
@@ -146,6 +163,7 @@ class PublisherMetrics:
 
 
 # -- the publisher ---------------------------------------------------------------------------
+
 
 class Publisher:
     """Puts change events and watermark markers on one Kinesis stream (see the module doc).
@@ -236,8 +254,12 @@ class Publisher:
     def busy(self) -> bool:
         """Whether anything waits for a `poll()`: events buffered, records sealed or a call in
         flight. When not, the caller need not poll until it adds something (the reader sleeps)."""
-        return self._oldest_buffered is not None or self._adding > 0 or self._sealed_bytes > 0 \
+        return (
+            self._oldest_buffered is not None
+            or self._adding > 0
+            or self._sealed_bytes > 0
             or self._in_flight is not None
+        )
 
     def add(self, event: Change) -> None:
         """Buffer one event; may send (and block) when a batch is due."""
@@ -266,12 +288,13 @@ class Publisher:
         self._buffered_events += 1
         if self._oldest_buffered is None:
             self._oldest_buffered = self._clock()
-        if (queue.pending_bytes >= self._record_fill
-                or self._buffered_bytes >= self.max_buffer_bytes
-                or self._buffered_events >= self.max_buffer_events
-                # the clock is read every 64 events: poll() looks at it too
-                or (not self._buffered_events & 63
-                    and self._clock() - self._oldest_buffered >= self.linger_seconds)):
+        if (
+            queue.pending_bytes >= self._record_fill
+            or self._buffered_bytes >= self.max_buffer_bytes
+            or self._buffered_events >= self.max_buffer_events
+            # the clock is read every 64 events: poll() looks at it too
+            or (not self._buffered_events & 63 and self._clock() - self._oldest_buffered >= self.linger_seconds)
+        ):
             self._seal()
             self._send(until_empty=False)
 
@@ -289,8 +312,9 @@ class Publisher:
         on its way to Kinesis (as Nagle's algorithm does for small packets): otherwise the
         events gather until the call in flight is answered, so records stay large under load."""
         if self._oldest_buffered is not None and (
-                (idle and self._in_flight is None and not self._sealed_bytes)
-                or self._clock() - self._oldest_buffered >= self.linger_seconds):
+            (idle and self._in_flight is None and not self._sealed_bytes)
+            or self._clock() - self._oldest_buffered >= self.linger_seconds
+        ):
             self._seal()
         if self._in_flight is not None or self._sealed_bytes:
             self._send(until_empty=False)
@@ -319,16 +343,19 @@ class Publisher:
         that every event up to it was put before it)."""
         lsn = self._tracker.last_ended if lsn is None else lsn
         if lsn > self._tracker.last_ended:
-            raise ValueError(f"watermark {format_lsn(lsn)} is beyond the last ended transaction "
-                             f"{format_lsn(self._tracker.last_ended)}")
+            raise ValueError(
+                f"watermark {format_lsn(lsn)} is beyond the last ended transaction "
+                f"{format_lsn(self._tracker.last_ended)}"
+            )
         if self._map_stale or self._clock() - self._map_read_at >= self.shard_refresh_seconds:
             self.flush()  # the shard map is re-read with nothing queued
             self._refresh_shards()
         self._seal()
         data = encode_watermark(Watermark(lsn, datetime.now(timezone.utc)))
         for queue in self._queues.values():
-            queue.ready.append(_Record(queue.shard, data, None, queue.shard.shard_id, 0, (), watermark=lsn,
-                                       weight=len(data)))
+            queue.ready.append(
+                _Record(queue.shard, data, None, queue.shard.shard_id, 0, (), watermark=lsn, weight=len(data))
+            )
             self._sealed_bytes += len(data)
         self._send(until_empty=False)
         return lsn
@@ -360,8 +387,17 @@ class Publisher:
             for packed in pack(queue.pending, self._max_data, sizes=queue.sizes):
                 counts = Counter(map(_lsn_of, packed.events))  # in lsn order, as events are
                 weight = len(packed.body if packed.data is None else packed.data)
-                queue.ready.append(_Record(queue.shard, packed.data, packed.body, queue.shard.shard_id,
-                                           len(packed.events), tuple(counts.items()), weight=weight))
+                queue.ready.append(
+                    _Record(
+                        queue.shard,
+                        packed.data,
+                        packed.body,
+                        queue.shard.shard_id,
+                        len(packed.events),
+                        tuple(counts.items()),
+                        weight=weight,
+                    )
+                )
                 self._sealed_bytes += weight
             queue.pending = []
             queue.sizes = []
@@ -407,7 +443,7 @@ class Publisher:
         self._rotation = (self._rotation + 1) % len(queues)
         batch: list[_Record] = []
         size = 0
-        for queue in queues[self._rotation:] + queues[:self._rotation]:
+        for queue in queues[self._rotation :] + queues[: self._rotation]:
             if not queue.ready or queue.not_before > now:
                 continue
             record = queue.ready[0]
@@ -425,10 +461,13 @@ class Publisher:
             if record.data is None:
                 record.data = events_record(record.body)
                 record.body = None
-        return self.client.put_records(StreamName=self.stream_name, Records=[
-            {"Data": r.data, "PartitionKey": r.partition_key,
-             "ExplicitHashKey": str(r.shard.starting_hash_key)} for r in batch
-        ])
+        return self.client.put_records(
+            StreamName=self.stream_name,
+            Records=[
+                {"Data": r.data, "PartitionKey": r.partition_key, "ExplicitHashKey": str(r.shard.starting_hash_key)}
+                for r in batch
+            ],
+        )
 
     def _settle(self, batch: list[_Record], answer: Future) -> None:
         """Acknowledge what Kinesis took, back off what it refused; raise PublishError when
@@ -439,8 +478,10 @@ class Publisher:
             code = error.response.get("Error", {}).get("Code", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code not in RETRYABLE_CALL_CODES and status < 500:
-                raise PublishError(f"Kinesis refused PutRecords on {self.stream_name}: {code}: "
-                                   f"{error.response.get('Error', {}).get('Message', '')}") from error
+                raise PublishError(
+                    f"Kinesis refused PutRecords on {self.stream_name}: {code}: "
+                    f"{error.response.get('Error', {}).get('Message', '')}"
+                ) from error
             self._no_progress(self._call_failed(batch, code or f"HTTP {status}", code in THROTTLING_CODES))
             return
         except (BotoConnectionError, HTTPClientError) as error:
@@ -469,8 +510,13 @@ class Publisher:
                     self.metrics.throttles += 1
                 self._back_off(queue)
         if last_error:
-            log.debug("PutRecords on %s: %d of %d records to retry (%s)", self.stream_name,
-                      response.get("FailedRecordCount", 0), len(batch), last_error)
+            log.debug(
+                "PutRecords on %s: %d of %d records to retry (%s)",
+                self.stream_name,
+                response.get("FailedRecordCount", 0),
+                len(batch),
+                last_error,
+            )
         if progressed:
             self._last_progress = self._clock()
         else:
@@ -489,16 +535,14 @@ class Publisher:
         self.metrics.retries += len(batch)
         if throttled:
             self.metrics.throttles += 1
-        log.warning("PutRecords on %s failed (%s); retrying %d records", self.stream_name, reason,
-                    len(batch))
+        log.warning("PutRecords on %s failed (%s); retrying %d records", self.stream_name, reason, len(batch))
         for record in batch:
             self._back_off(self._queues[record.shard.shard_id])
         return reason
 
     def _back_off(self, queue: _ShardQueue) -> None:
         queue.failures += 1
-        ceiling = min(self.backoff_max_seconds,
-                      self.backoff_base_seconds * 2 ** min(queue.failures - 1, 30))
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** min(queue.failures - 1, 30))
         queue.not_before = self._clock() + random.uniform(0, ceiling)  # nosec B311 # retry jitter, not a secret
 
     def _acknowledged(self, record: _Record) -> None:

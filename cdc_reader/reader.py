@@ -72,8 +72,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("totes.reader")
 
-__all__ = ["HEARTBEAT_PREFIX", "READER_SESSION", "RETRYABLE", "Durability", "EventSink", "FileStateStore", "Reader",
-           "ReaderConfig", "ReaderMetrics", "ReaderState", "StateStore", "session_options", "supervise"]
+__all__ = [
+    "HEARTBEAT_PREFIX",
+    "READER_SESSION",
+    "RETRYABLE",
+    "Durability",
+    "EventSink",
+    "FileStateStore",
+    "Reader",
+    "ReaderConfig",
+    "ReaderMetrics",
+    "ReaderState",
+    "StateStore",
+    "session_options",
+    "supervise",
+]
 
 # Every session that produces value text runs with these, so text is the same everywhere.
 READER_SESSION = {**SESSION_SETTINGS, "TimeZone": "UTC"}
@@ -89,6 +102,7 @@ class EventSink(Protocol):
     def poll(self, idle: bool = False) -> None:
         """Send what has waited long enough; called often. `idle`: the stream has nothing
         more right now, so waiting for more would only add latency."""
+
     def flush(self) -> None: ...
     def publish_watermark(self, lsn: int) -> None: ...
 
@@ -169,8 +183,16 @@ class Reader(SnapshotPhases, TableRereads):
     (rereads.py). Everything it must remember across a restart is in `_state`, saved at
     every transition; the rest (position, the sink's progress) outlives only a connection."""
 
-    def __init__(self, dsn: str, sink: EventSink, durability: Durability, state: StateStore,
-                 config: ReaderConfig = ReaderConfig(), *, lake: LakeLayout | None = None):
+    def __init__(
+        self,
+        dsn: str,
+        sink: EventSink,
+        durability: Durability,
+        state: StateStore,
+        config: ReaderConfig = ReaderConfig(),
+        *,
+        lake: LakeLayout | None = None,
+    ):
         self.dsn = dsn
         self.lake = lake
         """Where the initial snapshot and re-reads go straight to (bulk_snapshot.py,
@@ -255,15 +277,21 @@ class Reader(SnapshotPhases, TableRereads):
         cfg = self.config
         try:
             cur.start_replication(
-                slot_name=cfg.slot, decode=False, start_lsn=start_lsn,
+                slot_name=cfg.slot,
+                decode=False,
+                start_lsn=start_lsn,
                 options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
             )
         except (psycopg2.errors.ObjectNotInPrerequisiteState, psycopg2.errors.UndefinedObject) as error:
             # Invalidated or dropped between the check in `prepare` and here.
             raise SlotLostError(lost_slot_message(cfg.slot, f"cannot stream ({error.diag.message_primary})")) from None
         self.streaming.set()
-        assembler = Assembler(TypeNames(conn), lambda s, t: read_table_schema(conn, s, t).key_names,
-                              self._column_types, policy=cfg.personal_data)
+        assembler = Assembler(
+            TypeNames(conn),
+            lambda s, t: read_table_schema(conn, s, t).key_names,
+            self._column_types,
+            policy=cfg.personal_data,
+        )
         progress = self._progress
         progress.in_transaction = False
         if state.snapshot_lsn is not None and not lifecycle.snapshot_finished(state.phase) and not progress.pending:
@@ -330,8 +358,12 @@ class Reader(SnapshotPhases, TableRereads):
                     if rereading is None and lifecycle.next_queued(self._state.table_rereads) is None:
                         busy = getattr(self.sink, "busy", True) or bulk_reread is not None
                         deadlines = [next_feedback, next_heartbeat] + ([next_watermark] if last_commit > marked else [])
-                        select.select([cur, self._wakeup], [], [], idle_timeout(
-                            time.monotonic(), deadlines, sink_busy=busy, short=cfg.idle_wait_seconds))
+                        select.select(
+                            [cur, self._wakeup],
+                            [],
+                            [],
+                            idle_timeout(time.monotonic(), deadlines, sink_busy=busy, short=cfg.idle_wait_seconds),
+                        )
                         self._wakeup.clear()
 
                 if bulk_reread is not None and bulk_reread.finished:
@@ -352,9 +384,13 @@ class Reader(SnapshotPhases, TableRereads):
 
                 self.sink.poll(idle=drained)
                 now = time.monotonic()
-                if now >= next_watermark and last_commit > marked and not progress.in_transaction \
-                        and self._watermark_allowed(self._state, last_commit) \
-                        and (bulk_reread is None or bulk_reread.allows_watermark(last_commit)):
+                if (
+                    now >= next_watermark
+                    and last_commit > marked
+                    and not progress.in_transaction
+                    and self._watermark_allowed(self._state, last_commit)
+                    and (bulk_reread is None or bulk_reread.allows_watermark(last_commit))
+                ):
                     self.sink.publish_watermark(last_commit)
                     marked = last_commit
                     next_watermark = now + cfg.watermark_seconds
@@ -362,8 +398,11 @@ class Reader(SnapshotPhases, TableRereads):
                     durable = self.durability.durable_lsn()
                     self._settle_rereads(durable)
                     state = self._settle_snapshot(self._state, durable)
-                    target = progress.advance(durable, self.metrics.received_lsn) \
-                        if lifecycle.snapshot_finished(state.phase) else 0
+                    target = (
+                        progress.advance(durable, self.metrics.received_lsn)
+                        if lifecycle.snapshot_finished(state.phase)
+                        else 0
+                    )
                     # Nor is the slot confirmed at or past a bulk re-read's LSN before it is written.
                     if target > confirmed and (bulk_reread is None or bulk_reread.allows_watermark(target)):
                         cur.send_feedback(flush_lsn=target, reply=True)

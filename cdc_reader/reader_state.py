@@ -35,9 +35,15 @@ class ReaderState:
     """The column types last seen of every table (table → column → type), so a type change
     made while the reader was away is still told from the first Relation message after it."""
 
-    def __init__(self, slot: str = "", phase: lifecycle.Phase | None = None,
-                 table_rereads: lifecycle.Rereads = (), column_types: dict | None = None, *,
-                 schema_rereads: list[str] = ()):
+    def __init__(
+        self,
+        slot: str = "",
+        phase: lifecycle.Phase | None = None,
+        table_rereads: lifecycle.Rereads = (),
+        column_types: dict | None = None,
+        *,
+        schema_rereads: list[str] = (),
+    ):
         """`schema_rereads`: tables to read again after a type change (the older form)."""
         self.slot = slot
         self.phase = phase if phase is not None else lifecycle.NoSlot()
@@ -78,9 +84,14 @@ class ReaderState:
         return self.phase.replaces_lost_slot
 
     def to_json(self) -> dict:
-        return {"slot": self.slot, "phase": lifecycle.to_json(self.phase), **lifecycle.legacy_flags(self.phase),
-                "table_rereads": [lifecycle.reread_to_json(r) for r in self.table_rereads],
-                "schema_rereads": self.schema_rereads, "column_types": self.column_types}
+        return {
+            "slot": self.slot,
+            "phase": lifecycle.to_json(self.phase),
+            **lifecycle.legacy_flags(self.phase),
+            "table_rereads": [lifecycle.reread_to_json(r) for r in self.table_rereads],
+            "schema_rereads": self.schema_rereads,
+            "column_types": self.column_types,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "ReaderState":
@@ -92,8 +103,13 @@ class ReaderState:
         recovering: lifecycle.Rereads = ()
         for table in getattr(phase, "tables", ()) if isinstance(phase, lifecycle.Recovering) else ():
             recovering = lifecycle.queue(recovering, table, lifecycle.RECOVERY)
-        return cls(data.get("slot", ""), phase, recovering, dict(data.get("column_types", {})),
-                   schema_rereads=list(data.get("schema_rereads", [])))
+        return cls(
+            data.get("slot", ""),
+            phase,
+            recovering,
+            dict(data.get("column_types", {})),
+            schema_rereads=list(data.get("schema_rereads", [])),
+        )
 
 
 class StateStore(Protocol):

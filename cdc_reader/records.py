@@ -62,8 +62,9 @@ def body_limit(max_bytes: int) -> int:
     return limit
 
 
-def pack(events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None = None,
-         sizes: Sequence[int] | None = None) -> list[Packed]:
+def pack(
+    events: Sequence[ChangeEvent], max_bytes: int, chunk_bytes: int | None = None, sizes: Sequence[int] | None = None
+) -> list[Packed]:
     """Group `events` (one shard's, in order) into records of at most `max_bytes` each, in order.
 
     Events are grouped by size (`chunk_bytes`, default what fits uncompressed); a group whose

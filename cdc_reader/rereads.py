@@ -46,9 +46,18 @@ class TableRereads:
         from cdc_reader.bulk_reread import BulkReread
 
         cfg = self.config
-        return BulkReread(schema, self._connect, self.lake, cfg.slot, dsn=self.dsn, chunk_pages=cfg.snapshot_chunk_pages,
-                          connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
-                          chunk_hook=self.bulk_chunk_hook, policy=cfg.personal_data).start()
+        return BulkReread(
+            schema,
+            self._connect,
+            self.lake,
+            cfg.slot,
+            dsn=self.dsn,
+            chunk_pages=cfg.snapshot_chunk_pages,
+            connections=cfg.snapshot_connections,
+            batch_bytes=cfg.snapshot_batch_bytes,
+            chunk_hook=self.bulk_chunk_hook,
+            policy=cfg.personal_data,
+        ).start()
 
     def _reread_handed_on(self, reread: lifecycle.Reread, qualified: str) -> None:
         """Its last rows went to the sink after the transaction that ended at `_handed_over`
@@ -85,8 +94,11 @@ class TableRereads:
         rereads = self._state.table_rereads
         if change.rewritten:
             columns = ", ".join(f"{c} {old} -> {new}" for c, (old, new) in sorted(change.rewritten.items()))
-            log.warning("%s changed type (%s), which may have rewritten its values without row changes: "
-                        "re-reading it", change.table, columns)
+            log.warning(
+                "%s changed type (%s), which may have rewritten its values without row changes: re-reading it",
+                change.table,
+                columns,
+            )
             self.metrics.schema_rereads += 1
             rereads = lifecycle.queue(rereads, change.table.partition(".")[2], lifecycle.TYPE_CHANGE)
         self._save(table_rereads=rereads)  # and the column types

@@ -53,8 +53,7 @@ class IncrementalSnapshot:
     """One table's re-read, chunk by chunk. The reader calls `read_chunk` when `wants_chunk`,
     shows it every output of the stream through `observe`, and emits what that returns."""
 
-    def __init__(self, schema: TableSchema, chunk_rows: int = 5_000,
-                 on_window: Callable[[], None] | None = None):
+    def __init__(self, schema: TableSchema, chunk_rows: int = 5_000, on_window: Callable[[], None] | None = None):
         if not schema.key_names:
             raise ValueError(f"{schema.table} has no primary key to read it in chunks by")
         self.schema = schema
@@ -104,11 +103,17 @@ class IncrementalSnapshot:
         after = sql.SQL("")
         params: list = []
         if self._last_key is not None:
-            after = sql.SQL("WHERE ({}) > ({})").format(keys, sql.SQL(", ").join(sql.Placeholder() * len(self._last_key)))
+            after = sql.SQL("WHERE ({}) > ({})").format(
+                keys, sql.SQL(", ").join(sql.Placeholder() * len(self._last_key))
+            )
             params = list(self._last_key)
         query = sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT {}").format(
             sql.SQL(", ").join(map(sql.Identifier, self.schema.column_names)),
-            sql.Identifier(namespace, table), after, keys, sql.Literal(self.chunk_rows))
+            sql.Identifier(namespace, table),
+            after,
+            keys,
+            sql.Literal(self.chunk_rows),
+        )
         with conn.cursor() as cur:
             # COPY gives each value in its output-function text, exactly as pgoutput sends it.
             copy = sql.SQL("COPY ({}) TO STDOUT").format(sql.SQL(cur.mogrify(query.as_string(conn), params).decode()))

@@ -35,7 +35,7 @@ def _parse(type_name: str) -> tuple[str, tuple[int, ...]]:
     if match is None:
         return name, ()
     args = tuple(int(a) for a in match[1].replace(" ", "").split(",") if a)
-    return re.sub(r"\s+", " ", (name[:match.start()] + name[match.end():])).strip(), args
+    return re.sub(r"\s+", " ", (name[: match.start()] + name[match.end() :])).strip(), args
 
 
 def preserves_values(old: str, new: str) -> bool:
@@ -74,5 +74,8 @@ def rewritten_columns(old: dict[str, str], new: dict[str, str]) -> dict[str, tup
     """Columns of both (column → type name) whose type changed in a way that may have
     changed values: name → (old type, new type). Added and dropped columns change no
     existing value."""
-    return {name: (old[name], type_) for name, type_ in new.items()
-            if name in old and not preserves_values(old[name], type_)}
+    return {
+        name: (old[name], type_)
+        for name, type_ in new.items()
+        if name in old and not preserves_values(old[name], type_)
+    }

@@ -116,8 +116,14 @@ def read_snapshot(
                 key_positions = [names.index(k) for k in schema.key_names]
                 table_rows = 0
 
-                def on_rows(rows: list[list[str | None]], schema=schema, names=names, key_positions=key_positions,
-                            rewrite=rewrite, leaving=leaving):
+                def on_rows(
+                    rows: list[list[str | None]],
+                    schema=schema,
+                    names=names,
+                    key_positions=key_positions,
+                    rewrite=rewrite,
+                    leaving=leaving,
+                ):
                     nonlocal seq, table_rows
                     events = []
                     for values in rows:
@@ -136,7 +142,8 @@ def read_snapshot(
 
                 namespace, _, table = schema.table.partition(".")
                 copy = sql.SQL("COPY {} ({}) TO STDOUT").format(
-                    sql.Identifier(namespace, table), sql.SQL(", ").join(map(sql.Identifier, names)))
+                    sql.Identifier(namespace, table), sql.SQL(", ").join(map(sql.Identifier, names))
+                )
                 sink = _CopyRows(on_rows, chunk_rows)
                 cur.copy_expert(copy.as_string(conn), sink)
                 sink.close()

@@ -20,7 +20,13 @@ from cdc_reader.reader_state import ReaderState
 from cdc_reader.snapshot import read_snapshot
 from cdc_reader.source import database_name
 from cdc_reader.source_setup import (
-    SlotLostError, check_slot, create_slot, drop_slot, ensure_publication, lost_slot_message, slot_state,
+    SlotLostError,
+    check_slot,
+    create_slot,
+    drop_slot,
+    ensure_publication,
+    lost_slot_message,
+    slot_state,
 )
 from change_events import ChangeEvent, Op, format_lsn
 from change_events.wire import EncodedChange
@@ -51,15 +57,25 @@ class SnapshotPhases:
         if slot is None and state.slot == cfg.slot and state.snapshot_lsn is None:
             # Killed while creating the slot, before it existed: nothing was read yet.
             phase = state.phase
-            state = self._save(slot="", phase=lifecycle.slot_missing(phase) if isinstance(phase, lifecycle.SlotPending)
-                               else lifecycle.NoSlot(state.replaces_lost_slot))
+            state = self._save(
+                slot="",
+                phase=lifecycle.slot_missing(phase)
+                if isinstance(phase, lifecycle.SlotPending)
+                else lifecycle.NoSlot(state.replaces_lost_slot),
+            )
         if slot is None and state.slot == cfg.slot:
             # Even a cut-off snapshot may have rows downstream: a new one could leave rows
             # deleted in between alive there, so starting over is the operator's call.
-            raise SlotLostError(lost_slot_message(
-                cfg.slot, "is gone (dropped, or invalidated for retaining too much WAL)"))
-        if slot is not None and state.slot == cfg.slot and state.replaces_lost_slot and self._snapshot_cut_off(state) \
-                and not (isinstance(state.phase, lifecycle.Snapshotting) and state.phase.bulk):
+            raise SlotLostError(
+                lost_slot_message(cfg.slot, "is gone (dropped, or invalidated for retaining too much WAL)")
+            )
+        if (
+            slot is not None
+            and state.slot == cfg.slot
+            and state.replaces_lost_slot
+            and self._snapshot_cut_off(state)
+            and not (isinstance(state.phase, lifecycle.Snapshotting) and state.phase.bulk)
+        ):
             # A replacing snapshot through the sink cut off: take it again from a new slot.
             # Its truncates remove whatever of this one got downstream.
             log.warning("the replacing snapshot of slot %s was cut off: taking it again from a new slot", cfg.slot)
@@ -75,15 +91,19 @@ class SnapshotPhases:
                 if isinstance(state.phase, lifecycle.SlotPending):
                     # Killed between creating the slot and noting where its snapshot stands:
                     # never confirmed, the slot still stands at its consistent point.
-                    state = self._save(phase=lifecycle.slot_created(
-                        state.phase, slot.confirmed_flush_lsn, bulk=self._bulk()))
+                    state = self._save(
+                        phase=lifecycle.slot_created(state.phase, slot.confirmed_flush_lsn, bulk=self._bulk())
+                    )
                 if isinstance(state.phase, lifecycle.Snapshotting) and state.phase.bulk:
                     state = self._resume_bulk_snapshot(conn, state)
                 else:
                     state = self._recover_snapshot(state)
             elif isinstance(state.phase, lifecycle.Recovering):
-                log.warning("the snapshot of slot %s is being made up for: %d tables left to read again",
-                            cfg.slot, len([r for r in state.table_rereads if r.why == lifecycle.RECOVERY]))
+                log.warning(
+                    "the snapshot of slot %s is being made up for: %d tables left to read again",
+                    cfg.slot,
+                    len([r for r in state.table_rereads if r.why == lifecycle.RECOVERY]),
+                )
         return state
 
     def _reset(self, conn, state: ReaderState, slot):
@@ -118,9 +138,13 @@ class SnapshotPhases:
         snapshot never handed on. Nothing is confirmed until those re-reads are durable."""
         cfg = self.config
         tables = list(cfg.tables)
-        log.warning("the snapshot of slot %s was cut off before all of it was published: keeping the slot, "
-                    "streaming from %s and reading all %d tables again", cfg.slot,
-                    format_lsn(state.snapshot_lsn or 0), len(tables))
+        log.warning(
+            "the snapshot of slot %s was cut off before all of it was published: keeping the slot, "
+            "streaming from %s and reading all %d tables again",
+            cfg.slot,
+            format_lsn(state.snapshot_lsn or 0),
+            len(tables),
+        )
         rereads = state.table_rereads
         for table in tables:
             rereads = lifecycle.queue(rereads, table, lifecycle.RECOVERY)
@@ -137,8 +161,10 @@ class SnapshotPhases:
         recovered = isinstance(state.phase, lifecycle.Recovering)
         state = self._save(slot=self.config.slot, phase=phase)
         if recovered:
-            log.info("every table was read again and is durable: the snapshot at %s is complete",
-                     format_lsn(state.snapshot_lsn))
+            log.info(
+                "every table was read again and is durable: the snapshot at %s is complete",
+                format_lsn(state.snapshot_lsn),
+            )
         else:
             log.info("snapshot at %s is durable", format_lsn(state.snapshot_lsn))
         return state
@@ -157,8 +183,12 @@ class SnapshotPhases:
         pending = self._save(slot=cfg.slot, phase=lifecycle.note_slot(lifecycle.NoSlot(replaces)))
         bulk = self._bulk()
         new = create_slot(replication_cursor, cfg.slot)
-        log.info("slot %s created at %s; reading the snapshot%s", cfg.slot, format_lsn(new.consistent_lsn),
-                 " straight into the lake" if bulk else "")
+        log.info(
+            "slot %s created at %s; reading the snapshot%s",
+            cfg.slot,
+            format_lsn(new.consistent_lsn),
+            " straight into the lake" if bulk else "",
+        )
         schemas = [self._table_schema(conn, cfg.schema, t) for t in cfg.tables]
         conn.commit()
         self._column_types.clear()
@@ -167,9 +197,16 @@ class SnapshotPhases:
             from cdc_reader.bulk_snapshot import plan_tables
 
             plans = plan_tables(conn, schemas, cfg.snapshot_chunk_pages)
-            state = self._save(phase=lifecycle.slot_created(
-                pending.phase, new.consistent_lsn, bulk=True, tables=tuple(p.schema.table for p in plans),
-                chunks=tuple(p.chunks for p in plans), chunk_pages=cfg.snapshot_chunk_pages))
+            state = self._save(
+                phase=lifecycle.slot_created(
+                    pending.phase,
+                    new.consistent_lsn,
+                    bulk=True,
+                    tables=tuple(p.schema.table for p in plans),
+                    chunks=tuple(p.chunks for p in plans),
+                    chunk_pages=cfg.snapshot_chunk_pages,
+                )
+            )
             if replaces:
                 written_at = self._replace_in_bulk(conn, state.phase, plans)
             else:
@@ -195,9 +232,17 @@ class SnapshotPhases:
                 self.sink.add(event)
             self.metrics.snapshot_events += len(events)
 
-        read_snapshot(conn, new.snapshot_name, schemas, new.consistent_lsn, emit,
-                      chunk_rows=cfg.snapshot_chunk_rows, progress=self.snapshot_progress, first_seq=first_seq,
-                      policy=cfg.personal_data)
+        read_snapshot(
+            conn,
+            new.snapshot_name,
+            schemas,
+            new.consistent_lsn,
+            emit,
+            chunk_rows=cfg.snapshot_chunk_rows,
+            progress=self.snapshot_progress,
+            first_seq=first_seq,
+            policy=cfg.personal_data,
+        )
         self.sink.end_transaction(new.consistent_lsn)
         self._handed_over = new.consistent_lsn
         self.sink.flush()
@@ -212,9 +257,17 @@ class SnapshotPhases:
         from cdc_reader.bulk_snapshot import BulkSnapshot  # pyarrow and deltalake: only when used
 
         cfg = self.config
-        bulk = BulkSnapshot(self.dsn, self.lake, phase.lsn, plans, chunk_pages=phase.chunk_pages,
-                            connections=cfg.snapshot_connections, batch_bytes=cfg.snapshot_batch_bytes,
-                            progress=self.snapshot_progress, policy=cfg.personal_data)
+        bulk = BulkSnapshot(
+            self.dsn,
+            self.lake,
+            phase.lsn,
+            plans,
+            chunk_pages=phase.chunk_pages,
+            connections=cfg.snapshot_connections,
+            batch_bytes=cfg.snapshot_batch_bytes,
+            progress=self.snapshot_progress,
+            policy=cfg.personal_data,
+        )
         bulk.chunk_hook = self.bulk_chunk_hook
         self.bulk_stats = bulk.stats
         written = bulk.run_under(snapshot_name, lsn)
@@ -249,10 +302,15 @@ class SnapshotPhases:
         try:
             temporary = create_slot(replication.cursor(), f"{cfg.slot}_resume", temporary=True)
             if temporary.consistent_lsn <= phase.lsn:
-                raise RuntimeError(f"a new snapshot at {format_lsn(temporary.consistent_lsn)} is not past the "
-                                   f"slot's {format_lsn(phase.lsn)}")
-            log.warning("reading the chunks the lake lacks under a new snapshot at %s, then streaming from %s",
-                        format_lsn(temporary.consistent_lsn), format_lsn(phase.lsn))
+                raise RuntimeError(
+                    f"a new snapshot at {format_lsn(temporary.consistent_lsn)} is not past the "
+                    f"slot's {format_lsn(phase.lsn)}"
+                )
+            log.warning(
+                "reading the chunks the lake lacks under a new snapshot at %s, then streaming from %s",
+                format_lsn(temporary.consistent_lsn),
+                format_lsn(phase.lsn),
+            )
             self._write_bulk(phase, plans, temporary.snapshot_name, temporary.consistent_lsn)
         finally:
             replication.close()  # the temporary slot goes with its connection
@@ -271,10 +329,12 @@ class SnapshotPhases:
             by_name = {t: self._table_schema(conn, *t.split(".", 1)) for t in phase.tables}
             plans = [TablePlan(by_name[t], n) for t, n in zip(phase.tables, phase.chunks)]
         else:  # killed before the plan was noted: nothing was written under it
-            plans = plan_tables(conn, [self._table_schema(conn, cfg.schema, t) for t in cfg.tables],
-                                cfg.snapshot_chunk_pages)
-            phase = lifecycle.planned(phase, tuple(p.schema.table for p in plans), tuple(p.chunks for p in plans),
-                                      cfg.snapshot_chunk_pages)
+            plans = plan_tables(
+                conn, [self._table_schema(conn, cfg.schema, t) for t in cfg.tables], cfg.snapshot_chunk_pages
+            )
+            phase = lifecycle.planned(
+                phase, tuple(p.schema.table for p in plans), tuple(p.chunks for p in plans), cfg.snapshot_chunk_pages
+            )
             self._save(phase=phase)
         conn.commit()
         self._column_types.update({p.schema.table: {c.name: c.type_name for c in p.schema.columns} for p in plans})

@@ -25,10 +25,19 @@ CONNECT_TIMEOUT_SECONDS = 10
 # is noticed within a minute at both ends: probes after 20 s idle, every 10 s, 3 unanswered
 # probes end it (50 s); unacknowledged data ends it after 60 s. The server-side settings
 # also free what a vanished client held (a replication slot marked active, row locks).
-CLIENT_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "20", "keepalives_interval": "10",
-                     "keepalives_count": "3", "tcp_user_timeout": "60000"}
-SERVER_KEEPALIVES = {"tcp_keepalives_idle": "20", "tcp_keepalives_interval": "10",
-                     "tcp_keepalives_count": "3", "tcp_user_timeout": "60000"}
+CLIENT_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "20",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": "20",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 
 
 #: Settings of the session that decodes the slot. pgoutput sends every value in its type's
@@ -71,8 +80,14 @@ def describe(dsn: str) -> dict[str, str]:
 _URI_PASSWORD = re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@?#\s\"]*:)(?P<secret>[^@\s\"]*)@", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"\bpassword\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|[^\s&\"]+)", re.IGNORECASE)
 # libpq messages about a value it could not use: the DSN is wrong, not the server.
-_BAD_VALUE_MARKERS = ("invalid integer value", "invalid connection option", "invalid uri query parameter",
-                      "invalid sslmode value", "invalid value for", "invalid port number")
+_BAD_VALUE_MARKERS = (
+    "invalid integer value",
+    "invalid connection option",
+    "invalid uri query parameter",
+    "invalid sslmode value",
+    "invalid value for",
+    "invalid port number",
+)
 # Shorter passwords are removed only where they sit in DSN-shaped text (see redact).
 _MIN_BLIND_REDACTION = 4
 
@@ -177,8 +192,12 @@ def explain(dsn: str, error: Exception, what: str = "source") -> str:
 def _explain(dsn: str, error: Exception) -> str:
     message = str(error).strip()
     lowered = message.lower()
-    if (isinstance(error, psycopg2.ProgrammingError) or "invalid dsn" in lowered or "invalid uri" in lowered
-            or any(marker in lowered for marker in _BAD_VALUE_MARKERS)):
+    if (
+        isinstance(error, psycopg2.ProgrammingError)
+        or "invalid dsn" in lowered
+        or "invalid uri" in lowered
+        or any(marker in lowered for marker in _BAD_VALUE_MARKERS)
+    ):
         detail = message.splitlines()[0] if message else "unparseable"
         return (
             f"The source DSN is not valid ({detail}): write it as "
@@ -197,10 +216,7 @@ def _explain(dsn: str, error: Exception) -> str:
             "check the password (PGPASSWORD, ~/.pgpass or the DSN)."
         )
     if "no password supplied" in lowered or "fe_sendauth" in lowered:
-        return (
-            f"PostgreSQL at {host}:{port} wants a password for user {user!r}: "
-            "set PGPASSWORD or add it to the DSN."
-        )
+        return f"PostgreSQL at {host}:{port} wants a password for user {user!r}: set PGPASSWORD or add it to the DSN."
     if 'role "' in lowered and "does not exist" in lowered:
         return f"User {user!r} does not exist on {host}:{port}: create it or fix the user in the DSN."
     if "database" in lowered and "does not exist" in lowered:
@@ -215,8 +231,17 @@ def _explain(dsn: str, error: Exception) -> str:
             f"PostgreSQL at {host}:{port} does not allow user {user!r} to connect from here: "
             "add a pg_hba.conf entry for this client."
         )
-    if any(s in lowered for s in ("connection refused", "no such file or directory", "timeout expired",
-                                  "could not connect", "server closed the connection", "network is unreachable")):
+    if any(
+        s in lowered
+        for s in (
+            "connection refused",
+            "no such file or directory",
+            "timeout expired",
+            "could not connect",
+            "server closed the connection",
+            "network is unreachable",
+        )
+    ):
         where_text = f"the unix socket in {host} (port {port})" if host.startswith("/") else f"{host}:{port}"
         return (
             f"Nothing answers at {where_text}: check that PostgreSQL is running there and that "
@@ -226,9 +251,18 @@ def _explain(dsn: str, error: Exception) -> str:
     return f"Could not connect to PostgreSQL at {host}:{port}: {first}."
 
 
-_TRANSIENT_MARKERS = ("connection refused", "no such file or directory", "timeout expired", "could not connect",
-                      "server closed the connection", "network is unreachable", "the database system is starting up",
-                      "the database system is shutting down", "too many clients", "could not translate host name")
+_TRANSIENT_MARKERS = (
+    "connection refused",
+    "no such file or directory",
+    "timeout expired",
+    "could not connect",
+    "server closed the connection",
+    "network is unreachable",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "too many clients",
+    "could not translate host name",
+)
 
 
 def quote_role(name: str) -> str:

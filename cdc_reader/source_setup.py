@@ -27,9 +27,11 @@ class SlotLostError(SourceSetupError):
 
 
 def lost_slot_message(name: str, why: str) -> str:
-    return (f"Replication slot {name!r} {why}, so the changes made since it was last confirmed cannot be read: "
-            "run the reader once with --reset to take a new snapshot from a new slot, which replaces every "
-            "table downstream (rows deleted meanwhile go, nothing is doubled).")
+    return (
+        f"Replication slot {name!r} {why}, so the changes made since it was last confirmed cannot be read: "
+        "run the reader once with --reset to take a new snapshot from a new slot, which replaces every "
+        "table downstream (rows deleted meanwhile go, nothing is doubled)."
+    )
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ class SlotState:
     def why_lost(self) -> str:
         reason = self.invalidation_reason or "wal_removed"
         if reason == "wal_removed":
-            return ("was invalidated by PostgreSQL (wal_removed: it held back more WAL than "
-                    "max_slot_wal_keep_size allows)")
+            return (
+                "was invalidated by PostgreSQL (wal_removed: it held back more WAL than max_slot_wal_keep_size allows)"
+            )
         return f"was invalidated by PostgreSQL ({reason})"
 
 
@@ -61,7 +64,10 @@ def _quoted_tables(conn, schema: str, tables, columns: dict[str, list[str]] | No
     columns = columns or {}
     return sql.SQL(", ").join(
         sql.SQL("{} ({})").format(sql.Identifier(schema, t), sql.SQL(", ").join(map(sql.Identifier, columns[t])))
-        if t in columns else sql.Identifier(schema, t) for t in tables)
+        if t in columns
+        else sql.Identifier(schema, t)
+        for t in tables
+    )
 
 
 def _column_lists(cur, schema: str, tables, dropped: dict[str, frozenset[str]]) -> dict[str, list[str]]:
@@ -74,14 +80,19 @@ def _column_lists(cur, schema: str, tables, dropped: dict[str, frozenset[str]]) 
     for table in tables:
         if not dropped.get(table):
             continue
-        cur.execute("SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = %s", (schema, table))
+        cur.execute(
+            "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (schema, table),
+        )
         found = cur.fetchone()
         if found is None or found[0] == "f":
             continue
-        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
-                    "AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
-                    (sql.Identifier(schema, table).as_string(cur.connection),))
+        cur.execute(
+            "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+            (sql.Identifier(schema, table).as_string(cur.connection),),
+        )
         lists[table] = [name for (name,) in cur.fetchall() if name not in dropped[table]]
     return lists
 
@@ -91,8 +102,9 @@ def _sql(conn, statement: sql.Composable) -> str:
     return statement.as_string(conn)
 
 
-def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...],
-                       dropped: dict[str, frozenset[str]] | None = None) -> bool:
+def ensure_publication(
+    conn, name: str, schema: str, tables: tuple[str, ...], dropped: dict[str, frozenset[str]] | None = None
+) -> bool:
     """Make `name` publish every table of `tables`, without the `dropped` columns of a table
     where the server can (`_column_lists`); True when it had to be created."""
     dropped = dropped or {}
@@ -107,23 +119,29 @@ def ensure_publication(conn, name: str, schema: str, tables: tuple[str, ...],
         try:
             if found is None:
                 cur.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')")
-                    .format(sql.Identifier(name), _quoted_tables(conn, schema, tables, lists))
+                    sql.SQL(
+                        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')"
+                    ).format(sql.Identifier(name), _quoted_tables(conn, schema, tables, lists))
                 )
-                cur.execute(sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
-                    sql.Identifier(name), sql.Literal(MANAGED_COMMENT)))
+                cur.execute(
+                    sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+                        sql.Identifier(name), sql.Literal(MANAGED_COMMENT)
+                    )
+                )
                 conn.commit()
                 return True
             _, comment, publishes_everything = found
             cur.execute(
-                "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
-                (name, schema),
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s", (name, schema)
             )
             published = {t for (t,) in cur.fetchall()}
             missing = [t for t in tables if t not in published]
             if missing and comment == MANAGED_COMMENT:
-                cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                    sql.Identifier(name), _quoted_tables(conn, schema, missing, lists)))
+                cur.execute(
+                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                        sql.Identifier(name), _quoted_tables(conn, schema, missing, lists)
+                    )
+                )
                 missing = []
             if comment == MANAGED_COMMENT and conn.server_version >= 150000:
                 _update_column_lists(cur, name, schema, [t for t in tables if t in published], lists)
@@ -160,24 +178,32 @@ def _update_column_lists(cur, name: str, schema: str, tables, lists: dict[str, l
     """Tables whose published columns differ from what the policy wants (a drop added or
     removed, a column added since) are published again with the right list, in the same
     transaction, so no change falls between."""
-    cur.execute("SELECT tablename, attnames FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s",
-                (name, schema))
+    cur.execute(
+        "SELECT tablename, attnames FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s", (name, schema)
+    )
     published = dict(cur.fetchall())
     stale = []
     for table in tables:
         if table in lists:
             wanted = lists[table]
         else:
-            cur.execute("SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = "
-                        "%s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
-                        (sql.Identifier(schema, table).as_string(cur.connection),))
+            cur.execute(
+                "SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = "
+                "%s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
+                (sql.Identifier(schema, table).as_string(cur.connection),),
+            )
             wanted = cur.fetchone()[0]
         if list(published.get(table) or []) != list(wanted):
             stale.append(table)
     for table in stale:
-        cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), sql.Identifier(schema, table)))
-        cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-            sql.Identifier(name), _quoted_tables(cur.connection, schema, [table], lists)))
+        cur.execute(
+            sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), sql.Identifier(schema, table))
+        )
+        cur.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(name), _quoted_tables(cur.connection, schema, [table], lists)
+            )
+        )
 
 
 def slot_state(conn, name: str) -> SlotState | None:
@@ -194,8 +220,9 @@ def slot_state(conn, name: str) -> SlotState | None:
     if row is None:
         return None
     slot_name, plugin, database, active, confirmed, wal_status, reason = row
-    return SlotState(slot_name, plugin, database, active, parse_lsn(confirmed) if confirmed else None,
-                     wal_status, reason)
+    return SlotState(
+        slot_name, plugin, database, active, parse_lsn(confirmed) if confirmed else None, wal_status, reason
+    )
 
 
 def drop_slot(conn, name: str) -> None:
@@ -251,12 +278,20 @@ def explain_slot_error(name: str, error: psycopg2.Error) -> str:
     message = (getattr(error, "diag", None) and error.diag.message_primary) or str(error).strip()
     lowered = message.lower()
     if "wal_level" in lowered:
-        return ("Logical decoding needs wal_level = logical: run ALTER SYSTEM SET wal_level = logical "
-                "(on RDS set rds.logical_replication = 1) and restart PostgreSQL.")
+        return (
+            "Logical decoding needs wal_level = logical: run ALTER SYSTEM SET wal_level = logical "
+            "(on RDS set rds.logical_replication = 1) and restart PostgreSQL."
+        )
     if "max_replication_slots" in lowered or "all replication slots are in use" in lowered:
-        return ("No free replication slot: raise max_replication_slots and restart PostgreSQL, "
-                "or drop an unused slot.")
-    if "permission" in lowered or "must be superuser or replication role" in lowered or "replication" in lowered and "role" in lowered:
-        return ("The reader's role may not replicate: run ALTER ROLE <role> WITH REPLICATION "
-                "(on RDS: GRANT rds_replication TO <role>).")
+        return "No free replication slot: raise max_replication_slots and restart PostgreSQL, or drop an unused slot."
+    if (
+        "permission" in lowered
+        or "must be superuser or replication role" in lowered
+        or "replication" in lowered
+        and "role" in lowered
+    ):
+        return (
+            "The reader's role may not replicate: run ALTER ROLE <role> WITH REPLICATION "
+            "(on RDS: GRANT rds_replication TO <role>)."
+        )
     return f"Could not create replication slot {name!r}: {message}"

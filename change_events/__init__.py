@@ -20,8 +20,18 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ChangeEvent", "CodecError", "Column", "DecodedRecord", "Op", "TableSchema", "Watermark",
-    "decode", "encode_events", "encode_watermark", "format_lsn", "parse_lsn",
+    "ChangeEvent",
+    "CodecError",
+    "Column",
+    "DecodedRecord",
+    "Op",
+    "TableSchema",
+    "Watermark",
+    "decode",
+    "encode_events",
+    "encode_watermark",
+    "format_lsn",
+    "parse_lsn",
 ]
 
 

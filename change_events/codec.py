@@ -53,8 +53,7 @@ corrupt or a decompression bomb; the reader's bodies are about a record's size).
 _MAX_COLUMNS = 1600  # PostgreSQL's own limit
 _U32_MAX, _I32_MIN, _I32_MAX = (1 << 32) - 1, -(1 << 31), (1 << 31) - 1
 # What a body that is well framed but holds the wrong things raises while it is read.
-_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError,
-              struct.error)
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, struct.error)
 
 
 class CodecError(ValueError):
@@ -99,7 +98,8 @@ def events_body(events) -> bytes:
         frames = [event.frame if type(event) is EncodedChange else encode_frame(event) for event in events]
     head = json.dumps(
         [[s.table, [[c.name, c.type_name, c.type_oid, c.type_modifier, c.is_key] for c in s.columns]] for s in schemas],
-        ensure_ascii=False, separators=(",", ":"),
+        ensure_ascii=False,
+        separators=(",", ":"),
     ).encode("utf-8")
     lengths = struct.pack(f">{count}I", *map(len, frames))
     return b"".join([_U32.pack(len(head)), head, _U32.pack(count), indexes, lengths, *frames])
@@ -142,13 +142,17 @@ def decode(record: bytes) -> DecodedRecord:
     if magic != MAGIC:
         raise CodecError(f"not a totes-cdc record (starts with {bytes(record[:2])!r}, expected {MAGIC!r})")
     if version > FORMAT_VERSION:
-        raise CodecError(f"record format v{version} is newer than this reader's v{FORMAT_VERSION}: upgrade the consumer")
+        raise CodecError(
+            f"record format v{version} is newer than this reader's v{FORMAT_VERSION}: upgrade the consumer"
+        )
     if version < FORMAT_VERSION:
-        raise CodecError(f"record format v{version} is no longer read: this consumer reads v{FORMAT_VERSION}, "
-                         "and v1 was written only before the first deployment (see change_events.codec)")
+        raise CodecError(
+            f"record format v{version} is no longer read: this consumer reads v{FORMAT_VERSION}, "
+            "and v1 was written only before the first deployment (see change_events.codec)"
+        )
     if size > MAX_BODY_BYTES:
         raise CodecError(f"record claims a body of {size} bytes, more than the {MAX_BODY_BYTES} a consumer accepts")
-    body = memoryview(record)[_HEADER.size:]
+    body = memoryview(record)[_HEADER.size :]
     try:
         if compression == ZSTD:
             body = pa.decompress(body, decompressed_size=size, codec="zstd", asbytes=True)
@@ -211,8 +215,15 @@ def _schema(entry) -> TableSchema:
         _name(type_name, f"{table}.{name}: type name")
         if type(is_key) is not bool:
             raise ValueError(f"{table}.{name}: is_key is not true/false")
-        parsed.append(Column(name, type_name, _integer(oid, 0, _U32_MAX, "a type oid"),
-                             _integer(modifier, _I32_MIN, _I32_MAX, "a type modifier"), is_key))
+        parsed.append(
+            Column(
+                name,
+                type_name,
+                _integer(oid, 0, _U32_MAX, "a type oid"),
+                _integer(modifier, _I32_MIN, _I32_MAX, "a type modifier"),
+                is_key,
+            )
+        )
     if len({c.name for c in parsed}) != len(parsed):
         raise ValueError(f"{table}: a column name repeats")
     return TableSchema(table, tuple(parsed))
@@ -226,7 +237,7 @@ def _name(value, what: str) -> None:
 def _decode_events(body: bytes) -> list[ChangeEvent]:
     (head_size,) = _U32.unpack_from(body)
     pos = _U32.size + head_size
-    schemas = _schemas(json.loads(body[_U32.size:pos]))
+    schemas = _schemas(json.loads(body[_U32.size : pos]))
     (count,) = _U32.unpack_from(body, pos)
     pos += _U32.size
     indexes = struct.unpack_from(f">{count}H", body, pos)

@@ -36,6 +36,7 @@ HASH_KEY_SPACE = 1 << 128
 
 # -- routing ---------------------------------------------------------------------------------
 
+
 def hash_key(partition_key: str) -> int:
     """Where a partition key falls in the 128-bit hash-key space: its CRC-32 in the top bits.
 
@@ -62,8 +63,10 @@ class ShardMap:
         expected = 0
         for shard in self.shards:
             if shard.starting_hash_key != expected or shard.ending_hash_key < shard.starting_hash_key:
-                raise ValueError(f"open shards do not tile the hash-key space at {shard.shard_id} "
-                                 f"(expected a range starting at {expected})")
+                raise ValueError(
+                    f"open shards do not tile the hash-key space at {shard.shard_id} "
+                    f"(expected a range starting at {expected})"
+                )
             expected = shard.ending_hash_key + 1
         if expected != HASH_KEY_SPACE:
             raise ValueError("open shards do not cover the hash-key space up to 2^128-1")
@@ -87,8 +90,13 @@ class ShardMap:
             for shard in response["Shards"]:
                 if shard["SequenceNumberRange"].get("EndingSequenceNumber") is not None:
                     continue  # closed by a split or merge: no longer written to
-                shards.append(Shard(shard["ShardId"], int(shard["HashKeyRange"]["StartingHashKey"]),
-                                    int(shard["HashKeyRange"]["EndingHashKey"])))
+                shards.append(
+                    Shard(
+                        shard["ShardId"],
+                        int(shard["HashKeyRange"]["StartingHashKey"]),
+                        int(shard["HashKeyRange"]["EndingHashKey"]),
+                    )
+                )
             token = response.get("NextToken")
             if not token:
                 return cls(shards)
@@ -97,9 +105,15 @@ class ShardMap:
 
 # -- the boto3 adapter -----------------------------------------------------------------------
 
-def kinesis_client(*, endpoint_url: str | None = None, region: str | None = None,
-                   max_attempts: int = 5, retry_mode: str = "standard",
-                   session: boto3.session.Session | None = None):
+
+def kinesis_client(
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    max_attempts: int = 5,
+    retry_mode: str = "standard",
+    session: boto3.session.Session | None = None,
+):
     """A Kinesis client with botocore's retry config.
 
     The endpoint comes from `endpoint_url`, else boto3's own `AWS_ENDPOINT_URL_KINESIS` /
@@ -108,17 +122,29 @@ def kinesis_client(*, endpoint_url: str | None = None, region: str | None = None
     environment, placeholder ones are used instead of searching the machine for real ones.
     """
     session = session or boto3.session.Session()
-    region = (region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-              or session.region_name or "us-east-1")
-    config = Config(retries={"mode": retry_mode, "total_max_attempts": max_attempts},
-                    connect_timeout=10, read_timeout=60, tcp_keepalive=True)
+    region = (
+        region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or session.region_name
+        or "us-east-1"
+    )
+    config = Config(
+        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=60,
+        tcp_keepalive=True,
+    )
     kwargs: dict = {"region_name": region, "config": config}
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
-    configured = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_KINESIS")
-                  or os.environ.get("AWS_ENDPOINT_URL"))
-    if (configured and _is_loopback(configured) and not os.environ.get("AWS_ACCESS_KEY_ID")
-            and not os.environ.get("AWS_PROFILE")):
+    configured = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL")
+    if (
+        configured
+        and _is_loopback(configured)
+        and not os.environ.get("AWS_ACCESS_KEY_ID")
+        and not os.environ.get("AWS_PROFILE")
+    ):
         kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")  # nosec B106 # placeholder keys a local endpoint needs, not a credential
     return session.client("kinesis", **kwargs)
 
@@ -152,8 +178,12 @@ def ensure_stream(client, name: str, shards: int, *, timeout: float = 60.0) -> b
         time.sleep(delay)
         summary = _summary(client, name)
     if not created and summary["OpenShardCount"] != shards:
-        log.warning("stream %s already exists with %d open shards (asked for %d); keeping it",
-                    name, summary["OpenShardCount"], shards)
+        log.warning(
+            "stream %s already exists with %d open shards (asked for %d); keeping it",
+            name,
+            summary["OpenShardCount"],
+            shards,
+        )
     return created
 
 

@@ -82,6 +82,7 @@ def from_micros(value: int) -> datetime | None:
 
 # -- rows ------------------------------------------------------------------------------------
 
+
 def encode_row(values) -> bytes:
     """A row from values in column order: str, None (NULL) or UNCHANGED."""
     parts = [_I16.pack(len(values))]
@@ -143,7 +144,7 @@ def row_values(buf: bytes, pos: int, indexes: tuple[int, ...]) -> tuple:
             (length,) = _I32.unpack_from(buf, pos + 1)
             end = pos + 5 + length
             if column == target:
-                found.append(buf[pos + 5:end].decode("utf-8"))
+                found.append(buf[pos + 5 : end].decode("utf-8"))
             pos = end
         else:
             if column == target:
@@ -156,6 +157,7 @@ def row_values(buf: bytes, pos: int, indexes: tuple[int, ...]) -> tuple:
 
 
 # -- frames ----------------------------------------------------------------------------------
+
 
 def encode_frame(event: ChangeEvent) -> bytes:
     """The frame of an event built from its dicts (snapshot rows, tests, re-encoding)."""
@@ -173,9 +175,14 @@ def encode_frame(event: ChangeEvent) -> bytes:
         kind = BEFORE_KEY if set(before) <= set(keys) and len(before) < len(names) else BEFORE_FULL
         flags |= kind << _BEFORE_SHIFT
         parts.append(encode_row([before.get(n, UNCHANGED) for n in names]))
-    parts[0] = frame_head(event.op.value.encode(), event.lsn, event.seq,
-                               NO_XID if event.xid is None else event.xid,
-                               micros(event.commit_ts), flags)
+    parts[0] = frame_head(
+        event.op.value.encode(),
+        event.lsn,
+        event.seq,
+        NO_XID if event.xid is None else event.xid,
+        micros(event.commit_ts),
+        flags,
+    )
     return b"".join(parts)
 
 
@@ -226,9 +233,18 @@ def decode_frame(schema: TableSchema, frame: bytes) -> ChangeEvent:
         if source is None:
             raise FrameError(f"a {op.name.lower()} event without a row")
         key = {k: source.get(k) for k in schema.key_names}
-    return ChangeEvent(schema=schema, op=op, lsn=lsn, seq=seq, xid=None if xid == NO_XID else xid,
-                       commit_ts=from_micros(commit_us), key=key, after=after, before=before,
-                       unchanged=unchanged)
+    return ChangeEvent(
+        schema=schema,
+        op=op,
+        lsn=lsn,
+        seq=seq,
+        xid=None if xid == NO_XID else xid,
+        commit_ts=from_micros(commit_us),
+        key=key,
+        after=after,
+        before=before,
+        unchanged=unchanged,
+    )
 
 
 def _check_width(schema: TableSchema, values: list) -> None:
@@ -237,8 +253,9 @@ def _check_width(schema: TableSchema, values: list) -> None:
 
 
 def _from_event(name: str) -> property:
-    return property(lambda self: getattr(self.event, name),
-                    doc=f"The event's `{name}`, decoded from the frame on first use.")
+    return property(
+        lambda self: getattr(self.event, name), doc=f"The event's `{name}`, decoded from the frame on first use."
+    )
 
 
 class EncodedChange:

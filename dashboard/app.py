@@ -81,8 +81,10 @@ def _static(name: str) -> str:
 
 
 def page(name: str, refresh: float) -> str:
-    nav = " ".join(f'<a href="{PATHS[key]}" class="{"here" if key == name else ""}">{html.escape(title)}</a>'
-                   for key, title in PAGES.items())
+    nav = " ".join(
+        f'<a href="{PATHS[key]}" class="{"here" if key == name else ""}">{html.escape(title)}</a>'
+        for key, title in PAGES.items()
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>totes-cdc · {html.escape(PAGES[name])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -99,8 +101,15 @@ def page(name: str, refresh: float) -> str:
 class Dashboard:
     """What the routes read from, and the health samples taken in the background."""
 
-    def __init__(self, lake: str | None, warehouse: str, source_dsn: str | None = None, refresh: float = 5.0,
-                 sample_seconds: float = 3.0, home: Path | None = None):
+    def __init__(
+        self,
+        lake: str | None,
+        warehouse: str,
+        source_dsn: str | None = None,
+        refresh: float = 5.0,
+        sample_seconds: float = 3.0,
+        home: Path | None = None,
+    ):
         self.lake = lake
         self.home = home  # where a reader outside the lake writes its status (TOTES_HOME)
         self.warehouse = reading.Warehouse(warehouse)
@@ -164,8 +173,11 @@ def create_app(dashboard: Dashboard) -> Starlette:
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name == "vega.js":
-            return Response(await run_in_threadpool(vega_bundle), media_type="text/javascript",
-                            headers={"Cache-Control": "max-age=86400"})
+            return Response(
+                await run_in_threadpool(vega_bundle),
+                media_type="text/javascript",
+                headers={"Cache-Control": "max-age=86400"},
+            )
         if name == "app.js":
             return Response(_static("app.js"), media_type="text/javascript")
         return Response("not found", status_code=404, media_type="text/plain")
@@ -180,8 +192,9 @@ def create_app(dashboard: Dashboard) -> Starlette:
             return _problem(error, 503 if isinstance(error, (WarehouseBusy, reading.NoWarehouse)) else 400)
         except Exception as error:  # noqa: BLE001 - one sentence for the page, the details in the log
             log.exception("%s failed", request.url.path)
-            return _problem(RuntimeError(f"could not read the data ({type(error).__name__}); see the dashboard's log"),
-                            500)
+            return _problem(
+                RuntimeError(f"could not read the data ({type(error).__name__}); see the dashboard's log"), 500
+            )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -190,14 +203,18 @@ def create_app(dashboard: Dashboard) -> Starlette:
         yield
         dashboard.stop()
 
-    return Starlette(routes=[
-        *(Route(path, serve_page) for path in PATHS.values()),
-        Route("/static/{name}", static),
-        Route("/api/{name}", api),
-    ], lifespan=lifespan)
+    return Starlette(
+        routes=[
+            *(Route(path, serve_page) for path in PATHS.values()),
+            Route("/static/{name}", static),
+            Route("/api/{name}", api),
+        ],
+        lifespan=lifespan,
+    )
 
 
 # -- the JSON behind each page -----------------------------------------------------------------
+
 
 def business_data(dashboard: Dashboard, query: dict) -> dict:
     filters = views.parse_filters(query.get("start"), query.get("end"), query.get("currency"), query.get("as_of"))
@@ -205,16 +222,31 @@ def business_data(dashboard: Dashboard, query: dict) -> dict:
     shown = []
     for view in views.VIEWS:
         rows = found["views"][view.name]
-        shown.append({"name": view.name, "title": view.title, "description": view.description,
-                      "columns": list(rows[0]) if rows else [], "rows": rows,
-                      "spec": charts.chart_spec(view.name, rows, view.title)})
+        shown.append(
+            {
+                "name": view.name,
+                "title": view.title,
+                "description": view.description,
+                "columns": list(rows[0]) if rows else [],
+                "rows": rows,
+                "spec": charts.chart_spec(view.name, rows, view.title),
+            }
+        )
     from change_events import format_lsn
 
     lsn = found["checkpoint_lsn"]
-    return {"views": shown, "currencies": found["currencies"], "checkpoint_lsn": lsn,
-            "checkpoint": format_lsn(lsn) if lsn else None,
-            "filters": {"start": query.get("start") or "", "end": query.get("end") or "",
-                        "currency": filters.currency or "", "as_of": query.get("as_of") or ""}}
+    return {
+        "views": shown,
+        "currencies": found["currencies"],
+        "checkpoint_lsn": lsn,
+        "checkpoint": format_lsn(lsn) if lsn else None,
+        "filters": {
+            "start": query.get("start") or "",
+            "end": query.get("end") or "",
+            "currency": filters.currency or "",
+            "as_of": query.get("as_of") or "",
+        },
+    }
 
 
 def order_data(dashboard: Dashboard, query: dict) -> dict:
@@ -235,8 +267,14 @@ def lake_data(dashboard: Dashboard, query: dict) -> dict:
         return {"tables": [], "table": "", "rows": [], "count": 0}
     at = reading.parse_moment(query.get("at"))
     state = reading.lake_state(dashboard.lake, table, at)
-    result = {"tables": tables, "table": table, "at": query.get("at") or "", "count": state.height,
-              "columns": state.columns, "rows": charts.plain_rows(state.head(200).to_dicts())}
+    result = {
+        "tables": tables,
+        "table": table,
+        "at": query.get("at") or "",
+        "count": state.height,
+        "columns": state.columns,
+        "rows": charts.plain_rows(state.head(200).to_dicts()),
+    }
     if (query.get("compare") or "").strip():
         compare = reading.parse_moment(query.get("compare"))
         result["compare"] = query["compare"]
@@ -253,17 +291,30 @@ def health_data(dashboard: Dashboard, query: dict) -> dict:
     def lsn(value):
         return format_lsn(value) if value else None
 
-    now = {} if latest is None else {
-        "at": latest.at.isoformat(), "source_wal_lsn": lsn(latest.source_wal),
-        "slot_wal_retained_bytes": latest.slot_retained, "lake_watermark": lsn(latest.lake_watermark),
-        "reader_events": latest.reader_events, "lake_events": latest.lake_events, "warehouse_lsn": lsn(latest.warehouse_lsn),
-        "warehouse_fact_rows": latest.warehouse_facts,
-        "lake_behind_source_bytes": (max(latest.source_wal - latest.lake_watermark, 0)
-                                     if latest.source_wal is not None and latest.lake_watermark else None),
-    }
+    now = (
+        {}
+        if latest is None
+        else {
+            "at": latest.at.isoformat(),
+            "source_wal_lsn": lsn(latest.source_wal),
+            "slot_wal_retained_bytes": latest.slot_retained,
+            "lake_watermark": lsn(latest.lake_watermark),
+            "reader_events": latest.reader_events,
+            "lake_events": latest.lake_events,
+            "warehouse_lsn": lsn(latest.warehouse_lsn),
+            "warehouse_fact_rows": latest.warehouse_facts,
+            "lake_behind_source_bytes": (
+                max(latest.source_wal - latest.lake_watermark, 0)
+                if latest.source_wal is not None and latest.lake_watermark
+                else None
+            ),
+        }
+    )
     facts = reading.lake_facts(dashboard.lake) if dashboard.lake else {}
     return {
-        "now": now, "lake": facts, "samples": len(samples),
+        "now": now,
+        "lake": facts,
+        "samples": len(samples),
         "charts": [
             charts.series_spec(reading.rates(samples), "rate", "Events per second, per stage", "per second"),
             charts.series_spec(reading.lags(samples), "seconds", "Commit → warehouse lag", "seconds"),

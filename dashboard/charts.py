@@ -35,16 +35,28 @@ def _month_label(rows: list[dict]) -> list[dict]:
 
 def _base(rows: list[dict], title: str) -> alt.Chart:
     return alt.Chart(alt.InlineData(values=plain_rows(rows), name="rows")).properties(
-        title=title, width=WIDTH, height=HEIGHT)
+        title=title, width=WIDTH, height=HEIGHT
+    )
 
 
 def sales_by_month(rows, title):
-    return _base(_month_label(rows), title).mark_bar().encode(
-        x=alt.X("month_label:O", title="month"),
-        y=alt.Y("revenue:Q", title="revenue"),
-        color=alt.Color("currency_code:N", title="currency"),
-        xOffset="currency_code:N",
-        tooltip=["month_label:O", "currency_code:N", "orders:Q", "units:Q", alt.Tooltip("revenue:Q", format=",.2f")])
+    return (
+        _base(_month_label(rows), title)
+        .mark_bar()
+        .encode(
+            x=alt.X("month_label:O", title="month"),
+            y=alt.Y("revenue:Q", title="revenue"),
+            color=alt.Color("currency_code:N", title="currency"),
+            xOffset="currency_code:N",
+            tooltip=[
+                "month_label:O",
+                "currency_code:N",
+                "orders:Q",
+                "units:Q",
+                alt.Tooltip("revenue:Q", format=",.2f"),
+            ],
+        )
+    )
 
 
 def _design_label(rows: list[dict]) -> list[dict]:
@@ -53,48 +65,86 @@ def _design_label(rows: list[dict]) -> list[dict]:
 
 
 def top_designs(rows, title):
-    return _base(_design_label(rows), title).mark_bar().encode(
-        y=alt.Y("design:N", sort="-x", title="design"),
-        x=alt.X("units:Q", title="units sold"),
-        tooltip=["design:N", "orders:Q", "units:Q"])
+    return (
+        _base(_design_label(rows), title)
+        .mark_bar()
+        .encode(
+            y=alt.Y("design:N", sort="-x", title="design"),
+            x=alt.X("units:Q", title="units sold"),
+            tooltip=["design:N", "orders:Q", "units:Q"],
+        )
+    )
 
 
 def top_by_units(category: str, label: str):
     def chart(rows, title):
-        return _base(rows, title).mark_bar().encode(
-            y=alt.Y(f"{category}:N", sort="-x", title=label),
-            x=alt.X("units:Q", title="units sold"),
-            tooltip=[f"{category}:N", "orders:Q", "units:Q"])
+        return (
+            _base(rows, title)
+            .mark_bar()
+            .encode(
+                y=alt.Y(f"{category}:N", sort="-x", title=label),
+                x=alt.X("units:Q", title="units sold"),
+                tooltip=[f"{category}:N", "orders:Q", "units:Q"],
+            )
+        )
+
     return chart
 
 
 def purchase_volumes(rows, title):
-    return _base(_month_label(rows), title).mark_bar().encode(
-        x=alt.X("month_label:O", title="month"),
-        y=alt.Y("items:Q", title="items bought"),
-        color=alt.Color("currency_code:N", title="currency"),
-        tooltip=["month_label:O", "currency_code:N", "purchase_orders:Q", "items:Q",
-                 alt.Tooltip("cost:Q", format=",.2f")])
+    return (
+        _base(_month_label(rows), title)
+        .mark_bar()
+        .encode(
+            x=alt.X("month_label:O", title="month"),
+            y=alt.Y("items:Q", title="items bought"),
+            color=alt.Color("currency_code:N", title="currency"),
+            tooltip=[
+                "month_label:O",
+                "currency_code:N",
+                "purchase_orders:Q",
+                "items:Q",
+                alt.Tooltip("cost:Q", format=",.2f"),
+            ],
+        )
+    )
 
 
 AGES = ["not due yet", "1-30 days overdue", "31-90 days overdue", "over 90 days overdue"]
 
 
 def payments_due(rows, title):
-    return _base(rows, title).mark_bar().encode(
-        y=alt.Y("counterparty_legal_name:N", sort="-x", title="counterparty"),
-        x=alt.X("sum(amount):Q", title="amount unpaid"),
-        color=alt.Color("age:N", sort=AGES, scale=alt.Scale(domain=AGES, range=["#9ecae1", "#fdae6b", "#e6550d", "#a50f15"])),
-        tooltip=["counterparty_legal_name:N", "currency_code:N", "age:N", "payments:Q",
-                 alt.Tooltip("amount:Q", format=",.2f")])
+    return (
+        _base(rows, title)
+        .mark_bar()
+        .encode(
+            y=alt.Y("counterparty_legal_name:N", sort="-x", title="counterparty"),
+            x=alt.X("sum(amount):Q", title="amount unpaid"),
+            color=alt.Color(
+                "age:N", sort=AGES, scale=alt.Scale(domain=AGES, range=["#9ecae1", "#fdae6b", "#e6550d", "#a50f15"])
+            ),
+            tooltip=[
+                "counterparty_legal_name:N",
+                "currency_code:N",
+                "age:N",
+                "payments:Q",
+                alt.Tooltip("amount:Q", format=",.2f"),
+            ],
+        )
+    )
 
 
 def sales_by_location(rows, title):
     labelled = [{**row, "place": f"{row['city']}, {row['country']}"} for row in rows]
-    return _base(labelled, title).mark_bar().encode(
-        y=alt.Y("place:N", sort="-x", title="delivery location"),
-        x=alt.X("units:Q", title="units sold"),
-        tooltip=["country:N", "city:N", "orders:Q", "units:Q"])
+    return (
+        _base(labelled, title)
+        .mark_bar()
+        .encode(
+            y=alt.Y("place:N", sort="-x", title="delivery location"),
+            x=alt.X("units:Q", title="units sold"),
+            tooltip=["country:N", "city:N", "orders:Q", "units:Q"],
+        )
+    )
 
 
 CHARTS = {
@@ -114,20 +164,33 @@ def chart_spec(view_name: str, rows: list[dict], title: str) -> dict:
 
 def order_versions_spec(versions: list[dict], title: str) -> dict:
     """One order's versions over time: units sold per version, silent updates marked."""
-    points = [{**row, "version": i + 1, "kind": "silent update" if row.get("silent")
-               else ("deleted" if row.get("is_deleted") else "version")} for i, row in enumerate(plain_rows(versions))]
-    return _base(points, title).mark_point(size=120, filled=True).encode(
-        x=alt.X("version:O", title="version"),
-        y=alt.Y("units_sold:Q", title="units sold"),
-        color=alt.Color("kind:N", title=None),
-        shape=alt.Shape("kind:N", title=None),
-        tooltip=["sales_record_id:Q", "source_lsn:Q", "valid_from:N", "changed:N", "kind:N"]).to_dict()
+    points = [
+        {
+            **row,
+            "version": i + 1,
+            "kind": "silent update" if row.get("silent") else ("deleted" if row.get("is_deleted") else "version"),
+        }
+        for i, row in enumerate(plain_rows(versions))
+    ]
+    return (
+        _base(points, title)
+        .mark_point(size=120, filled=True)
+        .encode(
+            x=alt.X("version:O", title="version"),
+            y=alt.Y("units_sold:Q", title="units sold"),
+            color=alt.Color("kind:N", title=None),
+            shape=alt.Shape("kind:N", title=None),
+            tooltip=["sales_record_id:Q", "source_lsn:Q", "valid_from:N", "changed:N", "kind:N"],
+        )
+        .to_dict()
+    )
 
 
 def series_spec(samples: list[dict], field: str, title: str, axis_title: str) -> dict:
     """A health measure over time (one line per `series` when the rows have one)."""
-    encoding = dict(x=alt.X("at:T", title="time (UTC)"), y=alt.Y(f"{field}:Q", title=axis_title),
-                    tooltip=["at:T", f"{field}:Q"])
+    encoding = dict(
+        x=alt.X("at:T", title="time (UTC)"), y=alt.Y(f"{field}:Q", title=axis_title), tooltip=["at:T", f"{field}:Q"]
+    )
     if samples and "series" in samples[0]:
         encoding["color"] = alt.Color("series:N", title=None)
     return _base(samples, title).properties(height=180).mark_line(point=True).encode(**encoding).to_dict()

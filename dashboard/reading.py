@@ -70,8 +70,10 @@ class Warehouse:
                 connection.close()
             return
         if not Path(self.location).exists():
-            raise NoWarehouse(f"There is no warehouse at {self.location} yet: run the pipeline first "
-                              "(totes demo / totes run), or fix --warehouse.")
+            raise NoWarehouse(
+                f"There is no warehouse at {self.location} yet: run the pipeline first "
+                "(totes demo / totes run), or fix --warehouse."
+            )
         connection = connect_for_reading(self.location)
         try:
             connection.begin()  # one snapshot for every query of the request
@@ -109,6 +111,7 @@ def order_history(warehouse: Warehouse, order: int | None) -> dict:
 
 
 # -- the lake, as of a moment ------------------------------------------------------------------
+
 
 def lake_tables(lake: str) -> list[str]:
     from lake.layout import CHANGES, LakeLayout
@@ -155,16 +158,22 @@ def lake_difference(lake: str, table: str, before, after) -> dict:
     both = new.join(old, on=keys, how="inner", suffix="__before")
     others = [c for c in new.columns if c not in keys and c in old.columns]
     if others and both.height:
-        differs = pl.any_horizontal([pl.col(c).cast(pl.String).ne_missing(pl.col(f"{c}__before").cast(pl.String))
-                                     for c in others])
+        differs = pl.any_horizontal(
+            [pl.col(c).cast(pl.String).ne_missing(pl.col(f"{c}__before").cast(pl.String)) for c in others]
+        )
         changed = both.filter(differs).select(new.columns)
     else:
         changed = new.clear()
-    return {"keys": keys, "added": plain_rows(added.to_dicts()), "removed": plain_rows(removed.to_dicts()),
-            "changed": plain_rows(changed.to_dicts())}
+    return {
+        "keys": keys,
+        "added": plain_rows(added.to_dicts()),
+        "removed": plain_rows(removed.to_dicts()),
+        "changed": plain_rows(changed.to_dicts()),
+    }
 
 
 # -- pipeline health ---------------------------------------------------------------------------
+
 
 @dataclass
 class HealthSample:
@@ -196,7 +205,9 @@ def lake_event_count(lake: str) -> int | None:
     for table in layout.tables(CHANGES):
         delta = layout.open(layout.uri(CHANGES, table))
         if delta is not None:
-            total += sum(v or 0 for v in pa.table(delta.get_add_actions(flatten=True)).column("num_records").to_pylist())
+            total += sum(
+                v or 0 for v in pa.table(delta.get_add_actions(flatten=True)).column("num_records").to_pylist()
+            )
     return total
 
 
@@ -245,10 +256,12 @@ def sample(lake: str, warehouse: Warehouse, source_dsn: str | None, home: Path |
     try:
         with warehouse.session() as run:
             found.warehouse_lsn = run("SELECT max(lsn) AS lsn FROM _sync_checkpoint")[0]["lsn"]
-            row = run("SELECT (SELECT count(*) FROM fact_sales_order) + (SELECT count(*) FROM fact_purchase_order)"
-                      " + (SELECT count(*) FROM fact_payment) AS facts, "
-                      "greatest((SELECT max(valid_from) FROM fact_sales_order), (SELECT max(valid_from) FROM fact_purchase_order),"
-                      " (SELECT max(valid_from) FROM fact_payment)) AS newest")[0]
+            row = run(
+                "SELECT (SELECT count(*) FROM fact_sales_order) + (SELECT count(*) FROM fact_purchase_order)"
+                " + (SELECT count(*) FROM fact_payment) AS facts, "
+                "greatest((SELECT max(valid_from) FROM fact_sales_order), (SELECT max(valid_from) FROM fact_purchase_order),"
+                " (SELECT max(valid_from) FROM fact_payment)) AS newest"
+            )[0]
             found.warehouse_facts, found.newest_commit = row["facts"], _utc(row["newest"])
     except Exception as error:  # noqa: BLE001 - no warehouse yet, or being created
         log.debug("the warehouse could not be read: %s", type(error).__name__)
@@ -264,9 +277,12 @@ def rates(samples: list[HealthSample]) -> list[dict]:
         if seconds <= 0:
             continue
         at = after.at.isoformat()
-        for series, field in (("source WAL (KiB/s)", "source_wal"), ("reader events/s", "reader_events"),
-                              ("lake events/s", "lake_events"),
-                              ("warehouse fact versions/s", "warehouse_facts")):
+        for series, field in (
+            ("source WAL (KiB/s)", "source_wal"),
+            ("reader events/s", "reader_events"),
+            ("lake events/s", "lake_events"),
+            ("warehouse fact versions/s", "warehouse_facts"),
+        ):
             a, b = getattr(before, field), getattr(after, field)
             if a is not None and b is not None:
                 scale = 1024 if field == "source_wal" else 1
@@ -290,11 +306,21 @@ def lags(samples: list[HealthSample]) -> list[dict]:
         if s.newest_commit is None:
             continue
         if s.source_newest is not None:
-            rows.append({"at": s.at.isoformat(), "series": "commit → warehouse lag (s)",
-                         "seconds": round(max((s.source_newest - s.newest_commit).total_seconds(), 0.0), 2)})
+            rows.append(
+                {
+                    "at": s.at.isoformat(),
+                    "series": "commit → warehouse lag (s)",
+                    "seconds": round(max((s.source_newest - s.newest_commit).total_seconds(), 0.0), 2),
+                }
+            )
         else:
-            rows.append({"at": s.at.isoformat(), "series": "age of the newest change in the warehouse (s)",
-                         "seconds": round((s.at - s.newest_commit).total_seconds(), 2)})
+            rows.append(
+                {
+                    "at": s.at.isoformat(),
+                    "series": "age of the newest change in the warehouse (s)",
+                    "seconds": round((s.at - s.newest_commit).total_seconds(), 2),
+                }
+            )
     return rows
 
 
@@ -326,16 +352,25 @@ def lake_facts(lake: str) -> dict:
     last_maintenance = None
     for uri in lake_uris(layout):
         table = layout.open(uri)
-        for info in (table.history(limit=20) if table is not None else []):
+        for info in table.history(limit=20) if table is not None else []:
             if info.get("operation") in ("OPTIMIZE", "VACUUM END"):
                 at = datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc)
                 last_maintenance = at if last_maintenance is None or at > last_maintenance else last_maintenance
     return {
         "dead_letters": len(letters),
-        "dead_letter_rows": [{"failed_at": d.failed_at.isoformat(), "table": d.source_table, "reason": d.reason}
-                             for d in letters[-10:]],
-        "stored_bytes": sum(s.stored_bytes for s in sizes), "live_bytes": sum(s.live_bytes for s in sizes),
-        "tables": [{"table": lake_table_name(s.uri), "stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes,
-                    "files": s.files} for s in sorted(sizes, key=lambda s: lake_table_name(s.uri))],
+        "dead_letter_rows": [
+            {"failed_at": d.failed_at.isoformat(), "table": d.source_table, "reason": d.reason} for d in letters[-10:]
+        ],
+        "stored_bytes": sum(s.stored_bytes for s in sizes),
+        "live_bytes": sum(s.live_bytes for s in sizes),
+        "tables": [
+            {
+                "table": lake_table_name(s.uri),
+                "stored_bytes": s.stored_bytes,
+                "live_bytes": s.live_bytes,
+                "files": s.files,
+            }
+            for s in sorted(sizes, key=lambda s: lake_table_name(s.uri))
+        ],
         "last_maintenance": last_maintenance.isoformat(sep=" ", timespec="seconds") if last_maintenance else None,
     }

@@ -34,9 +34,11 @@ class FilterError(ValueError):
     """A filter value that cannot be read (said to the user in one sentence)."""
 
 
-def parse_filters(start: str | None = None, end: str | None = None, currency: str | None = None,
-                  as_of: str | None = None) -> Filters:
+def parse_filters(
+    start: str | None = None, end: str | None = None, currency: str | None = None, as_of: str | None = None
+) -> Filters:
     """Filters from text (a form, a command line); empty strings mean "no filter"."""
+
     def day(text: str | None, what: str) -> date | None:
         if not text:
             return None
@@ -66,8 +68,10 @@ def version_predicate(alias: str, as_of: datetime | None) -> str:
     if as_of is None:
         return f"{alias}.is_current AND NOT {alias}.is_deleted"
     moment = f"CAST({quote_literal(as_of.astimezone(timezone.utc).isoformat())} AS TIMESTAMPTZ)"
-    return (f"({alias}.valid_from IS NULL OR {alias}.valid_from <= {moment}) "
-            f"AND ({alias}.valid_to IS NULL OR {alias}.valid_to > {moment}) AND NOT {alias}.is_deleted")
+    return (
+        f"({alias}.valid_from IS NULL OR {alias}.valid_from <= {moment}) "
+        f"AND ({alias}.valid_to IS NULL OR {alias}.valid_to > {moment}) AND NOT {alias}.is_deleted"
+    )
 
 
 def fact_where(alias: str, filters: Filters, day_column: str, currency_alias: str = "c") -> str:
@@ -102,9 +106,11 @@ class View:
 
 
 VIEWS: tuple[View, ...] = (
-    View("sales-by-month", "Sales by month and currency",
-         "Orders, units and revenue per month of order creation, in each currency.",
-         """
+    View(
+        "sales-by-month",
+        "Sales by month and currency",
+        "Orders, units and revenue per month of order creation, in each currency.",
+        """
          SELECT d.year, d.month, c.currency_code, count(*) AS orders, sum(f.units_sold) AS units,
                 sum(f.units_sold * f.unit_price) AS revenue
          FROM fact_sales_order f
@@ -113,10 +119,13 @@ VIEWS: tuple[View, ...] = (
          WHERE {where}
          GROUP BY d.year, d.month, c.currency_code
          ORDER BY d.year, d.month, c.currency_code
-         """),
-    View("top-designs", "Top designs",
-         "The ten designs that sold the most units.",
-         """
+         """,
+    ),
+    View(
+        "top-designs",
+        "Top designs",
+        "The ten designs that sold the most units.",
+        """
          SELECT ds.design_id, ds.design_name, count(*) AS orders, sum(f.units_sold) AS units
          FROM fact_sales_order f
          JOIN dim_design ds ON ds.design_id = f.design_id
@@ -125,10 +134,13 @@ VIEWS: tuple[View, ...] = (
          GROUP BY ds.design_id, ds.design_name
          ORDER BY units DESC, ds.design_name, ds.design_id
          LIMIT 10
-         """),
-    View("top-counterparties", "Top counterparties",
-         "The ten counterparties that bought the most units.",
-         """
+         """,
+    ),
+    View(
+        "top-counterparties",
+        "Top counterparties",
+        "The ten counterparties that bought the most units.",
+        """
          SELECT cp.counterparty_legal_name, count(*) AS orders, sum(f.units_sold) AS units
          FROM fact_sales_order f
          JOIN dim_counterparty cp ON cp.counterparty_id = f.counterparty_id
@@ -137,10 +149,13 @@ VIEWS: tuple[View, ...] = (
          GROUP BY cp.counterparty_id, cp.counterparty_legal_name
          ORDER BY units DESC, cp.counterparty_legal_name, cp.counterparty_id
          LIMIT 10
-         """),
-    View("purchase-volumes", "Purchase volumes by month",
-         "Purchase orders, items and their cost per month of order creation, in each currency.",
-         """
+         """,
+    ),
+    View(
+        "purchase-volumes",
+        "Purchase volumes by month",
+        "Purchase orders, items and their cost per month of order creation, in each currency.",
+        """
          SELECT d.year, d.month, c.currency_code, count(*) AS purchase_orders, sum(f.item_quantity) AS items,
                 sum(f.item_quantity * f.item_unit_price) AS cost
          FROM fact_purchase_order f
@@ -149,10 +164,13 @@ VIEWS: tuple[View, ...] = (
          WHERE {where}
          GROUP BY d.year, d.month, c.currency_code
          ORDER BY d.year, d.month, c.currency_code
-         """),
-    View("payments-due", "Payments due and overdue",
-         "Unpaid payments per counterparty and how long past their due day they are.",
-         """
+         """,
+    ),
+    View(
+        "payments-due",
+        "Payments due and overdue",
+        "Unpaid payments per counterparty and how long past their due day they are.",
+        """
          SELECT cp.counterparty_legal_name, c.currency_code,
                 CASE WHEN f.payment_date >= {today} THEN 'not due yet'
                      WHEN {today} - f.payment_date <= 30 THEN '1-30 days overdue'
@@ -165,10 +183,14 @@ VIEWS: tuple[View, ...] = (
          WHERE {where} AND NOT f.paid
          GROUP BY cp.counterparty_legal_name, c.currency_code, 3
          ORDER BY amount DESC, cp.counterparty_legal_name, c.currency_code, age
-         """, day_column="payment_date"),
-    View("sales-by-location", "Sales by delivery location",
-         "Units and orders per agreed delivery country and city.",
-         """
+         """,
+        day_column="payment_date",
+    ),
+    View(
+        "sales-by-location",
+        "Sales by delivery location",
+        "Units and orders per agreed delivery country and city.",
+        """
          SELECT l.country, l.city, count(*) AS orders, sum(f.units_sold) AS units
          FROM fact_sales_order f
          JOIN dim_location l ON l.location_id = f.agreed_delivery_location_id
@@ -177,7 +199,8 @@ VIEWS: tuple[View, ...] = (
          GROUP BY l.country, l.city
          ORDER BY units DESC, l.country, l.city
          LIMIT 15
-         """),
+         """,
+    ),
 )
 BY_NAME = {view.name: view for view in VIEWS}
 
@@ -198,8 +221,17 @@ SELECT sales_order_id FROM fact_sales_order
 GROUP BY sales_order_id ORDER BY count(*) DESC, sales_order_id LIMIT 1
 """
 
-PROJECTED = ("sales_staff_id", "counterparty_id", "units_sold", "unit_price", "currency_id", "design_id",
-             "agreed_payment_date", "agreed_delivery_date", "agreed_delivery_location_id")
+PROJECTED = (
+    "sales_staff_id",
+    "counterparty_id",
+    "units_sold",
+    "unit_price",
+    "currency_id",
+    "design_id",
+    "agreed_payment_date",
+    "agreed_delivery_date",
+    "agreed_delivery_location_id",
+)
 
 
 def order_history_sql(order: int) -> str:
@@ -213,9 +245,13 @@ def mark_versions(rows: list[dict]) -> list[dict]:
     marked, previous = [], None
     for row in rows:
         changed = [] if previous is None else [c for c in PROJECTED if row.get(c) != previous.get(c)]
-        silent = bool(previous is not None and changed and not row.get("is_deleted")
-                      and (row.get("last_updated_date"), row.get("last_updated_time"))
-                      == (previous.get("last_updated_date"), previous.get("last_updated_time")))
+        silent = bool(
+            previous is not None
+            and changed
+            and not row.get("is_deleted")
+            and (row.get("last_updated_date"), row.get("last_updated_time"))
+            == (previous.get("last_updated_date"), previous.get("last_updated_time"))
+        )
         marked.append({**row, "changed": ", ".join(changed), "silent": silent})
         previous = row
     return marked

@@ -31,8 +31,18 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ChangeFeed", "ChangeLog", "IncompatibleSchemaError", "LakeError", "LakeLayout", "LakeWriter", "Rejected", "TableWrite",
-    "UnapplicableEventsError", "ValueConversionError", "WriteResult", "storage_options_from_env",
+    "ChangeFeed",
+    "ChangeLog",
+    "IncompatibleSchemaError",
+    "LakeError",
+    "LakeLayout",
+    "LakeWriter",
+    "Rejected",
+    "TableWrite",
+    "UnapplicableEventsError",
+    "ValueConversionError",
+    "WriteResult",
+    "storage_options_from_env",
 ]
 
 

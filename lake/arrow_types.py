@@ -109,6 +109,7 @@ def arrow_type(type_name: str) -> pa.DataType:
 
 # -- vectorised text → Arrow -----------------------------------------------------------------
 
+
 def _cast(text: pa.Array, target: pa.DataType) -> pa.Array:
     return pc.cast(text, target, safe=True)
 
@@ -137,8 +138,7 @@ def _converter(target: pa.DataType) -> Callable[[pa.Array, pa.DataType], pa.Arra
     return _cast
 
 
-def convert_column(values: Sequence[str | None] | pa.Array | pa.ChunkedArray, type_name: str,
-                   column: str) -> pa.Array:
+def convert_column(values: Sequence[str | None] | pa.Array | pa.ChunkedArray, type_name: str, column: str) -> pa.Array:
     """Text values of one column (a list, or an Arrow string array) → an Arrow array of
     `arrow_type(type_name)`.
 

@@ -26,8 +26,9 @@ from deltalake import DeltaTable
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META
 
-EVENT_META = pa.schema([CHANGELOG_META.field(name)
-                        for name in ("_op", "_lsn", "_seq", "_commit_ts", "_unchanged", "_before")])
+EVENT_META = pa.schema(
+    [CHANGELOG_META.field(name) for name in ("_op", "_lsn", "_seq", "_commit_ts", "_unchanged", "_before")]
+)
 """The change log's columns that describe an event (the others say how it was stored)."""
 
 
@@ -71,8 +72,7 @@ class ChangeLog:
 
     def dataset(self, pruning: str) -> ds.Dataset:
         """The loaded version's files whose statistics allow `pruning` (a predicate on `_lsn`)."""
-        return self._delta.to_pyarrow_dataset(filesystem=self.layout.subtree(self.uri),
-                                              file_pruning_predicate=pruning)
+        return self._delta.to_pyarrow_dataset(filesystem=self.layout.subtree(self.uri), file_pruning_predicate=pruning)
 
     def count_after(self, after_lsn: int) -> int:
         """Events of the loaded version with `_lsn > after_lsn`."""
@@ -93,8 +93,12 @@ class ChangeLog:
         read (compactions add no data, so none). Raises when a commit in between changed the
         table's schema (the change feed refuses those)."""
         present = [name for name in columns if name in self._delta.schema().to_arrow().names]
-        reader = self._delta.load_cdf(starting_version=after_version + 1, ending_version=self.version,
-                                      columns=present, predicate=f"_lsn > {int(after_lsn)}")
+        reader = self._delta.load_cdf(
+            starting_version=after_version + 1,
+            ending_version=self.version,
+            columns=present,
+            predicate=f"_lsn > {int(after_lsn)}",
+        )
         return pa.table(reader)
 
     def added_rows(self, after_version: int) -> int | None:

@@ -28,9 +28,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from change_events import ChangeEvent, TableSchema
 from lake.arrow_types import convert_column
-from lake.delta_io import (
-    LakeTable, Position, create_once, position_transactions, read_sql, small_file_properties,
-)
+from lake.delta_io import LakeTable, Position, create_once, position_transactions, read_sql, small_file_properties
 from lake.layout import LakeLayout
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, UTC_MICROS
 
@@ -39,8 +37,9 @@ PRUNED_ON = ("_lsn", "_seq", "_commit_ts")
 """The columns reads of a change log skip files by (their statistics are kept in the log)."""
 
 
-def event_rows(events: Sequence[ChangeEvent], schema: TableSchema, shard: str, batch: int,
-               written_on: date) -> pa.Table:
+def event_rows(
+    events: Sequence[ChangeEvent], schema: TableSchema, shard: str, batch: int, written_on: date
+) -> pa.Table:
     """Change log rows of `events` (all of `schema`), typed column by column.
 
     Raises ValueConversionError (with row positions in `events`) for values that do not fit."""
@@ -58,8 +57,13 @@ def event_rows(events: Sequence[ChangeEvent], schema: TableSchema, shard: str, b
         pa.array([e.xid for e in events], pa.int64()),
         commit_ts,
         unchanged,
-        pa.array([None if e.before is None else json.dumps(e.before, ensure_ascii=False, separators=(",", ":"))
-                  for e in events], pa.string()),
+        pa.array(
+            [
+                None if e.before is None else json.dumps(e.before, ensure_ascii=False, separators=(",", ":"))
+                for e in events
+            ],
+            pa.string(),
+        ),
         pa.array([shard] * len(events), pa.string()),
         pa.array([batch] * len(events), pa.int64()),
         pc.fill_null(pc.cast(commit_ts, pa.date32()), pa.scalar(written_on, pa.date32())),
@@ -120,8 +124,14 @@ class ChangeLog(LakeTable):
         )
         if self.delta is None:
             self.create(rows.schema)
-        write_deltalake(self.delta, rows, mode="append", schema_mode="merge", commit_properties=properties,
-                        writer_properties=small_file_properties(rows.num_rows))
+        write_deltalake(
+            self.delta,
+            rows,
+            mode="append",
+            schema_mode="merge",
+            commit_properties=properties,
+            writer_properties=small_file_properties(rows.num_rows),
+        )
         return self.refresh().version()
 
     def create(self, schema: pa.Schema) -> DeltaTable:

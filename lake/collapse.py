@@ -32,7 +32,11 @@ def collapse(rows: pl.DataFrame, keys: list[str], columns: list[str], *, complet
     if not has_unchanged:
         last = rows.unique(subset=keys, keep="last", maintain_order=True)
         return last.select(
-            *columns, "_op", "_lsn", "_seq", "_commit_ts",
+            *columns,
+            "_op",
+            "_lsn",
+            "_seq",
+            "_commit_ts",
             is_delete.alias("_deleted"),
             pl.lit([], dtype=pl.List(pl.String)).alias("_unchanged"),
         )
@@ -43,16 +47,27 @@ def collapse(rows: pl.DataFrame, keys: list[str], columns: list[str], *, complet
     folded = rows.group_by(keys, maintain_order=True).agg(
         *[pl.col(c).filter(carried(c)).last().alias(c) for c in values],
         *[carried(c).any().alias(f"__known_{c}") for c in values],
-        pl.col("_op").last(), pl.col("_lsn").last(), pl.col("_seq").last(), pl.col("_commit_ts").last(),
+        pl.col("_op").last(),
+        pl.col("_lsn").last(),
+        pl.col("_seq").last(),
+        pl.col("_commit_ts").last(),
     )
     if complete:
         unchanged = pl.lit([], dtype=pl.List(pl.String))
     else:
-        unchanged = pl.concat_list(
-            [pl.when(~pl.col(f"__known_{c}")).then(pl.lit(c)).otherwise(pl.lit(None, pl.String)) for c in values]
-        ).list.drop_nulls() if values else pl.lit([], dtype=pl.List(pl.String))
+        unchanged = (
+            pl.concat_list(
+                [pl.when(~pl.col(f"__known_{c}")).then(pl.lit(c)).otherwise(pl.lit(None, pl.String)) for c in values]
+            ).list.drop_nulls()
+            if values
+            else pl.lit([], dtype=pl.List(pl.String))
+        )
     return folded.select(
-        *columns, "_op", "_lsn", "_seq", "_commit_ts",
+        *columns,
+        "_op",
+        "_lsn",
+        "_seq",
+        "_commit_ts",
         (pl.col("_op") == "d").alias("_deleted"),
         unchanged.alias("_unchanged"),
     )

@@ -25,16 +25,18 @@ from lake.delta_io import create_once, quote_literal, read_sql, retry_on_conflic
 from lake.layout import DEAD_LETTERS, LakeLayout
 
 _UTC = pa.timestamp("us", "UTC")
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("reason", pa.string()),
-    ("record", pa.binary()),
-    ("shard", pa.string()),
-    ("sequence_number", pa.string()),
-    ("source_table", pa.string()),
-    ("failed_at", _UTC),
-    ("redriven_at", _UTC),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("reason", pa.string()),
+        ("record", pa.binary()),
+        ("shard", pa.string()),
+        ("sequence_number", pa.string()),
+        ("source_table", pa.string()),
+        ("failed_at", _UTC),
+        ("redriven_at", _UTC),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,26 @@ class DeadLetters:
         self.layout = layout
         self.uri = layout.uri(DEAD_LETTERS)
 
-    def add(self, reason: str, record: bytes, *, shard: str | None = None, sequence_number: str | None = None,
-            table: str | None = None, failed_at: datetime | None = None) -> str:
+    def add(
+        self,
+        reason: str,
+        record: bytes,
+        *,
+        shard: str | None = None,
+        sequence_number: str | None = None,
+        table: str | None = None,
+        failed_at: datetime | None = None,
+    ) -> str:
         """Keep one record with the reason; returns its id (the same for a repeat)."""
-        letter = DeadLetter(dead_letter_id(shard, sequence_number, table, reason), reason, bytes(record),
-                            shard, sequence_number, table, failed_at or datetime.now(timezone.utc))
+        letter = DeadLetter(
+            dead_letter_id(shard, sequence_number, table, reason),
+            reason,
+            bytes(record),
+            shard,
+            sequence_number,
+            table,
+            failed_at or datetime.now(timezone.utc),
+        )
         self.add_many([letter])
         return letter.id
 
@@ -79,8 +96,13 @@ class DeadLetters:
         stream's own format, so a re-drive can decode and write them again."""
         first = rejected.events[0]
         sequence_number = sequence_number or f"lsn {first.lsn}/{first.seq} +{len(rejected.events)}"
-        return self.add(str(rejected.error), encode_events(rejected.events), shard=shard,
-                        sequence_number=sequence_number, table=rejected.table)
+        return self.add(
+            str(rejected.error),
+            encode_events(rejected.events),
+            shard=shard,
+            sequence_number=sequence_number,
+            table=rejected.table,
+        )
 
     def add_many(self, letters: Iterable[DeadLetter]) -> None:
         rows = pa.Table.from_pylist([letter.__dict__ for letter in letters], schema=SCHEMA)
@@ -122,8 +144,9 @@ class DeadLetters:
             listed = ", ".join(map(quote_literal, report.redriven))
 
             def mark() -> None:
-                self._table().update(predicate=f"id IN ({listed})",
-                                     new_values={"redriven_at": datetime.now(timezone.utc)})
+                self._table().update(
+                    predicate=f"id IN ({listed})", new_values={"redriven_at": datetime.now(timezone.utc)}
+                )
 
             retry_on_conflict(mark)
         return report

@@ -52,8 +52,9 @@ def small_file_properties(rows: int) -> WriterProperties | None:
     `SMALL_FILE_ROWS` dictionaries make files smaller."""
     if rows > SMALL_FILE_ROWS:
         return None
-    return WriterProperties(default_column_properties=ColumnProperties(dictionary_enabled=False,
-                                                                       statistics_enabled="CHUNK"))
+    return WriterProperties(
+        default_column_properties=ColumnProperties(dictionary_enabled=False, statistics_enabled="CHUNK")
+    )
 
 
 class Position(NamedTuple):
@@ -73,6 +74,7 @@ def position_transactions(app: str, position: Position) -> list[Transaction]:
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def _plain(type_: pa.DataType) -> pa.DataType:
     if pa.types.is_string_view(type_) or pa.types.is_large_string(type_):
@@ -119,6 +121,7 @@ def after_position(position: Position, prefix: str = "") -> str:
 
 # -- commit races ----------------------------------------------------------------------------
 
+
 def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay: float = 0.05) -> T:
     """Run `operation`; when it loses a commit race, wait a little (jittered, growing) and
     run it again. `operation` must re-read what it depends on each time."""
@@ -128,12 +131,18 @@ def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay
         except CommitFailedError:
             if attempt == attempts - 1:
                 raise
-            time.sleep(base_delay * (1.5 ** attempt) * (0.5 + random.random()))  # nosec B311 # retry jitter, not a secret
+            time.sleep(base_delay * (1.5**attempt) * (0.5 + random.random()))  # nosec B311 # retry jitter, not a secret
     raise AssertionError("unreachable")
 
 
-def create_once(layout, uri: str, schema: pa.Schema, *, partition_by: list[str] | None = None,
-                configuration: dict[str, str] | None = None) -> DeltaTable:
+def create_once(
+    layout,
+    uri: str,
+    schema: pa.Schema,
+    *,
+    partition_by: list[str] | None = None,
+    configuration: dict[str, str] | None = None,
+) -> DeltaTable:
     """Create the empty table at `uri` unless it exists; return it as of version 0.
 
     deltalake retries a create that lost the race for version 0 as version 1, a second
@@ -143,18 +152,27 @@ def create_once(layout, uri: str, schema: pa.Schema, *, partition_by: list[str] 
     no table must commit onto: a concurrent commit of the same app transactions then
     conflicts (CommitFailedError) instead of landing twice."""
     try:
-        DeltaTable.create(uri, schema, mode="ignore", partition_by=partition_by,
-                          configuration={**TABLE_PROPERTIES, **(configuration or {})},
-                          raise_if_key_not_exists=False, storage_options=layout.storage_options or None,
-                          commit_properties=CommitProperties(max_commit_retries=0))
+        DeltaTable.create(
+            uri,
+            schema,
+            mode="ignore",
+            partition_by=partition_by,
+            configuration={**TABLE_PROPERTIES, **(configuration or {})},
+            raise_if_key_not_exists=False,
+            storage_options=layout.storage_options or None,
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
     except Exception:  # noqa: BLE001 - lost the race? Then the winner's table is there.
         if layout.open(uri) is None:
             raise
     return layout.open(uri, version=0)
 
 
-_OUTAGE = re.compile(r"object ?store|\bs3\b|\bio error|connection|timed? ?out|dispatch|credential|throttl|slow ?down"
-                     r"|service unavailable|internal server error|\b50[0-9]\b|no space|permission denied", re.IGNORECASE)
+_OUTAGE = re.compile(
+    r"object ?store|\bs3\b|\bio error|connection|timed? ?out|dispatch|credential|throttl|slow ?down"
+    r"|service unavailable|internal server error|\b50[0-9]\b|no space|permission denied",
+    re.IGNORECASE,
+)
 
 
 def is_infrastructure_fault(error: BaseException) -> bool:

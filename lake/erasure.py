@@ -36,10 +36,15 @@ from lake.layout import LakeLayout
 from lake.timetravel import TableNotInLake, state_keys
 
 ERASURES = "erasures"
-ERASURE_SCHEMA = pa.schema([
-    ("table", pa.string()), ("keys", pa.list_(pa.string())), ("erased_at", pa.timestamp("us", "UTC")),
-    ("change_rows", pa.int64()), ("state_rows", pa.int64()),
-])
+ERASURE_SCHEMA = pa.schema(
+    [
+        ("table", pa.string()),
+        ("keys", pa.list_(pa.string())),
+        ("erased_at", pa.timestamp("us", "UTC")),
+        ("change_rows", pa.int64()),
+        ("state_rows", pa.int64()),
+    ]
+)
 _NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
 _COMMIT = re.compile(r"^\d{20}\.json$")
 
@@ -64,14 +69,17 @@ def parse_keys(texts: list[str], key_columns: list[str], table: str) -> tuple[tu
     for text in texts:
         parts = tuple(p.strip() for p in text.split(",")) if len(key_columns) > 1 else (text.strip(),)
         if len(parts) != len(key_columns) or not all(parts):
-            raise ErasureError(f"{text!r} is no key of {table}: give {', '.join(key_columns)} "
-                               f"({'comma-separated' if len(key_columns) > 1 else 'one value'}).")
+            raise ErasureError(
+                f"{text!r} is no key of {table}: give {', '.join(key_columns)} "
+                f"({'comma-separated' if len(key_columns) > 1 else 'one value'})."
+            )
         keys.append(parts)
     return tuple(dict.fromkeys(keys))
 
 
 def key_predicate(key_columns: list[str], types: dict[str, pa.DataType], keys) -> str:
     """A Delta SQL predicate matching exactly the rows of `keys` (names and strings quoted)."""
+
     def literal(column: str, value: str) -> str:
         kind = types.get(column)
         if kind is not None and (pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_floating(kind)):
@@ -80,8 +88,10 @@ def key_predicate(key_columns: list[str], types: dict[str, pa.DataType], keys) -
             return value
         return quote_literal(value)
 
-    return " OR ".join("(" + " AND ".join(f"{quote_identifier(c)} = {literal(c, v)}" for c, v in zip(key_columns, key))
-                       + ")" for key in keys)
+    return " OR ".join(
+        "(" + " AND ".join(f"{quote_identifier(c)} = {literal(c, v)}" for c, v in zip(key_columns, key)) + ")"
+        for key in keys
+    )
 
 
 def forget(layout: LakeLayout, table: str, key_texts: list[str], *, now: datetime | None = None) -> Erased:
@@ -89,8 +99,10 @@ def forget(layout: LakeLayout, table: str, key_texts: list[str], *, now: datetim
     try:
         columns = state_keys(layout, table)
     except (TableNotInLake, KeyError):
-        raise ErasureError(f"{table} has no state table keyed by a primary key in the lake, so its rows cannot be "
-                           "named: give it a primary key at the source (its change log stays as it is).") from None
+        raise ErasureError(
+            f"{table} has no state table keyed by a primary key in the lake, so its rows cannot be "
+            "named: give it a primary key at the source (its change log stays as it is)."
+        ) from None
     keys = parse_keys(key_texts, columns, table)
     counts = []
     vacuumed = 0
@@ -143,11 +155,19 @@ def _without_stats(line: str) -> str:
 def _record(layout: LakeLayout, erased: Erased) -> None:
     from deltalake import write_deltalake
 
-    row = pa.table({"table": [erased.table], "keys": [[",".join(k) for k in erased.keys]],
-                    "erased_at": [erased.erased_at], "change_rows": [erased.change_rows],
-                    "state_rows": [erased.state_rows]}, schema=ERASURE_SCHEMA)
-    retry_on_conflict(lambda: write_deltalake(layout.uri(ERASURES), row, mode="append",
-                                              storage_options=layout.storage_options))
+    row = pa.table(
+        {
+            "table": [erased.table],
+            "keys": [[",".join(k) for k in erased.keys]],
+            "erased_at": [erased.erased_at],
+            "change_rows": [erased.change_rows],
+            "state_rows": [erased.state_rows],
+        },
+        schema=ERASURE_SCHEMA,
+    )
+    retry_on_conflict(
+        lambda: write_deltalake(layout.uri(ERASURES), row, mode="append", storage_options=layout.storage_options)
+    )
 
 
 def erasures(layout: LakeLayout) -> pa.Table:

@@ -57,6 +57,7 @@ def table_name(folder: str) -> str:
     """The source table whose folder is `folder` (the inverse of `folder_name`)."""
     return _ESCAPED.sub(lambda m: bytes.fromhex(m.group().replace("~", "")).decode("utf-8", "replace"), folder)
 
+
 # Environment variable → deltalake storage option (same names; the first one present wins).
 _ENV_OPTIONS = {
     "AWS_ENDPOINT_URL": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -164,8 +165,11 @@ class LakeLayout:
         """Source tables that have a `kind` folder (changes or tables), sorted."""
         filesystem, base = self.filesystem(self.uri(kind))
         selector = pafs.FileSelector(base, allow_not_found=True)
-        names = [table_name(info.base_name) for info in filesystem.get_file_info(selector)
-                 if info.type == pafs.FileType.Directory]
+        names = [
+            table_name(info.base_name)
+            for info in filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+        ]
         # A table is there once its first commit is (or a checkpoint replaced it): one or two
         # file lookups each, where opening it would replay its log.
         return sorted(name for name in names if self.has_commit(self.uri(kind, name), 0))

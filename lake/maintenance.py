@@ -61,7 +61,12 @@ from deltalake import DeltaTable
 
 from lake.delta_io import TABLE_PROPERTIES, retry_on_conflict
 from lake.retention import (  # noqa: F401 - the retention is part of this module's interface
-    DEFAULT_RETENTION, DEMO_RETENTION, MIN_RETENTION, RetentionError, format_retention, parse_retention,
+    DEFAULT_RETENTION,
+    DEMO_RETENTION,
+    MIN_RETENTION,
+    RetentionError,
+    format_retention,
+    parse_retention,
 )
 from lake.layout import CHANGES, DEAD_LETTERS, KINDS, PROGRESS, STATE, LakeLayout, TableSize
 from lake.changelog import PRUNED_ON as CHANGE_LOG_PRUNED_ON
@@ -86,6 +91,8 @@ ONLY_MAINTENANCE_DELETES = {"delta.enableExpiredLogCleanup": "false"}
 STATS_COLUMNS = "delta.dataSkippingStatsColumns"
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # other key names keep statistics on every column
+
+
 def retention_interval(retention: timedelta) -> str:
     """The retention as a Delta table property value ('interval 3600 seconds')."""
     return f"interval {int(retention.total_seconds())} seconds"
@@ -136,8 +143,9 @@ def compact(layout: LakeLayout, uri: str, target_size: int | None = None, *, ope
     return retry_on_conflict(run)
 
 
-def compact_state(layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYTES, *,
-                  opened: _Opened | None = None) -> dict:
+def compact_state(
+    layout: LakeLayout, uri: str, file_bytes: int = STATE_FILE_BYTES, *, opened: _Opened | None = None
+) -> dict:
     """Keep a state table in files of about `file_bytes`, sorted by key (see step 2 above)."""
     open_table = _opener(layout, uri, opened)
 
@@ -174,8 +182,12 @@ def keep_retention(layout: LakeLayout, uri: str, retention: timedelta, *, opened
         if table is None:
             return
         configuration = table.metadata().configuration
-        wanted = dict.fromkeys(RETENTION_PROPERTIES, retention_interval(retention)) | ONLY_MAINTENANCE_DELETES \
-            | TABLE_PROPERTIES | _stats_columns(uri, layout, configuration)
+        wanted = (
+            dict.fromkeys(RETENTION_PROPERTIES, retention_interval(retention))
+            | ONLY_MAINTENANCE_DELETES
+            | TABLE_PROPERTIES
+            | _stats_columns(uri, layout, configuration)
+        )
         if any(configuration.get(name) != value for name, value in wanted.items()):
             table.alter.set_table_properties(wanted)
 
@@ -207,8 +219,11 @@ def vacuum(layout: LakeLayout, uri: str, *, opened: _Opened | None = None) -> li
 def lake_uris(layout: LakeLayout) -> list[str]:
     """Every Delta table of the lake."""
     uris = [layout.uri(kind, table) for kind in KINDS for table in layout.tables(kind)]
-    uris += [layout.uri(name) for name in (PROGRESS, DEAD_LETTERS)
-             if DeltaTable.is_deltatable(layout.uri(name), storage_options=layout.storage_options or None)]
+    uris += [
+        layout.uri(name)
+        for name in (PROGRESS, DEAD_LETTERS)
+        if DeltaTable.is_deltatable(layout.uri(name), storage_options=layout.storage_options or None)
+    ]
     return uris
 
 
@@ -223,8 +238,9 @@ def lake_stored_bytes(layout: LakeLayout) -> int:
     return sum(layout.stored_bytes(layout.uri(name))[0] for name in (*KINDS, PROGRESS, DEAD_LETTERS))
 
 
-def worth_compacting(layout: LakeLayout, uri: str, target_size: int, compact_from: int, *,
-                     opened: _Opened | None = None) -> bool:
+def worth_compacting(
+    layout: LakeLayout, uri: str, target_size: int, compact_from: int, *, opened: _Opened | None = None
+) -> bool:
     """Whether the table holds `compact_from` files under `target_size` (or, for a state
     table, a file to split: step 2)."""
     table = _opener(layout, uri, opened)()
@@ -232,12 +248,18 @@ def worth_compacting(layout: LakeLayout, uri: str, target_size: int, compact_fro
         return False
     sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
     is_state = uri.startswith(layout.uri(STATE) + "/")
-    return (sum(size < target_size for size in sizes) >= compact_from
-            or (is_state and any(size > 4 * target_size for size in sizes)))
+    return sum(size < target_size for size in sizes) >= compact_from or (
+        is_state and any(size > 4 * target_size for size in sizes)
+    )
 
 
-def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
-             uris: list[str] | None = None, *, compact_from: int = 2) -> list[TableMaintenance]:
+def maintain(
+    layout: LakeLayout,
+    retention: timedelta = DEFAULT_RETENTION,
+    uris: list[str] | None = None,
+    *,
+    compact_from: int = 2,
+) -> list[TableMaintenance]:
     """Keep `retention`, compact, checkpoint, clean the log and vacuum every lake table (or `uris`).
     A table is compacted once it has `compact_from` small files (`COMPACT_FROM_FILES` in the
     running pipeline; 2, every chance, on demand). The library takes any retention; the
@@ -250,16 +272,24 @@ def maintain(layout: LakeLayout, retention: timedelta = DEFAULT_RETENTION,
         target = STATE_FILE_BYTES if is_state else CHANGES_FILE_BYTES
         metrics: dict = {}
         if compact_from <= 2 or worth_compacting(layout, uri, target, compact_from, opened=opened):
-            metrics = compact_state(layout, uri, opened=opened) if is_state else \
-                compact(layout, uri, CHANGES_FILE_BYTES, opened=opened)
+            metrics = (
+                compact_state(layout, uri, opened=opened)
+                if is_state
+                else compact(layout, uri, CHANGES_FILE_BYTES, opened=opened)
+            )
         removed = vacuum(layout, uri, opened=opened)
         checkpoint(layout, uri, opened=opened)
         table = opened()
-        report.append(TableMaintenance(
-            uri, files_removed=int(metrics.get("numFilesRemoved", 0)), files_added=int(metrics.get("numFilesAdded", 0)),
-            vacuumed=removed, version=None if table is None else table.version(),
-            size=None if table is None else layout.table_size(uri, table),
-        ))
+        report.append(
+            TableMaintenance(
+                uri,
+                files_removed=int(metrics.get("numFilesRemoved", 0)),
+                files_added=int(metrics.get("numFilesAdded", 0)),
+                vacuumed=removed,
+                version=None if table is None else table.version(),
+                size=None if table is None else layout.table_size(uri, table),
+            )
+        )
     return report
 
 

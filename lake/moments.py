@@ -31,6 +31,7 @@ def parse_moment(text: str | None):
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise MomentError(f"{text!r} is neither a version (12), an LSN (0/16B3748) nor a time "
-                          "(2024-11-15T14:00:00).") from None
+        raise MomentError(
+            f"{text!r} is neither a version (12), an LSN (0/16B3748) nor a time (2024-11-15T14:00:00)."
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

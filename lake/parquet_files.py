@@ -73,9 +73,12 @@ class StreamedFile:
         self._writer.close()
         self._sink.close()
         size = self._filesystem.get_file_info(self._full_path).size
-        stats = {"numRecords": self.rows, "nullCount": self._nulls,
-                 "minValues": {k: v[0] for k, v in self._ranges.items()},
-                 "maxValues": {k: v[1] for k, v in self._ranges.items()}}
+        stats = {
+            "numRecords": self.rows,
+            "nullCount": self._nulls,
+            "minValues": {k: v[0] for k, v in self._ranges.items()},
+            "maxValues": {k: v[1] for k, v in self._ranges.items()},
+        }
         return AddAction(self.path, size, self.partition_values, int(time.time() * 1000), True, json.dumps(stats))
 
     def discard(self) -> None:
@@ -88,5 +91,10 @@ class StreamedFile:
 
 def add_files(table: DeltaTable, actions: list[AddAction], properties) -> None:
     """One append commit of `actions` (files already written) with `properties`."""
-    table.create_write_transaction(actions, mode="append", schema=table.schema(),
-                                   partition_by=table.metadata().partition_columns, commit_properties=properties)
+    table.create_write_transaction(
+        actions,
+        mode="append",
+        schema=table.schema(),
+        partition_by=table.metadata().partition_columns,
+        commit_properties=properties,
+    )

@@ -23,11 +23,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from lake.delta_io import TABLE_PROPERTIES, LakeTable, read_sql, retry_on_conflict, small_file_properties
 from lake.layout import PROGRESS, LakeLayout
 
-SCHEMA = pa.schema([
-    ("shard", pa.string()),
-    ("marker_lsn", pa.int64()),
-    ("recorded_at", pa.timestamp("us", "UTC")),
-])
+SCHEMA = pa.schema([("shard", pa.string()), ("marker_lsn", pa.int64()), ("recorded_at", pa.timestamp("us", "UTC"))])
 
 
 def _app(shard: str) -> str:
@@ -56,8 +52,15 @@ class Progress(LakeTable):
             properties = CommitProperties(app_transactions=[Transaction(_app(shard), lsn)])
             small = small_file_properties(row.num_rows)  # nothing reads it by its columns' statistics
             if self.delta is None:
-                write_deltalake(self.uri, row, mode="append", storage_options=self.layout.storage_options or None,
-                                configuration=TABLE_PROPERTIES, commit_properties=properties, writer_properties=small)
+                write_deltalake(
+                    self.uri,
+                    row,
+                    mode="append",
+                    storage_options=self.layout.storage_options or None,
+                    configuration=TABLE_PROPERTIES,
+                    commit_properties=properties,
+                    writer_properties=small,
+                )
             else:
                 write_deltalake(self.delta, row, mode="append", commit_properties=properties, writer_properties=small)
             return True

@@ -33,8 +33,10 @@ def parse_retention(text: str, minimum: timedelta = MIN_RETENTION, flag: str = "
     amount, unit = float(match.group(1)), (match.group(2) or "h").lower()
     retention = timedelta(**{_UNITS[unit]: amount})
     if retention < minimum:
-        raise RetentionError(f"{flag} {text} is shorter than the {format_retention(minimum)} that readers and "
-                             f"writers in flight need: use {format_retention(minimum)} or more.")
+        raise RetentionError(
+            f"{flag} {text} is shorter than the {format_retention(minimum)} that readers and "
+            f"writers in flight need: use {format_retention(minimum)} or more."
+        )
     return retention
 
 

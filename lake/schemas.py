@@ -72,27 +72,31 @@ log = logging.getLogger("totes.lake")
 
 UTC_MICROS = pa.timestamp("us", "UTC")
 
-CHANGELOG_META = pa.schema([
-    ("_op", pa.string()),
-    ("_lsn", pa.int64()),
-    ("_seq", pa.int64()),
-    ("_xid", pa.int64()),
-    ("_commit_ts", UTC_MICROS),
-    ("_unchanged", pa.list_(pa.string())),
-    ("_before", pa.string()),
-    ("_shard", pa.string()),
-    ("_batch", pa.int64()),
-    ("_commit_date", pa.date32()),
-])
+CHANGELOG_META = pa.schema(
+    [
+        ("_op", pa.string()),
+        ("_lsn", pa.int64()),
+        ("_seq", pa.int64()),
+        ("_xid", pa.int64()),
+        ("_commit_ts", UTC_MICROS),
+        ("_unchanged", pa.list_(pa.string())),
+        ("_before", pa.string()),
+        ("_shard", pa.string()),
+        ("_batch", pa.int64()),
+        ("_commit_date", pa.date32()),
+    ]
+)
 PARTITION_COLUMN = "_commit_date"
 
-STATE_META = pa.schema([
-    ("_op", pa.string()),
-    ("_lsn", pa.int64()),
-    ("_seq", pa.int64()),
-    ("_commit_ts", UTC_MICROS),
-    ("_deleted", pa.bool_()),
-])
+STATE_META = pa.schema(
+    [
+        ("_op", pa.string()),
+        ("_lsn", pa.int64()),
+        ("_seq", pa.int64()),
+        ("_commit_ts", UTC_MICROS),
+        ("_deleted", pa.bool_()),
+    ]
+)
 
 RESERVED = frozenset(CHANGELOG_META.names) | frozenset(STATE_META.names)
 
@@ -143,12 +147,17 @@ def columns_to_widen(table: str, existing: pa.Schema | None, fields: list[pa.Fie
 def conform_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """`rows` with every source column `schema` also has cast to its type there (`schema`
     holds every value of `rows`: `columns_to_widen` widened it first)."""
-    wider = {name: schema.field(name).type for name in data_columns(rows.schema)
-             if name in schema.names and rows.schema.field(name).type != schema.field(name).type}
+    wider = {
+        name: schema.field(name).type
+        for name in data_columns(rows.schema)
+        if name in schema.names and rows.schema.field(name).type != schema.field(name).type
+    }
     if not wider:
         return rows
-    columns = [cast_column(rows.column(name), wider[name]) if name in wider else rows.column(name)
-               for name in rows.column_names]
+    columns = [
+        cast_column(rows.column(name), wider[name]) if name in wider else rows.column(name)
+        for name in rows.column_names
+    ]
     return pa.Table.from_arrays(columns, names=rows.column_names)
 
 
@@ -160,7 +169,13 @@ def rewrite_with_types(table: DeltaTable, types: dict[str, pa.DataType], what: s
     rows = conform_rows(rows, pa.schema([f.with_type(types.get(f.name, f.type)) for f in old]))
     partitions = table.metadata().partition_columns or None
     changes = ", ".join(f"{name} {old.field(name).type} -> {type_}" for name, type_ in sorted(types.items()))
-    write_deltalake(table, rows, mode="overwrite", schema_mode="overwrite", partition_by=partitions,
-                    commit_properties=CommitProperties(custom_metadata={"totes.schema_change": changes}))
+    write_deltalake(
+        table,
+        rows,
+        mode="overwrite",
+        schema_mode="overwrite",
+        partition_by=partitions,
+        commit_properties=CommitProperties(custom_metadata={"totes.schema_change": changes}),
+    )
     table.update_incremental()
     log.info("%s: widened %s (rewrote %d rows at version %d)", what, changes, rows.num_rows, table.version())

@@ -46,8 +46,9 @@ from lake.parquet_files import StreamedFile, add_files, fits
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, STATE_META, UTC_MICROS
 from lake.state import PRIMARY_KEY_PROPERTY, StateTable
 
-_BULK_WRITER = WriterProperties(compression="SNAPPY",
-                                default_column_properties=ColumnProperties(dictionary_enabled=False))
+_BULK_WRITER = WriterProperties(
+    compression="SNAPPY", default_column_properties=ColumnProperties(dictionary_enabled=False)
+)
 """Dictionary encoding is half the writer's CPU on snapshot chunks and, on such data (mostly
 distinct ids, times and amounts), makes the files no smaller."""
 
@@ -63,8 +64,9 @@ def done_app(run: int) -> str:
     return f"snapshot-done:{run}"
 
 
-def changelog_rows(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int,
-                   written_on: date) -> pa.Table:
+def changelog_rows(
+    schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int, written_on: date
+) -> pa.Table:
     """Change log rows of snapshot rows given as text columns (COPY's output form, one per
     source column, in order): `op='r'` at `lsn`, numbered from `first_seq`.
 
@@ -79,8 +81,9 @@ def arange(start: int, n: int) -> pa.Array:
     return pc.add(pc.cumulative_sum(ones), pa.scalar(start - 1, pa.int64()))
 
 
-def typed_changelog_rows(schema: TableSchema, columns: list[pa.Array], lsn: int, first_seq: int, chunk: int,
-                         written_on: date) -> pa.Table:
+def typed_changelog_rows(
+    schema: TableSchema, columns: list[pa.Array], lsn: int, first_seq: int, chunk: int, written_on: date
+) -> pa.Table:
     """Change log rows of snapshot rows given as the lake's typed columns; the lineage columns
     are built whole (constants and a range), never value by value."""
     n = len(columns[0]) if columns else 0
@@ -106,7 +109,9 @@ def state_rows(changes: pa.Table) -> pa.Table:
     return rows.append_column("_deleted", pa.repeat(pa.scalar(False), rows.num_rows))
 
 
-def rejected_events(schema: TableSchema, text: pa.Table, rows: list[int], lsn: int, first_seq: int) -> list[ChangeEvent]:
+def rejected_events(
+    schema: TableSchema, text: pa.Table, rows: list[int], lsn: int, first_seq: int
+) -> list[ChangeEvent]:
     """The change events of the rows at `rows` of `text` (for the dead letters)."""
     names = schema.column_names
     events = []
@@ -120,8 +125,15 @@ def rejected_events(schema: TableSchema, text: pa.Table, rows: list[int], lsn: i
 class TableLoad:
     """One table's snapshot being written into the lake (thread-safe)."""
 
-    def __init__(self, layout: LakeLayout, schema: TableSchema, run: int, *,
-                 today: Callable[[], date] | None = None, fresh_appends: bool = True):
+    def __init__(
+        self,
+        layout: LakeLayout,
+        schema: TableSchema,
+        run: int,
+        *,
+        today: Callable[[], date] | None = None,
+        fresh_appends: bool = True,
+    ):
         self.layout = layout
         self.schema = schema
         self.table = schema.table
@@ -142,8 +154,12 @@ class TableLoad:
         if self.state is not None:
             self.state.refresh()
             if self.state.delta is None:
-                create_once(self.layout, self.state.uri, pa.schema(fields + list(STATE_META)),
-                            configuration={PRIMARY_KEY_PROPERTY: json.dumps(list(self.schema.key_names))})
+                create_once(
+                    self.layout,
+                    self.state.uri,
+                    pa.schema(fields + list(STATE_META)),
+                    configuration={PRIMARY_KEY_PROPERTY: json.dumps(list(self.schema.key_names))},
+                )
                 self.state.delta = None
                 self.state.refresh()
             # A state table holding nothing yet is built by appends (see the module docstring).
@@ -183,9 +199,13 @@ class TableLoad:
     def _log_properties(self, chunk: int, lsn: int, rows: int) -> CommitProperties:
         return CommitProperties(
             app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)],
-            custom_metadata={f"{COMMIT_INFO_PREFIX}shard": SNAPSHOT_SHARD,
-                             f"{COMMIT_INFO_PREFIX}lsn_min": str(lsn), f"{COMMIT_INFO_PREFIX}lsn_max": str(lsn),
-                             f"{COMMIT_INFO_PREFIX}rows": str(rows)})
+            custom_metadata={
+                f"{COMMIT_INFO_PREFIX}shard": SNAPSHOT_SHARD,
+                f"{COMMIT_INFO_PREFIX}lsn_min": str(lsn),
+                f"{COMMIT_INFO_PREFIX}lsn_max": str(lsn),
+                f"{COMMIT_INFO_PREFIX}rows": str(rows),
+            },
+        )
 
     def _commit_log(self, chunk: int, commit: Callable[[ChangeLog], None]) -> None:
         log = ChangeLog(self.layout, self.table)
@@ -199,8 +219,14 @@ class TableLoad:
         retry_on_conflict(append)
 
     def _append(self, table: ChangeLog | StateTable, rows: pa.Table, properties: CommitProperties) -> None:
-        write_deltalake(table.delta, rows, mode="append", schema_mode="merge", commit_properties=properties,
-                        writer_properties=_BULK_WRITER)
+        write_deltalake(
+            table.delta,
+            rows,
+            mode="append",
+            schema_mode="merge",
+            commit_properties=properties,
+            writer_properties=_BULK_WRITER,
+        )
 
     def write_state(self, chunk: int, lsn: int, rows: pa.Table) -> None:
         if self.state is None:
@@ -209,8 +235,10 @@ class TableLoad:
         state = state_rows(rows)
         appends = self.appends_state(lsn)
         with self._lock:
-            self._commit_state(chunk, lambda: self._append(self.state, state, properties) if appends
-                               else self._merge(state, properties))
+            self._commit_state(
+                chunk,
+                lambda: self._append(self.state, state, properties) if appends else self._merge(state, properties),
+            )
 
     def appends_state(self, lsn: int) -> bool:
         """Whether a chunk stamped `lsn` goes into the state table as a plain append."""
@@ -240,14 +268,20 @@ class TableLoad:
         on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in self.schema.key_names)
         newer = "(s._lsn > t._lsn OR (s._lsn = t._lsn AND s._seq > t._seq))"
         columns = {q(c): f"s.{q(c)}" for c in rows.column_names}
-        (target.merge(rows, on, source_alias="s", target_alias="t", merge_schema=True, commit_properties=properties)
-         .when_matched_update(columns, predicate=newer).when_not_matched_insert(columns).execute())
+        (
+            target.merge(rows, on, source_alias="s", target_alias="t", merge_schema=True, commit_properties=properties)
+            .when_matched_update(columns, predicate=newer)
+            .when_not_matched_insert(columns)
+            .execute()
+        )
 
     def catch_up_state(self, chunk: int, lsn: int) -> None:
         """A chunk in the change log whose state commit was lost (a kill between the two):
         copy its rows from the log."""
         self.log.refresh()
-        rows = self.log.read(f"_shard = '{SNAPSHOT_SHARD}' AND _batch = {int(chunk)} AND _lsn = {int(lsn)} AND _op = 'r'")
+        rows = self.log.read(
+            f"_shard = '{SNAPSHOT_SHARD}' AND _batch = {int(chunk)} AND _lsn = {int(lsn)} AND _op = 'r'"
+        )
         self.write_state(chunk, lsn, rows)
 
     def mark_done(self) -> None:
@@ -258,8 +292,12 @@ class TableLoad:
         def once() -> None:
             target.refresh()
             if target.transaction_version(done_app(self.run)) is None:
-                write_deltalake(target.delta, pa.schema(target.delta.schema()).empty_table(), mode="append",
-                                commit_properties=properties)
+                write_deltalake(
+                    target.delta,
+                    pa.schema(target.delta.schema()).empty_table(),
+                    mode="append",
+                    commit_properties=properties,
+                )
 
         with self._lock:
             retry_on_conflict(once)  # the stream's merges go on meanwhile
@@ -363,8 +401,9 @@ def empty_rows(schema: TableSchema, lsn: int, chunk: int, written_on: date) -> p
     return rows
 
 
-def convert_or_reject(schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int,
-                      written_on: date) -> tuple[pa.Table, list[ChangeEvent], str | None]:
+def convert_or_reject(
+    schema: TableSchema, text: pa.Table, lsn: int, first_seq: int, chunk: int, written_on: date
+) -> tuple[pa.Table, list[ChangeEvent], str | None]:
     """`changelog_rows`, with rows whose values do not fit set aside as events and the reason."""
     try:
         return changelog_rows(schema, text, lsn, first_seq, chunk, written_on), [], None

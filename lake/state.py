@@ -120,17 +120,21 @@ class StateTable(LakeTable):
         truncate = max(truncated, _max_position(rows.filter(pl.col("_op") == "t")))
         source = self._merge_source(log, rows, keys, columns, log_schema, truncate, high_water)
 
-        transactions = (position_transactions(shard, max(high_water, _max_position(rows)))
-                        + [Transaction(f"{shard}:batch", appends)])
+        transactions = position_transactions(shard, max(high_water, _max_position(rows))) + [
+            Transaction(f"{shard}:batch", appends)
+        ]
         wipe = truncate if truncate > truncated else None
         if wipe is not None:
             transactions += position_transactions(TRUNCATE_APP, wipe)
-        properties = CommitProperties(app_transactions=transactions, custom_metadata={
-            f"{COMMIT_INFO_PREFIX}shard": shard,
-            f"{COMMIT_INFO_PREFIX}lsn_min": str(rows["_lsn"].min()),
-            f"{COMMIT_INFO_PREFIX}lsn_max": str(rows["_lsn"].max()),
-            f"{COMMIT_INFO_PREFIX}rows": str(source.num_rows),
-        })
+        properties = CommitProperties(
+            app_transactions=transactions,
+            custom_metadata={
+                f"{COMMIT_INFO_PREFIX}shard": shard,
+                f"{COMMIT_INFO_PREFIX}lsn_min": str(rows["_lsn"].min()),
+                f"{COMMIT_INFO_PREFIX}lsn_max": str(rows["_lsn"].max()),
+                f"{COMMIT_INFO_PREFIX}rows": str(source.num_rows),
+            },
+        )
         if target is None:
             target = self._create(source, columns, keys)
         before = target.version()
@@ -140,13 +144,22 @@ class StateTable(LakeTable):
             target.delete(predicate=f"NOT {after_position(wipe)}", commit_properties=properties)
         target.update_incremental()
         if target.version() == before:  # nothing changed, but the positions must be kept
-            write_deltalake(target, pa.schema(target.schema()).empty_table(), mode="append",
-                            commit_properties=properties)
+            write_deltalake(
+                target, pa.schema(target.schema()).empty_table(), mode="append", commit_properties=properties
+            )
             target.update_incremental()
         return target.version()
 
-    def _merge_source(self, log: ChangeLog, rows: pl.DataFrame, keys: list[str], columns: list[str],
-                      log_schema: pa.Schema, truncate: Position, high_water: Position) -> pa.Table:
+    def _merge_source(
+        self,
+        log: ChangeLog,
+        rows: pl.DataFrame,
+        keys: list[str],
+        columns: list[str],
+        log_schema: pa.Schema,
+        truncate: Position,
+        high_water: Position,
+    ) -> pa.Table:
         """One row per key to merge: rows a truncate wiped are dropped; keys with late rows
         (at or below the high-water) are rebuilt from the log; the others are collapsed."""
         data = rows.filter((pl.col("_op") != "t") & _after(truncate))
@@ -162,8 +175,11 @@ class StateTable(LakeTable):
     def _follow_log_types(self, target: DeltaTable, log_schema: pa.Schema) -> DeltaTable:
         """Widen the state's columns the change log has widened (`lake.schemas`)."""
         state = lake_schema(target)
-        widen = {name: log_schema.field(name).type for name in data_columns(state)
-                 if name in log_schema.names and state.field(name).type != log_schema.field(name).type}
+        widen = {
+            name: log_schema.field(name).type
+            for name in data_columns(state)
+            if name in log_schema.names and state.field(name).type != log_schema.field(name).type
+        }
         if widen:
             rewrite_with_types(target, widen, f"tables/{self.table}")
         return target
@@ -174,8 +190,15 @@ class StateTable(LakeTable):
         self.delta = None
         return self.refresh()
 
-    def _merge(self, target: DeltaTable, source: pa.Table, keys: list[str], columns: list[str],
-               wipe: Position | None, properties: CommitProperties) -> None:
+    def _merge(
+        self,
+        target: DeltaTable,
+        source: pa.Table,
+        keys: list[str],
+        columns: list[str],
+        wipe: Position | None,
+        properties: CommitProperties,
+    ) -> None:
         q = quote_identifier
         existing = set(pa.schema(target.schema()).names)
         keep_target = "NOT t._deleted" + (f" AND {after_position(wipe, 't.')}" if wipe else "")
@@ -193,11 +216,16 @@ class StateTable(LakeTable):
         for column in STATE_META.names:
             updates[column] = f"s.{column}"
         inserts = {q(c): f"s.{q(c)}" for c in columns + STATE_META.names}
-        newer = ("(s._lsn > t._lsn OR (s._lsn = t._lsn AND "
-                 "(s._seq > t._seq OR (s._rebuilt AND s._seq = t._seq))))")
+        newer = "(s._lsn > t._lsn OR (s._lsn = t._lsn AND (s._seq > t._seq OR (s._rebuilt AND s._seq = t._seq))))"
         merger = (
-            target.merge(source, " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys),
-                         source_alias="s", target_alias="t", merge_schema=True, commit_properties=properties)
+            target.merge(
+                source,
+                " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys),
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+                commit_properties=properties,
+            )
             .when_matched_update(updates, predicate=newer)
             .when_not_matched_insert(inserts)
         )

@@ -46,8 +46,14 @@ class TableNotInLake(LookupError):
     """No such lake table (or not at that version/time)."""
 
 
-def open_table(layout: LakeLayout, kind: str, table: str | None = None, *,
-               version: int | None = None, as_of: datetime | None = None) -> DeltaTable:
+def open_table(
+    layout: LakeLayout,
+    kind: str,
+    table: str | None = None,
+    *,
+    version: int | None = None,
+    as_of: datetime | None = None,
+) -> DeltaTable:
     """The Delta table `kind/table` at `version`, or as of the time `as_of`, or latest."""
     uri = layout.uri(kind, table)
     delta = layout.open(uri)
@@ -60,8 +66,15 @@ def open_table(layout: LakeLayout, kind: str, table: str | None = None, *,
     return delta
 
 
-def read_table(layout: LakeLayout, kind: str, table: str | None = None, *, version: int | None = None,
-               as_of: datetime | None = None, where: str | None = None) -> pa.Table:
+def read_table(
+    layout: LakeLayout,
+    kind: str,
+    table: str | None = None,
+    *,
+    version: int | None = None,
+    as_of: datetime | None = None,
+    where: str | None = None,
+) -> pa.Table:
     """Rows of a lake table (at a version or time), optionally filtered by SQL `where`."""
     delta = open_table(layout, kind, table, version=version, as_of=as_of)
     return read_sql(delta, "SELECT * FROM t" + (f" WHERE {where}" if where else ""))  # nosec B608 # `where` is a predicate the calling code writes, never data
@@ -81,8 +94,9 @@ def changes_as_of_lsn(layout: LakeLayout, table: str, lsn: int, where: str | Non
     return read_sql(delta, f"SELECT * FROM t WHERE _lsn <= {int(lsn)}{rows} ORDER BY _lsn, _seq")  # nosec B608 # the LSN is int(), `where` is code
 
 
-def state_as_of_lsn(layout: LakeLayout, table: str, lsn: int, keys: list[str] | None = None,
-                    where: str | None = None) -> pa.Table:
+def state_as_of_lsn(
+    layout: LakeLayout, table: str, lsn: int, keys: list[str] | None = None, where: str | None = None
+) -> pa.Table:
     """The live rows of `table` once every event up to `lsn` is applied, rebuilt from the log
     (only the rows `where` selects, e.g. a key range: `totes verify` reads a table so).
 
@@ -93,9 +107,10 @@ def state_as_of_lsn(layout: LakeLayout, table: str, lsn: int, keys: list[str] | 
     keys = keys or state_keys(layout, table)
     truncates = log.filter(pl.col("_op") == "t")
     truncated = ZERO if truncates.height == 0 else Position(*truncates.select("_lsn", "_seq").row(-1))
-    rows = log.filter((pl.col("_op") != "t")
-                      & ((pl.col("_lsn") > truncated.lsn)
-                         | ((pl.col("_lsn") == truncated.lsn) & (pl.col("_seq") > truncated.seq))))
+    rows = log.filter(
+        (pl.col("_op") != "t")
+        & ((pl.col("_lsn") > truncated.lsn) | ((pl.col("_lsn") == truncated.lsn) & (pl.col("_seq") > truncated.seq)))
+    )
     state = collapse(rows, keys, columns, complete=True).filter(~pl.col("_deleted"))
     state = state.select(*columns, "_op", "_lsn", "_seq", "_commit_ts").sort(keys)
     return plain_types(state.to_arrow())
@@ -123,17 +138,22 @@ def history(layout: LakeLayout, table: str, kind: str = STATE) -> list[Commit]:
     that wrote events (None for maintenance commits)."""
     commits = []
     for info in open_table(layout, kind, table).history():
+
         def meta(name, cast=str, info=info):
             value = info.get(f"{COMMIT_INFO_PREFIX}{name}")
             return None if value is None else cast(value)
 
-        commits.append(Commit(
-            version=info["version"],
-            timestamp=datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc),
-            operation=info.get("operation", ""),
-            shard=meta("shard"), lsn_min=meta("lsn_min", int), lsn_max=meta("lsn_max", int),
-            rows=meta("rows", int),
-        ))
+        commits.append(
+            Commit(
+                version=info["version"],
+                timestamp=datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc),
+                operation=info.get("operation", ""),
+                shard=meta("shard"),
+                lsn_min=meta("lsn_min", int),
+                lsn_max=meta("lsn_max", int),
+                rows=meta("rows", int),
+            )
+        )
     return sorted(commits, key=lambda c: c.version)
 
 
@@ -148,8 +168,16 @@ def state_version_at_lsn(layout: LakeLayout, table: str, lsn: int) -> int | None
     return found
 
 
-def register_duckdb(connection, layout: LakeLayout, table: str | None = None, kind: str = STATE, *,
-                    name: str | None = None, version: int | None = None, as_of: datetime | None = None) -> str:
+def register_duckdb(
+    connection,
+    layout: LakeLayout,
+    table: str | None = None,
+    kind: str = STATE,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    as_of: datetime | None = None,
+) -> str:
     """Register `kind/table` (latest, at `version` or `as_of`) in a DuckDB connection; return
     the relation's name (default: the table name without schema, e.g. `sales_order`)."""
     delta = open_table(layout, kind, table, version=version, as_of=as_of)
@@ -166,9 +194,12 @@ class AsOfError(ValueError):
 def _commit_times(layout: LakeLayout) -> pl.DataFrame:
     """(`_lsn`, `_commit_ts`) of every streamed event of every change log (snapshot rows have
     no commit time), one row per transaction."""
-    frames = [pl.from_arrow(read_sql(open_table(layout, CHANGES, table),
-                                     "SELECT _lsn, _commit_ts FROM t WHERE _commit_ts IS NOT NULL"))
-              for table in layout.tables(CHANGES)]
+    frames = [
+        pl.from_arrow(
+            read_sql(open_table(layout, CHANGES, table), "SELECT _lsn, _commit_ts FROM t WHERE _commit_ts IS NOT NULL")
+        )
+        for table in layout.tables(CHANGES)
+    ]
     frames = [f for f in frames if isinstance(f, pl.DataFrame) and f.height]
     if not frames:
         return pl.DataFrame(schema={"_lsn": pl.Int64, "_commit_ts": pl.Datetime("us", "UTC")})
@@ -176,8 +207,12 @@ def _commit_times(layout: LakeLayout) -> pl.DataFrame:
 
 
 def _snapshot_lsn(layout: LakeLayout) -> int | None:
-    lsns = [read_sql(open_table(layout, CHANGES, table), "SELECT min(_lsn) AS lsn FROM t WHERE _commit_ts IS NULL")
-            .column("lsn")[0].as_py() for table in layout.tables(CHANGES)]
+    lsns = [
+        read_sql(open_table(layout, CHANGES, table), "SELECT min(_lsn) AS lsn FROM t WHERE _commit_ts IS NULL")
+        .column("lsn")[0]
+        .as_py()
+        for table in layout.tables(CHANGES)
+    ]
     return min((lsn for lsn in lsns if lsn is not None), default=None)
 
 
@@ -206,8 +241,12 @@ def _shown(moment: datetime) -> str:
 
 
 def _first_lake_commit(layout: LakeLayout) -> datetime:
-    return min(datetime.fromtimestamp(min(c["timestamp"] for c in open_table(layout, CHANGES, t).history()) / 1000,
-                                      tz=timezone.utc) for t in layout.tables(CHANGES))
+    return min(
+        datetime.fromtimestamp(
+            min(c["timestamp"] for c in open_table(layout, CHANGES, t).history()) / 1000, tz=timezone.utc
+        )
+        for t in layout.tables(CHANGES)
+    )
 
 
 def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
@@ -235,9 +274,11 @@ def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
     else:
         first = commits["_commit_ts"].min() if commits.height else _first_lake_commit(layout)
         snapshot_hint = "" if snapshot is None else f", or the snapshot's LSN {format_lsn(snapshot)}"
-        raise AsOfError(f"that time is before the lake's first source commit ({_shown(first)} UTC)"
-                        f"{' and its snapshot was written later' if snapshot is not None else ''}: "
-                        f"give a later time{snapshot_hint}.")
+        raise AsOfError(
+            f"that time is before the lake's first source commit ({_shown(first)} UTC)"
+            f"{' and its snapshot was written later' if snapshot is not None else ''}: "
+            f"give a later time{snapshot_hint}."
+        )
     watermark = _watermark(layout)
     if watermark is None:
         return lsn
@@ -246,11 +287,15 @@ def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
     if later.height or (mark >= lsn and recorded >= moment):
         return lsn
     held = commits.filter(pl.col("_lsn") <= mark)
-    reached = (f"its watermark {format_lsn(mark)} is the source as of "
-               f"{_shown(held['_commit_ts'][-1])} UTC" if held.height
-               else f"its watermark {format_lsn(mark)} is not past the snapshot")
-    raise AsOfError(f"the lake has not caught up to that time yet ({reached} on every shard): "
-                    "give an earlier time, or wait for the pipeline.")
+    reached = (
+        f"its watermark {format_lsn(mark)} is the source as of {_shown(held['_commit_ts'][-1])} UTC"
+        if held.height
+        else f"its watermark {format_lsn(mark)} is not past the snapshot"
+    )
+    raise AsOfError(
+        f"the lake has not caught up to that time yet ({reached} on every shard): "
+        "give an earlier time, or wait for the pipeline."
+    )
 
 
 def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
@@ -277,11 +322,15 @@ def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
         markers = Progress(layout).history().column("marker_lsn").to_pylist()
         last = max([hi for _, hi in bounds] + markers)
         if lsn < first:
-            raise AsOfError(f"that LSN is older than the lake, which starts at {format_lsn(first)} (its snapshot): "
-                            f"give an LSN from {format_lsn(first)} on.")
+            raise AsOfError(
+                f"that LSN is older than the lake, which starts at {format_lsn(first)} (its snapshot): "
+                f"give an LSN from {format_lsn(first)} on."
+            )
         if lsn > last:
-            raise AsOfError(f"the lake holds events up to {format_lsn(last)} only: give an LSN up to that one, "
-                            "or wait for the pipeline to get there.")
+            raise AsOfError(
+                f"the lake holds events up to {format_lsn(last)} only: give an LSN up to that one, "
+                "or wait for the pipeline to get there."
+            )
         return
     if isinstance(when, datetime):
         now = now or datetime.now(timezone.utc)

@@ -52,9 +52,7 @@ import pyarrow as pa
 from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
 from lake.delta_io import SMALL_FILE_ROWS, Position, is_infrastructure_fault, retry_on_conflict
-from lake.errors import (
-    RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError,
-)
+from lake.errors import RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from lake.schemas import columns_to_widen, conform_rows, lake_schema, rewrite_with_types, source_fields
@@ -122,10 +120,16 @@ class LakeWriter:
     """Writes change events of stream shards into the lake, exactly once. `write_batch` may be
     called concurrently for different shards."""
 
-    def __init__(self, root: str | Path | LakeLayout, storage_options: dict[str, str] | None = None, *,
-                 today: Callable[[], date] | None = None,
-                 on_marker: Callable[[str, int], object] | None = None, state_delay: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        root: str | Path | LakeLayout,
+        storage_options: dict[str, str] | None = None,
+        *,
+        today: Callable[[], date] | None = None,
+        on_marker: Callable[[str, int], object] | None = None,
+        state_delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.layout = root if isinstance(root, LakeLayout) else LakeLayout(root, storage_options)
         self.on_marker = on_marker
         """Called as (shard, lsn) once a marker is recorded: the lake watermark may have moved."""
@@ -168,8 +172,14 @@ class LakeWriter:
             return self._merge_locks.setdefault(table, threading.Lock())
 
     # -- the entry point -----------------------------------------------------------------
-    def write_batch(self, shard_id: str, events: Sequence[ChangeEvent], markers: Iterable[int] = (),
-                    *, on_rejected: Callable[[Rejected], None] | None = None) -> WriteResult:
+    def write_batch(
+        self,
+        shard_id: str,
+        events: Sequence[ChangeEvent],
+        markers: Iterable[int] = (),
+        *,
+        on_rejected: Callable[[Rejected], None] | None = None,
+    ) -> WriteResult:
         """Store `events` of shard `shard_id` (as delivered: any order, repeats allowed)
         in the change logs, record the batch's highest marker, then merge the state tables.
 
@@ -206,13 +216,15 @@ class LakeWriter:
                     result.state_errors[table] = error
         return result
 
-    def _merge_state(self, table: str, shard_id: str, keys: list[str], appended: pa.Table | None,
-                     write: TableWrite | None = None) -> str | None:
+    def _merge_state(
+        self, table: str, shard_id: str, keys: list[str], appended: pa.Table | None, write: TableWrite | None = None
+    ) -> str | None:
         """Merge the shard's unmerged appends into the table's state; the reason when it failed."""
         try:
             with self._merge_lock(table):
                 version = self.state_table(table, shard_id).apply(
-                    shard_id, self.change_log(table, shard_id), keys, appended=appended)
+                    shard_id, self.change_log(table, shard_id), keys, appended=appended
+                )
         except Exception as error:
             if is_infrastructure_fault(error):
                 raise
@@ -247,8 +259,11 @@ class LakeWriter:
         (logged): the change log holds its events."""
         now = self._clock()
         with self._lock:
-            due = [(slot, keys) for slot, (since, keys) in self._deferred.items()
-                   if everything or now - since >= self.state_delay]
+            due = [
+                (slot, keys)
+                for slot, (since, keys) in self._deferred.items()
+                if everything or now - since >= self.state_delay
+            ]
         merged = 0
         for (table, shard_id), keys in due:
             try:
@@ -276,8 +291,9 @@ class LakeWriter:
         return self.progress.lake_watermark(shards)
 
     # -- one table -----------------------------------------------------------------------
-    def _append(self, shard: str, table: str, events: list[ChangeEvent]
-                ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
+    def _append(
+        self, shard: str, table: str, events: list[ChangeEvent]
+    ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
         """Steps 1-4 for one table: the rows it appended to the change log (None: none).
 
         A commit race (another writer on this table) re-runs steps 2-4: what the winner
@@ -285,8 +301,9 @@ class LakeWriter:
         ordered = _unique_in_order(events)
         return retry_on_conflict(lambda: self._append_once(shard, table, ordered, len(events)))
 
-    def _append_once(self, shard: str, table: str, ordered: list[ChangeEvent], received: int
-                     ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
+    def _append_once(
+        self, shard: str, table: str, ordered: list[ChangeEvent], received: int
+    ) -> tuple[TableWrite, pa.Table | None, list[Rejected]]:
         write = TableWrite(table, received=received)
         log = self.change_log(table, shard)
         log.refresh()
@@ -301,8 +318,9 @@ class LakeWriter:
             write.appended = rows.num_rows
         return write, rows, rejected
 
-    def _convert(self, log: ChangeLog, table: str, events: list[ChangeEvent], shard: str,
-                 batch: int) -> tuple[pa.Table | None, list[Rejected]]:
+    def _convert(
+        self, log: ChangeLog, table: str, events: list[ChangeEvent], shard: str, batch: int
+    ) -> tuple[pa.Table | None, list[Rejected]]:
         """Typed change log rows of `events`, and the events set aside with the reason."""
         current = lake_schema(log.delta)
         today = self._today()
@@ -339,8 +357,9 @@ class LakeWriter:
             if existing:
                 with self._merge_lock(log.table):
                     log.refresh()
-                    again = columns_to_widen(log.table, lake_schema(log.delta),
-                                             [pa.field(n, t) for n, t in existing.items()])
+                    again = columns_to_widen(
+                        log.table, lake_schema(log.delta), [pa.field(n, t) for n, t in existing.items()]
+                    )
                     if again:
                         rewrite_with_types(log.delta, again, f"changes/{log.table}")
         return pa.schema([f.with_type(types.get(f.name, f.type)) for f in schema])
@@ -357,8 +376,10 @@ def _storable_fields(schema: TableSchema) -> list[pa.Field]:
     for column in fields:
         folded = column.name.casefold()
         if not column.name or folded in seen:
-            raise UnstorableSchemaError(schema.table, f"column name {column.name!r} is empty or repeats "
-                                                      f"{seen.get(folded)!r} (names are case-insensitive)")
+            raise UnstorableSchemaError(
+                schema.table,
+                f"column name {column.name!r} is empty or repeats {seen.get(folded)!r} (names are case-insensitive)",
+            )
         seen[folded] = column.name
     return fields
 

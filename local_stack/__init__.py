@@ -3,8 +3,6 @@
 Today that is kinesalite, the local Kinesis endpoint (durable on disk, loss-free).
 """
 
-from local_stack.kinesalite import (
-    Kinesalite, KinesaliteError, KinesaliteNotInstalled, find_kinesalite,
-)
+from local_stack.kinesalite import Kinesalite, KinesaliteError, KinesaliteNotInstalled, find_kinesalite
 
 __all__ = ["Kinesalite", "KinesaliteError", "KinesaliteNotInstalled", "find_kinesalite"]

@@ -83,7 +83,9 @@ class MetricAlarm:
         if self.comparison not in COMPARISONS:
             problems.append(f"comparison {self.comparison!r} is not one of {', '.join(COMPARISONS)}")
         if self.treat_missing_data not in MISSING_TREATMENTS:
-            problems.append(f"treat_missing_data {self.treat_missing_data!r} is not one of {', '.join(MISSING_TREATMENTS)}")
+            problems.append(
+                f"treat_missing_data {self.treat_missing_data!r} is not one of {', '.join(MISSING_TREATMENTS)}"
+            )
         if self.period <= 0 or self.evaluation_periods <= 0:
             problems.append("period and evaluation_periods must be positive")
         if not 0 < self.to_alarm <= self.evaluation_periods:
@@ -96,8 +98,11 @@ class MetricAlarm:
         return self.evaluation_periods if self.datapoints_to_alarm is None else self.datapoints_to_alarm
 
     def watches(self, point: Datapoint) -> bool:
-        return (point.namespace == self.namespace and point.metric == self.metric
-                and point.dimensions == frozenset(self.dimensions.items()))
+        return (
+            point.namespace == self.namespace
+            and point.metric == self.metric
+            and point.dimensions == frozenset(self.dimensions.items())
+        )
 
     def breaches(self, value: float) -> bool:
         return COMPARISONS[self.comparison](value, self.threshold)
@@ -124,7 +129,9 @@ def period_values(alarm: MetricAlarm, points: Iterable[Datapoint], at: float) ->
     return [STATISTICS[alarm.statistic](bucket) if bucket else None for bucket in buckets]
 
 
-def evaluate(alarm: MetricAlarm, points: Iterable[Datapoint], at: float, previous: str = INSUFFICIENT_DATA) -> Evaluation:
+def evaluate(
+    alarm: MetricAlarm, points: Iterable[Datapoint], at: float, previous: str = INSUFFICIENT_DATA
+) -> Evaluation:
     """The alarm's state at `at` from the datapoints it watches (see the module doc)."""
     values = period_values(alarm, points, at)
     real = [v for v in values if v is not None]
@@ -185,6 +192,7 @@ def emf_datapoints(lines: Iterable[str]) -> list[Datapoint]:
                     value = document.get(metric["Name"])
                     for one in value if isinstance(value, list) else [value]:
                         if isinstance(one, (int, float)) and not isinstance(one, bool):
-                            points.append(Datapoint(directive["Namespace"], metric["Name"], dimensions,
-                                                    timestamp, float(one)))
+                            points.append(
+                                Datapoint(directive["Namespace"], metric["Name"], dimensions, timestamp, float(one))
+                            )
     return points

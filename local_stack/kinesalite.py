@@ -87,8 +87,9 @@ RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment the kinesalite child runs with: an allow-list, never a copy."""
     environ = os.environ if environ is None else environ
-    kept = {name: value for name, value in environ.items()
-            if name in _INHERITED or name.startswith(_INHERITED_PREFIXES)}
+    kept = {
+        name: value for name, value in environ.items() if name in _INHERITED or name.startswith(_INHERITED_PREFIXES)
+    }
     return {**kept, "TOTES_READY_PREFIX": _READY_PREFIX, "TOTES_ERROR_PREFIX": _ERROR_PREFIX}
 
 
@@ -125,9 +126,7 @@ def find_kinesalite(repo_root: Path = REPO_ROOT) -> Path:
         raise KinesaliteNotInstalled(f"{NOT_INSTALLED} (nothing at {where})")
     package = binary.resolve().parent
     if not (package / "index.js").is_file() or not (package / "package.json").is_file():
-        raise KinesaliteNotInstalled(
-            f"{NOT_INSTALLED} ({binary} is not the kinesalite command of an npm install)"
-        )
+        raise KinesaliteNotInstalled(f"{NOT_INSTALLED} ({binary} is not the kinesalite command of an npm install)")
     return package
 
 
@@ -147,8 +146,15 @@ class Kinesalite:
     (SIGTERM, then SIGKILL after `stop_timeout` seconds). Also a context manager.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, start_timeout: float = 30.0,
-                 stop_timeout: float = 10.0, restart: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        restart: bool = False,
+    ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.requested_port = port
         self.start_timeout = start_timeout
@@ -190,8 +196,9 @@ class Kinesalite:
             self._stopping.clear()
             self._launch(self.requested_port or 0)
             if self.restart:
-                threading.Thread(target=self._watch, args=(self._process,), name="kinesalite-watch",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._watch, args=(self._process,), name="kinesalite-watch", daemon=True
+                ).start()
             return self.endpoint_url
 
     def stop(self) -> bool:
@@ -208,8 +215,9 @@ class Kinesalite:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- internals ---------------------------------------------------------------------
@@ -223,11 +231,15 @@ class Kinesalite:
         self.port = None
         self._process = subprocess.Popen(  # nosec B603 # a fixed argv: node, our launcher, a path and JSON options
             [node, "-e", _LAUNCHER, str(package), json.dumps(options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=child_environment(), text=True, bufsize=1, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=child_environment(),
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         )
-        threading.Thread(target=self._pump, args=(self._process,), name="kinesalite-output",
-                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self._process,), name="kinesalite-output", daemon=True).start()
         try:
             self.port = self._wait_listening()
             self._wait_answering()
@@ -250,9 +262,14 @@ class Kinesalite:
             if said:
                 log.warning(self._disk_full_sentence())
             else:
-                log.warning("kinesalite %s on %s %s%s; starting it again on port %s", process.pid, self.data_dir,
-                            exit_reason(process.returncode), f" (last output: {' | '.join(last)})" if last else "",
-                            port)
+                log.warning(
+                    "kinesalite %s on %s %s%s; starting it again on port %s",
+                    process.pid,
+                    self.data_dir,
+                    exit_reason(process.returncode),
+                    f" (last output: {' | '.join(last)})" if last else "",
+                    port,
+                )
             for attempt in itertools.count():
                 if self._stopping.wait(RESTART_DELAYS[min(attempt, len(RESTART_DELAYS) - 1)]):
                     return
@@ -277,8 +294,10 @@ class Kinesalite:
                     break
 
     def _disk_full_sentence(self) -> str:
-        return (f"kinesalite cannot write to {self.data_dir}: its disk is full; free some space there and it "
-                "starts again by itself, keeping what it had acknowledged.")
+        return (
+            f"kinesalite cannot write to {self.data_dir}: its disk is full; free some space there and it "
+            "starts again by itself, keeping what it had acknowledged."
+        )
 
     def _pump(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None  # nosec B101 # type narrowing only: stdout is a pipe by construction
@@ -290,7 +309,7 @@ class Kinesalite:
 
     def _failure(self, what: str) -> KinesaliteError:
         lines = [line.strip() for line in self._tail if line.strip()]
-        errors = [line[len(_ERROR_PREFIX):] for line in lines if line.startswith(_ERROR_PREFIX)]
+        errors = [line[len(_ERROR_PREFIX) :] for line in lines if line.startswith(_ERROR_PREFIX)]
         reason = errors[-1] if errors else (lines[-1] if lines else "")
         if "LOCK" in reason and "unavailable" in reason:
             reason = "its data directory is in use by another kinesalite server"
@@ -311,7 +330,7 @@ class Kinesalite:
                 self._process.wait(timeout=5)
                 raise self._failure(f"exited with code {self._process.returncode} while starting")
             if line.startswith(_READY_PREFIX):
-                return int(line[len(_READY_PREFIX):])
+                return int(line[len(_READY_PREFIX) :])
 
     def _wait_answering(self) -> None:
         """Wait until an API call (which opens LevelDB) succeeds."""
@@ -339,8 +358,7 @@ class Kinesalite:
             try:
                 process.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
-                log.warning("kinesalite %s ignored SIGTERM for %g s; killing it", process.pid,
-                            self.stop_timeout)
+                log.warning("kinesalite %s ignored SIGTERM for %g s; killing it", process.pid, self.stop_timeout)
                 process.kill()
                 process.wait()
         if process.stdin is not None:
@@ -354,13 +372,18 @@ def _list_streams(port: int) -> tuple[int, str]:
     """A ListStreams call; kinesalite wants SigV4-shaped headers but checks no signature."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
-        connection.request("POST", "/", body="{}", headers={
-            "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": "Kinesis_20131202.ListStreams",
-            "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
-            "Authorization": "AWS4-HMAC-SHA256 Credential=local/20000101/us-east-1/kinesis/aws4_request, "
-                             "SignedHeaders=host;x-amz-date, Signature=0",
-        })
+        connection.request(
+            "POST",
+            "/",
+            body="{}",
+            headers={
+                "Content-Type": "application/x-amz-json-1.1",
+                "X-Amz-Target": "Kinesis_20131202.ListStreams",
+                "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+                "Authorization": "AWS4-HMAC-SHA256 Credential=local/20000101/us-east-1/kinesis/aws4_request, "
+                "SignedHeaders=host;x-amz-date, Signature=0",
+            },
+        )
         response = connection.getresponse()
         return response.status, response.read().decode("utf-8", "replace")
     finally:

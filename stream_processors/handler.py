@@ -88,11 +88,17 @@ class StreamProcessor:
                 raise  # the function's trouble, not the record's: retried
             except Exception as error:  # CodecError; anything else would be a decoder bug, and is contained too
                 reason = str(error) if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
-                self.dead_letters.add(f"undecodable record: {reason}", raw, shard=outcome.shard,
-                                      sequence_number=record.kinesis.sequence_number)
+                self.dead_letters.add(
+                    f"undecodable record: {reason}",
+                    raw,
+                    shard=outcome.shard,
+                    sequence_number=record.kinesis.sequence_number,
+                )
                 outcome.dead_letters += 1
-                logger.warning("dead-lettered record", extra={"shard": outcome.shard, "reason": reason,
-                                                             "sequence_number": record.kinesis.sequence_number})
+                logger.warning(
+                    "dead-lettered record",
+                    extra={"shard": outcome.shard, "reason": reason, "sequence_number": record.kinesis.sequence_number},
+                )
                 return
             events.extend(decoded.events)
             if decoded.watermark is not None:
@@ -113,8 +119,10 @@ class StreamProcessor:
         def reject(rejected: Rejected) -> None:
             self.dead_letters.add_rejected(rejected, outcome.shard)
             outcome.dead_letters += len(rejected.events)
-            logger.warning("dead-lettered events the lake refused",
-                           extra={"table": rejected.table, "events": len(rejected.events), "reason": str(rejected.error)})
+            logger.warning(
+                "dead-lettered events the lake refused",
+                extra={"table": rejected.table, "events": len(rejected.events), "reason": str(rejected.error)},
+            )
 
         try:
             result = self.lake.write_batch(outcome.shard, events, outcome.markers, on_rejected=reject)
@@ -177,7 +185,9 @@ def handler(event: dict, context) -> dict:
         _failures.pop(outcome.shard, None)
     else:
         _failures[outcome.shard] = failures = _failures.get(outcome.shard, 0) + 1
-        remaining = context.get_remaining_time_in_millis() / 1000 if hasattr(context, "get_remaining_time_in_millis") else 0
+        remaining = (
+            context.get_remaining_time_in_millis() / 1000 if hasattr(context, "get_remaining_time_in_millis") else 0
+        )
         time.sleep(max(0.0, min(2.0 ** (failures - 1), 30.0, remaining / 2)))
     return outcome.response
 

@@ -116,10 +116,21 @@ class LocalPoller:
     once due, and all of them when the poller stops.
     """
 
-    def __init__(self, client, stream: str, processor: StreamProcessor, offsets: ShardOffsets, *,
-                 batch_window: float = 1.0, max_batch_records: int = 10_000, idle_sleep: float = 0.2,
-                 backoff: float = 2.0, max_backoff: float = 60.0, quiet_window: float | None = None,
-                 min_batch_bytes: int = 0):
+    def __init__(
+        self,
+        client,
+        stream: str,
+        processor: StreamProcessor,
+        offsets: ShardOffsets,
+        *,
+        batch_window: float = 1.0,
+        max_batch_records: int = 10_000,
+        idle_sleep: float = 0.2,
+        backoff: float = 2.0,
+        max_backoff: float = 60.0,
+        quiet_window: float | None = None,
+        min_batch_bytes: int = 0,
+    ):
         self.client = client
         self.stream = stream
         self.processor = processor
@@ -167,8 +178,11 @@ class LocalPoller:
 
     def _iterator(self, shard: _Shard) -> str:
         offset = self.offsets.get(shard.id)
-        kwargs = ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": offset}
-                  if offset else {"ShardIteratorType": "TRIM_HORIZON"})
+        kwargs = (
+            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": offset}
+            if offset
+            else {"ShardIteratorType": "TRIM_HORIZON"}
+        )
         return self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard.id, **kwargs)["ShardIterator"]
 
     def _ready(self, shard: _Shard) -> bool:
@@ -198,8 +212,11 @@ class LocalPoller:
                 shard.pending_bytes += sum(events_body_size(r["Data"]) for r in response["Records"])
             fetched.append(shard)
         window_over = time.monotonic() >= self._window_closes()
-        due = [shard for shard in fetched if shard.pending
-               and (window_over or shard.ended or len(shard.pending) >= self.max_batch_records)]
+        due = [
+            shard
+            for shard in fetched
+            if shard.pending and (window_over or shard.ended or len(shard.pending) >= self.max_batch_records)
+        ]
         if window_over and due:
             self._last_cut = time.monotonic()
             self._cut_had_events = any(shard.pending_bytes for shard in due)
@@ -260,8 +277,11 @@ class LocalPoller:
             except BaseException as error:  # re-raised in the polling thread
                 errors.append(error)
 
-        workers = [threading.Thread(target=process, args=(i,), name=f"processor-{shard.id}", daemon=True)
-                   for i, shard in enumerate(due) if i > 0]
+        workers = [
+            threading.Thread(target=process, args=(i,), name=f"processor-{shard.id}", daemon=True)
+            for i, shard in enumerate(due)
+            if i > 0
+        ]
         for worker in workers:
             worker.start()
         if due:
@@ -288,8 +308,9 @@ class LocalPoller:
             delay = self._delay(shard.failures)
             shard.retry_at = time.monotonic() + delay
             shard.iterator = None
-            log.warning("batch of %s failed (%s); retry %d in %.1f s", shard.id, outcome.retry_reason,
-                        shard.failures, delay)
+            log.warning(
+                "batch of %s failed (%s); retry %d in %.1f s", shard.id, outcome.retry_reason, shard.failures, delay
+            )
         shard.pending, shard.pending_bytes = [], 0
         return outcome
 

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "dashboard"
 
 
@@ -24,8 +32,11 @@ def chromium_path() -> str | None:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get") and not os.environ.get("TOTES_NO_APT"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "install", "-y", "-qq", "chromium"], ["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "chromium"]):
+        for command in (
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+        ):
             subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
             found = shutil.which("chromium")
             if found:
@@ -46,8 +57,12 @@ def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="totes-chromium-") as profile, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900})
+            profile,
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             yield context
         finally:
@@ -88,9 +103,26 @@ def dashboard_process(home: Path, lake: Path, warehouse: Path, refresh: float = 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
     env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
     log = open(home / "dashboard.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "totes_cli", "dashboard", "--port", "0", "--lake", str(lake),
-                                "--warehouse", str(warehouse), "--refresh", str(refresh)],
-                               stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "totes_cli",
+            "dashboard",
+            "--port",
+            "0",
+            "--lake",
+            str(lake),
+            "--warehouse",
+            str(warehouse),
+            "--refresh",
+            str(refresh),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+    )
     try:
         line = process.stdout.readline()
         assert line.startswith("dashboard: http://127.0.0.1:"), (line, (home / "dashboard.log").read_text())

@@ -70,7 +70,9 @@ def seed_sales_orders(dsn: str, rows: int) -> None:
             cur.execute("SELECT coalesce(max(sales_order_id), 0) FROM sales_order")
             base = cur.fetchone()[0]
             cur.execute(_INSERT, {**ids, "lo": base + 1, "hi": base + rows})
-            cur.execute("SELECT setval('sales_order_sales_order_id_seq', (SELECT max(sales_order_id) FROM sales_order))")
+            cur.execute(
+                "SELECT setval('sales_order_sales_order_id_seq', (SELECT max(sales_order_id) FROM sales_order))"
+            )
         conn.commit()
     finally:
         conn.close()

@@ -17,6 +17,7 @@ def main(dsn: str, lake: str, state: str, kill_at: int) -> None:
     sink = LakeSink(layout)
     config = bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24)
     reader = Reader(dsn, sink, sink, FileStateStore(state), config, lake=layout)
+
     def change_the_source() -> None:
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("UPDATE sales_order SET units_sold = units_sold + 5 WHERE sales_order_id % 31 = 0")

@@ -18,8 +18,10 @@ def every_command() -> list[list[str]]:
     """Each command and sub-command of `totes`, as argv."""
     commands = [[command.name or command.callback.__name__] for command in app.registered_commands]
     for group in app.registered_groups:
-        commands += [[group.name, command.name or command.callback.__name__]
-                     for command in group.typer_instance.registered_commands]
+        commands += [
+            [group.name, command.name or command.callback.__name__]
+            for command in group.typer_instance.registered_commands
+        ]
     return commands
 
 
@@ -36,12 +38,12 @@ def broken_config(tmp_path, monkeypatch):
 def totes(*args: str, home, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
     env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200"})
-    return subprocess.run([sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 TOTES = [sys.executable, "-m", "totes_cli"]
 
 
-needs_embedded = pytest.mark.skipif(bool(os.environ.get("TOTES_TEST_DSN")),
-                                    reason="uses its own embedded server")
+needs_embedded = pytest.mark.skipif(bool(os.environ.get("TOTES_TEST_DSN")), reason="uses its own embedded server")

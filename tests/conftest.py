@@ -115,9 +115,7 @@ def _drop_database(admin_dsn: str, name: str) -> None:
                 "WHERE database = %s AND NOT active",
                 (name,),
             )
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     finally:
         conn.close()
 
@@ -144,9 +142,7 @@ def totesys_dsn(admin_dsn: str, _template: str) -> Iterator[str]:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(_template)
-                )
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(_template))
             )
     finally:
         conn.close()

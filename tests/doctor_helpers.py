@@ -51,8 +51,9 @@ def replica_level_server() -> Iterator[str]:
     if EXTERNAL:
         pytest.skip("starts its own embedded server; TOTES_TEST_DSN is set")
     directory = make_scratch_dir("totes-doctor-replica-")
-    server = EmbeddedPostgres(directory, settings={
-        "wal_level": "replica", "max_replication_slots": str(REPLICA_SERVER_SLOTS)})
+    server = EmbeddedPostgres(
+        directory, settings={"wal_level": "replica", "max_replication_slots": str(REPLICA_SERVER_SLOTS)}
+    )
     try:
         dsn = ensure_database(server.start(), "totesys")
         create_schema(dsn)

@@ -71,9 +71,12 @@ def read_source(dsn: str) -> SourceRows:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for table, columns in SOURCE_COLUMNS.items():
                 names = [name for name, _ in columns]
-                cur.execute(sql.SQL("SELECT {} FROM {}").format(
-                    sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names),
-                    sql.Identifier(table)))
+                cur.execute(
+                    sql.SQL("SELECT {} FROM {}").format(
+                        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names),
+                        sql.Identifier(table),
+                    )
+                )
                 rows[table] = {values[0]: dict(zip(names, values)) for values in cur.fetchall()}
     finally:
         conn.close()
@@ -122,10 +125,14 @@ def install_audit(dsn: str) -> None:
         f"FOR EACH ROW EXECUTE FUNCTION e2e_audit.record();"
         f"CREATE TRIGGER e2e_audit_truncate BEFORE TRUNCATE ON {table} "
         f"FOR EACH STATEMENT EXECUTE FUNCTION e2e_audit.no_truncate();"
-        for table in AUDITED]
-    statements.insert(1, """
+        for table in AUDITED
+    ]
+    statements.insert(
+        1,
+        """
         CREATE FUNCTION e2e_audit.no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'the audit trail does not follow TRUNCATE'; END $$;""")
+        BEGIN RAISE EXCEPTION 'the audit trail does not follow TRUNCATE'; END $$;""",
+    )
     execute(dsn, "\n".join(statements))
 
 
@@ -135,8 +142,10 @@ def audit_trail(dsn: str) -> dict[str, dict[str, list[Row | None]]]:
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT tbl, key, (SELECT jsonb_object_agg(k, v) FROM jsonb_each_text(data) AS e(k, v)) "
-                        "FROM e2e_audit.versions ORDER BY id")
+            cur.execute(
+                "SELECT tbl, key, (SELECT jsonb_object_agg(k, v) FROM jsonb_each_text(data) AS e(k, v)) "
+                "FROM e2e_audit.versions ORDER BY id"
+            )
             for table, key, data in cur.fetchall():
                 row = None if data is None else {name: data.get(name) for name, _ in SOURCE_COLUMNS[table]}
                 trail[table].setdefault(key, []).append(row)
@@ -146,6 +155,7 @@ def audit_trail(dsn: str) -> dict[str, dict[str, list[Row | None]]]:
 
 
 # -- the expected warehouse --------------------------------------------------------------------
+
 
 def _frame_equal(name: str, actual: pl.DataFrame, expected: pl.DataFrame) -> None:
     try:
@@ -176,8 +186,10 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (),
     - dim_date is the calendar up to a year after the day of the last sync (one of `today`)
       and covers every date any fact row references.
     """
-    rows = {table: {key: policy.apply(f"public.{table}", row) for key, row in by_key.items()}
-            for table, by_key in rows.items()}
+    rows = {
+        table: {key: policy.apply(f"public.{table}", row) for key, row in by_key.items()}
+        for table, by_key in rows.items()
+    }
     dangling = dangling_references(target)
     assert dangling == {}, f"fact rows reference missing dimension rows: {dangling}"
     duplicates = duplicate_current_rows(target)
@@ -188,8 +200,9 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (),
         actual = facts[fact.name]
         current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
         schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
-        _frame_equal(fact.name, current.sort(fact.business_key),
-                     conform(expected[fact.name], schema).sort(fact.business_key))
+        _frame_equal(
+            fact.name, current.sort(fact.business_key), conform(expected[fact.name], schema).sort(fact.business_key)
+        )
         deleted_now = actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
         alive = sorted({str(k) for k in deleted_now} & set(rows[FACT_SOURCES[fact.name]]), key=int)
         assert not alive, f"{fact.name}: current rows say deleted, the source has them: {alive[:20]}"
@@ -199,13 +212,19 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (),
         actual = read_table_sorted(target, dimension.name)
         want = conform(expected[dimension.name], dimension.polars_schema).sort(dimension.key)
         extra = actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
-        referenced = {k for fact in FACTS for column in fact.foreign_keys if column.references == dimension.name
-                      for k in facts[fact.name][column.name].to_list()}
+        referenced = {
+            k
+            for fact in FACTS
+            for column in fact.foreign_keys
+            if column.references == dimension.name
+            for k in facts[fact.name][column.name].to_list()
+        }
         unreferenced = sorted(set(extra[dimension.key].to_list()) - referenced)
         assert not unreferenced, f"{dimension.name}: rows the source does not have: {unreferenced[:20]}"
         _frame_equal(dimension.name, actual.filter(pl.col(dimension.key).is_in(want[dimension.key].implode())), want)
-    referenced_days = sorted({d for fact in FACTS for c in FACT_DATE_COLUMNS[fact.name]
-                              for d in facts[fact.name][c].to_list()})
+    referenced_days = sorted(
+        {d for fact in FACTS for c in FACT_DATE_COLUMNS[fact.name] for d in facts[fact.name][c].to_list()}
+    )
     actual = read_table_sorted(target, "dim_date")
     candidates = today or (utc_today(),)
     failures = []
@@ -221,8 +240,10 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (),
 
 # -- versions ----------------------------------------------------------------------------------
 
-def expected_fact_versions(fact_name: str, baseline: dict[str, Row],
-                           trail: dict[str, list[Row | None]]) -> pl.DataFrame:
+
+def expected_fact_versions(
+    fact_name: str, baseline: dict[str, Row], trail: dict[str, list[Row | None]]
+) -> pl.DataFrame:
     """The fact rows each business key should have, in order: the row as of the pipeline's
     initial snapshot (`baseline`), then every audited version whose projection or
     deletedness differs from the one before it; a deletion carries the last live values.
@@ -260,8 +281,11 @@ def _project_rows(fact_name: str, rows: list[Row]) -> list[tuple]:
     """The test's own fact SQL over `rows`, in the order given."""
     table = FACT_SOURCES[fact_name]
     names = [n for n, _ in SOURCE_COLUMNS[table]]
-    frame = pl.DataFrame([[r.get(n) for n in names] + [i] for i, r in enumerate(rows)],
-                         schema={**{n: pl.String for n in names}, "_ord": pl.Int64}, orient="row")
+    frame = pl.DataFrame(
+        [[r.get(n) for n in names] + [i] for i, r in enumerate(rows)],
+        schema={**{n: pl.String for n in names}, "_ord": pl.Int64},
+        orient="row",
+    )
     connection = duckdb.connect()
     connection.register("text_rows", frame.to_arrow())
     typed = typed_source_sql(table, "text_rows").replace(" FROM text_rows", ", _ord FROM text_rows")
@@ -289,26 +313,32 @@ def check_versions(target, baseline: SourceRows, trail: dict[str, dict[str, list
         lineage = actual.group_by(fact.business_key).agg(
             current=pl.col("is_current").filter(pl.col("is_current")).len(),
             last_current=pl.col("is_current").last(),
-            ordered=(pl.struct("source_lsn", "source_seq").rank("dense") ==
-                     pl.int_range(1, pl.len() + 1)).all())
+            ordered=(pl.struct("source_lsn", "source_seq").rank("dense") == pl.int_range(1, pl.len() + 1)).all(),
+        )
         broken = lineage.filter((pl.col("current") != 1) | ~pl.col("last_current") | ~pl.col("ordered"))
-        assert broken.height == 0, f"{fact.name}: keys whose last row is not their one current row, " \
-                                   f"or whose rows are not in LSN order:\n{broken}"
+        assert broken.height == 0, (
+            f"{fact.name}: keys whose last row is not their one current row, "
+            f"or whose rows are not in LSN order:\n{broken}"
+        )
         actual = actual.select(want.columns).sort(fact.business_key, "version")
         want = want.sort(fact.business_key, "version")
         if actual.height != want.height or not actual.equals(want):
             both = actual.join(want, on=want.columns, how="anti", nulls_equal=True)
             missing = want.join(actual, on=want.columns, how="anti", nulls_equal=True)
-            raise AssertionError(f"{fact.name}: {actual.height} fact rows, {want.height} versions expected; "
-                                 f"unexpected rows:\n{both}\nmissing versions:\n{missing}")
+            raise AssertionError(
+                f"{fact.name}: {actual.height} fact rows, {want.height} versions expected; "
+                f"unexpected rows:\n{both}\nmissing versions:\n{missing}"
+            )
         checked[fact.name] = actual.height
     return checked
 
 
 def deleted_keys(rows: SourceRows, trail: dict[str, dict[str, list[Row | None]]]) -> dict[str, set[str]]:
     """table → keys the audit saw deleted and the source no longer has."""
-    return {table: {k for k, versions in trail[table].items() if versions[-1] is None and k not in rows[table]}
-            for table in AUDITED}
+    return {
+        table: {k for k, versions in trail[table].items() if versions[-1] is None and k not in rows[table]}
+        for table in AUDITED
+    }
 
 
 def check_deleted_rows_visible(target, rows: SourceRows, trail) -> int:
@@ -318,8 +348,9 @@ def check_deleted_rows_visible(target, rows: SourceRows, trail) -> int:
         gone = deleted_keys(rows, trail)[FACT_SOURCES[fact.name]]
         current = read_table_sorted(target, fact.name).filter(pl.col("is_current"))
         flagged = {str(k) for k in current.filter(pl.col("is_deleted"))[fact.business_key].to_list()}
-        assert gone <= flagged, f"{fact.name}: deleted at the source, not deleted in the warehouse: " \
-                                f"{sorted(gone - flagged, key=int)[:20]}"
+        assert gone <= flagged, (
+            f"{fact.name}: deleted at the source, not deleted in the warehouse: {sorted(gone - flagged, key=int)[:20]}"
+        )
         total += len(gone)
     return total
 
@@ -351,15 +382,32 @@ class RunProcess:
         return parse({}, RUN_KEY)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("AWS_ENDPOINT_URL") and not k.startswith("TOTES_")}
-        env.update(TOTES_HOME=str(self.home), TOTES_CONFIG=str(self.home / "none.toml"),
-                   TOTES_PERSONAL_DATA_KEY=RUN_KEY.decode())
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL") and not k.startswith("TOTES_")
+        }
+        env.update(
+            TOTES_HOME=str(self.home),
+            TOTES_CONFIG=str(self.home / "none.toml"),
+            TOTES_PERSONAL_DATA_KEY=RUN_KEY.decode(),
+        )
         return env
 
     def start(self, *extra: str) -> subprocess.Popen:
-        args = [sys.executable, "-m", "totes_cli", "run", "--source", self.dsn, "--lake", str(self.lake),
-                "--warehouse", str(self.warehouse), "--slot", self.slot, *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "totes_cli",
+            "run",
+            "--source",
+            self.dsn,
+            "--lake",
+            str(self.lake),
+            "--warehouse",
+            str(self.warehouse),
+            "--slot",
+            self.slot,
+            *extra,
+        ]
         log = open(self.home / "run.log", "a")  # noqa: SIM115 - closed with the process
         log.write(f"\n--- {' '.join(args[2:])}\n")
         log.flush()
@@ -391,16 +439,18 @@ def kinesalite_pids(data_dir: Path) -> list[int]:
     return found
 
 
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None, log=None,
-             interval: float = 0.2):
+def wait_for(
+    condition, timeout: float, what: str, process: subprocess.Popen | None = None, log=None, interval: float = 0.2
+):
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process exited with {process.returncode} while waiting for {what}\n"
-                                 f"{log() if log else ''}")
+            raise AssertionError(
+                f"the process exited with {process.returncode} while waiting for {what}\n{log() if log else ''}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{log() if log else ''}")
         time.sleep(interval)
@@ -433,10 +483,16 @@ class Stages:
         self.dsn, self.stream, self.home = dsn, stream, home
         self.lake, self.warehouse = home / "lake", home / "warehouse.duckdb"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
-        self.env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), TOTES_LAKE=str(self.lake),
-                        TOTES_PERSONAL_DATA_KEY=RUN_KEY.decode(),
-                        TOTES_STREAM=stream, TOTES_SLOT=SLOT, TOTES_WAREHOUSE=str(self.warehouse),
-                        AWS_ENDPOINT_URL_KINESIS=endpoint)
+        self.env.update(
+            TOTES_HOME=str(home),
+            TOTES_CONFIG=str(home / "none.toml"),
+            TOTES_LAKE=str(self.lake),
+            TOTES_PERSONAL_DATA_KEY=RUN_KEY.decode(),
+            TOTES_STREAM=stream,
+            TOTES_SLOT=SLOT,
+            TOTES_WAREHOUSE=str(self.warehouse),
+            AWS_ENDPOINT_URL_KINESIS=endpoint,
+        )
         self.running: dict[str, subprocess.Popen] = {}
 
     def log(self, stage: str) -> Path:
@@ -445,8 +501,13 @@ class Stages:
     def start(self, stage: str, *args: str) -> subprocess.Popen:
         extra = ("--source", self.dsn) if stage == "reader" else ()
         with open(self.log(stage), "a") as log:
-            process = subprocess.Popen([sys.executable, "-m", "totes_cli", stage, *extra, *args], env=self.env,
-                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "totes_cli", stage, *extra, *args],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.running[stage] = process
         return process
 
@@ -475,26 +536,37 @@ class Stages:
         return "\n".join(f"--- {stage}\n{self.tail(stage)}" for stage in ("reader", "processor", "sync"))
 
     def watermark(self) -> int:
-        shards = [s["ShardId"] for s in kinesis_client(endpoint_url=self.env["AWS_ENDPOINT_URL_KINESIS"])
-                  .list_shards(StreamName=self.stream)["Shards"]]
+        shards = [
+            s["ShardId"]
+            for s in kinesis_client(endpoint_url=self.env["AWS_ENDPOINT_URL_KINESIS"]).list_shards(
+                StreamName=self.stream
+            )["Shards"]
+        ]
         return Progress(LakeLayout(str(self.lake))).lake_watermark(shards)
 
     def wait_lake(self, lsn: int, timeout: float = 120) -> None:
         wait_for(lambda: self.watermark() >= lsn, timeout, f"the lake watermark to reach {lsn:X}", log=self.logs)
 
     def sync_once(self) -> None:
-        done = subprocess.run([sys.executable, "-m", "totes_cli", "sync", "--once"], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "totes_cli", "sync", "--once"],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _config(dsn, home, **overrides) -> PipelineConfig:
-    return PipelineConfig(source_dsn=dsn, lake=str(home / "lake"), warehouse=str(home / "warehouse.duckdb"), **overrides)
+    return PipelineConfig(
+        source_dsn=dsn, lake=str(home / "lake"), warehouse=str(home / "warehouse.duckdb"), **overrides
+    )
 
 
 def _seed(dsn: str) -> None:
     from datetime import datetime
-
 
     with Simulator(dsn, seed=11) as simulator:
         simulator.seed_history(3, until=datetime(2024, 11, 15, 18))
@@ -522,6 +594,14 @@ def _plant_lake_extra(dsn: str, layout, key: int) -> None:
         row = dict(zip(names, cur.fetchone()))
     conn.close()
     row["sales_order_id"] = str(key)
-    event = ChangeEvent(schema, Op.INSERT, lake_watermark(layout), 10**6, None, datetime.now(timezone.utc),
-                        {"sales_order_id": str(key)}, row)
+    event = ChangeEvent(
+        schema,
+        Op.INSERT,
+        lake_watermark(layout),
+        10**6,
+        None,
+        datetime.now(timezone.utc),
+        {"sales_order_id": str(key)},
+        row,
+    )
     LakeWriter(layout).write_batch("planted", [event])

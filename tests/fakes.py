@@ -53,8 +53,15 @@ class FlakyKinesis:
     loses the answer (a timeout after Kinesis took the records). Sees which events Kinesis
     acknowledged, so tests can check the publisher's claims against it."""
 
-    def __init__(self, client, rng: random.Random, *, entry_failure: float = 0.3,
-                 call_failure: float = 0.1, lost_answer: float = 0.0) -> None:
+    def __init__(
+        self,
+        client,
+        rng: random.Random,
+        *,
+        entry_failure: float = 0.3,
+        call_failure: float = 0.1,
+        lost_answer: float = 0.0,
+    ) -> None:
         self.client = client
         self.rng = rng
         self.entry_failure = entry_failure
@@ -69,13 +76,19 @@ class FlakyKinesis:
     def put_records(self, *, StreamName, Records):
         if self.rng.random() < self.call_failure:
             self.injected += 1
-            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
-                                         "Message": "Rate exceeded for stream (injected)"},
-                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutRecords")
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "ProvisionedThroughputExceededException",
+                        "Message": "Rate exceeded for stream (injected)",
+                    },
+                    "ResponseMetadata": {"HTTPStatusCode": 400},
+                },
+                "PutRecords",
+            )
         failing = {i for i in range(len(Records)) if self.rng.random() < self.entry_failure}
         forward = [r for i, r in enumerate(Records) if i not in failing]
-        answers = iter(self.client.put_records(StreamName=StreamName, Records=forward)["Records"]
-                       if forward else [])
+        answers = iter(self.client.put_records(StreamName=StreamName, Records=forward)["Records"] if forward else [])
         if forward and self.rng.random() < self.lost_answer:
             self.injected += 1
             raise ReadTimeoutError(endpoint_url="http://kinesis (injected)")
@@ -97,9 +110,10 @@ class MemoryKinesis:
 
     def __init__(self, shards: int = 4, fail_calls: list[Exception] | None = None) -> None:
         step = HASH_KEY_SPACE // shards
-        self.shards = [Shard(f"shardId-{i:012d}", i * step,
-                             HASH_KEY_SPACE - 1 if i == shards - 1 else (i + 1) * step - 1)
-                       for i in range(shards)]
+        self.shards = [
+            Shard(f"shardId-{i:012d}", i * step, HASH_KEY_SPACE - 1 if i == shards - 1 else (i + 1) * step - 1)
+            for i in range(shards)
+        ]
         self.map = ShardMap(self.shards)
         self.data: dict[str, list[bytes]] = defaultdict(list)
         self.calls: list[list[dict]] = []
@@ -107,11 +121,19 @@ class MemoryKinesis:
         self.throttle_everything = False
 
     def list_shards(self, **kwargs):
-        return {"Shards": [{"ShardId": s.shard_id,
-                            "HashKeyRange": {"StartingHashKey": str(s.starting_hash_key),
-                                             "EndingHashKey": str(s.ending_hash_key)},
-                            "SequenceNumberRange": {"StartingSequenceNumber": "1"}}
-                           for s in self.shards]}
+        return {
+            "Shards": [
+                {
+                    "ShardId": s.shard_id,
+                    "HashKeyRange": {
+                        "StartingHashKey": str(s.starting_hash_key),
+                        "EndingHashKey": str(s.ending_hash_key),
+                    },
+                    "SequenceNumberRange": {"StartingSequenceNumber": "1"},
+                }
+                for s in self.shards
+            ]
+        }
 
     def put_records(self, *, StreamName, Records):
         self.calls.append(Records)

@@ -49,14 +49,25 @@ def _q(name: str) -> str:
 def _hostile_tables(monkeypatch):
     from warehouse_sync import schema as ws
 
-    dimension = ws.Table('dim "x"; DROP TABLE dim_date; --', (
-        ws.Column('id "k"', "int"), ws.Column("name`s ü", "varchar", nullable=True)), 'id "k"')
+    dimension = ws.Table(
+        'dim "x"; DROP TABLE dim_date; --',
+        (ws.Column('id "k"', "int"), ws.Column("name`s ü", "varchar", nullable=True)),
+        'id "k"',
+    )
     monkeypatch.setitem(ws.BY_NAME, dimension.name, dimension)
-    fact = ws.Table("fact 'f' ünï", (
-        ws.Column('rec"id', "serial"), ws.Column("bk`", "int"),
-        ws.Column('ref "d"', "int", references=dimension.name),
-        ws.Column("is_current", "boolean"), ws.Column("valid_to", "timestamptz", nullable=True),
-    ), 'rec"id', business_key="bk`", indexes=ws._fact_indexes("bk`"))
+    fact = ws.Table(
+        "fact 'f' ünï",
+        (
+            ws.Column('rec"id', "serial"),
+            ws.Column("bk`", "int"),
+            ws.Column('ref "d"', "int", references=dimension.name),
+            ws.Column("is_current", "boolean"),
+            ws.Column("valid_to", "timestamptz", nullable=True),
+        ),
+        'rec"id',
+        business_key="bk`",
+        indexes=ws._fact_indexes("bk`"),
+    )
     return dimension, fact
 
 
@@ -71,21 +82,25 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
     target.execute("CREATE TABLE dim_date AS SELECT 1 AS canary")
     for statement in create_table(dimension, target.dialect) + create_table(fact, target.dialect):
         target.execute(statement)
-    rows = pl.DataFrame({'id "k"': [1, 2, 3], "name`s ü": ["a", "b'); --", 'c"']},
-                        schema={'id "k"': pl.Int32, "name`s ü": pl.String})
+    rows = pl.DataFrame(
+        {'id "k"': [1, 2, 3], "name`s ü": ["a", "b'); --", 'c"']}, schema={'id "k"': pl.Int32, "name`s ü": pl.String}
+    )
     assert wa._upsert(target, dimension, rows) == 3
     assert wa._upsert(target, dimension, rows.with_columns(pl.lit("z").alias("name`s ü")).head(1)) == 1
     wa._delete_keys(target, dimension, pl.Series([3], dtype=pl.Int32))
     assert wa._select(target, dimension).sort('id "k"').rows() == [(1, "z"), (2, "b'); --")]
 
     spec = tf.FactSpec(fact, "nowhere", lambda: [])
-    first = pl.DataFrame({"bk`": [7], 'ref "d"': [1], "is_current": [True], "valid_to": [None]},
-                         schema={"bk`": pl.Int32, 'ref "d"': pl.Int32, "is_current": pl.Boolean,
-                                 "valid_to": pl.Datetime("us", "UTC")})
+    first = pl.DataFrame(
+        {"bk`": [7], 'ref "d"': [1], "is_current": [True], "valid_to": [None]},
+        schema={"bk`": pl.Int32, 'ref "d"': pl.Int32, "is_current": pl.Boolean, "valid_to": pl.Datetime("us", "UTC")},
+    )
     result = wa.SyncResult(0, 1)
     wa._write_facts(target, spec, tf.FactChanges(first, pl.DataFrame()), result)
-    closes = pl.DataFrame({'rec"id': [1], "valid_to": [datetime(2024, 5, 1, tzinfo=timezone.utc)]},
-                          schema={'rec"id': pl.Int32, "valid_to": pl.Datetime("us", "UTC")})
+    closes = pl.DataFrame(
+        {'rec"id': [1], "valid_to": [datetime(2024, 5, 1, tzinfo=timezone.utc)]},
+        schema={'rec"id': pl.Int32, "valid_to": pl.Datetime("us", "UTC")},
+    )
     wa._write_facts(target, spec, tf.FactChanges(first.with_columns(pl.lit(2).alias('ref "d"')), closes), result)
     facts = wa._select(target, fact).sort('rec"id')
     assert facts.select('rec"id', "bk`", 'ref "d"', "is_current").rows() == [(1, 7, 1, False), (2, 7, 2, True)]

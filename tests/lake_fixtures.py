@@ -30,53 +30,69 @@ def _schema(table: str, columns: list[tuple[str, str]], key: str) -> TableSchema
     return TableSchema(table, tuple(Column(name, type_name, 0, -1, name == key) for name, type_name in columns))
 
 
-SALES_ORDER = _schema("public.sales_order", [
-    ("sales_order_id", "integer"),
-    ("created_at", "timestamp(3) without time zone"),
-    ("last_updated", "timestamp(3) without time zone"),
-    ("design_id", "integer"),
-    ("staff_id", "integer"),
-    ("counterparty_id", "integer"),
-    ("units_sold", "integer"),
-    ("unit_price", "numeric(10,2)"),
-    ("currency_id", "integer"),
-    ("agreed_delivery_date", "text"),
-    ("agreed_payment_date", "text"),
-    ("agreed_delivery_location_id", "integer"),
-], "sales_order_id")
+SALES_ORDER = _schema(
+    "public.sales_order",
+    [
+        ("sales_order_id", "integer"),
+        ("created_at", "timestamp(3) without time zone"),
+        ("last_updated", "timestamp(3) without time zone"),
+        ("design_id", "integer"),
+        ("staff_id", "integer"),
+        ("counterparty_id", "integer"),
+        ("units_sold", "integer"),
+        ("unit_price", "numeric(10,2)"),
+        ("currency_id", "integer"),
+        ("agreed_delivery_date", "text"),
+        ("agreed_payment_date", "text"),
+        ("agreed_delivery_location_id", "integer"),
+    ],
+    "sales_order_id",
+)
 
-PAYMENT = _schema("public.payment", [
-    ("payment_id", "integer"),
-    ("created_at", "timestamp(3) without time zone"),
-    ("last_updated", "timestamp(3) without time zone"),
-    ("transaction_id", "integer"),
-    ("counterparty_id", "integer"),
-    ("payment_amount", "numeric(10,2)"),
-    ("currency_id", "integer"),
-    ("payment_type_id", "integer"),
-    ("paid", "boolean"),
-    ("payment_date", "text"),
-    ("company_ac_number", "integer"),
-    ("counterparty_ac_number", "integer"),
-], "payment_id")
+PAYMENT = _schema(
+    "public.payment",
+    [
+        ("payment_id", "integer"),
+        ("created_at", "timestamp(3) without time zone"),
+        ("last_updated", "timestamp(3) without time zone"),
+        ("transaction_id", "integer"),
+        ("counterparty_id", "integer"),
+        ("payment_amount", "numeric(10,2)"),
+        ("currency_id", "integer"),
+        ("payment_type_id", "integer"),
+        ("paid", "boolean"),
+        ("payment_date", "text"),
+        ("company_ac_number", "integer"),
+        ("counterparty_ac_number", "integer"),
+    ],
+    "payment_id",
+)
 
-TRANSACTION = _schema("public.transaction", [
-    ("transaction_id", "integer"),
-    ("transaction_type", '"TransactionType"'),
-    ("sales_order_id", "integer"),
-    ("purchase_order_id", "integer"),
-    ("created_at", "timestamp(3) without time zone"),
-    ("last_updated", "timestamp(3) without time zone"),
-], "transaction_id")
+TRANSACTION = _schema(
+    "public.transaction",
+    [
+        ("transaction_id", "integer"),
+        ("transaction_type", '"TransactionType"'),
+        ("sales_order_id", "integer"),
+        ("purchase_order_id", "integer"),
+        ("created_at", "timestamp(3) without time zone"),
+        ("last_updated", "timestamp(3) without time zone"),
+    ],
+    "transaction_id",
+)
 
-DESIGN = _schema("public.design", [
-    ("design_id", "integer"),
-    ("created_at", "timestamp(3) without time zone"),
-    ("design_name", "text"),
-    ("file_location", "text"),
-    ("file_name", "text"),
-    ("last_updated", "timestamp(3) without time zone"),
-], "design_id")
+DESIGN = _schema(
+    "public.design",
+    [
+        ("design_id", "integer"),
+        ("created_at", "timestamp(3) without time zone"),
+        ("design_name", "text"),
+        ("file_location", "text"),
+        ("file_name", "text"),
+        ("last_updated", "timestamp(3) without time zone"),
+    ],
+    "design_id",
+)
 
 
 def with_column(schema: TableSchema, name: str, type_name: str) -> TableSchema:
@@ -86,8 +102,9 @@ def with_column(schema: TableSchema, name: str, type_name: str) -> TableSchema:
 
 def with_type(schema: TableSchema, name: str, type_name: str) -> TableSchema:
     """`schema` after `ALTER TABLE … ALTER COLUMN name TYPE type_name`."""
-    return replace(schema, columns=tuple(replace(c, type_name=type_name) if c.name == name else c
-                                         for c in schema.columns))
+    return replace(
+        schema, columns=tuple(replace(c, type_name=type_name) if c.name == name else c for c in schema.columns)
+    )
 
 
 def _ts(moment: datetime) -> str:
@@ -141,8 +158,12 @@ class Source:
     def snapshot(self, schema: TableSchema, rows: list[dict], start_seq: int = 0) -> list[ChangeEvent]:
         """Snapshot reads: all at the slot's consistent point (the current LSN)."""
         key = schema.key_names
-        return [ChangeEvent(schema, Op.SNAPSHOT, self.lsn, start_seq + i, None, None,
-                            {k: row[k] for k in key}, after=dict(row)) for i, row in enumerate(rows)]
+        return [
+            ChangeEvent(
+                schema, Op.SNAPSHOT, self.lsn, start_seq + i, None, None, {k: row[k] for k in key}, after=dict(row)
+            )
+            for i, row in enumerate(rows)
+        ]
 
     @contextmanager
     def transaction(self):
@@ -160,8 +181,18 @@ class _Tx:
         self.events: list[ChangeEvent] = []
 
     def _add(self, schema, op, key, after=None, before=None, unchanged=()) -> ChangeEvent:
-        event = ChangeEvent(schema, op, self.lsn, len(self.events), self.xid, self.commit_ts, key,
-                            after=after, before=before, unchanged=tuple(unchanged))
+        event = ChangeEvent(
+            schema,
+            op,
+            self.lsn,
+            len(self.events),
+            self.xid,
+            self.commit_ts,
+            key,
+            after=after,
+            before=before,
+            unchanged=tuple(unchanged),
+        )
         self.events.append(event)
         return event
 
@@ -183,6 +214,7 @@ class _Tx:
 
 
 # -- comparing the lake with the reference semantics ------------------------------------------
+
 
 def three_batches(root) -> list[int]:
     """A lake at `root` written by the stream processor in three batches: 5 orders, then 2
@@ -260,6 +292,7 @@ def table_snapshot(layout, kind: str, table: str) -> list[dict]:
 
 # -- storage: a local folder, or S3 on a moto server -------------------------------------------
 
+
 def _free_port() -> int:
     import socket
 
@@ -280,17 +313,26 @@ class MotoS3:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).with_name("moto_server")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
-        self.process = subprocess.Popen(command + ["-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command + ["-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self.storage_options = {
-            "AWS_ENDPOINT_URL": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
         }
         self._wait()
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=self.BUCKET)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=self.BUCKET)
 
     def _wait(self, timeout: float = 30.0) -> None:
         import socket
@@ -371,8 +413,11 @@ runner = CliRunner()
 
 
 def count(path, table: str, as_of: str) -> int:
-    result = runner.invoke(app, ["query", f"SELECT count(*) AS n FROM {table}", "--lake", str(path),
-                                 "--as-of", as_of, "--format", "json"], catch_exceptions=False,
-                           env={"COLUMNS": "240"})
+    result = runner.invoke(
+        app,
+        ["query", f"SELECT count(*) AS n FROM {table}", "--lake", str(path), "--as-of", as_of, "--format", "json"],
+        catch_exceptions=False,
+        env={"COLUMNS": "240"},
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)[0]["n"]

@@ -25,9 +25,7 @@ from cdc_reader.source import SESSION_SETTINGS
 
 def _session_options() -> str:
     # libpq `options`: run the decoding session with the settings the reader uses.
-    return " ".join(
-        f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items()
-    )
+    return " ".join(f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items())
 
 
 class PgoutputCapture:
@@ -46,10 +44,7 @@ class PgoutputCapture:
         self.slot = f"capture_{token}"
         self.publication = f"capture_pub_{token}"
         self.tables = list(tables) if tables is not None else None
-        self.options: dict[str, str] = {
-            "proto_version": "1",
-            "publication_names": self.publication,
-        }
+        self.options: dict[str, str] = {"proto_version": "1", "publication_names": self.publication}
         if messages:
             self.options["messages"] = "true"
         if extra_options:
@@ -72,16 +67,11 @@ class PgoutputCapture:
         self._reader.autocommit = True
         with self.conn.cursor() as cur:
             if self.tables is None:
-                cur.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(
-                        sql.Identifier(self.publication)
-                    )
-                )
+                cur.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(self.publication)))
             else:
                 cur.execute(
                     sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                        sql.Identifier(self.publication),
-                        sql.SQL(", ").join(sql.SQL(t) for t in self.tables),
+                        sql.Identifier(self.publication), sql.SQL(", ").join(sql.SQL(t) for t in self.tables)
                     )
                 )
             cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,))
@@ -96,11 +86,7 @@ class PgoutputCapture:
             with self.conn.cursor() as cur:
                 if self.wait_until_slot_released():
                     cur.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
-                cur.execute(
-                    sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
-                        sql.Identifier(self.publication)
-                    )
-                )
+                cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.publication)))
         finally:
             self.conn.close()
             self.conn = None
@@ -110,9 +96,7 @@ class PgoutputCapture:
         deadline = time.monotonic() + timeout
         with self.conn.cursor() as cur:
             while True:
-                cur.execute(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
-                )
+                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
                 row = cur.fetchone()
                 if row is None:
                     return False
@@ -153,10 +137,7 @@ class PgoutputCapture:
             args += [name, value]
         placeholders = ", ".join(["%s"] * len(args))
         with self._reader.cursor() as cur:
-            cur.execute(
-                f"SELECT data FROM {function}(%s, NULL, NULL, {placeholders})",
-                [self.slot, *args],
-            )
+            cur.execute(f"SELECT data FROM {function}(%s, NULL, NULL, {placeholders})", [self.slot, *args])
             return [bytes(row[0]) for row in cur.fetchall()]
 
     def changes(self) -> list[bytes]:
@@ -177,30 +158,20 @@ class PgoutputCapture:
 
     def replication_stream(self, **kwargs) -> "ReplicationStream":
         """A replication connection on the slot; once closed, the slot is free again."""
-        return ReplicationStream(
-            self.dsn, self.slot, self.options, on_close=self.wait_until_slot_released, **kwargs
-        )
+        return ReplicationStream(self.dsn, self.slot, self.options, on_close=self.wait_until_slot_released, **kwargs)
 
 
 class ReplicationStream:
     """A psycopg2 logical replication connection reading a slot's raw pgoutput messages."""
 
     def __init__(
-        self,
-        dsn: str,
-        slot: str,
-        options: dict[str, str],
-        *,
-        settings: dict[str, str] | None = None,
-        on_close=None,
+        self, dsn: str, slot: str, options: dict[str, str], *, settings: dict[str, str] | None = None, on_close=None
     ) -> None:
         self._on_close = on_close
         session = _session_options()
         for name, value in (settings or {}).items():
             session += f" -c {name}={value}"
-        self._conn = psycopg2.connect(
-            dsn, connection_factory=LogicalReplicationConnection, options=session
-        )
+        self._conn = psycopg2.connect(dsn, connection_factory=LogicalReplicationConnection, options=session)
         self._cur = self._conn.cursor()
         self._cur.start_replication(slot_name=slot, decode=False, options=options)
 

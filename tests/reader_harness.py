@@ -66,9 +66,15 @@ def source_state(dsn: str, tables, schema: str = "public") -> State:
             columns = cur.fetchall()
             names = [n for n, _ in columns]
             keys = [n for n, k in columns if k]
-            cur.execute(sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(sql.SQL("CASE WHEN {0} IS NOT NULL THEN format('%s', {0}) END").format(sql.Identifier(n)) for n in names),
-                sql.Identifier(schema, table)))
+            cur.execute(
+                sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("CASE WHEN {0} IS NOT NULL THEN format('%s', {0}) END").format(sql.Identifier(n))
+                        for n in names
+                    ),
+                    sql.Identifier(schema, table),
+                )
+            )
             rows = {}
             for values in cur.fetchall():
                 row = dict(zip(names, values))
@@ -125,8 +131,17 @@ def wait_until_confirmed(reader: Reader, lsn: int, timeout: float = 30.0) -> Non
         time.sleep(0.05)
 
 
-__all__ = ["FAST", "MemorySink", "READER_SESSION", "apply_events", "current_lsn", "replace",
-           "running_reader", "source_state", "wait_until_confirmed"]
+__all__ = [
+    "FAST",
+    "MemorySink",
+    "READER_SESSION",
+    "apply_events",
+    "current_lsn",
+    "replace",
+    "running_reader",
+    "source_state",
+    "wait_until_confirmed",
+]
 
 
 def state_diff(got: State, want: State, limit: int = 5) -> list[str]:
@@ -139,8 +154,11 @@ def state_diff(got: State, want: State, limit: int = 5) -> list[str]:
                 if key not in a or key not in b:
                     out.append(f"{table} {key}: {'missing' if key not in a else 'extra'} in the stream")
                 else:
-                    cols = {c: (a[key].get(c), b[key].get(c)) for c in set(a[key]) | set(b[key])
-                            if a[key].get(c) != b[key].get(c)}
+                    cols = {
+                        c: (a[key].get(c), b[key].get(c))
+                        for c in set(a[key]) | set(b[key])
+                        if a[key].get(c) != b[key].get(c)
+                    }
                     out.append(f"{table} {key}: stream vs source {cols}")
                 if len(out) >= limit:
                     return out

@@ -25,8 +25,9 @@ def read_stream(client, stream: str) -> dict[str, list[tuple[bytes, object]]]:
     """Every record of every shard from TRIM_HORIZON, as (raw data, decoded record)."""
     shards = {}
     for shard in client.list_shards(StreamName=stream)["Shards"]:
-        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        iterator = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
         records = []
         while iterator:
             response = client.get_records(ShardIterator=iterator, Limit=10000)
@@ -39,8 +40,7 @@ def read_stream(client, stream: str) -> dict[str, list[tuple[bytes, object]]]:
 
 
 def events_by_shard(stream_records) -> dict[str, list[ChangeEvent]]:
-    return {shard: [e for _, record in records for e in record.events]
-            for shard, records in stream_records.items()}
+    return {shard: [e for _, record in records for e in record.events] for shard, records in stream_records.items()}
 
 
 SHARD = "shardId-000000000000"
@@ -51,13 +51,27 @@ ARN = "arn:aws:kinesis:us-east-1:000000000000:stream/totes-cdc"
 
 def kinesis_event(payloads: list[bytes], start: int = 1) -> dict:
     """A Lambda Kinesis event, as the event source mapping sends it."""
-    return {"Records": [{
-        "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": SHARD, "sequenceNumber": str(start + i),
-                    "data": base64.b64encode(data).decode(), "approximateArrivalTimestamp": time.time()},
-        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"{SHARD}:{start + i}",
-        "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::000000000000:role/x",
-        "awsRegion": "us-east-1", "eventSourceARN": ARN,
-    } for i, data in enumerate(payloads)]}
+    return {
+        "Records": [
+            {
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": SHARD,
+                    "sequenceNumber": str(start + i),
+                    "data": base64.b64encode(data).decode(),
+                    "approximateArrivalTimestamp": time.time(),
+                },
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": f"{SHARD}:{start + i}",
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": "arn:aws:iam::000000000000:role/x",
+                "awsRegion": "us-east-1",
+                "eventSourceARN": ARN,
+            }
+            for i, data in enumerate(payloads)
+        ]
+    }
 
 
 def workload(transactions: int = 30) -> list:
@@ -73,31 +87,35 @@ def workload(transactions: int = 30) -> list:
     return events
 
 
-ORDER = TableSchema("public.sales_order", (
-    Column("sales_order_id", "integer", 23, -1, True),
-    Column("units_sold", "integer", 23),
-    Column("notes", "text", 25),
-))
+ORDER = TableSchema(
+    "public.sales_order",
+    (
+        Column("sales_order_id", "integer", 23, -1, True),
+        Column("units_sold", "integer", 23),
+        Column("notes", "text", 25),
+    ),
+)
 
 
-STAFF = TableSchema("public.staff", (
-    Column("staff_id", "integer", 23, -1, True),
-    Column("email_address", "text", 25),
-))
+STAFF = TableSchema("public.staff", (Column("staff_id", "integer", 23, -1, True), Column("email_address", "text", 25)))
 
 
-LINE = TableSchema("public.line", (
-    Column("order_id", "integer", 23, -1, True),
-    Column("line_no", "integer", 23, -1, True),
-    Column("qty", "bigint", 20),
-))
+LINE = TableSchema(
+    "public.line",
+    (
+        Column("order_id", "integer", 23, -1, True),
+        Column("line_no", "integer", 23, -1, True),
+        Column("qty", "bigint", 20),
+    ),
+)
 
 
 COMMIT = datetime(2024, 11, 15, 14, 40, 10, tzinfo=timezone.utc)
 
 
-def make_event(schema: TableSchema, key: int, lsn: int, seq: int, op: Op = Op.UPDATE,
-               text: str | None = None) -> ChangeEvent:
+def make_event(
+    schema: TableSchema, key: int, lsn: int, seq: int, op: Op = Op.UPDATE, text: str | None = None
+) -> ChangeEvent:
     if schema is ORDER:
         keys = {"sales_order_id": str(key)}
         row = {**keys, "units_sold": str(seq), "notes": text if text is not None else f"order {key}"}
@@ -109,12 +127,14 @@ def make_event(schema: TableSchema, key: int, lsn: int, seq: int, op: Op = Op.UP
         row = {**keys, "qty": str(lsn)}
     after = None if op is Op.DELETE else row
     before = keys if op is Op.DELETE else None
-    return ChangeEvent(schema, op, lsn=lsn, seq=seq, xid=lsn // 100, commit_ts=COMMIT, key=keys,
-                       after=after, before=before)
+    return ChangeEvent(
+        schema, op, lsn=lsn, seq=seq, xid=lsn // 100, commit_ts=COMMIT, key=keys, after=after, before=before
+    )
 
 
-def transactions(count: int, *, keys: int = 400, rng: random.Random,
-                 max_size: int = 6) -> list[tuple[int, list[ChangeEvent]]]:
+def transactions(
+    count: int, *, keys: int = 400, rng: random.Random, max_size: int = 6
+) -> list[tuple[int, list[ChangeEvent]]]:
     """`count` source transactions of 1..max_size changes each, on random rows of 3 tables."""
     txs = []
     for tx in range(count):
@@ -122,8 +142,11 @@ def transactions(count: int, *, keys: int = 400, rng: random.Random,
         events = []
         for seq in range(rng.randint(1, max_size)):
             schema = rng.choice((ORDER, ORDER, STAFF, LINE))
-            events.append(make_event(schema, rng.randrange(keys), lsn, seq,
-                                     rng.choice((Op.INSERT, Op.UPDATE, Op.UPDATE, Op.DELETE))))
+            events.append(
+                make_event(
+                    schema, rng.randrange(keys), lsn, seq, rng.choice((Op.INSERT, Op.UPDATE, Op.UPDATE, Op.DELETE))
+                )
+            )
         txs.append((lsn, events))
     return txs
 
@@ -155,7 +178,8 @@ def assert_complete_and_ordered(stream_records, txs, *, allow_duplicates: bool =
             assert last_of_row.get(row, (-1, -1)) < event.event_id, f"{row} reordered at {event.event_id}"
             last_of_row[row] = event.event_id
     assert seen.keys() == expected.keys(), (
-        f"lost {len(expected.keys() - seen.keys())}, extra {len(seen.keys() - expected.keys())}")
+        f"lost {len(expected.keys() - seen.keys())}, extra {len(seen.keys() - expected.keys())}"
+    )
     assert all(seen[i] == expected[i] for i in expected)
 
 

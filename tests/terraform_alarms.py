@@ -95,8 +95,9 @@ def alarm_exists(body: dict, resolver: Resolver) -> bool:
     return resolver.vars.get(match.group(1)) != match.group(2)
 
 
-def metric_alarms(variables: Mapping[str, Any] | None = None,
-                  references: Mapping[str, Any] | None = None) -> dict[str, MetricAlarm]:
+def metric_alarms(
+    variables: Mapping[str, Any] | None = None, references: Mapping[str, Any] | None = None
+) -> dict[str, MetricAlarm]:
     """The alarms that exist under `variables`, by resource name, fully resolved."""
     resolver = Resolver(variables, references)
     alarms = {}
@@ -105,12 +106,19 @@ def metric_alarms(variables: Mapping[str, Any] | None = None,
             continue
         get = lambda key, default=None: resolver.value(body[key]) if key in body else default  # noqa: E731
         alarms[name] = MetricAlarm(
-            name=get("alarm_name"), namespace=get("namespace"), metric=get("metric_name"),
-            dimensions={k: str(v) for k, v in get("dimensions", {}).items()}, statistic=get("statistic"),
-            period=int(get("period")), evaluation_periods=int(get("evaluation_periods")),
+            name=get("alarm_name"),
+            namespace=get("namespace"),
+            metric=get("metric_name"),
+            dimensions={k: str(v) for k, v in get("dimensions", {}).items()},
+            statistic=get("statistic"),
+            period=int(get("period")),
+            evaluation_periods=int(get("evaluation_periods")),
             datapoints_to_alarm=int(get("datapoints_to_alarm")) if "datapoints_to_alarm" in body else None,
-            threshold=float(get("threshold")), comparison=get("comparison_operator"),
-            treat_missing_data=get("treat_missing_data", "missing"), description=get("alarm_description", ""))
+            threshold=float(get("threshold")),
+            comparison=get("comparison_operator"),
+            treat_missing_data=get("treat_missing_data", "missing"),
+            description=get("alarm_description", ""),
+        )
     return alarms
 
 
@@ -133,7 +141,7 @@ def _body(text: str, open_brace: int) -> str:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[open_brace + 1:i]
+                return text[open_brace + 1 : i]
     raise AssertionError("unbalanced braces in infra/*.tf")
 
 
@@ -215,28 +223,41 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
 
     out = io.StringIO()
     with redirect_stdout(out):
-        reader = SimpleNamespace(metrics=SimpleNamespace(
-            events=10, bytes_received=1000, received_lsn=2000, confirmed_lsn=1000,
-            last_commit_ts=time.time(), schema_rereads=0))
+        reader = SimpleNamespace(
+            metrics=SimpleNamespace(
+                events=10,
+                bytes_received=1000,
+                received_lsn=2000,
+                confirmed_lsn=1000,
+                last_commit_ts=time.time(),
+                schema_rereads=0,
+            )
+        )
         publisher = SimpleNamespace(metrics=SimpleNamespace(events_per_record=5.0))
         reader_cmd._emit_emf(reader, publisher, {})
         reader_cmd.emit_slot_lost()
         sync_cmd.emit_emf(runs=3, events=40, behind_lsn_bytes=0)
         verify_cmd.emit_emf(Verification(1, [TableReport("public.payment", "lake", "payment", 1, rows=5)]))
 
-        outcome = handler.BatchOutcome(shard="shardId-000000000000", records=1, events=3,
-                                       appended=2, dead_letters=1)
+        outcome = handler.BatchOutcome(shard="shardId-000000000000", records=1, events=3, appended=2, dead_letters=1)
         record = SimpleNamespace(kinesis=SimpleNamespace(approximate_arrival_timestamp=time.time()))
         handler.StreamProcessor._measure(SimpleNamespace(metrics=handler._metrics), outcome, [record])
         failed = SimpleNamespace(kinesis=SimpleNamespace(sequence_number="1"))
-        handler.StreamProcessor._retry(SimpleNamespace(metrics=handler._metrics), handler.BatchOutcome(shard="s"),
-                                       [failed], "lake write failed: OSError: S3 is down")
+        handler.StreamProcessor._retry(
+            SimpleNamespace(metrics=handler._metrics),
+            handler.BatchOutcome(shard="s"),
+            [failed],
+            "lake write failed: OSError: S3 is down",
+        )
         handler._metrics.flush_metrics()
     return _emf(out.getvalue())
 
 
-AWS_REFERENCES = ("aws_kinesis_stream.changes.name", "aws_lambda_function.processor.function_name",
-                  "aws_sqs_queue.processor_failures.name")
+AWS_REFERENCES = (
+    "aws_kinesis_stream.changes.name",
+    "aws_lambda_function.processor.function_name",
+    "aws_sqs_queue.processor_failures.name",
+)
 
 
 def _resolver() -> Resolver:

@@ -64,8 +64,10 @@ def kinesis_contents(client, stream: str) -> Iterator[tuple[str, bytes]]:
     for shard, records in read_stream(client, stream).items():
         for n, (data, record) in enumerate(records):
             yield f"{shard}/{n}", data
-            yield f"{shard}/{n} (decoded)", _texts(v for e in record.events for row in (e.after or {}, e.before or {})
-                                                   for v in row.values())
+            yield (
+                f"{shard}/{n} (decoded)",
+                _texts(v for e in record.events for row in (e.after or {}, e.before or {}) for v in row.values()),
+            )
 
 
 def traces(contents: Iterable[tuple[str, bytes]], values: Iterable[str]) -> list[tuple[str, str]]:

@@ -38,39 +38,114 @@ from tests.conftest import SHARED_DATA
 
 TS3 = "timestamp(3) without time zone"
 SOURCE_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "address": [("address_id", "integer"), ("address_line_1", "text"), ("address_line_2", "text"),
-                ("district", "text"), ("city", "text"), ("postal_code", "text"), ("country", "text"),
-                ("phone", "text"), ("created_at", TS3), ("last_updated", TS3)],
-    "counterparty": [("counterparty_id", "integer"), ("counterparty_legal_name", "text"),
-                     ("legal_address_id", "integer"), ("commercial_contact", "text"), ("delivery_contact", "text"),
-                     ("created_at", TS3), ("last_updated", TS3)],
-    "currency": [("currency_id", "integer"), ("currency_code", "character varying(3)"), ("created_at", TS3),
-                 ("last_updated", TS3)],
-    "department": [("department_id", "integer"), ("department_name", "text"), ("location", "text"),
-                   ("manager", "text"), ("created_at", TS3), ("last_updated", TS3)],
-    "design": [("design_id", "integer"), ("created_at", TS3), ("design_name", "text"), ("file_location", "text"),
-               ("file_name", "text"), ("last_updated", TS3)],
-    "staff": [("staff_id", "integer"), ("first_name", "text"), ("last_name", "text"), ("department_id", "integer"),
-              ("email_address", "text"), ("created_at", TS3), ("last_updated", TS3)],
-    "payment_type": [("payment_type_id", "integer"), ("payment_type_name", '"PaymentTypeName"'),
-                     ("created_at", TS3), ("last_updated", TS3)],
-    "sales_order": [("sales_order_id", "integer"), ("created_at", TS3), ("last_updated", TS3),
-                    ("design_id", "integer"), ("staff_id", "integer"), ("counterparty_id", "integer"),
-                    ("units_sold", "integer"), ("unit_price", "numeric(10,2)"), ("currency_id", "integer"),
-                    ("agreed_delivery_date", "text"), ("agreed_payment_date", "text"),
-                    ("agreed_delivery_location_id", "integer")],
-    "purchase_order": [("purchase_order_id", "integer"), ("created_at", TS3), ("last_updated", TS3),
-                       ("staff_id", "integer"), ("counterparty_id", "integer"), ("item_code", "text"),
-                       ("item_quantity", "integer"), ("item_unit_price", "numeric(10,2)"), ("currency_id", "integer"),
-                       ("agreed_delivery_date", "text"), ("agreed_payment_date", "text"),
-                       ("agreed_delivery_location_id", "integer")],
-    "transaction": [("transaction_id", "integer"), ("transaction_type", '"TransactionType"'),
-                    ("sales_order_id", "integer"), ("purchase_order_id", "integer"), ("created_at", TS3),
-                    ("last_updated", TS3)],
-    "payment": [("payment_id", "integer"), ("created_at", TS3), ("last_updated", TS3), ("transaction_id", "integer"),
-                ("counterparty_id", "integer"), ("payment_amount", "numeric(10,2)"), ("currency_id", "integer"),
-                ("payment_type_id", "integer"), ("paid", "boolean"), ("payment_date", "text"),
-                ("company_ac_number", "integer"), ("counterparty_ac_number", "integer")],
+    "address": [
+        ("address_id", "integer"),
+        ("address_line_1", "text"),
+        ("address_line_2", "text"),
+        ("district", "text"),
+        ("city", "text"),
+        ("postal_code", "text"),
+        ("country", "text"),
+        ("phone", "text"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "counterparty": [
+        ("counterparty_id", "integer"),
+        ("counterparty_legal_name", "text"),
+        ("legal_address_id", "integer"),
+        ("commercial_contact", "text"),
+        ("delivery_contact", "text"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "currency": [
+        ("currency_id", "integer"),
+        ("currency_code", "character varying(3)"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "department": [
+        ("department_id", "integer"),
+        ("department_name", "text"),
+        ("location", "text"),
+        ("manager", "text"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "design": [
+        ("design_id", "integer"),
+        ("created_at", TS3),
+        ("design_name", "text"),
+        ("file_location", "text"),
+        ("file_name", "text"),
+        ("last_updated", TS3),
+    ],
+    "staff": [
+        ("staff_id", "integer"),
+        ("first_name", "text"),
+        ("last_name", "text"),
+        ("department_id", "integer"),
+        ("email_address", "text"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "payment_type": [
+        ("payment_type_id", "integer"),
+        ("payment_type_name", '"PaymentTypeName"'),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "sales_order": [
+        ("sales_order_id", "integer"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+        ("design_id", "integer"),
+        ("staff_id", "integer"),
+        ("counterparty_id", "integer"),
+        ("units_sold", "integer"),
+        ("unit_price", "numeric(10,2)"),
+        ("currency_id", "integer"),
+        ("agreed_delivery_date", "text"),
+        ("agreed_payment_date", "text"),
+        ("agreed_delivery_location_id", "integer"),
+    ],
+    "purchase_order": [
+        ("purchase_order_id", "integer"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+        ("staff_id", "integer"),
+        ("counterparty_id", "integer"),
+        ("item_code", "text"),
+        ("item_quantity", "integer"),
+        ("item_unit_price", "numeric(10,2)"),
+        ("currency_id", "integer"),
+        ("agreed_delivery_date", "text"),
+        ("agreed_payment_date", "text"),
+        ("agreed_delivery_location_id", "integer"),
+    ],
+    "transaction": [
+        ("transaction_id", "integer"),
+        ("transaction_type", '"TransactionType"'),
+        ("sales_order_id", "integer"),
+        ("purchase_order_id", "integer"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+    ],
+    "payment": [
+        ("payment_id", "integer"),
+        ("created_at", TS3),
+        ("last_updated", TS3),
+        ("transaction_id", "integer"),
+        ("counterparty_id", "integer"),
+        ("payment_amount", "numeric(10,2)"),
+        ("currency_id", "integer"),
+        ("payment_type_id", "integer"),
+        ("paid", "boolean"),
+        ("payment_date", "text"),
+        ("company_ac_number", "integer"),
+        ("counterparty_ac_number", "integer"),
+    ],
 }
 TABLE_ORDER = list(SOURCE_COLUMNS)
 
@@ -107,10 +182,19 @@ class ScriptedSource:
         self.commits.append(self.lsn)
 
     def _event(self, table: str, op: Op, key: Row, after: Row | None = None, unchanged: tuple[str, ...] = ()) -> None:
-        self.events.append(ChangeEvent(
-            schema=SCHEMAS[table], op=op, lsn=self.lsn, seq=self._seq,
-            xid=None if self._snapshot else self.lsn // 0x1000, commit_ts=None if self._snapshot else self.clock,
-            key=key, after=after, unchanged=unchanged))
+        self.events.append(
+            ChangeEvent(
+                schema=SCHEMAS[table],
+                op=op,
+                lsn=self.lsn,
+                seq=self._seq,
+                xid=None if self._snapshot else self.lsn // 0x1000,
+                commit_ts=None if self._snapshot else self.clock,
+                key=key,
+                after=after,
+                unchanged=unchanged,
+            )
+        )
         self._seq += 1
 
     def _record(self, table: str, key: str, row: Row | None) -> None:
@@ -151,12 +235,13 @@ class ScriptedSource:
         return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def write_lake(root: Path | str, events: list[ChangeEvent], shard: str = "shardId-000000000000",
-               chunk: int = 50_000) -> LakeLayout:
+def write_lake(
+    root: Path | str, events: list[ChangeEvent], shard: str = "shardId-000000000000", chunk: int = 50_000
+) -> LakeLayout:
     """Store `events` in the lake at `root` with the lake's writer; return its layout."""
     writer = LakeWriter(root)
     for start in range(0, len(events), chunk):
-        result = writer.write_batch(shard, events[start:start + chunk])
+        result = writer.write_batch(shard, events[start : start + chunk])
         assert not result.rejected, result.rejected
     return writer.layout
 
@@ -174,6 +259,7 @@ def duplicate_logged_events(layout: LakeLayout, table: str, where: pads.Expressi
 
 
 # -- the real snapshot as snapshot-read events --------------------------------------------------
+
 
 def _text_column(column: pl.Series, type_name: str) -> list[str | None]:
     dtype = column.dtype
@@ -201,8 +287,18 @@ def snapshot_events(folder: Path, lsn: int) -> list[ChangeEvent]:
         columns = [_text_column(frame[n], dict(SOURCE_COLUMNS[table])[n]) for n in names]
         for values in zip(*columns):
             row = dict(zip(names, values))
-            events.append(ChangeEvent(schema=schema, op=Op.SNAPSHOT, lsn=lsn, seq=seq, xid=None, commit_ts=None,
-                                      key={f"{table}_id": row[f"{table}_id"]}, after=row))
+            events.append(
+                ChangeEvent(
+                    schema=schema,
+                    op=Op.SNAPSHOT,
+                    lsn=lsn,
+                    seq=seq,
+                    xid=None,
+                    commit_ts=None,
+                    key={f"{table}_id": row[f"{table}_id"]},
+                    after=row,
+                )
+            )
             seq += 1
     return events
 
@@ -289,13 +385,15 @@ def expected_dim_date(connection: duckdb.DuckDBPyConnection, referenced: list[da
     connection.execute("CREATE OR REPLACE TEMP TABLE early_days (d DATE)")
     if early:
         connection.executemany("INSERT INTO early_days VALUES (?)", [(d,) for d in early])
-    return pl.from_arrow(connection.sql(f"""
+    return pl.from_arrow(
+        connection.sql(f"""
         WITH days AS (
             SELECT CAST(d AS DATE) AS d FROM generate_series(DATE '2022-11-01', DATE '{end}', INTERVAL 1 DAY) g(d)
             UNION SELECT d FROM early_days)
         SELECT d AS date_id, year(d) AS year, month(d) AS month, day(d) AS day, isodow(d) AS day_of_week,
                dayname(d) AS day_name, monthname(d) AS month_name, quarter(d) AS quarter
-        FROM days ORDER BY d""").to_arrow_table())
+        FROM days ORDER BY d""").to_arrow_table()
+    )
 
 
 def source_connection(relations: dict[str, str]) -> duckdb.DuckDBPyConnection:
@@ -311,8 +409,9 @@ def scripted_relations(connection: duckdb.DuckDBPyConnection, source: ScriptedSo
     relations = {}
     for table, columns in SOURCE_COLUMNS.items():
         names = [n for n, _ in columns]
-        frame = pl.DataFrame([list(r.values()) for r in source.rows[table].values()], schema={n: pl.String for n in names},
-                             orient="row")
+        frame = pl.DataFrame(
+            [list(r.values()) for r in source.rows[table].values()], schema={n: pl.String for n in names}, orient="row"
+        )
         connection.register(f"text_{table}", frame.to_arrow())
         relations[table] = f"text_{table}"
     return relations
@@ -331,6 +430,7 @@ def scripted_expected(source: ScriptedSource) -> tuple[duckdb.DuckDBPyConnection
 
 
 # -- a mixed history ---------------------------------------------------------------------------
+
 
 @dataclass
 class History:
@@ -351,9 +451,16 @@ def _copy_rows(source: ScriptedSource) -> dict[str, dict[str, Row]]:
 
 def _order(src: ScriptedSource, table: str, id_: int, **values: str) -> Row:
     now = src.now()
-    common = dict(created_at=now, last_updated=now, staff_id="1", counterparty_id="1", currency_id="1",
-                  agreed_delivery_date="2024-11-25", agreed_payment_date="2024-11-22",
-                  agreed_delivery_location_id="3")
+    common = dict(
+        created_at=now,
+        last_updated=now,
+        staff_id="1",
+        counterparty_id="1",
+        currency_id="1",
+        agreed_delivery_date="2024-11-25",
+        agreed_payment_date="2024-11-22",
+        agreed_delivery_location_id="3",
+    )
     if table == "sales_order":
         common.update(design_id="1", units_sold="1500", unit_price="2.75")
     else:
@@ -364,9 +471,20 @@ def _order(src: ScriptedSource, table: str, id_: int, **values: str) -> Row:
 
 def _payment(src: ScriptedSource, id_: int, transaction: int, **values: str) -> Row:
     now = src.now()
-    row = dict(payment_id=str(id_), created_at=now, last_updated=now, transaction_id=str(transaction),
-               counterparty_id="1", payment_amount="4125.00", currency_id="1", payment_type_id="1", paid="f",
-               payment_date="2024-11-22", company_ac_number="12345678", counterparty_ac_number="87654321")
+    row = dict(
+        payment_id=str(id_),
+        created_at=now,
+        last_updated=now,
+        transaction_id=str(transaction),
+        counterparty_id="1",
+        payment_amount="4125.00",
+        currency_id="1",
+        payment_type_id="1",
+        paid="f",
+        payment_date="2024-11-22",
+        company_ac_number="12345678",
+        counterparty_ac_number="87654321",
+    )
     row.update(values)
     return src.insert("payment", **row)
 
@@ -384,47 +502,112 @@ def mixed_history() -> History:
     seeded = "2022-11-03 14:20:49.962"
     with src.transaction(snapshot=True):
         for i, (name, location) in enumerate([("Sales", "Manchester"), ("Dispatch", "Leds"), ("Finance", None)], 1):
-            src.insert("department", department_id=str(i), department_name=name, location=location, manager=f"M{i}",
-                       created_at=seeded, last_updated=seeded)
+            src.insert(
+                "department",
+                department_id=str(i),
+                department_name=name,
+                location=location,
+                manager=f"M{i}",
+                created_at=seeded,
+                last_updated=seeded,
+            )
         for i in range(1, 5):
-            src.insert("address", address_id=str(i), address_line_1=f"{i} Tote Street",
-                       address_line_2=None if i % 2 else f"Flat {i}", district=None if i == 3 else "Avon",
-                       city=f"City {i}", postal_code=f"{i}0000", country="Ruritania", phone=f"0123 45678{i}",
-                       created_at=seeded, last_updated=seeded)
+            src.insert(
+                "address",
+                address_id=str(i),
+                address_line_1=f"{i} Tote Street",
+                address_line_2=None if i % 2 else f"Flat {i}",
+                district=None if i == 3 else "Avon",
+                city=f"City {i}",
+                postal_code=f"{i}0000",
+                country="Ruritania",
+                phone=f"0123 45678{i}",
+                created_at=seeded,
+                last_updated=seeded,
+            )
         for i, address in [(1, 1), (2, 2), (3, 2)]:
-            src.insert("counterparty", counterparty_id=str(i), counterparty_legal_name=f"Party {i} Ltd",
-                       legal_address_id=str(address), commercial_contact="Ann", delivery_contact="Bob",
-                       created_at=seeded, last_updated=seeded)
+            src.insert(
+                "counterparty",
+                counterparty_id=str(i),
+                counterparty_legal_name=f"Party {i} Ltd",
+                legal_address_id=str(address),
+                commercial_contact="Ann",
+                delivery_contact="Bob",
+                created_at=seeded,
+                last_updated=seeded,
+            )
         for i, code in enumerate(["GBP", "USD", "EUR"], 1):
             src.insert("currency", currency_id=str(i), currency_code=code, created_at=seeded, last_updated=seeded)
         for i in (1, 2):
-            src.insert("design", design_id=str(i), created_at=seeded, design_name=f"Design {i}",
-                       file_location="/usr/ports", file_name=f"d{i}-20221103-ab12.json", last_updated=seeded)
+            src.insert(
+                "design",
+                design_id=str(i),
+                created_at=seeded,
+                design_name=f"Design {i}",
+                file_location="/usr/ports",
+                file_name=f"d{i}-20221103-ab12.json",
+                last_updated=seeded,
+            )
         for i, department in [(1, 1), (2, 2), (3, 3)]:
-            src.insert("staff", staff_id=str(i), first_name=f"First{i}", last_name=f"Last{i}",
-                       department_id=str(department), email_address=f"first{i}.last{i}@terrifictotes.com",
-                       created_at=seeded, last_updated=seeded)
+            src.insert(
+                "staff",
+                staff_id=str(i),
+                first_name=f"First{i}",
+                last_name=f"Last{i}",
+                department_id=str(department),
+                email_address=f"first{i}.last{i}@terrifictotes.com",
+                created_at=seeded,
+                last_updated=seeded,
+            )
         for i, name in enumerate(["SALES_RECEIPT", "SALES_REFUND", "PURCHASE_PAYMENT", "PURCHASE_REFUND"], 1):
-            src.insert("payment_type", payment_type_id=str(i), payment_type_name=name, created_at=seeded,
-                       last_updated=seeded)
+            src.insert(
+                "payment_type", payment_type_id=str(i), payment_type_name=name, created_at=seeded, last_updated=seeded
+            )
         for i in (1, 2, 3):
             _order(src, "sales_order", i, staff_id=str(i), counterparty_id=str(i), design_id=str(1 + i % 2))
-            src.insert("transaction", transaction_id=str(i), transaction_type="SALE", sales_order_id=str(i),
-                       purchase_order_id=None, created_at=src.now(), last_updated=src.now())
+            src.insert(
+                "transaction",
+                transaction_id=str(i),
+                transaction_type="SALE",
+                sales_order_id=str(i),
+                purchase_order_id=None,
+                created_at=src.now(),
+                last_updated=src.now(),
+            )
             _payment(src, i, i, counterparty_id=str(i))
         for i in (1, 2):
             # purchase order 2 was agreed to be paid before the calendar starts
-            _order(src, "purchase_order", i, staff_id="2", counterparty_id="2",
-                   **({"agreed_payment_date": "2022-10-15"} if i == 2 else {}))
-            src.insert("transaction", transaction_id=str(3 + i), transaction_type="PURCHASE", sales_order_id=None,
-                       purchase_order_id=str(i), created_at=src.now(), last_updated=src.now())
+            _order(
+                src,
+                "purchase_order",
+                i,
+                staff_id="2",
+                counterparty_id="2",
+                **({"agreed_payment_date": "2022-10-15"} if i == 2 else {}),
+            )
+            src.insert(
+                "transaction",
+                transaction_id=str(3 + i),
+                transaction_type="PURCHASE",
+                sales_order_id=None,
+                purchase_order_id=str(i),
+                created_at=src.now(),
+                last_updated=src.now(),
+            )
             _payment(src, 3 + i, 3 + i, payment_type_id="3", counterparty_id="2")
     point()
 
     with src.transaction():  # a new sale
         sale_4 = dict(_order(src, "sales_order", 4, staff_id="2", counterparty_id="3", currency_id="2"))
-        src.insert("transaction", transaction_id="6", transaction_type="SALE", sales_order_id="4",
-                   purchase_order_id=None, created_at=src.now(), last_updated=src.now())
+        src.insert(
+            "transaction",
+            transaction_id="6",
+            transaction_type="SALE",
+            sales_order_id="4",
+            purchase_order_id=None,
+            created_at=src.now(),
+            last_updated=src.now(),
+        )
         _payment(src, 6, 6, counterparty_id="3", currency_id="2")
     with src.transaction():  # a projected update that moves last_updated
         src.update("sales_order", 1, units_sold="2500", last_updated=src.now())
@@ -451,8 +634,16 @@ def mixed_history() -> History:
         src.delete("transaction", 6)
         src.delete("sales_order", 4)
     with src.transaction():  # a new employee sells
-        src.insert("staff", staff_id="4", first_name="Temp", last_name="Worker", department_id="2",
-                   email_address="temp.worker@terrifictotes.com", created_at=src.now(), last_updated=src.now())
+        src.insert(
+            "staff",
+            staff_id="4",
+            first_name="Temp",
+            last_name="Worker",
+            department_id="2",
+            email_address="temp.worker@terrifictotes.com",
+            created_at=src.now(),
+            last_updated=src.now(),
+        )
         _order(src, "sales_order", 5, staff_id="4", design_id="2", agreed_delivery_date="2026-03-01")
     with src.transaction():  # ... and leaves: the sale moves, staff 4 is deleted (history still names them)
         src.update("sales_order", 5, staff_id="1", last_updated=src.now())
@@ -460,8 +651,15 @@ def mixed_history() -> History:
     point()
 
     with src.transaction():  # a design that never sold comes and goes
-        src.insert("design", design_id="3", created_at=src.now(), design_name="Gone", file_location="/tmp",
-                   file_name="gone.json", last_updated=src.now())
+        src.insert(
+            "design",
+            design_id="3",
+            created_at=src.now(),
+            design_name="Gone",
+            file_location="/tmp",
+            file_name="gone.json",
+            last_updated=src.now(),
+        )
     with src.transaction():
         src.delete("design", 3)
     with src.transaction():  # the payments table is emptied
@@ -478,6 +676,7 @@ def mixed_history() -> History:
 
 
 # -- reading a warehouse back ------------------------------------------------------------------
+
 
 def synced_history(home: Path) -> tuple[History, LakeLayout]:
     """The whole scripted history in a lake under `home`, and a DuckDB warehouse beside it
@@ -535,42 +734,118 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-LINEAGE = ["is_current boolean", "is_deleted boolean", "source_op varchar", "source_lsn bigint",
-           "source_seq bigint", "valid_from timestamptz null", "valid_to timestamptz null"]
+LINEAGE = [
+    "is_current boolean",
+    "is_deleted boolean",
+    "source_op varchar",
+    "source_lsn bigint",
+    "source_seq bigint",
+    "valid_from timestamptz null",
+    "valid_to timestamptz null",
+]
 
 
 SPEC = {
-    "dim_date": ["date_id date", "year int", "month int", "day int", "day_of_week int", "day_name varchar",
-                 "month_name varchar", "quarter int"],
-    "dim_staff": ["staff_id int", "first_name varchar", "last_name varchar", "department_name varchar",
-                  "location varchar", "email_address varchar"],
-    "dim_location": ["location_id int", "address_line_1 varchar", "address_line_2 varchar null",
-                     "district varchar null", "city varchar", "postal_code varchar", "country varchar",
-                     "phone varchar"],
+    "dim_date": [
+        "date_id date",
+        "year int",
+        "month int",
+        "day int",
+        "day_of_week int",
+        "day_name varchar",
+        "month_name varchar",
+        "quarter int",
+    ],
+    "dim_staff": [
+        "staff_id int",
+        "first_name varchar",
+        "last_name varchar",
+        "department_name varchar",
+        "location varchar",
+        "email_address varchar",
+    ],
+    "dim_location": [
+        "location_id int",
+        "address_line_1 varchar",
+        "address_line_2 varchar null",
+        "district varchar null",
+        "city varchar",
+        "postal_code varchar",
+        "country varchar",
+        "phone varchar",
+    ],
     "dim_design": ["design_id int", "design_name varchar", "file_location varchar", "file_name varchar"],
     "dim_currency": ["currency_id int", "currency_code varchar", "currency_name varchar"],
-    "dim_counterparty": ["counterparty_id int", "counterparty_legal_name varchar",
-                         "counterparty_legal_address_line_1 varchar", "counterparty_legal_address_line_2 varchar null",
-                         "counterparty_legal_district varchar null", "counterparty_legal_city varchar",
-                         "counterparty_legal_postal_code varchar", "counterparty_legal_country varchar",
-                         "counterparty_legal_phone_number varchar"],
+    "dim_counterparty": [
+        "counterparty_id int",
+        "counterparty_legal_name varchar",
+        "counterparty_legal_address_line_1 varchar",
+        "counterparty_legal_address_line_2 varchar null",
+        "counterparty_legal_district varchar null",
+        "counterparty_legal_city varchar",
+        "counterparty_legal_postal_code varchar",
+        "counterparty_legal_country varchar",
+        "counterparty_legal_phone_number varchar",
+    ],
     "dim_payment_type": ["payment_type_id int", "payment_type_name varchar"],
-    "dim_transaction": ["transaction_id int", "transaction_type varchar", "sales_order_id int null",
-                        "purchase_order_id int null"],
-    "fact_sales_order": ["sales_record_id serial", "sales_order_id int", "created_date date", "created_time time",
-                         "last_updated_date date", "last_updated_time time", "sales_staff_id int",
-                         "counterparty_id int", "units_sold int", "unit_price numeric(10,2)", "currency_id int",
-                         "design_id int", "agreed_payment_date date", "agreed_delivery_date date",
-                         "agreed_delivery_location_id int", *LINEAGE],
-    "fact_purchase_order": ["purchase_record_id serial", "purchase_order_id int", "created_date date",
-                            "created_time time", "last_updated_date date", "last_updated_time time", "staff_id int",
-                            "counterparty_id int", "item_code varchar", "item_quantity int",
-                            "item_unit_price numeric", "currency_id int", "agreed_delivery_date date",
-                            "agreed_payment_date date", "agreed_delivery_location_id int", *LINEAGE],
-    "fact_payment": ["payment_record_id serial", "payment_id int", "created_date date", "created_time time",
-                     "last_updated_date date", "last_updated_time time", "transaction_id int",
-                     "counterparty_id int", "payment_amount numeric", "currency_id int", "payment_type_id int",
-                     "paid boolean", "payment_date date", *LINEAGE],
+    "dim_transaction": [
+        "transaction_id int",
+        "transaction_type varchar",
+        "sales_order_id int null",
+        "purchase_order_id int null",
+    ],
+    "fact_sales_order": [
+        "sales_record_id serial",
+        "sales_order_id int",
+        "created_date date",
+        "created_time time",
+        "last_updated_date date",
+        "last_updated_time time",
+        "sales_staff_id int",
+        "counterparty_id int",
+        "units_sold int",
+        "unit_price numeric(10,2)",
+        "currency_id int",
+        "design_id int",
+        "agreed_payment_date date",
+        "agreed_delivery_date date",
+        "agreed_delivery_location_id int",
+        *LINEAGE,
+    ],
+    "fact_purchase_order": [
+        "purchase_record_id serial",
+        "purchase_order_id int",
+        "created_date date",
+        "created_time time",
+        "last_updated_date date",
+        "last_updated_time time",
+        "staff_id int",
+        "counterparty_id int",
+        "item_code varchar",
+        "item_quantity int",
+        "item_unit_price numeric",
+        "currency_id int",
+        "agreed_delivery_date date",
+        "agreed_payment_date date",
+        "agreed_delivery_location_id int",
+        *LINEAGE,
+    ],
+    "fact_payment": [
+        "payment_record_id serial",
+        "payment_id int",
+        "created_date date",
+        "created_time time",
+        "last_updated_date date",
+        "last_updated_time time",
+        "transaction_id int",
+        "counterparty_id int",
+        "payment_amount numeric",
+        "currency_id int",
+        "payment_type_id int",
+        "paid boolean",
+        "payment_date date",
+        *LINEAGE,
+    ],
 }
 
 
@@ -578,17 +853,36 @@ PRIMARY_KEYS = {name: columns[0].split()[0] for name, columns in SPEC.items()}
 
 
 FOREIGN_KEYS = {
-    "fact_sales_order": {"created_date": "dim_date", "last_updated_date": "dim_date", "sales_staff_id": "dim_staff",
-                         "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
-                         "design_id": "dim_design", "agreed_payment_date": "dim_date",
-                         "agreed_delivery_date": "dim_date", "agreed_delivery_location_id": "dim_location"},
-    "fact_purchase_order": {"created_date": "dim_date", "last_updated_date": "dim_date", "staff_id": "dim_staff",
-                            "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
-                            "agreed_delivery_date": "dim_date", "agreed_payment_date": "dim_date",
-                            "agreed_delivery_location_id": "dim_location"},
-    "fact_payment": {"created_date": "dim_date", "last_updated_date": "dim_date",
-                     "transaction_id": "dim_transaction", "counterparty_id": "dim_counterparty",
-                     "currency_id": "dim_currency", "payment_type_id": "dim_payment_type", "payment_date": "dim_date"},
+    "fact_sales_order": {
+        "created_date": "dim_date",
+        "last_updated_date": "dim_date",
+        "sales_staff_id": "dim_staff",
+        "counterparty_id": "dim_counterparty",
+        "currency_id": "dim_currency",
+        "design_id": "dim_design",
+        "agreed_payment_date": "dim_date",
+        "agreed_delivery_date": "dim_date",
+        "agreed_delivery_location_id": "dim_location",
+    },
+    "fact_purchase_order": {
+        "created_date": "dim_date",
+        "last_updated_date": "dim_date",
+        "staff_id": "dim_staff",
+        "counterparty_id": "dim_counterparty",
+        "currency_id": "dim_currency",
+        "agreed_delivery_date": "dim_date",
+        "agreed_payment_date": "dim_date",
+        "agreed_delivery_location_id": "dim_location",
+    },
+    "fact_payment": {
+        "created_date": "dim_date",
+        "last_updated_date": "dim_date",
+        "transaction_id": "dim_transaction",
+        "counterparty_id": "dim_counterparty",
+        "currency_id": "dim_currency",
+        "payment_type_id": "dim_payment_type",
+        "payment_date": "dim_date",
+    },
 }
 
 
@@ -666,8 +960,9 @@ def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str
         actual = read_table_sorted(target, fact.name)
         current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
         schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
-        _frame_equal(fact.name, current.sort(fact.business_key),
-                     conform(expected[fact.name], schema).sort(fact.business_key))
+        _frame_equal(
+            fact.name, current.sort(fact.business_key), conform(expected[fact.name], schema).sort(fact.business_key)
+        )
         deleted_now = actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
         assert not {str(k) for k in deleted_now} & set(rows[FACT_SOURCES[fact.name]]), fact.name
     for dimension in DIMENSIONS:
@@ -678,10 +973,19 @@ def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str
         extra = actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
         assert {str(k) for k in extra[dimension.key].to_list()} <= kept.get(dimension.name, set()), dimension.name
         _frame_equal(dimension.name, actual.filter(pl.col(dimension.key).is_in(want[dimension.key].implode())), want)
-    referenced = sorted({d for fact in FACTS for c in FACT_DATE_COLUMNS[fact.name]
-                         for d in read_table_sorted(target, fact.name)[c].to_list()})
-    _frame_equal("dim_date", read_table_sorted(target, "dim_date"),
-                 conform(expected_dim_date(connection, referenced, TODAY), BY_NAME["dim_date"].polars_schema))
+    referenced = sorted(
+        {
+            d
+            for fact in FACTS
+            for c in FACT_DATE_COLUMNS[fact.name]
+            for d in read_table_sorted(target, fact.name)[c].to_list()
+        }
+    )
+    _frame_equal(
+        "dim_date",
+        read_table_sorted(target, "dim_date"),
+        conform(expected_dim_date(connection, referenced, TODAY), BY_NAME["dim_date"].polars_schema),
+    )
 
 
 def expected_version_count(table: str, versions: list[Row | None]) -> int:
@@ -712,7 +1016,9 @@ def check_history(target, source: ScriptedSource) -> None:
             assert rows["is_current"].to_list() == [False] * (rows.height - 1) + [True], (fact.name, key)
             assert rows["is_deleted"][-1] == (key not in source.rows[table]), (fact.name, key)
             assert rows["valid_to"].to_list() == rows["valid_from"].to_list()[1:] + [None], (fact.name, key)
-            assert rows.select("source_lsn", "source_seq").rows() == sorted(rows.select("source_lsn", "source_seq").rows())
+            assert rows.select("source_lsn", "source_seq").rows() == sorted(
+                rows.select("source_lsn", "source_seq").rows()
+            )
 
 
 def check_sequences(target) -> None:
@@ -742,8 +1048,9 @@ def expected():
     relations = {path.stem: f"read_parquet('{path}')" for path in Path(SNAPSHOT).glob("*.parquet")}
     connection = source_connection(relations)
     tables = expected_tables(connection)
-    referenced = sorted({d for fact, columns in FACT_DATE_COLUMNS.items() for c in columns
-                         for d in tables[fact][c].to_list()})
+    referenced = sorted(
+        {d for fact, columns in FACT_DATE_COLUMNS.items() for c in columns for d in tables[fact][c].to_list()}
+    )
     tables["dim_date"] = expected_dim_date(connection, referenced, TODAY)
     return tables
 

@@ -11,8 +11,19 @@ import typer.rich_utils
 from rich.markup import escape
 
 from totes_cli import (
-    demo_cmd, doctor_cmd, forget_cmd, lake_cmd, processor_cmd, reader_cmd, run_cmd, settings, simulate_cmd,
-    source_cmd, status_cmd, sync_cmd, verify_cmd,
+    demo_cmd,
+    doctor_cmd,
+    forget_cmd,
+    lake_cmd,
+    processor_cmd,
+    reader_cmd,
+    run_cmd,
+    settings,
+    simulate_cmd,
+    source_cmd,
+    status_cmd,
+    sync_cmd,
+    verify_cmd,
 )
 from totes_cli import dashboard_cmd, report_cmd
 from totes_cli.console import err, fail

@@ -64,9 +64,16 @@ def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str], at_lea
         target.close()
 
 
-def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: str,
-                        publication: str = "totes_cdc", schema: str = "public",
-                        tables: tuple[str, ...] | None = None) -> int | None:
+def nothing_to_catch_up(
+    *,
+    source_dsn: str,
+    lake: str,
+    warehouse: str,
+    stream: str,
+    publication: str = "totes_cdc",
+    schema: str = "public",
+    tables: tuple[str, ...] | None = None,
+) -> int | None:
     """The source's LSN of now when everything committed before it is in the warehouse
     already (see the module's docstring; the slot has then been moved up to it), else None."""
     from cdc_reader.pending import nothing_new
@@ -87,8 +94,7 @@ def nothing_to_catch_up(*, source_dsn: str, lake: str, warehouse: str, stream: s
         conn = connect(source_dsn, application_name="totes-run")
         try:
             conn.autocommit = True
-            return nothing_new(conn, slot=slot, publication=publication, schema=schema,
-                               tables=tables or TABLES)
+            return nothing_new(conn, slot=slot, publication=publication, schema=schema, tables=tables or TABLES)
         finally:
             conn.close()
     except Exception as error:  # noqa: BLE001 - any doubt: the ordinary pipeline finds out

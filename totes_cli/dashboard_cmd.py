@@ -15,8 +15,9 @@ from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn, resolve_warehouse
 
 HOST = "127.0.0.1"
-MISSING_EXTRA = ("`totes {command}` needs the dashboard's libraries: pip install 'totes-cdc[dashboard]' "
-                 "(make install has them).")
+MISSING_EXTRA = (
+    "`totes {command}` needs the dashboard's libraries: pip install 'totes-cdc[dashboard]' (make install has them)."
+)
 DEFAULT_PORT = 8050
 
 
@@ -28,8 +29,9 @@ def listening_socket(port: int) -> socket.socket:
         sock.bind((HOST, port))
     except OSError as error:
         sock.close()
-        raise fail(f"Cannot listen on {HOST}:{port} ({error.strerror}): pick another --port (0 takes a free one).",
-                   code=2) from None
+        raise fail(
+            f"Cannot listen on {HOST}:{port} ({error.strerror}): pick another --port (0 takes a free one).", code=2
+        ) from None
     sock.listen(128)
     return sock
 
@@ -39,7 +41,9 @@ def dashboard(
     warehouse: WarehouseOption = None,
     source: SourceOption = None,
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = DEFAULT_PORT,
-    refresh: Annotated[float, typer.Option("--refresh", help="Seconds between the pages' own refreshes (0: never).")] = 5.0,
+    refresh: Annotated[
+        float, typer.Option("--refresh", help="Seconds between the pages' own refreshes (0: never).")
+    ] = 5.0,
 ) -> None:
     """Serve the dashboard on 127.0.0.1 and print its address; Ctrl-C stops it. The source
     is read for its WAL figures only (none when it cannot be reached)."""
@@ -107,7 +111,11 @@ def spawn(home, lake: str, warehouse: str, log_path, wait_seconds: float = 60.0)
     log = open(log_path, "ab")
     process = subprocess.Popen(  # nosec B603 # argv of our own interpreter and command, no shell
         [sys.executable, "-m", "totes_cli", "dashboard", "--port", str(port), "--lake", lake, "--warehouse", warehouse],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=child_environment(home))
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env=child_environment(home),
+    )
     log.close()
     deadline = time.monotonic() + wait_seconds
     line = b""

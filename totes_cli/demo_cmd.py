@@ -51,16 +51,30 @@ LIVE_WIDTH, LIVE_HEIGHT = 80, 24
 def _business_line(stats: SimulatorStats) -> Text:
     """Three lines at most: the rate, the events by kind (wrapped once), the last event."""
     kinds = ", ".join(f"{kind} {count:,}" for kind, count in stats.by_kind.most_common())
-    line = Text.assemble(("business ", "bold"), f"{stats.events_per_second():.1f} events/s, {stats.events:,} events: ",
-                         kinds or "none yet")
+    line = Text.assemble(
+        ("business ", "bold"),
+        f"{stats.events_per_second():.1f} events/s, {stats.events:,} events: ",
+        kinds or "none yet",
+    )
     if stats.last is not None:
         last = f"last: {stats.last.kind} at {stats.last.at:%H:%M:%S.%f}"[:-3]
-        line.append("\n" + (f"{last} {stats.last.detail}" if stats.last.detail else last)[:LIVE_WIDTH - 1])
+        line.append("\n" + (f"{last} {stats.last.detail}" if stats.last.detail else last)[: LIVE_WIDTH - 1])
     return line
 
 
-WAREHOUSE_TABLES = ("fact_sales_order", "fact_purchase_order", "fact_payment", "dim_design", "dim_transaction",
-                    "dim_date", "dim_staff", "dim_location", "dim_counterparty", "dim_currency", "dim_payment_type")
+WAREHOUSE_TABLES = (
+    "fact_sales_order",
+    "fact_purchase_order",
+    "fact_payment",
+    "dim_design",
+    "dim_transaction",
+    "dim_date",
+    "dim_staff",
+    "dim_location",
+    "dim_counterparty",
+    "dim_currency",
+    "dim_payment_type",
+)
 
 
 class _Rates:
@@ -92,41 +106,72 @@ class StageFigures:
     @classmethod
     def of(cls, pipeline: Pipeline) -> "StageFigures":
         reader, poller, sync = pipeline.reader, pipeline.poller, pipeline.sync
-        return cls(read=reader.metrics.events + reader.metrics.snapshot_events,
-                   confirmed_lsn=reader.metrics.confirmed_lsn, last_commit_ts=reader.metrics.last_commit_ts,
-                   processed=poller.events, batches=poller.batches, synced=sync.events,
-                   synced_upto=sync.synced_upto, last_sync_at=sync.last_at)
+        return cls(
+            read=reader.metrics.events + reader.metrics.snapshot_events,
+            confirmed_lsn=reader.metrics.confirmed_lsn,
+            last_commit_ts=reader.metrics.last_commit_ts,
+            processed=poller.events,
+            batches=poller.batches,
+            synced=sync.events,
+            synced_upto=sync.synced_upto,
+            last_sync_at=sync.last_at,
+        )
 
 
 def _pipeline_table(figures: StageFigures, rates: _Rates, source, warehouse_counts: dict[str, int]) -> Table:
     table = Table(title="pipeline", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("stage", "events", "rate", "position / lag"):
-        table.add_column(column, justify="right" if column != "stage" else "left",
-                         no_wrap=column != "position / lag", overflow="ellipsis")
+        table.add_column(
+            column,
+            justify="right" if column != "stage" else "left",
+            no_wrap=column != "position / lag",
+            overflow="ellipsis",
+        )
     retained = max(source.wal_bytes - figures.confirmed_lsn, 0) if figures.confirmed_lsn else None
     behind = f", {time.time() - figures.last_commit_ts:.1f} s behind" if figures.last_commit_ts else ""
-    table.add_row("reader → Kinesis", f"{figures.read:,}", rates("reader", figures.read),
-                  f"WAL kept {human_bytes(retained)}{behind}")
-    table.add_row("processor → lake", f"{figures.processed:,}", rates("processor", figures.processed),
-                  f"{figures.batches:,} batches")
+    table.add_row(
+        "reader → Kinesis",
+        f"{figures.read:,}",
+        rates("reader", figures.read),
+        f"WAL kept {human_bytes(retained)}{behind}",
+    )
+    table.add_row(
+        "processor → lake",
+        f"{figures.processed:,}",
+        rates("processor", figures.processed),
+        f"{figures.batches:,} batches",
+    )
     lag = f"{time.time() - figures.last_sync_at:.1f} s ago" if figures.last_sync_at else "waiting for the lake"
-    table.add_row("sync → warehouse", f"{figures.synced:,}", rates("sync", figures.synced),
-                  f"up to {format_lsn(figures.synced_upto)}, {lag}")
+    table.add_row(
+        "sync → warehouse",
+        f"{figures.synced:,}",
+        rates("sync", figures.synced),
+        f"up to {format_lsn(figures.synced_upto)}, {lag}",
+    )
     facts = ", ".join(f"{name.removeprefix('fact_')} {count:,}" for name, count in warehouse_counts.items())
     table.caption = f"warehouse rows: {facts}" if facts else "warehouse: not synced yet"
     table.caption_justify = "left"
     return table
 
 
-def live_view(current: SourceSnapshot, previous: SourceSnapshot, dsn: str, business: SimulatorStats,
-              figures: StageFigures, rates: _Rates, warehouse_counts: dict[str, int],
-              dashboard: str | None = None) -> Group:
+def live_view(
+    current: SourceSnapshot,
+    previous: SourceSnapshot,
+    dsn: str,
+    business: SimulatorStats,
+    figures: StageFigures,
+    rates: _Rates,
+    warehouse_counts: dict[str, int],
+    dashboard: str | None = None,
+) -> Group:
     """Everything the demo shows, in 80 columns by 24 lines."""
-    hint = (f"Ctrl-C stops; dashboard: {dashboard}" if dashboard
-            else "Ctrl-C stops; meanwhile: totes query \"SELECT ...\"")
-    return Group(source_table(current, dsn, previous, compact=True), _business_line(business),
-                 _pipeline_table(figures, rates, current, warehouse_counts),
-                 Text(hint, style="dim"))
+    hint = f"Ctrl-C stops; dashboard: {dashboard}" if dashboard else 'Ctrl-C stops; meanwhile: totes query "SELECT ..."'
+    return Group(
+        source_table(current, dsn, previous, compact=True),
+        _business_line(business),
+        _pipeline_table(figures, rates, current, warehouse_counts),
+        Text(hint, style="dim"),
+    )
 
 
 def _warehouse_counts(target) -> dict[str, int]:
@@ -140,15 +185,32 @@ def _warehouse_counts(target) -> dict[str, int]:
 
 
 def demo(
-    home: Annotated[Optional[Path], typer.Option("--home", help="Where the demo keeps its state \\[default: $TOTES_HOME or ./.totes].")] = None,
-    history_days: Annotated[int, typer.Option("--history-days", help="Days of history to seed into an empty totesys.")] = 365,
+    home: Annotated[
+        Optional[Path],
+        typer.Option("--home", help="Where the demo keeps its state \\[default: $TOTES_HOME or ./.totes]."),
+    ] = None,
+    history_days: Annotated[
+        int, typer.Option("--history-days", help="Days of history to seed into an empty totesys.")
+    ] = 365,
     rate: Annotated[float, typer.Option("--rate", help="Live business events per second.")] = 5.0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for a reproducible history.")] = None,
-    chaos: Annotated[bool, typer.Option("--chaos", help="Also delete rows, write huge TOASTed values, run big transactions and add a column.")] = False,
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Stop by itself after this many seconds.")] = None,
-    keep_source: Annotated[bool, typer.Option("--keep-source", help="Leave totesys running when the demo stops.")] = False,
+    chaos: Annotated[
+        bool,
+        typer.Option(
+            "--chaos", help="Also delete rows, write huge TOASTed values, run big transactions and add a column."
+        ),
+    ] = False,
+    duration: Annotated[
+        Optional[float], typer.Option("--duration", help="Stop by itself after this many seconds.")
+    ] = None,
+    keep_source: Annotated[
+        bool, typer.Option("--keep-source", help="Leave totesys running when the demo stops.")
+    ] = False,
     retain: RetainOption = format_retention(DEMO_RETENTION),
-    with_dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="Also serve the dashboard on 127.0.0.1 and print its address.")] = True,
+    with_dashboard: Annotated[
+        bool,
+        typer.Option("--dashboard/--no-dashboard", help="Also serve the dashboard on 127.0.0.1 and print its address."),
+    ] = True,
 ) -> None:
     """Run totesys with a live simulated business and watch it change. Ctrl-C stops it all."""
     from totes_cli.pipeline import Pipeline, PipelineConfig
@@ -182,9 +244,15 @@ def demo(
         policy = personal_data_policy(default_lake(settings.home), settings)
     except ConfigError as error:
         raise fail(str(error)) from None
-    pipeline = Pipeline(PipelineConfig(source_dsn=dsn, lake=default_lake(settings.home),
-                                       warehouse=default_warehouse(settings.home), retention=retention,
-                                       personal_data=policy))
+    pipeline = Pipeline(
+        PipelineConfig(
+            source_dsn=dsn,
+            lake=default_lake(settings.home),
+            warehouse=default_warehouse(settings.home),
+            retention=retention,
+            personal_data=policy,
+        )
+    )
     warehouse = None
     locks = ExitStack()
     try:
@@ -203,10 +271,16 @@ def demo(
         if with_dashboard:
             from totes_cli.dashboard_cmd import spawn
 
-            dashboard, address = spawn(settings.home, pipeline.config.lake, pipeline.config.warehouse,
-                                       settings.home / "dashboard.log")
-            err.print(f"dashboard: {address}" if address else
-                      f"the dashboard did not start: see {settings.home / 'dashboard.log'}", markup=False, highlight=False)
+            dashboard, address = spawn(
+                settings.home, pipeline.config.lake, pipeline.config.warehouse, settings.home / "dashboard.log"
+            )
+            err.print(
+                f"dashboard: {address}"
+                if address
+                else f"the dashboard did not start: see {settings.home / 'dashboard.log'}",
+                markup=False,
+                highlight=False,
+            )
         worker = threading.Thread(target=business, name="business", daemon=True)
         worker.start()
         started = time.monotonic()
@@ -219,8 +293,18 @@ def demo(
                     break
                 stop.wait(REFRESH_SECONDS)
                 current = read_source(conn)
-                live.update(live_view(current, previous, dsn, simulator.stats, StageFigures.of(pipeline), rates,
-                                      _warehouse_counts(warehouse), dashboard=address))
+                live.update(
+                    live_view(
+                        current,
+                        previous,
+                        dsn,
+                        simulator.stats,
+                        StageFigures.of(pipeline),
+                        rates,
+                        _warehouse_counts(warehouse),
+                        dashboard=address,
+                    )
+                )
                 previous = current
     except KeyboardInterrupt:
         err.print("stopping ...")

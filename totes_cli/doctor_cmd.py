@@ -46,9 +46,15 @@ def _line(result: CheckResult) -> Text:
 
 def doctor(
     source: SourceOption = None,
-    tables: Annotated[Optional[str], typer.Option(
-        "--tables", help="Comma-separated tables to check (schema.table names another schema) "
-                         "\\[default: the 11 totesys tables].", show_default=False)] = None,
+    tables: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tables",
+            help="Comma-separated tables to check (schema.table names another schema) "
+            "\\[default: the 11 totesys tables].",
+            show_default=False,
+        ),
+    ] = None,
     schema: Annotated[str, typer.Option("--schema", help="Schema of the tables.")] = DEFAULT_SCHEMA,
     publication: PublicationOption = DEFAULT_PUBLICATION,
     as_json: Annotated[bool, typer.Option("--json", help="Print every check as one JSON object.")] = False,
@@ -67,11 +73,7 @@ def doctor(
 
     ready = is_ready(results)
     if as_json:
-        _print_json({
-            "ready": ready,
-            "source": describe(source),
-            "checks": [result.to_dict() for result in results],
-        })
+        _print_json({"ready": ready, "source": describe(source), "checks": [result.to_dict() for result in results]})
         raise typer.Exit(EXIT_READY if ready else EXIT_NOT_READY)
 
     for result in results:
@@ -80,13 +82,21 @@ def doctor(
     problems = sum(result.status is Status.PROBLEM for result in results)
     warnings = sum(result.status is Status.WARNING for result in results)
     if ready:
-        version = next((r.message.rstrip(".") for r in results
-                        if r.check == "server_version" and r.status is Status.OK), "PostgreSQL")
+        version = next(
+            (r.message.rstrip(".") for r in results if r.check == "server_version" and r.status is Status.OK),
+            "PostgreSQL",
+        )
         checked = len({r.subject for r in results if r.check == "table"})
         note = f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else ""
-        out.print(Text(f"Ready for change-data capture: {version}, {checked} tables checked{note}.",
-                       style="bold green"))
+        out.print(
+            Text(f"Ready for change-data capture: {version}, {checked} tables checked{note}.", style="bold green")
+        )
         raise typer.Exit(EXIT_READY)
-    err.print(Text(f"Not ready for change-data capture: {problems} problem{'s' if problems != 1 else ''} "
-                   "to fix, then run totes doctor again.", style="red"))
+    err.print(
+        Text(
+            f"Not ready for change-data capture: {problems} problem{'s' if problems != 1 else ''} "
+            "to fix, then run totes doctor again.",
+            style="red",
+        )
+    )
     raise typer.Exit(EXIT_NOT_READY)

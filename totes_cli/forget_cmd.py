@@ -15,12 +15,23 @@ from totes_cli.settings import ConfigError, load, resolve_warehouse
 from totes_cli.writer_lock import LakeBusy, alone
 
 
-def forget(table: Annotated[str, typer.Argument(help="Source table, e.g. staff.")],
-           keys: Annotated[list[str], typer.Argument(help="Primary key values of the rows to erase (a composite "
-                                                           "key: its values comma-separated, in key order).")],
-           lake: LakeOption = None, warehouse: WarehouseOption = None,
-           lake_only: Annotated[bool, typer.Option("--lake-only", help="Erase from the lake only, not the "
-                                                   "warehouse (e.g. one kept by another team).")] = False) -> None:
+def forget(
+    table: Annotated[str, typer.Argument(help="Source table, e.g. staff.")],
+    keys: Annotated[
+        list[str],
+        typer.Argument(
+            help="Primary key values of the rows to erase (a composite key: its values comma-separated, in key order)."
+        ),
+    ],
+    lake: LakeOption = None,
+    warehouse: WarehouseOption = None,
+    lake_only: Annotated[
+        bool,
+        typer.Option(
+            "--lake-only", help="Erase from the lake only, not the warehouse (e.g. one kept by another team)."
+        ),
+    ] = False,
+) -> None:
     """Erase these rows' values from every version of the lake (change log and state: the
     files rewritten, the old ones vacuumed whatever the retention) and from the warehouse;
     record table, keys and time (never the values) in the lake's erasures. Refuses while the
@@ -48,9 +59,11 @@ def _forget(layout, qualified: str, keys: list[str], location: str | None) -> No
     from warehouse_sync.targets import is_postgres_dsn, open_target
 
     erased = forget_in_lake(layout, qualified, keys)
-    out.print(f"{qualified}: erased {erased.change_rows} change-log rows and {erased.state_rows} state rows "
-              f"of {len(erased.keys)} keys from the lake ({erased.files_vacuumed} files vacuumed); recorded in "
-              f"{layout.uri('erasures')}")
+    out.print(
+        f"{qualified}: erased {erased.change_rows} change-log rows and {erased.state_rows} state rows "
+        f"of {len(erased.keys)} keys from the lake ({erased.files_vacuumed} files vacuumed); recorded in "
+        f"{layout.uri('erasures')}"
+    )
     if location is None:
         return
     if not is_postgres_dsn(location) and not Path(location).exists():

@@ -33,8 +33,11 @@ def _layout(lake: str | None) -> LakeLayout:
 
     lake = lake or load().lake_location
     if "://" not in lake and not Path(lake).is_dir():
-        raise fail(f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
-                   "--lake (TOTES_LAKE) at it.", code=2)
+        raise fail(
+            f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
+            "--lake (TOTES_LAKE) at it.",
+            code=2,
+        )
     return LakeLayout(lake)
 
 
@@ -82,9 +85,14 @@ def _shown_of(count: int, limit: int) -> str:
 
 
 @app.command()
-def history(table: Annotated[str, typer.Argument(help="Source table, e.g. sales_order.")], lake: LakeOption = None,
-            changes: Annotated[bool, typer.Option("--changes", help="The change log's versions instead of the state table's.")] = False,
-            limit: LimitOption = 20) -> None:
+def history(
+    table: Annotated[str, typer.Argument(help="Source table, e.g. sales_order.")],
+    lake: LakeOption = None,
+    changes: Annotated[
+        bool, typer.Option("--changes", help="The change log's versions instead of the state table's.")
+    ] = False,
+    limit: LimitOption = 20,
+) -> None:
     """The Delta versions of a lake table: when, what, and which source LSNs each covered."""
     from lake.timetravel import history as lake_history
 
@@ -96,16 +104,26 @@ def history(table: Annotated[str, typer.Argument(help="Source table, e.g. sales_
         view.add_column(column, overflow="fold")
     for commit in commits[-limit:]:
         lsns = "" if commit.lsn_min is None else f"{format_lsn(commit.lsn_min)} .. {format_lsn(commit.lsn_max)}"
-        view.add_row(str(commit.version), f"{commit.timestamp:%Y-%m-%d %H:%M:%S}", commit.operation,
-                     commit.shard or "", lsns, "" if commit.rows is None else f"{commit.rows:,}")
+        view.add_row(
+            str(commit.version),
+            f"{commit.timestamp:%Y-%m-%d %H:%M:%S}",
+            commit.operation,
+            commit.shard or "",
+            lsns,
+            "" if commit.rows is None else f"{commit.rows:,}",
+        )
     out.print(view)
 
 
 @app.command("dead-letters")
-def dead_letters(lake: LakeOption = None,
-                 redrive: Annotated[bool, typer.Option("--redrive", help="Decode and write each one again; those that land are marked re-driven.")] = False,
-                 show_all: Annotated[bool, typer.Option("--all", help="Also list those already re-driven.")] = False,
-                 limit: LimitOption = 50) -> None:
+def dead_letters(
+    lake: LakeOption = None,
+    redrive: Annotated[
+        bool, typer.Option("--redrive", help="Decode and write each one again; those that land are marked re-driven.")
+    ] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Also list those already re-driven.")] = False,
+    limit: LimitOption = 50,
+) -> None:
     """Records the pipeline could not store, with the reason; re-drive them after a fix."""
     from change_events import CodecError, decode
     from lake.dead_letters import DeadLetters
@@ -137,16 +155,28 @@ def dead_letters(lake: LakeOption = None,
     for column in ("id", "failed at (UTC)", "shard", "sequence", "table", "bytes", "reason", "re-driven"):
         view.add_column(column, overflow="fold", ratio=3 if column == "reason" else None)
     for letter in listed[-limit:]:
-        view.add_row(letter.id[:12], f"{letter.failed_at:%Y-%m-%d %H:%M:%S}", letter.shard or "",
-                     (letter.sequence_number or "")[-12:], letter.source_table or "", str(len(letter.record)),
-                     letter.reason, "" if letter.redriven_at is None else f"{letter.redriven_at:%H:%M:%S}")
+        view.add_row(
+            letter.id[:12],
+            f"{letter.failed_at:%Y-%m-%d %H:%M:%S}",
+            letter.shard or "",
+            (letter.sequence_number or "")[-12:],
+            letter.source_table or "",
+            str(len(letter.record)),
+            letter.reason,
+            "" if letter.redriven_at is None else f"{letter.redriven_at:%H:%M:%S}",
+        )
     out.print(view)
 
 
-RetainOption = Annotated[str, typer.Option(
-    "--retain", envvar="TOTES_RETAIN",
-    help="Keep time travel by Delta version this long (24h, 90m, 7d; at least 1m); maintenance "
-         "reclaims what older versions used. Time travel by source time or LSN works for any point.")]
+RetainOption = Annotated[
+    str,
+    typer.Option(
+        "--retain",
+        envvar="TOTES_RETAIN",
+        help="Keep time travel by Delta version this long (24h, 90m, 7d; at least 1m); maintenance "
+        "reclaims what older versions used. Time travel by source time or LSN works for any point.",
+    ),
+]
 
 
 def retention_option(text: str):
@@ -165,17 +195,32 @@ def maintain(lake: LakeOption = None, retain: RetainOption = format_retention(DE
 
     retention = retention_option(retain)
     layout = _layout(lake)
-    view = narrow_table(f"maintenance (time travel kept for {format_retention(retention)})", "table",
-                        "files compacted", "files written", "files vacuumed", "version", "stored", "live")
+    view = narrow_table(
+        f"maintenance (time travel kept for {format_retention(retention)})",
+        "table",
+        "files compacted",
+        "files written",
+        "files vacuumed",
+        "version",
+        "stored",
+        "live",
+    )
     for done in maintain_lake(layout, retention):
         size = done.size
-        view.add_row(lake_table_name(done.uri), str(done.files_removed),
-                     str(done.files_added), str(len(done.vacuumed)), str(done.version),
-                     human_bytes(size.stored_bytes if size else None), human_bytes(size.live_bytes if size else None))
+        view.add_row(
+            lake_table_name(done.uri),
+            str(done.files_removed),
+            str(done.files_added),
+            str(len(done.vacuumed)),
+            str(done.version),
+            human_bytes(size.stored_bytes if size else None),
+            human_bytes(size.live_bytes if size else None),
+        )
     out.print(view)
 
 
 # -- totes query -------------------------------------------------------------------------------
+
 
 def parse_as_of(text: str | None):
     """VERSION (an integer), a source LSN (like 0/16B3748) or an ISO timestamp (lake.moments)."""
@@ -218,14 +263,16 @@ def open_session(lake: str | None, warehouse: str | None, as_of=None) -> duckdb.
                     connection.register(f"_state_{short}", state_as_of_lsn(layout, table, as_of[1]))
                     connection.execute(f"CREATE VIEW {q(short)} AS SELECT * FROM {q(f'_state_{short}')}")  # nosec B608 # view and table names quoted by q()
                     continue
-                register_duckdb(connection, layout, table, name=f"_state_{short}",
-                                version=as_of if isinstance(as_of, int) else None)
+                register_duckdb(
+                    connection, layout, table, name=f"_state_{short}", version=as_of if isinstance(as_of, int) else None
+                )
             except Exception as error:  # e.g. TableNotInLake, or no such version/time
                 err.print(f"[dim]{table}: not available as of {as_of} ({type(error).__name__})[/]")
                 continue
             columns = [c for c in connection.execute(f"DESCRIBE {q(f'_state_{short}')}").fetchall()]
             visible = ", ".join(q(name) for name, *_ in columns if not name.startswith("_"))
-            connection.execute(f"CREATE VIEW {q(short)} AS SELECT {visible} FROM {q(f'_state_{short}')} WHERE NOT _deleted")  # nosec B608 # view, column and table names quoted by q()
+            view = f"CREATE VIEW {q(short)} AS SELECT {visible} FROM {q(f'_state_{short}')} WHERE NOT _deleted"  # nosec B608 # view, column and table names quoted by q()
+            connection.execute(view)
     if warehouse and Path(warehouse).exists():
         attach_for_reading(connection, warehouse)  # or the copy its writer publishes, while one writes it
         connection.execute("SET search_path = 'memory.main,warehouse.main'")
@@ -243,13 +290,22 @@ def facts_as_of_lsn(connection: duckdb.DuckDBPyConnection, lsn: int) -> None:
     from warehouse_sync.schema import FACTS
     from warehouse_sync.schema import quote_identifier as q
 
-    present = {name for (name,) in connection.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'warehouse'").fetchall()}
-    synced = (connection.execute("SELECT max(lsn) FROM warehouse.main._sync_checkpoint").fetchone()[0]  # type: ignore[index]
-              if "_sync_checkpoint" in present else None)
+    present = {
+        name
+        for (name,) in connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'warehouse'"
+        ).fetchall()
+    }
+    synced = (
+        connection.execute("SELECT max(lsn) FROM warehouse.main._sync_checkpoint").fetchone()[0]  # type: ignore[index]
+        if "_sync_checkpoint" in present
+        else None
+    )
     if synced is None or synced < lsn:
-        err.print(f"[dim]the warehouse has synced up to {format_lsn(synced) if synced else 'nothing'} only: "
-                  "its facts as of that point may miss later events.[/]")
+        err.print(
+            f"[dim]the warehouse has synced up to {format_lsn(synced) if synced else 'nothing'} only: "
+            "its facts as of that point may miss later events.[/]"
+        )
     for fact in (f for f in FACTS if f.name in present):
         rows = fact_rows_as_of(fact, lsn, f"warehouse.main.{q(fact.name)}")
         connection.execute(f"CREATE VIEW {q(fact.name)} AS {rows}")  # nosec B608 # names quoted by q(), the LSN is int()
@@ -267,21 +323,45 @@ def _lake_and_warehouse(lake: str | None, warehouse: str | None, settings) -> tu
     lake = lake or settings.lake_location
     lake_there = "://" in lake or Path(lake).is_dir()
     if not lake_there and lake != str(settings.home / "lake"):  # a lake named, not the default
-        raise fail(f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
-                   "--lake (TOTES_LAKE) at it.", code=2)
+        raise fail(
+            f"There is no lake at {lake}: run the pipeline first (totes run or totes demo), or point "
+            "--lake (TOTES_LAKE) at it.",
+            code=2,
+        )
     if not lake_there and missing_warehouse(warehouse):
-        raise fail(f"Nothing to query: there is no lake at {lake} and no warehouse at {warehouse}; create them "
-                   "with `totes run` (or `totes demo`), or point --lake and --warehouse at them.", code=2)
+        raise fail(
+            f"Nothing to query: there is no lake at {lake} and no warehouse at {warehouse}; create them "
+            "with `totes run` (or `totes demo`), or point --lake and --warehouse at them.",
+            code=2,
+        )
     return (lake if lake_there else None), (None if missing_warehouse(warehouse) else warehouse)
 
 
 def query(
-    sql: Annotated[Optional[str], typer.Argument(help="SQL (DuckDB dialect) over the lake's tables and the warehouse.")] = None,
-    example: Annotated[Optional[str], typer.Option("--example", help="Run a named query instead (see --examples).")] = None,
+    sql: Annotated[
+        Optional[str], typer.Argument(help="SQL (DuckDB dialect) over the lake's tables and the warehouse.")
+    ] = None,
+    example: Annotated[
+        Optional[str], typer.Option("--example", help="Run a named query instead (see --examples).")
+    ] = None,
     examples: Annotated[bool, typer.Option("--examples", help="List the named queries.")] = False,
     lake: LakeOption = None,
-    warehouse: Annotated[Optional[str], typer.Option("--warehouse", envvar="TOTES_WAREHOUSE", show_default=False, help="The warehouse DuckDB file \\[default: $TOTES_HOME/warehouse.duckdb].")] = None,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Read as of a source TIMESTAMP or LSN (every lake table and the warehouse's facts: the source's state then), or a Delta VERSION (each lake state table's own).")] = None,
+    warehouse: Annotated[
+        Optional[str],
+        typer.Option(
+            "--warehouse",
+            envvar="TOTES_WAREHOUSE",
+            show_default=False,
+            help="The warehouse DuckDB file \\[default: $TOTES_HOME/warehouse.duckdb].",
+        ),
+    ] = None,
+    as_of: Annotated[
+        Optional[str],
+        typer.Option(
+            "--as-of",
+            help="Read as of a source TIMESTAMP or LSN (every lake table and the warehouse's facts: the source's state then), or a Delta VERSION (each lake state table's own).",
+        ),
+    ] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="How to print the rows.")] = OutputFormat.table,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show in table format.")] = 100,
 ) -> None:
@@ -314,8 +394,11 @@ def query(
         from lake.timetravel import AsOfError, check_as_of
 
         if not lake:
-            raise fail(f"--as-of reads the lake, and there is none at {settings.lake_location}: run the pipeline "
-                       "first, or point --lake (TOTES_LAKE) at it.", code=2)
+            raise fail(
+                f"--as-of reads the lake, and there is none at {settings.lake_location}: run the pipeline "
+                "first, or point --lake (TOTES_LAKE) at it.",
+                code=2,
+            )
         try:
             check_as_of(LakeLayout(lake), when)
         except AsOfError as error:

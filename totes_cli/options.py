@@ -13,19 +13,36 @@ from typing import Annotated, Optional
 import typer
 
 
-SourceOption = Annotated[Optional[str], typer.Option(
-    "--source", show_default=False,
-    help="Source PostgreSQL DSN \\[default: $TOTES_SOURCE_DSN, else the running embedded totesys].")]
-OldDsnOption = Annotated[Optional[str], typer.Option("--dsn", hidden=True, show_default=False,
-                                                     help="The old name of --source.")]
-LakeOption = Annotated[Optional[str], typer.Option(
-    "--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix (TOTES_HOME/lake unless set).")]
-WarehouseOption = Annotated[Optional[str], typer.Option(
-    "--warehouse", envvar="TOTES_WAREHOUSE", show_default=False,
-    help="The warehouse: a DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].")]
+SourceOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--source",
+        show_default=False,
+        help="Source PostgreSQL DSN \\[default: $TOTES_SOURCE_DSN, else the running embedded totesys].",
+    ),
+]
+OldDsnOption = Annotated[
+    Optional[str], typer.Option("--dsn", hidden=True, show_default=False, help="The old name of --source.")
+]
+LakeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--lake", envvar="TOTES_LAKE", help="The lake: a folder or s3://bucket/prefix (TOTES_HOME/lake unless set)."
+    ),
+]
+WarehouseOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--warehouse",
+        envvar="TOTES_WAREHOUSE",
+        show_default=False,
+        help="The warehouse: a DuckDB file or a PostgreSQL DSN \\[default: $TOTES_HOME/warehouse.duckdb].",
+    ),
+]
 StreamOption = Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")]
-PublicationOption = Annotated[str, typer.Option("--publication", envvar="TOTES_PUBLICATION",
-                                                help="Publication the reader reads.")]
+PublicationOption = Annotated[
+    str, typer.Option("--publication", envvar="TOTES_PUBLICATION", help="Publication the reader reads.")
+]
 
 
 class OutputFormat(str, Enum):

@@ -54,19 +54,25 @@ def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
             key = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or type(error).__name__
-            raise ConfigError(f"The personal-data key file {path} cannot be read ({reason}): fix the path in "
-                              "TOTES_PERSONAL_DATA_KEY_FILE.") from None
+            raise ConfigError(
+                f"The personal-data key file {path} cannot be read ({reason}): fix the path in "
+                "TOTES_PERSONAL_DATA_KEY_FILE."
+            ) from None
     elif settings.personal_data_key_secret:
         key, where = read_secret(settings.personal_data_key_secret, "personal_data_key"), "the key secret"
     elif lake and "://" not in lake:
         return _local_key(Path(lake) / "_local" / KEY_FILE_NAME)
     else:
-        raise ConfigError("The personal-data policy hashes columns but no key is set (only a local lake makes its "
-                          "own): set TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the key "
-                          "every reader of this lake uses.")
+        raise ConfigError(
+            "The personal-data policy hashes columns but no key is set (only a local lake makes its "
+            "own): set TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the key "
+            "every reader of this lake uses."
+        )
     remember_secret_value(key)
     if len(key.encode("utf-8")) < MIN_KEY_BYTES:
-        raise ConfigError(f"The personal-data key from {where} is shorter than {MIN_KEY_BYTES} bytes: give a longer one.")
+        raise ConfigError(
+            f"The personal-data key from {where} is shorter than {MIN_KEY_BYTES} bytes: give a longer one."
+        )
     return key.encode("utf-8")
 
 

@@ -39,7 +39,13 @@ from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
 from lake.layout import LakeLayout
 from lake.maintenance import (
-    COMPACT_FROM_FILES, DEFAULT_RETENTION, MaintenanceCadence, SettledTables, lake_stored_bytes, lake_uris, maintain,
+    COMPACT_FROM_FILES,
+    DEFAULT_RETENTION,
+    MaintenanceCadence,
+    SettledTables,
+    lake_stored_bytes,
+    lake_uris,
+    maintain,
 )
 from lake.progress import Progress
 from lake.writer import LakeWriter
@@ -131,8 +137,12 @@ def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
     `watermark_seconds`, the processor and the sync are woken as soon as there is work)."""
     from dataclasses import replace
 
-    return replace(config, batch_window=window, watermark_seconds=min(config.watermark_seconds, window),
-                   linger_seconds=min(config.linger_seconds, window / 5))
+    return replace(
+        config,
+        batch_window=window,
+        watermark_seconds=min(config.watermark_seconds, window),
+        linger_seconds=min(config.linger_seconds, window / 5),
+    )
 
 
 class _Announcing:
@@ -220,21 +230,39 @@ class Pipeline:
         client = self._kinesis()
         ensure_stream(client, cfg.stream, cfg.shards)
         state_dir = self.local if self.local is not None else Path(os.environ.get("TOTES_HOME", ".totes"))
-        offsets = (self.local / "offsets" / f"{cfg.stream}.json") if self.local is not None else \
-            state_dir / "processor" / f"{cfg.stream}.offsets.json"
-        lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set(),
-                          state_delay=cfg.state_delay)
-        self.poller = LocalPoller(client, cfg.stream, StreamProcessor(lake), ShardOffsets(offsets),
-                                  batch_window=cfg.batch_window, quiet_window=cfg.quiet_window,
-                                  min_batch_bytes=cfg.min_batch_bytes, idle_sleep=cfg.processor_poll_seconds)
+        offsets = (
+            (self.local / "offsets" / f"{cfg.stream}.json")
+            if self.local is not None
+            else state_dir / "processor" / f"{cfg.stream}.offsets.json"
+        )
+        lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set(), state_delay=cfg.state_delay)
+        self.poller = LocalPoller(
+            client,
+            cfg.stream,
+            StreamProcessor(lake),
+            ShardOffsets(offsets),
+            batch_window=cfg.batch_window,
+            quiet_window=cfg.quiet_window,
+            min_batch_bytes=cfg.min_batch_bytes,
+            idle_sleep=cfg.processor_poll_seconds,
+        )
         self.publisher = Publisher(_Announcing(client, self.poller.wake), cfg.stream, linger_seconds=cfg.linger_seconds)
         shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
         self.reader = Reader(
-            cfg.source_dsn, self.publisher, LakeWatermark(self.layout, shard_ids),
+            cfg.source_dsn,
+            self.publisher,
+            LakeWatermark(self.layout, shard_ids),
             FileStateStore(state_dir / "reader" / f"{slot}.json"),
-            ReaderConfig(slot=slot, publication=cfg.publication, tables=cfg.tables,
-                         heartbeat_seconds=cfg.heartbeat_seconds, watermark_seconds=cfg.watermark_seconds,
-                         reset=cfg.reset, resnapshot=cfg.resnapshot, personal_data=cfg.personal_data),
+            ReaderConfig(
+                slot=slot,
+                publication=cfg.publication,
+                tables=cfg.tables,
+                heartbeat_seconds=cfg.heartbeat_seconds,
+                watermark_seconds=cfg.watermark_seconds,
+                reset=cfg.reset,
+                resnapshot=cfg.resnapshot,
+                personal_data=cfg.personal_data,
+            ),
             lake=self.layout,  # the initial snapshot goes straight into the lake
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop), wake=self.reader.wake)
@@ -247,8 +275,10 @@ class Pipeline:
         if cfg.verify_every > 0:
             from verify.schedule import verify_every
 
-            self._spawn("verification", lambda stop: verify_every(cfg, cfg.verify_every, stop,
-                                                                  cfg.on_verified or (lambda result: None)))
+            self._spawn(
+                "verification",
+                lambda stop: verify_every(cfg, cfg.verify_every, stop, cfg.on_verified or (lambda result: None)),
+            )
 
     def _spawn(self, name: str, target, wake=None) -> None:
         stop = threading.Event()
@@ -293,8 +323,7 @@ class Pipeline:
             seen.add(id(cause))
             if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space left on device" in str(cause):
                 where = f" ({cause.filename})" if getattr(cause, "filename", None) else ""
-                return (f"the {name} cannot write, the disk is full{where}: free some space and it carries on "
-                        "by itself")
+                return f"the {name} cannot write, the disk is full{where}: free some space and it carries on by itself"
             if self.kinesalite is not None and type(cause).__name__ in _KINESIS_DOWN:
                 return f"the {name} waits for the local Kinesis, which is being started again"
             cause = cause.__cause__ or cause.__context__
@@ -348,8 +377,12 @@ class Pipeline:
                 if cadence.too_soon(now) or not cadence.due(now, lake_stored_bytes(self.layout)):
                     continue
                 uris = lake_uris(self.layout)
-                report = maintain(self.layout, cfg.retention, settled.due(uris, self.layout.has_commit),
-                                  compact_from=COMPACT_FROM_FILES)
+                report = maintain(
+                    self.layout,
+                    cfg.retention,
+                    settled.due(uris, self.layout.has_commit),
+                    compact_from=COMPACT_FROM_FILES,
+                )
             except Exception:  # noqa: BLE001 - the next check tries again
                 log.exception("lake maintenance failed; trying again in %g s", cfg.maintenance_check_seconds)
                 continue
@@ -358,8 +391,11 @@ class Pipeline:
             self.maintenance.rounds += 1
             self.maintenance.files_compacted += sum(t.files_removed for t in report)
             self.maintenance.files_vacuumed += sum(len(t.vacuumed) for t in report)
-            log.info("lake maintained: %d tables, %d small files compacted", len(report),
-                     sum(t.files_removed for t in report))
+            log.info(
+                "lake maintained: %d tables, %d small files compacted",
+                len(report),
+                sum(t.files_removed for t in report),
+            )
 
     # -- running -----------------------------------------------------------------------------
     def source_lsn(self) -> int:

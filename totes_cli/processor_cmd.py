@@ -68,8 +68,15 @@ def _measured_processor(lake: str):
 def processor(
     lake: LakeOption = None,
     stream: StreamOption = DEFAULT_STREAM,
-    window: Annotated[float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")] = 1.0,
-    emf: Annotated[bool, typer.Option("--emf", help="Print the Lambda's CloudWatch embedded-metric-format line to stdout after every batch.")] = False,
+    window: Annotated[
+        float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")
+    ] = 1.0,
+    emf: Annotated[
+        bool,
+        typer.Option(
+            "--emf", help="Print the Lambda's CloudWatch embedded-metric-format line to stdout after every batch."
+        ),
+    ] = False,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
     from change_events.kinesis import kinesis_client
@@ -82,12 +89,15 @@ def processor(
     try:
         client = kinesis_client()
         stream_processor = _measured_processor(lake) if emf else StreamProcessor(LakeWriter(lake))
-        poller = LocalPoller(client, stream, stream_processor,
-                             ShardOffsets(offsets_path(lake, stream, load().home)), batch_window=window)
+        poller = LocalPoller(
+            client, stream, stream_processor, ShardOffsets(offsets_path(lake, stream, load().home)), batch_window=window
+        )
     except Exception as error:
-        raise fail(f"Cannot read stream {stream!r} ({type(error).__name__}: {error}): check "
-                   "AWS_ENDPOINT_URL_KINESIS (local) or AWS credentials, and that the reader created the stream.",
-                   code=2) from None
+        raise fail(
+            f"Cannot read stream {stream!r} ({type(error).__name__}: {error}): check "
+            "AWS_ENDPOINT_URL_KINESIS (local) or AWS credentials, and that the reader created the stream.",
+            code=2,
+        ) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -20,7 +20,12 @@ from totes_cli.options import PublicationOption, SourceOption, StreamOption
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
 from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import (
-    DEFAULT_PUBLICATION, DEFAULT_STREAM, ConfigError, NoSourceError, load, password_in_flag,
+    DEFAULT_PUBLICATION,
+    DEFAULT_STREAM,
+    ConfigError,
+    NoSourceError,
+    load,
+    password_in_flag,
     resolve_source_dsn,
 )
 from cdc_reader.source import SourceConnectionError, has_password
@@ -31,7 +36,6 @@ if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` 
     from cdc_reader.reader import Reader
 
 log = logging.getLogger("totes.reader")
-
 
 
 class KinesisAcknowledged:
@@ -55,9 +59,12 @@ def choose_durability(lake: str | None, durability: str | None) -> str:
         return "kinesis"
     if lake:
         return "lake"
-    raise fail("The reader needs to know when events are durable: pass --lake DIR|s3://bucket/prefix "
-               "(or set TOTES_LAKE) to confirm only what the lake holds, or --durability kinesis to "
-               "confirm what Kinesis acknowledged, at the risk of losing events if the processor stalls.", code=2)
+    raise fail(
+        "The reader needs to know when events are durable: pass --lake DIR|s3://bucket/prefix "
+        "(or set TOTES_LAKE) to confirm only what the lake holds, or --durability kinesis to "
+        "confirm what Kinesis acknowledged, at the risk of losing events if the processor stalls.",
+        code=2,
+    )
 
 
 def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
@@ -68,17 +75,23 @@ def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
     now, m = time.monotonic(), reader.metrics
     elapsed = max(now - previous.get("at", now - STATUS_SECONDS), 1e-9)
     metrics = Metrics(namespace="totes-cdc", service="reader")
-    metrics.add_metric(name="EventsPerSecond", unit=MetricUnit.CountPerSecond,
-                       value=(m.events - previous.get("events", 0)) / elapsed)
-    metrics.add_metric(name="BytesPerSecond", unit=MetricUnit.BytesPerSecond,
-                       value=(m.bytes_received - previous.get("bytes", 0)) / elapsed)
-    metrics.add_metric(name="UnconfirmedWalBytes", unit=MetricUnit.Bytes,
-                       value=max(m.received_lsn - m.confirmed_lsn, 0))
+    metrics.add_metric(
+        name="EventsPerSecond", unit=MetricUnit.CountPerSecond, value=(m.events - previous.get("events", 0)) / elapsed
+    )
+    metrics.add_metric(
+        name="BytesPerSecond",
+        unit=MetricUnit.BytesPerSecond,
+        value=(m.bytes_received - previous.get("bytes", 0)) / elapsed,
+    )
+    metrics.add_metric(
+        name="UnconfirmedWalBytes", unit=MetricUnit.Bytes, value=max(m.received_lsn - m.confirmed_lsn, 0)
+    )
     if m.last_commit_ts:
         metrics.add_metric(name="SecondsBehindSource", unit=MetricUnit.Seconds, value=time.time() - m.last_commit_ts)
     metrics.add_metric(name="EventsPerRecord", unit=MetricUnit.Count, value=publisher.metrics.events_per_record)
-    metrics.add_metric(name="SchemaRereads", unit=MetricUnit.Count,
-                       value=m.schema_rereads - previous.get("schema_rereads", 0))
+    metrics.add_metric(
+        name="SchemaRereads", unit=MetricUnit.Count, value=m.schema_rereads - previous.get("schema_rereads", 0)
+    )
     metrics.flush_metrics()
     sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
     return {"at": now, "events": m.events, "bytes": m.bytes_received, "schema_rereads": m.schema_rereads}
@@ -99,17 +112,73 @@ def emit_slot_lost() -> None:
 def reader(
     source: SourceOption = None,
     stream: StreamOption = DEFAULT_STREAM,
-    shards: Annotated[int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")] = 2,
-    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].")] = None,
+    shards: Annotated[
+        int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")
+    ] = 2,
+    slot: Annotated[
+        Optional[str],
+        typer.Option(
+            "--slot",
+            envvar="TOTES_SLOT",
+            help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].",
+        ),
+    ] = None,
     publication: PublicationOption = DEFAULT_PUBLICATION,
-    tables: Annotated[Optional[str], typer.Option("--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False)] = None,
-    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where the reader keeps its small state \\[default: <lake>/_local/reader for a local lake, as `totes run`; else $TOTES_HOME/reader].")] = None,
-    resnapshot: Annotated[Optional[list[str]], typer.Option("--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable).")] = None,
-    emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
-    reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
-    lake: Annotated[Optional[str], typer.Option("--lake", envvar="TOTES_LAKE", help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.")] = None,
-    durability: Annotated[Optional[str], typer.Option("--durability", envvar="TOTES_DURABILITY", help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.", show_default=False)] = None,
-    snapshot_connections: Annotated[int, typer.Option("--snapshot-connections", envvar="TOTES_SNAPSHOT_CONNECTIONS", min=1, help="Connections that read the initial snapshot's chunks in parallel (with --lake it goes straight into the lake).")] = 4,
+    tables: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tables", help="Comma-separated tables to publish \\[default: the 11 totesys tables].", show_default=False
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--state-dir",
+            help="Where the reader keeps its small state \\[default: <lake>/_local/reader for a local lake, as `totes run`; else $TOTES_HOME/reader].",
+        ),
+    ] = None,
+    resnapshot: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable)."
+        ),
+    ] = None,
+    emf: Annotated[
+        bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")
+    ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.",
+        ),
+    ] = False,
+    lake: Annotated[
+        Optional[str],
+        typer.Option(
+            "--lake",
+            envvar="TOTES_LAKE",
+            help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.",
+        ),
+    ] = None,
+    durability: Annotated[
+        Optional[str],
+        typer.Option(
+            "--durability",
+            envvar="TOTES_DURABILITY",
+            help="'lake' (the default with --lake) or 'kinesis': confirm what Kinesis acknowledged, which loses events if the processor stalls longer than the stream's retention.",
+            show_default=False,
+        ),
+    ] = None,
+    snapshot_connections: Annotated[
+        int,
+        typer.Option(
+            "--snapshot-connections",
+            envvar="TOTES_SNAPSHOT_CONNECTIONS",
+            min=1,
+            help="Connections that read the initial snapshot's chunks in parallel (with --lake it goes straight into the lake).",
+        ),
+    ] = 4,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
@@ -144,22 +213,35 @@ def reader(
     except (KinesaliteError, PublishError) as error:
         raise fail(str(error), code=2) from None
     except Exception as error:  # botocore: no endpoint, no credentials, ...
-        raise fail(f"Kinesis is not reachable ({type(error).__name__}: {error}): set AWS_ENDPOINT_URL_KINESIS "
-                   "for a local endpoint, or AWS credentials and region for AWS.", code=2) from None
+        raise fail(
+            f"Kinesis is not reachable ({type(error).__name__}: {error}): set AWS_ENDPOINT_URL_KINESIS "
+            "for a local endpoint, or AWS credentials and region for AWS.",
+            code=2,
+        ) from None
 
     unknown = [t for t in resnapshot or () if t not in table_list]
     if unknown:
         raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
-    config = ReaderConfig(slot=slot, publication=publication, tables=table_list, resnapshot=tuple(resnapshot or ()),
-                          reset=reset, snapshot_connections=snapshot_connections, personal_data=policy)
+    config = ReaderConfig(
+        slot=slot,
+        publication=publication,
+        tables=table_list,
+        resnapshot=tuple(resnapshot or ()),
+        reset=reset,
+        snapshot_connections=snapshot_connections,
+        personal_data=policy,
+    )
     if mode == "kinesis":
-        log.warning("durability is what Kinesis acknowledged: if the processor stalls for longer than the "
-                    "stream's retention, events PostgreSQL has already released are lost; pass --lake instead")
+        log.warning(
+            "durability is what Kinesis acknowledged: if the processor stalls for longer than the "
+            "stream's retention, events PostgreSQL has already released are lost; pass --lake instead"
+        )
         durable: KinesisAcknowledged | LakeWatermark = KinesisAcknowledged(publisher)
     else:
         durable = LakeWatermark(LakeLayout(lake), lambda: [shard.shard_id for shard in publisher.shards])
-    the_reader = Reader(dsn, publisher, durable, FileStateStore(state_path), config,
-                        lake=LakeLayout(lake) if mode == "lake" else None)
+    the_reader = Reader(
+        dsn, publisher, durable, FileStateStore(state_path), config, lake=LakeLayout(lake) if mode == "lake" else None
+    )
     stop = threading.Event()
 
     def stop_reading(*_) -> None:
@@ -169,8 +251,14 @@ def reader(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_reading)
 
-    progress = Progress(TextColumn("snapshot {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True)
+    progress = Progress(
+        TextColumn("snapshot {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     tasks: dict[str, int] = {}
 
     def snapshot_progress(table: str, rows: int) -> None:

@@ -31,11 +31,15 @@ class StatusWriter:
         rate = max(m.events - last_events, 0) / max(now - last_at, 1e-9)
         status = {
             "updated_at": now,
-            "events": m.events, "snapshot_events": m.snapshot_events, "transactions": m.transactions,
+            "events": m.events,
+            "snapshot_events": m.snapshot_events,
+            "transactions": m.transactions,
             "schema_rereads": m.schema_rereads,
-            "events_per_second": rate, "average_events_per_second": m.events / max(now - self.started, 1e-9),
+            "events_per_second": rate,
+            "average_events_per_second": m.events / max(now - self.started, 1e-9),
             "bytes_per_second": m.bytes_received / max(now - self.started, 1e-9),
-            "received_lsn": format_lsn(m.received_lsn), "confirmed_lsn": format_lsn(m.confirmed_lsn),
+            "received_lsn": format_lsn(m.received_lsn),
+            "confirmed_lsn": format_lsn(m.confirmed_lsn),
             "seconds_behind": (now - m.last_commit_ts) if m.last_commit_ts else None,
             "publisher": self.publisher.metrics.as_dict(),
         }

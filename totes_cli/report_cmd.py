@@ -16,8 +16,13 @@ from totes_cli.settings import load, resolve_warehouse
 def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the report into (created if missing).")],
     warehouse: WarehouseOption = None,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="The warehouse as it was at this time (2024-11-15T14:00:00, UTC unless it says).")] = None,
-    start: Annotated[Optional[str], typer.Option("--from", help="First day (orders' creation, payments' due day).")] = None,
+    as_of: Annotated[
+        Optional[str],
+        typer.Option("--as-of", help="The warehouse as it was at this time (2024-11-15T14:00:00, UTC unless it says)."),
+    ] = None,
+    start: Annotated[
+        Optional[str], typer.Option("--from", help="First day (orders' creation, payments' due day).")
+    ] = None,
     end: Annotated[Optional[str], typer.Option("--to", help="Last day.")] = None,
     currency: Annotated[Optional[str], typer.Option("--currency", help="Only this currency (GBP, EUR, ...).")] = None,
 ) -> None:

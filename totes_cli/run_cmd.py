@@ -18,7 +18,12 @@ from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseO
 from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import (
-    DEFAULT_STREAM, ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse,
+    DEFAULT_STREAM,
+    ConfigError,
+    load,
+    password_in_flag,
+    resolve_source_dsn,
+    resolve_warehouse,
     shown,
 )
 from cdc_reader.source import SourceConnectionError, connect, has_password
@@ -30,8 +35,7 @@ REPORT_SECONDS = 5.0
 DEFAULT_WAIT_FOR_SOURCE = 15.0
 
 
-def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_wait=None,
-                         sleep=time.sleep) -> None:
+def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_wait=None, sleep=time.sleep) -> None:
     """Connect once to `dsn`, retrying while the failure is transient (the server is down or
     starting) for up to `seconds` (inf: for ever). A wrong DSN, password or right fails at
     once; a server still down at the deadline fails with the flag that waits longer. Without
@@ -52,8 +56,9 @@ def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_w
             if time.monotonic() + delay > deadline:
                 waited = f"after waiting {seconds:g} s" if seconds > 0 else "at once"
                 raise SourceConnectionError(
-                    f"{str(error).rstrip('.')} ({waited}; --wait-for-source SECONDS waits longer, "
-                    "inf for ever).", transient=True) from None
+                    f"{str(error).rstrip('.')} ({waited}; --wait-for-source SECONDS waits longer, inf for ever).",
+                    transient=True,
+                ) from None
             if on_wait is not None and not told:
                 on_wait(str(error))
                 told = True
@@ -78,10 +83,12 @@ def default_warehouse(home: Path) -> str:
 
 def progress_line(pipeline: Pipeline) -> str:
     reader, poller, sync = pipeline.reader, pipeline.poller, pipeline.sync
-    return (f"reader {reader.metrics.events + reader.metrics.snapshot_events:,} events "
-            f"(confirmed {format_lsn(reader.metrics.confirmed_lsn)}) | "
-            f"processor {poller.events:,} events in {poller.batches:,} batches | "
-            f"warehouse {sync.events:,} events up to {format_lsn(sync.synced_upto)}")
+    return (
+        f"reader {reader.metrics.events + reader.metrics.snapshot_events:,} events "
+        f"(confirmed {format_lsn(reader.metrics.confirmed_lsn)}) | "
+        f"processor {poller.events:,} events in {poller.batches:,} batches | "
+        f"warehouse {sync.events:,} events up to {format_lsn(sync.synced_upto)}"
+    )
 
 
 def _caught_up_already(dsn: str, lake: str, warehouse: str, stream: str) -> bool:
@@ -92,8 +99,10 @@ def _caught_up_already(dsn: str, lake: str, warehouse: str, stream: str) -> bool
     upto = nothing_to_catch_up(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream)
     if upto is None:
         return False
-    err.print(f"lake {lake}, warehouse {shown(warehouse)}: nothing new at the source before {format_lsn(upto)}, "
-              "the warehouse is up to date")
+    err.print(
+        f"lake {lake}, warehouse {shown(warehouse)}: nothing new at the source before {format_lsn(upto)}, "
+        "the warehouse is up to date"
+    )
     return True
 
 
@@ -123,16 +132,60 @@ def run(
     source: SourceOption = None,
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
-    until_caught_up: Annotated[bool, typer.Option("--until-caught-up", help="Exit 0 once everything committed before the start is in the warehouse.")] = False,
+    until_caught_up: Annotated[
+        bool,
+        typer.Option(
+            "--until-caught-up", help="Exit 0 once everything committed before the start is in the warehouse."
+        ),
+    ] = False,
     stream: StreamOption = DEFAULT_STREAM,
     shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = 2,
-    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="Replication slot \\[default: named after a local lake and remembered in it; totes_cdc for a lake on S3].")] = None,
-    window: Annotated[float, typer.Option("--window", help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).")] = DEFAULT_WINDOW,
-    reset: Annotated[bool, typer.Option("--reset", help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.")] = False,
-    maintain_every: Annotated[float, typer.Option("--maintain-every", envvar="TOTES_MAINTAIN_EVERY", help="Longest time in seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; a round comes sooner once the lake has grown by half its live data. 0 turns it off.")] = 3600.0,
+    slot: Annotated[
+        Optional[str],
+        typer.Option(
+            "--slot",
+            envvar="TOTES_SLOT",
+            help="Replication slot \\[default: named after a local lake and remembered in it; totes_cdc for a lake on S3].",
+        ),
+    ] = None,
+    window: Annotated[
+        float,
+        typer.Option(
+            "--window",
+            help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).",
+        ),
+    ] = DEFAULT_WINDOW,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.",
+        ),
+    ] = False,
+    maintain_every: Annotated[
+        float,
+        typer.Option(
+            "--maintain-every",
+            envvar="TOTES_MAINTAIN_EVERY",
+            help="Longest time in seconds between rounds of lake maintenance (compaction, checkpoint, vacuum, as `totes lake maintain`) while running; a round comes sooner once the lake has grown by half its live data. 0 turns it off.",
+        ),
+    ] = 3600.0,
     retain: RetainOption = format_retention(DEFAULT_RETENTION),
-    verify_every: Annotated[Optional[str], typer.Option("--verify-every", help="Verify source, lake and warehouse at one LSN (as `totes verify`) this often, like 1h or 15m, printing the result and a CloudWatch EMF line of the rows that differ; off unless set.")] = None,
-    wait_for_source: Annotated[float, typer.Option("--wait-for-source", envvar="TOTES_WAIT_FOR_SOURCE", help="Seconds to wait at the start for a source (or PostgreSQL warehouse) that does not answer yet, before exiting with an error; inf waits for ever (a service that starts before its database).")] = DEFAULT_WAIT_FOR_SOURCE,
+    verify_every: Annotated[
+        Optional[str],
+        typer.Option(
+            "--verify-every",
+            help="Verify source, lake and warehouse at one LSN (as `totes verify`) this often, like 1h or 15m, printing the result and a CloudWatch EMF line of the rows that differ; off unless set.",
+        ),
+    ] = None,
+    wait_for_source: Annotated[
+        float,
+        typer.Option(
+            "--wait-for-source",
+            envvar="TOTES_WAIT_FOR_SOURCE",
+            help="Seconds to wait at the start for a source (or PostgreSQL warehouse) that does not answer yet, before exiting with an error; inf waits for ever (a service that starts before its database).",
+        ),
+    ] = DEFAULT_WAIT_FOR_SOURCE,
 ) -> None:
     """Run reader, stream, processor and warehouse sync together. Without a Kinesis endpoint
     (AWS_ENDPOINT_URL_KINESIS) a local kinesalite is started inside the lake."""
@@ -157,18 +210,32 @@ def run(
     try:
         for what, target in (("source", dsn), ("warehouse", warehouse)):
             if what == "source" or is_postgres_dsn(target):
-                wait_until_reachable(target, wait_for_source, what=what, on_wait=lambda problem: err.print(
-                    f"waiting up to {wait_for_source:g} s: {problem}"))
+                wait_until_reachable(
+                    target,
+                    wait_for_source,
+                    what=what,
+                    on_wait=lambda problem: err.print(f"waiting up to {wait_for_source:g} s: {problem}"),
+                )
     except SourceConnectionError as error:
         raise fail(str(error), code=2) from None
     if until_caught_up and not reset and _caught_up_already(dsn, lake, warehouse, stream):
         return
     from totes_cli.pipeline import Pipeline, PipelineConfig, windowed
 
-    config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream,
-                            shards=shards, slot=slot, maintain_every=maintain_every, reset=reset,
-                            retention=retention, verify_every=verify_seconds, on_verified=_verified,
-                            personal_data=policy)
+    config = PipelineConfig(
+        source_dsn=dsn,
+        lake=lake,
+        warehouse=warehouse,
+        stream=stream,
+        shards=shards,
+        slot=slot,
+        maintain_every=maintain_every,
+        reset=reset,
+        retention=retention,
+        verify_every=verify_seconds,
+        on_verified=_verified,
+        personal_data=policy,
+    )
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
     last_report = [time.monotonic()]

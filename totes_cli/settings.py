@@ -100,8 +100,9 @@ class Settings(BaseSettings):
         return self.warehouse.get_secret_value() if self.warehouse else str(self.home / "warehouse.duckdb")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         shared, _ = read_config()
         return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=shared))
 
@@ -127,9 +128,11 @@ def read_config() -> tuple[dict, dict]:
     shared = {key: value for key, value in data.items() if key not in sections}
     unknown = sorted(set(shared) - set(Settings.model_fields))
     if unknown:
-        raise ConfigError(f"{unknown[0]!r}{_where(unknown[0]) or f' in {path}'} is no setting: the shared "
-                          f"keys are {', '.join(Settings.model_fields)}, and a command's flags go in its "
-                          "section (see totes.example.toml).")
+        raise ConfigError(
+            f"{unknown[0]!r}{_where(unknown[0]) or f' in {path}'} is no setting: the shared "
+            f"keys are {', '.join(Settings.model_fields)}, and a command's flags go in its "
+            "section (see totes.example.toml)."
+        )
     return shared, sections
 
 
@@ -139,13 +142,16 @@ def load() -> Settings:
         return Settings()
     except tomllib.TOMLDecodeError as error:
         # tomllib says "Invalid value (at line 2, column 14)"
-        raise ConfigError(f"{config_path()} cannot be read: {error}; fix that line "
-                          "(or point TOTES_CONFIG at another file).") from None
+        raise ConfigError(
+            f"{config_path()} cannot be read: {error}; fix that line (or point TOTES_CONFIG at another file)."
+        ) from None
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"The setting {key!r} is not valid ({first['msg']}){_where(key)}: "
-                          f"fix it in {config_path()} or in TOTES_{key.upper()}.") from None
+        raise ConfigError(
+            f"The setting {key!r} is not valid ({first['msg']}){_where(key)}: "
+            f"fix it in {config_path()} or in TOTES_{key.upper()}."
+        ) from None
     except OSError as error:
         raise ConfigError(f"{config_path()} cannot be read ({error.strerror}): fix the file or TOTES_CONFIG.") from None
 
@@ -181,29 +187,37 @@ def command_defaults(root, ctx, settings: Settings) -> dict:
     by_section = {"-".join(path): path for path in commands}
     for section in sections:
         if section not in by_section and section != PERSONAL_DATA_SECTION:
-            raise ConfigError(f"{path_of_file} has a section [{section}], which is no command: the sections are "
-                              f"{', '.join(f'[{name}]' for name in by_section)}.")
+            raise ConfigError(
+                f"{path_of_file} has a section [{section}], which is no command: the sections are "
+                f"{', '.join(f'[{name}]' for name in by_section)}."
+            )
     defaults: dict = {}
     for path, command in commands.items():
         values: dict = {}
         for name in SHARED_FLAGS:
             if _flag_of(command, name) is None:
                 continue
-            value = settings.lake_location if name == "lake" and path not in LAKE_NAMED_ONLY else getattr(settings, name)
+            value = (
+                settings.lake_location if name == "lake" and path not in LAKE_NAMED_ONLY else getattr(settings, name)
+            )
             if value is not None:
                 values[name] = value
         for key, value in sections.get("-".join(path), {}).items():
             param = _flag_of(command, key)
             if param is None:
-                raise ConfigError(f"{path_of_file} sets {key!r} in [{'-'.join(path)}], which is no flag of "
-                                  f"`totes {' '.join(path)}` (its flags: "
-                                  f"{', '.join(p.opts[0] for p in command.params if p.param_type_name == 'option' and p.name != 'help' and not p.hidden)}).")
+                raise ConfigError(
+                    f"{path_of_file} sets {key!r} in [{'-'.join(path)}], which is no flag of "
+                    f"`totes {' '.join(path)}` (its flags: "
+                    f"{', '.join(p.opts[0] for p in command.params if p.param_type_name == 'option' and p.name != 'help' and not p.hidden)})."
+                )
             try:
                 param.get_runtime_param().coerce(value, param=param, ctx=ctx)  # as click will
             except Exception as error:  # noqa: BLE001 - click.BadParameter and the type's own errors
                 message = getattr(error, "message", None) or str(error)
-                raise ConfigError(f"{path_of_file} sets {key!r} in [{'-'.join(path)}] to a value "
-                                  f"{param.opts[0]} does not take ({message.rstrip('.')}).") from None
+                raise ConfigError(
+                    f"{path_of_file} sets {key!r} in [{'-'.join(path)}] to a value "
+                    f"{param.opts[0]} does not take ({message.rstrip('.')})."
+                ) from None
             values[param.name] = value
         node = defaults
         for part in path[:-1]:
@@ -225,13 +239,17 @@ def _where(key: str) -> str:
 
 
 PERSONAL_DATA_SECTION = "personal-data"
+
+
 def _read_password_file(path: Path, what: str) -> str:
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or type(error).__name__
-        raise ConfigError(f"The {what} password file {path} cannot be read ({reason}): fix the path "
-                          f"in TOTES_{what.upper()}_PASSWORD_FILE.") from None
+        raise ConfigError(
+            f"The {what} password file {path} cannot be read ({reason}): fix the path "
+            f"in TOTES_{what.upper()}_PASSWORD_FILE."
+        ) from None
     password = text.splitlines()[0] if text else ""
     if not password:
         raise ConfigError(f"The {what} password file {path} is empty: write the password on its first line.")
@@ -251,13 +269,17 @@ def read_secret(secret_id: str, what: str) -> str:
         value = client.get_secret_value(SecretId=secret_id).get("SecretString")
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "an error")
-        raise ConfigError(f"AWS Secrets Manager refused the {what} secret {secret_id!r} ({code}): check the "
-                          f"name or ARN in {setting} and that this role may call "
-                          "secretsmanager:GetSecretValue on it.") from None
+        raise ConfigError(
+            f"AWS Secrets Manager refused the {what} secret {secret_id!r} ({code}): check the "
+            f"name or ARN in {setting} and that this role may call "
+            "secretsmanager:GetSecretValue on it."
+        ) from None
     except BotoCoreError as error:
-        raise ConfigError(f"AWS Secrets Manager cannot be reached for the {what} secret {secret_id!r} "
-                          f"({type(error).__name__}): set AWS credentials and region (or "
-                          "AWS_ENDPOINT_URL_SECRETSMANAGER).") from None
+        raise ConfigError(
+            f"AWS Secrets Manager cannot be reached for the {what} secret {secret_id!r} "
+            f"({type(error).__name__}): set AWS credentials and region (or "
+            "AWS_ENDPOINT_URL_SECRETSMANAGER)."
+        ) from None
     if not value:
         raise ConfigError(f"The {what} secret {secret_id!r} holds no string: store {holds} in it.")
     return value.strip()
@@ -271,19 +293,24 @@ def _from_secret(value: str, what: str) -> tuple[str | None, str | None]:
         fields = json.loads(value)
     except ValueError:
         raise ConfigError(f"The {what} secret is neither a DSN nor JSON: store the DSN in it.") from None
-    parts = {"user": fields.get("username"), "host": fields.get("host"), "port": fields.get("port"),
-             "dbname": fields.get("dbname")}
+    parts = {
+        "user": fields.get("username"),
+        "host": fields.get("host"),
+        "port": fields.get("port"),
+        "dbname": fields.get("dbname"),
+    }
     dsn = " ".join(f"{key}={val}" for key, val in parts.items() if val not in (None, "")) or None
     password = fields.get("password")
     return (with_password(dsn, str(password)) if dsn and password else dsn), (str(password) if password else None)
 
 
-def complete_dsn(dsn: str | None, *, what: str, password_file: Path | None = None,
-                 secret: str | None = None) -> str | None:
+def complete_dsn(
+    dsn: str | None, *, what: str, password_file: Path | None = None, secret: str | None = None
+) -> str | None:
     """`dsn` with its password filled in from a file or AWS Secrets Manager (see the module's
     docstring); every password found is noted so no output ever shows it."""
     if dsn and dsn.startswith(SECRET_PREFIX):
-        secret, dsn = dsn[len(SECRET_PREFIX):], None
+        secret, dsn = dsn[len(SECRET_PREFIX) :], None
     if secret:
         secret_dsn, secret_password = _from_secret(read_secret(secret, what), what)
         remember_secrets(secret_dsn)
@@ -315,8 +342,9 @@ def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = 
         except ConfigError as error:
             raise NoSourceError(str(error)) from None
     configured = explicit or (settings.source_dsn.get_secret_value() if settings.source_dsn else None)
-    dsn = complete_dsn(configured, what="source", password_file=settings.source_password_file,
-                       secret=settings.source_dsn_secret)
+    dsn = complete_dsn(
+        configured, what="source", password_file=settings.source_password_file, secret=settings.source_dsn_secret
+    )
     if dsn:
         return dsn
     from totesys.embedded import EmbeddedPostgres
@@ -330,8 +358,7 @@ def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = 
     if running:
         return server.dsn(DEFAULT_DATABASE)
     raise NoSourceError(
-        "No source database: pass --source, set TOTES_SOURCE_DSN, or start the embedded one "
-        "with `totes source start`."
+        "No source database: pass --source, set TOTES_SOURCE_DSN, or start the embedded one with `totes source start`."
     )
 
 
@@ -343,15 +370,24 @@ def resolve_warehouse(explicit: str | None, default: str, settings: Settings | N
     explicit = explicit or (settings.warehouse.get_secret_value() if settings.warehouse else None)
     if explicit and not explicit.startswith(SECRET_PREFIX) and not is_postgres_dsn(explicit):
         return explicit  # a DuckDB file
-    return complete_dsn(explicit or None, what="warehouse", password_file=settings.warehouse_password_file,
-                        secret=settings.warehouse_secret) or default
+    return (
+        complete_dsn(
+            explicit or None,
+            what="warehouse",
+            password_file=settings.warehouse_password_file,
+            secret=settings.warehouse_secret,
+        )
+        or default
+    )
 
 
 def password_in_flag(flag: str, what: str) -> str:
     """The warning for a password typed into a flag (anyone can read a process's argv)."""
     secret = "TOTES_SOURCE_DSN_SECRET" if what == "source" else "TOTES_WAREHOUSE_SECRET"
-    return (f"warning: the password in {flag} shows in the process list: leave it out of the DSN and set "
-            f"PGPASSWORD, TOTES_{what.upper()}_PASSWORD_FILE or {secret} instead")
+    return (
+        f"warning: the password in {flag} shows in the process list: leave it out of the DSN and set "
+        f"PGPASSWORD, TOTES_{what.upper()}_PASSWORD_FILE or {secret} instead"
+    )
 
 
 def shown(dsn_or_path: str) -> str:

@@ -29,9 +29,7 @@ def parse_until(text: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise fail(
-            f"--until {text!r} is not an ISO date-time: write it like 2024-11-15T14:40:00.", code=2
-        ) from None
+        raise fail(f"--until {text!r} is not an ISO date-time: write it like 2024-11-15T14:40:00.", code=2) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     from totesys.business import ms
@@ -62,16 +60,13 @@ def simulate(
     seed: Annotated[
         Optional[int],
         typer.Option(
-            "--seed",
-            help="Random seed; with --until the history is identical on every run "
-            "\\[default: random].",
+            "--seed", help="Random seed; with --until the history is identical on every run \\[default: random]."
         ),
     ] = None,
     until: Annotated[
         Optional[str],
         typer.Option(
-            "--until",
-            help="End of the history, ISO date-time, UTC unless it has an offset \\[default: now].",
+            "--until", help="End of the history, ISO date-time, UTC unless it has an offset \\[default: now]."
         ),
     ] = None,
     chaos: Annotated[
@@ -83,12 +78,10 @@ def simulate(
         ),
     ] = False,
     duration: Annotated[
-        Optional[float],
-        typer.Option("--duration", min=0.0, help="Live only: stop after this many seconds."),
+        Optional[float], typer.Option("--duration", min=0.0, help="Live only: stop after this many seconds.")
     ] = None,
     events: Annotated[
-        Optional[int],
-        typer.Option("--events", min=0, help="Live only: stop after this many events."),
+        Optional[int], typer.Option("--events", min=0, help="Live only: stop after this many events.")
     ] = None,
     dsn: OldDsnOption = None,
 ) -> None:
@@ -104,11 +97,7 @@ def simulate(
 
     live_only = [
         flag
-        for flag, given in (
-            ("--chaos", chaos),
-            ("--duration", duration is not None),
-            ("--events", events is not None),
-        )
+        for flag, given in (("--chaos", chaos), ("--duration", duration is not None), ("--events", events is not None))
         if given
     ]
     if rate is None and live_only:
@@ -123,16 +112,12 @@ def simulate(
         raise fail(str(error), code=2) from None
 
     simulator = Simulator(dsn, seed=seed)
-    err.print(
-        f"seed {simulator.seed} (pass --seed {simulator.seed} --until ... to repeat the history)"
-    )
+    err.print(f"seed {simulator.seed} (pass --seed {simulator.seed} --until ... to repeat the history)")
     try:
         try:
             report = simulator.seed_history(history_days, until=end, progress=True)
         except KeyboardInterrupt:
-            raise fail(
-                "Interrupted while writing the history: nothing was written.", code=130
-            ) from None
+            raise fail("Interrupted while writing the history: nothing was written.", code=130) from None
         if simulator.created_schema:
             err.print("created the totesys schema")
         _print_history(report, history_days)
@@ -221,8 +206,7 @@ def _print_history(report: HistoryReport, days: int) -> None:
 
 def _print_live(stats: SimulatorStats) -> None:
     table = Table(
-        title=f"live: {stats.events:,} events, {stats.rows:,} rows in {stats.elapsed:.1f} s",
-        title_justify="left",
+        title=f"live: {stats.events:,} events, {stats.rows:,} rows in {stats.elapsed:.1f} s", title_justify="left"
     )
     table.add_column("event")
     table.add_column("count", justify="right")

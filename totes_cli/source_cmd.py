@@ -44,8 +44,10 @@ def start(directory: DirOption = None) -> None:
     except (EmbeddedServerError, SourceConnectionError) as error:
         raise fail(str(error)) from None
     except OSError as error:
-        raise fail(f"totesys cannot be started in {server.directory}: {error.strerror} "
-                   f"({error.filename}); choose another --dir or fix that file's permissions.") from None
+        raise fail(
+            f"totesys cannot be started in {server.directory}: {error.strerror} "
+            f"({error.filename}); choose another --dir or fix that file's permissions."
+        ) from None
     err.print(f"totesys {'already running' if was_running else 'started'} in {server.directory}")
     out.print(dsn)
 

@@ -41,13 +41,18 @@ def human_bytes(count: int | None) -> str:
     return f"{size:.1f} GiB"
 
 
-def source_table(snapshot: SourceSnapshot, dsn: str, previous: SourceSnapshot | None = None,
-                 compact: bool = False) -> Table:
+def source_table(
+    snapshot: SourceSnapshot, dsn: str, previous: SourceSnapshot | None = None, compact: bool = False
+) -> Table:
     """Rows per table (with the change since `previous`, when given) and the slots; `compact`
     puts the tables side by side, two to a line, without borders (the demo's 80×24 view)."""
     elapsed = (snapshot.taken_at - previous.taken_at).total_seconds() if previous else 0.0
-    table = Table(title=f"totesys source  {where(dsn)}", title_justify="left", expand=False,
-                  **({"box": box.SIMPLE_HEAD, "pad_edge": False, "show_edge": False} if compact else {}))
+    table = Table(
+        title=f"totesys source  {where(dsn)}",
+        title_justify="left",
+        expand=False,
+        **({"box": box.SIMPLE_HEAD, "pad_edge": False, "show_edge": False} if compact else {}),
+    )
     cells = []
     for name, count in snapshot.row_counts.items():
         cell = [name, f"{count:,}"]
@@ -74,8 +79,10 @@ def source_table(snapshot: SourceSnapshot, dsn: str, previous: SourceSnapshot | 
     newest = snapshot.latest_change.isoformat(sep=" ", timespec="milliseconds") if snapshot.latest_change else "-"
     if compact:
         newest = f"{snapshot.latest_change:%H:%M:%S.%f}"[:-3] if snapshot.latest_change else "-"
-        table.caption = (f"PostgreSQL {snapshot.server_version.split()[0]}, WAL at {snapshot.wal_lsn}{wal_rate}, "
-                         f"newest change {newest}")
+        table.caption = (
+            f"PostgreSQL {snapshot.server_version.split()[0]}, WAL at {snapshot.wal_lsn}{wal_rate}, "
+            f"newest change {newest}"
+        )
     else:
         table.caption = (
             f"PostgreSQL {snapshot.server_version}, wal_level={snapshot.wal_level}, "
@@ -92,8 +99,12 @@ def slots_table(snapshot: SourceSnapshot) -> Table | None:
     for column in ("slot", "active", "WAL retained", "confirmed"):
         table.add_column(column)
     for slot in snapshot.slots:
-        table.add_row(slot.name, "yes" if slot.active else "no", human_bytes(slot.retained_wal_bytes),
-                      slot.confirmed_flush_lsn or "-")
+        table.add_row(
+            slot.name,
+            "yes" if slot.active else "no",
+            human_bytes(slot.retained_wal_bytes),
+            slot.confirmed_flush_lsn or "-",
+        )
     return table
 
 
@@ -106,16 +117,21 @@ def reader_tables(home, lake: str | None = None) -> list[Table]:
     tables = []
     for slot, data in read_statuses(status_dirs(home, lake)).items():
         age = _time.time() - data.get("updated_at", 0)
-        table = Table(title=f"reader  slot {slot}"
-                            f"{'  (no report for %.0f s: not running?)' % age if age > STALE_SECONDS else ''}",
-                      title_justify="left")
+        table = Table(
+            title=f"reader  slot {slot}{'  (no report for %.0f s: not running?)' % age if age > STALE_SECONDS else ''}",
+            title_justify="left",
+        )
         for column in ("events", "events/s", "MiB/s", "confirmed LSN", "behind source", "events/record"):
             table.add_column(column, justify="right")
         behind = data.get("seconds_behind")
-        table.add_row(f"{data.get('events', 0):,}", f"{data.get('events_per_second', 0):,.0f}",
-                      f"{data.get('bytes_per_second', 0) / 2**20:.2f}", data.get("confirmed_lsn", "-"),
-                      "-" if behind is None else f"{behind:.1f} s",
-                      f"{data.get('publisher', {}).get('events_per_record', 0):.0f}")
+        table.add_row(
+            f"{data.get('events', 0):,}",
+            f"{data.get('events_per_second', 0):,.0f}",
+            f"{data.get('bytes_per_second', 0) / 2**20:.2f}",
+            data.get("confirmed_lsn", "-"),
+            "-" if behind is None else f"{behind:.1f} s",
+            f"{data.get('publisher', {}).get('events_per_record', 0):.0f}",
+        )
         tables.append(table)
     return tables
 
@@ -124,11 +140,17 @@ def readers_json(home, lake: str | None) -> dict:
     """Per slot: the reader's events, events/s (since its previous report) and whether it runs."""
     from totes_cli.reader_status import read_statuses, running, status_dirs
 
-    return {slot: {"events": data.get("events"), "snapshot_events": data.get("snapshot_events"),
-                   "events_per_second": data.get("events_per_second"),
-                   "confirmed_lsn": data.get("confirmed_lsn"), "updated_at": data.get("updated_at"),
-                   "running": running(data)}
-            for slot, data in read_statuses(status_dirs(home, lake)).items()}
+    return {
+        slot: {
+            "events": data.get("events"),
+            "snapshot_events": data.get("snapshot_events"),
+            "events_per_second": data.get("events_per_second"),
+            "confirmed_lsn": data.get("confirmed_lsn"),
+            "updated_at": data.get("updated_at"),
+            "running": running(data),
+        }
+        for slot, data in read_statuses(status_dirs(home, lake)).items()
+    }
 
 
 def lake_table(lake: str) -> Table | None:
@@ -144,8 +166,9 @@ def lake_table(lake: str) -> Table | None:
     latest: dict[str, tuple[int, object]] = {}
     for row in history.to_pylist():
         latest[row["shard"]] = (row["marker_lsn"], row["recorded_at"])
-    table = Table(title=f"lake  {lake}  watermark {format_lsn(min(m for m, _ in latest.values()))}",
-                  title_justify="left")
+    table = Table(
+        title=f"lake  {lake}  watermark {format_lsn(min(m for m, _ in latest.values()))}", title_justify="left"
+    )
     for column in ("shard", "marker passed", "recorded at (UTC)"):
         table.add_column(column)
     for shard, (marker, at) in sorted(latest.items()):
@@ -178,11 +201,22 @@ def lake_size_table(lake: str, sizes: list) -> Table:
         table.add_column(column, justify="left" if column == "table" else "right")
     for size in sorted(sizes, key=lambda s: lake_table_name(s.uri)):
         ratio = size.amplification
-        table.add_row(lake_table_name(size.uri), human_bytes(size.stored_bytes),
-                      human_bytes(size.live_bytes), "-" if ratio is None else f"{ratio:.1f}x", f"{size.files:,}")
+        table.add_row(
+            lake_table_name(size.uri),
+            human_bytes(size.stored_bytes),
+            human_bytes(size.live_bytes),
+            "-" if ratio is None else f"{ratio:.1f}x",
+            f"{size.files:,}",
+        )
     stored, live = sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
-    table.add_row("total", human_bytes(stored), human_bytes(live), f"{stored / live:.1f}x" if live else "-",
-                  f"{sum(s.files for s in sizes):,}", style="bold")
+    table.add_row(
+        "total",
+        human_bytes(stored),
+        human_bytes(live),
+        f"{stored / live:.1f}x" if live else "-",
+        f"{sum(s.files for s in sizes):,}",
+        style="bold",
+    )
     return table
 
 
@@ -190,9 +224,14 @@ def _sizes_json(sizes: list | None) -> dict | None:
     if sizes is None:
         return None
     stored, live = sum(s.stored_bytes for s in sizes), sum(s.live_bytes for s in sizes)
-    return {"stored_bytes": stored, "live_bytes": live,
-            "tables": {lake_table_name(s.uri): {"stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes,
-                                                "files": s.files} for s in sizes}}
+    return {
+        "stored_bytes": stored,
+        "live_bytes": live,
+        "tables": {
+            lake_table_name(s.uri): {"stored_bytes": s.stored_bytes, "live_bytes": s.live_bytes, "files": s.files}
+            for s in sizes
+        },
+    }
 
 
 def missing_warehouse(warehouse: str) -> bool:
@@ -203,8 +242,10 @@ def missing_warehouse(warehouse: str) -> bool:
 
 
 def no_warehouse_sentence(warehouse: str) -> str:
-    return (f"There is no warehouse at {warehouse}: create it with `totes run` (or `totes sync` from a lake), "
-            "or point --warehouse (TOTES_WAREHOUSE) at the right file.")
+    return (
+        f"There is no warehouse at {warehouse}: create it with `totes run` (or `totes sync` from a lake), "
+        "or point --warehouse (TOTES_WAREHOUSE) at the right file."
+    )
 
 
 def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
@@ -217,8 +258,11 @@ def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | No
     if not is_postgres_dsn(warehouse) and not Path(warehouse).exists():
         return None
     try:  # a DuckDB file read-only: itself, or the copy its writer publishes while one writes it
-        target = open_target(warehouse) if is_postgres_dsn(warehouse) else \
-            DuckDBTarget(warehouse, connection=connect_for_reading(warehouse))
+        target = (
+            open_target(warehouse)
+            if is_postgres_dsn(warehouse)
+            else DuckDBTarget(warehouse, connection=connect_for_reading(warehouse))
+        )
     except Exception as error:  # e.g. a running sync holds the DuckDB file
         table = Table(title=f"warehouse  {shown(warehouse)}", title_justify="left")
         table.add_column("state")
@@ -278,15 +322,27 @@ def status(
         raise fail(str(error), code=2) from None
     no_warehouse = no_warehouse_sentence(warehouse) if named_warehouse and missing_warehouse(warehouse) else None
     if as_json:
-        out.print_json(json.dumps({"lake_size": _sizes_json(sizes), "source": None if snapshot is None else {
-            "where": where(dsn),
-            "server_version": snapshot.server_version,
-            "wal_level": snapshot.wal_level,
-            "wal_lsn": snapshot.wal_lsn,
-            "latest_change": snapshot.latest_change.isoformat() if snapshot.latest_change else None,
-            "rows": snapshot.row_counts,
-            "slots": [slot.__dict__ for slot in snapshot.slots],
-        }, "source_error": problem, "readers": readers_json(home, lake), "warehouse_error": no_warehouse}))
+        out.print_json(
+            json.dumps(
+                {
+                    "lake_size": _sizes_json(sizes),
+                    "source": None
+                    if snapshot is None
+                    else {
+                        "where": where(dsn),
+                        "server_version": snapshot.server_version,
+                        "wal_level": snapshot.wal_level,
+                        "wal_lsn": snapshot.wal_lsn,
+                        "latest_change": snapshot.latest_change.isoformat() if snapshot.latest_change else None,
+                        "rows": snapshot.row_counts,
+                        "slots": [slot.__dict__ for slot in snapshot.slots],
+                    },
+                    "source_error": problem,
+                    "readers": readers_json(home, lake),
+                    "warehouse_error": no_warehouse,
+                }
+            )
+        )
         if problem or no_warehouse:
             raise typer.Exit(1)
         return
@@ -297,8 +353,11 @@ def status(
             out.print(slots)
     for table in reader_tables(home, lake):
         out.print(table)
-    for table in (lake_table(lake), lake_size_table(lake, sizes) if sizes else None,
-                  warehouse_table(warehouse, snapshot)):
+    for table in (
+        lake_table(lake),
+        lake_size_table(lake, sizes) if sizes else None,
+        warehouse_table(warehouse, snapshot),
+    ):
         if table is not None:
             out.print(table)
     if missing_warehouse(warehouse):

@@ -31,7 +31,6 @@ def stream_shards(stream: str) -> list[str] | None:
         return None
 
 
-
 def open_target(warehouse: str):
     """The warehouse, with its libraries loaded here rather than when the command line starts."""
     from warehouse_sync.targets import open_target as open_warehouse
@@ -68,9 +67,13 @@ def sync(
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
     stream: StreamOption = DEFAULT_STREAM,
-    once: Annotated[bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")
+    ] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between syncs in continuous mode.")] = 1.0,
-    emf: Annotated[bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")] = False,
+    emf: Annotated[
+        bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")
+    ] = False,
 ) -> None:
     """Apply the lake's changes to the warehouse, never past the lake watermark (so never half
     a source transaction), exactly once."""
@@ -86,8 +89,9 @@ def sync(
     if shards is None:
         recorded = progress.history()
         shards = sorted(set(recorded.column("shard").to_pylist())) if recorded.num_rows else []
-        err.print(f"[yellow]stream {stream!r} not reachable: using the {len(shards)} shards the lake has "
-                  "markers for[/]")
+        err.print(
+            f"[yellow]stream {stream!r} not reachable: using the {len(shards)} shards the lake has markers for[/]"
+        )
     if not shards:
         raise fail("The lake has no watermark yet: run the reader and the processor first.", code=2)
     try:
@@ -118,8 +122,10 @@ def sync(
                 facts = sum(result.facts_appended.values())
                 err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")
             if result.facts_rejected:
-                err.print(f"[yellow]{sum(result.facts_rejected.values()):,} fact versions hold values their "
-                          "star-schema column cannot: set aside in _sync_rejected[/]")
+                err.print(
+                    f"[yellow]{sum(result.facts_rejected.values()):,} fact versions hold values their "
+                    "star-schema column cannot: set aside in _sync_rejected[/]"
+                )
             if emf and (once or time.monotonic() >= next_emf):
                 emit_emf(runs, events, max(progress.lake_watermark(shards) - result.to_lsn, 0), rejected)
                 runs = events = rejected = 0
@@ -133,8 +139,10 @@ def sync(
         if not target.lost_connection(error):
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise fail(f"The warehouse kept dropping the connection ({first}); the sync resumes from its "
-                   "checkpoint when started again.") from None
+        raise fail(
+            f"The warehouse kept dropping the connection ({first}); the sync resumes from its "
+            "checkpoint when started again."
+        ) from None
     finally:
         lock.close()
         target.close()

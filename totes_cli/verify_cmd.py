@@ -12,9 +12,7 @@ from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli.run_cmd import default_lake, default_warehouse
 from totes_cli.personal_data_config import personal_data_policy
-from totes_cli.settings import (
-    DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse,
-)
+from totes_cli.settings import DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse
 from cdc_reader.source import SourceConnectionError
 
 if TYPE_CHECKING:
@@ -57,26 +55,64 @@ def show(result: Verification) -> None:
         view.add_column(name, justify="right" if name in ("rows", "chunks", "differing") else "left")
     for report in result.reports:
         status = "[green]in sync[/]" if report.in_sync else f"[red]{report.mismatched:,} rows differ[/]"
-        view.add_row(report.table, report.side, format_lsn(report.lsn), f"{report.rows:,}", str(report.chunks),
-                     str(report.chunks_differing), status)
+        view.add_row(
+            report.table,
+            report.side,
+            format_lsn(report.lsn),
+            f"{report.rows:,}",
+            str(report.chunks),
+            str(report.chunks_differing),
+            status,
+        )
     out.print(view)
     for report in result.reports:
         if not report.in_sync:
-            out.print(f"[red]{report.table}[/] ({report.side}): {describe(report)}; "
-                      f"repair with `totes verify --repair {report.source}`")
+            out.print(
+                f"[red]{report.table}[/] ({report.side}): {describe(report)}; "
+                f"repair with `totes verify --repair {report.source}`"
+            )
 
 
 def verify(
     source: SourceOption = None,
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
-    repair: Annotated[Optional[list[str]], typer.Option("--repair", help="Read this source table again (through the reader's re-read, running the pipeline here: stop it first), then verify again (repeatable).")] = None,
+    repair: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--repair",
+            help="Read this source table again (through the reader's re-read, running the pipeline here: stop it first), then verify again (repeatable).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    emf: Annotated[bool, typer.Option("--emf", help="Also print a CloudWatch embedded-metric-format line (rows compared, rows that differ) to stdout, for a scheduled task.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the lake and the warehouse to reach the verification's LSN.")] = DEFAULT_TIMEOUT,
-    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="About how many rows one key range holds (memory holds one range of one table).")] = DEFAULT_CHUNK_ROWS,
+    emf: Annotated[
+        bool,
+        typer.Option(
+            "--emf",
+            help="Also print a CloudWatch embedded-metric-format line (rows compared, rows that differ) to stdout, for a scheduled task.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", help="Seconds to wait for the lake and the warehouse to reach the verification's LSN."
+        ),
+    ] = DEFAULT_TIMEOUT,
+    chunk_rows: Annotated[
+        int,
+        typer.Option(
+            "--chunk-rows", min=1, help="About how many rows one key range holds (memory holds one range of one table)."
+        ),
+    ] = DEFAULT_CHUNK_ROWS,
     stream: StreamOption = DEFAULT_STREAM,
-    slot: Annotated[Optional[str], typer.Option("--slot", envvar="TOTES_SLOT", help="The pipeline's replication slot, for --repair \\[default: the one remembered in a local lake].")] = None,
+    slot: Annotated[
+        Optional[str],
+        typer.Option(
+            "--slot",
+            envvar="TOTES_SLOT",
+            help="The pipeline's replication slot, for --repair \\[default: the one remembered in a local lake].",
+        ),
+    ] = None,
 ) -> None:
     """Compare the source, the lake and the warehouse at one source LSN while everything runs:
     rows compared per table, and which keys differ and how. Exit 0 only when all match."""
@@ -99,8 +135,9 @@ def verify(
             from totes_cli.pipeline import PipelineConfig
             from verify.repair import repair as run_repair, verify_with_pipeline
 
-            config = PipelineConfig(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, slot=slot,
-                                    personal_data=policy)
+            config = PipelineConfig(
+                source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, slot=slot, personal_data=policy
+            )
             found = verify_with_pipeline(config, TABLES, timeout=timeout, chunk_rows=chunk_rows)
             if not as_json:
                 show(found)

@@ -62,6 +62,8 @@ def alone(lake: str, home: Path) -> Iterator[None]:
     """Held (exclusive) while forget rewrites and vacuums the lake and the warehouse."""
     with _locked(lock_path(lake, home), fcntl.LOCK_EX) as held:
         if not held:
-            raise LakeBusy(f"The pipeline is running on the lake {lake} (totes run, processor or sync): stop it "
-                           "first, then forget (its vacuum keeps no retention, so a running writer's files could go).")
+            raise LakeBusy(
+                f"The pipeline is running on the lake {lake} (totes run, processor or sync): stop it "
+                "first, then forget (its vacuum keeps no retention, so a running writer's files could go)."
+            )
         yield

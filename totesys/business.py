@@ -155,9 +155,7 @@ def static_tables(seed: int) -> dict[str, list[dict]]:
         )
 
     legal = rng.sample(range(1, n_addresses + 1), LEGAL_ADDRESSES)
-    legal_ids = legal + [
-        rng.choice(legal) for _ in range(STATIC_COUNTS["counterparty"] - len(legal))
-    ]
+    legal_ids = legal + [rng.choice(legal) for _ in range(STATIC_COUNTS["counterparty"] - len(legal))]
     rng.shuffle(legal_ids)
     names: set[str] = set()
     counterparties = []
@@ -177,10 +175,7 @@ def static_tables(seed: int) -> dict[str, list[dict]]:
             }
         )
 
-    currencies = [
-        {"currency_id": i + 1, "currency_code": code, **stamp}
-        for i, code in enumerate(CURRENCY_CODES)
-    ]
+    currencies = [{"currency_id": i + 1, "currency_code": code, **stamp} for i, code in enumerate(CURRENCY_CODES)]
     departments = [
         {
             "department_id": i + 1,
@@ -212,8 +207,7 @@ def static_tables(seed: int) -> dict[str, list[dict]]:
         )
 
     payment_types = [
-        {"payment_type_id": i + 1, "payment_type_name": name, **stamp}
-        for i, name in enumerate(PAYMENT_TYPE_NAMES)
+        {"payment_type_id": i + 1, "payment_type_name": name, **stamp} for i, name in enumerate(PAYMENT_TYPE_NAMES)
     ]
     designs = [new_design(rng, at, i + 1) for i in range(INITIAL_DESIGNS)]
     return {
@@ -258,11 +252,7 @@ class Bundle:
     payment: dict
 
     def rows(self) -> list[tuple[str, dict]]:
-        return [
-            (self.order_table, self.order),
-            ("transaction", self.transaction),
-            ("payment", self.payment),
-        ]
+        return [(self.order_table, self.order), ("transaction", self.transaction), ("payment", self.payment)]
 
 
 def new_design(rng: random.Random, at: datetime, design_id: int | None = None) -> dict:
@@ -339,9 +329,7 @@ def sale_bundle(
         "last_updated": at,
     }
     amount = order["units_sold"] * order["unit_price"]
-    payment = _payment(
-        rng, world, at, payment_id, transaction_id, order, amount, world.sales_payment_type_id
-    )
+    payment = _payment(rng, world, at, payment_id, transaction_id, order, amount, world.sales_payment_type_id)
     return Bundle("sales_order", order, transaction, payment)
 
 
@@ -377,9 +365,7 @@ def purchase_bundle(
         "last_updated": at,
     }
     amount = order["item_quantity"] * order["item_unit_price"]
-    payment = _payment(
-        rng, world, at, payment_id, transaction_id, order, amount, world.purchase_payment_type_id
-    )
+    payment = _payment(rng, world, at, payment_id, transaction_id, order, amount, world.purchase_payment_type_id)
     return Bundle("purchase_order", order, transaction, payment)
 
 
@@ -444,9 +430,7 @@ def huge_text(rng: random.Random, size: int = HUGE_TEXT_BYTES) -> str:
 class Existing:
     """What the database already holds when a history is appended to it."""
 
-    max_ids: dict[str, int] = field(
-        default_factory=dict
-    )  # sales_order, purchase_order, transaction, payment, design
+    max_ids: dict[str, int] = field(default_factory=dict)  # sales_order, purchase_order, transaction, payment, design
 
     def max_id(self, table: str) -> int:
         return self.max_ids.get(table, 0)
@@ -598,9 +582,7 @@ def _settle(state: _HistoryState, history: History, batch_at: datetime, due: str
         history.existing_settlements.append((batch_at, due))
 
 
-def _silent_update(
-    rng: random.Random, state: _HistoryState, history: History, table: str, at: datetime
-) -> None:
+def _silent_update(rng: random.Random, state: _HistoryState, history: History, table: str, at: datetime) -> None:
     last_id = state.next_ids[table] - 1
     if last_id < 1:
         return

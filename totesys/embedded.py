@@ -113,6 +113,7 @@ def libpq_dsn(*, host: str, port: int, user: str, dbname: str, passfile: str | N
 
 # -- how the server's programs are started ---------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Launcher:
     """Starts the server's programs as this user, in a user namespace, or as a system user."""
@@ -173,8 +174,13 @@ def launcher() -> Launcher:
 
 
 def _unshare_prefix(inside: pwd.struct_passwd) -> tuple[str, ...]:
-    return (shutil.which("unshare") or "unshare", "--user",
-            f"--map-user={inside.pw_uid}", f"--map-group={inside.pw_gid}", "--")
+    return (
+        shutil.which("unshare") or "unshare",
+        "--user",
+        f"--map-user={inside.pw_uid}",
+        f"--map-group={inside.pw_gid}",
+        "--",
+    )
 
 
 def _user_namespace_problem() -> str:
@@ -186,9 +192,14 @@ def _user_namespace_problem() -> str:
     except KeyError:
         return f"there is no user {NAMESPACE_USER!r} to run as inside the namespace"
     try:
-        result = subprocess.run([*_unshare_prefix(inside), str(binary("postgres")), "--version"],  # nosec B603 # a fixed argv: unshare and the wheel's own postgres binary
-                                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-                                env=secret_free_environment())
+        result = subprocess.run(
+            [*_unshare_prefix(inside), str(binary("postgres")), "--version"],  # nosec B603 # a fixed argv: unshare and the wheel's own postgres binary
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env=secret_free_environment(),
+        )
     except OSError as error:
         return f"unshare failed ({error.strerror})"
     if result.returncode != 0:
@@ -197,6 +208,7 @@ def _user_namespace_problem() -> str:
 
 
 # -- the server --------------------------------------------------------------------------------
+
 
 @dataclass
 class EmbeddedPostgres:
@@ -236,8 +248,9 @@ class EmbeddedPostgres:
 
     def dsn(self, dbname: str = "postgres") -> str:
         """The superuser's DSN; it names the password file, not the password."""
-        return libpq_dsn(host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=dbname,
-                         passfile=str(self.passfile))
+        return libpq_dsn(
+            host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=dbname, passfile=str(self.passfile)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -264,8 +277,7 @@ class EmbeddedPostgres:
         result = self._pg_ctl(["-l", str(self.log_file), "-w", "-t", "60", "start"], check=False)
         if result.returncode != 0:
             raise EmbeddedServerError(
-                f"PostgreSQL in {self.directory} did not start: "
-                f"{_last_lines(self.log_file) or result.stderr.strip()}"
+                f"PostgreSQL in {self.directory} did not start: {_last_lines(self.log_file) or result.stderr.strip()}"
             )
         return self.dsn()
 
@@ -379,12 +391,26 @@ class EmbeddedPostgres:
         run.hand_over(pwfile)
         try:
             args = [
-                str(binary("initdb")), "-D", str(self.pgdata), "-U", SUPERUSER, f"--pwfile={pwfile}",
-                "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
+                str(binary("initdb")),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-instructions",
             ]
-            result = subprocess.run(run.argv(args), capture_output=True, text=True, check=False,  # nosec B603 # a fixed argv of the wheel's initdb; the password goes in a 0600 file
-                                    stdin=subprocess.DEVNULL, **run.identity())
+            result = subprocess.run(
+                run.argv(args),
+                capture_output=True,
+                text=True,
+                check=False,  # nosec B603 # a fixed argv of the wheel's initdb; the password goes in a 0600 file
+                stdin=subprocess.DEVNULL,
+                **run.identity(),
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
@@ -399,8 +425,14 @@ class EmbeddedPostgres:
         password = secrets.token_urlsafe(32)
         args = [str(binary("postgres")), "--single", "-D", str(self.pgdata), "postgres"]
         statement = f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"
-        result = subprocess.run(run.argv(args), input=statement, capture_output=True, text=True,  # nosec B603 # the wheel's postgres in single-user mode; the statement on stdin, not argv
-                                check=False, **run.identity())
+        result = subprocess.run(
+            run.argv(args),
+            input=statement,
+            capture_output=True,
+            text=True,  # nosec B603 # the wheel's postgres in single-user mode; the statement on stdin, not argv
+            check=False,
+            **run.identity(),
+        )
         if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
             raise EmbeddedServerError(
                 f"could not set a password on the server in {self.directory}; "
@@ -440,16 +472,20 @@ class EmbeddedPostgres:
         run.hand_over(path)
         return path
 
-    def _pg_ctl(self, args: list[str], *, check: bool,
-                run: Launcher | None = None) -> subprocess.CompletedProcess[str]:
+    def _pg_ctl(self, args: list[str], *, check: bool, run: Launcher | None = None) -> subprocess.CompletedProcess[str]:
         # Output goes to files, not pipes: a started postmaster inherits the pipe and would
         # keep it open forever, hanging the caller.
         run = run or self._owners_launcher()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             result = subprocess.run(  # nosec B603 # the wheel's pg_ctl with arguments this module builds
                 run.argv([str(binary("pg_ctl")), "-D", str(self.pgdata), *args]),
-                stdout=out, stderr=err, text=True, check=check, **run.identity(),
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdout=out,
+                stderr=err,
+                text=True,
+                check=check,
+                **run.identity(),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
             out.seek(0)
             err.seek(0)
@@ -479,7 +515,8 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     try:
         subprocess.run(  # nosec B603, B607 # useradd from the system PATH, run as root only, fixed arguments
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         return pwd.getpwnam(name)
     except (OSError, subprocess.CalledProcessError, KeyError):

@@ -57,21 +57,8 @@ SILENT_WEIGHTS = {
 # With chaos on, every CHAOS_EVERY-th event is a chaos event: each kind once, in this order
 # (so a short run already shows all of them), then picked by weight. The column is added once.
 CHAOS_EVERY = 8
-CHAOS_FIRST = (
-    "toast_insert",
-    "delete_payment",
-    "toast_update",
-    "delete_sales_order",
-    "add_column",
-    "bulk_import",
-)
-CHAOS_WEIGHTS = {
-    "delete_payment": 3,
-    "delete_sales_order": 3,
-    "toast_insert": 2,
-    "toast_update": 2,
-    "bulk_import": 0.5,
-}
+CHAOS_FIRST = ("toast_insert", "delete_payment", "toast_update", "delete_sales_order", "add_column", "bulk_import")
+CHAOS_WEIGHTS = {"delete_payment": 3, "delete_sales_order": 3, "toast_insert": 2, "toast_update": 2, "bulk_import": 0.5}
 TOASTED_BYTES = 8000  # a file_location at least this long was written by toast_insert
 
 
@@ -165,9 +152,7 @@ class Simulator:
     too, stamped with the clock. Without a seed one is drawn at random (see `.seed`).
     """
 
-    def __init__(
-        self, dsn: str, seed: int | None = None, *, clock: Callable[[], datetime] = utc_now
-    ) -> None:
+    def __init__(self, dsn: str, seed: int | None = None, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.dsn = dsn
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.clock = clock
@@ -231,9 +216,7 @@ class Simulator:
         return True
 
     # -- history -------------------------------------------------------------------------
-    def seed_history(
-        self, days: float, until: datetime | None = None, *, progress: bool = False
-    ) -> HistoryReport:
+    def seed_history(self, days: float, until: datetime | None = None, *, progress: bool = False) -> HistoryReport:
         """Static tables (if missing) plus `days` days of business ending at `until`.
 
         On a database that already has rows the history starts after the newest of them, so
@@ -252,16 +235,9 @@ class Simulator:
             world = _load_world(cur)
             existing = Existing({t: _high_water(cur, t) for t in MOVING_TABLES})
             with _Progress(progress) as bar:
-                task = bar.add(
-                    "simulating business days", total=(until.date() - start.date()).days + 1
-                )
+                task = bar.add("simulating business days", total=(until.date() - start.date()).days + 1)
                 history = business.plan_history(
-                    self.seed,
-                    world,
-                    start,
-                    until,
-                    existing,
-                    on_day=lambda done, total: bar.update(task, done),
+                    self.seed, world, start, until, existing, on_day=lambda done, total: bar.update(task, done)
                 )
                 total_rows = sum(len(rows) for rows in history.rows.values())
                 write = bar.add("writing rows", total=total_rows) if total_rows else None
@@ -369,9 +345,7 @@ class _Live:
         self.chaos_todo = list(CHAOS_FIRST)
         self.started_at = started_at
         cur.execute(
-            "SELECT design_id FROM design "
-            "WHERE octet_length(file_location) >= %s ORDER BY design_id",
-            (TOASTED_BYTES,),
+            "SELECT design_id FROM design WHERE octet_length(file_location) >= %s ORDER BY design_id", (TOASTED_BYTES,)
         )
         self.toasted = [r[0] for r in cur.fetchall()]
         if self.world.sales_extra_column:
@@ -393,15 +367,9 @@ class _Live:
         pay_ids = iter(_next_ids(cur, self.sequences["payment"], sales + purchases))
         bundles: list[Bundle] = []
         for so_id in so_ids:
-            bundles.append(
-                business.sale_bundle(self.rng, self.world, at, so_id, next(tx_ids), next(pay_ids))
-            )
+            bundles.append(business.sale_bundle(self.rng, self.world, at, so_id, next(tx_ids), next(pay_ids)))
         for po_id in po_ids:
-            bundles.append(
-                business.purchase_bundle(
-                    self.rng, self.world, at, po_id, next(tx_ids), next(pay_ids)
-                )
-            )
+            bundles.append(business.purchase_bundle(self.rng, self.world, at, po_id, next(tx_ids), next(pay_ids)))
         by_table: dict[str, list[dict]] = {}
         for bundle in bundles:
             for table, row in bundle.rows():
@@ -417,9 +385,7 @@ class _Live:
     def _purchase_order(self, cur, at: datetime) -> LiveEvent:
         return LiveEvent("purchase_order", at, self._bundles(cur, at, 0, 1))
 
-    def _design(
-        self, cur, at: datetime, row: dict | None = None, kind: str = "design"
-    ) -> LiveEvent:
+    def _design(self, cur, at: datetime, row: dict | None = None, kind: str = "design") -> LiveEvent:
         row = row or business.new_design(self.rng, at)
         row["design_id"] = _next_ids(cur, self.sequences["design"], 1)[0]
         _insert_rows(cur, "design", [row])
@@ -466,9 +432,7 @@ class _Live:
         if row_id is None:
             return self._sales_order(cur, at)
         cur.execute(
-            sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                sql.Identifier(table), sql.Identifier(primary_key(table))
-            ),
+            sql.SQL("DELETE FROM {} WHERE {} = %s").format(sql.Identifier(table), sql.Identifier(primary_key(table))),
             (row_id,),
         )
         return LiveEvent(kind, at, cur.rowcount, f"{table} {row_id}")
@@ -561,9 +525,7 @@ def _load_world(cur) -> World:
         sales_payment_type_id=types.get(business.SALES_RECEIPT, 1),
         purchase_payment_type_id=types.get(business.PURCHASE_PAYMENT, 3),
         sales_extra_column=(
-            business.CHAOS_COLUMN
-            if _has_column(cur, business.CHAOS_TABLE, business.CHAOS_COLUMN)
-            else None
+            business.CHAOS_COLUMN if _has_column(cur, business.CHAOS_TABLE, business.CHAOS_COLUMN) else None
         ),
     )
     missing = [
@@ -585,22 +547,15 @@ def _load_world(cur) -> World:
 def _newest_row(cur) -> datetime | None:
     """The latest moment any row was created or updated (history continues after it)."""
     parts = [
-        sql.SQL("SELECT max(greatest(created_at, last_updated)) AS m FROM {}").format(
-            sql.Identifier(t)
-        )
+        sql.SQL("SELECT max(greatest(created_at, last_updated)) AS m FROM {}").format(sql.Identifier(t))
         for t in MOVING_TABLES
     ]
-    cur.execute(
-        sql.SQL("SELECT max(m) FROM ({}) AS newest").format(sql.SQL(" UNION ALL ").join(parts))
-    )
+    cur.execute(sql.SQL("SELECT max(m) FROM ({}) AS newest").format(sql.SQL(" UNION ALL ").join(parts)))
     return cur.fetchone()[0]
 
 
 def _sequence(cur, table: str) -> str:
-    cur.execute(
-        "SELECT pg_get_serial_sequence(%s, %s)",
-        (sql.Identifier(table).as_string(cur), primary_key(table)),
-    )
+    cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (sql.Identifier(table).as_string(cur), primary_key(table)))
     name = cur.fetchone()[0]
     if name is None:
         raise SimulatorError(f"Table {table} has no serial sequence on {primary_key(table)}.")
@@ -611,8 +566,7 @@ def _high_water(cur, table: str) -> int:
     """The highest id ever handed out: max(id), or the sequence if rows were deleted since."""
     cur.execute(
         sql.SQL(
-            "SELECT greatest(coalesce(max({}), 0), "
-            "coalesce(pg_sequence_last_value(%s::regclass), 0)) FROM {}"
+            "SELECT greatest(coalesce(max({}), 0), coalesce(pg_sequence_last_value(%s::regclass), 0)) FROM {}"
         ).format(sql.Identifier(primary_key(table)), sql.Identifier(table)),
         (_sequence(cur, table),),
     )
@@ -646,9 +600,7 @@ def _random_id(cur, rng: random.Random, table: str) -> int | None:
     if highest is None:
         return None
     cur.execute(
-        sql.SQL("SELECT {pk} FROM {t} WHERE {pk} >= %s ORDER BY {pk} LIMIT 1").format(
-            pk=pk, t=name
-        ),
+        sql.SQL("SELECT {pk} FROM {t} WHERE {pk} >= %s ORDER BY {pk} LIMIT 1").format(pk=pk, t=name),
         (rng.randint(1, highest),),
     )
     row = cur.fetchone()
@@ -656,9 +608,7 @@ def _random_id(cur, rng: random.Random, table: str) -> int | None:
 
 
 def _update(cur, table: str, row_id: int, changes: dict) -> None:
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = %s").format(sql.Identifier(column)) for column in changes
-    )
+    assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(column)) for column in changes)
     cur.execute(
         sql.SQL("UPDATE {} SET {} WHERE {} = %s").format(
             sql.Identifier(table), assignments, sql.Identifier(primary_key(table))
@@ -713,13 +663,7 @@ class _Progress:
     def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
                 TextColumn("{task.description}"),

@@ -37,11 +37,16 @@ class SourceSnapshot:
 
 def read_source(conn, tables: tuple[str, ...] = TABLES) -> SourceSnapshot:
     with conn.cursor() as cur:
-        cur.execute("SELECT now(), current_setting('server_version'), current_setting('wal_level'), "
-                    "pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        cur.execute(
+            "SELECT now(), current_setting('server_version'), current_setting('wal_level'), "
+            "pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+        )
         taken_at, version, wal_level, lsn, wal_bytes = cur.fetchone()
-        cur.execute("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = 'public' AND c.relkind = 'r' AND relname = ANY(%s)", (list(tables),))
+        cur.execute(
+            "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r' AND relname = ANY(%s)",
+            (list(tables),),
+        )
         existing = {name for (name,) in cur.fetchall()}
         present = [t for t in tables if t in existing]
         counts: dict[str, int] = {}

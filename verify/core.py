@@ -34,17 +34,20 @@ KEY_SAMPLE = 20
 
 # -- chunk plans -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class KeyRange:
     """`low <= key < high` on the first key column; None is unbounded."""
+
     index: int
     low: int | None
     high: int | None
 
     def sql(self, column: str) -> str:
         """The predicate on `column` (already quoted), for any SQL dialect."""
-        parts = ([f"{column} >= {int(self.low)}"] if self.low is not None else []) + \
-                ([f"{column} < {int(self.high)}"] if self.high is not None else [])
+        parts = ([f"{column} >= {int(self.low)}"] if self.low is not None else []) + (
+            [f"{column} < {int(self.high)}"] if self.high is not None else []
+        )
         return " AND ".join(parts) or "true"
 
 
@@ -61,6 +64,7 @@ def plan_chunks(low: int | None, high: int | None, estimated_rows: float, chunk_
 
 
 # -- canonical hashing -----------------------------------------------------------------------
+
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -117,7 +121,8 @@ class Digest:
             values = ", ".join(_q(c) for c in columns)
             count, total = connection.execute(
                 f"SELECT count(*), coalesce(sum(hash({values})::HUGEINT) % 18446744073709551616, 0)::UBIGINT "  # nosec B608 # names quoted by _q()
-                "FROM r").fetchone()  # type: ignore[misc]
+                "FROM r"
+            ).fetchone()  # type: ignore[misc]
             return Digest(int(count), int(total))
         finally:
             connection.close()
@@ -125,9 +130,11 @@ class Digest:
 
 # -- comparison ------------------------------------------------------------------------------
 
+
 @dataclass
 class TableReport:
     """One comparison of a side (the lake, or a warehouse table) with the source."""
+
     table: str
     side: str
     """'lake' or 'warehouse'."""
@@ -156,11 +163,21 @@ class TableReport:
         return self.mismatched == 0
 
     def as_dict(self) -> dict:
-        return {"table": self.table, "side": self.side, "source": self.source, "lsn": self.lsn, "rows": self.rows,
-                "chunks": self.chunks, "chunks_differing": self.chunks_differing, "in_sync": self.in_sync,
-                "mismatched": self.mismatched, "missing": self.missing[:KEY_SAMPLE], "extra": self.extra[:KEY_SAMPLE],
-                "different": [{"key": k, "columns": v} for k, v in list(self.different.items())[:KEY_SAMPLE]],
-                "note": self.note}
+        return {
+            "table": self.table,
+            "side": self.side,
+            "source": self.source,
+            "lsn": self.lsn,
+            "rows": self.rows,
+            "chunks": self.chunks,
+            "chunks_differing": self.chunks_differing,
+            "in_sync": self.in_sync,
+            "mismatched": self.mismatched,
+            "missing": self.missing[:KEY_SAMPLE],
+            "extra": self.extra[:KEY_SAMPLE],
+            "different": [{"key": k, "columns": v} for k, v in list(self.different.items())[:KEY_SAMPLE]],
+            "note": self.note,
+        }
 
 
 def compare_chunk(report: TableReport, key: str, columns: list[str], expected: pa.Table, actual: pa.Table) -> None:
@@ -178,19 +195,31 @@ def compare_chunk(report: TableReport, key: str, columns: list[str], expected: p
         connection.register("got", got)
         connection.register("expected", expected)
         connection.register("actual", actual)
-        report.missing += [k for (k,) in connection.execute(
-            "SELECT k FROM want WHERE k NOT IN (SELECT k FROM got) ORDER BY k").fetchall()]
-        report.extra += [k for (k,) in connection.execute(
-            "SELECT k FROM got WHERE k NOT IN (SELECT k FROM want) ORDER BY k").fetchall()]
-        differing = [k for (k,) in connection.execute(
-            "SELECT want.k FROM want JOIN got USING (k) WHERE want.h <> got.h ORDER BY want.k").fetchall()]
+        report.missing += [
+            k
+            for (k,) in connection.execute(
+                "SELECT k FROM want WHERE k NOT IN (SELECT k FROM got) ORDER BY k"
+            ).fetchall()
+        ]
+        report.extra += [
+            k
+            for (k,) in connection.execute(
+                "SELECT k FROM got WHERE k NOT IN (SELECT k FROM want) ORDER BY k"
+            ).fetchall()
+        ]
+        differing = [
+            k
+            for (k,) in connection.execute(
+                "SELECT want.k FROM want JOIN got USING (k) WHERE want.h <> got.h ORDER BY want.k"
+            ).fetchall()
+        ]
         if differing:
-            checks = ", ".join(f"e.{_q(c)} IS DISTINCT FROM a.{_q(c)} AS {_q(c)}"
-                               for c in columns if c != key)
+            checks = ", ".join(f"e.{_q(c)} IS DISTINCT FROM a.{_q(c)} AS {_q(c)}" for c in columns if c != key)
             connection.register("keys", pa.table({"k": pa.array(differing, want.schema.field("k").type)}))
             rows = connection.execute(
                 f"SELECT e.{_q(key)}, {checks} FROM expected e JOIN actual a USING ({_q(key)}) "  # nosec B608 # names quoted by _q()
-                f"WHERE e.{_q(key)} IN (SELECT k FROM keys) ORDER BY 1").fetchall()
+                f"WHERE e.{_q(key)} IN (SELECT k FROM keys) ORDER BY 1"
+            ).fetchall()
             names = [c for c in columns if c != key]
             for row in rows:
                 report.different[row[0]] = [name for name, differs in zip(names, row[1:]) if differs]
@@ -201,6 +230,7 @@ def compare_chunk(report: TableReport, key: str, columns: list[str], expected: p
 @dataclass
 class Verification:
     """Every comparison of one run, at one source LSN."""
+
     lsn: int
     reports: list[TableReport]
     warehouse_lsn: int | None = None
@@ -221,13 +251,18 @@ class Verification:
     def as_dict(self) -> dict:
         from change_events import format_lsn
 
-        return {"lsn": format_lsn(self.lsn), "warehouse_lsn": None if self.warehouse_lsn is None
-                else format_lsn(self.warehouse_lsn), "in_sync": self.in_sync, "mismatched": self.mismatched,
-                "tables": [dict(r.as_dict(), lsn=format_lsn(r.lsn)) for r in self.reports]}
+        return {
+            "lsn": format_lsn(self.lsn),
+            "warehouse_lsn": None if self.warehouse_lsn is None else format_lsn(self.warehouse_lsn),
+            "in_sync": self.in_sync,
+            "mismatched": self.mismatched,
+            "tables": [dict(r.as_dict(), lsn=format_lsn(r.lsn)) for r in self.reports],
+        }
 
 
 def describe(report: TableReport) -> str:
     """One line saying how a side differs (the first few keys of each kind)."""
+
     def keys(items) -> str:
         shown = ", ".join(str(k) for k in list(items)[:5])
         return shown + (f" and {len(items) - 5:,} more" if len(items) > 5 else "")

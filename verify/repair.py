@@ -59,8 +59,10 @@ def remove_lake_extras(dsn: str, layout: LakeLayout, report: TableReport, schema
         conn.close()
     key = schema.key_names[0]
     at = current_wal_lsn(dsn)
-    events = [ChangeEvent(schema, Op.DELETE, at, seq, None, None, {key: str(value)}, None, {key: str(value)})
-              for seq, value in enumerate(report.extra)]
+    events = [
+        ChangeEvent(schema, Op.DELETE, at, seq, None, None, {key: str(value)}, None, {key: str(value)})
+        for seq, value in enumerate(report.extra)
+    ]
     LakeWriter(layout).write_batch(REPAIR_SHARD, events)
     return len(events)
 
@@ -87,7 +89,9 @@ def remove_warehouse_extras(warehouse: str, report: TableReport) -> int:
         target.begin()
         if table.is_fact:
             live = fact_rows_as_of(table, report.lsn, where=f"{q(table.business_key or '')} IN ({keys})")
-            target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT {q(table.key)} FROM ({live}) AS live)")  # nosec B608 # names quoted by q(), keys int() or dates
+            target.execute(
+                f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN (SELECT {q(table.key)} FROM ({live}) AS live)"
+            )  # nosec B608 # names quoted by q(), keys int() or dates
         else:
             target.execute(f"DELETE FROM {q(table.name)} WHERE {q(table.key)} IN ({keys})")  # nosec B608 # names quoted by q(), keys int() or dates
         target.commit()
@@ -124,8 +128,10 @@ def _refuse_if_running(config) -> None:
 
     slot = remembered(config.lake, config.slot)["slot"]
     if slot_in_use(config.source_dsn, slot):
-        raise VerifyError(f"the pipeline is running (its slot {slot} is in use): stop it, then repair, "
-                          "which runs the pipeline itself while it re-reads.")
+        raise VerifyError(
+            f"the pipeline is running (its slot {slot} is in use): stop it, then repair, "
+            "which runs the pipeline itself while it re-reads."
+        )
 
 
 def verify_with_pipeline(config, tables: tuple[str, ...], *, timeout: float, chunk_rows: int) -> Verification:
@@ -133,12 +139,20 @@ def verify_with_pipeline(config, tables: tuple[str, ...], *, timeout: float, chu
     _refuse_if_running(config)
     running = _Running(config)
     with running:
-        return verify(config.source_dsn, config.lake, config.warehouse, tables, chunk_rows=chunk_rows,
-                      timeout=timeout, policy=config.personal_data)
+        return verify(
+            config.source_dsn,
+            config.lake,
+            config.warehouse,
+            tables,
+            chunk_rows=chunk_rows,
+            timeout=timeout,
+            policy=config.personal_data,
+        )
 
 
-def repair(config, tables: list[str], found: Verification, *, timeout: float, chunk_rows: int,
-           all_tables: tuple[str, ...]) -> Verification:
+def repair(
+    config, tables: list[str], found: Verification, *, timeout: float, chunk_rows: int, all_tables: tuple[str, ...]
+) -> Verification:
     """Repair `tables` (source table names) of `found` through a pipeline run with `config`
     (a PipelineConfig), then verify every table again while it runs."""
     _refuse_if_running(config)
@@ -158,5 +172,12 @@ def repair(config, tables: list[str], found: Verification, *, timeout: float, ch
             if time.monotonic() > deadline:
                 raise VerifyError("the re-read did not finish in time: run the repair again (it starts over).")
             time.sleep(0.2)
-        return verify(config.source_dsn, config.lake, config.warehouse, all_tables, chunk_rows=chunk_rows,
-                      timeout=timeout, policy=config.personal_data)
+        return verify(
+            config.source_dsn,
+            config.lake,
+            config.warehouse,
+            all_tables,
+            chunk_rows=chunk_rows,
+            timeout=timeout,
+            policy=config.personal_data,
+        )

@@ -28,8 +28,9 @@ class VerifyError(RuntimeError):
     """Verification could not run; str() is one sentence naming the fix."""
 
 
-def wait_until(reached: Callable[[], int | None], lsn: int, timeout: float, what: str,
-               stop: threading.Event | None = None) -> int:
+def wait_until(
+    reached: Callable[[], int | None], lsn: int, timeout: float, what: str, stop: threading.Event | None = None
+) -> int:
     """Wait until `reached()` is at or past `lsn`; return it, or raise VerifyError (also
     when `stop` is set: the pipeline that runs the verification is stopping)."""
     stop = stop or threading.Event()
@@ -42,15 +43,26 @@ def wait_until(reached: Callable[[], int | None], lsn: int, timeout: float, what
             raise VerifyError("the verification was stopped before the lake reached its LSN.")
         if time.monotonic() >= deadline:
             shown = "nothing yet" if at is None else format_lsn(at)
-            raise VerifyError(f"the {what} is at {shown}, short of the verification's LSN {format_lsn(lsn)} after "
-                              f"{timeout:g} s: is the pipeline running? Start it (totes run), or wait longer (--timeout).")
+            raise VerifyError(
+                f"the {what} is at {shown}, short of the verification's LSN {format_lsn(lsn)} after "
+                f"{timeout:g} s: is the pipeline running? Start it (totes run), or wait longer (--timeout)."
+            )
         stop.wait(0.2)
 
 
-def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], *,
-           chunk_rows: int = DEFAULT_CHUNK_ROWS, timeout: float = DEFAULT_TIMEOUT, schema: str = "public",
-           on_table: Callable[[TableReport], None] | None = None,
-           stop: threading.Event | None = None, policy: Policy = NO_POLICY) -> Verification:
+def verify(
+    dsn: str,
+    lake: str,
+    warehouse: str | None,
+    tables: tuple[str, ...],
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    timeout: float = DEFAULT_TIMEOUT,
+    schema: str = "public",
+    on_table: Callable[[TableReport], None] | None = None,
+    stop: threading.Event | None = None,
+    policy: Policy = NO_POLICY,
+) -> Verification:
     layout = LakeLayout(lake)
     reports: list[TableReport] = []
 
@@ -73,8 +85,11 @@ def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], 
                 qualified = table_schema.table
                 lake_report = TableReport(qualified, "lake", table, lsn)
                 spec = wh.fact_spec(table)
-                fact_report = (TableReport(spec.table.name, "warehouse", table, lsn)
-                               if spec is not None and spec.table.name in present else None)
+                fact_report = (
+                    TableReport(spec.table.name, "warehouse", table, lsn)
+                    if spec is not None and spec.table.name in present
+                    else None
+                )
                 for key, chunk, rows in source.chunks(table_schema, chunk_rows):
                     held = lake_chunk(layout, qualified, key, chunk, lsn)
                     if held is None:
@@ -83,13 +98,23 @@ def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], 
                         lake_report.missing += rows.column(key).to_pylist()
                     else:
                         columns = [c for c in rows.column_names if c in held.column_names]
-                        compare_chunk(lake_report, key, columns, align(rows, held.schema, columns),
-                                      align(held, held.schema, columns))
+                        compare_chunk(
+                            lake_report,
+                            key,
+                            columns,
+                            align(rows, held.schema, columns),
+                            align(held, held.schema, columns),
+                        )
                     if fact_report is not None and spec is not None:
                         expected = wh.expected_facts(spec, rows, lsn)
                         actual = wh.actual_facts(reader, spec, chunk, lsn)  # type: ignore[arg-type]
-                        compare_chunk(fact_report, spec.business_key, expected.column_names, expected,
-                                      align(actual, expected.schema, expected.column_names))
+                        compare_chunk(
+                            fact_report,
+                            spec.business_key,
+                            expected.column_names,
+                            expected,
+                            align(actual, expected.schema, expected.column_names),
+                        )
                 done(lake_report)
                 if fact_report is not None:
                     done(fact_report)
@@ -111,8 +136,13 @@ def verify(dsn: str, lake: str, warehouse: str | None, tables: tuple[str, ...], 
 
 def _dimension_report(layout: LakeLayout, reader: wh.WarehouseReader, name: str, at: int, schema: str) -> TableReport:
     table = wh.table(name)
-    report = TableReport(name, "warehouse", wh.dimension_source(name), at,
-                         note="compared at the warehouse's checkpoint: dimensions hold the latest values")
+    report = TableReport(
+        name,
+        "warehouse",
+        wh.dimension_source(name),
+        at,
+        note="compared at the warehouse's checkpoint: dimensions hold the latest values",
+    )
     expected = wh.expected_dimension(layout, name, at, schema)
     actual = wh.actual_dimension(reader, name)
     compare_chunk(report, table.key, table.names, expected, align(actual, expected.schema, table.names))
@@ -124,9 +154,13 @@ def _dimension_report(layout: LakeLayout, reader: wh.WarehouseReader, name: str,
 def _calendar_report(reader: wh.WarehouseReader, at: int) -> TableReport:
     """dim_date against the calendar the transform makes for the days the facts reference."""
     table = wh.table(wh.DIM_DATE.name)
-    report = TableReport(table.name, "warehouse", wh.CALENDAR_SOURCE, at,
-                         note="a calendar: every day from its start to a year past the last sync, and every "
-                              "day a fact references")
+    report = TableReport(
+        table.name,
+        "warehouse",
+        wh.CALENDAR_SOURCE,
+        at,
+        note="a calendar: every day from its start to a year past the last sync, and every day a fact references",
+    )
     actual = wh.actual_dimension(reader, table.name)
     last = actual.column(table.key).to_pylist()
     expected = wh.expected_calendar(wh.referenced_days(reader), max(last) if last else None)

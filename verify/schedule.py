@@ -17,15 +17,28 @@ from verify.run import DEFAULT_CHUNK_ROWS, verify
 log = logging.getLogger("totes.verify")
 
 
-def verify_every(config, interval: float, stop: threading.Event, on_result: Callable[[Verification], None], *,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+def verify_every(
+    config,
+    interval: float,
+    stop: threading.Event,
+    on_result: Callable[[Verification], None],
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> None:
     """Verify `config`'s source, lake and warehouse (a PipelineConfig) every `interval`
     seconds until `stop`."""
     while not stop.wait(interval):
         try:
-            result = verify(config.source_dsn, config.lake, config.warehouse, config.tables,
-                            chunk_rows=chunk_rows, timeout=max(60.0, interval), stop=stop,
-                            policy=config.personal_data)
+            result = verify(
+                config.source_dsn,
+                config.lake,
+                config.warehouse,
+                config.tables,
+                chunk_rows=chunk_rows,
+                timeout=max(60.0, interval),
+                stop=stop,
+                policy=config.personal_data,
+            )
         except Exception as error:  # noqa: BLE001 - the next round tries again
             if stop.is_set():
                 return

@@ -97,11 +97,17 @@ class SourceSnapshot:
             return key, [KeyRange(0, None, None)]
         namespace, _, table = schema.table.partition(".")
         with self._conn.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(
-                k=sql.Identifier(key), t=sql.Identifier(namespace, table)))
+            cur.execute(
+                sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(
+                    k=sql.Identifier(key), t=sql.Identifier(namespace, table)
+                )
+            )
             low, high = cur.fetchone()
-            cur.execute("SELECT greatest(reltuples, 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = %s AND c.relname = %s", (namespace, table))
+            cur.execute(
+                "SELECT greatest(reltuples, 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (namespace, table),
+            )
             estimated = float(cur.fetchone()[0] or 0)
         if low is not None and estimated == 0:  # never analysed: size it by its keys
             estimated = float(high - low + 1)
@@ -111,8 +117,10 @@ class SourceSnapshot:
         """The chunk's rows, typed as the lake types them."""
         namespace, _, table = schema.table.partition(".")
         where = chunk.sql(quote_identifier(key))
-        query = (f"SELECT {_select_list(schema, as_text=False, scaled_decimals=True)} FROM "  # nosec B608 # quoted identifiers, int bounds
-                 f"{quote_identifier(namespace)}.{quote_identifier(table)} WHERE {where}")
+        query = (
+            f"SELECT {_select_list(schema, as_text=False, scaled_decimals=True)} FROM "  # nosec B608 # quoted identifiers, int bounds
+            f"{quote_identifier(namespace)}.{quote_identifier(table)} WHERE {where}"
+        )
         rewrite = self.policy.rewrite(schema)
         cur = self._arrow_cursor
         batches: list[pa.RecordBatch] = []
@@ -122,13 +130,15 @@ class SourceSnapshot:
             with cur.fetch_record_batch() as reader:
                 for batch in reader:
                     leaving = batch if rewrite is None else rewrite.table(batch)  # masked, hashed
-                    batches.append(pa.RecordBatch.from_arrays(lake_columns(schema, leaving),
-                                                              names=list(schema.column_names)))
+                    batches.append(
+                        pa.RecordBatch.from_arrays(lake_columns(schema, leaving), names=list(schema.column_names))
+                    )
         except _NotInLake:
             return self._read_as_text(schema, key, chunk)
         if not batches:
-            return pa.Table.from_arrays([pa.array([], arrow_type(c.type_name)) for c in schema.columns],
-                                        names=list(schema.column_names))
+            return pa.Table.from_arrays(
+                [pa.array([], arrow_type(c.type_name)) for c in schema.columns], names=list(schema.column_names)
+            )
         return pa.Table.from_batches(batches)
 
     def _read_as_text(self, schema: TableSchema, key: str, chunk: KeyRange) -> pa.Table:
@@ -136,12 +146,17 @@ class SourceSnapshot:
         holds, which then fail as the stream processor's conversion fails."""
         namespace, _, table = schema.table.partition(".")
         query = sql.SQL("COPY (SELECT {c} FROM {t} WHERE {w}) TO STDOUT").format(
-            c=sql.SQL(", ").join(map(sql.Identifier, schema.column_names)), t=sql.Identifier(namespace, table),
-            w=sql.SQL(chunk.sql(sql.Identifier(key).as_string(self._conn))))
+            c=sql.SQL(", ").join(map(sql.Identifier, schema.column_names)),
+            t=sql.Identifier(namespace, table),
+            w=sql.SQL(chunk.sql(sql.Identifier(key).as_string(self._conn))),
+        )
         pieces: list[pa.Table] = []
         rewrite = self.policy.rewrite(schema)
-        sink = CopyBatches(list(schema.column_names), COPY_BATCH_BYTES, lambda text, _size: pieces.append(
-            text if rewrite is None else rewrite.table(text)))
+        sink = CopyBatches(
+            list(schema.column_names),
+            COPY_BATCH_BYTES,
+            lambda text, _size: pieces.append(text if rewrite is None else rewrite.table(text)),
+        )
         with self._conn.cursor() as cur:  # type: ignore[union-attr]
             cur.copy_expert(query.as_string(self._conn), sink)
         sink.close()
@@ -189,8 +204,10 @@ class SourceSnapshot:
 
 
 def _typed(schema: TableSchema, text: pa.Table) -> pa.Table:
-    return pa.Table.from_arrays([convert_column(text.column(i), c.type_name, c.name) for i, c in enumerate(schema.columns)],
-                                names=list(schema.column_names))
+    return pa.Table.from_arrays(
+        [convert_column(text.column(i), c.type_name, c.name) for i, c in enumerate(schema.columns)],
+        names=list(schema.column_names),
+    )
 
 
 def _snapshot_literal(name: str) -> str:

@@ -30,8 +30,21 @@ from warehouse_sync import transforms as tf
 from warehouse_sync.apply import DIMENSION_SOURCES
 from warehouse_sync.as_of import fact_rows_as_of
 from warehouse_sync.schema import (
-    BY_NAME, CHECKPOINT, DIM_COUNTERPARTY, DIM_CURRENCY, DIM_DATE, DIM_DESIGN, DIM_LOCATION, DIM_PAYMENT_TYPE, DIM_STAFF,
-    DIM_TRANSACTION, Table, conform, projected_columns, quote_identifier as q, references_to,
+    BY_NAME,
+    CHECKPOINT,
+    DIM_COUNTERPARTY,
+    DIM_CURRENCY,
+    DIM_DATE,
+    DIM_DESIGN,
+    DIM_LOCATION,
+    DIM_PAYMENT_TYPE,
+    DIM_STAFF,
+    DIM_TRANSACTION,
+    Table,
+    conform,
+    projected_columns,
+    quote_identifier as q,
+    references_to,
 )
 from warehouse_sync.targets import is_postgres_dsn
 
@@ -91,9 +104,12 @@ def expected_facts(spec: tf.FactSpec, source_rows: pa.Table, lsn: int) -> pa.Tab
     """The fact columns the source's rows at `lsn` project to (lineage left out)."""
     frame = pl.from_arrow(source_rows)
     assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
-    versions = frame.with_columns(pl.lit("r").alias("_op"), pl.lit(lsn, pl.Int64).alias("_lsn"),
-                                  pl.lit(0, pl.Int64).alias("_seq"),
-                                  pl.lit(None, pl.Datetime("us", "UTC")).alias("_commit_ts"))
+    versions = frame.with_columns(
+        pl.lit("r").alias("_op"),
+        pl.lit(lsn, pl.Int64).alias("_lsn"),
+        pl.lit(0, pl.Int64).alias("_seq"),
+        pl.lit(None, pl.Datetime("us", "UTC")).alias("_commit_ts"),
+    )
     columns = projected_columns(spec.table)
     return tf.fact_rows(spec, versions).select(columns).to_arrow()
 
@@ -124,8 +140,11 @@ def actual_dimension(reader: WarehouseReader, name: str) -> pa.Table:
 def referenced_days(reader: WarehouseReader) -> pl.Series:
     """Every day some fact row (any version) of the warehouse points at."""
     present = reader.tables()
-    parts = [f"SELECT DISTINCT {q(column.name)} AS date_id FROM {q(fact.name)}"  # nosec B608 # names quoted by q()
-             for fact, column in references_to(DIM_DATE.name) if fact.name in present]
+    parts = [
+        f"SELECT DISTINCT {q(column.name)} AS date_id FROM {q(fact.name)}"  # nosec B608 # names quoted by q()
+        for fact, column in references_to(DIM_DATE.name)
+        if fact.name in present
+    ]
     if not parts:
         return pl.Series("date_id", [], dtype=pl.Date)
     return reader.query(" UNION ".join(parts))["date_id"].cast(pl.Date).drop_nulls()
@@ -148,8 +167,10 @@ def referenced(reader: WarehouseReader, name: str, keys: list) -> set:
     present = reader.tables()
     for fact, column in references_to(name):
         if fact.name in present:
-            rows = reader.query(f"SELECT DISTINCT {q(column.name)} AS k FROM {q(fact.name)} "  # nosec B608 # names quoted by q(), keys int()
-                                f"WHERE {q(column.name)} IN ({values})")
+            rows = reader.query(
+                f"SELECT DISTINCT {q(column.name)} AS k FROM {q(fact.name)} "  # nosec B608 # names quoted by q(), keys int()
+                f"WHERE {q(column.name)} IN ({values})"
+            )
             found |= set(rows["k"].to_list())
     return found
 

@@ -33,8 +33,16 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "DuckDBTarget", "PostgresTarget", "SyncResult", "Target", "checkpoint_lsn", "dangling_references",
-    "duplicate_current_rows", "ensure_schema", "open_target", "sync_once",
+    "DuckDBTarget",
+    "PostgresTarget",
+    "SyncResult",
+    "Target",
+    "checkpoint_lsn",
+    "dangling_references",
+    "duplicate_current_rows",
+    "ensure_schema",
+    "open_target",
+    "sync_once",
 ]
 
 

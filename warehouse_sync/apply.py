@@ -130,10 +130,13 @@ class SyncResult:
     def add(self, applied: SyncResult, end: Position) -> None:
         """Count a committed slice in."""
         self.events += applied.events
-        for mine, theirs in ((self.facts_appended, applied.facts_appended), (self.facts_closed, applied.facts_closed),
-                             (self.dimensions_upserted, applied.dimensions_upserted),
-                             (self.dimensions_deleted, applied.dimensions_deleted),
-                             (self.facts_rejected, applied.facts_rejected)):
+        for mine, theirs in (
+            (self.facts_appended, applied.facts_appended),
+            (self.facts_closed, applied.facts_closed),
+            (self.dimensions_upserted, applied.dimensions_upserted),
+            (self.dimensions_deleted, applied.dimensions_deleted),
+            (self.facts_rejected, applied.facts_rejected),
+        ):
             for name, count in theirs.items():
                 mine[name] = mine.get(name, 0) + count
         self.slices.append((end, applied.events))
@@ -162,8 +165,15 @@ def checkpoint_lsn(target: Target) -> int:
     return int(frame.item()) if frame.height else 0
 
 
-def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: date | None = None,
-              tables: dict | None = None, slice_events: int = SLICE_EVENTS) -> SyncResult:
+def sync_once(
+    lake: LakeLayout | str,
+    target: Target,
+    upto_lsn: int,
+    *,
+    today: date | None = None,
+    tables: dict | None = None,
+    slice_events: int = SLICE_EVENTS,
+) -> SyncResult:
     """Apply every change-log event with `checkpoint < _lsn <= upto_lsn`, in slices of at
     most `slice_events` events (see `slices`), one transaction each, reconnecting and going
     on from the last committed slice when the warehouse drops the connection.
@@ -176,16 +186,18 @@ def sync_once(lake: LakeLayout | str, target: Target, upto_lsn: int, *, today: d
         try:
             if lost:
                 target.reconnect()
-            return _sync_once(layout, target, upto_lsn, today=today, tables=tables,
-                              slice_events=slice_events, result=result)
+            return _sync_once(
+                layout, target, upto_lsn, today=today, tables=tables, slice_events=slice_events, result=result
+            )
         except _Resume as resume:
             error, result = resume.error, resume.result
             if attempt == RECONNECT_ATTEMPTS or not target.lost_connection(error):
                 raise error from None
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             delay = min(2.0 ** (attempt - 1), 10.0)
-            log.warning("the warehouse dropped the connection (%s); reconnecting in %.0f s and syncing again",
-                        first, delay)
+            log.warning(
+                "the warehouse dropped the connection (%s); reconnecting in %.0f s and syncing again", first, delay
+            )
             time.sleep(delay)
             lost = True
     raise AssertionError("unreachable")
@@ -199,8 +211,16 @@ class _Resume(Exception):
         self.error, self.result = error, result
 
 
-def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date | None,
-               tables: dict | None, slice_events: int, result: SyncResult | None) -> SyncResult:
+def _sync_once(
+    layout: LakeLayout,
+    target: Target,
+    upto_lsn: int,
+    *,
+    today: date | None,
+    tables: dict | None,
+    slice_events: int,
+    result: SyncResult | None,
+) -> SyncResult:
     today = today or datetime.now(timezone.utc).date()
     try:
         if not target.schema_ready:
@@ -218,18 +238,39 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
         if tables is not None and start.is_complete(len(SOURCES)):
             held = cached_events(layout, start.lsn, upto_lsn, tables, slice_events)
             if held is not None and held <= slice_events:
-                _apply_slice(layout, target, start, end, today, tables, result,
-                             lambda: (read_changes(layout, start.lsn, upto_lsn, tables), {}))
+                _apply_slice(
+                    layout,
+                    target,
+                    start,
+                    end,
+                    today,
+                    tables,
+                    result,
+                    lambda: (read_changes(layout, start.lsn, upto_lsn, tables), {}),
+                )
                 return result
         opened: dict = {uri: known[0] for uri, known in _LAKE_TYPES.items()}  # brought up to date just now
         counts = count_events(layout, start, upto_lsn, opened, larger_than=slice_events)
-        ends = plan_slices(counts, upto_lsn, len(SOURCES),
-                           lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened), slice_events)
+        ends = plan_slices(
+            counts,
+            upto_lsn,
+            len(SOURCES),
+            lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened),
+            slice_events,
+        )
         for end_ in ends:
             start_ = start
             sources = {list(SOURCES)[c.table] for c in counts if start_.lsn <= c.lsn <= end_.lsn}
-            if not _apply_slice(layout, target, start_, end_, today, tables, result,
-                                lambda: _read_slice(layout, start_, end_, upto_lsn, opened, sources)):
+            if not _apply_slice(
+                layout,
+                target,
+                start_,
+                end_,
+                today,
+                tables,
+                result,
+                lambda: _read_slice(layout, start_, end_, upto_lsn, opened, sources),
+            ):
                 break  # another sync moved the checkpoint: the next run starts from there
             start = end_
         if tables is not None:
@@ -241,8 +282,16 @@ def _sync_once(layout: LakeLayout, target: Target, upto_lsn: int, *, today: date
     return result
 
 
-def _apply_slice(layout: LakeLayout, target: Target, start: Position, end: Position, today: date,
-                 tables: dict | None, result: SyncResult, read) -> bool:
+def _apply_slice(
+    layout: LakeLayout,
+    target: Target,
+    start: Position,
+    end: Position,
+    today: date,
+    tables: dict | None,
+    result: SyncResult,
+    read,
+) -> bool:
     """One transaction: the events in `(start, end]` (as `read()` returns them, with the
     keys snapshot reads bring back after the slice: `_read_slice`), the position moved to
     `end`. False (nothing done) when the warehouse is not at `start`."""
@@ -265,8 +314,9 @@ def _apply_slice(layout: LakeLayout, target: Target, start: Position, end: Posit
     return True
 
 
-def _read_slice(layout: LakeLayout, start: Position, end: Position, upto_lsn: int, opened: dict,
-                sources: set[str]) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
+def _read_slice(
+    layout: LakeLayout, start: Position, end: Position, upto_lsn: int, opened: dict, sources: set[str]
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
     """The slice's events, and for each fact source it truncates, the keys whose next event
     after the slice (up to `upto_lsn`) is a snapshot read. A reset truncates at L1 and writes
     the rows back at a later L2; a slice ending between the two must not delete the facts a
@@ -302,8 +352,12 @@ def _read_position(target: Target, lock: bool = False) -> Position:
     if not lock:
         target.begin()
     try:
-        lsn = int(target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1"  # nosec B608 # names quoted by q()
-                               f"{target.for_update if lock else ''}").item())
+        lsn = int(
+            target.query(
+                f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1"  # nosec B608 # names quoted by q()
+                f"{target.for_update if lock else ''}"
+            ).item()
+        )
         partial = target.query(f"SELECT lsn, source, seq FROM {q(PARTIAL.name)} WHERE id = 1")  # nosec B608 # names quoted by q()
     finally:
         if not lock:
@@ -319,8 +373,10 @@ def _advance_position(target: Target, end: Position) -> None:
     target.execute(f"DELETE FROM {q(PARTIAL.name)}")  # nosec B608 # names quoted by q()
     if not end.is_complete(len(SOURCES)):
         source = wh_schema.quote_literal(list(SOURCES)[end.table])
-        target.execute(f"INSERT INTO {q(PARTIAL.name)} (id, lsn, source, seq) "  # nosec B608 # names quoted, values int() or quoted
-                       f"VALUES (1, {int(end.lsn)}, {source}, {int(end.seq)})")
+        target.execute(
+            f"INSERT INTO {q(PARTIAL.name)} (id, lsn, source, seq) "  # nosec B608 # names quoted, values int() or quoted
+            f"VALUES (1, {int(end.lsn)}, {source}, {int(end.seq)})"
+        )
 
 
 _LAKE_TYPES: dict[str, tuple[ChangeLog, int, dict[str, pl.DataType]]] = {}
@@ -338,8 +394,11 @@ def _lake_types(layout: LakeLayout, uri: str, tables: dict | None) -> dict[str, 
     if change_log.moved_on():
         change_log.update()
     if known is None or known[0] is not change_log or known[1] != change_log.version:
-        known = _LAKE_TYPES[uri] = (change_log, change_log.version,
-                                    dict(pl.DataFrame(change_log.schema().empty_table()).schema))
+        known = _LAKE_TYPES[uri] = (
+            change_log,
+            change_log.version,
+            dict(pl.DataFrame(change_log.schema().empty_table()).schema),
+        )
     return known[2]
 
 
@@ -361,15 +420,17 @@ def _follow_lake_types(target: Target, layout: LakeLayout, tables: dict | None =
         for column in changed:
             if present.get(column.name) != column.type:
                 target.execute(wh_schema.alter_column_type(widened, column, target.dialect))
-                log.warning("%s.%s is now %s, as the lake's %s column is", widened.name, column.name,
-                            column.type, source)
+                log.warning(
+                    "%s.%s is now %s, as the lake's %s column is", widened.name, column.name, column.type, source
+                )
 
 
 def _column_types(target: Target, table: str) -> dict[str, str]:
     """The logical types (schema.TYPES names, or 'decimal(p,s)') of `table`'s columns."""
     frame = target.query(
         "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "  # nosec B608 # the table name is a quoted literal
-        f"WHERE table_name = {wh_schema.quote_literal(table)}")
+        f"WHERE table_name = {wh_schema.quote_literal(table)}"
+    )
     return {row[0]: wh_schema.logical_of(*row[1:]) for row in frame.rows()}
 
 
@@ -379,13 +440,16 @@ def _advance_checkpoint(target: Target, lsn: int) -> None:
 
 # -- SQL helpers shared by both engines (every name quoted: `quote_identifier`) ---------------
 
+
 def _stage_keys(target: Target, name: str, keys: pl.Series) -> str:
     return target.stage(name, pl.DataFrame({"k": keys}))
 
 
 def _select(target: Target, table: Table, where: str = "") -> pl.DataFrame:
-    return target.select(f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}",  # nosec B608 # names quoted by q(), values int()
-                         table.polars_schema)
+    return target.select(
+        f"SELECT {column_list(table.names)} FROM {q(table.name)}{where}",  # nosec B608 # names quoted by q(), values int()
+        table.polars_schema,
+    )
 
 
 def _mirror_rows(target: Target, source: str, keys: pl.Series | None, column: str | None = None) -> pl.DataFrame:
@@ -406,18 +470,24 @@ def _upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
     name, key, columns = q(table.name), q(table.key), column_list(table.names)
     if target.dialect != DUCKDB:
         updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in table.names if n != table.key)
-        target.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {staged} "  # nosec B608 # names quoted by q()
-                       f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+        target.execute(
+            f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {staged} "  # nosec B608 # names quoted by q()
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        )
         return rows.height
     # DuckDB: its ON CONFLICT, or an UPDATE joined on the key, updates the rows in the order
     # the staged rows come, and rows out of the table's own order cost it ~50 us each (a
     # backlog's 100k updates took seconds). Updated by rowid, in rowid order, they cost
     # ~1 us; the join that finds the rowids reads only the key column.
     updates = ", ".join(f"{q(n)} = s.{q(n)}" for n in table.names if n != table.key)
-    target.execute(f"UPDATE {name} SET {updates} FROM (SELECT u.*, t.rowid AS _wh_row FROM {staged} AS u "  # nosec B608 # names quoted by q()
-                   f"JOIN {name} AS t ON t.{key} = u.{key} ORDER BY _wh_row) AS s WHERE {name}.rowid = s._wh_row")
-    target.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {staged} AS s "  # nosec B608 # names quoted by q()
-                   f"WHERE NOT EXISTS (SELECT 1 FROM {name} AS t WHERE t.{key} = s.{key})")
+    target.execute(
+        f"UPDATE {name} SET {updates} FROM (SELECT u.*, t.rowid AS _wh_row FROM {staged} AS u "  # nosec B608 # names quoted by q()
+        f"JOIN {name} AS t ON t.{key} = u.{key} ORDER BY _wh_row) AS s WHERE {name}.rowid = s._wh_row"
+    )
+    target.execute(
+        f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {staged} AS s "  # nosec B608 # names quoted by q()
+        f"WHERE NOT EXISTS (SELECT 1 FROM {name} AS t WHERE t.{key} = s.{key})"
+    )
     return rows.height
 
 
@@ -429,8 +499,10 @@ def _delete_keys(target: Target, table: Table, keys: pl.Series, condition: str =
 
 # -- the steps ---------------------------------------------------------------------------------
 
-def _apply(target: Target, changes: dict[str, pl.DataFrame], today: date, result: SyncResult,
-           returning: dict[str, pl.Series]) -> None:
+
+def _apply(
+    target: Target, changes: dict[str, pl.DataFrame], today: date, result: SyncResult, returning: dict[str, pl.Series]
+) -> None:
     replays = {source: _replay_mirror(target, source, events) for source, events in changes.items()}
     _upsert_dimensions(target, replays, result)
     fact_changes = {}
@@ -467,7 +539,9 @@ def _known_rows(target: Target, replays: dict[str, Replay], source: str, keys: p
     rows = _mirror_rows(target, source, keys).drop(["_lsn", "_seq"])
     if source in replays and replays[source].gone.height:
         gone = replays[source].gone
-        gone = gone.filter(pl.col(mirror.key).is_in(keys.implode()) & ~pl.col(mirror.key).is_in(rows[mirror.key].implode()))
+        gone = gone.filter(
+            pl.col(mirror.key).is_in(keys.implode()) & ~pl.col(mirror.key).is_in(rows[mirror.key].implode())
+        )
         rows = pl.concat([rows, gone.select(rows.columns)])
     return rows
 
@@ -484,30 +558,37 @@ def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
         keys = _touched(replays, source)
         if keys.len():
             result.dimensions_upserted[dimension.name] = _upsert(
-                target, dimension, transform(_known_rows(target, replays, source, keys)))
+                target, dimension, transform(_known_rows(target, replays, source, keys))
+            )
 
-    staff_keys = pl.concat([
-        _touched(replays, "staff"),
-        _mirror_rows(target, "staff", _touched(replays, "department"), "department_id")["staff_id"],
-    ]).unique()
+    staff_keys = pl.concat(
+        [
+            _touched(replays, "staff"),
+            _mirror_rows(target, "staff", _touched(replays, "department"), "department_id")["staff_id"],
+        ]
+    ).unique()
     if staff_keys.len():
         staff = _known_rows(target, replays, "staff", staff_keys)
         departments = _known_rows(target, replays, "department", staff["department_id"].drop_nulls().unique())
         result.dimensions_upserted[DIM_STAFF.name] = _upsert(target, DIM_STAFF, tf.dim_staff(staff, departments))
 
-    counterparty_keys = pl.concat([
-        _touched(replays, "counterparty"),
-        _mirror_rows(target, "counterparty", _touched(replays, "address"), "legal_address_id")["counterparty_id"],
-    ]).unique()
+    counterparty_keys = pl.concat(
+        [
+            _touched(replays, "counterparty"),
+            _mirror_rows(target, "counterparty", _touched(replays, "address"), "legal_address_id")["counterparty_id"],
+        ]
+    ).unique()
     if counterparty_keys.len():
         counterparties = _known_rows(target, replays, "counterparty", counterparty_keys)
         addresses = _known_rows(target, replays, "address", counterparties["legal_address_id"].drop_nulls().unique())
         result.dimensions_upserted[DIM_COUNTERPARTY.name] = _upsert(
-            target, DIM_COUNTERPARTY, tf.dim_counterparty(counterparties, addresses))
+            target, DIM_COUNTERPARTY, tf.dim_counterparty(counterparties, addresses)
+        )
 
 
-def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: SyncResult,
-                  returning: pl.Series | None) -> tf.FactChanges:
+def _fact_changes(
+    target: Target, spec: tf.FactSpec, replayed: Replay, result: SyncResult, returning: pl.Series | None
+) -> tf.FactChanges:
     fact = spec.table
     staged = _stage_keys(target, "_wh_fact_keys", replayed.touched)
     current = _select(target, fact, f" WHERE is_current AND {q(spec.business_key)} IN (SELECT k FROM {q(staged)})")  # nosec B608 # names quoted by q(), values int()
@@ -520,9 +601,16 @@ def _fact_changes(target: Target, spec: tf.FactSpec, replayed: Replay, result: S
         _upsert(target, wh_schema.REJECTED, rejected)
         result.facts_rejected[fact.name] = rejected.select("source_lsn", "source_seq").unique().height
         for row in rejected.iter_rows(named=True):
-            log.warning("%s %s at %d/%d: %s %s, set aside in %s", row["source_table"], row["business_key"],
-                        row["source_lsn"], row["source_seq"], row["source_value"], row["reason"],
-                        wh_schema.REJECTED.name)
+            log.warning(
+                "%s %s at %d/%d: %s %s, set aside in %s",
+                row["source_table"],
+                row["business_key"],
+                row["source_lsn"],
+                row["source_seq"],
+                row["source_value"],
+                row["reason"],
+                wh_schema.REJECTED.name,
+            )
     return tf.new_fact_rows(spec, current, tf.fact_rows(spec, versions))
 
 
@@ -539,14 +627,17 @@ def _without_replaced_truncates(versions: pl.DataFrame, key: str, returning: pl.
     ordered = versions.sort([key, "_lsn", "_seq"])
     following = pl.col("_op").shift(-1).over(key)
     later = pl.lit(False) if returning is None else pl.col(key).is_in(returning.cast(versions[key].dtype).implode())
-    replaced = ((pl.col("_op") == "t") & pl.when(following.is_null()).then(later).otherwise(following == "r")
-                ).fill_null(False)
+    replaced = (
+        (pl.col("_op") == "t") & pl.when(following.is_null()).then(later).otherwise(following == "r")
+    ).fill_null(False)
     return ordered.filter(~replaced)
 
 
 def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactChanges], today: date) -> None:
-    referenced = pl.concat([pl.Series("date_id", [], dtype=pl.Date)]
-                           + [tf.referenced_days(spec, c.inserts) for spec, c in fact_changes.items()])
+    referenced = pl.concat(
+        [pl.Series("date_id", [], dtype=pl.Date)]
+        + [tf.referenced_days(spec, c.inserts) for spec, c in fact_changes.items()]
+    )
     days = tf.dim_date(tf.calendar_days(referenced, today))
     present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {q(DIM_DATE.name)}")  # nosec B608 # names quoted by q(), values int()
     first, last = present["first"].item(), present["last"].item()
@@ -555,16 +646,20 @@ def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactCh
     if days.height:
         staged = target.stage("_wh_days", days)
         columns = column_list(DIM_DATE.names)
-        target.execute(f"INSERT INTO {q(DIM_DATE.name)} ({columns}) SELECT {columns} FROM {q(staged)} "  # nosec B608 # names quoted by q(), values int()
-                       f"ON CONFLICT ({q(DIM_DATE.key)}) DO NOTHING")
+        target.execute(
+            f"INSERT INTO {q(DIM_DATE.name)} ({columns}) SELECT {columns} FROM {q(staged)} "  # nosec B608 # names quoted by q(), values int()
+            f"ON CONFLICT ({q(DIM_DATE.key)}) DO NOTHING"
+        )
 
 
 def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, result: SyncResult) -> None:
     fact = spec.table
     if changes.closes.height:
         staged = target.stage("_wh_closes", changes.closes)
-        target.execute(f"UPDATE {q(fact.name)} SET is_current = false, valid_to = s.valid_to FROM {q(staged)} AS s "  # nosec B608 # names quoted by q(), values int()
-                       f"WHERE {q(fact.name)}.{q(fact.key)} = s.{q(fact.key)}")
+        target.execute(
+            f"UPDATE {q(fact.name)} SET is_current = false, valid_to = s.valid_to FROM {q(staged)} AS s "  # nosec B608 # names quoted by q(), values int()
+            f"WHERE {q(fact.name)}.{q(fact.key)} = s.{q(fact.key)}"
+        )
         result.facts_closed[fact.name] = changes.closes.height
     inserts = changes.inserts
     if inserts.height == 0:
@@ -589,7 +684,8 @@ def _delete_dimensions(target: Target, replays: dict[str, Replay], result: SyncR
         before = int(target.query(present).item())
         unreferenced = "".join(
             f" AND NOT EXISTS (SELECT 1 FROM {q(fact.name)} AS f WHERE f.{q(column.name)} = {table}.{key})"  # nosec B608 # names quoted by q(), values int()
-            for fact, column in references_to(name))
+            for fact, column in references_to(name)
+        )
         target.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)}){unreferenced}")  # nosec B608 # names quoted by q(), values int()
         deleted = before - int(target.query(present).item())
         if deleted:

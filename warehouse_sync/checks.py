@@ -20,7 +20,8 @@ def dangling_references(target: Target) -> dict[str, int]:
             dimension = BY_NAME[column.references]
             count = target.query(
                 f"SELECT count(*) AS n FROM {q(fact.name)} AS f WHERE NOT EXISTS "  # nosec B608 # names quoted by q()
-                f"(SELECT 1 FROM {q(dimension.name)} AS d WHERE d.{q(dimension.key)} = f.{q(column.name)})").item()
+                f"(SELECT 1 FROM {q(dimension.name)} AS d WHERE d.{q(dimension.key)} = f.{q(column.name)})"
+            ).item()
             if count:
                 found[f"{fact.name}.{column.name}"] = int(count)
     return found
@@ -32,7 +33,8 @@ def duplicate_current_rows(target: Target) -> dict[str, int]:
     for fact in FACTS:
         count = target.query(
             f"SELECT count(*) AS n FROM (SELECT {q(fact.business_key)} FROM {q(fact.name)} WHERE is_current "  # nosec B608 # names quoted by q()
-            f"GROUP BY {q(fact.business_key)} HAVING count(*) > 1) AS d").item()
+            f"GROUP BY {q(fact.business_key)} HAVING count(*) > 1) AS d"
+        ).item()
         if count:
             found[fact.name] = int(count)
     return found

@@ -25,9 +25,15 @@ import duckdb
 from warehouse_sync.schema import BY_NAME, FACTS, POSTGRES, REJECTED, SOURCES, quote_identifier, quote_literal
 from warehouse_sync.targets import Target
 
-DIMENSION_OF = {"staff": "dim_staff", "address": "dim_location", "counterparty": "dim_counterparty",
-                "design": "dim_design", "currency": "dim_currency", "payment_type": "dim_payment_type",
-                "transaction": "dim_transaction"}
+DIMENSION_OF = {
+    "staff": "dim_staff",
+    "address": "dim_location",
+    "counterparty": "dim_counterparty",
+    "design": "dim_design",
+    "currency": "dim_currency",
+    "payment_type": "dim_payment_type",
+    "transaction": "dim_transaction",
+}
 """Source table → the dimension whose key is its key."""
 COPIED_INTO = {
     "address": ("dim_counterparty", "counterparty", "legal_address_id", "counterparty_legal_"),
@@ -55,31 +61,61 @@ def erasure_statements(source: str, keys: list[str]) -> list[tuple[str, str]]:
     statements = []
     for fact in FACTS:
         if fact.name == f"fact_{source}":
-            statements.append((fact.name, f"DELETE FROM {quote_identifier(fact.name)} "  # nosec B608 # names quoted, keys quoted literals
-                                          f"WHERE {_in(fact.business_key, keys)}"))
+            statements.append(
+                (
+                    fact.name,
+                    f"DELETE FROM {quote_identifier(fact.name)} "  # nosec B608 # names quoted, keys quoted literals
+                    f"WHERE {_in(fact.business_key, keys)}",
+                )
+            )
     dimension = DIMENSION_OF.get(source)
     if dimension is not None:
         table = BY_NAME[dimension]
         columns = [c.name for c in table.columns if c.name != table.key]
-        statements.append((dimension, f"UPDATE {quote_identifier(dimension)} SET {_blank(table, columns)} "  # nosec B608 # names quoted, values quoted literals
-                                      f"WHERE {_in(table.key, keys)}"))
+        statements.append(
+            (
+                dimension,
+                f"UPDATE {quote_identifier(dimension)} SET {_blank(table, columns)} "  # nosec B608 # names quoted, values quoted literals
+                f"WHERE {_in(table.key, keys)}",
+            )
+        )
     if source in COPIED_INTO:
         dimension, mirror, link, copied = COPIED_INTO[source]
         table = BY_NAME[dimension]
-        names = [c.name for c in table.columns
-                 if (c.name.startswith(copied) if isinstance(copied, str) else c.name in copied)]
+        names = [
+            c.name
+            for c in table.columns
+            if (c.name.startswith(copied) if isinstance(copied, str) else c.name in copied)
+        ]
         mirror_table = SOURCES[mirror]
-        linked = (f"SELECT {quote_identifier(mirror_table.key)} FROM {quote_identifier(mirror_table.name)} "  # nosec B608 # names quoted, keys quoted literals
-                  f"WHERE {_in(link, keys)}")
-        statements.append((dimension, f"UPDATE {quote_identifier(dimension)} SET {_blank(table, names)} "  # nosec B608 # names quoted, values quoted literals
-                                      f"WHERE {quote_identifier(table.key)} IN ({linked})"))
+        linked = (
+            f"SELECT {quote_identifier(mirror_table.key)} FROM {quote_identifier(mirror_table.name)} "  # nosec B608 # names quoted, keys quoted literals
+            f"WHERE {_in(link, keys)}"
+        )
+        statements.append(
+            (
+                dimension,
+                f"UPDATE {quote_identifier(dimension)} SET {_blank(table, names)} "  # nosec B608 # names quoted, values quoted literals
+                f"WHERE {quote_identifier(table.key)} IN ({linked})",
+            )
+        )
     if source in SOURCES:
         mirror_table = SOURCES[source]
-        statements.append((mirror_table.name, f"DELETE FROM {quote_identifier(mirror_table.name)} "  # nosec B608 # names quoted, values quoted literals
-                                              f"WHERE {_in(mirror_table.key, keys)}"))
-    statements.append((REJECTED.name, f"DELETE FROM {quote_identifier(REJECTED.name)} WHERE source_table = "  # nosec B608 # names quoted, values quoted literals
-                                      f"{quote_literal(source)} AND business_key IN "
-                                      f"({', '.join(quote_literal(k) for k in keys)})"))
+        statements.append(
+            (
+                mirror_table.name,
+                f"DELETE FROM {quote_identifier(mirror_table.name)} "  # nosec B608 # names quoted, values quoted literals
+                f"WHERE {_in(mirror_table.key, keys)}",
+            )
+        )
+    statements.append(
+        (
+            REJECTED.name,
+            f"DELETE FROM {quote_identifier(REJECTED.name)} WHERE source_table = "  # nosec B608 # names quoted, values quoted literals
+            f"{quote_literal(source)} AND business_key IN "
+            f"({', '.join(quote_literal(k) for k in keys)})",
+        )
+    )
     return statements
 
 

@@ -48,6 +48,7 @@ def event_schema(source: str) -> dict[str, pl.DataType]:
 def _as_lake(layout: LakeLayout | str) -> LakeLayout:
     return layout if isinstance(layout, LakeLayout) else LakeLayout(layout)
 
+
 def _scan(change_log: ChangeLog, schema: dict, after_lsn: int, upto_lsn: int | None) -> pl.DataFrame:
     """Events of the loaded version with `after_lsn < _lsn (<= upto_lsn)`, as `schema` says."""
     return _conform(change_log.between(list(schema), after_lsn, upto_lsn), schema)
@@ -90,8 +91,9 @@ def _too_many(feed: _Feed, limit: int) -> bool:
     return added is None or feed.held.height + added > limit
 
 
-def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: dict,
-            limit: int = FEED_LIMIT) -> _Feed | None:
+def _follow(
+    layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: dict, limit: int = FEED_LIMIT
+) -> _Feed | None:
     """The table's feed, brought up to its latest version (`held` None past `limit` events)."""
     feed = cache.get(uri)
     if feed is not None and feed.after_lsn == after_lsn:
@@ -117,13 +119,13 @@ def _follow(layout: LakeLayout, uri: str, schema: dict, after_lsn: int, cache: d
     if change_log.count_after(after_lsn) > limit:
         feed = cache[uri] = _Feed(change_log, change_log.version, after_lsn, None)
     else:
-        feed = cache[uri] = _Feed(change_log, change_log.version, after_lsn,
-                                  _scan(change_log, schema, after_lsn, None))
+        feed = cache[uri] = _Feed(change_log, change_log.version, after_lsn, _scan(change_log, schema, after_lsn, None))
     return feed
 
 
-def read_table_changes(layout: LakeLayout | str, source: str, after_lsn: int, upto_lsn: int,
-                       cache: dict | None = None) -> pl.DataFrame:
+def read_table_changes(
+    layout: LakeLayout | str, source: str, after_lsn: int, upto_lsn: int, cache: dict | None = None
+) -> pl.DataFrame:
     """Events of `public.<source>` with `after_lsn < _lsn <= upto_lsn`, sorted, deduplicated.
 
     With a `cache` (kept by a continuous caller whose `after_lsn` is the previous call's
@@ -153,8 +155,9 @@ def read_table_changes(layout: LakeLayout | str, source: str, after_lsn: int, up
     return frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False).sort(["_lsn", "_seq"])
 
 
-def cached_events(layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache: dict,
-                  limit: int = FEED_LIMIT) -> int | None:
+def cached_events(
+    layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache: dict, limit: int = FEED_LIMIT
+) -> int | None:
     """How many events in `(after_lsn, upto_lsn]` a continuous sync's `cache` holds once
     brought up to date, or None when it does not follow `after_lsn` (empty, or left by a
     sync that rolled back or went by slices) or the lake has more than `limit` events past
@@ -164,8 +167,9 @@ def cached_events(layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache
         return None
     held = 0
     for source in SOURCES:
-        feed = _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn,
-                       cache, limit)
+        feed = _follow(
+            layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn, cache, limit
+        )
         if feed is not None and feed.held is None:
             _let_go(cache)
             return None
@@ -188,17 +192,18 @@ def follow_from(layout: LakeLayout | str, after_lsn: int, cache: dict, limit: in
     layout = _as_lake(layout)
     cache.clear()
     for source in SOURCES:
-        feed = _follow(layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn,
-                       cache, limit)
+        feed = _follow(
+            layout, layout.changes_uri(f"{SOURCE_SCHEMA}.{source}"), event_schema(source), after_lsn, cache, limit
+        )
         if feed is not None and feed.held is None:
             break
-    if any(feed.held is None for feed in cache.values()) or \
-            sum(feed.held.height for feed in cache.values()) > limit:
+    if any(feed.held is None for feed in cache.values()) or sum(feed.held.height for feed in cache.values()) > limit:
         _let_go(cache)
 
 
-def read_changes(layout: LakeLayout | str, after_lsn: int, upto_lsn: int,
-                 cache: dict | None = None) -> dict[str, pl.DataFrame]:
+def read_changes(
+    layout: LakeLayout | str, after_lsn: int, upto_lsn: int, cache: dict | None = None
+) -> dict[str, pl.DataFrame]:
     """Every source table's events in `(after_lsn, upto_lsn]` (tables without any: absent)."""
     layout = _as_lake(layout)
     changes = {}
@@ -210,6 +215,7 @@ def read_changes(layout: LakeLayout | str, after_lsn: int, upto_lsn: int,
 
 
 # -- slices: events between two positions (see `slices`) --------------------------------------
+
 
 def _bounds(start: Position, end: Position, table: int) -> tuple[str, ds.Expression]:
     """For the events of the table at index `table` in `(start, end]`: a file-pruning
@@ -254,8 +260,9 @@ SCAN_POOL = pa.system_memory_pool()
 pool keeps what a scan of a large change log once needed, as the process's peak)."""
 
 
-def count_events(layout: LakeLayout | str, start: Position, upto_lsn: int, opened: dict | None = None,
-                 larger_than: int = 0) -> list[LsnCount]:
+def count_events(
+    layout: LakeLayout | str, start: Position, upto_lsn: int, opened: dict | None = None, larger_than: int = 0
+) -> list[LsnCount]:
     """Events per (LSN, table) in `(start, complete(upto_lsn)]`: `_lsn` is read as it
     streams, aggregated batch by batch (memory grows with the LSNs, not the events); whether
     an LSN's events are all snapshot reads is found (from `_op`) only for the LSNs with more
@@ -295,8 +302,9 @@ def _with_ops(layout: LakeLayout, start: Position, count: LsnCount, opened: dict
     return LsnCount(count.lsn, count.table, count.events, others == 0)
 
 
-def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: int,
-                  opened: dict | None = None) -> pl.Series:
+def snapshot_seqs(
+    layout: LakeLayout | str, start: Position, lsn: int, table: int, opened: dict | None = None
+) -> pl.Series:
     """The sorted distinct `seq` of the table at index `table` at `lsn`, after `start`."""
     layout = _as_lake(layout)
     source = list(SOURCES)[table]
@@ -304,13 +312,15 @@ def snapshot_seqs(layout: LakeLayout | str, start: Position, lsn: int, table: in
     if found is None:
         return pl.Series("_seq", [], dtype=pl.Int64)
     dataset, wanted = found
-    seqs = dataset.to_table(columns=["_seq"], filter=wanted & (ds.field("_lsn") == lsn),
-                            memory_pool=SCAN_POOL).column("_seq")
+    seqs = dataset.to_table(columns=["_seq"], filter=wanted & (ds.field("_lsn") == lsn), memory_pool=SCAN_POOL).column(
+        "_seq"
+    )
     return pl.Series("_seq", seqs, dtype=pl.Int64).unique().sort()
 
 
-def snapshot_returns(layout: LakeLayout | str, after: Position, upto_lsn: int, source: str,
-                     opened: dict | None = None) -> pl.Series:
+def snapshot_returns(
+    layout: LakeLayout | str, after: Position, upto_lsn: int, source: str, opened: dict | None = None
+) -> pl.Series:
     """The keys of `source` whose first event in `(after, complete(upto_lsn)]` is a snapshot
     read: the rows a reset writes back after a truncate that ends a slice. Reads only the
     key and position columns of those events (one small row per event)."""
@@ -320,14 +330,18 @@ def snapshot_returns(layout: LakeLayout | str, after: Position, upto_lsn: int, s
     if found is None:
         return pl.Series(key, [], dtype=pl.Int64)
     dataset, wanted = found
-    events = pl.from_arrow(dataset.to_table(columns=[key, "_lsn", "_seq", "_op"], filter=wanted,
-                                            memory_pool=SCAN_POOL))
+    events = pl.from_arrow(dataset.to_table(columns=[key, "_lsn", "_seq", "_op"], filter=wanted, memory_pool=SCAN_POOL))
     first = events.drop_nulls(key).sort(["_lsn", "_seq"]).group_by(key, maintain_order=True).first()  # type: ignore[union-attr]
     return first.filter(pl.col("_op") == "r")[key]
 
 
-def read_slice(layout: LakeLayout | str, start: Position, end: Position, opened: dict | None = None,
-               sources: Iterable[str] | None = None) -> dict[str, pl.DataFrame]:
+def read_slice(
+    layout: LakeLayout | str,
+    start: Position,
+    end: Position,
+    opened: dict | None = None,
+    sources: Iterable[str] | None = None,
+) -> dict[str, pl.DataFrame]:
     """Every source table's events in `(start, end]`, sorted, deduplicated (tables without
     any: absent); only `sources` are read, when given."""
     layout = _as_lake(layout)
@@ -341,6 +355,7 @@ def read_slice(layout: LakeLayout | str, start: Position, end: Position, opened:
         present = [name for name in schema if name in dataset.schema.names]
         frame = _conform(dataset.to_table(columns=present, filter=wanted, memory_pool=SCAN_POOL), schema)
         if frame.height:
-            changes[source] = frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False
-                                           ).sort(["_lsn", "_seq"])
+            changes[source] = frame.unique(subset=["_lsn", "_seq"], keep="first", maintain_order=False).sort(
+                ["_lsn", "_seq"]
+            )
     return changes

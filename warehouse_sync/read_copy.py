@@ -82,8 +82,10 @@ def readable_path(warehouse: str | Path) -> Path:
     copy = published_path(path)
     if copy.exists():
         return copy
-    raise WarehouseBusy(f"The warehouse {path} is being written and has no copy for readers yet: "
-                        "wait for the sync's next commit, or stop the process that writes it.")
+    raise WarehouseBusy(
+        f"The warehouse {path} is being written and has no copy for readers yet: "
+        "wait for the sync's next commit, or stop the process that writes it."
+    )
 
 
 def connect_for_reading(warehouse: str | Path) -> duckdb.DuckDBPyConnection:
@@ -102,8 +104,7 @@ def connect_for_reading(warehouse: str | Path) -> duckdb.DuckDBPyConnection:
     raise WarehouseBusy(f"The warehouse {warehouse} could not be opened for reading: try again.")
 
 
-def attach_for_reading(connection: duckdb.DuckDBPyConnection, warehouse: str | Path,
-                       alias: str = "warehouse") -> Path:
+def attach_for_reading(connection: duckdb.DuckDBPyConnection, warehouse: str | Path, alias: str = "warehouse") -> Path:
     """ATTACH the warehouse (or its published copy) read-only into `connection` as `alias`;
     return the file attached."""
     for _ in range(3):
@@ -127,8 +128,13 @@ def publish_copy(connection: duckdb.DuckDBPyConnection, database: Path, target: 
     target = Path(target)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     connection.execute("CHECKPOINT")
-    copy = subprocess.run([_CP, "--", str(database), str(temporary)],  # nosec B603 # cp of our own files, no shell
-                          capture_output=True, text=True, timeout=600, check=False)
+    copy = subprocess.run(
+        [_CP, "--", str(database), str(temporary)],  # nosec B603 # cp of our own files, no shell
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if copy.returncode != 0:
         raise OSError(f"cp failed: {copy.stderr.strip() or copy.returncode}")
     os.replace(temporary, target)

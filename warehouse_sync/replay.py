@@ -26,7 +26,10 @@ from warehouse_sync.schema import SOURCES, source_columns
 
 POSITION = ["_lsn", "_seq"]
 VERSION_META: dict[str, pl.DataType] = {
-    "_op": pl.String(), "_lsn": pl.Int64(), "_seq": pl.Int64(), "_commit_ts": pl.Datetime("us", "UTC"),
+    "_op": pl.String(),
+    "_lsn": pl.Int64(),
+    "_seq": pl.Int64(),
+    "_commit_ts": pl.Datetime("us", "UTC"),
     "_known": pl.Boolean(),
 }
 DELETES = ("d", "t")
@@ -66,16 +69,26 @@ def _with_key_changes(events: pl.DataFrame, key: str) -> pl.DataFrame:
         return events
     deletes = moved.select(
         [old_key.alias(key)]
-        + [pl.lit(None, dtype=dtype).alias(name) for name, dtype in events.schema.items()
-           if name != key and not name.startswith("_")]
-        + [pl.lit("d").alias("_op"), "_lsn", "_seq", "_commit_ts",
-           pl.lit(None, dtype=pl.List(pl.String())).alias("_unchanged"), pl.lit(None, dtype=pl.String()).alias("_before")]
+        + [
+            pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in events.schema.items()
+            if name != key and not name.startswith("_")
+        ]
+        + [
+            pl.lit("d").alias("_op"),
+            "_lsn",
+            "_seq",
+            "_commit_ts",
+            pl.lit(None, dtype=pl.List(pl.String())).alias("_unchanged"),
+            pl.lit(None, dtype=pl.String()).alias("_before"),
+        ]
     ).select(events.columns)
     return pl.concat([events, deletes])
 
 
-def _segment(state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[str],
-             schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _segment(
+    state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[str], schema: dict[str, pl.DataType]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Replay truncate-free `events` over `state` (alive rows); return (new state, versions).
 
     Only the keys with a delete or an unchanged-TOAST column need values carried forward from
@@ -95,8 +108,9 @@ def _segment(state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[
     return state, pl.concat([plain, filled])
 
 
-def _plain_segment(state: pl.DataFrame, events: pl.DataFrame, key: str,
-                   schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _plain_segment(
+    state: pl.DataFrame, events: pl.DataFrame, key: str, schema: dict[str, pl.DataType]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`_segment` for events that are all complete rows (no delete, nothing unchanged)."""
     touched = events[key].unique().implode()
     known = state.filter(pl.col(key).is_in(touched))[key].implode()
@@ -108,20 +122,24 @@ def _plain_segment(state: pl.DataFrame, events: pl.DataFrame, key: str,
     return pl.concat([state.filter(~pl.col(key).is_in(touched)), alive]), versions
 
 
-def _filled_segment(state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[str],
-             schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _filled_segment(
+    state: pl.DataFrame, events: pl.DataFrame, key: str, columns: list[str], schema: dict[str, pl.DataType]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`_segment` for keys whose events carry values forward (deletes, unchanged TOAST)."""
     touched = events[key].unique()
     origin = state.filter(pl.col(key).is_in(touched.implode())).with_columns(_origin=pl.lit(True))
-    rows = (pl.concat([origin, events.with_columns(_origin=pl.lit(False))], how="diagonal_relaxed")
-            .sort([key, *POSITION, "_origin"], descending=[False, False, False, True])
-            .with_row_index("_i"))
+    rows = (
+        pl.concat([origin, events.with_columns(_origin=pl.lit(False))], how="diagonal_relaxed")
+        .sort([key, *POSITION, "_origin"], descending=[False, False, False, True])
+        .with_row_index("_i")
+    )
     fills = []
     for column in columns:
         if column == key:
             continue
-        carried = ~pl.col("_origin") & ((pl.col("_op") == "d")
-                                        | pl.col("_unchanged").list.contains(column).fill_null(False))
+        carried = ~pl.col("_origin") & (
+            (pl.col("_op") == "d") | pl.col("_unchanged").list.contains(column).fill_null(False)
+        )
         source_row = pl.when(carried).then(None).otherwise(pl.col("_i")).forward_fill().over(key)
         fills.append(pl.col(column).gather(source_row).alias(column))
     rows = rows.with_columns(fills).with_columns(_known=pl.int_range(pl.len()).over(key) > 0)
@@ -144,12 +162,19 @@ def replay(source: str, prior: pl.DataFrame, events: pl.DataFrame) -> Replay:
     remaining = _with_key_changes(events, key)
     for truncate in events.filter(pl.col("_op") == "t").select(["_lsn", "_seq", "_commit_ts"]).iter_rows(named=True):
         lsn, seq = truncate["_lsn"], truncate["_seq"]
-        state, versions = _segment(state, remaining.filter(_before(lsn, seq) & (pl.col("_op") != "t")),
-                                   key, columns, schema)
+        state, versions = _segment(
+            state, remaining.filter(_before(lsn, seq) & (pl.col("_op") != "t")), key, columns, schema
+        )
         pieces.append(versions)
-        pieces.append(state.select(columns).with_columns(
-            _op=pl.lit("t"), _lsn=pl.lit(lsn, pl.Int64), _seq=pl.lit(seq, pl.Int64),
-            _commit_ts=pl.lit(truncate["_commit_ts"], pl.Datetime("us", "UTC")), _known=pl.lit(True)))
+        pieces.append(
+            state.select(columns).with_columns(
+                _op=pl.lit("t"),
+                _lsn=pl.lit(lsn, pl.Int64),
+                _seq=pl.lit(seq, pl.Int64),
+                _commit_ts=pl.lit(truncate["_commit_ts"], pl.Datetime("us", "UTC")),
+                _known=pl.lit(True),
+            )
+        )
         state = state.clear()
         remaining = remaining.filter(_after(lsn, seq))
     state, versions = _segment(state, remaining.filter(pl.col("_op") != "t"), key, columns, schema)

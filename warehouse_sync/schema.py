@@ -176,45 +176,86 @@ def _c(spec: str, references: str | None = None) -> Column:
     return Column(parts[0], parts[1], nullable=len(parts) > 2 and parts[2] == "null", references=references)
 
 
-def _table(name: str, key: str, *specs: str | Column, business_key: str | None = None,
-           indexes: tuple[Index, ...] = ()) -> Table:
+def _table(
+    name: str, key: str, *specs: str | Column, business_key: str | None = None, indexes: tuple[Index, ...] = ()
+) -> Table:
     columns = tuple(s if isinstance(s, Column) else _c(s) for s in specs)
     return Table(name, columns, key, business_key, indexes)
 
 
 # -- the star schema (§3) ----------------------------------------------------------------------
 
-DIM_DATE = _table("dim_date", "date_id",
-                  "date_id date", "year int", "month int", "day int", "day_of_week int",
-                  "day_name varchar", "month_name varchar", "quarter int")
-DIM_STAFF = _table("dim_staff", "staff_id",
-                   "staff_id int", "first_name varchar", "last_name varchar", "department_name varchar",
-                   "location varchar", "email_address varchar")
-DIM_LOCATION = _table("dim_location", "location_id",
-                      "location_id int", "address_line_1 varchar", "address_line_2 varchar null",
-                      "district varchar null", "city varchar", "postal_code varchar", "country varchar",
-                      "phone varchar")
-DIM_DESIGN = _table("dim_design", "design_id",
-                    "design_id int", "design_name varchar", "file_location varchar", "file_name varchar")
-DIM_CURRENCY = _table("dim_currency", "currency_id",
-                      "currency_id int", "currency_code varchar", "currency_name varchar")
-DIM_COUNTERPARTY = _table("dim_counterparty", "counterparty_id",
-                          "counterparty_id int", "counterparty_legal_name varchar",
-                          "counterparty_legal_address_line_1 varchar",
-                          "counterparty_legal_address_line_2 varchar null",
-                          "counterparty_legal_district varchar null", "counterparty_legal_city varchar",
-                          "counterparty_legal_postal_code varchar", "counterparty_legal_country varchar",
-                          "counterparty_legal_phone_number varchar")
-DIM_PAYMENT_TYPE = _table("dim_payment_type", "payment_type_id",
-                          "payment_type_id int", "payment_type_name varchar")
-DIM_TRANSACTION = _table("dim_transaction", "transaction_id",
-                         "transaction_id int", "transaction_type varchar", "sales_order_id int null",
-                         "purchase_order_id int null")
+DIM_DATE = _table(
+    "dim_date",
+    "date_id",
+    "date_id date",
+    "year int",
+    "month int",
+    "day int",
+    "day_of_week int",
+    "day_name varchar",
+    "month_name varchar",
+    "quarter int",
+)
+DIM_STAFF = _table(
+    "dim_staff",
+    "staff_id",
+    "staff_id int",
+    "first_name varchar",
+    "last_name varchar",
+    "department_name varchar",
+    "location varchar",
+    "email_address varchar",
+)
+DIM_LOCATION = _table(
+    "dim_location",
+    "location_id",
+    "location_id int",
+    "address_line_1 varchar",
+    "address_line_2 varchar null",
+    "district varchar null",
+    "city varchar",
+    "postal_code varchar",
+    "country varchar",
+    "phone varchar",
+)
+DIM_DESIGN = _table(
+    "dim_design", "design_id", "design_id int", "design_name varchar", "file_location varchar", "file_name varchar"
+)
+DIM_CURRENCY = _table(
+    "dim_currency", "currency_id", "currency_id int", "currency_code varchar", "currency_name varchar"
+)
+DIM_COUNTERPARTY = _table(
+    "dim_counterparty",
+    "counterparty_id",
+    "counterparty_id int",
+    "counterparty_legal_name varchar",
+    "counterparty_legal_address_line_1 varchar",
+    "counterparty_legal_address_line_2 varchar null",
+    "counterparty_legal_district varchar null",
+    "counterparty_legal_city varchar",
+    "counterparty_legal_postal_code varchar",
+    "counterparty_legal_country varchar",
+    "counterparty_legal_phone_number varchar",
+)
+DIM_PAYMENT_TYPE = _table("dim_payment_type", "payment_type_id", "payment_type_id int", "payment_type_name varchar")
+DIM_TRANSACTION = _table(
+    "dim_transaction",
+    "transaction_id",
+    "transaction_id int",
+    "transaction_type varchar",
+    "sales_order_id int null",
+    "purchase_order_id int null",
+)
 
 LINEAGE = (
-    _c("is_current boolean"), _c("is_deleted boolean"), _c("source_op varchar"),
-    _c("source_lsn bigint"), _c("source_seq bigint"),
-    _c("valid_from timestamptz null"), _c("valid_to timestamptz null"),
+    _c("is_current boolean"),
+    _c("is_deleted boolean"),
+    _c("source_op varchar"),
+    _c("source_lsn bigint"),
+    _c("source_seq bigint"),
+    _c("valid_from timestamptz null"),
+    _c("valid_to timestamptz null"),
 )
 LINEAGE_NAMES = [c.name for c in LINEAGE]
 
@@ -232,36 +273,82 @@ def _fact_indexes(business_key: str) -> tuple[Index, ...]:
 
 
 FACT_SALES_ORDER = _table(
-    "fact_sales_order", "sales_record_id",
-    "sales_record_id serial", "sales_order_id int",
-    _date("created_date"), "created_time time", _date("last_updated_date"), "last_updated_time time",
-    _ref("sales_staff_id", "dim_staff"), _ref("counterparty_id", "dim_counterparty"),
-    "units_sold int", "unit_price money", _ref("currency_id", "dim_currency"), _ref("design_id", "dim_design"),
-    _date("agreed_payment_date"), _date("agreed_delivery_date"),
+    "fact_sales_order",
+    "sales_record_id",
+    "sales_record_id serial",
+    "sales_order_id int",
+    _date("created_date"),
+    "created_time time",
+    _date("last_updated_date"),
+    "last_updated_time time",
+    _ref("sales_staff_id", "dim_staff"),
+    _ref("counterparty_id", "dim_counterparty"),
+    "units_sold int",
+    "unit_price money",
+    _ref("currency_id", "dim_currency"),
+    _ref("design_id", "dim_design"),
+    _date("agreed_payment_date"),
+    _date("agreed_delivery_date"),
     _ref("agreed_delivery_location_id", "dim_location"),
-    *LINEAGE, business_key="sales_order_id", indexes=_fact_indexes("sales_order_id"))
+    *LINEAGE,
+    business_key="sales_order_id",
+    indexes=_fact_indexes("sales_order_id"),
+)
 
 FACT_PURCHASE_ORDER = _table(
-    "fact_purchase_order", "purchase_record_id",
-    "purchase_record_id serial", "purchase_order_id int",
-    _date("created_date"), "created_time time", _date("last_updated_date"), "last_updated_time time",
-    _ref("staff_id", "dim_staff"), _ref("counterparty_id", "dim_counterparty"),
-    "item_code varchar", "item_quantity int", "item_unit_price numeric", _ref("currency_id", "dim_currency"),
-    _date("agreed_delivery_date"), _date("agreed_payment_date"),
+    "fact_purchase_order",
+    "purchase_record_id",
+    "purchase_record_id serial",
+    "purchase_order_id int",
+    _date("created_date"),
+    "created_time time",
+    _date("last_updated_date"),
+    "last_updated_time time",
+    _ref("staff_id", "dim_staff"),
+    _ref("counterparty_id", "dim_counterparty"),
+    "item_code varchar",
+    "item_quantity int",
+    "item_unit_price numeric",
+    _ref("currency_id", "dim_currency"),
+    _date("agreed_delivery_date"),
+    _date("agreed_payment_date"),
     _ref("agreed_delivery_location_id", "dim_location"),
-    *LINEAGE, business_key="purchase_order_id", indexes=_fact_indexes("purchase_order_id"))
+    *LINEAGE,
+    business_key="purchase_order_id",
+    indexes=_fact_indexes("purchase_order_id"),
+)
 
 FACT_PAYMENT = _table(
-    "fact_payment", "payment_record_id",
-    "payment_record_id serial", "payment_id int",
-    _date("created_date"), "created_time time", _date("last_updated_date"), "last_updated_time time",
-    _ref("transaction_id", "dim_transaction"), _ref("counterparty_id", "dim_counterparty"),
-    "payment_amount numeric", _ref("currency_id", "dim_currency"), _ref("payment_type_id", "dim_payment_type"),
-    "paid boolean", _date("payment_date"),
-    *LINEAGE, business_key="payment_id", indexes=_fact_indexes("payment_id"))
+    "fact_payment",
+    "payment_record_id",
+    "payment_record_id serial",
+    "payment_id int",
+    _date("created_date"),
+    "created_time time",
+    _date("last_updated_date"),
+    "last_updated_time time",
+    _ref("transaction_id", "dim_transaction"),
+    _ref("counterparty_id", "dim_counterparty"),
+    "payment_amount numeric",
+    _ref("currency_id", "dim_currency"),
+    _ref("payment_type_id", "dim_payment_type"),
+    "paid boolean",
+    _date("payment_date"),
+    *LINEAGE,
+    business_key="payment_id",
+    indexes=_fact_indexes("payment_id"),
+)
 
-DIMENSIONS = (DIM_DATE, DIM_STAFF, DIM_LOCATION, DIM_DESIGN, DIM_CURRENCY, DIM_COUNTERPARTY,
-              DIM_PAYMENT_TYPE, DIM_TRANSACTION)
+DIMENSIONS = (
+    DIM_DATE,
+    DIM_STAFF,
+    DIM_LOCATION,
+    DIM_DESIGN,
+    DIM_CURRENCY,
+    DIM_COUNTERPARTY,
+    DIM_PAYMENT_TYPE,
+    DIM_TRANSACTION,
+)
 FACTS = (FACT_SALES_ORDER, FACT_PURCHASE_ORDER, FACT_PAYMENT)
 WAREHOUSE_TABLES = DIMENSIONS + FACTS
 BY_NAME = {t.name: t for t in WAREHOUSE_TABLES}
@@ -287,30 +374,85 @@ def _source(table: str, *specs: str) -> Table:
     return Table(f"_src_{table}", columns, columns[0].name)
 
 
-SOURCES: dict[str, Table] = {t.name.removeprefix("_src_"): t for t in (
-    _source("address", "address_id int", "address_line_1 varchar", "address_line_2 varchar", "district varchar",
-            "city varchar", "postal_code varchar", "country varchar", "phone varchar"),
-    _source("counterparty", "counterparty_id int", "counterparty_legal_name varchar", "legal_address_id int"),
-    _source("currency", "currency_id int", "currency_code varchar"),
-    _source("department", "department_id int", "department_name varchar", "location varchar"),
-    _source("design", "design_id int", "design_name varchar", "file_location varchar", "file_name varchar"),
-    _source("staff", "staff_id int", "first_name varchar", "last_name varchar", "department_id int",
-            "email_address varchar"),
-    _source("payment_type", "payment_type_id int", "payment_type_name varchar"),
-    _source("transaction", "transaction_id int", "transaction_type varchar", "sales_order_id int",
-            "purchase_order_id int"),
-    _source("sales_order", "sales_order_id int", "created_at timestamp", "last_updated timestamp",
-            "design_id int", "staff_id int", "counterparty_id int", "units_sold int", "unit_price money",
-            "currency_id int", "agreed_delivery_date varchar", "agreed_payment_date varchar",
-            "agreed_delivery_location_id int"),
-    _source("purchase_order", "purchase_order_id int", "created_at timestamp", "last_updated timestamp",
-            "staff_id int", "counterparty_id int", "item_code varchar", "item_quantity int",
-            "item_unit_price money", "currency_id int", "agreed_delivery_date varchar",
-            "agreed_payment_date varchar", "agreed_delivery_location_id int"),
-    _source("payment", "payment_id int", "created_at timestamp", "last_updated timestamp", "transaction_id int",
-            "counterparty_id int", "payment_amount money", "currency_id int", "payment_type_id int",
-            "paid boolean", "payment_date varchar"),
-)}
+SOURCES: dict[str, Table] = {
+    t.name.removeprefix("_src_"): t
+    for t in (
+        _source(
+            "address",
+            "address_id int",
+            "address_line_1 varchar",
+            "address_line_2 varchar",
+            "district varchar",
+            "city varchar",
+            "postal_code varchar",
+            "country varchar",
+            "phone varchar",
+        ),
+        _source("counterparty", "counterparty_id int", "counterparty_legal_name varchar", "legal_address_id int"),
+        _source("currency", "currency_id int", "currency_code varchar"),
+        _source("department", "department_id int", "department_name varchar", "location varchar"),
+        _source("design", "design_id int", "design_name varchar", "file_location varchar", "file_name varchar"),
+        _source(
+            "staff",
+            "staff_id int",
+            "first_name varchar",
+            "last_name varchar",
+            "department_id int",
+            "email_address varchar",
+        ),
+        _source("payment_type", "payment_type_id int", "payment_type_name varchar"),
+        _source(
+            "transaction",
+            "transaction_id int",
+            "transaction_type varchar",
+            "sales_order_id int",
+            "purchase_order_id int",
+        ),
+        _source(
+            "sales_order",
+            "sales_order_id int",
+            "created_at timestamp",
+            "last_updated timestamp",
+            "design_id int",
+            "staff_id int",
+            "counterparty_id int",
+            "units_sold int",
+            "unit_price money",
+            "currency_id int",
+            "agreed_delivery_date varchar",
+            "agreed_payment_date varchar",
+            "agreed_delivery_location_id int",
+        ),
+        _source(
+            "purchase_order",
+            "purchase_order_id int",
+            "created_at timestamp",
+            "last_updated timestamp",
+            "staff_id int",
+            "counterparty_id int",
+            "item_code varchar",
+            "item_quantity int",
+            "item_unit_price money",
+            "currency_id int",
+            "agreed_delivery_date varchar",
+            "agreed_payment_date varchar",
+            "agreed_delivery_location_id int",
+        ),
+        _source(
+            "payment",
+            "payment_id int",
+            "created_at timestamp",
+            "last_updated timestamp",
+            "transaction_id int",
+            "counterparty_id int",
+            "payment_amount money",
+            "currency_id int",
+            "payment_type_id int",
+            "paid boolean",
+            "payment_date varchar",
+        ),
+    )
+}
 """Source table (without schema) → its mirror; columns are the ones the transforms read."""
 
 
@@ -326,14 +468,24 @@ def source_columns(source: str) -> list[str]:
 CHECKPOINT = Table("_sync_checkpoint", (_c("id int"), _c("lsn bigint")), "id")
 PARTIAL = _table("_sync_partial", "id", "id int", "lsn bigint", "source varchar", "seq bigint")
 """No row, or one: how far inside LSN `lsn` of snapshot reads a sync has gone (`slices`)."""
-REJECTED = _table("_sync_rejected", "id", "id varchar", "source_table varchar", "business_key varchar",
-                  "source_lsn bigint", "source_seq bigint", "source_column varchar", "source_value varchar",
-                  "reason varchar")
+REJECTED = _table(
+    "_sync_rejected",
+    "id",
+    "id varchar",
+    "source_table varchar",
+    "business_key varchar",
+    "source_lsn bigint",
+    "source_seq bigint",
+    "source_column varchar",
+    "source_value varchar",
+    "reason varchar",
+)
 """Fact versions set aside because a value does not fit its §3 column (one row per value)."""
 INTERNAL_TABLES = tuple(SOURCES.values()) + (CHECKPOINT, PARTIAL, REJECTED)
 
 
 # -- rendering ---------------------------------------------------------------------------------
+
 
 def sql_type(logical: str, dialect: str) -> str:
     postgres, duckdb, _ = logical_type(logical)
@@ -392,8 +544,10 @@ def logical_of(data_type: str, precision: int | None, scale: int | None) -> str:
 
 def alter_column_type(table: Table, column: Column, dialect: str) -> str:
     """The statement that gives `table`'s `column` its (widened) type, in `dialect`."""
-    return (f"ALTER TABLE {quote_identifier(table.name)} ALTER COLUMN {quote_identifier(column.name)} "
-            f"TYPE {sql_type(column.type, dialect)}")
+    return (
+        f"ALTER TABLE {quote_identifier(table.name)} ALTER COLUMN {quote_identifier(column.name)} "
+        f"TYPE {sql_type(column.type, dialect)}"
+    )
 
 
 def create_table(table: Table, dialect: str) -> list[str]:
@@ -412,15 +566,19 @@ def create_table(table: Table, dialect: str) -> list[str]:
     lines.append(f"CONSTRAINT {q(f'{table.name}_pkey')} PRIMARY KEY ({q(table.key)})")
     for column in table.foreign_keys:
         target = BY_NAME[column.references]
-        lines.append(f"CONSTRAINT {q(f'{table.name}_{column.name}_fkey')} FOREIGN KEY ({q(column.name)}) "
-                     f"REFERENCES {q(target.name)} ({q(target.key)})")
+        lines.append(
+            f"CONSTRAINT {q(f'{table.name}_{column.name}_fkey')} FOREIGN KEY ({q(column.name)}) "
+            f"REFERENCES {q(target.name)} ({q(target.key)})"
+        )
     body = ",\n    ".join(lines)
     statements.append(f"CREATE TABLE IF NOT EXISTS {q(table.name)} (\n    {body}\n)")
     if dialect == POSTGRES:
         for index in table.indexes:
             unique, where = ("UNIQUE ", " WHERE is_current") if index.unique_current else ("", "")
-            statements.append(f"CREATE {unique}INDEX IF NOT EXISTS {q(f'{table.name}_{index.suffix}')} "
-                              f"ON {q(table.name)} ({q(index.column)}){where}")
+            statements.append(
+                f"CREATE {unique}INDEX IF NOT EXISTS {q(f'{table.name}_{index.suffix}')} "
+                f"ON {q(table.name)} ({q(index.column)}){where}"
+            )
     return statements
 
 
@@ -435,14 +593,19 @@ def schema_ddl(dialect: str) -> list[str]:
     statements = []
     for table in WAREHOUSE_TABLES + INTERNAL_TABLES:
         statements.extend(create_table(table, dialect))
-    statements.append(f"INSERT INTO {quote_identifier(CHECKPOINT.name)} (id, lsn) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")  # nosec B608 # name quoted, constant values
+    first_checkpoint = (
+        f"INSERT INTO {quote_identifier(CHECKPOINT.name)} (id, lsn) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"  # nosec B608 # name quoted, constant values
+    )
+    statements.append(first_checkpoint)
     return statements
 
 
 def row_counts_sql(names) -> str:
     """One query over both engines: each table of `names` as `t` and its row count as `n`."""
-    return " UNION ALL ".join(f"SELECT {quote_literal(name)} AS t, count(*) AS n FROM {quote_identifier(name)}"  # nosec B608 # names quoted as identifiers and literals
-                              for name in names)
+    return " UNION ALL ".join(
+        f"SELECT {quote_literal(name)} AS t, count(*) AS n FROM {quote_identifier(name)}"  # nosec B608 # names quoted as identifiers and literals
+        for name in names
+    )
 
 
 def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:

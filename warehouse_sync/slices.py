@@ -56,9 +56,13 @@ class LsnCount:
     snapshot_only: bool
 
 
-def plan_slices(counts: Sequence[LsnCount], upto_lsn: int, tables: int,
-                snapshot_seqs: Callable[[int, int], Sequence[int]],
-                slice_events: int = SLICE_EVENTS) -> list[Position]:
+def plan_slices(
+    counts: Sequence[LsnCount],
+    upto_lsn: int,
+    tables: int,
+    snapshot_seqs: Callable[[int, int], Sequence[int]],
+    slice_events: int = SLICE_EVENTS,
+) -> list[Position]:
     """The end positions of the slices that take a sync to `upto_lsn`, in order; the last is
     always `complete(upto_lsn)`. `counts`: every (LSN, table) with events left to apply;
     `snapshot_seqs(lsn, table)`: the sorted distinct `seq` left of that table at that LSN
@@ -86,9 +90,9 @@ def plan_slices(counts: Sequence[LsnCount], upto_lsn: int, tables: int,
     return ends
 
 
-def _split_snapshot(lsn: int, parts: list[LsnCount], held: int,
-                    snapshot_seqs: Callable[[int, int], Sequence[int]],
-                    slice_events: int) -> tuple[list[Position], int]:
+def _split_snapshot(
+    lsn: int, parts: list[LsnCount], held: int, snapshot_seqs: Callable[[int, int], Sequence[int]], slice_events: int
+) -> tuple[list[Position], int]:
     """Cuts inside one LSN of snapshot reads: whole tables while they fit, a table larger
     than the room left cut by `seq`. Returns the cuts and what the open slice then holds."""
     cuts = []

@@ -96,8 +96,13 @@ class DuckDBTarget(Target):
 
     dialect = DUCKDB
 
-    def __init__(self, path: str | Path = ":memory:", *, connection: duckdb.DuckDBPyConnection | None = None,
-                 memory_limit: str | None = DUCKDB_MEMORY_LIMIT):
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        connection: duckdb.DuckDBPyConnection | None = None,
+        memory_limit: str | None = DUCKDB_MEMORY_LIMIT,
+    ):
         self.path = str(path)
         self.connection = connection if connection is not None else duckdb.connect(self.path)
         self.connection.execute("SET TimeZone = 'UTC'")
@@ -183,8 +188,10 @@ def _binary_ready(frame: pl.DataFrame) -> pa.Table:
             column = column.dt.cast_time_unit("us")
         columns.append(column)
     table = frame.select(columns).to_arrow()
-    fields = [pa.field(name, pa.time64("us")) if frame.schema[name] == pl.Time else table.schema.field(name)
-              for name in table.column_names]
+    fields = [
+        pa.field(name, pa.time64("us")) if frame.schema[name] == pl.Time else table.schema.field(name)
+        for name in table.column_names
+    ]
     return table.cast(pa.schema(fields))
 
 
@@ -264,7 +271,8 @@ class PostgresTarget(Target):
 
     def stage(self, name: str, frame: pl.DataFrame) -> str:
         columns = pgsql.SQL(", ").join(
-            pgsql.SQL("{} {}").format(pgsql.Identifier(n), pgsql.SQL(_pg_type(t))) for n, t in frame.schema.items())
+            pgsql.SQL("{} {}").format(pgsql.Identifier(n), pgsql.SQL(_pg_type(t))) for n, t in frame.schema.items()
+        )
         with self.connection.cursor() as cur:
             cur.execute(pgsql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(pgsql.Identifier(name)))
             cur.execute(pgsql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(pgsql.Identifier(name), columns))

@@ -69,6 +69,7 @@ CALENDAR_AHEAD = timedelta(days=366)
 
 # -- dimensions ------------------------------------------------------------------------------
 
+
 def _required_text(frame: pl.DataFrame, table) -> pl.DataFrame:
     """NOT NULL text columns of `table` with '' for null (a column dropped by policy)."""
     names = [c.name for c in table.columns if not c.nullable and c.type == "varchar" and c.name in frame.columns]
@@ -76,8 +77,9 @@ def _required_text(frame: pl.DataFrame, table) -> pl.DataFrame:
 
 
 def dim_location(address: pl.DataFrame) -> pl.DataFrame:
-    return conform(_required_text(address.rename({"address_id": "location_id"}), DIM_LOCATION),
-                   DIM_LOCATION.polars_schema)
+    return conform(
+        _required_text(address.rename({"address_id": "location_id"}), DIM_LOCATION), DIM_LOCATION.polars_schema
+    )
 
 
 def dim_design(design: pl.DataFrame) -> pl.DataFrame:
@@ -124,10 +126,18 @@ def dim_date(days: pl.Series) -> pl.DataFrame:
     """Calendar rows for `days` (deduplicated, sorted)."""
     day = pl.col("date_id")
     frame = pl.DataFrame({"date_id": days.cast(pl.Date)}).drop_nulls().unique().sort("date_id")
-    return conform(frame.with_columns(
-        year=day.dt.year(), month=day.dt.month(), day=day.dt.day(), day_of_week=day.dt.weekday(),
-        day_name=day.dt.strftime("%A"), month_name=day.dt.strftime("%B"), quarter=day.dt.quarter(),
-    ), DIM_DATE.polars_schema)
+    return conform(
+        frame.with_columns(
+            year=day.dt.year(),
+            month=day.dt.month(),
+            day=day.dt.day(),
+            day_of_week=day.dt.weekday(),
+            day_name=day.dt.strftime("%A"),
+            month_name=day.dt.strftime("%B"),
+            quarter=day.dt.quarter(),
+        ),
+        DIM_DATE.polars_schema,
+    )
 
 
 def calendar_days(referenced: pl.Series, today: date) -> pl.Series:
@@ -140,6 +150,7 @@ def calendar_days(referenced: pl.Series, today: date) -> pl.Series:
 
 
 # -- facts -----------------------------------------------------------------------------------
+
 
 def _date(column: str) -> pl.Expr:
     return pl.col(column).dt.date()
@@ -154,8 +165,12 @@ def _text_date(column: str) -> pl.Expr:
 
 
 def _timestamps() -> list[pl.Expr]:
-    return [_date("created_at").alias("created_date"), _time("created_at").alias("created_time"),
-            _date("last_updated").alias("last_updated_date"), _time("last_updated").alias("last_updated_time")]
+    return [
+        _date("created_at").alias("created_date"),
+        _time("created_at").alias("created_time"),
+        _date("last_updated").alias("last_updated_date"),
+        _time("last_updated").alias("last_updated_time"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -172,23 +187,55 @@ class FactSpec:
 
 
 FACT_SPECS = (
-    FactSpec(FACT_SALES_ORDER, "sales_order", lambda: [
-        pl.col("sales_order_id"), *_timestamps(),
-        pl.col("staff_id").alias("sales_staff_id"), "counterparty_id", "units_sold", "unit_price",
-        "currency_id", "design_id", _text_date("agreed_payment_date").alias("agreed_payment_date"),
-        _text_date("agreed_delivery_date").alias("agreed_delivery_date"), "agreed_delivery_location_id",
-    ]),
-    FactSpec(FACT_PURCHASE_ORDER, "purchase_order", lambda: [
-        pl.col("purchase_order_id"), *_timestamps(),
-        "staff_id", "counterparty_id", "item_code", "item_quantity", "item_unit_price", "currency_id",
-        _text_date("agreed_delivery_date").alias("agreed_delivery_date"),
-        _text_date("agreed_payment_date").alias("agreed_payment_date"), "agreed_delivery_location_id",
-    ]),
-    FactSpec(FACT_PAYMENT, "payment", lambda: [
-        pl.col("payment_id"), *_timestamps(),
-        "transaction_id", "counterparty_id", "payment_amount", "currency_id", "payment_type_id", "paid",
-        _text_date("payment_date").alias("payment_date"),
-    ]),
+    FactSpec(
+        FACT_SALES_ORDER,
+        "sales_order",
+        lambda: [
+            pl.col("sales_order_id"),
+            *_timestamps(),
+            pl.col("staff_id").alias("sales_staff_id"),
+            "counterparty_id",
+            "units_sold",
+            "unit_price",
+            "currency_id",
+            "design_id",
+            _text_date("agreed_payment_date").alias("agreed_payment_date"),
+            _text_date("agreed_delivery_date").alias("agreed_delivery_date"),
+            "agreed_delivery_location_id",
+        ],
+    ),
+    FactSpec(
+        FACT_PURCHASE_ORDER,
+        "purchase_order",
+        lambda: [
+            pl.col("purchase_order_id"),
+            *_timestamps(),
+            "staff_id",
+            "counterparty_id",
+            "item_code",
+            "item_quantity",
+            "item_unit_price",
+            "currency_id",
+            _text_date("agreed_delivery_date").alias("agreed_delivery_date"),
+            _text_date("agreed_payment_date").alias("agreed_payment_date"),
+            "agreed_delivery_location_id",
+        ],
+    ),
+    FactSpec(
+        FACT_PAYMENT,
+        "payment",
+        lambda: [
+            pl.col("payment_id"),
+            *_timestamps(),
+            "transaction_id",
+            "counterparty_id",
+            "payment_amount",
+            "currency_id",
+            "payment_type_id",
+            "paid",
+            _text_date("payment_date").alias("payment_date"),
+        ],
+    ),
 )
 FACT_BY_SOURCE = {spec.source: spec for spec in FACT_SPECS}
 
@@ -223,15 +270,22 @@ def unfit_versions(spec: FactSpec, versions: pl.DataFrame) -> tuple[pl.DataFrame
         bad = value.is_not_null() & (back.is_null() | (back != exact))
         rows = versions.with_columns(projected[name].alias("_value")).filter(projected.select(bad).to_series())
         if rows.height:
-            unfit.append(rows.select(
-                pl.lit(spec.source).alias("source_table"), pl.col(key).cast(pl.String).alias("business_key"),
-                pl.col("_lsn").alias("source_lsn"), pl.col("_seq").alias("source_seq"),
-                pl.lit(name).alias("source_column"), pl.col("_value").cast(pl.String).alias("source_value"),
-                pl.lit(f"does not fit {spec.table.name}.{name} ({spec.table.column(name).type})").alias("reason")))
+            unfit.append(
+                rows.select(
+                    pl.lit(spec.source).alias("source_table"),
+                    pl.col(key).cast(pl.String).alias("business_key"),
+                    pl.col("_lsn").alias("source_lsn"),
+                    pl.col("_seq").alias("source_seq"),
+                    pl.lit(name).alias("source_column"),
+                    pl.col("_value").cast(pl.String).alias("source_value"),
+                    pl.lit(f"does not fit {spec.table.name}.{name} ({spec.table.column(name).type})").alias("reason"),
+                )
+            )
     if not unfit:
         return versions, pl.DataFrame(schema=REJECTED.polars_schema)
-    rejected = pl.concat(unfit).with_columns(id=pl.concat_str(
-        "source_table", "source_lsn", "source_seq", "source_column", separator="/"))
+    rejected = pl.concat(unfit).with_columns(
+        id=pl.concat_str("source_table", "source_lsn", "source_seq", "source_column", separator="/")
+    )
     positions = rejected.select(_lsn="source_lsn", _seq="source_seq").unique()
     return versions.join(positions, on=["_lsn", "_seq"], how="anti"), conform(rejected, REJECTED.polars_schema)
 
@@ -269,22 +323,26 @@ def new_fact_rows(spec: FactSpec, current: pl.DataFrame, versions: pl.DataFrame)
     a key is current; every other one gets `valid_to` = the `valid_from` of the next one."""
     key, record_id = spec.business_key, spec.table.key
     compared = projected_columns(spec.table)[1:] + ["is_deleted"]
-    rows = pl.concat([
-        current.select([record_id, *fact_schema(spec)]).with_columns(_origin=pl.lit(True)),
-        versions.with_columns(pl.lit(None, dtype=pl.Int32).alias(record_id), _origin=pl.lit(False))
-        .select([record_id, *fact_schema(spec), "_origin"]),
-    ]).sort([key, "source_lsn", "source_seq"])
+    rows = pl.concat(
+        [
+            current.select([record_id, *fact_schema(spec)]).with_columns(_origin=pl.lit(True)),
+            versions.with_columns(pl.lit(None, dtype=pl.Int32).alias(record_id), _origin=pl.lit(False)).select(
+                [record_id, *fact_schema(spec), "_origin"]
+            ),
+        ]
+    ).sort([key, "source_lsn", "source_seq"])
     # Sorted by key, "the version before" is the row before when its key is the same: plain
     # shifts compared with the key's, no window per column (which cost a sort per column).
     first = pl.col(key).ne_missing(pl.col(key).shift(1)).fill_null(True)
     differs = pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(1)) for c in compared])
     appended = ~pl.col("_origin") & pl.when(first).then(~pl.col("is_deleted")).otherwise(differs)
     last = pl.col(key).ne_missing(pl.col(key).shift(-1)).fill_null(True)
-    timeline = (rows.filter(pl.col("_origin") | appended)
-                .with_columns(is_current=last,
-                              valid_to=pl.when(last).then(None).otherwise(pl.col("valid_from").shift(-1))))
-    inserts = (timeline.filter(~pl.col("_origin")).sort(["source_lsn", "source_seq", key])
-               .select(list(fact_schema(spec))))
+    timeline = rows.filter(pl.col("_origin") | appended).with_columns(
+        is_current=last, valid_to=pl.when(last).then(None).otherwise(pl.col("valid_from").shift(-1))
+    )
+    inserts = (
+        timeline.filter(~pl.col("_origin")).sort(["source_lsn", "source_seq", key]).select(list(fact_schema(spec)))
+    )
     closes = timeline.filter(pl.col("_origin") & ~pl.col("is_current")).select(record_id, "valid_to")
     return FactChanges(inserts, closes)
 
@@ -295,4 +353,3 @@ def referenced_days(spec: FactSpec, rows: pl.DataFrame) -> pl.Series:
     if rows.height == 0:
         return pl.Series("date_id", [], dtype=pl.Date)
     return pl.concat([rows[c] for c in columns]).alias("date_id")
-

@@ -129,8 +129,11 @@ def iterator_age_probe(endpoint: str, stream: str, offsets: Path) -> Probe:
         oldest = 0.0
         for shard in client.list_shards(StreamName=stream)["Shards"]:
             offset = done.get(shard["ShardId"])
-            start = ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": offset}
-                     if offset else {"ShardIteratorType": "TRIM_HORIZON"})
+            start = (
+                {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": offset}
+                if offset
+                else {"ShardIteratorType": "TRIM_HORIZON"}
+            )
             iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], **start)["ShardIterator"]
             records = client.get_records(ShardIterator=iterator, Limit=1)["Records"]
             if records:
@@ -148,8 +151,9 @@ def slot_lag_probe(dsn: str, slot: str) -> Probe:
         conn = psycopg2.connect(dsn)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots "
-                            "WHERE slot_name = %s", (slot,))
+                cur.execute(
+                    "SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                )
                 row = cur.fetchone()
         finally:
             conn.close()
@@ -159,8 +163,11 @@ def slot_lag_probe(dsn: str, slot: str) -> Probe:
 
 
 def references(stream: str) -> dict:
-    return {"aws_kinesis_stream.changes.name": stream, "aws_lambda_function.processor.function_name": FUNCTION,
-            "aws_sqs_queue.processor_failures.name": "totes-cdc-processor-failures"}
+    return {
+        "aws_kinesis_stream.changes.name": stream,
+        "aws_lambda_function.processor.function_name": FUNCTION,
+        "aws_sqs_queue.processor_failures.name": "totes-cdc-processor-failures",
+    }
 
 
 class Changes:
@@ -179,8 +186,10 @@ class Changes:
                 ids = [row[0] for row in cur.fetchall()]
                 rng = random.Random(5)
                 while not self._stop.wait(0.3):
-                    cur.execute("UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = ANY(%s)",
-                                (rng.sample(ids, min(3, len(ids))),))
+                    cur.execute(
+                        "UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = ANY(%s)",
+                        (rng.sample(ids, min(3, len(ids))),),
+                    )
         finally:
             conn.close()
 
@@ -203,8 +212,11 @@ def emitted(stages: Stages) -> list[Datapoint]:
 
 
 def reported(stages: Stages, service: str, metric: str, since: float = 0.0) -> list[Datapoint]:
-    return [p for p in emitted(stages) if p.metric == metric and ("service", service) in p.dimensions
-            and p.timestamp >= since]
+    return [
+        p
+        for p in emitted(stages)
+        if p.metric == metric and ("service", service) in p.dimensions and p.timestamp >= since
+    ]
 
 
 def drop_slot_when_inactive(dsn: str, slot: str) -> None:
@@ -244,21 +256,31 @@ def test_each_stage_fault_fires_its_alarm_and_the_healthy_pipeline_stays_ok(tote
     stages = Stages(dsn, stream, kinesalite_url, home)
     axis = Axis(k=20, start=time.time())  # 5 min = 15 s; the reader reports every 5 s, the sync every 10 s
     # Thresholds a small deployment would set (-var): 1 MiB of WAL, records 10 s old.
-    alarms = metric_alarms({"unconfirmed_wal_alarm_bytes": 1 << 20, "iterator_age_alarm_ms": 10_000,
-                            "source_db_instance_id": LOCAL_DB}, references(stream))
-    assert set(alarms) >= {"stream_iterator_age", "dead_letters", "processor_silent", "reader_unconfirmed_wal",
-                           "reader_slot_lost", "reader_silent", "sync_silent", "source_slot_lag"}
+    alarms = metric_alarms(
+        {"unconfirmed_wal_alarm_bytes": 1 << 20, "iterator_age_alarm_ms": 10_000, "source_db_instance_id": LOCAL_DB},
+        references(stream),
+    )
+    assert set(alarms) >= {
+        "stream_iterator_age",
+        "dead_letters",
+        "processor_silent",
+        "reader_unconfirmed_wal",
+        "reader_slot_lost",
+        "reader_silent",
+        "sync_silent",
+        "source_slot_lag",
+    }
     offsets = offsets_path(str(stages.lake), stream, home)
     try:
         stages.start("reader", "--emf", "--slot", slot)
         stages.start("processor", "--emf", "--window", "0.2")
         stages.wait_lake(current_lsn(dsn))
         stages.start("sync", "--emf", "--interval", "0.5")
-        with Changes(dsn), iterator_age_probe(kinesalite_url, stream, offsets) as age, \
-                slot_lag_probe(dsn, slot) as lag:
+        with Changes(dsn), iterator_age_probe(kinesalite_url, stream, offsets) as age, slot_lag_probe(dsn, slot) as lag:
             for service, metric in (("reader", "EventsPerSecond"), ("processor", "Events"), ("sync", "SyncRuns")):
-                wait_for(lambda: reported(stages, service, metric), 60, f"the {service}'s first EMF line",
-                         log=stages.logs)
+                wait_for(
+                    lambda: reported(stages, service, metric), 60, f"the {service}'s first EMF line", log=stages.logs
+                )
 
             # Healthy: a whole period after every stage reported, every alarm is OK.
             healthy = axis.period_end(time.time(), 300, later=1)
@@ -269,8 +291,12 @@ def test_each_stage_fault_fires_its_alarm_and_the_healthy_pipeline_stays_ok(tote
 
             # A poison record: dead-lettered, the dead-letters alarm fires for its period.
             kinesis.put_record(StreamName=stream, Data=b"\x00 not a change batch", PartitionKey="poison")
-            [poisoned] = wait_for(lambda: [p for p in reported(stages, "processor", "DeadLetters") if p.value > 0],
-                                  60, "the dead letter to be reported", log=stages.logs)
+            [poisoned] = wait_for(
+                lambda: [p for p in reported(stages, "processor", "DeadLetters") if p.value > 0],
+                60,
+                "the dead letter to be reported",
+                log=stages.logs,
+            )
             at = axis.period_end(poisoned.timestamp, 300)
             axis.wait_until(at)
             assert axis.state(alarms["dead_letters"], emitted(stages), at) == ALARM
@@ -280,16 +306,24 @@ def test_each_stage_fault_fires_its_alarm_and_the_healthy_pipeline_stays_ok(tote
             assert stages.stop("processor") == 0, stages.tail("processor")
             stopped = time.time()
             execute(dsn, "UPDATE sales_order SET agreed_delivery_location_id = agreed_delivery_location_id")
-            execute(dsn, "CREATE TABLE wal_filler AS SELECT string_agg(md5(random()::text), '') AS x "
-                         "FROM generate_series(1, 2000) AS r, generate_series(1, 32) GROUP BY r")  # 2 MB of WAL
+            execute(
+                dsn,
+                "CREATE TABLE wal_filler AS SELECT string_agg(md5(random()::text), '') AS x "
+                "FROM generate_series(1, 2000) AS r, generate_series(1, 32) GROUP BY r",
+            )  # 2 MB of WAL
             behind = axis.period_end(stopped, 300, later=2)  # three whole periods stopped
             axis.wait_until(behind)
             points = everything()
-            assert axis.state(alarms["reader_unconfirmed_wal"], points, behind) == ALARM, \
-                [p.value for p in reported(stages, "reader", "UnconfirmedWalBytes", since=stopped)]
+            assert axis.state(alarms["reader_unconfirmed_wal"], points, behind) == ALARM, [
+                p.value for p in reported(stages, "reader", "UnconfirmedWalBytes", since=stopped)
+            ]
             assert axis.state(alarms["stream_iterator_age"], points, behind) == ALARM
-            assert axis.state(alarms["processor_silent"], points,
-                              silent_for_good(axis, alarms["processor_silent"], stopped)) == ALARM
+            assert (
+                axis.state(
+                    alarms["processor_silent"], points, silent_for_good(axis, alarms["processor_silent"], stopped)
+                )
+                == ALARM
+            )
             assert axis.state(alarms["reader_silent"], points, behind) == OK  # the reader still reports
 
             stages.start("processor", "--emf", "--window", "0.2")
@@ -298,12 +332,18 @@ def test_each_stage_fault_fires_its_alarm_and_the_healthy_pipeline_stays_ok(tote
             # The sync stopped, then the reader killed: each one's silence alarm fires.
             assert stages.stop("sync") == 0, stages.tail("sync")
             stopped = time.time()
-            assert axis.state(alarms["sync_silent"], everything(),
-                              silent_for_good(axis, alarms["sync_silent"], stopped)) == ALARM
+            assert (
+                axis.state(alarms["sync_silent"], everything(), silent_for_good(axis, alarms["sync_silent"], stopped))
+                == ALARM
+            )
             kill_9(stages.running.pop("reader"))
             stopped = time.time()
-            assert axis.state(alarms["reader_silent"], everything(),
-                              silent_for_good(axis, alarms["reader_silent"], stopped)) == ALARM
+            assert (
+                axis.state(
+                    alarms["reader_silent"], everything(), silent_for_good(axis, alarms["reader_silent"], stopped)
+                )
+                == ALARM
+            )
 
         # The slot dropped while the reader was down: it says so, exits 3 and reports SlotLost.
         drop_slot_when_inactive(dsn, slot)
@@ -315,8 +355,11 @@ def test_each_stage_fault_fires_its_alarm_and_the_healthy_pipeline_stays_ok(tote
         assert axis.state(alarms["reader_slot_lost"], emitted(stages), axis.period_end(lost.timestamp, 60)) == ALARM
     finally:
         stages.stop_all()
-        execute(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE slot_name = %s AND NOT active", (slot,))
+        execute(
+            dsn,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+            (slot,),
+        )
 
 
 def test_wal_a_slot_keeps_while_its_reader_is_down_fires_the_slot_lag_alarm(totesys_dsn, tmp_path):
@@ -325,8 +368,9 @@ def test_wal_a_slot_keeps_while_its_reader_is_down_fires_the_slot_lag_alarm(tote
     end); a reader that is down leaves every byte since on the source's disk, and RDS's
     slot-lag alarm fires."""
     dsn = totesys_dsn
-    alarm = metric_alarms({"source_db_instance_id": LOCAL_DB, "source_slot_lag_alarm_bytes": 1 << 20},
-                          references("unused"))["source_slot_lag"]
+    alarm = metric_alarms(
+        {"source_db_instance_id": LOCAL_DB, "source_slot_lag_alarm_bytes": 1 << 20}, references("unused")
+    )["source_slot_lag"]
     execute(dsn, "CREATE TABLE wal_filler (x text)")  # not published: the server's other work
 
     def busy_server(slot: str) -> tuple[str, float]:
@@ -337,8 +381,11 @@ def test_wal_a_slot_keeps_while_its_reader_is_down_fires_the_slot_lag_alarm(tote
                 # About 1 MB/s of WAL (random text: TOAST does not compress it away), and what
                 # lets a slot's restart point move on (a running-transactions record, as
                 # checkpoints and the background writer log).
-                execute(dsn, "INSERT INTO wal_filler SELECT string_agg(md5(random()::text), '') "
-                             "FROM generate_series(1, 250) AS r, generate_series(1, 32) GROUP BY r")
+                execute(
+                    dsn,
+                    "INSERT INTO wal_filler SELECT string_agg(md5(random()::text), '') "
+                    "FROM generate_series(1, 250) AS r, generate_series(1, 32) GROUP BY r",
+                )
                 execute(dsn, "SELECT pg_log_standby_snapshot()")
                 time.sleep(0.25)
         return axis.state(alarm, lag.points, until), max(p.value for p in lag.points)
@@ -353,8 +400,9 @@ def test_wal_a_slot_keeps_while_its_reader_is_down_fires_the_slot_lag_alarm(tote
         state, most = busy_server(slot)  # the reader down, its slot kept
         assert state == ALARM, f"only {most:,.0f} bytes retained while the reader was down"
     finally:
-        execute(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                (slot,))
+        execute(
+            dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
 
 
 class _LambdaContext:
@@ -366,11 +414,14 @@ class _LambdaContext:
 
 def _records_from(kinesis, stream: str) -> list[dict]:
     [shard] = kinesis.list_shards(StreamName=stream)["Shards"]
-    iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    iterator = kinesis.get_shard_iterator(
+        StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
     arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamARN"]
-    return [lambda_record(r, shard["ShardId"], arn, "us-east-1")
-            for r in kinesis.get_records(ShardIterator=iterator)["Records"]]
+    return [
+        lambda_record(r, shard["ShardId"], arn, "us-east-1")
+        for r in kinesis.get_records(ShardIterator=iterator)["Records"]
+    ]
 
 
 def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kinesis, monkeypatch, tmp_path):
@@ -387,8 +438,14 @@ def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kin
     alarms = metric_alarms(references=references(stream))
     retrying, errors = alarms["processor_retrying"], alarms["processor_errors"]
     monkeypatch.setattr(lambda_module, "_failures", {})
-    down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
+    down = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "max_retries": "0",
+    }
 
     def invoke_for(periods: int, period: int, axis: Axis) -> tuple[list[Datapoint], float]:
         """Invoke like the event source mapping for `periods` whole periods; EMF lines and
@@ -402,7 +459,9 @@ def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kin
                     failed = 0.0
                 except Exception:
                     failed = 1.0
-            points.append(Datapoint("AWS/Lambda", "Errors", frozenset({("FunctionName", FUNCTION)}), time.time(), failed))
+            points.append(
+                Datapoint("AWS/Lambda", "Errors", frozenset({("FunctionName", FUNCTION)}), time.time(), failed)
+            )
         return points + emf_datapoints(out.getvalue().splitlines()), until
 
     from lake.layout import LakeLayout
@@ -410,14 +469,19 @@ def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kin
     from stream_processors.handler import StreamProcessor
 
     axis = Axis(k=300, start=time.time())  # 5 min = 1 s
-    monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)),
-                                                                      lambda_module._metrics))
+    monkeypatch.setattr(
+        lambda_module,
+        "_processor",
+        StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)), lambda_module._metrics),
+    )
     points, at = invoke_for(retrying.evaluation_periods, retrying.period, axis)
     assert axis.state(retrying, points, at) == ALARM
     assert axis.state(errors, points, at) == OK  # the function itself did not fail
 
     axis = Axis(k=300, start=time.time())
-    monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(tmp_path / "lake"), lambda_module._metrics))
+    monkeypatch.setattr(
+        lambda_module, "_processor", StreamProcessor(LakeWriter(tmp_path / "lake"), lambda_module._metrics)
+    )
     points, at = invoke_for(retrying.evaluation_periods, retrying.period, axis)
     assert axis.state(retrying, points, at) == OK and axis.state(errors, points, at) == OK
 
@@ -449,15 +513,21 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
     retries = int(Resolver(variables).value(mapping["maximum_retry_attempts"]))
     queue_name = "totes-cdc-processor-failures"
     stream = new_stream(kinesis, shards=1)
-    alarm = metric_alarms(variables, references(stream) | {"aws_sqs_queue.processor_failures.name": queue_name}
-                          )["processor_gave_up"]
+    alarm = metric_alarms(variables, references(stream) | {"aws_sqs_queue.processor_failures.name": queue_name})[
+        "processor_gave_up"
+    ]
     kinesis.put_record(StreamName=stream, Data=encode_events(workload(2)), PartitionKey="k")
     event = {"Records": _records_from(kinesis, stream)}
 
     server = MotoS3()
     try:
-        sqs = boto3.client("sqs", endpoint_url=server.endpoint, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         queue = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
 
         def visible() -> float:
@@ -467,11 +537,20 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
 
         probe = Probe("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": queue_name}, visible, every=0.05)
         axis = Axis(k=300, start=time.time())  # 5 min = 1 s
-        down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
+        down = {
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "max_retries": "0",
+        }
         monkeypatch.setattr(lambda_module, "_failures", {})
-        monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)),
-                                                                          lambda_module._metrics))
+        monkeypatch.setattr(
+            lambda_module,
+            "_processor",
+            StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)), lambda_module._metrics),
+        )
         with probe, redirect_stdout(io.StringIO()):
             empty = axis.period_end(time.time(), alarm.period)
             axis.wait_until(empty)
@@ -479,11 +558,24 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
                 failures = lambda_module.handler(event, _LambdaContext())["batchItemFailures"]
                 assert failures, "the lake is down: the batch must fail"
             first, last = (event["Records"][i]["kinesis"]["sequenceNumber"] for i in (0, -1))
-            sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({
-                "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": 1 + retries},
-                "KinesisBatchInfo": {"shardId": event["Records"][0]["eventID"].split(":")[0], "streamArn":
-                                     event["Records"][0]["eventSourceARN"], "startSequenceNumber": first,
-                                     "endSequenceNumber": last, "batchSize": len(event["Records"])}}))
+            sqs.send_message(
+                QueueUrl=queue,
+                MessageBody=json.dumps(
+                    {
+                        "requestContext": {
+                            "condition": "RetryAttemptsExhausted",
+                            "approximateInvokeCount": 1 + retries,
+                        },
+                        "KinesisBatchInfo": {
+                            "shardId": event["Records"][0]["eventID"].split(":")[0],
+                            "streamArn": event["Records"][0]["eventSourceARN"],
+                            "startSequenceNumber": first,
+                            "endSequenceNumber": last,
+                            "batchSize": len(event["Records"]),
+                        },
+                    }
+                ),
+            )
             given_up = time.time()
             skipped = axis.period_end(given_up, alarm.period)
             axis.wait_until(skipped)
@@ -523,7 +615,9 @@ def test_a_verification_that_finds_a_divergence_fires_the_verify_mismatch_alarm(
         wait_for(lambda: not pipeline.errors and any(r.in_sync for r in results), 180, "a verification in sync")
         in_sync_at = time.time()
         _plant_lake_extra(totesys_dsn, pipeline.layout, 10**6)
-        wait_for(lambda: not pipeline.errors and results and not results[-1].in_sync, 120, "a verification that differs")
+        wait_for(
+            lambda: not pipeline.errors and results and not results[-1].in_sync, 120, "a verification that differs"
+        )
     finally:
         pipeline.stop.set()
         runner.join(120)

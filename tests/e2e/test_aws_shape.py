@@ -90,8 +90,9 @@ def check_lake_and_warehouse(stages: Stages, gone: list[str]) -> None:
     stages.sync_once()
     with DuckDBTarget(stages.warehouse) as target:
         facts = read_table_sorted(target, "fact_sales_order")
-        ghosts = facts.filter(pl.col("is_current") & ~pl.col("is_deleted")
-                              & pl.col("sales_order_id").is_in([int(k) for k in gone]))
+        ghosts = facts.filter(
+            pl.col("is_current") & ~pl.col("is_deleted") & pl.col("sales_order_id").is_in([int(k) for k in gone])
+        )
         assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
         check_against_source(target, source, policy=parse({}, RUN_KEY))  # the totesys defaults
 
@@ -101,20 +102,31 @@ def _change_sales_orders(dsn: str) -> tuple[list[str], list[str]]:
     ids = sorted(read_source(dsn)["sales_order"], key=int)
     gone, changed = ids[:3], ids[3:6]
     assert execute(dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
-    assert execute(dsn, "UPDATE sales_order SET units_sold = units_sold + 1000 "
-                        "WHERE sales_order_id = ANY(%s::int[])", (changed,)) == 3
+    assert (
+        execute(
+            dsn,
+            "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = ANY(%s::int[])",
+            (changed,),
+        )
+        == 3
+    )
     return gone, changed
 
 
 def _in_stream(kinesis, stream: str, table: str, op: str, keys: list[str]) -> bool:
     wanted = {f"{table}_id": k for k in keys}
-    seen = {event.key.get(f"{table}_id") for events in events_by_shard(read_stream(kinesis, stream)).values()
-            for event in events if event.table == f"public.{table}" and event.op.value == op}
+    seen = {
+        event.key.get(f"{table}_id")
+        for events in events_by_shard(read_stream(kinesis, stream)).values()
+        for event in events
+        if event.table == f"public.{table}" and event.op.value == op
+    }
     return set(wanted.values()) <= seen
 
 
 def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
-        totesys_dsn, kinesis, kinesalite_url, home):
+    totesys_dsn, kinesis, kinesalite_url, home
+):
     with Simulator(totesys_dsn, seed=81) as simulator:
         simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
     stream = new_stream(kinesis, shards=2)
@@ -133,8 +145,12 @@ def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
         gone, changed = _change_sales_orders(totesys_dsn)
         with Simulator(totesys_dsn, seed=82) as simulator:
             simulator.run_live(rate=0, events=40)
-        wait_for(lambda: _in_stream(kinesis, stream, "sales_order", "d", gone), 60,
-                 "the deletes to reach the stream", log=stages.logs)
+        wait_for(
+            lambda: _in_stream(kinesis, stream, "sales_order", "d", gone),
+            60,
+            "the deletes to reach the stream",
+            log=stages.logs,
+        )
         assert stages.stop("reader") == 0, stages.tail("reader")
         # The slot holds everything the lake lacks, even after a clean stop.
         assert slot_confirmed(totesys_dsn, SLOT) <= changes_from, stages.tail("reader")
@@ -162,14 +178,21 @@ def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
 def test_a_reader_without_a_lake_refuses_in_one_sentence(kinesalite_url, home):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOTES_")}
     env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), AWS_ENDPOINT_URL_KINESIS=kinesalite_url)
-    done = subprocess.run([sys.executable, "-m", "totes_cli", "reader", "--source", "postgresql://nobody@127.0.0.1:1/x"], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "totes_cli", "reader", "--source", "postgresql://nobody@127.0.0.1:1/x"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "--lake" in done.stderr and "--durability kinesis" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3
 
 
 # -- 2. a lost slot ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def own_server():
@@ -229,7 +252,8 @@ def _rows_per_key(facts: pl.DataFrame, key: str) -> dict[int, int]:
 
 
 def test_a_slot_lost_while_the_reader_was_down_is_reported_and_reset_replaces_every_table(
-        own_server, kinesis, kinesalite_url, home):
+    own_server, kinesis, kinesalite_url, home
+):
     dsn = own_server
     with Simulator(dsn, seed=91) as simulator:
         simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
@@ -244,9 +268,13 @@ def test_a_slot_lost_while_the_reader_was_down_is_reported_and_reset_replaces_ev
 
         # While no reader runs: rows deleted, changed, added; then the slot is invalidated.
         gone, changed = _change_sales_orders(dsn)
-        added = execute(dsn, "INSERT INTO sales_order SELECT (jsonb_populate_record(NULL::sales_order, to_jsonb(s) "
-                             "|| jsonb_build_object('sales_order_id', (SELECT max(sales_order_id) + 1 FROM sales_order)"
-                             "))).* FROM sales_order AS s WHERE sales_order_id = %s", (int(changed[0]),))
+        added = execute(
+            dsn,
+            "INSERT INTO sales_order SELECT (jsonb_populate_record(NULL::sales_order, to_jsonb(s) "
+            "|| jsonb_build_object('sales_order_id', (SELECT max(sales_order_id) + 1 FROM sales_order)"
+            "))).* FROM sales_order AS s WHERE sales_order_id = %s",
+            (int(changed[0]),),
+        )
         assert added == 1
         _invalidate_slot(dsn)
 
@@ -269,8 +297,9 @@ def test_a_slot_lost_while_the_reader_was_down_is_reported_and_reset_replaces_ev
                 assert after[fact.name].height == before[fact.name].height, fact.name
         was, now = (_rows_per_key(f["fact_sales_order"], "sales_order_id") for f in (before, after))
         touched = {int(k) for k in gone + changed}
-        assert {k: n for k, n in now.items() if k not in touched and k in was} == \
-            {k: n for k, n in was.items() if k not in touched}
+        assert {k: n for k, n in now.items() if k not in touched and k in was} == {
+            k: n for k, n in was.items() if k not in touched
+        }
         assert all(now[k] == was[k] + 1 for k in touched)
         assert [k for k in now if k not in was] == [max(was) + 1] and now[max(was) + 1] == 1
     finally:

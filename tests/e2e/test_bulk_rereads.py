@@ -23,7 +23,12 @@ from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD, chunk_app
 from lake.timetravel import read_table
 from tests.bulk_helpers import (
-    LakeSink, assert_lake_and_warehouse_equal_the_source, bulk_config, execute, lake_rows, seed_sales_orders,
+    LakeSink,
+    assert_lake_and_warehouse_equal_the_source,
+    bulk_config,
+    execute,
+    lake_rows,
+    seed_sales_orders,
     wait_for_reread,
 )
 from tests.e2e_helpers import slot_confirmed
@@ -57,8 +62,13 @@ def _ids_unique(layout: LakeLayout, table: str = SO) -> bool:
 
 
 def _kill_child(dsn: str, layout: LakeLayout, state: Path, mode: str, kill_at: int = 3) -> None:
-    child = subprocess.run([sys.executable, str(CHILD), dsn, str(layout.root), str(state), str(kill_at), mode],
-                           capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = subprocess.run(
+        [sys.executable, str(CHILD), dsn, str(layout.root), str(state), str(kill_at), mode],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert child.returncode == -9, f"not killed inside a bulk read ({child.returncode}): {child.stderr[-3000:]}"
 
 
@@ -74,7 +84,8 @@ def _truncates(sink) -> list[tuple]:
 
 @pytest.mark.slow
 def test_reset_with_a_lake_sends_only_truncates_through_the_stream_and_reads_the_rows_into_the_lake(
-        totesys_dsn, tmp_path):
+    totesys_dsn, tmp_path
+):
     seed_sales_orders(totesys_dsn, 6_000)
     layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
     first_lsn = _first_run(totesys_dsn, layout, state)
@@ -82,8 +93,9 @@ def test_reset_with_a_lake_sends_only_truncates_through_the_stream_and_reads_the
     _lose_the_slot_and_change(totesys_dsn)
 
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state, bulk_config(reset=True, snapshot_chunk_pages=24),
-                        prepare=_with_lake(layout)) as reader:
+    with running_reader(
+        totesys_dsn, sink, state, bulk_config(reset=True, snapshot_chunk_pages=24), prepare=_with_lake(layout)
+    ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
     after = FileStateStore(state).load()
     assert isinstance(after.phase, lifecycle.Streaming) and after.replaces_lost_slot
@@ -121,8 +133,9 @@ def test_kill_9_during_a_reset_with_a_lake_then_reset_again_resumes_chunk_by_chu
     execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 3 WHERE sales_order_id % 7 = 0")
     execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 71 = 0")
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state, bulk_config(reset=True, snapshot_chunk_pages=24),
-                        prepare=_with_lake(layout)) as reader:
+    with running_reader(
+        totesys_dsn, sink, state, bulk_config(reset=True, snapshot_chunk_pages=24), prepare=_with_lake(layout)
+    ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
     after = FileStateStore(state).load()
     assert isinstance(after.phase, lifecycle.Streaming) and after.snapshot_lsn == cut.phase.lsn
@@ -153,8 +166,9 @@ def test_a_type_change_with_a_lake_re_reads_the_table_straight_into_it(totesys_d
     first_lsn = _first_run(totesys_dsn, layout, state)
 
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24),
-                        prepare=_with_lake(layout)) as reader:
+    with running_reader(
+        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=_with_lake(layout)
+    ) as reader:
         _rounding_type_change(totesys_dsn)
         wait_for_reread(reader, SO)
         execute(totesys_dsn, "UPDATE sales_order SET unit_price = 7.1 WHERE sales_order_id = 2")
@@ -185,8 +199,9 @@ def test_kill_9_during_a_type_change_re_read_with_a_lake_then_restart_ends_exact
     execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 67 = 0")
 
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24),
-                        prepare=_with_lake(layout)) as reader:
+    with running_reader(
+        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=_with_lake(layout)
+    ) as reader:
         wait_for_reread(reader, SO)
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         _wait_until_no_reread_pending(state)

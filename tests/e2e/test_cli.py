@@ -73,8 +73,13 @@ def test_source_keeps_running_after_start_returns_and_a_second_start_reuses_it(h
 def test_demo_runs_a_changing_business_and_ctrl_c_stops_everything(home):
     env = {**os.environ, "TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")}
     env.pop("TOTES_SOURCE_DSN", None)
-    process = subprocess.Popen([*TOTES, "demo", "--history-days", "20", "--rate", "20", "--seed", "3"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [*TOTES, "demo", "--history-days", "20", "--rate", "20", "--seed", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     server = EmbeddedPostgres(home / "source")
     try:
         counts = []

@@ -97,8 +97,9 @@ def test_each_chart_draws_the_rows_of_its_sql(synced, address, page):
         cells = page.locator(f"#card-{view.name} table.figures tbody tr").count()
         assert cells == len(expected), view.name
     # ... and those rows are the source's: units of the current orders, by a query of our own
-    (total,) = sql_rows(warehouse, "SELECT sum(units_sold) AS u FROM fact_sales_order "
-                                   "WHERE is_current AND NOT is_deleted")[0].values()
+    (total,) = sql_rows(
+        warehouse, "SELECT sum(units_sold) AS u FROM fact_sales_order WHERE is_current AND NOT is_deleted"
+    )[0].values()
     final_rows = history.points[-1][1]["sales_order"].values()
     assert total == sum(int(r["units_sold"]) for r in final_rows)
     drawn = drawn_rows(page, "sales-by-month", ["units"])
@@ -117,8 +118,9 @@ def test_filters_change_what_is_shown(synced, address, page):
     loads = wait_loaded(page, loads)
     usd = drawn_rows(page, "sales-by-month", ["currency_code", "units"])
     assert usd != everything and {r["currency_code"] for r in usd} == {"USD"}
-    assert sum(r["units"] for r in usd) == sum(int(o["units_sold"]) for o in final_orders
-                                               if CURRENCY_CODES[o["currency_id"]] == "USD")
+    assert sum(r["units"] for r in usd) == sum(
+        int(o["units_sold"]) for o in final_orders if CURRENCY_CODES[o["currency_id"]] == "USD"
+    )
     assert "currency=USD" in page.url
     page.artifact("filtered-usd")
 

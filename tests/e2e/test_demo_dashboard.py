@@ -34,8 +34,13 @@ def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeli
     home = make_scratch_dir("totes-demo-dashboard-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
     env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
-    process = subprocess.Popen([*TOTES, "demo", "--history-days", "5", "--rate", "20", "--seed", "5"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [*TOTES, "demo", "--history-days", "5", "--rate", "20", "--seed", "5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -69,8 +74,9 @@ def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeli
         assert {row["series"] for row in lag_rows} == {"commit → warehouse lag (s)"}, lag_rows
         assert all(row["seconds"] >= 0 for row in lag_rows)
         # the demo writes the lake: an erasure (which vacuums with no retention) waits for it to stop
-        refused = subprocess.run([*TOTES, "lake", "forget", "staff", "1"], capture_output=True, text=True,
-                                 env=env, timeout=120)
+        refused = subprocess.run(
+            [*TOTES, "lake", "forget", "staff", "1"], capture_output=True, text=True, env=env, timeout=120
+        )
         assert refused.returncode == 2 and "The pipeline is running" in refused.stderr, refused.stderr
         process.send_signal(signal.SIGINT)
         process.wait(90)

@@ -27,8 +27,9 @@ from totesys.embedded import EmbeddedPostgres, EmbeddedServerError, libpq_dsn
 REPO = Path(__file__).resolve().parents[2]
 PROBE_USER = "totes-probe"
 IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT or shutil.which("useradd") is None,
-                                reason="needs root and useradd to create a second local user")
+needs_root = pytest.mark.skipif(
+    not IS_ROOT or shutil.which("useradd") is None, reason="needs root and useradd to create a second local user"
+)
 
 
 def modes_up_from(path: Path) -> dict[str, int]:
@@ -38,19 +39,22 @@ def modes_up_from(path: Path) -> dict[str, int]:
 
 def copy_tree_cheaply(source: Path, target: Path) -> None:
     """Hard links where the file system allows them (the wheel's binaries are ~40 MB)."""
+
     def link_or_copy(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
 
-    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        source, target, symlinks=True, copy_function=link_or_copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
 
 
 def totes(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
 
 
 @pytest.fixture(params=["home inside", "home in another private folder"])
@@ -66,10 +70,14 @@ def private_clone(request) -> Iterator[tuple[Path, dict[str, str]]]:
         copy_tree_cheaply(package.parent / name, site / name)
     project = private / "project"
     project.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
-           "TOTES_HOME": str(project / ".totes" if request.param == "home inside"
-                             else make_scratch_dir("totes-home-") / ".totes"),
-           "TOTES_CONFIG": str(project / "none.toml")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
+        "TOTES_HOME": str(
+            project / ".totes" if request.param == "home inside" else make_scratch_dir("totes-home-") / ".totes"
+        ),
+        "TOTES_CONFIG": str(project / "none.toml"),
+    }
     env.pop("TOTES_SOURCE_DSN", None)
     yield project, env
     EmbeddedPostgres(Path(env["TOTES_HOME"]) / "source").stop()
@@ -108,8 +116,9 @@ def server() -> Iterator[EmbeddedPostgres]:
 
 
 def no_password_dsn(server: EmbeddedPostgres, **extra: str) -> str:
-    return make_dsn(libpq_dsn(host=str(server.socket_dir), port=server.port, user="postgres",
-                              dbname="postgres"), **extra)
+    return make_dsn(
+        libpq_dsn(host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres"), **extra
+    )
 
 
 def test_a_missing_or_wrong_password_is_refused(server, monkeypatch):
@@ -131,8 +140,7 @@ def test_the_dsn_names_a_private_password_file_not_the_password(server):
     password = passfile.read_text().strip().rsplit(":", 1)[1]
     assert password not in dsn and "password" not in parse_dsn(dsn)
     assert parse_dsn(dsn)["passfile"] == str(passfile)
-    for path, mode in ((passfile, 0o600), (server.log_file, 0o600),
-                       (server.pgdata, 0o700), (server.socket_dir, 0o700)):
+    for path, mode in ((passfile, 0o600), (server.log_file, 0o600), (server.pgdata, 0o700), (server.socket_dir, 0o700)):
         assert path.stat().st_mode & 0o777 == mode, path
     socket_file = server.socket_dir / f".s.PGSQL.{server.port}"
     assert socket_file.stat().st_mode & 0o777 == 0o700
@@ -144,8 +152,7 @@ def probe_user() -> str:
     try:
         pwd.getpwnam(PROBE_USER)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", PROBE_USER],
-                       capture_output=True, check=False)
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", PROBE_USER], capture_output=True, check=False)
     try:
         pwd.getpwnam(PROBE_USER)
     except KeyError:
@@ -155,8 +162,9 @@ def probe_user() -> str:
 
 def as_user(user: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     settings = [f"{name}={value}" for name, value in (env or {}).items()]
-    return subprocess.run(["runuser", "-u", user, "--", "env", *settings, *args],
-                          capture_output=True, text=True, timeout=120, cwd="/")
+    return subprocess.run(
+        ["runuser", "-u", user, "--", "env", *settings, *args], capture_output=True, text=True, timeout=120, cwd="/"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +178,11 @@ def probe_python(probe_user: str) -> str:
     pytest.skip(f"{probe_user} can run no Python {sys.version_info[0]}.{sys.version_info[1]}")
 
 
-SOCKET_PROBE = ("import socket, sys\n"
-                "s = socket.socket(socket.AF_UNIX)\n"
-                "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.strerror); sys.exit(3)\n")
+SOCKET_PROBE = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.strerror); sys.exit(3)\n"
+)
 
 
 @needs_root
@@ -201,33 +211,60 @@ def test_a_normal_user_runs_the_server_in_its_own_home(probe_user, probe_python)
     """The same code as a normal user: the server runs as that user, its files are that user's."""
     entry = pwd.getpwnam(probe_user)
     purelib = Path(sysconfig.get_paths()["purelib"])
-    if as_user(probe_user, "test", "-r", str(REPO / "totesys" / "embedded.py"), "-a",
-               "-x", str(embedded.binary("postgres")), "-a", "-r", str(purelib / "psycopg2")).returncode != 0:
-        pytest.skip(f"{probe_user} cannot read this project (it sits in a private folder); "
-                    "run the suite as that user from a copy in its home")
+    if (
+        as_user(
+            probe_user,
+            "test",
+            "-r",
+            str(REPO / "totesys" / "embedded.py"),
+            "-a",
+            "-x",
+            str(embedded.binary("postgres")),
+            "-a",
+            "-r",
+            str(purelib / "psycopg2"),
+        ).returncode
+        != 0
+    ):
+        pytest.skip(
+            f"{probe_user} cannot read this project (it sits in a private folder); "
+            "run the suite as that user from a copy in its home"
+        )
     directory = Path(entry.pw_dir) / "totes-test-source"
-    script = ("import sys, psycopg2\n"
-              "from totesys.embedded import EmbeddedPostgres\n"
-              "server = EmbeddedPostgres(sys.argv[1])\n"
-              "try:\n"
-              "    with psycopg2.connect(server.start()) as conn, conn.cursor() as cur:\n"
-              "        cur.execute('SELECT current_user')\n"
-              "        print(cur.fetchone()[0])\n"
-              "finally:\n"
-              "    server.stop()\n")
+    script = (
+        "import sys, psycopg2\n"
+        "from totesys.embedded import EmbeddedPostgres\n"
+        "server = EmbeddedPostgres(sys.argv[1])\n"
+        "try:\n"
+        "    with psycopg2.connect(server.start()) as conn, conn.cursor() as cur:\n"
+        "        cur.execute('SELECT current_user')\n"
+        "        print(cur.fetchone()[0])\n"
+        "finally:\n"
+        "    server.stop()\n"
+    )
     path = os.pathsep.join([str(REPO), str(purelib)])
     shutil.rmtree(directory, ignore_errors=True)
     try:
-        result = as_user(probe_user, probe_python, "-c", script, str(directory),
-                         env={"PYTHONPATH": path, "HOME": entry.pw_dir})
+        result = as_user(
+            probe_user, probe_python, "-c", script, str(directory), env={"PYTHONPATH": path, "HOME": entry.pw_dir}
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "postgres"
         assert {item.stat().st_uid for item in [directory, *directory.iterdir()]} == {entry.pw_uid}
 
         # A folder it may not enter: one sentence, no traceback.
         private = make_scratch_dir("totes-not-yours-")
-        refused = as_user(probe_user, probe_python, "-m", "totes_cli", "source", "start", "--dir",
-                          str(private / "source"), env={"PYTHONPATH": path, "HOME": entry.pw_dir})
+        refused = as_user(
+            probe_user,
+            probe_python,
+            "-m",
+            "totes_cli",
+            "source",
+            "start",
+            "--dir",
+            str(private / "source"),
+            env={"PYTHONPATH": path, "HOME": entry.pw_dir},
+        )
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and "Permission denied" in refused.stderr
     finally:
@@ -305,7 +342,7 @@ def test_a_long_directory_gets_a_private_socket_folder_removed_at_stop():
     assert not server.socket_dir.exists()
 
 
-LEFTOVER_TEST = '''
+LEFTOVER_TEST = """
 from pathlib import Path
 from tests.conftest import make_scratch_dir
 from totesys.embedded import EmbeddedPostgres
@@ -314,7 +351,7 @@ def test_leaves_a_server_running():
     directory = make_scratch_dir("totes-leftover-")
     EmbeddedPostgres(directory / "source").start()
     Path({out!r}).write_text(str(directory))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -327,9 +364,28 @@ def test_scratch_folders_and_their_servers_are_gone_after_the_session(tmp_path, 
     env.pop("TOTES_KEEP_SCRATCH", None)
     if keep:
         env["TOTES_KEEP_SCRATCH"] = "1"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-                             "-c", os.devnull, "--rootdir", str(tmp_path), str(test_file)],
-                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(tmp_path),
+            str(test_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     directory = Path(out.read_text())
     leftover = EmbeddedPostgres(directory / "source")
@@ -352,8 +408,16 @@ def test_a_cluster_made_without_a_password_gets_one_at_its_next_start(monkeypatc
     the superuser a generated password, and the trust rules are no longer used."""
     directory = make_scratch_dir("totes-old-")
     run = embedded.launcher()
-    initdb = [str(embedded.binary("initdb")), "-D", str(directory / "pgdata"), "-U", "postgres",
-              "--auth-local=trust", "--auth-host=trust", "--no-instructions"]
+    initdb = [
+        str(embedded.binary("initdb")),
+        "-D",
+        str(directory / "pgdata"),
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--auth-host=trust",
+        "--no-instructions",
+    ]
     subprocess.run(run.argv(initdb), check=True, capture_output=True, **run.identity())
     with open(directory / "pgdata" / "postgresql.conf", "a", encoding="utf-8") as conf:
         conf.write("\ninclude_if_exists = 'totes.conf'\n")
@@ -388,16 +452,35 @@ def test_a_running_cluster_of_the_old_system_user_is_taken_over_by_root(monkeypa
         path.mkdir()
         path.chmod(mode)
         os.chown(path, entry.pw_uid, entry.pw_gid)
-    subprocess.run(old.argv([str(embedded.binary("initdb")), "-D", str(server.pgdata), "-U", "postgres",
-                             "--auth-local=trust", "--no-instructions"]),
-                   check=True, capture_output=True, **old.identity())
+    subprocess.run(
+        old.argv(
+            [
+                str(embedded.binary("initdb")),
+                "-D",
+                str(server.pgdata),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--no-instructions",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        **old.identity(),
+    )
     with open(server.pgdata / "postgresql.conf", "a", encoding="utf-8") as conf:
         conf.write("\ninclude_if_exists = 'totes.conf'\n")
     (server.pgdata / "totes.conf").write_text(
-        f"listen_addresses = ''\nunix_socket_directories = '{base / 'source' / 'run'}'\n")
-    subprocess.run(old.argv([str(embedded.binary("pg_ctl")), "-D", str(server.pgdata), "-w", "-l", "/dev/null",
-                             "start"]), check=True, capture_output=True, stdin=subprocess.DEVNULL,
-                   start_new_session=True, **old.identity())
+        f"listen_addresses = ''\nunix_socket_directories = '{base / 'source' / 'run'}'\n"
+    )
+    subprocess.run(
+        old.argv([str(embedded.binary("pg_ctl")), "-D", str(server.pgdata), "-w", "-l", "/dev/null", "start"]),
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **old.identity(),
+    )
     try:
         with psycopg2.connect(server.start()) as conn, conn.cursor() as cur:
             cur.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'postgres'")
@@ -410,5 +493,9 @@ def test_a_running_cluster_of_the_old_system_user_is_taken_over_by_root(monkeypa
         assert not any(item.stat().st_uid == entry.pw_uid for item in server.pgdata.rglob("*"))
     finally:
         server.stop()
-        subprocess.run(old.argv([str(embedded.binary("pg_ctl")), "-D", str(server.pgdata), "-m", "immediate",
-                                 "stop"]), capture_output=True, check=False, **old.identity())
+        subprocess.run(
+            old.argv([str(embedded.binary("pg_ctl")), "-D", str(server.pgdata), "-m", "immediate", "stop"]),
+            capture_output=True,
+            check=False,
+            **old.identity(),
+        )

@@ -92,6 +92,7 @@ class PipelineThread:
             assert not self.pipeline.errors, self.pipeline.errors
             assert self.thread.is_alive(), "the pipeline stopped"
             return self.pipeline.caught_up_with(lsn)
+
         wait_for(done, timeout, f"the warehouse to reach {lsn:X}")
 
     def stop(self) -> None:
@@ -102,14 +103,17 @@ class PipelineThread:
 
 
 def _config(dsn: str, home, **overrides) -> PipelineConfig:
-    return PipelineConfig(source_dsn=dsn, lake=str(home / "lake"), warehouse=str(home / "warehouse.duckdb"),
-                          **overrides)
+    return PipelineConfig(
+        source_dsn=dsn, lake=str(home / "lake"), warehouse=str(home / "warehouse.duckdb"), **overrides
+    )
 
 
 # -- 1. real data -------------------------------------------------------------------------------
 
+
 def test_real_snapshot_through_the_whole_pipeline_equals_a_transform_of_the_source(
-        totesys_dsn, shared_snapshot, home, own_kinesalite):
+    totesys_dsn, shared_snapshot, home, own_kinesalite
+):
     loaded = load_snapshot(totesys_dsn, shared_snapshot(REAL_SNAPSHOT))
     assert {t: loaded[t] for t in REAL_ROWS} == REAL_ROWS
     first_day = utc_today()
@@ -138,23 +142,36 @@ def test_real_snapshot_through_the_whole_pipeline_equals_a_transform_of_the_sour
 
 # -- 2. a mixed live workload -------------------------------------------------------------------
 
+
 def _sql_edits(dsn: str, label: str) -> dict[str, int]:
     """A department rename and an address change (reaching dim_staff, dim_location and
     dim_counterparty), a silent update and a settlement of a few payments, each in its own
     transaction, as the back office would type them."""
     now = "(now() AT TIME ZONE 'UTC')::timestamp(3)"
     return {
-        "department": execute(dsn, f"UPDATE department SET department_name = department_name || ' {label}', "
-                                   f"last_updated = {now} WHERE department_id = "
-                                   "(SELECT department_id FROM staff ORDER BY staff_id LIMIT 1)"),
-        "address": execute(dsn, f"UPDATE address SET city = 'E2E City {label}', address_line_2 = NULL, "
-                                f"last_updated = {now} WHERE address_id = "
-                                "(SELECT legal_address_id FROM counterparty ORDER BY counterparty_id LIMIT 1)"),
-        "silent": execute(dsn, "UPDATE sales_order SET agreed_delivery_date = "
-                               "(agreed_delivery_date::date + 3)::text WHERE sales_order_id = "
-                               "(SELECT min(sales_order_id) FROM sales_order)"),
-        "settled": execute(dsn, f"UPDATE payment SET paid = true, last_updated = {now} WHERE payment_id IN "
-                                "(SELECT payment_id FROM payment WHERE NOT paid ORDER BY payment_id DESC LIMIT 3)"),
+        "department": execute(
+            dsn,
+            f"UPDATE department SET department_name = department_name || ' {label}', "
+            f"last_updated = {now} WHERE department_id = "
+            "(SELECT department_id FROM staff ORDER BY staff_id LIMIT 1)",
+        ),
+        "address": execute(
+            dsn,
+            f"UPDATE address SET city = 'E2E City {label}', address_line_2 = NULL, "
+            f"last_updated = {now} WHERE address_id = "
+            "(SELECT legal_address_id FROM counterparty ORDER BY counterparty_id LIMIT 1)",
+        ),
+        "silent": execute(
+            dsn,
+            "UPDATE sales_order SET agreed_delivery_date = "
+            "(agreed_delivery_date::date + 3)::text WHERE sales_order_id = "
+            "(SELECT min(sales_order_id) FROM sales_order)",
+        ),
+        "settled": execute(
+            dsn,
+            f"UPDATE payment SET paid = true, last_updated = {now} WHERE payment_id IN "
+            "(SELECT payment_id FROM payment WHERE NOT paid ORDER BY payment_id DESC LIMIT 3)",
+        ),
     }
 
 
@@ -176,8 +193,9 @@ def test_mixed_live_workload_with_chaos_reaches_the_warehouse_version_by_version
     start = current_lsn(totesys_dsn)
 
     # Lake maintenance every second, beside the writers and the sync: it must change nothing.
-    runner = PipelineThread(_config(totesys_dsn, home, heartbeat_seconds=1.0, batch_window=0.3, sync_interval=0.5,
-                                    maintain_every=1.0))
+    runner = PipelineThread(
+        _config(totesys_dsn, home, heartbeat_seconds=1.0, batch_window=0.3, sync_interval=0.5, maintain_every=1.0)
+    )
     try:
         runner.wait_caught_up(start, 120)  # the initial snapshot is in: what follows is streamed
         business = Simulator(totesys_dsn, seed=42)
@@ -197,15 +215,18 @@ def test_mixed_live_workload_with_chaos_reaches_the_warehouse_version_by_version
     maintained = runner.pipeline.maintenance
     assert maintained.files_compacted > 0, maintained
     assert all(edits.values()) and all(edits_2.values()), (edits, edits_2)
-    assert {"toast_insert", "toast_update", "delete_payment", "delete_sales_order", "add_column",
-            "bulk_import"} <= set(kinds), kinds
+    assert {"toast_insert", "toast_update", "delete_payment", "delete_sales_order", "add_column", "bulk_import"} <= set(
+        kinds
+    ), kinds
 
     with DuckDBTarget(home / "warehouse.duckdb") as target:
         summary = _check_workload(target, totesys_dsn, baseline, (first_day, utc_today()))
         staff = read_table_sorted(target, "dim_staff").sort("staff_id")
         assert staff["department_name"][0].endswith("(renamed) (again)")
-        assert read_table_sorted(target, "dim_counterparty").sort("counterparty_id")[
-            "counterparty_legal_city"][0] == "E2E City (again)"
+        assert (
+            read_table_sorted(target, "dim_counterparty").sort("counterparty_id")["counterparty_legal_city"][0]
+            == "E2E City (again)"
+        )
         toasted = read_table_sorted(target, "dim_design").filter(pl.col("file_location").str.len_bytes() > 8000)
         assert toasted.height >= 1
     assert summary["deleted"] >= 2 and summary["fact_sales_order"] > 700, summary
@@ -213,29 +234,42 @@ def test_mixed_live_workload_with_chaos_reaches_the_warehouse_version_by_version
 
 # -- 3. kill -9 ---------------------------------------------------------------------------------
 
+
 def _comparable(dump: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     """A warehouse dump without what differs between two pipelines that saw the same history
     through different slots: the LSN of their initial snapshots (each slot has its own
     consistent point) and how far their checkpoint went past the last change."""
-    snapshot = {lsn for fact in FACTS for lsn in
-                dump[fact.name].filter(pl.col("source_op") == "r")["source_lsn"].unique().to_list()}
+    snapshot = {
+        lsn
+        for fact in FACTS
+        for lsn in dump[fact.name].filter(pl.col("source_op") == "r")["source_lsn"].unique().to_list()
+    }
     assert len(snapshot) == 1, snapshot
     out = {}
     for name, frame in dump.items():
         if name == CHECKPOINT.name:
             continue
         if {"source_lsn", "source_op"} <= set(frame.columns):
-            frame = frame.with_columns(source_lsn=pl.when(pl.col("source_op") == "r").then(0)
-                                       .otherwise(pl.col("source_lsn")).cast(frame["source_lsn"].dtype))
+            frame = frame.with_columns(
+                source_lsn=pl.when(pl.col("source_op") == "r")
+                .then(0)
+                .otherwise(pl.col("source_lsn"))
+                .cast(frame["source_lsn"].dtype)
+            )
         if "_lsn" in frame.columns:
-            frame = frame.with_columns(_lsn=pl.when(pl.col("_lsn").is_in(list(snapshot))).then(0)
-                                       .otherwise(pl.col("_lsn")).cast(frame["_lsn"].dtype))
+            frame = frame.with_columns(
+                _lsn=pl.when(pl.col("_lsn").is_in(list(snapshot)))
+                .then(0)
+                .otherwise(pl.col("_lsn"))
+                .cast(frame["_lsn"].dtype)
+            )
         out[name] = frame
     return out
 
 
 def test_totes_run_killed_with_sigkill_during_a_workload_then_caught_up_loses_and_doubles_nothing(
-        totesys_dsn, home, own_kinesalite):
+    totesys_dsn, home, own_kinesalite
+):
     """`totes run` starts its own kinesalite with its data in `<lake>/_local/kinesis` (no
     AWS_ENDPOINT_URL* in its environment): that is the local default, and the kill is meant to
     hit that too: the orphaned server must go and its LevelDB must serve the next run.
@@ -262,18 +296,27 @@ def test_totes_run_killed_with_sigkill_during_a_workload_then_caught_up_loses_an
     processes = [process]
     stop = threading.Event()
     business = Simulator(totesys_dsn, seed=52)
-    worker = threading.Thread(target=business.run_live, name="e2e-business",
-                              kwargs={"rate": 40, "stop_event": stop, "chaos": True, "chaos_every": 6})
+    worker = threading.Thread(
+        target=business.run_live,
+        name="e2e-business",
+        kwargs={"rate": 40, "stop_event": stop, "chaos": True, "chaos_every": 6},
+    )
     rng = random.Random()
     kills = []
     try:
         # The slot's first confirmed LSN is its consistent point; the reader confirms more only
         # once the snapshot is durable in the lake. From then on every change is streamed.
-        created = wait_for(lambda: slot_confirmed(totesys_dsn, run.slot), 60, "the slot", process, run.log_tail,
-                           interval=0.05)
+        created = wait_for(
+            lambda: slot_confirmed(totesys_dsn, run.slot), 60, "the slot", process, run.log_tail, interval=0.05
+        )
         assert created >= start
-        wait_for(lambda: slot_confirmed(totesys_dsn, run.slot) > created, 120, "the snapshot to be durable",
-                 process, run.log_tail)
+        wait_for(
+            lambda: slot_confirmed(totesys_dsn, run.slot) > created,
+            120,
+            "the snapshot to be durable",
+            process,
+            run.log_tail,
+        )
         worker.start()
         for _ in range(3):
             time.sleep(rng.uniform(1.0, 5.0))
@@ -284,8 +327,11 @@ def test_totes_run_killed_with_sigkill_during_a_workload_then_caught_up_loses_an
             kills.append(servers)
             process = run.start()  # restarted at once, as a supervisor would
             processes.append(process)
-            wait_for(lambda: not set(servers) & set(kinesalite_pids(kinesis_dir)), 30,
-                     f"the orphaned kinesalite {servers} to exit")
+            wait_for(
+                lambda: not set(servers) & set(kinesalite_pids(kinesis_dir)),
+                30,
+                f"the orphaned kinesalite {servers} to exit",
+            )
         time.sleep(rng.uniform(1.0, 3.0))
         assert process.poll() is None, run.log_tail()
     except BaseException:
@@ -378,8 +424,14 @@ def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before
         try:
             # The kill lands as soon as the reader records the snapshot as written to the lake:
             # the snapshot goes straight there in well under a second, so a fixed delay missed it.
-            wait_for(lambda: _reader_state(run).get("snapshot_published") or _reader_state(run).get("snapshot_done"),
-                     60, "the snapshot in the lake", process, run.log_tail, interval=0.005)
+            wait_for(
+                lambda: _reader_state(run).get("snapshot_published") or _reader_state(run).get("snapshot_done"),
+                60,
+                "the snapshot in the lake",
+                process,
+                run.log_tail,
+                interval=0.005,
+            )
         finally:
             kill_9(process)
         wait_for(lambda: not kinesalite_pids(kinesis_dir), 30, "the orphaned kinesalite to exit")
@@ -411,14 +463,16 @@ def _catch_up_without_ghosts(dsn: str, run, gone: list[str], timeout: float) -> 
 
     with DuckDBTarget(run.warehouse) as target:
         facts = read_table_sorted(target, "fact_sales_order")
-        ghosts = facts.filter(pl.col("is_current") & ~pl.col("is_deleted")
-                              & pl.col("sales_order_id").is_in([int(k) for k in gone]))
+        ghosts = facts.filter(
+            pl.col("is_current") & ~pl.col("is_deleted") & pl.col("sales_order_id").is_in([int(k) for k in gone])
+        )
         assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
         check_against_source(target, read_source(dsn), policy=run.policy)
 
 
 def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_the_restart(
-        totesys_dsn, shared_snapshot, home):
+    totesys_dsn, shared_snapshot, home
+):
     """`totes run` killed while its first snapshot is being read, part of it already in the
     lake; rows of that part deleted or changed; `totes run --until-caught-up`: the warehouse
     equals the source, the deleted rows are not live there.
@@ -434,10 +488,17 @@ def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_
         kinesis_dir = run.lake / "_local" / "kinesis"
         process = run.start()
         try:
-            wait_for(lambda: _reader_state(run).get("snapshot_lsn"), 60, "the slot", process, run.log_tail,
-                     interval=0.02)
-            wait_for(lambda: _lake_snapshot_keys(run.lake, "sales_order"), 60, "sales orders in the lake",
-                     process, run.log_tail, interval=0.02)
+            wait_for(
+                lambda: _reader_state(run).get("snapshot_lsn"), 60, "the slot", process, run.log_tail, interval=0.02
+            )
+            wait_for(
+                lambda: _lake_snapshot_keys(run.lake, "sales_order"),
+                60,
+                "sales orders in the lake",
+                process,
+                run.log_tail,
+                interval=0.02,
+            )
         finally:
             kill_9(process)
         wait_for(lambda: not kinesalite_pids(kinesis_dir), 30, "the orphaned kinesalite to exit")
@@ -453,8 +514,14 @@ def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_
     ids = sorted(published, key=int)
     gone, changed = ids[:3], ids[3:6]
     assert execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
-    assert execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 1000 "
-                                "WHERE sales_order_id = ANY(%s::int[])", (changed,)) == 3
+    assert (
+        execute(
+            totesys_dsn,
+            "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = ANY(%s::int[])",
+            (changed,),
+        )
+        == 3
+    )
     _catch_up_without_ghosts(totesys_dsn, run, gone, timeout=300)
     after = _reader_state(run)  # the same slot, its snapshot made whole
     assert after.get("snapshot_done") and after.get("snapshot_lsn") == state["snapshot_lsn"], after

@@ -25,11 +25,25 @@ def test_the_command_line_loads_no_lake_warehouse_or_aws_library():
     assert modules_after("import totes_cli.app") == set()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["lake", "--help"], ["query", "--help"],
-                                  ["reader", "--help"], ["sync", "--help"], ["demo", "--help"], ["dashboard", "--help"], ["report", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["lake", "--help"],
+        ["query", "--help"],
+        ["reader", "--help"],
+        ["sync", "--help"],
+        ["demo", "--help"],
+        ["dashboard", "--help"],
+        ["report", "--help"],
+    ],
+)
 def test_help_loads_no_lake_warehouse_or_aws_library(args):
-    code = (f"sys.argv = ['totes', *{args!r}]\nimport totes_cli.app\n"
-            "try:\n    totes_cli.app.app(standalone_mode=False)\nexcept SystemExit:\n    pass")
+    code = (
+        f"sys.argv = ['totes', *{args!r}]\nimport totes_cli.app\n"
+        "try:\n    totes_cli.app.app(standalone_mode=False)\nexcept SystemExit:\n    pass"
+    )
     assert modules_after(code) == set()
 
 
@@ -45,10 +59,12 @@ def totes(*args: str, home, extra_env: dict | None = None) -> subprocess.Complet
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
-    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200"},
-               **(extra_env or {}))
-    return subprocess.run([sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True,
-                          timeout=240, env=env)
+    env.update(
+        {"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200"}, **(extra_env or {})
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True, timeout=240, env=env
+    )
 
 
 def _slot_position(dsn: str) -> int:
@@ -76,8 +92,10 @@ def test_a_caught_up_run_with_nothing_new_starts_no_stream_and_moves_the_slot(to
 
     home = make_scratch_dir("totes-catch-up-")
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO currency (currency_id, currency_code, created_at, last_updated) "
-                    "VALUES (1, 'GBP', now(), now())")
+        cur.execute(
+            "INSERT INTO currency (currency_id, currency_code, created_at, last_updated) "
+            "VALUES (1, 'GBP', now(), now())"
+        )
     conn.close()
     lake, warehouse = str(home / "lake"), str(home / "warehouse.duckdb")
     run = ("run", "--source", totesys_dsn, "--lake", lake, "--warehouse", warehouse, "--until-caught-up")

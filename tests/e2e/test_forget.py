@@ -31,8 +31,16 @@ def layout(request, tmp_path):
 
 
 def _staff(src: ScriptedSource, i: int, first: str, email: str) -> None:
-    src.insert("staff", staff_id=str(i), first_name=first, last_name=f"Last{i}", department_id="1",
-               email_address=email, created_at=src.now(), last_updated=src.now())
+    src.insert(
+        "staff",
+        staff_id=str(i),
+        first_name=first,
+        last_name=f"Last{i}",
+        department_id="1",
+        email_address=email,
+        created_at=src.now(),
+        last_updated=src.now(),
+    )
 
 
 def _without(table: pa.Table, key: str) -> list[dict]:
@@ -68,11 +76,16 @@ def test_forget_leaves_no_trace_of_the_rows_and_the_rest_of_history_intact(layou
     with src.transaction():
         src.delete("staff", 7)
     write()
-    forgotten = ["Zebedee-Forgotten", "Zebedee-Renamed", "zebedee.forgotten@terrifictotes.com",
-                 "zebedee.new@forgotten.example"]
+    forgotten = [
+        "Zebedee-Forgotten",
+        "Zebedee-Renamed",
+        "zebedee.forgotten@terrifictotes.com",
+        "zebedee.new@forgotten.example",
+    ]
     assert {v for _, v in traces(lake_contents(layout), forgotten)} == set(forgotten)  # the search finds them
-    before = {lsn: (state_as_of_lsn(layout, STAFF, lsn), changes_as_of_lsn(layout, STAFF, lsn))
-              for lsn in (middle, src.lsn)}
+    before = {
+        lsn: (state_as_of_lsn(layout, STAFF, lsn), changes_as_of_lsn(layout, STAFF, lsn)) for lsn in (middle, src.lsn)
+    }
 
     erased = forget(layout, STAFF, ["7"])
 
@@ -107,9 +120,11 @@ def test_a_key_that_is_no_key_is_one_sentence(tmp_path):
 
 # -- the whole pipeline, the command and the warehouse ---------------------------------------------
 
+
 @pytest.mark.slow
-def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_goes_on(totesys_dsn, tmp_path,
-                                                                                       monkeypatch):
+def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_goes_on(
+    totesys_dsn, tmp_path, monkeypatch
+):
     import os
     import subprocess
     import sys
@@ -127,8 +142,9 @@ def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_go
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     key = b"forget-test-personal-data-key-01"
     lake, warehouse = tmp_path / "lake", tmp_path / "warehouse.duckdb"
-    config = PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(warehouse),
-                            personal_data=parse({}, key))
+    config = PipelineConfig(
+        source_dsn=totesys_dsn, lake=str(lake), warehouse=str(warehouse), personal_data=parse({}, key)
+    )
     Simulator(totesys_dsn, seed=5).seed_history(2)
 
     def run_until_caught_up() -> None:
@@ -143,8 +159,11 @@ def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_go
             thread.join(90)
         assert not pipeline.errors, pipeline.errors
 
-    execute(totesys_dsn, "UPDATE staff SET first_name = 'Ottoline-Erased', last_name = 'Qwertyson', "
-                         "email_address = 'ottoline.erased@x.example', last_updated = now() WHERE staff_id = 3")
+    execute(
+        totesys_dsn,
+        "UPDATE staff SET first_name = 'Ottoline-Erased', last_name = 'Qwertyson', "
+        "email_address = 'ottoline.erased@x.example', last_updated = now() WHERE staff_id = 3",
+    )
     run_until_caught_up()
     execute(totesys_dsn, "UPDATE staff SET first_name = 'Ottoline-Second', last_updated = now() WHERE staff_id = 3")
     run_until_caught_up()
@@ -162,20 +181,39 @@ def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_go
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOTES_")}
     env.update(TOTES_CONFIG=str(tmp_path / "none.toml"), TOTES_HOME=str(tmp_path))
     for table, keys in (("staff", ["3"]), ("sales_order", ["5"])):
-        done = subprocess.run([sys.executable, "-m", "totes_cli", "lake", "forget", table, *keys, "--lake", str(lake),
-                               "--warehouse", str(warehouse)], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "totes_cli",
+                "lake",
+                "forget",
+                table,
+                *keys,
+                "--lake",
+                str(lake),
+                "--warehouse",
+                str(warehouse),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr + done.stdout
         assert "erased" in done.stdout and "warehouse: erased from" in done.stdout
 
     assert traces(folder_contents(lake, skip=skip), forgotten) == []
     assert traces(warehouse_contents(warehouse), forgotten) == []
     assert state_as_of_lsn(layout, STAFF, lsn).to_pylist() == _without(before, "3")
-    assert state_as_of_lsn(layout, "public.sales_order", lsn).to_pylist() == \
-        [r for r in orders_before.to_pylist() if r["sales_order_id"] != 5]
+    assert state_as_of_lsn(layout, "public.sales_order", lsn).to_pylist() == [
+        r for r in orders_before.to_pylist() if r["sales_order_id"] != 5
+    ]
     with duckdb.connect(str(warehouse), read_only=True) as wh:
-        assert wh.execute("SELECT first_name, last_name, email_address, department_name FROM dim_staff "
-                          "WHERE staff_id = 3").fetchall() == [("", "", "", "")]
+        assert wh.execute(
+            "SELECT first_name, last_name, email_address, department_name FROM dim_staff WHERE staff_id = 3"
+        ).fetchall() == [("", "", "", "")]
         assert wh.execute("SELECT count(*) FROM fact_sales_order WHERE sales_order_id = 5").fetchone() == (0,)
         referencing = wh.execute("SELECT count(*) FROM fact_sales_order WHERE sales_staff_id = 3").fetchone()[0]
         others = wh.execute("SELECT count(*) FROM dim_staff WHERE first_name <> ''").fetchone()[0]
@@ -209,19 +247,47 @@ def test_lake_forget_refuses_while_a_sync_runs_on_the_lake_and_erases_once_it_st
     layout = write_lake(lake, src.events)
     Progress(layout).record_marker("shardId-000000000000", src.lsn)  # the watermark a sync syncs up to
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
-    env.update(TOTES_CONFIG=str(tmp_path / "none.toml"), TOTES_HOME=str(tmp_path),
-               AWS_ENDPOINT_URL_KINESIS="http://127.0.0.1:9", AWS_DEFAULT_REGION="eu-west-2",
-               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")  # no stream: the lake's markers
+    env.update(
+        TOTES_CONFIG=str(tmp_path / "none.toml"),
+        TOTES_HOME=str(tmp_path),
+        AWS_ENDPOINT_URL_KINESIS="http://127.0.0.1:9",
+        AWS_DEFAULT_REGION="eu-west-2",
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+    )  # no stream: the lake's markers
 
     def totes(*args: str, **kwargs):
-        return subprocess.run([sys.executable, "-m", "totes_cli", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120, **kwargs)
+        return subprocess.run(
+            [sys.executable, "-m", "totes_cli", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
 
     forget_command = ("lake", "forget", "staff", "7", "--lake", str(lake), "--warehouse", str(warehouse))
     log = tmp_path / "sync.log"
     with log.open("w") as sink:
-        sync = subprocess.Popen([sys.executable, "-m", "totes_cli", "sync", "--lake", str(lake), "--warehouse",
-                                 str(warehouse), "--interval", "0.5"], cwd=REPO, env=env, stdout=sink, stderr=sink)
+        sync = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "totes_cli",
+                "sync",
+                "--lake",
+                str(lake),
+                "--warehouse",
+                str(warehouse),
+                "--interval",
+                "0.5",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=sink,
+        )
     try:
         wait_for(lambda: "synced" in log.read_text(), 120, "the sync's first run", process=sync)
         refused = totes(*forget_command)

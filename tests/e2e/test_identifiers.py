@@ -39,14 +39,28 @@ KEY = 'a"b'
 
 
 def _row(i: int, version: int = 0) -> dict:
-    return {INJECTION: f"inj{i}", KEY: i, "with space": f"space {i}.{version}", "ünï": f"ü{i}",
-            NAMES[4]: f"x{i}", "`tick`": f"t{i}", '"': f"q{i}", "it's": i * 10 + version}
+    return {
+        INJECTION: f"inj{i}",
+        KEY: i,
+        "with space": f"space {i}.{version}",
+        "ünï": f"ü{i}",
+        NAMES[4]: f"x{i}",
+        "`tick`": f"t{i}",
+        '"': f"q{i}",
+        "it's": i * 10 + version,
+    }
 
 
 def _insert(dsn: str, rows: list[dict]) -> None:
-    _execute(dsn, sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(TABLE), sql.SQL(", ").join(map(sql.Identifier, NAMES)),
-        sql.SQL(", ").join(sql.Placeholder() * len(NAMES))), rows)
+    _execute(
+        dsn,
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            sql.Identifier(TABLE),
+            sql.SQL(", ").join(map(sql.Identifier, NAMES)),
+            sql.SQL(", ").join(sql.Placeholder() * len(NAMES)),
+        ),
+        rows,
+    )
 
 
 def _by_key(rows: list[dict]) -> dict[int, dict]:
@@ -65,6 +79,7 @@ def _run_pipeline_until(pipeline: Pipeline, thread: threading.Thread, lsn: int) 
         assert not pipeline.errors, pipeline.errors
         assert thread.is_alive(), "the pipeline stopped"
         return pipeline.caught_up_with(lsn)
+
     wait_for(done, 120, f"the warehouse to reach {lsn:X}")
 
 
@@ -74,20 +89,37 @@ def totes(*args: str, catch_exceptions: bool = False):
 
 @pytest.mark.slow
 def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes_query(
-        totesys_dsn, home, own_kinesalite):
-    _execute(totesys_dsn, sql.SQL("CREATE TABLE {} ({})").format(
-        sql.Identifier(TABLE),
-        sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in COLUMNS)))
+    totesys_dsn, home, own_kinesalite
+):
+    _execute(
+        totesys_dsn,
+        sql.SQL("CREATE TABLE {} ({})").format(
+            sql.Identifier(TABLE),
+            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in COLUMNS),
+        ),
+    )
     snapshot_rows = [_row(i) for i in range(1, 5)]
     _insert(totesys_dsn, snapshot_rows)
-    _execute(totesys_dsn, sql.SQL("ALTER TABLE currency ADD COLUMN {} text").format(
-        sql.Identifier(EXTRA_CURRENCY_COLUMN)))
-    _execute(totesys_dsn, sql.SQL("INSERT INTO currency (currency_code, last_updated, {}) "
-                                  "VALUES ('GBP', now(), 'x')").format(sql.Identifier(EXTRA_CURRENCY_COLUMN)))
+    _execute(
+        totesys_dsn, sql.SQL("ALTER TABLE currency ADD COLUMN {} text").format(sql.Identifier(EXTRA_CURRENCY_COLUMN))
+    )
+    _execute(
+        totesys_dsn,
+        sql.SQL("INSERT INTO currency (currency_code, last_updated, {}) VALUES ('GBP', now(), 'x')").format(
+            sql.Identifier(EXTRA_CURRENCY_COLUMN)
+        ),
+    )
 
     lake = home / "lake"
-    pipeline = Pipeline(PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(home / "wh.duckdb"),
-                                       tables=TABLES + (TABLE,), heartbeat_seconds=0.5))
+    pipeline = Pipeline(
+        PipelineConfig(
+            source_dsn=totesys_dsn,
+            lake=str(lake),
+            warehouse=str(home / "wh.duckdb"),
+            tables=TABLES + (TABLE,),
+            heartbeat_seconds=0.5,
+        )
+    )
     thread = threading.Thread(target=pipeline.run, daemon=True)
     thread.start()
     try:
@@ -95,11 +127,19 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
         _run_pipeline_until(pipeline, thread, after_snapshot)
         # The stream: an insert, an update of a quoted column, a delete by the quoted key.
         _insert(totesys_dsn, [_row(5)])
-        _execute(totesys_dsn, sql.SQL("UPDATE {} SET {} = 'moved', {} = 21 WHERE {} = 2").format(
-            sql.Identifier(TABLE), sql.Identifier("with space"), sql.Identifier("it's"), sql.Identifier(KEY)))
+        _execute(
+            totesys_dsn,
+            sql.SQL("UPDATE {} SET {} = 'moved', {} = 21 WHERE {} = 2").format(
+                sql.Identifier(TABLE), sql.Identifier("with space"), sql.Identifier("it's"), sql.Identifier(KEY)
+            ),
+        )
         _execute(totesys_dsn, sql.SQL("DELETE FROM {} WHERE {} = 3").format(sql.Identifier(TABLE), sql.Identifier(KEY)))
-        _execute(totesys_dsn, sql.SQL("INSERT INTO currency (currency_code, last_updated, {}) "
-                                      "VALUES ('EUR', now(), 'y')").format(sql.Identifier(EXTRA_CURRENCY_COLUMN)))
+        _execute(
+            totesys_dsn,
+            sql.SQL("INSERT INTO currency (currency_code, last_updated, {}) VALUES ('EUR', now(), 'y')").format(
+                sql.Identifier(EXTRA_CURRENCY_COLUMN)
+            ),
+        )
         streamed = current_wal_lsn(totesys_dsn)
         _run_pipeline_until(pipeline, thread, streamed)
     finally:
@@ -126,15 +166,23 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
     state = pl.read_delta(layout.state_uri(qualified)).filter(~pl.col("_deleted"))
     assert _by_key(state.select(NAMES).to_dicts()) == expected
     log = pl.read_delta(layout.changes_uri(qualified))
-    assert log.height == 7 and log.columns[:len(NAMES)] == NAMES
+    assert log.height == 7 and log.columns[: len(NAMES)] == NAMES
 
     # `totes query`: the view carries the names; selecting them works, now and as of an LSN.
     quoted, view = ", ".join(map(_q, NAMES)), _q(TABLE)
     result = totes("query", f"SELECT {quoted} FROM {view} ORDER BY 2", "--lake", str(lake), "--format", "json")
     assert result.exit_code == 0, result.output
     assert _by_key(json.loads(result.stdout)) == expected
-    result = totes("query", f"SELECT {quoted} FROM {view} ORDER BY 2", "--lake", str(lake), "--format", "json",
-                   "--as-of", format_lsn(snapshot_lsn))
+    result = totes(
+        "query",
+        f"SELECT {quoted} FROM {view} ORDER BY 2",
+        "--lake",
+        str(lake),
+        "--format",
+        "json",
+        "--as-of",
+        format_lsn(snapshot_lsn),
+    )
     assert result.exit_code == 0, result.output
     assert _by_key(json.loads(result.stdout)) == _by_key(snapshot_rows)
     changes = _q(f"changes_{TABLE}")
@@ -146,6 +194,7 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
 
 # -- totes query over a lake written by the processor's writer ---------------------------------
 
+
 def test_totes_query_never_runs_the_sql_a_column_name_spells(tmp_path):
     """A plainly named table whose first column closes its quotes and runs a COPY: the old
     view DDL pasted the name between double quotes unescaped, and DuckDB ran the COPY."""
@@ -154,8 +203,15 @@ def test_totes_query_never_runs_the_sql_a_column_name_spells(tmp_path):
 
     schema = _schema("public.plain", [(INJECTION, "text"), ("id", "integer")], "id")
     LakeWriter(tmp_path).write_batch("s1", Source().snapshot(schema, [{INJECTION: "x", "id": "1"}]))
-    result = totes("query", f"SELECT {_q(INJECTION)}, id FROM plain", "--lake", str(tmp_path), "--format", "json",
-                   catch_exceptions=True)
+    result = totes(
+        "query",
+        f"SELECT {_q(INJECTION)}, id FROM plain",
+        "--lake",
+        str(tmp_path),
+        "--format",
+        "json",
+        catch_exceptions=True,
+    )
     assert not Path(PWN).exists(), "a column name ran the SQL it spells"
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [{INJECTION: "x", "id": 1}]

@@ -39,8 +39,23 @@ pytestmark = [
 ]
 
 # Every service infra/ uses, pointed at one moto server.
-SERVICES = ("cloudwatch", "cloudwatchlogs", "ec2", "ecr", "ecs", "efs", "events", "iam", "kinesis",
-            "lambda", "s3", "secretsmanager", "sns", "sqs", "sts")
+SERVICES = (
+    "cloudwatch",
+    "cloudwatchlogs",
+    "ec2",
+    "ecr",
+    "ecs",
+    "efs",
+    "events",
+    "iam",
+    "kinesis",
+    "lambda",
+    "s3",
+    "secretsmanager",
+    "sns",
+    "sqs",
+    "sts",
+)
 
 # Attributes moto does not store or return, so Terraform would see them change on every
 # plan although real AWS keeps them. Only for the test: infra/ keeps comparing them.
@@ -59,7 +74,8 @@ def _override(endpoint: str) -> str:
     endpoints = "\n".join(f'    {service} = "{endpoint}"' for service in SERVICES)
     lifecycles = "\n".join(
         f'resource "{kind}" "{name}" {{\n  lifecycle {{\n    ignore_changes = [{", ".join(attributes)}]\n  }}\n}}\n'
-        for (kind, name), attributes in MOTO_DOES_NOT_ECHO.items())
+        for (kind, name), attributes in MOTO_DOES_NOT_ECHO.items()
+    )
     return f"""# The state stays in the scratch folder, not in infra/'s S3 backend.
 terraform {{
   backend "local" {{}}
@@ -86,12 +102,18 @@ class Terraform:
 
     def __init__(self, work: Path):
         self.work = work
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
-                    "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0"}
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(work),
+            "TF_IN_AUTOMATION": "1",
+            "CHECKPOINT_DISABLE": "1",
+            "TF_INPUT": "0",
+        }
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([TERRAFORM, *args, "-no-color"], cwd=self.work, env=self.env,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [TERRAFORM, *args, "-no-color"], cwd=self.work, env=self.env, capture_output=True, text=True, timeout=600
+        )
         if check:
             assert result.returncode == 0, f"terraform {args[0]}:\n{result.stdout[-6000:]}{result.stderr}"
         return result
@@ -104,16 +126,24 @@ class Aws:
         self.endpoint = endpoint
 
     def __getattr__(self, service: str):
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
 
 def _network(aws: Aws) -> dict:
     """The network infra/ is given, not what it creates: a VPC, two subnets, a group."""
     vpc = aws.ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
-    subnets = [aws.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24",
-                                     AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
-               for i, zone in enumerate("ab")]
+    subnets = [
+        aws.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, zone in enumerate("ab")
+    ]
     group = aws.ec2.create_security_group(GroupName="tasks", Description="tasks", VpcId=vpc)["GroupId"]
     return {"subnet_ids": subnets, "security_group_ids": [group]}
 
@@ -126,8 +156,13 @@ def _inventory(aws: Aws) -> dict[str, set]:
         "buckets": {b["Name"] for b in aws.s3.list_buckets()["Buckets"]},
         "functions": {f["FunctionName"] for f in aws.__getattr__("lambda").list_functions()["Functions"]},
         "mappings": {m["UUID"] for m in aws.__getattr__("lambda").list_event_source_mappings()["EventSourceMappings"]},
-        "clusters": {c["clusterName"] for c in aws.ecs.describe_clusters(clusters=ecs_clusters)["clusters"]
-                     if c["status"] == "ACTIVE"} if ecs_clusters else set(),
+        "clusters": {
+            c["clusterName"]
+            for c in aws.ecs.describe_clusters(clusters=ecs_clusters)["clusters"]
+            if c["status"] == "ACTIVE"
+        }
+        if ecs_clusters
+        else set(),
         "task definitions": set(aws.ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]),
         "alarms": {a["AlarmName"] for a in aws.cloudwatch.describe_alarms()["MetricAlarms"]},
         "dashboards": {d["DashboardName"] for d in aws.cloudwatch.list_dashboards()["DashboardEntries"]},
@@ -151,15 +186,26 @@ def deployment(tmp_path):
     try:
         aws = Aws(moto.endpoint)
         work = tmp_path / "infra"
-        shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns(
-            ".terraform", "*.tfstate*", "*.tfvars", "override.tf", "*_override.tf"))
+        shutil.copytree(
+            INFRA,
+            work,
+            ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "*.tfvars", "override.tf", "*_override.tf"),
+        )
         (work / "override.tf").write_text(_override(moto.endpoint), encoding="utf-8")
-        (work / "terraform.tfvars.json").write_text(json.dumps({
-            "aws_region": REGION, "image_tag": "test", "lake_bucket_name": BUCKET, "alarm_email": EMAIL,
-            "source_db_instance_id": "totesys-source",  # adds the RDS slot-lag alarm: every alarm exists
-            "secret_recovery_window_days": 0,           # destroy deletes the secrets at once
-            **_network(aws),
-        }), encoding="utf-8")
+        (work / "terraform.tfvars.json").write_text(
+            json.dumps(
+                {
+                    "aws_region": REGION,
+                    "image_tag": "test",
+                    "lake_bucket_name": BUCKET,
+                    "alarm_email": EMAIL,
+                    "source_db_instance_id": "totesys-source",  # adds the RDS slot-lag alarm: every alarm exists
+                    "secret_recovery_window_days": 0,  # destroy deletes the secrets at once
+                    **_network(aws),
+                }
+            ),
+            encoding="utf-8",
+        )
         terraform = Terraform(work)
         init = terraform("init", f"-plugin-dir={PLUGIN_DIR}", "-lockfile=readonly")
         assert "Terraform has been successfully initialized" in init.stdout
@@ -207,9 +253,15 @@ def _grants(aws: Aws, role: str) -> dict[str, set[str]]:
 def _trusted(aws: Aws, role: str) -> set[str]:
     document = aws.iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
     document = json.loads(document) if isinstance(document, str) else document
-    return {principal for statement in _statements(document)
-            for principal in ([statement["Principal"]["Service"]] if isinstance(statement["Principal"]["Service"], str)
-                              else statement["Principal"]["Service"])}
+    return {
+        principal
+        for statement in _statements(document)
+        for principal in (
+            [statement["Principal"]["Service"]]
+            if isinstance(statement["Principal"]["Service"], str)
+            else statement["Principal"]["Service"]
+        )
+    }
 
 
 def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deployment):
@@ -238,7 +290,9 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
     assert set(tls["Resource"]) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
     deletes = policy["OnlyMaintenanceDeletes"]
     assert deletes["Effect"] == "Deny" and deletes["Action"] == ["s3:DeleteObject*"]
-    assert deletes["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": f"arn:aws:iam::{account}:role/{NAME}-maintain"}}
+    assert deletes["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": f"arn:aws:iam::{account}:role/{NAME}-maintain"}
+    }
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]}
     assert all(r["Status"] == "Enabled" for r in rules.values())
     assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 7
@@ -257,15 +311,17 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
     assert (config["MemorySize"], config["Timeout"]) == (2048, 300)
     assert config["Environment"]["Variables"] == {"TOTES_LAKE": f"s3://{BUCKET}/lake", "TOTES_HOME": "/tmp/totes"}
     assert config["Role"] == f"arn:aws:iam::{account}:role/{NAME}-processor"
-    queue_arn = aws.sqs.get_queue_attributes(QueueUrl=outputs["processor_failure_queue_url"],
-                                             AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    (mapping,) = [m for m in lam.list_event_source_mappings()["EventSourceMappings"]
-                  if m["EventSourceArn"] == stream_arn]
+    queue_arn = aws.sqs.get_queue_attributes(
+        QueueUrl=outputs["processor_failure_queue_url"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    (mapping,) = [
+        m for m in lam.list_event_source_mappings()["EventSourceMappings"] if m["EventSourceArn"] == stream_arn
+    ]
     assert mapping["FunctionArn"] == config["FunctionArn"]
     assert mapping["StartingPosition"] == "TRIM_HORIZON"
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]  # partial batch responses
     assert mapping["BisectBatchOnFunctionError"] is True
-    assert mapping["ParallelizationFactor"] == 1                             # one batch per shard at a time
+    assert mapping["ParallelizationFactor"] == 1  # one batch per shard at a time
     assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == queue_arn
     assert mapping["MaximumRetryAttempts"] == -1
     assert (mapping["BatchSize"], mapping["MaximumBatchingWindowInSeconds"]) == (100, 1)
@@ -294,29 +350,42 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
     function_name = config["FunctionName"]
     queue_name = outputs["processor_failure_queue_url"].rsplit("/", 1)[1]
     expected = {  # name: (namespace, metric, dimensions, statistic, threshold)
-        "processor-behind-stream": ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds",
-                                    {"StreamName": NAME}, "Maximum", 60000),
+        "processor-behind-stream": (
+            "AWS/Kinesis",
+            "GetRecords.IteratorAgeMilliseconds",
+            {"StreamName": NAME},
+            "Maximum",
+            60000,
+        ),
         "processor-errors": ("AWS/Lambda", "Errors", {"FunctionName": function_name}, "Sum", 0),
         "dead-letters": ("totes-cdc", "DeadLetters", {"service": "processor"}, "Sum", 0),
         "processor-retrying": ("totes-cdc", "BatchRetries", {"service": "processor"}, "Sum", 0),
-        "processor-gave-up": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": queue_name},
-                              "Maximum", 0),
+        "processor-gave-up": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": queue_name}, "Maximum", 0),
         "processor-silent": ("totes-cdc", "Events", {"service": "processor"}, "SampleCount", 1),
-        "reader-unconfirmed-wal": ("totes-cdc", "UnconfirmedWalBytes", {"service": "reader"}, "Maximum",
-                                   1073741824),
+        "reader-unconfirmed-wal": ("totes-cdc", "UnconfirmedWalBytes", {"service": "reader"}, "Maximum", 1073741824),
         "reader-slot-lost": ("totes-cdc", "SlotLost", {"service": "reader"}, "Maximum", 1),
         "reader-silent": ("totes-cdc", "EventsPerSecond", {"service": "reader"}, "SampleCount", 1),
         "sync-silent": ("totes-cdc", "SyncRuns", {"service": "sync"}, "SampleCount", 1),
-        "source-slot-lag": ("AWS/RDS", "OldestReplicationSlotLag", {"DBInstanceIdentifier": "totesys-source"},
-                            "Maximum", 5368709120),
+        "source-slot-lag": (
+            "AWS/RDS",
+            "OldestReplicationSlotLag",
+            {"DBInstanceIdentifier": "totesys-source"},
+            "Maximum",
+            5368709120,
+        ),
     }
     missing = set(expected) - set(alarms)
     assert not missing, f"alarms not created: {missing}"
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [topic] and alarm["OKActions"] == [topic], name
         if name in expected:
-            watched = (alarm["Namespace"], alarm["MetricName"],
-                       {d["Name"]: d["Value"] for d in alarm["Dimensions"]}, alarm["Statistic"], alarm["Threshold"])
+            watched = (
+                alarm["Namespace"],
+                alarm["MetricName"],
+                {d["Name"]: d["Value"] for d in alarm["Dimensions"]},
+                alarm["Statistic"],
+                alarm["Threshold"],
+            )
             assert watched == expected[name], name
     for silent in ("processor-silent", "reader-silent", "sync-silent", "source-slot-lag"):
         assert alarms[silent]["TreatMissingData"] == "breaching", silent
@@ -328,43 +397,91 @@ def test_infra_applies_to_emulated_aws_plans_no_change_and_destroys_clean(deploy
     efs = aws.efs.describe_file_systems()["FileSystems"][0]["FileSystemArn"]
     log_group = f"arn:aws:logs:{REGION}:{account}:log-group:"
     roles = {  # role: ({trusted service}, {action: {resources}})
-        "reader": ("ecs-tasks.amazonaws.com", {
-            "kinesis:PutRecords": {stream_arn}, "kinesis:ListShards": {stream_arn},
-            "kinesis:DescribeStreamSummary": {stream_arn},
-            # the lake's progress to read; its change logs, state tables and dead letters to write
-            # the snapshot into (never a delete)
-            "s3:ListBucket": {bucket},
-            "s3:GetObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("_progress", "changes", "tables", "_dead_letters")},
-            "s3:PutObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("changes", "tables", "_dead_letters")},
-            "secretsmanager:GetSecretValue": {source_secret, key_secret},
-            "elasticfilesystem:ClientMount": {efs}, "elasticfilesystem:ClientWrite": {efs}}),
-        "processor": ("lambda.amazonaws.com", {
-            **{f"kinesis:{a}": {stream_arn} for a in ("GetRecords", "GetShardIterator", "DescribeStream",
-                                                     "DescribeStreamSummary", "ListShards")},
-            "s3:ListBucket": {bucket}, "s3:GetObject": {objects}, "s3:PutObject": {objects},
-            "sqs:SendMessage": {queue_arn},
-            "logs:CreateLogStream": {f"{log_group}/aws/lambda/{NAME}-processor:*"},
-            "logs:PutLogEvents": {f"{log_group}/aws/lambda/{NAME}-processor:*"}}),
-        "sync": ("ecs-tasks.amazonaws.com", {
-            "s3:ListBucket": {bucket}, "s3:GetObject": {objects}, "kinesis:ListShards": {stream_arn},
-            "secretsmanager:GetSecretValue": {warehouse_secret}}),
-        "maintain": ("ecs-tasks.amazonaws.com", {
-            "s3:ListBucket": {bucket}, "s3:GetObject": {objects}, "s3:PutObject": {objects},
-            "s3:DeleteObject": {objects}}),
-        "task-execution": ("ecs-tasks.amazonaws.com", {
-            "ecr:GetAuthorizationToken": {"*"},
-            **{f"ecr:{a}": {repository["repositoryArn"]} for a in ("BatchCheckLayerAvailability",
-                                                                  "BatchGetImage", "GetDownloadUrlForLayer")},
-            **{f"logs:{a}": {f"{log_group}/ecs/{NAME}/{stage}:*" for stage in ("reader", "sync", "maintain")}
-               for a in ("CreateLogStream", "PutLogEvents")}}),
-        "maintain-schedule": ("events.amazonaws.com", {
-            "ecs:RunTask": {aws.ecs.describe_task_definition(taskDefinition=f"{NAME}-maintain")
-                            ["taskDefinition"]["taskDefinitionArn"]},
-            "iam:PassRole": {f"arn:aws:iam::{account}:role/{NAME}-maintain",
-                             f"arn:aws:iam::{account}:role/{NAME}-task-execution"}}),
+        "reader": (
+            "ecs-tasks.amazonaws.com",
+            {
+                "kinesis:PutRecords": {stream_arn},
+                "kinesis:ListShards": {stream_arn},
+                "kinesis:DescribeStreamSummary": {stream_arn},
+                # the lake's progress to read; its change logs, state tables and dead letters to write
+                # the snapshot into (never a delete)
+                "s3:ListBucket": {bucket},
+                "s3:GetObject": {
+                    f"{bucket}/lake/{prefix}/*" for prefix in ("_progress", "changes", "tables", "_dead_letters")
+                },
+                "s3:PutObject": {f"{bucket}/lake/{prefix}/*" for prefix in ("changes", "tables", "_dead_letters")},
+                "secretsmanager:GetSecretValue": {source_secret, key_secret},
+                "elasticfilesystem:ClientMount": {efs},
+                "elasticfilesystem:ClientWrite": {efs},
+            },
+        ),
+        "processor": (
+            "lambda.amazonaws.com",
+            {
+                **{
+                    f"kinesis:{a}": {stream_arn}
+                    for a in ("GetRecords", "GetShardIterator", "DescribeStream", "DescribeStreamSummary", "ListShards")
+                },
+                "s3:ListBucket": {bucket},
+                "s3:GetObject": {objects},
+                "s3:PutObject": {objects},
+                "sqs:SendMessage": {queue_arn},
+                "logs:CreateLogStream": {f"{log_group}/aws/lambda/{NAME}-processor:*"},
+                "logs:PutLogEvents": {f"{log_group}/aws/lambda/{NAME}-processor:*"},
+            },
+        ),
+        "sync": (
+            "ecs-tasks.amazonaws.com",
+            {
+                "s3:ListBucket": {bucket},
+                "s3:GetObject": {objects},
+                "kinesis:ListShards": {stream_arn},
+                "secretsmanager:GetSecretValue": {warehouse_secret},
+            },
+        ),
+        "maintain": (
+            "ecs-tasks.amazonaws.com",
+            {
+                "s3:ListBucket": {bucket},
+                "s3:GetObject": {objects},
+                "s3:PutObject": {objects},
+                "s3:DeleteObject": {objects},
+            },
+        ),
+        "task-execution": (
+            "ecs-tasks.amazonaws.com",
+            {
+                "ecr:GetAuthorizationToken": {"*"},
+                **{
+                    f"ecr:{a}": {repository["repositoryArn"]}
+                    for a in ("BatchCheckLayerAvailability", "BatchGetImage", "GetDownloadUrlForLayer")
+                },
+                **{
+                    f"logs:{a}": {f"{log_group}/ecs/{NAME}/{stage}:*" for stage in ("reader", "sync", "maintain")}
+                    for a in ("CreateLogStream", "PutLogEvents")
+                },
+            },
+        ),
+        "maintain-schedule": (
+            "events.amazonaws.com",
+            {
+                "ecs:RunTask": {
+                    aws.ecs.describe_task_definition(taskDefinition=f"{NAME}-maintain")["taskDefinition"][
+                        "taskDefinitionArn"
+                    ]
+                },
+                "iam:PassRole": {
+                    f"arn:aws:iam::{account}:role/{NAME}-maintain",
+                    f"arn:aws:iam::{account}:role/{NAME}-task-execution",
+                },
+            },
+        ),
     }
-    created = {r["RoleName"].removeprefix(f"{NAME}-") for r in aws.iam.list_roles()["Roles"]
-               if r["RoleName"].startswith(f"{NAME}-")}
+    created = {
+        r["RoleName"].removeprefix(f"{NAME}-")
+        for r in aws.iam.list_roles()["Roles"]
+        if r["RoleName"].startswith(f"{NAME}-")
+    }
     assert created == set(roles), created
     for role, (service, grants) in roles.items():
         assert _trusted(aws, f"{NAME}-{role}") == {service}, role

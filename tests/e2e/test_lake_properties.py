@@ -16,7 +16,7 @@ from lake import LakeLayout
 from tests.lake_fixtures import (
     expected_state,
     moto_s3,  # noqa: F401  (the session's S3 server, a fixture)
-    )
+)
 from tests.lake_fixtures import EVENTS, SO, write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,8 @@ def test_a_process_reading_the_lake_exits_cleanly(storage, tmp_path, request):
         n = con.sql("SELECT count(*) FROM sales_order").fetchall()[0][0]
         print(rows, n)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(len(expected_state(EVENTS, SO))), str(len(EVENTS))]

@@ -69,8 +69,7 @@ def test_two_processes_writing_the_same_batches_log_each_event_once(tmp_path):
         logged = Counter(zip(rows.column("_lsn").to_pylist(), rows.column("_seq").to_pylist()))
         assert set(logged) == wanted
         assert max(logged.values()) == 1, f"{root}: {sum(logged.values()) - len(logged)} events logged twice"
-        assert lake_state(layout, SALES_ORDER.table, SALES_ORDER.key_names) == \
-            expected_state(events, SALES_ORDER.table)
+        assert lake_state(layout, SALES_ORDER.table, SALES_ORDER.key_names) == expected_state(events, SALES_ORDER.table)
         markers = Progress(layout).history()
         assert markers.column("marker_lsn").to_pylist() == sorted({max(e.lsn for e in b) for b in _batches()})
         for uri in (layout.changes_uri(SALES_ORDER.table), layout.state_uri(SALES_ORDER.table), layout.uri(PROGRESS)):

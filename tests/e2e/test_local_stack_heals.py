@@ -29,8 +29,9 @@ def start_run(*args: str, home: Path, env: dict[str, str]) -> tuple[subprocess.P
     base.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200", **env})
     log = home / "run.stderr"
     with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "totes_cli", "run", *args], env=base,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "totes_cli", "run", *args], env=base, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     return process, log
 
 
@@ -58,8 +59,9 @@ SOURCE_ORDERS = "SELECT sales_order_id, units_sold FROM sales_order ORDER BY 1"
 WAREHOUSE_ORDERS = "SELECT sales_order_id, units_sold FROM fact_sales_order WHERE is_current ORDER BY 1"
 
 
-def wait_until_warehouse_matches(source: str, warehouse: str, run: subprocess.Popen, log: Path,
-                                 timeout: float = 180) -> None:
+def wait_until_warehouse_matches(
+    source: str, warehouse: str, run: subprocess.Popen, log: Path, timeout: float = 180
+) -> None:
     expected = rows(source, SOURCE_ORDERS)
     assert expected
     deadline = time.monotonic() + timeout
@@ -90,8 +92,14 @@ def test_kinesalite_killed_under_run_is_restarted_and_the_warehouse_ends_complet
         simulator.seed_history(5, until=datetime(2024, 11, 15, 18))
     home = make_scratch_dir("totes-heal-")
     secret = server_password(totesys_dsn)  # a wrong PGPASSWORD would win over the passfile
-    run, log = start_run("--lake", str(home / "lake"), "--warehouse", empty_database, home=home,
-                         env={"TOTES_SOURCE_DSN": totesys_dsn, "PGPASSWORD": secret})
+    run, log = start_run(
+        "--lake",
+        str(home / "lake"),
+        "--warehouse",
+        empty_database,
+        home=home,
+        env={"TOTES_SOURCE_DSN": totesys_dsn, "PGPASSWORD": secret},
+    )
     try:
         wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
         first = kinesalite_child(run)
@@ -116,8 +124,9 @@ def test_kinesalite_killed_under_run_is_restarted_and_the_warehouse_ends_complet
 def mount_small_tmpfs(size: str = "64m") -> Path:
     """A small filesystem of our own to fill up; skips where mounting is not permitted."""
     directory = make_scratch_dir("totes-full-")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         directory.rmdir()
         pytest.skip(f"cannot mount a tmpfs here: {(result.stderr.strip() or 'not permitted').splitlines()[0]}")
@@ -152,8 +161,9 @@ def test_a_full_disk_under_the_lake_is_said_and_waited_out(totesys_dsn, empty_da
         with Simulator(totesys_dsn, seed=9) as simulator:
             simulator.seed_history(3, until=datetime(2024, 11, 15, 18))
         home = make_scratch_dir("totes-full-home-")
-        run, log = start_run("--lake", str(disk / "lake"), "--warehouse", empty_database, "--source", totesys_dsn,
-                             home=home, env={})
+        run, log = start_run(
+            "--lake", str(disk / "lake"), "--warehouse", empty_database, "--source", totesys_dsn, home=home, env={}
+        )
         try:
             wait_until_warehouse_matches(totesys_dsn, empty_database, run, log)
             ballast = fill(disk)
@@ -185,8 +195,17 @@ def test_wait_for_source_waits_for_a_source_that_comes_up_late():
     create_schema(dsn)
     server.stop()
     home = make_scratch_dir("totes-late-home-")
-    run, log = start_run("--source", dsn, "--lake", str(home / "lake"), "--until-caught-up",
-                         "--wait-for-source", "inf", home=home, env={})
+    run, log = start_run(
+        "--source",
+        dsn,
+        "--lake",
+        str(home / "lake"),
+        "--until-caught-up",
+        "--wait-for-source",
+        "inf",
+        home=home,
+        env={},
+    )
     try:
         wait_for("waiting up to inf s: Nothing answers at the unix socket", log, run)
         server.start()

@@ -28,10 +28,17 @@ from totesys.simulator import Simulator
 pytestmark = pytest.mark.slow
 
 KEY = b"pipeline-test-personal-data-key!"
-RULES = {"counterparty.commercial_contact": "drop", "counterparty.delivery_contact": "mask:last2",
-         "department.manager": "mask"}  # over the defaults: staff e-mail and address phone hashed
-POLICY_COLUMNS = {"staff": ["email_address"], "address": ["phone"],
-                  "counterparty": ["commercial_contact", "delivery_contact"], "department": ["manager"]}
+RULES = {
+    "counterparty.commercial_contact": "drop",
+    "counterparty.delivery_contact": "mask:last2",
+    "department.manager": "mask",
+}  # over the defaults: staff e-mail and address phone hashed
+POLICY_COLUMNS = {
+    "staff": ["email_address"],
+    "address": ["phone"],
+    "counterparty": ["commercial_contact", "delivery_contact"],
+    "department": ["manager"],
+}
 
 
 def _policy_values(dsn: str, policy_columns: dict[str, list[str]] = POLICY_COLUMNS) -> set[str]:
@@ -61,11 +68,18 @@ def test_no_raw_policy_value_reaches_kinesis_the_lake_or_the_warehouse(totesys_d
     Simulator(totesys_dsn, seed=11).seed_history(2)
     raw = _policy_values(totesys_dsn)
     policy = parse(RULES, KEY)
-    pipeline = Pipeline(PipelineConfig(source_dsn=totesys_dsn, lake=str(home / "lake"),
-                                       warehouse=str(home / "warehouse.duckdb"), personal_data=policy))
+    pipeline = Pipeline(
+        PipelineConfig(
+            source_dsn=totesys_dsn,
+            lake=str(home / "lake"),
+            warehouse=str(home / "warehouse.duckdb"),
+            personal_data=policy,
+        )
+    )
     thread = threading.Thread(target=pipeline.run, daemon=True)
     thread.start()
     try:
+
         def caught_up(lsn):
             assert not pipeline.errors, pipeline.errors
             return pipeline.caught_up_with(lsn)
@@ -73,19 +87,25 @@ def test_no_raw_policy_value_reaches_kinesis_the_lake_or_the_warehouse(totesys_d
         lsn = current_lsn(totesys_dsn)
         wait_for(lambda: caught_up(lsn), 180, "the snapshot in the warehouse")
         # changes on the stream: new values, and old values that must not come back either
-        execute(totesys_dsn, "INSERT INTO staff (first_name, last_name, department_id, email_address, last_updated) "
-                             "VALUES ('Pat', 'Doe', 1, 'pat.doe.secret@terrifictotes.com', now())")
+        execute(
+            totesys_dsn,
+            "INSERT INTO staff (first_name, last_name, department_id, email_address, last_updated) "
+            "VALUES ('Pat', 'Doe', 1, 'pat.doe.secret@terrifictotes.com', now())",
+        )
         execute(totesys_dsn, "UPDATE address SET phone = '0999 111222', last_updated = now() WHERE address_id = 1")
-        execute(totesys_dsn, "UPDATE counterparty SET commercial_contact = 'Zed Secretary', "
-                             "delivery_contact = 'Yvonne Hidden', last_updated = now() WHERE counterparty_id = 1")
-        execute(totesys_dsn, "UPDATE department SET manager = 'Quentin Boss', last_updated = now() "
-                             "WHERE department_id = 1")
+        execute(
+            totesys_dsn,
+            "UPDATE counterparty SET commercial_contact = 'Zed Secretary', "
+            "delivery_contact = 'Yvonne Hidden', last_updated = now() WHERE counterparty_id = 1",
+        )
+        execute(
+            totesys_dsn, "UPDATE department SET manager = 'Quentin Boss', last_updated = now() WHERE department_id = 1"
+        )
         execute(totesys_dsn, "DELETE FROM staff WHERE email_address = 'pat.doe.secret@terrifictotes.com'")
         raw |= _policy_values(totesys_dsn) | {"pat.doe.secret@terrifictotes.com"}
         lsn = current_lsn(totesys_dsn)
         wait_for(lambda: caught_up(lsn), 120, "the changes in the warehouse")
-        records = list(kinesis_contents(kinesis_client(endpoint_url=pipeline.kinesalite.endpoint_url),
-                                        "totes-cdc"))
+        records = list(kinesis_contents(kinesis_client(endpoint_url=pipeline.kinesalite.endpoint_url), "totes-cdc"))
     finally:
         pipeline.stop.set()
         thread.join(90)
@@ -107,22 +127,34 @@ def test_no_raw_policy_value_reaches_kinesis_the_lake_or_the_warehouse(totesys_d
         emails = cur.fetchall()
         cur.execute("SELECT attnames FROM pg_publication_tables WHERE tablename = 'counterparty'")
         (published,) = cur.fetchone()
-        cur.execute("SELECT c.counterparty_id, a2.address_id FROM counterparty c "
-                    "JOIN address a ON a.address_id = c.legal_address_id JOIN address a2 ON a2.phone = a.phone")
+        cur.execute(
+            "SELECT c.counterparty_id, a2.address_id FROM counterparty c "
+            "JOIN address a ON a.address_id = c.legal_address_id JOIN address a2 ON a2.phone = a.phone"
+        )
         phone_pairs = set(cur.fetchall())
     conn.close()
     assert "commercial_contact" not in published and "delivery_contact" in published
     layout = LakeLayout(str(home / "lake"))
-    staff = pl.from_arrow(read_sql(layout.open(layout.state_uri("public.staff")), "SELECT staff_id, email_address FROM t WHERE email_address IS NOT NULL"))
+    staff = pl.from_arrow(
+        read_sql(
+            layout.open(layout.state_uri("public.staff")),
+            "SELECT staff_id, email_address FROM t WHERE email_address IS NOT NULL",
+        )
+    )
     assert sorted(staff.rows()) == [(i, keyed_hash(KEY, e)) for i, e in emails]
-    counterparty = pl.from_arrow(read_sql(layout.open(layout.state_uri("public.counterparty")),
-                                          "SELECT * FROM t WHERE counterparty_id = 1"))
+    counterparty = pl.from_arrow(
+        read_sql(layout.open(layout.state_uri("public.counterparty")), "SELECT * FROM t WHERE counterparty_id = 1")
+    )
     assert "commercial_contact" not in counterparty.columns
     assert counterparty["delivery_contact"].to_list() == ["***en"]
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as wh:
         # a hashed value joins: every counterparty's legal phone finds the locations of that phone
-        joined = set(wh.execute("SELECT c.counterparty_id, l.location_id FROM dim_counterparty c JOIN dim_location l "
-                                "ON l.phone = c.counterparty_legal_phone_number").fetchall())
+        joined = set(
+            wh.execute(
+                "SELECT c.counterparty_id, l.location_id FROM dim_counterparty c JOIN dim_location l "
+                "ON l.phone = c.counterparty_legal_phone_number"
+            ).fetchall()
+        )
         staff_emails = dict(wh.execute("SELECT staff_id, email_address FROM dim_staff").fetchall())
     assert joined == phone_pairs and len(joined) >= 20
     assert staff_emails == {i: keyed_hash(KEY, e) for i, e in emails}
@@ -145,8 +177,11 @@ def test_the_snapshot_changes_and_re_reads_through_the_stream_follow_the_policy(
     raw = _policy_values(totesys_dsn, columns)
     assert len(raw) > 40
     with running_reader(totesys_dsn, sink, tmp_path / "state.json", config) as reader:
-        execute(totesys_dsn, "UPDATE staff SET email_address = 'changed.secret@terrifictotes.com', "
-                             "last_updated = now() WHERE staff_id = 1")
+        execute(
+            totesys_dsn,
+            "UPDATE staff SET email_address = 'changed.secret@terrifictotes.com', "
+            "last_updated = now() WHERE staff_id = 1",
+        )
         execute(totesys_dsn, "UPDATE address SET phone = '0999 000111', last_updated = now() WHERE address_id = 2")
         wait_for(lambda: "public.staff" in reader.reread, 120, "the re-read of staff")
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
@@ -178,8 +213,13 @@ def test_the_publication_column_list_follows_the_drops_as_they_change(totesys_ds
     conn = psycopg2.connect(totesys_dsn)
     try:
         tables = ("staff", "counterparty")
-        assert ensure_publication(conn, "pii_pub", "public", tables,
-                                  dropped={"counterparty": frozenset({"commercial_contact", "delivery_contact"})})
+        assert ensure_publication(
+            conn,
+            "pii_pub",
+            "public",
+            tables,
+            dropped={"counterparty": frozenset({"commercial_contact", "delivery_contact"})},
+        )
         first = published()
         assert "commercial_contact" not in first["counterparty"] and "counterparty_legal_name" in first["counterparty"]
         assert "email_address" in first["staff"]

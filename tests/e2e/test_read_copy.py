@@ -14,8 +14,16 @@ from warehouse_sync.targets import open_target
 
 
 def count(home, warehouse) -> subprocess.CompletedProcess[str]:
-    return totes("query", "SELECT count(*) AS n, sum(v) AS total FROM numbers", "--warehouse", str(warehouse),
-                 "--format", "json", home=home, timeout=60)
+    return totes(
+        "query",
+        "SELECT count(*) AS n, sum(v) AS total FROM numbers",
+        "--warehouse",
+        str(warehouse),
+        "--format",
+        "json",
+        home=home,
+        timeout=60,
+    )
 
 
 def test_a_reader_beside_the_writer_sees_the_last_published_commit(tmp_path):
@@ -33,8 +41,12 @@ def test_a_reader_beside_the_writer_sees_the_last_published_commit(tmp_path):
         assert first.returncode == 0, first.stderr
         assert json.loads(first.stdout) == [{"n": 10, "total": 45}]
         # publishing left the writer's lock in place: no second writer gets in
-        second_writer = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(warehouse)!r})"],
-                                       capture_output=True, text=True, timeout=60)
+        second_writer = subprocess.run(
+            [sys.executable, "-c", f"import duckdb; duckdb.connect({str(warehouse)!r})"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second_writer.returncode != 0 and "Could not set lock" in second_writer.stderr
 
         target.begin()
@@ -70,11 +82,20 @@ def test_a_warehouse_being_written_with_no_copy_yet_is_one_sentence(tmp_path):
 def test_a_writer_starting_while_a_reader_holds_the_file_waits_for_it(tmp_path):
     warehouse = tmp_path / "warehouse.duckdb"
     open_target(str(warehouse)).close()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, sys, time\n"
-        f"c = duckdb.connect({str(warehouse)!r}, read_only=True)\n"
-        "print('holding', flush=True)\n"
-        "time.sleep(2)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, sys, time\n"
+                f"c = duckdb.connect({str(warehouse)!r}, read_only=True)\n"
+                "print('holding', flush=True)\n"
+                "time.sleep(2)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         target = open_target(str(warehouse))  # would fail at once with "Could not set lock"

@@ -48,19 +48,34 @@ class ReaderProcess:
     def __init__(self, dsn: str, stream: str, endpoint: str, home, *extra: str, lake=None):
         self.home = home
         durability = () if lake else ("--durability", "kinesis")
-        self.args = [sys.executable, "-m", "totes_cli", "reader", "--source", dsn, "--stream", stream,
-                     *durability, *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "totes_cli",
+            "reader",
+            "--source",
+            dsn,
+            "--stream",
+            stream,
+            *durability,
+            *extra,
+        ]
         # These tests compare the stream with the source value for value: personal data kept as is.
         config = home / "totes.toml"
         config.write_text('[personal-data]\n"staff.email_address" = "keep"\n"address.phone" = "keep"\n')
-        self.env = {**os.environ, "TOTES_HOME": str(home), "AWS_ENDPOINT_URL_KINESIS": endpoint,
-                    "TOTES_CONFIG": str(config)}
+        self.env = {
+            **os.environ,
+            "TOTES_HOME": str(home),
+            "AWS_ENDPOINT_URL_KINESIS": endpoint,
+            "TOTES_CONFIG": str(config),
+        }
         if lake:
             self.env["TOTES_LAKE"] = str(lake)
 
     def start(self, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(self.args + list(extra), env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.args + list(extra), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
 
 def _stream_state(kinesis, stream):
@@ -77,8 +92,9 @@ def test_kill_9_during_a_workload_then_restart_loses_no_change(totesys_dsn, kine
 
     stop = threading.Event()
     business = Simulator(totesys_dsn, seed=22)
-    worker = threading.Thread(target=business.run_live, kwargs={"rate": 150, "stop_event": stop, "chaos": True,
-                                                                "chaos_every": 20})
+    worker = threading.Thread(
+        target=business.run_live, kwargs={"rate": 150, "stop_event": stop, "chaos": True, "chaos_every": 20}
+    )
     worker.start()
     rng = random.Random(7)
     kills = 0
@@ -135,8 +151,13 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
                 deadline = time.monotonic() + 30
                 while not status_file.exists() and time.monotonic() < deadline:
                     time.sleep(0.2)
-                status = subprocess.run([sys.executable, "-m", "totes_cli", "status", "--dsn", dsn],
-                                        env=reader.env, capture_output=True, text=True, timeout=60)
+                status = subprocess.run(
+                    [sys.executable, "-m", "totes_cli", "status", "--dsn", dsn],
+                    env=reader.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 process.send_signal(signal.SIGINT)
                 stdout, stderr = process.communicate(timeout=60)
             finally:
@@ -146,7 +167,9 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
         assert "reconnecting" in stderr
         assert "durability is what Kinesis acknowledged" in stderr  # --durability kinesis says what it risks
         emf = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        assert emf and "EventsPerSecond" in emf[0] and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "totes-cdc"
+        assert (
+            emf and "EventsPerSecond" in emf[0] and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "totes-cdc"
+        )
         assert status.returncode == 0 and "reader  slot totes_cdc" in status.stdout
         got, _ = _stream_state(kinesis, stream)
         want = source_state(dsn, TABLES)

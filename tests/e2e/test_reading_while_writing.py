@@ -33,8 +33,12 @@ def start_run(home, dsn: str, lake: str, warehouse: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
     env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
     log = open(home / "run.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "totes_cli", "run", "--source", dsn, "--lake", lake,
-                             "--warehouse", warehouse], stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "totes_cli", "run", "--source", dsn, "--lake", lake, "--warehouse", warehouse],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def totals(address: str) -> tuple[int, int, int]:
@@ -42,8 +46,11 @@ def totals(address: str) -> tuple[int, int, int]:
     with urllib.request.urlopen(address + "api/business", timeout=60) as response:  # nosec B310 # our own 127.0.0.1
         data = json.load(response)
     shown = {view["name"]: view["rows"] for view in data["views"]}
-    return (data["checkpoint_lsn"], sum(r["units"] for r in shown["sales-by-month"]),
-            sum(r["items"] for r in shown["purchase-volumes"]))
+    return (
+        data["checkpoint_lsn"],
+        sum(r["units"] for r in shown["sales-by-month"]),
+        sum(r["items"] for r in shown["purchase-volumes"]),
+    )
 
 
 def source_totals(cur) -> int:
@@ -74,15 +81,20 @@ def test_query_status_and_dashboard_read_whole_transactions_while_run_writes(tot
         deadline = time.monotonic() + 150
         # Until both readers have seen the warehouse move three times (a trickle like this one is
         # gathered into few lake commits, so that takes some seconds).
-        while time.monotonic() < deadline and (len({units for units, _ in seen if units > 1000}) < 3
-                                               or len({lsn for lsn, _, _ in shown}) < 3):
+        while time.monotonic() < deadline and (
+            len({units for units, _ in seen if units > 1000}) < 3 or len({lsn for lsn, _, _ in shown}) < 3
+        ):
             # One source transaction changes an order and a purchase together, in two tables.
             step += 1
             with source.cursor() as cur:
-                cur.execute("UPDATE sales_order SET units_sold = %s, last_updated = now() WHERE sales_order_id = %s",
-                            (1000 + step, order))
-                cur.execute("UPDATE purchase_order SET item_quantity = %s, last_updated = now() "
-                            "WHERE purchase_order_id = %s", (1000 + step, purchase))
+                cur.execute(
+                    "UPDATE sales_order SET units_sold = %s, last_updated = now() WHERE sales_order_id = %s",
+                    (1000 + step, order),
+                )
+                cur.execute(
+                    "UPDATE purchase_order SET item_quantity = %s, last_updated = now() WHERE purchase_order_id = %s",
+                    (1000 + step, purchase),
+                )
             source.commit()
             if step == 1:
                 with source.cursor() as cur:
@@ -90,8 +102,15 @@ def test_query_status_and_dashboard_read_whole_transactions_while_run_writes(tot
             if not (home / "warehouse.duckdb").exists():
                 time.sleep(0.5)
                 continue
-            result = totes("query", PAIR_SQL.format(order=order, purchase=purchase), "--warehouse", warehouse,
-                           "--format", "json", home=home)
+            result = totes(
+                "query",
+                PAIR_SQL.format(order=order, purchase=purchase),
+                "--warehouse",
+                warehouse,
+                "--format",
+                "json",
+                home=home,
+            )
             assert run.poll() is None, (home / "run.log").read_text()[-3000:]
             if not seen and ("no copy for readers yet" in result.stderr or "does not exist" in result.stderr):
                 continue  # the first sync has not committed yet

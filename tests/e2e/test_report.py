@@ -58,8 +58,16 @@ def test_the_report_files_open_and_hold_the_warehouses_figures(synced):
 
 def test_wrong_report_options_are_one_sentence(synced, tmp_path):
     _, home = synced
-    bad = totes("report", "--out", str(tmp_path / "r"), "--warehouse", str(home / "warehouse.duckdb"),
-                "--as-of", "yesterday", home=home)
+    bad = totes(
+        "report",
+        "--out",
+        str(tmp_path / "r"),
+        "--warehouse",
+        str(home / "warehouse.duckdb"),
+        "--as-of",
+        "yesterday",
+        home=home,
+    )
     assert bad.returncode == 2 and "is not a time like" in bad.stderr and "Traceback" not in bad.stderr
     missing = totes("report", "--out", str(tmp_path / "r"), "--warehouse", str(tmp_path / "none.duckdb"), home=home)
     assert missing.returncode == 2 and "no warehouse at" in missing.stderr and "Traceback" not in missing.stderr

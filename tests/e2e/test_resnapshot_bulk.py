@@ -18,7 +18,12 @@ from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD
 from lake.timetravel import read_table
 from tests.bulk_helpers import (
-    LakeSink, assert_lake_and_warehouse_equal_the_source, bulk_config, execute, seed_sales_orders, wait_for_reread,
+    LakeSink,
+    assert_lake_and_warehouse_equal_the_source,
+    bulk_config,
+    execute,
+    seed_sales_orders,
+    wait_for_reread,
 )
 from tests.e2e_helpers import slot_confirmed
 from tests.reader_harness import FAST, current_lsn, running_reader, wait_until_confirmed
@@ -30,21 +35,24 @@ def _change_sales_orders(dsn: str, step: int) -> None:
     """Updates, a delete and inserts: rows of chunks written and of chunks not read yet."""
     execute(dsn, f"UPDATE sales_order SET units_sold = units_sold + {step} WHERE sales_order_id % 41 = {step}")
     execute(dsn, f"DELETE FROM sales_order WHERE sales_order_id % 53 = {step}")
-    execute(dsn, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
-                  "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
-                  "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
-                  "counterparty_id, 3, 2.5, currency_id, agreed_delivery_date, agreed_payment_date, "
-                  f"agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 500 = {step}")
+    execute(
+        dsn,
+        "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
+        "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
+        "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
+        "counterparty_id, 3, 2.5, currency_id, agreed_delivery_date, agreed_payment_date, "
+        f"agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 500 = {step}",
+    )
 
 
 @pytest.mark.slow
-def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_equal_the_source(
-        totesys_dsn, tmp_path):
+def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_equal_the_source(totesys_dsn, tmp_path):
     seed_sales_orders(totesys_dsn, 6_000)
     layout = LakeLayout(tmp_path / "lake")
     state = tmp_path / "state.json"
-    with running_reader(totesys_dsn, LakeSink(layout), state, bulk_config(),
-                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+    with running_reader(
+        totesys_dsn, LakeSink(layout), state, bulk_config(), prepare=lambda r: setattr(r, "lake", layout)
+    ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         first_lsn = reader.state.load().snapshot_lsn
 
@@ -73,8 +81,9 @@ def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_e
         r.lake = layout
         r.bulk_chunk_hook = change_while_reading
 
-    with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
-                        prepare=prepare) as reader:
+    with running_reader(
+        totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24), prepare=prepare
+    ) as reader:
         wait_for_reread(reader, "public.sales_order")
         _change_sales_orders(totesys_dsn, 3)
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
@@ -105,13 +114,19 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
     seed_sales_orders(totesys_dsn, 10_000)
     layout = LakeLayout(tmp_path / "lake")
     state = tmp_path / "state.json"
-    with running_reader(totesys_dsn, LakeSink(layout), state, bulk_config(),
-                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+    with running_reader(
+        totesys_dsn, LakeSink(layout), state, bulk_config(), prepare=lambda r: setattr(r, "lake", layout)
+    ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         first_lsn = reader.state.load().snapshot_lsn
 
-    child = subprocess.run([sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
-                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = subprocess.run(
+        [sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert child.returncode == -9, child.stderr[-3000:]
     (cut_at,) = _reread_lsns(layout, first_lsn)
     assert slot_confirmed(totesys_dsn, FAST.slot) < cut_at  # what streamed since is sent again
@@ -119,8 +134,13 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
     execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id % 13 = 0")
     execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 71 = 0")
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state, bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
-                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+    with running_reader(
+        totesys_dsn,
+        sink,
+        state,
+        bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
+        prepare=lambda r: setattr(r, "lake", layout),
+    ) as reader:
         wait_for_reread(reader, "public.sales_order")
         execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-y'")
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
@@ -137,19 +157,26 @@ def test_a_re_read_killed_half_way_is_finished_by_a_restart_without_the_flag(tot
     seed_sales_orders(totesys_dsn, 10_000)
     layout = LakeLayout(tmp_path / "lake")
     state = tmp_path / "state.json"
-    with running_reader(totesys_dsn, LakeSink(layout), state, bulk_config(),
-                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+    with running_reader(
+        totesys_dsn, LakeSink(layout), state, bulk_config(), prepare=lambda r: setattr(r, "lake", layout)
+    ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
         first_lsn = reader.state.load().snapshot_lsn
-    child = subprocess.run([sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
-                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = subprocess.run(
+        [sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert child.returncode == -9, child.stderr[-3000:]
     assert [r.table for r in FileStateStore(state).load().table_rereads] == ["sales_order"]
 
     execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 4 WHERE sales_order_id % 17 = 0")
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24),
-                        prepare=lambda r: setattr(r, "lake", layout)) as reader:
+    with running_reader(
+        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=lambda r: setattr(r, "lake", layout)
+    ) as reader:
         wait_for_reread(reader, "public.sales_order", timeout=60)
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
     assert len(_reread_lsns(layout, first_lsn)) == 2

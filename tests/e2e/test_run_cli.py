@@ -14,8 +14,19 @@ from totesys.simulator import Simulator
 from warehouse_sync.examples import EXAMPLES
 from tests.cli_helpers import totes
 
-TABLES = ("fact_sales_order", "fact_purchase_order", "fact_payment", "dim_date", "dim_staff", "dim_location",
-          "dim_design", "dim_currency", "dim_counterparty", "dim_transaction", "dim_payment_type")
+TABLES = (
+    "fact_sales_order",
+    "fact_purchase_order",
+    "fact_payment",
+    "dim_date",
+    "dim_staff",
+    "dim_location",
+    "dim_design",
+    "dim_currency",
+    "dim_counterparty",
+    "dim_transaction",
+    "dim_payment_type",
+)
 
 
 def table_rows(path: str, table: str) -> list[tuple]:
@@ -31,11 +42,14 @@ def test_run_until_caught_up_then_sync_and_examples(totesys_dsn):
     home = make_scratch_dir("totes-run-")
     lake, warehouse = str(home / "lake"), str(home / "warehouse.duckdb")
 
-    run = totes("run", "--source", totesys_dsn, "--lake", lake, "--warehouse", warehouse, "--until-caught-up", home=home)
+    run = totes(
+        "run", "--source", totesys_dsn, "--lake", lake, "--warehouse", warehouse, "--until-caught-up", home=home
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     with duckdb.connect(warehouse, read_only=True) as connection:
         (orders,) = connection.execute("SELECT count(*) FROM fact_sales_order WHERE is_current").fetchone()
     import psycopg2
+
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM sales_order")
         assert cur.fetchone() == (orders,)

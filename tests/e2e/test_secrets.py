@@ -30,8 +30,9 @@ ROLE = "totes_pw"
 PASSWORD = "Src-Secret-7f3a9"
 WRONG = "Wrong-Secret-0d1b"
 
-needs_own_server = pytest.mark.skipif(bool(os.environ.get("TOTES_TEST_DSN")),
-                                      reason="starts its own embedded server; TOTES_TEST_DSN is set")
+needs_own_server = pytest.mark.skipif(
+    bool(os.environ.get("TOTES_TEST_DSN")), reason="starts its own embedded server; TOTES_TEST_DSN is set"
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,11 @@ def server() -> Iterator[EmbeddedPostgres]:
     try:
         admin = pg.start()
         with psycopg2.connect(admin) as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER REPLICATION PASSWORD {}").format(
-                sql.Identifier(ROLE), sql.Literal(PASSWORD)))
+            cur.execute(
+                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER REPLICATION PASSWORD {}").format(
+                    sql.Identifier(ROLE), sql.Literal(PASSWORD)
+                )
+            )
         conn.close()
         create_schema(ensure_database(admin, "totesys"))
         ensure_database(admin, "warehouse")
@@ -60,13 +64,19 @@ def uri(pg: EmbeddedPostgres, dbname: str, password: str | None = None) -> str:
 
 
 def totes(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 120):
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "TOTES_", "PG"))}
-    base.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200",
-                 "PGPASSFILE": str(home / "no-pgpass")})
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOTES_", "PG"))}
+    base.update(
+        {
+            "TOTES_HOME": str(home),
+            "TOTES_CONFIG": str(home / "none.toml"),
+            "COLUMNS": "200",
+            "PGPASSFILE": str(home / "no-pgpass"),
+        }
+    )
     base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=base)
+    return subprocess.run(
+        [sys.executable, "-m", "totes_cli", *args], capture_output=True, text=True, timeout=timeout, env=base
+    )
 
 
 def assert_nowhere(result, home: Path, *secrets: str) -> None:
@@ -98,19 +108,32 @@ def home() -> Iterator[Path]:
 
 # -- totes run and totes status, with passwords in the DSNs ----------------------------------------
 
+
 @needs_own_server
 @pytest.mark.slow
 def test_run_and_status_never_show_the_passwords(server, home):
     source, warehouse = uri(server, "totesys", PASSWORD), uri(server, "warehouse", PASSWORD)
-    run = totes("run", "--source", source, "--lake", str(home / "lake"), "--warehouse", warehouse,
-                "--until-caught-up", "--slot", "totes_secrets", home=home)
+    run = totes(
+        "run",
+        "--source",
+        source,
+        "--lake",
+        str(home / "lake"),
+        "--warehouse",
+        warehouse,
+        "--until-caught-up",
+        "--slot",
+        "totes_secrets",
+        home=home,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "warehouse postgresql://totes_pw:***@/warehouse" in run.stderr
     assert "shows in the process list" in run.stderr  # the flags held passwords: said, without them
     assert_nowhere(run, home, PASSWORD)
 
-    status = totes("status", "--dsn", source, home=home, env={"TOTES_WAREHOUSE": warehouse,
-                                                                "TOTES_LAKE": str(home / "lake")})
+    status = totes(
+        "status", "--dsn", source, home=home, env={"TOTES_WAREHOUSE": warehouse, "TOTES_LAKE": str(home / "lake")}
+    )
     assert status.returncode == 0, status.stderr
     assert "warehouse  up to" in status.stdout
     assert_nowhere(status, home, PASSWORD)
@@ -142,8 +165,9 @@ def _closed_port() -> int:
 
 def test_an_unreachable_source_fails_after_a_bounded_wait(home):
     dsn = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{_closed_port()}/totesys"
-    result = totes("run", "--source", dsn, "--lake", str(home / "lake"), "--wait-for-source", "1",
-                   home=home, timeout=60)
+    result = totes(
+        "run", "--source", dsn, "--lake", str(home / "lake"), "--wait-for-source", "1", home=home, timeout=60
+    )
     line = one_error_line(result)
     assert "Nothing answers at 127.0.0.1:" in line and "--wait-for-source" in line
     assert_nowhere(result, home, PASSWORD)
@@ -153,8 +177,7 @@ def test_an_unreachable_source_fails_after_a_bounded_wait(home):
 def test_a_malformed_dsn_is_one_sentence_without_its_password(flag, home, totesys_dsn):
     malformed = f"postgresql://{ROLE}:{PASSWORD}@[::1/totesys"
     args = {"--source": totesys_dsn, "--warehouse": str(home / "warehouse.duckdb"), flag: malformed}
-    result = totes("run", *[part for pair in args.items() for part in pair], "--lake", str(home / "lake"),
-                   home=home)
+    result = totes("run", *[part for pair in args.items() for part in pair], "--lake", str(home / "lake"), home=home)
     line = one_error_line(result)
     what = "source" if flag == "--source" else "warehouse"
     assert line.startswith(f"error: The {what} DSN is not valid"), line
@@ -162,6 +185,7 @@ def test_a_malformed_dsn_is_one_sentence_without_its_password(flag, home, totesy
 
 
 # -- where a password may come from instead of the DSN ----------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def moto():
@@ -173,8 +197,12 @@ def moto():
 
 
 def _aws(moto) -> dict[str, str]:
-    return {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing"}
+    return {
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
 
 
 @needs_own_server
@@ -184,8 +212,13 @@ def test_the_password_from_pgpassword_a_file_or_secrets_manager(server, moto, tm
     from totes_cli.settings import resolve_source_dsn
     from cdc_reader.source import SourceConnectionError, connect
 
-    secrets = boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    secrets = boto3.client(
+        "secretsmanager",
+        endpoint_url=moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     arn = secrets.create_secret(Name="pw-source-dsn", SecretString=uri(server, "totesys", PASSWORD))["ARN"]
     secrets.create_secret(Name="pw-rds-style", SecretString=f'{{"username": "{ROLE}", "password": "{PASSWORD}"}}')
     password_file = tmp_path / "source-password"
@@ -220,8 +253,13 @@ def test_the_password_from_pgpassword_a_file_or_secrets_manager(server, moto, tm
 def test_the_cli_takes_the_source_from_secrets_manager(server, moto, home):
     import boto3
 
-    secrets = boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    secrets = boto3.client(
+        "secretsmanager",
+        endpoint_url=moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     arn = secrets.create_secret(Name="cli-source-dsn", SecretString=uri(server, "totesys", PASSWORD))["ARN"]
     result = totes("status", home=home, env={**_aws(moto), "TOTES_SOURCE_DSN_SECRET": arn})
     assert result.returncode == 0, result.stderr
@@ -232,16 +270,23 @@ def test_the_cli_takes_the_source_from_secrets_manager(server, moto, home):
     assert one_error_line(missing) == (
         "error: AWS Secrets Manager refused the source secret 'no-such-secret' (ResourceNotFoundException): "
         "check the name or ARN in TOTES_SOURCE_DSN_SECRET and that this role may call "
-        "secretsmanager:GetSecretValue on it.")
+        "secretsmanager:GetSecretValue on it."
+    )
 
 
 # -- the local Kinesis child, logs and reprs ----------------------------------------------------------
 
+
 def test_the_kinesalite_child_inherits_no_secret(tmp_path, monkeypatch):
     from local_stack import Kinesalite
 
-    planted = {"TOTES_SOURCE_DSN": f"postgresql://u:{PASSWORD}@h/db", "TOTES_WAREHOUSE": f"host=h password={PASSWORD}",
-               "PGPASSWORD": PASSWORD, "AWS_SECRET_ACCESS_KEY": PASSWORD, "TOTES_SOURCE_PASSWORD_FILE": "/x"}
+    planted = {
+        "TOTES_SOURCE_DSN": f"postgresql://u:{PASSWORD}@h/db",
+        "TOTES_WAREHOUSE": f"host=h password={PASSWORD}",
+        "PGPASSWORD": PASSWORD,
+        "AWS_SECRET_ACCESS_KEY": PASSWORD,
+        "TOTES_SOURCE_PASSWORD_FILE": "/x",
+    }
     for name, value in planted.items():
         monkeypatch.setenv(name, value)
     with Kinesalite(tmp_path / "kinesis") as server:
@@ -264,8 +309,7 @@ def test_log_lines_and_reprs_hold_no_password():
     try:
         raise RuntimeError(f"a library said: could not use {PASSWORD!r}")
     except RuntimeError:
-        record = logging.LogRecord("totes", logging.ERROR, __file__, 1, "stage stopped on %s", (dsn,),
-                                   sys.exc_info())
+        record = logging.LogRecord("totes", logging.ERROR, __file__, 1, "stage stopped on %s", (dsn,), sys.exc_info())
     text = ScrubbingFormatter("%(message)s").format(record)
     assert "stage stopped on host=/tmp" in text and "RuntimeError" in text
     assert PASSWORD not in text
@@ -276,8 +320,11 @@ def test_log_lines_and_reprs_hold_no_password():
 
 @needs_own_server
 def test_the_embedded_server_inherits_no_secret(monkeypatch):
-    planted = {"TOTES_SOURCE_DSN": f"postgresql://u:{PASSWORD}@h/db", "PGPASSWORD": PASSWORD,
-               "TOTES_WAREHOUSE": f"host=h password={PASSWORD}"}
+    planted = {
+        "TOTES_SOURCE_DSN": f"postgresql://u:{PASSWORD}@h/db",
+        "PGPASSWORD": PASSWORD,
+        "TOTES_WAREHOUSE": f"host=h password={PASSWORD}",
+    }
     for name, value in planted.items():
         monkeypatch.setenv(name, value)
     directory = make_scratch_dir("totes-secrets-env-")
@@ -298,8 +345,13 @@ def test_the_warehouse_dsn_from_secrets_manager_or_a_password_file(moto, tmp_pat
 
     from totes_cli.settings import resolve_warehouse
 
-    secrets = boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    secrets = boto3.client(
+        "secretsmanager",
+        endpoint_url=moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     stored = f"postgresql://sync:{PASSWORD}@warehouse.example:5432/warehouse"
     arn = secrets.create_secret(Name="wh-dsn", SecretString=stored)["ARN"]
     monkeypatch.setenv("TOTES_CONFIG", str(tmp_path / "none.toml"))

@@ -41,13 +41,21 @@ def _our_slots(dsn: str) -> set[str]:
 
 
 def test_the_reader_inside_run_reports_its_events_to_status_and_the_health_page(
-        totesys_dsn, kinesalite_url, monkeypatch):
+    totesys_dsn, kinesalite_url, monkeypatch
+):
     monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesalite_url)
     home = make_scratch_dir("totes-stage-status-")
     lake = home / "lake"
-    config = PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(home / "warehouse.duckdb"),
-                            stream=f"status-{uuid.uuid4().hex[:8]}", shards=1, heartbeat_seconds=0.5,
-                            status_seconds=0.2, maintain_every=0)
+    config = PipelineConfig(
+        source_dsn=totesys_dsn,
+        lake=str(lake),
+        warehouse=str(home / "warehouse.duckdb"),
+        stream=f"status-{uuid.uuid4().hex[:8]}",
+        shards=1,
+        heartbeat_seconds=0.5,
+        status_seconds=0.2,
+        maintain_every=0,
+    )
     pipeline = Pipeline(config)
     thread = threading.Thread(target=pipeline.run, daemon=True)
     with Simulator(totesys_dsn, seed=11) as simulator:
@@ -56,13 +64,19 @@ def test_the_reader_inside_run_reports_its_events_to_status_and_the_health_page(
         try:
             wait_for(lambda: (lake / "_local" / "pipeline.json").exists(), 60, "the pipeline to name its slot")
             slot = json.loads((lake / "_local" / "pipeline.json").read_text())["slot"]
-            wait_for(lambda: _reported(lake, slot).get("snapshot_events") and not pipeline.errors, 90,
-                     "the reader to report its snapshot's events")
+            wait_for(
+                lambda: _reported(lake, slot).get("snapshot_events") and not pipeline.errors,
+                90,
+                "the reader to report its snapshot's events",
+            )
             warehouse = Warehouse(config.warehouse)
             before = sample(str(lake), warehouse, None)
             simulator.run_live(rate=0, events=30)
-            after = wait_for(lambda: (s := sample(str(lake), warehouse, None)).reader_events > before.reader_events
-                             and s, 90, "the reader's reported events to move")
+            after = wait_for(
+                lambda: (s := sample(str(lake), warehouse, None)).reader_events > before.reader_events and s,
+                90,
+                "the reader's reported events to move",
+            )
         finally:
             pipeline.stop.set()
             thread.join(90)
@@ -86,18 +100,40 @@ def test_run_then_reader_on_the_same_local_lake_read_one_slot(totesys_dsn, kines
     home = make_scratch_dir("totes-one-slot-")
     lake, stream = home / "lake", f"one-slot-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
-    env.update(TOTES_HOME=str(home), TOTES_CONFIG=str(home / "none.toml"), AWS_ENDPOINT_URL_KINESIS=kinesalite_url,
-               COLUMNS="200")
+    env.update(
+        TOTES_HOME=str(home),
+        TOTES_CONFIG=str(home / "none.toml"),
+        AWS_ENDPOINT_URL_KINESIS=kinesalite_url,
+        COLUMNS="200",
+    )
     common = ["--source", totesys_dsn, "--lake", str(lake), "--stream", stream, "--shards", "1"]
-    run = subprocess.run([sys.executable, "-m", "totes_cli", "run", *common, "--warehouse",
-                          str(home / "warehouse.duckdb"), "--until-caught-up"],
-                         env=env, capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "totes_cli",
+            "run",
+            *common,
+            "--warehouse",
+            str(home / "warehouse.duckdb"),
+            "--until-caught-up",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     slot = json.loads((lake / "_local" / "pipeline.json").read_text())["slot"]
     assert _our_slots(totesys_dsn) == {slot}
 
-    reader = subprocess.Popen([sys.executable, "-m", "totes_cli", "reader", *common], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "totes_cli", "reader", *common],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         said = []
         for line in reader.stderr:
@@ -119,8 +155,16 @@ def test_run_then_reader_on_the_same_local_lake_read_one_slot(totesys_dsn, kines
 def test_status_json_names_a_named_warehouse_that_is_not_there():
     home = make_scratch_dir("totes-status-json-")
     missing = home / "nowhere.duckdb"
-    shown = totes("status", "--json", "--warehouse", str(missing), "--source", "postgresql://nobody@127.0.0.1:1/x",
-                  home=home, timeout=60)
+    shown = totes(
+        "status",
+        "--json",
+        "--warehouse",
+        str(missing),
+        "--source",
+        "postgresql://nobody@127.0.0.1:1/x",
+        home=home,
+        timeout=60,
+    )
     assert shown.returncode == 1
     found = json.loads(shown.stdout)
     assert found["warehouse_error"] and f"There is no warehouse at {missing}" in found["warehouse_error"], found

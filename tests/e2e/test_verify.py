@@ -21,6 +21,7 @@ from tests.e2e_helpers import _config, _plant_lake_extra, _seed
 
 # -- against a real pipeline --------------------------------------------------------------------
 
+
 @pytest.fixture
 def home():
     import shutil
@@ -79,13 +80,17 @@ def test_verify_under_a_live_workload_reports_every_table_in_sync(totesys_dsn, h
         finally:
             stop.set()
             writer.join(30)
-        assert result.in_sync, [(r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
-                                for r in result.reports if not r.in_sync]
+        assert result.in_sync, [
+            (r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
+            for r in result.reports
+            if not r.in_sync
+        ]
         reports = _reports(result)
         assert reports[("lake", "public.sales_order")].rows > 0
         assert reports[("lake", "public.sales_order")].chunks > 1  # read in key ranges
         assert {"fact_sales_order", "fact_payment", "dim_staff", "dim_counterparty"} <= {
-            r.table for r in result.reports if r.side == "warehouse"}
+            r.table for r in result.reports if r.side == "warehouse"
+        }
     finally:
         running.stop()
 
@@ -106,8 +111,10 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
     assert _verify_when_running(config, totesys_dsn, home).in_sync
 
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT (SELECT min(payment_id) FROM payment), (SELECT min(sales_order_id) FROM sales_order), "
-                    "(SELECT max(purchase_order_id) FROM purchase_order), (SELECT min(design_id) FROM design)")
+        cur.execute(
+            "SELECT (SELECT min(payment_id) FROM payment), (SELECT min(sales_order_id) FROM sales_order), "
+            "(SELECT max(purchase_order_id) FROM purchase_order), (SELECT min(design_id) FROM design)"
+        )
         payment, sales_order, purchase_order, design = cur.fetchone()
     conn.close()
     layout = LakeLayout(home / "lake")
@@ -117,15 +124,19 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
     _plant_lake_extra(totesys_dsn, layout, 10**6)
     warehouse = duckdb.connect(str(home / "warehouse.duckdb"))
     # a warehouse row edited, a fact version missing, a dim value wrong, an extra warehouse row
-    warehouse.execute(f"UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = {sales_order} AND is_current")
+    warehouse.execute(
+        f"UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = {sales_order} AND is_current"
+    )
     warehouse.execute(f"DELETE FROM fact_purchase_order WHERE purchase_order_id = {purchase_order} AND is_current")
     warehouse.execute(f"UPDATE dim_design SET design_name = 'not the source''s' WHERE design_id = {design}")
     # a calendar day's value wrong, a day the transform never makes
     wrong_day = warehouse.execute("SELECT min(date_id) + 3 FROM dim_date").fetchone()[0]
     warehouse.execute("UPDATE dim_date SET day_name = 'Funday' WHERE date_id = ?", [wrong_day])
     warehouse.execute("INSERT INTO dim_date SELECT DATE '2001-02-03', 2001, 2, 3, 6, 'Saturday', 'February', 1")
-    warehouse.execute("INSERT INTO fact_payment SELECT * REPLACE (payment_record_id + 100000 AS payment_record_id, "
-                      f"2000000 AS payment_id) FROM fact_payment WHERE payment_id = {payment} AND is_current")
+    warehouse.execute(
+        "INSERT INTO fact_payment SELECT * REPLACE (payment_record_id + 100000 AS payment_record_id, "
+        f"2000000 AS payment_id) FROM fact_payment WHERE payment_id = {payment} AND is_current"
+    )
     warehouse.close()
 
     found = _verify_when_running(config, totesys_dsn, home)
@@ -145,14 +156,18 @@ def test_every_planted_divergence_is_found_with_its_key_and_repaired(totesys_dsn
     assert set(found.diverged_sources()) == {"payment", "sales_order", "purchase_order", "design"}
 
     repaired = repair(config, found.diverged_sources(), found, timeout=60, chunk_rows=20, all_tables=TABLES)
-    assert repaired.in_sync, [(r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
-                              for r in repaired.reports if not r.in_sync]
+    assert repaired.in_sync, [
+        (r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
+        for r in repaired.reports
+        if not r.in_sync
+    ]
     assert repaired.lsn > found.lsn
 
 
 @pytest.mark.slow
-def test_verify_compares_a_postgresql_warehouse_and_finds_what_differs_in_it(totesys_dsn, empty_database, home,
-                                                                             own_kinesalite):
+def test_verify_compares_a_postgresql_warehouse_and_finds_what_differs_in_it(
+    totesys_dsn, empty_database, home, own_kinesalite
+):
     import psycopg2
 
     _seed(totesys_dsn)
@@ -161,10 +176,14 @@ def test_verify_compares_a_postgresql_warehouse_and_finds_what_differs_in_it(tot
     running.caught_up(totesys_dsn)
     running.stop()
     in_sync = _verify_when_running(config, totesys_dsn, home)
-    assert in_sync.in_sync, [(r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
-                             for r in in_sync.reports if not r.in_sync]
+    assert in_sync.in_sync, [
+        (r.table, r.side, r.missing[:3], r.extra[:3], list(r.different.items())[:3])
+        for r in in_sync.reports
+        if not r.in_sync
+    ]
     assert {"fact_sales_order", "fact_payment", "dim_design", "dim_staff", "dim_date"} <= {
-        r.table for r in in_sync.reports if r.side == "warehouse"}
+        r.table for r in in_sync.reports if r.side == "warehouse"
+    }
     assert in_sync.warehouse_lsn is not None and in_sync.warehouse_lsn >= in_sync.lsn
 
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
@@ -172,8 +191,10 @@ def test_verify_compares_a_postgresql_warehouse_and_finds_what_differs_in_it(tot
         sales_order, design = cur.fetchone()
     conn.close()
     with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = %s AND is_current",
-                    (sales_order,))
+        cur.execute(
+            "UPDATE fact_sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = %s AND is_current",
+            (sales_order,),
+        )
         cur.execute("UPDATE dim_design SET design_name = 'not the source''s' WHERE design_id = %s", (design,))
         cur.execute("SELECT min(date_id) FROM dim_date")
         first_day = cur.fetchone()[0]
@@ -186,7 +207,10 @@ def test_verify_compares_a_postgresql_warehouse_and_finds_what_differs_in_it(tot
     assert reports[("warehouse", "dim_design")].different == {design: ["design_name"]}
     assert reports[("warehouse", "dim_date")].different == {first_day: ["month_name"]}
     assert {(r.side, r.table) for r in found.reports if not r.in_sync} == {
-        ("warehouse", "fact_sales_order"), ("warehouse", "dim_design"), ("warehouse", "dim_date")}
+        ("warehouse", "fact_sales_order"),
+        ("warehouse", "dim_design"),
+        ("warehouse", "dim_date"),
+    }
 
 
 def _verify_when_running(config, dsn, home):
@@ -197,7 +221,8 @@ def _verify_when_running(config, dsn, home):
 
 @pytest.mark.slow
 def test_totes_verify_prints_json_and_exits_0_in_sync_and_one_sentence_when_the_pipeline_is_not_running(
-        totesys_dsn, home, own_kinesalite, monkeypatch):
+    totesys_dsn, home, own_kinesalite, monkeypatch
+):
     import json
 
     from typer.testing import CliRunner
@@ -205,8 +230,17 @@ def test_totes_verify_prints_json_and_exits_0_in_sync_and_one_sentence_when_the_
     from totes_cli.app import app
 
     monkeypatch.setenv("TOTES_HOME", str(home))
-    args = ["verify", "--source", totesys_dsn, "--lake", str(home / "lake"), "--warehouse", str(home / "warehouse.duckdb"),
-            "--chunk-rows", "25"]
+    args = [
+        "verify",
+        "--source",
+        totesys_dsn,
+        "--lake",
+        str(home / "lake"),
+        "--warehouse",
+        str(home / "warehouse.duckdb"),
+        "--chunk-rows",
+        "25",
+    ]
     _seed(totesys_dsn)
     from totes_cli.personal_data_config import personal_data_policy
 

@@ -19,11 +19,16 @@ from tests.pgoutput_capture import PgoutputCapture
 
 
 def _assembler(policy: Policy = NO_POLICY) -> Assembler:
-    return Assembler(lambda oid, typmod: "text" if oid == 25 else f"type {oid}/{typmod}",
-                     lambda schema, table: ("id",), policy=policy)
+    return Assembler(
+        lambda oid, typmod: "text" if oid == 25 else f"type {oid}/{typmod}",
+        lambda schema, table: ("id",),
+        policy=policy,
+    )
 
 
-def both_paths(payloads: list[bytes], policy: Policy = NO_POLICY) -> tuple[list[ChangeEvent], list[EncodedChange | ChangeEvent]]:
+def both_paths(
+    payloads: list[bytes], policy: Policy = NO_POLICY
+) -> tuple[list[ChangeEvent], list[EncodedChange | ChangeEvent]]:
     """Events of `payloads` through feed() alone, and through encoded() where it applies."""
     slow, fast = _assembler(policy), _assembler(policy)
     decoded: list[ChangeEvent] = []
@@ -56,9 +61,15 @@ def cap(totesys_dsn):
 def test_fast_path_equals_decoding_on_every_kind_of_row_change(cap):
     big = secrets.token_hex(6000)  # stored out of line: unchanged TOAST in later updates
     for statement, params in [
-        ("CREATE TABLE fast (id integer PRIMARY KEY, big text, note text, price numeric(10,2), "
-         "seen timestamp(3), tags text[], doc jsonb)", None),
-        ("INSERT INTO fast VALUES (1, %s, 'a', 1.50, '2024-11-15 14:40:10.188', '{x,\"y z\"}', '{\"k\": [1]}')", (big,)),
+        (
+            "CREATE TABLE fast (id integer PRIMARY KEY, big text, note text, price numeric(10,2), "
+            "seen timestamp(3), tags text[], doc jsonb)",
+            None,
+        ),
+        (
+            "INSERT INTO fast VALUES (1, %s, 'a', 1.50, '2024-11-15 14:40:10.188', '{x,\"y z\"}', '{\"k\": [1]}')",
+            (big,),
+        ),
         ("INSERT INTO fast (id) VALUES (2)", None),
         ("UPDATE fast SET note = 'é\n\"quoted\"' WHERE id = 1", None),  # big unchanged
         ("UPDATE fast SET id = 3 WHERE id = 2", None),  # key change: old key sent, slow path
@@ -122,12 +133,19 @@ def decode_all(record: bytes) -> bytes:
     return "\n".join(texts).encode()
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",),
-                                                                      blacklist_characters="\x00"))),
-                          st.one_of(st.none(), st.integers(-2**31, 2**31 - 1))),
-                min_size=1, max_size=20))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))),
+            st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_fast_path_equals_decoding_for_arbitrary_values(prop_cap, rows):
     for n, (text, number) in enumerate(rows):
         prop_cap.execute("INSERT INTO prop_fast VALUES (%s, %s, %s)", (n, text, number))

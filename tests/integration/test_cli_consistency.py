@@ -78,9 +78,9 @@ def commands_with(flag: str) -> list[list[str]]:
 
 # -- one name per concept ------------------------------------------------------------------------
 
+
 def test_the_source_dsn_is_called_source_in_every_command_and_dsn_still_works(home):
-    takes_a_source = [argv for argv in every_command()
-                      if re.search(r"^\s*--(source|dsn)\b", help_of(*argv), re.M)]
+    takes_a_source = [argv for argv in every_command() if re.search(r"^\s*--(source|dsn)\b", help_of(*argv), re.M)]
     assert {"doctor", "status", "simulate", "run", "reader"} <= {argv[0] for argv in takes_a_source}
     for argv in takes_a_source:
         shown = help_of(*argv)
@@ -92,6 +92,7 @@ def test_the_source_dsn_is_called_source_in_every_command_and_dsn_still_works(ho
 
 
 # -- one default per concept ---------------------------------------------------------------------
+
 
 def test_every_command_finds_the_lake_in_its_default_place(home, lake_lsns):
     """`totes lake history sales_order`, exactly as the README shows it."""
@@ -108,10 +109,13 @@ def test_every_command_finds_the_lake_in_its_default_place(home, lake_lsns):
 
 
 def test_stream_slot_publication_and_lake_have_one_default_from_the_settings(home, monkeypatch):
-    config(home, f'stream = "orders"\nslot = "orders_slot"\npublication = "orders_pub"\n'
-                 f'lake = "{home / "lake"}"\n')
-    for flag, value in (("--stream", "orders"), ("--slot", "orders_slot"), ("--publication", "orders_pub"),
-                        ("--lake", str(home / "lake"))):
+    config(home, f'stream = "orders"\nslot = "orders_slot"\npublication = "orders_pub"\nlake = "{home / "lake"}"\n')
+    for flag, value in (
+        ("--stream", "orders"),
+        ("--slot", "orders_slot"),
+        ("--publication", "orders_pub"),
+        ("--lake", str(home / "lake")),
+    ):
         having = commands_with(flag)
         assert having, flag
         for argv in having:
@@ -125,6 +129,7 @@ def test_stream_slot_publication_and_lake_have_one_default_from_the_settings(hom
 
 # -- totes.toml ----------------------------------------------------------------------------------
 
+
 def test_every_flag_can_be_set_in_its_command_section_and_a_flag_still_wins(home):
     config(home, '[lake-history]\nchanges = true\nlimit = 1\n\n[query]\nformat = "json"\n')
     history = totes("lake", "history", "sales_order", "--lake", str(home / "lake"))
@@ -135,12 +140,15 @@ def test_every_flag_can_be_set_in_its_command_section_and_a_flag_still_wins(home
     assert csv.exit_code == 0 and csv.stdout.split() == ["one", "1"]
 
 
-@pytest.mark.parametrize("text, named", [
-    ('lak = "/tmp/x"\n', ["'lak'", "line 1"]),
-    ('[run]\nwindw = 0.5\n', ["'windw'", "[run]", "--window"]),
-    ('[rn]\nwindow = 0.5\n', ["[rn]", "[run]"]),
-    ('[lake-history]\nlimit = "many"\n', ["'limit'", "[lake-history]", "--limit"]),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('lak = "/tmp/x"\n', ["'lak'", "line 1"]),
+        ("[run]\nwindw = 0.5\n", ["'windw'", "[run]", "--window"]),
+        ("[rn]\nwindow = 0.5\n", ["[rn]", "[run]"]),
+        ('[lake-history]\nlimit = "many"\n', ["'limit'", "[lake-history]", "--limit"]),
+    ],
+)
 def test_a_key_no_command_knows_is_one_sentence_naming_it_and_the_file(home, text, named):
     path = config(home, text)
     line = one_sentence(totes("query", "--examples"))
@@ -157,8 +165,9 @@ def test_the_example_file_names_every_command_and_only_settings_they_know(home):
     assert commands <= sections, f"add a section to totes.example.toml for: {sorted(commands - sections)}"
     from totes_cli.settings import PERSONAL_DATA_SECTION
 
-    assert sections <= commands | {PERSONAL_DATA_SECTION}, \
+    assert sections <= commands | {PERSONAL_DATA_SECTION}, (
         f"totes.example.toml has sections of no command: {sorted(sections - commands)}"
+    )
     shared = set(re.findall(r"^([a-z_]+) = ", switched_on.split("\n[", 1)[0], re.M))
     from totes_cli.settings import Settings
 
@@ -173,8 +182,12 @@ def test_the_example_file_names_every_command_and_only_settings_they_know(home):
     for path, command in _commands(typer.main.get_command(app)):
         for param in command.params:
             key = param.opts[0].lstrip("-")
-            if param.param_type_name == "option" and not param.hidden and key != "help" and key not in shared | {
-                    "source", "warehouse"}:
+            if (
+                param.param_type_name == "option"
+                and not param.hidden
+                and key != "help"
+                and key not in shared | {"source", "warehouse"}
+            ):
                 assert key in written["-".join(path)], f"totes.example.toml: add {key} to [{'-'.join(path)}]"
     config(home, switched_on)
     result = totes("query", "--examples")
@@ -191,6 +204,7 @@ def test_help_never_shows_a_password_set_as_a_default(home, monkeypatch):
 
 # -- flags look like flags ----------------------------------------------------------------------
 
+
 def test_boolean_flags_are_shown_as_flags_not_as_values(home):
     for argv in [[]] + every_command():
         shown = help_of(*argv)
@@ -199,6 +213,7 @@ def test_boolean_flags_are_shown_as_flags_not_as_values(home):
 
 
 # -- values checked before anything runs --------------------------------------------------------
+
 
 def test_an_unknown_format_is_one_sentence(home):
     line = one_sentence(totes("query", "SELECT 1", "--format", "xml"))
@@ -237,6 +252,7 @@ def test_a_missing_warehouse_file_is_an_error_not_an_empty_result(home, tmp_path
 
 # -- long and wide output ----------------------------------------------------------------------
 
+
 def test_listings_are_limited_and_say_so(home):
     layout = LakeLayout(home / "lake")
     for n in range(3):
@@ -253,14 +269,19 @@ def test_wide_tables_fold_at_80_columns_and_cut_nothing_off(home):
     layout = LakeLayout(home / "lake")
     reason = "the value of column 'design_name' does not fit: " + "x" * 90
     DeadLetters(layout).add(reason, b"garbage", shard="shardId-000000000000", sequence_number="12345678901234")
-    for argv in (["lake", "history", "sales_order"], ["lake", "dead-letters"],
-                 ["query", "SELECT * FROM changes_sales_order ORDER BY _lsn, _seq LIMIT 2"]):
+    for argv in (
+        ["lake", "history", "sales_order"],
+        ["lake", "dead-letters"],
+        ["query", "SELECT * FROM changes_sales_order ORDER BY _lsn, _seq LIMIT 2"],
+    ):
         result = totes(*argv, "--lake", str(home / "lake"), width=80)
         assert result.exit_code == 0, result.output
         lines = result.output.splitlines()
         assert max(len(line) for line in lines) <= 80, (argv, result.output)
         assert "…" not in result.output, (argv, result.output)
-    assert totes("lake", "dead-letters", "--lake", str(home / "lake"), width=80).output.count("x") >= 90  # the whole reason, folded
+    assert (
+        totes("lake", "dead-letters", "--lake", str(home / "lake"), width=80).output.count("x") >= 90
+    )  # the whole reason, folded
     wide = "SELECT * FROM changes_sales_order ORDER BY _lsn, _seq LIMIT 2"
     names = list(json.loads(totes("query", wide, "--format", "json").stdout)[0])
     assert len(names) > 10
@@ -274,29 +295,65 @@ def test_the_demo_live_view_fits_80_by_24(home):
 
     taken = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
     counts = {name: 1_234_567 * (i + 1) for i, name in enumerate(TABLES)}
-    previous = SourceSnapshot(taken, "18.1", "logical", "1A/2B3C4D5E", 0x1A2B3C4D5E, counts,
-                              taken, ())
-    current = SourceSnapshot(taken + timedelta(seconds=1), "18.1 (Debian 18.1-1.pgdg120+1)", "logical",
-                             "1A/2B3C9999", 0x1A2B3C9999, {name: n + 12 for name, n in counts.items()},
-                             taken, ())
+    previous = SourceSnapshot(taken, "18.1", "logical", "1A/2B3C4D5E", 0x1A2B3C4D5E, counts, taken, ())
+    current = SourceSnapshot(
+        taken + timedelta(seconds=1),
+        "18.1 (Debian 18.1-1.pgdg120+1)",
+        "logical",
+        "1A/2B3C9999",
+        0x1A2B3C9999,
+        {name: n + 12 for name, n in counts.items()},
+        taken,
+        (),
+    )
     business = SimulatorStats()
     for kind in ("new_order", "payment", "order_update", "purchase", "new_counterparty", "price_change"):
-        business.record(LiveEvent(kind, taken, 3, detail="sales_order 123456 for counterparty 'Fahey and Sons' "
-                                                          "of 1,000 totes at 3.25 GBP, agreed delivery 2026-12-24"))
-    figures = StageFigures(read=98_765_432, confirmed_lsn=0x1A2B3C0000, last_commit_ts=time.time() - 12.5,
-                           processed=98_765_000, batches=1_234_567, synced=98_700_000, synced_upto=0x1A2B3C0000,
-                           last_sync_at=time.time() - 0.4)
-    warehouse = {"fact_sales_order": 12_345_678, "fact_purchase_order": 1_234_567, "fact_payment": 9_876_543,
-                 "dim_design": 12_345}
+        business.record(
+            LiveEvent(
+                kind,
+                taken,
+                3,
+                detail="sales_order 123456 for counterparty 'Fahey and Sons' "
+                "of 1,000 totes at 3.25 GBP, agreed delivery 2026-12-24",
+            )
+        )
+    figures = StageFigures(
+        read=98_765_432,
+        confirmed_lsn=0x1A2B3C0000,
+        last_commit_ts=time.time() - 12.5,
+        processed=98_765_000,
+        batches=1_234_567,
+        synced=98_700_000,
+        synced_upto=0x1A2B3C0000,
+        last_sync_at=time.time() - 0.4,
+    )
+    warehouse = {
+        "fact_sales_order": 12_345_678,
+        "fact_purchase_order": 1_234_567,
+        "fact_payment": 9_876_543,
+        "dim_design": 12_345,
+    }
     console = Console(width=LIVE_WIDTH, height=LIVE_HEIGHT, record=True, force_terminal=False, color_system=None)
-    console.print(live_view(current, previous, "postgresql://totes@localhost:5432/totesys", business, figures,
-                            _Rates(), warehouse))
+    console.print(
+        live_view(
+            current, previous, "postgresql://totes@localhost:5432/totesys", business, figures, _Rates(), warehouse
+        )
+    )
     shown = console.export_text()
     lines = shown.rstrip("\n").splitlines()
     assert (LIVE_WIDTH, LIVE_HEIGHT) == (80, 24)
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 80, shown
-    for needed in [*TABLES, "+12", "reader → Kinesis", "processor → lake", "sync → warehouse", "98,765,432",
-                   "sales_order 12,345,678", "business", "Ctrl-C"]:
+    for needed in [
+        *TABLES,
+        "+12",
+        "reader → Kinesis",
+        "processor → lake",
+        "sync → warehouse",
+        "98,765,432",
+        "sales_order 12,345,678",
+        "business",
+        "Ctrl-C",
+    ]:
         assert needed in shown, (needed, shown)
 
 

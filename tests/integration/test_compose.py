@@ -27,6 +27,12 @@ def _compose_client() -> list[str] | None:
 @pytest.mark.skipif(_compose_client() is None, reason="no docker compose client here")
 def test_docker_compose_accepts_the_file():
     env = {**os.environ, "TOTES_SOURCE_PASSWORD": "only-for-config"}
-    done = subprocess.run([*_compose_client(), "-f", str(COMPOSE), "config", "--quiet"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*_compose_client(), "-f", str(COMPOSE), "config", "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr

@@ -21,10 +21,19 @@ from cdc_reader.source import connect
 from totesys.embedded import EmbeddedPostgres
 from warehouse_sync import PostgresTarget
 
-SERVER_SIDE = {"tcp_keepalives_idle": "20", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3",
-               "tcp_user_timeout": "60000"}
-CLIENT_SIDE = {"keepalives": "1", "keepalives_idle": "20", "keepalives_interval": "10", "keepalives_count": "3",
-               "tcp_user_timeout": "60000"}
+SERVER_SIDE = {
+    "tcp_keepalives_idle": "20",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+CLIENT_SIDE = {
+    "keepalives": "1",
+    "keepalives_idle": "20",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 
 
 def _free_port() -> int:
@@ -37,8 +46,9 @@ def _free_port() -> int:
 def tcp_dsn():
     """A database on a server reached over TCP (127.0.0.1, the server's password file)."""
     port = _free_port()
-    server = EmbeddedPostgres(make_scratch_dir("totes-tcp-pg-"), port=port,
-                              settings={"listen_addresses": "'127.0.0.1'"})
+    server = EmbeddedPostgres(
+        make_scratch_dir("totes-tcp-pg-"), port=port, settings={"listen_addresses": "'127.0.0.1'"}
+    )
     server.start()
     name = f"tcp_{uuid.uuid4().hex[:8]}"
     admin = psycopg2.connect(server.dsn())

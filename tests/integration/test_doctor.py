@@ -59,8 +59,12 @@ def password_server() -> Iterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(directory, hba_rules=[f"local all {PASSWORD_ROLE} scram-sha-256"])
     try:
         admin = server.start()
-        execute(admin, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(PASSWORD_ROLE), sql.Literal(RIGHT_PASSWORD)))
+        execute(
+            admin,
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(PASSWORD_ROLE), sql.Literal(RIGHT_PASSWORD)
+            ),
+        )
         yield server
     finally:
         server.stop()
@@ -75,7 +79,8 @@ def login_role(totesys_dsn: str) -> Iterator[tuple[str, str]]:
     execute(
         totesys_dsn,
         sql.SQL("CREATE ROLE {} LOGIN NOREPLICATION NOSUPERUSER PASSWORD {}").format(
-            sql.Identifier(name), sql.Literal(password)),
+            sql.Identifier(name), sql.Literal(password)
+        ),
         sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(name)),
     )
     yield name, password
@@ -88,11 +93,19 @@ def login_role(totesys_dsn: str) -> Iterator[tuple[str, str]]:
 
 # -- a ready source ----------------------------------------------------------------------------
 
+
 def test_totesys_schema_is_ready(totesys_dsn: str) -> None:
     results = diagnose(totesys_dsn)
     assert is_ready(results), problems(results)
-    assert {"server_version", "wal_level", "replication_slots", "wal_senders",
-            "replication_privilege", "publication", "table"} <= {r.check for r in results}
+    assert {
+        "server_version",
+        "wal_level",
+        "replication_slots",
+        "wal_senders",
+        "replication_privilege",
+        "publication",
+        "table",
+    } <= {r.check for r in results}
     tables = [r for r in results if r.check == "table"]
     assert [r.subject for r in tables] == [f"public.{name}" for name in TABLES]
     assert all(r.status is Status.OK for r in tables)
@@ -133,6 +146,7 @@ def test_cli_takes_the_source_from_the_environment(totesys_dsn: str, tmp_path) -
 
 # -- server settings ---------------------------------------------------------------------------
 
+
 @needs_own_server
 def test_wal_level_replica_is_a_problem(replica_level_server: str) -> None:
     results = diagnose(replica_level_server)
@@ -150,20 +164,24 @@ def test_wal_level_replica_is_a_problem(replica_level_server: str) -> None:
 @needs_own_server
 def test_no_free_replication_slot_is_a_problem(replica_level_server: str) -> None:
     slots = [f"doctor_full_{n}" for n in range(REPLICA_SERVER_SLOTS)]
-    execute(replica_level_server, *(
-        sql.SQL("SELECT pg_create_physical_replication_slot({})").format(sql.Literal(slot))
-        for slot in slots))
+    execute(
+        replica_level_server,
+        *(sql.SQL("SELECT pg_create_physical_replication_slot({})").format(sql.Literal(slot)) for slot in slots),
+    )
     try:
         results = diagnose(replica_level_server)
         [full] = [r for r in results if r.check == "replication_slots"]
         assert full.status is Status.PROBLEM
         assert full.message.startswith(f"All {REPLICA_SERVER_SLOTS} replication slots are in use: drop")
     finally:
-        execute(replica_level_server, *(
-            sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(slot)) for slot in slots))
+        execute(
+            replica_level_server,
+            *(sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(slot)) for slot in slots),
+        )
 
 
 # -- tables ------------------------------------------------------------------------------------
+
 
 def test_table_without_primary_key_is_flagged(totesys_dsn: str) -> None:
     execute(totesys_dsn, "ALTER TABLE currency DROP CONSTRAINT currency_pkey CASCADE")
@@ -171,7 +189,8 @@ def test_table_without_primary_key_is_flagged(totesys_dsn: str) -> None:
     assert [r.subject for r in problems(results)] == ["public.currency"]
     [problem] = problems(results)
     assert problem.message.startswith(
-        "Table public.currency has no primary key: add one (ALTER TABLE \"public\".\"currency\" ADD PRIMARY KEY")
+        'Table public.currency has no primary key: add one (ALTER TABLE "public"."currency" ADD PRIMARY KEY'
+    )
     assert "REPLICA IDENTITY FULL" in problem.message
 
     result = run_cli("--dsn", totesys_dsn)
@@ -194,8 +213,9 @@ def test_replica_identities(totesys_dsn: str) -> None:
         'CREATE TABLE "Mixed Case" (id int PRIMARY KEY)',
         "CREATE VIEW a_view AS SELECT 1 AS id",
     )
-    results = diagnose(totesys_dsn, tables=["no_key", "identity_nothing", "identity_full",
-                                            "identity_index", "Mixed Case", "a_view"])
+    results = diagnose(
+        totesys_dsn, tables=["no_key", "identity_nothing", "identity_full", "identity_index", "Mixed Case", "a_view"]
+    )
     status = {r.subject: r.status for r in results if r.check == "table"}
     assert status == {
         "public.no_key": Status.PROBLEM,
@@ -242,6 +262,7 @@ def test_schema_option(totesys_dsn: str) -> None:
 
 # -- the connecting role -----------------------------------------------------------------------
 
+
 def test_role_without_replication_is_flagged(totesys_dsn: str, login_role: tuple[str, str]) -> None:
     name, password = login_role
     dsn = make_dsn(totesys_dsn, user=name, password=password)
@@ -270,9 +291,11 @@ def test_role_without_replication_is_flagged(totesys_dsn: str, login_role: tuple
 
 def test_role_that_cannot_read_the_tables(totesys_dsn: str, login_role: tuple[str, str]) -> None:
     name, password = login_role
-    execute(totesys_dsn,
-            sql.SQL("ALTER ROLE {} WITH REPLICATION").format(sql.Identifier(name)),
-            sql.SQL("REVOKE SELECT ON address, payment FROM {}").format(sql.Identifier(name)))
+    execute(
+        totesys_dsn,
+        sql.SQL("ALTER ROLE {} WITH REPLICATION").format(sql.Identifier(name)),
+        sql.SQL("REVOKE SELECT ON address, payment FROM {}").format(sql.Identifier(name)),
+    )
     results = diagnose(make_dsn(totesys_dsn, user=name, password=password))
     [problem] = problems(results)
     assert problem.check == "table_privilege"
@@ -291,10 +314,10 @@ def test_existing_publication(totesys_dsn: str) -> None:
 
 # -- replication slots -------------------------------------------------------------------------
 
+
 def test_totes_slots_are_reported(totesys_dsn: str, monkeypatch) -> None:
     slot = f"totes_doctor_{uuid.uuid4().hex[:8]}"
-    execute(totesys_dsn, sql.SQL("SELECT pg_create_logical_replication_slot({}, 'pgoutput')").format(
-        sql.Literal(slot)))
+    execute(totesys_dsn, sql.SQL("SELECT pg_create_logical_replication_slot({}, 'pgoutput')").format(sql.Literal(slot)))
     try:
         [info] = by_subject(diagnose(totesys_dsn), slot)
         assert info.status is Status.OK
@@ -323,8 +346,10 @@ def test_missing_database(totesys_dsn: str) -> None:
 def test_wrong_password(password_server: EmbeddedPostgres) -> None:
     dsn = make_dsn(password_server.dsn("postgres"), user=PASSWORD_ROLE, password=WRONG_PASSWORD)
     line = assert_one_line(run_cli("--dsn", dsn), 2, secret=WRONG_PASSWORD)
-    assert line.startswith(f"error: PostgreSQL at {password_server.socket_dir}:5432 rejected the password "
-                           f"for user '{PASSWORD_ROLE}': check the password")
+    assert line.startswith(
+        f"error: PostgreSQL at {password_server.socket_dir}:5432 rejected the password "
+        f"for user '{PASSWORD_ROLE}': check the password"
+    )
 
     result = run_cli("--dsn", dsn, "--json")
     assert result.exit_code == 2

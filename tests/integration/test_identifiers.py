@@ -29,17 +29,21 @@ def test_warehouse_statements_quote_hostile_names_on_postgres(monkeypatch, empty
         _exercise_warehouse_statements(target, dimension, fact)
         literal = "'" + fact.name.replace("'", "''") + "'"
         indexes = target.query(f"SELECT indexname FROM pg_indexes WHERE tablename = {literal}")
-        assert set(indexes["indexname"].to_list()) == {f"{fact.name}_pkey", f"{fact.name}_current_key",
-                                                       f"{fact.name}_bk`_idx"}
+        assert set(indexes["indexname"].to_list()) == {
+            f"{fact.name}_pkey",
+            f"{fact.name}_current_key",
+            f"{fact.name}_bk`_idx",
+        }
 
 
 # -- what the reader tells an operator to run --------------------------------------------------
+
 
 def test_the_publication_fix_the_reader_names_runs_as_given_for_a_hostile_table(totesys_dsn):
     from cdc_reader.source_setup import SourceSetupError, ensure_publication
 
     _execute(totesys_dsn, sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(sql.Identifier(TABLE)))
-    _execute(totesys_dsn, sql.SQL('CREATE PUBLICATION {} FOR TABLE address').format(sql.Identifier('their"s')))
+    _execute(totesys_dsn, sql.SQL("CREATE PUBLICATION {} FOR TABLE address").format(sql.Identifier('their"s')))
     conn = psycopg2.connect(totesys_dsn)
     try:
         with pytest.raises(SourceSetupError) as raised:

@@ -46,8 +46,9 @@ def test_terraform_validates(tmp_path, folder):
     work = tmp_path / "infra"  # a copy: no .terraform directory in the repository
     shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "*.tfvars*"))
     work = work / folder
-    init = _terraform("init", "-backend=false", f"-plugin-dir={PLUGIN_DIR}", "-lockfile=readonly", "-no-color",
-                      cwd=work)
+    init = _terraform(
+        "init", "-backend=false", f"-plugin-dir={PLUGIN_DIR}", "-lockfile=readonly", "-no-color", cwd=work
+    )
     assert init.returncode == 0, init.stdout + init.stderr
     validate = _terraform("validate", "-no-color", cwd=work)
     assert validate.returncode == 0, validate.stdout + validate.stderr
@@ -72,8 +73,7 @@ needs_actionlint = pytest.mark.skipif(_actionlint() is None, reason="actionlint 
 
 def _lint_workflows(root: Path) -> subprocess.CompletedProcess:
     files = [str(p) for p in sorted((root / ".github" / "workflows").glob("*.y*ml"))]
-    return subprocess.run([_actionlint(), "-no-color", *files], cwd=root, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([_actionlint(), "-no-color", *files], cwd=root, capture_output=True, text=True, timeout=120)
 
 
 @needs_actionlint
@@ -87,9 +87,12 @@ def test_workflows_pass_actionlint():
 def test_actionlint_fails_on_a_broken_workflow(tmp_path):
     """The check above can fail: a job that needs a missing job and reads an unknown context."""
     (tmp_path / ".github" / "workflows").mkdir(parents=True)
-    broken = (WORKFLOWS / "ci.yml").read_text(encoding="utf-8").replace(
-        "needs: [test, lint]", "needs: [test, lint, no-such-job]").replace(
-        "${{ github.sha }}", "${{ gihtub.sha }}")
+    broken = (
+        (WORKFLOWS / "ci.yml")
+        .read_text(encoding="utf-8")
+        .replace("needs: [test, lint]", "needs: [test, lint, no-such-job]")
+        .replace("${{ github.sha }}", "${{ gihtub.sha }}")
+    )
     (tmp_path / ".github" / "workflows" / "ci.yml").write_text(broken, encoding="utf-8")
     result = _lint_workflows(tmp_path)
     assert result.returncode != 0

@@ -25,8 +25,9 @@ def _put_and_read(client, stream: str, payloads: list[bytes]) -> list[bytes]:
 
 def _read(client, stream: str) -> list[bytes]:
     (shard,) = client.list_shards(StreamName=stream)["Shards"]
-    iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                         ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")[
+        "ShardIterator"
+    ]
     return [r["Data"] for r in client.get_records(ShardIterator=iterator)["Records"]]
 
 
@@ -107,10 +108,11 @@ def test_missing_node_is_one_sentence(tmp_path, monkeypatch):
 
 
 def test_a_parent_killed_without_stop_does_not_leave_the_server_behind(tmp_path):
-    script = ("import sys, time; from local_stack import Kinesalite; k = Kinesalite(sys.argv[1]); "
-              "k.start(); print(k.pid, flush=True); time.sleep(120)")
-    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    script = (
+        "import sys, time; from local_stack import Kinesalite; k = Kinesalite(sys.argv[1]); "
+        "k.start(); print(k.pid, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(parent.stdout.readline())
     finally:

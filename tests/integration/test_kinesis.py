@@ -18,6 +18,10 @@ def test_routing_spreads_keys_evenly_and_kinesis_agrees_on_the_shard(kinesis):
     assert len(counts) == 4 and min(counts.values()) > 9_000
     for key in range(60):
         event = make_event(ORDER, key, 1, 0)
-        put = kinesis.put_record(StreamName=stream, PartitionKey=event.partition_key, Data=b"x",
-                                 ExplicitHashKey=str(hash_key(event.partition_key)))
+        put = kinesis.put_record(
+            StreamName=stream,
+            PartitionKey=event.partition_key,
+            Data=b"x",
+            ExplicitHashKey=str(hash_key(event.partition_key)),
+        )
         assert put["ShardId"] == shard_map.route(event).shard_id

@@ -57,8 +57,10 @@ def scenario() -> list[list]:
     """Batches of one shard, in order: a snapshot, then updates with TOAST-unchanged columns,
     deletes, a re-insert, across two tables (and transactions spanning both)."""
     src = Source()
-    batches = [src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 13)])
-               + src.snapshot(PAYMENT, [payment_row(i) for i in range(1, 5)], start_seq=12)]
+    batches = [
+        src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 13)])
+        + src.snapshot(PAYMENT, [payment_row(i) for i in range(1, 5)], start_seq=12)
+    ]
     with src.transaction() as t1:
         t1.update(SALES_ORDER, sales_order_row(2, 1))
         t1.update(SALES_ORDER, sales_order_row(3, 1), unchanged=("agreed_payment_date",))
@@ -97,6 +99,7 @@ def assert_same_lake(got: LakeLayout, want: LakeLayout, tables=(SO, PAY)) -> Non
 
 
 # -- exactly once, order per row ----------------------------------------------------------------
+
 
 def test_clean_run_matches_reference_semantics(new_lake):
     batches = scenario()
@@ -192,6 +195,7 @@ def test_state_catches_up_when_the_failed_batch_is_skipped(new_lake, monkeypatch
 
 # -- TOAST, truncate, schema evolution ----------------------------------------------------------
 
+
 def test_unchanged_toast_columns_keep_their_previous_value(new_lake):
     src = Source()
     first = src.snapshot(SALES_ORDER, [sales_order_row(1), sales_order_row(2)])
@@ -264,8 +268,7 @@ def test_a_column_named_like_a_lake_column_is_refused_while_other_tables_land(ne
     # Without a dead-letter callback the marker waits; with one it is recorded.
     assert result.marker is None and lake.lake_watermark(["s1"]) < src.lsn
     letters = DeadLetters(layout)
-    again = lake.write_batch("s1", tx.events, markers=[src.lsn],
-                             on_rejected=lambda r: letters.add_rejected(r, "s1"))
+    again = lake.write_batch("s1", tx.events, markers=[src.lsn], on_rejected=lambda r: letters.add_rejected(r, "s1"))
     assert again.marker == src.lsn and lake.lake_watermark(["s1"]) == src.lsn
     [letter] = letters.list()
     assert letter.source_table == SO and "incompatible" in letter.reason
@@ -287,6 +290,7 @@ def test_values_that_do_not_fit_reject_only_their_events(new_lake):
 
 # -- watermarks -------------------------------------------------------------------------------
 
+
 def test_watermark_is_the_minimum_marker_over_shards(new_lake):
     src = Source()
     layout = new_lake()
@@ -304,6 +308,7 @@ def test_watermark_is_the_minimum_marker_over_shards(new_lake):
 
 
 # -- time travel, history, DuckDB -----------------------------------------------------------------
+
 
 def test_time_travel_by_version_timestamp_and_lsn(new_lake):
     batches = scenario()
@@ -329,15 +334,18 @@ def test_time_travel_by_version_timestamp_and_lsn(new_lake):
         at_version = tt.current_state(layout, SO, version=tt.state_version_at_lsn(layout, SO, lsns[i]))
         assert rebuilt.to_pylist() == at_version.drop_columns(["_deleted"]).sort_by("sales_order_id").to_pylist()
         assert tt.changes_as_of_lsn(layout, SO, lsns[i]).num_rows == sum(
-            e.table == SO and e.lsn <= lsns[i] for e in events)
+            e.table == SO and e.lsn <= lsns[i] for e in events
+        )
     after_two = expected_state([e for e in events if e.lsn <= lsns[1]], SO)
     assert lake_state(layout, SO, SO_KEY, as_of=moment) == after_two
     assert tt.read_table(layout, "changes", SO, as_of=moment).num_rows == sum(
-        e.table == SO and e.lsn <= lsns[1] for e in events)
+        e.table == SO and e.lsn <= lsns[1] for e in events
+    )
     # The log begins with its empty CREATE TABLE commit (see ChangeLog.create).
     change_commits = [c for c in tt.history(layout, SO, "changes") if c.lsn_min is not None]
     assert [(c.lsn_min, c.lsn_max) for c in change_commits] == [
-        (min(e.lsn for e in b if e.table == SO), max(e.lsn for e in b if e.table == SO)) for b in batches]
+        (min(e.lsn for e in b if e.table == SO), max(e.lsn for e in b if e.table == SO)) for b in batches
+    ]
 
 
 def test_duckdb_queries_lake_tables_at_any_version(new_lake):
@@ -357,6 +365,7 @@ def test_duckdb_queries_lake_tables_at_any_version(new_lake):
 
 
 # -- maintenance, dead letters ----------------------------------------------------------------
+
 
 def test_maintenance_keeps_data_and_time_travel_inside_the_window(new_lake):
     batches = scenario()
@@ -403,4 +412,6 @@ def test_dead_letters_are_kept_once_and_can_be_redriven(new_lake):
     assert (5,) in lake_state(layout, SO, SO_KEY)
     assert [letter.id for letter in letters.list()] == [first]
     assert {letter.id: letter.redriven_at is not None for letter in letters.list(include_redriven=True)} == {
-        first: False, second: True}
+        first: False,
+        second: True,
+    }

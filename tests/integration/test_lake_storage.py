@@ -15,9 +15,7 @@ import pytest
 from lake import LakeLayout, LakeWriter
 from lake import timetravel as tt
 from lake.changelog import ChangeLog
-from lake.maintenance import (
-    MaintenanceCadence, RetentionError, lake_sizes, maintain, parse_retention,
-)
+from lake.maintenance import MaintenanceCadence, RetentionError, lake_sizes, maintain, parse_retention
 from tests.lake_fixtures import SALES_ORDER, TODAY, Source, expected_state, lake_state, sales_order_row
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, mixed_history, write_lake
 from warehouse_sync import DuckDBTarget, sync_once
@@ -75,8 +73,11 @@ def test_maintenance_bounds_the_lake_and_keeps_time_travel_inside_the_retention(
     for version, rows in inside:
         assert lake_state(layout, SO, SO_KEY, version=version) == rows
     newest = max(c.version for c in tt.history(layout, SO))
-    assert lake_state(layout, SO, SO_KEY, as_of=datetime.now(timezone.utc)) == \
-        lake_state(layout, SO, SO_KEY, version=newest) == expected_state(events, SO)
+    assert (
+        lake_state(layout, SO, SO_KEY, as_of=datetime.now(timezone.utc))
+        == lake_state(layout, SO, SO_KEY, version=newest)
+        == expected_state(events, SO)
+    )
     # Versions older than the window are gone: their log entries, or their files.
     for kind in ("tables", "changes"):
         for version in (0, 1, 20):
@@ -181,7 +182,7 @@ def test_compacting_a_growing_change_log_leaves_its_full_files_alone(tmp_path):
     events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(8000)])
     writer.write_batch("s1", events)
     uri = layout.changes_uri(SO)
-    (full, size), = _live_files(layout, uri).items()
+    ((full, size),) = _live_files(layout, uri).items()
     assert 150 * 1024 < size < 400 * 1024  # what a few hours of the demo's busiest table write
     _updates(src, writer, events, 6, 0)
     maintain(layout, RETENTION)
@@ -231,8 +232,9 @@ def _column_chunks(layout: LakeLayout, uri: str) -> list:
     chunks = []
     for path in _live_files(layout, uri):
         metadata = pq.ParquetFile(Path(uri) / path).metadata
-        chunks += [metadata.row_group(g).column(c) for g in range(metadata.num_row_groups)
-                   for c in range(metadata.num_columns)]
+        chunks += [
+            metadata.row_group(g).column(c) for g in range(metadata.num_row_groups) for c in range(metadata.num_columns)
+        ]
     return chunks
 
 

@@ -73,8 +73,11 @@ def test_a_running_pipelines_round_leaves_out_tables_settled_since_a_retention(t
     with src.transaction() as tx:
         tx.insert(SALES_ORDER, sales_order_row(999))
     LakeWriter(layout).write_batch("s1", tx.events, markers=[tx.lsn])
-    assert set(round_now()) == {layout.changes_uri(SALES_ORDER.table), layout.state_uri(SALES_ORDER.table),
-                                layout.uri("_progress")}
+    assert set(round_now()) == {
+        layout.changes_uri(SALES_ORDER.table),
+        layout.state_uri(SALES_ORDER.table),
+        layout.uri("_progress"),
+    }
 
 
 def test_a_trickles_state_merges_wait_for_the_delay_and_then_take_in_every_append(tmp_path):
@@ -86,8 +89,9 @@ def test_a_trickles_state_merges_wait_for_the_delay_and_then_take_in_every_appen
 
     def trickle(order: int, version: int = 0) -> None:
         with src.transaction() as tx:
-            tx.insert(SALES_ORDER, sales_order_row(order, version)) if version == 0 else \
-                tx.update(SALES_ORDER, sales_order_row(order, version))
+            tx.insert(SALES_ORDER, sales_order_row(order, version)) if version == 0 else tx.update(
+                SALES_ORDER, sales_order_row(order, version)
+            )
         events.extend(tx.events)
         writer.write_batch("s1", tx.events, markers=[tx.lsn])
         now[0] += 5.0  # a held window
@@ -155,8 +159,9 @@ def test_the_poller_merges_put_off_states_once_due_and_all_of_them_when_it_stops
     stream = new_stream(kinesis, shards=1)
     now = [0.0]
     lake = LakeWriter(tmp_path / "lake", state_delay=30.0, clock=lambda: now[0])
-    poller = LocalPoller(kinesis, stream, StreamProcessor(lake), ShardOffsets(tmp_path / "offsets.json"),
-                         batch_window=0.0)
+    poller = LocalPoller(
+        kinesis, stream, StreamProcessor(lake), ShardOffsets(tmp_path / "offsets.json"), batch_window=0.0
+    )
     publisher = Publisher(kinesis, stream)
     src, events = Source(), []
     table, keys = SALES_ORDER.table, SALES_ORDER.key_names

@@ -1,5 +1,6 @@
-"""ruff finds nothing in the project's code, with the rule set named in pyproject.toml (the
-same check `make lint` and CI's lint job run; here so `make test` catches it too)."""
+"""ruff finds nothing in the project's code, with the rule set named in pyproject.toml, and
+the code is as `ruff format` writes it (the same checks `make lint` and CI's lint job run;
+here so `make test` catches them too)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ruff(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,6 +26,11 @@ def _ruff_installed():
 def test_ruff_finds_nothing():
     check = _ruff("check", "--no-cache", ".")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_code_is_formatted_as_ruff_format_would():
+    check = _ruff("format", "--check", "--no-cache", ".")
+    assert check.returncode == 0, "run `ruff format .`:\n" + check.stdout + check.stderr
 
 
 def test_ruff_would_catch_an_unused_import(tmp_path):

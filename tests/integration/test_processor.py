@@ -33,8 +33,12 @@ def test_the_event_is_a_valid_lambda_kinesis_event():
 def test_a_poison_record_is_dead_lettered_while_its_neighbours_land(tmp_path):
     events = workload()
     half = len(events) // 2
-    payloads = [encode_events(events[:half]), b"\x00garbage that is not a record", encode_events(events[half:]),
-                encode_watermark(Watermark(events[-1].lsn))]
+    payloads = [
+        encode_events(events[:half]),
+        b"\x00garbage that is not a record",
+        encode_events(events[half:]),
+        encode_watermark(Watermark(events[-1].lsn)),
+    ]
     processor = StreamProcessor(LakeWriter(tmp_path))
     outcome = processor.process(kinesis_event(payloads))
     assert outcome.response == {"batchItemFailures": []}
@@ -53,11 +57,16 @@ def test_a_replayed_batch_changes_nothing(tmp_path):
     processor = StreamProcessor(LakeWriter(tmp_path))
     processor.process(event)
     layout = LakeLayout(tmp_path)
-    before = (table_snapshot(layout, "changes", "public.sales_order"), table_snapshot(layout, "tables", "public.sales_order"))
+    before = (
+        table_snapshot(layout, "changes", "public.sales_order"),
+        table_snapshot(layout, "tables", "public.sales_order"),
+    )
     again = processor.process(event)
     assert again.appended == 0
-    assert (table_snapshot(layout, "changes", "public.sales_order"),
-            table_snapshot(layout, "tables", "public.sales_order")) == before
+    assert (
+        table_snapshot(layout, "changes", "public.sales_order"),
+        table_snapshot(layout, "tables", "public.sales_order"),
+    ) == before
 
 
 def test_when_the_lake_cannot_be_written_the_whole_batch_is_retried(tmp_path, monkeypatch):
@@ -80,8 +89,9 @@ def test_the_lambda_entry_point(tmp_path, monkeypatch, capsys):
 
     events = workload(5)
     assert lambda_module.handler(kinesis_event([encode_events(events)]), Context()) == {"batchItemFailures": []}
-    assert lake_state(LakeLayout(tmp_path), "public.sales_order", ("sales_order_id",)) == \
-        expected_state(events, "public.sales_order")
+    assert lake_state(LakeLayout(tmp_path), "public.sales_order", ("sales_order_id",)) == expected_state(
+        events, "public.sales_order"
+    )
     assert '"Events"' in capsys.readouterr().out  # EMF metrics on stdout
 
 
@@ -103,8 +113,9 @@ def test_local_poller_feeds_the_handler_and_survives_a_crash_before_saving_offse
         def set(self, shard, sequence_number):
             raise KeyboardInterrupt("killed after the lake commit, before the offset")
 
-    crashing = LocalPoller(kinesis, stream, StreamProcessor(LakeWriter(lake)), CrashingOffsets(offsets),
-                           batch_window=0.0)
+    crashing = LocalPoller(
+        kinesis, stream, StreamProcessor(LakeWriter(lake)), CrashingOffsets(offsets), batch_window=0.0
+    )
     with pytest.raises(KeyboardInterrupt):
         for _ in range(5):
             crashing.poll_once()
@@ -124,6 +135,7 @@ def test_local_poller_feeds_the_handler_and_survives_a_crash_before_saving_offse
 
 # -- hostile records, outages, a flaky stream ----------------------------------------------------
 
+
 def test_events_the_lake_refuses_for_their_content_are_dead_lettered_and_the_shard_flows(tmp_path):
     from change_events import Column, Op, TableSchema
     from change_events import ChangeEvent as Event
@@ -135,11 +147,23 @@ def test_events_the_lake_refuses_for_their_content_are_dead_lettered_and_the_sha
     hostile = [
         Event(odd, Op.INSERT, lsn, 0, 900, None, {"id": "1"}, after={"id": "1", "amount": "1"}),
         Event(twins, Op.INSERT, lsn, 1, 900, None, {"id": "1"}, after={"id": "1", "ID": "2"}),
-        Event(SALES_ORDER, Op.INSERT, lsn, 2, 900, None, {"sales_order_id": "99999999999999999999"},
-              after={**sales_order_row(7), "sales_order_id": "99999999999999999999"}),
+        Event(
+            SALES_ORDER,
+            Op.INSERT,
+            lsn,
+            2,
+            900,
+            None,
+            {"sales_order_id": "99999999999999999999"},
+            after={**sales_order_row(7), "sales_order_id": "99999999999999999999"},
+        ),
     ]
-    payloads = [encode_events(good), encode_events(hostile[:2]), encode_events(hostile[2:]),
-                encode_watermark(Watermark(lsn))]
+    payloads = [
+        encode_events(good),
+        encode_events(hostile[:2]),
+        encode_events(hostile[2:]),
+        encode_watermark(Watermark(lsn)),
+    ]
     processor = StreamProcessor(LakeWriter(tmp_path))
     outcome = processor.process(kinesis_event(payloads))
     assert outcome.response == {"batchItemFailures": []}
@@ -155,8 +179,14 @@ def test_events_the_lake_refuses_for_their_content_are_dead_lettered_and_the_sha
 def test_an_outage_is_retried_logged_and_counted_not_dead_lettered(tmp_path, capsys, caplog):
     from aws_lambda_powertools import Metrics
 
-    down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
+    down = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "max_retries": "0",
+    }
     metrics = Metrics(namespace="totes-cdc-test", service="processor")
     processor = StreamProcessor(LakeWriter(LakeLayout("s3://lake/unreachable", down)), metrics)
     outcome = processor.process(kinesis_event([encode_events(workload(2))], start=7))
@@ -172,8 +202,9 @@ def test_an_outage_is_retried_logged_and_counted_not_dead_lettered(tmp_path, cap
 def _client_error(code: str, status: int, operation: str = "GetRecords"):
     from botocore.exceptions import ClientError
 
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       operation)
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
+    )
 
 
 def test_consumer_side_kinesis_errors_are_retried_and_never_end_the_poller(tmp_path, kinesis):
@@ -190,16 +221,27 @@ def test_consumer_side_kinesis_errors_are_retried_and_never_end_the_poller(tmp_p
     publisher.publish_watermark(events[-1].lsn)
     publisher.flush()
     faults = {
-        "get_records": [_client_error("ProvisionedThroughputExceededException", 400), None,
-                        _client_error("ExpiredIteratorException", 400),
-                        _client_error("InternalFailure", 500), None,
-                        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
-                        ReadTimeoutError(endpoint_url="http://127.0.0.1:1")],
+        "get_records": [
+            _client_error("ProvisionedThroughputExceededException", 400),
+            None,
+            _client_error("ExpiredIteratorException", 400),
+            _client_error("InternalFailure", 500),
+            None,
+            EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+            ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        ],
         "get_shard_iterator": [_client_error("LimitExceededException", 400, "GetShardIterator")],
     }
     lake = tmp_path / "lake"
-    poller = LocalPoller(ScriptedFlakyKinesis(kinesis, faults), stream, StreamProcessor(LakeWriter(lake)), ShardOffsets(tmp_path / "o.json"),
-                         batch_window=0.0, max_batch_records=3, backoff=0.01)
+    poller = LocalPoller(
+        ScriptedFlakyKinesis(kinesis, faults),
+        stream,
+        StreamProcessor(LakeWriter(lake)),
+        ShardOffsets(tmp_path / "o.json"),
+        batch_window=0.0,
+        max_batch_records=3,
+        backoff=0.01,
+    )
     for _ in range(200):
         poller.poll_once()
         if not any(faults.values()) and poller.processor.lake.lake_watermark([*poller.shards]) == events[-1].lsn:
@@ -218,10 +260,19 @@ def test_the_lambda_entry_point_backs_off_while_the_lake_is_down(tmp_path, monke
     monkeypatch.setattr(lambda_module, "_failures", {})
     pauses: list[float] = []
     monkeypatch.setattr(lambda_module.time, "sleep", pauses.append)
-    down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "max_retries": "0"}
-    monkeypatch.setattr(lambda_module, "_processor", StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)),
-                                                                      lambda_module._metrics))
+    down = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "max_retries": "0",
+    }
+    monkeypatch.setattr(
+        lambda_module,
+        "_processor",
+        StreamProcessor(LakeWriter(LakeLayout("s3://lake/down", down)), lambda_module._metrics),
+    )
 
     class Context:
         function_name, memory_limit_in_mb, invoked_function_arn, aws_request_id = "p", 512, "arn:p", "r-1"
@@ -255,8 +306,15 @@ def test_a_trickle_of_small_transactions_is_gathered_into_few_lake_commits(tmp_p
     transactions = [[e for e in events if e.lsn == lsn] for lsn in sorted({e.lsn for e in events})]
     publisher = Publisher(kinesis, stream)
     lake = LakeWriter(tmp_path / "lake")
-    poller = LocalPoller(kinesis, stream, StreamProcessor(lake), ShardOffsets(tmp_path / "offsets.json"),
-                         batch_window=0.0, quiet_window=3600.0, min_batch_bytes=1 << 30)
+    poller = LocalPoller(
+        kinesis,
+        stream,
+        StreamProcessor(lake),
+        ShardOffsets(tmp_path / "offsets.json"),
+        batch_window=0.0,
+        quiet_window=3600.0,
+        min_batch_bytes=1 << 30,
+    )
     log = lambda: lake.change_log("public.sales_order", shard).refresh()  # noqa: E731
 
     _publish(publisher, transactions[:1], mark=False)

@@ -27,6 +27,7 @@ from tests.fakes import FlakyKinesis
 
 # -- end to end on kinesalite ----------------------------------------------------------------
 
+
 def test_thousands_of_events_arrive_complete_in_row_order_and_packed(kinesis):
     stream = new_stream(kinesis, shards=4)
     txs = transactions(1500, rng=random.Random(7))
@@ -53,19 +54,21 @@ def test_throttling_and_failed_calls_neither_lose_nor_reorder(kinesis):
     flaky = FlakyKinesis(kinesis, random.Random(3), entry_failure=0.35, call_failure=0.15)
     # Small records, so each shard has many records queued at once: a publisher that sent a
     # shard's later record before its failed earlier one would show up as a reordered row.
-    publisher = Publisher(flaky, stream, max_record_bytes=600, linger_seconds=60,
-                          backoff_base_seconds=0.0005, backoff_max_seconds=0.005)
+    publisher = Publisher(
+        flaky, stream, max_record_bytes=600, linger_seconds=60, backoff_base_seconds=0.0005, backoff_max_seconds=0.005
+    )
     checked = []
 
     def acknowledged_lsn_is_honest():
         lsn = publisher.acknowledged_lsn
-        missing = [e.event_id for _, events in txs for e in events
-                   if e.lsn <= lsn and e.event_id not in flaky.acknowledged]
+        missing = [
+            e.event_id for _, events in txs for e in events if e.lsn <= lsn and e.event_id not in flaky.acknowledged
+        ]
         assert not missing, f"acknowledged_lsn {lsn} passes unacknowledged events {missing[:3]}"
         checked.append(lsn)
 
     for chunk in range(0, len(txs), 100):
-        publish(publisher, txs[chunk:chunk + 100], check=acknowledged_lsn_is_honest)
+        publish(publisher, txs[chunk : chunk + 100], check=acknowledged_lsn_is_honest)
         publisher.flush()
         acknowledged_lsn_is_honest()
 
@@ -98,8 +101,9 @@ def test_the_ordering_check_catches_a_publisher_that_resends_after_later_records
     stream = new_stream(kinesis, shards=4)
     txs = transactions(300, rng=random.Random(11), keys=60)
     flaky = FlakyKinesis(kinesis, random.Random(3), entry_failure=0.35, call_failure=0.0)
-    publisher = naive(flaky, stream, max_record_bytes=600, linger_seconds=60,
-                      backoff_base_seconds=0.0005, backoff_max_seconds=0.005)
+    publisher = naive(
+        flaky, stream, max_record_bytes=600, linger_seconds=60, backoff_base_seconds=0.0005, backoff_max_seconds=0.005
+    )
     publish(publisher, txs)
     publisher.flush()
     with pytest.raises(AssertionError, match="reordered"):
@@ -109,10 +113,10 @@ def test_the_ordering_check_catches_a_publisher_that_resends_after_later_records
 def test_lost_answers_may_repeat_records_but_never_lose_or_reorder(kinesis):
     stream = new_stream(kinesis, shards=4)
     txs = transactions(300, rng=random.Random(5), keys=60)
-    flaky = FlakyKinesis(kinesis, random.Random(9), entry_failure=0.1, call_failure=0.0,
-                         lost_answer=0.2)
-    publisher = Publisher(flaky, stream, max_record_bytes=600, linger_seconds=60,
-                          backoff_base_seconds=0.0005, backoff_max_seconds=0.005)
+    flaky = FlakyKinesis(kinesis, random.Random(9), entry_failure=0.1, call_failure=0.0, lost_answer=0.2)
+    publisher = Publisher(
+        flaky, stream, max_record_bytes=600, linger_seconds=60, backoff_base_seconds=0.0005, backoff_max_seconds=0.005
+    )
     publish(publisher, txs)
     publisher.flush()
     assert flaky.injected > 0
@@ -125,8 +129,9 @@ def test_watermark_follows_every_earlier_event_on_every_shard(kinesis):
     stream = new_stream(kinesis, shards=4)
     txs = transactions(400, rng=random.Random(21))
     flaky = FlakyKinesis(kinesis, random.Random(4), entry_failure=0.3, call_failure=0.1)
-    publisher = Publisher(flaky, stream, max_record_bytes=4000, linger_seconds=60,
-                          backoff_base_seconds=0.0005, backoff_max_seconds=0.005)
+    publisher = Publisher(
+        flaky, stream, max_record_bytes=4000, linger_seconds=60, backoff_base_seconds=0.0005, backoff_max_seconds=0.005
+    )
     publish(publisher, txs[:250])
     with pytest.raises(ValueError, match="beyond"):
         publisher.publish_watermark(txs[250][0])
@@ -142,10 +147,11 @@ def test_watermark_follows_every_earlier_event_on_every_shard(kinesis):
         assert len(positions) == 1, f"{shard} holds {len(positions)} markers"
         (position,) = positions
         assert shard_records[position][1].watermark.lsn == watermark
-        after_marker = [e for _, r in shard_records[position + 1:] for e in r.events]
+        after_marker = [e for _, r in shard_records[position + 1 :] for e in r.events]
         assert all(e.lsn > watermark for e in after_marker), f"{shard}: an event <= W after the marker"
-    before_marker = {e.event_id for records_ in records.values() for _, r in records_
-                     for e in r.events if e.lsn <= watermark}
+    before_marker = {
+        e.event_id for records_ in records.values() for _, r in records_ for e in r.events if e.lsn <= watermark
+    }
     assert before_marker == {e.event_id for _, events in txs[:250] for e in events}
     assert_complete_and_ordered(records, txs)
     assert publisher.metrics.watermark_records == 4
@@ -155,8 +161,9 @@ def test_large_values_are_split_across_records(kinesis):
     stream = new_stream(kinesis, shards=2)
     rng = random.Random(1)
     alphabet = string.ascii_letters + string.digits + "+/"
-    big = [make_event(ORDER, 7, 0x5000 + i * 0x10, 0,
-                      text="".join(rng.choices(alphabet, k=300_000))) for i in range(12)]
+    big = [
+        make_event(ORDER, 7, 0x5000 + i * 0x10, 0, text="".join(rng.choices(alphabet, k=300_000))) for i in range(12)
+    ]
     small = [make_event(ORDER, k, 0x5000 + i * 0x10, 1) for i, k in enumerate(range(100, 112))]
     txs = [(big[i].lsn, [big[i], small[i]]) for i in range(12)]
     publisher = Publisher(kinesis, stream, linger_seconds=60)
@@ -165,8 +172,9 @@ def test_large_values_are_split_across_records(kinesis):
 
     records = read_stream(kinesis, stream)
     assert_complete_and_ordered(records, txs)
-    shard_of_big = next(s for s, rs in records.items() if any(e.event_id == big[0].event_id
-                                                               for _, r in rs for e in r.events))
+    shard_of_big = next(
+        s for s, rs in records.items() if any(e.event_id == big[0].event_id for _, r in rs for e in r.events)
+    )
     sizes = [len(data) for data, r in records[shard_of_big] if r.events]
     # 3.6 MB of text that compresses to 6 bits a character: at least 3 records.
     assert len(sizes) >= 3 and sum(sizes) > 2 * MAX_RECORD_BYTES

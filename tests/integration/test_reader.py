@@ -17,7 +17,16 @@ from cdc_reader.source_setup import SourceSetupError
 from cdc_reader.source import SourceConnectionError
 from change_events import Op, parse_lsn
 from tests.conftest import make_scratch_dir
-from tests.reader_harness import FAST, apply_events, current_lsn, running_reader, source_state, state_diff, wait_until_confirmed, with_all_columns
+from tests.reader_harness import (
+    FAST,
+    apply_events,
+    current_lsn,
+    running_reader,
+    source_state,
+    state_diff,
+    wait_until_confirmed,
+    with_all_columns,
+)
 from tests.fakes import MemorySink
 from totesys.embedded import EmbeddedPostgres
 from totesys.schema import TABLES, create_schema, ensure_database
@@ -79,16 +88,24 @@ def test_toast_deletes_truncates_and_an_added_column(totesys_dsn, tmp_path):
     big = secrets.token_hex(40_000)  # 80 kB of incompressible text: stored out of line
     sink = MemorySink()
     with running_reader(totesys_dsn, sink, tmp_path / "state.json") as reader:
-        _run_sql(totesys_dsn,
-                 "INSERT INTO design (design_name, file_location, file_name, last_updated) "
-                 f"VALUES ('Steel', '{big}', 'steel.json', now()), ('Soft', '/soft', 'soft.json', now())")
+        _run_sql(
+            totesys_dsn,
+            "INSERT INTO design (design_name, file_location, file_name, last_updated) "
+            f"VALUES ('Steel', '{big}', 'steel.json', now()), ('Soft', '/soft', 'soft.json', now())",
+        )
         _run_sql(totesys_dsn, "UPDATE design SET design_name = 'Steely' WHERE design_name = 'Steel'")
         _run_sql(totesys_dsn, "DELETE FROM design WHERE design_name = 'Soft'")
-        _run_sql(totesys_dsn, "ALTER TABLE design ADD COLUMN colour text",
-                 "INSERT INTO design (design_name, file_location, file_name, last_updated, colour) "
-                 "VALUES ('Cotton', '/c', 'c.json', now(), 'blue')")
-        _run_sql(totesys_dsn, "INSERT INTO currency (currency_code, last_updated) VALUES ('GBP', now())",
-                 "TRUNCATE currency CASCADE")
+        _run_sql(
+            totesys_dsn,
+            "ALTER TABLE design ADD COLUMN colour text",
+            "INSERT INTO design (design_name, file_location, file_name, last_updated, colour) "
+            "VALUES ('Cotton', '/c', 'c.json', now(), 'blue')",
+        )
+        _run_sql(
+            totesys_dsn,
+            "INSERT INTO currency (currency_code, last_updated) VALUES ('GBP', now())",
+            "TRUNCATE currency CASCADE",
+        )
         _catch_up(totesys_dsn, reader)
 
     update = next(e for e in sink.events if e.op is Op.UPDATE)
@@ -158,9 +175,12 @@ def _emitted_keys(sink, table) -> list[int]:
 
 
 def _delete_and_update(dsn, ids_gone, ids_changed) -> None:
-    _run_sql(dsn, f"DELETE FROM sales_order WHERE sales_order_id IN ({', '.join(map(str, ids_gone))})",
-             "UPDATE sales_order SET units_sold = units_sold + 1000 "
-             f"WHERE sales_order_id IN ({', '.join(map(str, ids_changed))})")
+    _run_sql(
+        dsn,
+        f"DELETE FROM sales_order WHERE sales_order_id IN ({', '.join(map(str, ids_gone))})",
+        "UPDATE sales_order SET units_sold = units_sold + 1000 "
+        f"WHERE sales_order_id IN ({', '.join(map(str, ids_changed))})",
+    )
 
 
 def test_a_first_snapshot_cut_off_midway_is_made_up_for_from_the_same_slot(seeded, tmp_path):
@@ -200,8 +220,12 @@ def test_a_reader_killed_right_after_creating_its_slot_makes_up_the_snapshot_fro
                 raise _Killed("killed right after CREATE_REPLICATION_SLOT")
             super().save(state)
 
-    with pytest.raises(_Killed), running_reader(
-            seeded, sink, state_path, FAST, prepare=lambda r: setattr(r, "state", DiesOnceTheSlotExists(state_path))):
+    with (
+        pytest.raises(_Killed),
+        running_reader(
+            seeded, sink, state_path, FAST, prepare=lambda r: setattr(r, "state", DiesOnceTheSlotExists(state_path))
+        ),
+    ):
         pass
     slot_lsn = _slot_confirmed(seeded)
     assert not sink.events and FileStateStore(state_path).load().snapshot_lsn is None
@@ -233,9 +257,12 @@ def test_a_reader_killed_while_making_up_for_a_cut_off_snapshot_ends_correct_too
         if len(windows) == 8:
             raise _Killed("killed during the re-reads")
 
-    with pytest.raises(_Killed), running_reader(
+    with (
+        pytest.raises(_Killed),
+        running_reader(
             seeded, sink, state_path, config, prepare=lambda r: setattr(r, "resnapshot_hook", die_in_the_eighth_window)
-    ) as reader:
+        ) as reader,
+    ):
         deadline = time.monotonic() + 60
         while getattr(reader, "failure", None) is None:
             assert time.monotonic() < deadline, "the re-reads never reached their eighth window"
@@ -280,12 +307,15 @@ def test_nothing_is_confirmed_before_it_is_durable(totesys_dsn, tmp_path):
         _run_sql(totesys_dsn, "INSERT INTO currency (currency_code, last_updated) VALUES ('EUR', now())")
         deadline = current_lsn(totesys_dsn)
         import time
+
         time.sleep(1.0)
         assert reader.metrics.received_lsn >= deadline or sink.events
         assert reader.metrics.confirmed_lsn == 0
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) > 0 "
-                    "FROM pg_replication_slots WHERE slot_name = 'totes_cdc'")
+        cur.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) > 0 "
+            "FROM pg_replication_slots WHERE slot_name = 'totes_cdc'"
+        )
         assert cur.fetchone() == (True,)
     # A new reader gets the change again from the slot.
     again = MemorySink()
@@ -323,8 +353,10 @@ def test_heartbeats_keep_the_slot_moving_when_our_tables_are_idle(totesys_dsn, a
         target = current_lsn(totesys_dsn)
         wait_until_confirmed(reader, target)
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
-                    (f"{target >> 32:X}/{target & 0xFFFFFFFF:X}",))
+        cur.execute(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'totes_cdc'",
+            (f"{target >> 32:X}/{target & 0xFFFFFFFF:X}",),
+        )
         assert cur.fetchone() == (True,)
     assert not sink.events
 
@@ -365,8 +397,11 @@ def test_missing_privileges_are_reported_in_one_sentence(totesys_dsn, admin_dsn,
             reader.run(threading.Event())
 
         # With the publication made by its owner, the missing REPLICATION attribute is next.
-        _run_sql(totesys_dsn, f"CREATE PUBLICATION totes_cdc FOR TABLE {', '.join(TABLES)} "
-                              "WITH (publish = 'insert, update, delete, truncate')")
+        _run_sql(
+            totesys_dsn,
+            f"CREATE PUBLICATION totes_cdc FOR TABLE {', '.join(TABLES)} "
+            "WITH (publish = 'insert, update, delete, truncate')",
+        )
         reader = Reader(weak, MemorySink(), MemorySink(), FileStateStore(tmp_path / "b.json"), FAST)
         with pytest.raises(SourceConnectionError, match="may not replicate: run ALTER ROLE"):
             reader.run(threading.Event())
@@ -397,9 +432,12 @@ def test_a_slot_dropped_while_streaming_stops_the_reader_with_one_sentence(totes
     deadline = time.monotonic() + 30
     while True:  # the walsender lets go of the slot a moment after it is terminated
         try:
-            _run_sql(totesys_dsn, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                                  "WHERE slot_name = 'totes_cdc' AND active_pid IS NOT NULL",
-                     "SELECT pg_drop_replication_slot('totes_cdc')")
+            _run_sql(
+                totesys_dsn,
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE slot_name = 'totes_cdc' AND active_pid IS NOT NULL",
+                "SELECT pg_drop_replication_slot('totes_cdc')",
+            )
             break
         except psycopg2.errors.ObjectInUse:
             assert time.monotonic() < deadline, "the slot stayed active"
@@ -418,17 +456,22 @@ def test_reset_after_a_lost_slot_replaces_every_table_so_rows_deleted_meanwhile_
     sink, state_path = MemorySink(), tmp_path / "state.json"
     with running_reader(seeded, sink, state_path) as reader:
         _catch_up(seeded, reader)
-    _run_sql(seeded, "SELECT pg_drop_replication_slot('totes_cdc')",
-             "DELETE FROM sales_order WHERE sales_order_id = 1",
-             "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = 2")
+    _run_sql(
+        seeded,
+        "SELECT pg_drop_replication_slot('totes_cdc')",
+        "DELETE FROM sales_order WHERE sales_order_id = 1",
+        "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = 2",
+    )
     before = len(sink.events)
     with running_reader(seeded, sink, state_path, replace(FAST, reset=True)) as reader:
         _catch_up(seeded, reader)
     state = FileStateStore(state_path).load()
     assert state.snapshot_done and state.replaces_lost_slot
     new = sink.events[before:]
-    truncates = new[:len(TABLES)]
-    assert [(e.op, e.lsn, e.seq) for e in truncates] == [(Op.TRUNCATE, state.snapshot_lsn, i) for i in range(len(TABLES))]
+    truncates = new[: len(TABLES)]
+    assert [(e.op, e.lsn, e.seq) for e in truncates] == [
+        (Op.TRUNCATE, state.snapshot_lsn, i) for i in range(len(TABLES))
+    ]
     assert {e.table for e in truncates} == {f"public.{t}" for t in TABLES}
     rows = [e for e in new if e.op is Op.SNAPSHOT]
     assert rows and min(e.seq for e in rows) == len(TABLES) and {e.lsn for e in rows} == {state.snapshot_lsn}

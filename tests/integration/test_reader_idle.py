@@ -22,8 +22,13 @@ class QuietSink(MemorySink):
 
 
 def _config(**overrides) -> ReaderConfig:
-    settings = dict(slot=f"idle_{uuid.uuid4().hex[:8]}", heartbeat_seconds=30.0, watermark_seconds=0.1,
-                    feedback_seconds=1.0, idle_wait_seconds=0.02)
+    settings = dict(
+        slot=f"idle_{uuid.uuid4().hex[:8]}",
+        heartbeat_seconds=30.0,
+        watermark_seconds=0.1,
+        feedback_seconds=1.0,
+        idle_wait_seconds=0.02,
+    )
     return ReaderConfig(**{**settings, **overrides})
 
 
@@ -45,8 +50,9 @@ def _waits_over(counter: _CountingSelect, seconds: float) -> int:
     return counter.calls - before
 
 
-def test_an_idle_reader_with_nothing_held_wakes_a_few_times_a_second_and_still_reads(totesys_dsn, tmp_path,
-                                                                                      monkeypatch):
+def test_an_idle_reader_with_nothing_held_wakes_a_few_times_a_second_and_still_reads(
+    totesys_dsn, tmp_path, monkeypatch
+):
     counter = _CountingSelect()
     monkeypatch.setattr(reader_module, "select", counter)
     sink = QuietSink()

@@ -12,7 +12,15 @@ from datetime import datetime
 import psycopg2
 
 from change_events import Op
-from tests.reader_harness import FAST, apply_events, current_lsn, running_reader, source_state, state_diff, wait_until_confirmed
+from tests.reader_harness import (
+    FAST,
+    apply_events,
+    current_lsn,
+    running_reader,
+    source_state,
+    state_diff,
+    wait_until_confirmed,
+)
 from tests.fakes import MemorySink
 from totesys.simulator import Simulator
 
@@ -31,8 +39,11 @@ def test_a_table_is_re_read_without_pausing_the_stream_or_going_stale(totesys_ds
             (top,) = cur.fetchone()
             ids = [rng.randint(1, top) for _ in range(5)]
             cur.execute("UPDATE sales_order SET units_sold = units_sold + 7 WHERE sales_order_id = ANY(%s)", (ids,))
-            cur.execute("DELETE FROM payment WHERE transaction_id IN "
-                        "(SELECT transaction_id FROM transaction WHERE sales_order_id = %s)", (ids[0],))
+            cur.execute(
+                "DELETE FROM payment WHERE transaction_id IN "
+                "(SELECT transaction_id FROM transaction WHERE sales_order_id = %s)",
+                (ids[0],),
+            )
             cur.execute("DELETE FROM sales_order WHERE sales_order_id = %s", (ids[1],))
         conn.close()
         windows.append(ids)
@@ -41,12 +52,12 @@ def test_a_table_is_re_read_without_pausing_the_stream_or_going_stale(totesys_ds
     config = replace(FAST, resnapshot=("sales_order",), snapshot_chunk_rows=37)
     stop_business = threading.Event()
     business = Simulator(totesys_dsn, seed=32)
+
     def hook(reader):
         reader.resnapshot_hook = change_rows_inside_the_window
 
     with running_reader(totesys_dsn, sink, tmp_path / "state.json", config, prepare=hook) as reader:
-        worker = threading.Thread(target=business.run_live,
-                                  kwargs={"rate": 40, "stop_event": stop_business})
+        worker = threading.Thread(target=business.run_live, kwargs={"rate": 40, "stop_event": stop_business})
         worker.start()
         try:
             deadline = time.monotonic() + 120
@@ -78,4 +89,3 @@ def test_a_table_is_re_read_without_pausing_the_stream_or_going_stale(totesys_ds
     without_initial = [e for e in sink.events if not (e.op is Op.SNAPSHOT and e.lsn == initial_lsn)]
     rebuilt = apply_events(without_initial)["public.sales_order"]
     assert rebuilt == want["public.sales_order"], state_diff({"t": rebuilt}, {"t": want["public.sales_order"]})
-

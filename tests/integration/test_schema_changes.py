@@ -91,21 +91,31 @@ WIDENINGS = {  # table, key, column, new type, a value only the new type holds
 
 @pytest.mark.parametrize("per_transaction", [False, True], ids=["one batch", "a batch per transaction"])
 @pytest.mark.parametrize("case", list(WIDENINGS))
-def test_a_widened_column_flows_through_lake_and_warehouse_in_order_with_the_data(totesys_dsn, tmp_path, case, per_transaction):
+def test_a_widened_column_flows_through_lake_and_warehouse_in_order_with_the_data(
+    totesys_dsn, tmp_path, case, per_transaction
+):
     table, column, new_type, value = WIDENINGS[case]
     key = f"{table}_id"
     _seed(totesys_dsn)
-    reader, events = _run(totesys_dsn, [
-        ["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1"],
-        ["UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id = 2",
-         f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {new_type}",
-         f"UPDATE {table} SET {column} = {value} WHERE {key} = 1"],
-        [f"UPDATE {table} SET {column} = {value} WHERE {key} = 3",
-         "DELETE FROM payment WHERE transaction_id IN "
-         "(SELECT transaction_id FROM transaction WHERE sales_order_id = 4)",
-         "DELETE FROM transaction WHERE sales_order_id = 4",
-         "DELETE FROM sales_order WHERE sales_order_id = 4"],
-    ], tmp_path)
+    reader, events = _run(
+        totesys_dsn,
+        [
+            ["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1"],
+            [
+                "UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id = 2",
+                f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {new_type}",
+                f"UPDATE {table} SET {column} = {value} WHERE {key} = 1",
+            ],
+            [
+                f"UPDATE {table} SET {column} = {value} WHERE {key} = 3",
+                "DELETE FROM payment WHERE transaction_id IN "
+                "(SELECT transaction_id FROM transaction WHERE sales_order_id = 4)",
+                "DELETE FROM transaction WHERE sales_order_id = 4",
+                "DELETE FROM sales_order WHERE sales_order_id = 4",
+            ],
+        ],
+        tmp_path,
+    )
     assert reader.metrics.schema_rereads == 0  # every value is what it was: nothing to read again
 
     layout = LakeLayout(tmp_path / "lake")
@@ -164,26 +174,32 @@ def test_a_bigint_units_sold_reaches_the_warehouse(totesys_dsn, tmp_path, engine
 
     try:
         step([["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1"]])
-        result = step([
-            ["ALTER TABLE sales_order ALTER COLUMN units_sold TYPE bigint",
-             "UPDATE sales_order SET units_sold = 5000000000 WHERE sales_order_id = 1",
-             "UPDATE sales_order SET units_sold = 12 WHERE sales_order_id = 2"],
-            ["UPDATE sales_order SET units_sold = 13 WHERE sales_order_id = 3"],
-        ])
+        result = step(
+            [
+                [
+                    "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE bigint",
+                    "UPDATE sales_order SET units_sold = 5000000000 WHERE sales_order_id = 1",
+                    "UPDATE sales_order SET units_sold = 12 WHERE sales_order_id = 2",
+                ],
+                ["UPDATE sales_order SET units_sold = 13 WHERE sales_order_id = 3"],
+            ]
+        )
         assert result.facts_rejected == {"fact_sales_order": 1}
         mirror = dict(target.query("SELECT sales_order_id, units_sold FROM _src_sales_order").rows())
         assert mirror[1] == 5_000_000_000 and mirror[2] == 12 and mirror[3] == 13
-        facts = dict(target.query(
-            "SELECT sales_order_id, units_sold FROM fact_sales_order WHERE is_current").rows())
+        facts = dict(target.query("SELECT sales_order_id, units_sold FROM fact_sales_order WHERE is_current").rows())
         assert facts[2] == 12 and facts[3] == 13
-        rejected = target.query("SELECT source_table, business_key, source_column, source_value, reason "
-                                "FROM _sync_rejected").rows()
-        assert rejected == [("sales_order", "1", "units_sold", "5000000000",
-                             "does not fit fact_sales_order.units_sold (int)")]
+        rejected = target.query(
+            "SELECT source_table, business_key, source_column, source_value, reason FROM _sync_rejected"
+        ).rows()
+        assert rejected == [
+            ("sales_order", "1", "units_sold", "5000000000", "does not fit fact_sales_order.units_sold (int)")
+        ]
         # §3's int cannot hold it: the version before stays current.
         assert facts[1] < 2**31
         # A later sync in a new process (mirror types start from their definitions) goes on.
         from warehouse_sync.schema import BASE_SOURCES, SOURCES
+
         SOURCES.update(BASE_SOURCES)
         tables.clear()
         step([["UPDATE sales_order SET units_sold = 6000000000 WHERE sales_order_id = 2"]])
@@ -198,15 +214,18 @@ REWRITES = {
     "bigint to integer (narrowing)": (
         ["ALTER TABLE sales_order ALTER COLUMN units_sold TYPE bigint"],
         "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE integer",
-        "UPDATE sales_order SET units_sold = 77 WHERE sales_order_id = 1"),
+        "UPDATE sales_order SET units_sold = 77 WHERE sales_order_id = 1",
+    ),
     "numeric(10,2) to numeric(10,1) (rounds)": (
         ["UPDATE sales_order SET unit_price = 3.46 WHERE sales_order_id = 2"],
         "ALTER TABLE sales_order ALTER COLUMN unit_price TYPE numeric(10,1)",
-        "UPDATE sales_order SET unit_price = 9.9 WHERE sales_order_id = 1"),
+        "UPDATE sales_order SET unit_price = 9.9 WHERE sales_order_id = 1",
+    ),
     "text to integer": (
         ["UPDATE sales_order SET agreed_payment_date = '20241201'"],
         "ALTER TABLE sales_order ALTER COLUMN agreed_payment_date TYPE integer USING agreed_payment_date::integer",
-        "UPDATE sales_order SET agreed_payment_date = 20250101 WHERE sales_order_id = 1"),
+        "UPDATE sales_order SET agreed_payment_date = 20250101 WHERE sales_order_id = 1",
+    ),
 }
 
 
@@ -216,11 +235,16 @@ def test_a_rewritten_column_re_reads_the_table_instead_of_dead_lettering(totesys
     before, alter, after = REWRITES[case]
     _seed(totesys_dsn)
     caplog.set_level(logging.INFO, logger="totes.reader")
-    reader, events = _run(totesys_dsn, [
-        ["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 3", *before],
-        ["UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id = 2", alter, after],
-        ["UPDATE sales_order SET units_sold = 5 WHERE sales_order_id = 3"],
-    ], tmp_path, reread=SO)
+    reader, events = _run(
+        totesys_dsn,
+        [
+            ["UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 3", *before],
+            ["UPDATE sales_order SET units_sold = units_sold + 2 WHERE sales_order_id = 2", alter, after],
+            ["UPDATE sales_order SET units_sold = 5 WHERE sales_order_id = 3"],
+        ],
+        tmp_path,
+        reread=SO,
+    )
     assert reader.metrics.schema_rereads == 1
     assert [r.getMessage() for r in caplog.records if "re-reading it" in r.getMessage()], caplog.text
     initial = min(e.lsn for e in events)
@@ -247,8 +271,9 @@ def test_a_reader_stopped_before_the_re_read_is_durable_reads_the_table_again(to
     sink = MemorySink()
     state = tmp_path / "reader.json"
     with pytest.raises(RuntimeError, match="killed inside the re-read"):
-        with running_reader(totesys_dsn, sink, state, FAST,
-                            prepare=lambda r: setattr(r, "resnapshot_hook", die_in_the_re_read)) as reader:
+        with running_reader(
+            totesys_dsn, sink, state, FAST, prepare=lambda r: setattr(r, "resnapshot_hook", die_in_the_re_read)
+        ) as reader:
             with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
                 cur.execute("ALTER TABLE sales_order ALTER COLUMN unit_price TYPE numeric(10,1)")
                 cur.execute("UPDATE sales_order SET units_sold = 1 WHERE sales_order_id = 1")
@@ -259,8 +284,9 @@ def test_a_reader_stopped_before_the_re_read_is_durable_reads_the_table_again(to
                 time.sleep(0.05)
     first = list(sink.events)
 
-    _, events = _run(totesys_dsn, [["UPDATE sales_order SET units_sold = 2 WHERE sales_order_id = 2"]], tmp_path,
-                     reread=SO)
+    _, events = _run(
+        totesys_dsn, [["UPDATE sales_order SET units_sold = 2 WHERE sales_order_id = 2"]], tmp_path, reread=SO
+    )
     layout = LakeLayout(tmp_path / "lake")
     _into_lake(layout, first + events, per_transaction=True)
     assert lake_state(layout, SO, ("sales_order_id",)) == _source_rows(totesys_dsn, first + events)

@@ -10,8 +10,13 @@ from tests.bandit_scan import PACKAGES, ROOT
 
 
 def test_bandit_finds_nothing_unexplained():
-    scan = subprocess.run([sys.executable, "-m", "bandit", "-q", "-r", *PACKAGES, "-f", "json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    scan = subprocess.run(
+        [sys.executable, "-m", "bandit", "-q", "-r", *PACKAGES, "-f", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(scan.stdout)
     assert not report["errors"], report["errors"]
     findings = [f"{r['filename']}:{r['line_number']} {r['test_id']} {r['issue_text']}" for r in report["results"]]

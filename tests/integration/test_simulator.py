@@ -24,16 +24,7 @@ from totesys.simulator import Simulator, SimulatorError, _Live
 SEED = 20241115
 UNTIL = datetime(2024, 11, 15, 14, 40, 0)  # a Friday afternoon
 DAYS = 60
-DEPARTMENTS = [
-    "Sales",
-    "Purchasing",
-    "Production",
-    "Dispatch",
-    "Finance",
-    "Facilities",
-    "Communications",
-    "HR",
-]
+DEPARTMENTS = ["Sales", "Purchasing", "Production", "Dispatch", "Finance", "Facilities", "Communications", "HR"]
 DESIGN_NAMES = {
     "Bronze",
     "Concrete",
@@ -81,11 +72,7 @@ def new_database(admin_dsn: str, template: str) -> str:
     conn = psycopg2.connect(admin_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
+        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
     conn.close()
     return name
 
@@ -94,11 +81,7 @@ def drop_database(admin_dsn: str, name: str) -> None:
     conn = psycopg2.connect(admin_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE database = %s",
-            (name,),
-        )
+        cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s", (name,))
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     conn.close()
 
@@ -210,9 +193,9 @@ def table_digests(dsn: str) -> dict[str, str]:
     for table in TABLES:
         digests[table] = one(
             dsn,
-            sql.SQL(
-                "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t.{}), '')) FROM {} t"
-            ).format(sql.Identifier(f"{table}_id"), sql.Identifier(table)),
+            sql.SQL("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t.{}), '')) FROM {} t").format(
+                sql.Identifier(f"{table}_id"), sql.Identifier(table)
+            ),
         )
     return digests
 
@@ -232,30 +215,19 @@ def test_static_tables_have_the_real_shape(seeded):
         t: one(dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
         for t in ("address", "counterparty", "currency", "department", "staff", "payment_type")
     }
-    assert counts == {
-        "address": 30,
-        "counterparty": 20,
-        "currency": 3,
-        "department": 8,
-        "staff": 20,
-        "payment_type": 4,
-    }
+    assert counts == {"address": 30, "counterparty": 20, "currency": 3, "department": 8, "staff": 20, "payment_type": 4}
     assert rows(dsn, "SELECT currency_id, currency_code FROM currency ORDER BY 1") == [
         (1, "GBP"),
         (2, "USD"),
         (3, "EUR"),
     ]
-    assert rows(
-        dsn, "SELECT payment_type_id, payment_type_name::text FROM payment_type ORDER BY 1"
-    ) == [
+    assert rows(dsn, "SELECT payment_type_id, payment_type_name::text FROM payment_type ORDER BY 1") == [
         (1, "SALES_RECEIPT"),
         (2, "SALES_REFUND"),
         (3, "PURCHASE_PAYMENT"),
         (4, "PURCHASE_REFUND"),
     ]
-    departments = rows(
-        dsn, "SELECT department_name, location FROM department ORDER BY department_id"
-    )
+    departments = rows(dsn, "SELECT department_name, location FROM department ORDER BY department_id")
     assert [name for name, _ in departments] == DEPARTMENTS
     assert dict(departments)["Dispatch"] == "Leds"
     assert {loc for name, loc in departments if name != "Dispatch"} <= {"Manchester", "Leeds"}
@@ -263,9 +235,7 @@ def test_static_tables_have_the_real_shape(seeded):
     staff = rows(dsn, "SELECT first_name, last_name, email_address, department_id FROM staff")
     for first, last, email, department_id in staff:
         assert re.fullmatch(r"[a-z]+\.[a-z]+@terrifictotes\.com", email), email
-        assert email.split("@")[0] == re.sub("[^a-z]", "", first.lower()) + "." + re.sub(
-            "[^a-z]", "", last.lower()
-        )
+        assert email.split("@")[0] == re.sub("[^a-z]", "", first.lower()) + "." + re.sub("[^a-z]", "", last.lower())
         assert 1 <= department_id <= 8
     assert len({email for _, _, email, _ in staff}) == 20
 
@@ -296,9 +266,7 @@ def test_static_tables_have_the_real_shape(seeded):
             UNION ALL SELECT created_at, last_updated FROM payment_type
         ) s""",
     )
-    assert all(
-        created == updated and created.date() == date(2022, 11, 3) for created, updated in stamps
-    )
+    assert all(created == updated and created.date() == date(2022, 11, 3) for created, updated in stamps)
 
 
 # -- orders, transactions, payments -------------------------------------------------------
@@ -361,20 +329,11 @@ def test_settlement_batch_pays_due_working_day_payments_at_07_55_11(seeded):
         (UNTIL,),
     )
     assert missed == 0
-    share = one(
-        dsn, "SELECT avg(paid::int) FROM payment WHERE payment_date::date < %s", (UNTIL.date(),)
-    )
+    share = one(dsn, "SELECT avg(paid::int) FROM payment WHERE payment_date::date < %s", (UNTIL.date(),))
     assert 0.50 <= share <= 0.72
     # nothing is paid before its due day's batch has run
     assert one(dsn, "SELECT count(*) FROM payment WHERE paid AND last_updated > %s", (UNTIL,)) == 0
-    assert (
-        one(
-            dsn,
-            "SELECT count(*) FROM payment WHERE paid AND payment_date::date > %s",
-            (UNTIL.date(),),
-        )
-        == 0
-    )
+    assert one(dsn, "SELECT count(*) FROM payment WHERE paid AND payment_date::date > %s", (UNTIL.date(),)) == 0
 
 
 def test_silent_updates_change_rows_without_moving_last_updated(seeded):
@@ -439,9 +398,7 @@ def test_sequences_continue_after_the_seeded_ids(totesys_dsn):
     for table in ("sales_order", "payment", "design", "currency"):
         assert one(
             totesys_dsn,
-            sql.SQL("SELECT count(*) = max({}) FROM {}").format(
-                sql.Identifier(f"{table}_id"), sql.Identifier(table)
-            ),
+            sql.SQL("SELECT count(*) = max({}) FROM {}").format(sql.Identifier(f"{table}_id"), sql.Identifier(table)),
         ), f"{table} ids are not 1..N"
     top = one(totesys_dsn, "SELECT max(design_id) FROM design")
     new_id = one(
@@ -482,19 +439,12 @@ def test_seeding_again_continues_from_the_database(totesys_dsn):
     assert one(totesys_dsn, "SELECT count(*) FROM staff") == 20
     assert one(totesys_dsn, "SELECT count(*) FROM sales_order") > counts_before
     assert (
-        one(
-            totesys_dsn,
-            "SELECT min(created_at) FROM sales_order WHERE sales_order_id > %s",
-            (counts_before,),
-        )
-        > before
+        one(totesys_dsn, "SELECT min(created_at) FROM sales_order WHERE sales_order_id > %s", (counts_before,)) > before
     )
     for table in ("sales_order", "purchase_order", "transaction", "payment", "design"):
         assert one(
             totesys_dsn,
-            sql.SQL("SELECT count(*) = max({}) FROM {}").format(
-                sql.Identifier(f"{table}_id"), sql.Identifier(table)
-            ),
+            sql.SQL("SELECT count(*) = max({}) FROM {}").format(sql.Identifier(f"{table}_id"), sql.Identifier(table)),
         ), f"{table} ids have gaps or repeats"
     assert broken_rules(totesys_dsn) == {}
     # payments of the first run that fell due during the second were paid by its batches
@@ -520,10 +470,7 @@ def test_seeding_again_continues_from_the_database(totesys_dsn):
 
 def test_partly_filled_static_tables_are_refused(totesys_dsn):
     execute(totesys_dsn, "INSERT INTO currency (currency_code, last_updated) VALUES ('GBP', now())")
-    with (
-        Simulator(totesys_dsn, seed=1) as simulator,
-        pytest.raises(SimulatorError, match="partly filled"),
-    ):
+    with Simulator(totesys_dsn, seed=1) as simulator, pytest.raises(SimulatorError, match="partly filled"):
         simulator.seed_history(5, until=UNTIL)
     assert one(totesys_dsn, "SELECT count(*) FROM address") == 0
 
@@ -618,10 +565,7 @@ def test_live_paces_events_and_stops_on_request(totesys_dsn):
 def test_chaos_deletes_toasts_bulk_imports_and_adds_a_column(admin_dsn, _template, totesys_dsn):
     with Simulator(totesys_dsn, seed=13) as simulator:
         simulator.seed_history(10)
-        execute(
-            totesys_dsn,
-            "SELECT pg_create_logical_replication_slot('simulator_test', 'test_decoding')",
-        )
+        execute(totesys_dsn, "SELECT pg_create_logical_replication_slot('simulator_test', 'test_decoding')")
         stats = simulator.run_live(rate=0, events=48, chaos=True)
     assert stats.events == 48
 
@@ -653,28 +597,15 @@ def test_chaos_deletes_toasts_bulk_imports_and_adds_a_column(admin_dsn, _templat
                                         ORDER BY octet_length(file_location) DESC LIMIT 1""",
     )[0]
     assert size > 8192 and stored >= size
-    toast = one(
-        totesys_dsn, "SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'design'"
-    )
-    assert (
-        one(
-            totesys_dsn,
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*toast.split("."))),
-        )
-        > 0
-    )
+    toast = one(totesys_dsn, "SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'design'")
+    assert one(totesys_dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*toast.split(".")))) > 0
 
     changes = [
-        r[0]
-        for r in rows(
-            totesys_dsn,
-            "SELECT data FROM pg_logical_slot_get_changes('simulator_test', NULL, NULL)",
-        )
+        r[0] for r in rows(totesys_dsn, "SELECT data FROM pg_logical_slot_get_changes('simulator_test', NULL, NULL)")
     ]
     # a later update of other columns of that row: the WAL does not carry the unchanged big value
     assert any(
-        c.startswith("table public.design: UPDATE:")
-        and "file_location[text]:unchanged-toast-datum" in c
+        c.startswith("table public.design: UPDATE:") and "file_location[text]:unchanged-toast-datum" in c
         for c in changes
     )
     # one transaction of at least 1000 rows (the bulk import)
@@ -709,9 +640,7 @@ def test_chaos_deletes_toasts_bulk_imports_and_adds_a_column(admin_dsn, _templat
     ((table, column),) = added
     filled = one(
         totesys_dsn,
-        sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
-            sql.Identifier(table), sql.Identifier(column)
-        ),
+        sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(sql.Identifier(table), sql.Identifier(column)),
     )
     assert filled >= 1
     # surviving orders still follow the payment rules
@@ -747,10 +676,7 @@ def test_cli_seeds_history_then_runs_live_events(totesys_dsn, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "sales_order" in result.stdout
     assert "live: 7 events" in result.stdout
-    assert (
-        one(totesys_dsn, "SELECT max(created_at) FROM sales_order WHERE created_at < '2024-11-16'")
-        <= UNTIL
-    )
+    assert one(totesys_dsn, "SELECT max(created_at) FROM sales_order WHERE created_at < '2024-11-16'") <= UNTIL
     assert broken_rules(totesys_dsn) == {}
 
 
@@ -766,9 +692,7 @@ def test_cli_refuses_live_flags_without_rate_and_bad_until(totesys_dsn):
 
 
 def test_cli_reports_an_unreachable_database_in_one_sentence(tmp_path):
-    result = CliRunner().invoke(
-        app, ["simulate", "--dsn", f"postgresql://postgres@/totesys?host={tmp_path}&port=1"]
-    )
+    result = CliRunner().invoke(app, ["simulate", "--dsn", f"postgresql://postgres@/totesys?host={tmp_path}&port=1"])
     assert result.exit_code == 2
     assert "Nothing answers" in result.stderr
     assert "Traceback" not in result.output

@@ -34,8 +34,15 @@ def _seed_static(cur):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))),
-                min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.one_of(
+            st.none(), st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_copy_text_parses_back_to_the_exact_values(admin_dsn, values):
     with psycopg2.connect(admin_dsn) as conn, conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE t (i int, v text)")
@@ -97,16 +104,25 @@ def test_snapshot_sees_exactly_what_committed_before_the_slot(totesys_dsn, conn)
         with conn.cursor() as cur:
             cur.execute("UPDATE design SET file_location = '/moved' WHERE design_id = 1")
             cur.execute("DELETE FROM design WHERE design_id = 2")
-            cur.execute("INSERT INTO design (design_name, file_location, file_name, last_updated) "
-                        "VALUES ('Steel', '/new', 'steel.json', now())")
+            cur.execute(
+                "INSERT INTO design (design_name, file_location, file_name, last_updated) "
+                "VALUES ('Steel', '/new', 'steel.json', now())"
+            )
         conn.commit()
 
         reader = psycopg2.connect(totesys_dsn)
         schemas = [read_table_schema(reader, "public", t) for t in ("address", "department", "design")]
         chunks: list[list] = []
         progress: list[tuple[str, int]] = []
-        count = read_snapshot(reader, slot.snapshot_name, schemas, slot.consistent_lsn, chunks.append,
-                              chunk_rows=7, progress=lambda t, n: progress.append((t, n)))
+        count = read_snapshot(
+            reader,
+            slot.snapshot_name,
+            schemas,
+            slot.consistent_lsn,
+            chunks.append,
+            chunk_rows=7,
+            progress=lambda t, n: progress.append((t, n)),
+        )
         reader.close()
     finally:
         replication.close()

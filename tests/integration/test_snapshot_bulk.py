@@ -60,12 +60,17 @@ def test_every_type_read_in_binary_lands_as_the_streamed_text_would(totesys_dsn,
     and those read as the server's text (unconstrained numeric, oid, json, arrays, uuid,
     interval, enums, "char") land as the lake's conversion of the text pgoutput sends."""
     _execute(totesys_dsn, "CREATE TYPE mood AS ENUM ('sad', 'ok')")
-    _execute(totesys_dsn, """CREATE TABLE every_type (
+    _execute(
+        totesys_dsn,
+        """CREATE TABLE every_type (
         id integer PRIMARY KEY, small smallint, big bigint, f4 real, f8 double precision, yes boolean,
         day date, at timestamp(3), at_tz timestamp with time zone, raw bytea, words text,
         padded character(5), short varchar(8), price numeric(12,3), exact numeric, o oid, doc jsonb,
-        j json, ids integer[], u uuid, span interval, m mood, c "char", t time)""")
-    _execute(totesys_dsn, r"""INSERT INTO every_type VALUES
+        j json, ids integer[], u uuid, span interval, m mood, c "char", t time)""",
+    )
+    _execute(
+        totesys_dsn,
+        r"""INSERT INTO every_type VALUES
         (1, -32768, 9223372036854775807, 'NaN', 'Infinity', true, '0001-01-01', '9999-12-31 23:59:59.999',
          '2024-03-01 12:00:00.123456+05:30', '\x00ff5c0a', E'tab\there\nnew line \\ back\\slash \\N', 'ab',
          'x', -123456789.125, 1.000000000000000000001, 4000000000, '{"b": [1, 2.50], "a": "\u00e9"}',
@@ -74,7 +79,8 @@ def test_every_type_read_in_binary_lands_as_the_streamed_text_would(totesys_dsn,
         (2, NULL, NULL, '-1.5e-30', 1.0000000000000002, false, '2024-02-29', '2024-02-29 00:00:00',
          '1970-01-01 00:00:00+00', '', '', '     ', '', 0, 'NaN', 0, 'null', '[]', '{}', NULL, '0', 'sad', ' ', NULL),
         (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-         NULL, NULL, NULL, NULL, NULL, NULL, NULL)""")
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL)""",
+    )
     layout = LakeLayout(tmp_path / "lake")
     conn = psycopg2.connect(totesys_dsn)
     try:
@@ -110,8 +116,9 @@ def test_the_bulk_snapshot_writes_what_the_streamed_snapshot_wrote(totesys_dsn, 
         pass
     LakeWriter(old).write_batch("s0", [e.event for e in sink.events], [])
     bulk_sink = LakeSink(new)
-    with running_reader(totesys_dsn, bulk_sink, tmp_path / "new.json", bulk_config(slot="bulk_way"),
-                        prepare=_with_lake(new)) as reader:
+    with running_reader(
+        totesys_dsn, bulk_sink, tmp_path / "new.json", bulk_config(slot="bulk_way"), prepare=_with_lake(new)
+    ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
     assert not [e for e in bulk_sink.events if e.op is Op.SNAPSHOT]
     old_lsn = {e.lsn for e in sink.events}.pop()
@@ -120,7 +127,10 @@ def test_the_bulk_snapshot_writes_what_the_streamed_snapshot_wrote(totesys_dsn, 
             before, after = table_snapshot(old, kind, f"public.{table}"), table_snapshot(new, kind, f"public.{table}")
             assert {r["_lsn"] for r in after} <= {FileStateStore(tmp_path / "new.json").load().snapshot_lsn}
             assert {r["_lsn"] for r in before} <= {old_lsn}
-            assert _without(after, "_lsn", "_seq", "_shard") == _without(before, "_lsn", "_seq", "_shard"), (kind, table)
+            assert _without(after, "_lsn", "_seq", "_shard") == _without(before, "_lsn", "_seq", "_shard"), (
+                kind,
+                table,
+            )
     _assert_lake_equals_source(new, totesys_dsn)
 
 
@@ -139,12 +149,15 @@ def test_a_large_table_read_in_parallel_chunks_while_it_changes_ends_equal_to_th
             changed.set()
             _execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 7 WHERE sales_order_id % 97 = 0")
             _execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 89 = 0")
-            _execute(totesys_dsn, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, "
-                                  "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
-                                  "agreed_payment_date, agreed_delivery_location_id) "
-                                  "SELECT created_at, last_updated, design_id, staff_id, counterparty_id, 1, 1.5, "
-                                  "currency_id, agreed_delivery_date, agreed_payment_date, "
-                                  "agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 1000 = 1")
+            _execute(
+                totesys_dsn,
+                "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, "
+                "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
+                "agreed_payment_date, agreed_delivery_location_id) "
+                "SELECT created_at, last_updated, design_id, staff_id, counterparty_id, 1, 1.5, "
+                "currency_id, agreed_delivery_date, agreed_payment_date, "
+                "agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 1000 = 1",
+            )
 
     def prepare(reader):
         reader.lake = layout
@@ -158,7 +171,9 @@ def test_a_large_table_read_in_parallel_chunks_while_it_changes_ends_equal_to_th
     state = FileStateStore(tmp_path / "state.json").load()
     assert isinstance(state.phase, lifecycle.Streaming)
     log = read_table(layout, "changes", "public.sales_order")
-    chunks = {b for b, s in zip(log.column("_batch").to_pylist(), log.column("_shard").to_pylist()) if s == SNAPSHOT_SHARD}
+    chunks = {
+        b for b, s in zip(log.column("_batch").to_pylist(), log.column("_shard").to_pylist()) if s == SNAPSHOT_SHARD
+    }
     assert len(chunks) >= 10  # it was read in chunks
     _assert_lake_equals_source(layout, totesys_dsn)
 
@@ -175,8 +190,10 @@ def test_memory_holds_batches_not_the_chunk_nor_the_table(totesys_dsn, tmp_path)
         schema = read_table_schema(conn, "public", "sales_order")
         plans = plan_tables(conn, [schema], chunk_pages=32)
         with conn.cursor() as cur:
-            cur.execute("SELECT sum(n), max(n) FROM (SELECT count(*) AS n FROM sales_order "
-                        "GROUP BY (ctid::text::point)[0]::bigint / 32) chunks")
+            cur.execute(
+                "SELECT sum(n), max(n) FROM (SELECT count(*) AS n FROM sales_order "
+                "GROUP BY (ctid::text::point)[0]::bigint / 32) chunks"
+            )
             total, largest_chunk = cur.fetchone()
         conn.commit()
         conn.set_session(isolation_level="REPEATABLE READ")
@@ -210,8 +227,13 @@ def test_kill_9_between_a_chunks_commits_then_restart_neither_doubles_nor_loses(
     seed_sales_orders(totesys_dsn, 40_000)
     layout = LakeLayout(tmp_path / "lake")
     state_path = tmp_path / "state.json"
-    child = subprocess.run([sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state_path), "3"],
-                           capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = subprocess.run(
+        [sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state_path), "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert child.returncode == -9, child.stderr[-3000:]
     cut = FileStateStore(state_path).load()
     assert isinstance(cut.phase, lifecycle.Snapshotting) and cut.phase.bulk
@@ -256,8 +278,9 @@ def test_empty_tables_and_chunks_of_every_type_convert(totesys_dsn):
 
     types = ["integer", "numeric(10,2)", "timestamp(3) without time zone", "boolean", "date", "bytea", "text"]
     schema = TableSchema("public.t", tuple(Column(f"c{i}", t, 0, 0, i == 0) for i, t in enumerate(types)))
-    rows = changelog_rows(schema, pa.table({f"c{i}": pa.array([], pa.string()) for i in range(len(types))}),
-                          5, 0, 0, date(2026, 1, 1))
+    rows = changelog_rows(
+        schema, pa.table({f"c{i}": pa.array([], pa.string()) for i in range(len(types))}), 5, 0, 0, date(2026, 1, 1)
+    )
     assert rows.num_rows == 0 and rows.column("c3").type == pa.bool_()
 
 
@@ -299,8 +322,9 @@ def test_the_bulk_snapshot_writes_an_s3_lake(totesys_dsn, moto_s3):  # noqa: F81
     layout = LakeLayout(f"s3://{moto_s3.BUCKET}/{uuid.uuid4().hex[:12]}", moto_s3.storage_options)
     conn = psycopg2.connect(totesys_dsn)
     try:
-        plans = plan_tables(conn, [read_table_schema(conn, "public", t) for t in ("sales_order", "staff")],
-                            chunk_pages=16)
+        plans = plan_tables(
+            conn, [read_table_schema(conn, "public", t) for t in ("sales_order", "staff")], chunk_pages=16
+        )
         conn.set_session(isolation_level="REPEATABLE READ")
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")

@@ -7,11 +7,7 @@ import pytest
 
 from totesys.snapshots import load_snapshot, read_table, snapshot_tables
 
-SNAPSHOTS = [
-    "snapshot_2024-05-16_aranparrish",
-    "snapshot_2024-11-15_aidan-mooney",
-    "snapshot_2025-02-25_torsatherley",
-]
+SNAPSHOTS = ["snapshot_2024-05-16_aranparrish", "snapshot_2024-11-15_aidan-mooney", "snapshot_2025-02-25_torsatherley"]
 
 
 def _rows(cur, query):
@@ -33,7 +29,7 @@ def test_snapshot_loads_with_every_constraint_checked(totesys_dsn, shared_snapsh
             # The ids continue after the loaded rows.
             cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (f'"{table}"', f"{table}_id"))
             (sequence,) = cur.fetchone()
-            cur.execute(f"SELECT nextval(%s), (SELECT max({table}_id) FROM \"{table}\")", (sequence,))
+            cur.execute(f'SELECT nextval(%s), (SELECT max({table}_id) FROM "{table}")', (sequence,))
             following, highest = cur.fetchone()
             assert following == highest + 1
 
@@ -43,14 +39,23 @@ def test_full_snapshot_values_survive_exactly(totesys_dsn, shared_snapshot):
     the business rules the simulator copies (so the rules are not our invention)."""
     load_snapshot(totesys_dsn, shared_snapshot("snapshot_2024-11-15_aidan-mooney"))
     with psycopg2.connect(totesys_dsn) as conn, conn.cursor() as cur:
-        assert _rows(cur, "SELECT count(*) FROM transaction WHERE sales_order_id IS NULL AND purchase_order_id IS NULL") == [(0,)]
-        assert _rows(cur, "SELECT count(*) FROM transaction WHERE transaction_type = 'SALE' AND sales_order_id IS NULL") == [(0,)]
+        assert _rows(
+            cur, "SELECT count(*) FROM transaction WHERE sales_order_id IS NULL AND purchase_order_id IS NULL"
+        ) == [(0,)]
+        assert _rows(
+            cur, "SELECT count(*) FROM transaction WHERE transaction_type = 'SALE' AND sales_order_id IS NULL"
+        ) == [(0,)]
         assert _rows(cur, "SELECT location FROM department WHERE department_name = 'Dispatch'") == [("Leds",)]
-        mismatched = _rows(cur, """
+        mismatched = _rows(
+            cur,
+            """
             SELECT count(*) FROM payment p JOIN transaction t USING (transaction_id)
             JOIN sales_order s USING (sales_order_id)
             WHERE p.payment_amount <> s.units_sold * s.unit_price
-               OR p.payment_date <> s.agreed_payment_date OR p.currency_id <> s.currency_id""")
+               OR p.payment_date <> s.agreed_payment_date OR p.currency_id <> s.currency_id""",
+        )
         assert mismatched == [(0,)]
-        with_millis = _rows(cur, "SELECT count(*) FROM sales_order WHERE date_part('milliseconds', created_at)::int % 1000 <> 0")
+        with_millis = _rows(
+            cur, "SELECT count(*) FROM sales_order WHERE date_part('milliseconds', created_at)::int % 1000 <> 0"
+        )
         assert with_millis[0][0] > 0

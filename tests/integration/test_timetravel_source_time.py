@@ -31,10 +31,12 @@ def write_lake(path, slow_shard_marker: str = "last") -> dict[str, int]:
     payments = source.snapshot(PAYMENT, [payment_row(i) for i in range(1, 21)])
     orders = source.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(1, 6)])
     lsns = {"snapshot": source.lsn}
-    for name, seconds, change in [("truncate", 55.20, lambda tx: tx.truncate(PAYMENT)),
-                                  ("payment", 55.27, lambda tx: tx.insert(PAYMENT, payment_row(9001))),
-                                  ("order", 55.31, lambda tx: tx.insert(SALES_ORDER, sales_order_row(99))),
-                                  ("payment2", 55.33, lambda tx: tx.insert(PAYMENT, payment_row(9002)))]:
+    for name, seconds, change in [
+        ("truncate", 55.20, lambda tx: tx.truncate(PAYMENT)),
+        ("payment", 55.27, lambda tx: tx.insert(PAYMENT, payment_row(9001))),
+        ("order", 55.31, lambda tx: tx.insert(SALES_ORDER, sales_order_row(99))),
+        ("payment2", 55.33, lambda tx: tx.insert(PAYMENT, payment_row(9002))),
+    ]:
         at(source, seconds)
         with source.transaction() as tx:
             change(tx)
@@ -42,10 +44,14 @@ def write_lake(path, slow_shard_marker: str = "last") -> dict[str, int]:
         lsns[f"{name}_events"] = tx.events  # type: ignore[assignment]
     last = lsns["payment2"]
     # The orders' shard runs ahead: its later transaction lands in the lake before the payments'.
-    writer.write_batch("shard-orders", orders + lsns["order_events"],
-                       [lsns[slow_shard_marker] if slow_shard_marker != "last" else last])
-    writer.write_batch("shard-payments", payments + lsns["truncate_events"] + lsns["payment_events"]
-                       + lsns["payment2_events"], [last])
+    writer.write_batch(
+        "shard-orders",
+        orders + lsns["order_events"],
+        [lsns[slow_shard_marker] if slow_shard_marker != "last" else last],
+    )
+    writer.write_batch(
+        "shard-payments", payments + lsns["truncate_events"] + lsns["payment_events"] + lsns["payment2_events"], [last]
+    )
     return lsns
 
 
@@ -58,7 +64,9 @@ def test_a_time_answers_the_source_state_then_across_tables_and_shards(tmp_path)
     assert count(tmp_path, "payment", f"{DAY}55.32") == 1
     assert count(tmp_path, "payment", f"{DAY}55.33") == 2  # at or before: the commit at 55.33 counts
     before = runner.invoke(app, ["query", "SELECT 1", "--lake", str(tmp_path), "--as-of", f"{DAY}52"])
-    assert before.exit_code == 2 and "before the lake's first source commit" in before.output  # the snapshot's time is unknown
+    assert (
+        before.exit_code == 2 and "before the lake's first source commit" in before.output
+    )  # the snapshot's time is unknown
 
 
 def test_a_time_maps_to_the_last_commit_at_or_before_it(tmp_path):
@@ -76,8 +84,9 @@ def test_a_time_past_what_every_shard_holds_is_refused_in_one_sentence(tmp_path)
     write_lake(tmp_path, slow_shard_marker="truncate")  # the orders' shard has passed the truncate's marker only
     with pytest.raises(AsOfError, match="not caught up to that time yet"):
         lsn_at_time(LakeLayout(tmp_path), datetime.fromisoformat(f"{DAY}55.30+00:00"))
-    result = runner.invoke(app, ["query", "SELECT 1", "--lake", str(tmp_path), "--as-of", f"{DAY}55.3"],
-                           env={"COLUMNS": "240"})
+    result = runner.invoke(
+        app, ["query", "SELECT 1", "--lake", str(tmp_path), "--as-of", f"{DAY}55.3"], env={"COLUMNS": "240"}
+    )
     assert result.exit_code == 2 and "has not caught up to that time yet" in result.output
     assert "Traceback" not in result.output
     assert count(tmp_path, "payment", f"{DAY}55.21") == 0  # up to the watermark: answered
@@ -99,15 +108,29 @@ def test_an_unsynced_warehouse_answers_the_lake_and_says_so(tmp_path):
 
     write_lake(tmp_path / "lake")
     duckdb.connect(str(tmp_path / "wh.duckdb")).close()  # no tables yet
-    result = runner.invoke(app, ["query", "SELECT count(*) AS n FROM payment", "--lake", str(tmp_path / "lake"),
-                                 "--warehouse", str(tmp_path / "wh.duckdb"), "--as-of", f"{DAY}55.3",
-                                 "--format", "json"], env={"COLUMNS": "240"})
+    result = runner.invoke(
+        app,
+        [
+            "query",
+            "SELECT count(*) AS n FROM payment",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--warehouse",
+            str(tmp_path / "wh.duckdb"),
+            "--as-of",
+            f"{DAY}55.3",
+            "--format",
+            "json",
+        ],
+        env={"COLUMNS": "240"},
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [{"n": 1}]
     assert "the warehouse has synced up to nothing only" in result.stderr
 
 
 # -- through the whole pipeline, from a real PostgreSQL ----------------------------------------
+
 
 @pytest.mark.slow
 def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_dsn, tmp_path, own_kinesalite):
@@ -127,8 +150,9 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
     with Simulator(totesys_dsn, seed=5) as simulator:
         simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
     lake, warehouse = tmp_path / "lake", tmp_path / "wh.duckdb"
-    pipeline = Pipeline(PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(warehouse),
-                                       heartbeat_seconds=0.5))
+    pipeline = Pipeline(
+        PipelineConfig(source_dsn=totesys_dsn, lake=str(lake), warehouse=str(warehouse), heartbeat_seconds=0.5)
+    )
     thread = threading.Thread(target=pipeline.run, daemon=True)
 
     def run_until(lsn: int) -> None:
@@ -136,6 +160,7 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
             assert not pipeline.errors, pipeline.errors
             assert thread.is_alive(), "the pipeline stopped"
             return pipeline.caught_up_with(lsn)
+
         wait_for(done, 120, f"the warehouse to reach {lsn:X}")
 
     conn = psycopg2.connect(totesys_dsn)
@@ -162,18 +187,46 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
     updated = next(row["_commit_ts"] for row in log if row["_op"] == "u")
     moment = (inserted + (updated - inserted) / 2).isoformat()
     assert count(lake, "payment", moment) == 1
-    result = runner.invoke(app, ["query", "SELECT count(*) AS n, bool_and(NOT paid) AS unpaid_then FROM fact_payment",
-                                 "--lake", str(lake), "--warehouse", str(warehouse), "--as-of", moment,
-                                 "--format", "json"], catch_exceptions=False, env={"COLUMNS": "240"})
+    result = runner.invoke(
+        app,
+        [
+            "query",
+            "SELECT count(*) AS n, bool_and(NOT paid) AS unpaid_then FROM fact_payment",
+            "--lake",
+            str(lake),
+            "--warehouse",
+            str(warehouse),
+            "--as-of",
+            moment,
+            "--format",
+            "json",
+        ],
+        catch_exceptions=False,
+        env={"COLUMNS": "240"},
+    )
     assert result.exit_code == 0, result.output
     kept_paid = next(row["paid"] for row in log if row["_op"] == "c")
     assert json.loads(result.stdout) == [{"n": 1, "unpaid_then": not kept_paid}]
     truncated = next(row["_lsn"] for row in log if row["_op"] == "t")
     facts = {}
     for name, lsn in (("snapshot", truncated - 1), ("truncated", truncated)):
-        result = runner.invoke(app, ["query", "SELECT count(*) AS n FROM fact_payment", "--lake", str(lake),
-                                     "--warehouse", str(warehouse), "--as-of", format_lsn(lsn), "--format", "json"],
-                               catch_exceptions=False, env={"COLUMNS": "240"})
+        result = runner.invoke(
+            app,
+            [
+                "query",
+                "SELECT count(*) AS n FROM fact_payment",
+                "--lake",
+                str(lake),
+                "--warehouse",
+                str(warehouse),
+                "--as-of",
+                format_lsn(lsn),
+                "--format",
+                "json",
+            ],
+            catch_exceptions=False,
+            env={"COLUMNS": "240"},
+        )
         assert result.exit_code == 0, result.output
         facts[name] = json.loads(result.stdout)[0]["n"]
     assert facts == {"snapshot": before, "truncated": 0}

@@ -34,8 +34,11 @@ def test_dim_date_is_compared_with_the_calendar_the_transform_makes(tmp_path):
         wh_db.execute("UPDATE dim_date SET day_name = 'Funday' WHERE date_id = ?", [wrong])
         wh_db.execute("DELETE FROM dim_date WHERE date_id = ?", [gone])
         for day in (early, late):
-            wh_db.execute("INSERT INTO dim_date SELECT ?, year(?), month(?), day(?), isodow(?), dayname(?), "
-                          "monthname(?), quarter(?)", [day] * 8)
+            wh_db.execute(
+                "INSERT INTO dim_date SELECT ?, year(?), month(?), day(?), isodow(?), dayname(?), "
+                "monthname(?), quarter(?)",
+                [day] * 8,
+            )
     reader = wh.WarehouseReader(warehouse)
     try:
         report = _calendar_report(reader, history.final_lsn)

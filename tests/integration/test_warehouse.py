@@ -12,11 +12,19 @@ import pytest
 
 from warehouse_sync import DuckDBTarget, PostgresTarget, ensure_schema, open_target
 from tests.warehouse_fixtures import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
-POSTGRES_TYPES = {"int": ("integer", None, None), "serial": ("integer", None, None), "bigint": ("bigint", None, None),
-                  "varchar": ("character varying", None, None), "date": ("date", None, None),
-                  "time": ("time without time zone", None, None), "boolean": ("boolean", None, None),
-                  "numeric(10,2)": ("numeric", 10, 2), "numeric": ("numeric", None, None),
-                  "timestamptz": ("timestamp with time zone", None, None)}
+
+POSTGRES_TYPES = {
+    "int": ("integer", None, None),
+    "serial": ("integer", None, None),
+    "bigint": ("bigint", None, None),
+    "varchar": ("character varying", None, None),
+    "date": ("date", None, None),
+    "time": ("time without time zone", None, None),
+    "boolean": ("boolean", None, None),
+    "numeric(10,2)": ("numeric", 10, 2),
+    "numeric": ("numeric", None, None),
+    "timestamptz": ("timestamp with time zone", None, None),
+}
 
 
 def test_postgres_tables_match_the_spec_column_by_column(empty_database):
@@ -29,9 +37,12 @@ def test_postgres_tables_match_the_spec_column_by_column(empty_database):
         target.close()
     with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
         for table in SPEC:
-            cur.execute("SELECT column_name, data_type, numeric_precision, numeric_scale, is_nullable, column_default "
-                        "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s "
-                        "ORDER BY ordinal_position", (table,))
+            cur.execute(
+                "SELECT column_name, data_type, numeric_precision, numeric_scale, is_nullable, column_default "
+                "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s "
+                "ORDER BY ordinal_position",
+                (table,),
+            )
             columns = cur.fetchall()
             expected = []
             for name, type_, null in _spec(table):
@@ -42,35 +53,86 @@ def test_postgres_tables_match_the_spec_column_by_column(empty_database):
             assert [c[:5] for c in columns] == expected, table
             for (name, type_, _), column in zip(_spec(table), columns):
                 assert ("nextval(" in (column[5] or "")) == (type_ == "serial"), (table, name)
-            cur.execute("SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
-                        "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = %s::regclass AND c.contype = 'p'", (table,))
+            cur.execute(
+                "SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
+                "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = %s::regclass AND c.contype = 'p'",
+                (table,),
+            )
             assert [r[0] for r in cur.fetchall()] == [PRIMARY_KEYS[table]]
-            cur.execute("SELECT a.attname, c.confrelid::regclass::text FROM pg_constraint c JOIN pg_attribute a "
-                        "ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
-                        "WHERE c.conrelid = %s::regclass AND c.contype = 'f'", (table,))
+            cur.execute(
+                "SELECT a.attname, c.confrelid::regclass::text FROM pg_constraint c JOIN pg_attribute a "
+                "ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+                "WHERE c.conrelid = %s::regclass AND c.contype = 'f'",
+                (table,),
+            )
             assert dict(cur.fetchall()) == FOREIGN_KEYS.get(table, {}), table
 
 
-AWKWARD_VALUES = pl.DataFrame({
-    "text": ["", None, "a,b", 'a "quoted" word', "two\nlines", r"\N", "NULL", " spaced "],
-    "number": [1, None, -2_147_483_648, 2_147_483_647, 0, 7, 8, 9],
-    "big": [None, 2**62, -(2**62), 0, 1, 2, 3, 4],
-    "money": [Decimal("0.01"), None, Decimal("-99999999.99"), Decimal("99999999.99"), Decimal("0"),
-              Decimal("1.50"), Decimal("2"), Decimal("3.25")],
-    "day": [date(2024, 2, 29), None, date(1, 1, 1), date(9999, 12, 31), date(2022, 11, 3), date(2024, 11, 15),
-            date(2024, 1, 1), date(2025, 2, 25)],
-    "moment": [time(0, 0), None, time(23, 59, 59, 999_999), time(12, 0, 0, 1), time(9, 30, 0, 123_000),
-               time(1, 2, 3), time(4, 5, 6), time(7, 8, 9)],
-    "local": [datetime(2024, 11, 15, 10, 0, 0, 123_000), None, datetime(2022, 11, 3, 14, 20, 49, 962_000),
-              datetime(2024, 1, 1), datetime(2024, 1, 1, 0, 0, 0, 1), datetime(2000, 1, 1), datetime(2030, 6, 1),
-              datetime(1999, 12, 31, 23, 59, 59, 999_999)],
-    "utc": [datetime(2024, 11, 15, 10, 0, 0, 123_456, tzinfo=timezone.utc), None,
-            datetime(2022, 11, 3, tzinfo=timezone.utc)] + [datetime(2024, 1, 1, 0, 0, i, tzinfo=timezone.utc)
-                                                          for i in range(5)],
-    "flag": [True, None, False, True, False, True, False, True],
-}, schema={"text": pl.String(), "number": pl.Int32(), "big": pl.Int64(), "money": pl.Decimal(10, 2),
-           "day": pl.Date(), "moment": pl.Time(), "local": pl.Datetime("us"), "utc": pl.Datetime("us", "UTC"),
-           "flag": pl.Boolean()})
+AWKWARD_VALUES = pl.DataFrame(
+    {
+        "text": ["", None, "a,b", 'a "quoted" word', "two\nlines", r"\N", "NULL", " spaced "],
+        "number": [1, None, -2_147_483_648, 2_147_483_647, 0, 7, 8, 9],
+        "big": [None, 2**62, -(2**62), 0, 1, 2, 3, 4],
+        "money": [
+            Decimal("0.01"),
+            None,
+            Decimal("-99999999.99"),
+            Decimal("99999999.99"),
+            Decimal("0"),
+            Decimal("1.50"),
+            Decimal("2"),
+            Decimal("3.25"),
+        ],
+        "day": [
+            date(2024, 2, 29),
+            None,
+            date(1, 1, 1),
+            date(9999, 12, 31),
+            date(2022, 11, 3),
+            date(2024, 11, 15),
+            date(2024, 1, 1),
+            date(2025, 2, 25),
+        ],
+        "moment": [
+            time(0, 0),
+            None,
+            time(23, 59, 59, 999_999),
+            time(12, 0, 0, 1),
+            time(9, 30, 0, 123_000),
+            time(1, 2, 3),
+            time(4, 5, 6),
+            time(7, 8, 9),
+        ],
+        "local": [
+            datetime(2024, 11, 15, 10, 0, 0, 123_000),
+            None,
+            datetime(2022, 11, 3, 14, 20, 49, 962_000),
+            datetime(2024, 1, 1),
+            datetime(2024, 1, 1, 0, 0, 0, 1),
+            datetime(2000, 1, 1),
+            datetime(2030, 6, 1),
+            datetime(1999, 12, 31, 23, 59, 59, 999_999),
+        ],
+        "utc": [
+            datetime(2024, 11, 15, 10, 0, 0, 123_456, tzinfo=timezone.utc),
+            None,
+            datetime(2022, 11, 3, tzinfo=timezone.utc),
+        ]
+        + [datetime(2024, 1, 1, 0, 0, i, tzinfo=timezone.utc) for i in range(5)],
+        "flag": [True, None, False, True, False, True, False, True],
+    },
+    schema={
+        "text": pl.String(),
+        "number": pl.Int32(),
+        "big": pl.Int64(),
+        "money": pl.Decimal(10, 2),
+        "day": pl.Date(),
+        "moment": pl.Time(),
+        "local": pl.Datetime("us"),
+        "utc": pl.Datetime("us", "UTC"),
+        "flag": pl.Boolean(),
+    },
+)
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "postgres"])
@@ -83,8 +145,9 @@ def test_staged_rows_read_back_through_the_bulk_paths_are_the_same_values(engine
         target.begin()
         staged = target.stage("_awkward", AWKWARD_VALUES)
         columns = ", ".join(f'"{name}"' for name in AWKWARD_VALUES.columns)
-        back = target.select(f'SELECT {columns} FROM "{staged}" ORDER BY "number" NULLS FIRST, "text"',
-                             dict(AWKWARD_VALUES.schema))
+        back = target.select(
+            f'SELECT {columns} FROM "{staged}" ORDER BY "number" NULLS FIRST, "text"', dict(AWKWARD_VALUES.schema)
+        )
         empty = target.select(f'SELECT {columns} FROM "{staged}" WHERE false', dict(AWKWARD_VALUES.schema))
         target.rollback()
     finally:

@@ -14,18 +14,8 @@ import pytest
 
 import warehouse_sync.apply as apply_module
 from tests.e2e_helpers import wait_for
-from tests.warehouse_fixtures import (
-    assert_same_warehouse,
-    duplicate_logged_events,
-    dump_warehouse,
-    write_lake,
-)
-from warehouse_sync import (
-    DuckDBTarget,
-    PostgresTarget,
-    checkpoint_lsn,
-    sync_once,
-)
+from tests.warehouse_fixtures import assert_same_warehouse, duplicate_logged_events, dump_warehouse, write_lake
+from warehouse_sync import DuckDBTarget, PostgresTarget, checkpoint_lsn, sync_once
 from tests.warehouse_fixtures import Crash, TODAY, _sync
 
 
@@ -39,7 +29,9 @@ def test_syncing_in_steps_equals_one_sync(exactly_once_history, exactly_once_lak
     assert_same_warehouse(dump_warehouse(by_commits), exactly_once_reference)
 
 
-def test_a_rerun_with_the_same_watermark_changes_nothing(exactly_once_history, exactly_once_lake, exactly_once_reference):
+def test_a_rerun_with_the_same_watermark_changes_nothing(
+    exactly_once_history, exactly_once_lake, exactly_once_reference
+):
     target = DuckDBTarget()
     _sync(exactly_once_lake, target, exactly_once_history.points[2][0])
     before = dump_warehouse(target)
@@ -52,7 +44,9 @@ def test_a_rerun_with_the_same_watermark_changes_nothing(exactly_once_history, e
 
 
 @pytest.mark.parametrize("step", ["_advance_checkpoint", "_write_facts", "_delete_dimensions"])
-def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(exactly_once_history, exactly_once_lake, exactly_once_reference, monkeypatch, step):
+def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(
+    exactly_once_history, exactly_once_lake, exactly_once_reference, monkeypatch, step
+):
     target = DuckDBTarget()
     _sync(exactly_once_lake, target, exactly_once_history.points[1][0])
     before = dump_warehouse(target)
@@ -72,7 +66,9 @@ def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(exactly_on
     assert_same_warehouse(dump_warehouse(target), exactly_once_reference)
 
 
-def test_duplicated_events_in_the_change_log_count_once(exactly_once_history, exactly_once_lake, exactly_once_reference, tmp_path):
+def test_duplicated_events_in_the_change_log_count_once(
+    exactly_once_history, exactly_once_lake, exactly_once_reference, tmp_path
+):
     shutil.copytree(exactly_once_lake.root, tmp_path / "lake")
     doubled = write_lake(tmp_path / "lake", [])
     for table in ("sales_order", "payment", "staff", "department", "address"):
@@ -85,7 +81,9 @@ def test_duplicated_events_in_the_change_log_count_once(exactly_once_history, ex
     assert_same_warehouse(dump_warehouse(steps), exactly_once_reference)
 
 
-def test_postgres_crash_and_rerun_equal_the_duckdb_reference(exactly_once_history, exactly_once_lake, exactly_once_reference, empty_database, monkeypatch):
+def test_postgres_crash_and_rerun_equal_the_duckdb_reference(
+    exactly_once_history, exactly_once_lake, exactly_once_reference, empty_database, monkeypatch
+):
     target = PostgresTarget(empty_database)
     try:
         _sync(exactly_once_lake, target, exactly_once_history.points[1][0])
@@ -113,9 +111,11 @@ def _blocked_sync_backend(dsn: str, other_than: int | None = None) -> int | None
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND application_name = 'totes-sync' AND wait_event_type = 'Lock' AND pid <> %s",
-                        (other_than or 0,))
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'totes-sync' AND wait_event_type = 'Lock' AND pid <> %s",
+                (other_than or 0,),
+            )
             row = cur.fetchone()
     finally:
         conn.close()
@@ -123,7 +123,8 @@ def _blocked_sync_backend(dsn: str, other_than: int | None = None) -> int | None
 
 
 def test_postgres_dropping_the_connection_mid_sync_is_retried_with_nothing_doubled(
-        exactly_once_history, exactly_once_lake, exactly_once_reference, empty_database):
+    exactly_once_history, exactly_once_lake, exactly_once_reference, empty_database
+):
     """The warehouse's backend is terminated (pg_terminate_backend) in the middle of a sync's
     transaction, after it wrote mirrors and dimensions: the sync reconnects, runs again from
     the checkpoint and ends identical to one uninterrupted sync."""
@@ -148,8 +149,11 @@ def test_postgres_dropping_the_connection_mid_sync_is_retried_with_nothing_doubl
             cur.execute("SELECT pg_terminate_backend(%s)", (first,))
             assert cur.fetchone()[0]
         admin.close()
-        wait_for(lambda: _blocked_sync_backend(empty_database, other_than=first) or "error" in outcome, 60,
-                 "the sync to run again on a new connection")
+        wait_for(
+            lambda: _blocked_sync_backend(empty_database, other_than=first) or "error" in outcome,
+            60,
+            "the sync to run again on a new connection",
+        )
         locker.rollback()
         worker.join(120)
         assert "error" not in outcome, outcome.get("error")

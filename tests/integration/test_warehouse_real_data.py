@@ -8,9 +8,7 @@ from datetime import date
 
 import pytest
 
-from tests.warehouse_fixtures import (
-    read_table_sorted,
-)
+from tests.warehouse_fixtures import read_table_sorted
 from warehouse_sync import DuckDBTarget, PostgresTarget, dangling_references, duplicate_current_rows, sync_once
 from warehouse_sync.schema import BY_NAME, FACTS
 from tests.warehouse_fixtures import SNAPSHOT_LSN, _compare
@@ -25,7 +23,11 @@ def test_real_snapshot_into_duckdb_equals_an_independent_transform(snapshot_lake
     assert result.facts_appended == {"fact_sales_order": 11_187, "fact_purchase_order": 4_649, "fact_payment": 15_836}
     assert dangling_references(target) == {} and duplicate_current_rows(target) == {}
     _compare(target, expected, [t.name for t in BY_NAME.values()])
-    assert read_table_sorted(target, "dim_currency")["currency_name"].to_list() == ["Pound Sterling", "US Dollar", "Euro"]
+    assert read_table_sorted(target, "dim_currency")["currency_name"].to_list() == [
+        "Pound Sterling",
+        "US Dollar",
+        "Euro",
+    ]
     # the source's own quirks survive: "Leds" and the NULL-less location rule
     assert "Leds" in read_table_sorted(target, "dim_staff")["location"].to_list()
     assert sync_once(snapshot_lake, target, SNAPSHOT_LSN, today=TODAY).events == 0
@@ -43,12 +45,14 @@ def test_real_snapshot_into_postgres_equals_an_independent_transform(snapshot_la
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "postgres"])
-def test_real_snapshot_in_slices_equals_the_independent_transform(snapshot_lake, expected, tmp_path, request,
-                                                                  engine):
+def test_real_snapshot_in_slices_equals_the_independent_transform(snapshot_lake, expected, tmp_path, request, engine):
     """The snapshot's one LSN cut into slices (between tables, and by seq inside the larger
     ones) gives the same warehouse as the independent transform: record ids in seq order."""
-    target = (DuckDBTarget(tmp_path / "warehouse.duckdb") if engine == "duckdb"
-              else PostgresTarget(request.getfixturevalue("empty_database")))
+    target = (
+        DuckDBTarget(tmp_path / "warehouse.duckdb")
+        if engine == "duckdb"
+        else PostgresTarget(request.getfixturevalue("empty_database"))
+    )
     try:
         result = sync_once(snapshot_lake, target, SNAPSHOT_LSN, today=TODAY, slice_events=4_000)
         assert result.events == 48_066 and result.to_lsn == SNAPSHOT_LSN

@@ -49,6 +49,7 @@ def open_warehouse(request):
         def opener():
             targets.append(PostgresTarget(dsn))
             return targets[-1]
+
     yield opener
     for target in targets:
         target.close()
@@ -67,8 +68,9 @@ def test_a_backlog_in_slices_equals_one_sync(sliced_history, sliced_lake, sliced
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
 
 
-def test_a_crash_between_slices_resumes_exactly_where_it_stopped(sliced_history, sliced_lake, sliced_reference, open_warehouse,
-                                                               monkeypatch):
+def test_a_crash_between_slices_resumes_exactly_where_it_stopped(
+    sliced_history, sliced_lake, sliced_reference, open_warehouse, monkeypatch
+):
     original = apply_module._apply_slice
     committed = []  # the end positions of the slices committed before the crash
     before = []
@@ -129,7 +131,9 @@ def test_a_continuous_sync_follows_small_steps_and_slices_a_large_one(sliced_his
     first = sync_once(sliced_lake, target, sliced_history.points[0][0], today=TODAY, tables=tables, slice_events=4)
     assert len(first.slices) > 1  # the snapshot, in slices
     small = sync_once(sliced_lake, target, sliced_history.source.commits[1], today=TODAY, tables=tables, slice_events=4)
-    assert len(small.slices) == 1 and small.events == _transaction_sizes(sliced_history)[sliced_history.source.commits[1]]
+    assert (
+        len(small.slices) == 1 and small.events == _transaction_sizes(sliced_history)[sliced_history.source.commits[1]]
+    )
     rest = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, tables=tables, slice_events=4)
     largest = max(_transaction_sizes(sliced_history).values())
     assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(4, largest)
@@ -137,7 +141,9 @@ def test_a_continuous_sync_follows_small_steps_and_slices_a_large_one(sliced_his
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
 
 
-def test_a_continuous_sync_holds_at_most_a_slice_of_what_the_lake_has_past_its_position(sliced_history, sliced_lake, sliced_reference):
+def test_a_continuous_sync_holds_at_most_a_slice_of_what_the_lake_has_past_its_position(
+    sliced_history, sliced_lake, sliced_reference
+):
     """Between runs the cache holds the events past the sync's position only while they fit
     a slice; a lake far ahead (a backlog, a snapshot landed) is read in slices instead."""
     target, tables = DuckDBTarget(), {}
@@ -147,7 +153,9 @@ def test_a_continuous_sync_holds_at_most_a_slice_of_what_the_lake_has_past_its_p
     sync_once(sliced_lake, target, first_lsn, today=TODAY, tables=tables, slice_events=4)
     assert tables and sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
     rest = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, tables=tables, slice_events=4)
-    assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(_transaction_sizes(sliced_history).values())
+    assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(
+        _transaction_sizes(sliced_history).values()
+    )
     assert sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
 

@@ -25,7 +25,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if servers:
             raise pytest.UsageError(
                 f"{item.nodeid} uses {', '.join(sorted(servers))}: a test with a server belongs in "
-                "tests/integration (or tests/e2e), not tests/unit.")
+                "tests/integration (or tests/e2e), not tests/unit."
+            )
 
 
 class ChildProcessInUnitTest(AssertionError):
@@ -37,7 +38,8 @@ def _no_child_processes(monkeypatch: pytest.MonkeyPatch, request: pytest.Fixture
     def refuse(*args, **kwargs):
         raise ChildProcessInUnitTest(
             f"{request.node.nodeid} starts a process: tests that do belong in tests/integration "
-            "(one real tool or server) or tests/e2e (the project's own processes).")
+            "(one real tool or server) or tests/e2e (the project's own processes)."
+        )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     monkeypatch.setattr(os, "fork", refuse)

@@ -47,7 +47,7 @@ def test_a_kept_log_reads_only_what_the_commits_since_its_version_appended(tmp_p
     assert log is not None and not log.moved_on()
     seen = log.version
     second, third = update([2, 3]), update([1])
-    assert log.moved_on() and log.version == seen       # still the version it was opened at
+    assert log.moved_on() and log.version == seen  # still the version it was opened at
     log.update()
     assert log.version > seen and not log.moved_on()
     assert log.added_rows(seen) == 3
@@ -64,8 +64,13 @@ def test_the_warehouse_imports_no_delta():
     importing = []
     for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(name.split(".")[0] == "deltalake" for name in names):
                 importing.append(path.name)
     assert importing == []

@@ -17,8 +17,13 @@ from change_events.codec import _HEADER, KIND_EVENTS, KIND_WATERMARK, NO_COMPRES
 from change_events.wire import FRAME_HEAD, MAX_LSN, encode_frame
 from tests.lake_fixtures import PAYMENT, SALES_ORDER, Source, payment_row, sales_order_row
 
-FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _real_events() -> list[ChangeEvent]:
@@ -36,8 +41,8 @@ def _real_events() -> list[ChangeEvent]:
 EVENTS = _real_events()
 BODY = events_body(EVENTS)
 RECORDS = [
-    encode_events(EVENTS),                       # zstd
-    encode_events(EVENTS[:2]),                   # small: not compressed
+    encode_events(EVENTS),  # zstd
+    encode_events(EVENTS[:2]),  # small: not compressed
     encode_watermark(Watermark(2**40, datetime(2024, 5, 1))),
 ]
 
@@ -56,9 +61,9 @@ def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
     for kind, position, chunk in edits:
         at = position % (len(out) + 1)
         if kind == 0:
-            out[at:at + len(chunk)] = chunk
+            out[at : at + len(chunk)] = chunk
         elif kind == 1:
-            del out[at:at + max(1, len(chunk))]
+            del out[at : at + max(1, len(chunk))]
         elif kind == 2:
             out[at:at] = chunk
         else:
@@ -66,8 +71,9 @@ def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-edits = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=8)),
-                 min_size=1, max_size=6)
+edits = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=8)), min_size=1, max_size=6
+)
 
 
 def assert_contained(record: bytes) -> None:
@@ -117,9 +123,9 @@ json_values = st.recursive(
 def test_schema_heads_of_any_json_shape(head, column, field):
     """A JSON head of any shape, and real heads with one field replaced by any JSON value."""
     head_bytes = json.dumps(head).encode()
-    count_and_rest = BODY[4 + struct.unpack_from(">I", BODY)[0]:]
+    count_and_rest = BODY[4 + struct.unpack_from(">I", BODY)[0] :]
     assert_contained(_frame(struct.pack(">I", len(head_bytes)) + head_bytes + count_and_rest))
-    real = json.loads(BODY[4:4 + struct.unpack_from(">I", BODY)[0]])
+    real = json.loads(BODY[4 : 4 + struct.unpack_from(">I", BODY)[0]])
     columns = real[0][1]
     columns[column % len(columns)][field] = head
     replaced = json.dumps(real).encode()
@@ -127,22 +133,29 @@ def test_schema_heads_of_any_json_shape(head, column, field):
 
 
 @FUZZ
-@given(st.sampled_from([b"r", b"c", b"u", b"d", b"t"]) | st.binary(min_size=1, max_size=1), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
-       st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1), st.integers(0, 255),
-       st.sampled_from(EVENTS), st.binary(max_size=40))
+@given(
+    st.sampled_from([b"r", b"c", b"u", b"d", b"t"]) | st.binary(min_size=1, max_size=1),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 255),
+    st.sampled_from(EVENTS),
+    st.binary(max_size=40),
+)
 def test_frames_with_any_header_fields(op, lsn, seq, xid, commit_us, flags, event, tail):
     """A real event's frame with every header field (op, LSN, seq, xid, time, flags) set to
     anything, and its rows kept, cut or extended."""
     real = encode_frame(event)
-    frame = FRAME_HEAD.pack(op, lsn, seq, xid, commit_us, flags) + real[FRAME_HEAD.size:]
-    for rows in (frame, frame + tail, frame[:len(frame) - len(tail)]):
+    frame = FRAME_HEAD.pack(op, lsn, seq, xid, commit_us, flags) + real[FRAME_HEAD.size :]
+    for rows in (frame, frame + tail, frame[: len(frame) - len(tail)]):
         assert_contained(_frame(_one_frame_body(event, rows)))
 
 
 def _one_frame_body(event: ChangeEvent, frame: bytes) -> bytes:
     body = events_body([event])
     (head_size,) = struct.unpack_from(">I", body)
-    head = body[:4 + head_size]
+    head = body[: 4 + head_size]
     return head + struct.pack(">IHI", 1, 0, len(frame)) + frame
 
 
@@ -154,6 +167,9 @@ def test_watermarks_of_any_json(payload):
 
 def test_deep_nesting_and_size_bombs_are_reasons_not_crashes():
     nested = b"[" * 100_000 + b"]" * 100_000
-    for record in (_frame(nested), _frame(nested, kind=KIND_WATERMARK),
-                   _HEADER.pack(b"TC", 2, KIND_EVENTS, ZSTD, 0xFFFFFFFF) + b"\x28\xb5\x2f\xfd"):
+    for record in (
+        _frame(nested),
+        _frame(nested, kind=KIND_WATERMARK),
+        _HEADER.pack(b"TC", 2, KIND_EVENTS, ZSTD, 0xFFFFFFFF) + b"\x28\xb5\x2f\xfd",
+    ):
         assert_contained(record)

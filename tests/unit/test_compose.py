@@ -92,8 +92,9 @@ def test_health_checks_read_the_files_the_stages_write():
     assert any(warehouse.startswith(m) for m in mounts["sync"])
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
     for mount in {m for ms in mounts.values() for m in ms}:
-        assert re.search(rf"chown totes[^\n]*{re.escape(mount)}\b", dockerfile), \
+        assert re.search(rf"chown totes[^\n]*{re.escape(mount)}\b", dockerfile), (
             f"{mount} must exist in the image, owned by its user, for the volume to be writable"
+        )
 
 
 def test_images_follow_the_pins_and_nothing_is_installed_at_start():
@@ -112,8 +113,9 @@ def test_images_follow_the_pins_and_nothing_is_installed_at_start():
     assert kinesis["image"].endswith(f":{pinned}")
     for name, service in services.items():
         command = " ".join(service.get("command") or []) + " " + " ".join(service.get("entrypoint") or [])
-        assert not re.search(r"\b(npm (install|i)|npx|pip install|apt-get)\b", command), \
+        assert not re.search(r"\b(npm (install|i)|npx|pip install|apt-get)\b", command), (
             f"{name} installs something when it starts: {command}"
+        )
 
 
 def test_the_source_password_reaches_the_containers_only_as_a_file():
@@ -125,8 +127,9 @@ def test_the_source_password_reaches_the_containers_only_as_a_file():
             if "PASSWORD" in key:
                 assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), f"{name}: {key}"
             if str(value).startswith("postgresql://"):
-                assert "@" not in value or ":" not in value.split("@")[0].removeprefix("postgresql://"), \
+                assert "@" not in value or ":" not in value.split("@")[0].removeprefix("postgresql://"), (
                     f"{name}: {key} holds a password"
+                )
         if any("PASSWORD_FILE" in key for key in environment):
             assert "source_password" in service.get("secrets", []), name
         command = " ".join(shlex.quote(part) for part in service.get("command") or [])

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from totes_cli.app import app
 from tests.cli_helpers import every_command
 
-WRONG_TYPE = '# the lake and the rest\nhome = 5\n'
+WRONG_TYPE = "# the lake and the rest\nhome = 5\n"
 
 
 def test_every_command_says_which_line_of_a_broken_file(broken_config):
@@ -21,7 +21,8 @@ def test_every_command_says_which_line_of_a_broken_file(broken_config):
         assert result.exception is None or isinstance(result.exception, SystemExit), (argv, result.exception)
         assert result.output.strip() == (
             f"error: {broken_config} cannot be read: Invalid value (at line 2, column 14); fix that line "
-            "(or point TOTES_CONFIG at another file)."), argv
+            "(or point TOTES_CONFIG at another file)."
+        ), argv
 
 
 def test_a_value_of_the_wrong_type_names_its_setting_and_line(broken_config):

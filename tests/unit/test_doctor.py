@@ -27,8 +27,7 @@ def closed_tcp_port() -> int:
 
 
 def test_cli_without_any_source_says_so(tmp_path) -> None:
-    env = {"TOTES_SOURCE_DSN": "", "TOTES_HOME": str(tmp_path / "home"),
-           "TOTES_CONFIG": str(tmp_path / "none.toml")}
+    env = {"TOTES_SOURCE_DSN": "", "TOTES_HOME": str(tmp_path / "home"), "TOTES_CONFIG": str(tmp_path / "none.toml")}
     line = assert_one_line(run_cli(env=env), 2)
     assert "No source database: pass --source" in line
 
@@ -40,12 +39,16 @@ def test_table_refs() -> None:
 
 # -- cannot connect: one sentence, exit 2, no secrets ------------------------------------------
 
-@pytest.mark.parametrize("dsn, expected", [
-    ("not a dsn", "The source DSN is not valid"),
-    ("host=localhost password=hunter2-Secret port=abc", "The source DSN is not valid"),
-    ("postgresql://someone:hunter2-Secret@[::1/db", "The source DSN is not valid"),
-    ("postgresql://someone:hunter2-Secret@localhost/db?nonsense=1", "The source DSN is not valid"),
-])
+
+@pytest.mark.parametrize(
+    "dsn, expected",
+    [
+        ("not a dsn", "The source DSN is not valid"),
+        ("host=localhost password=hunter2-Secret port=abc", "The source DSN is not valid"),
+        ("postgresql://someone:hunter2-Secret@[::1/db", "The source DSN is not valid"),
+        ("postgresql://someone:hunter2-Secret@localhost/db?nonsense=1", "The source DSN is not valid"),
+    ],
+)
 def test_bad_dsn(dsn: str, expected: str) -> None:
     line = assert_one_line(run_cli("--dsn", dsn), 2, secret="hunter2-Secret")
     assert line.startswith(f"error: {expected}")
@@ -64,8 +67,10 @@ def test_nothing_listening_on_a_socket_dir() -> None:
     try:
         dsn = f"postgresql://postgres:hunter2-Secret@/totesys?host={empty}&port=5432"
         line = assert_one_line(run_cli("--dsn", dsn), 2, secret="hunter2-Secret")
-        assert line == (f"error: Nothing answers at the unix socket in {empty} (port 5432): check that "
-                        "PostgreSQL is running there and that the host and port in the DSN are right.")
+        assert line == (
+            f"error: Nothing answers at the unix socket in {empty} (port 5432): check that "
+            "PostgreSQL is running there and that the host and port in the DSN are right."
+        )
     finally:
         shutil.rmtree(empty, ignore_errors=True)
 
@@ -78,8 +83,10 @@ def test_nothing_listening_on_a_tcp_port() -> None:
 
 
 def test_redact_keeps_passwords_out_of_messages() -> None:
-    assert redact("postgresql://u:s3cret-pw@[::1/db", 'bad URI: "postgresql://u:s3cret-pw@[::1/db"') == \
-        'bad URI: "postgresql://u:***@[::1/db"'
+    assert (
+        redact("postgresql://u:s3cret-pw@[::1/db", 'bad URI: "postgresql://u:s3cret-pw@[::1/db"')
+        == 'bad URI: "postgresql://u:***@[::1/db"'
+    )
     assert "s3cret" not in redact("host=h password='s3cret pw'", "echo host=h password='s3cret pw'")
     assert "p%40ss" not in redact("postgresql://u:p%40ss-word@h/db", "x postgresql://u:p%40ss-word@h/db")
     assert redact("host=h password=ab", "user ab at host h") == "user ab at host h"

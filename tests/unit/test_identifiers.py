@@ -36,8 +36,10 @@ def test_state_as_of_an_lsn_for_a_key_whose_column_names_hold_commas(tmp_path):
     from change_events import Column, TableSchema
     from lake.writer import LakeWriter
 
-    schema = TableSchema("public.pairs", (Column("com,ma", "integer", 0, -1, True),
-                                          Column("[x", "integer", 0, -1, True), Column("v", "text", 0)))
+    schema = TableSchema(
+        "public.pairs",
+        (Column("com,ma", "integer", 0, -1, True), Column("[x", "integer", 0, -1, True), Column("v", "text", 0)),
+    )
     source, writer = Source(), LakeWriter(tmp_path)
     writer.write_batch("s1", source.snapshot(schema, [{"com,ma": "1", "[x": "2", "v": "a"}]))
     with source.transaction() as tx:

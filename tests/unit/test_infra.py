@@ -40,9 +40,9 @@ def test_alarms_watch_metrics_the_code_emits():
     assert own, "no alarm on the project's own metrics"
     for name, alarm in own.items():
         key = (alarm["namespace"], frozenset(alarm["dimensions"].items()), alarm["metric"])
-        assert key in emitted, (
-            f"alarm {name} watches {key}, which the code never emits; it emits:\n"
-            + "\n".join(sorted(map(str, emitted))))
+        assert key in emitted, f"alarm {name} watches {key}, which the code never emits; it emits:\n" + "\n".join(
+            sorted(map(str, emitted))
+        )
 
 
 def test_alarms_cover_the_guarantees():
@@ -50,12 +50,12 @@ def test_alarms_cover_the_guarantees():
 
     alarms = _alarms()
     watched = {(a["namespace"], a["metric"]) for a in alarms.values()}
-    assert ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds") in watched   # processor behind
+    assert ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds") in watched  # processor behind
     assert ("AWS/Lambda", "Errors") in watched
-    assert (own, "DeadLetters") in watched                                     # guarantee 8
-    assert (own, "BatchRetries") in watched                                    # a batch retried, not lost
-    assert (own, "UnconfirmedWalBytes") in watched                             # guarantee 7
-    assert (own, "SlotLost") in watched                                        # guarantee 1: a lost slot
+    assert (own, "DeadLetters") in watched  # guarantee 8
+    assert (own, "BatchRetries") in watched  # a batch retried, not lost
+    assert (own, "UnconfirmedWalBytes") in watched  # guarantee 7
+    assert (own, "SlotLost") in watched  # guarantee 1: a lost slot
     silent = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "EventsPerSecond"]
     assert silent and silent[0]["missing"] == "breaching", "a silent reader must raise an alarm"
     silent_sync = [a for a in alarms.values() if a["namespace"] == own and a["metric"] == "SyncRuns"]
@@ -81,9 +81,12 @@ def _statements():
             effect = re.search(r'(?m)^\s*effect\s*=\s*"(\w+)"', statement)
             actions = re.search(r"(?ms)^\s*actions\s*=\s*\[(.*?)\]", statement)
             resources = re.search(r"(?ms)^\s*resources\s*=\s*\[(.*?)\]", statement)
-            yield (name, effect.group(1) if effect else "Allow",
-                   re.findall(r'"([^"]*)"', actions.group(1)) if actions else [],
-                   re.findall(r'"([^"]*)"', resources.group(1)) if resources else [])
+            yield (
+                name,
+                effect.group(1) if effect else "Allow",
+                re.findall(r'"([^"]*)"', actions.group(1)) if actions else [],
+                re.findall(r'"([^"]*)"', resources.group(1)) if resources else [],
+            )
 
 
 def test_iam_statements_have_no_wildcard_actions():
@@ -129,8 +132,9 @@ def test_the_reader_reads_the_lake_watermark_and_writes_only_the_snapshot_tables
     assert 'lake_progress_objects = "${aws_s3_bucket.lake.arn}/${local.lake_prefix}/_progress/*"' in local_text
     lake_statements = {sid: s for sid, s in _reader_statements().items() if "s3:" in s}
     assert set(lake_statements) == {"ListLakeProgress", "ReadLakeProgress", "ListLakeTables", "WriteLakeTables"}
-    assert ('lake_table_prefixes = [for kind in ["changes", "tables", "_dead_letters"] : '
-            '"${local.lake_prefix}/${kind}/"]') in local_text
+    assert (
+        'lake_table_prefixes = [for kind in ["changes", "tables", "_dead_letters"] : "${local.lake_prefix}/${kind}/"]'
+    ) in local_text
     write = lake_statements["WriteLakeTables"]
     assert re.findall(r'"(s3:\w+)"', write) == ["s3:GetObject", "s3:PutObject"]
     assert re.search(r"resources\s*=\s*local\.lake_table_objects\s*$", write, re.M)
@@ -158,8 +162,10 @@ DELETES = ("s3:DeleteObject", "s3:DeleteObjectVersion")
 def test_lake_bucket_is_versioned_and_only_noncurrent_versions_expire():
     text = _tf_text()
     versioning = _blocks(text, r'resource\s+"aws_s3_bucket_versioning"')
-    assert any(re.search(r"bucket\s*=\s*aws_s3_bucket\.lake\.id", body)
-               and re.search(r'status\s*=\s*"Enabled"', body) for body in versioning.values()), versioning
+    assert any(
+        re.search(r"bucket\s*=\s*aws_s3_bucket\.lake\.id", body) and re.search(r'status\s*=\s*"Enabled"', body)
+        for body in versioning.values()
+    ), versioning
     lifecycle = _blocks(text, r'resource\s+"aws_s3_bucket_lifecycle_configuration"')["lake"]
     rules = _nested(lifecycle, "rule")
     noncurrent = [body for rule in rules for body in _nested(rule, "noncurrent_version_expiration")]
@@ -172,19 +178,30 @@ def test_lake_bucket_is_versioned_and_only_noncurrent_versions_expire():
 
 def test_only_the_maintenance_role_may_delete_lake_objects():
     statements = list(_statements())
-    allowing = {name for name, effect, actions, _ in statements
-                if effect == "Allow" and any(_matches(a, d) for a in actions for d in DELETES)}
+    allowing = {
+        name
+        for name, effect, actions, _ in statements
+        if effect == "Allow" and any(_matches(a, d) for a in actions for d in DELETES)
+    }
     assert allowing == {"maintain"}, f"documents that allow deleting: {allowing}"
     text = _tf_text()
-    attached = {m.group(1): m.group(2) for m in re.finditer(
-        r"(?ms)role\s*=\s*aws_iam_role\.(\w+)\.id\s*policy\s*=\s*data\.aws_iam_policy_document\.(\w+)\.json", text)}
+    attached = {
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r"(?ms)role\s*=\s*aws_iam_role\.(\w+)\.id\s*policy\s*=\s*data\.aws_iam_policy_document\.(\w+)\.json", text
+        )
+    }
     assert [role for role, document in attached.items() if document == "maintain"] == ["maintain"], attached
     assert not re.search(r"source_policy_documents\s*=\s*\[[^\]]*aws_iam_policy_document\.maintain\.json", text)
     # The bucket policy denies every delete to every principal but that role.
     bucket = _blocks(text, r'data\s+"aws_iam_policy_document"')["lake_bucket"]
-    denies = [s for s in _nested(bucket, "statement") if re.search(r'effect\s*=\s*"Deny"', s)
-              and all(any(_matches(a, d) for a in re.findall(r'"(s3:[^"]+)"', s)) for d in DELETES)
-              and "aws:PrincipalArn" in s]
+    denies = [
+        s
+        for s in _nested(bucket, "statement")
+        if re.search(r'effect\s*=\s*"Deny"', s)
+        and all(any(_matches(a, d) for a in re.findall(r'"(s3:[^"]+)"', s)) for d in DELETES)
+        and "aws:PrincipalArn" in s
+    ]
     assert len(denies) == 1, "no Deny of s3:DeleteObject* but to the maintenance role in the lake's bucket policy"
     deny = denies[0]
     assert re.search(r'identifiers\s*=\s*\[\s*"\*"\s*\]', deny)
@@ -207,14 +224,20 @@ def test_tasks_fetch_their_dsn_from_secrets_manager_by_the_names_the_cli_reads()
     text = _tf_text()
     settings = {f"TOTES_{name.upper()}" for name in Settings.model_fields}
     documents = _blocks(text, r'data\s+"aws_iam_policy_document"')
-    for task, variable, secret in (("reader", "TOTES_SOURCE_DSN_SECRET", "source_dsn"),
-                                   ("sync", "TOTES_WAREHOUSE_SECRET", "warehouse_dsn")):
+    for task, variable, secret in (
+        ("reader", "TOTES_SOURCE_DSN_SECRET", "source_dsn"),
+        ("sync", "TOTES_WAREHOUSE_SECRET", "warehouse_dsn"),
+    ):
         body = _task_container(text, task)
         assert variable in settings, f"the CLI does not read {variable}"
-        assert re.search(rf'name\s*=\s*"{variable}",\s*value\s*=\s*aws_secretsmanager_secret\.{secret}\.arn', body), \
+        assert re.search(rf'name\s*=\s*"{variable}",\s*value\s*=\s*aws_secretsmanager_secret\.{secret}\.arn', body), (
             f"the {task} task does not get {variable}"
+        )
         assert "valueFrom" not in body, f"the {task} task has a secret injected into its environment"
-        readers = {name for name, document in documents.items() for statement in _nested(document, "statement")
-                   if "secretsmanager:GetSecretValue" in statement
-                   and f"aws_secretsmanager_secret.{secret}.arn" in statement}
+        readers = {
+            name
+            for name, document in documents.items()
+            for statement in _nested(document, "statement")
+            if "secretsmanager:GetSecretValue" in statement and f"aws_secretsmanager_secret.{secret}.arn" in statement
+        }
         assert readers == {task}, f"{secret} is readable by {readers}, not just the {task} task"

@@ -39,7 +39,8 @@ def test_every_alarm_has_a_runbook_section_that_its_description_links():
         assert description.endswith(f"Runbook: {resolver.vars['runbook_url']}#{short}"), description
         assert len(description) <= 1024, f"{name}: CloudWatch takes at most 1024 characters"
     assert set(sections) - {"before-any-alarm-the-five-minute-check"} == {
-        resolver.value(b["alarm_name"]).removeprefix(f"{resolver.vars['name']}-") for b in alarms.values()}
+        resolver.value(b["alarm_name"]).removeprefix(f"{resolver.vars['name']}-") for b in alarms.values()
+    }
 
 
 def test_runbook_links_point_at_its_own_sections():
@@ -71,8 +72,13 @@ def test_dashboard_widgets_show_only_metrics_the_code_emits_or_the_alarms_watch(
     watched = set()
     for body in resources("aws_cloudwatch_metric_alarm").values():
         dims = resolver.value(body.get("dimensions", {}))
-        watched.add((resolver.value(body["namespace"]), frozenset((k, str(v)) for k, v in dims.items()),
-                     resolver.value(body["metric_name"])))
+        watched.add(
+            (
+                resolver.value(body["namespace"]),
+                frozenset((k, str(v)) for k, v in dims.items()),
+                resolver.value(body["metric_name"]),
+            )
+        )
     widgets = _dashboard_widgets()
     shown = [_metric_key(entry) for w in widgets if w["type"] == "metric" for entry in w["properties"]["metrics"]]
     assert shown

@@ -37,8 +37,7 @@ def test_kinesis_client_reads_the_standard_environment(monkeypatch):
     assert client.meta.endpoint_url == "http://127.0.0.1:4567"
     assert client.meta.region_name == "eu-west-2"
     assert client.meta.config.retries["mode"] == "standard"
-    assert client.meta.config.retries["total_max_attempts"] == 5 or \
-        client.meta.config.retries.get("max_attempts") == 5
+    assert client.meta.config.retries["total_max_attempts"] == 5 or client.meta.config.retries.get("max_attempts") == 5
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")

@@ -88,8 +88,11 @@ def test_reconnects_read_again_what_was_being_read_and_restarts_read_everything_
     rereads, a = lc.start(rereads, lc.next_queued(rereads))
     rereads = lc.handed_on(rereads, a, 7)
     rereads, b = lc.start(rereads, lc.next_queued(rereads))
-    assert lc.interrupted(rereads) == (lc.Reread("b", lc.RECOVERY), lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 7),
-                                       lc.Reread("c", lc.RECOVERY))
+    assert lc.interrupted(rereads) == (
+        lc.Reread("b", lc.RECOVERY),
+        lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 7),
+        lc.Reread("c", lc.RECOVERY),
+    )
     assert lc.failed(rereads, b)[0] == lc.Reread("b", lc.RECOVERY)
     # Rows handed on may have died with the process: every table is read again.
     assert lc.restarted(rereads) == tuple(lc.Reread(t, lc.RECOVERY) for t in "abc")
@@ -97,11 +100,17 @@ def test_reconnects_read_again_what_was_being_read_and_restarts_read_everything_
 
 def test_a_recovery_ends_once_every_recovery_re_read_was_handed_on_and_is_durable():
     phase = lc.Recovering(100, ("a", "b"))
-    rereads = (lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 300), lc.Reread("b", lc.RECOVERY, lc.READING),
-               lc.Reread("c", lc.RESNAPSHOT))
+    rereads = (
+        lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 300),
+        lc.Reread("b", lc.RECOVERY, lc.READING),
+        lc.Reread("c", lc.RESNAPSHOT),
+    )
     assert lc.recovery_needed(rereads) is None
-    rereads = (lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 300), lc.Reread("b", lc.RECOVERY, lc.HANDED_ON, 200),
-               lc.Reread("c", lc.RESNAPSHOT))
+    rereads = (
+        lc.Reread("a", lc.RECOVERY, lc.HANDED_ON, 300),
+        lc.Reread("b", lc.RECOVERY, lc.HANDED_ON, 200),
+        lc.Reread("c", lc.RESNAPSHOT),
+    )
     assert lc.recovery_needed(rereads) == 301  # a --resnapshot does not hold the snapshot back
     assert lc.durable(phase, 300, lc.recovery_needed(rereads)) == phase
     assert lc.durable(phase, 301, lc.recovery_needed(rereads)) == lc.Streaming(100)
@@ -109,50 +118,71 @@ def test_a_recovery_ends_once_every_recovery_re_read_was_handed_on_and_is_durabl
     assert lc.recovery_needed(settled) == 0 and lc.durable(phase, 301, 0) == lc.Streaming(100)
 
 
-@pytest.mark.parametrize("wrong", [
-    lambda: lc.start((lc.Reread("a", lc.RESNAPSHOT, lc.READING),), lc.Reread("a", lc.RESNAPSHOT, lc.READING)),
-    lambda: lc.handed_on((lc.Reread("a", lc.RESNAPSHOT),), lc.Reread("a", lc.RESNAPSHOT), 1),
-    lambda: lc.failed((), lc.Reread("a", lc.RESNAPSHOT, lc.READING)),
-    lambda: lc.planned(lc.Snapshotting(1, False), ("public.a",), (1,), 8),
-])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda: lc.start((lc.Reread("a", lc.RESNAPSHOT, lc.READING),), lc.Reread("a", lc.RESNAPSHOT, lc.READING)),
+        lambda: lc.handed_on((lc.Reread("a", lc.RESNAPSHOT),), lc.Reread("a", lc.RESNAPSHOT), 1),
+        lambda: lc.failed((), lc.Reread("a", lc.RESNAPSHOT, lc.READING)),
+        lambda: lc.planned(lc.Snapshotting(1, False), ("public.a",), (1,), 8),
+    ],
+)
 def test_re_read_transitions_the_lifecycle_does_not_have_are_refused(wrong):
     with pytest.raises(lc.TransitionError):
         wrong()
 
 
-@pytest.mark.parametrize("wrong", [
-    lambda: lc.note_slot(lc.Streaming(1)),
-    lambda: lc.slot_created(lc.NoSlot(), 1, bulk=True),
-    lambda: lc.written(lc.Published(1, 1)),
-    lambda: lc.cut_off(lc.Published(1, 1), ()),
-    lambda: lc.slot_missing(lc.Snapshotting(1)),
-])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda: lc.note_slot(lc.Streaming(1)),
+        lambda: lc.slot_created(lc.NoSlot(), 1, bulk=True),
+        lambda: lc.written(lc.Published(1, 1)),
+        lambda: lc.cut_off(lc.Published(1, 1), ()),
+        lambda: lc.slot_missing(lc.Snapshotting(1)),
+    ],
+)
 def test_transitions_the_lifecycle_does_not_have_are_refused(wrong):
     with pytest.raises(lc.TransitionError):
         wrong()
 
 
-@pytest.mark.parametrize("phase", [
-    lc.NoSlot(True), lc.SlotPending(), lc.Snapshotting(9, True, ("public.a",), (2,), 8), lc.Recovering(9, ("a",)),
-    lc.Published(9, 12), lc.Streaming(9), lc.Streaming(),
-])
+@pytest.mark.parametrize(
+    "phase",
+    [
+        lc.NoSlot(True),
+        lc.SlotPending(),
+        lc.Snapshotting(9, True, ("public.a",), (2,), 8),
+        lc.Recovering(9, ("a",)),
+        lc.Published(9, 12),
+        lc.Streaming(9),
+        lc.Streaming(),
+    ],
+)
 def test_every_phase_round_trips_through_the_state_file(tmp_path, phase):
     store = FileStateStore(tmp_path / "state.json")
     store.save(ReaderState(slot="s", phase=phase, schema_rereads=["a"], column_types={"t": {"c": "integer"}}))
     loaded = store.load()
-    assert (loaded.phase, loaded.slot, loaded.schema_rereads, loaded.column_types) == \
-        (phase, "s", ["a"], {"t": {"c": "integer"}})
+    assert (loaded.phase, loaded.slot, loaded.schema_rereads, loaded.column_types) == (
+        phase,
+        "s",
+        ["a"],
+        {"t": {"c": "integer"}},
+    )
 
 
-@pytest.mark.parametrize("flags, phase", [
-    ({}, lc.NoSlot()),
-    ({"slot": "s", "replaces_lost_slot": True}, lc.SlotPending(True)),
-    ({"slot": "s", "snapshot_done": True}, lc.Streaming()),
-    ({"slot": "s", "snapshot_lsn": 42}, lc.Snapshotting(42)),
-    ({"slot": "s", "snapshot_lsn": 42, "rereads": ["a"]}, lc.Recovering(42, ("a",))),
-    ({"slot": "s", "snapshot_lsn": 42, "snapshot_published": True}, lc.Published(42, 42)),
-    ({"slot": "s", "snapshot_lsn": 42, "snapshot_published": True, "snapshot_done": True}, lc.Streaming(42)),
-])
+@pytest.mark.parametrize(
+    "flags, phase",
+    [
+        ({}, lc.NoSlot()),
+        ({"slot": "s", "replaces_lost_slot": True}, lc.SlotPending(True)),
+        ({"slot": "s", "snapshot_done": True}, lc.Streaming()),
+        ({"slot": "s", "snapshot_lsn": 42}, lc.Snapshotting(42)),
+        ({"slot": "s", "snapshot_lsn": 42, "rereads": ["a"]}, lc.Recovering(42, ("a",))),
+        ({"slot": "s", "snapshot_lsn": 42, "snapshot_published": True}, lc.Published(42, 42)),
+        ({"slot": "s", "snapshot_lsn": 42, "snapshot_published": True, "snapshot_done": True}, lc.Streaming(42)),
+    ],
+)
 def test_state_files_written_before_the_phase_load_as_the_phase_they_describe(tmp_path, flags, phase):
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"schema_rereads": [], "column_types": {}, **flags}))
@@ -173,10 +203,21 @@ def test_re_reads_round_trip_and_older_files_migrate_them(tmp_path):
     assert saved["schema_rereads"] == ["b"]  # still written, for tools that read it
     # A phase but no table_rereads (the form before them): type-change re-reads from
     # schema_rereads, and a recovery re-read of every table of a Recovering phase.
-    path.write_text(json.dumps({"slot": "s", "phase": lc.to_json(lc.Recovering(42, ("a", "b"))),
-                                "schema_rereads": ["c"], "column_types": {}}))
+    path.write_text(
+        json.dumps(
+            {
+                "slot": "s",
+                "phase": lc.to_json(lc.Recovering(42, ("a", "b"))),
+                "schema_rereads": ["c"],
+                "column_types": {},
+            }
+        )
+    )
     assert FileStateStore(path).load().table_rereads == (
-        lc.Reread("a", lc.RECOVERY), lc.Reread("b", lc.RECOVERY), lc.Reread("c", lc.TYPE_CHANGE))
+        lc.Reread("a", lc.RECOVERY),
+        lc.Reread("b", lc.RECOVERY),
+        lc.Reread("c", lc.TYPE_CHANGE),
+    )
     # Flags only (the form before the phase).
     path.write_text(json.dumps({"slot": "s", "snapshot_lsn": 42, "rereads": ["a"], "schema_rereads": ["c"]}))
     loaded = FileStateStore(path).load()

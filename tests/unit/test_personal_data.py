@@ -14,10 +14,16 @@ from change_events import Column, TableSchema
 from change_events.wire import UNCHANGED, decode_row, encode_row
 
 KEY = b"k" * 32
-STAFF = TableSchema("public.staff", (
-    Column("staff_id", "integer", 23, is_key=True), Column("first_name", "text", 25),
-    Column("email_address", "text", 25), Column("department_id", "integer", 23),
-    Column("note", "character varying(20)", 1043)))
+STAFF = TableSchema(
+    "public.staff",
+    (
+        Column("staff_id", "integer", 23, is_key=True),
+        Column("first_name", "text", 25),
+        Column("email_address", "text", 25),
+        Column("department_id", "integer", 23),
+        Column("note", "character varying(20)", 1043),
+    ),
+)
 VALUES = ["ann.lee@terrifictotes.com", "0161 496000", "", "ab", "x@", "@y", "été@là.fr", "ü1234567", None]
 
 
@@ -46,8 +52,12 @@ def test_every_form_gives_the_same_text(rule):
     rewrite = policy.rewrite(STAFF)
     expected = [policy.apply("public.staff", {"email_address": v})["email_address"] for v in VALUES]
     # Arrow, chunked as a COPY batch may be
-    table = pa.table({"staff_id": pa.chunked_array([["1"] * 5, ["1"] * 4]),
-                      "email_address": pa.chunked_array([VALUES[:5], VALUES[5:]])})
+    table = pa.table(
+        {
+            "staff_id": pa.chunked_array([["1"] * 5, ["1"] * 4]),
+            "email_address": pa.chunked_array([VALUES[:5], VALUES[5:]]),
+        }
+    )
     assert rewrite.table(table).column("email_address").to_pylist() == expected
     # wire bytes (pgoutput TupleData layout), with an unchanged TOASTed value beside
     for value, want in zip(VALUES, expected):
@@ -56,14 +66,17 @@ def test_every_form_gives_the_same_text(rule):
         assert decoded == ["1", "Ann", want, UNCHANGED, None]
         kind = "n" if value is None else "t"
         data = None if value is None else value.encode()
-        assert rewrite.tuple_data([("t", b"1"), ("t", b"A"), (kind, data), ("u", None), ("n", None)])[2] == \
-            (kind, None if want is None else want.encode())
+        assert rewrite.tuple_data([("t", b"1"), ("t", b"A"), (kind, data), ("u", None), ("n", None)])[2] == (
+            kind,
+            None if want is None else want.encode(),
+        )
     assert all(v is None or v != w or rule.startswith("mask") for v, w in zip(VALUES, expected))
 
 
 def test_masks_keep_a_shape_not_the_value():
     apply = lambda rule, v: parse({"staff.email_address": rule}, None, defaults={}).apply(  # noqa: E731
-        "public.staff", {"email_address": v})["email_address"]
+        "public.staff", {"email_address": v}
+    )["email_address"]
     assert apply("mask:email", "ann.lee@terrifictotes.com") == "***@terrifictotes.com"
     assert apply("mask", "ann.lee@terrifictotes.com") == "***@terrifictotes.com"
     assert apply("mask", "0161 496000") == "***6000"
@@ -77,15 +90,18 @@ def test_a_hash_joins_equal_values_and_depends_on_the_key():
     assert len(keyed_hash(KEY, "a@b")) == 64
 
 
-@pytest.mark.parametrize("mapping, key, words", [
-    ({"staff.email_address": "scramble"}, KEY, "no policy"),
-    ({"staff.email_address": "mask:last0"}, KEY, "no policy"),
-    ({"email_address": "hash"}, KEY, "no column"),
-    ({"staff.emial": "hash"}, KEY, "does not have"),
-    ({"staff.staff_id": "hash"}, KEY, "part of the table's key"),
-    ({"staff.department_id": "mask"}, KEY, "integer column"),
-    ({"staff.email_address": "hash"}, None, "TOTES_PERSONAL_DATA_KEY"),
-])
+@pytest.mark.parametrize(
+    "mapping, key, words",
+    [
+        ({"staff.email_address": "scramble"}, KEY, "no policy"),
+        ({"staff.email_address": "mask:last0"}, KEY, "no policy"),
+        ({"email_address": "hash"}, KEY, "no column"),
+        ({"staff.emial": "hash"}, KEY, "does not have"),
+        ({"staff.staff_id": "hash"}, KEY, "part of the table's key"),
+        ({"staff.department_id": "mask"}, KEY, "integer column"),
+        ({"staff.email_address": "hash"}, None, "TOTES_PERSONAL_DATA_KEY"),
+    ],
+)
 def test_a_wrong_policy_is_one_sentence(mapping, key, words):
     with pytest.raises(PolicyError) as caught:
         parse(mapping, key, defaults={}).rewrite(STAFF)
@@ -100,6 +116,7 @@ def test_the_key_never_shows():
 
 
 # -- configuration --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def config_file(tmp_path, monkeypatch):
@@ -117,7 +134,9 @@ def test_the_policy_comes_from_the_config_file_over_the_defaults(config_file, mo
     monkeypatch.setenv("TOTES_PERSONAL_DATA_KEY", "a-key-of-enough-bytes")
     policy = personal_data_policy("s3://bucket/lake")
     assert {t: {c: r.action for c, r in cs.items()} for t, cs in policy.rules.items()} == {
-        "public.address": {"phone": "hash"}, "public.department": {"manager": "mask"}}
+        "public.address": {"phone": "hash"},
+        "public.department": {"manager": "mask"},
+    }
     assert policy.key == b"a-key-of-enough-bytes"
 
 
@@ -131,12 +150,15 @@ def test_a_local_lake_without_a_key_gets_its_own_and_keeps_it(config_file, tmp_p
     assert key_file.stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("text, env, words", [
-    ('[personal-data]\n"staff.email_address" = "scramble"\n', {}, "which is no policy"),
-    ("", {}, "no key is set (only a local lake makes its own)"),
-    ("", {"TOTES_PERSONAL_DATA_KEY": "short"}, "shorter than 16 bytes"),
-    ("", {"TOTES_PERSONAL_DATA_KEY_FILE": "/nowhere/key"}, "cannot be read"),
-])
+@pytest.mark.parametrize(
+    "text, env, words",
+    [
+        ('[personal-data]\n"staff.email_address" = "scramble"\n', {}, "which is no policy"),
+        ("", {}, "no key is set (only a local lake makes its own)"),
+        ("", {"TOTES_PERSONAL_DATA_KEY": "short"}, "shorter than 16 bytes"),
+        ("", {"TOTES_PERSONAL_DATA_KEY_FILE": "/nowhere/key"}, "cannot be read"),
+    ],
+)
 def test_a_wrong_policy_or_key_is_one_sentence_that_never_shows_the_key(config_file, monkeypatch, text, env, words):
     from totes_cli.personal_data_config import personal_data_policy
     from totes_cli.settings import ConfigError

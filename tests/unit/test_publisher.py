@@ -15,21 +15,37 @@ from botocore.exceptions import ClientError
 
 from cdc_reader.publisher import PublishError, Publisher
 from change_events.kinesis import MAX_CALL_BYTES, MAX_RECORD_BYTES
-from tests.stream_helpers import ORDER, assert_complete_and_ordered, make_event, publish, transactions, wait_acknowledged
+from tests.stream_helpers import (
+    ORDER,
+    assert_complete_and_ordered,
+    make_event,
+    publish,
+    transactions,
+    wait_acknowledged,
+)
 from tests.fakes import MemoryKinesis
 
 
 # -- logic with in-memory fakes --------------------------------------------------------------
 
-@pytest.mark.parametrize(("record_bytes", "call_records", "call_bytes"), [
-    (1000, 25, 6000),  # the byte limit binds
-    (600, 10, MAX_CALL_BYTES),  # the record-count limit binds
-])
-def test_calls_respect_record_and_byte_limits_and_one_record_per_shard(record_bytes, call_records,
-                                                                       call_bytes):
+
+@pytest.mark.parametrize(
+    ("record_bytes", "call_records", "call_bytes"),
+    [
+        (1000, 25, 6000),  # the byte limit binds
+        (600, 10, MAX_CALL_BYTES),  # the record-count limit binds
+    ],
+)
+def test_calls_respect_record_and_byte_limits_and_one_record_per_shard(record_bytes, call_records, call_bytes):
     fake = MemoryKinesis(shards=40)
-    publisher = Publisher(fake, "s", max_record_bytes=record_bytes, max_call_records=call_records,
-                          max_call_bytes=call_bytes, linger_seconds=60)
+    publisher = Publisher(
+        fake,
+        "s",
+        max_record_bytes=record_bytes,
+        max_call_records=call_records,
+        max_call_bytes=call_bytes,
+        linger_seconds=60,
+    )
     txs = transactions(800, rng=random.Random(8), keys=2000)
     publish(publisher, txs)
     publisher.flush()
@@ -68,8 +84,13 @@ def test_an_idle_caller_sends_at_once_instead_of_lingering():
 
 
 def test_a_refused_call_raises_and_keeps_every_record_for_the_next_flush():
-    refused = ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "gone"},
-                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutRecords")
+    refused = ClientError(
+        {
+            "Error": {"Code": "ResourceNotFoundException", "Message": "gone"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        "PutRecords",
+    )
     fake = MemoryKinesis(shards=2, fail_calls=[refused])
     publisher = Publisher(fake, "s", linger_seconds=60)
     txs = transactions(50, rng=random.Random(2))
@@ -89,8 +110,7 @@ def test_a_stream_that_never_accepts_raises_after_the_stall_limit():
 
     fake = MemoryKinesis(shards=2)
     fake.throttle_everything = True
-    publisher = Publisher(fake, "s", linger_seconds=60, max_stall_seconds=30, clock=lambda: now[0],
-                          sleep=sleep)
+    publisher = Publisher(fake, "s", linger_seconds=60, max_stall_seconds=30, clock=lambda: now[0], sleep=sleep)
     publisher.add(make_event(ORDER, 1, 0x10, 0))
     publisher.end_transaction(0x10)
     with pytest.raises(PublishError, match="accepted no record for 30 s"):

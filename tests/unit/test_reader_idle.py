@@ -4,7 +4,6 @@ heartbeat) or for a stop, not every `idle_wait_seconds`, unless its sink holds s
 from __future__ import annotations
 
 
-
 from cdc_reader.publisher import Publisher
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from tests.stream_helpers import ORDER, make_event, wait_acknowledged

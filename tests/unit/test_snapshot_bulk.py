@@ -5,15 +5,12 @@ with the table (cdc_reader/bulk_snapshot.py, lake/snapshot_load.py)."""
 from __future__ import annotations
 
 
-
 from cdc_reader.copy_text import parse_copy_text
 from tests.lake_fixtures import moto_s3, table_snapshot  # noqa: F401  (moto_s3: a fixture)
 
 
 def test_copy_text_parses_into_arrow_exactly():
-    data = (b"1\t\\N\tplain\n"
-            b"2\t\t\\\\N is not null\\ttab\\nline\n"
-            b"3\tx\t\\\\\n")
+    data = b"1\t\\N\tplain\n2\t\t\\\\N is not null\\ttab\\nline\n3\tx\t\\\\\n"
     table = parse_copy_text(data, ["a", "b", "c"])
     assert table.to_pylist() == [
         {"a": "1", "b": None, "c": "plain"},

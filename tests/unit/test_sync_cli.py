@@ -16,10 +16,14 @@ from tests.fakes import GoneWarehouse
 PASSWORD = "Wh-Secret-91c"
 
 
-@pytest.mark.parametrize("failure", [
-    psycopg2.OperationalError(f"server closed the connection unexpectedly\npassword={PASSWORD}"),
-    SourceConnectionError("The warehouse PostgreSQL at db.example:5432 is not reachable."),
-], ids=["dropped", "unreachable"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        psycopg2.OperationalError(f"server closed the connection unexpectedly\npassword={PASSWORD}"),
+        SourceConnectionError("The warehouse PostgreSQL at db.example:5432 is not reachable."),
+    ],
+    ids=["dropped", "unreachable"],
+)
 def test_a_warehouse_that_stays_gone_ends_the_sync_in_one_sentence(tmp_path, monkeypatch, failure):
     warehouse = GoneWarehouse()
 
@@ -29,8 +33,17 @@ def test_a_warehouse_that_stays_gone_ends_the_sync_in_one_sentence(tmp_path, mon
     monkeypatch.setattr(sync_cmd, "stream_shards", lambda stream: ["shardId-000000000000"])
     monkeypatch.setattr(sync_cmd, "open_target", lambda dsn: warehouse)
     monkeypatch.setattr(sync_cmd, "sync_once", sync_once)
-    result = CliRunner().invoke(app, ["sync", "--once", "--lake", str(tmp_path / "lake"), "--warehouse",
-                                      f"postgresql://sync:{PASSWORD}@db.example/warehouse"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sync",
+            "--once",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--warehouse",
+            f"postgresql://sync:{PASSWORD}@db.example/warehouse",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     line = result.output.strip()

@@ -14,6 +14,7 @@ from verify.core import KeyRange, TableReport, compare_chunk, plan_chunks
 
 # -- the pure core ------------------------------------------------------------------------------
 
+
 def test_chunks_cover_every_key_and_reach_past_both_ends():
     plan = plan_chunks(1, 1_000, 1_000, 300)
     assert plan[0].low is None and plan[-1].high is None

@@ -17,9 +17,18 @@ from warehouse_sync.replay import replay
 from warehouse_sync.schema import SOURCES
 from tests.warehouse_fixtures import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
 
-DUCKDB_TYPES = {"int": "INTEGER", "serial": "INTEGER", "bigint": "BIGINT", "varchar": "VARCHAR", "date": "DATE",
-                "time": "TIME", "boolean": "BOOLEAN", "numeric(10,2)": "DECIMAL(10,2)",
-                "numeric": "DECIMAL(18,2)", "timestamptz": "TIMESTAMP WITH TIME ZONE"}
+DUCKDB_TYPES = {
+    "int": "INTEGER",
+    "serial": "INTEGER",
+    "bigint": "BIGINT",
+    "varchar": "VARCHAR",
+    "date": "DATE",
+    "time": "TIME",
+    "boolean": "BOOLEAN",
+    "numeric(10,2)": "DECIMAL(10,2)",
+    "numeric": "DECIMAL(18,2)",
+    "timestamptz": "TIMESTAMP WITH TIME ZONE",
+}
 
 
 def test_duckdb_tables_match_the_spec_column_by_column(tmp_path):
@@ -29,14 +38,18 @@ def test_duckdb_tables_match_the_spec_column_by_column(tmp_path):
     ensure_schema(target)  # idempotent
     con = target.connection
     for table in SPEC:
-        columns = con.sql("SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
-                          f"WHERE table_name = '{table}' ORDER BY ordinal_position").fetchall()
+        columns = con.sql(
+            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+            f"WHERE table_name = '{table}' ORDER BY ordinal_position"
+        ).fetchall()
         expected = [(n, DUCKDB_TYPES[t], "YES" if null else "NO") for n, t, null in _spec(table)]
         assert [c[:3] for c in columns] == expected, table
         for (name, type_, _), column in zip(_spec(table), columns):
             assert ("nextval(" in (column[3] or "")) == (type_ == "serial"), (table, name)
-        constraints = con.sql("SELECT constraint_type, constraint_column_names, referenced_table "
-                              f"FROM duckdb_constraints() WHERE table_name = '{table}'").fetchall()
+        constraints = con.sql(
+            "SELECT constraint_type, constraint_column_names, referenced_table "
+            f"FROM duckdb_constraints() WHERE table_name = '{table}'"
+        ).fetchall()
         assert ("PRIMARY KEY", [PRIMARY_KEYS[table]], None) in constraints
         foreign = {c[1][0]: c[2] for c in constraints if c[0] == "FOREIGN KEY"}
         assert foreign == FOREIGN_KEYS.get(table, {}), table
@@ -81,35 +94,72 @@ def _prior(source: str, rows: list[dict]) -> pl.DataFrame:
 
 
 def test_replay_fills_unchanged_toast_columns_carries_deletes_and_expands_truncates():
-    prior = _prior("design", [
-        {"design_id": 1, "design_name": "A", "file_location": "/a", "file_name": "a.json", "_lsn": 1, "_seq": 0},
-        {"design_id": 2, "design_name": "B", "file_location": "/b", "file_name": "b.json", "_lsn": 1, "_seq": 1},
-    ])
+    prior = _prior(
+        "design",
+        [
+            {"design_id": 1, "design_name": "A", "file_location": "/a", "file_name": "a.json", "_lsn": 1, "_seq": 0},
+            {"design_id": 2, "design_name": "B", "file_location": "/b", "file_name": "b.json", "_lsn": 1, "_seq": 1},
+        ],
+    )
     ts = datetime(2024, 11, 18, 9, tzinfo=UTC)
-    events = _events("design", [
-        {"design_id": 1, "design_name": "A2", "_unchanged": ["file_location", "file_name"],
-         "_op": "u", "_lsn": 10, "_seq": 0, "_commit_ts": ts},
-        {"design_id": 1, "design_name": "A3", "file_location": None, "_unchanged": ["file_name"],
-         "_op": "u", "_lsn": 11, "_seq": 0, "_commit_ts": ts},
-        {"design_id": 2, "_op": "d", "_lsn": 12, "_seq": 0, "_commit_ts": ts},
-        {"design_id": 3, "design_name": "C", "file_location": "/c", "file_name": "c.json",
-         "_op": "c", "_lsn": 13, "_seq": 0, "_commit_ts": ts},
-        {"_op": "t", "_lsn": 14, "_seq": 0, "_commit_ts": ts},
-        {"design_id": 4, "design_name": "D", "file_location": "/d", "file_name": "d.json",
-         "_op": "c", "_lsn": 15, "_seq": 0, "_commit_ts": ts},
-        {"design_id": 9, "_op": "d", "_lsn": 16, "_seq": 0, "_commit_ts": ts},
-    ])
+    events = _events(
+        "design",
+        [
+            {
+                "design_id": 1,
+                "design_name": "A2",
+                "_unchanged": ["file_location", "file_name"],
+                "_op": "u",
+                "_lsn": 10,
+                "_seq": 0,
+                "_commit_ts": ts,
+            },
+            {
+                "design_id": 1,
+                "design_name": "A3",
+                "file_location": None,
+                "_unchanged": ["file_name"],
+                "_op": "u",
+                "_lsn": 11,
+                "_seq": 0,
+                "_commit_ts": ts,
+            },
+            {"design_id": 2, "_op": "d", "_lsn": 12, "_seq": 0, "_commit_ts": ts},
+            {
+                "design_id": 3,
+                "design_name": "C",
+                "file_location": "/c",
+                "file_name": "c.json",
+                "_op": "c",
+                "_lsn": 13,
+                "_seq": 0,
+                "_commit_ts": ts,
+            },
+            {"_op": "t", "_lsn": 14, "_seq": 0, "_commit_ts": ts},
+            {
+                "design_id": 4,
+                "design_name": "D",
+                "file_location": "/d",
+                "file_name": "d.json",
+                "_op": "c",
+                "_lsn": 15,
+                "_seq": 0,
+                "_commit_ts": ts,
+            },
+            {"design_id": 9, "_op": "d", "_lsn": 16, "_seq": 0, "_commit_ts": ts},
+        ],
+    )
     result = replay("design", prior, events)
     rows = result.versions.select("design_id", "design_name", "file_location", "file_name", "_op", "_lsn", "_known")
     assert rows.rows() == [
         (1, "A2", "/a", "a.json", "u", 10, True),
-        (1, "A3", None, "a.json", "u", 11, True),       # a real NULL stays NULL
+        (1, "A3", None, "a.json", "u", 11, True),  # a real NULL stays NULL
         (1, "A3", None, "a.json", "t", 14, True),
-        (2, "B", "/b", "b.json", "d", 12, True),        # the delete carries the last values
-        (3, "C", "/c", "c.json", "c", 13, False),       # nothing before an insert
-        (3, "C", "/c", "c.json", "t", 14, True),        # truncated with what was alive
+        (2, "B", "/b", "b.json", "d", 12, True),  # the delete carries the last values
+        (3, "C", "/c", "c.json", "c", 13, False),  # nothing before an insert
+        (3, "C", "/c", "c.json", "t", 14, True),  # truncated with what was alive
         (4, "D", "/d", "d.json", "c", 15, False),
-        (9, None, None, None, "d", 16, False),           # a delete of a row never seen
+        (9, None, None, None, "d", 16, False),  # a delete of a row never seen
     ]
     assert result.upserts.select("design_id", "_lsn").rows() == [(4, 15)]
     assert sorted(result.deleted.to_list()) == [1, 2, 3, 9]
@@ -125,8 +175,20 @@ def test_replay_of_complete_rows_beside_carried_ones_equals_carrying_every_colum
 
     rng = random.Random(7)
     ts = datetime(2024, 11, 18, 9, tzinfo=UTC)
-    prior = _prior("design", [{"design_id": k, "design_name": f"p{k}", "file_location": f"/p{k}",
-                               "file_name": f"p{k}.json", "_lsn": 1, "_seq": k} for k in range(0, 40, 2)])
+    prior = _prior(
+        "design",
+        [
+            {
+                "design_id": k,
+                "design_name": f"p{k}",
+                "file_location": f"/p{k}",
+                "file_name": f"p{k}.json",
+                "_lsn": 1,
+                "_seq": k,
+            }
+            for k in range(0, 40, 2)
+        ],
+    )
     rows = []
     for lsn in range(10, 70):
         for seq in range(3):
@@ -135,9 +197,19 @@ def test_replay_of_complete_rows_beside_carried_ones_equals_carrying_every_colum
                 rows.append({"design_id": key, "_op": "d", "_lsn": lsn, "_seq": seq, "_commit_ts": ts})
             else:
                 unchanged = ["file_name"] if kind < 0.2 else []
-                rows.append({"design_id": key, "design_name": f"n{lsn}.{seq}", "file_location": f"/{lsn}",
-                             "file_name": None if unchanged else f"{lsn}.json", "_unchanged": unchanged,
-                             "_op": "u" if kind < 0.7 else "c", "_lsn": lsn, "_seq": seq, "_commit_ts": ts})
+                rows.append(
+                    {
+                        "design_id": key,
+                        "design_name": f"n{lsn}.{seq}",
+                        "file_location": f"/{lsn}",
+                        "file_name": None if unchanged else f"{lsn}.json",
+                        "_unchanged": unchanged,
+                        "_op": "u" if kind < 0.7 else "c",
+                        "_lsn": lsn,
+                        "_seq": seq,
+                        "_commit_ts": ts,
+                    }
+                )
     events = _events("design", rows)
     assert events.filter((pl.col("_op") == "d") | (pl.col("_unchanged").list.len() > 0))["design_id"].n_unique() < 40
 
@@ -157,18 +229,39 @@ def test_replay_of_complete_rows_beside_carried_ones_equals_carrying_every_colum
 
 def test_replay_of_a_key_change_deletes_the_old_key():
     prior = _prior("currency", [{"currency_id": 1, "currency_code": "GBP", "_lsn": 1, "_seq": 0}])
-    events = _events("currency", [{"currency_id": 5, "currency_code": "GBP", "_op": "u", "_lsn": 2, "_seq": 0,
-                                   "_before": '{"currency_id":"1"}'}])
+    events = _events(
+        "currency",
+        [
+            {
+                "currency_id": 5,
+                "currency_code": "GBP",
+                "_op": "u",
+                "_lsn": 2,
+                "_seq": 0,
+                "_before": '{"currency_id":"1"}',
+            }
+        ],
+    )
     result = replay("currency", prior, events)
     assert result.deleted.to_list() == [1]
     assert result.upserts.select("currency_id", "currency_code").rows() == [(5, "GBP")]
 
 
 def _sales_versions(rows: list[dict]) -> pl.DataFrame:
-    base = {"created_at": datetime(2024, 11, 18, 9, 0, 0, 123000), "last_updated": datetime(2024, 11, 18, 9, 0, 0, 123000),
-            "design_id": 1, "staff_id": 1, "counterparty_id": 1, "units_sold": 100, "unit_price": Decimal("2.50"),
-            "currency_id": 1, "agreed_delivery_date": "2024-11-25", "agreed_payment_date": "2024-11-22",
-            "agreed_delivery_location_id": 1, "_known": True}
+    base = {
+        "created_at": datetime(2024, 11, 18, 9, 0, 0, 123000),
+        "last_updated": datetime(2024, 11, 18, 9, 0, 0, 123000),
+        "design_id": 1,
+        "staff_id": 1,
+        "counterparty_id": 1,
+        "units_sold": 100,
+        "unit_price": Decimal("2.50"),
+        "currency_id": 1,
+        "agreed_delivery_date": "2024-11-25",
+        "agreed_payment_date": "2024-11-22",
+        "agreed_delivery_location_id": 1,
+        "_known": True,
+    }
     schema = {n: t for n, t in event_schema("sales_order").items() if n not in ("_unchanged", "_before")}
     schema["_known"] = pl.Boolean()
     return pl.DataFrame([{**base, **r} for r in rows], schema=schema, orient="row")
@@ -177,19 +270,22 @@ def _sales_versions(rows: list[dict]) -> pl.DataFrame:
 def test_fact_versions_append_only_projected_changes_and_chain_validity():
     spec = tf.FACT_BY_SOURCE["sales_order"]
     t = [datetime(2024, 11, 18, h, tzinfo=UTC) for h in range(9, 16)]
-    versions = _sales_versions([
-        {"sales_order_id": 1, "_op": "c", "_lsn": 10, "_seq": 0, "_commit_ts": t[0]},
-        {"sales_order_id": 1, "_op": "u", "_lsn": 11, "_seq": 0, "_commit_ts": t[1]},  # nothing projected changed
-        {"sales_order_id": 1, "units_sold": 7, "_op": "u", "_lsn": 12, "_seq": 0, "_commit_ts": t[2]},
-        {"sales_order_id": 1, "units_sold": 7, "_op": "d", "_lsn": 13, "_seq": 0, "_commit_ts": t[3]},
-        {"sales_order_id": 1, "units_sold": 7, "_op": "d", "_lsn": 13, "_seq": 1, "_commit_ts": t[3]},
-        {"sales_order_id": 1, "units_sold": 7, "_op": "c", "_lsn": 14, "_seq": 0, "_commit_ts": t[4]},
-        {"sales_order_id": 2, "_op": "d", "_lsn": 14, "_seq": 1, "_commit_ts": t[4], "_known": False},
-    ])
+    versions = _sales_versions(
+        [
+            {"sales_order_id": 1, "_op": "c", "_lsn": 10, "_seq": 0, "_commit_ts": t[0]},
+            {"sales_order_id": 1, "_op": "u", "_lsn": 11, "_seq": 0, "_commit_ts": t[1]},  # nothing projected changed
+            {"sales_order_id": 1, "units_sold": 7, "_op": "u", "_lsn": 12, "_seq": 0, "_commit_ts": t[2]},
+            {"sales_order_id": 1, "units_sold": 7, "_op": "d", "_lsn": 13, "_seq": 0, "_commit_ts": t[3]},
+            {"sales_order_id": 1, "units_sold": 7, "_op": "d", "_lsn": 13, "_seq": 1, "_commit_ts": t[3]},
+            {"sales_order_id": 1, "units_sold": 7, "_op": "c", "_lsn": 14, "_seq": 0, "_commit_ts": t[4]},
+            {"sales_order_id": 2, "_op": "d", "_lsn": 14, "_seq": 1, "_commit_ts": t[4], "_known": False},
+        ]
+    )
     rows = tf.fact_rows(spec, versions)
     changes = tf.new_fact_rows(spec, pl.DataFrame(schema={"sales_record_id": pl.Int32, **tf.fact_schema(spec)}), rows)
-    got = changes.inserts.select("sales_order_id", "units_sold", "is_deleted", "is_current", "source_lsn",
-                                 "valid_from", "valid_to").rows()
+    got = changes.inserts.select(
+        "sales_order_id", "units_sold", "is_deleted", "is_current", "source_lsn", "valid_from", "valid_to"
+    ).rows()
     assert got == [
         (1, 100, False, False, 10, t[0], t[2]),
         (1, 7, False, False, 12, t[2], t[3]),
@@ -204,24 +300,42 @@ def test_fact_versions_append_only_projected_changes_and_chain_validity():
     current = changes.inserts.tail(1).with_columns(pl.lit(4, pl.Int32).alias("sales_record_id"))
     replayed = tf.fact_rows(spec, versions.tail(2).head(1).with_columns(_lsn=pl.lit(20, pl.Int64)))
     assert tf.new_fact_rows(spec, current, replayed).inserts.height == 0
-    changed = tf.fact_rows(spec, _sales_versions([{"sales_order_id": 1, "units_sold": 8, "_op": "u", "_lsn": 21,
-                                                  "_seq": 0, "_commit_ts": t[6]}]))
+    changed = tf.fact_rows(
+        spec,
+        _sales_versions(
+            [{"sales_order_id": 1, "units_sold": 8, "_op": "u", "_lsn": 21, "_seq": 0, "_commit_ts": t[6]}]
+        ),
+    )
     closing = tf.new_fact_rows(spec, current, changed)
     assert closing.closes.rows() == [(4, t[6])]
     assert closing.inserts.select("units_sold", "is_current").rows() == [(8, True)]
 
 
 def test_dimensions_and_calendar_follow_the_spec():
-    staff = pl.DataFrame({"staff_id": [1, 2], "first_name": ["A", "B"], "last_name": ["X", "Y"],
-                          "department_id": [1, 9], "email_address": ["a@t", "b@t"]})
-    department = pl.DataFrame({"department_id": [1], "department_name": ["Dispatch"], "location": [None]},
-                              schema_overrides={"location": pl.String})
-    assert tf.dim_staff(staff, department).rows() == [(1, "A", "X", "Dispatch", "", "a@t"), (2, "B", "Y", "", "", "b@t")]
+    staff = pl.DataFrame(
+        {
+            "staff_id": [1, 2],
+            "first_name": ["A", "B"],
+            "last_name": ["X", "Y"],
+            "department_id": [1, 9],
+            "email_address": ["a@t", "b@t"],
+        }
+    )
+    department = pl.DataFrame(
+        {"department_id": [1], "department_name": ["Dispatch"], "location": [None]},
+        schema_overrides={"location": pl.String},
+    )
+    assert tf.dim_staff(staff, department).rows() == [
+        (1, "A", "X", "Dispatch", "", "a@t"),
+        (2, "B", "Y", "", "", "b@t"),
+    ]
     currency = pl.DataFrame({"currency_id": [1, 2, 3, 4], "currency_code": ["GBP", "USD", "EUR", "XTS"]})
     assert tf.dim_currency(currency)["currency_name"].to_list() == ["Pound Sterling", "US Dollar", "Euro", "XTS"]
     days = tf.dim_date(pl.Series([date(2024, 11, 17), date(2024, 11, 18), date(2024, 11, 18)]))
-    assert days.rows() == [(date(2024, 11, 17), 2024, 11, 17, 7, "Sunday", "November", 4),
-                           (date(2024, 11, 18), 2024, 11, 18, 1, "Monday", "November", 4)]
+    assert days.rows() == [
+        (date(2024, 11, 17), 2024, 11, 17, 7, "Sunday", "November", 4),
+        (date(2024, 11, 18), 2024, 11, 18, 1, "Monday", "November", 4),
+    ]
     calendar = tf.calendar_days(pl.Series([date(2020, 2, 29), date(2030, 1, 1)]), today=date(2024, 11, 18))
     assert calendar[0] == date(2020, 2, 29) and calendar[1] == date(2022, 11, 1) and calendar[-1] == date(2030, 1, 1)
     assert calendar.len() == 1 + (date(2030, 1, 1) - date(2022, 11, 1)).days + 1
@@ -256,12 +370,12 @@ def test_a_following_read_gives_what_a_fresh_read_gives(tmp_path):
         synced = upto
         return following
 
-    assert read(src.lsn).height == 3                       # the first run scans
+    assert read(src.lsn).height == 3  # the first run scans
     first = write()
     second = write(shard="s2", rows=(3,))
-    assert read(first)["_lsn"].to_list() == [first] * 2    # `second` waits in the cache
+    assert read(first)["_lsn"].to_list() == [first] * 2  # `second` waits in the cache
     third = write(with_column(SALES_ORDER, "discount", "numeric(5,2)"))  # a schema change
     assert read(third)["_lsn"].to_list() == [second, third, third]
     fourth = write()
-    read(fourth, after=first)                              # a rolled-back run: read again
+    read(fourth, after=first)  # a rolled-back run: read again
     assert read(write())["_lsn"].n_unique() == 1

@@ -14,10 +14,12 @@ from tests.warehouse_fixtures import TABLES
 
 # -- where the cuts fall (pure) ------------------------------------------------------------------
 
+
 def _sizes(ends: list[Position], counts: list[LsnCount], seqs: dict[tuple[int, int], list[int]]) -> list[int]:
     """Events each slice holds, counted from the inputs."""
-    events = sorted((c.lsn, c.table, s) for c in counts
-                    for s in (seqs.get((c.lsn, c.table)) or [MIN_SEQ + 1] * c.events))
+    events = sorted(
+        (c.lsn, c.table, s) for c in counts for s in (seqs.get((c.lsn, c.table)) or [MIN_SEQ + 1] * c.events)
+    )
     cuts = [bisect.bisect_right(events, (end.lsn, end.table, end.seq)) for end in ends]
     return [high - low for low, high in zip([0, *cuts], cuts)]
 
@@ -32,10 +34,18 @@ def test_a_backlog_is_cut_at_whole_transactions_into_slices_no_larger_than_asked
 
 
 def test_a_transaction_larger_than_a_slice_is_one_slice_of_its_own():
-    counts = [LsnCount(0x100, 8, 30, False), LsnCount(0x200, 8, 400, False), LsnCount(0x200, 9, 100, False),
-              LsnCount(0x300, 8, 30, False)]
+    counts = [
+        LsnCount(0x100, 8, 30, False),
+        LsnCount(0x200, 8, 400, False),
+        LsnCount(0x200, 9, 100, False),
+        LsnCount(0x300, 8, 30, False),
+    ]
     ends = plan_slices(counts, 0x300, TABLES, lambda *_: pytest.fail("not snapshot reads"), 100)
-    assert ends == [Position.complete(0x100, TABLES), Position.complete(0x200, TABLES), Position.complete(0x300, TABLES)]
+    assert ends == [
+        Position.complete(0x100, TABLES),
+        Position.complete(0x200, TABLES),
+        Position.complete(0x300, TABLES),
+    ]
     assert _sizes(ends, counts, {}) == [30, 500, 30]
 
 
@@ -52,8 +62,12 @@ def test_an_lsn_of_snapshot_reads_is_cut_between_tables_and_inside_a_large_one()
 
     ends = plan_slices(counts, lsn + 0x100, TABLES, snapshot_seqs, 100)
     assert asked == [(lsn, 8)]  # the tables that fit are not read
-    assert ends == [Position(lsn, 8, 159), Position(lsn, 8, 259), Position.complete(lsn, TABLES),
-                    Position.complete(lsn + 0x100, TABLES)]
+    assert ends == [
+        Position(lsn, 8, 159),
+        Position(lsn, 8, 259),
+        Position.complete(lsn, TABLES),
+        Position.complete(lsn + 0x100, TABLES),
+    ]
     assert _sizes(ends, counts, seqs) == [100, 100, 90, 20]
 
 
@@ -68,6 +82,7 @@ def test_a_full_slice_ends_before_the_next_snapshot_table():
 
 # -- a reset cut between its truncates and its rows (pure) -----------------------------------------
 
+
 def test_a_truncate_ending_a_slice_is_no_deletion_of_a_row_a_later_snapshot_read_brings_back():
     """A reset truncates every table at L1 and writes its rows back at L2 as snapshot reads;
     a slice may end between the two. The keys whose next event after the slice is a snapshot
@@ -77,12 +92,14 @@ def test_a_truncate_ending_a_slice_is_no_deletion_of_a_row_a_later_snapshot_read
 
     from warehouse_sync.apply import _without_replaced_truncates
 
-    versions = pl.DataFrame({
-        "id": [1, 2, 3, 4, 4],
-        "_op": ["t", "t", "t", "t", "r"],
-        "_lsn": [100, 100, 100, 100, 200],
-        "_seq": [0, 0, 0, 0, 3],
-    })
+    versions = pl.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 4],
+            "_op": ["t", "t", "t", "t", "r"],
+            "_lsn": [100, 100, 100, 100, 200],
+            "_seq": [0, 0, 0, 0, 3],
+        }
+    )
     returning = pl.Series("id", [1, 9], dtype=pl.Int64)  # 2 comes back by an insert, 3 never
     kept = _without_replaced_truncates(versions, "id", returning)
     assert kept.select("id", "_op", "_lsn").rows() == [(2, "t", 100), (3, "t", 100), (4, "r", 200)]
