@@ -214,7 +214,8 @@ def lake_event_count(lake: str) -> int | None:
 def reader_event_count(lake: str, home: Path | None = None) -> int | None:
     """Events the readers that report beside this lake or under `home` have read: streamed
     and snapshot (a snapshot may go straight into the lake)."""
-    from totes_cli.reader_status import read_statuses, status_dirs
+    from totes_cli.bootstrap import status_dirs
+    from totes_cli.reader_status import read_statuses
 
     statuses = read_statuses(status_dirs(home, lake or None))
     if not statuses:

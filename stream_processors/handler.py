@@ -16,7 +16,6 @@ past it; each retry is logged with its reason and counted in the BatchRetries me
 from __future__ import annotations
 
 import base64
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,10 +28,11 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import Ki
 from change_events import ChangeEvent, CodecError, decode
 from lake.dead_letters import DeadLetters
 from lake.writer import LakeWriter, Rejected
+from totes_cli import bootstrap
 
 logger = Logger(service="totes-processor")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # deltalake colours its error chains
-NAMESPACE = "totes-cdc"
+NAMESPACE = bootstrap.METRICS_NAMESPACE
 
 
 @dataclass
@@ -164,10 +164,7 @@ _metrics = Metrics(namespace=NAMESPACE, service="processor")
 def _lake_processor() -> StreamProcessor:
     global _processor
     if _processor is None:
-        root = os.environ.get("TOTES_LAKE")
-        if not root:
-            raise RuntimeError("TOTES_LAKE is not set: point it at the lake (s3://bucket/prefix or a folder).")
-        _processor = StreamProcessor(LakeWriter(root), _metrics)
+        _processor = bootstrap.lambda_processor(_metrics)  # wired by the composition root, as every stage
     return _processor
 
 

@@ -23,6 +23,8 @@ import json
 import logging
 from pathlib import Path
 
+from totes_cli.bootstrap import PUBLICATION, SCHEMA, StatePaths, source_tables
+
 log = logging.getLogger("totes.catch_up")
 
 
@@ -34,10 +36,10 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _snapshot_needed(local: Path, slot: str) -> int | None:
+def _snapshot_needed(paths: StatePaths, slot: str) -> int | None:
     """The LSN the warehouse must have reached for the reader's snapshot to be in it (0 once
     the reader saw it durable), or None while the reader has reading left to do."""
-    state = _json(local / "reader" / f"{slot}.json")
+    state = _json(paths.reader_state(slot))
     if state.get("slot") != slot or state.get("rereads") or state.get("schema_rereads") or state.get("table_rereads"):
         return None
     if state.get("snapshot_done") is True:
@@ -70,22 +72,21 @@ def nothing_to_catch_up(
     lake: str,
     warehouse: str,
     stream: str,
-    publication: str = "totes_cdc",
-    schema: str = "public",
+    publication: str = PUBLICATION,
+    schema: str = SCHEMA,
     tables: tuple[str, ...] | None = None,
 ) -> int | None:
     """The source's LSN of now when everything committed before it is in the warehouse
     already (see the module's docstring; the slot has then been moved up to it), else None."""
     from cdc_reader.pending import nothing_new
     from cdc_reader.source import connect
-    from totesys.schema import TABLES
 
-    if "://" in lake:
+    paths = StatePaths(lake)
+    if paths.local is None:
         return None
-    local = Path(lake) / "_local"
-    slot = _json(local / "pipeline.json").get("slot")  # the pipeline's own choice, kept in the lake
-    shards = sorted(_json(local / "offsets" / f"{stream}.json"))
-    snapshot = _snapshot_needed(local, slot) if isinstance(slot, str) else None
+    slot = _json(paths.names).get("slot")  # the pipeline's own choice, kept in the lake
+    shards = sorted(_json(paths.offsets(stream)))
+    snapshot = _snapshot_needed(paths, slot) if isinstance(slot, str) else None
     if snapshot is None or not shards:
         return None
     try:
@@ -94,7 +95,9 @@ def nothing_to_catch_up(
         conn = connect(source_dsn, application_name="totes-run")
         try:
             conn.autocommit = True
-            return nothing_new(conn, slot=slot, publication=publication, schema=schema, tables=tables or TABLES)
+            return nothing_new(
+                conn, slot=slot, publication=publication, schema=schema, tables=tables or source_tables()
+            )
         finally:
             conn.close()
     except Exception as error:  # noqa: BLE001 - any doubt: the ordinary pipeline finds out

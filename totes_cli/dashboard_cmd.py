@@ -11,7 +11,7 @@ import typer
 
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, WarehouseOption
-from totes_cli.run_cmd import default_lake, default_warehouse
+from totes_cli import bootstrap
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn, resolve_warehouse
 
 HOST = "127.0.0.1"
@@ -57,8 +57,8 @@ def dashboard(
     if refresh < 0:
         raise fail("--refresh is a number of seconds, 0 or more.", code=2)
     home = load().home
-    lake = lake or default_lake(home)
-    location = resolve_warehouse(warehouse, default_warehouse(home))
+    lake = lake or bootstrap.home_lake(home)
+    location = resolve_warehouse(warehouse, bootstrap.home_warehouse(home))
     try:
         source_dsn = resolve_source_dsn(source)
     except NoSourceError:

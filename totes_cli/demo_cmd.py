@@ -27,7 +27,7 @@ from rich.table import Table
 from lake.retention import DEMO_RETENTION, format_retention
 from totes_cli.console import err, fail
 from totes_cli.lake_cmd import RetainOption, retention_option
-from totes_cli.run_cmd import default_lake, default_warehouse
+from totes_cli import bootstrap
 from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import ConfigError, load
 from totes_cli.writer_lock import LakeBusy, writing
@@ -241,14 +241,15 @@ def demo(
             stop.set()
 
     try:
-        policy = personal_data_policy(default_lake(settings.home), settings)
+        policy = personal_data_policy(bootstrap.home_lake(settings.home), settings)
     except ConfigError as error:
         raise fail(str(error)) from None
     pipeline = Pipeline(
         PipelineConfig(
             source_dsn=dsn,
-            lake=default_lake(settings.home),
-            warehouse=default_warehouse(settings.home),
+            lake=bootstrap.home_lake(settings.home),
+            warehouse=bootstrap.home_warehouse(settings.home),
+            home=settings.home,
             retention=retention,
             personal_data=policy,
         )

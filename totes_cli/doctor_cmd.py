@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from cdc_reader.doctor import DEFAULT_PUBLICATION, DEFAULT_SCHEMA, CheckResult, Status, diagnose, is_ready
+from cdc_reader.doctor import CheckResult, Status, diagnose, is_ready
+from totes_cli import bootstrap
 from totes_cli.settings import NoSourceError, resolve_source_dsn
 from totes_cli.console import err, fail, out
 from totes_cli.options import OldDsnOption, PublicationOption, SourceOption, source_or_old_name
@@ -28,9 +29,9 @@ def resolve_dsn(dsn: str | None) -> str:
     return resolve_source_dsn(dsn)
 
 
-def _split(tables: str | None) -> list[str] | None:
+def _split(tables: str | None) -> list[str]:
     if tables is None:
-        return None
+        return list(bootstrap.source_tables())
     return [name.strip() for name in tables.split(",") if name.strip()]
 
 
@@ -55,8 +56,8 @@ def doctor(
             show_default=False,
         ),
     ] = None,
-    schema: Annotated[str, typer.Option("--schema", help="Schema of the tables.")] = DEFAULT_SCHEMA,
-    publication: PublicationOption = DEFAULT_PUBLICATION,
+    schema: Annotated[str, typer.Option("--schema", help="Schema of the tables.")] = bootstrap.SCHEMA,
+    publication: PublicationOption = bootstrap.PUBLICATION,
     as_json: Annotated[bool, typer.Option("--json", help="Print every check as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list the checks that passed.")] = False,
     dsn: OldDsnOption = None,

@@ -37,12 +37,12 @@ def forget(
     record table, keys and time (never the values) in the lake's erasures. Refuses while the
     pipeline writes this lake (totes run, processor or sync): stop it first."""
     from lake.erasure import ErasureError
-    from totes_cli.run_cmd import default_warehouse
+    from totes_cli.bootstrap import home_warehouse
 
     layout = _layout(lake)
     qualified = _qualified(layout, table)
     try:
-        location = None if lake_only else resolve_warehouse(warehouse, default_warehouse(load().home))
+        location = None if lake_only else resolve_warehouse(warehouse, home_warehouse(load().home))
     except ConfigError as error:
         raise fail(str(error), code=2) from None
     lake = lake or load().lake_location

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 from cdc_reader.source import remember_secret_value
+from totes_cli.bootstrap import StatePaths
 from totes_cli.settings import PERSONAL_DATA_SECTION, ConfigError, Settings, config_path, load, read_config, read_secret
 
-KEY_FILE_NAME = "personal-data.key"
 KEY_VARIABLE = "TOTES_PERSONAL_DATA_KEY"
 MIN_KEY_BYTES = 16
 
@@ -60,8 +60,8 @@ def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
             ) from None
     elif settings.personal_data_key_secret:
         key, where = read_secret(settings.personal_data_key_secret, "personal_data_key"), "the key secret"
-    elif lake and "://" not in lake:
-        return _local_key(Path(lake) / "_local" / KEY_FILE_NAME)
+    elif StatePaths(lake).personal_data_key is not None:
+        return _local_key(StatePaths(lake).personal_data_key)
     else:
         raise ConfigError(
             "The personal-data policy hashes columns but no key is set (only a local lake makes its "

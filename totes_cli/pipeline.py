@@ -16,9 +16,11 @@ is started with its data under `<lake>/_local/kinesis`, the reader's state lives
 `<lake>/_local`, and the slot name is derived from the lake once and remembered there, so two
 pipelines on one machine never share a stream, a slot or a checkpoint by accident.
 
-Why one file (410 lines): the wiring of every stage and their shared life cycle (start,
-wake, stop in order) read best together. The settings and paths it derives belong in one
-bootstrap module shared with the single-stage commands, which is still to be split out.
+The names, defaults and state paths, and the stages themselves, come from the composition
+root (totes_cli/bootstrap.py) that the single-stage commands use too; this module joins
+them: what wakes what, and their shared life cycle (start, wake, stop in order).
+
+Why one file (about 420 lines): that life cycle reads best in one place.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 from cdc_reader.publisher import Publisher
 from cdc_reader.source import commit_heartbeat, current_wal_lsn
 from cdc_reader.personal_data import NO_POLICY, Policy
-from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
+from cdc_reader.reader import Reader, supervise
 from lake.layout import LakeLayout
 from lake.maintenance import (
     COMPACT_FROM_FILES,
@@ -52,11 +54,10 @@ from lake.writer import LakeWriter
 from change_events.kinesis import ensure_stream, kinesis_client
 from local_stack.kinesalite import Kinesalite
 from stream_processors.handler import StreamProcessor
-from stream_processors.poller import LocalPoller, ShardOffsets
-from totes_cli.lake_local import remembered
-from totes_cli.pipeline_defaults import DEFAULT_WINDOW
+from stream_processors.poller import LocalPoller
+from totes_cli import bootstrap
+from totes_cli.bootstrap import PUBLICATION, SHARDS, STREAM, WINDOW as DEFAULT_WINDOW
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
-from totesys.schema import TABLES
 from warehouse_sync.apply import SyncResult, sync_once
 from warehouse_sync.read_copy import ReadCopyPublisher
 from warehouse_sync.targets import open_target
@@ -80,11 +81,13 @@ class PipelineConfig:
     source_dsn: str = field(repr=False)  # DSNs may hold passwords: never in a repr
     lake: str
     warehouse: str = field(repr=False)
-    stream: str = "totes-cdc"
-    shards: int = 2
+    stream: str = STREAM
+    shards: int = SHARDS
     slot: str | None = None
-    publication: str = "totes_cdc"
-    tables: tuple[str, ...] = TABLES
+    publication: str = PUBLICATION
+    tables: tuple[str, ...] = field(default_factory=bootstrap.source_tables)
+    home: Path | None = None
+    """Where the state of a lake on S3 lives (a local lake keeps its own); the settings' home when None."""
     heartbeat_seconds: float = 2.0
     watermark_seconds: float = 0.1
     """How often the reader marks every shard (when something was committed since): the lake
@@ -199,7 +202,8 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        self.local = Path(cfg.lake) / "_local" if "://" not in cfg.lake else None
+        self.paths = bootstrap.state_paths(cfg.lake, cfg.home)
+        self.local = self.paths.local
         if self.local is not None:
             self.local.mkdir(parents=True, exist_ok=True)
         self.layout = LakeLayout(cfg.lake)
@@ -214,33 +218,23 @@ class Pipeline:
         """Set when the sync moved the warehouse: a caught-up run may end."""
 
     # -- wiring ----------------------------------------------------------------------------
-    def _remembered(self) -> dict:
-        """Names fixed at the first run of this lake (slot), kept in the lake's _local."""
-        return remembered(self.config.lake, self.config.slot)
-
     def _kinesis(self):
         if os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL") or self.local is None:
             return kinesis_client()
-        self.kinesalite = Kinesalite(self.local / "kinesis", restart=True)  # a crash is healed, and logged
+        self.kinesalite = Kinesalite(self.paths.kinesis, restart=True)  # a crash is healed, and logged
         return kinesis_client(endpoint_url=self.kinesalite.start())
 
     def start(self) -> None:
         cfg = self.config
-        slot = self._remembered()["slot"]
+        slot = bootstrap.remembered_slot(cfg.lake, cfg.slot)  # fixed at the first run of this lake
         client = self._kinesis()
         ensure_stream(client, cfg.stream, cfg.shards)
-        state_dir = self.local if self.local is not None else Path(os.environ.get("TOTES_HOME", ".totes"))
-        offsets = (
-            (self.local / "offsets" / f"{cfg.stream}.json")
-            if self.local is not None
-            else state_dir / "processor" / f"{cfg.stream}.offsets.json"
-        )
         lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set(), state_delay=cfg.state_delay)
-        self.poller = LocalPoller(
+        self.poller = bootstrap.poller(
             client,
             cfg.stream,
             StreamProcessor(lake),
-            ShardOffsets(offsets),
+            paths=self.paths,
             batch_window=cfg.batch_window,
             quiet_window=cfg.quiet_window,
             min_batch_bytes=cfg.min_batch_bytes,
@@ -248,25 +242,23 @@ class Pipeline:
         )
         self.publisher = Publisher(_Announcing(client, self.poller.wake), cfg.stream, linger_seconds=cfg.linger_seconds)
         shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
-        self.reader = Reader(
+        self.reader = bootstrap.reader(
             cfg.source_dsn,
             self.publisher,
             LakeWatermark(self.layout, shard_ids),
-            FileStateStore(state_dir / "reader" / f"{slot}.json"),
-            ReaderConfig(
-                slot=slot,
-                publication=cfg.publication,
-                tables=cfg.tables,
-                heartbeat_seconds=cfg.heartbeat_seconds,
-                watermark_seconds=cfg.watermark_seconds,
-                reset=cfg.reset,
-                resnapshot=cfg.resnapshot,
-                personal_data=cfg.personal_data,
-            ),
+            paths=self.paths,
+            slot=slot,
+            publication=cfg.publication,
+            tables=cfg.tables,
             lake=self.layout,  # the initial snapshot goes straight into the lake
+            heartbeat_seconds=cfg.heartbeat_seconds,
+            watermark_seconds=cfg.watermark_seconds,
+            reset=cfg.reset,
+            resnapshot=cfg.resnapshot,
+            personal_data=cfg.personal_data,
         )
         self._spawn("reader", lambda stop: supervise(self.reader, stop), wake=self.reader.wake)
-        status = StatusWriter(state_dir / "reader" / f"{slot}.status.json", self.reader, self.publisher)
+        status = bootstrap.status_writer(self.reader, self.publisher)
         self._spawn("reader status", lambda stop: self._status_loop(status, stop))
         self._spawn("processor", lambda stop: self.poller.run(stop), wake=self.poller.wake)
         self._spawn("sync", self._sync_loop, wake=self._lake_moved.set)

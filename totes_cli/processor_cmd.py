@@ -6,21 +6,14 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from totes_cli import bootstrap
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.options import LakeOption, StreamOption
-from totes_cli.settings import DEFAULT_STREAM, load
-
-
-def offsets_path(lake: str, stream: str, home: Path) -> Path:
-    """Offsets belong to the lake they feed (a local lake keeps them inside itself)."""
-    if "://" in lake:
-        return home / "processor" / f"{stream}.offsets.json"
-    return Path(lake) / "_local" / "offsets" / f"{stream}.json"
+from totes_cli.settings import load
 
 
 class _BatchMetrics:
@@ -34,10 +27,8 @@ class _BatchMetrics:
     def _current(self):
         from aws_lambda_powertools.metrics import EphemeralMetrics
 
-        from stream_processors.handler import NAMESPACE
-
         if getattr(self._local, "metrics", None) is None:
-            self._local.metrics = EphemeralMetrics(namespace=NAMESPACE, service="processor")
+            self._local.metrics = EphemeralMetrics(namespace=bootstrap.METRICS_NAMESPACE, service="processor")
         return self._local.metrics
 
     def add_metric(self, **metric) -> None:
@@ -67,7 +58,7 @@ def _measured_processor(lake: str):
 
 def processor(
     lake: LakeOption = None,
-    stream: StreamOption = DEFAULT_STREAM,
+    stream: StreamOption = bootstrap.STREAM,
     window: Annotated[
         float, typer.Option("--window", help="Seconds to gather a shard's records into one batch.")
     ] = 1.0,
@@ -82,16 +73,15 @@ def processor(
     from change_events.kinesis import kinesis_client
     from lake.writer import LakeWriter
     from stream_processors.handler import StreamProcessor
-    from stream_processors.poller import LocalPoller, ShardOffsets
 
     setup_logging(logging.INFO)
-    lake = lake or load().lake_location
+    settings = load()
+    lake = lake or settings.lake_location
     try:
         client = kinesis_client()
         stream_processor = _measured_processor(lake) if emf else StreamProcessor(LakeWriter(lake))
-        poller = LocalPoller(
-            client, stream, stream_processor, ShardOffsets(offsets_path(lake, stream, load().home)), batch_window=window
-        )
+        paths = bootstrap.StatePaths(lake, settings.home)
+        poller = bootstrap.poller(client, stream, stream_processor, paths=paths, batch_window=window)
     except Exception as error:
         raise fail(
             f"Cannot read stream {stream!r} ({type(error).__name__}: {error}): check "
@@ -105,7 +95,7 @@ def processor(
     from totes_cli.writer_lock import LakeBusy, writing
 
     try:
-        with writing(lake, load().home):  # `totes lake forget` refuses while this runs
+        with writing(lake, settings.home):  # `totes lake forget` refuses while this runs
             poller.run(stop)
     except LakeBusy as error:
         raise fail(str(error), code=2) from None

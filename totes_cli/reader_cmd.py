@@ -14,22 +14,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from change_events import format_lsn
+from totes_cli import bootstrap
 from totes_cli.console import err, fail, setup_logging
-from totes_cli.lake_local import local_dir, remembered
 from totes_cli.options import PublicationOption, SourceOption, StreamOption
-from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
+from totes_cli.reader_status import STATUS_SECONDS
 from totes_cli.personal_data_config import personal_data_policy
-from totes_cli.settings import (
-    DEFAULT_PUBLICATION,
-    DEFAULT_STREAM,
-    ConfigError,
-    NoSourceError,
-    load,
-    password_in_flag,
-    resolve_source_dsn,
-)
+from totes_cli.settings import ConfigError, NoSourceError, load, password_in_flag, resolve_source_dsn
 from cdc_reader.source import SourceConnectionError, has_password
-from totesys.schema import TABLES
 
 if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` stays light
     from cdc_reader.publisher import Publisher
@@ -74,7 +65,7 @@ def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
 
     now, m = time.monotonic(), reader.metrics
     elapsed = max(now - previous.get("at", now - STATUS_SECONDS), 1e-9)
-    metrics = Metrics(namespace="totes-cdc", service="reader")
+    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="reader")
     metrics.add_metric(
         name="EventsPerSecond", unit=MetricUnit.CountPerSecond, value=(m.events - previous.get("events", 0)) / elapsed
     )
@@ -103,7 +94,7 @@ def emit_slot_lost() -> None:
     from aws_lambda_powertools import Metrics
     from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics = Metrics(namespace="totes-cdc", service="reader")
+    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="reader")
     metrics.add_metric(name="SlotLost", unit=MetricUnit.Count, value=1)
     metrics.flush_metrics()
     sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
@@ -111,10 +102,10 @@ def emit_slot_lost() -> None:
 
 def reader(
     source: SourceOption = None,
-    stream: StreamOption = DEFAULT_STREAM,
+    stream: StreamOption = bootstrap.STREAM,
     shards: Annotated[
         int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")
-    ] = 2,
+    ] = bootstrap.SHARDS,
     slot: Annotated[
         Optional[str],
         typer.Option(
@@ -123,7 +114,7 @@ def reader(
             help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].",
         ),
     ] = None,
-    publication: PublicationOption = DEFAULT_PUBLICATION,
+    publication: PublicationOption = bootstrap.PUBLICATION,
     tables: Annotated[
         Optional[str],
         typer.Option(
@@ -183,7 +174,7 @@ def reader(
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
     from cdc_reader.publisher import Publisher, PublishError
-    from cdc_reader.reader import FileStateStore, Reader, ReaderConfig, supervise
+    from cdc_reader.reader import supervise
     from cdc_reader.source_setup import SlotLostError, SourceSetupError
     from lake.layout import LakeLayout
     from change_events.kinesis import ensure_stream, kinesis_client
@@ -203,9 +194,9 @@ def reader(
         policy = personal_data_policy(lake, settings)
     except ConfigError as error:
         raise fail(str(error), code=2) from None
-    slot = slot or remembered(lake)["slot"]  # the slot and state `totes run` uses on this lake
-    state_path = (state_dir or (local_dir(lake) or settings.home) / "reader") / f"{slot}.json"
-    table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else TABLES
+    slot = slot or bootstrap.remembered_slot(lake)  # the slot and state `totes run` uses on this lake
+    paths = bootstrap.StatePaths(lake, settings.home)
+    table_list = bootstrap.source_tables(tables)
     try:
         client = kinesis_client()
         ensure_stream(client, stream, shards)
@@ -222,15 +213,6 @@ def reader(
     unknown = [t for t in resnapshot or () if t not in table_list]
     if unknown:
         raise fail(f"--resnapshot {unknown[0]} is not one of the published tables: {', '.join(table_list)}.", code=2)
-    config = ReaderConfig(
-        slot=slot,
-        publication=publication,
-        tables=table_list,
-        resnapshot=tuple(resnapshot or ()),
-        reset=reset,
-        snapshot_connections=snapshot_connections,
-        personal_data=policy,
-    )
     if mode == "kinesis":
         log.warning(
             "durability is what Kinesis acknowledged: if the processor stalls for longer than the "
@@ -239,8 +221,20 @@ def reader(
         durable: KinesisAcknowledged | LakeWatermark = KinesisAcknowledged(publisher)
     else:
         durable = LakeWatermark(LakeLayout(lake), lambda: [shard.shard_id for shard in publisher.shards])
-    the_reader = Reader(
-        dsn, publisher, durable, FileStateStore(state_path), config, lake=LakeLayout(lake) if mode == "lake" else None
+    the_reader = bootstrap.reader(
+        dsn,
+        publisher,
+        durable,
+        paths=paths,
+        slot=slot,
+        state_dir=state_dir,
+        publication=publication,
+        tables=table_list,
+        lake=LakeLayout(lake) if mode == "lake" else None,
+        resnapshot=tuple(resnapshot or ()),
+        reset=reset,
+        snapshot_connections=snapshot_connections,
+        personal_data=policy,
     )
     stop = threading.Event()
 
@@ -268,7 +262,7 @@ def reader(
         progress.update(tasks[table], completed=rows)
 
     the_reader.snapshot_progress = snapshot_progress
-    status = StatusWriter(state_path.with_name(f"{slot}.status.json"), the_reader, publisher)
+    status = bootstrap.status_writer(the_reader, publisher)
 
     def report() -> None:
         previous: dict = {}

@@ -47,17 +47,6 @@ class StatusWriter:
         atomic_write_json(self.path, status)
 
 
-def status_dirs(home: Path | None, lake: str | None) -> list[Path]:
-    """Where readers write their status: `$TOTES_HOME/reader` and a local lake's `_local/reader`."""
-    from totes_cli.lake_local import local_dir
-
-    dirs = [Path(home) / "reader"] if home is not None else []
-    local = local_dir(lake)
-    if local is not None and (local / "reader") not in dirs:
-        dirs.append(local / "reader")
-    return dirs
-
-
 def read_statuses(dirs: list[Path]) -> dict[str, dict]:
     """Every status file found, by slot (a file that cannot be read is left out)."""
     found: dict[str, dict] = {}

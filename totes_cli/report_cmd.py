@@ -9,7 +9,7 @@ import typer
 
 from totes_cli.console import err, fail, out
 from totes_cli.options import WarehouseOption
-from totes_cli.run_cmd import default_warehouse
+from totes_cli import bootstrap
 from totes_cli.settings import load, resolve_warehouse
 
 
@@ -42,7 +42,7 @@ def report(
         filters = views.parse_filters(start, end, currency, as_of)
     except views.FilterError as error:
         raise fail(str(error), code=2) from None
-    location = resolve_warehouse(warehouse, default_warehouse(load().home))
+    location = resolve_warehouse(warehouse, bootstrap.home_warehouse(load().home))
     try:
         written = write_report(out_dir, reading.Warehouse(location), filters)
     except (reading.NoWarehouse, WarehouseBusy, SourceConnectionError) as error:

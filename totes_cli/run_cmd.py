@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -15,17 +14,9 @@ from change_events import format_lsn
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
-from totes_cli.pipeline_defaults import DEFAULT_WINDOW
 from totes_cli.personal_data_config import personal_data_policy
-from totes_cli.settings import (
-    DEFAULT_STREAM,
-    ConfigError,
-    load,
-    password_in_flag,
-    resolve_source_dsn,
-    resolve_warehouse,
-    shown,
-)
+from totes_cli import bootstrap
+from totes_cli.settings import ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown
 from cdc_reader.source import SourceConnectionError, connect, has_password
 
 if TYPE_CHECKING:  # loaded by the command itself: `totes run --help` stays light
@@ -71,14 +62,6 @@ def _from_command_line(context: typer.Context, name: str) -> bool:
     totes.toml). typer carries its own click, so the context is the one it passes in."""
     source = context.get_parameter_source(name)
     return source is not None and source.name == "COMMANDLINE"
-
-
-def default_lake(home: Path) -> str:
-    return str(home / "lake")
-
-
-def default_warehouse(home: Path) -> str:
-    return str(home / "warehouse.duckdb")
 
 
 def progress_line(pipeline: Pipeline) -> str:
@@ -138,8 +121,8 @@ def run(
             "--until-caught-up", help="Exit 0 once everything committed before the start is in the warehouse."
         ),
     ] = False,
-    stream: StreamOption = DEFAULT_STREAM,
-    shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = 2,
+    stream: StreamOption = bootstrap.STREAM,
+    shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = bootstrap.SHARDS,
     slot: Annotated[
         Optional[str],
         typer.Option(
@@ -154,7 +137,7 @@ def run(
             "--window",
             help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).",
         ),
-    ] = DEFAULT_WINDOW,
+    ] = bootstrap.WINDOW,
     reset: Annotated[
         bool,
         typer.Option(
@@ -202,8 +185,8 @@ def run(
     try:
         dsn = resolve_source_dsn(source)
         home = load().home
-        warehouse = resolve_warehouse(warehouse, default_warehouse(home))
-        lake = lake or default_lake(home)
+        warehouse = resolve_warehouse(warehouse, bootstrap.home_warehouse(home))
+        lake = lake or bootstrap.home_lake(home)
         policy = personal_data_policy(lake)
     except ConfigError as error:
         raise fail(str(error), code=2) from None
@@ -229,6 +212,7 @@ def run(
         stream=stream,
         shards=shards,
         slot=slot,
+        home=home,
         maintain_every=maintain_every,
         reset=reset,
         retention=retention,

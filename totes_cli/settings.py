@@ -12,8 +12,8 @@ leave its password out and take it from, first to last:
 
 The settings hold DSNs as SecretStr, so a repr or a validation error never shows one.
 
-One place for every default. The file (`totes.toml`, or the one TOTES_CONFIG names; the
-example is `totes.example.toml`) holds two kinds of keys:
+The defaults are the composition root's (totes_cli/bootstrap.py). The file (`totes.toml`, or
+the one TOTES_CONFIG names; the example is `totes.example.toml`) holds two kinds of keys:
 
 - shared keys at the top (the fields of `Settings`: home, source_dsn, lake, warehouse, stream,
   slot, publication, retain, ...), each also read from `TOTES_<KEY>`; they are the default of
@@ -43,6 +43,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cdc_reader.source import masked, remember_secrets, with_password
+from totes_cli.bootstrap import HOME, PUBLICATION, STREAM, home_lake, home_source, home_warehouse
 
 SECRET_PREFIX = "secretsmanager:"  # nosec B105 # a URI prefix, not a password
 
@@ -55,17 +56,10 @@ class NoSourceError(ConfigError):
     """No source DSN was given and no embedded source is running."""
 
 
-DEFAULT_STREAM = "totes-cdc"
-DEFAULT_PUBLICATION = "totes_cdc"
-DEFAULT_SLOT = "totes_cdc"
-"""The slot for a lake on S3 or no lake; a local lake names its own, the same for `totes run` and
-`totes reader` (totes_cli/lake_local.py)."""
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOTES_", extra="forbid")
 
-    home: Path = Path(".totes")
+    home: Path = HOME
     """Where local state lives: the embedded source, the local stream, the lake, the warehouse."""
     source_dsn: SecretStr | None = None
     """DSN of the source PostgreSQL; the embedded one under `home` when unset."""
@@ -77,9 +71,9 @@ class Settings(BaseSettings):
     """A DuckDB file or a PostgreSQL DSN; `home`/warehouse.duckdb when unset."""
     warehouse_password_file: Path | None = None
     warehouse_secret: str | None = None
-    stream: str = DEFAULT_STREAM
+    stream: str = STREAM
     slot: str | None = None
-    publication: str = DEFAULT_PUBLICATION
+    publication: str = PUBLICATION
     retain: str | None = None
     """How long time travel by version or time reaches back (each command has its default)."""
     personal_data_key_file: Path | None = None
@@ -89,15 +83,15 @@ class Settings(BaseSettings):
 
     @property
     def source_dir(self) -> Path:
-        return self.home / "source"
+        return home_source(self.home)
 
     @property
     def lake_location(self) -> str:
-        return self.lake or str(self.home / "lake")
+        return self.lake or home_lake(self.home)
 
     @property
     def warehouse_location(self) -> str:
-        return self.warehouse.get_secret_value() if self.warehouse else str(self.home / "warehouse.duckdb")
+        return self.warehouse.get_secret_value() if self.warehouse else home_warehouse(self.home)
 
     @classmethod
     def settings_customise_sources(

@@ -112,7 +112,8 @@ def reader_tables(home, lake: str | None = None) -> list[Table]:
     """What each reader last reported (its status file, under TOTES_HOME or the local lake)."""
     import time as _time
 
-    from totes_cli.reader_status import STALE_SECONDS, read_statuses, status_dirs
+    from totes_cli.bootstrap import status_dirs
+    from totes_cli.reader_status import STALE_SECONDS, read_statuses
 
     tables = []
     for slot, data in read_statuses(status_dirs(home, lake)).items():
@@ -138,7 +139,8 @@ def reader_tables(home, lake: str | None = None) -> list[Table]:
 
 def readers_json(home, lake: str | None) -> dict:
     """Per slot: the reader's events, events/s (since its previous report) and whether it runs."""
-    from totes_cli.reader_status import read_statuses, running, status_dirs
+    from totes_cli.bootstrap import status_dirs
+    from totes_cli.reader_status import read_statuses, running
 
     return {
         slot: {

@@ -14,8 +14,8 @@ import typer
 from change_events import format_lsn
 from totes_cli.console import err, fail
 from totes_cli.options import LakeOption, StreamOption, WarehouseOption
-from totes_cli.run_cmd import default_lake, default_warehouse
-from totes_cli.settings import DEFAULT_STREAM, load, resolve_warehouse
+from totes_cli import bootstrap
+from totes_cli.settings import load, resolve_warehouse
 from totes_cli.writer_lock import LakeBusy, writing
 from cdc_reader.source import SourceConnectionError
 
@@ -54,7 +54,7 @@ def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -
     from aws_lambda_powertools import Metrics
     from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics = Metrics(namespace="totes-cdc", service="sync")
+    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="sync")
     metrics.add_metric(name="SyncRuns", unit=MetricUnit.Count, value=runs)
     metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=events)
     metrics.add_metric(name="WarehouseBehindLakeBytes", unit=MetricUnit.Bytes, value=behind_lsn_bytes)
@@ -66,7 +66,7 @@ def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -
 def sync(
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
-    stream: StreamOption = DEFAULT_STREAM,
+    stream: StreamOption = bootstrap.STREAM,
     once: Annotated[
         bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")
     ] = False,
@@ -82,7 +82,7 @@ def sync(
     from warehouse_sync.read_copy import ReadCopyPublisher
 
     home = load().home
-    lake = lake or default_lake(home)
+    lake = lake or bootstrap.home_lake(home)
     layout = LakeLayout(lake)
     progress = Progress(layout)
     shards = stream_shards(stream)
@@ -95,7 +95,7 @@ def sync(
     if not shards:
         raise fail("The lake has no watermark yet: run the reader and the processor first.", code=2)
     try:
-        target = open_target(resolve_warehouse(warehouse, default_warehouse(home)))
+        target = open_target(resolve_warehouse(warehouse, bootstrap.home_warehouse(home)))
     except SourceConnectionError as error:  # the warehouse PostgreSQL: one sentence, no password
         raise fail(str(error), code=2) from None
     stop = threading.Event()

@@ -10,9 +10,9 @@ import typer
 from change_events import format_lsn
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
-from totes_cli.run_cmd import default_lake, default_warehouse
+from totes_cli import bootstrap
 from totes_cli.personal_data_config import personal_data_policy
-from totes_cli.settings import DEFAULT_STREAM, ConfigError, load, resolve_source_dsn, resolve_warehouse
+from totes_cli.settings import ConfigError, load, resolve_source_dsn, resolve_warehouse
 from cdc_reader.source import SourceConnectionError
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def emit_emf(result: Verification) -> None:
     from aws_lambda_powertools import Metrics
     from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics = Metrics(namespace="totes-cdc", service="verify")
+    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="verify")
     metrics.add_metric(name="VerifiedRows", unit=MetricUnit.Count, value=sum(r.rows for r in result.reports))
     metrics.add_metric(name="MismatchedRows", unit=MetricUnit.Count, value=result.mismatched)
     metrics.flush_metrics()
@@ -104,7 +104,7 @@ def verify(
             "--chunk-rows", min=1, help="About how many rows one key range holds (memory holds one range of one table)."
         ),
     ] = DEFAULT_CHUNK_ROWS,
-    stream: StreamOption = DEFAULT_STREAM,
+    stream: StreamOption = bootstrap.STREAM,
     slot: Annotated[
         Optional[str],
         typer.Option(
@@ -116,36 +116,43 @@ def verify(
 ) -> None:
     """Compare the source, the lake and the warehouse at one source LSN while everything runs:
     rows compared per table, and which keys differ and how. Exit 0 only when all match."""
-    from totesys.schema import TABLES
     from verify.run import VerifyError, verify as run_verify
+
+    tables = bootstrap.source_tables()
 
     try:
         dsn = resolve_source_dsn(source)
         home = load().home
-        warehouse = resolve_warehouse(warehouse, default_warehouse(home))
-        lake = lake or default_lake(home)
+        warehouse = resolve_warehouse(warehouse, bootstrap.home_warehouse(home))
+        lake = lake or bootstrap.home_lake(home)
         policy = personal_data_policy(lake)  # the source compares as the reader lets it leave
     except ConfigError as error:
         raise fail(str(error), code=2) from None
-    unknown = [t for t in repair or () if t not in TABLES]
+    unknown = [t for t in repair or () if t not in tables]
     if unknown:
-        raise fail(f"--repair {unknown[0]} is not a source table: give one of {', '.join(TABLES)}.", code=2)
+        raise fail(f"--repair {unknown[0]} is not a source table: give one of {', '.join(tables)}.", code=2)
     try:
         if repair:
             from totes_cli.pipeline import PipelineConfig
             from verify.repair import repair as run_repair, verify_with_pipeline
 
             config = PipelineConfig(
-                source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream, slot=slot, personal_data=policy
+                source_dsn=dsn,
+                lake=lake,
+                warehouse=warehouse,
+                stream=stream,
+                slot=slot,
+                home=home,
+                personal_data=policy,
             )
-            found = verify_with_pipeline(config, TABLES, timeout=timeout, chunk_rows=chunk_rows)
+            found = verify_with_pipeline(config, tables, timeout=timeout, chunk_rows=chunk_rows)
             if not as_json:
                 show(found)
-            result = run_repair(config, list(repair), found, timeout=timeout, chunk_rows=chunk_rows, all_tables=TABLES)
+            result = run_repair(config, list(repair), found, timeout=timeout, chunk_rows=chunk_rows, all_tables=tables)
             if not as_json:
                 err.print(f"re-read {', '.join(repair)}; verified again:")
         else:
-            result = run_verify(dsn, lake, warehouse, TABLES, chunk_rows=chunk_rows, timeout=timeout, policy=policy)
+            result = run_verify(dsn, lake, warehouse, tables, chunk_rows=chunk_rows, timeout=timeout, policy=policy)
     except (VerifyError, SourceConnectionError) as error:
         raise fail(str(error), code=2) from None
     if emf:

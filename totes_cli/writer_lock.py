@@ -12,13 +12,12 @@ pipeline in AWS is stopped by its own means first).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from totes_cli.lake_local import local_dir
+from totes_cli.bootstrap import StatePaths
 
 
 class LakeBusy(Exception):
@@ -26,11 +25,7 @@ class LakeBusy(Exception):
 
 
 def lock_path(lake: str, home: Path) -> Path:
-    local = local_dir(lake)
-    if local is not None:
-        return local / "writers.lock"
-    digest = hashlib.sha1(lake.rstrip("/").encode(), usedforsecurity=False).hexdigest()[:16]
-    return Path(home) / "locks" / f"lake-{digest}.lock"
+    return StatePaths(lake, Path(home)).writers_lock
 
 
 @contextmanager

@@ -124,9 +124,9 @@ class _Running:
 
 
 def _refuse_if_running(config) -> None:
-    from totes_cli.lake_local import remembered
+    from totes_cli.bootstrap import remembered_slot
 
-    slot = remembered(config.lake, config.slot)["slot"]
+    slot = remembered_slot(config.lake, config.slot)
     if slot_in_use(config.source_dsn, slot):
         raise VerifyError(
             f"the pipeline is running (its slot {slot} is in use): stop it, then repair, "

@@ -42,7 +42,7 @@ from tests.fakes import MemorySink
 from tests.stream_helpers import new_stream
 from tests.terraform_alarms import metric_alarms
 from tests.e2e_helpers import Stages
-from totes_cli.processor_cmd import offsets_path
+from totes_cli.bootstrap import StatePaths
 from totesys.simulator import Simulator
 
 # Real faults on a real local stack: minutes each on a loaded 2-core machine, above the suite's
@@ -270,7 +270,7 @@ def test_each_stage_fault_fires_its_alarm_and_the_healthy_pipeline_stays_ok(tote
         "sync_silent",
         "source_slot_lag",
     }
-    offsets = offsets_path(str(stages.lake), stream, home)
+    offsets = StatePaths(str(stages.lake), home).offsets(stream)
     try:
         stages.start("reader", "--emf", "--slot", slot)
         stages.start("processor", "--emf", "--window", "0.2")

@@ -76,11 +76,13 @@ def test_long_running_services_restart_and_have_health_checks():
 
 
 def test_health_checks_read_the_files_the_stages_write():
-    from totes_cli.processor_cmd import offsets_path
+    from totes_cli.bootstrap import StatePaths
 
     services = _services()
     environment = services["processor"]["environment"]
-    offsets = offsets_path(environment["TOTES_LAKE"], environment["TOTES_STREAM"], Path(environment["TOTES_HOME"]))
+    offsets = StatePaths(environment["TOTES_LAKE"], Path(environment["TOTES_HOME"])).offsets(
+        environment["TOTES_STREAM"]
+    )
     assert str(offsets) in " ".join(services["processor"]["healthcheck"]["test"])
     reader = services["reader"]["command"]
     state_dir = reader[reader.index("--state-dir") + 1]

@@ -1,0 +1,223 @@
+"""The composition root: every entry point wires its stage here.
+
+`totes run`, `totes demo` (through `totes_cli/pipeline.py`), `totes reader`, `totes processor`,
+`totes sync` and the Lambda handler (`stream_processors/handler.py`) parse their flags or their
+environment and call these functions, so each name, default and path exists once:
+
+- the names: the stream, the replication slot, the publication, the schema and tables;
+- the places under the home: the lake, the warehouse, the embedded source;
+- the small state files of one lake (`StatePaths`): the processor's shard offsets, the
+  reader's state and status, the writers' lock, the local Kinesis's data, the slot a local
+  lake remembers, its personal-data key;
+- the stages themselves: a reader, a local poller, the Lambda's processor.
+
+Only the standard library loads with this module (the settings read their defaults from it,
+and `--help` stays light): each function imports the stage it builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME = Path(".totes")
+"""Where local state lives unless TOTES_HOME (or totes.toml's `home`) says otherwise."""
+STREAM = "totes-cdc"
+"""The Kinesis stream of every command (`--stream`, TOTES_STREAM)."""
+SLOT = "totes_cdc"
+"""The slot for a lake on S3 or no lake; a local lake names its own, the same for `totes run`
+and `totes reader` (`remembered_slot`)."""
+PUBLICATION = "totes_cdc"
+SCHEMA = "public"
+SHARDS = 2
+"""Shards of a stream the reader or `totes run` creates."""
+WINDOW = 0.5
+"""The processor's batching window of `totes run` (see `totes_cli.pipeline.windowed`)."""
+METRICS_NAMESPACE = "totes-cdc"
+"""The CloudWatch namespace of every stage's metrics (the alarms in infra/alarms.tf watch it)."""
+
+
+def source_tables(tables: str | None = None) -> tuple[str, ...]:
+    """The source tables the pipeline publishes: those of `--tables` (comma-separated), else
+    the totesys tables."""
+    from totesys.schema import TABLES
+
+    return tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else TABLES
+
+
+def home_lake(home: Path) -> str:
+    """The lake when none is named: `<home>/lake`."""
+    return str(Path(home) / "lake")
+
+
+def home_warehouse(home: Path) -> str:
+    """The warehouse when none is named: `<home>/warehouse.duckdb`."""
+    return str(Path(home) / "warehouse.duckdb")
+
+
+def home_source(home: Path) -> Path:
+    """The embedded source's folder: `<home>/source`."""
+    return Path(home) / "source"
+
+
+def settings_home() -> Path:
+    """The home the settings name (TOTES_HOME, totes.toml's `home`, else ./.totes)."""
+    from totes_cli.settings import load
+
+    return load().home
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Where the stages working on one lake keep their small state. A local lake keeps it inside
+    itself (`<lake>/_local`), so two pipelines on one machine never share a stream's offsets,
+    a slot or a checkpoint by accident; a lake on S3 (or none) under the home."""
+
+    lake: str | None
+    home: Path | None = None
+    """Needed only for a lake on S3 (or none): `state_paths` fills it from the settings."""
+
+    @property
+    def local(self) -> Path | None:
+        """`<lake>/_local` for a lake on this machine, None for a lake on S3 or no lake."""
+        if not self.lake or "://" in self.lake:
+            return None
+        return Path(self.lake) / "_local"
+
+    @property
+    def root(self) -> Path:
+        return self.local if self.local is not None else self._home
+
+    @property
+    def _home(self) -> Path:
+        if self.home is None:
+            raise ValueError(f"the state of a lake on S3 (or none) lives under the home: give it for {self.lake}")
+        return Path(self.home)
+
+    def offsets(self, stream: str) -> Path:
+        """The processor's position in each shard of `stream` (`ShardOffsets`)."""
+        if self.local is None:
+            return self._home / "processor" / f"{stream}.offsets.json"
+        return self.local / "offsets" / f"{stream}.json"
+
+    @property
+    def reader_dir(self) -> Path:
+        return self.root / "reader"
+
+    def reader_state(self, slot: str, state_dir: Path | None = None) -> Path:
+        """The reader's state (`FileStateStore`); `state_dir` is `totes reader --state-dir`."""
+        return Path(state_dir or self.reader_dir) / f"{slot}.json"
+
+    @staticmethod
+    def reader_status(state: Path) -> Path:
+        """The status file beside a reader's state (what `totes status` and the dashboard show)."""
+        return state.with_name(f"{state.name.removesuffix('.json')}.status.json")
+
+    @property
+    def writers_lock(self) -> Path:
+        """The lake's writer lock (totes_cli/writer_lock.py): a lake on S3 has one per machine."""
+        if self.local is not None:
+            return self.local / "writers.lock"
+        assert self.lake is not None  # nosec B101 # a lock belongs to a lake
+        digest = hashlib.sha1(self.lake.rstrip("/").encode(), usedforsecurity=False).hexdigest()[:16]
+        return self._home / "locks" / f"lake-{digest}.lock"
+
+    @property
+    def kinesis(self) -> Path | None:
+        """The local Kinesis's data, kept inside the local lake it feeds."""
+        return None if self.local is None else self.local / "kinesis"
+
+    @property
+    def names(self) -> Path | None:
+        """The names fixed at a local lake's first use (its slot)."""
+        return None if self.local is None else self.local / "pipeline.json"
+
+    @property
+    def personal_data_key(self) -> Path | None:
+        """A local lake's own personal-data key (0600)."""
+        return None if self.local is None else self.local / "personal-data.key"
+
+
+def state_paths(lake: str | None, home: Path | None = None) -> StatePaths:
+    """The state paths of `lake`; one on S3 (or none) under `home`, else the settings' home."""
+    if home is None and StatePaths(lake).local is None:
+        home = settings_home()
+    return StatePaths(lake, Path(home) if home is not None else None)
+
+
+def status_dirs(home: Path | None, lake: str | None) -> list[Path]:
+    """Where readers write their status: `<home>/reader` and a local lake's `_local/reader`."""
+    dirs = [Path(home) / "reader"] if home is not None else []
+    local = StatePaths(lake).local
+    if local is not None and (local / "reader") not in dirs:
+        dirs.append(local / "reader")
+    return dirs
+
+
+def remembered_slot(lake: str | None, slot: str | None = None) -> str:
+    """The slot of `lake`. `totes run` and `totes reader` on the same local lake must read the
+    same slot and keep the reader's state in the same place, or the second to start takes a new
+    snapshot from a new slot while the first holds WAL back for ever: so the slot is derived
+    from the lake's absolute path at its first use (or is `slot`, given then) and remembered
+    in it. A lake on S3 (or none) uses `slot` or SLOT."""
+    path = StatePaths(lake).names
+    if path is None:
+        return slot or SLOT
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if "slot" not in data:
+        digest = hashlib.sha1(str(Path(lake).resolve()).encode(), usedforsecurity=False).hexdigest()[:10]
+        data["slot"] = slot or f"totes_{digest}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data), encoding="utf-8")
+    return data["slot"]
+
+
+def reader(
+    dsn: str,
+    publisher,
+    durability,
+    *,
+    paths: StatePaths,
+    slot: str,
+    lake=None,
+    state_dir: Path | None = None,
+    publication: str = PUBLICATION,
+    tables: tuple[str, ...] | None = None,
+    **options,
+):
+    """A reader of `slot` publishing to `publisher`, its state kept in `paths` (or `state_dir`);
+    `options` are the rest of its `ReaderConfig`."""
+    from cdc_reader.reader import FileStateStore, Reader, ReaderConfig
+
+    config = ReaderConfig(slot=slot, publication=publication, tables=tables or source_tables(), **options)
+    state = FileStateStore(paths.reader_state(slot, state_dir))
+    return Reader(dsn, publisher, durability, state, config, lake=lake)
+
+
+def status_writer(the_reader, publisher):
+    """The status file of `the_reader`, beside its state."""
+    from totes_cli.reader_status import StatusWriter
+
+    return StatusWriter(StatePaths.reader_status(the_reader.state.path), the_reader, publisher)
+
+
+def poller(client, stream: str, processor, *, paths: StatePaths, **options):
+    """A local poller of `stream` into `processor`, its offsets in `paths`; `options` are the
+    rest of `LocalPoller`'s."""
+    from stream_processors.poller import LocalPoller, ShardOffsets
+
+    return LocalPoller(client, stream, processor, ShardOffsets(paths.offsets(stream)), **options)
+
+
+def lambda_processor(metrics):
+    """The Lambda's processor of the lake TOTES_LAKE names (there is no default place in Lambda)."""
+    from lake.writer import LakeWriter
+    from stream_processors.handler import StreamProcessor
+    from totes_cli.settings import load
+
+    lake = load().lake
+    if not lake:
+        raise RuntimeError("TOTES_LAKE is not set: point it at the lake (s3://bucket/prefix or a folder).")
+    return StreamProcessor(LakeWriter(lake), metrics)
