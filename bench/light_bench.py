@@ -39,6 +39,7 @@ import pyarrow as pa
 import psycopg2
 
 from bench import Report, Row
+from totes_cli.bootstrap import StatePaths
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.embedded import EmbeddedPostgres
 from totesys.schema import create_schema, ensure_database
@@ -113,7 +114,7 @@ class _Sampler:
     def list_lake(self) -> None:
         for folder, dirs, names in os.walk(self.lake):
             if folder == str(self.lake):
-                dirs[:] = [d for d in dirs if d != "_local"]
+                dirs[:] = [d for d in dirs if d != StatePaths(str(self.lake)).local.name]
             for name in names:
                 path = os.path.join(folder, name)
                 self.files.add(path)

@@ -57,6 +57,7 @@ import psycopg2
 from psycopg2 import sql
 
 from bench import Report, Row
+from totes_cli.bootstrap import StatePaths
 
 NAME = "load"
 DESCRIPTION = (
@@ -189,7 +190,7 @@ def update_backlog(dsn: str, changes: int) -> float:
 
 def drop_slot_of(dsn: str, lake: Path) -> None:
     try:
-        slot = json.loads((lake / "_local" / "pipeline.json").read_text())["slot"]
+        slot = json.loads(StatePaths(str(lake)).names.read_text())["slot"]
     except (OSError, ValueError, KeyError):
         return
     _execute(
@@ -325,7 +326,7 @@ def snapshot_durable(lake: Path) -> Callable[[], bool]:
     durable in the lake watermark."""
 
     def durable() -> bool:
-        for path in (lake / "_local" / "reader").glob("*.json"):
+        for path in StatePaths(str(lake)).reader_dir.glob("*.json"):
             if not path.name.endswith(".status.json"):
                 try:
                     return bool(json.loads(path.read_text()).get("snapshot_done"))

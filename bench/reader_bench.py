@@ -55,11 +55,12 @@ import psycopg2
 
 from bench import Report, Row
 from change_events import format_lsn, parse_lsn
+from totes_cli import bootstrap
 
 NAME = "reader"
 DESCRIPTION = "cdc_reader: events/s vs pg_recvlogical, and peak RSS through a 1M-row transaction"
 
-PUBLICATION = "totes_cdc"
+PUBLICATION = bootstrap.PUBLICATION
 SHARDS = 4
 RSS_TARGET_MB = 200
 RECVLOGICAL_RUNS = 3
@@ -190,6 +191,7 @@ def _stream(spec: dict) -> dict:
     from cdc_reader.publisher import Publisher
     from change_events.kinesis import kinesis_client
     from cdc_reader.reader import FileStateStore, Reader, ReaderConfig
+    from totesys.schema import TABLES
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     process = psutil.Process()
@@ -217,7 +219,7 @@ def _stream(spec: dict) -> dict:
         sink,
         durability,
         FileStateStore(Path(spec["state_path"])),
-        ReaderConfig(slot=spec["slot"], publication=PUBLICATION, personal_data=policy),
+        ReaderConfig(slot=spec["slot"], publication=PUBLICATION, tables=TABLES, personal_data=policy),
     )
     gc.collect()
     rss_before = process.memory_info().rss

@@ -65,7 +65,6 @@ from cdc_reader.source_setup import SlotLostError, lost_slot_message, slot_state
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
 from change_events.wire import EncodedChange
-from totesys.schema import TABLES
 
 if TYPE_CHECKING:
     from lake.layout import LakeLayout
@@ -117,7 +116,9 @@ class ReaderConfig:
     slot: str = "totes_cdc"
     publication: str = "totes_cdc"
     schema: str = "public"
-    tables: tuple[str, ...] = TABLES
+    tables: tuple[str, ...] = ()
+    """The tables to publish: configuration, which the composition root (totes_cli/bootstrap.py)
+    hands on; the reader knows no table list of its own."""
     heartbeat_seconds: float = 10.0
     watermark_seconds: float = 1.0
     feedback_seconds: float = 1.0

@@ -50,6 +50,7 @@ from change_events.kinesis import kinesis_client
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from totesys.simulator import Simulator
+from totes_cli import bootstrap
 from totes_cli.pipeline import PipelineConfig
 
 FACT_SOURCES = {"fact_sales_order": "sales_order", "fact_purchase_order": "purchase_order", "fact_payment": "payment"}
@@ -473,7 +474,7 @@ def kill_9(process: subprocess.Popen) -> None:
     process.wait()
 
 
-SLOT = "totes_cdc"
+SLOT = bootstrap.SLOT
 
 
 class Stages:

@@ -16,6 +16,7 @@ from cdc_reader.reader import READER_SESSION, FileStateStore, Reader, ReaderConf
 from change_events import Op
 from cdc_reader.source import current_wal_lsn
 from tests.fakes import MemorySink
+from totesys.schema import TABLES
 
 State = dict[str, dict[tuple, dict[str, str | None]]]
 
@@ -86,7 +87,9 @@ def source_state(dsn: str, tables, schema: str = "public") -> State:
 current_lsn = current_wal_lsn
 
 
-FAST = ReaderConfig(heartbeat_seconds=0.2, watermark_seconds=0.1, feedback_seconds=0.1, idle_wait_seconds=0.05)
+FAST = ReaderConfig(
+    tables=TABLES, heartbeat_seconds=0.2, watermark_seconds=0.1, feedback_seconds=0.1, idle_wait_seconds=0.05
+)
 
 
 @contextmanager

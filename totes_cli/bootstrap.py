@@ -120,8 +120,7 @@ class StatePaths:
         """The lake's writer lock (totes_cli/writer_lock.py): a lake on S3 has one per machine."""
         if self.local is not None:
             return self.local / "writers.lock"
-        assert self.lake is not None  # nosec B101 # a lock belongs to a lake
-        digest = hashlib.sha1(self.lake.rstrip("/").encode(), usedforsecurity=False).hexdigest()[:16]
+        digest = hashlib.sha1((self.lake or "").rstrip("/").encode(), usedforsecurity=False).hexdigest()[:16]
         return self._home / "locks" / f"lake-{digest}.lock"
 
     @property

@@ -111,7 +111,7 @@ def reader(
         typer.Option(
             "--slot",
             envvar="TOTES_SLOT",
-            help="Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; totes_cdc for a lake on S3 or none].",
+            help=f"Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; {bootstrap.SLOT} for a lake on S3 or none].",
         ),
     ] = None,
     publication: PublicationOption = bootstrap.PUBLICATION,

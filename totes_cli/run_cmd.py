@@ -128,7 +128,7 @@ def run(
         typer.Option(
             "--slot",
             envvar="TOTES_SLOT",
-            help="Replication slot \\[default: named after a local lake and remembered in it; totes_cdc for a lake on S3].",
+            help=f"Replication slot \\[default: named after a local lake and remembered in it; {bootstrap.SLOT} for a lake on S3].",
         ),
     ] = None,
     window: Annotated[

@@ -12,6 +12,7 @@ import psycopg2
 import cdc_reader.reader as reader_module
 from cdc_reader.reader import FileStateStore, Reader, ReaderConfig
 from tests.fakes import MemorySink
+from totesys.schema import TABLES
 from tests.reader_harness import running_reader
 
 
@@ -24,6 +25,7 @@ class QuietSink(MemorySink):
 def _config(**overrides) -> ReaderConfig:
     settings = dict(
         slot=f"idle_{uuid.uuid4().hex[:8]}",
+        tables=TABLES,
         heartbeat_seconds=30.0,
         watermark_seconds=0.1,
         feedback_seconds=1.0,
