@@ -148,10 +148,9 @@ def state_paths(lake: str | None, home: Path | None = None) -> StatePaths:
 
 def status_dirs(home: Path | None, lake: str | None) -> list[Path]:
     """Where readers write their status: `<home>/reader` and a local lake's `_local/reader`."""
-    dirs = [Path(home) / "reader"] if home is not None else []
-    local = StatePaths(lake).local
-    if local is not None and (local / "reader") not in dirs:
-        dirs.append(local / "reader")
+    dirs = [StatePaths(None, Path(home)).reader_dir] if home is not None else []
+    if StatePaths(lake).local is not None and StatePaths(lake).reader_dir not in dirs:
+        dirs.append(StatePaths(lake).reader_dir)
     return dirs
 
 

@@ -116,3 +116,13 @@ def test_the_lambda_processor_needs_a_lake(settings_home, monkeypatch):
     monkeypatch.setenv("TOTES_LAKE", str(settings_home / "lake"))
     processor = bootstrap.lambda_processor(None)
     assert processor.lake.layout.root == str((settings_home / "lake").resolve())
+
+
+def test_status_is_looked_for_where_readers_write_it(tmp_path):
+    lake = str(tmp_path / "lake")
+    written = [
+        StatePaths.reader_status(StatePaths(lake).reader_state("a")),
+        StatePaths.reader_status(StatePaths("s3://bucket/lake", tmp_path / "home").reader_state("b")),
+    ]
+    assert [path.parent for path in written] == bootstrap.status_dirs(tmp_path / "home", lake)[::-1]
+    assert bootstrap.status_dirs(None, "s3://bucket/lake") == []
