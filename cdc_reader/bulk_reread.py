@@ -38,6 +38,7 @@ import psycopg2.extras
 import pyarrow as pa
 
 from cdc_reader.personal_data import NO_POLICY, Policy
+from cdc_reader.source import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema, format_lsn
 from lake.arrow_types import arrow_type
@@ -113,6 +114,7 @@ class BulkReread:
             conn = self._connect()
             try:
                 plans = plan_tables(conn, [lake_typed(self._layout, self.schema)], self._chunk_pages)
+                _fence(conn)
             finally:
                 conn.close()
             replication = self._connect(connection_factory=psycopg2.extras.LogicalReplicationConnection)
@@ -147,6 +149,16 @@ class BulkReread:
             self._error = error
         finally:
             self._done.set()
+
+
+def _fence(conn) -> None:
+    """Commit a heartbeat before the temporary slot exists: the reader's stream then gets a
+    message before any keepalive past L_r. psycopg2 moves the flush position it reports on to a
+    keepalive's WAL end whenever the last message it received is confirmed; the reader keeps
+    the last one unconfirmed during a bulk re-read, so the slot stays below L_r."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_logical_emit_message(true, %s, '')", (HEARTBEAT_PREFIX,))
+    conn.commit()
 
 
 def _type_name(type_: pa.DataType) -> str:

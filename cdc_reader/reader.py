@@ -1,6 +1,6 @@
 """The reader: one coordinator that runs the initial snapshot, then streams the slot.
 
-Why one file (~470 lines): the streaming loop, its hot path and the shutdown share one
+Why one file (~550 lines): the streaming loop, its hot path and the shutdown share one
 position and the connection's cursor; the snapshot's phases (snapshot_phases.py), the
 per-table re-reads (rereads.py) and the state file (reader_state.py) are apart, and the
 planned reshaping of cdc_reader/ splits the rest.
@@ -209,6 +209,8 @@ class Reader(SnapshotPhases, TableRereads):
         # already has, and the sink must not get it twice.
         self._progress = _Progress()
         self._handed_over = 0
+        self._last_data_start = 0
+        """Where the last message of this connection's stream starts (as psycopg2 notes it)."""
         self._state: ReaderState | None = None
         """What `state` holds, loaded once per process (`run`)."""
         self.reread: list[str] = []
@@ -295,6 +297,7 @@ class Reader(SnapshotPhases, TableRereads):
         )
         progress = self._progress
         progress.in_transaction = False
+        self._last_data_start = 0  # a new cursor
         if state.snapshot_lsn is not None and not lifecycle.snapshot_finished(state.phase) and not progress.pending:
             progress.ended(state.snapshot_lsn, state.snapshot_lsn)
         last_commit = max(start_lsn, self._handed_over)
@@ -318,6 +321,7 @@ class Reader(SnapshotPhases, TableRereads):
                     drained = message is None
                 if message is not None:
                     payload = message.payload
+                    self._last_data_start = message.data_start
                     self.metrics.bytes_received += len(payload)
                     if message.data_start > self.metrics.received_lsn:
                         self.metrics.received_lsn = message.data_start
@@ -405,6 +409,11 @@ class Reader(SnapshotPhases, TableRereads):
                         else 0
                     )
                     # Nor is the slot confirmed at or past a bulk re-read's LSN before it is written.
+                    # psycopg2 itself moves the position it reports on to a keepalive's WAL end once
+                    # the last message received is confirmed; so the last one stays unconfirmed
+                    # (its fence, bulk_reread.py, arrives before any WAL past L_r).
+                    if bulk_reread is not None:
+                        target = min(target, self._last_data_start - 1)
                     if target > confirmed and (bulk_reread is None or bulk_reread.allows_watermark(target)):
                         cur.send_feedback(flush_lsn=target, reply=True)
                         confirmed = self.metrics.confirmed_lsn = target
@@ -467,6 +476,8 @@ class Reader(SnapshotPhases, TableRereads):
                 progress.in_transaction = True
             metrics.events += events
             metrics.bytes_received += received
+            if last_start:
+                self._last_data_start = last_start
             if last_start > metrics.received_lsn:
                 metrics.received_lsn = last_start
         return message, drained

@@ -10,10 +10,12 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg2
+import psycopg2.extras
 import pytest
 
 from cdc_reader.reader import FileStateStore
-from change_events import Op
+from change_events import Op, parse_lsn
 from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD
 from lake.timetravel import read_table
@@ -182,3 +184,79 @@ def test_a_re_read_killed_half_way_is_finished_by_a_restart_without_the_flag(tot
     assert len(_reread_lsns(layout, first_lsn)) == 2
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
     assert_lake_and_warehouse_equal_the_source(layout, totesys_dsn, sink, tmp_path)
+
+
+def _slot_lsn(dsn: str, slot: str) -> int | None:
+    """The temporary re-read slot's consistent point (L_r) while it exists."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return parse_lsn(row[0]) if row and row[0] else None
+
+
+def _until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_the_drivers_own_status_updates_do_not_confirm_the_slot_at_a_bulk_re_reads_lsn(totesys_dsn, tmp_path):
+    """psycopg2 moves the flush position it reports on to a keepalive's WAL end whenever the
+    last message it received was confirmed, and sends it with its next status update: with
+    nothing streamed between the last confirmation and a re-read's temporary slot, the first
+    keepalive past L_r would confirm the slot at L_r with the table half written. Here no
+    heartbeat streams, and the re-read waits at its first chunk until the reader's connection
+    has seen WAL past L_r and sent two status updates since."""
+    seed_sales_orders(totesys_dsn, 4_000)
+    layout = LakeLayout(tmp_path / "lake")
+    state = tmp_path / "state.json"
+    quiet = {"heartbeat_seconds": 3600.0}
+    with running_reader(
+        totesys_dsn, LakeSink(layout), state, bulk_config(**quiet), prepare=lambda r: setattr(r, "lake", layout)
+    ) as reader:
+        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+
+    cursors = []  # the stream's replication cursor (the re-read's own connection is left out)
+
+    class Recording(psycopg2.extras.LogicalReplicationConnection):
+        def cursor(self, *args, **kwargs):
+            cur = super().cursor(*args, **kwargs)
+            if not threading.current_thread().name.startswith("reread-"):
+                cursors.append(cur)
+            return cur
+
+    seen: dict[str, int] = {}
+
+    def after_status_updates(table, chunk, step):
+        if seen or step != "logged":
+            return
+        seen["reread_lsn"] = reread_lsn = _slot_lsn(totesys_dsn, f"{FAST.slot}_reread")
+        stream = cursors[-1]
+        _until(lambda: stream.wal_end >= reread_lsn, "the stream saw no WAL past the re-read's LSN")
+        for _ in range(2):  # psycopg2 sends one every 10 s (status_interval) when not asked to
+            sent = stream.feedback_timestamp
+            _until(lambda: stream.feedback_timestamp != sent, "no status update was sent")
+        seen["confirmed"] = slot_confirmed(totesys_dsn, FAST.slot)
+
+    def prepare(r):
+        r.lake = layout
+        r.bulk_chunk_hook = after_status_updates
+        connect = r._connect
+
+        def recording(**kwargs):
+            if kwargs.get("connection_factory") is psycopg2.extras.LogicalReplicationConnection:
+                kwargs["connection_factory"] = Recording
+            return connect(**kwargs)
+
+        r._connect = recording
+
+    config = bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24, **quiet)
+    with running_reader(totesys_dsn, LakeSink(layout), state, config, prepare=prepare) as reader:
+        wait_for_reread(reader, "public.sales_order")
+    assert seen["confirmed"] < seen["reread_lsn"]
