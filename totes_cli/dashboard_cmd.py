@@ -12,6 +12,7 @@ import typer
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, WarehouseOption
 from totes_cli import bootstrap
+from totes_cli.parent_death import end_with_parent, parent_environment
 from totes_cli.settings import NoSourceError, load, resolve_source_dsn, resolve_warehouse
 
 HOST = "127.0.0.1"
@@ -47,6 +48,7 @@ def dashboard(
 ) -> None:
     """Serve the dashboard on 127.0.0.1 and print its address; Ctrl-C stops it. The source
     is read for its WAL figures only (none when it cannot be reached)."""
+    end_with_parent()  # started by `totes demo`: it ends with the demo, even one killed -9
     try:
         import uvicorn
 
@@ -102,7 +104,8 @@ def port_is_free(port: int) -> bool:
 
 def spawn(home, lake: str, warehouse: str, log_path, wait_seconds: float = 60.0):
     """Start `totes dashboard` as a child process on DEFAULT_PORT, or a free port when that
-    one is taken; return (process, address), address None when it did not come up in time."""
+    one is taken; return (process, address), address None when it did not come up in time.
+    It ends with this process (parent_death.py): call it from the main thread."""
     import select
     import subprocess  # nosec B404 # our own command, no shell
     import time
@@ -114,7 +117,7 @@ def spawn(home, lake: str, warehouse: str, log_path, wait_seconds: float = 60.0)
         stdout=subprocess.PIPE,
         stderr=log,
         stdin=subprocess.DEVNULL,
-        env=child_environment(home),
+        env={**child_environment(home), **parent_environment()},
     )
     log.close()
     deadline = time.monotonic() + wait_seconds
