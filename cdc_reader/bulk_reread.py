@@ -15,11 +15,14 @@ merged, never appended, because the processors write the same state table meanwh
 
 The reader puts no watermark at or above L_r on the stream until the whole table is
 written (`allows_watermark`), so neither the warehouse nor the slot's confirmation passes
-L_r with the table half read. A reader killed during the re-read has confirmed nothing
-past L_r; the re-read is in its state file (lifecycle.Reread), so run again, with the
-`--resnapshot` or without, it reads the table once more at a new L_r (the chunks of the
-first attempt stay in the lake, older and harmless). A reader told to stop during a
-re-read finishes it first (it runs at the speed of COPY).
+L_r with the table half read. (psycopg2 moves the flush position it reports on by itself, to
+a keepalive's WAL end, whenever the last message it received is confirmed: so a fence message
+precedes the temporary slot, and the reader leaves the last message unconfirmed meanwhile.)
+A reader killed during the re-read has confirmed nothing past L_r; the re-read is in its
+state file (lifecycle.Reread), so run again, with the `--resnapshot` or without, it reads
+the table once more at a new L_r (the chunks of the first attempt stay in the lake, older
+and harmless). A reader told to stop during a re-read finishes it first (it runs at the
+speed of COPY).
 
 After a column type change (schema_changes.py) the lake's columns are first widened to
 what holds the old values and the new ones, as the change path widens them
