@@ -1,5 +1,5 @@
 """`totes demo` serves the dashboard, prints its address, and the dashboard follows the running
-pipeline by itself; Ctrl-C stops the dashboard with the rest."""
+pipeline by itself; Ctrl-C stops the dashboard with the rest, and so does a kill -9 of the demo."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from tests.conftest import make_scratch_dir
@@ -88,3 +89,44 @@ def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeli
     assert process.returncode == 0, "".join(lines)[-3000:]
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(address, timeout=5)  # nosec B310 # the dashboard stopped with the demo
+
+
+@needs_embedded
+@pytest.mark.slow
+def test_no_child_of_a_demo_killed_9_keeps_running():
+    """The dashboard and the local Kinesis server end with the demo, which SIGKILL gives no
+    chance to stop them (the embedded totesys is a server of its own: the next demo resumes it)."""
+    home = make_scratch_dir("totes-demo-killed-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
+    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
+    process = subprocess.Popen(
+        [*TOTES, "demo", "--history-days", "1", "--rate", "5", "--seed", "5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and "dashboard: http" not in "".join(lines):
+            time.sleep(0.5)
+        assert "dashboard: http" in "".join(lines), "".join(lines)[-3000:]
+        children = psutil.Process(process.pid).children(recursive=True)
+        commands = [" ".join(child.cmdline()) for child in children]
+        assert any("totes_cli dashboard" in c for c in commands) and any("kinesalite" in c for c in commands), commands
+        process.kill()
+        process.wait()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [" ".join(child.cmdline()) for child in alive]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
+        EmbeddedPostgres(home / "source").stop()
+    reader.join(10)
