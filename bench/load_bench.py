@@ -5,6 +5,7 @@ run (generate, COPY limit, load, peer, backlog, nothing new, latency); its /proc
 and dlt child go with it.
 
     python -m bench load [--quick]
+    TOTES_BENCH_ORDERS=2000000 python -m bench load     # one size instead of 1M and 5M
 
 One embedded PostgreSQL, one source, in this order:
 
@@ -90,6 +91,25 @@ class Sizes:
 
 FULL = Sizes(orders=(1_000_000, 5_000_000), backlog=1_000_000, latency_seconds=40.0, latency_warmup=5.0)
 QUICK = Sizes(orders=(100_000,), backlog=100_000, latency_seconds=15.0, latency_warmup=3.0)
+ORDERS_VARIABLE = "TOTES_BENCH_ORDERS"
+"""Order counts to generate instead, comma-separated (e.g. 2000000: one size, minutes not tens)."""
+
+
+def chosen_sizes(quick: bool, variable: str | None = None) -> Sizes:
+    """FULL or QUICK, with the order counts of `TOTES_BENCH_ORDERS` when it is set."""
+    sizes = QUICK if quick else FULL
+    text = (os.environ.get(ORDERS_VARIABLE, "") if variable is None else variable).replace("_", "").strip()
+    if not text:
+        return sizes
+    try:
+        orders = tuple(sorted(int(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        raise SystemExit(
+            f"{ORDERS_VARIABLE}={text!r} is not a comma-separated list of order counts, e.g. 2000000"
+        ) from None
+    if not orders or orders[0] <= 0:
+        raise SystemExit(f"{ORDERS_VARIABLE} needs at least one positive order count, e.g. 2000000")
+    return Sizes(orders, sizes.backlog, sizes.latency_seconds, sizes.latency_warmup)
 
 
 # -- the source ------------------------------------------------------------------------------
@@ -440,8 +460,10 @@ def _verdict(ok: bool) -> str:
 
 def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     report = Report()
-    sizes = QUICK if quick else FULL
+    sizes = chosen_sizes(quick)
     reproduce = REPRODUCE_QUICK if quick else REPRODUCE
+    if sizes.orders != (QUICK if quick else FULL).orders:
+        reproduce = f"`{ORDERS_VARIABLE}={','.join(str(n) for n in sizes.orders)} python -m bench load{' --quick' if quick else ''}`"
     root = Path(tempfile.mkdtemp(prefix="totes-load-bench-"))
     server = None
     why_no_dlt = dlt_available()
