@@ -51,14 +51,17 @@ import pyarrow as pa
 
 from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
-from lake.delta_io import SMALL_FILE_ROWS, Position, is_infrastructure_fault, retry_on_conflict
+from lake.delta_io import Position, is_infrastructure_fault, retry_on_conflict
 from lake.errors import RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError
-from lake.layout import LakeLayout
+from lake.layout import CHANGES, LakeLayout
 from lake.progress import Progress
 from lake.schemas import columns_to_widen, conform_rows, lake_schema, rewrite_with_types, source_fields
-from lake.state import StateTable
+from lake.merge_schedule import MergeSchedule
+from lake.state import PRIMARY_KEY_PROPERTY, StateTable, key_columns
 
 log = logging.getLogger("totes.lake")
+_MERGES = "merges:"
+"""Prefix of the handles `merge_due_states` uses (it may run beside the shard's batches)."""
 
 
 @dataclass
@@ -128,21 +131,17 @@ class LakeWriter:
         today: Callable[[], date] | None = None,
         on_marker: Callable[[str, int], object] | None = None,
         state_delay: float = 0.0,
+        merge_share: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.layout = root if isinstance(root, LakeLayout) else LakeLayout(root, storage_options)
         self.on_marker = on_marker
         """Called as (shard, lsn) once a marker is recorded: the lake watermark may have moved."""
-        self.state_delay = state_delay
-        """At light load, how long a state merge may be put off (0: every batch merges). A
-        merge takes in every append of its shard since the last one, so one merge after a few
-        windows does the work of several few-row merges, each of which costs as much as a
-        full one. Only the state tables wait: the change logs, the watermark and the
-        warehouse do not. Whoever sets it calls `merge_due_states` now and then."""
+        self.schedule = MergeSchedule(state_delay, merge_share, clock)
+        """When state merges run (lake.merge_schedule): `state_delay` puts a trickle's merges off
+        (0: every batch merges), `merge_share` > 0 runs every merge beside the batches, paced by
+        its cost. Whoever sets either calls `merge_due_states` now and then."""
         self._clock = clock
-        self._deferred: dict[tuple[str, str], tuple[float, list[str]]] = {}
-        """(table, shard) -> (when its first unmerged append was put off, the table's keys)"""
-        self._merged_at: dict[tuple[str, str], float] = {}
         self.progress = Progress(self.layout)
         self._today = today or (lambda: datetime.now(timezone.utc).date())
         self._shards: dict[str, _ShardTables] = {}
@@ -210,21 +209,30 @@ class LakeWriter:
                 result.marker = max(markers)
         for table, table_events in by_table.items():
             keys = _keys(table_events)
-            if keys and not self._put_off(table, shard_id, keys, appended[table]):
+            if keys and self.schedule.merge_now(table, shard_id, keys, appended[table]):
                 error = self._merge_state(table, shard_id, keys, appended[table], result.tables[table])
                 if error is not None:
                     result.state_errors[table] = error
         return result
 
     def _merge_state(
-        self, table: str, shard_id: str, keys: list[str], appended: pa.Table | None, write: TableWrite | None = None
+        self,
+        table: str,
+        shard_id: str,
+        keys: list[str],
+        appended: pa.Table | None,
+        write: TableWrite | None = None,
+        handles: str | None = None,
     ) -> str | None:
-        """Merge the shard's unmerged appends into the table's state; the reason when it failed."""
+        """Merge the shard's unmerged appends into the table's state; the reason when it failed.
+        `handles`: whose table handles to use (a handle is not shared between threads)."""
+        handles = shard_id if handles is None else handles
         try:
             with self._merge_lock(table):
-                version = self.state_table(table, shard_id).apply(
-                    shard_id, self.change_log(table, shard_id), keys, appended=appended
-                )
+                started = self._clock()
+                changes = self.change_log(table, handles)
+                changes.refresh()  # another thread's handle may have appended since it looked
+                version = self.state_table(table, handles).apply(shard_id, changes, keys, appended=appended)
         except Exception as error:
             if is_infrastructure_fault(error):
                 raise
@@ -232,54 +240,49 @@ class LakeWriter:
             # and the warehouse follow): the state stays behind and is caught up
             # by a later batch once the cause is fixed; the shard keeps flowing.
             return f"{type(error).__name__}: {error}"
-        with self._lock:
-            self._deferred.pop((table, shard_id), None)
-            self._merged_at[(table, shard_id)] = self._clock()
+        self.schedule.merged(table, shard_id, started)
         if write is not None:
             write.state_version = version
         return None
 
-    def _put_off(self, table: str, shard_id: str, keys: list[str], appended: pa.Table | None) -> bool:
-        """Whether this batch's state merge waits (`state_delay`): a few rows, and the table
-        was merged for this shard within the delay (the first change after a quiet spell
-        is merged at once) and has not waited the delay already."""
-        if self.state_delay <= 0 or appended is None or appended.num_rows > SMALL_FILE_ROWS:
-            return False
-        now, slot = self._clock(), (table, shard_id)
-        with self._lock:
-            since = self._deferred.get(slot, (now, keys))[0]
-            if now - self._merged_at.get(slot, float("-inf")) >= self.state_delay or now - since >= self.state_delay:
-                return False
-            self._deferred[slot] = (since, keys)
-        return True
-
     def merge_due_states(self, everything: bool = False) -> int:
-        """Merge the states put off for `state_delay` (or all of them); how many were merged.
-        Not concurrently with `write_batch` of the same shard. A merge that fails stays due
-        (logged): the change log holds its events."""
-        now = self._clock()
-        with self._lock:
-            due = [
-                (slot, keys)
-                for slot, (since, keys) in self._deferred.items()
-                if everything or now - since >= self.state_delay
-            ]
+        """Merge the states put off that are due (`lake.merge_schedule`), or all of them; how
+        many were merged. It may run beside `write_batch` (its own table handles). A merge that
+        fails stays due (logged): the change log holds its events."""
         merged = 0
-        for (table, shard_id), keys in due:
+        for (table, shard_id), keys in self.schedule.take_due(everything):
             try:
-                error = self._merge_state(table, shard_id, keys, None)
+                error = self._merge_state(table, shard_id, keys, None, handles=_MERGES + shard_id)
             except Exception as fault:  # noqa: BLE001 - the lake's trouble: the next call tries again
                 error = f"{type(fault).__name__}: {fault}"
             if error is None:
                 merged += 1
             else:
+                self.schedule.failed(table, shard_id, keys)
                 log.warning("merging the state of %s (shard %s) failed, tried again later: %s", table, shard_id, error)
         return merged
 
+    def find_unmerged(self, shards: Iterable[str]) -> int:
+        """Put off a merge for every state table behind its change log for one of `shards` (a
+        writer before this one was killed with merges put off); how many were found."""
+        found = 0
+        for table in self.layout.tables(CHANGES):
+            state = StateTable(self.layout, table).refresh()
+            if state is None or PRIMARY_KEY_PROPERTY not in state.metadata().configuration:
+                continue  # no state yet: the table's next batch creates it from the log
+            keys = key_columns(state.metadata().configuration[PRIMARY_KEY_PROPERTY])
+            changes = ChangeLog(self.layout, table)
+            changes.refresh()
+            for shard in shards:
+                if (state.transaction_version(f"{shard}:batch") or 0) < changes.appends(shard):
+                    self.schedule.wait(table, shard, keys)
+                    found += 1
+        return found
+
     @property
     def states_put_off(self) -> int:
-        """State merges waiting (`state_delay`)."""
-        return len(self._deferred)
+        """State merges waiting (`lake.merge_schedule`)."""
+        return len(self.schedule)
 
     def record_marker(self, shard_id: str, lsn: int) -> bool:
         recorded = self._tables(shard_id).progress.record_marker(shard_id, lsn)

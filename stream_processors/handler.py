@@ -70,8 +70,17 @@ class StreamProcessor:
         self.metrics = metrics
 
     def merge_due_states(self, everything: bool = False) -> int:
-        """The state merges the lake writer put off (`LakeWriter.state_delay`) that are due."""
+        """The state merges the lake writer put off (`lake.merge_schedule`) that are due."""
         return self.lake.merge_due_states(everything)
+
+    @property
+    def paces_merges(self) -> bool:
+        """Its state merges wait to be run beside the batches (`LakeWriter(merge_share=…)`)."""
+        return self.lake.schedule.paced
+
+    def find_unmerged(self, shards: list[str]) -> int:
+        """Put off a merge of every state table a killed writer left behind its log."""
+        return self.lake.find_unmerged(shards)
 
     def process(self, event: dict) -> BatchOutcome:
         records = [KinesisStreamRecord(r) for r in event.get("Records", [])]
