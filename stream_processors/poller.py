@@ -33,6 +33,9 @@ from stream_processors.handler import BatchOutcome, StreamProcessor
 
 log = logging.getLogger("totes.processor")
 
+MERGE_LOOK_SECONDS = 0.2
+"""How often the thread of paced state merges looks for one that is due."""
+
 
 class ShardOffsets:
     """The last processed sequence number of every shard, in a JSON file."""
@@ -80,6 +83,8 @@ class _Shard:
     pending: list[dict] = field(default_factory=list)
     pending_bytes: int = 0
     """Uncompressed bytes of the events in `pending` (markers weigh nothing)."""
+    sizes: list[int] = field(default_factory=list)
+    """The same for each record of `pending`."""
     ended: bool = False
     """GetRecords gave no next iterator: the shard was split or merged away."""
     closed: bool = False
@@ -113,7 +118,9 @@ class LocalPoller:
     watermark, and with it the warehouse, would wait), an idle stream's markers are cut once
     per `quiet_window`, and under load (more than that per window) nothing changes. The
     state merges the lake writer put off (`LakeWriter.state_delay`) are run between rounds
-    once due, and all of them when the poller stops.
+    once due, and all of them when the poller stops; a writer that paces its merges by their
+    cost (`LakeWriter(merge_share=…)`, `lake.merge_schedule`) has them run in a thread of
+    their own instead, so that no batch waits for one.
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class LocalPoller:
         max_backoff: float = 60.0,
         quiet_window: float | None = None,
         min_batch_bytes: int = 0,
+        max_batch_bytes: int = 16 << 20,
     ):
         self.client = client
         self.stream = stream
@@ -139,6 +147,9 @@ class LocalPoller:
         self.quiet_window = batch_window if quiet_window is None else max(quiet_window, batch_window)
         """The longest a window with less than `min_batch_bytes` of events is held open."""
         self.min_batch_bytes = min_batch_bytes
+        self.max_batch_bytes = max_batch_bytes
+        """The most events (uncompressed bytes) one batch hands the lake: a backlog read in one
+        GetRecords is written in several batches, so memory is bounded by this, not the backlog."""
         self.max_batch_records = max_batch_records
         self.idle_sleep = idle_sleep
         self.backoff = backoff
@@ -209,7 +220,9 @@ class LocalPoller:
             if response["Records"]:
                 read = True
                 shard.pending += [lambda_record(r, shard.id, self.stream_arn, self.region) for r in response["Records"]]
-                shard.pending_bytes += sum(events_body_size(r["Data"]) for r in response["Records"])
+                sizes = [events_body_size(r["Data"]) for r in response["Records"]]
+                shard.sizes += sizes
+                shard.pending_bytes += sum(sizes)
             fetched.append(shard)
         window_over = time.monotonic() >= self._window_closes()
         due = [
@@ -246,7 +259,7 @@ class LocalPoller:
             if code == "ExpiredIteratorException":
                 # Read again after the last processed record; what was fetched since comes again.
                 log.info("iterator of %s expired; reading again after offset %s", shard.id, self.offsets.get(shard.id))
-                shard.iterator, shard.pending, shard.pending_bytes = None, [], 0
+                shard.iterator, shard.pending, shard.pending_bytes, shard.sizes = None, [], 0, []
                 return None
             self._read_failed(shard, f"{code}: {error}")
             return None
@@ -267,8 +280,8 @@ class LocalPoller:
         return min(self.backoff * 2 ** (failures - 1), self.max_backoff)
 
     def _process_all(self, due: list[_Shard]) -> list[BatchOutcome]:
-        """Process the shards' batches, each in its own thread when there are several."""
-        outcomes: list[BatchOutcome | None] = [None] * len(due)
+        """Process the shards' batches, each shard in its own thread when there are several."""
+        outcomes: list[list[BatchOutcome]] = [[] for _ in due]
         errors: list[BaseException] = []
 
         def process(index: int) -> None:
@@ -290,29 +303,51 @@ class LocalPoller:
             worker.join()
         if errors:
             raise errors[0]
-        return [outcome for outcome in outcomes if outcome is not None]
+        return [outcome for shard_outcomes in outcomes for outcome in shard_outcomes]
 
-    def _process(self, shard: _Shard) -> BatchOutcome:
-        outcome = self.processor.process({"Records": shard.pending})
-        if outcome.failed_from is None:
-            self.offsets.set(shard.id, shard.pending[-1]["kinesis"]["sequenceNumber"])
-            with self._lock:
-                self.batches += 1
-                self.events += outcome.events
-            shard.failures = 0
-        else:
-            # Read again from the last good offset after a pause, like Lambda's retries.
-            shard.failures += 1
-            with self._lock:
-                self.batch_retries += 1
-            delay = self._delay(shard.failures)
-            shard.retry_at = time.monotonic() + delay
-            shard.iterator = None
-            log.warning(
-                "batch of %s failed (%s); retry %d in %.1f s", shard.id, outcome.retry_reason, shard.failures, delay
-            )
-        shard.pending, shard.pending_bytes = [], 0
-        return outcome
+    def _batches(self, shard: _Shard) -> list[list[dict]]:
+        """`shard.pending` cut, in order, into batches of at most `max_batch_bytes` of events
+        (a record larger than that is a batch of its own): what a batch holds in memory, once
+        decoded, follows this bound rather than how far behind the shard is."""
+        batches: list[list[dict]] = [[]]
+        held = 0
+        for record, size in zip(shard.pending, shard.sizes or [0] * len(shard.pending)):
+            if batches[-1] and held + size > self.max_batch_bytes:
+                batches.append([])
+                held = 0
+            batches[-1].append(record)
+            held += size
+        return batches
+
+    def _process(self, shard: _Shard) -> list[BatchOutcome]:
+        outcomes = []
+        try:
+            for records in self._batches(shard):
+                outcome = self.processor.process({"Records": records})
+                outcomes.append(outcome)
+                if outcome.failed_from is not None:
+                    self._failed(shard, outcome)
+                    break
+                self.offsets.set(shard.id, records[-1]["kinesis"]["sequenceNumber"])
+                with self._lock:
+                    self.batches += 1
+                    self.events += outcome.events
+                shard.failures = 0
+        finally:
+            shard.pending, shard.pending_bytes, shard.sizes = [], 0, []
+        return outcomes
+
+    def _failed(self, shard: _Shard, outcome: BatchOutcome) -> None:
+        """Read again from the last good offset after a pause, like Lambda's retries."""
+        shard.failures += 1
+        with self._lock:
+            self.batch_retries += 1
+        delay = self._delay(shard.failures)
+        shard.retry_at = time.monotonic() + delay
+        shard.iterator = None
+        log.warning(
+            "batch of %s failed (%s); retry %d in %.1f s", shard.id, outcome.retry_reason, shard.failures, delay
+        )
 
     def _window_closes(self) -> float:
         """When the next cut is due (monotonic clock), for what the shards hold (see the class):
@@ -335,12 +370,31 @@ class LocalPoller:
         return self.idle_sleep
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            _, read = self._round()
-            self.processor.merge_due_states()  # between rounds: no shard is being written
-            if not read:
-                self._wakeup.wait(self._sleep())
-                self._wakeup.clear()
-        # Flush what was gathered: it is in order and complete as far as it goes.
-        self._process_all([shard for shard in self.shards.values() if shard.pending])
+        merges = None
+        if getattr(self.processor, "paces_merges", False):  # merges beside the batches, never in their way
+            merges = threading.Thread(target=self._merge_states, args=(stop,), name="state merges", daemon=True)
+            merges.start()
+        try:
+            while not stop.is_set():
+                _, read = self._round()
+                if merges is None:
+                    self.processor.merge_due_states()  # between rounds: no shard is being written
+                if not read:
+                    self._wakeup.wait(self._sleep())
+                    self._wakeup.clear()
+            # Flush what was gathered: it is in order and complete as far as it goes.
+            self._process_all([shard for shard in self.shards.values() if shard.pending])
+        finally:
+            if merges is not None:
+                merges.join()
         self.processor.merge_due_states(everything=True)
+
+    def _merge_states(self, stop: threading.Event) -> None:
+        """The paced state merges (`lake.merge_schedule`), in their own thread: first those a
+        killed writer left behind, then whatever is due, until the poller stops."""
+        try:
+            self.processor.find_unmerged(list(self.shards))
+        except Exception:  # noqa: BLE001 - the next batch of each shard merges what it finds
+            log.exception("looking for state tables behind their change logs failed")
+        while not stop.wait(0.0 if self.processor.merge_due_states() else MERGE_LOOK_SECONDS):
+            pass
