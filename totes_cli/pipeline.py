@@ -20,7 +20,7 @@ The names, defaults and state paths, and the stages themselves, come from the co
 root (totes_cli/bootstrap.py) that the single-stage commands use too; this module joins
 them: what wakes what, and their shared life cycle (start, wake, stop in order).
 
-Why one file (about 420 lines): that life cycle reads best in one place.
+Why one file (about 430 lines): that life cycle reads best in one place.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from totes_cli import bootstrap
 from totes_cli.bootstrap import PUBLICATION, SHARDS, STREAM, WINDOW as DEFAULT_WINDOW
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
 from warehouse_sync.apply import SyncResult, sync_once
-from warehouse_sync.read_copy import ReadCopyPublisher
+from warehouse_sync.read_copy import RUNNING_SHARE, ReadCopyPublisher
 from warehouse_sync.targets import open_target
 
 log = logging.getLogger("totes.pipeline")
@@ -69,6 +69,9 @@ QUIET_WINDOW = 5.0
 STATE_DELAY = 30.0
 """The longest a trickle's state merge waits, so that one merge takes in several windows
 (`LakeWriter.state_delay`; the warehouse does not wait for it)."""
+MERGE_SHARE = 0.25
+"""The largest share of the time a table's state merges take, in a thread beside the batches
+(`lake.merge_schedule`): a merge rewrites most of a large state table whatever it merges."""
 MIN_BATCH_BYTES = 32 * 1024
 """About 175 events: less than half of what a 0.5 s window holds at 1,000 changes/s."""
 STAGE_RETRY_SECONDS = 2.0
@@ -99,6 +102,10 @@ class PipelineConfig:
     up to this long, so lake commits follow the data rather than the clock (`LocalPoller`)."""
     min_batch_bytes: int = MIN_BATCH_BYTES
     state_delay: float = STATE_DELAY
+    merge_share: float = MERGE_SHARE
+    """State merges run beside the batches, each table's at most this share of the time (0: in
+    the batches, as a Lambda does); the state tables then lag their logs by about a merge's
+    time over this share (lake/merge_schedule.py)."""
     """At light load the lake's state tables follow their change logs up to this late (0: with
     every batch): a merge of a few rows costs as much as a full one."""
     processor_poll_seconds: float = 1.0
@@ -229,7 +236,12 @@ class Pipeline:
         slot = bootstrap.remembered_slot(cfg.lake, cfg.slot)  # fixed at the first run of this lake
         client = self._kinesis()
         ensure_stream(client, cfg.stream, cfg.shards)
-        lake = LakeWriter(self.layout, on_marker=lambda shard, lsn: self._lake_moved.set(), state_delay=cfg.state_delay)
+        lake = LakeWriter(
+            self.layout,
+            on_marker=lambda shard, lsn: self._lake_moved.set(),
+            state_delay=cfg.state_delay,
+            merge_share=cfg.merge_share,
+        )
         self.poller = bootstrap.poller(
             client,
             cfg.stream,
@@ -332,7 +344,9 @@ class Pipeline:
         shard_ids = [shard.shard_id for shard in self.publisher.shards]
         watermark = LakeWatermark(self.layout, lambda: shard_ids)
         tables: dict = {}  # what the sync has read of each change log, between runs
-        readers = ReadCopyPublisher(target)  # a DuckDB warehouse stays readable by other processes
+        readers = ReadCopyPublisher(
+            target, max_share=RUNNING_SHARE
+        )  # a DuckDB warehouse stays readable by other processes
 
         def sync_to_watermark() -> None:
             upto = watermark.durable_lsn()
