@@ -79,7 +79,7 @@ def sync(
     a source transaction), exactly once."""
     from lake.layout import LakeLayout
     from lake.progress import Progress
-    from warehouse_sync.read_copy import ReadCopyPublisher
+    from warehouse_sync.read_copy import RUNNING_SHARE, ReadCopyPublisher
 
     home = load().home
     lake = lake or bootstrap.home_lake(home)
@@ -102,7 +102,7 @@ def sync(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     tables: dict = {}  # the lake's Delta tables, refreshed between runs
-    readers = ReadCopyPublisher(target)  # a DuckDB warehouse stays readable by other processes
+    readers = ReadCopyPublisher(target, max_share=RUNNING_SHARE)  # a DuckDB warehouse stays readable by other processes
     runs = events = rejected = 0
     next_emf = time.monotonic() + EMF_SECONDS
     lock = ExitStack()

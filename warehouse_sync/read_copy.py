@@ -21,7 +21,10 @@ Why this way, and not another:
   quiet machine, ~200 ms on a very busy one (`COPY FROM DATABASE` into a new file took 1-5 s,
   since it rebuilds every index; `python -m bench read_copy`, bench/README.md), and a copy is
   made at most every `min_interval` seconds (1 s): the sync loops wake at least that often,
-  so a reader is at most a second or two behind the sync.
+  so a reader is at most a second or two behind the sync. A large warehouse costs more (the
+  copy is linear in the file), so a running sync also paces its copies by their cost
+  (`max_share`, `RUNNING_SHARE`: at most a tenth of its time): readers of a ~1 GB warehouse
+  lag it by about ten seconds rather than the sync's latency growing with the warehouse.
 - *Atomic for readers.* The copy is written beside the target and renamed over it; a reader
   that has the previous copy open goes on reading that one.
 - *Simpler than serving reads from the sync over a socket:* readers keep plain DuckDB SQL
@@ -38,6 +41,7 @@ import os
 import shutil
 import subprocess  # nosec B404 # cp, see publish_copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -49,6 +53,8 @@ log = logging.getLogger("totes.sync.read_copy")
 PUBLISHED_SUFFIX = ".published.duckdb"
 DEFAULT_MIN_INTERVAL = 1.0
 """The least time in seconds between two published copies (the newest commit wins)."""
+RUNNING_SHARE = 0.1
+"""The share of a running sync's time its copies for readers may take (`ReadCopyPublisher`)."""
 
 
 class WarehouseBusy(RuntimeError):
@@ -152,11 +158,23 @@ class ReadCopyPublisher:
     `min_interval` seconds old. `close()` publishes what is still unpublished. For a
     PostgreSQL warehouse (or `:memory:`) every call does nothing."""
 
-    def __init__(self, target, min_interval: float = DEFAULT_MIN_INTERVAL):
+    def __init__(
+        self,
+        target,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        max_share: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.min_interval = min_interval
+        self.max_share = max_share
+        """With a share (0 < share <= 1), copies take at most that share of the sync's time: after
+        a copy that took C seconds the next waits at least C * (1 / share - 1). A large warehouse
+        (~1 GB at 5M orders: ~1 s to checkpoint and copy) is then copied less often, and its
+        readers lag the sync by that much, instead of the sync spending most of its time copying."""
         self.published = 0
         self.last_seconds: float | None = None
         self._target = target
+        self._clock = clock
         path = getattr(target, "path", None)
         self.enabled = getattr(target, "dialect", None) == "duckdb" and bool(path) and path != ":memory:"
         self.database = Path(path) if self.enabled else None
@@ -164,25 +182,31 @@ class ReadCopyPublisher:
         self._pending = self.enabled  # a first copy of whatever the warehouse holds now
         self._last = float("-inf")
 
+    def pause(self) -> float:
+        """The least time between the end of one copy and the start of the next."""
+        if not self.max_share or self.last_seconds is None:
+            return self.min_interval
+        return max(self.min_interval, self.last_seconds * (1.0 / self.max_share - 1.0))
+
     def after_sync(self, changed: bool) -> None:
         if not self.enabled:
             return
         self._pending = self._pending or changed
-        if self._pending and time.monotonic() - self._last >= self.min_interval:
+        if self._pending and self._clock() - self._last >= self.pause():
             self.publish_now()
 
     def publish_now(self) -> None:
         if not self.enabled:
             return
-        started = time.perf_counter()
+        started = self._clock()
         try:
             publish_copy(self._target.connection, self.database, self.path)
         except (duckdb.Error, OSError) as error:  # readers keep the previous copy; the next run tries again
             log.warning("could not publish the warehouse's copy for readers: %s", error)
             return
         finally:
-            self._last = time.monotonic()
-        self.last_seconds = time.perf_counter() - started
+            self._last = self._clock()
+        self.last_seconds = self._last - started
         self.published += 1
         self._pending = False
 
