@@ -26,6 +26,9 @@ Rules of the merge (guarantee 3, "order per row"):
 
 Tables without a primary key have a change log only.
 
+When: a merge may be put off and run beside the batches (`lake.merge_schedule`), so the state
+may lag its log by a merge or two; every merge takes in all the shard's appends since.
+
 Concurrency: two shards merging into one table race; the loser's commit fails with
 CommitFailedError and the whole step (re-read positions, re-collapse, merge) runs again.
 """

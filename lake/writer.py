@@ -15,7 +15,8 @@ another's events):
    fit their type) are set aside as `Rejected`;
 4. append the rest to `changes/<table>` (one commit, carrying the shard's new high-water);
 5. merge into `tables/<table>` whatever the state has not consumed from this shard's log
-   (one commit; after a crash between 4 and 5, the retry or the next batch does it).
+   (one commit; after a crash between 4 and 5, the retry or the next batch does it), or put
+   the merge off (`lake.merge_schedule`: a trickle's, or every one when paced by its cost).
 
 Steps 1-4 run for every table first; then, if nothing was rejected or `on_rejected` took care
 of every rejected group (e.g. wrote them to the dead letters), the highest marker of the batch
