@@ -20,7 +20,7 @@ The names, defaults and state paths, and the stages themselves, come from the co
 root (totes_cli/bootstrap.py) that the single-stage commands use too; this module joins
 them: what wakes what, and their shared life cycle (start, wake, stop in order).
 
-Why one file (about 430 lines): that life cycle reads best in one place.
+Why one file (about 450 lines): that life cycle reads best in one place.
 """
 
 from __future__ import annotations
