@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from change_events import TableSchema
+from change_events.errors import Kind, TotesError
 from change_events.wire import decode_row, encode_row
 
 KEEP, DROP, MASK, HASH = "keep", "drop", "mask", "hash"
@@ -43,8 +44,10 @@ _MASK_LAST = re.compile(r"mask:last(\d{1,2})")
 _I16, _I32, _VALUE_HEAD = struct.Struct(">h"), struct.Struct(">i"), struct.Struct(">ci")
 
 
-class PolicyError(ValueError):
+class PolicyError(TotesError, ValueError):
     """A policy that cannot be used; str() is one sentence naming the fix."""
+
+    kind = Kind.CONFIGURATION
 
 
 @dataclass(frozen=True)

@@ -39,17 +39,16 @@ consumers restore per-row order by `(lsn, seq)` anyway (DESIGN.md guarantee 3).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from operator import attrgetter
 
-from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from cdc_reader.acks import AckTracker
 from cdc_reader.records import (
@@ -63,6 +62,7 @@ from cdc_reader.records import (
 )
 from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
 from change_events.codec import events_record, record_size_bound
+from change_events.errors import PUT_RECORDS_BACKOFF, Kind, TotesError, is_retryable, is_throttling
 from change_events.kinesis import MAX_CALL_BYTES, MAX_CALL_RECORDS, MAX_RECORD_BYTES, Shard, ShardMap
 from change_events.wire import Change, EncodedChange
 
@@ -74,30 +74,12 @@ _PARTITION_KEY_ROOM = 64
 # a record that way are encoded alone when added, to refuse them early.
 _WORST_BYTES_PER_CHAR = 4
 
-THROTTLING_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "KMSThrottlingException",
-        "LimitExceededException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-    }
-)
-RETRYABLE_CALL_CODES = THROTTLING_CODES | {
-    "InternalFailure",
-    "InternalFailureException",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-}
 
-
-class PublishError(RuntimeError):
+class PublishError(TotesError, RuntimeError):
     """Kinesis refused the records for a reason retrying cannot fix, or accepted nothing for too
     long. Nothing was dropped: the unsent records stay queued, and `flush()` tries again."""
+
+    kind = Kind.DESTINATION
 
 
 _lsn_of = attrgetter("lsn")
@@ -183,8 +165,8 @@ class Publisher:
         max_buffer_events: int = 20_000,
         max_call_bytes: int = MAX_CALL_BYTES,
         max_call_records: int = MAX_CALL_RECORDS,
-        backoff_base_seconds: float = 0.05,
-        backoff_max_seconds: float = 5.0,
+        backoff_base_seconds: float = PUT_RECORDS_BACKOFF.base,
+        backoff_max_seconds: float = PUT_RECORDS_BACKOFF.cap,
         max_stall_seconds: float = 300.0,
         shard_refresh_seconds: float = 60.0,
         start_lsn: int = 0,
@@ -212,6 +194,7 @@ class Publisher:
         self.max_call_records = max_call_records
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self._backoff = replace(PUT_RECORDS_BACKOFF, base=backoff_base_seconds, cap=backoff_max_seconds)
         self.max_stall_seconds = max_stall_seconds
         self.shard_refresh_seconds = shard_refresh_seconds
         self.metrics = PublisherMetrics()
@@ -477,14 +460,16 @@ class Publisher:
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code not in RETRYABLE_CALL_CODES and status < 500:
+            if not is_retryable(error):
                 raise PublishError(
                     f"Kinesis refused PutRecords on {self.stream_name}: {code}: "
                     f"{error.response.get('Error', {}).get('Message', '')}"
                 ) from error
-            self._no_progress(self._call_failed(batch, code or f"HTTP {status}", code in THROTTLING_CODES))
+            self._no_progress(self._call_failed(batch, code or f"HTTP {status}", is_throttling(code)))
             return
-        except (BotoConnectionError, HTTPClientError) as error:
+        except BotoCoreError as error:
+            if not is_retryable(error):
+                raise  # not Kinesis's answer (no credentials, a bad parameter): no retry helps
             self._no_progress(self._call_failed(batch, f"{type(error).__name__}: {error}", False))
             return
         results = response.get("Records", [])
@@ -506,7 +491,7 @@ class Publisher:
                 code = result.get("ErrorCode") or "no sequence number"
                 last_error = f"{code}: {result.get('ErrorMessage', '')}"
                 self.metrics.retries += 1
-                if code in THROTTLING_CODES:
+                if is_throttling(code):
                     self.metrics.throttles += 1
                 self._back_off(queue)
         if last_error:
@@ -542,8 +527,7 @@ class Publisher:
 
     def _back_off(self, queue: _ShardQueue) -> None:
         queue.failures += 1
-        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** min(queue.failures - 1, 30))
-        queue.not_before = self._clock() + random.uniform(0, ceiling)  # nosec B311 # retry jitter, not a secret
+        queue.not_before = self._clock() + self._backoff.delay(queue.failures)
 
     def _acknowledged(self, record: _Record) -> None:
         self.metrics.bytes += len(record.data)

@@ -60,10 +60,11 @@ from cdc_reader.reader_state import FileStateStore, ReaderState, StateStore
 from cdc_reader.rereads import TableRereads
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.snapshot_phases import SnapshotPhases
-from cdc_reader.source import HEARTBEAT_PREFIX, SESSION_SETTINGS, SourceConnectionError, connect
+from cdc_reader.source import HEARTBEAT_PREFIX, SESSION_SETTINGS, connect
 from cdc_reader.source_setup import SlotLostError, lost_slot_message, slot_state
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
+from change_events.errors import OUTAGE_BACKOFF, is_retryable
 from change_events.wire import EncodedChange
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ log = logging.getLogger("totes.reader")
 __all__ = [
     "HEARTBEAT_PREFIX",
     "READER_SESSION",
-    "RETRYABLE",
     "Durability",
     "EventSink",
     "FileStateStore",
@@ -521,9 +521,6 @@ class Reader(SnapshotPhases, TableRereads):
                 self.metrics.confirmed_lsn = target
 
 
-RETRYABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, SourceConnectionError)
-
-
 def _raise_if_stream_lost(cur, error: psycopg2.DatabaseError) -> None:
     """The server going away mid-stream (psycopg2 reports some of these as a plain
     DatabaseError) is a connection problem, worth a reconnect: raise it as one."""
@@ -531,23 +528,26 @@ def _raise_if_stream_lost(cur, error: psycopg2.DatabaseError) -> None:
         raise psycopg2.OperationalError(f"replication stream lost: {str(error).strip()}") from error
 
 
-def supervise(reader: Reader, stop: threading.Event, *, max_delay: float = 30.0) -> None:
-    """Run the reader until `stop`, reconnecting with exponential backoff when PostgreSQL
-    restarts or the network drops. Set-up problems (SourceSetupError) are not retried."""
-    delay = 1.0
+def supervise(reader: Reader, stop: threading.Event, *, max_delay: float = OUTAGE_BACKOFF.cap) -> None:
+    """Run the reader until `stop`, reconnecting with exponential backoff (`OUTAGE_BACKOFF`)
+    when PostgreSQL restarts or the network drops: whatever `change_events.errors` finds
+    retryable. Set-up problems (SourceSetupError) and bugs are not retried."""
+    policy = replace(OUTAGE_BACKOFF, cap=max_delay)
+    failures = 0
     while not stop.is_set():
         started = time.monotonic()
         try:
             reader.run(stop)
             return
-        except RETRYABLE as error:
-            if isinstance(error, SourceConnectionError) and not error.transient:
+        except Exception as error:
+            if not is_retryable(error):
                 raise
             if time.monotonic() - started > 60:
-                delay = 1.0
+                failures = 0  # it ran a while: this is a new outage, not the same one
+            failures += 1
+            delay = policy.delay(failures)
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             log.warning("lost the source (%s); reconnecting in %.0f s", first, delay)
             reader.streaming.clear()
             if stop.wait(delay):
                 return
-            delay = min(delay * 2, max_delay)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from change_events import ChangeEvent
+from change_events.errors import Kind, TotesError
 from change_events.codec import events_body, events_record, record_size_bound
 from change_events.wire import Change, EncodedChange
 
@@ -23,8 +24,10 @@ SCHEMA_ROOM = 16 * 1024
 FRAME_OVERHEAD = 6
 
 
-class EventTooLargeError(ValueError):
+class EventTooLargeError(TotesError, ValueError):
     """An event that does not fit in one Kinesis record even alone and compressed."""
+
+    kind = Kind.BAD_DATA
 
 
 def estimate_size(event: Change) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from change_events.errors import Kind, TotesError
 from change_events.model import parse_lsn
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -52,13 +53,17 @@ SESSION_SETTINGS: dict[str, str] = {
 }
 
 
-class SourceConnectionError(RuntimeError):
+class SourceConnectionError(TotesError, RuntimeError):
     """Could not connect; str() is one sentence that names the fix. `transient` says whether
-    trying again later may help (server down) or not (wrong password, missing rights)."""
+    trying again later may help (server down: Kind.TRANSIENT) or not (wrong password, missing
+    rights: Kind.SOURCE)."""
 
     def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
+        super().__init__(message, kind=Kind.TRANSIENT if transient else Kind.SOURCE)
+
+    @property
+    def transient(self) -> bool:
+        return self.kind.retryable
 
 
 def describe(dsn: str) -> dict[str, str]:

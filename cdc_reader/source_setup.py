@@ -13,12 +13,15 @@ import psycopg2
 from psycopg2 import errors, sql
 
 from change_events import parse_lsn
+from change_events.errors import Kind, TotesError
 
 MANAGED_COMMENT = "managed by totes-cdc"
 
 
-class SourceSetupError(RuntimeError):
+class SourceSetupError(TotesError, RuntimeError):
     """The source lacks something the reader needs; the message names the fix."""
+
+    kind = Kind.SOURCE
 
 
 class SlotLostError(SourceSetupError):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from change_events.errors import Kind, TotesError
 from change_events.model import ChangeEvent, Column, TableSchema, Watermark
 from change_events.wire import MAX_LSN, EncodedChange, decode_frame, encode_frame, from_micros, micros
 
@@ -56,8 +57,10 @@ _U32_MAX, _I32_MIN, _I32_MAX = (1 << 32) - 1, -(1 << 31), (1 << 31) - 1
 _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError, struct.error)
 
 
-class CodecError(ValueError):
+class CodecError(TotesError, ValueError):
     """A record that is not a readable totes-cdc record; the message is the reason."""
+
+    kind = Kind.BAD_DATA
 
 
 @dataclass(frozen=True)

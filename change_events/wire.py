@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from datetime import datetime, timedelta, timezone
 
+from change_events.errors import Kind, TotesError
 from change_events.model import ChangeEvent, Op, Row, TableSchema
 
 FRAME_HEAD = struct.Struct(">cQIqqB")
@@ -45,8 +46,10 @@ _COLUMN_HEAD = struct.Struct(">ci")
 _OPS = {op.value.encode(): op for op in Op}
 
 
-class FrameError(ValueError):
+class FrameError(TotesError, ValueError):
     """Bytes that are not a well-formed frame or row; the message says where."""
+
+    kind = Kind.BAD_DATA
 
 
 class _Unchanged:

@@ -14,15 +14,13 @@
 
 from __future__ import annotations
 
-import random
-import re
-import time
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import pyarrow as pa
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, QueryBuilder, Transaction, WriterProperties
-from deltalake.exceptions import CommitFailedError, DeltaError
+
+from change_events.errors import COMMIT_RACE_RETRY, is_conflict
 
 T = TypeVar("T")
 
@@ -122,17 +120,10 @@ def after_position(position: Position, prefix: str = "") -> str:
 # -- commit races ----------------------------------------------------------------------------
 
 
-def retry_on_conflict(operation: Callable[[], T], attempts: int = 12, base_delay: float = 0.05) -> T:
-    """Run `operation`; when it loses a commit race, wait a little (jittered, growing) and
+def retry_on_conflict(operation: Callable[[], T]) -> T:
+    """Run `operation`; when it loses a commit race, wait a little (`COMMIT_RACE_RETRY`) and
     run it again. `operation` must re-read what it depends on each time."""
-    for attempt in range(attempts):
-        try:
-            return operation()
-        except CommitFailedError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(base_delay * (1.5**attempt) * (0.5 + random.random()))  # nosec B311 # retry jitter, not a secret
-    raise AssertionError("unreachable")
+    return COMMIT_RACE_RETRY.run(operation, retry_if=is_conflict)
 
 
 def create_once(
@@ -166,25 +157,6 @@ def create_once(
         if layout.open(uri) is None:
             raise
     return layout.open(uri, version=0)
-
-
-_OUTAGE = re.compile(
-    r"object ?store|\bs3\b|\bio error|connection|timed? ?out|dispatch|credential|throttl|slow ?down"
-    r"|service unavailable|internal server error|\b50[0-9]\b|no space|permission denied",
-    re.IGNORECASE,
-)
-
-
-def is_infrastructure_fault(error: BaseException) -> bool:
-    """Whether `error` is the storage's trouble (S3 down, throttled, a lost commit race, a
-    full disk), which heals and is retried, rather than something about the data written.
-
-    deltalake raises OSError for object-store and I/O failures; its other errors (plain
-    Exception, DeltaError, ValueError…) mostly describe what was written, so they count as
-    the data's fault unless their message names an outage."""
-    if isinstance(error, (OSError, CommitFailedError, MemoryError)):
-        return True
-    return isinstance(error, DeltaError) and _OUTAGE.search(str(error)) is not None
 
 
 class LakeTable:

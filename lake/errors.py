@@ -4,9 +4,13 @@ the dead letters (with `str(error)` as the reason) and keep its shard flowing.""
 
 from __future__ import annotations
 
+from change_events.errors import Kind, TotesError
 
-class LakeError(Exception):
-    """Base class of the lake's own errors."""
+
+class LakeError(TotesError):
+    """Base class of the lake's own errors: the events' trouble, never retried."""
+
+    kind = Kind.BAD_DATA
 
 
 class UnapplicableEventsError(LakeError):

@@ -26,7 +26,7 @@ table that a crash left behind its log is caught up by the retry or the next bat
 A retried batch repeats nothing: steps 2 and 5 make every step idempotent, and a commit
 race (two writers on one shard) re-runs steps 2-4 rather than appending blindly.
 
-What fails is sorted by whose fault it is (`delta_io.is_infrastructure_fault`): an outage
+What fails is sorted by whose fault it is (`change_events.errors.classify`): an outage
 (S3 unreachable, a full disk, a commit race lost too often) raises, and the caller retries
 the batch until the lake heals; anything else that stops a table's events from being
 logged is about those events, so they become one `Rejected` (the reason is the error) and
@@ -52,7 +52,8 @@ import pyarrow as pa
 
 from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
-from lake.delta_io import Position, is_infrastructure_fault, retry_on_conflict
+from change_events.errors import is_retryable
+from lake.delta_io import Position, retry_on_conflict
 from lake.errors import RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError
 from lake.layout import CHANGES, LakeLayout
 from lake.progress import Progress
@@ -194,7 +195,7 @@ class LakeWriter:
             try:
                 write, rows, rejected = self._append(shard_id, table, table_events)
             except Exception as error:
-                if is_infrastructure_fault(error):
+                if is_retryable(error):
                     raise  # the lake's trouble, not the events': the caller retries the batch
                 write, rows = TableWrite(table, received=len(table_events)), None
                 rejected = [Rejected(table, table_events, RefusedEventsError(table, error))]
@@ -235,7 +236,7 @@ class LakeWriter:
                 changes.refresh()  # another thread's handle may have appended since it looked
                 version = self.state_table(table, handles).apply(shard_id, changes, keys, appended=appended)
         except Exception as error:
-            if is_infrastructure_fault(error):
+            if is_retryable(error):
                 raise
             # The events are in the change log (the record, and what the watermark
             # and the warehouse follow): the state stays behind and is caught up

@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 
 from change_events import ChangeEvent, CodecError, decode
+from change_events.errors import OUTAGE_BACKOFF, Kind, classify, is_retryable
 from lake.dead_letters import DeadLetters
 from lake.writer import LakeWriter, Rejected
 from totes_cli import bootstrap
@@ -93,9 +94,9 @@ class StreamProcessor:
             raw = base64.b64decode(record.kinesis.data)
             try:
                 decoded = decode(raw)
-            except MemoryError:
-                raise  # the function's trouble, not the record's: retried
             except Exception as error:  # CodecError; anything else would be a decoder bug, and is contained too
+                if is_retryable(error):
+                    raise  # the function's trouble (out of memory), not the record's: retried
                 reason = str(error) if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
                 self.dead_letters.add(
                     f"undecodable record: {reason}",
@@ -123,7 +124,8 @@ class StreamProcessor:
             # written) gets here. Nothing of this batch is in the lake yet, so the whole
             # batch is retried, not just from the failed record.
             error = batch.exceptions[0][1] if batch.exceptions else None
-            return self._retry(outcome, records, f"a record could not be handled: {type(error).__name__}: {error}")
+            reason = f"a record could not be handled: {type(error).__name__}: {error}"
+            return self._retry(outcome, records, reason, classify(error) if error is not None else Kind.BUG)
 
         def reject(rejected: Rejected) -> None:
             self.dead_letters.add_rejected(rejected, outcome.shard)
@@ -135,15 +137,19 @@ class StreamProcessor:
 
         try:
             result = self.lake.write_batch(outcome.shard, events, outcome.markers, on_rejected=reject)
-        except Exception as error:  # only outages get here: what the events cause is rejected
-            return self._retry(outcome, records, f"lake write failed: {type(error).__name__}: {error}")
+        except Exception as error:  # outages get here (what the events cause is rejected), and bugs
+            # A batch is never skipped, whatever the kind: its kind is logged, so a bug that
+            # keeps a shard retrying is told from an outage.
+            return self._retry(outcome, records, f"lake write failed: {type(error).__name__}: {error}", classify(error))
         outcome.appended = result.appended
         for table, reason in result.state_errors.items():
             logger.error("state merge failed; the change log has the events", extra={"table": table, "reason": reason})
         self._measure(outcome, records)
         return outcome
 
-    def _retry(self, outcome: BatchOutcome, records: list[KinesisStreamRecord], reason: str) -> BatchOutcome:
+    def _retry(
+        self, outcome: BatchOutcome, records: list[KinesisStreamRecord], reason: str, kind: Kind = Kind.TRANSIENT
+    ) -> BatchOutcome:
         """Report the whole batch failed, so it is retried in order until the lake takes it.
 
         A batch is never given up for an outage (later watermarks would pass its events);
@@ -151,7 +157,10 @@ class StreamProcessor:
         infra/alarms.tf), and the retries back off (the poller; the event source mapping)."""
         outcome.failed_from = records[0].kinesis.sequence_number
         outcome.retry_reason = " ".join(_ANSI.sub("", reason).split())[:1000]
-        logger.error("batch failed; it will be retried", extra={"shard": outcome.shard, "reason": outcome.retry_reason})
+        logger.error(
+            "batch failed; it will be retried",
+            extra={"shard": outcome.shard, "reason": outcome.retry_reason, "kind": kind.value},
+        )
         if self.metrics is not None:
             self.metrics.add_metric(name="BatchRetries", unit=MetricUnit.Count, value=1)
         return outcome
@@ -183,9 +192,9 @@ def handler(event: dict, context) -> dict:
     """AWS Lambda entry point (Kinesis event source mapping, ReportBatchItemFailures on).
 
     The event source mapping retries a failed batch at once; during an outage the warm
-    function pauses before reporting the failure (1 s, doubling per consecutive failure of
-    the shard, at most 30 s and never past half its remaining time), so retries back off
-    instead of spinning."""
+    function pauses before reporting the failure (`OUTAGE_BACKOFF`: 1 s, doubling per
+    consecutive failure of the shard, at most 30 s, and never past half its remaining time),
+    so retries back off instead of spinning."""
     outcome = _lake_processor().process(event)
     if outcome.failed_from is None:
         _failures.pop(outcome.shard, None)
@@ -194,7 +203,7 @@ def handler(event: dict, context) -> dict:
         remaining = (
             context.get_remaining_time_in_millis() / 1000 if hasattr(context, "get_remaining_time_in_millis") else 0
         )
-        time.sleep(max(0.0, min(2.0 ** (failures - 1), 30.0, remaining / 2)))
+        time.sleep(max(0.0, min(OUTAGE_BACKOFF.delay(failures), remaining / 2)))
     return outcome.response
 
 

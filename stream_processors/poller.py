@@ -28,6 +28,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from change_events.codec import events_body_size
+from change_events.errors import RetryPolicy
 from change_events.files import atomic_write_json
 from stream_processors.handler import BatchOutcome, StreamProcessor
 
@@ -155,6 +156,7 @@ class LocalPoller:
         self.backoff = backoff
         """The first retry's pause in seconds; it doubles with each failure, up to `max_backoff`."""
         self.max_backoff = max_backoff
+        self._backoff = RetryPolicy(base=backoff, cap=max_backoff)
         self.batch_retries = 0
         self.read_retries = 0
         summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
@@ -277,7 +279,7 @@ class LocalPoller:
         log.warning("reading %s failed (%s); retrying in %.1f s", shard.id, reason, delay)
 
     def _delay(self, failures: int) -> float:
-        return min(self.backoff * 2 ** (failures - 1), self.max_backoff)
+        return self._backoff.delay(failures)
 
     def _process_all(self, due: list[_Shard]) -> list[BatchOutcome]:
         """Process the shards' batches, each shard in its own thread when there are several."""

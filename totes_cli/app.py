@@ -28,6 +28,7 @@ from totes_cli import (
 from totes_cli import dashboard_cmd, report_cmd
 from totes_cli.console import err, fail
 from cdc_reader.source import scrub
+from change_events.errors import Kind, classify, sentence
 
 app = typer.Typer(
     name="totes",
@@ -92,13 +93,16 @@ app.command("verify")(verify_cmd.verify)
 
 
 def main() -> None:
-    """The console script. A configuration problem found late is still one sentence; any
-    other unexpected failure shows its traceback without the passwords in it."""
+    """The console script. Any error that explains itself (`change_events.errors.TotesError`)
+    is its one sentence, even when no command caught it (exit 2 for a configuration problem,
+    else 1); anything else is a bug and shows its traceback, without the passwords in it."""
     try:
         app()
-    except settings.ConfigError as error:
-        fail(str(error), code=2)
-        sys.exit(2)
     except Exception as error:  # noqa: BLE001 - the last line of defence for secrets
-        err.print(scrub("".join(traceback.format_exception(error))), markup=False, highlight=False)
-        sys.exit(1)
+        said = sentence(error)
+        if said is None:
+            err.print(scrub("".join(traceback.format_exception(error))), markup=False, highlight=False)
+            sys.exit(1)
+        code = 2 if classify(error) is Kind.CONFIGURATION else 1
+        fail(said, code=code)
+        sys.exit(code)

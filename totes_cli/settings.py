@@ -43,13 +43,16 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cdc_reader.source import masked, remember_secrets, with_password
+from change_events.errors import Kind, TotesError
 from totes_cli.bootstrap import HOME, PUBLICATION, STREAM, home_lake, home_source, home_warehouse
 
 SECRET_PREFIX = "secretsmanager:"  # nosec B105 # a URI prefix, not a password
 
 
-class ConfigError(RuntimeError):
+class ConfigError(TotesError, RuntimeError):
     """The configuration cannot be used; str() is one sentence naming the fix."""
+
+    kind = Kind.CONFIGURATION
 
 
 class NoSourceError(ConfigError):

@@ -1,0 +1,225 @@
+"""The error model: each family of exceptions is sorted into the kind its retry loops act on,
+and the retry policies wait as they say."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import botocore.exceptions
+import psycopg2
+import pytest
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from cdc_reader.personal_data import PolicyError
+from cdc_reader.publisher import PublishError
+from cdc_reader.records import EventTooLargeError
+from cdc_reader.source import SourceConnectionError
+from cdc_reader.source_setup import SlotLostError, SourceSetupError
+from change_events.codec import CodecError
+from change_events.errors import (
+    COMMIT_RACE_RETRY,
+    OUTAGE_BACKOFF,
+    PUT_RECORDS_BACKOFF,
+    Jitter,
+    Kind,
+    RetryPolicy,
+    TotesError,
+    classify,
+    is_conflict,
+    is_retryable,
+    sentence,
+)
+from change_events.wire import FrameError
+from lake.errors import IncompatibleSchemaError, RefusedEventsError
+from totes_cli.settings import ConfigError, NoSourceError
+
+
+def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientError:
+    response = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return botocore.exceptions.ClientError(response, "PutRecords")
+
+
+# -- the project's own errors: their kind, and one sentence ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (ConfigError("set TOTES_LAKE"), Kind.CONFIGURATION),
+        (NoSourceError("give --source"), Kind.CONFIGURATION),
+        (PolicyError("name a column"), Kind.CONFIGURATION),
+        (SourceConnectionError("wrong password: fix it"), Kind.SOURCE),
+        (SourceConnectionError("server down: start it", transient=True), Kind.TRANSIENT),
+        (SourceSetupError("run GRANT ..."), Kind.SOURCE),
+        (SlotLostError("run --reset"), Kind.SOURCE),
+        (PublishError("Kinesis refused"), Kind.DESTINATION),
+        (CodecError("not a record"), Kind.BAD_DATA),
+        (FrameError("short frame"), Kind.BAD_DATA),
+        (EventTooLargeError("too large"), Kind.BAD_DATA),
+        (IncompatibleSchemaError("t", {"c": ("int", "text")}), Kind.BAD_DATA),
+        (RefusedEventsError("t", ValueError("x")), Kind.BAD_DATA),
+    ],
+)
+def test_the_projects_errors_explain_themselves_and_carry_their_kind(error, kind):
+    assert isinstance(error, TotesError)
+    assert classify(error) is kind
+    assert sentence(error) == str(error)
+    assert is_retryable(error) is (kind is Kind.TRANSIENT)
+
+
+def test_the_projects_errors_keep_their_builtin_bases():
+    """Code that catches RuntimeError or ValueError still catches them."""
+    assert isinstance(ConfigError("x"), RuntimeError) and isinstance(PublishError("x"), RuntimeError)
+    assert isinstance(CodecError("x"), ValueError) and isinstance(PolicyError("x"), ValueError)
+
+
+def test_a_transient_connection_error_says_so():
+    assert SourceConnectionError("down", transient=True).transient
+    assert not SourceConnectionError("wrong password").transient
+
+
+def test_the_fix_given_apart_ends_the_sentence():
+    error = TotesError("The lake is not set.", fix="set TOTES_LAKE to a folder or s3:// URI.", kind=Kind.CONFIGURATION)
+    assert str(error) == "The lake is not set: set TOTES_LAKE to a folder or s3:// URI."
+    assert error.fix == "set TOTES_LAKE to a folder or s3:// URI."
+
+
+def test_an_error_of_kind_bug_has_no_sentence_so_its_traceback_shows():
+    assert sentence(TotesError("an invariant broke")) is None
+    assert sentence(KeyError("x")) is None
+
+
+# -- other libraries' errors ----------------------------------------------------------------
+
+
+def test_psycopg2_a_lost_connection_is_retried_a_refused_statement_is_a_bug():
+    assert classify(psycopg2.OperationalError("server closed the connection unexpectedly")) is Kind.TRANSIENT
+    assert classify(psycopg2.InterfaceError("connection already closed")) is Kind.TRANSIENT
+    assert classify(psycopg2.ProgrammingError("syntax error at or near")) is Kind.BUG
+    assert not is_retryable(psycopg2.ProgrammingError("syntax error"))
+
+
+@pytest.mark.parametrize("code", ["ProvisionedThroughputExceededException", "ThrottlingException", "InternalFailure"])
+def test_botocore_throttling_and_the_services_trouble_are_retried(code):
+    assert classify(client_error(code)) is Kind.TRANSIENT
+
+
+def test_botocore_any_5xx_is_retried_and_any_other_refusal_is_for_good():
+    assert classify(client_error("SomethingNew", 503)) is Kind.TRANSIENT
+    assert classify(client_error("AccessDeniedException", 400)) is Kind.DESTINATION
+    assert classify(client_error("ResourceNotFoundException", 400)) is Kind.DESTINATION
+
+
+def test_botocore_a_dropped_connection_is_retried_and_missing_credentials_are_configuration():
+    assert classify(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")) is Kind.TRANSIENT
+    assert classify(botocore.exceptions.ReadTimeoutError(endpoint_url="http://x")) is Kind.TRANSIENT
+    assert classify(botocore.exceptions.NoCredentialsError()) is Kind.CONFIGURATION
+    assert classify(botocore.exceptions.ParamValidationError(report="bad")) is Kind.BUG
+
+
+def test_deltalake_a_lost_commit_race_is_a_conflict_and_other_errors_are_the_datas_unless_an_outage():
+    assert classify(CommitFailedError("version 3 already exists")) is Kind.CONFLICT
+    assert is_conflict(CommitFailedError("x")) and is_retryable(CommitFailedError("x"))
+    assert classify(DeltaError("Generic S3 error: connection refused")) is Kind.TRANSIENT
+    assert classify(DeltaError("Schema error: cannot cast column")) is Kind.BAD_DATA
+    assert not is_conflict(DeltaError("Generic S3 error: connection refused"))
+
+
+def test_os_errors_and_memory_are_the_machines_trouble_and_retried():
+    assert classify(OSError(errno.ENOSPC, "No space left on device")) is Kind.TRANSIENT
+    assert classify(ConnectionResetError()) is Kind.TRANSIENT
+    assert classify(MemoryError()) is Kind.TRANSIENT
+
+
+def test_anything_else_is_a_bug():
+    for error in (KeyError("k"), TypeError("t"), ValueError("v"), AssertionError()):
+        assert classify(error) is Kind.BUG and not is_retryable(error)
+
+
+# -- retry policies -------------------------------------------------------------------------
+
+
+def test_without_jitter_the_backoff_doubles_up_to_its_cap():
+    assert [OUTAGE_BACKOFF.delay(n) for n in range(1, 8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_full_jitter_waits_anywhere_up_to_the_backoff():
+    policy = RetryPolicy(base=1.0, cap=8.0, jitter=Jitter.FULL)
+    random.seed(7)
+    delays = [policy.delay(3) for _ in range(500)]
+    assert all(0 <= d <= 4.0 for d in delays) and min(delays) < 1.0 < 3.0 < max(delays)
+    assert all(0 <= PUT_RECORDS_BACKOFF.delay(40) <= PUT_RECORDS_BACKOFF.cap for _ in range(100))
+
+
+def test_proportional_jitter_keeps_the_growth():
+    policy = RetryPolicy(base=1.0, factor=1.5, jitter=Jitter.HALF_TO_ONE_AND_A_HALF)
+    assert all(0.5 * 1.5**2 <= policy.delay(3) <= 1.5 * 1.5**2 for _ in range(200))
+
+
+def test_run_retries_what_it_is_told_to_until_its_attempts(monkeypatch):
+    waits: list[float] = []
+    monkeypatch.setattr("change_events.errors.time.sleep", waits.append)
+    calls = []
+
+    def lose():
+        calls.append(1)
+        raise CommitFailedError("lost the race")
+
+    with pytest.raises(CommitFailedError):
+        COMMIT_RACE_RETRY.run(lose, retry_if=is_conflict)
+    assert len(calls) == COMMIT_RACE_RETRY.attempts and len(waits) == COMMIT_RACE_RETRY.attempts - 1
+
+
+def test_run_does_not_retry_a_bug_and_returns_what_succeeds(monkeypatch):
+    monkeypatch.setattr("change_events.errors.time.sleep", lambda _: None)
+    calls = []
+
+    def bug():
+        calls.append(1)
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        RetryPolicy(base=0.0, attempts=5).run(bug)
+    assert len(calls) == 1
+    outcomes = iter([OSError("down"), OSError("down"), "done"])
+
+    def heals():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert RetryPolicy(base=0.0, attempts=5).run(heals) == "done"
+
+
+# -- the command line's last line of defence ------------------------------------------------
+
+
+def _main_raising(monkeypatch, capsys, error: BaseException) -> tuple[int, str]:
+    from totes_cli import app as cli
+
+    def command():
+        raise error
+
+    monkeypatch.setattr(cli, "app", command)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def test_the_command_line_shows_the_sentence_of_an_error_no_command_caught(monkeypatch, capsys):
+    code, shown = _main_raising(monkeypatch, capsys, PublishError("Kinesis refused PutRecords on s: AccessDenied: m"))
+    assert code == 1 and "Kinesis refused PutRecords on s: AccessDenied: m" in shown
+    assert "Traceback" not in shown
+    code, shown = _main_raising(monkeypatch, capsys, PolicyError("policy.toml: name a column"))
+    assert code == 2 and "policy.toml: name a column" in shown and "Traceback" not in shown
+
+
+def test_the_command_line_shows_the_traceback_of_a_bug_without_its_password(monkeypatch, capsys):
+    from cdc_reader.source import remember_secrets
+
+    remember_secrets("postgresql://u:hunter2-sekret@h/db")
+    code, shown = _main_raising(monkeypatch, capsys, KeyError("postgresql://u:hunter2-sekret@h/db"))
+    assert code == 1 and "Traceback" in shown and "KeyError" in shown
+    assert "hunter2-sekret" not in shown
