@@ -24,12 +24,15 @@ from dashboard.charts import plain_rows
 from lake.moments import MomentError, parse_moment  # noqa: F401 - parse_moment is this module's too
 from warehouse_sync.read_copy import connect_for_reading
 from warehouse_sync.targets import is_postgres_dsn
+from change_events.errors import Kind, TotesError
 
 log = logging.getLogger("totes.dashboard")
 
 
-class NoWarehouse(LookupError):
+class NoWarehouse(TotesError, LookupError):
     """There is no warehouse there yet (said in one sentence)."""
+
+    kind = Kind.CONFIGURATION
 
 
 NOT_SYNCED_YET = "The warehouse has no star schema yet: the first sync has not committed."

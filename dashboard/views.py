@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 from warehouse_sync.schema import quote_literal
+from change_events.errors import Kind, TotesError
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,10 @@ class Filters:
     """Read the warehouse as it was then (fact versions valid at that moment); None: now."""
 
 
-class FilterError(ValueError):
+class FilterError(TotesError, ValueError):
     """A filter value that cannot be read (said to the user in one sentence)."""
+
+    kind = Kind.CONFIGURATION
 
 
 def parse_filters(

@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 from lake.delta_io import quote_identifier, quote_literal, retry_on_conflict
 from lake.layout import LakeLayout
 from lake.timetravel import TableNotInLake, state_keys
+from change_events.errors import Kind, TotesError
 
 ERASURES = "erasures"
 ERASURE_SCHEMA = pa.schema(
@@ -49,8 +50,10 @@ _NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
 _COMMIT = re.compile(r"^\d{20}\.json$")
 
 
-class ErasureError(ValueError):
+class ErasureError(TotesError, ValueError):
     """The erasure cannot be done as asked; str() is one sentence naming the fix."""
+
+    kind = Kind.CONFIGURATION
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,15 @@ import re
 from datetime import datetime, timezone
 
 from change_events import parse_lsn
+from change_events.errors import Kind, TotesError
 
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
-class MomentError(ValueError):
+class MomentError(TotesError, ValueError):
     """A moment that is neither a Delta version, a source LSN nor a time; str() says so."""
+
+    kind = Kind.CONFIGURATION
 
 
 def parse_moment(text: str | None):

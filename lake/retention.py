@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from change_events.errors import Kind, TotesError
 
 DEFAULT_RETENTION = timedelta(hours=1)
 """Time travel by Delta version for the last hour (by source time or LSN: always)."""
@@ -20,8 +21,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class RetentionError(ValueError):
+class RetentionError(TotesError, ValueError):
     """A retention that is not a duration, or shorter than `MIN_RETENTION`."""
+
+    kind = Kind.CONFIGURATION
 
 
 def parse_retention(text: str, minimum: timedelta = MIN_RETENTION, flag: str = "--retain") -> timedelta:

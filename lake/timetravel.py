@@ -40,6 +40,7 @@ from lake.delta_io import ZERO, Position, plain_types, read_sql
 from lake.layout import CHANGES, STATE, LakeLayout
 from lake.schemas import data_columns
 from lake.state import PRIMARY_KEY_PROPERTY, key_columns
+from change_events.errors import Kind, TotesError
 
 
 class TableNotInLake(LookupError):
@@ -187,8 +188,10 @@ def register_duckdb(
     return name
 
 
-class AsOfError(ValueError):
+class AsOfError(TotesError, ValueError):
     """The lake cannot be read as of that point; str() is one sentence saying why."""
+
+    kind = Kind.CONFIGURATION
 
 
 def _commit_times(layout: LakeLayout) -> pl.DataFrame:

@@ -37,6 +37,7 @@ from collections import deque
 from pathlib import Path
 from queue import Empty, Queue
 from types import TracebackType
+from change_events.errors import Kind, TotesError
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,10 @@ def exit_reason(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-class KinesaliteError(RuntimeError):
+class KinesaliteError(TotesError, RuntimeError):
     """kinesalite could not be started or stopped; the message says why."""
+
+    kind = Kind.CONFIGURATION
 
 
 class KinesaliteNotInstalled(KinesaliteError):

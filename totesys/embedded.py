@@ -48,6 +48,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cdc_reader.source import secret_free_environment
+from change_events.errors import Kind, TotesError
 
 
 def _bin_path() -> Path:
@@ -96,8 +97,10 @@ AUTH_RULES = (
 )
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(TotesError, RuntimeError):
     """The embedded server could not be set up, started or stopped; the message says why."""
+
+    kind = Kind.CONFIGURATION
 
 
 def binary(name: str) -> Path:

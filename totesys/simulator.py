@@ -36,6 +36,7 @@ from totesys import business
 from totesys.business import Bundle, Existing, World
 from cdc_reader.source import connect
 from totesys.schema import TABLES, has_schema, schema_sql
+from change_events.errors import Kind, TotesError
 
 STATIC_TABLES = ("address", "counterparty", "currency", "department", "staff", "payment_type")
 MOVING_TABLES = ("design", "sales_order", "purchase_order", "transaction", "payment")
@@ -62,8 +63,10 @@ CHAOS_WEIGHTS = {"delete_payment": 3, "delete_sales_order": 3, "toast_insert": 2
 TOASTED_BYTES = 8000  # a file_location at least this long was written by toast_insert
 
 
-class SimulatorError(RuntimeError):
+class SimulatorError(TotesError, RuntimeError):
     """The simulator cannot work on this database; str() is one sentence that says why."""
+
+    kind = Kind.SOURCE
 
 
 def utc_now() -> datetime:

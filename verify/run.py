@@ -19,13 +19,16 @@ from verify.core import TableReport, Verification, align, compare_chunk
 from verify.lake_side import lake_chunk
 from verify.source import SourceSnapshot
 from verify import warehouse_side as wh
+from change_events.errors import Kind, TotesError
 
 DEFAULT_CHUNK_ROWS = 100_000
 DEFAULT_TIMEOUT = 60.0
 
 
-class VerifyError(RuntimeError):
+class VerifyError(TotesError, RuntimeError):
     """Verification could not run; str() is one sentence naming the fix."""
+
+    kind = Kind.CONFIGURATION
 
 
 def wait_until(

@@ -47,6 +47,7 @@ from pathlib import Path
 import duckdb
 
 from warehouse_sync.schema import quote_identifier as q, quote_literal
+from change_events.errors import Kind, TotesError
 
 log = logging.getLogger("totes.sync.read_copy")
 
@@ -57,8 +58,10 @@ RUNNING_SHARE = 0.1
 """The share of a running sync's time its copies for readers may take (`ReadCopyPublisher`)."""
 
 
-class WarehouseBusy(RuntimeError):
+class WarehouseBusy(TotesError, RuntimeError):
     """The warehouse is being written and no copy for readers is published next to it."""
+
+    kind = Kind.TRANSIENT
 
 
 def published_path(warehouse: str | Path) -> Path:

@@ -32,6 +32,12 @@ from change_events.errors import (
 )
 from change_events.wire import FrameError
 from lake.errors import IncompatibleSchemaError, RefusedEventsError
+from lake.retention import RetentionError
+from lake.timetravel import AsOfError
+from local_stack.kinesalite import KinesaliteError
+from totesys.simulator import SimulatorError
+from verify.run import VerifyError
+from warehouse_sync.read_copy import WarehouseBusy
 from totes_cli.settings import ConfigError, NoSourceError
 
 
@@ -59,6 +65,12 @@ def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientErro
         (EventTooLargeError("too large"), Kind.BAD_DATA),
         (IncompatibleSchemaError("t", {"c": ("int", "text")}), Kind.BAD_DATA),
         (RefusedEventsError("t", ValueError("x")), Kind.BAD_DATA),
+        (RetentionError("give a duration like 7d"), Kind.CONFIGURATION),
+        (AsOfError("pick a later version"), Kind.CONFIGURATION),
+        (VerifyError("run the sync first"), Kind.CONFIGURATION),
+        (KinesaliteError("install Node.js"), Kind.CONFIGURATION),
+        (SimulatorError("create the totesys schema"), Kind.SOURCE),
+        (WarehouseBusy("try again in a moment"), Kind.TRANSIENT),
     ],
 )
 def test_the_projects_errors_explain_themselves_and_carry_their_kind(error, kind):
