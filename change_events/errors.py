@@ -104,12 +104,16 @@ def _types(module: str, *names: str) -> tuple[type, ...]:
     return tuple(getattr(loaded, name) for name in names if hasattr(loaded, name)) if loaded else ()
 
 
+def is_lost_connection(error: BaseException) -> bool:
+    """Whether a PostgreSQL connection went away under `error` (the server restarted, the
+    network dropped): a new connection may carry on."""
+    return isinstance(error, _types("psycopg2", "OperationalError", "InterfaceError"))
+
+
 def _psycopg2(error: BaseException) -> Kind | None:
-    """A lost connection (the server restarted, the network dropped) heals; a refused
-    statement is a bug. Failures to connect arrive as SourceConnectionError, already sorted."""
-    if isinstance(error, _types("psycopg2", "OperationalError", "InterfaceError")):
-        return Kind.TRANSIENT
-    return None
+    """A lost connection heals; a refused statement is a bug. Failures to connect arrive as
+    SourceConnectionError, already sorted."""
+    return Kind.TRANSIENT if is_lost_connection(error) else None
 
 
 def _botocore(error: BaseException) -> Kind | None:

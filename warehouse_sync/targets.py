@@ -19,6 +19,7 @@ import psycopg2
 import pyarrow as pa
 from psycopg2 import sql as pgsql
 
+from change_events.errors import is_lost_connection
 from cdc_reader.source import connect
 from warehouse_sync.schema import DUCKDB, POSTGRES, conform
 
@@ -302,7 +303,7 @@ class PostgresTarget(Target):
         self.connection.close()
 
     def lost_connection(self, error: BaseException) -> bool:
-        return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError)) or bool(self.connection.closed)
+        return is_lost_connection(error) or bool(self.connection.closed)
 
     def reconnect(self) -> None:
         try:

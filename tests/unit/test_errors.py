@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import random
+import threading
 
 import botocore.exceptions
 import psycopg2
@@ -27,6 +28,7 @@ from change_events.errors import (
     TotesError,
     classify,
     is_conflict,
+    is_lost_connection,
     is_retryable,
     sentence,
 )
@@ -109,6 +111,7 @@ def test_psycopg2_a_lost_connection_is_retried_a_refused_statement_is_a_bug():
     assert classify(psycopg2.OperationalError("server closed the connection unexpectedly")) is Kind.TRANSIENT
     assert classify(psycopg2.InterfaceError("connection already closed")) is Kind.TRANSIENT
     assert classify(psycopg2.ProgrammingError("syntax error at or near")) is Kind.BUG
+    assert is_lost_connection(psycopg2.OperationalError("x")) and not is_lost_connection(psycopg2.DataError("x"))
     assert not is_retryable(psycopg2.ProgrammingError("syntax error"))
 
 
@@ -235,3 +238,53 @@ def test_the_command_line_shows_the_traceback_of_a_bug_without_its_password(monk
     code, shown = _main_raising(monkeypatch, capsys, KeyError("postgresql://u:hunter2-sekret@h/db"))
     assert code == 1 and "Traceback" in shown and "KeyError" in shown
     assert "hunter2-sekret" not in shown
+
+
+# -- the reader's supervisor asks the classifier ---------------------------------------------
+
+
+class _Stop(threading.Event):
+    """A stop whose waits return at once and are recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout=None) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+class _Reader:
+    def __init__(self, *failures: BaseException):
+        self.failures = list(failures)
+        self.streaming = threading.Event()
+        self.runs = 0
+
+    def run(self, stop) -> None:
+        self.runs += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+
+def test_the_supervisor_reconnects_after_what_is_retryable_with_the_outage_backoff():
+    from cdc_reader.reader import supervise
+
+    stop = _Stop()
+    reader = _Reader(psycopg2.OperationalError("server closed"), SourceConnectionError("down", transient=True))
+    supervise(reader, stop)
+    assert reader.runs == 3 and stop.waits == [OUTAGE_BACKOFF.delay(1), OUTAGE_BACKOFF.delay(2)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SourceConnectionError("wrong password"), SlotLostError("run --reset"), PublishError("refused"), KeyError()],
+)
+def test_the_supervisor_stops_at_what_is_not(error):
+    from cdc_reader.reader import supervise
+
+    stop = _Stop()
+    reader = _Reader(error)
+    with pytest.raises(type(error)):
+        supervise(reader, stop)
+    assert reader.runs == 1 and stop.waits == []
