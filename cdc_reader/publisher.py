@@ -13,7 +13,8 @@ partially failed call that is retried naively puts a shard's later records befor
 ones. So a call carries at most one record per shard, and a shard's next record is sent only
 once Kinesis acknowledged its previous one. Throttled or failed entries stay at the head of
 their shard's queue and are retried after an exponential backoff with full jitter (per shard,
-so a hot shard does not slow the others). Whole-call errors are first retried by botocore
+so a hot shard does not slow the others; which codes are retried and how long each waits are
+`change_events.errors`' classifier and `PUT_RECORDS_BACKOFF`). Whole-call errors are first retried by botocore
 (the client built by `change_events.kinesis.kinesis_client` uses its `standard` retry mode),
 then by the same loop. A record is acknowledged only when Kinesis returned a sequence number
 for it; nothing is ever dropped. Whole-call errors that may have reached Kinesis (timeouts)
