@@ -213,9 +213,9 @@ def lambda_processor(metrics):
     """The Lambda's processor of the lake TOTES_LAKE names (there is no default place in Lambda)."""
     from lake.writer import LakeWriter
     from stream_processors.handler import StreamProcessor
-    from totes_cli.settings import load
+    from totes_cli.settings import ConfigError, load
 
     lake = load().lake
     if not lake:
-        raise RuntimeError("TOTES_LAKE is not set: point it at the lake (s3://bucket/prefix or a folder).")
+        raise ConfigError("TOTES_LAKE is not set: point it at the lake (s3://bucket/prefix or a folder).")
     return StreamProcessor(LakeWriter(lake), metrics)

@@ -288,3 +288,13 @@ def test_the_supervisor_stops_at_what_is_not(error):
     with pytest.raises(type(error)):
         supervise(reader, stop)
     assert reader.runs == 1 and stop.waits == []
+
+
+def test_the_lambda_without_its_lake_says_so_as_a_configuration_error(monkeypatch):
+    from stream_processors import handler
+
+    monkeypatch.setattr(handler, "_processor", None)
+    monkeypatch.delenv("TOTES_LAKE", raising=False)
+    with pytest.raises(TotesError, match="TOTES_LAKE is not set: point it at the lake") as raised:
+        handler._lake_processor()
+    assert classify(raised.value) is Kind.CONFIGURATION
