@@ -142,7 +142,11 @@ def _deltalake(error: BaseException) -> Kind | None:
 
 
 def _system(error: BaseException) -> Kind | None:
-    """The machine's trouble (I/O, sockets, memory) heals, or is somebody's to fix meanwhile."""
+    """The machine's trouble (I/O, sockets, a full disk, memory) heals, or is somebody's to
+    fix meanwhile; a path that is missing or not ours is the configuration's, and retrying
+    it would only repeat the warning."""
+    if isinstance(error, (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return Kind.CONFIGURATION
     return Kind.TRANSIENT if isinstance(error, (OSError, MemoryError)) else None
 
 

@@ -147,6 +147,16 @@ def test_os_errors_and_memory_are_the_machines_trouble_and_retried():
     assert classify(MemoryError()) is Kind.TRANSIENT
 
 
+def test_a_path_missing_or_not_ours_is_the_configurations_and_not_retried():
+    for error in (
+        PermissionError(errno.EACCES, "Permission denied"),
+        FileNotFoundError(errno.ENOENT, "x"),
+        NotADirectoryError(errno.ENOTDIR, "x"),
+        IsADirectoryError(errno.EISDIR, "x"),
+    ):
+        assert classify(error) is Kind.CONFIGURATION and not is_retryable(error)
+
+
 def test_anything_else_is_a_bug():
     for error in (KeyError("k"), TypeError("t"), ValueError("v"), AssertionError()):
         assert classify(error) is Kind.BUG and not is_retryable(error)
