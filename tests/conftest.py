@@ -135,6 +135,27 @@ def empty_database(admin_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def new_database(admin_dsn: str) -> Iterator:
+    """A function that creates one more new, empty database and returns its DSN (each
+    dropped at the end of the test)."""
+    names: list[str] = []
+
+    def create() -> str:
+        names.append(f"totes_test_{uuid.uuid4().hex[:10]}")
+        conn = _admin(admin_dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(names[-1])))
+        finally:
+            conn.close()
+        return with_database(admin_dsn, names[-1])
+
+    yield create
+    for name in names:
+        _drop_database(admin_dsn, name)
+
+
+@pytest.fixture
 def totesys_dsn(admin_dsn: str, _template: str) -> Iterator[str]:
     """DSN of a new database holding the empty totesys schema."""
     name = f"totes_test_{uuid.uuid4().hex[:10]}"

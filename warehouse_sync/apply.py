@@ -60,14 +60,17 @@ from datetime import date, datetime, timezone
 import polars as pl
 from lake.change_feed import ChangeLog
 from lake.layout import LakeLayout
+from warehouse_sync import bulk
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import (
+    bulk_loadable,
     cached_events,
     count_events,
     follow_from,
     read_changes,
     read_slice,
+    snapshot_part,
     snapshot_returns,
     snapshot_seqs,
 )
@@ -125,7 +128,10 @@ class SyncResult:
     facts_rejected: dict[str, int] = field(default_factory=dict)
     """Fact versions set aside in `_sync_rejected` (a value does not fit its §3 column)."""
     slices: list[tuple[Position, int]] = field(default_factory=list)
-    """Each committed slice: where it ended and how many events it held."""
+    """Each committed slice: where it ended and how many events it held (those loaded in bulk
+    are not: they stay in the engine)."""
+    bulk_loaded: dict[str, int] = field(default_factory=dict)
+    """Snapshot reads loaded in bulk (`bulk`), by fact table."""
 
     def add(self, applied: SyncResult, end: Position) -> None:
         """Count a committed slice in."""
@@ -136,10 +142,11 @@ class SyncResult:
             (self.dimensions_upserted, applied.dimensions_upserted),
             (self.dimensions_deleted, applied.dimensions_deleted),
             (self.facts_rejected, applied.facts_rejected),
+            (self.bulk_loaded, applied.bulk_loaded),
         ):
             for name, count in theirs.items():
                 mine[name] = mine.get(name, 0) + count
-        self.slices.append((end, applied.events))
+        self.slices.append((end, applied.events - sum(applied.bulk_loaded.values())))
 
     @property
     def applied(self) -> bool:
@@ -246,13 +253,18 @@ def _sync_once(
                     today,
                     tables,
                     result,
-                    lambda: (read_changes(layout, start.lsn, upto_lsn, tables), {}),
+                    lambda: (read_changes(layout, start.lsn, upto_lsn, tables), {}, {}),
                 )
                 return result
         opened: dict = {uri: known[0] for uri, known in _LAKE_TYPES.items()}  # brought up to date just now
         counts = count_events(layout, start, upto_lsn, opened, larger_than=slice_events)
-        ends = plan_slices(
+        parts = bulk.plan(
             counts,
+            _fresh_sources(target) if bulk.BULK_LOADS else set(),
+            lambda part: bulk_loadable(layout, start, part.lsn, part.source, opened),
+        )
+        ends = plan_slices(
+            bulk.weighed(counts, parts),
             upto_lsn,
             len(SOURCES),
             lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened),
@@ -261,6 +273,7 @@ def _sync_once(
         for end_ in ends:
             start_ = start
             sources = {list(SOURCES)[c.table] for c in counts if start_.lsn <= c.lsn <= end_.lsn}
+            here = [part for part in parts if part.within(start_, end_)]
             if not _apply_slice(
                 layout,
                 target,
@@ -269,7 +282,7 @@ def _sync_once(
                 today,
                 tables,
                 result,
-                lambda: _read_slice(layout, start_, end_, upto_lsn, opened, sources),
+                lambda: _read_slice(layout, start_, end_, upto_lsn, opened, sources, here),
             ):
                 break  # another sync moved the checkpoint: the next run starts from there
             start = end_
@@ -293,18 +306,19 @@ def _apply_slice(
     read,
 ) -> bool:
     """One transaction: the events in `(start, end]` (as `read()` returns them, with the
-    keys snapshot reads bring back after the slice: `_read_slice`), the position moved to
-    `end`. False (nothing done) when the warehouse is not at `start`."""
+    keys snapshot reads bring back after the slice and the parts loaded in bulk:
+    `_read_slice`), the position moved to `end`. False (nothing done) when the warehouse is
+    not at `start`."""
     target.begin()
     try:
         if _read_position(target, lock=True) != start:
             target.rollback()
             return False
         _follow_lake_types(target, layout, tables)
-        changes, returning = read()
+        changes, returning, parts = read()
         applied = SyncResult(result.from_lsn, result.to_lsn)
         applied.events = sum(frame.height for frame in changes.values())
-        _apply(target, changes, today, applied, returning)
+        _apply(target, changes, today, applied, returning, parts)
         _advance_position(target, end)
         target.commit()
     except BaseException:
@@ -315,19 +329,27 @@ def _apply_slice(
 
 
 def _read_slice(
-    layout: LakeLayout, start: Position, end: Position, upto_lsn: int, opened: dict, sources: set[str]
-) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
-    """The slice's events, and for each fact source it truncates, the keys whose next event
+    layout: LakeLayout,
+    start: Position,
+    end: Position,
+    upto_lsn: int,
+    opened: dict,
+    sources: set[str],
+    parts: list[bulk.BulkPart] = (),  # type: ignore[assignment]
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series], dict]:
+    """The slice's events but those of `parts` (loaded in bulk: their files are returned, by
+    source, instead), and for each fact source it truncates, the keys whose next event
     after the slice (up to `upto_lsn`) is a snapshot read. A reset truncates at L1 and writes
     the rows back at a later L2; a slice ending between the two must not delete the facts a
     single sync keeps (`_without_replaced_truncates`)."""
-    changes = read_slice(layout, start, end, opened, sources)
+    loads = {part.source: (part, snapshot_part(layout, start, part.lsn, part.source, opened)) for part in parts}
+    changes = read_slice(layout, start, end, opened, sources, {part.source: part.lsn for part in parts})
     returning = {}
     if end < Position.complete(upto_lsn, len(SOURCES)):
         for source, events in changes.items():
             if source in tf.FACT_BY_SOURCE and (events["_op"] == "t").any():
                 returning[source] = snapshot_returns(layout, end, upto_lsn, source, opened)
-    return changes, returning
+    return changes, returning, loads
 
 
 def _widen_for_lake(target: Target, layout: LakeLayout, tables: dict | None) -> None:
@@ -340,6 +362,15 @@ def _widen_for_lake(target: Target, layout: LakeLayout, tables: dict | None) -> 
     except BaseException:
         target.rollback()
         raise
+
+
+def _fresh_sources(target: Target) -> set[str]:
+    """The fact sources the warehouse holds nothing of (`bulk.fresh_sources`)."""
+    target.begin()
+    try:
+        return bulk.fresh_sources(target)
+    finally:
+        target.rollback()
 
 
 def _complete_lsn(position: Position) -> int:
@@ -501,10 +532,25 @@ def _delete_keys(target: Target, table: Table, keys: pl.Series, condition: str =
 
 
 def _apply(
-    target: Target, changes: dict[str, pl.DataFrame], today: date, result: SyncResult, returning: dict[str, pl.Series]
+    target: Target,
+    changes: dict[str, pl.DataFrame],
+    today: date,
+    result: SyncResult,
+    returning: dict[str, pl.Series],
+    parts: dict | None = None,
 ) -> None:
-    replays = {source: _replay_mirror(target, source, events) for source, events in changes.items()}
+    """The slice's steps. A part loaded in bulk (`parts`: source → (BulkPart, its files)) is
+    its table's first events: loaded after the dimensions its facts point at, before that
+    table's later events of the slice go the general way."""
+    parts = parts or {}
+    replays = {
+        source: _replay_mirror(target, source, events) for source, events in changes.items() if source not in parts
+    }
     _upsert_dimensions(target, replays, result)
+    for source, (part, files) in parts.items():
+        _bulk_load(target, part, files, today, result)
+        if source in changes:
+            replays[source] = _replay_mirror(target, source, changes[source])
     fact_changes = {}
     for spec in tf.FACT_SPECS:
         if spec.source in replays:
@@ -633,11 +679,29 @@ def _without_replaced_truncates(versions: pl.DataFrame, key: str, returning: pl.
     return ordered.filter(~replaced)
 
 
+def _bulk_load(target: Target, part: bulk.BulkPart, files, today: date, result: SyncResult) -> None:
+    """A fresh fact source's snapshot reads in bulk (`bulk`): mirror, calendar days, facts."""
+    spec = tf.FACT_BY_SOURCE[part.source]
+    staged = target.stage_dataset(bulk.STAGED, files, bulk.staged_columns(part.source))
+    rows = bulk.load_mirror(target, part, staged)
+    mirror = SOURCES[part.source].name  # fresh: it holds the part's rows and nothing else
+    referenced = target.select(bulk.referenced_days_sql(spec, mirror, target.dialect), {"date_id": pl.Date()})
+    _insert_calendar_days(target, referenced["date_id"], today)
+    bulk.load_facts(target, part, staged, rows)
+    result.events += rows
+    result.facts_appended[spec.table.name] = result.facts_appended.get(spec.table.name, 0) + rows
+    result.bulk_loaded[spec.table.name] = rows
+
+
 def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactChanges], today: date) -> None:
     referenced = pl.concat(
         [pl.Series("date_id", [], dtype=pl.Date)]
         + [tf.referenced_days(spec, c.inserts) for spec, c in fact_changes.items()]
     )
+    _insert_calendar_days(target, referenced, today)
+
+
+def _insert_calendar_days(target: Target, referenced: pl.Series, today: date) -> None:
     days = tf.dim_date(tf.calendar_days(referenced, today))
     present = target.query(f"SELECT count(*) AS n, min(date_id) AS first, max(date_id) AS last FROM {q(DIM_DATE.name)}")  # nosec B608 # names quoted by q(), values int()
     first, last = present["first"].item(), present["last"].item()
@@ -670,7 +734,7 @@ def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, res
     columns = column_list(fact.names)
     target.execute(f"INSERT INTO {q(fact.name)} ({columns}) SELECT {columns} FROM {q(staged)} ORDER BY {q(fact.key)}")  # nosec B608 # names quoted by q(), values int()
     target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(inserts.height)}")  # nosec B608 # names quoted by q(), values int()
-    result.facts_appended[fact.name] = inserts.height
+    result.facts_appended[fact.name] = result.facts_appended.get(fact.name, 0) + inserts.height
 
 
 def _delete_dimensions(target: Target, replays: dict[str, Replay], result: SyncResult) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from lake.change_feed import EVENT_META, ChangeFeed, ChangeLog
@@ -341,9 +342,11 @@ def read_slice(
     end: Position,
     opened: dict | None = None,
     sources: Iterable[str] | None = None,
+    skip: dict[str, int] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Every source table's events in `(start, end]`, sorted, deduplicated (tables without
-    any: absent); only `sources` are read, when given."""
+    any: absent); only `sources` are read, when given, and none of a table's events at the
+    LSN `skip` gives for it (a part loaded in bulk: `snapshot_part`)."""
     layout = _as_lake(layout)
     changes = {}
     for source in SOURCES if sources is None else [s for s in SOURCES if s in set(sources)]:
@@ -351,6 +354,8 @@ def read_slice(
         if found is None:
             continue
         dataset, wanted = found
+        if skip and source in skip:
+            wanted &= ds.field("_lsn") != int(skip[source])
         schema = event_schema(source)
         present = [name for name in schema if name in dataset.schema.names]
         frame = _conform(dataset.to_table(columns=present, filter=wanted, memory_pool=SCAN_POOL), schema)
@@ -359,3 +364,39 @@ def read_slice(
                 ["_lsn", "_seq"]
             )
     return changes
+
+
+# -- parts loaded in bulk (see `bulk`) ---------------------------------------------------------
+
+
+def snapshot_part(
+    layout: LakeLayout | str, start: Position, lsn: int, source: str, opened: dict | None = None
+) -> ds.Dataset | None:
+    """The change log files of `source`, filtered to its events at `lsn` after `start`: a
+    dataset a warehouse engine scans itself (no rows read here)."""
+    layout = _as_lake(layout)
+    found = _slice_dataset(layout, source, start, Position.complete(lsn, len(SOURCES)), opened)
+    if found is None:
+        return None
+    dataset, wanted = found
+    return dataset.filter(wanted & (ds.field("_lsn") == int(lsn)))
+
+
+def bulk_loadable(layout: LakeLayout | str, start: Position, lsn: int, source: str, opened: dict | None = None) -> bool:
+    """Whether the events of `source` at `lsn` can be loaded as they are stored: all snapshot
+    reads, every mirror column in the lake with the mirror's own type, and no key nor position
+    twice (a duplicated event, which the general path drops). Reads only the `_op`, key and
+    `_seq` columns."""
+    part = snapshot_part(layout, start, lsn, source, opened)
+    if part is None or part.count_rows(filter=ds.field("_op") != "r"):
+        return False
+    mirror = SOURCES[source]
+    lake_types = dict(pl.DataFrame(part.schema.empty_table()).schema)
+    if any(lake_types.get(name) != dtype for name, dtype in mirror.polars_schema.items()):
+        return False
+    key = mirror.key
+    rows = part.to_table(columns=[key, "_seq"], memory_pool=SCAN_POOL)
+    if rows.num_rows == 0 or rows.column(key).null_count:
+        return False
+    distinct = [pc.count_distinct(rows.column(name)).as_py() for name in (key, "_seq")]
+    return distinct == [rows.num_rows, rows.num_rows]

@@ -17,6 +17,7 @@ import pgpq
 import polars as pl
 import psycopg2
 import pyarrow as pa
+import pyarrow.dataset as ds
 from psycopg2 import sql as pgsql
 
 from change_events.errors import is_lost_connection
@@ -24,6 +25,8 @@ from cdc_reader.source import connect
 from warehouse_sync.schema import DUCKDB, POSTGRES, conform
 
 APPLICATION_NAME = "totes-sync"
+STAGE_BATCH_ROWS = 100_000
+"""Rows per binary COPY when a dataset is staged in PostgreSQL (what is held at a time)."""
 
 
 def _application_name(dsn: str) -> dict[str, str]:
@@ -53,6 +56,11 @@ class Target:
 
     def stage(self, name: str, frame: pl.DataFrame) -> str:
         """Make `frame` readable as relation `name` until the transaction ends; return `name`."""
+        raise NotImplementedError
+
+    def stage_dataset(self, name: str, dataset: ds.Dataset, columns: list[str]) -> str:
+        """Make `columns` of the rows of `dataset` (an Arrow dataset of lake files, filtered)
+        readable as relation `name` until the transaction ends, without holding them all."""
         raise NotImplementedError
 
     def series(self, count: int) -> str:
@@ -124,6 +132,13 @@ class DuckDBTarget(Target):
 
     def stage(self, name: str, frame: pl.DataFrame) -> str:
         self.connection.register(name, frame.to_arrow())
+        self._staged.add(name)
+        return name
+
+    def stage_dataset(self, name: str, dataset: ds.Dataset, columns: list[str]) -> str:
+        # DuckDB scans the dataset itself, batch by batch, each time a statement reads it
+        # (the columns it needs, the filter pushed into the files): nothing is copied first.
+        self.connection.register(name, dataset)
         self._staged.add(name)
         return name
 
@@ -280,6 +295,18 @@ class PostgresTarget(Target):
             if frame.height:
                 copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(pgsql.Identifier(name))
                 cur.copy_expert(copy.as_string(self.connection), _binary_copy(_binary_ready(frame)))
+        return name
+
+    def stage_dataset(self, name: str, dataset: ds.Dataset, columns: list[str]) -> str:
+        schema = dict(pl.DataFrame(dataset.schema.empty_table()).select(columns).schema)
+        self.stage(name, pl.DataFrame(schema=schema))
+        copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(pgsql.Identifier(name))
+        with self.connection.cursor() as cur:
+            for batch in dataset.to_batches(columns=columns, batch_size=STAGE_BATCH_ROWS):
+                if batch.num_rows:
+                    frame = pl.from_arrow(batch)
+                    assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
+                    cur.copy_expert(copy.as_string(self.connection), _binary_copy(_binary_ready(frame)))
         return name
 
     def series(self, count: int) -> str:

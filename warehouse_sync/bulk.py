@@ -1,0 +1,158 @@
+"""The initial load of a fact's source in bulk: its snapshot reads in one SQL statement per table.
+
+A fact source whose first events in a sync are all snapshot reads (`op='r'`) at one LSN, into
+a warehouse holding none of its rows (mirror and fact empty: a fresh load), needs none of the
+general path's work: no prior state, one version per key, every version new and current. So
+those events never become polars frames: the lake's files for them (`lake_source.snapshot_part`)
+are handed to the engine (DuckDB scans the Arrow dataset itself; PostgreSQL gets them by binary
+COPY into a temporary table, batch by batch), and two statements write the mirror and the
+fact rows, with what the general path gives them: record ids `max + row_number()` in `(seq,
+key)` order, `is_current` true, lineage from the event. What the sync holds is then a batch,
+not the table, and the slice planner counts such a part as no events (`plan`), so a table's
+snapshot is one slice, not one per 100,000 rows.
+
+Anything else about such a part falls back to the general path, decided before the slice is
+read: a mirror whose columns were widened, lake types other than the mirror's, a key or a
+position that appears twice (`lake_source.bulk_loadable`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from warehouse_sync import schema as wh_schema
+from warehouse_sync import transforms as tf
+from warehouse_sync.schema import BASE_SOURCES, DUCKDB, SOURCES, Table, column_list, next_value
+from warehouse_sync.schema import quote_identifier as q
+from warehouse_sync.slices import MAX_SEQ, MIN_SEQ, LsnCount, Position
+from warehouse_sync.targets import Target
+
+BULK_LOADS = True
+"""Whether fresh snapshot parts take this path (False: every event goes the general way)."""
+
+STAGED = "_wh_bulk"
+
+
+@dataclass(frozen=True)
+class BulkPart:
+    """Every event of the source table at index `table` at `lsn`: snapshot reads to load in bulk."""
+
+    lsn: int
+    table: int
+
+    @property
+    def source(self) -> str:
+        return list(SOURCES)[self.table]
+
+    def within(self, start: Position, end: Position) -> bool:
+        """Whether the slice `(start, end]` holds the whole part (a planned part is never cut)."""
+        return start <= Position(self.lsn, self.table, MIN_SEQ) and Position(self.lsn, self.table, MAX_SEQ) <= end
+
+
+def fresh_sources(target: Target) -> set[str]:
+    """The fact sources of which the warehouse holds nothing (neither mirror nor fact rows)."""
+    fresh = set()
+    for spec in tf.FACT_SPECS:
+        held = target.query(
+            f"SELECT EXISTS (SELECT 1 FROM {q(SOURCES[spec.source].name)}) "  # nosec B608 # names quoted by q()
+            f"OR EXISTS (SELECT 1 FROM {q(spec.table.name)}) AS held"
+        ).item()
+        if not held:
+            fresh.add(spec.source)
+    return fresh
+
+
+def plan(counts: Sequence[LsnCount], fresh: set[str], loadable: Callable[[BulkPart], bool]) -> list[BulkPart]:
+    """The parts of `counts` to load in bulk: each fresh fact source's first (LSN, table), when
+    `loadable` says its events there are all snapshot reads that their files allow to load."""
+    if not BULK_LOADS:
+        return []
+    first: dict[int, LsnCount] = {}
+    for count in sorted(counts, key=lambda c: (c.lsn, c.table)):
+        first.setdefault(count.table, count)
+    parts = []
+    for count in first.values():
+        part = BulkPart(count.lsn, count.table)
+        source = part.source
+        if source in fresh and SOURCES[source] == BASE_SOURCES[source] and loadable(part):
+            parts.append(part)
+    return parts
+
+
+def weighed(counts: Sequence[LsnCount], parts: Sequence[BulkPart]) -> list[LsnCount]:
+    """`counts` with the bulk parts as no events: they take no memory, and are never cut."""
+    bulk = {(p.lsn, p.table) for p in parts}
+    return [LsnCount(c.lsn, c.table, 0, True) if (c.lsn, c.table) in bulk else c for c in counts]
+
+
+# -- SQL over the staged events -----------------------------------------------------------------
+
+
+def _cast(expression: str, logical: str, dialect: str) -> str:
+    return f"CAST({expression} AS {wh_schema.sql_type(logical, dialect)})"
+
+
+def _projection(spec: tf.FactSpec, dialect: str) -> list[str]:
+    """The fact's columns after its record id, as SQL over the mirror's columns: the same
+    rules as `spec.projection` (a timestamp split into date and time, a text date cast), read
+    from its expressions' names so that the two cannot drift apart."""
+    mirror = SOURCES[spec.source]
+    fact = spec.table
+    sql = []
+    for item in spec.projection():
+        expression = pl.col(item) if isinstance(item, str) else item
+        name, (root,) = expression.meta.output_name(), expression.meta.root_names()
+        target_type, source_type = fact.column(name).type, mirror.column(root).type
+        value = q(root)
+        if target_type in ("date", "time") and source_type != target_type:
+            value = _cast(value, target_type, dialect)
+        sql.append(value)
+    lineage = ["true", "false", q("_op"), q("_lsn"), q("_seq"), q("_commit_ts"), "NULL"]
+    return sql + lineage
+
+
+def referenced_days_sql(spec: tf.FactSpec, relation: str, dialect: str) -> str:
+    """The distinct days the fact rows of `relation` reference (their dim_date keys)."""
+    names = spec.table.names[1:]
+    values = dict(zip(names, _projection(spec, dialect)))
+    days = [values[c.name] for c in spec.table.foreign_keys if c.references == wh_schema.DIM_DATE.name]
+    union = " UNION ".join(f"SELECT {day} AS d FROM {q(relation)}" for day in days)  # nosec B608 # names quoted by q()
+    return f"SELECT d AS date_id FROM ({union}) AS days WHERE d IS NOT NULL"  # nosec B608 # built above
+
+
+def staged_columns(source: str) -> list[str]:
+    """The columns of a part's events the load reads."""
+    return wh_schema.source_columns(source) + ["_op", "_lsn", "_seq", "_commit_ts"]
+
+
+def load_mirror(target: Target, part: BulkPart, relation: str) -> int:
+    """The mirror's rows: one per event of the part (each its own key)."""
+    mirror = SOURCES[part.source]
+    columns = column_list(mirror.names)
+    selected = column_list(mirror.names)
+    target.execute(
+        f"INSERT INTO {q(mirror.name)} ({columns}) SELECT {selected} FROM {q(relation)}"  # nosec B608 # names quoted by q()
+    )
+    return int(target.query(f"SELECT count(*) AS n FROM {q(mirror.name)}").item())  # nosec B608 # names quoted by q()
+
+
+def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
+    """The fact rows: every event a current version, record ids after the table's largest in
+    `(seq, key)` order (one LSN), then the table's own sequence moved past them."""
+    spec = tf.FACT_BY_SOURCE[part.source]
+    fact: Table = spec.table
+    base = int(target.query(f"SELECT coalesce(max({q(fact.key)}), 0) AS n FROM {q(fact.name)}").item())  # nosec B608 # names quoted by q()
+    order = f"{q('_seq')}, {q(spec.business_key)}"
+    values = ", ".join(_projection(spec, target.dialect))
+    record_id = f"{base} + row_number() OVER (ORDER BY {order})"
+    sql_order = " ORDER BY 1" if target.dialect == DUCKDB else ""
+    target.execute(
+        f"INSERT INTO {q(fact.name)} ({column_list(fact.names)}) "  # nosec B608 # names quoted by q(), values int()
+        f"SELECT {record_id}, {values} FROM {q(relation)}{sql_order}"
+    )
+    if rows:
+        target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(rows)}")  # nosec B608 # names quoted by q(), values int()
+    return rows
