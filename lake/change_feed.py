@@ -19,8 +19,11 @@ Only the columns asked for (and present) are read; the caller gives each its typ
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
 from lake.layout import LakeLayout
@@ -73,6 +76,14 @@ class ChangeLog:
     def dataset(self, pruning: str) -> ds.Dataset:
         """The loaded version's files whose statistics allow `pruning` (a predicate on `_lsn`)."""
         return self._delta.to_pyarrow_dataset(filesystem=self.layout.subtree(self.uri), file_pruning_predicate=pruning)
+
+    def local_paths(self, dataset: ds.Dataset) -> list[str] | None:
+        """The files of `dataset` (from `dataset()`) as paths on this machine's disk, for an
+        engine that reads Parquet itself; None when the lake is elsewhere (S3)."""
+        filesystem, root = self.layout.filesystem(self.uri)
+        if not isinstance(filesystem, pafs.LocalFileSystem):
+            return None
+        return [os.path.join(root, name) for name in dataset.files]
 
     def count_after(self, after_lsn: int) -> int:
         """Events of the loaded version with `_lsn > after_lsn`."""

@@ -682,7 +682,7 @@ def _without_replaced_truncates(versions: pl.DataFrame, key: str, returning: pl.
 def _bulk_load(target: Target, part: bulk.BulkPart, files, today: date, result: SyncResult) -> None:
     """A fresh fact source's snapshot reads in bulk (`bulk`): mirror, calendar days, facts."""
     spec = tf.FACT_BY_SOURCE[part.source]
-    staged = target.stage_dataset(bulk.STAGED, files, bulk.staged_columns(part.source))
+    staged = target.stage_part(bulk.STAGED, files, bulk.staged_columns(part.source))
     rows = bulk.load_mirror(target, part, staged)
     mirror = SOURCES[part.source].name  # fresh: it holds the part's rows and nothing else
     referenced = target.select(bulk.referenced_days_sql(spec, mirror, target.dialect), {"date_id": pl.Date()})

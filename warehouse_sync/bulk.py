@@ -19,7 +19,7 @@ position that appears twice (`lake_source.bulk_loadable`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -36,12 +36,56 @@ BULK_LOADS = True
 STAGED = "_wh_bulk"
 
 
+MAX_GROUPS = 100_000
+"""Runs of consecutive `seq` a part's record ids are counted from at most (else a window)."""
+
+
+@dataclass(frozen=True)
+class Numbering:
+    """Where each event's record id comes from, without sorting the rows: the part's `seq`
+    fall into groups `seq >> shift`, each a run of consecutive numbers (the bulk snapshot's
+    chunks: the chunk number above the row's place, `cdc_reader.bulk_snapshot.snapshot_seq`),
+    so an event's rank is the rows of the groups before its own plus its place in it."""
+
+    shift: int
+    groups: pl.DataFrame
+    """`_wh_g` (the group), `_wh_first` (its first seq), `_wh_before` (rows of the groups before)."""
+
+
+def numbering(seqs: pl.Series) -> Numbering | None:
+    """The groups of `seqs` (sorted, distinct), or None when they are more than MAX_GROUPS
+    (or a seq is negative, where `>>` and a floor division part ways)."""
+    if seqs.len() == 0 or seqs[0] < 0:
+        return None
+    # Two neighbours with a gap between them must fall into different groups: their highest
+    # differing bit must be at `shift` or above. The smallest such XOR has the lowest one.
+    seq, previous = pl.col("_seq"), pl.col("_seq").shift(1)
+    differing = (
+        pl.DataFrame({"_seq": seqs})
+        .select(x=pl.when(seq - previous != 1).then(seq.xor(previous)))
+        .filter(pl.col("x") > 0)["x"]
+        .min()
+    )
+    shift = 62 if differing is None else int(differing).bit_length() - 1  # type: ignore[arg-type]
+    groups = (
+        pl.DataFrame({"_seq": seqs})
+        .group_by((pl.col("_seq") // (1 << shift)).alias("_wh_g"))  # = seq >> shift (seq >= 0)
+        .agg(_wh_first=pl.col("_seq").min(), _wh_last=pl.col("_seq").max(), _wh_rows=pl.len())
+        .sort("_wh_g")
+    )
+    if groups.height > MAX_GROUPS or (groups["_wh_last"] - groups["_wh_first"] + 1 != groups["_wh_rows"]).any():
+        return None
+    before = groups["_wh_rows"].cum_sum() - groups["_wh_rows"]
+    return Numbering(shift, groups.select("_wh_g", "_wh_first", before.cast(pl.Int64).alias("_wh_before")))
+
+
 @dataclass(frozen=True)
 class BulkPart:
     """Every event of the source table at index `table` at `lsn`: snapshot reads to load in bulk."""
 
     lsn: int
     table: int
+    numbering: Numbering | None = field(default=None, compare=False)
 
     @property
     def source(self) -> str:
@@ -65,9 +109,12 @@ def fresh_sources(target: Target) -> set[str]:
     return fresh
 
 
-def plan(counts: Sequence[LsnCount], fresh: set[str], loadable: Callable[[BulkPart], bool]) -> list[BulkPart]:
+def plan(
+    counts: Sequence[LsnCount], fresh: set[str], loadable: Callable[[BulkPart], pl.Series | None]
+) -> list[BulkPart]:
     """The parts of `counts` to load in bulk: each fresh fact source's first (LSN, table), when
-    `loadable` says its events there are all snapshot reads that their files allow to load."""
+    `loadable` says its events there are all snapshot reads that their files allow to load
+    (giving their sorted `seq`)."""
     if not BULK_LOADS:
         return []
     first: dict[int, LsnCount] = {}
@@ -77,8 +124,11 @@ def plan(counts: Sequence[LsnCount], fresh: set[str], loadable: Callable[[BulkPa
     for count in first.values():
         part = BulkPart(count.lsn, count.table)
         source = part.source
-        if source in fresh and SOURCES[source] == BASE_SOURCES[source] and loadable(part):
-            parts.append(part)
+        if source not in fresh or SOURCES[source] != BASE_SOURCES[source]:
+            continue
+        seqs = loadable(part)
+        if seqs is not None:
+            parts.append(BulkPart(count.lsn, count.table, numbering(seqs)))
     return parts
 
 
@@ -145,13 +195,18 @@ def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
     spec = tf.FACT_BY_SOURCE[part.source]
     fact: Table = spec.table
     base = int(target.query(f"SELECT coalesce(max({q(fact.key)}), 0) AS n FROM {q(fact.name)}").item())  # nosec B608 # names quoted by q()
-    order = f"{q('_seq')}, {q(spec.business_key)}"
     values = ", ".join(_projection(spec, target.dialect))
-    record_id = f"{base} + row_number() OVER (ORDER BY {order})"
-    sql_order = " ORDER BY 1" if target.dialect == DUCKDB else ""
+    source = q(relation)
+    if part.numbering is None:  # a sort of every row
+        record_id = f"{base} + row_number() OVER (ORDER BY {q('_seq')}, {q(spec.business_key)})"
+    else:  # one LSN, each seq once: the rank of its seq, from its group (no sort)
+        groups = q(target.stage("_wh_bulk_groups", part.numbering.groups))
+        record_id = f"{base} + g._wh_before + ({q('_seq')} - g._wh_first) + 1"
+        source += f" JOIN {groups} AS g ON g._wh_g = ({q('_seq')} >> {int(part.numbering.shift)})"
+    sql_order = " ORDER BY 1" if target.dialect == DUCKDB else ""  # stored in record id order
     target.execute(
         f"INSERT INTO {q(fact.name)} ({column_list(fact.names)}) "  # nosec B608 # names quoted by q(), values int()
-        f"SELECT {record_id}, {values} FROM {q(relation)}{sql_order}"
+        f"SELECT {record_id}, {values} FROM {source}{sql_order}"
     )
     if rows:
         target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(rows)}")  # nosec B608 # names quoted by q(), values int()

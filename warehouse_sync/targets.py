@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pgpq
 import polars as pl
 import psycopg2
 import pyarrow as pa
-import pyarrow.dataset as ds
 from psycopg2 import sql as pgsql
 
 from change_events.errors import is_lost_connection
 from cdc_reader.source import connect
-from warehouse_sync.schema import DUCKDB, POSTGRES, conform
+from warehouse_sync.schema import DUCKDB, POSTGRES, column_list, conform, quote_identifier, quote_literal
+
+if TYPE_CHECKING:
+    from warehouse_sync.lake_source import SnapshotPart
 
 APPLICATION_NAME = "totes-sync"
 STAGE_BATCH_ROWS = 100_000
@@ -58,8 +61,8 @@ class Target:
         """Make `frame` readable as relation `name` until the transaction ends; return `name`."""
         raise NotImplementedError
 
-    def stage_dataset(self, name: str, dataset: ds.Dataset, columns: list[str]) -> str:
-        """Make `columns` of the rows of `dataset` (an Arrow dataset of lake files, filtered)
+    def stage_part(self, name: str, part: SnapshotPart, columns: list[str]) -> str:
+        """Make `columns` of a table's events at one LSN (`lake_source.snapshot_part`)
         readable as relation `name` until the transaction ends, without holding them all."""
         raise NotImplementedError
 
@@ -118,6 +121,7 @@ class DuckDBTarget(Target):
         if memory_limit is not None and self.path != ":memory:":
             self.connection.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
         self._staged: set[str] = set()
+        self._views: set[str] = set()
 
     def __repr__(self) -> str:
         return f"DuckDBTarget({self.path!r})"
@@ -135,11 +139,21 @@ class DuckDBTarget(Target):
         self._staged.add(name)
         return name
 
-    def stage_dataset(self, name: str, dataset: ds.Dataset, columns: list[str]) -> str:
-        # DuckDB scans the dataset itself, batch by batch, each time a statement reads it
-        # (the columns it needs, the filter pushed into the files): nothing is copied first.
-        self.connection.register(name, dataset)
-        self._staged.add(name)
+    def stage_part(self, name: str, part: SnapshotPart, columns: list[str]) -> str:
+        # DuckDB reads the files itself each time a statement reads the relation, only the
+        # columns and row groups it needs, within its memory limit: nothing is copied first.
+        # Files on this disk go to its own Parquet reader (multi-threaded, no Arrow batches
+        # in between); a lake elsewhere is handed over as the Arrow dataset.
+        if part.paths is None:
+            self.connection.register(name, part.dataset)
+            self._staged.add(name)
+            return name
+        files = ", ".join(quote_literal(path) for path in part.paths) or "NULL"
+        self.connection.execute(
+            f"CREATE OR REPLACE TEMP VIEW {quote_identifier(name)} AS SELECT {column_list(columns)} "  # nosec B608 # names quoted, paths literals, lsn int()
+            f"FROM read_parquet([{files}], union_by_name = true) WHERE {quote_identifier('_lsn')} = {int(part.lsn)}"
+        )
+        self._views.add(name)
         return name
 
     def series(self, count: int) -> str:
@@ -149,6 +163,9 @@ class DuckDBTarget(Target):
         for name in self._staged:
             self.connection.unregister(name)
         self._staged.clear()
+        for name in self._views:
+            self.connection.execute(f"DROP VIEW IF EXISTS {quote_identifier(name)}")
+        self._views.clear()
 
     def begin(self) -> None:
         self.connection.begin()
@@ -297,12 +314,12 @@ class PostgresTarget(Target):
                 cur.copy_expert(copy.as_string(self.connection), _binary_copy(_binary_ready(frame)))
         return name
 
-    def stage_dataset(self, name: str, dataset: ds.Dataset, columns: list[str]) -> str:
-        schema = dict(pl.DataFrame(dataset.schema.empty_table()).select(columns).schema)
+    def stage_part(self, name: str, part: SnapshotPart, columns: list[str]) -> str:
+        schema = dict(pl.DataFrame(part.dataset.schema.empty_table()).select(columns).schema)
         self.stage(name, pl.DataFrame(schema=schema))
         copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(pgsql.Identifier(name))
         with self.connection.cursor() as cur:
-            for batch in dataset.to_batches(columns=columns, batch_size=STAGE_BATCH_ROWS):
+            for batch in part.dataset.to_batches(columns=columns, batch_size=STAGE_BATCH_ROWS):
                 if batch.num_rows:
                     frame = pl.from_arrow(batch)
                     assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
