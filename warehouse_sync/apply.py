@@ -1,6 +1,6 @@
 """One sync: the change-log events in `(checkpoint, upto]` → warehouse transactions, one per slice.
 
-Why one file (~600 lines): one sync transaction, read top to bottom: checkpoint, lake types,
+Why one file (~750 lines): one sync transaction, read top to bottom: checkpoint, lake types,
 dims, facts, rejects; its SQL helpers are what its steps share.
 
     sync_once(lake, target, upto_lsn)        # slice_events=SLICE_EVENTS
@@ -61,16 +61,15 @@ import polars as pl
 from lake.change_feed import ChangeLog
 from lake.layout import LakeLayout
 from warehouse_sync import bulk
+from warehouse_sync.bulk_source import bulk_loadable, snapshot_part
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import (
-    bulk_loadable,
     cached_events,
     count_events,
     follow_from,
     read_changes,
     read_slice,
-    snapshot_part,
     snapshot_returns,
     snapshot_seqs,
 )

@@ -3,7 +3,7 @@
 A fact source whose first events in a sync are all snapshot reads (`op='r'`) at one LSN, into
 a warehouse holding none of its rows (mirror and fact empty: a fresh load), needs none of the
 general path's work: no prior state, one version per key, every version new and current. So
-those events never become polars frames: the lake's files for them (`lake_source.snapshot_part`)
+those events never become polars frames: the lake's files for them (`bulk_source.snapshot_part`)
 are handed to the engine (DuckDB scans the Arrow dataset itself; PostgreSQL gets them by binary
 COPY into a temporary table, batch by batch), and two statements write the mirror and the
 fact rows, with what the general path gives them: record ids `max + row_number()` in `(seq,
@@ -13,7 +13,7 @@ snapshot is one slice, not one per 100,000 rows.
 
 Anything else about such a part falls back to the general path, decided before the slice is
 read: a mirror whose columns were widened, lake types other than the mirror's, a key or a
-position that appears twice (`lake_source.bulk_loadable`).
+position that appears twice (`bulk_source.bulk_loadable`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from cdc_reader.source import connect
 from warehouse_sync.schema import DUCKDB, POSTGRES, column_list, conform, quote_identifier, quote_literal
 
 if TYPE_CHECKING:
-    from warehouse_sync.lake_source import SnapshotPart
+    from warehouse_sync.bulk_source import SnapshotPart
 
 APPLICATION_NAME = "totes-sync"
 STAGE_BATCH_ROWS = 100_000
@@ -62,7 +62,7 @@ class Target:
         raise NotImplementedError
 
     def stage_part(self, name: str, part: SnapshotPart, columns: list[str]) -> str:
-        """Make `columns` of a table's events at one LSN (`lake_source.snapshot_part`)
+        """Make `columns` of a table's events at one LSN (`bulk_source.snapshot_part`)
         readable as relation `name` until the transaction ends, without holding them all."""
         raise NotImplementedError
 
