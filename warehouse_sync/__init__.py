@@ -12,6 +12,8 @@
 - `transforms`: the spec's rules, rows in → dimension and fact rows out;
 - `apply`: one sync = one warehouse transaction per slice, each moving the checkpoint;
 - `slices`: where a large backlog is cut (whole transactions; snapshot reads also by key);
+- `bulk` (and `bulk_source`): a fresh fact source's snapshot reads loaded in one statement per
+  table, straight from the lake's files (the initial load);
 - `targets`: the thin DuckDB and PostgreSQL adapters; `checks`: invariants to verify.
 """
 
