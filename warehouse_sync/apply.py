@@ -256,18 +256,23 @@ def _sync_once(
                 )
                 return result
         opened: dict = {uri: known[0] for uri, known in _LAKE_TYPES.items()}  # brought up to date just now
-        counts = count_events(layout, start, upto_lsn, opened, larger_than=slice_events)
+        # Whether an LSN is all snapshot reads decides cuts inside it: those of a large slice,
+        # and those between the pieces of a part loaded in bulk (`bulk.PIECE_ROWS`).
+        counts = count_events(layout, start, upto_lsn, opened, larger_than=min(slice_events, bulk.PIECE_ROWS))
         parts = bulk.plan(
             counts,
             _fresh_sources(target) if bulk.BULK_LOADS else set(),
-            lambda part: bulk_loadable(layout, start, part.lsn, part.source, opened),
+            lambda part: bulk_loadable(layout, start, part, opened),
         )
-        ends = plan_slices(
-            bulk.weighed(counts, parts),
-            upto_lsn,
-            len(SOURCES),
-            lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened),
-            slice_events,
+        ends = bulk.with_pieces(
+            plan_slices(
+                bulk.weighed(counts, parts),
+                upto_lsn,
+                len(SOURCES),
+                lambda lsn, table: snapshot_seqs(layout, start, lsn, table, opened),
+                slice_events,
+            ),
+            parts,
         )
         for end_ in ends:
             start_ = start
@@ -341,7 +346,7 @@ def _read_slice(
     after the slice (up to `upto_lsn`) is a snapshot read. A reset truncates at L1 and writes
     the rows back at a later L2; a slice ending between the two must not delete the facts a
     single sync keeps (`_without_replaced_truncates`)."""
-    loads = {part.source: (part, snapshot_part(layout, start, part.lsn, part.source, opened)) for part in parts}
+    loads = {part.source: (part, snapshot_part(layout, start, part, opened)) for part in parts}
     changes = read_slice(layout, start, end, opened, sources, {part.source: part.lsn for part in parts})
     returning = {}
     if end < Position.complete(upto_lsn, len(SOURCES)):
@@ -683,13 +688,13 @@ def _bulk_load(target: Target, part: bulk.BulkPart, files, today: date, result: 
     spec = tf.FACT_BY_SOURCE[part.source]
     staged = target.stage_part(bulk.STAGED, files, bulk.staged_columns(part.source))
     rows = bulk.load_mirror(target, part, staged)
-    mirror = SOURCES[part.source].name  # fresh: it holds the part's rows and nothing else
-    referenced = target.select(bulk.referenced_days_sql(spec, mirror, target.dialect), {"date_id": pl.Date()})
+    mirror, piece = SOURCES[part.source].name, bulk.piece_rows(part)
+    referenced = target.select(bulk.referenced_days_sql(spec, mirror, target.dialect, piece), {"date_id": pl.Date()})
     _insert_calendar_days(target, referenced["date_id"], today)
     bulk.load_facts(target, part, staged, rows)
     result.events += rows
     result.facts_appended[spec.table.name] = result.facts_appended.get(spec.table.name, 0) + rows
-    result.bulk_loaded[spec.table.name] = rows
+    result.bulk_loaded[spec.table.name] = result.bulk_loaded.get(spec.table.name, 0) + rows
 
 
 def _add_calendar_days(target: Target, fact_changes: dict[tf.FactSpec, tf.FactChanges], today: date) -> None:

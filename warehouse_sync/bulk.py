@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
+import pyarrow.dataset as ds
 
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
@@ -79,21 +80,48 @@ def numbering(seqs: pl.Series) -> Numbering | None:
     return Numbering(shift, groups.select("_wh_g", "_wh_first", before.cast(pl.Int64).alias("_wh_before")))
 
 
+PIECE_ROWS = 1_000_000
+"""Events of a part loaded in one transaction at most: DuckDB holds a transaction's new rows'
+index entries (the key's and the nine foreign keys') in memory until it commits."""
+
+
 @dataclass(frozen=True)
 class BulkPart:
-    """Every event of the source table at index `table` at `lsn`: snapshot reads to load in bulk."""
+    """The events of the source table at index `table` at `lsn` with `low <= seq <= high`:
+    snapshot reads to load in bulk, `rows` of them, after `before` of the same part."""
 
     lsn: int
     table: int
     numbering: Numbering | None = field(default=None, compare=False)
+    low: int = MIN_SEQ
+    high: int = MAX_SEQ
+    rows: int = 0
+    before: int = 0
 
     @property
     def source(self) -> str:
         return list(SOURCES)[self.table]
 
+    @property
+    def end(self) -> Position:
+        return Position(self.lsn, self.table, self.high)
+
     def within(self, start: Position, end: Position) -> bool:
-        """Whether the slice `(start, end]` holds the whole part (a planned part is never cut)."""
-        return start <= Position(self.lsn, self.table, MIN_SEQ) and Position(self.lsn, self.table, MAX_SEQ) <= end
+        """Whether the slice `(start, end]` holds the whole piece (a planned piece is never cut)."""
+        return start < Position(self.lsn, self.table, self.low) and self.end <= end
+
+
+def _pieces(count: LsnCount, seqs: pl.Series, cut: bool) -> list[BulkPart]:
+    """The part's pieces of at most PIECE_ROWS events (one piece unless `cut`)."""
+    shared = numbering(seqs)
+    size = PIECE_ROWS if cut else max(seqs.len(), 1)
+    pieces = []
+    for before in range(0, seqs.len(), size):
+        rows = min(size, seqs.len() - before)
+        low = MIN_SEQ if before == 0 else int(seqs[before])
+        high = MAX_SEQ if before + rows == seqs.len() else int(seqs[before + rows - 1])
+        pieces.append(BulkPart(count.lsn, count.table, shared, low, high, rows, before))
+    return pieces
 
 
 def fresh_sources(target: Target) -> set[str]:
@@ -114,7 +142,8 @@ def plan(
 ) -> list[BulkPart]:
     """The parts of `counts` to load in bulk: each fresh fact source's first (LSN, table), when
     `loadable` says its events there are all snapshot reads that their files allow to load
-    (giving their sorted `seq`)."""
+    (giving their sorted `seq`). A large part comes in pieces (`PIECE_ROWS`), where every
+    event at its LSN is a snapshot read (a cut there shows no half transaction)."""
     if not BULK_LOADS:
         return []
     first: dict[int, LsnCount] = {}
@@ -128,14 +157,22 @@ def plan(
             continue
         seqs = loadable(part)
         if seqs is not None:
-            parts.append(BulkPart(count.lsn, count.table, numbering(seqs)))
+            cut = all(c.snapshot_only for c in counts if c.lsn == count.lsn)
+            parts.extend(_pieces(count, seqs, cut))
     return parts
 
 
 def weighed(counts: Sequence[LsnCount], parts: Sequence[BulkPart]) -> list[LsnCount]:
-    """`counts` with the bulk parts as no events: they take no memory, and are never cut."""
+    """`counts` with the bulk parts as no events: they take no memory, and are never cut
+    (but between their pieces: `with_pieces`)."""
     bulk = {(p.lsn, p.table) for p in parts}
     return [LsnCount(c.lsn, c.table, 0, True) if (c.lsn, c.table) in bulk else c for c in counts]
+
+
+def with_pieces(ends: Sequence[Position], parts: Sequence[BulkPart]) -> list[Position]:
+    """The planned slice ends and one after each piece but a part's last."""
+    cuts = {p.end for p in parts if p.high != MAX_SEQ}
+    return sorted(set(ends) | cuts)
 
 
 # -- SQL over the staged events -----------------------------------------------------------------
@@ -164,12 +201,13 @@ def _projection(spec: tf.FactSpec, dialect: str) -> list[str]:
     return sql + lineage
 
 
-def referenced_days_sql(spec: tf.FactSpec, relation: str, dialect: str) -> str:
-    """The distinct days the fact rows of `relation` reference (their dim_date keys)."""
+def referenced_days_sql(spec: tf.FactSpec, relation: str, dialect: str, where: str = "") -> str:
+    """The distinct days the fact rows of `relation` (`where` ...) reference (their dim_date keys)."""
     names = spec.table.names[1:]
     values = dict(zip(names, _projection(spec, dialect)))
     days = [values[c.name] for c in spec.table.foreign_keys if c.references == wh_schema.DIM_DATE.name]
-    union = " UNION ".join(f"SELECT {day} AS d FROM {q(relation)}" for day in days)  # nosec B608 # names quoted by q()
+    rows = f"{q(relation)}{where}"
+    union = " UNION ".join(f"SELECT {day} AS d FROM {rows}" for day in days)  # nosec B608 # names quoted by q()
     return f"SELECT d AS date_id FROM ({union}) AS days WHERE d IS NOT NULL"  # nosec B608 # built above
 
 
@@ -178,15 +216,30 @@ def staged_columns(source: str) -> list[str]:
     return wh_schema.source_columns(source) + ["_op", "_lsn", "_seq", "_commit_ts"]
 
 
+def piece_filter(part: BulkPart) -> tuple[ds.Expression, str]:
+    """The piece's events among its table's, as an Arrow filter and as an SQL condition."""
+    lsn, seq = ds.field("_lsn"), ds.field("_seq")
+    arrow, sql = lsn == int(part.lsn), [f"{q('_lsn')} = {int(part.lsn)}"]
+    if part.low != MIN_SEQ:
+        arrow, sql = arrow & (seq >= int(part.low)), sql + [f"{q('_seq')} >= {int(part.low)}"]
+    if part.high != MAX_SEQ:
+        arrow, sql = arrow & (seq <= int(part.high)), sql + [f"{q('_seq')} <= {int(part.high)}"]
+    return arrow, " AND ".join(sql)
+
+
+def piece_rows(part: BulkPart) -> str:
+    """` WHERE ...`: the piece's rows among a mirror's."""
+    return f" WHERE {piece_filter(part)[1]}"
+
+
 def load_mirror(target: Target, part: BulkPart, relation: str) -> int:
-    """The mirror's rows: one per event of the part (each its own key)."""
+    """The mirror's rows: one per event of the piece (each its own key)."""
     mirror = SOURCES[part.source]
     columns = column_list(mirror.names)
-    selected = column_list(mirror.names)
     target.execute(
-        f"INSERT INTO {q(mirror.name)} ({columns}) SELECT {selected} FROM {q(relation)}"  # nosec B608 # names quoted by q()
+        f"INSERT INTO {q(mirror.name)} ({columns}) SELECT {columns} FROM {q(relation)}"  # nosec B608 # names quoted by q()
     )
-    return int(target.query(f"SELECT count(*) AS n FROM {q(mirror.name)}").item())  # nosec B608 # names quoted by q()
+    return part.rows
 
 
 def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
@@ -201,7 +254,7 @@ def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
         record_id = f"{base} + row_number() OVER (ORDER BY {q('_seq')}, {q(spec.business_key)})"
     else:  # one LSN, each seq once: the rank of its seq, from its group (no sort)
         groups = q(target.stage("_wh_bulk_groups", part.numbering.groups))
-        record_id = f"{base} + g._wh_before + ({q('_seq')} - g._wh_first) + 1"
+        record_id = f"{base - part.before} + g._wh_before + ({q('_seq')} - g._wh_first) + 1"
         source += f" JOIN {groups} AS g ON g._wh_g = ({q('_seq')} >> {int(part.numbering.shift)})"
     sql_order = " ORDER BY 1" if target.dialect == DUCKDB else ""  # stored in record id order
     target.execute(

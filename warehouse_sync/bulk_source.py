@@ -13,53 +13,57 @@ import pyarrow.dataset as ds
 from lake.layout import LakeLayout
 from warehouse_sync.lake_source import SCAN_POOL, SOURCE_SCHEMA, _as_lake, _slice_dataset
 from warehouse_sync.schema import SOURCES
+from warehouse_sync.bulk import BulkPart, piece_filter
 from warehouse_sync.slices import Position
 
 
 @dataclass(frozen=True)
 class SnapshotPart:
-    """A table's events at one LSN, as files for an engine to read itself (no rows read here)."""
+    """A table's events at one LSN (a piece of them: `seq` in `[low, high]`), as files for an
+    engine to read itself (no rows read here)."""
 
     dataset: ds.Dataset
     """The files that may hold them, filtered to them."""
-    lsn: int
     paths: list[str] | None
     """The same files on this machine's disk (None for a lake elsewhere): read them keeping
-    the rows with `_lsn = lsn` only."""
+    the rows `where` says only."""
+    where: str
+    """An SQL condition on `_lsn` and `_seq` that keeps exactly those events."""
 
 
 def snapshot_part(
-    layout: LakeLayout | str, start: Position, lsn: int, source: str, opened: dict | None = None
+    layout: LakeLayout | str, start: Position, part: BulkPart, opened: dict | None = None
 ) -> SnapshotPart | None:
-    """The change log files of `source` for its events at `lsn` after `start`."""
+    """The change log files of the part's table for its events (after `start`)."""
     layout = _as_lake(layout)
     opened = {} if opened is None else opened
-    found = _slice_dataset(layout, source, start, Position.complete(lsn, len(SOURCES)), opened)
+    found = _slice_dataset(layout, part.source, start, Position.complete(part.lsn, len(SOURCES)), opened)
     if found is None:
         return None
     dataset, wanted = found
-    change_log = opened["log", layout.changes_uri(f"{SOURCE_SCHEMA}.{source}")]
-    here = change_log.dataset(f"_lsn >= {int(lsn)} AND _lsn <= {int(lsn)}")  # only the files that may hold it
-    return SnapshotPart(dataset.filter(wanted & (ds.field("_lsn") == int(lsn))), int(lsn), change_log.local_paths(here))
+    change_log = opened["log", layout.changes_uri(f"{SOURCE_SCHEMA}.{part.source}")]
+    here = change_log.dataset(f"_lsn >= {int(part.lsn)} AND _lsn <= {int(part.lsn)}")  # the files that may hold it
+    arrow, sql = piece_filter(part)
+    return SnapshotPart(dataset.filter(wanted & arrow), change_log.local_paths(here), sql)
 
 
 def bulk_loadable(
-    layout: LakeLayout | str, start: Position, lsn: int, source: str, opened: dict | None = None
+    layout: LakeLayout | str, start: Position, part: BulkPart, opened: dict | None = None
 ) -> pl.Series | None:
-    """The sorted `seq` of the events of `source` at `lsn` when they can be loaded as they are
-    stored, else None: all snapshot reads, every mirror column in the lake with the mirror's
-    own type, and no key nor position twice (a duplicated event, which the general path
-    drops). Reads only the `_op`, key and `_seq` columns."""
-    found = snapshot_part(layout, start, lsn, source, opened)
+    """The sorted `seq` of the part's events when they can be loaded as they are stored, else
+    None: all snapshot reads, every mirror column in the lake with the mirror's own type, and
+    no key nor position twice (a duplicated event, which the general path drops). Reads only
+    the `_op`, key and `_seq` columns."""
+    found = snapshot_part(layout, start, part, opened)
     if found is None or found.dataset.count_rows(filter=ds.field("_op") != "r"):
         return None
-    part = found.dataset
-    mirror = SOURCES[source]
-    lake_types = dict(pl.DataFrame(part.schema.empty_table()).schema)
+    events = found.dataset
+    mirror = SOURCES[part.source]
+    lake_types = dict(pl.DataFrame(events.schema.empty_table()).schema)
     if any(lake_types.get(name) != dtype for name, dtype in mirror.polars_schema.items()):
         return None
     key = mirror.key
-    rows = part.to_table(columns=[key, "_seq"], memory_pool=SCAN_POOL)
+    rows = events.to_table(columns=[key, "_seq"], memory_pool=SCAN_POOL)
     if rows.num_rows == 0 or rows.column(key).null_count:
         return None
     distinct = [pc.count_distinct(rows.column(name), memory_pool=SCAN_POOL).as_py() for name in (key, "_seq")]

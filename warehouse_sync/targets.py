@@ -150,8 +150,8 @@ class DuckDBTarget(Target):
             return name
         files = ", ".join(quote_literal(path) for path in part.paths) or "NULL"
         self.connection.execute(
-            f"CREATE OR REPLACE TEMP VIEW {quote_identifier(name)} AS SELECT {column_list(columns)} "  # nosec B608 # names quoted, paths literals, lsn int()
-            f"FROM read_parquet([{files}], union_by_name = true) WHERE {quote_identifier('_lsn')} = {int(part.lsn)}"
+            f"CREATE OR REPLACE TEMP VIEW {quote_identifier(name)} AS SELECT {column_list(columns)} "  # nosec B608 # names quoted, paths literals, where of int()s
+            f"FROM read_parquet([{files}], union_by_name = true) WHERE {part.where}"
         )
         self._views.add(name)
         return name

@@ -133,6 +133,16 @@ def test_a_snapshot_cut_into_slices_elsewhere_keeps_each_bulk_part_whole(real_la
     assert_same_warehouse(dump_warehouse(target), reference)
 
 
+def test_a_large_part_in_pieces_equals_the_general_path(real_lake, open_warehouse, monkeypatch):
+    reference = _general(real_lake, open_warehouse("general"), SNAPSHOT_LSN, monkeypatch)
+    monkeypatch.setattr(bulk_module, "PIECE_ROWS", 2_500)  # DuckDB holds a transaction's index entries
+    target = open_warehouse("bulk")
+    result = sync_once(real_lake, target, SNAPSHOT_LSN, today=TODAY)
+    assert result.bulk_loaded["fact_sales_order"] == 11_187 + ORDERS
+    assert len(result.slices) >= -(-(11_187 + ORDERS) // 2_500)  # a transaction per piece at least
+    assert_same_warehouse(dump_warehouse(target), reference)
+
+
 def test_a_snapshot_and_the_changes_streamed_after_it_in_one_slice(
     streamed, streamed_lake, open_warehouse, monkeypatch
 ):
