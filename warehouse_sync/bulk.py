@@ -4,17 +4,18 @@ A fact source whose first events in a sync are all snapshot reads (`op='r'`) at 
 a warehouse holding none of its rows (mirror and fact empty: a fresh load), needs none of the
 general path's work: no prior state, one version per key, every version new and current. So
 those events never become polars frames: the lake's files for them (`bulk_source.snapshot_part`)
-are handed to the engine (DuckDB scans the Arrow dataset itself; PostgreSQL gets them by binary
-COPY into a temporary table, batch by batch), and two statements write the mirror and the
-fact rows, with what the general path gives them: record ids `max + row_number()` in `(seq,
-key)` order, `is_current` true, lineage from the event. What the sync holds is then a batch,
-not the table, and the slice planner counts such a part as no events (`plan`), so a table's
-snapshot is one slice, not one per 100,000 rows.
+are handed to the engine (DuckDB reads a local lake's Parquet files itself, or scans the Arrow
+dataset of a lake elsewhere; PostgreSQL gets them by binary COPY into a temporary table, batch
+by batch), and two statements write the mirror and the fact rows, with what the general path
+gives them: record ids `max + row_number()` in `(seq, key)` order (from runs of consecutive
+seqs, `numbering`, rather than a sort), `is_current` true, lineage from the event. What the
+sync holds is then the part's key and seq columns, not its rows, and the slice planner counts
+such a part as no events (`plan`, `weighed`): a table's snapshot is one transaction per
+piece of up to PIECE_ROWS events, not one per 100,000.
 
 Anything else about such a part falls back to the general path, decided before the slice is
 read: a mirror whose columns were widened, lake types other than the mirror's, a key or a
-position that appears twice (`bulk_source.bulk_loadable`).
-"""
+position that appears twice (`bulk_source.bulk_loadable`)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ BULK_LOADS = True
 """Whether fresh snapshot parts take this path (False: every event goes the general way)."""
 
 STAGED = "_wh_bulk"
-
 
 MAX_GROUPS = 100_000
 """Runs of consecutive `seq` a part's record ids are counted from at most (else a window)."""
