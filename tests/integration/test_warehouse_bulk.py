@@ -17,6 +17,7 @@ import pytest
 import warehouse_sync.apply as apply_module
 import warehouse_sync.bulk as bulk_module
 from change_events import ChangeEvent, Op
+from lake.change_feed import ChangeLog
 from tests.warehouse_fixtures import (
     SCHEMAS,
     SNAPSHOT,
@@ -122,6 +123,16 @@ def test_the_real_snapshot_in_bulk_equals_the_general_path(real_lake, open_wareh
     assert len(result.slices) == 1  # the dimensions' 16k events and the facts' files: one slice
     assert dangling_references(target) == {} and duplicate_current_rows(target) == {}
     assert_same_warehouse(dump_warehouse(target), reference)
+
+
+def test_a_lake_elsewhere_is_handed_to_duckdb_as_its_arrow_dataset(real_lake, tmp_path, monkeypatch):
+    with DuckDBTarget(tmp_path / "general.duckdb") as general:
+        reference = _general(real_lake, general, SNAPSHOT_LSN, monkeypatch)
+    monkeypatch.setattr(ChangeLog, "local_paths", lambda self, dataset: None)  # as for a lake on S3
+    with DuckDBTarget(tmp_path / "bulk.duckdb") as target:
+        result = sync_once(real_lake, target, SNAPSHOT_LSN, today=TODAY)
+        assert set(result.bulk_loaded) == FACT_TABLES
+        assert_same_warehouse(dump_warehouse(target), reference)
 
 
 def test_a_snapshot_cut_into_slices_elsewhere_keeps_each_bulk_part_whole(real_lake, open_warehouse, monkeypatch):
