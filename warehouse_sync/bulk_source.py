@@ -61,16 +61,20 @@ def bulk_loadable(
     lake_types = dict(pl.DataFrame(events.schema.empty_table()).schema)
     if any(lake_types.get(name) != dtype for name, dtype in mirror.polars_schema.items()):
         return None
-    key = mirror.key
-    rows = events.to_table(columns=[key, "_seq"], memory_pool=SCAN_POOL)
-    if rows.num_rows == 0 or rows.column(key).null_count:
-        return None
-    # Sorted, a value seen twice is next to itself (pyarrow's count_distinct held ~200 bytes
-    # an event in its hash table: 1 GB at 5M rows).
-    keys = pl.Series(key, rows.column(key)).sort()
-    if (keys.diff(null_behavior="drop") == 0).any():
-        return None
-    del keys
-    seqs = pl.Series("_seq", rows.column("_seq"), dtype=pl.Int64).sort()
-    del rows
-    return None if (seqs.diff(null_behavior="drop") == 0).any() else seqs
+    # One column at a time, each checked for repeats sorted (a value seen twice is next to
+    # itself) and let go of before the next: what is held is one column and its sorted copy
+    # (pyarrow's count_distinct held ~200 bytes an event in its hash table: 1 GB at 5M rows).
+    sorted_columns = []
+    for name, dtype in ((mirror.key, mirror.polars_schema[mirror.key]), ("_seq", pl.Int64())):
+        column = events.to_table(
+            columns=[name], memory_pool=SCAN_POOL, use_threads=False, batch_readahead=1, fragment_readahead=1
+        ).column(name)  # one batch decoded at a time: the column, not the readahead, is what is held
+        if len(column) == 0 or column.null_count:
+            return None
+        values = pl.Series(name, column, dtype=dtype)
+        del column
+        values.sort(in_place=True)
+        if (values.diff(null_behavior="drop") == 0).any():
+            return None
+        sorted_columns.append(values if name == "_seq" else None)
+    return sorted_columns[-1]
