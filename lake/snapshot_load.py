@@ -23,6 +23,10 @@ newer one. Merges into one table take turns (`_lock`); appends run in parallel.
 None of this moves the lake watermark: the reader puts its marker for the snapshot's LSN
 on the stream only after every table is written, so the warehouse and the reader's
 confirmation see the snapshot once it is whole (`lake.progress`).
+
+Why one file (~430 lines): the chunk's two commits, their app transactions and the state's
+append-or-merge rule are one protocol; what they write (`changelog_rows`, `state_rows`) and
+the streamed files (`ChunkSink`) are its vocabulary.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ behind its log (`WriteResult.state_errors`) without failing the batch: the log i
 One writer may serve several shards at once (one thread per shard, like one Lambda
 invocation per shard): each shard gets its own table handles, and state merges into one
 table take turns instead of failing each other's commits.
+
+Why one file (~420 lines): steps 1-5 share the batch's table handles and locks; when merges
+are due is `lake.merge_schedule`, what they do `lake.state`, the typing `lake.schemas`.
 """
 
 from __future__ import annotations

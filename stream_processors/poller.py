@@ -13,6 +13,9 @@ botocore's retry config first, then by the poller, per shard, with backoff (coun
 `read_retries`, logged with the reason); an expired iterator is obtained again after the
 last processed sequence number (AFTER_SEQUENCE_NUMBER) and what was fetched since is read
 again. A batch the lake cannot take (an outage) is retried with backoff until it can.
+
+Why one file (~400 lines): the shards' loops, their offsets and the merge thread stop and
+start together; the handler they call is `stream_processors.handler`.
 """
 
 from __future__ import annotations
