@@ -101,7 +101,7 @@ def build_lake(root: Path, orders: int, say) -> dict:
 
     from lake.schemas import source_fields
     from lake.snapshot_load import TableLoad, changelog_rows
-    from tests.warehouse_fixtures import SCHEMAS, snapshot_events, write_lake
+    from tests.scripted_source import SCHEMAS, snapshot_events, write_lake
 
     if not SNAPSHOT.is_dir():
         raise SystemExit(f"{SNAPSHOT} is missing: the orders refer to its staff, counterparties and designs")

@@ -4,7 +4,7 @@ warehouse against both, and `totes run` as a child process.
 
 The expected warehouse is computed from the SOURCE DATABASE (never from the lake or the
 sync's code): its tables are read as PostgreSQL renders them in text and go through the
-independent SQL transform of `tests.warehouse_fixtures`.
+independent SQL transform of `tests.expected_warehouse`.
 
 The audit trail is the record of versions the fact tables are checked against. Row-level
 triggers on sales_order, purchase_order and payment append every inserted, updated and
@@ -33,17 +33,15 @@ from psycopg2 import sql
 from cdc_reader.personal_data import NO_POLICY, Policy, parse
 from change_events import parse_lsn
 from cdc_reader.source import current_wal_lsn
-from tests.warehouse_fixtures import (
+from tests.expected_warehouse import (
     EXPECTED_SQL,
     FACT_DATE_COLUMNS,
-    SOURCE_COLUMNS,
-    Row,
-    ScriptedSource,
     expected_dim_date,
-    read_table_sorted,
     scripted_expected,
     typed_source_sql,
 )
+from tests.scripted_source import SOURCE_COLUMNS, Row, ScriptedSource
+from tests.warehouse_fixtures import read_table_sorted
 from warehouse_sync import dangling_references, duplicate_current_rows
 from warehouse_sync.schema import BY_NAME, DIMENSIONS, FACTS, LINEAGE_NAMES, conform, projected_columns
 from change_events.kinesis import kinesis_client

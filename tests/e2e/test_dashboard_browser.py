@@ -2,7 +2,7 @@
 errors, each chart draws the rows of its SQL over the warehouse, filters and time travel
 change what is shown, and the live view moves while a sync writes the warehouse.
 
-The warehouse is the sync's own over a scripted history (tests/warehouse_fixtures.py), whose
+The warehouse is the sync's own over a scripted history (tests/warehouse_history.py), whose
 source rows at each sync point are the independent oracle for the as-of and currency views.
 Screenshots are kept under artifacts/dashboard/.
 """
@@ -19,7 +19,8 @@ from dashboard import views
 from dashboard.charts import plain_rows
 from tests.browser import browser, dashboard_process, new_page, wait_loaded, wait_until
 from tests.conftest import make_scratch_dir
-from tests.warehouse_fixtures import mixed_history, synced_history, write_lake
+from tests.warehouse_history import mixed_history, synced_history
+from tests.scripted_source import write_lake
 from change_events import format_lsn
 from lake.timetravel import state_as_of_lsn
 from warehouse_sync import sync_once

@@ -3,7 +3,7 @@ source, a real kinesalite, a real Delta lake folder and a real DuckDB warehouse 
 
 What is expected always comes from the SOURCE DATABASE, never from the pipeline's own
 output: its tables read back as text and transformed by the test's own SQL
-(`tests.warehouse_fixtures`), and for history an audit trail of every version of every
+(`tests.expected_warehouse`), and for history an audit trail of every version of every
 sales_order, purchase_order and payment row, kept by triggers inside the source
 (`tests.e2e_helpers`).
 

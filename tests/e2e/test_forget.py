@@ -17,7 +17,7 @@ from lake.maintenance import checkpoint
 from lake.timetravel import changes_as_of_lsn, state_as_of_lsn
 from tests.lake_fixtures import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
 from tests.trace_search import lake_contents, traces
-from tests.warehouse_fixtures import ScriptedSource
+from tests.scripted_source import ScriptedSource
 
 STAFF = "public.staff"
 
@@ -237,7 +237,7 @@ def test_lake_forget_refuses_while_a_sync_runs_on_the_lake_and_erases_once_it_st
 
     from lake.progress import Progress
     from tests.e2e_helpers import REPO, wait_for
-    from tests.warehouse_fixtures import write_lake
+    from tests.scripted_source import write_lake
 
     src = ScriptedSource()
     with src.transaction(snapshot=True):

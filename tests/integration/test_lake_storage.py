@@ -17,7 +17,9 @@ from lake import timetravel as tt
 from lake.changelog import ChangeLog
 from lake.maintenance import MaintenanceCadence, RetentionError, lake_sizes, maintain, parse_retention
 from tests.lake_fixtures import SALES_ORDER, TODAY, Source, expected_state, lake_state, sales_order_row
-from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, mixed_history, write_lake
+from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse
+from tests.warehouse_history import mixed_history
+from tests.scripted_source import write_lake
 from warehouse_sync import DuckDBTarget, sync_once
 
 SO, SO_KEY = SALES_ORDER.table, SALES_ORDER.key_names

@@ -11,7 +11,7 @@ def test_dim_date_is_compared_with_the_calendar_the_transform_makes(tmp_path):
     transform never makes (before the start and unreferenced, past a year from today) are found."""
     from datetime import date, datetime, timedelta, timezone
 
-    from tests.warehouse_fixtures import synced_history
+    from tests.warehouse_history import synced_history
     from verify import warehouse_side as wh
     from verify.run import _calendar_report
     from warehouse_sync.transforms import CALENDAR_START

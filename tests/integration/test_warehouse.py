@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from warehouse_sync import DuckDBTarget, PostgresTarget, ensure_schema, open_target
-from tests.warehouse_fixtures import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
+from tests.warehouse_spec import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
 
 POSTGRES_TYPES = {
     "int": ("integer", None, None),

@@ -14,7 +14,8 @@ import pytest
 
 import warehouse_sync.apply as apply_module
 from tests.e2e_helpers import wait_for
-from tests.warehouse_fixtures import assert_same_warehouse, duplicate_logged_events, dump_warehouse, write_lake
+from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse
+from tests.scripted_source import duplicate_logged_events, write_lake
 from warehouse_sync import DuckDBTarget, PostgresTarget, checkpoint_lsn, sync_once
 from tests.warehouse_fixtures import Crash, TODAY, _sync
 

@@ -21,7 +21,9 @@ from warehouse_sync import (
 from warehouse_sync.schema import PARTIAL, SOURCES
 from warehouse_sync.slices import Position
 from warehouse_sync.transforms import FACT_SPECS
-from tests.warehouse_fixtures import TABLE_ORDER, TABLES, _copy_rows, _transaction_sizes, mixed_history, write_lake
+from tests.scripted_source import TABLE_ORDER, write_lake
+from tests.warehouse_fixtures import TABLES, _transaction_sizes
+from tests.warehouse_history import _copy_rows, mixed_history
 
 TODAY = date(2024, 11, 18)
 

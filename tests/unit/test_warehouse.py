@@ -15,7 +15,7 @@ from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import event_schema
 from warehouse_sync.replay import replay
 from warehouse_sync.schema import SOURCES
-from tests.warehouse_fixtures import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
+from tests.warehouse_spec import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
 
 DUCKDB_TYPES = {
     "int": "INTEGER",

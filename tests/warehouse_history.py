@@ -1,0 +1,269 @@
+"""A mixed history of a small totesys, with sync points, and the lake and warehouse it makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lake import LakeLayout
+from tests.scripted_source import Row, ScriptedSource, write_lake
+
+
+@dataclass
+class History:
+    source: ScriptedSource
+    points: list[tuple[int, dict[str, dict[str, Row]]]]
+    """Sync points: an LSN and a copy of the source's rows as of it."""
+    kept: dict[str, set[str]]
+    """Dimension rows the scenario expects kept after their source row is gone."""
+
+    @property
+    def final_lsn(self) -> int:
+        return self.points[-1][0]
+
+
+def _copy_rows(source: ScriptedSource) -> dict[str, dict[str, Row]]:
+    return {t: {k: dict(r) for k, r in rows.items()} for t, rows in source.rows.items()}
+
+
+def _order(src: ScriptedSource, table: str, id_: int, **values: str) -> Row:
+    now = src.now()
+    common = dict(
+        created_at=now,
+        last_updated=now,
+        staff_id="1",
+        counterparty_id="1",
+        currency_id="1",
+        agreed_delivery_date="2024-11-25",
+        agreed_payment_date="2024-11-22",
+        agreed_delivery_location_id="3",
+    )
+    if table == "sales_order":
+        common.update(design_id="1", units_sold="1500", unit_price="2.75")
+    else:
+        common.update(item_code="AB12CDE", item_quantity="17", item_unit_price="310.40")
+    common.update(values)
+    return src.insert(table, **{f"{table}_id": str(id_)}, **common)
+
+
+def _payment(src: ScriptedSource, id_: int, transaction: int, **values: str) -> Row:
+    now = src.now()
+    row = dict(
+        payment_id=str(id_),
+        created_at=now,
+        last_updated=now,
+        transaction_id=str(transaction),
+        counterparty_id="1",
+        payment_amount="4125.00",
+        currency_id="1",
+        payment_type_id="1",
+        paid="f",
+        payment_date="2024-11-22",
+        company_ac_number="12345678",
+        counterparty_ac_number="87654321",
+    )
+    row.update(values)
+    return src.insert("payment", **row)
+
+
+def mixed_history() -> History:
+    """A small totesys lived through inserts, updates (silent, projected and not), unchanged
+    TOAST columns, a department rename, an address change, deletes, a truncate and dates
+    outside the calendar; sync points every few transactions."""
+    src = ScriptedSource()
+    points = []
+
+    def point() -> None:
+        points.append((src.lsn, _copy_rows(src)))
+
+    seeded = "2022-11-03 14:20:49.962"
+    with src.transaction(snapshot=True):
+        for i, (name, location) in enumerate([("Sales", "Manchester"), ("Dispatch", "Leds"), ("Finance", None)], 1):
+            src.insert(
+                "department",
+                department_id=str(i),
+                department_name=name,
+                location=location,
+                manager=f"M{i}",
+                created_at=seeded,
+                last_updated=seeded,
+            )
+        for i in range(1, 5):
+            src.insert(
+                "address",
+                address_id=str(i),
+                address_line_1=f"{i} Tote Street",
+                address_line_2=None if i % 2 else f"Flat {i}",
+                district=None if i == 3 else "Avon",
+                city=f"City {i}",
+                postal_code=f"{i}0000",
+                country="Ruritania",
+                phone=f"0123 45678{i}",
+                created_at=seeded,
+                last_updated=seeded,
+            )
+        for i, address in [(1, 1), (2, 2), (3, 2)]:
+            src.insert(
+                "counterparty",
+                counterparty_id=str(i),
+                counterparty_legal_name=f"Party {i} Ltd",
+                legal_address_id=str(address),
+                commercial_contact="Ann",
+                delivery_contact="Bob",
+                created_at=seeded,
+                last_updated=seeded,
+            )
+        for i, code in enumerate(["GBP", "USD", "EUR"], 1):
+            src.insert("currency", currency_id=str(i), currency_code=code, created_at=seeded, last_updated=seeded)
+        for i in (1, 2):
+            src.insert(
+                "design",
+                design_id=str(i),
+                created_at=seeded,
+                design_name=f"Design {i}",
+                file_location="/usr/ports",
+                file_name=f"d{i}-20221103-ab12.json",
+                last_updated=seeded,
+            )
+        for i, department in [(1, 1), (2, 2), (3, 3)]:
+            src.insert(
+                "staff",
+                staff_id=str(i),
+                first_name=f"First{i}",
+                last_name=f"Last{i}",
+                department_id=str(department),
+                email_address=f"first{i}.last{i}@terrifictotes.com",
+                created_at=seeded,
+                last_updated=seeded,
+            )
+        for i, name in enumerate(["SALES_RECEIPT", "SALES_REFUND", "PURCHASE_PAYMENT", "PURCHASE_REFUND"], 1):
+            src.insert(
+                "payment_type", payment_type_id=str(i), payment_type_name=name, created_at=seeded, last_updated=seeded
+            )
+        for i in (1, 2, 3):
+            _order(src, "sales_order", i, staff_id=str(i), counterparty_id=str(i), design_id=str(1 + i % 2))
+            src.insert(
+                "transaction",
+                transaction_id=str(i),
+                transaction_type="SALE",
+                sales_order_id=str(i),
+                purchase_order_id=None,
+                created_at=src.now(),
+                last_updated=src.now(),
+            )
+            _payment(src, i, i, counterparty_id=str(i))
+        for i in (1, 2):
+            # purchase order 2 was agreed to be paid before the calendar starts
+            _order(
+                src,
+                "purchase_order",
+                i,
+                staff_id="2",
+                counterparty_id="2",
+                **({"agreed_payment_date": "2022-10-15"} if i == 2 else {}),
+            )
+            src.insert(
+                "transaction",
+                transaction_id=str(3 + i),
+                transaction_type="PURCHASE",
+                sales_order_id=None,
+                purchase_order_id=str(i),
+                created_at=src.now(),
+                last_updated=src.now(),
+            )
+            _payment(src, 3 + i, 3 + i, payment_type_id="3", counterparty_id="2")
+    point()
+
+    with src.transaction():  # a new sale
+        sale_4 = dict(_order(src, "sales_order", 4, staff_id="2", counterparty_id="3", currency_id="2"))
+        src.insert(
+            "transaction",
+            transaction_id="6",
+            transaction_type="SALE",
+            sales_order_id="4",
+            purchase_order_id=None,
+            created_at=src.now(),
+            last_updated=src.now(),
+        )
+        _payment(src, 6, 6, counterparty_id="3", currency_id="2")
+    with src.transaction():  # a projected update that moves last_updated
+        src.update("sales_order", 1, units_sold="2500", last_updated=src.now())
+    with src.transaction():  # a silent update: projected columns only, last_updated unchanged
+        src.update("sales_order", 2, design_id="2", agreed_delivery_date="2024-12-31")
+    point()
+
+    with src.transaction():  # only non-projected columns change: no new fact row, same dimension
+        src.update("payment", 1, company_ac_number="11112222")
+        src.update("counterparty", 1, commercial_contact="Carol")
+    with src.transaction():  # the WAL omits unchanged TOASTed values
+        src.update("sales_order", 3, unchanged=("agreed_delivery_date", "agreed_payment_date"), units_sold="3999")
+        src.update("design", 1, unchanged=("file_location", "file_name"), design_name="Design One")
+    with src.transaction():  # a department rename reaches its staff
+        src.update("department", 1, department_name="Sales & Marketing", last_updated=src.now())
+    with src.transaction():  # an address change reaches locations and counterparties
+        src.update("address", 2, city="New City", address_line_2=None, last_updated=src.now())
+    point()
+
+    with src.transaction():  # the morning payment batch
+        src.update("payment", 2, paid="t", last_updated=src.now())
+    with src.transaction():  # a cancelled sale, children first
+        src.delete("payment", 6)
+        src.delete("transaction", 6)
+        src.delete("sales_order", 4)
+    with src.transaction():  # a new employee sells
+        src.insert(
+            "staff",
+            staff_id="4",
+            first_name="Temp",
+            last_name="Worker",
+            department_id="2",
+            email_address="temp.worker@terrifictotes.com",
+            created_at=src.now(),
+            last_updated=src.now(),
+        )
+        _order(src, "sales_order", 5, staff_id="4", design_id="2", agreed_delivery_date="2026-03-01")
+    with src.transaction():  # ... and leaves: the sale moves, staff 4 is deleted (history still names them)
+        src.update("sales_order", 5, staff_id="1", last_updated=src.now())
+        src.delete("staff", 4)
+    point()
+
+    with src.transaction():  # a design that never sold comes and goes
+        src.insert(
+            "design",
+            design_id="3",
+            created_at=src.now(),
+            design_name="Gone",
+            file_location="/tmp",
+            file_name="gone.json",
+            last_updated=src.now(),
+        )
+    with src.transaction():
+        src.delete("design", 3)
+    with src.transaction():  # the payments table is emptied
+        src.truncate("payment")
+    with src.transaction():  # life goes on
+        _payment(src, 7, 1, payment_amount="6875.00")
+        src.update("sales_order", 1, units_sold="1500", last_updated=src.now())
+    with src.transaction():  # an update that changes nothing
+        src.update("sales_order", 2)
+    with src.transaction():  # a deleted sale comes back with the same id and values
+        src.insert("sales_order", **sale_4)
+    point()
+    return History(src, points, kept={"dim_staff": {"4"}, "dim_transaction": {"6"}})
+
+
+def synced_history(home: Path) -> tuple[History, LakeLayout]:
+    """The whole scripted history in a lake under `home`, and a DuckDB warehouse beside it
+    (`home/warehouse.duckdb`) synced point by point to its end."""
+    from warehouse_sync import sync_once
+    from warehouse_sync.targets import open_target
+
+    history = mixed_history()
+    layout = write_lake(home / "lake", history.source.events)
+    target = open_target(str(home / "warehouse.duckdb"))
+    try:
+        for lsn, _ in history.points:
+            sync_once(layout, target, lsn)
+    finally:
+        target.close()
+    return history, layout
