@@ -40,18 +40,25 @@ def dump_warehouse(target) -> dict[str, pl.DataFrame]:
     return {t.name: read_table_sorted(target, t.name) for t in WAREHOUSE_TABLES + INTERNAL_TABLES}
 
 
-def _frame_equal(name: str, actual: pl.DataFrame, expected: pl.DataFrame) -> None:
-    """Exactly equal frames, or an AssertionError that names the table."""
+def frame_equal(name: str, actual: pl.DataFrame, expected: pl.DataFrame) -> None:
+    """Exactly equal frames, or an AssertionError that names the table (and, where the columns
+    agree, the rows only one side has)."""
     try:
         assert_frame_equal(actual, expected, check_exact=True)
     except AssertionError as error:
-        raise AssertionError(f"{name}: {error}") from None
+        detail = ""
+        if actual.columns == expected.columns:
+            extra = actual.join(expected, on=actual.columns, how="anti", nulls_equal=True)
+            missing = expected.join(actual, on=actual.columns, how="anti", nulls_equal=True)
+            with pl.Config(tbl_cols=-1, tbl_rows=20, tbl_width_chars=250):
+                detail = f"\nonly in the warehouse:\n{extra}\nonly in the expected:\n{missing}"
+        raise AssertionError(f"{name}: {error}{detail}") from None
 
 
 def assert_same_warehouse(left: dict[str, pl.DataFrame], right: dict[str, pl.DataFrame]) -> None:
     assert left.keys() == right.keys()
     for name in left:
-        _frame_equal(name, left[name], right[name])
+        frame_equal(name, left[name], right[name])
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +137,7 @@ def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str
         actual = read_table_sorted(target, fact.name)
         current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
         schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
-        _frame_equal(
+        frame_equal(
             fact.name, current.sort(fact.business_key), conform(expected[fact.name], schema).sort(fact.business_key)
         )
         deleted_now = actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
@@ -142,7 +149,7 @@ def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str
         want = conform(expected[dimension.name], dimension.polars_schema).sort(dimension.key)
         extra = actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
         assert {str(k) for k in extra[dimension.key].to_list()} <= kept.get(dimension.name, set()), dimension.name
-        _frame_equal(dimension.name, actual.filter(pl.col(dimension.key).is_in(want[dimension.key].implode())), want)
+        frame_equal(dimension.name, actual.filter(pl.col(dimension.key).is_in(want[dimension.key].implode())), want)
     referenced = sorted(
         {
             d
@@ -151,7 +158,7 @@ def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str
             for d in read_table_sorted(target, fact.name)[c].to_list()
         }
     )
-    _frame_equal(
+    frame_equal(
         "dim_date",
         read_table_sorted(target, "dim_date"),
         conform(expected_dim_date(connection, referenced, TODAY), BY_NAME["dim_date"].polars_schema),
@@ -238,7 +245,7 @@ def _compare(target, expected: dict[str, pl.DataFrame], names) -> None:
             schema = {n: t for n, t in table.polars_schema.items() if n in actual.columns}
         else:
             schema = table.polars_schema
-        _frame_equal(name, actual, conform(expected[name], schema).sort(actual.columns[0]))
+        frame_equal(name, actual, conform(expected[name], schema).sort(actual.columns[0]))
 
 
 TABLES = len(SOURCES)

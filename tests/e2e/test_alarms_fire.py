@@ -36,12 +36,13 @@ from change_events import encode_events
 from local_stack.cloudwatch import ALARM, OK, Datapoint, MetricAlarm, emf_datapoints, evaluate
 from stream_processors.poller import ShardOffsets, lambda_record
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import current_lsn, execute, kill_9, wait_for
+from tests.e2e_helpers import current_lsn, execute
+from tests.run_process import kill_9, wait_for
 from tests.reader_harness import FAST, running_reader
 from tests.fakes import MemorySink
 from tests.stream_helpers import new_stream
 from tests.terraform_alarms import metric_alarms
-from tests.e2e_helpers import Stages
+from tests.run_process import Stages
 from totes_cli.bootstrap import StatePaths
 from totesys.simulator import Simulator
 
@@ -589,7 +590,7 @@ def test_a_verification_that_finds_a_divergence_fires_the_verify_mismatch_alarm(
     """`totes run --verify-every`'s rounds (a real pipeline here, verifying every few seconds)
     emit MismatchedRows: 0 while in sync (OK), more once a row the source never had is planted
     in the lake (ALARM)."""
-    from tests.e2e_helpers import _config, _plant_lake_extra, _seed
+    from tests.run_process import _config, _plant_lake_extra, _seed
     from totes_cli.pipeline import Pipeline
     from totes_cli.verify_cmd import emit_emf
 

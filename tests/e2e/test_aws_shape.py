@@ -29,16 +29,8 @@ from cdc_reader.personal_data import parse
 from change_events.kinesis import ensure_stream
 from lake.layout import LakeLayout
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import (
-    REPO,
-    RUN_KEY,
-    check_against_source,
-    current_lsn,
-    execute,
-    read_source,
-    slot_confirmed,
-    wait_for,
-)
+from tests.e2e_helpers import REPO, check_against_source, current_lsn, execute, read_source
+from tests.run_process import RUN_KEY, slot_confirmed, wait_for
 from tests.stream_helpers import events_by_shard, new_stream, read_stream
 from tests.warehouse_fixtures import read_table_sorted
 from totesys.embedded import EmbeddedPostgres
@@ -46,7 +38,7 @@ from totesys.schema import create_schema, ensure_database
 from totesys.simulator import Simulator
 from warehouse_sync import DuckDBTarget
 from warehouse_sync.schema import FACTS
-from tests.e2e_helpers import SLOT, Stages
+from tests.run_process import SLOT, Stages
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from tests.bulk_helpers import (
     seed_sales_orders,
     wait_for_reread,
 )
-from tests.e2e_helpers import slot_confirmed
+from tests.run_process import slot_confirmed
 from tests.reader_harness import FAST, current_lsn, running_reader, wait_until_confirmed
 from totesys.schema import TABLES
 

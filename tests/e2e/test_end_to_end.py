@@ -39,7 +39,6 @@ from lake.layout import LakeLayout
 from tests.conftest import make_scratch_dir
 from tests.e2e_helpers import (
     FACT_SOURCES,
-    RunProcess,
     audit_trail,
     check_against_source,
     check_deleted_rows_visible,
@@ -47,13 +46,10 @@ from tests.e2e_helpers import (
     current_lsn,
     execute,
     install_audit,
-    kill_9,
-    kinesalite_pids,
     read_source,
-    slot_confirmed,
     utc_today,
-    wait_for,
 )
+from tests.run_process import RunProcess, kill_9, kinesalite_pids, slot_confirmed, wait_for
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, read_table_sorted
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.simulator import Simulator

@@ -133,7 +133,8 @@ def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_go
     import duckdb
 
     from cdc_reader.personal_data import keyed_hash, parse
-    from tests.e2e_helpers import REPO, current_lsn, execute, wait_for
+    from tests.e2e_helpers import REPO, current_lsn, execute
+    from tests.run_process import wait_for
     from tests.trace_search import folder_contents, warehouse_contents
     from totes_cli.pipeline import Pipeline, PipelineConfig
     from totesys.simulator import Simulator
@@ -236,7 +237,8 @@ def test_lake_forget_refuses_while_a_sync_runs_on_the_lake_and_erases_once_it_st
     import sys
 
     from lake.progress import Progress
-    from tests.e2e_helpers import REPO, wait_for
+    from tests.e2e_helpers import REPO
+    from tests.run_process import wait_for
     from tests.scripted_source import write_lake
 
     src = ScriptedSource()

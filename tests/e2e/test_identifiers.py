@@ -20,7 +20,7 @@ from change_events import format_lsn
 from lake.layout import LakeLayout
 from lake.timetravel import changes_as_of_lsn, current_state, state_as_of_lsn
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import wait_for
+from tests.run_process import wait_for
 from totes_cli.app import app
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.schema import TABLES

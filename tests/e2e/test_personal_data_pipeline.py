@@ -20,7 +20,8 @@ from change_events.kinesis import kinesis_client
 from lake.delta_io import read_sql
 from lake.layout import LakeLayout
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import current_lsn, execute, wait_for
+from tests.e2e_helpers import current_lsn, execute
+from tests.run_process import wait_for
 from tests.trace_search import folder_contents, kinesis_contents, traces, warehouse_contents
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.simulator import Simulator

@@ -19,7 +19,7 @@ import pytest
 
 from dashboard.reading import Warehouse, rates, sample
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import wait_for
+from tests.run_process import wait_for
 from tests.cli_helpers import totes
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.simulator import Simulator

@@ -12,11 +12,11 @@ import duckdb
 import pytest
 
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import wait_for
+from tests.run_process import wait_for
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.schema import TABLES
 from verify.core import TableReport
-from tests.e2e_helpers import _config, _plant_lake_extra, _seed
+from tests.run_process import _config, _plant_lake_extra, _seed
 
 
 # -- against a real pipeline --------------------------------------------------------------------

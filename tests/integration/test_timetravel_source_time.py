@@ -142,7 +142,7 @@ def test_truncate_then_insert_as_of_a_source_time_in_lake_and_warehouse(totesys_
 
     from change_events import format_lsn
     from lake.timetravel import changes_as_of_lsn
-    from tests.e2e_helpers import wait_for
+    from tests.run_process import wait_for
     from totes_cli.pipeline import Pipeline, PipelineConfig
     from totesys.simulator import Simulator
     from cdc_reader.source import current_wal_lsn

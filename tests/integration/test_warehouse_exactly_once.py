@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 import warehouse_sync.apply as apply_module
-from tests.e2e_helpers import wait_for
+from tests.run_process import wait_for
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse
 from tests.scripted_source import duplicate_logged_events, write_lake
 from warehouse_sync import DuckDBTarget, PostgresTarget, checkpoint_lsn, sync_once
