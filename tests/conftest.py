@@ -30,8 +30,15 @@ from totesys.schema import create_schema, with_database
 
 # Helper modules whose fixtures every test may ask for by name (their asserts rewritten
 # like a test module"s: they are imported by each other before pytest loads them).
-pytest_plugins = ["tests.cli_helpers", "tests.doctor_helpers", "tests.warehouse_fixtures"]
-pytest.register_assert_rewrite(*pytest_plugins)
+pytest_plugins = ["tests.cli_helpers", "tests.doctor_helpers", "tests.simulator_helpers", "tests.warehouse_fixtures"]
+pytest.register_assert_rewrite(
+    *pytest_plugins,
+    "tests.e2e_helpers",
+    "tests.expected_warehouse",
+    "tests.run_process",
+    "tests.scripted_source",
+    "tests.warehouse_history",
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totesys"
 TEMPLATE_DB = "totes_test_template"
