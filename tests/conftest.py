@@ -30,7 +30,13 @@ from totesys.schema import create_schema, with_database
 
 # Helper modules whose fixtures every test may ask for by name (their asserts rewritten
 # like a test module"s: they are imported by each other before pytest loads them).
-pytest_plugins = ["tests.cli_helpers", "tests.doctor_helpers", "tests.simulator_helpers", "tests.warehouse_fixtures"]
+pytest_plugins = [
+    "tests.cli_helpers",
+    "tests.doctor_helpers",
+    "tests.pgoutput_helpers",
+    "tests.simulator_helpers",
+    "tests.warehouse_fixtures",
+]
 pytest.register_assert_rewrite(
     *pytest_plugins,
     "tests.e2e_helpers",
