@@ -11,12 +11,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
-import pytest
 
 from change_events import ChangeEvent, Column, Op, TableSchema
-import subprocess
-import sys
-from pathlib import Path
+from tests.scripted_source import source_schema
 from lake import LakeLayout, LakeWriter
 import json
 from typer.testing import CliRunner
@@ -26,72 +23,9 @@ TODAY = date(2024, 5, 1)
 """The day tests' writers pretend it is (snapshot rows are partitioned by the day written)."""
 
 
-def _schema(table: str, columns: list[tuple[str, str]], key: str) -> TableSchema:
-    return TableSchema(table, tuple(Column(name, type_name, 0, -1, name == key) for name, type_name in columns))
-
-
-SALES_ORDER = _schema(
-    "public.sales_order",
-    [
-        ("sales_order_id", "integer"),
-        ("created_at", "timestamp(3) without time zone"),
-        ("last_updated", "timestamp(3) without time zone"),
-        ("design_id", "integer"),
-        ("staff_id", "integer"),
-        ("counterparty_id", "integer"),
-        ("units_sold", "integer"),
-        ("unit_price", "numeric(10,2)"),
-        ("currency_id", "integer"),
-        ("agreed_delivery_date", "text"),
-        ("agreed_payment_date", "text"),
-        ("agreed_delivery_location_id", "integer"),
-    ],
-    "sales_order_id",
-)
-
-PAYMENT = _schema(
-    "public.payment",
-    [
-        ("payment_id", "integer"),
-        ("created_at", "timestamp(3) without time zone"),
-        ("last_updated", "timestamp(3) without time zone"),
-        ("transaction_id", "integer"),
-        ("counterparty_id", "integer"),
-        ("payment_amount", "numeric(10,2)"),
-        ("currency_id", "integer"),
-        ("payment_type_id", "integer"),
-        ("paid", "boolean"),
-        ("payment_date", "text"),
-        ("company_ac_number", "integer"),
-        ("counterparty_ac_number", "integer"),
-    ],
-    "payment_id",
-)
-
-TRANSACTION = _schema(
-    "public.transaction",
-    [
-        ("transaction_id", "integer"),
-        ("transaction_type", '"TransactionType"'),
-        ("sales_order_id", "integer"),
-        ("purchase_order_id", "integer"),
-        ("created_at", "timestamp(3) without time zone"),
-        ("last_updated", "timestamp(3) without time zone"),
-    ],
-    "transaction_id",
-)
-
-DESIGN = _schema(
-    "public.design",
-    [
-        ("design_id", "integer"),
-        ("created_at", "timestamp(3) without time zone"),
-        ("design_name", "text"),
-        ("file_location", "text"),
-        ("file_name", "text"),
-        ("last_updated", "timestamp(3) without time zone"),
-    ],
-    "design_id",
+# The lake tests' tables are totesys's own (one list of columns: tests.scripted_source).
+SALES_ORDER, PAYMENT, TRANSACTION, DESIGN = (
+    source_schema(t) for t in ("sales_order", "payment", "transaction", "design")
 )
 
 
@@ -288,81 +222,6 @@ def table_snapshot(layout, kind: str, table: str) -> list[dict]:
     rows = rows.drop_columns([c for c in BATCHING_COLUMNS if c in rows.column_names])
     rows = rows.select(sorted(rows.column_names))
     return sorted(rows.to_pylist(), key=lambda r: tuple((v is None, str(v)) for v in (r[c] for c in order)))
-
-
-# -- storage: a local folder, or S3 on a moto server -------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MotoS3:
-    """moto's S3 in its own process (the in-process ThreadedMotoServer shares the GIL with
-    deltalake calls that hold it, and their requests then time out)."""
-
-    BUCKET = "lake"
-
-    def __init__(self):
-
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        script = Path(sys.executable).with_name("moto_server")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
-        self.process = subprocess.Popen(
-            command + ["-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.storage_options = {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-        }
-        self._wait()
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=self.BUCKET)
-
-    def _wait(self, timeout: float = 30.0) -> None:
-        import socket
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto_server did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except Exception:
-            self.process.kill()
-
-
-@pytest.fixture(scope="session")
-def moto_s3():
-    """One moto S3 server for the test session (import this fixture into a test module)."""
-    server = MotoS3()
-    yield server
-    server.stop()
 
 
 SO, SO_KEY = SALES_ORDER.table, SALES_ORDER.key_names

@@ -505,7 +505,7 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
     from lake.writer import LakeWriter
     from stream_processors import handler as lambda_module
     from stream_processors.handler import StreamProcessor
-    from tests.lake_fixtures import MotoS3
+    from tests.moto_s3 import MotoS3
     from tests.terraform_alarms import Resolver, resources
     from tests.stream_helpers import workload
 

@@ -15,7 +15,7 @@ from lake import LakeLayout, LakeWriter
 from lake.erasure import ErasureError, erasures, forget
 from lake.maintenance import checkpoint
 from lake.timetravel import changes_as_of_lsn, state_as_of_lsn
-from tests.lake_fixtures import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
+from tests.moto_s3 import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
 from tests.trace_search import lake_contents, traces
 from tests.scripted_source import ScriptedSource
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.lake_fixtures import MotoS3
+from tests.moto_s3 import MotoS3
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 PLUGIN_DIR = Path(os.environ.get("TOTES_TF_PLUGIN_DIR", "/opt/tf-plugins"))

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from lake import LakeLayout
-from tests.lake_fixtures import (
-    expected_state,
-    moto_s3,  # noqa: F401  (the session's S3 server, a fixture)
-)
+from tests.lake_fixtures import expected_state
+from tests.moto_s3 import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
 from tests.lake_fixtures import EVENTS, SO, write
 
 REPO = Path(__file__).resolve().parents[2]

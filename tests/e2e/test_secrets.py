@@ -189,7 +189,7 @@ def test_a_malformed_dsn_is_one_sentence_without_its_password(flag, home, totesy
 
 @pytest.fixture(scope="module")
 def moto():
-    from tests.lake_fixtures import MotoS3  # moto's server: every AWS service, S3 among them
+    from tests.moto_s3 import MotoS3  # moto's server: every AWS service, S3 among them
 
     server = MotoS3()
     yield server

@@ -28,12 +28,12 @@ from tests.lake_fixtures import (
     Source,
     expected_state,
     lake_state,
-    moto_s3,  # noqa: F401  (the session's S3 server, a fixture)
     payment_row,
     sales_order_row,
     table_snapshot,
     with_column,
 )
+from tests.moto_s3 import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
 
 SO, PAY = SALES_ORDER.table, PAYMENT.table
 SO_KEY, PAY_KEY = SALES_ORDER.key_names, PAYMENT.key_names

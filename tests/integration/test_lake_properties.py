@@ -13,15 +13,8 @@ from hypothesis import strategies as st
 
 from lake import LakeLayout
 from lake.maintenance import compact
-from tests.lake_fixtures import (
-    SALES_ORDER,
-    Source,
-    expected_state,
-    lake_state,
-    moto_s3,  # noqa: F401  (the session's S3 server, a fixture)
-    sales_order_row,
-    table_snapshot,
-)
+from tests.lake_fixtures import SALES_ORDER, Source, expected_state, lake_state, sales_order_row, table_snapshot
+from tests.moto_s3 import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
 from tests.lake_fixtures import EVENTS, SO, SO_KEY, write
 
 

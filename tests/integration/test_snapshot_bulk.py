@@ -24,7 +24,8 @@ from lake.snapshot_load import SNAPSHOT_SHARD, chunk_app
 from lake.timetravel import read_table
 from lake.writer import LakeWriter
 from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
-from tests.lake_fixtures import moto_s3, table_snapshot  # noqa: F401  (moto_s3: a fixture)
+from tests.lake_fixtures import table_snapshot
+from tests.moto_s3 import moto_s3  # noqa: F401  (moto_s3: a fixture)
 from tests.fakes import MemorySink
 from tests.reader_harness import current_lsn, running_reader, wait_until_confirmed
 from totesys.schema import TABLES

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 
 from cdc_reader.copy_text import parse_copy_text
-from tests.lake_fixtures import moto_s3, table_snapshot  # noqa: F401  (moto_s3: a fixture)
 
 
 def test_copy_text_parses_into_arrow_exactly():

@@ -1,0 +1,82 @@
+"""S3 for the tests: moto's server in its own process, with the lake's bucket (`moto_s3`, one
+per session)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoS3:
+    """moto's S3 in its own process (the in-process ThreadedMotoServer shares the GIL with
+    deltalake calls that hold it, and their requests then time out)."""
+
+    BUCKET = "lake"
+
+    def __init__(self):
+
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        script = Path(sys.executable).with_name("moto_server")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
+        self.process = subprocess.Popen(
+            command + ["-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.storage_options = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+        self._wait()
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=self.BUCKET)
+
+    def _wait(self, timeout: float = 30.0) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except Exception:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """One moto S3 server for the test session (import this fixture into a test module)."""
+    server = MotoS3()
+    yield server
+    server.stop()
