@@ -58,6 +58,7 @@ import psycopg2
 from psycopg2 import sql
 
 from bench import Report, Row
+from bench.orders import INSERT, query, reference_ids
 from totes_cli.bootstrap import StatePaths
 
 NAME = "load"
@@ -138,48 +139,36 @@ def start_source(root: Path, say):
     return server, dsn, source
 
 
-def _execute(dsn: str, statement, params=None):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
-
-
 def row_counts(dsn: str) -> dict[str, int]:
     from totesys.schema import TABLES
 
     return {
-        table: _execute(dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table)))[0][0]
+        table: query(dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table)))[0][0]
         for table in TABLES
     }
 
 
 def generate_orders(dsn: str, upto: int, say) -> float:
     """Insert generated sales orders until the table holds `upto`; returns the seconds taken."""
-    from bench.reader_bench import _INSERT, _reference_ids
 
     started = time.perf_counter()
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SET session_replication_role = replica")
-            ids = _reference_ids(cur)
+            ids = reference_ids(cur)
             cur.execute("SELECT count(*) FROM sales_order")
             have = cur.fetchone()[0]
             while have < upto:
                 rows = min(INSERT_ROWS_PER_TRANSACTION, upto - have)
-                cur.execute(_INSERT, {**ids, "lo": have + 1, "hi": have + rows})
+                cur.execute(INSERT, {**ids, "lo": have + 1, "hi": have + rows})
                 conn.commit()
                 have += rows
             cur.execute("ANALYZE sales_order")
             conn.commit()
     finally:
         conn.close()
-    _execute(dsn, "CHECKPOINT")
+    query(dsn, "CHECKPOINT")
     seconds = time.perf_counter() - started
     say(f"  sales_order holds {upto:,} rows ({seconds:.0f} s to generate)")
     return seconds
@@ -213,7 +202,7 @@ def drop_slot_of(dsn: str, lake: Path) -> None:
         slot = json.loads(StatePaths(str(lake)).names.read_text())["slot"]
     except (OSError, ValueError, KeyError):
         return
-    _execute(
+    query(
         dsn,
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
         (slot,),

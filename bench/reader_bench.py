@@ -54,6 +54,7 @@ from pathlib import Path
 import psycopg2
 
 from bench import Report, Row
+from bench.orders import Load, generate_load, query
 from change_events import format_lsn, parse_lsn
 from totes_cli import bootstrap
 
@@ -67,7 +68,6 @@ RECVLOGICAL_RUNS = 3
 # The memory run is repeated with a linger this long, so that only the Publisher's byte
 # limits (per-shard batch, max_buffer_bytes) bound what it buffers.
 STRESS_LINGER = 30.0
-END_MARKER_PREFIX = "totes-bench-end"
 CHILD_TIMEOUT = 900.0
 POLICY = {"sales_order.agreed_delivery_date": "hash", "sales_order.agreed_payment_date": "mask:last2"}
 """The policy of the personal-data run: both text columns of the load's table rewritten."""
@@ -414,14 +414,7 @@ class Source:
             shutil.rmtree(socket_dir, ignore_errors=True)
 
     def query(self, statement: str, params=None):
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        return query(self.dsn, statement, params)
 
     def server_version(self) -> str:
         return self.query("SHOW server_version")[0][0]
@@ -440,112 +433,6 @@ class Source:
                 "WHERE slot_name = %s AND NOT active",
                 (name,),
             )
-
-
-# Realistic sales_order rows from a row number `i`, referring to the seeded static data.
-# session_replication_role = replica skips the foreign-key triggers (the ids are valid by
-# construction); it changes nothing in the WAL that logical decoding reads.
-_INSERT = """
-INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id,
-    units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date,
-    agreed_delivery_location_id)
-SELECT t, t,
-       (%(design)s::int[])[1 + (i * 7919) %% %(n_design)s],
-       (%(staff)s::int[])[1 + (i * 104729) %% %(n_staff)s],
-       (%(counterparty)s::int[])[1 + (i * 15485863) %% %(n_counterparty)s],
-       1000 + (i * 37) %% 99000,
-       round(2.0 + ((i * 13) %% 200) / 100.0, 2),
-       (%(currency)s::int[])[1 + i %% %(n_currency)s],
-       to_char(t + (3 + i %% 30) * interval '1 day', 'YYYY-MM-DD'),
-       to_char(t + (10 + i %% 60) * interval '1 day', 'YYYY-MM-DD'),
-       (%(address)s::int[])[1 + (i * 31) %% %(n_address)s]
-FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i,
-     LATERAL (SELECT timestamp '2025-01-01 08:00' + i * interval '997 milliseconds' AS t) AS at
-"""
-_UPDATE = """
-UPDATE sales_order SET units_sold = units_sold + 1, unit_price = unit_price + 0.05,
-       last_updated = last_updated + interval '3 days 2 hours'
-WHERE sales_order_id BETWEEN %s AND %s
-"""
-
-
-@dataclass
-class Load:
-    inserts: int
-    updates: int
-    transactions: int
-    seconds: float
-    start_lsn: int
-    marker_lsn: int
-    end_lsn: int
-
-    @property
-    def events(self) -> int:
-        return self.inserts + self.updates
-
-    @property
-    def wal_bytes(self) -> int:
-        return self.end_lsn - self.start_lsn
-
-
-def _reference_ids(cur) -> dict:
-    ids = {}
-    for name, table in (
-        ("design", "design"),
-        ("staff", "staff"),
-        ("counterparty", "counterparty"),
-        ("currency", "currency"),
-        ("address", "address"),
-    ):
-        cur.execute(f"SELECT array_agg({table}_id ORDER BY {table}_id) FROM {table}")
-        values = cur.fetchone()[0]
-        if not values:
-            raise RuntimeError(f"no {table} rows: the static data was not seeded")
-        ids[name], ids[f"n_{name}"] = values, len(values)
-    return ids
-
-
-def generate_load(source: Source, start_lsn: int, rows: int, txn_rows: int, *, updates: bool = True) -> Load:
-    """`rows` sales_order inserts (then as many updates) in transactions of `txn_rows`, then
-    the end marker; one transaction of everything when txn_rows >= rows and not updates."""
-    conn = psycopg2.connect(source.dsn)
-    started = time.perf_counter()
-    transactions = 0
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET session_replication_role = replica")
-            ids = _reference_ids(cur)
-            cur.execute("SELECT coalesce(max(sales_order_id), 0) FROM sales_order")
-            base = cur.fetchone()[0]
-            conn.commit()
-            cur.execute("SELECT last_value, is_called FROM sales_order_sales_order_id_seq")
-            last_value, is_called = cur.fetchone()
-            if (last_value if is_called else last_value - 1) != base:
-                raise RuntimeError("sales_order's sequence is not at its highest id")
-            for lo in range(1, rows + 1, txn_rows):
-                hi = min(rows, lo + txn_rows - 1)
-                cur.execute(_INSERT, {**ids, "lo": base + lo, "hi": base + hi})
-                conn.commit()
-                transactions += 1
-            if updates:
-                for lo in range(1, rows + 1, txn_rows):
-                    hi = min(rows, lo + txn_rows - 1)
-                    cur.execute(_UPDATE, (base + lo, base + hi))
-                    if cur.rowcount != hi - lo + 1:
-                        raise RuntimeError(f"updated {cur.rowcount} rows, not {hi - lo + 1}")
-                    conn.commit()
-                    transactions += 1
-            # The message's end, where its transaction's commit record starts (or later, if
-            # another backend wrote WAL in between): every load transaction commits before it.
-            cur.execute("SELECT pg_logical_emit_message(true, %s, '')::text", (END_MARKER_PREFIX,))
-            marker = parse_lsn(cur.fetchone()[0])
-            conn.commit()
-            cur.execute("SELECT pg_current_wal_lsn()::text")
-            end = parse_lsn(cur.fetchone()[0])
-            conn.commit()
-    finally:
-        conn.close()
-    return Load(rows, rows if updates else 0, transactions, time.perf_counter() - started, start_lsn, marker, end)
 
 
 def run_pg_recvlogical(source: Source, slot: str, end_lsn: int, timeout: float = 600.0) -> dict:

@@ -26,7 +26,8 @@ import psycopg2
 
 from bench import Report, Row
 from bench.load_bench import RSS_TARGET_MB, drop_slot_of, totes_run
-from bench.reader_bench import Source, generate_load
+from bench.orders import generate_load
+from bench.reader_bench import Source
 
 NAME = "snapshot"
 DESCRIPTION = "snapshot: totes run --until-caught-up from nothing on a large sales_order, rows/s and peak RSS"

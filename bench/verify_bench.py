@@ -23,7 +23,8 @@ import psycopg2
 import pyarrow as pa
 
 from bench import Report, Row
-from bench.reader_bench import Source, generate_load
+from bench.orders import generate_load
+from bench.reader_bench import Source
 
 NAME = "verify"
 DESCRIPTION = "verify: the source read of `totes verify` on a large sales_order, against one COPY of it"

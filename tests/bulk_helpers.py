@@ -12,7 +12,7 @@ from datetime import datetime
 
 import psycopg2
 
-from bench.reader_bench import _INSERT, _reference_ids
+from bench.orders import INSERT, start_generating
 from cdc_reader.catalog import read_table_schema
 from cdc_reader.reader import ReaderConfig
 from change_events.wire import EncodedChange
@@ -65,11 +65,8 @@ def seed_sales_orders(dsn: str, rows: int) -> None:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SET session_replication_role = replica")
-            ids = _reference_ids(cur)
-            cur.execute("SELECT coalesce(max(sales_order_id), 0) FROM sales_order")
-            base = cur.fetchone()[0]
-            cur.execute(_INSERT, {**ids, "lo": base + 1, "hi": base + rows})
+            ids, base = start_generating(cur)
+            cur.execute(INSERT, {**ids, "lo": base + 1, "hi": base + rows})
             cur.execute(
                 "SELECT setval('sales_order_sales_order_id_seq', (SELECT max(sales_order_id) FROM sales_order))"
             )
