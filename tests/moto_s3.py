@@ -9,6 +9,16 @@ from pathlib import Path
 
 import pytest
 
+UNREACHABLE_S3 = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_ALLOW_HTTP": "true",
+    "AWS_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "max_retries": "0",
+}
+"""Storage options of an S3 nobody listens on (port 9, discard), tried once: a lake outage."""
+
 
 def _free_port() -> int:
     import socket

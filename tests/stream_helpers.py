@@ -151,6 +151,17 @@ def transactions(
     return txs
 
 
+def publish_events(publisher: Publisher, events: list[ChangeEvent], *, flush: bool = False) -> None:
+    """Add `events` in order, ending a transaction after the last event of each LSN (and
+    flushing it as its own record when `flush`)."""
+    for index, event in enumerate(events):
+        publisher.add(event)
+        if index + 1 == len(events) or events[index + 1].lsn != event.lsn:
+            publisher.end_transaction(event.lsn)
+            if flush:
+                publisher.flush()
+
+
 def publish(publisher: Publisher, txs, *, check=None) -> None:
     for commit_lsn, events in txs:
         for event in events:

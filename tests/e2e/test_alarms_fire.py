@@ -35,6 +35,7 @@ from change_events.kinesis import kinesis_client
 from change_events import encode_events
 from local_stack.cloudwatch import ALARM, OK, Datapoint, MetricAlarm, emf_datapoints, evaluate
 from stream_processors.poller import ShardOffsets, lambda_record
+from tests.moto_s3 import UNREACHABLE_S3
 from tests.conftest import make_scratch_dir
 from tests.e2e_helpers import current_lsn, execute
 from tests.run_process import kill_9, wait_for
@@ -439,14 +440,7 @@ def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kin
     alarms = metric_alarms(references=references(stream))
     retrying, errors = alarms["processor_retrying"], alarms["processor_errors"]
     monkeypatch.setattr(lambda_module, "_failures", {})
-    down = {
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "max_retries": "0",
-    }
+    down = dict(UNREACHABLE_S3)
 
     def invoke_for(periods: int, period: int, axis: Axis) -> tuple[list[Datapoint], float]:
         """Invoke like the event source mapping for `periods` whole periods; EMF lines and
@@ -538,14 +532,7 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
 
         probe = Probe("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": queue_name}, visible, every=0.05)
         axis = Axis(k=300, start=time.time())  # 5 min = 1 s
-        down = {
-            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "max_retries": "0",
-        }
+        down = dict(UNREACHABLE_S3)
         monkeypatch.setattr(lambda_module, "_failures", {})
         monkeypatch.setattr(
             lambda_module,

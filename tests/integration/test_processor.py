@@ -19,9 +19,10 @@ from lake.writer import LakeWriter
 from stream_processors import handler as lambda_module
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller, ShardOffsets
+from tests.moto_s3 import UNREACHABLE_S3
 from tests.lake_fixtures import SALES_ORDER, expected_state, lake_state, sales_order_row, table_snapshot
 from tests.stream_helpers import new_stream
-from tests.stream_helpers import SHARD, kinesis_event, workload
+from tests.stream_helpers import SHARD, kinesis_event, publish_events, workload
 from tests.fakes import ScriptedFlakyKinesis
 
 
@@ -99,10 +100,7 @@ def test_local_poller_feeds_the_handler_and_survives_a_crash_before_saving_offse
     stream = new_stream(kinesis, shards=2)
     events = workload(60)
     publisher = Publisher(kinesis, stream)
-    for index, event in enumerate(events):
-        publisher.add(event)
-        if index + 1 == len(events) or events[index + 1].lsn != event.lsn:
-            publisher.end_transaction(event.lsn)
+    publish_events(publisher, events)
     publisher.publish_watermark(events[-1].lsn)
     publisher.flush()
 
@@ -179,14 +177,7 @@ def test_events_the_lake_refuses_for_their_content_are_dead_lettered_and_the_sha
 def test_an_outage_is_retried_logged_and_counted_not_dead_lettered(tmp_path, capsys, caplog):
     from aws_lambda_powertools import Metrics
 
-    down = {
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "max_retries": "0",
-    }
+    down = dict(UNREACHABLE_S3)
     metrics = Metrics(namespace="totes-cdc-test", service="processor")
     processor = StreamProcessor(LakeWriter(LakeLayout("s3://lake/unreachable", down)), metrics)
     outcome = processor.process(kinesis_event([encode_events(workload(2))], start=7))
@@ -213,11 +204,7 @@ def test_consumer_side_kinesis_errors_are_retried_and_never_end_the_poller(tmp_p
     stream = new_stream(kinesis, shards=1)
     events = workload(20)
     publisher = Publisher(kinesis, stream)
-    for index, event in enumerate(events):
-        publisher.add(event)
-        if index + 1 == len(events) or events[index + 1].lsn != event.lsn:
-            publisher.end_transaction(event.lsn)
-            publisher.flush()  # several records, so the iterator expires half way
+    publish_events(publisher, events, flush=True)  # several records, so the iterator expires half way
     publisher.publish_watermark(events[-1].lsn)
     publisher.flush()
     faults = {
@@ -260,14 +247,7 @@ def test_the_lambda_entry_point_backs_off_while_the_lake_is_down(tmp_path, monke
     monkeypatch.setattr(lambda_module, "_failures", {})
     pauses: list[float] = []
     monkeypatch.setattr(lambda_module.time, "sleep", pauses.append)
-    down = {
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "max_retries": "0",
-    }
+    down = dict(UNREACHABLE_S3)
     monkeypatch.setattr(
         lambda_module,
         "_processor",
