@@ -51,15 +51,19 @@ class MotoS3:
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
         self._wait()
+        self.client("s3").create_bucket(Bucket=self.BUCKET)
+
+    def client(self, service: str):
+        """A boto3 client of `service` on this server."""
         import boto3
 
-        boto3.client(
-            "s3",
+        return boto3.client(
+            service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-        ).create_bucket(Bucket=self.BUCKET)
+        )
 
     def _wait(self, timeout: float = 30.0) -> None:
         import socket

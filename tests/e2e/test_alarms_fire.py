@@ -493,7 +493,6 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
     batch and puts its position in the failure queue. A stand-in does that with the real
     handler against an unwritable lake and moto's SQS; the queue's visible messages, as SQS
     reports them, fire processor-gave-up, and the empty queue before kept it OK."""
-    import boto3
 
     from lake.layout import LakeLayout
     from lake.writer import LakeWriter
@@ -516,13 +515,7 @@ def test_a_batch_given_up_after_its_retries_fires_the_gave_up_alarm(kinesis, mon
 
     server = MotoS3()
     try:
-        sqs = boto3.client(
-            "sqs",
-            endpoint_url=server.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        sqs = server.client("sqs")
         queue = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
 
         def visible() -> float:

@@ -207,18 +207,10 @@ def _aws(moto) -> dict[str, str]:
 
 @needs_own_server
 def test_the_password_from_pgpassword_a_file_or_secrets_manager(server, moto, tmp_path, monkeypatch):
-    import boto3
-
     from totes_cli.settings import resolve_source_dsn
     from cdc_reader.source import SourceConnectionError, connect
 
-    secrets = boto3.client(
-        "secretsmanager",
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    secrets = moto.client("secretsmanager")
     arn = secrets.create_secret(Name="pw-source-dsn", SecretString=uri(server, "totesys", PASSWORD))["ARN"]
     secrets.create_secret(Name="pw-rds-style", SecretString=f'{{"username": "{ROLE}", "password": "{PASSWORD}"}}')
     password_file = tmp_path / "source-password"
@@ -251,15 +243,7 @@ def test_the_password_from_pgpassword_a_file_or_secrets_manager(server, moto, tm
 
 @needs_own_server
 def test_the_cli_takes_the_source_from_secrets_manager(server, moto, home):
-    import boto3
-
-    secrets = boto3.client(
-        "secretsmanager",
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    secrets = moto.client("secretsmanager")
     arn = secrets.create_secret(Name="cli-source-dsn", SecretString=uri(server, "totesys", PASSWORD))["ARN"]
     result = totes("status", home=home, env={**_aws(moto), "TOTES_SOURCE_DSN_SECRET": arn})
     assert result.returncode == 0, result.stderr
@@ -341,17 +325,9 @@ def test_the_embedded_server_inherits_no_secret(monkeypatch):
 
 
 def test_the_warehouse_dsn_from_secrets_manager_or_a_password_file(moto, tmp_path, monkeypatch):
-    import boto3
-
     from totes_cli.settings import resolve_warehouse
 
-    secrets = boto3.client(
-        "secretsmanager",
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    secrets = moto.client("secretsmanager")
     stored = f"postgresql://sync:{PASSWORD}@warehouse.example:5432/warehouse"
     arn = secrets.create_secret(Name="wh-dsn", SecretString=stored)["ARN"]
     monkeypatch.setenv("TOTES_CONFIG", str(tmp_path / "none.toml"))
