@@ -39,6 +39,7 @@ from warehouse_sync.schema import BY_NAME, DIMENSIONS, FACTS, LINEAGE_NAMES, con
 
 FACT_SOURCES = {"fact_sales_order": "sales_order", "fact_purchase_order": "purchase_order", "fact_payment": "payment"}
 REPO = Path(__file__).resolve().parents[1]
+REAL_SNAPSHOT = "snapshot_2024-11-15_aidan-mooney"
 
 # -- the source, read back ---------------------------------------------------------------------
 
@@ -325,3 +326,14 @@ def check_deleted_rows_visible(target, rows: SourceRows, trail) -> int:
         )
         total += len(gone)
     return total
+
+
+def check_workload(target, dsn: str, baseline, days, policy: Policy = NO_POLICY) -> dict[str, int]:
+    """The warehouse against the source (`days`: the candidates for today) and its audit trail:
+    current rows, deleted rows, every version; a summary of what was checked."""
+    rows = read_source(dsn)
+    trail = audit_trail(dsn)
+    check_against_source(target, rows, days, policy)
+    deleted = check_deleted_rows_visible(target, rows, trail)
+    checked = check_versions(target, baseline, trail)
+    return {"deleted": deleted, **checked, "audited": sum(len(v) for t in trail.values() for v in t.values())}

@@ -4,15 +4,18 @@ and what the source's slot and kinesalite say about them."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from cdc_reader.personal_data import Policy, parse
 from change_events import parse_lsn
@@ -20,8 +23,9 @@ from change_events.kinesis import kinesis_client
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from totesys.simulator import Simulator
+from tests.conftest import make_scratch_dir
 from totes_cli import bootstrap
-from totes_cli.pipeline import PipelineConfig
+from totes_cli.pipeline import Pipeline, PipelineConfig
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,3 +279,38 @@ def _plant_lake_extra(dsn: str, layout, key: int) -> None:
         row,
     )
     LakeWriter(layout).write_batch("planted", [event])
+
+
+@pytest.fixture(name="home")
+def e2e_home():
+    """A scratch folder for one pipeline's lake and warehouse (short path: kinesalite and
+    PostgreSQL sockets dislike long ones), removed afterwards unless TOTES_E2E_KEEP is set."""
+    path = make_scratch_dir("totes-e2e-")
+    yield path
+    if os.environ.get("TOTES_E2E_KEEP"):
+        print(f"kept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class PipelineThread:
+    """`Pipeline.run()` in a thread, stopped on demand; stage errors fail the test."""
+
+    def __init__(self, config: PipelineConfig):
+        self.pipeline = Pipeline(config)
+        self.thread = threading.Thread(target=self.pipeline.run, name="e2e-pipeline", daemon=True)
+        self.thread.start()
+
+    def wait_caught_up(self, lsn: int, timeout: float) -> None:
+        def done():
+            assert not self.pipeline.errors, self.pipeline.errors
+            assert self.thread.is_alive(), "the pipeline stopped"
+            return self.pipeline.caught_up_with(lsn)
+
+        wait_for(done, timeout, f"the warehouse to reach {lsn:X}")
+
+    def stop(self) -> None:
+        self.pipeline.stop.set()
+        self.thread.join(90)
+        assert not self.thread.is_alive(), "the pipeline did not shut down"
+        assert not self.pipeline.errors, self.pipeline.errors
