@@ -8,8 +8,10 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 
 import psycopg2
+import pytest
 from psycopg2 import sql
 
 from cdc_reader.reader import READER_SESSION, FileStateStore, Reader, ReaderConfig, session_options
@@ -17,6 +19,7 @@ from change_events import Op
 from cdc_reader.source import current_wal_lsn
 from tests.fakes import MemorySink
 from totesys.schema import TABLES
+from totesys.simulator import Simulator
 
 State = dict[str, dict[tuple, dict[str, str | None]]]
 
@@ -166,3 +169,25 @@ def state_diff(got: State, want: State, limit: int = 5) -> list[str]:
                 if len(out) >= limit:
                     return out
     return out
+
+
+UNTIL = datetime(2024, 11, 15, 18, 0)
+
+
+def _run_sql(dsn: str, *statements: str) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    conn.close()
+
+
+def _catch_up(dsn, reader):
+    wait_until_confirmed(reader, current_lsn(dsn))
+
+
+@pytest.fixture(name="seeded")
+def seeded_source(totesys_dsn):
+    """A fresh totesys with 20 days of history up to UNTIL."""
+    with Simulator(totesys_dsn, seed=11) as simulator:
+        simulator.seed_history(20, until=UNTIL)
+    return totesys_dsn
