@@ -94,12 +94,6 @@ def bulk_config(**changes) -> ReaderConfig:
     return replace(BULK, **changes)
 
 
-def execute(dsn: str, statement: str) -> None:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(statement)
-    conn.close()
-
-
 def wait_for_reread(reader, table: str, timeout: float = 120) -> None:
     """Until `reader` has read `table` again (schema-qualified)."""
     deadline = time.monotonic() + timeout

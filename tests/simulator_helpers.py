@@ -50,15 +50,6 @@ def one(dsn: str, query, params=None):
     return rows(dsn, query, params)[0][0]
 
 
-def execute(dsn: str, query, params=None) -> None:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-    finally:
-        conn.close()
-
-
 def new_database(admin_dsn: str, template: str) -> str:
     name = f"totes_test_{uuid.uuid4().hex[:10]}"
     conn = psycopg2.connect(admin_dsn)

@@ -23,10 +23,10 @@ from tests.bulk_helpers import (
     LakeSink,
     assert_lake_and_warehouse_equal_the_source,
     bulk_config,
-    execute,
     seed_sales_orders,
     wait_for_reread,
 )
+from tests.e2e_helpers import execute
 from tests.run_process import slot_confirmed
 from tests.reader_harness import FAST, current_lsn, running_reader, wait_until_confirmed
 

@@ -13,17 +13,8 @@ import pytest
 from psycopg2 import sql
 
 from totesys.simulator import Simulator, SimulatorError
-from tests.simulator_helpers import (
-    UNTIL,
-    DAYS,
-    DEPARTMENTS,
-    rows,
-    one,
-    execute,
-    broken_rules,
-    table_digests,
-    working_days,
-)
+from tests.simulator_helpers import UNTIL, DAYS, DEPARTMENTS, rows, one, broken_rules, table_digests, working_days
+from tests.e2e_helpers import execute
 
 
 # -- static tables ------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from totes_cli.app import app
 from totesys.schema import TABLES, with_database
 from totesys.simulator import Simulator, _Live
-from tests.simulator_helpers import UNTIL, rows, one, execute, ORDER_RULES, broken_rules
+from tests.simulator_helpers import UNTIL, rows, one, ORDER_RULES, broken_rules
+from tests.e2e_helpers import execute
 
 
 # -- live ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from lake.writer import LakeWriter
 from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
 from tests.lake_fixtures import table_snapshot
 from tests.moto_s3 import moto_s3  # noqa: F401  (moto_s3: a fixture)
+from tests.e2e_helpers import execute as _execute
 from tests.fakes import MemorySink
 from tests.reader_harness import current_lsn, running_reader, wait_until_confirmed
 from totesys.schema import TABLES
@@ -36,12 +37,6 @@ CHILD = Path(__file__).resolve().parents[1].joinpath("bulk_snapshot_child.py")
 
 def _with_lake(layout):
     return lambda reader: setattr(reader, "lake", layout)
-
-
-def _execute(dsn: str, statement: str, params=None) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(statement, params)
-        return cur.rowcount
 
 
 def _assert_lake_equals_source(layout, dsn, tables=TABLES) -> None:
