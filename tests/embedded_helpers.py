@@ -12,7 +12,7 @@ from psycopg2.extensions import make_dsn
 
 from totesys.embedded import EmbeddedPostgres, libpq_dsn
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
 
 

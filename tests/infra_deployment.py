@@ -14,7 +14,7 @@ import pytest
 
 from tests.moto_s3 import MotoS3
 
-INFRA = Path(__file__).resolve().parents[2] / "infra"
+INFRA = Path(__file__).resolve().parents[1] / "infra"
 PLUGIN_DIR = Path(os.environ.get("TOTES_TF_PLUGIN_DIR", "/opt/tf-plugins"))
 TERRAFORM = shutil.which("terraform")
 REGION = "eu-west-2"
