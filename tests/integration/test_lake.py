@@ -1,5 +1,6 @@
 """The lake core on real Delta tables: exactly-once, order per row, TOAST, deletes, truncate,
-schema evolution, rejects, watermarks, time travel, DuckDB, maintenance, dead letters.
+schema evolution, rejects (watermarks, time travel, DuckDB, maintenance, dead letters:
+test_lake_history.py).
 
 Every test runs twice: on a local folder and on S3 (a moto server).
 """
