@@ -26,7 +26,7 @@ reader puts no watermark below L2 on the stream, so the warehouse never sees a t
 read. A row that moved between chunks (an UPDATE between L1 and L2 writes a new tuple) may be
 read in both, at L1 and at L2: the newer wins in the state, the change log holds its history.
 
-Why one file (about 420 lines): the chunk plan, the ADBC binary read under the exported
+Why one file (about 470 lines): the chunk plan, the ADBC binary read under the exported
 snapshot and its text fallback share one transaction per chunk and its failure handling;
 splitting them would pass that transaction across modules. The text parser is apart
 (copy_text.py), the lake's side too (lake/snapshot_load.py).
