@@ -236,17 +236,7 @@ def _explain(dsn: str, error: Exception) -> str:
             f"PostgreSQL at {host}:{port} does not allow user {user!r} to connect from here: "
             "add a pg_hba.conf entry for this client."
         )
-    if any(
-        s in lowered
-        for s in (
-            "connection refused",
-            "no such file or directory",
-            "timeout expired",
-            "could not connect",
-            "server closed the connection",
-            "network is unreachable",
-        )
-    ):
+    if any(s in lowered for s in _UNREACHABLE_MARKERS):
         where_text = f"the unix socket in {host} (port {port})" if host.startswith("/") else f"{host}:{port}"
         return (
             f"Nothing answers at {where_text}: check that PostgreSQL is running there and that "
@@ -256,13 +246,18 @@ def _explain(dsn: str, error: Exception) -> str:
     return f"Could not connect to PostgreSQL at {host}:{port}: {first}."
 
 
-_TRANSIENT_MARKERS = (
+_UNREACHABLE_MARKERS = (
     "connection refused",
     "no such file or directory",
     "timeout expired",
     "could not connect",
     "server closed the connection",
     "network is unreachable",
+)
+"""What libpq says when nothing answers at the address (also transient: the server may come back)."""
+
+_TRANSIENT_MARKERS = (
+    *_UNREACHABLE_MARKERS,
     "the database system is starting up",
     "the database system is shutting down",
     "too many clients",

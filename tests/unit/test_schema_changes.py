@@ -1,10 +1,7 @@
-"""Routine DDL never strands data: a column's type changed at the source, with changes before
-and after it (in the same transaction and in later ones), flows through a real PostgreSQL,
-the real reader, the real lake and the warehouse, in order with the data.
-
-Widening changes evolve the lake (and the warehouse mirrors) in place. A change PostgreSQL
-carries out by rewriting the column's values (narrowing, text -> integer) emits no row events
-for the rows it rewrote, so the reader re-reads the table; nothing is dead-lettered.
+"""The pure rules behind routine DDL (the whole path through a real PostgreSQL, reader, lake and
+warehouse: tests/integration/test_schema_changes.py): which type a widened lake column takes,
+which source type changes keep every value (the others make the reader re-read the table), and
+an append that raced a widening landing in the widened log.
 """
 
 from __future__ import annotations
