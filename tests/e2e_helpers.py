@@ -33,11 +33,11 @@ from tests.expected_warehouse import (
     typed_source_sql,
 )
 from tests.scripted_source import SOURCE_COLUMNS, Row, ScriptedSource
+from tests.warehouse_fixtures import FACT_SOURCES, current_facts_equal, dimensions_against
 from tests.warehouse_fixtures import frame_equal as _frame_equal, read_table_sorted
 from warehouse_sync import dangling_references, duplicate_current_rows
-from warehouse_sync.schema import BY_NAME, DIMENSIONS, FACTS, LINEAGE_NAMES, conform, projected_columns
+from warehouse_sync.schema import BY_NAME, FACTS, conform, projected_columns
 
-FACT_SOURCES = {"fact_sales_order": "sales_order", "fact_purchase_order": "purchase_order", "fact_payment": "payment"}
 REPO = Path(__file__).resolve().parents[1]
 REAL_SNAPSHOT = "snapshot_2024-11-15_aidan-mooney"
 
@@ -170,21 +170,10 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (),
     connection, expected = scripted_expected(ScriptedSource(rows=rows))
     facts = {fact.name: read_table_sorted(target, fact.name) for fact in FACTS}
     for fact in FACTS:
-        actual = facts[fact.name]
-        current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
-        schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
-        _frame_equal(
-            fact.name, current.sort(fact.business_key), conform(expected[fact.name], schema).sort(fact.business_key)
-        )
-        deleted_now = actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
+        deleted_now = current_facts_equal(fact, facts[fact.name], expected)
         alive = sorted({str(k) for k in deleted_now} & set(rows[FACT_SOURCES[fact.name]]), key=int)
         assert not alive, f"{fact.name}: current rows say deleted, the source has them: {alive[:20]}"
-    for dimension in DIMENSIONS:
-        if dimension.name == "dim_date":
-            continue
-        actual = read_table_sorted(target, dimension.name)
-        want = conform(expected[dimension.name], dimension.polars_schema).sort(dimension.key)
-        extra = actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
+    for dimension, actual, want, extra in dimensions_against(target, expected):
         referenced = {
             k
             for fact in FACTS

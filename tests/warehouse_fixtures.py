@@ -127,6 +127,28 @@ def history_lake(history_of_every_kind, tmp_path_factory):
     return write_lake(tmp_path_factory.mktemp("lake"), history_of_every_kind.source.events)
 
 
+def current_facts_equal(fact, actual: pl.DataFrame, expected: dict[str, pl.DataFrame]) -> list:
+    """The current, not deleted rows of one fact table (its rows `actual`) equal the expected
+    ones; returns the business keys whose current row says "deleted"."""
+    current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
+    schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
+    frame_equal(
+        fact.name, current.sort(fact.business_key), conform(expected[fact.name], schema).sort(fact.business_key)
+    )
+    return actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
+
+
+def dimensions_against(target, expected: dict[str, pl.DataFrame]):
+    """Each dimension but dim_date: the dimension, its rows, the expected rows, and the rows the
+    expected ones lack (whether those may stay is the caller's rule)."""
+    for dimension in DIMENSIONS:
+        if dimension.name == "dim_date":
+            continue
+        actual = read_table_sorted(target, dimension.name)
+        want = conform(expected[dimension.name], dimension.polars_schema).sort(dimension.key)
+        yield dimension, actual, want, actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
+
+
 def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str, set[str]]) -> None:
     """Current facts and dimensions == the independent transform of `rows`; integrity."""
     assert dangling_references(target) == {}
@@ -134,20 +156,9 @@ def check_against_source(target, rows: dict[str, dict[str, Row]], kept: dict[str
     source = ScriptedSource(rows=rows)
     connection, expected = scripted_expected(source)
     for fact in FACTS:
-        actual = read_table_sorted(target, fact.name)
-        current = actual.filter(pl.col("is_current") & ~pl.col("is_deleted")).drop([fact.key, *LINEAGE_NAMES])
-        schema = {n: t for n, t in fact.polars_schema.items() if n in current.columns}
-        frame_equal(
-            fact.name, current.sort(fact.business_key), conform(expected[fact.name], schema).sort(fact.business_key)
-        )
-        deleted_now = actual.filter(pl.col("is_current") & pl.col("is_deleted"))[fact.business_key].to_list()
+        deleted_now = current_facts_equal(fact, read_table_sorted(target, fact.name), expected)
         assert not {str(k) for k in deleted_now} & set(rows[FACT_SOURCES[fact.name]]), fact.name
-    for dimension in DIMENSIONS:
-        if dimension.name == "dim_date":
-            continue
-        actual = read_table_sorted(target, dimension.name)
-        want = conform(expected[dimension.name], dimension.polars_schema).sort(dimension.key)
-        extra = actual.filter(~pl.col(dimension.key).is_in(want[dimension.key].implode()))
+    for dimension, actual, want, extra in dimensions_against(target, expected):
         assert {str(k) for k in extra[dimension.key].to_list()} <= kept.get(dimension.name, set()), dimension.name
         frame_equal(dimension.name, actual.filter(pl.col(dimension.key).is_in(want[dimension.key].implode())), want)
     referenced = sorted(
