@@ -42,12 +42,19 @@ def _updates(src: Source, writer: LakeWriter, events: list, count: int, start: i
         writer.write_batch(shard, tx.events)
 
 
-def test_maintenance_bounds_the_lake_and_keeps_time_travel_inside_the_retention(tmp_path):
+def _snapshot_lake(tmp_path, rows: int) -> tuple[LakeLayout, LakeWriter, Source, list]:
+    """A lake holding `rows` sales orders from one snapshot batch: its layout, its writer, the
+    source and the events so far."""
     layout = LakeLayout(tmp_path / "lake")
     writer = LakeWriter(layout, today=lambda: TODAY)
     src = Source()
-    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(ROWS)])
+    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(rows)])
     writer.write_batch("s1", events)
+    return layout, writer, src, events
+
+
+def test_maintenance_bounds_the_lake_and_keeps_time_travel_inside_the_retention(tmp_path):
+    layout, writer, src, events = _snapshot_lake(tmp_path, ROWS)
     _updates(src, writer, events, 30, 0)
     stored, live = _totals(layout)
     assert stored > 5 * live  # what the merges and small appends left behind
@@ -153,11 +160,7 @@ def test_writers_leave_checkpoints_to_maintenance_and_older_tables_follow(tmp_pa
     """Every checkpoint written within the retention is kept, and each lists every live file
     and tombstone: the writers' few commits a second must not add one every few commits.
     Maintenance checkpoints each round, and brings a table made with a shorter interval in line."""
-    layout = LakeLayout(tmp_path / "lake")
-    writer = LakeWriter(layout, today=lambda: TODAY)
-    src = Source()
-    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(200)])
-    writer.write_batch("s1", events)
+    layout, writer, src, events = _snapshot_lake(tmp_path, 200)
     _updates(src, writer, events, 30, 0)
     uris = [layout.state_uri(SO), layout.changes_uri(SO)]
     assert [_checkpoints(uri) for uri in uris] == [0, 0]
@@ -178,11 +181,7 @@ def test_compacting_a_growing_change_log_leaves_its_full_files_alone(tmp_path):
     """Today's partition of a change log grows all day and every round compacts it: a round
     that rewrote the whole partition each time would keep a copy of it per round inside the
     retention. Files already a few hundred KiB stay; only the small ones are packed."""
-    layout = LakeLayout(tmp_path / "lake")
-    writer = LakeWriter(layout, today=lambda: TODAY)
-    src = Source()
-    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(8000)])
-    writer.write_batch("s1", events)
+    layout, writer, src, events = _snapshot_lake(tmp_path, 8000)
     uri = layout.changes_uri(SO)
     ((full, size),) = _live_files(layout, uri).items()
     assert 150 * 1024 < size < 400 * 1024  # what a few hours of the demo's busiest table write
@@ -247,11 +246,7 @@ def test_a_few_row_commit_writes_no_dictionaries_and_keeps_the_statistics_reads_
     filter on it (DuckDB pushes filters down) skips the file, so its rows go missing."""
     import pyarrow.dataset as ds
 
-    layout = LakeLayout(tmp_path / "lake")
-    writer = LakeWriter(layout, today=lambda: TODAY)
-    src = Source()
-    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(3)])
-    writer.write_batch("s1", events)
+    layout, writer, src, events = _snapshot_lake(tmp_path, 3)
     _updates(src, writer, events, 2, 0)
     uri = layout.changes_uri(SO)
     chunks = _column_chunks(layout, uri)
@@ -276,11 +271,7 @@ def test_a_running_pipelines_round_compacts_a_table_only_once_it_has_enough_smal
     copy kept for the retention each time); the pipeline's rounds wait for `compact_from`
     small files, so a table's file count follows its data: its full files and fewer than
     that many small ones."""
-    layout = LakeLayout(tmp_path / "lake")
-    writer = LakeWriter(layout, today=lambda: TODAY)
-    src = Source()
-    events = src.snapshot(SALES_ORDER, [sales_order_row(i) for i in range(8000)])
-    writer.write_batch("s1", events)
+    layout, writer, src, events = _snapshot_lake(tmp_path, 8000)
     uri = layout.changes_uri(SO)
     _updates(src, writer, events, 3, 0)
     before = _live_files(layout, uri)
