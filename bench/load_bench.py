@@ -1,6 +1,6 @@
 """Initial load and catch-up against the speed of COPY, and the memory they take.
 
-Why one file (~580 lines): one benchmark run over one source, its steps in the order they
+Why one file (~600 lines): one benchmark run over one source, its steps in the order they
 run (generate, COPY limit, load, peer, backlog, nothing new, latency); its /proc helpers
 and dlt child go with it.
 
