@@ -18,18 +18,9 @@ import warehouse_sync.apply as apply_module
 import warehouse_sync.bulk as bulk_module
 from change_events import ChangeEvent, Op
 from lake.change_feed import ChangeLog
-from tests.warehouse_fixtures import (
-    SCHEMAS,
-    SNAPSHOT,
-    SNAPSHOT_LSN,
-    TODAY,
-    _copy_rows,
-    assert_same_warehouse,
-    dump_warehouse,
-    mixed_history,
-    snapshot_events,
-    write_lake,
-)
+from tests.scripted_source import SCHEMAS, snapshot_events, write_lake
+from tests.warehouse_fixtures import SNAPSHOT, SNAPSHOT_LSN, TODAY, assert_same_warehouse, dump_warehouse
+from tests.warehouse_history import _copy_rows, mixed_history
 from warehouse_sync import DuckDBTarget, PostgresTarget, dangling_references, duplicate_current_rows, sync_once
 from warehouse_sync.transforms import FACT_SPECS
 
