@@ -1,10 +1,6 @@
 """The bulk path into the lake: snapshot rows written straight into `changes/<table>` and
 `tables/<table>` as `op='r'` events, in large files, one chunk at a time.
 
-Why one file (~430 lines): a table's chunk commits (change log, state, the done mark) and the
-sink that fills one chunk keep one exactly-once protocol (the app transactions below); split,
-each half would restate it.
-
 Kinesis is not on this path (its shards take 1 MB/s each). The rows are the same the
 stream processor would write for the same `op='r'` events (`lake.changelog.event_rows`,
 `lake.schemas`): the same typed columns, the same lineage columns, `_shard` =

@@ -1,8 +1,5 @@
 """The one entry point a stream processor calls: `LakeWriter.write_batch`.
 
-Why one file (~420 lines): the five steps of one batch and what a crash between them leaves
-(below) are one protocol; the per-table work already lives in `ChangeLog` and `StateTable`.
-
     writer = LakeWriter("s3://bucket/lake")          # or a local folder
     result = writer.write_batch(shard_id, events, markers, on_rejected=dead_letter)
 
