@@ -162,6 +162,15 @@ def publish_events(publisher: Publisher, events: list[ChangeEvent], *, flush: bo
                 publisher.flush()
 
 
+def publish_transaction(publisher: Publisher, tx) -> None:
+    """One scripted transaction handed on whole: its events, its end, its watermark, flushed."""
+    for event in tx.events:
+        publisher.add(event)
+    publisher.end_transaction(tx.lsn)
+    publisher.publish_watermark(tx.lsn)
+    publisher.flush()
+
+
 def publish(publisher: Publisher, txs, *, check=None) -> None:
     for commit_lsn, events in txs:
         for event in events:

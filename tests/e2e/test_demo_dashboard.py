@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -29,22 +30,25 @@ def business(address: str) -> dict | None:
         return None  # no warehouse yet
 
 
-@needs_embedded
-@pytest.mark.slow
-def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeline():
-    home = make_scratch_dir("totes-demo-dashboard-")
+def start_demo(prefix: str, *options: str) -> tuple[subprocess.Popen, dict, list[str], threading.Thread]:
+    """`totes demo` in a fresh home, its stderr collected line by line as it runs."""
+    home = make_scratch_dir(prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
     env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
     process = subprocess.Popen(
-        [*TOTES, "demo", "--history-days", "5", "--rate", "20", "--seed", "5"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        [*TOTES, "demo", *options, "--seed", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
+    return process, env, lines, reader
+
+
+@needs_embedded
+@pytest.mark.slow
+def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeline():
+    process, env, lines, reader = start_demo("totes-demo-dashboard-", "--history-days", "5", "--rate", "20")
+    home = Path(env["TOTES_HOME"])
     try:
         address, deadline = None, time.monotonic() + 120
         while address is None and time.monotonic() < deadline and process.poll() is None:
@@ -96,19 +100,8 @@ def test_demo_prints_the_dashboards_address_and_the_dashboard_follows_the_pipeli
 def test_no_child_of_a_demo_killed_9_keeps_running():
     """The dashboard and the local Kinesis server end with the demo, which SIGKILL gives no
     chance to stop them (the embedded totesys is a server of its own: the next demo resumes it)."""
-    home = make_scratch_dir("totes-demo-killed-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
-    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml")})
-    process = subprocess.Popen(
-        [*TOTES, "demo", "--history-days", "1", "--rate", "5", "--seed", "5"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-    reader.start()
+    process, env, lines, reader = start_demo("totes-demo-killed-", "--history-days", "1", "--rate", "5")
+    home = Path(env["TOTES_HOME"])
     children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 120

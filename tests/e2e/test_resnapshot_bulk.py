@@ -15,7 +15,7 @@ import psycopg2.extras
 import pytest
 
 from cdc_reader.reader import FileStateStore
-from change_events import Op, parse_lsn
+from change_events import Op
 from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD
 from lake.timetravel import read_table
@@ -188,14 +188,7 @@ def test_a_re_read_killed_half_way_is_finished_by_a_restart_without_the_flag(tot
 
 def _slot_lsn(dsn: str, slot: str) -> int | None:
     """The temporary re-read slot's consistent point (L_r) while it exists."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return parse_lsn(row[0]) if row and row[0] else None
+    return slot_confirmed(dsn, slot) or None
 
 
 def _until(condition, what: str, timeout: float = 60) -> None:

@@ -12,6 +12,7 @@ from lake import LakeLayout, LakeWriter
 from lake.maintenance import COMPACT_FROM_FILES, SettledTables, lake_uris, maintain
 from lake.changelog import ChangeLog
 from lake.delta_io import SMALL_FILE_ROWS
+from tests.stream_helpers import publish_transaction
 from tests.lake_fixtures import PAYMENT, SALES_ORDER, Source, expected_state, lake_state, payment_row, sales_order_row
 
 
@@ -172,11 +173,7 @@ def test_the_poller_merges_put_off_states_once_due_and_all_of_them_when_it_stops
         with src.transaction() as tx:
             tx.insert(SALES_ORDER, sales_order_row(order))
         events.extend(tx.events)
-        for event in tx.events:
-            publisher.add(event)
-        publisher.end_transaction(tx.lsn)
-        publisher.publish_watermark(tx.lsn)
-        publisher.flush()
+        publish_transaction(publisher, tx)
         if running.is_set():  # the poller's own thread reads it
             deadline = time.monotonic() + 30
             while lake.lake_watermark([shard]) < tx.lsn:

@@ -14,6 +14,7 @@ from lake import LakeWriter
 from lake.changelog import ChangeLog
 from lake.delta_io import SMALL_FILE_ROWS
 from lake.state import StateTable
+from tests.stream_helpers import publish_transaction
 from tests.lake_fixtures import SALES_ORDER, Source, expected_state, lake_state, sales_order_row
 
 TABLE, KEYS = SALES_ORDER.table, SALES_ORDER.key_names
@@ -118,11 +119,7 @@ def test_the_poller_logs_batches_and_moves_the_watermark_while_a_paced_merge_run
     def publish(first: int, version: int):
         tx = _batch(src, first, version)
         events.extend(tx.events)
-        for event in tx.events:
-            publisher.add(event)
-        publisher.end_transaction(tx.lsn)
-        publisher.publish_watermark(tx.lsn)
-        publisher.flush()
+        publish_transaction(publisher, tx)
         return tx.lsn
 
     def wait_for(condition, what: str) -> None:
