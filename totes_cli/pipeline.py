@@ -344,9 +344,8 @@ class Pipeline:
         shard_ids = [shard.shard_id for shard in self.publisher.shards]
         watermark = LakeWatermark(self.layout, lambda: shard_ids)
         tables: dict = {}  # what the sync has read of each change log, between runs
-        readers = ReadCopyPublisher(
-            target, max_share=RUNNING_SHARE
-        )  # a DuckDB warehouse stays readable by other processes
+        # A DuckDB warehouse stays readable by other processes.
+        readers = ReadCopyPublisher(target, max_share=RUNNING_SHARE)
 
         def sync_to_watermark() -> None:
             upto = watermark.durable_lsn()
