@@ -198,10 +198,11 @@ def test_hostile_table_and_column_names_flow_from_postgres_to_the_lake_and_totes
 def test_totes_query_never_runs_the_sql_a_column_name_spells(tmp_path):
     """A plainly named table whose first column closes its quotes and runs a COPY: the old
     view DDL pasted the name between double quotes unescaped, and DuckDB ran the COPY."""
-    from tests.lake_fixtures import Source, _schema
+    from change_events import Column, TableSchema
+    from tests.lake_fixtures import Source
     from lake.writer import LakeWriter
 
-    schema = _schema("public.plain", [(INJECTION, "text"), ("id", "integer")], "id")
+    schema = TableSchema("public.plain", (Column(INJECTION, "text", 0, -1), Column("id", "integer", 0, -1, True)))
     LakeWriter(tmp_path).write_batch("s1", Source().snapshot(schema, [{INJECTION: "x", "id": "1"}]))
     result = totes(
         "query",
