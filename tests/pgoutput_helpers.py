@@ -19,6 +19,22 @@ from lake.arrow_types import convert_column
 from tests.pgoutput_capture import PgoutputCapture
 
 
+TRICKY_TEXTS = [
+    "plain",
+    None,
+    "with,comma",
+    'with "quotes"',
+    "back\\slash",
+    "NULL",
+    "",
+    " spaced ",
+    "{braces}",
+    "ünï",
+    "new\nline",
+]
+"""Text array elements that need quoting or escaping in an array literal (sent and read back as they are)."""
+
+
 UTC = timezone.utc
 
 
@@ -159,34 +175,7 @@ def every_type_row():
         "jb": ('{"b": 1,   "a": [1, 2.50]}', '{"a": [1, 2.50], "b": 1}'),
         "by": (bytes(range(256)), bytes(range(256))),
         "ia": ([1, None, -3], [1, None, -3]),
-        "ta": (
-            [
-                "plain",
-                None,
-                "with,comma",
-                'with "quotes"',
-                "back\\slash",
-                "NULL",
-                "",
-                " spaced ",
-                "{braces}",
-                "ünï",
-                "new\nline",
-            ],
-            [
-                "plain",
-                None,
-                "with,comma",
-                'with "quotes"',
-                "back\\slash",
-                "NULL",
-                "",
-                " spaced ",
-                "{braces}",
-                "ünï",
-                "new\nline",
-            ],
-        ),
+        "ta": (TRICKY_TEXTS, TRICKY_TEXTS),
         "na": (
             [Decimal("1.10"), None, Decimal("NaN"), Decimal("-0.001")],
             [Decimal("1.10"), None, Decimal("NaN"), Decimal("-0.001")],
