@@ -61,7 +61,9 @@ def test_the_lambda_failing_or_retrying_fires_the_errors_and_retrying_alarms(kin
         """Invoke like the event source mapping for `periods` whole periods; EMF lines and
         the Lambda service's Errors count (an invocation that raised) as datapoints."""
         out, points = io.StringIO(), []
-        until = axis.period_end(time.time(), period, later=periods - 1)
+        # The period under way is partial (it may end before the first invocation does), so
+        # `periods` whole periods follow it.
+        until = axis.period_end(time.time(), period, later=periods)
         while time.time() < axis.real(until):
             with redirect_stdout(out):
                 try:
