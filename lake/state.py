@@ -53,6 +53,7 @@ from lake.delta_io import (
     position_transactions,
     quote_identifier,
     quote_literal,
+    read_sql,
     retry_on_conflict,
 )
 from lake.layout import LakeLayout
@@ -63,6 +64,11 @@ PRIMARY_KEY_PROPERTY = "totes.primaryKey"
 """Table property naming the key columns of a state table: a JSON list (tables written
 before names could hold commas: the names comma-separated). See `key_columns`."""
 _POSITION = ["_lsn", "_seq"]
+MERGE_PIECE_ROWS = 100_000
+"""The most change-log rows one merge takes in (whole appends, at least one): a merge holds
+its rows, their collapse and DataFusion's join of them in memory, so a backlog put off is
+merged in pieces of about this many rows, its memory bounded whatever the backlog's size
+(bench/README.md, `load`). Each piece costs about a whole merge (see `lake.merge_schedule`)."""
 
 
 def _after(position: Position) -> pl.Expr:
@@ -101,10 +107,23 @@ class StateTable(LakeTable):
     def apply(self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None = None) -> int | None:
         """Merge the shard's log appends the state has not consumed yet. `appended` are the
         rows of the shard's latest append, if the caller still has them (saves a read).
-        Returns the new state version, or None when there was nothing to do."""
-        return retry_on_conflict(lambda: self._apply_once(shard, log, keys, appended))
+        Returns the new state version, or None when there was nothing to do.
 
-    def _apply_once(self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None) -> int | None:
+        Many appends behind are merged in pieces (`MERGE_PIECE_ROWS`), each one a commit that
+        records what it consumed, so a crash between two pieces resumes after the last."""
+        version = None
+        while True:
+            merged = retry_on_conflict(lambda: self._apply_once(shard, log, keys, appended))
+            if merged is None:
+                return version
+            version, more = merged
+            if not more:
+                return version
+
+    def _apply_once(
+        self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None
+    ) -> tuple[int, bool] | None:
+        """One merge: the new state version and whether appends remain unconsumed after it."""
         target = self.refresh()
         consumed, appends = self.consumed(shard), log.appends(shard)
         if consumed >= appends:
@@ -113,10 +132,13 @@ class StateTable(LakeTable):
         columns = data_columns(log_schema)
         if target is not None:
             target = self._follow_log_types(target, log_schema)
+        upto = appends
         if appended is not None and consumed == appends - 1 and appended.column("_batch")[0].as_py() == appends:
             rows = appended
-        else:  # catching up after a failed merge: read the shard's unconsumed appends back
-            rows = log.read(f"_shard = {quote_literal(shard)} AND _batch > {consumed}")
+        else:  # put off, or catching up after a failed merge: read the unconsumed appends back
+            unconsumed = f"_shard = {quote_literal(shard)} AND _batch > {consumed}"
+            upto = _piece_end(log, unconsumed, appends)
+            rows = log.read(unconsumed + (f" AND _batch <= {upto}" if upto < appends else ""))
         rows = _align(pl.from_arrow(rows), columns, log_schema)
 
         truncated, high_water = self.truncated_at(), self.high_water(shard)
@@ -124,7 +146,7 @@ class StateTable(LakeTable):
         source = self._merge_source(log, rows, keys, columns, log_schema, truncate, high_water)
 
         transactions = position_transactions(shard, max(high_water, _max_position(rows))) + [
-            Transaction(f"{shard}:batch", appends)
+            Transaction(f"{shard}:batch", upto)
         ]
         wipe = truncate if truncate > truncated else None
         if wipe is not None:
@@ -151,7 +173,7 @@ class StateTable(LakeTable):
                 target, pa.schema(target.schema()).empty_table(), mode="append", commit_properties=properties
             )
             target.update_incremental()
-        return target.version()
+        return target.version(), upto < appends
 
     def _merge_source(
         self,
@@ -243,6 +265,21 @@ class StateTable(LakeTable):
             listed = ", ".join(str(v) for v in wanted[keys[0]].to_list())
             where += f" AND {quote_identifier(keys[0])} IN ({listed})"
         return log.read(where)
+
+
+def _piece_end(log: ChangeLog, unconsumed: str, appends: int) -> int:
+    """The last append of the first piece of the appends `unconsumed` (an SQL predicate)
+    selects: whole appends up to MERGE_PIECE_ROWS rows, at least one; `appends` when they
+    all fit. Counted in the log first (two columns read), so a piece's rows are all it reads."""
+    per_append = f"SELECT _batch, count(*) AS n FROM t WHERE {unconsumed} GROUP BY _batch ORDER BY _batch"  # nosec B608 # a predicate the merge writes, never data
+    counts = read_sql(log.delta, per_append)
+    total, end = 0, None
+    for batch, rows in zip(counts.column("_batch").to_pylist(), counts.column("n").to_pylist()):
+        total += rows
+        if end is not None and total > MERGE_PIECE_ROWS:
+            return end
+        end = batch
+    return appends
 
 
 def _align(rows: pl.DataFrame, columns: list[str], log_schema: pa.Schema) -> pl.DataFrame:

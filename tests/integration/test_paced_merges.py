@@ -148,3 +148,34 @@ def test_the_poller_logs_batches_and_moves_the_watermark_while_a_paced_merge_run
     assert not runner.is_alive()
     assert lake.states_put_off == 0  # what waited is merged when the poller stops
     assert lake_state(lake.layout, TABLE, KEYS) == expected_state(events, TABLE)
+
+
+def test_a_backlog_put_off_is_merged_in_pieces_of_bounded_rows_and_ends_exact(tmp_path, monkeypatch):
+    """A merge holds every row it takes in (and DataFusion's join of them): a backlog's
+    appends put off for one merge are taken in pieces of at most MERGE_PIECE_ROWS rows (whole
+    appends; one append larger than that is one piece)."""
+    rows_per_batch = SMALL_FILE_ROWS + 1
+    monkeypatch.setattr("lake.state.MERGE_PIECE_ROWS", 2 * rows_per_batch, raising=False)
+    sources: list[int] = []
+    merge = StateTable._merge
+
+    def counted(self, target, source, *args, **kwargs):
+        sources.append(source.num_rows)
+        return merge(self, target, source, *args, **kwargs)
+
+    monkeypatch.setattr(StateTable, "_merge", counted)
+    writer = LakeWriter(tmp_path / "lake", merge_share=0.5)
+    src, events = Source(), []
+    for first in range(0, 5 * rows_per_batch, rows_per_batch):  # five appends of new keys, all put off
+        tx = _batch(src, first, rows=rows_per_batch)
+        events += tx.events
+        writer.write_batch("s1", tx.events, markers=[tx.lsn])
+    assert not sources and writer.states_put_off == 1
+
+    assert writer.merge_due_states() == 1
+    assert sources == [2 * rows_per_batch, 2 * rows_per_batch, rows_per_batch], "pieces of two appends, then one"
+    assert lake_state(writer.layout, TABLE, KEYS) == expected_state(events, TABLE)
+    state = StateTable(writer.layout, TABLE)
+    state.refresh()
+    assert state.consumed("s1") == 5
+    assert writer.find_unmerged(["s1"]) == 0
