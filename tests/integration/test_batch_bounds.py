@@ -54,3 +54,21 @@ def test_a_backlog_is_written_in_batches_bounded_by_bytes_and_lands_whole(tmp_pa
     table, keys = SALES_ORDER.table, SALES_ORDER.key_names
     assert lake_state(processor.lake.layout, table, keys) == expected_state(events, table)
     assert poller.events == len(events)
+
+
+def test_the_default_batch_holds_at_most_4_mib_of_events(kinesis):
+    """Decoded, a batch's events take about 8 times their uncompressed bytes (1.4 kB for a
+    185-byte sales_order update) and every shard decodes its own beside the others: 4 MiB a
+    batch keeps that near 32 MB a shard (16 MiB held 130 MB a shard in a backlog)."""
+    from stream_processors.poller import _Shard
+
+    stream = new_stream(kinesis, shards=1)
+    poller = LocalPoller(kinesis, stream, processor=None, offsets=None)
+    shard = _Shard("shard", None)
+    mib = 1 << 20
+    shard.sizes = [mib // 2] * 24 + [5 * mib] + [mib // 4] * 8  # 12 MiB, one record larger than a batch, 2 MiB
+    shard.pending = [{"n": n} for n in range(len(shard.sizes))]
+    batches = poller._batches(shard)
+    held = [sum(shard.sizes[r["n"]] for r in batch) for batch in batches]
+    assert held == [4 * mib, 4 * mib, 4 * mib, 5 * mib, 2 * mib]
+    assert [r for batch in batches for r in batch] == shard.pending, "every record once, in order"
