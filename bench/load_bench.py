@@ -6,6 +6,7 @@ and dlt child go with it.
 
     python -m bench load [--quick]
     TOTES_BENCH_ORDERS=2000000 python -m bench load     # one size instead of 1M and 5M
+    TOTES_BENCH_BACKLOG=300000 python -m bench load     # a backlog of 300k updates instead of 1M
 
 One embedded PostgreSQL, one source, in this order:
 
@@ -94,11 +95,26 @@ FULL = Sizes(orders=(1_000_000, 5_000_000), backlog=1_000_000, latency_seconds=4
 QUICK = Sizes(orders=(100_000,), backlog=100_000, latency_seconds=15.0, latency_warmup=3.0)
 ORDERS_VARIABLE = "TOTES_BENCH_ORDERS"
 """Order counts to generate instead, comma-separated (e.g. 2000000: one size, minutes not tens)."""
+BACKLOG_VARIABLE = "TOTES_BENCH_BACKLOG"
+"""Updates in the backlog instead (e.g. 300000); at most the largest order count (one update per order)."""
 
 
-def chosen_sizes(quick: bool, variable: str | None = None) -> Sizes:
-    """FULL or QUICK, with the order counts of `TOTES_BENCH_ORDERS` when it is set."""
-    sizes = QUICK if quick else FULL
+def chosen_sizes(quick: bool, variable: str | None = None, backlog: str | None = None) -> Sizes:
+    """FULL or QUICK, with the order counts of `TOTES_BENCH_ORDERS` and the backlog of
+    `TOTES_BENCH_BACKLOG` when they are set."""
+    sizes = _with_orders(QUICK if quick else FULL, variable)
+    text = (os.environ.get(BACKLOG_VARIABLE, "") if backlog is None else backlog).replace("_", "").strip()
+    if not text:
+        return sizes
+    if not text.isdigit() or not 0 < int(text) <= max(sizes.orders):
+        raise SystemExit(
+            f"{BACKLOG_VARIABLE}={text!r} is not a count of updates from 1 to the largest order count "
+            f"({max(sizes.orders):,}), e.g. 300000"
+        )
+    return Sizes(sizes.orders, int(text), sizes.latency_seconds, sizes.latency_warmup)
+
+
+def _with_orders(sizes: Sizes, variable: str | None) -> Sizes:
     text = (os.environ.get(ORDERS_VARIABLE, "") if variable is None else variable).replace("_", "").strip()
     if not text:
         return sizes
@@ -451,8 +467,13 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     report = Report()
     sizes = chosen_sizes(quick)
     reproduce = REPRODUCE_QUICK if quick else REPRODUCE
+    chosen = []
     if sizes.orders != (QUICK if quick else FULL).orders:
-        reproduce = f"`{ORDERS_VARIABLE}={','.join(str(n) for n in sizes.orders)} python -m bench load{' --quick' if quick else ''}`"
+        chosen.append(f"{ORDERS_VARIABLE}={','.join(str(n) for n in sizes.orders)}")
+    if sizes.backlog != (QUICK if quick else FULL).backlog:
+        chosen.append(f"{BACKLOG_VARIABLE}={sizes.backlog}")
+    if chosen:
+        reproduce = f"`{' '.join(chosen)} python -m bench load{' --quick' if quick else ''}`"
     root = Path(tempfile.mkdtemp(prefix="totes-load-bench-"))
     server = None
     why_no_dlt = dlt_available()
