@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import psycopg2
 
 from bench.orders import INSERT, start_generating
 from cdc_reader.catalog import read_table_schema
-from cdc_reader.reader import ReaderConfig
+from cdc_reader.reader import FileStateStore, ReaderConfig
 from change_events.wire import EncodedChange
 from lake.layout import LakeLayout
 from lake.writer import LakeWriter
 from tests.lake_fixtures import lake_state, typed_rows
-from tests.reader_harness import FAST, replace, source_state
+from tests.reader_harness import FAST, current_lsn, replace, running_reader, source_state, wait_until_confirmed
 from tests.fakes import MemorySink
 from totesys.simulator import Simulator
 
@@ -92,6 +95,30 @@ def lake_rows(layout: LakeLayout, dsn: str, table: str) -> dict[tuple, dict]:
 
 def bulk_config(**changes) -> ReaderConfig:
     return replace(BULK, **changes)
+
+
+def with_lake(layout: LakeLayout):
+    """A `running_reader` `prepare` that gives the reader `layout` as its lake (the bulk path)."""
+    return lambda reader: setattr(reader, "lake", layout)
+
+
+def first_run(dsn: str, layout: LakeLayout, state: Path, **config) -> int:
+    """The initial snapshot into the lake and streaming, until caught up: the snapshot's LSN."""
+    with running_reader(dsn, LakeSink(layout), state, bulk_config(**config), prepare=with_lake(layout)) as reader:
+        wait_until_confirmed(reader, current_lsn(dsn))
+    return FileStateStore(state).load().snapshot_lsn
+
+
+def run_child(child: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The script `child` run by this Python with the repository on its path, its output kept
+    (the kill children end themselves with SIGKILL part way)."""
+    return subprocess.run(
+        [sys.executable, str(child), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
 
 
 def wait_for_reread(reader, table: str, timeout: float = 120) -> None:

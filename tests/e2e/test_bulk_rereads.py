@@ -6,9 +6,6 @@ the lake holds it all; a kill -9 in the middle resumes with nothing doubled or l
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 
 from cdc_reader import lifecycle
 from cdc_reader.reader import FileStateStore
+from cdc_reader.reader_state import ReaderState
 from change_events import Op
 from lake.changelog import ChangeLog
 from lake.layout import LakeLayout
@@ -26,9 +24,12 @@ from tests.bulk_helpers import (
     LakeSink,
     assert_lake_and_warehouse_equal_the_source,
     bulk_config,
+    first_run,
     lake_rows,
+    run_child,
     seed_sales_orders,
     wait_for_reread,
+    with_lake,
 )
 from tests.e2e_helpers import execute
 from tests.run_process import slot_confirmed
@@ -37,17 +38,6 @@ from totesys.schema import TABLES
 
 CHILD = Path(__file__).resolve().parents[1].joinpath("bulk_kill_child.py")
 SO = "public.sales_order"
-
-
-def _with_lake(layout):
-    return lambda reader: setattr(reader, "lake", layout)
-
-
-def _first_run(dsn: str, layout: LakeLayout, state: Path) -> int:
-    """The initial snapshot and streaming, until caught up: its LSN."""
-    with running_reader(dsn, LakeSink(layout), state, bulk_config(), prepare=_with_lake(layout)) as reader:
-        wait_until_confirmed(reader, current_lsn(dsn))
-    return FileStateStore(state).load().snapshot_lsn
 
 
 def _bulk_lsns(layout: LakeLayout, table: str = SO) -> set[int]:
@@ -62,13 +52,7 @@ def _ids_unique(layout: LakeLayout, table: str = SO) -> bool:
 
 
 def _kill_child(dsn: str, layout: LakeLayout, state: Path, mode: str, kill_at: int = 3) -> None:
-    child = subprocess.run(
-        [sys.executable, str(CHILD), dsn, str(layout.root), str(state), str(kill_at), mode],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    child = run_child(CHILD, dsn, str(layout.root), str(state), str(kill_at), mode, timeout=240)
     assert child.returncode == -9, f"not killed inside a bulk read ({child.returncode}): {child.stderr[-3000:]}"
 
 
@@ -76,6 +60,15 @@ def _lose_the_slot_and_change(dsn: str) -> None:
     execute(dsn, f"SELECT pg_drop_replication_slot('{FAST.slot}')")
     execute(dsn, "DELETE FROM sales_order WHERE sales_order_id = (SELECT max(sales_order_id) FROM sales_order)")
     execute(dsn, "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id % 97 = 0")
+
+
+def _run_with_reset(dsn: str, layout: LakeLayout, state: Path) -> tuple[LakeSink, ReaderState]:
+    """A reader run with `--reset` until caught up: what it streamed, and the state it left."""
+    sink = LakeSink(layout)
+    config = bulk_config(reset=True, snapshot_chunk_pages=24)
+    with running_reader(dsn, sink, state, config, prepare=with_lake(layout)) as reader:
+        wait_until_confirmed(reader, current_lsn(dsn), timeout=120)
+    return sink, FileStateStore(state).load()
 
 
 def _truncates(sink) -> list[tuple]:
@@ -88,16 +81,11 @@ def test_reset_with_a_lake_sends_only_truncates_through_the_stream_and_reads_the
 ):
     seed_sales_orders(totesys_dsn, 6_000)
     layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
-    first_lsn = _first_run(totesys_dsn, layout, state)
+    first_lsn = first_run(totesys_dsn, layout, state)
     gone = lake_rows(layout, totesys_dsn, "sales_order").keys()
     _lose_the_slot_and_change(totesys_dsn)
 
-    sink = LakeSink(layout)
-    with running_reader(
-        totesys_dsn, sink, state, bulk_config(reset=True, snapshot_chunk_pages=24), prepare=_with_lake(layout)
-    ) as reader:
-        wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
-    after = FileStateStore(state).load()
+    sink, after = _run_with_reset(totesys_dsn, layout, state)
     assert isinstance(after.phase, lifecycle.Streaming) and after.replaces_lost_slot
     reset_lsn = after.snapshot_lsn
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT], "snapshot rows went through the stream"
@@ -117,7 +105,7 @@ def test_kill_9_during_a_reset_with_a_lake_then_reset_again_resumes_chunk_by_chu
     chunks the lake lacks read at a later LSN), no chunk twice, nothing confirmed early."""
     seed_sales_orders(totesys_dsn, 10_000)
     layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
-    _first_run(totesys_dsn, layout, state)
+    first_run(totesys_dsn, layout, state)
     _lose_the_slot_and_change(totesys_dsn)
 
     _kill_child(totesys_dsn, layout, state, "reset")
@@ -132,12 +120,7 @@ def test_kill_9_during_a_reset_with_a_lake_then_reset_again_resumes_chunk_by_chu
 
     execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 3 WHERE sales_order_id % 7 = 0")
     execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 71 = 0")
-    sink = LakeSink(layout)
-    with running_reader(
-        totesys_dsn, sink, state, bulk_config(reset=True, snapshot_chunk_pages=24), prepare=_with_lake(layout)
-    ) as reader:
-        wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
-    after = FileStateStore(state).load()
+    sink, after = _run_with_reset(totesys_dsn, layout, state)
     assert isinstance(after.phase, lifecycle.Streaming) and after.snapshot_lsn == cut.phase.lsn
     assert not [e for e in sink.events if e.op is Op.SNAPSHOT]
     assert {lsn for _, lsn, _, _ in _truncates(sink)} == {cut.phase.lsn}
@@ -163,11 +146,11 @@ def _rounding_type_change(dsn: str) -> None:
 def test_a_type_change_with_a_lake_re_reads_the_table_straight_into_it(totesys_dsn, tmp_path):
     seed_sales_orders(totesys_dsn, 6_000)
     layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
-    first_lsn = _first_run(totesys_dsn, layout, state)
+    first_lsn = first_run(totesys_dsn, layout, state)
 
     sink = LakeSink(layout)
     with running_reader(
-        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=_with_lake(layout)
+        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=with_lake(layout)
     ) as reader:
         _rounding_type_change(totesys_dsn)
         wait_for_reread(reader, SO)
@@ -190,7 +173,7 @@ def test_kill_9_during_a_type_change_re_read_with_a_lake_then_restart_ends_exact
     again), into the lake, and lake and warehouse equal the source."""
     seed_sales_orders(totesys_dsn, 10_000)
     layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
-    first_lsn = _first_run(totesys_dsn, layout, state)
+    first_lsn = first_run(totesys_dsn, layout, state)
     _rounding_type_change(totesys_dsn)
 
     _kill_child(totesys_dsn, layout, state, "type")
@@ -200,7 +183,7 @@ def test_kill_9_during_a_type_change_re_read_with_a_lake_then_restart_ends_exact
 
     sink = LakeSink(layout)
     with running_reader(
-        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=_with_lake(layout)
+        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=with_lake(layout)
     ) as reader:
         wait_for_reread(reader, SO)
         wait_until_confirmed(reader, current_lsn(totesys_dsn))

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,8 +20,11 @@ from tests.bulk_helpers import (
     LakeSink,
     assert_lake_and_warehouse_equal_the_source,
     bulk_config,
+    first_run,
+    run_child,
     seed_sales_orders,
     wait_for_reread,
+    with_lake,
 )
 from tests.e2e_helpers import execute
 from tests.run_process import slot_confirmed
@@ -47,16 +47,23 @@ def _change_sales_orders(dsn: str, step: int) -> None:
     )
 
 
+def _snapshotted_into_a_lake(dsn: str, tmp_path: Path, orders: int, **config) -> tuple[LakeLayout, Path, int]:
+    """`orders` more sales orders, snapshotted into a new lake by a reader run until it has
+    confirmed the source's LSN: the lake, the reader's state file and the snapshot's LSN."""
+    seed_sales_orders(dsn, orders)
+    layout, state = LakeLayout(tmp_path / "lake"), tmp_path / "state.json"
+    return layout, state, first_run(dsn, layout, state, **config)
+
+
+def _killed_in_a_reread(dsn: str, layout: LakeLayout, state: Path) -> None:
+    """A reader with `--resnapshot sales_order`, killed (SIGKILL) in its re-read (bulk_reread_child.py)."""
+    child = run_child(CHILD, dsn, str(layout.root), str(state), "3")
+    assert child.returncode == -9, child.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_a_resnapshot_with_a_lake_goes_straight_into_it_and_lake_and_warehouse_equal_the_source(totesys_dsn, tmp_path):
-    seed_sales_orders(totesys_dsn, 6_000)
-    layout = LakeLayout(tmp_path / "lake")
-    state = tmp_path / "state.json"
-    with running_reader(
-        totesys_dsn, LakeSink(layout), state, bulk_config(), prepare=lambda r: setattr(r, "lake", layout)
-    ) as reader:
-        wait_until_confirmed(reader, current_lsn(totesys_dsn))
-        first_lsn = reader.state.load().snapshot_lsn
+    layout, state, first_lsn = _snapshotted_into_a_lake(totesys_dsn, tmp_path, 6_000)
 
     sink = LakeSink(layout)
     changes = []
@@ -113,23 +120,8 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
     """The reader is killed between a re-read chunk's two commits, with changes it streamed
     not yet in the lake. Nothing past L_r was confirmed; run again with the same
     `--resnapshot`, it reads the table once more: lake and warehouse equal the source."""
-    seed_sales_orders(totesys_dsn, 10_000)
-    layout = LakeLayout(tmp_path / "lake")
-    state = tmp_path / "state.json"
-    with running_reader(
-        totesys_dsn, LakeSink(layout), state, bulk_config(), prepare=lambda r: setattr(r, "lake", layout)
-    ) as reader:
-        wait_until_confirmed(reader, current_lsn(totesys_dsn))
-        first_lsn = reader.state.load().snapshot_lsn
-
-    child = subprocess.run(
-        [sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    assert child.returncode == -9, child.stderr[-3000:]
+    layout, state, first_lsn = _snapshotted_into_a_lake(totesys_dsn, tmp_path, 10_000)
+    _killed_in_a_reread(totesys_dsn, layout, state)
     (cut_at,) = _reread_lsns(layout, first_lsn)
     assert slot_confirmed(totesys_dsn, FAST.slot) < cut_at  # what streamed since is sent again
 
@@ -141,7 +133,7 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
         sink,
         state,
         bulk_config(resnapshot=("sales_order",), snapshot_chunk_pages=24),
-        prepare=lambda r: setattr(r, "lake", layout),
+        prepare=with_lake(layout),
     ) as reader:
         wait_for_reread(reader, "public.sales_order")
         execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-y'")
@@ -156,28 +148,14 @@ def test_kill_9_during_a_bulk_re_read_then_restart_ends_exact(totesys_dsn, tmp_p
 def test_a_re_read_killed_half_way_is_finished_by_a_restart_without_the_flag(totesys_dsn, tmp_path):
     """The re-read is in the state file: a reader started again after a kill -9, without
     `--resnapshot`, reads the table again into the lake, and lake and warehouse equal the source."""
-    seed_sales_orders(totesys_dsn, 10_000)
-    layout = LakeLayout(tmp_path / "lake")
-    state = tmp_path / "state.json"
-    with running_reader(
-        totesys_dsn, LakeSink(layout), state, bulk_config(), prepare=lambda r: setattr(r, "lake", layout)
-    ) as reader:
-        wait_until_confirmed(reader, current_lsn(totesys_dsn))
-        first_lsn = reader.state.load().snapshot_lsn
-    child = subprocess.run(
-        [sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state), "3"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    assert child.returncode == -9, child.stderr[-3000:]
+    layout, state, first_lsn = _snapshotted_into_a_lake(totesys_dsn, tmp_path, 10_000)
+    _killed_in_a_reread(totesys_dsn, layout, state)
     assert [r.table for r in FileStateStore(state).load().table_rereads] == ["sales_order"]
 
     execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 4 WHERE sales_order_id % 17 = 0")
     sink = LakeSink(layout)
     with running_reader(
-        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=lambda r: setattr(r, "lake", layout)
+        totesys_dsn, sink, state, bulk_config(snapshot_chunk_pages=24), prepare=with_lake(layout)
     ) as reader:
         wait_for_reread(reader, "public.sales_order", timeout=60)
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
@@ -206,14 +184,8 @@ def test_the_drivers_own_status_updates_do_not_confirm_the_slot_at_a_bulk_re_rea
     keepalive past L_r would confirm the slot at L_r with the table half written. Here no
     heartbeat streams, and the re-read waits at its first chunk until the reader's connection
     has seen WAL past L_r and sent two status updates since."""
-    seed_sales_orders(totesys_dsn, 4_000)
-    layout = LakeLayout(tmp_path / "lake")
-    state = tmp_path / "state.json"
     quiet = {"heartbeat_seconds": 3600.0}
-    with running_reader(
-        totesys_dsn, LakeSink(layout), state, bulk_config(**quiet), prepare=lambda r: setattr(r, "lake", layout)
-    ) as reader:
-        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+    layout, state, _ = _snapshotted_into_a_lake(totesys_dsn, tmp_path, 4_000, **quiet)
 
     cursors = []  # the stream's replication cursor (the re-read's own connection is left out)
 

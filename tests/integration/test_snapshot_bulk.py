@@ -4,9 +4,6 @@ with the table (cdc_reader/bulk_snapshot.py, lake/snapshot_load.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD, chunk_app
 from lake.timetravel import read_table
 from lake.writer import LakeWriter
-from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, seed_sales_orders, source_rows
+from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, run_child, seed_sales_orders, source_rows, with_lake
 from tests.lake_fixtures import table_snapshot
 from tests.moto_s3 import moto_s3  # noqa: F401  (moto_s3: a fixture)
 from tests.e2e_helpers import execute as _execute
@@ -35,8 +32,21 @@ REAL_SNAPSHOT = "snapshot_2024-11-15_aidan-mooney"
 CHILD = Path(__file__).resolve().parents[1].joinpath("bulk_snapshot_child.py")
 
 
-def _with_lake(layout):
-    return lambda reader: setattr(reader, "lake", layout)
+def _bulk_snapshot(dsn: str, layout: LakeLayout, table: str, chunk_pages: int, **options) -> BulkSnapshot:
+    """`table` read into the lake by a BulkSnapshot (run 1) under a snapshot exported here,
+    as the reader reads under its slot's; the BulkSnapshot, for its stats."""
+    conn = psycopg2.connect(dsn)
+    try:
+        plans = plan_tables(conn, [read_table_schema(conn, "public", table)], chunk_pages=chunk_pages)
+        conn.set_session(isolation_level="REPEATABLE READ")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            bulk = BulkSnapshot(dsn, layout, 1, plans, chunk_pages=chunk_pages, **options)
+            bulk.run_under(cur.fetchone()[0], 1)
+        conn.rollback()
+    finally:
+        conn.close()
+    return bulk
 
 
 def _assert_lake_equals_source(layout, dsn, tables=TABLES) -> None:
@@ -78,17 +88,7 @@ def test_every_type_read_in_binary_lands_as_the_streamed_text_would(totesys_dsn,
          NULL, NULL, NULL, NULL, NULL, NULL, NULL)""",
     )
     layout = LakeLayout(tmp_path / "lake")
-    conn = psycopg2.connect(totesys_dsn)
-    try:
-        plans = plan_tables(conn, [read_table_schema(conn, "public", "every_type")], chunk_pages=1)
-        conn.set_session(isolation_level="REPEATABLE READ")
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_export_snapshot()")
-            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=1)
-            bulk.run_under(cur.fetchone()[0], 1)
-        conn.rollback()
-    finally:
-        conn.close()
+    bulk = _bulk_snapshot(totesys_dsn, layout, "every_type", chunk_pages=1)
     assert bulk.stats.rows == 3 and bulk.stats.dead_lettered == 0
     got, want = lake_rows(layout, totesys_dsn, "every_type"), source_rows(totesys_dsn, "every_type")
     assert got.keys() == want.keys()
@@ -113,7 +113,7 @@ def test_the_bulk_snapshot_writes_what_the_streamed_snapshot_wrote(totesys_dsn, 
     LakeWriter(old).write_batch("s0", [e.event for e in sink.events], [])
     bulk_sink = LakeSink(new)
     with running_reader(
-        totesys_dsn, bulk_sink, tmp_path / "new.json", bulk_config(slot="bulk_way"), prepare=_with_lake(new)
+        totesys_dsn, bulk_sink, tmp_path / "new.json", bulk_config(slot="bulk_way"), prepare=with_lake(new)
     ) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn))
     assert not [e for e in bulk_sink.events if e.op is Op.SNAPSHOT]
@@ -223,13 +223,7 @@ def test_kill_9_between_a_chunks_commits_then_restart_neither_doubles_nor_loses(
     seed_sales_orders(totesys_dsn, 40_000)
     layout = LakeLayout(tmp_path / "lake")
     state_path = tmp_path / "state.json"
-    child = subprocess.run(
-        [sys.executable, str(CHILD), totesys_dsn, str(layout.root), str(state_path), "3"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    child = run_child(CHILD, totesys_dsn, str(layout.root), str(state_path), "3")
     assert child.returncode == -9, child.stderr[-3000:]
     cut = FileStateStore(state_path).load()
     assert isinstance(cut.phase, lifecycle.Snapshotting) and cut.phase.bulk
@@ -243,7 +237,7 @@ def test_kill_9_between_a_chunks_commits_then_restart_neither_doubles_nor_loses(
     _execute(totesys_dsn, "UPDATE staff SET last_name = last_name || '-x'")
 
     sink = LakeSink(layout)
-    with running_reader(totesys_dsn, sink, state_path, bulk_config(), prepare=_with_lake(layout)) as reader:
+    with running_reader(totesys_dsn, sink, state_path, bulk_config(), prepare=with_lake(layout)) as reader:
         wait_until_confirmed(reader, current_lsn(totesys_dsn), timeout=120)
     after = FileStateStore(state_path).load()
     assert isinstance(after.phase, lifecycle.Streaming) and after.snapshot_lsn == cut.phase.lsn
@@ -288,18 +282,8 @@ def test_rows_the_lake_cannot_hold_go_to_the_dead_letters_and_the_rest_lands(tot
     seed_sales_orders(totesys_dsn, 2_000)
     _execute(totesys_dsn, "UPDATE sales_order SET created_at = 'infinity' WHERE sales_order_id = 7")
     layout = LakeLayout(tmp_path / "lake")
-    conn = psycopg2.connect(totesys_dsn)
-    try:
-        plans = plan_tables(conn, [read_table_schema(conn, "public", "sales_order")], chunk_pages=8)
-        conn.set_session(isolation_level="REPEATABLE READ")
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_export_snapshot()")
-            # Small batches: the bad row is met while the chunk's COPY still has rows to send.
-            bulk = BulkSnapshot(totesys_dsn, layout, 1, plans, chunk_pages=8, batch_bytes=4 << 10)
-            bulk.run_under(cur.fetchone()[0], 1)
-        conn.rollback()
-    finally:
-        conn.close()
+    # Small batches: the bad row is met while the chunk's COPY still has rows to send.
+    bulk = _bulk_snapshot(totesys_dsn, layout, "sales_order", chunk_pages=8, batch_bytes=4 << 10)
     letters = list_dead_letters(layout)
     assert len(letters) == 1 and letters[0].source_table == "public.sales_order" and "infinity" in letters[0].reason
     assert bulk.stats.dead_lettered == 1
