@@ -35,6 +35,7 @@ from tests.expected_warehouse import (
 from tests.scripted_source import SOURCE_COLUMNS, Row, ScriptedSource
 from tests.warehouse_fixtures import FACT_SOURCES, current_facts_equal, dimensions_against
 from tests.warehouse_fixtures import frame_equal as _frame_equal, read_table_sorted
+from totesys.simulator import Simulator
 from warehouse_sync import dangling_references, duplicate_current_rows
 from warehouse_sync.schema import BY_NAME, FACTS, conform, projected_columns
 
@@ -81,6 +82,21 @@ def execute(dsn: str, statement: str, params=None) -> int:
 
 
 current_lsn = current_wal_lsn
+
+
+def delete_and_change_sales_orders(dsn: str, ids: list[str]) -> tuple[list[str], list[str]]:
+    """Delete the sales orders `ids[:3]` and add 1000 units to `ids[3:6]`; (deleted ids, changed ids)."""
+    gone, changed = ids[:3], ids[3:6]
+    assert execute(dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
+    assert (
+        execute(
+            dsn,
+            "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = ANY(%s::int[])",
+            (changed,),
+        )
+        == 3
+    )
+    return gone, changed
 
 
 # -- the audit trail ---------------------------------------------------------------------------
@@ -145,6 +161,24 @@ def audit_trail(dsn: str) -> dict[str, dict[str, list[Row | None]]]:
 
 def utc_today() -> date:
     return datetime.now(timezone.utc).date()
+
+
+def seed_audited(dsn: str, seed: int, days: int) -> tuple[SourceRows, date, int]:
+    """`days` days of totesys history, then the audit trail installed: the source's rows, the
+    UTC date and the source's LSN at the start of the workload that follows."""
+    with Simulator(dsn, seed=seed) as simulator:
+        simulator.seed_history(days)
+    install_audit(dsn)
+    return read_source(dsn), utc_today(), current_lsn(dsn)
+
+
+def check_no_ghosts(target, gone: list[str]) -> None:
+    """None of the sales orders `gone` (deleted at the source) is live in the warehouse."""
+    facts = read_table_sorted(target, "fact_sales_order")
+    ghosts = facts.filter(
+        pl.col("is_current") & ~pl.col("is_deleted") & pl.col("sales_order_id").is_in([int(k) for k in gone])
+    )
+    assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
 
 
 def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (), policy: Policy = NO_POLICY) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from cdc_reader.personal_data import Policy, parse
 from change_events import parse_lsn
@@ -132,16 +133,23 @@ def wait_for(
         time.sleep(interval)
 
 
-def slot_confirmed(dsn: str, slot: str) -> int:
-    """The slot's confirmed_flush_lsn as an integer (0: no slot or nothing confirmed)."""
+def slot_column(dsn: str, slot: str, column: str) -> str | None:
+    """The slot's `column` of pg_replication_slots as text (None: no such slot, or null)."""
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            query = sql.SQL("SELECT {}::text FROM pg_replication_slots WHERE slot_name = %s")
+            cur.execute(query.format(sql.Identifier(column)), (slot,))
             row = cur.fetchone()
     finally:
         conn.close()
-    return parse_lsn(row[0]) if row and row[0] else 0
+    return row[0] if row else None
+
+
+def slot_confirmed(dsn: str, slot: str) -> int:
+    """The slot's confirmed_flush_lsn as an integer (0: no slot or nothing confirmed)."""
+    confirmed = slot_column(dsn, slot, "confirmed_flush_lsn")
+    return parse_lsn(confirmed) if confirmed else 0
 
 
 def kill_9(process: subprocess.Popen) -> None:

@@ -18,6 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -29,8 +31,16 @@ from cdc_reader.personal_data import parse
 from change_events.kinesis import ensure_stream
 from lake.layout import LakeLayout
 from tests.conftest import make_scratch_dir
-from tests.e2e_helpers import REPO, check_against_source, current_lsn, execute, read_source
-from tests.run_process import RUN_KEY, slot_confirmed, wait_for
+from tests.e2e_helpers import (
+    REPO,
+    check_against_source,
+    check_no_ghosts,
+    current_lsn,
+    delete_and_change_sales_orders,
+    execute,
+    read_source,
+)
+from tests.run_process import RUN_KEY, slot_column, slot_confirmed, wait_for
 from tests.stream_helpers import events_by_shard, new_stream, read_stream
 from tests.warehouse_fixtures import read_table_sorted
 from totesys.embedded import EmbeddedPostgres
@@ -81,28 +91,34 @@ def check_lake_and_warehouse(stages: Stages, gone: list[str]) -> None:
     assert lake_logged_twice(stages.lake) == {}
     stages.sync_once()
     with DuckDBTarget(stages.warehouse) as target:
-        facts = read_table_sorted(target, "fact_sales_order")
-        ghosts = facts.filter(
-            pl.col("is_current") & ~pl.col("is_deleted") & pl.col("sales_order_id").is_in([int(k) for k in gone])
-        )
-        assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
+        check_no_ghosts(target, gone)
         check_against_source(target, source, policy=parse({}, RUN_KEY))  # the totesys defaults
+
+
+def _start_streaming(stages: Stages) -> None:
+    """`totes reader` and `totes processor` started, until the lake holds the source's current LSN."""
+    stages.start("reader")
+    stages.start("processor", "--window", "0.2")
+    stages.wait_lake(current_lsn(stages.dsn))
+
+
+@contextmanager
+def _streaming_into_the_lake(dsn: str, kinesis, kinesalite_url: str, home: Path, seed: int) -> Iterator[Stages]:
+    """Two days of totesys history, then the stages on a new stream of two shards, streaming
+    until the lake holds it all; every stage still running is killed when the block ends."""
+    with Simulator(dsn, seed=seed) as simulator:
+        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
+    stages = Stages(dsn, new_stream(kinesis, shards=2), kinesalite_url, home)
+    try:
+        _start_streaming(stages)
+        yield stages
+    finally:
+        stages.stop_all()
 
 
 def _change_sales_orders(dsn: str) -> tuple[list[str], list[str]]:
     """Delete three sales orders and change three others; (deleted ids, changed ids)."""
-    ids = sorted(read_source(dsn)["sales_order"], key=int)
-    gone, changed = ids[:3], ids[3:6]
-    assert execute(dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
-    assert (
-        execute(
-            dsn,
-            "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = ANY(%s::int[])",
-            (changed,),
-        )
-        == 3
-    )
-    return gone, changed
+    return delete_and_change_sales_orders(dsn, sorted(read_source(dsn)["sales_order"], key=int))
 
 
 def _in_stream(kinesis, stream: str, table: str, op: str, keys: list[str]) -> bool:
@@ -119,14 +135,8 @@ def _in_stream(kinesis, stream: str, table: str, op: str, keys: list[str]) -> bo
 def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
     totesys_dsn, kinesis, kinesalite_url, home
 ):
-    with Simulator(totesys_dsn, seed=81) as simulator:
-        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
-    stream = new_stream(kinesis, shards=2)
-    stages = Stages(totesys_dsn, stream, kinesalite_url, home)
-    try:
-        stages.start("reader")
-        stages.start("processor", "--window", "0.2")
-        stages.wait_lake(current_lsn(totesys_dsn))
+    with _streaming_into_the_lake(totesys_dsn, kinesis, kinesalite_url, home, seed=81) as stages:
+        stream = stages.stream
 
         # The processor stalls (a poison record, an S3 outage...) while the source changes.
         assert stages.stop("processor") == 0, stages.tail("processor")
@@ -153,9 +163,7 @@ def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
         ensure_stream(kinesis, stream, 2)
         shutil.rmtree(stages.lake / "_local" / "offsets", ignore_errors=True)
 
-        stages.start("reader")
-        stages.start("processor", "--window", "0.2")
-        stages.wait_lake(current_lsn(totesys_dsn))
+        _start_streaming(stages)
         assert stages.stop("reader") == 0, stages.tail("reader")
         assert stages.stop("processor") == 0, stages.tail("processor")
         check_lake_and_warehouse(stages, gone)
@@ -163,8 +171,6 @@ def test_a_stream_lost_before_the_lake_took_it_is_published_again_from_the_slot(
             current = read_table_sorted(target, "fact_sales_order").filter(pl.col("is_current"))
             changed_rows = current.filter(pl.col("sales_order_id").is_in([int(k) for k in changed]))
             assert changed_rows["units_sold"].min() >= 1000
-    finally:
-        stages.stop_all()
 
 
 def test_a_reader_without_a_lake_refuses_in_one_sentence(kinesalite_url, home):
@@ -198,17 +204,6 @@ def own_server():
         server.stop()
 
 
-def _slot_status(dsn: str) -> str | None:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return row[0] if row else None
-
-
 def _invalidate_slot(dsn: str) -> None:
     """Make PostgreSQL invalidate the (inactive) slot: keep at most 1 MB of WAL for slots,
     then write, switch WAL segments and checkpoint until the slot is lost."""
@@ -224,7 +219,7 @@ def _invalidate_slot(dsn: str) -> None:
                 cur.execute("INSERT INTO wal_filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)")
                 cur.execute("SELECT pg_switch_wal()")
                 cur.execute("CHECKPOINT")
-                return _slot_status(dsn) == "lost"
+                return slot_column(dsn, SLOT, "wal_status") == "lost"
 
             wait_for(lost, 120, "PostgreSQL to invalidate the slot", interval=0.1)
             cur.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
@@ -247,14 +242,7 @@ def test_a_slot_lost_while_the_reader_was_down_is_reported_and_reset_replaces_ev
     own_server, kinesis, kinesalite_url, home
 ):
     dsn = own_server
-    with Simulator(dsn, seed=91) as simulator:
-        simulator.seed_history(2, until=datetime(2024, 11, 15, 18))
-    stream = new_stream(kinesis, shards=2)
-    stages = Stages(dsn, stream, kinesalite_url, home)
-    try:
-        stages.start("reader")
-        stages.start("processor", "--window", "0.2")
-        stages.wait_lake(current_lsn(dsn))
+    with _streaming_into_the_lake(dsn, kinesis, kinesalite_url, home, seed=91) as stages:
         assert stages.stop("reader") == 0, stages.tail("reader")
         before = _fact_rows(stages)
 
@@ -294,5 +282,3 @@ def test_a_slot_lost_while_the_reader_was_down_is_reported_and_reset_replaces_ev
         }
         assert all(now[k] == was[k] + 1 for k in touched)
         assert [k for k in now if k not in was] == [max(was) + 1] and now[max(was) + 1] == 1
-    finally:
-        stages.stop_all()

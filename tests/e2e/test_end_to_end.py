@@ -29,8 +29,8 @@ from tests.e2e_helpers import (
     check_against_source,
     current_lsn,
     execute,
-    install_audit,
     read_source,
+    seed_audited,
     utc_today,
 )
 from tests.run_process import wait_for
@@ -114,12 +114,7 @@ def _sql_edits(dsn: str, label: str) -> dict[str, int]:
 
 
 def test_mixed_live_workload_with_chaos_reaches_the_warehouse_version_by_version(totesys_dsn, home, own_kinesalite):
-    with Simulator(totesys_dsn, seed=41) as simulator:
-        simulator.seed_history(4)
-    install_audit(totesys_dsn)
-    baseline = read_source(totesys_dsn)
-    first_day = utc_today()
-    start = current_lsn(totesys_dsn)
+    baseline, first_day, start = seed_audited(totesys_dsn, seed=41, days=4)
 
     # Lake maintenance every second, beside the writers and the sync: it must change nothing.
     runner = PipelineThread(

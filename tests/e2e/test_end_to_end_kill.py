@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import polars as pl
 import pytest
@@ -17,7 +20,16 @@ from lake.layout import LakeLayout
 from tests.e2e_helpers import REAL_SNAPSHOT, check_workload as _check_workload
 from tests.run_process import PipelineThread, _config
 from tests.run_process import e2e_home  # noqa: F401  (the `home` fixture)
-from tests.e2e_helpers import check_against_source, current_lsn, execute, install_audit, read_source, utc_today
+from tests.e2e_helpers import (
+    check_against_source,
+    check_no_ghosts,
+    current_lsn,
+    delete_and_change_sales_orders,
+    execute,
+    read_source,
+    seed_audited,
+    utc_today,
+)
 from tests.run_process import RunProcess, kill_9, kinesalite_pids, slot_confirmed, wait_for
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse, read_table_sorted
 from totesys.simulator import Simulator
@@ -72,12 +84,7 @@ def test_totes_run_killed_with_sigkill_during_a_workload_then_caught_up_loses_an
 
     An uninterrupted in-process pipeline (its own lake, slot, kinesalite and warehouse) follows
     the same source meanwhile: both warehouses must end up identical, lineage included."""
-    with Simulator(totesys_dsn, seed=51) as simulator:
-        simulator.seed_history(3)
-    install_audit(totesys_dsn)
-    baseline = read_source(totesys_dsn)
-    first_day = utc_today()
-    start = current_lsn(totesys_dsn)
+    baseline, first_day, start = seed_audited(totesys_dsn, seed=51, days=3)
     run = RunProcess(totesys_dsn, home / "killed", slot="e2e_kill")
     run.home.mkdir()
     kinesis_dir = run.lake / "_local" / "kinesis"
@@ -201,6 +208,19 @@ def _lake_snapshot_keys(lake, table: str) -> set[str]:
     return {str(v) for v in rows.column(0).to_pylist()}
 
 
+@contextmanager
+def _killed_at_the_end(run: RunProcess) -> Iterator[subprocess.Popen]:
+    """`run` started in its own new home and killed with SIGKILL when the block ends; then
+    its orphaned kinesalite is waited out."""
+    run.home.mkdir()
+    process = run.start()
+    try:
+        yield process
+    finally:
+        kill_9(process)
+    wait_for(lambda: not kinesalite_pids(run.lake / "_local" / "kinesis"), 30, "the orphaned kinesalite to exit")
+
+
 def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before_the_restart(totesys_dsn, home):
     """`totes run` killed after its first snapshot reached the lake but before the lake
     watermark confirmed it; rows deleted; `totes run --until-caught-up`: the deleted rows must not stay
@@ -214,10 +234,7 @@ def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before
         simulator.seed_history(2)
     for attempt in range(5):
         run = RunProcess(totesys_dsn, home / f"attempt-{attempt}", slot=f"e2e_early_{attempt}")
-        run.home.mkdir()
-        kinesis_dir = run.lake / "_local" / "kinesis"
-        process = run.start()
-        try:
+        with _killed_at_the_end(run) as process:
             # The kill lands as soon as the reader records the snapshot as written to the lake:
             # the snapshot goes straight there in well under a second, so a fixed delay missed it.
             wait_for(
@@ -228,9 +245,6 @@ def test_kill_9_before_the_first_snapshot_is_durable_keeps_no_row_deleted_before
                 run.log_tail,
                 interval=0.005,
             )
-        finally:
-            kill_9(process)
-        wait_for(lambda: not kinesalite_pids(kinesis_dir), 30, "the orphaned kinesalite to exit")
         state = _reader_state(run)
         if state.get("snapshot_done"):
             continue  # too late: the snapshot was confirmed
@@ -258,11 +272,7 @@ def _catch_up_without_ghosts(dsn: str, run, gone: list[str], timeout: float) -> 
     assert final.returncode == 0, run.log_tail()
 
     with DuckDBTarget(run.warehouse) as target:
-        facts = read_table_sorted(target, "fact_sales_order")
-        ghosts = facts.filter(
-            pl.col("is_current") & ~pl.col("is_deleted") & pl.col("sales_order_id").is_in([int(k) for k in gone])
-        )
-        assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
+        check_no_ghosts(target, gone)
         check_against_source(target, read_source(dsn), policy=run.policy)
 
 
@@ -280,10 +290,7 @@ def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_
     load_snapshot(totesys_dsn, shared_snapshot(REAL_SNAPSHOT))
     for attempt in range(6):
         run = RunProcess(totesys_dsn, home / f"attempt-{attempt}", slot=f"e2e_midway_{attempt}")
-        run.home.mkdir()
-        kinesis_dir = run.lake / "_local" / "kinesis"
-        process = run.start()
-        try:
+        with _killed_at_the_end(run) as process:
             wait_for(
                 lambda: _reader_state(run).get("snapshot_lsn"), 60, "the slot", process, run.log_tail, interval=0.02
             )
@@ -295,9 +302,6 @@ def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_
                 run.log_tail,
                 interval=0.02,
             )
-        finally:
-            kill_9(process)
-        wait_for(lambda: not kinesalite_pids(kinesis_dir), 30, "the orphaned kinesalite to exit")
         state = _reader_state(run)
         if not (state.get("snapshot_published") or state.get("snapshot_done")):
             published = _lake_snapshot_keys(run.lake, "sales_order")
@@ -307,17 +311,7 @@ def test_kill_9_in_the_middle_of_the_first_snapshot_keeps_no_row_deleted_before_
     else:
         pytest.fail("no kill landed in the middle of the first snapshot")
 
-    ids = sorted(published, key=int)
-    gone, changed = ids[:3], ids[3:6]
-    assert execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id = ANY(%s::int[])", (gone,)) == 3
-    assert (
-        execute(
-            totesys_dsn,
-            "UPDATE sales_order SET units_sold = units_sold + 1000 WHERE sales_order_id = ANY(%s::int[])",
-            (changed,),
-        )
-        == 3
-    )
+    gone, _ = delete_and_change_sales_orders(totesys_dsn, sorted(published, key=int))
     _catch_up_without_ghosts(totesys_dsn, run, gone, timeout=300)
     after = _reader_state(run)  # the same slot, its snapshot made whole
     assert after.get("snapshot_done") and after.get("snapshot_lsn") == state["snapshot_lsn"], after
