@@ -220,6 +220,23 @@ class ScriptedSource:
         return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def insert_staff(
+    src: ScriptedSource, id_: int, first: str, last: str, email: str, department: int = 1, at: str | None = None
+) -> Row:
+    """Staff member `id_` of `department`, made and last updated `at` (the source's now if not given)."""
+    at = at or src.now()
+    return src.insert(
+        "staff",
+        staff_id=str(id_),
+        first_name=first,
+        last_name=last,
+        department_id=str(department),
+        email_address=email,
+        created_at=at,
+        last_updated=at,
+    )
+
+
 def write_lake(
     root: Path | str, events: list[ChangeEvent], shard: str = "shardId-000000000000", chunk: int = 50_000
 ) -> LakeLayout:

@@ -88,6 +88,19 @@ def seeded(admin_dsn: str, _template: str):
     drop_database(admin_dsn, name)
 
 
+def _payment_breaks_a_rule(order_table: str, amount: str, payment_type_id: int) -> str:
+    """The payment of each order (`o`) of `order_table` pays `amount` to its counterparty in
+    its currency on its agreed day, of its type, and it and its transaction are made with it."""
+    return f"""
+        SELECT count(*) FROM {order_table} o
+        JOIN "transaction" t ON t.{order_table}_id = o.{order_table}_id
+        JOIN payment p ON p.transaction_id = t.transaction_id
+        WHERE p.payment_amount <> {amount}
+           OR p.counterparty_id <> o.counterparty_id OR p.currency_id <> o.currency_id
+           OR p.payment_date <> o.agreed_payment_date OR p.payment_type_id <> {payment_type_id}
+           OR t.created_at <> o.created_at OR p.created_at <> o.created_at"""
+
+
 # Each query counts the rows that break one rule; every count must be 0.
 ORDER_RULES = {
     "sales order without its transaction": """
@@ -107,22 +120,10 @@ ORDER_RULES = {
                     AND sales_order_id IS NOT NULL AND purchase_order_id IS NULL)
                 OR (transaction_type = 'PURCHASE'
                     AND purchase_order_id IS NOT NULL AND sales_order_id IS NULL))""",
-    "sales payment breaks a rule": """
-        SELECT count(*) FROM sales_order s
-        JOIN "transaction" t ON t.sales_order_id = s.sales_order_id
-        JOIN payment p ON p.transaction_id = t.transaction_id
-        WHERE p.payment_amount <> s.units_sold * s.unit_price
-           OR p.counterparty_id <> s.counterparty_id OR p.currency_id <> s.currency_id
-           OR p.payment_date <> s.agreed_payment_date OR p.payment_type_id <> 1
-           OR t.created_at <> s.created_at OR p.created_at <> s.created_at""",
-    "purchase payment breaks a rule": """
-        SELECT count(*) FROM purchase_order o
-        JOIN "transaction" t ON t.purchase_order_id = o.purchase_order_id
-        JOIN payment p ON p.transaction_id = t.transaction_id
-        WHERE p.payment_amount <> o.item_quantity * o.item_unit_price
-           OR p.counterparty_id <> o.counterparty_id OR p.currency_id <> o.currency_id
-           OR p.payment_date <> o.agreed_payment_date OR p.payment_type_id <> 3
-           OR t.created_at <> o.created_at OR p.created_at <> o.created_at""",
+    "sales payment breaks a rule": _payment_breaks_a_rule("sales_order", "o.units_sold * o.unit_price", 1),
+    "purchase payment breaks a rule": _payment_breaks_a_rule(
+        "purchase_order", "o.item_quantity * o.item_unit_price", 3
+    ),
     "account number is not 8 digits": """
         SELECT count(*) FROM payment
         WHERE company_ac_number NOT BETWEEN 10000000 AND 99999999

@@ -90,23 +90,13 @@ def whole_history_synced(lake, history: History):
 
 
 @pytest.fixture(scope="module")
-def exactly_once_history(history_of_every_kind):
-    return history_of_every_kind
-
-
-@pytest.fixture(scope="module")
-def exactly_once_lake(history_lake):
-    return history_lake
-
-
-@pytest.fixture(scope="module")
-def exactly_once_reference(exactly_once_history, exactly_once_lake):
+def exactly_once_reference(history_of_every_kind, history_lake):
     """The warehouse after one sync of the whole history."""
-    return whole_history_synced(exactly_once_lake, exactly_once_history)[1]
+    return whole_history_synced(history_lake, history_of_every_kind)[1]
 
 
-def _sync(exactly_once_lake, target, lsn):
-    result = sync_once(exactly_once_lake, target, lsn, today=TODAY)
+def _sync(history_lake, target, lsn):
+    result = sync_once(history_lake, target, lsn, today=TODAY)
     assert dangling_references(target) == {} and duplicate_current_rows(target) == {}
     return result
 
@@ -263,25 +253,15 @@ TABLES = len(SOURCES)
 
 
 @pytest.fixture(scope="module")
-def sliced_history(history_of_every_kind):
-    return history_of_every_kind
-
-
-@pytest.fixture(scope="module")
-def sliced_lake(history_lake):
-    return history_lake
-
-
-@pytest.fixture(scope="module")
-def sliced_reference(sliced_history, sliced_lake):
+def sliced_reference(history_of_every_kind, history_lake):
     """The warehouse after one sync of the whole history, in one slice."""
-    result, tables = whole_history_synced(sliced_lake, sliced_history)
+    result, tables = whole_history_synced(history_lake, history_of_every_kind)
     assert len(result.slices) == 1
     return tables
 
 
-def _transaction_sizes(sliced_history) -> dict[int, int]:
+def _transaction_sizes(history_of_every_kind) -> dict[int, int]:
     sizes: dict[int, int] = {}
-    for event in sliced_history.source.events:
+    for event in history_of_every_kind.source.events:
         sizes[event.lsn] = sizes.get(event.lsn, 0) + 1
     return sizes

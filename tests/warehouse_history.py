@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lake import LakeLayout
-from tests.scripted_source import Row, ScriptedSource, write_lake
+from tests.scripted_source import Row, ScriptedSource, insert_staff, write_lake
 
 
 @dataclass
@@ -46,6 +46,21 @@ def _order(src: ScriptedSource, table: str, id_: int, **values: str) -> Row:
     return src.insert(table, **{f"{table}_id": str(id_)}, **common)
 
 
+def _transaction(
+    src: ScriptedSource, id_: int, sales_order: int | None = None, purchase_order: int | None = None
+) -> Row:
+    """The transaction of one sales order or of one purchase order."""
+    return src.insert(
+        "transaction",
+        transaction_id=str(id_),
+        transaction_type="SALE" if sales_order is not None else "PURCHASE",
+        sales_order_id=None if sales_order is None else str(sales_order),
+        purchase_order_id=None if purchase_order is None else str(purchase_order),
+        created_at=src.now(),
+        last_updated=src.now(),
+    )
+
+
 def _payment(src: ScriptedSource, id_: int, transaction: int, **values: str) -> Row:
     now = src.now()
     row = dict(
@@ -77,19 +92,16 @@ def mixed_history() -> History:
         points.append((src.lsn, _copy_rows(src)))
 
     seeded = "2022-11-03 14:20:49.962"
+
+    def insert_seeded(table: str, **values: str | None) -> None:
+        """A row of the first snapshot, made and last updated when the shop opened."""
+        src.insert(table, **values, created_at=seeded, last_updated=seeded)
+
     with src.transaction(snapshot=True):
         for i, (name, location) in enumerate([("Sales", "Manchester"), ("Dispatch", "Leds"), ("Finance", None)], 1):
-            src.insert(
-                "department",
-                department_id=str(i),
-                department_name=name,
-                location=location,
-                manager=f"M{i}",
-                created_at=seeded,
-                last_updated=seeded,
-            )
+            insert_seeded("department", department_id=str(i), department_name=name, location=location, manager=f"M{i}")
         for i in range(1, 5):
-            src.insert(
+            insert_seeded(
                 "address",
                 address_id=str(i),
                 address_line_1=f"{i} Tote Street",
@@ -99,58 +111,33 @@ def mixed_history() -> History:
                 postal_code=f"{i}0000",
                 country="Ruritania",
                 phone=f"0123 45678{i}",
-                created_at=seeded,
-                last_updated=seeded,
             )
         for i, address in [(1, 1), (2, 2), (3, 2)]:
-            src.insert(
+            insert_seeded(
                 "counterparty",
                 counterparty_id=str(i),
                 counterparty_legal_name=f"Party {i} Ltd",
                 legal_address_id=str(address),
                 commercial_contact="Ann",
                 delivery_contact="Bob",
-                created_at=seeded,
-                last_updated=seeded,
             )
         for i, code in enumerate(["GBP", "USD", "EUR"], 1):
-            src.insert("currency", currency_id=str(i), currency_code=code, created_at=seeded, last_updated=seeded)
+            insert_seeded("currency", currency_id=str(i), currency_code=code)
         for i in (1, 2):
-            src.insert(
+            insert_seeded(
                 "design",
                 design_id=str(i),
-                created_at=seeded,
                 design_name=f"Design {i}",
                 file_location="/usr/ports",
                 file_name=f"d{i}-20221103-ab12.json",
-                last_updated=seeded,
             )
         for i, department in [(1, 1), (2, 2), (3, 3)]:
-            src.insert(
-                "staff",
-                staff_id=str(i),
-                first_name=f"First{i}",
-                last_name=f"Last{i}",
-                department_id=str(department),
-                email_address=f"first{i}.last{i}@terrifictotes.com",
-                created_at=seeded,
-                last_updated=seeded,
-            )
+            insert_staff(src, i, f"First{i}", f"Last{i}", f"first{i}.last{i}@terrifictotes.com", department, at=seeded)
         for i, name in enumerate(["SALES_RECEIPT", "SALES_REFUND", "PURCHASE_PAYMENT", "PURCHASE_REFUND"], 1):
-            src.insert(
-                "payment_type", payment_type_id=str(i), payment_type_name=name, created_at=seeded, last_updated=seeded
-            )
+            insert_seeded("payment_type", payment_type_id=str(i), payment_type_name=name)
         for i in (1, 2, 3):
             _order(src, "sales_order", i, staff_id=str(i), counterparty_id=str(i), design_id=str(1 + i % 2))
-            src.insert(
-                "transaction",
-                transaction_id=str(i),
-                transaction_type="SALE",
-                sales_order_id=str(i),
-                purchase_order_id=None,
-                created_at=src.now(),
-                last_updated=src.now(),
-            )
+            _transaction(src, i, sales_order=i)
             _payment(src, i, i, counterparty_id=str(i))
         for i in (1, 2):
             # purchase order 2 was agreed to be paid before the calendar starts
@@ -162,29 +149,13 @@ def mixed_history() -> History:
                 counterparty_id="2",
                 **({"agreed_payment_date": "2022-10-15"} if i == 2 else {}),
             )
-            src.insert(
-                "transaction",
-                transaction_id=str(3 + i),
-                transaction_type="PURCHASE",
-                sales_order_id=None,
-                purchase_order_id=str(i),
-                created_at=src.now(),
-                last_updated=src.now(),
-            )
+            _transaction(src, 3 + i, purchase_order=i)
             _payment(src, 3 + i, 3 + i, payment_type_id="3", counterparty_id="2")
     point()
 
     with src.transaction():  # a new sale
         sale_4 = dict(_order(src, "sales_order", 4, staff_id="2", counterparty_id="3", currency_id="2"))
-        src.insert(
-            "transaction",
-            transaction_id="6",
-            transaction_type="SALE",
-            sales_order_id="4",
-            purchase_order_id=None,
-            created_at=src.now(),
-            last_updated=src.now(),
-        )
+        _transaction(src, 6, sales_order=4)
         _payment(src, 6, 6, counterparty_id="3", currency_id="2")
     with src.transaction():  # a projected update that moves last_updated
         src.update("sales_order", 1, units_sold="2500", last_updated=src.now())
@@ -211,16 +182,7 @@ def mixed_history() -> History:
         src.delete("transaction", 6)
         src.delete("sales_order", 4)
     with src.transaction():  # a new employee sells
-        src.insert(
-            "staff",
-            staff_id="4",
-            first_name="Temp",
-            last_name="Worker",
-            department_id="2",
-            email_address="temp.worker@terrifictotes.com",
-            created_at=src.now(),
-            last_updated=src.now(),
-        )
+        insert_staff(src, 4, "Temp", "Worker", "temp.worker@terrifictotes.com", department=2)
         _order(src, "sales_order", 5, staff_id="4", design_id="2", agreed_delivery_date="2026-03-01")
     with src.transaction():  # ... and leaves: the sale moves, staff 4 is deleted (history still names them)
         src.update("sales_order", 5, staff_id="1", last_updated=src.now())

@@ -120,6 +120,15 @@ def test_history_rates_per_working_day(seeded):
     assert one(dsn, "SELECT count(*) FROM design WHERE created_at < '2022-11-04'") == 10
 
 
+# Payments a settlement batch missed: unpaid, though made before the 07:55:11 batch of the
+# working day they fall due, and that batch ran before %s.
+MISSED_BY_THE_BATCHES = """
+    SELECT count(*) FROM payment
+    WHERE NOT paid AND extract(isodow FROM payment_date::date) <= 5
+      AND payment_date::date + time '07:55:12' <= %s
+      AND created_at < payment_date::date + time '07:55:11'"""
+
+
 def test_settlement_batch_pays_due_working_day_payments_at_07_55_11(seeded):
     dsn, _ = seeded
     paid, wrong_moment = rows(
@@ -131,15 +140,7 @@ def test_settlement_batch_pays_due_working_day_payments_at_07_55_11(seeded):
     )[0]
     assert paid > 0 and wrong_moment == 0
     # every batch pays all payments due that day that existed at 07:55:11
-    missed = one(
-        dsn,
-        """
-        SELECT count(*) FROM payment
-        WHERE NOT paid AND extract(isodow FROM payment_date::date) <= 5
-          AND payment_date::date + time '07:55:12' <= %s
-          AND created_at < payment_date::date + time '07:55:11'""",
-        (UNTIL,),
-    )
+    missed = one(dsn, MISSED_BY_THE_BATCHES, (UNTIL,))
     assert missed == 0
     share = one(dsn, "SELECT avg(paid::int) FROM payment WHERE payment_date::date < %s", (UNTIL.date(),))
     assert 0.50 <= share <= 0.72
@@ -260,15 +261,7 @@ def test_seeding_again_continues_from_the_database(totesys_dsn):
         ), f"{table} ids have gaps or repeats"
     assert broken_rules(totesys_dsn) == {}
     # payments of the first run that fell due during the second were paid by its batches
-    missed = one(
-        totesys_dsn,
-        """
-        SELECT count(*) FROM payment
-        WHERE NOT paid AND extract(isodow FROM payment_date::date) <= 5
-          AND payment_date::date + time '07:55:12' <= %s
-          AND created_at < payment_date::date + time '07:55:11'""",
-        (first_until + timedelta(days=10),),
-    )
+    missed = one(totesys_dsn, MISSED_BY_THE_BATCHES, (first_until + timedelta(days=10),))
     assert missed == 0
     assert (
         one(

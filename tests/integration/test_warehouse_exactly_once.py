@@ -20,36 +20,34 @@ from warehouse_sync import DuckDBTarget, PostgresTarget, checkpoint_lsn, sync_on
 from tests.warehouse_fixtures import Crash, TODAY, _sync
 
 
-def test_syncing_in_steps_equals_one_sync(exactly_once_history, exactly_once_lake, exactly_once_reference):
+def test_syncing_in_steps_equals_one_sync(history_of_every_kind, history_lake, exactly_once_reference):
     by_points, by_commits = DuckDBTarget(), DuckDBTarget()
-    for lsn, _ in exactly_once_history.points:
-        _sync(exactly_once_lake, by_points, lsn)
-    for lsn in exactly_once_history.source.commits:
-        _sync(exactly_once_lake, by_commits, lsn)
+    for lsn, _ in history_of_every_kind.points:
+        _sync(history_lake, by_points, lsn)
+    for lsn in history_of_every_kind.source.commits:
+        _sync(history_lake, by_commits, lsn)
     assert_same_warehouse(dump_warehouse(by_points), exactly_once_reference)
     assert_same_warehouse(dump_warehouse(by_commits), exactly_once_reference)
 
 
-def test_a_rerun_with_the_same_watermark_changes_nothing(
-    exactly_once_history, exactly_once_lake, exactly_once_reference
-):
+def test_a_rerun_with_the_same_watermark_changes_nothing(history_of_every_kind, history_lake, exactly_once_reference):
     target = DuckDBTarget()
-    _sync(exactly_once_lake, target, exactly_once_history.points[2][0])
+    _sync(history_lake, target, history_of_every_kind.points[2][0])
     before = dump_warehouse(target)
-    result = _sync(exactly_once_lake, target, exactly_once_history.points[2][0])
+    result = _sync(history_lake, target, history_of_every_kind.points[2][0])
     assert (result.applied, result.events) == (False, 0)
-    assert _sync(exactly_once_lake, target, exactly_once_history.points[1][0]).events == 0  # an older watermark too
+    assert _sync(history_lake, target, history_of_every_kind.points[1][0]).events == 0  # an older watermark too
     assert_same_warehouse(dump_warehouse(target), before)
-    _sync(exactly_once_lake, target, exactly_once_history.final_lsn)
+    _sync(history_lake, target, history_of_every_kind.final_lsn)
     assert_same_warehouse(dump_warehouse(target), exactly_once_reference)
 
 
 @pytest.mark.parametrize("step", ["_advance_checkpoint", "_write_facts", "_delete_dimensions"])
 def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(
-    exactly_once_history, exactly_once_lake, exactly_once_reference, monkeypatch, step
+    history_of_every_kind, history_lake, exactly_once_reference, monkeypatch, step
 ):
     target = DuckDBTarget()
-    _sync(exactly_once_lake, target, exactly_once_history.points[1][0])
+    _sync(history_lake, target, history_of_every_kind.points[1][0])
     before = dump_warehouse(target)
 
     def crash(*args, **kwargs):
@@ -59,35 +57,35 @@ def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(
     original = getattr(apply_module, step)
     monkeypatch.setattr(apply_module, step, crash)
     with pytest.raises(Crash):
-        sync_once(exactly_once_lake, target, exactly_once_history.points[3][0], today=TODAY)
+        sync_once(history_lake, target, history_of_every_kind.points[3][0], today=TODAY)
     assert_same_warehouse(dump_warehouse(target), before)
     monkeypatch.undo()
-    _sync(exactly_once_lake, target, exactly_once_history.points[3][0])
-    _sync(exactly_once_lake, target, exactly_once_history.final_lsn)
+    _sync(history_lake, target, history_of_every_kind.points[3][0])
+    _sync(history_lake, target, history_of_every_kind.final_lsn)
     assert_same_warehouse(dump_warehouse(target), exactly_once_reference)
 
 
 def test_duplicated_events_in_the_change_log_count_once(
-    exactly_once_history, exactly_once_lake, exactly_once_reference, tmp_path
+    history_of_every_kind, history_lake, exactly_once_reference, tmp_path
 ):
-    shutil.copytree(exactly_once_lake.root, tmp_path / "lake")
+    shutil.copytree(history_lake.root, tmp_path / "lake")
     doubled = write_lake(tmp_path / "lake", [])
     for table in ("sales_order", "payment", "staff", "department", "address"):
         assert duplicate_logged_events(doubled, table) > 0
     one, steps = DuckDBTarget(), DuckDBTarget()
-    _sync(doubled, one, exactly_once_history.final_lsn)
-    for lsn, _ in exactly_once_history.points:
+    _sync(doubled, one, history_of_every_kind.final_lsn)
+    for lsn, _ in history_of_every_kind.points:
         _sync(doubled, steps, lsn)
     assert_same_warehouse(dump_warehouse(one), exactly_once_reference)
     assert_same_warehouse(dump_warehouse(steps), exactly_once_reference)
 
 
 def test_postgres_crash_and_rerun_equal_the_duckdb_reference(
-    exactly_once_history, exactly_once_lake, exactly_once_reference, empty_database, monkeypatch
+    history_of_every_kind, history_lake, exactly_once_reference, empty_database, monkeypatch
 ):
     target = PostgresTarget(empty_database)
     try:
-        _sync(exactly_once_lake, target, exactly_once_history.points[1][0])
+        _sync(history_lake, target, history_of_every_kind.points[1][0])
         before = dump_warehouse(target)
         original = apply_module._advance_checkpoint
 
@@ -97,11 +95,11 @@ def test_postgres_crash_and_rerun_equal_the_duckdb_reference(
 
         monkeypatch.setattr(apply_module, "_advance_checkpoint", crash)
         with pytest.raises(Crash):
-            sync_once(exactly_once_lake, target, exactly_once_history.final_lsn, today=TODAY)
+            sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY)
         assert_same_warehouse(dump_warehouse(target), before)
         monkeypatch.undo()
-        _sync(exactly_once_lake, target, exactly_once_history.final_lsn)
-        assert checkpoint_lsn(target) == exactly_once_history.final_lsn
+        _sync(history_lake, target, history_of_every_kind.final_lsn)
+        assert checkpoint_lsn(target) == history_of_every_kind.final_lsn
         assert_same_warehouse(dump_warehouse(target), exactly_once_reference)
     finally:
         target.close()
@@ -124,7 +122,7 @@ def _blocked_sync_backend(dsn: str, other_than: int | None = None) -> int | None
 
 
 def test_postgres_dropping_the_connection_mid_sync_is_retried_with_nothing_doubled(
-    exactly_once_history, exactly_once_lake, exactly_once_reference, empty_database
+    history_of_every_kind, history_lake, exactly_once_reference, empty_database
 ):
     """The warehouse's backend is terminated (pg_terminate_backend) in the middle of a sync's
     transaction, after it wrote mirrors and dimensions: the sync reconnects, runs again from
@@ -132,14 +130,14 @@ def test_postgres_dropping_the_connection_mid_sync_is_retried_with_nothing_doubl
     target = PostgresTarget(empty_database)
     locker = psycopg2.connect(empty_database)
     try:
-        _sync(exactly_once_lake, target, exactly_once_history.points[1][0])
+        _sync(history_lake, target, history_of_every_kind.points[1][0])
         with locker.cursor() as cur:  # the sync's fact writes wait here, its earlier writes done
             cur.execute("LOCK TABLE fact_sales_order IN EXCLUSIVE MODE")
         outcome: dict = {}
 
         def run() -> None:
             try:
-                outcome["result"] = sync_once(exactly_once_lake, target, exactly_once_history.final_lsn, today=TODAY)
+                outcome["result"] = sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY)
             except BaseException as error:  # noqa: BLE001 - reported below
                 outcome["error"] = error
 
@@ -158,8 +156,8 @@ def test_postgres_dropping_the_connection_mid_sync_is_retried_with_nothing_doubl
         locker.rollback()
         worker.join(120)
         assert "error" not in outcome, outcome.get("error")
-        assert outcome["result"].to_lsn == exactly_once_history.final_lsn
-        assert checkpoint_lsn(target) == exactly_once_history.final_lsn
+        assert outcome["result"].to_lsn == history_of_every_kind.final_lsn
+        assert checkpoint_lsn(target) == history_of_every_kind.final_lsn
         assert_same_warehouse(dump_warehouse(target), exactly_once_reference)
     finally:
         locker.close()

@@ -57,14 +57,16 @@ def open_warehouse(request):
         target.close()
 
 
-def test_a_backlog_in_slices_equals_one_sync(sliced_history, sliced_lake, sliced_reference, open_warehouse):
+def test_a_backlog_in_slices_equals_one_sync(history_of_every_kind, history_lake, sliced_reference, open_warehouse):
     target = open_warehouse()
-    result = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, slice_events=4)
-    assert result.events == len(sliced_history.source.events) and result.to_lsn == sliced_history.final_lsn
-    held = len(sliced_history.source.events) - sum(result.bulk_loaded.values())  # the rest stays in the engine
+    result = sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY, slice_events=4)
+    assert (
+        result.events == len(history_of_every_kind.source.events) and result.to_lsn == history_of_every_kind.final_lsn
+    )
+    held = len(history_of_every_kind.source.events) - sum(result.bulk_loaded.values())  # the rest stays in the engine
     assert len(result.slices) >= held // 4
-    snapshot_lsn = sliced_history.source.commits[0]
-    largest = max(size for lsn, size in _transaction_sizes(sliced_history).items() if lsn != snapshot_lsn)
+    snapshot_lsn = history_of_every_kind.source.commits[0]
+    largest = max(size for lsn, size in _transaction_sizes(history_of_every_kind).items() if lsn != snapshot_lsn)
     assert max(size for _, size in result.slices) <= max(4, largest)  # what each slice held
     assert any(not end.is_complete(TABLES) for end, _ in result.slices)  # the snapshot was cut inside its LSN
     assert dangling_references(target) == {} and duplicate_current_rows(target) == {}
@@ -72,7 +74,7 @@ def test_a_backlog_in_slices_equals_one_sync(sliced_history, sliced_lake, sliced
 
 
 def test_a_crash_between_slices_resumes_exactly_where_it_stopped(
-    sliced_history, sliced_lake, sliced_reference, open_warehouse, monkeypatch
+    history_of_every_kind, history_lake, sliced_reference, open_warehouse, monkeypatch
 ):
     original = apply_module._apply_slice
     committed = []  # the end positions of the slices committed before the crash
@@ -88,17 +90,19 @@ def test_a_crash_between_slices_resumes_exactly_where_it_stopped(
 
     monkeypatch.setattr(apply_module, "_apply_slice", crash_on_the_seventh)
     with pytest.raises(CrashBetweenSlices):
-        sync_once(sliced_lake, open_warehouse(), sliced_history.final_lsn, today=TODAY, slice_events=4)
+        sync_once(history_lake, open_warehouse(), history_of_every_kind.final_lsn, today=TODAY, slice_events=4)
     monkeypatch.undo()
     target = open_warehouse()
     assert apply_module._read_position(target) == committed[-1]
-    result = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, slice_events=4)
+    result = sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY, slice_events=4)
     assert [end for end, _ in before[0].slices] == committed
-    assert result.events == len(sliced_history.source.events) - before[0].events  # nothing read twice, nothing skipped
+    assert (
+        result.events == len(history_of_every_kind.source.events) - before[0].events
+    )  # nothing read twice, nothing skipped
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
 
 
-def test_no_slice_shows_half_a_transaction(sliced_history, sliced_lake, tmp_path, monkeypatch):
+def test_no_slice_shows_half_a_transaction(history_of_every_kind, history_lake, tmp_path, monkeypatch):
     """After every slice the warehouse is what syncing whole up to that point gives: at a
     complete LSN exactly that warehouse; inside the snapshot, fact rows only up to the cut."""
     original = apply_module._apply_slice
@@ -111,14 +115,14 @@ def test_no_slice_shows_half_a_transaction(sliced_history, sliced_lake, tmp_path
 
     monkeypatch.setattr(apply_module, "_apply_slice", watched)
     target = DuckDBTarget(tmp_path / "sliced.duckdb")
-    sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, slice_events=5)
+    sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY, slice_events=5)
     monkeypatch.undo()
     assert len(seen) > 8
     whole = DuckDBTarget()  # synced whole up to each complete end (steps equal one sync: exactly_once)
     for end, tables in seen:
         if end.is_complete(TABLES):
-            sync_once(sliced_lake, whole, end.lsn, today=TODAY)
-            assert end.lsn in sliced_history.source.commits or end.lsn == sliced_history.final_lsn
+            sync_once(history_lake, whole, end.lsn, today=TODAY)
+            assert end.lsn in history_of_every_kind.source.commits or end.lsn == history_of_every_kind.final_lsn
             assert_same_warehouse(tables, dump_warehouse(whole))
             continue
         assert tables[PARTIAL.name].rows() == [(1, end.lsn, list(SOURCES)[end.table], end.seq)]
@@ -129,35 +133,42 @@ def test_no_slice_shows_half_a_transaction(sliced_history, sliced_lake, tmp_path
     whole.close()
 
 
-def test_a_continuous_sync_follows_small_steps_and_slices_a_large_one(sliced_history, sliced_lake, sliced_reference):
+def test_a_continuous_sync_follows_small_steps_and_slices_a_large_one(
+    history_of_every_kind, history_lake, sliced_reference
+):
     target, tables = DuckDBTarget(), {}
-    first = sync_once(sliced_lake, target, sliced_history.points[0][0], today=TODAY, tables=tables, slice_events=4)
-    assert len(first.slices) > 1  # the snapshot, in slices
-    small = sync_once(sliced_lake, target, sliced_history.source.commits[1], today=TODAY, tables=tables, slice_events=4)
-    assert (
-        len(small.slices) == 1 and small.events == _transaction_sizes(sliced_history)[sliced_history.source.commits[1]]
+    first = sync_once(
+        history_lake, target, history_of_every_kind.points[0][0], today=TODAY, tables=tables, slice_events=4
     )
-    rest = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, tables=tables, slice_events=4)
-    largest = max(_transaction_sizes(sliced_history).values())
+    assert len(first.slices) > 1  # the snapshot, in slices
+    small = sync_once(
+        history_lake, target, history_of_every_kind.source.commits[1], today=TODAY, tables=tables, slice_events=4
+    )
+    assert (
+        len(small.slices) == 1
+        and small.events == _transaction_sizes(history_of_every_kind)[history_of_every_kind.source.commits[1]]
+    )
+    rest = sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY, tables=tables, slice_events=4)
+    largest = max(_transaction_sizes(history_of_every_kind).values())
     assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(4, largest)
-    assert checkpoint_lsn(target) == sliced_history.final_lsn
+    assert checkpoint_lsn(target) == history_of_every_kind.final_lsn
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
 
 
 def test_a_continuous_sync_holds_at_most_a_slice_of_what_the_lake_has_past_its_position(
-    sliced_history, sliced_lake, sliced_reference
+    history_of_every_kind, history_lake, sliced_reference
 ):
     """Between runs the cache holds the events past the sync's position only while they fit
     a slice; a lake far ahead (a backlog, a snapshot landed) is read in slices instead."""
     target, tables = DuckDBTarget(), {}
-    first_lsn = sliced_history.points[0][0]
-    ahead = sum(1 for event in sliced_history.source.events if event.lsn > first_lsn)
+    first_lsn = history_of_every_kind.points[0][0]
+    ahead = sum(1 for event in history_of_every_kind.source.events if event.lsn > first_lsn)
     assert ahead > 3 * 4
-    sync_once(sliced_lake, target, first_lsn, today=TODAY, tables=tables, slice_events=4)
+    sync_once(history_lake, target, first_lsn, today=TODAY, tables=tables, slice_events=4)
     assert tables and sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
-    rest = sync_once(sliced_lake, target, sliced_history.final_lsn, today=TODAY, tables=tables, slice_events=4)
+    rest = sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY, tables=tables, slice_events=4)
     assert len(rest.slices) > 1 and max(size for _, size in rest.slices) <= max(
-        _transaction_sizes(sliced_history).values()
+        _transaction_sizes(history_of_every_kind).values()
     )
     assert sum(feed.held.height for feed in tables.values() if feed.held is not None) <= 4
     assert_same_warehouse(dump_warehouse(target), sliced_reference)
