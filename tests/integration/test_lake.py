@@ -13,6 +13,7 @@ import pytest
 from lake import timetravel as tt
 from lake.dead_letters import DeadLetters
 from lake.errors import IncompatibleSchemaError, ValueConversionError
+from lake.layout import LakeLayout
 from lake.state import StateTable
 from change_events import decode
 from tests.lake_fixtures import (
@@ -85,21 +86,26 @@ def test_late_older_update_cannot_resurrect_a_deleted_row(new_lake):
     assert [(r["sales_order_id"], r["_deleted"], r["_op"]) for r in tombstone] == [(1, True, "d")]
 
 
-def test_crash_between_change_log_and_state_then_retry(new_lake, monkeypatch):
+def _killed_between_the_commits(new_lake, monkeypatch) -> tuple[list[list], LakeLayout, LakeLayout]:
+    """The scenario's first batch written, then the writer killed between the second batch's
+    change log and state commits: (the batches, a lake that took them all cleanly, the killed one)."""
     batches = scenario()
     clean = run(new_lake(), batches)
     layout = new_lake()
     lake = writer(layout)
     lake.write_batch("s1", batches[0])
-    original = StateTable._apply_once
 
     def crash(*args, **kwargs):  # a kill, not an error the writer could handle
         raise KeyboardInterrupt("killed between the two commits")
 
-    monkeypatch.setattr(StateTable, "_apply_once", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(StateTable, "_apply_once", crash)
         lake.write_batch("s1", batches[1])
-    monkeypatch.setattr(StateTable, "_apply_once", original)
+    return batches, clean, layout
+
+
+def test_crash_between_change_log_and_state_then_retry(new_lake, monkeypatch):
+    batches, clean, layout = _killed_between_the_commits(new_lake, monkeypatch)
     # A new process (fresh writer) retries the same batch, then goes on.
     lake = writer(layout)
     retry = lake.write_batch("s1", batches[1])
@@ -110,15 +116,7 @@ def test_crash_between_change_log_and_state_then_retry(new_lake, monkeypatch):
 
 
 def test_state_catches_up_when_the_failed_batch_is_skipped(new_lake, monkeypatch):
-    batches = scenario()
-    clean = run(new_lake(), batches)
-    layout = new_lake()
-    lake = writer(layout)
-    lake.write_batch("s1", batches[0])
-    monkeypatch.setattr(StateTable, "_apply_once", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
-    with pytest.raises(KeyboardInterrupt):
-        lake.write_batch("s1", batches[1])
-    monkeypatch.undo()
+    batches, clean, layout = _killed_between_the_commits(new_lake, monkeypatch)
     # The stream moved on without redelivering batch 1 (payment's part of it never got
     # written): the next batch repairs sales_order's state from what its log holds.
     for batch in batches[2:]:

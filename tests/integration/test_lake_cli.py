@@ -33,63 +33,31 @@ def rows(result) -> list[dict]:
     return json.loads(result.stdout)
 
 
+def query_rows(path: str, query: str, *options: str) -> list[dict]:
+    """`totes query` over the lake at `path`, its answer read as JSON rows."""
+    return rows(totes("query", query, "--lake", path, *options, "--format", "json"))
+
+
 def test_query_current_state_and_change_log(lake):
     path, _ = lake
-    assert rows(totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--format", "json")) == [
-        {"n": 4}
-    ]
-    log = rows(
-        totes(
-            "query",
-            "SELECT _op, count(*) AS n FROM changes_sales_order GROUP BY _op ORDER BY _op",
-            "--lake",
-            path,
-            "--format",
-            "json",
-        )
-    )
+    assert query_rows(path, "SELECT count(*) AS n FROM sales_order") == [{"n": 4}]
+    log = query_rows(path, "SELECT _op, count(*) AS n FROM changes_sales_order GROUP BY _op ORDER BY _op")
     assert log == [{"_op": "d", "n": 1}, {"_op": "r", "n": 5}, {"_op": "u", "n": 2}]
 
 
 def test_query_as_of_version_lsn_and_time(lake):
     path, lsns = lake
     # Version 0 of a state table is its creation; version 1 holds the snapshot's merge.
-    assert rows(
-        totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--as-of", "0", "--format", "json")
-    ) == [{"n": 0}]
-    assert rows(
-        totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--as-of", "1", "--format", "json")
-    ) == [{"n": 5}]
-    before_delete = rows(
-        totes(
-            "query",
-            "SELECT count(*) AS n FROM sales_order",
-            "--lake",
-            path,
-            "--as-of",
-            format_lsn(lsns[1]),
-            "--format",
-            "json",
-        )
-    )
+    assert query_rows(path, "SELECT count(*) AS n FROM sales_order", "--as-of", "0") == [{"n": 0}]
+    assert query_rows(path, "SELECT count(*) AS n FROM sales_order", "--as-of", "1") == [{"n": 5}]
+    before_delete = query_rows(path, "SELECT count(*) AS n FROM sales_order", "--as-of", format_lsn(lsns[1]))
     assert before_delete == [{"n": 5}]
-    at_start = rows(
-        totes(
-            "query",
-            "SELECT count(*) AS n FROM sales_order WHERE sales_order_id = 3",
-            "--lake",
-            path,
-            "--as-of",
-            format_lsn(lsns[2]),
-            "--format",
-            "json",
-        )
+    at_start = query_rows(
+        path, "SELECT count(*) AS n FROM sales_order WHERE sales_order_id = 3", "--as-of", format_lsn(lsns[2])
     )
     assert at_start == [{"n": 0}]
     now = datetime.now(timezone.utc).isoformat()
-    assert rows(
-        totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--as-of", now, "--format", "json")
-    ) == [{"n": 4}]
+    assert query_rows(path, "SELECT count(*) AS n FROM sales_order", "--as-of", now) == [{"n": 4}]
     bad = totes("query", "SELECT 1", "--lake", path, "--as-of", "yesterday")
     assert bad.exit_code == 2 and "neither a version" in bad.output
 
@@ -120,25 +88,14 @@ def test_dead_letters_are_listed_and_re_driven(lake):
     redriven = totes("lake", "dead-letters", "--lake", path, "--redrive")
     assert redriven.exit_code == 1 and "still undecodable" in redriven.output
     assert [letter.reason for letter in list_dead_letters(layout)] == ["undecodable record: garbage"]
-    assert rows(
-        totes(
-            "query",
-            "SELECT count(*) AS n FROM sales_order WHERE sales_order_id = 77",
-            "--lake",
-            path,
-            "--format",
-            "json",
-        )
-    ) == [{"n": 1}]
+    assert query_rows(path, "SELECT count(*) AS n FROM sales_order WHERE sales_order_id = 77") == [{"n": 1}]
 
 
 def test_maintain_keeps_the_lake_readable(lake):
     path, _ = lake
     result = totes("lake", "maintain", "--lake", path, "--retain", "1m")
     assert result.exit_code == 0, result.output
-    assert rows(totes("query", "SELECT count(*) AS n FROM sales_order", "--lake", path, "--format", "json")) == [
-        {"n": 4}
-    ]
+    assert query_rows(path, "SELECT count(*) AS n FROM sales_order") == [{"n": 4}]
 
 
 def test_status_shows_what_the_lake_stores_against_its_live_data(lake, tmp_path):

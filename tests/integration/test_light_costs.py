@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 from lake import LakeLayout, LakeWriter
 from lake.maintenance import COMPACT_FROM_FILES, SettledTables, lake_uris, maintain
@@ -81,12 +82,16 @@ def test_a_running_pipelines_round_leaves_out_tables_settled_since_a_retention(t
     }
 
 
-def test_a_trickles_state_merges_wait_for_the_delay_and_then_take_in_every_append(tmp_path):
+def _writer_with_a_state_delay(lake: Path) -> tuple[list[float], Source, LakeWriter, list]:
+    """A writer whose state merges wait 30 s on a clock the test moves (`now[0]`), the source
+    of its changes, and a list for the events it is given."""
     now = [0.0]
-    src = Source()
-    writer = LakeWriter(tmp_path / "lake", state_delay=30.0, clock=lambda: now[0])
+    return now, Source(), LakeWriter(lake, state_delay=30.0, clock=lambda: now[0]), []
+
+
+def test_a_trickles_state_merges_wait_for_the_delay_and_then_take_in_every_append(tmp_path):
+    now, src, writer, events = _writer_with_a_state_delay(tmp_path / "lake")
     table, keys = SALES_ORDER.table, SALES_ORDER.key_names
-    events: list = []
 
     def trickle(order: int, version: int = 0) -> None:
         with src.transaction() as tx:
@@ -116,11 +121,8 @@ def test_a_trickles_state_merges_wait_for_the_delay_and_then_take_in_every_appen
 
 
 def test_a_put_off_state_is_merged_by_the_next_large_batch_or_a_new_writer(tmp_path):
-    now = [0.0]
-    src = Source()
-    writer = LakeWriter(tmp_path / "lake", state_delay=30.0, clock=lambda: now[0])
+    now, src, writer, events = _writer_with_a_state_delay(tmp_path / "lake")
     table, keys = SALES_ORDER.table, SALES_ORDER.key_names
-    events: list = []
     for n in range(3):
         with src.transaction() as tx:
             tx.insert(SALES_ORDER, sales_order_row(n))

@@ -31,6 +31,18 @@ def test_the_event_is_a_valid_lambda_kinesis_event():
     assert parsed.Records[0].kinesis.sequenceNumber == "1"
 
 
+def _processed(tmp_path, payloads: list[bytes], dead_letters: int, landed: list) -> tuple[StreamProcessor, LakeLayout]:
+    """`payloads` processed into a lake at `tmp_path`: no record is handed back to Kinesis,
+    `dead_letters` of them are dead-lettered, and the lake's sales orders are those of `landed`."""
+    processor = StreamProcessor(LakeWriter(tmp_path))
+    outcome = processor.process(kinesis_event(payloads))
+    assert outcome.response == {"batchItemFailures": []}
+    assert outcome.dead_letters == dead_letters
+    layout = LakeLayout(tmp_path)
+    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(landed, "public.sales_order")
+    return processor, layout
+
+
 def test_a_poison_record_is_dead_lettered_while_its_neighbours_land(tmp_path):
     events = workload()
     half = len(events) // 2
@@ -40,12 +52,7 @@ def test_a_poison_record_is_dead_lettered_while_its_neighbours_land(tmp_path):
         encode_events(events[half:]),
         encode_watermark(Watermark(events[-1].lsn)),
     ]
-    processor = StreamProcessor(LakeWriter(tmp_path))
-    outcome = processor.process(kinesis_event(payloads))
-    assert outcome.response == {"batchItemFailures": []}
-    assert outcome.dead_letters == 1
-    layout = LakeLayout(tmp_path)
-    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(events, "public.sales_order")
+    processor, layout = _processed(tmp_path, payloads, dead_letters=1, landed=events)
     (letter,) = list_dead_letters(layout)
     assert letter.record == payloads[1] and "not a totes-cdc record" in letter.reason
     assert letter.shard == SHARD and letter.sequence_number == "2"
@@ -162,12 +169,7 @@ def test_events_the_lake_refuses_for_their_content_are_dead_lettered_and_the_sha
         encode_events(hostile[2:]),
         encode_watermark(Watermark(lsn)),
     ]
-    processor = StreamProcessor(LakeWriter(tmp_path))
-    outcome = processor.process(kinesis_event(payloads))
-    assert outcome.response == {"batchItemFailures": []}
-    assert outcome.dead_letters == 3
-    layout = LakeLayout(tmp_path)
-    assert lake_state(layout, "public.sales_order", ("sales_order_id",)) == expected_state(good, "public.sales_order")
+    processor, layout = _processed(tmp_path, payloads, dead_letters=3, landed=good)
     reasons = {letter.source_table: letter.reason for letter in list_dead_letters(layout)}
     assert "precision" in reasons["public.odd"] and "case-insensitive" in reasons["public.twins"]
     assert "does not convert" in reasons["public.sales_order"]
