@@ -17,7 +17,7 @@ import pytest
 from change_events.kinesis import kinesis_client
 from local_stack.cloudwatch import Datapoint, MetricAlarm, emf_datapoints, evaluate
 from stream_processors.poller import ShardOffsets
-from tests.conftest import make_scratch_dir
+from tests.conftest import scratch_folder
 from tests.run_process import wait_for
 from tests.run_process import Stages
 
@@ -57,17 +57,36 @@ def silent_for_good(axis: Axis, alarm: MetricAlarm, stopped_at: float) -> float:
     return axis.period_end(stopped_at, alarm.period, later=alarm.evaluation_periods + 2)
 
 
-class Probe:
+class _InAThread:
+    """`_run` in a thread of its own for the length of a `with` block: it should return soon
+    after `_stop` is set, as the block ends."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class Probe(_InAThread):
     """Samples one quantity every `every` seconds in a thread, as a stand-in for a metric AWS
     reports itself."""
 
     def __init__(self, namespace: str, metric: str, dimensions: dict, measure, every: float = 0.5):
+        super().__init__()
         self.points: list[Datapoint] = []
         self._key = (namespace, metric, frozenset(dimensions.items()))
         self._measure, self._every = measure, every
-        self._stop = threading.Event()
         self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
@@ -79,13 +98,8 @@ class Probe:
             if value is not None:
                 self.points.append(Datapoint(*self._key, time.time(), float(value)))
 
-    def __enter__(self) -> "Probe":
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__exit__(*exc)
         assert not self.errors, self.errors
 
 
@@ -142,12 +156,12 @@ def references(stream: str) -> dict:
     }
 
 
-class Changes:
+class Changes(_InAThread):
     """A small steady business: a few sales orders changed every 0.3 s, in a thread."""
 
     def __init__(self, dsn: str):
-        self.dsn, self._stop = dsn, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
+        self.dsn = dsn
 
     def _run(self) -> None:
         conn = psycopg2.connect(self.dsn)
@@ -164,14 +178,6 @@ class Changes:
                     )
         finally:
             conn.close()
-
-    def __enter__(self) -> "Changes":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def emitted(stages: Stages) -> list[Datapoint]:
@@ -214,8 +220,4 @@ def drop_slot_when_inactive(dsn: str, slot: str) -> None:
 @pytest.fixture(name="home")
 def alarm_home():
     """A scratch home for one test (short path: kinesalite and PostgreSQL sockets dislike long ones)."""
-    import shutil
-
-    path = make_scratch_dir("totes-alarms-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_folder("totes-alarms-")

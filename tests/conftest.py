@@ -68,6 +68,17 @@ def make_scratch_dir(prefix: str) -> Path:
     return path
 
 
+def scratch_folder(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """For a fixture to `yield from`: a scratch directory (`make_scratch_dir`) removed as soon
+    as its test is done, or kept (its path printed) when `keep`."""
+    path = make_scratch_dir(prefix)
+    yield path
+    if keep:
+        print(f"kept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _stop_servers_in(directory: Path) -> None:
     """Stop embedded servers a test left running in `directory` (at most three levels down)."""
     for pattern in ("pgdata", "*/pgdata", "*/*/pgdata", "*/*/*/pgdata"):

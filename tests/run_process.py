@@ -4,7 +4,6 @@ and what the source's slot and kinesalite say about them."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from change_events.kinesis import kinesis_client
 from lake.layout import LakeLayout
 from lake.progress import Progress
 from totesys.simulator import Simulator
-from tests.conftest import make_scratch_dir
+from tests.conftest import scratch_folder
 from totes_cli import bootstrap
 from totes_cli.pipeline import Pipeline, PipelineConfig
 
@@ -293,12 +292,7 @@ def _plant_lake_extra(dsn: str, layout, key: int) -> None:
 def e2e_home():
     """A scratch folder for one pipeline's lake and warehouse (short path: kinesalite and
     PostgreSQL sockets dislike long ones), removed afterwards unless TOTES_E2E_KEEP is set."""
-    path = make_scratch_dir("totes-e2e-")
-    yield path
-    if os.environ.get("TOTES_E2E_KEEP"):
-        print(f"kept {path}")
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_folder("totes-e2e-", keep=bool(os.environ.get("TOTES_E2E_KEEP")))
 
 
 class PipelineThread:

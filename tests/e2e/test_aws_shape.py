@@ -30,7 +30,7 @@ import pytest
 from cdc_reader.personal_data import parse
 from change_events.kinesis import ensure_stream
 from lake.layout import LakeLayout
-from tests.conftest import make_scratch_dir
+from tests.conftest import make_scratch_dir, scratch_folder
 from tests.e2e_helpers import (
     REPO,
     check_against_source,
@@ -55,9 +55,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def home():
-    path = make_scratch_dir("totes-aws-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_folder("totes-aws-")
 
 
 def lake_keys(lake: Path, table: str, key: str) -> set[str]:

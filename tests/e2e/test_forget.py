@@ -17,7 +17,7 @@ from lake.maintenance import checkpoint
 from lake.timetravel import changes_as_of_lsn, state_as_of_lsn
 from tests.moto_s3 import moto_s3  # noqa: F401  (the session's S3 server, a fixture)
 from tests.trace_search import lake_contents, traces
-from tests.scripted_source import ScriptedSource
+from tests.scripted_source import ScriptedSource, insert_staff
 
 STAFF = "public.staff"
 
@@ -31,16 +31,7 @@ def layout(request, tmp_path):
 
 
 def _staff(src: ScriptedSource, i: int, first: str, email: str) -> None:
-    src.insert(
-        "staff",
-        staff_id=str(i),
-        first_name=first,
-        last_name=f"Last{i}",
-        department_id="1",
-        email_address=email,
-        created_at=src.now(),
-        last_updated=src.now(),
-    )
+    insert_staff(src, i, first, f"Last{i}", email)
 
 
 def _without(table: pa.Table, key: str) -> list[dict]:
@@ -125,15 +116,13 @@ def test_a_key_that_is_no_key_is_one_sentence(tmp_path):
 def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_goes_on(
     totesys_dsn, tmp_path, monkeypatch
 ):
-    import os
-    import subprocess
-    import sys
     import threading
 
     import duckdb
 
     from cdc_reader.personal_data import keyed_hash, parse
-    from tests.e2e_helpers import REPO, current_lsn, execute
+    from tests.cli_helpers import totes
+    from tests.e2e_helpers import current_lsn, execute
     from tests.run_process import wait_for
     from tests.trace_search import folder_contents, warehouse_contents
     from totes_cli.pipeline import Pipeline, PipelineConfig
@@ -179,29 +168,9 @@ def test_lake_forget_on_a_pipeline_erases_lake_and_warehouse_and_the_pipeline_go
     skip = ("kinesis",)  # the stream's own data: Kinesis keeps records for its retention (README)
     assert traces(folder_contents(lake, skip=skip), forgotten) and traces(warehouse_contents(warehouse), forgotten)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOTES_")}
-    env.update(TOTES_CONFIG=str(tmp_path / "none.toml"), TOTES_HOME=str(tmp_path))
     for table, keys in (("staff", ["3"]), ("sales_order", ["5"])):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "totes_cli",
-                "lake",
-                "forget",
-                table,
-                *keys,
-                "--lake",
-                str(lake),
-                "--warehouse",
-                str(warehouse),
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        forget = ("lake", "forget", table, *keys, "--lake", str(lake), "--warehouse", str(warehouse))
+        done = totes(*forget, home=tmp_path, timeout=300)
         assert done.returncode == 0, done.stderr + done.stdout
         assert "erased" in done.stdout and "warehouse: erased from" in done.stdout
 

@@ -6,7 +6,6 @@ and by `totes query` (as of now and as of an LSN), and never run the SQL they sp
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 from change_events import format_lsn
 from lake.layout import LakeLayout
 from lake.timetravel import changes_as_of_lsn, current_state, state_as_of_lsn
-from tests.conftest import make_scratch_dir
+from tests.conftest import scratch_folder
 from tests.run_process import wait_for
 from totes_cli.app import app
 from totes_cli.pipeline import Pipeline, PipelineConfig
@@ -69,9 +68,7 @@ def _by_key(rows: list[dict]) -> dict[int, dict]:
 
 @pytest.fixture
 def home():
-    path = make_scratch_dir("totes-ident-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_folder("totes-ident-")
 
 
 def _run_pipeline_until(pipeline: Pipeline, thread: threading.Thread, lsn: int) -> None:

@@ -11,31 +11,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
-import psycopg2
 import pytest
 
-from change_events import parse_lsn
 from tests.conftest import make_scratch_dir
 from tests.reader_harness import apply_events, current_lsn, source_state, state_diff, with_all_columns
+from tests.run_process import slot_confirmed
 from tests.stream_helpers import events_by_shard, new_stream, read_stream
 from totesys.embedded import EmbeddedPostgres
 from totesys.schema import TABLES, create_schema, ensure_database
 from totesys.simulator import Simulator
 
 
-def _confirmed(dsn: str, slot: str = "totes_cdc") -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-        row = cur.fetchone()
-    conn.close()
-    return parse_lsn(row[0]) if row and row[0] else 0
-
-
 def _wait_confirmed(dsn: str, lsn: int, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while _confirmed(dsn) < lsn:
+    while slot_confirmed(dsn, "totes_cdc") < lsn:
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"slot not confirmed up to {lsn:X}"
         time.sleep(0.2)
@@ -77,6 +70,22 @@ class ReaderProcess:
             self.args + list(extra), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
+    @contextmanager
+    def running(self) -> Iterator[subprocess.Popen]:
+        """The reader started; killed if it still runs when the block ends."""
+        process = self.start()
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def _stop(process: subprocess.Popen, sig: signal.Signals) -> tuple[str, str]:
+    """`sig` sent, then the process's (stdout, stderr) once it has ended."""
+    process.send_signal(sig)
+    return process.communicate(timeout=60)
+
 
 def _stream_state(kinesis, stream):
     events = [e for shard in events_by_shard(read_stream(kinesis, stream)).values() for e in shard]
@@ -110,14 +119,9 @@ def test_kill_9_during_a_workload_then_restart_loses_no_change(totesys_dsn, kine
         stop.set()
         worker.join()
         business.close()
-    process = reader.start()
-    try:
+    with reader.running() as process:
         _wait_confirmed(totesys_dsn, current_lsn(totesys_dsn), process)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        _, stderr = _stop(process, signal.SIGTERM)
     assert process.returncode == 0, stderr[-3000:]
     assert kills == 3
 
@@ -140,8 +144,7 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
             simulator.seed_history(5, until=datetime(2024, 11, 15, 18))
             stream = new_stream(kinesis, shards=1)
             reader = ReaderProcess(dsn, stream, kinesalite_url, make_scratch_dir("totes-reader-"), "--emf")
-            process = reader.start()
-            try:
+            with reader.running() as process:
                 _wait_confirmed(dsn, current_lsn(dsn), process)
                 server.restart()
                 simulator.close()
@@ -158,11 +161,7 @@ def test_reader_reconnects_when_postgresql_restarts(kinesis, kinesalite_url):
                     text=True,
                     timeout=60,
                 )
-                process.send_signal(signal.SIGINT)
-                stdout, stderr = process.communicate(timeout=60)
-            finally:
-                if process.poll() is None:
-                    process.kill()
+                stdout, stderr = _stop(process, signal.SIGINT)
         assert process.returncode == 0, stderr[-3000:]
         assert "reconnecting" in stderr
         assert "durability is what Kinesis acknowledged" in stderr  # --durability kinesis says what it risks

@@ -22,7 +22,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from tests.conftest import make_scratch_dir
+from tests.conftest import make_scratch_dir, scratch_folder
 from totesys.embedded import EmbeddedPostgres
 from totesys.schema import create_schema, ensure_database
 
@@ -101,9 +101,7 @@ def one_error_line(result) -> str:
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = make_scratch_dir("totes-secrets-home-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_folder("totes-secrets-home-")
 
 
 # -- totes run and totes status, with passwords in the DSNs ----------------------------------------

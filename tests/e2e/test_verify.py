@@ -11,7 +11,7 @@ import threading
 import duckdb
 import pytest
 
-from tests.conftest import make_scratch_dir
+from tests.conftest import scratch_folder
 from tests.run_process import wait_for
 from totes_cli.pipeline import Pipeline, PipelineConfig
 from totesys.schema import TABLES
@@ -24,11 +24,7 @@ from tests.run_process import _config, _plant_lake_extra, _seed
 
 @pytest.fixture
 def home():
-    import shutil
-
-    path = make_scratch_dir("totes-verify-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_folder("totes-verify-")
 
 
 class Running:
