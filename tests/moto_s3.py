@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 UNREACHABLE_S3 = {
     "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
     "AWS_ALLOW_HTTP": "true",
@@ -20,14 +22,6 @@ UNREACHABLE_S3 = {
 """Storage options of an S3 nobody listens on (port 9, discard), tried once: a lake outage."""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class MotoS3:
     """moto's S3 in its own process (the in-process ThreadedMotoServer shares the GIL with
     deltalake calls that hold it, and their requests then time out)."""
@@ -36,7 +30,7 @@ class MotoS3:
 
     def __init__(self):
 
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).with_name("moto_server")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]

@@ -44,13 +44,14 @@ class RunProcess:
     home: Path
     slot: str
 
+    # Where `totes` puts them in a home when none is named (passed explicitly all the same).
     @property
     def lake(self) -> Path:
-        return self.home / "lake"
+        return Path(bootstrap.home_lake(self.home))
 
     @property
     def warehouse(self) -> Path:
-        return self.home / "warehouse.duckdb"
+        return Path(bootstrap.home_warehouse(self.home))
 
     @property
     def policy(self) -> Policy:
@@ -164,7 +165,7 @@ class Stages:
 
     def __init__(self, dsn: str, stream: str, endpoint: str, home: Path):
         self.dsn, self.stream, self.home = dsn, stream, home
-        self.lake, self.warehouse = home / "lake", home / "warehouse.duckdb"
+        self.lake, self.warehouse = Path(bootstrap.home_lake(home)), Path(bootstrap.home_warehouse(home))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTES_", "AWS_ENDPOINT_URL"))}
         self.env.update(
             TOTES_HOME=str(home),
@@ -244,7 +245,7 @@ class Stages:
 
 def _config(dsn, home, **overrides) -> PipelineConfig:
     return PipelineConfig(
-        source_dsn=dsn, lake=str(home / "lake"), warehouse=str(home / "warehouse.duckdb"), **overrides
+        source_dsn=dsn, lake=bootstrap.home_lake(home), warehouse=bootstrap.home_warehouse(home), **overrides
     )
 
 

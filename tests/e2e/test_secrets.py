@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from tests.conftest import make_scratch_dir, scratch_folder
+from tests.conftest import free_port, make_scratch_dir, scratch_folder
 from totesys.embedded import EmbeddedPostgres
 from totesys.schema import create_schema, ensure_database
 
@@ -155,14 +154,8 @@ def test_a_wrong_source_password_is_one_sentence(server, home):
     assert_nowhere(result, home, WRONG)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_unreachable_source_fails_after_a_bounded_wait(home):
-    dsn = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{_closed_port()}/totesys"
+    dsn = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{free_port()}/totesys"
     result = totes(
         "run", "--source", dsn, "--lake", str(home / "lake"), "--wait-for-source", "1", home=home, timeout=60
     )

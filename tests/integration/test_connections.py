@@ -6,7 +6,6 @@ these tests run against a server of their own that listens on 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import psycopg2
@@ -15,7 +14,7 @@ import pytest
 from psycopg2 import sql
 
 from cdc_reader.reader import Reader
-from tests.conftest import make_scratch_dir
+from tests.conftest import free_port, make_scratch_dir
 from tests.fakes import MemorySink
 from cdc_reader.source import connect
 from totesys.embedded import EmbeddedPostgres
@@ -36,16 +35,10 @@ CLIENT_SIDE = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tcp_dsn():
     """A database on a server reached over TCP (127.0.0.1, the server's password file)."""
-    port = _free_port()
+    port = free_port()
     server = EmbeddedPostgres(
         make_scratch_dir("totes-tcp-pg-"), port=port, settings={"listen_addresses": "'127.0.0.1'"}
     )

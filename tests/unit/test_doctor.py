@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-from contextlib import closing
 
 import pytest
 
 from cdc_reader.doctor import table_refs
-from tests.conftest import make_scratch_dir
+from tests.conftest import free_port, make_scratch_dir
 from cdc_reader.source import redact
 from totesys.schema import TABLES
 from tests.doctor_helpers import assert_one_line, run_cli
-
-
-def closed_tcp_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_cli_without_any_source_says_so(tmp_path) -> None:
@@ -76,7 +68,7 @@ def test_nothing_listening_on_a_socket_dir() -> None:
 
 
 def test_nothing_listening_on_a_tcp_port() -> None:
-    port = closed_tcp_port()
+    port = free_port()
     dsn = f"host=127.0.0.1 port={port} user=postgres password=hunter2-Secret dbname=totesys"
     line = assert_one_line(run_cli("--dsn", dsn), 2, secret="hunter2-Secret")
     assert line.startswith(f"error: Nothing answers at 127.0.0.1:{port}:")
