@@ -75,6 +75,7 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
     from datetime import datetime, timezone
 
     from warehouse_sync import apply as wa
+    from warehouse_sync import sql, steps
     from warehouse_sync import transforms as tf
     from warehouse_sync.schema import create_table
 
@@ -85,10 +86,10 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
     rows = pl.DataFrame(
         {'id "k"': [1, 2, 3], "name`s ü": ["a", "b'); --", 'c"']}, schema={'id "k"': pl.Int32, "name`s ü": pl.String}
     )
-    assert wa._upsert(target, dimension, rows) == 3
-    assert wa._upsert(target, dimension, rows.with_columns(pl.lit("z").alias("name`s ü")).head(1)) == 1
-    wa._delete_keys(target, dimension, pl.Series([3], dtype=pl.Int32))
-    assert wa._select(target, dimension).sort('id "k"').rows() == [(1, "z"), (2, "b'); --")]
+    assert sql.upsert(target, dimension, rows) == 3
+    assert sql.upsert(target, dimension, rows.with_columns(pl.lit("z").alias("name`s ü")).head(1)) == 1
+    sql.delete_keys(target, dimension, pl.Series([3], dtype=pl.Int32))
+    assert sql.select(target, dimension).sort('id "k"').rows() == [(1, "z"), (2, "b'); --")]
 
     spec = tf.FactSpec(fact, "nowhere", lambda: [])
     first = pl.DataFrame(
@@ -96,15 +97,15 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
         schema={"bk`": pl.Int32, 'ref "d"': pl.Int32, "is_current": pl.Boolean, "valid_to": pl.Datetime("us", "UTC")},
     )
     result = wa.SyncResult(0, 1)
-    wa._write_facts(target, spec, tf.FactChanges(first, pl.DataFrame()), result)
+    steps._write_facts(target, spec, tf.FactChanges(first, pl.DataFrame()), result)
     closes = pl.DataFrame(
         {'rec"id': [1], "valid_to": [datetime(2024, 5, 1, tzinfo=timezone.utc)]},
         schema={'rec"id': pl.Int32, "valid_to": pl.Datetime("us", "UTC")},
     )
-    wa._write_facts(target, spec, tf.FactChanges(first.with_columns(pl.lit(2).alias('ref "d"')), closes), result)
-    facts = wa._select(target, fact).sort('rec"id')
+    steps._write_facts(target, spec, tf.FactChanges(first.with_columns(pl.lit(2).alias('ref "d"')), closes), result)
+    facts = sql.select(target, fact).sort('rec"id')
     assert facts.select('rec"id', "bk`", 'ref "d"', "is_current").rows() == [(1, 7, 1, False), (2, 7, 2, True)]
-    current = wa._select(target, fact, f" WHERE is_current AND {_q('bk`')} = 7")
+    current = sql.select(target, fact, f" WHERE is_current AND {_q('bk`')} = 7")
     assert current['rec"id'].to_list() == [2]
     target.commit()
     assert target.query("SELECT count(*) AS n FROM dim_date").item() == 1, "the name's DROP ran"

@@ -52,7 +52,7 @@ def _snapshot_needed(paths: StatePaths, slot: str) -> int | None:
 def _warehouse_has_the_lake(lake: str, warehouse: str, shards: list[str], at_least: int) -> bool:
     from lake.layout import LakeLayout
     from lake.progress import Progress
-    from warehouse_sync.apply import checkpoint_lsn
+    from warehouse_sync.position import checkpoint_lsn
     from warehouse_sync.targets import is_postgres_dsn, open_target
 
     if not is_postgres_dsn(warehouse) and not Path(warehouse).expanduser().is_file():

@@ -252,7 +252,7 @@ def no_warehouse_sentence(warehouse: str) -> str:
 
 def warehouse_table(warehouse: str, source: SourceSnapshot | None) -> Table | None:
     """Where the warehouse is up to, and how far behind the source that is."""
-    from warehouse_sync.apply import checkpoint_lsn
+    from warehouse_sync.position import checkpoint_lsn
     from warehouse_sync.schema import row_counts_sql
     from warehouse_sync.read_copy import connect_for_reading
     from warehouse_sync.targets import DuckDBTarget, is_postgres_dsn, open_target

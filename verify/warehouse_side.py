@@ -27,7 +27,7 @@ from lake.layout import LakeLayout
 from lake.timetravel import state_as_of_lsn
 from verify.core import KeyRange
 from warehouse_sync import transforms as tf
-from warehouse_sync.apply import DIMENSION_SOURCES
+from warehouse_sync.steps import DIMENSION_SOURCES
 from warehouse_sync.as_of import fact_rows_as_of
 from warehouse_sync.schema import (
     BY_NAME,

@@ -10,7 +10,8 @@
 - `replay`: events → complete row versions (unchanged-TOAST columns filled, deletes with their
   last values, truncates expanded);
 - `transforms`: the spec's rules, rows in → dimension and fact rows out;
-- `apply`: one sync = one warehouse transaction per slice, each moving the checkpoint;
+- `apply`: one sync = one warehouse transaction per slice, each moving the checkpoint
+  (`position`); a slice's `steps` (their SQL in `sql`), after `lake_types` widened the mirrors;
 - `slices`: where a large backlog is cut (whole transactions; snapshot reads also by key);
 - `bulk` (and `bulk_source`): a fresh fact source's snapshot reads loaded in one statement per
   table, straight from the lake's files (the initial load);
@@ -23,7 +24,7 @@ from change_events.lazy import lazy_exports
 # targets need DuckDB and polars, a DSN check does not.
 _EXPORTS = {
     "SyncResult": "warehouse_sync.apply",
-    "checkpoint_lsn": "warehouse_sync.apply",
+    "checkpoint_lsn": "warehouse_sync.position",
     "ensure_schema": "warehouse_sync.apply",
     "sync_once": "warehouse_sync.apply",
     "dangling_references": "warehouse_sync.checks",

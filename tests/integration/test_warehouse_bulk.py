@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import warehouse_sync.apply as apply_module
+import warehouse_sync.steps as steps_module
 import warehouse_sync.bulk as bulk_module
 from change_events import ChangeEvent, Op
 from lake.change_feed import ChangeLog
@@ -149,13 +150,13 @@ def test_a_snapshot_and_the_changes_streamed_after_it_in_one_slice(
     streamed, streamed_lake, open_warehouse, monkeypatch
 ):
     reference = _general(streamed_lake, open_warehouse("general"), streamed.final_lsn, monkeypatch, slice_events=20)
-    original, mixed = apply_module._apply, []
+    original, mixed = steps_module.apply_changes, []
 
     def watched(target, changes, today, result, returning, parts=None):
         mixed.extend(source for source in parts or {} if source in changes)
         return original(target, changes, today, result, returning, parts)
 
-    monkeypatch.setattr(apply_module, "_apply", watched)
+    monkeypatch.setattr(steps_module, "apply_changes", watched)
     target = open_warehouse("bulk")
     result = sync_once(streamed_lake, target, streamed.final_lsn, today=TODAY, slice_events=20)
     assert set(result.bulk_loaded) == FACT_TABLES

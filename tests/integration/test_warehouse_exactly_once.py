@@ -12,7 +12,8 @@ import threading
 import psycopg2
 import pytest
 
-import warehouse_sync.apply as apply_module
+import warehouse_sync.position as position_module
+import warehouse_sync.steps as steps_module
 from tests.run_process import wait_for
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse
 from tests.scripted_source import duplicate_logged_events, write_lake
@@ -42,9 +43,12 @@ def test_a_rerun_with_the_same_watermark_changes_nothing(history_of_every_kind, 
     assert_same_warehouse(dump_warehouse(target), exactly_once_reference)
 
 
-@pytest.mark.parametrize("step", ["_advance_checkpoint", "_write_facts", "_delete_dimensions"])
+@pytest.mark.parametrize(
+    "module, step",
+    [(position_module, "_advance_checkpoint"), (steps_module, "_write_facts"), (steps_module, "_delete_dimensions")],
+)
 def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(
-    history_of_every_kind, history_lake, exactly_once_reference, monkeypatch, step
+    history_of_every_kind, history_lake, exactly_once_reference, monkeypatch, module, step
 ):
     target = DuckDBTarget()
     _sync(history_lake, target, history_of_every_kind.points[1][0])
@@ -54,8 +58,8 @@ def test_a_crash_before_commit_leaves_nothing_and_the_rerun_completes(
         original(*args, **kwargs)  # the step's writes happen, then the process dies
         raise Crash(step)
 
-    original = getattr(apply_module, step)
-    monkeypatch.setattr(apply_module, step, crash)
+    original = getattr(module, step)
+    monkeypatch.setattr(module, step, crash)
     with pytest.raises(Crash):
         sync_once(history_lake, target, history_of_every_kind.points[3][0], today=TODAY)
     assert_same_warehouse(dump_warehouse(target), before)
@@ -87,13 +91,13 @@ def test_postgres_crash_and_rerun_equal_the_duckdb_reference(
     try:
         _sync(history_lake, target, history_of_every_kind.points[1][0])
         before = dump_warehouse(target)
-        original = apply_module._advance_checkpoint
+        original = position_module._advance_checkpoint
 
         def crash(*args):
             original(*args)
             raise Crash()
 
-        monkeypatch.setattr(apply_module, "_advance_checkpoint", crash)
+        monkeypatch.setattr(position_module, "_advance_checkpoint", crash)
         with pytest.raises(Crash):
             sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY)
         assert_same_warehouse(dump_warehouse(target), before)

@@ -99,7 +99,7 @@ def test_a_truncate_that_the_same_lsn_brings_back_is_no_deletion_for_the_facts()
     """A table replaced by a new snapshot (the reader's --reset after a lost slot): the
     truncate's version of a row the snapshot brings back at the same LSN is dropped; a row
     it does not bring back keeps its deletion; an earlier truncate stays a deletion."""
-    from warehouse_sync.apply import _without_replaced_truncates
+    from warehouse_sync.steps import _without_replaced_truncates
 
     versions = pl.DataFrame(
         {

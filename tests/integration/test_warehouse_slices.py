@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 
 import warehouse_sync.apply as apply_module
+from warehouse_sync.position import read_position
 from tests.warehouse_fixtures import assert_same_warehouse, dump_warehouse
 from warehouse_sync import (
     DuckDBTarget,
@@ -93,7 +94,7 @@ def test_a_crash_between_slices_resumes_exactly_where_it_stopped(
         sync_once(history_lake, open_warehouse(), history_of_every_kind.final_lsn, today=TODAY, slice_events=4)
     monkeypatch.undo()
     target = open_warehouse()
-    assert apply_module._read_position(target) == committed[-1]
+    assert read_position(target) == committed[-1]
     result = sync_once(history_lake, target, history_of_every_kind.final_lsn, today=TODAY, slice_events=4)
     assert [end for end, _ in before[0].slices] == committed
     assert (

@@ -90,7 +90,7 @@ def test_a_truncate_ending_a_slice_is_no_deletion_of_a_row_a_later_snapshot_read
     that comes back through an insert, or not at all, keeps its deletion."""
     import polars as pl
 
-    from warehouse_sync.apply import _without_replaced_truncates
+    from warehouse_sync.steps import _without_replaced_truncates
 
     versions = pl.DataFrame(
         {
