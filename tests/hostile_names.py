@@ -48,6 +48,7 @@ def _q(name: str) -> str:
 
 def _hostile_tables(monkeypatch):
     from warehouse_sync import schema as ws
+    from warehouse_sync.star_schema import _fact_indexes
 
     dimension = ws.Table(
         'dim "x"; DROP TABLE dim_date; --',
@@ -66,7 +67,7 @@ def _hostile_tables(monkeypatch):
         ),
         'rec"id',
         business_key="bk`",
-        indexes=ws._fact_indexes("bk`"),
+        indexes=_fact_indexes("bk`"),
     )
     return dimension, fact
 
@@ -75,7 +76,8 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
     from datetime import datetime, timezone
 
     from warehouse_sync import apply as wa
-    from warehouse_sync import sql, steps
+    from warehouse_sync import sql as wsql
+    from warehouse_sync import steps
     from warehouse_sync import transforms as tf
     from warehouse_sync.schema import create_table
 
@@ -86,10 +88,10 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
     rows = pl.DataFrame(
         {'id "k"': [1, 2, 3], "name`s ü": ["a", "b'); --", 'c"']}, schema={'id "k"': pl.Int32, "name`s ü": pl.String}
     )
-    assert sql.upsert(target, dimension, rows) == 3
-    assert sql.upsert(target, dimension, rows.with_columns(pl.lit("z").alias("name`s ü")).head(1)) == 1
-    sql.delete_keys(target, dimension, pl.Series([3], dtype=pl.Int32))
-    assert sql.select(target, dimension).sort('id "k"').rows() == [(1, "z"), (2, "b'); --")]
+    assert wsql.upsert(target, dimension, rows) == 3
+    assert wsql.upsert(target, dimension, rows.with_columns(pl.lit("z").alias("name`s ü")).head(1)) == 1
+    wsql.delete_keys(target, dimension, pl.Series([3], dtype=pl.Int32))
+    assert wsql.select(target, dimension).sort('id "k"').rows() == [(1, "z"), (2, "b'); --")]
 
     spec = tf.FactSpec(fact, "nowhere", lambda: [])
     first = pl.DataFrame(
@@ -103,9 +105,9 @@ def _exercise_warehouse_statements(target, dimension, fact) -> None:
         schema={'rec"id': pl.Int32, "valid_to": pl.Datetime("us", "UTC")},
     )
     steps._write_facts(target, spec, tf.FactChanges(first.with_columns(pl.lit(2).alias('ref "d"')), closes), result)
-    facts = sql.select(target, fact).sort('rec"id')
+    facts = wsql.select(target, fact).sort('rec"id')
     assert facts.select('rec"id', "bk`", 'ref "d"', "is_current").rows() == [(1, 7, 1, False), (2, 7, 2, True)]
-    current = sql.select(target, fact, f" WHERE is_current AND {_q('bk`')} = 7")
+    current = wsql.select(target, fact, f" WHERE is_current AND {_q('bk`')} = 7")
     assert current['rec"id'].to_list() == [2]
     target.commit()
     assert target.query("SELECT count(*) AS n FROM dim_date").item() == 1, "the name's DROP ran"

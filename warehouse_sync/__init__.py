@@ -4,7 +4,9 @@
     sync_once(lake_root, target, upto_lsn=lake_watermark)
 
 - `schema`: the 11 tables of the spec (plus lineage columns on facts, source mirrors and the
-  checkpoint), defined once and rendered as DuckDB or PostgreSQL DDL;
+  checkpoint), defined once and rendered as DuckDB or PostgreSQL DDL; one import for its parts:
+  `star_schema` (§3), `sync_tables` (mirrors, checkpoint, rejects), `table_model` (types,
+  quoting) and `ddl`;
 - `lake_source`: the change-log events between two LSNs, as polars frames of the mirrors'
   types (read through the lake's port, `lake.change_feed`: this package drives no Delta);
 - `replay`: events → complete row versions (unchanged-TOAST columns filled, deletes with their
