@@ -19,6 +19,7 @@ from verify.core import TableReport, Verification, align, compare_chunk
 from verify.lake_side import lake_chunk
 from verify.source import SourceSnapshot
 from verify import warehouse_side as wh
+from warehouse_sync.transforms import DIMENSION_BY_NAME
 from change_events.errors import Kind, TotesError
 
 DEFAULT_CHUNK_ROWS = 100_000
@@ -124,9 +125,8 @@ def verify(
             warehouse_lsn = None
             if reader is not None:
                 warehouse_lsn = reader.checkpoint()
-                for name in wh.DIMENSION_RULES:
-                    sources, _ = wh.DIMENSION_RULES[name]
-                    if name not in present or not set(sources) <= set(tables):
+                for name, dimension in DIMENSION_BY_NAME.items():
+                    if name not in present or not set(dimension.sources) <= set(tables):
                         continue
                     done(_dimension_report(layout, reader, name, warehouse_lsn or lsn, schema))
                 if wh.DIM_DATE.name in present:

@@ -27,19 +27,11 @@ from lake.layout import LakeLayout
 from lake.timetravel import state_as_of_lsn
 from verify.core import KeyRange
 from warehouse_sync import transforms as tf
-from warehouse_sync.steps import DIMENSION_SOURCES
 from warehouse_sync.as_of import fact_rows_as_of
 from warehouse_sync.schema import (
     BY_NAME,
     CHECKPOINT,
-    DIM_COUNTERPARTY,
-    DIM_CURRENCY,
     DIM_DATE,
-    DIM_DESIGN,
-    DIM_LOCATION,
-    DIM_PAYMENT_TYPE,
-    DIM_STAFF,
-    DIM_TRANSACTION,
     Table,
     conform,
     projected_columns,
@@ -48,16 +40,6 @@ from warehouse_sync.schema import (
 )
 from warehouse_sync.targets import is_postgres_dsn
 
-DIMENSION_RULES = {
-    DIM_LOCATION.name: (("address",), tf.dim_location),
-    DIM_DESIGN.name: (("design",), tf.dim_design),
-    DIM_CURRENCY.name: (("currency",), tf.dim_currency),
-    DIM_PAYMENT_TYPE.name: (("payment_type",), tf.dim_payment_type),
-    DIM_TRANSACTION.name: (("transaction",), tf.dim_transaction),
-    DIM_STAFF.name: (("staff", "department"), tf.dim_staff),
-    DIM_COUNTERPARTY.name: (("counterparty", "address"), tf.dim_counterparty),
-}
-"""Each dimension: the source tables its transform reads, and the transform."""
 
 CALENDAR_SOURCE = "sales_order"
 """The source table named as dim_date's: its re-read makes the sync add the calendar's days again."""
@@ -123,13 +105,13 @@ def actual_facts(reader: WarehouseReader, spec: tf.FactSpec, chunk: KeyRange, ls
 
 
 def expected_dimension(layout: LakeLayout, name: str, lsn: int, schema: str = "public") -> pa.Table:
-    sources, transform = DIMENSION_RULES[name]
+    spec = tf.DIMENSION_BY_NAME[name]
     frames = []
-    for source in sources:
+    for source in spec.sources:
         frame = pl.from_arrow(state_as_of_lsn(layout, f"{schema}.{source}", lsn))
         assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
         frames.append(frame)
-    return transform(*frames).to_arrow()
+    return spec.build(*frames).to_arrow()
 
 
 def actual_dimension(reader: WarehouseReader, name: str) -> pa.Table:
@@ -176,7 +158,7 @@ def referenced(reader: WarehouseReader, name: str, keys: list) -> set:
 
 
 def dimension_source(name: str) -> str:
-    return DIMENSION_SOURCES[name]
+    return tf.DIMENSION_BY_NAME[name].source
 
 
 def table(name: str) -> Table:

@@ -106,15 +106,34 @@ def _fact_indexes(business_key: str) -> tuple[Index, ...]:
     return (Index("current_key", business_key, unique_current=True), Index(f"{business_key}_idx", business_key))
 
 
-FACT_SALES_ORDER = define_table(
+_STAMPS = (
+    _date("created_date"),
+    parse_column("created_time time"),
+    _date("last_updated_date"),
+    parse_column("last_updated_time time"),
+)
+"""When the source row was created and last updated: every fact's columns after its business key."""
+
+
+def _fact(name: str, record_id: str, business_key: str, *columns: str | Column) -> Table:
+    """A §3 fact: its record id, its business key, _STAMPS, `columns`, then LINEAGE."""
+    return define_table(
+        name,
+        record_id,
+        f"{record_id} serial",
+        f"{business_key} int",
+        *_STAMPS,
+        *columns,
+        *LINEAGE,
+        business_key=business_key,
+        indexes=_fact_indexes(business_key),
+    )
+
+
+FACT_SALES_ORDER = _fact(
     "fact_sales_order",
     "sales_record_id",
-    "sales_record_id serial",
-    "sales_order_id int",
-    _date("created_date"),
-    "created_time time",
-    _date("last_updated_date"),
-    "last_updated_time time",
+    "sales_order_id",
     _ref("sales_staff_id", "dim_staff"),
     _ref("counterparty_id", "dim_counterparty"),
     "units_sold int",
@@ -124,20 +143,12 @@ FACT_SALES_ORDER = define_table(
     _date("agreed_payment_date"),
     _date("agreed_delivery_date"),
     _ref("agreed_delivery_location_id", "dim_location"),
-    *LINEAGE,
-    business_key="sales_order_id",
-    indexes=_fact_indexes("sales_order_id"),
 )
 
-FACT_PURCHASE_ORDER = define_table(
+FACT_PURCHASE_ORDER = _fact(
     "fact_purchase_order",
     "purchase_record_id",
-    "purchase_record_id serial",
-    "purchase_order_id int",
-    _date("created_date"),
-    "created_time time",
-    _date("last_updated_date"),
-    "last_updated_time time",
+    "purchase_order_id",
     _ref("staff_id", "dim_staff"),
     _ref("counterparty_id", "dim_counterparty"),
     "item_code varchar",
@@ -147,20 +158,12 @@ FACT_PURCHASE_ORDER = define_table(
     _date("agreed_delivery_date"),
     _date("agreed_payment_date"),
     _ref("agreed_delivery_location_id", "dim_location"),
-    *LINEAGE,
-    business_key="purchase_order_id",
-    indexes=_fact_indexes("purchase_order_id"),
 )
 
-FACT_PAYMENT = define_table(
+FACT_PAYMENT = _fact(
     "fact_payment",
     "payment_record_id",
-    "payment_record_id serial",
-    "payment_id int",
-    _date("created_date"),
-    "created_time time",
-    _date("last_updated_date"),
-    "last_updated_time time",
+    "payment_id",
     _ref("transaction_id", "dim_transaction"),
     _ref("counterparty_id", "dim_counterparty"),
     "payment_amount numeric",
@@ -168,9 +171,6 @@ FACT_PAYMENT = define_table(
     _ref("payment_type_id", "dim_payment_type"),
     "paid boolean",
     _date("payment_date"),
-    *LINEAGE,
-    business_key="payment_id",
-    indexes=_fact_indexes("payment_id"),
 )
 
 DIMENSIONS = (

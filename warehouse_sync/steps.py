@@ -11,22 +11,7 @@ from warehouse_sync import bulk
 from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.replay import DELETES, Replay, replay
-from warehouse_sync.schema import (
-    BY_NAME,
-    DIM_COUNTERPARTY,
-    DIM_CURRENCY,
-    DIM_DATE,
-    DIM_DESIGN,
-    DIM_LOCATION,
-    DIM_PAYMENT_TYPE,
-    DIM_STAFF,
-    DIM_TRANSACTION,
-    SOURCES,
-    column_list,
-    next_value,
-    quote_identifier as q,
-    references_to,
-)
+from warehouse_sync.schema import DIM_DATE, SOURCES, column_list, next_value, quote_identifier as q, references_to
 from warehouse_sync.sql import delete_keys, mirror_rows, select, stage_keys, upsert
 from warehouse_sync.targets import Target
 
@@ -34,17 +19,6 @@ if TYPE_CHECKING:
     from warehouse_sync.apply import SyncResult
 
 log = logging.getLogger("totes.sync")
-
-DIMENSION_SOURCES = {
-    DIM_LOCATION.name: "address",
-    DIM_DESIGN.name: "design",
-    DIM_CURRENCY.name: "currency",
-    DIM_PAYMENT_TYPE.name: "payment_type",
-    DIM_TRANSACTION.name: "transaction",
-    DIM_STAFF.name: "staff",
-    DIM_COUNTERPARTY.name: "counterparty",
-}
-"""Each dimension and the source table whose rows are its rows."""
 
 
 def apply_changes(
@@ -109,43 +83,19 @@ def _known_rows(target: Target, replays: dict[str, Replay], source: str, keys: p
 
 
 def _upsert_dimensions(target: Target, replays: dict[str, Replay], result: SyncResult) -> None:
-    simple = {
-        DIM_LOCATION: ("address", tf.dim_location),
-        DIM_DESIGN: ("design", tf.dim_design),
-        DIM_CURRENCY: ("currency", tf.dim_currency),
-        DIM_PAYMENT_TYPE: ("payment_type", tf.dim_payment_type),
-        DIM_TRANSACTION: ("transaction", tf.dim_transaction),
-    }
-    for dimension, (source, transform) in simple.items():
-        keys = _touched(replays, source)
-        if keys.len():
-            result.dimensions_upserted[dimension.name] = upsert(
-                target, dimension, transform(_known_rows(target, replays, source, keys))
-            )
-
-    staff_keys = pl.concat(
-        [
-            _touched(replays, "staff"),
-            mirror_rows(target, "staff", _touched(replays, "department"), "department_id")["staff_id"],
-        ]
-    ).unique()
-    if staff_keys.len():
-        staff = _known_rows(target, replays, "staff", staff_keys)
-        departments = _known_rows(target, replays, "department", staff["department_id"].drop_nulls().unique())
-        result.dimensions_upserted[DIM_STAFF.name] = upsert(target, DIM_STAFF, tf.dim_staff(staff, departments))
-
-    counterparty_keys = pl.concat(
-        [
-            _touched(replays, "counterparty"),
-            mirror_rows(target, "counterparty", _touched(replays, "address"), "legal_address_id")["counterparty_id"],
-        ]
-    ).unique()
-    if counterparty_keys.len():
-        counterparties = _known_rows(target, replays, "counterparty", counterparty_keys)
-        addresses = _known_rows(target, replays, "address", counterparties["legal_address_id"].drop_nulls().unique())
-        result.dimensions_upserted[DIM_COUNTERPARTY.name] = upsert(
-            target, DIM_COUNTERPARTY, tf.dim_counterparty(counterparties, addresses)
-        )
+    for spec in tf.DIMENSION_SPECS:
+        keys = _touched(replays, spec.source)
+        if spec.joined_on is not None:  # and the rows that use a joined row touched
+            joined = _touched(replays, spec.sources[1])
+            using = mirror_rows(target, spec.source, joined, spec.joined_on)[SOURCES[spec.source].key]
+            keys = pl.concat([keys, using]).unique()
+        if keys.len() == 0:
+            continue
+        rows = _known_rows(target, replays, spec.source, keys)
+        frames = [rows]
+        if spec.joined_on is not None:
+            frames.append(_known_rows(target, replays, spec.sources[1], rows[spec.joined_on].drop_nulls().unique()))
+        result.dimensions_upserted[spec.table.name] = upsert(target, spec.table, spec.build(*frames))
 
 
 def _fact_changes(
@@ -254,12 +204,12 @@ def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, res
 
 
 def _delete_dimensions(target: Target, replays: dict[str, Replay], result: SyncResult) -> None:
-    for name, source in DIMENSION_SOURCES.items():
+    for spec in tf.DIMENSION_SPECS:
+        name, source = spec.table.name, spec.source
         if source not in replays or replays[source].deleted.len() == 0:
             continue
-        dimension = BY_NAME[name]
         staged = stage_keys(target, "_wh_gone", replays[source].deleted)
-        table, key = q(name), q(dimension.key)
+        table, key = q(name), q(spec.table.key)
         present = f"SELECT count(*) AS n FROM {table} WHERE {key} IN (SELECT k FROM {q(staged)})"  # nosec B608 # names quoted by q(), values int()
         before = int(target.query(present).item())
         unreferenced = "".join(

@@ -149,6 +149,35 @@ def calendar_days(referenced: pl.Series, today: date) -> pl.Series:
     return pl.concat([days, referenced.filter(referenced < CALENDAR_START)]).unique().sort()
 
 
+@dataclass(frozen=True)
+class DimensionSpec:
+    """A dimension and the source rows it is built from: the rows of `sources[0]` are its rows
+    (its keys, its deletions); a second source is joined in on `joined_on`, a column of the
+    first, so a change there rebuilds every row that uses it."""
+
+    table: Table
+    sources: tuple[str, ...]
+    build: Callable[..., pl.DataFrame]
+    """The transform, given one frame per source in `sources` order."""
+    joined_on: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.sources[0]
+
+
+DIMENSION_SPECS = (
+    DimensionSpec(DIM_LOCATION, ("address",), dim_location),
+    DimensionSpec(DIM_DESIGN, ("design",), dim_design),
+    DimensionSpec(DIM_CURRENCY, ("currency",), dim_currency),
+    DimensionSpec(DIM_PAYMENT_TYPE, ("payment_type",), dim_payment_type),
+    DimensionSpec(DIM_TRANSACTION, ("transaction",), dim_transaction),
+    DimensionSpec(DIM_STAFF, ("staff", "department"), dim_staff, joined_on="department_id"),
+    DimensionSpec(DIM_COUNTERPARTY, ("counterparty", "address"), dim_counterparty, joined_on="legal_address_id"),
+)
+"""Every dimension but dim_date (a calendar, built from the days the facts reference)."""
+DIMENSION_BY_NAME = {spec.table.name: spec for spec in DIMENSION_SPECS}
+
 # -- facts -----------------------------------------------------------------------------------
 
 
