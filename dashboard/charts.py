@@ -39,41 +39,34 @@ def _base(rows: list[dict], title: str) -> alt.Chart:
     )
 
 
-def sales_by_month(rows, title):
+def _per_month_and_currency(rows, title, y: alt.Y, tooltip: list, **encodings) -> alt.Chart:
+    """Bars per month of creation, coloured by currency; `tooltip` after the month and currency."""
     return (
         _base(_month_label(rows), title)
         .mark_bar()
         .encode(
             x=alt.X("month_label:O", title="month"),
-            y=alt.Y("revenue:Q", title="revenue"),
+            y=y,
             color=alt.Color("currency_code:N", title="currency"),
-            xOffset="currency_code:N",
-            tooltip=[
-                "month_label:O",
-                "currency_code:N",
-                "orders:Q",
-                "units:Q",
-                alt.Tooltip("revenue:Q", format=",.2f"),
-            ],
+            tooltip=["month_label:O", "currency_code:N", *tooltip],
+            **encodings,
         )
+    )
+
+
+def sales_by_month(rows, title):
+    return _per_month_and_currency(
+        rows,
+        title,
+        alt.Y("revenue:Q", title="revenue"),
+        ["orders:Q", "units:Q", alt.Tooltip("revenue:Q", format=",.2f")],
+        xOffset="currency_code:N",
     )
 
 
 def _design_label(rows: list[dict]) -> list[dict]:
     """Designs share names (several "Cotton"s): each bar is one design, named with its id."""
     return [{**row, "design": f"{row['design_name']} #{row['design_id']}"} for row in rows]
-
-
-def top_designs(rows, title):
-    return (
-        _base(_design_label(rows), title)
-        .mark_bar()
-        .encode(
-            y=alt.Y("design:N", sort="-x", title="design"),
-            x=alt.X("units:Q", title="units sold"),
-            tooltip=["design:N", "orders:Q", "units:Q"],
-        )
-    )
 
 
 def top_by_units(category: str, label: str):
@@ -91,22 +84,16 @@ def top_by_units(category: str, label: str):
     return chart
 
 
+def top_designs(rows, title):
+    return top_by_units("design", "design")(_design_label(rows), title)
+
+
 def purchase_volumes(rows, title):
-    return (
-        _base(_month_label(rows), title)
-        .mark_bar()
-        .encode(
-            x=alt.X("month_label:O", title="month"),
-            y=alt.Y("items:Q", title="items bought"),
-            color=alt.Color("currency_code:N", title="currency"),
-            tooltip=[
-                "month_label:O",
-                "currency_code:N",
-                "purchase_orders:Q",
-                "items:Q",
-                alt.Tooltip("cost:Q", format=",.2f"),
-            ],
-        )
+    return _per_month_and_currency(
+        rows,
+        title,
+        alt.Y("items:Q", title="items bought"),
+        ["purchase_orders:Q", "items:Q", alt.Tooltip("cost:Q", format=",.2f")],
     )
 
 

@@ -108,21 +108,28 @@ class View:
         return self.sql.format(where=fact_where("f", filters, self.day_column), today=today_sql(filters))
 
 
+def _per_month_and_currency(fact: str, measures: str) -> str:
+    """A view's SQL: `measures` over the `fact` rows of each month of their creation and currency."""
+    return f"""
+         SELECT d.year, d.month, c.currency_code, {measures}
+         FROM {fact} f
+         JOIN dim_date d ON d.date_id = f.created_date
+         JOIN dim_currency c ON c.currency_id = f.currency_id
+         WHERE {{where}}
+         GROUP BY d.year, d.month, c.currency_code
+         ORDER BY d.year, d.month, c.currency_code
+         """  # nosec B608 # a template of the views' own names, its filters filled in by View.query
+
+
 VIEWS: tuple[View, ...] = (
     View(
         "sales-by-month",
         "Sales by month and currency",
         "Orders, units and revenue per month of order creation, in each currency.",
-        """
-         SELECT d.year, d.month, c.currency_code, count(*) AS orders, sum(f.units_sold) AS units,
-                sum(f.units_sold * f.unit_price) AS revenue
-         FROM fact_sales_order f
-         JOIN dim_date d ON d.date_id = f.created_date
-         JOIN dim_currency c ON c.currency_id = f.currency_id
-         WHERE {where}
-         GROUP BY d.year, d.month, c.currency_code
-         ORDER BY d.year, d.month, c.currency_code
-         """,
+        _per_month_and_currency(
+            "fact_sales_order",
+            "count(*) AS orders, sum(f.units_sold) AS units, sum(f.units_sold * f.unit_price) AS revenue",
+        ),
     ),
     View(
         "top-designs",
@@ -158,16 +165,10 @@ VIEWS: tuple[View, ...] = (
         "purchase-volumes",
         "Purchase volumes by month",
         "Purchase orders, items and their cost per month of order creation, in each currency.",
-        """
-         SELECT d.year, d.month, c.currency_code, count(*) AS purchase_orders, sum(f.item_quantity) AS items,
-                sum(f.item_quantity * f.item_unit_price) AS cost
-         FROM fact_purchase_order f
-         JOIN dim_date d ON d.date_id = f.created_date
-         JOIN dim_currency c ON c.currency_id = f.currency_id
-         WHERE {where}
-         GROUP BY d.year, d.month, c.currency_code
-         ORDER BY d.year, d.month, c.currency_code
-         """,
+        _per_month_and_currency(
+            "fact_purchase_order",
+            "count(*) AS purchase_orders, sum(f.item_quantity) AS items, sum(f.item_quantity * f.item_unit_price) AS cost",
+        ),
     ),
     View(
         "payments-due",

@@ -134,20 +134,25 @@ def _refuse_if_running(config) -> None:
         )
 
 
+def _verify(config, tables: tuple[str, ...], *, timeout: float, chunk_rows: int) -> Verification:
+    """`verify` of the source, lake and warehouse `config` names, under its personal-data policy."""
+    return verify(
+        config.source_dsn,
+        config.lake,
+        config.warehouse,
+        tables,
+        chunk_rows=chunk_rows,
+        timeout=timeout,
+        policy=config.personal_data,
+    )
+
+
 def verify_with_pipeline(config, tables: tuple[str, ...], *, timeout: float, chunk_rows: int) -> Verification:
     """Verify while a pipeline started here for it runs (none runs elsewhere)."""
     _refuse_if_running(config)
     running = _Running(config)
     with running:
-        return verify(
-            config.source_dsn,
-            config.lake,
-            config.warehouse,
-            tables,
-            chunk_rows=chunk_rows,
-            timeout=timeout,
-            policy=config.personal_data,
-        )
+        return _verify(config, tables, timeout=timeout, chunk_rows=chunk_rows)
 
 
 def repair(
@@ -172,12 +177,4 @@ def repair(
             if time.monotonic() > deadline:
                 raise VerifyError("the re-read did not finish in time: run the repair again (it starts over).")
             time.sleep(0.2)
-        return verify(
-            config.source_dsn,
-            config.lake,
-            config.warehouse,
-            all_tables,
-            chunk_rows=chunk_rows,
-            timeout=timeout,
-            policy=config.personal_data,
-        )
+        return _verify(config, all_tables, timeout=timeout, chunk_rows=chunk_rows)
