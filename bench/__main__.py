@@ -16,6 +16,7 @@ from bench import (
     pipeline_bench,
     read_copy_bench,
     reader_bench,
+    slice_bench,
     snapshot_bench,
     storage_bench,
     sync_bench,
@@ -35,6 +36,7 @@ BENCHMARKS = {
         snapshot_bench,
         verify_bench,
         sync_bench,
+        slice_bench,
     )
 }
 

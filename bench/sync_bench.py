@@ -95,8 +95,8 @@ def _order_text(first: int, count: int, version: int) -> pl.DataFrame:
     )
 
 
-def build_lake(root: Path, orders: int, say) -> dict:
-    """The snapshot and the backlog in the lake at `root`; returns their LSNs and sizes."""
+def build_lake(root: Path, orders: int, say, backlog: bool = True) -> dict:
+    """The snapshot and (`backlog`) the backlog in the lake at `root`; returns their LSNs and sizes."""
     import pyarrow as pa
 
     from lake.schemas import source_fields
@@ -120,6 +120,8 @@ def build_lake(root: Path, orders: int, say) -> dict:
             chunk, SNAPSHOT_LSN, changelog_rows(schema, text, SNAPSHOT_LSN, first_seq + start, chunk, written_on)
         )
     say(f"  snapshot in the lake: {len(real):,} real rows + {orders:,} orders ({time.perf_counter() - started:.0f} s)")
+    if not backlog:
+        return {"snapshot_lsn": SNAPSHOT_LSN, "snapshot_events": len(real) + orders}
     updates = TableLoad(layout, schema, SNAPSHOT_LSN + 1, fresh_appends=False)
     lsn = SNAPSHOT_LSN
     clock = datetime(2024, 11, 18, 9, tzinfo=timezone.utc)
@@ -144,11 +146,12 @@ def build_lake(root: Path, orders: int, say) -> dict:
 # -- one sync in a child process -------------------------------------------------------------
 
 
-def sync_child(code: str, lake: Path, warehouse: str, upto: int) -> dict:
+def sync_child(code: str, lake: Path, warehouse: str, upto: int, child: str = CHILD, after: tuple = ()) -> dict:
+    """Run `child` (argv: code, lake, warehouse, upto, today, *after) with `code` first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOTES_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (code, str(Path(__file__).resolve().parents[1])) if p)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, code, str(lake), warehouse, str(upto), TODAY.isoformat()],
+        [sys.executable, "-c", child, code, str(lake), warehouse, str(upto), TODAY.isoformat(), *after],
         env=env,
         capture_output=True,
         text=True,
@@ -159,7 +162,7 @@ def sync_child(code: str, lake: Path, warehouse: str, upto: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _versions() -> list[tuple[str, str]]:
+def versions() -> list[tuple[str, str]]:
     before = os.environ.get("TOTES_BENCH_BEFORE")
     here = ("this version", str(Path(__file__).resolve().parents[1]))
     return ([("before", str(Path(before).resolve()))] if before else []) + [here]
@@ -190,7 +193,7 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         admin = server.start()
         load = os.getloadavg()[0]
         for engine in ("duckdb", "postgresql"):
-            for label, code in _versions():
+            for label, code in versions():
                 name = f"{engine}, {label}"
                 slug = label.replace(" ", "_")
                 warehouse = (
