@@ -57,6 +57,27 @@ def upsert(target: Target, table: Table, rows: pl.DataFrame) -> int:
     return rows.height
 
 
+def replace_mirror_rows(target: Target, mirror: Table, deleted: pl.Series, rows: pl.DataFrame) -> None:
+    """Write a mirror's replayed state: the rows of `deleted` gone, `rows` in place of theirs.
+
+    DuckDB: the rows are deleted and appended again, not updated in place. An UPDATE keeps
+    an undo version of every column of each vector it touches (~16 KB a column), and a
+    slice's updates spread over the keys touch a vector each: ~200 MB of undo for 1,000
+    sales orders on a warehouse of 2M, past the sync's memory limit (spilled, read back at
+    commit) and past DuckDB's checkpoint threshold, whose estimate it is (so every commit
+    rewrote the tables it touched: a cost of the warehouse's size, not the slice's). A
+    delete keeps a row id, an append the new row. PostgreSQL upserts in place."""
+    if target.dialect != DUCKDB:
+        delete_keys(target, mirror, deleted)
+        upsert(target, mirror, rows)
+        return
+    delete_keys(target, mirror, pl.concat([deleted, rows[mirror.key].cast(deleted.dtype)]))
+    if rows.height:
+        staged = q(target.stage("_wh_replaced", rows.select(mirror.names)))
+        columns = column_list(mirror.names)
+        target.execute(f"INSERT INTO {q(mirror.name)} ({columns}) SELECT {columns} FROM {staged}")  # nosec B608 # names quoted by q()
+
+
 def delete_keys(target: Target, table: Table, keys: pl.Series, condition: str = "") -> None:
     if keys.len():
         staged = stage_keys(target, "_wh_delete", keys)

@@ -12,7 +12,7 @@ from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.replay import DELETES, Replay, replay
 from warehouse_sync.schema import DIM_DATE, SOURCES, column_list, next_value, quote_identifier as q, references_to
-from warehouse_sync.sql import delete_keys, mirror_rows, select, stage_keys, upsert
+from warehouse_sync.sql import mirror_rows, replace_mirror_rows, select, stage_keys, upsert
 from warehouse_sync.targets import Target
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ def _replay_mirror(target: Target, source: str, events: pl.DataFrame) -> Replay:
     has_truncate = events.filter(pl.col("_op") == "t").height > 0
     prior = mirror_rows(target, source, None if has_truncate else events[mirror.key].drop_nulls())
     replayed = replay(source, prior, events)
-    delete_keys(target, mirror, replayed.deleted)
-    upsert(target, mirror, replayed.upserts)
+    replace_mirror_rows(target, mirror, replayed.deleted, replayed.upserts)
     return replayed
 
 

@@ -101,6 +101,14 @@ DUCKDB_MEMORY_LIMIT = "192MB"
 """DuckDB's own memory (its cache of the database's blocks, its operators) in a sync: by
 default it caches up to 80 % of the machine's memory, so the process grew with the
 warehouse; past this it reads blocks again and spills to disk."""
+DUCKDB_CHECKPOINT_THRESHOLD = "1GB"
+"""The WAL size past which a DuckDB commit checkpoints. DuckDB compares it with the WAL so far
+plus its estimate of the committing transaction, which for updates is their undo versions
+(a vector's worth per column they touch): by its default, 16 MB, the is_current flips of a
+slice of 1,000 updates spread over a large fact table made every commit a checkpoint,
+rewriting each row group the slice touched, i.e. all of them. The WAL itself grows by well
+under 1 MB a slice of 1,000 changes; it is checkpointed by the read copy's publisher
+(`read_copy`), at close, and past this size."""
 
 
 class DuckDBTarget(Target):
@@ -120,6 +128,8 @@ class DuckDBTarget(Target):
         self.connection.execute("SET TimeZone = 'UTC'")
         if memory_limit is not None and self.path != ":memory:":
             self.connection.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
+        if self.path != ":memory:":
+            self.connection.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
         self._staged: set[str] = set()
         self._views: set[str] = set()
 
