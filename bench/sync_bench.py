@@ -18,6 +18,7 @@ threads: DuckDB's too) and its peak RSS (VmHWM); the PostgreSQL server's CPU is 
 `TOTES_BENCH_BEFORE=DIR` (a checkout of an earlier version, e.g. `git worktree add DIR
 <commit>`) runs every step with that code first, then with this one, back to back on the
 same lake and machine load: the comparison the bench/README rows quote.
+`TOTES_BENCH_ENGINES=duckdb` runs one engine only (default: `duckdb,postgresql`).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
         server = EmbeddedPostgres(root / "pg")
         admin = server.start()
         load = os.getloadavg()[0]
-        for engine in ("duckdb", "postgresql"):
+        for engine in os.environ.get("TOTES_BENCH_ENGINES", "duckdb,postgresql").split(","):
             for label, code in versions():
                 name = f"{engine}, {label}"
                 slug = label.replace(" ", "_")
