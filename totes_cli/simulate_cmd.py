@@ -32,7 +32,7 @@ def parse_until(text: str | None) -> datetime | None:
         raise fail(f"--until {text!r} is not an ISO date-time: write it like 2024-11-15T14:40:00.", code=2) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    from totesys.business import ms
+    from totesys.facts import ms
 
     return ms(moment)
 
@@ -176,7 +176,7 @@ def _live_line(stats: SimulatorStats, chaos: bool) -> Text:
 
 
 def _print_history(report: HistoryReport, days: int) -> None:
-    from totesys.simulator import history_summary
+    from totesys.simulator_report import history_summary
 
     if report.seeded_static:
         err.print("seeded the static tables (2022-11-03)")

@@ -11,8 +11,9 @@ from psycopg2 import sql
 from typer.testing import CliRunner
 
 from totes_cli.app import app
+from totesys.live import LiveRun
 from totesys.schema import TABLES, with_database
-from totesys.simulator import Simulator, _Live
+from totesys.simulator import Simulator
 from tests.simulator_helpers import UNTIL, rows, one, ORDER_RULES, broken_rules
 from tests.e2e_helpers import execute
 
@@ -73,7 +74,7 @@ def test_silent_updates_leave_toasted_designs_out_of_line(totesys_dsn):
         toasted = one(totesys_dsn, "SELECT count(*) FROM design WHERE octet_length(file_location) > 8192")
         assert toasted == 1
         with simulator.connection() as conn, conn.cursor() as cur:
-            live = _Live(cur, 23, chaos=False, chaos_every=8, started_at=datetime(2024, 11, 18, 9))
+            live = LiveRun(cur, 23, chaos=False, chaos_every=8, started_at=datetime(2024, 11, 18, 9))
             for _ in range(300):
                 live._silent_update(cur, datetime(2024, 11, 18, 9))
     assert one(totesys_dsn, "SELECT count(*) FROM design WHERE octet_length(file_location) > 8192") == 1
