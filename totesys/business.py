@@ -78,19 +78,14 @@ def _terms(rng: random.Random, world: World, at: datetime) -> dict:
     }
 
 
-def _transaction(
-    transaction_id: int | None,
-    kind: str,
-    at: datetime,
-    *,
-    sales_order_id: int | None = None,
-    purchase_order_id: int | None = None,
-) -> dict:
+def _transaction(transaction_id: int | None, at: datetime, order_table: str, order_id: int | None) -> dict:
+    """The SALE transaction of a sales order, or the PURCHASE one of a purchase order."""
+    sale = order_table == "sales_order"
     return {
         "transaction_id": transaction_id,
-        "transaction_type": kind,
-        "sales_order_id": sales_order_id,
-        "purchase_order_id": purchase_order_id,
+        "transaction_type": "SALE" if sale else "PURCHASE",
+        "sales_order_id": order_id if sale else None,
+        "purchase_order_id": None if sale else order_id,
         "created_at": at,
         "last_updated": at,
     }
@@ -135,7 +130,7 @@ def sale_bundle(
     }
     if world.sales_extra_column:
         order[world.sales_extra_column] = rng.choice(SALES_CHANNELS)
-    transaction = _transaction(transaction_id, "SALE", at, sales_order_id=sales_order_id)
+    transaction = _transaction(transaction_id, at, "sales_order", sales_order_id)
     amount = order["units_sold"] * order["unit_price"]
     payment = _payment(rng, world, at, payment_id, transaction_id, order, amount, world.sales_payment_type_id)
     return Bundle("sales_order", order, transaction, payment)
@@ -161,7 +156,7 @@ def purchase_bundle(
         "item_unit_price": Decimal(rng.randint(300, 100_000)).scaleb(-2),
         **_terms(rng, world, at),
     }
-    transaction = _transaction(transaction_id, "PURCHASE", at, purchase_order_id=purchase_order_id)
+    transaction = _transaction(transaction_id, at, "purchase_order", purchase_order_id)
     amount = order["item_quantity"] * order["item_unit_price"]
     payment = _payment(rng, world, at, payment_id, transaction_id, order, amount, world.purchase_payment_type_id)
     return Bundle("purchase_order", order, transaction, payment)

@@ -66,6 +66,11 @@ class _HistoryState:
         self.next_ids[table] = value + 1
         return value
 
+    def add_order(self, make_bundle: Callable[..., Bundle], order_table: str, rng: random.Random, at: datetime) -> None:
+        """A new order of `order_table` with its transaction and payment, on the next ids."""
+        ids = self.take_id(order_table), self.take_id("transaction"), self.take_id("payment")
+        self.add_bundle(make_bundle(rng, self.world, at, *ids))
+
     def add_bundle(self, bundle: Bundle) -> None:
         for table, row in bundle.rows():
             self.rows[table].append(row)
@@ -138,28 +143,10 @@ def plan_history(
                 world.design_ids.append(row["design_id"])
                 at += timedelta(milliseconds=rng.randint(1, 5))
             if sale and at <= until:
-                state.add_bundle(
-                    sale_bundle(
-                        rng,
-                        world,
-                        at,
-                        state.take_id("sales_order"),
-                        state.take_id("transaction"),
-                        state.take_id("payment"),
-                    )
-                )
+                state.add_order(sale_bundle, "sales_order", rng, at)
                 at += timedelta(milliseconds=rng.randint(1, 5))
             if purchase and at <= until:
-                state.add_bundle(
-                    purchase_bundle(
-                        rng,
-                        world,
-                        at,
-                        state.take_id("purchase_order"),
-                        state.take_id("transaction"),
-                        state.take_id("payment"),
-                    )
-                )
+                state.add_order(purchase_bundle, "purchase_order", rng, at)
             for table, hit in zip(silent_tables, hits[3:], strict=True):
                 if hit:
                     _silent_update(rng, state, history, table, at)
