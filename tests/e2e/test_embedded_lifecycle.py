@@ -18,6 +18,7 @@ from tests.embedded_helpers import IS_ROOT, REPO, no_password_dsn
 from tests.conftest import make_scratch_dir
 from totesys import embedded
 from totesys.embedded import EmbeddedPostgres, EmbeddedServerError
+from totesys.launcher import ensure_system_user
 
 
 def test_a_socket_folder_under_the_temp_folder_must_be_private_to_us():
@@ -150,7 +151,7 @@ def test_a_running_cluster_of_the_old_system_user_is_taken_over_by_root(monkeypa
     base = make_scratch_dir("totes-legacy-")
     base.chmod(0o755)
     server = EmbeddedPostgres(base / "source")
-    old = embedded.Launcher(system_user=embedded._ensure_system_user(embedded.SERVER_USER))
+    old = embedded.Launcher(system_user=ensure_system_user(embedded.SERVER_USER))
     entry = old.system_user
     if not old.can_reach(embedded.POSTGRES_BIN_PATH):
         pytest.skip(f"{embedded.SERVER_USER} cannot reach the binaries (the project sits in a private folder)")
