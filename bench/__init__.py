@@ -8,6 +8,13 @@ target is reported as such.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+REAL_SNAPSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totesys" / "snapshot_2024-11-15_aidan-mooney"
+"""The real totesys snapshot (all 11 tables, 11k orders) the load benchmarks start from."""
+# The targets of the whole pipeline the load benchmarks print beside their figures.
+RSS_TARGET_MB = 500
+BACKLOG_TARGET = 100_000
 
 
 @dataclass

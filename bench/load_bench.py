@@ -1,8 +1,7 @@
 """Initial load and catch-up against the speed of COPY, and the memory they take.
 
-Why one file (~600 lines): one benchmark run over one source, its steps in the order they
-run (generate, COPY limit, load, peer, backlog, nothing new, latency); its /proc helpers
-and dlt child go with it.
+The steps in the order they run are here; the source and its COPY limit are
+`bench/load_source.py`, the watched `totes run` `bench/watched.py`, the dlt peer `bench/dlt_peer.py`.
 
     python -m bench load [--quick]
     TOTES_BENCH_ORDERS=2000000 python -m bench load     # one size instead of 1M and 5M
@@ -40,45 +39,29 @@ Figures are for whatever the code does today; the targets are printed beside the
 
 from __future__ import annotations
 
-import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess  # nosec B404 # fixed argv lists, never a shell
-import sys
 import tempfile
-import textwrap
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-import psycopg2
-from psycopg2 import sql
-
-from bench import Report, Row
-from bench.orders import INSERT, query, reference_ids
-from totes_cli.bootstrap import StatePaths
+from bench import BACKLOG_TARGET, RSS_TARGET_MB, Report, Row
+from bench.dlt_peer import dlt_available, dlt_load
+from bench.load_source import copy_limit, drop_slot_of, generate_orders, row_counts, start_source, update_backlog
+from bench.watched import totes_run
 
 NAME = "load"
 DESCRIPTION = (
     "initial load and catch-up: rows/s against COPY, peak RSS, a backlog, a catch-up with nothing "
     "new, dlt as the peer, streaming latency on a big lake"
 )
-SNAPSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totesys" / "snapshot_2024-11-15_aidan-mooney"
 REPRODUCE = "`python -m bench load`"
 REPRODUCE_QUICK = "`python -m bench load --quick`"
-INSERT_ROWS_PER_TRANSACTION = 500_000
-UPDATE_ROWS_PER_TRANSACTION = 10_000
-RUN_TIMEOUT = 4 * 3600.0
 NOTHING_NEW_RUNS = 3
 LATENCY_RATE = 1_000
 # The targets, printed beside the figures.
 LOAD_RATIO_TARGET = 0.3
-BACKLOG_TARGET = 100_000
-RSS_TARGET_MB = 500
 NOTHING_NEW_TARGET_S = 1.5
 LATENCY_SLACK = 0.20
 
@@ -127,314 +110,6 @@ def _with_orders(sizes: Sizes, variable: str | None) -> Sizes:
     if not orders or orders[0] <= 0:
         raise SystemExit(f"{ORDERS_VARIABLE} needs at least one positive order count, e.g. 2000000")
     return Sizes(orders, sizes.backlog, sizes.latency_seconds, sizes.latency_warmup)
-
-
-# -- the source ------------------------------------------------------------------------------
-
-
-def start_source(root: Path, say):
-    from totesys.embedded import EmbeddedPostgres
-    from totesys.schema import create_schema, ensure_database
-
-    server = EmbeddedPostgres(root / "pg")
-    dsn = ensure_database(server.start(), "totesys")
-    create_schema(dsn)
-    if SNAPSHOT.is_dir():
-        from totesys.snapshots import load_snapshot
-
-        loaded = load_snapshot(dsn, SNAPSHOT)
-        say(f"  loaded the real snapshot {SNAPSHOT.name}: {sum(loaded.values()):,} rows")
-        source = SNAPSHOT.name
-    else:
-        from totesys.simulator import Simulator
-
-        with Simulator(dsn, seed=20240101) as simulator:
-            simulator.seed_static()
-        say(f"  {SNAPSHOT} is missing: the simulator's static tables instead")
-        source = "simulator static tables"
-    return server, dsn, source
-
-
-def row_counts(dsn: str) -> dict[str, int]:
-    from totesys.schema import TABLES
-
-    return {
-        table: query(dsn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table)))[0][0]
-        for table in TABLES
-    }
-
-
-def generate_orders(dsn: str, upto: int, say) -> float:
-    """Insert generated sales orders until the table holds `upto`; returns the seconds taken."""
-
-    started = time.perf_counter()
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET session_replication_role = replica")
-            ids = reference_ids(cur)
-            cur.execute("SELECT count(*) FROM sales_order")
-            have = cur.fetchone()[0]
-            while have < upto:
-                rows = min(INSERT_ROWS_PER_TRANSACTION, upto - have)
-                cur.execute(INSERT, {**ids, "lo": have + 1, "hi": have + rows})
-                conn.commit()
-                have += rows
-            cur.execute("ANALYZE sales_order")
-            conn.commit()
-    finally:
-        conn.close()
-    query(dsn, "CHECKPOINT")
-    seconds = time.perf_counter() - started
-    say(f"  sales_order holds {upto:,} rows ({seconds:.0f} s to generate)")
-    return seconds
-
-
-def update_backlog(dsn: str, changes: int) -> float:
-    """`changes` updates of sales_order, in transactions of UPDATE_ROWS_PER_TRANSACTION."""
-    started = time.perf_counter()
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT min(sales_order_id) FROM sales_order")
-            first = cur.fetchone()[0]
-            done = 0
-            while done < changes:
-                rows = min(UPDATE_ROWS_PER_TRANSACTION, changes - done)
-                cur.execute(
-                    "UPDATE sales_order SET units_sold = units_sold %% 99000 + 1001 "
-                    "WHERE sales_order_id BETWEEN %s AND %s",
-                    (first + done, first + done + rows - 1),
-                )
-                conn.commit()
-                done += rows
-    finally:
-        conn.close()
-    return time.perf_counter() - started
-
-
-def drop_slot_of(dsn: str, lake: Path) -> None:
-    try:
-        slot = json.loads(StatePaths(str(lake)).names.read_text())["slot"]
-    except (OSError, ValueError, KeyError):
-        return
-    query(
-        dsn,
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
-        (slot,),
-    )
-
-
-# -- the limit: COPY ---------------------------------------------------------------------------
-
-
-def copy_limit(dsn: str, counts: dict[str, int]) -> dict:
-    """Every table through `COPY ... TO STDOUT` in one psql session, its output to /dev/null:
-    the server's rate of handing the rows out (one process start included, ~30 ms)."""
-    from totesys.embedded import binary
-
-    argv = [str(binary("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn]
-    for table in counts:
-        argv += ["-c", f'COPY public."{table}" TO STDOUT']
-    started = time.perf_counter()
-    subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,  # nosec B603
-        check=True,
-    )
-    seconds = time.perf_counter() - started
-    rows = sum(counts.values())
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
-
-
-# -- a watched process -------------------------------------------------------------------------
-
-
-def _hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _tree_cpu_seconds(tree) -> float:
-    total = 0.0
-    for member in tree:
-        try:
-            times = member.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def run_watched(
-    argv: list[str],
-    env: dict[str, str],
-    log: Path,
-    timeout: float = RUN_TIMEOUT,
-    *,
-    phase: Callable[[], bool] | None = None,
-    cwd: str | None = None,
-) -> dict:
-    """Run `argv`; the wall time, its CPU seconds and those of its children, and the peak RSS
-    (VmHWM) of every process of its tree, sampled every 0.1 s. `phase`: the first time it
-    returns true, the same three figures so far are kept as `phase` (e.g. the snapshot
-    durable in the lake, well before the run exits)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    with log.open("w") as output:
-        process = psutil.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=cwd)
-    peaks: dict[int, tuple[str, float]] = {}
-    cpu: dict[int, float] = {}
-    at_phase: dict | None = None
-    timed_out = False
-    while process.poll() is None:
-        try:
-            tree = [process, *process.children(recursive=True)]
-        except psutil.Error:
-            tree = [process]
-        for member in tree:
-            hwm = _hwm_mb(member.pid)
-            if hwm is None:
-                continue
-            try:
-                name = member.name()
-            except psutil.Error:
-                name = "?"
-            if hwm >= peaks.get(member.pid, ("", 0.0))[1]:
-                peaks[member.pid] = (name, hwm)
-            cpu[member.pid] = max(cpu.get(member.pid, 0.0), _tree_cpu_seconds([member]))
-        if phase is not None and at_phase is None and phase():
-            at_phase = {
-                "seconds": time.perf_counter() - started,
-                "cpu_seconds": sum(cpu.values()),
-                "peak_rss_mb": _by_name(peaks),
-            }
-        if time.perf_counter() - started > timeout:
-            timed_out = True
-            for member in tree[::-1]:
-                try:
-                    member.kill()
-                except psutil.Error:
-                    pass
-            process.wait()
-            break
-        time.sleep(0.1)
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "seconds": seconds,
-        "exit_code": process.returncode,
-        "timed_out": timed_out,
-        "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        "peak_rss_mb": _by_name(peaks),
-        "phase": at_phase,
-        "log_tail": log.read_text(errors="replace")[-1500:],
-    }
-
-
-def _by_name(peaks: dict[int, tuple[str, float]]) -> dict[str, float]:
-    by_name: dict[str, float] = {}
-    for name, hwm in peaks.values():
-        by_name[name] = max(by_name.get(name, 0.0), hwm)
-    return by_name
-
-
-def snapshot_durable(lake: Path) -> Callable[[], bool]:
-    """Whether the reader's state (in the lake's _local folder) says the initial snapshot is
-    durable in the lake watermark."""
-
-    def durable() -> bool:
-        for path in StatePaths(str(lake)).reader_dir.glob("*.json"):
-            if not path.name.endswith(".status.json"):
-                try:
-                    return bool(json.loads(path.read_text()).get("snapshot_done"))
-                except (OSError, ValueError):
-                    return False
-        return False
-
-    return durable
-
-
-def _environment(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "TOTES_"))}
-    env.update({"TOTES_HOME": str(home), "TOTES_CONFIG": str(home / "none.toml"), "COLUMNS": "200"})
-    return env
-
-
-def totes_run(dsn: str, root: Path, log_name: str, *, code: str | None = None) -> dict:
-    """`totes run --until-caught-up` on the lake and warehouse under `root`, with the moment
-    the snapshot is durable as its `phase`. `code`: another checkout to run it from (its
-    folder first on PYTHONPATH), to measure a version before beside this one."""
-    root.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "totes_cli",
-        "run",
-        "--source",
-        dsn,
-        "--lake",
-        str(root / "lake"),
-        "--warehouse",
-        str(root / "warehouse.duckdb"),
-        "--until-caught-up",
-    ]
-    env = _environment(root)
-    if code:
-        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
-    result = run_watched(argv, env, root / f"{log_name}.log", phase=snapshot_durable(root / "lake"), cwd=code)
-    if result["exit_code"] != 0 and not result["timed_out"]:
-        raise RuntimeError(f"totes run failed ({result['exit_code']}):\n{result['log_tail']}")
-    return result
-
-
-# -- the peer: dlt ---------------------------------------------------------------------------------
-
-DLT_SCRIPT = textwrap.dedent("""
-    import os, sys, json, time
-    import psycopg2, sqlalchemy, dlt
-    from dlt.sources.sql_database import sql_database
-
-    dsn, path, work = sys.argv[1], sys.argv[2], sys.argv[3]
-    engine = sqlalchemy.create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn))
-    source = sql_database(engine, schema="public", backend="pyarrow", table_names=sys.argv[4].split(","))
-    pipeline = dlt.pipeline(pipeline_name="bench_load", pipelines_dir=work,
-                            destination=dlt.destinations.duckdb(path), dataset_name="totesys")
-    pipeline.run(source, write_disposition="replace")
-""")
-
-
-def dlt_available() -> str | None:
-    """None if dlt can run here, else why not."""
-    try:
-        import dlt  # noqa: F401
-        import sqlalchemy  # noqa: F401
-    except ImportError as error:
-        return f'dlt is not installed ({error.name}): pip install -c constraints.txt -e ".[bench]"'
-    return None
-
-
-def dlt_load(dsn: str, root: Path, tables: list[str]) -> dict:
-    root.mkdir(parents=True, exist_ok=True)
-    script = root / "dlt_load.py"
-    script.write_text(DLT_SCRIPT)
-    env = _environment(root)
-    env.update({"RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(root / "dlt-data")})
-    result = run_watched(
-        [sys.executable, str(script), dsn, str(root / "dlt.duckdb"), str(root / "dlt-work"), ",".join(tables)],
-        env,
-        root / "dlt.log",
-    )
-    if result["exit_code"] != 0:
-        raise RuntimeError(f"dlt failed ({result['exit_code']}):\n{result['log_tail']}")
-    return result
 
 
 # -- streaming latency -----------------------------------------------------------------------------

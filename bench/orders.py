@@ -12,7 +12,7 @@ import psycopg2
 from change_events import parse_lsn
 
 if TYPE_CHECKING:
-    from bench.reader_bench import Source
+    from bench.source import Source
 
 END_MARKER_PREFIX = "totes-bench-end"
 

@@ -7,7 +7,7 @@ and warehouse, takes the initial snapshot (straight into the lake: cdc_reader/bu
 streams, syncs the warehouse and exits. Reported for the snapshot phase (start -> the reader's
 state says the snapshot is durable in the lake watermark) and for the whole run: source rows
 per second, the ratio to `COPY sales_order TO STDOUT` into nothing, CPU seconds and the peak
-RSS of every process (bench/load_bench.py's `run_watched`).
+RSS of every process (bench/watched.py's `run_watched`).
 
 `TOTES_BENCH_BEFORE=DIR` first runs the same on the same source from another checkout (its
 folder first on PYTHONPATH; `git worktree add DIR <commit>` and a `node_modules` link), so a
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import psycopg2
 
-from bench import Report, Row
-from bench.load_bench import RSS_TARGET_MB, drop_slot_of, totes_run
+from bench import RSS_TARGET_MB, Report, Row
+from bench.load_source import drop_slot_of
+from bench.watched import totes_run
 from bench.orders import generate_load
-from bench.reader_bench import Source
+from bench.source import Source
 
 NAME = "snapshot"
 DESCRIPTION = "snapshot: totes run --until-caught-up from nothing on a large sales_order, rows/s and peak RSS"

@@ -36,17 +36,14 @@ from pathlib import Path
 
 import polars as pl
 
-from bench import Report, Row
+from bench import BACKLOG_TARGET, REAL_SNAPSHOT, RSS_TARGET_MB, Report, Row
 
 NAME = "sync"
 DESCRIPTION = "warehouse sync alone: snapshot events and a backlog of updates from a lake into DuckDB and PostgreSQL"
-SNAPSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totesys" / "snapshot_2024-11-15_aidan-mooney"
 SNAPSHOT_LSN = 0x1_0000_0000
 FIRST_ORDER = 1_000_001
 CHUNK_ROWS = 100_000
 UPDATES_PER_TRANSACTION = 10_000
-BACKLOG_TARGET = 100_000
-RSS_TARGET_MB = 500
 TODAY = date(2024, 11, 18)
 
 CHILD = textwrap.dedent("""
@@ -104,10 +101,10 @@ def build_lake(root: Path, orders: int, say, backlog: bool = True) -> dict:
     from lake.snapshot_load import TableLoad, changelog_rows
     from tests.scripted_source import SCHEMAS, snapshot_events, write_lake
 
-    if not SNAPSHOT.is_dir():
-        raise SystemExit(f"{SNAPSHOT} is missing: the orders refer to its staff, counterparties and designs")
+    if not REAL_SNAPSHOT.is_dir():
+        raise SystemExit(f"{REAL_SNAPSHOT} is missing: the orders refer to its staff, counterparties and designs")
     started = time.perf_counter()
-    real = snapshot_events(SNAPSHOT, SNAPSHOT_LSN)
+    real = snapshot_events(REAL_SNAPSHOT, SNAPSHOT_LSN)
     layout = write_lake(root, real)
     schema = SCHEMAS["sales_order"]
     load = TableLoad(layout, schema, SNAPSHOT_LSN, fresh_appends=False)

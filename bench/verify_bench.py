@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from bench import Report, Row
 from bench.orders import generate_load
-from bench.reader_bench import Source
+from bench.source import Source
 
 NAME = "verify"
 DESCRIPTION = "verify: the source read of `totes verify` on a large sales_order, against one COPY of it"
