@@ -48,6 +48,7 @@ from psycopg2.extensions import make_dsn
 
 from cdc_reader.personal_data import NO_POLICY, Policy
 from change_events import TableSchema
+from change_events.errors import classify_connect_failure
 from lake.arrow_types import arrow_type, convert_column
 from lake.delta_io import quote_identifier
 from lake.errors import ValueConversionError
@@ -232,7 +233,6 @@ def connect_arrow(dsn: str):
         CONNECT_TIMEOUT_SECONDS,
         SourceConnectionError,
         explain,
-        is_transient,
         keepalive_params,
         remember_secrets,
     )
@@ -247,7 +247,7 @@ def connect_arrow(dsn: str):
     try:
         return adbc.connect(make_dsn(dsn, **params), autocommit=False)
     except Exception as error:  # noqa: BLE001 - ADBC's errors have no common base worth naming
-        raise SourceConnectionError(explain(dsn, error), transient=is_transient(error)) from None
+        raise SourceConnectionError(explain(dsn, error), kind=classify_connect_failure(error)) from None
 
 
 # -- planning --------------------------------------------------------------------------------

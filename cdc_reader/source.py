@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from change_events.errors import Kind, TotesError
+from change_events.errors import LIBPQ_UNREACHABLE, Kind, TotesError, classify_connect_failure
 from change_events.model import parse_lsn
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -58,8 +58,8 @@ class SourceConnectionError(TotesError, RuntimeError):
     trying again later may help (server down: Kind.TRANSIENT) or not (wrong password, missing
     rights: Kind.SOURCE)."""
 
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message, kind=Kind.TRANSIENT if transient else Kind.SOURCE)
+    def __init__(self, message: str, *, transient: bool = False, kind: Kind | None = None):
+        super().__init__(message, kind=kind or (Kind.TRANSIENT if transient else Kind.SOURCE))
 
     @property
     def transient(self) -> bool:
@@ -236,7 +236,7 @@ def _explain(dsn: str, error: Exception) -> str:
             f"PostgreSQL at {host}:{port} does not allow user {user!r} to connect from here: "
             "add a pg_hba.conf entry for this client."
         )
-    if any(s in lowered for s in _UNREACHABLE_MARKERS):
+    if any(s in lowered for s in LIBPQ_UNREACHABLE):
         where_text = f"the unix socket in {host} (port {port})" if host.startswith("/") else f"{host}:{port}"
         return (
             f"Nothing answers at {where_text}: check that PostgreSQL is running there and that "
@@ -246,34 +246,10 @@ def _explain(dsn: str, error: Exception) -> str:
     return f"Could not connect to PostgreSQL at {host}:{port}: {first}."
 
 
-_UNREACHABLE_MARKERS = (
-    "connection refused",
-    "no such file or directory",
-    "timeout expired",
-    "could not connect",
-    "server closed the connection",
-    "network is unreachable",
-)
-"""What libpq says when nothing answers at the address (also transient: the server may come back)."""
-
-_TRANSIENT_MARKERS = (
-    *_UNREACHABLE_MARKERS,
-    "the database system is starting up",
-    "the database system is shutting down",
-    "too many clients",
-    "could not translate host name",
-)
-
-
 def quote_role(name: str) -> str:
     """A role name as a PostgreSQL identifier, for statements the user is told to paste
     (no connection is at hand to let psycopg2 quote it)."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def is_transient(error: Exception) -> bool:
-    """Worth retrying (the server is down or busy), as opposed to wrong settings or rights."""
-    return any(marker in str(error).lower() for marker in _TRANSIENT_MARKERS)
 
 
 def keepalive_params(dsn: str, options: str | None = None) -> dict[str, str]:
@@ -299,7 +275,7 @@ def connect(dsn: str, *, what: str = "source", **kwargs):
     try:
         return psycopg2.connect(dsn, **kwargs)
     except (psycopg2.OperationalError, psycopg2.ProgrammingError) as error:
-        raise SourceConnectionError(explain(dsn, error, what), transient=is_transient(error)) from None
+        raise SourceConnectionError(explain(dsn, error, what), kind=classify_connect_failure(error)) from None
 
 
 def database_name(dsn: str) -> str:

@@ -93,6 +93,39 @@ _OUTAGE = re.compile(
 )
 
 
+# libpq's words for a server that does not answer at the address (yet): the sentence the user
+# sees names the address, and trying again later may help.
+LIBPQ_UNREACHABLE = (
+    "connection refused",
+    "no such file or directory",
+    "timeout expired",
+    "could not connect",
+    "server closed the connection",
+    "network is unreachable",
+)
+# ... and PostgreSQL's for a server that answers but lets nobody in for now: starting, stopping,
+# recovering after a crash, or full (a name that resolves later, in a container network, too).
+_LIBPQ_PASSING = (
+    *LIBPQ_UNREACHABLE,
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many clients",
+    "remaining connection slots are reserved",
+    "could not translate host name",
+)
+
+
+def classify_connect_failure(error: BaseException) -> Kind:
+    """The kind of a failure to connect to PostgreSQL (psycopg2's or ADBC's, both libpq's words):
+    TRANSIENT while the server is down, starting, recovering or full, else SOURCE (the DSN, the
+    password or a right is wrong). Apart from `classify`, which cannot tell a connection that
+    never opened from one that was lost: both are psycopg2's OperationalError."""
+    message = str(error).lower()
+    return Kind.TRANSIENT if any(marker in message for marker in _LIBPQ_PASSING) else Kind.SOURCE
+
+
 def is_throttling(code: str | None) -> bool:
     """Whether an AWS error code (a whole call's, or one PutRecords entry's) is throttling."""
     return code in THROTTLING_CODES
@@ -203,6 +236,8 @@ class RetryPolicy:
     factor: float = 2.0
     jitter: Jitter = Jitter.NONE
     attempts: int | None = None
+    within: float = float("inf")
+    """seconds from the first try after which no wait starts: the last failure is raised"""
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after `failures` consecutive failures (1 for the first)."""
@@ -213,17 +248,29 @@ class RetryPolicy:
             return ceiling * (0.5 + random.random())  # nosec B311 # retry jitter, not a secret
         return ceiling
 
+    def next_wait(self, failures: int, started: float) -> float | None:
+        """The wait after `failures` consecutive failures of tries begun at `started`
+        (`time.monotonic()`), or None when trying stops: `attempts` used, or `within` passed
+        by the time the wait would end."""
+        if self.attempts is not None and failures >= self.attempts:
+            return None
+        delay = self.delay(failures)
+        return None if time.monotonic() + delay > started + self.within else delay
+
     def run(self, operation: Callable[[], T], retry_if: Callable[[BaseException], bool] = is_retryable) -> T:
-        """`operation()`, tried again after each failure `retry_if` accepts, until `attempts`."""
+        """`operation()`, tried again after each failure `retry_if` accepts, until `attempts`
+        or `within`."""
+        started = time.monotonic()
         failures = 0
         while True:
             try:
                 return operation()
             except Exception as error:
                 failures += 1
-                if not retry_if(error) or (self.attempts is not None and failures >= self.attempts):
+                wait = self.next_wait(failures, started) if retry_if(error) else None
+                if wait is None:
                     raise
-                time.sleep(self.delay(failures))
+                time.sleep(wait)
 
 
 #: The reader's reconnects and the stream processor's pause before a failed batch is retried:
@@ -231,5 +278,12 @@ class RetryPolicy:
 OUTAGE_BACKOFF = RetryPolicy(base=1.0, cap=30.0)
 #: Kinesis entries throttled or failed, per shard (full jitter, so shards do not retry in step).
 PUT_RECORDS_BACKOFF = RetryPolicy(base=0.05, cap=5.0, jitter=Jitter.FULL)
+#: `totes run` waiting for its source (or PostgreSQL warehouse) to answer at the start: 0.5 s,
+#: doubling, at most 5 s, for 15 s unless --wait-for-source says otherwise (a wrong DSN fails at
+#: once; once running, the reader reconnects with OUTAGE_BACKOFF).
+SOURCE_WAIT = RetryPolicy(base=0.5, cap=5.0, within=15.0)
+#: A pipeline stage stopped by a trouble that passes by itself (a full disk, the local Kinesis
+#: being started again) starts again every 2 s, for ever.
+STAGE_RESTART = RetryPolicy(base=2.0, factor=1.0)
 #: A Delta commit that lost the race: 12 tries, 50 ms growing by half each time, jittered.
 COMMIT_RACE_RETRY = RetryPolicy(base=0.05, factor=1.5, jitter=Jitter.HALF_TO_ONE_AND_A_HALF, attempts=12)

@@ -36,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cdc_reader.publisher import Publisher
+from change_events.errors import STAGE_RESTART
 from cdc_reader.source import commit_heartbeat, current_wal_lsn
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import Reader, supervise
@@ -74,8 +75,6 @@ MERGE_SHARE = 0.25
 (`lake.merge_schedule`): a merge rewrites most of a large state table whatever it merges."""
 MIN_BATCH_BYTES = 32 * 1024
 """About 175 events: less than half of what a 0.5 s window holds at 1,000 changes/s."""
-STAGE_RETRY_SECONDS = 2.0
-"""How long a stage waits out a passing trouble (a full disk, a restarting kinesalite)."""
 _KINESIS_DOWN = ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError")
 
 
@@ -310,7 +309,7 @@ class Pipeline:
                 if reason != waiting_for:
                     log.warning("%s", reason)
                     waiting_for = reason
-                if stop.wait(STAGE_RETRY_SECONDS):
+                if stop.wait(STAGE_RESTART.delay(1)):
                     return
 
         thread = threading.Thread(target=run, name=name, daemon=True)

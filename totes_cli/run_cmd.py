@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from lake.retention import DEFAULT_RETENTION, format_retention
 from change_events import format_lsn
+from change_events.errors import SOURCE_WAIT, is_retryable
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
@@ -23,7 +25,7 @@ if TYPE_CHECKING:  # loaded by the command itself: `totes run --help` stays ligh
     from totes_cli.pipeline import Pipeline
 
 REPORT_SECONDS = 5.0
-DEFAULT_WAIT_FOR_SOURCE = 15.0
+DEFAULT_WAIT_FOR_SOURCE = SOURCE_WAIT.within
 
 
 def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_wait=None, sleep=time.sleep) -> None:
@@ -32,29 +34,29 @@ def wait_until_reachable(dsn: str, seconds: float, *, what: str = "source", on_w
     once; a server still down at the deadline fails with the flag that waits longer. Without
     this a pipeline started against a wrong host would retry for ever and leave an empty lake
     behind; once running, the reader reconnects for ever (a restart is no reason to stop).
-    `on_wait` is told the problem once, when the waiting starts."""
-    deadline = time.monotonic() + seconds
-    delay = 0.5
-    told = False
+    `on_wait` is told the problem once, when the waiting starts. How often: `SOURCE_WAIT`."""
+    policy = replace(SOURCE_WAIT, within=seconds)
+    started = time.monotonic()
+    failures = 0
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = started + seconds - time.monotonic()
         try:
             connect(dsn, what=what, connect_timeout=int(max(2, min(10, remaining)))).close()
             return
         except SourceConnectionError as error:
-            if not error.transient:
+            if not is_retryable(error):
                 raise
-            if time.monotonic() + delay > deadline:
+            failures += 1
+            delay = policy.next_wait(failures, started)
+            if delay is None:
                 waited = f"after waiting {seconds:g} s" if seconds > 0 else "at once"
                 raise SourceConnectionError(
                     f"{str(error).rstrip('.')} ({waited}; --wait-for-source SECONDS waits longer, inf for ever).",
                     transient=True,
                 ) from None
-            if on_wait is not None and not told:
+            if on_wait is not None and failures == 1:
                 on_wait(str(error))
-                told = True
             sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _from_command_line(context: typer.Context, name: str) -> bool:

@@ -22,11 +22,14 @@ from change_events.errors import (
     COMMIT_RACE_RETRY,
     OUTAGE_BACKOFF,
     PUT_RECORDS_BACKOFF,
+    SOURCE_WAIT,
+    STAGE_RESTART,
     Jitter,
     Kind,
     RetryPolicy,
     TotesError,
     classify,
+    classify_connect_failure,
     is_conflict,
     is_lost_connection,
     is_retryable,
@@ -113,6 +116,56 @@ def test_psycopg2_a_lost_connection_is_retried_a_refused_statement_is_a_bug():
     assert classify(psycopg2.ProgrammingError("syntax error at or near")) is Kind.BUG
     assert is_lost_connection(psycopg2.OperationalError("x")) and not is_lost_connection(psycopg2.DataError("x"))
     assert not is_retryable(psycopg2.ProgrammingError("syntax error"))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'connection to server at "db" (10.0.0.5), port 5432 failed: Connection refused',
+        'connection to server on socket "/tmp/.s.PGSQL.5432" failed: No such file or directory',
+        "timeout expired",
+        "FATAL:  the database system is starting up",
+        "FATAL:  the database system is shutting down",
+        "FATAL:  the database system is in recovery mode",
+        "FATAL:  the database system is not yet accepting connections\nDETAIL:  Consistent recovery state has not been yet reached.",
+        "FATAL:  sorry, too many clients already",
+        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute",
+        'could not translate host name "db" to address: Temporary failure in name resolution',
+    ],
+)
+def test_a_failure_to_connect_to_a_server_down_starting_recovering_or_full_is_transient(message):
+    assert classify_connect_failure(psycopg2.OperationalError(message)) is Kind.TRANSIENT
+    assert classify_connect_failure(RuntimeError(message)) is Kind.TRANSIENT  # ADBC says it in the same words
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'FATAL:  password authentication failed for user "totes"',
+        "fe_sendauth: no password supplied",
+        'FATAL:  role "totes" does not exist',
+        'FATAL:  database "totesys" does not exist',
+        "FATAL:  no pg_hba.conf entry for host",
+        "FATAL:  the database system is not accepting connections\nDETAIL:  Hot standby mode is disabled.",
+        'invalid dsn: missing "=" after "x" in connection info string',
+    ],
+)
+def test_a_failure_to_connect_with_a_wrong_setting_or_right_is_the_sources(message):
+    assert classify_connect_failure(psycopg2.OperationalError(message)) is Kind.SOURCE
+
+
+def test_connecting_to_a_source_recovering_after_a_crash_is_retried(monkeypatch):
+    """PostgreSQL restarting after a crash answers "in recovery mode" for a while: the reader
+    (and `totes run`'s wait for its source) try again rather than stop."""
+    from cdc_reader import source
+
+    def recovering(dsn, **kwargs):
+        raise psycopg2.OperationalError("FATAL:  the database system is in recovery mode")
+
+    monkeypatch.setattr(source.psycopg2, "connect", recovering)
+    with pytest.raises(SourceConnectionError) as raised:
+        source.connect("postgresql://u@h/db")
+    assert raised.value.transient and is_retryable(raised.value)
 
 
 @pytest.mark.parametrize("code", ["ProvisionedThroughputExceededException", "ThrottlingException", "InternalFailure"])
@@ -216,6 +269,73 @@ def test_run_does_not_retry_a_bug_and_returns_what_succeeds(monkeypatch):
         return outcome
 
     assert RetryPolicy(base=0.0, attempts=5).run(heals) == "done"
+
+
+def test_run_stops_trying_once_its_time_is_up(monkeypatch):
+    waits: list[float] = []
+    monkeypatch.setattr("change_events.errors.time.sleep", waits.append)
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise OSError("down")
+
+    with pytest.raises(OSError):
+        RetryPolicy(base=0.5, within=0.0).run(down)
+    assert len(calls) == 1 and waits == []
+
+
+def test_a_stage_that_stopped_on_a_passing_trouble_starts_again_every_two_seconds():
+    assert [STAGE_RESTART.delay(n) for n in range(1, 6)] == [2.0] * 5
+
+
+class _Connection:
+    def close(self) -> None:
+        pass
+
+
+def _source_that_answers_after(monkeypatch, failures: list[SourceConnectionError]) -> list[int]:
+    from totes_cli import run_cmd
+
+    tries: list[int] = []
+
+    def connect(dsn, **kwargs):
+        tries.append(kwargs["connect_timeout"])
+        if failures:
+            raise failures.pop(0)
+        return _Connection()
+
+    monkeypatch.setattr(run_cmd, "connect", connect)
+    return tries
+
+
+def test_totes_run_waits_for_its_source_with_the_source_wait(monkeypatch):
+    from totes_cli.run_cmd import DEFAULT_WAIT_FOR_SOURCE, wait_until_reachable
+
+    down = [SourceConnectionError("Nothing answers at h:5432.", transient=True) for _ in range(6)]
+    tries = _source_that_answers_after(monkeypatch, down)
+    waits: list[float] = []
+    told: list[str] = []
+    wait_until_reachable("postgresql://u@h/db", float("inf"), on_wait=told.append, sleep=waits.append)
+    assert len(tries) == 7 and waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0] == [SOURCE_WAIT.delay(n) for n in range(1, 7)]
+    assert told == ["Nothing answers at h:5432."]
+    assert DEFAULT_WAIT_FOR_SOURCE == SOURCE_WAIT.within == 15.0
+
+
+def test_totes_run_gives_up_on_its_source_at_once_when_it_is_wrong_or_the_time_is_up(monkeypatch):
+    from totes_cli.run_cmd import wait_until_reachable
+
+    waits: list[float] = []
+    _source_that_answers_after(monkeypatch, [SourceConnectionError("wrong password: fix it")])
+    with pytest.raises(SourceConnectionError, match="^wrong password: fix it$"):
+        wait_until_reachable("postgresql://u@h/db", float("inf"), sleep=waits.append)
+    _source_that_answers_after(monkeypatch, [SourceConnectionError("Nothing answers at h:5432.", transient=True)])
+    with pytest.raises(SourceConnectionError) as raised:
+        wait_until_reachable("postgresql://u@h/db", 0, sleep=waits.append)
+    assert str(raised.value) == (
+        "Nothing answers at h:5432 (at once; --wait-for-source SECONDS waits longer, inf for ever)."
+    )
+    assert raised.value.transient and waits == []
 
 
 # -- the command line's last line of defence ------------------------------------------------
