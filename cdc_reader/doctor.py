@@ -188,52 +188,41 @@ def _check_wal_level(cur) -> list[CheckResult]:
 
 
 def _check_replication_slots(cur) -> list[CheckResult]:
-    cur.execute(
-        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int"
+    return _check_capacity(
+        cur,
+        "replication_slots",
+        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int",
+        "replication slots",
+        "are in use: drop an unused one (SELECT pg_drop_replication_slot('NAME')) or raise max_replication_slots "
+        "and restart PostgreSQL.",
     )
-    limit, used = cur.fetchone()
-    if limit == 0:
-        return [
-            CheckResult(
-                "replication_slots",
-                Status.PROBLEM,
-                "max_replication_slots is 0: run ALTER SYSTEM SET max_replication_slots = 10 and restart PostgreSQL.",
-            )
-        ]
-    if used >= limit:
-        return [
-            CheckResult(
-                "replication_slots",
-                Status.PROBLEM,
-                f"All {limit} replication slots are in use: drop an unused one "
-                "(SELECT pg_drop_replication_slot('NAME')) or raise max_replication_slots "
-                "and restart PostgreSQL.",
-            )
-        ]
-    return [CheckResult("replication_slots", Status.OK, f"{limit - used} of {limit} replication slots free.")]
 
 
 def _check_wal_senders(cur) -> list[CheckResult]:
-    cur.execute("SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int")
+    return _check_capacity(
+        cur,
+        "wal_senders",
+        "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int",
+        "WAL senders",
+        "are busy: stop an unused replication client or raise max_wal_senders and restart PostgreSQL.",
+    )
+
+
+def _check_capacity(cur, check: str, query: str, what: str, when_all_taken: str) -> list[CheckResult]:
+    """A server limit capture takes one of (`query`: the limit, then how many are taken): it
+    must be above 0 and not all taken. `check` is also the setting's name, after `max_`."""
+    cur.execute(query)
     limit, used = cur.fetchone()
     if limit == 0:
+        setting = f"max_{check}"
         return [
             CheckResult(
-                "wal_senders",
-                Status.PROBLEM,
-                "max_wal_senders is 0: run ALTER SYSTEM SET max_wal_senders = 10 and restart PostgreSQL.",
+                check, Status.PROBLEM, f"{setting} is 0: run ALTER SYSTEM SET {setting} = 10 and restart PostgreSQL."
             )
         ]
     if used >= limit:
-        return [
-            CheckResult(
-                "wal_senders",
-                Status.PROBLEM,
-                f"All {limit} WAL senders are busy: stop an unused replication client "
-                "or raise max_wal_senders and restart PostgreSQL.",
-            )
-        ]
-    return [CheckResult("wal_senders", Status.OK, f"{limit - used} of {limit} WAL senders free.")]
+        return [CheckResult(check, Status.PROBLEM, f"All {limit} {what} {when_all_taken}")]
+    return [CheckResult(check, Status.OK, f"{limit - used} of {limit} {what} free.")]
 
 
 def _role(cur) -> str:

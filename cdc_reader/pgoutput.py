@@ -153,7 +153,7 @@ class Relation:
 
     @property
     def key_columns(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.flags & 1)
+        return tuple(c.name for c in self.columns if c.is_key)
 
 
 @dataclass(frozen=True, slots=True)
