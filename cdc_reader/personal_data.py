@@ -71,8 +71,8 @@ def parse_rule(column: str, text: object) -> Rule | None:
     if match and 0 < int(match.group(1)):
         return Rule(MASK, f"last{int(match.group(1))}")
     raise PolicyError(
-        f"The personal-data policy of {column} is {text!r}, which is no policy: write keep, drop, "
-        "hash, mask, mask:email or mask:lastN (N from 1 to 99)."
+        f"The personal-data policy of {column} is {text!r}, which is no policy",
+        fix="write keep, drop, hash, mask, mask:email or mask:lastN (N from 1 to 99).",
     )
 
 
@@ -82,7 +82,8 @@ def _qualified(column: str, default_schema: str) -> str:
         parts.insert(0, default_schema)
     if len(parts) != 3 or not all(parts):
         raise PolicyError(
-            f"The personal-data policy names {column!r}, which is no column: write table.column or schema.table.column."
+            f"The personal-data policy names {column!r}, which is no column",
+            fix="write table.column or schema.table.column.",
         )
     return ".".join(parts)
 
@@ -120,18 +121,20 @@ class Policy:
                 continue
             if column is None:
                 raise PolicyError(
-                    f"The personal-data policy names {schema.table}.{name}, which {schema.table} does not "
-                    f"have: fix the name or remove it (its columns: {', '.join(columns)})."
+                    f"The personal-data policy names {schema.table}.{name}, which {schema.table} does not have",
+                    fix=f"fix the name or remove it (its columns: {', '.join(columns)}).",
                 )
             if column.is_key:
                 raise PolicyError(
                     f"The personal-data policy gives {schema.table}.{name} the rule {rule.action}, but it "
-                    "is part of the table's key, which leaves the reader as it is: remove that rule."
+                    "is part of the table's key, which leaves the reader as it is",
+                    fix="remove that rule.",
                 )
             if rule.action != DROP and column.type_name.split("(")[0].strip() not in TEXT_TYPES:
                 raise PolicyError(
                     f"The personal-data policy would {rule.action} {schema.table}.{name}, a "
-                    f"{column.type_name} column, into text: give it drop or keep instead."
+                    f"{column.type_name} column, into text",
+                    fix="give it drop or keep instead.",
                 )
 
     def rewrite(self, schema: TableSchema) -> RowRewrite | None:
@@ -145,8 +148,8 @@ class Policy:
             return None
         if self.key is None and any(r.action == HASH for r in rules.values()):
             raise PolicyError(
-                f"The personal-data policy hashes columns of {schema.table} but no key is set: set "
-                "TOTES_PERSONAL_DATA_KEY, TOTES_PERSONAL_DATA_KEY_FILE or TOTES_PERSONAL_DATA_KEY_SECRET."
+                f"The personal-data policy hashes columns of {schema.table} but no key is set",
+                fix="set TOTES_PERSONAL_DATA_KEY, TOTES_PERSONAL_DATA_KEY_FILE or TOTES_PERSONAL_DATA_KEY_SECRET.",
             )
         kept = tuple(i for i, c in enumerate(schema.columns) if rules.get(c.name, Rule(KEEP)).action != DROP)
         changes = {
@@ -199,7 +202,7 @@ def parse(
             table, _, name = column.rpartition(".")
             rules.setdefault(table, {})[name] = rule
     if key is not None and not key:
-        raise PolicyError("The personal-data key is empty: give it at least 16 bytes.")
+        raise PolicyError("The personal-data key is empty", fix="give it at least 16 bytes.")
     return Policy(rules, key)
 
 

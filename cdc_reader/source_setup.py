@@ -152,27 +152,27 @@ def ensure_publication(
         except errors.InsufficientPrivilege as error:
             conn.rollback()
             raise SourceSetupError(
-                f"The reader's role may not create or change publication {name!r} "
-                f"({error.diag.message_primary}): create it as the tables' owner with "
-                f"CREATE PUBLICATION {_sql(conn, sql.Identifier(name))} FOR TABLE "
-                f"{_sql(conn, _quoted_tables(conn, schema, tables))}; or grant the role ownership."
+                f"The reader's role may not create or change publication {name!r} ({error.diag.message_primary})",
+                fix=f"create it as the tables' owner with CREATE PUBLICATION {_sql(conn, sql.Identifier(name))} "
+                f"FOR TABLE {_sql(conn, _quoted_tables(conn, schema, tables))}; or grant the role ownership.",
             ) from None
         except errors.UndefinedTable as error:
             conn.rollback()
             raise SourceSetupError(
-                f"A table to publish does not exist ({error.diag.message_primary}): "
-                "create it or remove it from the reader's table list."
+                f"A table to publish does not exist ({error.diag.message_primary})",
+                fix="create it or remove it from the reader's table list.",
             ) from None
     if missing:
-        raise SourceSetupError(
+        raise SourceSetupError(  # one string: the message ends with table names, whose last dot must stay
             f"Publication {name!r} does not publish {', '.join(missing)}: run "
             f"ALTER PUBLICATION {_sql(conn, sql.Identifier(name))} ADD TABLE "
             f"{_sql(conn, _quoted_tables(conn, schema, missing))};"
         )
     if not publishes_everything:
         raise SourceSetupError(
-            f"Publication {name!r} does not publish every kind of change: run "
-            f"ALTER PUBLICATION {_sql(conn, sql.Identifier(name))} SET (publish = 'insert, update, delete, truncate');"
+            f"Publication {name!r} does not publish every kind of change",
+            fix=f"run ALTER PUBLICATION {_sql(conn, sql.Identifier(name))} "
+            "SET (publish = 'insert, update, delete, truncate');",
         )
     return False
 
@@ -239,13 +239,13 @@ def check_slot(state: SlotState, database: str) -> None:
     """A slot we would resume from must be a pgoutput slot of this database."""
     if state.plugin != "pgoutput":
         raise SourceSetupError(
-            f"Replication slot {state.name!r} uses plugin {state.plugin!r}, not pgoutput: "
-            "choose another slot name (--slot) or drop that slot if it is unused."
+            f"Replication slot {state.name!r} uses plugin {state.plugin!r}, not pgoutput",
+            fix="choose another slot name (--slot) or drop that slot if it is unused.",
         )
     if state.database != database:
         raise SourceSetupError(
-            f"Replication slot {state.name!r} belongs to database {state.database!r}, not {database!r}: "
-            "choose another slot name (--slot)."
+            f"Replication slot {state.name!r} belongs to database {state.database!r}, not {database!r}",
+            fix="choose another slot name (--slot).",
         )
 
 

@@ -146,7 +146,7 @@ def decode(record: bytes) -> DecodedRecord:
         raise CodecError(f"not a totes-cdc record (starts with {bytes(record[:2])!r}, expected {MAGIC!r})")
     if version > FORMAT_VERSION:
         raise CodecError(
-            f"record format v{version} is newer than this reader's v{FORMAT_VERSION}: upgrade the consumer"
+            f"record format v{version} is newer than this reader's v{FORMAT_VERSION}", fix="upgrade the consumer"
         )
     if version < FORMAT_VERSION:
         raise CodecError(
