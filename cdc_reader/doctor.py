@@ -1,6 +1,6 @@
 """Readiness checks a source PostgreSQL must pass before change-data capture can work.
 
-Why one file (~540 lines): one check per readiness rule, each small and independent, over
+Why one file (~530 lines): one check per readiness rule, each small and independent, over
 one catalog connection; the list reads best in one place.
 
 `run_checks(conn)` asks the catalog everything over one connection and returns one plain

@@ -1,24 +1,24 @@
 """The reader's Kinesis sink: change events in, ordered, acknowledged Kinesis records out.
 
-Why one file (~500 lines): the shard queues, the one call in flight and the settling of its
-answer are one ordered state machine per shard; routing (`change_events.kinesis`), record
-packing (`cdc_reader.records`) and acknowledgements (`cdc_reader.acks`) live on their own.
+Why one file (~480 lines): buffering, the one call in flight and the settling of its answer
+are one state machine over the shards' queues; routing (`change_events.kinesis`), record
+packing (`cdc_reader.records`), each shard's queue and what a call may carry of it
+(`cdc_reader.shard_queues`) and acknowledgements (`cdc_reader.acks`) live on their own.
 
 Each shard's events are packed, in order, into as few records as fit uncompressed, and every
 record is put with `ExplicitHashKey` = the first hash key of its shard, so it lands on that
 shard whatever its partition key.
 
-Ordering under failure. Kinesis does not order the records of one PutRecords call, and a
-partially failed call that is retried naively puts a shard's later records before its earlier
-ones. So a call carries at most one record per shard, and a shard's next record is sent only
-once Kinesis acknowledged its previous one. Throttled or failed entries stay at the head of
-their shard's queue and are retried after an exponential backoff with full jitter (per shard,
-so a hot shard does not slow the others; which codes are retried and how long each waits are
-`change_events.errors`' classifier and `PUT_RECORDS_BACKOFF`). Whole-call errors are first retried by botocore
-(the client built by `change_events.kinesis.kinesis_client` uses its `standard` retry mode),
-then by the same loop. A record is acknowledged only when Kinesis returned a sequence number
-for it; nothing is ever dropped. Whole-call errors that may have reached Kinesis (timeouts)
-can duplicate a record; delivery is at-least-once and every consumer is idempotent on the event id `(lsn, seq)`.
+Ordering under failure. A call carries at most one record per shard, and a shard's next record
+is sent only once Kinesis acknowledged its previous one (`cdc_reader.shard_queues` says why).
+Throttled or failed entries stay at the head of their shard's queue and are retried after an
+exponential backoff with full jitter (per shard, so a hot shard does not slow the others; which
+codes are retried and how long each waits are `change_events.errors`' classifier and
+`PUT_RECORDS_BACKOFF`). Whole-call errors are first retried by botocore (the client built by
+`change_events.kinesis.kinesis_client` uses its `standard` retry mode), then by the same loop.
+A record is acknowledged only when Kinesis returned a sequence number for it; nothing is ever
+dropped. Whole-call errors that may have reached Kinesis (timeouts) can duplicate a record;
+delivery is at-least-once and every consumer is idempotent on the event id `(lsn, seq)`.
 
 Watermarks. `publish_watermark(W)` queues a marker record into every open shard behind every
 event added so far (so behind every event with lsn <= W): a shard's records go out in order,
@@ -42,27 +42,25 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_right
-from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from operator import attrgetter
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cdc_reader.acks import AckTracker
+from cdc_reader.shard_queues import QueuedRecord, ShardQueue, heads_for_call
 from cdc_reader.records import (
     DEFAULT_MAX_RECORD_BYTES,
     FRAME_OVERHEAD,
     SCHEMA_ROOM,
     body_limit,
     estimate_size,
-    pack,
     too_large,
 )
-from change_events import ChangeEvent, Watermark, encode_events, encode_watermark, format_lsn
-from change_events.codec import events_record, record_size_bound
+from change_events import Watermark, encode_events, encode_watermark, format_lsn
+from change_events.codec import events_record
 from change_events.errors import PUT_RECORDS_BACKOFF, Kind, TotesError, is_retryable, is_throttling
 from change_events.kinesis import MAX_CALL_BYTES, MAX_CALL_RECORDS, MAX_RECORD_BYTES, Shard, ShardMap
 from change_events.wire import Change, EncodedChange
@@ -81,40 +79,6 @@ class PublishError(TotesError, RuntimeError):
     long. Nothing was dropped: the unsent records stay queued, and `flush()` tries again."""
 
     kind = Kind.DESTINATION
-
-
-_lsn_of = attrgetter("lsn")
-
-
-@dataclass(slots=True, eq=False)
-class _Record:
-    shard: Shard
-    data: bytes | None
-    """the record; None until the sending thread compresses `body` into it"""
-    body: bytes | None
-    partition_key: str
-    events: int
-    lsn_counts: tuple[tuple[int, int], ...]
-    watermark: int | None = None
-    weight: int = 0
-    """bytes it holds until acknowledged (its body, or its data)"""
-
-    @property
-    def size(self) -> int:
-        data = len(self.data) if self.data is not None else record_size_bound(len(self.body))
-        return data + len(self.partition_key.encode("utf-8"))
-
-
-@dataclass(slots=True)
-class _ShardQueue:
-    shard: Shard
-    pending: list[ChangeEvent] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    """estimate_size() of each pending event, worked out once when it was added"""
-    pending_bytes: int = 0
-    ready: deque[_Record] = field(default_factory=deque)
-    failures: int = 0
-    not_before: float = 0.0
 
 
 @dataclass
@@ -205,7 +169,7 @@ class Publisher:
         self._adding_lsn: int | None = None
         self._adding = 0
         """events added at `_adding_lsn` that the tracker has not been told about yet"""
-        self._queues: dict[str, _ShardQueue] = {}
+        self._queues: dict[str, ShardQueue] = {}
         self._buffered_bytes = 0
         self._buffered_events = 0
         self._oldest_buffered: float | None = None
@@ -214,7 +178,7 @@ class Publisher:
         self._sealed_bytes = 0
         """data bytes of records sealed but not yet acknowledged"""
         self._pool: ThreadPoolExecutor | None = None
-        self._in_flight: tuple[list[_Record], Future] | None = None
+        self._in_flight: tuple[list[QueuedRecord], Future] | None = None
         self._last_progress = clock()
         self._refresh_shards()
 
@@ -337,10 +301,7 @@ class Publisher:
         self._seal()
         data = encode_watermark(Watermark(lsn, datetime.now(timezone.utc)))
         for queue in self._queues.values():
-            queue.ready.append(
-                _Record(queue.shard, data, None, queue.shard.shard_id, 0, (), watermark=lsn, weight=len(data))
-            )
-            self._sealed_bytes += len(data)
+            self._sealed_bytes += queue.add_watermark(data, lsn)
         self._send(until_empty=False)
         return lsn
 
@@ -349,7 +310,7 @@ class Publisher:
         if any(q.pending or q.ready for q in self._queues.values()):
             raise AssertionError("the shard map is re-read only when nothing is queued")
         self._map = ShardMap.from_kinesis(self.client, self.stream_name)
-        self._queues = {s.shard_id: _ShardQueue(s) for s in self._map.shards}
+        self._queues = {s.shard_id: ShardQueue(s) for s in self._map.shards}
         self._route_starts = [s.starting_hash_key for s in self._map.shards]
         self._route_queues = [self._queues[s.shard_id] for s in self._map.shards]
         self._map_read_at = self._clock()
@@ -368,24 +329,7 @@ class Publisher:
         for queue in self._queues.values():
             if not queue.pending:
                 continue
-            for packed in pack(queue.pending, self._max_data, sizes=queue.sizes):
-                counts = Counter(map(_lsn_of, packed.events))  # in lsn order, as events are
-                weight = len(packed.body if packed.data is None else packed.data)
-                queue.ready.append(
-                    _Record(
-                        queue.shard,
-                        packed.data,
-                        packed.body,
-                        queue.shard.shard_id,
-                        len(packed.events),
-                        tuple(counts.items()),
-                        weight=weight,
-                    )
-                )
-                self._sealed_bytes += weight
-            queue.pending = []
-            queue.sizes = []
-            queue.pending_bytes = 0
+            self._sealed_bytes += queue.seal(self._max_data)
         self._buffered_bytes = 0
         self._buffered_events = 0
         self._oldest_buffered = None
@@ -421,23 +365,19 @@ class Publisher:
             else:
                 return  # every shard is backing off: a later poll() tries again
 
-    def _next_call(self, now: float) -> list[_Record]:
-        """The head record of each shard that may send now: never two of one shard."""
+    def _next_call(self, now: float) -> list[QueuedRecord]:
+        """The head record of each shard that may send now, starting one shard further each
+        call (so no shard always comes last when a call is full)."""
         queues = list(self._queues.values())
         self._rotation = (self._rotation + 1) % len(queues)
-        batch: list[_Record] = []
-        size = 0
-        for queue in queues[self._rotation :] + queues[: self._rotation]:
-            if not queue.ready or queue.not_before > now:
-                continue
-            record = queue.ready[0]
-            if len(batch) >= self.max_call_records or size + record.size > self.max_call_bytes:
-                continue
-            batch.append(record)
-            size += record.size
-        return batch
+        return heads_for_call(
+            queues[self._rotation :] + queues[: self._rotation],
+            now,
+            max_records=self.max_call_records,
+            max_bytes=self.max_call_bytes,
+        )
 
-    def _call(self, batch: list[_Record]) -> dict:
+    def _call(self, batch: list[QueuedRecord]) -> dict:
         """One PutRecords call, on the sending thread. It compresses the records that are
         still bodies (zstd lets go of the GIL, so this overlaps the caller's decoding) and
         touches nothing else: the records in flight are the caller's to read only after."""
@@ -453,7 +393,7 @@ class Publisher:
             ],
         )
 
-    def _settle(self, batch: list[_Record], answer: Future) -> None:
+    def _settle(self, batch: list[QueuedRecord], answer: Future) -> None:
         """Acknowledge what Kinesis took, back off what it refused; raise PublishError when
         it refuses for good or has taken nothing for `max_stall_seconds`."""
         try:
@@ -481,9 +421,7 @@ class Publisher:
         for record, result in zip(batch, results):
             queue = self._queues[record.shard.shard_id]
             if result.get("SequenceNumber") and not result.get("ErrorCode"):
-                queue.ready.remove(record)  # the head: a shard has one record in flight
-                queue.failures = 0
-                queue.not_before = 0.0
+                queue.taken(record)  # the head: a shard has one record in flight
                 self._acknowledged(record)
                 if result.get("ShardId") not in (None, record.shard.shard_id):
                     self._map_stale = True  # resharded: re-read the map once the queues are empty
@@ -516,7 +454,7 @@ class Publisher:
                 f"{self.max_stall_seconds:g} s (last error: {error}); {queued} records stay queued"
             )
 
-    def _call_failed(self, batch: list[_Record], reason: str, throttled: bool) -> str:
+    def _call_failed(self, batch: list[QueuedRecord], reason: str, throttled: bool) -> str:
         self.metrics.failed_calls += 1
         self.metrics.retries += len(batch)
         if throttled:
@@ -526,11 +464,10 @@ class Publisher:
             self._back_off(self._queues[record.shard.shard_id])
         return reason
 
-    def _back_off(self, queue: _ShardQueue) -> None:
-        queue.failures += 1
-        queue.not_before = self._clock() + self._backoff.delay(queue.failures)
+    def _back_off(self, queue: ShardQueue) -> None:
+        queue.back_off(self._clock(), self._backoff)
 
-    def _acknowledged(self, record: _Record) -> None:
+    def _acknowledged(self, record: QueuedRecord) -> None:
         self.metrics.bytes += len(record.data)
         self._sealed_bytes -= record.weight
         if record.watermark is not None:

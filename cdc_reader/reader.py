@@ -2,8 +2,9 @@
 
 Why one file (~550 lines): the streaming loop, its hot path and the shutdown share one
 position and the connection's cursor; the snapshot's phases (snapshot_phases.py), the
-per-table re-reads (rereads.py) and the state file (reader_state.py) are apart, and the
-planned reshaping of cdc_reader/ splits the rest.
+per-table re-reads (rereads.py) and the state file (reader_state.py) are apart. What stays
+besides the loop is what the composition root builds it from: the ports, the settings
+(`ReaderConfig`) and the supervisor that reconnects.
 
 It holds the only position that matters, the slot's confirmed LSN, and moves it only to
 what the durability port says is durable downstream (DESIGN.md guarantee 1): until then the

@@ -235,15 +235,21 @@ def test_proportional_jitter_keeps_the_growth():
     assert all(0.5 * 1.5**2 <= policy.delay(3) <= 1.5 * 1.5**2 for _ in range(200))
 
 
-def test_run_retries_what_it_is_told_to_until_its_attempts(monkeypatch):
+def _always_failing(monkeypatch, error: Exception):
+    """An operation that always raises `error`, the calls made to it and the waits between them."""
     waits: list[float] = []
     monkeypatch.setattr("change_events.errors.time.sleep", waits.append)
     calls = []
 
-    def lose():
+    def operation():
         calls.append(1)
-        raise CommitFailedError("lost the race")
+        raise error
 
+    return operation, calls, waits
+
+
+def test_run_retries_what_it_is_told_to_until_its_attempts(monkeypatch):
+    lose, calls, waits = _always_failing(monkeypatch, CommitFailedError("lost the race"))
     with pytest.raises(CommitFailedError):
         COMMIT_RACE_RETRY.run(lose, retry_if=is_conflict)
     assert len(calls) == COMMIT_RACE_RETRY.attempts and len(waits) == COMMIT_RACE_RETRY.attempts - 1
@@ -272,14 +278,7 @@ def test_run_does_not_retry_a_bug_and_returns_what_succeeds(monkeypatch):
 
 
 def test_run_stops_trying_once_its_time_is_up(monkeypatch):
-    waits: list[float] = []
-    monkeypatch.setattr("change_events.errors.time.sleep", waits.append)
-    calls = []
-
-    def down():
-        calls.append(1)
-        raise OSError("down")
-
+    down, calls, waits = _always_failing(monkeypatch, OSError("down"))
     with pytest.raises(OSError):
         RetryPolicy(base=0.5, within=0.0).run(down)
     assert len(calls) == 1 and waits == []
