@@ -62,7 +62,7 @@ from cdc_reader.rereads import TableRereads
 from cdc_reader.resnapshot import IncrementalSnapshot
 from cdc_reader.snapshot_phases import SnapshotPhases
 from cdc_reader.source import HEARTBEAT_PREFIX, SESSION_SETTINGS, connect
-from cdc_reader.source_setup import SlotLostError, lost_slot_message, slot_state
+from cdc_reader.source_setup import SlotLostError, slot_state
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
 from change_events.errors import OUTAGE_BACKOFF, is_retryable
@@ -288,7 +288,7 @@ class Reader(SnapshotPhases, TableRereads):
             )
         except (psycopg2.errors.ObjectNotInPrerequisiteState, psycopg2.errors.UndefinedObject) as error:
             # Invalidated or dropped between the check in `prepare` and here.
-            raise SlotLostError(lost_slot_message(cfg.slot, f"cannot stream ({error.diag.message_primary})")) from None
+            raise SlotLostError.of_slot(cfg.slot, f"cannot stream ({error.diag.message_primary})") from None
         self.streaming.set()
         assembler = Assembler(
             TypeNames(conn),

@@ -19,15 +19,7 @@ from cdc_reader.catalog import TableNotFound, read_table_schema
 from cdc_reader.reader_state import ReaderState
 from cdc_reader.snapshot import read_snapshot
 from cdc_reader.source import database_name
-from cdc_reader.source_setup import (
-    SlotLostError,
-    check_slot,
-    create_slot,
-    drop_slot,
-    ensure_publication,
-    lost_slot_message,
-    slot_state,
-)
+from cdc_reader.source_setup import SlotLostError, check_slot, create_slot, drop_slot, ensure_publication, slot_state
 from change_events import ChangeEvent, Op, format_lsn
 from change_events.wire import EncodedChange
 
@@ -53,7 +45,7 @@ class SnapshotPhases:
         if self._reset_pending:
             state, slot = self._reset(conn, state, slot)
         if slot is not None and slot.lost:
-            raise SlotLostError(lost_slot_message(cfg.slot, slot.why_lost()))
+            raise SlotLostError.of_slot(cfg.slot, slot.why_lost())
         if slot is None and state.slot == cfg.slot and state.snapshot_lsn is None:
             # Killed while creating the slot, before it existed: nothing was read yet.
             phase = state.phase
@@ -66,9 +58,7 @@ class SnapshotPhases:
         if slot is None and state.slot == cfg.slot:
             # Even a cut-off snapshot may have rows downstream: a new one could leave rows
             # deleted in between alive there, so starting over is the operator's call.
-            raise SlotLostError(
-                lost_slot_message(cfg.slot, "is gone (dropped, or invalidated for retaining too much WAL)")
-            )
+            raise SlotLostError.of_slot(cfg.slot, "is gone (dropped, or invalidated for retaining too much WAL)")
         if (
             slot is not None
             and state.slot == cfg.slot

@@ -28,13 +28,14 @@ class SlotLostError(SourceSetupError):
     """The reader's slot was invalidated or dropped: the WAL since it was last confirmed is
     gone. Recovery is one explicit run with --reset (see `Reader.prepare`)."""
 
-
-def lost_slot_message(name: str, why: str) -> str:
-    return (
-        f"Replication slot {name!r} {why}, so the changes made since it was last confirmed cannot be read: "
-        "run the reader once with --reset to take a new snapshot from a new slot, which replaces every "
-        "table downstream (rows deleted meanwhile go, nothing is doubled)."
-    )
+    @classmethod
+    def of_slot(cls, name: str, why: str) -> SlotLostError:
+        """Slot `name` lost because it `why` ("is gone ...", "cannot stream ...")."""
+        return cls(
+            f"Replication slot {name!r} {why}, so the changes made since it was last confirmed cannot be read",
+            fix="run the reader once with --reset to take a new snapshot from a new slot, which replaces every "
+            "table downstream (rows deleted meanwhile go, nothing is doubled).",
+        )
 
 
 @dataclass(frozen=True)

@@ -217,5 +217,5 @@ def lambda_processor(metrics):
 
     lake = load().lake
     if not lake:
-        raise ConfigError("TOTES_LAKE is not set: point it at the lake (s3://bucket/prefix or a folder).")
+        raise ConfigError("TOTES_LAKE is not set", fix="point it at the lake (s3://bucket/prefix or a folder).")
     return StreamProcessor(LakeWriter(lake), metrics)

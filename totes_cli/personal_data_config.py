@@ -55,8 +55,8 @@ def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or type(error).__name__
             raise ConfigError(
-                f"The personal-data key file {path} cannot be read ({reason}): fix the path in "
-                "TOTES_PERSONAL_DATA_KEY_FILE."
+                f"The personal-data key file {path} cannot be read ({reason})",
+                fix="fix the path in TOTES_PERSONAL_DATA_KEY_FILE.",
             ) from None
     elif settings.personal_data_key_secret:
         key, where = read_secret(settings.personal_data_key_secret, "personal_data_key"), "the key secret"
@@ -64,14 +64,14 @@ def _personal_data_key(settings: Settings, lake: str | None) -> bytes:
         return _local_key(StatePaths(lake).personal_data_key)
     else:
         raise ConfigError(
-            "The personal-data policy hashes columns but no key is set (only a local lake makes its "
-            "own): set TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the key "
-            "every reader of this lake uses."
+            "The personal-data policy hashes columns but no key is set (only a local lake makes its own)",
+            fix="set TOTES_PERSONAL_DATA_KEY_SECRET (or TOTES_PERSONAL_DATA_KEY / _FILE) to the key "
+            "every reader of this lake uses.",
         )
     remember_secret_value(key)
     if len(key.encode("utf-8")) < MIN_KEY_BYTES:
         raise ConfigError(
-            f"The personal-data key from {where} is shorter than {MIN_KEY_BYTES} bytes: give a longer one."
+            f"The personal-data key from {where} is shorter than {MIN_KEY_BYTES} bytes", fix="give a longer one."
         )
     return key.encode("utf-8")
 

@@ -145,12 +145,14 @@ def load() -> Settings:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(
+        raise ConfigError(  # one string: the message may end with a path, whose last dot must stay
             f"The setting {key!r} is not valid ({first['msg']}){_where(key)}: "
             f"fix it in {config_path()} or in TOTES_{key.upper()}."
         ) from None
     except OSError as error:
-        raise ConfigError(f"{config_path()} cannot be read ({error.strerror}): fix the file or TOTES_CONFIG.") from None
+        raise ConfigError(
+            f"{config_path()} cannot be read ({error.strerror})", fix="fix the file or TOTES_CONFIG."
+        ) from None
 
 
 def _commands(command, path: tuple[str, ...] = ()):
@@ -244,12 +246,12 @@ def _read_password_file(path: Path, what: str) -> str:
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or type(error).__name__
         raise ConfigError(
-            f"The {what} password file {path} cannot be read ({reason}): fix the path "
-            f"in TOTES_{what.upper()}_PASSWORD_FILE."
+            f"The {what} password file {path} cannot be read ({reason})",
+            fix=f"fix the path in TOTES_{what.upper()}_PASSWORD_FILE.",
         ) from None
     password = text.splitlines()[0] if text else ""
     if not password:
-        raise ConfigError(f"The {what} password file {path} is empty: write the password on its first line.")
+        raise ConfigError(f"The {what} password file {path} is empty", fix="write the password on its first line.")
     return password
 
 
@@ -267,18 +269,16 @@ def read_secret(secret_id: str, what: str) -> str:
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "an error")
         raise ConfigError(
-            f"AWS Secrets Manager refused the {what} secret {secret_id!r} ({code}): check the "
-            f"name or ARN in {setting} and that this role may call "
-            "secretsmanager:GetSecretValue on it."
+            f"AWS Secrets Manager refused the {what} secret {secret_id!r} ({code})",
+            fix=f"check the name or ARN in {setting} and that this role may call secretsmanager:GetSecretValue on it.",
         ) from None
     except BotoCoreError as error:
         raise ConfigError(
-            f"AWS Secrets Manager cannot be reached for the {what} secret {secret_id!r} "
-            f"({type(error).__name__}): set AWS credentials and region (or "
-            "AWS_ENDPOINT_URL_SECRETSMANAGER)."
+            f"AWS Secrets Manager cannot be reached for the {what} secret {secret_id!r} ({type(error).__name__})",
+            fix="set AWS credentials and region (or AWS_ENDPOINT_URL_SECRETSMANAGER).",
         ) from None
     if not value:
-        raise ConfigError(f"The {what} secret {secret_id!r} holds no string: store {holds} in it.")
+        raise ConfigError(f"The {what} secret {secret_id!r} holds no string", fix=f"store {holds} in it.")
     return value.strip()
 
 
@@ -289,7 +289,7 @@ def _from_secret(value: str, what: str) -> tuple[str | None, str | None]:
     try:
         fields = json.loads(value)
     except ValueError:
-        raise ConfigError(f"The {what} secret is neither a DSN nor JSON: store the DSN in it.") from None
+        raise ConfigError(f"The {what} secret is neither a DSN nor JSON", fix="store the DSN in it.") from None
     parts = {
         "user": fields.get("username"),
         "host": fields.get("host"),
@@ -355,7 +355,8 @@ def resolve_source_dsn(explicit: str | None = None, settings: Settings | None = 
     if running:
         return server.dsn(DEFAULT_DATABASE)
     raise NoSourceError(
-        "No source database: pass --source, set TOTES_SOURCE_DSN, or start the embedded one with `totes source start`."
+        "No source database",
+        fix="pass --source, set TOTES_SOURCE_DSN, or start the embedded one with `totes source start`.",
     )
 
 

@@ -102,6 +102,16 @@ def test_the_fix_given_apart_ends_the_sentence():
     assert error.fix == "set TOTES_LAKE to a folder or s3:// URI."
 
 
+def test_a_lost_slot_names_why_and_gives_reset_as_its_fix():
+    error = SlotLostError.of_slot("totes_x", "is gone (dropped)")
+    assert str(error) == (
+        "Replication slot 'totes_x' is gone (dropped), so the changes made since it was last confirmed cannot be "
+        "read: run the reader once with --reset to take a new snapshot from a new slot, which replaces every table "
+        "downstream (rows deleted meanwhile go, nothing is doubled)."
+    )
+    assert error.fix.startswith("run the reader once with --reset") and classify(error) is Kind.SOURCE
+
+
 def test_an_error_of_kind_bug_has_no_sentence_so_its_traceback_shows():
     assert sentence(TotesError("an invariant broke")) is None
     assert sentence(KeyError("x")) is None
