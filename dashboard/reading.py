@@ -74,8 +74,8 @@ class Warehouse:
             return
         if not Path(self.location).exists():
             raise NoWarehouse(
-                f"There is no warehouse at {self.location} yet: run the pipeline first "
-                "(totes demo / totes run), or fix --warehouse."
+                f"There is no warehouse at {self.location} yet",
+                fix="run the pipeline first (totes demo / totes run), or fix --warehouse.",
             )
         connection = connect_for_reading(self.location)
         try:

@@ -103,8 +103,8 @@ def forget(layout: LakeLayout, table: str, key_texts: list[str], *, now: datetim
         columns = state_keys(layout, table)
     except (TableNotInLake, KeyError):
         raise ErasureError(
-            f"{table} has no state table keyed by a primary key in the lake, so its rows cannot be "
-            "named: give it a primary key at the source (its change log stays as it is)."
+            f"{table} has no state table keyed by a primary key in the lake, so its rows cannot be named",
+            fix="give it a primary key at the source (its change log stays as it is).",
         ) from None
     keys = parse_keys(key_texts, columns, table)
     counts = []

@@ -32,13 +32,13 @@ def parse_retention(text: str, minimum: timedelta = MIN_RETENTION, flag: str = "
     `minimum`; RetentionError with the fix otherwise (naming `flag`, as any duration flag)."""
     match = _DURATION.match(text or "")
     if not match:
-        raise RetentionError(f"{flag} {text!r} is not a duration: use a number and a unit, like 24h, 90m or 7d.")
+        raise RetentionError(f"{flag} {text!r} is not a duration", fix="use a number and a unit, like 24h, 90m or 7d.")
     amount, unit = float(match.group(1)), (match.group(2) or "h").lower()
     retention = timedelta(**{_UNITS[unit]: amount})
     if retention < minimum:
         raise RetentionError(
-            f"{flag} {text} is shorter than the {format_retention(minimum)} that readers and "
-            f"writers in flight need: use {format_retention(minimum)} or more."
+            f"{flag} {text} is shorter than the {format_retention(minimum)} that readers and writers in flight need",
+            fix=f"use {format_retention(minimum)} or more.",
         )
     return retention
 

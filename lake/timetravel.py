@@ -279,8 +279,8 @@ def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
         snapshot_hint = "" if snapshot is None else f", or the snapshot's LSN {format_lsn(snapshot)}"
         raise AsOfError(
             f"that time is before the lake's first source commit ({_shown(first)} UTC)"
-            f"{' and its snapshot was written later' if snapshot is not None else ''}: "
-            f"give a later time{snapshot_hint}."
+            f"{' and its snapshot was written later' if snapshot is not None else ''}",
+            fix=f"give a later time{snapshot_hint}.",
         )
     watermark = _watermark(layout)
     if watermark is None:
@@ -296,8 +296,8 @@ def lsn_at_time(layout: LakeLayout, moment: datetime) -> int:
         else f"its watermark {format_lsn(mark)} is not past the snapshot"
     )
     raise AsOfError(
-        f"the lake has not caught up to that time yet ({reached} on every shard): "
-        "give an earlier time, or wait for the pipeline."
+        f"the lake has not caught up to that time yet ({reached} on every shard)",
+        fix="give an earlier time, or wait for the pipeline.",
     )
 
 
@@ -311,7 +311,7 @@ def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
 
     tables = layout.tables(CHANGES)
     if not tables:
-        raise AsOfError("the lake has no tables yet: run the pipeline first.")
+        raise AsOfError("the lake has no tables yet", fix="run the pipeline first.")
     if isinstance(when, tuple):
         lsn, bounds = when[1], []
         for table in tables:
@@ -320,19 +320,19 @@ def check_as_of(layout: LakeLayout, when, now: datetime | None = None) -> None:
             if lo is not None:
                 bounds.append((lo, hi))
         if not bounds:
-            raise AsOfError("the lake holds no events yet: run the pipeline first.")
+            raise AsOfError("the lake holds no events yet", fix="run the pipeline first.")
         first = min(lo for lo, _ in bounds)
         markers = Progress(layout).history().column("marker_lsn").to_pylist()
         last = max([hi for _, hi in bounds] + markers)
         if lsn < first:
             raise AsOfError(
-                f"that LSN is older than the lake, which starts at {format_lsn(first)} (its snapshot): "
-                f"give an LSN from {format_lsn(first)} on."
+                f"that LSN is older than the lake, which starts at {format_lsn(first)} (its snapshot)",
+                fix=f"give an LSN from {format_lsn(first)} on.",
             )
         if lsn > last:
             raise AsOfError(
-                f"the lake holds events up to {format_lsn(last)} only: give an LSN up to that one, "
-                "or wait for the pipeline to get there."
+                f"the lake holds events up to {format_lsn(last)} only",
+                fix="give an LSN up to that one, or wait for the pipeline to get there.",
             )
         return
     if isinstance(when, datetime):

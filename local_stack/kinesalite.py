@@ -137,7 +137,7 @@ def _find_node() -> str:
     node = shutil.which("node")
     if node is None:
         raise KinesaliteNotInstalled(
-            "kinesalite needs Node.js, which is not on PATH: install Node.js 20, then run `make install`"
+            "kinesalite needs Node.js, which is not on PATH", fix="install Node.js 20, then run `make install`"
         )
     return node
 
@@ -176,7 +176,7 @@ class Kinesalite:
     @property
     def endpoint_url(self) -> str:
         if self.port is None or not self.is_running():
-            raise KinesaliteError("kinesalite is not running: call start() first")
+            raise KinesaliteError("kinesalite is not running", fix="call start() first")
         return f"http://127.0.0.1:{self.port}"
 
     @property

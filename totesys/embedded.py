@@ -217,7 +217,7 @@ class EmbeddedPostgres:
             pass
         except OSError as error:
             raise EmbeddedServerError(
-                f"cannot create {self.directory} ({error.strerror}): choose another --dir."
+                f"cannot create {self.directory} ({error.strerror})", fix="choose another --dir."
             ) from None
 
     def _prepare_directories(self, run: Launcher) -> None:

@@ -112,8 +112,8 @@ class Simulator:
         if filled:
             raise SimulatorError(
                 f"The static tables are only partly filled ({', '.join(filled)} have rows, "
-                f"{', '.join(t for t in STATIC_TABLES if t not in filled)} are empty): "
-                "empty them all or fill them all before simulating."
+                f"{', '.join(t for t in STATIC_TABLES if t not in filled)} are empty)",
+                fix="empty them all or fill them all before simulating.",
             )
         tables = static_tables(self.seed)
         if count_rows(cur, "design"):

@@ -129,8 +129,8 @@ def _refuse_if_running(config) -> None:
     slot = remembered_slot(config.lake, config.slot)
     if slot_in_use(config.source_dsn, slot):
         raise VerifyError(
-            f"the pipeline is running (its slot {slot} is in use): stop it, then repair, "
-            "which runs the pipeline itself while it re-reads."
+            f"the pipeline is running (its slot {slot} is in use)",
+            fix="stop it, then repair, which runs the pipeline itself while it re-reads.",
         )
 
 
@@ -175,6 +175,6 @@ def repair(
         while not (pipeline.reader is not None and wanted <= set(pipeline.reader.reread)):
             running.check()
             if time.monotonic() > deadline:
-                raise VerifyError("the re-read did not finish in time: run the repair again (it starts over).")
+                raise VerifyError("the re-read did not finish in time", fix="run the repair again (it starts over).")
             time.sleep(0.2)
         return _verify(config, all_tables, timeout=timeout, chunk_rows=chunk_rows)

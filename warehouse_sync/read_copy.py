@@ -92,8 +92,8 @@ def readable_path(warehouse: str | Path) -> Path:
     if copy.exists():
         return copy
     raise WarehouseBusy(
-        f"The warehouse {path} is being written and has no copy for readers yet: "
-        "wait for the sync's next commit, or stop the process that writes it."
+        f"The warehouse {path} is being written and has no copy for readers yet",
+        fix="wait for the sync's next commit, or stop the process that writes it.",
     )
 
 
