@@ -36,7 +36,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from cdc_reader.publisher import Publisher
-from change_events.errors import STAGE_RESTART
 from cdc_reader.source import commit_heartbeat, current_wal_lsn
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader import Reader, supervise
@@ -52,6 +51,7 @@ from lake.maintenance import (
 )
 from lake.progress import Progress
 from lake.writer import LakeWriter
+from change_events.errors import STAGE_RESTART
 from change_events.kinesis import ensure_stream, kinesis_client
 from local_stack.kinesalite import Kinesalite
 from stream_processors.handler import StreamProcessor
