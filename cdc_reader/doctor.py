@@ -19,14 +19,11 @@ import psycopg2
 from psycopg2 import sql
 
 from cdc_reader.source import connect
+from change_events.names import PUBLICATION, SCHEMA, SLOT_PREFIX
 from totesys.schema import TABLES
 
 MIN_SERVER_VERSION = 140000
 """pgoutput with logical decoding messages (`messages = true`) needs PostgreSQL 14."""
-DEFAULT_SCHEMA = "public"
-DEFAULT_PUBLICATION = "totes_cdc"
-SLOT_PREFIX = "totes"
-"""Replication slots whose name starts with this belong to totes-cdc pipelines."""
 RETAINED_WAL_WARNING_BYTES = 1024**3
 """An inactive slot holding back more WAL than this is worth a warning: the disk fills up."""
 STATEMENT_TIMEOUT = "30s"
@@ -71,7 +68,7 @@ def is_ready(results: Iterable[CheckResult]) -> bool:
     return all(result.status is not Status.PROBLEM for result in results)
 
 
-def table_refs(tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA) -> list[TableRef]:
+def table_refs(tables: Sequence[str] | None = None, schema: str = SCHEMA) -> list[TableRef]:
     """The tables to check: names in `schema`, or `schema.table` to name another schema."""
     refs: list[TableRef] = []
     for entry in TABLES if tables is None else tables:
@@ -89,11 +86,7 @@ def table_refs(tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA
 
 
 def diagnose(
-    dsn: str,
-    *,
-    tables: Sequence[str] | None = None,
-    schema: str = DEFAULT_SCHEMA,
-    publication: str = DEFAULT_PUBLICATION,
+    dsn: str, *, tables: Sequence[str] | None = None, schema: str = SCHEMA, publication: str = PUBLICATION
 ) -> list[CheckResult]:
     """Connect to `dsn` and run every check.
 
@@ -107,7 +100,7 @@ def diagnose(
 
 
 def run_checks(
-    conn, *, tables: Sequence[str] | None = None, schema: str = DEFAULT_SCHEMA, publication: str = DEFAULT_PUBLICATION
+    conn, *, tables: Sequence[str] | None = None, schema: str = SCHEMA, publication: str = PUBLICATION
 ) -> list[CheckResult]:
     """Every readiness check over one open connection (which is left in autocommit mode)."""
     conn.autocommit = True

@@ -66,6 +66,7 @@ from cdc_reader.source_setup import SlotLostError, slot_state
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
 from change_events.errors import OUTAGE_BACKOFF, is_retryable
+from change_events.names import PUBLICATION, SCHEMA, SLOT
 from change_events.wire import EncodedChange
 
 if TYPE_CHECKING:
@@ -114,9 +115,9 @@ class Durability(Protocol):
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    slot: str = "totes_cdc"
-    publication: str = "totes_cdc"
-    schema: str = "public"
+    slot: str = SLOT
+    publication: str = PUBLICATION
+    schema: str = SCHEMA
     tables: tuple[str, ...] = ()
     """The tables to publish: configuration, which the composition root (totes_cli/bootstrap.py)
     hands on; the reader knows no table list of its own."""

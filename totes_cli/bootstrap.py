@@ -4,7 +4,8 @@
 `totes sync` and the Lambda handler (`stream_processors/handler.py`) parse their flags or their
 environment and call these functions, so each name, default and path exists once:
 
-- the names: the stream, the replication slot, the publication, the schema and tables;
+- the names: the stream, the replication slot, the publication, the schema (defined once in
+  change_events/names.py, below the stages that default to them too) and the tables;
 - the places under the home: the lake, the warehouse, the embedded source;
 - the small state files of one lake (`StatePaths`): the processor's shard offsets, the
   reader's state and status, the writers' lock, the local Kinesis's data, the slot a local
@@ -22,21 +23,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+# The names, defined once below every stage (the reader's and the doctor's defaults read them
+# too), and taken from here by every command's flags and settings.
+from change_events.names import METRICS_NAMESPACE as METRICS_NAMESPACE
+from change_events.names import PUBLICATION as PUBLICATION
+from change_events.names import SCHEMA as SCHEMA
+from change_events.names import SLOT as SLOT
+from change_events.names import SLOT_PREFIX
+from change_events.names import STREAM as STREAM
+
 HOME = Path(".totes")
 """Where local state lives unless TOTES_HOME (or totes.toml's `home`) says otherwise."""
-STREAM = "totes-cdc"
-"""The Kinesis stream of every command (`--stream`, TOTES_STREAM)."""
-SLOT = "totes_cdc"
-"""The slot for a lake on S3 or no lake; a local lake names its own, the same for `totes run`
-and `totes reader` (`remembered_slot`)."""
-PUBLICATION = "totes_cdc"
-SCHEMA = "public"
 SHARDS = 2
 """Shards of a stream the reader or `totes run` creates."""
 WINDOW = 0.5
 """The processor's batching window of `totes run` (see `totes_cli.pipeline.windowed`)."""
-METRICS_NAMESPACE = "totes-cdc"
-"""The CloudWatch namespace of every stage's metrics (the alarms in infra/alarms.tf watch it)."""
 
 
 def source_tables(tables: str | None = None) -> tuple[str, ...]:
@@ -166,7 +167,7 @@ def remembered_slot(lake: str | None, slot: str | None = None) -> str:
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     if "slot" not in data:
         digest = hashlib.sha1(str(Path(lake).resolve()).encode(), usedforsecurity=False).hexdigest()[:10]
-        data["slot"] = slot or f"totes_{digest}"
+        data["slot"] = slot or f"{SLOT_PREFIX}_{digest}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data), encoding="utf-8")
     return data["slot"]

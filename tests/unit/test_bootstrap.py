@@ -126,3 +126,22 @@ def test_status_is_looked_for_where_readers_write_it(tmp_path):
     ]
     assert [path.parent for path in written] == bootstrap.status_dirs(tmp_path / "home", lake)[::-1]
     assert bootstrap.status_dirs(None, "s3://bucket/lake") == []
+
+
+def test_the_reader_and_the_doctor_default_to_the_names_of_the_composition_root(tmp_path):
+    """One definition of each name (change_events/names.py): the reader's configuration and
+    `totes doctor` have no literal of their own."""
+    import inspect
+
+    from cdc_reader.doctor import SLOT_PREFIX, diagnose, run_checks, table_refs
+    from cdc_reader.reader import ReaderConfig
+
+    config = ReaderConfig()
+    assert (config.slot, config.publication, config.schema) == (bootstrap.SLOT, bootstrap.PUBLICATION, bootstrap.SCHEMA)
+    for check in (diagnose, run_checks):
+        parameters = inspect.signature(check).parameters
+        assert parameters["publication"].default == bootstrap.PUBLICATION
+        assert parameters["schema"].default == bootstrap.SCHEMA
+    assert inspect.signature(table_refs).parameters["schema"].default == bootstrap.SCHEMA
+    for slot in (bootstrap.SLOT, bootstrap.remembered_slot(str(tmp_path / "lake"))):
+        assert slot.startswith(SLOT_PREFIX)  # the doctor counts the pipeline's slots as its own
