@@ -59,8 +59,7 @@ from stream_processors.poller import LocalPoller
 from totes_cli import bootstrap
 from totes_cli.bootstrap import PUBLICATION, SHARDS, STREAM, WINDOW as DEFAULT_WINDOW
 from totes_cli.reader_status import STATUS_SECONDS, StatusWriter
-from warehouse_sync.apply import SyncResult, sync_once
-from warehouse_sync.read_copy import RUNNING_SHARE, ReadCopyPublisher
+from warehouse_sync.sync_loop import SyncLoop, SyncStats
 from warehouse_sync.targets import open_target
 
 log = logging.getLogger("totes.pipeline")
@@ -180,15 +179,6 @@ class LakeWatermark:
 
     def durable_lsn(self) -> int:
         return self.progress.lake_watermark(self.shards())
-
-
-@dataclass
-class SyncStats:
-    runs: int = 0
-    events: int = 0
-    synced_upto: int = 0
-    last: SyncResult | None = None
-    last_at: float | None = None
 
 
 @dataclass
@@ -339,32 +329,21 @@ class Pipeline:
         status.write()  # stopped after the reader: its last count
 
     def _sync_loop(self, stop: threading.Event) -> None:
+        """`totes sync`'s loop, woken by the lake's markers; a last turn takes what the stages
+        upstream left once they have stopped."""
         target = open_target(self.config.warehouse)
-        shard_ids = [shard.shard_id for shard in self.publisher.shards]
-        watermark = LakeWatermark(self.layout, lambda: shard_ids)
-        tables: dict = {}  # what the sync has read of each change log, between runs
-        # A DuckDB warehouse stays readable by other processes.
-        readers = ReadCopyPublisher(target, max_share=RUNNING_SHARE)
-
-        def sync_to_watermark() -> None:
-            upto = watermark.durable_lsn()
-            result = None
-            if upto > self.sync.synced_upto:
-                result = sync_once(self.layout, target, upto, tables=tables)
-                self.sync.runs += 1
-                self.sync.events += result.events
-                self.sync.synced_upto = upto
-                self.sync.last, self.sync.last_at = result, time.time()
-                self._synced.set()
-            readers.after_sync(result is not None and result.applied)
-
         try:
-            while not stop.is_set():
-                sync_to_watermark()
-                self._lake_moved.wait(self.config.sync_interval)
-                self._lake_moved.clear()  # before reading the watermark: a later move sets it again
-            sync_to_watermark()  # the stages upstream have stopped: take what they left
-            readers.close()
+            shard_ids = [shard.shard_id for shard in self.publisher.shards]
+            SyncLoop(
+                self.layout,
+                target,
+                LakeWatermark(self.layout, lambda: shard_ids).durable_lsn,
+                interval=self.config.sync_interval,
+                lake_moved=self._lake_moved,
+                only_when_moved=True,
+                on_synced=lambda result: self._synced.set(),
+                stats=self.sync,
+            ).run(stop, last_turn=True)
         finally:
             target.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 from contextlib import ExitStack
 from typing import Annotated
 
@@ -38,13 +37,6 @@ def open_target(warehouse: str):
     return open_warehouse(warehouse)
 
 
-def sync_once(*args, **kwargs):
-    """`warehouse_sync.apply.sync_once`, loaded on first use."""
-    from warehouse_sync.apply import sync_once as apply_once
-
-    return apply_once(*args, **kwargs)
-
-
 EMF_SECONDS = 10.0
 
 
@@ -63,6 +55,18 @@ def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -
     sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
 
 
+def _said(result) -> None:
+    """What one sync applied (nothing when it applied nothing), and what it set aside."""
+    if result.applied:
+        facts = sum(result.facts_appended.values())
+        err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")
+    if result.facts_rejected:
+        err.print(
+            f"[yellow]{sum(result.facts_rejected.values()):,} fact versions hold values their "
+            "star-schema column cannot: set aside in _sync_rejected[/]"
+        )
+
+
 def sync(
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
@@ -79,7 +83,7 @@ def sync(
     a source transaction), exactly once."""
     from lake.layout import LakeLayout
     from lake.progress import Progress
-    from warehouse_sync.read_copy import RUNNING_SHARE, ReadCopyPublisher
+    from warehouse_sync.sync_loop import SyncLoop
 
     home = load().home
     lake = lake or bootstrap.home_lake(home)
@@ -101,10 +105,6 @@ def sync(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    tables: dict = {}  # the lake's Delta tables, refreshed between runs
-    readers = ReadCopyPublisher(target, max_share=RUNNING_SHARE)  # a DuckDB warehouse stays readable by other processes
-    runs = events = rejected = 0
-    next_emf = time.monotonic() + EMF_SECONDS
     lock = ExitStack()
     try:
         lock.enter_context(writing(lake, home))  # `totes lake forget` refuses while this runs
@@ -112,27 +112,15 @@ def sync(
         target.close()
         raise fail(str(error), code=2) from None
     try:
-        while True:
-            upto = progress.lake_watermark(shards)
-            result = sync_once(layout, target, upto, tables=tables)
-            readers.after_sync(result.applied)
-            runs, events = runs + 1, events + result.events
-            rejected += sum(result.facts_rejected.values())
-            if result.applied:
-                facts = sum(result.facts_appended.values())
-                err.print(f"synced {result.events:,} events up to {format_lsn(result.to_lsn)} ({facts:,} fact rows)")
-            if result.facts_rejected:
-                err.print(
-                    f"[yellow]{sum(result.facts_rejected.values()):,} fact versions hold values their "
-                    "star-schema column cannot: set aside in _sync_rejected[/]"
-                )
-            if emf and (once or time.monotonic() >= next_emf):
-                emit_emf(runs, events, max(progress.lake_watermark(shards) - result.to_lsn, 0), rejected)
-                runs = events = rejected = 0
-                next_emf = time.monotonic() + EMF_SECONDS
-            if once or stop.wait(interval):
-                break
-        readers.close()
+        SyncLoop(
+            layout,
+            target,
+            lambda: progress.lake_watermark(shards),
+            interval=interval,
+            on_synced=_said,
+            report=emit_emf if emf else None,
+            report_seconds=EMF_SECONDS,
+        ).run(stop, once=once)
     except SourceConnectionError as error:  # reconnecting failed: one sentence, no password
         raise fail(f"{error} The sync resumes from its checkpoint when started again.") from None
     except Exception as error:

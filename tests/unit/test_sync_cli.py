@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from totes_cli import sync_cmd
+from warehouse_sync import sync_loop
 from totes_cli.app import app
 from cdc_reader.source import SourceConnectionError
 from tests.fakes import GoneWarehouse
@@ -32,7 +33,7 @@ def test_a_warehouse_that_stays_gone_ends_the_sync_in_one_sentence(tmp_path, mon
 
     monkeypatch.setattr(sync_cmd, "stream_shards", lambda stream: ["shardId-000000000000"])
     monkeypatch.setattr(sync_cmd, "open_target", lambda dsn: warehouse)
-    monkeypatch.setattr(sync_cmd, "sync_once", sync_once)
+    monkeypatch.setattr(sync_loop, "sync_once", sync_once)
     result = CliRunner().invoke(
         app,
         [
