@@ -14,7 +14,7 @@ from different shards never conflict.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -78,3 +78,15 @@ class Progress(LakeTable):
         if table is None:
             return SCHEMA.empty_table()
         return read_sql(table, "SELECT * FROM t ORDER BY recorded_at, shard")
+
+
+class LakeWatermark:
+    """The reader's durability with a lake (`cdc_reader.reader.Durability`): every event up to
+    the lake watermark of the stream's shards is in the lake (DESIGN.md guarantee 1)."""
+
+    def __init__(self, layout: LakeLayout, shards: Callable[[], Iterable[str]]):
+        self.progress = Progress(layout)
+        self.shards = shards
+
+    def durable_lsn(self) -> int:
+        return self.progress.lake_watermark(self.shards())

@@ -10,7 +10,8 @@ environment and call these functions, so each name, default and path exists once
 - the small state files of one lake (`StatePaths`): the processor's shard offsets, the
   reader's state and status, the writers' lock, the local Kinesis's data, the slot a local
   lake remembers, its personal-data key;
-- the stages themselves: a reader, a local poller, the Lambda's processor.
+- the stages themselves: a reader, its Kinesis client and publisher (and `totes run`'s own
+  kinesalite), a local poller, the Lambda's processor.
 
 Only the standard library loads with this module (the settings read their defaults from it,
 and `--help` stays light): each function imports the stage it builds.
@@ -200,6 +201,59 @@ def status_writer(the_reader, publisher):
     from totes_cli.reader_status import StatusWriter
 
     return StatusWriter(StatePaths.reader_status(the_reader.state.path), the_reader, publisher)
+
+
+def local_kinesis(paths: StatePaths):
+    """`totes run`'s own Kinesis: a kinesalite keeping its data in the local lake it feeds
+    (`paths.kinesis`), not started yet (`kinesis` starts it, the caller stops it). None when a
+    Kinesis endpoint is configured (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL) or the lake is
+    on S3: the stages then use that endpoint or AWS's."""
+    import os
+
+    if os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL") or paths.kinesis is None:
+        return None
+    from local_stack.kinesalite import Kinesalite
+
+    return Kinesalite(paths.kinesis, restart=True)  # a crash is healed, and logged
+
+
+def kinesis(stream: str | None = None, shards: int = SHARDS, *, kinesalite=None, **options):
+    """The Kinesis client of every stage: the configured endpoint's or AWS's, or `kinesalite`'s
+    (started here); `options` are the rest of `kinesis_client`'s. With `stream`: that stream,
+    created with `shards` unless it exists."""
+    from change_events.kinesis import ensure_stream, kinesis_client
+
+    if kinesalite is not None:
+        options["endpoint_url"] = kinesalite.start()
+    client = kinesis_client(**options)
+    if stream is not None:
+        ensure_stream(client, stream, shards)
+    return client
+
+
+class _Announcing:
+    """A Kinesis client that calls `on_put` after every PutRecords: the publisher's client in one
+    process, so the processor reads new records at once instead of at its next poll."""
+
+    def __init__(self, client, on_put):
+        self._client = client
+        self._on_put = on_put
+
+    def put_records(self, **kwargs):
+        response = self._client.put_records(**kwargs)
+        self._on_put()
+        return response
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def kinesis_publisher(client, stream: str, *, on_put=None, **options):
+    """The reader's publisher to `stream` through `client`; `on_put` is called after each
+    PutRecords (`totes run` wakes its processor), `options` are the rest of `Publisher`'s."""
+    from cdc_reader.publisher import Publisher
+
+    return Publisher(client if on_put is None else _Announcing(client, on_put), stream, **options)
 
 
 def poller(client, stream: str, processor, *, paths: StatePaths, **options):

@@ -1,4 +1,4 @@
-"""The whole pipeline in one process: the composition root of totes-cdc.
+"""The whole pipeline in one process (`totes run`, `totes demo`).
 
     source ──reader──► Kinesis ──processor──► lake ──sync──► warehouse
 
@@ -19,15 +19,12 @@ pipelines on one machine never share a stream, a slot or a checkpoint by acciden
 The names, defaults and state paths, and the stages themselves, come from the composition
 root (totes_cli/bootstrap.py) that the single-stage commands use too; this module joins
 them: what wakes what, and their shared life cycle (start, wake, stop in order).
-
-Why one file (about 450 lines): that life cycle reads best in one place.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -49,10 +46,9 @@ from lake.maintenance import (
     lake_uris,
     maintain,
 )
-from lake.progress import Progress
+from lake.progress import LakeWatermark
 from lake.writer import LakeWriter
 from change_events.errors import STAGE_RESTART
-from change_events.kinesis import ensure_stream, kinesis_client
 from local_stack.kinesalite import Kinesalite
 from stream_processors.handler import StreamProcessor
 from stream_processors.poller import LocalPoller
@@ -100,12 +96,12 @@ class PipelineConfig:
     up to this long, so lake commits follow the data rather than the clock (`LocalPoller`)."""
     min_batch_bytes: int = MIN_BATCH_BYTES
     state_delay: float = STATE_DELAY
+    """At light load the lake's state tables follow their change logs up to this late (0: with
+    every batch): a merge of a few rows costs as much as a full one."""
     merge_share: float = MERGE_SHARE
     """State merges run beside the batches, each table's at most this share of the time (0: in
     the batches, as a Lambda does); the state tables then lag their logs by about a merge's
     time over this share (lake/merge_schedule.py)."""
-    """At light load the lake's state tables follow their change logs up to this late (0: with
-    every batch): a merge of a few rows costs as much as a full one."""
     processor_poll_seconds: float = 1.0
     """How often the processor looks at an idle stream by itself: the publisher's puts wake it,
     so this is a fallback, and each look is a GetRecords per shard."""
@@ -153,34 +149,6 @@ def windowed(config: PipelineConfig, window: float) -> PipelineConfig:
     )
 
 
-class _Announcing:
-    """A Kinesis client that calls `on_put` after every PutRecords: the publisher's client,
-    so the processor reads new records at once instead of at its next poll."""
-
-    def __init__(self, client, on_put):
-        self._client = client
-        self._on_put = on_put
-
-    def put_records(self, **kwargs):
-        response = self._client.put_records(**kwargs)
-        self._on_put()
-        return response
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
-
-
-class LakeWatermark:
-    """Durability for the reader: every event up to the lake watermark is in the lake."""
-
-    def __init__(self, layout: LakeLayout, shards):
-        self.progress = Progress(layout)
-        self.shards = shards
-
-    def durable_lsn(self) -> int:
-        return self.progress.lake_watermark(self.shards())
-
-
 @dataclass
 class MaintenanceStats:
     rounds: int = 0
@@ -215,16 +183,14 @@ class Pipeline:
 
     # -- wiring ----------------------------------------------------------------------------
     def _kinesis(self):
-        if os.environ.get("AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL") or self.local is None:
-            return kinesis_client()
-        self.kinesalite = Kinesalite(self.paths.kinesis, restart=True)  # a crash is healed, and logged
-        return kinesis_client(endpoint_url=self.kinesalite.start())
+        """The stream's client: `totes run`'s own kinesalite in a local lake unless a Kinesis is configured."""
+        self.kinesalite = bootstrap.local_kinesis(self.paths)
+        return bootstrap.kinesis(self.config.stream, self.config.shards, kinesalite=self.kinesalite)
 
     def start(self) -> None:
         cfg = self.config
         slot = bootstrap.remembered_slot(cfg.lake, cfg.slot)  # fixed at the first run of this lake
         client = self._kinesis()
-        ensure_stream(client, cfg.stream, cfg.shards)
         lake = LakeWriter(
             self.layout,
             on_marker=lambda shard, lsn: self._lake_moved.set(),
@@ -241,7 +207,9 @@ class Pipeline:
             min_batch_bytes=cfg.min_batch_bytes,
             idle_sleep=cfg.processor_poll_seconds,
         )
-        self.publisher = Publisher(_Announcing(client, self.poller.wake), cfg.stream, linger_seconds=cfg.linger_seconds)
+        self.publisher = bootstrap.kinesis_publisher(
+            client, cfg.stream, on_put=self.poller.wake, linger_seconds=cfg.linger_seconds
+        )
         shard_ids = lambda: [shard.shard_id for shard in self.publisher.shards]  # noqa: E731
         self.reader = bootstrap.reader(
             cfg.source_dsn,

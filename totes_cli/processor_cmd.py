@@ -70,7 +70,6 @@ def processor(
     ] = False,
 ) -> None:
     """Poll every shard of the stream and write the lake with the Lambda handler's code."""
-    from change_events.kinesis import kinesis_client
     from lake.writer import LakeWriter
     from stream_processors.handler import StreamProcessor
 
@@ -78,7 +77,7 @@ def processor(
     settings = load()
     lake = lake or settings.lake_location
     try:
-        client = kinesis_client()
+        client = bootstrap.kinesis()
         stream_processor = _measured_processor(lake) if emf else StreamProcessor(LakeWriter(lake))
         paths = bootstrap.StatePaths(lake, settings.home)
         poller = bootstrap.poller(client, stream, stream_processor, paths=paths, batch_window=window)

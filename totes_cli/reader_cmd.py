@@ -173,13 +173,12 @@ def reader(
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
-    from cdc_reader.publisher import Publisher, PublishError
+    from cdc_reader.publisher import PublishError
     from cdc_reader.reader import supervise
     from cdc_reader.source_setup import SlotLostError, SourceSetupError
     from lake.layout import LakeLayout
-    from change_events.kinesis import ensure_stream, kinesis_client
     from local_stack.kinesalite import KinesaliteError
-    from totes_cli.pipeline import LakeWatermark
+    from lake.progress import LakeWatermark
 
     setup_logging(logging.INFO)
     if source and has_password(source):
@@ -198,9 +197,7 @@ def reader(
     paths = bootstrap.StatePaths(lake, settings.home)
     table_list = bootstrap.source_tables(tables)
     try:
-        client = kinesis_client()
-        ensure_stream(client, stream, shards)
-        publisher = Publisher(client, stream)
+        publisher = bootstrap.kinesis_publisher(bootstrap.kinesis(stream, shards), stream)
     except (KinesaliteError, PublishError) as error:
         raise fail(str(error), code=2) from None
     except Exception as error:  # botocore: no endpoint, no credentials, ...

@@ -22,10 +22,10 @@ from cdc_reader.source import SourceConnectionError
 def stream_shards(stream: str) -> list[str] | None:
     """The open shards of the stream (the watermark is their minimum), or None if the stream
     cannot be reached."""
-    from change_events.kinesis import ShardMap, kinesis_client
+    from change_events.kinesis import ShardMap
 
     try:
-        return [shard.shard_id for shard in ShardMap.from_kinesis(kinesis_client(max_attempts=2), stream).shards]
+        return [shard.shard_id for shard in ShardMap.from_kinesis(bootstrap.kinesis(max_attempts=2), stream).shards]
     except Exception:
         return None
 

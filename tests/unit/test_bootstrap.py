@@ -78,7 +78,6 @@ def _started_without_threads(monkeypatch, config):
 
     kinesis = _DescribedKinesis(shards=2)
     monkeypatch.setattr(pipeline_module.Pipeline, "_kinesis", lambda self: kinesis)
-    monkeypatch.setattr(pipeline_module, "ensure_stream", lambda client, stream, shards: None)
     monkeypatch.setattr(pipeline_module.Pipeline, "_spawn", lambda self, name, target, wake=None: None)
     pipeline = pipeline_module.Pipeline(config)
     pipeline.start()
