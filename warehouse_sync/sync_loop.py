@@ -15,10 +15,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING
 
 from warehouse_sync import SyncResult, sync_once
 from warehouse_sync.read_copy import RUNNING_SHARE, ReadCopyPublisher
+
+if TYPE_CHECKING:
+    from lake.layout import LakeLayout
+    from warehouse_sync.targets import Target
 
 
 @dataclass
@@ -40,41 +45,31 @@ Report = Callable[[int, int, int, int], None]
 lake, fact versions rejected."""
 
 
+@dataclass
 class SyncLoop:
     """Syncs `layout` into `target` up to `watermark()`, turn after turn (`run`)."""
 
-    def __init__(
-        self,
-        layout,
-        target,
-        watermark: Callable[[], int],
-        *,
-        interval: float = 1.0,
-        lake_moved: threading.Event | None = None,
-        only_when_moved: bool = False,
-        on_synced: Callable[[SyncResult], None] | None = None,
-        report: Report | None = None,
-        report_seconds: float = 10.0,
-        stats: SyncStats | None = None,
-    ):
-        self.layout = layout
-        self.target = target
-        self.watermark = watermark
-        """The lake watermark now: every shard's last marker, their minimum (lake/progress.py)."""
-        self.interval = interval
-        """The longest wait between two turns."""
-        self.lake_moved = lake_moved
-        """Set by whoever sees the lake move: the wait ends at once (cleared by the loop)."""
-        self.only_when_moved = only_when_moved
-        """Sync only when the watermark passed the last one synced to."""
-        self.on_synced = on_synced
-        self.report = report
-        self.report_seconds = report_seconds
-        self.stats = stats if stats is not None else SyncStats()
+    layout: LakeLayout
+    target: Target = field(repr=False)  # a PostgreSQL warehouse's DSN may hold a password
+    watermark: Callable[[], int]
+    """The lake watermark now: every shard's last marker, their minimum (lake/progress.py)."""
+    _: KW_ONLY
+    interval: float = 1.0
+    """The longest wait between two turns."""
+    lake_moved: threading.Event | None = None
+    """Set by whoever sees the lake move: the wait ends at once (cleared by the loop)."""
+    only_when_moved: bool = False
+    """Sync only when the watermark passed the last one synced to."""
+    on_synced: Callable[[SyncResult], None] | None = None
+    report: Report | None = None
+    report_seconds: float = 10.0
+    stats: SyncStats = field(default_factory=SyncStats)
+
+    def __post_init__(self) -> None:
         self.tables: dict = {}  # what the sync has read of each change log, between runs
-        self.readers = ReadCopyPublisher(target, max_share=RUNNING_SHARE)
+        self.readers = ReadCopyPublisher(self.target, max_share=RUNNING_SHARE)
         self._reported = SyncStats()
-        self._report_due = time.monotonic() + report_seconds
+        self._report_due = time.monotonic() + self.report_seconds
 
     def run(self, stop: threading.Event, *, once: bool = False, last_turn: bool = False) -> None:
         """Turn until `stop` is set (or once, reporting then); with `last_turn` one more after
