@@ -76,20 +76,23 @@ app.add_typer(source_cmd.app, name="source")
 lake_cmd.app.command("forget")(forget_cmd.forget)
 app.add_typer(lake_cmd.app, name="lake")
 
-# Each command lives in its own module; they are registered here, in one place.
-# (simulate, doctor, status and demo are registered below as they land.)
-app.command("doctor")(doctor_cmd.doctor)
-app.command("status")(status_cmd.status)
-app.command("demo")(demo_cmd.demo)
-app.command("reader")(reader_cmd.reader)
-app.command("processor")(processor_cmd.processor)
-app.command("query")(lake_cmd.query)
-app.command("run")(run_cmd.run)
-app.command("sync")(sync_cmd.sync)
-app.command("simulate")(simulate_cmd.simulate)
-app.command("dashboard")(dashboard_cmd.dashboard)
-app.command("report")(report_cmd.report)
-app.command("verify")(verify_cmd.verify)
+# Each command lives in its own module and is registered here, in one place, named after its
+# function, in the order `totes --help` lists them.
+for command in (
+    doctor_cmd.doctor,
+    status_cmd.status,
+    demo_cmd.demo,
+    reader_cmd.reader,
+    processor_cmd.processor,
+    lake_cmd.query,
+    run_cmd.run,
+    sync_cmd.sync,
+    simulate_cmd.simulate,
+    dashboard_cmd.dashboard,
+    report_cmd.report,
+    verify_cmd.verify,
+):
+    app.command()(command)
 
 
 def main() -> None:

@@ -129,25 +129,13 @@ def _pipeline_table(figures: StageFigures, rates: _Rates, source, warehouse_coun
         )
     retained = max(source.wal_bytes - figures.confirmed_lsn, 0) if figures.confirmed_lsn else None
     behind = f", {time.time() - figures.last_commit_ts:.1f} s behind" if figures.last_commit_ts else ""
-    table.add_row(
-        "reader → Kinesis",
-        f"{figures.read:,}",
-        rates("reader", figures.read),
-        f"WAL kept {human_bytes(retained)}{behind}",
-    )
-    table.add_row(
-        "processor → lake",
-        f"{figures.processed:,}",
-        rates("processor", figures.processed),
-        f"{figures.batches:,} batches",
-    )
     lag = f"{time.time() - figures.last_sync_at:.1f} s ago" if figures.last_sync_at else "waiting for the lake"
-    table.add_row(
-        "sync → warehouse",
-        f"{figures.synced:,}",
-        rates("sync", figures.synced),
-        f"up to {format_lsn(figures.synced_upto)}, {lag}",
-    )
+    for stage, where, events, position in (
+        ("reader", "Kinesis", figures.read, f"WAL kept {human_bytes(retained)}{behind}"),
+        ("processor", "lake", figures.processed, f"{figures.batches:,} batches"),
+        ("sync", "warehouse", figures.synced, f"up to {format_lsn(figures.synced_upto)}, {lag}"),
+    ):
+        table.add_row(f"{stage} → {where}", f"{events:,}", rates(stage, events), position)
     facts = ", ".join(f"{name.removeprefix('fact_')} {count:,}" for name, count in warehouse_counts.items())
     table.caption = f"warehouse rows: {facts}" if facts else "warehouse: not synced yet"
     table.caption_justify = "left"
