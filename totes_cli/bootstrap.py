@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The names, defined once below every stage (the reader's and the doctor's defaults read them
@@ -62,6 +62,46 @@ def home_warehouse(home: Path) -> str:
 def home_source(home: Path) -> Path:
     """The embedded source's folder: `<home>/source`."""
     return Path(home) / "source"
+
+
+@dataclass(frozen=True)
+class PipelinePlaces:
+    """Where a whole pipeline reads and writes (`totes run`, `totes verify --repair`): the
+    source, the lake and the warehouse, with the home and the personal-data policy of that lake."""
+
+    source_dsn: str = field(repr=False)  # DSNs may hold passwords: never in a repr
+    lake: str
+    warehouse: str = field(repr=False)
+    home: Path
+    personal_data: object
+    """The `cdc_reader.personal_data.Policy` the reader applies (and a verification compares by)."""
+
+    def config(self, **options):
+        """The `PipelineConfig` between these places; `options` are the rest of its fields."""
+        from totes_cli.pipeline import PipelineConfig
+
+        return PipelineConfig(
+            source_dsn=self.source_dsn,
+            lake=self.lake,
+            warehouse=self.warehouse,
+            home=self.home,
+            personal_data=self.personal_data,
+            **options,
+        )
+
+
+def pipeline_places(source: str | None, lake: str | None, warehouse: str | None) -> PipelinePlaces:
+    """`--source`, `--lake` and `--warehouse` resolved (flag, TOTES_*, totes.toml, else the
+    embedded source and the home's lake and warehouse); a ConfigError in one sentence when one
+    cannot be."""
+    from totes_cli.personal_data_config import personal_data_policy
+    from totes_cli.settings import load, resolve_source_dsn, resolve_warehouse
+
+    dsn = resolve_source_dsn(source)
+    home = load().home
+    warehouse = resolve_warehouse(warehouse, home_warehouse(home))
+    lake = lake or home_lake(home)
+    return PipelinePlaces(dsn, lake, warehouse, home, personal_data_policy(lake))
 
 
 def settings_home() -> Path:

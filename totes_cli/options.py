@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from totes_cli.bootstrap import SLOT
 
 SourceOption = Annotated[
     Optional[str],
@@ -42,6 +43,24 @@ WarehouseOption = Annotated[
 StreamOption = Annotated[str, typer.Option("--stream", envvar="TOTES_STREAM", help="Kinesis stream name.")]
 PublicationOption = Annotated[
     str, typer.Option("--publication", envvar="TOTES_PUBLICATION", help="Publication the reader reads.")
+]
+SlotOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--slot",
+        envvar="TOTES_SLOT",
+        help=f"Replication slot \\[default: named after a local lake at its first use and remembered in it, the same for `totes run` and `totes reader`; {SLOT} for a lake on S3 or none].",
+    ),
+]
+ResetOption = Annotated[
+    bool,
+    typer.Option(
+        "--reset",
+        help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.",
+    ),
+]
+EmfOption = Annotated[
+    bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")
 ]
 
 

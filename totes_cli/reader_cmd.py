@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from change_events import format_lsn
 from totes_cli import bootstrap
 from totes_cli.console import err, fail, setup_logging
-from totes_cli.options import PublicationOption, SourceOption, StreamOption
+from totes_cli.options import EmfOption, PublicationOption, ResetOption, SlotOption, SourceOption, StreamOption
 from totes_cli.reader_status import STATUS_SECONDS
 from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import ConfigError, NoSourceError, load, password_in_flag, resolve_source_dsn
@@ -106,14 +106,7 @@ def reader(
     shards: Annotated[
         int, typer.Option("--shards", help="Shards to create the stream with, if it does not exist.")
     ] = bootstrap.SHARDS,
-    slot: Annotated[
-        Optional[str],
-        typer.Option(
-            "--slot",
-            envvar="TOTES_SLOT",
-            help=f"Replication slot \\[default: the one `totes run` names after a local lake and remembers in it; {bootstrap.SLOT} for a lake on S3 or none].",
-        ),
-    ] = None,
+    slot: SlotOption = None,
     publication: PublicationOption = bootstrap.PUBLICATION,
     tables: Annotated[
         Optional[str],
@@ -134,16 +127,8 @@ def reader(
             "--resnapshot", help="Read this table again, chunk by chunk, while streaming continues (repeatable)."
         ),
     ] = None,
-    emf: Annotated[
-        bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")
-    ] = False,
-    reset: Annotated[
-        bool,
-        typer.Option(
-            "--reset",
-            help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.",
-        ),
-    ] = False,
+    emf: EmfOption = False,
+    reset: ResetOption = False,
     lake: Annotated[
         Optional[str],
         typer.Option(

@@ -15,10 +15,9 @@ from change_events import format_lsn
 from change_events.errors import SOURCE_WAIT, is_retryable
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.lake_cmd import RetainOption, retention_option
-from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
-from totes_cli.personal_data_config import personal_data_policy
+from totes_cli.options import LakeOption, ResetOption, SlotOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli import bootstrap
-from totes_cli.settings import ConfigError, load, password_in_flag, resolve_source_dsn, resolve_warehouse, shown
+from totes_cli.settings import ConfigError, password_in_flag, shown
 from cdc_reader.source import SourceConnectionError, connect, has_password
 
 if TYPE_CHECKING:  # loaded by the command itself: `totes run --help` stays light
@@ -76,12 +75,13 @@ def progress_line(pipeline: Pipeline) -> str:
     )
 
 
-def _caught_up_already(dsn: str, lake: str, warehouse: str, stream: str) -> bool:
+def _caught_up_already(places: bootstrap.PipelinePlaces, stream: str) -> bool:
     """Nothing new at the source since the last run, and the warehouse has all the lake holds:
     said in one line, with no pipeline started (totes_cli/catch_up.py)."""
     from totes_cli.catch_up import nothing_to_catch_up
 
-    upto = nothing_to_catch_up(source_dsn=dsn, lake=lake, warehouse=warehouse, stream=stream)
+    lake, warehouse = places.lake, places.warehouse
+    upto = nothing_to_catch_up(source_dsn=places.source_dsn, lake=lake, warehouse=warehouse, stream=stream)
     if upto is None:
         return False
     err.print(
@@ -125,14 +125,7 @@ def run(
     ] = False,
     stream: StreamOption = bootstrap.STREAM,
     shards: Annotated[int, typer.Option("--shards", help="Shards for a new stream.")] = bootstrap.SHARDS,
-    slot: Annotated[
-        Optional[str],
-        typer.Option(
-            "--slot",
-            envvar="TOTES_SLOT",
-            help=f"Replication slot \\[default: named after a local lake and remembered in it; {bootstrap.SLOT} for a lake on S3].",
-        ),
-    ] = None,
+    slot: SlotOption = None,
     window: Annotated[
         float,
         typer.Option(
@@ -140,13 +133,7 @@ def run(
             help="Seconds the processor gathers each shard's records into one lake commit per table: the default gives about half a second from commit to warehouse at 1,000 changes/s; larger windows mean fewer, bigger lake files, smaller ones lower latency (compacted by the lake maintenance, see --maintain-every).",
         ),
     ] = bootstrap.WINDOW,
-    reset: Annotated[
-        bool,
-        typer.Option(
-            "--reset",
-            help="After a lost slot (invalidated or dropped): drop it, create a new one and take a snapshot that replaces every table downstream. Run once.",
-        ),
-    ] = False,
+    reset: ResetOption = False,
     maintain_every: Annotated[
         float,
         typer.Option(
@@ -185,15 +172,11 @@ def run(
     retention = retention_option(retain)
     verify_seconds = _verify_every(verify_every)
     try:
-        dsn = resolve_source_dsn(source)
-        home = load().home
-        warehouse = resolve_warehouse(warehouse, bootstrap.home_warehouse(home))
-        lake = lake or bootstrap.home_lake(home)
-        policy = personal_data_policy(lake)
+        places = bootstrap.pipeline_places(source, lake, warehouse)
     except ConfigError as error:
         raise fail(str(error), code=2) from None
     try:
-        for what, target in (("source", dsn), ("warehouse", warehouse)):
+        for what, target in (("source", places.source_dsn), ("warehouse", places.warehouse)):
             if what == "source" or is_postgres_dsn(target):
                 wait_until_reachable(
                     target,
@@ -203,24 +186,19 @@ def run(
                 )
     except SourceConnectionError as error:
         raise fail(str(error), code=2) from None
-    if until_caught_up and not reset and _caught_up_already(dsn, lake, warehouse, stream):
+    if until_caught_up and not reset and _caught_up_already(places, stream):
         return
-    from totes_cli.pipeline import Pipeline, PipelineConfig, windowed
+    from totes_cli.pipeline import Pipeline, windowed
 
-    config = PipelineConfig(
-        source_dsn=dsn,
-        lake=lake,
-        warehouse=warehouse,
+    config = places.config(
         stream=stream,
         shards=shards,
         slot=slot,
-        home=home,
         maintain_every=maintain_every,
         reset=reset,
         retention=retention,
         verify_every=verify_seconds,
         on_verified=_verified,
-        personal_data=policy,
     )
     pipeline = Pipeline(windowed(config, window))
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop.set())
@@ -235,7 +213,7 @@ def run(
     from totes_cli.writer_lock import LakeBusy, writing
 
     try:
-        with writing(config.lake, home):  # forget waits for no writer: it refuses while this runs
+        with writing(config.lake, places.home):  # forget waits for no writer: it refuses while this runs
             pipeline.run(until_caught_up=until_caught_up, on_tick=tick)
     except LakeBusy as error:
         raise fail(str(error), code=2) from None

@@ -12,7 +12,7 @@ import typer
 
 from change_events import format_lsn
 from totes_cli.console import err, fail
-from totes_cli.options import LakeOption, StreamOption, WarehouseOption
+from totes_cli.options import EmfOption, LakeOption, StreamOption, WarehouseOption
 from totes_cli import bootstrap
 from totes_cli.settings import load, resolve_warehouse
 from totes_cli.writer_lock import LakeBusy, writing
@@ -75,9 +75,7 @@ def sync(
         bool, typer.Option("--once", help="Sync once up to the current watermark and exit (for schedules).")
     ] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between syncs in continuous mode.")] = 1.0,
-    emf: Annotated[
-        bool, typer.Option("--emf", help="Print CloudWatch embedded-metric-format lines to stdout every few seconds.")
-    ] = False,
+    emf: EmfOption = False,
 ) -> None:
     """Apply the lake's changes to the warehouse, never past the lake watermark (so never half
     a source transaction), exactly once."""

@@ -11,8 +11,7 @@ from change_events import format_lsn
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli import bootstrap
-from totes_cli.personal_data_config import personal_data_policy
-from totes_cli.settings import ConfigError, load, resolve_source_dsn, resolve_warehouse
+from totes_cli.settings import ConfigError
 from cdc_reader.source import SourceConnectionError
 
 if TYPE_CHECKING:
@@ -116,16 +115,12 @@ def verify(
 ) -> None:
     """Compare the source, the lake and the warehouse at one source LSN while everything runs:
     rows compared per table, and which keys differ and how. Exit 0 only when all match."""
-    from verify.run import VerifyError, verify as run_verify
+    from verify.run import VerifyError, verify_between
 
     tables = bootstrap.source_tables()
 
     try:
-        dsn = resolve_source_dsn(source)
-        home = load().home
-        warehouse = resolve_warehouse(warehouse, bootstrap.home_warehouse(home))
-        lake = lake or bootstrap.home_lake(home)
-        policy = personal_data_policy(lake)  # the source compares as the reader lets it leave
+        places = bootstrap.pipeline_places(source, lake, warehouse)  # the source compares by its policy
     except ConfigError as error:
         raise fail(str(error), code=2) from None
     unknown = [t for t in repair or () if t not in tables]
@@ -133,18 +128,9 @@ def verify(
         raise fail(f"--repair {unknown[0]} is not a source table: give one of {', '.join(tables)}.", code=2)
     try:
         if repair:
-            from totes_cli.pipeline import PipelineConfig
             from verify.repair import repair as run_repair, verify_with_pipeline
 
-            config = PipelineConfig(
-                source_dsn=dsn,
-                lake=lake,
-                warehouse=warehouse,
-                stream=stream,
-                slot=slot,
-                home=home,
-                personal_data=policy,
-            )
+            config = places.config(stream=stream, slot=slot)
             found = verify_with_pipeline(config, tables, timeout=timeout, chunk_rows=chunk_rows)
             if not as_json:
                 show(found)
@@ -152,7 +138,7 @@ def verify(
             if not as_json:
                 err.print(f"re-read {', '.join(repair)}; verified again:")
         else:
-            result = run_verify(dsn, lake, warehouse, tables, chunk_rows=chunk_rows, timeout=timeout, policy=policy)
+            result = verify_between(places, tables, chunk_rows=chunk_rows, timeout=timeout)
     except (VerifyError, SourceConnectionError) as error:
         raise fail(str(error), code=2) from None
     if emf:

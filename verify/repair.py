@@ -27,7 +27,7 @@ from lake.layout import LakeLayout
 from lake.writer import LakeWriter
 from cdc_reader.source import connect, current_wal_lsn
 from verify.core import TableReport, Verification
-from verify.run import VerifyError, verify
+from verify.run import VerifyError, verify_between
 from warehouse_sync.as_of import fact_rows_as_of
 from warehouse_sync.schema import BY_NAME, DIM_DATE, quote_identifier as q
 
@@ -134,25 +134,12 @@ def _refuse_if_running(config) -> None:
         )
 
 
-def _verify(config, tables: tuple[str, ...], *, timeout: float, chunk_rows: int) -> Verification:
-    """`verify` of the source, lake and warehouse `config` names, under its personal-data policy."""
-    return verify(
-        config.source_dsn,
-        config.lake,
-        config.warehouse,
-        tables,
-        chunk_rows=chunk_rows,
-        timeout=timeout,
-        policy=config.personal_data,
-    )
-
-
 def verify_with_pipeline(config, tables: tuple[str, ...], *, timeout: float, chunk_rows: int) -> Verification:
     """Verify while a pipeline started here for it runs (none runs elsewhere)."""
     _refuse_if_running(config)
     running = _Running(config)
     with running:
-        return _verify(config, tables, timeout=timeout, chunk_rows=chunk_rows)
+        return verify_between(config, tables, chunk_rows=chunk_rows, timeout=timeout)
 
 
 def repair(
@@ -177,4 +164,4 @@ def repair(
             if time.monotonic() > deadline:
                 raise VerifyError("the re-read did not finish in time", fix="run the repair again (it starts over).")
             time.sleep(0.2)
-        return _verify(config, all_tables, timeout=timeout, chunk_rows=chunk_rows)
+        return verify_between(config, all_tables, chunk_rows=chunk_rows, timeout=timeout)

@@ -137,6 +137,13 @@ def verify(
     return Verification(lsn, reports, warehouse_lsn)
 
 
+def verify_between(ends, tables: tuple[str, ...], **options) -> Verification:
+    """`verify` of the source, lake and warehouse a pipeline runs between (its `PipelineConfig`,
+    or `totes_cli.bootstrap.PipelinePlaces`), the source compared by the policy its reader
+    applies; `options` are the rest of `verify`'s."""
+    return verify(ends.source_dsn, ends.lake, ends.warehouse, tables, policy=ends.personal_data, **options)
+
+
 def _dimension_report(layout: LakeLayout, reader: wh.WarehouseReader, name: str, at: int, schema: str) -> TableReport:
     table = wh.table(name)
     report = TableReport(
