@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 
@@ -70,6 +71,17 @@ def _usage_error_in_one_sentence(error) -> None:
 
 
 typer.rich_utils.rich_format_error = _usage_error_in_one_sentence
+
+
+def _summary_on_one_line(*, help_text: str, markup_mode):
+    """typer's command lists keep a docstring's source line breaks in rich mode (its own help
+    page joins them): join them here too, so a summary reads as the sentence it is."""
+    first, *_ = inspect.cleandoc(help_text).split("\n\n")
+    return _command_summary(help_text=" ".join(first.split()), markup_mode=markup_mode)
+
+
+_command_summary = typer.rich_utils._make_command_help
+typer.rich_utils._make_command_help = _summary_on_one_line
 
 
 app.add_typer(source_cmd.app, name="source")
