@@ -1,20 +1,23 @@
 """The composition root: every entry point wires its stage here.
 
 `totes run`, `totes demo` (through `totes_cli/pipeline.py`), `totes reader`, `totes processor`,
-`totes sync` and the Lambda handler (`stream_processors/handler.py`) parse their flags or their
-environment and call these functions, so each name, default and path exists once:
+`totes sync`, `totes verify`, `totes doctor` and the Lambda handler (`stream_processors/handler.py`)
+parse their flags or their environment and call these functions, so each name, default and
+path exists once:
 
 - the names: the stream, the replication slot, the publication, the schema (defined once in
   change_events/names.py, below the stages that default to them too) and the tables;
-- the places under the home: the lake, the warehouse, the embedded source;
+- the places under the home: the lake, the warehouse, the embedded source; and the source,
+  lake and warehouse a whole pipeline runs between (`pipeline_places`: `totes run`,
+  `totes verify`);
 - the small state files of one lake (`StatePaths`): the processor's shard offsets, the
   reader's state and status, the writers' lock, the local Kinesis's data, the slot a local
   lake remembers, its personal-data key;
 - the stages themselves: a reader, its Kinesis client and publisher (and `totes run`'s own
   kinesalite), a local poller, the Lambda's processor.
 
-Only the standard library loads with this module (the settings read their defaults from it,
-and `--help` stays light): each function imports the stage it builds.
+Only the standard library (and change_events/names.py) loads with this module (the settings
+read their defaults from it, and `--help` stays light): each function imports the stage it builds.
 """
 
 from __future__ import annotations
