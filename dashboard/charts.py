@@ -39,29 +39,24 @@ def _base(rows: list[dict], title: str) -> alt.Chart:
     )
 
 
-def _per_month_and_currency(rows, title, y: alt.Y, tooltip: list, **encodings) -> alt.Chart:
-    """Bars per month of creation, coloured by currency; `tooltip` after the month and currency."""
-    return (
-        _base(_month_label(rows), title)
-        .mark_bar()
-        .encode(
-            x=alt.X("month_label:O", title="month"),
-            y=y,
-            color=alt.Color("currency_code:N", title="currency"),
-            tooltip=["month_label:O", "currency_code:N", *tooltip],
-            **encodings,
+def per_month_and_currency(measure: str, axis_title: str, tooltip: list, **encodings):
+    """A chart of bars per month of creation, coloured by currency: `measure` high, `tooltip`
+    after the month and currency."""
+
+    def chart(rows, title) -> alt.Chart:
+        return (
+            _base(_month_label(rows), title)
+            .mark_bar()
+            .encode(
+                x=alt.X("month_label:O", title="month"),
+                y=alt.Y(f"{measure}:Q", title=axis_title),
+                color=alt.Color("currency_code:N", title="currency"),
+                tooltip=["month_label:O", "currency_code:N", *tooltip],
+                **encodings,
+            )
         )
-    )
 
-
-def sales_by_month(rows, title):
-    return _per_month_and_currency(
-        rows,
-        title,
-        alt.Y("revenue:Q", title="revenue"),
-        ["orders:Q", "units:Q", alt.Tooltip("revenue:Q", format=",.2f")],
-        xOffset="currency_code:N",
-    )
+    return chart
 
 
 def _design_label(rows: list[dict]) -> list[dict]:
@@ -69,32 +64,26 @@ def _design_label(rows: list[dict]) -> list[dict]:
     return [{**row, "design": f"{row['design_name']} #{row['design_id']}"} for row in rows]
 
 
-def top_by_units(category: str, label: str):
-    def chart(rows, title):
+def _place_label(rows: list[dict]) -> list[dict]:
+    return [{**row, "place": f"{row['city']}, {row['country']}"} for row in rows]
+
+
+def top_by_units(category: str, label: str, labelled=None, tooltip: tuple[str, ...] | None = None):
+    """A chart of horizontal bars of units sold per `category` (a column the rows have, or one
+    `labelled` adds to them); the tooltip shows `tooltip` (the category) then orders and units."""
+
+    def chart(rows, title) -> alt.Chart:
         return (
-            _base(rows, title)
+            _base(labelled(rows) if labelled else rows, title)
             .mark_bar()
             .encode(
                 y=alt.Y(f"{category}:N", sort="-x", title=label),
                 x=alt.X("units:Q", title="units sold"),
-                tooltip=[f"{category}:N", "orders:Q", "units:Q"],
+                tooltip=[*(tooltip or [f"{category}:N"]), "orders:Q", "units:Q"],
             )
         )
 
     return chart
-
-
-def top_designs(rows, title):
-    return top_by_units("design", "design")(_design_label(rows), title)
-
-
-def purchase_volumes(rows, title):
-    return _per_month_and_currency(
-        rows,
-        title,
-        alt.Y("items:Q", title="items bought"),
-        ["purchase_orders:Q", "items:Q", alt.Tooltip("cost:Q", format=",.2f")],
-    )
 
 
 AGES = ["not due yet", "1-30 days overdue", "31-90 days overdue", "over 90 days overdue"]
@@ -121,26 +110,20 @@ def payments_due(rows, title):
     )
 
 
-def sales_by_location(rows, title):
-    labelled = [{**row, "place": f"{row['city']}, {row['country']}"} for row in rows]
-    return (
-        _base(labelled, title)
-        .mark_bar()
-        .encode(
-            y=alt.Y("place:N", sort="-x", title="delivery location"),
-            x=alt.X("units:Q", title="units sold"),
-            tooltip=["country:N", "city:N", "orders:Q", "units:Q"],
-        )
-    )
-
-
 CHARTS = {
-    "sales-by-month": sales_by_month,
-    "top-designs": top_designs,
+    "sales-by-month": per_month_and_currency(
+        "revenue",
+        "revenue",
+        ["orders:Q", "units:Q", alt.Tooltip("revenue:Q", format=",.2f")],
+        xOffset="currency_code:N",
+    ),
+    "top-designs": top_by_units("design", "design", _design_label),
     "top-counterparties": top_by_units("counterparty_legal_name", "counterparty"),
-    "purchase-volumes": purchase_volumes,
+    "purchase-volumes": per_month_and_currency(
+        "items", "items bought", ["purchase_orders:Q", "items:Q", alt.Tooltip("cost:Q", format=",.2f")]
+    ),
     "payments-due": payments_due,
-    "sales-by-location": sales_by_location,
+    "sales-by-location": top_by_units("place", "delivery location", _place_label, tooltip=("country:N", "city:N")),
 }
 
 

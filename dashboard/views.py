@@ -121,6 +121,29 @@ def _per_month_and_currency(fact: str, measures: str) -> str:
          """  # nosec B608 # a template of the views' own names, its filters filled in by View.query
 
 
+def _top_by_units(
+    dimension: str,
+    shown: tuple[str, ...],
+    *,
+    group: tuple[str, ...] | None = None,
+    order: tuple[str, ...] | None = None,
+    limit: int,
+) -> str:
+    """A view's SQL: the `limit` groups of sales orders by one `dimension` (a join) that sold the
+    most units; grouped by `group` (the `shown` columns by default), ties ordered by `order`
+    (the same)."""
+    return f"""
+         SELECT {", ".join(shown)}, count(*) AS orders, sum(f.units_sold) AS units
+         FROM fact_sales_order f
+         JOIN {dimension}
+         JOIN dim_currency c ON c.currency_id = f.currency_id
+         WHERE {{where}}
+         GROUP BY {", ".join(group or shown)}
+         ORDER BY units DESC, {", ".join(order or group or shown)}
+         LIMIT {int(limit)}
+         """  # nosec B608 # a template of the views' own names, its filters filled in by View.query
+
+
 VIEWS: tuple[View, ...] = (
     View(
         "sales-by-month",
@@ -135,31 +158,24 @@ VIEWS: tuple[View, ...] = (
         "top-designs",
         "Top designs",
         "The ten designs that sold the most units.",
-        """
-         SELECT ds.design_id, ds.design_name, count(*) AS orders, sum(f.units_sold) AS units
-         FROM fact_sales_order f
-         JOIN dim_design ds ON ds.design_id = f.design_id
-         JOIN dim_currency c ON c.currency_id = f.currency_id
-         WHERE {where}
-         GROUP BY ds.design_id, ds.design_name
-         ORDER BY units DESC, ds.design_name, ds.design_id
-         LIMIT 10
-         """,
+        _top_by_units(
+            "dim_design ds ON ds.design_id = f.design_id",
+            ("ds.design_id", "ds.design_name"),
+            order=("ds.design_name", "ds.design_id"),
+            limit=10,
+        ),
     ),
     View(
         "top-counterparties",
         "Top counterparties",
         "The ten counterparties that bought the most units.",
-        """
-         SELECT cp.counterparty_legal_name, count(*) AS orders, sum(f.units_sold) AS units
-         FROM fact_sales_order f
-         JOIN dim_counterparty cp ON cp.counterparty_id = f.counterparty_id
-         JOIN dim_currency c ON c.currency_id = f.currency_id
-         WHERE {where}
-         GROUP BY cp.counterparty_id, cp.counterparty_legal_name
-         ORDER BY units DESC, cp.counterparty_legal_name, cp.counterparty_id
-         LIMIT 10
-         """,
+        _top_by_units(
+            "dim_counterparty cp ON cp.counterparty_id = f.counterparty_id",
+            ("cp.counterparty_legal_name",),
+            group=("cp.counterparty_id", "cp.counterparty_legal_name"),
+            order=("cp.counterparty_legal_name", "cp.counterparty_id"),
+            limit=10,
+        ),
     ),
     View(
         "purchase-volumes",
@@ -194,16 +210,9 @@ VIEWS: tuple[View, ...] = (
         "sales-by-location",
         "Sales by delivery location",
         "Units and orders per agreed delivery country and city.",
-        """
-         SELECT l.country, l.city, count(*) AS orders, sum(f.units_sold) AS units
-         FROM fact_sales_order f
-         JOIN dim_location l ON l.location_id = f.agreed_delivery_location_id
-         JOIN dim_currency c ON c.currency_id = f.currency_id
-         WHERE {where}
-         GROUP BY l.country, l.city
-         ORDER BY units DESC, l.country, l.city
-         LIMIT 15
-         """,
+        _top_by_units(
+            "dim_location l ON l.location_id = f.agreed_delivery_location_id", ("l.country", "l.city"), limit=15
+        ),
     ),
 )
 BY_NAME = {view.name: view for view in VIEWS}
