@@ -93,24 +93,35 @@ async function loadOnce(load) {
   }
 }
 
+// A page's load: fetch `endpoint` with the page's filters, build its filter form (above
+// `content`) from the first answer, whose choices (currencies, tables) it lists, then `render`.
+// `fields(data, query)` gives the form's fields and the values it starts with.
+function formedLoad(endpoint, filters, content, fields, render) {
+  let query = queryFromURL(filters);
+  let form = null;
+  const load = async () => {
+    const data = await getJSON(endpoint, query);
+    totes.data = data;
+    if (!form) {
+      const [list, values] = fields(data, query);
+      form = filterForm(list, values, (next) => { query = next; loadOnce(load); });
+      main.append(form, content);
+    }
+    await render(data);
+  };
+  return load;
+}
+
 // -- business ------------------------------------------------------------------------------------
 const BUSINESS_FILTERS = ["start", "end", "currency", "as_of"];
 
 async function business() {
-  let query = queryFromURL(BUSINESS_FILTERS);
   const grid = el("div", {class: "grid", id: "charts"});
-  let form = null;
-  const load = async () => {
-    const data = await getJSON("business", query);
-    totes.data = data;
-    if (!form) {
-      form = filterForm([
-        ["start", "from (created / due)", "date"], ["end", "to", "date"],
-        ["currency", "currency", "select", [["", "all"], ...data.currencies.map((c) => [c, c])]],
-        ["as_of", "as of (UTC)", "text", "2024-11-15T14:00:00"],
-      ], query, (next) => { query = next; loadOnce(load); });
-      main.append(form, grid);
-    }
+  const load = formedLoad("business", BUSINESS_FILTERS, grid, (data, query) => [[
+    ["start", "from (created / due)", "date"], ["end", "to", "date"],
+    ["currency", "currency", "select", [["", "all"], ...data.currencies.map((c) => [c, c])]],
+    ["as_of", "as of (UTC)", "text", "2024-11-15T14:00:00"],
+  ], query], async (data) => {
     for (const view of data.views) {
       let card = document.getElementById(`card-${view.name}`);
       if (!card) {
@@ -124,7 +135,7 @@ async function business() {
     }
     document.body.dataset.checkpoint = String(data.checkpoint_lsn ?? "");
     setStatus(`warehouse up to ${data.checkpoint ?? "-"} · ${new Date().toLocaleTimeString()}`);
-  };
+  });
   await loadOnce(load);
   if (totes.refresh > 0) setInterval(() => loadOnce(load), totes.refresh * 1000);
 }
@@ -156,20 +167,12 @@ async function order() {
 
 // -- the lake as of a moment ---------------------------------------------------------------------
 async function lake() {
-  let query = queryFromURL(["table", "at", "compare"]);
   const out = el("div", {id: "lake-state"});
-  let form = null;
-  const load = async () => {
-    const data = await getJSON("lake", query);
-    totes.data = data;
-    if (!form) {
-      form = filterForm([
-        ["table", "lake table", "select", data.tables.map((t) => [t, t])],
-        ["at", "as of (version, LSN or time)", "text", "latest"],
-        ["compare", "compare with (version, LSN or time)", "text", ""],
-      ], {...query, table: data.table}, (next) => { query = next; loadOnce(load); });
-      main.append(form, out);
-    }
+  const load = formedLoad("lake", ["table", "at", "compare"], out, (data, query) => [[
+    ["table", "lake table", "select", data.tables.map((t) => [t, t])],
+    ["at", "as of (version, LSN or time)", "text", "latest"],
+    ["compare", "compare with (version, LSN or time)", "text", ""],
+  ], {...query, table: data.table}], async (data) => {
     const parts = [el("h2", {id: "lake-count"}, `${data.table}${data.at ? " as of " + data.at : ""}: ${data.count} rows`),
       Object.assign(figures(data.columns || [], data.rows), {id: "lake-rows"})];
     if (data.difference) {
@@ -182,7 +185,7 @@ async function lake() {
     }
     out.replaceChildren(...parts);
     setStatus(`lake · ${new Date().toLocaleTimeString()}`);
-  };
+  });
   await loadOnce(load);
 }
 
