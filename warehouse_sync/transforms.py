@@ -28,23 +28,9 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from warehouse_sync.schema import (
-    DIM_COUNTERPARTY,
-    DIM_CURRENCY,
-    DIM_DATE,
-    DIM_DESIGN,
-    DIM_LOCATION,
-    DIM_PAYMENT_TYPE,
-    DIM_STAFF,
-    DIM_TRANSACTION,
-    FACT_PAYMENT,
-    FACT_PURCHASE_ORDER,
-    FACT_SALES_ORDER,
-    REJECTED,
-    Table,
-    conform,
-    projected_columns,
-)
+from warehouse_sync import star_schema as star
+from warehouse_sync.sync_tables import REJECTED
+from warehouse_sync.table_model import Table, conform
 
 ISO_4217_NAMES = {
     "GBP": "Pound Sterling",
@@ -78,32 +64,33 @@ def _required_text(frame: pl.DataFrame, table) -> pl.DataFrame:
 
 def dim_location(address: pl.DataFrame) -> pl.DataFrame:
     return conform(
-        _required_text(address.rename({"address_id": "location_id"}), DIM_LOCATION), DIM_LOCATION.polars_schema
+        _required_text(address.rename({"address_id": "location_id"}), star.DIM_LOCATION),
+        star.DIM_LOCATION.polars_schema,
     )
 
 
 def dim_design(design: pl.DataFrame) -> pl.DataFrame:
-    return conform(design, DIM_DESIGN.polars_schema)
+    return conform(design, star.DIM_DESIGN.polars_schema)
 
 
 def dim_payment_type(payment_type: pl.DataFrame) -> pl.DataFrame:
-    return conform(payment_type, DIM_PAYMENT_TYPE.polars_schema)
+    return conform(payment_type, star.DIM_PAYMENT_TYPE.polars_schema)
 
 
 def dim_transaction(transaction: pl.DataFrame) -> pl.DataFrame:
-    return conform(transaction, DIM_TRANSACTION.polars_schema)
+    return conform(transaction, star.DIM_TRANSACTION.polars_schema)
 
 
 def dim_currency(currency: pl.DataFrame) -> pl.DataFrame:
     code = pl.col("currency_code")
     name = code.replace_strict(ISO_4217_NAMES, default=code, return_dtype=pl.String)
-    return conform(currency.with_columns(currency_name=name), DIM_CURRENCY.polars_schema)
+    return conform(currency.with_columns(currency_name=name), star.DIM_CURRENCY.polars_schema)
 
 
 def dim_staff(staff: pl.DataFrame, department: pl.DataFrame) -> pl.DataFrame:
     departments = department.select("department_id", "department_name", "location")
     joined = staff.join(departments, on="department_id", how="left")
-    return conform(_required_text(joined, DIM_STAFF), DIM_STAFF.polars_schema)
+    return conform(_required_text(joined, star.DIM_STAFF), star.DIM_STAFF.polars_schema)
 
 
 def dim_counterparty(counterparty: pl.DataFrame, address: pl.DataFrame) -> pl.DataFrame:
@@ -117,9 +104,11 @@ def dim_counterparty(counterparty: pl.DataFrame, address: pl.DataFrame) -> pl.Da
         pl.col("country").alias("counterparty_legal_country"),
         pl.col("phone").alias("counterparty_legal_phone_number"),
     )
-    required = [c.name for c in DIM_COUNTERPARTY.columns if not c.nullable]
+    required = [c.name for c in star.DIM_COUNTERPARTY.columns if not c.nullable]
     joined = counterparty.join(legal, on="legal_address_id", how="left")
-    return conform(joined.with_columns(pl.col(c).fill_null("") for c in required[2:]), DIM_COUNTERPARTY.polars_schema)
+    return conform(
+        joined.with_columns(pl.col(c).fill_null("") for c in required[2:]), star.DIM_COUNTERPARTY.polars_schema
+    )
 
 
 def dim_date(days: pl.Series) -> pl.DataFrame:
@@ -136,7 +125,7 @@ def dim_date(days: pl.Series) -> pl.DataFrame:
             month_name=day.dt.strftime("%B"),
             quarter=day.dt.quarter(),
         ),
-        DIM_DATE.polars_schema,
+        star.DIM_DATE.polars_schema,
     )
 
 
@@ -167,13 +156,13 @@ class DimensionSpec:
 
 
 DIMENSION_SPECS = (
-    DimensionSpec(DIM_LOCATION, ("address",), dim_location),
-    DimensionSpec(DIM_DESIGN, ("design",), dim_design),
-    DimensionSpec(DIM_CURRENCY, ("currency",), dim_currency),
-    DimensionSpec(DIM_PAYMENT_TYPE, ("payment_type",), dim_payment_type),
-    DimensionSpec(DIM_TRANSACTION, ("transaction",), dim_transaction),
-    DimensionSpec(DIM_STAFF, ("staff", "department"), dim_staff, joined_on="department_id"),
-    DimensionSpec(DIM_COUNTERPARTY, ("counterparty", "address"), dim_counterparty, joined_on="legal_address_id"),
+    DimensionSpec(star.DIM_LOCATION, ("address",), dim_location),
+    DimensionSpec(star.DIM_DESIGN, ("design",), dim_design),
+    DimensionSpec(star.DIM_CURRENCY, ("currency",), dim_currency),
+    DimensionSpec(star.DIM_PAYMENT_TYPE, ("payment_type",), dim_payment_type),
+    DimensionSpec(star.DIM_TRANSACTION, ("transaction",), dim_transaction),
+    DimensionSpec(star.DIM_STAFF, ("staff", "department"), dim_staff, joined_on="department_id"),
+    DimensionSpec(star.DIM_COUNTERPARTY, ("counterparty", "address"), dim_counterparty, joined_on="legal_address_id"),
 )
 """Every dimension but dim_date (a calendar, built from the days the facts reference)."""
 DIMENSION_BY_NAME = {spec.table.name: spec for spec in DIMENSION_SPECS}
@@ -215,56 +204,36 @@ class FactSpec:
         return self.table.business_key
 
 
+SOURCE_NAMES = {"sales_staff_id": "staff_id"}
+"""Fact columns whose source column has another name (§3 renames sales_order.staff_id)."""
+
+
+def projection_of(fact: Table) -> Callable[[], list[pl.Expr]]:
+    """A fact's projection, read from its §3 columns after the record id: created_at and
+    last_updated split into date and time, every other date cast from the source's text, the
+    rest copied (under their SOURCE_NAMES)."""
+
+    def projection() -> list[pl.Expr]:
+        stamps = {expression.meta.output_name(): expression for expression in _timestamps()}
+        expressions = []
+        for name in star.projected_columns(fact):
+            if name in stamps:
+                expressions.append(stamps[name])
+            elif fact.column(name).type == "date":
+                expressions.append(_text_date(name).alias(name))
+            elif name in SOURCE_NAMES:
+                expressions.append(pl.col(SOURCE_NAMES[name]).alias(name))
+            else:
+                expressions.append(pl.col(name))
+        return expressions
+
+    return projection
+
+
 FACT_SPECS = (
-    FactSpec(
-        FACT_SALES_ORDER,
-        "sales_order",
-        lambda: [
-            pl.col("sales_order_id"),
-            *_timestamps(),
-            pl.col("staff_id").alias("sales_staff_id"),
-            "counterparty_id",
-            "units_sold",
-            "unit_price",
-            "currency_id",
-            "design_id",
-            _text_date("agreed_payment_date").alias("agreed_payment_date"),
-            _text_date("agreed_delivery_date").alias("agreed_delivery_date"),
-            "agreed_delivery_location_id",
-        ],
-    ),
-    FactSpec(
-        FACT_PURCHASE_ORDER,
-        "purchase_order",
-        lambda: [
-            pl.col("purchase_order_id"),
-            *_timestamps(),
-            "staff_id",
-            "counterparty_id",
-            "item_code",
-            "item_quantity",
-            "item_unit_price",
-            "currency_id",
-            _text_date("agreed_delivery_date").alias("agreed_delivery_date"),
-            _text_date("agreed_payment_date").alias("agreed_payment_date"),
-            "agreed_delivery_location_id",
-        ],
-    ),
-    FactSpec(
-        FACT_PAYMENT,
-        "payment",
-        lambda: [
-            pl.col("payment_id"),
-            *_timestamps(),
-            "transaction_id",
-            "counterparty_id",
-            "payment_amount",
-            "currency_id",
-            "payment_type_id",
-            "paid",
-            _text_date("payment_date").alias("payment_date"),
-        ],
-    ),
+    FactSpec(star.FACT_SALES_ORDER, "sales_order", projection_of(star.FACT_SALES_ORDER)),
+    FactSpec(star.FACT_PURCHASE_ORDER, "purchase_order", projection_of(star.FACT_PURCHASE_ORDER)),
+    FactSpec(star.FACT_PAYMENT, "payment", projection_of(star.FACT_PAYMENT)),
 )
 FACT_BY_SOURCE = {spec.source: spec for spec in FACT_SPECS}
 
@@ -351,7 +320,7 @@ def new_fact_rows(spec: FactSpec, current: pl.DataFrame, versions: pl.DataFrame)
     a delete or truncate of a row never seen appends nothing. The newest appended version of
     a key is current; every other one gets `valid_to` = the `valid_from` of the next one."""
     key, record_id = spec.business_key, spec.table.key
-    compared = projected_columns(spec.table)[1:] + ["is_deleted"]
+    compared = star.projected_columns(spec.table)[1:] + ["is_deleted"]
     rows = pl.concat(
         [
             current.select([record_id, *fact_schema(spec)]).with_columns(_origin=pl.lit(True)),
@@ -378,7 +347,7 @@ def new_fact_rows(spec: FactSpec, current: pl.DataFrame, versions: pl.DataFrame)
 
 def referenced_days(spec: FactSpec, rows: pl.DataFrame) -> pl.Series:
     """Every date the fact rows reference (their dim_date foreign keys)."""
-    columns = [c.name for c in spec.table.foreign_keys if c.references == DIM_DATE.name]
+    columns = [c.name for c in spec.table.foreign_keys if c.references == star.DIM_DATE.name]
     if rows.height == 0:
         return pl.Series("date_id", [], dtype=pl.Date)
     return pl.concat([rows[c] for c in columns]).alias("date_id")
