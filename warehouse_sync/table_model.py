@@ -83,11 +83,16 @@ class Index:
     unique_current: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Column:
+    """One column of a table in the terms of §3 (`parse_column` reads 'name type [null]'), a
+    fixed record: slots, no per-column dict (the model holds some 200 of them)."""
+
     name: str
     type: str
+    """A logical type: a key of TYPES, or 'decimal(p,s)' (see `logical_type`)."""
     nullable: bool = False
+    """§3 marks it NULL; every other column is NOT NULL."""
     references: str | None = None
     """The dimension table this column points at (its primary key)."""
 
