@@ -14,6 +14,12 @@ from totes_cli.options import LakeOption, WarehouseOption
 from totes_cli.settings import ConfigError, load, resolve_warehouse
 from totes_cli.writer_lock import LakeBusy, alone
 
+LakeOnlyOption = Annotated[
+    bool,
+    typer.Option("--lake-only", help="Erase from the lake only, not the warehouse (e.g. one kept by another team)."),
+]
+"""Leaves the warehouse as it is: one kept by another team erases there itself."""
+
 
 def forget(
     table: Annotated[str, typer.Argument(help="Source table, e.g. staff.")],
@@ -25,12 +31,7 @@ def forget(
     ],
     lake: LakeOption = None,
     warehouse: WarehouseOption = None,
-    lake_only: Annotated[
-        bool,
-        typer.Option(
-            "--lake-only", help="Erase from the lake only, not the warehouse (e.g. one kept by another team)."
-        ),
-    ] = False,
+    lake_only: LakeOnlyOption = False,
 ) -> None:
     """Erase these rows' values from every version of the lake (change log and state: the
     files rewritten, the old ones vacuumed whatever the retention) and from the warehouse;

@@ -247,6 +247,26 @@ def _lake_and_warehouse(lake: str | None, warehouse: str | None, settings) -> tu
     return (lake if lake_there else None), (None if missing_warehouse(warehouse) else warehouse)
 
 
+DuckDBWarehouseOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--warehouse",
+        envvar="TOTES_WAREHOUSE",
+        show_default=False,
+        help="The warehouse DuckDB file \\[default: $TOTES_HOME/warehouse.duckdb].",
+    ),
+]
+"""`totes query`'s --warehouse: DuckDB attaches a DuckDB file only, not a PostgreSQL warehouse."""
+QueryAsOfOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--as-of",
+        help="Read as of a source TIMESTAMP or LSN (every lake table and the warehouse's facts: the source's state then), or a Delta VERSION (each lake state table's own).",
+    ),
+]
+"""`totes query`'s --as-of: a moment of the source or a Delta version (see `query`)."""
+
+
 def query(
     sql: Annotated[
         Optional[str], typer.Argument(help="SQL (DuckDB dialect) over the lake's tables and the warehouse.")
@@ -256,22 +276,8 @@ def query(
     ] = None,
     examples: Annotated[bool, typer.Option("--examples", help="List the named queries.")] = False,
     lake: LakeOption = None,
-    warehouse: Annotated[
-        Optional[str],
-        typer.Option(
-            "--warehouse",
-            envvar="TOTES_WAREHOUSE",
-            show_default=False,
-            help="The warehouse DuckDB file \\[default: $TOTES_HOME/warehouse.duckdb].",
-        ),
-    ] = None,
-    as_of: Annotated[
-        Optional[str],
-        typer.Option(
-            "--as-of",
-            help="Read as of a source TIMESTAMP or LSN (every lake table and the warehouse's facts: the source's state then), or a Delta VERSION (each lake state table's own).",
-        ),
-    ] = None,
+    warehouse: DuckDBWarehouseOption = None,
+    as_of: QueryAsOfOption = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="How to print the rows.")] = OutputFormat.table,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show in table format.")] = 100,
 ) -> None:

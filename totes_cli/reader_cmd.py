@@ -28,6 +28,17 @@ if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` 
 
 log = logging.getLogger("totes.reader")
 
+ConfirmingLakeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--lake",
+        envvar="TOTES_LAKE",
+        help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.",
+    ),
+]
+"""The reader's --lake: not the shared one (no default under TOTES_HOME), as it decides what
+WAL the slot may forget (settings.LAKE_NAMED_ONLY)."""
+
 
 class KinesisAcknowledged:
     """Durability only when asked for (`--durability kinesis`): what Kinesis has acknowledged
@@ -129,14 +140,7 @@ def reader(
     ] = None,
     emf: EmfOption = False,
     reset: ResetOption = False,
-    lake: Annotated[
-        Optional[str],
-        typer.Option(
-            "--lake",
-            envvar="TOTES_LAKE",
-            help="The lake the processor writes (a folder or s3://bucket/prefix): the slot is confirmed only up to its watermark. Only a lake set here, in TOTES_LAKE or in totes.toml counts.",
-        ),
-    ] = None,
+    lake: ConfirmingLakeOption = None,
     durability: Annotated[
         Optional[str],
         typer.Option(
