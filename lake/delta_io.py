@@ -15,12 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-import pyarrow as pa
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, QueryBuilder, Transaction, WriterProperties
 
 from change_events.errors import COMMIT_RACE_RETRY, is_conflict
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 T = TypeVar("T")
 
@@ -75,6 +77,8 @@ def position_transactions(app: str, position: Position) -> list[Transaction]:
 
 
 def _plain(type_: pa.DataType) -> pa.DataType:
+    import pyarrow as pa
+
     if pa.types.is_string_view(type_) or pa.types.is_large_string(type_):
         return pa.string()
     if pa.types.is_binary_view(type_) or pa.types.is_large_binary(type_):
@@ -86,12 +90,16 @@ def _plain(type_: pa.DataType) -> pa.DataType:
 
 def plain_types(table: pa.Table) -> pa.Table:
     """`table` with view/large string, binary and list types cast to the plain ones."""
+    import pyarrow as pa
+
     schema = pa.schema([field.with_type(_plain(field.type)) for field in table.schema])
     return table if schema == table.schema else table.cast(schema)
 
 
 def read_sql(table: DeltaTable, sql: str, name: str = "t") -> pa.Table:
     """Run `sql` (which names the table `name`) over `table`; return a pyarrow Table."""
+    import pyarrow as pa
+
     reader = QueryBuilder().register(name, table).execute(sql)
     return plain_types(pa.table(reader.read_all()))
 

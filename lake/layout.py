@@ -30,22 +30,33 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import pyarrow as pa
-import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 CHANGES = "changes"
 STATE = "tables"
 PROGRESS = "_progress"
 DEAD_LETTERS = "_dead_letters"
 KINDS = (CHANGES, STATE)
-_LOCAL = pafs.LocalFileSystem()
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _ESCAPED = re.compile(r"(?:~[0-9A-F]{2})+")
+
+
+@cache
+def _local_filesystem() -> pafs.LocalFileSystem:
+    """pyarrow's local filesystem, made on first use: opening a table and reading its app
+    transactions (a catch-up with nothing new) needs no Arrow."""
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
 
 
 def folder_name(table: str) -> str:
@@ -147,6 +158,8 @@ class LakeLayout:
         A commit whose entry the log cleanup removed (lake.maintenance) is known from the
         checkpoint that replaced it, so a handle left at an old version still sees that the
         table moved on."""
+        import pyarrow.fs as pafs
+
         filesystem, path = self.filesystem(f"{uri}/_delta_log/{version:020d}.json")
         if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
             return True
@@ -163,6 +176,8 @@ class LakeLayout:
 
     def tables(self, kind: str = CHANGES) -> list[str]:
         """Source tables that have a `kind` folder (changes or tables), sorted."""
+        import pyarrow.fs as pafs
+
         filesystem, base = self.filesystem(self.uri(kind))
         selector = pafs.FileSelector(base, allow_not_found=True)
         names = [
@@ -177,6 +192,8 @@ class LakeLayout:
     # -- sizes -----------------------------------------------------------------------------
     def stored_bytes(self, uri: str) -> tuple[int, int]:
         """Bytes and number of files under `uri` (every file, listed recursively)."""
+        import pyarrow.fs as pafs
+
         filesystem, path = self.filesystem(uri)
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
         files = [info for info in infos if info.type == pafs.FileType.File]
@@ -185,6 +202,8 @@ class LakeLayout:
     def table_size(self, uri: str, table: DeltaTable | None = None) -> TableSize | None:
         """Stored and live bytes of the Delta table at `uri` (None when there is none);
         `table`: its handle, when the caller has it open and up to date."""
+        import pyarrow as pa
+
         table = table if table is not None else self.open(uri)
         if table is None:
             return None
@@ -197,12 +216,14 @@ class LakeLayout:
         """A pyarrow filesystem and the path of `uri` in it (native, not deltalake's
         handler: scans through that handler can abort the process at exit)."""
         if not self.is_s3:
-            return _LOCAL, uri
+            return _local_filesystem(), uri
         if self._s3 is None:
             self._s3 = self._s3_filesystem()
         return self._s3, uri.removeprefix("s3://")
 
     def _s3_filesystem(self) -> pafs.S3FileSystem:
+        import pyarrow.fs as pafs
+
         options = self.storage_options
         endpoint = options.get("AWS_ENDPOINT_URL")
         kwargs: dict = {}
@@ -220,5 +241,7 @@ class LakeLayout:
 
     def subtree(self, uri: str) -> pafs.FileSystem:
         """A filesystem rooted at `uri` (what `DeltaTable.to_pyarrow_dataset` expects)."""
+        import pyarrow.fs as pafs
+
         filesystem, path = self.filesystem(uri)
         return pafs.SubTreeFileSystem(path, filesystem)

@@ -16,14 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from functools import cache
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from lake.delta_io import TABLE_PROPERTIES, LakeTable, read_sql, retry_on_conflict, small_file_properties
 from lake.layout import PROGRESS, LakeLayout
 
-SCHEMA = pa.schema([("shard", pa.string()), ("marker_lsn", pa.int64()), ("recorded_at", pa.timestamp("us", "UTC"))])
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@cache
+def schema() -> pa.Schema:
+    """The table's columns, made on first use: reading a marker (a catch-up with nothing new)
+    needs no Arrow."""
+    import pyarrow as pa
+
+    return pa.schema([("shard", pa.string()), ("marker_lsn", pa.int64()), ("recorded_at", pa.timestamp("us", "UTC"))])
 
 
 def _app(shard: str) -> str:
@@ -48,7 +59,9 @@ class Progress(LakeTable):
         def record() -> bool:
             if lsn <= self.marker(shard):
                 return False
-            row = pa.table([[shard], [lsn], [datetime.now(timezone.utc)]], schema=SCHEMA)
+            import pyarrow as pa
+
+            row = pa.table([[shard], [lsn], [datetime.now(timezone.utc)]], schema=schema())
             properties = CommitProperties(app_transactions=[Transaction(_app(shard), lsn)])
             small = small_file_properties(row.num_rows)  # nothing reads it by its columns' statistics
             if self.delta is None:
@@ -76,7 +89,7 @@ class Progress(LakeTable):
         """Every marker recorded, oldest first."""
         table = self._table()
         if table is None:
-            return SCHEMA.empty_table()
+            return schema().empty_table()
         return read_sql(table, "SELECT * FROM t ORDER BY recorded_at, shard")
 
 

@@ -9,8 +9,8 @@ from warehouse_sync.targets import Target
 
 def checkpoint_lsn(target: Target) -> int:
     """The LSN up to which the warehouse holds every event (0 before the first sync)."""
-    frame = target.query(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1")  # nosec B608 # names quoted by q(), values int()
-    return int(frame.item()) if frame.height else 0
+    lsn = target.value(f"SELECT lsn FROM {q(CHECKPOINT.name)} WHERE id = 1")  # nosec B608 # names quoted by q(), values int()
+    return 0 if lsn is None else int(lsn)
 
 
 def complete_lsn(position: Position) -> int:

@@ -23,9 +23,12 @@ contract or the value.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import polars as pl
 from warehouse_sync.table_model import Column, Table, define_table, logical_type, parse_column
+
+if TYPE_CHECKING:
+    import polars as pl
 
 SOURCE_META = (parse_column("_lsn bigint"), parse_column("_seq bigint"))
 
@@ -145,22 +148,24 @@ REJECTED = define_table(
 INTERNAL_TABLES = tuple(SOURCES.values()) + (CHECKPOINT, PARTIAL, REJECTED)
 
 
-_INTEGER_DIGITS = {pl.Int8(): 3, pl.Int16(): 5, pl.Int32(): 10, pl.Int64(): 19}
-
-
 def _holds(mirror: pl.DataType, lake: pl.DataType) -> bool:
+    import polars as pl
+
+    digits = {pl.Int8(): 3, pl.Int16(): 5, pl.Int32(): 10, pl.Int64(): 19}
     if mirror == lake:
         return True
     if mirror.is_integer() and lake.is_integer():
-        return _INTEGER_DIGITS.get(mirror, 19) >= _INTEGER_DIGITS.get(lake, 19)
+        return digits.get(mirror, 19) >= digits.get(lake, 19)
     if isinstance(mirror, pl.Decimal) and isinstance(lake, pl.Decimal):
         return mirror.scale >= lake.scale and mirror.precision - mirror.scale >= lake.precision - lake.scale
     if isinstance(mirror, pl.Decimal) and lake.is_integer():
-        return (mirror.precision or 38) - mirror.scale >= _INTEGER_DIGITS.get(lake, 19)
+        return (mirror.precision or 38) - mirror.scale >= digits.get(lake, 19)
     return mirror == pl.String()
 
 
 def _wider_logical(lake: pl.DataType) -> str | None:
+    import polars as pl
+
     if lake == pl.Int64():
         return "bigint"
     if isinstance(lake, pl.Decimal):

@@ -21,37 +21,63 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 POSTGRES = "postgresql"
 DUCKDB = "duckdb"
 
-# Logical type → (PostgreSQL, DuckDB, polars).
-TYPES: dict[str, tuple[str, str, pl.DataType]] = {
-    "int": ("integer", "INTEGER", pl.Int32()),
-    "bigint": ("bigint", "BIGINT", pl.Int64()),
-    "varchar": ("varchar", "VARCHAR", pl.String()),
-    "date": ("date", "DATE", pl.Date()),
-    "time": ("time", "TIME", pl.Time()),
-    "boolean": ("boolean", "BOOLEAN", pl.Boolean()),
-    "money": ("numeric(10,2)", "DECIMAL(10,2)", pl.Decimal(10, 2)),
-    "numeric": ("numeric", "DECIMAL(18,2)", pl.Decimal(18, 2)),
-    "timestamp": ("timestamp", "TIMESTAMP", pl.Datetime("us")),
-    "timestamptz": ("timestamptz", "TIMESTAMPTZ", pl.Datetime("us", "UTC")),
-    "serial": ("SERIAL", "INTEGER", pl.Int32()),
+# Logical type → (PostgreSQL, DuckDB); its polars type is `_polars_types`'s.
+TYPES: dict[str, tuple[str, str]] = {
+    "int": ("integer", "INTEGER"),
+    "bigint": ("bigint", "BIGINT"),
+    "varchar": ("varchar", "VARCHAR"),
+    "date": ("date", "DATE"),
+    "time": ("time", "TIME"),
+    "boolean": ("boolean", "BOOLEAN"),
+    "money": ("numeric(10,2)", "DECIMAL(10,2)"),
+    "numeric": ("numeric", "DECIMAL(18,2)"),
+    "timestamp": ("timestamp", "TIMESTAMP"),
+    "timestamptz": ("timestamptz", "TIMESTAMPTZ"),
+    "serial": ("SERIAL", "INTEGER"),
 }
 _DECIMAL = re.compile(r"decimal\((\d+),(\d+)\)")
+
+
+@cache
+def _polars_types() -> dict[str, pl.DataType]:
+    """The polars type of each of TYPES, made on first use: the tables' names and DDL load
+    without polars (a catch-up with nothing new reads the checkpoint and no frame)."""
+    import polars as pl
+
+    return {
+        "int": pl.Int32(),
+        "bigint": pl.Int64(),
+        "varchar": pl.String(),
+        "date": pl.Date(),
+        "time": pl.Time(),
+        "boolean": pl.Boolean(),
+        "money": pl.Decimal(10, 2),
+        "numeric": pl.Decimal(18, 2),
+        "timestamp": pl.Datetime("us"),
+        "timestamptz": pl.Datetime("us", "UTC"),
+        "serial": pl.Int32(),
+    }
 
 
 def logical_type(name: str) -> tuple[str, str, pl.DataType]:
     """(PostgreSQL, DuckDB, polars) of a logical type: one of TYPES, or 'decimal(p,s)'
     (a mirror column widened to the lake's decimal)."""
     if name in TYPES:
-        return TYPES[name]
+        return (*TYPES[name], _polars_types()[name])
     match = _DECIMAL.fullmatch(name)
     if match is None:
         raise KeyError(name)
+    import polars as pl
+
     precision, scale = int(match[1]), int(match[2])
     return f"numeric({precision},{scale})", f"DECIMAL({precision},{scale})", pl.Decimal(precision, scale)
 
@@ -152,6 +178,8 @@ def sql_type(logical: str, dialect: str) -> str:
 
 def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """`frame` with exactly the columns of `schema`, in its order and types."""
+    import polars as pl
+
     if frame.width == 0 or frame.height == 0:
         return pl.DataFrame(schema=schema)
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])

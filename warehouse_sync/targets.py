@@ -6,6 +6,9 @@ SQL as a relation for the current transaction (`stage`), and delimit transaction
 dialect differences are attributes here (`dialect`, `for_update`, `series`) or live in the
 DDL renderer (`warehouse_sync.schema`).
 
+polars, pyarrow and pgpq are imported by the methods that use them: reading the checkpoint
+(`value`) needs neither, so a catch-up with nothing new (totes_cli/catch_up.py) loads only DuckDB.
+
 Why one file (~400 lines): the two adapters answer the same small interface side by side, so
 a dialect difference is seen next to its twin; split per engine if either grows.
 """
@@ -17,10 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
-import pgpq
-import polars as pl
 import psycopg2
-import pyarrow as pa
 from psycopg2 import sql as pgsql
 
 from change_events.errors import is_lost_connection
@@ -28,6 +28,9 @@ from cdc_reader.source import connect
 from warehouse_sync.schema import DUCKDB, POSTGRES, column_list, conform, quote_identifier, quote_literal
 
 if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
     from warehouse_sync.bulk_source import SnapshotPart
 
 APPLICATION_NAME = "totes-sync"
@@ -53,6 +56,10 @@ class Target:
         raise NotImplementedError
 
     def query(self, statement: str) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def value(self, statement: str) -> object:
+        """The first column of a query's first row (None without a row), with no frame built."""
         raise NotImplementedError
 
     def select(self, statement: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -143,9 +150,15 @@ class DuckDBTarget(Target):
         self.connection.execute(statement)
 
     def query(self, statement: str) -> pl.DataFrame:
+        import polars as pl
+
         frame = pl.from_arrow(self.connection.sql(statement).to_arrow_table())
         assert isinstance(frame, pl.DataFrame)  # nosec B101 # type narrowing only
         return frame
+
+    def value(self, statement: str) -> object:
+        row = self.connection.execute(statement).fetchone()
+        return None if row is None else row[0]
 
     def stage(self, name: str, frame: pl.DataFrame) -> str:
         self.connection.register(name, frame.to_arrow())
@@ -196,6 +209,8 @@ class DuckDBTarget(Target):
 
 
 def _pg_type(dtype: pl.DataType) -> str:
+    import polars as pl
+
     if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16):
         return "integer"
     if dtype in (pl.Int64, pl.UInt32, pl.UInt64):
@@ -219,6 +234,9 @@ def _binary_ready(frame: pl.DataFrame) -> pa.Table:
     """`frame` as Arrow whose every column has the binary form of its staged column's type
     (`_pg_type`): binary COPY checks no types, so an int2 sent into an integer would be
     misread. Times and timestamps in microseconds, PostgreSQL's precision."""
+    import polars as pl
+    import pyarrow as pa
+
     columns = []
     for name, dtype in frame.schema.items():
         column = pl.col(name)
@@ -243,6 +261,8 @@ def _binary_ready(frame: pl.DataFrame) -> pa.Table:
 
 def _binary_copy(table: pa.Table) -> io.BytesIO:
     """`table` in PostgreSQL's binary COPY format (pgpq): no text to format or parse."""
+    import pgpq
+
     encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
     buffer = io.BytesIO()
     buffer.write(encoder.write_header())
@@ -255,6 +275,8 @@ def _binary_copy(table: pa.Table) -> io.BytesIO:
 
 def _from_copy_text(name: str, dtype: pl.DataType) -> pl.Expr:
     """Column `name` of PostgreSQL's CSV output (text, the session in UTC) as `dtype`."""
+    import polars as pl
+
     text = pl.col(name)
     if dtype == pl.Boolean:
         return (text == "t").alias(name)
@@ -296,6 +318,8 @@ class PostgresTarget(Target):
             cur.execute(statement)
 
     def query(self, statement: str) -> pl.DataFrame:
+        import polars as pl
+
         with self.connection.cursor() as cur:
             cur.execute(statement)
             names = [d.name for d in cur.description]
@@ -304,8 +328,16 @@ class PostgresTarget(Target):
             return pl.DataFrame(schema={n: pl.Null for n in names})
         return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
 
+    def value(self, statement: str) -> object:
+        with self.connection.cursor() as cur:
+            cur.execute(statement)
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
     def select(self, statement: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Through COPY TO as CSV, parsed by polars: no Python object per row or value."""
+        import polars as pl
+
         buffer = io.BytesIO()
         with self.connection.cursor() as cur:
             cur.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv)", buffer)
@@ -328,6 +360,8 @@ class PostgresTarget(Target):
         return name
 
     def stage_part(self, name: str, part: SnapshotPart, columns: list[str]) -> str:
+        import polars as pl
+
         schema = dict(pl.DataFrame(part.dataset.schema.empty_table()).select(columns).schema)
         self.stage(name, pl.DataFrame(schema=schema))
         copy = pgsql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(pgsql.Identifier(name))
