@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import traceback
 
 import typer
 import typer.core
-import typer.rich_utils
 from rich.markup import escape
+from typer._click.exceptions import ClickException
 
 from totes_cli import (
     demo_cmd,
@@ -31,8 +32,35 @@ from totes_cli.console import err, fail
 from cdc_reader.source import scrub
 from change_events.errors import Kind, classify, sentence
 
+
+class TotesGroup(typer.core.TyperGroup):
+    """typer's group, with its rich help and error output as `_rich_output_as_ours` makes it,
+    put in place the first time a group shows help or a usage error: `typer.rich_utils`
+    brings rich's markdown, syntax and traceback modules (~70 ms), which a command that shows
+    neither (a catch-up with nothing new) does not load."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _rich_output_as_ours()
+        super().format_help(ctx, formatter)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except ClickException:
+            _rich_output_as_ours()
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ClickException:
+            _rich_output_as_ours()
+            raise
+
+
 app = typer.Typer(
     name="totes",
+    cls=TotesGroup,
     help="totes-cdc: change-data capture from totesys into a Delta lake and a star-schema warehouse.",
     no_args_is_help=True,
     add_completion=False,
@@ -70,23 +98,26 @@ def _usage_error_in_one_sentence(error) -> None:
     err.print(f"[bold red]error:[/] {escape(scrub(message))}{escape(hint)}{'' if message.endswith('?') else '.'}")
 
 
-typer.rich_utils.rich_format_error = _usage_error_in_one_sentence
+@functools.cache
+def _rich_output_as_ours() -> None:
+    """Usage errors in one sentence (`_usage_error_in_one_sentence`); command lists with
+    one-line summaries: typer's keep a docstring's source line breaks in rich mode (its own
+    help page joins them), so they are joined here too and a summary reads as the sentence it is."""
+    import typer.rich_utils
+
+    command_summary = typer.rich_utils._make_command_help
+
+    def summary_on_one_line(*, help_text: str, markup_mode):
+        first, *_ = inspect.cleandoc(help_text).split("\n\n")
+        return command_summary(help_text=" ".join(first.split()), markup_mode=markup_mode)
+
+    typer.rich_utils._make_command_help = summary_on_one_line
+    typer.rich_utils.rich_format_error = _usage_error_in_one_sentence
 
 
-def _summary_on_one_line(*, help_text: str, markup_mode):
-    """typer's command lists keep a docstring's source line breaks in rich mode (its own help
-    page joins them): join them here too, so a summary reads as the sentence it is."""
-    first, *_ = inspect.cleandoc(help_text).split("\n\n")
-    return _command_summary(help_text=" ".join(first.split()), markup_mode=markup_mode)
-
-
-_command_summary = typer.rich_utils._make_command_help
-typer.rich_utils._make_command_help = _summary_on_one_line
-
-
-app.add_typer(source_cmd.app, name="source")
+app.add_typer(source_cmd.app, name="source", cls=TotesGroup)
 lake_cmd.app.command("forget")(forget_cmd.forget)
-app.add_typer(lake_cmd.app, name="lake")
+app.add_typer(lake_cmd.app, name="lake", cls=TotesGroup)
 
 # Each command lives in its own module and is registered here, in one place, named after its
 # function, in the order `totes --help` lists them.

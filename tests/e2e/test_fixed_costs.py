@@ -55,6 +55,28 @@ def test_packages_load_their_parts_on_first_use():
     assert "pyarrow" in modules_after("from change_events import decode")
 
 
+def test_the_nothing_new_check_reads_the_lake_and_the_warehouse_with_neither_arrow_nor_polars(tmp_path):
+    """What a catch-up with nothing new runs once the source has been asked (the markers in
+    the lake, the warehouse's checkpoint) loads deltalake and DuckDB, and neither pyarrow,
+    polars nor typer's rich help and error output, on top of what the command line loads."""
+    from lake.layout import LakeLayout
+    from lake.progress import Progress
+    from warehouse_sync import ensure_schema, open_target
+    from warehouse_sync.schema import CHECKPOINT
+
+    lake, warehouse = tmp_path / "lake", tmp_path / "warehouse.duckdb"
+    Progress(LakeLayout(lake)).record_marker("shardId-000000000000", 100)
+    with open_target(warehouse) as target:
+        ensure_schema(target)
+        target.execute(f"UPDATE {CHECKPOINT.name} SET lsn = 120 WHERE id = 1")
+    code = (
+        "import totes_cli.app\nfrom totes_cli.catch_up import _warehouse_has_the_lake\n"
+        f"assert _warehouse_has_the_lake({str(lake)!r}, {str(warehouse)!r}, ['shardId-000000000000'], 0)\n"
+        "assert 'typer.rich_utils' not in sys.modules"
+    )
+    assert modules_after(code) == {"deltalake", "duckdb"}
+
+
 def totes(*args: str, home, extra_env: dict | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
