@@ -37,6 +37,7 @@ pytest_plugins = [
     "tests.pgoutput_helpers",
     "tests.simulator_helpers",
     "tests.warehouse_fixtures",
+    "tests.warehouse_spec",
 ]
 pytest.register_assert_rewrite(
     *pytest_plugins,
@@ -47,7 +48,9 @@ pytest.register_assert_rewrite(
     "tests.warehouse_history",
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totesys"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+"""The project's shared folder beside the repo: real snapshots and the schema reference."""
+SHARED_DATA = SHARED / "data" / "totesys"
 TEMPLATE_DB = "totes_test_template"
 
 

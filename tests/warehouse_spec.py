@@ -1,164 +1,124 @@
-"""The warehouse's tables as the schema reference (§3) lists them: columns, keys and references,
-written out by hand so the tests compare `warehouse_sync.schema` with the spec, not with itself."""
+"""The warehouse's tables as §3.2 of the schema reference lists them: columns, types, NULLs,
+primary and foreign keys, read from the reference document beside the repo (not from
+`warehouse_sync`), so the tests compare `warehouse_sync.schema` with the spec, not with itself.
+
+The reference's tables are written for people, so a row may stand for several columns:
+`city, postal_code, country, phone | varchar` (one type for all), `created_date / created_time |
+date / time` (one type each), and a column's name may carry a remark in parentheses. A fact's
+FK cell names the dimension its row refers to; of a row's columns it is those whose type is the
+dimension key's type (the date of `created_date / created_time`, never the time).
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED
+
+REFERENCE = SHARED / "reference" / "totesys-schema.md"
 
 LINEAGE = [
-    "is_current boolean",
-    "is_deleted boolean",
-    "source_op varchar",
-    "source_lsn bigint",
-    "source_seq bigint",
-    "valid_from timestamptz null",
-    "valid_to timestamptz null",
+    ("is_current", "boolean", False),
+    ("is_deleted", "boolean", False),
+    ("source_op", "varchar", False),
+    ("source_lsn", "bigint", False),
+    ("source_seq", "bigint", False),
+    ("valid_from", "timestamptz", True),
+    ("valid_to", "timestamptz", True),
 ]
+"""What every fact ends with after its §3.2 columns: the project's own lineage (DESIGN.md,
+"Warehouse tables"), which the reference does not list."""
+
+TYPES = {"int", "serial", "varchar", "date", "time", "numeric", "numeric(10,2)", "boolean"}
+"""The types §3.2 says its tables use; any other cell is a misreading, not a new type."""
+
+NOT_A_REFERENCE = {"–", "-", "", "PK"}
+"""What a fact's FK cell says of a column that refers to no dimension."""
 
 
-SPEC = {
-    "dim_date": [
-        "date_id date",
-        "year int",
-        "month int",
-        "day int",
-        "day_of_week int",
-        "day_name varchar",
-        "month_name varchar",
-        "quarter int",
-    ],
-    "dim_staff": [
-        "staff_id int",
-        "first_name varchar",
-        "last_name varchar",
-        "department_name varchar",
-        "location varchar",
-        "email_address varchar",
-    ],
-    "dim_location": [
-        "location_id int",
-        "address_line_1 varchar",
-        "address_line_2 varchar null",
-        "district varchar null",
-        "city varchar",
-        "postal_code varchar",
-        "country varchar",
-        "phone varchar",
-    ],
-    "dim_design": ["design_id int", "design_name varchar", "file_location varchar", "file_name varchar"],
-    "dim_currency": ["currency_id int", "currency_code varchar", "currency_name varchar"],
-    "dim_counterparty": [
-        "counterparty_id int",
-        "counterparty_legal_name varchar",
-        "counterparty_legal_address_line_1 varchar",
-        "counterparty_legal_address_line_2 varchar null",
-        "counterparty_legal_district varchar null",
-        "counterparty_legal_city varchar",
-        "counterparty_legal_postal_code varchar",
-        "counterparty_legal_country varchar",
-        "counterparty_legal_phone_number varchar",
-    ],
-    "dim_payment_type": ["payment_type_id int", "payment_type_name varchar"],
-    "dim_transaction": [
-        "transaction_id int",
-        "transaction_type varchar",
-        "sales_order_id int null",
-        "purchase_order_id int null",
-    ],
-    "fact_sales_order": [
-        "sales_record_id serial",
-        "sales_order_id int",
-        "created_date date",
-        "created_time time",
-        "last_updated_date date",
-        "last_updated_time time",
-        "sales_staff_id int",
-        "counterparty_id int",
-        "units_sold int",
-        "unit_price numeric(10,2)",
-        "currency_id int",
-        "design_id int",
-        "agreed_payment_date date",
-        "agreed_delivery_date date",
-        "agreed_delivery_location_id int",
-        *LINEAGE,
-    ],
-    "fact_purchase_order": [
-        "purchase_record_id serial",
-        "purchase_order_id int",
-        "created_date date",
-        "created_time time",
-        "last_updated_date date",
-        "last_updated_time time",
-        "staff_id int",
-        "counterparty_id int",
-        "item_code varchar",
-        "item_quantity int",
-        "item_unit_price numeric",
-        "currency_id int",
-        "agreed_delivery_date date",
-        "agreed_payment_date date",
-        "agreed_delivery_location_id int",
-        *LINEAGE,
-    ],
-    "fact_payment": [
-        "payment_record_id serial",
-        "payment_id int",
-        "created_date date",
-        "created_time time",
-        "last_updated_date date",
-        "last_updated_time time",
-        "transaction_id int",
-        "counterparty_id int",
-        "payment_amount numeric",
-        "currency_id int",
-        "payment_type_id int",
-        "paid boolean",
-        "payment_date date",
-        *LINEAGE,
-    ],
-}
+@dataclass(frozen=True)
+class WarehouseSpec:
+    tables: dict[str, list[tuple[str, str, bool]]]
+    """Each table's columns in order: (name, type, nullable), facts ending with LINEAGE."""
+    primary_keys: dict[str, str]
+    foreign_keys: dict[str, dict[str, str]]
+    """Per table that has any: column → the table it refers to."""
 
 
-PRIMARY_KEYS = {name: columns[0].split()[0] for name, columns in SPEC.items()}
+@pytest.fixture(scope="session")
+def warehouse_spec() -> WarehouseSpec:
+    """§3.2 of the schema reference beside the repo; skips the test when it is not there."""
+    spec = load_reference(REFERENCE)
+    if spec is None:
+        pytest.skip(f"the schema reference is not available at {REFERENCE}")
+    return spec
 
 
-FOREIGN_KEYS = {
-    "fact_sales_order": {
-        "created_date": "dim_date",
-        "last_updated_date": "dim_date",
-        "sales_staff_id": "dim_staff",
-        "counterparty_id": "dim_counterparty",
-        "currency_id": "dim_currency",
-        "design_id": "dim_design",
-        "agreed_payment_date": "dim_date",
-        "agreed_delivery_date": "dim_date",
-        "agreed_delivery_location_id": "dim_location",
-    },
-    "fact_purchase_order": {
-        "created_date": "dim_date",
-        "last_updated_date": "dim_date",
-        "staff_id": "dim_staff",
-        "counterparty_id": "dim_counterparty",
-        "currency_id": "dim_currency",
-        "agreed_delivery_date": "dim_date",
-        "agreed_payment_date": "dim_date",
-        "agreed_delivery_location_id": "dim_location",
-    },
-    "fact_payment": {
-        "created_date": "dim_date",
-        "last_updated_date": "dim_date",
-        "transaction_id": "dim_transaction",
-        "counterparty_id": "dim_counterparty",
-        "currency_id": "dim_currency",
-        "payment_type_id": "dim_payment_type",
-        "payment_date": "dim_date",
-    },
-}
+def load_reference(path: Path = REFERENCE) -> WarehouseSpec | None:
+    """§3.2 of the reference at `path`; None when the document is not there."""
+    if not path.is_file():
+        return None
+    return read_warehouse_tables(path.read_text(encoding="utf-8"))
 
 
-def _spec(table: str) -> list[tuple[str, str, bool]]:
+def read_warehouse_tables(document: str) -> WarehouseSpec:
+    """The tables of the section "### 3.2" of the reference document's text."""
+    section = re.search(r"^### 3\.2 .*?$(.*?)^### ", document, re.MULTILINE | re.DOTALL)
+    if section is None:
+        raise ValueError("the reference has no section 3.2")
+    tables: dict[str, list[tuple[str, str, bool]]] = {}
+    primary_keys: dict[str, str] = {}
+    references: dict[str, list[tuple[str, str, str]]] = {}  # table → (column, its type, dimension)
+    for heading, body in re.findall(r"^#### (\w+).*?$(.*?)(?=^#### |\Z)", section.group(1), re.M | re.S):
+        header, *rows = _table_rows(body)
+        fk_cell = header.index("FK") if "FK" in header else None
+        columns = tables[heading] = []
+        for cells in rows:
+            row = _columns_of(cells[0], cells[1])
+            columns.extend(row)
+            if any(re.match(r"PK\b", cell) for cell in cells[2:]):
+                primary_keys[heading] = row[0][0]
+            if fk_cell is not None and cells[fk_cell] not in NOT_A_REFERENCE:
+                dimension = cells[fk_cell].split()[0]
+                references.setdefault(heading, []).extend((name, type_, dimension) for name, type_, _ in row)
+    key_types = {table: _type_of(tables[table], key) for table, key in primary_keys.items()}
+    foreign_keys = {
+        table: {name: dimension for name, type_, dimension in refs if type_ == key_types[dimension]}
+        for table, refs in references.items()
+    }
+    for table in tables:
+        if table.startswith("fact_"):
+            tables[table] += LINEAGE
+    return WarehouseSpec(tables, primary_keys, foreign_keys)
+
+
+def _table_rows(body: str) -> list[list[str]]:
+    """The cells of a markdown table's header and body rows (its `|---|` line left out)."""
+    lines = [line.strip() for line in body.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return [row for row in rows if not set("".join(row)) <= set("-: ")]
+
+
+def _columns_of(names: str, types: str) -> list[tuple[str, str, bool]]:
+    """(name, type, nullable) of the columns one row stands for."""
+    names = re.sub(r"\(.*?\)", "", names)
+    separator = "/" if "/" in names else ","
+    name_list = [n.strip() for n in names.split(separator)]
+    type_list = [t.strip() for t in types.split("/")] if "/" in types else [types] * len(name_list)
+    if len(type_list) != len(name_list):
+        raise ValueError(f"{names!r}: {len(name_list)} columns but types {types!r}")
     out = []
-    for item in SPEC[table]:
-        name, type_, *rest = item.split()
-        out.append((name, type_, rest == ["null"]))
+    for name, cell in zip(name_list, type_list):
+        type_, _, null = cell.lower().partition(" ")
+        if type_ not in TYPES or null not in ("", "null") or not re.fullmatch(r"\w+", name):
+            raise ValueError(f"unreadable column {name!r} of type {cell!r}")
+        out.append((name, type_, null == "null"))
     return out
+
+
+def _type_of(columns: list[tuple[str, str, bool]], column: str) -> str:
+    return next(type_ for name, type_, _ in columns if name == column)

@@ -11,7 +11,6 @@ import psycopg2
 import pytest
 
 from warehouse_sync import DuckDBTarget, PostgresTarget, ensure_schema, open_target
-from tests.warehouse_spec import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
 
 POSTGRES_TYPES = {
     "int": ("integer", None, None),
@@ -27,7 +26,7 @@ POSTGRES_TYPES = {
 }
 
 
-def test_postgres_tables_match_the_spec_column_by_column(empty_database):
+def test_postgres_tables_match_the_spec_column_by_column(empty_database, warehouse_spec):
     target = open_target(empty_database)  # a DSN opens PostgreSQL
     assert isinstance(target, PostgresTarget)
     try:
@@ -36,7 +35,7 @@ def test_postgres_tables_match_the_spec_column_by_column(empty_database):
     finally:
         target.close()
     with psycopg2.connect(empty_database) as conn, conn.cursor() as cur:
-        for table in SPEC:
+        for table, spec in warehouse_spec.tables.items():
             cur.execute(
                 "SELECT column_name, data_type, numeric_precision, numeric_scale, is_nullable, column_default "
                 "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s "
@@ -45,27 +44,27 @@ def test_postgres_tables_match_the_spec_column_by_column(empty_database):
             )
             columns = cur.fetchall()
             expected = []
-            for name, type_, null in _spec(table):
+            for name, type_, null in spec:
                 data_type, precision, scale = POSTGRES_TYPES[type_]
                 if data_type in ("integer", "bigint"):
                     precision, scale = (32, 0) if data_type == "integer" else (64, 0)
                 expected.append((name, data_type, precision, scale, "YES" if null else "NO"))
             assert [c[:5] for c in columns] == expected, table
-            for (name, type_, _), column in zip(_spec(table), columns):
+            for (name, type_, _), column in zip(spec, columns):
                 assert ("nextval(" in (column[5] or "")) == (type_ == "serial"), (table, name)
             cur.execute(
                 "SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
                 "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = %s::regclass AND c.contype = 'p'",
                 (table,),
             )
-            assert [r[0] for r in cur.fetchall()] == [PRIMARY_KEYS[table]]
+            assert [r[0] for r in cur.fetchall()] == [warehouse_spec.primary_keys[table]]
             cur.execute(
                 "SELECT a.attname, c.confrelid::regclass::text FROM pg_constraint c JOIN pg_attribute a "
                 "ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
                 "WHERE c.conrelid = %s::regclass AND c.contype = 'f'",
                 (table,),
             )
-            assert dict(cur.fetchall()) == FOREIGN_KEYS.get(table, {}), table
+            assert dict(cur.fetchall()) == warehouse_spec.foreign_keys.get(table, {}), table
 
 
 AWKWARD_VALUES = pl.DataFrame(

@@ -15,7 +15,6 @@ from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import event_schema
 from warehouse_sync.replay import replay
 from warehouse_sync.schema import SOURCES
-from tests.warehouse_spec import FOREIGN_KEYS, PRIMARY_KEYS, SPEC, _spec
 
 DUCKDB_TYPES = {
     "int": "INTEGER",
@@ -31,28 +30,28 @@ DUCKDB_TYPES = {
 }
 
 
-def test_duckdb_tables_match_the_spec_column_by_column(tmp_path):
+def test_duckdb_tables_match_the_spec_column_by_column(tmp_path, warehouse_spec):
     target = open_target(tmp_path / "warehouse.duckdb")  # a path opens a DuckDB file
     assert isinstance(target, DuckDBTarget)
     ensure_schema(target)
     ensure_schema(target)  # idempotent
     con = target.connection
-    for table in SPEC:
+    for table, spec in warehouse_spec.tables.items():
         columns = con.sql(
             "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
             f"WHERE table_name = '{table}' ORDER BY ordinal_position"
         ).fetchall()
-        expected = [(n, DUCKDB_TYPES[t], "YES" if null else "NO") for n, t, null in _spec(table)]
+        expected = [(n, DUCKDB_TYPES[t], "YES" if null else "NO") for n, t, null in spec]
         assert [c[:3] for c in columns] == expected, table
-        for (name, type_, _), column in zip(_spec(table), columns):
+        for (name, type_, _), column in zip(spec, columns):
             assert ("nextval(" in (column[3] or "")) == (type_ == "serial"), (table, name)
         constraints = con.sql(
             "SELECT constraint_type, constraint_column_names, referenced_table "
             f"FROM duckdb_constraints() WHERE table_name = '{table}'"
         ).fetchall()
-        assert ("PRIMARY KEY", [PRIMARY_KEYS[table]], None) in constraints
+        assert ("PRIMARY KEY", [warehouse_spec.primary_keys[table]], None) in constraints
         foreign = {c[1][0]: c[2] for c in constraints if c[0] == "FOREIGN KEY"}
-        assert foreign == FOREIGN_KEYS.get(table, {}), table
+        assert foreign == warehouse_spec.foreign_keys.get(table, {}), table
     target.close()
 
 
