@@ -26,59 +26,48 @@ def _copy_rows(source: ScriptedSource) -> dict[str, dict[str, Row]]:
     return {t: {k: dict(r) for k, r in rows.items()} for t, rows in source.rows.items()}
 
 
-def _order(src: ScriptedSource, table: str, id_: int, **values: str) -> Row:
+_PARTY = dict(counterparty_id="1", currency_id="1")
+"""Who a scripted order or payment is with, and its currency, where a step does not say."""
+_ORDER = dict(staff_id="1", agreed_delivery_location_id="3")
+_AGREED_DATES = dict(agreed_delivery_date="2024-11-25", agreed_payment_date="2024-11-22")
+_ORDER_LINES = {
+    "sales_order": dict(design_id="1", units_sold="1500", unit_price="2.75"),
+    "purchase_order": dict(item_code="AB12CDE", item_quantity="17", item_unit_price="310.40"),
+}
+_PAYMENT = dict(payment_amount="4125.00", payment_type_id="1", paid="f", payment_date="2024-11-22")
+_ACCOUNTS = dict(company_ac_number="12345678", counterparty_ac_number="87654321")
+
+
+def _insert_now(src: ScriptedSource, table: str, id_: int, *defaults: dict, **values: str | None) -> Row:
+    """Row `id_` of `table`, made and last updated now: the `defaults`, then `values` over them."""
     now = src.now()
-    common = dict(
-        created_at=now,
-        last_updated=now,
-        staff_id="1",
-        counterparty_id="1",
-        currency_id="1",
-        agreed_delivery_date="2024-11-25",
-        agreed_payment_date="2024-11-22",
-        agreed_delivery_location_id="3",
-    )
-    if table == "sales_order":
-        common.update(design_id="1", units_sold="1500", unit_price="2.75")
-    else:
-        common.update(item_code="AB12CDE", item_quantity="17", item_unit_price="310.40")
-    common.update(values)
-    return src.insert(table, **{f"{table}_id": str(id_)}, **common)
+    row = {f"{table}_id": str(id_), "created_at": now, "last_updated": now}
+    for default in defaults:
+        row.update(default)
+    return src.insert(table, **{**row, **values})
+
+
+def _order(src: ScriptedSource, table: str, id_: int, **values: str) -> Row:
+    """Sales or purchase order `id_` (`table`)."""
+    return _insert_now(src, table, id_, _PARTY, _ORDER, _AGREED_DATES, _ORDER_LINES[table], **values)
 
 
 def _transaction(
     src: ScriptedSource, id_: int, sales_order: int | None = None, purchase_order: int | None = None
 ) -> Row:
     """The transaction of one sales order or of one purchase order."""
-    return src.insert(
+    return _insert_now(
+        src,
         "transaction",
-        transaction_id=str(id_),
+        id_,
         transaction_type="SALE" if sales_order is not None else "PURCHASE",
         sales_order_id=None if sales_order is None else str(sales_order),
         purchase_order_id=None if purchase_order is None else str(purchase_order),
-        created_at=src.now(),
-        last_updated=src.now(),
     )
 
 
 def _payment(src: ScriptedSource, id_: int, transaction: int, **values: str) -> Row:
-    now = src.now()
-    row = dict(
-        payment_id=str(id_),
-        created_at=now,
-        last_updated=now,
-        transaction_id=str(transaction),
-        counterparty_id="1",
-        payment_amount="4125.00",
-        currency_id="1",
-        payment_type_id="1",
-        paid="f",
-        payment_date="2024-11-22",
-        company_ac_number="12345678",
-        counterparty_ac_number="87654321",
-    )
-    row.update(values)
-    return src.insert("payment", **row)
+    return _insert_now(src, "payment", id_, _PARTY, _PAYMENT, _ACCOUNTS, transaction_id=str(transaction), **values)
 
 
 def mixed_history() -> History:
