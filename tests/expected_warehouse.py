@@ -38,6 +38,17 @@ def typed_source_sql(table: str, relation: str) -> str:
 # Every fact's created_at and last_updated, each split into a date and a time.
 FACT_STAMPS = """CAST(created_at AS DATE) AS created_date, CAST(created_at AS TIME) AS created_time,
                CAST(last_updated AS DATE) AS last_updated_date, CAST(last_updated AS TIME) AS last_updated_time"""
+TEXT_DATES = ("agreed_delivery_date", "agreed_payment_date", "payment_date")
+"""The source's dates kept as text (yyyy-mm-dd, §2), which the facts hold as DATE (§3.2)."""
+
+
+def _fact_select(source: str, columns: str) -> str:
+    """A fact's rows from its source table: the source's id, FACT_STAMPS, then `columns` (a
+    comma-separated SELECT list), the TEXT_DATES among them cast to DATE."""
+    items = [f"CAST({c} AS DATE) AS {c}" if c in TEXT_DATES else c for c in columns.split(", ")]
+    return f"SELECT {source}_id, {FACT_STAMPS}, {', '.join(items)} FROM s_{source}"
+
+
 EXPECTED_SQL = {
     "dim_staff": """
         SELECT s.staff_id, s.first_name, s.last_name, coalesce(d.department_name, '') AS department_name,
@@ -62,23 +73,19 @@ EXPECTED_SQL = {
         FROM s_counterparty c JOIN s_address a ON a.address_id = c.legal_address_id""",
     "dim_payment_type": "SELECT payment_type_id, payment_type_name FROM s_payment_type",
     "dim_transaction": "SELECT transaction_id, transaction_type, sales_order_id, purchase_order_id FROM s_transaction",
-    "fact_sales_order": f"""
-        SELECT sales_order_id, {FACT_STAMPS},
-               staff_id AS sales_staff_id, counterparty_id, units_sold, unit_price, currency_id, design_id,
-               CAST(agreed_payment_date AS DATE) AS agreed_payment_date,
-               CAST(agreed_delivery_date AS DATE) AS agreed_delivery_date, agreed_delivery_location_id
-        FROM s_sales_order""",
-    "fact_purchase_order": f"""
-        SELECT purchase_order_id, {FACT_STAMPS},
-               staff_id, counterparty_id, item_code, item_quantity, item_unit_price, currency_id,
-               CAST(agreed_delivery_date AS DATE) AS agreed_delivery_date,
-               CAST(agreed_payment_date AS DATE) AS agreed_payment_date, agreed_delivery_location_id
-        FROM s_purchase_order""",
-    "fact_payment": f"""
-        SELECT payment_id, {FACT_STAMPS},
-               transaction_id, counterparty_id, payment_amount, currency_id, payment_type_id, paid,
-               CAST(payment_date AS DATE) AS payment_date
-        FROM s_payment""",
+    "fact_sales_order": _fact_select(
+        "sales_order",
+        "staff_id AS sales_staff_id, counterparty_id, units_sold, unit_price, currency_id, design_id, "
+        "agreed_payment_date, agreed_delivery_date, agreed_delivery_location_id",
+    ),
+    "fact_purchase_order": _fact_select(
+        "purchase_order",
+        "staff_id, counterparty_id, item_code, item_quantity, item_unit_price, currency_id, "
+        "agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id",
+    ),
+    "fact_payment": _fact_select(
+        "payment", "transaction_id, counterparty_id, payment_amount, currency_id, payment_type_id, paid, payment_date"
+    ),
 }
 FACT_DATE_COLUMNS = {
     "fact_sales_order": ["created_date", "last_updated_date", "agreed_payment_date", "agreed_delivery_date"],
