@@ -181,10 +181,13 @@ def check_no_ghosts(target, gone: list[str]) -> None:
     assert ghosts.height == 0, f"sales orders deleted at the source are live in the warehouse:\n{ghosts}"
 
 
-def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (), policy: Policy = NO_POLICY) -> None:
+def check_against_source(
+    target, rows: SourceRows, today: tuple[date, ...] = (), policy: Policy = NO_POLICY, gone: list[str] = ()
+) -> None:
     """The warehouse and the independent transform of the source's `rows` (as `policy` lets
     them leave the reader):
 
+    - none of the sales orders `gone` (deleted at the source) is live in the warehouse;
     - no fact row references a missing dimension row and no business key has two current rows;
     - every dimension equals the transform (a row whose source row is gone may stay only while
       a fact row still references it);
@@ -197,6 +200,8 @@ def check_against_source(target, rows: SourceRows, today: tuple[date, ...] = (),
         table: {key: policy.apply(f"public.{table}", row) for key, row in by_key.items()}
         for table, by_key in rows.items()
     }
+    if gone:
+        check_no_ghosts(target, gone)
     dangling = dangling_references(target)
     assert dangling == {}, f"fact rows reference missing dimension rows: {dangling}"
     duplicates = duplicate_current_rows(target)

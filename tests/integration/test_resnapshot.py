@@ -12,15 +12,7 @@ from datetime import datetime
 import psycopg2
 
 from change_events import Op
-from tests.reader_harness import (
-    FAST,
-    apply_events,
-    current_lsn,
-    running_reader,
-    source_state,
-    state_diff,
-    wait_until_confirmed,
-)
+from tests import reader_harness as harness
 from tests.fakes import MemorySink
 from totesys.simulator import Simulator
 
@@ -49,14 +41,14 @@ def test_a_table_is_re_read_without_pausing_the_stream_or_going_stale(totesys_ds
         windows.append(ids)
 
     sink = MemorySink()
-    config = replace(FAST, resnapshot=("sales_order",), snapshot_chunk_rows=37)
+    config = replace(harness.FAST, resnapshot=("sales_order",), snapshot_chunk_rows=37)
     stop_business = threading.Event()
     business = Simulator(totesys_dsn, seed=32)
 
     def hook(reader):
         reader.resnapshot_hook = change_rows_inside_the_window
 
-    with running_reader(totesys_dsn, sink, tmp_path / "state.json", config, prepare=hook) as reader:
+    with harness.running_reader(totesys_dsn, sink, tmp_path / "state.json", config, prepare=hook) as reader:
         worker = threading.Thread(target=business.run_live, kwargs={"rate": 40, "stop_event": stop_business})
         worker.start()
         try:
@@ -70,7 +62,7 @@ def test_a_table_is_re_read_without_pausing_the_stream_or_going_stale(totesys_ds
             stop_business.set()
             worker.join()
             business.close()
-        wait_until_confirmed(reader, current_lsn(totesys_dsn))
+        harness.wait_until_confirmed(reader, harness.current_lsn(totesys_dsn))
 
     assert windows, "the re-read never opened a window"
     initial_lsn = min(e.lsn for e in sink.events)
@@ -80,12 +72,13 @@ def test_a_table_is_re_read_without_pausing_the_stream_or_going_stale(totesys_ds
     assert min(e.lsn for e in re_read) < max(e.lsn for e in streamed)  # interleaved with the stream
 
     # The whole stream, re-read included, equals the source.
-    got, want = apply_events(sink.events), source_state(totesys_dsn, ["sales_order", "transaction", "payment"])
+    got = harness.apply_events(sink.events)
+    want = harness.source_state(totesys_dsn, ["sales_order", "transaction", "payment"])
     for table in want:
-        assert got[table] == want[table], state_diff({table: got[table]}, {table: want[table]})
+        assert got[table] == want[table], harness.state_diff({table: got[table]}, {table: want[table]})
 
     # And sales_order rebuilds from the re-read plus what streamed after it began, as if the
     # original snapshot had been lost downstream.
     without_initial = [e for e in sink.events if not (e.op is Op.SNAPSHOT and e.lsn == initial_lsn)]
-    rebuilt = apply_events(without_initial)["public.sales_order"]
-    assert rebuilt == want["public.sales_order"], state_diff({"t": rebuilt}, {"t": want["public.sales_order"]})
+    rebuilt = harness.apply_events(without_initial)["public.sales_order"]
+    assert rebuilt == want["public.sales_order"], harness.state_diff({"t": rebuilt}, {"t": want["public.sales_order"]})
