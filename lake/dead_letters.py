@@ -13,6 +13,7 @@ only unknown ids; writers racing on the table retry.
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,20 +24,6 @@ from deltalake import DeltaTable
 from change_events import encode_events
 from lake.delta_io import create_once, quote_literal, read_sql, retry_on_conflict
 from lake.layout import DEAD_LETTERS, LakeLayout
-
-_UTC = pa.timestamp("us", "UTC")
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("reason", pa.string()),
-        ("record", pa.binary()),
-        ("shard", pa.string()),
-        ("sequence_number", pa.string()),
-        ("source_table", pa.string()),
-        ("failed_at", _UTC),
-        ("redriven_at", _UTC),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -49,6 +36,22 @@ class DeadLetter:
     source_table: str | None
     failed_at: datetime
     redriven_at: datetime | None = None
+
+
+_ARROW_TYPES = {str: pa.string(), bytes: pa.binary(), datetime: pa.timestamp("us", "UTC")}
+
+
+def _arrow_schema(record: type) -> pa.Schema:
+    """The table of a dataclass's records, so the fields are named once: a column a field, in
+    their order, of the field's type (`T | None` as T; every column nullable)."""
+    columns = []
+    for name, hint in typing.get_type_hints(record).items():
+        (type_,) = set(typing.get_args(hint) or (hint,)) - {type(None)}
+        columns.append((name, _ARROW_TYPES[type_]))
+    return pa.schema(columns)
+
+
+SCHEMA = _arrow_schema(DeadLetter)
 
 
 @dataclass
