@@ -37,7 +37,7 @@ pytest_plugins = [
     "tests.pgoutput_helpers",
     "tests.simulator_helpers",
     "tests.warehouse_fixtures",
-    "tests.warehouse_spec",
+    "tests.schema_reference",
 ]
 pytest.register_assert_rewrite(
     *pytest_plugins,

@@ -1,4 +1,4 @@
-"""§3.2 of the schema reference as the warehouse tests read it (`tests.warehouse_spec`): every
+"""The schema reference as the schema tests read it (`tests.schema_reference`): every source and
 warehouse table with its columns and keys, so that an edit of the document, or a misreading of
 it, cannot quietly shrink what those tests check."""
 
@@ -6,8 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.warehouse_spec import LINEAGE, load_reference, read_warehouse_tables
+from tests.schema_reference import LINEAGE, read_source_tables, read_warehouse_tables
+from totesys.schema import TABLES
 from warehouse_sync.schema import WAREHOUSE_TABLES
+
+
+def test_the_reference_gives_every_source_table_its_columns_and_keys(source_spec):
+    assert set(source_spec.tables) == set(TABLES)
+    for name, columns in source_spec.tables.items():
+        names = [column for column, _, _ in columns]
+        assert names[0] == f"{name}_id" and {"created_at", "last_updated"} <= set(names[1:]), name
+        assert len(names) == len(set(names)), name
+    for table, column, target, key, _, _ in source_spec.foreign_keys:
+        assert column in [c for c, _, _ in source_spec.tables[table]] and key == f"{target}_id", (table, column)
+    assert {table for table, *_ in source_spec.foreign_keys} >= {"counterparty", "staff", "sales_order", "payment"}
+    assert source_spec.unique and set(source_spec.enums) == {"PaymentTypeName", "TransactionType"}
 
 
 def test_the_reference_gives_every_warehouse_table_its_columns_and_keys(warehouse_spec):
@@ -91,5 +104,56 @@ def test_a_row_it_cannot_read_is_an_error_not_a_column_less(row):
         read_warehouse_tables(document)
 
 
-def test_no_document_reads_as_none(tmp_path):
-    assert load_reference(tmp_path / "totesys-schema.md") is None
+SOURCE_DOCUMENT = """
+## 2. Source database
+* Enum types: `"Kind"` = {A, B}.
+
+### 2.1 box
+| column | type | null | key / notes |
+|---|---|---|---|
+| box_id | integer | NOT NULL | PK |
+| label, colour | **text** | NULL | ERD note "nullable" |
+| size | varchar(3) | NOT NULL | |
+
+### 2.2 parcel
+| column | type | null | notes |
+|---|---|---|---|
+| parcel_id | integer | NOT NULL | PK |
+| kind | enum "Kind" | NOT NULL | A / B |
+| box_id | integer | NULL | FK → box (ON DELETE SET NULL), UNIQUE |
+| holder_id | integer | NOT NULL | FK → box.box_id |
+| created_at, last_updated | timestamp(3) | NOT NULL | |
+
+## 3. Warehouse
+"""
+
+
+def test_the_source_tables_their_postgresql_types_references_and_enums():
+    spec = read_source_tables(SOURCE_DOCUMENT)
+    assert spec.tables["box"] == [
+        ("box_id", "integer", True),
+        ("label", "text", False),
+        ("colour", "text", False),
+        ("size", "character varying(3)", True),
+    ]
+    stamp = "timestamp(3) without time zone"
+    assert spec.tables["parcel"][1:] == [
+        ("kind", '"Kind"', True),
+        ("box_id", "integer", False),
+        ("holder_id", "integer", True),
+        ("created_at", stamp, True),
+        ("last_updated", stamp, True),
+    ]
+    assert spec.foreign_keys == {
+        ("parcel", "box_id", "box", "box_id", "CASCADE", "SET NULL"),
+        ("parcel", "holder_id", "box", "box_id", "CASCADE", "RESTRICT"),
+    }
+    assert spec.unique == {("parcel", "box_id")} and spec.enums == {"Kind": ["A", "B"]}
+
+
+@pytest.mark.parametrize(
+    "row", ["| size | money | NOT NULL | |", "| size | text | maybe | |", "| a b | text | NULL | |"]
+)
+def test_a_source_row_it_cannot_read_is_an_error(row):
+    with pytest.raises(ValueError):
+        read_source_tables(SOURCE_DOCUMENT.replace("| size | varchar(3) | NOT NULL | |", row))
