@@ -63,9 +63,11 @@ def assert_same_warehouse(left: dict[str, pl.DataFrame], right: dict[str, pl.Dat
 
 @pytest.fixture(scope="module")
 def synced():
-    home = make_scratch_dir("totes-report-")
-    history, _ = synced_history(home)
-    return history, home
+    """A lake with the whole scripted history and a warehouse synced to its end, under a home
+    of their own (`home/lake`, `home/warehouse.duckdb`): (history, home, lake layout)."""
+    home = make_scratch_dir("totes-synced-")
+    history, layout = synced_history(home)
+    return history, home, layout
 
 
 def read_csv(path) -> list[dict]:

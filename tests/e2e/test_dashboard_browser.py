@@ -19,7 +19,7 @@ from dashboard import views
 from dashboard.charts import plain_rows
 from tests.browser import browser, dashboard_process, new_page, wait_loaded, wait_until
 from tests.conftest import make_scratch_dir
-from tests.warehouse_history import mixed_history, synced_history
+from tests.warehouse_history import mixed_history
 from tests.scripted_source import write_lake
 from change_events import format_lsn
 from lake.timetravel import state_as_of_lsn
@@ -45,14 +45,6 @@ def drawn_rows(page, view: str, columns) -> list[dict]:
 
 def commit_time_at(history, lsn: int):
     return max(e.commit_ts for e in history.source.events if e.lsn <= lsn and e.commit_ts is not None)
-
-
-@pytest.fixture(scope="module")
-def synced():
-    """A lake with the whole scripted history and a warehouse synced to its end."""
-    home = make_scratch_dir("totes-dashboard-")
-    history, layout = synced_history(home)
-    return history, home, layout
 
 
 @pytest.fixture(scope="module")

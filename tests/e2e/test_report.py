@@ -31,7 +31,7 @@ def as_text(rows: list[tuple], names) -> list[dict]:
 
 
 def test_the_report_files_open_and_hold_the_warehouses_figures(synced):
-    history, home = synced
+    history, home, _ = synced
     out = home / "report-now"
     result = totes("report", "--out", str(out), "--warehouse", str(home / "warehouse.duckdb"), home=home)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -57,7 +57,7 @@ def test_the_report_files_open_and_hold_the_warehouses_figures(synced):
 
 
 def test_wrong_report_options_are_one_sentence(synced, tmp_path):
-    _, home = synced
+    _, home, _ = synced
     bad = totes(
         "report",
         "--out",
@@ -79,7 +79,7 @@ def test_the_views_read_a_postgresql_warehouse_the_same(synced, empty_database):
     lake shows the same figures, now and as of a moment."""
     from warehouse_sync import PostgresTarget
 
-    history, home = synced
+    history, home, _ = synced
     target = PostgresTarget(empty_database)
     try:
         from lake.layout import LakeLayout

@@ -13,7 +13,7 @@ from tests.warehouse_fixtures import read_csv
 
 
 def test_a_report_as_of_a_moment_shows_the_warehouse_as_it_was(synced):
-    history, home = synced
+    history, home, _ = synced
     lsn, rows_then = history.points[1]
     moment = max(e.commit_ts for e in history.source.events if e.lsn <= lsn and e.commit_ts) + timedelta(milliseconds=1)
     out = home / "report-then"
