@@ -11,7 +11,7 @@ import psycopg2
 from psycopg2 import sql
 
 from bench import REAL_SNAPSHOT
-from bench.orders import INSERT, query, reference_ids
+from bench.orders import INSERT, query, start_generating
 from totes_cli.bootstrap import StatePaths
 
 INSERT_ROWS_PER_TRANSACTION = 500_000
@@ -57,8 +57,7 @@ def generate_orders(dsn: str, upto: int, say) -> float:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SET session_replication_role = replica")
-            ids = reference_ids(cur)
+            ids, _ = start_generating(cur)
             cur.execute("SELECT count(*) FROM sales_order")
             have = cur.fetchone()[0]
             while have < upto:

@@ -29,13 +29,16 @@ def query(dsn: str, statement, params=None):
         conn.close()
 
 
+COLUMNS = """created_at, last_updated, design_id, staff_id, counterparty_id,
+    units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date,
+    agreed_delivery_location_id"""
+"""What a generated sales order sets: every column but its id, which the sequence gives."""
+
 # Realistic sales_order rows from a row number `i`, referring to the seeded static data.
 # session_replication_role = replica skips the foreign-key triggers (the ids are valid by
 # construction); it changes nothing in the WAL that logical decoding reads.
-INSERT = """
-INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id,
-    units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date,
-    agreed_delivery_location_id)
+INSERT = f"""
+INSERT INTO sales_order ({COLUMNS})
 SELECT t, t,
        (%(design)s::int[])[1 + (i * 7919) %% %(n_design)s],
        (%(staff)s::int[])[1 + (i * 104729) %% %(n_staff)s],
@@ -49,6 +52,14 @@ SELECT t, t,
 FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i,
      LATERAL (SELECT timestamp '2025-01-01 08:00' + i * interval '997 milliseconds' AS t) AS at
 """
+COPY = f"""
+INSERT INTO sales_order ({COLUMNS})
+SELECT created_at, last_updated, design_id, staff_id, counterparty_id, %(units)s, %(price)s,
+       currency_id, agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id
+FROM sales_order WHERE sales_order_id %% %(every)s = %(remainder)s
+"""
+"""New sales orders amid the old ones: a copy of each whose id is `remainder` modulo `every`,
+with units and a price of its own."""
 UPDATE = """
 UPDATE sales_order SET units_sold = units_sold + 1, unit_price = unit_price + 0.05,
        last_updated = last_updated + interval '3 days 2 hours'

@@ -11,6 +11,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+from bench import orders
 from cdc_reader.reader import FileStateStore
 from change_events import Op
 from lake.layout import LakeLayout
@@ -37,14 +38,7 @@ def _change_sales_orders(dsn: str, step: int) -> None:
     """Updates, a delete and inserts: rows of chunks written and of chunks not read yet."""
     execute(dsn, f"UPDATE sales_order SET units_sold = units_sold + {step} WHERE sales_order_id % 41 = {step}")
     execute(dsn, f"DELETE FROM sales_order WHERE sales_order_id % 53 = {step}")
-    execute(
-        dsn,
-        "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id, "
-        "units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date, "
-        "agreed_delivery_location_id) SELECT created_at, last_updated, design_id, staff_id, "
-        "counterparty_id, 3, 2.5, currency_id, agreed_delivery_date, agreed_payment_date, "
-        f"agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 500 = {step}",
-    )
+    execute(dsn, orders.COPY, {"every": 500, "remainder": step, "units": 3, "price": 2.5})
 
 
 def _snapshotted_into_a_lake(dsn: str, tmp_path: Path, orders: int, **config) -> tuple[LakeLayout, Path, int]:

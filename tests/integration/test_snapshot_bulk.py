@@ -20,6 +20,7 @@ from lake.layout import LakeLayout
 from lake.snapshot_load import SNAPSHOT_SHARD, chunk_app
 from lake.timetravel import read_table
 from lake.writer import LakeWriter
+from bench import orders
 from tests.bulk_helpers import LakeSink, bulk_config, lake_rows, run_child, seed_sales_orders, source_rows, with_lake
 from tests.lake_fixtures import table_snapshot
 from tests.moto_s3 import moto_s3  # noqa: F401  (moto_s3: a fixture)
@@ -145,15 +146,7 @@ def test_a_large_table_read_in_parallel_chunks_while_it_changes_ends_equal_to_th
             changed.set()
             _execute(totesys_dsn, "UPDATE sales_order SET units_sold = units_sold + 7 WHERE sales_order_id % 97 = 0")
             _execute(totesys_dsn, "DELETE FROM sales_order WHERE sales_order_id % 89 = 0")
-            _execute(
-                totesys_dsn,
-                "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, "
-                "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
-                "agreed_payment_date, agreed_delivery_location_id) "
-                "SELECT created_at, last_updated, design_id, staff_id, counterparty_id, 1, 1.5, "
-                "currency_id, agreed_delivery_date, agreed_payment_date, "
-                "agreed_delivery_location_id FROM sales_order WHERE sales_order_id % 1000 = 1",
-            )
+            _execute(totesys_dsn, orders.COPY, {"every": 1000, "remainder": 1, "units": 1, "price": 1.5})
 
     def prepare(reader):
         reader.lake = layout
