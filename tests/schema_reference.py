@@ -46,8 +46,14 @@ class SourceSpec:
     """Each enum type's labels, in order."""
 
 
-SOURCE_TYPES = {"integer": "integer", "text": "text", "boolean": "boolean", "numeric(10,2)": "numeric(10,2)"}
-"""§2's types as format_type() prints them; varchar(n), timestamp(p) and enum "T" are spelled out."""
+SOURCE_TYPES = {"integer", "text", "boolean", "numeric(10,2)"}
+"""§2's types that format_type() prints as §2 writes them; SPELLED_OUT, those it prints otherwise."""
+SPELLED_OUT = [
+    (r"varchar\((\d+)\)", r"character varying(\1)"),
+    (r"timestamp\((\d)\)", r"timestamp(\1) without time zone"),
+    (r'enum (".+")', r"\1"),
+]
+NOT_NULL = {"NOT NULL": True, "NULL": False}
 
 FK_ACTIONS = ("CASCADE", "RESTRICT")
 """ON UPDATE and ON DELETE of every FK (§2's conventions), unless its row says ON DELETE SET NULL."""
@@ -68,11 +74,10 @@ def read_source_tables(document: str) -> SourceSpec:
     for table, (_, *rows) in _tables(section, r"### 2\.\d+").items():
         columns = spec.tables[table] = []
         for name_cell, type_cell, null_cell, notes in rows:
-            nulls = {"NOT NULL": True, "NULL": False}
-            if null_cell not in nulls:
+            if null_cell not in NOT_NULL:
                 raise ValueError(f"{table}: unreadable null cell {null_cell!r}")
             names = _names(name_cell)
-            columns.extend((name, _source_type(type_cell), nulls[null_cell]) for name in names)
+            columns.extend((name, _source_type(type_cell), NOT_NULL[null_cell]) for name in names)
             reference = re.match(r"FK → (\w+)(?:\.(\w+))?", notes)
             if reference:
                 target, key = reference.group(1), reference.group(2) or f"{reference.group(1)}_id"
@@ -86,18 +91,14 @@ def read_source_tables(document: str) -> SourceSpec:
 
 
 def _source_type(cell: str) -> str:
+    """A §2 type cell (bold or not) as format_type() prints the type."""
     type_ = cell.replace("*", "").strip()
-    spelled_out = [
-        (r"varchar\((\d+)\)", r"character varying(\1)"),
-        (r"timestamp\((\d)\)", r"timestamp(\1) without time zone"),
-        (r'enum (".+")', r"\1"),
-    ]
-    for pattern, format_type in spelled_out:
+    for pattern, format_type in SPELLED_OUT:
         if re.fullmatch(pattern, type_):
             return re.sub(pattern, format_type, type_)
     if type_ not in SOURCE_TYPES:
         raise ValueError(f"unreadable source type {cell!r}")
-    return SOURCE_TYPES[type_]
+    return type_
 
 
 # -- §3.2: the warehouse ----------------------------------------------------------------------
