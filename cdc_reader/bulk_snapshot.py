@@ -49,6 +49,7 @@ from psycopg2.extensions import make_dsn
 from cdc_reader.personal_data import NO_POLICY, Policy
 from change_events import TableSchema
 from change_events.errors import classify_connect_failure
+from change_events.metrics import Counters
 from lake.arrow_types import arrow_type, convert_column
 from lake.delta_io import quote_identifier
 from lake.errors import ValueConversionError
@@ -94,18 +95,25 @@ class TablePlan:
 
 
 @dataclass
-class BatchStats:
-    """What the bulk path held (tests check that it does not grow with the table)."""
+class BatchStats(Counters):
+    """What the bulk path read and held (tests check that what it held does not grow with
+    the table)."""
 
     batches: int = 0
+    """Arrow record batches read from COPY."""
     largest_batch_bytes: int = 0
+    """The largest batch read, in Arrow bytes (about `batch_bytes`)."""
     largest_batch_rows: int = 0
+    """The most rows in one batch read."""
     largest_chunk_rows: int = 0
+    """The most rows in one chunk written."""
     largest_held_rows: int = 0
     """The most rows of one chunk kept in memory until its commits: none when the chunk is
     streamed into both tables, at most a chunk when its state must be merged."""
     rows: int = 0
+    """Rows written to the lake (not the dead-lettered ones)."""
     dead_lettered: int = 0
+    """Rows no lake type holds, set aside in the dead letters."""
 
 
 # -- binary COPY → Arrow ----------------------------------------------------------------------

@@ -44,7 +44,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -62,6 +62,7 @@ from cdc_reader.records import (
 from change_events import Watermark, encode_events, encode_watermark, format_lsn
 from change_events.codec import events_record
 from change_events.errors import PUT_RECORDS_BACKOFF, Kind, TotesError, is_retryable, is_throttling
+from change_events.metrics import Counters
 from change_events.kinesis import MAX_CALL_BYTES, MAX_CALL_RECORDS, MAX_RECORD_BYTES, Shard, ShardMap
 from change_events.wire import Change, EncodedChange
 
@@ -82,7 +83,7 @@ class PublishError(TotesError, RuntimeError):
 
 
 @dataclass
-class PublisherMetrics:
+class PublisherMetrics(Counters):
     """Counters since the publisher was created; records and bytes count acknowledged ones."""
 
     events: int = 0
@@ -90,6 +91,7 @@ class PublisherMetrics:
     records: int = 0
     """event records acknowledged"""
     watermark_records: int = 0
+    """watermark marker records acknowledged (one per open shard and watermark)"""
     bytes: int = 0
     """data bytes acknowledged (event and watermark records)"""
     calls: int = 0
@@ -105,8 +107,8 @@ class PublisherMetrics:
     def events_per_record(self) -> float:
         return self.events / self.records if self.records else 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "events_per_record": self.events_per_record}
+    def as_dict(self) -> dict[str, object]:
+        return {**super().as_dict(), "events_per_record": self.events_per_record}
 
 
 # -- the publisher ---------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from cdc_reader.source_setup import SlotLostError, slot_state
 from cdc_reader.wakeup import Wakeup, idle_timeout
 from change_events import ChangeEvent
 from change_events.errors import OUTAGE_BACKOFF, is_retryable
+from change_events.metrics import Counters
 from change_events.names import PUBLICATION, SCHEMA, SLOT
 from change_events.wire import EncodedChange
 
@@ -148,17 +149,30 @@ class ReaderConfig:
 
 
 @dataclass
-class ReaderMetrics:
+class ReaderMetrics(Counters):
+    """What the reader has done since it was created (its status file, `totes status`, the
+    EMF lines of `totes reader --emf`)."""
+
     events: int = 0
+    """Row changes streamed from the slot and handed to the sink (not those sent again after
+    a reconnect, nor the snapshot's rows or a re-read's)."""
     transactions: int = 0
+    """Source transactions streamed and ended at the sink."""
     snapshot_events: int = 0
+    """Rows of the initial snapshot, handed to the sink or written straight into the lake."""
     bytes_received: int = 0
+    """pgoutput bytes received from the slot (every message's payload)."""
     confirmed_lsn: int = 0
+    """Up to where the slot was last confirmed: the WAL before it may go."""
     received_lsn: int = 0
+    """The furthest WAL position the stream has reached."""
     last_commit_ts: float | None = None
+    """The commit time (Unix seconds) of the last transaction streamed: how far behind the
+    source the reader is."""
     schema_rereads: int = 0
     """Tables read again because a column type change may have rewritten their values."""
     started: float = field(default_factory=time.time)
+    """When the reader was created (Unix seconds)."""
 
 
 class _Progress:

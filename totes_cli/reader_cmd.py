@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from change_events import format_lsn
+from change_events.metrics import Readings, emit_emf
 from totes_cli import bootstrap
 from totes_cli.console import err, fail, setup_logging
 from totes_cli.options import EmfOption, PublicationOption, ResetOption, SlotOption, SourceOption, StreamOption
@@ -69,46 +69,32 @@ def choose_durability(lake: str | None, durability: str | None) -> str:
     )
 
 
-def _emit_emf(reader: Reader, publisher: Publisher, previous: dict) -> dict:
-    """One CloudWatch embedded-metric-format line on stdout (rates since the last one)."""
-    from aws_lambda_powertools import Metrics
-    from aws_lambda_powertools.metrics import MetricUnit
-
-    now, m = time.monotonic(), reader.metrics
-    elapsed = max(now - previous.get("at", now - STATUS_SECONDS), 1e-9)
-    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="reader")
-    metrics.add_metric(
-        name="EventsPerSecond", unit=MetricUnit.CountPerSecond, value=(m.events - previous.get("events", 0)) / elapsed
+def _emit_emf(reader: Reader, publisher: Publisher, previous: Readings | None = None) -> Readings:
+    """One CloudWatch embedded-metric-format line on stdout, its rates since the `previous`
+    line (the first one's over STATUS_SECONDS); returns the readings to pass on to the next."""
+    m = reader.metrics
+    readings = previous or Readings(
+        m, "events", "bytes_received", "schema_rereads", started=time.monotonic() - STATUS_SECONDS
     )
-    metrics.add_metric(
-        name="BytesPerSecond",
-        unit=MetricUnit.BytesPerSecond,
-        value=(m.bytes_received - previous.get("bytes", 0)) / elapsed,
+    added, seconds = readings.take()
+    seconds = max(seconds, 1e-9)
+    behind = [("SecondsBehindSource", "Seconds", time.time() - m.last_commit_ts)] if m.last_commit_ts else []
+    emit_emf(
+        "reader",
+        ("EventsPerSecond", "CountPerSecond", added["events"] / seconds),
+        ("BytesPerSecond", "BytesPerSecond", added["bytes_received"] / seconds),
+        ("UnconfirmedWalBytes", "Bytes", max(m.received_lsn - m.confirmed_lsn, 0)),
+        *behind,
+        ("EventsPerRecord", "Count", publisher.metrics.events_per_record),
+        ("SchemaRereads", "Count", added["schema_rereads"]),
     )
-    metrics.add_metric(
-        name="UnconfirmedWalBytes", unit=MetricUnit.Bytes, value=max(m.received_lsn - m.confirmed_lsn, 0)
-    )
-    if m.last_commit_ts:
-        metrics.add_metric(name="SecondsBehindSource", unit=MetricUnit.Seconds, value=time.time() - m.last_commit_ts)
-    metrics.add_metric(name="EventsPerRecord", unit=MetricUnit.Count, value=publisher.metrics.events_per_record)
-    metrics.add_metric(
-        name="SchemaRereads", unit=MetricUnit.Count, value=m.schema_rereads - previous.get("schema_rereads", 0)
-    )
-    metrics.flush_metrics()
-    sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
-    return {"at": now, "events": m.events, "bytes": m.bytes_received, "schema_rereads": m.schema_rereads}
+    return readings
 
 
 def emit_slot_lost() -> None:
     """SlotLost = 1 as an EMF line: the slot was invalidated or dropped, changes are missing
     until `totes reader --reset` (the reader-slot-lost alarm)."""
-    from aws_lambda_powertools import Metrics
-    from aws_lambda_powertools.metrics import MetricUnit
-
-    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="reader")
-    metrics.add_metric(name="SlotLost", unit=MetricUnit.Count, value=1)
-    metrics.flush_metrics()
-    sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
+    emit_emf("reader", ("SlotLost", "Count", 1))
 
 
 def reader(
@@ -251,13 +237,13 @@ def reader(
     status = bootstrap.status_writer(the_reader, publisher)
 
     def report() -> None:
-        previous: dict = {}
+        readings = None
         the_reader.streaming.wait()
         progress.stop()  # the snapshot, if any, is over
         while not stop.wait(STATUS_SECONDS):
             status.write()
             if emf:
-                previous = _emit_emf(the_reader, publisher, previous)
+                readings = _emit_emf(the_reader, publisher, readings)
 
     threading.Thread(target=report, name="status", daemon=True).start()
     err.print(f"reading {len(table_list)} tables into stream {stream!r} (slot {slot!r}); Ctrl-C stops")

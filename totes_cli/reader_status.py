@@ -10,6 +10,7 @@ from pathlib import Path
 
 from change_events import format_lsn
 from change_events.files import atomic_write_json
+from change_events.metrics import Readings
 
 STATUS_SECONDS = 5.0
 STALE_SECONDS = 15.0
@@ -23,19 +24,18 @@ class StatusWriter:
     def __init__(self, path: Path, reader, publisher):
         self.path, self.reader, self.publisher = Path(path), reader, publisher
         self.started = time.time()
-        self._last = (self.started, 0)
+        self._readings = Readings(reader.metrics, "events", clock=time.time, started=self.started)
 
     def write(self) -> None:
         m, now = self.reader.metrics, time.time()
-        last_at, last_events = self._last
-        rate = max(m.events - last_events, 0) / max(now - last_at, 1e-9)
+        added, seconds = self._readings.take()
         status = {
             "updated_at": now,
             "events": m.events,
             "snapshot_events": m.snapshot_events,
             "transactions": m.transactions,
             "schema_rereads": m.schema_rereads,
-            "events_per_second": rate,
+            "events_per_second": max(added["events"], 0) / max(seconds, 1e-9),
             "average_events_per_second": m.events / max(now - self.started, 1e-9),
             "bytes_per_second": m.bytes_received / max(now - self.started, 1e-9),
             "received_lsn": format_lsn(m.received_lsn),
@@ -43,7 +43,6 @@ class StatusWriter:
             "seconds_behind": (now - m.last_commit_ts) if m.last_commit_ts else None,
             "publisher": self.publisher.metrics.as_dict(),
         }
-        self._last = (now, m.events)
         atomic_write_json(self.path, status)
 
 

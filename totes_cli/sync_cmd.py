@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from contextlib import ExitStack
 from typing import Annotated
 
 import typer
 
-from change_events import format_lsn
+from change_events import format_lsn, metrics
 from totes_cli.console import err, fail
 from totes_cli.options import EmfOption, LakeOption, StreamOption, WarehouseOption
 from totes_cli import bootstrap
@@ -43,16 +42,13 @@ EMF_SECONDS = 10.0
 def emit_emf(runs: int, events: int, behind_lsn_bytes: int, rejected: int = 0) -> None:
     """One CloudWatch embedded-metric-format line on stdout: what the sync did since the last
     line. A sync that stops writing these is down (the "sync silent" alarm)."""
-    from aws_lambda_powertools import Metrics
-    from aws_lambda_powertools.metrics import MetricUnit
-
-    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="sync")
-    metrics.add_metric(name="SyncRuns", unit=MetricUnit.Count, value=runs)
-    metrics.add_metric(name="EventsApplied", unit=MetricUnit.Count, value=events)
-    metrics.add_metric(name="WarehouseBehindLakeBytes", unit=MetricUnit.Bytes, value=behind_lsn_bytes)
-    metrics.add_metric(name="FactVersionsRejected", unit=MetricUnit.Count, value=rejected)
-    metrics.flush_metrics()
-    sys.stdout.flush()  # to a pipe (a container's log driver) the line would wait for 8 KiB more
+    metrics.emit_emf(
+        "sync",
+        ("SyncRuns", "Count", runs),
+        ("EventsApplied", "Count", events),
+        ("WarehouseBehindLakeBytes", "Bytes", behind_lsn_bytes),
+        ("FactVersionsRejected", "Count", rejected),
+    )
 
 
 def _said(result) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from change_events import format_lsn
+from change_events import format_lsn, metrics
 from totes_cli.console import err, fail, out
 from totes_cli.options import LakeOption, SourceOption, StreamOption, WarehouseOption
 from totes_cli import bootstrap
@@ -24,16 +24,11 @@ DEFAULT_TIMEOUT = 60.0
 def emit_emf(result: Verification) -> None:
     """One CloudWatch embedded-metric-format line on stdout: rows compared and rows that differ
     (the "verify mismatch" alarm watches the second)."""
-    import sys
-
-    from aws_lambda_powertools import Metrics
-    from aws_lambda_powertools.metrics import MetricUnit
-
-    metrics = Metrics(namespace=bootstrap.METRICS_NAMESPACE, service="verify")
-    metrics.add_metric(name="VerifiedRows", unit=MetricUnit.Count, value=sum(r.rows for r in result.reports))
-    metrics.add_metric(name="MismatchedRows", unit=MetricUnit.Count, value=result.mismatched)
-    metrics.flush_metrics()
-    sys.stdout.flush()
+    metrics.emit_emf(
+        "verify",
+        ("VerifiedRows", "Count", sum(r.rows for r in result.reports)),
+        ("MismatchedRows", "Count", result.mismatched),
+    )
 
 
 def summary(result: Verification) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
+from change_events.metrics import Counters, Readings
 from warehouse_sync import SyncResult, sync_once
 from warehouse_sync.read_copy import RUNNING_SHARE, ReadCopyPublisher
 
@@ -27,17 +28,21 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SyncStats:
+class SyncStats(Counters):
     """What the sync has done since it started."""
 
     runs: int = 0
+    """Syncs run (`sync_once`), whether or not they applied anything."""
     events: int = 0
+    """Change events the syncs applied to the warehouse."""
     rejected: int = 0
     """Fact versions set aside in `_sync_rejected` (values their star-schema column cannot hold)."""
     synced_upto: int = 0
     """The lake watermark the warehouse was last synced to."""
     last: SyncResult | None = None
+    """What the last sync did."""
     last_at: float | None = None
+    """When the last sync ended (Unix seconds)."""
 
 
 Report = Callable[[int, int, int, int], None]
@@ -68,7 +73,7 @@ class SyncLoop:
     def __post_init__(self) -> None:
         self.tables: dict = {}  # what the sync has read of each change log, between runs
         self.readers = ReadCopyPublisher(self.target, max_share=RUNNING_SHARE)
-        self._reported = SyncStats()
+        self._since_report = Readings(self.stats, "runs", "events", "rejected")
         self._report_due = time.monotonic() + self.report_seconds
 
     def run(self, stop: threading.Event, *, once: bool = False, last_turn: bool = False) -> None:
@@ -109,13 +114,8 @@ class SyncLoop:
         return stop.is_set()
 
     def _report(self) -> None:
-        stats, before = self.stats, self._reported
+        stats = self.stats
         synced_to = stats.last.to_lsn if stats.last is not None else stats.synced_upto
-        self.report(
-            stats.runs - before.runs,
-            stats.events - before.events,
-            max(self.watermark() - synced_to, 0),
-            stats.rejected - before.rejected,
-        )
-        self._reported = SyncStats(runs=stats.runs, events=stats.events, rejected=stats.rejected)
+        added, _ = self._since_report.take()
+        self.report(added["runs"], added["events"], max(self.watermark() - synced_to, 0), added["rejected"])
         self._report_due = time.monotonic() + self.report_seconds
