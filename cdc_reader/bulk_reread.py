@@ -40,7 +40,7 @@ from dataclasses import replace
 import psycopg2.extras
 import pyarrow as pa
 
-from cdc_reader.personal_data import NO_POLICY, Policy
+from cdc_reader.bulk_settings import BulkSettings
 from cdc_reader.source import HEARTBEAT_PREFIX
 from cdc_reader.source_setup import create_slot
 from change_events import TableSchema, format_lsn
@@ -66,22 +66,16 @@ class BulkReread:
         slot: str,
         *,
         dsn: str,
-        chunk_pages: int,
-        connections: int,
-        batch_bytes: int,
+        bulk: BulkSettings,
         chunk_hook: Callable[[str, int, str], None] | None = None,
-        policy: Policy = NO_POLICY,
     ):
         self.schema = schema
-        self._policy = policy
         self._connect = connect
         self._dsn = dsn
         """The chunks are read over ADBC connections of their own (bulk_snapshot.connect_arrow)."""
         self._layout = layout
         self._slot = f"{slot}_reread"
-        self._chunk_pages = chunk_pages
-        self._connections = connections
-        self._batch_bytes = batch_bytes
+        self._bulk = bulk
         self._chunk_hook = chunk_hook
         self.lsn: int | None = None
         """L_r, once the temporary slot exists."""
@@ -111,12 +105,12 @@ class BulkReread:
             raise self._error
 
     def _run(self) -> None:
-        from cdc_reader.bulk_snapshot import BulkSnapshot, plan_tables  # pyarrow and deltalake: only when used
+        from cdc_reader.bulk_snapshot import plan_tables  # pyarrow and deltalake: only when used
 
         try:
             conn = self._connect()
             try:
-                plans = plan_tables(conn, [lake_typed(self._layout, self.schema)], self._chunk_pages)
+                plans = plan_tables(conn, [lake_typed(self._layout, self.schema)], self._bulk.chunk_pages)
                 _fence(conn)
             finally:
                 conn.close()
@@ -129,17 +123,7 @@ class BulkReread:
                     self.schema.table,
                     format_lsn(self.lsn),
                 )
-                bulk = BulkSnapshot(
-                    self._dsn,
-                    self._layout,
-                    self.lsn,
-                    plans,
-                    chunk_pages=self._chunk_pages,
-                    connections=self._connections,
-                    batch_bytes=self._batch_bytes,
-                    fresh_appends=False,
-                    policy=self._policy,
-                )
+                bulk = self._bulk.snapshot(self._dsn, self._layout, self.lsn, plans, fresh_appends=False)
                 bulk.chunk_hook = self._chunk_hook
                 bulk.run_under(temporary.snapshot_name, self.lsn)
                 self.rows = bulk.stats.rows

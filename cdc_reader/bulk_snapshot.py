@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2.extensions import make_dsn
 
+from cdc_reader.bulk_settings import DEFAULT_BATCH_BYTES, DEFAULT_CHUNK_PAGES, DEFAULT_CONNECTIONS
 from cdc_reader.personal_data import NO_POLICY, Policy
 from change_events import TableSchema
 from change_events.errors import classify_connect_failure
@@ -60,12 +61,6 @@ from lake.writer import Rejected
 
 log = logging.getLogger("totes.reader")
 
-DEFAULT_CONNECTIONS = 4
-DEFAULT_CHUNK_PAGES = 2048
-"""16 MiB of heap per chunk (8 KiB pages): about 100,000 sales orders, a Parquet file of a
-few MiB; a 1M-row table is ten chunks, enough to keep every connection busy. (ReaderConfig
-carries the same defaults, so importing the reader does not load pyarrow.)"""
-DEFAULT_BATCH_BYTES = 8 << 20
 _BATCH_SIZE_HINT = "adbc.postgresql.batch_size_hint_bytes"
 
 MAX_ROWS_PER_PAGE = 291

@@ -55,6 +55,7 @@ import psycopg2.extras
 
 from cdc_reader import lifecycle, pgoutput
 from cdc_reader.assembler import Assembler, LogicalMessage, SchemaChange, TransactionEnd
+from cdc_reader.bulk_settings import DEFAULT_BATCH_BYTES, DEFAULT_CHUNK_PAGES, DEFAULT_CONNECTIONS, BulkSettings
 from cdc_reader.catalog import TypeNames, read_table_schema
 from cdc_reader.personal_data import NO_POLICY, Policy
 from cdc_reader.reader_state import FileStateStore, ReaderState, StateStore
@@ -132,12 +133,12 @@ class ReaderConfig:
     (`busy` false) is not looked after: the reader then sleeps until its own next deadline
     (wakeup.py)."""
     snapshot_chunk_rows: int = 5_000
-    snapshot_connections: int = 4
+    snapshot_connections: int = DEFAULT_CONNECTIONS
     """Connections that read the bulk snapshot's chunks in parallel (bulk_snapshot.py)."""
-    snapshot_chunk_pages: int = 2048
+    snapshot_chunk_pages: int = DEFAULT_CHUNK_PAGES
     """Heap pages per chunk of the bulk snapshot (16 MiB of 8 KiB pages): the unit of
     parallel work, of resuming after a kill, and about the most a connection holds."""
-    snapshot_batch_bytes: int = 8 << 20
+    snapshot_batch_bytes: int = DEFAULT_BATCH_BYTES
     """COPY output parsed at a time (bulk snapshot)."""
     resnapshot: tuple[str, ...] = ()
     """Tables to read again, chunk by chunk, while streaming (see resnapshot.py)."""
@@ -146,6 +147,13 @@ class ReaderConfig:
     and take a snapshot that replaces every table downstream."""
     personal_data: Policy = NO_POLICY
     """What of personal data leaves the reader (personal_data.py): on every path out."""
+
+    @property
+    def bulk(self) -> BulkSettings:
+        """How the bulk path reads: the initial snapshot, its resumption and every re-read."""
+        return BulkSettings(
+            self.snapshot_chunk_pages, self.snapshot_connections, self.snapshot_batch_bytes, self.personal_data
+        )
 
 
 @dataclass

@@ -47,16 +47,7 @@ class TableRereads:
 
         cfg = self.config
         return BulkReread(
-            schema,
-            self._connect,
-            self.lake,
-            cfg.slot,
-            dsn=self.dsn,
-            chunk_pages=cfg.snapshot_chunk_pages,
-            connections=cfg.snapshot_connections,
-            batch_bytes=cfg.snapshot_batch_bytes,
-            chunk_hook=self.bulk_chunk_hook,
-            policy=cfg.personal_data,
+            schema, self._connect, self.lake, cfg.slot, dsn=self.dsn, bulk=cfg.bulk, chunk_hook=self.bulk_chunk_hook
         ).start()
 
     def _reread_handed_on(self, reread: lifecycle.Reread, qualified: str) -> None:

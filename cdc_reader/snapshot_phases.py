@@ -11,6 +11,7 @@ position; the streaming loop and the per-table re-reads are in reader.py and rer
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import psycopg2.extras
 
@@ -244,20 +245,9 @@ class SnapshotPhases:
 
     def _write_bulk(self, phase: lifecycle.Snapshotting, plans: list, snapshot_name: str, lsn: int) -> None:
         """The chunks of `plans` the lake lacks, read under `snapshot_name` and stamped `lsn`."""
-        from cdc_reader.bulk_snapshot import BulkSnapshot  # pyarrow and deltalake: only when used
-
-        cfg = self.config
-        bulk = BulkSnapshot(
-            self.dsn,
-            self.lake,
-            phase.lsn,
-            plans,
-            chunk_pages=phase.chunk_pages,
-            connections=cfg.snapshot_connections,
-            batch_bytes=cfg.snapshot_batch_bytes,
-            progress=self.snapshot_progress,
-            policy=cfg.personal_data,
-        )
+        # The chunks are those the plan was made with (the phase notes them), whatever the settings say now.
+        settings = replace(self.config.bulk, chunk_pages=phase.chunk_pages)
+        bulk = settings.snapshot(self.dsn, self.lake, phase.lsn, plans, progress=self.snapshot_progress)
         bulk.chunk_hook = self.bulk_chunk_hook
         self.bulk_stats = bulk.stats
         written = bulk.run_under(snapshot_name, lsn)

@@ -20,6 +20,7 @@ from totes_cli.options import EmfOption, PublicationOption, ResetOption, SlotOpt
 from totes_cli.reader_status import STATUS_SECONDS
 from totes_cli.personal_data_config import personal_data_policy
 from totes_cli.settings import ConfigError, NoSourceError, load, password_in_flag, resolve_source_dsn
+from cdc_reader.bulk_settings import DEFAULT_CONNECTIONS
 from cdc_reader.source import SourceConnectionError, has_password
 
 if TYPE_CHECKING:  # the stages' libraries load when the command runs: `--help` stays light
@@ -144,7 +145,7 @@ def reader(
             min=1,
             help="Connections that read the initial snapshot's chunks in parallel (with --lake it goes straight into the lake).",
         ),
-    ] = 4,
+    ] = DEFAULT_CONNECTIONS,
 ) -> None:
     """Stream the source's changes into Kinesis: snapshot first if the slot is new, then
     the WAL, confirming to PostgreSQL only what the lake has committed (its watermark)."""
