@@ -24,12 +24,12 @@ from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from change_events import ChangeEvent, TableSchema
 from lake.arrow_types import convert_column
-from lake.delta_io import LakeTable, Position, create_once, position_transactions, read_sql, small_file_properties
-from lake.layout import LakeLayout
+from lake.delta_io import Position, ShardedTable, create_once, position_transactions, read_sql, small_file_properties
+from lake.layout import CHANGES
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, UTC_MICROS
 
 COMMIT_INFO_PREFIX = "totes."
@@ -72,19 +72,14 @@ def event_rows(
     return pa.Table.from_arrays(columns + meta, names=names)
 
 
-class ChangeLog(LakeTable):
+class ChangeLog(ShardedTable):
     """The change log of one source table."""
 
-    def __init__(self, layout: LakeLayout, table: str):
-        super().__init__(layout, layout.changes_uri(table))
-        self.table = table
-
-    def high_water(self, shard: str) -> Position:
-        return self.position(shard)
+    kind = CHANGES
 
     def appends(self, shard: str) -> int:
         """How many appends `shard` has made (its last `_batch` number)."""
-        return self.transaction_version(f"{shard}:batch") or 0
+        return self.batch(shard)
 
     def missing(self, events: Sequence[ChangeEvent], high_water: Position) -> tuple[list[ChangeEvent], int]:
         """The events of `events` (sorted, no duplicates) that the log lacks, and how many of
@@ -120,7 +115,7 @@ class ChangeLog(LakeTable):
         }
         properties = CommitProperties(
             custom_metadata=metadata,
-            app_transactions=position_transactions(shard, high_water) + [Transaction(f"{shard}:batch", batch)],
+            app_transactions=position_transactions(shard, high_water) + [self.batch_transaction(shard, batch)],
         )
         if self.delta is None:
             self.create(rows.schema)

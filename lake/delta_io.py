@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, TypeVar
 
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, QueryBuilder, Transaction, WriterProperties
 
@@ -202,3 +202,29 @@ class LakeTable:
         elif self.layout.has_commit(self.uri, self.delta.version() + 1):
             self.delta.update_incremental()
         return self.delta
+
+
+class ShardedTable(LakeTable):
+    """A lake table of one source table that the stream's shards write (its change log, its
+    state table; `kind` names which). Every commit of a shard's notes, as app transactions,
+    the shard's high water (the position of its last event the table holds) and `<shard>:batch`,
+    the number of the shard's last change-log append the table holds: for the log the append
+    itself, for the state the last one it merged."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, layout, table: str):
+        super().__init__(layout, layout.uri(self.kind, table))
+        self.table = table
+
+    def high_water(self, shard: str) -> Position:
+        return self.position(shard)
+
+    def batch(self, shard: str) -> int:
+        """The number of the shard's last change-log append this table holds (0: none)."""
+        return self.transaction_version(f"{shard}:batch") or 0
+
+    @staticmethod
+    def batch_transaction(shard: str, batch: int) -> Transaction:
+        """What a commit notes to hold the shard's appends up to `batch` (see `batch`)."""
+        return Transaction(f"{shard}:batch", batch)

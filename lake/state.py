@@ -39,14 +39,14 @@ import json
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
 from lake.collapse import collapse
 from lake.delta_io import (
     ZERO,
-    LakeTable,
     Position,
+    ShardedTable,
     after_position,
     create_once,
     plain_types,
@@ -56,7 +56,7 @@ from lake.delta_io import (
     read_sql,
     retry_on_conflict,
 )
-from lake.layout import LakeLayout
+from lake.layout import STATE
 from lake.schemas import STATE_META, data_columns, lake_schema, rewrite_with_types
 
 TRUNCATE_APP = "truncate"
@@ -87,21 +87,17 @@ def key_columns(value: str) -> list[str]:
     return json.loads(value) if value.startswith("[") else value.split(",")
 
 
-class StateTable(LakeTable):
+class StateTable(ShardedTable):
     """The current-state table of one source table."""
 
-    def __init__(self, layout: LakeLayout, table: str):
-        super().__init__(layout, layout.state_uri(table))
-        self.table = table
-
-    def high_water(self, shard: str) -> Position:
-        return self.position(shard)
+    kind = STATE
 
     def truncated_at(self) -> Position:
         return self.position(TRUNCATE_APP)
 
     def consumed(self, shard: str) -> int:
-        return self.transaction_version(f"{shard}:batch") or 0
+        """The shard's last change-log append merged into the state (0: none)."""
+        return self.batch(shard)
 
     # -- the merge -----------------------------------------------------------------------
     def apply(self, shard: str, log: ChangeLog, keys: list[str], appended: pa.Table | None = None) -> int | None:
@@ -146,7 +142,7 @@ class StateTable(LakeTable):
         source = self._merge_source(log, rows, keys, columns, log_schema, truncate, high_water)
 
         transactions = position_transactions(shard, max(high_water, _max_position(rows))) + [
-            Transaction(f"{shard}:batch", upto)
+            self.batch_transaction(shard, upto)
         ]
         wipe = truncate if truncate > truncated else None
         if wipe is not None:

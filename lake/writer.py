@@ -272,14 +272,15 @@ class LakeWriter:
         writer before this one was killed with merges put off); how many were found."""
         found = 0
         for table in self.layout.tables(CHANGES):
-            state = StateTable(self.layout, table).refresh()
-            if state is None or PRIMARY_KEY_PROPERTY not in state.metadata().configuration:
+            state = StateTable(self.layout, table)
+            delta = state.refresh()
+            if delta is None or PRIMARY_KEY_PROPERTY not in delta.metadata().configuration:
                 continue  # no state yet: the table's next batch creates it from the log
-            keys = key_columns(state.metadata().configuration[PRIMARY_KEY_PROPERTY])
+            keys = key_columns(delta.metadata().configuration[PRIMARY_KEY_PROPERTY])
             changes = ChangeLog(self.layout, table)
             changes.refresh()
             for shard in shards:
-                if (state.transaction_version(f"{shard}:batch") or 0) < changes.appends(shard):
+                if state.consumed(shard) < changes.appends(shard):
                     self.schedule.wait(table, shard, keys)
                     found += 1
         return found
