@@ -68,16 +68,11 @@ def open_table(
 
 
 def read_table(
-    layout: LakeLayout,
-    kind: str,
-    table: str | None = None,
-    *,
-    version: int | None = None,
-    as_of: datetime | None = None,
-    where: str | None = None,
+    layout: LakeLayout, kind: str, table: str | None = None, *, where: str | None = None, **when
 ) -> pa.Table:
-    """Rows of a lake table (at a version or time), optionally filtered by SQL `where`."""
-    delta = open_table(layout, kind, table, version=version, as_of=as_of)
+    """Rows of a lake table (at `when`: `open_table`'s version= or as_of=), optionally
+    filtered by SQL `where`."""
+    delta = open_table(layout, kind, table, **when)
     return read_sql(delta, "SELECT * FROM t" + (f" WHERE {where}" if where else ""))  # nosec B608 # `where` is a predicate the calling code writes, never data
 
 
@@ -170,18 +165,12 @@ def state_version_at_lsn(layout: LakeLayout, table: str, lsn: int) -> int | None
 
 
 def register_duckdb(
-    connection,
-    layout: LakeLayout,
-    table: str | None = None,
-    kind: str = STATE,
-    *,
-    name: str | None = None,
-    version: int | None = None,
-    as_of: datetime | None = None,
+    connection, layout: LakeLayout, table: str | None = None, kind: str = STATE, *, name: str | None = None, **when
 ) -> str:
-    """Register `kind/table` (latest, at `version` or `as_of`) in a DuckDB connection; return
-    the relation's name (default: the table name without schema, e.g. `sales_order`)."""
-    delta = open_table(layout, kind, table, version=version, as_of=as_of)
+    """Register `kind/table` (latest, or at `when`: `open_table`'s version= or as_of=) in a
+    DuckDB connection; return the relation's name (default: the table name without schema,
+    e.g. `sales_order`)."""
+    delta = open_table(layout, kind, table, **when)
     dataset = delta.to_pyarrow_dataset(filesystem=layout.subtree(layout.uri(kind, table)))
     name = name or (table.partition(".")[2] or table if table else kind)
     connection.register(name, dataset)
