@@ -34,8 +34,11 @@ _OPTIONAL_CHECKS = frozenset({"publication", "slot"})
 
 class Status(StrEnum):
     OK = "ok"
+    """the rule is met"""
     WARNING = "warning"
+    """capture works, but this is worth a look (a foreign publication, a slot filling the disk)"""
     PROBLEM = "problem"
+    """capture cannot work until this is fixed"""
 
 
 @dataclass(frozen=True)

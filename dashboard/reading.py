@@ -180,15 +180,24 @@ def lake_difference(lake: str, table: str, before, after) -> dict:
 
 @dataclass
 class HealthSample:
+    """One look at every stage (`sample`); a field is None where its stage could not be read."""
+
     at: datetime
+    """When the look was taken."""
     source_wal: int | None = None
+    """The source's current WAL position, as bytes since 0/0."""
     slot_retained: int | None = None
+    """The most WAL any of the source's slots holds back, in bytes."""
     reader_events: int | None = None
     """Events the readers of this lake have read (their status files), None without one."""
     lake_events: int | None = None
+    """Events in every change log of the lake."""
     lake_watermark: int | None = None
+    """The lake watermark: the lowest of the shards' last markers."""
     warehouse_lsn: int | None = None
+    """The LSN the warehouse was last synced to (`_sync_checkpoint`)."""
     warehouse_facts: int | None = None
+    """Fact versions in the warehouse's three fact tables."""
     newest_commit: datetime | None = None
     """The newest source commit the warehouse holds (its newest fact version's valid_from)."""
     source_newest: datetime | None = None

@@ -67,22 +67,30 @@ class Settings(BaseSettings):
     source_dsn: SecretStr | None = None
     """DSN of the source PostgreSQL; the embedded one under `home` when unset."""
     source_password_file: Path | None = None
+    """A file holding the source's password, for a `source_dsn` without one."""
     source_dsn_secret: str | None = None
+    """An AWS Secrets Manager secret holding the source's DSN or password."""
     lake: str | None = None
     """The lake: a folder or s3://bucket/prefix; `home`/lake when unset."""
     warehouse: SecretStr | None = None
     """A DuckDB file or a PostgreSQL DSN; `home`/warehouse.duckdb when unset."""
     warehouse_password_file: Path | None = None
+    """A file holding a PostgreSQL warehouse's password, for a `warehouse` DSN without one."""
     warehouse_secret: str | None = None
+    """An AWS Secrets Manager secret holding the warehouse's DSN or password."""
     stream: str = STREAM
+    """The Kinesis stream between the reader and the processor."""
     slot: str | None = None
+    """The reader's replication slot; the one the lake remembers (or the default) when unset."""
     publication: str = PUBLICATION
+    """The source's publication the reader streams."""
     retain: str | None = None
     """How long time travel by version or time reaches back (each command has its default)."""
     personal_data_key_file: Path | None = None
     """A file holding the key of the personal-data policy's keyed hashes (at least 16 bytes);
     TOTES_PERSONAL_DATA_KEY (the environment only, never the file) gives it directly."""
     personal_data_key_secret: str | None = None
+    """An AWS Secrets Manager secret holding that key."""
 
     @property
     def source_dir(self) -> Path:
