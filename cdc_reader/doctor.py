@@ -1,23 +1,24 @@
 """Readiness checks a source PostgreSQL must pass before change-data capture can work.
 
-Why one file (~530 lines): one check per readiness rule, each small and independent, over
-one catalog connection; the list reads best in one place.
-
 `run_checks(conn)` asks the catalog everything over one connection and returns one plain
 `CheckResult` per finding: `ok`, `warning` (works, but worth a look) or `problem` (capture
 cannot work until it is fixed). Every non-ok message is one sentence that names the fix.
 Nothing here writes to the source: the checks only read settings and catalogs.
+
+Here are the running of the checks and those of the server (version, WAL level, slots and
+WAL senders free, the replication privilege) and of the slots already there; the publication's
+and the tables' are in doctor_tables.py, the results and the helpers they share in
+readiness.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from collections.abc import Sequence
 
 import psycopg2
-from psycopg2 import sql
 
+from cdc_reader.doctor_tables import check_publication, check_tables
+from cdc_reader.readiness import CheckResult, Status, TableRef, is_ready, ident, literal
 from cdc_reader.source import connect
 from change_events.names import PUBLICATION, SCHEMA, SLOT_PREFIX
 from totesys.schema import TABLES
@@ -31,44 +32,7 @@ STATEMENT_TIMEOUT = "30s"
 # since capture may then fail on what it would have found.
 _OPTIONAL_CHECKS = frozenset({"publication", "slot"})
 
-
-class Status(StrEnum):
-    OK = "ok"
-    """the rule is met"""
-    WARNING = "warning"
-    """capture works, but this is worth a look (a foreign publication, a slot filling the disk)"""
-    PROBLEM = "problem"
-    """capture cannot work until this is fixed"""
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    check: str
-    """What was checked: server_version, wal_level, replication_slots, wal_senders,
-    replication_privilege, publication, table, table_privilege, slot."""
-    status: Status
-    message: str
-    subject: str | None = None
-    """What the result is about when a check runs once per object (a table, a slot)."""
-
-    def to_dict(self) -> dict[str, str | None]:
-        data = asdict(self)
-        data["status"] = str(self.status)
-        return data
-
-
-@dataclass(frozen=True)
-class TableRef:
-    schema: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-
-def is_ready(results: Iterable[CheckResult]) -> bool:
-    """True when no result is a problem (warnings do not block capture)."""
-    return all(result.status is not Status.PROBLEM for result in results)
+__all__ = ["CheckResult", "Status", "TableRef", "diagnose", "is_ready", "run_checks", "table_refs"]
 
 
 def table_refs(tables: Sequence[str] | None = None, schema: str = SCHEMA) -> list[TableRef]:
@@ -117,8 +81,8 @@ def run_checks(
         ("replication_slots", _check_replication_slots),
         ("wal_senders", _check_wal_senders),
         ("replication_privilege", _check_replication_privilege),
-        ("publication", lambda cur: _check_publication(cur, publication, refs)),
-        ("table", lambda cur: _check_tables(cur, refs)),
+        ("publication", lambda cur: check_publication(cur, publication, refs)),
+        ("table", lambda cur: check_tables(cur, refs)),
         ("slot", _check_slots),
     )
     for name, check in checks:
@@ -221,19 +185,6 @@ def _check_capacity(cur, check: str, query: str, what: str, when_all_taken: str)
     return [CheckResult(check, Status.OK, f"{limit - used} of {limit} {what} free.")]
 
 
-def _role(cur) -> str:
-    cur.execute("SELECT current_user")
-    return cur.fetchone()[0]
-
-
-def _ident(cur, *names: str) -> str:
-    return sql.Identifier(*names).as_string(cur.connection)
-
-
-def _literal(cur, value: str) -> str:
-    return sql.Literal(value).as_string(cur.connection)
-
-
 def _check_replication_privilege(cur) -> list[CheckResult]:
     cur.execute(
         """
@@ -251,7 +202,7 @@ def _check_replication_privilege(cur) -> list[CheckResult]:
         return [CheckResult("replication_privilege", Status.OK, f"Role {role!r} has the REPLICATION attribute.")]
     if rds_member:
         return [CheckResult("replication_privilege", Status.OK, f"Role {role!r} is a member of rds_replication.")]
-    quoted = _ident(cur, role)
+    quoted = ident(cur, role)
     fix = (
         f"GRANT rds_replication TO {quoted}"
         if on_rds
@@ -264,204 +215,6 @@ def _check_replication_privilege(cur) -> list[CheckResult]:
             f"Role {role!r} may not open a replication connection: as a superuser run {fix}.",
         )
     ]
-
-
-def _publication_table_list(cur, refs: Sequence[TableRef]) -> str:
-    return ", ".join(_ident(cur, ref.schema, ref.name) for ref in refs)
-
-
-def _check_publication(cur, publication: str, refs: Sequence[TableRef]) -> list[CheckResult]:
-    cur.execute(
-        """
-        SELECT p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,
-               pg_has_role(current_user, p.pubowner, 'USAGE'),
-               (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-        FROM pg_publication p WHERE p.pubname = %s
-        """,
-        (publication,),
-    )
-    row = cur.fetchone()
-    if row is None:
-        return _check_can_create_publication(cur, publication, refs)
-    all_tables, ins, upd, dele, trunc, owner, superuser = row
-    quoted = _ident(cur, publication)
-    results: list[CheckResult] = []
-    missing_actions = [
-        name for name, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on
-    ]
-    if missing_actions:
-        results.append(
-            CheckResult(
-                "publication",
-                Status.WARNING,
-                f"Publication {publication!r} does not publish {', '.join(missing_actions)}: "
-                f"run ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete, truncate').",
-            )
-        )
-    missing: list[TableRef] = []
-    if not all_tables:
-        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))
-        published = {TableRef(schema, name) for schema, name in cur.fetchall()}
-        missing = [ref for ref in refs if ref not in published]
-    if missing and not (owner or superuser):
-        results.append(
-            CheckResult(
-                "publication",
-                Status.WARNING,
-                f"Publication {publication!r} does not publish {', '.join(map(str, missing))} and this "
-                f"role cannot change it: as its owner run ALTER PUBLICATION {quoted} ADD TABLE "
-                f"{_publication_table_list(cur, missing)}.",
-            )
-        )
-    if not results:
-        if all_tables:
-            scope = "it publishes every table"
-        elif missing:
-            scope = f"this role can add the {len(missing)} checked tables it lacks"
-        else:
-            scope = "it publishes every checked table"
-        results.append(CheckResult("publication", Status.OK, f"Publication {publication!r} exists; {scope}."))
-    return results
-
-
-def _check_can_create_publication(cur, publication: str, refs: Sequence[TableRef]) -> list[CheckResult]:
-    cur.execute(
-        """
-        SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
-               has_database_privilege(current_database(), 'CREATE'),
-               current_database()
-        """
-    )
-    superuser, can_create, database = cur.fetchone()
-    if superuser:
-        return [
-            CheckResult(
-                "publication", Status.OK, f"Publication {publication!r} does not exist yet; this role can create it."
-            )
-        ]
-    cur.execute(
-        """
-        SELECT t.schema_name, t.table_name
-        FROM unnest(%s::text[], %s::text[]) AS t(schema_name, table_name)
-        JOIN pg_namespace n ON n.nspname = t.schema_name
-        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
-        WHERE NOT pg_has_role(current_user, c.relowner, 'USAGE')
-        """,
-        ([ref.schema for ref in refs], [ref.name for ref in refs]),
-    )
-    not_owned = [TableRef(schema, name) for schema, name in cur.fetchall()]
-    if can_create and not not_owned:
-        return [
-            CheckResult(
-                "publication", Status.OK, f"Publication {publication!r} does not exist yet; this role can create it."
-            )
-        ]
-    reasons = []
-    if not can_create:
-        reasons.append(f"CREATE on database {database!r}")
-    if not_owned:
-        reasons.append(f"ownership of {', '.join(map(str, not_owned))}")
-    return [
-        CheckResult(
-            "publication",
-            Status.WARNING,
-            f"This role cannot create publication {publication!r} (it lacks {' and '.join(reasons)}): "
-            f"have a table owner run CREATE PUBLICATION {_ident(cur, publication)} FOR TABLE "
-            f"{_publication_table_list(cur, refs)}.",
-        )
-    ]
-
-
-_TABLE_QUERY = """
-SELECT t.schema_name, t.table_name, c.oid IS NOT NULL, c.relkind, c.relreplident,
-       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident
-                                         AND i.indisvalid AND i.indisready),
-       CASE WHEN c.oid IS NULL THEN NULL ELSE has_table_privilege(c.oid, 'SELECT') END
-FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(schema_name, table_name, ord)
-LEFT JOIN pg_namespace n ON n.nspname = t.schema_name
-LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
-ORDER BY t.ord
-"""
-
-_KIND_NAMES = {
-    "v": "a view",
-    "m": "a materialized view",
-    "f": "a foreign table",
-    "S": "a sequence",
-    "i": "an index",
-    "I": "an index",
-    "c": "a composite type",
-    "t": "a TOAST table",
-}
-
-
-def _check_tables(cur, refs: Sequence[TableRef]) -> list[CheckResult]:
-    if not refs:
-        return [CheckResult("table", Status.PROBLEM, "No tables to check: name at least one table with --tables.")]
-    cur.execute(_TABLE_QUERY, ([ref.schema for ref in refs], [ref.name for ref in refs]))
-    results: list[CheckResult] = []
-    unreadable: list[TableRef] = []
-    for schema, name, exists, kind, identity, has_pk, has_identity_index, can_read in cur.fetchall():
-        ref = TableRef(schema, name)
-        table = _ident(cur, schema, name)
-
-        def problem(message: str) -> None:
-            results.append(CheckResult("table", Status.PROBLEM, message, str(ref)))
-
-        if not exists:
-            problem(
-                f"Table {ref} does not exist: create it (for totesys: `totes source start` "
-                "or totesys/schema.sql) or fix --schema/--tables."
-            )
-            continue
-        if kind not in ("r", "p"):
-            problem(
-                f"{ref} is {_KIND_NAMES.get(kind, 'not a table')}, which logical replication "
-                "cannot publish: name its underlying table instead."
-            )
-            continue
-        if identity == "n":
-            problem(
-                f"Table {ref} has REPLICA IDENTITY NOTHING, so updates and deletes cannot be "
-                f"captured: run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) "
-                "or REPLICA IDENTITY FULL."
-            )
-        elif identity == "d" and not has_pk:
-            problem(
-                f"Table {ref} has no primary key: add one (ALTER TABLE {table} ADD PRIMARY KEY "
-                f"(...)) or set REPLICA IDENTITY FULL (ALTER TABLE {table} REPLICA IDENTITY FULL)."
-            )
-        elif identity == "i" and not has_identity_index:
-            problem(
-                f"Table {ref} uses REPLICA IDENTITY USING INDEX but that index is missing or "
-                f"invalid: run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) "
-                "or REPLICA IDENTITY FULL."
-            )
-        if can_read is False:
-            unreadable.append(ref)
-        if not any(result.subject == str(ref) for result in results):
-            key = {
-                "d": "its primary key",
-                "f": "the whole row (REPLICA IDENTITY FULL)",
-                "i": "a replica identity index",
-            }[identity]
-            results.append(
-                CheckResult("table", Status.OK, f"Table {ref} is ready; changes are keyed by {key}.", str(ref))
-            )
-    if unreadable:
-        role = _role(cur)
-        names = ", ".join(map(str, unreadable))
-        what = f"table {names}" if len(unreadable) == 1 else f"{len(unreadable)} tables ({names})"
-        results.append(
-            CheckResult(
-                "table_privilege",
-                Status.PROBLEM,
-                f"Role {role!r} cannot read {what}, so the initial snapshot would fail: run GRANT SELECT "
-                f"ON {_publication_table_list(cur, unreadable)} TO {_ident(cur, role)}.",
-            )
-        )
-    return results
 
 
 def _check_slots(cur) -> list[CheckResult]:
@@ -487,7 +240,7 @@ def _check_slots(cur) -> list[CheckResult]:
                     "slot",
                     Status.WARNING,
                     f"Slot {name!r}{where} has lost WAL it needed and cannot stream again: drop it "
-                    f"(SELECT pg_drop_replication_slot({_literal(cur, name)})) and let the reader start afresh.",
+                    f"(SELECT pg_drop_replication_slot({literal(cur, name)})) and let the reader start afresh.",
                     name,
                 )
             )
@@ -497,7 +250,7 @@ def _check_slots(cur) -> list[CheckResult]:
                     "slot",
                     Status.WARNING,
                     f"Inactive {slot_type} slot {name!r}{where} retains {_size(retained)} of WAL: start "
-                    f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({_literal(cur, name)})) "
+                    f"the consumer that owns it, or drop it (SELECT pg_drop_replication_slot({literal(cur, name)})) "
                     "if nothing uses it any more.",
                     name,
                 )
