@@ -1,6 +1,6 @@
 """The reader: one coordinator that runs the initial snapshot, then streams the slot.
 
-Why one file (~550 lines): the streaming loop, its hot path and the shutdown share one
+Why one file (~580 lines): the streaming loop, its hot path and the shutdown share one
 position and the connection's cursor; the snapshot's phases (snapshot_phases.py), the
 per-table re-reads (rereads.py) and the state file (reader_state.py) are apart. What stays
 besides the loop is what the composition root builds it from: the ports, the settings
