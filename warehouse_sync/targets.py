@@ -157,8 +157,10 @@ class DuckDBTarget(Target):
         return frame
 
     def value(self, statement: str) -> object:
-        row = self.connection.execute(statement).fetchone()
-        return None if row is None else row[0]
+        # fetchall, not fetchone: DuckDB keeps a result it has not read to its end open on the
+        # connection and refuses the connection's next statement until it is.
+        rows = self.connection.execute(statement).fetchall()
+        return rows[0][0] if rows else None
 
     def stage(self, name: str, frame: pl.DataFrame) -> str:
         self.connection.register(name, frame.to_arrow())
