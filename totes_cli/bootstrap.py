@@ -29,6 +29,7 @@ from pathlib import Path
 
 # The names, defined once below every stage (the reader's and the doctor's defaults read them
 # too), and taken from here by every command's flags and settings.
+from change_events.files import atomic_write_json
 from change_events.names import METRICS_NAMESPACE as METRICS_NAMESPACE
 from change_events.names import PUBLICATION as PUBLICATION
 from change_events.names import SCHEMA as SCHEMA
@@ -212,8 +213,8 @@ def remembered_slot(lake: str | None, slot: str | None = None) -> str:
     if "slot" not in data:
         digest = hashlib.sha1(str(Path(lake).resolve()).encode(), usedforsecurity=False).hexdigest()[:10]
         data["slot"] = slot or f"{SLOT_PREFIX}_{digest}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data), encoding="utf-8")
+        # Atomically: `totes reader` or a catch-up on the same lake may read it meanwhile.
+        atomic_write_json(path, data)
     return data["slot"]
 
 
