@@ -234,7 +234,7 @@ def _emitted_metrics() -> set[tuple[str, frozenset, str]]:
             )
         )
         publisher = SimpleNamespace(metrics=SimpleNamespace(events_per_record=5.0))
-        reader_cmd._emit_emf(reader, publisher, {})
+        reader_cmd._emit_emf(reader, publisher, None)
         reader_cmd.emit_slot_lost()
         sync_cmd.emit_emf(runs=3, events=40, behind_lsn_bytes=0)
         verify_cmd.emit_emf(Verification(1, [TableReport("public.payment", "lake", "payment", 1, rows=5)]))

@@ -1,5 +1,9 @@
 """Configuration: flags win, then TOTES_* environment variables, then a totes.toml file.
 
+Why one file (~400 lines): the shared settings, the per-command sections of the file and the
+three ways a password arrives are one order of precedence; read apart, that order would be
+split across modules.
+
 Passwords never need to be in a flag (flags show in process lists) or in the file. A DSN may
 leave its password out and take it from, first to last:
 

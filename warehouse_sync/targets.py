@@ -9,7 +9,7 @@ DDL renderer (`warehouse_sync.schema`).
 polars, pyarrow and pgpq are imported by the methods that use them: reading the checkpoint
 (`value`) needs neither, so a catch-up with nothing new (totes_cli/catch_up.py) loads only DuckDB.
 
-Why one file (~400 lines): the two adapters answer the same small interface side by side, so
+Why one file (~440 lines): the two adapters answer the same small interface side by side, so
 a dialect difference is seen next to its twin; split per engine if either grows.
 """
 
