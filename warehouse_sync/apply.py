@@ -35,8 +35,9 @@ statement or Python object per row. Mirrors and dimensions are upserted on the c
 only (DuckDB: by rowid in rowid order, see `sql.upsert`), facts closed by record id and appended.
 What a slice costs grows with the slice, not with the warehouse, except DuckDB's scans for
 keyed lookups (its ART indexes serve constraints, not joins) and
-`max(record id)`. PostgreSQL checks each fact row's nine foreign keys one row at a time (its
-triggers): most of what an append costs there.
+`max(record id)`. PostgreSQL checks each fact row's foreign keys one row at a time (its
+triggers): most of what an append costs there. DuckDB declares none: the sync checks the new
+fact rows' references itself, one anti-join per key, before the commit (`ddl`, `checks`).
 
 A crash anywhere before a slice's commit leaves the warehouse as the previous slice left it;
 a rerun goes on from there, and a rerun with the same `upto_lsn` does nothing. So a

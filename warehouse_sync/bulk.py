@@ -26,6 +26,7 @@ import polars as pl
 import pyarrow.dataset as ds
 
 from warehouse_sync import schema as wh_schema
+from warehouse_sync.checks import require_references
 from warehouse_sync import transforms as tf
 from warehouse_sync.schema import BASE_SOURCES, DUCKDB, SOURCES, Table, column_list, next_value
 from warehouse_sync.schema import quote_identifier as q
@@ -82,7 +83,7 @@ def numbering(seqs: pl.Series) -> Numbering | None:
 
 PIECE_ROWS = 1_000_000
 """Events of a part loaded in one transaction at most: DuckDB holds a transaction's new rows'
-index entries (the key's and the nine foreign keys') in memory until it commits."""
+index entries (the primary key's) in memory until it commits."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,8 @@ def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
         f"INSERT INTO {q(fact.name)} ({column_list(fact.names)}) "  # nosec B608 # names quoted by q(), values int()
         f"SELECT {record_id}, {values} FROM {source}{sql_order}"
     )
+    if target.dialect == DUCKDB:  # its fact tables declare no foreign keys (see `ddl`)
+        require_references(target, fact, after=base)
     if rows:
         target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(rows)}")  # nosec B608 # names quoted by q(), values int()
     return rows

@@ -1,9 +1,16 @@
 """The warehouse's statements in either dialect: CREATE (idempotent), ALTER of a widened mirror, row counts.
 
-Every fact date column references dim_date, every id column its dimension. Both engines
-enforce these foreign keys (DuckDB 2.0 accepts updates and upserts of referenced dimension
-rows; it refuses only deleting them, as PostgreSQL does). PostgreSQL additionally gets a
-partial unique index: at most one `is_current` row per business key.
+Every fact date column references dim_date, every id column its dimension. PostgreSQL
+declares these foreign keys; DuckDB does not, and the sync checks them itself
+(`checks.require_references`, set-based, in each slice's transaction, before it commits).
+Why not in DuckDB: a DuckDB file has one writer (its file lock), the sync, so no other
+writer can break them; DuckDB checks a declared key row by row in its ART index and keeps
+each new row's nine index entries in memory until the commit, which made those checks about
+half of every slice and most of a bulk load; and it cannot add a key to a table later
+(no ALTER TABLE ... ADD FOREIGN KEY), so it could not be dropped for a bulk load and put
+back. A warehouse file created with them keeps them (DuckDB cannot drop them either): it is
+as correct, only slower. PostgreSQL additionally gets a partial unique index: at most one
+`is_current` row per business key.
 """
 
 from __future__ import annotations
@@ -35,10 +42,10 @@ def create_table(table: Table, dialect: str) -> list[str]:
             line += " NOT NULL"
         lines.append(line)
     lines.append(f"CONSTRAINT {q(f'{table.name}_pkey')} PRIMARY KEY ({q(table.key)})")
-    for column in table.foreign_keys:
+    for column in declared_foreign_keys(table, dialect):
         target = BY_NAME[column.references]
         lines.append(
-            f"CONSTRAINT {q(f'{table.name}_{column.name}_fkey')} FOREIGN KEY ({q(column.name)}) "
+            f"CONSTRAINT {q(foreign_key_name(table, column))} FOREIGN KEY ({q(column.name)}) "
             f"REFERENCES {q(target.name)} ({q(target.key)})"
         )
     body = ",\n    ".join(lines)
@@ -51,6 +58,15 @@ def create_table(table: Table, dialect: str) -> list[str]:
                 f"ON {q(table.name)} ({q(index.column)}){where}"
             )
     return statements
+
+
+def declared_foreign_keys(table: Table, dialect: str) -> list[Column]:
+    """The foreign keys `table` declares in `dialect`: all of them in PostgreSQL, none in DuckDB."""
+    return table.foreign_keys if dialect == POSTGRES else []
+
+
+def foreign_key_name(table: Table, column: Column) -> str:
+    return f"{table.name}_{column.name}_fkey"
 
 
 def next_value(table: Table) -> str:

@@ -222,3 +222,50 @@ def test_a_sync_killed_in_the_middle_of_a_bulk_load_restarts_exactly(
     finally:
         reference.close()
     assert_same_warehouse(tables, expected)
+
+
+# -- a fact row that points at a dimension row that is not there -------------------------------
+
+PLANTED_ORDER = "990001"
+
+
+def _planted(event: ChangeEvent, op: Op, lsn: int, seq: int) -> ChangeEvent:
+    """A copy of the sales order `event` as a new order of staff 9999, whom no source row has."""
+    row = dict(event.after or {}, sales_order_id=PLANTED_ORDER, staff_id="9999")
+    key = {"sales_order_id": PLANTED_ORDER}
+    commit_ts = event.commit_ts if op != Op.SNAPSHOT else None
+    return ChangeEvent(event.schema, op, lsn, seq, None if op == Op.SNAPSHOT else 1, commit_ts, key, row)
+
+
+@pytest.mark.parametrize("way", ["bulk", "general", "streamed"])
+def test_a_fact_row_of_a_missing_staff_fails_its_slice_and_commits_nothing(
+    streamed, open_warehouse, tmp_path, monkeypatch, way
+):
+    """Both engines refuse it (PostgreSQL by its declared key, DuckDB by the sync's own check):
+    the slice's transaction rolls back, so the warehouse keeps what it had and the checkpoint
+    stays where it was; nothing of the slice is half there."""
+    snapshot = [e for e in streamed.source.events if e.op == Op.SNAPSHOT]
+    snapshot_lsn = snapshot[0].lsn
+    assert {e.lsn for e in snapshot} == {snapshot_lsn}
+    order = next(e for e in snapshot if e.table == "public.sales_order")
+    if way == "streamed":
+        planted = _planted(order, Op.INSERT, snapshot_lsn + 1_000, 0)
+    else:
+        planted = _planted(order, Op.SNAPSHOT, snapshot_lsn, max(e.seq for e in snapshot) + 1)
+    lake = write_lake(tmp_path / "lake", snapshot + [planted])
+    target = open_warehouse("planted")
+    before = None
+    if way == "streamed":
+        sync_once(lake, target, snapshot_lsn, today=TODAY)
+        before = dump_warehouse(target)
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk_module, "BULK_LOADS", way == "bulk")
+        with pytest.raises(Exception, match=r"(?i)foreign key") as raised:
+            sync_once(lake, target, planted.lsn, today=TODAY)
+    assert "staff" in str(raised.value)
+    after = dump_warehouse(target)
+    if before is None:
+        assert {name: frame.height for name, frame in after.items() if frame.height} == {"_sync_checkpoint": 1}
+        assert after["_sync_checkpoint"]["lsn"].to_list() == [0]
+    else:
+        assert_same_warehouse(after, before)

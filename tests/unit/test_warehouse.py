@@ -10,11 +10,12 @@ import duckdb
 import polars as pl
 import pytest
 
-from warehouse_sync import DuckDBTarget, ensure_schema, open_target
+from warehouse_sync import DuckDBTarget, dangling_references, ensure_schema, open_target
+from warehouse_sync.checks import MissingReference, require_references
 from warehouse_sync import transforms as tf
 from warehouse_sync.lake_source import event_schema
 from warehouse_sync.replay import replay
-from warehouse_sync.schema import SOURCES
+from warehouse_sync.schema import BY_NAME, SOURCES
 
 DUCKDB_TYPES = {
     "int": "INTEGER",
@@ -50,30 +51,39 @@ def test_duckdb_tables_match_the_spec_column_by_column(tmp_path, warehouse_spec)
             f"FROM duckdb_constraints() WHERE table_name = '{table}'"
         ).fetchall()
         assert ("PRIMARY KEY", [warehouse_spec.primary_keys[table]], None) in constraints
-        foreign = {c[1][0]: c[2] for c in constraints if c[0] == "FOREIGN KEY"}
-        assert foreign == warehouse_spec.foreign_keys.get(table, {}), table
+        # no foreign keys in DuckDB: the sync checks them itself (`ddl`, `checks.require_references`)
+        assert [c for c in constraints if c[0] == "FOREIGN KEY"] == [], table
     target.close()
 
 
-def test_duckdb_enforces_the_foreign_keys_and_allows_dimension_upserts():
-    """What the load relies on in DuckDB 2.0: referenced dimension rows can be updated and
-    upserted; a fact row cannot point at a missing one, a referenced one cannot be deleted."""
-    con = duckdb.connect()
-    con.execute("CREATE TABLE dim (id INTEGER PRIMARY KEY, name VARCHAR)")
-    con.execute("CREATE TABLE fact (id INTEGER PRIMARY KEY, dim_id INTEGER REFERENCES dim (id))")
-    con.execute("INSERT INTO dim VALUES (1, 'a'), (2, 'b')")
-    con.execute("INSERT INTO fact VALUES (1, 1)")
-    con.execute("BEGIN")
-    con.execute("UPDATE dim SET name = 'x' WHERE id = 1")
-    con.execute("INSERT INTO dim VALUES (1, 'y'), (3, 'c') ON CONFLICT (id) DO UPDATE SET name = excluded.name")
-    con.execute("INSERT INTO fact VALUES (2, 3)")
-    con.execute("COMMIT")
-    assert con.sql("SELECT * FROM dim ORDER BY id").fetchall() == [(1, "y"), (2, "b"), (3, "c")]
-    with pytest.raises(duckdb.ConstraintException):
-        con.execute("INSERT INTO fact VALUES (3, 9)")
-    with pytest.raises(duckdb.ConstraintException):
-        con.execute("DELETE FROM dim WHERE id = 1")
-    con.execute("DELETE FROM dim WHERE id = 2")
+def _one_row(table, **values) -> pl.DataFrame:
+    """A row of `table` whose every column holds a plain value of its type (1 for the keys)."""
+    plain = {pl.Date: date(2024, 5, 1), pl.Time: time(9), pl.Boolean: True, pl.String: "x"}  # else 1
+    row = {name: values.get(name, plain.get(dtype, 1)) for name, dtype in table.polars_schema.items()}
+    return pl.DataFrame([row], schema=table.polars_schema)
+
+
+def test_duckdb_refuses_new_fact_rows_of_a_missing_dimension_row_as_a_foreign_key_would():
+    """DuckDB declares no foreign keys (`ddl`): `require_references` is what refuses a fact row
+    whose dimension row is not there, among the rows after `after` only, naming key and table."""
+    fact = BY_NAME["fact_payment"]
+    with DuckDBTarget() as target:
+        ensure_schema(target)
+
+        def insert(frame: pl.DataFrame, table) -> None:
+            staged = target.stage("_rows", frame)
+            target.execute(f"INSERT INTO {table.name} SELECT * FROM {staged}")
+
+        for dimension in {BY_NAME[column.references] for column in fact.foreign_keys}:
+            insert(_one_row(dimension), dimension)  # date_id 2024-05-01, every other key 1
+        insert(_one_row(fact, payment_record_id=1), fact)
+        require_references(target, fact, after=0)
+        insert(_one_row(fact, payment_record_id=2, counterparty_id=7), fact)
+        require_references(target, fact, after=2)  # row 2 is not among the rows asked about
+        with pytest.raises(MissingReference, match='key "counterparty_id: 7" does not exist') as refused:
+            require_references(target, fact, after=1)
+        assert "dim_counterparty" in str(refused.value) and isinstance(refused.value, duckdb.ConstraintException)
+        assert dangling_references(target) == {"fact_payment.counterparty_id": 1}
 
 
 # -- pure pieces ------------------------------------------------------------------------------
