@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow.dataset as ds
 
+from warehouse_sync import ddl
 from warehouse_sync import schema as wh_schema
 from warehouse_sync.checks import require_references
 from warehouse_sync import transforms as tf
-from warehouse_sync.schema import BASE_SOURCES, DUCKDB, SOURCES, Table, column_list, next_value
+from warehouse_sync.schema import BASE_SOURCES, DUCKDB, POSTGRES, SOURCES, Table, column_list, next_value
 from warehouse_sync.schema import quote_identifier as q
 from warehouse_sync.slices import MAX_SEQ, MIN_SEQ, LsnCount, Position
 from warehouse_sync.targets import Target
@@ -245,7 +246,16 @@ def load_mirror(target: Target, part: BulkPart, relation: str) -> int:
 
 def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
     """The fact rows: every event a current version, record ids after the table's largest in
-    `(seq, key)` order (one LSN), then the table's own sequence moved past them."""
+    `(seq, key)` order (one LSN), then the table's own sequence moved past them.
+
+    Their references are checked in the piece's transaction, set-based on both engines: DuckDB
+    declares no foreign keys and the sync checks the new rows (`checks.require_references`).
+    PostgreSQL's declared keys fire a trigger per row and key (nine lookups a fact row, most
+    of what a piece cost there), so the piece drops them, inserts, and declares them again,
+    which checks the table with one join per key (the sync owns its tables: `ensure_schema`
+    creates and alters them). A failed check rolls the piece back, keys included, as a crash
+    does. The fact table and its dimensions are locked against other sessions until the piece
+    commits (an initial load's tables)."""
     spec = tf.FACT_BY_SOURCE[part.source]
     fact: Table = spec.table
     base = int(target.query(f"SELECT coalesce(max({q(fact.key)}), 0) AS n FROM {q(fact.name)}").item())  # nosec B608 # names quoted by q()
@@ -258,10 +268,17 @@ def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
         record_id = f"{base - part.before} + g._wh_before + ({q('_seq')} - g._wh_first) + 1"
         source += f" JOIN {groups} AS g ON g._wh_g = ({q('_seq')} >> {int(part.numbering.shift)})"
     sql_order = " ORDER BY 1" if target.dialect == DUCKDB else ""  # stored in record id order
+    redeclared = target.dialect == POSTGRES
+    if redeclared:
+        for column in fact.foreign_keys:
+            target.execute(ddl.drop_foreign_key(fact, column))
     target.execute(
         f"INSERT INTO {q(fact.name)} ({column_list(fact.names)}) "  # nosec B608 # names quoted by q(), values int()
         f"SELECT {record_id}, {values} FROM {source}{sql_order}"
     )
+    if redeclared:
+        for column in fact.foreign_keys:
+            target.execute(ddl.add_foreign_key(fact, column))
     if target.dialect == DUCKDB:  # its fact tables declare no foreign keys (see `ddl`)
         require_references(target, fact, after=base)
     if rows:

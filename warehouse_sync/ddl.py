@@ -42,12 +42,7 @@ def create_table(table: Table, dialect: str) -> list[str]:
             line += " NOT NULL"
         lines.append(line)
     lines.append(f"CONSTRAINT {q(f'{table.name}_pkey')} PRIMARY KEY ({q(table.key)})")
-    for column in declared_foreign_keys(table, dialect):
-        target = BY_NAME[column.references]
-        lines.append(
-            f"CONSTRAINT {q(foreign_key_name(table, column))} FOREIGN KEY ({q(column.name)}) "
-            f"REFERENCES {q(target.name)} ({q(target.key)})"
-        )
+    lines += [foreign_key_constraint(table, column) for column in declared_foreign_keys(table, dialect)]
     body = ",\n    ".join(lines)
     statements.append(f"CREATE TABLE IF NOT EXISTS {q(table.name)} (\n    {body}\n)")
     if dialect == POSTGRES:
@@ -67,6 +62,26 @@ def declared_foreign_keys(table: Table, dialect: str) -> list[Column]:
 
 def foreign_key_name(table: Table, column: Column) -> str:
     return f"{table.name}_{column.name}_fkey"
+
+
+def foreign_key_constraint(table: Table, column: Column) -> str:
+    """`CONSTRAINT ... FOREIGN KEY ... REFERENCES ...`: `column`'s key, as CREATE and ALTER declare it."""
+    q = quote_identifier
+    target = BY_NAME[column.references]
+    return (
+        f"CONSTRAINT {q(foreign_key_name(table, column))} FOREIGN KEY ({q(column.name)}) "
+        f"REFERENCES {q(target.name)} ({q(target.key)})"
+    )
+
+
+def add_foreign_key(table: Table, column: Column) -> str:
+    """PostgreSQL: declare `column`'s key again, which checks every row with one join."""
+    return f"ALTER TABLE {quote_identifier(table.name)} ADD {foreign_key_constraint(table, column)}"
+
+
+def drop_foreign_key(table: Table, column: Column) -> str:
+    q = quote_identifier
+    return f"ALTER TABLE {q(table.name)} DROP CONSTRAINT IF EXISTS {q(foreign_key_name(table, column))}"
 
 
 def next_value(table: Table) -> str:

@@ -258,14 +258,75 @@ def test_a_fact_row_of_a_missing_staff_fails_its_slice_and_commits_nothing(
     if way == "streamed":
         sync_once(lake, target, snapshot_lsn, today=TODAY)
         before = dump_warehouse(target)
+    loaded = _spy(monkeypatch, bulk_module, "load_facts")
     with monkeypatch.context() as patch:
         patch.setattr(bulk_module, "BULK_LOADS", way == "bulk")
         with pytest.raises(Exception, match=r"(?i)foreign key") as raised:
             sync_once(lake, target, planted.lsn, today=TODAY)
+    assert bool(loaded) == (way == "bulk")
     assert "staff" in str(raised.value)
+    assert _declared_foreign_keys(target) == _expected_foreign_keys(target)  # a bulk piece's drop rolled back too
     after = dump_warehouse(target)
     if before is None:
         assert {name: frame.height for name, frame in after.items() if frame.height} == {"_sync_checkpoint": 1}
         assert after["_sync_checkpoint"]["lsn"].to_list() == [0]
     else:
         assert_same_warehouse(after, before)
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Record each call of `module.name` (its arguments) and let it run."""
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def _declared_foreign_keys(target) -> dict[str, int]:
+    """`{fact table: foreign keys declared}` as the engine's catalog has them."""
+    if isinstance(target, DuckDBTarget):
+        found = target.query(
+            "SELECT table_name AS t, count(*) AS n FROM duckdb_constraints() WHERE constraint_type = 'FOREIGN KEY' GROUP BY 1"
+        )
+    else:
+        found = target.query(
+            "SELECT conrelid::regclass::text AS t, count(*) AS n FROM pg_constraint WHERE contype = 'f' GROUP BY 1"
+        )
+    return {t: int(n) for t, n in found.iter_rows()}
+
+
+def _expected_foreign_keys(target) -> dict[str, int]:
+    """PostgreSQL declares every fact's foreign keys, DuckDB none (`warehouse_sync.ddl`)."""
+    if isinstance(target, DuckDBTarget):
+        return {}
+    return {spec.table.name: len(spec.table.foreign_keys) for spec in FACT_SPECS}
+
+
+def test_a_bulk_load_into_postgres_checks_the_keys_once_and_leaves_them_declared(
+    real_lake, open_warehouse, monkeypatch
+):
+    """The bulk piece drops the fact table's keys, inserts, and declares them again (one check
+    of the table per key instead of a trigger per row and key); afterwards the catalog holds
+    exactly the keys `ddl` declares, on both engines."""
+    target = open_warehouse("bulk")
+    statements = []
+    real_execute = type(target).execute
+
+    def execute(self, statement: str) -> None:
+        statements.append(statement)
+        real_execute(self, statement)
+
+    monkeypatch.setattr(type(target), "execute", execute)
+    result = sync_once(real_lake, target, SNAPSHOT_LSN, today=TODAY)
+    assert set(result.bulk_loaded) == FACT_TABLES
+    redeclared = [s for s in statements if "ADD CONSTRAINT" in s and "FOREIGN KEY" in s]
+    dropped = [s for s in statements if "DROP CONSTRAINT" in s]
+    expected = _expected_foreign_keys(target)
+    assert len(redeclared) == len(dropped) == sum(expected.values())
+    assert _declared_foreign_keys(target) == expected
+    assert dangling_references(target) == {}
