@@ -29,7 +29,7 @@ from warehouse_sync import ddl
 from warehouse_sync import schema as wh_schema
 from warehouse_sync.checks import require_references
 from warehouse_sync import transforms as tf
-from warehouse_sync.schema import BASE_SOURCES, DUCKDB, POSTGRES, SOURCES, Table, column_list, next_value
+from warehouse_sync.schema import BASE_SOURCES, DUCKDB, SOURCES, Table, column_list, next_value
 from warehouse_sync.schema import quote_identifier as q
 from warehouse_sync.slices import MAX_SEQ, MIN_SEQ, LsnCount, Position
 from warehouse_sync.targets import Target
@@ -268,19 +268,16 @@ def load_facts(target: Target, part: BulkPart, relation: str, rows: int) -> int:
         record_id = f"{base - part.before} + g._wh_before + ({q('_seq')} - g._wh_first) + 1"
         source += f" JOIN {groups} AS g ON g._wh_g = ({q('_seq')} >> {int(part.numbering.shift)})"
     sql_order = " ORDER BY 1" if target.dialect == DUCKDB else ""  # stored in record id order
-    redeclared = target.dialect == POSTGRES
-    if redeclared:
-        for column in fact.foreign_keys:
-            target.execute(ddl.drop_foreign_key(fact, column))
+    declared = ddl.declared_foreign_keys(fact, target.dialect)
+    for column in declared:
+        target.execute(ddl.drop_foreign_key(fact, column))
     target.execute(
         f"INSERT INTO {q(fact.name)} ({column_list(fact.names)}) "  # nosec B608 # names quoted by q(), values int()
         f"SELECT {record_id}, {values} FROM {source}{sql_order}"
     )
-    if redeclared:
-        for column in fact.foreign_keys:
-            target.execute(ddl.add_foreign_key(fact, column))
-    if target.dialect == DUCKDB:  # its fact tables declare no foreign keys (see `ddl`)
-        require_references(target, fact, after=base)
+    for column in declared:
+        target.execute(ddl.add_foreign_key(fact, column))
+    require_references(target, fact, after=base)
     if rows:
         target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(rows)}")  # nosec B608 # names quoted by q(), values int()
     return rows

@@ -12,15 +12,7 @@ from warehouse_sync import schema as wh_schema
 from warehouse_sync import transforms as tf
 from warehouse_sync.checks import require_references
 from warehouse_sync.replay import DELETES, Replay, replay
-from warehouse_sync.schema import (
-    DIM_DATE,
-    DUCKDB,
-    SOURCES,
-    column_list,
-    next_value,
-    quote_identifier as q,
-    references_to,
-)
+from warehouse_sync.schema import DIM_DATE, SOURCES, column_list, next_value, quote_identifier as q, references_to
 from warehouse_sync.sql import mirror_rows, replace_mirror_rows, select, stage_keys, upsert
 from warehouse_sync.targets import Target
 
@@ -207,8 +199,7 @@ def _write_facts(target: Target, spec: tf.FactSpec, changes: tf.FactChanges, res
     staged = target.stage("_wh_inserts", rows.select(fact.names))
     columns = column_list(fact.names)
     target.execute(f"INSERT INTO {q(fact.name)} ({columns}) SELECT {columns} FROM {q(staged)} ORDER BY {q(fact.key)}")  # nosec B608 # names quoted by q(), values int()
-    if target.dialect == DUCKDB:  # its fact tables declare no foreign keys (see `ddl`)
-        require_references(target, fact, after=base)
+    require_references(target, fact, after=base)  # the keys the engine does not check itself
     target.query(f"SELECT max({next_value(fact)}) AS n FROM {target.series(inserts.height)}")  # nosec B608 # names quoted by q(), values int()
     result.facts_appended[fact.name] = result.facts_appended.get(fact.name, 0) + inserts.height
 
