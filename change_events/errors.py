@@ -207,6 +207,20 @@ def is_conflict(error: BaseException) -> bool:
     return classify(error) is Kind.CONFLICT
 
 
+def is_panic(error: BaseException) -> bool:
+    """Whether `error` is a Rust library's panic (deltalake, polars) come through pyo3: a
+    BaseException, so `except Exception` lets it through, yet a failure like any other, not
+    a request to stop. Each extension module makes its own class, hence the name."""
+    kind = type(error)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
+def is_failure(error: BaseException) -> bool:
+    """Whether `error` is a failure to contain (an Exception or a library's panic) rather
+    than Ctrl-C or an exit, which must go on up."""
+    return isinstance(error, Exception) or is_panic(error)
+
+
 def sentence(error: BaseException) -> str | None:
     """The one sentence to show for `error`, or None when it is a bug (show its traceback)."""
     if isinstance(error, TotesError) and error.kind is not Kind.BUG:

@@ -55,7 +55,7 @@ import pyarrow as pa
 
 from change_events import ChangeEvent, TableSchema
 from lake.changelog import ChangeLog, event_rows
-from change_events.errors import is_retryable
+from change_events.errors import is_failure, is_retryable
 from lake.delta_io import Position, retry_on_conflict
 from lake.errors import RefusedEventsError, UnapplicableEventsError, UnstorableSchemaError, ValueConversionError
 from lake.layout import CHANGES, LakeLayout
@@ -258,7 +258,10 @@ class LakeWriter:
         for (table, shard_id), keys in self.schedule.take_due(everything):
             try:
                 error = self._merge_state(table, shard_id, keys, None, handles=_MERGES + shard_id)
-            except Exception as fault:  # noqa: BLE001 - the lake's trouble: the next call tries again
+            except BaseException as fault:  # noqa: BLE001 - the lake's trouble: the next call tries again
+                if not is_failure(fault):
+                    self.schedule.failed(table, shard_id, keys)
+                    raise  # Ctrl-C, exit: the merge stays due for whoever merges next
                 error = f"{type(fault).__name__}: {fault}"
             if error is None:
                 merged += 1

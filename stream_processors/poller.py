@@ -31,7 +31,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from change_events.codec import events_body_size
-from change_events.errors import RetryPolicy
+from change_events.errors import RetryPolicy, is_failure
 from change_events.files import atomic_write_json
 from stream_processors.handler import BatchOutcome, StreamProcessor
 
@@ -405,7 +405,9 @@ class LocalPoller:
         killed writer left behind, then whatever is due, until the poller stops."""
         try:
             self.processor.find_unmerged(list(self.shards))
-        except Exception:  # noqa: BLE001 - the next batch of each shard merges what it finds
+        except BaseException as error:  # noqa: BLE001 - the next batch of each shard merges what it finds
+            if not is_failure(error):
+                raise
             log.exception("looking for state tables behind their change logs failed")
         while not stop.wait(0.0 if self.processor.merge_due_states() else MERGE_LOOK_SECONDS):
             pass

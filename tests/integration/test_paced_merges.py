@@ -179,3 +179,44 @@ def test_a_backlog_put_off_is_merged_in_pieces_of_bounded_rows_and_ends_exact(tm
     state.refresh()
     assert state.consumed("s1") == 5
     assert writer.find_unmerged(["s1"]) == 0
+
+
+def _panic() -> BaseException:
+    """What a Rust library's panic looks like through pyo3: a BaseException, so `except
+    Exception` lets it through (each extension module makes its own such class)."""
+    panic = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
+    return panic("called `Option::unwrap()` on a `None` value")
+
+
+def test_a_merge_that_panics_stays_due_and_the_next_one_ends_exact(tmp_path, monkeypatch):
+    """A panic in deltalake's merge (seen once at Ctrl-C) must not kill the merges' thread:
+    like any failed merge it is logged and stays due, and the change log keeps its events."""
+    writer = LakeWriter(tmp_path / "lake", merge_share=0.5)
+    src = Source()
+    tx = _batch(src, 0)
+    writer.write_batch("s1", tx.events, markers=[tx.lsn])
+    apply = StateTable.apply
+
+    def panicking(self, *args, **kwargs):
+        raise _panic()
+
+    monkeypatch.setattr(StateTable, "apply", panicking)
+    assert writer.merge_due_states() == 0
+    assert writer.states_put_off == 1, "the merge waits again"
+
+    monkeypatch.setattr(StateTable, "apply", apply)
+    assert writer.merge_due_states(everything=True) == 1
+    assert lake_state(writer.layout, TABLE, KEYS) == expected_state(tx.events, TABLE)
+
+
+def test_a_keyboard_interrupt_in_a_merge_is_not_swallowed(tmp_path, monkeypatch):
+    writer = LakeWriter(tmp_path / "lake", merge_share=0.5)
+    tx = _batch(Source(), 0)
+    writer.write_batch("s1", tx.events, markers=[tx.lsn])
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StateTable, "apply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.merge_due_states()
