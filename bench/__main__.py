@@ -13,6 +13,7 @@ from bench import (
     lake_bench,
     light_bench,
     load_bench,
+    merge_bench,
     pipeline_bench,
     read_copy_bench,
     reader_bench,
@@ -37,6 +38,7 @@ BENCHMARKS = {
         verify_bench,
         sync_bench,
         slice_bench,
+        merge_bench,
     )
 }
 

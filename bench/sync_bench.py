@@ -67,9 +67,10 @@ CHILD = textwrap.dedent("""
 # -- the lake ------------------------------------------------------------------------------
 
 
-def _order_text(first: int, count: int, version: int) -> pl.DataFrame:
-    """Sales orders `first…first+count-1` as COPY's text columns (version 1: updated)."""
-    order = pl.int_range(first, first + count, eager=True, dtype=pl.Int64)
+def _order_text(first: int, count: int, version: int, ids: pl.Series | None = None) -> pl.DataFrame:
+    """Sales orders `first…first+count-1` (or those of `ids`, numbered from `first`) as COPY's
+    text columns (version 1: updated)."""
+    order = ids if ids is not None else pl.int_range(first, first + count, eager=True, dtype=pl.Int64)
     frame = pl.DataFrame({"id": order})
     minute = pl.col("id") - first
 

@@ -1,8 +1,8 @@
 """When the lake writer merges a change log's appends into its state table.
 
-A state merge (`lake.state`) is a Delta MERGE: it rewrites every file of `tables/<table>`
-that holds a key the merged rows touch, and random updates touch every file, so one merge
-costs about the table's size whatever it merges (a few rows into a 1M-row table: 2-4 s).
+A state merge (`lake.state`, `lake.rewrite`) rewrites every file of `tables/<table>` that
+holds a key the merged rows touch, and random updates touch every file, so a merge of many
+spread keys costs about the table's size whatever it merges (a few rows hold a few files).
 Merging each batch as it comes, on the thread that appends the change logs, made the cost of
 the latency path (change log append -> watermark -> warehouse) grow with the state tables.
 But a merge takes in every append of its shard since the last one, so merges can wait:

@@ -48,7 +48,7 @@ from lake.errors import ValueConversionError
 from lake.layout import LakeLayout
 from lake.parquet_files import StreamedFile, add_files, fits
 from lake.schemas import CHANGELOG_META, PARTITION_COLUMN, STATE_META, UTC_MICROS
-from lake.state import PRIMARY_KEY_PROPERTY, StateTable
+from lake.state import PRIMARY_KEY_PROPERTY, StateTable, state_writer
 
 _BULK_WRITER = WriterProperties(
     compression="SNAPPY", default_column_properties=ColumnProperties(dictionary_enabled=False)
@@ -235,7 +235,7 @@ class TableLoad:
     def write_state(self, chunk: int, lsn: int, rows: pa.Table) -> None:
         if self.state is None:
             return
-        properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)])
+        properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn), state_writer()])
         state = state_rows(rows)
         appends = self.appends_state(lsn)
         with self._lock:
@@ -249,7 +249,7 @@ class TableLoad:
         return self._fresh_state and lsn == self.run
 
     def _commit_state_file(self, chunk: int, lsn: int, action) -> None:
-        properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn)])
+        properties = CommitProperties(app_transactions=[Transaction(chunk_app(self.run, chunk), lsn), state_writer()])
         with self._lock:
             self._commit_state(chunk, lambda: add_files(self.state.delta, [action], properties))
 
@@ -291,7 +291,8 @@ class TableLoad:
     def mark_done(self) -> None:
         """Every chunk is in both tables: record it (an empty commit with `snapshot-done`)."""
         target = self.state if self.state is not None else self.log
-        properties = CommitProperties(app_transactions=[Transaction(done_app(self.run), self.run)])
+        done = [Transaction(done_app(self.run), self.run)]
+        properties = CommitProperties(app_transactions=done + ([state_writer()] if self.state is not None else []))
 
         def once() -> None:
             target.refresh()

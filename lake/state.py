@@ -2,8 +2,10 @@
 
 The state table is a projection of the change log. After a shard appends to a table's log,
 it merges the rows it appended (with `_batch` above what the state has consumed from that
-shard) into the state, in one Delta merge that also records, as app transactions, the
-shard's consumed append number and high-water position. So a crash between the log commit
+shard) into the state, in one commit that also records, as app transactions, the shard's
+consumed append number and high-water position. The commit rewrites the files that hold the
+merged keys, one at a time (`lake.rewrite`: Delta's own MERGE holds every file it scans, so
+its memory grew with the table), or is a Delta MERGE where that cannot (a schema change). So a crash between the log commit
 and the merge is repaired by the next batch of that shard, which reads the missing appends
 back from the log first.
 
@@ -36,10 +38,11 @@ CommitFailedError and the whole step (re-read positions, re-collapse, merge) run
 from __future__ import annotations
 
 import json
+import time
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from lake.changelog import COMMIT_INFO_PREFIX, ChangeLog
 from lake.collapse import collapse
@@ -57,9 +60,15 @@ from lake.delta_io import (
     retry_on_conflict,
 )
 from lake.layout import STATE
+from lake.rewrite import rewrite_merge
 from lake.schemas import STATE_META, data_columns, lake_schema, rewrite_with_types
 
 TRUNCATE_APP = "truncate"
+STATE_WRITER_APP = "state-writer"
+"""An app transaction every commit to a state table carries (its version: the time in ms), so
+that any two concurrent state commits conflict and the loser runs again: a merge that
+rewrites files itself (`lake.rewrite`) is not checked by deltalake against rows another
+writer inserted meanwhile."""
 PRIMARY_KEY_PROPERTY = "totes.primaryKey"
 """Table property naming the key columns of a state table: a JSON list (tables written
 before names could hold commas: the names comma-separated). See `key_columns`."""
@@ -80,6 +89,11 @@ def _max_position(rows: pl.DataFrame) -> Position:
         return ZERO
     last = rows.sort(_POSITION).row(-1, named=True)
     return Position(last["_lsn"], last["_seq"])
+
+
+def state_writer() -> Transaction:
+    """The `STATE_WRITER_APP` transaction of a commit to a state table."""
+    return Transaction(STATE_WRITER_APP, time.time_ns() // 1_000_000)
 
 
 def key_columns(value: str) -> list[str]:
@@ -142,7 +156,8 @@ class StateTable(ShardedTable):
         source = self._merge_source(log, rows, keys, columns, log_schema, truncate, high_water)
 
         transactions = position_transactions(shard, max(high_water, _max_position(rows))) + [
-            self.batch_transaction(shard, upto)
+            self.batch_transaction(shard, upto),
+            state_writer(),
         ]
         wipe = truncate if truncate > truncated else None
         if wipe is not None:
@@ -150,6 +165,7 @@ class StateTable(ShardedTable):
         properties = CommitProperties(
             app_transactions=transactions,
             custom_metadata={
+                f"{COMMIT_INFO_PREFIX}operation": "MERGE",
                 f"{COMMIT_INFO_PREFIX}shard": shard,
                 f"{COMMIT_INFO_PREFIX}lsn_min": str(rows["_lsn"].min()),
                 f"{COMMIT_INFO_PREFIX}lsn_max": str(rows["_lsn"].max()),
@@ -220,6 +236,10 @@ class StateTable(ShardedTable):
         wipe: Position | None,
         properties: CommitProperties,
     ) -> None:
+        """Merge `source` (one row per key) into the state: by rewriting the files that hold
+        its keys (`lake.rewrite`, memory of one file), else (a schema change) by Delta's MERGE."""
+        if rewrite_merge(self.layout, self.uri, target, source, keys, wipe, properties):
+            return
         q = quote_identifier
         existing = set(pa.schema(target.schema()).names)
         keep_target = "NOT t._deleted" + (f" AND {after_position(wipe, 't.')}" if wipe else "")

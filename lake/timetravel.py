@@ -143,7 +143,7 @@ def history(layout: LakeLayout, table: str, kind: str = STATE) -> list[Commit]:
             Commit(
                 version=info["version"],
                 timestamp=datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc),
-                operation=info.get("operation", ""),
+                operation=meta("operation") or info.get("operation", ""),  # a merge by rewrite is a Delta WRITE
                 shard=meta("shard"),
                 lsn_min=meta("lsn_min", int),
                 lsn_max=meta("lsn_max", int),
