@@ -82,9 +82,11 @@ def numbering(seqs: pl.Series) -> Numbering | None:
     return Numbering(shift, groups.select("_wh_g", "_wh_first", before.cast(pl.Int64).alias("_wh_before")))
 
 
-PIECE_ROWS = 1_000_000
+PIECE_ROWS = 250_000
 """Events of a part loaded in one transaction at most: DuckDB holds a transaction's new rows'
-index entries (the primary key's) in memory until it commits."""
+index entries (the primary key's) in memory until it commits. At 1,000,000 the initial load
+of 5,000,000 orders ran out of the sync's DuckDB memory (`DUCKDB_MEMORY_LIMIT`) in 6 of 7
+runs, at 250,000 in none of 3, about 15 % slower (bench/README.md, `sync`)."""
 
 
 @dataclass(frozen=True)
