@@ -12,6 +12,10 @@ child process:
   `MERGE_PIECE_ROWS`);
 * **100,000 newest**: the newest 100,000 orders (updates of recent business).
 
+The smaller size runs a second time **after maintenance**: the state rewritten into the small
+files sorted by key that the running pipeline's maintenance keeps a state table in
+(`lake.maintenance.compact_state`: files of about `STATE_FILE_BYTES`, 32 KiB).
+
 Each child reports the merge's wall and CPU seconds, its peak RSS (VmHWM) and how much of
 it the merge added (VmHWM before the merge: the imports and the opened tables), and the
 files the commit removed and added. Sizes: 1M and 5M orders (`--quick`: 200k and 1M).
@@ -90,6 +94,17 @@ def build_state(root: Path, orders: int, say) -> None:
     say(f"  state of {orders:,} orders written")
 
 
+def keep_small(root: Path, say) -> None:
+    """The state in the small files sorted by key the running pipeline's maintenance keeps it
+    in (`lake.maintenance.compact_state`, `STATE_FILE_BYTES`)."""
+    from lake.layout import STATE, LakeLayout
+    from lake.maintenance import compact_state
+
+    layout = LakeLayout(str(root))
+    compact_state(layout, f"{layout.uri(STATE)}/{TABLE}")
+    say("  state compacted as maintenance keeps it")
+
+
 def append_updates(root: Path, ids: pl.Series) -> None:
     """One append of updates of the orders `ids` for SHARD (its first), at one LSN."""
     import pyarrow as pa
@@ -144,27 +159,32 @@ def run(quick: bool = False, profile: bool = False, say=print) -> Report:
     report = Report()
     root = Path(tempfile.mkdtemp(prefix="totes-bench-merge-"))
     try:
-        for orders in (200_000, 1_000_000) if quick else (1_000_000, 5_000_000):
+        sizes = (200_000, 1_000_000) if quick else (1_000_000, 5_000_000)
+        for orders, layout in [(n, "as the snapshot wrote it") for n in sizes] + [(sizes[0], "after maintenance")]:
             built = root / f"built-{orders}"
-            build_state(built, orders, say)
+            if not built.exists():
+                build_state(built, orders, say)
+            if layout == "after maintenance":
+                keep_small(built, say)
             for case, ids in cases(orders).items():
                 for label, code in versions():
                     lake = root / "case"
                     shutil.rmtree(lake, ignore_errors=True)
                     shutil.copytree(built, lake)
                     append_updates(lake, ids)
-                    say(f"  {orders:,} orders, {case}, {label}")
+                    say(f"  {orders:,} orders {layout}, {case}, {label}")
                     result = merge_child(code, lake)
-                    report.raw[f"{orders}, {case}, {label}"] = result
+                    report.raw[f"{orders}, {layout}, {case}, {label}"] = result
                     report.rows.append(
                         Row(
-                            f"state merge of {case} updates into {orders:,} orders ({label})",
+                            f"state merge of {case} updates into {orders:,} orders {layout} ({label})",
                             _text(result),
                             f"peak RSS < {RSS_TARGET_MB} MB at every size",
                             "`python -m bench merge" + (" --quick`" if quick else "`"),
                         )
                     )
-            shutil.rmtree(built)
+            if orders != sizes[0]:
+                shutil.rmtree(built)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return report

@@ -9,8 +9,9 @@ Here a merge:
 1. finds the files that may hold a merged key: for a single integer key, the files whose
    key range (their Delta stats) holds one (the snapshot writes keys in order and a rewrite
    keeps a file's order, so ranges stay narrow); else every file;
-2. reads each of those files on its own, applies the merge's rules to its rows in order
-   (`apply`) and writes it again only if a row changed, then lets it go;
+2. reads those files a unit at a time (one file, or neighbouring small ones up to
+   GROUP_BYTES), applies the merge's rules to its rows in order (`apply`) and writes the
+   unit back as one file only if a row changed, then lets it go;
 3. writes the keys no file held as new rows, and commits every removed and added file with
    the merge's app transactions in one Delta commit.
 
@@ -46,6 +47,12 @@ from lake.schemas import STATE_META
 _SOURCE = "_rw_s_"
 """Prefix of the merged rows' columns beside a file's own in `apply`."""
 _MATCHED = "_rw_matched"
+GROUP_BYTES = 4 * 1024 * 1024
+"""Parquet bytes of neighbouring files (in key order) read and written back as one: the small
+files maintenance keeps a state in (`lake.maintenance.STATE_FILE_BYTES`) then cost a read
+each, not a pass each (977 files of a 1M-row state: a spread merge 12.6 s one file at a
+time, 3.0 s in units of 4 MiB at 460 MB, 16 MiB took 750 MB); a larger file is a unit of its
+own. What a merge holds is one such unit and its rows."""
 
 
 def rewrite_merge(
@@ -72,15 +79,16 @@ def rewrite_merge(
     added = []
     found: list[pl.DataFrame] = []
     now = int(time.time() * 1000)
-    for index in _candidates(files, merged, keys, wipe):
-        path = unquote(files.column("path")[index].as_py())
-        rows = _conform(pq.read_table(f"{root.rstrip('/')}/{path}", filesystem=filesystem), schema)
-        changed, kept, matched = apply(rows, theirs, keys, wipe)
+    paths = [unquote(path) for path in files.column("path").to_pylist()]
+    sizes = files.column("size_bytes").to_pylist()
+    for group in _groups(files, _candidates(files, merged, keys, wipe), keys):
+        read = [pq.read_table(f"{root.rstrip('/')}/{paths[i]}", filesystem=filesystem) for i in group]
+        changed, kept, matched = apply(pa.concat_tables([_conform(rows, schema) for rows in read]), theirs, keys, wipe)
         if matched.height:
             found.append(matched)
         if not changed:
             continue
-        removed.append(RemoveAction(path, True, now, files.column("size_bytes")[index].as_py(), {}))
+        removed += [RemoveAction(paths[i], True, now, sizes[i], {}) for i in group]
         if kept.height:
             added.append(_write(layout, uri, schema, kept))
     new = merged.join(pl.concat(found), on=keys, how="anti") if found else merged
@@ -150,6 +158,29 @@ def _candidates(files: pa.Table, merged: pl.DataFrame, keys: list[str], wipe: Po
         if first is None or last is None or wanted.search_sorted(last, "right") > wanted.search_sorted(first, "left"):
             picked.append(index)  # (no stats: it may hold anything)
     return picked
+
+
+def _groups(files: pa.Table, candidates: list[int], keys: list[str]) -> list[list[int]]:
+    """The candidate files as units read and written back together: neighbours in key order
+    (no other file between them) up to GROUP_BYTES, a larger file alone."""
+    low = f"min.{keys[0]}"
+    order = list(range(files.num_rows))
+    if low in files.column_names:
+        lows = files.column(low).to_pylist()
+        order.sort(key=lambda i: (lows[i] is None, lows[i] or 0))
+    sizes, picked = files.column("size_bytes").to_pylist(), set(candidates)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    held = 0
+    for index in order:
+        if index not in picked or (current and held + sizes[index] > GROUP_BYTES):
+            if current:
+                groups.append(current)
+            current, held = [], 0
+        if index in picked:
+            current.append(index)
+            held += sizes[index]
+    return groups + ([current] if current else [])
 
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -83,3 +83,35 @@ def test_two_writers_inserting_the_same_new_key_conflict_instead_of_both_inserti
         merge(second)
     rows = StateTable(writer.layout, TABLE).refresh().to_pyarrow_table()
     assert rows.column("sales_order_id").to_pylist().count(99_999) == 1
+
+
+def test_neighbouring_small_files_are_read_and_written_back_as_one(tmp_path, monkeypatch):
+    """Files next to each other in key order, under GROUP_BYTES together, are one unit: one
+    pass over their rows, one file back; a file between them that holds no merged key is
+    left alone (so is every other)."""
+    writer, src, events = LakeWriter(tmp_path / "lake"), Source(), []
+    for first in (0, 1000, 2000, 3000):
+        with src.transaction() as tx:
+            for order in range(first, first + ROWS):
+                tx.insert(SALES_ORDER, sales_order_row(order))
+        events += tx.events
+        writer.write_batch("s1", tx.events, markers=[tx.lsn])
+    before = _files(writer)
+    read: list[int] = []
+    apply = lake.rewrite.apply
+
+    def counted(rows, *args, **kwargs):
+        read.append(rows.num_rows)
+        return apply(rows, *args, **kwargs)
+
+    monkeypatch.setattr(lake.rewrite, "apply", counted)
+    with src.transaction() as tx:
+        for order in (1, 1001, 3001):  # the first two files are neighbours, the fourth is not
+            tx.update(SALES_ORDER, sales_order_row(order, version=1))
+    events += tx.events
+    writer.write_batch("s1", tx.events, markers=[tx.lsn])
+
+    assert sorted(read) == [ROWS, 2 * ROWS], "the first two files in one pass, the fourth alone"
+    after = _files(writer)
+    assert len(before - after) == 3 and len(after - before) == 2
+    assert lake_state(writer.layout, TABLE, KEYS) == expected_state(events, TABLE)
