@@ -31,10 +31,12 @@ a partitioned state table, one with deletion vectors, or merged columns the tabl
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable
 from deltalake.transaction import RemoveAction
@@ -44,9 +46,8 @@ from lake.layout import LakeLayout
 from lake.parquet_files import StreamedFile
 from lake.schemas import STATE_META
 
-_SOURCE = "_rw_s_"
-"""Prefix of the merged rows' columns beside a file's own in `apply`."""
-_MATCHED = "_rw_matched"
+_ROW = "_rw_theirs"
+"""The merged rows' row number, which `apply` joins a unit's rows to."""
 GROUP_BYTES = 4 * 1024 * 1024
 """Parquet bytes of neighbouring files (in key order) read and written back as one: the small
 files maintenance keeps a state in (`lake.maintenance.STATE_FILE_BYTES`) then cost a read
@@ -72,28 +73,29 @@ def rewrite_merge(
         return False
     merged = pl.from_arrow(source)
     assert isinstance(merged, pl.DataFrame)  # nosec B101 # type narrowing only
-    theirs = beside(merged, keys)
+    theirs = beside(merged, keys, schema)
     files = pa.table(target.get_add_actions(flatten=True))
     filesystem, root = layout.filesystem(uri)
     removed: list[RemoveAction] = []
     added = []
-    found: list[pl.DataFrame] = []
+    found: list[pa.Table] = []
     now = int(time.time() * 1000)
     paths = [unquote(path) for path in files.column("path").to_pylist()]
     sizes = files.column("size_bytes").to_pylist()
     for group in _groups(files, _candidates(files, merged, keys, wipe), keys):
         read = [pq.read_table(f"{root.rstrip('/')}/{paths[i]}", filesystem=filesystem) for i in group]
         changed, kept, matched = apply(pa.concat_tables([_conform(rows, schema) for rows in read]), theirs, keys, wipe)
-        if matched.height:
+        if matched.num_rows:
             found.append(matched)
         if not changed:
             continue
         removed += [RemoveAction(paths[i], True, now, sizes[i], {}) for i in group]
-        if kept.height:
+        if kept.num_rows:
             added.append(_write(layout, uri, schema, kept))
-    new = merged.join(pl.concat(found), on=keys, how="anti") if found else merged
+    held = pl.from_arrow(pa.concat_tables(found)) if found else None
+    new = merged.join(held.cast(merged.select(keys).schema), on=keys, how="anti") if held is not None else merged  # type: ignore[union-attr, arg-type]
     if new.height:
-        added.append(_write(layout, uri, schema, _inserted(new, schema)))
+        added.append(_write(layout, uri, schema, _inserted(new, schema).to_arrow()))
     if removed or added:
         target.create_write_transaction(
             [*removed, *added], mode="append", schema=target.schema(), commit_properties=properties
@@ -101,47 +103,76 @@ def rewrite_merge(
     return True
 
 
-def beside(merged: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """The merged rows as `apply` joins them to a file's: their columns prefixed, and a mark."""
-    return merged.rename({c: _SOURCE + c for c in merged.columns if c not in keys}).with_columns(
-        pl.lit(True).alias(_MATCHED)
-    )
+@dataclass(frozen=True)
+class Merged:
+    """The merged rows as `apply` takes them, prepared once per merge: their keys with a row
+    number to join on, their columns in the table's types, and per data column whether a row
+    keeps the target's value (the WAL did not carry it: `_unchanged`)."""
+
+    keys: pa.Table
+    columns: dict[str, pa.ChunkedArray]
+    keeps: dict[str, pa.ChunkedArray]
 
 
-def apply(
-    rows: pa.Table, theirs: pl.DataFrame, keys: list[str], wipe: Position | None
-) -> tuple[bool, pl.DataFrame, pl.DataFrame]:
-    """One file's rows after the merge of `theirs` (`beside`), in their order: whether any
-    changed, the rows to keep, and the merged keys the file holds."""
-    table = pl.from_arrow(rows)
-    assert isinstance(table, pl.DataFrame)  # nosec B101 # type narrowing only
-    joined = table.join(theirs, on=keys, how="left", maintain_order="left")
-    matched = pl.col(_MATCHED).fill_null(False)
-    s, t = (lambda c: pl.col(_SOURCE + c)), pl.col
-    newer = matched & (
-        (s("_lsn") > t("_lsn"))
-        | ((s("_lsn") == t("_lsn")) & ((s("_seq") > t("_seq")) | (s("_rebuilt") & (s("_seq") == t("_seq")))))
-    )
-    keep_target = ~t("_deleted") & (_after(wipe) if wipe is not None else pl.lit(True))
+def beside(merged: pl.DataFrame, keys: list[str], schema: pa.Schema) -> Merged:
+    """`merged` prepared for `apply` against files of `schema`."""
+    shared = [n for n in merged.columns if n in schema.names]
+    rows = merged.select(shared).to_arrow()
+    typed = {n: rows.column(n).cast(schema.field(n).type) for n in shared}
+    data = [n for n in shared if n not in keys and n not in STATE_META.names]
+    keeps = merged.select(pl.col("_unchanged").list.contains(pl.lit(n)).alias(n) for n in data).to_arrow()
+    numbered = pa.table({**{k: typed[k] for k in keys}, _ROW: pa.array(range(merged.height), pa.int64())})
+    columns = {**typed, "_rebuilt": merged["_rebuilt"].to_arrow()}
+    return Merged(numbered, columns, {n: keeps.column(n) for n in data})
+
+
+def apply(rows: pa.Table, theirs: Merged, keys: list[str], wipe: Position | None) -> tuple[bool, pa.Table, pa.Table]:
+    """A unit's rows (`_conform`ed) after the merge of `theirs` (`beside`), in their order:
+    whether any changed, the rows to keep, and the merged keys the unit holds.
+
+    In pyarrow, not polars: it runs beside the warehouse sync in one process, and Arrow's
+    kernels leave the GIL and polars' thread pool to the sync's transforms (polars here
+    slowed a polars workload beside it 2-3x, bench/README.md `load`)."""
+    numbered = rows.select(keys).append_column("_rw_mine", pa.array(range(rows.num_rows), pa.int64()))
+    # Acero's join does not keep the order: sort back by the unit's row number; `which` is
+    # the merged row of each of the unit's rows (null: none), so `take` lines them up.
+    which = numbered.join(theirs.keys, keys, join_type="left outer").sort_by("_rw_mine").column(_ROW)
+    matched = pc.is_valid(which)
+
+    def s(name: str) -> pa.ChunkedArray:
+        return pc.take(theirs.columns[name], which)
+
+    def t(name: str) -> pa.ChunkedArray:
+        return rows.column(name)
+
+    same_lsn = pc.equal(s("_lsn"), t("_lsn"))
+    later_seq = pc.or_(pc.greater(s("_seq"), t("_seq")), pc.and_(s("_rebuilt"), pc.equal(s("_seq"), t("_seq"))))
+    newer = pc.fill_null(pc.or_(pc.greater(s("_lsn"), t("_lsn")), pc.and_(same_lsn, later_seq)), False)
+    after = _after(rows, wipe)
+    keep_target = pc.and_(pc.invert(t("_deleted")), after)
     columns = []
-    for name in table.columns:
-        if name in keys or _SOURCE + name not in joined.columns:
+    for name in rows.column_names:
+        if name in keys or name not in theirs.columns:
             columns.append(t(name))
             continue
         value = s(name)
-        if name not in STATE_META.names:  # a column the WAL did not carry keeps the target's value
-            value = pl.when(s("_unchanged").list.contains(pl.lit(name)) & keep_target).then(t(name)).otherwise(value)
-        columns.append(pl.when(newer).then(value).otherwise(t(name)).alias(name))
-    gone = ~matched & ~_after(wipe) if wipe is not None else pl.lit(False)
-    result = joined.select(*columns, newer.alias("_rw_newer"), gone.alias("_rw_gone"))
-    changed = bool(result.select(pl.col("_rw_newer").any() | pl.col("_rw_gone").any()).item())
-    kept = result.filter(~pl.col("_rw_gone")).drop("_rw_newer", "_rw_gone")
-    return changed, kept, joined.filter(matched).select(keys)
+        if name in theirs.keeps:  # a column the WAL did not carry keeps the target's value
+            keeps = pc.fill_null(pc.and_(pc.take(theirs.keeps[name], which), keep_target), False)
+            value = pc.if_else(keeps, t(name), value)
+        columns.append(pc.if_else(newer, value, t(name)))
+    result = pa.Table.from_arrays(columns, schema=rows.schema)
+    gone = pc.and_(pc.invert(matched), pc.invert(after)) if wipe is not None else None
+    changed = bool(pc.any(newer).as_py()) or (gone is not None and bool(pc.any(gone).as_py()))
+    kept = result.filter(pc.invert(gone)) if gone is not None else result
+    return changed, kept, rows.select(keys).filter(matched)
 
 
-def _after(position: Position) -> pl.Expr:
-    lsn, seq = pl.col("_lsn"), pl.col("_seq")
-    return (lsn > position.lsn) | ((lsn == position.lsn) & (seq > position.seq))
+def _after(rows: pa.Table, position: Position | None) -> pa.ChunkedArray | pa.Array:
+    """Which rows come after `position` (all of them for None)."""
+    if position is None:
+        return pa.repeat(pa.scalar(True), rows.num_rows)
+    lsn, seq = rows.column("_lsn"), rows.column("_seq")
+    return pc.or_(pc.greater(lsn, position.lsn), pc.and_(pc.equal(lsn, position.lsn), pc.greater(seq, position.seq)))
 
 
 def _candidates(files: pa.Table, merged: pl.DataFrame, keys: list[str], wipe: Position | None) -> list[int]:
@@ -197,9 +228,9 @@ def _inserted(new: pl.DataFrame, schema: pa.Schema) -> pl.DataFrame:
     return new.select(pl.col(f.name) if f.name in new.columns else pl.lit(None).alias(f.name) for f in schema)
 
 
-def _write(layout: LakeLayout, uri: str, schema: pa.Schema, rows: pl.DataFrame):
+def _write(layout: LakeLayout, uri: str, schema: pa.Schema, rows: pa.Table):
     file = StreamedFile(layout, uri, schema, {})
-    file.write(_conform(rows.to_arrow(), schema))
+    file.write(_conform(rows, schema))
     return file.close()
 
 
