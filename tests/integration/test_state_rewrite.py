@@ -25,17 +25,20 @@ def _files(writer: LakeWriter) -> set[str]:
     return set(state.refresh().get_add_actions(flatten=True).column("path").to_pylist())
 
 
-def test_a_merge_reads_and_rewrites_only_the_file_that_holds_its_keys_and_ends_exact(tmp_path, monkeypatch):
+def _four_files(tmp_path) -> tuple[LakeWriter, Source, list]:
+    """A state of four merges of new keys: four files of narrow key ranges (0, 1000, 2000, 3000 on)."""
     writer, src, events = LakeWriter(tmp_path / "lake"), Source(), []
-    for first in (0, 1000, 2000, 3000):  # four merges of new keys: four files of narrow key ranges
+    for first in (0, 1000, 2000, 3000):
         with src.transaction() as tx:
             for order in range(first, first + ROWS):
                 tx.insert(SALES_ORDER, sales_order_row(order))
         events += tx.events
         writer.write_batch("s1", tx.events, markers=[tx.lsn])
-    before = _files(writer)
-    assert len(before) == 4
+    return writer, src, events
 
+
+def _units_read(monkeypatch) -> list[int]:
+    """The rows of each unit `lake.rewrite.apply` is given, from now on."""
     read: list[int] = []
     apply = lake.rewrite.apply
 
@@ -44,6 +47,15 @@ def test_a_merge_reads_and_rewrites_only_the_file_that_holds_its_keys_and_ends_e
         return apply(rows, *args, **kwargs)
 
     monkeypatch.setattr(lake.rewrite, "apply", counted)
+    return read
+
+
+def test_a_merge_reads_and_rewrites_only_the_file_that_holds_its_keys_and_ends_exact(tmp_path, monkeypatch):
+    writer, src, events = _four_files(tmp_path)
+    before = _files(writer)
+    assert len(before) == 4
+
+    read = _units_read(monkeypatch)
     with src.transaction() as tx:
         for order in range(1000, 1000 + ROWS):  # every order of the second file, once more
             tx.update(SALES_ORDER, sales_order_row(order, version=1))
@@ -89,22 +101,9 @@ def test_neighbouring_small_files_are_read_and_written_back_as_one(tmp_path, mon
     """Files next to each other in key order, under GROUP_BYTES together, are one unit: one
     pass over their rows, one file back; a file between them that holds no merged key is
     left alone (so is every other)."""
-    writer, src, events = LakeWriter(tmp_path / "lake"), Source(), []
-    for first in (0, 1000, 2000, 3000):
-        with src.transaction() as tx:
-            for order in range(first, first + ROWS):
-                tx.insert(SALES_ORDER, sales_order_row(order))
-        events += tx.events
-        writer.write_batch("s1", tx.events, markers=[tx.lsn])
+    writer, src, events = _four_files(tmp_path)
     before = _files(writer)
-    read: list[int] = []
-    apply = lake.rewrite.apply
-
-    def counted(rows, *args, **kwargs):
-        read.append(rows.num_rows)
-        return apply(rows, *args, **kwargs)
-
-    monkeypatch.setattr(lake.rewrite, "apply", counted)
+    read = _units_read(monkeypatch)
     with src.transaction() as tx:
         for order in (1, 1001, 3001):  # the first two files are neighbours, the fourth is not
             tx.update(SALES_ORDER, sales_order_row(order, version=1))
